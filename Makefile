@@ -1,0 +1,105 @@
+# sente-lite build.
+#
+#   make              build ./sente-lite (in build/, linked at top level)
+#   make check        every test: unit + integration, then both again under
+#                     ASan/UBSan (this is what CI runs through scripts/test.sh)
+#   make check-fast   unit + integration on the normal build only
+#   make check-asan   unit + integration on the ASan/UBSan build only
+#   make bench-shm    shared-memory table benchmark (figures, not a test)
+#   make install      binary and man page into $(DESTDIR)$(PREFIX)
+#   make clean
+#
+# SAN=1 selects the sanitizer build (objects in build-asan/).
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+PKGS     := libevent jansson liburcu libcrypto
+PY       ?= /usr/bin/python3
+
+ifeq ($(SAN),1)
+BUILD    := build-asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1
+else
+BUILD    := build
+SANFLAGS :=
+OPT      := -O2
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS   ?= $(OPT) -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+            -Wmissing-prototypes -Wno-unused-parameter -Iinclude $(PKG_CFLAGS) $(SANFLAGS)
+LDFLAGS  += $(SANFLAGS)
+LDLIBS   += $(PKG_LIBS) -lpthread
+
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard shm/*.c)
+LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
+MAIN_OBJ := $(BUILD)/obj/src/main.o
+LIB      := $(BUILD)/libsente.a
+BIN      := $(BUILD)/sente-lite
+
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm
+
+all: $(BIN) sente-lite
+
+sente-lite: $(BIN)
+ifneq ($(SAN),1)
+	ln -sf $(BIN) sente-lite
+endif
+
+$(BIN): $(MAIN_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(LIB): $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/bench/%: tests/bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+# Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
+bench-shm: $(BUILD)/bench/bench_shm
+	$(BUILD)/bench/bench_shm
+
+check-unit: $(UNIT_BIN)
+	tests/run-unit.sh $(UNIT_BIN)
+
+check-integration: $(BIN)
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+check-fast:
+	$(MAKE) check-unit check-integration
+
+check-asan:
+	$(MAKE) SAN=1 check-unit check-integration
+
+check:
+	$(MAKE) check-fast
+	$(MAKE) check-asan
+
+install: $(BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sente-lite
+	install -m 0644 man/sente-lite.8 $(DESTDIR)$(PREFIX)/share/man/man8/sente-lite.8
+
+format:
+	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
+
+clean:
+	rm -rf build build-asan sente-lite

@@ -1,0 +1,38 @@
+/*
+ * sl_common.h - definitions every sente-lite module shares.
+ *
+ * Return codes follow nginx's convention: SL_OK on success, SL_AGAIN when
+ * more input (or buffer space) is needed, SL_ERROR on failure.  Functions
+ * that can fail return one of these (or a documented positive code such as
+ * an HTTP status or a WebSocket close code) and never exit(); the caller
+ * decides what a failure means.
+ */
+#ifndef SL_COMMON_H
+#define SL_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_OK 0
+#define SL_ERROR (-1)
+#define SL_AGAIN (-2)
+
+#define SL_VERSION "0.1.0"
+
+#define SL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SL_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SL_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SL_UNUSED(x) ((void)(x))
+
+/* Milliseconds since the Unix epoch (wall clock): every timestamp on the
+ * wire uses this. */
+int64_t sl_now_ms(void);
+
+/* Monotonic milliseconds: every timeout and interval uses this. */
+int64_t sl_mono_ms(void);
+
+/* Monotonic microseconds, for latency measurement. */
+int64_t sl_mono_us(void);
+
+#endif

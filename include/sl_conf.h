@@ -1,0 +1,67 @@
+/*
+ * sl_conf.h - the server's configuration: the one place that parses command
+ * line flags and environment variables (flags win), validates them and
+ * describes them for --help and /stats "server-config".
+ *
+ * The master parses once before forking; workers and the logger inherit the
+ * resulting sl_conf_t by fork and never change it.
+ */
+#ifndef SL_CONF_H
+#define SL_CONF_H
+
+#include "sl_common.h"
+#include "sl_tel.h"
+
+#include <jansson.h>
+#include <stdio.h>
+
+#define SL_MAX_ORIGINS 32
+
+typedef struct {
+    char host[256];
+    int port;
+    int workers;       /* resolved: never 0 after parsing */
+    bool workers_auto; /* --workers auto was used */
+    int64_t max_connections;
+    int64_t heartbeat_interval_ms;
+    int64_t message_timeout_ms;
+    int64_t max_message_size;
+    int64_t max_outbound_bytes;
+    char *allowed_origins[SL_MAX_ORIGINS];
+    int norigins;
+    bool echo;
+    bool telemetry;
+    char app_name[64];
+    char log_file[1024]; /* "" = stderr */
+    sl_level_t log_level;
+    bool log_json;
+    int64_t shm_size;
+    char pid_file[1024];
+} sl_conf_t;
+
+typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION } sl_conf_action_t;
+
+/* Fill conf with defaults, then apply the environment (`env` is a NULL-
+ * terminated "NAME=value" array like environ), then the flags.  On error
+ * returns SL_ERROR with a message naming the flag or variable in err.
+ * *action says whether to run, print help or print the version. */
+int sl_conf_parse(sl_conf_t *conf, int argc, char **argv, char **env, sl_conf_action_t *action,
+                  char *err, size_t errsz);
+
+/* Release what parsing allocated. */
+void sl_conf_free(sl_conf_t *conf);
+
+/* Print --help (every flag, its default and environment variable). */
+void sl_conf_usage(FILE *out);
+
+/* The effective settings as a JSON object (for /stats "server-config"). */
+json_t *sl_conf_to_json(const sl_conf_t *conf);
+
+/* CPUs this process may use: affinity mask, capped by a cgroup v2 CPU
+ * quota when one is set. */
+int sl_conf_usable_cpus(void);
+
+/* The configuration of this process (set by main before forking). */
+extern const sl_conf_t *sl_conf;
+
+#endif

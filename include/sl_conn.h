@@ -1,0 +1,111 @@
+/*
+ * sl_conn.h - one client connection inside a worker: its socket, its state
+ * (HTTP request, WebSocket, closing), its reader and its write queue.
+ *
+ * A connection belongs to exactly one worker for its whole life and is only
+ * touched by that worker's single thread.  It is freed by sl_conn_destroy,
+ * which is deferred to the end of the event-loop turn (sl_worker_turn_end)
+ * so that no callback further up the stack is left holding a dangling
+ * pointer: code that closes a connection marks it SL_CONN_DEAD and returns.
+ */
+#ifndef SL_CONN_H
+#define SL_CONN_H
+
+#include "sl_common.h"
+#include "sl_outq.h"
+#include "sl_ws.h"
+
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <jansson.h>
+
+typedef enum {
+    SL_CONN_HTTP,    /* reading HTTP requests (before any upgrade) */
+    SL_CONN_WS,      /* WebSocket open */
+    SL_CONN_CLOSING, /* we sent a close frame; waiting for the peer's */
+    SL_CONN_LINGER,  /* output done, write side shut: discard input until EOF */
+    SL_CONN_DEAD,    /* closed; freed at the end of this loop turn */
+} sl_conn_state_t;
+
+typedef enum {
+    SL_KIND_HTTP,     /* plain HTTP so far */
+    SL_KIND_PROTOCOL, /* WebSocket on "/": the JSON protocol */
+    SL_KIND_ECHO,     /* WebSocket on "/echo" (--echo) */
+} sl_conn_kind_t;
+
+typedef struct sl_conn sl_conn_t;
+
+struct sl_conn {
+    int fd;
+    uint32_t slot;     /* index in the worker's slot table */
+    uint8_t state;     /* sl_conn_state_t */
+    uint8_t kind;      /* sl_conn_kind_t */
+    bool dirty;        /* on the worker's flush list */
+    bool write_armed;  /* waiting for EV_WRITE (socket was full) */
+    bool close_after_flush; /* HTTP "Connection: close": shut after output */
+    bool shut_wr;      /* shutdown(SHUT_WR) done */
+    struct event rev, wev;
+    sl_conn_t *prev, *next;   /* the worker's list of live connections */
+    sl_conn_t *dirty_next;    /* the worker's flush list */
+    int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
+    int64_t last_rx_mono;     /* last byte received */
+    int64_t last_ping_mono;   /* last heartbeat ping sent */
+    int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
+    int64_t deadline_mono;    /* CLOSING / LINGER give-up time */
+    /* HTTP input that has not formed a whole request yet (malloc'd). */
+    char *in;
+    uint32_t in_len, in_cap;
+    sl_ws_reader_t reader;
+    sl_outq_t out;
+    int64_t opened_at; /* wall ms, WebSocket open */
+    uint64_t message_count;
+    uint16_t close_code;      /* first close code sent or received */
+    const char *close_reason; /* static string */
+    char conn_id[40];
+};
+
+/* Take over an accepted socket (non-blocking is set here). NULL on
+ * failure (the fd is closed). */
+sl_conn_t *sl_conn_new(int fd);
+
+/* Queue a whole frame/response already encoded in b (from b->start to
+ * b->len).  Returns SL_OK, or SL_ERROR when the connection was closed
+ * instead (slow consumer, out of memory).  The caller keeps its reference. */
+int sl_conn_send(sl_conn_t *c, sl_buf_t *b);
+
+/* Encode `j` as a text frame and queue it (one encoder: sl_frame_json).
+ * Does not take the reference to j. */
+int sl_conn_send_json(sl_conn_t *c, json_t *j);
+
+/* The HTTP phase is over: the 101 response is queued and the connection
+ * speaks WebSocket from now on, as a protocol or an echo connection. */
+void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind);
+
+/* Start the closing handshake with `code` and a reason (a static string). */
+void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason);
+
+/* Close the socket now (no handshake) and schedule the free. */
+void sl_conn_abort(sl_conn_t *c, const char *why);
+
+/* Write queued output; called at the end of each loop turn. */
+void sl_conn_flush(sl_conn_t *c);
+
+/* Timers: handshake/message timeouts, heartbeat, closing deadlines. */
+void sl_conn_tick(sl_conn_t *c, int64_t now_mono);
+
+/* Graceful stop: close 1001 to WebSocket peers, drop idle HTTP peers. */
+void sl_conn_shutdown(sl_conn_t *c);
+
+/* Free a DEAD connection (the worker calls this at turn end). */
+void sl_conn_destroy(sl_conn_t *c);
+
+/* --- frames (the one frame encoder; sl_ws_encode_header underneath) --- */
+
+/* A server frame carrying a copy of payload. */
+sl_buf_t *sl_frame_new(int opcode, const void *payload, size_t len);
+/* A text frame with the compact JSON encoding of j. */
+sl_buf_t *sl_frame_json(json_t *j);
+/* A close frame with code and reason (reason cut to fit 125 bytes). */
+sl_buf_t *sl_frame_close(uint16_t code, const char *reason);
+
+#endif

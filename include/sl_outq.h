@@ -1,0 +1,67 @@
+/*
+ * sl_outq.h - what a connection has yet to write: a queue of references to
+ * shared, reference-counted byte buffers.
+ *
+ * A message sent to many connections is encoded once into one sl_buf_t; each
+ * connection's queue holds a (buffer, offset, length) segment pointing into
+ * it, so fan-out copies no payload.  All segments queued in one event-loop
+ * turn leave in one writev().
+ *
+ * Ownership: sl_buf_new returns a buffer holding one reference (the
+ * creator's).  sl_outq_push takes a new reference for the queue; the creator
+ * drops its own with sl_buf_unref when done.  A buffer is freed when its last
+ * reference goes.  Buffers are process-local (workers are single-threaded),
+ * so the count is a plain integer.
+ */
+#ifndef SL_OUTQ_H
+#define SL_OUTQ_H
+
+#include "sl_common.h"
+
+typedef struct sl_buf {
+    uint32_t refs;
+    uint32_t len; /* bytes used in data */
+    uint32_t cap;
+    uint32_t start; /* first byte that belongs to the output (frames are
+                       encoded with their header just before the payload) */
+    uint8_t data[];
+} sl_buf_t;
+
+sl_buf_t *sl_buf_new(size_t cap);
+static inline sl_buf_t *sl_buf_ref(sl_buf_t *b)
+{
+    b->refs++;
+    return b;
+}
+void sl_buf_unref(sl_buf_t *b);
+
+typedef struct {
+    sl_buf_t *buf;
+    uint32_t off; /* absolute offset in buf->data */
+    uint32_t len;
+} sl_seg_t;
+
+typedef struct {
+    sl_seg_t *segs; /* ring; NULL while empty (idle connections hold none) */
+    uint32_t cap, head, count;
+    uint64_t bytes;    /* queued bytes not yet written */
+    bool head_partial; /* the first segment has been partly written */
+} sl_outq_t;
+
+/* Queue buf->data[off .. off+len); takes a reference.  SL_OK or SL_ERROR
+ * (out of memory). */
+int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len);
+
+/* Write as much as the socket takes (writev, IOV_MAX segments per call).
+ * Returns SL_OK when the queue is empty, SL_AGAIN when the socket is full,
+ * SL_ERROR on a write error (errno set). */
+int sl_outq_flush(sl_outq_t *q, int fd);
+
+/* Drop everything queued (releasing the references) and the ring. */
+void sl_outq_clear(sl_outq_t *q);
+
+/* Has the first queued segment been partly written?  (Then a frame is half
+ * sent and nothing else may be put in front of it.) */
+bool sl_outq_partial(const sl_outq_t *q);
+
+#endif

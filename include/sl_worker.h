@@ -1,0 +1,46 @@
+/*
+ * sl_worker.h - a worker process: one libevent loop owning a set of
+ * connections handed over by the master.
+ *
+ * Each loop turn ends with sl_worker_turn_end: queued output of every
+ * connection touched in the turn is written (one writev per connection),
+ * telemetry is flushed, and dead connections are freed.
+ */
+#ifndef SL_WORKER_H
+#define SL_WORKER_H
+
+#include "sl_conn.h"
+#include "sl_shm.h"
+
+#define SL_SCRATCH_SIZE (64 * 1024)
+
+typedef struct {
+    int id;
+    struct event_base *base;
+    int ctl_fd; /* Unix socket from the master: accepted fds arrive here */
+    struct event *ctl_ev, *tick_ev, *sig_ev;
+    sl_worker_stats_t *stats; /* this worker's slot in shared memory */
+    sl_conn_t *conns;         /* live connections (doubly linked) */
+    sl_conn_t *dirty;         /* to flush (or free, if dead) at turn end */
+    sl_conn_t **slots;        /* slot -> connection (NULL: free) */
+    uint32_t nslots, slot_cap, free_hint;
+    uint32_t nconns;
+    bool stopping;
+    int64_t stop_deadline; /* monotonic ms */
+    uint8_t *scratch;      /* SL_SCRATCH_SIZE bytes for reads and encoding */
+} sl_worker_t;
+
+extern sl_worker_t *sl_worker;
+
+/* Body of worker process `id`: runs until stopped, returns exit status. */
+int sl_worker_main(int id, int ctl_fd, int tel_fd);
+
+/* Connection bookkeeping used by conn.c. */
+int sl_worker_attach(sl_conn_t *c);
+void sl_worker_mark_dirty(sl_conn_t *c);
+void sl_worker_mark_dead(sl_conn_t *c);
+
+/* Count an error or refusal by reason (shows in /stats "errors"). */
+void sl_worker_count_error(sl_err_t e);
+
+#endif

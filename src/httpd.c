@@ -1,0 +1,211 @@
+/*
+ * httpd.c - routing HTTP requests inside a worker.
+ *
+ * The upgrade is checked in the order a client can fix things: a malformed
+ * handshake (400), the wrong version (426), a refused Origin (403), then
+ * capacity (503).  Capacity is reserved before the 101 goes out, so the
+ * server never holds more than --max-connections WebSockets.
+ */
+#include "sl_httpd.h"
+#include "sl_conf.h"
+#include "sl_proto.h"
+#include "sl_stats.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <urcu/uatomic.h>
+
+static void send_raw(sl_conn_t *c, char *resp, size_t len)
+{
+    sl_buf_t *b = sl_buf_new(len);
+    if (b == NULL) {
+        free(resp);
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    memcpy(b->data, resp, len);
+    b->len = (uint32_t)len;
+    free(resp);
+    sl_conn_send(c, b);
+    sl_buf_unref(b);
+}
+
+void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *message,
+                    bool keep_alive)
+{
+    char *resp;
+    size_t len;
+    const char *extra = NULL;
+    if (status == 426)
+        extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
+    else if (status == 405)
+        extra = "Allow: GET\r\n";
+    if (sl_http_error_response(status, code, message, keep_alive, extra, &resp, &len) != SL_OK) {
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    send_raw(c, resp, len);
+}
+
+static void send_json(sl_conn_t *c, int status, json_t *doc, bool keep_alive)
+{
+    char *body = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    char *resp;
+    size_t len;
+    if (body == NULL ||
+        sl_http_response(status, "application/json", NULL, body, strlen(body), keep_alive, &resp,
+                         &len) != SL_OK) {
+        free(body);
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    free(body);
+    send_raw(c, resp, len);
+}
+
+static bool header_is(const sl_http_header_t *h, const char *v)
+{
+    return h && h->value_len == strlen(v) && strncasecmp(h->value, v, h->value_len) == 0;
+}
+
+static bool origin_allowed(const sl_http_request_t *req)
+{
+    const sl_http_header_t *o = sl_http_header(req, "Origin");
+    if (sl_conf->norigins == 0 || o == NULL)
+        return true; /* no allow-list, or a non-browser client */
+    for (int i = 0; i < sl_conf->norigins; i++)
+        if (header_is(o, sl_conf->allowed_origins[i]))
+            return true;
+    return false;
+}
+
+/* Reserve one WebSocket slot across all workers.  Our own count goes up
+ * first, then the sum is checked: two workers racing for the last slot may
+ * both back off, but the total can never exceed the limit. */
+static bool reserve_capacity(sl_conn_kind_t kind)
+{
+    sl_worker_stats_t *me = sl_worker->stats;
+    uint64_t *mine = kind == SL_KIND_ECHO ? &me->echo_connections : &me->connections;
+    uatomic_add(mine, 1);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        total += uatomic_read(&sl_shm->workers[i].connections) +
+                 uatomic_read(&sl_shm->workers[i].echo_connections);
+    if (total > (uint64_t)sl_conf->max_connections) {
+        uatomic_add(mine, -1);
+        return false;
+    }
+    return true;
+}
+
+static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t kind)
+{
+    const sl_http_header_t *up = sl_http_header(req, "Upgrade");
+    const sl_http_header_t *conn = sl_http_header(req, "Connection");
+    const sl_http_header_t *key = sl_http_header(req, "Sec-WebSocket-Key");
+    const sl_http_header_t *ver = sl_http_header(req, "Sec-WebSocket-Version");
+    char accept[29];
+
+    if (!sl_http_method_is(req, "GET") || req->version_minor != 1 || up == NULL ||
+        !sl_http_has_token(up->value, up->value_len, "websocket") || conn == NULL ||
+        !sl_http_has_token(conn->value, conn->value_len, "upgrade") || key == NULL) {
+        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_httpd_error(c, 400, "bad-handshake",
+                       "a WebSocket upgrade needs GET, HTTP/1.1, Upgrade: websocket, "
+                       "Connection: Upgrade and Sec-WebSocket-Key",
+                       false);
+        return;
+    }
+    if (!header_is(ver, "13")) {
+        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_httpd_error(c, 426, "unsupported-version", "only WebSocket version 13 is supported",
+                       false);
+        return;
+    }
+    if (sl_ws_accept_key(key->value, key->value_len, accept) != SL_OK) {
+        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_httpd_error(c, 400, "bad-handshake", "Sec-WebSocket-Key is not 16 base64 bytes",
+                       false);
+        return;
+    }
+    if (!origin_allowed(req)) {
+        sl_worker_count_error(SL_ERR_ORIGIN_REFUSED);
+        sl_httpd_error(c, 403, "origin-not-allowed", "this Origin may not connect", false);
+        return;
+    }
+    if (!reserve_capacity(kind)) {
+        sl_worker_count_error(SL_ERR_MAX_CONNECTIONS);
+        sl_httpd_error(c, 503, "too-many-connections", "the server is at --max-connections",
+                       false);
+        return;
+    }
+    char resp[160];
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                     accept);
+    sl_buf_t *b = sl_buf_new((size_t)n);
+    if (b == NULL) {
+        uatomic_add(kind == SL_KIND_ECHO ? &sl_worker->stats->echo_connections
+                                         : &sl_worker->stats->connections,
+                    -1);
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    memcpy(b->data, resp, (size_t)n);
+    b->len = (uint32_t)n;
+    sl_conn_send(c, b);
+    sl_buf_unref(b);
+    sl_conn_upgraded(c, kind);
+    if (kind == SL_KIND_PROTOCOL)
+        sl_proto_opened(c);
+}
+
+static bool path_is(const sl_http_request_t *req, const char *p)
+{
+    return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
+}
+
+bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
+{
+    uatomic_add(&sl_worker->stats->http_requests, 1);
+    const sl_http_header_t *up = sl_http_header(req, "Upgrade");
+    bool keep = req->keep_alive;
+
+    SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
+           SL_TF_SN("path", req->path, req->path_len));
+
+    if (path_is(req, "/") || (sl_conf->echo && path_is(req, "/echo"))) {
+        if (up != NULL) {
+            upgrade(c, req, path_is(req, "/") ? SL_KIND_PROTOCOL : SL_KIND_ECHO);
+            return false;
+        }
+        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_httpd_error(c, 426, "upgrade-required",
+                       "this path speaks WebSocket; see /health and /stats for HTTP", keep);
+        return keep;
+    }
+    bool health = path_is(req, "/health"), stats = path_is(req, "/stats");
+    if (!health && !stats) {
+        sl_worker_count_error(SL_ERR_NOT_FOUND);
+        sl_httpd_error(c, 404, "not-found", "no such endpoint", keep);
+        return keep;
+    }
+    if (!sl_http_method_is(req, "GET")) {
+        sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+        sl_httpd_error(c, 405, "method-not-allowed", "use GET", keep);
+        return keep;
+    }
+    if (health) {
+        bool ok;
+        json_t *doc = sl_health_json(&ok);
+        send_json(c, ok ? 200 : 503, doc, keep);
+    } else {
+        send_json(c, 200, sl_stats_json(), keep);
+    }
+    return keep;
+}

@@ -1,0 +1,37 @@
+/*
+ * main.c - the sente-lite command: parse the configuration, then become the
+ * master.  Exit status: 0 after a clean stop, 1 when the server cannot run
+ * (port in use, no memory), 2 for a bad command line or environment.
+ */
+#include "sl_conf.h"
+#include "sl_master.h"
+#include "sl_proc.h"
+
+#include <stdio.h>
+
+extern char **environ;
+
+int main(int argc, char **argv)
+{
+    static sl_conf_t conf;
+    sl_conf_action_t action;
+    char err[512];
+
+    if (sl_conf_parse(&conf, argc, argv, environ, &action, err, sizeof(err)) != SL_OK) {
+        fprintf(stderr, "sente-lite: %s\n", err);
+        return 2;
+    }
+    if (action == SL_CONF_HELP) {
+        sl_conf_usage(stdout);
+        return 0;
+    }
+    if (action == SL_CONF_VERSION) {
+        printf("sente-lite %s\n", SL_VERSION);
+        return 0;
+    }
+    sl_conf = &conf;
+    sl_proc_title_init(argc, argv);
+    int rc = sl_master_run();
+    sl_conf_free(&conf);
+    return rc;
+}

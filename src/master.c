@@ -1,0 +1,486 @@
+/*
+ * master.c - the master process: listens, forks the logger and the
+ * workers, hands every accepted socket to the least-loaded worker, respawns
+ * what dies, and runs the graceful stop.  It never reads client bytes.
+ *
+ * Descriptors: each worker gets one end of its own SOCK_SEQPACKET pair;
+ * accepted sockets travel over it with SCM_RIGHTS and the master closes its
+ * copy.  A child closes every descriptor meant for someone else (the
+ * listener, other workers' pairs), so a worker holds only its clients, its
+ * pair and the telemetry pipe's write end.  The master keeps the pipe's read
+ * end open only so that a respawned logger can inherit it.
+ */
+#include "sl_master.h"
+#include "sl_conf.h"
+#include "sl_proc.h"
+#include "sl_shm.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
+
+#define SL_RESPAWN_MIN_MS 100
+#define SL_RESPAWN_MAX_MS 5000
+#define SL_STABLE_MS 2000   /* a worker alive this long resets its back-off */
+#define SL_STOP_GRACE_MS 8000 /* then remaining workers get SIGKILL */
+
+typedef struct {
+    pid_t pid;
+    int ctl;            /* master's end of the pair, -1 when down */
+    int64_t started;    /* monotonic ms */
+    int64_t backoff_ms; /* next respawn delay after a quick death */
+    struct event *respawn_ev;
+} slot_t;
+
+static struct {
+    struct event_base *base;
+    int lfd;
+    int tel_r, tel_w;
+    pid_t logger;
+    slot_t w[SL_MAX_WORKERS];
+    int nworkers;
+    int next_rr; /* round-robin start among equally loaded workers */
+    bool stopping;
+    struct event *accept_ev, *accept_retry_ev, *stop_ev;
+} M;
+
+static void close_foreign_fds(int keep_ctl)
+{
+    if (M.lfd >= 0)
+        close(M.lfd);
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
+            close(M.w[i].ctl);
+}
+
+static int listen_on(const char *host, int port, char *err, size_t errsz)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
+    struct addrinfo *res, *ai;
+    char pstr[16];
+    snprintf(pstr, sizeof(pstr), "%d", port);
+    int rc = getaddrinfo(host, pstr, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errsz, "cannot resolve --host %s: %s", host, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1, saved = 0;
+    for (ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            continue;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        snprintf(err, errsz, "cannot listen on %s:%d: %s", host, port, strerror(saved));
+    return fd;
+}
+
+/* fork() with every signal blocked, so that no signal reaches a child
+ * while it still has the master's libevent handlers (they would write into
+ * the master's own signal pipe and, say, stop the master). */
+static pid_t fork_blocked(void)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    pid_t pid = fork();
+    if (pid != 0)
+        sigprocmask(SIG_SETMASK, &old, NULL);
+    return pid;
+}
+
+/* In a new child: default dispositions, then unblock. */
+static void child_signals(void)
+{
+    static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
+    for (size_t i = 0; i < SL_ARRAY_LEN(sigs); i++)
+        signal(sigs[i], SIG_DFL);
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+static pid_t spawn_logger(void)
+{
+    pid_t pid = fork_blocked();
+    if (pid != 0)
+        return pid;
+    child_signals();
+    close_foreign_fds(-1);
+    close(M.tel_w);
+    sl_proc_title("sente-lite: logger");
+    sl_logger_opts_t o = {.log_file = sl_conf->log_file, .app_name = sl_conf->app_name,
+                          .json = sl_conf->log_json, .min_level = sl_conf->log_level};
+    _exit(sl_logger_main(M.tel_r, &o));
+}
+
+static int spawn_worker(int i)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return SL_ERROR;
+    /* A deep queue of pending sockets lets a busy worker fall behind for a
+     * moment without the master giving up on it. */
+    int sz = 1 << 20;
+    setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+    sl_worker_stats_t *st = &sl_shm->workers[i];
+    /* Gauges of the dead incarnation are void: its sockets died with it. */
+    uatomic_set(&st->pid, 0);
+    uatomic_set(&st->connections, 0);
+    uatomic_set(&st->echo_connections, 0);
+    uatomic_set(&st->http_connections, 0);
+    uatomic_set(&st->pending_handoff, 0);
+    pid_t pid = fork_blocked();
+    if (pid < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return SL_ERROR;
+    }
+    if (pid == 0) {
+        close(sv[0]);
+        child_signals();
+        close_foreign_fds(-1);
+        close(M.tel_r);
+        _exit(sl_worker_main(i, sv[1], M.tel_w));
+    }
+    close(sv[1]);
+    M.w[i].pid = pid;
+    M.w[i].ctl = sv[0];
+    M.w[i].started = sl_mono_ms();
+    return SL_OK;
+}
+
+/* Least loaded: fewest connections of any kind plus sockets in flight;
+ * ties go round-robin so equal workers take turns. */
+static int pick_worker(uint64_t skip)
+{
+    int best = -1;
+    uint64_t best_load = UINT64_MAX;
+    for (int k = 0; k < M.nworkers; k++) {
+        int i = (M.next_rr + k) % M.nworkers;
+        /* A worker still starting up is a valid target: the socket waits
+         * in its queue until its loop runs. */
+        if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1))
+            continue;
+        sl_worker_stats_t *st = &sl_shm->workers[i];
+        uint64_t load = uatomic_read(&st->connections) + uatomic_read(&st->echo_connections) +
+                        uatomic_read(&st->http_connections) +
+                        uatomic_read(&st->pending_handoff);
+        if (load < best_load) {
+            best_load = load;
+            best = i;
+        }
+    }
+    if (best >= 0)
+        M.next_rr = (best + 1) % M.nworkers;
+    return best;
+}
+
+static void hand_off(int fd)
+{
+    uint64_t tried = 0;
+    for (;;) {
+        int i = pick_worker(tried);
+        if (i < 0)
+            break;
+        uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
+        int rc = sl_proc_send_fd(M.w[i].ctl, fd);
+        if (rc == SL_OK) {
+            close(fd);
+            return;
+        }
+        uatomic_add(&sl_shm->workers[i].pending_handoff, -1);
+        tried |= (uint64_t)1 << i;
+    }
+    /* No worker can take it (all down or all backed up): refuse. */
+    uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
+    close(fd);
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+    for (int n = 0; n < 256; n++) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            hand_off(fd);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            /* Out of descriptors: stop accepting for a moment instead of
+             * spinning on a listener that stays readable. */
+            uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
+            event_del(M.accept_ev);
+            struct timeval tv = {0, 100 * 1000};
+            event_add(M.accept_retry_ev, &tv);
+        }
+        return;
+    }
+}
+
+static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (!M.stopping)
+        event_add(M.accept_ev, NULL);
+}
+
+static void respawn_cb(evutil_socket_t fd, short what, void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    if (M.stopping || M.w[i].pid > 0)
+        return;
+    if (spawn_worker(i) != SL_OK) {
+        struct timeval tv = {1, 0};
+        event_add(M.w[i].respawn_ev, &tv);
+        return;
+    }
+    uatomic_add(&sl_shm->workers[i].restarts, 1);
+    SL_TEL(SL_EV_WORKER_STARTED, SL_WARN, SL_TF_I("worker", i), SL_TF_I("pid", M.w[i].pid),
+           SL_TF_B("respawned", true));
+    sl_tel_flush();
+}
+
+static void worker_died(int i, int status)
+{
+    slot_t *s = &M.w[i];
+    int64_t lived = sl_mono_ms() - s->started;
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof(how), "signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof(how), "exit %d", WEXITSTATUS(status));
+    SL_TEL(SL_EV_WORKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_I("worker", i),
+           SL_TF_I("pid", s->pid), SL_TF_S("status", how), SL_TF_I("lived-ms", lived));
+    s->pid = 0;
+    if (s->ctl >= 0)
+        close(s->ctl);
+    s->ctl = -1;
+    uatomic_set(&sl_shm->workers[i].pid, 0);
+    uatomic_set(&sl_shm->workers[i].connections, 0);
+    uatomic_set(&sl_shm->workers[i].echo_connections, 0);
+    uatomic_set(&sl_shm->workers[i].http_connections, 0);
+    if (M.stopping)
+        return;
+    /* Back-off against crash loops: a worker that dies young waits twice
+     * as long as the last one, up to SL_RESPAWN_MAX_MS. */
+    if (lived >= SL_STABLE_MS)
+        s->backoff_ms = 0;
+    else
+        s->backoff_ms = s->backoff_ms ? SL_MIN(s->backoff_ms * 2, SL_RESPAWN_MAX_MS)
+                                      : SL_RESPAWN_MIN_MS;
+    struct timeval tv = {s->backoff_ms / 1000, (s->backoff_ms % 1000) * 1000};
+    event_add(s->respawn_ev, &tv);
+}
+
+static void finish_if_done(void);
+
+static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
+{
+    int status;
+    pid_t pid;
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == M.logger) {
+            M.logger = 0;
+            if (!M.stopping) {
+                M.logger = spawn_logger();
+                uatomic_set(&sl_shm->logger_pid, M.logger);
+            }
+            continue;
+        }
+        for (int i = 0; i < M.nworkers; i++)
+            if (M.w[i].pid == pid)
+                worker_died(i, status);
+    }
+    sl_tel_flush();
+    finish_if_done();
+}
+
+static void finish_if_done(void)
+{
+    if (!M.stopping)
+        return;
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].pid > 0)
+            return;
+    event_base_loopbreak(M.base);
+}
+
+static void stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].pid > 0)
+            kill(M.w[i].pid, SIGKILL);
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+    if (M.stopping)
+        return;
+    M.stopping = true;
+    SL_TEL(SL_EV_SERVER_STOPPING, SL_INFO, SL_TF_S("signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    sl_tel_flush();
+    event_del(M.accept_ev);
+    event_del(M.accept_retry_ev);
+    close(M.lfd);
+    M.lfd = -1;
+    for (int i = 0; i < M.nworkers; i++) {
+        event_del(M.w[i].respawn_ev);
+        if (M.w[i].pid > 0)
+            kill(M.w[i].pid, SIGTERM);
+    }
+    struct timeval tv = {SL_STOP_GRACE_MS / 1000, 0};
+    event_add(M.stop_ev, &tv);
+    finish_if_done();
+}
+
+static void sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    if (M.logger > 0)
+        kill(M.logger, SIGHUP);
+}
+
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return SL_ERROR;
+    fprintf(f, "%d\n", (int)getpid());
+    return fclose(f) == 0 ? SL_OK : SL_ERROR;
+}
+
+int sl_master_run(void)
+{
+    const sl_conf_t *cf = sl_conf;
+    char err[512];
+    memset(&M, 0, sizeof(M));
+    M.nworkers = cf->workers;
+    for (int i = 0; i < SL_MAX_WORKERS; i++)
+        M.w[i].ctl = -1;
+
+    signal(SIGPIPE, SIG_IGN);
+    M.lfd = listen_on(cf->host, cf->port, err, sizeof(err));
+    if (M.lfd < 0) {
+        fprintf(stderr, "sente-lite: %s\n", err);
+        return 1;
+    }
+    if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers) != SL_OK) {
+        fprintf(stderr, "sente-lite: cannot map %lld bytes of shared memory (--shm-size): %s\n",
+                (long long)cf->shm_size, strerror(errno));
+        return 1;
+    }
+    sl_shm->start_ms = sl_now_ms();
+    sl_shm->master_pid = getpid();
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0) {
+        fprintf(stderr, "sente-lite: cannot create the telemetry pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    M.tel_r = p[0];
+    M.tel_w = p[1];
+    /* A larger pipe absorbs bursts before anything is dropped; the kernel
+     * caps it at /proc/sys/fs/pipe-max-size, and failing is harmless. */
+    fcntl(M.tel_w, F_SETPIPE_SZ, 1 << 20);
+    if (cf->pid_file[0] && write_pid_file(cf->pid_file) != SL_OK) {
+        fprintf(stderr, "sente-lite: cannot write --pid-file %s: %s\n", cf->pid_file,
+                strerror(errno));
+        return 1;
+    }
+
+    M.base = event_base_new();
+    if (M.base == NULL)
+        return 1;
+    M.logger = spawn_logger();
+    if (M.logger < 0) {
+        fprintf(stderr, "sente-lite: cannot fork the logger: %s\n", strerror(errno));
+        return 1;
+    }
+    sl_shm->logger_pid = M.logger;
+    sl_proc_title("sente-lite: master");
+    sl_tel_init(M.tel_w, -1, &sl_shm->master_tel, cf->telemetry, cf->log_level);
+    SL_TEL(SL_EV_SERVER_STARTING, SL_INFO, SL_TF_S("host", cf->host), SL_TF_I("port", cf->port),
+           SL_TF_I("workers", cf->workers), SL_TF_S("version", SL_VERSION));
+    sl_tel_flush();
+
+    struct event *sigs[4] = {
+        evsignal_new(M.base, SIGTERM, stop_cb, NULL),
+        evsignal_new(M.base, SIGINT, stop_cb, NULL),
+        evsignal_new(M.base, SIGHUP, sighup_cb, NULL),
+        evsignal_new(M.base, SIGCHLD, sigchld_cb, NULL),
+    };
+    for (int i = 0; i < 4; i++)
+        event_add(sigs[i], NULL);
+    M.accept_ev = event_new(M.base, M.lfd, EV_READ | EV_PERSIST, accept_cb, NULL);
+    M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
+    M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
+    for (int i = 0; i < M.nworkers; i++) {
+        M.w[i].respawn_ev = evtimer_new(M.base, respawn_cb, (void *)(intptr_t)i);
+        if (spawn_worker(i) != SL_OK) {
+            fprintf(stderr, "sente-lite: cannot start worker %d: %s\n", i, strerror(errno));
+            stop_cb(SIGTERM, 0, NULL);
+            break;
+        }
+    }
+    if (!M.stopping) {
+        event_add(M.accept_ev, NULL);
+        SL_TEL(SL_EV_SERVER_STARTED, SL_INFO, SL_TF_S("host", cf->host),
+               SL_TF_I("port", cf->port), SL_TF_I("workers", cf->workers),
+               SL_TF_I("pid", getpid()));
+        sl_tel_flush();
+    }
+
+    event_base_dispatch(M.base);
+
+    /* Every worker is gone.  Tell the logger we are done by closing the
+     * last write end; it drains the pipe and exits at EOF. */
+    SL_TEL(SL_EV_SERVER_STOPPED, SL_INFO, SL_TF_I("uptime-ms", sl_now_ms() - sl_shm->start_ms));
+    sl_tel_flush();
+    close(M.tel_w);
+    close(M.tel_r);
+    if (M.logger > 0) {
+        int status;
+        for (int waited = 0; waited < 300; waited++) {
+            if (waitpid(M.logger, &status, WNOHANG) == M.logger) {
+                M.logger = 0;
+                break;
+            }
+            usleep(10 * 1000);
+        }
+        if (M.logger > 0) {
+            kill(M.logger, SIGKILL);
+            waitpid(M.logger, &status, 0);
+        }
+    }
+    if (cf->pid_file[0])
+        unlink(cf->pid_file);
+    for (int i = 0; i < 4; i++)
+        event_free(sigs[i]);
+    event_free(M.accept_ev);
+    event_free(M.accept_retry_ev);
+    event_free(M.stop_ev);
+    for (int i = 0; i < M.nworkers; i++)
+        event_free(M.w[i].respawn_ev);
+    event_base_free(M.base);
+    return 0;
+}

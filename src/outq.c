@@ -1,0 +1,119 @@
+/*
+ * outq.c - reference-counted buffers and the per-connection write queue.
+ *
+ * The ring of segments grows by doubling and is freed as soon as it drains,
+ * so an idle connection costs no heap memory here.  A segment remembers its
+ * own offset, so a partial write just advances the first segment.
+ */
+#include "sl_outq.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+
+#define SL_OUTQ_IOV 64 /* segments per writev: enough to fill a socket */
+
+sl_buf_t *sl_buf_new(size_t cap)
+{
+    if (cap > UINT32_MAX - sizeof(sl_buf_t))
+        return NULL;
+    sl_buf_t *b = malloc(sizeof(sl_buf_t) + cap);
+    if (b == NULL)
+        return NULL;
+    b->refs = 1;
+    b->len = 0;
+    b->cap = (uint32_t)cap;
+    b->start = 0;
+    return b;
+}
+
+void sl_buf_unref(sl_buf_t *b)
+{
+    if (b != NULL && --b->refs == 0)
+        free(b);
+}
+
+int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len)
+{
+    if (len == 0)
+        return SL_OK;
+    if (q->count == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 4;
+        sl_seg_t *n = malloc(sizeof(sl_seg_t) * ncap);
+        if (n == NULL)
+            return SL_ERROR;
+        for (uint32_t i = 0; i < q->count; i++)
+            n[i] = q->segs[(q->head + i) % q->cap];
+        free(q->segs);
+        q->segs = n;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    q->segs[(q->head + q->count) % q->cap] =
+        (sl_seg_t){.buf = sl_buf_ref(buf), .off = (uint32_t)off, .len = (uint32_t)len};
+    q->count++;
+    q->bytes += len;
+    return SL_OK;
+}
+
+static void outq_pop(sl_outq_t *q)
+{
+    sl_buf_unref(q->segs[q->head].buf);
+    q->head_partial = false;
+    q->head = (q->head + 1) % q->cap;
+    q->count--;
+    if (q->count == 0) {
+        free(q->segs);
+        q->segs = NULL;
+        q->cap = q->head = 0;
+    }
+}
+
+int sl_outq_flush(sl_outq_t *q, int fd)
+{
+    while (q->count > 0) {
+        struct iovec iov[SL_OUTQ_IOV];
+        int n = 0;
+        for (uint32_t i = 0; i < q->count && n < SL_OUTQ_IOV; i++, n++) {
+            sl_seg_t *s = &q->segs[(q->head + i) % q->cap];
+            iov[n].iov_base = s->buf->data + s->off;
+            iov[n].iov_len = s->len;
+        }
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return SL_AGAIN;
+            return SL_ERROR;
+        }
+        q->bytes -= (uint64_t)w;
+        size_t left = (size_t)w;
+        while (left > 0) {
+            sl_seg_t *s = &q->segs[q->head];
+            if (left >= s->len) {
+                left -= s->len;
+                outq_pop(q);
+            } else {
+                s->off += (uint32_t)left;
+                s->len -= (uint32_t)left;
+                q->head_partial = true;
+                left = 0;
+            }
+        }
+    }
+    return SL_OK;
+}
+
+void sl_outq_clear(sl_outq_t *q)
+{
+    while (q->count > 0)
+        outq_pop(q);
+    q->bytes = 0;
+}
+
+bool sl_outq_partial(const sl_outq_t *q)
+{
+    return q->count > 0 && q->head_partial;
+}

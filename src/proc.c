@@ -1,0 +1,129 @@
+/*
+ * proc.c - process titles and descriptor passing.
+ *
+ * Titles: Linux shows /proc/PID/cmdline, which is the memory of the original
+ * argv strings; environ usually follows them contiguously.  Like nginx, we
+ * copy environ to the heap and then treat argv[0] .. end of environ as one
+ * writable area for the title.  The comm name (top, pgrep) is set with
+ * prctl(PR_SET_NAME), truncated by the kernel to 15 bytes.
+ */
+#include "sl_proc.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static char *title_start;
+static size_t title_len;
+
+void sl_proc_title_init(int argc, char **argv)
+{
+    if (argc < 1 || argv[0] == NULL)
+        return;
+    char *end = argv[0] + strlen(argv[0]);
+    for (int i = 1; i < argc; i++)
+        if (argv[i] == end + 1)
+            end = argv[i] + strlen(argv[i]);
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 1, sizeof(char *));
+    if (env == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (environ[i] == end + 1)
+            end = environ[i] + strlen(environ[i]);
+        env[i] = strdup(environ[i]);
+        if (env[i] == NULL)
+            return; /* keep the old environ; titles stay within argv */
+    }
+    environ = env;
+    title_start = argv[0];
+    title_len = (size_t)(end - argv[0]);
+    for (int i = 1; i < argc; i++)
+        argv[i] = NULL; /* the strings are about to be overwritten */
+}
+
+void sl_proc_title(const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    prctl(PR_SET_NAME, buf, 0, 0, 0);
+    if (title_start == NULL || title_len == 0)
+        return;
+    size_t n = SL_MIN(strlen(buf), title_len);
+    memcpy(title_start, buf, n);
+    memset(title_start + n, 0, title_len - n + 1);
+}
+
+int sl_proc_send_fd(int sock, int fd)
+{
+    char byte = 'F';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                         .msg_controllen = sizeof(u.buf)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    for (;;) {
+        ssize_t n = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n == 1)
+            return SL_OK;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
+            return SL_AGAIN;
+        return SL_ERROR;
+    }
+}
+
+int sl_proc_recv_fd(int sock)
+{
+    char byte;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                         .msg_controllen = sizeof(u.buf)};
+    for (;;) {
+        ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return SL_AGAIN;
+        if (n <= 0) {
+            if (n == 0)
+                errno = 0;
+            return SL_ERROR;
+        }
+        break;
+    }
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+        c->cmsg_len != CMSG_LEN(sizeof(int))) {
+        errno = EPROTO;
+        return SL_AGAIN; /* a message without a descriptor: nothing to take */
+    }
+    int fd;
+    memcpy(&fd, CMSG_DATA(c), sizeof(int));
+    return fd;
+}

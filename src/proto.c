@@ -1,0 +1,139 @@
+/*
+ * proto.c - the JSON protocol on a WebSocket connection.
+ *
+ * Every text message is one JSON object with a string "type".  Replies to a
+ * connection's own requests are queued in the order the requests arrived
+ * (they are handled one at a time, synchronously, in arrival order).  Bad
+ * input gets an error reply and never closes the connection.
+ */
+#include "sl_proto.h"
+#include "sl_conf.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <urcu/uatomic.h>
+
+static uint64_t total_connections(void)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        n += uatomic_read(&sl_shm->workers[i].connections);
+    return n;
+}
+
+void sl_proto_opened(sl_conn_t *c)
+{
+    /* conn-id: wall-clock ms at open plus a server-wide sequence from
+     * shared memory, so ids are unique across workers and never reused
+     * (the sequence lives as long as the master). */
+    c->opened_at = sl_now_ms();
+    uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
+    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+
+    json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
+                          "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
+    if (w != NULL) {
+        sl_conn_send_json(c, w);
+        json_decref(w);
+    }
+    SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id));
+    SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("total-connections", total_connections()));
+}
+
+void sl_proto_closed(sl_conn_t *c)
+{
+    SL_TEL(SL_EV_WEBSOCKET_CLOSED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("code", c->close_code ? c->close_code : SL_WS_CLOSE_ABNORMAL),
+           SL_TF_S("reason", c->close_reason ? c->close_reason : "connection lost"));
+    SL_TEL(SL_EV_CONNECTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("duration-ms", sl_now_ms() - c->opened_at),
+           SL_TF_I("message-count", c->message_count),
+           SL_TF_I("total-connections", total_connections()));
+}
+
+void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
+{
+    json_t *e = json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message, "reason",
+                          reason, "timestamp", (json_int_t)sl_now_ms());
+    if (e != NULL) {
+        sl_conn_send_json(c, e);
+        json_decref(e);
+    }
+}
+
+static void handle_ping(sl_conn_t *c, json_t *msg)
+{
+    json_t *ts = json_object_get(msg, "timestamp");
+    if (ts != NULL && !json_is_number(ts) && !json_is_null(ts)) {
+        sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
+        sl_proto_error(c, "invalid-message", "field 'timestamp' must be a number");
+        return;
+    }
+    json_t *r = json_pack("{s:s, s:I, s:O}", "type", "pong", "timestamp",
+                          (json_int_t)sl_now_ms(), "original-timestamp",
+                          ts ? ts : json_null());
+    if (r != NULL) {
+        sl_conn_send_json(c, r);
+        json_decref(r);
+    }
+}
+
+static void handle_echo(sl_conn_t *c, json_t *msg)
+{
+    json_t *r = json_pack("{s:s, s:O, s:s, s:I}", "type", "echo", "original", msg, "conn-id",
+                          c->conn_id, "timestamp", (json_int_t)sl_now_ms());
+    if (r != NULL) {
+        sl_conn_send_json(c, r);
+        json_decref(r);
+    }
+}
+
+typedef struct {
+    const char *type;
+    void (*handle)(sl_conn_t *c, json_t *msg);
+} sl_handler_t;
+
+static const sl_handler_t handlers[] = {
+    {"ping", handle_ping},
+};
+
+void sl_proto_message(sl_conn_t *c, char *data, size_t len)
+{
+    c->message_count++;
+    uatomic_add(&sl_worker->stats->messages_in, 1);
+    SL_TEL(SL_EV_WEBSOCKET_MESSAGE_RECEIVED, SL_TRACE, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("bytes", len));
+
+    json_error_t jerr;
+    json_t *msg = json_loadb(data, len, JSON_DECODE_ANY, &jerr);
+    if (msg == NULL) {
+        sl_worker_count_error(SL_ERR_INVALID_JSON);
+        char m[200];
+        snprintf(m, sizeof(m), "message is not valid JSON: %s (at byte %d)", jerr.text,
+                 jerr.position);
+        sl_proto_error(c, "invalid-json", m);
+        return;
+    }
+    json_t *type = json_object_get(msg, "type");
+    if (!json_is_object(msg) || !json_is_string(type)) {
+        sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
+        sl_proto_error(c, "invalid-message",
+                       json_is_object(msg) ? "field 'type' must be a string"
+                                           : "a message must be a JSON object");
+        json_decref(msg);
+        return;
+    }
+    const char *t = json_string_value(type);
+    void (*fn)(sl_conn_t *, json_t *) = handle_echo;
+    for (size_t i = 0; i < SL_ARRAY_LEN(handlers); i++)
+        if (strcmp(handlers[i].type, t) == 0)
+            fn = handlers[i].handle;
+    SL_TEL(SL_EV_MESSAGE_ROUTING, SL_TRACE, SL_TF_S("conn-id", c->conn_id), SL_TF_S("type", t));
+    fn(c, msg);
+    SL_TEL(SL_EV_MESSAGE_PROCESSED, SL_TRACE, SL_TF_S("conn-id", c->conn_id), SL_TF_S("type", t));
+    json_decref(msg);
+}

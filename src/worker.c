@@ -1,0 +1,254 @@
+/*
+ * worker.c - a worker process: takes accepted sockets from the master and
+ * runs their connections on one libevent loop.
+ *
+ * The loop runs one turn at a time (EVLOOP_ONCE) so that work which must
+ * happen between turns has one place: sl_worker_turn_end writes every
+ * connection's queued output in one writev each, flushes telemetry, and frees
+ * connections that died during the turn.
+ *
+ * Stopping (SIGTERM/SIGINT from the master or the terminal): stop taking
+ * sockets, send close 1001 to every WebSocket peer, and keep running until
+ * every connection is gone or the drain deadline passes.
+ */
+#include "sl_worker.h"
+#include "sl_conf.h"
+#include "sl_proc.h"
+#include "sl_tel.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
+
+#define SL_DRAIN_MS 3000 /* bound on the graceful stop */
+
+sl_worker_t *sl_worker;
+
+void sl_worker_count_error(sl_err_t e)
+{
+    uatomic_add(&sl_worker->stats->errors[e], 1);
+}
+
+int sl_worker_attach(sl_conn_t *c)
+{
+    sl_worker_t *w = sl_worker;
+    if (w->nslots == w->slot_cap) {
+        /* Slots are looked up by index (and, later, by other workers
+         * through the registry), so the table only grows. */
+        for (uint32_t k = 0; k < w->nslots; k++) {
+            uint32_t i = (w->free_hint + k) % w->nslots;
+            if (w->slots[i] == NULL) {
+                w->free_hint = i + 1;
+                c->slot = i;
+                goto found;
+            }
+        }
+        uint32_t ncap = w->slot_cap ? w->slot_cap * 2 : 256;
+        sl_conn_t **n = realloc(w->slots, sizeof(*n) * ncap);
+        if (n == NULL)
+            return SL_ERROR;
+        memset(n + w->slot_cap, 0, sizeof(*n) * (ncap - w->slot_cap));
+        w->slots = n;
+        w->slot_cap = ncap;
+    }
+    c->slot = w->nslots++;
+found:
+    w->slots[c->slot] = c;
+    c->next = w->conns;
+    c->prev = NULL;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    return SL_OK;
+}
+
+static void worker_detach(sl_conn_t *c)
+{
+    sl_worker_t *w = sl_worker;
+    w->slots[c->slot] = NULL;
+    if (c->slot < w->free_hint)
+        w->free_hint = c->slot;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+}
+
+void sl_worker_mark_dirty(sl_conn_t *c)
+{
+    if (!c->dirty && c->state != SL_CONN_DEAD) {
+        c->dirty = true;
+        c->dirty_next = sl_worker->dirty;
+        sl_worker->dirty = c;
+    }
+}
+
+void sl_worker_mark_dead(sl_conn_t *c)
+{
+    /* Dead connections are freed from the dirty list at the end of the
+     * turn; c->dirty guarantees it is on the list exactly once. */
+    event_del(&c->rev);
+    event_del(&c->wev);
+    if (!c->dirty) {
+        c->dirty = true;
+        c->dirty_next = sl_worker->dirty;
+        sl_worker->dirty = c;
+    }
+}
+
+static void worker_turn_end(sl_worker_t *w)
+{
+    /* Flushing may kill a connection (write error) or make it linger; a
+     * connection is never added to the list twice because of c->dirty. */
+    while (w->dirty) {
+        sl_conn_t *c = w->dirty;
+        w->dirty = c->dirty_next;
+        /* c->dirty stays set while we flush, so a write error that kills
+         * the connection cannot put it on the list a second time. */
+        if (c->state != SL_CONN_DEAD && !c->write_armed)
+            sl_conn_flush(c);
+        if (c->state == SL_CONN_DEAD) {
+            worker_detach(c);
+            sl_conn_destroy(c);
+        } else {
+            c->dirty = false;
+        }
+    }
+    sl_tel_flush();
+}
+
+static void ctl_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_worker_t *w = arg;
+    for (int i = 0; i < 64; i++) {
+        int cfd = sl_proc_recv_fd(fd);
+        if (cfd == SL_AGAIN)
+            return;
+        if (cfd < 0) {
+            /* The master is gone (EOF) or the socket broke: stop. */
+            if (!w->stopping)
+                kill(getpid(), SIGTERM);
+            event_del(w->ctl_ev);
+            return;
+        }
+        uatomic_add(&w->stats->pending_handoff, -1);
+        uatomic_add(&w->stats->accepted, 1);
+        if (w->stopping) {
+            close(cfd);
+            continue;
+        }
+        sl_conn_new(cfd);
+    }
+}
+
+static void worker_stop(sl_worker_t *w)
+{
+    if (w->stopping)
+        return;
+    w->stopping = true;
+    w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
+    event_del(w->ctl_ev);
+    for (sl_conn_t *c = w->conns; c; c = c->next)
+        sl_conn_shutdown(c);
+}
+
+/* SIGTERM/SIGINT arrive through a signalfd rather than libevent's
+ * evsignal: the master's libevent signal state is inherited by fork, and a
+ * second base registering signals would fight with it. */
+static void signal_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        worker_stop(arg);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_worker_t *w = arg;
+    int64_t now = sl_mono_ms();
+    for (sl_conn_t *c = w->conns; c; c = c->next)
+        if (c->state != SL_CONN_DEAD)
+            sl_conn_tick(c, now);
+}
+
+/* Tick often enough to honour the shortest configured timer to within a
+ * quarter of it, but never busier than every 10 ms nor lazier than 1 s. */
+static struct timeval tick_interval(void)
+{
+    int64_t ms = SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms) / 4;
+    ms = SL_MAX(10, SL_MIN(ms, 1000));
+    return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+}
+
+int sl_worker_main(int id, int ctl_fd, int tel_fd)
+{
+    static sl_worker_t worker;
+    sl_worker_t *w = &worker;
+    sl_worker = w;
+    w->id = id;
+    w->ctl_fd = ctl_fd;
+    w->stats = &sl_shm->workers[id];
+
+    /* If the master dies without stopping us, stop gracefully ourselves. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != sl_shm->master_pid)
+        return 1;
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* the master forwards log reopening to the logger */
+    sl_proc_title("sente-lite: worker %d", id);
+    sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
+
+    w->scratch = malloc(SL_SCRATCH_SIZE);
+    w->base = event_base_new();
+    if (w->scratch == NULL || w->base == NULL)
+        return 1;
+    struct timeval tv = tick_interval();
+    w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
+    w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
+    int sfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
+    w->sig_ev = sfd >= 0 ? event_new(w->base, sfd, EV_READ | EV_PERSIST, signal_cb, w) : NULL;
+    if (!w->ctl_ev || !w->tick_ev || !w->sig_ev || event_add(w->ctl_ev, NULL) ||
+        event_add(w->tick_ev, &tv) || event_add(w->sig_ev, NULL))
+        return 1;
+
+    uatomic_set(&w->stats->started_ms, sl_now_ms());
+    /* Publishing the pid tells the master and /health that we are up. */
+    uatomic_set(&w->stats->pid, (int32_t)getpid());
+    SL_TEL(SL_EV_WORKER_STARTED, SL_INFO, SL_TF_I("worker", id), SL_TF_I("pid", getpid()));
+    sl_tel_flush();
+
+    for (;;) {
+        event_base_loop(w->base, EVLOOP_ONCE);
+        worker_turn_end(w);
+        if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
+            break;
+    }
+
+    for (sl_conn_t *c = w->conns; c; c = c->next)
+        sl_conn_abort(c, "shutdown");
+    worker_turn_end(w);
+    uatomic_set(&w->stats->pid, 0);
+    event_free(w->ctl_ev);
+    event_free(w->tick_ev);
+    event_free(w->sig_ev);
+    close(sfd);
+    event_base_free(w->base);
+    free(w->slots);
+    free(w->scratch);
+    close(ctl_fd);
+    return 0;
+}

@@ -1,0 +1,169 @@
+/*
+ * test_conf.c - flag and environment parsing: defaults, precedence, every
+ * value form, and refusals that name the flag.
+ */
+#include "sl_conf.h"
+#include "sl_test.h"
+
+static sl_conf_t conf;
+static sl_conf_action_t action;
+static char err[512];
+
+static int parse(char **env, int argc, char **argv)
+{
+    sl_conf_free(&conf);
+    err[0] = '\0';
+    return sl_conf_parse(&conf, argc, argv, env, &action, err, sizeof(err));
+}
+
+#define ARGS(...) (char *[]){"sente-lite", __VA_ARGS__, NULL}
+#define NARGS(...) (int)(sizeof((char *[]){"sente-lite", __VA_ARGS__}) / sizeof(char *))
+
+static void test_defaults(void)
+{
+    char *argv[] = {"sente-lite", NULL};
+    SL_CHECK_INT(parse(NULL, 1, argv), SL_OK);
+    SL_CHECK_STR(conf.host, "localhost");
+    SL_CHECK_INT(conf.port, 3000);
+    SL_CHECK(conf.workers >= 1);
+    SL_CHECK(conf.workers_auto);
+    SL_CHECK_INT(conf.max_connections, 10000);
+    SL_CHECK_INT(conf.heartbeat_interval_ms, 30000);
+    SL_CHECK_INT(conf.message_timeout_ms, 5000);
+    SL_CHECK_INT(conf.max_message_size, 1 << 20);
+    SL_CHECK_INT(conf.max_outbound_bytes, 4 << 20);
+    SL_CHECK_INT(conf.shm_size, 64LL << 20);
+    SL_CHECK(conf.telemetry);
+    SL_CHECK(!conf.echo);
+    SL_CHECK(!conf.log_json);
+    SL_CHECK_INT(conf.log_level, SL_INFO);
+    SL_CHECK_STR(conf.app_name, "sente-lite");
+    SL_CHECK_STR(conf.log_file, "");
+    SL_CHECK_INT(action, SL_CONF_RUN);
+}
+
+static void test_value_forms(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--port", "8080", "--host=0.0.0.0", "--workers", "3",
+                                   "--max-message-size=2K", "--shm-size", "1G", "--echo",
+                                   "--no-telemetry", "--log-format", "json", "--log-level=warn"),
+                       ARGS("--port", "8080", "--host=0.0.0.0", "--workers", "3",
+                            "--max-message-size=2K", "--shm-size", "1G", "--echo",
+                            "--no-telemetry", "--log-format", "json", "--log-level=warn")),
+                 SL_OK);
+    SL_CHECK_INT(conf.port, 8080);
+    SL_CHECK_STR(conf.host, "0.0.0.0");
+    SL_CHECK_INT(conf.workers, 3);
+    SL_CHECK(!conf.workers_auto);
+    SL_CHECK_INT(conf.max_message_size, 2048);
+    SL_CHECK_INT(conf.shm_size, 1LL << 30);
+    SL_CHECK(conf.echo);
+    SL_CHECK(!conf.telemetry);
+    SL_CHECK(conf.log_json);
+    SL_CHECK_INT(conf.log_level, SL_WARN);
+}
+
+static void test_origins_repeat(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--allowed-origin", "http://a", "--allowed-origin=http://b"),
+                       ARGS("--allowed-origin", "http://a", "--allowed-origin=http://b")),
+                 SL_OK);
+    SL_CHECK_INT(conf.norigins, 2);
+    SL_CHECK_STR(conf.allowed_origins[0], "http://a");
+    SL_CHECK_STR(conf.allowed_origins[1], "http://b");
+}
+
+static void test_env_and_precedence(void)
+{
+    char *env[] = {"PORT=4000", "HOST=127.0.0.2", "TELEMETRY_ENABLED=false", "APP_NAME=myapp",
+                   "UNRELATED=1", NULL};
+    char *argv[] = {"sente-lite", NULL};
+    SL_CHECK_INT(parse(env, 1, argv), SL_OK);
+    SL_CHECK_INT(conf.port, 4000);
+    SL_CHECK_STR(conf.host, "127.0.0.2");
+    SL_CHECK(!conf.telemetry);
+    SL_CHECK_STR(conf.app_name, "myapp");
+    /* Flags win over the environment. */
+    SL_CHECK_INT(parse(env, NARGS("--port", "5000", "--telemetry"),
+                       ARGS("--port", "5000", "--telemetry")),
+                 SL_OK);
+    SL_CHECK_INT(conf.port, 5000);
+    SL_CHECK(conf.telemetry);
+}
+
+static void expect_refused(int argc, char **argv, const char *named)
+{
+    SL_CHECK_INT(parse(NULL, argc, argv), SL_ERROR);
+    if (strstr(err, named) == NULL) {
+        fprintf(stderr, "  error '%s' does not name '%s'\n", err, named);
+        sl_test_cur_failed = 1;
+    }
+}
+
+static void test_refusals(void)
+{
+    expect_refused(NARGS("--port", "0"), ARGS("--port", "0"), "--port");
+    expect_refused(NARGS("--port", "65536"), ARGS("--port", "65536"), "--port");
+    expect_refused(NARGS("--port", "abc"), ARGS("--port", "abc"), "--port");
+    expect_refused(NARGS("--port", "-1"), ARGS("--port", "-1"), "--port");
+    expect_refused(NARGS("--port"), ARGS("--port"), "--port");
+    expect_refused(NARGS("--workers", "0"), ARGS("--workers", "0"), "--workers");
+    expect_refused(NARGS("--workers", "65"), ARGS("--workers", "65"), "--workers");
+    expect_refused(NARGS("--log-level", "loud"), ARGS("--log-level", "loud"), "--log-level");
+    expect_refused(NARGS("--log-format", "xml"), ARGS("--log-format", "xml"), "--log-format");
+    expect_refused(NARGS("--shm-size", "12Q"), ARGS("--shm-size", "12Q"), "--shm-size");
+    expect_refused(NARGS("--shm-size", "1"), ARGS("--shm-size", "1"), "--shm-size");
+    expect_refused(NARGS("--max-message-size", "99999999999G"),
+                   ARGS("--max-message-size", "99999999999G"), "--max-message-size");
+    expect_refused(NARGS("--app-name", "a b"), ARGS("--app-name", "a b"), "--app-name");
+    expect_refused(NARGS("--bogus"), ARGS("--bogus"), "--bogus");
+    expect_refused(NARGS("--echo=yes"), ARGS("--echo=yes"), "--echo");
+    expect_refused(NARGS("stray"), ARGS("stray"), "stray");
+    char *env[] = {"PORT=abc", NULL};
+    char *argv[] = {"sente-lite", NULL};
+    SL_CHECK_INT(parse(env, 1, argv), SL_ERROR);
+    SL_CHECK(strstr(err, "PORT") != NULL);
+    char *env2[] = {"TELEMETRY_ENABLED=maybe", NULL};
+    SL_CHECK_INT(parse(env2, 1, argv), SL_ERROR);
+    SL_CHECK(strstr(err, "TELEMETRY_ENABLED") != NULL);
+}
+
+static void test_help_version(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--help"), ARGS("--help")), SL_OK);
+    SL_CHECK_INT(action, SL_CONF_HELP);
+    SL_CHECK_INT(parse(NULL, NARGS("--version"), ARGS("--version")), SL_OK);
+    SL_CHECK_INT(action, SL_CONF_VERSION);
+}
+
+static void test_json(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--port", "8081"), ARGS("--port", "8081")), SL_OK);
+    json_t *j = sl_conf_to_json(&conf);
+    SL_CHECK_INT(json_integer_value(json_object_get(j, "port")), 8081);
+    SL_CHECK_STR(json_string_value(json_object_get(j, "host")), "localhost");
+    SL_CHECK_STR(json_string_value(json_object_get(j, "log-level")), "info");
+    SL_CHECK(json_is_true(json_object_get(j, "telemetry")));
+    SL_CHECK(json_object_get(j, "help") == NULL);
+    json_decref(j);
+}
+
+static void test_usable_cpus(void)
+{
+    int n = sl_conf_usable_cpus();
+    SL_CHECK(n >= 1 && n <= 4096);
+}
+
+int main(void)
+{
+    SL_TEST_RUN(test_defaults);
+    SL_TEST_RUN(test_value_forms);
+    SL_TEST_RUN(test_origins_repeat);
+    SL_TEST_RUN(test_env_and_precedence);
+    SL_TEST_RUN(test_refusals);
+    SL_TEST_RUN(test_help_version);
+    SL_TEST_RUN(test_json);
+    SL_TEST_RUN(test_usable_cpus);
+    sl_conf_free(&conf);
+    return sl_test_summary();
+}
