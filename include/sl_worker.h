@@ -27,7 +27,11 @@ typedef struct {
     uint32_t nconns;
     bool stopping;
     int64_t stop_deadline; /* monotonic ms */
-    uint8_t *scratch;      /* SL_SCRATCH_SIZE bytes for reads and encoding */
+    /* Two separate buffers: input is parsed in place from rbuf while
+     * replies are encoded into ebuf, so encoding never clobbers bytes not
+     * yet parsed. */
+    uint8_t *rbuf; /* SL_SCRATCH_SIZE bytes: socket reads */
+    uint8_t *ebuf; /* SL_SCRATCH_SIZE bytes: JSON encoding */
 } sl_worker_t;
 
 extern sl_worker_t *sl_worker;

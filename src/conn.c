@@ -2,7 +2,7 @@
  * conn.c - a client connection's life inside a worker: reading, the HTTP
  * phase, the WebSocket phase, the closing handshake, timeouts and writing.
  *
- * Reads go into the worker's scratch buffer; WebSocket bytes are parsed
+ * Reads go into the worker's read buffer; WebSocket bytes are parsed
  * straight from it (the reader copies only a frame split across reads), so
  * an idle connection holds no input buffer.  Only an unfinished HTTP request
  * is kept in c->in.
@@ -56,7 +56,7 @@ sl_buf_t *sl_frame_json(json_t *j)
      * and the frame buffer is allocated at its exact size.  Server frames
      * have at most a 10-byte header; it is written right before the
      * payload so the frame is contiguous. */
-    uint8_t *scratch = sl_worker->scratch;
+    uint8_t *scratch = sl_worker->ebuf;
     size_t n = json_dumpb(j, (char *)scratch, SL_SCRATCH_SIZE, JSON_COMPACT);
     if (n == 0)
         return NULL;
@@ -465,7 +465,7 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     sl_conn_t *c = arg;
     if (c->state == SL_CONN_DEAD)
         return;
-    ssize_t n = read(fd, sl_worker->scratch, SL_SCRATCH_SIZE);
+    ssize_t n = read(fd, sl_worker->rbuf, SL_SCRATCH_SIZE);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -482,11 +482,11 @@ static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
     c->last_rx_mono = sl_mono_ms();
     switch (c->state) {
     case SL_CONN_HTTP:
-        conn_http_input(c, sl_worker->scratch, (size_t)n);
+        conn_http_input(c, sl_worker->rbuf, (size_t)n);
         break;
     case SL_CONN_WS:
     case SL_CONN_CLOSING:
-        conn_ws_input(c, sl_worker->scratch, (size_t)n);
+        conn_ws_input(c, sl_worker->rbuf, (size_t)n);
         break;
     default:
         break; /* LINGER: discard */

@@ -207,9 +207,10 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
 
-    w->scratch = malloc(SL_SCRATCH_SIZE);
+    w->rbuf = malloc(SL_SCRATCH_SIZE);
+    w->ebuf = malloc(SL_SCRATCH_SIZE);
     w->base = event_base_new();
-    if (w->scratch == NULL || w->base == NULL)
+    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
         return 1;
     struct timeval tv = tick_interval();
     w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
@@ -248,7 +249,8 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     close(sfd);
     event_base_free(w->base);
     free(w->slots);
-    free(w->scratch);
+    free(w->rbuf);
+    free(w->ebuf);
     close(ctl_fd);
     return 0;
 }
