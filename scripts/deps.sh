@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs the Debian packages sente-lite needs, only those missing.
+#   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
+#   scripts/deps.sh --test   also what the tests need (pytest, websockets, ps)
+# As root it runs apt-get itself; otherwise it prints the command to run.
+set -eu
+
+pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
+if [ "${1:-}" = "--test" ]; then
+    pkgs="$pkgs python3 python3-pytest python3-websockets procps curl"
+fi
+
+missing=""
+for p in $pkgs; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    case "$status" in
+        *"install ok installed"*) ;;
+        *) missing="$missing $p" ;;
+    esac
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "sente-lite: missing Debian packages:$missing" >&2
+    echo "run as root: apt-get update && apt-get install -y$missing" >&2
+    exit 1
+fi
+echo "sente-lite: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

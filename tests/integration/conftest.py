@@ -1,0 +1,170 @@
+"""Fixtures that start the real sente-lite binary on a free loopback port
+and stop it at the end of each test (SIGTERM, then a bounded wait)."""
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+BIN = os.environ.get("SENTE_LITE_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "build", "sente-lite")
+# Sanitizer builds are slower: scale waits.
+SLOW = 3.0 if "asan" in BIN else 1.0
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(pred, timeout=5.0, interval=0.02, what="condition"):
+    deadline = time.time() + timeout * SLOW
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is not alive.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def title_of(pid):
+    return subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True,
+                          text=True).stdout.strip()
+
+
+class Server:
+    def __init__(self, tmp_path, args, env, workers):
+        self.port = free_port()
+        self.log = str(tmp_path / "sente.log")
+        self.errlog = str(tmp_path / "stderr.log")
+        self.workers = workers
+        cmd = [BIN, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
+               "--log-file", self.log] + list(args)
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.err = open(self.errlog, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.err, stderr=self.err, env=full_env)
+        self.pid = self.proc.pid
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.stopped = False
+
+    def request(self, method, path, body=None, headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5 * SLOW)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return r.status, r.read(), r
+        finally:
+            c.close()
+
+    def get_json(self, path):
+        status, body, _ = self.request("GET", path)
+        return status, json.loads(body)
+
+    def stats(self):
+        return self.get_json("/stats")[1]
+
+    def healthy(self):
+        try:
+            status, doc = self.get_json("/health")
+            return status == 200 and doc["status"] == "healthy"
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+
+    def wait_ready(self):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited early: " + self.stderr())
+            return self.healthy()
+        wait_for(ready, timeout=10, what="server ready")
+
+    def worker_pids(self):
+        return [w["pid"] for w in self.stats()["workers"]]
+
+    def stderr(self):
+        with open(self.errlog, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def log_lines(self):
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def stop(self, timeout=10.0):
+        """SIGTERM and wait; returns the exit status.  Fails loudly when the
+        server needs SIGKILL."""
+        if self.stopped:
+            return self.proc.returncode
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("server did not stop on SIGTERM")
+        finally:
+            self.err.close()
+        return rc
+
+
+@pytest.fixture
+def server_factory(tmp_path, request):
+    servers = []
+
+    def make(*args, env=None, workers=2, wait=True):
+        s = Server(tmp_path, args, env, workers)
+        servers.append(s)
+        if wait:
+            s.wait_ready()
+        return s
+
+    yield make
+    failed = request.node.rep_call.failed if hasattr(request.node, "rep_call") else False
+    for s in servers:
+        if not s.stopped:
+            rc = s.stop()
+            if failed or rc != 0:
+                print("server stderr:\n" + s.stderr())
+            assert rc == 0, f"server exited with {rc}: {s.stderr()}"
+
+
+@pytest.fixture
+def server(server_factory):
+    return server_factory()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
