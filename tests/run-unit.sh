@@ -12,6 +12,7 @@ for t in "$@"; do
         echo "$(basename "$t"): crashed or printed no summary (exit $rc)"
         broken=$((broken + 1)); continue
     fi
+    printf '%s\n' "$out" | sed '$d'   # what the test printed (figures)
     echo "$(basename "$t"): $line"
     passed=$((passed + p)); failed=$((failed + f))
     [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && broken=$((broken + 1))

@@ -1,0 +1,296 @@
+/*
+ * test_tel.c - telemetry: records through a real pipe, both line formats,
+ * escaping, truncation, level filtering, drops on a full pipe, records from
+ * two processes, the logger process end to end, and the cost of emitting
+ * (printed, not asserted).
+ */
+#include "sl_tel.h"
+#include "sl_test.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const sl_logger_opts_t TEXT = {.app_name = "sente-lite", .json = false};
+static const sl_logger_opts_t JSON = {.app_name = "myapp", .json = true};
+
+/* Read one batch from the pipe and format its first record. */
+static int read_records(int fd, uint8_t *buf, size_t cap)
+{
+    ssize_t n = read(fd, buf, cap);
+    return (int)n;
+}
+
+static const char *after_timestamp(const char *line)
+{
+    /* "2025-10-25T02:28:32.348Z " is 25 characters. */
+    return strlen(line) > 25 ? line + 25 : "";
+}
+
+static bool timestamp_shape(const char *l)
+{
+    return strlen(l) > 24 && l[4] == '-' && l[7] == '-' && l[10] == 'T' && l[13] == ':' &&
+           l[16] == ':' && l[19] == '.' && l[23] == 'Z';
+}
+
+static void test_text_and_json_lines(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 3, &st, true, SL_INFO);
+    SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", "conn-1-2"),
+           SL_TF_I("total-connections", 1), SL_TF_B("ok", true), SL_TF_NUL("nothing"));
+    sl_tel_flush();
+    SL_CHECK_INT(st.tel_emitted, 1);
+    uint8_t buf[4096];
+    int n = read_records(p[0], buf, sizeof(buf));
+    SL_CHECK(n > 16);
+    char line[2048];
+    int l = sl_tel_format(buf, (size_t)n, &TEXT, line, sizeof(line));
+    SL_CHECK(l > 0);
+    line[l > 0 ? l : 0] = '\0';
+    SL_CHECK(timestamp_shape(line));
+    SL_CHECK_STR(after_timestamp(line),
+                 "INFO [sente-lite.server/connection-added] {\"conn-id\":\"conn-1-2\","
+                 "\"total-connections\":1,\"ok\":true,\"nothing\":null,\"source\":\"worker-3\"}\n");
+    l = sl_tel_format(buf, (size_t)n, &JSON, line, sizeof(line));
+    SL_CHECK(l > 0);
+    line[l > 0 ? l : 0] = '\0';
+    SL_CHECK(strncmp(line, "{\"timestamp\":\"", 14) == 0);
+    SL_CHECK(strstr(line, "\",\"level\":\"info\",\"event\":\"connection-added\",\"ns\":\"myapp.server\","
+                          "\"app\":\"myapp\",\"data\":{\"conn-id\":\"conn-1-2\",") != NULL);
+    SL_CHECK(line[l - 1] == '\n' && line[l - 2] == '}');
+    close(p[0]);
+    close(p[1]);
+}
+
+static void test_escaping(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], -1, &st, true, SL_TRACE);
+    const char bad[] = "q\"b\\n\n\x01\xff\xc3\xa9";
+    SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_WARN, SL_TF_SN("reason", bad, sizeof(bad) - 1));
+    sl_tel_flush();
+    uint8_t buf[4096];
+    int n = read_records(p[0], buf, sizeof(buf));
+    char line[2048];
+    int l = sl_tel_format(buf, (size_t)n, &TEXT, line, sizeof(line));
+    SL_CHECK(l > 0);
+    line[l > 0 ? l : 0] = '\0';
+    SL_CHECK_STR(after_timestamp(line),
+                 "WARN [sente-lite.server/websocket-error] "
+                 "{\"reason\":\"q\\\"b\\\\n\\u000a\\u0001\\ufffd\xc3\xa9\",\"source\":\"master\"}\n");
+    close(p[0]);
+    close(p[1]);
+}
+
+static void test_truncation(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 0, &st, true, SL_INFO);
+    char *big = malloc(10000);
+    memset(big, 'z', 10000);
+    SL_TEL(SL_EV_HTTP_REQUEST, SL_INFO, SL_TF_SN("path", big, 10000), SL_TF_I("after", 5));
+    sl_tel_flush();
+    uint8_t buf[4096];
+    int n = read_records(p[0], buf, sizeof(buf));
+    SL_CHECK(n > 0 && n <= 1024);
+    char line[4096];
+    int l = sl_tel_format(buf, (size_t)n, &TEXT, line, sizeof(line));
+    SL_CHECK(l > 0); /* still a well-formed record */
+    free(big);
+    close(p[0]);
+    close(p[1]);
+}
+
+static void test_levels_and_disabled(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 0, &st, true, SL_WARN);
+    SL_CHECK(!sl_tel_on(SL_INFO));
+    SL_CHECK(sl_tel_on(SL_WARN));
+    SL_CHECK(sl_tel_on(SL_ERROR_LEVEL));
+    SL_TEL(SL_EV_HTTP_REQUEST, SL_INFO, SL_TF_I("x", 1));
+    sl_tel_flush();
+    SL_CHECK_INT(st.tel_emitted, 0);
+    sl_tel_init(p[1], 0, &st, false, SL_TRACE);
+    SL_CHECK(!sl_tel_on(SL_ERROR_LEVEL));
+    SL_TEL(SL_EV_HTTP_REQUEST, SL_ERROR_LEVEL, SL_TF_I("x", 1));
+    sl_tel_flush();
+    uint8_t buf[64];
+    SL_CHECK_INT(read(p[0], buf, sizeof(buf)), -1); /* nothing was written */
+    SL_CHECK_INT(st.tel_emitted, 0);
+    close(p[0]);
+    close(p[1]);
+
+    sl_level_t lv;
+    SL_CHECK_INT(sl_level_parse("DEBUG", &lv), SL_OK);
+    SL_CHECK_INT(lv, SL_DEBUG);
+    SL_CHECK_INT(sl_level_parse("loud", &lv), SL_ERROR);
+    SL_CHECK_STR(sl_tel_event_name(SL_EV_WORKER_STARTED), "worker-started");
+    SL_CHECK_STR(sl_tel_event_name(SL_EV_SERVER_STARTING), "server-starting");
+}
+
+static void test_full_pipe_drops_and_counts(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    fcntl(p[1], F_SETPIPE_SZ, 4096);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 0, &st, true, SL_INFO);
+    /* Nobody reads: the pipe fills, later batches are dropped whole. */
+    for (int i = 0; i < 2000; i++)
+        SL_TEL(SL_EV_HTTP_REQUEST, SL_INFO, SL_TF_S("path", "/stats"), SL_TF_I("i", i));
+    sl_tel_flush();
+    SL_CHECK(st.tel_dropped > 0);
+    SL_CHECK_INT(st.tel_emitted + st.tel_dropped, 2000);
+    /* What did get through is whole records. */
+    fcntl(p[0], F_SETFL, O_NONBLOCK);
+    uint8_t buf[8192];
+    ssize_t n = read(p[0], buf, sizeof(buf));
+    size_t pos = 0, recs = 0;
+    while (n > 0 && pos + 2 <= (size_t)n) {
+        uint16_t len;
+        memcpy(&len, buf + pos, 2);
+        char line[1024];
+        SL_CHECK(sl_tel_format(buf + pos, len, &TEXT, line, sizeof(line)) > 0);
+        pos += len;
+        recs++;
+    }
+    SL_CHECK_INT(pos, (size_t)n);
+    SL_CHECK_INT(recs, st.tel_emitted);
+    close(p[0]);
+    close(p[1]);
+}
+
+/* The logger process end to end: two emitting processes, every line
+ * arrives intact in the log file. */
+static void test_logger_two_writers(void)
+{
+    char path[] = "/tmp/sl-tel-test-XXXXXX";
+    int tmp = mkstemp(path);
+    SL_CHECK(tmp >= 0);
+    close(tmp);
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    /* As the master does: a pipe large enough that this burst fits even if
+     * the logger is slow to be scheduled, so nothing is dropped. */
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    pid_t logger = fork();
+    if (logger == 0) {
+        close(p[1]);
+        sl_logger_opts_t o = {.log_file = path, .app_name = "sente-lite", .json = false,
+                              .min_level = SL_TRACE};
+        _exit(sl_logger_main(p[0], &o));
+    }
+    close(p[0]);
+    pid_t child = fork();
+    if (child == 0) {
+        sl_worker_stats_t st = {0};
+        sl_tel_init(p[1], 1, &st, true, SL_TRACE);
+        for (int i = 0; i < 1000; i++) {
+            SL_TEL(SL_EV_MESSAGE_SENT, SL_DEBUG, SL_TF_S("conn-id", "conn-child"), SL_TF_I("i", i));
+            if (i % 37 == 0)
+                sl_tel_flush();
+        }
+        sl_tel_flush();
+        _exit(st.tel_emitted == 1000 ? 0 : 1);
+    }
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 0, &st, true, SL_TRACE);
+    for (int i = 0; i < 1000; i++) {
+        SL_TEL(SL_EV_MESSAGE_SENT, SL_DEBUG, SL_TF_S("conn-id", "conn-parent"), SL_TF_I("i", i));
+        if (i % 41 == 0)
+            sl_tel_flush();
+    }
+    sl_tel_flush();
+    int status;
+    waitpid(child, &status, 0);
+    SL_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    SL_CHECK_INT(st.tel_emitted, 1000);
+    close(p[1]); /* last writer gone: the logger drains and exits */
+    waitpid(logger, &status, 0);
+    SL_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    FILE *f = fopen(path, "r");
+    SL_CHECK(f != NULL);
+    char line[1024];
+    int parent = 0, childn = 0, bad = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!timestamp_shape(line) || strstr(line, "[sente-lite.server/message-sent] {") == NULL)
+            bad++;
+        else if (strstr(line, "conn-parent") && strstr(line, "\"source\":\"worker-0\"}"))
+            parent++;
+        else if (strstr(line, "conn-child") && strstr(line, "\"source\":\"worker-1\"}"))
+            childn++;
+        else
+            bad++;
+    }
+    if (f)
+        fclose(f);
+    SL_CHECK_INT(parent, 1000);
+    SL_CHECK_INT(childn, 1000);
+    SL_CHECK_INT(bad, 0);
+    unlink(path);
+}
+
+/* Cost of emitting: printed for the benchmark notes, never asserted. */
+static void test_emit_cost(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    pid_t drain = fork();
+    if (drain == 0) {
+        close(p[1]);
+        char buf[65536];
+        while (read(p[0], buf, sizeof(buf)) > 0)
+            ;
+        _exit(0);
+    }
+    close(p[0]);
+    sl_worker_stats_t st = {0};
+    sl_tel_init(p[1], 0, &st, true, SL_INFO);
+    const int N = 1000000;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < N; i++) {
+        SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_INFO, SL_TF_S("channel-id", "chat-room"),
+               SL_TF_S("message-id", "msg-1234"), SL_TF_I("seq", i));
+        if ((i & 63) == 63)
+            sl_tel_flush(); /* the worker flushes once per loop turn */
+    }
+    sl_tel_flush();
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / N;
+    printf("tel: emit %.1f ns/event including flushes (%llu written, %llu dropped)\n", ns,
+           (unsigned long long)st.tel_emitted, (unsigned long long)st.tel_dropped);
+    SL_CHECK_INT(st.tel_emitted + st.tel_dropped, N);
+    close(p[1]);
+    int status;
+    waitpid(drain, &status, 0);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    SL_TEST_RUN(test_text_and_json_lines);
+    SL_TEST_RUN(test_escaping);
+    SL_TEST_RUN(test_truncation);
+    SL_TEST_RUN(test_levels_and_disabled);
+    SL_TEST_RUN(test_full_pipe_drops_and_counts);
+    SL_TEST_RUN(test_logger_two_writers);
+    SL_TEST_RUN(test_emit_cost);
+    return sl_test_summary();
+}
