@@ -1,0 +1,73 @@
+/*
+ * sl_qsbr.h - grace periods across processes (quiescent-state-based RCU).
+ *
+ * liburcu's own grace-period machinery tracks the threads of one process;
+ * our readers are processes.  So the grace period is ours, built from
+ * liburcu's primitives (uatomic, cmm_smp_mb): a global counter and one
+ * reader slot per process in shared memory.
+ *
+ * Readers take no locks and never wait.  A reader holds pointers obtained
+ * with rcu_dereference only until its next quiescent state: workers report
+ * one at the end of every event-loop turn (sl_qsbr_quiescent).  A writer
+ * that unlinks an object retires it (sl_qsbr_retire); it is freed to the
+ * arena only once every online slot has reported a quiescent state after
+ * the retirement, so no reader can still be looking at it.  An offline slot
+ * (a process that is blocked, gone, or released by the master after a
+ * crash) never holds back reclamation.
+ */
+#ifndef SL_QSBR_H
+#define SL_QSBR_H
+
+#include "sl_arena.h"
+#include "sl_lock.h"
+
+#define SL_QSBR_SLOTS 80 /* workers use their id; the rest for the master and tests */
+
+/* Put at the start of every object that is freed through a grace period. */
+typedef struct sl_qsbr_head {
+    struct sl_qsbr_head *next;
+    uint64_t epoch;
+} sl_qsbr_head_t;
+
+typedef struct {
+    uint64_t ctr; /* 0: offline; else the global counter seen at the last QS */
+    int32_t pid;
+    uint32_t pad;
+} __attribute__((aligned(64))) sl_qsbr_slot_t;
+
+typedef struct {
+    uint64_t gp __attribute__((aligned(64))); /* grace-period counter, starts at 1 */
+    sl_qsbr_slot_t slots[SL_QSBR_SLOTS];
+    sl_lock_t limbo_lock;
+    sl_qsbr_head_t *limbo_head, *limbo_tail; /* retired, oldest first */
+    uint64_t pending;   /* objects in limbo */
+    uint64_t retired;   /* ever retired */
+    uint64_t reclaimed; /* ever freed after their grace period */
+    sl_arena_t *arena;
+} sl_qsbr_t;
+
+/* Initialise in shared memory; retired objects go back to `arena`. */
+int sl_qsbr_init(sl_qsbr_t *q, sl_arena_t *arena);
+
+/* Reader side (each process its own slot). */
+void sl_qsbr_register(sl_qsbr_t *q, int slot);   /* online now */
+void sl_qsbr_quiescent(sl_qsbr_t *q, int slot);  /* holds no pointers now */
+void sl_qsbr_offline(sl_qsbr_t *q, int slot);    /* e.g. before blocking */
+void sl_qsbr_online(sl_qsbr_t *q, int slot);
+/* The master takes a dead process's slot offline so it stops counting. */
+void sl_qsbr_release(sl_qsbr_t *q, int slot);
+
+/* Writer side: `obj` is unlinked (no new reader can find it); free it
+ * after a grace period. */
+void sl_qsbr_retire(sl_qsbr_t *q, sl_qsbr_head_t *obj);
+
+/* Free what every online reader is past; returns how many.  Cheap when
+ * nothing is pending. */
+size_t sl_qsbr_reclaim(sl_qsbr_t *q);
+
+/* Wait (sleeping briefly) until a full grace period has passed, at most
+ * timeout_ms: SL_OK or SL_AGAIN.  For tests and rare slow paths; the
+ * caller's own slot, if any, must be offline or have just reported. */
+int sl_qsbr_synchronize(sl_qsbr_t *q, int timeout_ms);
+
+#endif
