@@ -59,6 +59,7 @@ struct sl_conn {
     sl_outq_t out;
     int64_t opened_at; /* wall ms, WebSocket open */
     uint64_t message_count;
+    struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];

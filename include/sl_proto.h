@@ -7,8 +7,12 @@
 
 #include "sl_conn.h"
 
-/* A protocol connection has just been upgraded: give it its conn-id and
- * send the welcome. */
+/* Before the 101 goes out: give the connection its conn-id and register
+ * it in the shared registry.  SL_ERROR when shared memory is exhausted
+ * (the upgrade is then refused). */
+int sl_proto_admit(sl_conn_t *c);
+
+/* The connection has just been upgraded: send the welcome. */
 void sl_proto_opened(sl_conn_t *c);
 
 /* One complete text message (valid UTF-8, not NUL-terminated). */

@@ -17,6 +17,7 @@
 #define SL_SHM_H
 
 #include "sl_common.h"
+#include "sl_reg.h"
 
 #define SL_MAX_WORKERS 64
 #define SL_SHM_MAGIC 0x73656e74656c6974ULL /* "sentelit" */
@@ -40,6 +41,7 @@ typedef enum {
     SL_ERR_NOT_FOUND,          /* unknown path, 404 */
     SL_ERR_METHOD_NOT_ALLOWED, /* 405 */
     SL_ERR_ACCEPT_FAILED,      /* master: accept() or hand-off failed */
+    SL_ERR_SHM_EXHAUSTED,      /* shared memory full: request refused */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -78,14 +80,17 @@ typedef struct {
     uint64_t tel_errors;
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
+    sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
 } sl_shm_hdr_t;
 
 /* The mapping of this process (set by sl_shm_create before fork). */
 extern sl_shm_hdr_t *sl_shm;
 
-/* Create the shared mapping of `size` bytes.  Returns SL_OK or SL_ERROR
- * (errno set). */
-int sl_shm_create(size_t size, uint32_t nworkers);
+/* Create the shared mapping of `size` bytes: the header, then the
+ * registry's arena over everything after it, with tables sized for
+ * max_conns connections.  Returns SL_OK or SL_ERROR (errno set; EINVAL when
+ * `size` is too small for the tables). */
+int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns);
 
 /* Smallest mapping the layout needs. */
 size_t sl_shm_min_size(void);

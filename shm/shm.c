@@ -8,6 +8,7 @@
  */
 #include "sl_shm.h"
 
+#include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -31,6 +32,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_NOT_FOUND] = "not-found",
     [SL_ERR_METHOD_NOT_ALLOWED] = "method-not-allowed",
     [SL_ERR_ACCEPT_FAILED] = "accept-failed",
+    [SL_ERR_SHM_EXHAUSTED] = "shm-exhausted",
 };
 
 const char *sl_err_name(sl_err_t e)
@@ -38,17 +40,23 @@ const char *sl_err_name(sl_err_t e)
     return (unsigned)e < SL_ERR__COUNT ? sl_err_names[e] : "unknown";
 }
 
-size_t sl_shm_min_size(void)
+static size_t header_size(void)
 {
     long page = sysconf(_SC_PAGESIZE);
-    size_t n = sizeof(sl_shm_hdr_t);
-    return (n + (size_t)page - 1) / (size_t)page * (size_t)page;
+    return (sizeof(sl_shm_hdr_t) + (size_t)page - 1) / (size_t)page * (size_t)page;
 }
 
-int sl_shm_create(size_t size, uint32_t nworkers)
+size_t sl_shm_min_size(void)
 {
-    if (size < sl_shm_min_size() || nworkers == 0 || nworkers > SL_MAX_WORKERS)
+    return header_size() + (1 << 20); /* and at least 1 MiB for the arena */
+}
+
+int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns)
+{
+    if (size < sl_shm_min_size() || nworkers == 0 || nworkers > SL_MAX_WORKERS) {
+        errno = EINVAL;
         return SL_ERROR;
+    }
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return SL_ERROR;
@@ -58,5 +66,12 @@ int sl_shm_create(size_t size, uint32_t nworkers)
     sl_shm->magic = SL_SHM_MAGIC;
     sl_shm->size = size;
     sl_shm->nworkers = nworkers;
+    if (sl_reg_init(&sl_shm->reg, (char *)p + header_size(), size - header_size(), max_conns) !=
+        SL_OK) {
+        munmap(p, size);
+        sl_shm = NULL;
+        errno = EINVAL;
+        return SL_ERROR;
+    }
     return SL_OK;
 }

@@ -143,6 +143,12 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
                        false);
         return;
     }
+    if (kind == SL_KIND_PROTOCOL && sl_proto_admit(c) != SL_OK) {
+        uatomic_add(&sl_worker->stats->connections, -1);
+        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_httpd_error(c, 503, "shm-exhausted", "the server's shared memory is full", false);
+        return;
+    }
     char resp[160];
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

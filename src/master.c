@@ -277,6 +277,12 @@ static void worker_died(int i, int status)
     if (s->ctl >= 0)
         close(s->ctl);
     s->ctl = -1;
+    /* Its connections are gone with it: clean them out of the registry
+     * (this also takes its reader slot offline so reclamation goes on). */
+    size_t removed = sl_reg_worker_cleanup(&sl_shm->reg, i);
+    if (removed)
+        SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
+               SL_TF_I("removed-connections", removed), SL_TF_S("reason", "worker died"));
     uatomic_set(&sl_shm->workers[i].pid, 0);
     uatomic_set(&sl_shm->workers[i].connections, 0);
     uatomic_set(&sl_shm->workers[i].echo_connections, 0);
@@ -385,9 +391,14 @@ int sl_master_run(void)
         fprintf(stderr, "sente-lite: %s\n", err);
         return 1;
     }
-    if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers) != SL_OK) {
-        fprintf(stderr, "sente-lite: cannot map %lld bytes of shared memory (--shm-size): %s\n",
-                (long long)cf->shm_size, strerror(errno));
+    if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
+                      (uint64_t)cf->max_connections) != SL_OK) {
+        if (errno == EINVAL)
+            fprintf(stderr, "sente-lite: --shm-size %lld is too small for --max-connections "
+                            "%lld\n", (long long)cf->shm_size, (long long)cf->max_connections);
+        else
+            fprintf(stderr, "sente-lite: cannot map %lld bytes of shared memory (--shm-size): "
+                            "%s\n", (long long)cf->shm_size, strerror(errno));
         return 1;
     }
     sl_shm->start_ms = sl_now_ms();

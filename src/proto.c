@@ -24,7 +24,7 @@ static uint64_t total_connections(void)
     return n;
 }
 
-void sl_proto_opened(sl_conn_t *c)
+int sl_proto_admit(sl_conn_t *c)
 {
     /* conn-id: wall-clock ms at open plus a server-wide sequence from
      * shared memory, so ids are unique across workers and never reused
@@ -32,6 +32,12 @@ void sl_proto_opened(sl_conn_t *c)
     c->opened_at = sl_now_ms();
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+    c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->opened_at);
+    return c->reg ? SL_OK : SL_ERROR;
+}
+
+void sl_proto_opened(sl_conn_t *c)
+{
 
     json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
                           "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
@@ -46,6 +52,10 @@ void sl_proto_opened(sl_conn_t *c)
 
 void sl_proto_closed(sl_conn_t *c)
 {
+    if (c->reg) {
+        sl_reg_conn_remove(&sl_shm->reg, c->reg);
+        c->reg = NULL;
+    }
     SL_TEL(SL_EV_WEBSOCKET_CLOSED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("code", c->close_code ? c->close_code : SL_WS_CLOSE_ABNORMAL),
            SL_TF_S("reason", c->close_reason ? c->close_reason : "connection lost"));
@@ -105,6 +115,9 @@ void sl_proto_message(sl_conn_t *c, char *data, size_t len)
 {
     c->message_count++;
     uatomic_add(&sl_worker->stats->messages_in, 1);
+    /* The registry entry is ours: plain atomic stores, read by others. */
+    uatomic_set(&c->reg->last_activity, (uint64_t)sl_now_ms());
+    uatomic_set(&c->reg->message_count, c->message_count);
     SL_TEL(SL_EV_WEBSOCKET_MESSAGE_RECEIVED, SL_TRACE, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("bytes", len));
 

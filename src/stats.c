@@ -55,6 +55,24 @@ static json_t *workers_json(totals_t *t)
     return a;
 }
 
+/* The mapping: the fixed header plus what the registry's arena hands out;
+ * total is the whole mapping. */
+static json_t *shm_json(void)
+{
+    sl_reg_figures_t f;
+    sl_reg_figures(&sl_shm->reg, &f);
+    uint64_t header = sl_shm->size - f.total_bytes;
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "used-bytes",
+                     (json_int_t)(header + f.used_bytes), "total-bytes", (json_int_t)sl_shm->size,
+                     "allocation-failures", (json_int_t)f.failures, "registered-connections",
+                     (json_int_t)f.registered_connections, "rcu-pending", (json_int_t)f.qsbr_pending,
+                     "rcu-retired", (json_int_t)f.qsbr_retired, "rcu-reclaimed",
+                     (json_int_t)f.qsbr_reclaimed);
+}
+
+/* Unhealthy above this share of the arena in use. */
+#define SL_SHM_HEALTH_LIMIT 0.9
+
 static int64_t uptime_ms(void)
 {
     return sl_now_ms() - sl_shm->start_ms;
@@ -76,12 +94,11 @@ json_t *sl_stats_json(void)
                             (json_int_t)uatomic_read(&sl_shm->tel_errors), "enabled",
                             sl_conf->telemetry);
     json_t *cfg = sl_conf_to_json(sl_conf);
-    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:{s:I, s:I}, s:I, s:o}",
+    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:I, s:o}",
                      "active-connections", (json_int_t)t.connections, "total-messages",
                      (json_int_t)t.messages_in, "total-messages-out", (json_int_t)t.messages_out,
                      "uptime-ms", (json_int_t)uptime_ms(), "server-config", cfg, "workers",
-                     workers, "telemetry-stats", tel, "shared-memory", "used-bytes",
-                     (json_int_t)sizeof(sl_shm_hdr_t), "total-bytes", (json_int_t)sl_shm->size,
+                     workers, "telemetry-stats", tel, "shared-memory", shm_json(),
                      "slow-consumer-disconnects", (json_int_t)t.slow, "errors", errors);
 }
 
@@ -89,10 +106,14 @@ json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
     json_decref(workers_json(&t));
-    bool ok = t.live_workers == (int)sl_shm->nworkers;
+    sl_reg_figures_t f;
+    sl_reg_figures(&sl_shm->reg, &f);
+    bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
+    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok;
     *healthy = ok;
-    return json_pack("{s:s, s:I, s:{s:b, s:i, s:i}, s:I}", "status", ok ? "healthy" : "unhealthy",
-                     "connections", (json_int_t)t.connections, "system-health", "healthy", ok,
-                     "workers-alive", t.live_workers, "workers-expected", (int)sl_shm->nworkers,
+    return json_pack("{s:s, s:I, s:{s:b, s:i, s:i, s:b}, s:I}", "status",
+                     ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
+                     "system-health", "healthy", ok, "workers-alive", t.live_workers,
+                     "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
 }

@@ -124,6 +124,10 @@ static void worker_turn_end(sl_worker_t *w)
         }
     }
     sl_tel_flush();
+    /* Between turns this worker holds no pointer into the registry:
+     * report the quiescent state, then free what every reader is past. */
+    sl_qsbr_quiescent(&sl_shm->reg.qsbr, w->id);
+    sl_qsbr_reclaim(&sl_shm->reg.qsbr);
 }
 
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
@@ -226,6 +230,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
         event_add(w->tick_ev, &tv) || event_add(w->sig_ev, NULL))
         return 1;
 
+    sl_qsbr_register(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->started_ms, sl_now_ms());
     /* Publishing the pid tells the master and /health that we are up. */
     uatomic_set(&w->stats->pid, (int32_t)getpid());
@@ -242,6 +247,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_abort(c, "shutdown");
     worker_turn_end(w);
+    sl_qsbr_offline(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->pid, 0);
     event_free(w->ctl_ev);
     event_free(w->tick_ev);
