@@ -16,6 +16,15 @@
 #include <stdio.h>
 
 #define SL_MAX_ORIGINS 32
+#define SL_MAX_PREDEFINED 256
+
+/* A channel predefined with --channel NAME[:key=value,...]. */
+typedef struct {
+    char name[129];
+    int64_t max_subscribers;   /* -1: the server default */
+    int64_t message_retention; /* -1: the server default */
+    int64_t rpc_timeout_ms;    /* -1: the server default */
+} sl_conf_channel_t;
 
 typedef struct {
     char host[256];
@@ -37,6 +46,14 @@ typedef struct {
     bool log_json;
     int64_t shm_size;
     char pid_file[1024];
+    /* channels */
+    bool auto_create;
+    int64_t max_subscribers;
+    int64_t message_retention;
+    int64_t rpc_timeout_ms;
+    int64_t max_subscriptions_per_connection;
+    sl_conf_channel_t *channels; /* --channel, resolved after parsing */
+    int nchannels;
 } sl_conf_t;
 
 typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION } sl_conf_action_t;

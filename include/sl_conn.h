@@ -60,6 +60,9 @@ struct sl_conn {
     int64_t opened_at; /* wall ms, WebSocket open */
     uint64_t message_count;
     struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
+    uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
+    char **subs;              /* channel ids subscribed to (malloc'd strings) */
+    uint32_t nsubs, subs_cap;
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];

@@ -31,16 +31,23 @@ typedef struct sl_reg_conn {
     char conn_id[SL_CONN_ID_MAX];
 } sl_reg_conn_t;
 
+struct sl_inbox;
+
 typedef struct {
     sl_qsbr_t qsbr;
     sl_arena_t *arena;
     sl_table_t *conns;
+    sl_table_t *channels; /* sl_chan.h */
+    sl_table_t *subs;     /* sl_chan.h */
+    struct sl_inbox *inboxes[64]; /* one per worker, from the arena */
+    uint32_t nworkers;
+    uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
 } sl_reg_t;
 
 /* Lay the registry's memory over region[0..size) (the mapping after its
  * fixed header); tables sized for `max_conns` connections.  SL_OK or
  * SL_ERROR (region too small). */
-int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns);
+int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint32_t nworkers);
 
 /* Register a connection; NULL when shared memory is exhausted. */
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
@@ -50,8 +57,9 @@ void sl_reg_conn_remove(sl_reg_t *r, sl_reg_conn_t *c);
 /* Read side. */
 sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len);
 
-/* Master, after worker `worker` died: remove every entry it owned, take its
- * reader slot offline.  Returns how many connections were removed. */
+/* Master, after worker `worker` died: take its reader slot offline, remove
+ * every connection and subscription it owned, and drop what was waiting in
+ * its inbox.  Returns how many connections were removed. */
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker);
 
 /* Shared-memory figures for /stats and /health. */

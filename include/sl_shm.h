@@ -60,6 +60,9 @@ typedef struct {
     uint64_t messages_in;  /* protocol messages received */
     uint64_t messages_out; /* protocol messages queued to clients */
     uint64_t slow_consumer_disconnects;
+    uint64_t published;  /* publishes accepted from this worker's clients */
+    uint64_t delivered;  /* channel messages queued to local subscribers */
+    uint64_t overloaded; /* publishes refused: an inbox or memory full */
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t errors[SL_ERR__COUNT];

@@ -18,7 +18,7 @@ typedef struct {
     int id;
     struct event_base *base;
     int ctl_fd; /* Unix socket from the master: accepted fds arrive here */
-    struct event *ctl_ev, *tick_ev, *sig_ev;
+    struct event *ctl_ev, *tick_ev, *sig_ev, *wake_ev;
     sl_worker_stats_t *stats; /* this worker's slot in shared memory */
     sl_conn_t *conns;         /* live connections (doubly linked) */
     sl_conn_t *dirty;         /* to flush (or free, if dead) at turn end */

@@ -6,6 +6,7 @@
  * filled completely before sl_table_insert publishes it.
  */
 #include "sl_reg.h"
+#include "sl_chan.h"
 
 #include <string.h>
 #include <urcu/uatomic.h>
@@ -18,14 +19,16 @@ static uint32_t pow2_at_least(uint64_t n)
     return p;
 }
 
-int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns)
+int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint32_t nworkers)
 {
     r->arena = sl_arena_init(region, size);
     if (r->arena == NULL || sl_qsbr_init(&r->qsbr, r->arena) != SL_OK)
         return SL_ERROR;
     /* One bucket per expected connection keeps chains about one long. */
     r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns), 64);
-    return r->conns ? SL_OK : SL_ERROR;
+    if (r->conns == NULL)
+        return SL_ERROR;
+    return sl_chan_init(r, nworkers);
 }
 
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
@@ -97,6 +100,14 @@ size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)
         sl_qsbr_quiescent(&r->qsbr, SL_REG_MASTER_SLOT);
         if (col.n < col.cap)
             break;
+    }
+    sl_chan_worker_cleanup(r, worker);
+    /* Its inbox may hold message references it never consumed; nobody
+     * else consumes it until the replacement starts, so drain it here. */
+    if ((uint32_t)worker < r->nworkers && r->inboxes[worker]) {
+        sl_inbox_entry_t e;
+        while (sl_inbox_pop(r->inboxes[worker], &e))
+            sl_chan_msg_unref(r, e.msg);
     }
     sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
     sl_qsbr_reclaim(&r->qsbr);

@@ -66,8 +66,8 @@ int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns)
     sl_shm->magic = SL_SHM_MAGIC;
     sl_shm->size = size;
     sl_shm->nworkers = nworkers;
-    if (sl_reg_init(&sl_shm->reg, (char *)p + header_size(), size - header_size(), max_conns) !=
-        SL_OK) {
+    if (sl_reg_init(&sl_shm->reg, (char *)p + header_size(), size - header_size(), max_conns,
+                    nworkers) != SL_OK) {
         munmap(p, size);
         sl_shm = NULL;
         errno = EINVAL;

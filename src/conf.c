@@ -8,6 +8,7 @@
  * Order of precedence: defaults, then environment, then flags.
  */
 #include "sl_conf.h"
+#include "sl_chan.h"
 #include "sl_shm.h"
 
 #include <ctype.h>
@@ -32,6 +33,7 @@ typedef enum {
     OPT_FORMAT,  /* text|json -> log_json */
     OPT_ORIGIN,  /* repeatable string list */
     OPT_NAME,    /* app name: [A-Za-z0-9._-]+ */
+    OPT_CHANNEL, /* --channel NAME[:key=value,...], repeatable */
     OPT_HELP,
     OPT_VERSION,
 } opt_kind_t;
@@ -85,6 +87,18 @@ static const sl_option_t sl_options[] = {
      "size of the shared-memory mapping"},
     {"pid-file", NULL, OPT_STR, OFF(pid_file), SZ(pid_file), 0, 0, "", "PATH",
      "write the master's pid here"},
+    {"auto-create", "AUTO_CREATE_CHANNELS", OPT_BOOL, OFF(auto_create), 0, 0, 0, "true", NULL,
+     "subscribe creates missing channels (--no-auto-create: off)"},
+    {"max-subscribers", "MAX_SUBSCRIBERS", OPT_INT, OFF(max_subscribers), 0, 1, 10000000, "1000",
+     "N", "default subscriber limit of a channel"},
+    {"message-retention", "MESSAGE_RETENTION", OPT_INT, OFF(message_retention), 0, 0, 10000, "0",
+     "N", "default number of messages a channel retains"},
+    {"rpc-timeout-ms", NULL, OPT_INT, OFF(rpc_timeout_ms), 0, 1, 3600000, "30000", "MS",
+     "default RPC timeout of a channel"},
+    {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
+     1, 1000000, "1000", "N", "channels one connection may subscribe to"},
+    {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
+     "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
     {"help", NULL, OPT_HELP, 0, 0, 0, 0, NULL, NULL, "show this help"},
     {"version", NULL, OPT_VERSION, 0, 0, 0, 0, NULL, NULL, "show the version"},
 };
@@ -134,6 +148,9 @@ static int parse_bool(const char *s, bool *out)
     }
     return SL_ERROR;
 }
+
+static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, char *err,
+                         size_t errsz);
 
 /* Apply one value to the option's field.  `who` names the source in
  * errors ("--port" or "PORT"). */
@@ -220,11 +237,90 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         }
         c->norigins++;
         return SL_OK;
+    case OPT_CHANNEL:
+        if (c->nchannels >= SL_MAX_PREDEFINED) {
+            snprintf(err, errsz, "%s: at most %d channels", who, SL_MAX_PREDEFINED);
+            return SL_ERROR;
+        }
+        if (c->channels == NULL)
+            c->channels = calloc(SL_MAX_PREDEFINED, sizeof(*c->channels));
+        if (c->channels == NULL)
+            return SL_ERROR;
+        return parse_channel(v, &c->channels[c->nchannels++], who, err, errsz);
     case OPT_FLAG:
     case OPT_HELP:
     case OPT_VERSION:
         break;
     }
+    return SL_OK;
+}
+
+/* Parse "k=v,k=v" into the channel's settings; SL_ERROR when any part is
+ * not one of the keys or its value is out of range. */
+static int parse_channel_keys(const char *p, sl_conf_channel_t *ch, const char *who, char *err,
+                              size_t errsz, bool quiet)
+{
+    static const struct {
+        const char *key;
+        int64_t min, max;
+        size_t off;
+    } keys[] = {
+        {"max-subscribers", 1, 10000000, offsetof(sl_conf_channel_t, max_subscribers)},
+        {"message-retention", 0, 10000, offsetof(sl_conf_channel_t, message_retention)},
+        {"rpc-timeout-ms", 1, 3600000, offsetof(sl_conf_channel_t, rpc_timeout_ms)},
+    };
+    char buf[512];
+    snprintf(buf, sizeof(buf), "%s", p);
+    char *save = NULL;
+    for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        size_t k = 0;
+        int64_t n;
+        if (eq == NULL)
+            goto bad;
+        *eq = '\0';
+        for (; k < SL_ARRAY_LEN(keys); k++)
+            if (strcmp(kv, keys[k].key) == 0)
+                break;
+        if (k == SL_ARRAY_LEN(keys))
+            goto bad;
+        if (parse_int(eq + 1, &n) != SL_OK || n < keys[k].min || n > keys[k].max) {
+            if (!quiet)
+                snprintf(err, errsz, "%s: %s=%s is not an integer between %lld and %lld", who,
+                         kv, eq + 1, (long long)keys[k].min, (long long)keys[k].max);
+            return SL_ERROR;
+        }
+        *(int64_t *)((char *)ch + keys[k].off) = n;
+        continue;
+    bad:
+        if (!quiet)
+            snprintf(err, errsz, "%s: '%s' is not max-subscribers=N, message-retention=N or "
+                                 "rpc-timeout-ms=N", who, kv);
+        return SL_ERROR;
+    }
+    return SL_OK;
+}
+
+/* NAME[:k=v,...].  A channel name may itself contain ':', so the part
+ * after the last ':' is settings only if it parses as settings. */
+static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, char *err,
+                         size_t errsz)
+{
+    ch->max_subscribers = ch->message_retention = ch->rpc_timeout_ms = -1;
+    const char *colon = strrchr(v, ':');
+    size_t nlen = strlen(v);
+    if (colon && strchr(colon, '=')) {
+        if (parse_channel_keys(colon + 1, ch, who, err, errsz, false) != SL_OK)
+            return SL_ERROR;
+        nlen = (size_t)(colon - v);
+    }
+    if (!sl_chan_id_valid(v, nlen)) {
+        snprintf(err, errsz, "%s: '%.*s' is not a valid channel id (1-128 bytes of UTF-8, no "
+                             "control characters)", who, (int)nlen, v);
+        return SL_ERROR;
+    }
+    memcpy(ch->name, v, nlen);
+    ch->name[nlen] = '\0';
     return SL_OK;
 }
 
@@ -310,6 +406,17 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             return SL_ERROR;
     }
 
+    /* Predefined channels take the server defaults for what they omit
+     * (known only now: a default may come after --channel). */
+    for (int i = 0; i < c->nchannels; i++) {
+        sl_conf_channel_t *ch = &c->channels[i];
+        if (ch->max_subscribers < 0)
+            ch->max_subscribers = c->max_subscribers;
+        if (ch->message_retention < 0)
+            ch->message_retention = c->message_retention;
+        if (ch->rpc_timeout_ms < 0)
+            ch->rpc_timeout_ms = c->rpc_timeout_ms;
+    }
     if ((size_t)c->shm_size < sl_shm_min_size()) {
         snprintf(err, errsz, "--shm-size: must be at least %zu bytes", sl_shm_min_size());
         return SL_ERROR;
@@ -322,6 +429,9 @@ void sl_conf_free(sl_conf_t *c)
     for (int i = 0; i < c->norigins; i++)
         free(c->allowed_origins[i]);
     c->norigins = 0;
+    free(c->channels);
+    c->channels = NULL;
+    c->nchannels = 0;
 }
 
 void sl_conf_usage(FILE *out)
@@ -369,6 +479,15 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
             v = json_array();
             for (int k = 0; k < c->norigins; k++)
                 json_array_append_new(v, json_string(c->allowed_origins[k]));
+            break;
+        case OPT_CHANNEL:
+            v = json_array();
+            for (int k = 0; k < c->nchannels; k++)
+                json_array_append_new(
+                    v, json_pack("{s:s, s:I, s:I, s:I}", "name", c->channels[k].name,
+                                 "max-subscribers", (json_int_t)c->channels[k].max_subscribers,
+                                 "message-retention", (json_int_t)c->channels[k].message_retention,
+                                 "rpc-timeout-ms", (json_int_t)c->channels[k].rpc_timeout_ms));
             break;
         case OPT_HELP:
         case OPT_VERSION: continue;

@@ -9,6 +9,7 @@
 #include "sl_httpd.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
+#include "sl_pubsub.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -195,8 +196,9 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
                        "this path speaks WebSocket; see /health and /stats for HTTP", keep);
         return keep;
     }
-    bool health = path_is(req, "/health"), stats = path_is(req, "/stats");
-    if (!health && !stats) {
+    bool health = path_is(req, "/health"), stats = path_is(req, "/stats"),
+         channels = path_is(req, "/channels");
+    if (!health && !stats && !channels) {
         sl_worker_count_error(SL_ERR_NOT_FOUND);
         sl_httpd_error(c, 404, "not-found", "no such endpoint", keep);
         return keep;
@@ -210,6 +212,8 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
         bool ok;
         json_t *doc = sl_health_json(&ok);
         send_json(c, ok ? 200 : 503, doc, keep);
+    } else if (channels) {
+        send_json(c, 200, json_pack("{s:o}", "channels", sl_pubsub_channels_json()), keep);
     } else {
         send_json(c, 200, sl_stats_json(), keep);
     }

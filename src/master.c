@@ -13,6 +13,8 @@
 #include "sl_master.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
+#include "sl_pubsub.h"
+#include "sl_chan.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
@@ -367,6 +370,35 @@ static void sighup_cb(evutil_socket_t sig, short what, void *arg)
         kill(M.logger, SIGHUP);
 }
 
+/* --channel NAME[:...]: created before the workers start, so they exist
+ * from the first connection on. */
+static int create_predefined_channels(void)
+{
+    sl_reg_t *r = &sl_shm->reg;
+    int rc = SL_OK;
+    sl_qsbr_online(&r->qsbr, SL_REG_MASTER_SLOT);
+    for (int i = 0; i < sl_conf->nchannels; i++) {
+        const sl_conf_channel_t *ch = &sl_conf->channels[i];
+        sl_chan_config_t cfg = {.max_subscribers = ch->max_subscribers,
+                                .message_retention = ch->message_retention,
+                                .rpc_timeout_ms = ch->rpc_timeout_ms,
+                                .telemetry_enabled = true};
+        sl_chan_t *c;
+        int crc = sl_chan_create(r, ch->name, strlen(ch->name), &cfg, &c);
+        if (crc == SL_CHAN_NO_MEMORY) {
+            fprintf(stderr, "sente-lite: --shm-size too small for --channel %s\n", ch->name);
+            rc = SL_ERROR;
+            break;
+        }
+        if (crc == SL_CHAN_CREATED)
+            SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_S("channel-id", ch->name),
+                   SL_TF_S("by", "--channel"), SL_TF_I("max-subscribers", cfg.max_subscribers),
+                   SL_TF_I("message-retention", cfg.message_retention));
+    }
+    sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
+    return rc;
+}
+
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -403,6 +435,16 @@ int sl_master_run(void)
     }
     sl_shm->start_ms = sl_now_ms();
     sl_shm->master_pid = getpid();
+    /* One eventfd per worker: whoever fills a worker's inbox wakes it.
+     * Created before any fork so every worker (and respawn) inherits all. */
+    for (int i = 0; i < cf->workers; i++) {
+        sl_wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (sl_wake_fds[i] < 0) {
+            fprintf(stderr, "sente-lite: cannot create an eventfd: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
         fprintf(stderr, "sente-lite: cannot create the telemetry pipe: %s\n", strerror(errno));
@@ -432,6 +474,8 @@ int sl_master_run(void)
     sl_tel_init(M.tel_w, -1, &sl_shm->master_tel, cf->telemetry, cf->log_level);
     SL_TEL(SL_EV_SERVER_STARTING, SL_INFO, SL_TF_S("host", cf->host), SL_TF_I("port", cf->port),
            SL_TF_I("workers", cf->workers), SL_TF_S("version", SL_VERSION));
+    if (create_predefined_channels() != SL_OK)
+        return 1;
     sl_tel_flush();
 
     struct event *sigs[4] = {

@@ -7,6 +7,7 @@
  * input gets an error reply and never closes the connection.
  */
 #include "sl_proto.h"
+#include "sl_pubsub.h"
 #include "sl_conf.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -31,6 +32,7 @@ int sl_proto_admit(sl_conn_t *c)
      * (the sequence lives as long as the master). */
     c->opened_at = sl_now_ms();
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
+    c->conn_no = n;
     snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->opened_at);
     return c->reg ? SL_OK : SL_ERROR;
@@ -52,6 +54,7 @@ void sl_proto_opened(sl_conn_t *c)
 
 void sl_proto_closed(sl_conn_t *c)
 {
+    sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -109,6 +112,11 @@ typedef struct {
 
 static const sl_handler_t handlers[] = {
     {"ping", handle_ping},
+    {"subscribe", sl_pubsub_subscribe},
+    {"unsubscribe", sl_pubsub_unsubscribe},
+    {"publish", sl_pubsub_publish},
+    {"list-channels", sl_pubsub_list_channels},
+    {"get-subscriptions", sl_pubsub_get_subscriptions},
 };
 
 void sl_proto_message(sl_conn_t *c, char *data, size_t len)

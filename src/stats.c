@@ -9,11 +9,14 @@
 #include "sl_stats.h"
 #include "sl_conf.h"
 #include "sl_shm.h"
+#include "sl_chan.h"
+#include "sl_pubsub.h"
 
 #include <urcu/uatomic.h>
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
+    uint64_t published, delivered, overloaded;
     uint64_t errors[SL_ERR__COUNT];
     int live_workers;
 } totals_t;
@@ -28,20 +31,31 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     t->messages_in += in;
     t->messages_out += out;
     t->slow += slow;
+    uint64_t pub = uatomic_read(&w->published), del = uatomic_read(&w->delivered),
+             ovl = uatomic_read(&w->overloaded);
+    t->published += pub;
+    t->delivered += del;
+    t->overloaded += ovl;
     t->tel_emitted += uatomic_read(&w->tel_emitted);
     t->tel_dropped += uatomic_read(&w->tel_dropped);
     for (int e = 0; e < SL_ERR__COUNT; e++)
         t->errors[e] += uatomic_read(&w->errors[e]);
     if (pid > 0)
         t->live_workers++;
-    return json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:i, s:I, s:I, s:I, s:I}", "id", (int)i,
-                     "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
-                     (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
-                     (json_int_t)uatomic_read(&w->restarts), "alive", pid > 0,
-                     "echo-connections", (json_int_t)uatomic_read(&w->echo_connections),
-                     "http-connections", (json_int_t)uatomic_read(&w->http_connections),
-                     "http-requests", (json_int_t)uatomic_read(&w->http_requests),
-                     "slow-consumer-disconnects", (json_int_t)slow);
+    json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
+                          "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
+                          (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
+                          (json_int_t)uatomic_read(&w->restarts), "alive", pid > 0,
+                          "echo-connections", (json_int_t)uatomic_read(&w->echo_connections),
+                          "http-connections", (json_int_t)uatomic_read(&w->http_connections),
+                          "http-requests", (json_int_t)uatomic_read(&w->http_requests),
+                          "slow-consumer-disconnects", (json_int_t)slow);
+    json_object_set_new(o, "published", json_integer((json_int_t)pub));
+    json_object_set_new(o, "delivered", json_integer((json_int_t)del));
+    json_object_set_new(o, "overloaded", json_integer((json_int_t)ovl));
+    json_object_set_new(o, "inbox-depth",
+                        json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
+    return o;
 }
 
 static json_t *workers_json(totals_t *t)
@@ -70,6 +84,31 @@ static json_t *shm_json(void)
                      (json_int_t)f.qsbr_reclaimed);
 }
 
+static int chan_stat_cb(sl_table_node_t *n, void *arg)
+{
+    sl_chan_t *ch = (sl_chan_t *)n;
+    /* ring_count is read without the channel lock: a figure, not a
+     * decision; it may be one message behind. */
+    json_object_setn_new(
+        arg, ch->id, ch->node.klen,
+        json_pack("{s:I, s:I, s:I, s:I}", "subscriber-count",
+                  (json_int_t)uatomic_read(&ch->subscribers), "message-count",
+                  (json_int_t)uatomic_read(&ch->message_count), "created-at",
+                  (json_int_t)ch->created_at, "retention-count",
+                  (json_int_t)uatomic_read(&ch->ring_count)));
+    return 0;
+}
+
+static json_t *channel_stats_json(void)
+{
+    json_t *chans = json_object();
+    sl_table_foreach(sl_shm->reg.channels, chan_stat_cb, chans);
+    sl_chan_totals_t t;
+    sl_chan_totals(&sl_shm->reg, &t);
+    return json_pack("{s:o, s:I, s:I}", "channels", chans, "total-channels",
+                     (json_int_t)t.channels, "total-subscriptions", (json_int_t)t.subscriptions);
+}
+
 /* Unhealthy above this share of the arena in use. */
 #define SL_SHM_HEALTH_LIMIT 0.9
 
@@ -94,12 +133,17 @@ json_t *sl_stats_json(void)
                             (json_int_t)uatomic_read(&sl_shm->tel_errors), "enabled",
                             sl_conf->telemetry);
     json_t *cfg = sl_conf_to_json(sl_conf);
-    return json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:I, s:o}",
+    json_t *doc = json_pack("{s:I, s:I, s:I, s:I, s:o, s:o, s:o, s:o, s:I, s:o}",
                      "active-connections", (json_int_t)t.connections, "total-messages",
                      (json_int_t)t.messages_in, "total-messages-out", (json_int_t)t.messages_out,
                      "uptime-ms", (json_int_t)uptime_ms(), "server-config", cfg, "workers",
                      workers, "telemetry-stats", tel, "shared-memory", shm_json(),
                      "slow-consumer-disconnects", (json_int_t)t.slow, "errors", errors);
+    json_object_set_new(doc, "channel-stats", channel_stats_json());
+    json_object_set_new(doc, "overloaded", json_integer((json_int_t)t.overloaded));
+    json_object_set_new(doc, "published", json_integer((json_int_t)t.published));
+    json_object_set_new(doc, "delivered", json_integer((json_int_t)t.delivered));
+    return doc;
 }
 
 json_t *sl_health_json(bool *healthy)
@@ -111,9 +155,13 @@ json_t *sl_health_json(bool *healthy)
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok;
     *healthy = ok;
-    return json_pack("{s:s, s:I, s:{s:b, s:i, s:i, s:b}, s:I}", "status",
+    sl_chan_totals_t ct;
+    sl_chan_totals(&sl_shm->reg, &ct);
+    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
                      ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
-                     "system-health", "healthy", ok, "workers-alive", t.live_workers,
+                     "channels", (json_int_t)ct.channels, "system-health", "healthy", ok,
+                     "total-channels", (json_int_t)ct.channels, "total-subscriptions",
+                     (json_int_t)ct.subscriptions, "workers-alive", t.live_workers,
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
 }

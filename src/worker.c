@@ -14,6 +14,7 @@
 #include "sl_worker.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
+#include "sl_pubsub.h"
 #include "sl_tel.h"
 
 #include <errno.h>
@@ -107,6 +108,9 @@ void sl_worker_mark_dead(sl_conn_t *c)
 
 static void worker_turn_end(sl_worker_t *w)
 {
+    /* Channel messages handed to us (by others, or by our own publishes
+     * this turn) go out with this turn's writes. */
+    sl_pubsub_drain();
     /* Flushing may kill a connection (write error) or make it linger; a
      * connection is never added to the list twice because of c->dirty. */
     while (w->dirty) {
@@ -123,6 +127,7 @@ static void worker_turn_end(sl_worker_t *w)
             c->dirty = false;
         }
     }
+    sl_pubsub_wake();
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
@@ -151,6 +156,15 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
             continue;
         }
         sl_conn_new(cfd);
+    }
+}
+
+/* Another process put entries in our inbox: the drain happens at the end
+ * of this turn; here we only reset the eventfd. */
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0) {
     }
 }
 
@@ -226,8 +240,9 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sigprocmask(SIG_BLOCK, &stop, NULL);
     int sfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
     w->sig_ev = sfd >= 0 ? event_new(w->base, sfd, EV_READ | EV_PERSIST, signal_cb, w) : NULL;
-    if (!w->ctl_ev || !w->tick_ev || !w->sig_ev || event_add(w->ctl_ev, NULL) ||
-        event_add(w->tick_ev, &tv) || event_add(w->sig_ev, NULL))
+    w->wake_ev = event_new(w->base, sl_wake_fds[id], EV_READ | EV_PERSIST, wake_cb, w);
+    if (!w->ctl_ev || !w->tick_ev || !w->sig_ev || !w->wake_ev || event_add(w->ctl_ev, NULL) ||
+        event_add(w->tick_ev, &tv) || event_add(w->sig_ev, NULL) || event_add(w->wake_ev, NULL))
         return 1;
 
     sl_qsbr_register(&sl_shm->reg.qsbr, id);
@@ -252,6 +267,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     event_free(w->ctl_ev);
     event_free(w->tick_ev);
     event_free(w->sig_ev);
+    event_free(w->wake_ev);
     close(sfd);
     event_base_free(w->base);
     free(w->slots);

@@ -1,0 +1,142 @@
+/*
+ * sl_chan.h - channels and subscriptions in the shared registry, and
+ * publishing across workers.
+ *
+ * A channel (sl_chan_t) lives in the channels table.  Its mutable state -
+ * next seq, subscriber counts per worker, the retention ring - is guarded
+ * by the channel's own robust lock; counters others read without the lock
+ * are updated with atomic stores.  A subscription (sl_sub_t, key
+ * "<channel-id>\n<conn-id>": '\n' cannot occur in either) records which
+ * connection on which worker listens to which channel.
+ *
+ * Publishing: the publisher holds the channel lock while it assigns the
+ * seq, stores the encoded message in the retention ring and puts one
+ * reference into the inbox of every worker that has subscribers.  Holding
+ * the lock across the hand-off is what makes every worker receive a
+ * channel's messages in seq order even with concurrent publishers on
+ * different workers.  If any target inbox is full, nothing is handed off,
+ * the seq is not consumed and the publisher is told "overloaded".
+ *
+ * Messages (sl_chan_msg_t) are encoded once, in shared memory, as complete
+ * WebSocket text frames; they are reference counted (retention ring: one
+ * reference; each inbox entry: one) and freed when the last goes.
+ */
+#ifndef SL_CHAN_H
+#define SL_CHAN_H
+
+#include "sl_inbox.h"
+#include "sl_reg.h"
+
+#define SL_CHAN_ID_MAX 128
+#define SL_CHAN_MAX_WORKERS 64
+
+typedef struct {
+    int64_t max_subscribers;
+    int64_t message_retention;
+    int64_t rpc_timeout_ms;
+    bool telemetry_enabled;
+} sl_chan_config_t;
+
+typedef struct sl_chan_msg {
+    uint32_t refs; /* atomic */
+    uint32_t len;  /* frame bytes */
+    uint64_t seq;
+    uint64_t chan_hash;
+    uint32_t idlen;
+    uint32_t payload_off; /* where the JSON starts in frame */
+    char id[SL_CHAN_ID_MAX + 1];
+    uint8_t frame[];
+} sl_chan_msg_t;
+
+typedef struct sl_chan {
+    sl_table_node_t node; /* first: retired through QSBR */
+    char id[SL_CHAN_ID_MAX + 1];
+    char epoch[16];
+    sl_chan_config_t config;
+    int64_t created_at;
+    sl_lock_t lock;
+    uint64_t next_seq;      /* under lock; the next seq to assign */
+    uint64_t message_count; /* atomic */
+    uint32_t subscribers;   /* under lock; atomic for readers */
+    uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
+    uint32_t ring_start, ring_count;           /* under lock */
+    sl_chan_msg_t **ring; /* message_retention entries, oldest at ring_start */
+} sl_chan_t;
+
+typedef struct {
+    sl_table_node_t node;
+    int32_t worker;
+    uint32_t slot;
+    uint32_t chan_len; /* key = id "\n" conn-id */
+    char key[SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX];
+} sl_sub_t;
+
+enum {
+    SL_CHAN_CREATED = 0,
+    SL_CHAN_EXISTS = 1,
+    SL_CHAN_ALREADY = 2,       /* subscribe: already subscribed */
+    SL_CHAN_FULL = 3,          /* subscribe: max-subscribers reached */
+    SL_CHAN_NOT_SUBSCRIBED = 4,
+    SL_CHAN_OVERLOADED = 5,    /* publish: an inbox is full or memory is */
+    SL_CHAN_NO_MEMORY = 6,     /* shared memory exhausted */
+};
+
+/* Set up the channel tables and one inbox per worker (from the arena). */
+int sl_chan_init(sl_reg_t *r, uint32_t nworkers);
+
+/* Channel ids: 1..128 bytes of valid UTF-8 without control characters. */
+bool sl_chan_id_valid(const char *id, size_t len);
+
+sl_chan_t *sl_chan_find(sl_reg_t *r, const char *id, size_t len);
+/* Create, or find the existing one (SL_CHAN_EXISTS) - *out set either way;
+ * SL_CHAN_NO_MEMORY when exhausted. */
+int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config_t *cfg,
+                   sl_chan_t **out);
+
+/* Subscribe / unsubscribe a connection (its owner worker calls these).
+ * *count gets the subscriber count after the call. */
+int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
+                      uint32_t *count);
+int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count);
+
+typedef struct {
+    const char *data_json; /* the "data" value, compact JSON */
+    size_t data_len;
+    const char *sender_conn_id; /* NULL: the server (admin API) */
+    bool exclude_sender;
+    uint64_t sender_conn_no; /* the n of conn-<ms>-<n>: unique, never reused */
+    int64_t published_at;
+} sl_chan_pub_t;
+
+typedef struct {
+    uint64_t seq;
+    uint64_t message_id;
+    uint32_t delivered_to;
+    uint64_t woken;       /* bitmask of workers whose inbox got an entry */
+} sl_chan_pub_result_t;
+
+/* SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out);
+
+/* Visit the retained messages with seq > since (oldest first) under the
+ * channel lock; fn gets the message's JSON text.  Returns the seq of the
+ * oldest retained message (0 when none); *last gets the last seq assigned
+ * (0 when nothing was ever published). */
+uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
+                          void (*fn)(const char *json, size_t len, void *arg), void *arg,
+                          uint64_t *last);
+
+/* Drop a reference to a message (frees it with the last). */
+void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);
+
+/* Master, after a worker died: remove its subscriptions and fix the
+ * channels' counts.  Returns how many were removed. */
+size_t sl_chan_worker_cleanup(sl_reg_t *r, int worker);
+
+/* Figures. */
+typedef struct {
+    uint64_t channels, subscriptions;
+} sl_chan_totals_t;
+void sl_chan_totals(sl_reg_t *r, sl_chan_totals_t *t);
+
+#endif

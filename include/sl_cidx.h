@@ -1,0 +1,29 @@
+/*
+ * sl_cidx.h - a worker's own index: channel id -> its local subscribers.
+ *
+ * Process-local (malloc), touched only by the worker's thread.  Fan-out of
+ * a message from the inbox walks one entry's array; subscribe/unsubscribe
+ * of a local connection add/remove it.  The shared registry remains the
+ * truth for counts and limits; this index only says who, here, gets what.
+ */
+#ifndef SL_CIDX_H
+#define SL_CIDX_H
+
+#include "sl_conn.h"
+
+typedef struct sl_cidx_entry {
+    struct sl_cidx_entry *next;
+    uint64_t hash;
+    uint32_t idlen;
+    uint32_t n, cap;
+    sl_conn_t **conns;
+    char id[]; /* idlen bytes + NUL */
+} sl_cidx_entry_t;
+
+/* The entry for a channel, or NULL. */
+sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
+/* Add / remove a local subscriber.  SL_OK or SL_ERROR (out of memory). */
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+
+#endif

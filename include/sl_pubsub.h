@@ -1,0 +1,36 @@
+/*
+ * sl_pubsub.h - the channel part of the JSON protocol on a worker:
+ * subscribe, unsubscribe, publish, list-channels, get-subscriptions, and
+ * delivering what arrives in the worker's inbox to local subscribers.
+ */
+#ifndef SL_PUBSUB_H
+#define SL_PUBSUB_H
+
+#include "sl_conn.h"
+
+#include <jansson.h>
+
+void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg);
+void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg);
+void sl_pubsub_publish(sl_conn_t *c, json_t *msg);
+void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg);
+void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg);
+
+/* The connection is closing: leave every channel. */
+void sl_pubsub_closed(sl_conn_t *c);
+
+/* Fan out everything waiting in this worker's inbox; returns how many
+ * inbox entries were handled. */
+size_t sl_pubsub_drain(void);
+
+/* Wake the workers whose inboxes this turn's publishes filled (one eventfd
+ * write per worker per turn). */
+void sl_pubsub_wake(void);
+
+/* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}} */
+json_t *sl_pubsub_channels_json(void);
+
+/* Per-worker eventfds, created by the master before forking. */
+extern int sl_wake_fds[];
+
+#endif

@@ -1,0 +1,98 @@
+/*
+ * cidx.c - the worker's local subscriber index (see sl_cidx.h).
+ *
+ * Chained hash table that doubles when it averages more than one entry per
+ * bucket.  An entry without subscribers is freed at once.
+ */
+#include "sl_cidx.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static sl_cidx_entry_t **buckets;
+static uint32_t nbuckets, nentries;
+
+static sl_cidx_entry_t **slot_of(uint64_t hash)
+{
+    return &buckets[hash & (nbuckets - 1)];
+}
+
+sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len)
+{
+    if (nbuckets == 0)
+        return NULL;
+    for (sl_cidx_entry_t *e = *slot_of(hash); e; e = e->next)
+        if (e->hash == hash && e->idlen == len && memcmp(e->id, id, len) == 0)
+            return e;
+    return NULL;
+}
+
+static int grow(void)
+{
+    uint32_t n = nbuckets ? nbuckets * 2 : 64;
+    sl_cidx_entry_t **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return SL_ERROR;
+    for (uint32_t i = 0; i < nbuckets; i++)
+        for (sl_cidx_entry_t *e = buckets[i], *next; e; e = next) {
+            next = e->next;
+            e->next = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    free(buckets);
+    buckets = b;
+    nbuckets = n;
+    return SL_OK;
+}
+
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
+    if (e == NULL) {
+        if (nentries >= nbuckets && grow() != SL_OK)
+            return SL_ERROR;
+        e = calloc(1, sizeof(*e) + len + 1);
+        if (e == NULL)
+            return SL_ERROR;
+        e->hash = hash;
+        e->idlen = (uint32_t)len;
+        memcpy(e->id, id, len);
+        e->next = *slot_of(hash);
+        *slot_of(hash) = e;
+        nentries++;
+    }
+    if (e->n == e->cap) {
+        uint32_t cap = e->cap ? e->cap * 2 : 4;
+        sl_conn_t **a = realloc(e->conns, sizeof(*a) * cap);
+        if (a == NULL)
+            return SL_ERROR;
+        e->conns = a;
+        e->cap = cap;
+    }
+    e->conns[e->n++] = c;
+    return SL_OK;
+}
+
+void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
+{
+    sl_cidx_entry_t **link = nbuckets ? slot_of(hash) : NULL;
+    for (sl_cidx_entry_t *e = link ? *link : NULL; e; link = &e->next, e = e->next) {
+        if (!(e->hash == hash && e->idlen == len && memcmp(e->id, id, len) == 0))
+            continue;
+        for (uint32_t i = 0; i < e->n; i++)
+            if (e->conns[i] == c) {
+                /* Keep arrival order: fan-out order across subscribers is
+                 * not part of the contract, but stable order is kinder. */
+                memmove(&e->conns[i], &e->conns[i + 1], sizeof(*e->conns) * (e->n - i - 1));
+                e->n--;
+                break;
+            }
+        if (e->n == 0) {
+            *link = e->next;
+            free(e->conns);
+            free(e);
+            nentries--;
+        }
+        return;
+    }
+}

@@ -1,0 +1,420 @@
+/*
+ * pubsub.c - channels on a worker: the subscribe / unsubscribe / publish /
+ * list-channels / get-subscriptions handlers, and delivery of inbox entries
+ * to local subscribers.
+ *
+ * Who does what: the shared registry (sl_chan.h) owns channels, counts,
+ * limits, seq and retention; this file keeps the worker's own view (each
+ * connection's list of channels and the local index of subscribers) in
+ * step with it.  A published message reaches subscribers only through the
+ * inboxes, the publisher's own worker included, so that every worker sees
+ * a channel's messages in the order the registry assigned.
+ *
+ * Delivery: one inbox entry carries one reference to a message encoded once
+ * in shared memory; the worker copies it once into a local buffer and
+ * queues that same buffer on every local subscriber (no copy and no
+ * allocation per subscriber), then drops the shared reference.
+ */
+#include "sl_pubsub.h"
+#include "sl_chan.h"
+#include "sl_cidx.h"
+#include "sl_conf.h"
+#include "sl_proto.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
+
+int sl_wake_fds[SL_MAX_WORKERS];
+static uint64_t pending_wake;
+
+#define REG (&sl_shm->reg)
+
+/* ------------------------------------------------------------ helpers */
+
+static void reply(sl_conn_t *c, json_t *r)
+{
+    if (r) {
+        sl_conn_send_json(c, r);
+        json_decref(r);
+    }
+}
+
+static void bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)
+{
+    char m[160];
+    snprintf(m, sizeof(m), "%s: field '%s' %s", type, field, what);
+    sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
+    sl_proto_error(c, "invalid-message", m);
+}
+
+/* The "channel-id" string of a message, or NULL after replying with an
+ * invalid-message error. */
+static const char *channel_id(sl_conn_t *c, json_t *msg, const char *type, size_t *len)
+{
+    json_t *id = json_object_get(msg, "channel-id");
+    if (!json_is_string(id)) {
+        bad_field(c, type, "channel-id", id ? "must be a string" : "is missing");
+        return NULL;
+    }
+    *len = json_string_length(id);
+    return json_string_value(id);
+}
+
+static json_t *failure(const char *type, const char *id, size_t len, const char *reason)
+{
+    return json_pack("{s:s, s:s%, s:b, s:s}", "type", type, "channel-id", id, len, "success", 0,
+                     "reason", reason);
+}
+
+static int find_sub(sl_conn_t *c, const char *id, size_t len)
+{
+    for (uint32_t i = 0; i < c->nsubs; i++)
+        if (strlen(c->subs[i]) == len && memcmp(c->subs[i], id, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+static sl_chan_config_t default_config(void)
+{
+    return (sl_chan_config_t){.max_subscribers = sl_conf->max_subscribers,
+                              .message_retention = sl_conf->message_retention,
+                              .rpc_timeout_ms = sl_conf->rpc_timeout_ms,
+                              .telemetry_enabled = true};
+}
+
+static json_t *config_json(const sl_chan_config_t *cfg)
+{
+    return json_pack("{s:I, s:I, s:I, s:b}", "max-subscribers", (json_int_t)cfg->max_subscribers,
+                     "message-retention", (json_int_t)cfg->message_retention, "rpc-timeout-ms",
+                     (json_int_t)cfg->rpc_timeout_ms, "telemetry-enabled", cfg->telemetry_enabled);
+}
+
+/* ----------------------------------------------------------- subscribe */
+
+static void add_retained(const char *json, size_t len, void *arg)
+{
+    json_t *m = json_loadb(json, len, 0, NULL);
+    if (m)
+        json_array_append_new(arg, m);
+}
+
+static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
+{
+    SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_SN("channel-id", id, len), SL_TF_S("reason", reason));
+    reply(c, failure("subscription-result", id, len, reason));
+}
+
+void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "subscribe", &len);
+    if (id == NULL)
+        return;
+    json_t *since_j = json_object_get(msg, "since-seq"), *epoch_j = json_object_get(msg, "epoch");
+    if (since_j && !(json_is_integer(since_j) && json_integer_value(since_j) >= 0)) {
+        bad_field(c, "subscribe", "since-seq", "must be a non-negative integer");
+        return;
+    }
+    if (epoch_j && !json_is_string(epoch_j)) {
+        bad_field(c, "subscribe", "epoch", "must be a string");
+        return;
+    }
+    if (!sl_chan_id_valid(id, len)) {
+        reject(c, id, len, "invalid-channel-id");
+        return;
+    }
+    bool already = find_sub(c, id, len) >= 0;
+    if (!already && (int64_t)c->nsubs >= sl_conf->max_subscriptions_per_connection) {
+        reject(c, id, len, "too-many-subscriptions");
+        return;
+    }
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    if (ch == NULL) {
+        if (!sl_conf->auto_create) {
+            reject(c, id, len, "channel-not-found");
+            return;
+        }
+        sl_chan_config_t cfg = default_config();
+        int rc = sl_chan_create(REG, id, len, &cfg, &ch);
+        if (rc == SL_CHAN_NO_MEMORY) {
+            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+            reject(c, id, len, "overloaded");
+            return;
+        }
+        if (rc == SL_CHAN_CREATED)
+            SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
+                   SL_TF_S("by", c->conn_id), SL_TF_I("max-subscribers", cfg.max_subscribers),
+                   SL_TF_I("message-retention", cfg.message_retention));
+    }
+    uint32_t count = 0;
+    int rc = already ? SL_CHAN_ALREADY
+                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &count);
+    if (rc == SL_CHAN_FULL) {
+        reject(c, id, len, "max-subscribers-reached");
+        return;
+    }
+    if (rc == SL_CHAN_NO_MEMORY || rc == SL_ERROR) {
+        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        reject(c, id, len, "overloaded");
+        return;
+    }
+    if (rc == SL_OK) {
+        /* Our own view: the connection's list and the local index. */
+        if (c->nsubs == c->subs_cap) {
+            uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 4;
+            char **a = realloc(c->subs, sizeof(*a) * cap);
+            if (a == NULL) {
+                sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
+                reject(c, id, len, "overloaded");
+                return;
+            }
+            c->subs = a;
+            c->subs_cap = cap;
+        }
+        char *copy = strndup(id, len);
+        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c) != SL_OK) {
+            free(copy);
+            sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
+            reject(c, id, len, "overloaded");
+            return;
+        }
+        c->subs[c->nsubs++] = copy;
+        SL_TEL(SL_EV_SUBSCRIPTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
+    } else {
+        count = uatomic_read(&ch->subscribers);
+    }
+
+    uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
+    json_t *retained = json_array();
+    uint64_t oldest = sl_chan_retained(ch, since, add_retained, retained, &last);
+    json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
+                          "channel-id", id, len, "success", 1, "subscriber-count",
+                          (json_int_t)count, "epoch", ch->epoch, "retained-messages", retained);
+    if (r && since_j) {
+        /* Recovered: same channel incarnation, and every message after
+         * since-seq is still retained (or there is none). */
+        bool same = epoch_j && strcmp(json_string_value(epoch_j), ch->epoch) == 0;
+        bool all = last <= since || (oldest != 0 && oldest <= since + 1);
+        if (!(same && all)) {
+            /* Not recoverable: hand over everything retained instead. */
+            json_array_clear(retained);
+            sl_chan_retained(ch, 0, add_retained, retained, &last);
+        }
+        json_object_set_new(r, "recovered", json_boolean(same && all));
+    }
+    reply(c, r);
+}
+
+/* --------------------------------------------------------- unsubscribe */
+
+static void leave(sl_conn_t *c, uint32_t i)
+{
+    const char *id = c->subs[i];
+    size_t len = strlen(id);
+    uint64_t hash = sl_table_hash(id, len);
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    uint32_t count = 0;
+    if (ch)
+        sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
+    sl_cidx_remove(hash, id, len, c);
+    SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_S("channel-id", id), SL_TF_I("subscriber-count", count));
+    free(c->subs[i]);
+    c->subs[i] = c->subs[--c->nsubs];
+}
+
+void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "unsubscribe", &len);
+    if (id == NULL)
+        return;
+    int i = find_sub(c, id, len);
+    if (i < 0) {
+        reply(c, failure("unsubscription-result", id, len, "not-subscribed"));
+        return;
+    }
+    leave(c, (uint32_t)i);
+    reply(c, json_pack("{s:s, s:s%, s:b}", "type", "unsubscription-result", "channel-id", id, len,
+                       "success", 1));
+}
+
+void sl_pubsub_closed(sl_conn_t *c)
+{
+    while (c->nsubs > 0)
+        leave(c, c->nsubs - 1);
+    free(c->subs);
+    c->subs = NULL;
+    c->subs_cap = 0;
+}
+
+/* ------------------------------------------------------------- publish */
+
+void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "publish", &len);
+    if (id == NULL)
+        return;
+    json_t *data = json_object_get(msg, "data"), *ex = json_object_get(msg, "exclude-sender");
+    if (data == NULL) {
+        bad_field(c, "publish", "data", "is missing");
+        return;
+    }
+    if (ex && !json_is_boolean(ex)) {
+        bad_field(c, "publish", "exclude-sender", "must be a boolean");
+        return;
+    }
+    bool exclude = json_is_true(ex);
+    if (!sl_chan_id_valid(id, len)) {
+        reply(c, failure("publish-result", id, len, "invalid-channel-id"));
+        return;
+    }
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    if (ch == NULL) {
+        SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "channel-not-found"));
+        reply(c, failure("publish-result", id, len, "channel-not-found"));
+        return;
+    }
+    /* Encode the data once, here; the registry wraps it in the frame. */
+    char *enc = (char *)sl_worker->ebuf;
+    size_t n = json_dumpb(data, enc, SL_SCRATCH_SIZE, JSON_COMPACT | JSON_ENCODE_ANY);
+    char *big = NULL;
+    if (n > SL_SCRATCH_SIZE) {
+        big = malloc(n);
+        if (big == NULL || json_dumpb(data, big, n, JSON_COMPACT | JSON_ENCODE_ANY) != n) {
+            free(big);
+            reply(c, failure("publish-result", id, len, "overloaded"));
+            return;
+        }
+        enc = big;
+    }
+    sl_chan_pub_t p = {.data_json = enc,
+                       .data_len = n,
+                       .sender_conn_id = c->conn_id,
+                       .exclude_sender = exclude,
+                       .sender_conn_no = c->conn_no,
+                       .published_at = sl_now_ms()};
+    sl_chan_pub_result_t res;
+    int rc = sl_chan_publish(REG, ch, &p, &res);
+    free(big);
+    if (rc != SL_OK) {
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        if (rc == SL_CHAN_NO_MEMORY)
+            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "overloaded"));
+        reply(c, failure("publish-result", id, len, "overloaded"));
+        return;
+    }
+    uatomic_add(&sl_worker->stats->published, 1);
+    pending_wake |= res.woken & ~((uint64_t)1 << sl_worker->id);
+    uint32_t delivered = res.delivered_to;
+    if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
+        delivered--; /* the sender is among the subscribers but skipped */
+    char mid[32];
+    snprintf(mid, sizeof(mid), "msg-%" PRIu64, res.message_id);
+    SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_DEBUG, SL_TF_SN("channel-id", id, len),
+           SL_TF_S("message-id", mid), SL_TF_I("seq", res.seq), SL_TF_I("delivered-to", delivered),
+           SL_TF_S("sender-conn-id", c->conn_id));
+    reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result", "channel-id",
+                       id, len, "success", 1, "message-id", mid, "seq", (json_int_t)res.seq,
+                       "delivered-to", (json_int_t)delivered));
+}
+
+/* ------------------------------------------------------------ listings */
+
+static int channel_cb(sl_table_node_t *n, void *arg)
+{
+    sl_chan_t *ch = (sl_chan_t *)n;
+    json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", config_json(&ch->config), "created-at",
+                          (json_int_t)ch->created_at, "message-count",
+                          (json_int_t)uatomic_read(&ch->message_count), "subscriber-count",
+                          (json_int_t)uatomic_read(&ch->subscribers));
+    json_object_setn_new(arg, ch->id, ch->node.klen, o);
+    return 0;
+}
+
+json_t *sl_pubsub_channels_json(void)
+{
+    json_t *all = json_object();
+    sl_table_foreach(REG->channels, channel_cb, all);
+    return all;
+}
+
+void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
+{
+    reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", sl_pubsub_channels_json()));
+}
+
+void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
+{
+    json_t *a = json_array();
+    for (uint32_t i = 0; i < c->nsubs; i++)
+        json_array_append_new(a, json_string(c->subs[i]));
+    reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
+}
+
+/* ------------------------------------------------------------ delivery */
+
+static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+    if (e == NULL || e->n == 0)
+        return; /* everyone here left since the publish */
+    sl_buf_t *b = sl_buf_new(m->len);
+    if (b == NULL) {
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        return;
+    }
+    memcpy(b->data, m->frame, m->len);
+    b->len = m->len;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < e->n; i++) {
+        sl_conn_t *c = e->conns[i];
+        if (c->conn_no == exclude_conn)
+            continue;
+        if (sl_conn_send(c, b) == SL_OK)
+            n++;
+    }
+    sl_buf_unref(b);
+    uatomic_add(&sl_worker->stats->delivered, n);
+}
+
+size_t sl_pubsub_drain(void)
+{
+    sl_inbox_t *in = REG->inboxes[sl_worker->id];
+    sl_inbox_entry_t e;
+    size_t n = 0;
+    /* Bounded per turn so one busy channel cannot starve the loop. */
+    while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e)) {
+        if (e.kind == SL_INBOX_CHANNEL_MSG)
+            deliver(e.msg, e.exclude_conn);
+        sl_chan_msg_unref(REG, e.msg);
+        n++;
+    }
+    return n;
+}
+
+void sl_pubsub_wake(void)
+{
+    uint64_t w = pending_wake;
+    pending_wake = 0;
+    for (uint32_t i = 0; w; i++, w >>= 1) {
+        if (!(w & 1))
+            continue;
+        uint64_t one = 1;
+        /* A full eventfd counter still means "woken": ignore EAGAIN. */
+        if (write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
+        }
+    }
+}
