@@ -130,7 +130,7 @@ void sl_proto_message(sl_conn_t *c, char *data, size_t len)
            SL_TF_I("bytes", len));
 
     json_error_t jerr;
-    json_t *msg = json_loadb(data, len, JSON_DECODE_ANY, &jerr);
+    json_t *msg = json_loadb(data, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (msg == NULL) {
         sl_worker_count_error(SL_ERR_INVALID_JSON);
         char m[200];
@@ -149,9 +149,10 @@ void sl_proto_message(sl_conn_t *c, char *data, size_t len)
         return;
     }
     const char *t = json_string_value(type);
+    size_t tlen = json_string_length(type); /* may contain NUL: compare lengths */
     void (*fn)(sl_conn_t *, json_t *) = handle_echo;
     for (size_t i = 0; i < SL_ARRAY_LEN(handlers); i++)
-        if (strcmp(handlers[i].type, t) == 0)
+        if (strlen(handlers[i].type) == tlen && memcmp(handlers[i].type, t, tlen) == 0)
             fn = handlers[i].handle;
     SL_TEL(SL_EV_MESSAGE_ROUTING, SL_TRACE, SL_TF_S("conn-id", c->conn_id), SL_TF_S("type", t));
     fn(c, msg);
