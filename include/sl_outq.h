@@ -42,7 +42,7 @@ typedef struct {
 } sl_seg_t;
 
 typedef struct {
-    sl_seg_t *segs; /* ring; NULL while empty (idle connections hold none) */
+    sl_seg_t *segs; /* ring; NULL until first used, small rings kept when idle */
     uint32_t cap, head, count;
     uint64_t bytes;    /* queued bytes not yet written */
     bool head_partial; /* the first segment has been partly written */
@@ -57,7 +57,7 @@ int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len);
  * SL_ERROR on a write error (errno set). */
 int sl_outq_flush(sl_outq_t *q, int fd);
 
-/* Drop everything queued (releasing the references) and the ring. */
+/* Drop everything queued (releasing the references) and free the ring. */
 void sl_outq_clear(sl_outq_t *q);
 
 /* Has the first queued segment been partly written?  (Then a frame is half

@@ -1,8 +1,8 @@
 /*
  * outq.c - reference-counted buffers and the per-connection write queue.
  *
- * The ring of segments grows by doubling and is freed as soon as it drains,
- * so an idle connection costs no heap memory here.  A segment remembers its
+ * The ring of segments grows by doubling; once drained, a small ring is
+ * kept (so steady traffic allocates nothing) and a large one freed.  A segment remembers its
  * own offset, so a partial write just advances the first segment.
  */
 #include "sl_outq.h"
@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #define SL_OUTQ_IOV 64 /* segments per writev: enough to fill a socket */
+#define SL_OUTQ_KEEP 8 /* ring size kept while idle (128 bytes) */
 
 sl_buf_t *sl_buf_new(size_t cap)
 {
@@ -64,9 +65,15 @@ static void outq_pop(sl_outq_t *q)
     q->head = (q->head + 1) % q->cap;
     q->count--;
     if (q->count == 0) {
-        free(q->segs);
-        q->segs = NULL;
-        q->cap = q->head = 0;
+        q->head = 0;
+        /* A small ring stays: a subscriber that gets a message per turn
+         * would otherwise cost an allocation per delivered message.  A ring
+         * that grew for a burst is given back. */
+        if (q->cap > SL_OUTQ_KEEP) {
+            free(q->segs);
+            q->segs = NULL;
+            q->cap = 0;
+        }
     }
 }
 
@@ -110,6 +117,9 @@ void sl_outq_clear(sl_outq_t *q)
 {
     while (q->count > 0)
         outq_pop(q);
+    free(q->segs);
+    q->segs = NULL;
+    q->cap = q->head = 0;
     q->bytes = 0;
 }
 

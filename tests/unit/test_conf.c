@@ -128,6 +128,39 @@ static void test_refusals(void)
     SL_CHECK(strstr(err, "TELEMETRY_ENABLED") != NULL);
 }
 
+static void test_channel_flags(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--channel", "chat:max-subscribers=5,message-retention=10",
+                                   "--channel", "room:1", "--channel=plain",
+                                   "--max-subscribers", "50", "--no-auto-create"),
+                       ARGS("--channel", "chat:max-subscribers=5,message-retention=10",
+                            "--channel", "room:1", "--channel=plain", "--max-subscribers", "50",
+                            "--no-auto-create")),
+                 SL_OK);
+    SL_CHECK_INT(conf.nchannels, 3);
+    SL_CHECK_STR(conf.channels[0].name, "chat");
+    SL_CHECK_INT(conf.channels[0].max_subscribers, 5);
+    SL_CHECK_INT(conf.channels[0].message_retention, 10);
+    SL_CHECK_INT(conf.channels[0].rpc_timeout_ms, 30000); /* the default */
+    SL_CHECK_STR(conf.channels[1].name, "room:1");       /* ':' without settings */
+    SL_CHECK_INT(conf.channels[1].max_subscribers, 50);  /* a later default applies */
+    SL_CHECK_STR(conf.channels[2].name, "plain");
+    SL_CHECK(!conf.auto_create);
+    expect_refused(NARGS("--channel", "x:bogus=1"), ARGS("--channel", "x:bogus=1"), "--channel");
+    expect_refused(NARGS("--channel", "x:max-subscribers=0"), ARGS("--channel", "x:max-subscribers=0"),
+                   "--channel");
+    expect_refused(NARGS("--channel", ""), ARGS("--channel", ""), "--channel");
+    expect_refused(NARGS("--max-subscriptions-per-connection", "0"),
+                   ARGS("--max-subscriptions-per-connection", "0"),
+                   "--max-subscriptions-per-connection");
+    char *env[] = {"AUTO_CREATE_CHANNELS=false", "MAX_SUBSCRIBERS=9", "MESSAGE_RETENTION=4", NULL};
+    char *argv[] = {"sente-lite", NULL};
+    SL_CHECK_INT(parse(env, 1, argv), SL_OK);
+    SL_CHECK(!conf.auto_create);
+    SL_CHECK_INT(conf.max_subscribers, 9);
+    SL_CHECK_INT(conf.message_retention, 4);
+}
+
 static void test_help_version(void)
 {
     SL_CHECK_INT(parse(NULL, NARGS("--help"), ARGS("--help")), SL_OK);
@@ -161,6 +194,7 @@ int main(void)
     SL_TEST_RUN(test_origins_repeat);
     SL_TEST_RUN(test_env_and_precedence);
     SL_TEST_RUN(test_refusals);
+    SL_TEST_RUN(test_channel_flags);
     SL_TEST_RUN(test_help_version);
     SL_TEST_RUN(test_json);
     SL_TEST_RUN(test_usable_cpus);

@@ -33,11 +33,13 @@ static void test_push_flush_order(void)
     SL_CHECK_INT(q.bytes, 16);
     SL_CHECK_INT(sl_outq_flush(&q, sv[0]), SL_OK);
     SL_CHECK_INT(q.count, 0);
-    SL_CHECK(q.segs == NULL);
+    SL_CHECK(q.segs != NULL); /* a small ring is kept for the next message */
     SL_CHECK_INT(a->refs, 1);
     char got[32] = {0};
     SL_CHECK_INT(read(sv[1], got, sizeof(got)), 16);
     SL_CHECK_STR(got, "hello worldhello");
+    sl_outq_clear(&q);
+    SL_CHECK(q.segs == NULL);
     sl_buf_unref(a);
     sl_buf_unref(b);
     close(sv[0]);
@@ -82,6 +84,7 @@ static void test_partial_writes(void)
     SL_CHECK_INT(bad, 0);
     SL_CHECK_INT(q.count, 0);
     SL_CHECK_INT(big->refs, 1);
+    sl_outq_clear(&q);
     free(rb);
     sl_buf_unref(big);
     close(sv[0]);

@@ -1,0 +1,200 @@
+/*
+ * test_channels.c - channel registry operations: create, ids, subscribe
+ * limits and idempotency, unsubscribe, publish (seq, inbox hand-off,
+ * references, retention ring), overload without a seq gap, retained
+ * messages, and a dead worker's cleanup.
+ */
+#include "sl_chan.h"
+#include "sl_test.h"
+
+#include <stdio.h>
+#include <sys/mman.h>
+
+static sl_reg_t *R;
+
+static void setup(void)
+{
+    size_t sz = 16 << 20;
+    uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    R = (sl_reg_t *)m;
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, 2), SL_OK);
+    sl_qsbr_register(&R->qsbr, 0);
+}
+
+static const sl_chan_config_t CFG = {.max_subscribers = 2, .message_retention = 3,
+                                     .rpc_timeout_ms = 1000, .telemetry_enabled = true};
+
+static void test_ids(void)
+{
+    SL_CHECK(sl_chan_id_valid("room", 4));
+    SL_CHECK(sl_chan_id_valid("r\xc3\xa9sum\xc3\xa9/with spaces", 20));
+    SL_CHECK(!sl_chan_id_valid("", 0));
+    SL_CHECK(!sl_chan_id_valid("a\tb", 3));
+    SL_CHECK(!sl_chan_id_valid("a\x7f", 2));
+    SL_CHECK(!sl_chan_id_valid("a\xc2\x85", 3)); /* C1 NEL */
+    SL_CHECK(!sl_chan_id_valid("\xff", 1));
+    char big[130];
+    memset(big, 'x', sizeof(big));
+    SL_CHECK(sl_chan_id_valid(big, 128));
+    SL_CHECK(!sl_chan_id_valid(big, 129));
+}
+
+static void test_create_subscribe(void)
+{
+    setup();
+    sl_chan_t *c, *c2;
+    SL_CHECK_INT(sl_chan_create(R, "ch", 2, &CFG, &c), SL_CHAN_CREATED);
+    SL_CHECK_INT(sl_chan_create(R, "ch", 2, &CFG, &c2), SL_CHAN_EXISTS);
+    SL_CHECK(c == c2 && sl_chan_find(R, "ch", 2) == c);
+    SL_CHECK(strlen(c->epoch) == 12);
+    uint32_t n;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_OK);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_CHAN_ALREADY);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, &n), SL_CHAN_FULL);
+    SL_CHECK_INT(c->worker_subs[0], 1);
+    SL_CHECK_INT(c->worker_subs[1], 1);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", &n), SL_CHAN_NOT_SUBSCRIBED);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-2", &n), SL_OK);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK_INT(c->worker_subs[1], 0);
+    sl_chan_totals_t t;
+    sl_chan_totals(R, &t);
+    SL_CHECK_INT(t.channels, 1);
+    SL_CHECK_INT(t.subscriptions, 1);
+}
+
+static void collect(const char *json, size_t len, void *arg)
+{
+    char *out = arg;
+    strncat(out, json, len);
+    strcat(out, "|");
+}
+
+static void test_publish_and_retention(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "p\"q", 3, &CFG, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-a", 1, 0, &n);
+    sl_chan_pub_t p = {.data_json = "{\"x\":1}", .data_len = 7, .sender_conn_id = "conn-s",
+                       .sender_conn_no = 9, .exclude_sender = true, .published_at = 42};
+    sl_chan_pub_result_t r;
+    for (int i = 1; i <= 5; i++) {
+        SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
+        SL_CHECK_INT(r.seq, i);
+        SL_CHECK_INT(r.delivered_to, 1);
+        SL_CHECK_INT(r.woken, 2); /* worker 1 only */
+    }
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 5);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 0);
+    sl_inbox_entry_t e;
+    SL_CHECK(sl_inbox_pop(R->inboxes[1], &e));
+    SL_CHECK_INT(e.exclude_conn, 9);
+    SL_CHECK_INT(e.msg->seq, 1);
+    const char *payload = (const char *)e.msg->frame + e.msg->payload_off;
+    const char *want = "{\"type\":\"channel-message\",\"channel-id\":\"p\\\"q\",\"message-id\":\"msg-1\","
+                       "\"seq\":1,\"data\":{\"x\":1},\"sender-conn-id\":\"conn-s\","
+                       "\"published-at\":42}";
+    SL_CHECK(e.msg->len - e.msg->payload_off == strlen(want) &&
+             memcmp(payload, want, strlen(want)) == 0);
+    SL_CHECK_INT(e.msg->frame[0], 0x81);
+    /* Seq 1 fell out of the 3-message ring: only the inbox holds it now. */
+    SL_CHECK_INT(e.msg->refs, 1);
+    sl_chan_msg_unref(R, e.msg);
+    while (sl_inbox_pop(R->inboxes[1], &e))
+        sl_chan_msg_unref(R, e.msg);
+    char out[4096] = "";
+    uint64_t last;
+    SL_CHECK_INT(sl_chan_retained(c, 0, collect, out, &last), 3);
+    SL_CHECK_INT(last, 5);
+    SL_CHECK(strstr(out, "\"seq\":3") && strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":2"));
+    out[0] = '\0';
+    sl_chan_retained(c, 4, collect, out, &last);
+    SL_CHECK(strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":4"));
+    SL_CHECK_INT(c->message_count, 5);
+}
+
+static void test_overload_keeps_seq(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_t *c;
+    sl_chan_create(R, "busy", 4, &cfg, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-a", 0, 0, &n);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < SL_INBOX_CAP; i++)
+        SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_CHAN_OVERLOADED);
+    sl_inbox_entry_t e;
+    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e));
+    sl_chan_msg_unref(R, e.msg);
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
+    SL_CHECK_INT(r.seq, SL_INBOX_CAP + 1); /* the refused one took no seq */
+    SL_CHECK_INT(R->inboxes[0]->refused, 1);
+    while (sl_inbox_pop(R->inboxes[0], &e))
+        sl_chan_msg_unref(R, e.msg);
+}
+
+static void test_no_subscribers_frees(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_t *c;
+    sl_chan_create(R, "empty", 5, &cfg, &c);
+    sl_arena_stats_t before, after;
+    sl_arena_stats(R->arena, &before);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
+    SL_CHECK_INT(r.delivered_to, 0);
+    sl_arena_stats(R->arena, &after);
+    SL_CHECK_INT(after.used_bytes, before.used_bytes);
+}
+
+static void test_worker_cleanup(void)
+{
+    setup();
+    sl_chan_t *a, *b;
+    sl_chan_config_t cfg = CFG;
+    cfg.max_subscribers = 100;
+    sl_chan_create(R, "a", 1, &cfg, &a);
+    sl_chan_create(R, "b", 1, &cfg, &b);
+    uint32_t n;
+    char id[32];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof(id), "conn-%d", i);
+        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, &n);
+        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, &n);
+    }
+    /* A message waits in worker 1's inbox when it dies. */
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    sl_chan_publish(R, a, &p, &r);
+    sl_reg_worker_cleanup(R, 1);
+    SL_CHECK_INT(a->subscribers, 5);
+    SL_CHECK_INT(b->subscribers, 5);
+    SL_CHECK_INT(a->worker_subs[1], 0);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    sl_chan_totals_t t;
+    sl_chan_totals(R, &t);
+    SL_CHECK_INT(t.subscriptions, 10);
+}
+
+int main(void)
+{
+    SL_TEST_RUN(test_ids);
+    SL_TEST_RUN(test_create_subscribe);
+    SL_TEST_RUN(test_publish_and_retention);
+    SL_TEST_RUN(test_overload_keeps_seq);
+    SL_TEST_RUN(test_no_subscribers_frees);
+    SL_TEST_RUN(test_worker_cleanup);
+    return sl_test_summary();
+}
