@@ -61,10 +61,12 @@ typedef struct sl_chan {
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
     uint32_t ring_start, ring_count;           /* under lock */
     sl_chan_msg_t **ring; /* message_retention entries, oldest at ring_start */
+    struct sl_sub *subs;  /* every subscription of the channel, under lock */
 } sl_chan_t;
 
-typedef struct {
+typedef struct sl_sub {
     sl_table_node_t node;
+    struct sl_sub *prev, *next; /* the channel's subscriber list, under its lock */
     int32_t worker;
     uint32_t slot;
     uint32_t chan_len; /* key = id "\n" conn-id */
@@ -117,6 +119,22 @@ typedef struct {
 
 /* SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
 int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out);
+
+/* Hand an already encoded frame (not a channel-message: no seq, not
+ * retained) to every worker with subscribers, except that the connection
+ * `exclude_conn` (0: none) is skipped at delivery; under the channel lock,
+ * so it is ordered with publishes.  `fn` is called for every subscriber
+ * other than the excluded one (conn-id), before the hand-off; *recipients
+ * gets their number.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
+                 const char *exclude_conn_id, uint64_t exclude_conn,
+                 void (*fn)(const char *conn_id, void *arg), void *arg, uint32_t *recipients,
+                 uint64_t *woken);
+
+/* Hand a frame to one connection on `worker` (slot + conn number), e.g.
+ * an RPC response.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no, uint64_t tag,
+                        const uint8_t *frame, size_t len);
 
 /* Visit the retained messages with seq > since (oldest first) under the
  * channel lock; fn gets the message's JSON text.  Returns the seq of the

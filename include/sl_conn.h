@@ -62,6 +62,7 @@ struct sl_conn {
     struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
     char **subs;              /* channel ids subscribed to (malloc'd strings) */
+    struct sl_call *calls;    /* RPC requests this connection is waiting on */
     uint32_t nsubs, subs_cap;
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */

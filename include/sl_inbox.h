@@ -21,12 +21,15 @@ struct sl_chan_msg;
 
 typedef enum {
     SL_INBOX_CHANNEL_MSG = 1, /* fan out msg to local subscribers of its channel */
+    SL_INBOX_DIRECT = 2,      /* msg for one local connection (slot + conn number) */
 } sl_inbox_kind_t;
 
 typedef struct {
     uint32_t kind;
-    uint32_t pad;
-    uint64_t exclude_conn; /* the sender's conn number when excluded; 0 none */
+    uint32_t target_slot;  /* DIRECT */
+    uint64_t target_conn;  /* DIRECT: conn number, guards against slot reuse */
+    uint64_t exclude_conn; /* CHANNEL_MSG: the sender's conn number; 0 none */
+    uint64_t tag;          /* DIRECT: what it answers (an RPC request number) */
     struct sl_chan_msg *msg; /* one reference, owned by the entry */
 } sl_inbox_entry_t;
 

@@ -26,6 +26,8 @@ size_t sl_pubsub_drain(void);
 /* Wake the workers whose inboxes this turn's publishes filled (one eventfd
  * write per worker per turn). */
 void sl_pubsub_wake(void);
+/* Note workers to wake at the end of this turn (a bit per worker). */
+void sl_pubsub_wake_later(uint64_t workers);
 
 /* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}} */
 json_t *sl_pubsub_channels_json(void);

@@ -39,9 +39,11 @@ typedef struct {
     sl_table_t *conns;
     sl_table_t *channels; /* sl_chan.h */
     sl_table_t *subs;     /* sl_chan.h */
+    sl_table_t *rpcs;     /* sl_rpc.h */
     struct sl_inbox *inboxes[64]; /* one per worker, from the arena */
     uint32_t nworkers;
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
+    uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
 } sl_reg_t;
 
 /* Lay the registry's memory over region[0..size) (the mapping after its

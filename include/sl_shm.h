@@ -63,6 +63,9 @@ typedef struct {
     uint64_t published;  /* publishes accepted from this worker's clients */
     uint64_t delivered;  /* channel messages queued to local subscribers */
     uint64_t overloaded; /* publishes refused: an inbox or memory full */
+    uint64_t rpc_requests;  /* RPC requests accepted from this worker's clients */
+    uint64_t rpc_responses; /* RPC responses accepted from this worker's clients */
+    uint64_t rpc_expired;   /* this worker's requesters that timed out */
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t errors[SL_ERR__COUNT];

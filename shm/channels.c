@@ -133,6 +133,10 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
             s->node.klen = (uint32_t)klen;
             s->node.hash = sl_table_hash(key, klen);
             sl_table_insert(r->subs, &s->node); /* cannot exist: checked under the lock */
+            s->next = c->subs;
+            if (c->subs)
+                c->subs->prev = s;
+            c->subs = s;
             c->worker_subs[worker]++;
             uatomic_set(&c->subscribers, c->subscribers + 1);
         }
@@ -154,6 +158,12 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t
     if (s == NULL) {
         rc = SL_CHAN_NOT_SUBSCRIBED;
     } else {
+        if (s->prev)
+            s->prev->next = s->next;
+        else
+            c->subs = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
         if (c->worker_subs[s->worker] > 0)
             c->worker_subs[s->worker]--;
         uatomic_set(&c->subscribers, c->subscribers - 1);
@@ -220,27 +230,25 @@ static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, 
     return m;
 }
 
-int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out)
+/* Workers holding subscribers of c (channel lock held). */
+static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c, uint32_t *subscribers)
 {
-    memset(out, 0, sizeof(*out));
-    sl_lock_acquire(&c->lock);
-    uint64_t seq = c->next_seq;
-    uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
-    sl_chan_msg_t *m = encode(r, c, p, seq, msg_id);
-    if (m == NULL) {
-        sl_lock_release(&c->lock);
-        return SL_CHAN_NO_MEMORY;
-    }
-    /* Targets: every worker holding subscribers. */
-    uint32_t delivered = 0;
     uint64_t targets = 0;
+    *subscribers = 0;
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (c->worker_subs[w] > 0) {
             targets |= (uint64_t)1 << w;
-            delivered += c->worker_subs[w];
+            *subscribers += c->worker_subs[w];
         }
-    /* Take every target inbox (ascending: a fixed order, no deadlock) and
-     * check room in all of them before committing anything. */
+    return targets;
+}
+
+/* Put one entry for m in every target inbox, or in none: every target
+ * inbox is taken (ascending: a fixed order, no deadlock) and checked for
+ * room before anything is committed.  m->refs must already count the
+ * entries.  SL_OK, or SL_CHAN_OVERLOADED with nothing handed off. */
+static int hand_off(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, uint64_t exclude_conn)
+{
     uint32_t locked = 0;
     bool room = true;
     for (uint32_t w = 0; w < r->nworkers; w++) {
@@ -258,23 +266,127 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
         for (uint32_t w = 0; w < locked; w++)
             if (targets >> w & 1)
                 sl_lock_release(&r->inboxes[w]->lock);
-        sl_lock_release(&c->lock);
-        sl_arena_free(r->arena, m);
-        return SL_CHAN_OVERLOADED; /* seq not consumed: no gap */
+        return SL_CHAN_OVERLOADED;
     }
-    bool retain = c->config.message_retention > 0 && c->ring != NULL;
-    m->refs = (uint32_t)__builtin_popcountll(targets) + (retain ? 1 : 0);
-    /* From here the message is committed: seq taken, references out. */
-    c->next_seq = seq + 1;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
-        sl_inbox_entry_t e = {.kind = SL_INBOX_CHANNEL_MSG,
-                              .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0,
+        sl_inbox_entry_t e = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn,
                               .msg = m};
         sl_inbox_push_locked(r->inboxes[w], &e);
         sl_lock_release(&r->inboxes[w]->lock);
     }
+    return SL_OK;
+}
+
+/* A message object around an already encoded frame. */
+static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
+                                   size_t payload_off)
+{
+    sl_chan_msg_t *m = sl_arena_alloc(r->arena, sizeof(*m) + len);
+    if (m == NULL)
+        return NULL;
+    m->refs = 0;
+    m->len = (uint32_t)len;
+    m->seq = 0;
+    m->chan_hash = c ? c->node.hash : 0;
+    m->idlen = c ? c->node.klen : 0;
+    if (c)
+        memcpy(m->id, c->id, c->node.klen);
+    m->id[m->idlen] = '\0';
+    m->payload_off = (uint32_t)payload_off;
+    memcpy(m->frame, frame, len);
+    return m;
+}
+
+int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
+                 const char *exclude_conn_id, uint64_t exclude_conn,
+                 void (*fn)(const char *conn_id, void *arg), void *arg, uint32_t *recipients,
+                 uint64_t *woken)
+{
+    *recipients = 0;
+    *woken = 0;
+    sl_chan_msg_t *m = msg_of_frame(r, c, frame, len, 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    sl_lock_acquire(&c->lock);
+    uint32_t n = 0;
+    for (sl_sub_t *s = c->subs; s; s = s->next) {
+        const char *conn_id = s->key + s->chan_len + 1;
+        if (exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0)
+            continue;
+        n++;
+    }
+    if (n == 0) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_OK;
+    }
+    uint32_t subs;
+    uint64_t targets = targets_of(r, c, &subs);
+    m->refs = (uint32_t)__builtin_popcountll(targets);
+    if (hand_off(r, targets, m, exclude_conn) != SL_OK) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    for (sl_sub_t *s = c->subs; s && fn; s = s->next) {
+        const char *conn_id = s->key + s->chan_len + 1;
+        if (!(exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0))
+            fn(conn_id, arg);
+    }
+    sl_lock_release(&c->lock);
+    *recipients = n;
+    *woken = targets;
+    return SL_OK;
+}
+
+int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
+                        uint64_t tag, const uint8_t *frame, size_t len)
+{
+    if (worker < 0 || (uint32_t)worker >= r->nworkers)
+        return SL_CHAN_NOT_SUBSCRIBED;
+    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len, 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    m->refs = 1;
+    sl_inbox_t *in = r->inboxes[worker];
+    sl_lock_acquire(&in->lock);
+    if (!sl_inbox_has_room(in, 1)) {
+        uatomic_add(&in->refused, 1);
+        sl_lock_release(&in->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT, .target_slot = slot, .target_conn = conn_no,
+                          .tag = tag, .msg = m};
+    sl_inbox_push_locked(in, &e);
+    sl_lock_release(&in->lock);
+    return SL_OK;
+}
+
+int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    sl_lock_acquire(&c->lock);
+    uint64_t seq = c->next_seq;
+    uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
+    sl_chan_msg_t *m = encode(r, c, p, seq, msg_id);
+    if (m == NULL) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NO_MEMORY;
+    }
+    uint32_t delivered = 0;
+    uint64_t targets = targets_of(r, c, &delivered);
+    bool retain = c->config.message_retention > 0 && c->ring != NULL;
+    m->refs = (uint32_t)__builtin_popcountll(targets) + (retain ? 1 : 0);
+    if (hand_off(r, targets, m, p->exclude_sender ? p->sender_conn_no : 0) != SL_OK) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED; /* seq not consumed: no gap */
+    }
+    /* From here the message is committed: seq taken, references out. */
+    c->next_seq = seq + 1;
     sl_chan_msg_t *dropped = NULL;
     if (retain) {
         uint32_t cap = (uint32_t)c->config.message_retention;

@@ -7,6 +7,7 @@
  */
 #include "sl_reg.h"
 #include "sl_chan.h"
+#include "sl_rpc.h"
 
 #include <string.h>
 #include <urcu/uatomic.h>
@@ -26,7 +27,8 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint
         return SL_ERROR;
     /* One bucket per expected connection keeps chains about one long. */
     r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns), 64);
-    if (r->conns == NULL)
+    r->rpcs = sl_table_create(r->arena, &r->qsbr, 4096, 64);
+    if (r->conns == NULL || r->rpcs == NULL)
         return SL_ERROR;
     return sl_chan_init(r, nworkers);
 }
@@ -102,6 +104,7 @@ size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)
             break;
     }
     sl_chan_worker_cleanup(r, worker);
+    sl_rpc_worker_cleanup(r, worker);
     /* Its inbox may hold message references it never consumed; nobody
      * else consumes it until the replacement starts, so drain it here. */
     if ((uint32_t)worker < r->nworkers && r->inboxes[worker]) {

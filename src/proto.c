@@ -8,6 +8,7 @@
  */
 #include "sl_proto.h"
 #include "sl_pubsub.h"
+#include "sl_call.h"
 #include "sl_conf.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -55,6 +56,7 @@ void sl_proto_opened(sl_conn_t *c)
 void sl_proto_closed(sl_conn_t *c)
 {
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
+    sl_call_closed(c);   /* ...and no pending RPC request */
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -117,6 +119,8 @@ static const sl_handler_t handlers[] = {
     {"publish", sl_pubsub_publish},
     {"list-channels", sl_pubsub_list_channels},
     {"get-subscriptions", sl_pubsub_get_subscriptions},
+    {"rpc-request", sl_call_request},
+    {"rpc-response", sl_call_response},
 };
 
 void sl_proto_message(sl_conn_t *c, char *data, size_t len)

@@ -16,6 +16,7 @@
  * allocation per subscriber), then drops the shared reference.
  */
 #include "sl_pubsub.h"
+#include "sl_call.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
 #include "sl_conf.h"
@@ -317,7 +318,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     }
     uatomic_add(&sl_worker->stats->published, 1);
-    pending_wake |= res.woken & ~((uint64_t)1 << sl_worker->id);
+    sl_pubsub_wake_later(res.woken);
     uint32_t delivered = res.delivered_to;
     if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
         delivered--; /* the sender is among the subscribers but skipped */
@@ -390,6 +391,25 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
     uatomic_add(&sl_worker->stats->delivered, n);
 }
 
+/* One message for one local connection (an RPC response, later admin
+ * sends).  The conn number guards against a slot reused since. */
+static void deliver_direct(const sl_inbox_entry_t *e)
+{
+    if (e->tag)
+        sl_call_answered(e->tag);
+    sl_worker_t *w = sl_worker;
+    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
+        return; /* gone meanwhile */
+    sl_buf_t *b = sl_buf_new(e->msg->len);
+    if (b == NULL)
+        return;
+    memcpy(b->data, e->msg->frame, e->msg->len);
+    b->len = e->msg->len;
+    sl_conn_send(c, b);
+    sl_buf_unref(b);
+}
+
 size_t sl_pubsub_drain(void)
 {
     sl_inbox_t *in = REG->inboxes[sl_worker->id];
@@ -399,10 +419,18 @@ size_t sl_pubsub_drain(void)
     while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e)) {
         if (e.kind == SL_INBOX_CHANNEL_MSG)
             deliver(e.msg, e.exclude_conn);
+        else if (e.kind == SL_INBOX_DIRECT)
+            deliver_direct(&e);
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
     return n;
+}
+
+void sl_pubsub_wake_later(uint64_t workers)
+{
+    /* Our own inbox is drained at the end of this turn anyway. */
+    pending_wake |= workers & ~((uint64_t)1 << sl_worker->id);
 }
 
 void sl_pubsub_wake(void)

@@ -10,9 +10,15 @@
 #include "sl_conf.h"
 #include "sl_shm.h"
 #include "sl_chan.h"
+#include "sl_rpc.h"
 #include "sl_pubsub.h"
 
 #include <urcu/uatomic.h>
+
+/* An RPC request older than this is "old"; this many old ones make the
+ * server unhealthy (the seeds' rule). */
+#define SL_RPC_OLD_MS 60000
+#define SL_RPC_OLD_UNHEALTHY 10
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
@@ -53,6 +59,10 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "published", json_integer((json_int_t)pub));
     json_object_set_new(o, "delivered", json_integer((json_int_t)del));
     json_object_set_new(o, "overloaded", json_integer((json_int_t)ovl));
+    json_object_set_new(o, "rpc-requests", json_integer((json_int_t)uatomic_read(&w->rpc_requests)));
+    json_object_set_new(o, "rpc-responses",
+                        json_integer((json_int_t)uatomic_read(&w->rpc_responses)));
+    json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
     json_object_set_new(o, "inbox-depth",
                         json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
     return o;
@@ -105,8 +115,12 @@ static json_t *channel_stats_json(void)
     sl_table_foreach(sl_shm->reg.channels, chan_stat_cb, chans);
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
-    return json_pack("{s:o, s:I, s:I}", "channels", chans, "total-channels",
-                     (json_int_t)t.channels, "total-subscriptions", (json_int_t)t.subscriptions);
+    uint64_t pending, old;
+    sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    return json_pack("{s:o, s:I, s:I, s:I, s:I}", "channels", chans, "total-channels",
+                     (json_int_t)t.channels, "total-subscriptions", (json_int_t)t.subscriptions,
+                     "pending-rpc-requests", (json_int_t)pending, "old-rpc-requests",
+                     (json_int_t)old);
 }
 
 /* Unhealthy above this share of the arena in use. */
@@ -153,15 +167,18 @@ json_t *sl_health_json(bool *healthy)
     sl_reg_figures_t f;
     sl_reg_figures(&sl_shm->reg, &f);
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
-    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok;
+    uint64_t pending, old;
+    sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
-    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
+    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
                      ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
                      "channels", (json_int_t)ct.channels, "system-health", "healthy", ok,
                      "total-channels", (json_int_t)ct.channels, "total-subscriptions",
-                     (json_int_t)ct.subscriptions, "workers-alive", t.live_workers,
+                     (json_int_t)ct.subscriptions, "pending-rpc-requests", (json_int_t)pending,
+                     "old-rpc-requests", (json_int_t)old, "workers-alive", t.live_workers,
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
 }

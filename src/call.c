@@ -1,0 +1,297 @@
+/*
+ * call.c - RPC on a worker: rpc-request, rpc-response, the requester's
+ * timers, and cleaning up after a requester that leaves.
+ *
+ * The correlation lives in the shared registry (sl_rpc.h), so a responder
+ * on any worker can answer.  The requester's worker keeps a local record
+ * per pending request (sl_call_t): its timer, and its place in the
+ * connection's list and in a map by request number.  Exactly one party
+ * claims a correlation (sl_rpc_claim); whoever wins removes it:
+ *   - a responder: the response travels to the requester's worker as a
+ *     DIRECT inbox entry tagged with the request number, which also
+ *     cancels the local timer there;
+ *   - the timer: the requester gets the rpc-timeout error;
+ *   - the requester leaving / its worker dying: nobody is told.
+ * A local record is freed when its request is settled on this worker
+ * (timer fired, response delivered, requester gone), never earlier, and a
+ * late DIRECT entry finds no record and is harmless.
+ */
+#include "sl_call.h"
+#include "sl_chan.h"
+#include "sl_conf.h"
+#include "sl_proto.h"
+#include "sl_pubsub.h"
+#include "sl_rpc.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <urcu/uatomic.h>
+
+#define REG (&sl_shm->reg)
+#define SL_RPC_MAX_TIMEOUT_MS 3600000
+
+struct sl_call {
+    struct sl_call *map_next;  /* chain in the map by request number */
+    struct sl_call *conn_next; /* the requester's pending list */
+    uint64_t no;
+    sl_conn_t *conn;
+    int64_t deadline; /* wall ms */
+    struct event timer;
+    char request_id[SL_RPC_ID_MAX];
+    char channel_id[129];
+};
+
+#define CALL_BUCKETS 1024
+static sl_call_t *calls[CALL_BUCKETS];
+
+static sl_call_t **bucket(uint64_t no)
+{
+    return &calls[no & (CALL_BUCKETS - 1)];
+}
+
+/* Forget a local record: map, connection list, timer, memory. */
+static void call_free(sl_call_t *k)
+{
+    for (sl_call_t **p = bucket(k->no); *p; p = &(*p)->map_next)
+        if (*p == k) {
+            *p = k->map_next;
+            break;
+        }
+    for (sl_call_t **p = &k->conn->calls; *p; p = &(*p)->conn_next)
+        if (*p == k) {
+            *p = k->conn_next;
+            break;
+        }
+    event_del(&k->timer);
+    free(k);
+}
+
+static void reply(sl_conn_t *c, json_t *r)
+{
+    if (r) {
+        sl_conn_send_json(c, r);
+        json_decref(r);
+    }
+}
+
+static void bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)
+{
+    char m[160];
+    snprintf(m, sizeof(m), "%s: field '%s' %s", type, field, what);
+    sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
+    sl_proto_error(c, "invalid-message", m);
+}
+
+/* ------------------------------------------------------------ timeouts */
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_call_t *k = arg;
+    int64_t now = sl_now_ms();
+    sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
+    if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_EXPIRED)) {
+        sl_rpc_remove(REG, q);
+        uatomic_add(&sl_worker->stats->rpc_expired, 1);
+        json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "error", "reason", "rpc-timeout",
+                              "request-id", k->request_id, "message",
+                              "no response before the request's timeout", "timestamp",
+                              (json_int_t)now);
+        reply(k->conn, e);
+        SL_TEL(SL_EV_RPC_REQUEST_EXPIRED, SL_INFO, SL_TF_S("request-id", k->request_id),
+               SL_TF_S("channel-id", k->channel_id), SL_TF_S("requester", k->conn->conn_id),
+               SL_TF_I("late-ms", now - k->deadline));
+    }
+    /* Otherwise a response won the race; its DIRECT entry is in flight and
+     * will find no record - fine. */
+    call_free(k);
+}
+
+/* ----------------------------------------------------------- requests */
+
+static void add_subscriber(const char *conn_id, void *arg)
+{
+    json_array_append_new(arg, json_string(conn_id));
+}
+
+static void delivery_failed(sl_conn_t *c, const char *rid, const char *id, size_t len,
+                            const char *reason)
+{
+    reply(c, json_pack("{s:s, s:s?, s:s%, s:{s:b, s:s}}", "type", "rpc-request-result",
+                       "request-id", rid, "channel-id", id, len, "delivery", "success", 0,
+                       "reason", reason));
+}
+
+void sl_call_request(sl_conn_t *c, json_t *msg)
+{
+    json_t *idj = json_object_get(msg, "channel-id"), *data = json_object_get(msg, "data"),
+           *tj = json_object_get(msg, "timeout-ms");
+    if (!json_is_string(idj)) {
+        bad_field(c, "rpc-request", "channel-id", idj ? "must be a string" : "is missing");
+        return;
+    }
+    if (!json_is_object(data)) {
+        bad_field(c, "rpc-request", "data", data ? "must be an object" : "is missing");
+        return;
+    }
+    if (tj && !(json_is_integer(tj) && json_integer_value(tj) >= 1 &&
+                json_integer_value(tj) <= SL_RPC_MAX_TIMEOUT_MS)) {
+        bad_field(c, "rpc-request", "timeout-ms", "must be an integer from 1 to 3600000");
+        return;
+    }
+    const char *id = json_string_value(idj);
+    size_t len = json_string_length(idj);
+    if (!sl_chan_id_valid(id, len)) {
+        delivery_failed(c, NULL, id, len, "invalid-channel-id");
+        return;
+    }
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    if (ch == NULL) {
+        delivery_failed(c, NULL, id, len, "channel-not-found");
+        return;
+    }
+    int64_t timeout = tj ? json_integer_value(tj) : ch->config.rpc_timeout_ms;
+    sl_call_t *k = calloc(1, sizeof(*k));
+    sl_rpc_t *q = k ? sl_rpc_create(REG, c->conn_id, sl_worker->id, c->slot, c->conn_no, id, len,
+                                    timeout)
+                    : NULL;
+    if (q == NULL) {
+        free(k);
+        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        delivery_failed(c, NULL, id, len, "overloaded");
+        return;
+    }
+    json_t *req = json_pack("{s:s, s:s, s:s%, s:O, s:s, s:I, s:I}", "type", "rpc-request",
+                            "request-id", q->request_id, "channel-id", id, len, "data", data,
+                            "sender-conn-id", c->conn_id, "created-at", (json_int_t)q->created_at,
+                            "timeout-ms", (json_int_t)timeout);
+    sl_buf_t *frame = req ? sl_frame_json(req) : NULL;
+    json_decref(req);
+    json_t *subs = json_array();
+    uint32_t n = 0;
+    uint64_t woken = 0;
+    int rc = frame ? sl_chan_send(REG, ch, frame->data + frame->start, frame->len - frame->start,
+                                  c->conn_id, c->conn_no, add_subscriber, subs, &n, &woken)
+                   : SL_CHAN_NO_MEMORY;
+    sl_buf_unref(frame);
+    if (rc != SL_OK || n == 0) {
+        /* Nothing handed over: nothing is tracked. */
+        if (sl_rpc_claim(q, SL_RPC_CANCELLED))
+            sl_rpc_remove(REG, q);
+        free(k);
+        json_decref(subs);
+        if (rc != SL_OK)
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+        delivery_failed(c, q->request_id, id, len, rc != SL_OK ? "overloaded" : "no-subscribers");
+        return;
+    }
+    sl_pubsub_wake_later(woken);
+    k->no = q->no;
+    k->conn = c;
+    k->deadline = q->deadline;
+    memcpy(k->request_id, q->request_id, sizeof(k->request_id));
+    memcpy(k->channel_id, id, len);
+    evtimer_assign(&k->timer, sl_worker->base, timer_cb, k);
+    struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
+    evtimer_add(&k->timer, &tv);
+    k->map_next = *bucket(k->no);
+    *bucket(k->no) = k;
+    k->conn_next = c->calls;
+    c->calls = k;
+    uatomic_add(&sl_worker->stats->rpc_requests, 1);
+    SL_TEL(SL_EV_RPC_REQUEST_SENT, SL_DEBUG, SL_TF_S("request-id", k->request_id),
+           SL_TF_SN("channel-id", id, len), SL_TF_S("requester", c->conn_id),
+           SL_TF_I("delivered-to", n), SL_TF_I("timeout-ms", timeout));
+    reply(c, json_pack("{s:s, s:s, s:s%, s:{s:b, s:I, s:o}}", "type", "rpc-request-result",
+                       "request-id", k->request_id, "channel-id", id, len, "delivery", "success", 1,
+                       "delivered-to", (json_int_t)n, "subscribers", subs));
+}
+
+/* ---------------------------------------------------------- responses */
+
+static void response_failed(sl_conn_t *c, const char *rid, size_t rlen, const char *reason)
+{
+    reply(c, json_pack("{s:s, s:s%, s:b, s:s}", "type", "rpc-response-result", "request-id", rid,
+                       rlen, "success", 0, "reason", reason));
+}
+
+void sl_call_response(sl_conn_t *c, json_t *msg)
+{
+    json_t *ridj = json_object_get(msg, "request-id"), *data = json_object_get(msg, "data"),
+           *errj = json_object_get(msg, "error");
+    if (!json_is_string(ridj)) {
+        bad_field(c, "rpc-response", "request-id", ridj ? "must be a string" : "is missing");
+        return;
+    }
+    if (data == NULL) {
+        bad_field(c, "rpc-response", "data", "is missing");
+        return;
+    }
+    if (errj && !json_is_boolean(errj)) {
+        bad_field(c, "rpc-response", "error", "must be a boolean");
+        return;
+    }
+    const char *rid = json_string_value(ridj);
+    size_t rlen = json_string_length(ridj);
+    sl_rpc_t *q = sl_rpc_find(REG, rid, rlen);
+    if (q == NULL || !sl_rpc_claim(q, SL_RPC_ANSWERED)) {
+        /* Late, duplicate, or unknown. */
+        response_failed(c, rid, rlen, "request-not-found");
+        return;
+    }
+    json_t *resp = json_pack("{s:s, s:s%, s:O, s:b, s:s}", "type", "rpc-response", "request-id",
+                             rid, rlen, "data", data, "error", json_is_true(errj),
+                             "responder-conn-id", c->conn_id);
+    sl_buf_t *frame = resp ? sl_frame_json(resp) : NULL;
+    json_decref(resp);
+    int rc = frame ? sl_chan_send_direct(REG, q->worker, q->slot, q->conn_no, q->no,
+                                         frame->data + frame->start, frame->len - frame->start)
+                   : SL_CHAN_NO_MEMORY;
+    sl_buf_unref(frame);
+    if (rc != SL_OK) {
+        /* The requester's inbox is full: the request stays pending (its
+         * timer still runs) and this responder is told. */
+        sl_rpc_unclaim(q);
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        response_failed(c, rid, rlen, "overloaded");
+        return;
+    }
+    sl_pubsub_wake_later((uint64_t)1 << q->worker);
+    sl_rpc_remove(REG, q);
+    uatomic_add(&sl_worker->stats->rpc_responses, 1);
+    SL_TEL(SL_EV_RPC_RESPONSE_SENT, SL_DEBUG, SL_TF_SN("request-id", rid, rlen),
+           SL_TF_S("responder", c->conn_id), SL_TF_B("error", json_is_true(errj)));
+    reply(c, json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result", "request-id", rid, rlen,
+                       "success", 1));
+}
+
+/* A DIRECT inbox entry tagged with request number `no` was delivered here:
+ * the request is settled, its timer goes. */
+void sl_call_answered(uint64_t no)
+{
+    for (sl_call_t *k = *bucket(no); k; k = k->map_next)
+        if (k->no == no) {
+            call_free(k);
+            return;
+        }
+}
+
+void sl_call_closed(sl_conn_t *c)
+{
+    size_t n = 0;
+    while (c->calls) {
+        sl_call_t *k = c->calls;
+        sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
+        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED)) {
+            sl_rpc_remove(REG, q);
+            n++;
+        }
+        call_free(k);
+    }
+    if (n)
+        SL_TEL(SL_EV_RPC_CLEANUP_COMPLETED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_I("cancelled", n), SL_TF_S("reason", "requester closed"));
+}
