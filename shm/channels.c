@@ -380,13 +380,16 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     uint64_t targets = targets_of(r, c, &delivered);
     bool retain = c->config.message_retention > 0 && c->ring != NULL;
     m->refs = (uint32_t)__builtin_popcountll(targets) + (retain ? 1 : 0);
+    /* The seq is taken before the hand-off: should this process die in
+     * between, the channel shows a gap (a message its publisher never got
+     * acknowledged) rather than two messages with one seq. */
+    c->next_seq = seq + 1;
     if (hand_off(r, targets, m, p->exclude_sender ? p->sender_conn_no : 0) != SL_OK) {
+        c->next_seq = seq; /* nothing went out: give the seq back, no gap */
         sl_lock_release(&c->lock);
         sl_arena_free(r->arena, m);
-        return SL_CHAN_OVERLOADED; /* seq not consumed: no gap */
+        return SL_CHAN_OVERLOADED;
     }
-    /* From here the message is committed: seq taken, references out. */
-    c->next_seq = seq + 1;
     sl_chan_msg_t *dropped = NULL;
     if (retain) {
         uint32_t cap = (uint32_t)c->config.message_retention;

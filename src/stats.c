@@ -86,12 +86,24 @@ static json_t *shm_json(void)
     sl_reg_figures_t f;
     sl_reg_figures(&sl_shm->reg, &f);
     uint64_t header = sl_shm->size - f.total_bytes;
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "used-bytes",
+    sl_arena_stats_t as;
+    sl_arena_stats(sl_shm->reg.arena, &as);
+    json_t *classes = json_array();
+    for (int c = 0; c < SL_ARENA_CLASSES; c++)
+        json_array_append_new(classes, json_pack("{s:i, s:I, s:I}", "size", (int)as.cls[c].size,
+                                                 "used", (json_int_t)as.cls[c].used, "total",
+                                                 (json_int_t)as.cls[c].total));
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "used-bytes",
                      (json_int_t)(header + f.used_bytes), "total-bytes", (json_int_t)sl_shm->size,
                      "allocation-failures", (json_int_t)f.failures, "registered-connections",
                      (json_int_t)f.registered_connections, "rcu-pending", (json_int_t)f.qsbr_pending,
                      "rcu-retired", (json_int_t)f.qsbr_retired, "rcu-reclaimed",
                      (json_int_t)f.qsbr_reclaimed);
+    json_object_set_new(o, "classes", classes);
+    json_object_set_new(o, "page-run-bytes", json_integer((json_int_t)as.run_pages * 4096));
+    json_object_set_new(o, "free-pages", json_integer((json_int_t)as.free_pages));
+    json_object_set_new(o, "lock-recoveries", json_integer((json_int_t)as.recoveries));
+    return o;
 }
 
 static int chan_stat_cb(sl_table_node_t *n, void *arg)
