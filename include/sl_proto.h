@@ -7,6 +7,8 @@
 
 #include "sl_conn.h"
 
+#include <jansson.h>
+
 /* Before the 101 goes out: give the connection its conn-id and register
  * it in the shared registry.  SL_ERROR when shared memory is exhausted
  * (the upgrade is then refused). */
@@ -23,5 +25,11 @@ void sl_proto_closed(sl_conn_t *c);
 
 /* An error reply {"type":"error","reason":..,"message":..,"timestamp":..}. */
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message);
+
+/* The one way handlers answer: send `r` (may be NULL) and release it. */
+void sl_proto_reply(sl_conn_t *c, json_t *r);
+
+/* invalid-message naming the field: "<type>: field '<field>' <what>". */
+void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what);
 
 #endif

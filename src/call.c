@@ -70,22 +70,6 @@ static void call_free(sl_call_t *k)
     free(k);
 }
 
-static void reply(sl_conn_t *c, json_t *r)
-{
-    if (r) {
-        sl_conn_send_json(c, r);
-        json_decref(r);
-    }
-}
-
-static void bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)
-{
-    char m[160];
-    snprintf(m, sizeof(m), "%s: field '%s' %s", type, field, what);
-    sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
-    sl_proto_error(c, "invalid-message", m);
-}
-
 /* ------------------------------------------------------------ timeouts */
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -100,7 +84,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
                               "request-id", k->request_id, "message",
                               "no response before the request's timeout", "timestamp",
                               (json_int_t)now);
-        reply(k->conn, e);
+        sl_proto_reply(k->conn, e);
         SL_TEL(SL_EV_RPC_REQUEST_EXPIRED, SL_INFO, SL_TF_S("request-id", k->request_id),
                SL_TF_S("channel-id", k->channel_id), SL_TF_S("requester", k->conn->conn_id),
                SL_TF_I("late-ms", now - k->deadline));
@@ -120,7 +104,7 @@ static void add_subscriber(const char *conn_id, void *arg)
 static void delivery_failed(sl_conn_t *c, const char *rid, const char *id, size_t len,
                             const char *reason)
 {
-    reply(c, json_pack("{s:s, s:s?, s:s%, s:{s:b, s:s}}", "type", "rpc-request-result",
+    sl_proto_reply(c, json_pack("{s:s, s:s?, s:s%, s:{s:b, s:s}}", "type", "rpc-request-result",
                        "request-id", rid, "channel-id", id, len, "delivery", "success", 0,
                        "reason", reason));
 }
@@ -130,16 +114,16 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     json_t *idj = json_object_get(msg, "channel-id"), *data = json_object_get(msg, "data"),
            *tj = json_object_get(msg, "timeout-ms");
     if (!json_is_string(idj)) {
-        bad_field(c, "rpc-request", "channel-id", idj ? "must be a string" : "is missing");
+        sl_proto_bad_field(c, "rpc-request", "channel-id", idj ? "must be a string" : "is missing");
         return;
     }
     if (!json_is_object(data)) {
-        bad_field(c, "rpc-request", "data", data ? "must be an object" : "is missing");
+        sl_proto_bad_field(c, "rpc-request", "data", data ? "must be an object" : "is missing");
         return;
     }
     if (tj && !(json_is_integer(tj) && json_integer_value(tj) >= 1 &&
                 json_integer_value(tj) <= SL_RPC_MAX_TIMEOUT_MS)) {
-        bad_field(c, "rpc-request", "timeout-ms", "must be an integer from 1 to 3600000");
+        sl_proto_bad_field(c, "rpc-request", "timeout-ms", "must be an integer from 1 to 3600000");
         return;
     }
     const char *id = json_string_value(idj);
@@ -205,7 +189,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     SL_TEL(SL_EV_RPC_REQUEST_SENT, SL_DEBUG, SL_TF_S("request-id", k->request_id),
            SL_TF_SN("channel-id", id, len), SL_TF_S("requester", c->conn_id),
            SL_TF_I("delivered-to", n), SL_TF_I("timeout-ms", timeout));
-    reply(c, json_pack("{s:s, s:s, s:s%, s:{s:b, s:I, s:o}}", "type", "rpc-request-result",
+    sl_proto_reply(c, json_pack("{s:s, s:s, s:s%, s:{s:b, s:I, s:o}}", "type", "rpc-request-result",
                        "request-id", k->request_id, "channel-id", id, len, "delivery", "success", 1,
                        "delivered-to", (json_int_t)n, "subscribers", subs));
 }
@@ -214,7 +198,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
 
 static void response_failed(sl_conn_t *c, const char *rid, size_t rlen, const char *reason)
 {
-    reply(c, json_pack("{s:s, s:s%, s:b, s:s}", "type", "rpc-response-result", "request-id", rid,
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:s}", "type", "rpc-response-result", "request-id", rid,
                        rlen, "success", 0, "reason", reason));
 }
 
@@ -223,15 +207,15 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
     json_t *ridj = json_object_get(msg, "request-id"), *data = json_object_get(msg, "data"),
            *errj = json_object_get(msg, "error");
     if (!json_is_string(ridj)) {
-        bad_field(c, "rpc-response", "request-id", ridj ? "must be a string" : "is missing");
+        sl_proto_bad_field(c, "rpc-response", "request-id", ridj ? "must be a string" : "is missing");
         return;
     }
     if (data == NULL) {
-        bad_field(c, "rpc-response", "data", "is missing");
+        sl_proto_bad_field(c, "rpc-response", "data", "is missing");
         return;
     }
     if (errj && !json_is_boolean(errj)) {
-        bad_field(c, "rpc-response", "error", "must be a boolean");
+        sl_proto_bad_field(c, "rpc-response", "error", "must be a boolean");
         return;
     }
     const char *rid = json_string_value(ridj);
@@ -264,7 +248,7 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
     uatomic_add(&sl_worker->stats->rpc_responses, 1);
     SL_TEL(SL_EV_RPC_RESPONSE_SENT, SL_DEBUG, SL_TF_SN("request-id", rid, rlen),
            SL_TF_S("responder", c->conn_id), SL_TF_B("error", json_is_true(errj)));
-    reply(c, json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result", "request-id", rid, rlen,
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result", "request-id", rid, rlen,
                        "success", 1));
 }
 

@@ -44,10 +44,7 @@ void sl_proto_opened(sl_conn_t *c)
 
     json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
                           "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
-    if (w != NULL) {
-        sl_conn_send_json(c, w);
-        json_decref(w);
-    }
+    sl_proto_reply(c, w);
     SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id));
     SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("total-connections", total_connections()));
@@ -70,41 +67,44 @@ void sl_proto_closed(sl_conn_t *c)
            SL_TF_I("total-connections", total_connections()));
 }
 
+void sl_proto_reply(sl_conn_t *c, json_t *r)
+{
+    if (r != NULL) {
+        sl_conn_send_json(c, r);
+        json_decref(r);
+    }
+}
+
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
-    json_t *e = json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message, "reason",
-                          reason, "timestamp", (json_int_t)sl_now_ms());
-    if (e != NULL) {
-        sl_conn_send_json(c, e);
-        json_decref(e);
-    }
+    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message,
+                                "reason", reason, "timestamp", (json_int_t)sl_now_ms()));
+}
+
+void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)
+{
+    char m[160];
+    snprintf(m, sizeof(m), "%s: field '%s' %s", type, field, what);
+    sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
+    sl_proto_error(c, "invalid-message", m);
 }
 
 static void handle_ping(sl_conn_t *c, json_t *msg)
 {
     json_t *ts = json_object_get(msg, "timestamp");
     if (ts != NULL && !json_is_number(ts) && !json_is_null(ts)) {
-        sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
-        sl_proto_error(c, "invalid-message", "field 'timestamp' must be a number");
+        sl_proto_bad_field(c, "ping", "timestamp", "must be a number");
         return;
     }
-    json_t *r = json_pack("{s:s, s:I, s:O}", "type", "pong", "timestamp",
-                          (json_int_t)sl_now_ms(), "original-timestamp",
-                          ts ? ts : json_null());
-    if (r != NULL) {
-        sl_conn_send_json(c, r);
-        json_decref(r);
-    }
+    sl_proto_reply(c, json_pack("{s:s, s:I, s:O}", "type", "pong", "timestamp",
+                                (json_int_t)sl_now_ms(), "original-timestamp",
+                                ts ? ts : json_null()));
 }
 
 static void handle_echo(sl_conn_t *c, json_t *msg)
 {
-    json_t *r = json_pack("{s:s, s:O, s:s, s:I}", "type", "echo", "original", msg, "conn-id",
-                          c->conn_id, "timestamp", (json_int_t)sl_now_ms());
-    if (r != NULL) {
-        sl_conn_send_json(c, r);
-        json_decref(r);
-    }
+    sl_proto_reply(c, json_pack("{s:s, s:O, s:s, s:I}", "type", "echo", "original", msg,
+                                "conn-id", c->conn_id, "timestamp", (json_int_t)sl_now_ms()));
 }
 
 typedef struct {

@@ -38,29 +38,13 @@ static uint64_t pending_wake;
 
 /* ------------------------------------------------------------ helpers */
 
-static void reply(sl_conn_t *c, json_t *r)
-{
-    if (r) {
-        sl_conn_send_json(c, r);
-        json_decref(r);
-    }
-}
-
-static void bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)
-{
-    char m[160];
-    snprintf(m, sizeof(m), "%s: field '%s' %s", type, field, what);
-    sl_worker_count_error(SL_ERR_INVALID_MESSAGE);
-    sl_proto_error(c, "invalid-message", m);
-}
-
 /* The "channel-id" string of a message, or NULL after replying with an
  * invalid-message error. */
 static const char *channel_id(sl_conn_t *c, json_t *msg, const char *type, size_t *len)
 {
     json_t *id = json_object_get(msg, "channel-id");
     if (!json_is_string(id)) {
-        bad_field(c, type, "channel-id", id ? "must be a string" : "is missing");
+        sl_proto_bad_field(c, type, "channel-id", id ? "must be a string" : "is missing");
         return NULL;
     }
     *len = json_string_length(id);
@@ -109,7 +93,7 @@ static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
 {
     SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_SN("channel-id", id, len), SL_TF_S("reason", reason));
-    reply(c, failure("subscription-result", id, len, reason));
+    sl_proto_reply(c, failure("subscription-result", id, len, reason));
 }
 
 void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
@@ -120,11 +104,11 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         return;
     json_t *since_j = json_object_get(msg, "since-seq"), *epoch_j = json_object_get(msg, "epoch");
     if (since_j && !(json_is_integer(since_j) && json_integer_value(since_j) >= 0)) {
-        bad_field(c, "subscribe", "since-seq", "must be a non-negative integer");
+        sl_proto_bad_field(c, "subscribe", "since-seq", "must be a non-negative integer");
         return;
     }
     if (epoch_j && !json_is_string(epoch_j)) {
-        bad_field(c, "subscribe", "epoch", "must be a string");
+        sl_proto_bad_field(c, "subscribe", "epoch", "must be a string");
         return;
     }
     if (!sl_chan_id_valid(id, len)) {
@@ -211,7 +195,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         }
         json_object_set_new(r, "recovered", json_boolean(same && all));
     }
-    reply(c, r);
+    sl_proto_reply(c, r);
 }
 
 /* --------------------------------------------------------- unsubscribe */
@@ -240,11 +224,11 @@ void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
         return;
     int i = find_sub(c, id, len);
     if (i < 0) {
-        reply(c, failure("unsubscription-result", id, len, "not-subscribed"));
+        sl_proto_reply(c, failure("unsubscription-result", id, len, "not-subscribed"));
         return;
     }
     leave(c, (uint32_t)i);
-    reply(c, json_pack("{s:s, s:s%, s:b}", "type", "unsubscription-result", "channel-id", id, len,
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "unsubscription-result", "channel-id", id, len,
                        "success", 1));
 }
 
@@ -267,23 +251,23 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     json_t *data = json_object_get(msg, "data"), *ex = json_object_get(msg, "exclude-sender");
     if (data == NULL) {
-        bad_field(c, "publish", "data", "is missing");
+        sl_proto_bad_field(c, "publish", "data", "is missing");
         return;
     }
     if (ex && !json_is_boolean(ex)) {
-        bad_field(c, "publish", "exclude-sender", "must be a boolean");
+        sl_proto_bad_field(c, "publish", "exclude-sender", "must be a boolean");
         return;
     }
     bool exclude = json_is_true(ex);
     if (!sl_chan_id_valid(id, len)) {
-        reply(c, failure("publish-result", id, len, "invalid-channel-id"));
+        sl_proto_reply(c, failure("publish-result", id, len, "invalid-channel-id"));
         return;
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     if (ch == NULL) {
         SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "channel-not-found"));
-        reply(c, failure("publish-result", id, len, "channel-not-found"));
+        sl_proto_reply(c, failure("publish-result", id, len, "channel-not-found"));
         return;
     }
     /* Encode the data once, here; the registry wraps it in the frame. */
@@ -294,7 +278,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         big = malloc(n);
         if (big == NULL || json_dumpb(data, big, n, JSON_COMPACT | JSON_ENCODE_ANY) != n) {
             free(big);
-            reply(c, failure("publish-result", id, len, "overloaded"));
+            sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
             return;
         }
         enc = big;
@@ -314,7 +298,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
             sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
         SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "overloaded"));
-        reply(c, failure("publish-result", id, len, "overloaded"));
+        sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
         return;
     }
     uatomic_add(&sl_worker->stats->published, 1);
@@ -327,7 +311,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_DEBUG, SL_TF_SN("channel-id", id, len),
            SL_TF_S("message-id", mid), SL_TF_I("seq", res.seq), SL_TF_I("delivered-to", delivered),
            SL_TF_S("sender-conn-id", c->conn_id));
-    reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result", "channel-id",
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result", "channel-id",
                        id, len, "success", 1, "message-id", mid, "seq", (json_int_t)res.seq,
                        "delivered-to", (json_int_t)delivered));
 }
@@ -354,7 +338,7 @@ json_t *sl_pubsub_channels_json(void)
 
 void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
 {
-    reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", sl_pubsub_channels_json()));
+    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", sl_pubsub_channels_json()));
 }
 
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
@@ -362,7 +346,7 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
     json_t *a = json_array();
     for (uint32_t i = 0; i < c->nsubs; i++)
         json_array_append_new(a, json_string(c->subs[i]));
-    reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
+    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
 }
 
 /* ------------------------------------------------------------ delivery */
