@@ -62,6 +62,7 @@ typedef struct sl_chan {
     uint32_t ring_start, ring_count;           /* under lock */
     sl_chan_msg_t **ring; /* message_retention entries, oldest at ring_start */
     struct sl_sub *subs;  /* every subscription of the channel, under lock */
+    bool deleted;         /* under lock: deleted, only still reachable by stale readers */
 } sl_chan_t;
 
 typedef struct sl_sub {
@@ -132,9 +133,27 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
                  uint64_t *woken);
 
 /* Hand a frame to one connection on `worker` (slot + conn number), e.g.
- * an RPC response.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+ * an RPC response; kind SL_INBOX_DIRECT, or SL_INBOX_CLOSE (frame unused,
+ * may be NULL).  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
 int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no, uint64_t tag,
                         const uint8_t *frame, size_t len);
+int sl_chan_send_kind(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
+                      const uint8_t *frame, size_t len);
+
+/* Hand a frame to every worker in `workers` (bitmask) as a BROADCAST:
+ * all or none.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len);
+
+/* Delete a channel: remove it and every subscription, drop its retained
+ * messages, and hand `frame` (the channel-deleted notice) to every worker
+ * with subscribers, after everything published before.  *unsubscribed gets
+ * the number of subscriptions removed, *woken the workers to wake.
+ * SL_OK, SL_CHAN_NOT_SUBSCRIBED (no such channel) or SL_CHAN_OVERLOADED. */
+int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame, size_t flen,
+                   uint32_t *unsubscribed, uint64_t *woken);
+
+/* Call fn for every subscriber's conn-id (under the channel lock). */
+void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg);
 
 /* Visit the retained messages with seq > since (oldest first) under the
  * channel lock; fn gets the message's JSON text.  Returns the seq of the

@@ -54,6 +54,7 @@ typedef struct {
     int64_t max_subscriptions_per_connection;
     sl_conf_channel_t *channels; /* --channel, resolved after parsing */
     int nchannels;
+    char admin_token[256]; /* "" = admin API disabled */
 } sl_conf_t;
 
 typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION } sl_conf_action_t;

@@ -22,6 +22,9 @@ struct sl_chan_msg;
 typedef enum {
     SL_INBOX_CHANNEL_MSG = 1, /* fan out msg to local subscribers of its channel */
     SL_INBOX_DIRECT = 2,      /* msg for one local connection (slot + conn number) */
+    SL_INBOX_BROADCAST = 3,   /* msg for every local protocol connection */
+    SL_INBOX_CLOSE = 4,       /* close one local connection with 1008 */
+    SL_INBOX_CHANNEL_GONE = 5, /* msg's channel was deleted: drop local subscribers, tell them */
 } sl_inbox_kind_t;
 
 typedef struct {

@@ -25,6 +25,7 @@ typedef struct sl_reg_conn {
     sl_table_node_t node; /* first: retired through QSBR */
     int32_t worker;
     uint32_t slot;
+    uint64_t conn_no;       /* the n of conn-<ms>-<n>: guards against slot reuse */
     int64_t opened_at;      /* wall ms */
     uint64_t last_activity; /* wall ms, updated by the owner (uatomic) */
     uint64_t message_count; /* updated by the owner (uatomic) */
@@ -53,7 +54,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint
 
 /* Register a connection; NULL when shared memory is exhausted. */
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
-                               int64_t opened_at);
+                               uint64_t conn_no, int64_t opened_at);
 /* Remove the owner's entry (retired: freed after a grace period). */
 void sl_reg_conn_remove(sl_reg_t *r, sl_reg_conn_t *c);
 /* Read side. */

@@ -42,6 +42,7 @@ typedef enum {
     SL_ERR_METHOD_NOT_ALLOWED, /* 405 */
     SL_ERR_ACCEPT_FAILED,      /* master: accept() or hand-off failed */
     SL_ERR_SHM_EXHAUSTED,      /* shared memory full: request refused */
+    SL_ERR_ADMIN_REFUSED,      /* admin API: disabled, or bad/missing token */
     SL_ERR__COUNT
 } sl_err_t;
 

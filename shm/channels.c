@@ -116,7 +116,9 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
     size_t klen = sub_key(key, c, conn_id);
     int rc = SL_OK;
     sl_lock_acquire(&c->lock);
-    if (sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen)) {
+    if (c->deleted) {
+        rc = SL_CHAN_NOT_SUBSCRIBED; /* gone between lookup and lock */
+    } else if (sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen)) {
         rc = SL_CHAN_ALREADY;
     } else if ((int64_t)c->subscribers >= c->config.max_subscribers) {
         rc = SL_CHAN_FULL;
@@ -247,7 +249,8 @@ static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c, uint32_t *subscribers)
  * inbox is taken (ascending: a fixed order, no deadlock) and checked for
  * room before anything is committed.  m->refs must already count the
  * entries.  SL_OK, or SL_CHAN_OVERLOADED with nothing handed off. */
-static int hand_off(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, uint64_t exclude_conn)
+static int hand_off_kind(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, int kind,
+                         uint64_t exclude_conn)
 {
     uint32_t locked = 0;
     bool room = true;
@@ -271,12 +274,16 @@ static int hand_off(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, uint64_t ex
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
-        sl_inbox_entry_t e = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn,
-                              .msg = m};
+        sl_inbox_entry_t e = {.kind = (uint32_t)kind, .exclude_conn = exclude_conn, .msg = m};
         sl_inbox_push_locked(r->inboxes[w], &e);
         sl_lock_release(&r->inboxes[w]->lock);
     }
     return SL_OK;
+}
+
+static int hand_off(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, uint64_t exclude_conn)
+{
+    return hand_off_kind(r, targets, m, SL_INBOX_CHANNEL_MSG, exclude_conn);
 }
 
 /* A message object around an already encoded frame. */
@@ -311,7 +318,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
         return SL_CHAN_NO_MEMORY;
     sl_lock_acquire(&c->lock);
     uint32_t n = 0;
-    for (sl_sub_t *s = c->subs; s; s = s->next) {
+    for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next) {
         const char *conn_id = s->key + s->chan_len + 1;
         if (exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0)
             continue;
@@ -341,12 +348,106 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     return SL_OK;
 }
 
+static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
+                      uint64_t tag, const uint8_t *frame, size_t len);
+
 int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
                         uint64_t tag, const uint8_t *frame, size_t len)
 {
+    return send_entry(r, SL_INBOX_DIRECT, worker, slot, conn_no, tag, frame, len);
+}
+
+int sl_chan_send_kind(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
+                      const uint8_t *frame, size_t len)
+{
+    return send_entry(r, kind, worker, slot, conn_no, 0, frame, len);
+}
+
+int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len)
+{
+    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len, 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    m->refs = (uint32_t)__builtin_popcountll(workers);
+    if (m->refs == 0) {
+        sl_arena_free(r->arena, m);
+        return SL_OK;
+    }
+    if (hand_off_kind(r, workers, m, SL_INBOX_BROADCAST, 0) != SL_OK) {
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    return SL_OK;
+}
+
+void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg)
+{
+    sl_lock_acquire(&c->lock);
+    for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
+        fn(s->key + s->chan_len + 1, arg);
+    sl_lock_release(&c->lock);
+}
+
+int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame, size_t flen,
+                   uint32_t *unsubscribed, uint64_t *woken)
+{
+    *unsubscribed = 0;
+    *woken = 0;
+    sl_chan_t *c = sl_chan_find(r, id, len);
+    if (c == NULL)
+        return SL_CHAN_NOT_SUBSCRIBED;
+    sl_chan_msg_t *m = msg_of_frame(r, c, frame, flen, 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    uint32_t subs;
+    uint64_t targets = targets_of(r, c, &subs);
+    m->refs = (uint32_t)__builtin_popcountll(targets);
+    /* The notice goes out first (after everything already published), so
+     * nothing is removed unless the subscribers will be told. */
+    if (m->refs && hand_off_kind(r, targets, m, SL_INBOX_CHANNEL_GONE, 0) != SL_OK) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    if (m->refs == 0)
+        sl_arena_free(r->arena, m);
+    c->deleted = true;
+    uint32_t n = 0;
+    for (sl_sub_t *s = c->subs, *next; s; s = next) {
+        next = s->next;
+        sl_table_remove(r->subs, s->node.hash, s->key, s->node.klen);
+        n++;
+    }
+    c->subs = NULL;
+    memset(c->worker_subs, 0, sizeof(c->worker_subs));
+    uatomic_set(&c->subscribers, 0);
+    uint32_t cap = (uint32_t)c->config.message_retention;
+    for (uint32_t i = 0; i < c->ring_count; i++)
+        sl_chan_msg_unref(r, c->ring[(c->ring_start + i) % cap]);
+    c->ring_count = 0;
+    sl_table_remove(r->channels, c->node.hash, c->id, c->node.klen);
+    sl_lock_release(&c->lock);
+    /* The ring array is not reachable any more (deleted is set under the
+     * lock every reader of it takes); the node itself goes through QSBR. */
+    sl_arena_free(r->arena, c->ring);
+    *unsubscribed = n;
+    *woken = targets;
+    return SL_OK;
+}
+
+static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
+                      uint64_t tag, const uint8_t *frame, size_t len)
+{
     if (worker < 0 || (uint32_t)worker >= r->nworkers)
         return SL_CHAN_NOT_SUBSCRIBED;
-    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len, 0);
+    static const uint8_t none[1];
+    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame ? frame : none, frame ? len : 0, 0);
     if (m == NULL)
         return SL_CHAN_NO_MEMORY;
     m->refs = 1;
@@ -358,7 +459,7 @@ int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
-    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT, .target_slot = slot, .target_conn = conn_no,
+    sl_inbox_entry_t e = {.kind = (uint32_t)kind, .target_slot = slot, .target_conn = conn_no,
                           .tag = tag, .msg = m};
     sl_inbox_push_locked(in, &e);
     sl_lock_release(&in->lock);
@@ -369,6 +470,10 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
 {
     memset(out, 0, sizeof(*out));
     sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
     uint64_t seq = c->next_seq;
     uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
     sl_chan_msg_t *m = encode(r, c, p, seq, msg_id);

@@ -34,7 +34,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint
 }
 
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
-                               int64_t opened_at)
+                               uint64_t conn_no, int64_t opened_at)
 {
     size_t len = strlen(conn_id);
     if (len >= SL_CONN_ID_MAX)
@@ -45,6 +45,7 @@ sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uin
     memcpy(c->conn_id, conn_id, len);
     c->worker = worker;
     c->slot = slot;
+    c->conn_no = conn_no;
     c->opened_at = opened_at;
     c->last_activity = (uint64_t)opened_at;
     c->node.key = c->conn_id;

@@ -33,6 +33,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_METHOD_NOT_ALLOWED] = "method-not-allowed",
     [SL_ERR_ACCEPT_FAILED] = "accept-failed",
     [SL_ERR_SHM_EXHAUSTED] = "shm-exhausted",
+    [SL_ERR_ADMIN_REFUSED] = "admin-refused",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -34,6 +34,7 @@ typedef enum {
     OPT_ORIGIN,  /* repeatable string list */
     OPT_NAME,    /* app name: [A-Za-z0-9._-]+ */
     OPT_CHANNEL, /* --channel NAME[:key=value,...], repeatable */
+    OPT_SECRET,  /* like OPT_STR, but never shown (/stats says only whether set) */
     OPT_HELP,
     OPT_VERSION,
 } opt_kind_t;
@@ -97,6 +98,8 @@ static const sl_option_t sl_options[] = {
      "default RPC timeout of a channel"},
     {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
      1, 1000000, "1000", "N", "channels one connection may subscribe to"},
+    {"admin-token", "SENTE_ADMIN_TOKEN", OPT_SECRET, OFF(admin_token), SZ(admin_token), 0, 0, "",
+     "TOKEN", "enable the admin API under /api/ with this bearer token"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
     {"help", NULL, OPT_HELP, 0, 0, 0, 0, NULL, NULL, "show this help"},
@@ -162,6 +165,7 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
 
     switch (o->kind) {
     case OPT_STR:
+    case OPT_SECRET:
         if (strlen(v) >= o->size || (o->min > 0 && v[0] == '\0')) {
             snprintf(err, errsz, "%s: value must be 1 to %zu characters", who, o->size - 1);
             return SL_ERROR;
@@ -467,6 +471,7 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
         switch (o->kind) {
         case OPT_STR:
         case OPT_NAME: v = field[0] ? json_string(field) : json_null(); break;
+        case OPT_SECRET: v = json_boolean(field[0] != '\0'); break;
         case OPT_INT:
         case OPT_BYTES: v = json_integer(*(const int64_t *)field); break;
         case OPT_PORT: v = json_integer(*(const int *)field); break;

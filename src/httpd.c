@@ -7,6 +7,7 @@
  * server never holds more than --max-connections WebSockets.
  */
 #include "sl_httpd.h"
+#include "sl_admin.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_pubsub.h"
@@ -51,21 +52,27 @@ void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *mess
     send_raw(c, resp, len);
 }
 
-static void send_json(sl_conn_t *c, int status, json_t *doc, bool keep_alive)
+static void send_json_extra(sl_conn_t *c, int status, json_t *doc, bool keep_alive,
+                            const char *extra)
 {
-    char *body = json_dumps(doc, JSON_COMPACT);
+    char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
     json_decref(doc);
     char *resp;
     size_t len;
     if (body == NULL ||
-        sl_http_response(status, "application/json", NULL, body, strlen(body), keep_alive, &resp,
-                         &len) != SL_OK) {
+        sl_http_response(status, "application/json", extra, body, strlen(body), keep_alive,
+                         &resp, &len) != SL_OK) {
         free(body);
         sl_conn_abort(c, "out-of-memory");
         return;
     }
     free(body);
     send_raw(c, resp, len);
+}
+
+static void send_json(sl_conn_t *c, int status, json_t *doc, bool keep_alive)
+{
+    send_json_extra(c, status, doc, keep_alive, NULL);
 }
 
 static bool header_is(const sl_http_header_t *h, const char *v)
@@ -194,6 +201,21 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
         sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
         sl_httpd_error(c, 426, "upgrade-required",
                        "this path speaks WebSocket; see /health and /stats for HTTP", keep);
+        return keep;
+    }
+    if (req->path_len >= 5 && memcmp(req->path, "/api/", 5) == 0) {
+        json_t *doc;
+        const char *allow;
+        int status = sl_admin_handle(req, body, blen, &doc, &allow);
+        if (status >= 400)
+            sl_worker_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
+                                                                 : SL_ERR_BAD_HTTP_REQUEST);
+        char extra[96] = "";
+        if (allow)
+            snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+        else if (status == 401)
+            snprintf(extra, sizeof(extra), "WWW-Authenticate: Bearer\r\n");
+        send_json_extra(c, status, doc, keep, extra[0] ? extra : NULL);
         return keep;
     }
     bool health = path_is(req, "/health"), stats = path_is(req, "/stats"),

@@ -35,7 +35,8 @@ int sl_proto_admit(sl_conn_t *c)
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
     snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
-    c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->opened_at);
+    c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
+                             c->opened_at);
     return c->reg ? SL_OK : SL_ERROR;
 }
 

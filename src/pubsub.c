@@ -394,6 +394,60 @@ static void deliver_direct(const sl_inbox_entry_t *e)
     sl_buf_unref(b);
 }
 
+static sl_buf_t *local_copy(const sl_chan_msg_t *m)
+{
+    sl_buf_t *b = sl_buf_new(m->len);
+    if (b) {
+        memcpy(b->data, m->frame, m->len);
+        b->len = m->len;
+    }
+    return b;
+}
+
+/* Admin broadcast: every protocol connection here (echo ones excluded). */
+static void deliver_broadcast(const sl_chan_msg_t *m)
+{
+    sl_buf_t *b = local_copy(m);
+    if (b == NULL)
+        return;
+    for (sl_conn_t *c = sl_worker->conns; c; c = c->next)
+        if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS)
+            sl_conn_send(c, b);
+    sl_buf_unref(b);
+}
+
+/* Admin close: the connection is closed with 1008. */
+static void close_direct(const sl_inbox_entry_t *e)
+{
+    sl_worker_t *w = sl_worker;
+    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    if (c && c->conn_no == e->target_conn)
+        sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "closed by the administrator");
+}
+
+/* The channel was deleted: the registry already dropped the subscriptions;
+ * forget them here and tell each local subscriber. */
+static void channel_gone(const sl_chan_msg_t *m)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+    if (e == NULL)
+        return;
+    sl_buf_t *b = local_copy(m);
+    while (e && e->n > 0) {
+        sl_conn_t *c = e->conns[e->n - 1];
+        int i = find_sub(c, m->id, m->idlen);
+        if (i >= 0) {
+            free(c->subs[i]);
+            c->subs[i] = c->subs[--c->nsubs];
+        }
+        if (b)
+            sl_conn_send(c, b);
+        sl_cidx_remove(m->chan_hash, m->id, m->idlen, c);
+        e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+    }
+    sl_buf_unref(b);
+}
+
 size_t sl_pubsub_drain(void)
 {
     sl_inbox_t *in = REG->inboxes[sl_worker->id];
@@ -405,6 +459,12 @@ size_t sl_pubsub_drain(void)
             deliver(e.msg, e.exclude_conn);
         else if (e.kind == SL_INBOX_DIRECT)
             deliver_direct(&e);
+        else if (e.kind == SL_INBOX_BROADCAST)
+            deliver_broadcast(e.msg);
+        else if (e.kind == SL_INBOX_CLOSE)
+            close_direct(&e);
+        else if (e.kind == SL_INBOX_CHANNEL_GONE)
+            channel_gone(e.msg);
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }

@@ -29,10 +29,10 @@ static void test_connections(void)
     sl_reg_conn_t *c[10];
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof(id), "conn-1-%d", i);
-        c[i] = sl_reg_conn_add(R, id, i % 2, (uint32_t)i, 1000 + i);
+        c[i] = sl_reg_conn_add(R, id, i % 2, (uint32_t)i, (uint64_t)i + 1, 1000 + i);
         SL_CHECK(c[i] != NULL);
     }
-    SL_CHECK(sl_reg_conn_add(R, "conn-1-3", 0, 0, 0) == NULL); /* no aliasing */
+    SL_CHECK(sl_reg_conn_add(R, "conn-1-3", 0, 0, 1, 0) == NULL); /* no aliasing */
     sl_reg_conn_t *x = sl_reg_conn_find(R, "conn-1-7", 8);
     SL_CHECK(x == c[7] && x->worker == 1 && x->slot == 7 && x->opened_at == 1007);
     SL_CHECK(sl_reg_conn_find(R, "conn-1-70", 9) == NULL);
@@ -64,7 +64,7 @@ static void test_long_id_refused(void)
     char id[80];
     memset(id, 'x', sizeof(id) - 1);
     id[79] = '\0';
-    SL_CHECK(sl_reg_conn_add(R, id, 0, 0, 0) == NULL);
+    SL_CHECK(sl_reg_conn_add(R, id, 0, 0, 1, 0) == NULL);
 }
 
 int main(void)

@@ -1,0 +1,426 @@
+/*
+ * admin.c - the authenticated HTTP admin API under /api/ (PROTOCOL 5).
+ *
+ * Enabled only when --admin-token (or SENTE_ADMIN_TOKEN) is set; every call
+ * carries "Authorization: Bearer <token>", compared in constant time (both
+ * sides are hashed with SHA-256 and the digests compared with
+ * CRYPTO_memcmp, so neither the length nor the content leaks through
+ * timing).  Whichever worker receives a call acts on every worker through
+ * the shared registry and the inboxes.  Path segments are percent-decoded
+ * after splitting on '/', so a channel id may contain "/" as %2F.
+ */
+#include "sl_admin.h"
+#include "sl_chan.h"
+#include "sl_conf.h"
+#include "sl_pubsub.h"
+#include "sl_rpc.h"
+#include "sl_tel.h"
+#include "sl_worker.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <urcu/uatomic.h>
+
+#define REG (&sl_shm->reg)
+#define SEG_MAX 4
+
+typedef struct {
+    int status;
+    json_t *body;
+    const char *allow; /* for 405 */
+} result_t;
+
+static result_t err(int status, const char *code, const char *message)
+{
+    return (result_t){status, json_pack("{s:s, s:s}", "error", code, "message", message), NULL};
+}
+
+static result_t ok(int status, json_t *body)
+{
+    return (result_t){status, body, NULL};
+}
+
+static result_t not_allowed(const char *allow)
+{
+    result_t r = err(405, "method-not-allowed", "this method is not allowed here");
+    r.allow = allow;
+    return r;
+}
+
+/* ---------------------------------------------------------------- auth */
+
+static bool token_ok(const sl_http_request_t *req)
+{
+    const sl_http_header_t *h = sl_http_header(req, "Authorization");
+    if (h == NULL || h->value_len < 7 || strncasecmp(h->value, "Bearer ", 7) != 0)
+        return false;
+    unsigned char a[EVP_MAX_MD_SIZE], b[EVP_MAX_MD_SIZE];
+    unsigned int al = 0, bl = 0;
+    const char *tok = sl_conf->admin_token;
+    EVP_Digest(h->value + 7, h->value_len - 7, a, &al, EVP_sha256(), NULL);
+    EVP_Digest(tok, strlen(tok), b, &bl, EVP_sha256(), NULL);
+    return al == bl && al > 0 && CRYPTO_memcmp(a, b, al) == 0;
+}
+
+/* ---------------------------------------------------------------- path */
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Split "/api/a/b%2Fc" after "/api/" into decoded segments (malloc'd,
+ * NUL-free: %00 is refused).  Returns the count, or -1 for a bad escape. */
+static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen[SEG_MAX])
+{
+    int n = 0;
+    size_t i = 5; /* after "/api/" */
+    while (i <= len && n < SEG_MAX) {
+        size_t s = i;
+        while (i < len && path[i] != '/')
+            i++;
+        char *out = malloc(i - s + 1);
+        size_t o = 0;
+        for (size_t k = s; k < i; k++) {
+            if (path[k] == '%') {
+                int hi = k + 2 < i ? hexval(path[k + 1]) : -1,
+                    lo = k + 2 < i ? hexval(path[k + 2]) : -1;
+                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                    free(out);
+                    return -1;
+                }
+                out[o++] = (char)(hi * 16 + lo);
+                k += 2;
+            } else {
+                out[o++] = path[k];
+            }
+        }
+        out[o] = '\0';
+        seg[n] = out;
+        seglen[n] = o;
+        n++;
+        i++; /* skip '/' */
+    }
+    return i <= len ? -1 : n; /* too many segments */
+}
+
+/* ------------------------------------------------------------- channels */
+
+static json_t *config_json(const sl_chan_config_t *cfg)
+{
+    return json_pack("{s:I, s:I, s:I, s:b}", "max-subscribers", (json_int_t)cfg->max_subscribers,
+                     "message-retention", (json_int_t)cfg->message_retention, "rpc-timeout-ms",
+                     (json_int_t)cfg->rpc_timeout_ms, "telemetry-enabled", cfg->telemetry_enabled);
+}
+
+static json_t *channel_entry(sl_chan_t *c)
+{
+    return json_pack("{s:s%, s:o, s:I, s:I, s:I}", "channel-id", c->id, (size_t)c->node.klen,
+                     "config", config_json(&c->config), "created-at", (json_int_t)c->created_at,
+                     "message-count", (json_int_t)uatomic_read(&c->message_count),
+                     "subscriber-count", (json_int_t)uatomic_read(&c->subscribers));
+}
+
+/* Read a channel config body: every key optional, unknown keys refused. */
+static const char *parse_config(json_t *body, sl_chan_config_t *cfg)
+{
+    *cfg = (sl_chan_config_t){.max_subscribers = sl_conf->max_subscribers,
+                              .message_retention = sl_conf->message_retention,
+                              .rpc_timeout_ms = sl_conf->rpc_timeout_ms,
+                              .telemetry_enabled = true};
+    if (body == NULL)
+        return NULL;
+    if (!json_is_object(body))
+        return "the body must be a JSON object of channel settings";
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int64_t *field = NULL, min = 0, max = 0;
+        if (strcmp(key, "max-subscribers") == 0)
+            field = &cfg->max_subscribers, min = 1, max = 10000000;
+        else if (strcmp(key, "message-retention") == 0)
+            field = &cfg->message_retention, min = 0, max = 10000;
+        else if (strcmp(key, "rpc-timeout-ms") == 0)
+            field = &cfg->rpc_timeout_ms, min = 1, max = 3600000;
+        else if (strcmp(key, "telemetry-enabled") == 0) {
+            if (!json_is_boolean(v))
+                return "telemetry-enabled must be a boolean";
+            cfg->telemetry_enabled = json_is_true(v);
+            continue;
+        } else
+            return "unknown setting (max-subscribers, message-retention, rpc-timeout-ms, "
+                   "telemetry-enabled)";
+        if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
+            return "a setting is out of range (max-subscribers 1..10000000, message-retention "
+                   "0..10000, rpc-timeout-ms 1..3600000)";
+        *field = json_integer_value(v);
+    }
+    return NULL;
+}
+
+static void add_id(const char *conn_id, void *arg)
+{
+    json_array_append_new(arg, json_string(conn_id));
+}
+
+static void add_retained(const char *json, size_t len, void *arg)
+{
+    json_t *m = json_loadb(json, len, 0, NULL);
+    if (m)
+        json_array_append_new(arg, m);
+}
+
+static result_t channel_call(const char *method, const char *id, size_t len, json_t *body,
+                             bool has_body)
+{
+    if (!sl_chan_id_valid(id, len))
+        return err(400, "invalid-channel-id", "1-128 bytes of UTF-8 without control characters");
+    if (strcmp(method, "POST") == 0) {
+        sl_chan_config_t cfg;
+        const char *why = parse_config(has_body ? body : NULL, &cfg);
+        if (why)
+            return err(400, "bad-config", why);
+        sl_chan_t *c;
+        int rc = sl_chan_create(REG, id, len, &cfg, &c);
+        if (rc == SL_CHAN_EXISTS)
+            return err(409, "channel-exists", "a channel with this id exists");
+        if (rc != SL_CHAN_CREATED)
+            return err(503, "shm-exhausted", "the server's shared memory is full");
+        SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
+               SL_TF_S("by", "admin-api"), SL_TF_I("max-subscribers", cfg.max_subscribers),
+               SL_TF_I("message-retention", cfg.message_retention));
+        return ok(201, channel_entry(c));
+    }
+    if (strcmp(method, "DELETE") == 0) {
+        json_t *notice = json_pack("{s:s, s:s%}", "type", "channel-deleted", "channel-id", id, len);
+        sl_buf_t *f = notice ? sl_frame_json(notice) : NULL;
+        json_decref(notice);
+        uint32_t n = 0;
+        uint64_t woken = 0;
+        int rc = f ? sl_chan_delete(REG, id, len, f->data + f->start, f->len - f->start, &n,
+                                    &woken)
+                   : SL_CHAN_NO_MEMORY;
+        sl_buf_unref(f);
+        if (rc == SL_CHAN_NOT_SUBSCRIBED)
+            return err(404, "channel-not-found", "no such channel");
+        if (rc != SL_OK)
+            return err(503, "overloaded", "a worker's inbox is full; try again");
+        sl_pubsub_wake_later(woken);
+        SL_TEL(SL_EV_CHANNEL_DELETED, SL_INFO, SL_TF_SN("channel-id", id, len),
+               SL_TF_I("unsubscribed", n));
+        return ok(200, json_pack("{s:b, s:I}", "deleted", 1, "unsubscribed", (json_int_t)n));
+    }
+    if (strcmp(method, "GET") == 0) {
+        sl_chan_t *c = sl_chan_find(REG, id, len);
+        if (c == NULL)
+            return err(404, "channel-not-found", "no such channel");
+        json_t *subs = json_array(), *retained = json_array();
+        sl_chan_subscribers(c, add_id, subs);
+        uint64_t last;
+        sl_chan_retained(c, 0, add_retained, retained, &last);
+        json_t *o = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:o, s:o}", "channel-id", id, len,
+                              "config", config_json(&c->config), "created-at",
+                              (json_int_t)c->created_at, "message-count",
+                              (json_int_t)uatomic_read(&c->message_count), "epoch", c->epoch,
+                              "subscribers", subs, "retained-messages", retained);
+        return ok(200, o);
+    }
+    return not_allowed("GET, POST, DELETE");
+}
+
+static result_t channel_publish(const char *id, size_t len, const char *body, size_t blen)
+{
+    sl_chan_t *c = sl_chan_id_valid(id, len) ? sl_chan_find(REG, id, len) : NULL;
+    if (c == NULL)
+        return err(404, "channel-not-found", "no such channel");
+    /* The body is the data itself; re-encode it compactly. */
+    json_t *data = json_loadb(body, blen, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    if (data == NULL)
+        return err(400, "invalid-json", "the body must be JSON (the message data)");
+    char *enc = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    json_decref(data);
+    if (enc == NULL)
+        return err(500, "encode-failed", "could not encode the data");
+    sl_chan_pub_t p = {.data_json = enc, .data_len = strlen(enc), .sender_conn_id = NULL,
+                       .published_at = sl_now_ms()};
+    sl_chan_pub_result_t res;
+    int rc = sl_chan_publish(REG, c, &p, &res);
+    free(enc);
+    if (rc == SL_CHAN_NOT_SUBSCRIBED)
+        return err(404, "channel-not-found", "no such channel");
+    if (rc != SL_OK) {
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        return ok(503, json_pack("{s:b, s:s}", "success", 0, "reason", "overloaded"));
+    }
+    uatomic_add(&sl_worker->stats->published, 1);
+    sl_pubsub_wake_later(res.woken);
+    char mid[32];
+    snprintf(mid, sizeof(mid), "msg-%llu", (unsigned long long)res.message_id);
+    return ok(200, json_pack("{s:b, s:s, s:I, s:I}", "success", 1, "message-id", mid, "seq",
+                             (json_int_t)res.seq, "delivered-to", (json_int_t)res.delivered_to));
+}
+
+/* ------------------------------------------------------------ broadcast */
+
+static result_t broadcast(json_t *body)
+{
+    if (!json_is_object(body))
+        return err(400, "not-an-object", "the body must be a JSON object");
+    json_t *msg = json_deep_copy(body);
+    json_object_set_new(msg, "broadcast", json_true());
+    sl_buf_t *f = sl_frame_json(msg);
+    json_decref(msg);
+    if (f == NULL)
+        return err(500, "encode-failed", "could not encode the message");
+    uint64_t workers = 0, n = 0;
+    for (uint32_t w = 0; w < sl_shm->nworkers; w++) {
+        uint64_t k = uatomic_read(&sl_shm->workers[w].connections);
+        if (k && uatomic_read(&sl_shm->workers[w].pid) > 0) {
+            workers |= (uint64_t)1 << w;
+            n += k;
+        }
+    }
+    SL_TEL(SL_EV_CHANNEL_BROADCAST_START, SL_INFO, SL_TF_S("scope", "all-connections"),
+           SL_TF_I("connections", n));
+    int rc = sl_chan_broadcast(REG, workers, f->data + f->start, f->len - f->start);
+    sl_buf_unref(f);
+    if (rc != SL_OK) {
+        SL_TEL(SL_EV_BROADCAST_FAILED, SL_WARN, SL_TF_S("reason", "overloaded"));
+        return err(503, "overloaded", "a worker's inbox is full; try again");
+    }
+    sl_pubsub_wake_later(workers);
+    SL_TEL(SL_EV_CHANNEL_BROADCAST_COMPLETE, SL_INFO, SL_TF_I("sent-to", n));
+    return ok(200, json_pack("{s:I}", "sent-to", (json_int_t)n));
+}
+
+/* ---------------------------------------------------------- connections */
+
+static int conn_cb(sl_table_node_t *n, void *arg)
+{
+    sl_reg_conn_t *c = (sl_reg_conn_t *)n;
+    json_array_append_new(
+        arg, json_pack("{s:s, s:i, s:I, s:I, s:I}", "conn-id", c->conn_id, "worker", c->worker,
+                       "opened-at", (json_int_t)c->opened_at, "last-activity",
+                       (json_int_t)uatomic_read(&c->last_activity), "message-count",
+                       (json_int_t)uatomic_read(&c->message_count)));
+    return 0;
+}
+
+static result_t connection_call(const char *method, const char *id, size_t len, bool send,
+                                json_t *body)
+{
+    sl_reg_conn_t *c = sl_reg_conn_find(REG, id, len);
+    if (c == NULL)
+        return err(404, "connection-not-found", "no such connection");
+    if (send) {
+        if (strcmp(method, "POST") != 0)
+            return not_allowed("POST");
+        if (!json_is_object(body))
+            return err(400, "not-an-object", "the body must be a JSON object");
+        sl_buf_t *f = sl_frame_json(body);
+        if (f == NULL)
+            return err(500, "encode-failed", "could not encode the message");
+        int rc = sl_chan_send_kind(REG, SL_INBOX_DIRECT, c->worker, c->slot, c->conn_no,
+                                   f->data + f->start, f->len - f->start);
+        sl_buf_unref(f);
+        if (rc != SL_OK)
+            return err(503, "overloaded", "the connection's worker inbox is full");
+        sl_pubsub_wake_later((uint64_t)1 << c->worker);
+        return ok(200, json_pack("{s:b}", "success", 1));
+    }
+    if (strcmp(method, "DELETE") != 0)
+        return not_allowed("DELETE");
+    if (sl_chan_send_kind(REG, SL_INBOX_CLOSE, c->worker, c->slot, c->conn_no, NULL, 0) != SL_OK)
+        return err(503, "overloaded", "the connection's worker inbox is full");
+    sl_pubsub_wake_later((uint64_t)1 << c->worker);
+    return ok(200, json_pack("{s:b}", "closed", 1));
+}
+
+/* --------------------------------------------------------------- router */
+
+static result_t route(const sl_http_request_t *req, const char *body, size_t blen)
+{
+    char method[16];
+    snprintf(method, sizeof(method), "%.*s", (int)SL_MIN(req->method_len, 15), req->method);
+    char *seg[SEG_MAX] = {0};
+    size_t sl[SEG_MAX] = {0};
+    int n = split(req->path, req->path_len, seg, sl);
+    result_t r;
+    json_t *json = NULL;
+    bool has_body = blen > 0;
+    if (has_body) {
+        json = json_loadb(body, blen, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        /* publish takes the raw body; everything else needs valid JSON */
+        if (json == NULL && !(n == 3 && strcmp(seg[0], "channels") == 0 &&
+                              strcmp(seg[2], "publish") == 0)) {
+            r = err(400, "invalid-json", "the body is not valid JSON");
+            goto out;
+        }
+    }
+    if (n < 0) {
+        r = err(400, "bad-path", "bad percent-encoding in the path");
+    } else if (n == 2 && strcmp(seg[0], "channels") == 0) {
+        r = channel_call(method, seg[1], sl[1], json, has_body);
+    } else if (n == 3 && strcmp(seg[0], "channels") == 0 && strcmp(seg[2], "publish") == 0) {
+        r = strcmp(method, "POST") ? not_allowed("POST")
+                                   : channel_publish(seg[1], sl[1], body, blen);
+    } else if (n == 1 && strcmp(seg[0], "broadcast") == 0) {
+        r = strcmp(method, "POST") ? not_allowed("POST") : broadcast(json);
+    } else if (n == 1 && strcmp(seg[0], "connections") == 0) {
+        if (strcmp(method, "GET") != 0) {
+            r = not_allowed("GET");
+        } else {
+            json_t *a = json_array();
+            sl_table_foreach(REG->conns, conn_cb, a);
+            r = ok(200, json_pack("{s:o}", "connections", a));
+        }
+    } else if (n == 2 && strcmp(seg[0], "connections") == 0) {
+        r = connection_call(method, seg[1], sl[1], false, json);
+    } else if (n == 3 && strcmp(seg[0], "connections") == 0 && strcmp(seg[2], "send") == 0) {
+        r = connection_call(method, seg[1], sl[1], true, json);
+    } else if (n == 2 && strcmp(seg[0], "rpc") == 0 && strcmp(seg[1], "cleanup") == 0) {
+        if (strcmp(method, "POST") != 0) {
+            r = not_allowed("POST");
+        } else {
+            /* Only requests a second past their deadline: younger ones are
+             * their requester timer's to settle (it tells the requester). */
+            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000);
+            SL_TEL(SL_EV_RPC_CLEANUP_COMPLETED, SL_INFO, SL_TF_I("expired", k),
+                   SL_TF_S("by", "admin-api"));
+            r = ok(200, json_pack("{s:I}", "expired", (json_int_t)k));
+        }
+    } else {
+        r = err(404, "not-found", "no such admin endpoint");
+    }
+out:
+    json_decref(json);
+    for (int i = 0; i < SEG_MAX; i++)
+        free(seg[i]);
+    return r;
+}
+
+int sl_admin_handle(const sl_http_request_t *req, const char *body, size_t blen, json_t **out,
+                    const char **allow)
+{
+    result_t r;
+    *allow = NULL;
+    if (sl_conf->admin_token[0] == '\0')
+        r = err(403, "admin-api-disabled", "start the server with --admin-token to enable it");
+    else if (!token_ok(req))
+        r = err(401, "unauthorized", "Authorization: Bearer <token> is missing or wrong");
+    else
+        r = route(req, body, blen);
+    *out = r.body;
+    *allow = r.allow;
+    return r.status;
+}
