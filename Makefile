@@ -6,7 +6,8 @@
 #   make check-fast   unit + integration on the normal build only
 #   make check-asan   unit + integration on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
-#   make install      binary and man page into $(DESTDIR)$(PREFIX)
+#   make install      binary, man page, systemd unit, logrotate snippet and
+#                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
 #   make clean
 #
 # SAN=1 selects the sanitizer build (objects in build-asan/).
@@ -98,9 +99,15 @@ check:
 	$(MAKE) check-asan
 
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
+	    $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/sente-lite \
+	    $(DESTDIR)/etc/logrotate.d
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sente-lite
 	install -m 0644 man/sente-lite.8 $(DESTDIR)$(PREFIX)/share/man/man8/sente-lite.8
+	sed 's|/usr/local/bin/sente-lite|$(PREFIX)/bin/sente-lite|' scripts/sente-lite.service \
+	    > $(DESTDIR)$(PREFIX)/lib/systemd/system/sente-lite.service
+	install -m 0644 scripts/sente-lite.logrotate $(DESTDIR)/etc/logrotate.d/sente-lite
+	install -m 0755 scripts/health-check.sh $(DESTDIR)$(PREFIX)/share/sente-lite/health-check.sh
 
 format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h

@@ -1,13 +1,14 @@
 #!/bin/sh
 # Installs the Debian packages sente-lite needs, only those missing.
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
-#   scripts/deps.sh --test   also what the tests need (pytest, websockets, ps)
+#   scripts/deps.sh --test   also what the tests need (pytest, websockets,
+#                            the Prometheus text parser, ps)
 # As root it runs apt-get itself; otherwise it prints the command to run.
 set -eu
 
 pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
 if [ "${1:-}" = "--test" ]; then
-    pkgs="$pkgs python3 python3-pytest python3-websockets procps curl"
+    pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl"
 fi
 
 missing=""

@@ -110,7 +110,7 @@ static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen
         n++;
         i++; /* skip '/' */
     }
-    return i <= len ? -1 : n; /* too many segments */
+    return i <= len ? SEG_MAX + 1 : n; /* too many segments: no route has that many */
 }
 
 /* ------------------------------------------------------------- channels */

@@ -8,6 +8,7 @@
  */
 #include "sl_httpd.h"
 #include "sl_admin.h"
+#include "sl_metrics.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_pubsub.h"
@@ -219,8 +220,8 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
         return keep;
     }
     bool health = path_is(req, "/health"), stats = path_is(req, "/stats"),
-         channels = path_is(req, "/channels");
-    if (!health && !stats && !channels) {
+         channels = path_is(req, "/channels"), metrics = path_is(req, "/metrics");
+    if (!health && !stats && !channels && !metrics) {
         sl_worker_count_error(SL_ERR_NOT_FOUND);
         sl_httpd_error(c, 404, "not-found", "no such endpoint", keep);
         return keep;
@@ -234,6 +235,22 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
         bool ok;
         json_t *doc = sl_health_json(&ok);
         send_json(c, ok ? 200 : 503, doc, keep);
+    } else if (metrics) {
+        bool ok;
+        json_t *h = sl_health_json(&ok), *st = sl_stats_json();
+        char *text = sl_metrics_text(st, h, ok);
+        json_decref(h);
+        json_decref(st);
+        char *resp;
+        size_t len;
+        if (text == NULL || sl_http_response(200, "text/plain; version=0.0.4; charset=utf-8", NULL,
+                                             text, strlen(text), keep, &resp, &len) != SL_OK) {
+            free(text);
+            sl_conn_abort(c, "out-of-memory");
+            return false;
+        }
+        free(text);
+        send_raw(c, resp, len);
     } else if (channels) {
         send_json(c, 200, json_pack("{s:o}", "channels", sl_pubsub_channels_json()), keep);
     } else {

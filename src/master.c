@@ -5,7 +5,10 @@
  *
  * Descriptors: each worker gets one end of its own SOCK_SEQPACKET pair;
  * accepted sockets travel over it with SCM_RIGHTS and the master closes its
- * copy.  A child closes every descriptor meant for someone else (the
+ * copy.  The master also keeps the worker's end open: a socket still queued
+ * there when the worker dies is not lost with it (closing the last reference
+ * would reset the client) but taken back and handed to another worker, and
+ * while no worker is up accepted sockets wait in a bounded parking list.  A child closes every descriptor meant for someone else (the
  * listener, other workers' pairs), so a worker holds only its clients, its
  * pair and the telemetry pipe's write end.  The master keeps the pipe's read
  * end open only so that a respawned logger can inherit it.
@@ -37,10 +40,12 @@
 #define SL_RESPAWN_MAX_MS 5000
 #define SL_STABLE_MS 2000   /* a worker alive this long resets its back-off */
 #define SL_STOP_GRACE_MS 8000 /* then remaining workers get SIGKILL */
+#define SL_PARKED_MAX 1024    /* accepted sockets held while no worker is up */
 
 typedef struct {
     pid_t pid;
     int ctl;            /* master's end of the pair, -1 when down */
+    int peer;           /* the worker's end, kept to rescue queued sockets */
     int64_t started;    /* monotonic ms */
     int64_t backoff_ms; /* next respawn delay after a quick death */
     struct event *respawn_ev;
@@ -55,6 +60,8 @@ static struct {
     int nworkers;
     int next_rr; /* round-robin start among equally loaded workers */
     bool stopping;
+    int parked[SL_PARKED_MAX];
+    int nparked;
     struct event *accept_ev, *accept_retry_ev, *stop_ev;
 } M;
 
@@ -62,9 +69,14 @@ static void close_foreign_fds(int keep_ctl)
 {
     if (M.lfd >= 0)
         close(M.lfd);
-    for (int i = 0; i < M.nworkers; i++)
+    for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
+        if (M.w[i].peer >= 0)
+            close(M.w[i].peer);
+    }
+    for (int k = 0; k < M.nparked; k++)
+        close(M.parked[k]);
 }
 
 static int listen_on(const char *host, int port, char *err, size_t errsz)
@@ -167,9 +179,9 @@ static int spawn_worker(int i)
         close(M.tel_r);
         _exit(sl_worker_main(i, sv[1], M.tel_w));
     }
-    close(sv[1]);
     M.w[i].pid = pid;
     M.w[i].ctl = sv[0];
+    M.w[i].peer = sv[1];
     M.w[i].started = sl_mono_ms();
     return SL_OK;
 }
@@ -216,7 +228,12 @@ static void hand_off(int fd)
         uatomic_add(&sl_shm->workers[i].pending_handoff, -1);
         tried |= (uint64_t)1 << i;
     }
-    /* No worker can take it (all down or all backed up): refuse. */
+    /* No worker up (between a death and its respawn): park it. */
+    if (!M.stopping && M.nparked < SL_PARKED_MAX && tried == 0) {
+        M.parked[M.nparked++] = fd;
+        return;
+    }
+    /* All backed up, or too many parked: refuse. */
     uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
     close(fd);
 }
@@ -260,6 +277,10 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     uatomic_add(&sl_shm->workers[i].restarts, 1);
+    int n = M.nparked;
+    M.nparked = 0;
+    for (int k = 0; k < n; k++)
+        hand_off(M.parked[k]);
     SL_TEL(SL_EV_WORKER_STARTED, SL_WARN, SL_TF_I("worker", i), SL_TF_I("pid", M.w[i].pid),
            SL_TF_B("respawned", true));
     sl_tel_flush();
@@ -274,12 +295,23 @@ static void worker_died(int i, int status)
         snprintf(how, sizeof(how), "signal %d", WTERMSIG(status));
     else
         snprintf(how, sizeof(how), "exit %d", WEXITSTATUS(status));
-    SL_TEL(SL_EV_WORKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_I("worker", i),
-           SL_TF_I("pid", s->pid), SL_TF_S("status", how), SL_TF_I("lived-ms", lived));
+    pid_t pid = s->pid;
     s->pid = 0;
     if (s->ctl >= 0)
         close(s->ctl);
     s->ctl = -1;
+    /* Sockets handed over but never taken are still queued on its end:
+     * take them back before closing it, to give them to another worker. */
+    int rescued[256], nrescued = 0, fd;
+    while (s->peer >= 0 && nrescued < (int)SL_ARRAY_LEN(rescued) &&
+           (fd = sl_proc_recv_fd(s->peer)) >= 0)
+        rescued[nrescued++] = fd;
+    if (s->peer >= 0)
+        close(s->peer); /* anything beyond the 256 is closed with it */
+    s->peer = -1;
+    SL_TEL(SL_EV_WORKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_I("worker", i),
+           SL_TF_I("pid", pid), SL_TF_S("status", how), SL_TF_I("lived-ms", lived),
+           SL_TF_I("rescued-sockets", nrescued));
     /* Its connections are gone with it: clean them out of the registry
      * (this also takes its reader slot offline so reclamation goes on). */
     size_t removed = sl_reg_worker_cleanup(&sl_shm->reg, i);
@@ -290,6 +322,9 @@ static void worker_died(int i, int status)
     uatomic_set(&sl_shm->workers[i].connections, 0);
     uatomic_set(&sl_shm->workers[i].echo_connections, 0);
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
+    uatomic_set(&sl_shm->workers[i].pending_handoff, 0);
+    for (int k = 0; k < nrescued; k++)
+        hand_off(rescued[k]);
     if (M.stopping)
         return;
     /* Back-off against crash loops: a worker that dies young waits twice
@@ -354,6 +389,9 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     event_del(M.accept_retry_ev);
     close(M.lfd);
     M.lfd = -1;
+    for (int k = 0; k < M.nparked; k++)
+        close(M.parked[k]);
+    M.nparked = 0;
     for (int i = 0; i < M.nworkers; i++) {
         event_del(M.w[i].respawn_ev);
         if (M.w[i].pid > 0)
@@ -415,7 +453,7 @@ int sl_master_run(void)
     memset(&M, 0, sizeof(M));
     M.nworkers = cf->workers;
     for (int i = 0; i < SL_MAX_WORKERS; i++)
-        M.w[i].ctl = -1;
+        M.w[i].ctl = M.w[i].peer = -1;
 
     signal(SIGPIPE, SIG_IGN);
     M.lfd = listen_on(cf->host, cf->port, err, sizeof(err));

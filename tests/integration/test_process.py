@@ -3,6 +3,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -10,7 +11,7 @@ import pytest
 import websockets
 
 from conftest import BIN, SLOW, children_of, free_port, pid_alive, title_of, wait_for
-from wsraw import OP_CLOSE, OP_TEXT, RawWS, close_frame, frame
+from wsraw import OP_CLOSE, OP_TEXT, RawWS, close_frame, frame, read_response
 
 
 def test_process_titles(server):
@@ -106,6 +107,28 @@ def test_worker_killed_is_replaced_others_keep_serving(server):
             await ws.close()
     asyncio.run(asyncio.wait_for(go(), 60))
     assert any("worker-exited" in l and "signal 9" in l for l in server.log_lines())
+
+
+def test_sockets_queued_for_a_dead_worker_are_not_lost(server_factory):
+    """Sockets handed to a worker that dies before taking them are taken
+    back by the master and served by the replacement (one worker: they wait
+    parked until it is up), instead of being reset."""
+    server = server_factory(workers=1)
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)   # it takes nothing from its queue now
+    socks = []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10 * SLOW)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        socks.append(s)
+    time.sleep(0.2)                   # all five accepted and queued
+    os.kill(victim, signal.SIGKILL)
+    for s in socks:
+        data = read_response(s)
+        s.close()
+        assert data.startswith(b"HTTP/1.1 200"), data[:80]
+    assert any("rescued-sockets\":5" in l or "rescued-sockets=5" in l
+               for l in server.log_lines()), server.log_lines()[-5:]
 
 
 def test_graceful_shutdown_sends_1001(server_factory):

@@ -1,0 +1,227 @@
+/*
+ * metrics.c - /metrics: the /stats figures in the Prometheus text
+ * exposition format (version 0.0.4).
+ *
+ * Built from the very documents /stats and /health serve, so the two can
+ * never disagree: one source of figures, two spellings.  Every metric has
+ * HELP and TYPE lines; counters end in _total; per-worker figures carry a
+ * worker label, per-channel ones a channel label, capped at
+ * SL_METRICS_MAX_CHANNELS series (the busiest by message count are kept,
+ * and the number left out is itself a metric).
+ */
+#include "sl_metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SL_METRICS_MAX_CHANNELS 100
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    bool oom;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(out_t *o, const char *fmt, ...)
+{
+    for (int attempt = 0; attempt < 2 && !o->oom; attempt++) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->oom = true;
+            return;
+        }
+        if ((size_t)n < o->cap - o->len) {
+            o->len += (size_t)n;
+            return;
+        }
+        size_t cap = (o->cap + (size_t)n + 1) * 2;
+        char *q = realloc(o->p, cap);
+        if (q == NULL) {
+            o->oom = true;
+            return;
+        }
+        o->p = q;
+        o->cap = cap;
+    }
+}
+
+/* A label value: backslash, double quote and newline escaped. */
+static void put_label(out_t *o, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            put(o, "\\%c", *s);
+        else if (*s == '\n')
+            put(o, "\\n");
+        else
+            put(o, "%c", *s);
+    }
+}
+
+static void head(out_t *o, const char *name, const char *type, const char *help)
+{
+    put(o, "# HELP sente_lite_%s %s\n# TYPE sente_lite_%s %s\n", name, help, name, type);
+}
+
+static long long num(json_t *obj, const char *key)
+{
+    json_t *v = json_object_get(obj, key);
+    if (json_is_boolean(v))
+        return json_is_true(v);
+    return json_is_integer(v) ? (long long)json_integer_value(v) : 0;
+}
+
+/* One metric per worker from workers[i][key]. */
+static void per_worker(out_t *o, json_t *workers, const char *name, const char *type,
+                       const char *key, const char *help)
+{
+    head(o, name, type, help);
+    size_t i;
+    json_t *w;
+    json_array_foreach(workers, i, w)
+        put(o, "sente_lite_%s{worker=\"%lld\"} %lld\n", name, num(w, "id"), num(w, key));
+}
+
+static void single(out_t *o, const char *name, const char *type, long long v, const char *help)
+{
+    head(o, name, type, help);
+    put(o, "sente_lite_%s %lld\n", name, v);
+}
+
+typedef struct {
+    const char *id;
+    long long messages, subscribers, retained;
+} chan_t;
+
+static int by_messages(const void *a, const void *b)
+{
+    const chan_t *x = a, *y = b;
+    return (x->messages < y->messages) - (x->messages > y->messages);
+}
+
+char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
+{
+    out_t o = {malloc(16384), 0, 16384, false};
+    if (o.p == NULL)
+        return NULL;
+    json_t *workers = json_object_get(stats, "workers");
+
+    single(&o, "up", "gauge", healthy ? 1 : 0, "1 when /health is healthy, else 0.");
+    single(&o, "uptime_seconds", "gauge", num(stats, "uptime-ms") / 1000,
+           "Seconds since the master started.");
+    per_worker(&o, workers, "worker_up", "gauge", "alive", "1 while the worker process runs.");
+    per_worker(&o, workers, "worker_restarts_total", "counter", "restarts",
+               "Times the master replaced the worker.");
+    per_worker(&o, workers, "connections", "gauge", "connections",
+               "Open WebSocket protocol connections.");
+    per_worker(&o, workers, "messages_received_total", "counter", "messages-in",
+               "Protocol messages received from clients.");
+    per_worker(&o, workers, "messages_sent_total", "counter", "messages-out",
+               "Protocol messages queued to clients.");
+    per_worker(&o, workers, "published_total", "counter", "published",
+               "Publishes accepted from this worker's clients.");
+    per_worker(&o, workers, "delivered_total", "counter", "delivered",
+               "Channel messages queued to this worker's subscribers.");
+    per_worker(&o, workers, "overloaded_total", "counter", "overloaded",
+               "Publishes and sends refused because an inbox or shared memory was full.");
+    per_worker(&o, workers, "slow_consumer_disconnects_total", "counter",
+               "slow-consumer-disconnects", "Connections closed for exceeding the send queue bound.");
+    per_worker(&o, workers, "rpc_requests_total", "counter", "rpc-requests",
+               "RPC requests accepted from this worker's clients.");
+    per_worker(&o, workers, "rpc_responses_total", "counter", "rpc-responses",
+               "RPC responses accepted from this worker's clients.");
+    per_worker(&o, workers, "rpc_expired_total", "counter", "rpc-expired",
+               "RPC requests of this worker's clients that timed out.");
+    per_worker(&o, workers, "inbox_depth", "gauge", "inbox-depth",
+               "Entries waiting in the worker's inbox.");
+    per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
+               "HTTP requests handled.");
+
+    json_t *errors = json_object_get(stats, "errors");
+    head(&o, "errors_total", "counter", "Errors and refusals, by reason.");
+    const char *reason;
+    json_t *v;
+    json_object_foreach(errors, reason, v)
+        put(&o, "sente_lite_errors_total{reason=\"%s\"} %lld\n", reason,
+            (long long)json_integer_value(v));
+
+    json_t *cs = json_object_get(stats, "channel-stats");
+    single(&o, "channels", "gauge", num(cs, "total-channels"), "Channels that exist.");
+    single(&o, "subscriptions", "gauge", num(cs, "total-subscriptions"),
+           "Subscriptions across all channels.");
+    single(&o, "rpc_pending", "gauge", num(cs, "pending-rpc-requests"),
+           "RPC requests waiting for a response.");
+    single(&o, "rpc_old", "gauge", num(cs, "old-rpc-requests"),
+           "RPC requests pending for more than a minute.");
+
+    json_t *chans = json_object_get(cs, "channels");
+    size_t nch = json_object_size(chans), k = 0;
+    chan_t *list = calloc(nch ? nch : 1, sizeof(*list));
+    const char *id;
+    json_object_foreach(chans, id, v)
+    {
+        if (list == NULL)
+            break;
+        list[k++] = (chan_t){id, num(v, "message-count"), num(v, "subscriber-count"),
+                             num(v, "retention-count")};
+    }
+    if (list)
+        qsort(list, k, sizeof(*list), by_messages);
+    size_t shown = k < SL_METRICS_MAX_CHANNELS ? k : SL_METRICS_MAX_CHANNELS;
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } cm[] = {
+        {"channel_messages_total", "counter", "Messages published to the channel.",
+         offsetof(chan_t, messages)},
+        {"channel_subscribers", "gauge", "Subscribers of the channel.",
+         offsetof(chan_t, subscribers)},
+        {"channel_retained", "gauge", "Messages the channel retains now.",
+         offsetof(chan_t, retained)},
+    };
+    for (size_t m = 0; m < SL_ARRAY_LEN(cm); m++) {
+        head(&o, cm[m].name, cm[m].type, cm[m].help);
+        for (size_t i = 0; i < shown; i++) {
+            put(&o, "sente_lite_%s{channel=\"", cm[m].name);
+            put_label(&o, list[i].id);
+            put(&o, "\"} %lld\n", *(long long *)((char *)&list[i] + cm[m].off));
+        }
+    }
+    single(&o, "channel_series_omitted", "gauge", (long long)(k - shown),
+           "Channels left out of the per-channel series (cap 100, busiest kept).");
+    free(list);
+
+    json_t *shm = json_object_get(stats, "shared-memory");
+    single(&o, "shm_used_bytes", "gauge", num(shm, "used-bytes"), "Shared memory in use.");
+    single(&o, "shm_total_bytes", "gauge", num(shm, "total-bytes"), "Size of the shared mapping.");
+    single(&o, "shm_allocation_failures_total", "counter", num(shm, "allocation-failures"),
+           "Shared-memory allocations refused.");
+    single(&o, "rcu_pending", "gauge", num(shm, "rcu-pending"),
+           "Objects waiting for a grace period.");
+
+    json_t *tel = json_object_get(stats, "telemetry-stats");
+    json_t *t = NULL;
+    const char *app;
+    json_object_foreach(tel, app, v) t = v;
+    single(&o, "telemetry_processed_total", "counter", num(t, "processed"),
+           "Telemetry events the logger processed.");
+    single(&o, "telemetry_dropped_total", "counter", num(t, "dropped"),
+           "Telemetry events dropped because the pipe was full.");
+    single(&o, "telemetry_errors_total", "counter", num(t, "errors"),
+           "Telemetry events the logger could not write.");
+    single(&o, "telemetry_queued", "gauge", num(t, "queued"),
+           "Telemetry events written but not yet processed.");
+    (void)health;
+    if (o.oom) {
+        free(o.p);
+        return NULL;
+    }
+    return o.p;
+}
