@@ -102,6 +102,10 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
                       uint32_t *count);
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count);
 
+/* Whether conn_id is subscribed to this incarnation of the channel (a
+ * deleted channel has no subscribers).  Reader side: caller online. */
+bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id);
+
 typedef struct {
     const char *data_json; /* the "data" value, compact JSON */
     size_t data_len;

@@ -148,6 +148,18 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
     return rc;
 }
 
+bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
+{
+    char key[sizeof(((sl_sub_t *)0)->key)];
+    if (strlen(conn_id) >= SL_CONN_ID_MAX)
+        return false;
+    /* Deletion removes every subscription of the channel from the table
+     * before a new channel of the same name can be created, so a hit here
+     * belongs to the incarnation the caller found. */
+    size_t klen = sub_key(key, c, conn_id);
+    return sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen) != NULL;
+}
+
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count)
 {
     char key[sizeof(((sl_sub_t *)0)->key)];

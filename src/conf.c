@@ -98,7 +98,7 @@ static const sl_option_t sl_options[] = {
      "default RPC timeout of a channel"},
     {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
      1, 1000000, "1000", "N", "channels one connection may subscribe to"},
-    {"admin-token", "SENTE_ADMIN_TOKEN", OPT_SECRET, OFF(admin_token), SZ(admin_token), 0, 0, "",
+    {"admin-token", "SENTE_ADMIN_TOKEN", OPT_SECRET, OFF(admin_token), SZ(admin_token), 1, 0, "",
      "TOKEN", "enable the admin API under /api/ with this bearer token"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
@@ -345,7 +345,9 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
 
     for (size_t i = 0; i < SL_ARRAY_LEN(sl_options); i++) {
         const sl_option_t *o = &sl_options[i];
-        if (o->def != NULL && apply(c, o, o->def, o->flag, err, errsz) != SL_OK)
+        /* An empty default means "not set" and skips the value checks. */
+        if (o->def != NULL && o->def[0] != '\0' &&
+            apply(c, o, o->def, o->flag, err, errsz) != SL_OK)
             return SL_ERROR; /* a bad default is a bug; still fail loudly */
     }
 

@@ -96,6 +96,9 @@ static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
     sl_proto_reply(c, failure("subscription-result", id, len, reason));
 }
 
+static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t hash,
+                           sl_buf_t *frame);
+
 void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -137,6 +140,13 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
                    SL_TF_S("by", c->conn_id), SL_TF_I("max-subscribers", cfg.max_subscribers),
                    SL_TF_I("message-retention", cfg.message_retention));
+    }
+    if (already && !sl_chan_is_subscriber(REG, ch, c->conn_id)) {
+        /* Our list still names a channel that was deleted (its notice is
+         * in our inbox, not yet drained): tell the client now, in order,
+         * and subscribe it to the channel that exists. */
+        forget_deleted(c, id, len, ch->node.hash, NULL);
+        already = false;
     }
     uint32_t count = 0;
     int rc = already ? SL_CHAN_ALREADY
@@ -425,25 +435,47 @@ static void close_direct(const sl_inbox_entry_t *e)
         sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "closed by the administrator");
 }
 
+/* Forget conn c's local subscription to a deleted channel and tell it
+ * (frame: the notice to send, or NULL to build one). */
+static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t hash,
+                           sl_buf_t *frame)
+{
+    int i = find_sub(c, id, len);
+    if (i >= 0) {
+        free(c->subs[i]);
+        c->subs[i] = c->subs[--c->nsubs];
+    }
+    sl_cidx_remove(hash, id, len, c);
+    if (frame)
+        sl_conn_send(c, frame);
+    else
+        sl_proto_reply(c, json_pack("{s:s, s:s%}", "type", "channel-deleted", "channel-id", id,
+                                    len));
+}
+
 /* The channel was deleted: the registry already dropped the subscriptions;
- * forget them here and tell each local subscriber. */
+ * forget them here and tell each local subscriber.  A connection that has
+ * meanwhile subscribed to a new channel of the same name (see
+ * sl_pubsub_subscribe) is subscribed to that one in the registry and is
+ * left alone: it was told when it re-subscribed. */
 static void channel_gone(const sl_chan_msg_t *m)
 {
     sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
     if (e == NULL)
         return;
+    sl_chan_t *live = sl_chan_find(REG, m->id, m->idlen);
     sl_buf_t *b = local_copy(m);
-    while (e && e->n > 0) {
-        sl_conn_t *c = e->conns[e->n - 1];
-        int i = find_sub(c, m->id, m->idlen);
-        if (i >= 0) {
-            free(c->subs[i]);
-            c->subs[i] = c->subs[--c->nsubs];
-        }
-        if (b)
-            sl_conn_send(c, b);
-        sl_cidx_remove(m->chan_hash, m->id, m->idlen, c);
+    /* Walk from the end: forgetting one shifts only those after it. */
+    for (uint32_t k = e->n; k-- > 0;) {
         e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+        if (e == NULL)
+            break;
+        if (k >= e->n)
+            continue;
+        sl_conn_t *c = e->conns[k];
+        if (live && sl_chan_is_subscriber(REG, live, c->conn_id))
+            continue;
+        forget_deleted(c, m->id, m->idlen, m->chan_hash, b);
     }
     sl_buf_unref(b);
 }

@@ -2,6 +2,8 @@
 and effects on connections of every worker."""
 import asyncio
 import json
+import os
+import signal
 import urllib.parse
 
 import pytest
@@ -122,6 +124,42 @@ def test_delete_notifies_everywhere(admin):
         assert r["success"] and r["subscriber-count"] == 1
         for s in subs:
             await s.close()
+    run(go())
+
+
+def test_resubscribe_racing_the_delete_notice(admin):
+    """A subscribe that reaches the subscriber's worker before that worker
+    has drained the delete notice from its inbox: the client is told of the
+    deletion first, then subscribed to the new channel for real (the late
+    notice must not undo that)."""
+    async def go():
+        sub, = await on_workers(admin.url, [0])
+        await sub.subscribe("racy")
+        victim = admin.stats()["workers"][0]["pid"]
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            await sub.send(type="subscribe", **{"channel-id": "racy"})
+            await asyncio.sleep(0.1)     # the frame waits in worker 0's socket
+            # Worker 0 is stopped, so the call lands on worker 1, which
+            # queues the notice in worker 0's inbox.
+            loop = asyncio.get_running_loop()
+            status, doc, _ = await loop.run_in_executor(
+                None, lambda: call(admin, "DELETE", "/api/channels/racy"))
+            assert status == 200 and doc == {"deleted": True, "unsubscribed": 1}
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        gone = json.loads(await sub.ws.recv())
+        assert gone == {"type": "channel-deleted", "channel-id": "racy"}
+        r = await sub.reply("subscription-result")
+        assert r["success"] and r["subscriber-count"] == 1
+        r = await sub.request("get-subscriptions", "subscription-list")
+        assert r["subscriptions"] == ["racy"]
+        status, doc, _ = call(admin, "POST", "/api/channels/racy/publish", {"n": 1})
+        assert status == 200 and doc["delivered-to"] == 1
+        m = await sub.reply("channel-message")
+        assert m["data"] == {"n": 1}
+        assert admin.stats()["channel-stats"]["total-subscriptions"] == 1
+        await sub.close()
     run(go())
 
 

@@ -2,11 +2,7 @@
 import json
 import socket
 
-from wsraw import http_request, read_response, status_of
-
-
-def body_of(resp):
-    return json.loads(resp.split(b"\r\n\r\n", 1)[1])
+from wsraw import body_of, http_request, read_response, status_of
 
 
 def test_health(server):

@@ -3,6 +3,7 @@ refuses to send (unmasked frames, bad UTF-8, reserved bits...).  Independent
 of the server's code: written from the RFC."""
 import base64
 import os
+import json
 import socket
 import struct
 
@@ -64,6 +65,11 @@ def read_response(s):
 
 def status_of(resp):
     return int(resp.split(b" ", 2)[1])
+
+
+def body_of(resp):
+    """The JSON body of a raw HTTP response."""
+    return json.loads(resp.split(b"\r\n\r\n", 1)[1])
 
 
 class RawWS:
