@@ -20,6 +20,7 @@
 #define SL_ARENA_MIN_SHIFT 4  /* 16 bytes */
 #define SL_ARENA_MAX_SHIFT 11 /* 2048 bytes */
 #define SL_ARENA_CLASSES (SL_ARENA_MAX_SHIFT - SL_ARENA_MIN_SHIFT + 1)
+#define SL_ARENA_OWNERS 66 /* slab page owners: workers 0..63, master, others */
 
 typedef struct sl_arena sl_arena_t;
 
@@ -50,6 +51,14 @@ void *sl_arena_calloc(sl_arena_t *a, size_t n);
 void sl_arena_free(sl_arena_t *a, void *p);
 
 void sl_arena_stats(sl_arena_t *a, sl_arena_stats_t *out);
+
+/* Which slab pages this process allocates small objects from (0..
+ * SL_ARENA_OWNERS-1; the default is the last, "others").  Each worker takes
+ * its own id, so the objects it creates share pages only with each other:
+ * a page is touched - and counted in resident memory - by one process
+ * instead of by every process whose objects happen to land on it.  Any
+ * process may free any object. */
+void sl_arena_set_owner(unsigned owner);
 
 /* Fill freed memory with 0x5A (tests use it to catch use after free). */
 void sl_arena_set_poison(sl_arena_t *a, bool on);

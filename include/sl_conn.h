@@ -41,10 +41,12 @@ struct sl_conn {
     uint8_t state;     /* sl_conn_state_t */
     uint8_t kind;      /* sl_conn_kind_t */
     bool dirty;        /* on the worker's flush list */
-    bool write_armed;  /* waiting for EV_WRITE (socket was full) */
+    bool write_armed;  /* ev also waits for EV_WRITE (socket was full) */
     bool close_after_flush; /* HTTP "Connection: close": shut after output */
     bool shut_wr;      /* shutdown(SHUT_WR) done */
-    struct event rev, wev;
+    /* One event for both directions: EV_READ always, EV_WRITE added only
+     * while output is stuck (one struct event less per connection). */
+    struct event ev;
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */

@@ -42,7 +42,11 @@ typedef struct {
 } sl_seg_t;
 
 typedef struct {
-    sl_seg_t *segs; /* ring; NULL until first used, small rings kept when idle */
+    /* A queue of at most one segment lives in `one` (no allocation: most
+     * connections have at most one frame waiting per loop turn); a second
+     * segment moves both into the heap ring `segs` (cap > 0). */
+    sl_seg_t one;
+    sl_seg_t *segs; /* ring; NULL while cap == 0, small rings kept while busy */
     uint32_t cap, head, count;
     uint64_t bytes;    /* queued bytes not yet written */
     bool head_partial; /* the first segment has been partly written */
@@ -56,6 +60,11 @@ int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len);
  * Returns SL_OK when the queue is empty, SL_AGAIN when the socket is full,
  * SL_ERROR on a write error (errno set). */
 int sl_outq_flush(sl_outq_t *q, int fd);
+
+/* Give back the ring of an empty queue (the worker's timer calls it, so a
+ * connection that stays idle holds no ring; a busy one loses it at most
+ * once per tick). */
+void sl_outq_trim(sl_outq_t *q);
 
 /* Drop everything queued (releasing the references) and free the ring. */
 void sl_outq_clear(sl_outq_t *q);

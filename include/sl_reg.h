@@ -52,7 +52,8 @@ typedef struct {
  * SL_ERROR (region too small). */
 int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint32_t nworkers);
 
-/* Register a connection; NULL when shared memory is exhausted. */
+/* Register a connection (conn_id must be new: ids come from a server-wide
+ * counter); NULL when shared memory is exhausted. */
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
                                uint64_t conn_no, int64_t opened_at);
 /* Remove the owner's entry (retired: freed after a grace period). */

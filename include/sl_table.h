@@ -54,6 +54,10 @@ sl_table_node_t *sl_table_lookup(sl_table_t *t, uint64_t hash, const char *key, 
 
 /* Write side, taking the stripe lock. */
 int sl_table_insert(sl_table_t *t, sl_table_node_t *n); /* SL_OK or SL_TABLE_EXISTS */
+/* Insert a key the caller knows is absent (unique by construction, or
+ * checked under a lock that covers it): no walk of the chain, so inserting
+ * reads no other node - and touches no page another process owns. */
+void sl_table_insert_new(sl_table_t *t, sl_table_node_t *n);
 /* Unlink and retire; returns the node (readable until the caller's next
  * quiescent state) or NULL when absent. */
 sl_table_node_t *sl_table_remove(sl_table_t *t, uint64_t hash, const char *key, size_t klen);

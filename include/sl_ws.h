@@ -34,6 +34,7 @@ enum {
 
 /* Largest header a frame can have: 2 + 8 (length) + 4 (mask). */
 #define SL_WS_MAX_HEADER 14
+#define SL_WS_MAX_CONTROL 125 /* payload bytes of a ping, pong or close frame */
 
 /* Sec-WebSocket-Accept for a client key: base64(SHA-1(key + GUID)), 28
  * characters plus NUL written to out.  The key is used as given (the caller
@@ -118,8 +119,9 @@ typedef struct {
     size_t msg_len;
     size_t msg_cap;
     sl_utf8_t utf8;
-    /* a control frame's payload when it arrives split across feeds */
-    uint8_t ctl[125];
+    /* a control frame's payload when it arrives split across feeds
+     * (malloc'd for that moment only: idle connections carry no buffer) */
+    uint8_t *ctl;
     bool closed; /* a close frame was delivered: ignore anything after */
 } sl_ws_reader_t;
 

@@ -5,8 +5,8 @@
  * then the pages themselves (page-aligned).
  *
  * Source of truth versus derived data.  A page descriptor's kind (free,
- * slab page of class c, head of a run of n pages, tail of a run) and a slab
- * page's allocation bitmap are the truth.  Everything else - the per-class
+ * slab page of class c and owner o, head of a run of n pages, tail of a
+ * run) and a slab page's allocation bitmap are the truth.  Everything else - the per-class
  * lists of slab pages with free slots, the list of free runs with their
  * lengths and boundary tags, per-page used counts and all figures - is
  * derived and can be recomputed by sl_arena_rebuild.  Every operation
@@ -30,6 +30,7 @@ enum { PG_FREE = 0, PG_SLAB = 1, PG_RUN = 2, PG_TAIL = 3 };
 typedef struct {
     uint8_t kind;      /* truth */
     uint8_t cls;       /* truth, PG_SLAB */
+    uint8_t owner;     /* truth, PG_SLAB: the process that allocates from it */
     uint16_t used;     /* derived: allocated slots, PG_SLAB */
     uint32_t run;      /* PG_RUN: pages in the run (truth); free head: run length */
     uint32_t head;     /* free runs: on the last page, the run's first page */
@@ -43,12 +44,20 @@ struct sl_arena {
     bool poison;
     uint8_t *base;
     page_t *pages;
-    uint32_t partial[SL_ARENA_CLASSES]; /* derived */
+    uint32_t partial[SL_ARENA_CLASSES][SL_ARENA_OWNERS]; /* derived */
     uint32_t free_head;                 /* derived */
     uint64_t free_pages, run_pages;     /* derived */
     uint64_t cls_used[SL_ARENA_CLASSES], cls_total[SL_ARENA_CLASSES]; /* derived */
     uint64_t failures, bad_frees;       /* event counts (not derived) */
 };
+
+/* Per process (not in the shared header): whose pages we allocate from. */
+static unsigned my_owner = SL_ARENA_OWNERS - 1;
+
+void sl_arena_set_owner(unsigned owner)
+{
+    my_owner = owner < SL_ARENA_OWNERS ? owner : SL_ARENA_OWNERS - 1;
+}
 
 static uint32_t slots_of(unsigned cls)
 {
@@ -163,7 +172,8 @@ sl_arena_t *sl_arena_init(void *region, size_t size)
 void sl_arena_rebuild(sl_arena_t *a)
 {
     for (unsigned c = 0; c < SL_ARENA_CLASSES; c++) {
-        a->partial[c] = NONE;
+        for (unsigned o = 0; o < SL_ARENA_OWNERS; o++)
+            a->partial[c][o] = NONE;
         a->cls_used[c] = a->cls_total[c] = 0;
     }
     a->free_head = NONE;
@@ -176,7 +186,8 @@ void sl_arena_rebuild(sl_arena_t *a)
                 a->pages[i + k].kind = PG_TAIL; /* finish a half-marked run */
             a->run_pages += p->run;
             i += p->run;
-        } else if (p->kind == PG_SLAB && p->cls < SL_ARENA_CLASSES) {
+        } else if (p->kind == PG_SLAB && p->cls < SL_ARENA_CLASSES &&
+                   p->owner < SL_ARENA_OWNERS) {
             uint32_t used = 0;
             for (int w = 0; w < 4; w++)
                 used += (uint32_t)__builtin_popcountll(p->bits[w]);
@@ -184,7 +195,7 @@ void sl_arena_rebuild(sl_arena_t *a)
             a->cls_used[p->cls] += used;
             a->cls_total[p->cls] += slots_of(p->cls);
             if (used < slots_of(p->cls))
-                list_push(a, &a->partial[p->cls], i);
+                list_push(a, &a->partial[p->cls][p->owner], i);
             i++;
         } else {
             /* Free, or a tail no run head covers (an allocation or free cut
@@ -214,7 +225,8 @@ static int class_of(size_t n)
 
 static void *slab_alloc(sl_arena_t *a, unsigned c)
 {
-    if (a->partial[c] == NONE) {
+    uint32_t *partial = &a->partial[c][my_owner];
+    if (*partial == NONE) {
         uint32_t h = pages_take(a, 1);
         if (h == NONE)
             return NULL;
@@ -222,12 +234,13 @@ static void *slab_alloc(sl_arena_t *a, unsigned c)
         memset(p->bits, 0, sizeof(p->bits));
         p->used = 0;
         p->cls = (uint8_t)c;
-        cmm_smp_wmb(); /* bitmap and class before the kind that makes them true */
+        p->owner = (uint8_t)my_owner;
+        cmm_smp_wmb(); /* bitmap, class, owner before the kind that makes them true */
         p->kind = PG_SLAB;
         a->cls_total[c] += slots_of(c);
-        list_push(a, &a->partial[c], h);
+        list_push(a, partial, h);
     }
-    uint32_t h = a->partial[c];
+    uint32_t h = *partial;
     page_t *p = &a->pages[h];
     uint32_t nslots = slots_of(c);
     for (uint32_t w = 0; w * 64 < nslots; w++) {
@@ -241,7 +254,7 @@ static void *slab_alloc(sl_arena_t *a, unsigned c)
         p->used++;
         a->cls_used[c]++;
         if (p->used == nslots)
-            list_remove(a, &a->partial[c], h);
+            list_remove(a, partial, h);
         return a->base + (size_t)h * SL_ARENA_PAGE + slot * size_of(c);
     }
     return NULL; /* unreachable: a partial page has a free slot */
@@ -315,12 +328,13 @@ void sl_arena_free(sl_arena_t *a, void *ptr)
         p->bits[slot / 64] &= ~bit; /* the commit */
         p->used--;
         a->cls_used[p->cls]--;
+        uint32_t *partial = &a->partial[p->cls][p->owner];
         if (was_full)
-            list_push(a, &a->partial[p->cls], h);
-        /* An empty page goes back to the page pool unless it is the
-         * class's only partial page (which avoids thrashing). */
-        if (p->used == 0 && !(a->partial[p->cls] == h && p->next == NONE)) {
-            list_remove(a, &a->partial[p->cls], h);
+            list_push(a, partial, h);
+        /* An empty page goes back to the page pool unless it is its
+         * owner's only partial page of the class (which avoids thrashing). */
+        if (p->used == 0 && !(*partial == h && p->next == NONE)) {
+            list_remove(a, partial, h);
             a->cls_total[p->cls] -= slots_of(p->cls);
             p->kind = PG_FREE; /* the commit */
             pages_give(a, h, 1);

@@ -134,7 +134,7 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
             s->node.key = s->key;
             s->node.klen = (uint32_t)klen;
             s->node.hash = sl_table_hash(key, klen);
-            sl_table_insert(r->subs, &s->node); /* cannot exist: checked under the lock */
+            sl_table_insert_new(r->subs, &s->node); /* absent: checked under the lock */
             s->next = c->subs;
             if (c->subs)
                 c->subs->prev = s;

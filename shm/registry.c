@@ -3,7 +3,7 @@
  *
  * Entries are immutable except for the counters their owner updates with
  * atomic stores, so readers never see a half-written entry: an entry is
- * filled completely before sl_table_insert publishes it.
+ * filled completely before sl_table_insert_new publishes it.
  */
 #include "sl_reg.h"
 #include "sl_chan.h"
@@ -51,11 +51,9 @@ sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uin
     c->node.key = c->conn_id;
     c->node.klen = (uint32_t)len;
     c->node.hash = sl_table_hash(conn_id, len);
-    if (sl_table_insert(r->conns, &c->node) != SL_OK) {
-        /* conn-ids are unique by construction; refuse rather than alias. */
-        sl_arena_free(r->arena, c);
-        return NULL;
-    }
+    /* conn-ids are unique by construction (a server-wide counter), so the
+     * insert need not walk the chain through other workers' entries. */
+    sl_table_insert_new(r->conns, &c->node);
     return c;
 }
 

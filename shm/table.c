@@ -115,14 +115,19 @@ static sl_table_node_t **find_link(sl_table_t *t, uint64_t hash, const char *key
     return NULL;
 }
 
-int sl_table_insert_locked(sl_table_t *t, sl_table_node_t *n)
+static void push_locked(sl_table_t *t, sl_table_node_t *n)
 {
-    if (find_link(t, n->hash, n->key, n->klen))
-        return SL_TABLE_EXISTS;
     sl_table_node_t **b = bucket_of(t, n->hash);
     n->next = *b;
     rcu_assign_pointer(*b, n); /* publish: the node is complete before it is reachable */
     uatomic_add(&t->count, 1);
+}
+
+int sl_table_insert_locked(sl_table_t *t, sl_table_node_t *n)
+{
+    if (find_link(t, n->hash, n->key, n->klen))
+        return SL_TABLE_EXISTS;
+    push_locked(t, n);
     return SL_OK;
 }
 
@@ -159,6 +164,13 @@ int sl_table_insert(sl_table_t *t, sl_table_node_t *n)
     int rc = sl_table_insert_locked(t, n);
     sl_table_unlock(t, n->hash);
     return rc;
+}
+
+void sl_table_insert_new(sl_table_t *t, sl_table_node_t *n)
+{
+    sl_table_lock(t, n->hash);
+    push_locked(t, n);
+    sl_table_unlock(t, n->hash);
 }
 
 sl_table_node_t *sl_table_remove(sl_table_t *t, uint64_t hash, const char *key, size_t klen)

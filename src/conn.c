@@ -32,8 +32,7 @@
 #define SL_CLOSE_GRACE_MS 2000 /* wait for the peer's close frame / FIN */
 #define SL_HTTP_MAX_HEAD 8192
 
-static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
-static void conn_write_cb(evutil_socket_t fd, short what, void *arg);
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
 
 /* ---------------------------------------------------------------- frames */
@@ -105,9 +104,8 @@ sl_conn_t *sl_conn_new(int fd)
     c->kind = SL_KIND_HTTP;
     int64_t now = sl_mono_ms();
     c->accepted_mono = c->last_rx_mono = c->busy_since_mono = now;
-    event_assign(&c->rev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_read_cb, c);
-    event_assign(&c->wev, sl_worker->base, fd, EV_WRITE | EV_PERSIST, conn_write_cb, c);
-    if (sl_worker_attach(c) != SL_OK || event_add(&c->rev, NULL) != 0) {
+    event_assign(&c->ev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
+    if (sl_worker_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
         close(fd);
         free(c);
         return NULL;
@@ -119,8 +117,7 @@ sl_conn_t *sl_conn_new(int fd)
 void sl_conn_destroy(sl_conn_t *c)
 {
     sl_worker_stats_t *st = sl_worker->stats;
-    event_del(&c->rev);
-    event_del(&c->wev);
+    event_del(&c->ev);
     if (c->fd >= 0)
         close(c->fd);
     sl_outq_clear(&c->out);
@@ -194,6 +191,22 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j)
     return rc;
 }
 
+/* Wait for writability too, or no longer.  libevent cannot change the
+ * events of a pending event, so it is deleted, re-assigned and added
+ * (also from inside its own callback, which libevent allows once it is
+ * deleted). */
+static void conn_watch(sl_conn_t *c, bool write)
+{
+    short what = EV_READ | EV_PERSIST | (write ? EV_WRITE : 0);
+    event_del(&c->ev);
+    event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
+    if (event_add(&c->ev, NULL) != 0) {
+        sl_conn_abort(c, "event-add-failed");
+        return;
+    }
+    c->write_armed = write;
+}
+
 void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
@@ -204,14 +217,12 @@ void sl_conn_flush(sl_conn_t *c)
         return;
     }
     if (rc == SL_AGAIN) {
-        if (!c->write_armed && event_add(&c->wev, NULL) == 0)
-            c->write_armed = true;
+        if (!c->write_armed)
+            conn_watch(c, true);
         return;
     }
-    if (c->write_armed) {
-        event_del(&c->wev);
-        c->write_armed = false;
-    }
+    if (c->write_armed)
+        conn_watch(c, false);
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
@@ -220,10 +231,6 @@ void sl_conn_flush(sl_conn_t *c)
     }
 }
 
-static void conn_write_cb(evutil_socket_t fd, short what, void *arg)
-{
-    sl_conn_flush(arg);
-}
 
 /* --------------------------------------------------------------- closing */
 
@@ -460,10 +467,12 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 
 /* ----------------------------------------------------------------- input */
 
-static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
-    if (c->state == SL_CONN_DEAD)
+    if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
+        sl_conn_flush(c);
+    if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
         return;
     ssize_t n = read(fd, sl_worker->rbuf, SL_SCRATCH_SIZE);
     if (n < 0) {
@@ -509,6 +518,7 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         }
         break;
     case SL_CONN_WS:
+        sl_outq_trim(&c->out);
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");

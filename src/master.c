@@ -14,6 +14,7 @@
  * end open only so that a respawned logger can inherit it.
  */
 #include "sl_master.h"
+#include "sl_arena.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
@@ -471,6 +472,7 @@ int sl_master_run(void)
                             "%s\n", (long long)cf->shm_size, strerror(errno));
         return 1;
     }
+    sl_arena_set_owner(SL_MAX_WORKERS); /* the master's own slab pages */
     sl_shm->start_ms = sl_now_ms();
     sl_shm->master_pid = getpid();
     /* One eventfd per worker: whoever fills a worker's inbox wakes it.

@@ -1,9 +1,11 @@
 /*
  * outq.c - reference-counted buffers and the per-connection write queue.
  *
- * The ring of segments grows by doubling; once drained, a small ring is
- * kept (so steady traffic allocates nothing) and a large one freed.  A segment remembers its
- * own offset, so a partial write just advances the first segment.
+ * One segment waits inline in the queue; more go to a ring that grows by
+ * doubling.  Once drained, a small ring is kept (so steady traffic
+ * allocates nothing) until the worker's timer trims it, and a large one is
+ * freed at once.  A segment remembers its own offset, so a partial write
+ * just advances the first segment.
  */
 #include "sl_outq.h"
 
@@ -35,23 +37,30 @@ void sl_buf_unref(sl_buf_t *b)
         free(b);
 }
 
+/* The i-th queued segment. */
+static inline sl_seg_t *seg_at(sl_outq_t *q, uint32_t i)
+{
+    return q->cap ? &q->segs[(q->head + i) % q->cap] : &q->one;
+}
+
 int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len)
 {
     if (len == 0)
         return SL_OK;
-    if (q->count == q->cap) {
+    if (q->count > 0 && q->count == q->cap + (q->cap == 0)) {
+        /* Full: the inline slot (cap 0, one queued) or the ring. */
         uint32_t ncap = q->cap ? q->cap * 2 : 4;
         sl_seg_t *n = malloc(sizeof(sl_seg_t) * ncap);
         if (n == NULL)
             return SL_ERROR;
         for (uint32_t i = 0; i < q->count; i++)
-            n[i] = q->segs[(q->head + i) % q->cap];
+            n[i] = *seg_at(q, i);
         free(q->segs);
         q->segs = n;
         q->cap = ncap;
         q->head = 0;
     }
-    q->segs[(q->head + q->count) % q->cap] =
+    *seg_at(q, q->count) =
         (sl_seg_t){.buf = sl_buf_ref(buf), .off = (uint32_t)off, .len = (uint32_t)len};
     q->count++;
     q->bytes += len;
@@ -60,9 +69,10 @@ int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len)
 
 static void outq_pop(sl_outq_t *q)
 {
-    sl_buf_unref(q->segs[q->head].buf);
+    sl_buf_unref(seg_at(q, 0)->buf);
     q->head_partial = false;
-    q->head = (q->head + 1) % q->cap;
+    if (q->cap)
+        q->head = (q->head + 1) % q->cap;
     q->count--;
     if (q->count == 0) {
         q->head = 0;
@@ -83,7 +93,7 @@ int sl_outq_flush(sl_outq_t *q, int fd)
         struct iovec iov[SL_OUTQ_IOV];
         int n = 0;
         for (uint32_t i = 0; i < q->count && n < SL_OUTQ_IOV; i++, n++) {
-            sl_seg_t *s = &q->segs[(q->head + i) % q->cap];
+            sl_seg_t *s = seg_at(q, i);
             iov[n].iov_base = s->buf->data + s->off;
             iov[n].iov_len = s->len;
         }
@@ -98,7 +108,7 @@ int sl_outq_flush(sl_outq_t *q, int fd)
         q->bytes -= (uint64_t)w;
         size_t left = (size_t)w;
         while (left > 0) {
-            sl_seg_t *s = &q->segs[q->head];
+            sl_seg_t *s = seg_at(q, 0);
             if (left >= s->len) {
                 left -= s->len;
                 outq_pop(q);
@@ -111,6 +121,15 @@ int sl_outq_flush(sl_outq_t *q, int fd)
         }
     }
     return SL_OK;
+}
+
+void sl_outq_trim(sl_outq_t *q)
+{
+    if (q->count == 0 && q->segs != NULL) {
+        free(q->segs);
+        q->segs = NULL;
+        q->cap = q->head = 0;
+    }
 }
 
 void sl_outq_clear(sl_outq_t *q)

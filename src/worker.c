@@ -12,6 +12,7 @@
  * every connection is gone or the drain deadline passes.
  */
 #include "sl_worker.h"
+#include "sl_arena.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
@@ -97,8 +98,7 @@ void sl_worker_mark_dead(sl_conn_t *c)
 {
     /* Dead connections are freed from the dirty list at the end of the
      * turn; c->dirty guarantees it is on the list exactly once. */
-    event_del(&c->rev);
-    event_del(&c->wev);
+    event_del(&c->ev);
     if (!c->dirty) {
         c->dirty = true;
         c->dirty_next = sl_worker->dirty;
@@ -215,6 +215,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     w->id = id;
     w->ctl_fd = ctl_fd;
     w->stats = &sl_shm->workers[id];
+    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
 
     /* If the master dies without stopping us, stop gracefully ourselves. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);

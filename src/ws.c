@@ -127,6 +127,8 @@ void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_messa
 
 void sl_ws_reader_free(sl_ws_reader_t *r)
 {
+    free(r->ctl);
+    r->ctl = NULL;
     free(r->msg);
     r->msg = NULL;
     r->msg_len = r->msg_cap = 0;
@@ -178,7 +180,7 @@ static int check_first_bytes(const sl_ws_reader_t *r, const uint8_t *h)
     case SL_WS_OP_CLOSE:
     case SL_WS_OP_PING:
     case SL_WS_OP_PONG:
-        if (!fin || (h[1] & 0x7F) > 125)
+        if (!fin || (h[1] & 0x7F) > SL_WS_MAX_CONTROL)
             return SL_WS_CLOSE_PROTOCOL;
         break;
     default:
@@ -306,6 +308,8 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
 
         if (r->frame_op >= 8) {
             if (!whole) {
+                if (r->ctl == NULL && (r->ctl = malloc(SL_WS_MAX_CONTROL)) == NULL)
+                    return SL_WS_CLOSE_INTERNAL;
                 memcpy(r->ctl + r->frame_have, p, take);
                 r->frame_have += take;
                 if (r->frame_have < r->frame_len)
@@ -315,7 +319,10 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
                 r->frame_have = take;
             }
             r->in_frame = false;
-            if ((rc = deliver_control(r, p, (size_t)r->frame_len, h, ctx)) != 0)
+            rc = deliver_control(r, p, (size_t)r->frame_len, h, ctx);
+            free(r->ctl);
+            r->ctl = NULL;
+            if (rc != 0)
                 return rc;
             continue;
         }

@@ -173,6 +173,37 @@ static void test_owner_dies_holding_lock(void)
     munmap(r, sz);
 }
 
+/* Each owner allocates from its own slab pages; frees may come from
+ * anyone; a rebuild keeps pages with their owners. */
+static void test_owners_have_their_own_pages(void)
+{
+    size_t sz = 1 << 20;
+    void *r = map(sz);
+    sl_arena_t *a = sl_arena_init(r, sz);
+    SL_CHECK(a != NULL);
+    void *p0[40], *p1[40];
+    for (int i = 0; i < 40; i++) {
+        sl_arena_set_owner(0);
+        p0[i] = sl_arena_alloc(a, 128);
+        sl_arena_set_owner(1);
+        p1[i] = sl_arena_alloc(a, 128);
+        SL_CHECK(p0[i] && p1[i]);
+    }
+    for (int i = 0; i < 40; i++)
+        for (int j = 0; j < 40; j++)
+            SL_CHECK(((uintptr_t)p0[i] >> 12) != ((uintptr_t)p1[j] >> 12));
+    sl_arena_free(a, p1[39]); /* freed "by owner 1's neighbour" */
+    sl_arena_rebuild(a);
+    sl_arena_set_owner(1);
+    void *again = sl_arena_alloc(a, 128);
+    SL_CHECK(((uintptr_t)again >> 12) == ((uintptr_t)p1[38] >> 12));
+    sl_arena_set_owner(0);
+    void *zero = sl_arena_alloc(a, 128);
+    SL_CHECK(((uintptr_t)zero >> 12) == ((uintptr_t)p0[39] >> 12));
+    sl_arena_set_owner(SL_ARENA_OWNERS - 1);
+    munmap(r, sz);
+}
+
 static void test_poison(void)
 {
     size_t sz = 1 << 20;
@@ -191,6 +222,7 @@ static void test_poison(void)
 int main(void)
 {
     SL_TEST_RUN(test_classes_and_runs);
+    SL_TEST_RUN(test_owners_have_their_own_pages);
     SL_TEST_RUN(test_exhaustion_and_reuse);
     SL_TEST_RUN(test_bad_frees);
     SL_TEST_RUN(test_rebuild_matches);

@@ -46,6 +46,38 @@ static void test_push_flush_order(void)
     close(sv[1]);
 }
 
+/* One segment waits inline; the second moves both into a ring, in order;
+ * a trimmed idle queue holds no ring. */
+static void test_inline_then_ring_then_trim(void)
+{
+    int sv[2];
+    SL_CHECK_INT(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    sl_outq_t q = {0};
+    sl_buf_t *a = make("one "), *b = make("two "), *c = make("three");
+    SL_CHECK_INT(sl_outq_push(&q, a, 0, a->len), SL_OK);
+    SL_CHECK(q.segs == NULL && q.count == 1); /* inline */
+    SL_CHECK_INT(sl_outq_flush(&q, sv[0]), SL_OK);
+    SL_CHECK(q.segs == NULL && q.count == 0);
+    SL_CHECK_INT(sl_outq_push(&q, a, 0, a->len), SL_OK);
+    SL_CHECK_INT(sl_outq_push(&q, b, 0, b->len), SL_OK);
+    SL_CHECK(q.segs != NULL && q.cap == 4);
+    SL_CHECK_INT(sl_outq_push(&q, c, 0, c->len), SL_OK);
+    SL_CHECK_INT(sl_outq_flush(&q, sv[0]), SL_OK);
+    char got[64] = {0};
+    SL_CHECK_INT(read(sv[1], got, sizeof(got)), 17);
+    SL_CHECK_STR(got, "one one two three");
+    SL_CHECK(q.segs != NULL); /* kept while busy */
+    sl_outq_trim(&q);
+    SL_CHECK(q.segs == NULL && q.cap == 0);
+    SL_CHECK_INT(a->refs + b->refs + c->refs, 3);
+    sl_outq_clear(&q);
+    sl_buf_unref(a);
+    sl_buf_unref(b);
+    sl_buf_unref(c);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 static void test_partial_writes(void)
 {
     int sv[2];
@@ -124,6 +156,7 @@ static void test_write_error(void)
 int main(void)
 {
     SL_TEST_RUN(test_push_flush_order);
+    SL_TEST_RUN(test_inline_then_ring_then_trim);
     SL_TEST_RUN(test_partial_writes);
     SL_TEST_RUN(test_clear_releases);
     SL_TEST_RUN(test_write_error);

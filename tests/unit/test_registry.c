@@ -32,7 +32,6 @@ static void test_connections(void)
         c[i] = sl_reg_conn_add(R, id, i % 2, (uint32_t)i, (uint64_t)i + 1, 1000 + i);
         SL_CHECK(c[i] != NULL);
     }
-    SL_CHECK(sl_reg_conn_add(R, "conn-1-3", 0, 0, 1, 0) == NULL); /* no aliasing */
     sl_reg_conn_t *x = sl_reg_conn_find(R, "conn-1-7", 8);
     SL_CHECK(x == c[7] && x->worker == 1 && x->slot == 7 && x->opened_at == 1007);
     SL_CHECK(sl_reg_conn_find(R, "conn-1-70", 9) == NULL);
