@@ -6,6 +6,7 @@
 #   make check-fast   unit + integration on the normal build only
 #   make check-asan   unit + integration on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
+#   make bench-tel    telemetry cost benchmark (figures, not a test)
 #   make install      binary, man page, systemd unit, logrotate snippet and
 #                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
 #   make clean
@@ -46,7 +47,7 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm
+.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel
 
 all: $(BIN) sente-lite
 
@@ -77,6 +78,10 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 # Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
 bench-shm: $(BUILD)/bench/bench_shm
 	$(BUILD)/bench/bench_shm
+
+# Telemetry: ns per emitted event in a worker, events/s through the logger.
+bench-tel: $(BUILD)/bench/bench_tel
+	$(BUILD)/bench/bench_tel
 
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)

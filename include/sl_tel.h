@@ -82,17 +82,20 @@ enum { SL_TF_INT = 1, SL_TF_BOOL = 2, SL_TF_STR = 3, SL_TF_NULL = 4 };
 
 typedef struct {
     const char *key;
-    int type;
+    uint8_t klen;  /* strlen(key), known at compile time: keys are literals */
+    uint8_t type;
     int64_t i;     /* SL_TF_INT, SL_TF_BOOL */
     const char *s; /* SL_TF_STR (need not be NUL-terminated) */
     size_t slen;
 } sl_tel_field_t;
 
-#define SL_TF_I(k, v) {.key = (k), .type = SL_TF_INT, .i = (int64_t)(v)}
-#define SL_TF_B(k, v) {.key = (k), .type = SL_TF_BOOL, .i = (v) ? 1 : 0}
-#define SL_TF_S(k, v) {.key = (k), .type = SL_TF_STR, .s = (v), .slen = strlen(v)}
-#define SL_TF_SN(k, v, n) {.key = (k), .type = SL_TF_STR, .s = (v), .slen = (n)}
-#define SL_TF_NUL(k) {.key = (k), .type = SL_TF_NULL}
+/* Keys must be string literals (their length is taken with sizeof). */
+#define SL_TF_K_(k) .key = (k), .klen = (uint8_t)(sizeof(k) - 1)
+#define SL_TF_I(k, v) {SL_TF_K_(k), .type = SL_TF_INT, .i = (int64_t)(v)}
+#define SL_TF_B(k, v) {SL_TF_K_(k), .type = SL_TF_BOOL, .i = (v) ? 1 : 0}
+#define SL_TF_S(k, v) {SL_TF_K_(k), .type = SL_TF_STR, .s = (v), .slen = strlen(v)}
+#define SL_TF_SN(k, v, n) {SL_TF_K_(k), .type = SL_TF_STR, .s = (v), .slen = (n)}
+#define SL_TF_NUL(k) {SL_TF_K_(k), .type = SL_TF_NULL}
 
 /* Set up emitting in this process: `fd` is the pipe's write end (made
  * non-blocking here), `worker` the number written into records (-1 master),

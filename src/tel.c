@@ -115,11 +115,6 @@ void sl_tel_flush(void)
     T.nrec = 0;
 }
 
-static inline void put(uint8_t **p, const void *src, size_t n)
-{
-    memcpy(*p, src, n);
-    *p += n;
-}
 
 void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *f, size_t nf)
 {
@@ -135,18 +130,18 @@ void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *f, size_t 
     int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 
     for (size_t i = 0; i < nf; i++) {
-        size_t klen = strlen(f[i].key);
-        if (klen > 255)
-            klen = 255;
+        size_t klen = f[i].klen;
         /* type + key length + key + the largest fixed value (8 bytes) */
         if ((size_t)(end - p) < 2 + klen + 8 + 2)
             break;
-        *p++ = (uint8_t)f[i].type;
-        *p++ = (uint8_t)klen;
-        put(&p, f[i].key, klen);
+        p[0] = f[i].type;
+        p[1] = (uint8_t)klen;
+        memcpy(p + 2, f[i].key, klen);
+        p += 2 + klen;
         switch (f[i].type) {
         case SL_TF_INT:
-            put(&p, &f[i].i, 8);
+            memcpy(p, &f[i].i, 8);
+            p += 8;
             break;
         case SL_TF_BOOL:
             *p++ = f[i].i ? 1 : 0;
@@ -157,8 +152,9 @@ void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *f, size_t 
             if (n > room)
                 n = room;
             uint16_t n16 = (uint16_t)n;
-            put(&p, &n16, 2);
-            put(&p, f[i].s, n);
+            memcpy(p, &n16, 2);
+            memcpy(p + 2, f[i].s, n);
+            p += 2 + n;
             break;
         }
         default:

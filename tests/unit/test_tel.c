@@ -245,43 +245,6 @@ static void test_logger_two_writers(void)
     unlink(path);
 }
 
-/* Cost of emitting: printed for the benchmark notes, never asserted. */
-static void test_emit_cost(void)
-{
-    int p[2];
-    SL_CHECK_INT(pipe(p), 0);
-    fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
-    pid_t drain = fork();
-    if (drain == 0) {
-        close(p[1]);
-        char buf[65536];
-        while (read(p[0], buf, sizeof(buf)) > 0)
-            ;
-        _exit(0);
-    }
-    close(p[0]);
-    sl_worker_stats_t st = {0};
-    sl_tel_init(p[1], 0, &st, true, SL_INFO);
-    const int N = 1000000;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (int i = 0; i < N; i++) {
-        SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_INFO, SL_TF_S("channel-id", "chat-room"),
-               SL_TF_S("message-id", "msg-1234"), SL_TF_I("seq", i));
-        if ((i & 63) == 63)
-            sl_tel_flush(); /* the worker flushes once per loop turn */
-    }
-    sl_tel_flush();
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / N;
-    printf("tel: emit %.1f ns/event including flushes (%llu written, %llu dropped)\n", ns,
-           (unsigned long long)st.tel_emitted, (unsigned long long)st.tel_dropped);
-    SL_CHECK_INT(st.tel_emitted + st.tel_dropped, N);
-    close(p[1]);
-    int status;
-    waitpid(drain, &status, 0);
-}
-
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -291,6 +254,5 @@ int main(void)
     SL_TEST_RUN(test_levels_and_disabled);
     SL_TEST_RUN(test_full_pipe_drops_and_counts);
     SL_TEST_RUN(test_logger_two_writers);
-    SL_TEST_RUN(test_emit_cost);
     return sl_test_summary();
 }
