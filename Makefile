@@ -7,6 +7,8 @@
 #   make check-asan   unit + integration on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
+#   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
+#   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd unit, logrotate snippet and
 #                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
 #   make clean
@@ -47,7 +49,8 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel
+.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel \
+        bench bench-quick
 
 all: $(BIN) sente-lite
 
@@ -82,6 +85,24 @@ bench-shm: $(BUILD)/bench/bench_shm
 # Telemetry: ns per emitted event in a worker, events/s through the logger.
 bench-tel: $(BUILD)/bench/bench_tel
 	$(BUILD)/bench/bench_tel
+
+# Side by side with nchan and a Node.js ws server (docs/benchmarks.md):
+# installs the peers, runs every scenario three times alternating the
+# servers, prints the table of medians, writes build/bench/results.json,
+# build/bench/table.md and build/bench/chart.png.  About 10 minutes.
+bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel
+	scripts/deps.sh --bench
+	scripts/bench/peers-install.sh
+	$(BUILD)/bench/bench_tel | tee $(BUILD)/bench/telemetry.txt
+	$(PY) scripts/bench/bench.py --big 50000 --out $(BUILD)/bench/results.json
+	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
+	    $(BUILD)/bench/chart.png
+
+# The same scenarios once, shorter, smaller (under two minutes).
+bench-quick: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --bench
+	scripts/bench/peers-install.sh
+	$(PY) scripts/bench/bench.py --quick --out $(BUILD)/bench/results-quick.json
 
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
@@ -119,3 +140,18 @@ format:
 
 clean:
 	rm -rf build build-asan sente-lite
+
+# --- sente-bench ---
+# Load generator (tests/bench/sb_*.c, man/sente-bench.1): an independent
+# RFC 6455 client on libevent; it does not link the server library.
+SB_SRC := $(wildcard tests/bench/sb_*.c)
+SB_HDR := $(wildcard tests/bench/sb*.h)
+
+all: $(BUILD)/sente-bench
+# tests/integration/test_bench_smoke.py runs the generator of the same build.
+check-integration: $(BUILD)/sente-bench
+
+$(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
+# --- sente-bench ---

@@ -3,12 +3,17 @@
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, ps)
+#   scripts/deps.sh --bench  also gnuplot for the benchmark chart (the peers
+#                            are installed by scripts/bench/peers-install.sh)
 # As root it runs apt-get itself; otherwise it prints the command to run.
 set -eu
 
 pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
 if [ "${1:-}" = "--test" ]; then
     pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl"
+fi
+if [ "${1:-}" = "--bench" ]; then
+    pkgs="$pkgs python3 procps curl gnuplot-nox"
 fi
 
 missing=""

@@ -25,8 +25,11 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint
     r->arena = sl_arena_init(region, size);
     if (r->arena == NULL || sl_qsbr_init(&r->qsbr, r->arena) != SL_OK)
         return SL_ERROR;
-    /* One bucket per expected connection keeps chains about one long. */
-    r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns), 64);
+    /* A bucket per four connections: chains stay short at the limit, and
+     * the bucket array - which every worker's inserts touch all over, so
+     * each of them holds all of it resident - stays small (8 bytes per 4
+     * connections).  Lookups by conn-id are rare (admin calls). */
+    r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns / 4), 64);
     r->rpcs = sl_table_create(r->arena, &r->qsbr, 4096, 64);
     if (r->conns == NULL || r->rpcs == NULL)
         return SL_ERROR;

@@ -1,0 +1,421 @@
+#!/usr/bin/python3
+"""The comparison run behind `make bench` and `make bench-quick`.
+
+Starts each server fresh for every measurement - sente-lite, nchan (nginx)
+and a Node.js `ws` server speaking our protocol - on a free loopback port,
+drives it with build/sente-bench, and alternates the servers within each
+repetition so that drifting machine load hits all of them alike.  Prints a
+table of medians with ratios (ours / peer) and writes every raw result as
+JSON.  Figures, not a test: nothing here passes or fails on a number.
+
+    scripts/bench/bench.py [--quick] [--reps N] [--out FILE] [--only a,b]
+"""
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SL = os.path.join(ROOT, "build", "sente-lite")
+SB = os.path.join(ROOT, "build", "sente-bench")
+HERE = os.path.join(ROOT, "scripts", "bench")
+WORKERS = 2
+SUB_FRAME = '{"type":"subscribe","channel-id":"bench"}'
+PUB_FRAME = '{"type":"publish","channel-id":"bench","data":"%s"}'
+PING_FRAME = '{"type":"ping","timestamp":1}'  # any reply completes a round trip
+SOURCES = ",".join(f"127.0.0.{i}" for i in range(2, 10))
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def rss_of(pids):
+    """Sum of resident set sizes (bytes) of these processes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                         text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+# ------------------------------------------------------------------ servers
+
+class SenteLite:
+    name = "sente-lite"
+
+    def __init__(self, workers=WORKERS):
+        self.workers = workers
+
+    def start(self, rundir):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [SL, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+             str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
+             "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "sente-lite.err"), "w"))
+        wait_http(self.port)
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def fanout_args(self):
+        return ["--path", "/", "--sub-frame", SUB_FRAME, "--sub-ack", "subscription-result",
+                "--pub-frame", PUB_FRAME, "--wait-welcome"]
+
+    def echo_args(self):
+        return ["--path", "/", "--echo-frame", PING_FRAME]
+
+    def connect_args(self):
+        return ["--path", "/", "--wait-welcome"]
+
+
+class Script:
+    """A peer started by one of the scripts in scripts/bench/."""
+
+    def __init__(self, name, script, with_workers):
+        self.name = name
+        self.script = os.path.join(HERE, script)
+        self.with_workers = with_workers
+        self.workers = WORKERS
+
+    def start(self, rundir):
+        self.port = free_port()
+        self.rundir = rundir
+        args = [self.script, "start", str(self.port)]
+        if self.with_workers:
+            args.append(str(self.workers))
+        subprocess.run(args + [rundir], check=True, stdout=subprocess.DEVNULL)
+
+    def pids(self):
+        out = subprocess.run([self.script, "pids", self.rundir], capture_output=True,
+                             text=True).stdout
+        return [int(x) for x in out.split()]
+
+    def stop(self):
+        subprocess.run([self.script, "stop", self.rundir], stdout=subprocess.DEVNULL)
+
+
+class Nchan(Script):
+    def __init__(self):
+        super().__init__("nchan", "nchan.sh", True)
+
+    def fanout_args(self):
+        return ["--sub-path", "/sub/bench", "--pub-path", "/pub/bench", "--sub-frame", "",
+                "--sub-ack", "", "--pub-frame", "%s"]
+
+    def echo_args(self):
+        return None  # nchan has no request/reply of its own
+
+    def connect_args(self):
+        return ["--path", "/sub/bench"]
+
+
+class WsNode(Script):
+    def __init__(self):
+        super().__init__("node-ws", "ws.sh", False)
+        self.workers = 1
+
+    def fanout_args(self):
+        return SenteLite.fanout_args(self)
+
+    def echo_args(self):
+        return SenteLite.echo_args(self)
+
+    def connect_args(self):
+        return SenteLite.connect_args(self)
+
+
+def wait_http(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=1)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                s.close()
+                return
+            s.close()
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not come up")
+
+
+# ------------------------------------------------------------ measurements
+
+def run_bench(args, timeout):
+    """Run sente-bench; its last stdout line is the JSON result."""
+    out = subprocess.run([SB] + args + ["--json-only"], capture_output=True, text=True,
+                         timeout=timeout)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"sente-bench {' '.join(args[:1])} gave no result: "
+                           f"{out.stderr[-500:]}")
+    return json.loads(lines[-1])
+
+
+def common(srv):
+    return ["--host", "127.0.0.1", "--port", str(srv.port), "--source-addrs", SOURCES]
+
+
+def m_fanout(srv, subs, duration, rate=0):
+    args = ["fanout"] + common(srv) + srv.fanout_args() + [
+        "--subscribers", str(subs), "--publishers", "1", "--payload-size", "100",
+        "--duration", str(duration), "--drain", "3", "--pub-ack", ""]
+    if rate:
+        args += ["--rate", str(rate)]
+    r = run_bench(args, timeout=duration + 120)
+    return r
+
+
+def m_echo(srv, conns, duration):
+    extra = srv.echo_args()
+    if extra is None:
+        return None
+    return run_bench(["echo"] + common(srv) + extra +
+                     ["--connections", str(conns), "--duration", str(duration)],
+                     timeout=duration + 60)
+
+
+def m_connect(srv, n):
+    return run_bench(["connect"] + common(srv) + srv.connect_args() +
+                     ["--connections", str(n)], timeout=120)
+
+
+def m_memory(srv, n, procs):
+    """(RSS with n idle connections - RSS after a warm-up) / n."""
+    # Warm-up: a few connections opened and closed, so one-time costs
+    # (library pages touched on the first handshake, allocator arenas) are
+    # in the baseline and not charged to connections.
+    run_bench(["connect"] + common(srv) + srv.connect_args() + ["--connections", "20"],
+              timeout=60)
+    time.sleep(1.0)
+    base = rss_of(srv.pids())
+    p = subprocess.Popen([SB, "connect"] + common(srv) + srv.connect_args() +
+                         ["--connections", str(n), "--hold-until-signal", "--processes",
+                          str(procs), "--json-only"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = False
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            break
+        if "holding" in line:
+            held = True
+            break
+    if not held:
+        p.kill()
+        p.wait()
+        return None
+    time.sleep(2.0)  # let timers trim idle buffers
+    full = rss_of(srv.pids())
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    res = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
+    opened = res.get("connected", res.get("connections", n))
+    return {"connections": opened, "rss-base": base, "rss-full": full,
+            "bytes-per-conn": (full - base) / max(1, opened), "bench": res}
+
+
+# --------------------------------------------------------------------- main
+
+def scenarios(quick):
+    if quick:
+        return [
+            ("fanout-1k", lambda s: m_fanout(s, 1000, 2)),
+            ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 2, rate=20)),
+            ("echo-100", lambda s: m_echo(s, 100, 2)),
+            ("connect-2k", lambda s: m_connect(s, 2000)),
+            ("idle-5k", lambda s: m_memory(s, 5000, 1)),
+        ]
+    return [
+        ("fanout-1k", lambda s: m_fanout(s, 1000, 5)),
+        ("fanout-10k", lambda s: m_fanout(s, 10000, 5)),
+        ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 5, rate=20)),
+        ("echo-100", lambda s: m_echo(s, 100, 5)),
+        ("connect-10k", lambda s: m_connect(s, 10000)),
+        ("idle-10k", lambda s: m_memory(s, 10000, 1)),
+    ]
+
+
+def figure(name, r):
+    """The figures of one result that go into the table."""
+    if r is None:
+        return {}
+    if name.startswith("fanout"):
+        return {"delivered/s": r.get("delivered-per-s"), "p50 ms": ms(r.get("latency-p50-us")),
+                "p99 ms": ms(r.get("latency-p99-us")), "lost": r.get("lost"),
+                "bench cpu s": cpu(r)}
+    if name.startswith("echo"):
+        return {"round trips/s": r.get("round-trips-per-s"),
+                "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r)}
+    if name.startswith("connect"):
+        return {"handshakes/s": r.get("handshakes-per-s"),
+                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0),
+                "bench cpu s": cpu(r)}
+    if name.startswith("idle"):
+        return {"bytes/conn": r["bytes-per-conn"]}
+    return {}
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def cpu(r):
+    u, s = r.get("cpu-user-s"), r.get("cpu-sys-s")
+    return None if u is None or s is None else u + s
+
+
+def median(vals):
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v < 100:
+        return f"{v:.2f}"
+    return f"{v:,.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    ap.add_argument("--only", default="sente-lite,nchan,node-ws")
+    ap.add_argument("--big", type=int, default=0,
+                    help="also hold this many idle connections (e.g. 50000) with 4 workers")
+    a = ap.parse_args()
+    reps = a.reps or (1 if a.quick else 3)
+    want = a.only.split(",")
+    servers = [s for s in (SenteLite(), Nchan(), WsNode()) if s.name in want]
+    started = time.time()
+    results = {}
+    for rep in range(reps):
+        for name, fn in scenarios(a.quick):
+            for srv in servers:  # alternating: every server once per repetition
+                rundir = tempfile.mkdtemp(prefix=f"bench-{srv.name}-")
+                try:
+                    srv.start(rundir)
+                    r = fn(srv)
+                except Exception as e:  # a failed run is a missing figure, reported
+                    log(f"{name} on {srv.name}: {e}")
+                    r = None
+                finally:
+                    try:
+                        srv.stop()
+                    except Exception as e:
+                        log(f"stopping {srv.name}: {e}")
+                results.setdefault(name, {}).setdefault(srv.name, []).append(r)
+                log(f"[{time.time() - started:5.0f}s] rep {rep + 1} {name:16} {srv.name:10} "
+                    + " ".join(f"{k}={fmt(v)}" for k, v in figure(name, r).items()))
+    if a.big:
+        for srv in (SenteLite(workers=4), Nchan()):
+            if srv.name not in want:
+                continue
+            srv.workers = 4
+            rundir = tempfile.mkdtemp(prefix=f"bench-{srv.name}-")
+            try:
+                srv.start(rundir)
+                r = m_memory(srv, a.big, 4)
+            except Exception as e:
+                log(f"idle-{a.big} on {srv.name}: {e}")
+                r = None
+            finally:
+                srv.stop()
+            results.setdefault(f"idle-{a.big // 1000}k", {}).setdefault(srv.name, []).append(r)
+            log(f"idle-{a.big} {srv.name}: " +
+                " ".join(f"{k}={fmt(v)}" for k, v in figure("idle", r).items()))
+
+    # Table of medians, with ratios against sente-lite.
+    rows = []
+    for name, per in results.items():
+        keys = []
+        for runs in per.values():
+            for r in runs:
+                for k in figure(name, r):
+                    if k not in keys:
+                        keys.append(k)
+        for k in keys:
+            med = {s: median([figure(name, r).get(k) for r in runs]) for s, runs in per.items()}
+            rows.append((name, k, med))
+    names = [s.name for s in servers]
+    head = f"{'scenario':16} {'figure':14} " + " ".join(f"{n:>12}" for n in names) + \
+        " " + " ".join(f"{'ours/' + n:>14}" for n in names[1:])
+    print(head)
+    print("-" * len(head))
+    for name, k, med in rows:
+        ours = med.get("sente-lite")
+        ratios = []
+        for n in names[1:]:
+            v = med.get(n)
+            ratios.append(f"{ours / v:14.2f}" if ours and v else f"{'-':>14}")
+        print(f"{name:16} {k:14} " + " ".join(f"{fmt(med.get(n)):>12}" for n in names) + " " +
+              " ".join(ratios))
+    doc = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "model": cpu_model()},
+        "command": " ".join(sys.argv), "repetitions": reps, "quick": a.quick,
+        "workers": WORKERS, "seconds": round(time.time() - started, 1),
+        "medians": [{"scenario": n, "figure": k, "values": v} for n, k, v in rows],
+        "runs": results,
+    }
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"\nresults: {a.out} ({doc['seconds']} s)")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+if __name__ == "__main__":
+    main()
