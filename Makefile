@@ -155,3 +155,15 @@ $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
 # --- sente-bench ---
+
+# --- ceiling ---
+# Reference fan-out servers for the benchmark table (tests/bench/ceiling.c):
+# where this machine's limit is with one write per message per subscriber
+# (--mode raw) and with one write per subscriber per loop turn (--mode
+# batched).  Standalone: it links libcrypto only, not the server library.
+$(BUILD)/bench/ceiling: tests/bench/ceiling.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
+
+bench bench-quick: $(BUILD)/bench/ceiling
+# --- ceiling ---

@@ -6,7 +6,10 @@ and a Node.js `ws` server speaking our protocol - on a free loopback port,
 drives it with build/sente-bench, and alternates the servers within each
 repetition so that drifting machine load hits all of them alike.  Prints a
 table of medians with ratios (ours / peer) and writes every raw result as
-JSON.  Figures, not a test: nothing here passes or fails on a number.
+JSON.  In the fan-out scenarios two reference servers follow the three real
+ones: build/bench/ceiling (tests/bench/ceiling.c) with one write per message
+per subscriber (ceiling-raw) and with one write per subscriber per loop turn
+(ceiling-batched), to show where this machine's limit is.  Figures, not a test: nothing here passes or fails on a number.
 
     scripts/bench/bench.py [--quick] [--reps N] [--out FILE] [--only a,b]
 """
@@ -25,6 +28,7 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SL = os.path.join(ROOT, "build", "sente-lite")
 SB = os.path.join(ROOT, "build", "sente-bench")
+CEILING = os.path.join(ROOT, "build", "bench", "ceiling")
 HERE = os.path.join(ROOT, "scripts", "bench")
 WORKERS = 2
 SUB_FRAME = '{"type":"subscribe","channel-id":"bench"}'
@@ -158,6 +162,39 @@ class WsNode(Script):
 
     def connect_args(self):
         return SenteLite.connect_args(self)
+
+
+class Ceiling:
+    """tests/bench/ceiling.c: bare fan-out, no protocol of its own - a
+    measuring stick for the fan-out scenarios only, not a peer."""
+    fanout_only = True
+
+    def __init__(self, mode):
+        self.name = f"ceiling-{mode}"
+        self.mode = mode
+
+    def start(self, rundir):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [CEILING, "--host", "127.0.0.1", "--port", str(self.port), "--mode", self.mode],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "ceiling.err"), "w"))
+        wait_http(self.port)
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        SenteLite.stop(self)
+
+    def fanout_args(self):
+        return ["--sub-path", "/sub", "--pub-path", "/pub", "--sub-frame", "", "--sub-ack", "",
+                "--pub-frame", "%s"]
+
+    def echo_args(self):
+        return None  # fan-out only
+
+    def connect_args(self):
+        return ["--path", "/sub"]
 
 
 def wait_http(port, timeout=10):
@@ -321,18 +358,21 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
-    ap.add_argument("--only", default="sente-lite,nchan,node-ws")
+    ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched")
     ap.add_argument("--big", type=int, default=0,
                     help="also hold this many idle connections (e.g. 50000) with 4 workers")
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
     want = a.only.split(",")
-    servers = [s for s in (SenteLite(), Nchan(), WsNode()) if s.name in want]
+    servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"))
+               if s.name in want]
     started = time.time()
     results = {}
     for rep in range(reps):
         for name, fn in scenarios(a.quick):
             for srv in servers:  # alternating: every server once per repetition
+                if getattr(srv, "fanout_only", False) and not name.startswith("fanout"):
+                    continue
                 rundir = tempfile.mkdtemp(prefix=f"bench-{srv.name}-")
                 try:
                     srv.start(rundir)
@@ -379,18 +419,19 @@ def main():
             med = {s: median([figure(name, r).get(k) for r in runs]) for s, runs in per.items()}
             rows.append((name, k, med))
     names = [s.name for s in servers]
-    head = f"{'scenario':16} {'figure':14} " + " ".join(f"{n:>12}" for n in names) + \
-        " " + " ".join(f"{'ours/' + n:>14}" for n in names[1:])
+    width = {n: max(12, len(n)) for n in names}  # ceiling-batched is longer than 12
+    head = f"{'scenario':16} {'figure':14} " + " ".join(f"{n:>{width[n]}}" for n in names) + \
+        " " + " ".join(f"{'ours/' + n:>{max(14, len(n) + 5)}}" for n in names[1:])
     print(head)
     print("-" * len(head))
     for name, k, med in rows:
         ours = med.get("sente-lite")
         ratios = []
         for n in names[1:]:
-            v = med.get(n)
-            ratios.append(f"{ours / v:14.2f}" if ours and v else f"{'-':>14}")
-        print(f"{name:16} {k:14} " + " ".join(f"{fmt(med.get(n)):>12}" for n in names) + " " +
-              " ".join(ratios))
+            v, w = med.get(n), max(14, len(n) + 5)
+            ratios.append(f"{ours / v:{w}.2f}" if ours and v else f"{'-':>{w}}")
+        print(f"{name:16} {k:14} " + " ".join(f"{fmt(med.get(n)):>{width[n]}}" for n in names) +
+              " " + " ".join(ratios))
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
