@@ -1,10 +1,11 @@
 # sente-lite build.
 #
 #   make              build ./sente-lite (in build/, linked at top level)
-#   make check        every test: unit + integration, then both again under
-#                     ASan/UBSan (this is what CI runs through scripts/test.sh)
-#   make check-fast   unit + integration on the normal build only
-#   make check-asan   unit + integration on the ASan/UBSan build only
+#   make check        every test: unit + integration + web (Node and headless
+#                     Chromium), then all again under ASan/UBSan (this is
+#                     what CI runs through scripts/test.sh)
+#   make check-fast   unit + integration + web on the normal build only
+#   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
@@ -115,10 +116,12 @@ check-integration: $(BIN)
 check-fast:
 	$(MAKE) check-unit
 	$(MAKE) check-integration
+	$(MAKE) check-web
 
 check-asan:
 	$(MAKE) SAN=1 check-unit
 	$(MAKE) SAN=1 check-integration
+	$(MAKE) SAN=1 check-web
 
 check:
 	$(MAKE) check-fast
@@ -140,6 +143,33 @@ format:
 
 clean:
 	rm -rf build build-asan sente-lite
+
+# --- web ---
+# The browser side (docs/web.md): web/ is compiled into the binary by
+# scripts/embed-web.sh; its object goes into $(LIB), so the server and every
+# unit test that links the library have it.
+#   make check-web    the client library's Node tests and the browser tests
+#                     (headless Debian chromium) against $(BIN); installs
+#                     what they need with scripts/deps-web.sh
+WEB_FILES := web/index.html web/demo.html web/dashboard.html web/sente-lite.js
+WEB_GEN   := $(BUILD)/gen/web_assets.c
+WEB_OBJ   := $(BUILD)/obj/gen/web_assets.o
+
+$(WEB_GEN): scripts/embed-web.sh $(WEB_FILES)
+	@mkdir -p $(dir $@)
+	sh scripts/embed-web.sh $@
+
+$(WEB_OBJ): $(WEB_GEN) include/sl_web.h include/sl_http.h include/sl_common.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(WEB_OBJ)
+
+.PHONY: check-web
+check-web: $(BIN)
+	scripts/deps-web.sh
+	SENTE_LITE_BIN=$(abspath $(BIN)) scripts/check-web.sh
+# --- web ---
 
 # --- sente-bench ---
 # Load generator (tests/bench/sb_*.c, man/sente-bench.1): an independent

@@ -39,6 +39,7 @@ typedef struct {
     char *allowed_origins[SL_MAX_ORIGINS];
     int norigins;
     bool echo;
+    bool web_ui; /* the pages of web/ (sl_web.h) */
     bool telemetry;
     char app_name[64];
     char log_file[1024]; /* "" = stderr */

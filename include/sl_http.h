@@ -60,8 +60,9 @@ const char *sl_http_reason(int status);
 
 /* Build a complete response into a malloc'd buffer (*out, *outlen; caller
  * frees): status line, Content-Type (if non-NULL), Content-Length,
- * Connection: keep-alive|close, Cache-Control: no-store, any extra header
- * lines (each ending in "\r\n", may be NULL), then the body.
+ * Connection: keep-alive|close, Cache-Control: no-store (left out when
+ * extra_headers has its own Cache-Control), any extra header lines (each
+ * ending in "\r\n", may be NULL), then the body.
  * Returns SL_OK or SL_ERROR (out of memory). */
 int sl_http_response(int status, const char *content_type, const char *extra_headers,
                      const char *body, size_t body_len, bool keep_alive, char **out,

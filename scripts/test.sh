@@ -1,6 +1,6 @@
 #!/bin/bash
-# Build and run every test: unit and integration tests on the normal build,
-# then the same under ASan/UBSan.  Installs missing Debian packages first
+# Build and run every test: unit, integration and web tests on the normal
+# build, then the same under ASan/UBSan.  Installs missing Debian packages first
 # when run as root.  Ends with one line "total: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +11,10 @@ trap 'rm -f "$log"' EXIT
 make -j"$(nproc)" check 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
-# Add up the runners' closing lines: "unit: N passed, N failed" and
-# pytest's "N passed[, N failed][, N errors] in Xs".
+# Add up the runners' closing lines: "unit: N passed, N failed",
+# "web: N passed, N failed" and pytest's "N passed[, N failed][, N errors] in Xs".
 read -r passed failed < <(awk '
-    /^unit: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    /^(unit|web): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
     / passed| failed| error/ && / in [0-9.]+s/ {
         for (i = 1; i <= NF; i++) {
             n = $(i - 1) + 0

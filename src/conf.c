@@ -74,6 +74,8 @@ static const sl_option_t sl_options[] = {
      "accept browser upgrades only from this Origin (repeatable)"},
     {"echo", NULL, OPT_FLAG, OFF(echo), 0, 0, 0, NULL, NULL,
      "enable the raw RFC 6455 echo endpoint /echo"},
+    {"web-ui", "SENTE_WEB_UI", OPT_BOOL, OFF(web_ui), 0, 0, 0, "true", NULL,
+     "serve the pages /, /demo and /dashboard (--no-web-ui: off; /client.js stays)"},
     {"telemetry", "TELEMETRY_ENABLED", OPT_BOOL, OFF(telemetry), 0, 0, 0, "true", NULL,
      "emit telemetry events (--no-telemetry: off)"},
     {"app-name", "APP_NAME", OPT_NAME, OFF(app_name), SZ(app_name), 1, 0, "sente-lite", "NAME",

@@ -263,6 +263,7 @@ const char *sl_http_reason(int status)
     case 200: return "OK";
     case 201: return "Created";
     case 204: return "No Content";
+    case 304: return "Not Modified";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 403: return "Forbidden";
@@ -288,12 +289,15 @@ int sl_http_response(int status, const char *content_type, const char *extra_hea
                      size_t *outlen)
 {
     char head[512];
+    /* The caller's own Cache-Control (the embedded web files) replaces ours. */
+    bool own_cache = extra_headers && strstr(extra_headers, "Cache-Control:") != NULL;
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\n%s%s%sContent-Length: %zu\r\nConnection: %s\r\n"
-                     "Cache-Control: no-store\r\nServer: sente-lite\r\n",
+                     "%sServer: sente-lite\r\n",
                      status, sl_http_reason(status), content_type ? "Content-Type: " : "",
                      content_type ? content_type : "", content_type ? "\r\n" : "", body_len,
-                     keep_alive ? "keep-alive" : "close");
+                     keep_alive ? "keep-alive" : "close",
+                     own_cache ? "" : "Cache-Control: no-store\r\n");
     if (n < 0 || (size_t)n >= sizeof(head))
         return SL_ERROR;
     size_t extra = extra_headers ? strlen(extra_headers) : 0;

@@ -14,6 +14,7 @@
 #include "sl_pubsub.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
+#include "sl_web.h"
 #include "sl_worker.h"
 
 #include <stdlib.h>
@@ -180,6 +181,25 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         sl_proto_opened(c);
 }
 
+/* A file of web/ compiled into the binary (sl_web.h): GET only. */
+static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_asset_t *a,
+                     bool keep)
+{
+    if (!sl_http_method_is(req, "GET")) {
+        sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+        sl_httpd_error(c, 405, "method-not-allowed", "use GET", keep);
+        return keep;
+    }
+    char *resp;
+    size_t len;
+    if (sl_web_response(a, req, keep, &resp, &len) != SL_OK) {
+        sl_conn_abort(c, "out-of-memory");
+        return false;
+    }
+    send_raw(c, resp, len);
+    return keep;
+}
+
 static bool path_is(const sl_http_request_t *req, const char *p)
 {
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
@@ -193,6 +213,11 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
 
     SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
            SL_TF_SN("path", req->path, req->path_len));
+
+    /* Pages and /client.js; "/" with an Upgrade header stays the WebSocket. */
+    const sl_web_asset_t *web = up == NULL ? sl_web_find(req->path, req->path_len) : NULL;
+    if (web != NULL)
+        return send_web(c, req, web, keep);
 
     if (path_is(req, "/") || (sl_conf->echo && path_is(req, "/echo"))) {
         if (up != NULL) {

@@ -42,6 +42,7 @@
 #define SL_STABLE_MS 2000   /* a worker alive this long resets its back-off */
 #define SL_STOP_GRACE_MS 8000 /* then remaining workers get SIGKILL */
 #define SL_PARKED_MAX 1024    /* accepted sockets held while no worker is up */
+#define SL_WS_WEIGHT 4        /* a WebSocket weighs this many HTTP connections */
 
 typedef struct {
     pid_t pid;
@@ -187,7 +188,11 @@ static int spawn_worker(int i)
     return SL_OK;
 }
 
-/* Least loaded: fewest connections of any kind plus sockets in flight;
+/* Least loaded: WebSocket connections weigh SL_WS_WEIGHT times an HTTP
+ * connection or a socket in flight (a WebSocket lives long and carries
+ * traffic; an idle keep-alive HTTP connection, such as the one a browser
+ * keeps after loading a page, costs little - counted equally, it would
+ * send each page's WebSocket to the same worker as the page before);
  * ties go round-robin so equal workers take turns. */
 static int pick_worker(uint64_t skip)
 {
@@ -200,9 +205,9 @@ static int pick_worker(uint64_t skip)
         if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1))
             continue;
         sl_worker_stats_t *st = &sl_shm->workers[i];
-        uint64_t load = uatomic_read(&st->connections) + uatomic_read(&st->echo_connections) +
-                        uatomic_read(&st->http_connections) +
-                        uatomic_read(&st->pending_handoff);
+        uint64_t load =
+            SL_WS_WEIGHT * (uatomic_read(&st->connections) + uatomic_read(&st->echo_connections)) +
+            uatomic_read(&st->http_connections) + uatomic_read(&st->pending_handoff);
         if (load < best_load) {
             best_load = load;
             best = i;
