@@ -108,6 +108,10 @@ void sl_worker_mark_dead(sl_conn_t *c)
 
 static void worker_turn_end(sl_worker_t *w)
 {
+    /* Wake the workers our publishes this turn handed messages to first,
+     * so that they fan out on the other cores while we write ours (woken
+     * after our own writes, they would start a whole fan-out late). */
+    sl_pubsub_wake();
     /* Channel messages handed to us (by others, or by our own publishes
      * this turn) go out with this turn's writes. */
     sl_pubsub_drain();
@@ -127,7 +131,7 @@ static void worker_turn_end(sl_worker_t *w)
             c->dirty = false;
         }
     }
-    sl_pubsub_wake();
+    sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
