@@ -15,12 +15,18 @@ void sl_proc_title_init(int argc, char **argv);
 /* Set the title shown by ps(1), e.g. "sente-lite: worker 3". */
 void sl_proc_title(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Send one descriptor over a Unix socket with SCM_RIGHTS.  SL_OK, SL_AGAIN
- * (the socket is full: try another worker), or SL_ERROR. */
-int sl_proc_send_fd(int sock, int fd);
+/* Descriptors per message: accepted sockets travel in batches, one
+ * sendmsg/recvmsg for up to this many. */
+#define SL_PROC_FDS_MAX 64
 
-/* Receive one descriptor: the fd (>= 0), SL_AGAIN when none is waiting, or
- * SL_ERROR (errno set; 0 with EOF meaning the peer closed). */
-int sl_proc_recv_fd(int sock);
+/* Send fds[0..n) (1 <= n <= SL_PROC_FDS_MAX) in one message with
+ * SCM_RIGHTS.  SL_OK (all sent: the caller closes its copies), SL_AGAIN
+ * (the socket is full: try another worker), or SL_ERROR. */
+int sl_proc_send_fds(int sock, const int *fds, int n);
+
+/* Receive one message's descriptors into fds (room for SL_PROC_FDS_MAX):
+ * their count (>= 1), SL_AGAIN when none is waiting, or SL_ERROR (errno
+ * set; 0 with EOF meaning the peer closed). */
+int sl_proc_recv_fds(int sock, int *fds);
 
 #endif

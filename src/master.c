@@ -218,6 +218,8 @@ static int pick_worker(uint64_t skip)
     return best;
 }
 
+/* One socket to the least-loaded worker that takes it (the slow path:
+ * a batch that could not be sent, rescued or parked sockets). */
 static void hand_off(int fd)
 {
     uint64_t tried = 0;
@@ -226,7 +228,7 @@ static void hand_off(int fd)
         if (i < 0)
             break;
         uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
-        int rc = sl_proc_send_fd(M.w[i].ctl, fd);
+        int rc = sl_proc_send_fds(M.w[i].ctl, &fd, 1);
         if (rc == SL_OK) {
             close(fd);
             return;
@@ -244,12 +246,45 @@ static void hand_off(int fd)
     close(fd);
 }
 
+/* Sockets accepted in one wake-up, grouped by the worker chosen for each:
+ * one sendmsg per worker carries up to SL_PROC_FDS_MAX of them. */
+typedef struct {
+    int fds[SL_PROC_FDS_MAX];
+    int n;
+} batch_t;
+
+static void batch_send(int i, batch_t *b)
+{
+    if (b->n == 0)
+        return;
+    if (sl_proc_send_fds(M.w[i].ctl, b->fds, b->n) == SL_OK) {
+        for (int k = 0; k < b->n; k++)
+            close(b->fds[k]);
+    } else {
+        /* That worker is backed up or gone: one by one, elsewhere. */
+        uatomic_add(&sl_shm->workers[i].pending_handoff, -b->n);
+        for (int k = 0; k < b->n; k++)
+            hand_off(b->fds[k]);
+    }
+    b->n = 0;
+}
+
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
+    static batch_t batch[SL_MAX_WORKERS];
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
-            hand_off(fd);
+            int i = pick_worker(0);
+            if (i < 0) {
+                hand_off(fd); /* parks it */
+                continue;
+            }
+            /* Counted as in flight now, so the next pick sees it. */
+            uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
+            batch[i].fds[batch[i].n++] = fd;
+            if (batch[i].n == SL_PROC_FDS_MAX)
+                batch_send(i, &batch[i]);
             continue;
         }
         if (errno == EINTR || errno == ECONNABORTED)
@@ -262,8 +297,10 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
             struct timeval tv = {0, 100 * 1000};
             event_add(M.accept_retry_ev, &tv);
         }
-        return;
+        break;
     }
+    for (int i = 0; i < M.nworkers; i++)
+        batch_send(i, &batch[i]);
 }
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
@@ -308,12 +345,12 @@ static void worker_died(int i, int status)
     s->ctl = -1;
     /* Sockets handed over but never taken are still queued on its end:
      * take them back before closing it, to give them to another worker. */
-    int rescued[256], nrescued = 0, fd;
-    while (s->peer >= 0 && nrescued < (int)SL_ARRAY_LEN(rescued) &&
-           (fd = sl_proc_recv_fd(s->peer)) >= 0)
-        rescued[nrescued++] = fd;
+    int rescued[4 * SL_PROC_FDS_MAX], nrescued = 0, got;
+    while (s->peer >= 0 && nrescued + SL_PROC_FDS_MAX <= (int)SL_ARRAY_LEN(rescued) &&
+           (got = sl_proc_recv_fds(s->peer, rescued + nrescued)) > 0)
+        nrescued += got;
     if (s->peer >= 0)
-        close(s->peer); /* anything beyond the 256 is closed with it */
+        close(s->peer); /* anything beyond 256 sockets is closed with it */
     s->peer = -1;
     SL_TEL(SL_EV_WORKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_I("worker", i),
            SL_TF_I("pid", pid), SL_TF_S("status", how), SL_TF_I("lived-ms", lived),

@@ -66,64 +66,63 @@ void sl_proc_title(const char *fmt, ...)
     memset(title_start + n, 0, title_len - n + 1);
 }
 
-int sl_proc_send_fd(int sock, int fd)
+int sl_proc_send_fds(int sock, const int *fds, int n)
 {
+    if (n < 1 || n > SL_PROC_FDS_MAX)
+        return SL_ERROR;
     char byte = 'F';
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(sizeof(int) * SL_PROC_FDS_MAX)];
     } u;
     memset(&u, 0, sizeof(u));
     struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                         .msg_controllen = sizeof(u.buf)};
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n)};
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
     for (;;) {
-        ssize_t n = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n == 1)
+        ssize_t r = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (r == 1)
             return SL_OK;
-        if (n < 0 && errno == EINTR)
+        if (r < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS))
             return SL_AGAIN;
         return SL_ERROR;
     }
 }
 
-int sl_proc_recv_fd(int sock)
+int sl_proc_recv_fds(int sock, int *fds)
 {
     char byte;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
     union {
         struct cmsghdr h;
-        char buf[CMSG_SPACE(sizeof(int))];
+        char buf[CMSG_SPACE(sizeof(int) * SL_PROC_FDS_MAX)];
     } u;
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-                         .msg_controllen = sizeof(u.buf)};
     for (;;) {
-        ssize_t n = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR)
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                             .msg_controllen = sizeof(u.buf)};
+        ssize_t r = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return SL_AGAIN;
-        if (n <= 0) {
-            if (n == 0)
+        if (r <= 0) {
+            if (r == 0)
                 errno = 0;
             return SL_ERROR;
         }
-        break;
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+            c->cmsg_len < CMSG_LEN(sizeof(int)))
+            continue; /* a message without descriptors: nothing to take */
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        memcpy(fds, CMSG_DATA(c), sizeof(int) * (size_t)n);
+        return n;
     }
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-        c->cmsg_len != CMSG_LEN(sizeof(int))) {
-        errno = EPROTO;
-        return SL_AGAIN; /* a message without a descriptor: nothing to take */
-    }
-    int fd;
-    memcpy(&fd, CMSG_DATA(c), sizeof(int));
-    return fd;
 }

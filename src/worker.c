@@ -142,24 +142,28 @@ static void worker_turn_end(sl_worker_t *w)
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_worker_t *w = arg;
-    for (int i = 0; i < 64; i++) {
-        int cfd = sl_proc_recv_fd(fd);
-        if (cfd == SL_AGAIN)
+    int fds[SL_PROC_FDS_MAX];
+    /* Bounded per turn (4 batches) so a connection storm cannot starve the
+     * connections we already have. */
+    for (int batch = 0; batch < 4; batch++) {
+        int n = sl_proc_recv_fds(fd, fds);
+        if (n == SL_AGAIN)
             return;
-        if (cfd < 0) {
+        if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
             if (!w->stopping)
                 kill(getpid(), SIGTERM);
             event_del(w->ctl_ev);
             return;
         }
-        uatomic_add(&w->stats->pending_handoff, -1);
-        uatomic_add(&w->stats->accepted, 1);
-        if (w->stopping) {
-            close(cfd);
-            continue;
+        uatomic_add(&w->stats->pending_handoff, -n);
+        uatomic_add(&w->stats->accepted, (uint64_t)n);
+        for (int k = 0; k < n; k++) {
+            if (w->stopping)
+                close(fds[k]);
+            else
+                sl_conn_new(fds[k]);
         }
-        sl_conn_new(cfd);
     }
 }
 
