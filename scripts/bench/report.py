@@ -86,7 +86,8 @@ def main():
         "set style data histogram", "set style histogram cluster gap 1",
         "set style fill solid 0.8 border -1", "set boxwidth 0.9",
         "set logscale y 2", "set yrange [0.125:*]", "set grid ytics",
-        "set xtics rotate by -30 scale 0", "set key top right",
+        "set xtics rotate by -30 scale 0", "set key top right", "set rmargin 10",
+        "set bmargin 9",
         "set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2",
         "plot " + ", ".join(f"'{dat.name}' using {i + 2}:xtic(1) title '{p}'"
                             for i, p in enumerate(peers)),
