@@ -4,11 +4,11 @@
  *
  * Emitting never blocks and never makes a syscall per event: sl_tel_emit
  * appends a compact binary record to a per-process batch buffer; the batch
- * is written to the telemetry pipe by sl_tel_flush (once per event-loop turn,
- * or earlier when the buffer fills).  The pipe is non-blocking and every
- * write() is at most PIPE_BUF bytes of whole records, so writes from several
- * processes never interleave and a full pipe rejects a write whole: those
- * records are dropped and counted (tel_dropped), never waited for.
+ * is written to the process's own telemetry pipe by sl_tel_flush (once per
+ * event-loop turn, or earlier when the 64 KiB buffer fills).  Each pipe has
+ * one writer, so batches never interleave; the pipe is non-blocking and a
+ * batch is written only when it fits whole, otherwise dropped and counted
+ * (tel_dropped), never waited for.
  *
  * The logger process reads records, formats them as text lines or JSON
  * lines, filters by level, writes them to the log file (or stderr), reopens
@@ -112,7 +112,7 @@ bool sl_tel_on(sl_level_t lvl);
 /* Append one record to the batch (flushing first if it would not fit). */
 void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *fields, size_t nfields);
 
-/* Write the batch to the pipe (whole records, <= PIPE_BUF per write). */
+/* Write the batch to the pipe in one write(), whole or not at all. */
 void sl_tel_flush(void);
 
 #define SL_TEL(ev, lvl, ...)                                                   \
@@ -130,10 +130,11 @@ typedef struct {
     sl_level_t min_level;
 } sl_logger_opts_t;
 
-/* Body of the logger process: reads records from `fd` until EOF (every
- * write end closed), writes them out, reopens the log file on SIGHUP.
- * Returns the process exit status. */
-int sl_logger_main(int fd, const sl_logger_opts_t *opts);
+/* Body of the logger process: reads records from the pipes fds[0..n) (one
+ * per writing process) until every one is at EOF (every write end closed),
+ * writes them out, reopens the log file on SIGHUP.  Returns the process
+ * exit status. */
+int sl_logger_main(const int *fds, int n, const sl_logger_opts_t *opts);
 
 /* Format one record as a line (text or JSON, with trailing '\n') into out;
  * returns the line length, or -1 if the record is malformed.  Used by the

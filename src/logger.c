@@ -1,11 +1,11 @@
 /*
- * logger.c - the logger process: drains the telemetry pipe into the log.
+ * logger.c - the logger process: drains the telemetry pipes into the log.
  *
- * It reads whole batches (records never straddle a pipe write, but one
- * read may return several writes, or, with a large read size, end inside a
- * record, so a partial tail is kept for the next read), formats each record,
- * filters by level and writes the lines with one write per read.  It exits
- * when the pipe reaches end-of-file, i.e. after every writer (master and
+ * One pipe per writing process (the master, each worker slot), polled
+ * together.  A read may end inside a record, so each pipe keeps its
+ * partial tail for its next read; each record is formatted, filtered by
+ * level and the lines of one read go out with one write.  It exits when
+ * every pipe has reached end-of-file, i.e. after every writer (master and
  * workers) has exited, so nothing emitted before shutdown is lost.
  * SIGTERM/SIGINT are ignored for that reason; SIGHUP reopens the log file.
  */
@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,10 +59,57 @@ static void write_all(int fd, const char *p, size_t n)
     }
 }
 
-int sl_logger_main(int fd, const sl_logger_opts_t *opts)
+/* One pipe's unread bytes: records, and at the end perhaps part of one. */
+typedef struct {
+    int fd;
+    uint8_t *in;
+    size_t have;
+} source_t;
+
+/* Format and write the whole records of src->in; keep a partial tail. */
+static void drain(source_t *src, int out, const sl_logger_opts_t *opts, char *obuf, size_t ocap)
+{
+    size_t pos = 0, olen = 0, nrec = 0, have = src->have;
+    uint8_t *in = src->in;
+    while (have - pos >= 2) {
+        uint16_t rlen;
+        memcpy(&rlen, in + pos, 2);
+        if (rlen < 16) {
+            /* A corrupt length cannot be resynchronised: drop the rest of
+             * this read and count it. */
+            count_error();
+            pos = have;
+            break;
+        }
+        if (have - pos < rlen)
+            break;
+        nrec++;
+        uint8_t lvl = in[pos + 2];
+        if (lvl >= opts->min_level) {
+            if (ocap - olen < SL_LOGGER_LINE) {
+                write_all(out, obuf, olen);
+                olen = 0;
+            }
+            int l = sl_tel_format(in + pos, rlen, opts, obuf + olen, SL_LOGGER_LINE);
+            if (l < 0)
+                count_error();
+            else
+                olen += (size_t)l;
+        }
+        pos += rlen;
+    }
+    if (olen)
+        write_all(out, obuf, olen);
+    if (sl_shm && nrec)
+        uatomic_add(&sl_shm->tel_processed, nrec);
+    memmove(in, in + pos, have - pos);
+    src->have = have - pos;
+}
+
+int sl_logger_main(const int *fds, int n, const sl_logger_opts_t *opts)
 {
     struct sigaction sa = {0};
-    sa.sa_handler = on_hup; /* no SA_RESTART: read() returns EINTR */
+    sa.sa_handler = on_hup; /* no SA_RESTART: poll() returns EINTR */
     sigaction(SIGHUP, &sa, NULL);
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
@@ -73,17 +121,25 @@ int sl_logger_main(int fd, const sl_logger_opts_t *opts)
                 strerror(errno));
         return 1;
     }
-    uint8_t *in = malloc(SL_LOGGER_READ);
     /* Every record formats to at most SL_LOGGER_LINE bytes; a full read of
      * minimal records (16 bytes) could make 4096 lines, so the output buffer
      * is flushed whenever it is nearly full. */
     size_t ocap = 256 * 1024;
     char *obuf = malloc(ocap);
-    if (in == NULL || obuf == NULL)
+    source_t *src = calloc((size_t)n, sizeof(*src));
+    struct pollfd *pfd = calloc((size_t)n, sizeof(*pfd));
+    if (obuf == NULL || src == NULL || pfd == NULL)
         return 1;
-    size_t have = 0;
+    int open_fds = n;
+    for (int i = 0; i < n; i++) {
+        src[i].fd = fds[i];
+        src[i].in = malloc(SL_LOGGER_READ);
+        if (src[i].in == NULL)
+            return 1;
+        pfd[i] = (struct pollfd){.fd = fds[i], .events = POLLIN};
+    }
 
-    for (;;) {
+    while (open_fds > 0) {
         if (reopen_requested) {
             reopen_requested = 0;
             int nfd = open_log(opts->log_file);
@@ -96,53 +152,32 @@ int sl_logger_main(int fd, const sl_logger_opts_t *opts)
                         strerror(errno));
             }
         }
-        ssize_t n = read(fd, in + have, SL_LOGGER_READ - have);
-        if (n < 0) {
+        if (poll(pfd, (nfds_t)n, -1) < 0) {
             if (errno == EINTR)
                 continue;
             break;
         }
-        if (n == 0)
-            break; /* every writer is gone */
-        have += (size_t)n;
-
-        size_t pos = 0, olen = 0, nrec = 0;
-        while (have - pos >= 2) {
-            uint16_t rlen;
-            memcpy(&rlen, in + pos, 2);
-            if (rlen < 16) {
-                /* A corrupt length cannot be resynchronised: drop the
-                 * rest of this read and count it. */
-                count_error();
-                pos = have;
-                break;
+        for (int i = 0; i < n; i++) {
+            if (pfd[i].fd < 0 || !(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            ssize_t r = read(src[i].fd, src[i].in + src[i].have, SL_LOGGER_READ - src[i].have);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                /* Every writer of this pipe is gone. */
+                pfd[i].fd = -1;
+                open_fds--;
+                continue;
             }
-            if (have - pos < rlen)
-                break;
-            nrec++;
-            uint8_t lvl = in[pos + 2];
-            if (lvl >= opts->min_level) {
-                if (ocap - olen < SL_LOGGER_LINE) {
-                    write_all(out, obuf, olen);
-                    olen = 0;
-                }
-                int l = sl_tel_format(in + pos, rlen, opts, obuf + olen, SL_LOGGER_LINE);
-                if (l < 0)
-                    count_error();
-                else
-                    olen += (size_t)l;
-            }
-            pos += rlen;
+            src[i].have += (size_t)r;
+            drain(&src[i], out, opts, obuf, ocap);
         }
-        if (olen)
-            write_all(out, obuf, olen);
-        if (sl_shm && nrec)
-            uatomic_add(&sl_shm->tel_processed, nrec);
-        memmove(in, in + pos, have - pos);
-        have -= pos;
     }
     close(out);
-    free(in);
+    for (int i = 0; i < n; i++)
+        free(src[i].in);
+    free(src);
+    free(pfd);
     free(obuf);
     return 0;
 }

@@ -56,7 +56,8 @@ typedef struct {
 static struct {
     struct event_base *base;
     int lfd;
-    int tel_r, tel_w;
+    int tel_r, tel_w;                /* the master's own telemetry pipe */
+    int wtel[SL_MAX_WORKERS][2];     /* one per worker slot, kept across respawns */
     pid_t logger;
     slot_t w[SL_MAX_WORKERS];
     int nworkers;
@@ -145,11 +146,19 @@ static pid_t spawn_logger(void)
         return pid;
     child_signals();
     close_foreign_fds(-1);
+    /* Only read ends here: a write end kept open would keep its pipe from
+     * ever reaching EOF, and the logger from ever finishing. */
     close(M.tel_w);
+    int fds[SL_MAX_WORKERS + 1], n = 0;
+    fds[n++] = M.tel_r;
+    for (int i = 0; i < M.nworkers; i++) {
+        close(M.wtel[i][1]);
+        fds[n++] = M.wtel[i][0];
+    }
     sl_proc_title("sente-lite: logger");
     sl_logger_opts_t o = {.log_file = sl_conf->log_file, .app_name = sl_conf->app_name,
                           .json = sl_conf->log_json, .min_level = sl_conf->log_level};
-    _exit(sl_logger_main(M.tel_r, &o));
+    _exit(sl_logger_main(fds, n, &o));
 }
 
 static int spawn_worker(int i)
@@ -178,8 +187,15 @@ static int spawn_worker(int i)
         close(sv[0]);
         child_signals();
         close_foreign_fds(-1);
+        /* Our own telemetry pipe's write end only. */
         close(M.tel_r);
-        _exit(sl_worker_main(i, sv[1], M.tel_w));
+        close(M.tel_w);
+        for (int j = 0; j < M.nworkers; j++) {
+            close(M.wtel[j][0]);
+            if (j != i)
+                close(M.wtel[j][1]);
+        }
+        _exit(sl_worker_main(i, sv[1], M.wtel[i][1]));
     }
     M.w[i].pid = pid;
     M.w[i].ctl = sv[0];
@@ -534,6 +550,16 @@ int sl_master_run(void)
     }
     M.tel_r = p[0];
     M.tel_w = p[1];
+    /* A pipe per worker slot: each has one writer at a time, so batches of
+     * any size never interleave (sl_tel.h).  A respawned worker inherits its
+     * slot's write end from us. */
+    for (int i = 0; i < cf->workers; i++) {
+        if (pipe2(M.wtel[i], O_CLOEXEC) != 0) {
+            fprintf(stderr, "sente-lite: cannot create a telemetry pipe: %s\n", strerror(errno));
+            return 1;
+        }
+        fcntl(M.wtel[i][1], F_SETPIPE_SZ, 1 << 20);
+    }
     /* A larger pipe absorbs bursts before anything is dropped; the kernel
      * caps it at /proc/sys/fs/pipe-max-size, and failing is harmless. */
     fcntl(M.tel_w, F_SETPIPE_SZ, 1 << 20);
@@ -590,11 +616,15 @@ int sl_master_run(void)
     event_base_dispatch(M.base);
 
     /* Every worker is gone.  Tell the logger we are done by closing the
-     * last write end; it drains the pipe and exits at EOF. */
+     * last write ends; it drains the pipes and exits at EOF. */
     SL_TEL(SL_EV_SERVER_STOPPED, SL_INFO, SL_TF_I("uptime-ms", sl_now_ms() - sl_shm->start_ms));
     sl_tel_flush();
     close(M.tel_w);
     close(M.tel_r);
+    for (int i = 0; i < M.nworkers; i++) {
+        close(M.wtel[i][1]);
+        close(M.wtel[i][0]);
+    }
     if (M.logger > 0) {
         int status;
         for (int waited = 0; waited < 300; waited++) {

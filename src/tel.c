@@ -2,13 +2,17 @@
  * tel.c - emitting telemetry records (every process) and decoding them
  * into lines (the logger, the tests).
  *
- * Emitting is a few memcpy into a static PIPE_BUF-sized batch: no malloc,
- * no formatting, no syscall.  sl_tel_flush writes the batch with one write()
- * of at most PIPE_BUF bytes of whole records, which the kernel performs
- * atomically on a pipe: records from different processes never interleave,
- * and on a full non-blocking pipe the write fails whole (EAGAIN), so a batch
- * is either delivered or dropped and counted - never half written, never
- * waited for.
+ * Emitting is a few memcpy into a static batch: no malloc, no formatting,
+ * no syscall.  sl_tel_flush writes the batch (up to 64 KiB of whole
+ * records) with one write(), once per loop turn or when the batch is full.
+ * Every process has a pipe of its own to the logger (the master creates
+ * one per worker slot), so no other process's records can interleave with
+ * a batch however large it is; and the batch is written only when the pipe
+ * has room for all of it (capacity minus FIONREAD, less three pages of
+ * slack for partly filled pipe buffers), so the write completes whole: a batch is
+ * either delivered or dropped and counted - never half written, never
+ * waited for.  A descriptor that is not a pipe (tests, benchmarks) is
+ * written to as it is.
  *
  * The batch is per process and each process is single-threaded, so it
  * needs no lock.  The counters it updates live in the process's own slot in
@@ -22,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <time.h>
@@ -39,7 +44,8 @@ static struct {
     sl_level_t min_level;
     size_t used;
     uint32_t nrec;
-    uint8_t batch[PIPE_BUF];
+    size_t pipe_cap; /* the pipe's capacity; 0: not a pipe */
+    uint8_t batch[64 * 1024];
 } T = {.fd = -1};
 
 static const char *const event_names[SL_EV__COUNT] = {
@@ -85,10 +91,14 @@ void sl_tel_init(int fd, int worker, sl_worker_stats_t *stats, bool enabled, sl_
     T.min_level = min_level;
     T.used = 0;
     T.nrec = 0;
+    T.pipe_cap = 0;
     if (fd >= 0) {
         int fl = fcntl(fd, F_GETFL);
         if (fl >= 0)
             fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+        int cap = fcntl(fd, F_GETPIPE_SZ);
+        if (cap > 0)
+            T.pipe_cap = (size_t)cap;
     }
 }
 
@@ -101,10 +111,16 @@ void sl_tel_flush(void)
 {
     if (T.used == 0)
         return;
-    ssize_t n;
-    do
-        n = write(T.fd, T.batch, T.used);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = -1;
+    int unread = 0;
+    /* Room for the whole batch (we are the pipe's only writer, so the room
+     * can only grow until our write)?  Otherwise drop it, counted. */
+    if (T.pipe_cap == 0 || (ioctl(T.fd, FIONREAD, &unread) == 0 && unread >= 0 &&
+                            T.used + (size_t)unread + 3 * 4096 <= T.pipe_cap)) {
+        do
+            n = write(T.fd, T.batch, T.used);
+        while (n < 0 && errno == EINTR);
+    }
     if (T.stats) {
         if (n == (ssize_t)T.used)
             uatomic_add(&T.stats->tel_emitted, T.nrec);

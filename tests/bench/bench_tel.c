@@ -36,7 +36,7 @@ static pid_t start_logger(int rfd, int wfd, const char *path)
         close(wfd);
         sl_logger_opts_t o = {.log_file = path, .app_name = "sente-lite", .json = false,
                               .min_level = SL_INFO};
-        _exit(sl_logger_main(rfd, &o));
+        _exit(sl_logger_main(&rfd, 1, &o));
     }
     close(rfd);
     return pid;

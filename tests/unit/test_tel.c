@@ -146,18 +146,22 @@ static void test_full_pipe_drops_and_counts(void)
 {
     int p[2];
     SL_CHECK_INT(pipe(p), 0);
-    fcntl(p[1], F_SETPIPE_SZ, 4096);
+    fcntl(p[1], F_SETPIPE_SZ, 32768);
     sl_worker_stats_t st = {0};
     sl_tel_init(p[1], 0, &st, true, SL_INFO);
-    /* Nobody reads: the pipe fills, later batches are dropped whole. */
-    for (int i = 0; i < 2000; i++)
+    /* Nobody reads: the pipe fills, later batches (a loop turn's worth
+     * each) are dropped whole. */
+    for (int i = 0; i < 2000; i++) {
         SL_TEL(SL_EV_HTTP_REQUEST, SL_INFO, SL_TF_S("path", "/stats"), SL_TF_I("i", i));
+        if (i % 50 == 49)
+            sl_tel_flush();
+    }
     sl_tel_flush();
     SL_CHECK(st.tel_dropped > 0);
     SL_CHECK_INT(st.tel_emitted + st.tel_dropped, 2000);
     /* What did get through is whole records. */
     fcntl(p[0], F_SETFL, O_NONBLOCK);
-    uint8_t buf[8192];
+    static uint8_t buf[65536];
     ssize_t n = read(p[0], buf, sizeof(buf));
     size_t pos = 0, recs = 0;
     while (n > 0 && pos + 2 <= (size_t)n) {
@@ -174,7 +178,8 @@ static void test_full_pipe_drops_and_counts(void)
     close(p[1]);
 }
 
-/* The logger process end to end: two emitting processes, every line
+/* The logger process end to end: two emitting processes, each with its
+ * own pipe as in the server, batches far above PIPE_BUF; every line
  * arrives intact in the log file. */
 static void test_logger_two_writers(void)
 {
@@ -182,36 +187,43 @@ static void test_logger_two_writers(void)
     int tmp = mkstemp(path);
     SL_CHECK(tmp >= 0);
     close(tmp);
-    int p[2];
+    int p[2], q[2];
     SL_CHECK_INT(pipe(p), 0);
-    /* As the master does: a pipe large enough that this burst fits even if
+    SL_CHECK_INT(pipe(q), 0);
+    /* As the master does: pipes large enough that this burst fits even if
      * the logger is slow to be scheduled, so nothing is dropped. */
     fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+    fcntl(q[1], F_SETPIPE_SZ, 1 << 20);
     pid_t logger = fork();
     if (logger == 0) {
         close(p[1]);
+        close(q[1]);
         sl_logger_opts_t o = {.log_file = path, .app_name = "sente-lite", .json = false,
                               .min_level = SL_TRACE};
-        _exit(sl_logger_main(p[0], &o));
+        int fds[2] = {p[0], q[0]};
+        _exit(sl_logger_main(fds, 2, &o));
     }
     close(p[0]);
+    close(q[0]);
     pid_t child = fork();
     if (child == 0) {
+        close(p[1]);
         sl_worker_stats_t st = {0};
-        sl_tel_init(p[1], 1, &st, true, SL_TRACE);
+        sl_tel_init(q[1], 1, &st, true, SL_TRACE);
         for (int i = 0; i < 1000; i++) {
             SL_TEL(SL_EV_MESSAGE_SENT, SL_DEBUG, SL_TF_S("conn-id", "conn-child"), SL_TF_I("i", i));
-            if (i % 37 == 0)
+            if (i % 370 == 0)
                 sl_tel_flush();
         }
         sl_tel_flush();
         _exit(st.tel_emitted == 1000 ? 0 : 1);
     }
+    close(q[1]);
     sl_worker_stats_t st = {0};
     sl_tel_init(p[1], 0, &st, true, SL_TRACE);
     for (int i = 0; i < 1000; i++) {
         SL_TEL(SL_EV_MESSAGE_SENT, SL_DEBUG, SL_TF_S("conn-id", "conn-parent"), SL_TF_I("i", i));
-        if (i % 41 == 0)
+        if (i % 410 == 0)
             sl_tel_flush();
     }
     sl_tel_flush();
@@ -219,7 +231,7 @@ static void test_logger_two_writers(void)
     waitpid(child, &status, 0);
     SL_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     SL_CHECK_INT(st.tel_emitted, 1000);
-    close(p[1]); /* last writer gone: the logger drains and exits */
+    close(p[1]); /* last writers gone: the logger drains and exits */
     waitpid(logger, &status, 0);
     SL_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
