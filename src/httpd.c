@@ -224,6 +224,12 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
             upgrade(c, req, path_is(req, "/") ? SL_KIND_PROTOCOL : SL_KIND_ECHO);
             return false;
         }
+        if (!sl_http_method_is(req, "GET")) {
+            sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+            sl_httpd_error(c, 405, "method-not-allowed", "use GET with a WebSocket upgrade",
+                           keep);
+            return keep;
+        }
         sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
         sl_httpd_error(c, 426, "upgrade-required",
                        "this path speaks WebSocket; see /health and /stats for HTTP", keep);

@@ -127,6 +127,10 @@ def test_plain_get_on_websocket_path(server_factory):
     s = server_factory("--no-web-ui")
     resp = http_request(s.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status_of(resp) == 426
+    # Any other method there is simply not allowed.
+    resp = http_request(s.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                        b"Connection: close\r\n\r\n{}")
+    assert status_of(resp) == 405 and body_of(resp)["error"] == "method-not-allowed"
 
 
 def test_bad_requests_counted(server):
