@@ -6,6 +6,7 @@
 // `make SAN=1 check-web` tests the ASan build), else build/sente-lite.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -56,8 +57,31 @@ export class Server {
     this.exited = new Promise((r) => proc.once('exit', (code, signal) => r({ code, signal })));
   }
 
+  /**
+   * One HTTP request on a connection of its own (no keep-alive: a pooled
+   * connection may live on a worker a test has just killed).  Resolves
+   * with {status, headers, text(), json()}.
+   */
+  request(method, p, headers = {}) {
+    return new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: this.port, path: p, method, headers,
+        agent: false }, (res) => {
+        const chunks = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString('utf8');
+          resolve({ status: res.statusCode, headers: res.headers,
+            text: async () => body, json: async () => JSON.parse(body) });
+        });
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  }
+
   async get(p, headers = {}) {
-    return fetch(this.http + p, { headers });
+    return this.request('GET', p, headers);
   }
 
   async stats() {
