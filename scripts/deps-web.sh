@@ -5,34 +5,12 @@
 #   - node and npm (Debian's, when there is no node at all);
 #   - the npm packages pinned in tests/web/package-lock.json (npm ci), again
 #     only when tests/web/node_modules is missing or older than the lock file.
-# As root it runs apt-get itself; otherwise it prints the command to run.
+# The Debian packages come from scripts/deps.sh --web (as root it runs
+# apt-get itself; otherwise it prints the command to run).
 set -eu
 cd "$(dirname "$0")/.."
 
-pkgs="chromium fonts-dejavu-core"
-command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
-command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
-
-missing=""
-for p in $pkgs; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    case "$status" in
-        *"install ok installed"*) ;;
-        *) missing="$missing $p" ;;
-    esac
-done
-if [ -n "$missing" ]; then
-    if [ "$(id -u)" -ne 0 ]; then
-        echo "sente-lite: missing Debian packages:$missing" >&2
-        echo "run as root: apt-get update && apt-get install -y$missing" >&2
-        exit 1
-    fi
-    echo "sente-lite: installing$missing" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+scripts/deps.sh --web
 
 # npm ci wipes and reinstalls node_modules: do it only when the lock file
 # changed since the last install (the stamp is a copy of it).

@@ -3,18 +3,28 @@
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, ps)
+#   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
+#                            a font for screenshots, node and npm when absent
+#                            (scripts/deps-web.sh adds the npm packages)
 #   scripts/deps.sh --bench  also gnuplot for the benchmark chart (the peers
 #                            are installed by scripts/bench/peers-install.sh)
-# As root it runs apt-get itself; otherwise it prints the command to run.
+# Options combine.  As root it runs apt-get itself; otherwise it prints the
+# command to run.
 set -eu
 
 pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
-if [ "${1:-}" = "--test" ]; then
-    pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl"
-fi
-if [ "${1:-}" = "--bench" ]; then
-    pkgs="$pkgs python3 procps curl gnuplot-nox"
-fi
+for opt in "$@"; do
+    case "$opt" in
+    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl" ;;
+    --web)
+        pkgs="$pkgs chromium fonts-dejavu-core"
+        command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
+        command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
+        ;;
+    --bench) pkgs="$pkgs python3 procps curl gnuplot-nox" ;;
+    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench]" >&2; exit 2 ;;
+    esac
+done
 
 missing=""
 for p in $pkgs; do

@@ -8,8 +8,9 @@
  * Every process has a pipe of its own to the logger (the master creates
  * one per worker slot), so no other process's records can interleave with
  * a batch however large it is; and the batch is written only when the pipe
- * has room for all of it (capacity minus FIONREAD, less three pages of
- * slack for partly filled pipe buffers), so the write completes whole: a batch is
+ * has room for all of it (up to PIPE_BUF the kernel guarantees that; above
+ * it, capacity minus FIONREAD, less three pages of slack for partly filled
+ * pipe buffers), so the write completes whole: a batch is
  * either delivered or dropped and counted - never half written, never
  * waited for.  A descriptor that is not a pipe (tests, benchmarks) is
  * written to as it is.
@@ -113,10 +114,13 @@ void sl_tel_flush(void)
         return;
     ssize_t n = -1;
     int unread = 0;
-    /* Room for the whole batch (we are the pipe's only writer, so the room
-     * can only grow until our write)?  Otherwise drop it, counted. */
-    if (T.pipe_cap == 0 || (ioctl(T.fd, FIONREAD, &unread) == 0 && unread >= 0 &&
-                            T.used + (size_t)unread + 3 * 4096 <= T.pipe_cap)) {
+    /* Up to PIPE_BUF the kernel writes a batch whole or not at all.  A
+     * larger one goes only when the pipe has room for all of it (we are its
+     * only writer, so the room can only grow until our write); otherwise it
+     * is dropped, counted.  So the extra ioctl is paid by big batches only. */
+    if (T.pipe_cap == 0 || T.used <= PIPE_BUF ||
+        (ioctl(T.fd, FIONREAD, &unread) == 0 && unread >= 0 &&
+         T.used + (size_t)unread + 3 * 4096 <= T.pipe_cap)) {
         do
             n = write(T.fd, T.batch, T.used);
         while (n < 0 && errno == EINTR);

@@ -48,6 +48,20 @@ static void emit_one(int i)
            SL_TF_S("message-id", "msg-1234"), SL_TF_I("seq", i), SL_TF_I("delivered-to", 8));
 }
 
+/* n events as loop turns of EVENTS_PER_TURN, each ended by a flush as a
+ * worker's turn is; nanoseconds per event. */
+static double emit_turns(int n)
+{
+    double t0 = now_s();
+    for (int i = 0; i < n; i++) {
+        emit_one(i);
+        if (i % EVENTS_PER_TURN == EVENTS_PER_TURN - 1)
+            sl_tel_flush();
+    }
+    sl_tel_flush();
+    return (now_s() - t0) * 1e9 / n;
+}
+
 /* Emit cost: as a worker does, never waiting for the logger.  Flat out
  * the emitter outruns the logger, so part of the batches find the pipe full
  * and are dropped (counted): the figure is wall time per event attempted. */
@@ -60,14 +74,7 @@ static double bench_emit(int n, uint64_t *written, uint64_t *dropped, const char
     pid_t lg = start_logger(p[0], p[1], path);
     sl_worker_stats_t st = {0};
     sl_tel_init(p[1], 0, &st, true, SL_INFO);
-    double t0 = now_s();
-    for (int i = 0; i < n; i++) {
-        emit_one(i);
-        if (i % EVENTS_PER_TURN == EVENTS_PER_TURN - 1)
-            sl_tel_flush();
-    }
-    sl_tel_flush();
-    double ns = (now_s() - t0) * 1e9 / n;
+    double ns = emit_turns(n);
     close(p[1]);
     waitpid(lg, NULL, 0);
     *written = st.tel_emitted;
@@ -82,14 +89,7 @@ static double bench_encode(int n)
     int fd = open("/dev/null", O_WRONLY);
     sl_worker_stats_t st = {0};
     sl_tel_init(fd, 0, &st, true, SL_INFO);
-    double t0 = now_s();
-    for (int i = 0; i < n; i++) {
-        emit_one(i);
-        if (i % EVENTS_PER_TURN == EVENTS_PER_TURN - 1)
-            sl_tel_flush();
-    }
-    sl_tel_flush();
-    double ns = (now_s() - t0) * 1e9 / n;
+    double ns = emit_turns(n);
     close(fd);
     return ns;
 }
