@@ -70,6 +70,10 @@ typedef enum {
     SL_EV_SLOW_CONSUMER_DISCONNECTED,
     SL_EV_WORKER_EXITED,
     SL_EV_WORKER_STARTED,
+    /* sente-lite's own additions */
+    SL_EV_SERVER_UPGRADING,
+    SL_EV_SERVER_UPGRADE_FAILED,
+    SL_EV_WORKER_STALLED,
     SL_EV__COUNT
 } sl_event_t;
 

@@ -438,6 +438,18 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         bool keep = sl_httpd_request(c, &req, c->in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
+        if (sl_worker->stopping) {
+            /* Draining: the request was answered; nothing more here.  An
+             * upgrade completed now is told to go elsewhere (1001). */
+            if (c->state == SL_CONN_WS) {
+                free(c->in);
+                c->in = NULL;
+                c->in_len = c->in_cap = 0;
+                sl_conn_shutdown(c);
+                return;
+            }
+            keep = false;
+        }
         if (c->state == SL_CONN_WS) {
             /* Bytes after the upgrade request are WebSocket frames. */
             size_t rest = c->in_len - used;
@@ -551,7 +563,10 @@ void sl_conn_shutdown(sl_conn_t *c)
     } else if (c->state == SL_CONN_HTTP) {
         if (c->out.count)
             conn_http_finish(c);
-        else
-            sl_conn_abort(c, "shutdown");
+        else if (c->busy_since_mono == 0)
+            sl_conn_abort(c, "shutdown"); /* idle keep-alive */
+        /* else a request is under way (or a fresh connection's first one
+         * is due): it is answered, then closed (see conn_http_input), or
+         * the drain deadline ends it. */
     }
 }

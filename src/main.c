@@ -36,6 +36,7 @@ int main(int argc, char **argv)
         return 0;
     }
     sl_conf = &conf;
+    sl_master_set_exec(argc, argv);
     sl_proc_title_init(argc, argv);
     int rc = sl_master_run();
     sl_conf_free(&conf);

@@ -7,9 +7,13 @@
  * connection's queued output in one writev each, flushes telemetry, and frees
  * connections that died during the turn.
  *
- * Stopping (SIGTERM/SIGINT from the master or the terminal): stop taking
- * sockets, send close 1001 to every WebSocket peer, and keep running until
- * every connection is gone or the drain deadline passes.
+ * Stopping (SIGTERM/SIGINT from the master or the terminal): send close 1001
+ * to every WebSocket peer, drop idle HTTP connections, finish requests under
+ * way (answered with Connection: close; an upgrade completed now is closed
+ * 1001 at once), and keep running until every connection is gone or the
+ * drain deadline passes.  Sockets the master had already handed over are
+ * still taken and served that way: closing them unread would reset clients
+ * (the master stops handing out new ones before it stops us).
  */
 #include "sl_worker.h"
 #include "sl_arena.h"
@@ -158,12 +162,8 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         }
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
-        for (int k = 0; k < n; k++) {
-            if (w->stopping)
-                close(fds[k]);
-            else
-                sl_conn_new(fds[k]);
-        }
+        for (int k = 0; k < n; k++)
+            sl_conn_new(fds[k]);
     }
 }
 
@@ -182,7 +182,6 @@ static void worker_stop(sl_worker_t *w)
         return;
     w->stopping = true;
     w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
-    event_del(w->ctl_ev);
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_shutdown(c);
 }
