@@ -202,7 +202,7 @@ clean:
 #   make check-web    the client library's Node tests and the browser tests
 #                     (headless Debian chromium) against $(BIN); installs
 #                     what they need with scripts/deps-web.sh
-WEB_FILES := web/index.html web/demo.html web/dashboard.html web/sente-lite.js
+WEB_FILES := web/index.html web/demo.html web/dashboard.html web/sente-lite.js web/favicon.ico
 WEB_GEN   := $(BUILD)/gen/web_assets.c
 WEB_OBJ   := $(BUILD)/obj/gen/web_assets.o
 

@@ -35,4 +35,8 @@ json_t *sl_pubsub_channels_json(void);
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];
 
+/* Observe the delivery latency of the channel messages queued this turn
+ * (the worker calls it after the turn's writes). */
+void sl_pubsub_latency_flush(void);
+
 #endif

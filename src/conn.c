@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
 
 #define SL_CLOSE_GRACE_MS 2000 /* wait for the peer's close frame / FIN */
@@ -211,7 +212,13 @@ void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
         return;
+    uint64_t queued = c->out.bytes;
     int rc = sl_outq_flush(&c->out, c->fd);
+    if (c->out.bytes < queued) {
+        /* Our own slot, one writer: a plain store of the new value. */
+        uint64_t *bo = &sl_worker->stats->bytes_out;
+        CMM_STORE_SHARED(*bo, *bo + (queued - c->out.bytes));
+    }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
         return;
@@ -501,6 +508,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->last_rx_mono = sl_mono_ms();
+    uint64_t *bi = &sl_worker->stats->bytes_in;
+    CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
     switch (c->state) {
     case SL_CONN_HTTP:
         conn_http_input(c, sl_worker->rbuf, (size_t)n);

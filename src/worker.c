@@ -16,6 +16,7 @@
  * (the master stops handing out new ones before it stops us).
  */
 #include "sl_worker.h"
+#include "sl_access.h"
 #include "sl_arena.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
@@ -136,6 +137,8 @@ static void worker_turn_end(sl_worker_t *w)
         }
     }
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
+    sl_pubsub_latency_flush();
+    sl_access_log_flush();
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
