@@ -912,7 +912,7 @@ static int quota_cpus(long long quota, long long period)
 
 static int read_cpu_max(const char *dir)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/cpu.max", dir);
     FILE *f = fopen(path, "r");
     if (!f)
@@ -928,7 +928,9 @@ static int read_cpu_max(const char *dir)
 
 static long long read_ll(const char *dir, const char *file)
 {
-    char path[PATH_MAX];
+    char path[PATH_MAX + 64];
+    if (strlen(file) > 32)
+        return 0;
     snprintf(path, sizeof(path), "%s/%s", dir, file);
     FILE *f = fopen(path, "r");
     long long v = 0;
