@@ -53,9 +53,9 @@ class Notify:
 
 def test_notify_ready_watchdog_stall_and_stop(server_factory, tmp_path):
     n = Notify(str(tmp_path / "notify.sock"))
-    # Pings every 1 s (half of WATCHDOG_USEC); workers end a turn at least
-    # every second, so a 2 s reading window always sees progress.
-    srv = server_factory(env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "2000000"})
+    # Checks and pings every 2 s (half of WATCHDOG_USEC); an idle worker ends
+    # a loop turn at least every second, so each check sees progress.
+    srv = server_factory(env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "4000000"})
     ready = n.wait(lambda m: "READY=1" in m, 10, "READY=1")
     assert f"MAINPID={srv.pid}" in ready
     # Every worker was up when READY=1 was sent.
@@ -65,12 +65,12 @@ def test_notify_ready_watchdog_stall_and_stop(server_factory, tmp_path):
     victim = srv.worker_pids()[1]
     os.kill(victim, signal.SIGSTOP)
     try:
-        n.wait(lambda m: "makes no progress" in m, 10, "the stall STATUS")
-        quiet = n.read(3.0 * SLOW)
+        n.wait(lambda m: "makes no progress" in m, 15, "the stall STATUS")
+        quiet = n.read(5.0 * SLOW)
         assert not any(m.startswith("WATCHDOG=1") for m in quiet), quiet
     finally:
         os.kill(victim, signal.SIGCONT)
-    n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1 again")
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 15, "WATCHDOG=1 again")
     srv.stop()
     n.wait(lambda m: "STOPPING=1" in m, 5, "STOPPING=1")
 
