@@ -19,7 +19,7 @@
 CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
-PKGS     := libevent jansson liburcu libcrypto
+PKGS     := libevent jansson liburcu libcrypto libjwt
 PY       ?= /usr/bin/python3
 
 ifeq ($(SAN),1)

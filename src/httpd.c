@@ -12,6 +12,7 @@
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_pubsub.h"
+#include "sl_session.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
 #include "sl_web.h"
@@ -47,6 +48,8 @@ void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *mess
         extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
     else if (status == 405)
         extra = "Allow: GET\r\n";
+    else if (status == 401)
+        extra = "WWW-Authenticate: Bearer\r\n";
     if (sl_http_error_response(status, code, message, keep_alive, extra, &resp, &len) != SL_OK) {
         sl_conn_abort(c, "out-of-memory");
         return;
@@ -147,13 +150,26 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         sl_httpd_error(c, 403, "origin-not-allowed", "this Origin may not connect", false);
         return;
     }
+    if (kind == SL_KIND_PROTOCOL) {
+        /* Access control (sl_session.h): per-IP place, token, per-user
+         * place.  It counts and logs its own refusals. */
+        const char *code = NULL;
+        char msg[256];
+        int st = sl_session_upgrade(c, req, &code, msg, sizeof(msg));
+        if (st != SL_OK) {
+            sl_httpd_error(c, st, code, msg, false);
+            return;
+        }
+    }
     if (!reserve_capacity(kind)) {
+        sl_session_end(c);
         sl_worker_count_error(SL_ERR_MAX_CONNECTIONS);
         sl_httpd_error(c, 503, "too-many-connections", "the server is at --max-connections",
                        false);
         return;
     }
     if (kind == SL_KIND_PROTOCOL && sl_proto_admit(c) != SL_OK) {
+        sl_session_end(c);
         uatomic_add(&sl_worker->stats->connections, -1);
         sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
         sl_httpd_error(c, 503, "shm-exhausted", "the server's shared memory is full", false);
@@ -166,6 +182,10 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
                      accept);
     sl_buf_t *b = sl_buf_new((size_t)n);
     if (b == NULL) {
+        /* Registered but never upgraded: abort frees it as an HTTP
+         * connection, so undo what the upgrade took here. */
+        if (kind == SL_KIND_PROTOCOL)
+            sl_proto_closed(c);
         uatomic_add(kind == SL_KIND_ECHO ? &sl_worker->stats->echo_connections
                                          : &sl_worker->stats->connections,
                     -1);
@@ -205,6 +225,14 @@ static bool path_is(const sl_http_request_t *req, const char *p)
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
 }
 
+/* With --ops-listen, these are served there and only there. */
+static bool ops_path(const sl_http_request_t *req)
+{
+    return path_is(req, "/health") || path_is(req, "/stats") || path_is(req, "/metrics") ||
+           path_is(req, "/channels") || path_is(req, "/dashboard") ||
+           (req->path_len >= 5 && memcmp(req->path, "/api/", 5) == 0);
+}
+
 bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
 {
     uatomic_add(&sl_worker->stats->http_requests, 1);
@@ -213,6 +241,19 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
 
     SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
            SL_TF_SN("path", req->path, req->path_len));
+
+    /* --ops-listen splits the paths: operators' endpoints on the ops
+     * listener, everything else (the WebSocket, the pages) on the public
+     * one; the other side answers 404 as for any unknown path. */
+    if (sl_conf->ops_port && c->ops != ops_path(req)) {
+        sl_worker_count_error(SL_ERR_NOT_FOUND);
+        sl_httpd_error(c, 404, "not-found",
+                       c->ops ? "the operator listener serves /health, /stats, /metrics, "
+                                "/channels, /dashboard and /api/ only"
+                              : "no such endpoint",
+                       keep);
+        return keep;
+    }
 
     /* Pages and /client.js; "/" with an Upgrade header stays the WebSocket. */
     const sl_web_asset_t *web = up == NULL ? sl_web_find(req->path, req->path_len) : NULL;

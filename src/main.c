@@ -3,6 +3,7 @@
  * master.  Exit status: 0 after a clean stop, 1 when the server cannot run
  * (port in use, no memory), 2 for a bad command line or environment.
  */
+#include "sl_auth.h"
 #include "sl_conf.h"
 #include "sl_master.h"
 #include "sl_proc.h"
@@ -29,6 +30,15 @@ int main(int argc, char **argv)
         printf("sente-lite %s\n", SL_VERSION);
         return 0;
     }
+    /* The token keys: read now, so that a bad file stops the server before
+     * it listens (every process inherits them; SIGHUP rereads them). */
+    if (sl_auth_load(conf.jwt_secret_file, conf.jwt_public_key_file, err, sizeof(err)) != SL_OK) {
+        fprintf(stderr, "sente-lite: %s\n", err);
+        return 2;
+    }
+    sl_auth_set_policy(&(sl_auth_policy_t){.audience = conf.jwt_audience,
+                                           .issuer = conf.jwt_issuer,
+                                           .leeway_ms = conf.jwt_leeway_ms});
     sl_conf = &conf;
     sl_proc_title_init(argc, argv);
     int rc = sl_master_run();

@@ -16,8 +16,10 @@
 #include "sl_master.h"
 #include "sl_arena.h"
 #include "sl_conf.h"
+#include "sl_perm.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
+#include "sl_session.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
@@ -27,6 +29,7 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +59,7 @@ typedef struct {
 static struct {
     struct event_base *base;
     int lfd;
+    int ofd; /* --ops-listen, -1 when not set */
     int tel_r, tel_w;                /* the master's own telemetry pipe */
     int wtel[SL_MAX_WORKERS][2];     /* one per worker slot, kept across respawns */
     pid_t logger;
@@ -64,14 +68,19 @@ static struct {
     int next_rr; /* round-robin start among equally loaded workers */
     bool stopping;
     int parked[SL_PARKED_MAX];
+    char parked_tag[SL_PARKED_MAX]; /* the listener each came from */
     int nparked;
-    struct event *accept_ev, *accept_retry_ev, *stop_ev;
+    struct event *accept_ev, *accept_retry_ev, *stop_ev, *ops_accept_ev;
 } M;
+
+static void warn_if_open(int lfd);
 
 static void close_foreign_fds(int keep_ctl)
 {
     if (M.lfd >= 0)
         close(M.lfd);
+    if (M.ofd >= 0)
+        close(M.ofd);
     for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
@@ -82,7 +91,7 @@ static void close_foreign_fds(int keep_ctl)
         close(M.parked[k]);
 }
 
-static int listen_on(const char *host, int port, char *err, size_t errsz)
+static int listen_on(const char *what, const char *host, int port, char *err, size_t errsz)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
@@ -91,7 +100,7 @@ static int listen_on(const char *host, int port, char *err, size_t errsz)
     snprintf(pstr, sizeof(pstr), "%d", port);
     int rc = getaddrinfo(host, pstr, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errsz, "cannot resolve --host %s: %s", host, gai_strerror(rc));
+        snprintf(err, errsz, "cannot resolve %s %s: %s", what, host, gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -109,7 +118,7 @@ static int listen_on(const char *host, int port, char *err, size_t errsz)
     }
     freeaddrinfo(res);
     if (fd < 0)
-        snprintf(err, errsz, "cannot listen on %s:%d: %s", host, port, strerror(saved));
+        snprintf(err, errsz, "cannot listen on %s:%d (%s): %s", host, port, what, strerror(saved));
     return fd;
 }
 
@@ -127,16 +136,21 @@ static pid_t fork_blocked(void)
     return pid;
 }
 
-/* In a new child: default dispositions, then unblock. */
-static void child_signals(void)
+/* In a new child: default dispositions, then unblock - all but SIGHUP for
+ * a worker (`keep_hup`), which takes it from a signalfd: were it unblocked
+ * here, a SIGHUP forwarded by the master before the worker has set that up
+ * would kill it (the default action). */
+static void child_signals(bool keep_hup)
 {
     static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
     for (size_t i = 0; i < SL_ARRAY_LEN(sigs); i++)
         signal(sigs[i], SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    sigset_t keep;
+    sigemptyset(&keep);
+    if (keep_hup)
+        sigaddset(&keep, SIGHUP);
+    sigprocmask(SIG_SETMASK, &keep, NULL);
 }
 
 static pid_t spawn_logger(void)
@@ -144,7 +158,7 @@ static pid_t spawn_logger(void)
     pid_t pid = fork_blocked();
     if (pid != 0)
         return pid;
-    child_signals();
+    child_signals(false);
     close_foreign_fds(-1);
     /* Only read ends here: a write end kept open would keep its pipe from
      * ever reaching EOF, and the logger from ever finishing. */
@@ -185,7 +199,7 @@ static int spawn_worker(int i)
     }
     if (pid == 0) {
         close(sv[0]);
-        child_signals();
+        child_signals(true);
         close_foreign_fds(-1);
         /* Our own telemetry pipe's write end only. */
         close(M.tel_r);
@@ -235,8 +249,9 @@ static int pick_worker(uint64_t skip)
 }
 
 /* One socket to the least-loaded worker that takes it (the slow path:
- * a batch that could not be sent, rescued or parked sockets). */
-static void hand_off(int fd)
+ * a batch that could not be sent, rescued or parked sockets); `tag`: the
+ * listener it came from (SL_PROC_TAG_*). */
+static void hand_off(int fd, char tag)
 {
     uint64_t tried = 0;
     for (;;) {
@@ -244,7 +259,7 @@ static void hand_off(int fd)
         if (i < 0)
             break;
         uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
-        int rc = sl_proc_send_fds(M.w[i].ctl, &fd, 1);
+        int rc = sl_proc_send_fds(M.w[i].ctl, &fd, 1, tag);
         if (rc == SL_OK) {
             close(fd);
             return;
@@ -254,6 +269,7 @@ static void hand_off(int fd)
     }
     /* No worker up (between a death and its respawn): park it. */
     if (!M.stopping && M.nparked < SL_PARKED_MAX && tried == 0) {
+        M.parked_tag[M.nparked] = tag;
         M.parked[M.nparked++] = fd;
         return;
     }
@@ -267,33 +283,39 @@ static void hand_off(int fd)
 typedef struct {
     int fds[SL_PROC_FDS_MAX];
     int n;
+    char tag; /* every socket of a batch comes from the same listener */
 } batch_t;
 
 static void batch_send(int i, batch_t *b)
 {
     if (b->n == 0)
         return;
-    if (sl_proc_send_fds(M.w[i].ctl, b->fds, b->n) == SL_OK) {
+    if (sl_proc_send_fds(M.w[i].ctl, b->fds, b->n, b->tag) == SL_OK) {
         for (int k = 0; k < b->n; k++)
             close(b->fds[k]);
     } else {
         /* That worker is backed up or gone: one by one, elsewhere. */
         uatomic_add(&sl_shm->workers[i].pending_handoff, -b->n);
         for (int k = 0; k < b->n; k++)
-            hand_off(b->fds[k]);
+            hand_off(b->fds[k], b->tag);
     }
     b->n = 0;
 }
 
+/* arg: the listener's tag (SL_PROC_TAG_PUBLIC or SL_PROC_TAG_OPS).  The
+ * batches are all sent before returning, so one array serves both. */
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
     static batch_t batch[SL_MAX_WORKERS];
+    char tag = (char)(intptr_t)arg;
+    for (int i = 0; i < M.nworkers; i++)
+        batch[i].tag = tag;
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             int i = pick_worker(0);
             if (i < 0) {
-                hand_off(fd); /* parks it */
+                hand_off(fd, tag); /* parks it */
                 continue;
             }
             /* Counted as in flight now, so the next pick sees it. */
@@ -310,6 +332,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
              * spinning on a listener that stays readable. */
             uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
             event_del(M.accept_ev);
+            if (M.ops_accept_ev)
+                event_del(M.ops_accept_ev);
             struct timeval tv = {0, 100 * 1000};
             event_add(M.accept_retry_ev, &tv);
         }
@@ -321,8 +345,11 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
-    if (!M.stopping)
+    if (!M.stopping) {
         event_add(M.accept_ev, NULL);
+        if (M.ops_accept_ev)
+            event_add(M.ops_accept_ev, NULL);
+    }
 }
 
 static void respawn_cb(evutil_socket_t fd, short what, void *arg)
@@ -339,7 +366,7 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
     int n = M.nparked;
     M.nparked = 0;
     for (int k = 0; k < n; k++)
-        hand_off(M.parked[k]);
+        hand_off(M.parked[k], M.parked_tag[k]);
     SL_TEL(SL_EV_WORKER_STARTED, SL_WARN, SL_TF_I("worker", i), SL_TF_I("pid", M.w[i].pid),
            SL_TF_B("respawned", true));
     sl_tel_flush();
@@ -362,9 +389,12 @@ static void worker_died(int i, int status)
     /* Sockets handed over but never taken are still queued on its end:
      * take them back before closing it, to give them to another worker. */
     int rescued[4 * SL_PROC_FDS_MAX], nrescued = 0, got;
+    char rescued_tag[4 * SL_PROC_FDS_MAX], tag = SL_PROC_TAG_PUBLIC;
     while (s->peer >= 0 && nrescued + SL_PROC_FDS_MAX <= (int)SL_ARRAY_LEN(rescued) &&
-           (got = sl_proc_recv_fds(s->peer, rescued + nrescued)) > 0)
+           (got = sl_proc_recv_fds(s->peer, rescued + nrescued, &tag)) > 0) {
+        memset(rescued_tag + nrescued, tag, (size_t)got);
         nrescued += got;
+    }
     if (s->peer >= 0)
         close(s->peer); /* anything beyond 256 sockets is closed with it */
     s->peer = -1;
@@ -383,7 +413,7 @@ static void worker_died(int i, int status)
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
     uatomic_set(&sl_shm->workers[i].pending_handoff, 0);
     for (int k = 0; k < nrescued; k++)
-        hand_off(rescued[k]);
+        hand_off(rescued[k], rescued_tag[k]);
     if (M.stopping)
         return;
     /* Back-off against crash loops: a worker that dies young waits twice
@@ -448,6 +478,11 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     event_del(M.accept_retry_ev);
     close(M.lfd);
     M.lfd = -1;
+    if (M.ops_accept_ev) {
+        event_del(M.ops_accept_ev);
+        close(M.ofd);
+        M.ofd = -1;
+    }
     for (int k = 0; k < M.nparked; k++)
         close(M.parked[k]);
     M.nparked = 0;
@@ -461,10 +496,18 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     finish_if_done();
 }
 
+/* SIGHUP: the logger reopens its file; the token keys are reread here
+ * (so that a respawned worker inherits the new ones) and in every worker
+ * (each keeps its old keys if its reload fails, and says why). */
 static void sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
+    sl_session_reload_keys();
+    sl_tel_flush();
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].pid > 0)
+            kill(M.w[i].pid, SIGHUP);
 }
 
 /* --channel NAME[:...]: created before the workers start, so they exist
@@ -496,6 +539,30 @@ static int create_predefined_channels(void)
     return rc;
 }
 
+/* A server anyone on the network can reach, with no key and no namespace,
+ * lets every client do everything: say so at start (once). */
+static void warn_if_open(int lfd)
+{
+    if (sl_perm_active())
+        return;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(lfd, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    bool loopback = false;
+    if (ss.ss_family == AF_INET)
+        loopback = (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    else if (ss.ss_family == AF_INET6)
+        loopback = IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+    if (loopback)
+        return;
+    SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+           SL_TF_I("port", sl_conf->port),
+           SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
+                              "every client may subscribe, publish and answer RPC on every "
+                              "channel (see --jwt-secret-file, --namespace)"));
+}
+
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -515,10 +582,18 @@ int sl_master_run(void)
         M.w[i].ctl = M.w[i].peer = -1;
 
     signal(SIGPIPE, SIG_IGN);
-    M.lfd = listen_on(cf->host, cf->port, err, sizeof(err));
+    M.ofd = -1;
+    M.lfd = listen_on("--host/--port", cf->host, cf->port, err, sizeof(err));
     if (M.lfd < 0) {
         fprintf(stderr, "sente-lite: %s\n", err);
         return 1;
+    }
+    if (cf->ops_port) {
+        M.ofd = listen_on("--ops-listen", cf->ops_host, cf->ops_port, err, sizeof(err));
+        if (M.ofd < 0) {
+            fprintf(stderr, "sente-lite: %s\n", err);
+            return 1;
+        }
     }
     if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
                       (uint64_t)cf->max_connections) != SL_OK) {
@@ -594,7 +669,11 @@ int sl_master_run(void)
     };
     for (int i = 0; i < 4; i++)
         event_add(sigs[i], NULL);
-    M.accept_ev = event_new(M.base, M.lfd, EV_READ | EV_PERSIST, accept_cb, NULL);
+    M.accept_ev = event_new(M.base, M.lfd, EV_READ | EV_PERSIST, accept_cb,
+                            (void *)(intptr_t)SL_PROC_TAG_PUBLIC);
+    if (M.ofd >= 0)
+        M.ops_accept_ev = event_new(M.base, M.ofd, EV_READ | EV_PERSIST, accept_cb,
+                                    (void *)(intptr_t)SL_PROC_TAG_OPS);
     M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
     M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
     for (int i = 0; i < M.nworkers; i++) {
@@ -607,6 +686,9 @@ int sl_master_run(void)
     }
     if (!M.stopping) {
         event_add(M.accept_ev, NULL);
+        if (M.ops_accept_ev)
+            event_add(M.ops_accept_ev, NULL);
+        warn_if_open(M.lfd);
         SL_TEL(SL_EV_SERVER_STARTED, SL_INFO, SL_TF_S("host", cf->host),
                SL_TF_I("port", cf->port), SL_TF_I("workers", cf->workers),
                SL_TF_I("pid", getpid()));
@@ -644,6 +726,8 @@ int sl_master_run(void)
     for (int i = 0; i < 4; i++)
         event_free(sigs[i]);
     event_free(M.accept_ev);
+    if (M.ops_accept_ev)
+        event_free(M.ops_accept_ev);
     event_free(M.accept_retry_ev);
     event_free(M.stop_ev);
     for (int i = 0; i < M.nworkers; i++)

@@ -58,7 +58,9 @@ static const char *const event_names[SL_EV__COUNT] = {
     "message-publish-failed", "channel-broadcast-start", "channel-broadcast-complete",
     "broadcast-failed", "rpc-request-sent", "rpc-response-sent", "rpc-request-expired",
     "rpc-cleanup-completed", "http-request", "slow-consumer-disconnected", "worker-exited",
-    "worker-started",
+    "worker-started", "authenticated", "authentication-failed", "session-expired",
+    "permission-denied", "rate-limited", "connection-limit-reached", "keys-reloaded",
+    "keys-reload-failed", "open-access",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};
