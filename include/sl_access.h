@@ -80,7 +80,7 @@ sl_access_user_t *sl_access_user_add(sl_reg_t *r, const char *conn_id, int worke
 void sl_access_user_remove(sl_reg_t *r, sl_access_user_t *u);
 /* Read side. */
 sl_access_user_t *sl_access_user_find(sl_reg_t *r, const char *conn_id, size_t len);
-/* Call fn for every connection of `user` (read side). */
+/* Call fn for every connection of `user` (NULL: of every user; read side). */
 void sl_access_user_conns(sl_reg_t *r, const char *user, size_t len,
                           void (*fn)(const sl_access_user_t *u, void *arg), void *arg);
 

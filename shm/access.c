@@ -228,7 +228,7 @@ static int of_user_cb(sl_table_node_t *n, void *arg)
 {
     of_user_t *x = arg;
     sl_access_user_t *u = (sl_access_user_t *)n;
-    if (strlen(u->user) == x->len && memcmp(u->user, x->user, x->len) == 0)
+    if (x->user == NULL || (strlen(u->user) == x->len && memcmp(u->user, x->user, x->len) == 0))
         x->fn(u, x->arg);
     return 0;
 }
