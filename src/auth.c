@@ -225,8 +225,10 @@ static signed char b64_value(unsigned char ch)
 }
 
 /* Strict base64url without padding (RFC 7515 section 2): the alphabet
- * only, no '=', and a length that is not 1 modulo 4.  out has room for
- * len * 3 / 4 bytes.  SL_OK or SL_ERROR. */
+ * only, no '=', a length that is not 1 modulo 4, and the unused low bits of
+ * the last character zero (so each byte string has exactly one encoding
+ * and a signature cannot be respelt).  out has room for len * 3 / 4 bytes.
+ * SL_OK or SL_ERROR. */
 static int b64url_decode(const char *s, size_t len, uint8_t *out, size_t *outlen)
 {
     if (len % 4 == 1)
@@ -245,6 +247,8 @@ static int b64url_decode(const char *s, size_t len, uint8_t *out, size_t *outlen
             out[o++] = (uint8_t)(acc >> bits);
         }
     }
+    if (acc & ((1u << bits) - 1))
+        return SL_ERROR;
     *outlen = o;
     return SL_OK;
 }
@@ -541,16 +545,12 @@ sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, s
                  "the payload is not a base64url JSON object (without duplicate keys)");
         goto out;
     }
-    bool sig_ok;
-    if (slen == 0) {
-        sig_ok = false;
-    } else if (algs[a].fam == FAM_PS) {
-        size_t n;
-        sig_ok = b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK &&
-                 verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
-    } else {
+    size_t n;
+    bool sig_ok = slen > 0 && b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK; /* canonical */
+    if (sig_ok && algs[a].fam == FAM_PS)
+        sig_ok = verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
+    else if (sig_ok)
         sig_ok = verify_libjwt(a, token, len, (char *)scratch);
-    }
     if (!sig_ok) {
         r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "the %s signature does not verify",
                  algs[a].name);
