@@ -66,7 +66,8 @@ int sl_access_acquire(sl_reg_t *r, sl_access_kind_t kind, const char *name, size
 /* Give one back (a no-op when `worker` holds none). */
 void sl_access_release(sl_reg_t *r, sl_access_kind_t kind, const char *name, size_t len,
                        int worker);
-/* The total (read side; a figure). */
+/* The total (read side; a figure: the counters are read one by one, so
+ * while others change theirs it may be off by those changes). */
 uint64_t sl_access_total(sl_reg_t *r, sl_access_kind_t kind, const char *name, size_t len);
 /* Every entry of `kind` with its total (read side). */
 void sl_access_foreach(sl_reg_t *r, sl_access_kind_t kind,
