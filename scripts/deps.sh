@@ -7,7 +7,8 @@
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
-#   scripts/deps.sh --bench  also gnuplot for the benchmark chart (the peers
+#   scripts/deps.sh --bench  also gnuplot for the benchmark chart, PyJWT and
+#                            openssl for the access-control rows (the peers
 #                            are installed by scripts/bench/peers-install.sh)
 # Options combine.  As root it runs apt-get itself; otherwise it prints the
 # command to run.
@@ -22,7 +23,7 @@ for opt in "$@"; do
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;
-    --bench) pkgs="$pkgs python3 procps curl gnuplot-nox" ;;
+    --bench) pkgs="$pkgs python3 python3-jwt openssl procps curl gnuplot-nox" ;;
     *) echo "usage: scripts/deps.sh [--test] [--web] [--bench]" >&2; exit 2 ;;
     esac
 done

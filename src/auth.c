@@ -209,19 +209,26 @@ bool sl_auth_enabled(void)
 
 /* ------------------------------------------------------------- decoding */
 
-static signed char b64_value(unsigned char ch)
+/* base64url alphabet -> value, -1 elsewhere (a table: tokens are decoded on
+ * every handshake that carries one). */
+static const signed char b64_values[256] = {
+    ['A'] = 0,  ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,
+    ['H'] = 7,  ['I'] = 8,  ['J'] = 9,  ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13,
+    ['O'] = 14, ['P'] = 15, ['Q'] = 16, ['R'] = 17, ['S'] = 18, ['T'] = 19, ['U'] = 20,
+    ['V'] = 21, ['W'] = 22, ['X'] = 23, ['Y'] = 24, ['Z'] = 25, ['a'] = 26, ['b'] = 27,
+    ['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31, ['g'] = 32, ['h'] = 33, ['i'] = 34,
+    ['j'] = 35, ['k'] = 36, ['l'] = 37, ['m'] = 38, ['n'] = 39, ['o'] = 40, ['p'] = 41,
+    ['q'] = 42, ['r'] = 43, ['s'] = 44, ['t'] = 45, ['u'] = 46, ['v'] = 47, ['w'] = 48,
+    ['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53, ['2'] = 54, ['3'] = 55,
+    ['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['-'] = 62,
+    ['_'] = 63,
+};
+
+/* The table above has 0 for 'A' and for every byte not in the alphabet;
+ * this tells them apart. */
+static inline signed char b64_value(unsigned char ch)
 {
-    if (ch >= 'A' && ch <= 'Z')
-        return (signed char)(ch - 'A');
-    if (ch >= 'a' && ch <= 'z')
-        return (signed char)(ch - 'a' + 26);
-    if (ch >= '0' && ch <= '9')
-        return (signed char)(ch - '0' + 52);
-    if (ch == '-')
-        return 62;
-    if (ch == '_')
-        return 63;
-    return -1;
+    return b64_values[ch] || ch == 'A' ? b64_values[ch] : -1;
 }
 
 /* Strict base64url without padding (RFC 7515 section 2): the alphabet
@@ -251,6 +258,19 @@ static int b64url_decode(const char *s, size_t len, uint8_t *out, size_t *outlen
         return SL_ERROR;
     *outlen = o;
     return SL_OK;
+}
+
+/* The alphabet already checked: is the length possible, and are the unused
+ * low bits of the last character zero (b64url_decode's last two rules)? */
+static bool b64url_canonical_end(const char *s, size_t len)
+{
+    unsigned v = (unsigned)b64_value((unsigned char)s[len - 1]);
+    switch (len % 4) {
+    case 1: return false;
+    case 2: return (v & 0xf) == 0; /* one byte in the last group: 4 bits unused */
+    case 3: return (v & 0x3) == 0; /* two bytes: 2 bits unused */
+    }
+    return true;
 }
 
 static json_t *decode_json_part(const char *s, size_t len, uint8_t *scratch)
@@ -546,11 +566,13 @@ sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, s
         goto out;
     }
     size_t n;
-    bool sig_ok = slen > 0 && b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK; /* canonical */
-    if (sig_ok && algs[a].fam == FAM_PS)
-        sig_ok = verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
-    else if (sig_ok)
-        sig_ok = verify_libjwt(a, token, len, (char *)scratch);
+    bool sig_ok;
+    if (algs[a].fam == FAM_PS)
+        sig_ok = slen > 0 && b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK &&
+                 verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
+    else /* libjwt decodes the signature itself: we only insist on one spelling */
+        sig_ok = slen > 0 && b64url_canonical_end(d2 + 1, slen) &&
+                 verify_libjwt(a, token, len, (char *)scratch);
     if (!sig_ok) {
         r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "the %s signature does not verify",
                  algs[a].name);

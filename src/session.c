@@ -215,11 +215,15 @@ static void limit_reached(const char *scope, const char *key, int64_t limit)
 static int take_identity(sl_conn_t *c, sl_ident_t *id)
 {
     sl_session_t *s = c->sess;
-    int rc = sl_access_acquire(REG, SL_ACCESS_USER, id->user, strlen(id->user), sl_worker->id,
-                               (uint64_t)sl_conf->max_connections_per_user);
-    if (rc != SL_OK)
-        return rc;
-    s->user_held = true;
+    /* Counted only when limited: without a limit the count decides nothing,
+     * and every connection of one user would take the same lock. */
+    if (sl_conf->max_connections_per_user > 0) {
+        int rc = sl_access_acquire(REG, SL_ACCESS_USER, id->user, strlen(id->user),
+                                   sl_worker->id, (uint64_t)sl_conf->max_connections_per_user);
+        if (rc != SL_OK)
+            return rc;
+        s->user_held = true;
+    }
     s->ident = id;
     s->auth_deadline = 0;
     set_expiry(s);
