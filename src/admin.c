@@ -68,17 +68,6 @@ static bool token_ok(const sl_http_request_t *req)
 
 /* ---------------------------------------------------------------- path */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Split "/api/a/b%2Fc" after "/api/" into decoded segments (malloc'd,
  * NUL-free: %00 is refused).  Returns the count, or -1 for a bad escape. */
 static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen[SEG_MAX])
@@ -90,24 +79,14 @@ static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen
         while (i < len && path[i] != '/')
             i++;
         char *out = malloc(i - s + 1);
-        size_t o = 0;
-        for (size_t k = s; k < i; k++) {
-            if (path[k] == '%') {
-                int hi = k + 2 < i ? hexval(path[k + 1]) : -1,
-                    lo = k + 2 < i ? hexval(path[k + 2]) : -1;
-                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                    free(out);
-                    return -1;
-                }
-                out[o++] = (char)(hi * 16 + lo);
-                k += 2;
-            } else {
-                out[o++] = path[k];
-            }
+        int o = out ? sl_http_unescape(path + s, i - s, out, i - s) : -1;
+        if (o < 0) {
+            free(out);
+            return -1;
         }
         out[o] = '\0';
         seg[n] = out;
-        seglen[n] = o;
+        seglen[n] = (size_t)o;
         n++;
         i++; /* skip '/' */
     }

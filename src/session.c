@@ -140,20 +140,10 @@ static bool peer_ip(int fd, char *out, size_t outsz)
     return false;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* The upgrade request's token: "Authorization: Bearer T", else the query
- * parameter "token" (percent-decoded into buf).  Its length, 0 when there
- * is none, or more than SL_AUTH_TOKEN_MAX (too large, not copied). */
+ * parameter "token" (percent-decoded into buf, which has room for a whole
+ * request target; a bad escape leaves it as sent, to be refused).  Its
+ * length, 0 when there is none. */
 static size_t request_token(const sl_http_request_t *req, char *buf, const char **tok,
                             const char **via)
 {
@@ -172,22 +162,11 @@ static size_t request_token(const sl_http_request_t *req, char *buf, const char 
         const char *p = q + 1, *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;
         if (stop - p > 6 && memcmp(p, "token=", 6) == 0) {
-            size_t n = 0;
-            for (const char *s = p + 6; s < stop; s++) {
-                if (n > SL_AUTH_TOKEN_MAX)
-                    return n;
-                int hi, lo;
-                if (*s == '%' && stop - s >= 3 && (hi = hexval(s[1])) >= 0 &&
-                    (lo = hexval(s[2])) >= 0) {
-                    buf[n++] = (char)(hi * 16 + lo);
-                    s += 2;
-                } else {
-                    buf[n++] = *s == '+' ? ' ' : *s;
-                }
-            }
-            *tok = buf;
+            size_t raw = (size_t)(stop - p - 6);
+            int n = sl_http_unescape(p + 6, raw, buf, SL_AUTH_TOKEN_MAX + 1);
+            *tok = n >= 0 ? buf : p + 6;
             *via = "query";
-            return n;
+            return n >= 0 ? (size_t)n : raw;
         }
         q = amp;
     }
@@ -201,12 +180,28 @@ static void auth_failed(sl_conn_t *c, sl_auth_result_t r, const char *via, const
            SL_TF_S("via", via), SL_TF_S("reason", sl_auth_reason(r)), SL_TF_S("message", msg));
 }
 
-static void limit_reached(const char *scope, const char *key, int64_t limit)
+/* A place refused on the upgrade (rc from sl_access_acquire): counted,
+ * logged, the session ended; the HTTP status to answer. */
+static int place_refused(sl_conn_t *c, int rc, sl_access_kind_t kind, const char *key,
+                         const char **code, char *message, size_t msgsz)
 {
-    sl_worker_count_error(scope[0] == 'i' ? SL_ERR_MAX_CONNECTIONS_PER_IP
-                                          : SL_ERR_MAX_CONNECTIONS_PER_USER);
-    SL_TEL(SL_EV_CONNECTION_LIMIT, SL_INFO, SL_TF_S("scope", scope), SL_TF_S("key", key),
-           SL_TF_I("limit", limit));
+    bool ip = kind == SL_ACCESS_IP;
+    if (rc == SL_ACCESS_FULL) {
+        int64_t limit = ip ? sl_conf->max_connections_per_ip : sl_conf->max_connections_per_user;
+        sl_worker_count_error(ip ? SL_ERR_MAX_CONNECTIONS_PER_IP
+                                 : SL_ERR_MAX_CONNECTIONS_PER_USER);
+        SL_TEL(SL_EV_CONNECTION_LIMIT, SL_INFO, SL_TF_S("scope", ip ? "ip" : "user"),
+               SL_TF_S("key", key), SL_TF_I("limit", limit));
+        *code = ip ? "max-connections-per-ip" : "max-connections-per-user";
+        snprintf(message, msgsz, "too many connections %s (--%s)",
+                 ip ? "from this address" : "of this user", *code);
+    } else {
+        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        *code = "shm-exhausted";
+        snprintf(message, msgsz, "the server's shared memory is full");
+    }
+    sl_session_end(c);
+    return rc == SL_ACCESS_FULL ? 429 : 503;
 }
 
 /* The connection becomes `id`'s: a place in the user's count first (the
@@ -274,23 +269,12 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
     if (cf->max_connections_per_ip > 0 && peer_ip(c->fd, s->ip, sizeof(s->ip))) {
         int rc = sl_access_acquire(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_worker->id,
                                    (uint64_t)cf->max_connections_per_ip);
-        if (rc != SL_OK) {
-            if (rc == SL_ACCESS_FULL)
-                limit_reached("ip", s->ip, cf->max_connections_per_ip);
-            else
-                sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
-            *code = rc == SL_ACCESS_FULL ? "max-connections-per-ip" : "shm-exhausted";
-            snprintf(message, msgsz, rc == SL_ACCESS_FULL
-                                         ? "too many connections from this address "
-                                           "(--max-connections-per-ip)"
-                                         : "the server's shared memory is full");
-            sl_session_end(c);
-            return rc == SL_ACCESS_FULL ? 429 : 503;
-        }
+        if (rc != SL_OK)
+            return place_refused(c, rc, SL_ACCESS_IP, s->ip, code, message, msgsz);
         s->ip_held = true;
     }
 
-    static char buf[SL_AUTH_TOKEN_MAX + 2];
+    static char buf[SL_AUTH_TOKEN_MAX + 1];
     const char *tok = NULL, *via = NULL;
     size_t n = sl_auth_enabled() ? request_token(req, buf, &tok, &via) : 0;
     if (n == 0) {
@@ -309,18 +293,10 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
     }
     int rc = take_identity(c, id);
     if (rc != SL_OK) {
-        if (rc == SL_ACCESS_FULL)
-            limit_reached("user", id->user, cf->max_connections_per_user);
-        else
-            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
-        *code = rc == SL_ACCESS_FULL ? "max-connections-per-user" : "shm-exhausted";
-        snprintf(message, msgsz, rc == SL_ACCESS_FULL
-                                     ? "too many connections of this user "
-                                       "(--max-connections-per-user)"
-                                     : "the server's shared memory is full");
+        char user[SL_AUTH_USER_MAX + 1];
+        snprintf(user, sizeof(user), "%s", id->user);
         sl_ident_free(id);
-        sl_session_end(c);
-        return rc == SL_ACCESS_FULL ? 429 : 503;
+        return place_refused(c, rc, SL_ACCESS_USER, user, code, message, msgsz);
     }
     s->via = via; /* logged once the connection has its conn-id */
     return SL_OK;
@@ -414,7 +390,9 @@ void sl_session_authenticate(sl_conn_t *c, json_t *msg)
     }
     int rc = take_identity(c, id);
     if (rc == SL_ACCESS_FULL) {
-        limit_reached("user", id->user, sl_conf->max_connections_per_user);
+        sl_worker_count_error(SL_ERR_MAX_CONNECTIONS_PER_USER);
+        SL_TEL(SL_EV_CONNECTION_LIMIT, SL_INFO, SL_TF_S("scope", "user"),
+               SL_TF_S("key", id->user), SL_TF_I("limit", sl_conf->max_connections_per_user));
         sl_ident_free(id);
         auth_result(c, "max-connections-per-user",
                     "too many connections of this user (--max-connections-per-user)");
