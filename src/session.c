@@ -176,8 +176,13 @@ static size_t request_token(const sl_http_request_t *req, char *buf, const char 
 static void auth_failed(sl_conn_t *c, sl_auth_result_t r, const char *via, const char *msg)
 {
     sl_worker_count_error(auth_err(r));
+    /* On the upgrade there is no conn-id yet: the peer's address says who. */
+    char peer[INET6_ADDRSTRLEN] = "";
+    if (c->conn_id[0] == '\0' && sl_tel_on(SL_INFO))
+        peer_ip(c->fd, peer, sizeof(peer));
     SL_TEL(SL_EV_AUTHENTICATION_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_S("via", via), SL_TF_S("reason", sl_auth_reason(r)), SL_TF_S("message", msg));
+           SL_TF_S("peer", peer), SL_TF_S("via", via), SL_TF_S("reason", sl_auth_reason(r)),
+           SL_TF_S("message", msg));
 }
 
 /* A place refused on the upgrade (rc from sl_access_acquire): counted,
