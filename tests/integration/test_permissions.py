@@ -64,7 +64,8 @@ def expected(value, who, subscribed):
 def test_permission_matrix_across_workers(server_factory, keys):
     srv = server_factory(*keys.flags("secret"), "--allow-anonymous", "--log-level", "info",
                          *namespaces())
-    chans = [f"{k}-{v}:room" for k in KEYS for v in VALUES]
+    chans = [f"{k}-{v}:room" for k in KEYS for v in VALUES] + \
+        [f"subscribe-{v}:dm#alice,svc" for v in VALUES]
     tokens = {
         "anon": None,
         "authed": keys.token(sub="alice"),
@@ -127,8 +128,24 @@ def test_permission_matrix_across_workers(server_factory, keys):
                         refused[reason] += 1
                     checked += 1
             actor.close()
+    # User-limited channels in every subscribe-* namespace: the user list
+    # decides, whatever the value (alice listed; bob's token lists the
+    # channel but bob is not in the list; anonymous).
+    for v in VALUES:
+        if v == "subscribers":
+            continue
+        ch = f"subscribe-{v}:dm#alice,svc"
+        for who, want in (("authed", None), ("granted", "permission-denied"),
+                          ("anon", "unauthenticated")):
+            actor = on_worker(srv, 1, tokens[who])
+            r = ask(actor, type="subscribe", **{"channel-id": ch})
+            assert (None if r["success"] else r["reason"]) == want, (who, ch, r)
+            if want:
+                refused[want] += 1
+            actor.close()
+            checked += 1
     other.close()
-    assert checked == 2 * 3 * 14
+    assert checked == 2 * 3 * 14 + 4 * 3
     errs = srv.stats()["errors"]
     assert errs["unauthenticated"] == refused["unauthenticated"]
     assert errs["permission-denied"] == refused["permission-denied"]
