@@ -8,6 +8,7 @@
 #   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
+#   make bench-auth   µs per token verification (figures, not a test)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd units, example config, logrotate
@@ -31,7 +32,7 @@ SYSCONFDIR ?= /etc
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
 VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
-PKGS     := libevent jansson liburcu libcrypto
+PKGS     := libevent jansson liburcu libcrypto libjwt
 PY       ?= /usr/bin/python3
 
 ifeq ($(SAN),1)
@@ -64,7 +65,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
-        format bench-shm bench-tel bench bench-quick
+        format bench-shm bench-tel bench bench-quick bench-auth
 
 all: $(BIN) sente-lite
 
@@ -100,14 +101,19 @@ bench-shm: $(BUILD)/bench/bench_shm
 bench-tel: $(BUILD)/bench/bench_tel
 	$(BUILD)/bench/bench_tel
 
+# Tokens: µs per verification (HS256, RS256, ES256) and where it goes.
+bench-auth: $(BUILD)/bench/bench_auth
+	$(BUILD)/bench/bench_auth
+
 # Side by side with nchan and a Node.js ws server (docs/benchmarks.md):
 # installs the peers, runs every scenario three times alternating the
 # servers, prints the table of medians, writes build/bench/results.json,
 # build/bench/table.md and build/bench/chart.png.  About 10 minutes.
-bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel
+bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel $(BUILD)/bench/bench_auth
 	scripts/deps.sh --bench
 	scripts/bench/peers-install.sh
 	$(BUILD)/bench/bench_tel | tee $(BUILD)/bench/telemetry.txt
+	$(BUILD)/bench/bench_auth | tee $(BUILD)/bench/auth.txt
 	$(PY) scripts/bench/bench.py --big 50000 --out $(BUILD)/bench/results.json
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png

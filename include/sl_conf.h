@@ -28,6 +28,39 @@ typedef struct {
     uint8_t addr[16];
 } sl_cidr_t;
 
+#define SL_MAX_NAMESPACES 64
+#define SL_NAMESPACE_NAME_MAX 64
+
+/* Who may do an action in a namespace (--namespace NAME:key=value). */
+typedef enum {
+    SL_RULE_ANYONE = 0,     /* every connection, anonymous ones included */
+    SL_RULE_AUTHENTICATED,  /* connections with a verified token */
+    SL_RULE_TOKEN,          /* the token's channels / publish claim lists the channel */
+    SL_RULE_SUBSCRIBERS,    /* connections subscribed to the channel */
+    SL_RULE_NONE,           /* nobody (the admin API still may) */
+} sl_rule_t;
+
+/* The actions a namespace has a key for, in the order of its rules[]. */
+typedef enum {
+    SL_NS_SUBSCRIBE = 0,
+    SL_NS_PUBLISH,
+    SL_NS_RPC,      /* who may send rpc-request */
+    SL_NS_PRESENCE, /* reserved for the presence feature */
+    SL_NS_HISTORY,  /* reserved for the history feature */
+    SL_NS__KEYS
+} sl_ns_key_t;
+
+/* A namespace: channel ids "NAME:..." (NAME "" = the default namespace,
+ * channel ids without ':'). */
+typedef struct {
+    char name[SL_NAMESPACE_NAME_MAX];
+    uint8_t rules[SL_NS__KEYS]; /* sl_rule_t */
+    int8_t auto_create;         /* -1: the server default (--[no-]auto-create) */
+    int64_t max_subscribers;    /* -1: the server default */
+    int64_t message_retention;  /* -1: the server default */
+    int64_t rpc_timeout_ms;     /* -1: the server default */
+} sl_conf_namespace_t;
+
 /* A channel predefined with --channel NAME[:key=value,...]. */
 typedef struct {
     char name[129];
@@ -70,6 +103,27 @@ typedef struct {
     sl_cidr_t trusted_proxies[SL_MAX_PROXIES];
     int nproxies;
     char config_file[1024]; /* the --config file read, "" = none */
+    char admin_token_file[1024]; /* read into admin_token at parse time */
+    /* access control (sl_auth.h, sl_perm.h, sl_session.h) */
+    char jwt_secret_file[1024];     /* HS256/384/512 */
+    char jwt_public_key_file[1024]; /* RS*, PS*, ES* (PEM) */
+    int64_t jwt_leeway_ms;
+    char jwt_audience[256];
+    char jwt_issuer[256];
+    bool allow_anonymous;
+    int64_t auth_timeout_ms;
+    sl_conf_namespace_t *namespaces; /* --namespace, in the order given */
+    int nnamespaces;
+    sl_conf_namespace_t default_namespace; /* resolved after parsing */
+    bool strict_namespaces;
+    int64_t max_messages_per_second; /* 0: unlimited */
+    int64_t message_burst;           /* 0: one second's worth */
+    int64_t max_publishes_per_second;
+    int64_t publish_burst;
+    int64_t max_connections_per_ip;   /* 0: unlimited */
+    int64_t max_connections_per_user; /* 0: unlimited */
+    char ops_host[256]; /* --ops-listen HOST:PORT; ops_port 0 = none */
+    int ops_port;
 } sl_conf_t;
 
 typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION, SL_CONF_CHECK } sl_conf_action_t;
@@ -107,6 +161,17 @@ bool sl_cidr_match(const sl_cidr_t *range, int family, const void *addr);
 
 /* The effective settings as a JSON object (for /stats "server-config"). */
 json_t *sl_conf_to_json(const sl_conf_t *conf);
+
+/* The namespace of channel id[0..len): the declared one, or the default
+ * namespace's (declared with an empty NAME, or built-in: every rule
+ * "anyone") when the id has no ':' or (without --strict-namespaces) names an
+ * undeclared one.  *declared (may be NULL) says whether the id's namespace
+ * is known: false only for "NAME:..." ids whose NAME was not declared. */
+const sl_conf_namespace_t *sl_conf_namespace(const sl_conf_t *conf, const char *id, size_t len,
+                                             bool *declared);
+
+/* Is a token key configured (--jwt-secret-file or --jwt-public-key-file)? */
+bool sl_conf_auth_enabled(const sl_conf_t *conf);
 
 /* CPUs this process may use: affinity mask, capped by the CPU quota of the
  * process's own cgroup or any ancestor (cgroup v2 cpu.max, v1

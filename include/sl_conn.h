@@ -44,6 +44,7 @@ struct sl_conn {
     bool write_armed;  /* ev also waits for EV_WRITE (socket was full) */
     bool close_after_flush; /* HTTP "Connection: close": shut after output */
     bool shut_wr;      /* shutdown(SHUT_WR) done */
+    bool ops;          /* accepted on --ops-listen (operator endpoints only) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
     struct event ev;
@@ -65,15 +66,16 @@ struct sl_conn {
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
     char **subs;              /* channel ids subscribed to (malloc'd strings) */
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
+    struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];
 };
 
-/* Take over an accepted socket (non-blocking is set here). NULL on
- * failure (the fd is closed). */
-sl_conn_t *sl_conn_new(int fd);
+/* Take over an accepted socket (non-blocking is set here); `ops`: it came
+ * in on --ops-listen.  NULL on failure (the fd is closed). */
+sl_conn_t *sl_conn_new(int fd, bool ops);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
  * b->len).  Returns SL_OK, or SL_ERROR when the connection was closed

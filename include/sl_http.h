@@ -55,6 +55,10 @@ bool sl_http_has_token(const char *value, size_t len, const char *token);
 /* Is the method exactly `m`? */
 bool sl_http_method_is(const sl_http_request_t *req, const char *m);
 
+/* Percent-decode in[0..len) into out (cap bytes): the decoded length, or
+ * -1 for a bad escape, an escaped NUL (%00) or too little room. */
+int sl_http_unescape(const char *in, size_t len, char *out, size_t cap);
+
 /* Reason phrase for a status code ("OK", "Not Found", ...). */
 const char *sl_http_reason(int status);
 

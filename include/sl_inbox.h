@@ -25,6 +25,8 @@ typedef enum {
     SL_INBOX_BROADCAST = 3,   /* msg for every local protocol connection */
     SL_INBOX_CLOSE = 4,       /* close one local connection with 1008 */
     SL_INBOX_CHANNEL_GONE = 5, /* msg's channel was deleted: drop local subscribers, tell them */
+    SL_INBOX_UNSUBSCRIBE = 6,  /* admin: unsubscribe one local connection from the channel
+                                  whose id is msg's bytes (not a frame), and tell it */
 } sl_inbox_kind_t;
 
 typedef struct {

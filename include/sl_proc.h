@@ -19,14 +19,19 @@ void sl_proc_title(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * sendmsg/recvmsg for up to this many. */
 #define SL_PROC_FDS_MAX 64
 
-/* Send fds[0..n) (1 <= n <= SL_PROC_FDS_MAX) in one message with
- * SCM_RIGHTS.  SL_OK (all sent: the caller closes its copies), SL_AGAIN
- * (the socket is full: try another worker), or SL_ERROR. */
-int sl_proc_send_fds(int sock, const int *fds, int n);
+/* The byte each message carries: which listener its sockets came from. */
+#define SL_PROC_TAG_PUBLIC 'F' /* --host/--port */
+#define SL_PROC_TAG_OPS 'O'    /* --ops-listen */
 
-/* Receive one message's descriptors into fds (room for SL_PROC_FDS_MAX):
- * their count (>= 1), SL_AGAIN when none is waiting, or SL_ERROR (errno
- * set; 0 with EOF meaning the peer closed). */
-int sl_proc_recv_fds(int sock, int *fds);
+/* Send fds[0..n) (1 <= n <= SL_PROC_FDS_MAX) in one message with
+ * SCM_RIGHTS, tagged with `tag`.  SL_OK (all sent: the caller closes its
+ * copies), SL_AGAIN (the socket is full: try another worker), or SL_ERROR. */
+int sl_proc_send_fds(int sock, const int *fds, int n, char tag);
+
+/* Receive one message's descriptors into fds (room for SL_PROC_FDS_MAX)
+ * and its tag (if `tag` is not NULL): their count (>= 1), SL_AGAIN when
+ * none is waiting, or SL_ERROR (errno set; 0 with EOF meaning the peer
+ * closed). */
+int sl_proc_recv_fds(int sock, int *fds, char *tag);
 
 #endif

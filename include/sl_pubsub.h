@@ -16,6 +16,9 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg);
 void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg);
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg);
 
+/* Is the connection subscribed to channel id[0..len)? */
+bool sl_pubsub_subscribed(sl_conn_t *c, const char *id, size_t len);
+
 /* The connection is closing: leave every channel. */
 void sl_pubsub_closed(sl_conn_t *c);
 

@@ -33,6 +33,7 @@ typedef struct sl_reg_conn {
 } sl_reg_conn_t;
 
 struct sl_inbox;
+struct sl_access;
 
 typedef struct {
     sl_qsbr_t qsbr;
@@ -42,6 +43,7 @@ typedef struct {
     sl_table_t *subs;     /* sl_chan.h */
     sl_table_t *rpcs;     /* sl_rpc.h */
     struct sl_inbox *inboxes[64]; /* one per worker, from the arena */
+    struct sl_access *access;     /* sl_access.h: counts per IP and user, users */
     uint32_t nworkers;
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */

@@ -44,6 +44,26 @@ typedef enum {
     SL_ERR_SHM_EXHAUSTED,      /* shared memory full: request refused */
     SL_ERR_ADMIN_REFUSED,      /* admin API: disabled, or bad/missing token */
     SL_ERR_ACCESS_LOG,         /* --access-log lines that could not be written */
+    /* access control: tokens refused (401 on the upgrade, or an
+     * authenticate-result with success false), by reason */
+    SL_ERR_INVALID_TOKEN,
+    SL_ERR_TOKEN_EXPIRED,
+    SL_ERR_TOKEN_NOT_YET_VALID,
+    SL_ERR_WRONG_AUDIENCE,
+    SL_ERR_WRONG_ISSUER,
+    SL_ERR_WRONG_ALGORITHM,
+    SL_ERR_TOKEN_TOO_LARGE,
+    SL_ERR_AUTH_NOT_CONFIGURED, /* authenticate without any key */
+    SL_ERR_USER_MISMATCH,       /* a refresh naming another user */
+    SL_ERR_AUTH_TIMEOUT,        /* no valid token in time: close 4401 */
+    SL_ERR_SESSION_EXPIRED,     /* token expired, not refreshed: close 4408 */
+    SL_ERR_UNAUTHENTICATED,     /* an action refused: not authenticated */
+    SL_ERR_PERMISSION_DENIED,   /* an action refused by the rules */
+    SL_ERR_UNKNOWN_NAMESPACE,   /* --strict-namespaces */
+    SL_ERR_RATE_LIMITED,        /* a message over a rate limit, not processed */
+    SL_ERR_RATE_LIMIT_CLOSED,   /* far over a rate limit: close 1008 */
+    SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
+    SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -74,6 +94,9 @@ typedef enum {
     SL_HS_ORIGIN_NOT_ALLOWED,  /* 403: --allowed-origin */
     SL_HS_TOO_MANY_CONNECTIONS, /* 503: --max-connections */
     SL_HS_SHM_EXHAUSTED,       /* 503: no room in the registry */
+    SL_HS_UNAUTHORIZED,        /* 401: a token refused (the reason is in errors) */
+    SL_HS_MAX_CONNECTIONS_PER_IP,   /* 429: --max-connections-per-ip */
+    SL_HS_MAX_CONNECTIONS_PER_USER, /* 429: --max-connections-per-user */
     SL_HS__COUNT
 } sl_hs_fail_t;
 

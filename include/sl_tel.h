@@ -74,6 +74,15 @@ typedef enum {
     SL_EV_SERVER_UPGRADING,
     SL_EV_SERVER_UPGRADE_FAILED,
     SL_EV_WORKER_STALLED,
+    SL_EV_AUTHENTICATED,          /* a token accepted (upgrade or authenticate) */
+    SL_EV_AUTHENTICATION_FAILED,  /* a token refused */
+    SL_EV_SESSION_EXPIRED,        /* closed 4401 / 4408 */
+    SL_EV_PERMISSION_DENIED,      /* an action refused by the rules */
+    SL_EV_RATE_LIMITED,           /* closed 1008 for staying over a rate limit */
+    SL_EV_CONNECTION_LIMIT,       /* refused over a per-IP / per-user limit */
+    SL_EV_KEYS_RELOADED,          /* SIGHUP: token keys reread */
+    SL_EV_KEYS_RELOAD_FAILED,     /* SIGHUP: kept the old keys */
+    SL_EV_OPEN_ACCESS,            /* start-up warning: no key, no namespace, not loopback */
     SL_EV__COUNT
 } sl_event_t;
 

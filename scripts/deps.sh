@@ -2,11 +2,13 @@
 # Installs the Debian packages sente-lite needs, only those missing.
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
-#                            the Prometheus text parser, ps)
+#                            the Prometheus text parser, PyJWT and openssl to
+#                            make keys and tokens, ps)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
-#   scripts/deps.sh --bench  also gnuplot for the benchmark chart (the peers
+#   scripts/deps.sh --bench  also gnuplot for the benchmark chart, PyJWT and
+#                            openssl for the access-control rows (the peers
 #                            are installed by scripts/bench/peers-install.sh)
 #   scripts/deps.sh --deb    also what `make deb` needs: debhelper, dpkg-dev,
 #                            lintian (and systemd, for systemd-analyze in the
@@ -15,16 +17,16 @@
 # command to run.
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
+pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev"
 for opt in "$@"; do
     case "$opt" in
-    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl" ;;
+    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl" ;;
     --web)
         pkgs="$pkgs chromium fonts-dejavu-core"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;
-    --bench) pkgs="$pkgs python3 procps curl gnuplot-nox" ;;
+    --bench) pkgs="$pkgs python3 python3-jwt openssl procps curl gnuplot-nox" ;;
     --deb) pkgs="$pkgs debhelper dpkg-dev lintian" ;;
     *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--deb]" >&2; exit 2 ;;
     esac

@@ -6,6 +6,7 @@
  * filled completely before sl_table_insert_new publishes it.
  */
 #include "sl_reg.h"
+#include "sl_access.h"
 #include "sl_chan.h"
 #include "sl_rpc.h"
 
@@ -31,7 +32,8 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint
      * connections).  Lookups by conn-id are rare (admin calls). */
     r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns / 4), 64);
     r->rpcs = sl_table_create(r->arena, &r->qsbr, 4096, 64);
-    if (r->conns == NULL || r->rpcs == NULL)
+    if (r->conns == NULL || r->rpcs == NULL ||
+        sl_access_init(r, max_conns, nworkers) != SL_OK)
         return SL_ERROR;
     return sl_chan_init(r, nworkers);
 }
@@ -107,6 +109,7 @@ size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)
     }
     sl_chan_worker_cleanup(r, worker);
     sl_rpc_worker_cleanup(r, worker);
+    sl_access_worker_cleanup(r, worker); /* its connections' places per IP and user */
     /* Its inbox may hold message references it never consumed; nobody
      * else consumes it until the replacement starts, so drain it here. */
     if ((uint32_t)worker < r->nworkers && r->inboxes[worker]) {

@@ -36,6 +36,24 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_SHM_EXHAUSTED] = "shm-exhausted",
     [SL_ERR_ADMIN_REFUSED] = "admin-refused",
     [SL_ERR_ACCESS_LOG] = "access-log-failed",
+    [SL_ERR_INVALID_TOKEN] = "invalid-token",
+    [SL_ERR_TOKEN_EXPIRED] = "token-expired",
+    [SL_ERR_TOKEN_NOT_YET_VALID] = "token-not-yet-valid",
+    [SL_ERR_WRONG_AUDIENCE] = "wrong-audience",
+    [SL_ERR_WRONG_ISSUER] = "wrong-issuer",
+    [SL_ERR_WRONG_ALGORITHM] = "wrong-algorithm",
+    [SL_ERR_TOKEN_TOO_LARGE] = "token-too-large",
+    [SL_ERR_AUTH_NOT_CONFIGURED] = "authentication-not-configured",
+    [SL_ERR_USER_MISMATCH] = "user-mismatch",
+    [SL_ERR_AUTH_TIMEOUT] = "authentication-timeout",
+    [SL_ERR_SESSION_EXPIRED] = "session-expired",
+    [SL_ERR_UNAUTHENTICATED] = "unauthenticated",
+    [SL_ERR_PERMISSION_DENIED] = "permission-denied",
+    [SL_ERR_UNKNOWN_NAMESPACE] = "unknown-namespace",
+    [SL_ERR_RATE_LIMITED] = "rate-limited",
+    [SL_ERR_RATE_LIMIT_CLOSED] = "rate-limit-disconnect",
+    [SL_ERR_MAX_CONNECTIONS_PER_IP] = "max-connections-per-ip",
+    [SL_ERR_MAX_CONNECTIONS_PER_USER] = "max-connections-per-user",
 };
 
 const char *sl_err_name(sl_err_t e)
@@ -49,6 +67,9 @@ static const char *const sl_hs_names[SL_HS__COUNT] = {
     [SL_HS_ORIGIN_NOT_ALLOWED] = "origin-not-allowed",
     [SL_HS_TOO_MANY_CONNECTIONS] = "too-many-connections",
     [SL_HS_SHM_EXHAUSTED] = "shm-exhausted",
+    [SL_HS_UNAUTHORIZED] = "unauthorized",
+    [SL_HS_MAX_CONNECTIONS_PER_IP] = "max-connections-per-ip",
+    [SL_HS_MAX_CONNECTIONS_PER_USER] = "max-connections-per-user",
 };
 
 const char *sl_hs_fail_name(sl_hs_fail_t f)

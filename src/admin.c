@@ -10,6 +10,7 @@
  * after splitting on '/', so a channel id may contain "/" as %2F.
  */
 #include "sl_admin.h"
+#include "sl_access.h"
 #include "sl_chan.h"
 #include "sl_conf.h"
 #include "sl_pubsub.h"
@@ -67,17 +68,6 @@ static bool token_ok(const sl_http_request_t *req)
 
 /* ---------------------------------------------------------------- path */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Split "/api/a/b%2Fc" after "/api/" into decoded segments (malloc'd,
  * NUL-free: %00 is refused).  Returns the count, or -1 for a bad escape. */
 static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen[SEG_MAX])
@@ -89,24 +79,14 @@ static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen
         while (i < len && path[i] != '/')
             i++;
         char *out = malloc(i - s + 1);
-        size_t o = 0;
-        for (size_t k = s; k < i; k++) {
-            if (path[k] == '%') {
-                int hi = k + 2 < i ? hexval(path[k + 1]) : -1,
-                    lo = k + 2 < i ? hexval(path[k + 2]) : -1;
-                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                    free(out);
-                    return -1;
-                }
-                out[o++] = (char)(hi * 16 + lo);
-                k += 2;
-            } else {
-                out[o++] = path[k];
-            }
+        int o = out ? sl_http_unescape(path + s, i - s, out, i - s) : -1;
+        if (o < 0) {
+            free(out);
+            return -1;
         }
         out[o] = '\0';
         seg[n] = out;
-        seglen[n] = o;
+        seglen[n] = (size_t)o;
         n++;
         i++; /* skip '/' */
     }
@@ -305,14 +285,19 @@ static result_t broadcast(json_t *body)
 
 /* ---------------------------------------------------------- connections */
 
+/* One connection of the listing; "user" is null for anonymous ones. */
+static json_t *conn_json(const sl_reg_conn_t *c)
+{
+    const sl_access_user_t *u = sl_access_user_find(REG, c->conn_id, strlen(c->conn_id));
+    return json_pack("{s:s, s:i, s:I, s:I, s:I, s:s?}", "conn-id", c->conn_id, "worker",
+                     c->worker, "opened-at", (json_int_t)c->opened_at, "last-activity",
+                     (json_int_t)uatomic_read(&c->last_activity), "message-count",
+                     (json_int_t)uatomic_read(&c->message_count), "user", u ? u->user : NULL);
+}
+
 static int conn_cb(sl_table_node_t *n, void *arg)
 {
-    sl_reg_conn_t *c = (sl_reg_conn_t *)n;
-    json_array_append_new(
-        arg, json_pack("{s:s, s:i, s:I, s:I, s:I}", "conn-id", c->conn_id, "worker", c->worker,
-                       "opened-at", (json_int_t)c->opened_at, "last-activity",
-                       (json_int_t)uatomic_read(&c->last_activity), "message-count",
-                       (json_int_t)uatomic_read(&c->message_count)));
+    json_array_append_new(arg, conn_json((sl_reg_conn_t *)n));
     return 0;
 }
 
@@ -344,6 +329,73 @@ static result_t connection_call(const char *method, const char *id, size_t len, 
         return err(503, "overloaded", "the connection's worker inbox is full");
     sl_pubsub_wake_later((uint64_t)1 << c->worker);
     return ok(200, json_pack("{s:b}", "closed", 1));
+}
+
+/* ----------------------------------------------------------------- users */
+
+typedef struct {
+    const char *method;
+    json_t *list;          /* GET: the connections */
+    const char *chan;      /* DELETE .../subscriptions/{id}: the channel */
+    size_t chan_len;
+    sl_chan_t *ch;
+    uint64_t done, refused, workers;
+} user_op_t;
+
+static void user_conn_cb(const sl_access_user_t *u, void *arg)
+{
+    user_op_t *x = arg;
+    if (x->list) {
+        sl_reg_conn_t *c = sl_reg_conn_find(REG, u->conn_id, strlen(u->conn_id));
+        if (c)
+            json_array_append_new(x->list, conn_json(c));
+        return;
+    }
+    int rc;
+    if (x->chan) {
+        if (!sl_chan_is_subscriber(REG, x->ch, u->conn_id))
+            return;
+        /* The connection's worker leaves the channel and tells it. */
+        rc = sl_chan_send_kind(REG, SL_INBOX_UNSUBSCRIBE, u->worker, u->slot, u->conn_no,
+                               (const uint8_t *)x->chan, x->chan_len);
+    } else {
+        rc = sl_chan_send_kind(REG, SL_INBOX_CLOSE, u->worker, u->slot, u->conn_no, NULL, 0);
+    }
+    if (rc == SL_OK) {
+        x->done++;
+        x->workers |= (uint64_t)1 << u->worker;
+    } else {
+        x->refused++;
+    }
+}
+
+/* /api/users/{user}/connections (GET: list, DELETE: close them all) and
+ * DELETE /api/users/{user}/subscriptions/{channel-id}, on every worker. */
+static result_t user_call(const char *method, const char *user, size_t ulen, const char *chan,
+                          size_t chan_len)
+{
+    user_op_t x = {.method = method, .chan = chan, .chan_len = chan_len};
+    if (chan) {
+        if (strcmp(method, "DELETE") != 0)
+            return not_allowed("DELETE");
+        if (!sl_chan_id_valid(chan, chan_len) || (x.ch = sl_chan_find(REG, chan, chan_len)) == NULL)
+            return err(404, "channel-not-found", "no such channel");
+    } else if (strcmp(method, "GET") == 0) {
+        x.list = json_array();
+    } else if (strcmp(method, "DELETE") != 0) {
+        return not_allowed("GET, DELETE");
+    }
+    sl_access_user_conns(REG, user, ulen, user_conn_cb, &x);
+    if (x.list)
+        return ok(200, json_pack("{s:s%, s:o}", "user", user, ulen, "connections", x.list));
+    sl_pubsub_wake_later(x.workers);
+    SL_TEL(SL_EV_CONNECTION_REMOVED, SL_INFO, SL_TF_SN("user", user, ulen),
+           SL_TF_S("by", "admin-api"), SL_TF_S("what", chan ? "unsubscribed" : "closed"),
+           SL_TF_I("count", x.done));
+    if (x.refused)
+        return err(503, "overloaded", "a worker's inbox is full; some were not reached, try again");
+    return ok(200, json_pack("{s:s%, s:I}", "user", user, ulen, chan ? "unsubscribed" : "closed",
+                             (json_int_t)x.done));
 }
 
 /* --------------------------------------------------------------- router */
@@ -388,6 +440,10 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         r = connection_call(method, seg[1], sl[1], false, json);
     } else if (n == 3 && strcmp(seg[0], "connections") == 0 && strcmp(seg[2], "send") == 0) {
         r = connection_call(method, seg[1], sl[1], true, json);
+    } else if (n == 3 && strcmp(seg[0], "users") == 0 && strcmp(seg[2], "connections") == 0) {
+        r = user_call(method, seg[1], sl[1], NULL, 0);
+    } else if (n == 4 && strcmp(seg[0], "users") == 0 && strcmp(seg[2], "subscriptions") == 0) {
+        r = user_call(method, seg[1], sl[1], seg[3], sl[3]);
     } else if (n == 2 && strcmp(seg[0], "rpc") == 0 && strcmp(seg[1], "cleanup") == 0) {
         if (strcmp(method, "POST") != 0) {
             r = not_allowed("POST");

@@ -22,6 +22,7 @@
 #include "sl_proto.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
+#include "sl_session.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
 
@@ -133,6 +134,11 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
         delivery_failed(c, NULL, id, len, "invalid-channel-id");
         return;
     }
+    const char *why = sl_session_permit(c, SL_ACT_RPC, id, len, sl_pubsub_subscribed(c, id, len));
+    if (why) {
+        delivery_failed(c, NULL, id, len, why);
+        return;
+    }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     if (ch == NULL) {
         delivery_failed(c, NULL, id, len, "channel-not-found");
@@ -223,8 +229,20 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
     const char *rid = json_string_value(ridj);
     size_t rlen = json_string_length(ridj);
     sl_rpc_t *q = sl_rpc_find(REG, rid, rlen);
-    if (q == NULL || !sl_rpc_claim(q, SL_RPC_ANSWERED)) {
-        /* Late, duplicate, or unknown. */
+    if (q == NULL) {
+        response_failed(c, rid, rlen, "request-not-found");
+        return;
+    }
+    /* Only a subscriber of the request's channel may answer it. */
+    size_t qlen = strlen(q->channel_id);
+    const char *why = sl_session_permit(c, SL_ACT_RPC_RESPONSE, q->channel_id, qlen,
+                                        sl_pubsub_subscribed(c, q->channel_id, qlen));
+    if (why) {
+        response_failed(c, rid, rlen, why);
+        return;
+    }
+    if (!sl_rpc_claim(q, SL_RPC_ANSWERED)) {
+        /* Late or duplicate. */
         response_failed(c, rid, rlen, "request-not-found");
         return;
     }

@@ -10,8 +10,9 @@
  *     seed's name, where there is one, stays as an alias the SENTE_ name beats;
  *   - a config-file key, the flag's own name (`key = value` lines, --config).
  * Order of precedence: defaults, then the config file, then the environment,
- * then the flags.  A repeatable option (--channel, --allowed-origin) takes
- * its whole list from the highest source that names it at all.
+ * then the flags.  A repeatable option (--channel, --allowed-origin,
+ * --trusted-proxy, --namespace) takes its whole list from the highest source
+ * that names it at all.
  */
 #include "sl_conf.h"
 #include "sl_chan.h"
@@ -43,6 +44,8 @@ typedef enum {
     OPT_NAME,    /* app name: [A-Za-z0-9._-]+ */
     OPT_CHANNEL, /* --channel NAME[:key=value,...], repeatable */
     OPT_SECRET,  /* like OPT_STR, but never shown (/stats says only whether set) */
+    OPT_NAMESPACE, /* --namespace NAME:key=value,..., repeatable; env: space-separated */
+    OPT_HOSTPORT,  /* HOST:PORT ([v6]:PORT) */
     OPT_HELP,
     OPT_VERSION,
     OPT_CONFIG, /* --config FILE / -c FILE: read before everything else */
@@ -115,7 +118,47 @@ static const sl_option_t sl_options[] = {
     {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
      1, 1000000, "1000", "N", "channels one connection may subscribe to"},
     {"admin-token", "SENTE_ADMIN_TOKEN", OPT_SECRET, OFF(admin_token), SZ(admin_token), 1, 0, "",
-     "TOKEN", "enable the admin API under /api/ with this bearer token"},
+     "TOKEN", "enable the admin API under /api/ with this bearer token (visible in the process "
+     "list: prefer SENTE_ADMIN_TOKEN or --admin-token-file)"},
+    {"admin-token-file", "SENTE_ADMIN_TOKEN_FILE", OPT_STR, OFF(admin_token_file),
+     SZ(admin_token_file), 0, 0, "", "PATH",
+     "read the admin token from this file (not visible in the process list)"},
+    {"ops-listen", NULL, OPT_HOSTPORT, 0, 0, 0, 0, "", "HOST:PORT",
+     "serve /health, /stats, /metrics, /channels, /dashboard and /api/ only on this second "
+     "listener"},
+    {"jwt-secret-file", "SENTE_JWT_SECRET_FILE", OPT_STR, OFF(jwt_secret_file),
+     SZ(jwt_secret_file), 0, 0, "", "PATH",
+     "HMAC secret (at least 32 bytes) for HS256/384/512 tokens; reread on SIGHUP"},
+    {"jwt-public-key-file", "SENTE_JWT_PUBLIC_KEY_FILE", OPT_STR, OFF(jwt_public_key_file),
+     SZ(jwt_public_key_file), 0, 0, "", "PATH",
+     "PEM public key: RSA (RS256/384/512, PS256/384/512) or EC P-256/384/521 (ES256/384/512); "
+     "reread on SIGHUP"},
+    {"jwt-leeway-ms", NULL, OPT_INT, OFF(jwt_leeway_ms), 0, 0, 3600000, "0", "MS",
+     "clock skew allowed on a token's exp and nbf"},
+    {"jwt-audience", NULL, OPT_STR, OFF(jwt_audience), SZ(jwt_audience), 0, 0, "", "AUD",
+     "tokens must name this audience in aud"},
+    {"jwt-issuer", NULL, OPT_STR, OFF(jwt_issuer), SZ(jwt_issuer), 0, 0, "", "ISS",
+     "tokens must have this iss"},
+    {"allow-anonymous", "SENTE_ALLOW_ANONYMOUS", OPT_BOOL, OFF(allow_anonymous), 0, 0, 0,
+     "false", NULL, "with a token key, also accept connections without a token"},
+    {"auth-timeout-ms", NULL, OPT_INT, OFF(auth_timeout_ms), 0, 10, 3600000, "5000", "MS",
+     "time a connection without a token has to authenticate (close 4401 after it)"},
+    {"namespace", "SENTE_NAMESPACES", OPT_NAMESPACE, 0, 0, 0, 0, NULL, "NAME:key=value,...",
+     "channel namespace with permissions and channel defaults (repeatable; see sente-lite(8))"},
+    {"strict-namespaces", NULL, OPT_FLAG, OFF(strict_namespaces), 0, 0, 0, NULL, NULL,
+     "refuse channels in undeclared namespaces (unknown-namespace)"},
+    {"max-messages-per-second", NULL, OPT_INT, OFF(max_messages_per_second), 0, 0, 1000000, "0",
+     "N", "per-connection message rate (0: unlimited; over it: rate-limited)"},
+    {"message-burst", NULL, OPT_INT, OFF(message_burst), 0, 0, 1000000, "0", "N",
+     "messages a connection may send at once (0: one second's worth)"},
+    {"max-publishes-per-second", NULL, OPT_INT, OFF(max_publishes_per_second), 0, 0, 1000000,
+     "0", "N", "per-connection publish rate (0: unlimited)"},
+    {"publish-burst", NULL, OPT_INT, OFF(publish_burst), 0, 0, 1000000, "0", "N",
+     "publishes a connection may send at once (0: one second's worth)"},
+    {"max-connections-per-ip", NULL, OPT_INT, OFF(max_connections_per_ip), 0, 0, 10000000, "0",
+     "N", "WebSocket connections from one IP address across workers (0: unlimited; 429)"},
+    {"max-connections-per-user", NULL, OPT_INT, OFF(max_connections_per_user), 0, 0, 10000000,
+     "0", "N", "WebSocket connections of one user across workers (0: unlimited; 429 / 4429)"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
     {"access-log", NULL, OPT_STR, OFF(access_log), SZ(access_log), 0, 0, "", "PATH",
@@ -186,6 +229,9 @@ static int parse_bool(const char *s, bool *out)
 
 static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, char *err,
                          size_t errsz);
+static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *err,
+                           size_t errsz);
+static int parse_hostport(sl_conf_t *c, const char *v, const char *who, char *err, size_t errsz);
 
 /* Apply one value to the option's field.  `who` names the source in
  * errors ("--port" or "PORT"). */
@@ -293,6 +339,10 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         }
         c->nproxies++;
         return SL_OK;
+    case OPT_NAMESPACE:
+        return parse_namespace(c, v, who, err, errsz);
+    case OPT_HOSTPORT:
+        return parse_hostport(c, v, who, err, errsz);
     case OPT_FLAG:
         /* The bare flag sets it; the file and the environment say true/false. */
         if (parse_bool(v, (bool *)field) != SL_OK) {
@@ -436,6 +486,218 @@ static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, 
     return SL_OK;
 }
 
+/* ------------------------------------------------------------ namespaces */
+
+static const char *const rule_names[] = {"anyone", "authenticated", "token", "subscribers",
+                                         "none"};
+static const char *const ns_key_names[SL_NS__KEYS] = {"subscribe", "publish", "rpc", "presence",
+                                                      "history"};
+
+/* One "NAME:key=value,..." (NAME may be empty: the default namespace). */
+static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *err,
+                           size_t errsz)
+{
+    char buf[1024];
+    size_t vlen = strlen(v);
+    if (vlen >= sizeof(buf)) {
+        snprintf(err, errsz, "%s: namespace setting longer than %zu bytes", who, sizeof(buf) - 1);
+        return SL_ERROR;
+    }
+    memcpy(buf, v, vlen);
+    buf[vlen] = '\0';
+    char *colon = strchr(buf, ':');
+    if (colon == NULL) {
+        snprintf(err, errsz, "%s: '%s' is not NAME:key=value,... (an empty NAME is the default "
+                             "namespace)", who, buf);
+        return SL_ERROR;
+    }
+    *colon = '\0';
+    size_t nlen = strlen(buf);
+    if (nlen >= SL_NAMESPACE_NAME_MAX ||
+        strspn(buf, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != nlen) {
+        snprintf(err, errsz, "%s: namespace name '%s' must be up to %d of A-Z a-z 0-9 . _ -", who,
+                 buf, SL_NAMESPACE_NAME_MAX - 1);
+        return SL_ERROR;
+    }
+    for (int i = 0; i < c->nnamespaces; i++)
+        if (strcmp(c->namespaces[i].name, buf) == 0) {
+            snprintf(err, errsz, "%s: namespace '%s' is declared twice", who, buf);
+            return SL_ERROR;
+        }
+    if (c->nnamespaces >= SL_MAX_NAMESPACES) {
+        snprintf(err, errsz, "%s: at most %d namespaces", who, SL_MAX_NAMESPACES);
+        return SL_ERROR;
+    }
+    if (c->namespaces == NULL)
+        c->namespaces = calloc(SL_MAX_NAMESPACES, sizeof(*c->namespaces));
+    if (c->namespaces == NULL)
+        return SL_ERROR;
+    sl_conf_namespace_t ns = {.auto_create = -1, .max_subscribers = -1, .message_retention = -1,
+                              .rpc_timeout_ms = -1};
+    memcpy(ns.name, buf, nlen + 1);
+    char *save = NULL;
+    for (char *kv = strtok_r(colon + 1, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (eq == NULL)
+            goto bad_key;
+        *eq = '\0';
+        const char *val = eq + 1;
+        int k = 0;
+        for (; k < SL_NS__KEYS; k++)
+            if (strcmp(kv, ns_key_names[k]) == 0)
+                break;
+        if (k < SL_NS__KEYS) {
+            size_t r = 0;
+            for (; r < SL_ARRAY_LEN(rule_names); r++)
+                if (strcmp(val, rule_names[r]) == 0)
+                    break;
+            /* Subscribing because one is subscribed means nothing. */
+            if (r == SL_ARRAY_LEN(rule_names) || (k == SL_NS_SUBSCRIBE && r == SL_RULE_SUBSCRIBERS)) {
+                snprintf(err, errsz, "%s: %s=%s: the value must be one of anyone, authenticated, "
+                                     "token%s, none", who, kv, val,
+                         k == SL_NS_SUBSCRIBE ? "" : ", subscribers");
+                return SL_ERROR;
+            }
+            ns.rules[k] = (uint8_t)r;
+            continue;
+        }
+        if (strcmp(kv, "auto-create") == 0) {
+            bool b;
+            if (parse_bool(val, &b) != SL_OK) {
+                snprintf(err, errsz, "%s: auto-create=%s is not true or false", who, val);
+                return SL_ERROR;
+            }
+            ns.auto_create = b;
+            continue;
+        }
+        if (strcmp(kv, "max-subscribers") != 0 && strcmp(kv, "message-retention") != 0 &&
+            strcmp(kv, "rpc-timeout-ms") != 0)
+            goto bad_key;
+        sl_conf_channel_t ch = {.max_subscribers = -1, .message_retention = -1,
+                                .rpc_timeout_ms = -1};
+        *eq = '=';
+        if (parse_channel_keys(kv, &ch, who, err, errsz, false) != SL_OK)
+            return SL_ERROR;
+        if (ch.max_subscribers >= 0)
+            ns.max_subscribers = ch.max_subscribers;
+        if (ch.message_retention >= 0)
+            ns.message_retention = ch.message_retention;
+        if (ch.rpc_timeout_ms >= 0)
+            ns.rpc_timeout_ms = ch.rpc_timeout_ms;
+        continue;
+    bad_key:
+        snprintf(err, errsz, "%s: '%s' is not key=value (keys: subscribe, publish, rpc, presence, "
+                             "history, auto-create, max-subscribers, message-retention, "
+                             "rpc-timeout-ms)", who, kv);
+        return SL_ERROR;
+    }
+    c->namespaces[c->nnamespaces++] = ns;
+    return SL_OK;
+}
+
+const sl_conf_namespace_t *sl_conf_namespace(const sl_conf_t *c, const char *id, size_t len,
+                                             bool *declared)
+{
+    const char *colon = memchr(id, ':', len);
+    if (declared)
+        *declared = true;
+    if (colon == NULL)
+        return &c->default_namespace;
+    size_t nlen = (size_t)(colon - id);
+    for (int i = 0; i < c->nnamespaces; i++) {
+        const sl_conf_namespace_t *ns = &c->namespaces[i];
+        if (ns->name[0] && strlen(ns->name) == nlen && memcmp(ns->name, id, nlen) == 0)
+            return ns;
+    }
+    if (declared)
+        *declared = false;
+    return &c->default_namespace;
+}
+
+bool sl_conf_auth_enabled(const sl_conf_t *c)
+{
+    return c->jwt_secret_file[0] != '\0' || c->jwt_public_key_file[0] != '\0';
+}
+
+/* Namespaces take the server defaults for what they leave out; the default
+ * namespace is the one declared with an empty name, or all "anyone". */
+static void resolve_namespaces(sl_conf_t *c)
+{
+    sl_conf_namespace_t def = {.name = "", .auto_create = -1, .max_subscribers = -1,
+                               .message_retention = -1, .rpc_timeout_ms = -1};
+    for (int i = 0; i < c->nnamespaces; i++)
+        if (c->namespaces[i].name[0] == '\0')
+            def = c->namespaces[i];
+    c->default_namespace = def;
+    for (int i = -1; i < c->nnamespaces; i++) {
+        sl_conf_namespace_t *ns = i < 0 ? &c->default_namespace : &c->namespaces[i];
+        if (ns->auto_create < 0)
+            ns->auto_create = c->auto_create;
+        if (ns->max_subscribers < 0)
+            ns->max_subscribers = c->max_subscribers;
+        if (ns->message_retention < 0)
+            ns->message_retention = c->message_retention;
+        if (ns->rpc_timeout_ms < 0)
+            ns->rpc_timeout_ms = c->rpc_timeout_ms;
+    }
+}
+
+/* HOST:PORT, or [IPv6]:PORT. */
+static int parse_hostport(sl_conf_t *c, const char *v, const char *who, char *err, size_t errsz)
+{
+    const char *colon = strrchr(v, ':');
+    int64_t port;
+    if (colon == NULL || colon == v || parse_int(colon + 1, &port) != SL_OK || port < 1 ||
+        port > 65535) {
+        snprintf(err, errsz, "%s: '%s' is not HOST:PORT", who, v);
+        return SL_ERROR;
+    }
+    const char *h = v;
+    size_t hlen = (size_t)(colon - v);
+    if (h[0] == '[' && hlen >= 2 && h[hlen - 1] == ']')
+        h++, hlen -= 2;
+    if (hlen == 0 || hlen >= sizeof(c->ops_host)) {
+        snprintf(err, errsz, "%s: '%s' is not HOST:PORT", who, v);
+        return SL_ERROR;
+    }
+    memcpy(c->ops_host, h, hlen);
+    c->ops_host[hlen] = '\0';
+    c->ops_port = (int)port;
+    return SL_OK;
+}
+
+/* --admin-token-file: the file's content less trailing white space. */
+static int read_admin_token(sl_conf_t *c, char *err, size_t errsz)
+{
+    if (c->admin_token[0]) {
+        snprintf(err, errsz, "--admin-token-file: --admin-token (or SENTE_ADMIN_TOKEN) is set too; "
+                             "use one");
+        return SL_ERROR;
+    }
+    FILE *f = fopen(c->admin_token_file, "r");
+    if (f == NULL) {
+        snprintf(err, errsz, "--admin-token-file: cannot open %s: %s", c->admin_token_file,
+                 strerror(errno));
+        return SL_ERROR;
+    }
+    char buf[sizeof(c->admin_token) + 1];
+    size_t n = fread(buf, 1, sizeof(buf), f);
+    fclose(f);
+    while (n > 0 && isspace((unsigned char)buf[n - 1]))
+        n--;
+    bool printable = n > 0 && n < sizeof(c->admin_token);
+    for (size_t i = 0; printable && i < n; i++)
+        printable = (unsigned char)buf[i] >= 0x21 && buf[i] != 0x7f;
+    if (!printable) {
+        snprintf(err, errsz, "--admin-token-file: %s must hold 1 to %zu printable characters "
+                             "(no spaces)", c->admin_token_file, sizeof(c->admin_token) - 1);
+        return SL_ERROR;
+    }
+    memcpy(c->admin_token, buf, n);
+    c->admin_token[n] = '\0';
+    return SL_OK;
+}
+
 static const char *env_get(char **env, const char *name)
 {
     size_t n = strlen(name);
@@ -455,7 +717,8 @@ void sl_conf_env_name(const char *flag, char *out, size_t n)
 
 static bool is_list(const sl_option_t *o)
 {
-    return o->kind == OPT_ORIGIN || o->kind == OPT_CHANNEL || o->kind == OPT_CIDR;
+    return o->kind == OPT_ORIGIN || o->kind == OPT_CHANNEL || o->kind == OPT_CIDR ||
+           o->kind == OPT_NAMESPACE;
 }
 
 /* Options that only steer the parse: no environment variable, no key. */
@@ -488,6 +751,8 @@ static void clear_list(sl_conf_t *c, const sl_option_t *o)
         c->nchannels = 0;
     } else if (o->kind == OPT_CIDR) {
         c->nproxies = 0;
+    } else if (o->kind == OPT_NAMESPACE) {
+        c->nnamespaces = 0;
     }
 }
 
@@ -573,18 +838,21 @@ static int read_file(pctx_t *p, const char *path)
 }
 
 /* Repeatable options take several values from one variable, one a line
- * (a newline is the one character no channel id or origin may contain). */
+ * (a newline is the one character no channel id or origin may contain).
+ * Namespaces may also be separated by spaces or tabs (their names, keys
+ * and values have none): SENTE_NAMESPACE="chat:publish=token dm:rpc=none". */
 static int set_env(pctx_t *p, const sl_option_t *o, const char *v, const char *name)
 {
     if (!is_list(o))
         return set_from(p, o, v, name, SRC_ENV);
+    const char *sep = o->kind == OPT_NAMESPACE ? " \t\n" : "\n";
     char *copy = strdup(v);
     if (copy == NULL)
         return SL_ERROR;
     int rc = SL_OK;
     char *save = NULL;
-    for (char *item = strtok_r(copy, "\n", &save); item && rc == SL_OK;
-         item = strtok_r(NULL, "\n", &save))
+    for (char *item = strtok_r(copy, sep, &save); item && rc == SL_OK;
+         item = strtok_r(NULL, sep, &save))
         if (*trim(item))
             rc = set_from(p, o, trim(item), name, SRC_ENV);
     free(copy);
@@ -688,12 +956,14 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             continue;
         char name[80];
         sl_conf_env_name(o->flag, name, sizeof(name));
-        /* The seed's alias first, so that SENTE_<FLAG> wins over it. */
-        const char *v = o->env && strcmp(o->env, name) != 0 ? env_get(env, o->env) : NULL;
-        if (v != NULL && set_env(&p, o, v, o->env) != SL_OK)
-            return SL_ERROR;
-        v = env_get(env, name);
-        if (v != NULL && set_env(&p, o, v, name) != SL_OK)
+        /* SENTE_<FLAG> wins over the alias (only one of them is read: a
+         * list must not take values from both). */
+        const char *v = env_get(env, name), *who = name;
+        if (v == NULL && o->env && strcmp(o->env, name) != 0) {
+            v = env_get(env, o->env);
+            who = o->env;
+        }
+        if (v != NULL && set_env(&p, o, v, who) != SL_OK)
             return SL_ERROR;
     }
 
@@ -729,17 +999,33 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             return SL_ERROR;
     }
 
-    /* Predefined channels take the server defaults for what they omit
-     * (known only now: a default may come after --channel). */
+    /* Predefined channels take their namespace's defaults, then the
+     * server's, for what they omit (known only now: a default may come
+     * after --channel). */
+    resolve_namespaces(c);
     for (int i = 0; i < c->nchannels; i++) {
         sl_conf_channel_t *ch = &c->channels[i];
+        const sl_conf_namespace_t *ns = sl_conf_namespace(c, ch->name, strlen(ch->name), NULL);
         if (ch->max_subscribers < 0)
-            ch->max_subscribers = c->max_subscribers;
+            ch->max_subscribers = ns->max_subscribers;
         if (ch->message_retention < 0)
-            ch->message_retention = c->message_retention;
+            ch->message_retention = ns->message_retention;
         if (ch->rpc_timeout_ms < 0)
-            ch->rpc_timeout_ms = c->rpc_timeout_ms;
+            ch->rpc_timeout_ms = ns->rpc_timeout_ms;
     }
+    if (c->admin_token_file[0] && read_admin_token(c, err, errsz) != SL_OK)
+        return SL_ERROR;
+    /* A rule that needs a token while no key can verify one is a mistake
+     * (nobody could ever pass it): say so now. */
+    for (int i = 0; i < c->nnamespaces && !sl_conf_auth_enabled(c); i++)
+        for (int k = 0; k < SL_NS__KEYS; k++)
+            if (c->namespaces[i].rules[k] == SL_RULE_AUTHENTICATED ||
+                c->namespaces[i].rules[k] == SL_RULE_TOKEN) {
+                snprintf(err, errsz, "--namespace %s: %s=%s needs --jwt-secret-file or "
+                                     "--jwt-public-key-file", c->namespaces[i].name,
+                         ns_key_names[k], rule_names[c->namespaces[i].rules[k]]);
+                return SL_ERROR;
+            }
     if ((size_t)c->shm_size < sl_shm_min_size()) {
         snprintf(err, errsz, "--shm-size: must be at least %zu bytes", sl_shm_min_size());
         return SL_ERROR;
@@ -755,6 +1041,9 @@ void sl_conf_free(sl_conf_t *c)
     free(c->channels);
     c->channels = NULL;
     c->nchannels = 0;
+    free(c->namespaces);
+    c->namespaces = NULL;
+    c->nnamespaces = 0;
 }
 
 void sl_conf_usage(FILE *out)
@@ -841,6 +1130,26 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
                         (long long)c->channels[k].message_retention,
                         (long long)c->channels[k].rpc_timeout_ms);
             break;
+        case OPT_NAMESPACE:
+            for (int k = 0; k < c->nnamespaces; k++) {
+                const sl_conf_namespace_t *ns = &c->namespaces[k];
+                fprintf(out, "%s = %s:", o->flag, ns->name);
+                for (int r = 0; r < SL_NS__KEYS; r++)
+                    fprintf(out, "%s=%s,", ns_key_names[r], rule_names[ns->rules[r]]);
+                fprintf(out, "auto-create=%s,max-subscribers=%lld,message-retention=%lld,"
+                             "rpc-timeout-ms=%lld\n", ns->auto_create > 0 ? "true" : "false",
+                        (long long)ns->max_subscribers, (long long)ns->message_retention,
+                        (long long)ns->rpc_timeout_ms);
+            }
+            break;
+        case OPT_HOSTPORT:
+            if (c->ops_port == 0)
+                fprintf(out, "# %s is not set\n", o->flag);
+            else if (strchr(c->ops_host, ':'))
+                fprintf(out, "%s = [%s]:%d\n", o->flag, c->ops_host, c->ops_port);
+            else
+                fprintf(out, "%s = %s:%d\n", o->flag, c->ops_host, c->ops_port);
+            break;
         case OPT_CONFIG:
         case OPT_CHECK:
         case OPT_HELP:
@@ -890,6 +1199,24 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
                                  "max-subscribers", (json_int_t)c->channels[k].max_subscribers,
                                  "message-retention", (json_int_t)c->channels[k].message_retention,
                                  "rpc-timeout-ms", (json_int_t)c->channels[k].rpc_timeout_ms));
+            break;
+        case OPT_NAMESPACE:
+            v = json_array();
+            for (int k = 0; k < c->nnamespaces; k++) {
+                const sl_conf_namespace_t *ns = &c->namespaces[k];
+                json_t *n = json_pack("{s:s, s:b, s:I, s:I, s:I}", "name", ns->name,
+                                      "auto-create", ns->auto_create > 0, "max-subscribers",
+                                      (json_int_t)ns->max_subscribers, "message-retention",
+                                      (json_int_t)ns->message_retention, "rpc-timeout-ms",
+                                      (json_int_t)ns->rpc_timeout_ms);
+                for (int r = 0; r < SL_NS__KEYS; r++)
+                    json_object_set_new(n, ns_key_names[r], json_string(rule_names[ns->rules[r]]));
+                json_array_append_new(v, n);
+            }
+            break;
+        case OPT_HOSTPORT:
+            v = c->ops_port ? json_pack("{s:s, s:i}", "host", c->ops_host, "port", c->ops_port)
+                            : json_null();
             break;
         case OPT_CHECK:
         case OPT_HELP:

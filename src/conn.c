@@ -17,6 +17,7 @@
 #include "sl_conf.h"
 #include "sl_httpd.h"
 #include "sl_proto.h"
+#include "sl_session.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
 
@@ -90,7 +91,7 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
 
 /* ------------------------------------------------------------ lifecycle */
 
-sl_conn_t *sl_conn_new(int fd)
+sl_conn_t *sl_conn_new(int fd, bool ops)
 {
     sl_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -101,6 +102,7 @@ sl_conn_t *sl_conn_new(int fd)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->fd = fd;
+    c->ops = ops;
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
     int64_t now = sl_mono_ms();
@@ -540,6 +542,11 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         break;
     case SL_CONN_WS:
         sl_outq_trim(&c->out);
+        if (c->sess) {
+            sl_session_tick(c, now); /* authentication deadline, token expiry */
+            if (c->state != SL_CONN_WS)
+                break;
+        }
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");

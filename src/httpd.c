@@ -2,17 +2,19 @@
  * httpd.c - routing HTTP requests inside a worker.
  *
  * The upgrade is checked in the order a client can fix things: a malformed
- * handshake (400), the wrong version (426), a refused Origin (403), then
- * capacity (503).  Capacity is reserved before the 101 goes out, so the
+ * handshake (400), the wrong version (426), a refused Origin (403), access
+ * control (sl_session.h: per-IP place 429, token 401, per-user place 429),
+ * then capacity (503).  Capacity is reserved before the 101 goes out, so the
  * server never holds more than --max-connections WebSockets.
  */
 #include "sl_httpd.h"
-#include "sl_access.h"
+#include "sl_accesslog.h"
 #include "sl_admin.h"
 #include "sl_metrics.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_pubsub.h"
+#include "sl_session.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
 #include "sl_web.h"
@@ -35,7 +37,7 @@ static void send_raw(sl_conn_t *c, char *resp, size_t len)
         if (end)
             len = (size_t)(end - resp) + 4;
     }
-    sl_access_response(resp, len);
+    sl_accesslog_response(resp, len);
     sl_buf_t *b = sl_buf_new(len);
     if (b == NULL) {
         free(resp);
@@ -59,6 +61,8 @@ void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *mess
         extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
     else if (status == 405)
         extra = "Allow: GET, HEAD\r\n";
+    else if (status == 401)
+        extra = "WWW-Authenticate: Bearer\r\n";
     if (sl_http_error_response(status, code, message, keep_alive, extra, &resp, &len) != SL_OK) {
         sl_conn_abort(c, "out-of-memory");
         return;
@@ -98,6 +102,18 @@ static void handshake_failed(sl_hs_fail_t why)
 {
     uint64_t *n = &sl_worker->stats->handshake_failures[why];
     CMM_STORE_SHARED(*n, *n + 1);
+}
+
+/* The handshake-failures reason of an access-control refusal (the status
+ * and code sl_session_upgrade answered with). */
+static sl_hs_fail_t session_refusal(int status, const char *code)
+{
+    if (status == 401)
+        return SL_HS_UNAUTHORIZED;
+    if (status != 429)
+        return SL_HS_SHM_EXHAUSTED; /* 503: shared or local memory exhausted */
+    return strcmp(code, "max-connections-per-ip") == 0 ? SL_HS_MAX_CONNECTIONS_PER_IP
+                                                       : SL_HS_MAX_CONNECTIONS_PER_USER;
 }
 
 static bool origin_allowed(const sl_http_request_t *req)
@@ -169,7 +185,20 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         sl_httpd_error(c, 403, "origin-not-allowed", "this Origin may not connect", false);
         return;
     }
+    if (kind == SL_KIND_PROTOCOL) {
+        /* Access control (sl_session.h): per-IP place, token, per-user
+         * place.  It counts and logs its own refusals. */
+        const char *code = NULL;
+        char msg[256];
+        int st = sl_session_upgrade(c, req, &code, msg, sizeof(msg));
+        if (st != SL_OK) {
+            handshake_failed(session_refusal(st, code));
+            sl_httpd_error(c, st, code, msg, false);
+            return;
+        }
+    }
     if (!reserve_capacity(kind)) {
+        sl_session_end(c);
         sl_worker_count_error(SL_ERR_MAX_CONNECTIONS);
         handshake_failed(SL_HS_TOO_MANY_CONNECTIONS);
         sl_httpd_error(c, 503, "too-many-connections", "the server is at --max-connections",
@@ -177,6 +206,7 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         return;
     }
     if (kind == SL_KIND_PROTOCOL && sl_proto_admit(c) != SL_OK) {
+        sl_session_end(c);
         uatomic_add(&sl_worker->stats->connections, -1);
         sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
         handshake_failed(SL_HS_SHM_EXHAUSTED);
@@ -190,6 +220,10 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
                      accept);
     sl_buf_t *b = sl_buf_new((size_t)n);
     if (b == NULL) {
+        /* Registered but never upgraded: abort frees it as an HTTP
+         * connection, so undo what the upgrade took here. */
+        if (kind == SL_KIND_PROTOCOL)
+            sl_proto_closed(c);
         uatomic_add(kind == SL_KIND_ECHO ? &sl_worker->stats->echo_connections
                                          : &sl_worker->stats->connections,
                     -1);
@@ -200,11 +234,11 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     b->len = (uint32_t)n;
     sl_conn_send(c, b);
     sl_buf_unref(b);
-    sl_access_response(resp, (size_t)n);
+    sl_accesslog_response(resp, (size_t)n);
     sl_conn_upgraded(c, kind);
     if (kind == SL_KIND_PROTOCOL) {
         char peer[SL_PEER_MAX];
-        sl_access_peer(c, req, peer, sizeof(peer));
+        sl_accesslog_peer(c, req, peer, sizeof(peer));
         sl_proto_opened(c, peer);
     }
 }
@@ -233,11 +267,19 @@ static bool path_is(const sl_http_request_t *req, const char *p)
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
 }
 
+/* With --ops-listen, these are served there and only there. */
+static bool ops_path(const sl_http_request_t *req)
+{
+    return path_is(req, "/health") || path_is(req, "/stats") || path_is(req, "/metrics") ||
+           path_is(req, "/channels") || path_is(req, "/dashboard") ||
+           (req->path_len >= 5 && memcmp(req->path, "/api/", 5) == 0);
+}
+
 static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen);
 
 bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
 {
-    sl_access_begin(c, req);
+    sl_accesslog_begin(c, req);
     /* HEAD is GET without the body, wherever GET is answered (an upgrade
      * needs a real GET: HEAD with Upgrade is refused as GET-less). */
     sl_http_request_t as_get;
@@ -250,7 +292,7 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
     }
     bool keep = route(c, req, body, blen);
     head_only = false;
-    sl_access_end();
+    sl_accesslog_end();
     return keep;
 }
 
@@ -262,6 +304,19 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
 
     SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
            SL_TF_SN("path", req->path, req->path_len));
+
+    /* --ops-listen splits the paths: operators' endpoints on the ops
+     * listener, everything else (the WebSocket, the pages) on the public
+     * one; the other side answers 404 as for any unknown path. */
+    if (sl_conf->ops_port && c->ops != ops_path(req)) {
+        sl_worker_count_error(SL_ERR_NOT_FOUND);
+        sl_httpd_error(c, 404, "not-found",
+                       c->ops ? "the operator listener serves /health, /stats, /metrics, "
+                                "/channels, /dashboard and /api/ only"
+                              : "no such endpoint",
+                       keep);
+        return keep;
+    }
 
     /* Pages and /client.js; "/" with an Upgrade header stays the WebSocket. */
     const sl_web_asset_t *web = up == NULL ? sl_web_find(req->path, req->path_len) : NULL;

@@ -4,6 +4,7 @@
  * a successful --check-config), 1 when the server cannot run (port in use, no
  * memory), 2 for a bad command line, environment or config file.
  */
+#include "sl_auth.h"
 #include "sl_conf.h"
 #include "sl_master.h"
 #include "sl_proc.h"
@@ -30,6 +31,15 @@ int main(int argc, char **argv)
         printf("sente-lite %s\n", SL_VERSION);
         return 0;
     }
+    /* The token keys: read now, so that a bad file stops the server before
+     * it listens (every process inherits them; SIGHUP rereads them). */
+    if (sl_auth_load(conf.jwt_secret_file, conf.jwt_public_key_file, err, sizeof(err)) != SL_OK) {
+        fprintf(stderr, "sente-lite: %s\n", err);
+        return 2;
+    }
+    sl_auth_set_policy(&(sl_auth_policy_t){.audience = conf.jwt_audience,
+                                           .issuer = conf.jwt_issuer,
+                                           .leeway_ms = conf.jwt_leeway_ms});
     if (action == SL_CONF_CHECK) {
         sl_conf_print(&conf, stdout);
         sl_conf_free(&conf);

@@ -16,8 +16,10 @@
 #include "sl_master.h"
 #include "sl_arena.h"
 #include "sl_conf.h"
+#include "sl_perm.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
+#include "sl_session.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
@@ -27,6 +29,7 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +63,7 @@ typedef struct {
 static struct {
     struct event_base *base;
     int lfds[SL_MAX_LISTEN]; /* listening sockets, bound here or inherited */
+    char ltags[SL_MAX_LISTEN]; /* each one's SL_PROC_TAG_*: public or --ops-listen */
     int nlfd;
     bool inherited; /* from LISTEN_FDS (systemd, or the master we replace) */
     int tel_r, tel_w;                /* the master's own telemetry pipe */
@@ -70,6 +74,7 @@ static struct {
     int next_rr; /* round-robin start among equally loaded workers */
     bool stopping;
     int parked[SL_PARKED_MAX];
+    char parked_tag[SL_PARKED_MAX]; /* the listener each came from */
     int nparked;
     struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev;
     /* Binary upgrade (SIGUSR2), as the old master: the new one's pid and
@@ -157,7 +162,7 @@ static void close_foreign_fds(int keep_ctl)
         close(M.parked[k]);
 }
 
-static int listen_on(const char *host, int port, char *err, size_t errsz)
+static int listen_on(const char *what, const char *host, int port, char *err, size_t errsz)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_ADDRCONFIG};
@@ -166,7 +171,7 @@ static int listen_on(const char *host, int port, char *err, size_t errsz)
     snprintf(pstr, sizeof(pstr), "%d", port);
     int rc = getaddrinfo(host, pstr, &hints, &res);
     if (rc != 0) {
-        snprintf(err, errsz, "cannot resolve --host %s: %s", host, gai_strerror(rc));
+        snprintf(err, errsz, "cannot resolve %s %s: %s", what, host, gai_strerror(rc));
         return -1;
     }
     int fd = -1, saved = 0;
@@ -184,7 +189,7 @@ static int listen_on(const char *host, int port, char *err, size_t errsz)
     }
     freeaddrinfo(res);
     if (fd < 0)
-        snprintf(err, errsz, "cannot listen on %s:%d: %s", host, port, strerror(saved));
+        snprintf(err, errsz, "cannot listen on %s:%d (%s): %s", host, port, what, strerror(saved));
     return fd;
 }
 
@@ -202,16 +207,21 @@ static pid_t fork_blocked(void)
     return pid;
 }
 
-/* In a new child: default dispositions, then unblock. */
-static void child_signals(void)
+/* In a new child: default dispositions, then unblock - all but SIGHUP for
+ * a worker (`keep_hup`), which takes it from a signalfd: were it unblocked
+ * here, a SIGHUP forwarded by the master before the worker has set that up
+ * would kill it (the default action). */
+static void child_signals(bool keep_hup)
 {
     static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
     for (size_t i = 0; i < SL_ARRAY_LEN(sigs); i++)
         signal(sigs[i], SIG_DFL);
     signal(SIGPIPE, SIG_IGN);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
+    sigset_t keep;
+    sigemptyset(&keep);
+    if (keep_hup)
+        sigaddset(&keep, SIGHUP);
+    sigprocmask(SIG_SETMASK, &keep, NULL);
 }
 
 static pid_t spawn_logger(void)
@@ -219,7 +229,7 @@ static pid_t spawn_logger(void)
     pid_t pid = fork_blocked();
     if (pid != 0)
         return pid;
-    child_signals();
+    child_signals(false);
     close_foreign_fds(-1);
     /* Only read ends here: a write end kept open would keep its pipe from
      * ever reaching EOF, and the logger from ever finishing. */
@@ -260,7 +270,7 @@ static int spawn_worker(int i)
     }
     if (pid == 0) {
         close(sv[0]);
-        child_signals();
+        child_signals(true);
         close_foreign_fds(-1);
         /* Our own telemetry pipe's write end only. */
         close(M.tel_r);
@@ -310,8 +320,9 @@ static int pick_worker(uint64_t skip)
 }
 
 /* One socket to the least-loaded worker that takes it (the slow path:
- * a batch that could not be sent, rescued or parked sockets). */
-static void hand_off(int fd)
+ * a batch that could not be sent, rescued or parked sockets); `tag`: the
+ * listener it came from (SL_PROC_TAG_*). */
+static void hand_off(int fd, char tag)
 {
     uint64_t tried = 0;
     for (;;) {
@@ -319,7 +330,7 @@ static void hand_off(int fd)
         if (i < 0)
             break;
         uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
-        int rc = sl_proc_send_fds(M.w[i].ctl, &fd, 1);
+        int rc = sl_proc_send_fds(M.w[i].ctl, &fd, 1, tag);
         if (rc == SL_OK) {
             close(fd);
             return;
@@ -329,6 +340,7 @@ static void hand_off(int fd)
     }
     /* No worker up (between a death and its respawn): park it. */
     if (!M.stopping && M.nparked < SL_PARKED_MAX && tried == 0) {
+        M.parked_tag[M.nparked] = tag;
         M.parked[M.nparked++] = fd;
         return;
     }
@@ -342,34 +354,41 @@ static void hand_off(int fd)
 typedef struct {
     int fds[SL_PROC_FDS_MAX];
     int n;
+    char tag; /* every socket of a batch comes from the same listener */
 } batch_t;
 
 static void batch_send(int i, batch_t *b)
 {
     if (b->n == 0)
         return;
-    if (sl_proc_send_fds(M.w[i].ctl, b->fds, b->n) == SL_OK) {
+    if (sl_proc_send_fds(M.w[i].ctl, b->fds, b->n, b->tag) == SL_OK) {
         for (int k = 0; k < b->n; k++)
             close(b->fds[k]);
     } else {
         /* That worker is backed up or gone: one by one, elsewhere. */
         uatomic_add(&sl_shm->workers[i].pending_handoff, -b->n);
         for (int k = 0; k < b->n; k++)
-            hand_off(b->fds[k]);
+            hand_off(b->fds[k], b->tag);
     }
     b->n = 0;
 }
 
+/* arg: the listener's index in M.lfds; its tag (SL_PROC_TAG_PUBLIC or
+ * SL_PROC_TAG_OPS) travels with every socket.  The batches are all sent
+ * before returning, so one array serves every listener. */
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
     int li = (int)(intptr_t)arg;
     static batch_t batch[SL_MAX_WORKERS];
+    char tag = M.ltags[li];
+    for (int i = 0; i < M.nworkers; i++)
+        batch[i].tag = tag;
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
             int i = pick_worker(0);
             if (i < 0) {
-                hand_off(fd); /* parks it */
+                hand_off(fd, tag); /* parks it */
                 continue;
             }
             /* Counted as in flight now, so the next pick sees it. */
@@ -416,7 +435,7 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
     int n = M.nparked;
     M.nparked = 0;
     for (int k = 0; k < n; k++)
-        hand_off(M.parked[k]);
+        hand_off(M.parked[k], M.parked_tag[k]);
     SL_TEL(SL_EV_WORKER_STARTED, SL_WARN, SL_TF_I("worker", i), SL_TF_I("pid", M.w[i].pid),
            SL_TF_B("respawned", true));
     sl_tel_flush();
@@ -439,9 +458,12 @@ static void worker_died(int i, int status)
     /* Sockets handed over but never taken are still queued on its end:
      * take them back before closing it, to give them to another worker. */
     int rescued[4 * SL_PROC_FDS_MAX], nrescued = 0, got;
+    char rescued_tag[4 * SL_PROC_FDS_MAX], tag = SL_PROC_TAG_PUBLIC;
     while (s->peer >= 0 && nrescued + SL_PROC_FDS_MAX <= (int)SL_ARRAY_LEN(rescued) &&
-           (got = sl_proc_recv_fds(s->peer, rescued + nrescued)) > 0)
+           (got = sl_proc_recv_fds(s->peer, rescued + nrescued, &tag)) > 0) {
+        memset(rescued_tag + nrescued, tag, (size_t)got);
         nrescued += got;
+    }
     if (s->peer >= 0)
         close(s->peer); /* anything beyond 256 sockets is closed with it */
     s->peer = -1;
@@ -460,7 +482,7 @@ static void worker_died(int i, int status)
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
     uatomic_set(&sl_shm->workers[i].pending_handoff, 0);
     for (int k = 0; k < nrescued; k++)
-        hand_off(rescued[k]);
+        hand_off(rescued[k], rescued_tag[k]);
     if (M.stopping)
         return;
     /* Back-off against crash loops: a worker that dies young waits twice
@@ -563,21 +585,82 @@ static void remove_pid_file(const char *path)
         unlink(path);
 }
 
+/* SIGHUP: the logger reopens its file; every worker reopens the access
+ * log if it was moved; the token keys are reread here (so that a respawned
+ * worker inherits the new ones) and in every worker (each keeps its old
+ * keys if its reload fails, and says why). */
 static void sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
+    sl_session_reload_keys();
+    sl_tel_flush();
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].pid > 0)
+            kill(M.w[i].pid, SIGHUP);
 }
 
 /* ---------------------------------------------------- listening sockets */
 
+/* Is fd bound to one of the addresses host:port resolves to (as
+ * listen_on resolves them)? */
+static bool bound_to(int fd, const char *host, int port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) != 0)
+        return false;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *res;
+    char pstr[16];
+    snprintf(pstr, sizeof(pstr), "%d", port);
+    if (getaddrinfo(host, pstr, &hints, &res) != 0)
+        return false;
+    bool same = false;
+    for (struct addrinfo *ai = res; ai && !same; ai = ai->ai_next) {
+        if (ai->ai_family != ss.ss_family)
+            continue;
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const void *)&ss, *b = (const void *)ai->ai_addr;
+            same = a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const void *)&ss, *b = (const void *)ai->ai_addr;
+            same = a->sin6_port == b->sin6_port &&
+                   memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+        }
+    }
+    freeaddrinfo(res);
+    return same;
+}
+
+/* The k-th name of LISTEN_FDNAMES ("a:b:c") is "ops"? */
+static bool fd_named_ops(const char *names, int k)
+{
+    for (; names && k > 0; k--) {
+        names = strchr(names, ':');
+        if (names)
+            names++;
+    }
+    return names && strncmp(names, "ops", 3) == 0 && (names[3] == '\0' || names[3] == ':');
+}
+
 /* Listening sockets handed to us with the sd_listen_fds(3) protocol:
  * LISTEN_PID is our pid and descriptors 3 .. 3+LISTEN_FDS-1 listen.  Both
  * systemd socket activation and the binary upgrade use it.  Returns how
- * many were taken (0: none; bind ourselves). */
+ * many were taken (0: none; bind ourselves).
+ *
+ * Which one is the --ops-listen listener: the one bound to the address and
+ * port --ops-listen names; every other one is public.  A master handing its
+ * listeners to a new binary names them "public" and "ops" in
+ * LISTEN_FDNAMES (a socket unit may say FileDescriptorName=ops too): one
+ * named "ops" that is not bound to --ops-listen (the setting changed, or was
+ * removed) is closed, so that an operators' port never turns public. */
 static int take_inherited_listeners(void)
 {
+    const sl_conf_t *cf = sl_conf;
     const char *pid = getenv("LISTEN_PID"), *nfds = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
     int n = nfds ? atoi(nfds) : 0;
     if (pid == NULL || atol(pid) != (long)getpid() || n <= 0)
         return 0;
@@ -589,8 +672,16 @@ static int take_inherited_listeners(void)
             fprintf(stderr, "sente-lite: inherited descriptor %d is not a listening socket\n", fd);
             continue;
         }
+        bool ops = cf->ops_port && bound_to(fd, cf->ops_host, cf->ops_port);
+        if (!ops && fd_named_ops(names, k)) {
+            fprintf(stderr, "sente-lite: inherited descriptor %d is an operator listener that "
+                            "--ops-listen no longer names: closed\n", fd);
+            close(fd);
+            continue;
+        }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        M.ltags[M.nlfd] = ops ? SL_PROC_TAG_OPS : SL_PROC_TAG_PUBLIC;
         M.lfds[M.nlfd++] = fd;
     }
     /* Not for our children (nor a later exec of ours: it sets its own). */
@@ -598,6 +689,41 @@ static int take_inherited_listeners(void)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     return M.nlfd;
+}
+
+static bool have_listener(char tag)
+{
+    for (int k = 0; k < M.nlfd; k++)
+        if (M.ltags[k] == tag)
+            return true;
+    return false;
+}
+
+/* Bind what was not inherited: the public listener (--host/--port) unless
+ * some public one was, and the --ops-listen one. */
+static int bind_listeners(char *err, size_t errsz)
+{
+    const sl_conf_t *cf = sl_conf;
+    struct {
+        char tag;
+        const char *what, *host;
+        int port;
+    } want[] = {{SL_PROC_TAG_PUBLIC, "--host/--port", cf->host, cf->port},
+                {SL_PROC_TAG_OPS, "--ops-listen", cf->ops_host, cf->ops_port}};
+    for (size_t i = 0; i < SL_ARRAY_LEN(want); i++) {
+        if (want[i].port == 0 || have_listener(want[i].tag))
+            continue;
+        if (M.nlfd >= SL_MAX_LISTEN) {
+            snprintf(err, errsz, "more than %d listening sockets", SL_MAX_LISTEN);
+            return SL_ERROR;
+        }
+        int fd = listen_on(want[i].what, want[i].host, want[i].port, err, errsz);
+        if (fd < 0)
+            return SL_ERROR;
+        M.ltags[M.nlfd] = want[i].tag;
+        M.lfds[M.nlfd++] = fd;
+    }
+    return SL_OK;
 }
 
 /* -------------------------------------------- binary upgrade (SIGUSR2) */
@@ -668,6 +794,14 @@ static void exec_new_master(int ready_w)
             _exit(127);
         close(tmp[k]);
     }
+    /* Names (sd_listen_fds_with_names(3)) tell the new master which one is
+     * the ops listener even if its --ops-listen changed meanwhile. */
+    char names[SL_MAX_LISTEN * 7 + 1] = "";
+    for (int k = 0, j = 0; k < M.nlfd; k++)
+        if (M.lfds[k] >= 0)
+            snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", j++ ? ":" : "",
+                     M.ltags[k] == SL_PROC_TAG_OPS ? "ops" : "public");
+    setenv("LISTEN_FDNAMES", names, 1);
     char v[32];
     snprintf(v, sizeof(v), "%d", n);
     setenv("LISTEN_FDS", v, 1);
@@ -677,7 +811,7 @@ static void exec_new_master(int ready_w)
         setenv("WATCHDOG_PID", v, 1);
     snprintf(v, sizeof(v), "%d", 3 + n);
     setenv("SENTE_UPGRADE_FD", v, 1);
-    child_signals();
+    child_signals(false);
     execv(sl_exe, sl_argv);
     fprintf(stderr, "sente-lite: cannot execute %s: %s\n", sl_exe, strerror(errno));
     _exit(127);
@@ -826,6 +960,35 @@ static int create_predefined_channels(void)
     return rc;
 }
 
+/* A server anyone on the network can reach, with no key and no namespace,
+ * lets every client do everything: say so at start (once). */
+static void warn_if_open(void)
+{
+    if (sl_perm_active())
+        return;
+    bool loopback = true;
+    for (int k = 0; k < M.nlfd && loopback; k++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        if (M.ltags[k] != SL_PROC_TAG_PUBLIC ||
+            getsockname(M.lfds[k], (struct sockaddr *)&ss, &len) != 0)
+            continue;
+        if (ss.ss_family == AF_INET)
+            loopback = (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+        else if (ss.ss_family == AF_INET6)
+            loopback = IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+        else
+            loopback = ss.ss_family == AF_UNIX;
+    }
+    if (loopback)
+        return;
+    SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+           SL_TF_I("port", sl_conf->port),
+           SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
+                              "every client may subscribe, publish and answer RPC on every "
+                              "channel (see --jwt-secret-file, --namespace)"));
+}
+
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -856,13 +1019,9 @@ int sl_master_run(void)
         unsetenv("SENTE_UPGRADE_FD");
     }
     M.inherited = take_inherited_listeners() > 0;
-    if (!M.inherited) {
-        M.lfds[0] = listen_on(cf->host, cf->port, err, sizeof(err));
-        if (M.lfds[0] < 0) {
-            fprintf(stderr, "sente-lite: %s\n", err);
-            return 1;
-        }
-        M.nlfd = 1;
+    if (bind_listeners(err, sizeof(err)) != SL_OK) {
+        fprintf(stderr, "sente-lite: %s\n", err);
+        return 1;
     }
     if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
                       (uint64_t)cf->max_connections) != SL_OK) {
@@ -958,6 +1117,7 @@ int sl_master_run(void)
     if (!M.stopping) {
         for (int k = 0; k < M.nlfd; k++)
             event_add(M.accept_evs[k], NULL);
+        warn_if_open();
         SL_TEL(SL_EV_SERVER_STARTED, SL_INFO, SL_TF_S("host", cf->host),
                SL_TF_I("port", cf->port), SL_TF_I("workers", cf->workers),
                SL_TF_I("pid", getpid()), SL_TF_I("listeners", M.nlfd),

@@ -227,6 +227,11 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
             (long long)json_integer_value(v));
 
     json_t *cs = json_object_get(stats, "channel-stats");
+    json_t *ac = json_object_get(stats, "access");
+    single(&o, "authenticated_connections", "gauge", num(ac, "authenticated-connections"),
+           "Protocol connections with a verified token.");
+    single(&o, "anonymous_connections", "gauge", num(ac, "anonymous-connections"),
+           "Protocol connections without a token.");
     single(&o, "channels", "gauge", num(cs, "total-channels"), "Channels that exist.");
     single(&o, "subscriptions", "gauge", num(cs, "total-subscriptions"),
            "Subscriptions across all channels.");

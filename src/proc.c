@@ -74,11 +74,11 @@ void sl_proc_title(const char *fmt, ...)
     memset(title_start + n, 0, title_len - n + 1);
 }
 
-int sl_proc_send_fds(int sock, const int *fds, int n)
+int sl_proc_send_fds(int sock, const int *fds, int n, char tag)
 {
     if (n < 1 || n > SL_PROC_FDS_MAX)
         return SL_ERROR;
-    char byte = 'F';
+    char byte = tag;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
     union {
         struct cmsghdr h;
@@ -104,7 +104,7 @@ int sl_proc_send_fds(int sock, const int *fds, int n)
     }
 }
 
-int sl_proc_recv_fds(int sock, int *fds)
+int sl_proc_recv_fds(int sock, int *fds, char *tag)
 {
     char byte;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
@@ -131,6 +131,8 @@ int sl_proc_recv_fds(int sock, int *fds)
             continue; /* a message without descriptors: nothing to take */
         int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
         memcpy(fds, CMSG_DATA(c), sizeof(int) * (size_t)n);
+        if (tag)
+            *tag = byte;
         return n;
     }
 }

@@ -10,6 +10,7 @@
 #include "sl_pubsub.h"
 #include "sl_call.h"
 #include "sl_conf.h"
+#include "sl_session.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
 
@@ -37,13 +38,18 @@ int sl_proto_admit(sl_conn_t *c)
     snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
                              c->opened_at);
-    return c->reg ? SL_OK : SL_ERROR;
+    if (c->reg == NULL)
+        return SL_ERROR;
+    sl_session_admitted(c);
+    return SL_OK;
 }
 
 void sl_proto_opened(sl_conn_t *c, const char *peer)
 {
     json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
                           "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
+    if (w && c->sess)
+        sl_session_welcome(c, w);
     sl_proto_reply(c, w);
     SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("peer", peer));
@@ -55,6 +61,7 @@ void sl_proto_closed(sl_conn_t *c)
 {
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     sl_call_closed(c);   /* ...and no pending RPC request */
+    sl_session_end(c);   /* ...and no place in the per-IP / per-user counts */
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -122,6 +129,7 @@ static const sl_handler_t handlers[] = {
     {"get-subscriptions", sl_pubsub_get_subscriptions},
     {"rpc-request", sl_call_request},
     {"rpc-response", sl_call_response},
+    {"authenticate", sl_session_authenticate},
 };
 
 void sl_proto_message(sl_conn_t *c, char *data, size_t len)
@@ -133,6 +141,9 @@ void sl_proto_message(sl_conn_t *c, char *data, size_t len)
     uatomic_set(&c->reg->message_count, c->message_count);
     SL_TEL(SL_EV_WEBSOCKET_MESSAGE_RECEIVED, SL_TRACE, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("bytes", len));
+    /* Over --max-messages-per-second: refused before it is even parsed. */
+    if (c->sess && !sl_session_admit_message(c))
+        return;
 
     json_error_t jerr;
     json_t *msg = json_loadb(data, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
@@ -160,6 +171,10 @@ void sl_proto_message(sl_conn_t *c, char *data, size_t len)
         if (strlen(handlers[i].type) == tlen && memcmp(handlers[i].type, t, tlen) == 0)
             fn = handlers[i].handle;
     SL_TEL(SL_EV_MESSAGE_ROUTING, SL_TRACE, SL_TF_S("conn-id", c->conn_id), SL_TF_S("type", t));
+    if (fn == sl_pubsub_publish && c->sess && !sl_session_admit_publish(c)) {
+        json_decref(msg);
+        return;
+    }
     fn(c, msg);
     SL_TEL(SL_EV_MESSAGE_PROCESSED, SL_TRACE, SL_TF_S("conn-id", c->conn_id), SL_TF_S("type", t));
     json_decref(msg);

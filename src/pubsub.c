@@ -20,7 +20,9 @@
 #include "sl_chan.h"
 #include "sl_cidx.h"
 #include "sl_conf.h"
+#include "sl_perm.h"
 #include "sl_proto.h"
+#include "sl_session.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
 
@@ -97,11 +99,18 @@ static int find_sub(sl_conn_t *c, const char *id, size_t len)
     return -1;
 }
 
-static sl_chan_config_t default_config(void)
+bool sl_pubsub_subscribed(sl_conn_t *c, const char *id, size_t len)
 {
-    return (sl_chan_config_t){.max_subscribers = sl_conf->max_subscribers,
-                              .message_retention = sl_conf->message_retention,
-                              .rpc_timeout_ms = sl_conf->rpc_timeout_ms,
+    return find_sub(c, id, len) >= 0;
+}
+
+/* A new channel's settings: its namespace's defaults (which are the
+ * server's where the namespace says nothing). */
+static sl_chan_config_t default_config(const sl_conf_namespace_t *ns)
+{
+    return (sl_chan_config_t){.max_subscribers = ns->max_subscribers,
+                              .message_retention = ns->message_retention,
+                              .rpc_timeout_ms = ns->rpc_timeout_ms,
                               .telemetry_enabled = true};
 }
 
@@ -151,17 +160,23 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         return;
     }
     bool already = find_sub(c, id, len) >= 0;
+    const char *why = sl_session_permit(c, SL_ACT_SUBSCRIBE, id, len, already);
+    if (why) {
+        reject(c, id, len, why);
+        return;
+    }
     if (!already && (int64_t)c->nsubs >= sl_conf->max_subscriptions_per_connection) {
         reject(c, id, len, "too-many-subscriptions");
         return;
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     if (ch == NULL) {
-        if (!sl_conf->auto_create) {
+        const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
+        if (!ns->auto_create) {
             reject(c, id, len, "channel-not-found");
             return;
         }
-        sl_chan_config_t cfg = default_config();
+        sl_chan_config_t cfg = default_config(ns);
         int rc = sl_chan_create(REG, id, len, &cfg, &ch);
         if (rc == SL_CHAN_NO_MEMORY) {
             sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
@@ -305,6 +320,11 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         sl_proto_reply(c, failure("publish-result", id, len, "invalid-channel-id"));
         return;
     }
+    const char *why = sl_session_permit(c, SL_ACT_PUBLISH, id, len, find_sub(c, id, len) >= 0);
+    if (why) {
+        sl_proto_reply(c, failure("publish-result", id, len, why));
+        return;
+    }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     if (ch == NULL) {
         SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
@@ -361,27 +381,41 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
 
 /* ------------------------------------------------------------ listings */
 
+typedef struct {
+    json_t *all;
+    bool filter;            /* only the channels `who` may subscribe to */
+    const sl_ident_t *who;
+} listing_t;
+
 static int channel_cb(sl_table_node_t *n, void *arg)
 {
+    listing_t *l = arg;
     sl_chan_t *ch = (sl_chan_t *)n;
+    if (l->filter && sl_perm_check(l->who, SL_ACT_SUBSCRIBE, ch->id, ch->node.klen, false) !=
+                         SL_PERM_OK)
+        return 0;
     json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", config_json(&ch->config), "created-at",
                           (json_int_t)ch->created_at, "message-count",
                           (json_int_t)uatomic_read(&ch->message_count), "subscriber-count",
                           (json_int_t)uatomic_read(&ch->subscribers));
-    json_object_setn_new(arg, ch->id, ch->node.klen, o);
+    json_object_setn_new(l->all, ch->id, ch->node.klen, o);
     return 0;
 }
 
 json_t *sl_pubsub_channels_json(void)
 {
-    json_t *all = json_object();
-    sl_table_foreach(REG->channels, channel_cb, all);
-    return all;
+    listing_t l = {json_object(), false, NULL};
+    sl_table_foreach(REG->channels, channel_cb, &l);
+    return l.all;
 }
 
+/* A client sees only the channels it may subscribe to (not a refusal:
+ * nothing is counted). */
 void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
 {
-    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", sl_pubsub_channels_json()));
+    listing_t l = {json_object(), sl_perm_active(), sl_session_ident(c)};
+    sl_table_foreach(REG->channels, channel_cb, &l);
+    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", l.all));
 }
 
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
@@ -460,6 +494,24 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
     sl_buf_unref(b);
 }
 
+/* Admin: unsubscribe one local connection from a channel (the entry's
+ * message carries the channel id, not a frame) and tell it. */
+static void unsubscribe_direct(const sl_inbox_entry_t *e)
+{
+    sl_worker_t *w = sl_worker;
+    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    const char *id = (const char *)e->msg->frame;
+    size_t len = e->msg->len;
+    if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
+        return;
+    int i = find_sub(c, id, len);
+    if (i < 0)
+        return;
+    leave(c, (uint32_t)i);
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:s}", "type", "unsubscribed", "channel-id", id, len,
+                                "reason", "removed by the administrator"));
+}
+
 /* Admin close: the connection is closed with 1008. */
 static void close_direct(const sl_inbox_entry_t *e)
 {
@@ -531,6 +583,8 @@ size_t sl_pubsub_drain(void)
             close_direct(&e);
         else if (e.kind == SL_INBOX_CHANNEL_GONE)
             channel_gone(e.msg);
+        else if (e.kind == SL_INBOX_UNSUBSCRIBE)
+            unsubscribe_direct(&e);
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }

@@ -7,6 +7,7 @@
  * move underneath.
  */
 #include "sl_stats.h"
+#include "sl_access.h"
 #include "sl_conf.h"
 #include "sl_shm.h"
 #include "sl_chan.h"
@@ -238,6 +239,56 @@ static json_t *channel_stats_json(void)
                      (json_int_t)old);
 }
 
+/* Connections listed by user in "access" (the rest are counted). */
+#define SL_STATS_MAX_USER_CONNS 1000
+
+typedef struct {
+    json_t *users;
+    uint64_t listed, omitted;
+} users_t;
+
+static void user_cb(const sl_access_user_t *u, void *arg)
+{
+    users_t *x = arg;
+    if (x->listed >= SL_STATS_MAX_USER_CONNS) {
+        x->omitted++;
+        return;
+    }
+    json_t *list = json_object_get(x->users, u->user);
+    if (list == NULL) {
+        list = json_array();
+        json_object_set_new(x->users, u->user, list);
+    }
+    json_array_append_new(list, json_string(u->conn_id));
+    x->listed++;
+}
+
+static void ip_cb(const char *name, size_t len, uint64_t total, void *arg)
+{
+    if (json_object_size(arg) < SL_STATS_MAX_USER_CONNS)
+        json_object_setn_new(arg, name, len, json_integer((json_int_t)total));
+}
+
+/* Who is connected: each authenticated connection under its user (up to
+ * SL_STATS_MAX_USER_CONNS), and with --max-connections-per-ip the
+ * connections per address (up to as many addresses). */
+static json_t *access_json(uint64_t active)
+{
+    users_t x = {json_object(), 0, 0};
+    sl_access_user_conns(&sl_shm->reg, NULL, 0, user_cb, &x);
+    uint64_t authed = x.listed + x.omitted;
+    json_t *o = json_pack("{s:I, s:I, s:o, s:I}", "authenticated-connections", (json_int_t)authed,
+                          "anonymous-connections",
+                          (json_int_t)(active > authed ? active - authed : 0), "users", x.users,
+                          "connections-omitted", (json_int_t)x.omitted);
+    if (sl_conf->max_connections_per_ip > 0) {
+        json_t *ips = json_object();
+        sl_access_foreach(&sl_shm->reg, SL_ACCESS_IP, ip_cb, ips);
+        json_object_set_new(o, "connections-per-ip", ips);
+    }
+    return o;
+}
+
 /* Unhealthy above this share of the arena in use. */
 #define SL_SHM_HEALTH_LIMIT 0.9
 
@@ -283,6 +334,7 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "handshake-failures", hs);
     json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
     json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
+    json_object_set_new(doc, "access", access_json(t.connections));
     return doc;
 }
 

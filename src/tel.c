@@ -59,6 +59,9 @@ static const char *const event_names[SL_EV__COUNT] = {
     "broadcast-failed", "rpc-request-sent", "rpc-response-sent", "rpc-request-expired",
     "rpc-cleanup-completed", "http-request", "slow-consumer-disconnected", "worker-exited",
     "worker-started", "server-upgrading", "server-upgrade-failed", "worker-stalled",
+    "authenticated", "authentication-failed", "session-expired", "permission-denied",
+    "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
+    "open-access",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};

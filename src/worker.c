@@ -16,11 +16,12 @@
  * (the master stops handing out new ones before it stops us).
  */
 #include "sl_worker.h"
-#include "sl_access.h"
+#include "sl_accesslog.h"
 #include "sl_arena.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
+#include "sl_session.h"
 #include "sl_tel.h"
 
 #include <errno.h>
@@ -138,7 +139,7 @@ static void worker_turn_end(sl_worker_t *w)
     }
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
     sl_pubsub_latency_flush();
-    sl_access_log_flush();
+    sl_accesslog_flush();
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
@@ -153,7 +154,8 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
     /* Bounded per turn (4 batches) so a connection storm cannot starve the
      * connections we already have. */
     for (int batch = 0; batch < 4; batch++) {
-        int n = sl_proc_recv_fds(fd, fds);
+        char tag = SL_PROC_TAG_PUBLIC;
+        int n = sl_proc_recv_fds(fd, fds, &tag);
         if (n == SL_AGAIN)
             return;
         if (n < 0) {
@@ -166,7 +168,7 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
         for (int k = 0; k < n; k++)
-            sl_conn_new(fds[k]);
+            sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS);
     }
 }
 
@@ -189,14 +191,20 @@ static void worker_stop(sl_worker_t *w)
         sl_conn_shutdown(c);
 }
 
-/* SIGTERM/SIGINT arrive through a signalfd rather than libevent's
- * evsignal: the master's libevent signal state is inherited by fork, and a
- * second base registering signals would fight with it. */
+/* SIGTERM/SIGINT (stop) and SIGHUP (reread the token keys and look at the
+ * access log's file again, forwarded by the master) arrive through a signalfd rather than libevent's evsignal:
+ * the master's libevent signal state is inherited by fork, and a second
+ * base registering signals would fight with it. */
 static void signal_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct signalfd_siginfo si;
-    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
-        worker_stop(arg);
+    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+        if (si.ssi_signo == SIGHUP) {
+            sl_session_reload_keys();
+            sl_accesslog_reopen();
+        } else
+            worker_stop(arg);
+    }
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -212,7 +220,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
  * quarter of it, but never busier than every 10 ms nor lazier than 1 s. */
 static struct timeval tick_interval(void)
 {
-    int64_t ms = SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms) / 4;
+    int64_t ms = SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms);
+    if (sl_conf_auth_enabled(sl_conf))
+        ms = SL_MIN(ms, sl_conf->auth_timeout_ms); /* and the authentication deadline */
+    ms /= 4;
     ms = SL_MAX(10, SL_MIN(ms, 1000));
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
@@ -232,7 +243,6 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     if (getppid() != sl_shm->master_pid)
         return 1;
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN); /* the master forwards log reopening to the logger */
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
 
@@ -248,6 +258,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);
     sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGHUP); /* blocked since the fork (child_signals) */
     sigprocmask(SIG_BLOCK, &stop, NULL);
     int sfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
     w->sig_ev = sfd >= 0 ? event_new(w->base, sfd, EV_READ | EV_PERSIST, signal_cb, w) : NULL;

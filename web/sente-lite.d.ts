@@ -35,6 +35,13 @@ export interface SenteLiteOptions {
   rpcDefaultClientTimeoutMs?: number;
   /** >0: an application-level ping this often; no pong in time: reconnect. */
   keepaliveMs?: number;
+  /** A JWT, sent in an `authenticate` message on every connection. */
+  token?: string | null;
+  /** Called on every connect and reconnect and before expiry (refresh);
+   *  wins over `token`; null/undefined: anonymous. */
+  getToken?: (() => string | null | undefined | Promise<string | null | undefined>) | null;
+  /** Refresh this long before the token expires (at most a fifth of its lifetime). */
+  refreshMarginMs?: number;
 }
 
 export type ConnectionState = 'connecting' | 'open' | 'closed';
@@ -45,7 +52,11 @@ export type SenteLiteErrorCode =
   | 'client-timeout' | 'rpc-timeout' | 'rpc-error' | 'no-subscribers' | 'channel-not-found'
   | 'channel-deleted' | 'invalid-channel-id' | 'max-subscribers-reached'
   | 'too-many-subscriptions' | 'not-subscribed' | 'overloaded' | 'request-not-found'
-  | 'invalid-message' | 'invalid-json' | (string & {});
+  | 'invalid-message' | 'invalid-json' | 'unauthorized' | 'unauthenticated'
+  | 'permission-denied' | 'unknown-namespace' | 'rate-limited' | 'unsubscribed'
+  | 'invalid-token' | 'token-expired' | 'token-not-yet-valid' | 'wrong-audience'
+  | 'wrong-issuer' | 'wrong-algorithm' | 'token-too-large' | 'user-mismatch'
+  | 'authentication-not-configured' | (string & {});
 
 export declare class SenteLiteError extends Error {
   constructor(code: string, message?: string, extra?: Record<string, unknown>);
@@ -61,6 +72,19 @@ export interface Welcome {
   'conn-id': string;
   'server-time': number;
   worker: number;
+  /** With a token on the upgrade request: the token's `sub`. */
+  user?: string;
+  /** When that token expires (ms since the epoch), null if never. */
+  'expires-at'?: number | null;
+}
+
+export interface AuthenticateResult {
+  type: 'authenticate-result';
+  success: boolean;
+  user?: string;
+  'expires-at'?: number | null;
+  reason?: string;
+  message?: string;
 }
 
 export interface ChannelMessage<T = Json> {
@@ -148,6 +172,11 @@ export interface SenteLiteEvents {
   gap: RecoveryInfo;
   'channel-deleted': { channel: string };
   broadcast: ServerMessage & { broadcast: true };
+  /** The administrator took a subscription away. */
+  unsubscribed: { channel: string; reason?: string };
+  authenticated: { user: string; expiresAt: number | null; refresh: boolean };
+  /** A token refused, or closed with 4401, 4408 or 4429. */
+  unauthorized: { reason: string; code?: number; message?: string; refresh?: boolean };
   error: { reason: string; [key: string]: unknown };
 }
 
@@ -161,6 +190,10 @@ export declare class SenteLite {
   state: ConnectionState;
   connId: string | null;
   worker: number | null;
+  /** The authenticated user (the token's sub), if any. */
+  user: string | null;
+  /** When the token expires (ms since the epoch), if it does. */
+  expiresAt: number | null;
 
   on<E extends keyof SenteLiteEvents>(event: E, fn: (arg: SenteLiteEvents[E]) => void): () => void;
   off<E extends keyof SenteLiteEvents>(event: E, fn: (arg: SenteLiteEvents[E]) => void): void;
@@ -169,6 +202,9 @@ export declare class SenteLite {
   connect(): Promise<Welcome>;
   close(code?: number, reason?: string): void;
   reconnect(): void;
+  /** Send a new token on the open connection (or keep it for the next
+   *  one: resolves with null then); rejects when the server refuses it. */
+  authenticate(token: string): Promise<AuthenticateResult | null>;
 
   /** Round trip in milliseconds. */
   ping(): Promise<number>;

@@ -31,6 +31,17 @@
  *    sent when the connection drops are rejected with code 'disconnected'
  *    (the server may or may not have acted on them), except subscriptions,
  *    which are simply made again.
+ *  - Access control: with a `token` (a JWT) or `getToken()` (async, called on
+ *    every connect and reconnect, and again before the token expires to
+ *    refresh it), the first message on each connection is
+ *    {"type":"authenticate","token":...} - never the URL, which ends up in
+ *    logs - and the connection counts as open (subscriptions made again,
+ *    queued calls sent, connect() resolved) only once the server has
+ *    accepted it.  A refused token, or a close with 4401 (no valid token in
+ *    time), 4408 (the token expired) or 4429 (too many connections for the
+ *    user), emits 'unauthorized'.  A refused token and 4401 stop the client
+ *    (provide a token, then connect() again); after 4408 it reconnects only
+ *    when it has getToken() to ask for a fresh token.
  */
 
 const DEFAULTS = {
@@ -47,7 +58,14 @@ const DEFAULTS = {
   rpcGraceMs: 2000,         // client-side rpc deadline = timeout + grace
   rpcDefaultClientTimeoutMs: 32000, // client-side deadline when no timeout is known
   keepaliveMs: 0,           // >0: app-level ping this often; no pong in time -> reconnect
+  token: null,              // a JWT sent in an authenticate message on every connection
+  getToken: null,           // async () => JWT (or null: anonymous); wins over `token`
+  refreshMarginMs: 30000,   // refresh this long before expiry (at most a fifth of the lifetime)
 };
+
+/* Close codes the server uses for access control (README "Access control"). */
+const AUTH_CLOSE = { 4401: 'authentication-required', 4408: 'token-expired',
+                     4429: 'max-connections-per-user' };
 
 /* Replies that answer one of our requests, and the request they answer. */
 const REPLY_OF = {
@@ -59,6 +77,7 @@ const REPLY_OF = {
   'rpc-response-result': 'rpc-response',
   'channel-list': 'list-channels',
   'subscription-list': 'get-subscriptions',
+  'authenticate-result': 'authenticate',
 };
 
 /** An error with a machine-readable `code` (the server's `reason` when it
@@ -114,13 +133,17 @@ export class SenteLite {
     this._timer = null;       // reconnect or connect-timeout timer
     this._keepalive = null;
     this._openWaiters = [];
+    this.user = null;         // the authenticated user (the token's sub), if any
+    this.expiresAt = null;    // when the token expires (ms), if it does
+    this._refreshTimer = null;
   }
 
   /* ------------------------------------------------------------ events */
 
   /** Listen to 'open', 'close', 'reconnecting', 'state', 'welcome',
    *  'error', 'message', 'recovery', 'gap', 'channel-deleted',
-   *  'broadcast'.  Returns a function that removes the listener. */
+   *  'unsubscribed', 'broadcast', 'authenticated', 'unauthorized'.
+   *  Returns a function that removes the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(fn);
@@ -175,6 +198,8 @@ export class SenteLite {
     this._closed = true;
     clearTimeout(this._timer);
     this._timer = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     clearInterval(this._keepalive);
     this._keepalive = null;
     const err = new SenteLiteError('closed', 'the client was closed');
@@ -239,11 +264,19 @@ export class SenteLite {
     this._timer = null;
     clearInterval(this._keepalive);
     this._keepalive = null;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     const wasOpen = this.state === 'open';
     this.connId = null;
     this._failPending(new SenteLiteError('disconnected', 'the connection closed'), false);
     this._setState('closed');
-    const willReconnect = immediate || (this._wanted && this.opts.reconnect);
+    const auth = AUTH_CLOSE[info.code];
+    if (auth) this._emit('unauthorized', { reason: auth, code: info.code, message: info.reason });
+    // 4401: no valid token arrived in time - a new connection would be
+    // the same until someone provides one (connect() again then).  4408: the
+    // token expired; only getToken() can bring a fresh one.
+    const futile = info.code === 4401 || (info.code === 4408 && !this.opts.getToken);
+    const willReconnect = immediate || (this._wanted && this.opts.reconnect && !futile);
     this._emit('close', { ...info, willReconnect });
     if (immediate) return;
     if (willReconnect) {
@@ -252,7 +285,7 @@ export class SenteLite {
       // No reconnect: what waits for a connection fails now; later calls
       // queue again until connect() is called.
       this._wanted = false;
-      const err = new SenteLiteError(wasOpen ? 'disconnected' : 'connect-failed',
+      const err = new SenteLiteError(auth ? 'unauthorized' : wasOpen ? 'disconnected' : 'connect-failed',
         `connection closed (${info.code})`);
       for (const w of this._openWaiters.splice(0)) w.reject(err);
       this._failQueue(err);
@@ -316,6 +349,103 @@ export class SenteLite {
   _onWelcome(msg) {
     clearTimeout(this._timer);
     this._timer = null;
+    this.user = msg.user || null;
+    this.expiresAt = msg['expires-at'] || null;
+    if (this.opts.getToken || this.opts.token) {
+      this._authenticate(msg);
+      return;
+    }
+    this._opened(msg);
+  }
+
+  /* The token to send: getToken() wins over the token option. */
+  async _currentToken() {
+    return this.opts.getToken ? this.opts.getToken() : this.opts.token;
+  }
+
+  /* First message of the connection: authenticate; the connection is open
+   * for everything else once the server accepts the token. */
+  async _authenticate(welcome) {
+    const ws = this._ws;
+    let token;
+    try {
+      token = await this._currentToken();
+    } catch (e) {
+      if (ws !== this._ws) return;
+      this._unauthorized({ reason: 'token-unavailable', message: String(e && e.message) });
+      return;
+    }
+    if (ws !== this._ws) return; // dropped while we waited
+    if (!token) return this._opened(welcome); // anonymous, if the server allows it
+    const p = new Promise((resolve, reject) =>
+      this._transmit({ type: 'authenticate', token }, { kind: 'authenticate', resolve, reject }));
+    let r;
+    try {
+      r = await p;
+    } catch {
+      return; // the connection dropped: the reconnect authenticates again
+    }
+    if (ws !== this._ws) return;
+    if (!r.success) {
+      this._unauthorized({ reason: r.reason, message: r.message });
+      return;
+    }
+    this._authenticated(r, false);
+    this._opened({ ...welcome, user: r.user, 'expires-at': r['expires-at'] });
+  }
+
+  _authenticated(r, refresh) {
+    this.user = r.user;
+    this.expiresAt = r['expires-at'] || null;
+    this._emit('authenticated', { user: r.user, expiresAt: this.expiresAt, refresh });
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.expiresAt || !this.opts.getToken) return;
+    const left = this.expiresAt - Date.now();
+    const margin = Math.min(this.opts.refreshMarginMs, left / 5);
+    this._refreshTimer = setTimeout(() => this._refresh(), Math.max(0, left - margin));
+  }
+
+  /* Before the token expires: a fresh one from getToken(), sent on the
+   * live connection. */
+  async _refresh() {
+    this._refreshTimer = null;
+    const ws = this._ws;
+    try {
+      const token = await this.opts.getToken();
+      if (ws !== this._ws || this.state !== 'open' || !token) return;
+      const r = await this._request({ type: 'authenticate', token });
+      if (r.success) this._authenticated(r, true);
+      else this._emit('unauthorized', { reason: r.reason, message: r.message, refresh: true });
+    } catch (e) {
+      if (ws === this._ws)
+        this._emit('unauthorized', { reason: e.code || 'token-unavailable', message: e.message, refresh: true });
+    }
+  }
+
+  /* The token was refused: say so and stop (a new token needs a new
+   * connect()). */
+  _unauthorized(info) {
+    this._emit('unauthorized', info);
+    const err = new SenteLiteError('unauthorized', info.message || info.reason, { reason: info.reason });
+    for (const w of this._openWaiters.splice(0)) w.reject(err);
+    this.close(1000, 'unauthorized');
+  }
+
+  /** Send a new token on the open connection (or keep it for the next
+   *  one).  Resolves with the authenticate-result; rejects on
+   *  success:false (err.code: its reason). */
+  authenticate(token) {
+    this.opts.token = token;
+    if (this.state !== 'open') return Promise.resolve(null);
+    return this._request({ type: 'authenticate', token }).then((r) => {
+      if (!r.success) throw new SenteLiteError(r.reason, r.message, { reply: r });
+      this._authenticated(r, true);
+      return r;
+    });
+  }
+
+  _opened(msg) {
     const reconnected = this._welcome !== undefined;
     this._welcome = msg;
     this.connId = msg['conn-id'];
@@ -698,6 +828,13 @@ export class SenteLite {
       this._servers.delete(ch);
       if (sub) for (const w of sub.waiters.splice(0)) w.reject(new SenteLiteError('channel-deleted', 'channel deleted'));
       return this._emit('channel-deleted', { channel: ch });
+    }
+    if (type === 'unsubscribed') {
+      // The server (its administrator) took this subscription away.
+      const ch = msg['channel-id'];
+      this._subs.delete(ch);
+      this._servers.delete(ch);
+      return this._emit('unsubscribed', { channel: ch, reason: msg.reason });
     }
     if (msg.broadcast === true) return this._emit('broadcast', msg);
     if (type === 'error') {

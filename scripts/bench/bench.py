@@ -9,7 +9,11 @@ table of medians with ratios (ours / peer) and writes every raw result as
 JSON.  In the fan-out scenarios two reference servers follow the three real
 ones: build/bench/ceiling (tests/bench/ceiling.c) with one write per message
 per subscriber (ceiling-raw) and with one write per subscriber per loop turn
-(ceiling-batched), to show where this machine's limit is.  Figures, not a test: nothing here passes or fails on a number.
+(ceiling-batched), to show where this machine's limit is.  Access control
+is measured on sente-lite alone (no peer has the same feature): handshakes/s
+with an HS256 and an ES256 token against none, and flat-out fan-out with a
+namespace whose publish needs a token against the same without; a closing
+table gives those ratios.  Figures, not a test: nothing here passes or fails on a number.
 
     scripts/bench/bench.py [--quick] [--reps N] [--out FILE] [--only a,b]
 """
@@ -76,13 +80,17 @@ class SenteLite:
 
     def __init__(self, workers=WORKERS):
         self.workers = workers
+        self.extra = []      # flags of the scenario (access control)
+        self.header = None   # an upgrade header for every connection
+        self.channel = "bench"
 
     def start(self, rundir):
         self.port = free_port()
         self.proc = subprocess.Popen(
             [SL, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
              str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
-             "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")],
+             "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")]
+            + self.extra,
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "sente-lite.err"), "w"))
         wait_http(self.port)
 
@@ -97,15 +105,20 @@ class SenteLite:
             self.proc.kill()
             self.proc.wait()
 
+    def auth_args(self):
+        return ["--header", self.header] if getattr(self, "header", None) else []
+
     def fanout_args(self):
-        return ["--path", "/", "--sub-frame", SUB_FRAME, "--sub-ack", "subscription-result",
-                "--pub-frame", PUB_FRAME, "--wait-welcome"]
+        ch = getattr(self, "channel", "bench")
+        return ["--path", "/", "--sub-frame", SUB_FRAME.replace("bench", ch), "--sub-ack",
+                "subscription-result", "--pub-frame", PUB_FRAME.replace("bench", ch),
+                "--wait-welcome"] + self.auth_args()
 
     def echo_args(self):
         return ["--path", "/", "--echo-frame", PING_FRAME]
 
     def connect_args(self):
-        return ["--path", "/", "--wait-welcome"]
+        return ["--path", "/", "--wait-welcome"] + self.auth_args()
 
 
 class Script:
@@ -293,26 +306,74 @@ def m_memory(srv, n, procs):
             "bytes-per-conn": (full - base) / max(1, opened), "bench": res}
 
 
+# ----------------------------------------------------------- access control
+
+class AuthKit:
+    """Keys (openssl) and tokens (PyJWT) for the access-control scenarios."""
+
+    def __init__(self):
+        import jwt  # python3-jwt (scripts/deps.sh --bench)
+        self.dir = tempfile.mkdtemp(prefix="bench-keys-")
+        self.secret = os.path.join(self.dir, "secret")
+        with open(self.secret, "w") as f:
+            f.write(os.urandom(32).hex())
+        key, self.pub = os.path.join(self.dir, "ec.key"), os.path.join(self.dir, "ec.pub")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-out", key], check=True, capture_output=True)
+        subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-out", self.pub], check=True,
+                       capture_output=True)
+        claims = {"sub": "bench", "exp": int(time.time()) + 86400, "publish": ["bench:*"]}
+        with open(self.secret) as f:
+            self.hs256 = jwt.encode(claims, f.read(), algorithm="HS256")
+        with open(key) as f:
+            self.es256 = jwt.encode(claims, f.read(), algorithm="ES256")
+        self.flags = ["--jwt-secret-file", self.secret, "--jwt-public-key-file", self.pub]
+
+
+def access(kit, token=None, namespace=False):
+    """Scenario options: server flags, upgrade header, channel."""
+    extra = list(kit.flags) if kit else []
+    if namespace:
+        extra += ["--namespace", "bench:publish=token"]
+    return {"only": "sente-lite", "extra": extra,
+            "header": f"Authorization: Bearer {token}" if token else None,
+            "channel": "bench:room" if namespace else "bench"}
+
+
 # --------------------------------------------------------------------- main
 
-def scenarios(quick):
+def scenarios(quick, kit=None):
+    """(name, measurement, options); options with "only" run on that server
+    alone, started with options["extra"] flags and the given header."""
+    acc = []
+    if kit:
+        n = 2000 if quick else 10000
+        d = 2 if quick else 4
+        acc = [
+            (f"connect-{n // 1000}k-none", lambda s: m_connect(s, n), access(None)),
+            (f"connect-{n // 1000}k-hs256", lambda s: m_connect(s, n), access(kit, kit.hs256)),
+            (f"connect-{n // 1000}k-es256", lambda s: m_connect(s, n), access(kit, kit.es256)),
+            ("fanout-1k-plain", lambda s: m_fanout(s, 1000, d), access(None)),
+            ("fanout-1k-perm", lambda s: m_fanout(s, 1000, d),
+             access(kit, kit.hs256, namespace=True)),
+        ]
     if quick:
         return [
-            ("fanout-1k", lambda s: m_fanout(s, 1000, 2)),
-            ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 2, rate=20)),
-            ("echo-100", lambda s: m_echo(s, 100, 2)),
-            ("connect-2k", lambda s: m_connect(s, 2000)),
-            ("idle-5k", lambda s: m_memory(s, 5000, 1)),
-        ]
+            ("fanout-1k", lambda s: m_fanout(s, 1000, 2), {}),
+            ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 2, rate=20), {}),
+            ("echo-100", lambda s: m_echo(s, 100, 2), {}),
+            ("connect-2k", lambda s: m_connect(s, 2000), {}),
+            ("idle-5k", lambda s: m_memory(s, 5000, 1), {}),
+        ] + acc
     return [
-        ("fanout-1k", lambda s: m_fanout(s, 1000, 4)),
-        ("fanout-10k", lambda s: m_fanout(s, 10000, 4)),
-        ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 4, rate=20)),
-        ("fanout-10k-20/s", lambda s: m_fanout(s, 10000, 4, rate=20)),
-        ("echo-100", lambda s: m_echo(s, 100, 4)),
-        ("connect-10k", lambda s: m_connect(s, 10000)),
-        ("idle-10k", lambda s: m_memory(s, 10000, 1)),
-    ]
+        ("fanout-1k", lambda s: m_fanout(s, 1000, 4), {}),
+        ("fanout-10k", lambda s: m_fanout(s, 10000, 4), {}),
+        ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 4, rate=20), {}),
+        ("fanout-10k-20/s", lambda s: m_fanout(s, 10000, 4, rate=20), {}),
+        ("echo-100", lambda s: m_echo(s, 100, 4), {}),
+        ("connect-10k", lambda s: m_connect(s, 10000), {}),
+        ("idle-10k", lambda s: m_memory(s, 10000, 1), {}),
+    ] + acc
 
 
 def figure(name, r):
@@ -365,6 +426,10 @@ def main():
     ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched")
     ap.add_argument("--big", type=int, default=0,
                     help="also hold this many idle connections (e.g. 50000) with 4 workers")
+    ap.add_argument("--scenarios", default=None,
+                    help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--no-access", action="store_true",
+                    help="leave out the access-control scenarios")
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
     want = a.only.split(",")
@@ -372,17 +437,26 @@ def main():
                if s.name in want]
     started = time.time()
     results = {}
+    kit = None if a.no_access else AuthKit()
+    plan = scenarios(a.quick, kit)
+    if a.scenarios:
+        plan = [p for p in plan if p[0] in a.scenarios.split(",")]
     for rep in range(reps):
         # Alternating, and the order rotates with each repetition, so no
         # server always runs right after the heaviest run of the previous
         # scenario (its sockets still closing in the kernel).
         order = servers[rep % len(servers):] + servers[:rep % len(servers)]
-        for name, fn in scenarios(a.quick):
+        for name, fn, opts in plan:
             for srv in order:
                 # Ceilings only where they mean something: flat-out fan-out.
                 if getattr(srv, "fanout_only", False) and not (
                         name.startswith("fanout") and "/s" not in name):
                     continue
+                if opts.get("only") and srv.name != opts["only"]:
+                    continue
+                srv.extra = opts.get("extra", [])
+                srv.header = opts.get("header")
+                srv.channel = opts.get("channel", "bench")
                 rundir = tempfile.mkdtemp(prefix=f"bench-{srv.name}-")
                 time.sleep(1.0)  # let the previous run's sockets settle
                 try:
@@ -443,6 +517,7 @@ def main():
             ratios.append(f"{ours / v:{w}.2f}" if ours and v else f"{'-':>{w}}")
         print(f"{name:16} {k:14} " + " ".join(f"{fmt(med.get(n)):>{width[n]}}" for n in names) +
               " " + " ".join(ratios))
+    access_summary(rows)
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
@@ -456,6 +531,30 @@ def main():
     with open(a.out, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"\nresults: {a.out} ({doc['seconds']} s)")
+
+
+def access_summary(rows):
+    """Access control on sente-lite: the figure with it over the figure
+    without, each a median of the same run's repetitions."""
+    def med(suffix, fig):
+        for n, k, m in rows:
+            if n.endswith(suffix) and k == fig:
+                return m.get("sente-lite")
+        return None
+    pairs = [("HS256 token / no token", "-hs256", "-none", "handshakes/s", 0.90),
+             ("ES256 token / no token", "-es256", "-none", "handshakes/s", None),
+             ("publish=token namespace / none", "fanout-1k-perm", "fanout-1k-plain",
+              "delivered/s", 0.95)]
+    lines = []
+    for label, a, b, fig, goal in pairs:
+        x, y = med(a, fig), med(b, fig)
+        if x and y:
+            lines.append(f"{label:34} {fig:14} {fmt(x):>12} {fmt(y):>12} {x / y:8.3f}" +
+                         (f"   (goal >= {goal})" if goal else ""))
+    if lines:
+        print(f"\naccess control (sente-lite)        {'figure':14} {'with':>12} {'without':>12}"
+              f" {'ratio':>8}")
+        print("\n".join(lines))
 
 
 def cpu_model():

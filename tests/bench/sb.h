@@ -54,6 +54,7 @@ struct sb_config {
     const char *host;
     int port;
     const char *path, *sub_path, *pub_path;
+    const char *header; /* one extra request header line ("Name: value"), or NULL */
     double duration, drain, hold, connect_timeout, connect_rate;
     bool hold_until_signal, json_only;
     int wait_welcome; /* -1 unset: the mode decides */

@@ -426,12 +426,14 @@ static void send_request(struct sb_conn *c)
     }
     c->hs->len = 0;
     sb_ws_accept_for(key, c->hs->accept);
-    char req[1024];
+    char req[10240];
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\nUser-Agent: sente-bench/" SB_VERSION "\r\n\r\n",
-                     path, host_header, key);
+                     "Sec-WebSocket-Version: 13\r\nUser-Agent: sente-bench/" SB_VERSION "\r\n"
+                     "%s%s\r\n",
+                     path, host_header, key, cfg->header ? cfg->header : "",
+                     cfg->header ? "\r\n" : "");
     if (n <= 0 || (size_t)n >= sizeof(req)) {
         down(c, SB_DOWN_CONNECT);
         return;

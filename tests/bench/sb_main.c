@@ -45,6 +45,7 @@ static const char USAGE[] =
     "  --host HOST              server address [127.0.0.1]\n"
     "  --port N                 server port [3000]\n"
     "  --path PATH              WebSocket path [/; echo: /echo]\n"
+    "  --header 'NAME: VALUE'   add this header to every upgrade request (e.g. a token)\n"
     "  --duration SEC           sending time (fanout, echo, rpc) [10]\n"
     "  --drain SEC              grace after sending for what is still due [2]\n"
     "  --count N                stop sending after N messages/requests/round trips [0 = none]\n"
@@ -90,6 +91,7 @@ enum {
     OPT_HOST = 256,
     OPT_PORT,
     OPT_PATH,
+    OPT_HEADER,
     OPT_SUB_PATH,
     OPT_PUB_PATH,
     OPT_DURATION,
@@ -129,6 +131,7 @@ static const struct option OPTS[] = {
     {"host", required_argument, 0, OPT_HOST},
     {"port", required_argument, 0, OPT_PORT},
     {"path", required_argument, 0, OPT_PATH},
+    {"header", required_argument, 0, OPT_HEADER},
     {"sub-path", required_argument, 0, OPT_SUB_PATH},
     {"pub-path", required_argument, 0, OPT_PUB_PATH},
     {"duration", required_argument, 0, OPT_DURATION},
@@ -307,6 +310,11 @@ static int parse_flags(int argc, char **argv, struct sb_config *cfg)
                 cfg->sub_path = a;
             else
                 cfg->pub_path = a;
+            break;
+        case OPT_HEADER:
+            if (!strchr(a, ':') || strpbrk(a, "\r\n") || strlen(a) > 9000)
+                return usage_error("--header must be 'Name: value' on one line: %s", a);
+            cfg->header = a;
             break;
         case OPT_DURATION:
         case OPT_DRAIN:

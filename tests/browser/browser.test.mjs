@@ -303,3 +303,58 @@ test('/dashboard renders charts and its numbers match /stats', async () => {
   await page.screenshot({ path: path.join(SHOTS, 'dashboard.png'), fullPage: true });
   await page.context().close();
 });
+
+test('with a token key: the demo with a token chats, a page without one is refused', async () => {
+  // A server of its own: HS256 secret, no anonymous connections, a short
+  // deadline to authenticate.  The token is made here (node:crypto).
+  const { createHmac, randomBytes } = await import('node:crypto');
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const os = await import('node:os');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sente-browser-auth-'));
+  const secret = randomBytes(32).toString('hex');
+  writeFileSync(path.join(dir, 'secret'), secret);
+  const b64u = (s) => Buffer.from(s).toString('base64url');
+  const token = (sub) => {
+    const h = b64u(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+    const b = b64u(JSON.stringify({ sub, exp: Math.floor(Date.now() / 1000) + 600 }));
+    return `${h}.${b}.${createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url')}`;
+  };
+  const srv = await startServer(['--jwt-secret-file', path.join(dir, 'secret'),
+    '--auth-timeout-ms', '1000', '--message-retention', '5']);
+  try {
+    const page = await newPage();
+    await page.goto(`${srv.http}/demo?name=amy&channel=secure&autojoin=1&token=${token('amy')}`);
+    await page.waitForSelector('#text:not([disabled])');
+    assert.equal(await page.evaluate(() => window.senteDemo.client.user), 'amy');
+    await say(page, 'signed in');
+    await page.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 1);
+    assert.deepEqual((await shown(page)).map((m) => m.text), ['signed in']);
+    assert.match(await page.textContent('#messages'), /Signed in as amy/);
+
+    // No token: the server welcomes, waits a second for one, closes 4401;
+    // the page says it is not authorized and asks for a token.
+    const anon = await newPage();
+    await anon.goto(`${srv.http}/demo?name=zed&channel=secure`);
+    await anon.waitForSelector('#status[data-auth="refused"]');
+    assert.match(await anon.textContent('#status-text'), /Not authorized \(authentication-required\)/);
+    assert.equal(await anon.isVisible('#token-help'), true);
+    assert.equal(await anon.evaluate(() => window.senteDemo.client.state), 'closed');
+    // It stays refused: no reconnect loop without a token.
+    await sleep(1500 * SLOW);
+    assert.equal(await anon.evaluate(() => window.senteDemo.client.state), 'closed');
+    await anon.screenshot({ path: path.join(SHOTS, 'demo-unauthorized.png'), fullPage: true });
+    // With a token typed in, joining works (and sees the history).
+    await anon.fill('#token', token('zed'));
+    await anon.click('#join');
+    await anon.waitForSelector('#text:not([disabled])');
+    await anon.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 1);
+    const st = await (await srv.get('/stats')).json();
+    assert.deepEqual(Object.keys(st.access.users).sort(), ['amy', 'zed']);
+    assert.equal(st.errors['authentication-timeout'], 1);
+    await page.context().close();
+    await anon.context().close();
+  } finally {
+    await srv.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

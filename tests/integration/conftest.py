@@ -59,8 +59,14 @@ def title_of(pid):
 
 
 class Server:
-    def __init__(self, tmp_path, args, env, workers):
+    def __init__(self, tmp_path, args, env, workers, ops=False):
         self.port = free_port()
+        if ops:  # operator endpoints on a listener of their own
+            args = list(args) + ["--ops-listen", f"127.0.0.1:{free_port()}"]
+        # HTTP requests go where /health, /stats ... are served.
+        self.ops_port = int(args[list(args).index("--ops-listen") + 1].rsplit(":", 1)[1]) \
+            if "--ops-listen" in args else None
+        self.http_port = self.ops_port or self.port
         self.log = str(tmp_path / "sente.log")
         self.errlog = str(tmp_path / "stderr.log")
         self.workers = workers
@@ -74,8 +80,8 @@ class Server:
         self.url = f"ws://127.0.0.1:{self.port}/"
         self.stopped = False
 
-    def request(self, method, path, body=None, headers=None):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5 * SLOW)
+    def request(self, method, path, body=None, headers=None, port=None):
+        c = http.client.HTTPConnection("127.0.0.1", port or self.http_port, timeout=5 * SLOW)
         try:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
@@ -141,8 +147,8 @@ class Server:
 def server_factory(tmp_path, request):
     servers = []
 
-    def make(*args, env=None, workers=2, wait=True):
-        s = Server(tmp_path, args, env, workers)
+    def make(*args, env=None, workers=2, wait=True, ops=False):
+        s = Server(tmp_path, args, env, workers, ops)
         servers.append(s)
         if wait:
             s.wait_ready()

@@ -103,19 +103,68 @@ def test_every_flag_has_a_sente_variable_and_a_config_key(tmp_path):
         var = "SENTE_" + flag.upper().replace("-", "_")
         assert f"[env: {var}" in out, flag
     # Every key --check-config prints is accepted back in a file: the output
-    # is itself a valid configuration.
+    # is itself a valid configuration.  Every kind of option is set once.
+    secret = tmp_path / "hs.key"
+    secret.write_text("s" * 40)
+    admin = tmp_path / "admin.token"
+    admin.write_text("never-printed-admin-token\n")
     first = run(["--check-config", "--channel", "k:message-retention=2",
                  "--allowed-origin", "https://o.example", "--trusted-proxy", "10.0.0.0/8",
-                 "--log-file", "/tmp/x.log", "--echo"]).stdout
+                 "--log-file", "/tmp/x.log", "--echo", "--jwt-secret-file", str(secret),
+                 "--namespace", ":subscribe=authenticated",
+                 "--namespace", "chat:publish=token,rpc=subscribers,max-subscribers=5",
+                 "--ops-listen", "[::1]:9100", "--admin-token-file", str(admin)]).stdout
+    assert "never-printed-admin-token" not in first
     p = tmp_path / "round.conf"
     p.write_text(first)
     again = run(["-c", str(p), "-t"])
     assert again.returncode == 0, again.stderr
     assert effective(again.stdout) == effective(first)
-    keys = set(effective(first))
+    conf = effective(first)
+    assert conf["ops-listen"] == ["[::1]:9100"]
+    assert [n.split(":")[0] for n in conf["namespace"]] == ["", "chat"]
+    assert "publish=token" in conf["namespace"][1] and "max-subscribers=5" in conf["namespace"][1]
     for flag in flags:
         if flag not in meta and flag != "admin-token":  # secrets are never printed
-            assert flag in keys or flag in ("access-log", "pid-file"), flag
+            assert flag in conf or f"# {flag} is not set" in first, flag
+
+
+def test_admin_token_is_never_printed(tmp_path):
+    for args, env in ((["--admin-token", "tok-on-the-command-line"], None),
+                      ([], {"SENTE_ADMIN_TOKEN": "tok-on-the-command-line"})):
+        r = run(args + ["-t"], env=env)
+        assert r.returncode == 0, r.stderr
+        assert "tok-on-the-command-line" not in r.stdout + r.stderr
+        assert "# admin-token is set (never shown)" in r.stdout
+
+
+def test_namespaces_through_every_source(tmp_path):
+    """--namespace is repeatable like --channel: `namespace =` lines in the
+    file, SENTE_NAMESPACE (alias SENTE_NAMESPACES; several separated by
+    white space) in the environment, the flag; the highest source that names
+    it gives the whole list."""
+    names = lambda conf: [n.split(":")[0] for n in conf.get("namespace", [])]
+    lines = ["namespace = a:publish=none", "namespace = b:rpc=none"]
+    assert names(check(tmp_path, lines)) == ["a", "b"]
+    for var in ("SENTE_NAMESPACE", "SENTE_NAMESPACES"):
+        conf = check(tmp_path, lines, env={var: "c:publish=none d:subscribe=none\ne:rpc=none"})
+        assert names(conf) == ["c", "d", "e"], var
+    conf = check(tmp_path, lines, env={"SENTE_NAMESPACE": "c:publish=none"},
+                 flags=["--namespace", "f:publish=subscribers"])
+    assert names(conf) == ["f"] and "publish=subscribers" in conf["namespace"][0]
+    # The derived name beats the alias.
+    conf = check(tmp_path, env={"SENTE_NAMESPACES": "x:rpc=none", "SENTE_NAMESPACE": "y:rpc=none"})
+    assert names(conf) == ["y"]
+    # Errors name the source: the file and line, the variable.
+    p = tmp_path / "bad.conf"
+    p.write_text("port = 4000\nnamespace = chat:subscribe=subscribers\n")
+    r = run(["-c", str(p), "-t"])
+    assert r.returncode == 2 and f"{p}:2: namespace" in r.stderr, r.stderr
+    r = run(["-t"], env={"SENTE_NAMESPACE": "ok:rpc=none bad"})
+    assert r.returncode == 2 and "SENTE_NAMESPACE" in r.stderr, r.stderr
+    # A rule that needs a token with no key to check one is refused.
+    r = run(["-t", "--namespace", "chat:publish=token"])
+    assert r.returncode == 2 and "needs --jwt-secret-file" in r.stderr, r.stderr
 
 
 def test_short_options_and_exit_codes(tmp_path):

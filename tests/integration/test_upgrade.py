@@ -230,3 +230,85 @@ def test_socket_activation(tmp_path):
     lsock.close()
     with open(tmp_path / "sente.log") as f:
         assert '"inherited":true' in f.read()
+
+
+def status(port, path="/health"):
+    return status_of(http_request(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n"
+                                        f"Connection: close\r\n\r\n".encode(), timeout=5))
+
+
+def listening_socket():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    return s
+
+
+def split_ok(public, ops):
+    """The operator endpoints answer on `ops` only; the WebSocket on
+    `public` only."""
+    assert status(ops) == 200 and status(public) == 404
+    assert status(ops, "/metrics") == 200 and status(ops, "/demo") == 404
+    ws, _ = open_client(public)
+    ws.close()
+    ws = RawWS(ops, timeout=5 * SLOW)
+    assert ws.status == 404
+    ws.close()
+
+
+def test_ops_listener_from_socket_activation_and_across_upgrades(tmp_path):
+    """systemd passes both sockets: the one bound to --ops-listen's address
+    is the operator listener, the other public.  SIGUSR2 hands both to the
+    new master (named in LISTEN_FDNAMES).  When the new configuration moves
+    --ops-listen, the new master closes the old operator socket (never
+    serving it as public) and binds the new address."""
+    pub, ops = listening_socket(), listening_socket()
+    pport, oport = pub.getsockname()[1], ops.getsockname()[1]
+    fds = (60, 61)
+    os.dup2(pub.fileno(), fds[0])
+    os.dup2(ops.fileno(), fds[1])
+    pub.close()
+    ops.close()
+    conf = tmp_path / "sente.conf"
+    conf.write_text(f"ops-listen = 127.0.0.1:{oport}\n")
+    pidf = str(tmp_path / "master.pid")
+    script = (f'exec 3<&{fds[0]} 4<&{fds[1]} {fds[0]}<&- {fds[1]}<&-; '
+              f'LISTEN_PID=$$ LISTEN_FDS=2 exec "$0" "$@"')
+    proc = subprocess.Popen(
+        ["/bin/bash", "-c", script, BIN, "--host", "127.0.0.1", "--port", str(free_port()),
+         "--workers", "1", "--config", str(conf), "--pid-file", pidf,
+         "--log-file", str(tmp_path / "sente.log")], pass_fds=fds,
+        stderr=open(tmp_path / "stderr.log", "ab"))
+    os.close(fds[0])
+    os.close(fds[1])
+    new_pid = 0
+    try:
+        wait_for(lambda: read_pid(pidf) == proc.pid, timeout=10, what="pid file")
+        wait_for(lambda: status(oport) == 200, timeout=10, what="activated server up")
+        split_ok(pport, oport)
+        # Upgrade with the same configuration: both sockets carry over.
+        os.kill(proc.pid, signal.SIGUSR2)
+        assert proc.wait(timeout=30 * SLOW) == 0
+        new_pid = read_pid(pidf)
+        assert new_pid != proc.pid and pid_alive(new_pid)
+        split_ok(pport, oport)
+        # Moved: the old operator socket is closed, the new one bound.
+        oport2 = free_port()
+        conf.write_text(f"ops-listen = 127.0.0.1:{oport2}\n")
+        os.kill(new_pid, signal.SIGUSR2)
+        wait_for(lambda: read_pid(pidf) not in (0, new_pid), timeout=20, what="second upgrade")
+        wait_for(lambda: not pid_alive(new_pid), timeout=30 * SLOW, what="old master gone")
+        new_pid = read_pid(pidf)
+        split_ok(pport, oport2)
+        try:
+            st = status(oport)
+        except OSError:
+            st = None  # refused: nobody listens there any more
+        assert st is None, st
+        with open(tmp_path / "stderr.log") as f:
+            assert "operator listener that --ops-listen no longer names: closed" in f.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_pid(new_pid or read_pid(pidf))

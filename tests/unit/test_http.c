@@ -172,6 +172,21 @@ static void test_response(void)
     SL_CHECK_STR(sl_http_reason(431), "Request Header Fields Too Large");
 }
 
+static void test_unescape(void)
+{
+    char out[16];
+    SL_CHECK_INT(sl_http_unescape("a%2Fb%20c", 9, out, sizeof(out)), 5);
+    SL_CHECK(memcmp(out, "a/b c", 5) == 0);
+    SL_CHECK_INT(sl_http_unescape("%e2%82%AC", 9, out, sizeof(out)), 3); /* either case */
+    SL_CHECK(memcmp(out, "\xe2\x82\xac", 3) == 0);
+    SL_CHECK_INT(sl_http_unescape("", 0, out, sizeof(out)), 0);
+    SL_CHECK_INT(sl_http_unescape("a%2", 3, out, sizeof(out)), -1);   /* cut short */
+    SL_CHECK_INT(sl_http_unescape("%zz", 3, out, sizeof(out)), -1);   /* not hex */
+    SL_CHECK_INT(sl_http_unescape("a%00b", 5, out, sizeof(out)), -1); /* NUL */
+    SL_CHECK_INT(sl_http_unescape("abcdef", 6, out, 5), -1);          /* no room */
+    SL_CHECK_INT(sl_http_unescape("ab%41", 5, out, 3), 3);            /* exactly */
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_upgrade_request);
@@ -183,5 +198,6 @@ int main(void)
     SL_TEST_RUN(test_limits);
     SL_TEST_RUN(test_has_token);
     SL_TEST_RUN(test_response);
+    SL_TEST_RUN(test_unescape);
     return sl_test_summary();
 }

@@ -22,11 +22,14 @@ static void test_batches_arrive_whole_and_in_order(void)
             SL_CHECK_INT(pipe(pipes[k]), 0);
             fds[k] = pipes[k][1];
         }
-        SL_CHECK_INT(sl_proc_send_fds(sv[0], fds, n), SL_OK);
+        char want = n % 2 ? SL_PROC_TAG_OPS : SL_PROC_TAG_PUBLIC; /* the tag travels too */
+        SL_CHECK_INT(sl_proc_send_fds(sv[0], fds, n, want), SL_OK);
         for (int k = 0; k < n; k++)
             close(pipes[k][1]); /* the receiver's copies keep them open */
         int got[SL_PROC_FDS_MAX];
-        SL_CHECK_INT(sl_proc_recv_fds(sv[1], got), n);
+        char tag = 0;
+        SL_CHECK_INT(sl_proc_recv_fds(sv[1], got, &tag), n);
+        SL_CHECK_INT(tag, want);
         for (int k = 0; k < n; k++) {
             char c = (char)('a' + k % 26), r = 0;
             SL_CHECK_INT(write(got[k], &c, 1), 1);
@@ -39,12 +42,13 @@ static void test_batches_arrive_whole_and_in_order(void)
     }
     int got[SL_PROC_FDS_MAX];
     fcntl(sv[1], F_SETFL, O_NONBLOCK);
-    SL_CHECK_INT(sl_proc_recv_fds(sv[1], got), SL_AGAIN);
+    SL_CHECK_INT(sl_proc_recv_fds(sv[1], got, NULL), SL_AGAIN);
     int one = 0;
-    SL_CHECK_INT(sl_proc_send_fds(sv[0], &one, 0), SL_ERROR);
-    SL_CHECK_INT(sl_proc_send_fds(sv[0], got, SL_PROC_FDS_MAX + 1), SL_ERROR);
+    SL_CHECK_INT(sl_proc_send_fds(sv[0], &one, 0, SL_PROC_TAG_PUBLIC), SL_ERROR);
+    SL_CHECK_INT(sl_proc_send_fds(sv[0], got, SL_PROC_FDS_MAX + 1, SL_PROC_TAG_PUBLIC),
+                 SL_ERROR);
     close(sv[0]);
-    SL_CHECK_INT(sl_proc_recv_fds(sv[1], got), SL_ERROR); /* EOF */
+    SL_CHECK_INT(sl_proc_recv_fds(sv[1], got, NULL), SL_ERROR); /* EOF */
     close(sv[1]);
 }
 

@@ -123,8 +123,15 @@ test('TypeScript: the declarations check against ESM and CommonJS examples (tsc 
       const chans = await sl.listChannels();
       const n: number = chans['chat']['subscriber-count'];
       try { await sl.ping(); } catch (e) { if (e instanceof SenteLiteError) console.log(e.code); }
+      const authed = new SenteLite('ws://127.0.0.1:1/', { token: 'a.b.c', refreshMarginMs: 1000,
+        getToken: async () => 'x.y.z' });
+      authed.on('unauthorized', (u) => console.log(u.reason, u.code));
+      authed.on('authenticated', (a) => console.log(a.user, a.expiresAt, a.refresh));
+      authed.on('unsubscribed', (u) => console.log(u.channel));
+      const ar = await authed.authenticate('p.q.r');
+      const user: string | null = authed.user ?? ar?.user ?? w.user ?? null;
       sl.close();
-      return sum + (seq ?? 0) + n + id.length;
+      return sum + (seq ?? 0) + n + id.length + (user ?? '').length + (authed.expiresAt ?? 0);
     }
     void main;`;
   writeFileSync(path.join(proj, 'example.mts'), `import { SenteLite, SenteLiteError } from 'sente-lite';\n${body}\n`);

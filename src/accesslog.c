@@ -1,9 +1,9 @@
 /*
- * access.c - the access log and the peer address of a request (see
- * sl_access.h).  Single-threaded per worker: the state of the request being
+ * accesslog.c - the access log and the peer address of a request (see
+ * sl_accesslog.h).  Single-threaded per worker: the state of the request being
  * answered and the turn's batch are plain statics.
  */
-#include "sl_access.h"
+#include "sl_accesslog.h"
 #include "sl_conf.h"
 #include "sl_worker.h"
 
@@ -24,6 +24,7 @@
 static struct {
     int fd; /* -1: not open yet */
     int64_t checked_ms; /* last rotation check */
+    bool recheck;       /* SIGHUP: check at the next write, not within a second */
     char batch[SL_ACCESS_BATCH];
     size_t used;
     /* the request being answered */
@@ -80,7 +81,7 @@ static void format_addr(int family, const uint8_t *addr, char *out, size_t n)
         snprintf(out, n, "%s", a);
 }
 
-void sl_access_peer(const sl_conn_t *c, const sl_http_request_t *req, char *out, size_t n)
+void sl_accesslog_peer(const sl_conn_t *c, const sl_http_request_t *req, char *out, size_t n)
 {
     int family;
     uint8_t addr[16];
@@ -140,7 +141,7 @@ static void quoted(char *out, size_t n, const char *s, size_t len)
     out[o] = '\0';
 }
 
-void sl_access_begin(const sl_conn_t *c, const sl_http_request_t *req)
+void sl_accesslog_begin(const sl_conn_t *c, const sl_http_request_t *req)
 {
     A.active = sl_conf->access_log[0] != '\0';
     if (!A.active)
@@ -148,7 +149,7 @@ void sl_access_begin(const sl_conn_t *c, const sl_http_request_t *req)
     A.status = 0;
     A.bytes = 0;
     A.start_us = sl_mono_us();
-    sl_access_peer(c, req, A.peer, sizeof(A.peer));
+    sl_accesslog_peer(c, req, A.peer, sizeof(A.peer));
     char m[32], t[900];
     quoted(m, sizeof(m), req->method, req->method_len);
     quoted(t, sizeof(t), req->target, req->target_len);
@@ -160,7 +161,7 @@ void sl_access_begin(const sl_conn_t *c, const sl_http_request_t *req)
         snprintf(A.agent, sizeof(A.agent), "-");
 }
 
-void sl_access_response(const char *resp, size_t len)
+void sl_accesslog_response(const char *resp, size_t len)
 {
     if (!A.active)
         return;
@@ -169,13 +170,13 @@ void sl_access_response(const char *resp, size_t len)
     A.bytes += len;
 }
 
-void sl_access_end(void)
+void sl_accesslog_end(void)
 {
     if (!A.active)
         return;
     A.active = false;
     if (A.used + SL_ACCESS_LINE > sizeof(A.batch))
-        sl_access_log_flush();
+        sl_accesslog_flush();
     time_t now = time(NULL);
     struct tm tm;
     gmtime_r(&now, &tm);
@@ -192,9 +193,10 @@ void sl_access_end(void)
 static void reopen_if_moved(void)
 {
     int64_t now = sl_mono_ms();
-    if (A.fd >= 0 && now - A.checked_ms < 1000)
+    if (A.fd >= 0 && !A.recheck && now - A.checked_ms < 1000)
         return;
     A.checked_ms = now;
+    A.recheck = false;
     struct stat path_st, fd_st;
     if (A.fd >= 0 && stat(sl_conf->access_log, &path_st) == 0 && fstat(A.fd, &fd_st) == 0 &&
         path_st.st_ino == fd_st.st_ino && path_st.st_dev == fd_st.st_dev)
@@ -207,7 +209,12 @@ static void reopen_if_moved(void)
     A.fd = fd;
 }
 
-void sl_access_log_flush(void)
+void sl_accesslog_reopen(void)
+{
+    A.recheck = true;
+}
+
+void sl_accesslog_flush(void)
 {
     if (A.used == 0)
         return;

@@ -1,0 +1,87 @@
+/*
+ * sl_auth.h - identity: verifying a connection's JSON Web Token with the
+ * keys of --jwt-secret-file / --jwt-public-key-file, and what a verified
+ * token says about its bearer (sl_ident_t).
+ *
+ * Signatures are checked by libjwt (HS*, RS*, ES*) and, for PS256/384/512
+ * (which Debian 12's libjwt 1.10 does not know), by OpenSSL's EVP verify
+ * with the RFC 7518 PSS parameters; nothing here computes a signature
+ * itself.  The algorithm a token names is checked against the key that
+ * would verify it before anything else: "none" is refused, HS* needs the
+ * secret, RS and PS need the RSA key, ES256/384/512 need an EC key on
+ * P-256/384/521 - so an RSA public key can never be used as an HMAC secret
+ * (the key-confusion attack).
+ *
+ * The keys live in this process's memory: the master loads them at start
+ * (a bad file stops the server), every worker inherits them by fork and
+ * reloads them on SIGHUP; a reload that fails keeps the keys in use.
+ */
+#ifndef SL_AUTH_H
+#define SL_AUTH_H
+
+#include "sl_common.h"
+
+#include <stddef.h>
+
+#define SL_AUTH_TOKEN_MAX 8192 /* bytes; longer tokens are refused unread */
+#define SL_AUTH_USER_MAX 128   /* bytes of "sub" */
+#define SL_AUTH_INFO_MAX 1024  /* bytes of "info", compact JSON */
+
+typedef enum {
+    SL_AUTH_OK = 0,
+    SL_AUTH_INVALID_TOKEN,   /* malformed, bad signature, or bad claims */
+    SL_AUTH_TOKEN_EXPIRED,   /* exp (+ leeway) has passed */
+    SL_AUTH_NOT_YET_VALID,   /* nbf (- leeway) is still to come */
+    SL_AUTH_WRONG_AUDIENCE,  /* --jwt-audience not in aud */
+    SL_AUTH_WRONG_ISSUER,    /* iss is not --jwt-issuer */
+    SL_AUTH_WRONG_ALGORITHM, /* none, unknown, or no key of its type */
+    SL_AUTH_TOKEN_TOO_LARGE, /* over SL_AUTH_TOKEN_MAX */
+    SL_AUTH_NOT_CONFIGURED,  /* no key at all */
+    SL_AUTH__COUNT
+} sl_auth_result_t;
+
+/* The reason on the wire ("invalid-token", "token-expired", ...). */
+const char *sl_auth_reason(sl_auth_result_t r);
+
+/* What a verified token grants (malloc'd; sl_ident_free). */
+typedef struct sl_ident {
+    char *user;       /* "sub": 1..SL_AUTH_USER_MAX bytes, NUL-terminated */
+    int64_t exp_ms;   /* "exp" in wall ms; 0: the token does not expire */
+    char **channels;  /* "channels": channel ids or "prefix*" patterns */
+    uint32_t nchannels;
+    char **publish;   /* "publish": the same, for publishing */
+    uint32_t npublish;
+    char *info;       /* "info" as compact JSON, or NULL */
+} sl_ident_t;
+
+void sl_ident_free(sl_ident_t *id);
+
+/* Does `id` match a pattern of the list ("x" exactly, "x*" by prefix,
+ * "*" everything)? */
+bool sl_ident_grants(char *const *patterns, uint32_t n, const char *id, size_t len);
+
+/* Claims checked besides the signature (from the configuration). */
+typedef struct {
+    const char *audience; /* "" or NULL: aud not checked */
+    const char *issuer;   /* "" or NULL: iss not checked */
+    int64_t leeway_ms;
+} sl_auth_policy_t;
+
+void sl_auth_set_policy(const sl_auth_policy_t *p);
+
+/* Load the key files (either may be NULL or ""): on success they replace
+ * the keys in use; on failure nothing changes and err says why. */
+int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz);
+
+/* Free the keys in use (tests; the server keeps them for its life). */
+void sl_auth_unload(void);
+
+/* Is any key loaded? */
+bool sl_auth_enabled(void);
+
+/* Verify token[0..len) at wall time now_ms.  SL_AUTH_OK and *out (the
+ * caller owns it), or the reason with a human message in msg. */
+sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, sl_ident_t **out,
+                                char *msg, size_t msgsz);
+
+#endif

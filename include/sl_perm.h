@@ -1,0 +1,60 @@
+/*
+ * sl_perm.h - who may do what with a channel: the one decision asked by
+ * subscribe, publish, rpc-request, rpc-response and list-channels (and, for
+ * the features to come, presence and history).
+ *
+ * The rules, in the order they are applied (README "Access control"):
+ *   1. with a token key and without --allow-anonymous, a connection that
+ *      has not authenticated may do nothing: unauthenticated;
+ *   2. with --strict-namespaces, a channel "NAME:..." whose NAME was not
+ *      declared: unknown-namespace;
+ *   3. rpc-response: only a subscriber of the request's channel;
+ *   4. subscribe (and presence, history) to a user-limited channel
+ *      ("ID#u1,u2"): only those users, whatever the namespace says (with a
+ *      token key configured; without one '#' means nothing);
+ *   5. the namespace's rule for the action: anyone, authenticated, token
+ *      (the token's channels claim, or publish claim for publish and rpc,
+ *      lists the channel), subscribers, none.
+ * An anonymous connection refused by a rule it could pass with a token
+ * (authenticated, token, a user-limited channel) is told unauthenticated;
+ * every other refusal is permission-denied.
+ */
+#ifndef SL_PERM_H
+#define SL_PERM_H
+
+#include "sl_auth.h"
+#include "sl_conf.h"
+
+typedef enum {
+    SL_ACT_SUBSCRIBE = SL_NS_SUBSCRIBE,
+    SL_ACT_PUBLISH = SL_NS_PUBLISH,
+    SL_ACT_RPC = SL_NS_RPC,
+    SL_ACT_PRESENCE = SL_NS_PRESENCE,
+    SL_ACT_HISTORY = SL_NS_HISTORY,
+    SL_ACT_RPC_RESPONSE, /* answering a request made on the channel */
+    SL_ACT__COUNT
+} sl_action_t;
+
+typedef enum {
+    SL_PERM_OK = 0,
+    SL_PERM_UNAUTHENTICATED,
+    SL_PERM_DENIED,
+    SL_PERM_UNKNOWN_NAMESPACE,
+} sl_perm_t;
+
+/* May `who` (NULL: not authenticated) do `act` on channel id[0..len)?
+ * `subscribed`: the connection is subscribed to that channel. */
+sl_perm_t sl_perm_check(const sl_ident_t *who, sl_action_t act, const char *id, size_t len,
+                        bool subscribed);
+
+/* "unauthenticated", "permission-denied", "unknown-namespace". */
+const char *sl_perm_reason(sl_perm_t p);
+
+/* "subscribe", "publish", "rpc", "presence", "history", "rpc-response". */
+const char *sl_perm_action(sl_action_t act);
+
+/* Is there anything to check at all?  (No token key, no namespace, no
+ * --strict-namespaces: everything is allowed, as before access control.) */
+bool sl_perm_active(void);
+
+#endif

@@ -1,0 +1,594 @@
+/*
+ * auth.c - verifying JSON Web Tokens (see sl_auth.h for the contract).
+ *
+ * A token is read in this order, each step refusing with its own reason:
+ *   1. size (8 KiB) and shape: three non-empty base64url parts (the
+ *      signature may be empty only to be refused below), nothing else;
+ *   2. the header: a JSON object whose "alg" is one we accept and for which
+ *      the matching key is loaded ("typ", if any, is JWT; "crit" refused);
+ *   3. the payload parses as a JSON object (duplicate keys refused, so
+ *      libjwt and we cannot read two different claim sets from one token);
+ *   4. the signature, by libjwt (HS*, RS*, ES*) given only the key of the
+ *      algorithm's family, or by OpenSSL for PS* (salt = digest length,
+ *      MGF1 with the same digest, RFC 7518 section 3.5);
+ *   5. the claims: sub, exp, nbf, aud, iss, channels, publish, info.
+ * Steps 1-3 decode with a strict base64url decoder of our own (parsing, not
+ * cryptography), so an odd token is refused before any key is touched.
+ *
+ * libjwt 1.10 reads the PEM key on every verification; the RSA/EC key is
+ * also kept parsed here (EVP_PKEY) to know its type and curve, and for PS.
+ */
+#include "sl_auth.h"
+#include "sl_chan.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define SL_AUTH_KEY_FILE_MAX (64 * 1024)
+#define SL_AUTH_SECRET_MIN 32 /* bytes: RFC 7518 3.2 wants at least the hash size */
+#define SL_AUTH_RSA_MIN_BITS 2048
+
+typedef enum { FAM_HS = 1, FAM_RS, FAM_PS, FAM_ES } family_t;
+
+static const struct {
+    const char *name;
+    family_t fam;
+    jwt_alg_t jalg;    /* libjwt's, JWT_ALG_INVAL for PS* */
+    const char *curve; /* ES*: the curve the key must be on */
+} algs[] = {
+    {"HS256", FAM_HS, JWT_ALG_HS256, NULL},      {"HS384", FAM_HS, JWT_ALG_HS384, NULL},
+    {"HS512", FAM_HS, JWT_ALG_HS512, NULL},      {"RS256", FAM_RS, JWT_ALG_RS256, NULL},
+    {"RS384", FAM_RS, JWT_ALG_RS384, NULL},      {"RS512", FAM_RS, JWT_ALG_RS512, NULL},
+    {"PS256", FAM_PS, JWT_ALG_INVAL, NULL},      {"PS384", FAM_PS, JWT_ALG_INVAL, NULL},
+    {"PS512", FAM_PS, JWT_ALG_INVAL, NULL},      {"ES256", FAM_ES, JWT_ALG_ES256, "prime256v1"},
+    {"ES384", FAM_ES, JWT_ALG_ES384, "secp384r1"}, {"ES512", FAM_ES, JWT_ALG_ES512, "secp521r1"},
+};
+
+typedef struct {
+    unsigned char *secret; /* HS*: the file's bytes less trailing newlines */
+    size_t secret_len;
+    char *pem; /* RS/PS/ES: the PEM text, for libjwt */
+    size_t pem_len;
+    EVP_PKEY *pkey; /* the same key, parsed */
+    bool rsa;       /* pkey is RSA (else EC) */
+    char curve[32]; /* EC: OpenSSL's group name */
+} keys_t;
+
+static keys_t K;
+static sl_auth_policy_t P;
+
+static const char *const reasons[SL_AUTH__COUNT] = {
+    [SL_AUTH_OK] = "ok",
+    [SL_AUTH_INVALID_TOKEN] = "invalid-token",
+    [SL_AUTH_TOKEN_EXPIRED] = "token-expired",
+    [SL_AUTH_NOT_YET_VALID] = "token-not-yet-valid",
+    [SL_AUTH_WRONG_AUDIENCE] = "wrong-audience",
+    [SL_AUTH_WRONG_ISSUER] = "wrong-issuer",
+    [SL_AUTH_WRONG_ALGORITHM] = "wrong-algorithm",
+    [SL_AUTH_TOKEN_TOO_LARGE] = "token-too-large",
+    [SL_AUTH_NOT_CONFIGURED] = "authentication-not-configured",
+};
+
+const char *sl_auth_reason(sl_auth_result_t r)
+{
+    return (unsigned)r < SL_AUTH__COUNT ? reasons[r] : "invalid-token";
+}
+
+void sl_auth_set_policy(const sl_auth_policy_t *p)
+{
+    P = *p;
+}
+
+/* ------------------------------------------------------------------ keys */
+
+static void keys_free(keys_t *k)
+{
+    if (k->secret) {
+        OPENSSL_cleanse(k->secret, k->secret_len);
+        free(k->secret);
+    }
+    free(k->pem);
+    EVP_PKEY_free(k->pkey);
+    memset(k, 0, sizeof(*k));
+}
+
+static int read_file(const char *flag, const char *path, char **out, size_t *len, char *err,
+                     size_t errsz)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, errsz, "%s: cannot open %s: %s", flag, path, strerror(errno));
+        return SL_ERROR;
+    }
+    char *buf = malloc(SL_AUTH_KEY_FILE_MAX + 1);
+    size_t n = buf ? fread(buf, 1, SL_AUTH_KEY_FILE_MAX + 1, f) : 0;
+    bool bad = ferror(f);
+    fclose(f);
+    if (buf == NULL || bad || n > SL_AUTH_KEY_FILE_MAX) {
+        snprintf(err, errsz, "%s: cannot read %s (or it is over %d bytes)", flag, path,
+                 SL_AUTH_KEY_FILE_MAX);
+        free(buf);
+        return SL_ERROR;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *len = n;
+    return SL_OK;
+}
+
+static int load_secret(keys_t *k, const char *path, char *err, size_t errsz)
+{
+    char *buf;
+    size_t n;
+    if (read_file("--jwt-secret-file", path, &buf, &n, err, errsz) != SL_OK)
+        return SL_ERROR;
+    /* Editors add a final newline; it is not part of the secret. */
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    if (n < SL_AUTH_SECRET_MIN) {
+        snprintf(err, errsz, "--jwt-secret-file: %s holds %zu bytes; an HMAC secret needs at "
+                             "least %d", path, n, SL_AUTH_SECRET_MIN);
+        OPENSSL_cleanse(buf, n);
+        free(buf);
+        return SL_ERROR;
+    }
+    k->secret = (unsigned char *)buf;
+    k->secret_len = n;
+    return SL_OK;
+}
+
+static int load_public_key(keys_t *k, const char *path, char *err, size_t errsz)
+{
+    if (read_file("--jwt-public-key-file", path, &k->pem, &k->pem_len, err, errsz) != SL_OK)
+        return SL_ERROR;
+    BIO *b = BIO_new_mem_buf(k->pem, (int)k->pem_len);
+    k->pkey = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    if (k->pkey == NULL) {
+        snprintf(err, errsz, "--jwt-public-key-file: %s is not a PEM public key "
+                             "(-----BEGIN PUBLIC KEY-----)", path);
+        return SL_ERROR;
+    }
+    int id = EVP_PKEY_get_base_id(k->pkey);
+    if (id == EVP_PKEY_RSA) {
+        if (EVP_PKEY_get_bits(k->pkey) < SL_AUTH_RSA_MIN_BITS) {
+            snprintf(err, errsz, "--jwt-public-key-file: %s is a %d-bit RSA key; at least %d "
+                                 "bits are needed", path, EVP_PKEY_get_bits(k->pkey),
+                     SL_AUTH_RSA_MIN_BITS);
+            return SL_ERROR;
+        }
+        k->rsa = true;
+        return SL_OK;
+    }
+    if (id == EVP_PKEY_EC &&
+        EVP_PKEY_get_group_name(k->pkey, k->curve, sizeof(k->curve), NULL) == 1) {
+        for (size_t i = 0; i < SL_ARRAY_LEN(algs); i++)
+            if (algs[i].curve && strcmp(algs[i].curve, k->curve) == 0)
+                return SL_OK;
+        snprintf(err, errsz, "--jwt-public-key-file: %s is an EC key on %s; ES256/384/512 need "
+                             "P-256, P-384 or P-521", path, k->curve);
+        return SL_ERROR;
+    }
+    snprintf(err, errsz, "--jwt-public-key-file: %s must be an RSA or EC public key", path);
+    return SL_ERROR;
+}
+
+int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz)
+{
+    keys_t k = {0};
+    if ((secret_file && secret_file[0] && load_secret(&k, secret_file, err, errsz) != SL_OK) ||
+        (public_key_file && public_key_file[0] &&
+         load_public_key(&k, public_key_file, err, errsz) != SL_OK)) {
+        keys_free(&k);
+        return SL_ERROR;
+    }
+    /* Only now, complete and checked, do the new keys replace the old. */
+    keys_free(&K);
+    K = k;
+    return SL_OK;
+}
+
+void sl_auth_unload(void)
+{
+    keys_free(&K);
+}
+
+bool sl_auth_enabled(void)
+{
+    return K.secret != NULL || K.pkey != NULL;
+}
+
+/* ------------------------------------------------------------- decoding */
+
+/* base64url alphabet -> value, -1 elsewhere (a table: tokens are decoded on
+ * every handshake that carries one). */
+static const signed char b64_values[256] = {
+    ['A'] = 0,  ['B'] = 1,  ['C'] = 2,  ['D'] = 3,  ['E'] = 4,  ['F'] = 5,  ['G'] = 6,
+    ['H'] = 7,  ['I'] = 8,  ['J'] = 9,  ['K'] = 10, ['L'] = 11, ['M'] = 12, ['N'] = 13,
+    ['O'] = 14, ['P'] = 15, ['Q'] = 16, ['R'] = 17, ['S'] = 18, ['T'] = 19, ['U'] = 20,
+    ['V'] = 21, ['W'] = 22, ['X'] = 23, ['Y'] = 24, ['Z'] = 25, ['a'] = 26, ['b'] = 27,
+    ['c'] = 28, ['d'] = 29, ['e'] = 30, ['f'] = 31, ['g'] = 32, ['h'] = 33, ['i'] = 34,
+    ['j'] = 35, ['k'] = 36, ['l'] = 37, ['m'] = 38, ['n'] = 39, ['o'] = 40, ['p'] = 41,
+    ['q'] = 42, ['r'] = 43, ['s'] = 44, ['t'] = 45, ['u'] = 46, ['v'] = 47, ['w'] = 48,
+    ['x'] = 49, ['y'] = 50, ['z'] = 51, ['0'] = 52, ['1'] = 53, ['2'] = 54, ['3'] = 55,
+    ['4'] = 56, ['5'] = 57, ['6'] = 58, ['7'] = 59, ['8'] = 60, ['9'] = 61, ['-'] = 62,
+    ['_'] = 63,
+};
+
+/* The table above has 0 for 'A' and for every byte not in the alphabet;
+ * this tells them apart. */
+static inline signed char b64_value(unsigned char ch)
+{
+    return b64_values[ch] || ch == 'A' ? b64_values[ch] : -1;
+}
+
+/* Strict base64url without padding (RFC 7515 section 2): the alphabet
+ * only, no '=', a length that is not 1 modulo 4, and the unused low bits of
+ * the last character zero (so each byte string has exactly one encoding
+ * and a signature cannot be respelt).  out has room for len * 3 / 4 bytes.
+ * SL_OK or SL_ERROR. */
+static int b64url_decode(const char *s, size_t len, uint8_t *out, size_t *outlen)
+{
+    if (len % 4 == 1)
+        return SL_ERROR;
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        signed char v = b64_value((unsigned char)s[i]);
+        if (v < 0)
+            return SL_ERROR;
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (acc & ((1u << bits) - 1))
+        return SL_ERROR;
+    *outlen = o;
+    return SL_OK;
+}
+
+/* The alphabet already checked: is the length possible, and are the unused
+ * low bits of the last character zero (b64url_decode's last two rules)? */
+static bool b64url_canonical_end(const char *s, size_t len)
+{
+    unsigned v = (unsigned)b64_value((unsigned char)s[len - 1]);
+    switch (len % 4) {
+    case 1: return false;
+    case 2: return (v & 0xf) == 0; /* one byte in the last group: 4 bits unused */
+    case 3: return (v & 0x3) == 0; /* two bytes: 2 bits unused */
+    }
+    return true;
+}
+
+static json_t *decode_json_part(const char *s, size_t len, uint8_t *scratch)
+{
+    size_t n;
+    if (b64url_decode(s, len, scratch, &n) != SL_OK)
+        return NULL;
+    json_t *j = json_loadb((const char *)scratch, n, JSON_REJECT_DUPLICATES, NULL);
+    if (j && !json_is_object(j)) {
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* ------------------------------------------------------------ the claims */
+
+void sl_ident_free(sl_ident_t *id)
+{
+    if (id == NULL)
+        return;
+    free(id->user);
+    for (uint32_t i = 0; i < id->nchannels; i++)
+        free(id->channels[i]);
+    free(id->channels);
+    for (uint32_t i = 0; i < id->npublish; i++)
+        free(id->publish[i]);
+    free(id->publish);
+    free(id->info);
+    free(id);
+}
+
+bool sl_ident_grants(char *const *patterns, uint32_t n, const char *id, size_t len)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        const char *p = patterns[i];
+        size_t plen = strlen(p);
+        if (plen > 0 && p[plen - 1] == '*') {
+            if (len >= plen - 1 && memcmp(id, p, plen - 1) == 0)
+                return true;
+        } else if (plen == len && memcmp(id, p, len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* "channels" / "publish": absent, null, or an array of channel ids and
+ * "prefix*" patterns. */
+static int claim_patterns(json_t *claims, const char *name, char ***out, uint32_t *n)
+{
+    json_t *a = json_object_get(claims, name);
+    *out = NULL;
+    *n = 0;
+    if (a == NULL || json_is_null(a))
+        return SL_OK;
+    if (!json_is_array(a))
+        return SL_ERROR;
+    size_t count = json_array_size(a);
+    if (count == 0)
+        return SL_OK;
+    char **list = calloc(count, sizeof(*list));
+    if (list == NULL)
+        return SL_ERROR;
+    *out = list;
+    for (size_t i = 0; i < count; i++) {
+        json_t *v = json_array_get(a, i);
+        const char *s = json_string_value(v);
+        size_t len = json_string_length(v);
+        size_t idlen = len && s[len - 1] == '*' ? len - 1 : len;
+        /* "*" alone (idlen 0) grants everything; otherwise the id part
+         * must be a possible channel id (or a prefix of one). */
+        if (s == NULL || len == 0 || (idlen > 0 && !sl_chan_id_valid(s, idlen)) ||
+            (list[i] = strndup(s, len)) == NULL)
+            return SL_ERROR;
+        (*n)++;
+    }
+    return SL_OK;
+}
+
+/* Seconds since the epoch (integer or not) as wall ms; SL_ERROR when the
+ * claim is there but not a number. */
+static int claim_time(json_t *claims, const char *name, int64_t *ms)
+{
+    json_t *v = json_object_get(claims, name);
+    *ms = 0;
+    if (v == NULL)
+        return SL_OK;
+    if (!json_is_number(v))
+        return SL_ERROR;
+    double s = json_number_value(v);
+    if (!(s > 0 && s < 1e13))
+        return SL_ERROR;
+    *ms = (int64_t)(s * 1000.0);
+    return SL_OK;
+}
+
+static bool audience_ok(json_t *claims)
+{
+    if (P.audience == NULL || P.audience[0] == '\0')
+        return true;
+    json_t *aud = json_object_get(claims, "aud");
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), P.audience) == 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(aud, i, v)
+    {
+        if (json_is_string(v) && strcmp(json_string_value(v), P.audience) == 0)
+            return true;
+    }
+    return false;
+}
+
+static sl_auth_result_t fail(sl_auth_result_t r, char *msg, size_t msgsz, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static sl_auth_result_t fail(sl_auth_result_t r, char *msg, size_t msgsz, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msgsz, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static sl_auth_result_t read_claims(json_t *claims, int64_t now, sl_ident_t *id, char *msg,
+                                    size_t msgsz)
+{
+    json_t *sub = json_object_get(claims, "sub");
+    const char *user = json_string_value(sub);
+    size_t ulen = json_string_length(sub);
+    if (user == NULL || !sl_chan_id_valid(user, ulen))
+        return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                    "claim 'sub' (the user id) must be a string of 1 to %d bytes without control "
+                    "characters", SL_AUTH_USER_MAX);
+    int64_t exp, nbf;
+    if (claim_time(claims, "exp", &exp) != SL_OK || claim_time(claims, "nbf", &nbf) != SL_OK)
+        return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "claims 'exp' and 'nbf' must be numbers");
+    if (exp && now >= exp + P.leeway_ms)
+        return fail(SL_AUTH_TOKEN_EXPIRED, msg, msgsz, "the token expired at %lld ms",
+                    (long long)exp);
+    if (nbf && now + P.leeway_ms < nbf)
+        return fail(SL_AUTH_NOT_YET_VALID, msg, msgsz, "the token is valid from %lld ms",
+                    (long long)nbf);
+    if (!audience_ok(claims))
+        return fail(SL_AUTH_WRONG_AUDIENCE, msg, msgsz, "claim 'aud' does not name '%s'",
+                    P.audience);
+    if (P.issuer && P.issuer[0]) {
+        const char *iss = json_string_value(json_object_get(claims, "iss"));
+        if (iss == NULL || strcmp(iss, P.issuer) != 0)
+            return fail(SL_AUTH_WRONG_ISSUER, msg, msgsz, "claim 'iss' is not '%s'", P.issuer);
+    }
+    if (claim_patterns(claims, "channels", &id->channels, &id->nchannels) != SL_OK ||
+        claim_patterns(claims, "publish", &id->publish, &id->npublish) != SL_OK)
+        return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                    "claims 'channels' and 'publish' must be arrays of channel ids or prefix* "
+                    "patterns");
+    json_t *info = json_object_get(claims, "info");
+    if (info && !json_is_null(info)) {
+        char *enc = json_is_object(info) ? json_dumps(info, JSON_COMPACT) : NULL;
+        if (enc == NULL || strlen(enc) > SL_AUTH_INFO_MAX) {
+            free(enc);
+            return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                        "claim 'info' must be a JSON object of at most %d bytes",
+                        SL_AUTH_INFO_MAX);
+        }
+        id->info = enc;
+    }
+    id->user = strndup(user, ulen);
+    id->exp_ms = exp;
+    return id->user ? SL_AUTH_OK : fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "out of memory");
+}
+
+/* ----------------------------------------------------------- signatures */
+
+static const EVP_MD *pss_md(const char *alg)
+{
+    return strcmp(alg, "PS256") == 0 ? EVP_sha256()
+           : strcmp(alg, "PS384") == 0 ? EVP_sha384()
+                                       : EVP_sha512();
+}
+
+/* RSASSA-PSS as RFC 7518 3.5 has it: MGF1 with the same hash, a salt as
+ * long as the hash.  OpenSSL does the verification. */
+static bool verify_pss(const char *alg, const char *input, size_t ilen, const uint8_t *sig,
+                       size_t slen)
+{
+    const EVP_MD *md = pss_md(alg);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    bool ok = ctx && EVP_DigestVerifyInit(ctx, &pctx, md, NULL, K.pkey) == 1 &&
+              EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+              EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1 &&
+              EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) == 1 &&
+              EVP_DigestVerify(ctx, sig, slen, (const unsigned char *)input, ilen) == 1;
+    EVP_MD_CTX_free(ctx);
+    return ok;
+}
+
+/* libjwt, given only the key of the algorithm's family; the algorithm it
+ * saw must be the one we checked (it reads the same header). */
+static bool verify_libjwt(int a, const char *token, size_t len, char *copy)
+{
+    memcpy(copy, token, len);
+    copy[len] = '\0';
+    const unsigned char *key = algs[a].fam == FAM_HS ? K.secret : (unsigned char *)K.pem;
+    int klen = (int)(algs[a].fam == FAM_HS ? K.secret_len : K.pem_len);
+    jwt_t *j = NULL;
+    int rc = jwt_decode(&j, copy, key, klen);
+    bool ok = rc == 0 && j != NULL && jwt_get_alg(j) == algs[a].jalg;
+    jwt_free(j);
+    return ok;
+}
+
+/* The key for algorithm a, or why there is none. */
+static const char *key_missing(int a)
+{
+    switch (algs[a].fam) {
+    case FAM_HS: return K.secret ? NULL : "needs --jwt-secret-file";
+    case FAM_RS:
+    case FAM_PS: return K.pkey && K.rsa ? NULL : "needs an RSA key in --jwt-public-key-file";
+    case FAM_ES:
+        return K.pkey && !K.rsa && strcmp(K.curve, algs[a].curve) == 0
+                   ? NULL
+                   : "needs an EC key on its curve in --jwt-public-key-file";
+    }
+    return "is not accepted";
+}
+
+static bool b64url_part(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (b64_value((unsigned char)s[i]) < 0)
+            return false;
+    return true;
+}
+
+sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, sl_ident_t **out,
+                                char *msg, size_t msgsz)
+{
+    *out = NULL;
+    if (!sl_auth_enabled())
+        return fail(SL_AUTH_NOT_CONFIGURED, msg, msgsz, "the server has no token key");
+    if (len > SL_AUTH_TOKEN_MAX)
+        return fail(SL_AUTH_TOKEN_TOO_LARGE, msg, msgsz, "a token may have at most %d bytes",
+                    SL_AUTH_TOKEN_MAX);
+    const char *d1 = memchr(token, '.', len);
+    const char *d2 = d1 ? memchr(d1 + 1, '.', len - (size_t)(d1 + 1 - token)) : NULL;
+    size_t hlen = d1 ? (size_t)(d1 - token) : 0, plen = d2 ? (size_t)(d2 - d1 - 1) : 0;
+    size_t slen = d2 ? len - (size_t)(d2 + 1 - token) : 0;
+    if (d2 == NULL || hlen == 0 || plen == 0 || !b64url_part(token, hlen) ||
+        !b64url_part(d1 + 1, plen) || !b64url_part(d2 + 1, slen))
+        return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                    "a token is three base64url parts separated by dots");
+
+    /* One scratch area: decoded parts, then the NUL-terminated copy for
+     * libjwt.  Every part is shorter than the token. */
+    static uint8_t scratch[SL_AUTH_TOKEN_MAX + 1];
+    json_t *hdr = decode_json_part(token, hlen, scratch), *claims = NULL;
+    sl_ident_t *id = NULL;
+    sl_auth_result_t r;
+    if (hdr == NULL) {
+        r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "the header is not a base64url JSON object");
+        goto out;
+    }
+    const char *alg = json_string_value(json_object_get(hdr, "alg"));
+    json_t *typ = json_object_get(hdr, "typ");
+    int a = -1;
+    for (size_t i = 0; alg && i < SL_ARRAY_LEN(algs); i++)
+        if (strcmp(algs[i].name, alg) == 0)
+            a = (int)i;
+    if (a < 0) {
+        r = fail(SL_AUTH_WRONG_ALGORITHM, msg, msgsz, "algorithm '%.16s' is not accepted",
+                 alg ? alg : "(missing)");
+        goto out;
+    }
+    const char *why = key_missing(a);
+    if (why) {
+        r = fail(SL_AUTH_WRONG_ALGORITHM, msg, msgsz, "%s %s", algs[a].name, why);
+        goto out;
+    }
+    if (json_object_get(hdr, "crit") != NULL ||
+        (typ && !(json_is_string(typ) && strcasecmp(json_string_value(typ), "JWT") == 0))) {
+        r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                 "header: 'typ' must be JWT and 'crit' is not supported");
+        goto out;
+    }
+    claims = decode_json_part(d1 + 1, plen, scratch);
+    if (claims == NULL) {
+        r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                 "the payload is not a base64url JSON object (without duplicate keys)");
+        goto out;
+    }
+    size_t n;
+    bool sig_ok;
+    if (algs[a].fam == FAM_PS)
+        sig_ok = slen > 0 && b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK &&
+                 verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
+    else /* libjwt decodes the signature itself: we only insist on one spelling */
+        sig_ok = slen > 0 && b64url_canonical_end(d2 + 1, slen) &&
+                 verify_libjwt(a, token, len, (char *)scratch);
+    if (!sig_ok) {
+        r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "the %s signature does not verify",
+                 algs[a].name);
+        goto out;
+    }
+    id = calloc(1, sizeof(*id));
+    r = id ? read_claims(claims, now_ms, id, msg, msgsz)
+           : fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "out of memory");
+out:
+    json_decref(hdr);
+    json_decref(claims);
+    if (r == SL_AUTH_OK) {
+        *out = id;
+        msg[0] = '\0';
+    } else {
+        sl_ident_free(id);
+    }
+    return r;
+}

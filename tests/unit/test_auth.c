@@ -1,0 +1,564 @@
+/*
+ * test_auth.c - token verification: every algorithm with a key made here
+ * (OpenSSL key generation; tokens signed by libjwt, PS* by OpenSSL), each
+ * way a token can be wrong, the algorithm pinned to the key (alg none,
+ * HS/RS key confusion), claims, key reload, and a few thousand malformed
+ * and mutated tokens that must all be refused without a crash (the unit
+ * test the issue asks for while tests/fuzz/ does not exist).
+ */
+#include "sl_auth.h"
+#include "sl_test.h"
+
+#include <jansson.h>
+#include <jwt.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static char dir[64];
+static char secret_path[128], rsa_path[128], ec256_path[128], ec384_path[128], ec521_path[128],
+    bad_path[128];
+static char *rsa_priv, *ec256_priv, *ec384_priv, *ec521_priv, *rsa_pub;
+static size_t rsa_pub_len;
+static const char SECRET[] = "0123456789abcdef0123456789abcdef-test-secret";
+static int64_t now_ms;
+
+/* ------------------------------------------------------------- helpers */
+
+static void write_file(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    fwrite(data, 1, len, f);
+    fclose(f);
+}
+
+static char *pem_of(EVP_PKEY *k, bool priv, size_t *len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    if (priv)
+        PEM_write_bio_PrivateKey(b, k, NULL, NULL, 0, NULL, NULL);
+    else
+        PEM_write_bio_PUBKEY(b, k);
+    char *p;
+    long n = BIO_get_mem_data(b, &p);
+    char *out = malloc((size_t)n + 1);
+    memcpy(out, p, (size_t)n);
+    out[n] = '\0';
+    if (len)
+        *len = (size_t)n;
+    BIO_free(b);
+    return out;
+}
+
+static void make_keys(void)
+{
+    snprintf(dir, sizeof(dir), "/tmp/sl-auth-XXXXXX");
+    if (mkdtemp(dir) == NULL)
+        abort();
+    snprintf(secret_path, sizeof(secret_path), "%s/secret", dir);
+    snprintf(rsa_path, sizeof(rsa_path), "%s/rsa.pem", dir);
+    snprintf(ec256_path, sizeof(ec256_path), "%s/ec256.pem", dir);
+    snprintf(ec384_path, sizeof(ec384_path), "%s/ec384.pem", dir);
+    snprintf(ec521_path, sizeof(ec521_path), "%s/ec521.pem", dir);
+    snprintf(bad_path, sizeof(bad_path), "%s/bad.pem", dir);
+    char s[sizeof(SECRET) + 1];
+    snprintf(s, sizeof(s), "%s\n", SECRET); /* a trailing newline is not part of it */
+    write_file(secret_path, s, strlen(s));
+    write_file(bad_path, "not a key\n", 10);
+
+    EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    rsa_priv = pem_of(rsa, true, NULL);
+    rsa_pub = pem_of(rsa, false, &rsa_pub_len);
+    write_file(rsa_path, rsa_pub, rsa_pub_len);
+    EVP_PKEY_free(rsa);
+    const char *curves[] = {"P-256", "P-384", "P-521"};
+    char **privs[] = {&ec256_priv, &ec384_priv, &ec521_priv};
+    const char *paths[] = {ec256_path, ec384_path, ec521_path};
+    for (int i = 0; i < 3; i++) {
+        EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", curves[i]);
+        *privs[i] = pem_of(ec, true, NULL);
+        size_t n;
+        char *pub = pem_of(ec, false, &n);
+        write_file(paths[i], pub, n);
+        free(pub);
+        EVP_PKEY_free(ec);
+    }
+}
+
+static char *b64url(const uint8_t *d, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    char *o = malloc(n * 4 / 3 + 4);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)d[i] << 16 | (i + 1 < n ? (uint32_t)d[i + 1] << 8 : 0) |
+                     (i + 2 < n ? d[i + 2] : 0);
+        o[k++] = tab[v >> 18 & 63];
+        o[k++] = tab[v >> 12 & 63];
+        if (i + 1 < n)
+            o[k++] = tab[v >> 6 & 63];
+        if (i + 2 < n)
+            o[k++] = tab[v & 63];
+    }
+    o[k] = '\0';
+    return o;
+}
+
+static char *b64url_str(const char *s)
+{
+    return b64url((const uint8_t *)s, strlen(s));
+}
+
+/* A token signed by libjwt (HS*, RS*, ES*). */
+static char *sign(jwt_alg_t alg, const char *claims_json)
+{
+    jwt_t *j;
+    jwt_new(&j);
+    jwt_add_grants_json(j, claims_json);
+    const char *key = SECRET;
+    size_t klen = strlen(SECRET);
+    if (alg >= JWT_ALG_RS256 && alg <= JWT_ALG_RS512)
+        key = rsa_priv, klen = strlen(rsa_priv);
+    else if (alg == JWT_ALG_ES256)
+        key = ec256_priv, klen = strlen(ec256_priv);
+    else if (alg == JWT_ALG_ES384)
+        key = ec384_priv, klen = strlen(ec384_priv);
+    else if (alg == JWT_ALG_ES512)
+        key = ec521_priv, klen = strlen(ec521_priv);
+    jwt_set_alg(j, alg, (const unsigned char *)key, (int)klen);
+    char *t = jwt_encode_str(j);
+    jwt_free(j);
+    return t;
+}
+
+/* header.payload with a given header and an HMAC-SHA256 / PSS signature
+ * or none, by hand (OpenSSL does the signing). */
+static char *assemble(const char *header, const char *claims, const char *how)
+{
+    char *h = b64url_str(header), *p = b64url_str(claims);
+    size_t in_len = strlen(h) + 1 + strlen(p);
+    char *input = malloc(in_len + 1);
+    snprintf(input, in_len + 1, "%s.%s", h, p);
+    uint8_t sig[1024];
+    size_t slen = 0;
+    if (strcmp(how, "hmac-rsa-pub") == 0) {
+        /* The confusion attack: the RSA public key's PEM as HMAC secret. */
+        unsigned int n = 0;
+        HMAC(EVP_sha256(), rsa_pub, (int)rsa_pub_len, (const uint8_t *)input, in_len, sig, &n);
+        slen = n;
+    } else if (strcmp(how, "hmac") == 0) {
+        unsigned int n = 0;
+        HMAC(EVP_sha256(), SECRET, (int)strlen(SECRET), (const uint8_t *)input, in_len, sig, &n);
+        slen = n;
+    } else if (strncmp(how, "pss", 3) == 0) {
+        const EVP_MD *md = strcmp(how, "pss384") == 0   ? EVP_sha384()
+                           : strcmp(how, "pss512") == 0 ? EVP_sha512()
+                                                        : EVP_sha256();
+        BIO *b = BIO_new_mem_buf(rsa_priv, -1);
+        EVP_PKEY *k = PEM_read_bio_PrivateKey(b, NULL, NULL, NULL);
+        BIO_free(b);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        EVP_PKEY_CTX *pctx;
+        EVP_DigestSignInit(ctx, &pctx, md, NULL, k);
+        EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING);
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST);
+        slen = sizeof(sig);
+        EVP_DigestSign(ctx, sig, &slen, (const uint8_t *)input, in_len);
+        EVP_MD_CTX_free(ctx);
+        EVP_PKEY_free(k);
+    }
+    char *s = b64url(sig, slen);
+    size_t tl = in_len + 1 + strlen(s);
+    char *tok = malloc(tl + 1);
+    snprintf(tok, tl + 1, "%s.%s", input, s);
+    free(h);
+    free(p);
+    free(input);
+    free(s);
+    return tok;
+}
+
+static char *claims(const char *extra)
+{
+    static char buf[2048];
+    snprintf(buf, sizeof(buf), "{\"sub\":\"alice\",\"exp\":%lld%s%s}",
+             (long long)(now_ms / 1000 + 600), extra[0] ? "," : "", extra);
+    return buf;
+}
+
+static sl_auth_result_t verify(const char *tok, sl_ident_t **id)
+{
+    char msg[256];
+    sl_ident_t *tmp = NULL;
+    sl_auth_result_t r = sl_auth_verify(tok, strlen(tok), now_ms, id ? id : &tmp, msg, sizeof(msg));
+    if (r != SL_AUTH_OK)
+        SL_CHECK(msg[0] != '\0'); /* every refusal says why */
+    sl_ident_free(tmp);
+    return r;
+}
+
+static void load(const char *secret, const char *pub)
+{
+    char err[256];
+    int rc = sl_auth_load(secret, pub, err, sizeof(err));
+    if (rc != SL_OK)
+        fprintf(stderr, "load: %s\n", err);
+    SL_CHECK_INT(rc, SL_OK);
+}
+
+/* --------------------------------------------------------------- tests */
+
+static void test_every_algorithm(void)
+{
+    static const struct {
+        jwt_alg_t alg;
+        const char *name;
+        const char **pub;
+    } cases[] = {
+        {JWT_ALG_HS256, "HS256", NULL},  {JWT_ALG_HS384, "HS384", NULL},
+        {JWT_ALG_HS512, "HS512", NULL},  {JWT_ALG_RS256, "RS256", NULL},
+        {JWT_ALG_RS384, "RS384", NULL},  {JWT_ALG_RS512, "RS512", NULL},
+        {JWT_ALG_ES256, "ES256", NULL},  {JWT_ALG_ES384, "ES384", NULL},
+        {JWT_ALG_ES512, "ES512", NULL},
+    };
+    const char *pubs[] = {NULL, NULL, NULL, rsa_path, rsa_path, rsa_path,
+                          ec256_path, ec384_path, ec521_path};
+    for (size_t i = 0; i < SL_ARRAY_LEN(cases); i++) {
+        load(pubs[i] ? NULL : secret_path, pubs[i]);
+        char *good = sign(cases[i].alg, claims("\"channels\":[\"a:*\"],\"info\":{\"n\":1}"));
+        sl_ident_t *id = NULL;
+        SL_CHECK_INT(verify(good, &id), SL_AUTH_OK);
+        SL_CHECK(id && strcmp(id->user, "alice") == 0 && id->exp_ms > now_ms);
+        SL_CHECK(id && id->nchannels == 1 && id->info && strcmp(id->info, "{\"n\":1}") == 0);
+        sl_ident_free(id);
+
+        char buf[64];
+        snprintf(buf, sizeof(buf), "{\"sub\":\"a\",\"exp\":%lld}", (long long)(now_ms / 1000 - 5));
+        char *expired = sign(cases[i].alg, buf);
+        SL_CHECK_INT(verify(expired, NULL), SL_AUTH_TOKEN_EXPIRED);
+        snprintf(buf, sizeof(buf), "{\"sub\":\"a\",\"nbf\":%lld}", (long long)(now_ms / 1000 + 60));
+        char *early = sign(cases[i].alg, buf);
+        SL_CHECK_INT(verify(early, NULL), SL_AUTH_NOT_YET_VALID);
+        char *nosub = sign(cases[i].alg, "{\"exp\":99999999999}");
+        SL_CHECK_INT(verify(nosub, NULL), SL_AUTH_INVALID_TOKEN);
+
+        /* A wrong signature: one character in its middle changed. */
+        char *bad = strdup(good);
+        char *sig = strrchr(bad, '.') + 1;
+        size_t mid = strlen(sig) / 2;
+        sig[mid] = sig[mid] == 'A' ? 'B' : 'A';
+        SL_CHECK_INT(verify(bad, NULL), SL_AUTH_INVALID_TOKEN);
+        /* The signature cut off: "header.payload." */
+        sig[0] = '\0';
+        SL_CHECK_INT(verify(bad, NULL), SL_AUTH_INVALID_TOKEN);
+        /* Valid for another key of the same kind: libjwt says no. */
+        free(bad);
+        free(good);
+        free(expired);
+        free(early);
+        free(nosub);
+    }
+}
+
+static void test_pss(void)
+{
+    load(NULL, rsa_path);
+    const char *hows[] = {"pss", "pss384", "pss512"}, *algs[] = {"PS256", "PS384", "PS512"};
+    for (int i = 0; i < 3; i++) {
+        char hdr[64];
+        snprintf(hdr, sizeof(hdr), "{\"alg\":\"%s\",\"typ\":\"JWT\"}", algs[i]);
+        char *t = assemble(hdr, claims(""), hows[i]);
+        SL_CHECK_INT(verify(t, NULL), SL_AUTH_OK);
+        /* PS256's signature under PS384's name does not verify. */
+        snprintf(hdr, sizeof(hdr), "{\"alg\":\"%s\"}", algs[(i + 1) % 3]);
+        char *other = assemble(hdr, claims(""), hows[i]);
+        SL_CHECK_INT(verify(other, NULL), SL_AUTH_INVALID_TOKEN);
+        free(t);
+        free(other);
+    }
+    /* A PS token with only the secret: no RSA key, wrong algorithm. */
+    load(secret_path, NULL);
+    char *t = assemble("{\"alg\":\"PS256\"}", claims(""), "pss");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_WRONG_ALGORITHM);
+    free(t);
+}
+
+static void test_algorithm_pinned_to_key(void)
+{
+    /* alg none, with or without a signature. */
+    load(secret_path, rsa_path);
+    char *h = b64url_str("{\"alg\":\"none\",\"typ\":\"JWT\"}"), *p = b64url_str(claims(""));
+    char none[2048];
+    snprintf(none, sizeof(none), "%s.%s.", h, p);
+    SL_CHECK_INT(verify(none, NULL), SL_AUTH_WRONG_ALGORITHM);
+    snprintf(none, sizeof(none), "%s.%s.AAAA", h, p);
+    SL_CHECK_INT(verify(none, NULL), SL_AUTH_WRONG_ALGORITHM);
+    char *t = assemble("{\"alg\":\"None\"}", claims(""), "hmac");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_WRONG_ALGORITHM);
+    free(t);
+    t = assemble("{\"alg\":\"HS1\"}", claims(""), "hmac");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_WRONG_ALGORITHM);
+    free(t);
+    t = assemble("{\"typ\":\"JWT\"}", claims(""), "hmac");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_WRONG_ALGORITHM);
+    free(t);
+    free(h);
+    free(p);
+
+    /* HS/RS confusion: an HS256 token whose "secret" is the RSA public
+     * key.  With only the public key configured it is the wrong algorithm;
+     * with both, HS256 is checked with the real secret and fails. */
+    char *confused = assemble("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", claims(""), "hmac-rsa-pub");
+    load(NULL, rsa_path);
+    SL_CHECK_INT(verify(confused, NULL), SL_AUTH_WRONG_ALGORITHM);
+    load(secret_path, rsa_path);
+    SL_CHECK_INT(verify(confused, NULL), SL_AUTH_INVALID_TOKEN);
+    free(confused);
+
+    /* RS token, only a secret; ES token on the wrong curve; RS token with
+     * an EC key. */
+    char *rs = sign(JWT_ALG_RS256, claims(""));
+    load(secret_path, NULL);
+    SL_CHECK_INT(verify(rs, NULL), SL_AUTH_WRONG_ALGORITHM);
+    load(NULL, ec256_path);
+    SL_CHECK_INT(verify(rs, NULL), SL_AUTH_WRONG_ALGORITHM);
+    char *es384 = sign(JWT_ALG_ES384, claims(""));
+    SL_CHECK_INT(verify(es384, NULL), SL_AUTH_WRONG_ALGORITHM);
+    char *hs = sign(JWT_ALG_HS256, claims(""));
+    SL_CHECK_INT(verify(hs, NULL), SL_AUTH_WRONG_ALGORITHM);
+    free(rs);
+    free(es384);
+    free(hs);
+}
+
+static void test_claims(void)
+{
+    load(secret_path, NULL);
+    char *t;
+#define EXPECT(extra, want)                                                     \
+    do {                                                                        \
+        t = assemble("{\"alg\":\"HS256\",\"typ\":\"JWT\"}", extra, "hmac");     \
+        SL_CHECK_INT(verify(t, NULL), want);                                    \
+        free(t);                                                                \
+    } while (0)
+    EXPECT("{\"sub\":\"\"}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":42}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\\u0001b\"}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\\u0000b\"}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"sub\":\"b\"}", SL_AUTH_INVALID_TOKEN); /* duplicate keys */
+    EXPECT("{\"sub\":\"a\",\"exp\":\"soon\"}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"exp\":1e300}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"channels\":\"a\"}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"channels\":[1]}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"publish\":[\"\"]}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"publish\":[\"*\", \"x*\", \"y\"]}", SL_AUTH_OK);
+    EXPECT("{\"sub\":\"a\",\"info\":[1]}", SL_AUTH_INVALID_TOKEN);
+    EXPECT("{\"sub\":\"a\",\"info\":null}", SL_AUTH_OK);
+    EXPECT("{\"sub\":\"a\",\"exp\":99999999999.5,\"nbf\":1}", SL_AUTH_OK);
+    char big[1200 + 64];
+    snprintf(big, sizeof(big), "{\"sub\":\"a\",\"info\":{\"x\":\"%01100d\"}}", 0);
+    EXPECT(big, SL_AUTH_INVALID_TOKEN); /* info over 1 KiB */
+    char longsub[200];
+    snprintf(longsub, sizeof(longsub), "{\"sub\":\"%0129d\"}", 0);
+    EXPECT(longsub, SL_AUTH_INVALID_TOKEN);
+
+    sl_auth_set_policy(&(sl_auth_policy_t){.audience = "chat", .issuer = "me", .leeway_ms = 0});
+    EXPECT("{\"sub\":\"a\",\"iss\":\"me\",\"aud\":\"chat\"}", SL_AUTH_OK);
+    EXPECT("{\"sub\":\"a\",\"iss\":\"me\",\"aud\":[\"x\",\"chat\"]}", SL_AUTH_OK);
+    EXPECT("{\"sub\":\"a\",\"iss\":\"me\",\"aud\":\"other\"}", SL_AUTH_WRONG_AUDIENCE);
+    EXPECT("{\"sub\":\"a\",\"iss\":\"me\"}", SL_AUTH_WRONG_AUDIENCE);
+    EXPECT("{\"sub\":\"a\",\"iss\":\"you\",\"aud\":\"chat\"}", SL_AUTH_WRONG_ISSUER);
+    /* Leeway: expired 2 s ago passes with 5 s of leeway, not with 1. */
+    char c2[128];
+    snprintf(c2, sizeof(c2), "{\"sub\":\"a\",\"exp\":%lld}", (long long)(now_ms / 1000 - 2));
+    sl_auth_set_policy(&(sl_auth_policy_t){.leeway_ms = 5000});
+    EXPECT(c2, SL_AUTH_OK);
+    sl_auth_set_policy(&(sl_auth_policy_t){.leeway_ms = 1000});
+    EXPECT(c2, SL_AUTH_TOKEN_EXPIRED);
+    sl_auth_set_policy(&(sl_auth_policy_t){0});
+    /* Header rules. */
+    t = assemble("{\"alg\":\"HS256\",\"typ\":\"JWS\"}", claims(""), "hmac");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_INVALID_TOKEN);
+    free(t);
+    t = assemble("{\"alg\":\"HS256\",\"crit\":[\"exp\"]}", claims(""), "hmac");
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_INVALID_TOKEN);
+    free(t);
+    t = assemble("{\"alg\":\"HS256\"}", claims(""), "hmac"); /* no typ: fine */
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_OK);
+    free(t);
+#undef EXPECT
+}
+
+static void test_patterns(void)
+{
+    char *p[] = {"chat:*", "dm#1,2", "*x"};
+    SL_CHECK(sl_ident_grants(p, 3, "chat:room", 9));
+    SL_CHECK(sl_ident_grants(p, 3, "chat:", 5));
+    SL_CHECK(!sl_ident_grants(p, 3, "chat", 4));
+    SL_CHECK(sl_ident_grants(p, 3, "dm#1,2", 6));
+    SL_CHECK(!sl_ident_grants(p, 3, "dm#1", 4));
+    SL_CHECK(!sl_ident_grants(p, 3, "x", 1)); /* '*' only at the end means "prefix" */
+    char *all[] = {"*"};
+    SL_CHECK(sl_ident_grants(all, 1, "anything", 8));
+    SL_CHECK(!sl_ident_grants(NULL, 0, "anything", 8));
+}
+
+static void test_malformed(void)
+{
+    load(secret_path, NULL);
+    static const char *const junk[] = {
+        "", ".", "..", "...", "a", "a.b", "a.b.c.d", "abc..def", ".e30.abc",
+        "e30..abc", "!!.e30.abc", "e30.e30.abc=", "e30.e30.ab c", "e30.e30.a",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0", /* two parts */
+        "eyJhbGciOiJIUzI1NiJ9.e30.@@@@",
+        "W10.e30.abcd",                        /* header [] */
+        "bnVsbA.e30.abcd",                     /* header null */
+        "eyJhbGciOjF9.e30.abcd",               /* alg 1 */
+        "eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.abcd", /* payload "not json" */
+        "eyJhbGciOiJIUzI1NiJ9.W10.abcd",       /* payload [] */
+        "eyJhbGciOiJIUzI1NiJ9.e30.abcd",       /* {} payload, bad signature */
+        "eyJhbGciOiJIUzI1NiJ9.e30.abcde",      /* 5 characters: not base64url */
+        "eyJhbGciOiJIUzI1NiJ9.e30.abcF",       /* non-zero trailing bits */
+    };
+    for (size_t i = 0; i < SL_ARRAY_LEN(junk); i++) {
+        sl_auth_result_t r = verify(junk[i], NULL);
+        SL_CHECK(r == SL_AUTH_INVALID_TOKEN || r == SL_AUTH_WRONG_ALGORITHM);
+        if (r == SL_AUTH_OK)
+            fprintf(stderr, "  accepted: %s\n", junk[i]);
+    }
+    /* Embedded NUL. */
+    char *good = sign(JWT_ALG_HS256, claims(""));
+    char copy[2048];
+    size_t n = strlen(good);
+    memcpy(copy, good, n);
+    copy[10] = '\0';
+    char msg[128];
+    sl_ident_t *id = NULL;
+    SL_CHECK_INT(sl_auth_verify(copy, n, now_ms, &id, msg, sizeof(msg)), SL_AUTH_INVALID_TOKEN);
+    /* Oversized: refused unread, whatever it holds. */
+    char *huge = malloc(SL_AUTH_TOKEN_MAX + 2);
+    memset(huge, 'A', SL_AUTH_TOKEN_MAX + 1);
+    huge[SL_AUTH_TOKEN_MAX + 1] = '\0';
+    SL_CHECK_INT(verify(huge, NULL), SL_AUTH_TOKEN_TOO_LARGE);
+    /* Just under the limit but a valid shape: read and refused. */
+    huge[100] = '.';
+    huge[200] = '.';
+    huge[SL_AUTH_TOKEN_MAX] = '\0';
+    SL_CHECK_INT(verify(huge, NULL), SL_AUTH_INVALID_TOKEN);
+    free(huge);
+
+    /* Mutations of a good token: every single-character change, and
+     * thousands of random multi-byte ones, are refused - the
+     * canonical-encoding rule means no respelling of a part verifies. */
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \x01\xff";
+    int accepted = 0;
+    for (size_t i = 0; i < n; i++) {
+        for (size_t a = 0; a < sizeof(alphabet) - 1; a += 7) {
+            memcpy(copy, good, n + 1);
+            if (copy[i] == alphabet[a])
+                continue;
+            copy[i] = alphabet[a];
+            if (sl_auth_verify(copy, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK) {
+                accepted++;
+                sl_ident_free(id);
+            }
+        }
+    }
+    srand(7);
+    for (int k = 0; k < 5000; k++) {
+        memcpy(copy, good, n + 1);
+        int changes = 1 + rand() % 4;
+        for (int c = 0; c < changes; c++)
+            copy[rand() % n] = (char)(rand() % 256);
+        if (memcmp(copy, good, n) == 0)
+            continue;
+        if (sl_auth_verify(copy, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK) {
+            accepted++;
+            sl_ident_free(id);
+        }
+    }
+    SL_CHECK_INT(accepted, 0);
+    free(good);
+
+    /* An RS256 signature is 256 bytes: 342 characters, the last one with 4
+     * unused bits.  Respelt with one of those bits set it decodes to the
+     * same bytes - and OpenSSL would verify it - but it is refused. */
+    load(NULL, rsa_path);
+    char *rs = sign(JWT_ALG_RS256, claims(""));
+    SL_CHECK_INT(verify(rs, NULL), SL_AUTH_OK);
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    char *last = rs + strlen(rs) - 1;
+    *last = tab[(strchr(tab, *last) - tab) ^ 1];
+    SL_CHECK_INT(verify(rs, NULL), SL_AUTH_INVALID_TOKEN);
+    free(rs);
+}
+
+static void test_load_and_reload(void)
+{
+    char err[256];
+    load(secret_path, NULL);
+    char *t = sign(JWT_ALG_HS256, claims(""));
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_OK);
+    /* A bad file: refused, and the keys in use stay. */
+    SL_CHECK_INT(sl_auth_load(NULL, bad_path, err, sizeof(err)), SL_ERROR);
+    SL_CHECK(strstr(err, "not a PEM public key") != NULL);
+    SL_CHECK_INT(sl_auth_load("/nonexistent/secret", NULL, err, sizeof(err)), SL_ERROR);
+    SL_CHECK(strstr(err, "cannot open") != NULL);
+    char shortp[160];
+    snprintf(shortp, sizeof(shortp), "%s/short", dir);
+    write_file(shortp, "tooshort\n", 9);
+    SL_CHECK_INT(sl_auth_load(shortp, NULL, err, sizeof(err)), SL_ERROR);
+    SL_CHECK(strstr(err, "at least 32") != NULL);
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_OK);
+    /* A good new key replaces the old: old tokens fail, new ones pass. */
+    load(NULL, rsa_path);
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_WRONG_ALGORITHM);
+    char *r = sign(JWT_ALG_RS256, claims(""));
+    SL_CHECK_INT(verify(r, NULL), SL_AUTH_OK);
+    /* A weak RSA key is refused. */
+    EVP_PKEY *weak = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+    size_t wl;
+    char *wp = pem_of(weak, false, &wl);
+    char weak_path[160];
+    snprintf(weak_path, sizeof(weak_path), "%s/weak.pem", dir);
+    write_file(weak_path, wp, wl);
+    SL_CHECK_INT(sl_auth_load(NULL, weak_path, err, sizeof(err)), SL_ERROR);
+    SL_CHECK(strstr(err, "1024-bit") != NULL);
+    EVP_PKEY_free(weak);
+    free(wp);
+    sl_auth_unload();
+    SL_CHECK(!sl_auth_enabled());
+    SL_CHECK_INT(verify(r, NULL), SL_AUTH_NOT_CONFIGURED);
+    free(t);
+    free(r);
+}
+
+int main(void)
+{
+    now_ms = (int64_t)time(NULL) * 1000;
+    make_keys();
+    SL_TEST_RUN(test_every_algorithm);
+    SL_TEST_RUN(test_pss);
+    SL_TEST_RUN(test_algorithm_pinned_to_key);
+    SL_TEST_RUN(test_claims);
+    SL_TEST_RUN(test_patterns);
+    SL_TEST_RUN(test_malformed);
+    SL_TEST_RUN(test_load_and_reload);
+    char cmd[96];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+    sl_auth_unload();
+    free(rsa_priv);
+    free(rsa_pub);
+    free(ec256_priv);
+    free(ec384_priv);
+    free(ec521_priv);
+    return sl_test_summary();
+}
