@@ -11,7 +11,8 @@ documented:
     RPC failure builders, ...), ternaries included;
   * `"reason", "<literal>"` pairs in JSON built with json_pack;
   * the names tables of shm/shm.c (/stats "errors", "handshake-failures");
-  * every SL_WS_CLOSE_* constant the sources use, as its number.
+  * every SL_WS_CLOSE_* and SL_CLOSE_* (the 4000-range codes) constant the
+    sources use, as its number.
 Telemetry fields (SL_TF_*) are not wire messages and are skipped."""
 import os
 import re
@@ -138,11 +139,17 @@ def wire_strings():
 
 
 def close_codes():
+    """The RFC 6455 codes of sl_ws.h's enum and the application's own
+    (`#define SL_CLOSE_* 4xxx` in any header) that the sources use."""
     hdr = read(os.path.join(ROOT, "include", "sl_ws.h"))
     values = dict(re.findall(r"(SL_WS_CLOSE_\w+)\s*=\s*(\d+)", hdr))
+    inc = os.path.join(ROOT, "include")
+    for f in sorted(os.listdir(inc)):
+        if f.endswith(".h"):
+            values.update(re.findall(r"#define\s+(SL_CLOSE_\w+)\s+(\d+)", read(os.path.join(inc, f))))
     used = set()
     for p in SOURCES:
-        used |= set(re.findall(r"SL_WS_CLOSE_\w+", strip_comments(read(p))))
+        used |= set(re.findall(r"SL_(?:WS_)?CLOSE_\w+", strip_comments(read(p))))
     assert used, "no close codes found: the extractor is broken"
     return {values[u] for u in used if u in values}
 
@@ -156,9 +163,12 @@ def test_extractor_finds_the_known_ones():
               "bad-handshake", "unsupported-version", "origin-not-allowed",
               "too-many-connections", "shm-exhausted", "not-found", "method-not-allowed",
               "payload-too-large", "request-timeout", "admin-api-disabled", "unauthorized",
-              "slow consumer", "heartbeat timeout", "server shutting down"]:
+              "slow consumer", "heartbeat timeout", "server shutting down",
+              "rate-limited", "permission-denied", "unauthenticated", "invalid-token",
+              "user-mismatch", "token expired", "removed by the administrator"]:
         assert s in found, s
-    assert {"1001", "1002", "1003", "1007", "1008", "1009"} <= close_codes()
+    assert {"1001", "1002", "1003", "1007", "1008", "1009", "4401", "4408", "4429"} \
+        <= close_codes()
 
 
 def test_every_reason_is_documented():
