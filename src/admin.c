@@ -215,7 +215,7 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
                               "subscribers", subs, "retained-messages", retained);
         return ok(200, o);
     }
-    return not_allowed("GET, POST, DELETE");
+    return not_allowed("GET, HEAD, POST, DELETE");
 }
 
 static result_t channel_publish(const char *id, size_t len, const char *body, size_t blen)
@@ -383,7 +383,7 @@ static result_t user_call(const char *method, const char *user, size_t ulen, con
     } else if (strcmp(method, "GET") == 0) {
         x.list = json_array();
     } else if (strcmp(method, "DELETE") != 0) {
-        return not_allowed("GET, DELETE");
+        return not_allowed("GET, HEAD, DELETE");
     }
     sl_access_user_conns(REG, user, ulen, user_conn_cb, &x);
     if (x.list)
@@ -430,7 +430,7 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         r = strcmp(method, "POST") ? not_allowed("POST") : broadcast(json);
     } else if (n == 1 && strcmp(seg[0], "connections") == 0) {
         if (strcmp(method, "GET") != 0) {
-            r = not_allowed("GET");
+            r = not_allowed("GET, HEAD");
         } else {
             json_t *a = json_array();
             sl_table_foreach(REG->conns, conn_cb, a);

@@ -231,7 +231,7 @@ def test_rpc_cleanup(admin):
 def test_methods_paths_and_malformed(admin):
     assert call(admin, "GET", "/api/broadcast")[0] == 405
     status, doc, resp = call(admin, "PUT", "/api/channels/x", {})
-    assert status == 405 and resp.getheader("Allow") == "GET, POST, DELETE"
+    assert status == 405 and resp.getheader("Allow") == "GET, HEAD, POST, DELETE"
     assert call(admin, "GET", "/api/nope")[0] == 404
     assert call(admin, "GET", "/api/channels/a%zz")[0] == 400
     assert call(admin, "GET", "/api/channels/a%00b")[0] == 400
@@ -241,3 +241,38 @@ def test_methods_paths_and_malformed(admin):
                         b"Authorization: Bearer " + TOKEN.encode() +
                         b"\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
     assert status_of(resp) == 413
+
+
+def test_every_405_lists_what_the_path_allows(admin):
+    """Each admin path answers 405 for every other method with an Allow
+    header naming exactly the methods it takes - HEAD wherever GET is (HEAD
+    is answered like GET, without the body)."""
+    from wsraw import RawWS
+    assert call(admin, "POST", "/api/channels/x", {})[0] == 201
+    ws = RawWS(admin.port)
+    cid = json.loads(ws.read_data())["conn-id"]
+    table = {
+        "/api/channels/x": {"GET", "HEAD", "POST", "DELETE"},
+        "/api/channels/x/publish": {"POST"},
+        "/api/broadcast": {"POST"},
+        "/api/connections": {"GET", "HEAD"},
+        f"/api/connections/{cid}": {"DELETE"},
+        f"/api/connections/{cid}/send": {"POST"},
+        "/api/users/u/connections": {"GET", "HEAD", "DELETE"},
+        "/api/users/u/subscriptions/x": {"DELETE"},
+        "/api/rpc/cleanup": {"POST"},
+    }
+    for path, allowed in table.items():
+        assert ("GET" in allowed) == ("HEAD" in allowed), path
+        for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"):
+            if method in allowed and method != "HEAD":
+                continue  # not sent: it would act
+            status, raw, resp = admin.request(method, path, headers=AUTH)
+            if method == "HEAD" and method in allowed:
+                get_status, get_raw, get_resp = admin.request("GET", path, headers=AUTH)
+                assert status == get_status == 200 and raw == b"", (path, status)
+                assert resp.getheader("Content-Length") == get_resp.getheader("Content-Length")
+                continue
+            assert status == 405, (path, method, status)
+            assert set(resp.getheader("Allow").split(", ")) == allowed, (path, method)
+    ws.close()
