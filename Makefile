@@ -8,7 +8,7 @@
 #   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
-#   make bench-auth   µs per token verification (figures, not a test)
+#   make bench-auth   µs per token verification, ours and libjwt's (figures)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd units, example config, logrotate
@@ -32,7 +32,10 @@ SYSCONFDIR ?= /etc
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
 VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
-PKGS     := libevent jansson liburcu libcrypto libjwt
+PKGS     := libevent jansson liburcu libcrypto
+# libjwt: only the tests and bench-auth link it (the independent reference
+# token verification is compared with); the server does not.
+TEST_PKGS := libjwt
 PY       ?= /usr/bin/python3
 
 ifeq ($(SAN),1)
@@ -47,6 +50,8 @@ endif
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+TEST_CFLAGS := $(shell pkg-config --cflags $(TEST_PKGS) 2>/dev/null)
+TEST_LIBS  := $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
 
 CFLAGS   ?= $(OPT) -g
 override CFLAGS += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
@@ -87,11 +92,12 @@ $(BUILD)/obj/%.o: %.c $(wildcard include/*.h)
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(TEST_CFLAGS) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) \
+	    $(TEST_LIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(TEST_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) $(TEST_LIBS)
 
 # Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
 bench-shm: $(BUILD)/bench/bench_shm
@@ -101,7 +107,8 @@ bench-shm: $(BUILD)/bench/bench_shm
 bench-tel: $(BUILD)/bench/bench_tel
 	$(BUILD)/bench/bench_tel
 
-# Tokens: µs per verification (HS256, RS256, ES256) and where it goes.
+# Tokens: µs per verification (HS256, RS256, ES256, PS256), and libjwt's
+# jwt_decode on the same tokens for comparison.
 bench-auth: $(BUILD)/bench/bench_auth
 	$(BUILD)/bench/bench_auth
 

@@ -3,10 +3,10 @@
  * keys of --jwt-secret-file / --jwt-public-key-file, and what a verified
  * token says about its bearer (sl_ident_t).
  *
- * Signatures are checked by libjwt (HS*, RS*, ES*) and, for PS256/384/512
- * (which Debian 12's libjwt 1.10 does not know), by OpenSSL's EVP verify
- * with the RFC 7518 PSS parameters; nothing here computes a signature
- * itself.  The algorithm a token names is checked against the key that
+ * Signatures are checked by OpenSSL (EVP: HMAC, RSASSA-PKCS1-v1_5,
+ * RSASSA-PSS with RFC 7518's parameters, ECDSA) with keys parsed once when
+ * they are loaded; nothing here computes a signature itself.  libjwt is
+ * the independent reference the unit tests compare every verdict with.  The algorithm a token names is checked against the key that
  * would verify it before anything else: "none" is refused, HS* needs the
  * secret, RS and PS need the RSA key, ES256/384/512 need an EC key on
  * P-256/384/521 - so an RSA public key can never be used as an HMAC secret

@@ -1,6 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages sente-lite needs, only those missing.
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
+#                            (libjwt-dev only for the unit tests and
+#                            bench-auth: the reference token verification is
+#                            compared with; the server does not link it)
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, PyJWT and openssl to
 #                            make keys and tokens, ps)

@@ -7,23 +7,35 @@
  *   2. the header: a JSON object whose "alg" is one we accept and for which
  *      the matching key is loaded ("typ", if any, is JWT; "crit" refused);
  *   3. the payload parses as a JSON object (duplicate keys refused, so
- *      libjwt and we cannot read two different claim sets from one token);
- *   4. the signature, by libjwt (HS*, RS*, ES*) given only the key of the
- *      algorithm's family, or by OpenSSL for PS* (salt = digest length,
- *      MGF1 with the same digest, RFC 7518 section 3.5);
+ *      no other reader can see a different claim set in the same token);
+ *   4. the signature, decoded by the same strict decoder and checked by
+ *      OpenSSL (verify_evp) with the key of the algorithm's family only;
  *   5. the claims: sub, exp, nbf, aud, iss, channels, publish, info.
  * Steps 1-3 decode with a strict base64url decoder of our own (parsing, not
  * cryptography), so an odd token is refused before any key is touched.
  *
- * libjwt 1.10 reads the PEM key on every verification; the RSA/EC key is
- * also kept parsed here (EVP_PKEY) to know its type and curve, and for PS.
+ * Every key is parsed once, when it is loaded, and every verification uses
+ * it as it is: an HMAC context keyed with the secret per SHA-2 size
+ * (EVP_MAC), the public key as an EVP_PKEY, and the three digests fetched
+ * once.  (libjwt 1.10, which the tests keep as the independent reference,
+ * reads the PEM key again for every RS/ES token - about 0.3 ms of CPU, a
+ * forged token's as much as a good one's - and re-fetches the digest for
+ * every HMAC.)  No signature arithmetic is written here: HMAC,
+ * RSASSA-PKCS1-v1_5, RSASSA-PSS and ECDSA are OpenSSL's; the only
+ * conversion is ES*'s JOSE signature (r || s, RFC 7518 3.4) into the DER
+ * form OpenSSL verifies.
+ *
+ * The HMAC contexts are re-initialised for each token: a process verifies
+ * one token at a time (the workers are single-threaded).
  */
 #include "sl_auth.h"
 #include "sl_chan.h"
 
 #include <errno.h>
 #include <jansson.h>
-#include <jwt.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -39,28 +51,33 @@
 
 typedef enum { FAM_HS = 1, FAM_RS, FAM_PS, FAM_ES } family_t;
 
+/* The SHA-2 digests, fetched once (sl_auth_load). */
+enum { MD_SHA256, MD_SHA384, MD_SHA512, NSHA };
+static const char *const sha_names[NSHA] = {"SHA256", "SHA384", "SHA512"};
+static EVP_MD *sha[NSHA];
+
 static const struct {
     const char *name;
     family_t fam;
-    jwt_alg_t jalg;    /* libjwt's, JWT_ALG_INVAL for PS* */
+    int md;            /* sha[] index */
     const char *curve; /* ES*: the curve the key must be on */
 } algs[] = {
-    {"HS256", FAM_HS, JWT_ALG_HS256, NULL},      {"HS384", FAM_HS, JWT_ALG_HS384, NULL},
-    {"HS512", FAM_HS, JWT_ALG_HS512, NULL},      {"RS256", FAM_RS, JWT_ALG_RS256, NULL},
-    {"RS384", FAM_RS, JWT_ALG_RS384, NULL},      {"RS512", FAM_RS, JWT_ALG_RS512, NULL},
-    {"PS256", FAM_PS, JWT_ALG_INVAL, NULL},      {"PS384", FAM_PS, JWT_ALG_INVAL, NULL},
-    {"PS512", FAM_PS, JWT_ALG_INVAL, NULL},      {"ES256", FAM_ES, JWT_ALG_ES256, "prime256v1"},
-    {"ES384", FAM_ES, JWT_ALG_ES384, "secp384r1"}, {"ES512", FAM_ES, JWT_ALG_ES512, "secp521r1"},
+    {"HS256", FAM_HS, MD_SHA256, NULL},        {"HS384", FAM_HS, MD_SHA384, NULL},
+    {"HS512", FAM_HS, MD_SHA512, NULL},        {"RS256", FAM_RS, MD_SHA256, NULL},
+    {"RS384", FAM_RS, MD_SHA384, NULL},        {"RS512", FAM_RS, MD_SHA512, NULL},
+    {"PS256", FAM_PS, MD_SHA256, NULL},        {"PS384", FAM_PS, MD_SHA384, NULL},
+    {"PS512", FAM_PS, MD_SHA512, NULL},        {"ES256", FAM_ES, MD_SHA256, "prime256v1"},
+    {"ES384", FAM_ES, MD_SHA384, "secp384r1"}, {"ES512", FAM_ES, MD_SHA512, "secp521r1"},
 };
 
 typedef struct {
     unsigned char *secret; /* HS*: the file's bytes less trailing newlines */
     size_t secret_len;
-    char *pem; /* RS/PS/ES: the PEM text, for libjwt */
-    size_t pem_len;
-    EVP_PKEY *pkey; /* the same key, parsed */
-    bool rsa;       /* pkey is RSA (else EC) */
-    char curve[32]; /* EC: OpenSSL's group name */
+    EVP_MAC_CTX *hmac[NSHA]; /* HMAC-SHA-2 keyed with the secret, once */
+    EVP_PKEY *pkey;          /* RS/PS/ES: the public key, parsed once */
+    bool rsa;                /* pkey is RSA (else EC) */
+    char curve[32];          /* EC: OpenSSL's group name */
+    size_t ec_bytes;         /* EC: bytes of r and of s in a JOSE signature */
 } keys_t;
 
 static keys_t K;
@@ -96,7 +113,8 @@ static void keys_free(keys_t *k)
         OPENSSL_cleanse(k->secret, k->secret_len);
         free(k->secret);
     }
-    free(k->pem);
+    for (int i = 0; i < NSHA; i++)
+        EVP_MAC_CTX_free(k->hmac[i]); /* cleanses the keyed state */
     EVP_PKEY_free(k->pkey);
     memset(k, 0, sizeof(*k));
 }
@@ -143,16 +161,36 @@ static int load_secret(keys_t *k, const char *path, char *err, size_t errsz)
     }
     k->secret = (unsigned char *)buf;
     k->secret_len = n;
+    /* One HMAC context per digest, keyed now; each token re-initialises
+     * it (same key, no fetch, no key schedule). */
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    for (int i = 0; mac && i < NSHA; i++) {
+        OSSL_PARAM params[] = {
+            OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)sha_names[i], 0),
+            OSSL_PARAM_construct_end()};
+        k->hmac[i] = EVP_MAC_CTX_new(mac);
+        if (k->hmac[i] == NULL || EVP_MAC_init(k->hmac[i], k->secret, n, params) != 1)
+            break;
+    }
+    EVP_MAC_free(mac); /* the contexts hold their own reference */
+    for (int i = 0; i < NSHA; i++)
+        if (k->hmac[i] == NULL) {
+            snprintf(err, errsz, "--jwt-secret-file: OpenSSL has no HMAC-%s", sha_names[i]);
+            return SL_ERROR;
+        }
     return SL_OK;
 }
 
 static int load_public_key(keys_t *k, const char *path, char *err, size_t errsz)
 {
-    if (read_file("--jwt-public-key-file", path, &k->pem, &k->pem_len, err, errsz) != SL_OK)
+    char *pem;
+    size_t pem_len;
+    if (read_file("--jwt-public-key-file", path, &pem, &pem_len, err, errsz) != SL_OK)
         return SL_ERROR;
-    BIO *b = BIO_new_mem_buf(k->pem, (int)k->pem_len);
+    BIO *b = BIO_new_mem_buf(pem, (int)pem_len);
     k->pkey = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
     BIO_free(b);
+    free(pem);
     if (k->pkey == NULL) {
         snprintf(err, errsz, "--jwt-public-key-file: %s is not a PEM public key "
                              "(-----BEGIN PUBLIC KEY-----)", path);
@@ -171,6 +209,7 @@ static int load_public_key(keys_t *k, const char *path, char *err, size_t errsz)
     }
     if (id == EVP_PKEY_EC &&
         EVP_PKEY_get_group_name(k->pkey, k->curve, sizeof(k->curve), NULL) == 1) {
+        k->ec_bytes = (size_t)(EVP_PKEY_get_bits(k->pkey) + 7) / 8; /* P-521: 66 */
         for (size_t i = 0; i < SL_ARRAY_LEN(algs); i++)
             if (algs[i].curve && strcmp(algs[i].curve, k->curve) == 0)
                 return SL_OK;
@@ -184,6 +223,11 @@ static int load_public_key(keys_t *k, const char *path, char *err, size_t errsz)
 
 int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz)
 {
+    for (int i = 0; i < NSHA; i++)
+        if (sha[i] == NULL && (sha[i] = EVP_MD_fetch(NULL, sha_names[i], NULL)) == NULL) {
+            snprintf(err, errsz, "OpenSSL has no %s", sha_names[i]);
+            return SL_ERROR;
+        }
     keys_t k = {0};
     if ((secret_file && secret_file[0] && load_secret(&k, secret_file, err, errsz) != SL_OK) ||
         (public_key_file && public_key_file[0] &&
@@ -200,6 +244,10 @@ int sl_auth_load(const char *secret_file, const char *public_key_file, char *err
 void sl_auth_unload(void)
 {
     keys_free(&K);
+    for (int i = 0; i < NSHA; i++) {
+        EVP_MD_free(sha[i]);
+        sha[i] = NULL;
+    }
 }
 
 bool sl_auth_enabled(void)
@@ -258,19 +306,6 @@ static int b64url_decode(const char *s, size_t len, uint8_t *out, size_t *outlen
         return SL_ERROR;
     *outlen = o;
     return SL_OK;
-}
-
-/* The alphabet already checked: is the length possible, and are the unused
- * low bits of the last character zero (b64url_decode's last two rules)? */
-static bool b64url_canonical_end(const char *s, size_t len)
-{
-    unsigned v = (unsigned)b64_value((unsigned char)s[len - 1]);
-    switch (len % 4) {
-    case 1: return false;
-    case 2: return (v & 0xf) == 0; /* one byte in the last group: 4 bits unused */
-    case 3: return (v & 0x3) == 0; /* two bytes: 2 bits unused */
-    }
-    return true;
 }
 
 static json_t *decode_json_part(const char *s, size_t len, uint8_t *scratch)
@@ -447,42 +482,62 @@ static sl_auth_result_t read_claims(json_t *claims, int64_t now, sl_ident_t *id,
 
 /* ----------------------------------------------------------- signatures */
 
-static const EVP_MD *pss_md(const char *alg)
+/* ES*: the JOSE signature is r || s, each ec_bytes big-endian (RFC 7518
+ * 3.4); OpenSSL verifies the DER SEQUENCE { r, s }.  0 when sig is not
+ * exactly 2 * ec_bytes long (or on no memory). */
+static size_t jose_to_der(const uint8_t *sig, size_t slen, uint8_t *der, size_t dsz)
 {
-    return strcmp(alg, "PS256") == 0 ? EVP_sha256()
-           : strcmp(alg, "PS384") == 0 ? EVP_sha384()
-                                       : EVP_sha512();
+    size_t n = K.ec_bytes;
+    if (n == 0 || slen != 2 * n)
+        return 0;
+    ECDSA_SIG *es = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)n, NULL), *s = BN_bin2bn(sig + n, (int)n, NULL);
+    if (es == NULL || r == NULL || s == NULL || ECDSA_SIG_set0(es, r, s) != 1) {
+        BN_free(r);
+        BN_free(s);
+        ECDSA_SIG_free(es);
+        return 0;
+    }
+    int need = i2d_ECDSA_SIG(es, NULL);
+    uint8_t *p = der;
+    size_t len = need > 0 && (size_t)need <= dsz && i2d_ECDSA_SIG(es, &p) == need ? (size_t)need : 0;
+    ECDSA_SIG_free(es); /* frees r and s */
+    return len;
 }
 
-/* RSASSA-PSS as RFC 7518 3.5 has it: MGF1 with the same hash, a salt as
- * long as the hash.  OpenSSL does the verification. */
-static bool verify_pss(const char *alg, const char *input, size_t ilen, const uint8_t *sig,
-                       size_t slen)
+/* The signature of algorithm a over input[0..ilen) (the token's
+ * "header.payload" text), with the loaded key of a's family: HMAC compared
+ * in constant time, or OpenSSL's verify (PKCS#1 v1.5, PSS with RFC 7518
+ * 3.5's parameters: MGF1 with the same digest, a salt as long as the
+ * digest; ECDSA). */
+static bool verify_evp(int a, const char *input, size_t ilen, const uint8_t *sig, size_t slen)
 {
-    const EVP_MD *md = pss_md(alg);
+    const EVP_MD *md = sha[algs[a].md];
+    if (algs[a].fam == FAM_HS) {
+        EVP_MAC_CTX *m = K.hmac[algs[a].md];
+        uint8_t mac[EVP_MAX_MD_SIZE];
+        size_t n = 0;
+        return EVP_MAC_init(m, NULL, 0, NULL) == 1 &&
+               EVP_MAC_update(m, (const unsigned char *)input, ilen) == 1 &&
+               EVP_MAC_final(m, mac, &n, sizeof(mac)) == 1 && n == slen &&
+               CRYPTO_memcmp(mac, sig, n) == 0;
+    }
+    uint8_t der[160]; /* P-521: at most 139 bytes */
+    if (algs[a].fam == FAM_ES) {
+        slen = jose_to_der(sig, slen, der, sizeof(der));
+        sig = der;
+        if (slen == 0)
+            return false;
+    }
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_PKEY_CTX *pctx = NULL;
-    bool ok = ctx && EVP_DigestVerifyInit(ctx, &pctx, md, NULL, K.pkey) == 1 &&
-              EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
-              EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1 &&
-              EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) == 1 &&
-              EVP_DigestVerify(ctx, sig, slen, (const unsigned char *)input, ilen) == 1;
+    bool ok = ctx && EVP_DigestVerifyInit(ctx, &pctx, md, NULL, K.pkey) == 1;
+    if (ok && algs[a].fam == FAM_PS)
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
+             EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md) == 1;
+    ok = ok && EVP_DigestVerify(ctx, sig, slen, (const unsigned char *)input, ilen) == 1;
     EVP_MD_CTX_free(ctx);
-    return ok;
-}
-
-/* libjwt, given only the key of the algorithm's family; the algorithm it
- * saw must be the one we checked (it reads the same header). */
-static bool verify_libjwt(int a, const char *token, size_t len, char *copy)
-{
-    memcpy(copy, token, len);
-    copy[len] = '\0';
-    const unsigned char *key = algs[a].fam == FAM_HS ? K.secret : (unsigned char *)K.pem;
-    int klen = (int)(algs[a].fam == FAM_HS ? K.secret_len : K.pem_len);
-    jwt_t *j = NULL;
-    int rc = jwt_decode(&j, copy, key, klen);
-    bool ok = rc == 0 && j != NULL && jwt_get_alg(j) == algs[a].jalg;
-    jwt_free(j);
     return ok;
 }
 
@@ -527,8 +582,8 @@ sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, s
         return fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
                     "a token is three base64url parts separated by dots");
 
-    /* One scratch area: decoded parts, then the NUL-terminated copy for
-     * libjwt.  Every part is shorter than the token. */
+    /* One scratch area for the decoded parts, one after the other (jansson
+     * copies what it parses).  Every part is shorter than the token. */
     static uint8_t scratch[SL_AUTH_TOKEN_MAX + 1];
     json_t *hdr = decode_json_part(token, hlen, scratch), *claims = NULL;
     sl_ident_t *id = NULL;
@@ -566,14 +621,12 @@ sl_auth_result_t sl_auth_verify(const char *token, size_t len, int64_t now_ms, s
         goto out;
     }
     size_t n;
-    bool sig_ok;
-    if (algs[a].fam == FAM_PS)
-        sig_ok = slen > 0 && b64url_decode(d2 + 1, slen, scratch, &n) == SL_OK &&
-                 verify_pss(alg, token, (size_t)(d2 - token), scratch, n);
-    else /* libjwt decodes the signature itself: we only insist on one spelling */
-        sig_ok = slen > 0 && b64url_canonical_end(d2 + 1, slen) &&
-                 verify_libjwt(a, token, len, (char *)scratch);
-    if (!sig_ok) {
+    if (slen == 0 || b64url_decode(d2 + 1, slen, scratch, &n) != SL_OK) {
+        r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz,
+                 "the signature is missing or not canonical base64url");
+        goto out;
+    }
+    if (!verify_evp(a, token, (size_t)(d2 - token), scratch, n)) {
         r = fail(SL_AUTH_INVALID_TOKEN, msg, msgsz, "the %s signature does not verify",
                  algs[a].name);
         goto out;

@@ -2,7 +2,8 @@
 
 Keys are made with the openssl command line (once per test session);
 tokens are signed with PyJWT - an implementation independent of the
-server's libjwt - and the malformed ones are put together by hand."""
+server's (OpenSSL) verification - and the malformed ones are put together
+by hand."""
 import base64
 import hashlib
 import hmac

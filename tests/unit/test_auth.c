@@ -5,6 +5,12 @@
  * HS/RS key confusion), claims, key reload, and a few thousand malformed
  * and mutated tokens that must all be refused without a crash (the unit
  * test the issue asks for while tests/fuzz/ does not exist).
+ *
+ * libjwt is the independent reference: the server verifies with OpenSSL
+ * directly (src/auth.c, verify_evp), and for HS*, RS* and ES* tokens -
+ * valid ones, signatures with bits flipped, cut, lengthened, respelt, r and
+ * s swapped, and the mutated-token corpus - our verdict must agree with
+ * libjwt's jwt_decode (see agree()).
  */
 #include "sl_auth.h"
 #include "sl_test.h"
@@ -24,6 +30,7 @@ static char dir[64];
 static char secret_path[128], rsa_path[128], ec256_path[128], ec384_path[128], ec521_path[128],
     bad_path[128];
 static char *rsa_priv, *ec256_priv, *ec384_priv, *ec521_priv, *rsa_pub;
+static char *ec_pubs[3]; /* P-256, P-384, P-521 public keys (PEM), for libjwt */
 static size_t rsa_pub_len;
 static const char SECRET[] = "0123456789abcdef0123456789abcdef-test-secret";
 static int64_t now_ms;
@@ -83,9 +90,8 @@ static void make_keys(void)
         EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", curves[i]);
         *privs[i] = pem_of(ec, true, NULL);
         size_t n;
-        char *pub = pem_of(ec, false, &n);
-        write_file(paths[i], pub, n);
-        free(pub);
+        ec_pubs[i] = pem_of(ec, false, &n);
+        write_file(paths[i], ec_pubs[i], n);
         EVP_PKEY_free(ec);
     }
 }
@@ -211,6 +217,104 @@ static void load(const char *secret, const char *pub)
     SL_CHECK_INT(rc, SL_OK);
 }
 
+/* ------------------------------------------------- libjwt, the reference */
+
+/* The key libjwt verifies alg with: the secret, or the public key's PEM. */
+static const char *ref_key(jwt_alg_t alg)
+{
+    switch (alg) {
+    case JWT_ALG_RS256: case JWT_ALG_RS384: case JWT_ALG_RS512: return rsa_pub;
+    case JWT_ALG_ES256: return ec_pubs[0];
+    case JWT_ALG_ES384: return ec_pubs[1];
+    case JWT_ALG_ES512: return ec_pubs[2];
+    default: return SECRET;
+    }
+}
+
+/* libjwt's jwt_decode accepts tok[0..n) as an alg token. */
+static bool libjwt_accepts(const char *tok, size_t n, jwt_alg_t alg)
+{
+    char *copy = strndup(tok, n);
+    const char *key = ref_key(alg);
+    jwt_t *j = NULL;
+    int rc = jwt_decode(&j, copy, (const unsigned char *)key, (int)strlen(key));
+    bool ok = rc == 0 && j != NULL && jwt_get_alg(j) == alg;
+    jwt_free(j);
+    free(copy);
+    return ok;
+}
+
+/* Verdicts counted by agree(): [ours * 2 + libjwt's], 1 = accepted. */
+static int verdicts[4];
+
+/* Our verdict on tok[0..n) (the key of alg's family loaded) against
+ * libjwt's.  We never accept what libjwt refuses; where libjwt accepts and
+ * we refuse, it is for one of our stricter rules that are not the
+ * signature's arithmetic (canonical base64url, typ/crit, duplicate names,
+ * the claims) - never "the signature does not verify".  A token with a NUL
+ * inside is judged by both as the C string libjwt sees. */
+static void agree(const char *tok, size_t n, jwt_alg_t alg)
+{
+    n = strnlen(tok, n);
+    char msg[256];
+    sl_ident_t *id = NULL;
+    bool ours = sl_auth_verify(tok, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK;
+    sl_ident_free(id);
+    bool ref = libjwt_accepts(tok, n, alg);
+    if (ours && !ref)
+        fprintf(stderr, "  accepted, libjwt refuses: %.*s\n", (int)n, tok);
+    SL_CHECK(!ours || ref);
+    if (ref && !ours && strstr(msg, "signature does not verify"))
+        fprintf(stderr, "  libjwt accepts, our signature check refuses: %.*s\n", (int)n, tok);
+    SL_CHECK(ours || !ref || strstr(msg, "signature does not verify") == NULL);
+    verdicts[ours * 2 + ref]++;
+}
+
+/* A mutated token: refused as it is (all n bytes, NULs included), and
+ * judged like libjwt as the C string it sees. */
+static int mutants_accepted;
+
+static void mutant(const char *tok, size_t n, jwt_alg_t alg)
+{
+    char msg[256];
+    sl_ident_t *id = NULL;
+    if (sl_auth_verify(tok, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK) {
+        mutants_accepted++;
+        sl_ident_free(id);
+    }
+    agree(tok, n, alg);
+}
+
+/* The signature part of tok decoded into sig (at most 1024 bytes). */
+static size_t sig_bytes(const char *tok, uint8_t *sig)
+{
+    const char *s = strrchr(tok, '.') + 1;
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    uint32_t acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (; *s; s++) {
+        acc = acc << 6 | (uint32_t)(strchr(tab, *s) - tab);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            sig[o++] = (uint8_t)(acc >> bits);
+        }
+    }
+    return o;
+}
+
+/* tok's header.payload with another signature (canonical base64url). */
+static char *with_sig(const char *tok, const uint8_t *sig, size_t n)
+{
+    size_t head = (size_t)(strrchr(tok, '.') - tok);
+    char *s = b64url(sig, n);
+    char *out = malloc(head + 2 + strlen(s));
+    sprintf(out, "%.*s.%s", (int)head, tok, s);
+    free(s);
+    return out;
+}
+
 /* --------------------------------------------------------------- tests */
 
 static void test_every_algorithm(void)
@@ -256,7 +360,6 @@ static void test_every_algorithm(void)
         /* The signature cut off: "header.payload." */
         sig[0] = '\0';
         SL_CHECK_INT(verify(bad, NULL), SL_AUTH_INVALID_TOKEN);
-        /* Valid for another key of the same kind: libjwt says no. */
         free(bad);
         free(good);
         free(expired);
@@ -452,39 +555,53 @@ static void test_malformed(void)
     SL_CHECK_INT(verify(huge, NULL), SL_AUTH_INVALID_TOKEN);
     free(huge);
 
-    /* Mutations of a good token: every single-character change, and
-     * thousands of random multi-byte ones, are refused - the
-     * canonical-encoding rule means no respelling of a part verifies. */
+    free(good);
+
+    /* Mutations of a good HS256, RS256 and ES256 token: every
+     * single-character change (every 7th character of the alphabet), and
+     * random multi-byte ones, are refused - the canonical-encoding rule
+     * means no respelling of a part verifies - and libjwt agrees (agree()). */
     static const char alphabet[] =
         "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ \x01\xff";
-    int accepted = 0;
-    for (size_t i = 0; i < n; i++) {
-        for (size_t a = 0; a < sizeof(alphabet) - 1; a += 7) {
-            memcpy(copy, good, n + 1);
-            if (copy[i] == alphabet[a])
-                continue;
-            copy[i] = alphabet[a];
-            if (sl_auth_verify(copy, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK) {
-                accepted++;
-                sl_ident_free(id);
+    static const struct {
+        jwt_alg_t alg;
+        const char *secret, *pub;
+        int randoms;
+    } kinds[] = {{JWT_ALG_HS256, secret_path, NULL, 5000},
+                 {JWT_ALG_RS256, NULL, rsa_path, 1000},
+                 {JWT_ALG_ES256, NULL, ec256_path, 1000}};
+    memset(verdicts, 0, sizeof(verdicts));
+    for (size_t k = 0; k < SL_ARRAY_LEN(kinds); k++) {
+        load(kinds[k].secret, kinds[k].pub);
+        good = sign(kinds[k].alg, claims(""));
+        n = strlen(good);
+        for (size_t i = 0; i < n; i++) {
+            for (size_t a = 0; a < sizeof(alphabet) - 1; a += 7) {
+                memcpy(copy, good, n + 1);
+                if (copy[i] == alphabet[a])
+                    continue;
+                copy[i] = alphabet[a];
+                mutant(copy, n, kinds[k].alg);
             }
         }
-    }
-    srand(7);
-    for (int k = 0; k < 5000; k++) {
-        memcpy(copy, good, n + 1);
-        int changes = 1 + rand() % 4;
-        for (int c = 0; c < changes; c++)
-            copy[rand() % n] = (char)(rand() % 256);
-        if (memcmp(copy, good, n) == 0)
-            continue;
-        if (sl_auth_verify(copy, n, now_ms, &id, msg, sizeof(msg)) == SL_AUTH_OK) {
-            accepted++;
-            sl_ident_free(id);
+        srand(7);
+        for (int r = 0; r < kinds[k].randoms; r++) {
+            memcpy(copy, good, n + 1);
+            int changes = 1 + rand() % 4;
+            for (int c = 0; c < changes; c++)
+                copy[rand() % n] = (char)(rand() % 256);
+            if (memcmp(copy, good, n) == 0)
+                continue;
+            mutant(copy, n, kinds[k].alg);
         }
+        free(good);
     }
-    SL_CHECK_INT(accepted, 0);
-    free(good);
+    /* None accepted by us, whole or cut at a NUL (any that libjwt alone
+     * accepts are respellings of the signature). */
+    SL_CHECK_INT(mutants_accepted, 0);
+    SL_CHECK_INT(verdicts[2] + verdicts[3], 0);
+    fprintf(stderr, "  mutated tokens: %d refused by both, %d accepted by libjwt alone\n",
+            verdicts[0], verdicts[1]);
 
     /* An RS256 signature is 256 bytes: 342 characters, the last one with 4
      * unused bits.  Respelt with one of those bits set it decodes to the
@@ -497,6 +614,93 @@ static void test_malformed(void)
     *last = tab[(strchr(tab, *last) - tab) ^ 1];
     SL_CHECK_INT(verify(rs, NULL), SL_AUTH_INVALID_TOKEN);
     free(rs);
+}
+
+/* Our verifier and libjwt agree, algorithm by algorithm, on good tokens
+ * and on signatures that are wrong in every way we can think of. */
+static void test_agrees_with_libjwt(void)
+{
+    static const struct {
+        jwt_alg_t alg;
+        const char *name;
+        const char *secret, *const *pub;
+    } cases[] = {
+        {JWT_ALG_HS256, "HS256", secret_path, NULL}, {JWT_ALG_HS384, "HS384", secret_path, NULL},
+        {JWT_ALG_HS512, "HS512", secret_path, NULL}, {JWT_ALG_RS256, "RS256", NULL, NULL},
+        {JWT_ALG_RS384, "RS384", NULL, NULL},        {JWT_ALG_RS512, "RS512", NULL, NULL},
+        {JWT_ALG_ES256, "ES256", NULL, NULL},        {JWT_ALG_ES384, "ES384", NULL, NULL},
+        {JWT_ALG_ES512, "ES512", NULL, NULL},
+    };
+    const char *pubs[] = {NULL, NULL, NULL, rsa_path, rsa_path, rsa_path,
+                          ec256_path, ec384_path, ec521_path};
+    memset(verdicts, 0, sizeof(verdicts));
+    for (size_t c = 0; c < SL_ARRAY_LEN(cases); c++) {
+        jwt_alg_t alg = cases[c].alg;
+        load(cases[c].secret, pubs[c]);
+        char *good = sign(alg, claims("\"publish\":[\"a:*\"]"));
+        int before = verdicts[3];
+        agree(good, strlen(good), alg);
+        SL_CHECK_INT(verdicts[3], before + 1); /* both accept it */
+        uint8_t sig[1024], m[1024];
+        size_t n = sig_bytes(good, sig);
+        /* Bits flipped, spread over the whole signature (at most ~200). */
+        size_t step = n * 8 / 200 + 1;
+        for (size_t bit = 0; bit < n * 8; bit += step) {
+            memcpy(m, sig, n);
+            m[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            char *t = with_sig(good, m, n);
+            agree(t, strlen(t), alg);
+            free(t);
+        }
+        /* Cut, lengthened, emptied. */
+        size_t lens[] = {n - 1, n + 1, n / 2, 0};
+        for (size_t k = 0; k < SL_ARRAY_LEN(lens); k++) {
+            memcpy(m, sig, n);
+            m[n] = 0;
+            char *t = with_sig(good, m, lens[k]);
+            agree(t, strlen(t), alg);
+            free(t);
+        }
+        if (strncmp(cases[c].name, "ES", 2) == 0) {
+            /* r and s swapped; r or s zero. */
+            size_t h = n / 2;
+            memcpy(m, sig + h, h);
+            memcpy(m + h, sig, h);
+            char *t = with_sig(good, m, n);
+            agree(t, strlen(t), alg);
+            free(t);
+            for (int z = 0; z < 2; z++) {
+                memcpy(m, sig, n);
+                memset(m + z * h, 0, h);
+                t = with_sig(good, m, n);
+                agree(t, strlen(t), alg);
+                free(t);
+            }
+        }
+        /* The last character respelt (its unused bits set): the same bytes
+         * to a lenient decoder; we refuse the spelling (if it has such bits). */
+        char *respelt = strdup(good);
+        static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        char *last = respelt + strlen(respelt) - 1;
+        *last = tab[(strchr(tab, *last) - tab) ^ 1];
+        agree(respelt, strlen(respelt), alg);
+        free(respelt);
+        /* Another payload under the good signature; the header naming
+         * another algorithm of the family. */
+        char *other = sign(alg, claims("\"publish\":[\"b:*\"]"));
+        size_t head = (size_t)(strrchr(other, '.') - other);
+        char *spliced = malloc(head + strlen(strrchr(good, '.')) + 1);
+        sprintf(spliced, "%.*s%s", (int)head, other, strrchr(good, '.'));
+        agree(spliced, strlen(spliced), alg);
+        free(spliced);
+        free(other);
+        free(good);
+    }
+    /* The corpus had both verdicts in it, and plenty of each. */
+    fprintf(stderr, "  agreement: both accept %d, both refuse %d, only libjwt accepts %d\n",
+            verdicts[3], verdicts[0], verdicts[1]);
+    SL_CHECK(verdicts[3] >= 9 && verdicts[0] >= 1000);
+    SL_CHECK_INT(verdicts[2], 0); /* never we alone */
 }
 
 static void test_load_and_reload(void)
@@ -549,6 +753,7 @@ int main(void)
     SL_TEST_RUN(test_claims);
     SL_TEST_RUN(test_patterns);
     SL_TEST_RUN(test_malformed);
+    SL_TEST_RUN(test_agrees_with_libjwt);
     SL_TEST_RUN(test_load_and_reload);
     char cmd[96];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
@@ -560,5 +765,7 @@ int main(void)
     free(ec256_priv);
     free(ec384_priv);
     free(ec521_priv);
+    for (int i = 0; i < 3; i++)
+        free(ec_pubs[i]);
     return sl_test_summary();
 }
