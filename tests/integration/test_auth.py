@@ -268,3 +268,42 @@ def test_sighup_reloads_keys_in_every_worker(server_factory, keys, tmp_path):
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: srv.worker_pids()[0] not in (0, pid), what="worker 0 respawned")
     connect_on_every_worker(srv, new, 101)
+
+
+def test_sighup_reopens_the_logs_and_reloads_the_keys(server_factory, keys, tmp_path):
+    """One SIGHUP (logrotate's postrotate, `systemctl reload`) does all of
+    it: the logger reopens --log-file, the worker writes its next access-log
+    line into the new --access-log file (at once, not within a second), and
+    every process rereads the key files."""
+    import jwt
+    secret = tmp_path / "secret"
+    secret.write_text(keys.secret() + "\n")
+    access = tmp_path / "access.log"
+    srv = server_factory("--jwt-secret-file", str(secret), "--access-log", str(access),
+                         workers=1)
+    old = keys.token()
+    assert upgrade(srv.port, old)[1] == 101
+    srv.request("GET", "/health?before")
+    wait_for(lambda: access.exists() and "/health?before" in access.read_text(),
+             what="the first access-log line")
+    os.rename(access, str(access) + ".1")
+    os.rename(srv.log, srv.log + ".1")
+    new_secret = "m" * 40
+    secret.write_text(new_secret)
+    os.kill(srv.pid, signal.SIGHUP)
+
+    def both_logs():
+        text = ""
+        for p in (srv.log + ".1", srv.log):
+            if os.path.exists(p):
+                text += open(p).read()
+        return text
+    wait_for(lambda: both_logs().count("keys-reloaded") >= 2, what="master and worker reloaded")
+    wait_for(lambda: os.path.exists(srv.log), what="the log file reopened")
+    srv.request("GET", "/health?after")
+    wait_for(lambda: access.exists() and "/health?after" in access.read_text(),
+             what="the access log reopened")
+    assert "/health?after" not in open(str(access) + ".1").read()
+    new = jwt.encode(keys.claims(), new_secret, algorithm="HS256")
+    assert upgrade(srv.port, new)[1] == 101
+    assert upgrade(srv.port, old)[1] == 401

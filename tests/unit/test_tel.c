@@ -4,6 +4,7 @@
  * two processes, the logger process end to end, and the cost of emitting
  * (printed, not asserted).
  */
+#include "sl_shm.h"
 #include "sl_tel.h"
 #include "sl_test.h"
 
@@ -34,6 +35,44 @@ static bool timestamp_shape(const char *l)
 {
     return strlen(l) > 24 && l[4] == '-' && l[7] == '-' && l[10] == 'T' && l[13] == ':' &&
            l[16] == ':' && l[19] == '.' && l[23] == 'Z';
+}
+
+/* Every value of the enums that several issues append to has its own,
+ * distinct name (a name table out of step with its enum would leave a
+ * NULL or shift every later name). */
+static void check_names(const char *(*name)(int), int count, const char *what)
+{
+    for (int i = 0; i < count; i++) {
+        const char *n = name(i);
+        if (n == NULL || n[0] == '\0' || strcmp(n, "unknown") == 0) {
+            fprintf(stderr, "  %s %d has no name\n", what, i);
+            SL_CHECK(false);
+            continue;
+        }
+        for (int j = 0; j < i; j++)
+            if (strcmp(n, name(j)) == 0) {
+                fprintf(stderr, "  %s %d and %d are both '%s'\n", what, j, i, n);
+                SL_CHECK(false);
+            }
+    }
+    SL_CHECK(strcmp(name(count), "unknown") == 0);
+}
+
+static const char *ev_name(int i) { return sl_tel_event_name((sl_event_t)i); }
+static const char *err_name(int i) { return sl_err_name((sl_err_t)i); }
+static const char *hs_name(int i) { return sl_hs_fail_name((sl_hs_fail_t)i); }
+
+static void test_name_tables(void)
+{
+    check_names(ev_name, SL_EV__COUNT, "telemetry event");
+    check_names(err_name, SL_ERR__COUNT, "error reason");
+    check_names(hs_name, SL_HS__COUNT, "handshake failure");
+    /* Spot checks at the ends, where two issues appended. */
+    SL_CHECK(strcmp(sl_tel_event_name(SL_EV_WORKER_STALLED), "worker-stalled") == 0);
+    SL_CHECK(strcmp(sl_tel_event_name(SL_EV_OPEN_ACCESS), "open-access") == 0);
+    SL_CHECK(strcmp(sl_err_name(SL_ERR_ACCESS_LOG), "access-log-failed") == 0);
+    SL_CHECK(strcmp(sl_err_name(SL_ERR_MAX_CONNECTIONS_PER_USER), "max-connections-per-user") == 0);
+    SL_CHECK(strcmp(sl_hs_fail_name(SL_HS_UNAUTHORIZED), "unauthorized") == 0);
 }
 
 static void test_text_and_json_lines(void)
@@ -260,6 +299,7 @@ static void test_logger_two_writers(void)
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
+    SL_TEST_RUN(test_name_tables);
     SL_TEST_RUN(test_text_and_json_lines);
     SL_TEST_RUN(test_escaping);
     SL_TEST_RUN(test_truncation);
