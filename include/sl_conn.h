@@ -66,6 +66,8 @@ struct sl_conn {
     char **subs;              /* channel ids subscribed to (malloc'd strings) */
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     uint32_t nsubs, subs_cap;
+    float chan_tokens;        /* channel creations it may still make (refilled per minute) */
+    int64_t chan_tokens_mono; /* last refill; 0: never created one */
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];

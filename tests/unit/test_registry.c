@@ -16,7 +16,7 @@ static void setup(void)
     uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     R = (sl_reg_t *)m;
     SL_CHECK(sizeof(sl_reg_t) < 65536);
-    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, 2), SL_OK);
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, &(sl_reg_limits_t){.max_connections = 1000, .max_channels = 1000, .nworkers = 2}), SL_OK);
     sl_qsbr_register(&R->qsbr, 0);
 }
 

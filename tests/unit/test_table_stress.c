@@ -278,7 +278,7 @@ static void test_stress(void)
     SL_CHECK_INT(S->q.pending, 0);
     /* Everything retired was reclaimed, except possibly the one object the
      * randomly killed process had popped from limbo but not yet freed. */
-    SL_CHECK(S->q.retired - S->q.reclaimed <= 1);
+    SL_CHECK(sl_qsbr_retired(&S->q) - S->q.reclaimed <= 1);
 
     sl_arena_stats_t end;
     sl_arena_stats(S->a, &end);
@@ -287,15 +287,13 @@ static void test_stress(void)
     size_t node_bytes = 128; /* sizeof(item_t) rounded to its class */
     SL_CHECK(sizeof(item_t) <= node_bytes && sizeof(item_t) > node_bytes / 2);
     SL_CHECK(leaked == 0 || leaked == node_bytes);
-    if (S->q.retired != S->q.reclaimed)
+    if (sl_qsbr_retired(&S->q) != S->q.reclaimed)
         SL_CHECK_INT(leaked, node_bytes); /* that object is the leak */
-    uint64_t recovered = 0;
-    for (uint32_t i = 0; i < S->t->nlocks; i++)
-        recovered += S->t->locks[i].recoveries;
+    uint64_t recovered = sl_table_recoveries(S->t);
     SL_CHECK_INT(recovered >= 1, 1); /* the stripe the lock victim held */
     printf("stress: %d processes, %llu ops, %llu retired = %llu reclaimed, leaked %llu bytes, "
            "%llu lock recoveries (table) + %llu (arena)\n",
-           NPROC, (unsigned long long)ops, (unsigned long long)S->q.retired,
+           NPROC, (unsigned long long)ops, (unsigned long long)sl_qsbr_retired(&S->q),
            (unsigned long long)S->q.reclaimed, (unsigned long long)leaked,
            (unsigned long long)recovered, (unsigned long long)end.recoveries);
     close(lockp[0]);
