@@ -8,6 +8,10 @@
 #   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
+#   make bench-cleanup  the master's accept latency while it cleans up after a
+#                     killed worker with 100,000 subscriptions (figures)
+#   make mutation-check  build each mutant of the registry (sl_crash.h) and
+#                     show a test fails for every one (about 10 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd unit, logrotate snippet and
@@ -22,7 +26,12 @@ DESTDIR  ?=
 PKGS     := libevent jansson liburcu libcrypto
 PY       ?= /usr/bin/python3
 
-ifeq ($(SAN),1)
+ifneq ($(MUTANT),)
+# tests/mutation-check.sh: one build per mutant (sl_crash.h, SL_MUTATED).
+BUILD    := build-mutant-$(MUTANT)
+SANFLAGS := -DSL_MUTANT=$(MUTANT)
+OPT      := -O2
+else ifeq ($(SAN),1)
 BUILD    := build-asan
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      := -O1
@@ -50,8 +59,13 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
+# The kill-point test links the library built with -DSL_CRASHPOINTS (named
+# crash points compiled in; sl_crash.h), in the same flavour as $(BUILD).
+CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
+CRASH_LIB := $(BUILD)/libsente-crash.a
+
 .PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel \
-        bench bench-quick
+        bench bench-quick bench-cleanup mutation-check
 
 all: $(BIN) sente-lite
 
@@ -67,13 +81,25 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/obj/%.o: %.c $(wildcard include/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h) $(wildcard shm/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/crash/%.o: %.c $(wildcard include/*.h) $(wildcard shm/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DSL_CRASHPOINTS -c -o $@ $<
+
+$(CRASH_LIB): $(CRASH_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tests/test_killpoints: tests/unit/test_killpoints.c $(CRASH_LIB) tests/unit/sl_test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DSL_CRASHPOINTS -Itests/unit $(LDFLAGS) -o $@ $< $(CRASH_LIB) $(LDLIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
@@ -82,6 +108,16 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 # Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
 bench-shm: $(BUILD)/bench/bench_shm
 	$(BUILD)/bench/bench_shm
+
+# The master's accept latency while it cleans up after a killed worker that
+# held 100,000 subscriptions (tests/bench/cleanup.py; figures, not a test).
+bench-cleanup: $(BIN)
+	$(PY) tests/bench/cleanup.py --bin $(abspath $(BIN))
+
+# Each mutant of sl_crash.h built on its own and run against the unit tests:
+# every one must make a test fail (tests/mutation-check.sh).
+mutation-check:
+	tests/mutation-check.sh
 
 # Telemetry: ns per emitted event in a worker, events/s through the logger.
 bench-tel: $(BUILD)/bench/bench_tel
@@ -142,7 +178,7 @@ format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
 
 clean:
-	rm -rf build build-asan sente-lite
+	rm -rf build build-asan build-mutant-* sente-lite
 
 # --- web ---
 # The browser side (docs/web.md): web/ is compiled into the binary by
@@ -164,6 +200,7 @@ $(WEB_OBJ): $(WEB_GEN) include/sl_web.h include/sl_http.h include/sl_common.h
 	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(LIB): $(WEB_OBJ)
+$(CRASH_LIB): $(WEB_OBJ)
 
 .PHONY: check-web
 check-web: $(BIN)

@@ -46,6 +46,9 @@ typedef enum {
 
 /* Arm the point `name` (NULL: disarm): act the nth time it is reached. */
 void sl_crash_arm(const char *name, unsigned nth, sl_crash_action_t act);
+/* Instead, record every crash point reached, in order, into buf (at most
+ * cap; *n counts them) - e.g. a buffer in shared memory the parent reads. */
+void sl_crash_trace(const sl_crashpoint_t **buf, size_t cap, size_t *n);
 /* Every crash point compiled into this program (duplicates removed). */
 size_t sl_crash_points(const sl_crashpoint_t ***out);
 
@@ -67,8 +70,7 @@ enum {
     M_ARENA_COMMIT_ORDER = 9,   /* arena: a slab page's kind committed before its class */
     M_INBOX_COMMIT_ORDER = 10,  /* inbox: tail published before the entry is written */
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
-    M_DEAD_SLOT_FIRST = 12,     /* cleanup: dead slot released before its locks are repaired */
-    M_READ_AFTER_HANDOFF = 13,  /* publish: reads m->refs after handing it away */
+    M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
     M__COUNT
 };
 

@@ -17,6 +17,16 @@
 static const char *armed;
 static unsigned armed_nth, armed_hits;
 static sl_crash_action_t armed_act;
+static const sl_crashpoint_t **trace_buf;
+static size_t trace_cap, *trace_n;
+
+void sl_crash_trace(const sl_crashpoint_t **buf, size_t cap, size_t *n)
+{
+    trace_buf = buf;
+    trace_cap = cap;
+    trace_n = n;
+    *n = 0;
+}
 
 void sl_crash_arm(const char *name, unsigned nth, sl_crash_action_t act)
 {
@@ -28,6 +38,8 @@ void sl_crash_arm(const char *name, unsigned nth, sl_crash_action_t act)
 
 void sl_crash_at(const sl_crashpoint_t *cp)
 {
+    if (trace_buf && *trace_n < trace_cap)
+        trace_buf[(*trace_n)++] = cp;
     if (armed == NULL || strcmp(cp->name, armed) != 0 || ++armed_hits != armed_nth)
         return;
     if (armed_act == SL_CRASH_STOP) {

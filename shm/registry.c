@@ -110,11 +110,6 @@ sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len)
 
 size_t sl_reg_dead(sl_reg_t *r, int slot)
 {
-    if (SL_MUTATED(M_DEAD_SLOT_FIRST)) {
-        sl_qsbr_release(&r->qsbr, slot);
-        sl_qsbr_reclaim(&r->qsbr);
-        return sl_lock_recover_dead(&r->qsbr.holders[slot]);
-    }
     /* Repair first: recovery may read what the dead process was working
      * on, and its slot - still online - keeps that from being reclaimed. */
     size_t n = sl_lock_recover_dead(&r->qsbr.holders[slot]);
