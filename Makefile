@@ -85,7 +85,7 @@ $(BUILD)/obj/%.o: %.c $(wildcard include/*.h) $(wildcard shm/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
+$(BUILD)/tests/%: tests/unit/%.c $(LIB) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
@@ -97,7 +97,7 @@ $(CRASH_LIB): $(CRASH_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/tests/test_killpoints: tests/unit/test_killpoints.c $(CRASH_LIB) tests/unit/sl_test.h
+$(BUILD)/tests/test_killpoints: tests/unit/test_killpoints.c $(CRASH_LIB) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DSL_CRASHPOINTS -Itests/unit $(LDFLAGS) -o $@ $< $(CRASH_LIB) $(LDLIBS)
 

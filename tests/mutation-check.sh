@@ -30,11 +30,11 @@ for entry in "${NAMES[@]}"; do
     done
     if [ -n "$by" ]; then
         killed=$((killed + 1))
-        first=$(grep -m1 -E 'FAIL|: .*(left|leaked|refs|not|no |bad|disagree|count)' \
-                "build-mutant-$n/${by# }.out" 2>/dev/null | head -c 160)
-        first=${first:-$(tail -n 3 "build-mutant-$n/${by%% *}.out" 2>/dev/null | head -c 160)}
+        set -- $by
+        first=$(grep -v -E '^(killpoints|chan-stress|stress):|passed, .* failed$|not covered' \
+                "build-mutant-$n/$1.out" | head -n 1 | cut -c1-150)
         echo "$name: killed by$by"
-        echo "    e.g. ${first//$'\n'/ }"
+        echo "    e.g. $1: $first"
     else
         echo "$name: SURVIVED"
     fi

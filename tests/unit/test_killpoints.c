@@ -34,6 +34,7 @@
 #include "sl_chan.h"
 #include "sl_crash.h"
 #include "sl_rpc.h"
+#include "sl_regcheck.h"
 #include "sl_test.h"
 
 #include <signal.h>
@@ -331,172 +332,16 @@ static bool may_leak(const char *point)
 
 /* ----------------------------------------------------------- checking */
 
-static bool in_arena(const void *p)
-{
-    const uint8_t *b = (const uint8_t *)G->mem, *x = p;
-    return x >= b && x < b + (REGION - sizeof(region_t)) && ((uintptr_t)p & 7) == 0;
-}
-
-static void check_table(sl_table_t *t, const char *name)
-{
-    for (uint32_t s = 0; s < t->nlocks; s++) {
-        sl_table_stripe_t *st = &t->stripes[s];
-        EXPECT(st->op == 0, "%s stripe %u: intent left (op %u)", name, s, st->op);
-        uint64_t n = 0;
-        for (uint32_t b = s; b < t->nbuckets; b += t->nlocks)
-            for (sl_table_node_t *x = t->buckets[b]; x && n < 100000; x = x->next) {
-                EXPECT(in_arena(x) && x->rcu.epoch == 0,
-                       "%s bucket %u: a node that is not live (%p)", name, b, (void *)x);
-                if (!in_arena(x))
-                    break;
-                n++;
-            }
-        EXPECT(st->count == n, "%s stripe %u: count %llu, chains hold %llu", name, s,
-               (unsigned long long)st->count, (unsigned long long)n);
-    }
-}
-
-typedef struct {
-    sl_chan_msg_t *m[256];
-    uint32_t refs[256];
-    size_t n;
-} refcount_t;
-
-static void count_ref(refcount_t *rc, sl_chan_msg_t *m, const char *where)
-{
-    if (m == NULL)
-        return;
-    EXPECT(in_arena(m) && m->len < 4096 && m->refs != 0x5A5A5A5A,
-           "%s: a reference to a message that is not live", where);
-    if (!in_arena(m))
-        return;
-    for (size_t i = 0; i < rc->n; i++)
-        if (rc->m[i] == m) {
-            rc->refs[i]++;
-            return;
-        }
-    if (rc->n < 256) {
-        rc->m[rc->n] = m;
-        rc->refs[rc->n++] = 1;
-    }
-}
-
-static int chan_check_cb(sl_table_node_t *n, void *arg)
-{
-    refcount_t *rc = arg;
-    sl_chan_t *c = (sl_chan_t *)n;
-    EXPECT(c->intent.op == SL_CI_NONE, "channel %s: intent left (op %u)", c->id, c->intent.op);
-    EXPECT(!c->deleted, "channel %s: deleted but still in the table", c->id);
-    uint32_t per[SL_CHAN_MAX_WORKERS] = {0}, total = 0;
-    sl_sub_t *prev = NULL;
-    for (sl_sub_t *s = c->subs; s; prev = s, s = s->next) {
-        EXPECT(in_arena(s) && s->worker >= 0 && s->worker < NWORKERS &&
-                   s->chan_len == c->node.klen && memcmp(s->key, c->id, c->node.klen) == 0 &&
-                   s->key[c->node.klen] == '\n',
-               "channel %s: list node %p is not a live subscription of it", c->id, (void *)s);
-        if (!(in_arena(s) && s->worker >= 0 && s->worker < NWORKERS) || total > 1000)
-            break;
-        EXPECT(s->prev == prev, "channel %s: prev pointer wrong", c->id);
-        EXPECT(s->node.rcu.epoch == 0, "channel %s: a retired node on the list", c->id);
-        EXPECT(sl_table_lookup(R->subs, s->node.hash, s->key, s->node.klen) == &s->node,
-               "channel %s: list node not in the subscriptions table", c->id);
-        EXPECT(!cleaned || s->worker != CHILD,
-               "channel %s: the dead worker's subscription is left", c->id);
-        per[s->worker]++;
-        total++;
-    }
-    EXPECT(c->subscribers == total, "channel %s: subscribers %u, list %u", c->id,
-           c->subscribers, total);
-    for (int w = 0; w < NWORKERS; w++)
-        EXPECT(c->worker_subs[w] == per[w], "channel %s: worker_subs[%d] %u, list %u", c->id, w,
-               c->worker_subs[w], per[w]);
-    uint32_t cap = (uint32_t)c->config.message_retention;
-    EXPECT(c->ring_lo <= c->ring_hi && c->ring_hi - c->ring_lo <= cap,
-           "channel %s: ring [%llu, %llu) over %u", c->id, (unsigned long long)c->ring_lo,
-           (unsigned long long)c->ring_hi, cap);
-    uint64_t last = 0;
-    for (uint64_t pos = c->ring_lo; pos < c->ring_hi && cap; pos++) {
-        sl_chan_msg_t *m = c->ring[pos % cap];
-        count_ref(rc, m, c->id);
-        if (!in_arena(m))
-            break;
-        EXPECT(m->seq > last, "channel %s: ring out of seq order", c->id);
-        last = m->seq;
-    }
-    if (c->ring_hi > c->ring_lo)
-        EXPECT(last == c->next_seq - 1, "channel %s: newest retained seq %llu, next_seq %llu",
-               c->id, (unsigned long long)last, (unsigned long long)c->next_seq);
-    return 0;
-}
-
-static int sub_check_cb(sl_table_node_t *n, void *arg)
-{
-    sl_sub_t *s = (sl_sub_t *)n;
-    sl_chan_t *c = sl_chan_find(R, s->key, s->chan_len);
-    bool found = false;
-    for (sl_sub_t *x = c ? c->subs : NULL; x && in_arena(x); x = x->next)
-        if (x == s)
-            found = true;
-    EXPECT(found, "subscription %.*s: in the table but on no channel's list", (int)s->node.klen,
-           s->key);
-    return 0;
-}
-
-static int conn_check_cb(sl_table_node_t *n, void *arg)
-{
-    EXPECT(!cleaned || ((sl_reg_conn_t *)n)->worker != CHILD,
-           "the dead worker's connection is left");
-    return 0;
-}
-
-static int rpc_check_cb(sl_table_node_t *n, void *arg)
-{
-    sl_rpc_t *q = (sl_rpc_t *)n;
-    if (!cleaned)
-        return 0;
-    EXPECT(q->worker != CHILD, "the dead worker's RPC request is left");
-    EXPECT(SL_RPC_KIND(q->state) == SL_RPC_PENDING,
-           "RPC %s: state %u, claimed by %d: orphaned", q->request_id, q->state,
-           SL_RPC_CLAIMER(q->state));
-    return 0;
-}
-
-/* Every structural invariant of the registry (see channels.c, table.c,
- * qsbr.c, inbox.c). */
+/* Every structural invariant of the registry (sl_regcheck.h). */
 static void check_registry(void)
 {
-    refcount_t rc = {.n = 0};
-    check_table(R->conns, "conns");
-    check_table(R->channels, "channels");
-    check_table(R->subs, "subs");
-    check_table(R->rpcs, "rpcs");
-    check_table(G->small, "small");
-    sl_table_foreach(R->channels, chan_check_cb, &rc);
-    sl_table_foreach(R->subs, sub_check_cb, NULL);
-    sl_table_foreach(R->conns, conn_check_cb, NULL);
-    sl_table_foreach(R->rpcs, rpc_check_cb, NULL);
-    for (int w = 0; w < NWORKERS; w++) {
-        sl_inbox_t *in = R->inboxes[w];
-        EXPECT(in->pending.msg == NULL, "inbox %d: a recorded push is left", w);
-        for (uint64_t i = in->head; i < in->tail; i++)
-            count_ref(&rc, in->ring[i & (SL_INBOX_CAP - 1)].msg, "inbox");
-    }
-    for (size_t i = 0; i < rc.n; i++)
-        EXPECT(rc.m[i]->refs == rc.refs[i], "message seq %llu: refs %u, referenced %u times",
-               (unsigned long long)rc.m[i]->seq, rc.m[i]->refs, rc.refs[i]);
-    sl_qsbr_t *q = &R->qsbr;
-    EXPECT(q->adding == NULL, "limbo: an append is left");
-    uint64_t n = 0;
-    sl_qsbr_head_t *last = NULL;
-    for (sl_qsbr_head_t *h = q->limbo_head; h && n < 1000000; h = h->next) {
-        EXPECT(in_arena(h) && h->epoch != 0, "limbo: an object that is not retired");
-        if (!in_arena(h))
-            break;
-        last = h;
-        n++;
-    }
-    EXPECT(n == q->pending && last == q->limbo_tail, "limbo: %llu objects, pending %llu",
-           (unsigned long long)n, (unsigned long long)q->pending);
+    if (failure[0])
+        return;
+    regcheck_t k = {.r = R, .lo = G->mem, .hi = (const uint8_t *)G + REGION,
+                    .nworkers = NWORKERS, .dead = cleaned ? CHILD : -1};
+    rc_check(&k, G->small);
+    if (k.failure[0])
+        snprintf(failure, sizeof(failure), "%s", k.failure);
 }
 
 /* The RPC request: pending, or gone with at most one response (a DIRECT
