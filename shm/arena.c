@@ -275,6 +275,8 @@ static void *run_alloc(sl_arena_t *a, size_t n)
         a->pages[h].kind = PG_RUN; /* mutant: the head before its length */
         SL_CRASHPOINT("arena.run.prepared");
         a->pages[h].run = (uint32_t)k;
+        for (uint32_t i = 1; i < k; i++)
+            a->pages[h + i].kind = PG_TAIL;
     } else {
         a->pages[h].run = (uint32_t)k;
         for (uint32_t i = 1; i < k; i++)
