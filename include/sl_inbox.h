@@ -60,7 +60,10 @@ typedef struct sl_inbox {
     uint64_t tail __attribute__((aligned(64))); /* producers, under the lock */
     uint64_t enqueued, refused;                /* figures */
     uint64_t missed_n;                         /* producers, under the lock */
-    uint64_t missed[SL_INBOX_MISSED];          /* channel hashes, ring */
+    struct {
+        uint64_t chan_hash; /* the channel whose message was not put here */
+        uint64_t pos;       /* tail then: entries from pos on came after it */
+    } missed[SL_INBOX_MISSED];                 /* ring */
     sl_inbox_entry_t ring[SL_INBOX_CAP];
 } sl_inbox_t;
 
@@ -81,14 +84,18 @@ void sl_inbox_drop_prepared(sl_inbox_t *in);
 /* A message of channel `chan_hash` was not put in this (full) inbox. */
 void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash);
 
-/* Consumer: take the next entry; false when empty. */
-bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out);
+/* Consumer: take the next entry; false when empty.  *pos (may be NULL)
+ * gets its position. */
+bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos);
 
-/* Consumer: call fn for every channel noted as missed since *seen (then
- * *seen is brought up to date); when more were noted than the ring keeps,
- * fn gets 0 once: "anything may have been missed". */
-void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, void (*fn)(uint64_t chan_hash, void *arg),
-                     void *arg);
+/* Consumer: call fn for every channel noted as missed since *seen, up to
+ * the notes made before the entry at position `upto` was pushed
+ * (UINT64_MAX: all), and advance *seen past them.  So the owner delivers
+ * every entry pushed before a skip, and acts on the skip before the first
+ * entry pushed after it.  When more were noted than the ring keeps, fn gets
+ * 0 once: "anything may have been missed". */
+void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
+                     void (*fn)(uint64_t chan_hash, void *arg), void *arg);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

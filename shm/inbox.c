@@ -119,16 +119,19 @@ void sl_inbox_drop_prepared(sl_inbox_t *in)
 
 void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash)
 {
-    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)] = chan_hash;
+    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].chan_hash = chan_hash;
+    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].pos = in->tail;
     cmm_smp_wmb(); /* the hash before the count that covers it */
     CMM_STORE_SHARED(in->missed_n, in->missed_n + 1);
 }
 
-bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out)
+bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
 {
     uint64_t head = in->head;
     if (head == CMM_LOAD_SHARED(in->tail))
         return false;
+    if (pos)
+        *pos = head;
     cmm_smp_rmb(); /* tail before the entry it covers */
     *out = in->ring[head & (SL_INBOX_CAP - 1)];
     cmm_smp_mb(); /* the copy is done before the slot is handed back */
@@ -137,30 +140,35 @@ bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out)
     return true;
 }
 
-void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, void (*fn)(uint64_t chan_hash, void *arg),
-                     void *arg)
+void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
+                     void (*fn)(uint64_t chan_hash, void *arg), void *arg)
 {
     uint64_t n = CMM_LOAD_SHARED(in->missed_n);
     if (n == *seen)
         return;
-    cmm_smp_rmb(); /* the count before the hashes it covers */
-    uint64_t from = *seen;
-    if (n - from > SL_INBOX_MISSED) {
+    cmm_smp_rmb(); /* the count before the notes it covers */
+    if (n - *seen > SL_INBOX_MISSED) {
         fn(0, arg);
-    } else {
-        uint64_t h[SL_INBOX_MISSED];
-        for (uint64_t i = from; i < n; i++)
-            h[i - from] = in->missed[i & (SL_INBOX_MISSED - 1)];
-        cmm_smp_rmb();
-        /* Producers may have lapped us while we copied: then the copy may
-         * be torn, and everything counts as missed. */
-        if (CMM_LOAD_SHARED(in->missed_n) - from > SL_INBOX_MISSED)
-            fn(0, arg);
-        else
-            for (uint64_t i = 0; i < n - from; i++)
-                fn(h[i], arg);
+        *seen = n;
+        return;
     }
-    *seen = n;
+    uint64_t i = *seen;
+    for (; i < n; i++) {
+        uint64_t h = in->missed[i & (SL_INBOX_MISSED - 1)].chan_hash;
+        uint64_t pos = in->missed[i & (SL_INBOX_MISSED - 1)].pos;
+        cmm_smp_rmb();
+        /* Producers may have lapped us while we read: then the note may be
+         * torn, and everything counts as missed. */
+        if (CMM_LOAD_SHARED(in->missed_n) - i > SL_INBOX_MISSED) {
+            fn(0, arg);
+            i = CMM_LOAD_SHARED(in->missed_n);
+            break;
+        }
+        if (pos > upto)
+            break;
+        fn(h, arg);
+    }
+    *seen = i;
 }
 
 uint64_t sl_inbox_depth(sl_inbox_t *in)

@@ -167,7 +167,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
         if (job->phase == PH_INBOX) {
             sl_inbox_t *in = (uint32_t)job->worker < r->nworkers ? r->inboxes[job->worker] : NULL;
             sl_inbox_entry_t e;
-            while (in && removed < budget && sl_inbox_pop(in, &e)) {
+            while (in && removed < budget && sl_inbox_pop(in, &e, NULL)) {
                 sl_chan_msg_unref(r, e.msg);
                 job->drained++;
                 removed++;

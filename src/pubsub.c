@@ -570,7 +570,8 @@ static void on_missed(uint64_t chan_hash, void *arg)
         sl_cidx_foreach_hash(chan_hash, close_entry, NULL);
 }
 
-static void check_missed(sl_inbox_t *in)
+/* Act on the skips noted before the entry at `upto` was pushed. */
+static void check_missed(sl_inbox_t *in, uint64_t upto)
 {
     if (!missed_started) {
         /* Notes from before we started were for our predecessor. */
@@ -578,21 +579,21 @@ static void check_missed(sl_inbox_t *in)
         missed_started = true;
     }
     if (uatomic_read(&in->missed_n) != missed_seen)
-        sl_inbox_missed(in, &missed_seen, on_missed, NULL);
+        sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
 }
 
 size_t sl_pubsub_drain(void)
 {
     sl_inbox_t *in = REG->inboxes[sl_worker->id];
     sl_inbox_entry_t e;
+    uint64_t pos;
     size_t n = 0;
-    check_missed(in);
     /* Bounded per turn so one busy channel cannot starve the loop. */
-    while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e)) {
-        /* A skip noted before this entry was pushed is seen now: its
-         * channel's subscribers are closed before they could get a later
-         * message. */
-        check_missed(in);
+    while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e, &pos)) {
+        /* Everything pushed before a skip was delivered; a skip noted
+         * before this entry was pushed closes its channel's subscribers
+         * now, before they could get a message from after the gap. */
+        check_missed(in, pos);
         if (e.kind == SL_INBOX_CHANNEL_MSG)
             deliver(e.msg, e.exclude_conn);
         else if (e.kind == SL_INBOX_DIRECT)
@@ -606,7 +607,8 @@ size_t sl_pubsub_drain(void)
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
-    check_missed(in);
+    if (sl_inbox_depth(in) == 0)
+        check_missed(in, UINT64_MAX); /* skips after everything we have */
     return n;
 }
 

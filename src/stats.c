@@ -182,6 +182,8 @@ static json_t *channel_stats_json(void)
                           (json_int_t)t.channels, "total-subscriptions",
                           (json_int_t)t.subscriptions, "pending-rpc-requests",
                           (json_int_t)pending, "old-rpc-requests", (json_int_t)old);
+    json_object_set_new(o, "reaped-channels",
+                        json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
     json_object_set_new(o, "channels-omitted",
                         json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
                                                                : 0));

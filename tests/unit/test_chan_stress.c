@@ -384,9 +384,10 @@ static size_t drain(proc_t *p)
 {
     sl_inbox_t *in = R->inboxes[p->me];
     sl_inbox_entry_t e;
+    uint64_t pos;
     size_t n = 0;
-    while (sl_inbox_pop(in, &e)) {
-        sl_inbox_missed(in, &p->missed_seen, on_missed, p);
+    while (sl_inbox_pop(in, &e, &pos)) {
+        sl_inbox_missed(in, &p->missed_seen, pos, on_missed, p);
         sl_chan_msg_t *m = e.msg;
         if (e.kind == SL_INBOX_CHANNEL_MSG && m->seq != 0)
             channel_message(p, m);
@@ -399,7 +400,7 @@ static size_t drain(proc_t *p)
         sl_chan_msg_unref(R, m);
         n++;
     }
-    sl_inbox_missed(in, &p->missed_seen, on_missed, p);
+    sl_inbox_missed(in, &p->missed_seen, UINT64_MAX, on_missed, p);
     return n;
 }
 
@@ -547,7 +548,7 @@ static void stress(bool poison)
     sl_inbox_entry_t e;
     uint64_t leftover = 0;
     for (int w = 0; w < NPROC; w++)
-        while (sl_inbox_pop(R->inboxes[w], &e)) {
+        while (sl_inbox_pop(R->inboxes[w], &e, NULL)) {
             leftover++;
             sl_chan_msg_unref(R, e.msg);
         }

@@ -92,7 +92,7 @@ static void test_publish_and_retention(void)
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 5);
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 0);
     sl_inbox_entry_t e;
-    SL_CHECK(sl_inbox_pop(R->inboxes[1], &e));
+    SL_CHECK(sl_inbox_pop(R->inboxes[1], &e, NULL));
     SL_CHECK_INT(e.exclude_conn, 9);
     SL_CHECK_INT(e.msg->seq, 1);
     const char *payload = (const char *)e.msg->frame + e.msg->payload_off;
@@ -105,7 +105,7 @@ static void test_publish_and_retention(void)
     /* Seq 1 fell out of the 3-message ring: only the inbox holds it now. */
     SL_CHECK_INT(e.msg->refs, 1);
     sl_chan_msg_unref(R, e.msg);
-    while (sl_inbox_pop(R->inboxes[1], &e))
+    while (sl_inbox_pop(R->inboxes[1], &e, NULL))
         sl_chan_msg_unref(R, e.msg);
     char out[4096] = "";
     uint64_t last;
@@ -133,12 +133,12 @@ static void test_overload_keeps_seq(void)
         SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_CHAN_OVERLOADED);
     sl_inbox_entry_t e;
-    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e));
+    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
     sl_chan_msg_unref(R, e.msg);
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
     SL_CHECK_INT(r.seq, SL_INBOX_CAP + 1); /* the refused one took no seq */
     SL_CHECK_INT(R->inboxes[0]->refused, 1);
-    while (sl_inbox_pop(R->inboxes[0], &e))
+    while (sl_inbox_pop(R->inboxes[0], &e, NULL))
         sl_chan_msg_unref(R, e.msg);
 }
 

@@ -123,7 +123,7 @@ static size_t drain(int w)
 {
     sl_inbox_entry_t e;
     size_t n = 0;
-    while (sl_inbox_pop(R->inboxes[w], &e)) {
+    while (sl_inbox_pop(R->inboxes[w], &e, NULL)) {
         sl_chan_msg_unref(R, e.msg);
         n++;
     }
@@ -285,7 +285,7 @@ static void sc_consume(void)
 {
     sl_chan_send_direct(R, CHILD, 0, 1, 0, FRAME, sizeof(FRAME));
     sl_inbox_entry_t e;
-    if (sl_inbox_pop(R->inboxes[CHILD], &e))
+    if (sl_inbox_pop(R->inboxes[CHILD], &e, NULL))
         sl_chan_msg_unref(R, e.msg);
 }
 
@@ -390,7 +390,7 @@ static void check_usable(void)
         EXPECT(sl_chan_publish(R, a, &p, &res) == SL_OK, "publish failed");
         sl_inbox_entry_t e;
         bool got = false;
-        while (sl_inbox_pop(R->inboxes[2], &e)) {
+        while (sl_inbox_pop(R->inboxes[2], &e, NULL)) {
             if (e.kind == SL_INBOX_CHANNEL_MSG && e.msg->seq == res.seq)
                 got = true;
             sl_chan_msg_unref(R, e.msg);
