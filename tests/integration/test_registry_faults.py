@@ -208,7 +208,7 @@ def test_full_inbox_closes_subscribers_1013_and_they_recover(server_factory):
     are published: its inbox holds 8,192.  The publisher and worker 0's
     subscriber are not held up; worker 1's subscriber gets the first 8,192,
     then a close 1013 - never a gap - and recovers the rest."""
-    srv = server_factory("--channel", "big:message-retention=20000", "--worker-stall-ms",
+    srv = server_factory("--channel", "big:message-retention=10000", "--worker-stall-ms",
                          "60000", "--worker-stall-kill-ms", "120000", "--max-outbound-bytes",
                          "64M")
     total = 10000
@@ -218,20 +218,21 @@ def test_full_inbox_closes_subscribers_1013_and_they_recover(server_factory):
         sa, sb = Recovering(srv.url, "big"), Recovering(srv.url, "big")
         ta = asyncio.create_task(sa.run(a))
         tb = asyncio.create_task(sb.run(b))
+        pub = await asyncio.get_running_loop().run_in_executor(None, Blaster, srv.port, 0)
         await asyncio.sleep(0.3)
         pid = worker_pid(srv, 1)
         os.kill(pid, signal.SIGSTOP)
         try:
-            pub = await asyncio.get_running_loop().run_in_executor(None, Blaster, srv.port, 0)
             pub.send_all([frame({"type": "publish", "channel-id": "big", "data": i})
                           for i in range(total)])
             await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
                 lambda: pub.count(b'"publish-result"') == total, timeout=60,
                 what="every publish answered"))
             assert pub.count(b'"success":true') == total  # none refused
-            assert srv.stats()["workers"][1]["inbox-skipped"] > 0
         finally:
             os.kill(pid, signal.SIGCONT)
+        # (Not while it is stopped: this request could go to worker 1.)
+        assert srv.stats()["workers"][1]["inbox-skipped"] > 0
         deadline = time.monotonic() + 60 * SLOW
         while (len(sa.seqs) < total or len(sb.seqs) < total) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -252,13 +253,15 @@ def test_full_inbox_closes_subscribers_1013_and_they_recover(server_factory):
 # ------------------------------------------------- the frozen worker
 
 def test_frozen_worker_30s_under_load(server_factory):
-    """One worker SIGSTOPped for 30 s while a publisher sends ~500 msg/s and
-    clients connect and leave all the time, with a 16 MiB shared memory: the
-    other worker keeps accepting and delivers every message to its
-    subscriber; /health names the stalled worker; it is killed after the
-    bound (default 10 s) and replaced; its subscriber recovers everything
-    with since-seq; shared memory stays bounded."""
-    srv = server_factory("--shm-size", "16M", "--channel", "feed:message-retention=30000")
+    """One worker SIGSTOPped for 30 s while a publisher publishes - as fast as
+    it can until the stopped worker's inbox is full and publishes skip it,
+    then 100 msg/s - and clients connect and leave all the time, with a 16 MiB
+    shared memory: the other worker keeps accepting and delivers every
+    message to its subscriber; no publish is refused; /health names the
+    stalled worker; it is killed after the bound (default 10 s) and
+    replaced; its subscriber recovers everything with since-seq (retention
+    10,000); shared memory stays bounded."""
+    srv = server_factory("--shm-size", "16M", "--channel", "feed:message-retention=10000")
     total_s = 30.0
     health, mem, churn = [], [], {"ok": 0, "late_fail": 0, "fail": 0}
 
@@ -271,22 +274,25 @@ def test_frozen_worker_30s_under_load(server_factory):
         t0 = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
         stop = False
-        results = {"ok": 0, "fail": 0, "last": 0}
+        results = {"ok": 0, "fail": 0, "last": 0, "skipping": None}
 
         async def publisher():
             i = 0
             while not stop:
-                for _ in range(25):
+                for _ in range(50):
                     i += 1
                     await pub.send(type="publish", data=i, **{"channel-id": "feed"})
-                for _ in range(25):
+                for _ in range(50):
                     r = await pub.reply("publish-result")
                     if r["success"]:
                         results["ok"] += 1
                         results["last"] = r["seq"]
                     else:
                         results["fail"] += 1
-                await asyncio.sleep(0.05)
+                # Fast until the stopped worker's 8,192-entry inbox has
+                # overflowed, then slowly: its subscriber's recovery must fit
+                # in the channel's 10,000 retained messages.
+                await asyncio.sleep(0.5 if i >= 9000 else 0)
 
         async def churner():
             while not stop:
@@ -306,8 +312,11 @@ def test_frozen_worker_30s_under_load(server_factory):
                 status, doc, _ = timed_get(srv, "/health")
                 health.append((time.monotonic() - t0, status,
                                doc["system-health"]["stalled-workers"]))
-                sm = srv.stats()["shared-memory"]
+                st = srv.stats()
+                sm = st["shared-memory"]
                 mem.append(sm["used-bytes"] / sm["total-bytes"])
+                if results["skipping"] is None and st["workers"][1]["inbox-skipped"] > 0:
+                    results["skipping"] = (time.monotonic() - t0, results["last"])
                 time.sleep(0.25)
 
         loop = asyncio.get_running_loop()
@@ -331,7 +340,8 @@ def test_frozen_worker_30s_under_load(server_factory):
 
     sa, sb, results, pid = run(go(), timeout=120)
     last = results["last"]
-    assert results["fail"] == 0 and results["ok"] == last > 5000
+    # Publishes went on after the stopped worker's inbox filled, none refused.
+    assert results["skipping"] and results["fail"] == 0 and results["ok"] == last > 8192
     # Worker 0's subscriber: every message, in order, never disconnected.
     assert sa.seqs == list(range(1, last + 1)) and sa.closes == []
     # Worker 1's subscriber lost its connection with the worker, came back
@@ -349,7 +359,9 @@ def test_frozen_worker_30s_under_load(server_factory):
     # The other worker kept accepting once the stall was noticed.
     assert churn["ok"] > 100 and churn["late_fail"] == 0
     assert max(mem) < 0.8
-    print(f"\nfrozen worker: {last} published, {churn['ok']} connections churned "
+    print(f"\nfrozen worker: {last} published (its inbox full at "
+          f"{results['skipping'][0]:.1f} s, seq {results['skipping'][1]}), "
+          f"{churn['ok']} connections churned "
           f"({churn['fail']} failed before the stall was noticed), /health 503 from "
           f"{min(stalled_at):.1f} s, 200 again at {min(healthy_again):.1f} s, "
           f"shared memory max {max(mem) * 100:.0f}%, worker 1 subscriber closes {sb.closes}")
