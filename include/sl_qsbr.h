@@ -87,8 +87,10 @@ void sl_qsbr_retire(sl_qsbr_t *q, sl_qsbr_head_t *obj);
  * recovery, which may not know whether a dead writer got that far. */
 void sl_qsbr_retire_once(sl_qsbr_t *q, sl_qsbr_head_t *obj);
 
-/* Free what every online reader is past; returns how many.  Cheap when
- * nothing is pending. */
+/* Free what every online reader is past - at most SL_QSBR_RECLAIM_BATCH
+ * objects, oldest first - and return how many.  Cheap when nothing is
+ * pending. */
+#define SL_QSBR_RECLAIM_BATCH 2048
 size_t sl_qsbr_reclaim(sl_qsbr_t *q);
 
 /* Wait (sleeping briefly) until a full grace period has passed, at most

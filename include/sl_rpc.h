@@ -40,13 +40,10 @@ typedef struct {
     uint64_t conn_no;
     int64_t created_at, deadline; /* wall ms */
     char request_id[SL_RPC_ID_MAX];
-    char requester[SL_CONN_ID_MAX];
-    char channel_id[129];
-} sl_rpc_t;
+} sl_rpc_t; /* 152 bytes: a 256-byte object */
 
 /* Register a pending request; NULL when shared memory is exhausted. */
-sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t slot,
-                        uint64_t conn_no, const char *channel_id, size_t chan_len,
+sl_rpc_t *sl_rpc_create(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
                         int64_t timeout_ms);
 
 /* Read side. */

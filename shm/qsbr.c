@@ -193,7 +193,10 @@ size_t sl_qsbr_reclaim(sl_qsbr_t *q)
      * under the limbo lock (lock order limbo -> arena; the arena takes no
      * other lock).  A process killed in between leaks that one object,
      * never a batch, and never leaves limbo pointing at freed memory. */
-    while (q->limbo_head && q->limbo_head->epoch <= m) {
+    /* At most SL_QSBR_RECLAIM_BATCH per call: a worker reclaims at the end
+     * of every loop turn, and a turn must stay short even just after a
+     * cleanup retired 100,000 objects; the rest waits for the next call. */
+    while (q->limbo_head && q->limbo_head->epoch <= m && n < SL_QSBR_RECLAIM_BATCH) {
         sl_qsbr_head_t *h = q->limbo_head;
         q->limbo_head = h->next;
         SL_CRASHPOINT("limbo.pop.head");

@@ -13,12 +13,9 @@
 #include <string.h>
 #include <urcu/uatomic.h>
 
-sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t slot,
-                        uint64_t conn_no, const char *channel_id, size_t chan_len,
+sl_rpc_t *sl_rpc_create(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
                         int64_t timeout_ms)
 {
-    if (strlen(requester) >= SL_CONN_ID_MAX || chan_len > 128)
-        return NULL;
     sl_rpc_t *q = sl_arena_calloc(r->arena, sizeof(*q));
     if (q == NULL)
         return NULL;
@@ -28,8 +25,6 @@ sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t
     q->deadline = q->created_at + timeout_ms;
     snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64, q->created_at,
              q->no);
-    memcpy(q->requester, requester, strlen(requester));
-    memcpy(q->channel_id, channel_id, chan_len);
     q->worker = worker;
     q->slot = slot;
     q->conn_no = conn_no;

@@ -170,9 +170,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     }
     int64_t timeout = tj ? json_integer_value(tj) : ch->config.rpc_timeout_ms;
     sl_call_t *k = calloc(1, sizeof(*k));
-    sl_rpc_t *q = k ? sl_rpc_create(REG, c->conn_id, sl_worker->id, c->slot, c->conn_no, id, len,
-                                    timeout)
-                    : NULL;
+    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, timeout) : NULL;
     if (q == NULL) {
         free(k);
         sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);

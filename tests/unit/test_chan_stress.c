@@ -224,8 +224,7 @@ static void do_request(proc_t *p)
     if (ch == NULL)
         return;
     int64_t timeout = 2 + rand() % 20;
-    sl_rpc_t *q = sl_rpc_create(R, id, p->me, (uint32_t)k, (uint64_t)k + 1, name, strlen(name),
-                                timeout);
+    sl_rpc_t *q = sl_rpc_create(R, p->me, (uint32_t)k, (uint64_t)k + 1, timeout);
     if (q == NULL) {
         fail(p->me, "rpc create failed");
         return;
@@ -555,7 +554,8 @@ static void stress(bool poison)
     SL_CHECK_INT(leftover, 0);
     sl_qsbr_offline(&R->qsbr, 70);
     SL_CHECK_INT(sl_qsbr_synchronize(&R->qsbr, 2000), SL_OK);
-    sl_qsbr_reclaim(&R->qsbr);
+    while (sl_qsbr_reclaim(&R->qsbr) > 0) {
+    }
     SL_CHECK_INT(R->qsbr.pending, 0);
     sl_arena_stats_t end;
     sl_arena_stats(R->arena, &end);

@@ -25,7 +25,7 @@ static void setup(void)
 static void test_lifecycle(void)
 {
     setup();
-    sl_rpc_t *q = sl_rpc_create(R, "conn-1-1", 1, 7, 1, "svc", 3, 5000);
+    sl_rpc_t *q = sl_rpc_create(R, 1, 7, 1, 5000);
     SL_CHECK(q != NULL);
     SL_CHECK(strncmp(q->request_id, "req-", 4) == 0);
     SL_CHECK_INT(q->deadline - q->created_at, 5000);
@@ -37,7 +37,7 @@ static void test_lifecycle(void)
     SL_CHECK(sl_rpc_claim(q, SL_RPC_EXPIRED, 1));
     sl_rpc_remove(R, q);
     SL_CHECK(sl_rpc_find(R, q->request_id, strlen(q->request_id)) == NULL);
-    sl_rpc_t *q2 = sl_rpc_create(R, "conn-1-1", 1, 7, 1, "svc", 3, 5000);
+    sl_rpc_t *q2 = sl_rpc_create(R, 1, 7, 1, 5000);
     SL_CHECK(q2 && q2->no == q->no + 1);
 }
 
@@ -45,7 +45,7 @@ static void test_cleanup_expire_counts(void)
 {
     setup();
     for (int i = 0; i < 6; i++)
-        sl_rpc_create(R, "conn-1-1", i % 2, 0, 1, "svc", 3, i < 2 ? 1 : 100000);
+        sl_rpc_create(R, i % 2, 0, 1, i < 2 ? 1 : 100000);
     uint64_t pending, old;
     int64_t now = sl_now_ms();
     sl_rpc_counts(R, now, 60000, &pending, &old);
@@ -70,7 +70,7 @@ static void test_claim_race(void)
     int *wins = mmap(NULL, sizeof(int) * 2, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                      -1, 0);
     for (int i = 0; i < N; i++)
-        qs[i] = sl_rpc_create(R, "conn-1-1", 0, 0, 1, "svc", 3, 100000);
+        qs[i] = sl_rpc_create(R, 0, 0, 1, 100000);
     pid_t pid[2];
     for (int p = 0; p < 2; p++)
         if ((pid[p] = fork()) == 0) {
