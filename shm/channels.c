@@ -158,6 +158,7 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 {
     in->committed = 0;
     in->targets = 0;
+    in->got = 0;
     in->sub = NULL;
     in->sub_hash = 0;
     in->msg = NULL;
@@ -447,6 +448,7 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
                          const sl_inbox_entry_t *tmpl, uint32_t extra_refs, bool note_missed)
 {
     uint64_t targets = in->targets, push = 0;
+    uint64_t chan_hash = m->chan_hash; /* read now: after a push m is not ours */
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
@@ -481,7 +483,7 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
             sl_inbox_push_prepared(r->inboxes[w]);
             SL_CRASHPOINT("handoff.pushed");
         } else if (note_missed) {
-            sl_inbox_note_missed(r->inboxes[w], m->chan_hash);
+            sl_inbox_note_missed(r->inboxes[w], chan_hash);
         }
         sl_inbox_unlock(r->inboxes[w]);
     }
