@@ -678,6 +678,31 @@ static void test_no_read_after_handoff(void)
     munmap(G, REGION);
 }
 
+/* Worker 1's inbox is full, so a publish reaches worker 0 only and notes
+ * the channel as missed in worker 1's inbox - after its one push, when the
+ * message may already be consumed and freed.  The publisher is stopped
+ * right after that push while worker 0 frees the message (poisoned): the
+ * note must still name the channel. */
+static void test_missed_note_after_the_last_push(void)
+{
+    setup(true);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    int fill = 0;
+    while (sl_chan_send_direct(R, 1, 0, 1, 0, FRAME, sizeof(FRAME)) == SL_OK)
+        fill++;
+    SL_CHECK_INT(fill, SL_INBOX_CAP);
+    uint64_t hash = sl_chan_find(R, "b", 1)->node.hash;
+    uint64_t notes = R->inboxes[1]->missed_n;
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    pid_t pid = stop_child_at("handoff.pushed", publish_b);
+    SL_CHECK_INT(drain(0), 1); /* the last reference: freed and poisoned */
+    finish_child(pid);
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes + 1);
+    SL_CHECK(R->inboxes[1]->missed[notes & (SL_INBOX_MISSED - 1)].chan_hash == hash);
+    drain(1);
+    munmap(G, REGION);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -685,5 +710,6 @@ int main(void)
     SL_TEST_RUN(test_every_crash_point);
     SL_TEST_RUN(test_gp_snapshot);
     SL_TEST_RUN(test_no_read_after_handoff);
+    SL_TEST_RUN(test_missed_note_after_the_last_push);
     return sl_test_summary();
 }
