@@ -11,7 +11,7 @@
 #   make bench-cleanup  the master's accept latency while it cleans up after a
 #                     killed worker with 100,000 subscriptions (figures)
 #   make mutation-check  build each mutant of the registry (sl_crash.h) and
-#                     show a test fails for every one (about 10 minutes)
+#                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd unit, logrotate snippet and

@@ -5,7 +5,7 @@
 # build-mutant-<n>/), and the registry's unit tests run against it.  A
 # mutant is killed when at least one of them fails; every mutant must be.
 # Prints one line per mutant with the tests that killed it, then
-# "mutants: N killed of N".  Runs nice'd; about 10 minutes on 2 cores.
+# "mutants: N killed of N".  Runs nice'd; about 3 minutes on 2 cores.
 set -u
 cd "$(dirname "$0")/.."
 TESTS="test_killpoints test_chan_stress test_table_stress test_arena test_qsbr test_table \
