@@ -66,8 +66,20 @@ static void test_long_id_refused(void)
     SL_CHECK(sl_reg_conn_add(R, id, 0, 0, 1, 0) == NULL);
 }
 
+/* The hash key is drawn at random for every registry (server start). */
+static void test_random_hash_key(void)
+{
+    setup();
+    uint64_t k1[2] = {R->hash_key[0], R->hash_key[1]};
+    uint64_t h1 = sl_table_hash("room", 4);
+    setup();
+    SL_CHECK(k1[0] != R->hash_key[0] || k1[1] != R->hash_key[1]);
+    SL_CHECK(h1 != sl_table_hash("room", 4));
+}
+
 int main(void)
 {
+    SL_TEST_RUN(test_random_hash_key);
     SL_TEST_RUN(test_connections);
     SL_TEST_RUN(test_long_id_refused);
     return sl_test_summary();
