@@ -207,10 +207,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Tick often enough to honour the shortest configured timer to within a
- * quarter of it, but never busier than every 10 ms nor lazier than 1 s. */
+ * quarter of it, but never busier than every 10 ms nor lazier than 1 s.
+ * The stall bound counts too: an idle worker shows progress by ticking. */
 static struct timeval tick_interval(void)
 {
-    int64_t ms = SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms) / 4;
+    int64_t ms = SL_MIN(SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms),
+                        sl_conf->worker_stall_ms) / 4;
     ms = SL_MAX(10, SL_MIN(ms, 1000));
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
