@@ -9,6 +9,10 @@
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
 #   make bench-auth   µs per token verification, ours and libjwt's (figures)
+#   make bench-cleanup  the master's accept latency while it cleans up after a
+#                     killed worker with 100,000 subscriptions (figures)
+#   make mutation-check  build each mutant of the registry (sl_crash.h) and
+#                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make install      binary, man page, systemd units, example config, logrotate
@@ -38,7 +42,12 @@ PKGS     := libevent jansson liburcu libcrypto
 TEST_PKGS := libjwt
 PY       ?= /usr/bin/python3
 
-ifeq ($(SAN),1)
+ifneq ($(MUTANT),)
+# tests/mutation-check.sh: one build per mutant (sl_crash.h, SL_MUTATED).
+BUILD    := build-mutant-$(MUTANT)
+SANFLAGS := -DSL_MUTANT=$(MUTANT)
+OPT      := -O2
+else ifeq ($(SAN),1)
 BUILD    := build-asan
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT      := -O1
@@ -69,8 +78,13 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
+# The kill-point test links the library built with -DSL_CRASHPOINTS (named
+# crash points compiled in; sl_crash.h), in the same flavour as $(BUILD).
+CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
+CRASH_LIB := $(BUILD)/libsente-crash.a
+
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
-        format bench-shm bench-tel bench bench-quick bench-auth
+        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check
 
 all: $(BIN) sente-lite
 
@@ -86,14 +100,26 @@ $(LIB): $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/obj/%.o: %.c $(wildcard include/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h) $(wildcard shm/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
+$(BUILD)/tests/%: tests/unit/%.c $(LIB) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_CFLAGS) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) \
 	    $(TEST_LIBS)
+
+$(BUILD)/crash/%.o: %.c $(wildcard include/*.h) $(wildcard shm/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -DSL_CRASHPOINTS -c -o $@ $<
+
+$(CRASH_LIB): $(CRASH_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/tests/test_killpoints: tests/unit/test_killpoints.c $(CRASH_LIB) $(wildcard tests/unit/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -DSL_CRASHPOINTS -Itests/unit $(LDFLAGS) -o $@ $< $(CRASH_LIB) $(LDLIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
@@ -102,6 +128,16 @@ $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 # Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
 bench-shm: $(BUILD)/bench/bench_shm
 	$(BUILD)/bench/bench_shm
+
+# The master's accept latency while it cleans up after a killed worker that
+# held 100,000 subscriptions (tests/bench/cleanup.py; figures, not a test).
+bench-cleanup: $(BIN)
+	$(PY) tests/bench/cleanup.py --bin $(abspath $(BIN))
+
+# Each mutant of sl_crash.h built on its own and run against the unit tests:
+# every one must make a test fail (tests/mutation-check.sh).
+mutation-check:
+	tests/mutation-check.sh
 
 # Telemetry: ns per emitted event in a worker, events/s through the logger.
 bench-tel: $(BUILD)/bench/bench_tel
@@ -206,7 +242,7 @@ format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
 
 clean:
-	rm -rf build build-asan sente-lite
+	rm -rf build build-asan build-mutant-* sente-lite
 
 # --- web ---
 # The browser side (docs/web.md): web/ is compiled into the binary by
@@ -228,6 +264,7 @@ $(WEB_OBJ): $(WEB_GEN) include/sl_web.h include/sl_http.h include/sl_common.h
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(LIB): $(WEB_OBJ)
+$(CRASH_LIB): $(WEB_OBJ)
 
 .PHONY: check-web
 check-web: $(BIN)

@@ -3,23 +3,32 @@
  * publishing across workers.
  *
  * A channel (sl_chan_t) lives in the channels table.  Its mutable state -
- * next seq, subscriber counts per worker, the retention ring - is guarded
- * by the channel's own robust lock; counters others read without the lock
- * are updated with atomic stores.  A subscription (sl_sub_t, key
+ * next seq, the subscriber list and counts per worker, the retention ring -
+ * is guarded by the channel's own robust lock; counters others read without
+ * the lock are updated with atomic stores.  A subscription (sl_sub_t, key
  * "<channel-id>\n<conn-id>": '\n' cannot occur in either) records which
- * connection on which worker listens to which channel.
+ * connection on which worker listens to which channel; it is on the
+ * channel's list and in the subscriptions table.
+ *
+ * Every update that takes the channel lock and makes more than one store
+ * first records its intent in the channel (sl_chan_intent_t); the lock's
+ * recovery completes it, or undoes it if it had not committed (see
+ * channels.c and shm/README.md for each case).
  *
  * Publishing: the publisher holds the channel lock while it assigns the
- * seq, stores the encoded message in the retention ring and puts one
- * reference into the inbox of every worker that has subscribers.  Holding
- * the lock across the hand-off is what makes every worker receive a
- * channel's messages in seq order even with concurrent publishers on
- * different workers.  If any target inbox is full, nothing is handed off,
- * the seq is not consumed and the publisher is told "overloaded".
+ * seq, puts one reference into the inbox of every worker that has
+ * subscribers and stores the message in the retention ring.  Holding the
+ * lock across the hand-off is what makes every worker receive a channel's
+ * messages in seq order even with concurrent publishers on different
+ * workers.  An inbox that is full is skipped (its worker notes the channel
+ * as missed and closes its subscribers of it with 1013, see sl_inbox.h), so
+ * one slow or stopped worker costs only its own clients; only when every
+ * target inbox is full is the publish refused ("overloaded", no seq taken).
  *
  * Messages (sl_chan_msg_t) are encoded once, in shared memory, as complete
  * WebSocket text frames; they are reference counted (retention ring: one
- * reference; each inbox entry: one) and freed when the last goes.
+ * reference; each inbox entry: one) and freed when the last goes.  Nobody
+ * reads a message after handing away the references it does not own.
  */
 #ifndef SL_CHAN_H
 #define SL_CHAN_H
@@ -35,6 +44,7 @@ typedef struct {
     int64_t message_retention;
     int64_t rpc_timeout_ms;
     bool telemetry_enabled;
+    bool lingers; /* auto-created: removed once empty for --channel-linger-ms */
 } sl_chan_config_t;
 
 typedef struct sl_chan_msg {
@@ -49,21 +59,27 @@ typedef struct sl_chan_msg {
     uint8_t frame[];
 } sl_chan_msg_t;
 
+enum { SL_CI_NONE = 0, SL_CI_SUB, SL_CI_UNSUB, SL_CI_PUB, SL_CI_SEND, SL_CI_DEL, SL_CI_BCAST };
+
 typedef struct sl_chan {
     sl_table_node_t node; /* first: retired through QSBR */
+    sl_reg_t *reg;        /* for the lock's recovery */
     char id[SL_CHAN_ID_MAX + 1];
     char epoch[16];
     sl_chan_config_t config;
-    int64_t created_at;
+    int64_t created_at;   /* wall ms */
+    int64_t empty_since;  /* monotonic ms when subscribers last became 0 (atomic) */
     sl_lock_t lock;
-    uint64_t next_seq;      /* under lock; the next seq to assign */
-    uint64_t message_count; /* atomic */
-    uint32_t subscribers;   /* under lock; atomic for readers */
-    uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
-    uint32_t ring_start, ring_count;           /* under lock */
-    sl_chan_msg_t **ring; /* message_retention entries, oldest at ring_start */
-    struct sl_sub *subs;  /* every subscription of the channel, under lock */
+    sl_chan_intent_t intent; /* under lock */
+    uint64_t next_seq;    /* under lock, atomic for readers; message-count = next_seq - 1 */
+    uint32_t subscribers; /* under lock; atomic for readers */
     bool deleted;         /* under lock: deleted, only still reachable by stale readers */
+    uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
+    struct sl_sub *subs;  /* every subscription of the channel, under lock */
+    /* Retention ring: positions [ring_lo, ring_hi) are retained (slot =
+     * position % message_retention), oldest first; under lock. */
+    uint64_t ring_lo, ring_hi;
+    sl_chan_msg_t *ring[]; /* message_retention slots, in the same object */
 } sl_chan_t;
 
 typedef struct sl_sub {
@@ -80,25 +96,25 @@ enum {
     SL_CHAN_EXISTS = 1,
     SL_CHAN_ALREADY = 2,       /* subscribe: already subscribed */
     SL_CHAN_FULL = 3,          /* subscribe: max-subscribers reached */
-    SL_CHAN_NOT_SUBSCRIBED = 4,
-    SL_CHAN_OVERLOADED = 5,    /* publish: an inbox is full or memory is */
+    SL_CHAN_NOT_SUBSCRIBED = 4, /* also: the channel was deleted meanwhile */
+    SL_CHAN_OVERLOADED = 5,    /* publish: every target inbox is full */
     SL_CHAN_NO_MEMORY = 6,     /* shared memory exhausted */
+    SL_CHAN_TOO_MANY = 7,      /* create: --max-channels reached */
 };
-
-/* Set up the channel tables and one inbox per worker (from the arena). */
-int sl_chan_init(sl_reg_t *r, uint32_t nworkers);
 
 /* Channel ids: 1..128 bytes of valid UTF-8 without control characters. */
 bool sl_chan_id_valid(const char *id, size_t len);
 
 sl_chan_t *sl_chan_find(sl_reg_t *r, const char *id, size_t len);
 /* Create, or find the existing one (SL_CHAN_EXISTS) - *out set either way;
- * SL_CHAN_NO_MEMORY when exhausted. */
+ * SL_CHAN_NO_MEMORY when exhausted, SL_CHAN_TOO_MANY at --max-channels. */
 int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config_t *cfg,
                    sl_chan_t **out);
 
 /* Subscribe / unsubscribe a connection (its owner worker calls these).
- * *count gets the subscriber count after the call. */
+ * *count gets the subscriber count after the call.  Subscribe returns
+ * SL_CHAN_NOT_SUBSCRIBED when the channel was deleted since it was found
+ * (look it up again). */
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
                       uint32_t *count);
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count);
@@ -120,19 +136,22 @@ typedef struct {
 typedef struct {
     uint64_t seq;
     uint64_t message_id;
-    uint32_t delivered_to;
-    uint64_t woken;       /* bitmask of workers whose inbox got an entry */
+    uint32_t delivered_to; /* subscribers on the workers that got it */
+    uint64_t woken;        /* bitmask of workers whose inbox got an entry */
+    uint64_t skipped;      /* bitmask of workers skipped (inbox full) */
 } sl_chan_pub_result_t;
 
-/* SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+/* SL_OK, SL_CHAN_OVERLOADED, SL_CHAN_NO_MEMORY, or SL_CHAN_NOT_SUBSCRIBED
+ * when the channel was deleted since it was found. */
 int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out);
 
 /* Hand an already encoded frame (not a channel-message: no seq, not
  * retained) to every worker with subscribers, except that the connection
  * `exclude_conn` (0: none) is skipped at delivery; under the channel lock,
  * so it is ordered with publishes.  `fn` is called for every subscriber
- * other than the excluded one (conn-id), before the hand-off; *recipients
- * gets their number.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
+ * it reaches other than the excluded one (conn-id), before the hand-off;
+ * *recipients gets their number.  SL_OK, SL_CHAN_OVERLOADED or
+ * SL_CHAN_NO_MEMORY. */
 int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
                  const char *exclude_conn_id, uint64_t exclude_conn,
                  void (*fn)(const char *conn_id, void *arg), void *arg, uint32_t *recipients,
@@ -146,15 +165,18 @@ int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no
 int sl_chan_send_kind(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
                       const uint8_t *frame, size_t len);
 
-/* Hand a frame to every worker in `workers` (bitmask) as a BROADCAST:
- * all or none.  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */
-int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len);
+/* Hand a frame to every worker in `workers` (bitmask) as a BROADCAST,
+ * skipping full inboxes; *reached gets the workers that got it.  SL_OK,
+ * SL_CHAN_OVERLOADED (every inbox full) or SL_CHAN_NO_MEMORY. */
+int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len,
+                      uint64_t *reached);
 
 /* Delete a channel: remove it and every subscription, drop its retained
  * messages, and hand `frame` (the channel-deleted notice) to every worker
  * with subscribers, after everything published before.  *unsubscribed gets
  * the number of subscriptions removed, *woken the workers to wake.
- * SL_OK, SL_CHAN_NOT_SUBSCRIBED (no such channel) or SL_CHAN_OVERLOADED. */
+ * SL_OK, SL_CHAN_NOT_SUBSCRIBED (no such channel), SL_CHAN_OVERLOADED or
+ * SL_CHAN_NO_MEMORY. */
 int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame, size_t flen,
                    uint32_t *unsubscribed, uint64_t *woken);
 
@@ -169,12 +191,38 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
                           uint64_t *last);
 
+/* Lock-free figures of a channel (may be a message behind). */
+static inline uint64_t sl_chan_message_count(const sl_chan_t *c)
+{
+    return __atomic_load_n(&c->next_seq, __ATOMIC_RELAXED) - 1;
+}
+static inline uint64_t sl_chan_retained_count(const sl_chan_t *c)
+{
+    return __atomic_load_n(&c->ring_hi, __ATOMIC_RELAXED) -
+           __atomic_load_n(&c->ring_lo, __ATOMIC_RELAXED);
+}
+
 /* Drop a reference to a message (frees it with the last). */
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);
 
-/* Master, after a worker died: remove its subscriptions and fix the
- * channels' counts.  Returns how many were removed. */
-size_t sl_chan_worker_cleanup(sl_reg_t *r, int worker);
+/* The master, cleaning up after dead worker `worker`: remove subscription
+ * s (found in the table walk) from its channel.  Never waits for the
+ * channel lock: SL_AGAIN when a live process holds it (try later). */
+int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s);
+
+/* The master's reaper: delete c if it lingers (auto-created), has had no
+ * subscriber and no retained message for linger_ms.  Never waits for the
+ * lock (skipped when busy).  Returns true when it deleted it. */
+bool sl_chan_reap(sl_reg_t *r, sl_chan_t *c, int64_t now_mono, int64_t linger_ms);
+
+/* Walk a page of channels from bucket `cursor`: fn for each, until about
+ * `limit` were visited (whole buckets).  Returns the cursor of the next
+ * page, or 0 when this was the last.  Reader side. */
+uint32_t sl_chan_page(sl_reg_t *r, uint32_t cursor, uint32_t limit,
+                      void (*fn)(sl_chan_t *c, void *arg), void *arg);
+
+/* Repair the broadcast lock's hand-off (its recovery function). */
+void sl_chan_bcast_recover(void *arg);
 
 /* Figures. */
 typedef struct {

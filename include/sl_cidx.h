@@ -22,6 +22,10 @@ typedef struct sl_cidx_entry {
 
 /* The entry for a channel, or NULL. */
 sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
+/* Call fn for every entry whose channel hashes to `hash`. */
+void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
+/* Call fn for every entry. */
+void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Add / remove a local subscriber.  SL_OK or SL_ERROR (out of memory). */
 int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);

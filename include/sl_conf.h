@@ -96,6 +96,11 @@ typedef struct {
     int64_t message_retention;
     int64_t rpc_timeout_ms;
     int64_t max_subscriptions_per_connection;
+    int64_t max_channels;                 /* channels across the server */
+    int64_t channel_linger_ms;            /* empty auto-created channels go after this */
+    int64_t channel_creations_per_minute; /* per connection, by subscribing */
+    int64_t worker_stall_ms;              /* no progress this long: stalled */
+    int64_t worker_stall_kill_ms;         /* stalled this long: killed, replaced */
     sl_conf_channel_t *channels; /* --channel, resolved after parsing */
     int nchannels;
     char admin_token[256]; /* "" = admin API disabled */

@@ -68,6 +68,8 @@ struct sl_conn {
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
+    float chan_tokens;        /* channel creations it may still make (refilled per minute) */
+    int64_t chan_tokens_mono; /* last refill; 0: never created one */
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];

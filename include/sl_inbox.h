@@ -1,21 +1,34 @@
 /*
  * sl_inbox.h - one inbox per worker in shared memory: how any process hands
- * work (a published message to fan out, later direct messages) to a worker.
+ * work (a published message to fan out, a direct message) to a worker.
  *
  * A bounded ring of entries.  Producers (any worker, the master) enqueue
  * under the inbox's robust lock; the owning worker is the only consumer and
  * reads without the lock.  The tail index is the commit point of an
  * enqueue: an entry is written first, then published by a release store of
- * tail, so a producer killed mid-enqueue leaves nothing half-visible.  The
- * head index is written only by the consumer.  Wake-ups go through an
- * eventfd per worker (created by the master before forking, outside shm).
+ * tail.  The head index is written only by the consumer.  Wake-ups go
+ * through an eventfd per worker (created by the master before forking,
+ * outside shm).
+ *
+ * A push is recorded before it is made (sl_inbox_prepare: the entry, the
+ * tail it will go to, and the commit flag of the hand-off it belongs to),
+ * so a producer killed holding the lock leaves a push that recovery
+ * completes - if its hand-off committed - or drops.  A hand-off to several
+ * inboxes is all-or-none through that one commit flag (see channels.c).
+ *
+ * Missed messages: a producer that finds an inbox full skips it (one slow
+ * or stopped worker must not stop publishing for everyone) and notes the
+ * channel in the inbox's `missed` ring; the owner reads it (sl_inbox_missed)
+ * and closes its local subscribers of those channels with 1013, so they
+ * reconnect and recover with since-seq instead of silently missing a seq.
  */
 #ifndef SL_INBOX_H
 #define SL_INBOX_H
 
 #include "sl_lock.h"
 
-#define SL_INBOX_CAP 8192 /* entries; a power of two */
+#define SL_INBOX_CAP 8192   /* entries; a power of two */
+#define SL_INBOX_MISSED 256 /* channels noted as missed; a power of two */
 
 struct sl_chan_msg;
 
@@ -39,22 +52,52 @@ typedef struct {
 } sl_inbox_entry_t;
 
 typedef struct sl_inbox {
-    sl_lock_t lock;                            /* producers */
+    sl_lock_t lock; /* producers */
+    /* Intent of the push in progress (under the lock): pending.msg != NULL
+     * while one is recorded; pending_commit NULL means committed. */
+    sl_inbox_entry_t pending;
+    uint64_t pending_pos;
+    const uint32_t *pending_commit;
     uint64_t head __attribute__((aligned(64))); /* consumer only */
     uint64_t tail __attribute__((aligned(64))); /* producers, under the lock */
     uint64_t enqueued, refused;                /* figures */
+    uint64_t missed_n;                         /* producers, under the lock */
+    struct {
+        uint64_t chan_hash; /* the channel whose message was not put here */
+        uint64_t pos;       /* tail then: entries from pos on came after it */
+    } missed[SL_INBOX_MISSED];                 /* ring */
     sl_inbox_entry_t ring[SL_INBOX_CAP];
 } sl_inbox_t;
 
 int sl_inbox_init(sl_inbox_t *in);
 
-/* Producer, lock held: room for n more entries? */
+/* Producer side.  lock/unlock; then, lock held: */
+void sl_inbox_lock(sl_inbox_t *in);
+void sl_inbox_unlock(sl_inbox_t *in);
+/* Room for n more entries? (counts a refusal when not) */
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n);
-/* Producer, lock held, room checked: append and publish one entry. */
-void sl_inbox_push_locked(sl_inbox_t *in, const sl_inbox_entry_t *e);
+/* Record the push of e (room checked); `commit` points at the hand-off's
+ * commit flag (non-zero: committed), NULL for a push committed by itself. */
+void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t *commit);
+/* Make the recorded push: write the entry, publish it by the tail store. */
+void sl_inbox_push_prepared(sl_inbox_t *in);
+/* Forget the recorded push (the hand-off did not commit). */
+void sl_inbox_drop_prepared(sl_inbox_t *in);
+/* A message of channel `chan_hash` was not put in this (full) inbox. */
+void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash);
 
-/* Consumer: take the next entry; false when empty. */
-bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out);
+/* Consumer: take the next entry; false when empty.  *pos (may be NULL)
+ * gets its position. */
+bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos);
+
+/* Consumer: call fn for every channel noted as missed since *seen, up to
+ * the notes made before the entry at position `upto` was pushed
+ * (UINT64_MAX: all), and advance *seen past them.  So the owner delivers
+ * every entry pushed before a skip, and acts on the skip before the first
+ * entry pushed after it.  When more were noted than the ring keeps, fn gets
+ * 0 once: "anything may have been missed". */
+void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
+                     void (*fn)(uint64_t chan_hash, void *arg), void *arg);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

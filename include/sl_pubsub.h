@@ -32,8 +32,15 @@ void sl_pubsub_wake(void);
 /* Note workers to wake at the end of this turn (a bit per worker). */
 void sl_pubsub_wake_later(uint64_t workers);
 
-/* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}} */
-json_t *sl_pubsub_channels_json(void);
+/* Listings are paged so that one request costs one worker turn little:
+ * at most this many channels per page. */
+#define SL_CHANNELS_PAGE_MAX 1000
+
+/* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}}
+ * for about `limit` channels (capped at SL_CHANNELS_PAGE_MAX) from
+ * `cursor` (0: the first page); *next gets the next page's cursor, 0 after
+ * the last. */
+json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next);
 
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];

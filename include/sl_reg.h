@@ -15,6 +15,7 @@
 #define SL_REG_H
 
 #include "sl_arena.h"
+#include "sl_lock.h"
 #include "sl_qsbr.h"
 #include "sl_table.h"
 
@@ -34,6 +35,37 @@ typedef struct sl_reg_conn {
 
 struct sl_inbox;
 struct sl_access;
+struct sl_sub;
+struct sl_chan_msg;
+
+/* The update in progress under a channel's lock (or the broadcast lock):
+ * written before its first store, read by the lock's recovery (channels.c
+ * and shm/README.md say what each op does and how it is completed). */
+typedef struct {
+    uint32_t op;        /* SL_CI_* (sl_chan.h): 0 between updates */
+    uint32_t committed; /* hand-off commit flag: the inboxes' recorded pushes point here */
+    uint64_t targets;   /* inboxes the hand-off locks */
+    uint64_t got;       /* those with room, that get the message (set before the commit) */
+    struct sl_sub *sub; /* SUB, UNSUB, DEL: the subscription being linked / unlinked */
+    uint64_t sub_hash;
+    struct sl_chan_msg *msg; /* PUB, SEND, DEL, BCAST: the message being handed off */
+    uint64_t seq;            /* PUB: its seq */
+    uint64_t ring_lo, ring_hi;   /* the ring's positions before the step */
+    struct sl_chan_msg *dropped; /* pushed out of the ring; its reference still to drop */
+} sl_chan_intent_t;
+
+/* What the tables are sized for (from the configuration). */
+typedef struct {
+    uint64_t max_connections; /* conns: a bucket per 4 */
+    uint64_t max_channels;    /* channels: a bucket each; also the cap */
+    uint32_t nworkers;
+} sl_reg_limits_t;
+
+/* The broadcast hand-off's lock and intent. */
+typedef struct {
+    sl_lock_t lock;
+    sl_chan_intent_t intent;
+} sl_reg_bcast_t;
 
 typedef struct {
     sl_qsbr_t qsbr;
@@ -45,14 +77,18 @@ typedef struct {
     struct sl_inbox *inboxes[64]; /* one per worker, from the arena */
     struct sl_access *access;     /* sl_access.h: counts per IP and user, users */
     uint32_t nworkers;
+    uint64_t max_channels;
+    uint64_t hash_key[2]; /* the tables' SipHash key (random, drawn at init) */
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
+    sl_reg_bcast_t bcast;
 } sl_reg_t;
 
 /* Lay the registry's memory over region[0..size) (the mapping after its
- * fixed header); tables sized for `max_conns` connections.  SL_OK or
- * SL_ERROR (region too small). */
-int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint32_t nworkers);
+ * fixed header); tables sized from `lim`; draws the hash key (getrandom)
+ * and installs it for this process and every process forked after.
+ * SL_OK or SL_ERROR (region too small). */
+int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *lim);
 
 /* Register a connection (conn_id must be new: ids come from a server-wide
  * counter); NULL when shared memory is exhausted. */
@@ -63,9 +99,31 @@ void sl_reg_conn_remove(sl_reg_t *r, sl_reg_conn_t *c);
 /* Read side. */
 sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len);
 
-/* Master, after worker `worker` died: take its reader slot offline, remove
- * every connection and subscription it owned, and drop what was waiting in
- * its inbox.  Returns how many connections were removed. */
+/* After the process of QSBR slot `slot` died: repair every lock it may
+ * have held (sl_lock_recover_dead), then take its reader slot offline.  In
+ * this order: recovery may read objects the dead process was working on,
+ * which its online slot keeps from being reclaimed.  Returns how many
+ * locks needed repair. */
+size_t sl_reg_dead(sl_reg_t *r, int slot);
+
+/* The master's cleanup after worker `worker` died, in bounded steps so its
+ * event loop keeps running: connections, subscriptions, RPC requests it
+ * made or had claimed, then its inbox; each table is walked once, from
+ * where the previous step stopped.  Never waits for a channel lock (a busy
+ * one is retried at the next step). */
+typedef struct {
+    int worker;
+    int phase;       /* 0 start, then conns, subs, rpcs, inbox, done */
+    uint32_t cursor; /* next bucket of the table of this phase */
+    uint64_t removed_conns, removed_subs, rpcs, drained;
+    uint64_t steps, busy; /* steps taken, channel locks found busy */
+} sl_reg_cleanup_t;
+
+void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);
+/* One step of at most `budget` removals (and 4 x budget buckets); the
+ * caller's reader slot must be online.  SL_AGAIN: call again; SL_OK: done. */
+int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget);
+/* All of it at once (tests, and a master that is stopping). */
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker);
 
 /* Shared-memory figures for /stats and /health. */

@@ -6,12 +6,17 @@
  * request is accepted until exactly one party claims it: the first
  * response (state ANSWERED), the requester's timer (EXPIRED), or a cleanup
  * (requester gone, worker dead: CANCELLED).  The claim is one atomic
- * compare-and-swap on the state, so two responders on different workers
- * answering at the same instant cannot both win; the claimer then removes
- * the entry from the table.
+ * compare-and-swap on the state word, which also records who claimed (the
+ * claimer's worker slot), so two responders on different workers answering
+ * at the same instant cannot both win, and a claim held by a worker that
+ * died is found and settled by the master's cleanup (sl_rpc_cleanup_one);
+ * the claimer then removes the entry from the table.
  *
  * Deadlines are enforced by a timer in the requester's worker (one per
- * request), not by scanning the table.
+ * request), not by scanning the table.  The requester's worker is also
+ * where the client-visible outcome is decided exactly once: its local
+ * record of the request is settled by whichever comes first of the
+ * response's DIRECT entry and the timeout (src/call.c).
  */
 #ifndef SL_RPC_H
 #define SL_RPC_H
@@ -22,42 +27,57 @@
 
 enum { SL_RPC_PENDING = 0, SL_RPC_ANSWERED = 1, SL_RPC_EXPIRED = 2, SL_RPC_CANCELLED = 3 };
 
+/* The state word: kind in the low byte, (claimer slot + 1) in the next. */
+#define SL_RPC_KIND(state) ((state) & 0xff)
+#define SL_RPC_CLAIMER(state) ((int)(((state) >> 8) & 0xff) - 1)
+
 typedef struct {
     sl_table_node_t node; /* first: retired through QSBR */
     uint64_t no;          /* request number (the n of req-<ms>-<n>) */
-    uint32_t state;       /* atomic; see above */
+    uint32_t state;       /* atomic: kind | (claimer + 1) << 8; see above */
     int32_t worker;       /* the requester's */
     uint32_t slot;
     uint64_t conn_no;
     int64_t created_at, deadline; /* wall ms */
     char request_id[SL_RPC_ID_MAX];
-    char requester[SL_CONN_ID_MAX];
-    char channel_id[129];
+    /* The channel it was made on (a responder must subscribe to it when
+     * access control is on), NUL-terminated, in the same object: 152 bytes
+     * plus the id, a 256-byte object for ids up to 103 bytes. */
+    char channel_id[];
 } sl_rpc_t;
 
-/* Register a pending request; NULL when shared memory is exhausted. */
-sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t slot,
-                        uint64_t conn_no, const char *channel_id, size_t chan_len,
-                        int64_t timeout_ms);
+/* Register a pending request made on channel chan[0..chan_len) (at most
+ * 128 bytes); NULL when shared memory is exhausted. */
+sl_rpc_t *sl_rpc_create(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
+                        const char *chan, size_t chan_len, int64_t timeout_ms);
 
 /* Read side. */
 sl_rpc_t *sl_rpc_find(sl_reg_t *r, const char *request_id, size_t len);
 
-/* Claim a pending request for `state`: true for exactly one caller. */
-bool sl_rpc_claim(sl_rpc_t *q, uint32_t state);
+/* Claim a pending request for `kind` on behalf of slot `claimer` (a
+ * worker id, or SL_REG_MASTER_SLOT): true for exactly one caller. */
+bool sl_rpc_claim(sl_rpc_t *q, uint32_t kind, int claimer);
 /* Give back a claim that could not be completed (e.g. the response could
  * not be handed over): the request is pending again. */
 void sl_rpc_unclaim(sl_rpc_t *q);
 /* The claimer removes it (retired through QSBR). */
 void sl_rpc_remove(sl_reg_t *r, sl_rpc_t *q);
 
-/* Master, after a worker died: cancel and remove every request it made.
- * Returns how many. */
-size_t sl_rpc_worker_cleanup(sl_reg_t *r, int worker);
+/* Whether the entry concerns dead worker `worker`: it made the request,
+ * or holds its claim.  Read side. */
+bool sl_rpc_held_by(const sl_rpc_t *q, int worker);
+/* Master, after worker `worker` died, for an entry sl_rpc_held_by: a
+ * request it made is cancelled and removed (nobody to tell); a claim it
+ * held (a response it may or may not have handed over) is taken over and
+ * the entry removed, so the requester's timer settles it with
+ * rpc-timeout unless the response arrives first.  Returns 1 when it
+ * removed the entry. */
+int sl_rpc_cleanup_one(sl_reg_t *r, sl_rpc_t *q, int worker);
 
-/* Cancel and remove every pending request whose deadline passed; returns
- * how many (a safety net; the requester's timer normally does it). */
-size_t sl_rpc_expire(sl_reg_t *r, int64_t now_ms);
+/* Expire and remove every pending request whose deadline is before
+ * now_ms, claimed by slot `claimer`; returns how many (a safety net; the
+ * requester's timer normally does it).  Reader side: caller online. */
+size_t sl_rpc_expire(sl_reg_t *r, int64_t now_ms, int claimer);
 
 /* Pending requests, and those older than `old_ms`. */
 void sl_rpc_counts(sl_reg_t *r, int64_t now_ms, int64_t old_ms, uint64_t *pending,

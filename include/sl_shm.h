@@ -64,6 +64,7 @@ typedef enum {
     SL_ERR_RATE_LIMIT_CLOSED,   /* far over a rate limit: close 1008 */
     SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
     SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
+    SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -123,6 +124,13 @@ typedef struct {
     uint64_t rpc_expired;   /* this worker's requesters that timed out */
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
+    uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
+    /* Written by the master's watchdog (kept across respawns except stalled). */
+    uint32_t stalled;         /* 1 while the worker makes no progress */
+    uint32_t pad;
+    int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
+    uint64_t stalls;          /* times it was found stalled */
+    uint64_t stall_kills;     /* times it was killed for staying stalled */
     uint64_t errors[SL_ERR__COUNT];
     /* Owner-written figures (one writer: CMM_STORE_SHARED of the new value). */
     uint64_t bytes_in;  /* bytes read from client sockets */
@@ -145,6 +153,7 @@ typedef struct {
      * (processed) and what it failed to write out (errors). */
     uint64_t tel_processed;
     uint64_t tel_errors;
+    uint64_t channels_reaped; /* empty auto-created channels removed (the master) */
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
@@ -155,9 +164,9 @@ extern sl_shm_hdr_t *sl_shm;
 
 /* Create the shared mapping of `size` bytes: the header, then the
  * registry's arena over everything after it, with tables sized for
- * max_conns connections.  Returns SL_OK or SL_ERROR (errno set; EINVAL when
- * `size` is too small for the tables). */
-int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns);
+ * max_conns connections and max_channels channels.  Returns SL_OK or
+ * SL_ERROR (errno set; EINVAL when `size` is too small for the tables). */
+int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns, uint64_t max_channels);
 
 /* Smallest mapping the layout needs. */
 size_t sl_shm_min_size(void);

@@ -2,18 +2,23 @@
  * sl_table.h - an RCU hash table in shared memory.
  *
  * Fixed power-of-two bucket array (no resizing: size it for the expected
- * entries; lookups stay fast up to a load of about 1-2 entries per bucket
- * and degrade linearly beyond), chains of intrusive nodes, writers
- * serialised by lock striping (bucket i uses lock i % nlocks, robust
- * process-shared mutexes), readers lock-free.
+ * entries - the registry sizes its tables from the configuration; lookups
+ * stay fast up to a load of about 1-2 entries per bucket and degrade
+ * linearly beyond), chains of intrusive nodes, writers serialised by lock
+ * striping (bucket i uses stripe i % nstripes), readers lock-free.
  *
- * Every update is one publishing pointer store: insert publishes the new
+ * Hashing is keyed (SipHash-1-3 with a random 128-bit key the registry
+ * draws before any worker is forked), so a client cannot choose keys that
+ * collide: chains stay short whatever ids it sends.
+ *
+ * Every update publishes with one pointer store: insert publishes the new
  * node at the chain head with rcu_assign_pointer; remove unlinks with one
  * store and retires the node through QSBR; replace links the new node where
  * the old one was with one rcu_assign_pointer.  So at every instant the
- * chains are consistent, and a writer that dies holding a stripe lock
- * leaves nothing to repair: at most the node it was inserting (allocated,
- * never published) or removing (unlinked, never retired) is leaked.
+ * chains are consistent for readers.  A writer records its update in the
+ * stripe (op, node) before its first store; if it dies holding the stripe
+ * lock, recovery completes it - publishes the node it was inserting, or
+ * retires the node it had unlinked - and recounts the stripe.
  *
  * Readers must be in a QSBR read-side section (a worker between two
  * quiescent states) and may use a node until their next quiescent state.
@@ -33,20 +38,36 @@ typedef struct sl_table_node {
     const char *key; /* points into the node's own object, in shared memory */
 } sl_table_node_t;
 
+struct sl_table;
+
+/* A stripe: its writers' lock, the intent of the update in progress, and
+ * how many nodes its buckets hold. */
 typedef struct {
+    sl_lock_t lock;
+    uint32_t op; /* intent: 0 none, else the update in progress */
+    uint32_t pad;
+    sl_table_node_t *node, *old;
+    uint64_t count; /* nodes in this stripe's buckets (atomic for readers) */
+    struct sl_table *table;
+} __attribute__((aligned(64))) sl_table_stripe_t;
+
+typedef struct sl_table {
     uint32_t nbuckets, nlocks; /* powers of two */
-    uint64_t count;
     sl_arena_t *arena;
     sl_qsbr_t *qsbr;
     sl_table_node_t **buckets;
-    sl_lock_t *locks;
+    sl_table_stripe_t *stripes;
 } sl_table_t;
 
 #define SL_TABLE_EXISTS 1
 
+/* The keyed hash of every table: set the key once, before any fork. */
+void sl_table_set_key(const uint64_t key[2]);
 uint64_t sl_table_hash(const void *key, size_t len);
+/* SipHash-c-d (sl_table_hash is c=1, d=3); for the test vectors. */
+uint64_t sl_siphash(const uint64_t key[2], int c, int d, const void *data, size_t len);
 
-/* Allocate a table (and its buckets and locks) from the arena. */
+/* Allocate a table (and its buckets and stripes) from the arena. */
 sl_table_t *sl_table_create(sl_arena_t *a, sl_qsbr_t *q, uint32_t nbuckets, uint32_t nlocks);
 
 /* Read side. */
@@ -61,6 +82,12 @@ void sl_table_insert_new(sl_table_t *t, sl_table_node_t *n);
 /* Unlink and retire; returns the node (readable until the caller's next
  * quiescent state) or NULL when absent. */
 sl_table_node_t *sl_table_remove(sl_table_t *t, uint64_t hash, const char *key, size_t klen);
+/* Unlink and retire exactly this node (found by address in the chain of
+ * `hash`, never dereferenced unless found): true if it was there. */
+bool sl_table_remove_node(sl_table_t *t, uint64_t hash, sl_table_node_t *n);
+/* Whether exactly this node is in the chain of `hash` (takes the stripe
+ * lock, so a dead writer's update of that stripe is completed first). */
+bool sl_table_has_node(sl_table_t *t, uint64_t hash, const sl_table_node_t *n);
 /* Put `n` in place of the node with the same key (retired), or insert it;
  * returns the old node or NULL. */
 sl_table_node_t *sl_table_replace(sl_table_t *t, sl_table_node_t *n);
@@ -79,9 +106,19 @@ sl_table_node_t *sl_table_replace_locked(sl_table_t *t, sl_table_node_t *n);
  * be.  Stop early by returning non-zero from fn. */
 void sl_table_foreach(sl_table_t *t, int (*fn)(sl_table_node_t *n, void *arg), void *arg);
 
-static inline uint64_t sl_table_count(const sl_table_t *t)
-{
-    return __atomic_load_n(&t->count, __ATOMIC_RELAXED);
-}
+/* Visit the nodes of buckets [from, from + max_buckets) (read side), one
+ * whole bucket at a time; fn returning non-zero ends the walk after the
+ * current bucket.  Returns the next bucket to visit (nbuckets: done).  For
+ * walks spread over several loop turns: resume from the value returned. */
+uint32_t sl_table_walk(sl_table_t *t, uint32_t from, uint32_t max_buckets,
+                       int (*fn)(sl_table_node_t *n, void *arg), void *arg);
+
+/* First node of bucket i (read side). */
+sl_table_node_t *sl_table_bucket(sl_table_t *t, uint32_t i);
+
+uint64_t sl_table_count(const sl_table_t *t);
+
+/* Lock recoveries over all stripes (figures, tests). */
+uint64_t sl_table_recoveries(const sl_table_t *t);
 
 #endif

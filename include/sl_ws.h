@@ -30,6 +30,7 @@ enum {
     SL_WS_CLOSE_POLICY = 1008,
     SL_WS_CLOSE_TOO_BIG = 1009,
     SL_WS_CLOSE_INTERNAL = 1011,
+    SL_WS_CLOSE_TRY_AGAIN = 1013, /* missed messages: reconnect and recover */
 };
 
 /* Largest header a frame can have: 2 + 8 (length) + 4 (mask). */

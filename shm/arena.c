@@ -17,39 +17,23 @@
  * rebuild makes the derived data agree.  The only possible loss is an
  * object whose allocation committed but whose pointer never reached the
  * caller (a leak that the figures still count as used).
+ *
+ * Arena lock, invariants: every page is covered by exactly one of: a free
+ * run (on the free list, length on its head, boundary tag on its last
+ * page), a slab page (on its class and owner's partial list iff it has a
+ * free slot, `used` = bits set), or an allocated run (head + tails); the
+ * figures are the sums of the above.  Recovery = sl_arena_rebuild.  A page
+ * descriptor that matches no valid kind (memory corruption, never written
+ * by this code) is quarantined as a one-page allocated run: leaked, never
+ * reused, so rebuild always terminates and never hands out live memory.
  */
 #include "sl_arena.h"
+#include "sl_crash.h"
 
 #include <string.h>
 #include <urcu/arch.h>
 
-#define NONE UINT32_MAX
-
-enum { PG_FREE = 0, PG_SLAB = 1, PG_RUN = 2, PG_TAIL = 3 };
-
-typedef struct {
-    uint8_t kind;      /* truth */
-    uint8_t cls;       /* truth, PG_SLAB */
-    uint8_t owner;     /* truth, PG_SLAB: the process that allocates from it */
-    uint16_t used;     /* derived: allocated slots, PG_SLAB */
-    uint32_t run;      /* PG_RUN: pages in the run (truth); free head: run length */
-    uint32_t head;     /* free runs: on the last page, the run's first page */
-    uint32_t next, prev; /* derived list links (partial lists, free list) */
-    uint64_t bits[4];  /* truth, PG_SLAB: one bit per slot, 1 = allocated */
-} page_t;
-
-struct sl_arena {
-    sl_lock_t lock;
-    uint32_t npages;
-    bool poison;
-    uint8_t *base;
-    page_t *pages;
-    uint32_t partial[SL_ARENA_CLASSES][SL_ARENA_OWNERS]; /* derived */
-    uint32_t free_head;                 /* derived */
-    uint64_t free_pages, run_pages;     /* derived */
-    uint64_t cls_used[SL_ARENA_CLASSES], cls_total[SL_ARENA_CLASSES]; /* derived */
-    uint64_t failures, bad_frees;       /* event counts (not derived) */
-};
+#include "arena_layout.h"
 
 /* Per process (not in the shared header): whose pages we allocate from. */
 static unsigned my_owner = SL_ARENA_OWNERS - 1;
@@ -141,6 +125,8 @@ static void pages_give(sl_arena_t *a, uint32_t h, uint32_t k)
 
 static void arena_recover(void *arg)
 {
+    if (SL_MUTATED(M_ARENA_RECOVER))
+        return;
     sl_arena_rebuild(arg);
 }
 
@@ -197,16 +183,24 @@ void sl_arena_rebuild(sl_arena_t *a)
             if (used < slots_of(p->cls))
                 list_push(a, &a->partial[p->cls][p->owner], i);
             i++;
-        } else {
+        } else if (p->kind == PG_FREE || p->kind == PG_TAIL) {
             /* Free, or a tail no run head covers (an allocation or free cut
              * short): all of it is free. */
             uint32_t h = i;
-            while (i < a->npages && a->pages[i].kind != PG_RUN && a->pages[i].kind != PG_SLAB) {
+            while (i < a->npages &&
+                   (a->pages[i].kind == PG_FREE || a->pages[i].kind == PG_TAIL)) {
                 a->pages[i].kind = PG_FREE;
                 i++;
             }
             a->free_pages += i - h;
             free_run_add(a, h, i - h);
+        } else {
+            /* Corrupt: no valid kind, or a run/slab with impossible fields.
+             * Quarantine the page (see the top of this file). */
+            p->kind = PG_RUN;
+            p->run = 1;
+            a->run_pages++;
+            i++;
         }
     }
 }
@@ -230,15 +224,19 @@ static void *slab_alloc(sl_arena_t *a, unsigned c)
         uint32_t h = pages_take(a, 1);
         if (h == NONE)
             return NULL;
+        SL_CRASHPOINT("arena.slab.page-taken");
         page_t *p = &a->pages[h];
         memset(p->bits, 0, sizeof(p->bits));
         p->used = 0;
         p->cls = (uint8_t)c;
         p->owner = (uint8_t)my_owner;
+        SL_CRASHPOINT("arena.slab.prepared");
         cmm_smp_wmb(); /* bitmap, class, owner before the kind that makes them true */
         p->kind = PG_SLAB;
+        SL_CRASHPOINT("arena.slab.committed");
         a->cls_total[c] += slots_of(c);
         list_push(a, partial, h);
+        SL_CRASHPOINT("arena.slab.listed");
     }
     uint32_t h = *partial;
     page_t *p = &a->pages[h];
@@ -251,10 +249,14 @@ static void *slab_alloc(sl_arena_t *a, unsigned c)
         if (slot >= nslots)
             break;
         p->bits[w] |= 1ULL << b; /* the commit: this slot is now allocated */
+        SL_CRASHPOINT("arena.alloc.bit");
         p->used++;
         a->cls_used[c]++;
-        if (p->used == nslots)
+        SL_CRASHPOINT("arena.alloc.counted");
+        if (p->used == nslots) {
             list_remove(a, partial, h);
+            SL_CRASHPOINT("arena.alloc.page-full");
+        }
         return a->base + (size_t)h * SL_ARENA_PAGE + slot * size_of(c);
     }
     return NULL; /* unreachable: a partial page has a free slot */
@@ -268,12 +270,24 @@ static void *run_alloc(sl_arena_t *a, size_t n)
     uint32_t h = pages_take(a, (uint32_t)k);
     if (h == NONE)
         return NULL;
-    a->pages[h].run = (uint32_t)k;
-    for (uint32_t i = 1; i < k; i++)
-        a->pages[h + i].kind = PG_TAIL;
-    cmm_smp_wmb(); /* length and tails before the head's kind commits */
-    a->pages[h].kind = PG_RUN;
+    SL_CRASHPOINT("arena.run.pages-taken");
+    if (SL_MUTATED(M_ARENA_COMMIT_ORDER)) {
+        a->pages[h].kind = PG_RUN; /* mutant: the head before its length */
+        SL_CRASHPOINT("arena.run.prepared");
+        a->pages[h].run = (uint32_t)k;
+        for (uint32_t i = 1; i < k; i++)
+            a->pages[h + i].kind = PG_TAIL;
+    } else {
+        a->pages[h].run = (uint32_t)k;
+        for (uint32_t i = 1; i < k; i++)
+            a->pages[h + i].kind = PG_TAIL;
+        SL_CRASHPOINT("arena.run.prepared");
+        cmm_smp_wmb(); /* length and tails before the head's kind commits */
+        a->pages[h].kind = PG_RUN;
+    }
+    SL_CRASHPOINT("arena.run.committed");
     a->run_pages += k;
+    SL_CRASHPOINT("arena.run.counted");
     return a->base + (size_t)h * SL_ARENA_PAGE;
 }
 
@@ -326,18 +340,25 @@ void sl_arena_free(sl_arena_t *a, void *ptr)
         bool was_full = p->used == slots_of(p->cls);
         cmm_smp_wmb(); /* poison lands before the slot is free to reuse */
         p->bits[slot / 64] &= ~bit; /* the commit */
+        SL_CRASHPOINT("arena.free.bit");
         p->used--;
         a->cls_used[p->cls]--;
+        SL_CRASHPOINT("arena.free.counted");
         uint32_t *partial = &a->partial[p->cls][p->owner];
-        if (was_full)
+        if (was_full) {
             list_push(a, partial, h);
+            SL_CRASHPOINT("arena.free.listed");
+        }
         /* An empty page goes back to the page pool unless it is its
          * owner's only partial page of the class (which avoids thrashing). */
         if (p->used == 0 && !(*partial == h && p->next == NONE)) {
             list_remove(a, partial, h);
             a->cls_total[p->cls] -= slots_of(p->cls);
+            SL_CRASHPOINT("arena.free.page-unlisted");
             p->kind = PG_FREE; /* the commit */
+            SL_CRASHPOINT("arena.free.page-freed");
             pages_give(a, h, 1);
+            SL_CRASHPOINT("arena.free.page-given");
         }
     } else if (p->kind == PG_RUN && off % SL_ARENA_PAGE == 0) {
         uint32_t k = p->run;
@@ -345,10 +366,13 @@ void sl_arena_free(sl_arena_t *a, void *ptr)
             memset(ptr, 0x5A, (size_t)k * SL_ARENA_PAGE);
         cmm_smp_wmb();
         p->kind = PG_FREE; /* the commit: the run is free */
+        SL_CRASHPOINT("arena.run-free.committed");
         for (uint32_t i = 1; i < k; i++)
             a->pages[h + i].kind = PG_FREE;
+        SL_CRASHPOINT("arena.run-free.tails");
         a->run_pages -= k;
         pages_give(a, h, k);
+        SL_CRASHPOINT("arena.run-free.given");
     } else {
         a->bad_frees++;
     }

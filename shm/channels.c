@@ -1,34 +1,61 @@
 /*
  * channels.c - channels, subscriptions and publishing (see sl_chan.h).
  *
- * Lock order: channel lock -> subscription stripe -> inbox locks (ascending
- * worker id) -> arena.  Nothing takes a channel lock while holding another
- * lock of this list.
+ * Lock order: channel lock (or the broadcast lock) -> inbox locks
+ * (ascending worker id) -> subscription/channel stripes -> limbo -> arena.
+ * Nothing takes a channel lock while holding another lock of this list.
+ *
+ * Channel lock, invariants (between updates, and after recovery):
+ *  - the list c->subs, followed through next, holds exactly the channel's
+ *    subscriptions in the subscriptions table; prev pointers mirror next;
+ *    worker_subs[w] counts the list's nodes of worker w and subscribers
+ *    their sum; no node on the list is retired;
+ *  - ring positions [ring_lo, ring_hi) hold retained messages, at most
+ *    message_retention of them, each holding one reference;
+ *  - next_seq - 1 is the last seq handed off (= message-count);
+ *  - deleted: the list and ring are empty and the channel is no longer in
+ *    the channels table (or is being removed by the update in intent);
+ *  - intent.op is SL_CI_NONE.
+ *
+ * Every multi-store update records its intent (op and the objects it
+ * works on) before its first store, and clears it after its last.  The
+ * lock's recovery (chan_recover) completes what was recorded:
+ *  - SUB: links the node on the list and into the table if it is not yet
+ *    (roll forward: the master's cleanup then removes the dead worker's
+ *    subscriptions, and recovery runs before it);
+ *  - UNSUB: if the node is still in the table it is unlinked from the list
+ *    and removed from the table; if it is no longer in the table it was
+ *    retired, and so - unlink before retire - is off the list already;
+ *  - PUB / SEND / DEL / BCAST hand-offs: every target inbox lock is taken
+ *    (each one's recovery makes or drops its recorded push, by the commit
+ *    flag); if the hand-off had not committed, nothing went out: the
+ *    message is freed and the update undone (a delete did not happen, a
+ *    publish took no seq); if it had, the rest is completed (seq, ring, or
+ *    the whole delete);
+ *  - then the counts are recomputed from the list, and the intent cleared.
+ * Recovery reads only objects the dead process was working on, which cannot
+ * have been reclaimed yet: the master repairs a dead process's locks before
+ * it releases its reader slot (sl_reg_dead).
+ *
+ * A SIGKILL may leak one object, never corrupt: one allocated but not yet
+ * recorded in an intent (a message being encoded, a subscription node, a
+ * channel), or a message whose reference the dead process had taken out of
+ * the ring (or an inbox) but not yet dropped.  shm/README.md lists them.
  */
 #include "sl_chan.h"
+#include "sl_crash.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <urcu/arch.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
 
 #include "sl_ws.h"
 
-int sl_chan_init(sl_reg_t *r, uint32_t nworkers)
-{
-    r->channels = sl_table_create(r->arena, &r->qsbr, 4096, 64);
-    r->subs = sl_table_create(r->arena, &r->qsbr, 16384, 64);
-    if (r->channels == NULL || r->subs == NULL || nworkers > SL_CHAN_MAX_WORKERS)
-        return SL_ERROR;
-    r->nworkers = nworkers;
-    for (uint32_t i = 0; i < nworkers; i++) {
-        r->inboxes[i] = sl_arena_alloc(r->arena, sizeof(sl_inbox_t));
-        if (r->inboxes[i] == NULL || sl_inbox_init(r->inboxes[i]) != SL_OK)
-            return SL_ERROR;
-    }
-    return SL_OK;
-}
+static void chan_recover(void *arg);
 
 bool sl_chan_id_valid(const char *id, size_t len)
 {
@@ -68,28 +95,31 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
                    sl_chan_t **out)
 {
     *out = NULL;
-    sl_chan_t *c = sl_arena_calloc(r->arena, sizeof(*c));
+    if ((*out = sl_chan_find(r, id, len)) != NULL)
+        return SL_CHAN_EXISTS;
+    /* The cap is checked against the live count: concurrent creators may
+     * pass it together, so it can be exceeded by one per worker at most. */
+    if (sl_table_count(r->channels) >= r->max_channels)
+        return SL_CHAN_TOO_MANY;
+    size_t retention = cfg->message_retention > 0 ? (size_t)cfg->message_retention : 0;
+    sl_chan_t *c = sl_arena_calloc(r->arena, sizeof(*c) + sizeof(c->ring[0]) * retention);
     if (c == NULL)
         return SL_CHAN_NO_MEMORY;
-    if (cfg->message_retention > 0) {
-        c->ring = sl_arena_calloc(r->arena, sizeof(*c->ring) * (size_t)cfg->message_retention);
-        if (c->ring == NULL) {
-            sl_arena_free(r->arena, c);
-            return SL_CHAN_NO_MEMORY;
-        }
-    }
+    SL_CRASHPOINT("chan.create.allocated");
+    c->reg = r;
     memcpy(c->id, id, len);
     new_epoch(c->epoch);
     c->config = *cfg;
+    c->config.message_retention = (int64_t)retention;
     c->created_at = sl_now_ms();
+    c->empty_since = sl_mono_ms();
     c->next_seq = 1;
-    sl_lock_init(&c->lock, NULL, NULL);
+    sl_lock_init(&c->lock, chan_recover, c);
     c->node.key = c->id;
     c->node.klen = (uint32_t)len;
     c->node.hash = sl_table_hash(id, len);
     if (sl_table_insert(r->channels, &c->node) == SL_TABLE_EXISTS) {
         /* Someone created it first: use theirs. */
-        sl_arena_free(r->arena, c->ring);
         sl_arena_free(r->arena, c);
         *out = sl_chan_find(r, id, len);
         return *out ? SL_CHAN_EXISTS : SL_CHAN_NO_MEMORY;
@@ -107,6 +137,85 @@ static size_t sub_key(char *key, const sl_chan_t *c, const char *conn_id)
     return cl + 1 + nl;
 }
 
+/* ------------------------------------------------------------ intents */
+
+static void intent_begin(sl_chan_intent_t *in, int op)
+{
+    cmm_smp_wmb(); /* the recorded fields before the op that validates them */
+    CMM_STORE_SHARED(in->op, (uint32_t)op);
+}
+
+static void intent_end(sl_chan_intent_t *in)
+{
+    cmm_smp_wmb();
+    CMM_STORE_SHARED(in->op, SL_CI_NONE);
+    in->sub = NULL;
+    in->msg = NULL;
+    in->dropped = NULL;
+}
+
+static void intent_clear_fields(sl_chan_intent_t *in)
+{
+    in->committed = 0;
+    in->targets = 0;
+    in->got = 0;
+    in->sub = NULL;
+    in->sub_hash = 0;
+    in->msg = NULL;
+    in->seq = 0;
+    in->dropped = NULL;
+}
+
+/* -------------------------------------------------------- subscribers */
+
+static bool on_list(const sl_chan_t *c, const sl_sub_t *s)
+{
+    for (const sl_sub_t *x = c->subs; x; x = x->next)
+        if (x == s)
+            return true;
+    return false;
+}
+
+/* Unlink s from the list (s is on it).  Lock held. */
+static void list_unlink(sl_chan_t *c, sl_sub_t *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->subs = s->next;
+    SL_CRASHPOINT("chan.unsub.unlinked");
+    if (s->next)
+        s->next->prev = s->prev;
+    SL_CRASHPOINT("chan.unsub.prev-fixed");
+}
+
+/* Recovery: unlink s wherever it is, trusting next pointers only. */
+static void list_unlink_walk(sl_chan_t *c, sl_sub_t *s)
+{
+    for (sl_sub_t **link = &c->subs; *link; link = &(*link)->next)
+        if (*link == s) {
+            *link = s->next;
+            return;
+        }
+}
+
+/* Counts and prev pointers from the list (the truth).  Lock held. */
+static void recount(sl_chan_t *c)
+{
+    uint32_t total = 0;
+    memset(c->worker_subs, 0, sizeof(c->worker_subs));
+    sl_sub_t *prev = NULL;
+    for (sl_sub_t *s = c->subs; s; prev = s, s = s->next) {
+        s->prev = prev;
+        if (s->worker >= 0 && s->worker < SL_CHAN_MAX_WORKERS)
+            c->worker_subs[s->worker]++;
+        total++;
+    }
+    if (total == 0 && uatomic_read(&c->subscribers) != 0)
+        uatomic_set(&c->empty_since, sl_mono_ms());
+    uatomic_set(&c->subscribers, total);
+}
+
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
                       uint32_t *count)
 {
@@ -114,11 +223,12 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
         return SL_ERROR;
     char key[sizeof(((sl_sub_t *)0)->key)];
     size_t klen = sub_key(key, c, conn_id);
+    uint64_t hash = sl_table_hash(key, klen);
     int rc = SL_OK;
     sl_lock_acquire(&c->lock);
     if (c->deleted) {
         rc = SL_CHAN_NOT_SUBSCRIBED; /* gone between lookup and lock */
-    } else if (sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen)) {
+    } else if (sl_table_lookup(r->subs, hash, key, klen)) {
         rc = SL_CHAN_ALREADY;
     } else if ((int64_t)c->subscribers >= c->config.max_subscribers) {
         rc = SL_CHAN_FULL;
@@ -127,20 +237,34 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
         if (s == NULL) {
             rc = SL_CHAN_NO_MEMORY;
         } else {
+            SL_CRASHPOINT("chan.sub.allocated");
             memcpy(s->key, key, klen);
             s->worker = worker;
             s->slot = slot;
             s->chan_len = c->node.klen;
             s->node.key = s->key;
             s->node.klen = (uint32_t)klen;
-            s->node.hash = sl_table_hash(key, klen);
-            sl_table_insert_new(r->subs, &s->node); /* absent: checked under the lock */
+            s->node.hash = hash;
+            sl_chan_intent_t *in = &c->intent;
+            intent_clear_fields(in);
+            in->sub = s;
+            in->sub_hash = hash;
+            intent_begin(in, SL_CI_SUB);
+            SL_CRASHPOINT("chan.sub.intent");
+            /* The list first, then the table (lock-free readers). */
+            s->prev = NULL;
             s->next = c->subs;
             if (c->subs)
                 c->subs->prev = s;
+            SL_CRASHPOINT("chan.sub.prev-set");
             c->subs = s;
+            SL_CRASHPOINT("chan.sub.listed");
+            sl_table_insert_new(r->subs, &s->node); /* absent: checked under the lock */
+            SL_CRASHPOINT("chan.sub.inserted");
             c->worker_subs[worker]++;
             uatomic_set(&c->subscribers, c->subscribers + 1);
+            SL_CRASHPOINT("chan.sub.counted");
+            intent_end(in);
         }
     }
     *count = c->subscribers;
@@ -160,6 +284,34 @@ bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
     return sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen) != NULL;
 }
 
+/* Remove subscription s of c (on the list and in the table).  Lock held. */
+static void unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s)
+{
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->sub = s;
+    in->sub_hash = s->node.hash;
+    intent_begin(in, SL_CI_UNSUB);
+    SL_CRASHPOINT("chan.unsub.intent");
+    if (SL_MUTATED(M_RETIRE_BEFORE_UNLINK)) {
+        sl_table_remove_node(r->subs, s->node.hash, &s->node);
+        SL_CRASHPOINT("chan.unsub.removed");
+        list_unlink(c, s);
+    } else {
+        /* Unlink before retire: the list must never hold a retired node. */
+        list_unlink(c, s);
+        sl_table_remove_node(r->subs, s->node.hash, &s->node);
+        SL_CRASHPOINT("chan.unsub.removed");
+    }
+    if (c->worker_subs[s->worker] > 0)
+        c->worker_subs[s->worker]--;
+    if (c->subscribers == 1)
+        uatomic_set(&c->empty_since, sl_mono_ms());
+    uatomic_set(&c->subscribers, c->subscribers - 1);
+    SL_CRASHPOINT("chan.unsub.counted");
+    intent_end(in);
+}
+
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count)
 {
     char key[sizeof(((sl_sub_t *)0)->key)];
@@ -168,25 +320,18 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t
     size_t klen = sub_key(key, c, conn_id);
     int rc = SL_OK;
     sl_lock_acquire(&c->lock);
-    sl_sub_t *s = (sl_sub_t *)sl_table_remove(r->subs, sl_table_hash(key, klen), key, klen);
-    if (s == NULL) {
+    sl_sub_t *s = (sl_sub_t *)sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen);
+    if (s == NULL || c->deleted)
         rc = SL_CHAN_NOT_SUBSCRIBED;
-    } else {
-        if (s->prev)
-            s->prev->next = s->next;
-        else
-            c->subs = s->next;
-        if (s->next)
-            s->next->prev = s->prev;
-        if (c->worker_subs[s->worker] > 0)
-            c->worker_subs[s->worker]--;
-        uatomic_set(&c->subscribers, c->subscribers - 1);
-    }
+    else
+        unsubscribe_locked(r, c, s);
     if (count)
         *count = c->subscribers;
     sl_lock_release(&c->lock);
     return rc;
 }
+
+/* --------------------------------------------------------------- messages */
 
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m)
 {
@@ -245,63 +390,8 @@ static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, 
     return m;
 }
 
-/* Workers holding subscribers of c (channel lock held). */
-static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c, uint32_t *subscribers)
-{
-    uint64_t targets = 0;
-    *subscribers = 0;
-    for (uint32_t w = 0; w < r->nworkers; w++)
-        if (c->worker_subs[w] > 0) {
-            targets |= (uint64_t)1 << w;
-            *subscribers += c->worker_subs[w];
-        }
-    return targets;
-}
-
-/* Put one entry for m in every target inbox, or in none: every target
- * inbox is taken (ascending: a fixed order, no deadlock) and checked for
- * room before anything is committed.  m->refs must already count the
- * entries.  SL_OK, or SL_CHAN_OVERLOADED with nothing handed off. */
-static int hand_off_kind(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, int kind,
-                         uint64_t exclude_conn)
-{
-    uint32_t locked = 0;
-    bool room = true;
-    for (uint32_t w = 0; w < r->nworkers; w++) {
-        if (!(targets >> w & 1))
-            continue;
-        sl_lock_acquire(&r->inboxes[w]->lock);
-        locked = w + 1;
-        if (!sl_inbox_has_room(r->inboxes[w], 1)) {
-            uatomic_add(&r->inboxes[w]->refused, 1);
-            room = false;
-            break;
-        }
-    }
-    if (!room) {
-        for (uint32_t w = 0; w < locked; w++)
-            if (targets >> w & 1)
-                sl_lock_release(&r->inboxes[w]->lock);
-        return SL_CHAN_OVERLOADED;
-    }
-    for (uint32_t w = 0; w < r->nworkers; w++) {
-        if (!(targets >> w & 1))
-            continue;
-        sl_inbox_entry_t e = {.kind = (uint32_t)kind, .exclude_conn = exclude_conn, .msg = m};
-        sl_inbox_push_locked(r->inboxes[w], &e);
-        sl_lock_release(&r->inboxes[w]->lock);
-    }
-    return SL_OK;
-}
-
-static int hand_off(sl_reg_t *r, uint64_t targets, sl_chan_msg_t *m, uint64_t exclude_conn)
-{
-    return hand_off_kind(r, targets, m, SL_INBOX_CHANNEL_MSG, exclude_conn);
-}
-
 /* A message object around an already encoded frame. */
-static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
-                                   size_t payload_off)
+static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len)
 {
     sl_chan_msg_t *m = sl_arena_alloc(r->arena, sizeof(*m) + len);
     if (m == NULL)
@@ -315,10 +405,239 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
     if (c)
         memcpy(m->id, c->id, c->node.klen);
     m->id[m->idlen] = '\0';
-    m->payload_off = (uint32_t)payload_off;
-    memcpy(m->frame, frame, len);
+    m->payload_off = 0;
+    if (len)
+        memcpy(m->frame, frame, len);
     return m;
 }
+
+/* Workers holding subscribers of c (channel lock held). */
+static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c)
+{
+    uint64_t targets = 0;
+    for (uint32_t w = 0; w < r->nworkers; w++)
+        if (c->worker_subs[w] > 0)
+            targets |= (uint64_t)1 << w;
+    return targets;
+}
+
+static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
+{
+    uint32_t n = 0;
+    for (uint32_t w = 0; w < r->nworkers; w++)
+        if (workers >> w & 1)
+            n += c->worker_subs[w];
+    return n;
+}
+
+/* ----------------------------------------------------------- hand-off */
+
+/* Hand m to every worker of in->targets whose inbox has room, all of them
+ * or none, with one commit store (in->committed).  The outer lock (channel
+ * or broadcast) is held and in->op, in->msg and in->targets are recorded.
+ *
+ *  1. take every target inbox lock (ascending: a fixed order, no deadlock)
+ *     and see which have room; none: release all, return 0, nothing done;
+ *  2. m->refs = their number + extra (nothing else can see m yet);
+ *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
+ *  4. the commit: in->committed = 1;
+ *  5. push into each and release it; full inboxes are noted as missed
+ *     (when note_missed) and released.
+ * A process killed before 4 leaves recorded pushes that recovery drops; at
+ * or after 4, pushes that recovery makes.  Returns the workers that got m;
+ * the caller must not read m afterwards (the references are theirs). */
+static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, bool note_missed)
+{
+    uint64_t targets = in->targets, push = 0;
+    uint64_t chan_hash = m->chan_hash; /* read now: after a push m is not ours */
+    for (uint32_t w = 0; w < r->nworkers; w++) {
+        if (!(targets >> w & 1))
+            continue;
+        sl_inbox_lock(r->inboxes[w]);
+        if (sl_inbox_has_room(r->inboxes[w], 1))
+            push |= (uint64_t)1 << w;
+    }
+    SL_CRASHPOINT("handoff.locked");
+    if (push == 0 && targets != 0) {
+        for (uint32_t w = 0; w < r->nworkers; w++)
+            if (targets >> w & 1)
+                sl_inbox_unlock(r->inboxes[w]);
+        return 0;
+    }
+    m->refs = (uint32_t)__builtin_popcountll(push) + extra_refs;
+    in->got = push;
+    sl_inbox_entry_t e = *tmpl;
+    e.msg = m;
+    for (uint32_t w = 0; w < r->nworkers; w++)
+        if (push >> w & 1)
+            sl_inbox_prepare(r->inboxes[w], &e, &in->committed);
+    SL_CRASHPOINT("handoff.prepared");
+    if (!SL_MUTATED(M_HANDOFF_COMMIT)) {
+        cmm_smp_wmb(); /* every recorded push before the commit that makes them due */
+        CMM_STORE_SHARED(in->committed, 1);
+        SL_CRASHPOINT("handoff.committed");
+    }
+    for (uint32_t w = 0; w < r->nworkers; w++) {
+        if (!(targets >> w & 1))
+            continue;
+        if (push >> w & 1) {
+            sl_inbox_push_prepared(r->inboxes[w]);
+            SL_CRASHPOINT("handoff.pushed");
+        } else if (note_missed) {
+            sl_inbox_note_missed(r->inboxes[w], chan_hash);
+        }
+        sl_inbox_unlock(r->inboxes[w]);
+    }
+    if (SL_MUTATED(M_HANDOFF_COMMIT)) {
+        CMM_STORE_SHARED(in->committed, 1); /* mutant: committed after the pushes */
+        SL_CRASHPOINT("handoff.committed");
+    }
+    return push;
+}
+
+/* Recovery of a hand-off recorded in `in`: take and release every target
+ * inbox lock (each one's recovery makes or drops its recorded push), then
+ * free the message if the hand-off never committed.  A committed one also
+ * notes the channel (chan_hash, 0: none) as missed in the target inboxes
+ * that were full, in case the dead owner had not.  Returns whether it had
+ * committed. */
+static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash)
+{
+    for (uint32_t w = 0; w < r->nworkers; w++)
+        if (in->targets >> w & 1) {
+            sl_inbox_lock(r->inboxes[w]);
+            if (in->committed && chan_hash && !(in->got >> w & 1))
+                sl_inbox_note_missed(r->inboxes[w], chan_hash);
+            sl_inbox_unlock(r->inboxes[w]);
+        }
+    if (in->committed)
+        return true;
+    sl_chan_msg_t *m = in->msg;
+    in->msg = NULL;
+    sl_arena_free(r->arena, m); /* nobody else ever saw it */
+    return false;
+}
+
+/* ------------------------------------------------------------ the ring */
+
+static uint32_t ring_cap(const sl_chan_t *c)
+{
+    return (uint32_t)c->config.message_retention;
+}
+
+/* Take the oldest retained message out of the ring: recorded in
+ * intent.dropped (its reference to be dropped by finish_drop). */
+static void ring_pop(sl_chan_t *c)
+{
+    sl_chan_intent_t *in = &c->intent;
+    in->ring_lo = c->ring_lo;
+    in->dropped = c->ring[c->ring_lo % ring_cap(c)];
+    SL_CRASHPOINT("chan.ring.drop-noted");
+    uatomic_set(&c->ring_lo, c->ring_lo + 1); /* the commit of the pop */
+    SL_CRASHPOINT("chan.ring.dropped");
+}
+
+/* Drop the reference of a message ring_pop took out.  The record is
+ * cleared first: killed in between, the message leaks (never a double
+ * drop). */
+static void finish_drop(sl_reg_t *r, sl_chan_t *c)
+{
+    sl_chan_intent_t *in = &c->intent;
+    sl_chan_msg_t *d = in->dropped;
+    if (d == NULL)
+        return;
+    in->dropped = NULL;
+    SL_CRASHPOINT("chan.ring.drop-cleared");
+    if (c->ring_lo == in->ring_lo + 1)
+        sl_chan_msg_unref(r, d);
+    /* else the pop never happened: the ring still holds d */
+}
+
+static void ring_store(sl_chan_t *c, sl_chan_msg_t *m)
+{
+    uint32_t cap = ring_cap(c);
+    if (c->ring_hi - c->ring_lo == cap)
+        ring_pop(c);
+    c->ring[c->ring_hi % cap] = m;
+    SL_CRASHPOINT("chan.ring.slot");
+    uatomic_set(&c->ring_hi, c->ring_hi + 1); /* the commit: retained */
+    SL_CRASHPOINT("chan.ring.stored");
+}
+
+/* ------------------------------------------------------------ publish */
+
+int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    uint64_t seq = c->next_seq;
+    uint64_t targets = targets_of(r, c);
+    bool retain = ring_cap(c) > 0;
+    uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
+    if (targets == 0 && !retain) {
+        /* Nobody to deliver to and nothing to keep: only the seq moves. */
+        uatomic_set(&c->next_seq, seq + 1);
+        sl_lock_release(&c->lock);
+        out->seq = seq;
+        out->message_id = msg_id;
+        return SL_OK;
+    }
+    sl_chan_msg_t *m = encode(r, c, p, seq, msg_id);
+    if (m == NULL) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NO_MEMORY;
+    }
+    SL_CRASHPOINT("chan.pub.encoded");
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets;
+    in->msg = m;
+    in->seq = seq;
+    in->ring_lo = c->ring_lo;
+    in->ring_hi = c->ring_hi;
+    intent_begin(in, SL_CI_PUB);
+    SL_CRASHPOINT("chan.pub.intent");
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG,
+                             .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0};
+    /* The ring's reference is counted in from the start: nobody can drop
+     * the last reference while we still store m in the ring. */
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, true);
+    if (got == 0 && targets != 0) {
+        /* Every target inbox is full: nothing went out, no seq taken. */
+        intent_end(in);
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    /* From here on m may be consumed and freed by the workers that got it,
+     * unless the ring holds the reference counted for it: only the ring
+     * step below uses m, and only when retain. */
+    uatomic_set(&c->next_seq, seq + 1);
+    SL_CRASHPOINT("chan.pub.seq");
+    if (retain) {
+        ring_store(c, m);
+        finish_drop(r, c); /* the message the ring pushed out, if any */
+    }
+    intent_end(in);
+    SL_CRASHPOINT("chan.pub.done");
+    out->delivered_to = subscribers_on(r, c, got);
+    sl_lock_release(&c->lock);
+    SL_CRASHPOINT("chan.pub.handed");
+    if (SL_MUTATED(M_READ_AFTER_HANDOFF) && !retain && m->refs == 0)
+        sl_arena_free(r->arena, m); /* mutant: finding 1, reads references it gave away */
+    out->seq = seq;
+    out->message_id = msg_id;
+    out->woken = got;
+    out->skipped = targets & ~got;
+    return SL_OK;
+}
+
+/* --------------------------------------------------------------- send */
 
 int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
                  const char *exclude_conn_id, uint64_t exclude_conn,
@@ -327,43 +646,75 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
 {
     *recipients = 0;
     *woken = 0;
-    sl_chan_msg_t *m = msg_of_frame(r, c, frame, len, 0);
-    if (m == NULL)
-        return SL_CHAN_NO_MEMORY;
     sl_lock_acquire(&c->lock);
     uint32_t n = 0;
-    for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next) {
-        const char *conn_id = s->key + s->chan_len + 1;
-        if (exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0)
-            continue;
-        n++;
-    }
+    for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
+        if (!(exclude_conn_id && strcmp(s->key + s->chan_len + 1, exclude_conn_id) == 0))
+            n++;
     if (n == 0) {
         sl_lock_release(&c->lock);
-        sl_arena_free(r->arena, m);
         return SL_OK;
     }
-    uint32_t subs;
-    uint64_t targets = targets_of(r, c, &subs);
-    m->refs = (uint32_t)__builtin_popcountll(targets);
-    if (hand_off(r, targets, m, exclude_conn) != SL_OK) {
+    sl_chan_msg_t *m = msg_of_frame(r, c, frame, len);
+    if (m == NULL) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NO_MEMORY;
+    }
+    SL_CRASHPOINT("chan.send.allocated");
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets_of(r, c);
+    in->msg = m;
+    intent_begin(in, SL_CI_SEND);
+    SL_CRASHPOINT("chan.send.intent");
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    intent_end(in);
+    if (got == 0) {
         sl_lock_release(&c->lock);
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
-    for (sl_sub_t *s = c->subs; s && fn; s = s->next) {
+    n = 0;
+    for (sl_sub_t *s = c->subs; s; s = s->next) {
         const char *conn_id = s->key + s->chan_len + 1;
-        if (!(exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0))
+        if ((exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0) ||
+            !(got >> s->worker & 1))
+            continue;
+        n++;
+        if (fn)
             fn(conn_id, arg);
     }
     sl_lock_release(&c->lock);
     *recipients = n;
-    *woken = targets;
+    *woken = got;
     return SL_OK;
 }
 
 static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
-                      uint64_t tag, const uint8_t *frame, size_t len);
+                      uint64_t tag, const uint8_t *frame, size_t len)
+{
+    if (worker < 0 || (uint32_t)worker >= r->nworkers)
+        return SL_CHAN_NOT_SUBSCRIBED;
+    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, frame ? len : 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.direct.allocated");
+    m->refs = 1;
+    sl_inbox_t *in = r->inboxes[worker];
+    sl_inbox_lock(in);
+    if (!sl_inbox_has_room(in, 1)) {
+        sl_inbox_unlock(in);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    sl_inbox_entry_t e = {.kind = (uint32_t)kind, .target_slot = slot, .target_conn = conn_no,
+                          .tag = tag, .msg = m};
+    sl_inbox_prepare(in, &e, NULL); /* one inbox: committed by its own tail store */
+    sl_inbox_push_prepared(in);
+    sl_inbox_unlock(in);
+    return SL_OK;
+}
 
 int sl_chan_send_direct(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
                         uint64_t tag, const uint8_t *frame, size_t len)
@@ -377,22 +728,46 @@ int sl_chan_send_kind(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t
     return send_entry(r, kind, worker, slot, conn_no, 0, frame, len);
 }
 
-int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len)
+/* ---------------------------------------------------------- broadcast */
+
+void sl_chan_bcast_recover(void *arg)
 {
-    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len, 0);
+    sl_reg_t *r = arg;
+    sl_chan_intent_t *in = &r->bcast.intent;
+    if (in->op != SL_CI_NONE && !SL_MUTATED(M_CHAN_RECOVER))
+        hand_off_recover(r, in, 0);
+    intent_end(in);
+}
+
+int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_t len,
+                      uint64_t *reached)
+{
+    *reached = 0;
+    workers &= r->nworkers >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << r->nworkers) - 1;
+    if (workers == 0)
+        return SL_OK;
+    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len);
     if (m == NULL)
         return SL_CHAN_NO_MEMORY;
-    m->refs = (uint32_t)__builtin_popcountll(workers);
-    if (m->refs == 0) {
-        sl_arena_free(r->arena, m);
-        return SL_OK;
-    }
-    if (hand_off_kind(r, workers, m, SL_INBOX_BROADCAST, 0) != SL_OK) {
+    sl_lock_acquire(&r->bcast.lock);
+    sl_chan_intent_t *in = &r->bcast.intent;
+    intent_clear_fields(in);
+    in->targets = workers;
+    in->msg = m;
+    intent_begin(in, SL_CI_BCAST);
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    intent_end(in);
+    sl_lock_release(&r->bcast.lock);
+    if (got == 0) {
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
+    *reached = got;
     return SL_OK;
 }
+
+/* ------------------------------------------------------------- listing */
 
 void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg)
 {
@@ -400,6 +775,61 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
     for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
         fn(s->key + s->chan_len + 1, arg);
     sl_lock_release(&c->lock);
+}
+
+uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
+                          void (*fn)(const char *json, size_t len, void *arg), void *arg,
+                          uint64_t *last)
+{
+    uint64_t oldest = 0;
+    sl_lock_acquire(&c->lock);
+    *last = c->next_seq - 1;
+    uint32_t cap = ring_cap(c);
+    for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
+        sl_chan_msg_t *m = c->ring[pos % cap];
+        if (pos == c->ring_lo)
+            oldest = m->seq;
+        if (m->seq > since)
+            fn((const char *)m->frame + m->payload_off, m->len - m->payload_off, arg);
+    }
+    sl_lock_release(&c->lock);
+    return oldest;
+}
+
+/* ------------------------------------------------------------- delete */
+
+/* Everything of a delete after its notice went out (or when it had none):
+ * idempotent, so recovery runs it again from wherever the dead owner was.
+ * Lock held.  Returns the subscriptions removed. */
+static uint32_t delete_rest(sl_reg_t *r, sl_chan_t *c)
+{
+    sl_chan_intent_t *in = &c->intent;
+    CMM_STORE_SHARED(c->deleted, true);
+    SL_CRASHPOINT("chan.del.marked");
+    uint32_t n = 0;
+    for (sl_sub_t *s; (s = c->subs) != NULL; n++) {
+        in->sub = s;
+        in->sub_hash = s->node.hash;
+        SL_CRASHPOINT("chan.del.sub-noted");
+        /* Unlink before retire. */
+        c->subs = s->next;
+        if (s->next)
+            s->next->prev = NULL;
+        SL_CRASHPOINT("chan.del.sub-unlinked");
+        sl_table_remove_node(r->subs, s->node.hash, &s->node);
+        SL_CRASHPOINT("chan.del.sub-removed");
+    }
+    in->sub = NULL;
+    memset(c->worker_subs, 0, sizeof(c->worker_subs));
+    uatomic_set(&c->subscribers, 0);
+    SL_CRASHPOINT("chan.del.counts");
+    while (c->ring_lo < c->ring_hi) {
+        ring_pop(c);
+        finish_drop(r, c);
+    }
+    sl_table_remove_node(r->channels, c->node.hash, &c->node);
+    SL_CRASHPOINT("chan.del.removed");
+    return n;
 }
 
 int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame, size_t flen,
@@ -410,185 +840,174 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
     sl_chan_t *c = sl_chan_find(r, id, len);
     if (c == NULL)
         return SL_CHAN_NOT_SUBSCRIBED;
-    sl_chan_msg_t *m = msg_of_frame(r, c, frame, flen, 0);
-    if (m == NULL)
-        return SL_CHAN_NO_MEMORY;
-    sl_lock_acquire(&c->lock);
-    if (c->deleted) {
-        sl_lock_release(&c->lock);
-        sl_arena_free(r->arena, m);
-        return SL_CHAN_NOT_SUBSCRIBED;
-    }
-    uint32_t subs;
-    uint64_t targets = targets_of(r, c, &subs);
-    m->refs = (uint32_t)__builtin_popcountll(targets);
-    /* The notice goes out first (after everything already published), so
-     * nothing is removed unless the subscribers will be told. */
-    if (m->refs && hand_off_kind(r, targets, m, SL_INBOX_CHANNEL_GONE, 0) != SL_OK) {
-        sl_lock_release(&c->lock);
-        sl_arena_free(r->arena, m);
-        return SL_CHAN_OVERLOADED;
-    }
-    if (m->refs == 0)
-        sl_arena_free(r->arena, m);
-    c->deleted = true;
-    uint32_t n = 0;
-    for (sl_sub_t *s = c->subs, *next; s; s = next) {
-        next = s->next;
-        sl_table_remove(r->subs, s->node.hash, s->key, s->node.klen);
-        n++;
-    }
-    c->subs = NULL;
-    memset(c->worker_subs, 0, sizeof(c->worker_subs));
-    uatomic_set(&c->subscribers, 0);
-    uint32_t cap = (uint32_t)c->config.message_retention;
-    for (uint32_t i = 0; i < c->ring_count; i++)
-        sl_chan_msg_unref(r, c->ring[(c->ring_start + i) % cap]);
-    c->ring_count = 0;
-    sl_table_remove(r->channels, c->node.hash, c->id, c->node.klen);
-    sl_lock_release(&c->lock);
-    /* The ring array is not reachable any more (deleted is set under the
-     * lock every reader of it takes); the node itself goes through QSBR. */
-    sl_arena_free(r->arena, c->ring);
-    *unsubscribed = n;
-    *woken = targets;
-    return SL_OK;
-}
-
-static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t conn_no,
-                      uint64_t tag, const uint8_t *frame, size_t len)
-{
-    if (worker < 0 || (uint32_t)worker >= r->nworkers)
-        return SL_CHAN_NOT_SUBSCRIBED;
-    static const uint8_t none[1];
-    sl_chan_msg_t *m = msg_of_frame(r, NULL, frame ? frame : none, frame ? len : 0, 0);
-    if (m == NULL)
-        return SL_CHAN_NO_MEMORY;
-    m->refs = 1;
-    sl_inbox_t *in = r->inboxes[worker];
-    sl_lock_acquire(&in->lock);
-    if (!sl_inbox_has_room(in, 1)) {
-        uatomic_add(&in->refused, 1);
-        sl_lock_release(&in->lock);
-        sl_arena_free(r->arena, m);
-        return SL_CHAN_OVERLOADED;
-    }
-    sl_inbox_entry_t e = {.kind = (uint32_t)kind, .target_slot = slot, .target_conn = conn_no,
-                          .tag = tag, .msg = m};
-    sl_inbox_push_locked(in, &e);
-    sl_lock_release(&in->lock);
-    return SL_OK;
-}
-
-int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out)
-{
-    memset(out, 0, sizeof(*out));
     sl_lock_acquire(&c->lock);
     if (c->deleted) {
         sl_lock_release(&c->lock);
         return SL_CHAN_NOT_SUBSCRIBED;
     }
-    uint64_t seq = c->next_seq;
-    uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
-    sl_chan_msg_t *m = encode(r, c, p, seq, msg_id);
-    if (m == NULL) {
-        sl_lock_release(&c->lock);
-        return SL_CHAN_NO_MEMORY;
-    }
-    uint32_t delivered = 0;
-    uint64_t targets = targets_of(r, c, &delivered);
-    bool retain = c->config.message_retention > 0 && c->ring != NULL;
-    m->refs = (uint32_t)__builtin_popcountll(targets) + (retain ? 1 : 0);
-    /* The seq is taken before the hand-off: should this process die in
-     * between, the channel shows a gap (a message its publisher never got
-     * acknowledged) rather than two messages with one seq. */
-    c->next_seq = seq + 1;
-    if (hand_off(r, targets, m, p->exclude_sender ? p->sender_conn_no : 0) != SL_OK) {
-        c->next_seq = seq; /* nothing went out: give the seq back, no gap */
-        sl_lock_release(&c->lock);
-        sl_arena_free(r->arena, m);
-        return SL_CHAN_OVERLOADED;
-    }
-    sl_chan_msg_t *dropped = NULL;
-    if (retain) {
-        uint32_t cap = (uint32_t)c->config.message_retention;
-        if (c->ring_count == cap) {
-            dropped = c->ring[c->ring_start];
-            c->ring_start = (c->ring_start + 1) % cap;
-            c->ring_count--;
+    uint64_t targets = targets_of(r, c);
+    sl_chan_msg_t *m = NULL;
+    if (targets) {
+        m = msg_of_frame(r, c, frame, flen);
+        if (m == NULL) {
+            sl_lock_release(&c->lock);
+            return SL_CHAN_NO_MEMORY;
         }
-        c->ring[(c->ring_start + c->ring_count) % cap] = m;
-        c->ring_count++;
+        SL_CRASHPOINT("chan.del.allocated");
     }
-    uatomic_add(&c->message_count, 1);
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets;
+    in->msg = m;
+    intent_begin(in, SL_CI_DEL);
+    SL_CRASHPOINT("chan.del.intent");
+    uint64_t got = 0;
+    if (targets) {
+        /* The notice goes out first (after everything already published),
+         * so nothing is removed unless the subscribers will be told - or,
+         * on a full inbox, closed with 1013 (noted as missed). */
+        sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
+        got = hand_off(r, in, m, &tmpl, 0, true);
+        if (got == 0) {
+            intent_end(in);
+            sl_lock_release(&c->lock);
+            sl_arena_free(r->arena, m);
+            return SL_CHAN_OVERLOADED;
+        }
+    } else {
+        CMM_STORE_SHARED(in->committed, 1);
+    }
+    *unsubscribed = delete_rest(r, c);
+    intent_end(in);
     sl_lock_release(&c->lock);
-    sl_chan_msg_unref(r, dropped);
-    if (m->refs == 0)
-        sl_arena_free(r->arena, m); /* no subscriber, no retention */
-    out->seq = seq;
-    out->message_id = msg_id;
-    out->delivered_to = delivered;
-    out->woken = targets;
+    *woken = got;
     return SL_OK;
 }
 
-uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
-                          void (*fn)(const char *json, size_t len, void *arg), void *arg,
-                          uint64_t *last)
+/* ------------------------------------------------------------ recovery */
+
+static void chan_recover(void *arg)
 {
-    uint64_t oldest = 0;
-    sl_lock_acquire(&c->lock);
-    *last = c->next_seq - 1;
-    uint32_t cap = (uint32_t)c->config.message_retention;
-    for (uint32_t i = 0; i < c->ring_count; i++) {
-        sl_chan_msg_t *m = c->ring[(c->ring_start + i) % cap];
-        if (i == 0)
-            oldest = m->seq;
-        if (m->seq > since)
-            fn((const char *)m->frame + m->payload_off, m->len - m->payload_off, arg);
+    sl_chan_t *c = arg;
+    sl_reg_t *r = c->reg;
+    sl_chan_intent_t *in = &c->intent;
+    if (SL_MUTATED(M_CHAN_RECOVER)) {
+        intent_end(in);
+        return;
+    }
+    sl_sub_t *s = in->sub;
+    switch (in->op) {
+    case SL_CI_SUB:
+        if (!on_list(c, s)) {
+            s->next = c->subs;
+            c->subs = s;
+        }
+        sl_table_insert(r->subs, &s->node); /* SL_TABLE_EXISTS: it is there */
+        break;
+    case SL_CI_UNSUB:
+        /* Still in the table: not retired, so it may still be on the list.
+         * Not in the table: removed and retired - and, unlink before
+         * retire, no longer on the list. */
+        if (sl_table_has_node(r->subs, in->sub_hash, &s->node)) {
+            list_unlink_walk(c, s);
+            sl_table_remove_node(r->subs, in->sub_hash, &s->node);
+        }
+        break;
+    case SL_CI_PUB:
+        if (hand_off_recover(r, in, c->node.hash)) {
+            if (c->next_seq == in->seq)
+                uatomic_set(&c->next_seq, in->seq + 1);
+            /* The ring: a pop recorded but not made is made again below. */
+            if (in->dropped && c->ring_lo == in->ring_lo)
+                in->dropped = NULL;
+            if (ring_cap(c) > 0 && c->ring_hi == in->ring_hi)
+                ring_store(c, in->msg);
+            finish_drop(r, c);
+        }
+        break;
+    case SL_CI_SEND:
+        hand_off_recover(r, in, 0);
+        break;
+    case SL_CI_DEL:
+        /* Committed (the notice went out, or there was none): finish it. */
+        if (hand_off_recover(r, in, c->node.hash)) {
+            /* A subscription noted, unlinked, maybe not yet removed. */
+            if (s && !on_list(c, s))
+                sl_table_remove_node(r->subs, in->sub_hash, &s->node);
+            finish_drop(r, c);
+            delete_rest(r, c);
+        }
+        break;
+    }
+    recount(c);
+    intent_end(in);
+}
+
+/* ------------------------------------------------- the master's helpers */
+
+int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s)
+{
+    sl_chan_t *c = sl_chan_find(r, s->key, s->chan_len);
+    if (c == NULL) {
+        /* No channel: cannot happen (a delete removes the subscriptions
+         * first), but an orphan must not stay. */
+        sl_table_remove_node(r->subs, s->node.hash, &s->node);
+        return SL_OK;
+    }
+    if (sl_lock_try(&c->lock) != SL_OK)
+        return SL_AGAIN;
+    /* Still there?  (It may have gone with a delete meanwhile.)  In the
+     * table means on the list: the lock is ours, so no update is half done. */
+    if (!c->deleted && sl_table_has_node(r->subs, s->node.hash, &s->node))
+        unsubscribe_locked(r, c, s);
+    sl_lock_release(&c->lock);
+    return SL_OK;
+}
+
+bool sl_chan_reap(sl_reg_t *r, sl_chan_t *c, int64_t now_mono, int64_t linger_ms)
+{
+    if (!c->config.lingers || uatomic_read(&c->subscribers) != 0 ||
+        sl_chan_retained_count(c) != 0 || now_mono - uatomic_read(&c->empty_since) < linger_ms)
+        return false;
+    if (sl_lock_try(&c->lock) != SL_OK)
+        return false;
+    bool gone = false;
+    if (!c->deleted && c->subscribers == 0 && c->ring_lo == c->ring_hi &&
+        now_mono - c->empty_since >= linger_ms) {
+        sl_chan_intent_t *in = &c->intent;
+        intent_clear_fields(in);
+        in->committed = 1; /* no notice: nobody to tell */
+        intent_begin(in, SL_CI_DEL);
+        SL_CRASHPOINT("chan.reap.intent");
+        delete_rest(r, c);
+        intent_end(in);
+        gone = true;
     }
     sl_lock_release(&c->lock);
-    return oldest;
+    return gone;
 }
 
 typedef struct {
-    int worker;
-    sl_sub_t *found[256];
-    size_t n;
-} sub_collect_t;
+    void (*fn)(sl_chan_t *c, void *arg);
+    void *arg;
+    uint32_t seen, limit;
+} page_t;
 
-static int sub_collect_cb(sl_table_node_t *n, void *arg)
+static int page_cb(sl_table_node_t *n, void *arg)
 {
-    sub_collect_t *col = arg;
-    sl_sub_t *s = (sl_sub_t *)n;
-    if (s->worker == col->worker && col->n < SL_ARRAY_LEN(col->found))
-        col->found[col->n++] = s;
-    return 0;
+    page_t *p = arg;
+    p->fn((sl_chan_t *)n, p->arg);
+    return ++p->seen >= p->limit;
 }
 
-size_t sl_chan_worker_cleanup(sl_reg_t *r, int worker)
+uint32_t sl_chan_page(sl_reg_t *r, uint32_t cursor, uint32_t limit,
+                      void (*fn)(sl_chan_t *c, void *arg), void *arg)
 {
-    /* Called by the master inside a read-side section (its slot online). */
-    size_t total = 0;
-    for (;;) {
-        sub_collect_t col = {.worker = worker, .n = 0};
-        sl_table_foreach(r->subs, sub_collect_cb, &col);
-        for (size_t i = 0; i < col.n; i++) {
-            sl_sub_t *s = col.found[i];
-            sl_chan_t *c = sl_chan_find(r, s->key, s->chan_len);
-            const char *conn_id = s->key + s->chan_len + 1;
-            if (c) {
-                sl_chan_unsubscribe(r, c, conn_id, NULL);
-            } else {
-                sl_table_remove(r->subs, s->node.hash, s->key, s->node.klen);
-            }
-        }
-        total += col.n;
-        sl_qsbr_quiescent(&r->qsbr, SL_REG_MASTER_SLOT);
-        if (col.n < SL_ARRAY_LEN(col.found))
-            break;
-    }
-    return total;
+    page_t p = {fn, arg, 0, limit ? limit : 1};
+    uint32_t next = cursor;
+    while (next < r->channels->nbuckets && p.seen < p.limit)
+        next = sl_table_walk(r->channels, next, 4096, page_cb, &p);
+    return next >= r->channels->nbuckets ? 0 : next;
 }
 
 void sl_chan_totals(sl_reg_t *r, sl_chan_totals_t *t)

@@ -6,47 +6,169 @@
  * entries up to it (cmm_smp_rmb after the load).  The consumer stores head
  * after it has copied an entry out, so a producer that sees room (head) can
  * only overwrite slots already consumed (cmm_smp_mb before the head store).
- * A producer killed holding the lock leaves tail either before or after its
- * entry; the robust lock needs no repair.
+ *
+ * Inbox lock, invariants: entries [head, tail) are published and each holds
+ * one reference to its message; pending.msg is NULL between pushes.
+ * Recovery: a recorded push whose hand-off committed is made if tail still
+ * equals the recorded position (no one else could move tail while the dead
+ * producer held the lock), then the record is cleared.  A push of an
+ * uncommitted hand-off is dropped; the owner of that hand-off (a channel
+ * lock's recovery) frees the message.
+ *
+ * The consumer is lock-free and killed only with its worker: an entry it
+ * had copied out but whose reference it had not yet dropped leaks that
+ * one reference (the message is never freed); an entry whose head store it
+ * had not made is drained again by the master.
  */
 #include "sl_inbox.h"
+#include "sl_crash.h"
 
 #include <string.h>
 #include <urcu/arch.h>
 #include <urcu/system.h>
 #include <urcu/uatomic.h>
 
+static bool committed(const sl_inbox_t *in)
+{
+    return in->pending_commit == NULL || CMM_LOAD_SHARED(*in->pending_commit) != 0;
+}
+
+static void write_entry(sl_inbox_t *in, const sl_inbox_entry_t *e)
+{
+    if (SL_MUTATED(M_INBOX_COMMIT_ORDER)) {
+        uint64_t t = in->tail; /* mutant: published before it is written */
+        CMM_STORE_SHARED(in->tail, t + 1);
+        SL_CRASHPOINT("inbox.push.entry");
+        in->ring[t & (SL_INBOX_CAP - 1)] = *e;
+    } else {
+        in->ring[in->tail & (SL_INBOX_CAP - 1)] = *e;
+        SL_CRASHPOINT("inbox.push.entry");
+        cmm_smp_wmb(); /* the entry before the tail that publishes it */
+        CMM_STORE_SHARED(in->tail, in->tail + 1);
+    }
+    SL_CRASHPOINT("inbox.push.tail");
+    uatomic_add(&in->enqueued, 1);
+}
+
+static void inbox_recover(void *arg)
+{
+    sl_inbox_t *in = arg;
+    if (in->pending.msg == NULL)
+        return;
+    if (!SL_MUTATED(M_INBOX_RECOVER) && committed(in) && in->tail == in->pending_pos)
+        write_entry(in, &in->pending);
+    in->pending_commit = NULL;
+    CMM_STORE_SHARED(in->pending.msg, NULL);
+}
+
 int sl_inbox_init(sl_inbox_t *in)
 {
+    memset(&in->pending, 0, sizeof(in->pending));
+    in->pending_commit = NULL;
     in->head = in->tail = 0;
-    in->enqueued = in->refused = 0;
-    return sl_lock_init(&in->lock, NULL, NULL);
+    in->enqueued = in->refused = in->missed_n = 0;
+    return sl_lock_init(&in->lock, inbox_recover, in);
+}
+
+void sl_inbox_lock(sl_inbox_t *in)
+{
+    sl_lock_acquire(&in->lock);
+}
+
+void sl_inbox_unlock(sl_inbox_t *in)
+{
+    sl_lock_release(&in->lock);
 }
 
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n)
 {
     uint64_t head = CMM_LOAD_SHARED(in->head);
-    return in->tail - head + n <= SL_INBOX_CAP;
+    if (in->tail - head + n <= SL_INBOX_CAP)
+        return true;
+    uatomic_add(&in->refused, 1);
+    return false;
 }
 
-void sl_inbox_push_locked(sl_inbox_t *in, const sl_inbox_entry_t *e)
+void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t *commit)
 {
-    in->ring[in->tail & (SL_INBOX_CAP - 1)] = *e;
-    cmm_smp_wmb(); /* the entry before the tail that publishes it */
-    CMM_STORE_SHARED(in->tail, in->tail + 1);
-    uatomic_add(&in->enqueued, 1);
+    in->pending_pos = in->tail;
+    in->pending_commit = commit;
+    in->pending.kind = e->kind;
+    in->pending.target_slot = e->target_slot;
+    in->pending.target_conn = e->target_conn;
+    in->pending.exclude_conn = e->exclude_conn;
+    in->pending.tag = e->tag;
+    cmm_smp_wmb(); /* the record before the message pointer that validates it */
+    CMM_STORE_SHARED(in->pending.msg, e->msg);
+    SL_CRASHPOINT("inbox.prepared");
 }
 
-bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out)
+void sl_inbox_push_prepared(sl_inbox_t *in)
+{
+    write_entry(in, &in->pending);
+    in->pending_commit = NULL;
+    CMM_STORE_SHARED(in->pending.msg, NULL);
+    SL_CRASHPOINT("inbox.push.done");
+}
+
+void sl_inbox_drop_prepared(sl_inbox_t *in)
+{
+    in->pending_commit = NULL;
+    CMM_STORE_SHARED(in->pending.msg, NULL);
+}
+
+void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash)
+{
+    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].chan_hash = chan_hash;
+    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].pos = in->tail;
+    cmm_smp_wmb(); /* the hash before the count that covers it */
+    CMM_STORE_SHARED(in->missed_n, in->missed_n + 1);
+}
+
+bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
 {
     uint64_t head = in->head;
     if (head == CMM_LOAD_SHARED(in->tail))
         return false;
+    if (pos)
+        *pos = head;
     cmm_smp_rmb(); /* tail before the entry it covers */
     *out = in->ring[head & (SL_INBOX_CAP - 1)];
     cmm_smp_mb(); /* the copy is done before the slot is handed back */
     CMM_STORE_SHARED(in->head, head + 1);
+    SL_CRASHPOINT("inbox.pop.head");
     return true;
+}
+
+void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
+                     void (*fn)(uint64_t chan_hash, void *arg), void *arg)
+{
+    uint64_t n = CMM_LOAD_SHARED(in->missed_n);
+    if (n == *seen)
+        return;
+    cmm_smp_rmb(); /* the count before the notes it covers */
+    if (n - *seen > SL_INBOX_MISSED) {
+        fn(0, arg);
+        *seen = n;
+        return;
+    }
+    uint64_t i = *seen;
+    for (; i < n; i++) {
+        uint64_t h = in->missed[i & (SL_INBOX_MISSED - 1)].chan_hash;
+        uint64_t pos = in->missed[i & (SL_INBOX_MISSED - 1)].pos;
+        cmm_smp_rmb();
+        /* Producers may have lapped us while we read: then the note may be
+         * torn, and everything counts as missed. */
+        if (CMM_LOAD_SHARED(in->missed_n) - i > SL_INBOX_MISSED) {
+            fn(0, arg);
+            i = CMM_LOAD_SHARED(in->missed_n);
+            break;
+        }
+        if (pos > upto)
+            break;
+        fn(h, arg);
+    }
+    *seen = i;
 }
 
 uint64_t sl_inbox_depth(sl_inbox_t *in)

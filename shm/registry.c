@@ -4,38 +4,75 @@
  * Entries are immutable except for the counters their owner updates with
  * atomic stores, so readers never see a half-written entry: an entry is
  * filled completely before sl_table_insert_new publishes it.
+ *
+ * The dead-worker cleanup walks each table once, bucket by bucket, and
+ * keeps its place (job->cursor) between steps: a step ends after a bounded
+ * number of removals or buckets, or at a channel lock a live process
+ * holds, and the next step resumes at that bucket.  So the master's loop
+ * runs between steps (accepting, watching workers), the cost is linear in
+ * the table sizes, and the master never waits on a process that may be
+ * stopped.
  */
+#define _LGPL_SOURCE
 #include "sl_reg.h"
 #include "sl_access.h"
 #include "sl_chan.h"
+#include "sl_crash.h"
+#include "sl_inbox.h"
 #include "sl_rpc.h"
 
 #include <string.h>
+#include <sys/random.h>
+#include <urcu/pointer.h>
 #include <urcu/uatomic.h>
 
-static uint32_t pow2_at_least(uint64_t n)
+static uint32_t pow2_at_least(uint64_t n, uint32_t min)
 {
-    uint32_t p = 64;
-    while (p < n && p < (1u << 30))
+    uint32_t p = min;
+    while (p < n && p < (1u << 24))
         p <<= 1;
     return p;
 }
 
-int sl_reg_init(sl_reg_t *r, void *region, size_t size, uint64_t max_conns, uint32_t nworkers)
+int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *lim)
 {
+    if (lim->nworkers == 0 || lim->nworkers > 64)
+        return SL_ERROR;
+    /* The key of every table's hash: random, drawn before any worker is
+     * forked, so all of them hash alike and no client can predict it. */
+    if (getrandom(r->hash_key, sizeof(r->hash_key), 0) != (ssize_t)sizeof(r->hash_key)) {
+        r->hash_key[0] = (uint64_t)sl_mono_us() * 0x9e3779b97f4a7c15ULL;
+        r->hash_key[1] = (uint64_t)sl_now_ms() ^ (uint64_t)(uintptr_t)r;
+    }
+    sl_table_set_key(r->hash_key);
     r->arena = sl_arena_init(region, size);
     if (r->arena == NULL || sl_qsbr_init(&r->qsbr, r->arena) != SL_OK)
         return SL_ERROR;
-    /* A bucket per four connections: chains stay short at the limit, and
-     * the bucket array - which every worker's inserts touch all over, so
-     * each of them holds all of it resident - stays small (8 bytes per 4
-     * connections).  Lookups by conn-id are rare (admin calls). */
-    r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(max_conns / 4), 64);
-    r->rpcs = sl_table_create(r->arena, &r->qsbr, 4096, 64);
-    if (r->conns == NULL || r->rpcs == NULL ||
-        sl_access_init(r, max_conns, nworkers) != SL_OK)
+    r->nworkers = lim->nworkers;
+    r->max_channels = lim->max_channels;
+    /* Sizing (documented in shm/README.md): connections a bucket per four
+     * (lookups by conn-id are rare admin calls, while every worker's
+     * inserts touch the array all over, so it is kept small); channels a
+     * bucket each up to --max-channels (every client message names one);
+     * subscriptions two buckets per connection or channel, whichever is
+     * more; RPC requests a bucket per two connections. */
+    uint64_t subs = 2 * SL_MAX(lim->max_connections, lim->max_channels);
+    r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_connections / 4, 64),
+                               64);
+    r->channels = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_channels, 64), 64);
+    r->subs = sl_table_create(r->arena, &r->qsbr, pow2_at_least(subs, 64), 64);
+    r->rpcs = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_connections / 2, 64),
+                              64);
+    if (r->conns == NULL || r->channels == NULL || r->subs == NULL || r->rpcs == NULL ||
+        sl_access_init(r, lim->max_connections, lim->nworkers) != SL_OK)
         return SL_ERROR;
-    return sl_chan_init(r, nworkers);
+    for (uint32_t i = 0; i < lim->nworkers; i++) {
+        r->inboxes[i] = sl_arena_alloc(r->arena, sizeof(sl_inbox_t));
+        if (r->inboxes[i] == NULL || sl_inbox_init(r->inboxes[i]) != SL_OK)
+            return SL_ERROR;
+    }
+    memset(&r->bcast.intent, 0, sizeof(r->bcast.intent));
+    return sl_lock_init(&r->bcast.lock, sl_chan_bcast_recover, r);
 }
 
 sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uint32_t slot,
@@ -47,6 +84,7 @@ sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uin
     sl_reg_conn_t *c = sl_arena_calloc(r->arena, sizeof(*c));
     if (c == NULL)
         return NULL;
+    SL_CRASHPOINT("reg.conn.allocated");
     memcpy(c->conn_id, conn_id, len);
     c->worker = worker;
     c->slot = slot;
@@ -64,7 +102,7 @@ sl_reg_conn_t *sl_reg_conn_add(sl_reg_t *r, const char *conn_id, int worker, uin
 
 void sl_reg_conn_remove(sl_reg_t *r, sl_reg_conn_t *c)
 {
-    sl_table_remove(r->conns, c->node.hash, c->conn_id, c->node.klen);
+    sl_table_remove_node(r->conns, c->node.hash, &c->node);
 }
 
 sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len)
@@ -72,54 +110,124 @@ sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len)
     return (sl_reg_conn_t *)sl_table_lookup(r->conns, sl_table_hash(conn_id, len), conn_id, len);
 }
 
-typedef struct {
-    int worker;
-    sl_reg_conn_t **found;
-    size_t n, cap;
-} collect_t;
-
-static int collect_cb(sl_table_node_t *n, void *arg)
+size_t sl_reg_dead(sl_reg_t *r, int slot)
 {
-    collect_t *col = arg;
-    sl_reg_conn_t *c = (sl_reg_conn_t *)n;
-    if (c->worker == col->worker && col->n < col->cap)
-        col->found[col->n++] = c;
-    return 0;
+    /* Repair first: recovery may read what the dead process was working
+     * on, and its slot - still online - keeps that from being reclaimed. */
+    size_t n = sl_lock_recover_dead(&r->qsbr.holders[slot]);
+    sl_qsbr_release(&r->qsbr, slot);
+    return n;
+}
+
+/* ------------------------------------------------------------ cleanup */
+
+enum { PH_START, PH_CONNS, PH_SUBS, PH_RPCS, PH_INBOX, PH_ACCESS, PH_DONE };
+
+#define BUCKET_BATCH 64
+
+void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker)
+{
+    memset(job, 0, sizeof(*job));
+    job->worker = worker;
+    job->phase = PH_START;
+}
+
+/* The nodes of bucket i matching the phase's predicate (at most
+ * BUCKET_BATCH; *more when the bucket holds more). */
+static size_t collect(sl_table_t *t, uint32_t i, int phase, int worker, sl_table_node_t **out,
+                      bool *more)
+{
+    size_t n = 0;
+    *more = false;
+    for (sl_table_node_t *x = sl_table_bucket(t, i); x; x = rcu_dereference(x->next)) {
+        bool match = phase == PH_CONNS  ? ((sl_reg_conn_t *)x)->worker == worker
+                     : phase == PH_SUBS ? ((sl_sub_t *)x)->worker == worker
+                                        : sl_rpc_held_by((sl_rpc_t *)x, worker);
+        if (!match)
+            continue;
+        if (n == BUCKET_BATCH) {
+            *more = true;
+            break;
+        }
+        out[n++] = x;
+    }
+    return n;
+}
+
+int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
+{
+    job->steps++;
+    unsigned removed = 0, buckets = 0, max_buckets = 4 * budget + 64;
+    sl_table_node_t *found[BUCKET_BATCH];
+    while (job->phase != PH_DONE) {
+        if (job->phase == PH_START) {
+            sl_reg_dead(r, job->worker);
+            job->phase = PH_CONNS;
+            job->cursor = 0;
+            continue;
+        }
+        if (job->phase == PH_INBOX) {
+            sl_inbox_t *in = (uint32_t)job->worker < r->nworkers ? r->inboxes[job->worker] : NULL;
+            sl_inbox_entry_t e;
+            while (in && removed < budget && sl_inbox_pop(in, &e, NULL)) {
+                sl_chan_msg_unref(r, e.msg);
+                job->drained++;
+                removed++;
+            }
+            if (removed >= budget)
+                return SL_AGAIN;
+            job->phase = PH_ACCESS;
+            continue;
+        }
+        if (job->phase == PH_ACCESS) {
+            sl_access_worker_cleanup(r, job->worker); /* its places per IP and user */
+            job->phase = PH_DONE;
+            break;
+        }
+        sl_table_t *t = job->phase == PH_CONNS ? r->conns : job->phase == PH_SUBS ? r->subs : r->rpcs;
+        while (job->cursor < t->nbuckets) {
+            if (removed >= budget || buckets >= max_buckets)
+                return SL_AGAIN;
+            bool more;
+            size_t n = collect(t, job->cursor, job->phase, job->worker, found, &more);
+            buckets++;
+            for (size_t k = 0; k < n; k++) {
+                sl_table_node_t *x = found[k];
+                if (job->phase == PH_CONNS) {
+                    sl_table_remove_node(t, x->hash, x);
+                    job->removed_conns++;
+                } else if (job->phase == PH_SUBS) {
+                    if (sl_chan_cleanup_sub(r, (sl_sub_t *)x) != SL_OK) {
+                        /* A live process holds that channel: not now.  This
+                         * bucket is visited again next step. */
+                        job->busy++;
+                        return SL_AGAIN;
+                    }
+                    job->removed_subs++;
+                } else {
+                    job->rpcs += sl_rpc_cleanup_one(r, (sl_rpc_t *)x, job->worker);
+                }
+                removed++;
+            }
+            if (!more)
+                job->cursor++;
+        }
+        job->phase++;
+        job->cursor = 0;
+    }
+    return SL_OK;
 }
 
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)
 {
-    /* The dead worker cannot be reading: take its slot offline first so
-     * nothing it held blocks reclamation. */
-    sl_qsbr_release(&r->qsbr, worker);
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, worker);
     sl_qsbr_online(&r->qsbr, SL_REG_MASTER_SLOT);
-    size_t total = 0;
-    sl_reg_conn_t *batch[256];
-    for (;;) {
-        /* Collect in batches: the walk is a read-side section, removal a
-         * write; entries found stay valid until our next quiescent state. */
-        collect_t col = {worker, batch, 0, SL_ARRAY_LEN(batch)};
-        sl_table_foreach(r->conns, collect_cb, &col);
-        for (size_t i = 0; i < col.n; i++)
-            sl_reg_conn_remove(r, batch[i]);
-        total += col.n;
+    while (sl_reg_cleanup_step(r, &job, 256) == SL_AGAIN)
         sl_qsbr_quiescent(&r->qsbr, SL_REG_MASTER_SLOT);
-        if (col.n < col.cap)
-            break;
-    }
-    sl_chan_worker_cleanup(r, worker);
-    sl_rpc_worker_cleanup(r, worker);
-    sl_access_worker_cleanup(r, worker); /* its connections' places per IP and user */
-    /* Its inbox may hold message references it never consumed; nobody
-     * else consumes it until the replacement starts, so drain it here. */
-    if ((uint32_t)worker < r->nworkers && r->inboxes[worker]) {
-        sl_inbox_entry_t e;
-        while (sl_inbox_pop(r->inboxes[worker], &e))
-            sl_chan_msg_unref(r, e.msg);
-    }
     sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
     sl_qsbr_reclaim(&r->qsbr);
-    return total;
+    return job.removed_conns;
 }
 
 void sl_reg_figures(sl_reg_t *r, sl_reg_figures_t *f)
@@ -130,7 +238,7 @@ void sl_reg_figures(sl_reg_t *r, sl_reg_figures_t *f)
     f->total_bytes = s.total_bytes;
     f->failures = s.failures;
     f->qsbr_pending = uatomic_read(&r->qsbr.pending);
-    f->qsbr_retired = uatomic_read(&r->qsbr.retired);
+    f->qsbr_retired = sl_qsbr_retired(&r->qsbr);
     f->qsbr_reclaimed = uatomic_read(&r->qsbr.reclaimed);
     f->registered_connections = sl_table_count(r->conns);
 }

@@ -6,31 +6,31 @@
  * the winner does next is ordered after its win.
  */
 #include "sl_rpc.h"
+#include "sl_crash.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <urcu/uatomic.h>
 
-sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t slot,
-                        uint64_t conn_no, const char *channel_id, size_t chan_len,
-                        int64_t timeout_ms)
+sl_rpc_t *sl_rpc_create(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no,
+                        const char *chan, size_t chan_len, int64_t timeout_ms)
 {
-    if (strlen(requester) >= SL_CONN_ID_MAX || chan_len > 128)
+    if (chan_len > 128)
         return NULL;
-    sl_rpc_t *q = sl_arena_calloc(r->arena, sizeof(*q));
+    sl_rpc_t *q = sl_arena_calloc(r->arena, sizeof(*q) + chan_len + 1);
     if (q == NULL)
         return NULL;
+    SL_CRASHPOINT("rpc.create.allocated");
     q->no = uatomic_add_return(&r->next_rpc, 1);
     q->created_at = sl_now_ms();
     q->deadline = q->created_at + timeout_ms;
     snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64, q->created_at,
              q->no);
-    memcpy(q->requester, requester, strlen(requester));
-    memcpy(q->channel_id, channel_id, chan_len);
     q->worker = worker;
     q->slot = slot;
     q->conn_no = conn_no;
+    memcpy(q->channel_id, chan, chan_len);
     q->state = SL_RPC_PENDING;
     q->node.key = q->request_id;
     q->node.klen = (uint32_t)strlen(q->request_id);
@@ -47,9 +47,13 @@ sl_rpc_t *sl_rpc_find(sl_reg_t *r, const char *request_id, size_t len)
     return (sl_rpc_t *)sl_table_lookup(r->rpcs, sl_table_hash(request_id, len), request_id, len);
 }
 
-bool sl_rpc_claim(sl_rpc_t *q, uint32_t state)
+bool sl_rpc_claim(sl_rpc_t *q, uint32_t kind, int claimer)
 {
-    return uatomic_cmpxchg(&q->state, SL_RPC_PENDING, state) == SL_RPC_PENDING;
+    uint32_t state = kind | (uint32_t)(claimer + 1) << 8;
+    bool won = uatomic_cmpxchg(&q->state, SL_RPC_PENDING, state) == SL_RPC_PENDING;
+    if (won)
+        SL_CRASHPOINT("rpc.claimed");
+    return won;
 }
 
 void sl_rpc_unclaim(sl_rpc_t *q)
@@ -57,58 +61,62 @@ void sl_rpc_unclaim(sl_rpc_t *q)
     uatomic_set(&q->state, SL_RPC_PENDING);
 }
 
+bool sl_rpc_held_by(const sl_rpc_t *q, int worker)
+{
+    return q->worker == worker || SL_RPC_CLAIMER(uatomic_read(&q->state)) == worker;
+}
+
+int sl_rpc_cleanup_one(sl_reg_t *r, sl_rpc_t *q, int worker)
+{
+    if (q->worker == worker) {
+        /* Its requester is gone: cancel (a live responder holding the
+         * claim removes it itself; its response finds no connection). */
+        if (!sl_rpc_claim(q, SL_RPC_CANCELLED, SL_REG_MASTER_SLOT))
+            return 0;
+    } else {
+        /* A claim the dead worker held: take it over.  Whether or not its
+         * response was handed over, the requester's record settles it:
+         * with the response if it arrived, else with rpc-timeout. */
+        uint32_t st = uatomic_read(&q->state);
+        if (SL_RPC_CLAIMER(st) != worker ||
+            uatomic_cmpxchg(&q->state, st,
+                            SL_RPC_EXPIRED | (uint32_t)(SL_REG_MASTER_SLOT + 1) << 8) != st)
+            return 0;
+    }
+    sl_rpc_remove(r, q);
+    return 1;
+}
+
 void sl_rpc_remove(sl_reg_t *r, sl_rpc_t *q)
 {
-    sl_table_remove(r->rpcs, q->node.hash, q->request_id, q->node.klen);
+    sl_table_remove_node(r->rpcs, q->node.hash, &q->node);
 }
 
 typedef struct {
-    int worker;       /* -1: any */
-    int64_t deadline; /* 0: any */
-    sl_rpc_t *found[256];
+    sl_reg_t *r;
+    int64_t deadline;
+    int claimer;
     size_t n;
-} rpc_collect_t;
+} rpc_expire_t;
 
-static int rpc_collect_cb(sl_table_node_t *n, void *arg)
+static int rpc_expire_cb(sl_table_node_t *n, void *arg)
 {
-    rpc_collect_t *col = arg;
+    rpc_expire_t *x = arg;
     sl_rpc_t *q = (sl_rpc_t *)n;
-    if ((col->worker < 0 || q->worker == col->worker) &&
-        (col->deadline == 0 || q->deadline <= col->deadline) && col->n < SL_ARRAY_LEN(col->found))
-        col->found[col->n++] = q;
+    /* Removing while walking is fine: a removed node keeps its next
+     * pointer until a grace period after our next quiescent state. */
+    if (q->deadline <= x->deadline && sl_rpc_claim(q, SL_RPC_EXPIRED, x->claimer)) {
+        sl_rpc_remove(x->r, q);
+        x->n++;
+    }
     return 0;
 }
 
-static size_t cancel_matching(sl_reg_t *r, int worker, int64_t deadline, uint32_t state,
-                              int slot)
+size_t sl_rpc_expire(sl_reg_t *r, int64_t now_ms, int claimer)
 {
-    size_t total = 0;
-    for (;;) {
-        rpc_collect_t col = {.worker = worker, .deadline = deadline, .n = 0};
-        sl_table_foreach(r->rpcs, rpc_collect_cb, &col);
-        size_t claimed = 0;
-        for (size_t i = 0; i < col.n; i++)
-            if (sl_rpc_claim(col.found[i], state)) {
-                sl_rpc_remove(r, col.found[i]);
-                claimed++;
-            }
-        total += claimed;
-        if (slot >= 0)
-            sl_qsbr_quiescent(&r->qsbr, slot);
-        if (col.n < SL_ARRAY_LEN(col.found) || claimed == 0)
-            break;
-    }
-    return total;
-}
-
-size_t sl_rpc_worker_cleanup(sl_reg_t *r, int worker)
-{
-    return cancel_matching(r, worker, 0, SL_RPC_CANCELLED, SL_REG_MASTER_SLOT);
-}
-
-size_t sl_rpc_expire(sl_reg_t *r, int64_t now_ms)
-{
-    return cancel_matching(r, -1, now_ms, SL_RPC_EXPIRED, -1);
+    rpc_expire_t x = {r, now_ms, claimer, 0};
+    sl_table_foreach(r->rpcs, rpc_expire_cb, &x);
+    return x.n;
 }
 
 typedef struct {

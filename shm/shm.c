@@ -54,6 +54,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_RATE_LIMIT_CLOSED] = "rate-limit-disconnect",
     [SL_ERR_MAX_CONNECTIONS_PER_IP] = "max-connections-per-ip",
     [SL_ERR_MAX_CONNECTIONS_PER_USER] = "max-connections-per-user",
+    [SL_ERR_TOO_MANY_CHANNELS] = "too-many-channels",
 };
 
 const char *sl_err_name(sl_err_t e)
@@ -106,7 +107,7 @@ size_t sl_shm_min_size(void)
     return header_size() + (1 << 20); /* and at least 1 MiB for the arena */
 }
 
-int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns)
+int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns, uint64_t max_channels)
 {
     if (size < sl_shm_min_size() || nworkers == 0 || nworkers > SL_MAX_WORKERS) {
         errno = EINVAL;
@@ -121,8 +122,10 @@ int sl_shm_create(size_t size, uint32_t nworkers, uint64_t max_conns)
     sl_shm->magic = SL_SHM_MAGIC;
     sl_shm->size = size;
     sl_shm->nworkers = nworkers;
-    if (sl_reg_init(&sl_shm->reg, (char *)p + header_size(), size - header_size(), max_conns,
-                    nworkers) != SL_OK) {
+    sl_reg_limits_t lim = {.max_connections = max_conns, .max_channels = max_channels,
+                           .nworkers = nworkers};
+    if (sl_reg_init(&sl_shm->reg, (char *)p + header_size(), size - header_size(), &lim) !=
+        SL_OK) {
         munmap(p, size);
         sl_shm = NULL;
         errno = EINVAL;

@@ -106,7 +106,7 @@ static json_t *channel_entry(sl_chan_t *c)
 {
     return json_pack("{s:s%, s:o, s:I, s:I, s:I}", "channel-id", c->id, (size_t)c->node.klen,
                      "config", config_json(&c->config), "created-at", (json_int_t)c->created_at,
-                     "message-count", (json_int_t)uatomic_read(&c->message_count),
+                     "message-count", (json_int_t)sl_chan_message_count(c),
                      "subscriber-count", (json_int_t)uatomic_read(&c->subscribers));
 }
 
@@ -174,6 +174,10 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         int rc = sl_chan_create(REG, id, len, &cfg, &c);
         if (rc == SL_CHAN_EXISTS)
             return err(409, "channel-exists", "a channel with this id exists");
+        if (rc == SL_CHAN_TOO_MANY) {
+            sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+            return err(503, "too-many-channels", "the server is at --max-channels");
+        }
         if (rc != SL_CHAN_CREATED)
             return err(503, "shm-exhausted", "the server's shared memory is full");
         SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
@@ -211,7 +215,7 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         json_t *o = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:o, s:o}", "channel-id", id, len,
                               "config", config_json(&c->config), "created-at",
                               (json_int_t)c->created_at, "message-count",
-                              (json_int_t)uatomic_read(&c->message_count), "epoch", c->epoch,
+                              (json_int_t)sl_chan_message_count(c), "epoch", c->epoch,
                               "subscribers", subs, "retained-messages", retained);
         return ok(200, o);
     }
@@ -272,13 +276,19 @@ static result_t broadcast(json_t *body)
     }
     SL_TEL(SL_EV_CHANNEL_BROADCAST_START, SL_INFO, SL_TF_S("scope", "all-connections"),
            SL_TF_I("connections", n));
-    int rc = sl_chan_broadcast(REG, workers, f->data + f->start, f->len - f->start);
+    uint64_t reached = 0;
+    int rc = sl_chan_broadcast(REG, workers, f->data + f->start, f->len - f->start, &reached);
     sl_buf_unref(f);
     if (rc != SL_OK) {
         SL_TEL(SL_EV_BROADCAST_FAILED, SL_WARN, SL_TF_S("reason", "overloaded"));
         return err(503, "overloaded", "a worker's inbox is full; try again");
     }
-    sl_pubsub_wake_later(workers);
+    /* A worker whose inbox was full is skipped: its connections are not
+     * counted as reached. */
+    for (uint32_t w = 0; w < sl_shm->nworkers; w++)
+        if ((workers & ~reached) >> w & 1)
+            n -= SL_MIN(n, uatomic_read(&sl_shm->workers[w].connections));
+    sl_pubsub_wake_later(reached);
     SL_TEL(SL_EV_CHANNEL_BROADCAST_COMPLETE, SL_INFO, SL_TF_I("sent-to", n));
     return ok(200, json_pack("{s:I}", "sent-to", (json_int_t)n));
 }
@@ -450,7 +460,7 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         } else {
             /* Only requests a second past their deadline: younger ones are
              * their requester timer's to settle (it tells the requester). */
-            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000);
+            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000, sl_worker->id);
             SL_TEL(SL_EV_RPC_CLEANUP_COMPLETED, SL_INFO, SL_TF_I("expired", k),
                    SL_TF_S("by", "admin-api"));
             r = ok(200, json_pack("{s:I}", "expired", (json_int_t)k));

@@ -13,8 +13,19 @@
  *   - the timer: the requester gets the rpc-timeout error;
  *   - the requester leaving / its worker dying: nobody is told.
  * A local record is freed when its request is settled on this worker
- * (timer fired, response delivered, requester gone), never earlier, and a
- * late DIRECT entry finds no record and is harmless.
+ * (timeout sent, response delivered, requester gone), never earlier.  The
+ * record is what makes the outcome exactly-once for the client: both the
+ * response's DIRECT entry and the timer run on this worker, and whichever
+ * finds the record first settles it; a late DIRECT entry finds no record
+ * and is dropped (sl_call_answered returns false).
+ *
+ * The timer does not give up while a responder holds the claim: that
+ * responder's DIRECT entry is on its way, or the responder failed to hand
+ * it over (it un-claims) or died (the master's cleanup takes the claim over
+ * and removes the entry).  So the timer retries every SL_CALL_RETRY_MS
+ * until it wins the claim or finds the entry gone; gone twice in a row
+ * (the DIRECT entry of a responder that removed it would have arrived in
+ * between) means nobody will answer: rpc-timeout.
  */
 #include "sl_call.h"
 #include "sl_chan.h"
@@ -34,6 +45,7 @@
 
 #define REG (&sl_shm->reg)
 #define SL_RPC_MAX_TIMEOUT_MS 3600000
+#define SL_CALL_RETRY_MS 100
 
 struct sl_call {
     struct sl_call *map_next;  /* chain in the map by request number */
@@ -42,6 +54,7 @@ struct sl_call {
     sl_conn_t *conn;
     int64_t deadline; /* wall ms */
     int64_t start_us; /* monotonic us the request was accepted (round-trip histogram) */
+    bool gone_once;   /* the timer found the entry gone once already */
     struct event timer;
     char request_id[SL_RPC_ID_MAX];
     char channel_id[129];
@@ -74,25 +87,43 @@ static void call_free(sl_call_t *k)
 
 /* ------------------------------------------------------------ timeouts */
 
+static void retry_later(sl_call_t *k)
+{
+    struct timeval tv = {0, SL_CALL_RETRY_MS * 1000};
+    evtimer_add(&k->timer, &tv);
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_call_t *k = arg;
     int64_t now = sl_now_ms();
     sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
-    if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_EXPIRED)) {
+    if (q && q->no == k->no) {
+        if (!sl_rpc_claim(q, SL_RPC_EXPIRED, sl_worker->id)) {
+            /* A responder holds the claim: its answer is on the way, or it
+             * gives the claim back, or the master takes it over. */
+            k->gone_once = false;
+            retry_later(k);
+            return;
+        }
         sl_rpc_remove(REG, q);
-        uatomic_add(&sl_worker->stats->rpc_expired, 1);
-        json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "error", "reason", "rpc-timeout",
-                              "request-id", k->request_id, "message",
-                              "no response before the request's timeout", "timestamp",
-                              (json_int_t)now);
-        sl_proto_reply(k->conn, e);
-        SL_TEL(SL_EV_RPC_REQUEST_EXPIRED, SL_INFO, SL_TF_S("request-id", k->request_id),
-               SL_TF_S("channel-id", k->channel_id), SL_TF_S("requester", k->conn->conn_id),
-               SL_TF_I("late-ms", now - k->deadline));
+    } else if (!k->gone_once) {
+        /* Removed: by a responder whose DIRECT entry is already in our
+         * inbox (drained at the end of this turn), or by the master after
+         * that responder died.  Look once more. */
+        k->gone_once = true;
+        retry_later(k);
+        return;
     }
-    /* Otherwise a response won the race; its DIRECT entry is in flight and
-     * will find no record - fine. */
+    uatomic_add(&sl_worker->stats->rpc_expired, 1);
+    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "error", "reason", "rpc-timeout",
+                          "request-id", k->request_id, "message",
+                          "no response before the request's timeout", "timestamp",
+                          (json_int_t)now);
+    sl_proto_reply(k->conn, e);
+    SL_TEL(SL_EV_RPC_REQUEST_EXPIRED, SL_INFO, SL_TF_S("request-id", k->request_id),
+           SL_TF_S("channel-id", k->channel_id), SL_TF_S("requester", k->conn->conn_id),
+           SL_TF_I("late-ms", now - k->deadline));
     call_free(k);
 }
 
@@ -146,9 +177,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     }
     int64_t timeout = tj ? json_integer_value(tj) : ch->config.rpc_timeout_ms;
     sl_call_t *k = calloc(1, sizeof(*k));
-    sl_rpc_t *q = k ? sl_rpc_create(REG, c->conn_id, sl_worker->id, c->slot, c->conn_no, id, len,
-                                    timeout)
-                    : NULL;
+    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, id, len, timeout) : NULL;
     if (q == NULL) {
         free(k);
         sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
@@ -170,7 +199,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     sl_buf_unref(frame);
     if (rc != SL_OK || n == 0) {
         /* Nothing handed over: nothing is tracked. */
-        if (sl_rpc_claim(q, SL_RPC_CANCELLED))
+        if (sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id))
             sl_rpc_remove(REG, q);
         free(k);
         json_decref(subs);
@@ -241,7 +270,7 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
         response_failed(c, rid, rlen, why);
         return;
     }
-    if (!sl_rpc_claim(q, SL_RPC_ANSWERED)) {
+    if (!sl_rpc_claim(q, SL_RPC_ANSWERED, sl_worker->id)) {
         /* Late or duplicate. */
         response_failed(c, rid, rlen, "request-not-found");
         return;
@@ -272,16 +301,18 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
                        "success", 1));
 }
 
-/* A DIRECT inbox entry tagged with request number `no` was delivered here:
- * the request is settled, its timer goes. */
-void sl_call_answered(uint64_t no)
+/* A DIRECT inbox entry tagged with request number `no` arrived here: if
+ * the request is still unsettled, the response settles it (true: deliver
+ * it); otherwise the client already had its rpc-timeout (false: drop). */
+bool sl_call_answered(uint64_t no)
 {
     for (sl_call_t *k = *bucket(no); k; k = k->map_next)
         if (k->no == no) {
             sl_hist_observe(&sl_worker->stats->rpc, sl_mono_us() - k->start_us, 1);
             call_free(k);
-            return;
+            return true;
         }
+    return false;
 }
 
 void sl_call_closed(sl_conn_t *c)
@@ -290,7 +321,7 @@ void sl_call_closed(sl_conn_t *c)
     while (c->calls) {
         sl_call_t *k = c->calls;
         sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
-        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED)) {
+        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id)) {
             sl_rpc_remove(REG, q);
             n++;
         }

@@ -27,6 +27,22 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len)
     return NULL;
 }
 
+void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg)
+{
+    if (nbuckets == 0)
+        return;
+    for (sl_cidx_entry_t *e = *slot_of(hash); e; e = e->next)
+        if (e->hash == hash)
+            fn(e, arg);
+}
+
+void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg)
+{
+    for (uint32_t i = 0; i < nbuckets; i++)
+        for (sl_cidx_entry_t *e = buckets[i]; e; e = e->next)
+            fn(e, arg);
+}
+
 static int grow(void)
 {
     uint32_t n = nbuckets ? nbuckets * 2 : 64;

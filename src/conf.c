@@ -117,6 +117,16 @@ static const sl_option_t sl_options[] = {
      "default RPC timeout of a channel"},
     {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
      1, 1000000, "1000", "N", "channels one connection may subscribe to"},
+    {"max-channels", NULL, OPT_INT, OFF(max_channels), 0, 1, 10000000, "10000", "N",
+     "channels across the server; sizes the channel table (over it: too-many-channels)"},
+    {"channel-linger-ms", NULL, OPT_INT, OFF(channel_linger_ms), 0, 0, 86400000, "30000", "MS",
+     "an auto-created channel without subscribers or retained messages is removed after this"},
+    {"channel-creations-per-minute", NULL, OPT_INT, OFF(channel_creations_per_minute), 0, 1,
+     1000000, "600", "N", "channels one connection may create by subscribing, per minute"},
+    {"worker-stall-ms", NULL, OPT_INT, OFF(worker_stall_ms), 0, 100, 3600000, "3000", "MS",
+     "a worker without progress this long is stalled: no new sockets, /health unhealthy"},
+    {"worker-stall-kill-ms", NULL, OPT_INT, OFF(worker_stall_kill_ms), 0, 200, 3600000, "10000",
+     "MS", "a worker stalled this long is killed and replaced (more than --worker-stall-ms)"},
     {"admin-token", "SENTE_ADMIN_TOKEN", OPT_SECRET, OFF(admin_token), SZ(admin_token), 1, 0, "",
      "TOKEN", "enable the admin API under /api/ with this bearer token (visible in the process "
      "list: prefer SENTE_ADMIN_TOKEN or --admin-token-file)"},
@@ -1026,6 +1036,12 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
                          ns_key_names[k], rule_names[c->namespaces[i].rules[k]]);
                 return SL_ERROR;
             }
+    if (c->worker_stall_kill_ms <= c->worker_stall_ms) {
+        snprintf(err, errsz, "--worker-stall-kill-ms (%lld) must be more than --worker-stall-ms "
+                             "(%lld)", (long long)c->worker_stall_kill_ms,
+                 (long long)c->worker_stall_ms);
+        return SL_ERROR;
+    }
     if ((size_t)c->shm_size < sl_shm_min_size()) {
         snprintf(err, errsz, "--shm-size: must be at least %zu bytes", sl_shm_min_size());
         return SL_ERROR;

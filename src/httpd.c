@@ -262,6 +262,32 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
     return keep;
 }
 
+/* The decimal value of query parameter `name` (def when absent, -1 when
+ * it is not a number up to 2^32 - 1). */
+static long long query_uint(const sl_http_request_t *req, const char *name, long long def)
+{
+    const char *q = memchr(req->target, '?', req->target_len), *end = req->target + req->target_len;
+    size_t nl = strlen(name);
+    for (const char *p = q ? q + 1 : end; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=') {
+            long long v = 0;
+            const char *d = p + nl + 1;
+            if (d == stop)
+                return -1;
+            for (; d < stop; d++) {
+                if (*d < '0' || *d > '9' || v > 0xffffffffLL / 10)
+                    return -1;
+                v = v * 10 + (*d - '0');
+            }
+            return v > 0xffffffffLL ? -1 : v;
+        }
+        p = stop + 1;
+    }
+    return def;
+}
+
 static bool path_is(const sl_http_request_t *req, const char *p)
 {
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
@@ -387,7 +413,20 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         free(text);
         send_raw(c, resp, len);
     } else if (channels) {
-        send_json(c, 200, json_pack("{s:o}", "channels", sl_pubsub_channels_json()), keep);
+        /* Paged (sl_pubsub.h): ?cursor=<next-cursor>&limit=<1..1000>. */
+        long long cursor = query_uint(req, "cursor", 0);
+        long long limit = query_uint(req, "limit", SL_CHANNELS_PAGE_MAX);
+        if (cursor < 0 || limit < 1) {
+            sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
+            sl_httpd_error(c, 400, "bad-query", "cursor and limit must be non-negative integers "
+                                                "(limit at least 1)", keep);
+            return keep;
+        }
+        uint32_t next;
+        json_t *page = sl_pubsub_channels_page((uint32_t)cursor,
+                                               (uint32_t)SL_MIN(limit, SL_CHANNELS_PAGE_MAX), &next);
+        send_json(c, 200, json_pack("{s:o, s:o}", "channels", page, "next-cursor",
+                                    next ? json_integer(next) : json_null()), keep);
     } else {
         send_json(c, 200, sl_stats_json(), keep);
     }

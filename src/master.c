@@ -12,6 +12,18 @@
  * listener, other workers' pairs), so a worker holds only its clients, its
  * pair and the telemetry pipe's write end.  The master keeps the pipe's read
  * end open only so that a respawned logger can inherit it.
+ *
+ * Shared memory: the master cleans up after a dead worker in bounded steps
+ * from its event loop (sl_reg_cleanup_step, ~2 ms each), so it keeps
+ * accepting meanwhile, and respawns the worker only once its cleanup is
+ * done.  It watches every worker's progress (its QSBR turn counter): one
+ * that makes none for --worker-stall-ms is "stalled" (no new sockets, the
+ * ones queued to it handed to others, /health unhealthy), and after
+ * --worker-stall-kill-ms it is killed and replaced.  It reaps empty
+ * auto-created channels after --channel-linger-ms, a slice of the channel
+ * table per tick.  Whenever it must wait for a lock of the registry, it
+ * goes on accepting and watching meanwhile (sl_lock_set_wait_hook), so a
+ * stopped holder costs at most the kill bound, never a hang.
  */
 #include "sl_master.h"
 #include "sl_arena.h"
@@ -50,6 +62,8 @@
 #define SL_WS_WEIGHT 4        /* a WebSocket weighs this many HTTP connections */
 #define SL_MAX_LISTEN 16      /* listening sockets (socket activation may pass several) */
 #define SL_UPGRADE_TIMEOUT_MS 30000 /* the new master's workers must be up by then */
+#define SL_CLEANUP_SLICE_US 2000 /* one cleanup turn of the master's loop */
+#define SL_CLEANUP_BUDGET 128    /* removals per cleanup step */
 
 typedef struct {
     pid_t pid;
@@ -58,6 +72,15 @@ typedef struct {
     int64_t started;    /* monotonic ms */
     int64_t backoff_ms; /* next respawn delay after a quick death */
     struct event *respawn_ev;
+    /* Cleanup after its death (the replacement waits for it). */
+    bool cleaning;
+    sl_reg_cleanup_t job;
+    int64_t cleanup_started_us;
+    struct event *cleanup_ev;
+    /* Progress watch. */
+    uint64_t turns;       /* its QSBR turn count when last seen to move */
+    int64_t progress_ms;  /* monotonic: when it last moved */
+    bool killed;          /* SIGKILL sent for staying stalled */
 } slot_t;
 
 static struct {
@@ -76,7 +99,8 @@ static struct {
     int parked[SL_PARKED_MAX];
     char parked_tag[SL_PARKED_MAX]; /* the listener each came from */
     int nparked;
-    struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev;
+    struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev, *watch_ev, *reap_ev;
+    uint32_t reap_cursor;
     /* Binary upgrade (SIGUSR2), as the old master: the new one's pid and
      * the pipe on which it says it is ready. */
     pid_t upgrade_pid;
@@ -141,6 +165,33 @@ void sl_master_set_exec(int argc, char **argv)
     sl_argv = calloc((size_t)argc + 1, sizeof(char *));
     for (int i = 0; sl_argv && i < argc; i++)
         sl_argv[i] = strdup(argv[i]);
+}
+
+static void watch_workers(void);
+static void accept_cb(evutil_socket_t lfd, short what, void *arg);
+
+/* While the master waits for a registry lock (cleanup, reaper), it keeps
+ * watching and accepting: the holder may be a stopped worker that only the
+ * watchdog will kill.  Neither takes a lock. */
+static void wait_hook(void)
+{
+    watch_workers();
+    for (int k = 0; k < M.nlfd && !M.stopping; k++)
+        if (M.lfds[k] >= 0 && M.accept_evs[k] && event_pending(M.accept_evs[k], EV_READ, NULL))
+            accept_cb(M.lfds[k], EV_READ, (void *)(intptr_t)k);
+}
+
+static void master_online(void)
+{
+    sl_qsbr_online(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
+    sl_lock_set_wait_hook(wait_hook);
+}
+
+static void master_offline(void)
+{
+    sl_lock_set_wait_hook(NULL);
+    sl_qsbr_offline(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
+    sl_qsbr_reclaim(&sl_shm->reg.qsbr);
 }
 
 static void close_foreign_fds(int keep_ctl)
@@ -286,6 +337,10 @@ static int spawn_worker(int i)
     M.w[i].ctl = sv[0];
     M.w[i].peer = sv[1];
     M.w[i].started = sl_mono_ms();
+    M.w[i].turns = sl_qsbr_turns(&sl_shm->reg.qsbr, i);
+    M.w[i].progress_ms = M.w[i].started;
+    M.w[i].killed = false;
+    uatomic_set(&st->stalled, 0);
     return SL_OK;
 }
 
@@ -303,8 +358,9 @@ static int pick_worker(uint64_t skip)
         int i = (M.next_rr + k) % M.nworkers;
         /* A worker still starting up is a valid target: the socket waits
          * in its queue until its loop runs. */
-        if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1))
-            continue;
+        if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1) ||
+            uatomic_read(&sl_shm->workers[i].stalled))
+            continue; /* down, tried, or stalled: it would not take them */
         sl_worker_stats_t *st = &sl_shm->workers[i];
         uint64_t load =
             SL_WS_WEIGHT * (uatomic_read(&st->connections) + uatomic_read(&st->echo_connections)) +
@@ -426,6 +482,13 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
     int i = (int)(intptr_t)arg;
     if (M.stopping || M.w[i].pid > 0)
         return;
+    if (M.w[i].cleaning) {
+        /* Its registry entries are still being removed: a replacement
+         * under the same id must not start before. */
+        struct timeval tv = {0, 20 * 1000};
+        event_add(M.w[i].respawn_ev, &tv);
+        return;
+    }
     if (spawn_worker(i) != SL_OK) {
         struct timeval tv = {1, 0};
         event_add(M.w[i].respawn_ev, &tv);
@@ -470,17 +533,20 @@ static void worker_died(int i, int status)
     SL_TEL(SL_EV_WORKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_I("worker", i),
            SL_TF_I("pid", pid), SL_TF_S("status", how), SL_TF_I("lived-ms", lived),
            SL_TF_I("rescued-sockets", nrescued));
-    /* Its connections are gone with it: clean them out of the registry
-     * (this also takes its reader slot offline so reclamation goes on). */
-    size_t removed = sl_reg_worker_cleanup(&sl_shm->reg, i);
-    if (removed)
-        SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
-               SL_TF_I("removed-connections", removed), SL_TF_S("reason", "worker died"));
     uatomic_set(&sl_shm->workers[i].pid, 0);
+    uatomic_set(&sl_shm->workers[i].stalled, 0);
     uatomic_set(&sl_shm->workers[i].connections, 0);
     uatomic_set(&sl_shm->workers[i].echo_connections, 0);
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
     uatomic_set(&sl_shm->workers[i].pending_handoff, 0);
+    /* Its connections are gone with it: clean them out of the registry, in
+     * steps (first the locks it held are repaired and its reader slot taken
+     * offline, so reclamation goes on). */
+    sl_reg_cleanup_start(&s->job, i);
+    s->cleaning = true;
+    s->cleanup_started_us = sl_mono_us();
+    struct timeval now = {0, 0};
+    event_add(s->cleanup_ev, &now);
     for (int k = 0; k < nrescued; k++)
         hand_off(rescued[k], rescued_tag[k]);
     if (M.stopping)
@@ -494,6 +560,146 @@ static void worker_died(int i, int status)
                                       : SL_RESPAWN_MIN_MS;
     struct timeval tv = {s->backoff_ms / 1000, (s->backoff_ms % 1000) * 1000};
     event_add(s->respawn_ev, &tv);
+}
+
+/* One turn of a dead worker's cleanup: steps until ~2 ms have passed, a
+ * channel lock was busy, or it is done. */
+static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    slot_t *s = &M.w[i];
+    if (!s->cleaning)
+        return;
+    int64_t t0 = sl_mono_us();
+    uint64_t busy = s->job.busy;
+    int rc;
+    master_online();
+    do {
+        rc = sl_reg_cleanup_step(&sl_shm->reg, &s->job, SL_CLEANUP_BUDGET);
+        sl_qsbr_quiescent(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
+    } while (rc == SL_AGAIN && s->job.busy == busy && sl_mono_us() - t0 < SL_CLEANUP_SLICE_US);
+    master_offline();
+    if (rc == SL_AGAIN) {
+        /* More to do: right after the loop has looked at the listener
+         * again; a little later if a live process held a channel lock. */
+        struct timeval tv = {0, s->job.busy != busy ? 10 * 1000 : 0};
+        event_add(s->cleanup_ev, &tv);
+        return;
+    }
+    s->cleaning = false;
+    if (s->job.removed_conns || s->job.removed_subs || s->job.rpcs)
+        SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
+               SL_TF_I("removed-connections", s->job.removed_conns),
+               SL_TF_I("removed-subscriptions", s->job.removed_subs),
+               SL_TF_I("settled-rpc-requests", s->job.rpcs),
+               SL_TF_I("cleanup-us", sl_mono_us() - s->cleanup_started_us),
+               SL_TF_I("steps", s->job.steps), SL_TF_S("reason", "worker died"));
+    sl_tel_flush();
+}
+
+/* Queued sockets a stalled worker has not taken: give them to others. */
+static void rescue_queued(int i)
+{
+    slot_t *s = &M.w[i];
+    int fds[SL_PROC_FDS_MAX], got;
+    char tag = SL_PROC_TAG_PUBLIC;
+    while (s->peer >= 0 && (got = sl_proc_recv_fds(s->peer, fds, &tag)) > 0) {
+        uatomic_add(&sl_shm->workers[i].pending_handoff, -got);
+        for (int k = 0; k < got; k++)
+            hand_off(fds[k], tag);
+    }
+}
+
+/* The watchdog: progress is the worker's QSBR turn count, which moves at
+ * the end of every loop turn (at least once per tick, 1 s at most). */
+static void watch_workers(void)
+{
+    int64_t now = sl_mono_ms();
+    for (int i = 0; i < M.nworkers; i++) {
+        slot_t *s = &M.w[i];
+        sl_worker_stats_t *st = &sl_shm->workers[i];
+        if (s->pid <= 0)
+            continue;
+        uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, i);
+        if (t != s->turns) {
+            s->turns = t;
+            s->progress_ms = now;
+            if (uatomic_read(&st->stalled)) {
+                uatomic_set(&st->stalled, 0);
+                SL_TEL(SL_EV_WORKER_RECOVERED, SL_WARN, SL_TF_I("worker", i),
+                       SL_TF_I("pid", s->pid));
+            }
+            continue;
+        }
+        int64_t idle = now - s->progress_ms;
+        if (idle >= sl_conf->worker_stall_ms && !uatomic_read(&st->stalled)) {
+            uatomic_set(&st->stalled_since_ms, sl_now_ms() - idle);
+            uatomic_set(&st->stalled, 1);
+            uatomic_add(&st->stalls, 1);
+            SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", i),
+                   SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
+                   SL_TF_I("kill-after-ms", sl_conf->worker_stall_kill_ms));
+            rescue_queued(i);
+        }
+        if (idle >= sl_conf->worker_stall_kill_ms && !s->killed) {
+            /* Its reader slot can only be released once it can no longer
+             * read: killed, it is cleaned up and replaced as any crash. */
+            s->killed = true;
+            uatomic_add(&st->stall_kills, 1);
+            SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", i),
+                   SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
+                   SL_TF_S("action", "killed"));
+            kill(s->pid, SIGKILL);
+        }
+    }
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    watch_workers();
+    sl_tel_flush();
+}
+
+/* The reaper: a slice of the channel table per tick, a whole pass in
+ * about half the linger time. */
+typedef struct {
+    int64_t now;
+    uint64_t reaped;
+} reap_t;
+
+static int reap_one(sl_table_node_t *n, void *arg)
+{
+    reap_t *x = arg;
+    sl_chan_t *c = (sl_chan_t *)n;
+    if (sl_chan_reap(&sl_shm->reg, c, x->now, sl_conf->channel_linger_ms)) {
+        x->reaped++;
+        SL_TEL(SL_EV_CHANNEL_DELETED, SL_DEBUG, SL_TF_SN("channel-id", c->id, c->node.klen),
+               SL_TF_S("reason", "empty"));
+    }
+    return 0;
+}
+
+static int64_t reap_tick_ms(void)
+{
+    return SL_MAX(50, SL_MIN(1000, sl_conf->channel_linger_ms / 8));
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_table_t *t = sl_shm->reg.channels;
+    int64_t tick = reap_tick_ms(), pass = SL_MAX(200, sl_conf->channel_linger_ms / 2);
+    uint32_t slice = (uint32_t)SL_MAX(64, (int64_t)t->nbuckets * tick / pass + 1);
+    reap_t x = {sl_mono_ms(), 0};
+    master_online();
+    M.reap_cursor = sl_table_walk(t, M.reap_cursor, slice, reap_one, &x);
+    if (M.reap_cursor >= t->nbuckets)
+        M.reap_cursor = 0;
+    master_offline();
+    if (x.reaped)
+        uatomic_add(&sl_shm->channels_reaped, x.reaped);
+    sl_tel_flush();
+    struct timeval tv = {tick / 1000, (tick % 1000) * 1000};
+    event_add(M.reap_ev, &tv);
 }
 
 static void finish_if_done(void);
@@ -937,7 +1143,7 @@ static int create_predefined_channels(void)
 {
     sl_reg_t *r = &sl_shm->reg;
     int rc = SL_OK;
-    sl_qsbr_online(&r->qsbr, SL_REG_MASTER_SLOT);
+    master_online();
     for (int i = 0; i < sl_conf->nchannels; i++) {
         const sl_conf_channel_t *ch = &sl_conf->channels[i];
         sl_chan_config_t cfg = {.max_subscribers = ch->max_subscribers,
@@ -946,8 +1152,9 @@ static int create_predefined_channels(void)
                                 .telemetry_enabled = true};
         sl_chan_t *c;
         int crc = sl_chan_create(r, ch->name, strlen(ch->name), &cfg, &c);
-        if (crc == SL_CHAN_NO_MEMORY) {
-            fprintf(stderr, "sente-lite: --shm-size too small for --channel %s\n", ch->name);
+        if (crc == SL_CHAN_NO_MEMORY || crc == SL_CHAN_TOO_MANY) {
+            fprintf(stderr, "sente-lite: %s too small for --channel %s\n",
+                    crc == SL_CHAN_TOO_MANY ? "--max-channels" : "--shm-size", ch->name);
             rc = SL_ERROR;
             break;
         }
@@ -956,7 +1163,7 @@ static int create_predefined_channels(void)
                    SL_TF_S("by", "--channel"), SL_TF_I("max-subscribers", cfg.max_subscribers),
                    SL_TF_I("message-retention", cfg.message_retention));
     }
-    sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
+    master_offline();
     return rc;
 }
 
@@ -1024,16 +1231,21 @@ int sl_master_run(void)
         return 1;
     }
     if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
-                      (uint64_t)cf->max_connections) != SL_OK) {
+                      (uint64_t)cf->max_connections, (uint64_t)cf->max_channels) != SL_OK) {
         if (errno == EINVAL)
             fprintf(stderr, "sente-lite: --shm-size %lld is too small for --max-connections "
-                            "%lld\n", (long long)cf->shm_size, (long long)cf->max_connections);
+                            "%lld and --max-channels %lld\n", (long long)cf->shm_size,
+                    (long long)cf->max_connections, (long long)cf->max_channels);
         else
             fprintf(stderr, "sente-lite: cannot map %lld bytes of shared memory (--shm-size): "
                             "%s\n", (long long)cf->shm_size, strerror(errno));
         return 1;
     }
     sl_arena_set_owner(SL_MAX_WORKERS); /* the master's own slab pages */
+    /* Our reader slot (offline except while we work in the registry) and
+     * our lock-holder record. */
+    sl_qsbr_register(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
+    sl_qsbr_offline(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
     sl_shm->start_ms = sl_now_ms();
     sl_shm->master_pid = getpid();
     /* One eventfd per worker: whoever fills a worker's inbox wakes it.
@@ -1106,8 +1318,15 @@ int sl_master_run(void)
     M.upgrade_timer = evtimer_new(M.base, upgrade_timeout_cb, NULL);
     M.ready_timer = evtimer_new(M.base, ready_cb, NULL);
     M.watchdog_timer = event_new(M.base, -1, EV_PERSIST, watchdog_cb, NULL);
+    M.watch_ev = event_new(M.base, -1, EV_PERSIST, watch_cb, NULL);
+    M.reap_ev = evtimer_new(M.base, reap_cb, NULL);
+    int64_t wms = SL_MAX(10, SL_MIN(250, cf->worker_stall_ms / 4)), rms = reap_tick_ms();
+    struct timeval wtv = {wms / 1000, (wms % 1000) * 1000}, rtv = {rms / 1000, (rms % 1000) * 1000};
+    event_add(M.watch_ev, &wtv);
+    event_add(M.reap_ev, &rtv);
     for (int i = 0; i < M.nworkers; i++) {
         M.w[i].respawn_ev = evtimer_new(M.base, respawn_cb, (void *)(intptr_t)i);
+        M.w[i].cleanup_ev = evtimer_new(M.base, cleanup_cb, (void *)(intptr_t)i);
         if (spawn_worker(i) != SL_OK) {
             fprintf(stderr, "sente-lite: cannot start worker %d: %s\n", i, strerror(errno));
             stop_cb(SIGTERM, 0, NULL);
@@ -1167,8 +1386,12 @@ int sl_master_run(void)
     event_free(M.watchdog_timer);
     if (M.notify_fd >= 0)
         close(M.notify_fd);
-    for (int i = 0; i < M.nworkers; i++)
+    event_free(M.watch_ev);
+    event_free(M.reap_ev);
+    for (int i = 0; i < M.nworkers; i++) {
         event_free(M.w[i].respawn_ev);
+        event_free(M.w[i].cleanup_ev);
+    }
     event_base_free(M.base);
     return 0;
 }

@@ -273,7 +273,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
             put(&o, "\"} %lld\n", *(long long *)((char *)&list[i] + cm[m].off));
         }
     }
-    single(&o, "channel_series_omitted", "gauge", (long long)(k - shown),
+    /* /stats itself lists only its busiest channels (channels-omitted). */
+    single(&o, "channel_series_omitted", "gauge", (long long)(k - shown) + num(cs, "channels-omitted"),
            "Channels left out of the per-channel series (cap 100, busiest kept).");
     free(list);
 

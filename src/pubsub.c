@@ -14,6 +14,12 @@
  * in shared memory; the worker copies it once into a local buffer and
  * queues that same buffer on every local subscriber (no copy and no
  * allocation per subscriber), then drops the shared reference.
+ *
+ * Missed messages: a publisher skips our inbox when it is full and notes
+ * the channel (sl_inbox.h).  Before each entry we take, we look for new
+ * notes and close our subscribers of those channels with 1013 ("try again
+ * later"): they reconnect and recover with since-seq, and a closed
+ * connection gets nothing more, so no client ever sees a seq gap.
  */
 #include "sl_pubsub.h"
 #include "sl_call.h"
@@ -35,6 +41,8 @@
 
 int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
+static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
+static bool missed_started;
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
  * local subscribers this turn, observed once the turn's writes are done
@@ -111,7 +119,26 @@ static sl_chan_config_t default_config(const sl_conf_namespace_t *ns)
     return (sl_chan_config_t){.max_subscribers = ns->max_subscribers,
                               .message_retention = ns->message_retention,
                               .rpc_timeout_ms = ns->rpc_timeout_ms,
-                              .telemetry_enabled = true};
+                              .telemetry_enabled = true,
+                              .lingers = true};
+}
+
+/* The connection's channel-creation quota: --channel-creations-per-minute,
+ * refilled continuously, as much at once at most.  Takes one if there is. */
+static bool creation_allowed(sl_conn_t *c)
+{
+    float rate = (float)sl_conf->channel_creations_per_minute;
+    int64_t now = sl_mono_ms();
+    if (c->chan_tokens_mono == 0)
+        c->chan_tokens = rate;
+    else
+        c->chan_tokens = SL_MIN(rate, c->chan_tokens +
+                                          (float)(now - c->chan_tokens_mono) * rate / 60000.0f);
+    c->chan_tokens_mono = now;
+    if (c->chan_tokens < 1.0f)
+        return false;
+    c->chan_tokens -= 1.0f;
+    return true;
 }
 
 static json_t *config_json(const sl_chan_config_t *cfg)
@@ -169,35 +196,55 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         reject(c, id, len, "too-many-subscriptions");
         return;
     }
-    sl_chan_t *ch = sl_chan_find(REG, id, len);
-    if (ch == NULL) {
-        const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
-        if (!ns->auto_create) {
-            reject(c, id, len, "channel-not-found");
-            return;
-        }
-        sl_chan_config_t cfg = default_config(ns);
-        int rc = sl_chan_create(REG, id, len, &cfg, &ch);
-        if (rc == SL_CHAN_NO_MEMORY) {
-            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
-            reject(c, id, len, "overloaded");
-            return;
-        }
-        if (rc == SL_CHAN_CREATED)
-            SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
-                   SL_TF_S("by", c->conn_id), SL_TF_I("max-subscribers", cfg.max_subscribers),
-                   SL_TF_I("message-retention", cfg.message_retention));
-    }
-    if (already && !sl_chan_is_subscriber(REG, ch, c->conn_id)) {
-        /* Our list still names a channel that was deleted (its notice is
-         * in our inbox, not yet drained): tell the client now, in order,
-         * and subscribe it to the channel that exists. */
-        forget_deleted(c, id, len, ch->node.hash, NULL);
-        already = false;
-    }
+    sl_chan_t *ch = NULL;
     uint32_t count = 0;
-    int rc = already ? SL_CHAN_ALREADY
+    int rc = SL_CHAN_NOT_SUBSCRIBED;
+    /* Found, then deleted before we subscribed (an admin delete, or the
+     * reaper removing it as empty): look it up again, a few times. */
+    for (int attempt = 0; attempt < 4 && rc == SL_CHAN_NOT_SUBSCRIBED; attempt++) {
+        ch = sl_chan_find(REG, id, len);
+        if (ch == NULL) {
+            const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
+            if (!ns->auto_create) {
+                reject(c, id, len, "channel-not-found");
+                return;
+            }
+            if (!creation_allowed(c)) {
+                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                reject(c, id, len, "too-many-channels");
+                return;
+            }
+            sl_chan_config_t cfg = default_config(ns);
+            int crc = sl_chan_create(REG, id, len, &cfg, &ch);
+            if (crc == SL_CHAN_TOO_MANY) {
+                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                reject(c, id, len, "too-many-channels");
+                return;
+            }
+            if (crc == SL_CHAN_NO_MEMORY) {
+                sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+                reject(c, id, len, "overloaded");
+                return;
+            }
+            if (crc == SL_CHAN_CREATED)
+                SL_TEL(SL_EV_CHANNEL_CREATED, SL_INFO, SL_TF_SN("channel-id", id, len),
+                       SL_TF_S("by", c->conn_id), SL_TF_I("max-subscribers", cfg.max_subscribers),
+                       SL_TF_I("message-retention", cfg.message_retention));
+        }
+        if (already && !sl_chan_is_subscriber(REG, ch, c->conn_id)) {
+            /* Our list still names a channel that was deleted (its notice is
+             * in our inbox, not yet drained): tell the client now, in order,
+             * and subscribe it to the channel that exists. */
+            forget_deleted(c, id, len, ch->node.hash, NULL);
+            already = false;
+        }
+        rc = already ? SL_CHAN_ALREADY
                      : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &count);
+    }
+    if (rc == SL_CHAN_NOT_SUBSCRIBED) {
+        reject(c, id, len, "overloaded"); /* deleted under us every time */
+        return;
+    }
     if (rc == SL_CHAN_FULL) {
         reject(c, id, len, "max-subscribers-reached");
         return;
@@ -355,6 +402,11 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     sl_chan_pub_result_t res;
     int rc = sl_chan_publish(REG, ch, &p, &res);
     free(big);
+    if (rc == SL_CHAN_NOT_SUBSCRIBED) {
+        /* Deleted since we found it. */
+        sl_proto_reply(c, failure("publish-result", id, len, "channel-not-found"));
+        return;
+    }
     if (rc != SL_OK) {
         uatomic_add(&sl_worker->stats->overloaded, 1);
         if (rc == SL_CHAN_NO_MEMORY)
@@ -387,25 +439,23 @@ typedef struct {
     const sl_ident_t *who;
 } listing_t;
 
-static int channel_cb(sl_table_node_t *n, void *arg)
+static void channel_page_cb(sl_chan_t *ch, void *arg)
 {
     listing_t *l = arg;
-    sl_chan_t *ch = (sl_chan_t *)n;
     if (l->filter && sl_perm_check(l->who, SL_ACT_SUBSCRIBE, ch->id, ch->node.klen, false) !=
                          SL_PERM_OK)
-        return 0;
+        return;
     json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", config_json(&ch->config), "created-at",
                           (json_int_t)ch->created_at, "message-count",
-                          (json_int_t)uatomic_read(&ch->message_count), "subscriber-count",
+                          (json_int_t)sl_chan_message_count(ch), "subscriber-count",
                           (json_int_t)uatomic_read(&ch->subscribers));
     json_object_setn_new(l->all, ch->id, ch->node.klen, o);
-    return 0;
 }
 
-json_t *sl_pubsub_channels_json(void)
+json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next)
 {
     listing_t l = {json_object(), false, NULL};
-    sl_table_foreach(REG->channels, channel_cb, &l);
+    *next = sl_chan_page(REG, cursor, SL_MIN(limit, SL_CHANNELS_PAGE_MAX), channel_page_cb, &l);
     return l.all;
 }
 
@@ -413,9 +463,24 @@ json_t *sl_pubsub_channels_json(void)
  * nothing is counted). */
 void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
 {
+    json_t *cur = json_object_get(msg, "cursor"), *lim = json_object_get(msg, "limit");
+    if (cur && !(json_is_integer(cur) && json_integer_value(cur) >= 0 &&
+                 json_integer_value(cur) <= UINT32_MAX)) {
+        sl_proto_bad_field(c, "list-channels", "cursor", "must be a next-cursor value");
+        return;
+    }
+    if (lim && !(json_is_integer(lim) && json_integer_value(lim) >= 1)) {
+        sl_proto_bad_field(c, "list-channels", "limit", "must be a positive integer");
+        return;
+    }
+    uint32_t limit =
+        lim ? (uint32_t)SL_MIN(json_integer_value(lim), SL_CHANNELS_PAGE_MAX) : SL_CHANNELS_PAGE_MAX;
     listing_t l = {json_object(), sl_perm_active(), sl_session_ident(c)};
-    sl_table_foreach(REG->channels, channel_cb, &l);
-    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "channel-list", "channels", l.all));
+    uint32_t next = sl_chan_page(REG, cur ? (uint32_t)json_integer_value(cur) : 0, limit,
+                                 channel_page_cb, &l);
+    json_t *page = l.all;
+    sl_proto_reply(c, json_pack("{s:s, s:o, s:o}", "type", "channel-list", "channels", page,
+                                "next-cursor", next ? json_integer(next) : json_null()));
 }
 
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
@@ -443,8 +508,8 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
     uint64_t n = 0;
     for (uint32_t i = 0; i < e->n; i++) {
         sl_conn_t *c = e->conns[i];
-        if (c->conn_no == exclude_conn)
-            continue;
+        if (c->conn_no == exclude_conn || c->state != SL_CONN_WS)
+            continue; /* the sender, or closing (nothing may follow a close frame) */
         if (sl_conn_send(c, b) == SL_OK)
             n++;
     }
@@ -457,8 +522,8 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
  * sends).  The conn number guards against a slot reused since. */
 static void deliver_direct(const sl_inbox_entry_t *e)
 {
-    if (e->tag)
-        sl_call_answered(e->tag);
+    if (e->tag && !sl_call_answered(e->tag))
+        return; /* settled already: the requester had its rpc-timeout */
     sl_worker_t *w = sl_worker;
     sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
     if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
@@ -566,13 +631,54 @@ static void channel_gone(const sl_chan_msg_t *m)
     sl_buf_unref(b);
 }
 
+static void close_missed(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_WS)
+        return;
+    uatomic_add(&sl_worker->stats->missed_closes, 1);
+    SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_S("reason", "missed-messages"));
+    sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "missed messages: resubscribe with since-seq");
+}
+
+static void close_entry(sl_cidx_entry_t *e, void *arg)
+{
+    for (uint32_t i = 0; i < e->n; i++)
+        close_missed(e->conns[i]);
+}
+
+static void on_missed(uint64_t chan_hash, void *arg)
+{
+    if (chan_hash == 0)
+        sl_cidx_foreach(close_entry, NULL); /* too many to know which: all */
+    else
+        sl_cidx_foreach_hash(chan_hash, close_entry, NULL);
+}
+
+/* Act on the skips noted before the entry at `upto` was pushed. */
+static void check_missed(sl_inbox_t *in, uint64_t upto)
+{
+    if (!missed_started) {
+        /* Notes from before we started were for our predecessor. */
+        missed_seen = uatomic_read(&in->missed_n);
+        missed_started = true;
+    }
+    if (uatomic_read(&in->missed_n) != missed_seen)
+        sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
+}
+
 size_t sl_pubsub_drain(void)
 {
     sl_inbox_t *in = REG->inboxes[sl_worker->id];
     sl_inbox_entry_t e;
+    uint64_t pos;
     size_t n = 0;
     /* Bounded per turn so one busy channel cannot starve the loop. */
-    while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e)) {
+    while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e, &pos)) {
+        /* Everything pushed before a skip was delivered; a skip noted
+         * before this entry was pushed closes its channel's subscribers
+         * now, before they could get a message from after the gap. */
+        check_missed(in, pos);
         if (e.kind == SL_INBOX_CHANNEL_MSG)
             deliver(e.msg, e.exclude_conn);
         else if (e.kind == SL_INBOX_DIRECT)
@@ -588,6 +694,8 @@ size_t sl_pubsub_drain(void)
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
+    if (sl_inbox_depth(in) == 0)
+        check_missed(in, UINT64_MAX); /* skips after everything we have */
     return n;
 }
 

@@ -16,6 +16,7 @@
 
 #include <dirent.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <urcu/system.h>
@@ -35,6 +36,7 @@ typedef struct {
     sl_hist_t delivery, rpc;
     int live_workers;
     bool details; /* /stats (not /health): process figures, histograms */
+    json_t *stalled; /* ids of stalled workers */
 } totals_t;
 
 /* A histogram as JSON: cumulative counts keyed by the bucket's upper bound
@@ -129,6 +131,9 @@ static json_t *worker_json(uint32_t i, totals_t *t)
         t->errors[e] += uatomic_read(&w->errors[e]);
     if (pid > 0)
         t->live_workers++;
+    bool stalled = pid > 0 && uatomic_read(&w->stalled);
+    if (stalled && t->stalled)
+        json_array_append_new(t->stalled, json_integer((json_int_t)i));
     json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
                           "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
                           (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
@@ -144,8 +149,19 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "rpc-responses",
                         json_integer((json_int_t)uatomic_read(&w->rpc_responses)));
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
-    json_object_set_new(o, "inbox-depth",
-                        json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
+    sl_inbox_t *ib = sl_shm->reg.inboxes[i];
+    json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
+    json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
+    json_object_set_new(o, "missed-disconnects",
+                        json_integer((json_int_t)uatomic_read(&w->missed_closes)));
+    json_object_set_new(o, "stalled", json_boolean(stalled));
+    json_object_set_new(o, "stalled-ms",
+                        json_integer(stalled ? (json_int_t)(sl_now_ms() -
+                                                            uatomic_read(&w->stalled_since_ms))
+                                             : 0));
+    json_object_set_new(o, "stalls", json_integer((json_int_t)uatomic_read(&w->stalls)));
+    json_object_set_new(o, "stall-kills",
+                        json_integer((json_int_t)uatomic_read(&w->stall_kills)));
     uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),
              acc = uatomic_read(&w->accepted);
     t->bytes_in += bin;
@@ -210,33 +226,73 @@ static json_t *shm_json(void)
     return o;
 }
 
-static int chan_stat_cb(sl_table_node_t *n, void *arg)
+/* /stats lists at most this many channels, the busiest by message count
+ * (a registry can hold --max-channels of them; the listing with all of
+ * them, page by page, is /channels). */
+#define SL_STATS_MAX_CHANNELS 100
+
+typedef struct {
+    sl_chan_t *top[SL_STATS_MAX_CHANNELS];
+    uint64_t count[SL_STATS_MAX_CHANNELS];
+    size_t n;
+    uint64_t seen;
+} top_t;
+
+/* Keep the busiest: a small array, the least busy at the end. */
+static int chan_top_cb(sl_table_node_t *n, void *arg)
 {
+    top_t *t = arg;
     sl_chan_t *ch = (sl_chan_t *)n;
-    /* ring_count is read without the channel lock: a figure, not a
-     * decision; it may be one message behind. */
-    json_object_setn_new(
-        arg, ch->id, ch->node.klen,
-        json_pack("{s:I, s:I, s:I, s:I}", "subscriber-count",
-                  (json_int_t)uatomic_read(&ch->subscribers), "message-count",
-                  (json_int_t)uatomic_read(&ch->message_count), "created-at",
-                  (json_int_t)ch->created_at, "retention-count",
-                  (json_int_t)uatomic_read(&ch->ring_count)));
+    uint64_t k = sl_chan_message_count(ch);
+    t->seen++;
+    size_t i = t->n < SL_STATS_MAX_CHANNELS ? t->n++ : SL_STATS_MAX_CHANNELS;
+    if (i == SL_STATS_MAX_CHANNELS) {
+        if (k <= t->count[i - 1])
+            return 0;
+        i--;
+    }
+    for (; i > 0 && t->count[i - 1] < k; i--) {
+        t->top[i] = t->top[i - 1];
+        t->count[i] = t->count[i - 1];
+    }
+    t->top[i] = ch;
+    t->count[i] = k;
     return 0;
 }
 
 static json_t *channel_stats_json(void)
 {
     json_t *chans = json_object();
-    sl_table_foreach(sl_shm->reg.channels, chan_stat_cb, chans);
+    top_t *top = calloc(1, sizeof(*top));
+    if (top) {
+        sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
+        for (size_t i = 0; i < top->n; i++) {
+            sl_chan_t *ch = top->top[i];
+            /* Figures read without the channel lock: they may be one
+             * message behind. */
+            json_object_setn_new(
+                chans, ch->id, ch->node.klen,
+                json_pack("{s:I, s:I, s:I, s:I}", "subscriber-count",
+                          (json_int_t)uatomic_read(&ch->subscribers), "message-count",
+                          (json_int_t)top->count[i], "created-at", (json_int_t)ch->created_at,
+                          "retention-count", (json_int_t)sl_chan_retained_count(ch)));
+        }
+    }
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
-    return json_pack("{s:o, s:I, s:I, s:I, s:I}", "channels", chans, "total-channels",
-                     (json_int_t)t.channels, "total-subscriptions", (json_int_t)t.subscriptions,
-                     "pending-rpc-requests", (json_int_t)pending, "old-rpc-requests",
-                     (json_int_t)old);
+    json_t *o = json_pack("{s:o, s:I, s:I, s:I, s:I}", "channels", chans, "total-channels",
+                          (json_int_t)t.channels, "total-subscriptions",
+                          (json_int_t)t.subscriptions, "pending-rpc-requests",
+                          (json_int_t)pending, "old-rpc-requests", (json_int_t)old);
+    json_object_set_new(o, "reaped-channels",
+                        json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
+    json_object_set_new(o, "channels-omitted",
+                        json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
+                                                               : 0));
+    free(top);
+    return o;
 }
 
 /* Connections listed by user in "access" (the rest are counted). */
@@ -341,17 +397,19 @@ json_t *sl_stats_json(void)
 json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
+    t.stalled = json_array();
     json_decref(workers_json(&t));
     sl_reg_figures_t f;
     sl_reg_figures(&sl_shm->reg, &f);
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
-    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY;
+    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
+              json_array_size(t.stalled) == 0;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
-    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
+    json_t *doc = json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
                      ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
                      "channels", (json_int_t)ct.channels, "system-health", "healthy", ok,
                      "total-channels", (json_int_t)ct.channels, "total-subscriptions",
@@ -359,4 +417,6 @@ json_t *sl_health_json(bool *healthy)
                      "old-rpc-requests", (json_int_t)old, "workers-alive", t.live_workers,
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
+    json_object_set_new(json_object_get(doc, "system-health"), "stalled-workers", t.stalled);
+    return doc;
 }

@@ -217,10 +217,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Tick often enough to honour the shortest configured timer to within a
- * quarter of it, but never busier than every 10 ms nor lazier than 1 s. */
+ * quarter of it, but never busier than every 10 ms nor lazier than 1 s.
+ * The stall bound counts too: an idle worker shows progress by ticking. */
 static struct timeval tick_interval(void)
 {
-    int64_t ms = SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms);
+    int64_t ms = SL_MIN(SL_MIN(sl_conf->heartbeat_interval_ms, sl_conf->message_timeout_ms),
+                        sl_conf->worker_stall_ms);
     if (sl_conf_auth_enabled(sl_conf))
         ms = SL_MIN(ms, sl_conf->auth_timeout_ms); /* and the authentication deadline */
     ms /= 4;

@@ -788,9 +788,21 @@ export class SenteLite {
     }, (e) => this._emit('error', { reason: e.code || 'rpc-response-failed', requestId: msg['request-id'], error: e }));
   }
 
-  /** The server's channels (the channel-list reply's `channels`). */
-  listChannels() {
-    return this._request({ type: 'list-channels' }).then((r) => r.channels);
+  /** The server's channels: the `channels` of every channel-list page
+   *  (the server sends at most 1,000 a page; `pageSize` asks for fewer),
+   *  merged into one object. */
+  listChannels({ pageSize } = {}) {
+    const all = {};
+    const page = (cursor) => {
+      const msg = { type: 'list-channels' };
+      if (cursor != null) msg.cursor = cursor;
+      if (pageSize) msg.limit = pageSize;
+      return this._request(msg).then((r) => {
+        Object.assign(all, r.channels);
+        return r['next-cursor'] == null ? all : page(r['next-cursor']);
+      });
+    };
+    return page(null);
   }
 
   /** Channels this connection is subscribed to, as the server sees it. */

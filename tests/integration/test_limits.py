@@ -130,7 +130,9 @@ def test_slow_consumer_disconnected(server_factory):
     assert json.loads(other.read_data())["original-timestamp"] == 5
     slow.close()
     other.close()
-    assert any("slow-consumer-disconnected" in line for line in srv.log_lines())
+    # The logger writes the event a moment after /stats counts it.
+    wait_for(lambda: any("slow-consumer-disconnected" in line for line in srv.log_lines()),
+             what="the slow-consumer-disconnected event in the log")
 
 
 def test_echo_endpoint(server_factory):

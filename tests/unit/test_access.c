@@ -34,14 +34,16 @@ static void setup(void)
     size_t sz = 16 << 20;
     uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     R = (sl_reg_t *)m;
-    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, NWORKERS), SL_OK);
+    sl_reg_limits_t lim = {.max_connections = 1000, .max_channels = 1000, .nworkers = NWORKERS};
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, &lim), SL_OK);
     sl_qsbr_register(&R->qsbr, 0);
 }
 
 static uint64_t used(void)
 {
     sl_qsbr_quiescent(&R->qsbr, 0);
-    sl_qsbr_reclaim(&R->qsbr);
+    while (sl_qsbr_reclaim(&R->qsbr) > 0) /* a batch at a time */
+        ;
     sl_reg_figures_t f;
     sl_reg_figures(R, &f);
     return f.used_bytes;

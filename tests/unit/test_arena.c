@@ -5,6 +5,7 @@
  */
 #include "sl_arena.h"
 #include "sl_test.h"
+#include "../../shm/arena_layout.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -219,8 +220,38 @@ static void test_poison(void)
     munmap(r, sz);
 }
 
+/* A page descriptor no code writes (memory corruption): the rebuild ends
+ * (it used to loop forever under the arena lock) and quarantines the page
+ * as a one-page allocated run, never handing it out again. */
+static void test_rebuild_quarantines_corrupt_pages(void)
+{
+    size_t sz = 1 << 20;
+    void *r = map(sz);
+    sl_arena_t *a = sl_arena_init(r, sz);
+    void *slab = sl_arena_alloc(a, 64), *run = sl_arena_alloc(a, 3 * 4096);
+    uint32_t ps = (uint32_t)(((uint8_t *)slab - a->base) / 4096);
+    uint32_t pr = (uint32_t)(((uint8_t *)run - a->base) / 4096);
+    a->pages[ps].cls = 200;   /* no such class */
+    a->pages[pr].run = 0;     /* a run of no pages */
+    a->pages[pr + 10].kind = 9; /* no such kind, in the free pages */
+    sl_arena_rebuild(a);
+    sl_arena_stats_t s;
+    sl_arena_stats(a, &s);
+    /* Three quarantined pages; the run's two tails are free again. */
+    SL_CHECK_INT(s.run_pages, 3);
+    SL_CHECK_INT(s.used_bytes, 3 * 4096);
+    void *p[64];
+    for (int i = 0; i < 64; i++) {
+        p[i] = sl_arena_alloc(a, 4096);
+        SL_CHECK(p[i] == NULL || ((uint8_t *)p[i] != (uint8_t *)slab - ((uintptr_t)slab & 4095) &&
+                                  p[i] != run && (uint8_t *)p[i] != a->base + (pr + 10) * 4096));
+    }
+    munmap(r, sz);
+}
+
 int main(void)
 {
+    SL_TEST_RUN(test_rebuild_quarantines_corrupt_pages);
     SL_TEST_RUN(test_classes_and_runs);
     SL_TEST_RUN(test_owners_have_their_own_pages);
     SL_TEST_RUN(test_exhaustion_and_reuse);

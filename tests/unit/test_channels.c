@@ -17,7 +17,7 @@ static void setup(void)
     size_t sz = 16 << 20;
     uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     R = (sl_reg_t *)m;
-    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, 2), SL_OK);
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, &(sl_reg_limits_t){.max_connections = 1000, .max_channels = 1000, .nworkers = 2}), SL_OK);
     sl_qsbr_register(&R->qsbr, 0);
 }
 
@@ -92,7 +92,7 @@ static void test_publish_and_retention(void)
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 5);
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 0);
     sl_inbox_entry_t e;
-    SL_CHECK(sl_inbox_pop(R->inboxes[1], &e));
+    SL_CHECK(sl_inbox_pop(R->inboxes[1], &e, NULL));
     SL_CHECK_INT(e.exclude_conn, 9);
     SL_CHECK_INT(e.msg->seq, 1);
     const char *payload = (const char *)e.msg->frame + e.msg->payload_off;
@@ -105,7 +105,7 @@ static void test_publish_and_retention(void)
     /* Seq 1 fell out of the 3-message ring: only the inbox holds it now. */
     SL_CHECK_INT(e.msg->refs, 1);
     sl_chan_msg_unref(R, e.msg);
-    while (sl_inbox_pop(R->inboxes[1], &e))
+    while (sl_inbox_pop(R->inboxes[1], &e, NULL))
         sl_chan_msg_unref(R, e.msg);
     char out[4096] = "";
     uint64_t last;
@@ -115,7 +115,7 @@ static void test_publish_and_retention(void)
     out[0] = '\0';
     sl_chan_retained(c, 4, collect, out, &last);
     SL_CHECK(strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":4"));
-    SL_CHECK_INT(c->message_count, 5);
+    SL_CHECK_INT(sl_chan_message_count(c), 5);
 }
 
 static void test_overload_keeps_seq(void)
@@ -133,12 +133,12 @@ static void test_overload_keeps_seq(void)
         SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_CHAN_OVERLOADED);
     sl_inbox_entry_t e;
-    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e));
+    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
     sl_chan_msg_unref(R, e.msg);
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &r), SL_OK);
     SL_CHECK_INT(r.seq, SL_INBOX_CAP + 1); /* the refused one took no seq */
     SL_CHECK_INT(R->inboxes[0]->refused, 1);
-    while (sl_inbox_pop(R->inboxes[0], &e))
+    while (sl_inbox_pop(R->inboxes[0], &e, NULL))
         sl_chan_msg_unref(R, e.msg);
 }
 

@@ -38,6 +38,11 @@ static void test_defaults(void)
     SL_CHECK_INT(conf.max_message_size, 1 << 20);
     SL_CHECK_INT(conf.max_outbound_bytes, 4 << 20);
     SL_CHECK_INT(conf.shm_size, 64LL << 20);
+    SL_CHECK_INT(conf.max_channels, 10000);
+    SL_CHECK_INT(conf.channel_linger_ms, 30000);
+    SL_CHECK_INT(conf.channel_creations_per_minute, 600);
+    SL_CHECK_INT(conf.worker_stall_ms, 3000);
+    SL_CHECK_INT(conf.worker_stall_kill_ms, 10000);
     SL_CHECK(conf.telemetry);
     SL_CHECK(!conf.echo);
     SL_CHECK(!conf.log_json);
@@ -164,6 +169,20 @@ static void test_channel_flags(void)
     SL_CHECK(!conf.auto_create);
     SL_CHECK_INT(conf.max_subscribers, 9);
     SL_CHECK_INT(conf.message_retention, 4);
+}
+
+static void test_stall_bounds(void)
+{
+    SL_CHECK_INT(parse(NULL, NARGS("--worker-stall-ms", "500", "--worker-stall-kill-ms", "2000"),
+                       ARGS("--worker-stall-ms", "500", "--worker-stall-kill-ms", "2000")),
+                 SL_OK);
+    SL_CHECK_INT(conf.worker_stall_kill_ms, 2000);
+    /* The kill bound must come after the stall bound. */
+    SL_CHECK_INT(parse(NULL, NARGS("--worker-stall-ms", "5000", "--worker-stall-kill-ms", "4000"),
+                       ARGS("--worker-stall-ms", "5000", "--worker-stall-kill-ms", "4000")),
+                 SL_ERROR);
+    SL_CHECK(strstr(err, "--worker-stall-kill-ms") != NULL);
+    SL_CHECK_INT(parse(NULL, NARGS("--max-channels", "0"), ARGS("--max-channels", "0")), SL_ERROR);
 }
 
 static void test_help_version(void)
@@ -309,6 +328,7 @@ int main(void)
     SL_TEST_RUN(test_env_and_precedence);
     SL_TEST_RUN(test_refusals);
     SL_TEST_RUN(test_channel_flags);
+    SL_TEST_RUN(test_stall_bounds);
     SL_TEST_RUN(test_help_version);
     SL_TEST_RUN(test_json);
     SL_TEST_RUN(test_usable_cpus);

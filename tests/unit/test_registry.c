@@ -16,7 +16,7 @@ static void setup(void)
     uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     R = (sl_reg_t *)m;
     SL_CHECK(sizeof(sl_reg_t) < 65536);
-    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, 2), SL_OK);
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, &(sl_reg_limits_t){.max_connections = 1000, .max_channels = 1000, .nworkers = 2}), SL_OK);
     sl_qsbr_register(&R->qsbr, 0);
 }
 
@@ -66,8 +66,20 @@ static void test_long_id_refused(void)
     SL_CHECK(sl_reg_conn_add(R, id, 0, 0, 1, 0) == NULL);
 }
 
+/* The hash key is drawn at random for every registry (server start). */
+static void test_random_hash_key(void)
+{
+    setup();
+    uint64_t k1[2] = {R->hash_key[0], R->hash_key[1]};
+    uint64_t h1 = sl_table_hash("room", 4);
+    setup();
+    SL_CHECK(k1[0] != R->hash_key[0] || k1[1] != R->hash_key[1]);
+    SL_CHECK(h1 != sl_table_hash("room", 4));
+}
+
 int main(void)
 {
+    SL_TEST_RUN(test_random_hash_key);
     SL_TEST_RUN(test_connections);
     SL_TEST_RUN(test_long_id_refused);
     return sl_test_summary();

@@ -18,26 +18,26 @@ static void setup(void)
     size_t sz = 16 << 20;
     uint8_t *m = mmap(NULL, sz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     R = (sl_reg_t *)m;
-    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, 1000, 2), SL_OK);
+    SL_CHECK_INT(sl_reg_init(R, m + 65536, sz - 65536, &(sl_reg_limits_t){.max_connections = 1000, .max_channels = 1000, .nworkers = 2}), SL_OK);
     sl_qsbr_register(&R->qsbr, 0);
 }
 
 static void test_lifecycle(void)
 {
     setup();
-    sl_rpc_t *q = sl_rpc_create(R, "conn-1-1", 1, 7, 1, "svc", 3, 5000);
+    sl_rpc_t *q = sl_rpc_create(R, 1, 7, 1, "ch", 2, 5000);
     SL_CHECK(q != NULL);
     SL_CHECK(strncmp(q->request_id, "req-", 4) == 0);
     SL_CHECK_INT(q->deadline - q->created_at, 5000);
     SL_CHECK(sl_rpc_find(R, q->request_id, strlen(q->request_id)) == q);
-    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED));
-    SL_CHECK(!sl_rpc_claim(q, SL_RPC_ANSWERED)); /* duplicate */
-    SL_CHECK(!sl_rpc_claim(q, SL_RPC_EXPIRED));  /* the timer loses */
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 1));
+    SL_CHECK(!sl_rpc_claim(q, SL_RPC_ANSWERED, 1)); /* duplicate */
+    SL_CHECK(!sl_rpc_claim(q, SL_RPC_EXPIRED, 1));  /* the timer loses */
     sl_rpc_unclaim(q);                           /* hand-over failed */
-    SL_CHECK(sl_rpc_claim(q, SL_RPC_EXPIRED));
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_EXPIRED, 1));
     sl_rpc_remove(R, q);
     SL_CHECK(sl_rpc_find(R, q->request_id, strlen(q->request_id)) == NULL);
-    sl_rpc_t *q2 = sl_rpc_create(R, "conn-1-1", 1, 7, 1, "svc", 3, 5000);
+    sl_rpc_t *q2 = sl_rpc_create(R, 1, 7, 1, "ch", 2, 5000);
     SL_CHECK(q2 && q2->no == q->no + 1);
 }
 
@@ -45,7 +45,7 @@ static void test_cleanup_expire_counts(void)
 {
     setup();
     for (int i = 0; i < 6; i++)
-        sl_rpc_create(R, "conn-1-1", i % 2, 0, 1, "svc", 3, i < 2 ? 1 : 100000);
+        sl_rpc_create(R, i % 2, 0, 1, "ch", 2, i < 2 ? 1 : 100000);
     uint64_t pending, old;
     int64_t now = sl_now_ms();
     sl_rpc_counts(R, now, 60000, &pending, &old);
@@ -53,8 +53,8 @@ static void test_cleanup_expire_counts(void)
     SL_CHECK_INT(old, 0);
     sl_rpc_counts(R, now + 61000, 60000, &pending, &old);
     SL_CHECK_INT(old, 6);
-    SL_CHECK_INT(sl_rpc_expire(R, now + 10), 2); /* the two 1 ms ones */
-    SL_CHECK_INT(sl_rpc_worker_cleanup(R, 1), 2); /* the rest of worker 1's */
+    SL_CHECK_INT(sl_rpc_expire(R, now + 10, 0), 2); /* the two 1 ms ones */
+    sl_reg_worker_cleanup(R, 1); /* the rest of worker 1's */
     sl_rpc_counts(R, now, 60000, &pending, &old);
     SL_CHECK_INT(pending, 2);
 }
@@ -70,13 +70,13 @@ static void test_claim_race(void)
     int *wins = mmap(NULL, sizeof(int) * 2, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
                      -1, 0);
     for (int i = 0; i < N; i++)
-        qs[i] = sl_rpc_create(R, "conn-1-1", 0, 0, 1, "svc", 3, 100000);
+        qs[i] = sl_rpc_create(R, 0, 0, 1, "ch", 2, 100000);
     pid_t pid[2];
     for (int p = 0; p < 2; p++)
         if ((pid[p] = fork()) == 0) {
             int w = 0;
             for (int i = 0; i < N; i++)
-                if (sl_rpc_claim(qs[i], SL_RPC_ANSWERED))
+                if (sl_rpc_claim(qs[i], SL_RPC_ANSWERED, p))
                     w++;
             wins[p] = w;
             _exit(0);
@@ -85,7 +85,7 @@ static void test_claim_race(void)
         waitpid(pid[p], NULL, 0);
     SL_CHECK_INT(wins[0] + wins[1], N);
     for (int i = 0; i < N; i++)
-        SL_CHECK_INT(qs[i]->state, SL_RPC_ANSWERED);
+        SL_CHECK_INT(SL_RPC_KIND(qs[i]->state), SL_RPC_ANSWERED);
 }
 
 int main(void)

@@ -131,8 +131,47 @@ static void test_hash_spreads(void)
     SL_CHECK(sl_table_hash("", 0) != sl_table_hash("\0", 1));
 }
 
+/* The reference vectors (Aumasson & Bernstein, SipHash-2-4, key 00..0f,
+ * messages 00, 00 01, ...): the rounds are right; the tables use the same
+ * code with 1 and 3 rounds. */
+static void test_siphash_vectors(void)
+{
+    uint64_t key[2] = {0x0706050403020100ULL, 0x0f0e0d0c0b0a0908ULL};
+    uint8_t msg[16];
+    for (int i = 0; i < 16; i++)
+        msg[i] = (uint8_t)i;
+    SL_CHECK(sl_siphash(key, 2, 4, msg, 0) == 0x726fdb47dd0e0e31ULL);
+    SL_CHECK(sl_siphash(key, 2, 4, msg, 1) == 0x74f839c593dc67fdULL);
+    SL_CHECK(sl_siphash(key, 2, 4, msg, 15) == 0xa129ca6149be45e5ULL);
+    /* Keyed: another key, other hashes (a client cannot aim at a bucket
+     * without knowing the key). */
+    uint64_t k2[2] = {key[0] ^ 1, key[1]};
+    SL_CHECK(sl_siphash(key, 1, 3, "room", 4) != sl_siphash(k2, 1, 3, "room", 4));
+}
+
+/* 20,000 ids that differ in one digit: chains stay short in a table of
+ * 16,384 buckets (the unkeyed hash let chosen ids fill one bucket). */
+static void test_chains_stay_short(void)
+{
+    uint64_t key[2] = {0x243f6a8885a308d3ULL, 0x13198a2e03707344ULL};
+    sl_table_set_key(key);
+    static uint16_t chain[16384];
+    memset(chain, 0, sizeof(chain));
+    char k[32];
+    int longest = 0;
+    for (int i = 0; i < 20000; i++) {
+        snprintf(k, sizeof(k), "flood-%d", i);
+        int b = (int)(sl_table_hash(k, strlen(k)) & 16383);
+        if (++chain[b] > longest)
+            longest = chain[b];
+    }
+    SL_CHECK(longest <= 10);
+}
+
 int main(void)
 {
+    SL_TEST_RUN(test_siphash_vectors);
+    SL_TEST_RUN(test_chains_stay_short);
     SL_TEST_RUN(test_basic);
     SL_TEST_RUN(test_locked_read_modify_write);
     SL_TEST_RUN(test_hash_spreads);

@@ -150,6 +150,18 @@ test('unsubscribe stops delivery; unsubscribing twice rejects with not-subscribe
   await assert.rejects(a.unsubscribe('unsub'), { code: 'not-subscribed' });
 });
 
+test('listChannels() merges every page of channel-list', async () => {
+  const a = await connected();
+  for (const ch of ['lc-1', 'lc-2', 'lc-3']) await a.subscribe(ch, () => {});
+  const one = await a.listChannels();
+  const paged = await a.listChannels({ pageSize: 1 });
+  for (const ch of ['lc-1', 'lc-2', 'lc-3', 'keep3']) {
+    assert.ok(one[ch], ch);
+    assert.deepEqual(Object.keys(paged[ch]).sort(), Object.keys(one[ch]).sort());
+  }
+  assert.deepEqual(Object.keys(paged).sort(), Object.keys(one).sort());
+});
+
 test('ping resolves with the round trip in ms', async () => {
   const a = await connected();
   const ms = await a.ping();

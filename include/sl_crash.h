@@ -1,0 +1,83 @@
+/*
+ * sl_crash.h - named crash points and mutants, for the kill-point and
+ * mutation tests of the shared registry (tests/unit/test_killpoints.c,
+ * tests/mutation-check.sh).  Both compile to nothing in the server.
+ *
+ * SL_CRASHPOINT("name") marks the instant after a store of a multi-store
+ * update of shared memory.  In a build with -DSL_CRASHPOINTS every crash
+ * point registers itself in the linker section "sl_crashpoints" (so a test
+ * can list all of them and prove each one is covered) and a test can arm one
+ * by name: the process then _exits (or stops itself) the n-th time it gets
+ * there, leaving shared memory exactly as a SIGKILL at that instant would.
+ *
+ * SL_MUTATED(M_x) is true only in a build with -DSL_MUTANT=M_x: the code
+ * it guards is a recovery routine, an ordering or unlink-before-retire that
+ * the mutation check disables one at a time, to show a test fails for each.
+ */
+#ifndef SL_CRASH_H
+#define SL_CRASH_H
+
+#include "sl_common.h"
+
+#ifdef SL_CRASHPOINTS
+
+typedef struct {
+    const char *name;
+    const char *file;
+    int line;
+} sl_crashpoint_t;
+
+void sl_crash_at(const sl_crashpoint_t *cp);
+
+#define SL_CRASHPOINT(nm)                                                                  \
+    do {                                                                                   \
+        static const sl_crashpoint_t sl_cp_ = {nm, __FILE__, __LINE__};                    \
+        static const sl_crashpoint_t *const sl_cpp_                                        \
+            __attribute__((used, section("sl_crashpoints"))) = &sl_cp_;                    \
+        sl_crash_at(&sl_cp_);                                                              \
+    } while (0)
+
+#define SL_CRASH_EXIT_CODE 86
+
+typedef enum {
+    SL_CRASH_EXIT = 1, /* _exit(SL_CRASH_EXIT_CODE): what a SIGKILL leaves */
+    SL_CRASH_STOP = 2, /* raise(SIGSTOP): the parent interleaves, then SIGCONT */
+} sl_crash_action_t;
+
+/* Arm the point `name` (NULL: disarm): act the nth time it is reached. */
+void sl_crash_arm(const char *name, unsigned nth, sl_crash_action_t act);
+/* Instead, record every crash point reached, in order, into buf (at most
+ * cap; *n counts them) - e.g. a buffer in shared memory the parent reads. */
+void sl_crash_trace(const sl_crashpoint_t **buf, size_t cap, size_t *n);
+/* Every crash point compiled into this program (duplicates removed). */
+size_t sl_crash_points(const sl_crashpoint_t ***out);
+
+#else
+#define SL_CRASHPOINT(nm) ((void)0)
+#endif
+
+/* Mutants (tests/mutation-check.sh builds with -DSL_MUTANT=<n>). */
+enum {
+    M_NONE = 0,
+    M_ARENA_RECOVER = 1,     /* arena lock: no rebuild after a dead owner */
+    M_LIMBO_RECOVER = 2,     /* limbo lock: no repair after a dead owner */
+    M_STRIPE_RECOVER = 3,    /* table stripe lock: no completion of a dead writer's update */
+    M_CHAN_RECOVER = 4,      /* channel lock: no completion of a dead owner's update */
+    M_INBOX_RECOVER = 5,     /* inbox lock: no completion of a dead producer's push */
+    M_GP_SNAPSHOT = 6,       /* reclaim: slots scanned before the counter is read */
+    M_RETIRE_BEFORE_UNLINK = 7, /* unsubscribe: node retired while still on the list */
+    M_PUBLISH_BEFORE_NEXT = 8,  /* table insert: node published before its next is set */
+    M_ARENA_COMMIT_ORDER = 9,   /* arena: a slab page's kind committed before its class */
+    M_INBOX_COMMIT_ORDER = 10,  /* inbox: tail published before the entry is written */
+    M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
+    M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
+    M__COUNT
+};
+
+#ifdef SL_MUTANT
+#define SL_MUTATED(id) (SL_MUTANT == (id))
+#else
+#define SL_MUTATED(id) 0
+#endif
+
+#endif

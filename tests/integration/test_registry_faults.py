@@ -1,0 +1,507 @@
+"""The shared registry under faults and abuse, against the real binary
+(issue 12): a worker that stops (SIGSTOP) is named by /health, gets no new
+sockets, is killed and replaced after --worker-stall-kill-ms, and costs only
+its own clients (who are closed and recover with since-seq); a full inbox
+makes its worker close its subscribers with 1013 instead of letting them see
+a seq gap; floods of fresh channel ids are refused at the per-connection
+quota or --max-channels, and empty channels go after --channel-linger-ms;
+listings are paged."""
+import asyncio
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+
+import websockets
+
+from conftest import SLOW, wait_for
+from test_channels import connect, on_workers, run
+from wsraw import RawWS
+
+
+# ------------------------------------------------------------ helpers
+
+def frame(obj):
+    """A masked client text frame with a zero key (a valid mask: the payload
+    is unchanged), so that building 400,000 of them is cheap."""
+    p = json.dumps(obj, separators=(",", ":")).encode()
+    n = len(p)
+    if n < 126:
+        head = bytes([0x81, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
+    return head + b"\0\0\0\0" + p
+
+
+class Blaster:
+    """A raw WebSocket client that writes many messages at once while a
+    thread reads and counts what comes back (by substring: every reply is
+    one small JSON text frame)."""
+
+    def __init__(self, port, worker=None):
+        for _ in range(20):
+            self.ws = RawWS(port, timeout=30 * SLOW)
+            welcome = json.loads(self.ws.read_data())
+            self.worker = welcome["worker"]
+            if worker is None or self.worker == worker:
+                break
+            self.ws.sock.close()
+        assert worker is None or self.worker == worker
+        self.data = bytearray(self.ws.buf)
+        self.lock = threading.Lock()
+        self.closed = False
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        s = self.ws.sock
+        s.settimeout(None)
+        while True:
+            try:
+                chunk = s.recv(1 << 20)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                return
+            with self.lock:
+                self.data += chunk
+
+    def count(self, needle):
+        with self.lock:
+            return self.data.count(needle)
+
+    def send_all(self, frames, chunk=2000):
+        for i in range(0, len(frames), chunk):
+            self.ws.sock.sendall(b"".join(frames[i:i + chunk]))
+
+    def close(self):
+        try:
+            self.ws.sock.close()
+        except OSError:
+            pass
+
+
+def timed_get(srv, path):
+    t = time.monotonic()
+    status, body, _ = srv.request("GET", path)
+    return status, json.loads(body), time.monotonic() - t
+
+
+def worker_pid(srv, i):
+    return srv.stats()["workers"][i]["pid"]
+
+
+def is_stopped(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+class Recovering:
+    """A subscriber that reconnects when its connection goes and recovers
+    with since-seq and epoch; it keeps every seq it saw (after dropping the
+    duplicates a resubscribe can bring)."""
+
+    def __init__(self, url, channel):
+        self.url, self.channel = url, channel
+        self.seqs, self.closes, self.recovered = [], [], []
+        self.epoch, self.last = None, 0
+        self.worker = None
+        self.stop = False
+
+    def take(self, m):
+        if m["seq"] > self.last:
+            self.seqs.append(m["seq"])
+            self.last = m["seq"]
+
+    async def run(self, client=None):
+        while not self.stop:
+            try:
+                c = client or await connect(self.url)
+                client = None
+                self.worker = c.worker
+                kw = {"since-seq": self.last, "epoch": self.epoch} if self.epoch else {}
+                r = await c.subscribe(self.channel, **kw)
+                assert r["success"], r
+                if self.epoch:
+                    self.recovered.append(r["recovered"])
+                self.epoch = r["epoch"]
+                for m in sorted(r["retained-messages"], key=lambda m: m["seq"]):
+                    self.take(m)
+                for m in c.pending:
+                    self.take(m)
+                c.pending.clear()
+                while not self.stop:
+                    m = json.loads(await c.ws.recv())
+                    if m["type"] == "channel-message":
+                        self.take(m)
+                await c.close()
+            except websockets.ConnectionClosed as e:
+                self.closes.append(e.code)
+                await asyncio.sleep(0.05)
+            except (OSError, asyncio.TimeoutError):
+                self.closes.append(None)
+                await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------ stalls
+
+def test_stalled_worker_named_killed_replaced(server_factory):
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "5000")
+    pid = worker_pid(srv, 1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        def named():
+            status, doc, _ = timed_get(srv, "/health")
+            return status == 503 and doc["system-health"]["stalled-workers"] == [1]
+        wait_for(named, timeout=5, what="/health names the stalled worker")
+        w = srv.stats()["workers"][1]
+        assert w["stalled"] and w["stalls"] == 1 and w["stalled-ms"] >= 900
+        # New sockets go to the other worker only.
+        for _ in range(6):
+            assert run(connect_worker(srv.url)) == 0
+        wait_for(lambda: worker_pid(srv, 1) not in (0, pid), timeout=10,
+                 what="the stalled worker killed and replaced")
+    finally:
+        if is_stopped(pid):
+            os.kill(pid, signal.SIGCONT)
+    wait_for(srv.healthy, what="healthy again")
+    w = srv.stats()["workers"][1]
+    assert w["stall-kills"] == 1 and w["restarts"] == 1 and not w["stalled"]
+    lines = "\n".join(srv.log_lines())
+    assert "worker-stalled" in lines
+
+
+async def connect_worker(url):
+    c = await connect(url)
+    await c.close()
+    return c.worker
+
+
+def test_stalled_worker_that_recovers_is_kept(server_factory):
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "60000")
+    pid = worker_pid(srv, 1)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: srv.stats()["workers"][1]["stalled"], timeout=5, what="stalled")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(srv.healthy, what="recovered")
+    w = srv.stats()["workers"][1]
+    assert w["pid"] == pid and w["stall-kills"] == 0 and w["restarts"] == 0
+    wait_for(lambda: any("worker-recovered" in ln for ln in srv.log_lines()), timeout=5,
+             what="worker-recovered in the log")
+
+
+# ------------------------------------------------- missed messages: 1013
+
+def test_full_inbox_closes_subscribers_1013_and_they_recover(server_factory):
+    """Worker 1 stops (shorter than the stall bound) while 10,000 messages
+    are published: its inbox holds 8,192.  The publisher and worker 0's
+    subscriber are not held up; worker 1's subscriber gets the first 8,192,
+    then a close 1013 - never a gap - and recovers the rest."""
+    srv = server_factory("--channel", "big:message-retention=10000", "--worker-stall-ms",
+                         "60000", "--worker-stall-kill-ms", "120000", "--max-outbound-bytes",
+                         "64M")
+    total = 10000
+
+    async def go():
+        a, b = await on_workers(srv.url, [0, 1])
+        sa, sb = Recovering(srv.url, "big"), Recovering(srv.url, "big")
+        ta = asyncio.create_task(sa.run(a))
+        tb = asyncio.create_task(sb.run(b))
+        pub = await asyncio.get_running_loop().run_in_executor(None, Blaster, srv.port, 0)
+        await asyncio.sleep(0.3)
+        pid = worker_pid(srv, 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pub.send_all([frame({"type": "publish", "channel-id": "big", "data": i})
+                          for i in range(total)])
+            await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+                lambda: pub.count(b'"publish-result"') == total, timeout=60,
+                what="every publish answered"))
+            assert pub.count(b'"success":true') == total  # none refused
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # (Not while it is stopped: this request could go to worker 1.)
+        assert srv.stats()["workers"][1]["inbox-skipped"] > 0
+        deadline = time.monotonic() + 60 * SLOW
+        while (len(sa.seqs) < total or len(sb.seqs) < total) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        sa.stop = sb.stop = True
+        for t in (ta, tb):
+            t.cancel()
+        pub.close()
+        return sa, sb
+
+    sa, sb = run(go(), timeout=150)
+    assert sa.seqs == list(range(1, total + 1)) and sa.closes == []
+    assert 1013 in sb.closes
+    assert sb.seqs == list(range(1, total + 1))  # in order, no gap, no duplicate
+    assert sb.recovered and all(sb.recovered)
+    assert srv.stats()["workers"][1]["missed-disconnects"] >= 1
+
+
+# ------------------------------------------------- the frozen worker
+
+def test_frozen_worker_30s_under_load(server_factory):
+    """One worker SIGSTOPped for 30 s while a publisher publishes - as fast as
+    it can until the stopped worker's inbox is full and publishes skip it,
+    then 50 msg/s - and clients connect and leave all the time, with a 16 MiB
+    shared memory: the other worker keeps accepting and delivers every
+    message to its subscriber; no publish is refused; /health names the
+    stalled worker; it is killed after the bound (default 10 s) and
+    replaced; its subscriber recovers everything with since-seq (retention
+    10,000); shared memory stays bounded."""
+    srv = server_factory("--shm-size", "16M", "--channel", "feed:message-retention=10000")
+    total_s = 30.0
+    health, mem, churn = [], [], {"ok": 0, "late_fail": 0, "fail": 0}
+
+    async def go():
+        pub, a, b = await on_workers(srv.url, [0, 0, 1])
+        sa, sb = Recovering(srv.url, "feed"), Recovering(srv.url, "feed")
+        tasks = [asyncio.create_task(sa.run(a)), asyncio.create_task(sb.run(b))]
+        await asyncio.sleep(0.3)
+        pid = worker_pid(srv, 1)
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        stop = False
+        results = {"ok": 0, "fail": 0, "last": 0, "skipping": None}
+
+        async def publisher():
+            i = 0
+            while not stop:
+                for _ in range(50):
+                    i += 1
+                    await pub.send(type="publish", data=i, **{"channel-id": "feed"})
+                for _ in range(50):
+                    r = await pub.reply("publish-result")
+                    if r["success"]:
+                        results["ok"] += 1
+                        results["last"] = r["seq"]
+                    else:
+                        results["fail"] += 1
+                # Fast until the stopped worker's 8,192-entry inbox has
+                # overflowed, then slowly: its subscriber's recovery must fit
+                # in the channel's 10,000 retained messages.
+                await asyncio.sleep(1.0 if i >= 9000 else 0)
+
+        async def churner():
+            while not stop:
+                t = time.monotonic() - t0
+                try:
+                    c = await asyncio.wait_for(connect(srv.url), 2 * SLOW)
+                    await c.close()
+                    churn["ok"] += 1
+                except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+                    # Before the stall is noticed a socket may still go to the
+                    # stopped worker; after it, none may.
+                    churn["late_fail" if t > 4.0 * SLOW else "fail"] += 1
+                await asyncio.sleep(0.02)
+
+        def watch():
+            while not stop:
+                status, doc, _ = timed_get(srv, "/health")
+                health.append((time.monotonic() - t0, status,
+                               doc["system-health"]["stalled-workers"]))
+                st = srv.stats()
+                sm = st["shared-memory"]
+                mem.append(sm["used-bytes"] / sm["total-bytes"])
+                if results["skipping"] is None and st["workers"][1]["inbox-skipped"] > 0:
+                    results["skipping"] = (time.monotonic() - t0, results["last"])
+                time.sleep(0.25)
+
+        loop = asyncio.get_running_loop()
+        watcher = loop.run_in_executor(None, watch)
+        jobs = [asyncio.create_task(publisher()), asyncio.create_task(churner())]
+        await asyncio.sleep(total_s)
+        if is_stopped(pid):
+            os.kill(pid, signal.SIGCONT)
+        stop = True
+        await asyncio.gather(*jobs)
+        await watcher
+        last = results["last"]
+        deadline = time.monotonic() + 30 * SLOW
+        while (sa.last < last or sb.last < last) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        sa.stop = sb.stop = True
+        for t in tasks:
+            t.cancel()
+        await pub.close()
+        return sa, sb, results, pid
+
+    sa, sb, results, pid = run(go(), timeout=120)
+    last = results["last"]
+    # Publishes went on after the stopped worker's inbox filled, none refused.
+    assert results["skipping"] and results["fail"] == 0 and results["ok"] == last > 8192
+    # Worker 0's subscriber: every message, in order, never disconnected.
+    assert sa.seqs == list(range(1, last + 1)) and sa.closes == []
+    # Worker 1's subscriber lost its connection with the worker, came back
+    # and recovered everything.
+    assert sb.closes and sb.recovered and all(sb.recovered)
+    assert sb.seqs == list(range(1, last + 1))
+    # /health named the stalled worker, then was healthy again once it was
+    # replaced (killed after the 10 s bound, well before the 30 s stop).
+    stalled_at = [t for t, st, ws in health if st == 503 and ws == [1]]
+    assert stalled_at and min(stalled_at) < 6 * SLOW
+    healthy_again = [t for t, st, _ in health if st == 200 and t > min(stalled_at)]
+    assert healthy_again and min(healthy_again) < 20 * SLOW
+    w = srv.stats()["workers"][1]
+    assert w["pid"] != pid and w["stall-kills"] == 1 and w["restarts"] == 1
+    # The other worker kept accepting once the stall was noticed.
+    assert churn["ok"] > 100 and churn["late_fail"] == 0
+    assert max(mem) < 0.8
+    print(f"\nfrozen worker: {last} published (its inbox full at "
+          f"{results['skipping'][0]:.1f} s, seq {results['skipping'][1]}), "
+          f"{churn['ok']} connections churned "
+          f"({churn['fail']} failed before the stall was noticed), /health 503 from "
+          f"{min(stalled_at):.1f} s, 200 again at {min(healthy_again):.1f} s, "
+          f"shared memory max {max(mem) * 100:.0f}%, worker 1 subscriber closes {sb.closes}")
+
+
+# ------------------------------------------------------------ floods
+
+def flood(srv, n, worker=None):
+    """One connection subscribes to and unsubscribes from n fresh ids."""
+    cl = Blaster(srv.port, worker)
+    frames = []
+    for i in range(n):
+        cid = f"f{i}"
+        frames.append(frame({"type": "subscribe", "channel-id": cid}))
+        frames.append(frame({"type": "unsubscribe", "channel-id": cid}))
+    t = time.monotonic()
+    cl.send_all(frames)
+    wait_for(lambda: cl.count(b'"unsubscription-result"') == n, timeout=120,
+             what="every request answered")
+    took = time.monotonic() - t
+    res = (cl.count(b'"subscription-result","channel-id":"f'),
+           cl.count(b'"reason":"too-many-channels"'), took)
+    return cl, res
+
+
+def test_flood_refused_at_the_creation_quota(server_factory):
+    srv = server_factory("--channel-creations-per-minute", "600")
+    cl, (answered, refused, took) = flood(srv, 200000)
+    created = answered - refused
+    # The burst plus what the quota refilled meanwhile (10 a second).
+    assert 600 <= created <= 600 + 10 * (took + 1)
+    st = srv.stats()
+    assert st["errors"]["too-many-channels"] == refused
+    assert st["channel-stats"]["total-channels"] <= created
+    cl.close()
+    print(f"\nflood (quota): 200000 fresh ids in {took:.1f} s, {created} created, "
+          f"{refused} refused too-many-channels")
+
+
+def test_flood_capped_and_reaped(server_factory):
+    srv = server_factory("--channel-creations-per-minute", "1000000", "--max-channels", "2000",
+                         "--channel-linger-ms", "1000", "--shm-size", "16M",
+                         "--channel", "kept")
+    peak = []
+    stop = False
+
+    def sample():
+        while not stop:
+            peak.append(srv.stats()["channel-stats"]["total-channels"])
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        cl, (answered, refused, took) = flood(srv, 200000)
+    finally:
+        stop = True
+        t.join()
+    assert refused > 0 and answered == 200000
+    assert max(peak) <= 2000 + 2  # the cap, give or take a racing worker
+    cl.close()
+    left = time.monotonic()
+    wait_for(lambda: srv.stats()["channel-stats"]["total-channels"] == 1, timeout=10,
+             what="the flood's empty channels reaped")
+    gone = time.monotonic() - left
+    wait_for(srv.healthy, what="healthy")
+    st = srv.stats()
+    assert st["errors"]["too-many-channels"] == refused
+    # Listings stay cheap whatever the registry held.
+    _, doc, t_stats = timed_get(srv, "/stats")
+    _, page, t_chan = timed_get(srv, "/channels")
+    assert list(page["channels"]) == ["kept"] and page["next-cursor"] is None
+    assert gone < 1.0 + 2.0 * SLOW  # linger + one sweep (+ slack)
+    print(f"\nflood (cap 2000, linger 1 s): 200000 fresh ids in {took:.1f} s, peak "
+          f"{max(peak)} channels, {refused} refused, empty ones gone {gone:.1f} s after the "
+          f"client left; /stats {t_stats * 1000:.0f} ms, /channels {t_chan * 1000:.0f} ms")
+
+
+def test_listings_are_paged_and_stats_capped(server_factory):
+    srv = server_factory("--max-channels", "5000", "--channel-linger-ms", "600000",
+                         "--channel-creations-per-minute", "100000")
+    cl, _ = flood(srv, 1500)
+    names = set()
+    cursor, pages, t_max = 0, 0, 0.0
+    while True:
+        status, doc, took = timed_get(srv, f"/channels?limit=400&cursor={cursor}")
+        assert status == 200 and len(doc["channels"]) <= 400 + 8
+        names |= set(doc["channels"])
+        pages += 1
+        t_max = max(t_max, took)
+        if doc["next-cursor"] is None:
+            break
+        cursor = doc["next-cursor"]
+    assert names == {f"f{i}" for i in range(1500)} and pages >= 4
+    assert timed_get(srv, "/channels?limit=0")[0] == 400
+    assert timed_get(srv, "/channels?cursor=x")[0] == 400
+    st = srv.stats()["channel-stats"]
+    assert len(st["channels"]) == 100 and st["channels-omitted"] == 1400
+    assert st["total-channels"] == 1500
+
+    async def ws_list():
+        c = await connect(srv.url)
+        got, cur = set(), None
+        while True:
+            kw = {"cursor": cur} if cur is not None else {}
+            r = await c.request("list-channels", "channel-list", limit=700, **kw)
+            got |= set(r["channels"])
+            cur = r["next-cursor"]
+            if cur is None:
+                break
+        bad = await c.request("list-channels", "error", cursor="x")
+        await c.close()
+        return got, bad
+    got, bad = run(ws_list())
+    assert got == names and bad["reason"] == "invalid-message"
+    cl.close()
+
+
+def test_channel_limits_and_reaper(server_factory):
+    srv = server_factory("--max-channels", "3", "--channel-linger-ms", "300", "--channel",
+                         "pre", "--admin-token", "t")
+    status, _, _ = srv.request("POST", "/api/channels/adm", body=b"{}",
+                               headers={"Authorization": "Bearer t"})
+    assert status == 201
+
+    async def go():
+        c = await connect(srv.url)
+        r1 = await c.subscribe("auto1")
+        r2 = await c.subscribe("auto2")
+        await c.request("unsubscribe", "unsubscription-result", **{"channel-id": "auto1"})
+        await c.close()
+        return r1, r2
+    r1, r2 = run(go())
+    assert r1["success"] and not r2["success"] and r2["reason"] == "too-many-channels"
+    assert srv.stats()["errors"]["too-many-channels"] == 1
+    # The empty auto-created channel goes; --channel and admin ones stay.
+    wait_for(lambda: set(timed_get(srv, "/channels")[1]["channels"]) == {"pre", "adm"},
+             timeout=5, what="auto1 reaped")
+    status, _, _ = srv.request("POST", "/api/channels/adm2", body=b"{}",
+                               headers={"Authorization": "Bearer t"})
+    assert status == 201  # room again
+    status, doc = srv.get_json("/stats")
+    assert doc["channel-stats"]["total-channels"] == 3

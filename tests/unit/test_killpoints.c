@@ -1,0 +1,715 @@
+/*
+ * test_killpoints.c - a process killed at every crash point of the shared
+ * registry, one at a time, and everything checked afterwards.
+ *
+ * Built against the library compiled with -DSL_CRASHPOINTS (sl_crash.h).
+ * For every scenario (one registry operation or a short sequence of them,
+ * played by a child as worker 1) a first child run records which crash
+ * points it passes.  Then, for every crash point a scenario passes (the
+ * first time, and the last time when it passes it several times), a fresh
+ * registry is built, a child runs the scenario and _exits at that point,
+ * and the parent does what the master does - repairs the locks the dead
+ * process held, releases its reader slot, cleans up after it - and checks:
+ *  - every intent is cleared; each channel's list and the subscriptions
+ *    table agree, prev pointers and per-worker counts match, nothing of the
+ *    dead worker is left; every table stripe's count is right; limbo is
+ *    well formed; no reference count is off (inbox entries and retention
+ *    rings against each message's refs); freed memory is poisoned, so a
+ *    dangling node shows;
+ *  - the RPC request is pending, or gone with at most one response on its
+ *    way (never claimed by the dead worker forever);
+ *  - the channel is usable: subscribe, publish, receive, delete, re-create;
+ *  - after everything is torn down, the arena balances exactly, except
+ *    that the crash points documented as able to leak one object (one
+ *    allocated but not yet recorded, or one whose reference was taken but
+ *    not yet dropped) leak at most that one object; no double free.
+ * It prints how many crash points exist and how many were covered: all.
+ *
+ * Two interleavings are forced with a stop point instead (the child stops
+ * itself at the point, the parent acts, then continues it): a reader that
+ * comes online while a reclaimer scans the slots (the grace-period
+ * snapshot), and a publisher that must not look at a message after its
+ * subscribers' workers consumed it (finding 1 of issue 12).
+ */
+#include "sl_chan.h"
+#include "sl_crash.h"
+#include "sl_rpc.h"
+#include "sl_regcheck.h"
+#include "sl_test.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
+
+#ifndef SL_CRASHPOINTS
+#error "test_killpoints needs -DSL_CRASHPOINTS (make builds it so)"
+#endif
+
+#define REGION (8u << 20)
+#define CHECKER 70 /* the parent's reader slot */
+#define CHILD 1    /* the child plays worker 1 */
+#define NWORKERS 3
+#define TRACE_MAX 4096
+
+typedef struct {
+    sl_reg_t reg;
+    sl_table_t *small; /* one bucket, for the table scenario */
+    void *held[8];     /* the arena scenario's live objects */
+    uint64_t rpc_no;
+    char rpc_id[SL_RPC_ID_MAX];
+    size_t ntrace;
+    const sl_crashpoint_t *trace[TRACE_MAX];
+    uint8_t mem[] __attribute__((aligned(4096)));
+} region_t;
+
+static region_t *G;
+#define R (&G->reg)
+static uint64_t base_used;
+static char failure[512]; /* first failed check of the current case */
+static bool cleaned;       /* the dead worker's cleanup ran */
+static char current[160];  /* the case in progress, for the watchdog */
+
+static void on_alarm(int sig)
+{
+    static const char msg[] = "  hung (20 s) after a kill at ";
+    if (write(2, msg, sizeof(msg) - 1) < 0 || write(2, current, strlen(current)) < 0 ||
+        write(2, "\n", 1) < 0) {
+    }
+    _exit(1);
+}
+
+#define EXPECT(cond, ...)                                                                 \
+    do {                                                                                  \
+        if (!(cond) && failure[0] == '\0')                                                \
+            snprintf(failure, sizeof(failure), __VA_ARGS__);                              \
+    } while (0)
+
+static const sl_chan_config_t CFG_A = {.max_subscribers = 100, .message_retention = 3,
+                                       .rpc_timeout_ms = 1000};
+static const sl_chan_config_t CFG_B = {.max_subscribers = 100, .message_retention = 0,
+                                       .rpc_timeout_ms = 1000};
+static const sl_chan_config_t CFG_C = {.max_subscribers = 100, .lingers = true};
+
+/* ------------------------------------------------------------ helpers */
+
+static void arena_stats(sl_arena_stats_t *s)
+{
+    sl_arena_stats(R->arena, s);
+}
+
+static sl_reg_conn_t *small_item(const char *key)
+{
+    sl_reg_conn_t *c = sl_arena_calloc(R->arena, sizeof(*c));
+    snprintf(c->conn_id, sizeof(c->conn_id), "%s", key);
+    c->node.key = c->conn_id;
+    c->node.klen = (uint32_t)strlen(key);
+    c->node.hash = sl_table_hash(key, strlen(key));
+    return c;
+}
+
+static void pub(sl_chan_t *c, const char *data)
+{
+    sl_chan_pub_t p = {.data_json = data, .data_len = strlen(data), .sender_conn_id = "conn-0a",
+                       .published_at = 1};
+    sl_chan_pub_result_t res;
+    sl_chan_publish(R, c, &p, &res);
+}
+
+static size_t drain(int w)
+{
+    sl_inbox_entry_t e;
+    size_t n = 0;
+    while (sl_inbox_pop(R->inboxes[w], &e, NULL)) {
+        sl_chan_msg_unref(R, e.msg);
+        n++;
+    }
+    return n;
+}
+
+/* A fresh registry in a fresh mapping, with the base state every scenario
+ * starts from. */
+static void setup(bool poison)
+{
+    G = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (G == MAP_FAILED) {
+        perror("mmap");
+        exit(2);
+    }
+    sl_reg_limits_t lim = {.max_connections = 64, .max_channels = 16, .nworkers = NWORKERS};
+    if (sl_reg_init(R, G->mem, REGION - sizeof(region_t), &lim) != SL_OK) {
+        fprintf(stderr, "sl_reg_init failed\n");
+        exit(2);
+    }
+    sl_arena_set_poison(R->arena, poison);
+    sl_arena_set_owner(SL_ARENA_OWNERS - 1);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    G->small = sl_table_create(R->arena, &R->qsbr, 1, 1);
+    sl_arena_stats_t s;
+    arena_stats(&s);
+    base_used = s.used_bytes;
+
+    sl_chan_t *a, *b, *c;
+    sl_chan_create(R, "a", 1, &CFG_A, &a);
+    sl_chan_create(R, "b", 1, &CFG_B, &b);
+    sl_chan_create(R, "c", 1, &CFG_C, &c);
+    const char *conns[] = {"conn-0a", "conn-1a", "conn-2a"};
+    for (int w = 0; w < NWORKERS; w++)
+        sl_reg_conn_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, 1);
+    uint32_t n;
+    for (int w = 0; w < NWORKERS; w++)
+        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, &n);
+    for (int w = 0; w < 2; w++)
+        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, &n);
+    for (int i = 0; i < 4; i++)
+        pub(a, "{\"n\":1}");
+    pub(b, "\"x\"");
+    for (int w = 0; w < NWORKERS; w++)
+        drain(w);
+    sl_rpc_t *q = sl_rpc_create(R, 0, 0, 1, "a", 1, 100000);
+    G->rpc_no = q->no;
+    memcpy(G->rpc_id, q->request_id, sizeof(G->rpc_id));
+    const char *keys[] = {"s1", "s2", "s3"};
+    for (int i = 0; i < 3; i++)
+        sl_table_insert(G->small, &small_item(keys[i])->node);
+    sl_qsbr_offline(&R->qsbr, CHECKER); /* so the child's reclaim can free */
+}
+
+/* --------------------------------------------------------- scenarios */
+
+static const uint8_t FRAME[] = {0x81, 0x02, '{', '}'};
+
+static void sc_arena(void)
+{
+    for (int i = 0; i < 3; i++)
+        G->held[i] = sl_arena_alloc(R->arena, 2048);
+    G->held[3] = sl_arena_alloc(R->arena, 3 * 4096);
+    for (int i = 0; i < 4; i++) {
+        void *p = G->held[i];
+        G->held[i] = NULL; /* forgotten first: a free cut short is never freed twice */
+        sl_arena_free(R->arena, p);
+    }
+}
+
+static void sc_table(void)
+{
+    sl_table_insert(G->small, &small_item("s4")->node);
+    sl_table_remove(G->small, sl_table_hash("s2", 2), "s2", 2);
+    sl_table_replace(G->small, &small_item("s1")->node);
+}
+
+static void sc_subscribe(void)
+{
+    uint32_t n;
+    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, &n);
+}
+
+static void sc_unsubscribe(void)
+{
+    uint32_t n;
+    sl_chan_unsubscribe(R, sl_chan_find(R, "a", 1), "conn-1a", &n);
+}
+
+static void sc_publish_ring(void)
+{
+    pub(sl_chan_find(R, "a", 1), "{\"n\":2}");
+}
+
+static void sc_publish_plain(void)
+{
+    pub(sl_chan_find(R, "b", 1), "{\"n\":3}");
+}
+
+static void sc_send(void)
+{
+    uint32_t n;
+    uint64_t woken;
+    sl_chan_send(R, sl_chan_find(R, "b", 1), FRAME, sizeof(FRAME), NULL, 0, NULL, NULL, &n,
+                 &woken);
+}
+
+static void sc_delete(void)
+{
+    uint32_t n;
+    uint64_t woken;
+    sl_chan_delete(R, "a", 1, FRAME, sizeof(FRAME), &n, &woken);
+}
+
+static void sc_reap(void)
+{
+    sl_chan_reap(R, sl_chan_find(R, "c", 1), sl_mono_ms() + 1000000, 0);
+}
+
+static void sc_create(void)
+{
+    sl_chan_t *c;
+    sl_chan_create(R, "new", 3, &CFG_A, &c);
+}
+
+static void sc_conn(void)
+{
+    sl_reg_conn_add(R, "conn-1z", CHILD, 7, 77, 1);
+    sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-1a", 7));
+}
+
+static void sc_rpc_create(void)
+{
+    sl_rpc_create(R, CHILD, 1, 2, "a", 1, 100000);
+}
+
+static void sc_rpc_respond(void)
+{
+    sl_rpc_t *q = sl_rpc_find(R, G->rpc_id, strlen(G->rpc_id));
+    if (q && sl_rpc_claim(q, SL_RPC_ANSWERED, CHILD) &&
+        sl_chan_send_direct(R, 0, 0, 1, q->no, FRAME, sizeof(FRAME)) == SL_OK)
+        sl_rpc_remove(R, q);
+}
+
+static void sc_rpc_unclaim(void)
+{
+    sl_rpc_t *q = sl_rpc_find(R, G->rpc_id, strlen(G->rpc_id));
+    if (q && sl_rpc_claim(q, SL_RPC_ANSWERED, CHILD))
+        sl_rpc_unclaim(q);
+}
+
+static void sc_broadcast(void)
+{
+    uint64_t reached;
+    sl_chan_broadcast(R, 5, FRAME, sizeof(FRAME), &reached);
+}
+
+static void sc_consume(void)
+{
+    sl_chan_send_direct(R, CHILD, 0, 1, 0, FRAME, sizeof(FRAME));
+    sl_inbox_entry_t e;
+    if (sl_inbox_pop(R->inboxes[CHILD], &e, NULL))
+        sl_chan_msg_unref(R, e.msg);
+}
+
+static void sc_reclaim(void)
+{
+    sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-1a", 7));
+    sl_qsbr_quiescent(&R->qsbr, CHILD);
+    sl_qsbr_reclaim(&R->qsbr);
+}
+
+typedef struct {
+    const char *name;
+    void (*fn)(void);
+} scenario_t;
+
+static const scenario_t SCENARIOS[] = {
+    {"arena", sc_arena},
+    {"table", sc_table},
+    {"subscribe", sc_subscribe},
+    {"unsubscribe", sc_unsubscribe},
+    {"publish-retained", sc_publish_ring},
+    {"publish", sc_publish_plain},
+    {"send", sc_send},
+    {"delete", sc_delete},
+    {"reap", sc_reap},
+    {"create", sc_create},
+    {"connection", sc_conn},
+    {"rpc-create", sc_rpc_create},
+    {"rpc-respond", sc_rpc_respond},
+    {"rpc-unclaim", sc_rpc_unclaim},
+    {"broadcast", sc_broadcast},
+    {"consume", sc_consume},
+    {"reclaim", sc_reclaim},
+};
+#define NSC SL_ARRAY_LEN(SCENARIOS)
+
+/* Crash points where the dead process may leak one object (shm/README.md). */
+static const char *const MAY_LEAK[] = {
+    "arena.alloc.bit",       "arena.alloc.counted",    "arena.alloc.page-full",
+    "arena.run.committed",   "arena.run.counted",      "limbo.pop.head",
+    "limbo.pop.counted",     "inbox.pop.head",         "chan.create.allocated",
+    "chan.sub.allocated",    "chan.pub.encoded",       "chan.send.allocated",
+    "chan.direct.allocated", "chan.del.allocated",     "chan.ring.drop-cleared",
+    "reg.conn.allocated",    "rpc.create.allocated",
+};
+
+static bool may_leak(const char *point)
+{
+    for (size_t i = 0; i < SL_ARRAY_LEN(MAY_LEAK); i++)
+        if (strcmp(MAY_LEAK[i], point) == 0)
+            return true;
+    return false;
+}
+
+/* ----------------------------------------------------------- checking */
+
+/* Every structural invariant of the registry (sl_regcheck.h). */
+static void check_registry(void)
+{
+    if (failure[0])
+        return;
+    regcheck_t k = {.r = R, .lo = G->mem, .hi = (const uint8_t *)G + REGION,
+                    .nworkers = NWORKERS, .dead = cleaned ? CHILD : -1};
+    rc_check(&k, G->small);
+    if (k.failure[0])
+        snprintf(failure, sizeof(failure), "%s", k.failure);
+}
+
+/* The RPC request: pending, or gone with at most one response (a DIRECT
+ * entry tagged with its number) in the requester's inbox. */
+static void check_rpc(void)
+{
+    sl_rpc_t *q = sl_rpc_find(R, G->rpc_id, strlen(G->rpc_id));
+    sl_inbox_t *in = R->inboxes[0];
+    int responses = 0;
+    for (uint64_t i = in->head; i < in->tail; i++) {
+        sl_inbox_entry_t *e = &in->ring[i & (SL_INBOX_CAP - 1)];
+        if (e->kind == SL_INBOX_DIRECT && e->tag == G->rpc_no)
+            responses++;
+    }
+    EXPECT(responses <= 1, "RPC: %d responses", responses);
+    if (q) {
+        EXPECT(SL_RPC_KIND(q->state) == SL_RPC_PENDING, "RPC: still claimed");
+        /* The requester's timer would win it now. */
+        EXPECT(sl_rpc_claim(q, SL_RPC_EXPIRED, 0), "RPC: the requester cannot expire it");
+        sl_rpc_remove(R, q);
+    }
+}
+
+/* The channel works: subscribe, publish, receive; delete, re-create. */
+static void check_usable(void)
+{
+    sl_chan_t *a = sl_chan_find(R, "a", 1);
+    if (a == NULL)
+        EXPECT(sl_chan_create(R, "a", 1, &CFG_A, &a) == SL_CHAN_CREATED, "re-create failed");
+    for (int round = 0; round < 2 && a; round++) {
+        uint32_t n;
+        drain(2);
+        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, &n) == SL_OK, "subscribe failed");
+        sl_chan_pub_t p = {.data_json = "7", .data_len = 1, .published_at = 1};
+        sl_chan_pub_result_t res;
+        EXPECT(sl_chan_publish(R, a, &p, &res) == SL_OK, "publish failed");
+        sl_inbox_entry_t e;
+        bool got = false;
+        while (sl_inbox_pop(R->inboxes[2], &e, NULL)) {
+            if (e.kind == SL_INBOX_CHANNEL_MSG && e.msg->seq == res.seq)
+                got = true;
+            sl_chan_msg_unref(R, e.msg);
+        }
+        EXPECT(got, "the published message did not arrive");
+        uint64_t woken;
+        EXPECT(sl_chan_delete(R, "a", 1, FRAME, sizeof(FRAME), &n, &woken) == SL_OK,
+               "delete failed");
+        drain(0), drain(1), drain(2);
+        EXPECT(sl_chan_find(R, "a", 1) == NULL, "deleted but still found");
+        EXPECT(sl_chan_create(R, "a", 1, &CFG_A, &a) == SL_CHAN_CREATED, "re-create failed");
+    }
+}
+
+typedef struct {
+    char id[SL_CHAN_ID_MAX + 1];
+} name_t;
+
+static int collect_chan(sl_table_node_t *n, void *arg)
+{
+    name_t *names = arg;
+    for (int i = 0; i < 32; i++)
+        if (names[i].id[0] == '\0') {
+            memcpy(names[i].id, ((sl_chan_t *)n)->id, n->klen + 1);
+            break;
+        }
+    return 0;
+}
+
+static int remove_all(sl_table_node_t *n, void *arg)
+{
+    sl_table_remove_node(arg, n->hash, n);
+    return 0;
+}
+
+/* Remove everything and see the arena back where it started. */
+static void teardown(const char *point)
+{
+    name_t names[32];
+    memset(names, 0, sizeof(names));
+    sl_table_foreach(R->channels, collect_chan, names);
+    for (int i = 0; i < 32 && names[i].id[0]; i++) {
+        uint32_t n;
+        uint64_t woken;
+        sl_chan_delete(R, names[i].id, strlen(names[i].id), FRAME, sizeof(FRAME), &n, &woken);
+    }
+    for (int w = 0; w < NWORKERS; w++)
+        drain(w);
+    sl_table_foreach(R->conns, remove_all, R->conns);
+    sl_table_foreach(R->rpcs, remove_all, R->rpcs);
+    sl_table_foreach(G->small, remove_all, G->small);
+    for (int i = 0; i < 8; i++)
+        if (G->held[i])
+            sl_arena_free(R->arena, G->held[i]);
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    EXPECT(sl_qsbr_synchronize(&R->qsbr, 2000) == SL_OK, "no grace period");
+    while (sl_qsbr_reclaim(&R->qsbr) > 0) {
+    }
+    EXPECT(R->qsbr.pending == 0, "limbo not empty at the end");
+    sl_arena_stats_t s;
+    arena_stats(&s);
+    EXPECT(s.bad_frees == 0, "%llu bad frees (double or foreign)", (unsigned long long)s.bad_frees);
+    uint64_t leaked = s.used_bytes - base_used;
+    bool one = leaked == 0;
+    for (int c = 0; c < SL_ARENA_CLASSES && !one; c++)
+        one = leaked == s.cls[c].size;
+    one = one || (leaked > 2048 && leaked <= 4 * 4096 && leaked % 4096 == 0);
+    if (may_leak(point))
+        EXPECT(one, "leaked %llu bytes: more than one object", (unsigned long long)leaked);
+    else
+        EXPECT(leaked == 0, "leaked %llu bytes", (unsigned long long)leaked);
+    /* The derived figures agree with the truth. */
+    sl_lock_acquire(sl_arena_lock(R->arena));
+    sl_arena_rebuild(R->arena);
+    sl_lock_release(sl_arena_lock(R->arena));
+    sl_arena_stats_t s2;
+    arena_stats(&s2);
+    EXPECT(s2.used_bytes == s.used_bytes && s2.free_pages == s.free_pages &&
+               s2.run_pages == s.run_pages,
+           "the arena's figures disagree with its page descriptors");
+}
+
+/* --------------------------------------------------------------- runs */
+
+/* Fork the child: worker 1 running scenario sc.  Returns its exit code
+ * (SL_CRASH_EXIT_CODE when it died at the armed point), -1 on a signal. */
+static int run_child(const scenario_t *sc, const char *point, unsigned nth, bool trace)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        sl_arena_set_owner(CHILD);
+        sl_qsbr_register(&R->qsbr, CHILD);
+        if (trace)
+            sl_crash_trace(G->trace, TRACE_MAX, &G->ntrace);
+        else
+            sl_crash_arm(point, nth, SL_CRASH_EXIT);
+        sc->fn();
+        sl_qsbr_offline(&R->qsbr, CHILD);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* One case: the scenario killed at the nth pass of `point`.  Returns true
+ * when the child died there and every check passed. */
+static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool poison)
+{
+    failure[0] = '\0';
+    cleaned = false;
+    setup(poison);
+    int rc = run_child(sc, point, nth, false);
+    if (rc != SL_CRASH_EXIT_CODE) {
+        munmap(G, REGION);
+        fprintf(stderr, "  %s #%u in %s: the child did not die there (exit %d)\n", point, nth,
+                sc->name, rc);
+        return false;
+    }
+    /* What the master does on SIGCHLD.  Each step only while all is well:
+     * a registry found broken is not used further (it could hang). */
+    snprintf(current, sizeof(current), "%s #%u in %s", point, nth, sc->name);
+    alarm(20);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    sl_reg_dead(R, CHILD);
+    sl_qsbr_quiescent(&R->qsbr, CHECKER);
+    sl_qsbr_reclaim(&R->qsbr); /* a retired node still listed would be freed now */
+    check_registry();
+    if (!failure[0]) {
+        sl_reg_worker_cleanup(R, CHILD);
+        cleaned = true;
+        sl_qsbr_online(&R->qsbr, CHECKER);
+        check_registry();
+    }
+    if (!failure[0])
+        check_rpc();
+    if (!failure[0])
+        check_usable();
+    if (!failure[0])
+        check_registry();
+    if (!failure[0])
+        teardown(point);
+    alarm(0);
+    munmap(G, REGION);
+    if (failure[0]) {
+        fprintf(stderr, "  %s #%u in %s: %s\n", point, nth, sc->name, failure);
+        return false;
+    }
+    return true;
+}
+
+static void test_every_crash_point(void)
+{
+    const sl_crashpoint_t **all;
+    size_t nall = sl_crash_points(&all);
+    SL_CHECK(nall > 50);
+    bool *covered = calloc(nall, sizeof(bool));
+    unsigned cases = 0, passed = 0;
+    for (size_t s = 0; s < NSC; s++) {
+        /* Which points does this scenario pass, and how often? */
+        setup(true);
+        SL_CHECK_INT(run_child(&SCENARIOS[s], NULL, 0, true), 0);
+        size_t nt = SL_MIN(G->ntrace, (size_t)TRACE_MAX);
+        const sl_crashpoint_t **seen = malloc(sizeof(*seen) * (nt ? nt : 1));
+        memcpy(seen, G->trace, sizeof(*seen) * nt);
+        munmap(G, REGION);
+        for (size_t p = 0; p < nall; p++) {
+            unsigned hits = 0;
+            for (size_t i = 0; i < nt; i++)
+                hits += strcmp(seen[i]->name, all[p]->name) == 0;
+            if (hits == 0)
+                continue;
+            unsigned nths[2] = {1, hits};
+            for (int k = 0; k < (hits > 1 ? 2 : 1); k++) {
+                cases++;
+                /* Alternate poisoning: both ways over the whole run. */
+                if (run_case(&SCENARIOS[s], all[p]->name, nths[k], (cases & 1) != 0)) {
+                    passed++;
+                    covered[p] = true;
+                }
+            }
+        }
+        free(seen);
+    }
+    size_t ncovered = 0;
+    for (size_t p = 0; p < nall; p++) {
+        if (covered[p])
+            ncovered++;
+        else
+            fprintf(stderr, "  crash point %s (%s:%d) not covered\n", all[p]->name, all[p]->file,
+                    all[p]->line);
+    }
+    printf("killpoints: %zu crash points, %zu covered, %u cases (%u passed) over %zu "
+           "scenarios\n",
+           nall, ncovered, cases, passed, NSC);
+    SL_CHECK_INT(ncovered, nall);
+    SL_CHECK_INT(passed, cases);
+    free(covered);
+    free(all);
+}
+
+/* ------------------------------------------------------ interleavings */
+
+static pid_t stop_child_at(const char *point, void (*fn)(void))
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        sl_arena_set_owner(CHILD);
+        sl_qsbr_register(&R->qsbr, CHILD);
+        sl_crash_arm(point, 1, SL_CRASH_STOP);
+        fn();
+        sl_qsbr_offline(&R->qsbr, CHILD);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, WUNTRACED);
+    SL_CHECK(WIFSTOPPED(st));
+    return pid;
+}
+
+static void finish_child(pid_t pid)
+{
+    int st;
+    kill(pid, SIGCONT);
+    waitpid(pid, &st, 0);
+    SL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void reclaim_offline(void)
+{
+    sl_qsbr_offline(&R->qsbr, CHILD); /* scans while it holds nothing */
+    sl_qsbr_reclaim(&R->qsbr);
+}
+
+/* A reclaimer scans the slots while all are offline; then a reader comes
+ * online and takes a node, which a writer removes; the reclaimer goes on.
+ * It must not free the node: the grace-period counter was read before the
+ * scan, and the node's epoch is newer. */
+static void test_gp_snapshot(void)
+{
+    setup(true);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    /* Something in limbo, so that reclaim gets to its scan. */
+    sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-2a", 7));
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    pid_t pid = stop_child_at("qsbr.reclaim.scanned", reclaim_offline);
+    /* Now the reader. */
+    sl_qsbr_online(&R->qsbr, CHECKER);
+    sl_reg_conn_t *x = sl_reg_conn_find(R, "conn-0a", 7);
+    SL_CHECK(x != NULL);
+    sl_reg_conn_remove(R, x); /* retired, but we still hold it */
+    finish_child(pid);
+    SL_CHECK_STR(x->conn_id, "conn-0a");
+    SL_CHECK_INT(x->worker, 0);
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    munmap(G, REGION);
+}
+
+static void publish_b(void)
+{
+    sl_chan_t *b = sl_chan_find(R, "b", 1);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t res;
+    sl_chan_publish(R, b, &p, &res);
+}
+
+/* The publisher is stopped right after its hand-off; both workers consume
+ * and drop the last references; then it goes on.  Without poisoning a
+ * freed message still reads refs == 0: a publisher that looked would free
+ * it a second time. */
+static void test_no_read_after_handoff(void)
+{
+    setup(false);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    sl_arena_stats_t before, after;
+    arena_stats(&before);
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    pid_t pid = stop_child_at("chan.pub.handed", publish_b);
+    SL_CHECK_INT(drain(0), 1);
+    SL_CHECK_INT(drain(1), 1);
+    finish_child(pid);
+    arena_stats(&after);
+    SL_CHECK_INT(after.bad_frees, 0);
+    SL_CHECK_INT(after.used_bytes, before.used_bytes);
+    munmap(G, REGION);
+}
+
+/* Worker 1's inbox is full, so a publish reaches worker 0 only and notes
+ * the channel as missed in worker 1's inbox - after its one push, when the
+ * message may already be consumed and freed.  The publisher is stopped
+ * right after that push while worker 0 frees the message (poisoned): the
+ * note must still name the channel. */
+static void test_missed_note_after_the_last_push(void)
+{
+    setup(true);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    int fill = 0;
+    while (sl_chan_send_direct(R, 1, 0, 1, 0, FRAME, sizeof(FRAME)) == SL_OK)
+        fill++;
+    SL_CHECK_INT(fill, SL_INBOX_CAP);
+    uint64_t hash = sl_chan_find(R, "b", 1)->node.hash;
+    uint64_t notes = R->inboxes[1]->missed_n;
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    pid_t pid = stop_child_at("handoff.pushed", publish_b);
+    SL_CHECK_INT(drain(0), 1); /* the last reference: freed and poisoned */
+    finish_child(pid);
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes + 1);
+    SL_CHECK(R->inboxes[1]->missed[notes & (SL_INBOX_MISSED - 1)].chan_hash == hash);
+    drain(1);
+    munmap(G, REGION);
+}
+
+int main(void)
+{
+    signal(SIGALRM, on_alarm);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    SL_TEST_RUN(test_every_crash_point);
+    SL_TEST_RUN(test_gp_snapshot);
+    SL_TEST_RUN(test_no_read_after_handoff);
+    SL_TEST_RUN(test_missed_note_after_the_last_push);
+    return sl_test_summary();
+}
