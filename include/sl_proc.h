@@ -1,6 +1,7 @@
 /*
  * sl_proc.h - process plumbing shared by master, workers and logger:
- * process titles for ps(1) and passing descriptors over Unix sockets.
+ * process titles for ps(1), passing descriptors over Unix sockets, and
+ * telling an ending child from a stalled one.
  */
 #ifndef SL_PROC_H
 #define SL_PROC_H
@@ -33,5 +34,12 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag);
  * none is waiting, or SL_ERROR (errno set; 0 with EOF meaning the peer
  * closed). */
 int sl_proc_recv_fds(int sock, int *fds, char *tag);
+
+/* Has our child `pid` (not yet reaped) ended - exited and waiting to be
+ * reaped, or dumping core on its way out (/proc/PID/status CoreDumping)?
+ * Such a process makes no progress but is dead, not stalled: the master
+ * must not count it against the watchdog.  (Its pid cannot be reused before
+ * we reap it.) */
+bool sl_proc_ending(int pid);
 
 #endif

@@ -77,10 +77,13 @@ typedef struct {
     sl_reg_cleanup_t job;
     int64_t cleanup_started_us;
     struct event *cleanup_ev;
-    /* Progress watch. */
+    /* Progress watch (the stall detector, which also decides the systemd
+     * watchdog). */
     uint64_t turns;       /* its QSBR turn count when last seen to move */
     int64_t progress_ms;  /* monotonic: when it last moved */
     bool killed;          /* SIGKILL sent for staying stalled */
+    int64_t killed_ms;    /* monotonic: when */
+    bool ending;          /* exited or dumping core, not yet reaped: dead, not stalled */
 } slot_t;
 
 static struct {
@@ -114,7 +117,9 @@ static struct {
     struct sockaddr_un notify_addr;
     socklen_t notify_len;
     int64_t watchdog_us;
-    bool ready_sent, stalled;
+    int64_t watchdog_fed_us; /* monotonic: last WATCHDOG=1 */
+    bool ready_sent, starved;
+    char status[160];        /* the last STATUS= sent */
     struct event *ready_timer, *watchdog_timer;
 } M;
 
@@ -168,6 +173,7 @@ void sl_master_set_exec(int argc, char **argv)
 }
 
 static void watch_workers(void);
+static void watchdog_feed(bool due);
 static void accept_cb(evutil_socket_t lfd, short what, void *arg);
 
 /* While the master waits for a registry lock (cleanup, reaper), it keeps
@@ -176,6 +182,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg);
 static void wait_hook(void)
 {
     watch_workers();
+    watchdog_feed(true);
     for (int k = 0; k < M.nlfd && !M.stopping; k++)
         if (M.lfds[k] >= 0 && M.accept_evs[k] && event_pending(M.accept_evs[k], EV_READ, NULL))
             accept_cb(M.lfds[k], EV_READ, (void *)(intptr_t)k);
@@ -340,6 +347,8 @@ static int spawn_worker(int i)
     M.w[i].turns = sl_qsbr_turns(&sl_shm->reg.qsbr, i);
     M.w[i].progress_ms = M.w[i].started;
     M.w[i].killed = false;
+    M.w[i].killed_ms = 0;
+    M.w[i].ending = false;
     uatomic_set(&st->stalled, 0);
     return SL_OK;
 }
@@ -358,9 +367,9 @@ static int pick_worker(uint64_t skip)
         int i = (M.next_rr + k) % M.nworkers;
         /* A worker still starting up is a valid target: the socket waits
          * in its queue until its loop runs. */
-        if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1) ||
+        if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1) || M.w[i].ending ||
             uatomic_read(&sl_shm->workers[i].stalled))
-            continue; /* down, tried, or stalled: it would not take them */
+            continue; /* down, tried, ending or stalled: it would not take them */
         sl_worker_stats_t *st = &sl_shm->workers[i];
         uint64_t load =
             SL_WS_WEIGHT * (uatomic_read(&st->connections) + uatomic_read(&st->echo_connections)) +
@@ -515,6 +524,7 @@ static void worker_died(int i, int status)
         snprintf(how, sizeof(how), "exit %d", WEXITSTATUS(status));
     pid_t pid = s->pid;
     s->pid = 0;
+    s->ending = false;
     if (s->ctl >= 0)
         close(s->ctl);
     s->ctl = -1;
@@ -610,15 +620,50 @@ static void rescue_queued(int i)
     }
 }
 
-/* The watchdog: progress is the worker's QSBR turn count, which moves at
- * the end of every loop turn (at least once per tick, 1 s at most). */
+/* STATUS= for systemd: serving, or which worker is stalled and what is
+ * done about it.  Sent when it changes (and once ready). */
+static void update_status(void)
+{
+    if (!M.ready_sent)
+        return;
+    char st[sizeof(M.status)];
+    snprintf(st, sizeof(st), "STATUS=serving with %d workers", M.nworkers);
+    for (int i = 0; i < M.nworkers; i++) {
+        slot_t *s = &M.w[i];
+        if (s->pid <= 0 || s->ending || !uatomic_read(&sl_shm->workers[i].stalled))
+            continue;
+        if (M.starved)
+            snprintf(st, sizeof(st), "STATUS=worker %d stalled and could not be killed; "
+                                     "watchdog not fed", i);
+        else if (s->killed)
+            snprintf(st, sizeof(st), "STATUS=worker %d stalled: killed, being replaced", i);
+        else
+            snprintf(st, sizeof(st), "STATUS=worker %d stalled (no progress for %lld ms): "
+                                     "bypassed, killed after %lld ms", i,
+                     (long long)sl_conf->worker_stall_ms, (long long)sl_conf->worker_stall_kill_ms);
+        break;
+    }
+    if (strcmp(st, M.status) != 0) {
+        memcpy(M.status, st, sizeof(st));
+        sl_notify(st);
+    }
+}
+
+/* The stall detector.  Progress is a worker's QSBR turn count, which moves
+ * at the end of every loop turn; an idle worker ticks at least four times
+ * per --worker-stall-ms (worker.c), so only a worker that really makes no
+ * progress is found stalled, whatever the systemd watchdog's period.  A
+ * stalled worker gets no new sockets (the queued ones go to others); after
+ * --worker-stall-kill-ms it is killed, then cleaned up and replaced as any
+ * crash.  A worker that has ended but is not reaped yet (a core dump may
+ * take seconds) is dead, not stalled: SIGCHLD brings it to worker_died. */
 static void watch_workers(void)
 {
     int64_t now = sl_mono_ms();
     for (int i = 0; i < M.nworkers; i++) {
         slot_t *s = &M.w[i];
         sl_worker_stats_t *st = &sl_shm->workers[i];
-        if (s->pid <= 0)
+        if (s->pid <= 0 || s->ending)
             continue;
         uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, i);
         if (t != s->turns) {
@@ -632,7 +677,15 @@ static void watch_workers(void)
             continue;
         }
         int64_t idle = now - s->progress_ms;
-        if (idle >= sl_conf->worker_stall_ms && !uatomic_read(&st->stalled)) {
+        if (idle < sl_conf->worker_stall_ms)
+            continue;
+        if (sl_proc_ending(s->pid)) {
+            s->ending = true;
+            uatomic_set(&st->stalled, 0);
+            rescue_queued(i);
+            continue;
+        }
+        if (!uatomic_read(&st->stalled)) {
             uatomic_set(&st->stalled_since_ms, sl_now_ms() - idle);
             uatomic_set(&st->stalled, 1);
             uatomic_add(&st->stalls, 1);
@@ -645,6 +698,7 @@ static void watch_workers(void)
             /* Its reader slot can only be released once it can no longer
              * read: killed, it is cleaned up and replaced as any crash. */
             s->killed = true;
+            s->killed_ms = now;
             uatomic_add(&st->stall_kills, 1);
             SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", i),
                    SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
@@ -652,6 +706,47 @@ static void watch_workers(void)
             kill(s->pid, SIGKILL);
         }
     }
+    update_status();
+}
+
+/* The systemd watchdog (WATCHDOG=1 every WATCHDOG_USEC/2) is fed from this
+ * loop - so a master that is stuck starves it - as long as every stalled
+ * worker is being handled: bypassed, then killed at --worker-stall-kill-ms.
+ * It is starved only by a worker that was killed for stalling and is still
+ * there (not even ending) --worker-stall-kill-ms after the kill: one the
+ * kernel cannot kill (uninterruptible sleep), which only a restart of the
+ * whole service can clear.  `due`: only if a period has passed since the
+ * last feed (the lock wait hook); the timer feeds at every tick. */
+static int64_t watchdog_period_us(void)
+{
+    return SL_MAX(M.watchdog_us / 2, 10 * 1000); /* WATCHDOG_USEC < 20 ms: no busy loop */
+}
+
+static void watchdog_feed(bool due)
+{
+    if (M.watchdog_us <= 0 || !M.ready_sent)
+        return;
+    int64_t now_us = sl_mono_us();
+    if (due && now_us - M.watchdog_fed_us < watchdog_period_us())
+        return;
+    int64_t now = now_us / 1000;
+    int stuck = -1;
+    for (int i = 0; i < M.nworkers && stuck < 0; i++)
+        if (M.w[i].pid > 0 && !M.w[i].ending && M.w[i].killed &&
+            now - M.w[i].killed_ms > sl_conf->worker_stall_kill_ms)
+            stuck = i;
+    if (stuck < 0) {
+        sl_notify("WATCHDOG=1");
+        M.watchdog_fed_us = now_us;
+        M.starved = false;
+    } else if (!M.starved) {
+        M.starved = true;
+        SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", stuck),
+               SL_TF_I("pid", M.w[stuck].pid), SL_TF_S("action", "could not be killed"),
+               SL_TF_S("watchdog", "not fed"));
+        sl_tel_flush();
+    }
+    update_status();
 }
 
 static void watch_cb(evutil_socket_t fd, short what, void *arg)
@@ -1061,42 +1156,9 @@ static void upgrade_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ------------------------------------------------- readiness, watchdog */
 
-/* Has every live worker made progress since the last call?  Progress is a
- * quiescent state reported after our previous look: each call bumps the
- * grace-period counter (harmless: it only ever grows, and reclamation takes
- * the minimum over the slots) and remembers its value; a worker whose slot
- * counter has not reached the value remembered last time has not finished
- * a loop turn since (workers end a turn at least every tick, <= 1 s).
- * Dead workers are not stalls (the master respawns them); a slot that is
- * offline is skipped.  Self-contained, to be swapped for issue 12's stall
- * detector. */
-static bool workers_progressing(void)
-{
-    static uint64_t want[SL_MAX_WORKERS];
-    sl_qsbr_t *q = &sl_shm->reg.qsbr;
-    bool ok = true;
-    uint64_t next = uatomic_add_return(&q->gp, 1);
-    for (int i = 0; i < M.nworkers; i++) {
-        uint64_t ctr = uatomic_read(&q->slots[i].ctr);
-        bool live = M.w[i].pid > 0 && ctr != 0;
-        if (live && want[i] != 0 && ctr < want[i])
-            ok = false;
-        want[i] = live ? next : 0;
-    }
-    return ok;
-}
-
 static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
 {
-    if (workers_progressing()) {
-        sl_notify(M.stalled ? "WATCHDOG=1\nSTATUS=every worker makes progress" : "WATCHDOG=1");
-        M.stalled = false;
-    } else if (!M.stalled) {
-        M.stalled = true;
-        sl_notify("STATUS=a worker makes no progress; watchdog not fed");
-        SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_S("watchdog", "not fed"));
-        sl_tel_flush();
-    }
+    watchdog_feed(false);
 }
 
 static bool all_workers_up(void)
@@ -1122,6 +1184,7 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
     snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d\nSTATUS=serving with %d workers",
              (int)getpid(), M.nworkers);
     sl_notify(msg);
+    snprintf(M.status, sizeof(M.status), "STATUS=serving with %d workers", M.nworkers);
     M.ready_sent = true;
     if (M.parent_fd >= 0) {
         if (write(M.parent_fd, "R", 1) != 1) {
@@ -1130,9 +1193,9 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
         M.parent_fd = -1;
     }
     if (M.watchdog_us > 0) {
-        int64_t half = M.watchdog_us / 2;
-        struct timeval tv = {half / 1000000, half % 1000000};
-        watchdog_cb(-1, 0, NULL); /* takes the first reading */
+        int64_t period = watchdog_period_us();
+        struct timeval tv = {period / 1000000, period % 1000000};
+        watchdog_feed(false);
         event_add(M.watchdog_timer, &tv);
     }
 }

@@ -136,3 +136,31 @@ int sl_proc_recv_fds(int sock, int *fds, char *tag)
         return n;
     }
 }
+
+bool sl_proc_ending(int pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return true; /* gone altogether */
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The state follows the last ')' (the name may contain any byte). */
+    const char *p = strrchr(buf, ')');
+    if (p && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X' || p[2] == 'x'))
+        return true;
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    if ((f = fopen(path, "r")) == NULL)
+        return true;
+    bool dumping = false;
+    char line[128];
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "CoreDumping:", 12) == 0) {
+            dumping = atoi(line + 12) != 0;
+            break;
+        }
+    fclose(f);
+    return dumping;
+}

@@ -1,6 +1,7 @@
 """systemd integration without a running systemd: the sd_notify protocol
 read from a real unix datagram socket named by NOTIFY_SOCKET (READY=1 once
-every worker is up, WATCHDOG=1 only while every worker makes progress,
+every worker is up, WATCHDOG=1 from the master's loop while every stalled
+worker is bypassed and killed within its bound, a stalled worker replaced,
 MAINPID handed over by a binary upgrade, STOPPING=1), journal priorities on
 standard error when JOURNAL_STREAM names it, and the unit file: ExecStart
 with $SENTE_OPTS, Type=notify, WatchdogSec, EnvironmentFile, and an offline
@@ -11,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -21,26 +23,44 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 class Notify:
+    """The systemd side of NOTIFY_SOCKET.  A thread receives every datagram
+    as it arrives and stamps it with its arrival time (so the gaps between
+    pings are the server's, not the test's); read() hands them out."""
+
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
-        self.msgs = []
+        self.sock.settimeout(0.1)
+        self.msgs = []     # handed out by read()
+        self.stamped = []  # (arrival time, message), every one received
+        self.cond = threading.Condition()
+        self.closed = False
+        threading.Thread(target=self._recv, daemon=True).start()
 
-    def read(self, timeout):
-        """Messages arriving within timeout seconds."""
-        got, deadline = [], time.time() + timeout
-        while True:
-            left = deadline - time.time()
-            if left <= 0:
-                return got
-            self.sock.settimeout(left)
+    def _recv(self):
+        while not self.closed:
             try:
                 m = self.sock.recv(4096).decode()
             except socket.timeout:
-                return got
-            got.append(m)
-            self.msgs.append(m)
+                continue
+            except OSError:
+                return
+            with self.cond:
+                self.stamped.append((time.time(), m))
+                self.cond.notify_all()
+
+    def read(self, timeout):
+        """Messages not handed out yet, waiting up to timeout seconds."""
+        deadline = time.time() + timeout
+        with self.cond:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    got = [m for _, m in self.stamped[len(self.msgs):]]
+                    self.msgs.extend(got)
+                    return got
+                self.cond.wait(left)
 
     def wait(self, pred, timeout, what):
         deadline = time.time() + timeout * SLOW
@@ -51,28 +71,125 @@ class Notify:
         raise AssertionError(f"no notification {what}; got {self.msgs[-10:]}")
 
 
-def test_notify_ready_watchdog_stall_and_stop(server_factory, tmp_path):
+def feeds(n, t0, t1):
+    """Receive times of WATCHDOG=1 between t0 and t1 (Notify keeps them)."""
+    return [t for t, m in n.stamped if m.startswith("WATCHDOG=1") and t0 <= t <= t1]
+
+
+def test_notify_ready_and_stalled_worker_replaced_with_watchdog_fed(server_factory, tmp_path):
+    """One stopped worker costs only its own clients: the stall detector
+    bypasses it, kills it at --worker-stall-kill-ms and a replacement
+    starts, while the master keeps feeding systemd's watchdog - even though
+    the kill bound (4 s) is longer than WatchdogSec (3 s)."""
     n = Notify(str(tmp_path / "notify.sock"))
-    # Checks and pings every 2 s (half of WATCHDOG_USEC); an idle worker ends
-    # a loop turn at least every second, so each check sees progress.
-    srv = server_factory(env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "4000000"})
+    w_us = 3000000
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "4000",
+                         env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": str(w_us)})
     ready = n.wait(lambda m: "READY=1" in m, 10, "READY=1")
     assert f"MAINPID={srv.pid}" in ready
     # Every worker was up when READY=1 was sent.
     assert all(w["alive"] for w in srv.stats()["workers"])
     n.wait(lambda m: m.startswith("WATCHDOG=1"), 5, "WATCHDOG=1")
-    # A stopped worker makes no progress: the pings stop.
+    victim = srv.worker_pids()[1]
+    t0 = time.time()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        n.wait(lambda m: "STATUS=worker 1 stalled" in m, 10, "the stall STATUS")
+        wait_for(lambda: srv.worker_pids()[1] not in (0, victim) and srv.healthy(), timeout=20,
+                 what="worker 1 killed and replaced")
+    finally:
+        if pid_alive(victim):
+            os.kill(victim, signal.SIGKILL)
+    n.wait(lambda m: m == f"STATUS=serving with {srv.workers} workers", 10,
+           "STATUS back to serving")
+    t1 = time.time()
+    w = srv.stats()["workers"][1]
+    assert w["stall-kills"] == 1 and w["stalls"] == 1 and not w["stalled"], w
+    # Fed all along, the gaps well inside WatchdogSec.
+    times = feeds(n, t0 - w_us / 1e6, t1)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) >= 3 and max(gaps) < w_us / 1e6, (times, gaps)
+    assert t1 - t0 > w_us / 1e6  # the stall outlasted WatchdogSec
+    srv.stop()
+    n.wait(lambda m: "STOPPING=1" in m, 5, "STOPPING=1")
+
+
+def test_stuck_master_starves_the_watchdog(server_factory, tmp_path):
+    """The pings come from the master's own loop: stopped, it sends none."""
+    n = Notify(str(tmp_path / "notify.sock"))
+    srv = server_factory(env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "1000000"})
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1")
+    os.kill(srv.pid, signal.SIGSTOP)
+    try:
+        n.read(0.3)  # one sent just before the stop may still be on its way
+        quiet = n.read(3.0)
+        assert not any(m.startswith("WATCHDOG=1") for m in quiet), quiet
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 5, "WATCHDOG=1 again")
+
+
+SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <sys/types.h>
+/* A worker the kernel cannot kill (uninterruptible sleep): the master's
+ * SIGKILL has no effect. */
+int kill(pid_t pid, int sig)
+{
+    static int (*real)(pid_t, int);
+    if (real == 0)
+        real = (int (*)(pid_t, int))dlsym(RTLD_NEXT, "kill");
+    if (sig == SIGKILL)
+        return 0;
+    return real(pid, sig);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the shim")
+def test_unkillable_stalled_worker_starves_the_watchdog(server_factory, tmp_path):
+    """A stalled worker that is still there --worker-stall-kill-ms after its
+    SIGKILL cannot be cleared by the master: the watchdog is no longer fed,
+    so systemd restarts the service.  Once it is gone, feeding resumes."""
+    src = tmp_path / "unkillable.c"
+    src.write_text(SHIM)
+    so = tmp_path / "unkillable.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], check=True)
+    n = Notify(str(tmp_path / "notify.sock"))
+    env = {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "2000000", "LD_PRELOAD": str(so),
+           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
+                            ":verify_asan_link_order=0").lstrip(":")}
+    srv = server_factory("--worker-stall-ms", "500", "--worker-stall-kill-ms", "1500", env=env)
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1")
     victim = srv.worker_pids()[1]
     os.kill(victim, signal.SIGSTOP)
     try:
-        n.wait(lambda m: "makes no progress" in m, 15, "the stall STATUS")
-        quiet = n.read(5.0 * SLOW)
+        n.wait(lambda m: "killed, being replaced" in m, 10, "the kill STATUS")
+        n.wait(lambda m: "could not be killed" in m, 10, "the starving STATUS")
+        n.read(0.3)
+        quiet = n.read(3.0)  # longer than WatchdogSec
         assert not any(m.startswith("WATCHDOG=1") for m in quiet), quiet
+        assert any("could not be killed" in ln for ln in srv.log_lines())
     finally:
-        os.kill(victim, signal.SIGCONT)
-    n.wait(lambda m: m.startswith("WATCHDOG=1"), 15, "WATCHDOG=1 again")
-    srv.stop()
-    n.wait(lambda m: "STOPPING=1" in m, 5, "STOPPING=1")
+        os.kill(victim, signal.SIGKILL)  # what systemd's restart would do
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1 once it is gone")
+    wait_for(lambda: srv.worker_pids()[1] not in (0, victim), what="worker 1 replaced")
+
+
+def test_idle_workers_never_stall_whatever_watchdogsec(server_factory, tmp_path):
+    """A WatchdogSec shorter than the workers' tick changes nothing: stalls
+    are judged by time without progress against --worker-stall-ms, which
+    idle workers' ticks always beat."""
+    n = Notify(str(tmp_path / "notify.sock"))
+    srv = server_factory("--worker-stall-ms", "1000",
+                         env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "200000"})
+    n.wait(lambda m: "READY=1" in m, 10, "READY=1")
+    got = n.read(3.0)
+    assert sum(m.startswith("WATCHDOG=1") for m in got) >= 5, got
+    assert not any("stalled" in m for m in n.msgs), n.msgs
+    assert all(w["stalls"] == 0 for w in srv.stats()["workers"])
 
 
 def test_no_watchdog_for_another_pid(server_factory, tmp_path):

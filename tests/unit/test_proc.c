@@ -2,11 +2,16 @@
  * test_proc.c - descriptor passing between processes' sockets: batches of
  * 1 to SL_PROC_FDS_MAX descriptors arrive whole, in order, and refer to the
  * same open files; bad batch sizes are refused; an empty queue says so.
+ * And sl_proc_ending: a running or stopped child has not ended, an exited
+ * one not yet reaped has.
  */
 #include "sl_proc.h"
 #include "sl_test.h"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -52,8 +57,30 @@ static void test_batches_arrive_whole_and_in_order(void)
     close(sv[1]);
 }
 
+static void test_ending(void)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        pause();
+        _exit(0);
+    }
+    SL_CHECK(!sl_proc_ending(pid)); /* running (sleeping) */
+    kill(pid, SIGSTOP);
+    siginfo_t si;
+    SL_CHECK_INT(waitid(P_PID, (id_t)pid, &si, WSTOPPED), 0);
+    SL_CHECK(!sl_proc_ending(pid)); /* stopped: stalled, not ending */
+    kill(pid, SIGKILL);
+    /* Exited, not reaped: a zombie (WNOWAIT leaves it so). */
+    SL_CHECK_INT(waitid(P_PID, (id_t)pid, &si, WEXITED | WNOWAIT), 0);
+    SL_CHECK(sl_proc_ending(pid));
+    int status;
+    SL_CHECK_INT(waitpid(pid, &status, 0), pid);
+    SL_CHECK(sl_proc_ending(pid)); /* reaped: gone */
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_batches_arrive_whole_and_in_order);
+    SL_TEST_RUN(test_ending);
     return sl_test_summary();
 }
