@@ -78,10 +78,11 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-# The kill-point test links the library built with -DSL_CRASHPOINTS (named
+# The kill-point tests link the library built with -DSL_CRASHPOINTS (named
 # crash points compiled in; sl_crash.h), in the same flavour as $(BUILD).
 CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
 CRASH_LIB := $(BUILD)/libsente-crash.a
+CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
         format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check
@@ -117,7 +118,7 @@ $(CRASH_LIB): $(CRASH_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/tests/test_killpoints: tests/unit/test_killpoints.c $(CRASH_LIB) $(wildcard tests/unit/*.h)
+$(CRASH_TESTS): $(BUILD)/tests/%: tests/unit/%.c $(CRASH_LIB) $(wildcard tests/unit/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DSL_CRASHPOINTS -Itests/unit $(LDFLAGS) -o $@ $< $(CRASH_LIB) $(LDLIBS)
 

@@ -13,12 +13,16 @@
  * Users: conn-id -> (worker, slot, conn number, user), created by the
  * connection's worker when it authenticates and removed when it closes.
  *
- * Crash consistency (shm/README.md, "Access control"): every update is one
- * publishing store or one atomic counter store, and every intermediate state
- * is valid (an entry with a zero total is a valid, empty entry).  When a
- * worker dies the master zeroes its counter in every entry, removes emptied
- * entries and the dead worker's user entries (sl_access_worker_cleanup), so
- * a dead worker's connections give their places back.
+ * Crash consistency (shm/README.md, "Access control"; issue 12's rules):
+ * an update of more than one store under a counts stripe lock (acquire of a
+ * new key, a release or cleanup that may empty an entry) records its intent
+ * in the stripe's record first; the stripe's recovery completes it, so
+ * between updates every entry's total is above zero.  The crash points are
+ * named "access.*" (sl_crash.h) and covered by the kill-point test.  When a
+ * worker dies the master's stepwise cleanup (sl_reg_cleanup_step) zeroes
+ * its counter in every entry it holds, removes emptied entries and its user
+ * entries - each with a try-lock, never waiting - so a dead worker's
+ * connections give their places back.
  */
 #ifndef SL_ACCESS_H
 #define SL_ACCESS_H
@@ -49,14 +53,25 @@ typedef struct sl_access_user {
     char user[]; /* NUL-terminated */
 } sl_access_user_t;
 
+/* The update in progress under a stripe lock of the counts table (one
+ * record per stripe): op 0 between updates. */
+typedef struct {
+    uint32_t op;
+    uint32_t pad;
+    sl_access_count_t *entry;
+} sl_access_intent_t;
+
 typedef struct sl_access {
     sl_table_t *counts; /* key -> sl_access_count_t */
     sl_table_t *users;  /* conn-id -> sl_access_user_t */
     uint32_t nworkers;
+    sl_arena_t *arena;
+    sl_access_intent_t *intents; /* one per stripe of counts */
 } sl_access_t;
 
-/* Set up the tables (from the registry's arena); r->access points to them. */
-int sl_access_init(sl_reg_t *r, uint64_t max_conns, uint32_t nworkers);
+/* Set up the tables (from the registry's arena, sized from the limits);
+ * r->access points to them. */
+int sl_access_init(sl_reg_t *r, const sl_reg_limits_t *lim);
 
 /* Take one place for name[0..len) of `kind` on `worker`, if the total is
  * below `limit` (0: no limit, counted all the same).  SL_OK,
@@ -85,12 +100,14 @@ sl_access_user_t *sl_access_user_find(sl_reg_t *r, const char *conn_id, size_t l
 void sl_access_user_conns(sl_reg_t *r, const char *user, size_t len,
                           void (*fn)(const sl_access_user_t *u, void *arg), void *arg);
 
-/* Master, after worker `worker` died (from sl_reg_worker_cleanup): its
- * counts go back, emptied entries and its user entries are removed. */
-void sl_access_worker_cleanup(sl_reg_t *r, int worker);
-
-/* Test hook: when set to n, the process SIGKILLs itself at kill point n
- * (the numbers are in access.c); 0 in the server. */
-extern volatile int sl_access_kill_point;
+/* The master's cleanup after worker `worker` died, one entry at a time
+ * (steps of sl_reg_cleanup_step, which walks the tables; caller online):
+ * does the entry hold places of `worker`?  (read side) */
+bool sl_access_count_held_by(const sl_access_count_t *e, int worker);
+/* Zero its counter, and remove the entry if that empties it.  Only tries
+ * the stripe lock: SL_AGAIN when a live process holds it (retry later). */
+int sl_access_cleanup_count(sl_reg_t *r, sl_access_count_t *e, int worker);
+/* Remove a dead worker's user entry; SL_AGAIN as above. */
+int sl_access_cleanup_user(sl_reg_t *r, sl_access_user_t *u);
 
 #endif

@@ -71,6 +71,7 @@ enum {
     M_INBOX_COMMIT_ORDER = 10,  /* inbox: tail published before the entry is written */
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
     M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
+    M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
     M__COUNT
 };
 

@@ -84,6 +84,10 @@ typedef struct {
     sl_reg_bcast_t bcast;
 } sl_reg_t;
 
+/* Buckets for about n entries: a power of two, at least 64, at most 2^24
+ * (the sizing of every table; shm/README.md, "Hashing and sizing"). */
+uint32_t sl_reg_buckets(uint64_t n);
+
 /* Lay the registry's memory over region[0..size) (the mapping after its
  * fixed header); tables sized from `lim`; draws the hash key (getrandom)
  * and installs it for this process and every process forked after.
@@ -108,14 +112,16 @@ size_t sl_reg_dead(sl_reg_t *r, int slot);
 
 /* The master's cleanup after worker `worker` died, in bounded steps so its
  * event loop keeps running: connections, subscriptions, RPC requests it
- * made or had claimed, then its inbox; each table is walked once, from
- * where the previous step stopped.  Never waits for a channel lock (a busy
- * one is retried at the next step). */
+ * made or had claimed, its places per IP and user and its user entries
+ * (sl_access.h), then its inbox; each table is walked once, from where the
+ * previous step stopped.  Never waits for a channel lock or an access
+ * stripe lock (a busy one is retried at the next step). */
 typedef struct {
     int worker;
-    int phase;       /* 0 start, then conns, subs, rpcs, inbox, done */
+    int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
     uint32_t cursor; /* next bucket of the table of this phase */
     uint64_t removed_conns, removed_subs, rpcs, drained;
+    uint64_t access; /* count entries and user entries cleaned */
     uint64_t steps, busy; /* steps taken, channel locks found busy */
 } sl_reg_cleanup_t;
 

@@ -51,12 +51,20 @@ typedef struct {
     struct sl_table *table;
 } __attribute__((aligned(64))) sl_table_stripe_t;
 
+/* A user of the table whose own multi-store updates run under a stripe
+ * lock (holding it across several table calls) records them in state of
+ * its own and repairs them here: called by a stripe's recovery, lock held,
+ * after the table's own update was completed and the stripe recounted. */
+typedef void (*sl_table_recover_fn)(void *arg, uint32_t stripe);
+
 typedef struct sl_table {
     uint32_t nbuckets, nlocks; /* powers of two */
     sl_arena_t *arena;
     sl_qsbr_t *qsbr;
     sl_table_node_t **buckets;
     sl_table_stripe_t *stripes;
+    sl_table_recover_fn user_recover; /* NULL: the table's own updates only */
+    void *user_arg;
 } sl_table_t;
 
 #define SL_TABLE_EXISTS 1
@@ -93,9 +101,24 @@ bool sl_table_has_node(sl_table_t *t, uint64_t hash, const sl_table_node_t *n);
 sl_table_node_t *sl_table_replace(sl_table_t *t, sl_table_node_t *n);
 
 /* For read-modify-write across several steps: hold the stripe of `hash`
- * and use the _locked variants. */
+ * and use the _locked variants.  An update of more than one store made
+ * that way is recorded by its user and repaired by sl_table_set_recover's
+ * function. */
 void sl_table_lock(sl_table_t *t, uint64_t hash);
+/* Only if free (repairing after a dead owner): SL_OK, or SL_AGAIN when a
+ * live process holds it - for the master, which never waits for a process
+ * that may be stopped. */
+int sl_table_trylock(sl_table_t *t, uint64_t hash);
 void sl_table_unlock(sl_table_t *t, uint64_t hash);
+/* The stripe `hash` falls in (0 .. nlocks-1): the index of the user's
+ * per-stripe record. */
+static inline uint32_t sl_table_stripe_index(const sl_table_t *t, uint64_t hash)
+{
+    return (uint32_t)(hash & (t->nlocks - 1));
+}
+/* Set once, before other processes use the table (a pointer to a function
+ * in shared memory: see sl_lock.h for why that is valid). */
+void sl_table_set_recover(sl_table_t *t, sl_table_recover_fn fn, void *arg);
 int sl_table_insert_locked(sl_table_t *t, sl_table_node_t *n);
 sl_table_node_t *sl_table_remove_locked(sl_table_t *t, uint64_t hash, const char *key,
                                         size_t klen);

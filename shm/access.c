@@ -6,58 +6,115 @@
  * (sl_table_lock), and so does the check against the limit: lookup, insert
  * if absent, check, increment - one critical section, so two workers can
  * never both take the last place, and a removal can never race with an
- * increment on the entry it removes.  Stores, in order, and what a process
- * killed after each leaves behind (kill points K1..K6, used by the tests):
+ * increment on the entry it removes.
  *
- *   acquire: allocate (K1: one object leaked) -> insert, one publishing
- *            store (K2: an entry with a zero total: valid, removed by the
- *            next release of the key or by the master's cleanup) -> our
- *            counter + 1, one atomic store (K3: the count is the dead
- *            worker's and the master zeroes it) -> unlock.
- *   release: our counter - 1 (K4: a zero-total entry, as K2) -> if the
- *            total is zero, unlink (one store) and retire (K5: after the
- *            retire, nothing left to do) -> unlock.
- *   user entries: allocate (K6: leaked) -> insert (one store); removal is
- *            one unlink + retire.
+ * Crash consistency, in issue 12's terms (shm/README.md, "Access control"):
+ * an acquire of a new key (allocate, insert, count) and a release that
+ * empties an entry (count, remove) are updates of more than one store under
+ * one stripe lock.  Each records its intent - the operation and the entry -
+ * in the stripe's record (a->intents[stripe]) before its first store and
+ * clears it after its last.  The counts table's stripe recovery (table.c)
+ * completes the table's own insert or remove first and then calls
+ * access_recover, which finishes ours: an entry recorded but never
+ * published is freed; a published entry whose total is zero is removed.  So
+ * between updates every entry's total is above zero.  What a kill leaves:
  *
- * The stripe locks are robust: a process killed holding one hands it to
- * the next locker with EOWNERDEAD and, as above, there is nothing to repair
- * (the table's locks have no recovery function for the same reason).
+ *   access.acquire.intent    entry allocated and recorded -> freed
+ *   access.acquire.inserted  published, count 0           -> removed
+ *   access.acquire.counted   our count + 1                -> the master's
+ *                            cleanup zeroes a dead worker's counts
+ *   access.release.intent / .counted / .removed           -> removed when
+ *                            its total is zero
+ *   access.cleanup.zeroed / .removed (the master)         -> removed when
+ *                            its total is zero
+ *   access.user.allocated    a user entry not yet inserted: one object
+ *                            leaked (the insert itself is one table op)
+ *
+ * Only our own worker's counter is ever decremented (it is one atomic
+ * store); a dead worker's counts are zeroed by the master's cleanup
+ * (sl_access_cleanup_count), a step of the registry's stepwise dead-worker
+ * cleanup that only ever *tries* a stripe lock.
+ *
+ * Keys come from clients (addresses, user ids): the tables hash with the
+ * registry's keyed SipHash like every other, and are sized from
+ * --max-connections (sl_reg_buckets).
  */
+#define _LGPL_SOURCE
 #include "sl_access.h"
+#include "sl_crash.h"
 
-#include <signal.h>
 #include <string.h>
+#include <urcu/arch.h>
+#include <urcu/pointer.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
 
-volatile int sl_access_kill_point;
+enum { ACC_NONE = 0, ACC_ACQUIRE = 1, ACC_RELEASE = 2, ACC_CLEANUP = 3 };
 
-static inline void kill_point(int n)
+/* ------------------------------------------------------------- recovery */
+
+static uint64_t total_of(const sl_access_count_t *e)
 {
-    if (sl_access_kill_point == n)
-        raise(SIGKILL);
+    uint64_t t = 0;
+    for (uint32_t i = 0; i < e->nworkers; i++)
+        t += uatomic_read(&e->counts[i]);
+    return t;
 }
 
-static uint32_t buckets_for(uint64_t n)
+static void intent(sl_access_intent_t *in, uint32_t op, sl_access_count_t *e)
 {
-    uint32_t p = 64;
-    while (p < n && p < (1u << 30))
-        p <<= 1;
-    return p;
+    in->entry = e;
+    cmm_smp_wmb(); /* the entry before the op that makes recovery read it */
+    CMM_STORE_SHARED(in->op, op);
 }
 
-int sl_access_init(sl_reg_t *r, uint64_t max_conns, uint32_t nworkers)
+static void done(sl_access_intent_t *in)
+{
+    cmm_smp_wmb();
+    CMM_STORE_SHARED(in->op, ACC_NONE);
+}
+
+/* The counts table's stripe `stripe` was held by a process that died: the
+ * table's own update is complete; finish ours.  The recorded entry is
+ * readable: a dead process's reader slot is released only after its locks
+ * were repaired (sl_reg_dead), so nothing it could see was reclaimed. */
+static void access_recover(void *arg, uint32_t stripe)
+{
+    sl_access_t *a = arg;
+    sl_access_intent_t *in = &a->intents[stripe];
+    sl_access_count_t *e = in->entry;
+    if (in->op != ACC_NONE && e && !SL_MUTATED(M_ACCESS_RECOVER)) {
+        sl_table_node_t *n = &e->node;
+        bool linked = sl_table_lookup(a->counts, n->hash, n->key, n->klen) == n;
+        if (linked) {
+            if (total_of(e) == 0)
+                sl_table_remove_locked(a->counts, n->hash, n->key, n->klen);
+        } else if (in->op == ACC_ACQUIRE && n->rcu.epoch == 0) {
+            /* Allocated and recorded, never published (a published one
+             * that was removed since is retired: epoch set). */
+            sl_arena_free(a->arena, e);
+        }
+    }
+    in->entry = NULL;
+    CMM_STORE_SHARED(in->op, ACC_NONE);
+}
+
+int sl_access_init(sl_reg_t *r, const sl_reg_limits_t *lim)
 {
     sl_access_t *a = sl_arena_calloc(r->arena, sizeof(*a));
     if (a == NULL)
         return SL_ERROR;
-    /* Sized like the connections table: a bucket per four connections
-     * (there are at most as many keys as connections). */
-    a->counts = sl_table_create(r->arena, &r->qsbr, buckets_for(max_conns / 4), 64);
-    a->users = sl_table_create(r->arena, &r->qsbr, buckets_for(max_conns / 4), 64);
-    a->nworkers = nworkers;
-    if (a->counts == NULL || a->users == NULL)
+    /* Sized like the connections table (a bucket per four connections:
+     * there are at most as many keys of each kind as connections). */
+    uint32_t nb = sl_reg_buckets(lim->max_connections / 4);
+    a->counts = sl_table_create(r->arena, &r->qsbr, nb, 64);
+    a->users = sl_table_create(r->arena, &r->qsbr, nb, 64);
+    a->intents = sl_arena_calloc(r->arena, sizeof(*a->intents) * 64);
+    a->nworkers = lim->nworkers;
+    a->arena = r->arena;
+    if (a->counts == NULL || a->users == NULL || a->intents == NULL)
         return SL_ERROR;
+    sl_table_set_recover(a->counts, access_recover, a);
     r->access = a;
     return SL_OK;
 }
@@ -71,14 +128,6 @@ static size_t make_key(sl_access_kind_t kind, const char *name, size_t len, char
     key[0] = (char)kind;
     memcpy(key + 1, name, len);
     return len + 1;
-}
-
-static uint64_t total_of(const sl_access_count_t *e)
-{
-    uint64_t t = 0;
-    for (uint32_t i = 0; i < e->nworkers; i++)
-        t += uatomic_read(&e->counts[i]);
-    return t;
 }
 
 static sl_access_count_t *find_count(sl_access_t *a, uint64_t hash, const char *key, size_t klen)
@@ -95,7 +144,9 @@ int sl_access_acquire(sl_reg_t *r, sl_access_kind_t kind, const char *name, size
     char key[SL_ACCESS_KEY_MAX];
     size_t klen = make_key(kind, name, len, key);
     uint64_t hash = sl_table_hash(key, klen);
+    sl_access_intent_t *in = &a->intents[sl_table_stripe_index(a->counts, hash)];
     int rc = SL_OK;
+    bool recorded = false;
     sl_table_lock(a->counts, hash);
     sl_access_count_t *e = find_count(a, hash, key, klen);
     if (e == NULL) {
@@ -111,17 +162,21 @@ int sl_access_acquire(sl_reg_t *r, sl_access_kind_t kind, const char *name, size
         e->node.key = k;
         e->node.klen = (uint32_t)klen;
         e->node.hash = hash;
-        kill_point(1);
+        /* Three stores follow (publish, count): recorded first. */
+        intent(in, ACC_ACQUIRE, e);
+        recorded = true;
+        SL_CRASHPOINT("access.acquire.intent");
         /* One publishing store (it cannot exist: we looked under the lock). */
         sl_table_insert_locked(a->counts, &e->node);
-        kill_point(2);
-    }
-    if (limit > 0 && total_of(e) >= limit) {
-        rc = SL_ACCESS_FULL;
+        SL_CRASHPOINT("access.acquire.inserted");
+    } else if (limit > 0 && total_of(e) >= limit) {
+        rc = SL_ACCESS_FULL; /* a new entry (total 0) is never full: limit >= 1 */
         goto out;
     }
     uatomic_add(&e->counts[worker], 1);
-    kill_point(3);
+    SL_CRASHPOINT("access.acquire.counted");
+    if (recorded)
+        done(in);
 out:
     sl_table_unlock(a->counts, hash);
     return rc;
@@ -136,15 +191,19 @@ void sl_access_release(sl_reg_t *r, sl_access_kind_t kind, const char *name, siz
     char key[SL_ACCESS_KEY_MAX];
     size_t klen = make_key(kind, name, len, key);
     uint64_t hash = sl_table_hash(key, klen);
+    sl_access_intent_t *in = &a->intents[sl_table_stripe_index(a->counts, hash)];
     sl_table_lock(a->counts, hash);
     sl_access_count_t *e = find_count(a, hash, key, klen);
     if (e && uatomic_read(&e->counts[worker]) > 0) {
+        intent(in, ACC_RELEASE, e); /* the count, then maybe the removal */
+        SL_CRASHPOINT("access.release.intent");
         uatomic_add(&e->counts[worker], -1);
-        kill_point(4);
+        SL_CRASHPOINT("access.release.counted");
         if (total_of(e) == 0) {
             sl_table_remove_locked(a->counts, hash, key, klen);
-            kill_point(5);
+            SL_CRASHPOINT("access.release.removed");
         }
+        done(in);
     }
     sl_table_unlock(a->counts, hash);
 }
@@ -192,6 +251,7 @@ sl_access_user_t *sl_access_user_add(sl_reg_t *r, const char *conn_id, int worke
     sl_access_user_t *u = sl_arena_calloc(r->arena, sizeof(*u) + ulen + 1);
     if (u == NULL)
         return NULL;
+    SL_CRASHPOINT("access.user.allocated");
     memcpy(u->conn_id, conn_id, idlen);
     memcpy(u->user, user, ulen);
     u->worker = worker;
@@ -200,8 +260,8 @@ sl_access_user_t *sl_access_user_add(sl_reg_t *r, const char *conn_id, int worke
     u->node.key = u->conn_id;
     u->node.klen = (uint32_t)idlen;
     u->node.hash = sl_table_hash(conn_id, idlen);
-    kill_point(6);
-    /* conn-ids are unique, and a connection has at most one entry. */
+    /* conn-ids are unique, and a connection has at most one entry: one
+     * table insert (recorded and completed by the table itself). */
     sl_table_insert_new(r->access->users, &u->node);
     return u;
 }
@@ -242,45 +302,41 @@ void sl_access_user_conns(sl_reg_t *r, const char *user, size_t len,
 
 /* --------------------------------------------------------------- cleanup */
 
-typedef struct {
-    sl_access_t *a;
-    int worker;
-} cleanup_t;
-
-/* Under the entry's stripe lock: the dead worker's count goes, and the
- * entry with it when nothing is left (also an entry a killed acquire left
- * empty).  Unlinking during the walk is safe: the unlinked node keeps its
- * next pointer, and we are online, so it is not freed under us. */
-static int count_cleanup_cb(sl_table_node_t *n, void *arg)
+bool sl_access_count_held_by(const sl_access_count_t *e, int worker)
 {
-    cleanup_t *x = arg;
-    sl_access_count_t *e = (sl_access_count_t *)n;
-    sl_table_lock(x->a->counts, n->hash);
-    /* Still linked?  (A release may have removed it since the walk saw it.) */
-    if (sl_table_lookup(x->a->counts, n->hash, n->key, n->klen) == n) {
-        if ((uint32_t)x->worker < e->nworkers)
-            uatomic_set(&e->counts[x->worker], 0);
-        if (total_of(e) == 0)
-            sl_table_remove_locked(x->a->counts, n->hash, n->key, n->klen);
+    return (uint32_t)worker < e->nworkers && uatomic_read(&e->counts[worker]) != 0;
+}
+
+int sl_access_cleanup_count(sl_reg_t *r, sl_access_count_t *e, int worker)
+{
+    sl_access_t *a = r->access;
+    sl_table_node_t *n = &e->node;
+    if (sl_table_trylock(a->counts, n->hash) != SL_OK)
+        return SL_AGAIN;
+    /* Still linked?  (A release may have removed it since the walk saw it;
+     * it is readable either way: the caller is online.) */
+    if (find_count(a, n->hash, n->key, n->klen) == e && (uint32_t)worker < e->nworkers) {
+        sl_access_intent_t *in = &a->intents[sl_table_stripe_index(a->counts, n->hash)];
+        intent(in, ACC_CLEANUP, e);
+        uatomic_set(&e->counts[worker], 0);
+        SL_CRASHPOINT("access.cleanup.zeroed");
+        if (total_of(e) == 0) {
+            sl_table_remove_locked(a->counts, n->hash, n->key, n->klen);
+            SL_CRASHPOINT("access.cleanup.removed");
+        }
+        done(in);
     }
-    sl_table_unlock(x->a->counts, n->hash);
-    return 0;
+    sl_table_unlock(a->counts, n->hash);
+    return SL_OK;
 }
 
-static int user_cleanup_cb(sl_table_node_t *n, void *arg)
+int sl_access_cleanup_user(sl_reg_t *r, sl_access_user_t *u)
 {
-    cleanup_t *x = arg;
-    sl_access_user_t *u = (sl_access_user_t *)n;
-    if (u->worker == x->worker)
-        sl_table_remove(x->a->users, n->hash, n->key, n->klen);
-    return 0;
-}
-
-void sl_access_worker_cleanup(sl_reg_t *r, int worker)
-{
-    if (r->access == NULL)
-        return;
-    cleanup_t x = {r->access, worker};
-    sl_table_foreach(r->access->counts, count_cleanup_cb, &x);
-    sl_table_foreach(r->access->users, user_cleanup_cb, &x);
+    sl_table_t *t = r->access->users;
+    if (sl_table_trylock(t, u->node.hash) != SL_OK)
+        return SL_AGAIN;
+    if (sl_table_lookup(t, u->node.hash, u->conn_id, u->node.klen) == &u->node)
+        sl_table_remove_locked(t, u->node.hash, u->conn_id, u->node.klen);
+    sl_table_unlock(t, u->node.hash);
+    return SL_OK;
 }

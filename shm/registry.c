@@ -26,9 +26,9 @@
 #include <urcu/pointer.h>
 #include <urcu/uatomic.h>
 
-static uint32_t pow2_at_least(uint64_t n, uint32_t min)
+uint32_t sl_reg_buckets(uint64_t n)
 {
-    uint32_t p = min;
+    uint32_t p = 64;
     while (p < n && p < (1u << 24))
         p <<= 1;
     return p;
@@ -57,14 +57,12 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *l
      * subscriptions two buckets per connection or channel, whichever is
      * more; RPC requests a bucket per two connections. */
     uint64_t subs = 2 * SL_MAX(lim->max_connections, lim->max_channels);
-    r->conns = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_connections / 4, 64),
-                               64);
-    r->channels = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_channels, 64), 64);
-    r->subs = sl_table_create(r->arena, &r->qsbr, pow2_at_least(subs, 64), 64);
-    r->rpcs = sl_table_create(r->arena, &r->qsbr, pow2_at_least(lim->max_connections / 2, 64),
-                              64);
+    r->conns = sl_table_create(r->arena, &r->qsbr, sl_reg_buckets(lim->max_connections / 4), 64);
+    r->channels = sl_table_create(r->arena, &r->qsbr, sl_reg_buckets(lim->max_channels), 64);
+    r->subs = sl_table_create(r->arena, &r->qsbr, sl_reg_buckets(subs), 64);
+    r->rpcs = sl_table_create(r->arena, &r->qsbr, sl_reg_buckets(lim->max_connections / 2), 64);
     if (r->conns == NULL || r->channels == NULL || r->subs == NULL || r->rpcs == NULL ||
-        sl_access_init(r, lim->max_connections, lim->nworkers) != SL_OK)
+        sl_access_init(r, lim) != SL_OK)
         return SL_ERROR;
     for (uint32_t i = 0; i < lim->nworkers; i++) {
         r->inboxes[i] = sl_arena_alloc(r->arena, sizeof(sl_inbox_t));
@@ -121,7 +119,7 @@ size_t sl_reg_dead(sl_reg_t *r, int slot)
 
 /* ------------------------------------------------------------ cleanup */
 
-enum { PH_START, PH_CONNS, PH_SUBS, PH_RPCS, PH_INBOX, PH_ACCESS, PH_DONE };
+enum { PH_START, PH_CONNS, PH_SUBS, PH_RPCS, PH_COUNTS, PH_USERS, PH_INBOX, PH_DONE };
 
 #define BUCKET_BATCH 64
 
@@ -140,9 +138,11 @@ static size_t collect(sl_table_t *t, uint32_t i, int phase, int worker, sl_table
     size_t n = 0;
     *more = false;
     for (sl_table_node_t *x = sl_table_bucket(t, i); x; x = rcu_dereference(x->next)) {
-        bool match = phase == PH_CONNS  ? ((sl_reg_conn_t *)x)->worker == worker
-                     : phase == PH_SUBS ? ((sl_sub_t *)x)->worker == worker
-                                        : sl_rpc_held_by((sl_rpc_t *)x, worker);
+        bool match = phase == PH_CONNS    ? ((sl_reg_conn_t *)x)->worker == worker
+                     : phase == PH_SUBS   ? ((sl_sub_t *)x)->worker == worker
+                     : phase == PH_RPCS   ? sl_rpc_held_by((sl_rpc_t *)x, worker)
+                     : phase == PH_COUNTS ? sl_access_count_held_by((sl_access_count_t *)x, worker)
+                                          : ((sl_access_user_t *)x)->worker == worker;
         if (!match)
             continue;
         if (n == BUCKET_BATCH) {
@@ -176,15 +176,14 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
             }
             if (removed >= budget)
                 return SL_AGAIN;
-            job->phase = PH_ACCESS;
-            continue;
-        }
-        if (job->phase == PH_ACCESS) {
-            sl_access_worker_cleanup(r, job->worker); /* its places per IP and user */
             job->phase = PH_DONE;
             break;
         }
-        sl_table_t *t = job->phase == PH_CONNS ? r->conns : job->phase == PH_SUBS ? r->subs : r->rpcs;
+        sl_table_t *t = job->phase == PH_CONNS    ? r->conns
+                        : job->phase == PH_SUBS   ? r->subs
+                        : job->phase == PH_RPCS   ? r->rpcs
+                        : job->phase == PH_COUNTS ? r->access->counts
+                                                  : r->access->users;
         while (job->cursor < t->nbuckets) {
             if (removed >= budget || buckets >= max_buckets)
                 return SL_AGAIN;
@@ -204,8 +203,19 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                         return SL_AGAIN;
                     }
                     job->removed_subs++;
-                } else {
+                } else if (job->phase == PH_RPCS) {
                     job->rpcs += sl_rpc_cleanup_one(r, (sl_rpc_t *)x, job->worker);
+                } else {
+                    /* Its places per IP and user, its users: stripe locks
+                     * only tried, like the channel locks above. */
+                    int rc = job->phase == PH_COUNTS
+                                 ? sl_access_cleanup_count(r, (sl_access_count_t *)x, job->worker)
+                                 : sl_access_cleanup_user(r, (sl_access_user_t *)x);
+                    if (rc != SL_OK) {
+                        job->busy++;
+                        return SL_AGAIN;
+                    }
+                    job->access++;
                 }
                 removed++;
             }

@@ -187,6 +187,16 @@ static void stripe_recover(void *arg)
     }
     st->op = OP_NONE;
     stripe_recount(t, st);
+    /* Then the user's own update under this lock (idempotent too: killed
+     * in it, the next locker comes back here). */
+    if (t->user_recover)
+        t->user_recover(t->user_arg, (uint32_t)(st - t->stripes));
+}
+
+void sl_table_set_recover(sl_table_t *t, sl_table_recover_fn fn, void *arg)
+{
+    t->user_recover = fn;
+    t->user_arg = arg;
 }
 
 sl_table_t *sl_table_create(sl_arena_t *a, sl_qsbr_t *q, uint32_t nbuckets, uint32_t nlocks)
@@ -275,6 +285,11 @@ uint64_t sl_table_recoveries(const sl_table_t *t)
 void sl_table_lock(sl_table_t *t, uint64_t hash)
 {
     sl_lock_acquire(&stripe_of(t, hash)->lock);
+}
+
+int sl_table_trylock(sl_table_t *t, uint64_t hash)
+{
+    return sl_lock_try(&stripe_of(t, hash)->lock);
 }
 
 void sl_table_unlock(sl_table_t *t, uint64_t hash)

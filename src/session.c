@@ -8,7 +8,7 @@
  * malloc'd on its worker and freed by sl_session_end, which also gives back
  * the shared places it took (sl_access) - on every path: refused upgrade,
  * close, worker shutdown.  If the worker dies instead, the master gives them
- * back (sl_access_worker_cleanup).
+ * back (a step of its dead-worker cleanup, sl_reg_cleanup_step).
  *
  * Rate limits are token buckets in milli-tokens, refilled by the time of
  * the read that brought the message (c->last_rx_mono), so every message of

@@ -8,7 +8,7 @@
 # "mutants: N killed of N".  Runs nice'd; about 3 minutes on 2 cores.
 set -u
 cd "$(dirname "$0")/.."
-TESTS="test_killpoints test_chan_stress test_table_stress test_arena test_qsbr test_table \
+TESTS="test_killpoints test_access test_chan_stress test_table_stress test_arena test_qsbr test_table \
 test_channels test_registry test_rpc"
 mapfile -t NAMES < <(sed -n 's/^ *\(M_[A-Z_]*\) = \([0-9]*\),.*/\2 \1/p' include/sl_crash.h |
                      awk '$1 > 0')

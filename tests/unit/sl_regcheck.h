@@ -6,13 +6,16 @@
  * channel's list and the subscriptions table agree, prev pointers and
  * per-worker counts match; every stripe's count is right; limbo well
  * formed; every message's refs equals the references inbox entries and
- * retention rings hold; nothing of a dead worker left once cleaned up.
+ * retention rings hold; access counts: no intent left, every entry's total
+ * above zero; nothing of a dead worker left once cleaned up (connections,
+ * subscriptions, RPC claims, places per IP and user, user entries).
  * Pointers are range-checked before they are followed, so a dangling node
  * (freed, poisoned) shows as a failure, not a crash.
  */
 #ifndef SL_REGCHECK_H
 #define SL_REGCHECK_H
 
+#include "sl_access.h"
 #include "sl_chan.h"
 #include "sl_rpc.h"
 
@@ -173,6 +176,41 @@ static inline int rc_rpc_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
+static inline int rc_count_cb(sl_table_node_t *n, void *arg)
+{
+    regcheck_t *k = arg;
+    sl_access_count_t *e = (sl_access_count_t *)n;
+    uint64_t total = 0;
+    for (uint32_t w = 0; w < e->nworkers; w++)
+        total += e->counts[w];
+    RC_EXPECT(k, total > 0, "access entry %.*s: empty but still in the table", (int)n->klen - 1,
+              n->key + 1);
+    RC_EXPECT(k, k->dead < 0 || (uint32_t)k->dead >= e->nworkers || e->counts[k->dead] == 0,
+              "access entry %.*s: the dead worker's places are left", (int)n->klen - 1,
+              n->key + 1);
+    return 0;
+}
+
+static inline int rc_user_cb(sl_table_node_t *n, void *arg)
+{
+    regcheck_t *k = arg;
+    RC_EXPECT(k, ((sl_access_user_t *)n)->worker != k->dead, "the dead worker's user entry %s is left",
+              ((sl_access_user_t *)n)->conn_id);
+    return 0;
+}
+
+static inline void rc_access(regcheck_t *k)
+{
+    sl_access_t *a = k->r->access;
+    rc_table(k, a->counts, "access counts");
+    rc_table(k, a->users, "access users");
+    for (uint32_t s = 0; s < a->counts->nlocks; s++)
+        RC_EXPECT(k, a->intents[s].op == 0, "access stripe %u: intent left (op %u)", s,
+                  a->intents[s].op);
+    sl_table_foreach(a->counts, rc_count_cb, k);
+    sl_table_foreach(a->users, rc_user_cb, k);
+}
+
 /* Everything; k->failure gets the first failure ("" when all is well). */
 static inline void rc_check(regcheck_t *k, sl_table_t *extra)
 {
@@ -188,6 +226,7 @@ static inline void rc_check(regcheck_t *k, sl_table_t *extra)
     sl_table_foreach(r->subs, rc_sub_cb, k);
     sl_table_foreach(r->conns, rc_conn_cb, k);
     sl_table_foreach(r->rpcs, rc_rpc_cb, k);
+    rc_access(k);
     for (int w = 0; w < k->nworkers; w++) {
         sl_inbox_t *in = r->inboxes[w];
         RC_EXPECT(k, in->pending.msg == NULL, "inbox %d: a recorded push is left", w);

@@ -31,6 +31,7 @@
  * snapshot), and a publisher that must not look at a message after its
  * subscribers' workers consumed it (finding 1 of issue 12).
  */
+#include "sl_access.h"
 #include "sl_chan.h"
 #include "sl_crash.h"
 #include "sl_rpc.h"
@@ -175,6 +176,13 @@ static void setup(bool poison)
     const char *keys[] = {"s1", "s2", "s3"};
     for (int i = 0; i < 3; i++)
         sl_table_insert(G->small, &small_item(keys[i])->node);
+    /* Access control (shm/access.c): places per IP and user, and users. */
+    static const char *const users[] = {"bob", "alice", "carol"};
+    for (int w = 0; w < NWORKERS; w++) {
+        sl_access_acquire(R, SL_ACCESS_IP, w == 2 ? "198.51.100.2" : "198.51.100.1", 12, w, 0);
+        sl_access_acquire(R, SL_ACCESS_USER, users[w], strlen(users[w]), w, 0);
+        sl_access_user_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, users[w]);
+    }
     sl_qsbr_offline(&R->qsbr, CHECKER); /* so the child's reclaim can free */
 }
 
@@ -289,6 +297,43 @@ static void sc_consume(void)
         sl_chan_msg_unref(R, e.msg);
 }
 
+static void sc_access_acquire(void)
+{
+    sl_access_acquire(R, SL_ACCESS_IP, "198.51.100.9", 12, CHILD, 2); /* a new key */
+    sl_access_acquire(R, SL_ACCESS_IP, "198.51.100.1", 12, CHILD, 0);
+}
+
+static void sc_access_release(void)
+{
+    sl_access_release(R, SL_ACCESS_IP, "198.51.100.1", 12, CHILD); /* others hold some */
+    sl_access_release(R, SL_ACCESS_USER, "alice", 5, CHILD);       /* the last place */
+}
+
+static void sc_access_user(void)
+{
+    sl_access_user_add(R, "conn-1z", CHILD, 8, 88, "alice");
+    sl_access_user_remove(R, sl_access_user_find(R, "conn-1a", 7));
+}
+
+/* The master's part of a dead worker's cleanup that is access control's
+ * (here for worker 2, as sl_reg_cleanup_step does it entry by entry). */
+static int access_cleanup_cb(sl_table_node_t *n, void *arg)
+{
+    if (arg == NULL) {
+        if (sl_access_count_held_by((sl_access_count_t *)n, 2))
+            sl_access_cleanup_count(R, (sl_access_count_t *)n, 2);
+    } else if (((sl_access_user_t *)n)->worker == 2) {
+        sl_access_cleanup_user(R, (sl_access_user_t *)n);
+    }
+    return 0;
+}
+
+static void sc_access_cleanup(void)
+{
+    sl_table_foreach(R->access->counts, access_cleanup_cb, NULL);
+    sl_table_foreach(R->access->users, access_cleanup_cb, R);
+}
+
 static void sc_reclaim(void)
 {
     sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-1a", 7));
@@ -319,6 +364,10 @@ static const scenario_t SCENARIOS[] = {
     {"broadcast", sc_broadcast},
     {"consume", sc_consume},
     {"reclaim", sc_reclaim},
+    {"access-acquire", sc_access_acquire},
+    {"access-release", sc_access_release},
+    {"access-user", sc_access_user},
+    {"access-cleanup", sc_access_cleanup},
 };
 #define NSC SL_ARRAY_LEN(SCENARIOS)
 
@@ -329,7 +378,7 @@ static const char *const MAY_LEAK[] = {
     "limbo.pop.counted",     "inbox.pop.head",         "chan.create.allocated",
     "chan.sub.allocated",    "chan.pub.encoded",       "chan.send.allocated",
     "chan.direct.allocated", "chan.del.allocated",     "chan.ring.drop-cleared",
-    "reg.conn.allocated",    "rpc.create.allocated",
+    "reg.conn.allocated",    "rpc.create.allocated",   "access.user.allocated",
 };
 
 static bool may_leak(const char *point)
@@ -373,6 +422,21 @@ static void check_rpc(void)
         EXPECT(sl_rpc_claim(q, SL_RPC_EXPIRED, 0), "RPC: the requester cannot expire it");
         sl_rpc_remove(R, q);
     }
+}
+
+/* Places per IP are taken exactly to the limit, and given back. */
+static void check_access_usable(void)
+{
+    uint64_t t = sl_access_total(R, SL_ACCESS_IP, "198.51.100.1", 12);
+    EXPECT(sl_access_acquire(R, SL_ACCESS_IP, "198.51.100.1", 12, 2, t + 1) == SL_OK,
+           "access: a place under the limit refused");
+    EXPECT(sl_access_acquire(R, SL_ACCESS_IP, "198.51.100.1", 12, 2, t + 1) == SL_ACCESS_FULL,
+           "access: a place over the limit taken");
+    sl_access_release(R, SL_ACCESS_IP, "198.51.100.1", 12, 2);
+    EXPECT(sl_access_total(R, SL_ACCESS_IP, "198.51.100.1", 12) == t, "access: total %llu, not %llu",
+           (unsigned long long)sl_access_total(R, SL_ACCESS_IP, "198.51.100.1", 12),
+           (unsigned long long)t);
+    EXPECT(sl_access_user_add(R, "conn-2v", 2, 9, 99, "dave") != NULL, "access: user add failed");
 }
 
 /* The channel works: subscribe, publish, receive; delete, re-create. */
@@ -442,6 +506,8 @@ static void teardown(const char *point)
     sl_table_foreach(R->conns, remove_all, R->conns);
     sl_table_foreach(R->rpcs, remove_all, R->rpcs);
     sl_table_foreach(G->small, remove_all, G->small);
+    sl_table_foreach(R->access->counts, remove_all, R->access->counts);
+    sl_table_foreach(R->access->users, remove_all, R->access->users);
     for (int i = 0; i < 8; i++)
         if (G->held[i])
             sl_arena_free(R->arena, G->held[i]);
@@ -529,6 +595,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
         check_rpc();
     if (!failure[0])
         check_usable();
+    if (!failure[0])
+        check_access_usable();
     if (!failure[0])
         check_registry();
     if (!failure[0])
