@@ -190,6 +190,16 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "RPC requests of this worker's clients that timed out.");
     per_worker(&o, workers, "inbox_depth", "gauge", "inbox-depth",
                "Entries waiting in the worker's inbox.");
+    per_worker(&o, workers, "inbox_skipped_total", "counter", "inbox-skipped",
+               "Publishes that skipped the worker's full inbox (its subscribers closed 1013).");
+    per_worker(&o, workers, "missed_disconnects_total", "counter", "missed-disconnects",
+               "Subscribers closed 1013 because the worker's inbox missed their messages.");
+    per_worker(&o, workers, "worker_stalled", "gauge", "stalled",
+               "1 while the worker makes no progress (--worker-stall-ms).");
+    per_worker(&o, workers, "worker_stalls_total", "counter", "stalls",
+               "Times the worker was found stalled.");
+    per_worker(&o, workers, "worker_stall_kills_total", "counter", "stall-kills",
+               "Times the worker was killed for staying stalled (--worker-stall-kill-ms).");
     per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
                "HTTP requests handled.");
     per_worker(&o, workers, "connections_accepted_total", "counter", "accepted-connections",
@@ -239,6 +249,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
            "RPC requests waiting for a response.");
     single(&o, "rpc_old", "gauge", num(cs, "old-rpc-requests"),
            "RPC requests pending for more than a minute.");
+    single(&o, "channels_reaped_total", "counter", num(cs, "reaped-channels"),
+           "Empty auto-created channels removed after --channel-linger-ms.");
 
     json_t *chans = json_object_get(cs, "channels");
     size_t nch = json_object_size(chans), k = 0;
