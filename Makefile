@@ -34,6 +34,10 @@ endif
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# hiredis (the broker's Redis client): headers as <hiredis/...>, so only its
+# libraries are taken from pkg-config (its -I would put read.h, sds.h ... on
+# the include path).
+PKG_LIBS   += $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 
 CFLAGS   ?= $(OPT) -g
 CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \

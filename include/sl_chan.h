@@ -167,6 +167,33 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
                           uint64_t *last);
 
+/* --redis (the broker): hand a channel-message whose seq Redis assigned
+ * (json: the complete message text) to every local worker with
+ * subscribers, and retain it in the local ring.  The ring is kept
+ * contiguous: a message of another epoch, or one that does not follow the
+ * ring's last seq, empties it first (c->epoch becomes `epoch`).  origin /
+ * exclude_conn: skip connection number exclude_conn at delivery when
+ * origin is true (the sender's node).  SL_OK, SL_CHAN_OVERLOADED (nothing
+ * handed off, nothing retained: retry later), SL_CHAN_NO_MEMORY or
+ * SL_CHAN_NOT_SUBSCRIBED (deleted).  *woken gets the workers to wake. */
+int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, const char *json,
+                    size_t len, uint64_t exclude_conn, uint64_t *woken);
+
+/* --redis: the channel lost messages this node cannot recover for its
+ * subscribers (epoch changed, history gone): empty the local ring and hand
+ * every worker with subscribers an SL_INBOX_CHANNEL_RESET, so they close
+ * those subscribers (who reconnect and recover with since-seq, or learn
+ * recovered:false).  SL_OK or SL_CHAN_OVERLOADED; *woken as above. */
+int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t *woken);
+
+/* --redis: take the cluster's settings (from Redis) for max-subscribers,
+ * rpc-timeout-ms and telemetry (the local ring keeps its size). */
+void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg);
+
+/* The last seq this node holds for c (the end of its local ring, or what
+ * it last published); 0 when none. */
+uint64_t sl_chan_last_seq(sl_chan_t *c);
+
 /* Drop a reference to a message (frees it with the last). */
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);
 

@@ -2,7 +2,8 @@
  * sl_inbox.h - one inbox per worker in shared memory: how any process hands
  * work (a published message to fan out, later direct messages) to a worker.
  *
- * A bounded ring of entries.  Producers (any worker, the master) enqueue
+ * A bounded ring of entries.  The same ring, with its own kinds, is the
+ * broker's request queue (sl_brq.h).  Producers (any worker, the master) enqueue
  * under the inbox's robust lock; the owning worker is the only consumer and
  * reads without the lock.  The tail index is the commit point of an
  * enqueue: an entry is written first, then published by a release store of
@@ -25,6 +26,8 @@ typedef enum {
     SL_INBOX_BROADCAST = 3,   /* msg for every local protocol connection */
     SL_INBOX_CLOSE = 4,       /* close one local connection with 1008 */
     SL_INBOX_CHANNEL_GONE = 5, /* msg's channel was deleted: drop local subscribers, tell them */
+    SL_INBOX_BROKER_RESULT = 6, /* --redis: the broker's answer to request `tag` (sl_brq.h) */
+    SL_INBOX_CHANNEL_RESET = 7, /* --redis: msg's channel lost messages: close its local subscribers */
 } sl_inbox_kind_t;
 
 typedef struct {
@@ -34,6 +37,10 @@ typedef struct {
     uint64_t exclude_conn; /* CHANNEL_MSG: the sender's conn number; 0 none */
     uint64_t tag;          /* DIRECT: what it answers (an RPC request number) */
     struct sl_chan_msg *msg; /* one reference, owned by the entry */
+    /* The broker's queue and its results (sl_brq.h): */
+    int32_t from;     /* the requesting worker */
+    uint32_t status;  /* request flags, or the result's status */
+    int64_t deadline; /* monotonic ms: past it the broker drops the request */
 } sl_inbox_entry_t;
 
 typedef struct sl_inbox {

@@ -19,6 +19,7 @@
 #include "sl_table.h"
 
 #define SL_REG_MASTER_SLOT 64
+#define SL_REG_BROKER_SLOT 65 /* the broker process (--redis) */
 #define SL_CONN_ID_MAX 40
 
 typedef struct sl_reg_conn {

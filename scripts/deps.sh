@@ -2,7 +2,8 @@
 # Installs the Debian packages sente-lite needs, only those missing.
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
-#                            the Prometheus text parser, ps)
+#                            the Prometheus text parser, ps, redis-server for
+#                            tests/cluster/)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
@@ -12,10 +13,10 @@
 # command to run.
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
+pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libhiredis-dev"
 for opt in "$@"; do
     case "$opt" in
-    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl" ;;
+    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl redis-server" ;;
     --web)
         pkgs="$pkgs chromium fonts-dejavu-core"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
@@ -43,6 +44,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "sente-lite: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+# Several engineers may run apt-get at once: wait for the dpkg lock.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
 # shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null

@@ -594,3 +594,129 @@ void sl_chan_totals(sl_reg_t *r, sl_chan_totals_t *t)
     t->channels = sl_table_count(r->channels);
     t->subscriptions = sl_table_count(r->subs);
 }
+
+/* ------------------------------------------------------------ --redis */
+
+int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, const char *json,
+                    size_t len, uint64_t exclude_conn, uint64_t *woken)
+{
+    *woken = 0;
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, len, NULL);
+    sl_chan_msg_t *m = sl_arena_alloc(r->arena, sizeof(*m) + h + len);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    m->len = (uint32_t)(h + len);
+    m->seq = seq;
+    m->chan_hash = c->node.hash;
+    m->idlen = c->node.klen;
+    memcpy(m->id, c->id, c->node.klen);
+    m->id[c->node.klen] = '\0';
+    m->payload_off = (uint32_t)h;
+    memcpy(m->frame, hdr, h);
+    memcpy(m->frame + h, json, len);
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    uint32_t cap = (uint32_t)c->config.message_retention;
+    bool retain = cap > 0 && c->ring != NULL;
+    /* The local ring stays one contiguous run of one epoch, so "the ring
+     * has since+1 .. last" is a valid recovery answer. */
+    bool other_epoch = strncmp(c->epoch, epoch, sizeof(c->epoch) - 1) != 0;
+    bool gap = c->ring_count > 0 && c->ring[(c->ring_start + c->ring_count - 1) % cap]->seq + 1 != seq;
+    sl_chan_msg_t *drop[2] = {NULL, NULL};
+    uint32_t subs;
+    uint64_t targets = targets_of(r, c, &subs);
+    uint32_t refs = (uint32_t)__builtin_popcountll(targets) + (retain ? 1 : 0);
+    if (refs == 0) {
+        /* Nobody here and nothing to keep: still follow the seq. */
+        if (other_epoch)
+            snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+        c->next_seq = seq + 1;
+        uatomic_add(&c->message_count, 1);
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_OK;
+    }
+    m->refs = refs;
+    /* Decided before the hand-off: after it, m belongs to the inboxes and
+     * is not read again here. */
+    if (hand_off(r, targets, m, exclude_conn) != SL_OK) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    if (other_epoch || gap) {
+        for (uint32_t i = 0; i < c->ring_count; i++)
+            sl_chan_msg_unref(r, c->ring[(c->ring_start + i) % cap]);
+        c->ring_count = 0;
+        c->ring_start = 0;
+        if (other_epoch)
+            snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+    }
+    if (retain) {
+        if (c->ring_count == cap) {
+            drop[0] = c->ring[c->ring_start];
+            c->ring_start = (c->ring_start + 1) % cap;
+            c->ring_count--;
+        }
+        c->ring[(c->ring_start + c->ring_count) % cap] = m;
+        c->ring_count++;
+    }
+    c->next_seq = seq + 1;
+    uatomic_add(&c->message_count, 1);
+    sl_lock_release(&c->lock);
+    sl_chan_msg_unref(r, drop[0]);
+    *woken = targets;
+    return SL_OK;
+}
+
+int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t *woken)
+{
+    *woken = 0;
+    sl_chan_msg_t *m = msg_of_frame(r, c, (const uint8_t *)"", 0, 0);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    sl_lock_acquire(&c->lock);
+    uint32_t subs;
+    uint64_t targets = c->deleted ? 0 : targets_of(r, c, &subs);
+    uint32_t refs = (uint32_t)__builtin_popcountll(targets);
+    m->refs = refs;
+    if (refs && hand_off_kind(r, targets, m, SL_INBOX_CHANNEL_RESET, 0) != SL_OK) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    uint32_t cap = (uint32_t)c->config.message_retention;
+    for (uint32_t i = 0; i < c->ring_count; i++)
+        sl_chan_msg_unref(r, c->ring[(c->ring_start + i) % cap]);
+    c->ring_count = 0;
+    c->ring_start = 0;
+    if (epoch)
+        snprintf(c->epoch, sizeof(c->epoch), "%s", epoch);
+    sl_lock_release(&c->lock);
+    if (refs == 0)
+        sl_arena_free(r->arena, m);
+    *woken = targets;
+    return SL_OK;
+}
+
+void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg)
+{
+    sl_lock_acquire(&c->lock);
+    uatomic_set(&c->config.max_subscribers, cfg->max_subscribers);
+    uatomic_set(&c->config.rpc_timeout_ms, cfg->rpc_timeout_ms);
+    c->config.telemetry_enabled = cfg->telemetry_enabled;
+    sl_lock_release(&c->lock);
+}
+
+uint64_t sl_chan_last_seq(sl_chan_t *c)
+{
+    sl_lock_acquire(&c->lock);
+    uint64_t last = c->next_seq - 1;
+    sl_lock_release(&c->lock);
+    return last;
+}
