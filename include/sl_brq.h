@@ -40,7 +40,9 @@ enum {
 };
 
 /* Request flags (status of a request entry). */
-#define SL_BRQ_F_EXCLUDE 1u /* publish: skip the sender at delivery */
+#define SL_BRQ_F_EXCLUDE 1u    /* publish: skip the sender at delivery */
+#define SL_BRQ_F_SENDER_SUB 2u /* publish: the excluded sender is a subscriber (delivered-to) */
+#define SL_BRQ_F_ADMIN 4u      /* publish: by the admin API (sender null) */
 
 /* Result statuses (status of an SL_INBOX_BROKER_RESULT entry). */
 enum {
@@ -74,5 +76,17 @@ int sl_brq_result(sl_reg_t *r, int worker, uint64_t tag, uint32_t status, const 
 /* A payload object of len bytes (refs 1), contents copied; NULL when
  * shared memory is exhausted.  Its bytes are m->frame[0..m->len). */
 sl_chan_msg_t *sl_brq_blob(sl_reg_t *r, const void *bytes, size_t len);
+
+/* The cluster's view, refreshed by the broker about once a second:
+ * {"at":ms,"nodes":[{node figures}...],"channels":{"<id>":{...}}}.  Written
+ * whole, then published by one pointer store (rcu_assign_pointer) into
+ * sl_shm->broker.snapshot; the old one is retired through QSBR, so a worker
+ * may read the one it found until its next quiescent state. */
+typedef struct {
+    sl_qsbr_head_t head; /* first: retired through QSBR */
+    int64_t at_ms;
+    uint32_t len;
+    char json[]; /* len bytes + NUL */
+} sl_brq_snap_t;
 
 #endif

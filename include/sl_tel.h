@@ -70,6 +70,9 @@ typedef enum {
     SL_EV_SLOW_CONSUMER_DISCONNECTED,
     SL_EV_WORKER_EXITED,
     SL_EV_WORKER_STARTED,
+    SL_EV_REDIS_CONNECTED,    /* --redis: a link to a Redis instance is up */
+    SL_EV_REDIS_DISCONNECTED, /* --redis: a link went down (reason) */
+    SL_EV_BROKER_EXITED,      /* --redis: the broker process died (the master respawns it) */
     SL_EV__COUNT
 } sl_event_t;
 
