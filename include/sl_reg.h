@@ -46,6 +46,7 @@ typedef struct {
     uint32_t nworkers;
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
+    char id_suffix[12];   /* --redis: ".<node>" ends every conn-id and request-id; else "" */
 } sl_reg_t;
 
 /* Lay the registry's memory over region[0..size) (the mapping after its

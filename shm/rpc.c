@@ -24,8 +24,8 @@ sl_rpc_t *sl_rpc_create(sl_reg_t *r, const char *requester, int worker, uint32_t
     q->no = uatomic_add_return(&r->next_rpc, 1);
     q->created_at = sl_now_ms();
     q->deadline = q->created_at + timeout_ms;
-    snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64, q->created_at,
-             q->no);
+    snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64 "%s", q->created_at,
+             q->no, r->id_suffix);
     memcpy(q->requester, requester, strlen(requester));
     memcpy(q->channel_id, channel_id, chan_len);
     q->worker = worker;

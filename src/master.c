@@ -15,6 +15,8 @@
  */
 #include "sl_master.h"
 #include "sl_arena.h"
+#include "sl_broker.h"
+#include "sl_brq.h"
 #include "sl_conf.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
@@ -33,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
@@ -59,6 +62,12 @@ static struct {
     int tel_r, tel_w;                /* the master's own telemetry pipe */
     int wtel[SL_MAX_WORKERS][2];     /* one per worker slot, kept across respawns */
     pid_t logger;
+    /* --redis: the broker, supervised like a worker (back-off on quick
+     * deaths); its own telemetry pipe. */
+    pid_t broker;
+    int btel[2];
+    int64_t broker_started, broker_backoff_ms;
+    struct event *broker_ev;
     slot_t w[SL_MAX_WORKERS];
     int nworkers;
     int next_rr; /* round-robin start among equally loaded workers */
@@ -80,6 +89,15 @@ static void close_foreign_fds(int keep_ctl)
     }
     for (int k = 0; k < M.nparked; k++)
         close(M.parked[k]);
+}
+
+/* Only the broker itself writes its pipe; the logger keeps the read end. */
+static void close_broker_pipe_for_child(void)
+{
+    if (M.btel[0] >= 0)
+        close(M.btel[0]);
+    if (M.btel[1] >= 0)
+        close(M.btel[1]);
 }
 
 static int listen_on(const char *host, int port, char *err, size_t errsz)
@@ -149,8 +167,12 @@ static pid_t spawn_logger(void)
     /* Only read ends here: a write end kept open would keep its pipe from
      * ever reaching EOF, and the logger from ever finishing. */
     close(M.tel_w);
-    int fds[SL_MAX_WORKERS + 1], n = 0;
+    int fds[SL_MAX_WORKERS + 2], n = 0;
     fds[n++] = M.tel_r;
+    if (M.btel[1] >= 0) {
+        close(M.btel[1]);
+        fds[n++] = M.btel[0];
+    }
     for (int i = 0; i < M.nworkers; i++) {
         close(M.wtel[i][1]);
         fds[n++] = M.wtel[i][0];
@@ -190,6 +212,7 @@ static int spawn_worker(int i)
         /* Our own telemetry pipe's write end only. */
         close(M.tel_r);
         close(M.tel_w);
+        close_broker_pipe_for_child();
         for (int j = 0; j < M.nworkers; j++) {
             close(M.wtel[j][0]);
             if (j != i)
@@ -397,6 +420,80 @@ static void worker_died(int i, int status)
     event_add(s->respawn_ev, &tv);
 }
 
+static int spawn_broker(void)
+{
+    pid_t pid = fork_blocked();
+    if (pid < 0)
+        return SL_ERROR;
+    if (pid == 0) {
+        child_signals();
+        close_foreign_fds(-1);
+        close(M.tel_r);
+        close(M.tel_w);
+        close(M.btel[0]);
+        for (int j = 0; j < M.nworkers; j++) {
+            close(M.wtel[j][0]);
+            close(M.wtel[j][1]);
+        }
+        _exit(sl_broker_main(M.btel[1]));
+    }
+    M.broker = pid;
+    M.broker_started = sl_mono_ms();
+    return SL_OK;
+}
+
+static void broker_respawn_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (M.stopping || M.broker > 0)
+        return;
+    if (spawn_broker() != SL_OK) {
+        struct timeval tv = {1, 0};
+        event_add(M.broker_ev, &tv);
+        return;
+    }
+    uatomic_add(&sl_shm->broker.restarts, 1);
+}
+
+/* The broker died: what it had popped from its queue is lost with it, so
+ * every worker is told (gen) to answer what it waits for with
+ * broker-unavailable now instead of at its deadline; its reader slot stops
+ * holding back reclamation; requests still queued wait for the next
+ * broker, which drops those past their deadline. */
+static void broker_died(int status)
+{
+    int64_t lived = sl_mono_ms() - M.broker_started;
+    M.broker = 0;
+    uatomic_set(&sl_shm->broker.pid, 0);
+    for (int i = 0; i < SL_BROKER_SHARDS; i++) {
+        uatomic_set(&sl_shm->broker.link[i].connected, 0);
+        uatomic_set(&sl_shm->broker.link[i].in_flight, 0);
+        uatomic_set(&sl_shm->broker.link[i].subscribed, 0);
+    }
+    uatomic_add(&sl_shm->broker.gen, 1);
+    sl_qsbr_release(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
+    for (int i = 0; i < M.nworkers; i++) {
+        uint64_t one = 1;
+        if (M.w[i].pid > 0 && write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
+        }
+    }
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof(how), "signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof(how), "exit %d", WEXITSTATUS(status));
+    SL_TEL(SL_EV_BROKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_S("status", how),
+           SL_TF_I("lived-ms", lived));
+    if (M.stopping)
+        return;
+    if (lived >= SL_STABLE_MS)
+        M.broker_backoff_ms = 0;
+    else
+        M.broker_backoff_ms = M.broker_backoff_ms ? SL_MIN(M.broker_backoff_ms * 2, SL_RESPAWN_MAX_MS)
+                                                  : SL_RESPAWN_MIN_MS;
+    struct timeval tv = {M.broker_backoff_ms / 1000, (M.broker_backoff_ms % 1000) * 1000};
+    event_add(M.broker_ev, &tv);
+}
+
 static void finish_if_done(void);
 
 static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
@@ -410,6 +507,10 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
                 M.logger = spawn_logger();
                 uatomic_set(&sl_shm->logger_pid, M.logger);
             }
+            continue;
+        }
+        if (pid == M.broker) {
+            broker_died(status);
             continue;
         }
         for (int i = 0; i < M.nworkers; i++)
@@ -427,6 +528,11 @@ static void finish_if_done(void)
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
             return;
+    if (M.broker > 0) {
+        /* The workers are gone: nothing can ask the broker anything. */
+        kill(M.broker, SIGTERM);
+        return;
+    }
     event_base_loopbreak(M.base);
 }
 
@@ -435,6 +541,8 @@ static void stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
             kill(M.w[i].pid, SIGKILL);
+    if (M.broker > 0)
+        kill(M.broker, SIGKILL);
 }
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
@@ -456,6 +564,8 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
         if (M.w[i].pid > 0)
             kill(M.w[i].pid, SIGTERM);
     }
+    if (M.broker_ev)
+        event_del(M.broker_ev);
     struct timeval tv = {SL_STOP_GRACE_MS / 1000, 0};
     event_add(M.stop_ev, &tv);
     finish_if_done();
@@ -496,6 +606,45 @@ static int create_predefined_channels(void)
     return rc;
 }
 
+/* --redis: this node's name, the broker's queue and wake-up, its pipe. */
+static int cluster_setup(void)
+{
+    sl_broker_stats_t *b = &sl_shm->broker;
+    if (sl_conf->node_id[0]) {
+        if (strchr(sl_conf->node_id, '.') || strchr(sl_conf->node_id, ':')) {
+            fprintf(stderr, "sente-lite: --node-id may not contain '.' or ':'\n");
+            return SL_ERROR;
+        }
+        snprintf(b->node_id, sizeof(b->node_id), "%.31s", sl_conf->node_id);
+    } else {
+        /* Random: a restarted node is a new node (its old entries expire). */
+        static const char abc[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        uint8_t rnd[8];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+            for (int i = 0; i < 8; i++)
+                rnd[i] = (uint8_t)(sl_mono_us() >> (3 * i));
+        for (int i = 0; i < 8; i++)
+            b->node_id[i] = abc[rnd[i] % 36];
+        b->node_id[8] = '\0';
+    }
+    /* Ids made here end in ".<node>" (conn-…, req-…): any node can tell
+     * whose connection or request an id names. */
+    snprintf(sl_shm->reg.id_suffix, sizeof(sl_shm->reg.id_suffix), ".%.8s", b->node_id);
+    b->queue = sl_arena_alloc(sl_shm->reg.arena, sizeof(sl_inbox_t));
+    if (b->queue == NULL || sl_inbox_init(b->queue) != SL_OK) {
+        fprintf(stderr, "sente-lite: --shm-size too small for the broker's queue\n");
+        return SL_ERROR;
+    }
+    sl_broker_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (sl_broker_wake_fd < 0 || pipe2(M.btel, O_CLOEXEC) != 0) {
+        fprintf(stderr, "sente-lite: cannot create the broker's eventfd or pipe: %s\n",
+                strerror(errno));
+        return SL_ERROR;
+    }
+    fcntl(M.btel[1], F_SETPIPE_SZ, 1 << 20);
+    return SL_OK;
+}
+
 static int write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -511,6 +660,7 @@ int sl_master_run(void)
     char err[512];
     memset(&M, 0, sizeof(M));
     M.nworkers = cf->workers;
+    M.btel[0] = M.btel[1] = -1;
     for (int i = 0; i < SL_MAX_WORKERS; i++)
         M.w[i].ctl = M.w[i].peer = -1;
 
@@ -542,6 +692,9 @@ int sl_master_run(void)
             return 1;
         }
     }
+
+    if (cf->nredis > 0 && cluster_setup() != SL_OK)
+        return 1;
 
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
@@ -597,6 +750,13 @@ int sl_master_run(void)
     M.accept_ev = event_new(M.base, M.lfd, EV_READ | EV_PERSIST, accept_cb, NULL);
     M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
     M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
+    if (cf->nredis > 0) {
+        M.broker_ev = evtimer_new(M.base, broker_respawn_cb, NULL);
+        if (spawn_broker() != SL_OK) {
+            fprintf(stderr, "sente-lite: cannot start the broker: %s\n", strerror(errno));
+            return 1;
+        }
+    }
     for (int i = 0; i < M.nworkers; i++) {
         M.w[i].respawn_ev = evtimer_new(M.base, respawn_cb, (void *)(intptr_t)i);
         if (spawn_worker(i) != SL_OK) {
@@ -625,6 +785,10 @@ int sl_master_run(void)
         close(M.wtel[i][1]);
         close(M.wtel[i][0]);
     }
+    if (M.btel[0] >= 0) {
+        close(M.btel[0]);
+        close(M.btel[1]);
+    }
     if (M.logger > 0) {
         int status;
         for (int waited = 0; waited < 300; waited++) {
@@ -648,6 +812,8 @@ int sl_master_run(void)
     event_free(M.stop_ev);
     for (int i = 0; i < M.nworkers; i++)
         event_free(M.w[i].respawn_ev);
+    if (M.broker_ev)
+        event_free(M.broker_ev);
     event_base_free(M.base);
     return 0;
 }

@@ -34,7 +34,8 @@ int sl_proto_admit(sl_conn_t *c)
     c->opened_at = sl_now_ms();
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64 "%s", c->opened_at, n,
+             sl_shm->reg.id_suffix);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
                              c->opened_at);
     return c->reg ? SL_OK : SL_ERROR;
