@@ -66,6 +66,14 @@ struct sl_conn {
     char **subs;              /* channel ids subscribed to (malloc'd strings) */
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     uint32_t nsubs, subs_cap;
+    /* --redis: replies that wait for the broker keep their place
+     * (sl_proto_defer); requests in flight; subscribes being joined. */
+    struct sl_reply *rq_head, *rq_tail;
+    uint32_t nrq;
+    uint32_t cpending;        /* broker requests of this connection in flight */
+    struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
+    bool http_deferred;       /* an HTTP response waits for the broker: stop parsing */
+    bool http_deferred_keep;  /* ... and whether to keep the connection after it */
     uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];

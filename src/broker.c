@@ -1668,7 +1668,7 @@ static void req_join(const sl_inbox_entry_t *e, json_t *j)
     args(&a, nc);
     args(&a, B.node);
     argi(&a, count);
-    argi(&a, jint(j, "auto-create"));
+    argi(&a, json_is_true(json_object_get(j, "auto-create")) ? 1 : 0);
     argi(&a, jint(j, "max-subscribers"));
     argi(&a, jint(j, "message-retention"));
     argi(&a, jint(j, "rpc-timeout-ms"));
@@ -1896,7 +1896,8 @@ static void req_sync(json_t *j)
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
-    if (e->deadline && sl_mono_ms() > e->deadline) {
+    if ((e->deadline && sl_mono_ms() > e->deadline) ||
+        (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff)) {
         /* The worker has told its client "broker-unavailable" already:
          * doing it now would make that a lie. */
         uatomic_add(&BSTATS->expired, 1);

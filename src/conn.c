@@ -14,6 +14,7 @@
  * callback: it is marked dead and freed at the end of the loop turn.
  */
 #include "sl_conn.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_httpd.h"
 #include "sl_proto.h"
@@ -123,6 +124,7 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_outq_clear(&c->out);
     sl_ws_reader_free(&c->reader);
     free(c->in);
+    sl_cluster_conn_closed(c); /* broker answers for it will find no connection */
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);

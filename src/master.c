@@ -21,6 +21,7 @@
 #include "sl_proc.h"
 #include "sl_pubsub.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -693,7 +694,8 @@ int sl_master_run(void)
         }
     }
 
-    if (cf->nredis > 0 && cluster_setup() != SL_OK)
+    sl_cluster = cf->nredis > 0;
+    if (sl_cluster && cluster_setup() != SL_OK)
         return 1;
 
     int p[2];

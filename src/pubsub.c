@@ -19,6 +19,7 @@
 #include "sl_call.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_tel.h"
@@ -98,6 +99,10 @@ static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
 
 static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t hash,
                            sl_buf_t *frame);
+static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
+                         json_t *since_j, json_t *epoch_j);
+static void cluster_left(sl_conn_t *c, const char *id, size_t len);
+static void leave(sl_conn_t *c, uint32_t i);
 
 void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
 {
@@ -125,7 +130,9 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     if (ch == NULL) {
-        if (!sl_conf->auto_create) {
+        /* With --redis the channel may exist on other nodes: Redis decides
+         * (the local channel only holds this node's subscribers). */
+        if (!sl_conf->auto_create && !sl_cluster) {
             reject(c, id, len, "channel-not-found");
             return;
         }
@@ -186,6 +193,10 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     } else {
         count = uatomic_read(&ch->subscribers);
     }
+    if (sl_cluster) {
+        cluster_join(c, ch, id, len, since_j, epoch_j);
+        return;
+    }
 
     uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
     json_t *retained = json_array();
@@ -208,6 +219,255 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     sl_proto_reply(c, r);
 }
 
+/* ------------------------------------------------------------ --redis */
+
+/* A subscribe that waits for the cluster (Redis: the count across nodes,
+ * the epoch, the history).  Live messages for the channel that reach this
+ * connection meanwhile are held here and released after the
+ * subscription-result, without those the result already carried; for a
+ * while after it, messages at or below the cutoff (history and live
+ * overlap) are dropped. */
+#define JOIN_HOLD_MAX 4096
+#define JOIN_DRAIN_MS 2000
+
+typedef struct sl_join {
+    struct sl_join *next;
+    uint64_t hash;
+    char *id;
+    size_t len;
+    sl_reply_t *reply;
+    bool done;        /* result sent: only the cutoff still applies */
+    bool has_since;
+    uint64_t since;
+    uint64_t cutoff;  /* done: drop seq <= cutoff */
+    int64_t until;    /* done: forget the record after this (mono ms) */
+    json_t *ring;     /* messages from the local ring (since+1 .. from-1) */
+    uint64_t from;
+    sl_buf_t **held;
+    uint64_t *seqs;
+    uint32_t nheld, cap;
+} sl_join_t;
+
+static void join_free(sl_conn_t *c, sl_join_t *j)
+{
+    if (c) {
+        for (sl_join_t **p = &c->joins; *p; p = &(*p)->next)
+            if (*p == j) {
+                *p = j->next;
+                break;
+            }
+    }
+    for (uint32_t i = 0; i < j->nheld; i++)
+        sl_buf_unref(j->held[i]);
+    free(j->held);
+    free(j->seqs);
+    json_decref(j->ring);
+    free(j->id);
+    free(j);
+}
+
+static sl_join_t *join_find(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
+{
+    for (sl_join_t *j = c->joins; j; j = j->next)
+        if (j->hash == hash && j->len == len && memcmp(j->id, id, len) == 0)
+            return j;
+    return NULL;
+}
+
+/* deliver(): true when the message was held or dropped for c. */
+static bool join_hold(sl_conn_t *c, const sl_chan_msg_t *m, sl_buf_t *b)
+{
+    sl_join_t *j = join_find(c, m->chan_hash, m->id, m->idlen);
+    if (j == NULL)
+        return false;
+    if (j->done) {
+        if (m->seq > j->cutoff || sl_mono_ms() > j->until) {
+            join_free(c, j); /* past the overlap */
+            return false;
+        }
+        return true; /* the result carried it */
+    }
+    if (j->nheld == j->cap) {
+        if (j->cap >= JOIN_HOLD_MAX) {
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+            return true; /* the client sees a seq gap */
+        }
+        uint32_t cap = j->cap ? j->cap * 2 : 16;
+        sl_buf_t **h = realloc(j->held, sizeof(*h) * cap);
+        if (h)
+            j->held = h;
+        uint64_t *q = realloc(j->seqs, sizeof(*q) * cap);
+        if (q)
+            j->seqs = q;
+        if (h == NULL || q == NULL)
+            return true;
+        j->cap = cap;
+    }
+    j->held[j->nheld] = sl_buf_ref(b);
+    j->seqs[j->nheld++] = m->seq;
+    return true;
+}
+
+static void collect_json(const char *json, size_t len, void *arg)
+{
+    json_t *m = json_loadb(json, len, 0, NULL);
+    if (m)
+        json_array_append_new(arg, m);
+}
+
+static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    sl_join_t *j = arg;
+    if (c == NULL) {
+        join_free(NULL, j); /* the connection closed: its record is ours alone */
+        return;
+    }
+    sl_reply_t *reply = j->reply;
+    int i = find_sub(c, j->id, j->len);
+    if (status != SL_BR_OK) {
+        /* Not joined: undo the local subscription (the broker's sync puts
+         * this node's count right again). */
+        if (i >= 0)
+            leave(c, (uint32_t)i);
+        SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_SN("channel-id", j->id, j->len), SL_TF_S("reason", sl_brq_reason(status)));
+        json_t *f = failure("subscription-result", j->id, j->len, sl_brq_reason(status));
+        join_free(c, j);
+        sl_proto_complete(c, reply, f);
+        return;
+    }
+    sl_chan_t *ch = sl_chan_find(REG, j->id, j->len);
+    json_t *cfgj = json_object_get(res, "config");
+    if (ch && cfgj) {
+        sl_chan_config_t cfg = {
+            .max_subscribers = json_integer_value(json_object_get(cfgj, "max-subscribers")),
+            .message_retention = json_integer_value(json_object_get(cfgj, "message-retention")),
+            .rpc_timeout_ms = json_integer_value(json_object_get(cfgj, "rpc-timeout-ms")),
+            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled"))};
+        sl_chan_set_config(ch, &cfg);
+    }
+    const char *epoch = json_string_value(json_object_get(res, "epoch"));
+    bool recovered = json_is_true(json_object_get(res, "recovered"));
+    uint64_t last = (uint64_t)json_integer_value(json_object_get(res, "last"));
+    json_t *hist = json_object_get(res, "history");
+    json_t *retained = json_array();
+    if (j->has_since && recovered && j->ring)
+        json_array_extend(retained, j->ring);
+    if (json_is_array(hist))
+        json_array_extend(retained, hist);
+    size_t n = json_array_size(retained);
+    uint64_t top = n ? (uint64_t)json_integer_value(
+                           json_object_get(json_array_get(retained, n - 1), "seq"))
+                     : 0;
+    json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
+                          "channel-id", j->id, j->len, "success", 1, "subscriber-count",
+                          json_integer_value(json_object_get(res, "count")), "epoch",
+                          epoch ? epoch : "", "retained-messages", retained);
+    if (r && j->has_since)
+        json_object_set_new(r, "recovered", json_boolean(recovered));
+    sl_proto_complete(c, reply, r);
+    /* What arrived meanwhile, without what the result already had. */
+    j->cutoff = SL_MAX(last, top);
+    for (uint32_t k = 0; k < j->nheld; k++) {
+        if (j->seqs[k] > j->cutoff && c->state == SL_CONN_WS)
+            sl_conn_send(c, j->held[k]);
+        sl_buf_unref(j->held[k]);
+    }
+    j->nheld = 0;
+    j->done = true;
+    j->until = sl_mono_ms() + JOIN_DRAIN_MS;
+    j->reply = NULL;
+    if (i < 0)
+        join_free(c, j); /* unsubscribed meanwhile */
+}
+
+static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
+                         json_t *since_j, json_t *epoch_j)
+{
+    sl_join_t *old = join_find(c, ch->node.hash, id, len);
+    if (old && !old->done) {
+        /* One join per channel at a time: the second gets the same answer
+         * the first will get, in order. */
+        old = NULL;
+    }
+    if (old)
+        join_free(c, old);
+    sl_join_t *j = calloc(1, sizeof(*j));
+    sl_reply_t *reply = j ? sl_proto_defer(c) : NULL;
+    if (reply == NULL) {
+        free(j);
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        reject(c, id, len, "overloaded");
+        return;
+    }
+    j->hash = ch->node.hash;
+    j->id = strndup(id, len);
+    j->len = len;
+    j->reply = reply;
+    j->has_since = since_j != NULL;
+    j->since = since_j ? (uint64_t)json_integer_value(since_j) : 0;
+    j->from = 1;
+    /* Recovery from the local ring when it holds since+1 onwards. */
+    uint64_t ring_oldest = 0, ring_last = 0;
+    const char *cep = epoch_j ? json_string_value(epoch_j) : NULL;
+    if (since_j && cep && strcmp(cep, ch->epoch) == 0) {
+        json_t *ring = json_array();
+        ring_oldest = sl_chan_retained(ch, j->since, collect_json, ring, &ring_last);
+        if (ring_oldest && ring_oldest <= j->since + 1) {
+            j->ring = ring;
+            j->from = SL_MAX(ring_last, j->since) + 1;
+        } else {
+            json_decref(ring);
+            ring_oldest = 0;
+        }
+    }
+    if (since_j && j->ring == NULL)
+        j->from = j->since + 1;
+    j->next = c->joins;
+    c->joins = j;
+    json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s}", "channel-id", id, len,
+                            "auto-create", sl_conf->auto_create, "max-subscribers",
+                            (json_int_t)sl_conf->max_subscribers, "message-retention",
+                            (json_int_t)sl_conf->message_retention, "rpc-timeout-ms",
+                            (json_int_t)sl_conf->rpc_timeout_ms, "from", (json_int_t)j->from,
+                            "ring-oldest", (json_int_t)ring_oldest, "ring-epoch",
+                            j->ring ? ch->epoch : "");
+    if (since_j)
+        json_object_set(req, "since-seq", since_j);
+    if (cep)
+        json_object_set_new(req, "epoch", json_string(cep));
+    char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    int rc = txt ? sl_cluster_submit(SL_BRQ_JOIN, c, 0, txt, strlen(txt), join_done, j)
+                 : SL_BR_OVERLOADED;
+    free(txt);
+    if (rc != SL_OK)
+        join_done(c, j, (uint32_t)rc, NULL);
+}
+
+/* A local subscription went away: the broker brings Redis in line. */
+static void cluster_left(sl_conn_t *c, const char *id, size_t len)
+{
+    json_t *n = json_pack("{s:s%}", "channel-id", id, len);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt)
+        sl_cluster_notify(SL_BRQ_SYNC, txt, strlen(txt));
+    free(txt);
+    sl_join_t *j = join_find(c, sl_table_hash(id, len), id, len);
+    if (j && j->done)
+        join_free(c, j);
+}
+
+/* A channel whose messages this node cannot recover for its subscribers
+ * (sl_chan_reset): close them so they resubscribe with since-seq. */
+static void channel_reset(const sl_chan_msg_t *m)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+    for (uint32_t k = 0; e && k < e->n; k++)
+        sl_conn_close_ws(e->conns[k], 1012, "messages lost: resubscribe with since-seq");
+}
+
 /* --------------------------------------------------------- unsubscribe */
 
 static void leave(sl_conn_t *c, uint32_t i)
@@ -220,6 +480,8 @@ static void leave(sl_conn_t *c, uint32_t i)
     if (ch)
         sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
     sl_cidx_remove(hash, id, len, c);
+    if (sl_cluster)
+        cluster_left(c, id, len);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("channel-id", id), SL_TF_I("subscriber-count", count));
     free(c->subs[i]);
@@ -253,6 +515,112 @@ void sl_pubsub_closed(sl_conn_t *c)
 
 /* ------------------------------------------------------------- publish */
 
+/* --redis: Redis assigns the seq.  The channel-message is encoded here up
+ * to the seq (head) and from it on (tail); the script joins them around
+ * the seq it takes, retains and publishes the text, and every node's
+ * broker hands the same bytes to its workers. */
+typedef struct {
+    sl_reply_t *reply;
+    char mid[48];
+    size_t len;
+    bool exclude_sub;
+    char id[];
+} pub_t;
+
+static void pub_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    pub_t *p = arg;
+    if (c) {
+        json_t *r;
+        if (status == SL_BR_OK) {
+            uatomic_add(&sl_worker->stats->published, 1);
+            r = json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result",
+                          "channel-id", p->id, p->len, "success", 1, "message-id", p->mid, "seq",
+                          json_integer_value(json_object_get(res, "seq")), "delivered-to",
+                          json_integer_value(json_object_get(res, "delivered-to")));
+        } else {
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+            SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+                   SL_TF_SN("channel-id", p->id, p->len), SL_TF_S("reason", sl_brq_reason(status)));
+            r = failure("publish-result", p->id, p->len, sl_brq_reason(status));
+        }
+        sl_proto_complete(c, p->reply, r);
+    }
+    free(p);
+}
+
+/* The channel id as a JSON string (quote and backslash escaped; a valid
+ * id has no control characters). */
+static size_t json_id(char *out, const char *id, size_t len)
+{
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        if (id[i] == '"' || id[i] == '\\')
+            out[o++] = '\\';
+        out[o++] = id[i];
+    }
+    out[o++] = '"';
+    return o;
+}
+
+static void put_part(char **w, const void *p, uint32_t n)
+{
+    memcpy(*w, &n, 4);
+    memcpy(*w + 4, p, n);
+    *w += 4 + n;
+}
+
+static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *data, bool exclude)
+{
+    static uint64_t next_mid;
+    pub_t *p = malloc(sizeof(*p) + len + 1);
+    sl_reply_t *reply = p ? sl_proto_defer(c) : NULL;
+    if (reply == NULL) {
+        free(p);
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
+        return;
+    }
+    p->reply = reply;
+    p->len = len;
+    memcpy(p->id, id, len);
+    p->id[len] = '\0';
+    /* Unique across the cluster: worker, a local counter, the node. */
+    snprintf(p->mid, sizeof(p->mid), "msg-%d-%" PRIu64 "%s", sl_worker->id, ++next_mid,
+             REG->id_suffix);
+    char *data_txt = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    char idj[2 * SL_CHAN_ID_MAX + 3], head[512], tail[160];
+    size_t il = json_id(idj, id, len);
+    int hl = snprintf(head, sizeof(head),
+                      "{\"type\":\"channel-message\",\"channel-id\":%.*s,\"message-id\":\"%s\","
+                      "\"seq\":", (int)il, idj, p->mid);
+    int tl = snprintf(tail, sizeof(tail), ",\"sender-conn-id\":\"%s\",\"published-at\":%" PRId64 "}",
+                      c->conn_id, sl_now_ms());
+    size_t dl = data_txt ? strlen(data_txt) : 0;
+    size_t total = 12 + len + (size_t)hl + 8 + dl + (size_t)tl;
+    char *buf = data_txt ? malloc(total) : NULL, *w = buf;
+    int rc = SL_BR_OVERLOADED;
+    if (buf) {
+        put_part(&w, id, (uint32_t)len);
+        put_part(&w, head, (uint32_t)hl);
+        /* tail = ',"data":' data rest */
+        uint32_t tlen = (uint32_t)(8 + dl + (size_t)tl);
+        memcpy(w, &tlen, 4);
+        memcpy(w + 4, ",\"data\":", 8);
+        memcpy(w + 12, data_txt, dl);
+        memcpy(w + 12 + dl, tail, (size_t)tl);
+        w += 4 + tlen;
+        bool subscribed = exclude && find_sub(c, id, len) >= 0;
+        uint32_t flags = (exclude ? SL_BRQ_F_EXCLUDE : 0) | (subscribed ? SL_BRQ_F_SENDER_SUB : 0);
+        rc = sl_cluster_submit(SL_BRQ_PUBLISH, c, flags, buf, (size_t)(w - buf), pub_done, p);
+    }
+    free(buf);
+    free(data_txt);
+    if (rc != SL_OK)
+        pub_done(c, p, (uint32_t)rc, NULL);
+}
+
 void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -271,6 +639,10 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     bool exclude = json_is_true(ex);
     if (!sl_chan_id_valid(id, len)) {
         sl_proto_reply(c, failure("publish-result", id, len, "invalid-channel-id"));
+        return;
+    }
+    if (sl_cluster) {
+        cluster_publish(c, id, len, data, exclude);
         return;
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
@@ -341,6 +713,8 @@ static int channel_cb(sl_table_node_t *n, void *arg)
 
 json_t *sl_pubsub_channels_json(void)
 {
+    if (sl_cluster)
+        return sl_cluster_channels(); /* every node's, as of the last snapshot */
     json_t *all = json_object();
     sl_table_foreach(REG->channels, channel_cb, all);
     return all;
@@ -378,6 +752,8 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         sl_conn_t *c = e->conns[i];
         if (c->conn_no == exclude_conn)
             continue;
+        if (c->joins && join_hold(c, m, b))
+            continue;
         if (sl_conn_send(c, b) == SL_OK)
             n++;
     }
@@ -400,7 +776,8 @@ static void deliver_direct(const sl_inbox_entry_t *e)
         return;
     memcpy(b->data, e->msg->frame, e->msg->len);
     b->len = e->msg->len;
-    sl_conn_send(c, b);
+    /* An RPC response goes after the rpc-request-result it answers. */
+    sl_proto_send_ordered(c, b);
     sl_buf_unref(b);
 }
 
@@ -497,6 +874,10 @@ size_t sl_pubsub_drain(void)
             close_direct(&e);
         else if (e.kind == SL_INBOX_CHANNEL_GONE)
             channel_gone(e.msg);
+        else if (e.kind == SL_INBOX_BROKER_RESULT)
+            sl_cluster_result(&e);
+        else if (e.kind == SL_INBOX_CHANNEL_RESET)
+            channel_reset(e.msg);
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
