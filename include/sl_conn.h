@@ -96,6 +96,10 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j);
  * speaks WebSocket from now on, as a protocol or an echo connection. */
 void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind);
 
+/* --redis: an HTTP response that waited (c->http_deferred) was queued:
+ * finish the exchange, or parse the next request already buffered. */
+void sl_conn_http_resume(sl_conn_t *c);
+
 /* Start the closing handshake with `code` and a reason (a static string). */
 void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason);
 

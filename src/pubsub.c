@@ -571,9 +571,46 @@ static void put_part(char **w, const void *p, uint32_t n)
     *w += 4 + n;
 }
 
-static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *data, bool exclude)
+int sl_pubsub_cluster_publish(sl_conn_t *c, const char *id, size_t len, const char *data_txt,
+                              size_t dl, bool exclude, sl_cluster_fn fn, void *arg,
+                              char mid[48])
 {
     static uint64_t next_mid;
+    /* Unique across the cluster: worker, a local counter, the node. */
+    snprintf(mid, 48, "msg-%d-%" PRIu64 "%s", sl_worker->id, ++next_mid, REG->id_suffix);
+    char idj[2 * SL_CHAN_ID_MAX + 3], head[512], tail[160], sender[64] = "null";
+    size_t il = json_id(idj, id, len);
+    int hl = snprintf(head, sizeof(head),
+                      "{\"type\":\"channel-message\",\"channel-id\":%.*s,\"message-id\":\"%s\","
+                      "\"seq\":", (int)il, idj, mid);
+    if (c && c->kind == SL_KIND_PROTOCOL)
+        snprintf(sender, sizeof(sender), "\"%s\"", c->conn_id);
+    int tl = snprintf(tail, sizeof(tail), ",\"sender-conn-id\":%s,\"published-at\":%" PRId64 "}",
+                      sender, sl_now_ms());
+    size_t total = 12 + len + (size_t)hl + 8 + dl + (size_t)tl;
+    char *buf = malloc(total), *w = buf;
+    if (buf == NULL)
+        return SL_BR_OVERLOADED;
+    put_part(&w, id, (uint32_t)len);
+    put_part(&w, head, (uint32_t)hl);
+    /* tail = ',"data":' data rest */
+    uint32_t tlen = (uint32_t)(8 + dl + (size_t)tl);
+    memcpy(w, &tlen, 4);
+    memcpy(w + 4, ",\"data\":", 8);
+    memcpy(w + 12, data_txt, dl);
+    memcpy(w + 12 + dl, tail, (size_t)tl);
+    w += 4 + tlen;
+    bool protocol = c && c->kind == SL_KIND_PROTOCOL;
+    bool subscribed = protocol && exclude && find_sub(c, id, len) >= 0;
+    uint32_t flags = (exclude ? SL_BRQ_F_EXCLUDE : 0) | (subscribed ? SL_BRQ_F_SENDER_SUB : 0) |
+                     (protocol ? 0 : SL_BRQ_F_ADMIN);
+    int rc = sl_cluster_submit(SL_BRQ_PUBLISH, c, flags, buf, (size_t)(w - buf), fn, arg);
+    free(buf);
+    return rc;
+}
+
+static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *data, bool exclude)
+{
     pub_t *p = malloc(sizeof(*p) + len + 1);
     sl_reply_t *reply = p ? sl_proto_defer(c) : NULL;
     if (reply == NULL) {
@@ -586,36 +623,10 @@ static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *da
     p->len = len;
     memcpy(p->id, id, len);
     p->id[len] = '\0';
-    /* Unique across the cluster: worker, a local counter, the node. */
-    snprintf(p->mid, sizeof(p->mid), "msg-%d-%" PRIu64 "%s", sl_worker->id, ++next_mid,
-             REG->id_suffix);
     char *data_txt = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-    char idj[2 * SL_CHAN_ID_MAX + 3], head[512], tail[160];
-    size_t il = json_id(idj, id, len);
-    int hl = snprintf(head, sizeof(head),
-                      "{\"type\":\"channel-message\",\"channel-id\":%.*s,\"message-id\":\"%s\","
-                      "\"seq\":", (int)il, idj, p->mid);
-    int tl = snprintf(tail, sizeof(tail), ",\"sender-conn-id\":\"%s\",\"published-at\":%" PRId64 "}",
-                      c->conn_id, sl_now_ms());
-    size_t dl = data_txt ? strlen(data_txt) : 0;
-    size_t total = 12 + len + (size_t)hl + 8 + dl + (size_t)tl;
-    char *buf = data_txt ? malloc(total) : NULL, *w = buf;
-    int rc = SL_BR_OVERLOADED;
-    if (buf) {
-        put_part(&w, id, (uint32_t)len);
-        put_part(&w, head, (uint32_t)hl);
-        /* tail = ',"data":' data rest */
-        uint32_t tlen = (uint32_t)(8 + dl + (size_t)tl);
-        memcpy(w, &tlen, 4);
-        memcpy(w + 4, ",\"data\":", 8);
-        memcpy(w + 12, data_txt, dl);
-        memcpy(w + 12 + dl, tail, (size_t)tl);
-        w += 4 + tlen;
-        bool subscribed = exclude && find_sub(c, id, len) >= 0;
-        uint32_t flags = (exclude ? SL_BRQ_F_EXCLUDE : 0) | (subscribed ? SL_BRQ_F_SENDER_SUB : 0);
-        rc = sl_cluster_submit(SL_BRQ_PUBLISH, c, flags, buf, (size_t)(w - buf), pub_done, p);
-    }
-    free(buf);
+    int rc = data_txt ? sl_pubsub_cluster_publish(c, id, len, data_txt, strlen(data_txt), exclude,
+                                                  pub_done, p, p->mid)
+                      : SL_BR_OVERLOADED;
     free(data_txt);
     if (rc != SL_OK)
         pub_done(c, p, (uint32_t)rc, NULL);

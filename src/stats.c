@@ -10,6 +10,7 @@
 #include "sl_conf.h"
 #include "sl_shm.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_rpc.h"
 #include "sl_pubsub.h"
 
@@ -124,7 +125,23 @@ static int chan_stat_cb(sl_table_node_t *n, void *arg)
 static json_t *channel_stats_json(void)
 {
     json_t *chans = json_object();
-    sl_table_foreach(sl_shm->reg.channels, chan_stat_cb, chans);
+    if (sl_cluster) {
+        /* Every node's channels (the broker's last snapshot, about a
+         * second old): subscriber-count is the sum over live nodes. */
+        json_t *all = sl_cluster_channels();
+        const char *k;
+        json_t *v;
+        json_object_foreach(all, k, v)
+            json_object_set_new(chans, k,
+                                json_pack("{s:O, s:O, s:O, s:O}", "subscriber-count",
+                                          json_object_get(v, "subscriber-count"), "message-count",
+                                          json_object_get(v, "message-count"), "created-at",
+                                          json_object_get(v, "created-at"), "retention-count",
+                                          json_object_get(v, "retention-count")));
+        json_decref(all);
+    } else {
+        sl_table_foreach(sl_shm->reg.channels, chan_stat_cb, chans);
+    }
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
     uint64_t pending, old;
@@ -169,6 +186,8 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "overloaded", json_integer((json_int_t)t.overloaded));
     json_object_set_new(doc, "published", json_integer((json_int_t)t.published));
     json_object_set_new(doc, "delivered", json_integer((json_int_t)t.delivered));
+    if (sl_cluster)
+        json_object_set_new(doc, "cluster", sl_cluster_stats());
     return doc;
 }
 
@@ -181,11 +200,14 @@ json_t *sl_health_json(bool *healthy)
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
-    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY;
+    char why[160] = "";
+    bool cluster_ok = !sl_cluster || sl_cluster_healthy(why, sizeof(why));
+    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
+              cluster_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
-    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
+    json_t *h = json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
                      ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
                      "channels", (json_int_t)ct.channels, "system-health", "healthy", ok,
                      "total-channels", (json_int_t)ct.channels, "total-subscriptions",
@@ -193,4 +215,12 @@ json_t *sl_health_json(bool *healthy)
                      "old-rpc-requests", (json_int_t)old, "workers-alive", t.live_workers,
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
+    if (sl_cluster) {
+        /* Says why when the node cannot reach the cluster. */
+        json_object_set_new(json_object_get(h, "system-health"), "cluster-ok",
+                            json_boolean(cluster_ok));
+        if (!cluster_ok)
+            json_object_set_new(h, "reason", json_string(why));
+    }
+    return h;
 }
