@@ -1554,8 +1554,19 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     sl_chan_t *lc = (sl_chan_t *)n;
     uint32_t subs = uatomic_read(&lc->subscribers);
     bchan_t *ch = subs ? chan_get(lc->id, lc->node.klen) : chan_find(lc->id, lc->node.klen);
-    if (ch)
-        ch->want = ch->want || subs > 0; /* marked; cleared below for the rest */
+    if (ch == NULL)
+        return 0;
+    ch->want = ch->want || subs > 0; /* marked; cleared below for the rest */
+    if (ch->last == 0 && ch->epoch[0] == '\0' && ch->sub == SUB_NONE) {
+        /* A new broker (the last one died): where this node's delivery
+         * stopped is in the registry, so what was published meanwhile is
+         * fetched from the history once subscribed (catch-up). */
+        uint64_t last = sl_chan_last_seq(lc);
+        if (last > 0) {
+            ch->last = last;
+            snprintf(ch->epoch, sizeof(ch->epoch), "%.*s", (int)sizeof(lc->epoch) - 1, lc->epoch);
+        }
+    }
     return 0;
 }
 

@@ -277,6 +277,8 @@ static sl_join_t *join_find(sl_conn_t *c, uint64_t hash, const char *id, size_t 
 /* deliver(): true when the message was held or dropped for c. */
 static bool join_hold(sl_conn_t *c, const sl_chan_msg_t *m, sl_buf_t *b)
 {
+    if (m->seq == 0)
+        return false; /* not a channel-message (an rpc-request): not in the seq order */
     sl_join_t *j = join_find(c, m->chan_hash, m->id, m->idlen);
     if (j == NULL)
         return false;
