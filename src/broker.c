@@ -1760,7 +1760,7 @@ static void req_rpc(const sl_inbox_entry_t *e, json_t *j)
     argk(&a, id, len, "n");
     argk(&a, id, len, "m");
     arg(&a, payload, (size_t)pl + fl);
-    argi(&a, jint(j, "subscribed"));
+    argi(&a, json_is_true(json_object_get(j, "subscribed")) ? 1 : 0);
     args(&a, node_prefix());
     cmd_script(c, S_RPC, 3, a.n, a.v, a.l);
     args_free(&a, 0, 3);
@@ -2134,6 +2134,8 @@ static void link_connect(link_t *l)
     cmd_issue(p, 1, argv, lens);
 }
 
+static void beat_link(link_t *l);
+
 static void link_up(link_t *l)
 {
     l->state = L_UP;
@@ -2147,6 +2149,7 @@ static void link_up(link_t *l)
     s->down_reason[0] = '\0';
     SL_TEL(SL_EV_REDIS_CONNECTED, SL_INFO, SL_TF_I("shard", l->shard),
            SL_TF_S("url", sl_conf->redis[l->shard].url));
+    beat_link(l); /* counted by the others from now on */
     /* Redis may have lost everything (restarted without persistence):
      * counts are re-asserted, channels re-subscribed (and caught up). */
     for (uint32_t b = 0; b < BUCKETS; b++)
@@ -2232,8 +2235,12 @@ static void publish_snapshot(void)
     free(txt);
 }
 
-static void beat_cb(evutil_socket_t fd, short what, void *arg)
+/* This node's heartbeat (it counts only while its key lives), the link's
+ * latency, and the cluster snapshot from this instance. */
+static void beat_link(link_t *l)
 {
+    if (l->state != L_UP)
+        return;
     uint64_t conns = 0;
     for (uint32_t w = 0; w < sl_shm->nworkers; w++)
         conns += uatomic_read(&sl_shm->workers[w].connections);
@@ -2242,32 +2249,32 @@ static void beat_cb(evutil_socket_t fd, short what, void *arg)
                              "workers", (int)sl_shm->nworkers);
     char *itxt = json_dumps(info, JSON_COMPACT);
     json_decref(info);
-    char nodes[96], nodek[160], ttl[16], lim[16];
+    char nodes[96], nodek[160], ttl[16], lim[16], chans[96];
     snprintf(nodes, sizeof(nodes), "%s:nodes", B.prefix);
     snprintf(nodek, sizeof(nodek), "%s:node:%s", B.prefix, B.node);
     snprintf(ttl, sizeof(ttl), "%d", NODE_TTL_MS);
     snprintf(lim, sizeof(lim), "%d", 10000);
-    char chans[96];
     snprintf(chans, sizeof(chans), "%s:channels", B.prefix);
-    for (uint32_t i = 0; i < B.nlinks; i++) {
-        link_t *l = &B.link[i];
-        if (l->state != L_UP)
-            continue;
-        cmd_t *c = cmd_new(l, C_HEARTBEAT, NULL);
-        const char *hb[6] = {nodes, nodek, B.node, itxt ? itxt : "{}", ttl, B.prefix};
-        if (c)
-            cmd_script(c, S_HEARTBEAT, 2, 6, hb, NULL);
-        cmd_t *p = cmd_new(l, C_PING, NULL);
-        const char *argv[1] = {"PING"};
-        size_t lens[1] = {4};
-        if (p)
-            cmd_issue(p, 1, argv, lens);
-        cmd_t *s = cmd_new(l, C_SNAPSHOT, NULL);
-        const char *sn[4] = {chans, B.prefix, node_prefix(), lim};
-        if (s)
-            cmd_script(s, S_SNAPSHOT, 1, 4, sn, NULL);
-    }
+    cmd_t *c = cmd_new(l, C_HEARTBEAT, NULL);
+    const char *hb[6] = {nodes, nodek, B.node, itxt ? itxt : "{}", ttl, B.prefix};
+    if (c)
+        cmd_script(c, S_HEARTBEAT, 2, 6, hb, NULL);
     free(itxt);
+    cmd_t *p = cmd_new(l, C_PING, NULL);
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    if (p)
+        cmd_issue(p, 1, argv, lens);
+    cmd_t *sn = cmd_new(l, C_SNAPSHOT, NULL);
+    const char *sa[4] = {chans, B.prefix, node_prefix(), lim};
+    if (sn)
+        cmd_script(sn, S_SNAPSHOT, 1, 4, sa, NULL);
+}
+
+static void beat_cb(evutil_socket_t fd, short what, void *arg)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        beat_link(&B.link[i]);
     reconcile();
     wake_flush();
 }
