@@ -4,7 +4,7 @@
 #   make check        every test: unit + integration + web (Node and headless
 #                     Chromium), then all again under ASan/UBSan (this is
 #                     what CI runs through scripts/test.sh)
-#   make check-fast   unit + integration + web on the normal build only
+#   make check-fast   unit + integration + cluster + web on the normal build only
 #   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
@@ -54,7 +54,7 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel \
+.PHONY: all check check-fast check-asan check-unit check-integration check-cluster install clean format bench-shm bench-tel \
         bench bench-quick
 
 all: $(BIN) sente-lite
@@ -115,16 +115,24 @@ check-unit: $(UNIT_BIN)
 check-integration: $(BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+# Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
+# starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
+# them against an external Redis instead.
+check-cluster: $(BIN)
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
+
 # Unit and integration runs one after the other: both start processes and
 # time things, and running them side by side would only add noise.
 check-fast:
 	$(MAKE) check-unit
 	$(MAKE) check-integration
+	$(MAKE) check-cluster
 	$(MAKE) check-web
 
 check-asan:
 	$(MAKE) SAN=1 check-unit
 	$(MAKE) SAN=1 check-integration
+	$(MAKE) SAN=1 check-cluster
 	$(MAKE) SAN=1 check-web
 
 check:

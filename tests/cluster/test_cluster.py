@@ -28,7 +28,7 @@ class Client:
 
     @classmethod
     async def open(cls, node):
-        ws = await websockets.connect(node.url, max_size=None, ping_interval=None)
+        ws = await websockets.connect(node.url, max_size=None, ping_interval=None, close_timeout=1)
         welcome = json.loads(await ws.recv())
         return cls(ws, welcome)
 
@@ -580,7 +580,8 @@ def test_publish_while_broker_down_is_refused(cluster):
             assert time.time() - t0 < 5 * SLOW
         finally:
             os.kill(pid, signal.SIGKILL)
-        wait_for(a.healthy, timeout=20, what="a new broker")
+        wait_for(lambda: broker_pid(a) not in (0, pid) and a.healthy(), timeout=20,
+                 what="a new broker")
         await c.send(type="publish", **{"channel-id": "x"}, data=2)
         r = await c.of_type("publish-result")
         assert r["success"], r
