@@ -123,6 +123,7 @@ def cluster(tmp_path, redis, request):
             rc = s.stop()
             if failed or rc != 0:
                 print("node stderr:\n" + s.stderr())
+            assert rc == 0, f"node exited with {rc}: {s.stderr()}"
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
