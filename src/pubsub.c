@@ -765,8 +765,8 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         sl_conn_t *c = e->conns[i];
         if (c->conn_no == exclude_conn)
             continue;
-        if (c->joins && join_hold(c, m, b))
-            continue;
+        if (sl_cluster && c->joins && join_hold(c, m, b))
+            continue; /* --redis: its subscribe is still being joined */
         if (sl_conn_send(c, b) == SL_OK)
             n++;
     }
