@@ -16,7 +16,7 @@
  *
  * Record wire format (host byte order, both ends are the same binary):
  *   u16 total record length (header included)
- *   u8  level, u8 event id, i32 source (-1 master, -2 logger, else the
+ *   u8  level, u8 event id, i32 source (-1 master, -2 logger, -3 broker, else the
  *       worker id; shown as "source" in the data map), i64 timestamp ms
  *   then fields until the record ends:
  *   u8 type (SL_TF_*), u8 key length, key bytes, then

@@ -322,7 +322,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
             return -1;
         }
     }
-    /* Which process emitted it: "master", "worker-N" or "logger". */
+    /* Which process emitted it: "master", "worker-N", "logger" or "broker". */
     if (!first)
         out_raw(o, ",", 1);
     out_str(o, "\"source\":\"");
@@ -330,7 +330,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
         out_str(o, "worker-");
         out_int(o, worker);
     } else {
-        out_str(o, worker == -1 ? "master" : "logger");
+        out_str(o, worker == -1 ? "master" : worker == -3 ? "broker" : "logger");
     }
     out_raw(o, "\"}", 2);
     return 0;
