@@ -10,6 +10,7 @@
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
+#   make bench-cluster  the --redis cluster against nchan with Redis
 #   make install      binary, man page, systemd unit, logrotate snippet and
 #                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
 #   make clean
@@ -55,7 +56,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all check check-fast check-asan check-unit check-integration check-cluster install clean format bench-shm bench-tel \
-        bench bench-quick
+        bench bench-quick bench-cluster
 
 all: $(BIN) sente-lite
 
@@ -102,6 +103,21 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel
 	$(PY) scripts/bench/bench.py --big 50000 --out $(BUILD)/bench/results.json
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png
+
+# Cluster: sente-lite nodes over Redis against nchan with Redis, publish
+# round trips with and without Redis, what one Redis carries, and the
+# single-node fan-out of this build against the previous one (main's tree,
+# built in build/bench/previous).  About 3 minutes.
+PREVIOUS ?= main
+bench-cluster: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --test --bench
+	scripts/bench/peers-install.sh
+	rm -rf $(BUILD)/bench/previous && mkdir -p $(BUILD)/bench/previous
+	git archive $(PREVIOUS) | tar -x -C $(BUILD)/bench/previous
+	$(MAKE) -C $(BUILD)/bench/previous build/sente-lite
+	$(PY) scripts/bench/cluster.py --previous $(BUILD)/bench/previous/build/sente-lite \
+	    --out $(BUILD)/bench/cluster.json
+bench: bench-cluster
 
 # The same scenarios once, shorter, smaller (under two minutes).
 bench-quick: $(BIN) $(BUILD)/sente-bench
