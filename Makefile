@@ -11,15 +11,27 @@
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
 #   make bench-cluster  the --redis cluster against nchan with Redis
-#   make install      binary, man page, systemd unit, logrotate snippet and
-#                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
+#   make install      binary, man page, systemd units, example config, logrotate
+#                     snippet, health-check.sh and docs under $(DESTDIR)$(PREFIX)
+#                     (/etc for the config, defaults and logrotate files, never
+#                     overwriting ones that exist)
+#   make uninstall    remove what install installed (config files only when
+#                     unchanged)
+#   make deb          the Debian package (dpkg-buildpackage -us -uc -b in a copy
+#                     of the tree under build/deb/; the .deb lands there)
 #   make clean
 #
-# SAN=1 selects the sanitizer build (objects in build-asan/).
+# SAN=1 selects the sanitizer build (objects in build-asan/).  Packagers'
+# CFLAGS, CPPFLAGS and LDFLAGS are honoured (`make CFLAGS=-O2` works): what
+# the build itself needs is added with `override ... +=`.
 
 CC       ?= cc
 PREFIX   ?= /usr/local
 DESTDIR  ?=
+SYSCONFDIR ?= /etc
+SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
+VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
 PKGS     := libevent jansson liburcu libcrypto
 PY       ?= /usr/bin/python3
 
@@ -41,10 +53,11 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 PKG_LIBS   += $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 
 CFLAGS   ?= $(OPT) -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
-            -Wmissing-prototypes -Wno-unused-parameter -Iinclude $(PKG_CFLAGS) $(SANFLAGS)
-LDFLAGS  += $(SANFLAGS)
-LDLIBS   += $(PKG_LIBS) -lpthread
+override CFLAGS += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+            -Wmissing-prototypes -Wno-unused-parameter $(SANFLAGS)
+override CPPFLAGS += -D_GNU_SOURCE -Iinclude $(PKG_CFLAGS)
+override LDFLAGS += $(SANFLAGS)
+override LDLIBS += $(PKG_LIBS) -lpthread
 
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard shm/*.c)
 LIB_OBJ  := $(patsubst %.c,$(BUILD)/obj/%.o,$(LIB_SRC))
@@ -55,8 +68,8 @@ BIN      := $(BUILD)/sente-lite
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all check check-fast check-asan check-unit check-integration check-cluster install clean format bench-shm bench-tel \
-        bench bench-quick bench-cluster
+.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
+        format bench-shm bench-tel bench bench-quick bench-cluster check-cluster
 
 all: $(BIN) sente-lite
 
@@ -74,15 +87,15 @@ $(LIB): $(LIB_OBJ)
 
 $(BUILD)/obj/%.o: %.c $(wildcard include/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c $(LIB) tests/unit/sl_test.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -Itests/unit $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 # Shared-memory lookups/s: RCU table vs a process-shared rwlock table.
 bench-shm: $(BUILD)/bench/bench_shm
@@ -155,16 +168,54 @@ check:
 	$(MAKE) check-fast
 	$(MAKE) check-asan
 
+# Files under /etc are installed only when absent: an operator's edits are
+# never overwritten (the Debian package marks them as conffiles instead).
+ETC_FILES := scripts/sente-lite.conf:sente-lite/sente-lite.conf \
+             scripts/sente-lite.default:default/sente-lite \
+             scripts/sente-lite.logrotate:logrotate.d/sente-lite
+DOCS      := README.md CHANGELOG.md SECURITY.md CONTRIBUTING.md LICENSE docs/protocol.md
+
 install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man8 \
-	    $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/share/sente-lite \
-	    $(DESTDIR)/etc/logrotate.d
+	    $(DESTDIR)$(SYSTEMDDIR) $(DESTDIR)$(PREFIX)/share/sente-lite $(DESTDIR)$(DOCDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/sente-lite $(DESTDIR)$(SYSCONFDIR)/default \
+	    $(DESTDIR)$(SYSCONFDIR)/logrotate.d
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/sente-lite
 	install -m 0644 man/sente-lite.8 $(DESTDIR)$(PREFIX)/share/man/man8/sente-lite.8
-	sed 's|/usr/local/bin/sente-lite|$(PREFIX)/bin/sente-lite|' scripts/sente-lite.service \
-	    > $(DESTDIR)$(PREFIX)/lib/systemd/system/sente-lite.service
-	install -m 0644 scripts/sente-lite.logrotate $(DESTDIR)/etc/logrotate.d/sente-lite
+	sed 's|/usr/local/bin/sente-lite|$(PREFIX)/bin/sente-lite|; s|/etc/|$(SYSCONFDIR)/|g' \
+	    scripts/sente-lite.service > $(DESTDIR)$(SYSTEMDDIR)/sente-lite.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/sente-lite.service
+	install -m 0644 scripts/sente-lite.socket $(DESTDIR)$(SYSTEMDDIR)/sente-lite.socket
 	install -m 0755 scripts/health-check.sh $(DESTDIR)$(PREFIX)/share/sente-lite/health-check.sh
+	install -m 0644 $(DOCS) $(DESTDIR)$(DOCDIR)/
+	@for pair in $(ETC_FILES); do \
+	    src=$${pair%%:*}; dst=$(DESTDIR)$(SYSCONFDIR)/$${pair#*:}; \
+	    if [ -e "$$dst" ]; then echo "keeping $$dst (exists)"; \
+	    else echo "install -m 0644 $$src $$dst"; install -m 0644 "$$src" "$$dst" || exit 1; fi; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/sente-lite $(DESTDIR)$(PREFIX)/share/man/man8/sente-lite.8 \
+	    $(DESTDIR)$(SYSTEMDDIR)/sente-lite.service $(DESTDIR)$(SYSTEMDDIR)/sente-lite.socket \
+	    $(DESTDIR)$(PREFIX)/share/sente-lite/health-check.sh
+	rm -f $(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(DOCS)))
+	-rmdir $(DESTDIR)$(DOCDIR) $(DESTDIR)$(PREFIX)/share/sente-lite 2>/dev/null
+	@for pair in $(ETC_FILES); do \
+	    src=$${pair%%:*}; dst=$(DESTDIR)$(SYSCONFDIR)/$${pair#*:}; \
+	    if cmp -s "$$src" "$$dst"; then rm -f "$$dst"; \
+	    elif [ -e "$$dst" ]; then echo "keeping $$dst (changed)"; fi; \
+	done
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/sente-lite 2>/dev/null
+
+# The Debian package, built from a copy of the tree so dpkg-buildpackage's
+# output (written to the parent directory) stays under build/deb/.
+deb:
+	scripts/deps.sh --deb
+	rm -rf build/deb && mkdir -p build/deb/sente-lite-$(VERSION)
+	tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./sente-lite \
+	    --exclude=node_modules --exclude=__pycache__ -cf - . | tar -C build/deb/sente-lite-$(VERSION) -xf -
+	cd build/deb/sente-lite-$(VERSION) && dpkg-buildpackage -us -uc -b
+	@ls build/deb/*.deb
 
 format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
@@ -179,7 +230,7 @@ clean:
 #   make check-web    the client library's Node tests and the browser tests
 #                     (headless Debian chromium) against $(BIN); installs
 #                     what they need with scripts/deps-web.sh
-WEB_FILES := web/index.html web/demo.html web/dashboard.html web/sente-lite.js
+WEB_FILES := web/index.html web/demo.html web/dashboard.html web/sente-lite.js web/favicon.ico
 WEB_GEN   := $(BUILD)/gen/web_assets.c
 WEB_OBJ   := $(BUILD)/obj/gen/web_assets.o
 
@@ -189,7 +240,7 @@ $(WEB_GEN): scripts/embed-web.sh $(WEB_FILES)
 
 $(WEB_OBJ): $(WEB_GEN) include/sl_web.h include/sl_http.h include/sl_common.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(LIB): $(WEB_OBJ)
 
@@ -211,7 +262,7 @@ check-integration: $(BUILD)/sente-bench
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
 # --- sente-bench ---
 
 # --- ceiling ---
@@ -221,7 +272,7 @@ $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 # batched).  Standalone: it links libcrypto only, not the server library.
 $(BUILD)/bench/ceiling: tests/bench/ceiling.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
 
 bench bench-quick: $(BUILD)/bench/ceiling
 # --- ceiling ---

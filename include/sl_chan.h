@@ -44,6 +44,7 @@ typedef struct sl_chan_msg {
     uint64_t chan_hash;
     uint32_t idlen;
     uint32_t payload_off; /* where the JSON starts in frame */
+    int64_t published_us; /* monotonic us the publish was accepted (0: not a publish) */
     char id[SL_CHAN_ID_MAX + 1];
     uint8_t frame[];
 } sl_chan_msg_t;
@@ -113,6 +114,7 @@ typedef struct {
     bool exclude_sender;
     uint64_t sender_conn_no; /* the n of conn-<ms>-<n>: unique, never reused */
     int64_t published_at;
+    int64_t published_us; /* monotonic us (for the delivery-latency histogram) */
 } sl_chan_pub_t;
 
 typedef struct {

@@ -1,7 +1,9 @@
 /*
  * sl_conf.h - the server's configuration: the one place that parses command
- * line flags and environment variables (flags win), validates them and
- * describes them for --help and /stats "server-config".
+ * line flags, environment variables and the --config file (flags beat the
+ * environment, which beats the file, which beats the defaults), validates
+ * them and describes them for --help, --check-config and /stats
+ * "server-config".
  *
  * The master parses once before forking; workers and the logger inherit the
  * resulting sl_conf_t by fork and never change it.
@@ -30,6 +32,14 @@ typedef struct {
     char password[256]; /* "" = none (or from --redis-password-file) */
     int db;
 } sl_conf_redis_t;
+#define SL_MAX_PROXIES 32
+
+/* An address range: --trusted-proxy 10.0.0.0/8, ::1, ... */
+typedef struct {
+    int family; /* AF_INET or AF_INET6 */
+    int prefix;
+    uint8_t addr[16];
+} sl_cidr_t;
 
 /* A channel predefined with --channel NAME[:key=value,...]. */
 typedef struct {
@@ -77,14 +87,21 @@ typedef struct {
     char redis_prefix[64];
     char node_id[64]; /* "" = chosen at start (random) */
     int64_t redis_history_ttl_s;
+    char access_log[1024]; /* "" = no access log */
+    sl_cidr_t trusted_proxies[SL_MAX_PROXIES];
+    int nproxies;
+    char config_file[1024]; /* the --config file read, "" = none */
 } sl_conf_t;
 
-typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION } sl_conf_action_t;
+typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION, SL_CONF_CHECK } sl_conf_action_t;
 
-/* Fill conf with defaults, then apply the environment (`env` is a NULL-
- * terminated "NAME=value" array like environ), then the flags.  On error
- * returns SL_ERROR with a message naming the flag or variable in err.
- * *action says whether to run, print help or print the version. */
+/* Fill conf with defaults, then the --config file (-c FILE, or the
+ * variable SENTE_CONFIG), then the environment (`env` is a NULL-terminated
+ * "NAME=value" array like environ: SENTE_<FLAG> for every flag, and the
+ * seeds' names as aliases), then the flags.  On error returns SL_ERROR
+ * with a message naming the flag, variable or file:line in err.  *action
+ * says whether to run, print help, the version, or check the configuration
+ * (--check-config / -t). */
 int sl_conf_parse(sl_conf_t *conf, int argc, char **argv, char **env, sl_conf_action_t *action,
                   char *err, size_t errsz);
 
@@ -97,12 +114,33 @@ void sl_conf_free(sl_conf_t *conf);
 /* Print --help (every flag, its default and environment variable). */
 void sl_conf_usage(FILE *out);
 
+/* Print the effective configuration as `key = value` lines (a valid
+ * --config file; secrets are not shown). */
+void sl_conf_print(const sl_conf_t *conf, FILE *out);
+
+/* The environment variable of a flag: "max-connections" ->
+ * "SENTE_MAX_CONNECTIONS". */
+void sl_conf_env_name(const char *flag, char *out, size_t n);
+
+/* Parse "a.b.c.d[/n]" or an IPv6 address[/n]; SL_OK or SL_ERROR. */
+int sl_cidr_parse(const char *s, sl_cidr_t *out);
+
+/* Is the address (family AF_INET or AF_INET6, raw bytes) in the range?
+ * IPv4-mapped IPv6 addresses match IPv4 ranges. */
+bool sl_cidr_match(const sl_cidr_t *range, int family, const void *addr);
+
 /* The effective settings as a JSON object (for /stats "server-config"). */
 json_t *sl_conf_to_json(const sl_conf_t *conf);
 
-/* CPUs this process may use: affinity mask, capped by a cgroup v2 CPU
- * quota when one is set. */
+/* CPUs this process may use: affinity mask, capped by the CPU quota of the
+ * process's own cgroup or any ancestor (cgroup v2 cpu.max, v1
+ * cpu.cfs_quota_us), as /proc/self/cgroup names it. */
 int sl_conf_usable_cpus(void);
+
+/* The tightest CPU quota (in CPUs, rounded up) along the cgroups that
+ * `proc_cgroup` (a /proc/PID/cgroup file) names, with the cgroup file
+ * systems under `root` (/sys/fs/cgroup); 0 when there is none. */
+int sl_conf_cgroup_cpus(const char *proc_cgroup, const char *root);
 
 /* The configuration of this process (set by main before forking). */
 extern const sl_conf_t *sl_conf;

@@ -14,8 +14,9 @@
  * (the upgrade is then refused). */
 int sl_proto_admit(sl_conn_t *c);
 
-/* The connection has just been upgraded: send the welcome. */
-void sl_proto_opened(sl_conn_t *c);
+/* The connection has just been upgraded: send the welcome.  `peer` is the
+ * client's address (for telemetry). */
+void sl_proto_opened(sl_conn_t *c, const char *peer);
 
 /* One complete text message (valid UTF-8, not NUL-terminated). */
 void sl_proto_message(sl_conn_t *c, char *data, size_t len);

@@ -44,4 +44,8 @@ int sl_pubsub_cluster_publish(sl_conn_t *c, const char *id, size_t len, const ch
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];
 
+/* Observe the delivery latency of the channel messages queued this turn
+ * (the worker calls it after the turn's writes). */
+void sl_pubsub_latency_flush(void);
+
 #endif

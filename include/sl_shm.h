@@ -43,10 +43,41 @@ typedef enum {
     SL_ERR_ACCEPT_FAILED,      /* master: accept() or hand-off failed */
     SL_ERR_SHM_EXHAUSTED,      /* shared memory full: request refused */
     SL_ERR_ADMIN_REFUSED,      /* admin API: disabled, or bad/missing token */
+    SL_ERR_ACCESS_LOG,         /* --access-log lines that could not be written */
     SL_ERR__COUNT
 } sl_err_t;
 
 const char *sl_err_name(sl_err_t e);
+
+/* A latency histogram: counts per bucket (not cumulative; the last bucket
+ * is +Inf), the sum in microseconds and the number of observations.
+ * Bounds: sl_hist_bounds_us.  Written by one process only (plain stores
+ * of incremented values suffice: there is one writer; readers need only
+ * untorn 64-bit loads). */
+#define SL_HIST_BUCKETS 15
+typedef struct {
+    uint64_t buckets[SL_HIST_BUCKETS];
+    uint64_t sum_us;
+    uint64_t count;
+} sl_hist_t;
+
+extern const int64_t sl_hist_bounds_us[SL_HIST_BUCKETS - 1];
+
+/* Record n observations of us microseconds into h (owner only). */
+void sl_hist_observe(sl_hist_t *h, int64_t us, uint64_t n);
+
+/* WebSocket upgrades refused, by reason (the "error" code of the HTTP
+ * answer; shown in /stats "handshake-failures"). */
+typedef enum {
+    SL_HS_BAD_HANDSHAKE,       /* 400: malformed upgrade request */
+    SL_HS_UNSUPPORTED_VERSION, /* 426: not version 13 */
+    SL_HS_ORIGIN_NOT_ALLOWED,  /* 403: --allowed-origin */
+    SL_HS_TOO_MANY_CONNECTIONS, /* 503: --max-connections */
+    SL_HS_SHM_EXHAUSTED,       /* 503: no room in the registry */
+    SL_HS__COUNT
+} sl_hs_fail_t;
+
+const char *sl_hs_fail_name(sl_hs_fail_t f);
 
 typedef struct {
     int32_t pid;          /* 0 while the slot has no live worker */
@@ -70,6 +101,12 @@ typedef struct {
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t errors[SL_ERR__COUNT];
+    /* Owner-written figures (one writer: CMM_STORE_SHARED of the new value). */
+    uint64_t bytes_in;  /* bytes read from client sockets */
+    uint64_t bytes_out; /* bytes written to client sockets */
+    uint64_t handshake_failures[SL_HS__COUNT];
+    sl_hist_t delivery; /* publish accepted -> frame written by this worker */
+    sl_hist_t rpc;      /* rpc-request accepted -> response handed to its requester */
 } __attribute__((aligned(64))) sl_worker_stats_t;
 
 /* The broker process (--redis, src/broker.c) and its Redis links.  Written

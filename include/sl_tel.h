@@ -70,6 +70,10 @@ typedef enum {
     SL_EV_SLOW_CONSUMER_DISCONNECTED,
     SL_EV_WORKER_EXITED,
     SL_EV_WORKER_STARTED,
+    /* sente-lite's own additions */
+    SL_EV_SERVER_UPGRADING,
+    SL_EV_SERVER_UPGRADE_FAILED,
+    SL_EV_WORKER_STALLED,
     SL_EV_REDIS_CONNECTED,    /* --redis: a link to a Redis instance is up */
     SL_EV_REDIS_DISCONNECTED, /* --redis: a link went down (reason) */
     SL_EV_BROKER_EXITED,      /* --redis: the broker process died (the master respawns it) */

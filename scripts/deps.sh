@@ -9,6 +9,9 @@
 #                            (scripts/deps-web.sh adds the npm packages)
 #   scripts/deps.sh --bench  also gnuplot for the benchmark chart (the peers
 #                            are installed by scripts/bench/peers-install.sh)
+#   scripts/deps.sh --deb    also what `make deb` needs: debhelper, dpkg-dev,
+#                            lintian (and systemd, for systemd-analyze in the
+#                            unit's hardening test)
 # Options combine.  As root it runs apt-get itself; otherwise it prints the
 # command to run.
 set -eu
@@ -23,7 +26,8 @@ for opt in "$@"; do
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;
     --bench) pkgs="$pkgs python3 procps curl gnuplot-nox" ;;
-    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench]" >&2; exit 2 ;;
+    --deb) pkgs="$pkgs debhelper dpkg-dev lintian" ;;
+    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--deb]" >&2; exit 2 ;;
     esac
 done
 
@@ -44,7 +48,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "sente-lite: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-# Several engineers may run apt-get at once: wait for the dpkg lock.
+# Several builds may run apt at once: wait for the dpkg lock, do not fail.
 apt-get -o DPkg::Lock::Timeout=600 update -qq
 # shellcheck disable=SC2086
 apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null

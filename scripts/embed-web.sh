@@ -16,7 +16,8 @@ web=$(dirname "$0")/../web
 assets='/|index.html|text/html; charset=utf-8|1
 /demo|demo.html|text/html; charset=utf-8|1
 /dashboard|dashboard.html|text/html; charset=utf-8|1
-/client.js|sente-lite.js|text/javascript; charset=utf-8|0'
+/client.js|sente-lite.js|text/javascript; charset=utf-8|0
+/favicon.ico|favicon.ico|image/x-icon|0'
 
 tmp="$out.tmp.$$"
 trap 'rm -f "$tmp"' EXIT

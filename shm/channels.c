@@ -231,6 +231,7 @@ static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, 
     m->refs = 0;
     m->len = (uint32_t)(h + plen);
     m->seq = seq;
+    m->published_us = p->published_us;
     m->chan_hash = c->node.hash;
     m->idlen = c->node.klen;
     memcpy(m->id, c->id, c->node.klen);
@@ -308,6 +309,7 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
     m->refs = 0;
     m->len = (uint32_t)len;
     m->seq = 0;
+    m->published_us = 0;
     m->chan_hash = c ? c->node.hash : 0;
     m->idlen = c ? c->node.klen : 0;
     if (c)

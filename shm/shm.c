@@ -9,6 +9,7 @@
 #include "sl_shm.h"
 
 #include <errno.h>
+#include <urcu/system.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -34,11 +35,43 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_ACCEPT_FAILED] = "accept-failed",
     [SL_ERR_SHM_EXHAUSTED] = "shm-exhausted",
     [SL_ERR_ADMIN_REFUSED] = "admin-refused",
+    [SL_ERR_ACCESS_LOG] = "access-log-failed",
 };
 
 const char *sl_err_name(sl_err_t e)
 {
     return (unsigned)e < SL_ERR__COUNT ? sl_err_names[e] : "unknown";
+}
+
+static const char *const sl_hs_names[SL_HS__COUNT] = {
+    [SL_HS_BAD_HANDSHAKE] = "bad-handshake",
+    [SL_HS_UNSUPPORTED_VERSION] = "unsupported-version",
+    [SL_HS_ORIGIN_NOT_ALLOWED] = "origin-not-allowed",
+    [SL_HS_TOO_MANY_CONNECTIONS] = "too-many-connections",
+    [SL_HS_SHM_EXHAUSTED] = "shm-exhausted",
+};
+
+const char *sl_hs_fail_name(sl_hs_fail_t f)
+{
+    return (unsigned)f < SL_HS__COUNT ? sl_hs_names[f] : "unknown";
+}
+
+/* 100 us .. 2.5 s, then +Inf. */
+const int64_t sl_hist_bounds_us[SL_HIST_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000,
+    2500000};
+
+void sl_hist_observe(sl_hist_t *h, int64_t us, uint64_t n)
+{
+    if (us < 0)
+        us = 0;
+    int b = 0;
+    while (b < SL_HIST_BUCKETS - 1 && us > sl_hist_bounds_us[b])
+        b++;
+    /* One writer: load, add, store; no lock prefix on the hot path. */
+    CMM_STORE_SHARED(h->buckets[b], CMM_LOAD_SHARED(h->buckets[b]) + n);
+    CMM_STORE_SHARED(h->sum_us, CMM_LOAD_SHARED(h->sum_us) + (uint64_t)us * n);
+    CMM_STORE_SHARED(h->count, CMM_LOAD_SHARED(h->count) + n);
 }
 
 static size_t header_size(void)

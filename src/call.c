@@ -41,6 +41,7 @@ struct sl_call {
     uint64_t no;
     sl_conn_t *conn;
     int64_t deadline; /* wall ms */
+    int64_t start_us; /* monotonic us the request was accepted (round-trip histogram) */
     struct event timer;
     char request_id[SL_RPC_ID_MAX];
     char channel_id[129];
@@ -370,6 +371,7 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     }
     sl_pubsub_wake_later(woken);
     k->no = q->no;
+    k->start_us = sl_mono_us();
     k->conn = c;
     k->deadline = q->deadline;
     memcpy(k->request_id, q->request_id, sizeof(k->request_id));
@@ -459,6 +461,7 @@ void sl_call_answered(uint64_t no)
 {
     for (sl_call_t *k = *bucket(no); k; k = k->map_next)
         if (k->no == no) {
+            sl_hist_observe(&sl_worker->stats->rpc, sl_mono_us() - k->start_us, 1);
             call_free(k);
             return;
         }

@@ -3,14 +3,21 @@
  *
  * Every option is a row of sl_options[]: its flag, the seed's environment
  * variable (if any), its kind, where it lands in sl_conf_t, its bounds, its
- * default and its help line.  Parsing, --help and /stats "server-config" all
- * walk the same table, so an option cannot exist in one and not the others.
- * Order of precedence: defaults, then environment, then flags.
+ * default and its help line.  Parsing, --help, --check-config and /stats
+ * "server-config" all walk the same table, so an option cannot exist in one
+ * and not the others.  Each row also gives, with nothing more to write:
+ *   - an environment variable SENTE_<FLAG> (upper case, '-' -> '_'); the
+ *     seed's name, where there is one, stays as an alias the SENTE_ name beats;
+ *   - a config-file key, the flag's own name (`key = value` lines, --config).
+ * Order of precedence: defaults, then the config file, then the environment,
+ * then the flags.  A repeatable option (--channel, --allowed-origin) takes
+ * its whole list from the highest source that names it at all.
  */
 #include "sl_conf.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -18,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const sl_conf_t *sl_conf;
 
@@ -38,11 +46,17 @@ typedef enum {
     OPT_REDIS,   /* --redis URL, repeatable (shards); env: a comma-separated list */
     OPT_HELP,
     OPT_VERSION,
+    OPT_CONFIG, /* --config FILE / -c FILE: read before everything else */
+    OPT_CHECK,  /* --check-config / -t */
+    OPT_CIDR,   /* repeatable address/prefix (--trusted-proxy) */
 } opt_kind_t;
+
+/* Where a value came from, lowest precedence first. */
+enum { SRC_DEFAULT, SRC_FILE, SRC_ENV, SRC_FLAG };
 
 typedef struct {
     const char *flag; /* without the leading "--" */
-    const char *env;  /* NULL when the seeds define none */
+    const char *env;  /* the seed's name, an alias of SENTE_<FLAG>; NULL if none */
     opt_kind_t kind;
     size_t off;
     size_t size; /* for OPT_STR / OPT_NAME: field size */
@@ -106,21 +120,37 @@ static const sl_option_t sl_options[] = {
     {"redis", "SENTE_REDIS_URL", OPT_REDIS, 0, 0, 0, 0, NULL, "URL",
      "join a cluster through Redis: redis://[user:password@]host:port[/db] or unix:///path "
      "(repeatable: channels are sharded over the instances)"},
-    {"redis-password-file", "SENTE_REDIS_PASSWORD_FILE", OPT_STR, OFF(redis_password_file),
+    {"redis-password-file", NULL, OPT_STR, OFF(redis_password_file),
      SZ(redis_password_file), 0, 0, "", "PATH", "read the Redis password from this file"},
     {"redis-timeout-ms", NULL, OPT_INT, OFF(redis_timeout_ms), 0, 50, 60000, "1000", "MS",
      "bound on a Redis round trip; past it the link counts as down (broker-unavailable)"},
-    {"redis-prefix", "SENTE_REDIS_PREFIX", OPT_NAME, OFF(redis_prefix), SZ(redis_prefix), 1, 0,
+    {"redis-prefix", NULL, OPT_NAME, OFF(redis_prefix), SZ(redis_prefix), 1, 0,
      "sl", "NAME", "prefix of every Redis key and channel of this cluster"},
-    {"node-id", "SENTE_NODE_ID", OPT_NAME, OFF(node_id), 9, 0, 0, "", "NAME",
+    {"node-id", NULL, OPT_NAME, OFF(node_id), 9, 0, 0, "", "NAME",
      "this node's name in the cluster, up to 8 characters (default: random)"},
     {"redis-history-ttl-s", NULL, OPT_INT, OFF(redis_history_ttl_s), 0, 1, 31536000, "86400",
      "S", "a channel's history in Redis expires after this long without a publish"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
-    {"help", NULL, OPT_HELP, 0, 0, 0, 0, NULL, NULL, "show this help"},
-    {"version", NULL, OPT_VERSION, 0, 0, 0, 0, NULL, NULL, "show the version"},
+    {"access-log", NULL, OPT_STR, OFF(access_log), SZ(access_log), 0, 0, "", "PATH",
+     "write one line per HTTP request here (peer, method, path, status, bytes, time, agent)"},
+    {"trusted-proxy", NULL, OPT_CIDR, 0, 0, 0, 0, NULL, "CIDR",
+     "take the peer address from X-Forwarded-For only from these peers (repeatable)"},
+    {"config", NULL, OPT_CONFIG, OFF(config_file), SZ(config_file), 0, 0, "", "FILE",
+     "read `key = value` settings from FILE (short: -c FILE)"},
+    {"check-config", NULL, OPT_CHECK, 0, 0, 0, 0, NULL, NULL,
+     "print the effective configuration and exit 0, or the error and exit 2 (short: -t)"},
+    {"help", NULL, OPT_HELP, 0, 0, 0, 0, NULL, NULL, "show this help (short: -h)"},
+    {"version", NULL, OPT_VERSION, 0, 0, 0, 0, NULL, NULL, "show the version (short: -v)"},
 };
+
+#define NOPTS SL_ARRAY_LEN(sl_options)
+
+/* Short options: each is a spelling of a long one. */
+static const struct {
+    char c;
+    const char *flag;
+} sl_short[] = {{'c', "config"}, {'t', "check-config"}, {'h', "help"}, {'v', "version"}};
 
 static int parse_int(const char *s, int64_t *out)
 {
@@ -182,6 +212,7 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
     switch (o->kind) {
     case OPT_STR:
     case OPT_SECRET:
+    case OPT_CONFIG:
         if (strlen(v) >= o->size || (o->min > 0 && v[0] == '\0')) {
             snprintf(err, errsz, "%s: value must be 1 to %zu characters", who, o->size - 1);
             return SL_ERROR;
@@ -286,9 +317,25 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         }
         return SL_OK;
     }
+    case OPT_CIDR:
+        if (c->nproxies >= SL_MAX_PROXIES || sl_cidr_parse(v, &c->trusted_proxies[c->nproxies])
+                                                 != SL_OK) {
+            snprintf(err, errsz, "%s: '%s' is not an address or address/prefix (at most %d)", who,
+                     v, SL_MAX_PROXIES);
+            return SL_ERROR;
+        }
+        c->nproxies++;
+        return SL_OK;
     case OPT_FLAG:
+        /* The bare flag sets it; the file and the environment say true/false. */
+        if (parse_bool(v, (bool *)field) != SL_OK) {
+            snprintf(err, errsz, "%s: '%s' is not true or false", who, v);
+            return SL_ERROR;
+        }
+        return SL_OK;
     case OPT_HELP:
     case OPT_VERSION:
+    case OPT_CHECK:
         break;
     }
     return SL_OK;
@@ -384,6 +431,65 @@ int sl_conf_redis_url(const char *url, sl_conf_redis_t *r, char *err, size_t err
     return SL_OK;
 }
 
+int sl_cidr_parse(const char *s, sl_cidr_t *out)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    if (strlen(s) >= sizeof(buf))
+        return SL_ERROR;
+    snprintf(buf, sizeof(buf), "%s", s);
+    char *slash = strchr(buf, '/');
+    int64_t prefix = -1;
+    if (slash) {
+        *slash = '\0';
+        if (parse_int(slash + 1, &prefix) != SL_OK)
+            return SL_ERROR;
+    }
+    memset(out, 0, sizeof(*out));
+    if (inet_pton(AF_INET, buf, out->addr) == 1) {
+        out->family = AF_INET;
+        if (prefix > 32)
+            return SL_ERROR;
+        out->prefix = prefix < 0 ? 32 : (int)prefix;
+    } else if (inet_pton(AF_INET6, buf, out->addr) == 1) {
+        out->family = AF_INET6;
+        if (prefix > 128)
+            return SL_ERROR;
+        out->prefix = prefix < 0 ? 128 : (int)prefix;
+    } else {
+        return SL_ERROR;
+    }
+    return SL_OK;
+}
+
+bool sl_cidr_match(const sl_cidr_t *r, int family, const void *addr)
+{
+    const uint8_t *a = addr;
+    uint8_t mapped[4];
+    /* An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d. */
+    if (family == AF_INET6 && r->family == AF_INET &&
+        memcmp(a, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+        memcpy(mapped, a + 12, 4);
+        a = mapped;
+        family = AF_INET;
+    }
+    if (family != r->family)
+        return false;
+    int full = r->prefix / 8, rest = r->prefix % 8;
+    if (memcmp(a, r->addr, (size_t)full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return (a[full] & mask) == (r->addr[full] & mask);
+}
+
+static void cidr_format(const sl_cidr_t *r, char *out, size_t n)
+{
+    char a[INET6_ADDRSTRLEN];
+    inet_ntop(r->family, r->addr, a, sizeof(a));
+    snprintf(out, n, "%s/%d", a, r->prefix);
+}
+
 /* Parse "k=v,k=v" into the channel's settings; SL_ERROR when any part is
  * not one of the keys or its value is out of range. */
 static int parse_channel_keys(const char *p, sl_conf_channel_t *ch, const char *who, char *err,
@@ -462,13 +568,203 @@ static const char *env_get(char **env, const char *name)
     return NULL;
 }
 
+void sl_conf_env_name(const char *flag, char *out, size_t n)
+{
+    size_t k = (size_t)snprintf(out, n, "SENTE_");
+    for (; *flag && k + 1 < n; flag++)
+        out[k++] = *flag == '-' ? '_' : (char)toupper((unsigned char)*flag);
+    out[k < n ? k : n - 1] = '\0';
+}
+
+static bool is_list(const sl_option_t *o)
+{
+    return o->kind == OPT_ORIGIN || o->kind == OPT_CHANNEL || o->kind == OPT_CIDR ||
+           o->kind == OPT_REDIS;
+}
+
+/* Options that only steer the parse: no environment variable, no key. */
+static bool is_meta(const sl_option_t *o)
+{
+    return o->kind == OPT_HELP || o->kind == OPT_VERSION || o->kind == OPT_CHECK ||
+           o->kind == OPT_CONFIG;
+}
+
+static bool takes_value(const sl_option_t *o)
+{
+    return !(o->kind == OPT_BOOL || o->kind == OPT_FLAG || o->kind == OPT_HELP ||
+             o->kind == OPT_VERSION || o->kind == OPT_CHECK);
+}
+
+typedef struct {
+    sl_conf_t *c;
+    uint8_t src[NOPTS]; /* the source that set each option last */
+    char *err;
+    size_t errsz;
+} pctx_t;
+
+static void clear_list(sl_conf_t *c, const sl_option_t *o)
+{
+    if (o->kind == OPT_ORIGIN) {
+        for (int i = 0; i < c->norigins; i++)
+            free(c->allowed_origins[i]);
+        c->norigins = 0;
+    } else if (o->kind == OPT_CHANNEL) {
+        c->nchannels = 0;
+    } else if (o->kind == OPT_CIDR) {
+        c->nproxies = 0;
+    } else if (o->kind == OPT_REDIS) {
+        c->nredis = 0;
+    }
+}
+
+/* Apply a value from source `src`.  The first value of a repeatable option
+ * from a higher source replaces the list the lower sources built. */
+static int set_from(pctx_t *p, const sl_option_t *o, const char *v, const char *who, int src)
+{
+    size_t idx = (size_t)(o - sl_options);
+    if (is_list(o) && p->src[idx] < src)
+        clear_list(p->c, o);
+    p->src[idx] = (uint8_t)src;
+    return apply(p->c, o, v, who, p->err, p->errsz);
+}
+
+static const sl_option_t *find_flag(const char *name, size_t nlen)
+{
+    for (size_t k = 0; k < NOPTS; k++)
+        if (strlen(sl_options[k].flag) == nlen && strncmp(sl_options[k].flag, name, nlen) == 0)
+            return &sl_options[k];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    return s;
+}
+
+#define SL_CONF_FILE_MAX (1 << 20)
+
+/* `key = value` lines; `#` starts a comment at the start of a line only
+ * (a value may itself contain '#'). */
+static int read_file(pctx_t *p, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        snprintf(p->err, p->errsz, "--config: cannot read %s: %s", path, strerror(errno));
+        return SL_ERROR;
+    }
+    char line[4096];
+    int lineno = 0, rc = SL_OK;
+    long total = 0;
+    while (rc == SL_OK && fgets(line, sizeof(line), f)) {
+        lineno++;
+        size_t n = strlen(line);
+        total += (long)n;
+        if (total > SL_CONF_FILE_MAX || (n == sizeof(line) - 1 && line[n - 1] != '\n')) {
+            snprintf(p->err, p->errsz, "%s:%d: line too long or file over 1 MiB", path, lineno);
+            rc = SL_ERROR;
+            break;
+        }
+        if (n && line[n - 1] == '\n')
+            line[--n] = '\0';
+        char *l = trim(line);
+        if (*l == '\0' || *l == '#')
+            continue;
+        char *eq = strchr(l, '=');
+        if (eq == NULL) {
+            snprintf(p->err, p->errsz, "%s:%d: expected `key = value`, got '%.64s'", path,
+                     lineno, l);
+            rc = SL_ERROR;
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(l), *val = trim(eq + 1);
+        const sl_option_t *o = find_flag(key, strlen(key));
+        if (o == NULL || is_meta(o)) {
+            snprintf(p->err, p->errsz, "%s:%d: unknown key '%.64s' (keys are the long flags' "
+                     "names, see --help)", path, lineno, key);
+            rc = SL_ERROR;
+            break;
+        }
+        char who[1100];
+        snprintf(who, sizeof(who), "%s:%d: %s", path, lineno, key);
+        rc = set_from(p, o, val, who, SRC_FILE);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Repeatable options take several values from one variable, one a line
+ * (a newline is the one character no channel id or origin may contain). */
+static int set_env(pctx_t *p, const sl_option_t *o, const char *v, const char *name)
+{
+    if (!is_list(o))
+        return set_from(p, o, v, name, SRC_ENV);
+    char *copy = strdup(v);
+    if (copy == NULL)
+        return SL_ERROR;
+    int rc = SL_OK;
+    char *save = NULL;
+    for (char *item = strtok_r(copy, "\n", &save); item && rc == SL_OK;
+         item = strtok_r(NULL, "\n", &save))
+        if (*trim(item))
+            rc = set_from(p, o, trim(item), name, SRC_ENV);
+    free(copy);
+    return rc;
+}
+
+/* argv[i] names an option: "--name", "--name=value", "--no-name", or a
+ * short spelling ("-c FILE", "-t", "-h", "-v").  Sets *o, *negated and
+ * *inline_value (NULL when the value, if any, is the next argument). */
+static int match_arg(const char *a, const sl_option_t **o, bool *negated,
+                     const char **inline_value, char *err, size_t errsz)
+{
+    *o = NULL;
+    *negated = false;
+    *inline_value = NULL;
+    if (a[0] == '-' && a[1] != '-' && a[1] != '\0' && a[2] == '\0') {
+        for (size_t k = 0; k < SL_ARRAY_LEN(sl_short); k++)
+            if (sl_short[k].c == a[1])
+                *o = find_flag(sl_short[k].flag, strlen(sl_short[k].flag));
+        if (*o == NULL) {
+            snprintf(err, errsz, "unknown option '%s' (see --help)", a);
+            return SL_ERROR;
+        }
+        return SL_OK;
+    }
+    if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
+        snprintf(err, errsz, "unexpected argument '%s' (options start with --)", a);
+        return SL_ERROR;
+    }
+    const char *name = a + 2, *eq = strchr(name, '=');
+    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+    *o = find_flag(name, nlen);
+    if (!*o && nlen > 3 && strncmp(name, "no-", 3) == 0) {
+        *o = find_flag(name + 3, nlen - 3);
+        if (*o && (*o)->kind != OPT_BOOL)
+            *o = NULL;
+        *negated = *o != NULL;
+    }
+    if (!*o) {
+        snprintf(err, errsz, "unknown option '--%.*s' (see --help)", (int)nlen, name);
+        return SL_ERROR;
+    }
+    *inline_value = eq ? eq + 1 : NULL;
+    return SL_OK;
+}
+
 int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_action_t *action,
                   char *err, size_t errsz)
 {
     memset(c, 0, sizeof(*c));
     *action = SL_CONF_RUN;
+    pctx_t p = {.c = c, .err = err, .errsz = errsz};
 
-    for (size_t i = 0; i < SL_ARRAY_LEN(sl_options); i++) {
+    for (size_t i = 0; i < NOPTS; i++) {
         const sl_option_t *o = &sl_options[i];
         /* An empty default means "not set" and skips the value checks. */
         if (o->def != NULL && o->def[0] != '\0' &&
@@ -476,56 +772,76 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             return SL_ERROR; /* a bad default is a bug; still fail loudly */
     }
 
-    for (size_t i = 0; i < SL_ARRAY_LEN(sl_options); i++) {
+    /* First pass over the flags: only --config and the actions, so the file
+     * can be read before the environment and the other flags. */
+    const char *config = env_get(env, "SENTE_CONFIG");
+    const char *config_who = "SENTE_CONFIG";
+    for (int i = 1; i < argc; i++) {
+        const sl_option_t *o;
+        bool neg;
+        const char *v;
+        if (match_arg(argv[i], &o, &neg, &v, err, errsz) != SL_OK)
+            return SL_ERROR;
+        if (takes_value(o) && v == NULL)
+            i++; /* skip the value (a missing one is reported below) */
+        if (o->kind == OPT_CONFIG && i < argc) {
+            config = v ? v : argv[i];
+            config_who = "--config";
+        } else if (o->kind == OPT_HELP && *action != SL_CONF_VERSION) {
+            *action = SL_CONF_HELP;
+        } else if (o->kind == OPT_VERSION && *action != SL_CONF_HELP) {
+            *action = SL_CONF_VERSION;
+        } else if (o->kind == OPT_CHECK && *action == SL_CONF_RUN) {
+            *action = SL_CONF_CHECK;
+        }
+    }
+    /* --help and --version answer whatever else is wrong. */
+    if (*action == SL_CONF_HELP || *action == SL_CONF_VERSION)
+        return SL_OK;
+    if (config != NULL) {
+        if (config[0] == '\0') {
+            snprintf(err, errsz, "%s: needs a file name", config_who);
+            return SL_ERROR;
+        }
+        snprintf(c->config_file, sizeof(c->config_file), "%s", config);
+        if (read_file(&p, config) != SL_OK)
+            return SL_ERROR;
+    }
+
+    for (size_t i = 0; i < NOPTS; i++) {
         const sl_option_t *o = &sl_options[i];
-        const char *v = o->env ? env_get(env, o->env) : NULL;
-        if (v != NULL && apply(c, o, v, o->env, err, errsz) != SL_OK)
+        if (is_meta(o))
+            continue;
+        char name[80];
+        sl_conf_env_name(o->flag, name, sizeof(name));
+        /* The seed's alias first, so that SENTE_<FLAG> wins over it. */
+        const char *v = o->env && strcmp(o->env, name) != 0 ? env_get(env, o->env) : NULL;
+        if (v != NULL && set_env(&p, o, v, o->env) != SL_OK)
+            return SL_ERROR;
+        v = env_get(env, name);
+        if (v != NULL && set_env(&p, o, v, name) != SL_OK)
             return SL_ERROR;
     }
 
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strncmp(a, "--", 2) != 0 || a[2] == '\0') {
-            snprintf(err, errsz, "unexpected argument '%s' (options start with --)", a);
+        const sl_option_t *o;
+        bool negated;
+        const char *v;
+        if (match_arg(argv[i], &o, &negated, &v, err, errsz) != SL_OK)
             return SL_ERROR;
-        }
-        const char *name = a + 2, *eq = strchr(name, '=');
-        size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-        bool negated = false;
-        const sl_option_t *o = NULL;
-
-        for (size_t k = 0; k < SL_ARRAY_LEN(sl_options) && !o; k++)
-            if (strlen(sl_options[k].flag) == nlen && strncmp(sl_options[k].flag, name, nlen) == 0)
-                o = &sl_options[k];
-        if (!o && nlen > 3 && strncmp(name, "no-", 3) == 0) {
-            for (size_t k = 0; k < SL_ARRAY_LEN(sl_options) && !o; k++)
-                if (sl_options[k].kind == OPT_BOOL && strlen(sl_options[k].flag) == nlen - 3 &&
-                    strncmp(sl_options[k].flag, name + 3, nlen - 3) == 0)
-                    o = &sl_options[k], negated = true;
-        }
-        if (!o) {
-            snprintf(err, errsz, "unknown option '--%.*s' (see --help)", (int)nlen, name);
-            return SL_ERROR;
-        }
-
         char who[64];
         snprintf(who, sizeof(who), "--%s%s", negated ? "no-" : "", o->flag);
-        bool takes_value = !(o->kind == OPT_BOOL || o->kind == OPT_FLAG || o->kind == OPT_HELP ||
-                             o->kind == OPT_VERSION);
-        if (!takes_value) {
-            if (eq) {
+        if (!takes_value(o)) {
+            if (v) {
                 snprintf(err, errsz, "%s takes no value", who);
                 return SL_ERROR;
             }
-            if (o->kind == OPT_HELP)
-                *action = SL_CONF_HELP;
-            else if (o->kind == OPT_VERSION)
-                *action = SL_CONF_VERSION;
-            else
+            if (o->kind == OPT_BOOL || o->kind == OPT_FLAG) {
                 *(bool *)((char *)c + o->off) = !negated;
+                p.src[o - sl_options] = SRC_FLAG;
+            }
             continue;
         }
-        const char *v = eq ? eq + 1 : NULL;
         if (!v) {
             if (i + 1 >= argc) {
                 snprintf(err, errsz, "%s needs a value (%s)", who, o->arg);
@@ -533,7 +849,9 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             }
             v = argv[++i];
         }
-        if (apply(c, o, v, who, err, errsz) != SL_OK)
+        if (o->kind == OPT_CONFIG)
+            continue; /* read above */
+        if (set_from(&p, o, v, who, SRC_FLAG) != SL_OK)
             return SL_ERROR;
     }
 
@@ -585,7 +903,11 @@ void sl_conf_usage(FILE *out)
 {
     fprintf(out, "usage: sente-lite [options]\n\n"
                  "Real-time WebSocket pub/sub server: a master, pre-forked workers and a\n"
-                 "logger process.  See sente-lite(8).\n\noptions:\n");
+                 "logger process.  See sente-lite(8).\n\n"
+                 "Every option can also be set by the environment variable SENTE_<NAME>\n"
+                 "(upper case, '-' as '_', e.g. SENTE_MAX_CONNECTIONS) and by a line\n"
+                 "`name = value` in the --config file.  Flags beat the environment, which\n"
+                 "beats the file, which beats the defaults.\n\noptions:\n");
     for (size_t i = 0; i < SL_ARRAY_LEN(sl_options); i++) {
         const sl_option_t *o = &sl_options[i];
         char left[64];
@@ -598,9 +920,78 @@ void sl_conf_usage(FILE *out)
         fprintf(out, "  %-34s %s", left, o->help);
         if (o->def && o->def[0])
             fprintf(out, " [default: %s]", o->def);
-        if (o->env)
-            fprintf(out, " [env: %s]", o->env);
+        if (!is_meta(o)) {
+            char name[80];
+            sl_conf_env_name(o->flag, name, sizeof(name));
+            fprintf(out, " [env: %s%s%s]", name, o->env && strcmp(o->env, name) ? ", " : "",
+                    o->env && strcmp(o->env, name) ? o->env : "");
+        }
         fputc('\n', out);
+    }
+}
+
+/* --check-config: the effective settings as a config file would say them
+ * (the output is itself a valid --config file). */
+void sl_conf_print(const sl_conf_t *c, FILE *out)
+{
+    fprintf(out, "# sente-lite %s: effective configuration\n", SL_VERSION);
+    if (c->config_file[0])
+        fprintf(out, "# read from the file %s, the environment and the flags\n", c->config_file);
+    for (size_t i = 0; i < NOPTS; i++) {
+        const sl_option_t *o = &sl_options[i];
+        const char *field = (const char *)c + o->off;
+        switch (o->kind) {
+        case OPT_STR:
+        case OPT_NAME:
+            if (field[0])
+                fprintf(out, "%s = %s\n", o->flag, field);
+            else
+                fprintf(out, "# %s is not set\n", o->flag);
+            break;
+        case OPT_SECRET:
+            fprintf(out, "# %s is %s (never shown)\n", o->flag, field[0] ? "set" : "not set");
+            break;
+        case OPT_INT:
+        case OPT_BYTES: fprintf(out, "%s = %lld\n", o->flag, (long long)*(const int64_t *)field); break;
+        case OPT_PORT: fprintf(out, "%s = %d\n", o->flag, *(const int *)field); break;
+        case OPT_BOOL:
+        case OPT_FLAG: fprintf(out, "%s = %s\n", o->flag, *(const bool *)field ? "true" : "false"); break;
+        case OPT_WORKERS:
+            if (c->workers_auto)
+                fprintf(out, "# workers: auto = %d usable CPUs\nworkers = auto\n", c->workers);
+            else
+                fprintf(out, "workers = %d\n", c->workers);
+            break;
+        case OPT_LEVEL: fprintf(out, "%s = %s\n", o->flag, sl_level_name(c->log_level)); break;
+        case OPT_FORMAT: fprintf(out, "%s = %s\n", o->flag, c->log_json ? "json" : "text"); break;
+        case OPT_ORIGIN:
+            for (int k = 0; k < c->norigins; k++)
+                fprintf(out, "%s = %s\n", o->flag, c->allowed_origins[k]);
+            break;
+        case OPT_CIDR:
+            for (int k = 0; k < c->nproxies; k++) {
+                char b[64];
+                cidr_format(&c->trusted_proxies[k], b, sizeof(b));
+                fprintf(out, "%s = %s\n", o->flag, b);
+            }
+            break;
+        case OPT_REDIS:
+            for (int k = 0; k < c->nredis; k++)
+                fprintf(out, "%s = %s\n", o->flag, c->redis[k].url);
+            break;
+        case OPT_CHANNEL:
+            for (int k = 0; k < c->nchannels; k++)
+                fprintf(out, "%s = %s:max-subscribers=%lld,message-retention=%lld,"
+                             "rpc-timeout-ms=%lld\n", o->flag, c->channels[k].name,
+                        (long long)c->channels[k].max_subscribers,
+                        (long long)c->channels[k].message_retention,
+                        (long long)c->channels[k].rpc_timeout_ms);
+            break;
+        case OPT_CONFIG:
+        case OPT_CHECK:
+        case OPT_HELP:
+        case OPT_VERSION: break;
+        }
     }
 }
 
@@ -613,7 +1004,16 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
         json_t *v = NULL;
         switch (o->kind) {
         case OPT_STR:
+        case OPT_CONFIG:
         case OPT_NAME: v = field[0] ? json_string(field) : json_null(); break;
+        case OPT_CIDR:
+            v = json_array();
+            for (int k = 0; k < c->nproxies; k++) {
+                char b[64];
+                cidr_format(&c->trusted_proxies[k], b, sizeof(b));
+                json_array_append_new(v, json_string(b));
+            }
+            break;
         case OPT_SECRET: v = json_boolean(field[0] != '\0'); break;
         case OPT_INT:
         case OPT_BYTES: v = json_integer(*(const int64_t *)field); break;
@@ -642,6 +1042,7 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
             for (int k = 0; k < c->nredis; k++)
                 json_array_append_new(v, json_string(c->redis[k].url));
             break;
+        case OPT_CHECK:
         case OPT_HELP:
         case OPT_VERSION: continue;
         }
@@ -650,22 +1051,106 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
     return j;
 }
 
-/* cgroup v2: "max 100000" (no quota) or "<quota> <period>". */
-static int cgroup_cpu_limit(void)
+/* CPUs allowed by a cgroup quota: cgroup v2 "cpu.max" ("max 100000" or
+ * "<quota> <period>"), v1 cpu.cfs_quota_us / cpu.cfs_period_us (-1: none).
+ * Rounded up: 1.5 CPUs -> 2.  0 when there is no quota. */
+static int quota_cpus(long long quota, long long period)
 {
-    FILE *f = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (quota <= 0 || period <= 0)
+        return 0;
+    return (int)((quota + period - 1) / period);
+}
+
+static int read_cpu_max(const char *dir)
+{
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/cpu.max", dir);
+    FILE *f = fopen(path, "r");
     if (!f)
         return 0;
     char q[32] = "";
     long long period = 0;
     int n = fscanf(f, "%31s %lld", q, &period);
     fclose(f);
-    if (n != 2 || strcmp(q, "max") == 0 || period <= 0)
+    if (n != 2 || strcmp(q, "max") == 0)
         return 0;
-    long long quota = atoll(q);
-    if (quota <= 0)
+    return quota_cpus(atoll(q), period);
+}
+
+static long long read_ll(const char *dir, const char *file)
+{
+    char path[PATH_MAX + 64];
+    if (strlen(file) > 32)
         return 0;
-    return (int)((quota + period - 1) / period); /* round up: 1.5 CPUs -> 2 */
+    snprintf(path, sizeof(path), "%s/%s", dir, file);
+    FILE *f = fopen(path, "r");
+    long long v = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%lld", &v) != 1)
+        v = 0;
+    fclose(f);
+    return v;
+}
+
+static int min_limit(int a, int b)
+{
+    return a == 0 ? b : b == 0 ? a : SL_MIN(a, b);
+}
+
+int sl_conf_cgroup_cpus(const char *proc_cgroup, const char *root)
+{
+    FILE *f = fopen(proc_cgroup, "r");
+    if (!f)
+        return 0;
+    char line[4096];
+    int limit = 0;
+    while (fgets(line, sizeof(line), f)) {
+        /* "hierarchy-ID:controllers:path"; v2 is "0::/path". */
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2)
+            continue;
+        *c1 = *c2 = '\0';
+        char *ctrl = c1 + 1, *path = c2 + 1;
+        path[strcspn(path, "\n")] = '\0';
+        bool v2 = strcmp(line, "0") == 0 && ctrl[0] == '\0';
+        bool v1cpu = false;
+        for (char *save = NULL, *t = strtok_r(ctrl, ",", &save); t; t = strtok_r(NULL, ",", &save))
+            if (strcmp(t, "cpu") == 0)
+                v1cpu = true;
+        if (!v2 && !v1cpu)
+            continue;
+        /* Our own cgroup and every ancestor up to the mount: the tightest
+         * quota on the way applies (a systemd CPUQuota= sits on the
+         * service's own cgroup, a container's on an ancestor). */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s%s%s", root, v2 ? "" : "/cpu,cpuacct", path);
+        if (!v2) {
+            /* cgroup v1 mounts the cpu controller under one of several names. */
+            static const char *const mounts[] = {"/cpu,cpuacct", "/cpu", "/cpuacct,cpu"};
+            for (size_t m = 0; m < SL_ARRAY_LEN(mounts); m++) {
+                char test[PATH_MAX];
+                snprintf(test, sizeof(test), "%s%s", root, mounts[m]);
+                if (access(test, F_OK) == 0) {
+                    snprintf(dir, sizeof(dir), "%s%s%s", root, mounts[m], path);
+                    break;
+                }
+            }
+        }
+        size_t base = strlen(dir) - strlen(path);
+        for (;;) {
+            int l = v2 ? read_cpu_max(dir)
+                       : quota_cpus(read_ll(dir, "cpu.cfs_quota_us"),
+                                    read_ll(dir, "cpu.cfs_period_us"));
+            limit = min_limit(limit, l);
+            char *slash = strrchr(dir, '/');
+            if (slash == NULL || (size_t)(slash - dir) < base)
+                break;
+            *slash = '\0';
+        }
+    }
+    fclose(f);
+    return limit;
 }
 
 int sl_conf_usable_cpus(void)
@@ -674,7 +1159,7 @@ int sl_conf_usable_cpus(void)
     int n = 1;
     if (sched_getaffinity(0, sizeof(set), &set) == 0)
         n = CPU_COUNT(&set);
-    int limit = cgroup_cpu_limit();
+    int limit = sl_conf_cgroup_cpus("/proc/self/cgroup", "/sys/fs/cgroup");
     if (limit > 0 && limit < n)
         n = limit;
     return n < 1 ? 1 : n;

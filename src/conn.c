@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
 
 #define SL_CLOSE_GRACE_MS 2000 /* wait for the peer's close frame / FIN */
@@ -213,7 +214,13 @@ void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
         return;
+    uint64_t queued = c->out.bytes;
     int rc = sl_outq_flush(&c->out, c->fd);
+    if (c->out.bytes < queued) {
+        /* Our own slot, one writer: a plain store of the new value. */
+        uint64_t *bo = &sl_worker->stats->bytes_out;
+        CMM_STORE_SHARED(*bo, *bo + (queued - c->out.bytes));
+    }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
         return;
@@ -441,6 +448,18 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         bool keep = sl_httpd_request(c, &req, c->in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
+        if (sl_worker->stopping) {
+            /* Draining: the request was answered; nothing more here.  An
+             * upgrade completed now is told to go elsewhere (1001). */
+            if (c->state == SL_CONN_WS) {
+                free(c->in);
+                c->in = NULL;
+                c->in_len = c->in_cap = 0;
+                sl_conn_shutdown(c);
+                return;
+            }
+            keep = false;
+        }
         if (c->state == SL_CONN_WS) {
             /* Bytes after the upgrade request are WebSocket frames. */
             size_t rest = c->in_len - used;
@@ -504,6 +523,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->last_rx_mono = sl_mono_ms();
+    uint64_t *bi = &sl_worker->stats->bytes_in;
+    CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
     switch (c->state) {
     case SL_CONN_HTTP:
         conn_http_input(c, sl_worker->rbuf, (size_t)n);
@@ -566,7 +587,10 @@ void sl_conn_shutdown(sl_conn_t *c)
     } else if (c->state == SL_CONN_HTTP) {
         if (c->out.count)
             conn_http_finish(c);
-        else
-            sl_conn_abort(c, "shutdown");
+        else if (c->busy_since_mono == 0)
+            sl_conn_abort(c, "shutdown"); /* idle keep-alive */
+        /* else a request is under way (or a fresh connection's first one
+         * is due): it is answered, then closed (see conn_http_input), or
+         * the drain deadline ends it. */
     }
 }

@@ -7,6 +7,7 @@
  * server never holds more than --max-connections WebSockets.
  */
 #include "sl_httpd.h"
+#include "sl_access.h"
 #include "sl_admin.h"
 #include "sl_metrics.h"
 #include "sl_conf.h"
@@ -20,10 +21,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
+
+/* HEAD (RFC 9110 9.3.2): routed exactly as GET, and send_raw cuts the body
+ * off every response while it is answered (Content-Length stays). */
+static bool head_only;
 
 static void send_raw(sl_conn_t *c, char *resp, size_t len)
 {
+    if (head_only) {
+        char *end = memmem(resp, len, "\r\n\r\n", 4);
+        if (end)
+            len = (size_t)(end - resp) + 4;
+    }
+    sl_access_response(resp, len);
     sl_buf_t *b = sl_buf_new(len);
     if (b == NULL) {
         free(resp);
@@ -46,7 +58,7 @@ void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *mess
     if (status == 426)
         extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n";
     else if (status == 405)
-        extra = "Allow: GET\r\n";
+        extra = "Allow: GET, HEAD\r\n";
     if (sl_http_error_response(status, code, message, keep_alive, extra, &resp, &len) != SL_OK) {
         sl_conn_abort(c, "out-of-memory");
         return;
@@ -80,6 +92,12 @@ static void send_json(sl_conn_t *c, int status, json_t *doc, bool keep_alive)
 static bool header_is(const sl_http_header_t *h, const char *v)
 {
     return h && h->value_len == strlen(v) && strncasecmp(h->value, v, h->value_len) == 0;
+}
+
+static void handshake_failed(sl_hs_fail_t why)
+{
+    uint64_t *n = &sl_worker->stats->handshake_failures[why];
+    CMM_STORE_SHARED(*n, *n + 1);
 }
 
 static bool origin_allowed(const sl_http_request_t *req)
@@ -124,6 +142,7 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         !sl_http_has_token(up->value, up->value_len, "websocket") || conn == NULL ||
         !sl_http_has_token(conn->value, conn->value_len, "upgrade") || key == NULL) {
         sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        handshake_failed(SL_HS_BAD_HANDSHAKE);
         sl_httpd_error(c, 400, "bad-handshake",
                        "a WebSocket upgrade needs GET, HTTP/1.1, Upgrade: websocket, "
                        "Connection: Upgrade and Sec-WebSocket-Key",
@@ -132,23 +151,27 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     }
     if (!header_is(ver, "13")) {
         sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        handshake_failed(SL_HS_UNSUPPORTED_VERSION);
         sl_httpd_error(c, 426, "unsupported-version", "only WebSocket version 13 is supported",
                        false);
         return;
     }
     if (sl_ws_accept_key(key->value, key->value_len, accept) != SL_OK) {
         sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        handshake_failed(SL_HS_BAD_HANDSHAKE);
         sl_httpd_error(c, 400, "bad-handshake", "Sec-WebSocket-Key is not 16 base64 bytes",
                        false);
         return;
     }
     if (!origin_allowed(req)) {
         sl_worker_count_error(SL_ERR_ORIGIN_REFUSED);
+        handshake_failed(SL_HS_ORIGIN_NOT_ALLOWED);
         sl_httpd_error(c, 403, "origin-not-allowed", "this Origin may not connect", false);
         return;
     }
     if (!reserve_capacity(kind)) {
         sl_worker_count_error(SL_ERR_MAX_CONNECTIONS);
+        handshake_failed(SL_HS_TOO_MANY_CONNECTIONS);
         sl_httpd_error(c, 503, "too-many-connections", "the server is at --max-connections",
                        false);
         return;
@@ -156,6 +179,7 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     if (kind == SL_KIND_PROTOCOL && sl_proto_admit(c) != SL_OK) {
         uatomic_add(&sl_worker->stats->connections, -1);
         sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        handshake_failed(SL_HS_SHM_EXHAUSTED);
         sl_httpd_error(c, 503, "shm-exhausted", "the server's shared memory is full", false);
         return;
     }
@@ -176,9 +200,13 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     b->len = (uint32_t)n;
     sl_conn_send(c, b);
     sl_buf_unref(b);
+    sl_access_response(resp, (size_t)n);
     sl_conn_upgraded(c, kind);
-    if (kind == SL_KIND_PROTOCOL)
-        sl_proto_opened(c);
+    if (kind == SL_KIND_PROTOCOL) {
+        char peer[SL_PEER_MAX];
+        sl_access_peer(c, req, peer, sizeof(peer));
+        sl_proto_opened(c, peer);
+    }
 }
 
 /* A file of web/ compiled into the binary (sl_web.h): GET only. */
@@ -187,7 +215,7 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
 {
     if (!sl_http_method_is(req, "GET")) {
         sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
-        sl_httpd_error(c, 405, "method-not-allowed", "use GET", keep);
+        sl_httpd_error(c, 405, "method-not-allowed", "use GET or HEAD", keep);
         return keep;
     }
     char *resp;
@@ -219,7 +247,28 @@ static bool path_is(const sl_http_request_t *req, const char *p)
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
 }
 
+static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen);
+
 bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
+{
+    sl_access_begin(c, req);
+    /* HEAD is GET without the body, wherever GET is answered (an upgrade
+     * needs a real GET: HEAD with Upgrade is refused as GET-less). */
+    sl_http_request_t as_get;
+    if (sl_http_method_is(req, "HEAD") && sl_http_header(req, "Upgrade") == NULL) {
+        as_get = *req;
+        as_get.method = "GET";
+        as_get.method_len = 3;
+        req = &as_get;
+        head_only = true;
+    }
+    bool keep = route(c, req, body, blen);
+    head_only = false;
+    sl_access_end();
+    return keep;
+}
+
+static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
 {
     uatomic_add(&sl_worker->stats->http_requests, 1);
     const sl_http_header_t *up = sl_http_header(req, "Upgrade");
@@ -280,7 +329,7 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
     }
     if (!sl_http_method_is(req, "GET")) {
         sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
-        sl_httpd_error(c, 405, "method-not-allowed", "use GET", keep);
+        sl_httpd_error(c, 405, "method-not-allowed", "use GET or HEAD", keep);
         return keep;
     }
     if (health) {

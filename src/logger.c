@@ -8,6 +8,10 @@
  * every pipe has reached end-of-file, i.e. after every writer (master and
  * workers) has exited, so nothing emitted before shutdown is lost.
  * SIGTERM/SIGINT are ignored for that reason; SIGHUP reopens the log file.
+ *
+ * Under systemd (JOURNAL_STREAM names our standard error) and without
+ * --log-file, each line starts with its syslog priority "<N>", which the
+ * journal takes as the entry's priority (sd-daemon(3)).
  */
 #include "sl_tel.h"
 
@@ -18,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
 
@@ -29,6 +34,25 @@ static volatile sig_atomic_t reopen_requested;
 static void on_hup(int sig)
 {
     reopen_requested = 1;
+}
+
+/* Is standard error the journal's stream?  JOURNAL_STREAM is "dev:ino" of
+ * the socket systemd connected it to. */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) != 0)
+        return false;
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+/* syslog priorities: trace and debug 7, info 6, warn 4, error 3. */
+static int journal_priority(uint8_t lvl)
+{
+    static const int prio[] = {7, 7, 6, 4, 3};
+    return lvl < SL_ARRAY_LEN(prio) ? prio[lvl] : 6;
 }
 
 static int open_log(const char *path)
@@ -67,6 +91,8 @@ typedef struct {
 } source_t;
 
 /* Format and write the whole records of src->in; keep a partial tail. */
+static bool journal;
+
 static void drain(source_t *src, int out, const sl_logger_opts_t *opts, char *obuf, size_t ocap)
 {
     size_t pos = 0, olen = 0, nrec = 0, have = src->have;
@@ -90,11 +116,14 @@ static void drain(source_t *src, int out, const sl_logger_opts_t *opts, char *ob
                 write_all(out, obuf, olen);
                 olen = 0;
             }
-            int l = sl_tel_format(in + pos, rlen, opts, obuf + olen, SL_LOGGER_LINE);
+            size_t pre = 0;
+            if (journal)
+                pre = (size_t)snprintf(obuf + olen, 8, "<%d>", journal_priority(lvl));
+            int l = sl_tel_format(in + pos, rlen, opts, obuf + olen + pre, SL_LOGGER_LINE - pre);
             if (l < 0)
                 count_error();
             else
-                olen += (size_t)l;
+                olen += pre + (size_t)l;
         }
         pos += rlen;
     }
@@ -115,6 +144,7 @@ int sl_logger_main(const int *fds, int n, const sl_logger_opts_t *opts)
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
 
+    journal = (opts->log_file == NULL || opts->log_file[0] == '\0') && stderr_is_journal();
     int out = open_log(opts->log_file);
     if (out < 0) {
         fprintf(stderr, "sente-lite: cannot open log file %s: %s\n", opts->log_file,

@@ -1,7 +1,8 @@
 /*
  * main.c - the sente-lite command: parse the configuration, then become the
- * master.  Exit status: 0 after a clean stop, 1 when the server cannot run
- * (port in use, no memory), 2 for a bad command line or environment.
+ * master.  Exit status: 0 after a clean stop (and after --help, --version and
+ * a successful --check-config), 1 when the server cannot run (port in use, no
+ * memory), 2 for a bad command line, environment or config file.
  */
 #include "sl_conf.h"
 #include "sl_master.h"
@@ -29,7 +30,13 @@ int main(int argc, char **argv)
         printf("sente-lite %s\n", SL_VERSION);
         return 0;
     }
+    if (action == SL_CONF_CHECK) {
+        sl_conf_print(&conf, stdout);
+        sl_conf_free(&conf);
+        return 0;
+    }
     sl_conf = &conf;
+    sl_master_set_exec(argc, argv);
     sl_proc_title_init(argc, argv);
     int rc = sl_master_run();
     sl_conf_free(&conf);

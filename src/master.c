@@ -34,9 +34,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
@@ -47,6 +49,8 @@
 #define SL_STOP_GRACE_MS 8000 /* then remaining workers get SIGKILL */
 #define SL_PARKED_MAX 1024    /* accepted sockets held while no worker is up */
 #define SL_WS_WEIGHT 4        /* a WebSocket weighs this many HTTP connections */
+#define SL_MAX_LISTEN 16      /* listening sockets (socket activation may pass several) */
+#define SL_UPGRADE_TIMEOUT_MS 30000 /* the new master's workers must be up by then */
 
 typedef struct {
     pid_t pid;
@@ -59,7 +63,9 @@ typedef struct {
 
 static struct {
     struct event_base *base;
-    int lfd;
+    int lfds[SL_MAX_LISTEN]; /* listening sockets, bound here or inherited */
+    int nlfd;
+    bool inherited; /* from LISTEN_FDS (systemd, or the master we replace) */
     int tel_r, tel_w;                /* the master's own telemetry pipe */
     int wtel[SL_MAX_WORKERS][2];     /* one per worker slot, kept across respawns */
     pid_t logger;
@@ -75,13 +81,82 @@ static struct {
     bool stopping;
     int parked[SL_PARKED_MAX];
     int nparked;
-    struct event *accept_ev, *accept_retry_ev, *stop_ev;
+    struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev;
+    /* Binary upgrade (SIGUSR2), as the old master: the new one's pid and
+     * the pipe on which it says it is ready. */
+    pid_t upgrade_pid;
+    int upgrade_fd;
+    struct event *upgrade_ev, *upgrade_timer;
+    bool upgraded; /* handed over: draining for the new master */
+    /* As the new master: the pipe to tell the old one we are ready. */
+    int parent_fd;
+    /* systemd: readiness and the watchdog (sd_notify protocol). */
+    int notify_fd;
+    struct sockaddr_un notify_addr;
+    socklen_t notify_len;
+    int64_t watchdog_us;
+    bool ready_sent, stalled;
+    struct event *ready_timer, *watchdog_timer;
 } M;
+
+
+/* ------------------------------------------------------------ systemd */
+
+/* sd_notify(3) without libsystemd: one datagram of "KEY=value" lines to
+ * the unix socket named by NOTIFY_SOCKET ('@' = abstract namespace).  Not
+ * under systemd (no NOTIFY_SOCKET) it does nothing. */
+static void notify_init(void)
+{
+    M.notify_fd = -1;
+    const char *path = getenv("NOTIFY_SOCKET");
+    size_t n = path ? strlen(path) : 0;
+    if (n == 0 || n >= sizeof(M.notify_addr.sun_path) || (path[0] != '/' && path[0] != '@'))
+        return;
+    M.notify_addr.sun_family = AF_UNIX;
+    memcpy(M.notify_addr.sun_path, path, n);
+    if (path[0] == '@')
+        M.notify_addr.sun_path[0] = '\0';
+    M.notify_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    M.notify_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    /* The watchdog: WATCHDOG_USEC, for us only if WATCHDOG_PID is unset or
+     * ours. */
+    const char *us = getenv("WATCHDOG_USEC"), *wp = getenv("WATCHDOG_PID");
+    if (us && (!wp || atol(wp) == (long)getpid()))
+        M.watchdog_us = atoll(us);
+}
+
+void sl_notify(const char *msg)
+{
+    if (M.notify_fd < 0)
+        return;
+    if (sendto(M.notify_fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&M.notify_addr,
+               M.notify_len) < 0) {
+    } /* best effort: systemd may be gone while we stop */
+}
+
+/* What the master re-executes on SIGUSR2 (saved before the process title
+ * overwrites argv). */
+static char sl_exe[4096];
+static char **sl_argv;
+
+void sl_master_set_exec(int argc, char **argv)
+{
+    ssize_t n = readlink("/proc/self/exe", sl_exe, sizeof(sl_exe) - 1);
+    sl_exe[n > 0 ? n : 0] = '\0';
+    sl_argv = calloc((size_t)argc + 1, sizeof(char *));
+    for (int i = 0; sl_argv && i < argc; i++)
+        sl_argv[i] = strdup(argv[i]);
+}
 
 static void close_foreign_fds(int keep_ctl)
 {
-    if (M.lfd >= 0)
-        close(M.lfd);
+    for (int k = 0; k < M.nlfd; k++)
+        if (M.lfds[k] >= 0)
+            close(M.lfds[k]);
+    if (M.notify_fd >= 0)
+        close(M.notify_fd);
+    if (M.parent_fd >= 0)
+        close(M.parent_fd);
     for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
@@ -311,6 +386,7 @@ static void batch_send(int i, batch_t *b)
 
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 {
+    int li = (int)(intptr_t)arg;
     static batch_t batch[SL_MAX_WORKERS];
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -333,7 +409,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
             /* Out of descriptors: stop accepting for a moment instead of
              * spinning on a listener that stays readable. */
             uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
-            event_del(M.accept_ev);
+            event_del(M.accept_evs[li]);
             struct timeval tv = {0, 100 * 1000};
             event_add(M.accept_retry_ev, &tv);
         }
@@ -346,7 +422,8 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
     if (!M.stopping)
-        event_add(M.accept_ev, NULL);
+        for (int k = 0; k < M.nlfd; k++)
+            event_add(M.accept_evs[k], NULL);
 }
 
 static void respawn_cb(evutil_socket_t fd, short what, void *arg)
@@ -502,6 +579,10 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
     int status;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        if (pid == M.upgrade_pid && pid > 0) {
+            M.upgrade_pid = 0; /* before it said ready: the pipe reports it too */
+            continue;
+        }
         if (pid == M.logger) {
             M.logger = 0;
             if (!M.stopping) {
@@ -551,12 +632,18 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     if (M.stopping)
         return;
     M.stopping = true;
-    SL_TEL(SL_EV_SERVER_STOPPING, SL_INFO, SL_TF_S("signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    SL_TEL(SL_EV_SERVER_STOPPING, SL_INFO,
+           SL_TF_S("signal", M.upgraded ? "upgrade" : sig == SIGINT ? "SIGINT" : "SIGTERM"));
     sl_tel_flush();
-    event_del(M.accept_ev);
+    sl_notify(M.upgraded ? "STATUS=handed over to the new master; draining" : "STOPPING=1");
     event_del(M.accept_retry_ev);
-    close(M.lfd);
-    M.lfd = -1;
+    /* Closing our copy of a listener the new master (or systemd) also holds
+     * loses nothing: connections waiting in its queue are theirs to accept. */
+    for (int k = 0; k < M.nlfd; k++) {
+        event_del(M.accept_evs[k]);
+        close(M.lfds[k]);
+        M.lfds[k] = -1;
+    }
     for (int k = 0; k < M.nparked; k++)
         close(M.parked[k]);
     M.nparked = 0;
@@ -572,10 +659,253 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     finish_if_done();
 }
 
+/* Unlink the pid file only while it is ours: after a binary upgrade it
+ * names the new master. */
+static void remove_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int pid = 0;
+    if (f == NULL)
+        return;
+    if (fscanf(f, "%d", &pid) != 1)
+        pid = 0;
+    fclose(f);
+    if (pid == (int)getpid())
+        unlink(path);
+}
+
 static void sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
+}
+
+/* ---------------------------------------------------- listening sockets */
+
+/* Listening sockets handed to us with the sd_listen_fds(3) protocol:
+ * LISTEN_PID is our pid and descriptors 3 .. 3+LISTEN_FDS-1 listen.  Both
+ * systemd socket activation and the binary upgrade use it.  Returns how
+ * many were taken (0: none; bind ourselves). */
+static int take_inherited_listeners(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *nfds = getenv("LISTEN_FDS");
+    int n = nfds ? atoi(nfds) : 0;
+    if (pid == NULL || atol(pid) != (long)getpid() || n <= 0)
+        return 0;
+    n = SL_MIN(n, SL_MAX_LISTEN);
+    for (int k = 0; k < n; k++) {
+        int fd = 3 + k, yes = 0;
+        socklen_t len = sizeof(yes);
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &yes, &len) != 0 || !yes) {
+            fprintf(stderr, "sente-lite: inherited descriptor %d is not a listening socket\n", fd);
+            continue;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        M.lfds[M.nlfd++] = fd;
+    }
+    /* Not for our children (nor a later exec of ours: it sets its own). */
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    return M.nlfd;
+}
+
+/* -------------------------------------------- binary upgrade (SIGUSR2) */
+
+static void upgrade_abandon(const char *why)
+{
+    SL_TEL(SL_EV_SERVER_UPGRADE_FAILED, SL_ERROR_LEVEL,
+           SL_TF_S("reason", why), SL_TF_I("new-master", M.upgrade_pid));
+    sl_tel_flush();
+    fprintf(stderr, "sente-lite: binary upgrade failed: %s; the running master goes on\n", why);
+    if (M.upgrade_pid > 0)
+        kill(M.upgrade_pid, SIGTERM); /* still ours to reap */
+    if (M.upgrade_ev) {
+        event_free(M.upgrade_ev);
+        M.upgrade_ev = NULL;
+    }
+    if (M.upgrade_fd >= 0)
+        close(M.upgrade_fd);
+    M.upgrade_fd = -1;
+    evtimer_del(M.upgrade_timer);
+    M.upgrade_pid = 0;
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg);
+
+/* The new master wrote 'R' (its workers are up) or closed the pipe (it
+ * died or gave up): hand over, or go on as if nothing happened. */
+static void upgrade_ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    char ch = 0;
+    ssize_t n = read(fd, &ch, 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n != 1 || ch != 'R') {
+        upgrade_abandon("the new master exited before its workers were up");
+        return;
+    }
+    pid_t next = M.upgrade_pid;
+    event_free(M.upgrade_ev);
+    M.upgrade_ev = NULL;
+    close(M.upgrade_fd);
+    M.upgrade_fd = -1;
+    evtimer_del(M.upgrade_timer);
+    char msg[64];
+    snprintf(msg, sizeof(msg), "MAINPID=%d", (int)next);
+    sl_notify(msg); /* systemd follows the new master from now on */
+    M.upgraded = true;
+    stop_cb(SIGTERM, 0, NULL); /* stop accepting, close 1001, drain */
+}
+
+static void upgrade_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    upgrade_abandon("the new master's workers were not up in time");
+}
+
+/* In the forked child: put the listeners at 3 .. 3+n-1 and the ready pipe
+ * after them, describe them in the environment, and exec the binary found
+ * at the path we were started from (the new version, once installed). */
+static void exec_new_master(int ready_w)
+{
+    int n = 0, tmp[SL_MAX_LISTEN + 1];
+    for (int k = 0; k < M.nlfd; k++)
+        if (M.lfds[k] >= 0)
+            tmp[n++] = fcntl(M.lfds[k], F_DUPFD, 3 + SL_MAX_LISTEN + 1);
+    tmp[n] = fcntl(ready_w, F_DUPFD, 3 + SL_MAX_LISTEN + 1);
+    for (int k = 0; k <= n; k++) {
+        if (tmp[k] < 0 || dup2(tmp[k], 3 + k) < 0)
+            _exit(127);
+        close(tmp[k]);
+    }
+    char v[32];
+    snprintf(v, sizeof(v), "%d", n);
+    setenv("LISTEN_FDS", v, 1);
+    snprintf(v, sizeof(v), "%d", (int)getpid());
+    setenv("LISTEN_PID", v, 1);
+    if (getenv("WATCHDOG_USEC"))
+        setenv("WATCHDOG_PID", v, 1);
+    snprintf(v, sizeof(v), "%d", 3 + n);
+    setenv("SENTE_UPGRADE_FD", v, 1);
+    child_signals();
+    execv(sl_exe, sl_argv);
+    fprintf(stderr, "sente-lite: cannot execute %s: %s\n", sl_exe, strerror(errno));
+    _exit(127);
+}
+
+/* SIGUSR2: start the new binary beside us on the same listening sockets.
+ * Both masters accept until the new one's workers are up; then we stop
+ * accepting and drain ours (close 1001: clients reconnect and land on the
+ * new workers).  If the new master fails, we simply go on. */
+static void upgrade_cb(evutil_socket_t sig, short what, void *arg)
+{
+    if (M.stopping || M.upgrade_pid > 0 || sl_exe[0] == '\0' || sl_argv == NULL) {
+        fprintf(stderr, "sente-lite: SIGUSR2 ignored: %s\n",
+                M.upgrade_pid > 0 ? "an upgrade is already under way" : "stopping");
+        return;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return;
+    pid_t pid = fork_blocked();
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        return;
+    }
+    if (pid == 0) {
+        close(p[0]);
+        exec_new_master(p[1]);
+    }
+    close(p[1]);
+    M.upgrade_pid = pid;
+    M.upgrade_fd = p[0];
+    M.upgrade_ev = event_new(M.base, p[0], EV_READ | EV_PERSIST, upgrade_ready_cb, NULL);
+    event_add(M.upgrade_ev, NULL);
+    struct timeval tv = {SL_UPGRADE_TIMEOUT_MS / 1000, 0};
+    evtimer_add(M.upgrade_timer, &tv);
+    SL_TEL(SL_EV_SERVER_UPGRADING, SL_INFO, SL_TF_I("new-master", pid),
+           SL_TF_S("binary", sl_exe));
+    sl_tel_flush();
+}
+
+/* ------------------------------------------------- readiness, watchdog */
+
+/* Has every live worker made progress since the last call?  Progress is a
+ * quiescent state reported after our previous look: each call bumps the
+ * grace-period counter (harmless: it only ever grows, and reclamation takes
+ * the minimum over the slots) and remembers its value; a worker whose slot
+ * counter has not reached the value remembered last time has not finished
+ * a loop turn since (workers end a turn at least every tick, <= 1 s).
+ * Dead workers are not stalls (the master respawns them); a slot that is
+ * offline is skipped.  Self-contained, to be swapped for issue 12's stall
+ * detector. */
+static bool workers_progressing(void)
+{
+    static uint64_t want[SL_MAX_WORKERS];
+    sl_qsbr_t *q = &sl_shm->reg.qsbr;
+    bool ok = true;
+    uint64_t next = uatomic_add_return(&q->gp, 1);
+    for (int i = 0; i < M.nworkers; i++) {
+        uint64_t ctr = uatomic_read(&q->slots[i].ctr);
+        bool live = M.w[i].pid > 0 && ctr != 0;
+        if (live && want[i] != 0 && ctr < want[i])
+            ok = false;
+        want[i] = live ? next : 0;
+    }
+    return ok;
+}
+
+static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (workers_progressing()) {
+        sl_notify(M.stalled ? "WATCHDOG=1\nSTATUS=every worker makes progress" : "WATCHDOG=1");
+        M.stalled = false;
+    } else if (!M.stalled) {
+        M.stalled = true;
+        sl_notify("STATUS=a worker makes no progress; watchdog not fed");
+        SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_S("watchdog", "not fed"));
+        sl_tel_flush();
+    }
+}
+
+static bool all_workers_up(void)
+{
+    for (int i = 0; i < M.nworkers; i++)
+        if (M.w[i].pid <= 0 || uatomic_read(&sl_shm->workers[i].pid) != M.w[i].pid)
+            return false;
+    return true;
+}
+
+/* Every worker up: tell systemd (READY=1) and, when we replace an older
+ * master, tell it to hand over. */
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (M.stopping)
+        return;
+    if (!all_workers_up()) {
+        struct timeval tv = {0, 20 * 1000};
+        evtimer_add(M.ready_timer, &tv);
+        return;
+    }
+    char msg[96];
+    snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d\nSTATUS=serving with %d workers",
+             (int)getpid(), M.nworkers);
+    sl_notify(msg);
+    M.ready_sent = true;
+    if (M.parent_fd >= 0) {
+        if (write(M.parent_fd, "R", 1) != 1) {
+        }
+        close(M.parent_fd);
+        M.parent_fd = -1;
+    }
+    if (M.watchdog_us > 0) {
+        int64_t half = M.watchdog_us / 2;
+        struct timeval tv = {half / 1000000, half % 1000000};
+        watchdog_cb(-1, 0, NULL); /* takes the first reading */
+        event_add(M.watchdog_timer, &tv);
+    }
 }
 
 /* --channel NAME[:...]: created before the workers start, so they exist
@@ -662,14 +992,28 @@ int sl_master_run(void)
     memset(&M, 0, sizeof(M));
     M.nworkers = cf->workers;
     M.btel[0] = M.btel[1] = -1;
+    M.upgrade_fd = M.parent_fd = -1;
     for (int i = 0; i < SL_MAX_WORKERS; i++)
         M.w[i].ctl = M.w[i].peer = -1;
 
     signal(SIGPIPE, SIG_IGN);
-    M.lfd = listen_on(cf->host, cf->port, err, sizeof(err));
-    if (M.lfd < 0) {
-        fprintf(stderr, "sente-lite: %s\n", err);
-        return 1;
+    notify_init();
+    /* Started by an older master (SIGUSR2): the pipe to tell it we are up. */
+    const char *ufd = getenv("SENTE_UPGRADE_FD");
+    if (ufd) {
+        M.parent_fd = atoi(ufd);
+        if (M.parent_fd < 3 || fcntl(M.parent_fd, F_SETFD, FD_CLOEXEC) != 0)
+            M.parent_fd = -1;
+        unsetenv("SENTE_UPGRADE_FD");
+    }
+    M.inherited = take_inherited_listeners() > 0;
+    if (!M.inherited) {
+        M.lfds[0] = listen_on(cf->host, cf->port, err, sizeof(err));
+        if (M.lfds[0] < 0) {
+            fprintf(stderr, "sente-lite: %s\n", err);
+            return 1;
+        }
+        M.nlfd = 1;
     }
     if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
                       (uint64_t)cf->max_connections) != SL_OK) {
@@ -741,15 +1085,18 @@ int sl_master_run(void)
         return 1;
     sl_tel_flush();
 
-    struct event *sigs[4] = {
+    struct event *sigs[5] = {
         evsignal_new(M.base, SIGTERM, stop_cb, NULL),
         evsignal_new(M.base, SIGINT, stop_cb, NULL),
         evsignal_new(M.base, SIGHUP, sighup_cb, NULL),
         evsignal_new(M.base, SIGCHLD, sigchld_cb, NULL),
+        evsignal_new(M.base, SIGUSR2, upgrade_cb, NULL),
     };
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         event_add(sigs[i], NULL);
-    M.accept_ev = event_new(M.base, M.lfd, EV_READ | EV_PERSIST, accept_cb, NULL);
+    for (int k = 0; k < M.nlfd; k++)
+        M.accept_evs[k] =
+            event_new(M.base, M.lfds[k], EV_READ | EV_PERSIST, accept_cb, (void *)(intptr_t)k);
     M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
     M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
     if (cf->nredis > 0) {
@@ -759,6 +1106,9 @@ int sl_master_run(void)
             return 1;
         }
     }
+    M.upgrade_timer = evtimer_new(M.base, upgrade_timeout_cb, NULL);
+    M.ready_timer = evtimer_new(M.base, ready_cb, NULL);
+    M.watchdog_timer = event_new(M.base, -1, EV_PERSIST, watchdog_cb, NULL);
     for (int i = 0; i < M.nworkers; i++) {
         M.w[i].respawn_ev = evtimer_new(M.base, respawn_cb, (void *)(intptr_t)i);
         if (spawn_worker(i) != SL_OK) {
@@ -768,11 +1118,14 @@ int sl_master_run(void)
         }
     }
     if (!M.stopping) {
-        event_add(M.accept_ev, NULL);
+        for (int k = 0; k < M.nlfd; k++)
+            event_add(M.accept_evs[k], NULL);
         SL_TEL(SL_EV_SERVER_STARTED, SL_INFO, SL_TF_S("host", cf->host),
                SL_TF_I("port", cf->port), SL_TF_I("workers", cf->workers),
-               SL_TF_I("pid", getpid()));
+               SL_TF_I("pid", getpid()), SL_TF_I("listeners", M.nlfd),
+               SL_TF_B("inherited", M.inherited));
         sl_tel_flush();
+        ready_cb(-1, 0, NULL);
     }
 
     event_base_dispatch(M.base);
@@ -806,12 +1159,20 @@ int sl_master_run(void)
         }
     }
     if (cf->pid_file[0])
-        unlink(cf->pid_file);
-    for (int i = 0; i < 4; i++)
+        remove_pid_file(cf->pid_file);
+    for (int i = 0; i < 5; i++)
         event_free(sigs[i]);
-    event_free(M.accept_ev);
+    for (int k = 0; k < M.nlfd; k++)
+        event_free(M.accept_evs[k]);
     event_free(M.accept_retry_ev);
     event_free(M.stop_ev);
+    if (M.upgrade_ev)
+        event_free(M.upgrade_ev);
+    event_free(M.upgrade_timer);
+    event_free(M.ready_timer);
+    event_free(M.watchdog_timer);
+    if (M.notify_fd >= 0)
+        close(M.notify_fd);
     for (int i = 0; i < M.nworkers; i++)
         event_free(M.w[i].respawn_ev);
     if (M.broker_ev)

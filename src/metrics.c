@@ -89,6 +89,51 @@ static void per_worker(out_t *o, json_t *workers, const char *name, const char *
         put(o, "sente_lite_%s{worker=\"%lld\"} %lld\n", name, num(w, "id"), num(w, key));
 }
 
+/* Like per_worker, for figures that may be fractional or unknown (null:
+ * no sample for that worker). `scale` divides the value (ms -> s). */
+static void per_worker_real(out_t *o, json_t *workers, const char *name, const char *type,
+                            const char *key, double scale, const char *help)
+{
+    head(o, name, type, help);
+    size_t i;
+    json_t *w;
+    json_array_foreach(workers, i, w) {
+        json_t *v = json_object_get(w, key);
+        if (json_is_number(v))
+            put(o, "sente_lite_%s{worker=\"%lld\"} %.17g\n", name, num(w, "id"),
+                json_number_value(v) / scale);
+    }
+}
+
+/* A histogram per worker from workers[i][key] = {"buckets": {"<us>": cumulative,
+ * ..., "+Inf": n}, "count", "sum-us"}, in seconds. */
+static void per_worker_hist(out_t *o, json_t *workers, const char *name, const char *key,
+                            const char *help)
+{
+    head(o, name, "histogram", help);
+    size_t i;
+    json_t *w;
+    json_array_foreach(workers, i, w) {
+        json_t *h = json_object_get(w, key), *b = json_object_get(h, "buckets");
+        if (!json_is_object(b))
+            continue;
+        long long id = num(w, "id");
+        const char *bound;
+        json_t *v;
+        json_object_foreach(b, bound, v) {
+            if (strcmp(bound, "+Inf") == 0)
+                put(o, "sente_lite_%s_bucket{worker=\"%lld\",le=\"+Inf\"} %lld\n", name, id,
+                    (long long)json_integer_value(v));
+            else
+                put(o, "sente_lite_%s_bucket{worker=\"%lld\",le=\"%g\"} %lld\n", name, id,
+                    atof(bound) / 1e6, (long long)json_integer_value(v));
+        }
+        put(o, "sente_lite_%s_sum{worker=\"%lld\"} %.6f\n", name, id,
+            (double)num(h, "sum-us") / 1e6);
+        put(o, "sente_lite_%s_count{worker=\"%lld\"} %lld\n", name, id, num(h, "count"));
+    }
+}
+
 static void single(out_t *o, const char *name, const char *type, long long v, const char *help)
 {
     head(o, name, type, help);
@@ -114,6 +159,10 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
     json_t *workers = json_object_get(stats, "workers");
 
     single(&o, "up", "gauge", healthy ? 1 : 0, "1 when /health is healthy, else 0.");
+    head(&o, "build_info", "gauge", "Always 1; the version is in the label.");
+    put(&o, "sente_lite_build_info{version=\"");
+    put_label(&o, json_string_value(json_object_get(stats, "version")) ?: "unknown");
+    put(&o, "\"} 1\n");
     single(&o, "uptime_seconds", "gauge", num(stats, "uptime-ms") / 1000,
            "Seconds since the master started.");
     per_worker(&o, workers, "worker_up", "gauge", "alive", "1 while the worker process runs.");
@@ -143,6 +192,31 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Entries waiting in the worker's inbox.");
     per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
                "HTTP requests handled.");
+    per_worker(&o, workers, "connections_accepted_total", "counter", "accepted-connections",
+               "TCP connections the worker took from the master.");
+    per_worker(&o, workers, "bytes_received_total", "counter", "bytes-in",
+               "Bytes read from client sockets.");
+    per_worker(&o, workers, "bytes_sent_total", "counter", "bytes-out",
+               "Bytes written to client sockets.");
+    per_worker_real(&o, workers, "process_cpu_seconds_total", "counter", "cpu-seconds", 1,
+                    "CPU time of the worker process (user + system), seconds.");
+    per_worker_real(&o, workers, "process_resident_memory_bytes", "gauge", "resident-bytes", 1,
+                    "Resident memory of the worker process, bytes.");
+    per_worker_real(&o, workers, "process_open_fds", "gauge", "open-fds",
+                    1, "Open descriptors of the worker process.");
+    per_worker_real(&o, workers, "process_start_time_seconds", "gauge", "start-time-ms", 1000,
+                    "Start of the worker process, seconds since the Unix epoch.");
+    per_worker_hist(&o, workers, "delivery_latency_seconds", "delivery-latency",
+                    "Publish accepted to channel message written by this worker, per subscriber.");
+    per_worker_hist(&o, workers, "rpc_round_trip_seconds", "rpc-round-trip",
+                    "RPC request accepted to response handed to its requester.");
+    json_t *hs = json_object_get(stats, "handshake-failures");
+    head(&o, "handshake_failures_total", "counter", "WebSocket upgrades refused, by reason.");
+    const char *hsr;
+    json_t *hv;
+    json_object_foreach(hs, hsr, hv)
+        put(&o, "sente_lite_handshake_failures_total{reason=\"%s\"} %lld\n", hsr,
+            (long long)json_integer_value(hv));
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

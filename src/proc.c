@@ -21,6 +21,8 @@
 extern char **environ;
 
 static char *title_start;
+/* Not static: a variable nobody reads could be optimised away. */
+char **sl_proc_env_copies;
 static size_t title_len;
 
 void sl_proc_title_init(int argc, char **argv)
@@ -45,6 +47,12 @@ void sl_proc_title_init(int argc, char **argv)
             return; /* keep the old environ; titles stay within argv */
     }
     environ = env;
+    /* setenv/unsetenv (the master's systemd variables) drop entries from
+     * environ without freeing them; a second list keeps the copies
+     * reachable (they live as long as the process). */
+    sl_proc_env_copies = malloc((n + 1) * sizeof(char *));
+    if (sl_proc_env_copies)
+        memcpy(sl_proc_env_copies, env, (n + 1) * sizeof(char *));
     title_start = argv[0];
     title_len = (size_t)(end - argv[0]);
     for (int i = 1; i < argc; i++)

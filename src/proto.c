@@ -43,15 +43,15 @@ int sl_proto_admit(sl_conn_t *c)
     return c->reg ? SL_OK : SL_ERROR;
 }
 
-void sl_proto_opened(sl_conn_t *c)
+void sl_proto_opened(sl_conn_t *c, const char *peer)
 {
-
     json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
                           "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
     sl_proto_reply(c, w);
-    SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id));
+    SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_S("peer", peer));
     SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_I("total-connections", total_connections()));
+           SL_TF_S("peer", peer), SL_TF_I("total-connections", total_connections()));
 }
 
 static void rq_free(sl_conn_t *c);

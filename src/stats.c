@@ -14,6 +14,11 @@
 #include "sl_rpc.h"
 #include "sl_pubsub.h"
 
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <urcu/system.h>
 #include <urcu/uatomic.h>
 
 /* An RPC request older than this is "old"; this many old ones make the
@@ -25,8 +30,83 @@ typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
     uint64_t published, delivered, overloaded;
     uint64_t errors[SL_ERR__COUNT];
+    uint64_t bytes_in, bytes_out, accepted;
+    uint64_t handshake_failures[SL_HS__COUNT];
+    sl_hist_t delivery, rpc;
     int live_workers;
+    bool details; /* /stats (not /health): process figures, histograms */
 } totals_t;
+
+/* A histogram as JSON: cumulative counts keyed by the bucket's upper bound
+ * in microseconds ("+Inf" last), the count and the sum. */
+static json_t *hist_json(const sl_hist_t *h)
+{
+    json_t *b = json_object();
+    uint64_t cum = 0;
+    for (int i = 0; i < SL_HIST_BUCKETS; i++) {
+        cum += CMM_LOAD_SHARED(h->buckets[i]);
+        char key[24];
+        if (i < SL_HIST_BUCKETS - 1)
+            snprintf(key, sizeof(key), "%lld", (long long)sl_hist_bounds_us[i]);
+        else
+            snprintf(key, sizeof(key), "+Inf");
+        json_object_set_new(b, key, json_integer((json_int_t)cum));
+    }
+    /* count is the +Inf bucket, read in the same pass: self-consistent. */
+    return json_pack("{s:o, s:I, s:I}", "buckets", b, "count", (json_int_t)cum, "sum-us",
+                     (json_int_t)CMM_LOAD_SHARED(h->sum_us));
+}
+
+static void hist_add(sl_hist_t *to, const sl_hist_t *h)
+{
+    for (int i = 0; i < SL_HIST_BUCKETS; i++)
+        to->buckets[i] += CMM_LOAD_SHARED(h->buckets[i]);
+    to->sum_us += CMM_LOAD_SHARED(h->sum_us);
+    to->count += CMM_LOAD_SHARED(h->count);
+}
+
+/* A worker process as the kernel sees it: CPU seconds, resident bytes,
+ * open descriptors (null when /proc cannot tell). */
+static void proc_json(json_t *o, int32_t pid)
+{
+    json_t *cpu = json_null(), *rss = json_null(), *fds = json_null();
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = pid > 0 ? fopen(path, "r") : NULL;
+    if (f) {
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        buf[n] = '\0';
+        fclose(f);
+        /* After "(comm)": state is field 3; utime and stime are 14 and 15. */
+        char *p = strrchr(buf, ')');
+        unsigned long long ut, st;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+                        &st) == 2)
+            cpu = json_real((double)(ut + st) / (double)sysconf(_SC_CLK_TCK));
+    }
+    snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+    f = pid > 0 ? fopen(path, "r") : NULL;
+    if (f) {
+        unsigned long long size, res;
+        if (fscanf(f, "%llu %llu", &size, &res) == 2)
+            rss = json_integer((json_int_t)(res * (unsigned long long)sysconf(_SC_PAGESIZE)));
+        fclose(f);
+    }
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = pid > 0 ? opendir(path) : NULL;
+    if (d) {
+        json_int_t n = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL)
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+        fds = json_integer(n);
+    }
+    json_object_set_new(o, "cpu-seconds", cpu);
+    json_object_set_new(o, "resident-bytes", rss);
+    json_object_set_new(o, "open-fds", fds);
+}
 
 static json_t *worker_json(uint32_t i, totals_t *t)
 {
@@ -66,6 +146,29 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
     json_object_set_new(o, "inbox-depth",
                         json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
+    uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),
+             acc = uatomic_read(&w->accepted);
+    t->bytes_in += bin;
+    t->bytes_out += bout;
+    t->accepted += acc;
+    json_object_set_new(o, "bytes-in", json_integer((json_int_t)bin));
+    json_object_set_new(o, "bytes-out", json_integer((json_int_t)bout));
+    json_object_set_new(o, "accepted-connections", json_integer((json_int_t)acc));
+    json_t *hs = json_object();
+    for (int k = 0; k < SL_HS__COUNT; k++) {
+        uint64_t n = CMM_LOAD_SHARED(w->handshake_failures[k]);
+        t->handshake_failures[k] += n;
+        json_object_set_new(hs, sl_hs_fail_name((sl_hs_fail_t)k), json_integer((json_int_t)n));
+    }
+    json_object_set_new(o, "handshake-failures", hs);
+    json_object_set_new(o, "start-time-ms", json_integer((json_int_t)uatomic_read(&w->started_ms)));
+    if (t->details) {
+        proc_json(o, pid);
+        json_object_set_new(o, "delivery-latency", hist_json(&w->delivery));
+        json_object_set_new(o, "rpc-round-trip", hist_json(&w->rpc));
+    }
+    hist_add(&t->delivery, &w->delivery);
+    hist_add(&t->rpc, &w->rpc);
     return o;
 }
 
@@ -162,7 +265,7 @@ static int64_t uptime_ms(void)
 
 json_t *sl_stats_json(void)
 {
-    totals_t t = {0};
+    totals_t t = {.details = true};
     json_t *workers = workers_json(&t);
     uint64_t processed = uatomic_read(&sl_shm->tel_processed);
     uint64_t written = t.tel_emitted;
@@ -186,6 +289,17 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "overloaded", json_integer((json_int_t)t.overloaded));
     json_object_set_new(doc, "published", json_integer((json_int_t)t.published));
     json_object_set_new(doc, "delivered", json_integer((json_int_t)t.delivered));
+    json_object_set_new(doc, "version", json_string(SL_VERSION));
+    json_object_set_new(doc, "bytes-in", json_integer((json_int_t)t.bytes_in));
+    json_object_set_new(doc, "bytes-out", json_integer((json_int_t)t.bytes_out));
+    json_object_set_new(doc, "accepted-connections", json_integer((json_int_t)t.accepted));
+    json_t *hs = json_object();
+    for (int k = 0; k < SL_HS__COUNT; k++)
+        json_object_set_new(hs, sl_hs_fail_name((sl_hs_fail_t)k),
+                            json_integer((json_int_t)t.handshake_failures[k]));
+    json_object_set_new(doc, "handshake-failures", hs);
+    json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
+    json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
     if (sl_cluster)
         json_object_set_new(doc, "cluster", sl_cluster_stats());
     return doc;

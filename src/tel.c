@@ -58,7 +58,8 @@ static const char *const event_names[SL_EV__COUNT] = {
     "message-publish-failed", "channel-broadcast-start", "channel-broadcast-complete",
     "broadcast-failed", "rpc-request-sent", "rpc-response-sent", "rpc-request-expired",
     "rpc-cleanup-completed", "http-request", "slow-consumer-disconnected", "worker-exited",
-    "worker-started", "redis-connected", "redis-disconnected", "broker-exited",
+    "worker-started", "server-upgrading", "server-upgrade-failed", "worker-stalled",
+    "redis-connected", "redis-disconnected", "broker-exited",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};

@@ -3,14 +3,22 @@
  * binary (see sl_web.h; the table itself is generated at build time).
  *
  * Only lookups and response building live here; routing stays in httpd.c.
- * The pages (/, /demo, /dashboard) obey --no-web-ui; /client.js is always
- * served, because it is a library for the operator's own pages, not a UI.
+ * The pages (/, /demo, /dashboard) obey --no-web-ui; /client.js and
+ * /favicon.ico are always served, because the library is for the operator's
+ * own pages, not a UI.
+ *
+ * CORS: the non-page assets (/client.js above all: a page on another origin
+ * imports it as a module, which is a CORS request) carry
+ * Access-Control-Allow-Origin: the request's Origin when it is one of
+ * --allowed-origin (with Vary: Origin), "*" when no --allowed-origin is set,
+ * and nothing (the browser refuses) for any other Origin.
  */
 #include "sl_web.h"
 #include "sl_conf.h"
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 const sl_web_asset_t *sl_web_find(const char *path, size_t len)
 {
@@ -54,10 +62,26 @@ int sl_web_response(const sl_web_asset_t *a, const sl_http_request_t *req, bool 
 {
     const sl_http_header_t *inm = sl_http_header(req, "If-None-Match");
     bool fresh = inm != NULL && sl_web_etag_matches(a, inm->value, inm->value_len);
-    char extra[160];
+    char cors[320] = "";
+    if (!a->page) {
+        const sl_http_header_t *o = sl_http_header(req, "Origin");
+        if (sl_conf->norigins == 0) {
+            snprintf(cors, sizeof(cors), "Access-Control-Allow-Origin: *\r\n");
+        } else {
+            for (int i = 0; o && i < sl_conf->norigins; i++)
+                if (strlen(sl_conf->allowed_origins[i]) == o->value_len &&
+                    strncasecmp(sl_conf->allowed_origins[i], o->value, o->value_len) == 0 &&
+                    o->value_len < 256)
+                    snprintf(cors, sizeof(cors), "Access-Control-Allow-Origin: %.*s\r\n",
+                             (int)o->value_len, o->value);
+            /* The answer depends on Origin: caches must keep them apart. */
+            snprintf(cors + strlen(cors), sizeof(cors) - strlen(cors), "Vary: Origin\r\n");
+        }
+    }
+    char extra[480];
     int n = snprintf(extra, sizeof(extra),
-                     "Cache-Control: no-cache\r\nETag: %s\r\nX-Content-Type-Options: nosniff\r\n",
-                     a->etag);
+                     "Cache-Control: no-cache\r\nETag: %s\r\nX-Content-Type-Options: nosniff\r\n%s",
+                     a->etag, cors);
     if (n < 0 || (size_t)n >= sizeof(extra))
         return SL_ERROR;
     if (sl_http_response(fresh ? 304 : 200, a->content_type, extra, (const char *)a->data, a->len,

@@ -7,11 +7,16 @@
  * connection's queued output in one writev each, flushes telemetry, and frees
  * connections that died during the turn.
  *
- * Stopping (SIGTERM/SIGINT from the master or the terminal): stop taking
- * sockets, send close 1001 to every WebSocket peer, and keep running until
- * every connection is gone or the drain deadline passes.
+ * Stopping (SIGTERM/SIGINT from the master or the terminal): send close 1001
+ * to every WebSocket peer, drop idle HTTP connections, finish requests under
+ * way (answered with Connection: close; an upgrade completed now is closed
+ * 1001 at once), and keep running until every connection is gone or the
+ * drain deadline passes.  Sockets the master had already handed over are
+ * still taken and served that way: closing them unread would reset clients
+ * (the master stops handing out new ones before it stops us).
  */
 #include "sl_worker.h"
+#include "sl_access.h"
 #include "sl_arena.h"
 #include "sl_cluster.h"
 #include "sl_conf.h"
@@ -135,6 +140,8 @@ static void worker_turn_end(sl_worker_t *w)
         }
     }
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
+    sl_pubsub_latency_flush();
+    sl_access_log_flush();
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
@@ -161,12 +168,8 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         }
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
-        for (int k = 0; k < n; k++) {
-            if (w->stopping)
-                close(fds[k]);
-            else
-                sl_conn_new(fds[k]);
-        }
+        for (int k = 0; k < n; k++)
+            sl_conn_new(fds[k]);
     }
 }
 
@@ -185,7 +188,6 @@ static void worker_stop(sl_worker_t *w)
         return;
     w->stopping = true;
     w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
-    event_del(w->ctl_ev);
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_shutdown(c);
 }

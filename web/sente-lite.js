@@ -1,7 +1,10 @@
 /*
  * sente-lite.js - the browser (and Node) client of sente-lite.
  *
- * A dependency-free ES module, served by the server itself at /client.js:
+ * A dependency-free ES module, served by the server itself at /client.js
+ * and published as the npm package "sente-lite" (ESM, CommonJS and
+ * TypeScript declarations; see web/README.md).  The wire protocol it speaks
+ * is described in docs/protocol.md.
  *
  *   import { SenteLite } from '/client.js';
  *   const sl = new SenteLite();               // ws(s)://<this host>/
@@ -18,7 +21,7 @@
  *    server answers `recovered:false` some messages are gone for good: a
  *    'gap' event says so.
  *  - The server answers a connection's own requests in request order
- *    (PROTOCOL section 3), so a reply is matched to the oldest pending
+ *    (docs/protocol.md, "Ordering"), so a reply is matched to the oldest pending
  *    request of the same kind (and channel): no request ids are needed.
  *  - Calls made while not connected (before connect(), or while
  *    reconnecting) are queued (default; bounded by `maxQueue`) and sent, in
@@ -551,7 +554,7 @@ export class SenteLite {
    *  true; err.data is its data), the delivery reason ('no-subscribers',
    *  'channel-not-found'), 'rpc-timeout' (the server's timer),
    *  'client-timeout' (ours: timeout + rpcGraceMs), or 'disconnected'.
-   *  data must be a JSON object (PROTOCOL section 3). */
+   *  data must be a JSON object (docs/protocol.md, "rpc-request"). */
   rpc(channel, data = {}, { timeoutMs = this.opts.rpcTimeoutMs, clientTimeoutMs } = {}) {
     if (!isChannel(channel)) return Promise.reject(new TypeError('channel must be a non-empty string'));
     if (data === null || typeof data !== 'object' || Array.isArray(data))

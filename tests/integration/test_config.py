@@ -107,4 +107,4 @@ def test_help_lists_every_flag_with_defaults():
                  "--max-outbound-bytes", "--echo", "--max-subscriptions-per-connection",
                  "--pid-file", "--version", "--help"]:
         assert flag in out.stdout, flag
-    assert "[default: 3000]" in out.stdout and "[env: PORT]" in out.stdout
+    assert "[default: 3000]" in out.stdout and "[env: SENTE_PORT, PORT]" in out.stdout

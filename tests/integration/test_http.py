@@ -50,7 +50,7 @@ def test_method_not_allowed(server):
     status, body, r = server.request("POST", "/stats", body=b"{}")
     assert status == 405
     assert json.loads(body)["error"]
-    assert r.getheader("Allow") == "GET"
+    assert r.getheader("Allow") == "GET, HEAD"
 
 
 def test_garbage_request_400(server):

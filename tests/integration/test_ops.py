@@ -26,6 +26,9 @@ def metrics(srv):
         if line and not line.startswith("#"):
             name = line.split("{")[0].split(" ")[0]
             base = name[:-len("_total")] if name.endswith("_total") else name
+            for suffix in ("_bucket", "_sum", "_count"):  # histogram series
+                if name.endswith(suffix) and f"# TYPE {name[:-len(suffix)]} histogram" in text:
+                    base = name[:-len(suffix)]
             assert f"# TYPE {name} " in text or f"# TYPE {base}" in text, name
     return fams, text
 

@@ -5,6 +5,11 @@
 #include "sl_conf.h"
 #include "sl_test.h"
 
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
 static sl_conf_t conf;
 static sl_conf_action_t action;
 static char err[512];
@@ -187,6 +192,115 @@ static void test_usable_cpus(void)
     SL_CHECK(n >= 1 && n <= 4096);
 }
 
+static void put_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    SL_CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* A fake /proc/self/cgroup and cgroup trees: the quota of our own cgroup
+ * (systemd's CPUQuota=) counts, so does an ancestor's, the tightest wins;
+ * cgroup v1 reads cpu.cfs_quota_us / cpu.cfs_period_us. */
+static void test_cgroup_quota(void)
+{
+    char dir[] = "/tmp/sl-cgroup-XXXXXX";
+    SL_CHECK(mkdtemp(dir) != NULL);
+    char p[512], proc[512];
+    snprintf(proc, sizeof(proc), "%s/proc-cgroup", dir);
+
+    /* v2: /system.slice/sente-lite.service with CPUQuota=150% -> 2 CPUs. */
+    put_file(proc, "0::/system.slice/sente-lite.service\n");
+    snprintf(p, sizeof(p), "mkdir -p %s/v2/system.slice/sente-lite.service", dir);
+    SL_CHECK(system(p) == 0);
+    snprintf(p, sizeof(p), "%s/v2/system.slice/sente-lite.service/cpu.max", dir);
+    put_file(p, "150000 100000\n");
+    snprintf(p, sizeof(p), "%s/v2/system.slice/cpu.max", dir);
+    put_file(p, "max 100000\n");
+    char root[512];
+    snprintf(root, sizeof(root), "%s/v2", dir);
+    SL_CHECK_INT(sl_conf_cgroup_cpus(proc, root), 2);
+    /* An ancestor tighter than the service: 1 CPU. */
+    put_file(p, "50000 100000\n");
+    SL_CHECK_INT(sl_conf_cgroup_cpus(proc, root), 1);
+    /* No quota anywhere: 0. */
+    put_file(p, "max 100000\n");
+    snprintf(p, sizeof(p), "%s/v2/system.slice/sente-lite.service/cpu.max", dir);
+    put_file(p, "max 100000\n");
+    SL_CHECK_INT(sl_conf_cgroup_cpus(proc, root), 0);
+
+    /* v1: the cpu controller's line names the path. */
+    put_file(proc, "12:memory:/x\n4:cpu,cpuacct:/system.slice/svc\n0::/\n");
+    snprintf(p, sizeof(p), "mkdir -p %s/v1/cpu,cpuacct/system.slice/svc", dir);
+    SL_CHECK(system(p) == 0);
+    snprintf(p, sizeof(p), "%s/v1/cpu,cpuacct/system.slice/svc/cpu.cfs_quota_us", dir);
+    put_file(p, "300000\n");
+    snprintf(p, sizeof(p), "%s/v1/cpu,cpuacct/system.slice/svc/cpu.cfs_period_us", dir);
+    put_file(p, "100000\n");
+    snprintf(root, sizeof(root), "%s/v1", dir);
+    SL_CHECK_INT(sl_conf_cgroup_cpus(proc, root), 3);
+    snprintf(p, sizeof(p), "%s/v1/cpu,cpuacct/system.slice/svc/cpu.cfs_quota_us", dir);
+    put_file(p, "-1\n");
+    SL_CHECK_INT(sl_conf_cgroup_cpus(proc, root), 0);
+    SL_CHECK_INT(sl_conf_cgroup_cpus("/nonexistent/cgroup", root), 0);
+    snprintf(p, sizeof(p), "rm -rf %s", dir);
+    SL_CHECK(system(p) == 0);
+}
+
+/* --config, SENTE_* names and the precedence file < env < flags. */
+static void test_config_file(void)
+{
+    char path[] = "/tmp/sl-conf-XXXXXX";
+    int fd = mkstemp(path);
+    SL_CHECK(fd >= 0);
+    const char *text = "# comment\nport = 4001\nmax-subscribers = 5\n"
+                       "channel = a:message-retention=3\nchannel = b\necho = true\n";
+    SL_CHECK(write(fd, text, strlen(text)) == (ssize_t)strlen(text));
+    close(fd);
+    char *env[] = {"SENTE_MAX_SUBSCRIBERS=6", "PORT=4002", NULL};
+    SL_CHECK_INT(parse(env, NARGS("-c", path), ARGS("-c", path)), SL_OK);
+    SL_CHECK_INT(conf.port, 4002);             /* env alias beats the file */
+    SL_CHECK_INT(conf.max_subscribers, 6);     /* env beats the file */
+    SL_CHECK_INT(conf.nchannels, 2);
+    SL_CHECK_STR(conf.channels[1].name, "b");
+    SL_CHECK_INT(conf.channels[1].max_subscribers, 6); /* the resolved default */
+    SL_CHECK(conf.echo);
+    SL_CHECK_STR(conf.config_file, path);
+    SL_CHECK_INT(parse(env, NARGS("-c", path, "--port", "4003", "-t"),
+                       ARGS("-c", path, "--port", "4003", "-t")), SL_OK);
+    SL_CHECK_INT(conf.port, 4003);
+    SL_CHECK_INT(action, SL_CONF_CHECK);
+    char name[64];
+    sl_conf_env_name("max-subscriptions-per-connection", name, sizeof(name));
+    SL_CHECK_STR(name, "SENTE_MAX_SUBSCRIPTIONS_PER_CONNECTION");
+    unlink(path);
+}
+
+static void test_cidr(void)
+{
+    sl_cidr_t r;
+    uint8_t a[16];
+    SL_CHECK_INT(sl_cidr_parse("10.0.0.0/8", &r), SL_OK);
+    inet_pton(AF_INET, "10.200.1.2", a);
+    SL_CHECK(sl_cidr_match(&r, AF_INET, a));
+    inet_pton(AF_INET, "11.0.0.1", a);
+    SL_CHECK(!sl_cidr_match(&r, AF_INET, a));
+    inet_pton(AF_INET6, "::ffff:10.1.1.1", a);
+    SL_CHECK(sl_cidr_match(&r, AF_INET6, a));
+    SL_CHECK_INT(sl_cidr_parse("192.168.1.0/23", &r), SL_OK);
+    inet_pton(AF_INET, "192.168.0.255", a);
+    SL_CHECK(sl_cidr_match(&r, AF_INET, a));
+    inet_pton(AF_INET, "192.168.2.0", a);
+    SL_CHECK(!sl_cidr_match(&r, AF_INET, a));
+    SL_CHECK_INT(sl_cidr_parse("::1", &r), SL_OK);
+    SL_CHECK_INT(r.prefix, 128);
+    SL_CHECK_INT(sl_cidr_parse("10.0.0.0/33", &r), SL_ERROR);
+    SL_CHECK_INT(sl_cidr_parse("nonsense", &r), SL_ERROR);
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_defaults);
@@ -198,6 +312,9 @@ int main(void)
     SL_TEST_RUN(test_help_version);
     SL_TEST_RUN(test_json);
     SL_TEST_RUN(test_usable_cpus);
+    SL_TEST_RUN(test_cgroup_quota);
+    SL_TEST_RUN(test_config_file);
+    SL_TEST_RUN(test_cidr);
     sl_conf_free(&conf);
     return sl_test_summary();
 }

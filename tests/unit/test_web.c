@@ -17,7 +17,7 @@ static const sl_web_asset_t *find(const char *p)
 
 static void test_table(void)
 {
-    SL_CHECK_INT(sl_web_nassets, 4);
+    SL_CHECK_INT(sl_web_nassets, 5);
     for (size_t i = 0; i < sl_web_nassets; i++) {
         const sl_web_asset_t *a = &sl_web_assets[i];
         SL_CHECK(a->len > 100);
@@ -27,6 +27,8 @@ static void test_table(void)
     SL_CHECK(memcmp(find("/")->data, "<!doctype html>", 15) == 0);
     SL_CHECK_STR(find("/client.js")->content_type, "text/javascript; charset=utf-8");
     SL_CHECK_STR(find("/demo")->content_type, "text/html; charset=utf-8");
+    SL_CHECK_STR(find("/favicon.ico")->content_type, "image/x-icon");
+    SL_CHECK(!find("/favicon.ico")->page);
     SL_CHECK(strstr((const char *)find("/client.js")->data, "export class SenteLite") != NULL);
 }
 

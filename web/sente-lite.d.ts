@@ -1,0 +1,189 @@
+// Type declarations for sente-lite.js, the client of the sente-lite
+// WebSocket pub/sub server.  The wire protocol: docs/protocol.md.
+
+/** Any JSON value. */
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A WebSocket constructor: the browser's, or Node's `ws` package. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: any) => any) | null;
+  onclose: ((ev: any) => any) | null;
+  onerror: ((ev: any) => any) | null;
+  onmessage: ((ev: any) => any) | null;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface SenteLiteOptions {
+  /** Default: globalThis.WebSocket (Node 20: pass the `ws` package). */
+  WebSocket?: WebSocketConstructor | null;
+  reconnect?: boolean;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  reconnectFactor?: number;
+  /** Fraction (0..1) of each back-off delay that is random. */
+  jitter?: number;
+  connectTimeoutMs?: number;
+  /** Queue calls made while disconnected (false: reject with 'not-connected'). */
+  queue?: boolean;
+  maxQueue?: number;
+  /** Default `timeout-ms` of rpc(); null: the channel's. */
+  rpcTimeoutMs?: number | null;
+  rpcGraceMs?: number;
+  rpcDefaultClientTimeoutMs?: number;
+  /** >0: an application-level ping this often; no pong in time: reconnect. */
+  keepaliveMs?: number;
+}
+
+export type ConnectionState = 'connecting' | 'open' | 'closed';
+
+/** Error codes: the server's `reason` when it gave one, or the client's own. */
+export type SenteLiteErrorCode =
+  | 'connect-failed' | 'closed' | 'not-connected' | 'queue-full' | 'disconnected'
+  | 'client-timeout' | 'rpc-timeout' | 'rpc-error' | 'no-subscribers' | 'channel-not-found'
+  | 'channel-deleted' | 'invalid-channel-id' | 'max-subscribers-reached'
+  | 'too-many-subscriptions' | 'not-subscribed' | 'overloaded' | 'request-not-found'
+  | 'invalid-message' | 'invalid-json' | (string & {});
+
+export declare class SenteLiteError extends Error {
+  constructor(code: string, message?: string, extra?: Record<string, unknown>);
+  code: SenteLiteErrorCode;
+  /** The server's reply, when the error came from one. */
+  reply?: ServerMessage;
+  /** For 'rpc-error': the responder's data. */
+  data?: Json;
+}
+
+export interface Welcome {
+  type: 'welcome';
+  'conn-id': string;
+  'server-time': number;
+  worker: number;
+}
+
+export interface ChannelMessage<T = Json> {
+  type: 'channel-message';
+  'channel-id': string;
+  'message-id': string;
+  seq: number;
+  data: T;
+  'sender-conn-id': string | null;
+  'published-at': number;
+}
+
+export interface SubscriptionResult {
+  type: 'subscription-result';
+  'channel-id': string;
+  success: boolean;
+  reason?: string;
+  'subscriber-count'?: number;
+  epoch?: string;
+  'retained-messages'?: ChannelMessage[];
+  recovered?: boolean;
+}
+
+export interface PublishResult {
+  type: 'publish-result';
+  'channel-id': string;
+  success: boolean;
+  reason?: string;
+  'message-id'?: string;
+  seq?: number;
+  'delivered-to'?: number;
+}
+
+export interface UnsubscriptionResult {
+  type: 'unsubscription-result';
+  'channel-id': string;
+  success: boolean;
+  reason?: string;
+}
+
+export interface RpcRequest<T = Json> {
+  type: 'rpc-request';
+  'request-id': string;
+  'channel-id': string;
+  data: T;
+  'sender-conn-id': string;
+  'created-at': number;
+  'timeout-ms': number;
+}
+
+export interface ChannelInfo {
+  config: { 'max-subscribers': number; 'message-retention': number; 'rpc-timeout-ms': number;
+    'telemetry-enabled': boolean };
+  'created-at': number;
+  'message-count': number;
+  'subscriber-count': number;
+}
+
+/** Every message the server sends has a string `type`. */
+export interface ServerMessage {
+  type: string;
+  [key: string]: unknown;
+}
+
+export interface CloseInfo { code: number; reason: string; wasClean: boolean; willReconnect: boolean }
+export interface RecoveryInfo {
+  channel: string;
+  recovered: boolean;
+  sinceSeq?: number;
+  epoch?: string;
+  epochChanged?: boolean;
+  delivered?: number;
+  expectedSeq?: number;
+  seq?: number;
+}
+
+export interface SenteLiteEvents {
+  state: ConnectionState;
+  open: { connId: string; worker: number; reconnected: boolean };
+  close: CloseInfo;
+  reconnecting: { attempt: number; delayMs: number; code?: number; reason?: string };
+  welcome: Welcome;
+  message: ServerMessage;
+  recovery: RecoveryInfo;
+  gap: RecoveryInfo;
+  'channel-deleted': { channel: string };
+  broadcast: ServerMessage & { broadcast: true };
+  error: { reason: string; [key: string]: unknown };
+}
+
+export type MessageHandler<T = Json> = (data: T, message: ChannelMessage<T>) => void;
+export type RpcHandler<Req = any, Res = Json> = (data: Req, request: RpcRequest<Req>) => Res | Promise<Res>;
+
+export declare class SenteLite {
+  /** url: ws:// or wss://; default: the page's own host. */
+  constructor(url?: string, opts?: SenteLiteOptions);
+  readonly url: string;
+  state: ConnectionState;
+  connId: string | null;
+  worker: number | null;
+
+  on<E extends keyof SenteLiteEvents>(event: E, fn: (arg: SenteLiteEvents[E]) => void): () => void;
+  off<E extends keyof SenteLiteEvents>(event: E, fn: (arg: SenteLiteEvents[E]) => void): void;
+
+  /** Resolves with the welcome message. */
+  connect(): Promise<Welcome>;
+  close(code?: number, reason?: string): void;
+  reconnect(): void;
+
+  /** Round trip in milliseconds. */
+  ping(): Promise<number>;
+  publish<T extends Json = Json>(channel: string, data: T, opts?: { excludeSender?: boolean }): Promise<PublishResult>;
+  subscribe<T = Json>(channel: string, onMessage?: MessageHandler<T>): Promise<SubscriptionResult>;
+  unsubscribe<T = Json>(channel: string, handler?: MessageHandler<T>): Promise<UnsubscriptionResult>;
+  /** Resolves with the first responder's data; data must be an object. */
+  rpc<Res = Json>(channel: string, data?: { [key: string]: Json },
+    opts?: { timeoutMs?: number | null; clientTimeoutMs?: number }): Promise<Res>;
+  /** Answer every rpc-request on the channel with handler's value. */
+  serve<Req = any, Res = Json>(channel: string, handler: RpcHandler<Req, Res>): Promise<SubscriptionResult>;
+  listChannels(): Promise<{ [channel: string]: ChannelInfo }>;
+  getSubscriptions(): Promise<string[]>;
+  /** Channels subscribed to on this client (also while reconnecting). */
+  subscriptions(): string[];
+}
+
+export default SenteLite;
