@@ -133,6 +133,11 @@ def test_cross_node_publish_subscribe(cluster):
         assert st["redis"][0]["connected"] and st["broker"]["alive"]
         assert len(st["node-id"]) == 8
         wait_for(lambda: a.stats()["cluster"]["live-nodes"] == 3, timeout=10, what="3 nodes")
+        status, body, _ = a.request("GET", "/metrics")
+        text = body.decode()
+        assert status == 200
+        assert 'sente_lite_redis_connected{redis="0"} 1' in text
+        assert "sente_lite_broker_up 1" in text and "sente_lite_cluster_nodes 3" in text
     run(go())
 
 
