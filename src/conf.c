@@ -422,12 +422,9 @@ int sl_conf_redis_url(const char *url, sl_conf_redis_t *r, char *err, size_t err
         }
         r->db = (int)db;
     }
-    /* What /stats shows: the password masked. */
-    if (r->password[0])
-        snprintf(r->url, sizeof(r->url), "redis://%s:***@%s:%d/%d", r->user, r->host, r->port,
-                 r->db);
-    else
-        snprintf(r->url, sizeof(r->url), "redis://%s:%d/%d", r->host, r->port, r->db);
+    /* What /stats and --check-config show: never the password. */
+    snprintf(r->url, sizeof(r->url), "redis://%s%s%s:%d/%d", r->user, r->user[0] ? "@" : "",
+             r->host, r->port, r->db);
     return SL_OK;
 }
 
@@ -976,8 +973,13 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
             }
             break;
         case OPT_REDIS:
-            for (int k = 0; k < c->nredis; k++)
+            if (c->nredis == 0)
+                fprintf(out, "# %s is not set (a single node)\n", o->flag);
+            for (int k = 0; k < c->nredis; k++) {
+                if (c->redis[k].password[0])
+                    fprintf(out, "# the next one has a password (never shown)\n");
                 fprintf(out, "%s = %s\n", o->flag, c->redis[k].url);
+            }
             break;
         case OPT_CHANNEL:
             for (int k = 0; k < c->nchannels; k++)

@@ -104,9 +104,13 @@ def test_every_flag_has_a_sente_variable_and_a_config_key(tmp_path):
         assert f"[env: {var}" in out, flag
     # Every key --check-config prints is accepted back in a file: the output
     # is itself a valid configuration.
+    pw = tmp_path / "redis.pw"
+    pw.write_text("secret\n")
     first = run(["--check-config", "--channel", "k:message-retention=2",
                  "--allowed-origin", "https://o.example", "--trusted-proxy", "10.0.0.0/8",
-                 "--log-file", "/tmp/x.log", "--echo"]).stdout
+                 "--log-file", "/tmp/x.log", "--echo", "--redis", "redis://127.0.0.1:6399/2",
+                 "--node-id", "n1", "--redis-password-file", str(pw)]).stdout
+    assert "secret" not in first
     p = tmp_path / "round.conf"
     p.write_text(first)
     again = run(["-c", str(p), "-t"])
