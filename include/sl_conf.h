@@ -24,7 +24,7 @@
 /* One --redis URL, parsed: redis://[user:password@]host:port[/db] or
  * unix:///path[?db=N]. */
 typedef struct {
-    char url[512];      /* as given, password masked for display */
+    char url[512];      /* for display: without the password */
     char host[256];     /* "" for a Unix socket */
     int port;
     char path[256];     /* Unix socket path, "" for TCP */

@@ -137,6 +137,7 @@ typedef struct {
     uint64_t delivered;    /* messages from Redis handed to local workers */
     uint64_t backlog;      /* messages from Redis waiting for room in an inbox */
     uint64_t dropped;      /* messages from Redis dropped (backlog bound): a seq gap for subscribers */
+    uint64_t pushback;     /* publishes refused (overloaded) while the backlog was long */
     uint64_t recovered;    /* messages fetched from history after a link was lost */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint32_t nshards;

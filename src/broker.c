@@ -80,6 +80,7 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define BACKLOG_MAX 100000 /* messages from Redis waiting for inbox room, all channels */
+#define BACKLOG_PUSHBACK 1000 /* past this, this node's publishes are refused (overloaded) */
 #define HOLD_MAX 10000     /* messages held per channel during a catch-up */
 #define BUCKETS 4096
 
@@ -1612,6 +1613,13 @@ static void req_publish(const sl_inbox_entry_t *e, bool admin)
     link_t *lk = link_of(s[0], l[0]);
     if (lk->state != L_UP)
         return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    if (B.nbacklog > BACKLOG_PUSHBACK) {
+        /* Our workers cannot take what Redis sends as fast as it comes:
+         * push back on this node's publishers (as a full inbox does on one
+         * node) rather than let the backlog, and the latency, grow. */
+        uatomic_add(&BSTATS->pushback, 1);
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    }
     cmd_t *c = cmd_new(lk, admin ? C_ADMIN_PUBLISH : C_PUBLISH, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2342,6 +2350,8 @@ int sl_broker_main(int tel_fd)
     sl_tel_flush();
     while (!B.stopping) {
         event_base_loop(B.base, EVLOOP_ONCE);
+        if (B.backlog)
+            backlog_retry(); /* the workers may have made room this turn */
         wake_flush();
         sl_tel_flush();
         /* Between turns we hold no pointer into the registry. */

@@ -245,7 +245,7 @@ json_t *sl_cluster_stats(void)
     }
     sl_inbox_t *q = b->queue;
     json_t *broker = json_pack(
-        "{s:i, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "pid",
+        "{s:i, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "pid",
         (int)uatomic_read(&b->pid), "alive", uatomic_read(&b->pid) > 0, "restarts",
         (json_int_t)uatomic_read(&b->restarts), "queue-depth",
         (json_int_t)(q ? sl_inbox_depth(q) : 0), "queue-refused",
@@ -253,7 +253,8 @@ json_t *sl_cluster_stats(void)
         (json_int_t)uatomic_read(&b->requests), "expired", (json_int_t)uatomic_read(&b->expired),
         "unavailable", (json_int_t)uatomic_read(&b->unavailable), "delivered",
         (json_int_t)uatomic_read(&b->delivered), "backlog", (json_int_t)uatomic_read(&b->backlog),
-        "dropped", (json_int_t)uatomic_read(&b->dropped), "recovered",
+        "dropped", (json_int_t)uatomic_read(&b->dropped), "pushback",
+        (json_int_t)uatomic_read(&b->pushback), "recovered",
         (json_int_t)uatomic_read(&b->recovered), "reset-channels",
         (json_int_t)uatomic_read(&b->reset_channels));
     int64_t at = uatomic_read(&b->snapshot_ms);
