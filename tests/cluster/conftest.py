@@ -105,8 +105,10 @@ def cluster(tmp_path, redis, request):
             redis_args = []
             for u in (urls or [url]):
                 redis_args += ["--redis", u]
+            # A generous Redis timeout: a loaded test machine must not make
+            # a link look dead (tests of slowness pass a short one).
             s = Server(d, list(redis_args) + ["--redis-prefix", prefix, "--redis-timeout-ms",
-                                              "500"] + list(args), env, workers)
+                                              "3000"] + list(args), env, workers)
             nodes.append(s)
             made.append(s)
         for s in made:
