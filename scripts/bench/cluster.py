@@ -20,7 +20,8 @@ Each server is started fresh for every run (and Redis with it), the
 servers alternate within each repetition, the table shows medians.
 Figures, not a test.
 
-    scripts/bench/cluster.py [--quick] [--reps N] [--previous BIN] [--out FILE]
+    scripts/bench/cluster.py [--quick] [--reps N] [--duration S] [--only a,b]
+                             [--previous BIN] [--out FILE]
 """
 import argparse
 import json
@@ -256,10 +257,11 @@ def main():
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--previous", default=None, help="the previous build's sente-lite")
     ap.add_argument("--only", default=None, help="scenarios, comma-separated")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per run")
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "cluster.json"))
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
-    dur = 2 if a.quick else 4
+    dur = a.duration or (2 if a.quick else 4)
     cl = Setup("sente-lite", "sl-redis")
     nc = Setup("nchan", "nchan-redis")
     one = Setup("sente-lite", "sl", nodes=1, extra=["--channel", "bench"])
