@@ -72,6 +72,8 @@ enum {
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
     M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
     M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
+    M_DELIVER_RECOVER = 14,     /* --redis delivery / reset: no completion after a dead broker */
+    M_RING_CLEAR_ORDER = 15,    /* --redis ring emptied: references dropped before the pops */
     M__COUNT
 };
 

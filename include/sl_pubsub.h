@@ -42,6 +42,15 @@ void sl_pubsub_wake_later(uint64_t workers);
  * the last. */
 json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next);
 
+/* --redis: publish data_txt (compact JSON) on channel id through the
+ * broker; c is the publishing connection (an HTTP connection: the admin
+ * API, sender null).  mid receives the message-id.  SL_OK (fn(arg) is
+ * called with the broker's answer) or an SL_BR_* status. */
+#include "sl_cluster.h"
+int sl_pubsub_cluster_publish(sl_conn_t *c, const char *id, size_t len, const char *data_txt,
+                              size_t dl, bool exclude, sl_cluster_fn fn, void *arg,
+                              char mid[48]);
+
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];
 

@@ -6,7 +6,8 @@
 #                            compared with; the server does not link it)
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, PyJWT and openssl to
-#                            make keys and tokens, ps)
+#                            make keys and tokens, ps, redis-server for
+#                            tests/cluster/)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
@@ -20,10 +21,10 @@
 # command to run.
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev"
+pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev libhiredis-dev"
 for opt in "$@"; do
     case "$opt" in
-    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl" ;;
+    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl redis-server" ;;
     --web)
         pkgs="$pkgs chromium fonts-dejavu-core"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"

@@ -56,6 +56,8 @@
 #include "sl_ws.h"
 
 static void chan_recover(void *arg);
+static void ring_clear(sl_reg_t *r, sl_chan_t *c);
+static void take_position(sl_chan_t *c, const sl_chan_intent_t *in);
 
 bool sl_chan_id_valid(const char *id, size_t len)
 {
@@ -432,12 +434,18 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
 
 /* ----------------------------------------------------------- hand-off */
 
+/* hand_off() flags. */
+#define HO_NOTE_MISSED 1u /* note the channel as missed in full target inboxes */
+#define HO_ALWAYS 2u      /* commit even when every target inbox is full (all noted) */
+#define HO_RESERVE 4u     /* leave SL_INBOX_RESERVED entries free (for the broker's answers) */
+
 /* Hand m to every worker of in->targets whose inbox has room, all of them
  * or none, with one commit store (in->committed).  The outer lock (channel
  * or broadcast) is held and in->op, in->msg and in->targets are recorded.
  *
  *  1. take every target inbox lock (ascending: a fixed order, no deadlock)
- *     and see which have room; none: release all, return 0, nothing done;
+ *     and see which have room; none: release all, return 0, nothing done
+ *     (unless HO_ALWAYS: then it commits with none, and notes them all);
  *  2. m->refs = their number + extra (nothing else can see m yet);
  *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
  *  4. the commit: in->committed = 1;
@@ -447,19 +455,21 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
-                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, bool note_missed)
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, unsigned flags)
 {
     uint64_t targets = in->targets, push = 0;
     uint64_t chan_hash = m->chan_hash; /* read now: after a push m is not ours */
+    bool note_missed = flags & (HO_NOTE_MISSED | HO_ALWAYS);
+    uint32_t room = flags & HO_RESERVE ? 1 + SL_INBOX_RESERVED : 1;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
         sl_inbox_lock(r->inboxes[w]);
-        if (sl_inbox_has_room(r->inboxes[w], 1))
+        if (sl_inbox_has_room(r->inboxes[w], room))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");
-    if (push == 0 && targets != 0) {
+    if (push == 0 && targets != 0 && !(flags & HO_ALWAYS)) {
         for (uint32_t w = 0; w < r->nworkers; w++)
             if (targets >> w & 1)
                 sl_inbox_unlock(r->inboxes[w]);
@@ -606,7 +616,7 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
                              .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0};
     /* The ring's reference is counted in from the start: nobody can drop
      * the last reference while we still store m in the ring. */
-    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, true);
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, HO_NOTE_MISSED);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out, no seq taken. */
         intent_end(in);
@@ -668,7 +678,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, 0);
     intent_end(in);
     if (got == 0) {
         sl_lock_release(&c->lock);
@@ -756,7 +766,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     in->msg = m;
     intent_begin(in, SL_CI_BCAST);
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, 0);
     intent_end(in);
     sl_lock_release(&r->bcast.lock);
     if (got == 0) {
@@ -779,11 +789,13 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
 
 uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
-                          uint64_t *last)
+                          uint64_t *last, char *epoch)
 {
     uint64_t oldest = 0;
     sl_lock_acquire(&c->lock);
     *last = c->next_seq - 1;
+    if (epoch)
+        memcpy(epoch, c->epoch, sizeof(c->epoch));
     uint32_t cap = ring_cap(c);
     for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
         sl_chan_msg_t *m = c->ring[pos % cap];
@@ -867,7 +879,7 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
          * so nothing is removed unless the subscribers will be told - or,
          * on a full inbox, closed with 1013 (noted as missed). */
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
-        got = hand_off(r, in, m, &tmpl, 0, true);
+        got = hand_off(r, in, m, &tmpl, 0, HO_NOTE_MISSED);
         if (got == 0) {
             intent_end(in);
             sl_lock_release(&c->lock);
@@ -927,6 +939,44 @@ static void chan_recover(void *arg)
         break;
     case SL_CI_SEND:
         hand_off_recover(r, in, 0);
+        break;
+    case SL_CI_DLV:
+        if (SL_MUTATED(M_DELIVER_RECOVER))
+            break;
+        {
+        /* --redis delivery.  A pop of the clear or of the ring step: made
+         * or not, finish_drop sorts it out; then the clear is finished
+         * (while the message is not in the ring yet); committed, the rest:
+         * position, ring. */
+        bool done = hand_off_recover(r, in, c->node.hash);
+        finish_drop(r, c);
+        if (in->clear && c->ring_hi == in->ring_hi)
+            ring_clear(r, c);
+        if (done) {
+            take_position(c, in);
+            if (in->msg && ring_cap(c) > 0 && c->ring_hi == in->ring_hi) {
+                ring_store(c, in->msg);
+                finish_drop(r, c);
+            }
+        }
+        break;
+        }
+    case SL_CI_RESET:
+        if (SL_MUTATED(M_DELIVER_RECOVER))
+            break;
+        /* --redis reset.  Not committed: nothing happened (the notice is
+         * freed).  Committed: a notice no inbox took is freed (unless the
+         * dead owner had), the ring emptied, the position taken. */
+        if (hand_off_recover(r, in, c->node.hash)) {
+            if (in->msg && in->got == 0) {
+                sl_chan_msg_t *m = in->msg;
+                in->msg = NULL;
+                sl_arena_free(r->arena, m);
+            }
+            finish_drop(r, c);
+            ring_clear(r, c);
+            take_position(c, in);
+        }
         break;
     case SL_CI_DEL:
         /* Committed (the notice went out, or there was none): finish it. */
@@ -1014,4 +1064,216 @@ void sl_chan_totals(sl_reg_t *r, sl_chan_totals_t *t)
 {
     t->channels = sl_table_count(r->channels);
     t->subscriptions = sl_table_count(r->subs);
+}
+
+/* ------------------------------------------------------------ --redis */
+
+/* Empty the ring, one recorded pop at a time (each pop and the drop of its
+ * reference as ring_store's).  Lock held, an intent (DLV, RESET) recorded:
+ * killed in between, recovery finishes it. */
+static void ring_clear(sl_reg_t *r, sl_chan_t *c)
+{
+    if (SL_MUTATED(M_RING_CLEAR_ORDER)) {
+        /* mutant: finding 4 of issue 17, references dropped first */
+        uint32_t cap = ring_cap(c);
+        for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
+            sl_chan_msg_unref(r, c->ring[pos % cap]);
+            SL_CRASHPOINT("chan.ring.drop-noted");
+        }
+        uatomic_set(&c->ring_lo, c->ring_hi);
+        return;
+    }
+    while (c->ring_lo < c->ring_hi) {
+        ring_pop(c);
+        finish_drop(r, c);
+    }
+}
+
+/* Take the recorded position (DLV after its commit, RESET): epoch, seq. */
+static void take_position(sl_chan_t *c, const sl_chan_intent_t *in)
+{
+    if (in->set_epoch) {
+        memcpy(c->epoch, in->epoch, sizeof(c->epoch));
+        SL_CRASHPOINT("chan.pos.epoch");
+    }
+    uatomic_set(&c->next_seq, in->seq + 1);
+    SL_CRASHPOINT("chan.pos.seq");
+}
+
+int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, const char *json,
+                    size_t len, uint64_t exclude_conn, int64_t received_us, uint64_t *woken)
+{
+    *woken = 0;
+    if (seq == 0)
+        return SL_ERROR;
+    /* The frame: the text Redis sent, encoded once, built before the lock. */
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, len, NULL);
+    sl_chan_msg_t *m = sl_arena_alloc(r->arena, sizeof(*m) + h + len);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.dlv.allocated");
+    m->refs = 0;
+    m->len = (uint32_t)(h + len);
+    m->seq = seq;
+    m->published_us = received_us;
+    m->chan_hash = c->node.hash;
+    m->idlen = c->node.klen;
+    memcpy(m->id, c->id, c->node.klen);
+    m->id[c->node.klen] = '\0';
+    m->payload_off = (uint32_t)h;
+    memcpy(m->frame, hdr, h);
+    memcpy(m->frame + h, json, len);
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    bool other_epoch = strncmp(c->epoch, epoch, sizeof(c->epoch) - 1) != 0;
+    if (!other_epoch && seq < c->next_seq) {
+        /* Never back: a seq this node has handed off already (the broker
+         * filters these; this is the registry's own guard). */
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_OK;
+    }
+    uint32_t cap = ring_cap(c);
+    bool retain = cap > 0;
+    /* The ring stays one run of one epoch ending at next_seq - 1, so "the
+     * ring holds since+1 .. last" is a valid recovery answer: a message of
+     * another epoch, or one that does not follow, empties it first. */
+    bool gap = c->ring_hi > c->ring_lo && c->ring[(c->ring_hi - 1) % cap]->seq + 1 != seq;
+    uint64_t targets = targets_of(r, c);
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets;
+    in->seq = seq;
+    in->ring_lo = c->ring_lo;
+    in->ring_hi = c->ring_hi;
+    in->clear = other_epoch || gap;
+    in->set_epoch = other_epoch;
+    snprintf(in->epoch, sizeof(in->epoch), "%s", epoch);
+    if (targets == 0 && !retain) {
+        /* Nobody here and nothing to keep: only the position moves (the
+         * frame, never seen by anyone, goes first). */
+        sl_arena_free(r->arena, m);
+        CMM_STORE_SHARED(in->committed, 1);
+        intent_begin(in, SL_CI_DLV);
+        SL_CRASHPOINT("chan.dlv.position");
+        take_position(c, in);
+        intent_end(in);
+        sl_lock_release(&c->lock);
+        return SL_OK;
+    }
+    in->msg = m;
+    intent_begin(in, SL_CI_DLV);
+    SL_CRASHPOINT("chan.dlv.intent");
+    if (in->clear)
+        ring_clear(r, c);
+    /* Full inboxes are skipped and noted (their subscribers are closed with
+     * 1013, as for a local publish); some room is left in every inbox for
+     * the broker's answers. */
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, HO_NOTE_MISSED | HO_RESERVE);
+    if (got == 0 && targets != 0) {
+        /* Every target inbox is full: nothing went out (an emptied ring
+         * stays empty: still valid).  The broker tries again later. */
+        intent_end(in);
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    /* m is the inboxes' (and the ring's, when retain) from here on. */
+    take_position(c, in);
+    if (retain) {
+        ring_store(c, m);
+        finish_drop(r, c);
+    }
+    intent_end(in);
+    sl_lock_release(&c->lock);
+    SL_CRASHPOINT("chan.dlv.done");
+    *woken = got;
+    return SL_OK;
+}
+
+int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t last, int how,
+                  uint64_t *woken)
+{
+    *woken = 0;
+    sl_chan_msg_t *m = NULL;
+    if (how == SL_CHAN_RESET_NOTIFY) {
+        m = msg_of_frame(r, c, (const uint8_t *)"", 0);
+        if (m == NULL)
+            return SL_CHAN_NO_MEMORY;
+        SL_CRASHPOINT("chan.reset.allocated");
+    }
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    if (how == SL_CHAN_RESET_FORWARD && epoch &&
+        strncmp(c->epoch, epoch, sizeof(c->epoch) - 1) == 0 && c->next_seq > last) {
+        sl_lock_release(&c->lock); /* not behind: nothing to do */
+        return SL_OK;
+    }
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = m ? targets_of(r, c) : 0;
+    in->msg = in->targets ? m : NULL;
+    in->clear = 1;
+    in->set_epoch = epoch != NULL;
+    if (epoch)
+        snprintf(in->epoch, sizeof(in->epoch), "%s", epoch);
+    in->seq = epoch ? last : c->next_seq - 1; /* no epoch: the position stays */
+    in->ring_hi = c->ring_hi;
+    if (in->msg == NULL)
+        CMM_STORE_SHARED(in->committed, 1); /* nobody to tell */
+    intent_begin(in, SL_CI_RESET);
+    SL_CRASHPOINT("chan.reset.intent");
+    uint64_t got = 0;
+    if (in->msg) {
+        /* Always commits: a full inbox is noted as missed, and its worker
+         * closes those subscribers with 1013 instead - either way they
+         * resubscribe and learn what was lost. */
+        sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_RESET};
+        got = hand_off(r, in, m, &tmpl, 0, HO_ALWAYS);
+        if (got == 0) {
+            /* No inbox took it: it is nobody's.  The record goes first, so
+             * a kill in between leaks it rather than freeing it twice. */
+            in->msg = NULL;
+            SL_CRASHPOINT("chan.reset.unused");
+            sl_arena_free(r->arena, m);
+        }
+        m = NULL;
+    }
+    ring_clear(r, c);
+    take_position(c, in);
+    intent_end(in);
+    sl_lock_release(&c->lock);
+    sl_arena_free(r->arena, m); /* allocated, but nobody subscribed here */
+    *woken = got;
+    return SL_OK;
+}
+
+void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg)
+{
+    /* Single stores, each valid alone (the ring keeps its size). */
+    sl_lock_acquire(&c->lock);
+    uatomic_set(&c->config.max_subscribers, cfg->max_subscribers);
+    uatomic_set(&c->config.rpc_timeout_ms, cfg->rpc_timeout_ms);
+    c->config.telemetry_enabled = cfg->telemetry_enabled;
+    sl_lock_release(&c->lock);
+}
+
+uint64_t sl_chan_position(sl_chan_t *c, char *epoch)
+{
+    sl_lock_acquire(&c->lock);
+    uint64_t last = c->next_seq - 1;
+    if (epoch)
+        memcpy(epoch, c->epoch, sizeof(c->epoch));
+    sl_lock_release(&c->lock);
+    return last;
 }

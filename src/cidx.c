@@ -83,8 +83,13 @@ int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
         if (a == NULL)
             return SL_ERROR;
         e->conns = a;
+        uint64_t *l = realloc(e->last, sizeof(*l) * cap);
+        if (l == NULL)
+            return SL_ERROR; /* conns grew: harmless, cap stays */
+        e->last = l;
         e->cap = cap;
     }
+    e->last[e->n] = 0;
     e->conns[e->n++] = c;
     return SL_OK;
 }
@@ -100,15 +105,25 @@ void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
                 /* Keep arrival order: fan-out order across subscribers is
                  * not part of the contract, but stable order is kinder. */
                 memmove(&e->conns[i], &e->conns[i + 1], sizeof(*e->conns) * (e->n - i - 1));
+                memmove(&e->last[i], &e->last[i + 1], sizeof(*e->last) * (e->n - i - 1));
                 e->n--;
                 break;
             }
         if (e->n == 0) {
             *link = e->next;
             free(e->conns);
+            free(e->last);
             free(e);
             nentries--;
         }
         return;
     }
+}
+
+void sl_cidx_seen(uint64_t hash, const char *id, size_t len, sl_conn_t *c, uint64_t seq)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
+    for (uint32_t i = 0; e && i < e->n; i++)
+        if (e->conns[i] == c && e->last[i] < seq)
+            e->last[i] = seq;
 }

@@ -14,6 +14,7 @@
  * callback: it is marked dead and freed at the end of the loop turn.
  */
 #include "sl_conn.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_httpd.h"
 #include "sl_proto.h"
@@ -126,6 +127,7 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_outq_clear(&c->out);
     sl_ws_reader_free(&c->reader);
     free(c->in);
+    sl_cluster_conn_closed(c); /* broker answers for it will find no connection */
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);
@@ -417,12 +419,13 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         }
     }
     size_t take = SL_MIN(n, (size_t)(c->in_cap - c->in_len));
-    memcpy(c->in + c->in_len, data, take);
+    if (take)
+        memcpy(c->in + c->in_len, data, take);
     c->in_len += (uint32_t)take;
     if (c->busy_since_mono == 0)
         c->busy_since_mono = sl_mono_ms();
 
-    while (c->state == SL_CONN_HTTP && c->in_len > 0) {
+    while (c->state == SL_CONN_HTTP && c->in_len > 0 && !c->http_deferred) {
         sl_http_request_t req;
         int rc = sl_http_parse_request(c->in, c->in_len, SL_HTTP_MAX_HEAD, &req);
         if (rc == SL_AGAIN)
@@ -470,7 +473,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             free(in);
             return;
         }
-        if (!keep) {
+        if (!keep && !c->http_deferred) {
             conn_http_finish(c);
             return;
         }
@@ -479,11 +482,23 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
         c->accepted_mono = sl_mono_ms(); /* idle keep-alive timer restarts */
     }
-    if (c->state == SL_CONN_HTTP && c->in_len == 0) {
+    if (c->state == SL_CONN_HTTP && c->in_len == 0 && !c->http_deferred) {
         free(c->in);
         c->in = NULL;
         c->in_cap = 0;
     }
+}
+
+void sl_conn_http_resume(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_HTTP)
+        return;
+    if (!c->http_deferred_keep) {
+        conn_http_finish(c);
+        return;
+    }
+    c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    conn_http_input(c, NULL, 0); /* requests that arrived while we waited */
 }
 
 /* ----------------------------------------------------------------- input */

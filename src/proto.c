@@ -9,6 +9,7 @@
 #include "sl_proto.h"
 #include "sl_pubsub.h"
 #include "sl_call.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_session.h"
 #include "sl_tel.h"
@@ -16,6 +17,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <urcu/uatomic.h>
 
@@ -35,7 +37,8 @@ int sl_proto_admit(sl_conn_t *c)
     c->opened_at = sl_now_ms();
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64 "%s", c->opened_at, n,
+             sl_shm->reg.id_suffix);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
                              c->opened_at);
     if (c->reg == NULL)
@@ -57,11 +60,14 @@ void sl_proto_opened(sl_conn_t *c, const char *peer)
            SL_TF_S("peer", peer), SL_TF_I("total-connections", total_connections()));
 }
 
+static void rq_free(sl_conn_t *c);
+
 void sl_proto_closed(sl_conn_t *c)
 {
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     sl_call_closed(c);   /* ...and no pending RPC request */
     sl_session_end(c);   /* ...and no place in the per-IP / per-user counts */
+    rq_free(c);
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -75,12 +81,121 @@ void sl_proto_closed(sl_conn_t *c)
            SL_TF_I("total-connections", total_connections()));
 }
 
-void sl_proto_reply(sl_conn_t *c, json_t *r)
+/* --------------------------------------------------- deferred replies */
+
+struct sl_reply {
+    struct sl_reply *next;
+    sl_buf_t *frame; /* NULL: nothing to send */
+    uint64_t chan_hash; /* a reply about this channel (0: none) */
+    bool ready;
+};
+
+static void rq_flush(sl_conn_t *c)
 {
-    if (r != NULL) {
-        sl_conn_send_json(c, r);
+    while (c->rq_head && c->rq_head->ready) {
+        sl_reply_t *r = c->rq_head;
+        c->rq_head = r->next;
+        if (c->rq_head == NULL)
+            c->rq_tail = NULL;
+        c->nrq--;
+        if (r->frame) {
+            sl_conn_send(c, r->frame);
+            sl_buf_unref(r->frame);
+        }
+        free(r);
+    }
+}
+
+static sl_reply_t *rq_append(sl_conn_t *c, sl_buf_t *frame, bool ready)
+{
+    sl_reply_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->frame = frame;
+    r->ready = ready;
+    if (c->rq_tail)
+        c->rq_tail->next = r;
+    else
+        c->rq_head = r;
+    c->rq_tail = r;
+    c->nrq++;
+    return r;
+}
+
+sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash)
+{
+    if (c->nrq >= SL_PROTO_MAX_DEFERRED)
+        return NULL;
+    sl_reply_t *r = rq_append(c, NULL, false);
+    if (r)
+        r->chan_hash = chan_hash;
+    return r;
+}
+
+sl_reply_t *sl_proto_defer(sl_conn_t *c)
+{
+    return sl_proto_defer_chan(c, 0);
+}
+
+bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash)
+{
+    for (sl_reply_t *r = c->rq_head; r; r = r->next)
+        if (!r->ready && r->chan_hash == chan_hash)
+            return true;
+    return false;
+}
+
+void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r)
+{
+    if (r) {
+        slot->frame = sl_frame_json(r);
         json_decref(r);
     }
+    slot->ready = true;
+    rq_flush(c);
+}
+
+void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
+{
+    /* Bounded: past it (a reply pending a long time on a busy channel),
+     * frames go out at once. */
+    if (c->rq_head == NULL || c->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
+        sl_conn_send(c, b);
+        return;
+    }
+    sl_reply_t *r = rq_append(c, sl_buf_ref(b), true);
+    if (r == NULL) {
+        sl_buf_unref(b);
+        sl_conn_send(c, b);
+    }
+}
+
+static void rq_free(sl_conn_t *c)
+{
+    while (c->rq_head) {
+        sl_reply_t *r = c->rq_head;
+        c->rq_head = r->next;
+        sl_buf_unref(r->frame);
+        free(r);
+    }
+    c->rq_tail = NULL;
+    c->nrq = 0;
+}
+
+void sl_proto_reply(sl_conn_t *c, json_t *r)
+{
+    if (r == NULL)
+        return;
+    /* Behind a reply that waits for the broker, this one waits too. */
+    if (c->rq_head) {
+        sl_buf_t *f = sl_frame_json(r);
+        json_decref(r);
+        if (f && rq_append(c, f, true) == NULL)
+            sl_buf_unref(f);
+        return;
+    }
+    sl_conn_send_json(c, r);
+    json_decref(r);
 }
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)

@@ -11,6 +11,7 @@
 #include "sl_conf.h"
 #include "sl_shm.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_rpc.h"
 #include "sl_pubsub.h"
 
@@ -263,8 +264,13 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
 static json_t *channel_stats_json(void)
 {
     json_t *chans = json_object();
-    top_t *top = calloc(1, sizeof(*top));
-    if (top) {
+    top_t *top = NULL;
+    uint64_t omitted = 0;
+    if (sl_cluster) {
+        /* Every node's channels (the broker's snapshot, refreshed a slice
+         * at a time): subscriber-count is the sum over live nodes. */
+        omitted = sl_cluster_top_channels(chans, SL_STATS_MAX_CHANNELS);
+    } else if ((top = calloc(1, sizeof(*top))) != NULL) {
         sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
         for (size_t i = 0; i < top->n; i++) {
             sl_chan_t *ch = top->top[i];
@@ -277,6 +283,7 @@ static json_t *channel_stats_json(void)
                           (json_int_t)top->count[i], "created-at", (json_int_t)ch->created_at,
                           "retention-count", (json_int_t)sl_chan_retained_count(ch)));
         }
+        omitted = top->seen > top->n ? top->seen - top->n : 0;
     }
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
@@ -288,9 +295,7 @@ static json_t *channel_stats_json(void)
                           (json_int_t)pending, "old-rpc-requests", (json_int_t)old);
     json_object_set_new(o, "reaped-channels",
                         json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
-    json_object_set_new(o, "channels-omitted",
-                        json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
-                                                               : 0));
+    json_object_set_new(o, "channels-omitted", json_integer((json_int_t)omitted));
     free(top);
     return o;
 }
@@ -391,6 +396,8 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
     json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
     json_object_set_new(doc, "access", access_json(t.connections));
+    if (sl_cluster)
+        json_object_set_new(doc, "cluster", sl_cluster_stats());
     return doc;
 }
 
@@ -404,8 +411,10 @@ json_t *sl_health_json(bool *healthy)
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    char why[160] = "";
+    bool cluster_ok = !sl_cluster || sl_cluster_healthy(why, sizeof(why));
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
-              json_array_size(t.stalled) == 0;
+              json_array_size(t.stalled) == 0 && cluster_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
@@ -418,5 +427,12 @@ json_t *sl_health_json(bool *healthy)
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
     json_object_set_new(json_object_get(doc, "system-health"), "stalled-workers", t.stalled);
+    if (sl_cluster) {
+        /* Says why when the node cannot reach the cluster. */
+        json_object_set_new(json_object_get(doc, "system-health"), "cluster-ok",
+                            json_boolean(cluster_ok));
+        if (!cluster_ok)
+            json_object_set_new(doc, "reason", json_string(why));
+    }
     return doc;
 }

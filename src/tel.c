@@ -62,6 +62,7 @@ static const char *const event_names[SL_EV__COUNT] = {
     "authenticated", "authentication-failed", "session-expired", "permission-denied",
     "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
     "open-access", "worker-recovered",
+    "redis-connected", "redis-disconnected", "broker-exited",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};
@@ -325,7 +326,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
             return -1;
         }
     }
-    /* Which process emitted it: "master", "worker-N" or "logger". */
+    /* Which process emitted it: "master", "worker-N", "logger" or "broker". */
     if (!first)
         out_raw(o, ",", 1);
     out_str(o, "\"source\":\"");
@@ -333,7 +334,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
         out_str(o, "worker-");
         out_int(o, worker);
     } else {
-        out_str(o, worker == -1 ? "master" : "logger");
+        out_str(o, worker == -1 ? "master" : worker == -3 ? "broker" : "logger");
     }
     out_raw(o, "\"}", 2);
     return 0;
