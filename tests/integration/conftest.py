@@ -176,6 +176,16 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
+def new_master_of(pid):
+    """The new master a SIGUSR2 started: the child of `pid` titled master."""
+    def find():
+        for c in children_of(pid):
+            if "master" in title_of(c):
+                return c
+        return 0
+    return wait_for(find, timeout=10, what="the new master")
+
+
 def build_shim(tmp_path, name, source):
     """Compile an LD_PRELOAD shim (C source) into tmp_path; returns its
     path.  Shims stand in for faults a test cannot cause otherwise (a slow

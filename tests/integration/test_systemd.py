@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, children_of, free_port, pid_alive,
-                      shim_env, title_of, wait_for)
+from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, free_port, new_master_of, pid_alive,
+                      shim_env, wait_for)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -262,16 +262,6 @@ def test_upgrade_hands_mainpid_over(tmp_path):
             wait_for(lambda: not pid_alive(new), timeout=15, what="new master gone")
 
 
-def new_master_of(pid):
-    """The new master a SIGUSR2 started: the child of `pid` titled master."""
-    def find():
-        for c in children_of(pid):
-            if "master" in title_of(c):
-                return c
-        return 0
-    return wait_for(find, timeout=10, what="the new master")
-
-
 def test_failed_upgrade_never_speaks_for_the_service(tmp_path):
     """A new master that is stopped before it was handed over (its workers
     were slow; the old master gave up) says nothing to systemd - no READY=1,
@@ -368,7 +358,6 @@ def test_master_messages_carry_priorities_on_the_journal(tmp_path):
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(8)
-    port = lsock.getsockname()[1]
     errpath2 = tmp_path / "stderr2"
     with open(errpath2, "wb") as err:
         st = os.fstat(err.fileno())

@@ -17,8 +17,8 @@ import subprocess
 import threading
 import time
 
-from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, children_of, free_port, pid_alive,
-                      shim_env, title_of, wait_for)
+from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, children_of, free_port,
+                      new_master_of, pid_alive, shim_env, title_of, wait_for)
 from wsraw import OP_CLOSE, OP_TEXT, RawWS, close_frame, http_request, status_of
 
 
@@ -318,16 +318,6 @@ def test_ops_listener_from_socket_activation_and_across_upgrades(tmp_path):
 # --------------------------------------------- an upgrade that is pending
 # The new master's workers are made slow (SLOW_NEW_MASTER shim), which keeps
 # the upgrade pending long enough to act on it.
-
-def new_master_of(pid):
-    """The new master a SIGUSR2 started: the child of `pid` titled master."""
-    def find():
-        for c in children_of(pid):
-            if "master" in title_of(c):
-                return c
-        return 0
-    return wait_for(find, timeout=10, what="the new master")
-
 
 def start_slow(tmp_path, seconds, *extra):
     so = build_shim(tmp_path, "slow", SLOW_NEW_MASTER)
