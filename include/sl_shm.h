@@ -127,7 +127,7 @@ typedef struct {
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress */
-    uint32_t pad;
+    uint32_t draining;        /* written by the worker: stopping, wants no new sockets */
     int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
     uint64_t stalls;          /* times it was found stalled */
     uint64_t stall_kills;     /* times it was killed for staying stalled */
