@@ -167,7 +167,7 @@ typedef struct {
     uint64_t requests;     /* requests popped */
     uint64_t expired;      /* popped past their deadline: dropped unanswered */
     uint64_t unavailable;  /* answered broker-unavailable (not done) */
-    uint64_t timeouts;     /* answered broker-timeout (sent, outcome unknown) */
+    uint64_t timeouts;     /* answered broker-timeout (sent, outcome unknown), by the broker or a worker past its deadline */
     uint64_t delivered;    /* messages from Redis handed to local workers */
     uint64_t backlog;      /* messages from Redis waiting for room in an inbox */
     uint64_t backlog_bytes;

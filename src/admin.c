@@ -484,6 +484,9 @@ static result_t admin_result(admin_wait_t *w, uint32_t status, json_t *res)
 {
     if (status == SL_BR_UNAVAILABLE)
         return err(503, "broker-unavailable", "the cluster's Redis cannot be reached; try again");
+    if (status == SL_BR_TIMEOUT)
+        return err(504, "broker-timeout",
+                   "sent to the cluster's Redis, no answer in time: it may have been done");
     if (status == SL_BR_OVERLOADED)
         return err(503, "overloaded", "a queue is full; try again");
     switch (w->op) {

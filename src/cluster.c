@@ -199,12 +199,18 @@ void sl_cluster_tick(void)
         C.gen_seen = gen;
         for (rec_t *r = C.head, *next; r; r = next) {
             next = r->next;
-            if (r->gen < gen)
+            if (r->gen < gen) {
+                uatomic_add(&sl_shm->broker.timeouts, 1);
                 finish(r, SL_BR_TIMEOUT, NULL);
+            }
         }
     }
-    while (C.head && C.head->deadline <= now)
+    /* (Counted with the broker's own broker-timeout answers: every one a
+     * client gets is in /stats.) */
+    while (C.head && C.head->deadline <= now) {
+        uatomic_add(&sl_shm->broker.timeouts, 1);
         finish(C.head, SL_BR_TIMEOUT, NULL);
+    }
 }
 
 void sl_cluster_conn_closed(sl_conn_t *c)

@@ -306,3 +306,23 @@ def test_stopped_worker_does_not_refuse_the_nodes_publishes(cluster):
         finally:
             os.kill(victim, signal.SIGCONT)
     run(go())
+
+
+# Finding 7 (medium), the admin API: an outcome unknown is not an
+# internal error (it was a 500 "internal-error" after the merge).
+def test_admin_call_to_a_stopped_broker_is_a_timeout(cluster):
+    (a,) = cluster(1, "--redis-timeout-ms", "500", "--admin-token", TOKEN,
+                   "--worker-stall-ms", "1000", "--worker-stall-kill-ms", "30000")
+    status, _ = api(a, "POST", "/api/channels/adm", {"message-retention": 2})
+    assert status == 201
+    pid = broker_pid(a)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status, doc = api(a, "POST", "/api/channels/adm/publish", {"data": 1})
+        assert status == 504 and doc["error"] == "broker-timeout", (status, doc)
+        text = a.request("GET", "/metrics")[1].decode()
+        for name in ("broker_timeouts_total 1", "broker_stall_kills_total 0",
+                     'redis_epoch_renewals_total{redis="0"} 0'):
+            assert "sente_lite_" + name in text, name
+    finally:
+        os.kill(pid, signal.SIGCONT)
