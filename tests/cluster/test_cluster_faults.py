@@ -326,3 +326,44 @@ def test_admin_call_to_a_stopped_broker_is_a_timeout(cluster):
             assert "sente_lite_" + name in text, name
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+# Issue 14 on cluster paths: the same permission decision for a publish,
+# a subscribe and an rpc-response whose request came from another node.
+def test_permissions_apply_across_nodes(cluster):
+    a, b = cluster(2, "--namespace", "ro:publish=none", "--namespace", "priv:subscribe=none")
+
+    async def go():
+        c = await Client.open(a)
+        assert (await c.subscribe("ro:feed"))["success"]
+        await c.send(type="publish", **{"channel-id": "ro:feed"}, data=1)
+        r = await c.of_type("publish-result")
+        assert r["success"] is False and r["reason"] == "permission-denied", r
+        r = await c.subscribe("priv:x")
+        assert r["success"] is False and r["reason"] == "permission-denied", r
+        svc = await Client.open(b)
+        assert (await svc.subscribe("room"))["success"]
+        # A non-subscriber on svc's worker (one that saw the request; a
+        # worker that never saw it answers request-not-found: it cannot
+        # tell the channel, and has no subscriber of it either).
+        spare = []
+        for _ in range(40):
+            outsider = await Client.open(b)
+            if outsider.welcome["worker"] == svc.welcome["worker"]:
+                break
+            spare.append(outsider)  # kept open: the next lands elsewhere
+        else:
+            raise AssertionError("no connection on svc's worker")
+        caller = await Client.open(a)
+        await caller.send(type="rpc-request", **{"channel-id": "room"}, data={"q": 1})
+        rid = (await caller.of_type("rpc-request-result"))["request-id"]
+        assert (await svc.of_type("rpc-request"))["request-id"] == rid
+        await outsider.send(type="rpc-response", **{"request-id": rid}, data={"by": "x"})
+        r = await outsider.of_type("rpc-response-result")
+        assert r["success"] is False and r["reason"] == "permission-denied", r
+        await svc.send(type="rpc-response", **{"request-id": rid}, data={"by": "svc"})
+        assert (await svc.of_type("rpc-response-result"))["success"]
+        assert (await caller.of_type("rpc-response"))["data"] == {"by": "svc"}
+        assert a.stats()["errors"]["permission-denied"] == 2
+        assert b.stats()["errors"]["permission-denied"] == 1
+    run(go())
