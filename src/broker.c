@@ -216,7 +216,7 @@ static struct {
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
-    char instance[24]; /* this process, in the heartbeat: a node id used twice shows */
+    char instance[24]; /* this node's master (host hash, pid), in the heartbeat: a node id used twice shows */
     bool stopping;
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
@@ -2598,7 +2598,17 @@ int sl_broker_main(int tel_fd)
     snprintf(B.node, sizeof(B.node), "%s", sl_shm->broker.node_id);
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);
     snprintf(node_prefix_buf, sizeof(node_prefix_buf), "%s:node:", B.prefix);
-    new_epoch(B.instance);
+    /* This node's running master (not this broker: a respawned broker
+     * must not take its predecessor's heartbeat for another process's),
+     * on this host: the heartbeat shows a node id used by two masters. */
+    {
+        char host[256] = "";
+        gethostname(host, sizeof(host) - 1);
+        uint32_t h = 2166136261u;
+        for (const char *p = host; *p; p++)
+            h = (h ^ (uint8_t)*p) * 16777619u;
+        snprintf(B.instance, sizeof(B.instance), "%08x-%d", h, (int)getppid());
+    }
     B.nlinks = (uint32_t)SL_MIN(sl_conf->nredis, SL_BROKER_SHARDS);
     for (int s = 0; s < SL_BRS__COUNT; s++)
         sha1_hex(sl_brscript[s], script_sha[s]);

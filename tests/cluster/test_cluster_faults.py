@@ -10,7 +10,7 @@ import time
 
 import websockets
 
-from conftest import SLOW, needs_own_redis, wait_for
+from conftest import SLOW, Server, needs_own_redis, wait_for
 from test_cluster import TOKEN, Client, api, broker_pid, collect, run
 
 
@@ -366,4 +366,127 @@ def test_permissions_apply_across_nodes(cluster):
         assert (await caller.of_type("rpc-response"))["data"] == {"by": "svc"}
         assert a.stats()["errors"]["permission-denied"] == 2
         assert b.stats()["errors"]["permission-denied"] == 1
+    run(go())
+
+
+# Finding 27 (low): one --node-id on two running nodes is detected (and a
+# broker's own restart is not taken for one).
+def test_node_id_used_twice_is_detected(tmp_path, cluster, redis):
+    needs_own_redis()
+    (a,) = cluster(1, "--node-id", "twin")
+    old = broker_pid(a)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: broker_pid(a) not in (0, old) and a.healthy(), timeout=20,
+             what="a new broker")
+    for _ in range(3):  # three heartbeats of the new broker: no conflict
+        time.sleep(1.0)
+        assert a.stats()["cluster"]["broker"]["node-id-conflict"] is False
+    assert not [x for x in a.log_lines() if "another running process" in x]
+    # A second node with the same id (not waited for: it may never be
+    # healthy, which is the point).
+    d = tmp_path / "twin2"
+    d.mkdir()
+    b = Server(d, ["--redis", redis.url, "--redis-prefix", "sl", "--node-id", "twin"], None, 1)
+    try:
+        wait_for(lambda: a.stats()["cluster"]["broker"]["node-id-conflict"], timeout=15,
+                 what="the conflict seen by the first node")
+        status, doc = a.get_json("/health")
+        assert status == 503 and "node-id" in doc.get("reason", ""), doc
+    finally:
+        b.stop()
+
+
+# Finding 16 (low): message-ids are not reused by a respawned worker.
+def test_message_ids_unique_across_worker_respawn(cluster):
+    (a,) = cluster(1, workers=1)
+
+    async def go():
+        c = await Client.open(a)
+        assert (await c.subscribe("ids"))["success"]
+        r1 = await publish(c, "ids", 1)
+        victim = a.stats()["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: a.stats()["workers"][0]["pid"] not in (0, victim) and a.healthy(),
+                 timeout=20, what="the worker respawned")
+        c2 = await Client.open(a)
+        assert (await c2.subscribe("ids"))["success"]
+        r2 = await publish(c2, "ids", 2)
+        assert r1["message-id"] != r2["message-id"], (r1, r2)
+    run(go())
+
+
+# Finding 20 (low): a failed re-subscribe keeps the working subscription.
+def test_failed_resubscribe_keeps_the_subscription(cluster, redis):
+    needs_own_redis()
+    (a,) = cluster(1, "--redis-timeout-ms", "500")
+
+    async def go():
+        c = await Client.open(a)
+        assert (await c.subscribe("keep"))["success"]
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            r = await c.subscribe("keep")
+            assert r["success"] is False, r
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        wait_for(a.healthy, timeout=20, what="A reconnected")
+        pub = await Client.open(a)
+
+        async def publish_ok():
+            for _ in range(100):
+                await pub.send(type="publish", **{"channel-id": "keep"}, data="still")
+                r = await pub.of_type("publish-result")
+                if r["success"]:
+                    return r
+                await asyncio.sleep(0.1)
+            raise AssertionError("publishing never resumed")
+        r = await publish_ok()
+        assert r["delivered-to"] == 1
+        m = [x for x in await collect(c, "keep", 1)][0]
+        assert m["data"] == "still"
+    run(go())
+
+
+# Finding 24 (low): a publisher subscribed to its channel gets its
+# publish-result before its own message, as on one node.
+def test_publish_result_before_own_message(cluster):
+    (a,) = cluster(1)
+
+    async def go():
+        c = await Client.open(a)
+        assert (await c.subscribe("self"))["success"]
+        for i in range(20):
+            await c.send(type="publish", **{"channel-id": "self"}, data=i)
+        order = []
+        while len(order) < 40:
+            m = json_loads(await asyncio.wait_for(c.ws.recv(), 10 * SLOW))
+            if m["type"] in ("publish-result", "channel-message"):
+                order.append((m["type"], m["seq"] if m["type"] == "channel-message"
+                              else m.get("seq")))
+        for i in range(20):
+            res = order.index(("publish-result", i + 1))
+            msg = order.index(("channel-message", i + 1))
+            assert res < msg, order
+    run(go())
+
+
+# Finding 15 (medium): a history too big for one answer is cut (newest
+# first) and reported recovered:false, never left unanswered.
+def test_history_too_big_for_one_answer_is_cut(cluster):
+    a, b = cluster(2, "--message-retention", "100")
+
+    async def go():
+        pub = await Client.open(a)
+        s = await Client.open(a)
+        epoch = (await s.subscribe("big"))["epoch"]
+        await s.close()  # (not reading 6 MB: it would be a slow consumer)
+        blob = "x" * 100_000
+        for i in range(60):  # 6 MB of history
+            await publish(pub, "big", {"i": i, "b": blob})
+        late = await Client.open(b)
+        r = await late.subscribe("big", **{"since-seq": 0, "epoch": epoch})
+        assert r["success"] and r["recovered"] is False
+        seqs = [m["seq"] for m in r["retained-messages"]]
+        assert seqs and seqs[-1] == 60 and seqs == list(range(seqs[0], 61))
+        assert 30 <= len(seqs) <= 42, len(seqs)  # 4 MiB of 100 KB messages
     run(go())
