@@ -587,8 +587,13 @@ void sl_session_ip_key(char *ip, size_t n)
     }
     if (strchr(ip, ':') == NULL || inet_pton(AF_INET6, ip, &a) != 1)
         return; /* IPv4 (mapped ones are already written as such) */
-    memset(a.s6_addr + 8, 0, 8);
     char p[INET6_ADDRSTRLEN];
+    if (IN6_IS_ADDR_V4MAPPED(&a)) { /* an IPv4 client (e.g. named by a proxy) */
+        if (inet_ntop(AF_INET, a.s6_addr + 12, p, sizeof(p)) != NULL)
+            snprintf(ip, n, "%s", p);
+        return;
+    }
+    memset(a.s6_addr + 8, 0, 8);
     if (inet_ntop(AF_INET6, &a, p, sizeof(p)) != NULL)
         snprintf(ip, n, "%s/64", p);
 }
