@@ -9,15 +9,15 @@ import json
 import os
 import signal
 import socket
-import stat
+import subprocess
 import threading
 import time
 
 import jwt
 
 from authkit import ask, keys, recv, send, upgrade  # noqa: F401
-from conftest import BIN, SLOW, free_port, wait_for
-from wsraw import OP_CLOSE, OP_TEXT, RawWS, frame
+from conftest import BIN, SLOW, wait_for
+from wsraw import OP_CLOSE, OP_TEXT, RawWS, body_of, frame, read_response
 
 
 def log_events(srv, name):
@@ -255,7 +255,6 @@ def test_peers_without_an_address_share_one_count(tmp_path):
     lsock.listen(16)
     fd = lsock.fileno()
     script = f'exec 3<&{fd}; exec {fd}<&-; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
-    import subprocess
     proc = subprocess.Popen(
         ["/bin/bash", "-c", script, BIN, "--host", "127.0.0.1", "--port", "1", "--workers", "1",
          "--max-connections-per-ip", "1", "--admin-token", "t0k",
@@ -277,14 +276,8 @@ def test_peers_without_an_address_share_one_count(tmp_path):
         s.connect(path)
         s.sendall(b"GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\n"
                   b"Connection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        doc = body_of(read_response(s))
         s.close()
-        doc = json.loads(data.split(b"\r\n\r\n", 1)[1])
         assert doc["access"]["connections-per-ip"] == {"unknown": 1}
         a.close()
     finally:
