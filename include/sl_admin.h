@@ -9,6 +9,10 @@
 
 #include <jansson.h>
 
+/* Does the request carry the admin token (Authorization: Bearer, compared
+ * in constant time)?  false when the admin API is disabled. */
+bool sl_admin_bearer_ok(const sl_http_request_t *req);
+
 /* Handle one /api/ request on connection c; returns the HTTP status and
  * sets *out to the JSON body (new reference) and *allow to the Allow
  * header value for 405.  Status 0: the answer comes later, through

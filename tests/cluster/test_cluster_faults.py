@@ -490,3 +490,36 @@ def test_history_too_big_for_one_answer_is_cut(cluster):
         assert seqs and seqs[-1] == 60 and seqs == list(range(seqs[0], 61))
         assert 30 <= len(seqs) <= 42, len(seqs)  # 4 MiB of 100 KB messages
     run(go())
+
+
+# Issue 14's review (r14, finding 7) on cluster paths: the public /stats,
+# /channels and /metrics read the cluster snapshot, and name no user there
+# either; the admin token's bearer sees them.
+def test_cluster_listings_hide_user_channels_from_the_public(tmp_path, cluster):
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+    from authkit import Keys, ask, recv, upgrade
+    keys = Keys(str(tmp_path))
+    a, b = cluster(2, *keys.flags("secret"), "--allow-anonymous", "--admin-token", TOKEN)
+    alice, _, _ = upgrade(a.port, keys.token(sub="alice@example.com"))
+    for ch in ("notifications#alice@example.com", "news"):
+        assert ask(alice, type="subscribe", **{"channel-id": ch})["success"]
+        assert ask(alice, type="publish", **{"channel-id": ch, "data": 1})["success"]
+        recv(alice)
+    auth = {"Authorization": "Bearer " + TOKEN}
+
+    def get(path, headers=None):
+        st, body, _ = b.request("GET", path, headers=headers)
+        assert st == 200
+        return body.decode()
+    wait_for(lambda: "notifications#alice@example.com" in
+             json_loads(get("/channels", auth))["channels"], timeout=15,
+             what="both channels in B's snapshot")
+    for path in ("/stats", "/channels", "/metrics"):
+        text = get(path)
+        assert "alice" not in text, (path, text[:300])
+    assert "news" in json_loads(get("/channels"))["channels"]
+    st = json_loads(get("/stats"))["channel-stats"]
+    assert list(st["channels"]) == ["news"] and st["channels-omitted"] == 1
+    assert 'channel="notifications#alice@example.com"' in get("/metrics", auth)
+    alice.close()
