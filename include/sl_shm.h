@@ -129,6 +129,7 @@ typedef struct {
     uint32_t stalled;         /* 1 while the worker makes no progress of its own */
     uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the
                                  process holding the lock it is blocked on (0: none) */
+    uint32_t draining;        /* written by the worker: stopping, wants no new sockets */
     int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
     uint64_t stalls;          /* times it was found stalled */
     uint64_t stall_kills;     /* times it was killed for staying stalled */

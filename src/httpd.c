@@ -326,7 +326,8 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
 {
     uatomic_add(&sl_worker->stats->http_requests, 1);
     const sl_http_header_t *up = sl_http_header(req, "Upgrade");
-    bool keep = req->keep_alive;
+    /* A draining worker answers, and says the connection ends there. */
+    bool keep = req->keep_alive && !sl_worker->stopping;
 
     SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
            SL_TF_SN("path", req->path, req->path_len));

@@ -188,6 +188,9 @@ static void worker_stop(sl_worker_t *w)
         return;
     w->stopping = true;
     w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
+    /* The master hands a stopping worker nothing new (when only we were
+     * told to stop, it would otherwise prefer us as our load falls). */
+    uatomic_set(&w->stats->draining, 1);
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_shutdown(c);
 }
@@ -283,6 +286,8 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         worker_turn_end(w);
+        if (w->stopping && w->conns == NULL && sl_mono_ms() < w->stop_deadline)
+            ctl_cb(ctl_fd, EV_READ, w); /* sockets handed over before the master knew: serve */
         if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }
