@@ -165,7 +165,7 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     /* Blocked on a registry lock another process holds (the master's
      * stall watch follows the wait to that process, sl_lock.h). */
     uint32_t by = uatomic_read(&w->blocked_by);
-    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_MAX_WORKERS
+    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_MASTER_SLOT + 1
                                              ? json_integer((json_int_t)by - 1)
                                              : json_null());
     const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
