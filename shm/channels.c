@@ -113,6 +113,7 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
     new_epoch(c->epoch);
     c->config = *cfg;
     c->config.message_retention = (int64_t)retention;
+    c->serial = uatomic_add_return(&r->next_serial, 1);
     c->created_at = sl_now_ms();
     c->empty_since = sl_mono_ms();
     c->next_seq = 1;
@@ -221,6 +222,12 @@ static void recount(sl_chan_t *c)
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
                       uint32_t *count)
 {
+    return sl_chan_subscribe_at(r, c, conn_id, worker, slot, count, NULL);
+}
+
+int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
+                         uint32_t slot, uint32_t *count, uint64_t *last)
+{
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS)
         return SL_ERROR;
     char key[sizeof(((sl_sub_t *)0)->key)];
@@ -270,6 +277,8 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
         }
     }
     *count = c->subscribers;
+    if (last)
+        *last = c->next_seq - 1; /* publishes after this one see the subscription */
     sl_lock_release(&c->lock);
     return rc;
 }
@@ -337,8 +346,10 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t
 
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m)
 {
-    if (m && uatomic_add_return(&m->refs, -1) == 0)
+    if (m && uatomic_add_return(&m->refs, -1) == 0) {
+        SL_CRASHPOINT("chan.msg.last-ref"); /* killed here: the message leaks */
         sl_arena_free(r->arena, m);
+    }
 }
 
 /* Build the channel-message frame in shared memory.  The caller holds the
@@ -435,7 +446,6 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
 /* ----------------------------------------------------------- hand-off */
 
 /* hand_off() flags. */
-#define HO_NOTE_MISSED 1u /* note the channel as missed in full target inboxes */
 #define HO_ALWAYS 2u      /* commit even when every target inbox is full (all noted) */
 #define HO_RESERVE 4u     /* leave SL_INBOX_RESERVED entries free (for the broker's answers) */
 
@@ -449,17 +459,18 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  *  2. m->refs = their number + extra (nothing else can see m yet);
  *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
  *  4. the commit: in->committed = 1;
- *  5. push into each and release it; full inboxes are noted as missed
- *     (when note_missed) and released.
+ *  5. push into each and release it; full inboxes get the missed note
+ *     `note` (when not NULL) and are released.
  * A process killed before 4 leaves recorded pushes that recovery drops; at
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
-                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, unsigned flags)
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
+                         const sl_inbox_note_t *note, unsigned flags)
 {
+    /* The note comes from the caller, not from m: after the first push m
+     * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
-    uint64_t chan_hash = m->chan_hash; /* read now: after a push m is not ours */
-    bool note_missed = flags & (HO_NOTE_MISSED | HO_ALWAYS);
     uint32_t room = flags & HO_RESERVE ? 1 + SL_INBOX_RESERVED : 1;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
@@ -494,8 +505,8 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
         if (push >> w & 1) {
             sl_inbox_push_prepared(r->inboxes[w]);
             SL_CRASHPOINT("handoff.pushed");
-        } else if (note_missed) {
-            sl_inbox_note_missed(r->inboxes[w], chan_hash);
+        } else if (note && !SL_MUTATED(M_NO_MISSED_NOTE)) {
+            sl_inbox_note_missed(r->inboxes[w], note);
         }
         sl_inbox_unlock(r->inboxes[w]);
     }
@@ -509,16 +520,17 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
 /* Recovery of a hand-off recorded in `in`: take and release every target
  * inbox lock (each one's recovery makes or drops its recorded push), then
  * free the message if the hand-off never committed.  A committed one also
- * notes the channel (chan_hash, 0: none) as missed in the target inboxes
- * that were full, in case the dead owner had not.  Returns whether it had
- * committed. */
-static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash)
+ * puts `note` (NULL: none) in the target inboxes that were full, in case
+ * the dead owner had not: a second note of the same message is harmless
+ * (it closes only subscribers from before that message, whom the first
+ * closed already).  Returns whether it had committed. */
+static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
 {
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (in->targets >> w & 1) {
             sl_inbox_lock(r->inboxes[w]);
-            if (in->committed && chan_hash && !(in->got >> w & 1))
-                sl_inbox_note_missed(r->inboxes[w], chan_hash);
+            if (in->committed && note && !(in->got >> w & 1) && !SL_MUTATED(M_RECOVERY_NOTE))
+                sl_inbox_note_missed(r->inboxes[w], note);
             sl_inbox_unlock(r->inboxes[w]);
         }
     if (in->committed)
@@ -614,13 +626,15 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     SL_CRASHPOINT("chan.pub.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG,
                              .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0};
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
     /* The ring's reference is counted in from the start: nobody can drop
      * the last reference while we still store m in the ring. */
-    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, HO_NOTE_MISSED);
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note, 0);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out, no seq taken. */
         intent_end(in);
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.pub.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -678,10 +692,11 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, 0);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0);
     intent_end(in);
     if (got == 0) {
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.send.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -715,6 +730,7 @@ static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t
     sl_inbox_lock(in);
     if (!sl_inbox_has_room(in, 1)) {
         sl_inbox_unlock(in);
+        SL_CRASHPOINT("chan.direct.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -745,7 +761,7 @@ void sl_chan_bcast_recover(void *arg)
     sl_reg_t *r = arg;
     sl_chan_intent_t *in = &r->bcast.intent;
     if (in->op != SL_CI_NONE && !SL_MUTATED(M_CHAN_RECOVER))
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
     intent_end(in);
 }
 
@@ -759,6 +775,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len);
     if (m == NULL)
         return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.bcast.allocated"); /* killed here: m leaks */
     sl_lock_acquire(&r->bcast.lock);
     sl_chan_intent_t *in = &r->bcast.intent;
     intent_clear_fields(in);
@@ -766,10 +783,11 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     in->msg = m;
     intent_begin(in, SL_CI_BCAST);
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, 0);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0);
     intent_end(in);
     sl_lock_release(&r->bcast.lock);
     if (got == 0) {
+        SL_CRASHPOINT("chan.bcast.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -879,10 +897,13 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
          * so nothing is removed unless the subscribers will be told - or,
          * on a full inbox, closed with 1013 (noted as missed). */
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
-        got = hand_off(r, in, m, &tmpl, 0, HO_NOTE_MISSED);
+        sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                .seq = UINT64_MAX};
+        got = hand_off(r, in, m, &tmpl, 0, &note, 0);
         if (got == 0) {
             intent_end(in);
             sl_lock_release(&c->lock);
+            SL_CRASHPOINT("chan.del.refused"); /* killed here: m leaks */
             sl_arena_free(r->arena, m);
             return SL_CHAN_OVERLOADED;
         }
@@ -926,7 +947,9 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_PUB:
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = in->seq})) {
             if (c->next_seq == in->seq)
                 uatomic_set(&c->next_seq, in->seq + 1);
             /* The ring: a pop recorded but not made is made again below. */
@@ -938,7 +961,7 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_SEND:
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
         break;
     case SL_CI_DLV:
         if (SL_MUTATED(M_DELIVER_RECOVER))
@@ -948,7 +971,9 @@ static void chan_recover(void *arg)
          * or not, finish_drop sorts it out; then the clear is finished
          * (while the message is not in the ring yet); committed, the rest:
          * position, ring. */
-        bool done = hand_off_recover(r, in, c->node.hash);
+        bool done = hand_off_recover(r, in,
+                                     &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                        .serial = c->serial, .seq = in->seq});
         finish_drop(r, c);
         if (in->clear && c->ring_hi == in->ring_hi)
             ring_clear(r, c);
@@ -967,7 +992,9 @@ static void chan_recover(void *arg)
         /* --redis reset.  Not committed: nothing happened (the notice is
          * freed).  Committed: a notice no inbox took is freed (unless the
          * dead owner had), the ring emptied, the position taken. */
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = UINT64_MAX})) {
             if (in->msg && in->got == 0) {
                 sl_chan_msg_t *m = in->msg;
                 in->msg = NULL;
@@ -980,7 +1007,9 @@ static void chan_recover(void *arg)
         break;
     case SL_CI_DEL:
         /* Committed (the notice went out, or there was none): finish it. */
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = UINT64_MAX})) {
             /* A subscription noted, unlinked, maybe not yet removed. */
             if (s && !on_list(c, s))
                 sl_table_remove_node(r->subs, in->sub_hash, &s->node);
@@ -1175,7 +1204,8 @@ int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, 
      * 1013, as for a local publish); some room is left in every inbox for
      * the broker's answers. */
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, HO_NOTE_MISSED | HO_RESERVE);
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note, HO_RESERVE);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out (an emptied ring
          * stays empty: still valid).  The broker tries again later. */
@@ -1239,7 +1269,9 @@ int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t last, i
          * closes those subscribers with 1013 instead - either way they
          * resubscribe and learn what was lost. */
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_RESET};
-        got = hand_off(r, in, m, &tmpl, 0, HO_ALWAYS);
+        sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                .seq = UINT64_MAX};
+        got = hand_off(r, in, m, &tmpl, 0, &note, HO_ALWAYS);
         if (got == 0) {
             /* No inbox took it: it is nobody's.  The record goes first, so
              * a kill in between leaks it rather than freeing it twice. */

@@ -1327,8 +1327,10 @@ static void node_rpc_response(json_t *m)
             sl_rpc_remove(REG, q);
             status = SL_BR_OK;
         } else {
-            sl_rpc_unclaim(q);
-            status = SL_BR_OVERLOADED;
+            if (!sl_rpc_unclaim(REG, q))
+                status = SL_BR_REQUEST_NOT_FOUND; /* its requester left meanwhile: removed */
+            else
+                status = SL_BR_OVERLOADED;
         }
     }
     if (reply_to) {
