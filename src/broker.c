@@ -145,6 +145,7 @@ struct cmd {
     char *buf;          /* the formatted command */
     int len;
     bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
+    uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
     json_t *ctx;        /* what the reply needs besides (owned) */
 };
 
@@ -166,6 +167,8 @@ struct bchan {
     int sub;            /* SUB_* on the shard's pub/sub connection */
     bool want;          /* this node has subscribers: be subscribed */
     bool holding;       /* a catch-up is in flight: hold new messages */
+    uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
+                           * of an older one (voided by a reset) is ignored */
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
@@ -789,11 +792,34 @@ static bool local_delete(bchan_t *ch)
     return !ch->delete_pending;
 }
 
+/* The catch-up is answered and ch's position set: what was held while it
+ * ran follows, in order (a repeat of what the position covers dropped by
+ * chan_deliver).  One pub/sub connection loses nothing between two of
+ * its messages, so what follows the position continues it; should it
+ * not (another epoch, a gap), the channel is reset to just before it -
+ * never another catch-up from here, which could start the same round
+ * again (rm17 H1). */
+static void release_held(bchan_t *ch)
+{
+    bmsg_t *held = ch->held;
+    ch->held = ch->held_tail = NULL;
+    ch->nheld = 0;
+    while (held) {
+        bmsg_t *m = held;
+        held = m->next;
+        m->next = NULL;
+        bool same = strcmp(ch->epoch, m->epoch) == 0;
+        if (ch->known && (!same || m->seq > ch->last + 1))
+            chan_reset(ch, m->epoch, m->seq - 1);
+        chan_deliver(ch, m);
+    }
+}
+
 static void done_catchup(cmd_t *c, redisReply *r)
 {
     bchan_t *ch = c->ch;
-    if (ch == NULL)
-        return;
+    if (ch == NULL || c->gen != ch->catchup_gen)
+        return; /* voided: the channel was reset since (hold overflow) */
     ch->holding = false;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
         /* The link went down: the next connection starts another catch-up
@@ -811,9 +837,13 @@ static void done_catchup(cmd_t *c, redisReply *r)
     const char *epoch = rstr(el(r, 1));
     uint64_t last = (uint64_t)rint_(el(r, 2));
     if (st != 0) {
-        /* Lost for good: subscribers here must resubscribe and be told. */
-        drop_held(ch);
+        /* Lost for good: subscribers here must resubscribe and be told.
+         * What was held arrived after the script ran (seqs above `last`):
+         * not lost - it follows the reset, in order (rm17 H1: dropping it
+         * made the next live message a gap, another catch-up, another
+         * reset, for as long as publishing went on). */
         chan_reset(ch, epoch, last);
+        release_held(ch);
         return;
     }
     /* Numbered from the first seq the script returned (whatever happened
@@ -836,15 +866,7 @@ static void done_catchup(cmd_t *c, redisReply *r)
     }
     if (!ch->known)
         chan_position(ch, epoch, last);
-    bmsg_t *held = ch->held;
-    ch->held = ch->held_tail = NULL;
-    ch->nheld = 0;
-    while (held) {
-        bmsg_t *n = held->next;
-        held->next = NULL;
-        chan_deliver(ch, held);
-        held = n;
-    }
+    release_held(ch);
 }
 
 static void done_rpc(cmd_t *c, redisReply *r)
@@ -1181,7 +1203,10 @@ static void hold(bchan_t *ch, bmsg_t *m)
         uint64_t last = m->seq;
         free(m);
         drop_held(ch);
-        ch->holding = false; /* the catch-up's answer finds nothing held */
+        /* The catch-up in flight is voided: its answer (a position before
+         * this reset) would reset the channel again. */
+        ch->holding = false;
+        ch->catchup_gen++;
         chan_reset(ch, epoch, last);
         return;
     }
@@ -1597,6 +1622,7 @@ static void start_catchup(bchan_t *ch)
     }
     cmd_chan(c, ch);
     ch->holding = true;
+    c->gen = ++ch->catchup_gen;
     sl_chan_config_t cfg = local_config(ch->id, ch->idlen);
     char ep[16];
     new_epoch(ep);

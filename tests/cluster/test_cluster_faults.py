@@ -523,3 +523,82 @@ def test_cluster_listings_hide_user_channels_from_the_public(tmp_path, cluster):
     assert list(st["channels"]) == ["news"] and st["channels-omitted"] == 1
     assert 'channel="notifications#alice@example.com"' in get("/metrics", auth)
     alice.close()
+
+
+# rm17 H1 (high): with the default retention 0, a catch-up that finds no
+# history reset the channel and dropped what arrived meanwhile (seqs after
+# the reset point): the next live message was a gap, another catch-up,
+# another reset - subscribers closed again and again while publishing went on.
+def test_gap_without_history_resets_once_under_steady_publishing(cluster, redis):
+    needs_own_redis()
+    a, b = cluster(2, "--admin-token", TOKEN)  # default --message-retention 0
+
+    async def go():
+        stop = asyncio.Event()
+        # A channel with a big history: joins on A with since-seq 0 make
+        # big answers on A's Redis link (the broker reads them over many
+        # turns), so a catch-up's answer behind them comes after live
+        # messages published later - which are held meanwhile.
+        status, _ = api(a, "POST", "/api/channels/big", {"message-retention": 40})
+        assert status == 201
+        big = await Client.open(b)
+        for i in range(40):
+            await big.send(type="publish", **{"channel-id": "big"}, data="x" * 30000)
+        for i in range(40):
+            assert (await big.of_type("publish-result"))["success"]
+
+        async def joins():
+            while not stop.is_set():
+                j = await Client.open(a)
+                await j.subscribe("big", **{"since-seq": 0})
+                await j.close()
+
+        async def flood(node):
+            # Flat out, 20 publishes in flight, until told.
+            pub = await Client.open(node)
+            while not stop.is_set():
+                for i in range(20):
+                    await pub.send(type="publish", **{"channel-id": "h1"}, data=i)
+                for _ in range(20):
+                    await pub.of_type("publish-result", timeout=20)
+                pub.inbox.clear()
+
+        x = await Client.open(a)
+        assert (await x.subscribe("h1"))["success"]
+        tasks = [asyncio.create_task(flood(n)) for n in (b, a)]
+        tasks += [asyncio.create_task(joins()) for _ in range(4)]
+        try:
+            await collect(x, "h1", 50)
+            # The gap: seqs that never reach A (nor any node), and no
+            # history to fetch them from - A resets its subscribers once.
+            resets = a.stats()["cluster"]["broker"]["reset-channels"]
+            await asyncio.to_thread(redis.cli, "HINCRBY", "sl:{h1}:c", "seq", "5")
+            closes, runs = 0, []
+            sub, seqs = x, []
+            end = time.time() + 4 * SLOW
+            while time.time() < end:
+                try:
+                    m = json_loads(await asyncio.wait_for(sub.ws.recv(), end - time.time()))
+                except asyncio.TimeoutError:
+                    break
+                except websockets.ConnectionClosed as e:
+                    assert e.rcvd and e.rcvd.code == 1012, e
+                    closes += 1
+                    runs.append(seqs)
+                    sub, seqs = await Client.open(a), []
+                    assert (await sub.subscribe("h1"))["success"]
+                    continue
+                if m.get("type") == "channel-message" and m.get("channel-id") == "h1":
+                    seqs.append(m["seq"])
+            runs.append(seqs)
+        finally:
+            stop.set()
+            for t in tasks:
+                await t
+        # One reset for the one gap (the review's code made one per catch-up
+        # round trip: 2 to 5 here), then every message of the stream, in order.
+        resets = a.stats()["cluster"]["broker"]["reset-channels"] - resets
+        assert resets == 1 and closes == 1, (resets, closes, [(r[:1], len(r)) for r in runs])
+        assert len(runs[-1]) > 50, runs[-1][:10]
+        assert all(q == p + 1 for p, q in zip(runs[-1], runs[-1][1:])), runs[-1]
+    run(go())
