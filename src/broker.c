@@ -91,6 +91,14 @@
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
+/* One catch-up answer (a page: the node asks again for the rest), and
+ * admin info's history (the newest that fit). */
+#define CATCHUP_PAGE_MSGS 256
+#define CATCHUP_PAGE_BYTES (1u << 20)
+#define INFO_HISTORY_MSGS 1000
+/* Catch-ups in flight on one link; the rest wait their turn (holding what
+ * arrives meanwhile, bounded by HOLD_MAX). */
+#define CATCHUPS_MAX 64
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -146,6 +154,7 @@ struct cmd {
     int len;
     bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
     uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
+    bool counted;       /* catch-ups: counted in link->ncatchup until freed */
     json_t *ctx;        /* what the reply needs besides (owned) */
 };
 
@@ -169,6 +178,8 @@ struct bchan {
     bool holding;       /* a catch-up is in flight: hold new messages */
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
+    bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
+    bchan_t *cu_next;
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
@@ -195,6 +206,8 @@ struct link {
     bool ping_ok, sub_ok; /* the setup's last PING answered, the node channels subscribed */
     bool ever_up;
     cmd_t *head, *tail;   /* in flight on cmd */
+    uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
+    bchan_t *cu_wait, *cu_wait_tail; /* channels whose catch-up waits for a turn */
     uint32_t ninflight;
     uint64_t inflight_bytes;
     int64_t backoff_ms;
@@ -234,6 +247,7 @@ static void link_connect(link_t *l);
 static void reconcile(void);
 static void chan_deliver(bchan_t *ch, bmsg_t *m);
 static void start_catchup(bchan_t *ch);
+static void catchup_next(link_t *l);
 static void publish_snapshot(void);
 static void work_add(bchan_t *ch);
 
@@ -365,7 +379,7 @@ static void drop_held(bchan_t *ch)
 static void chan_maybe_free(bchan_t *c)
 {
     if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
-        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending)
+        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting)
         return;
     uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
     for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
@@ -381,6 +395,8 @@ static void chan_maybe_free(bchan_t *c)
 
 static void cmd_free(cmd_t *c)
 {
+    if (c->counted)
+        c->link->ncatchup--;
     if (c->ch)
         c->ch->inflight--;
     free(c->buf);
@@ -848,6 +864,7 @@ static void done_catchup(cmd_t *c, redisReply *r)
     }
     /* Numbered from the first seq the script returned (whatever happened
      * to ch meanwhile). */
+    bool more = rint_(el(r, 5)) != 0;
     redisReply *a = el(r, 4);
     uint64_t seq = (uint64_t)rint_(el(r, 3));
     for (size_t i = 0; a && i < a->elements; i++, seq++) {
@@ -863,6 +880,12 @@ static void done_catchup(cmd_t *c, redisReply *r)
         memcpy(m->json, a->element[i]->str, m->len + 1);
         uatomic_add(&BSTATS->recovered, 1);
         chan_deliver(ch, m);
+    }
+    if (more && ch->known) {
+        /* One page of it (rm17 M1): the next from what this one ended
+         * with, still holding what arrives. */
+        start_catchup(ch);
+        return;
     }
     if (!ch->known)
         chan_position(ch, epoch, last);
@@ -1064,7 +1087,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (r == NULL)
         cmd_answer(c, SL_BR_TIMEOUT, NULL);
+    bool catchup = c->what == C_CATCHUP;
     cmd_free(c);
+    if (catchup)
+        catchup_next(l);
     wake_flush();
 }
 
@@ -1612,17 +1638,35 @@ static sl_chan_config_t local_config(const char *id, size_t len)
                               .lingers = true};
 }
 
+/* Fetch what ch missed after ch->last, holding what arrives meanwhile.
+ * At most CATCHUPS_MAX per link at a time (rm17 M1: after a reconnect
+ * every channel catches up; their answers are not all held at once); the
+ * others wait their turn, in order, already holding. */
 static void start_catchup(bchan_t *ch)
 {
     link_t *l = &B.link[ch->shard];
+    ch->holding = true;
+    ch->catchup_gen++; /* an older answer still in flight no longer counts */
+    if (l->ncatchup >= CATCHUPS_MAX) {
+        if (!ch->cu_waiting) {
+            ch->cu_waiting = true;
+            ch->cu_next = NULL;
+            if (l->cu_wait_tail)
+                l->cu_wait_tail->cu_next = ch;
+            else
+                l->cu_wait = ch;
+            l->cu_wait_tail = ch;
+        }
+        return;
+    }
     cmd_t *c = cmd_new(l, C_CATCHUP, NULL);
     if (c == NULL) {
+        ch->holding = false;
         drop_held(ch); /* the next message's gap starts it again */
         return;
     }
     cmd_chan(c, ch);
-    ch->holding = true;
-    c->gen = ++ch->catchup_gen;
+    c->gen = ch->catchup_gen;
     sl_chan_config_t cfg = local_config(ch->id, ch->idlen);
     char ep[16];
     new_epoch(ep);
@@ -1641,9 +1685,29 @@ static void start_catchup(bchan_t *ch)
     argi(&a, cfg.telemetry_enabled);
     arg(&a, ch->id, ch->idlen);
     argi(&a, cfg.lingers ? 1 : 0);
+    argi(&a, CATCHUP_PAGE_MSGS);
+    argi(&a, CATCHUP_PAGE_BYTES);
     if (cmd_script(c, SL_BRS_CATCHUP, 4, &a) != SL_OK) {
         ch->holding = false;
         drop_held(ch);
+        return;
+    }
+    c->counted = true;
+    l->ncatchup++;
+}
+
+/* A catch-up of l finished: the waiting ones take their turns. */
+static void catchup_next(link_t *l)
+{
+    while (l->state == L_UP && l->cu_wait && l->ncatchup < CATCHUPS_MAX) {
+        bchan_t *ch = l->cu_wait;
+        l->cu_wait = ch->cu_next;
+        if (l->cu_wait == NULL)
+            l->cu_wait_tail = NULL;
+        ch->cu_waiting = false;
+        ch->cu_next = NULL;
+        if (ch->holding) /* else given up meanwhile (a reset) */
+            start_catchup(ch);
     }
 }
 
@@ -2012,6 +2076,8 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argk(&a, id, len, "h");
         argk(&a, id, len, "n");
         args(&a, node_prefix());
+        argi(&a, INFO_HISTORY_MSGS);
+        argi(&a, HISTORY_MAX_BYTES);
         cmd_script(c, SL_BRS_INFO, 3, &a);
     } else {
         answer(e->from, e->tag, SL_BR_BAD, NULL);
@@ -2156,7 +2222,10 @@ static void link_fail(link_t *l, const char *why)
                 ch->holding = false;
                 drop_held(ch);
             }
+            ch->cu_waiting = false;
+            ch->cu_next = NULL;
         }
+    l->cu_wait = l->cu_wait_tail = NULL;
     wake_flush();
     link_schedule(l);
 }

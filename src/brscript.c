@@ -148,8 +148,12 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "return {0, total}\n",
 
     /* CATCHUP  KEYS c h channels x  ARGV after epoch new-epoch now max ret rpc tel id auto
+     * max-count max-bytes
      * The messages after `after` of the known epoch: {0, epoch, last, first-seq,
-     * msgs}; {1, epoch, last} when they are gone or the epoch changed (and when
+     * msgs, more} - at most max-count of them and max-bytes (but at least one),
+     * more = 1 when the node must ask again from the last one it got (a paged
+     * catch-up: neither Redis nor the broker holds a whole history in one
+     * answer); {1, epoch, last} when they are gone or the epoch changed (and when
      * Redis is behind what this node delivered in the same epoch: it lost writes,
      * so the epoch changes here, for every node); {3} when the channel was
      * deleted.  A channel Redis lost (restarted empty) is made again. */
@@ -170,11 +174,22 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  redis.call('HSET', KEYS[1], 'epoch', ARGV[3])\n"
     "  return {1, ARGV[3], last}\n"
     "end\n"
-    "if after == last then return {0, epoch, last, after + 1, {}} end\n"
+    "if after == last then return {0, epoch, last, after + 1, {}, 0} end\n"
     "local len = redis.call('LLEN', KEYS[2])\n"
     "local first = last - len + 1\n"
     "if len == 0 or first > after + 1 then return {1, epoch, last} end\n"
-    "return {0, epoch, last, after + 1, redis.call('LRANGE', KEYS[2], after + 1 - first, -1)}\n",
+    "local lo = after + 1 - first\n"
+    "local out = redis.call('LRANGE', KEYS[2], lo, lo + tonumber(ARGV[11]) - 1)\n"
+    "local bytes, n = 0, 0\n"
+    "for i = 1, #out do\n"
+    "  bytes = bytes + #out[i]\n"
+    "  if i > 1 and bytes > tonumber(ARGV[12]) then break end\n"
+    "  n = i\n"
+    "end\n"
+    "for i = #out, n + 1, -1 do out[i] = nil end\n"
+    "local more = 0\n"
+    "if lo + n < len then more = 1 end\n"
+    "return {0, epoch, last, after + 1, out, more}\n",
 
     /* CREATE  KEYS c channels h n x  ARGV id epoch now max ret rpc tel */
     [SL_BRS_CREATE] =
@@ -198,12 +213,24 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('PUBLISH', KEYS[5], 'D' .. ARGV[1])\n"
     "return {0, subs}\n",
 
-    /* INFO  KEYS c h n  ARGV nodeprefix */
+    /* INFO  KEYS c h n  ARGV nodeprefix max-count max-bytes: the newest messages
+     * of the history that fit max-count and max-bytes (at least one). */
     [SL_BRS_INFO] = LUA_LIVE_SUM
     "if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end\n"
     "local c = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'created', 'max', 'ret', 'rpc', 'tel')\n"
+    "local h = redis.call('LRANGE', KEYS[2], -tonumber(ARGV[2]), -1)\n"
+    "local bytes, cut = 0, 0\n"
+    "for i = #h, 1, -1 do\n"
+    "  bytes = bytes + #h[i]\n"
+    "  if i < #h and bytes > tonumber(ARGV[3]) then cut = i; break end\n"
+    "end\n"
+    "if cut > 0 then\n"
+    "  local keep = {}\n"
+    "  for i = cut + 1, #h do keep[#keep + 1] = h[i] end\n"
+    "  h = keep\n"
+    "end\n"
     "return {0, c[1] or '', c[2] or '0', c[3] or '0', c[4] or '0', c[5] or '0', c[6] or '0',\n"
-    "  c[7] or '1', live_sum(KEYS[3], ARGV[1], ''), redis.call('LRANGE', KEYS[2], 0, -1)}\n",
+    "  c[7] or '1', live_sum(KEYS[3], ARGV[1], ''), h}\n",
 
     /* SNAPSHOT  KEYS channels nodes  ARGV prefix cursor count: one slice of this
      * instance's channels (SSCAN from cursor, about `count` of them) with their

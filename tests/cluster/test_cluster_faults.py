@@ -602,3 +602,50 @@ def test_gap_without_history_resets_once_under_steady_publishing(cluster, redis)
         assert len(runs[-1]) > 50, runs[-1][:10]
         assert all(q == p + 1 for p, q in zip(runs[-1], runs[-1][1:])), runs[-1]
     run(go())
+
+
+# rm17 M1 (medium): a catch-up fetched everything after the node's position
+# in one answer, admin info the whole history: Redis built it in one output
+# buffer and the broker held it at once.  Now pages (256 messages, 1 MiB),
+# catch-ups per link capped, admin info the newest 4 MiB.  Redis here kills
+# a connection whose output buffer passes 8 MB: the review's code lost its
+# link on every try (the catch-up never came, admin info failed).
+def test_catch_up_and_info_come_in_bounded_answers(cluster, redis):
+    needs_own_redis()
+    # (A stopped broker's pub/sub connection is dropped past 1 MB: the gap.)
+    redis.cli("CONFIG", "SET", "client-output-buffer-limit", "normal 8mb 8mb 0 pubsub 1mb 1mb 0")
+    # (A subscriber reading 10 MB at once is not what this is about.)
+    a, b = cluster(2, "--message-retention", "2000", "--admin-token", TOKEN,
+                   "--max-outbound-bytes", "64M")
+    big = "x" * 10000
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("pg"))["success"]
+        pub = await Client.open(b)
+        await publish(pub, "pg", "first")
+        await collect(x, "pg", 1)
+        # 15 MB published while A's broker is stopped: Redis drops its
+        # pub/sub connection (after 1 MB), so A catches up over 10 MB once
+        # it runs again.
+        stopped = broker_pid(a)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            for n in range(75):
+                for i in range(20):
+                    await pub.send(type="publish", **{"channel-id": "pg"}, data=big)
+                for i in range(20):
+                    assert (await pub.of_type("publish-result"))["success"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        got = await collect(x, "pg", 1500, timeout=60)
+        st = a.stats()["cluster"]
+        assert st["redis"][0]["reconnects"] >= 1  # the gap was a lost connection
+        assert st["broker"]["recovered"] >= 900, st["broker"]  # caught up
+        assert [m["seq"] for m in got] == list(range(2, 1502))
+        status, doc = api(a, "GET", "/api/channels/pg")
+        assert status == 200, doc
+        seqs = [m["seq"] for m in doc["retained-messages"]]
+        # The newest that fit in 4 MiB, in order.
+        assert 300 < len(seqs) < 420 and seqs == list(range(1502 - len(seqs), 1502)), seqs[:3]
+    run(go())
