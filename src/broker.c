@@ -99,6 +99,8 @@
 /* Catch-ups in flight on one link; the rest wait their turn (holding what
  * arrives meanwhile, bounded by HOLD_MAX). */
 #define CATCHUPS_MAX 64
+/* Channels given a new epoch per EPOCHS call after a Redis restart. */
+#define EPOCHS_SLICE 1000
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -1026,7 +1028,12 @@ static void done_setup(cmd_t *c, redisReply *r)
             snprintf(l->run_id, sizeof(l->run_id), "%.*s", (int)strcspn(p + 7, "\r\n"), p + 7);
         link_epochs(l);
     } else if (c->what == C_EPOCHS) {
-        if (rint_(r) == 1) {
+        int64_t st = rint_(el(r, 0));
+        if (st == 3) {
+            link_epochs(l); /* the next slice */
+            return;
+        }
+        if (st == 1) {
             uatomic_add(&BSTATS->link[l->shard].epoch_renewals, 1);
             SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
                    SL_TF_S("run-id", l->run_id),
@@ -2312,10 +2319,12 @@ static void link_epochs(link_t *l)
     args_t a = {.n = 0};
     argp(&a, "runid");
     argp(&a, "channels");
+    argp(&a, "renew");
     args(&a, l->run_id);
     args(&a, base);
     args(&a, B.prefix);
-    cmd_script(cmd_new(l, C_EPOCHS, NULL), SL_BRS_EPOCHS, 2, &a);
+    argi(&a, EPOCHS_SLICE);
+    cmd_script(cmd_new(l, C_EPOCHS, NULL), SL_BRS_EPOCHS, 3, &a);
 }
 
 /* The connections are made; set them up: AUTH, SELECT, the scripts, the

@@ -291,24 +291,44 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "end\n"
     "return {conflict, live}\n",
 
-    /* EPOCHS  KEYS runid channels  ARGV run-id epoch-base prefix: run at every
-     * connect, before anything else.  Redis restarted or failed over (its run id
-     * is not the one recorded with the data) may have lost recent writes, keeping
-     * channels whose seq went back: every channel takes a new epoch, so every
-     * node resets its subscribers and clients learn recovered:false.  Returns 0
-     * (same Redis), 1 (epochs renewed), 2 (no data: nothing to renew). */
+    /* EPOCHS  KEYS runid channels renew  ARGV run-id epoch-base prefix count: run
+     * at every connect, before anything else.  Redis restarted or failed over (its
+     * run id is not the one recorded with the data) may have lost recent writes,
+     * keeping channels whose seq went back: every channel takes a new epoch, so
+     * every node resets its subscribers and clients learn recovered:false.
+     * One slice per call (SSCAN, about `count` channels: Redis is never blocked
+     * for all of them at once, rm17 M2); the renewal under way is recorded in
+     * `renew` (cursor, base, for which run id), shared by every node that
+     * connects meanwhile, and the run id is recorded only when the last slice is
+     * done - a broker that dies half-way leaves it for the next.  Returns {0}
+     * (same Redis), {1} (renewal finished by this call), {2} (no data: nothing to
+     * renew), {3} (more slices: call again). */
     [SL_BRS_EPOCHS] =
     "local was = redis.call('GET', KEYS[1])\n"
-    "if was == ARGV[1] then return 0 end\n"
-    "redis.call('SET', KEYS[1], ARGV[1])\n"
-    "if not was and redis.call('SCARD', KEYS[2]) == 0 then return 2 end\n"
-    "local n = 0\n"
-    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do\n"
+    "if was == ARGV[1] then return {0} end\n"
+    "local r = redis.call('HMGET', KEYS[3], 'cursor', 'base', 'for')\n"
+    "local cur, base = r[1], r[2]\n"
+    "if not cur or r[3] ~= ARGV[1] then\n"
+    "  if not was and not cur and redis.call('SCARD', KEYS[2]) == 0 then\n"
+    "    redis.call('SET', KEYS[1], ARGV[1])\n"
+    "    return {2}\n"
+    "  end\n"
+    "  cur, base = '0', ARGV[2]\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "  redis.call('HSET', KEYS[3], 'cursor', cur, 'base', base, 'for', ARGV[1], 'n', 0)\n"
+    "end\n"
+    "local s = redis.call('SSCAN', KEYS[2], cur, 'COUNT', ARGV[4])\n"
+    "for _, id in ipairs(s[2]) do\n"
     "  local c = ARGV[3] .. ':{' .. id .. '}:c'\n"
     "  if redis.call('EXISTS', c) == 1 then\n"
-    "    n = n + 1\n"
-    "    redis.call('HSET', c, 'epoch', ARGV[2] .. n)\n"
+    "    redis.call('HSET', c, 'epoch', base .. redis.call('HINCRBY', KEYS[3], 'n', 1))\n"
     "  end\n"
     "end\n"
-    "return 1\n",
+    "if s[1] == '0' then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1])\n"
+    "  redis.call('DEL', KEYS[3])\n"
+    "  return {1}\n"
+    "end\n"
+    "redis.call('HSET', KEYS[3], 'cursor', s[1])\n"
+    "return {3}\n",
 };

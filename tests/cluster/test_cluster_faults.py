@@ -649,3 +649,33 @@ def test_catch_up_and_info_come_in_bounded_answers(cluster, redis):
         # The newest that fit in 4 MiB, in order.
         assert 300 < len(seqs) < 420 and seqs == list(range(1502 - len(seqs), 1502)), seqs[:3]
     run(go())
+
+
+# rm17 M2 (medium): after a Redis restart, the first connect gave every
+# channel a new epoch in one script run (SMEMBERS of all channels): Redis
+# blocked for all of them at once.  Now slices of about 1000 per call, the
+# renewal under way recorded in Redis (P:renew) and the run id only when
+# it is done.
+def test_epoch_renewal_after_a_redis_restart_comes_in_slices(cluster, redis):
+    needs_own_redis()
+    n = 3000
+    redis.cli("EVAL", "for i = 1, tonumber(ARGV[1]) do "
+              "redis.call('HSET', 'sl:{m2c' .. i .. '}:c', 'epoch', 'old', 'seq', 5, 'max', 1000) "
+              "redis.call('SADD', 'sl:channels', 'm2c' .. i) end "
+              "redis.call('SET', 'sl:runid', 'a-redis-before-this-one')", "0", str(n))
+    redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "0")
+    redis.cli("CONFIG", "SET", "slowlog-max-len", "100000")
+    redis.cli("SLOWLOG", "RESET")
+    (a,) = cluster(1)
+    wait_for(a.healthy, timeout=20, what="node up")
+    log = redis.cli("SLOWLOG", "GET", "100000")
+    calls = log.count("sl:renew")  # the script's key: one per run
+    assert calls >= 3, f"the renewal took {calls} script runs"
+    run_id = [l.split(":", 1)[1] for l in redis.cli("INFO", "server").splitlines()
+              if l.startswith("run_id:")][0].strip()
+    assert redis.cli("GET", "sl:runid") == run_id
+    assert redis.cli("EXISTS", "sl:renew") == "0"
+    old = redis.cli("EVAL", "local k = 0 for i = 1, tonumber(ARGV[1]) do "
+                    "if redis.call('HGET', 'sl:{m2c' .. i .. '}:c', 'epoch') == 'old' then "
+                    "k = k + 1 end end return k", "0", str(n))
+    assert old == "0", f"{old} channels kept their epoch"
