@@ -99,6 +99,10 @@
 /* Catch-ups in flight on one link; the rest wait their turn (holding what
  * arrives meanwhile, bounded by HOLD_MAX). */
 #define CATCHUPS_MAX 64
+/* An epoch's room, the same as the local channel's (sl_chan_t.epoch): the
+ * scripts make at most 15 characters; a longer one is malformed. */
+#define BR_EPOCH 16
+_Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
@@ -165,7 +169,7 @@ typedef struct bmsg {
     struct bmsg *next;
     uint64_t seq, exclude;
     int64_t received_us;
-    char epoch[24];
+    char epoch[BR_EPOCH];
     size_t len;
     char json[];
 } bmsg_t;
@@ -187,9 +191,9 @@ struct bchan {
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
-    char epoch[24];     /* of the last message delivered */
+    char epoch[BR_EPOCH];     /* of the last message delivered */
     uint64_t last;      /* seq of the last message delivered */
-    char reset_epoch[24];
+    char reset_epoch[BR_EPOCH];
     uint64_t reset_last;
     cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
     bmsg_t *held, *held_tail;
@@ -1126,7 +1130,7 @@ static void backlog_figures(void)
 static void backlog_overflow(bchan_t *ch, bmsg_t *m)
 {
     uint64_t n = ch->nbacklog + 1;
-    char epoch[24];
+    char epoch[BR_EPOCH];
     snprintf(epoch, sizeof(epoch), "%s", m->epoch);
     uint64_t last = m->seq;
     free(m);
@@ -1231,7 +1235,7 @@ static void hold(bchan_t *ch, bmsg_t *m)
 {
     if (ch->nheld >= HOLD_MAX) {
         uatomic_add(&BSTATS->dropped, ch->nheld + 1);
-        char epoch[24];
+        char epoch[BR_EPOCH];
         snprintf(epoch, sizeof(epoch), "%s", m->epoch);
         uint64_t last = m->seq;
         free(m);
@@ -1265,8 +1269,15 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
         q++;
     }
     size_t elen = (size_t)(f[1] - f[0] - 1);
-    if (elen >= sizeof(((bmsg_t *)0)->epoch))
+    if (elen >= sizeof(((bmsg_t *)0)->epoch)) {
+        /* Malformed (not made by our scripts): treated as a gap, so what
+         * it carried is fetched - the catch-up gives the channel a proper
+         * epoch if its own is the bad one (rm17 L1). */
+        uatomic_add(&BSTATS->dropped, 1);
+        if (ch->known && !ch->holding)
+            start_catchup(ch);
         return;
+    }
     size_t jl = (size_t)(end - q);
     bmsg_t *m = malloc(sizeof(*m) + jl + 1);
     if (m == NULL)
