@@ -34,6 +34,10 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_ACCEPT_FAILED] = "accept-failed",
     [SL_ERR_SHM_EXHAUSTED] = "shm-exhausted",
     [SL_ERR_ADMIN_REFUSED] = "admin-refused",
+    [SL_ERR_SLOW_CONSUMER] = "slow-consumer",
+    [SL_ERR_CONTROL_FLOOD] = "control-flood",
+    [SL_ERR_HTTP_CONNECTIONS] = "http-connection-limit",
+    [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -152,6 +152,8 @@ int sl_http_parse_request(const char *buf, size_t len, size_t max_head, sl_http_
         i += 2;
     if (i < scan && buf[i] == '\n')
         return 400;
+    if (i + 1 == scan && buf[i] == '\r') /* its '\n' has not arrived yet */
+        return len >= max_head ? 431 : SL_AGAIN;
 
     size_t next;
     int rc = parse_request_line(buf, i, scan, max_head, req, &next);

@@ -36,6 +36,11 @@ void sl_worker_count_error(sl_err_t e)
     uatomic_add(&sl_worker->stats->errors[e], 1);
 }
 
+bool sl_worker_over_budget(void)
+{
+    return sl_buf_live_bytes > (uint64_t)(sl_conf->max_outbound_total / sl_conf->workers);
+}
+
 int sl_worker_attach(sl_conn_t *c)
 {
     sl_worker_t *w = sl_worker;
@@ -106,7 +111,7 @@ void sl_worker_mark_dead(sl_conn_t *c)
     }
 }
 
-static void worker_turn_end(sl_worker_t *w)
+void sl_worker_turn_end(sl_worker_t *w)
 {
     /* Wake the workers our publishes this turn handed messages to first,
      * so that they fan out on the other cores while we write ours (woken
@@ -132,6 +137,8 @@ static void worker_turn_end(sl_worker_t *w)
         }
     }
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
+    /* A gauge: what the output buffers of this worker hold right now. */
+    uatomic_set(&w->stats->outbound_bytes, sl_buf_live_bytes);
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
@@ -215,15 +222,27 @@ static struct timeval tick_interval(void)
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
 
+int sl_worker_setup(sl_worker_t *w, int id)
+{
+    sl_worker = w;
+    w->id = id;
+    w->stats = &sl_shm->workers[id];
+    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    w->rbuf = malloc(SL_SCRATCH_SIZE);
+    w->ebuf = malloc(SL_SCRATCH_SIZE);
+    w->base = event_base_new();
+    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
+        return SL_ERROR;
+    return SL_OK;
+}
+
 int sl_worker_main(int id, int ctl_fd, int tel_fd)
 {
     static sl_worker_t worker;
     sl_worker_t *w = &worker;
-    sl_worker = w;
-    w->id = id;
     w->ctl_fd = ctl_fd;
-    w->stats = &sl_shm->workers[id];
-    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    if (sl_worker_setup(w, id) != SL_OK)
+        return 1;
 
     /* If the master dies without stopping us, stop gracefully ourselves. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -234,11 +253,6 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
 
-    w->rbuf = malloc(SL_SCRATCH_SIZE);
-    w->ebuf = malloc(SL_SCRATCH_SIZE);
-    w->base = event_base_new();
-    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
-        return 1;
     struct timeval tv = tick_interval();
     w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
@@ -263,14 +277,14 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
-        worker_turn_end(w);
+        sl_worker_turn_end(w);
         if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }
 
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_abort(c, "shutdown");
-    worker_turn_end(w);
+    sl_worker_turn_end(w);
     sl_qsbr_offline(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->pid, 0);
     event_free(w->ctl_ev);

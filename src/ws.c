@@ -266,25 +266,26 @@ static int deliver_control(sl_ws_reader_t *r, uint8_t *p, size_t n, const sl_ws_
     return h->on_control(ctx, r->frame_op, p, n);
 }
 
-int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
-                      void *ctx)
+/* The reader's loop; *pos is how far it got (also when it stops early). */
+static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
+                      void *ctx, size_t *pos)
 {
-    size_t pos = 0;
     int rc;
 
-    while (pos < n && !r->closed) {
+
+    while (*pos < n && !r->closed) {
         if (!r->in_frame) {
             const uint8_t *hdr;
-            if (r->hdr_have == 0 && n - pos >= 2 && n - pos >= header_size(buf + pos)) {
-                hdr = buf + pos; /* whole header in the buffer: no copy */
+            if (r->hdr_have == 0 && n - *pos >= 2 && n - *pos >= header_size(buf + *pos)) {
+                hdr = buf + *pos; /* whole header in the buffer: no copy */
                 if ((rc = check_first_bytes(r, hdr)) != 0)
                     return rc;
-                pos += header_size(hdr);
+                *pos += header_size(hdr);
             } else {
                 /* Collect the header byte by byte across feeds; check the
                  * first two bytes as soon as they are here. */
-                while (pos < n && (r->hdr_have < 2 || r->hdr_have < header_size(r->hdr))) {
-                    r->hdr[r->hdr_have++] = buf[pos++];
+                while (*pos < n && (r->hdr_have < 2 || r->hdr_have < header_size(r->hdr))) {
+                    r->hdr[r->hdr_have++] = buf[(*pos)++];
                     if (r->hdr_have == 2 && (rc = check_first_bytes(r, r->hdr)) != 0)
                         return rc;
                 }
@@ -299,12 +300,12 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         }
 
         /* Payload (possibly empty). */
-        size_t take = (size_t)SL_MIN((uint64_t)(n - pos), r->frame_len - r->frame_have);
-        uint8_t *p = buf + pos;
+        size_t take = (size_t)SL_MIN((uint64_t)(n - *pos), r->frame_len - r->frame_have);
+        uint8_t *p = buf + *pos;
         if (r->frame_masked)
             sl_ws_mask(p, take, r->frame_mask, r->frame_have);
         bool whole = r->frame_have == 0 && take == r->frame_len;
-        pos += take;
+        *pos += take;
 
         if (r->frame_op >= 8) {
             if (!whole) {
@@ -365,4 +366,14 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             return rc;
     }
     return 0;
+}
+
+int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
+                      void *ctx, size_t *used)
+{
+    size_t pos = 0;
+    int rc = reader_run(r, buf, n, h, ctx, &pos);
+    if (used)
+        *used = pos;
+    return rc;
 }

@@ -56,7 +56,7 @@ static const uint8_t M[4] = {0x37, 0xfa, 0x21, 0x3d};
 
 static int feed_all(sl_ws_reader_t *r, uint8_t *buf, size_t n, seen_t *s)
 {
-    return sl_ws_reader_feed(r, buf, n, &H, s);
+    return sl_ws_reader_feed(r, buf, n, &H, s, NULL);
 }
 
 /* Feed in chunks of `chunk` bytes (0: random sizes). */
@@ -69,7 +69,7 @@ static int feed_chunks(sl_ws_reader_t *r, const uint8_t *buf, size_t n, size_t c
             k = n - pos;
         uint8_t *tmp = malloc(k);
         memcpy(tmp, buf + pos, k);
-        int rc = sl_ws_reader_feed(r, tmp, k, &H, s);
+        int rc = sl_ws_reader_feed(r, tmp, k, &H, s, NULL);
         free(tmp);
         if (rc)
             return rc;
