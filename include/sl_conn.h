@@ -56,6 +56,7 @@ struct sl_conn {
     sl_conn_t *dirty_next;    /* the worker's flush list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
+    int64_t last_tx_mono;     /* last time the socket took output */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
     int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
     int64_t deadline_mono;    /* CLOSING / LINGER give-up time */

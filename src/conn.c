@@ -113,10 +113,14 @@ static uint64_t http_connections_total(void)
     return n;
 }
 
-/* A new TCP connection while --max-http-connections are open: close the
- * longest idle keep-alive connection of this worker to make room (as a
- * browser would find it closed on its next request and reconnect), or,
- * when there is none, answer this one 503.  Both are counted. */
+/* A new TCP connection while --max-http-connections are open: make room
+ * by closing the oldest connection of this worker that holds nothing: an
+ * idle keep-alive one (a browser finds it closed on its next request and
+ * reconnects) or one that has not sent a byte yet (a connection flood
+ * churns itself, and a real client, which sends its request at once, gets
+ * through).  When there is none (every one is in the middle of a request,
+ * bounded by --message-timeout-ms), this one is answered 503.  Both are
+ * counted. */
 static void conn_http_admit(sl_conn_t *c)
 {
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
@@ -124,8 +128,8 @@ static void conn_http_admit(sl_conn_t *c)
     sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
     sl_conn_t *victim = NULL;
     for (sl_conn_t *o = sl_worker->conns; o; o = o->next)
-        if (o != c && o->state == SL_CONN_HTTP && o->busy_since_mono == 0 &&
-            o->out.count == 0 && (!victim || o->accepted_mono <= victim->accepted_mono))
+        if (o != c && o->state == SL_CONN_HTTP && o->in_len == 0 && o->out.count == 0 &&
+            (!victim || o->accepted_mono <= victim->accepted_mono))
             victim = o;
     if (victim != NULL) {
         sl_conn_abort(victim, "keep-alive evicted");
@@ -262,8 +266,15 @@ static void conn_watch(sl_conn_t *c, bool write)
     if (!(what & (EV_READ | EV_WRITE)))
         return; /* paused with nothing stuck: the next flush resumes it */
     event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
-    if (event_add(&c->ev, NULL) != 0)
+    if (event_add(&c->ev, NULL) != 0) {
         sl_conn_abort(c, "event-add-failed");
+        return;
+    }
+    /* Input left over from a pause is processed in the next loop turn (the
+     * socket may stay silent).  Re-done here because event_del above drops
+     * an activation made earlier. */
+    if ((what & EV_READ) && c->in_len > 0 && c->state != SL_CONN_LINGER)
+        event_active(&c->ev, EV_READ, 0);
 }
 
 /* Is the connection's own output too large to take more input from it?
@@ -306,9 +317,9 @@ static void conn_pause(sl_conn_t *c)
 static void conn_resume(sl_conn_t *c)
 {
     c->read_paused = false;
-    conn_watch(c, c->write_armed);
-    if (c->state != SL_CONN_DEAD && c->in_len > 0)
-        event_active(&c->ev, EV_READ, 0);
+    if (c->state == SL_CONN_HTTP && c->in_len > 0)
+        c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
+    conn_watch(c, c->write_armed); /* also schedules the left-over input */
 }
 
 /* The pending pong goes into the queue unless the previous one is still
@@ -343,11 +354,14 @@ void sl_conn_flush(sl_conn_t *c)
     conn_queue_pong(c);
     if (c->state == SL_CONN_DEAD)
         return;
+    uint64_t before = c->out.bytes;
     int rc = sl_outq_flush(&c->out, c->fd);
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
         return;
     }
+    if (c->out.bytes < before)
+        c->last_tx_mono = sl_mono_ms(); /* a paused peer that reads is alive */
     if (c->read_paused && conn_output_low(c))
         conn_resume(c);
     if (c->state == SL_CONN_DEAD)
@@ -500,8 +514,9 @@ static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
         memcpy(b->data + b->len, data, len);
     b->len += (uint32_t)len;
     c->pong = b;
+    conn_queue_pong(c); /* at once, unless the last pong is still queued */
     sl_worker_mark_dirty(c);
-    return 0;
+    return c->state == SL_CONN_DEAD ? 1 : 0;
 }
 
 static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
@@ -792,7 +807,13 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
     const sl_conf_t *cf = sl_conf;
     switch (c->state) {
     case SL_CONN_HTTP:
-        if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
+        if (c->read_paused) {
+            /* Requests wait for it to read our responses: not its delay
+             * to finish a request, but it must keep reading. */
+            if (now - SL_MAX(c->last_tx_mono, c->accepted_mono) >=
+                cf->keepalive_timeout_ms + cf->message_timeout_ms)
+                sl_conn_abort(c, "not reading");
+        } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
             sl_httpd_error(c, 408, "request-timeout", "request not completed in time", false);
             conn_http_finish(c);
@@ -809,7 +830,8 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
-        } else if (now - c->last_rx_mono >= 2 * cf->heartbeat_interval_ms) {
+        } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=
+                   2 * cf->heartbeat_interval_ms) {
             sl_worker_count_error(SL_ERR_HEARTBEAT_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_GOING_AWAY, "heartbeat timeout");
         } else if (now - c->last_ping_mono >= cf->heartbeat_interval_ms) {

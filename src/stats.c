@@ -22,7 +22,7 @@
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
-    uint64_t published, delivered, overloaded;
+    uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses;
     uint64_t errors[SL_ERR__COUNT];
     int live_workers;
 } totals_t;
@@ -46,6 +46,9 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     t->tel_dropped += uatomic_read(&w->tel_dropped);
     for (int e = 0; e < SL_ERR__COUNT; e++)
         t->errors[e] += uatomic_read(&w->errors[e]);
+    uint64_t obytes = uatomic_read(&w->outbound_bytes), pauses = uatomic_read(&w->backpressure_pauses);
+    t->outbound_bytes += obytes;
+    t->backpressure_pauses += pauses;
     if (pid > 0)
         t->live_workers++;
     json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
@@ -63,6 +66,8 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "rpc-responses",
                         json_integer((json_int_t)uatomic_read(&w->rpc_responses)));
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
+    json_object_set_new(o, "outbound-bytes", json_integer((json_int_t)obytes));
+    json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
     json_object_set_new(o, "inbox-depth",
                         json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
     return o;
@@ -76,6 +81,10 @@ static json_t *workers_json(totals_t *t)
     /* The master emits too; its figures count in the telemetry totals. */
     t->tel_emitted += uatomic_read(&sl_shm->master_tel.tel_emitted);
     t->tel_dropped += uatomic_read(&sl_shm->master_tel.tel_dropped);
+    /* ...and counts what accept() refused (accept-failed,
+     * descriptors-exhausted) in its slot. */
+    for (int e = 0; e < SL_ERR__COUNT; e++)
+        t->errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
     return a;
 }
 
@@ -138,6 +147,16 @@ static json_t *channel_stats_json(void)
 /* Unhealthy above this share of the arena in use. */
 #define SL_SHM_HEALTH_LIMIT 0.9
 
+/* accept() hit EMFILE/ENFILE within this long: /health says unhealthy
+ * (the server cannot take new connections) until it has passed. */
+#define SL_FD_EXHAUSTED_UNHEALTHY_MS 10000
+
+static bool fd_exhausted_recently(void)
+{
+    int64_t t = uatomic_read(&sl_shm->fd_exhausted_mono);
+    return t != 0 && sl_mono_ms() - t < SL_FD_EXHAUSTED_UNHEALTHY_MS;
+}
+
 static int64_t uptime_ms(void)
 {
     return sl_now_ms() - sl_shm->start_ms;
@@ -169,6 +188,10 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "overloaded", json_integer((json_int_t)t.overloaded));
     json_object_set_new(doc, "published", json_integer((json_int_t)t.published));
     json_object_set_new(doc, "delivered", json_integer((json_int_t)t.delivered));
+    json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
+    json_object_set_new(doc, "backpressure-pauses",
+                        json_integer((json_int_t)t.backpressure_pauses));
+    json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }
 
@@ -181,11 +204,13 @@ json_t *sl_health_json(bool *healthy)
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
-    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY;
+    bool fd_ok = !fd_exhausted_recently();
+    bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
+              fd_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
-    return json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
+    json_t *doc = json_pack("{s:s, s:I, s:I, s:{s:b, s:I, s:I, s:I, s:I, s:i, s:i, s:b}, s:I}", "status",
                      ok ? "healthy" : "unhealthy", "connections", (json_int_t)t.connections,
                      "channels", (json_int_t)ct.channels, "system-health", "healthy", ok,
                      "total-channels", (json_int_t)ct.channels, "total-subscriptions",
@@ -193,4 +218,10 @@ json_t *sl_health_json(bool *healthy)
                      "old-rpc-requests", (json_int_t)old, "workers-alive", t.live_workers,
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
+    if (doc) {
+        json_object_set_new(doc, "descriptors-ok", json_boolean(fd_ok));
+        json_object_set_new(doc, "descriptors-exhausted",
+                            json_integer((json_int_t)t.errors[SL_ERR_FD_EXHAUSTED]));
+    }
+    return doc;
 }

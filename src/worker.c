@@ -285,6 +285,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_abort(c, "shutdown");
     sl_worker_turn_end(w);
+    sl_tel_finish(1000); /* what the full pipe has not taken yet */
     sl_qsbr_offline(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->pid, 0);
     event_free(w->ctl_ev);
