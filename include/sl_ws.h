@@ -130,6 +130,8 @@ typedef struct {
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
     bool closed; /* a close frame was delivered: ignore anything after */
+    int failed;  /* the close code of a protocol error: every later feed
+                    returns it and consumes nothing more */
 } sl_ws_reader_t;
 
 void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_message);
@@ -145,7 +147,8 @@ void sl_ws_reader_free(sl_ws_reader_t *r);
  * the remaining bytes are not consumed).  *used (may be NULL) receives how
  * many bytes were consumed: after a handler stopped the reader, buf[*used..n)
  * is untouched (still masked) and may be fed again later, so a caller can
- * stop at a message boundary (back-pressure) and resume where it left. */
+ * stop at a message boundary (back-pressure) and resume where it left.
+ * After a protocol error every later call returns the same code. */
 int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
                       void *ctx, size_t *used);
 

@@ -2,7 +2,9 @@
 # Installs the Debian packages sente-lite needs, only those missing.
 #   scripts/deps.sh          build and run: compiler, pkg-config, -dev libraries
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
-#                            the Prometheus text parser, ps)
+#                            the Prometheus text parser, ps, and what the
+#                            vendored Autobahn|Testsuite fuzzingclient needs)
+#   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime (make fuzz)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
@@ -15,14 +17,18 @@ set -eu
 pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev"
 for opt in "$@"; do
     case "$opt" in
-    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl" ;;
+    --test)
+        pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client procps curl"
+        pkgs="$pkgs python3-autobahn python3-twisted python3-jinja2 python3-openssl python3-service-identity"
+        ;;
+    --fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     --web)
         pkgs="$pkgs chromium fonts-dejavu-core"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;
     --bench) pkgs="$pkgs python3 procps curl gnuplot-nox" ;;
-    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench]" >&2; exit 2 ;;
+    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--fuzz]" >&2; exit 2 ;;
     esac
 done
 
@@ -43,6 +49,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "sente-lite: installing$missing" >&2
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+# Other engineers' runs may hold the dpkg lock: wait for it, do not fail.
+apt-get -o DPkg::Lock::Timeout=600 update -qq
 # shellcheck disable=SC2086
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null

@@ -10,6 +10,7 @@
 #include "sl_conf.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
+#include "sl_ws.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -182,6 +183,12 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
             snprintf(err, errsz, "%s: value must be 1 to %zu characters", who, o->size - 1);
             return SL_ERROR;
         }
+        /* Shown in /stats (JSON): text only.  (Found by fuzz_conf: a
+         * non-UTF-8 --host vanished from server-config.) */
+        if (o->kind == OPT_STR && !sl_utf8_valid((const uint8_t *)v, strlen(v))) {
+            snprintf(err, errsz, "%s: value must be valid UTF-8", who);
+            return SL_ERROR;
+        }
         snprintf(field, o->size, "%s", v);
         return SL_OK;
     case OPT_NAME:
@@ -242,6 +249,10 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         *(bool *)field = strcmp(v, "json") == 0;
         return SL_OK;
     case OPT_ORIGIN:
+        if (!sl_utf8_valid((const uint8_t *)v, strlen(v))) {
+            snprintf(err, errsz, "%s: value must be valid UTF-8", who);
+            return SL_ERROR;
+        }
         if (v[0] == '\0' || c->norigins >= SL_MAX_ORIGINS) {
             snprintf(err, errsz, "%s: empty origin or more than %d origins", who, SL_MAX_ORIGINS);
             return SL_ERROR;

@@ -579,7 +579,10 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
                      : rc == SL_WS_CLOSE_TOO_BIG    ? SL_ERR_MESSAGE_TOO_BIG
                                                     : SL_ERR_PROTOCOL_ERROR;
         sl_worker_count_error(e);
-        sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
+        if (c->state == SL_CONN_CLOSING)
+            conn_lingering(c); /* the peer broke the protocol while we closed */
+        else
+            sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
         return;
     }
     if (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING) {

@@ -372,8 +372,14 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
                       void *ctx, size_t *used)
 {
     size_t pos = 0;
-    int rc = reader_run(r, buf, n, h, ctx, &pos);
+    int rc = r->failed ? r->failed : reader_run(r, buf, n, h, ctx, &pos);
+    /* A protocol error is final: the state it left (a header that failed
+     * its checks half collected) must never be parsed on.  (Found by
+     * fuzz_e2e: a connection closing cleanly kept feeding its reader, and a
+     * control frame longer than 125 bytes overflowed the control buffer.) */
+    if (rc >= 1000)
+        r->failed = rc;
     if (used)
-        *used = pos;
+        *used = r->failed ? n : pos;
     return rc;
 }

@@ -220,6 +220,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
             abort();
         }
         json_t *j2 = sl_conf_to_json(&c2);
+        /* A secret is shown only as whether it is set: not round-tripped. */
+        json_object_del(j1, "admin-token");
+        json_object_del(j2, "admin-token");
         if (!json_equal(j1, j2)) {
             char *a = json_dumps(j1, JSON_SORT_KEYS), *b = json_dumps(j2, JSON_SORT_KEYS);
             fprintf(stderr, "round trip differs:\n%s\n%s\n", a, b);
