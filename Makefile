@@ -15,6 +15,7 @@
 #   make fuzz         run each libFuzzer target (tests/fuzz/) FUZZ_SECONDS
 #                     seconds (clang; scripts/deps.sh --fuzz installs it)
 #   make check-fuzz   replay the committed fuzz corpora (gcc, part of check)
+#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 (part of check)
 #   make install      binary, man page, systemd unit, logrotate snippet and
 #                     health-check.sh under $(DESTDIR)$(PREFIX) (/etc for logrotate)
 #   make clean
@@ -63,7 +64,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all check check-fast check-asan check-unit check-integration install clean format bench-shm bench-tel \
-        bench bench-quick
+        bench bench-quick bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -158,7 +159,7 @@ format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
 
 clean:
-	rm -rf build build-asan sente-lite
+	rm -rf build build-asan build-fuzz sente-lite
 
 # --- web ---
 # The browser side (docs/web.md): web/ is compiled into the binary by
@@ -275,3 +276,12 @@ fuzz-merge: fuzz-build
 	    build-fuzz/fuzz/fuzz_$$t -merge=1 tests/fuzz/corpus/$$t build-fuzz/corpus/$$t 2>&1 | tail -1; \
 	done
 # --- fuzz ---
+
+# --- autobahn ---
+# RFC 6455 conformance (scripts/check-autobahn.sh): the vendored
+# Autobahn|Testsuite fuzzingclient, sections 1-10 with 9.*, against /echo of
+# $(BIN); about 25 s on either build, so both run it.
+.PHONY: check-autobahn
+check-autobahn: $(BIN)
+	scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+# --- autobahn ---

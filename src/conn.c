@@ -494,11 +494,16 @@ static bool conn_control_flood(sl_conn_t *c)
     return c->ctl_count > sl_conf->max_control_rate;
 }
 
-/* Answer a ping: the pong replaces any pong not yet queued, reusing its
- * buffer (or the last one written), so a flood of pings allocates nothing
- * and holds one pong at most. */
+/* Answer a ping.  While the connection's output flows, each ping gets its
+ * pong at once (Autobahn 2.10 checks that, though the RFC does not ask
+ * it).  Once its output is backed up (stuck socket, or 64 KiB waiting),
+ * pongs are coalesced (RFC 6455 5.5.3): the latest ping's pong waits in
+ * c->pong, replacing the one before in the same buffer, and is queued
+ * when the previous pong has been written - so a flood of pings at a peer
+ * that does not read holds two pongs at most and allocates nothing. */
 static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
 {
+    bool flowing = c->pong == NULL && !c->write_armed && c->out.bytes < SL_CONN_SMALL_BACKLOG;
     sl_buf_t *b = c->pong;
     if (b == NULL && c->pong_sent != NULL && c->pong_sent->refs == 1) {
         b = c->pong_sent; /* written already: ours to reuse */
@@ -513,8 +518,18 @@ static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
     if (len)
         memcpy(b->data + b->len, data, len);
     b->len += (uint32_t)len;
-    c->pong = b;
-    conn_queue_pong(c); /* at once, unless the last pong is still queued */
+    if (flowing) {
+        if (sl_outq_push(&c->out, b, b->start, b->len) != SL_OK) {
+            sl_buf_unref(b);
+            sl_conn_abort(c, "out-of-memory");
+            return 1;
+        }
+        sl_buf_unref(c->pong_sent); /* the queue keeps its own reference */
+        c->pong_sent = b;
+    } else {
+        c->pong = b;
+        conn_queue_pong(c); /* now, if the last pong has been written */
+    }
     sl_worker_mark_dirty(c);
     return c->state == SL_CONN_DEAD ? 1 : 0;
 }
