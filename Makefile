@@ -112,6 +112,12 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png
 
+# A well-behaved client's echo round trips/s and p99 alone and beside 200
+# hostile connections, alternating in the same run (scripts/bench/hostile.py).
+bench-hostile: $(BIN) $(BUILD)/sente-bench
+	$(PY) scripts/bench/hostile.py --bin $(BIN) --bench $(BUILD)/sente-bench \
+	    --out $(BUILD)/bench/hostile.json
+
 # The same scenarios once, shorter, smaller (under two minutes).
 bench-quick: $(BIN) $(BUILD)/sente-bench
 	scripts/deps.sh --bench

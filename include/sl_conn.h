@@ -47,6 +47,9 @@ struct sl_conn {
     bool read_paused;  /* back-pressure: our output to it is over its bound */
     bool in_input;     /* its own input is being processed: what it is sent
                           now is a reply (back-pressured), not a delivery */
+    bool backlog;      /* c->in holds input whose processing was stopped (a
+                          pause, or the per-turn budget): not read further */
+    uint8_t turn_messages; /* messages processed in this callback */
     uint16_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only

@@ -45,6 +45,14 @@
  * is waiting to be written.  Also the backlog above which a connection
  * counts against the worker's share of --max-outbound-total. */
 #define SL_CONN_SMALL_BACKLOG (64 * 1024)
+/* Work one connection may do per loop turn before the others get theirs:
+ * WebSocket messages, HTTP requests (the rest of its input waits in c->in
+ * and is taken up in the next turn). */
+#define SL_CONN_TURN_MESSAGES 64
+/* Over --max-http-connections, a connection silent this long may be closed
+ * for a new one. */
+#define SL_CONN_EVICT_SILENT_MS 500
+#define SL_CONN_TURN_REQUESTS 16
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
@@ -126,9 +134,14 @@ static void conn_http_admit(sl_conn_t *c)
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
         return;
     sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
+    /* A silent connection must have had time to send its request (a
+     * burst of new ones must not evict a real client that connected just
+     * before it); an idle keep-alive one is fair game at once. */
+    int64_t silent_before = sl_mono_ms() - SL_CONN_EVICT_SILENT_MS;
     sl_conn_t *victim = NULL;
     for (sl_conn_t *o = sl_worker->conns; o; o = o->next)
         if (o != c && o->state == SL_CONN_HTTP && o->in_len == 0 && o->out.count == 0 &&
+            (o->busy_since_mono == 0 || o->accepted_mono <= silent_before) &&
             (!victim || o->accepted_mono <= victim->accepted_mono))
             victim = o;
     if (victim != NULL) {
@@ -138,6 +151,7 @@ static void conn_http_admit(sl_conn_t *c)
     sl_httpd_error(c, 503, "too-many-http-connections",
                    "the server is at --max-http-connections", false);
     conn_http_finish(c);
+    c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
 }
 
 sl_conn_t *sl_conn_new(int fd)
@@ -273,7 +287,7 @@ static void conn_watch(sl_conn_t *c, bool write)
     /* Input left over from a pause is processed in the next loop turn (the
      * socket may stay silent).  Re-done here because event_del above drops
      * an activation made earlier. */
-    if ((what & EV_READ) && c->in_len > 0 && c->state != SL_CONN_LINGER)
+    if ((what & EV_READ) && c->backlog && c->state != SL_CONN_LINGER)
         event_active(&c->ev, EV_READ, 0);
 }
 
@@ -305,6 +319,7 @@ static bool conn_output_low(const sl_conn_t *c)
 
 static void conn_pause(sl_conn_t *c)
 {
+    c->backlog = true; /* whatever input is left waits for the resume */
     if (c->read_paused)
         return;
     c->read_paused = true;
@@ -320,6 +335,15 @@ static void conn_resume(sl_conn_t *c)
     if (c->state == SL_CONN_HTTP && c->in_len > 0)
         c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
     conn_watch(c, c->write_armed); /* also schedules the left-over input */
+}
+
+/* Stop processing this connection's input for this turn (per-turn
+ * budget): the rest waits in c->in and is taken up in the next turn. */
+static void conn_yield(sl_conn_t *c)
+{
+    c->backlog = true;
+    if (!c->read_paused)
+        event_active(&c->ev, EV_READ, 0);
 }
 
 /* The pending pong goes into the queue unless the previous one is still
@@ -445,6 +469,24 @@ static void conn_http_finish(sl_conn_t *c)
 
 /* ------------------------------------------------------------ WebSocket */
 
+/* After each message: go on (0) or stop the reader (1) - closing, output
+ * over its bound (pause), or this turn's budget spent (yield); the rest of
+ * the input waits in c->in. */
+static int conn_after_message(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_WS)
+        return 1;
+    if (conn_output_high(c)) {
+        conn_pause(c);
+        return 1;
+    }
+    if (++c->turn_messages >= SL_CONN_TURN_MESSAGES) {
+        conn_yield(c);
+        return 1;
+    }
+    return 0;
+}
+
 static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
 {
     sl_conn_t *c = ctx;
@@ -458,13 +500,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         }
         sl_conn_send(c, b);
         sl_buf_unref(b);
-        if (c->state != SL_CONN_WS)
-            return 1;
-        if (conn_output_high(c)) {
-            conn_pause(c);
-            return 1;
-        }
-        return 0;
+        return conn_after_message(c);
     }
     if (opcode == SL_WS_OP_BINARY) {
         sl_worker_count_error(SL_ERR_UNSUPPORTED_DATA);
@@ -472,13 +508,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         return 1;
     }
     sl_proto_message(c, (char *)data, len);
-    if (c->state != SL_CONN_WS)
-        return 1;
-    if (conn_output_high(c)) {
-        conn_pause(c); /* the rest of this read waits in c->in */
-        return 1;
-    }
-    return 0;
+    return conn_after_message(c);
 }
 
 /* Ping/pong frames over --max-control-rate in one second: a flood. */
@@ -587,7 +617,7 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
     size_t used = 0;
     int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
-    if (rc == 1 && c->read_paused && c->state == SL_CONN_WS)
+    if (rc == 1 && c->backlog && c->state == SL_CONN_WS)
         conn_stash(c, data + used, n - used);
     if (rc > 1) {
         sl_err_t e = rc == SL_WS_CLOSE_INVALID_DATA ? SL_ERR_INVALID_UTF8
@@ -665,9 +695,19 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
     if (c->busy_since_mono == 0 && c->in_len > 0)
         c->busy_since_mono = sl_mono_ms();
 
-    while (c->state == SL_CONN_HTTP && c->in_len > 0 && !c->read_paused) {
+    /* Requests are answered from c->in + off; the answered ones are cut
+     * off once at the end (one memmove per read, not per request). */
+    size_t off = 0;
+    int budget = SL_CONN_TURN_REQUESTS;
+    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused) {
+        if (budget-- == 0) {
+            conn_yield(c); /* the rest next turn: others get theirs first */
+            break;
+        }
         sl_http_request_t req;
-        int rc = sl_http_parse_request(c->in, c->in_len, SL_HTTP_MAX_HEAD, &req);
+        const char *in = c->in + off;
+        size_t have = c->in_len - off;
+        int rc = sl_http_parse_request(in, have, SL_HTTP_MAX_HEAD, &req);
         if (rc == SL_AGAIN)
             break;
         if (rc != SL_OK) {
@@ -684,43 +724,39 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             return;
         }
         size_t body_len = req.content_length > 0 ? (size_t)req.content_length : 0;
-        if (c->in_len < req.head_len + body_len)
+        if (have < req.head_len + body_len)
             break; /* body still arriving */
         size_t used = req.head_len + body_len;
-        bool keep = sl_httpd_request(c, &req, c->in + req.head_len, body_len);
+        bool keep = sl_httpd_request(c, &req, in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
+        off += used;
         if (c->state == SL_CONN_WS) {
             /* Bytes after the upgrade request are WebSocket frames. */
-            size_t rest = c->in_len - used;
-            char *in = c->in;
+            size_t rest = c->in_len - off;
+            char *buf = c->in;
             c->in = NULL;
             c->in_len = c->in_cap = 0;
             if (rest)
-                conn_ws_input(c, (uint8_t *)in + used, rest);
-            free(in);
-            return;
-        }
-        if (conn_output_high(c)) {
-            /* Pipelined requests wait until this response has drained. */
-            memmove(c->in, c->in + used, c->in_len - used);
-            c->in_len -= (uint32_t)used;
-            c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
-            c->accepted_mono = sl_mono_ms();
-            if (keep)
-                conn_pause(c);
-            else
-                conn_http_finish(c);
+                conn_ws_input(c, (uint8_t *)buf + off, rest);
+            free(buf);
             return;
         }
         if (!keep) {
             conn_http_finish(c);
             return;
         }
-        memmove(c->in, c->in + used, c->in_len - used);
-        c->in_len -= (uint32_t)used;
-        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
         c->accepted_mono = sl_mono_ms(); /* idle keep-alive timer restarts */
+        if (conn_output_high(c)) {
+            /* Pipelined requests wait until this response has drained. */
+            conn_pause(c);
+            break;
+        }
+    }
+    if (off > 0) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= (uint32_t)off;
+        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
     }
     if (c->state == SL_CONN_HTTP && c->in_len == 0 && c->in != NULL) {
         free(c->in);
@@ -735,6 +771,8 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
 {
     c->in_input = true;
+    c->backlog = false;
+    c->turn_messages = 0;
     switch (c->state) {
     case SL_CONN_HTTP:
         conn_http_input(c, data, n);
@@ -781,10 +819,11 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         sl_conn_flush(c);
     if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
         return;
-    /* Input left over from before a pause goes first (conn_resume). */
-    if (c->in_len > 0 && !c->read_paused && c->state != SL_CONN_LINGER) {
+    /* Input left over from a pause or an earlier turn goes first; while
+     * some is still left, nothing more is read. */
+    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER) {
         conn_process(c, NULL, 0);
-        if (c->state == SL_CONN_DEAD)
+        if (c->state == SL_CONN_DEAD || c->backlog)
             return;
     }
     if (c->read_paused)

@@ -27,7 +27,17 @@ typedef struct {
     int live_workers;
 } totals_t;
 
+/* Add worker i's figures to t; with `o`, also describe it there. */
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc);
+
 static json_t *worker_json(uint32_t i, totals_t *t)
+{
+    json_t *o = NULL;
+    worker_figures(i, t, &o);
+    return o;
+}
+
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
 {
     sl_worker_stats_t *w = &sl_shm->workers[i];
     int32_t pid = uatomic_read(&w->pid);
@@ -51,6 +61,8 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     t->backpressure_pauses += pauses;
     if (pid > 0)
         t->live_workers++;
+    if (doc == NULL)
+        return; /* /health: the totals are all it needs */
     json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
                           "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
                           (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
@@ -70,7 +82,7 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
     json_object_set_new(o, "inbox-depth",
                         json_integer((json_int_t)sl_inbox_depth(sl_shm->reg.inboxes[i])));
-    return o;
+    *doc = o;
 }
 
 static json_t *workers_json(totals_t *t)
@@ -198,7 +210,10 @@ json_t *sl_stats_json(void)
 json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
-    json_decref(workers_json(&t));
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        worker_figures(i, &t, NULL);
+    for (int e = 0; e < SL_ERR__COUNT; e++)
+        t.errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
     sl_reg_figures_t f;
     sl_reg_figures(&sl_shm->reg, &f);
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
