@@ -164,6 +164,12 @@ sl_conn_t *sl_conn_new(int fd)
     evutil_make_socket_nonblocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* While it speaks HTTP, the kernel holds at most this much of our
+     * output unsent: a client that pipelines requests without reading the
+     * responses is back-pressured after that, not after the megabytes
+     * the socket buffer would otherwise grow to (lifted on upgrade). */
+    int lowat = SL_CONN_SMALL_BACKLOG;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
@@ -649,6 +655,8 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
     uatomic_add(&sl_worker->stats->http_connections, -1);
+    unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
 /* ----------------------------------------------------------------- HTTP */

@@ -215,6 +215,11 @@ def rss(pid):
     return 0
 
 
+def proc_cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().split(") ")[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def echo_run(bench, port, seconds, conns):
     out = subprocess.run([bench, "echo", "--port", str(port), "--connections", str(conns),
                           "--duration", str(seconds), "--drain", "1", "--json-only"],
@@ -223,8 +228,28 @@ def echo_run(bench, port, seconds, conns):
     return doc["round-trips-per-s"], doc["latency-p99-us"]
 
 
+def generate(port, hostile, seconds):
+    """The hostile side alone (a process of its own, see --generator-nice)."""
+    stop = threading.Event()
+    slots = [Slot(KINDS[i % len(KINDS)], port, stop) for i in range(hostile)]
+    for s in slots:
+        s.start()
+    time.sleep(seconds)
+    stop.set()
+    for s in slots:
+        s.join(timeout=10)
+    cpu = os.times()
+    print(json.dumps({"rounds": sum(s.rounds for s in slots),
+                      "cpu-s": round(cpu.user + cpu.system, 2)}), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--generator-nice", type=int, default=19,
+                    help="niceness of the hostile generator process: its own Python CPU "
+                         "is not the server's cost (0: compete as equals)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "sente-lite"))
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "sente-bench"))
     ap.add_argument("--seconds", type=int, default=8)
@@ -233,6 +258,8 @@ def main():
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
+    if a.generate:
+        return generate(a.port, a.hostile, a.seconds)
 
     port = free_port()
     srv = subprocess.Popen([a.bin, "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
@@ -248,13 +275,14 @@ def main():
         workers = [w["pid"] for w in get_json(port, "/stats")["workers"]]
         base_rss = {p: rss(p) for p in workers}
         max_growth = 0
-        alone, beside = [], []
+        alone, beside, gen_stats = [], [], []
+        cpu0 = {p: proc_cpu(p) for p in workers}
         for rep in range(a.reps):
             alone.append(echo_run(a.bench, port, a.seconds, a.connections))
-            stop = threading.Event()
-            slots = [Slot(KINDS[i % len(KINDS)], port, stop) for i in range(a.hostile)]
-            for s in slots:
-                s.start()
+            gen = subprocess.Popen(["nice", "-n", str(a.generator_nice), sys.executable,
+                                    os.path.abspath(__file__), "--generate", "--port",
+                                    str(port), "--hostile", str(a.hostile), "--seconds",
+                                    str(a.seconds + 2)], stdout=subprocess.PIPE, text=True)
             time.sleep(1.0)  # let every kind get going
             sampler_stop = threading.Event()
 
@@ -268,13 +296,13 @@ def main():
             t.start()
             beside.append(echo_run(a.bench, port, a.seconds, a.connections))
             sampler_stop.set()
-            stop.set()
-            for s in slots:
-                s.join(timeout=10)
+            gen_out = gen.communicate(timeout=60)[0].strip().splitlines()
+            gen_stats.append(json.loads(gen_out[-1]) if gen_out else {})
             time.sleep(2)  # closings and lingers settle
             print(f"rep {rep + 1}: alone {alone[-1][0]:.0f} rt/s p99 {alone[-1][1]} us; "
                   f"beside {beside[-1][0]:.0f} rt/s p99 {beside[-1][1]} us", flush=True)
         st = get_json(port, "/stats")
+        server_cpu = sum(proc_cpu(p) - cpu0[p] for p in workers)
         med = lambda xs, i: statistics.median(x[i] for x in xs)
         res = {
             "alone-rt-per-s": med(alone, 0), "alone-p99-us": med(alone, 1),
@@ -285,6 +313,8 @@ def main():
             "backpressure-pauses": st.get("backpressure-pauses"),
             "slow-consumer-disconnects": st["slow-consumer-disconnects"],
             "runs": {"alone": alone, "beside": beside},
+            "generator": gen_stats, "generator-nice": a.generator_nice,
+            "workers-cpu-s-whole-run": round(server_cpu, 2),
         }
         res["throughput-ratio"] = res["beside-rt-per-s"] / res["alone-rt-per-s"]
         res["p99-ratio"] = res["beside-p99-us"] / max(1, res["alone-p99-us"])
@@ -295,6 +325,7 @@ def main():
               f"{res['p99-ratio']:.2f} (goal <= 2), worker RSS growth max "
               f"{max_growth / 1048576:.1f} MiB")
         print("errors by reason: " + json.dumps(res["errors"]))
+        print("hostile generator (nice %d): %s" % (a.generator_nice, json.dumps(gen_stats)))
         if a.out:
             with open(a.out, "w") as f:
                 json.dump(res, f, indent=1)
