@@ -26,7 +26,10 @@ int sl_proc_send_fds(int sock, const int *fds, int n);
 
 /* Receive one message's descriptors into fds (room for SL_PROC_FDS_MAX):
  * their count (>= 1), SL_AGAIN when none is waiting, or SL_ERROR (errno
- * set; 0 with EOF meaning the peer closed). */
+ * set; 0 with EOF meaning the peer closed).  When this process is out of
+ * descriptors the kernel drops (closes) what it cannot install: the count
+ * is then of those received, errno is EMFILE, and a message that brought
+ * none returns 0. */
 int sl_proc_recv_fds(int sock, int *fds);
 
 #endif

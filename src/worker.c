@@ -156,6 +156,12 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         int n = sl_proc_recv_fds(fd, fds);
         if (n == SL_AGAIN)
             return;
+        if (n >= 0 && errno == EMFILE) {
+            /* We are out of descriptors: the kernel closed the sockets it
+             * could not give us (their clients see the connection close). */
+            sl_worker_count_error(SL_ERR_FD_EXHAUSTED);
+            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
+        }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
             if (!w->stopping)

@@ -409,3 +409,45 @@ def test_connection_flood_bounded(server_factory):
     wait_for(lambda: srv.stats()["workers"][0]["http-connections"] <= 50, what="bounded")
     for s in socks:
         s.close()
+
+
+def test_accept_out_of_descriptors_counted_and_unhealthy(server_factory, tmp_path):
+    """The master at EMFILE keeps working: the connection it cannot take is
+    taken with the reserve descriptor and closed, accepting pauses briefly,
+    it is counted, and /health says so for a while."""
+    import subprocess
+    from conftest import BIN, Server, free_port
+    # A hard limit of 48 descriptors: the master's batches of accepted
+    # sockets run into it quickly.
+    port = free_port()
+    log = str(tmp_path / "fd.log")
+    proc = subprocess.Popen(["prlimit", "--nofile=48:48", BIN, "--host", "127.0.0.1", "--port",
+                             str(port), "--workers", "1", "--log-file", log],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        srv = Server.__new__(Server)
+        srv.port = port
+        wait_for(lambda: srv.healthy(), timeout=10, what="server up")
+        socks = []
+        for _ in range(120):
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                pass
+        def exhausted():
+            try:
+                return srv.get_json("/stats")[1]["errors"]["descriptors-exhausted"] >= 1
+            except (OSError, ValueError, KeyError):
+                return False
+        for s in socks:
+            s.close()
+        wait_for(exhausted, timeout=10, what="descriptors-exhausted counted")
+        st, doc = srv.get_json("/health")
+        assert st == 503 and doc["descriptors-ok"] is False and doc["descriptors-exhausted"] >= 1
+        assert srv.get_json("/stats")[1]["descriptors-exhausted-recently"] is True
+        # Still serving.
+        ws = opened(srv)
+        ws.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
