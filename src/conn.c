@@ -298,7 +298,8 @@ static void conn_watch(sl_conn_t *c, bool write)
 }
 
 /* Is the connection's own output too large to take more input from it?
- * (A quarter of the bound is kept free for deliveries from others.) */
+ * (Replies may fill half of the bound; the other half is kept for
+ * deliveries from others, which close it as a slow consumer.) */
 static bool conn_output_high(const sl_conn_t *c)
 {
     if (c->out.bytes == 0)
@@ -666,16 +667,22 @@ static size_t http_in_limit(void)
     return SL_HTTP_MAX_HEAD + (size_t)sl_conf->max_message_size;
 }
 
+/* More unanswered request bytes than one request may have: refused, never
+ * dropped silently.  (Reads are sized to fit, so only input handed in
+ * beyond that - sl_conn_input - can get here.) */
+static void conn_http_overflow(sl_conn_t *c)
+{
+    sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
+    sl_httpd_error(c, 413, "payload-too-large",
+                   "more unanswered request bytes than a request may have", false);
+    conn_http_finish(c);
+}
+
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
     size_t limit = http_in_limit();
     if (c->in_len + n > limit) {
-        /* Reads are sized to fit, so only unanswered pipelined requests can
-         * get here: refused, never dropped silently. */
-        sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
-        sl_httpd_error(c, 413, "payload-too-large",
-                       "more unanswered request bytes than a request may have", false);
-        conn_http_finish(c);
+        conn_http_overflow(c);
         return;
     }
     if (c->in_len + n > c->in_cap) {
@@ -844,7 +851,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         size_t left = http_in_limit() - c->in_len;
         room = SL_MIN(room, left);
         if (room == 0) {
-            conn_http_input(c, NULL, 1); /* refuses it (413) */
+            conn_http_overflow(c);
             return;
         }
     }

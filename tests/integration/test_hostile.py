@@ -16,6 +16,17 @@ from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawW
 MIB = 1 << 20
 
 
+# ASan keeps freed memory in quarantine and pads every allocation, so RSS
+# says nothing about our bounds there: they are checked on the normal build.
+ASAN = SLOW > 1
+
+
+def assert_rss_growth(pid, before, bound):
+    grown = rss_bytes(pid) - before
+    if not ASAN:
+        assert grown <= bound, f"worker RSS grew {grown} bytes, bound {bound}"
+
+
 def rss_bytes(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -90,8 +101,7 @@ def test_ping_flood_closed_1008_and_counted(server_factory):
     ping = frame(OP_PING, b"p" * 125)
     send_until_refused(ws.sock, ping * 200, 50 * MIB, 5)
     wait_for(lambda: errors(srv)["control-flood"] >= 1, what="control-flood counted")
-    grown = rss_bytes(wpid) - before
-    assert grown <= 4 * MIB + 1 * MIB, grown
+    assert_rss_growth(wpid, before, 4 * MIB + 1 * MIB)
     assert close_code(ws) == 1008
     ws.close()
 
@@ -144,7 +154,7 @@ def test_echo_flood_without_reading_is_back_pressured(server_factory):
     sent = send_until_refused(ws.sock, msg * 16, 64 * MIB, 4)
     assert sent < 64 * MIB  # the server stopped taking it
     wait_for(lambda: srv.stats()["backpressure-pauses"] >= 1, what="pause")
-    assert rss_bytes(wpid) - before <= 4 * MIB + 1 * MIB
+    assert_rss_growth(wpid, before, 4 * MIB + 1 * MIB)
     assert srv.stats()["slow-consumer-disconnects"] == 0
     # Reading again: every reply arrives, in order, and the connection lives.
     n = 0
@@ -221,7 +231,7 @@ def test_pipelined_http_bounded(server_factory):
     req = b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"
     sent = send_until_refused(s, req * 500, 2 * MIB, 4)
     wait_for(lambda: srv.stats()["backpressure-pauses"] >= 1, what="pause")
-    assert rss_bytes(wpid) - before <= 4 * MIB + 1 * MIB
+    assert_rss_growth(wpid, before, 4 * MIB + 1 * MIB)
     # Now read: each request is answered, in order.
     s.settimeout(10 * SLOW)
     want = sent // len(req)
@@ -356,7 +366,7 @@ def test_huge_message_in_fragments_1009(server_factory):
         pass
     assert close_code(ws) == 1009
     assert errors(srv)["message-too-big"] == 1
-    assert rss_bytes(wpid) - before <= 4 * MIB + 1 * MIB
+    assert_rss_growth(wpid, before, 4 * MIB + 1 * MIB)
     ws.close()
 
 
