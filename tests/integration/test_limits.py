@@ -136,7 +136,8 @@ def test_slow_consumer_disconnected(server_factory):
     assert json.loads(other.read_data())["original-timestamp"] == 5
     slow.close()
     other.close()
-    assert any("slow-consumer-disconnected" in line for line in srv.log_lines())
+    wait_for(lambda: any("slow-consumer-disconnected" in line for line in srv.log_lines()),
+             what="the telemetry line")
 
 
 def test_echo_endpoint(server_factory):
