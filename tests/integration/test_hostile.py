@@ -285,6 +285,7 @@ def test_http_limit_evicts_silent_then_refuses_503(server_factory):
     for s in silent:
         s.close()
     wait_for(lambda: srv.stats()["workers"][0]["http-connections"] <= 1, what="closed")
+    time.sleep(0.5)  # the server sees our own /stats connections close too
     partial = []
     for _ in range(10):
         s = socket.create_connection(("127.0.0.1", srv.port))
