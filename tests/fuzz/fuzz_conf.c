@@ -89,7 +89,9 @@ static int to_argv(json_t *j, char **argv, int max)
     json_t *v;
     json_object_foreach(j, key, v)
     {
-        char buf[1200];
+        /* Values are not bounded in length (an origin): the buffer is sized
+         * to the longest possible line. */
+        static char buf[8192];
         if (n + 2 >= max)
             break;
         if (strcmp(key, "admin-token") == 0 || json_is_null(v))
