@@ -52,7 +52,16 @@ def opened(srv, **kw):
 
 
 def errors(srv):
-    return srv.stats()["errors"]
+    """/stats errors; retried while our own request is refused at
+    --max-http-connections (closed connections take a moment to count)."""
+    deadline = time.time() + 5 * SLOW
+    while True:
+        try:
+            return srv.stats()["errors"]
+        except (KeyError, OSError, ValueError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def http_conns(srv):
