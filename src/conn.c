@@ -297,31 +297,33 @@ static void conn_watch(sl_conn_t *c, bool write)
         event_active(&c->ev, EV_READ, 0);
 }
 
-/* Is the connection's own output too large to take more input from it?
- * (Replies may fill half of the bound; the other half is kept for
- * deliveries from others, which close it as a slow consumer.) */
-static bool conn_output_high(const sl_conn_t *c)
+/* Is the connection's output over 1/divisor of its bound (64 KiB for HTTP),
+ * or, while the worker is over its share of --max-outbound-total, at least
+ * 64 KiB? */
+static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
 {
     if (c->out.bytes == 0)
         return false;
     if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
         return true;
     uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
-                                           : (uint64_t)sl_conf->max_outbound_bytes / 2;
+                                           : (uint64_t)sl_conf->max_outbound_bytes / divisor;
     return c->out.bytes >= at;
 }
 
-/* Has it drained enough to read again?  (Below a quarter of the bound:
- * hysteresis, so a connection at the bound does not flip every turn.) */
+/* Too much of its own output to take more input from it?  (Replies may
+ * fill half of the bound; the other half is kept for deliveries from
+ * others, which close it as a slow consumer.) */
+static bool conn_output_high(const sl_conn_t *c)
+{
+    return conn_output_over(c, 2);
+}
+
+/* Drained enough to read again?  (Below a quarter: hysteresis, so a
+ * connection at the bound does not flip every turn.) */
 static bool conn_output_low(const sl_conn_t *c)
 {
-    if (c->out.bytes == 0)
-        return true;
-    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
-        return false;
-    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
-                                           : (uint64_t)sl_conf->max_outbound_bytes / 4;
-    return c->out.bytes < at;
+    return !conn_output_over(c, 4);
 }
 
 static void conn_pause(sl_conn_t *c)

@@ -36,6 +36,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+from wsraw import frame  # noqa: E402  (the raw RFC 6455 frame builder of the tests)
 
 
 def free_port():
@@ -44,23 +46,6 @@ def free_port():
     p = s.getsockname()[1]
     s.close()
     return p
-
-
-def frame(op, payload=b"", fin=True, rsv=0, mask=True):
-    n = len(payload)
-    b0 = (0x80 if fin else 0) | rsv | op
-    m = 0x80 if mask else 0
-    if n < 126:
-        head = bytes([b0, m | n])
-    elif n < 65536:
-        head = bytes([b0, m | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([b0, m | 127]) + struct.pack(">Q", n)
-    if not mask:
-        return head + payload
-    key = os.urandom(4)
-    k = (key * (n // 4 + 1))[:n]
-    return head + key + bytes(a ^ b for a, b in zip(payload, k))
 
 
 def upgrade_req(port, path):
