@@ -70,7 +70,8 @@ static const sl_option_t sl_options[] = {
     {"max-message-size", NULL, OPT_BYTES, OFF(max_message_size), 0, 64, 256LL << 20, "1M",
      "BYTES", "largest WebSocket message or HTTP body (over it: 1009 / 413)"},
     {"max-outbound-bytes", NULL, OPT_BYTES, OFF(max_outbound_bytes), 0, 1024, 1LL << 30, "4M",
-     "BYTES", "per-connection send queue bound (over it: close 1008)"},
+     "BYTES", "per-connection send queue bound (replies: reading pauses at half of it; "
+     "deliveries over it: close 1008)"},
     {"max-outbound-total", NULL, OPT_BYTES, OFF(max_outbound_total), 0, 1 << 20, 1LL << 40, "1G",
      "BYTES", "output buffered by all workers together (an equal share each; over it: "
      "stop reading, close slow consumers 1008)"},
