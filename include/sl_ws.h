@@ -130,6 +130,11 @@ typedef struct {
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
     bool closed; /* a close frame was delivered: ignore anything after */
+    /* Frames read so far (the caller may reset it), and a limit: once
+     * `frames` reaches a non-zero `frame_limit`, sl_ws_reader_feed stops at
+     * the next frame boundary and returns 1, like a handler that stopped
+     * it (a bound on the work one feed does, whatever the frames' size). */
+    uint32_t frames, frame_limit;
     int failed;  /* the close code of a protocol error: every later feed
                     returns it and consumes nothing more */
 } sl_ws_reader_t;

@@ -49,6 +49,7 @@
  * WebSocket messages, HTTP requests (the rest of its input waits in c->in
  * and is taken up in the next turn). */
 #define SL_CONN_TURN_MESSAGES 64
+#define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
 /* Over --max-http-connections, a connection silent this long may be closed
  * for a new one. */
 #define SL_CONN_EVICT_SILENT_MS 500
@@ -584,7 +585,9 @@ static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "control frame flood");
             return 1;
         }
-        return opcode == SL_WS_OP_PING ? conn_answer_ping(c, data, len) : 0;
+        if (opcode == SL_WS_OP_PING && conn_answer_ping(c, data, len) != 0)
+            return 1;
+        return conn_after_message(c); /* a ping costs a turn's work like a message */
     }
     /* CLOSE */
     if (c->state == SL_CONN_WS) {
@@ -626,7 +629,10 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
     size_t used = 0;
     int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
-    if (rc == 1 && c->backlog && c->state == SL_CONN_WS)
+    bool open = c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING;
+    if (rc == 1 && open && !c->backlog && c->reader.frames >= c->reader.frame_limit)
+        conn_yield(c); /* this turn's frames are spent (10,000 tiny fragments) */
+    if (rc == 1 && open && c->backlog)
         conn_stash(c, data + used, n - used);
     if (rc > 1) {
         sl_err_t e = rc == SL_WS_CLOSE_INVALID_DATA ? SL_ERR_INVALID_UTF8
@@ -657,6 +663,7 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->busy_since_mono = 0;
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
+    c->reader.frame_limit = SL_CONN_TURN_FRAMES;
     uatomic_add(&sl_worker->stats->http_connections, -1);
     unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
@@ -790,6 +797,7 @@ static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
     c->in_input = true;
     c->backlog = false;
     c->turn_messages = 0;
+    c->reader.frames = 0;
     switch (c->state) {
     case SL_CONN_HTTP:
         conn_http_input(c, data, n);

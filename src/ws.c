@@ -274,6 +274,8 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
 
 
     while (*pos < n && !r->closed) {
+        if (!r->in_frame && r->hdr_have == 0 && r->frame_limit && r->frames >= r->frame_limit)
+            return 1; /* the caller's budget: resume here later */
         if (!r->in_frame) {
             const uint8_t *hdr;
             if (r->hdr_have == 0 && n - *pos >= 2 && n - *pos >= header_size(buf + *pos)) {
@@ -320,6 +322,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
                 r->frame_have = take;
             }
             r->in_frame = false;
+            r->frames++;
             rc = deliver_control(r, p, (size_t)r->frame_len, h, ctx);
             free(r->ctl);
             r->ctl = NULL;
@@ -336,6 +339,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         if (whole && r->frame_fin && !r->in_message) {
             /* The common case: an unfragmented frame, delivered in place. */
             r->in_frame = false;
+            r->frames++;
             if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
                 return SL_WS_CLOSE_INVALID_DATA;
             if ((rc = h->on_message(ctx, r->msg_op, p, take)) != 0)
@@ -347,6 +351,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         if (!frame_done)
             return 0;
         r->in_frame = false;
+        r->frames++;
         if (!r->frame_fin) {
             r->in_message = true;
             continue;
