@@ -68,6 +68,8 @@ static int run(const uint8_t *in, size_t n, bool masked, int split, uint32_t see
     sl_ws_reader_t r;
     sl_ws_reader_init(&r, masked, MAX_MSG);
     e->stop_each = stop_each;
+    if (stop_each)
+        r.frame_limit = 1 + seed % 4; /* and a frame budget, as conn.c sets one */
     int rc = 0;
     size_t pos = 0;
     while (pos < n && rc == 0 && !r.closed) {
@@ -92,8 +94,11 @@ static int run(const uint8_t *in, size_t n, bool masked, int split, uint32_t see
             off += used;
             if (rc == 1 && stop_each && off < k && !r.closed) {
                 rc = 0;
+                r.frames = 0; /* the next turn's budget */
                 continue;
             }
+            if (stop_each)
+                r.frames = 0;
             if (rc == 1 && stop_each)
                 rc = 0;
             break;
