@@ -23,6 +23,7 @@ ASAN = SLOW > 1
 
 def assert_rss_growth(pid, before, bound):
     grown = rss_bytes(pid) - before
+    print(f"RSS growth {grown / 1048576:.2f} MiB (bound {bound / 1048576:.2f} MiB)")
     if not ASAN:
         assert grown <= bound, f"worker RSS grew {grown} bytes, bound {bound}"
 
