@@ -114,9 +114,14 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel
 
 # A well-behaved client's echo round trips/s and p99 alone and beside 200
 # hostile connections, alternating in the same run (scripts/bench/hostile.py).
-bench-hostile: $(BIN) $(BUILD)/sente-bench
+bench-hostile: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/hostile_gen
 	$(PY) scripts/bench/hostile.py --bin $(BIN) --bench $(BUILD)/sente-bench \
-	    --out $(BUILD)/bench/hostile.json
+	    --generator $(BUILD)/bench/hostile_gen --out $(BUILD)/bench/hostile.json
+
+# The hostile side of bench-hostile: libc only, one epoll loop.
+$(BUILD)/bench/hostile_gen: tests/bench/hostile_gen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
 
 # The same scenarios once, shorter, smaller (under two minutes).
 bench-quick: $(BIN) $(BUILD)/sente-bench

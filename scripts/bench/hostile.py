@@ -15,6 +15,11 @@ and prints per phase and the medians, with the ratios (throughput beside /
 alone, p99 beside / alone), the server's errors by reason and the largest
 worker RSS growth seen.  Figures, not a test: the machine is shared.
 
+The hostile side is tests/bench/hostile_gen.c (one epoll loop in C, what
+make bench-hostile uses) or, without --generator, this script's own Python
+slots (200 threads: on 2 cores their own CPU and wake-ups compete with the
+server and the benchmark, so run them with --generator-nice 19).
+
 The hostile kinds (20 slots each): slowloris (an HTTP head a byte at a
 time), oversize frame length, unmasked frame, reserved opcode and RSV bits,
 invalid UTF-8, a 100 MB message trickled in 64 KiB fragments, 10,000
@@ -232,7 +237,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--generator-nice", type=int, default=19,
+    ap.add_argument("--generator", default=None,
+                    help="the C generator (tests/bench/hostile_gen.c, built by make "
+                         "bench-hostile); default: the Python slots of this script")
+    ap.add_argument("--generator-nice", type=int, default=0,
                     help="niceness of the hostile generator process: its own Python CPU "
                          "is not the server's cost (0: compete as equals)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "sente-lite"))
@@ -264,10 +272,14 @@ def main():
         cpu0 = {p: proc_cpu(p) for p in workers}
         for rep in range(a.reps):
             alone.append(echo_run(a.bench, port, a.seconds, a.connections))
-            gen = subprocess.Popen(["nice", "-n", str(a.generator_nice), sys.executable,
-                                    os.path.abspath(__file__), "--generate", "--port",
-                                    str(port), "--hostile", str(a.hostile), "--seconds",
-                                    str(a.seconds + 2)], stdout=subprocess.PIPE, text=True)
+            if a.generator:
+                gen_cmd = [a.generator, str(port), str(a.hostile), str(a.seconds + 2)]
+            else:
+                gen_cmd = [sys.executable, os.path.abspath(__file__), "--generate", "--port",
+                           str(port), "--hostile", str(a.hostile), "--seconds",
+                           str(a.seconds + 2)]
+            gen = subprocess.Popen(["nice", "-n", str(a.generator_nice)] + gen_cmd,
+                                   stdout=subprocess.PIPE, text=True)
             time.sleep(1.0)  # let every kind get going
             sampler_stop = threading.Event()
 
@@ -299,6 +311,7 @@ def main():
             "slow-consumer-disconnects": st["slow-consumer-disconnects"],
             "runs": {"alone": alone, "beside": beside},
             "generator": gen_stats, "generator-nice": a.generator_nice,
+            "generator-program": a.generator or "python",
             "workers-cpu-s-whole-run": round(server_cpu, 2),
         }
         res["throughput-ratio"] = res["beside-rt-per-s"] / res["alone-rt-per-s"]
@@ -310,7 +323,8 @@ def main():
               f"{res['p99-ratio']:.2f} (goal <= 2), worker RSS growth max "
               f"{max_growth / 1048576:.1f} MiB")
         print("errors by reason: " + json.dumps(res["errors"]))
-        print("hostile generator (nice %d): %s" % (a.generator_nice, json.dumps(gen_stats)))
+        print("hostile generator %s (nice %d): %s" % (a.generator or "python", a.generator_nice,
+                                                    json.dumps(gen_stats)))
         if a.out:
             with open(a.out, "w") as f:
                 json.dump(res, f, indent=1)
