@@ -48,6 +48,7 @@
 /* Work one connection may do per loop turn before the others get theirs:
  * WebSocket messages, HTTP requests (the rest of its input waits in c->in
  * and is taken up in the next turn). */
+#define SL_CONN_TURN_READ (16 * 1024) /* bytes read per turn (<= SL_SCRATCH_SIZE) */
 #define SL_CONN_TURN_MESSAGES 64
 #define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
 /* Over --max-http-connections, a connection silent this long may be closed
@@ -853,10 +854,10 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (c->read_paused)
         return;
-    /* At most one buffer per connection per loop turn: a connection that
-     * always has input cannot starve the others.  For HTTP no more than
+    /* At most one read of SL_CONN_TURN_READ per connection per loop turn:
+     * a connection that always has input cannot starve the others.  For HTTP no more than
      * the request buffer can still take, so nothing is ever dropped. */
-    size_t room = SL_SCRATCH_SIZE;
+    size_t room = SL_CONN_TURN_READ;
     if (c->state == SL_CONN_HTTP) {
         size_t left = http_in_limit() - c->in_len;
         room = SL_MIN(room, left);
