@@ -228,7 +228,8 @@ bench bench-quick: $(BUILD)/bench/ceiling
 
 # --- fuzz ---
 # libFuzzer targets (tests/fuzz/README.md).  `make check-fuzz` replays the
-# committed corpora through the same targets linked with a plain main()
+# committed corpora (one test per target: a finding aborts the target)
+# through the same targets linked with a plain main()
 # (tests/fuzz/replay.c) in the current build (gcc; SAN=1: ASan/UBSan), so
 # the normal check needs no clang; `make fuzz` builds them with clang and
 # libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
@@ -250,7 +251,7 @@ check-fuzz: $(FUZZ_REPLAY)
 	for t in $(FUZZ_TARGETS); do \
 	    out=$$($(BUILD)/fuzz/replay_$$t tests/fuzz/corpus/$$t 2>&1); rc=$$?; \
 	    n=$$(printf '%s\n' "$$out" | sed -n 's/^\([0-9]*\) inputs replayed$$/\1/p'); \
-	    if [ $$rc -eq 0 ] && [ -n "$$n" ]; then echo "fuzz $$t: $$n inputs replayed"; passed=$$((passed + n)); \
+	    if [ $$rc -eq 0 ] && [ -n "$$n" ]; then echo "fuzz $$t: $$n inputs replayed"; passed=$$((passed + 1)); \
 	    else printf '%s\n' "$$out" | tail -20; echo "fuzz $$t: FAILED (exit $$rc)"; failed=$$((failed + 1)); fi; \
 	done; \
 	echo "fuzz: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
