@@ -928,8 +928,14 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         break;
     case SL_CONN_CLOSING:
     case SL_CONN_LINGER:
-        if (now >= c->deadline_mono)
+        if (now >= c->deadline_mono) {
+            /* Closing with unread input sends a reset, and a reset makes
+             * the peer's kernel drop what it has not read yet - our close
+             * frame with it.  So what is waiting is read first (bounded). */
+            for (int k = 0; k < 4 && read(c->fd, sl_worker->rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            }
             sl_conn_abort(c, "close timeout");
+        }
         break;
     default:
         break;
