@@ -35,4 +35,8 @@ int64_t sl_mono_ms(void);
 /* Monotonic microseconds, for latency measurement. */
 int64_t sl_mono_us(void);
 
+/* Tests and fuzzers replace the clocks (NULL: the real one again), so that
+ * timeouts can be driven without waiting.  The server never calls this. */
+void sl_clock_override(int64_t (*now_ms)(void), int64_t (*mono_ms)(void));
+
 #endif

@@ -45,6 +45,14 @@ struct sl_conn {
     bool close_after_flush; /* HTTP "Connection: close": shut after output */
     bool shut_wr;      /* shutdown(SHUT_WR) done */
     bool ops;          /* accepted on --ops-listen (operator endpoints only) */
+    bool read_paused;  /* back-pressure: our output to it is over its bound */
+    bool in_input;     /* its own input is being processed: what it is sent
+                          now is a reply (back-pressured), not a delivery */
+    bool backlog;      /* c->in holds input whose processing was stopped (a
+                          pause, or the per-turn budget): not read further */
+    uint8_t turn_messages; /* messages processed in this callback */
+    uint16_t ctl_count; /* control frames received in the current second */
+    uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
     struct event ev;
@@ -52,12 +60,20 @@ struct sl_conn {
     sl_conn_t *dirty_next;    /* the worker's flush list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
+    int64_t last_tx_mono;     /* last time the socket took output */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
     int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
     int64_t deadline_mono;    /* CLOSING / LINGER give-up time */
-    /* HTTP input that has not formed a whole request yet (malloc'd). */
+    /* Input not processed yet (malloc'd): an unfinished HTTP request, or
+     * pipelined requests / WebSocket bytes left when back-pressure stopped
+     * processing (at most one read's worth: reading stops with it). */
     char *in;
     uint32_t in_len, in_cap;
+    /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
+     * answered): `pong` is the answer to the latest ping, not queued yet;
+     * `pong_sent` the one in the queue (its buffer is ours again once its
+     * reference count is back to 1, i.e. it has been written). */
+    sl_buf_t *pong, *pong_sent;
     sl_ws_reader_t reader;
     sl_outq_t out;
     int64_t opened_at; /* wall ms, WebSocket open */
@@ -80,8 +96,19 @@ struct sl_conn {
 sl_conn_t *sl_conn_new(int fd, bool ops);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
- * b->len).  Returns SL_OK, or SL_ERROR when the connection was closed
- * instead (slow consumer, out of memory).  The caller keeps its reference. */
+ * b->len).  Returns SL_OK, or SL_ERROR when it was not queued (the
+ * connection is closing, or was closed instead: slow consumer, out of
+ * memory).  The caller keeps its reference.
+ *
+ * Bounds: a reply (sent while the connection's own input is processed) is
+ * always queued, and reading from the connection pauses while its output
+ * is over half of --max-outbound-bytes (64 KiB for HTTP: the next
+ * pipelined request waits); a delivery (a channel message, an RPC from
+ * another client) that would take the queue over --max-outbound-bytes, or
+ * arrives while the worker is over its share of --max-outbound-total, makes
+ * it a slow consumer: close 1008.  One message is always queued whole into
+ * an empty queue, so a message larger than the bound is not a slow
+ * consumer by itself. */
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b);
 
 /* Encode `j` as a text frame and queue it (one encoder: sl_frame_json).
@@ -97,6 +124,10 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason);
 
 /* Close the socket now (no handshake) and schedule the free. */
 void sl_conn_abort(sl_conn_t *c, const char *why);
+
+/* Process n bytes received from the peer (data may be modified in place).
+ * What reading the socket does; also the entry point of the fuzzers. */
+void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n);
 
 /* Write queued output; called at the end of each loop turn. */
 void sl_conn_flush(sl_conn_t *c);

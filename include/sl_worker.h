@@ -47,4 +47,18 @@ void sl_worker_mark_dead(sl_conn_t *c);
 /* Count an error or refusal by reason (shows in /stats "errors"). */
 void sl_worker_count_error(sl_err_t e);
 
+/* Is this worker holding more output than its share of
+ * --max-outbound-total (sl_buf_live_bytes)? */
+bool sl_worker_over_budget(void);
+
+/* Set up worker `id` in this process without the master: the loop, the
+ * scratch buffers, the stats slot (shared memory must exist).  Used by
+ * sl_worker_main and by the fuzzers.  SL_OK or SL_ERROR. */
+int sl_worker_setup(sl_worker_t *w, int id);
+
+/* The end of one loop turn: channel deliveries, every touched connection's
+ * writes, telemetry, freeing dead connections, the RCU quiescent state.
+ * Exported for the fuzzers, which run turns without a loop. */
+void sl_worker_turn_end(sl_worker_t *w);
+
 #endif

@@ -7,6 +7,16 @@
  * an idle connection holds no input buffer.  Only an unfinished HTTP request
  * is kept in c->in.
  *
+ * Resources a peer can make us hold are bounded here (sl_conn_send in
+ * sl_conn.h): output it causes itself back-pressures its input (reading
+ * stops, the rest of the last read waits in c->in, and reading resumes
+ * once the output has drained to a quarter of the bound - for HTTP, the
+ * next pipelined request is answered only once the previous responses are
+ * under 64 KiB); output others cause is bounded by closing it as a slow
+ * consumer; pongs are coalesced (one pending at most) and ping/pong floods
+ * closed with 1008; idle keep-alive HTTP connections are limited in number
+ * (--max-http-connections) and time (--keepalive-timeout-ms).
+ *
  * Closing: whoever starts it, we queue our close frame and then linger:
  * once the output is written we shut our write side and discard input until
  * the peer closes (or a deadline passes), so the peer reads every byte we
@@ -33,6 +43,20 @@
 
 #define SL_CLOSE_GRACE_MS 2000 /* wait for the peer's close frame / FIN */
 #define SL_HTTP_MAX_HEAD 8192
+/* HTTP: the next pipelined request is answered only while less than this
+ * is waiting to be written.  Also the backlog above which a connection
+ * counts against the worker's share of --max-outbound-total. */
+#define SL_CONN_SMALL_BACKLOG (64 * 1024)
+/* Work one connection may do per loop turn before the others get theirs:
+ * WebSocket messages, HTTP requests (the rest of its input waits in c->in
+ * and is taken up in the next turn). */
+#define SL_CONN_TURN_READ (16 * 1024) /* bytes read per turn (<= SL_SCRATCH_SIZE) */
+#define SL_CONN_TURN_MESSAGES 64
+#define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
+/* Over --max-http-connections, a connection silent this long may be closed
+ * for a new one. */
+#define SL_CONN_EVICT_SILENT_MS 500
+#define SL_CONN_TURN_REQUESTS 16
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
@@ -91,6 +115,49 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void conn_http_finish(sl_conn_t *c);
+
+static uint64_t http_connections_total(void)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        n += uatomic_read(&sl_shm->workers[i].http_connections);
+    return n;
+}
+
+/* A new TCP connection while --max-http-connections are open: make room
+ * by closing the oldest connection of this worker that holds nothing: an
+ * idle keep-alive one (a browser finds it closed on its next request and
+ * reconnects) or one that has not sent a byte yet (a connection flood
+ * churns itself, and a real client, which sends its request at once, gets
+ * through).  When there is none (every one is in the middle of a request,
+ * bounded by --message-timeout-ms), this one is answered 503.  Both are
+ * counted. */
+static void conn_http_admit(sl_conn_t *c)
+{
+    if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
+        return;
+    sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
+    /* A silent connection must have had time to send its request (a
+     * burst of new ones must not evict a real client that connected just
+     * before it); an idle keep-alive one is fair game at once. */
+    int64_t silent_before = sl_mono_ms() - SL_CONN_EVICT_SILENT_MS;
+    sl_conn_t *victim = NULL;
+    for (sl_conn_t *o = sl_worker->conns; o; o = o->next)
+        if (o != c && o->state == SL_CONN_HTTP && o->in_len == 0 && o->out.count == 0 &&
+            (o->busy_since_mono == 0 || o->accepted_mono <= silent_before) &&
+            (!victim || o->accepted_mono <= victim->accepted_mono))
+            victim = o;
+    if (victim != NULL) {
+        sl_conn_abort(victim, "keep-alive evicted");
+        return;
+    }
+    sl_httpd_error(c, 503, "too-many-http-connections",
+                   "the server is at --max-http-connections", false);
+    conn_http_finish(c);
+    c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
+}
+
 sl_conn_t *sl_conn_new(int fd, bool ops)
 {
     sl_conn_t *c = calloc(1, sizeof(*c));
@@ -101,6 +168,12 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     evutil_make_socket_nonblocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* While it speaks HTTP, the kernel holds at most this much of our
+     * output unsent: a client that pipelines requests without reading the
+     * responses is back-pressured after that, not after the megabytes
+     * the socket buffer would otherwise grow to (lifted on upgrade). */
+    int lowat = SL_CONN_SMALL_BACKLOG;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
     c->ops = ops;
     c->state = SL_CONN_HTTP;
@@ -113,6 +186,7 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
         free(c);
         return NULL;
     }
+    conn_http_admit(c);
     uatomic_add(&sl_worker->stats->http_connections, 1);
     return c;
 }
@@ -124,6 +198,8 @@ void sl_conn_destroy(sl_conn_t *c)
     if (c->fd >= 0)
         close(c->fd);
     sl_outq_clear(&c->out);
+    sl_buf_unref(c->pong);
+    sl_buf_unref(c->pong_sent);
     sl_ws_reader_free(&c->reader);
     free(c->in);
     if (c->kind == SL_KIND_PROTOCOL) {
@@ -150,27 +226,36 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
 
 /* ---------------------------------------------------------------- output */
 
+/* Slow consumer: drop what it has not started to take, finish the frame
+ * that is half written (the stream could not carry a close frame
+ * otherwise), then the close frame; the closing is bounded by
+ * SL_CLOSE_GRACE_MS like any other. */
+static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
+{
+    uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
+    sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+    SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("queued-bytes", wanted), SL_TF_I("limit", sl_conf->max_outbound_bytes),
+           SL_TF_S("reason", why));
+    sl_outq_drop_unstarted(&c->out);
+    sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
+}
+
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
 {
-    if (c->state == SL_CONN_DEAD || c->shut_wr)
+    /* Nothing may follow our close frame (CLOSING, LINGER). */
+    if ((c->state != SL_CONN_WS && c->state != SL_CONN_HTTP) || c->shut_wr)
         return SL_ERROR;
     size_t len = b->len - b->start;
-    if (c->out.bytes + len > (uint64_t)sl_conf->max_outbound_bytes &&
-        c->state == SL_CONN_WS) {
-        /* Slow consumer: drop what it has not taken and tell it why.  If a
-         * frame is half written the stream cannot carry a close frame any
-         * more, so the socket is simply closed. */
-        uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
-        SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
-               SL_TF_I("queued-bytes", c->out.bytes + len),
-               SL_TF_I("limit", sl_conf->max_outbound_bytes));
-        if (sl_outq_partial(&c->out)) {
-            sl_conn_abort(c, "slow-consumer");
+    if (!c->in_input && c->state == SL_CONN_WS && c->out.bytes > 0) {
+        if (c->out.bytes + len > (uint64_t)sl_conf->max_outbound_bytes) {
+            conn_slow_consumer(c, c->out.bytes + len, "max-outbound-bytes");
             return SL_ERROR;
         }
-        sl_outq_clear(&c->out);
-        sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
-        return SL_ERROR;
+        if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget()) {
+            conn_slow_consumer(c, c->out.bytes + len, "max-outbound-total");
+            return SL_ERROR;
+        }
     }
     if (sl_outq_push(&c->out, b, b->start, len) != SL_OK) {
         sl_conn_abort(c, "out-of-memory");
@@ -194,37 +279,136 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j)
     return rc;
 }
 
-/* Wait for writability too, or no longer.  libevent cannot change the
- * events of a pending event, so it is deleted, re-assigned and added
- * (also from inside its own callback, which libevent allows once it is
- * deleted). */
+/* Wait for writability too, or no longer; read unless paused.  libevent
+ * cannot change the events of a pending event, so it is deleted,
+ * re-assigned and added (also from inside its own callback, which libevent
+ * allows once it is deleted). */
 static void conn_watch(sl_conn_t *c, bool write)
 {
-    short what = EV_READ | EV_PERSIST | (write ? EV_WRITE : 0);
+    short what = EV_PERSIST | (c->read_paused ? 0 : EV_READ) | (write ? EV_WRITE : 0);
     event_del(&c->ev);
+    c->write_armed = write;
+    if (!(what & (EV_READ | EV_WRITE)))
+        return; /* paused with nothing stuck: the next flush resumes it */
     event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
     if (event_add(&c->ev, NULL) != 0) {
         sl_conn_abort(c, "event-add-failed");
         return;
     }
-    c->write_armed = write;
+    /* Input left over from a pause is processed in the next loop turn (the
+     * socket may stay silent).  Re-done here because event_del above drops
+     * an activation made earlier. */
+    if ((what & EV_READ) && c->backlog && c->state != SL_CONN_LINGER)
+        event_active(&c->ev, EV_READ, 0);
+}
+
+/* Is the connection's output over 1/divisor of its bound (64 KiB for HTTP),
+ * or, while the worker is over its share of --max-outbound-total, at least
+ * 64 KiB? */
+static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
+{
+    if (c->out.bytes == 0)
+        return false;
+    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
+        return true;
+    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
+                                           : (uint64_t)sl_conf->max_outbound_bytes / divisor;
+    return c->out.bytes >= at;
+}
+
+/* Too much of its own output to take more input from it?  (Replies may
+ * fill half of the bound; the other half is kept for deliveries from
+ * others, which close it as a slow consumer.) */
+static bool conn_output_high(const sl_conn_t *c)
+{
+    return conn_output_over(c, 2);
+}
+
+/* Drained enough to read again?  (Below a quarter: hysteresis, so a
+ * connection at the bound does not flip every turn.) */
+static bool conn_output_low(const sl_conn_t *c)
+{
+    return !conn_output_over(c, 4);
+}
+
+static void conn_pause(sl_conn_t *c)
+{
+    c->backlog = true; /* whatever input is left waits for the resume */
+    if (c->read_paused)
+        return;
+    c->read_paused = true;
+    uatomic_add(&sl_worker->stats->backpressure_pauses, 1);
+    conn_watch(c, c->write_armed);
+}
+
+/* Reading resumes; input left over from before the pause is processed
+ * first, in the next loop turn (never from inside a flush). */
+static void conn_resume(sl_conn_t *c)
+{
+    c->read_paused = false;
+    if (c->state == SL_CONN_HTTP && c->in_len > 0)
+        c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
+    conn_watch(c, c->write_armed); /* also schedules the left-over input */
+}
+
+/* Stop processing this connection's input for this turn (per-turn
+ * budget): the rest waits in c->in and is taken up in the next turn. */
+static void conn_yield(sl_conn_t *c)
+{
+    c->backlog = true;
+    if (!c->read_paused)
+        event_active(&c->ev, EV_READ, 0);
+}
+
+/* The pending pong goes into the queue unless the previous one is still
+ * in it (then it keeps waiting, and a newer ping replaces it). */
+static void conn_queue_pong(sl_conn_t *c)
+{
+    if (c->pong == NULL)
+        return;
+    if (c->state != SL_CONN_WS) {
+        sl_buf_unref(c->pong);
+        c->pong = NULL;
+        return;
+    }
+    if (c->pong_sent != NULL) {
+        if (c->pong_sent->refs > 1)
+            return;
+        sl_buf_unref(c->pong_sent);
+        c->pong_sent = NULL;
+    }
+    if (sl_outq_push(&c->out, c->pong, c->pong->start, c->pong->len - c->pong->start) != SL_OK) {
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    c->pong_sent = c->pong;
+    c->pong = NULL;
 }
 
 void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
         return;
-    uint64_t queued = c->out.bytes;
+    conn_queue_pong(c);
+    if (c->state == SL_CONN_DEAD)
+        return;
+    uint64_t before = c->out.bytes;
     int rc = sl_outq_flush(&c->out, c->fd);
-    if (c->out.bytes < queued) {
+    if (c->out.bytes < before) {
         /* Our own slot, one writer: a plain store of the new value. */
         uint64_t *bo = &sl_worker->stats->bytes_out;
-        CMM_STORE_SHARED(*bo, *bo + (queued - c->out.bytes));
+        CMM_STORE_SHARED(*bo, *bo + (before - c->out.bytes));
     }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
         return;
     }
+    if (c->out.bytes < before)
+        c->last_tx_mono = sl_mono_ms(); /* a paused peer that reads is alive */
+    if (c->read_paused && conn_output_low(c))
+        conn_resume(c);
+    if (c->state == SL_CONN_DEAD)
+        return;
     if (rc == SL_AGAIN) {
         if (!c->write_armed)
             conn_watch(c, true);
@@ -232,6 +416,8 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (c->write_armed)
         conn_watch(c, false);
+    if (c->pong != NULL) /* its predecessor has just been written */
+        sl_worker_mark_dirty(c);
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
@@ -263,6 +449,8 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
 {
     if (c->state != SL_CONN_WS)
         return;
+    sl_buf_unref(c->pong); /* no pong after our close frame */
+    c->pong = NULL;
     sl_buf_t *b = sl_frame_close(code, reason);
     if (b == NULL) {
         sl_conn_abort(c, "out-of-memory");
@@ -291,6 +479,7 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
  * close): the response is queued; linger once it is out. */
 static void conn_http_finish(sl_conn_t *c)
 {
+    c->read_paused = false;
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
@@ -298,6 +487,24 @@ static void conn_http_finish(sl_conn_t *c)
 }
 
 /* ------------------------------------------------------------ WebSocket */
+
+/* After each message: go on (0) or stop the reader (1) - closing, output
+ * over its bound (pause), or this turn's budget spent (yield); the rest of
+ * the input waits in c->in. */
+static int conn_after_message(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_WS)
+        return 1;
+    if (conn_output_high(c)) {
+        conn_pause(c);
+        return 1;
+    }
+    if (++c->turn_messages >= SL_CONN_TURN_MESSAGES) {
+        conn_yield(c);
+        return 1;
+    }
+    return 0;
+}
 
 static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
 {
@@ -312,7 +519,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         }
         sl_conn_send(c, b);
         sl_buf_unref(b);
-        return c->state == SL_CONN_WS ? 0 : 1;
+        return conn_after_message(c);
     }
     if (opcode == SL_WS_OP_BINARY) {
         sl_worker_count_error(SL_ERR_UNSUPPORTED_DATA);
@@ -320,28 +527,77 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         return 1;
     }
     sl_proto_message(c, (char *)data, len);
-    return c->state == SL_CONN_WS ? 0 : 1;
+    return conn_after_message(c);
+}
+
+/* Ping/pong frames over --max-control-rate in one second: a flood. */
+static bool conn_control_flood(sl_conn_t *c)
+{
+    uint32_t sec = (uint32_t)(sl_mono_ms() / 1000);
+    if (sec != c->ctl_second) {
+        c->ctl_second = sec;
+        c->ctl_count = 0;
+    }
+    if (c->ctl_count < UINT16_MAX)
+        c->ctl_count++;
+    return c->ctl_count > sl_conf->max_control_rate;
+}
+
+/* Answer a ping.  While the connection's output flows, each ping gets its
+ * pong at once (Autobahn 2.10 checks that, though the RFC does not ask
+ * it).  Once its output is backed up (stuck socket, or 64 KiB waiting),
+ * pongs are coalesced (RFC 6455 5.5.3): the latest ping's pong waits in
+ * c->pong, replacing the one before in the same buffer, and is queued
+ * when the previous pong has been written - so a flood of pings at a peer
+ * that does not read holds two pongs at most and allocates nothing. */
+static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
+{
+    bool flowing = c->pong == NULL && !c->write_armed && c->out.bytes < SL_CONN_SMALL_BACKLOG;
+    sl_buf_t *b = c->pong;
+    if (b == NULL && c->pong_sent != NULL && c->pong_sent->refs == 1) {
+        b = c->pong_sent; /* written already: ours to reuse */
+        c->pong_sent = NULL;
+    }
+    if (b == NULL && (b = sl_buf_new(2 + SL_WS_MAX_CONTROL)) == NULL) {
+        sl_conn_abort(c, "out-of-memory");
+        return 1;
+    }
+    b->start = 0;
+    b->len = (uint32_t)sl_ws_encode_header(b->data, SL_WS_OP_PONG, true, len, NULL);
+    if (len)
+        memcpy(b->data + b->len, data, len);
+    b->len += (uint32_t)len;
+    if (flowing) {
+        if (sl_outq_push(&c->out, b, b->start, b->len) != SL_OK) {
+            sl_buf_unref(b);
+            sl_conn_abort(c, "out-of-memory");
+            return 1;
+        }
+        sl_buf_unref(c->pong_sent); /* the queue keeps its own reference */
+        c->pong_sent = b;
+    } else {
+        c->pong = b;
+        conn_queue_pong(c); /* now, if the last pong has been written */
+    }
+    sl_worker_mark_dirty(c);
+    return c->state == SL_CONN_DEAD ? 1 : 0;
 }
 
 static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
 {
     sl_conn_t *c = ctx;
-    if (opcode == SL_WS_OP_PING) {
+    if (opcode == SL_WS_OP_PING || opcode == SL_WS_OP_PONG) {
         if (c->state != SL_CONN_WS)
             return 0;
-        sl_buf_t *b = sl_frame_new(SL_WS_OP_PONG, data, len);
-        if (b == NULL) {
-            sl_conn_abort(c, "out-of-memory");
+        if (conn_control_flood(c)) {
+            sl_worker_count_error(SL_ERR_CONTROL_FLOOD);
+            sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "control frame flood");
             return 1;
         }
-        /* Control replies bypass the outbound bound like close frames. */
-        if (sl_outq_push(&c->out, b, b->start, b->len - b->start) == SL_OK)
-            sl_worker_mark_dirty(c);
-        sl_buf_unref(b);
-        return 0;
+        if (opcode == SL_WS_OP_PING && conn_answer_ping(c, data, len) != 0)
+            return 1;
+        return conn_after_message(c); /* a ping costs a turn's work like a message */
     }
-    if (opcode == SL_WS_OP_PONG)
-        return 0;
     /* CLOSE */
     if (c->state == SL_CONN_WS) {
         /* The peer starts the handshake: echo its code (1000 when it sent
@@ -360,15 +616,42 @@ static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
 
 static const sl_ws_handlers_t ws_handlers = {ws_on_message, ws_on_control};
 
+/* Keep p[0..n) for later (back-pressure stopped processing before it). */
+static void conn_stash(sl_conn_t *c, const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (c->in_len + n > c->in_cap) {
+        char *q = realloc(c->in, c->in_len + n);
+        if (q == NULL) {
+            sl_conn_abort(c, "out-of-memory");
+            return;
+        }
+        c->in = q;
+        c->in_cap = (uint32_t)(c->in_len + n);
+    }
+    memcpy(c->in + c->in_len, p, n);
+    c->in_len += (uint32_t)n;
+}
+
 static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
-    int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c);
+    size_t used = 0;
+    int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
+    bool open = c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING;
+    if (rc == 1 && open && !c->backlog && c->reader.frames >= c->reader.frame_limit)
+        conn_yield(c); /* this turn's frames are spent (10,000 tiny fragments) */
+    if (rc == 1 && open && c->backlog)
+        conn_stash(c, data + used, n - used);
     if (rc > 1) {
         sl_err_t e = rc == SL_WS_CLOSE_INVALID_DATA ? SL_ERR_INVALID_UTF8
                      : rc == SL_WS_CLOSE_TOO_BIG    ? SL_ERR_MESSAGE_TOO_BIG
                                                     : SL_ERR_PROTOCOL_ERROR;
         sl_worker_count_error(e);
-        sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
+        if (c->state == SL_CONN_CLOSING)
+            conn_lingering(c); /* the peer broke the protocol while we closed */
+        else
+            sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
         return;
     }
     if (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING) {
@@ -389,14 +672,37 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->busy_since_mono = 0;
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
+    c->reader.frame_limit = SL_CONN_TURN_FRAMES;
     uatomic_add(&sl_worker->stats->http_connections, -1);
+    unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
 /* ----------------------------------------------------------------- HTTP */
 
+static size_t http_in_limit(void)
+{
+    return SL_HTTP_MAX_HEAD + (size_t)sl_conf->max_message_size;
+}
+
+/* More unanswered request bytes than one request may have: refused, never
+ * dropped silently.  (Reads are sized to fit, so only input handed in
+ * beyond that - sl_conn_input - can get here.) */
+static void conn_http_overflow(sl_conn_t *c)
+{
+    sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
+    sl_httpd_error(c, 413, "payload-too-large",
+                   "more unanswered request bytes than a request may have", false);
+    conn_http_finish(c);
+}
+
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
-    size_t limit = SL_HTTP_MAX_HEAD + (size_t)sl_conf->max_message_size;
+    size_t limit = http_in_limit();
+    if (c->in_len + n > limit) {
+        conn_http_overflow(c);
+        return;
+    }
     if (c->in_len + n > c->in_cap) {
         size_t want = c->in_len + n;
         if (want > limit)
@@ -416,15 +722,25 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             c->in_cap = (uint32_t)cap;
         }
     }
-    size_t take = SL_MIN(n, (size_t)(c->in_cap - c->in_len));
-    memcpy(c->in + c->in_len, data, take);
-    c->in_len += (uint32_t)take;
-    if (c->busy_since_mono == 0)
+    if (n)
+        memcpy(c->in + c->in_len, data, n);
+    c->in_len += (uint32_t)n;
+    if (c->busy_since_mono == 0 && c->in_len > 0)
         c->busy_since_mono = sl_mono_ms();
 
-    while (c->state == SL_CONN_HTTP && c->in_len > 0) {
+    /* Requests are answered from c->in + off; the answered ones are cut
+     * off once at the end (one memmove per read, not per request). */
+    size_t off = 0;
+    int budget = SL_CONN_TURN_REQUESTS;
+    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused) {
+        if (budget-- == 0) {
+            conn_yield(c); /* the rest next turn: others get theirs first */
+            break;
+        }
         sl_http_request_t req;
-        int rc = sl_http_parse_request(c->in, c->in_len, SL_HTTP_MAX_HEAD, &req);
+        const char *in = c->in + off;
+        size_t have = c->in_len - off;
+        int rc = sl_http_parse_request(in, have, SL_HTTP_MAX_HEAD, &req);
         if (rc == SL_AGAIN)
             break;
         if (rc != SL_OK) {
@@ -441,12 +757,13 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             return;
         }
         size_t body_len = req.content_length > 0 ? (size_t)req.content_length : 0;
-        if (c->in_len < req.head_len + body_len)
+        if (have < req.head_len + body_len)
             break; /* body still arriving */
         size_t used = req.head_len + body_len;
-        bool keep = sl_httpd_request(c, &req, c->in + req.head_len, body_len);
+        bool keep = sl_httpd_request(c, &req, in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
+        off += used;
         if (sl_worker->stopping) {
             /* Draining: the request was answered; nothing more here.  An
              * upgrade completed now is told to go elsewhere (1001). */
@@ -461,25 +778,32 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         }
         if (c->state == SL_CONN_WS) {
             /* Bytes after the upgrade request are WebSocket frames. */
-            size_t rest = c->in_len - used;
-            char *in = c->in;
+            size_t rest = c->in_len - off;
+            char *buf = c->in;
             c->in = NULL;
             c->in_len = c->in_cap = 0;
             if (rest)
-                conn_ws_input(c, (uint8_t *)in + used, rest);
-            free(in);
+                conn_ws_input(c, (uint8_t *)buf + off, rest);
+            free(buf);
             return;
         }
         if (!keep) {
             conn_http_finish(c);
             return;
         }
-        memmove(c->in, c->in + used, c->in_len - used);
-        c->in_len -= (uint32_t)used;
-        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
         c->accepted_mono = sl_mono_ms(); /* idle keep-alive timer restarts */
+        if (conn_output_high(c)) {
+            /* Pipelined requests wait until this response has drained. */
+            conn_pause(c);
+            break;
+        }
     }
-    if (c->state == SL_CONN_HTTP && c->in_len == 0) {
+    if (off > 0) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= (uint32_t)off;
+        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    }
+    if (c->state == SL_CONN_HTTP && c->in_len == 0 && c->in != NULL) {
         free(c->in);
         c->in = NULL;
         c->in_cap = 0;
@@ -488,6 +812,52 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 
 /* ----------------------------------------------------------------- input */
 
+/* Process input with c->in_input set: what is sent meanwhile is a reply. */
+static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
+{
+    c->in_input = true;
+    c->backlog = false;
+    c->turn_messages = 0;
+    c->reader.frames = 0;
+    switch (c->state) {
+    case SL_CONN_HTTP:
+        conn_http_input(c, data, n);
+        break;
+    case SL_CONN_WS:
+    case SL_CONN_CLOSING:
+        if (c->in_len > 0) {
+            /* Older bytes first: the new ones join them and all are fed
+             * from a detached buffer (the rest is stashed again). */
+            conn_stash(c, data, n);
+            char *in = c->in;
+            size_t len = c->in_len;
+            c->in = NULL;
+            c->in_len = c->in_cap = 0;
+            if (c->state != SL_CONN_DEAD)
+                conn_ws_input(c, (uint8_t *)in, len);
+            free(in);
+        } else if (n > 0) {
+            conn_ws_input(c, data, n);
+        }
+        break;
+    default:
+        break; /* LINGER: discard */
+    }
+    c->in_input = false;
+}
+
+void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n)
+{
+    if (c->state == SL_CONN_DEAD || n == 0)
+        return;
+    c->last_rx_mono = sl_mono_ms();
+    if (c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING)) {
+        conn_stash(c, data, n); /* the socket is not read while paused */
+        return;
+    }
+    conn_process(c, data, n);
+}
+
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
@@ -495,7 +865,28 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         sl_conn_flush(c);
     if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
         return;
-    ssize_t n = read(fd, sl_worker->rbuf, SL_SCRATCH_SIZE);
+    /* Input left over from a pause or an earlier turn goes first; while
+     * some is still left, nothing more is read. */
+    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER) {
+        conn_process(c, NULL, 0);
+        if (c->state == SL_CONN_DEAD || c->backlog)
+            return;
+    }
+    if (c->read_paused)
+        return;
+    /* At most one read of SL_CONN_TURN_READ per connection per loop turn:
+     * a connection that always has input cannot starve the others.  For HTTP no more than
+     * the request buffer can still take, so nothing is ever dropped. */
+    size_t room = SL_CONN_TURN_READ;
+    if (c->state == SL_CONN_HTTP) {
+        size_t left = http_in_limit() - c->in_len;
+        room = SL_MIN(room, left);
+        if (room == 0) {
+            conn_http_overflow(c);
+            return;
+        }
+    }
+    ssize_t n = read(fd, sl_worker->rbuf, room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -509,20 +900,9 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         sl_conn_abort(c, c->state == SL_CONN_WS ? "eof" : "closed");
         return;
     }
-    c->last_rx_mono = sl_mono_ms();
     uint64_t *bi = &sl_worker->stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
-    switch (c->state) {
-    case SL_CONN_HTTP:
-        conn_http_input(c, sl_worker->rbuf, (size_t)n);
-        break;
-    case SL_CONN_WS:
-    case SL_CONN_CLOSING:
-        conn_ws_input(c, sl_worker->rbuf, (size_t)n);
-        break;
-    default:
-        break; /* LINGER: discard */
-    }
+    sl_conn_input(c, sl_worker->rbuf, (size_t)n);
 }
 
 /* ---------------------------------------------------------------- timers */
@@ -532,11 +912,21 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
     const sl_conf_t *cf = sl_conf;
     switch (c->state) {
     case SL_CONN_HTTP:
-        if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
+        if (c->read_paused) {
+            /* Requests wait for it to read our responses: not its delay
+             * to finish a request, but it must keep reading. */
+            if (now - SL_MAX(c->last_tx_mono, c->accepted_mono) >=
+                cf->keepalive_timeout_ms + cf->message_timeout_ms)
+                sl_conn_abort(c, "not reading");
+        } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
             sl_httpd_error(c, 408, "request-timeout", "request not completed in time", false);
             conn_http_finish(c);
-        } else if (!c->busy_since_mono && now - c->accepted_mono >= 2 * cf->heartbeat_interval_ms) {
+        } else if (!c->busy_since_mono && now - c->accepted_mono >= cf->keepalive_timeout_ms &&
+                   (c->out.count == 0 ||
+                    now - c->accepted_mono >= cf->keepalive_timeout_ms + cf->message_timeout_ms)) {
+            /* Idle keep-alive (a response still unread after a message
+             * timeout more counts as idle too). */
             sl_conn_abort(c, "keep-alive idle");
         }
         break;
@@ -550,7 +940,8 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
-        } else if (now - c->last_rx_mono >= 2 * cf->heartbeat_interval_ms) {
+        } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=
+                   2 * cf->heartbeat_interval_ms) {
             sl_worker_count_error(SL_ERR_HEARTBEAT_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_GOING_AWAY, "heartbeat timeout");
         } else if (now - c->last_ping_mono >= cf->heartbeat_interval_ms) {
@@ -564,8 +955,14 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         break;
     case SL_CONN_CLOSING:
     case SL_CONN_LINGER:
-        if (now >= c->deadline_mono)
+        if (now >= c->deadline_mono) {
+            /* Closing with unread input sends a reset, and a reset makes
+             * the peer's kernel drop what it has not read yet - our close
+             * frame with it.  So what is waiting is read first (bounded). */
+            for (int k = 0; k < 4 && read(c->fd, sl_worker->rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            }
             sl_conn_abort(c, "close timeout");
+        }
         break;
     default:
         break;

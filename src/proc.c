@@ -126,13 +126,22 @@ int sl_proc_recv_fds(int sock, int *fds, char *tag)
             return SL_ERROR;
         }
         struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        bool lost = (msg.msg_flags & MSG_CTRUNC) != 0; /* out of descriptors */
         if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-            c->cmsg_len < CMSG_LEN(sizeof(int)))
+            c->cmsg_len < CMSG_LEN(sizeof(int))) {
+            if (lost) {
+                if (tag)
+                    *tag = byte;
+                errno = EMFILE;
+                return 0;
+            }
             continue; /* a message without descriptors: nothing to take */
+        }
         int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
         memcpy(fds, CMSG_DATA(c), sizeof(int) * (size_t)n);
         if (tag)
             *tag = byte;
+        errno = lost ? EMFILE : 0;
         return n;
     }
 }

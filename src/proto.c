@@ -85,8 +85,14 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
-    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message,
-                                "reason", reason, "timestamp", (json_int_t)sl_now_ms()));
+    /* The message may quote input (jansson's error text shows the bytes it
+     * choked on, and may end inside a UTF-8 character): json_pack refuses
+     * invalid UTF-8, and the protocol promises a reply for any bad input,
+     * so the text is made valid first. */
+    char m[400];
+    sl_utf8_sanitize((const uint8_t *)message, strlen(message), m, sizeof(m));
+    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", m, "reason",
+                                reason, "timestamp", (json_int_t)sl_now_ms()));
 }
 
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)

@@ -42,6 +42,11 @@ void sl_worker_count_error(sl_err_t e)
     uatomic_add(&sl_worker->stats->errors[e], 1);
 }
 
+bool sl_worker_over_budget(void)
+{
+    return sl_buf_live_bytes > (uint64_t)(sl_conf->max_outbound_total / sl_conf->workers);
+}
+
 int sl_worker_attach(sl_conn_t *c)
 {
     sl_worker_t *w = sl_worker;
@@ -112,7 +117,7 @@ void sl_worker_mark_dead(sl_conn_t *c)
     }
 }
 
-static void worker_turn_end(sl_worker_t *w)
+void sl_worker_turn_end(sl_worker_t *w)
 {
     /* Wake the workers our publishes this turn handed messages to first,
      * so that they fan out on the other cores while we write ours (woken
@@ -140,6 +145,8 @@ static void worker_turn_end(sl_worker_t *w)
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
     sl_pubsub_latency_flush();
     sl_accesslog_flush();
+    /* A gauge: what the output buffers of this worker hold right now. */
+    uatomic_set(&w->stats->outbound_bytes, sl_buf_live_bytes);
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
@@ -158,6 +165,12 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         int n = sl_proc_recv_fds(fd, fds, &tag);
         if (n == SL_AGAIN)
             return;
+        if (n >= 0 && errno == EMFILE) {
+            /* We are out of descriptors: the kernel closed the sockets it
+             * could not give us (their clients see the connection close). */
+            sl_worker_count_error(SL_ERR_FD_EXHAUSTED);
+            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
+        }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
             if (!w->stopping)
@@ -230,15 +243,27 @@ static struct timeval tick_interval(void)
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
 
+int sl_worker_setup(sl_worker_t *w, int id)
+{
+    sl_worker = w;
+    w->id = id;
+    w->stats = &sl_shm->workers[id];
+    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    w->rbuf = malloc(SL_SCRATCH_SIZE);
+    w->ebuf = malloc(SL_SCRATCH_SIZE);
+    w->base = event_base_new();
+    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
+        return SL_ERROR;
+    return SL_OK;
+}
+
 int sl_worker_main(int id, int ctl_fd, int tel_fd)
 {
     static sl_worker_t worker;
     sl_worker_t *w = &worker;
-    sl_worker = w;
-    w->id = id;
     w->ctl_fd = ctl_fd;
-    w->stats = &sl_shm->workers[id];
-    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    if (sl_worker_setup(w, id) != SL_OK)
+        return 1;
 
     /* If the master dies without stopping us, stop gracefully ourselves. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -248,11 +273,6 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
 
-    w->rbuf = malloc(SL_SCRATCH_SIZE);
-    w->ebuf = malloc(SL_SCRATCH_SIZE);
-    w->base = event_base_new();
-    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
-        return 1;
     struct timeval tv = tick_interval();
     w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
@@ -278,14 +298,15 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
-        worker_turn_end(w);
+        sl_worker_turn_end(w);
         if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }
 
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_abort(c, "shutdown");
-    worker_turn_end(w);
+    sl_worker_turn_end(w);
+    sl_tel_finish(1000); /* what the full pipe has not taken yet */
     sl_qsbr_offline(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->pid, 0);
     event_free(w->ctl_ev);
