@@ -50,6 +50,7 @@ struct sl_conn {
                           now is a reply (back-pressured), not a delivery */
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
+    bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
     uint8_t turn_messages; /* messages processed in this callback */
     uint16_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
@@ -58,6 +59,7 @@ struct sl_conn {
     struct event ev;
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
+    sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */

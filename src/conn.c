@@ -299,7 +299,7 @@ static void conn_watch(sl_conn_t *c, bool write)
      * socket may stay silent).  Re-done here because event_del above drops
      * an activation made earlier. */
     if ((what & EV_READ) && c->backlog && c->state != SL_CONN_LINGER)
-        event_active(&c->ev, EV_READ, 0);
+        sl_worker_mark_ready(c);
 }
 
 /* Is the connection's output over 1/divisor of its bound (64 KiB for HTTP),
@@ -352,12 +352,14 @@ static void conn_resume(sl_conn_t *c)
 }
 
 /* Stop processing this connection's input for this turn (per-turn
- * budget): the rest waits in c->in and is taken up in the next turn. */
+ * budget): the rest waits in c->in and is taken up in the next turn - a
+ * real one: the worker's ready list is activated after sl_worker_turn_end
+ * (timers, deliveries, writes and the RCU quiescent state come first). */
 static void conn_yield(sl_conn_t *c)
 {
     c->backlog = true;
     if (!c->read_paused)
-        event_active(&c->ev, EV_READ, 0);
+        sl_worker_mark_ready(c);
 }
 
 /* The pending pong goes into the queue unless the previous one is still

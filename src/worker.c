@@ -105,10 +105,39 @@ void sl_worker_mark_dirty(sl_conn_t *c)
     }
 }
 
+static void worker_unready(sl_conn_t *c)
+{
+    if (!c->ready)
+        return;
+    if (c->ready_prev)
+        c->ready_prev->ready_next = c->ready_next;
+    else
+        sl_worker->ready = c->ready_next;
+    if (c->ready_next)
+        c->ready_next->ready_prev = c->ready_prev;
+    c->ready_prev = c->ready_next = NULL;
+    c->ready = false;
+}
+
+void sl_worker_mark_ready(sl_conn_t *c)
+{
+    if (c->ready || c->state == SL_CONN_DEAD)
+        return;
+    c->ready = true;
+    c->ready_prev = NULL;
+    c->ready_next = sl_worker->ready;
+    if (sl_worker->ready)
+        sl_worker->ready->ready_prev = c;
+    sl_worker->ready = c;
+}
+
 void sl_worker_mark_dead(sl_conn_t *c)
 {
     /* Dead connections are freed from the dirty list at the end of the
-     * turn; c->dirty guarantees it is on the list exactly once. */
+     * turn; c->dirty guarantees it is on the list exactly once.  A dead
+     * connection leaves the ready list now (it is freed before the list
+     * is walked). */
+    worker_unready(c);
     event_del(&c->ev);
     if (!c->dirty) {
         c->dirty = true;
@@ -152,6 +181,16 @@ void sl_worker_turn_end(sl_worker_t *w)
      * report the quiescent state, then free what every reader is past. */
     sl_qsbr_quiescent(&sl_shm->reg.qsbr, w->id);
     sl_qsbr_reclaim(&sl_shm->reg.qsbr);
+    /* Input left over goes on in the next turn.  Activated here, outside
+     * the dispatch: the next EVLOOP_ONCE then polls without blocking and
+     * runs each of these once, with every other ready event. */
+    while (w->ready) {
+        sl_conn_t *c = w->ready;
+        worker_unready(c);
+        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && c->backlog &&
+            !c->read_paused)
+            event_active(&c->ev, EV_READ, 0);
+    }
 }
 
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
