@@ -63,6 +63,10 @@ struct sl_conn {
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */
+    int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
+    uint64_t written_total;   /* bytes the socket has taken, ever */
+    uint64_t reply_end;       /* written_total + queued bytes when the last
+                                 reply was queued (conn_reply_bytes) */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
     int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
     int64_t deadline_mono;    /* CLOSING / LINGER give-up time */
@@ -106,12 +110,21 @@ sl_conn_t *sl_conn_new(int fd, bool ops);
  * always queued, and reading from the connection pauses while its output
  * is over half of --max-outbound-bytes (64 KiB for HTTP: the next
  * pipelined request waits); a delivery (a channel message, an RPC from
- * another client) that would take the queue over --max-outbound-bytes, or
- * arrives while the worker is over its share of --max-outbound-total, makes
- * it a slow consumer: close 1008.  One message is always queued whole into
- * an empty queue, so a message larger than the bound is not a slow
- * consumer by itself. */
+ * another client) that would take the deliveries queued over
+ * --max-outbound-bytes (its own replies still queued do not count), or
+ * arrives while the worker is over its share of --max-outbound-total and
+ * the connection does not read (nothing written for a second while output
+ * waits), makes it a slow consumer: close 1008.  One message is always
+ * queued whole into an empty queue, so a message larger than the bound is
+ * not a slow consumer by itself.  (sl_conn_tick also closes connections
+ * that do not read while their worker is over its share.) */
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b);
+
+/* The largest one reply may be: half of --max-outbound-bytes, at least
+ * 256 KiB.  Builders of replies that grow with the server's state (retained
+ * history, listings) stay under it, and sl_proto_reply / httpd refuse a
+ * reply over it (reply-too-large) instead of queueing it. */
+size_t sl_conn_reply_max(void);
 
 /* Encode `j` as a text frame and queue it (one encoder: sl_frame_json).
  * Does not take the reference to j. */

@@ -71,6 +71,7 @@ typedef enum {
     SL_ERR_HTTP_CONNECTIONS,   /* over --max-http-connections: idle keep-alive
                                   connection closed, or 503 */
     SL_ERR_FD_EXHAUSTED,       /* master: accept() hit EMFILE/ENFILE */
+    SL_ERR_REPLY_TOO_LARGE,    /* a reply or response over sl_conn_reply_max: refused */
     SL_ERR__COUNT
 } sl_err_t;
 

@@ -59,6 +59,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_CONTROL_FLOOD] = "control-flood",
     [SL_ERR_HTTP_CONNECTIONS] = "http-connection-limit",
     [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
+    [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -57,6 +57,13 @@
  * for a new one. */
 #define SL_CONN_EVICT_SILENT_MS 500
 #define SL_CONN_TURN_REQUESTS 16
+/* A connection that has held 64 KiB or more of output for this long
+ * (through every write of that time) does not keep up: when its worker is
+ * over its share of --max-outbound-total it is the one to close. */
+#define SL_CONN_STUCK_MS 1000
+/* The smallest bound on one reply (sl_conn_reply_max), whatever
+ * --max-outbound-bytes says: /stats and a page of a listing fit in it. */
+#define SL_CONN_REPLY_MIN (256 * 1024)
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
@@ -179,7 +186,7 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
     int64_t now = sl_mono_ms();
-    c->accepted_mono = c->last_rx_mono = c->busy_since_mono = now;
+    c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
     event_assign(&c->ev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
     if (sl_worker_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
         close(fd);
@@ -226,6 +233,30 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
 
 /* ---------------------------------------------------------------- output */
 
+size_t sl_conn_reply_max(void)
+{
+    return SL_MAX((size_t)sl_conf->max_outbound_bytes / 2, (size_t)SL_CONN_REPLY_MIN);
+}
+
+/* SL_CONN_SMALL_BACKLOG or more queued after every write for
+ * SL_CONN_STUCK_MS: it does not keep up (not reading, or reading a
+ * trickle).  A client that reads is not stuck however much was queued for
+ * it in this turn: its writes take it below 64 KiB. */
+static bool conn_stuck(const sl_conn_t *c, int64_t now)
+{
+    return c->backlog_since_mono != 0 && now - c->backlog_since_mono >= SL_CONN_STUCK_MS;
+}
+
+/* Bytes of its own replies that may still be queued: everything up to the
+ * end of the last reply queued that has not been written (deliveries
+ * queued between replies count here too, so this errs towards replies,
+ * which are bounded by the pause and sl_conn_reply_max). */
+static uint64_t conn_reply_bytes(const sl_conn_t *c)
+{
+    uint64_t left = c->reply_end > c->written_total ? c->reply_end - c->written_total : 0;
+    return SL_MIN(left, c->out.bytes);
+}
+
 /* Slow consumer: drop what it has not started to take, finish the frame
  * that is half written (the stream could not carry a close frame
  * otherwise), then the close frame; the closing is bounded by
@@ -247,12 +278,19 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
     if ((c->state != SL_CONN_WS && c->state != SL_CONN_HTTP) || c->shut_wr)
         return SL_ERROR;
     size_t len = b->len - b->start;
-    if (!c->in_input && c->state == SL_CONN_WS && c->out.bytes > 0) {
-        if (c->out.bytes + len > (uint64_t)sl_conf->max_outbound_bytes) {
+    /* A delivery is bounded by what deliveries hold: its own replies (a
+     * large subscription result, say) do not make a reader that keeps up
+     * a slow consumer. */
+    uint64_t delivered = c->out.bytes - conn_reply_bytes(c);
+    if (!c->in_input && c->state == SL_CONN_WS && delivered > 0) {
+        if (delivered + len > (uint64_t)sl_conf->max_outbound_bytes) {
             conn_slow_consumer(c, c->out.bytes + len, "max-outbound-bytes");
             return SL_ERROR;
         }
-        if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget()) {
+        /* Over the worker's share: only a connection that does not read is
+         * closed for it (one that reads is merely not read while it has
+         * 64 KiB queued, see conn_output_over). */
+        if (sl_worker_over_budget() && conn_stuck(c, sl_mono_ms())) {
             conn_slow_consumer(c, c->out.bytes + len, "max-outbound-total");
             return SL_ERROR;
         }
@@ -261,6 +299,10 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
         sl_conn_abort(c, "out-of-memory");
         return SL_ERROR;
     }
+    if (c->in_input)
+        c->reply_end = c->written_total + c->out.bytes;
+    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && c->backlog_since_mono == 0)
+        c->backlog_since_mono = sl_mono_ms(); /* until a write takes it below */
     if (c->kind == SL_KIND_PROTOCOL)
         uatomic_add(&sl_worker->stats->messages_out, 1);
     sl_worker_mark_dirty(c);
@@ -400,6 +442,7 @@ void sl_conn_flush(sl_conn_t *c)
         /* Our own slot, one writer: a plain store of the new value. */
         uint64_t *bo = &sl_worker->stats->bytes_out;
         CMM_STORE_SHARED(*bo, *bo + (before - c->out.bytes));
+        c->written_total += before - c->out.bytes;
     }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
@@ -407,6 +450,10 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (c->out.bytes < before)
         c->last_tx_mono = sl_mono_ms(); /* a paused peer that reads is alive */
+    if (c->out.bytes < SL_CONN_SMALL_BACKLOG)
+        c->backlog_since_mono = 0;
+    else if (c->backlog_since_mono == 0)
+        c->backlog_since_mono = sl_mono_ms();
     if (c->read_paused && conn_output_low(c))
         conn_resume(c);
     if (c->state == SL_CONN_DEAD)
@@ -912,6 +959,20 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 void sl_conn_tick(sl_conn_t *c, int64_t now)
 {
     const sl_conf_t *cf = sl_conf;
+    /* The worker is over its share of --max-outbound-total: the
+     * connections that hold output and do not read are what it can shed
+     * (readers that keep up are never closed for it). */
+    if ((c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
+        c->out.bytes >= SL_CONN_SMALL_BACKLOG && conn_stuck(c, now) && sl_worker_over_budget()) {
+        if (c->state == SL_CONN_WS) {
+            conn_slow_consumer(c, c->out.bytes, "max-outbound-total");
+        } else {
+            uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
+            sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+            sl_conn_abort(c, "not reading, worker over its share");
+        }
+        return;
+    }
     switch (c->state) {
     case SL_CONN_HTTP:
         if (c->read_paused) {

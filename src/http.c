@@ -259,6 +259,30 @@ bool sl_http_method_is(const sl_http_request_t *req, const char *m)
     return req->method_len == strlen(m) && memcmp(req->method, m, req->method_len) == 0;
 }
 
+long long sl_http_query_uint(const sl_http_request_t *req, const char *name, long long def)
+{
+    const char *q = memchr(req->target, '?', req->target_len), *end = req->target + req->target_len;
+    size_t nl = strlen(name);
+    for (const char *p = q ? q + 1 : end; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=') {
+            long long v = 0;
+            const char *d = p + nl + 1;
+            if (d == stop)
+                return -1;
+            for (; d < stop; d++) {
+                if (*d < '0' || *d > '9' || v > 0xffffffffLL / 10)
+                    return -1;
+                v = v * 10 + (*d - '0');
+            }
+            return v > 0xffffffffLL ? -1 : v;
+        }
+        p = stop + 1;
+    }
+    return def;
+}
+
 static int hex_digit(char ch)
 {
     if (ch >= '0' && ch <= '9')

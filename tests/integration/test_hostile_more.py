@@ -8,10 +8,12 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 
 from conftest import SLOW, wait_for
-from test_hostile import errors, opened, rss_bytes, ASAN, MIB
+from test_hostile import (errors, opened, rss_bytes, send_until_refused, finish_frame, ASAN,
+                          MIB)
 from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame
 
 
@@ -118,3 +120,205 @@ def test_empty_fragment_flood_does_not_hold_the_worker(server_factory):
     assert during > before
     assert closes == [(1008, b"message not completed in time")] * 2
     assert errors(srv)["message-timeout"] >= 1
+
+
+# ------------------------------------------------------- 2: bounded replies
+
+def read_json(ws):
+    return json.loads(ws.read_data())
+
+
+def subscribe(ws, channel, **kw):
+    ws.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": channel, **kw})))
+    while True:
+        raw = ws.read_data()
+        r = json.loads(raw)
+        if r["type"] == "subscription-result":
+            return r, len(raw)
+
+
+def test_retained_history_is_cut_to_the_reply_bound(server_factory):
+    """A subscription result used to carry every retained message, however
+    many and large: a few bytes of request made the worker hold megabytes.
+    Now it carries the newest that fit in the bound on one reply (half of
+    --max-outbound-bytes, at least 256 KiB) and says how many it left out;
+    recovery then reports recovered:false."""
+    srv = server_factory("--max-outbound-bytes", "1M", "--channel", "hist:message-retention=50",
+                         "--admin-token", "tok", workers=1)
+    bound = 512 * 1024
+    pub = opened(srv)
+    for i in range(1, 51):
+        pub.send(frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "hist",
+                                            "data": {"i": i, "pad": "x" * 30000}})))
+    for _ in range(50):
+        assert read_json(pub)["success"]
+    ws = opened(srv, timeout=10 * SLOW)
+    r, size = subscribe(ws, "hist")
+    seqs = [m["seq"] for m in r["retained-messages"]]
+    print(f"reply {size} bytes, {len(seqs)} messages, {r.get('retained-omitted')} omitted")
+    assert size <= bound
+    assert seqs == list(range(51 - len(seqs), 51)) and len(seqs) >= 10  # the newest, no gap
+    assert r["retained-omitted"] == 50 - len(seqs)
+    # Recovery from seq 10 cannot be complete: recovered false, same cut.
+    r2, size2 = subscribe(ws, "hist", **{"since-seq": 10, "epoch": r["epoch"]})
+    assert r2["recovered"] is False and size2 <= bound
+    assert [m["seq"] for m in r2["retained-messages"]] == seqs
+    # From seq 45 everything fits: recovered, nothing omitted.
+    r3, _ = subscribe(ws, "hist", **{"since-seq": 45, "epoch": r["epoch"]})
+    assert r3["recovered"] is True and "retained-omitted" not in r3
+    assert [m["seq"] for m in r3["retained-messages"]] == [46, 47, 48, 49, 50]
+    # The admin API's view of the channel is cut the same way.
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10 * SLOW)
+    c.request("GET", "/api/channels/hist", headers={"Authorization": "Bearer tok"})
+    resp = c.getresponse()
+    body = resp.read()
+    doc = json.loads(body)
+    assert resp.status == 200 and len(body) <= bound
+    assert doc["retained-omitted"] + len(doc["retained-messages"]) == 50
+    assert doc["subscribers-omitted"] == 0 and len(doc["subscribers"]) == 1
+    c.close()
+
+
+def test_get_subscriptions_is_paged(server_factory):
+    """get-subscriptions grows with --max-subscriptions-per-connection: it
+    is paged like list-channels (1,000 a page, next-cursor)."""
+    srv = server_factory("--max-subscriptions-per-connection", "3000", "--max-channels", "5000",
+                         "--channel-creations-per-minute", "5000", workers=1)
+    ws = opened(srv, timeout=20 * SLOW)
+    names = [f"ch-{i}" for i in range(2100)]
+    ws.send(b"".join(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": n}))
+                     for n in names))
+    for _ in names:
+        assert read_json(ws)["success"]
+    got, cursor, pages = [], None, 0
+    while True:
+        msg = {"type": "get-subscriptions"}
+        if cursor is not None:
+            msg["cursor"] = cursor
+        r = request(ws, msg)
+        assert r["type"] == "subscription-list" and len(r["subscriptions"]) <= 1000
+        got += r["subscriptions"]
+        pages += 1
+        cursor = r["next-cursor"]
+        if cursor is None:
+            break
+    assert pages == 3 and got == names
+    r = request(ws, {"type": "get-subscriptions", "cursor": 5, "limit": 2})
+    assert r["subscriptions"] == names[5:7] and r["next-cursor"] == 7
+    assert request(ws, {"type": "get-subscriptions", "limit": 0})["reason"] == "invalid-message"
+
+
+def test_reply_over_the_bound_is_refused(server_factory):
+    """Any reply still over the bound (an echo of an unknown type when
+    --max-message-size is over half of --max-outbound-bytes) is refused
+    with reply-too-large, counted, and the connection goes on."""
+    srv = server_factory("--max-outbound-bytes", "1M", "--max-message-size", "2M", workers=1)
+    ws = opened(srv, timeout=10 * SLOW)
+    r = request(ws, {"type": "nope", "pad": "a" * 700000})
+    assert r["type"] == "error" and r["reason"] == "reply-too-large", r
+    assert "echo reply" in r["message"]
+    assert request(ws, {"type": "nope", "pad": "a" * 1000})["type"] == "echo"
+    assert errors(srv)["reply-too-large"] == 1
+
+
+def test_admin_connection_listing_is_paged(server_factory):
+    """GET /api/connections listed every connection of the server in one
+    response; it is paged now (cursor/limit, next-cursor)."""
+    import http.client
+    srv = server_factory("--admin-token", "tok", workers=2)
+    conns = [opened(srv) for _ in range(30)]
+
+    def page(cursor, limit):
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10 * SLOW)
+        c.request("GET", f"/api/connections?limit={limit}" +
+                  (f"&cursor={cursor}" if cursor is not None else ""),
+                  headers={"Authorization": "Bearer tok"})
+        resp = c.getresponse()
+        doc = json.loads(resp.read())
+        c.close()
+        assert resp.status == 200
+        return doc
+
+    seen, cursor, pages = [], None, 0
+    while True:
+        doc = page(cursor, 5)
+        seen += [x["conn-id"] for x in doc["connections"]]
+        pages += 1
+        cursor = doc["next-cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 30 and pages >= 4
+    for ws in conns:
+        ws.close()
+
+
+# ------------------------- 3 and 10: hostile replies do not close readers
+
+def test_hostile_replies_do_not_close_subscribers_that_read(server_factory):
+    """Four clients pipeline large requests and never read: their replies
+    take the worker over its share of --max-outbound-total.  A subscriber
+    that reads used to be closed 1008 as soon as a delivery found 64 KiB
+    queued for it; now only connections that do not read are closed for
+    the worker's share (the hostile ones, by the timer)."""
+    srv = server_factory("--max-outbound-total", "8M", workers=1)
+    share = 8 * MIB
+    sub = opened(srv, timeout=20 * SLOW)
+    r, _ = subscribe(sub, "c")
+    assert r["success"]
+    hostile = [opened(srv, rcvbuf=4096, timeout=20 * SLOW) for _ in range(4)]
+    msg = frame(OP_TEXT, json.dumps({"type": "x", "pad": "a" * 40000}))
+    pub = opened(srv)
+    big = {"type": "publish", "channel-id": "c", "data": "b" * 100000}
+    small = [{"type": "publish", "channel-id": "c", "data": i} for i in range(18)]
+    burst = b"".join(frame(OP_TEXT, json.dumps(m)) for m in [big] + small)
+    # All four at once, and the publish as soon as the worker is over its
+    # share (before the timer sheds the non-readers, a second later).
+    fills = [threading.Thread(target=send_until_refused, args=(h.sock, msg * 8, 32 * MIB, 3))
+             for h in hostile]
+    for t in fills:
+        t.start()
+    wait_for(lambda: srv.stats()["outbound-bytes"] > share, timeout=10,
+             what="the worker over its share")
+    pub.send(burst)
+    for t in fills:
+        t.join()
+    got = [read_json(sub) for _ in range(19)]
+    assert [m["type"] for m in got] == ["channel-message"] * 19
+    assert [m["data"] for m in got[1:]] == list(range(18))
+    # The hostile ones do not read: closed for the worker's share.
+    wait_for(lambda: errors(srv)["slow-consumer"] >= 1, timeout=10,
+             what="non-readers closed for the share")
+    wait_for(lambda: srv.stats()["outbound-bytes"] <= share, timeout=10,
+             what="the worker back under its share")
+    assert request(sub, {"type": "ping"})["type"] == "pong"
+
+
+def test_own_replies_queued_do_not_count_against_deliveries(server_factory):
+    """A delivery was checked against everything queued, the client's own
+    replies included: a client with a large reply still queued was closed
+    as a slow consumer by the next channel message (review r13 finding
+    10).  Deliveries are now bounded by what deliveries hold."""
+    srv = server_factory("--max-outbound-bytes", "1M", workers=1)
+    ws = opened(srv, rcvbuf=4096, timeout=20 * SLOW)
+    r, _ = subscribe(ws, "d")
+    assert r["success"]
+    req = frame(OP_TEXT, json.dumps({"type": "x", "pad": "e" * 100000}))
+    sent = send_until_refused(ws.sock, req * 4, 64 * MIB, 4)
+    wait_for(lambda: srv.stats()["backpressure-pauses"] >= 1, what="replies over half the bound")
+    pub = opened(srv)
+    for i in range(10):  # 600 KB of deliveries: over the bound with the replies
+        pub.send(frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "d",
+                                            "data": {"i": i, "pad": "f" * 60000}})))
+        assert read_json(pub)["success"]
+    echoes, msgs = 0, []
+    while len(msgs) < 10:
+        m = read_json(ws)
+        if m["type"] == "echo":
+            echoes += 1
+        else:
+            msgs.append(m["data"]["i"])
+    assert msgs == list(range(10))
+    assert errors(srv)["slow-consumer"] == 0
+    finish_frame(ws.sock, req, sent)
+    ws.close()
