@@ -4,12 +4,17 @@
  *
  * Emitting is a few memcpy into a static batch: no malloc, no formatting,
  * no syscall.  sl_tel_flush writes the batch (up to 64 KiB of whole
- * records) with one write(), once per loop turn or when the batch is full.
- * Every process has a pipe of its own to the logger (the master creates
- * one per worker slot), so no other process's records can interleave with
- * ours, and a write the full pipe took only partly is simply continued by
- * the next flush: the stream stays whole whatever the pipe's room (which
- * no ioctl can tell exactly: capacity is counted in partly filled pages).
+ * records) once per loop turn or when the batch is full, in writes of
+ * whole records of at most PIPE_BUF bytes each.  Every process has a pipe
+ * of its own to the logger (the master creates one per worker slot), so no
+ * other process's records can interleave with ours; and a non-blocking
+ * pipe takes a write of at most PIPE_BUF bytes whole or not at all, so the
+ * pipe only ever holds whole records.  That matters across a worker's
+ * death: the slot's pipe outlives the worker, and a half record left by a
+ * killed worker would be joined with its successor's first bytes, tearing
+ * the logger's stream for good.  What the full pipe does not take now is
+ * written by the next flush (the pipe's room cannot be known exactly:
+ * capacity is counted in partly filled pages).
  * Nothing is ever waited for: a record that finds the batch still full
  * of unwritten bytes is dropped and counted (tel_dropped), and a record
  * counts as emitted when its last byte has been written, so the logger's
@@ -122,16 +127,35 @@ static void count_written(void)
         uatomic_add(&T.stats->tel_emitted, n);
 }
 
+/* The end of the next write: whole records from T.sent, at most PIPE_BUF
+ * bytes (at least the rest of the record T.sent is in; a record is at most
+ * SL_TEL_MAX_RECORD < PIPE_BUF). */
+static size_t chunk_end(void)
+{
+    size_t end = T.counted;
+    while (end + 2 <= T.used) {
+        uint16_t len;
+        memcpy(&len, T.batch + end, 2);
+        if (end + len - T.sent > PIPE_BUF && end > T.sent)
+            break;
+        end += len;
+    }
+    return end;
+}
+
 void sl_tel_flush(void)
 {
-    if (T.sent < T.used) {
+    while (T.sent < T.used) {
+        size_t want = chunk_end() - T.sent;
         ssize_t n;
         do
-            n = write(T.fd, T.batch + T.sent, T.used - T.sent);
+            n = write(T.fd, T.batch + T.sent, want);
         while (n < 0 && errno == EINTR);
         if (n > 0) {
             T.sent += (size_t)n;
             count_written();
+            if ((size_t)n < want)
+                break; /* not a pipe (a file): the rest next time */
         } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
             /* Broken beyond repair (no reader at all): what is unsent is
              * dropped; a record already begun would tear the stream, but
@@ -146,6 +170,8 @@ void sl_tel_flush(void)
             if (T.stats)
                 uatomic_add(&T.stats->tel_dropped, lost);
             T.sent = T.counted = T.used;
+        } else {
+            break; /* the pipe is full: the rest next time, never waited for */
         }
     }
     if (T.sent == T.used)

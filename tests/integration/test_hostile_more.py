@@ -322,3 +322,47 @@ def test_own_replies_queued_do_not_count_against_deliveries(server_factory):
     assert errors(srv)["slow-consumer"] == 0
     finish_frame(ws.sock, req, sent)
     ws.close()
+
+
+# ------------------------------------- 4: telemetry across a worker respawn
+
+def test_telemetry_stays_whole_across_a_killed_worker(server_factory):
+    """A worker killed after a partial telemetry write left half a record
+    in its slot's pipe; the respawned worker's records were joined to it
+    and the logger lost them (and counted errors).  Telemetry is now
+    written in whole records of at most PIPE_BUF bytes, which a pipe takes
+    whole or not at all."""
+    import http.client
+    from conftest import children_of, title_of
+    srv = server_factory("--log-level", "debug", workers=1)
+    logger = [p for p in children_of(srv.pid) if "logger" in title_of(p)][0]
+    wpid = srv.worker_pids()[0]
+    os.kill(logger, signal.SIGSTOP)
+    try:
+        reqs = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 128
+        for _ in range(400):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+            s.sendall(reqs)
+            got = b""
+            while got.count(b"HTTP/1.1 ") < 128:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                got += chunk
+            s.close()
+            if srv.stats()["telemetry-stats"]["sente-lite"]["dropped"] > 0:
+                break
+        assert srv.stats()["telemetry-stats"]["sente-lite"]["dropped"] > 0  # the pipe is full
+        os.kill(wpid, signal.SIGKILL)
+        wait_for(lambda: srv.worker_pids()[0] not in (0, wpid), timeout=10, what="respawn")
+        for i in range(50):
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10 * SLOW)
+            c.request("GET", f"/nothing-{i}")
+            assert c.getresponse().status == 404
+            c.close()
+    finally:
+        os.kill(logger, signal.SIGCONT)
+    wait_for(lambda: sum("/nothing-" in ln for ln in srv.log_lines()) == 50, timeout=20,
+             what="the new worker's 50 records in the log")
+    tel = srv.stats()["telemetry-stats"]["sente-lite"]
+    assert tel["errors"] == 0
