@@ -51,6 +51,8 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
+    bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
+                          complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
     uint16_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */

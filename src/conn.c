@@ -327,20 +327,23 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j)
  * allows once it is deleted). */
 static void conn_watch(sl_conn_t *c, bool write)
 {
-    short what = EV_PERSIST | (c->read_paused ? 0 : EV_READ) | (write ? EV_WRITE : 0);
+    /* Nothing more to read after the peer's FIN (the socket would stay
+     * readable for ever). */
+    short what = EV_PERSIST | (c->read_paused || c->peer_eof ? 0 : EV_READ) |
+                 (write ? EV_WRITE : 0);
     event_del(&c->ev);
     c->write_armed = write;
-    if (!(what & (EV_READ | EV_WRITE)))
-        return; /* paused with nothing stuck: the next flush resumes it */
-    event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
-    if (event_add(&c->ev, NULL) != 0) {
-        sl_conn_abort(c, "event-add-failed");
-        return;
-    }
+    if (what & (EV_READ | EV_WRITE)) {
+        event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
+        if (event_add(&c->ev, NULL) != 0) {
+            sl_conn_abort(c, "event-add-failed");
+            return;
+        }
+    } /* else paused with nothing stuck: the next flush resumes it */
     /* Input left over from a pause is processed in the next loop turn (the
      * socket may stay silent).  Re-done here because event_del above drops
      * an activation made earlier. */
-    if ((what & EV_READ) && c->backlog && c->state != SL_CONN_LINGER)
+    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER)
         sl_worker_mark_ready(c);
 }
 
@@ -472,6 +475,10 @@ void sl_conn_flush(sl_conn_t *c)
          * peer's FIN so it is not answered with a reset. */
         shutdown(c->fd, SHUT_WR);
         c->shut_wr = true;
+        if (c->peer_eof)
+            sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */
+    } else if (c->state == SL_CONN_CLOSING && c->peer_eof) {
+        sl_conn_abort(c, "closed"); /* our close frame is out; the peer is gone */
     }
 }
 
@@ -907,6 +914,37 @@ void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n)
     conn_process(c, data, n);
 }
 
+/* The peer's FIN.  A WebSocket peer is gone.  An HTTP client may only have
+ * half-closed after its last request: what it asked in full is answered
+ * first, and what we queued is written, before we close (in LINGER or
+ * CLOSING too: our last response or close frame is still delivered). */
+static void conn_http_eof_done(sl_conn_t *c)
+{
+    if (c->state == SL_CONN_HTTP && !c->backlog && !c->read_paused)
+        conn_http_finish(c); /* an unfinished request is dropped; linger */
+}
+
+static void conn_eof(sl_conn_t *c)
+{
+    bool pending = c->out.count > 0 || (c->state == SL_CONN_HTTP && c->in_len > 0);
+    if (c->state == SL_CONN_WS || !pending) {
+        if (c->state == SL_CONN_WS)
+            conn_note_close(c, SL_WS_CLOSE_ABNORMAL, "connection lost");
+        sl_conn_abort(c, c->state == SL_CONN_WS ? "eof" : "closed");
+        return;
+    }
+    c->peer_eof = true;
+    conn_watch(c, c->write_armed); /* no more reading */
+    if (c->state == SL_CONN_HTTP && c->in_len > 0 && !c->read_paused) {
+        c->backlog = false;
+        conn_process(c, NULL, 0); /* the complete requests left, within the budget */
+    }
+    if (c->state != SL_CONN_DEAD)
+        conn_http_eof_done(c);
+    if (c->state == SL_CONN_LINGER || c->state == SL_CONN_CLOSING)
+        sl_worker_mark_dirty(c); /* the flush closes once the output is out */
+}
+
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
@@ -920,6 +958,10 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         conn_process(c, NULL, 0);
         if (c->state == SL_CONN_DEAD || c->backlog)
             return;
+    }
+    if (c->peer_eof) {
+        conn_http_eof_done(c); /* its last complete request is answered */
+        return;
     }
     if (c->read_paused)
         return;
@@ -943,10 +985,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (n == 0) {
-        /* EOF.  In LINGER or CLOSING this is the normal end. */
-        if (c->state == SL_CONN_WS)
-            conn_note_close(c, SL_WS_CLOSE_ABNORMAL, "connection lost");
-        sl_conn_abort(c, c->state == SL_CONN_WS ? "eof" : "closed");
+        conn_eof(c);
         return;
     }
     uint64_t *bi = &sl_worker->stats->bytes_in;

@@ -366,3 +366,38 @@ def test_telemetry_stays_whole_across_a_killed_worker(server_factory):
              what="the new worker's 50 records in the log")
     tel = srv.stats()["telemetry-stats"]["sente-lite"]
     assert tel["errors"] == 0
+
+
+# ---------------------------------------- 5: pipelining, then a half-close
+
+def test_pipelined_requests_then_half_close_all_answered(server_factory):
+    """A client that pipelines requests and then shuts its write side
+    (nc -N, some load generators) lost its last responses: the server
+    closed at the FIN with responses still queued or unanswered."""
+    srv = server_factory(workers=1)
+    for path, n in (("/client.js", 50), ("/stats", 200), ("/health", 300)):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=20 * SLOW)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * n)
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)
+        got = b""
+        while True:
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+        s.close()
+        assert got.count(b"HTTP/1.1 200 ") == n, (path, got.count(b"HTTP/1.1 "))
+    # Half-closing in the middle of a request: the complete ones are
+    # answered, the partial one is dropped, and the connection closes.
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=20 * SLOW)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /heal")
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        chunk = s.recv(1 << 16)
+        if not chunk:
+            break
+        got += chunk
+    assert got.count(b"HTTP/1.1 200 ") == 3
+    wait_for(lambda: srv.stats()["workers"][0]["http-connections"] <= 1, what="closed")
