@@ -436,16 +436,25 @@ void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
         return;
-    conn_queue_pong(c);
-    if (c->state == SL_CONN_DEAD)
-        return;
-    uint64_t before = c->out.bytes;
-    int rc = sl_outq_flush(&c->out, c->fd);
-    if (c->out.bytes < before) {
-        /* Our own slot, one writer: a plain store of the new value. */
-        uint64_t *bo = &sl_worker->stats->bytes_out;
-        CMM_STORE_SHARED(*bo, *bo + (before - c->out.bytes));
-        c->written_total += before - c->out.bytes;
+    uint64_t before = c->out.bytes, was = before;
+    int rc = SL_OK;
+    /* Twice at most: a pending pong waits for its predecessor, and once a
+     * write has taken that one it goes out now, not at the connection's
+     * next activity (a lost wake-up kept it up to a heartbeat interval). */
+    for (int pass = 0; pass < 2 && rc == SL_OK && (pass == 0 || c->pong != NULL); pass++) {
+        conn_queue_pong(c);
+        if (c->state == SL_CONN_DEAD)
+            return;
+        was = c->out.bytes;
+        rc = sl_outq_flush(&c->out, c->fd);
+        if (c->out.bytes < was) {
+            /* Our own slot, one writer: a plain store of the new value. */
+            uint64_t *bo = &sl_worker->stats->bytes_out;
+            CMM_STORE_SHARED(*bo, *bo + (was - c->out.bytes));
+            c->written_total += was - c->out.bytes;
+        }
+        if (pass == 0)
+            before = was;
     }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
@@ -468,8 +477,6 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (c->write_armed)
         conn_watch(c, false);
-    if (c->pong != NULL) /* its predecessor has just been written */
-        sl_worker_mark_dirty(c);
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */

@@ -401,3 +401,22 @@ def test_pipelined_requests_then_half_close_all_answered(server_factory):
         got += chunk
     assert got.count(b"HTTP/1.1 200 ") == 3
     wait_for(lambda: srv.stats()["workers"][0]["http-connections"] <= 1, what="closed")
+
+
+# ----------------------------------------------- 8: the pong's wake-up
+
+def test_second_pong_is_not_held_for_a_heartbeat(server_factory):
+    """Two pings in one turn behind 64 KiB of output: the first pong is
+    queued, the second waits for it to be written - and then waited for the
+    connection's next activity (up to a heartbeat interval)."""
+    srv = server_factory("--heartbeat-interval-ms", "8000", workers=1)
+    ws = opened(srv, timeout=20 * SLOW)
+    ws.send(frame(OP_TEXT, json.dumps({"type": "x", "pad": "z" * 70000})) +
+            frame(OP_PING, b"p1") + frame(OP_PING, b"p2"))
+    t0, seen = time.monotonic(), []
+    while len(seen) < 3:
+        _, op, payload = ws.read_frame()
+        seen.append((round(time.monotonic() - t0, 2), op, payload if op == OP_PONG else b""))
+    print(seen)
+    assert [(op, p) for _, op, p in seen] == [(OP_TEXT, b""), (OP_PONG, b"p1"), (OP_PONG, b"p2")]
+    assert seen[-1][0] < 2.0 * SLOW
