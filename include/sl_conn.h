@@ -51,6 +51,8 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
+    bool http_counted; /* counts against --max-http-connections */
+    bool idle;         /* on the worker's idle HTTP list (oldest first) */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
@@ -62,6 +64,7 @@ struct sl_conn {
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
     sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
+    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */

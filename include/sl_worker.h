@@ -23,6 +23,7 @@ typedef struct {
     sl_conn_t *conns;         /* live connections (doubly linked) */
     sl_conn_t *dirty;         /* to flush (or free, if dead) at turn end */
     sl_conn_t *ready;         /* input left for the next turn (doubly linked) */
+    sl_conn_t *idle_head, *idle_tail; /* idle HTTP connections, oldest first (conn.c) */
     sl_conn_t **slots;        /* slot -> connection (NULL: free) */
     uint32_t nslots, slot_cap, free_hint;
     uint32_t nconns;

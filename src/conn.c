@@ -53,9 +53,6 @@
 #define SL_CONN_TURN_READ (16 * 1024) /* bytes read per turn (<= SL_SCRATCH_SIZE) */
 #define SL_CONN_TURN_MESSAGES 64
 #define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
-/* Over --max-http-connections, a connection silent this long may be closed
- * for a new one. */
-#define SL_CONN_EVICT_SILENT_MS 500
 #define SL_CONN_TURN_REQUESTS 16
 /* A connection that has held 64 KiB or more of output for this long
  * (through every write of that time) does not keep up: when its worker is
@@ -132,37 +129,74 @@ static uint64_t http_connections_total(void)
     return n;
 }
 
+/* The worker's idle HTTP connections - silent since accept, or keep-alive
+ * between requests (nothing read, nothing to write) - oldest first: what
+ * --max-http-connections takes back for a newcomer, in O(1). */
+static void conn_idle_remove(sl_conn_t *c)
+{
+    if (!c->idle)
+        return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        sl_worker->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        sl_worker->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->idle = false;
+}
+
+static void conn_idle_add(sl_conn_t *c)
+{
+    if (c->idle || c->state != SL_CONN_HTTP)
+        return;
+    c->idle = true;
+    c->idle_next = NULL;
+    c->idle_prev = sl_worker->idle_tail;
+    if (sl_worker->idle_tail)
+        sl_worker->idle_tail->idle_next = c;
+    else
+        sl_worker->idle_head = c;
+    sl_worker->idle_tail = c;
+}
+
+/* It no longer counts against --max-http-connections: upgraded, closing
+ * (a 503 or 408 being written) or dead. */
+static void conn_http_uncount(sl_conn_t *c)
+{
+    conn_idle_remove(c);
+    if (c->http_counted) {
+        c->http_counted = false;
+        uatomic_add(&sl_worker->stats->http_connections, -1);
+    }
+}
+
 /* A new TCP connection while --max-http-connections are open: make room
- * by closing the oldest connection of this worker that holds nothing: an
- * idle keep-alive one (a browser finds it closed on its next request and
- * reconnects) or one that has not sent a byte yet (a connection flood
- * churns itself, and a real client, which sends its request at once, gets
- * through).  When there is none (every one is in the middle of a request,
- * bounded by --message-timeout-ms), this one is answered 503.  Both are
- * counted. */
-static void conn_http_admit(sl_conn_t *c)
+ * by closing this worker's oldest idle connection - an idle keep-alive one
+ * (a browser finds it closed on its next request and reconnects) or one
+ * that has not sent a byte yet.  Oldest first: a real client sends its
+ * request within a round trip, so a connection flood churns only itself,
+ * however fast it comes.  When there is none (every one is in the middle
+ * of a request, bounded by --message-timeout-ms), this one is answered
+ * 503, and stops counting at once (it only lingers to deliver the 503).
+ * Both are counted.  True when admitted. */
+static bool conn_http_admit(sl_conn_t *c)
 {
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
-        return;
+        return true;
     sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
-    /* A silent connection must have had time to send its request (a
-     * burst of new ones must not evict a real client that connected just
-     * before it); an idle keep-alive one is fair game at once. */
-    int64_t silent_before = sl_mono_ms() - SL_CONN_EVICT_SILENT_MS;
-    sl_conn_t *victim = NULL;
-    for (sl_conn_t *o = sl_worker->conns; o; o = o->next)
-        if (o != c && o->state == SL_CONN_HTTP && o->in_len == 0 && o->out.count == 0 &&
-            (o->busy_since_mono == 0 || o->accepted_mono <= silent_before) &&
-            (!victim || o->accepted_mono <= victim->accepted_mono))
-            victim = o;
+    sl_conn_t *victim = sl_worker->idle_head;
     if (victim != NULL) {
-        sl_conn_abort(victim, "keep-alive evicted");
-        return;
+        sl_conn_abort(victim, "idle evicted");
+        return true;
     }
     sl_httpd_error(c, 503, "too-many-http-connections",
                    "the server is at --max-http-connections", false);
     conn_http_finish(c);
     c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
+    return false;
 }
 
 sl_conn_t *sl_conn_new(int fd, bool ops)
@@ -193,8 +227,11 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
         free(c);
         return NULL;
     }
-    conn_http_admit(c);
-    uatomic_add(&sl_worker->stats->http_connections, 1);
+    if (conn_http_admit(c)) {
+        c->http_counted = true;
+        uatomic_add(&sl_worker->stats->http_connections, 1);
+        conn_idle_add(c); /* silent so far */
+    }
     return c;
 }
 
@@ -215,7 +252,7 @@ void sl_conn_destroy(sl_conn_t *c)
     } else if (c->kind == SL_KIND_ECHO) {
         uatomic_add(&st->echo_connections, -1);
     } else {
-        uatomic_add(&st->http_connections, -1);
+        conn_http_uncount(c);
     }
     free(c);
 }
@@ -227,6 +264,7 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
     if (c->kind != SL_KIND_HTTP && c->state == SL_CONN_WS)
         SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("reason", why));
+    conn_http_uncount(c); /* (and off the idle list before anyone picks it) */
     c->state = SL_CONN_DEAD;
     sl_worker_mark_dead(c);
 }
@@ -277,6 +315,7 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
     /* Nothing may follow our close frame (CLOSING, LINGER). */
     if ((c->state != SL_CONN_WS && c->state != SL_CONN_HTTP) || c->shut_wr)
         return SL_ERROR;
+    conn_idle_remove(c); /* HTTP: a response is on its way */
     size_t len = b->len - b->start;
     /* A delivery is bounded by what deliveries hold: its own replies (a
      * large subscription result, say) do not make a reader that keeps up
@@ -477,6 +516,9 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (c->write_armed)
         conn_watch(c, false);
+    if (c->state == SL_CONN_HTTP && c->in_len == 0 && !c->backlog && !c->read_paused &&
+        !c->peer_eof)
+        conn_idle_add(c); /* keep-alive, between requests */
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
@@ -542,6 +584,7 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
  * close): the response is queued; linger once it is out. */
 static void conn_http_finish(sl_conn_t *c)
 {
+    conn_http_uncount(c);
     c->read_paused = false;
     free(c->in);
     c->in = NULL;
@@ -736,7 +779,7 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
     c->reader.frame_limit = SL_CONN_TURN_FRAMES;
-    uatomic_add(&sl_worker->stats->http_connections, -1);
+    conn_http_uncount(c);
     unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
@@ -761,6 +804,8 @@ static void conn_http_overflow(sl_conn_t *c)
 
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
+    if (n > 0)
+        conn_idle_remove(c); /* a request under way */
     size_t limit = http_in_limit();
     if (c->in_len + n > limit) {
         conn_http_overflow(c);

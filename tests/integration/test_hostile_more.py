@@ -420,3 +420,58 @@ def test_second_pong_is_not_held_for_a_heartbeat(server_factory):
     print(seen)
     assert [(op, p) for _, op, p in seen] == [(OP_TEXT, b""), (OP_PONG, b"p1"), (OP_PONG, b"p2")]
     assert seen[-1][0] < 2.0 * SLOW
+
+
+# ------------------------- 6: a silent-connection flood vs the HTTP limit
+
+def test_silent_connection_flood_does_not_lock_out_clients(server_factory):
+    """Connections that send nothing, opened faster than --max-http-connections
+    per half second, used to keep every place 'young' (safe for 500 ms) and
+    every newcomer, real clients and WebSocket upgrades included, got 503.
+    Now the oldest silent one makes room, so the flood churns itself."""
+    srv = server_factory("--max-http-connections", "64", workers=1)
+    stop = threading.Event()
+
+    def flood():
+        held = []
+        while not stop.is_set():
+            for _ in range(20):
+                s = socket.socket()
+                s.setblocking(False)
+                try:
+                    s.connect(("127.0.0.1", srv.port))
+                except BlockingIOError:
+                    pass
+                held.append((time.monotonic(), s))
+            while held and time.monotonic() - held[0][0] > 1.0:
+                held.pop(0)[1].close()
+            time.sleep(0.01)  # about 2,000 connections a second
+        for _, s in held:
+            s.close()
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    statuses = []
+    try:
+        time.sleep(0.5)
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            got = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            s.close()
+            statuses.append(int(got.split(b" ", 2)[1]) if got else 0)
+            time.sleep(0.05)
+        ws = opened(srv)  # and a WebSocket upgrade
+        ws.close()
+    finally:
+        stop.set()
+        t.join(5)
+    print("statuses", {k: statuses.count(k) for k in set(statuses)})
+    assert statuses and all(st == 200 for st in statuses)
+    assert errors(srv)["http-connection-limit"] > 100  # the flood was over the limit
