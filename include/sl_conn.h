@@ -70,6 +70,7 @@ struct sl_conn {
     int64_t last_tx_mono;     /* last time the socket took output */
     int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
     uint64_t written_total;   /* bytes the socket has taken, ever */
+    uint64_t input_held;      /* its share of sl_conn_inbound_bytes */
     uint64_t reply_end;       /* written_total + queued bytes when the last
                                  reply was queued (conn_reply_bytes) */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
@@ -101,6 +102,11 @@ struct sl_conn {
     const char *close_reason; /* static string */
     char conn_id[40];
 };
+
+/* Unfinished input this worker holds: every connection's c->in and the
+ * message its WebSocket reader is assembling (the gauge inbound-bytes;
+ * bounded by the worker's share of --max-inbound-total). */
+extern uint64_t sl_conn_inbound_bytes;
 
 /* Take over an accepted socket (non-blocking is set here); `ops`: it came
  * in on --ops-listen.  NULL on failure (the fd is closed). */

@@ -72,6 +72,7 @@ typedef enum {
                                   connection closed, or 503 */
     SL_ERR_FD_EXHAUSTED,       /* master: accept() hit EMFILE/ENFILE */
     SL_ERR_REPLY_TOO_LARGE,    /* a reply or response over sl_conn_reply_max: refused */
+    SL_ERR_INBOUND_LIMIT,      /* over the worker's share of --max-inbound-total: 1013 / 503 */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -130,6 +131,7 @@ typedef struct {
     uint64_t rpc_responses; /* RPC responses accepted from this worker's clients */
     uint64_t rpc_expired;   /* this worker's requesters that timed out */
     uint64_t outbound_bytes;      /* gauge: output buffers held (set each turn) */
+    uint64_t inbound_bytes;       /* gauge: unfinished input held (set each turn) */
     uint64_t backpressure_pauses; /* times a connection's reading was paused */
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */

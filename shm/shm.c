@@ -60,6 +60,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_HTTP_CONNECTIONS] = "http-connection-limit",
     [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
     [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
+    [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -92,6 +92,10 @@ static const sl_option_t sl_options[] = {
     {"max-outbound-total", NULL, OPT_BYTES, OFF(max_outbound_total), 0, 1 << 20, 1LL << 40, "1G",
      "BYTES", "output buffered by all workers together (an equal share each; over it: "
      "stop reading, close slow consumers 1008)"},
+    {"max-inbound-total", NULL, OPT_BYTES, OFF(max_inbound_total), 0, 1 << 20, 1LL << 40, "256M",
+     "BYTES", "unfinished input (messages, request bodies) all workers together may hold (an "
+     "equal share each; over it: connections holding 64 KiB or more of it are closed 1013 / "
+     "503)"},
     {"max-http-connections", NULL, OPT_INT, OFF(max_http_connections), 0, 1, 10000000, "1024",
      "N", "TCP connections not upgraded to WebSocket, across all workers (over it: idle "
      "keep-alive ones are closed, else 503)"},

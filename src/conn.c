@@ -246,6 +246,7 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_buf_unref(c->pong_sent);
     sl_ws_reader_free(&c->reader);
     free(c->in);
+    sl_conn_inbound_bytes -= c->input_held;
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);
@@ -270,6 +271,40 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
 }
 
 /* ---------------------------------------------------------------- output */
+
+uint64_t sl_conn_inbound_bytes;
+
+/* Bring the worker's inbound figure up to date with what c holds now. */
+static void conn_input_account(sl_conn_t *c)
+{
+    uint64_t held = c->in_cap + sl_ws_reader_buffered(&c->reader);
+    sl_conn_inbound_bytes += held - c->input_held;
+    c->input_held = held;
+}
+
+/* Over the worker's share of --max-inbound-total, a connection holding 64
+ * KiB or more of unfinished input (a message being assembled, a request
+ * body) is closed as it grows: 1013 (try again later) or 503.  Small
+ * partial messages are never touched; the connections that hold the most
+ * are the ones that keep adding to it. */
+static void conn_inbound_check(sl_conn_t *c)
+{
+    conn_input_account(c);
+    if (c->input_held < SL_CONN_SMALL_BACKLOG ||
+        sl_conn_inbound_bytes <= (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers))
+        return;
+    if (c->state == SL_CONN_WS) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
+        sl_ws_reader_free(&c->reader); /* never fed again while closing */
+    } else if (c->state == SL_CONN_HTTP) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_httpd_error(c, 503, "inbound-limit",
+                       "the server holds too much unfinished input: try again later", false);
+        conn_http_finish(c);
+    }
+    conn_input_account(c);
+}
 
 size_t sl_conn_reply_max(void)
 {
@@ -589,6 +624,7 @@ static void conn_http_finish(sl_conn_t *c)
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
+    conn_input_account(c);
     conn_lingering(c);
 }
 
@@ -952,6 +988,8 @@ static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
         break; /* LINGER: discard */
     }
     c->in_input = false;
+    if (c->state != SL_CONN_DEAD)
+        conn_inbound_check(c);
 }
 
 void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n)
@@ -961,6 +999,7 @@ void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n)
     c->last_rx_mono = sl_mono_ms();
     if (c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING)) {
         conn_stash(c, data, n); /* the socket is not read while paused */
+        conn_input_account(c);
         return;
     }
     conn_process(c, data, n);

@@ -231,6 +231,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Bytes held in output buffers (each shared buffer counted once).");
     per_worker(&o, workers, "backpressure_pauses_total", "counter", "backpressure-pauses",
                "Times a connection's reading paused because its output was over its bound.");
+    per_worker(&o, workers, "inbound_bytes", "gauge", "inbound-bytes",
+               "Unfinished input held: messages being assembled, request bodies, stashed reads.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

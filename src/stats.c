@@ -29,7 +29,7 @@
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
-    uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses;
+    uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
     uint64_t bytes_in, bytes_out, accepted;
     uint64_t handshake_failures[SL_HS__COUNT];
@@ -140,8 +140,10 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     for (int e = 0; e < SL_ERR__COUNT; e++)
         t->errors[e] += uatomic_read(&w->errors[e]);
     uint64_t obytes = uatomic_read(&w->outbound_bytes), pauses = uatomic_read(&w->backpressure_pauses);
+    uint64_t ibytes = uatomic_read(&w->inbound_bytes);
     t->outbound_bytes += obytes;
     t->backpressure_pauses += pauses;
+    t->inbound_bytes += ibytes;
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
@@ -166,6 +168,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
     json_object_set_new(o, "outbound-bytes", json_integer((json_int_t)obytes));
     json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
+    json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
     json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
@@ -425,6 +428,7 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
     json_object_set_new(doc, "backpressure-pauses",
                         json_integer((json_int_t)t.backpressure_pauses));
+    json_object_set_new(doc, "inbound-bytes", json_integer((json_int_t)t.inbound_bytes));
     json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }

@@ -176,6 +176,7 @@ void sl_worker_turn_end(sl_worker_t *w)
     sl_accesslog_flush();
     /* A gauge: what the output buffers of this worker hold right now. */
     uatomic_set(&w->stats->outbound_bytes, sl_buf_live_bytes);
+    uatomic_set(&w->stats->inbound_bytes, sl_conn_inbound_bytes);
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */

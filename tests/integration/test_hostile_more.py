@@ -475,3 +475,42 @@ def test_silent_connection_flood_does_not_lock_out_clients(server_factory):
     print("statuses", {k: statuses.count(k) for k in set(statuses)})
     assert statuses and all(st == 200 for st in statuses)
     assert errors(srv)["http-connection-limit"] > 100  # the flood was over the limit
+
+
+# ------------------------------------------------ 7: a bound on input held
+
+def test_unfinished_messages_are_bounded_per_worker(server_factory):
+    """Each connection may hold up to --max-message-size of an unfinished
+    message, but nothing bounded the sum: 300 connections held 304 MiB.
+    Over the worker's share of --max-inbound-total, a connection holding 64
+    KiB or more that keeps adding is closed 1013 and counted; small
+    unfinished messages go on; /stats inbound-bytes shows what is held."""
+    srv = server_factory("--max-inbound-total", "8M", "--message-timeout-ms", "60000", workers=1)
+    wpid = srv.worker_pids()[0]
+    small = opened(srv, timeout=20 * SLOW)
+    small.send(frame(OP_TEXT, b'{"type":"x","p":"', fin=False))  # a small unfinished message
+    before = rss_bytes(wpid)
+    part = frame(OP_TEXT, b'"' + b"a" * (MIB - 2), fin=False)
+    big = [opened(srv, timeout=20 * SLOW) for _ in range(30)]
+    for ws in big:
+        ws.send(part)
+    wait_for(lambda: errors(srv)["inbound-limit"] >= 20, timeout=20, what="closed for the share")
+    held = srv.stats()["inbound-bytes"]
+    print(f"inbound-bytes {held / MIB:.1f} MiB, RSS growth "
+          f"{(rss_bytes(wpid) - before) / MIB:.1f} MiB")
+    assert held <= 8 * MIB + 2 * MIB
+    if not ASAN:
+        assert rss_bytes(wpid) - before <= 8 * MIB + 8 * MIB
+    codes = []
+    for ws in big:
+        try:
+            ws.sock.settimeout(0.5 * SLOW)  # the ones under the share are not closed
+            codes.append(ws.read_until_close())
+        except (OSError, EOFError):
+            codes.append(None)
+        ws.close()
+    assert codes.count((1013, b"inbound limit: try again later")) >= 20
+    # The small one finishes its message and is answered.
+    small.send(frame(OP_CONT, b'q"}'))
+    assert read_json(small)["type"] == "echo"
+    wait_for(lambda: srv.stats()["inbound-bytes"] < 64 * 1024, what="released")
