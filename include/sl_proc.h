@@ -37,6 +37,11 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag);
  * errno is EMFILE, and a message that brought none returns 0. */
 int sl_proc_recv_fds(int sock, int *fds, char *tag);
 
+/* The same, and *sent (if not NULL) gets how many descriptors the message
+ * carried when it was sent - more than the count returned when some were
+ * lost to EMFILE (the hand-off counters must drop by all of them). */
+int sl_proc_recv_fds_n(int sock, int *fds, char *tag, int *sent);
+
 /* Has our child `pid` (not yet reaped) ended - exited and waiting to be
  * reaped, or dumping core on its way out (/proc/PID/status CoreDumping)?
  * Such a process makes no progress but is dead, not stalled: the master

@@ -202,14 +202,17 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
      * connections we already have. */
     for (int batch = 0; batch < 4; batch++) {
         char tag = SL_PROC_TAG_PUBLIC;
-        int n = sl_proc_recv_fds(fd, fds, &tag);
+        int sent = 0;
+        int n = sl_proc_recv_fds_n(fd, fds, &tag, &sent);
         if (n == SL_AGAIN)
             return;
         if (n >= 0 && errno == EMFILE) {
             /* We are out of descriptors: the kernel closed the sockets it
-             * could not give us (their clients see the connection close). */
-            sl_worker_count_error(SL_ERR_FD_EXHAUSTED);
+             * could not give us (their clients see the connection close);
+             * each is counted, and none stays "pending" for good. */
+            uatomic_add(&w->stats->errors[SL_ERR_FD_EXHAUSTED], (uint64_t)SL_MAX(sent - n, 1));
             uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
+            uatomic_add(&w->stats->pending_handoff, -(sent - n));
         }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
