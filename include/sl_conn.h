@@ -56,7 +56,7 @@ struct sl_conn {
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
-    uint16_t ctl_count; /* control frames received in the current second */
+    uint32_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
@@ -71,6 +71,8 @@ struct sl_conn {
     int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
     uint64_t written_total;   /* bytes the socket has taken, ever */
     uint64_t input_held;      /* its share of sl_conn_inbound_bytes */
+    uint64_t ws_from;         /* written_total at which its WebSocket frames begin
+                                 (the end of the 101) */
     uint64_t reply_end;       /* written_total + queued bytes when the last
                                  reply was queued (conn_reply_bytes) */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
@@ -81,6 +83,7 @@ struct sl_conn {
      * processing (at most one read's worth: reading stops with it). */
     char *in;
     uint32_t in_len, in_cap;
+    uint32_t head_scanned; /* HTTP: c->in[0..this) holds no complete head */
     /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
      * answered): `pong` is the answer to the latest ping, not queued yet;
      * `pong_sent` the one in the queue (its buffer is ours again once its

@@ -341,6 +341,14 @@ static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
     SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("queued-bytes", wanted), SL_TF_I("limit", sl_conf->max_outbound_bytes),
            SL_TF_S("reason", why));
+    if (c->written_total < c->ws_from) {
+        /* Its 101 (or a response before it) is not all written yet:
+         * dropping the unstarted part could drop the 101 and make a close
+         * frame its first bytes.  No WebSocket close is possible before
+         * the handshake is out: the connection is closed instead. */
+        sl_conn_abort(c, "slow consumer before the upgrade was written");
+        return;
+    }
     sl_outq_drop_unstarted(&c->out);
     sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
 }
@@ -430,7 +438,9 @@ static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
         return false;
     if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
         return true;
-    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
+    /* HTTP: pause at 64 KiB, resume below 32 KiB (hysteresis: a pipelining
+     * client does not flip the event every turn). */
+    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG * 2 / divisor
                                            : (uint64_t)sl_conf->max_outbound_bytes / divisor;
     return c->out.bytes >= at;
 }
@@ -465,7 +475,8 @@ static void conn_pause(sl_conn_t *c)
 static void conn_resume(sl_conn_t *c)
 {
     c->read_paused = false;
-    if (c->state == SL_CONN_HTTP && c->in_len > 0)
+    if ((c->state == SL_CONN_HTTP && c->in_len > 0) ||
+        (c->state == SL_CONN_WS && c->busy_since_mono != 0))
         c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
     conn_watch(c, c->write_armed); /* also schedules the left-over input */
 }
@@ -680,7 +691,7 @@ static bool conn_control_flood(sl_conn_t *c)
         c->ctl_second = sec;
         c->ctl_count = 0;
     }
-    if (c->ctl_count < UINT16_MAX)
+    if (c->ctl_count < UINT32_MAX) /* the flag allows up to 1,000,000 */
         c->ctl_count++;
     return c->ctl_count > sl_conf->max_control_rate;
 }
@@ -809,6 +820,7 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 /* Called by httpd once the 101 response is queued. */
 void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
 {
+    c->ws_from = c->written_total + c->out.bytes; /* the 101 is queued: where frames begin */
     c->state = SL_CONN_WS;
     c->kind = (uint8_t)kind;
     c->busy_since_mono = 0;
@@ -884,9 +896,22 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         sl_http_request_t req;
         const char *in = c->in + off;
         size_t have = c->in_len - off;
+        /* A head that was incomplete is parsed again only once a blank
+         * line may have arrived (a head sent a byte at a time would cost
+         * a whole parse per byte). */
+        if (off == 0 && have <= SL_HTTP_MAX_HEAD && c->head_scanned > 0) {
+            size_t from = c->head_scanned > 3 ? c->head_scanned - 3 : 0;
+            if (from >= have || memmem(in + from, have - from, "\r\n\r\n", 4) == NULL) {
+                c->head_scanned = (uint32_t)have;
+                break;
+            }
+        }
         int rc = sl_http_parse_request(in, have, SL_HTTP_MAX_HEAD, &req);
-        if (rc == SL_AGAIN)
+        if (rc == SL_AGAIN) {
+            if (off == 0)
+                c->head_scanned = (uint32_t)have;
             break;
+        }
         if (rc != SL_OK) {
             sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
             sl_httpd_error(c, rc, "bad-request", "malformed or oversized HTTP request", false);
@@ -908,6 +933,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         if (c->state == SL_CONN_DEAD)
             return;
         off += used;
+        c->head_scanned = 0;
         if (sl_worker->stopping) {
             /* Draining: the request was answered; nothing more here.  An
              * upgrade completed now is told to go elsewhere (1001). */
@@ -1109,8 +1135,10 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             /* Requests wait for it to read our responses: not its delay
              * to finish a request, but it must keep reading. */
             if (now - SL_MAX(c->last_tx_mono, c->accepted_mono) >=
-                cf->keepalive_timeout_ms + cf->message_timeout_ms)
+                cf->keepalive_timeout_ms + cf->message_timeout_ms) {
+                sl_worker_count_error(SL_ERR_SLOW_CONSUMER); /* it does not read */
                 sl_conn_abort(c, "not reading");
+            }
         } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
             sl_httpd_error(c, 408, "request-timeout", "request not completed in time", false);
@@ -1130,7 +1158,11 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             if (c->state != SL_CONN_WS)
                 break;
         }
-        if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
+        /* While we do not read from it (back-pressure) its message cannot
+         * progress: the wait is ours, not its (the timer restarts on
+         * resume). */
+        if (c->busy_since_mono && !c->read_paused &&
+            now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
         } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=

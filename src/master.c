@@ -464,6 +464,9 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
     char tag = M.ltags[li];
     for (int i = 0; i < M.nworkers; i++)
         batch[i].tag = tag;
+    if (M.spare_fd < 0) /* lost to another process at ENFILE: take one again */
+        M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    bool flushed = false;
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
@@ -482,6 +485,19 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         int err = errno;
         if (err == EINTR || err == ECONNABORTED)
             continue;
+        if ((err == EMFILE || err == ENFILE) && !flushed) {
+            /* The batches not sent yet hold descriptors: hand them over
+             * (which closes our copies) and try once more before refusing
+             * anyone. */
+            flushed = true;
+            bool any = false;
+            for (int i = 0; i < M.nworkers; i++) {
+                any = any || batch[i].n > 0;
+                batch_send(i, &batch[i]);
+            }
+            if (any)
+                continue;
+        }
         if (err == EMFILE || err == ENFILE) {
             /* Out of descriptors.  The reserve descriptor is given up for
              * a moment to take the first waiting connection off the

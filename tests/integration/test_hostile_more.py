@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
 from conftest import SLOW, wait_for
 from test_hostile import (errors, opened, rss_bytes, send_until_refused, finish_frame, ASAN,
                           MIB)
-from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame
+from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame, read_response, status_of
 
 
 def on_workers(srv, wanted, **kw):
@@ -514,3 +515,112 @@ def test_unfinished_messages_are_bounded_per_worker(server_factory):
     small.send(frame(OP_CONT, b'q"}'))
     assert read_json(small)["type"] == "echo"
     wait_for(lambda: srv.stats()["inbound-bytes"] < 64 * 1024, what="released")
+
+
+# ------------------------------ 12: no message timeout while we do not read
+
+def test_message_timeout_waits_while_the_server_does_not_read(server_factory):
+    """A connection paused by back-pressure in the middle of a fragmented
+    message used to be closed 1008 'message not completed in time' for a
+    message it had sent in full: the timer ran while we were not reading."""
+    srv = server_factory("--max-outbound-bytes", "1M", "--message-timeout-ms", "1000", workers=1)
+    ws = opened(srv, rcvbuf=4096, timeout=20 * SLOW)
+    r, _ = subscribe(ws, "p")
+    assert r["success"]
+    pub = opened(srv)
+    # Deliveries it does not read: over half the bound, under the bound.
+    sent = 0
+    while srv.stats()["outbound-bytes"] < 600 * 1024:
+        assert request(pub, {"type": "publish", "channel-id": "p",
+                             "data": {"n": sent, "pad": "g" * 50000}})["success"]
+        sent += 1
+        assert sent < 200  # (the kernel takes a few MB first)
+    # A message in two fragments with a ping between them: the ping's
+    # turn ends in a pause (output over half the bound) with the message open.
+    ws.send(frame(OP_TEXT, b'{"type":"frag",', fin=False) + frame(OP_PING, b"x") +
+            frame(OP_CONT, b'"n":1}'))
+    time.sleep(2.5 * SLOW)  # well past --message-timeout-ms, not reading
+    got, kinds = 0, []
+    while True:
+        _, op, payload = ws.read_frame()
+        if op == 8:  # close
+            raise AssertionError(f"closed: {payload!r}")
+        if op == OP_TEXT:
+            m = json.loads(payload)
+            kinds.append(m["type"])
+            if m["type"] == "echo":
+                break
+    assert kinds.count("channel-message") == sent and kinds[-1] == "echo"
+    assert errors(srv)["message-timeout"] == 0
+
+
+# --------------------------------- 13: control rates above 65535
+
+def test_control_rate_above_65535_still_detects_a_flood(server_factory):
+    """The per-second count of pings stopped at 65535, so a
+    --max-control-rate of 65535 or more never closed a flood."""
+    srv = server_factory("--max-control-rate", "66000", workers=1)
+    ws = opened(srv, timeout=30 * SLOW)
+    ping = frame(OP_PING)
+    f = Flooder(ws.sock, ping * 20000)
+    closed, deadline = None, time.monotonic() + 30 * SLOW
+    try:
+        ws.sock.settimeout(30 * SLOW)
+        while closed is None and time.monotonic() < deadline:  # pongs until then
+            _, op, payload = ws.read_frame()
+            if op == 8:
+                closed = (struct.unpack(">H", payload[:2])[0], payload[2:])
+    finally:
+        f.end()
+    assert closed == (1008, b"control frame flood")
+    assert errors(srv)["control-flood"] == 1
+
+
+# ------------------------------------- 15: smaller points (HTTP side)
+
+def test_http_client_that_never_reads_is_closed_and_counted(server_factory):
+    """A pipelining HTTP client paused by back-pressure that reads nothing
+    is closed after --keepalive-timeout-ms + --message-timeout-ms; that
+    close was the only one not counted in /stats errors."""
+    srv = server_factory("--keepalive-timeout-ms", "300", "--message-timeout-ms", "500",
+                         workers=1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    req = b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"
+    send_until_refused(s, req * 500, 2 * 1024 * 1024, 2)
+    wait_for(lambda: srv.stats()["backpressure-pauses"] >= 1, what="pause")
+    wait_for(lambda: errors(srv)["slow-consumer"] == 1, timeout=10 * SLOW,
+             what="the close counted")
+    s.close()
+
+
+def test_http_head_a_byte_at_a_time(server_factory):
+    """An unfinished head is parsed again only once a blank line may have
+    come (not on every byte); the answer is the same: a head sent a byte per
+    segment is answered, one with a bad byte after its first segment gets
+    400 once it ends, and one split inside its blank line is answered."""
+    srv = server_factory(workers=1)
+    def dribble(data, pause=0.002):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.send(data[i:i + 1])
+            time.sleep(pause)
+        return s
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
+    s = dribble(head)
+    assert status_of(read_response(s)) == 200
+    # Two requests, the second a byte at a time after the first.
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n")
+    assert status_of(read_response(s)) == 200
+    for b in b"Host: y\r\n\r":
+        s.send(bytes([b]))
+        time.sleep(0.01)
+    time.sleep(0.1)
+    s.send(b"\n")
+    assert status_of(read_response(s)) == 200
+    s.close()
+    s = dribble(b"GET /health HTTP/1.1\r\nHo\x01st: x\r\n\r\n")
+    assert status_of(read_response(s)) == 400
+    s.close()
