@@ -38,5 +38,14 @@ int64_t sl_mono_us(void);
 /* Tests and fuzzers replace the clocks (NULL: the real one again), so that
  * timeouts can be driven without waiting.  The server never calls this. */
 void sl_clock_override(int64_t (*now_ms)(void), int64_t (*mono_ms)(void));
+/* Is standard error the journal's stream (JOURNAL_STREAM = its dev:ino)? */
+bool sl_stderr_is_journal(void);
+/* A line "sente-lite: ..." on standard error, prefixed with its syslog
+ * priority "<N>" when standard error is the journal (3 error, 4 warning),
+ * so systemd files it at that priority.  For the processes' own messages
+ * before or beside telemetry (start-up errors, the master's upgrade). */
+#define SL_LOG_ERR 3
+#define SL_LOG_WARNING 4
+void sl_stderr(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

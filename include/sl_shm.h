@@ -73,6 +73,8 @@ typedef enum {
     SL_ERR_FD_EXHAUSTED,       /* master: accept() hit EMFILE/ENFILE */
     SL_ERR_REPLY_TOO_LARGE,    /* a reply or response over sl_conn_reply_max: refused */
     SL_ERR_INBOUND_LIMIT,      /* over the worker's share of --max-inbound-total: 1013 / 503 */
+    SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
+    SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -138,7 +140,7 @@ typedef struct {
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress */
-    uint32_t pad;
+    uint32_t draining;        /* written by the worker: stopping, wants no new sockets */
     int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
     uint64_t stalls;          /* times it was found stalled */
     uint64_t stall_kills;     /* times it was killed for staying stalled */

@@ -61,6 +61,8 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
     [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
     [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
+    [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
+    [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -42,6 +42,9 @@
 #include <urcu/uatomic.h>
 
 #define SL_CLOSE_GRACE_MS 2000 /* wait for the peer's close frame / FIN */
+/* At a stop, a connection open this long with nothing received is taken for
+ * a preconnect (closed at once) rather than a request on its way. */
+#define SL_CONN_FRESH_MS 1000
 #define SL_HTTP_MAX_HEAD 8192
 /* HTTP: the next pipelined request is answered only while less than this
  * is waiting to be written.  Also the backlog above which a connection
@@ -1203,8 +1206,10 @@ void sl_conn_shutdown(sl_conn_t *c)
             conn_http_finish(c);
         else if (c->busy_since_mono == 0)
             sl_conn_abort(c, "shutdown"); /* idle keep-alive */
-        /* else a request is under way (or a fresh connection's first one
-         * is due): it is answered, then closed (see conn_http_input), or
-         * the drain deadline ends it. */
+        else if (c->in_len == 0 && sl_mono_ms() - c->accepted_mono >= SL_CONN_FRESH_MS)
+            sl_conn_abort(c, "shutdown"); /* opened long ago, nothing sent: a preconnect */
+        /* else a request is under way, or a just-opened connection's first
+         * one may be on its way: it is answered (Connection: close), then
+         * closed (see conn_http_input), or the drain deadline ends it. */
     }
 }

@@ -36,18 +36,6 @@ static void on_hup(int sig)
     reopen_requested = 1;
 }
 
-/* Is standard error the journal's stream?  JOURNAL_STREAM is "dev:ino" of
- * the socket systemd connected it to. */
-static bool stderr_is_journal(void)
-{
-    const char *js = getenv("JOURNAL_STREAM");
-    unsigned long long dev, ino;
-    struct stat st;
-    if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) != 0)
-        return false;
-    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
-}
-
 /* syslog priorities: trace and debug 7, info 6, warn 4, error 3. */
 static int journal_priority(uint8_t lvl)
 {
@@ -144,10 +132,10 @@ int sl_logger_main(const int *fds, int n, const sl_logger_opts_t *opts)
     signal(SIGINT, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
 
-    journal = (opts->log_file == NULL || opts->log_file[0] == '\0') && stderr_is_journal();
+    journal = (opts->log_file == NULL || opts->log_file[0] == '\0') && sl_stderr_is_journal();
     int out = open_log(opts->log_file);
     if (out < 0) {
-        fprintf(stderr, "sente-lite: cannot open log file %s: %s\n", opts->log_file,
+        sl_stderr(SL_LOG_ERR, "cannot open log file %s: %s", opts->log_file,
                 strerror(errno));
         return 1;
     }
@@ -178,7 +166,7 @@ int sl_logger_main(const int *fds, int n, const sl_logger_opts_t *opts)
                 out = nfd;
             } else {
                 count_error();
-                fprintf(stderr, "sente-lite: cannot reopen log file %s: %s\n", opts->log_file,
+                sl_stderr(SL_LOG_ERR, "cannot reopen log file %s: %s", opts->log_file,
                         strerror(errno));
             }
         }

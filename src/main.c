@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     char err[512];
 
     if (sl_conf_parse(&conf, argc, argv, environ, &action, err, sizeof(err)) != SL_OK) {
-        fprintf(stderr, "sente-lite: %s\n", err);
+        sl_stderr(SL_LOG_ERR, "%s", err);
         return 2;
     }
     if (action == SL_CONF_HELP) {
@@ -34,7 +34,7 @@ int main(int argc, char **argv)
     /* The token keys: read now, so that a bad file stops the server before
      * it listens (every process inherits them; SIGHUP rereads them). */
     if (sl_auth_load(conf.jwt_secret_file, conf.jwt_public_key_file, err, sizeof(err)) != SL_OK) {
-        fprintf(stderr, "sente-lite: %s\n", err);
+        sl_stderr(SL_LOG_ERR, "%s", err);
         return 2;
     }
     sl_auth_set_policy(&(sl_auth_policy_t){.audience = conf.jwt_audience,

@@ -41,7 +41,9 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +65,8 @@
 #define SL_WS_WEIGHT 4        /* a WebSocket weighs this many HTTP connections */
 #define SL_MAX_LISTEN 16      /* listening sockets (socket activation may pass several) */
 #define SL_UPGRADE_TIMEOUT_MS 30000 /* the new master's workers must be up by then */
+#define SL_UPGRADE_KILL_MS 3000     /* an abandoned new master gets SIGKILL after */
+#define SL_NOTIFY_RETRY_MS 1000     /* a one-shot notification waits for room this long */
 #define SL_CLEANUP_SLICE_US 2000 /* one cleanup turn of the master's loop */
 #define SL_CLEANUP_BUDGET 128    /* removals per cleanup step */
 
@@ -105,15 +109,24 @@ static struct {
     int nparked;
     struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev, *watch_ev, *reap_ev;
     uint32_t reap_cursor;
-    /* Binary upgrade (SIGUSR2), as the old master: the new one's pid and
-     * the pipe on which it says it is ready. */
+    /* Binary upgrade (SIGUSR2), as the old master: the new one's pid (until
+     * it is reaped, or handed over to) and our end of the socketpair on
+     * which it says 'R' (ready) and we answer 'H' (handed over). */
     pid_t upgrade_pid;
     int upgrade_fd;
-    struct event *upgrade_ev, *upgrade_timer;
+    struct event *upgrade_ev, *upgrade_timer, *upgrade_kill_ev;
     bool upgraded; /* handed over: draining for the new master */
-    /* As the new master: the pipe to tell the old one we are ready. */
+    /* As the new master: our end of that socketpair until the old master
+     * answered 'H' (-1 after, and for a master started any other way). */
     int parent_fd;
-    /* systemd: readiness and the watchdog (sd_notify protocol). */
+    struct event *parent_ev;
+    bool new_master; /* started by an older master (SIGUSR2) */
+    /* systemd: readiness and the watchdog (sd_notify protocol).  notify_ok:
+     * we are systemd's main process - false for a new master not handed
+     * over yet (it must never speak for the service: a failed upgrade would
+     * otherwise send STOPPING=1 or READY=1 for it), and false again for an
+     * old master once it has handed over (MAINPID= is its last word). */
+    bool notify_ok;
     int notify_fd;
     struct sockaddr_un notify_addr;
     socklen_t notify_len;
@@ -151,13 +164,43 @@ static void notify_init(void)
         M.watchdog_us = atoll(us);
 }
 
+static int notify_send(const char *msg)
+{
+    return sendto(M.notify_fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&M.notify_addr,
+                  M.notify_len) < 0
+               ? -1
+               : 0;
+}
+
+/* Periodic and informational messages (WATCHDOG=1, STATUS=): best effort;
+ * the next one follows soon. */
 void sl_notify(const char *msg)
 {
-    if (M.notify_fd < 0)
+    if (M.notify_fd < 0 || !M.notify_ok)
         return;
-    if (sendto(M.notify_fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&M.notify_addr,
-               M.notify_len) < 0) {
-    } /* best effort: systemd may be gone while we stop */
+    if (notify_send(msg) < 0) {
+    }
+}
+
+/* One-shot messages systemd must get (READY=1, MAINPID=, STOPPING=1): the
+ * socket is non-blocking, so when systemd's queue is full (EAGAIN) wait for
+ * room and send again, for up to SL_NOTIFY_RETRY_MS. */
+static void notify_sure(const char *msg)
+{
+    if (M.notify_fd < 0 || !M.notify_ok)
+        return;
+    int64_t until = sl_mono_ms() + SL_NOTIFY_RETRY_MS;
+    while (notify_send(msg) < 0) {
+        int64_t left = until - sl_mono_ms();
+        if ((errno != EAGAIN && errno != EINTR) || left <= 0) {
+            sl_stderr(SL_LOG_ERR, "cannot notify systemd (%.*s): %s",
+                      (int)strcspn(msg, "\n"), msg, strerror(errno));
+            return;
+        }
+        struct pollfd pfd = {.fd = M.notify_fd, .events = POLLOUT};
+        if (poll(&pfd, 1, (int)SL_MIN(left, 20)) < 0 && errno != EINTR)
+            return;
+    }
 }
 
 /* What the master re-executes on SIGUSR2 (saved before the process title
@@ -208,12 +251,23 @@ static void close_foreign_fds(int keep_ctl)
     for (int k = 0; k < M.nlfd; k++)
         if (M.lfds[k] >= 0)
             close(M.lfds[k]);
+    /* And set to -1: a later sl_notify here must not write to whatever
+     * reuses the number. */
     if (M.notify_fd >= 0)
         close(M.notify_fd);
+    M.notify_fd = -1;
+    M.notify_ok = false;
     if (M.parent_fd >= 0)
         close(M.parent_fd);
+    M.parent_fd = -1;
     if (M.spare_fd >= 0)
         close(M.spare_fd);
+    M.spare_fd = -1;
+    /* The old master's end of the upgrade socketpair: only it may hold it,
+     * or the new master would not see it go away. */
+    if (M.upgrade_fd >= 0)
+        close(M.upgrade_fd);
+    M.upgrade_fd = -1;
     for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
@@ -281,15 +335,21 @@ static pid_t fork_blocked(void)
     return pid;
 }
 
-/* In a new child: default dispositions, then unblock - all but SIGHUP for
- * a worker (`keep_hup`), which takes it from a signalfd: were it unblocked
- * here, a SIGHUP forwarded by the master before the worker has set that up
- * would kill it (the default action). */
+/* In a new child: default dispositions for every signal the master handles
+ * through libevent, then unblock - all but SIGHUP for a worker
+ * (`keep_hup`), which takes it from a signalfd: were it unblocked here, a
+ * SIGHUP forwarded by the master before the worker has set that up would
+ * kill it (the default action).  SIGUSR2 is ignored, not defaulted: the
+ * inherited libevent handler would pass it to the master (a stray
+ * `kill -USR2 <worker>` would upgrade the server), and its default action
+ * would kill the child; a new master (exec keeps "ignored") installs its
+ * own handler once it can take it. */
 static void child_signals(bool keep_hup)
 {
     static const int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
     for (size_t i = 0; i < SL_ARRAY_LEN(sigs); i++)
         signal(sigs[i], SIG_DFL);
+    signal(SIGUSR2, SIG_IGN);
     signal(SIGPIPE, SIG_IGN);
     sigset_t keep;
     sigemptyset(&keep);
@@ -336,6 +396,7 @@ static int spawn_worker(int i)
     uatomic_set(&st->echo_connections, 0);
     uatomic_set(&st->http_connections, 0);
     uatomic_set(&st->pending_handoff, 0);
+    uatomic_set(&st->draining, 0);
     pid_t pid = fork_blocked();
     if (pid < 0) {
         close(sv[0]);
@@ -384,8 +445,9 @@ static int pick_worker(uint64_t skip)
         /* A worker still starting up is a valid target: the socket waits
          * in its queue until its loop runs. */
         if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1) || M.w[i].ending ||
-            uatomic_read(&sl_shm->workers[i].stalled))
-            continue; /* down, tried, ending or stalled: it would not take them */
+            uatomic_read(&sl_shm->workers[i].stalled) ||
+            uatomic_read(&sl_shm->workers[i].draining))
+            continue; /* down, tried, ending, stalled or stopping: not for new sockets */
         sl_worker_stats_t *st = &sl_shm->workers[i];
         uint64_t load =
             SL_WS_WEIGHT * (uatomic_read(&st->connections) + uatomic_read(&st->echo_connections)) +
@@ -856,7 +918,10 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
         if (pid == M.upgrade_pid && pid > 0) {
-            M.upgrade_pid = 0; /* before it said ready: the pipe reports it too */
+            /* Gone before it was handed over: its end of the socketpair
+             * reports it too (upgrade_ready_cb), which ends the upgrade. */
+            M.upgrade_pid = 0;
+            evtimer_del(M.upgrade_kill_ev);
             continue;
         }
         if (pid == M.logger) {
@@ -875,9 +940,11 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
     finish_if_done();
 }
 
+/* Done when every worker is gone, and a new master we started but never
+ * handed over to is too (it is stopped with us: see stop_cb). */
 static void finish_if_done(void)
 {
-    if (!M.stopping)
+    if (!M.stopping || M.upgrade_pid > 0)
         return;
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
@@ -890,17 +957,29 @@ static void stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
             kill(M.w[i].pid, SIGKILL);
+    if (M.upgrade_pid > 0)
+        kill(M.upgrade_pid, SIGKILL);
 }
+
+static void upgrade_abandon(const char *why);
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.stopping)
         return;
+    /* A new master we started and have not handed over to stops with us:
+     * the operator asked for a stop. */
+    if (M.upgrade_ev && !M.upgraded)
+        upgrade_abandon("the running master is stopping");
     M.stopping = true;
     SL_TEL(SL_EV_SERVER_STOPPING, SL_INFO,
            SL_TF_S("signal", M.upgraded ? "upgrade" : sig == SIGINT ? "SIGINT" : "SIGTERM"));
     sl_tel_flush();
-    sl_notify(M.upgraded ? "STATUS=handed over to the new master; draining" : "STOPPING=1");
+    /* Not from an old master that handed over (MAINPID= was its last word)
+     * nor from a new master never handed over (notify_ok is false). */
+    if (!M.upgraded)
+        notify_sure("STOPPING=1");
+    event_del(M.watchdog_timer);
     event_del(M.accept_retry_ev);
     /* Closing our copy of a listener the new master (or systemd) also holds
      * loses nothing: connections waiting in its queue are theirs to accept. */
@@ -922,6 +1001,31 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
     finish_if_done();
 }
 
+/* Written whole or not at all (a temporary file renamed over it), so a
+ * reader never sees it empty; it names `pid` (ours, or at a hand-over the
+ * new master's). */
+static int write_pid_file_of(const char *path, pid_t pid)
+{
+    char tmp[sizeof(((sl_conf_t *)0)->pid_file) + 32];
+    snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return SL_ERROR;
+    fprintf(f, "%d\n", (int)pid);
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        errno = e;
+        return SL_ERROR;
+    }
+    return SL_OK;
+}
+
+static int write_pid_file(const char *path)
+{
+    return write_pid_file_of(path, getpid());
+}
+
 /* Unlink the pid file only while it is ours: after a binary upgrade it
  * names the new master. */
 static void remove_pid_file(const char *path)
@@ -941,15 +1045,21 @@ static void remove_pid_file(const char *path)
  * log if it was moved; the token keys are reread here (so that a respawned
  * worker inherits the new ones) and in every worker (each keeps its old
  * keys if its reload fails, and says why). */
+/* SIGHUP: the logger reopens its file; the keys are reread here first, and
+ * only what the master accepted is reloaded by the workers: the signal
+ * carries the new keys' fingerprint (sigqueue), which each worker's reload
+ * must reach, or 0 - the master's reload failed, keep the keys in use - so
+ * every process stays on the same keys. */
 static void sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
-    sl_session_reload_keys();
+    uint64_t fp = sl_session_reload_keys(0);
     sl_tel_flush();
+    union sigval v = {.sival_ptr = (void *)(uintptr_t)fp};
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
-            kill(M.w[i].pid, SIGHUP);
+            sigqueue(M.w[i].pid, SIGHUP, v);
 }
 
 /* ---------------------------------------------------- listening sockets */
@@ -1008,7 +1118,7 @@ static bool fd_named_ops(const char *names, int k)
  * LISTEN_FDNAMES (a socket unit may say FileDescriptorName=ops too): one
  * named "ops" that is not bound to --ops-listen (the setting changed, or was
  * removed) is closed, so that an operators' port never turns public. */
-static int take_inherited_listeners(void)
+static int take_inherited_listeners(char *err, size_t errsz)
 {
     const sl_conf_t *cf = sl_conf;
     const char *pid = getenv("LISTEN_PID"), *nfds = getenv("LISTEN_FDS");
@@ -1016,18 +1126,29 @@ static int take_inherited_listeners(void)
     int n = nfds ? atoi(nfds) : 0;
     if (pid == NULL || atol(pid) != (long)getpid() || n <= 0)
         return 0;
-    n = SL_MIN(n, SL_MAX_LISTEN);
+    if (n > SL_MAX_LISTEN) {
+        snprintf(err, errsz, "LISTEN_FDS=%d: at most %d listening sockets can be served", n,
+                 SL_MAX_LISTEN);
+        return -1;
+    }
+    /* Every descriptor of the range is either served or closed: none stays
+     * open unused in us, our children or a later exec (systemd would think
+     * it served). */
+    int listening = 0;
     for (int k = 0; k < n; k++) {
         int fd = 3 + k, yes = 0;
         socklen_t len = sizeof(yes);
         if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &yes, &len) != 0 || !yes) {
-            fprintf(stderr, "sente-lite: inherited descriptor %d is not a listening socket\n", fd);
+            sl_stderr(SL_LOG_WARNING, "inherited descriptor %d is not a listening socket: closed",
+                      fd);
+            close(fd);
             continue;
         }
+        listening++;
         bool ops = cf->ops_port && bound_to(fd, cf->ops_host, cf->ops_port);
         if (!ops && fd_named_ops(names, k)) {
-            fprintf(stderr, "sente-lite: inherited descriptor %d is an operator listener that "
-                            "--ops-listen no longer names: closed\n", fd);
+            sl_stderr(SL_LOG_WARNING, "inherited descriptor %d is an operator listener that "
+                  "--ops-listen no longer names: closed", fd);
             close(fd);
             continue;
         }
@@ -1040,7 +1161,41 @@ static int take_inherited_listeners(void)
     unsetenv("LISTEN_PID");
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
+    if (listening == 0) {
+        snprintf(err, errsz, "LISTEN_FDS=%d: none of the inherited descriptors is a listening "
+                             "socket", n);
+        return -1;
+    }
     return M.nlfd;
+}
+
+/* What we serve, as the kernel says ("127.0.0.1:8080 [::1]:9100 (ops)"):
+ * inherited listeners may differ from --host/--port. */
+static void listeners_str(char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < M.nlfd && used < size; k++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        char host[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (M.lfds[k] < 0 || getsockname(M.lfds[k], (struct sockaddr *)&ss, &len) != 0)
+            continue;
+        if (ss.ss_family == AF_INET) {
+            const struct sockaddr_in *a = (const void *)&ss;
+            inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            const struct sockaddr_in6 *a = (const void *)&ss;
+            inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+            port = ntohs(a->sin6_port);
+        }
+        int w = snprintf(buf + used, size - used, ss.ss_family == AF_INET6 ? "%s[%s]:%d%s" : "%s%s:%d%s",
+                         used ? " " : "", host, port,
+                         M.ltags[k] == SL_PROC_TAG_OPS ? " (ops)" : "");
+        used += w > 0 ? (size_t)w : 0;
+    }
 }
 
 static bool have_listener(char tag)
@@ -1080,14 +1235,46 @@ static int bind_listeners(char *err, size_t errsz)
 
 /* -------------------------------------------- binary upgrade (SIGUSR2) */
 
+/*
+ * The hand-over, over a socketpair (SENTE_UPGRADE_FD in the new master):
+ *
+ *   old master (A)                        new master (B)
+ *   fork, exec B on the same listeners    starts its workers; does not accept,
+ *                                         writes no pid file, says nothing to
+ *                                         systemd, refuses SIGUSR2
+ *                                         all workers up: accepts, sends 'R'
+ *   'R': MAINPID=B to systemd, 'H' to B
+ *   stops accepting, drains, exits;       'H': writes the pid file, READY=1
+ *   says nothing more to systemd          with MAINPID and STATUS, feeds the
+ *                                         watchdog
+ *
+ * So every notification comes from systemd's main process (the unit ships
+ * NotifyAccess=main), and B never speaks for the service before it is it:
+ * when A gives up (B's workers not up in SL_UPGRADE_TIMEOUT_MS, B gone, A
+ * stopped meanwhile) it stops B - SIGTERM, SIGKILL SL_UPGRADE_KILL_MS later
+ * - and B ends without a word to systemd; A goes on, its pid file intact.
+ * Between 'R' and 'H' both masters accept on the shared listeners.
+ */
+
+static void upgrade_kill_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (M.upgrade_pid > 0)
+        kill(M.upgrade_pid, SIGKILL); /* not reaped yet: still ours, never a reused pid */
+}
+
 static void upgrade_abandon(const char *why)
 {
     SL_TEL(SL_EV_SERVER_UPGRADE_FAILED, SL_ERROR_LEVEL,
            SL_TF_S("reason", why), SL_TF_I("new-master", M.upgrade_pid));
     sl_tel_flush();
-    fprintf(stderr, "sente-lite: binary upgrade failed: %s; the running master goes on\n", why);
-    if (M.upgrade_pid > 0)
-        kill(M.upgrade_pid, SIGTERM); /* still ours to reap */
+    sl_stderr(SL_LOG_ERR, "binary upgrade failed: %s; the running master goes on", why);
+    if (M.upgrade_pid > 0) {
+        /* Kept until reaped (sigchld_cb): a new master stuck in its loop is
+         * killed, and we wait for it when we stop ourselves. */
+        kill(M.upgrade_pid, SIGTERM);
+        struct timeval tv = {SL_UPGRADE_KILL_MS / 1000, (SL_UPGRADE_KILL_MS % 1000) * 1000};
+        evtimer_add(M.upgrade_kill_ev, &tv);
+    }
     if (M.upgrade_ev) {
         event_free(M.upgrade_ev);
         M.upgrade_ev = NULL;
@@ -1096,32 +1283,44 @@ static void upgrade_abandon(const char *why)
         close(M.upgrade_fd);
     M.upgrade_fd = -1;
     evtimer_del(M.upgrade_timer);
-    M.upgrade_pid = 0;
+    /* Still ours (the new master writes it only once handed over). */
+    if (sl_conf->pid_file[0] && !M.stopping && write_pid_file(sl_conf->pid_file) != SL_OK)
+        sl_stderr(SL_LOG_ERR, "cannot write --pid-file %s: %s", sl_conf->pid_file,
+                  strerror(errno));
 }
 
 static void stop_cb(evutil_socket_t sig, short what, void *arg);
 
-/* The new master wrote 'R' (its workers are up) or closed the pipe (it
- * died or gave up): hand over, or go on as if nothing happened. */
+/* The new master sent 'R' (its workers are up) or closed its end (it died
+ * or gave up): hand over, or go on as if nothing happened. */
 static void upgrade_ready_cb(evutil_socket_t fd, short what, void *arg)
 {
     char ch = 0;
     ssize_t n = read(fd, &ch, 1);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
-    if (n != 1 || ch != 'R') {
+    if (n != 1 || ch != 'R' || M.upgrade_pid <= 0) {
         upgrade_abandon("the new master exited before its workers were up");
         return;
     }
-    pid_t next = M.upgrade_pid;
+    evtimer_del(M.upgrade_timer);
+    char msg[64];
+    snprintf(msg, sizeof(msg), "MAINPID=%d", (int)M.upgrade_pid);
+    notify_sure(msg); /* systemd follows the new master from now on */
+    M.notify_ok = false; /* ...and that was our last word to it */
+    /* The pid file names it from this instant (it writes it too, once it
+     * reads 'H'), so there is no moment without a live pid in it. */
+    if (sl_conf->pid_file[0] && write_pid_file_of(sl_conf->pid_file, M.upgrade_pid) != SL_OK)
+        sl_stderr(SL_LOG_ERR, "cannot write --pid-file %s: %s", sl_conf->pid_file,
+                  strerror(errno));
+    if (write(M.upgrade_fd, "H", 1) != 1)
+        sl_stderr(SL_LOG_ERR, "the new master went away during the hand-over: %s",
+                  strerror(errno));
     event_free(M.upgrade_ev);
     M.upgrade_ev = NULL;
     close(M.upgrade_fd);
     M.upgrade_fd = -1;
-    evtimer_del(M.upgrade_timer);
-    char msg[64];
-    snprintf(msg, sizeof(msg), "MAINPID=%d", (int)next);
-    sl_notify(msg); /* systemd follows the new master from now on */
+    M.upgrade_pid = 0; /* the service's master now: not ours to stop or wait for */
     M.upgraded = true;
     stop_cb(SIGTERM, 0, NULL); /* stop accepting, close 1001, drain */
 }
@@ -1131,16 +1330,17 @@ static void upgrade_timeout_cb(evutil_socket_t fd, short what, void *arg)
     upgrade_abandon("the new master's workers were not up in time");
 }
 
-/* In the forked child: put the listeners at 3 .. 3+n-1 and the ready pipe
- * after them, describe them in the environment, and exec the binary found
- * at the path we were started from (the new version, once installed). */
-static void exec_new_master(int ready_w)
+/* In the forked child: put the listeners at 3 .. 3+n-1 and our end of the
+ * hand-over socketpair after them, describe them in the environment, and
+ * exec the binary found at the path we were started from (the new
+ * version, once installed). */
+static void exec_new_master(int handover)
 {
     int n = 0, tmp[SL_MAX_LISTEN + 1];
     for (int k = 0; k < M.nlfd; k++)
         if (M.lfds[k] >= 0)
             tmp[n++] = fcntl(M.lfds[k], F_DUPFD, 3 + SL_MAX_LISTEN + 1);
-    tmp[n] = fcntl(ready_w, F_DUPFD, 3 + SL_MAX_LISTEN + 1);
+    tmp[n] = fcntl(handover, F_DUPFD, 3 + SL_MAX_LISTEN + 1);
     for (int k = 0; k <= n; k++) {
         if (tmp[k] < 0 || dup2(tmp[k], 3 + k) < 0)
             _exit(127);
@@ -1165,38 +1365,44 @@ static void exec_new_master(int ready_w)
     setenv("SENTE_UPGRADE_FD", v, 1);
     child_signals(false);
     execv(sl_exe, sl_argv);
-    fprintf(stderr, "sente-lite: cannot execute %s: %s\n", sl_exe, strerror(errno));
+    sl_stderr(SL_LOG_ERR, "cannot execute %s: %s", sl_exe, strerror(errno));
     _exit(127);
 }
 
-/* SIGUSR2: start the new binary beside us on the same listening sockets.
- * Both masters accept until the new one's workers are up; then we stop
- * accepting and drain ours (close 1001: clients reconnect and land on the
- * new workers).  If the new master fails, we simply go on. */
+/* SIGUSR2: start the new binary beside us on the same listening sockets
+ * (see the hand-over above).  Refused while we stop, while an upgrade is
+ * under way (or its abandoned new master has not exited yet), and while we
+ * are ourselves a new master not handed over yet: one master always owns
+ * the service. */
 static void upgrade_cb(evutil_socket_t sig, short what, void *arg)
 {
-    if (M.stopping || M.upgrade_pid > 0 || sl_exe[0] == '\0' || sl_argv == NULL) {
-        fprintf(stderr, "sente-lite: SIGUSR2 ignored: %s\n",
-                M.upgrade_pid > 0 ? "an upgrade is already under way" : "stopping");
+    const char *no = M.stopping                          ? "stopping"
+                     : M.parent_fd >= 0                  ? "this master is not handed over yet"
+                     : M.upgrade_ev || M.upgrade_pid > 0 ? "an upgrade is already under way"
+                     : sl_exe[0] == '\0' || sl_argv == NULL
+                         ? "the path of the running binary is unknown (/proc/self/exe)"
+                         : NULL;
+    if (no) {
+        sl_stderr(SL_LOG_WARNING, "SIGUSR2 ignored: %s", no);
         return;
     }
-    int p[2];
-    if (pipe2(p, O_CLOEXEC) != 0)
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
         return;
     pid_t pid = fork_blocked();
     if (pid < 0) {
-        close(p[0]);
-        close(p[1]);
+        close(sv[0]);
+        close(sv[1]);
         return;
     }
     if (pid == 0) {
-        close(p[0]);
-        exec_new_master(p[1]);
+        close(sv[0]);
+        exec_new_master(sv[1]);
     }
-    close(p[1]);
+    close(sv[1]);
     M.upgrade_pid = pid;
-    M.upgrade_fd = p[0];
-    M.upgrade_ev = event_new(M.base, p[0], EV_READ | EV_PERSIST, upgrade_ready_cb, NULL);
+    M.upgrade_fd = sv[0];
+    M.upgrade_ev = event_new(M.base, sv[0], EV_READ | EV_PERSIST, upgrade_ready_cb, NULL);
     event_add(M.upgrade_ev, NULL);
     struct timeval tv = {SL_UPGRADE_TIMEOUT_MS / 1000, 0};
     evtimer_add(M.upgrade_timer, &tv);
@@ -1212,16 +1418,63 @@ static void watchdog_cb(evutil_socket_t fd, short what, void *arg)
     watchdog_feed(false);
 }
 
+/* Every worker started (it published its pid) and not stalled (a slow
+ * start may have been taken for a stall: its flag clears once the watch
+ * sees it move). */
 static bool all_workers_up(void)
 {
+    watch_workers();
     for (int i = 0; i < M.nworkers; i++)
-        if (M.w[i].pid <= 0 || uatomic_read(&sl_shm->workers[i].pid) != M.w[i].pid)
+        if (M.w[i].pid <= 0 || uatomic_read(&sl_shm->workers[i].pid) != M.w[i].pid ||
+            uatomic_read(&sl_shm->workers[i].stalled))
             return false;
     return true;
 }
 
-/* Every worker up: tell systemd (READY=1) and, when we replace an older
- * master, tell it to hand over. */
+/* We are the service's master now: the pid file, READY=1, the watchdog. */
+static void become_main(void)
+{
+    M.notify_ok = true;
+    if (sl_conf->pid_file[0] && M.new_master && write_pid_file(sl_conf->pid_file) != SL_OK)
+        sl_stderr(SL_LOG_ERR, "cannot write --pid-file %s: %s", sl_conf->pid_file,
+                  strerror(errno));
+    char msg[128];
+    snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d\nSTATUS=serving with %d workers",
+             (int)getpid(), M.nworkers);
+    notify_sure(msg);
+    snprintf(M.status, sizeof(M.status), "STATUS=serving with %d workers", M.nworkers);
+    M.ready_sent = true;
+    if (M.watchdog_us > 0) {
+        int64_t period = watchdog_period_us();
+        struct timeval tv = {period / 1000000, period % 1000000};
+        watchdog_feed(false);
+        event_add(M.watchdog_timer, &tv);
+    }
+}
+
+/* As a new master: the old one's answer to our 'R'. */
+static void handover_cb(evutil_socket_t fd, short what, void *arg)
+{
+    char ch = 0;
+    ssize_t n = read(fd, &ch, 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    event_free(M.parent_ev);
+    M.parent_ev = NULL;
+    close(M.parent_fd);
+    M.parent_fd = -1;
+    if (n == 1 && ch == 'H') {
+        become_main();
+        return;
+    }
+    /* The old master gave up on us (or is gone): we never were the
+     * service, and stop without a word to systemd. */
+    sl_stderr(SL_LOG_ERR, "not handed over by the running master: stopping");
+    stop_cb(SIGTERM, 0, NULL);
+}
+
+/* Every worker up: become the service's master - or, started by an older
+ * master, start accepting and tell it so (it then hands over). */
 static void ready_cb(evutil_socket_t fd, short what, void *arg)
 {
     if (M.stopping)
@@ -1231,24 +1484,18 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
         evtimer_add(M.ready_timer, &tv);
         return;
     }
-    char msg[96];
-    snprintf(msg, sizeof(msg), "READY=1\nMAINPID=%d\nSTATUS=serving with %d workers",
-             (int)getpid(), M.nworkers);
-    sl_notify(msg);
-    snprintf(M.status, sizeof(M.status), "STATUS=serving with %d workers", M.nworkers);
-    M.ready_sent = true;
-    if (M.parent_fd >= 0) {
-        if (write(M.parent_fd, "R", 1) != 1) {
-        }
-        close(M.parent_fd);
-        M.parent_fd = -1;
+    if (M.parent_fd < 0) {
+        become_main();
+        return;
     }
-    if (M.watchdog_us > 0) {
-        int64_t period = watchdog_period_us();
-        struct timeval tv = {period / 1000000, period % 1000000};
-        watchdog_feed(false);
-        event_add(M.watchdog_timer, &tv);
-    }
+    /* Not before: a connection taken while our workers are not up would
+     * wait for them, or fail with them. */
+    for (int k = 0; k < M.nlfd; k++)
+        event_add(M.accept_evs[k], NULL);
+    if (write(M.parent_fd, "R", 1) != 1) {
+    } /* gone: its end's EOF stops us (handover_cb) */
+    M.parent_ev = event_new(M.base, M.parent_fd, EV_READ | EV_PERSIST, handover_cb, NULL);
+    event_add(M.parent_ev, NULL);
 }
 
 /* --channel NAME[:...]: created before the workers start, so they exist
@@ -1267,7 +1514,7 @@ static int create_predefined_channels(void)
         sl_chan_t *c;
         int crc = sl_chan_create(r, ch->name, strlen(ch->name), &cfg, &c);
         if (crc == SL_CHAN_NO_MEMORY || crc == SL_CHAN_TOO_MANY) {
-            fprintf(stderr, "sente-lite: %s too small for --channel %s\n",
+            sl_stderr(SL_LOG_ERR, "%s too small for --channel %s",
                     crc == SL_CHAN_TOO_MANY ? "--max-channels" : "--shm-size", ch->name);
             rc = SL_ERROR;
             break;
@@ -1281,12 +1528,13 @@ static int create_predefined_channels(void)
     return rc;
 }
 
-/* A server anyone on the network can reach, with no key and no namespace,
- * lets every client do everything: say so at start (once). */
+/* A server anyone on the network can reach says at start (once) what
+ * anyone may do there: with no key and no namespace, everything on every
+ * channel; without --ops-listen, read the operators' endpoints (/stats,
+ * /metrics, /channels, /health, /dashboard: figures, configuration, pids;
+ * who is connected only with the admin token). */
 static void warn_if_open(void)
 {
-    if (sl_perm_active())
-        return;
     bool loopback = true;
     for (int k = 0; k < M.nlfd && loopback; k++) {
         struct sockaddr_storage ss;
@@ -1303,20 +1551,19 @@ static void warn_if_open(void)
     }
     if (loopback)
         return;
-    SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
-           SL_TF_I("port", sl_conf->port),
-           SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
-                              "every client may subscribe, publish and answer RPC on every "
-                              "channel (see --jwt-secret-file, --namespace)"));
-}
-
-static int write_pid_file(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return SL_ERROR;
-    fprintf(f, "%d\n", (int)getpid());
-    return fclose(f) == 0 ? SL_OK : SL_ERROR;
+    if (!sl_perm_active())
+        SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+               SL_TF_I("port", sl_conf->port), SL_TF_S("scope", "channels"),
+               SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
+                                  "every client may subscribe, publish and answer RPC on every "
+                                  "channel (see --jwt-secret-file, --namespace)"));
+    if (sl_conf->ops_port == 0)
+        SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+               SL_TF_I("port", sl_conf->port), SL_TF_S("scope", "operator-endpoints"),
+               SL_TF_S("message", "listening beyond loopback without --ops-listen: every client "
+                                  "may read /stats, /metrics, /channels, /health and /dashboard "
+                                  "(who is connected only with the admin token); see "
+                                  "--ops-listen"));
 }
 
 int sl_master_run(void)
@@ -1328,33 +1575,42 @@ int sl_master_run(void)
     M.upgrade_fd = M.parent_fd = -1;
     M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     raise_fd_limit();
+    M.notify_ok = true;
     for (int i = 0; i < SL_MAX_WORKERS; i++)
         M.w[i].ctl = M.w[i].peer = -1;
 
     signal(SIGPIPE, SIG_IGN);
     notify_init();
-    /* Started by an older master (SIGUSR2): the pipe to tell it we are up. */
+    /* Started by an older master (SIGUSR2): the socketpair of the
+     * hand-over; until it is done we are not the service. */
     const char *ufd = getenv("SENTE_UPGRADE_FD");
     if (ufd) {
         M.parent_fd = atoi(ufd);
         if (M.parent_fd < 3 || fcntl(M.parent_fd, F_SETFD, FD_CLOEXEC) != 0)
             M.parent_fd = -1;
         unsetenv("SENTE_UPGRADE_FD");
+        M.new_master = M.parent_fd >= 0;
+        M.notify_ok = !M.new_master;
     }
-    M.inherited = take_inherited_listeners() > 0;
+    int got = take_inherited_listeners(err, sizeof(err));
+    if (got < 0) {
+        sl_stderr(SL_LOG_ERR, "%s", err);
+        return 1;
+    }
+    M.inherited = got > 0;
     if (bind_listeners(err, sizeof(err)) != SL_OK) {
-        fprintf(stderr, "sente-lite: %s\n", err);
+        sl_stderr(SL_LOG_ERR, "%s", err);
         return 1;
     }
     if (sl_shm_create((size_t)cf->shm_size, (uint32_t)cf->workers,
                       (uint64_t)cf->max_connections, (uint64_t)cf->max_channels) != SL_OK) {
         if (errno == EINVAL)
-            fprintf(stderr, "sente-lite: --shm-size %lld is too small for --max-connections "
-                            "%lld and --max-channels %lld\n", (long long)cf->shm_size,
+            sl_stderr(SL_LOG_ERR, "--shm-size %lld is too small for --max-connections "
+                  "%lld and --max-channels %lld", (long long)cf->shm_size,
                     (long long)cf->max_connections, (long long)cf->max_channels);
         else
-            fprintf(stderr, "sente-lite: cannot map %lld bytes of shared memory (--shm-size): "
-                            "%s\n", (long long)cf->shm_size, strerror(errno));
+            sl_stderr(SL_LOG_ERR, "cannot map %lld bytes of shared memory (--shm-size): "
+                  "%s", (long long)cf->shm_size, strerror(errno));
         return 1;
     }
     sl_arena_set_owner(SL_MAX_WORKERS); /* the master's own slab pages */
@@ -1369,14 +1625,14 @@ int sl_master_run(void)
     for (int i = 0; i < cf->workers; i++) {
         sl_wake_fds[i] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (sl_wake_fds[i] < 0) {
-            fprintf(stderr, "sente-lite: cannot create an eventfd: %s\n", strerror(errno));
+            sl_stderr(SL_LOG_ERR, "cannot create an eventfd: %s", strerror(errno));
             return 1;
         }
     }
 
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
-        fprintf(stderr, "sente-lite: cannot create the telemetry pipe: %s\n", strerror(errno));
+        sl_stderr(SL_LOG_ERR, "cannot create the telemetry pipe: %s", strerror(errno));
         return 1;
     }
     M.tel_r = p[0];
@@ -1386,7 +1642,7 @@ int sl_master_run(void)
      * slot's write end from us. */
     for (int i = 0; i < cf->workers; i++) {
         if (pipe2(M.wtel[i], O_CLOEXEC) != 0) {
-            fprintf(stderr, "sente-lite: cannot create a telemetry pipe: %s\n", strerror(errno));
+            sl_stderr(SL_LOG_ERR, "cannot create a telemetry pipe: %s", strerror(errno));
             return 1;
         }
         fcntl(M.wtel[i][1], F_SETPIPE_SZ, 1 << 20);
@@ -1394,18 +1650,24 @@ int sl_master_run(void)
     /* A larger pipe absorbs bursts before anything is dropped; the kernel
      * caps it at /proc/sys/fs/pipe-max-size, and failing is harmless. */
     fcntl(M.tel_w, F_SETPIPE_SZ, 1 << 20);
-    if (cf->pid_file[0] && write_pid_file(cf->pid_file) != SL_OK) {
-        fprintf(stderr, "sente-lite: cannot write --pid-file %s: %s\n", cf->pid_file,
+    /* A new master writes it once handed over (become_main). */
+    if (cf->pid_file[0] && !M.new_master && write_pid_file(cf->pid_file) != SL_OK) {
+        sl_stderr(SL_LOG_ERR, "cannot write --pid-file %s: %s", cf->pid_file,
                 strerror(errno));
         return 1;
     }
 
     M.base = event_base_new();
-    if (M.base == NULL)
+    if (M.base == NULL) {
+        if (cf->pid_file[0])
+            remove_pid_file(cf->pid_file);
         return 1;
+    }
     M.logger = spawn_logger();
     if (M.logger < 0) {
-        fprintf(stderr, "sente-lite: cannot fork the logger: %s\n", strerror(errno));
+        sl_stderr(SL_LOG_ERR, "cannot fork the logger: %s", strerror(errno));
+        if (cf->pid_file[0])
+            remove_pid_file(cf->pid_file);
         return 1;
     }
     sl_shm->logger_pid = M.logger;
@@ -1413,8 +1675,11 @@ int sl_master_run(void)
     sl_tel_init(M.tel_w, -1, &sl_shm->master_tel, cf->telemetry, cf->log_level);
     SL_TEL(SL_EV_SERVER_STARTING, SL_INFO, SL_TF_S("host", cf->host), SL_TF_I("port", cf->port),
            SL_TF_I("workers", cf->workers), SL_TF_S("version", SL_VERSION));
-    if (create_predefined_channels() != SL_OK)
-        return 1;
+    if (create_predefined_channels() != SL_OK) {
+        if (cf->pid_file[0])
+            remove_pid_file(cf->pid_file);
+        return 1; /* the logger ends at the pipe's EOF, with us */
+    }
     sl_tel_flush();
 
     struct event *sigs[5] = {
@@ -1432,6 +1697,7 @@ int sl_master_run(void)
     M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
     M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
     M.upgrade_timer = evtimer_new(M.base, upgrade_timeout_cb, NULL);
+    M.upgrade_kill_ev = evtimer_new(M.base, upgrade_kill_cb, NULL);
     M.ready_timer = evtimer_new(M.base, ready_cb, NULL);
     M.watchdog_timer = event_new(M.base, -1, EV_PERSIST, watchdog_cb, NULL);
     M.watch_ev = event_new(M.base, -1, EV_PERSIST, watch_cb, NULL);
@@ -1444,19 +1710,22 @@ int sl_master_run(void)
         M.w[i].respawn_ev = evtimer_new(M.base, respawn_cb, (void *)(intptr_t)i);
         M.w[i].cleanup_ev = evtimer_new(M.base, cleanup_cb, (void *)(intptr_t)i);
         if (spawn_worker(i) != SL_OK) {
-            fprintf(stderr, "sente-lite: cannot start worker %d: %s\n", i, strerror(errno));
+            sl_stderr(SL_LOG_ERR, "cannot start worker %d: %s", i, strerror(errno));
             stop_cb(SIGTERM, 0, NULL);
             break;
         }
     }
     if (!M.stopping) {
-        for (int k = 0; k < M.nlfd; k++)
+        /* A new master accepts once its workers are up (ready_cb). */
+        for (int k = 0; k < M.nlfd && !M.new_master; k++)
             event_add(M.accept_evs[k], NULL);
         warn_if_open();
+        char addrs[SL_MAX_LISTEN * 64];
+        listeners_str(addrs, sizeof(addrs));
         SL_TEL(SL_EV_SERVER_STARTED, SL_INFO, SL_TF_S("host", cf->host),
                SL_TF_I("port", cf->port), SL_TF_I("workers", cf->workers),
                SL_TF_I("pid", getpid()), SL_TF_I("listeners", M.nlfd),
-               SL_TF_B("inherited", M.inherited));
+               SL_TF_S("listening", addrs), SL_TF_B("inherited", M.inherited));
         sl_tel_flush();
         ready_cb(-1, 0, NULL);
     }
@@ -1497,7 +1766,10 @@ int sl_master_run(void)
     event_free(M.stop_ev);
     if (M.upgrade_ev)
         event_free(M.upgrade_ev);
+    if (M.parent_ev)
+        event_free(M.parent_ev);
     event_free(M.upgrade_timer);
+    event_free(M.upgrade_kill_ev);
     event_free(M.ready_timer);
     event_free(M.watchdog_timer);
     if (M.notify_fd >= 0)

@@ -246,6 +246,9 @@ static void worker_stop(sl_worker_t *w)
         return;
     w->stopping = true;
     w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
+    /* The master hands a stopping worker nothing new (when only we were
+     * told to stop, it would otherwise prefer us as our load falls). */
+    uatomic_set(&w->stats->draining, 1);
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_shutdown(c);
 }
@@ -259,7 +262,14 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-            sl_session_reload_keys();
+            /* From the master: the fingerprint of the keys it loaded (0: it
+             * kept its keys, so do we).  From anyone else: reload alone. */
+            if (si.ssi_code == SI_QUEUE && (pid_t)si.ssi_pid == getppid()) {
+                if (si.ssi_ptr != 0)
+                    sl_session_reload_keys(si.ssi_ptr);
+            } else {
+                sl_session_reload_keys(0);
+            }
             sl_accesslog_reopen();
         } else
             worker_stop(arg);
@@ -345,6 +355,8 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         sl_worker_turn_end(w);
+        if (w->stopping && w->conns == NULL && sl_mono_ms() < w->stop_deadline)
+            ctl_cb(ctl_fd, EV_READ, w); /* sockets handed over before the master knew: serve */
         if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }

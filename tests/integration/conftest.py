@@ -174,3 +174,61 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+def new_master_of(pid):
+    """The new master a SIGUSR2 started: the child of `pid` titled master."""
+    def find():
+        for c in children_of(pid):
+            if "master" in title_of(c):
+                return c
+        return 0
+    return wait_for(find, timeout=10, what="the new master")
+
+
+def build_shim(tmp_path, name, source):
+    """Compile an LD_PRELOAD shim (C source) into tmp_path; returns its
+    path.  Shims stand in for faults a test cannot cause otherwise (a slow
+    start, a process the kernel cannot kill)."""
+    src = tmp_path / (name + ".c")
+    src.write_text(source)
+    so = tmp_path / (name + ".so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], check=True)
+    return str(so)
+
+
+def shim_env(so, **extra):
+    """The environment that preloads shim `so` (also into an ASan build,
+    which otherwise insists on coming first)."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = so
+    env["ASAN_OPTIONS"] = (env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")
+    env.update(extra)
+    return env
+
+
+# A new master (started by SIGUSR2: SENTE_UPGRADE_FD set when it is loaded)
+# whose workers take SL_TEST_SLOW_NEW_MASTER_S seconds to come up (they
+# sleep before creating their signalfd); the old master is not affected.
+SLOW_NEW_MASTER = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+static int slow;
+__attribute__((constructor)) static void init(void)
+{
+    const char *s = getenv("SL_TEST_SLOW_NEW_MASTER_S");
+    slow = getenv("SENTE_UPGRADE_FD") && s ? atoi(s) : 0;
+}
+int signalfd(int fd, const sigset_t *mask, int flags)
+{
+    static int (*real)(int, const sigset_t *, int);
+    if (real == 0)
+        real = (int (*)(int, const sigset_t *, int))dlsym(RTLD_NEXT, "signalfd");
+    if (slow)
+        sleep((unsigned)slow);
+    return real(fd, mask, flags);
+}
+"""

@@ -201,3 +201,83 @@ def test_health_and_stats_match_reality(server):
             await ws.close()
     asyncio.run(asyncio.wait_for(go(), 30))
     wait_for(lambda: server.stats()["active-connections"] == 0, what="connections to drop")
+
+
+def read_to_eof(s):
+    data = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_request_under_way_at_stop_is_answered_connection_close(server_factory):
+    """A draining worker answers a request it was reading, and says the
+    connection ends there (a client must not reuse it)."""
+    srv = server_factory(workers=1)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.3)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    s.sendall(b"\r\n")
+    resp = read_to_eof(s)
+    s.close()
+    head = resp.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head, resp[:300]
+    assert srv.proc.wait(timeout=20) == 0
+    srv.stopped = True
+
+
+def test_preconnect_is_closed_at_once_at_stop(server_factory):
+    """A connection open for a while with nothing sent (a browser's
+    preconnect) does not hold the stop up to the drain deadline (3 s)."""
+    srv = server_factory(workers=1)
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    time.sleep(1.5)
+    t0 = time.time()
+    srv.proc.send_signal(signal.SIGTERM)
+    assert s.recv(100) == b""
+    assert time.time() - t0 < 2.5
+    s.close()
+    assert srv.proc.wait(timeout=20) == 0
+    srv.stopped = True
+
+
+def test_worker_told_to_stop_gets_no_new_connections(server_factory):
+    """SIGTERM to one worker only: while it drains, the master hands it
+    nothing new (it would otherwise prefer it as its load falls), so new
+    clients land on the other worker and keep their connection."""
+    srv = server_factory(workers=2)
+    victim = srv.worker_pids()[1]
+    held = []  # requests under way on both workers keep the victim draining
+    for _ in range(6):
+        h = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        h.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        held.append(h)
+    wait_for(lambda: all(w["http-connections"] >= 3 for w in srv.stats()["workers"]),
+             what="requests under way on both workers")
+    os.kill(victim, signal.SIGTERM)
+    time.sleep(0.2)
+    clients = []
+    try:
+        for _ in range(8):
+            ws = RawWS(srv.port, timeout=5)
+            assert json.loads(ws.read_data())["type"] == "welcome"
+            clients.append(ws)
+        for ws in clients:
+            ws.sock.settimeout(0.5)
+            try:
+                got = ws.read_frame()
+                raise AssertionError(f"a new client got {got!r} (a 1001 from the draining worker)")
+            except socket.timeout:
+                pass
+        stats = srv.stats()["workers"]
+        assert stats[0]["connections"] == 8, stats
+    finally:
+        for c in clients:
+            c.close()
+        for h in held:
+            h.close()
+    wait_for(lambda: srv.worker_pids()[1] not in (0, victim), what="worker 1 replaced")

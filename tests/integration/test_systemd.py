@@ -11,13 +11,15 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import BIN, SLOW, pid_alive, wait_for
+from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, free_port, new_master_of, pid_alive,
+                      shim_env, wait_for)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -25,30 +27,58 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 class Notify:
     """The systemd side of NOTIFY_SOCKET.  A thread receives every datagram
     as it arrives and stamps it with its arrival time (so the gaps between
-    pings are the server's, not the test's); read() hands them out."""
+    pings are the server's, not the test's) and its sender's pid (the
+    kernel's credentials, SO_PASSCRED, as systemd reads them); read() hands
+    them out.  pause() stops receiving, so systemd's queue fills up."""
 
     def __init__(self, path):
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(path)
         self.sock.settimeout(0.1)
         self.msgs = []     # handed out by read()
-        self.stamped = []  # (arrival time, message), every one received
+        self.stamped = []  # (arrival time, message, sender pid), every one received
         self.cond = threading.Condition()
-        self.closed = False
+        self.running = threading.Event()
+        self.running.set()
         threading.Thread(target=self._recv, daemon=True).start()
 
     def _recv(self):
-        while not self.closed:
+        creds = struct.calcsize("3i")
+        while True:
+            self.running.wait()
             try:
-                m = self.sock.recv(4096).decode()
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(creds))
             except socket.timeout:
                 continue
             except OSError:
                 return
+            pid = 0
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", value[:creds])[0]
             with self.cond:
-                self.stamped.append((time.time(), m))
+                self.stamped.append((time.time(), data.decode(), pid))
                 self.cond.notify_all()
+
+    def pause(self):
+        self.running.clear()
+        time.sleep(0.2)  # a recvmsg under way ends (its timeout)
+
+    def resume(self):
+        self.running.set()
+
+    def main_only(self, first_main):
+        """As systemd with NotifyAccess=main: every message must come from
+        the main pid, which MAINPID= moves.  Returns the final main pid."""
+        main = first_main
+        for _, m, pid in self.stamped:
+            assert pid == main, f"{m!r} from {pid}, not from the main process {main}"
+            for line in m.split("\n"):
+                if line.startswith("MAINPID="):
+                    main = int(line[8:])
+        return main
 
     def read(self, timeout):
         """Messages not handed out yet, waiting up to timeout seconds."""
@@ -57,7 +87,7 @@ class Notify:
             while True:
                 left = deadline - time.time()
                 if left <= 0:
-                    got = [m for _, m in self.stamped[len(self.msgs):]]
+                    got = [m for _, m, _ in self.stamped[len(self.msgs):]]
                     self.msgs.extend(got)
                     return got
                 self.cond.wait(left)
@@ -73,7 +103,7 @@ class Notify:
 
 def feeds(n, t0, t1):
     """Receive times of WATCHDOG=1 between t0 and t1 (Notify keeps them)."""
-    return [t for t, m in n.stamped if m.startswith("WATCHDOG=1") and t0 <= t <= t1]
+    return [t for t, m, _ in n.stamped if m.startswith("WATCHDOG=1") and t0 <= t <= t1]
 
 
 def test_notify_ready_and_stalled_worker_replaced_with_watchdog_fed(server_factory, tmp_path):
@@ -129,7 +159,7 @@ def test_stuck_master_starves_the_watchdog(server_factory, tmp_path):
     n.wait(lambda m: m.startswith("WATCHDOG=1"), 5, "WATCHDOG=1 again")
 
 
-SHIM = r"""
+UNKILLABLE = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <signal.h>
@@ -153,14 +183,9 @@ def test_unkillable_stalled_worker_starves_the_watchdog(server_factory, tmp_path
     """A stalled worker that is still there --worker-stall-kill-ms after its
     SIGKILL cannot be cleared by the master: the watchdog is no longer fed,
     so systemd restarts the service.  Once it is gone, feeding resumes."""
-    src = tmp_path / "unkillable.c"
-    src.write_text(SHIM)
-    so = tmp_path / "unkillable.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], check=True)
+    so = build_shim(tmp_path, "unkillable", UNKILLABLE)
     n = Notify(str(tmp_path / "notify.sock"))
-    env = {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "2000000", "LD_PRELOAD": str(so),
-           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") +
-                            ":verify_asan_link_order=0").lstrip(":")}
+    env = shim_env(so, NOTIFY_SOCKET=n.path, WATCHDOG_USEC="2000000")
     srv = server_factory("--worker-stall-ms", "500", "--worker-stall-kill-ms", "1500", env=env)
     n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1")
     victim = srv.worker_pids()[1]
@@ -202,11 +227,14 @@ def test_no_watchdog_for_another_pid(server_factory, tmp_path):
 
 
 def test_upgrade_hands_mainpid_over(tmp_path):
+    """Every notification comes from the main process as systemd tracks it
+    (NotifyAccess=main): the old master says MAINPID=<new> and nothing more
+    (no STATUS, no WATCHDOG=1 while it drains); the new master says
+    READY=1 only after that, then feeds the watchdog."""
     n = Notify(str(tmp_path / "notify.sock"))
     pidf = tmp_path / "pid"
-    from conftest import free_port
     port = free_port()
-    env = dict(os.environ, NOTIFY_SOCKET=n.path, WATCHDOG_USEC="2000000")
+    env = dict(os.environ, NOTIFY_SOCKET=n.path, WATCHDOG_USEC="400000")
     proc = subprocess.Popen([BIN, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                              "--pid-file", str(pidf), "--log-file", str(tmp_path / "log")],
                             env=env, stderr=subprocess.DEVNULL)
@@ -217,17 +245,69 @@ def test_upgrade_hands_mainpid_over(tmp_path):
         assert proc.wait(timeout=30 * SLOW) == 0
         new = int(pidf.read_text())
         assert new != proc.pid
-        # The new master says READY with its own pid; the old one handed over.
-        seen = "\n".join(n.msgs + n.read(1.0))
-        assert f"READY=1\nMAINPID={new}" in seen and f"MAINPID={new}" in seen
-        # The new master feeds the watchdog (WATCHDOG_PID was set for it).
+        n.wait(lambda m: f"READY=1\nMAINPID={new}" in m, 10, "the new master's READY")
         n.wait(lambda m: m.startswith("WATCHDOG=1"), 5, "the new master's WATCHDOG=1")
+        n.read(1.0)
+        assert n.main_only(proc.pid) == new
+        order = [m for _, m, _ in n.stamped]
+        assert order.index(f"MAINPID={new}") < next(
+            i for i, m in enumerate(order) if m.startswith(f"READY=1\nMAINPID={new}"))
+        handed = order.index(f"MAINPID={new}")
+        assert all(pid != proc.pid for _, _, pid in n.stamped[handed + 1:])
     finally:
         if proc.poll() is None:
             proc.kill()
         if new and pid_alive(new):
             os.kill(new, signal.SIGTERM)
             wait_for(lambda: not pid_alive(new), timeout=15, what="new master gone")
+
+
+def test_failed_upgrade_never_speaks_for_the_service(tmp_path):
+    """A new master that is stopped before it was handed over (its workers
+    were slow; the old master gave up) says nothing to systemd - no READY=1,
+    no STOPPING=1 (which would make systemd stop the healthy service) - and
+    the old master keeps feeding the watchdog, with its pid file."""
+    so = build_shim(tmp_path, "slow", SLOW_NEW_MASTER)
+    n = Notify(str(tmp_path / "notify.sock"))
+    pidf = tmp_path / "pid"
+    port = free_port()
+    env = shim_env(so, NOTIFY_SOCKET=n.path, WATCHDOG_USEC="1000000",
+                   SL_TEST_SLOW_NEW_MASTER_S="30")
+    proc = subprocess.Popen([BIN, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--pid-file", str(pidf), "--log-file", str(tmp_path / "log")],
+                            env=env, stderr=subprocess.DEVNULL)
+    try:
+        n.wait(lambda m: "READY=1" in m, 10, "READY=1")
+        os.kill(proc.pid, signal.SIGUSR2)
+        new = new_master_of(proc.pid)
+        time.sleep(0.5)
+        os.kill(new, signal.SIGTERM)  # as the old master's timeout would
+        wait_for(lambda: "server-upgrade-failed" in (tmp_path / "log").read_text(),
+                 timeout=10, what="the upgrade to fail")
+        wait_for(lambda: not pid_alive(new), timeout=10, what="the new master gone")
+        n.wait(lambda m: m.startswith("WATCHDOG=1"), 5, "the old master's WATCHDOG=1")
+        assert not [m for _, m, pid in n.stamped if pid == new], n.stamped
+        assert n.main_only(proc.pid) == proc.pid
+        assert int(pidf.read_text()) == proc.pid and proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def test_one_shot_notifications_wait_for_room(server_factory, tmp_path):
+    """systemd's queue is full (it is not reading): STOPPING=1 is not lost,
+    the master sends it once there is room again."""
+    n = Notify(str(tmp_path / "notify.sock"))
+    srv = server_factory(env={"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "40000"})
+    n.wait(lambda m: m.startswith("WATCHDOG=1"), 10, "WATCHDOG=1")
+    n.pause()
+    time.sleep(1.0)  # 50 pings a second: the queue (net.unix.max_dgram_qlen) is full
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.4)
+    n.resume()
+    n.wait(lambda m: m == "STOPPING=1", 5, "STOPPING=1")
+    assert srv.proc.wait(timeout=20) == 0
+    srv.stopped = True
 
 
 def test_journal_priorities_on_stderr(tmp_path):
@@ -259,6 +339,43 @@ def test_journal_priorities_on_stderr(tmp_path):
     assert not (tmp_path / "stderr2").read_text().startswith("<")
 
 
+
+def test_master_messages_carry_priorities_on_the_journal(tmp_path):
+    """The processes' own lines on standard error (not telemetry) carry a
+    priority too: an error is <3>, a warning <4>."""
+    errpath = tmp_path / "stderr"
+    with open(errpath, "wb") as err:
+        st = os.fstat(err.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        r = subprocess.run([BIN, "--port", str(free_port()), "--workers", "1", "--pid-file",
+                            str(tmp_path / "no" / "such" / "pid")], stderr=err, env=env,
+                           timeout=20)
+    assert r.returncode == 1
+    lines = errpath.read_text().splitlines()
+    assert any(ln.startswith("<3>sente-lite: cannot write --pid-file") for ln in lines), lines
+    junk = tmp_path / "junk"
+    junk.write_text("x")
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    errpath2 = tmp_path / "stderr2"
+    with open(errpath2, "wb") as err:
+        st = os.fstat(err.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        script = (f'exec 3<&{lsock.fileno()}; exec {lsock.fileno()}<&-; exec 4<"{junk}"; '
+                  'LISTEN_PID=$$ LISTEN_FDS=2 exec "$0" "$@"')
+        proc = subprocess.Popen(["/bin/bash", "-c", script, BIN, "--port", "1", "--workers", "1"],
+                                pass_fds=(lsock.fileno(),), stderr=err, env=env)
+        try:
+            wait_for(lambda: "server-started" in errpath2.read_text(), what="server-started")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            lsock.close()
+    assert "<4>sente-lite: inherited descriptor 4 is not a listening socket" in \
+        errpath2.read_text()
+
+
 def unit_text():
     return open(os.path.join(ROOT, "scripts", "sente-lite.service")).read()
 
@@ -266,7 +383,7 @@ def unit_text():
 def test_unit_file():
     unit = unit_text()
     for line in ["Type=notify", "WatchdogSec=", "EnvironmentFile=-/etc/default/sente-lite",
-                 "ExecStart=/usr/local/bin/sente-lite $SENTE_OPTS", "NotifyAccess=all",
+                 "ExecStart=/usr/local/bin/sente-lite $SENTE_OPTS", "NotifyAccess=main",
                  "ExecReload=/bin/kill -HUP $MAINPID", "LimitNOFILE=", "DynamicUser=yes"]:
         assert line in unit, line
     # No listening address hard-coded: the config file, environment or

@@ -17,7 +17,8 @@ import subprocess
 import threading
 import time
 
-from conftest import BIN, SLOW, free_port, pid_alive, wait_for
+from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, children_of, free_port,
+                      new_master_of, pid_alive, shim_env, title_of, wait_for)
 from wsraw import OP_CLOSE, OP_TEXT, RawWS, close_frame, http_request, status_of
 
 
@@ -312,3 +313,158 @@ def test_ops_listener_from_socket_activation_and_across_upgrades(tmp_path):
         if proc.poll() is None:
             proc.kill()
         stop_pid(new_pid or read_pid(pidf))
+
+
+# --------------------------------------------- an upgrade that is pending
+# The new master's workers are made slow (SLOW_NEW_MASTER shim), which keeps
+# the upgrade pending long enough to act on it.
+
+def start_slow(tmp_path, seconds, *extra):
+    so = build_shim(tmp_path, "slow", SLOW_NEW_MASTER)
+    return start(tmp_path, *extra,
+                 env=shim_env(so, SL_TEST_SLOW_NEW_MASTER_S=str(seconds)))
+
+
+def test_new_master_accepts_only_once_ready(tmp_path):
+    """While the new master's workers are not up it accepts nothing (a
+    connection it took would wait for them) and has not written the pid
+    file: every request meanwhile is answered at once by the old master."""
+    proc, port, pidf = start_slow(tmp_path, 4)
+    new = 0
+    try:
+        wait_for(lambda: healthy(port), timeout=10, what="server up")
+        os.kill(proc.pid, signal.SIGUSR2)
+        new = new_master_of(proc.pid)
+        t0 = time.time()
+        slow = []
+        while time.time() - t0 < 3.0:
+            t = time.time()
+            ok = healthy(port)  # 2 s timeout each
+            if not ok or time.time() - t > 1.0:
+                slow.append((round(t - t0, 2), ok, round(time.time() - t, 2)))
+            time.sleep(0.05)
+        assert not slow, slow
+        assert read_pid(pidf) == proc.pid  # not handed over yet
+        assert proc.wait(timeout=30 * SLOW) == 0
+        assert read_pid(pidf) == new and healthy(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_pid(new)
+
+
+def test_sigusr2_to_a_pending_new_master_is_refused(tmp_path):
+    """One master owns the service: a new master not handed over yet
+    refuses SIGUSR2 (it would start a third, and the first would keep
+    serving beside it with its own registry)."""
+    proc, port, pidf = start_slow(tmp_path, 3)
+    new = 0
+    try:
+        wait_for(lambda: healthy(port), timeout=10, what="server up")
+        os.kill(proc.pid, signal.SIGUSR2)
+        new = new_master_of(proc.pid)
+        time.sleep(0.5)
+        os.kill(new, signal.SIGUSR2)
+        os.kill(proc.pid, signal.SIGUSR2)  # the old one: already under way
+        assert proc.wait(timeout=30 * SLOW) == 0  # handed over to `new`
+        assert read_pid(pidf) == new and pid_alive(new)
+        assert not [c for c in children_of(new) if "master" in title_of(c)]
+        err = (tmp_path / "stderr.log").read_text()
+        assert "SIGUSR2 ignored: this master is not handed over yet" in err
+        assert "SIGUSR2 ignored: an upgrade is already under way" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        stop_pid(new)
+
+
+def test_stop_while_an_upgrade_is_pending_stops_both(tmp_path):
+    """SIGTERM to the old master while its new master is not handed over:
+    both stop - the new one even when it is stuck (SIGKILL after 3 s)."""
+    proc, port, pidf = start_slow(tmp_path, 30)
+    new = 0
+    try:
+        wait_for(lambda: healthy(port), timeout=10, what="server up")
+        os.kill(proc.pid, signal.SIGUSR2)
+        new = new_master_of(proc.pid)
+        os.kill(new, signal.SIGSTOP)  # stuck: it will not act on SIGTERM
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15 * SLOW) == 0
+        assert not pid_alive(new)
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody listens
+        assert not os.path.exists(pidf)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if new and pid_alive(new):
+            os.kill(new, signal.SIGKILL)
+
+
+def test_sigusr2_to_a_worker_or_the_logger_is_ignored(tmp_path):
+    """Only the master takes SIGUSR2 (the unit sends it with
+    --kill-whom=main, but a stray `kill -USR2 <worker>` must not upgrade)."""
+    proc, port, pidf = start(tmp_path)
+    try:
+        wait_for(lambda: healthy(port), timeout=10, what="server up")
+        kids = children_of(proc.pid)
+        assert len(kids) == 3
+        for k in kids:
+            os.kill(k, signal.SIGUSR2)
+        time.sleep(1.5)
+        assert proc.poll() is None and read_pid(pidf) == proc.pid
+        assert all(pid_alive(k) for k in kids)
+        assert "server-upgrading" not in (tmp_path / "sente.log").read_text()
+        assert healthy(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+# -------------------------------------------- inherited descriptors
+
+def test_unused_inherited_descriptors_are_closed(tmp_path):
+    """LISTEN_FDS=2 where descriptor 4 is a file: it is closed in the master
+    (so in every child and a later exec too), and the start says which
+    addresses are served."""
+    lsock = listening_socket()
+    port = lsock.getsockname()[1]
+    junk = tmp_path / "junk"
+    junk.write_text("x")
+    script = (f'exec 3<&{lsock.fileno()}; exec {lsock.fileno()}<&-; exec 4<"{junk}"; '
+              'LISTEN_PID=$$ LISTEN_FDS=2 exec "$0" "$@"')
+    proc = subprocess.Popen(["/bin/bash", "-c", script, BIN, "--host", "127.0.0.1", "--port", "1",
+                             "--workers", "1", "--log-file", str(tmp_path / "sente.log")],
+                            pass_fds=(lsock.fileno(),),
+                            stderr=open(tmp_path / "stderr.log", "ab"))
+    try:
+        wait_for(lambda: healthy(port), timeout=10, what="activated server up")
+        for pid in [proc.pid] + children_of(proc.pid):
+            fds = os.listdir(f"/proc/{pid}/fd")
+            targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds
+                       if os.path.exists(f"/proc/{pid}/fd/{fd}")]
+            assert str(junk) not in targets, (pid, title_of(pid), targets)
+        assert "inherited descriptor 4 is not a listening socket: closed" in \
+            (tmp_path / "stderr.log").read_text()
+        log = (tmp_path / "sente.log").read_text()
+        assert f'"listening":"127.0.0.1:{port}"' in log, log[-2000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        lsock.close()
+
+
+def test_no_usable_inherited_descriptor_refuses_to_start(tmp_path):
+    junk = tmp_path / "junk"
+    junk.write_text("x")
+    script = f'exec 3<"{junk}"; LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"'
+    r = subprocess.run(["/bin/bash", "-c", script, BIN, "--host", "127.0.0.1", "--port",
+                        str(free_port()), "--workers", "1"], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 1, r
+    assert "none of the inherited descriptors is a listening socket" in r.stderr
+    script = 'LISTEN_PID=$$ LISTEN_FDS=17 exec "$0" "$@"'
+    r = subprocess.run(["/bin/bash", "-c", script, BIN, "--port", str(free_port())],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and "at most 16 listening sockets" in r.stderr, r
+
