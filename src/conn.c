@@ -793,6 +793,7 @@ static void conn_stash(sl_conn_t *c, const uint8_t *p, size_t n)
 static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
     size_t used = 0;
+    uint32_t completed = c->reader.completed;
     int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
     bool open = c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING;
     if (rc == 1 && open && !c->backlog && c->reader.frames >= c->reader.frame_limit)
@@ -812,7 +813,10 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
     }
     if (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING) {
         if (sl_ws_reader_busy(&c->reader)) {
-            if (c->busy_since_mono == 0)
+            /* The unfinished message (or frame) started in this feed if
+             * one was completed in it: a client streaming messages whose
+             * every read ends inside one is not late with any of them. */
+            if (c->busy_since_mono == 0 || c->reader.completed != completed)
                 c->busy_since_mono = sl_mono_ms();
         } else {
             c->busy_since_mono = 0;

@@ -624,3 +624,31 @@ def test_http_head_a_byte_at_a_time(server_factory):
     s = dribble(b"GET /health HTTP/1.1\r\nHo\x01st: x\r\n\r\n")
     assert status_of(read_response(s)) == 400
     s.close()
+
+
+# ---------------- a client streaming messages is not late with any of them
+
+def test_streaming_publisher_is_not_timed_out(server_factory):
+    """A client that publishes 1 KB messages back to back, reading every
+    reply, was closed 1008 'message not completed in time' after
+    --message-timeout-ms: each of the server's reads ended inside a message,
+    so the reader was never idle at the end of a read and the timer kept the
+    start of the first unfinished message (it now restarts whenever a
+    message is completed)."""
+    srv = server_factory("--message-timeout-ms", "1000", workers=1)
+    ws = opened(srv, timeout=30 * SLOW)
+    msg = frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "bulk",
+                                     "data": "x" * 1000}).encode())
+    f = Flooder(ws.sock, msg * 64)
+    closed, replies = None, 0
+    end = time.monotonic() + 3.5 * SLOW  # well past --message-timeout-ms
+    try:
+        while closed is None and time.monotonic() < end:
+            _, op, payload = ws.read_frame()
+            replies += 1
+            if op == 8:
+                closed = payload
+    finally:
+        f.end()
+    assert closed is None, (closed, replies)
+    assert replies > 1000 and errors(srv)["message-timeout"] == 0
