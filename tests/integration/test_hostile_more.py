@@ -14,7 +14,7 @@ import time
 
 from conftest import SLOW, wait_for
 from test_hostile import (errors, opened, rss_bytes, send_until_refused, finish_frame, ASAN,
-                          MIB)
+                          MIB, warm_up)
 from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame, read_response, status_of
 
 
@@ -653,3 +653,46 @@ def test_streaming_publisher_is_not_timed_out(server_factory):
         f.end()
     assert closed is None, (closed, replies)
     assert replies > 100 and errors(srv)["message-timeout"] == 0
+
+
+# ------------- 9, 14: a worker out of descriptors is counted, not unhealthy
+
+def test_worker_out_of_descriptors_counted_node_stays_healthy(server_factory):
+    """A worker whose descriptor limit is reached loses the sockets the
+    kernel cannot give it (MSG_CTRUNC): each is counted, and the node stays
+    healthy (clients can push a worker to its limit; only the master's
+    accept at EMFILE makes /health unhealthy), and the worker takes new
+    connections again once it has room."""
+    import subprocess
+    srv = server_factory(workers=1)
+    wpid = srv.worker_pids()[0]
+    warm_up(srv)
+    time.sleep(0.3)  # our own /stats connections closed
+    used = len(os.listdir(f"/proc/{wpid}/fd"))
+    subprocess.run(["prlimit", f"--pid={wpid}", f"--nofile={used + 8}:{used + 8}"], check=True)
+    socks = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
+        socks.append(s)
+    # The ones the worker could not take are closed by the kernel.
+    lost = 0
+    for s in socks:
+        s.settimeout(0.5 * SLOW)
+        try:
+            if s.recv(1) == b"":
+                lost += 1
+        except (socket.timeout, ConnectionResetError):
+            pass
+    for s in socks:
+        s.close()
+    assert lost >= 40, lost
+    def answered():
+        try:
+            return srv.get_json("/health")
+        except OSError:
+            return None
+    wait_for(lambda: answered() is not None, timeout=10 * SLOW, what="room again")
+    st, doc = srv.get_json("/health")
+    assert st == 200 and doc["descriptors-ok"] is True
+    assert doc["descriptors-exhausted"] >= lost
+    assert srv.get_json("/stats")[1]["descriptors-exhausted-recently"] is False
