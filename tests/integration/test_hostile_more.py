@@ -540,7 +540,7 @@ def test_message_timeout_waits_while_the_server_does_not_read(server_factory):
     ws.send(frame(OP_TEXT, b'{"type":"frag",', fin=False) + frame(OP_PING, b"x") +
             frame(OP_CONT, b'"n":1}'))
     time.sleep(2.5 * SLOW)  # well past --message-timeout-ms, not reading
-    got, kinds = 0, []
+    kinds = []
     while True:
         _, op, payload = ws.read_frame()
         if op == 8:  # close
