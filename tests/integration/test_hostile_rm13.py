@@ -106,10 +106,11 @@ def test_failed_event_add_leaves_the_worker_whole(server_factory):
     """When event_add failed for a new connection (epoll_ctl ENOSPC or
     ENOMEM, under a connection flood) the connection was freed while still
     on the worker's lists: the next tick or accept used freed memory (the
-    ASan build's worker died).  A fault point of the test build fails the
-    second connection's event_add: it is closed and counted, and the worker
-    goes on serving with the same pid."""
-    srv = server_factory(binary=CRASH_BIN, workers=1,
+    worker died of a double free once the tick timed the freed one out).  A
+    fault point of the test build fails the worker's eighth event_add: that
+    connection is closed and counted, and the worker goes on serving with
+    the same pid."""
+    srv = server_factory("--keepalive-timeout-ms", "1000", binary=CRASH_BIN, workers=1,
                          env={"SL_CRASH_ARM": "0:conn.new.event-add:8:fail"})
     pid = srv.worker_pids()[0]
     answered = lost = 0
@@ -126,7 +127,7 @@ def test_failed_event_add_leaves_the_worker_whole(server_factory):
         else:
             lost += 1
     ws = opened(srv, timeout=10 * SLOW)
-    time.sleep(1.5)  # ticks walk the connection list
+    time.sleep(2.5)  # ticks walk the connection list (and time idle ones out)
     ws.send(frame(OP_TEXT, json.dumps({"type": "ping", "timestamp": 1}).encode()))
     assert json.loads(ws.read_data())["type"] == "pong"
     ws.close()
