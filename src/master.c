@@ -836,7 +836,14 @@ static bool shm_pressure(void)
  * once it has the lock - while the holder is judged on its own progress:
  * stalled, then killed, which hands the lock (EOWNERDEAD) to a waiter.  So
  * one stopped worker holding a hot channel's lock costs its own clients
- * only, not those of every worker that publishes there.
+ * only, not those of every worker that publishes there.  "Blocked" lasts
+ * only while the lock it waits for has not been released since its wait
+ * began: a waiter stopped (or starved) while others take and release that
+ * lock is held up by nobody and is judged on its own - stalled, killed -
+ * whoever holds the lock when we look (review rf12, finding 1).  A root
+ * that is ending (dumping core) keeps its waiters blocked: the kernel hands
+ * its locks over when the dump ends, and killing them would free nothing
+ * (finding 2) - that wait is as long as the dump, which we do not bound.
  *
  * A stalled worker gets no new sockets (the queued ones go to others);
  * after --worker-stall-kill-ms - or at once, with shared memory over 75%
