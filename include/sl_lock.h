@@ -107,13 +107,25 @@ void sl_lock_set_holder(sl_lock_holder_t *h);
  * to decide who may take the lock. */
 pid_t sl_lock_owner(const sl_lock_t *l);
 
+/* What a watcher saw of a process's wait at its previous look. */
+typedef struct {
+    const sl_lock_t *lock; /* the lock waited for (NULL: none) */
+    pid_t owner;           /* its owner then (0: free) */
+    uint64_t releases;     /* its release count then */
+} sl_lock_view_t;
+
 /* The process h's owner is blocked by: the owner of the lock it waits for,
- * if that lock has not been released since the wait began (so that owner
- * has held it all along); 0 when it waits for nothing, for a free lock, or
- * for one released since (then it is held up by nobody frozen: it is
- * stopped or starved itself).  Lock-free reads; a stale view lasts until
- * the next call.  *lock (may be NULL) gets the lock waited for. */
-pid_t sl_lock_blocker(const sl_lock_holder_t *h, sl_lock_t **lock);
+ * if that owner has held it all along since the wait began (the release
+ * count is the one the waiter noted), or since the watcher's previous look
+ * (*seen: the same lock, the same owner, no release in between - a waiter
+ * that was passed over when the lock changed hands, as a futex does not
+ * queue, is blocked by the new owner once that one has held it from one
+ * look to the next); 0 when it waits for nothing, for a free lock, or for
+ * one that has changed hands since both (then it is held up by nobody
+ * frozen: it is stopped or starved itself).  *seen (may be NULL: the first
+ * rule only) is updated to this look.  Lock-free reads; a stale view lasts
+ * until the next look. */
+pid_t sl_lock_blocker(const sl_lock_holder_t *h, sl_lock_view_t *seen);
 
 /* While waiting for a lock, call fn every 50 ms (NULL: just wait).  The
  * master uses it to go on accepting and to watch for stalled workers - one

@@ -188,20 +188,27 @@ pid_t sl_lock_owner(const sl_lock_t *l)
     return (pid_t)((unsigned)w & FUTEX_TID_MASK);
 }
 
-pid_t sl_lock_blocker(const sl_lock_holder_t *h, sl_lock_t **lock)
+pid_t sl_lock_blocker(const sl_lock_holder_t *h, sl_lock_view_t *seen)
 {
     sl_lock_t *l = CMM_LOAD_SHARED(h->waiting);
-    if (lock)
-        *lock = l;
-    if (l == NULL)
+    pid_t owner = 0;
+    uint64_t since = 0, now = 0;
+    if (l) {
+        cmm_smp_rmb(); /* pairs with wait_begin's wmb: this wait's count */
+        since = CMM_LOAD_SHARED(h->wait_releases);
+        owner = sl_lock_owner(l);
+        cmm_smp_rmb(); /* the owner read before the count that vouches for it */
+        now = CMM_LOAD_SHARED(l->releases);
+    }
+    bool held_since_look =
+        seen && seen->lock == l && seen->owner == owner && seen->releases == now;
+    if (seen)
+        *seen = (sl_lock_view_t){l, owner, now};
+    if (l == NULL || owner == 0)
         return 0;
-    cmm_smp_rmb(); /* pairs with wait_begin's wmb: this wait's count */
-    uint64_t since = CMM_LOAD_SHARED(h->wait_releases);
-    pid_t owner = sl_lock_owner(l);
-    cmm_smp_rmb(); /* the owner read before the count that vouches for it */
     if (SL_MUTATED(M_WAITER_FORGIVEN))
         return owner;
-    return CMM_LOAD_SHARED(l->releases) == since ? owner : 0;
+    return now == since || held_since_look ? owner : 0;
 }
 
 size_t sl_lock_recover_dead(sl_lock_holder_t *h, size_t *repaired)

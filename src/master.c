@@ -140,6 +140,9 @@ static struct {
     bool ready_sent, starved;
     char status[160];        /* the last STATUS= sent */
     struct event *ready_timer, *watchdog_timer;
+    /* The stall watch's previous look at each reader slot's lock wait
+     * (sl_lock_blocker). */
+    sl_lock_view_t seen[SL_QSBR_SLOTS];
 } M;
 
 
@@ -781,27 +784,44 @@ static int slot_of_pid(pid_t pid)
     return -1;
 }
 
-/* The reader slot of the process whose lock worker i is blocked on -
- * following a chain of waits to its root - or -1 when i is held up by
- * nobody frozen (then it is judged on its own progress).  At each hop
- * sl_lock_blocker names the lock's owner only if the lock has not been
- * released since the wait began: an owner that has held it all along.  A
- * wait for a lock that others keep taking and releasing is not explained
- * by anyone else - the waiter is stopped or starved itself - and a chain
- * stops there: its last process is the root (review rf12, finding 1).
- * The owner is the kernel's record (the futex word), so a lock is never
- * held by "nobody" (finding 4), and a worker that is ending (dumping
- * core, the kernel hands its locks over when that ends) is a root like
- * any other: its waiters are blocked, not stalled (finding 2).  Lock-free
- * reads: a stale view lasts one watch period at most.  The lock order has
- * no cycle; a chain that loops anyway, or runs longer than there are
- * slots, names nobody. */
-static int blocked_by(int i)
+/* For each reader slot (a worker that is up, the master): the slot of the
+ * process its lock wait is explained by, -1 for none - one look per slot
+ * and watch pass, which also moves that slot's view (M.seen) on.
+ * sl_lock_blocker names a lock's owner only if it has held the lock all
+ * along since the wait began, or since our previous look: a wait for a
+ * lock that others keep taking and releasing is explained by nobody - the
+ * waiter is stopped or starved itself (review rf12, finding 1) - while a
+ * waiter passed over when a hot lock changed hands is blocked by the new
+ * owner from the second look on, if that owner keeps it.  The owner is
+ * the kernel's record (the futex word), so a held lock never names
+ * "nobody" (finding 4).  Lock-free reads: a stale view lasts one watch
+ * period at most. */
+static void look_at_waits(int next[SL_QSBR_SLOTS])
 {
     sl_qsbr_t *q = &sl_shm->reg.qsbr;
+    for (int k = 0; k < SL_QSBR_SLOTS; k++) {
+        next[k] = -1;
+        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending);
+        if (!up) {
+            M.seen[k] = (sl_lock_view_t){0};
+            continue;
+        }
+        next[k] = slot_of_pid(sl_lock_blocker(&q->holders[k], &M.seen[k]));
+    }
+}
+
+/* The reader slot of the process worker i is blocked by, following the
+ * chain of waits (next[], look_at_waits) to its root, or -1 when i is held
+ * up by nobody (then it is judged on its own progress).  A worker that is
+ * ending (dumping core; the kernel hands its locks over when that ends)
+ * is a root like any other: its waiters are blocked, not stalled (finding
+ * 2).  The lock order has no cycle; a chain that loops anyway, or runs
+ * longer than there are slots, names nobody. */
+static int blocked_by(int i, const int next[SL_QSBR_SLOTS])
+{
     int cur = i;
     for (int hops = 0; hops < SL_QSBR_SLOTS; hops++) {
-        int slot = slot_of_pid(sl_lock_blocker(&q->holders[cur], NULL));
+        int slot = next[cur];
         if (slot < 0 || slot == cur)
             return cur == i ? -1 : cur;
         if (slot == i)
@@ -854,7 +874,8 @@ static bool shm_pressure(void)
 static void watch_workers(void)
 {
     int64_t now = sl_mono_ms();
-    int root[SL_MAX_WORKERS], blocking[SL_MAX_WORKERS] = {0};
+    int root[SL_MAX_WORKERS], blocking[SL_MAX_WORKERS] = {0}, next[SL_QSBR_SLOTS];
+    look_at_waits(next);
     for (int i = 0; i < M.nworkers; i++) {
         slot_t *s = &M.w[i];
         root[i] = -1;
@@ -865,7 +886,7 @@ static void watch_workers(void)
             s->turns = t;
             s->progress_ms = now;
         } else {
-            root[i] = blocked_by(i);
+            root[i] = blocked_by(i, next);
         }
         if (root[i] >= 0 && root[i] < M.nworkers)
             blocking[root[i]]++;

@@ -141,9 +141,9 @@ static void test_holder_and_waiter_recorded(void)
     SL_CHECK(S->h[2].waiting == &S->l);
     SL_CHECK(S->h[2].wait_since_ms > 0 && sl_mono_ms() - S->h[2].wait_since_ms >= 50);
     SL_CHECK_INT(S->h[2].wait_releases, S->l.releases);
-    sl_lock_t *l = NULL;
-    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &l), a); /* held all along by a */
-    SL_CHECK(l == &S->l);
+    sl_lock_view_t v = {0};
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), a); /* held all along by a */
+    SL_CHECK(v.lock == &S->l && v.owner == a && v.releases == S->l.releases);
     waitpid(a, NULL, 0);
     sleep_ms(50);
     SL_CHECK(S->h[2].waiting == NULL);
@@ -164,12 +164,14 @@ static void test_holder_and_waiter_recorded(void)
 /* rf12 finding 1: a waiter stopped inside its wait (SIGSTOP while blocked)
  * while other processes go on taking and releasing the lock.  Whoever
  * holds the lock at the moment the master looks did not keep the waiter
- * waiting: the lock has been released since the wait began, so the waiter
- * is blocked by nobody (sl_lock_blocker 0) and the stall watch judges it
- * on its own progress - stalled, killed.  (Before the fix it was "blocked
- * by" whichever live process held the lock then, at every pass, and was
- * never killed.)  While the first holder still holds it, the waiter is
- * blocked by that holder. */
+ * waiting: the lock has changed hands since the wait began and since the
+ * previous look, so the waiter is blocked by nobody (sl_lock_blocker 0)
+ * and the stall watch judges it on its own progress - stalled, killed.
+ * (Before the fix it was "blocked by" whichever live process held the
+ * lock then, at every pass, and was never killed.)  While the first
+ * holder still holds it, the waiter is blocked by that holder; and an
+ * owner that keeps the lock from one look to the next (a waiter passed
+ * over when the lock changed hands: a futex does not queue) blocks it. */
 static void test_stopped_waiter_blocked_by_nobody_once_released(void)
 {
     setup();
@@ -190,7 +192,8 @@ static void test_stopped_waiter_blocked_by_nobody_once_released(void)
     kill(b, SIGSTOP);
     waitpid(b, &st, WUNTRACED);
     SL_CHECK(WIFSTOPPED(st));
-    SL_CHECK_INT(sl_lock_blocker(&S->h[2], NULL), a); /* a has held it all along */
+    sl_lock_view_t v = {0};
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), a); /* a has held it all along */
     kill(a, SIGCONT); /* a releases it; b, stopped, cannot take it */
     waitpid(a, &st, 0);
     /* Others take and release it; one holds it when the master looks. */
@@ -203,8 +206,18 @@ static void test_stopped_waiter_blocked_by_nobody_once_released(void)
     SL_CHECK_INT(sl_lock_owner(&S->l), c);
     SL_CHECK(S->h[2].waiting == &S->l); /* b still waits, stopped */
     SL_CHECK_INT(sl_lock_blocker(&S->h[2], NULL), 0); /* not c's doing */
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0);   /* nor since the last look */
+    /* c keeps it until the next look: from then on b is blocked by c. */
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), c);
+    /* c lets go, c takes it again (another hold) before the next look. */
     kill(c, SIGCONT);
     waitpid(c, &st, 0);
+    c = holder(3, 0);
+    waitpid(c, &st, WUNTRACED);
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0);
+    kill(c, SIGCONT);
+    waitpid(c, &st, 0);
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0); /* free */
     kill(b, SIGCONT);
     waitpid(b, &st, 0);
     SL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
