@@ -265,6 +265,9 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Times the worker was found stalled.");
     per_worker(&o, workers, "worker_stall_kills_total", "counter", "stall-kills",
                "Times the worker was killed for staying stalled (--worker-stall-kill-ms).");
+    per_worker(&o, workers, "worker_cleanup_wait_ms", "gauge", "cleanup-wait-ms",
+               "Dead worker: ms its cleanup has waited for a lock its record names "
+               "(its reader slot holds reclamation back meanwhile), 0 when none.");
     per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
                "HTTP requests handled.");
     per_worker(&o, workers, "connections_accepted_total", "counter", "accepted-connections",
@@ -292,6 +295,12 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
     json_object_foreach(hs, hsr, hv)
         put(&o, "sente_lite_handshake_failures_total{reason=\"%s\"} %lld\n", hsr,
             (long long)json_integer_value(hv));
+    per_worker(&o, workers, "outbound_bytes", "gauge", "outbound-bytes",
+               "Bytes held in output buffers (each shared buffer counted once).");
+    per_worker(&o, workers, "backpressure_pauses_total", "counter", "backpressure-pauses",
+               "Times a connection's reading paused because its output was over its bound.");
+    per_worker(&o, workers, "inbound_bytes", "gauge", "inbound-bytes",
+               "Unfinished input held: messages being assembled, request bodies, stashed reads.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

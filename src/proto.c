@@ -149,12 +149,51 @@ bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash)
     return false;
 }
 
+static json_t *error_json(const char *reason, const char *message)
+{
+    /* The message may quote input (jansson's error text shows the bytes it
+     * choked on, and may end inside a UTF-8 character): json_pack refuses
+     * invalid UTF-8, and the protocol promises a reply for any bad input,
+     * so the text is made valid first. */
+    char m[400];
+    sl_utf8_sanitize((const uint8_t *)message, strlen(message), m, sizeof(m));
+    return json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", m, "reason", reason,
+                     "timestamp", (json_int_t)sl_now_ms());
+}
+
+/* The frame of reply r (taken): r itself, or a reply-too-large error when
+ * it is over the bound on one reply; NULL (connection aborted) when it
+ * cannot be encoded. */
+static sl_buf_t *reply_frame(sl_conn_t *c, json_t *r)
+{
+    sl_buf_t *b = sl_frame_json(r);
+    if (b == NULL) {
+        json_decref(r);
+        sl_conn_abort(c, "encode-failed");
+        return NULL;
+    }
+    size_t len = b->len - b->start, max = sl_conn_reply_max();
+    if (len <= max) {
+        json_decref(r);
+        return b;
+    }
+    /* The builders of large replies page or cut them to fit; anything
+     * still over the bound is refused rather than queued. */
+    sl_buf_unref(b);
+    const char *type = json_string_value(json_object_get(r, "type"));
+    char m[200];
+    snprintf(m, sizeof(m), "the %.40s reply would be %zu bytes, over the %zu-byte bound on one "
+                           "reply (half of --max-outbound-bytes)", type ? type : "", len, max);
+    json_decref(r);
+    sl_worker_count_error(SL_ERR_REPLY_TOO_LARGE);
+    json_t *e = error_json("reply-too-large", m);
+    return e ? reply_frame(c, e) : NULL;
+}
+
 void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r)
 {
-    if (r) {
-        slot->frame = sl_frame_json(r);
-        json_decref(r);
-    }
+    if (r)
+        slot->frame = reply_frame(c, r);
     slot->ready = true;
     rq_flush(c);
 }
@@ -190,22 +229,22 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
 {
     if (r == NULL)
         return;
+    sl_buf_t *f = reply_frame(c, r);
+    if (f == NULL)
+        return;
     /* Behind a reply that waits for the broker, this one waits too. */
     if (c->rq_head) {
-        sl_buf_t *f = sl_frame_json(r);
-        json_decref(r);
-        if (f && rq_append(c, f, true) == NULL)
+        if (rq_append(c, f, true) == NULL)
             sl_buf_unref(f);
         return;
     }
-    sl_conn_send_json(c, r);
-    json_decref(r);
+    sl_conn_send(c, f);
+    sl_buf_unref(f);
 }
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
-    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message,
-                                "reason", reason, "timestamp", (json_int_t)sl_now_ms()));
+    sl_proto_reply(c, error_json(reason, message));
 }
 
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)

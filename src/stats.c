@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <urcu/arch.h>
 #include <urcu/system.h>
 #include <urcu/uatomic.h>
 
@@ -30,7 +31,7 @@
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
-    uint64_t published, delivered, overloaded;
+    uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
     uint64_t bytes_in, bytes_out, accepted;
     uint64_t handshake_failures[SL_HS__COUNT];
@@ -38,6 +39,7 @@ typedef struct {
     int live_workers;
     bool details; /* /stats (not /health): process figures, histograms */
     json_t *stalled; /* ids of stalled workers */
+    json_t *stuck;   /* ids of dead workers whose cleanup waits past the kill bound */
 } totals_t;
 
 /* A histogram as JSON: cumulative counts keyed by the bucket's upper bound
@@ -111,7 +113,17 @@ static void proc_json(json_t *o, int32_t pid)
     json_object_set_new(o, "open-fds", fds);
 }
 
+/* Add worker i's figures to t; with `doc`, also describe it there. */
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc);
+
 static json_t *worker_json(uint32_t i, totals_t *t)
+{
+    json_t *o = NULL;
+    worker_figures(i, t, &o);
+    return o;
+}
+
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
 {
     sl_worker_stats_t *w = &sl_shm->workers[i];
     int32_t pid = uatomic_read(&w->pid);
@@ -130,11 +142,18 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     t->tel_dropped += uatomic_read(&w->tel_dropped);
     for (int e = 0; e < SL_ERR__COUNT; e++)
         t->errors[e] += uatomic_read(&w->errors[e]);
+    uint64_t obytes = uatomic_read(&w->outbound_bytes), pauses = uatomic_read(&w->backpressure_pauses);
+    uint64_t ibytes = uatomic_read(&w->inbound_bytes);
+    t->outbound_bytes += obytes;
+    t->backpressure_pauses += pauses;
+    t->inbound_bytes += ibytes;
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
     if (stalled && t->stalled)
         json_array_append_new(t->stalled, json_integer((json_int_t)i));
+    if (doc == NULL)
+        return; /* /health: the totals are all it needs */
     json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
                           "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
                           (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
@@ -150,6 +169,9 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "rpc-responses",
                         json_integer((json_int_t)uatomic_read(&w->rpc_responses)));
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
+    json_object_set_new(o, "outbound-bytes", json_integer((json_int_t)obytes));
+    json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
+    json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
     json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
@@ -170,11 +192,23 @@ static json_t *worker_json(uint32_t i, totals_t *t)
                                              ? json_integer((json_int_t)by - 1)
                                              : json_null());
     const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
+    bool waits = pid > 0 && CMM_LOAD_SHARED(lh->waiting);
+    cmm_smp_rmb(); /* pairs with the wmb of the wait's start: this wait's time */
     json_object_set_new(o, "lock-wait-ms",
-                        json_integer(pid > 0 && CMM_LOAD_SHARED(lh->waiting)
-                                         ? (json_int_t)(sl_mono_ms() -
-                                                        CMM_LOAD_SHARED(lh->wait_since_ms))
-                                         : 0));
+                        json_integer(waits ? (json_int_t)(sl_mono_ms() -
+                                                          CMM_LOAD_SHARED(lh->wait_since_ms))
+                                           : 0));
+    /* Dead, and its cleanup waits to take a lock its record names (its
+     * reader slot stays online until then: master.c, note_cleanup_wait). */
+    int64_t cw = (int64_t)uatomic_read(&w->cleanup_wait_since_ms);
+    int64_t cw_ms = pid == 0 && cw > 0 ? SL_MAX(sl_now_ms() - cw, 0) : 0;
+    uint32_t cby = uatomic_read(&w->cleanup_blocked_by);
+    json_object_set_new(o, "cleanup-wait-ms", json_integer((json_int_t)cw_ms));
+    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_MASTER_SLOT + 1
+                                                     ? json_integer((json_int_t)cby - 1)
+                                                     : json_null());
+    if (cw > 0 && pid == 0 && cw_ms >= sl_conf->worker_stall_kill_ms && t->stuck)
+        json_array_append_new(t->stuck, json_integer((json_int_t)i));
     uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),
              acc = uatomic_read(&w->accepted);
     t->bytes_in += bin;
@@ -198,7 +232,7 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     }
     hist_add(&t->delivery, &w->delivery);
     hist_add(&t->rpc, &w->rpc);
-    return o;
+    *doc = o;
 }
 
 static json_t *workers_json(totals_t *t)
@@ -209,6 +243,10 @@ static json_t *workers_json(totals_t *t)
     /* The master emits too; its figures count in the telemetry totals. */
     t->tel_emitted += uatomic_read(&sl_shm->master_tel.tel_emitted);
     t->tel_dropped += uatomic_read(&sl_shm->master_tel.tel_dropped);
+    /* ...and counts what accept() refused (accept-failed,
+     * descriptors-exhausted) in its slot. */
+    for (int e = 0; e < SL_ERR__COUNT; e++)
+        t->errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
     return a;
 }
 
@@ -425,6 +463,16 @@ static json_t *access_json(uint64_t active, bool identities)
 /* Unhealthy above this share of the arena in use. */
 #define SL_SHM_HEALTH_LIMIT 0.9
 
+/* accept() hit EMFILE/ENFILE within this long: /health says unhealthy
+ * (the server cannot take new connections) until it has passed. */
+#define SL_FD_EXHAUSTED_UNHEALTHY_MS 10000
+
+static bool fd_exhausted_recently(void)
+{
+    int64_t t = uatomic_read(&sl_shm->fd_exhausted_mono);
+    return t != 0 && sl_mono_ms() - t < SL_FD_EXHAUSTED_UNHEALTHY_MS;
+}
+
 static int64_t uptime_ms(void)
 {
     return sl_now_ms() - sl_shm->start_ms;
@@ -470,6 +518,11 @@ json_t *sl_stats_json(bool identities)
     json_object_set_new(doc, "access", access_json(t.connections, identities));
     if (sl_cluster)
         json_object_set_new(doc, "cluster", sl_cluster_stats());
+    json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
+    json_object_set_new(doc, "backpressure-pauses",
+                        json_integer((json_int_t)t.backpressure_pauses));
+    json_object_set_new(doc, "inbound-bytes", json_integer((json_int_t)t.inbound_bytes));
+    json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }
 
@@ -477,6 +530,7 @@ json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
     t.stalled = json_array();
+    t.stuck = json_array();
     json_decref(workers_json(&t));
     /* Figures read without a lock or a walk: the probe a load balancer
      * sends every second must stay cheap, and must not wait for a process
@@ -486,8 +540,10 @@ json_t *sl_health_json(bool *healthy)
     uint64_t pending = sl_table_count(sl_shm->reg.rpcs), old = uatomic_read(&sl_shm->rpc_old);
     char why[160] = "";
     bool cluster_ok = !sl_cluster || sl_cluster_healthy(why, sizeof(why));
+    bool fd_ok = !fd_exhausted_recently();
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
-              json_array_size(t.stalled) == 0 && cluster_ok;
+              json_array_size(t.stalled) == 0 && json_array_size(t.stuck) == 0 && fd_ok &&
+              cluster_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
@@ -507,5 +563,9 @@ json_t *sl_health_json(bool *healthy)
         if (!cluster_ok)
             json_object_set_new(doc, "reason", json_string(why));
     }
+    json_object_set_new(json_object_get(doc, "system-health"), "stuck-cleanups", t.stuck);
+    json_object_set_new(doc, "descriptors-ok", json_boolean(fd_ok));
+    json_object_set_new(doc, "descriptors-exhausted",
+                        json_integer((json_int_t)t.errors[SL_ERR_FD_EXHAUSTED]));
     return doc;
 }
