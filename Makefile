@@ -230,7 +230,7 @@ check-integration: $(BIN) $(CRASH_BIN)
 # Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
 # starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
 # them against an external Redis instead.
-check-cluster: $(BIN)
+check-cluster: $(BIN) $(CRASH_BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
 
 # Unit and integration runs one after the other: both start processes and

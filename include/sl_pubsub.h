@@ -50,6 +50,11 @@ struct sl_chan;
 json_t *sl_pubsub_retained(struct sl_chan *ch, uint64_t since, size_t budget, uint64_t *omitted,
                            uint64_t *last, uint64_t *oldest);
 
+/* --redis: the same bound on history that came from Redis: the oldest
+ * messages of `a` are removed until its messages' text fits `budget`
+ * bytes; returns how many were removed. */
+uint64_t sl_pubsub_cut_history(json_t *a, size_t budget);
+
 /* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}}
  * for about `limit` channels (capped at SL_CHANNELS_PAGE_MAX) from
  * `cursor` (0: the first page); *next gets the next page's cursor, 0 after

@@ -176,6 +176,8 @@ typedef struct {
     int64_t down_since_ms;   /* wall ms; 0 while up */
     uint64_t refused;        /* commands refused: too many in flight (overloaded) */
     uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
+    uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
+    uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
     char down_reason[96];
 } sl_broker_link_t;
 
@@ -200,6 +202,8 @@ typedef struct {
     int64_t snapshot_ms;   /* wall ms of the last cluster snapshot */
     int32_t node_conflict; /* 1: another running process heart-beats with this node id */
     int32_t stalled;       /* set by the master: no progress for --worker-stall-ms */
+    uint32_t blocked_by;   /* set by the master: 1 + the reader slot of the process whose
+                              lock it waits for (0: none), as a worker's */
     int64_t stalled_since_ms;
     uint64_t stalls, stall_kills;
     char node_id[32];

@@ -554,12 +554,18 @@ static result_t admin_result(admin_wait_t *w, uint32_t status, json_t *res)
         if (status != SL_BR_OK)
             break;
         json_t *o = json_deep_copy(res);
-        json_t *subs = json_array();
+        capped_t subs = {json_array(), 0};
         sl_chan_t *c = sl_chan_find(REG, w->id, w->len);
         if (c)
-            sl_chan_subscribers(c, add_id, subs);
+            sl_chan_subscribers(c, add_id, &subs);
         json_object_set_new(o, "channel-id", json_stringn(w->id, w->len));
-        json_object_set_new(o, "subscribers", subs); /* this node's */
+        json_object_set_new(o, "subscribers", subs.list); /* this node's */
+        json_object_set_new(o, "subscribers-omitted", json_integer((json_int_t)subs.omitted));
+        /* Redis's answer is cut at 1000 messages / 4 MiB; this reply at
+         * the same share of the bound on one reply as a local channel's. */
+        uint64_t omitted = sl_pubsub_cut_history(json_object_get(o, "retained-messages"),
+                                                 sl_conn_reply_max() / 2);
+        json_object_set_new(o, "retained-omitted", json_integer((json_int_t)omitted));
         return ok(200, o);
     }
     case A_PUBLISH:

@@ -48,6 +48,7 @@
 #include "sl_brq.h"
 #include "sl_brscript.h"
 #include "sl_conf.h"
+#include "sl_conn.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
@@ -91,6 +92,16 @@
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
+
+/* ... and at most what fits the bound on one reply (sl_conn_reply_max,
+ * half of --max-outbound-bytes): a subscription-result nearly all of it
+ * (the worker cuts what is still over, counted in retained-omitted), the
+ * admin API's info half of it, as for a local channel. */
+static long long history_bytes(bool info)
+{
+    size_t max = sl_conn_reply_max(), room = info ? max / 2 : max - 2048;
+    return (long long)SL_MIN((size_t)HISTORY_MAX_BYTES, room);
+}
 /* One catch-up answer (a page: the node asks again for the rest), and
  * admin info's history (the newest that fit). */
 #define CATCHUP_PAGE_MSGS 256
@@ -213,6 +224,7 @@ struct link {
     bool ever_up;
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
+    uint32_t ncu_wait;    /* ... and waiting on cu_wait (shown: cu_shown) */
     bchan_t *cu_wait, *cu_wait_tail; /* channels whose catch-up waits for a turn */
     uint32_t ninflight;
     uint64_t inflight_bytes;
@@ -399,10 +411,19 @@ static void chan_maybe_free(bchan_t *c)
 
 /* ------------------------------------------------------------ commands */
 
+/* /stats: the link's catch-ups in flight and waiting for a turn. */
+static void cu_shown(const link_t *l)
+{
+    uatomic_set(&BSTATS->link[l->shard].catchups_in_flight, l->ncatchup);
+    uatomic_set(&BSTATS->link[l->shard].catchups_waiting, l->ncu_wait);
+}
+
 static void cmd_free(cmd_t *c)
 {
-    if (c->counted)
+    if (c->counted) {
         c->link->ncatchup--;
+        cu_shown(c->link);
+    }
     if (c->ch)
         c->ch->inflight--;
     free(c->buf);
@@ -1674,6 +1695,8 @@ static void start_catchup(bchan_t *ch)
             else
                 l->cu_wait = ch;
             l->cu_wait_tail = ch;
+            l->ncu_wait++;
+            cu_shown(l);
         }
         return;
     }
@@ -1712,6 +1735,7 @@ static void start_catchup(bchan_t *ch)
     }
     c->counted = true;
     l->ncatchup++;
+    cu_shown(l);
 }
 
 /* A catch-up of l finished: the waiting ones take their turns. */
@@ -1724,6 +1748,8 @@ static void catchup_next(link_t *l)
             l->cu_wait_tail = NULL;
         ch->cu_waiting = false;
         ch->cu_next = NULL;
+        l->ncu_wait--;
+        cu_shown(l);
         if (ch->holding) /* else given up meanwhile (a reset) */
             start_catchup(ch);
     }
@@ -1912,7 +1938,7 @@ static void req_join(const sl_inbox_entry_t *e, json_t *j)
     args(&a, rep ? rep : "");
     args(&a, node_prefix());
     arg(&a, id, len);
-    argi(&a, HISTORY_MAX_BYTES);
+    argi(&a, history_bytes(false));
     /* Formatted now; sent once the channel's subscription is confirmed, so
      * no message published after the script can be missed. */
     const char *argv[ARGS_MAX + 3];
@@ -2095,7 +2121,7 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argk(&a, id, len, "n");
         args(&a, node_prefix());
         argi(&a, INFO_HISTORY_MSGS);
-        argi(&a, HISTORY_MAX_BYTES);
+        argi(&a, history_bytes(true));
         cmd_script(c, SL_BRS_INFO, 3, &a);
     } else {
         answer(e->from, e->tag, SL_BR_BAD, NULL);
@@ -2244,6 +2270,8 @@ static void link_fail(link_t *l, const char *why)
             ch->cu_next = NULL;
         }
     l->cu_wait = l->cu_wait_tail = NULL;
+    l->ncu_wait = 0;
+    cu_shown(l);
     wake_flush();
     link_schedule(l);
 }

@@ -330,6 +330,10 @@ json_t *sl_cluster_stats(void)
         json_object_set_new(o, "refused", json_integer((json_int_t)uatomic_read(&l->refused)));
         json_object_set_new(o, "epoch-renewals",
                             json_integer((json_int_t)uatomic_read(&l->epoch_renewals)));
+        json_object_set_new(o, "catchups-in-flight",
+                            json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
+        json_object_set_new(o, "catchups-waiting",
+                            json_integer((json_int_t)uatomic_read(&l->catchups_waiting)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",
@@ -356,6 +360,10 @@ json_t *sl_cluster_stats(void)
     json_object_set_new(broker, "deleted-channels",
                         json_integer((json_int_t)uatomic_read(&b->deleted_channels)));
     json_object_set_new(broker, "stalled", json_boolean(uatomic_read(&b->stalled)));
+    uint32_t by = uatomic_read(&b->blocked_by);
+    json_object_set_new(broker, "blocked-by", by >= 1 && by <= SL_REG_MASTER_SLOT + 1
+                                                  ? json_integer((json_int_t)by - 1)
+                                                  : json_null());
     json_object_set_new(broker, "stalls", json_integer((json_int_t)uatomic_read(&b->stalls)));
     json_object_set_new(broker, "stall-kills",
                         json_integer((json_int_t)uatomic_read(&b->stall_kills)));

@@ -812,7 +812,7 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
     sl_tel_flush();
 }
 
-static void watch_broker(int64_t now);
+static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS]);
 
 /* Queued sockets a stalled worker has not taken: give them to others. */
 static void rescue_queued(int i)
@@ -857,13 +857,15 @@ static void update_status(void)
 }
 
 /* The reader slot of the process `pid` (a live or ending worker of ours,
- * or the master), -1 for any other. */
+ * the broker, or the master), -1 for any other. */
 static int slot_of_pid(pid_t pid)
 {
     if (pid <= 0)
         return -1;
     if (pid == getpid())
         return SL_REG_MASTER_SLOT;
+    if (pid == M.b.pid)
+        return SL_REG_BROKER_SLOT;
     for (int k = 0; k < M.nworkers; k++)
         if (M.w[k].pid == pid)
             return k;
@@ -887,7 +889,8 @@ static void look_at_waits(int next[SL_QSBR_SLOTS])
     sl_qsbr_t *q = &sl_shm->reg.qsbr;
     for (int k = 0; k < SL_QSBR_SLOTS; k++) {
         next[k] = -1;
-        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending);
+        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending) ||
+                  (k == SL_REG_BROKER_SLOT && M.b.pid > 0 && !M.b.ending);
         if (!up) {
             M.seen[k] = (sl_lock_view_t){0};
             continue;
@@ -896,7 +899,8 @@ static void look_at_waits(int next[SL_QSBR_SLOTS])
     }
 }
 
-/* The reader slot of the process worker i is blocked by, following the
+/* The reader slot of the process worker i (or the broker: i =
+ * SL_REG_BROKER_SLOT) is blocked by, following the
  * chain of waits (next[], look_at_waits) to its root, or -1 when i is held
  * up by nobody (then it is judged on its own progress).  A worker that is
  * ending (dumping core; the kernel hands its locks over when that ends)
@@ -913,7 +917,7 @@ static int blocked_by(int i, const int next[SL_QSBR_SLOTS])
         if (slot == i)
             return -1;
         cur = slot;
-        if (cur < M.nworkers && M.w[cur].ending)
+        if ((cur < M.nworkers && M.w[cur].ending) || (cur == SL_REG_BROKER_SLOT && M.b.ending))
             return cur; /* dead but not reaped: it waits for nothing */
     }
     return -1;
@@ -1035,7 +1039,7 @@ static void watch_workers(void)
             kill(s->pid, SIGKILL);
         }
     }
-    watch_broker(now);
+    watch_broker(now, next);
     update_status();
 }
 
@@ -1242,18 +1246,25 @@ static void broker_died(int status)
     event_add(M.broker_ev, &tv);
 }
 
-/* The broker's progress, watched like a worker's (the same bounds): a
- * broker that stops - stopped, spinning, stuck in a call - holds back
- * every grace period of the node and answers nobody; stalled, /health
- * says so; after --worker-stall-kill-ms it is killed and replaced. */
-static void watch_broker(int64_t now)
+/* The broker's progress, watched like a worker's (the same bounds and
+ * the same rule, watch_workers): a broker that stops - stopped, spinning,
+ * stuck in a call - holds back every grace period of the node and answers
+ * nobody; stalled, /health says so; after --worker-stall-kill-ms it is
+ * killed and replaced.  A broker waiting for a registry lock that another
+ * process holds all along (a stopped worker in a channel's lock, where
+ * the broker delivers) is "blocked" by the root of that chain of waits,
+ * not stalled: its clock restarts, and the holder is judged - killed -
+ * on its own, which hands the lock over. */
+static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS])
 {
     slot_t *s = &M.b;
     sl_broker_stats_t *st = &sl_shm->broker;
     if (s->pid <= 0 || s->ending)
         return;
     uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
-    if (t != s->turns) {
+    int root = t != s->turns ? -1 : blocked_by(SL_REG_BROKER_SLOT, next);
+    uatomic_set(&st->blocked_by, root >= 0 ? (uint32_t)root + 1 : 0);
+    if (t != s->turns || root >= 0) {
         s->turns = t;
         s->progress_ms = now;
         if (uatomic_read(&st->stalled)) {

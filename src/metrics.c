@@ -205,6 +205,10 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Requests refused (overloaded): too many commands in flight."},
         {"redis_epoch_renewals_total", "epoch-renewals", "counter",
          "Times a restarted or failed-over Redis made every channel take a new epoch."},
+        {"redis_catchups_in_flight", "catchups-in-flight", "gauge",
+         "Catch-ups (missed messages fetched from the history) sent on this link."},
+        {"redis_catchups_waiting", "catchups-waiting", "gauge",
+         "Catch-ups waiting for a turn (at most 64 in flight per link), holding."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {

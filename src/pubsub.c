@@ -242,6 +242,22 @@ json_t *sl_pubsub_retained(sl_chan_t *ch, uint64_t since, size_t budget, uint64_
 
 /* What a subscription result may spend on retained messages: the reply
  * bound less room for its other fields. */
+uint64_t sl_pubsub_cut_history(json_t *a, size_t budget)
+{
+    size_t n = json_array_size(a), used = 0, keep = 0;
+    /* From the newest back: as many as fit, each with its comma. */
+    while (keep < n) {
+        size_t len = json_dumpb(json_array_get(a, n - 1 - keep), NULL, 0, JSON_COMPACT) + 1;
+        if (used + len > budget)
+            break;
+        used += len;
+        keep++;
+    }
+    for (size_t k = 0; k < n - keep; k++)
+        json_array_remove(a, 0);
+    return n - keep;
+}
+
 static size_t retained_budget(size_t idlen)
 {
     return sl_conn_reply_max() - 512 - 6 * idlen;
@@ -571,6 +587,11 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
         json_array_extend(retained, j->ring);
     if (json_is_array(hist))
         json_array_extend(retained, hist);
+    /* The bound on one reply (main's, as for a local history): the
+     * newest that fit, the rest counted; not a recovery then. */
+    uint64_t omitted = sl_pubsub_cut_history(retained, retained_budget(j->len));
+    if (omitted)
+        recovered = false;
     size_t n = json_array_size(retained);
     uint64_t top = n ? (uint64_t)json_integer_value(
                            json_object_get(json_array_get(retained, n - 1), "seq"))
@@ -582,6 +603,8 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
                           retained);
     if (r && j->has_since)
         json_object_set_new(r, "recovered", json_boolean(recovered));
+    if (r && omitted)
+        json_object_set_new(r, "retained-omitted", json_integer((json_int_t)omitted));
     sl_proto_complete(c, reply, r);
     /* What arrived meanwhile, without what the result already had (or an
      * earlier result of the same subscription). */

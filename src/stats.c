@@ -188,7 +188,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     /* Blocked on a registry lock another process holds (the master's
      * stall watch follows the wait to that process, sl_lock.h). */
     uint32_t by = uatomic_read(&w->blocked_by);
-    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_MASTER_SLOT + 1
+    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_BROKER_SLOT + 1
                                              ? json_integer((json_int_t)by - 1)
                                              : json_null());
     const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
@@ -204,7 +204,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     int64_t cw_ms = pid == 0 && cw > 0 ? SL_MAX(sl_now_ms() - cw, 0) : 0;
     uint32_t cby = uatomic_read(&w->cleanup_blocked_by);
     json_object_set_new(o, "cleanup-wait-ms", json_integer((json_int_t)cw_ms));
-    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_MASTER_SLOT + 1
+    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_BROKER_SLOT + 1
                                                      ? json_integer((json_int_t)cby - 1)
                                                      : json_null());
     if (cw > 0 && pid == 0 && cw_ms >= sl_conf->worker_stall_kill_ms && t->stuck)

@@ -23,8 +23,8 @@ _spec = importlib.util.spec_from_file_location(
     os.path.join(os.path.dirname(__file__), "..", "integration", "conftest.py"))
 _h = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_h)
-BIN, SLOW, Server, free_port, pid_alive, wait_for = (
-    _h.BIN, _h.SLOW, _h.Server, _h.free_port, _h.pid_alive, _h.wait_for)
+BIN, CRASH_BIN, SLOW, Server, free_port, pid_alive, wait_for = (
+    _h.BIN, _h.CRASH_BIN, _h.SLOW, _h.Server, _h.free_port, _h.pid_alive, _h.wait_for)
 sys.modules.setdefault("sl_integration_helpers", _h)
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -92,12 +92,13 @@ def needs_own_redis():
 
 @pytest.fixture
 def cluster(tmp_path, redis, request):
-    """make(n=3, workers=2, *args) -> [Server]: n nodes on one Redis."""
+    """make(n=3, workers=2, *args) -> [Server]: n nodes on one Redis
+    (binary: another build, e.g. CRASH_BIN with its stop points)."""
     nodes = []
     prefix = "t" + uuid.uuid4().hex[:10] if EXTERNAL else "sl"
     url = EXTERNAL or redis.url
 
-    def make(n=3, *args, workers=2, urls=None, env=None):
+    def make(n=3, *args, workers=2, urls=None, env=None, binary=None):
         made = []
         for i in range(n):
             d = tmp_path / f"node{len(nodes)}"
@@ -108,7 +109,8 @@ def cluster(tmp_path, redis, request):
             # A generous Redis timeout: a loaded test machine must not make
             # a link look dead (tests of slowness pass a short one).
             s = Server(d, list(redis_args) + ["--redis-prefix", prefix, "--redis-timeout-ms",
-                                              "3000"] + list(args), env, workers)
+                                              "3000"] + list(args), env, workers,
+                       binary=binary)
             nodes.append(s)
             made.append(s)
         for s in made:
