@@ -46,11 +46,18 @@ int sl_proto_admit(sl_conn_t *c)
 
 void sl_proto_opened(sl_conn_t *c, const char *peer)
 {
-    json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
-                          "server-time", (json_int_t)c->opened_at, "worker", sl_worker->id);
-    if (w && c->sess)
-        sl_session_welcome(c, w);
-    sl_proto_reply(c, w);
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"welcome\",\"conn-id\":");
+    sl_jw_str(&w, c->conn_id, strlen(c->conn_id));
+    sl_jw_lit(&w, ",\"server-time\":");
+    sl_jw_int(&w, c->opened_at);
+    sl_jw_lit(&w, ",\"worker\":");
+    sl_jw_int(&w, sl_worker->id);
+    if (c->sess)
+        sl_session_welcome(c, &w);
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
     SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("peer", peer));
     SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
@@ -83,6 +90,22 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
     }
 }
 
+void sl_proto_begin(sl_jw_t *w)
+{
+    sl_jw_init(w, sl_worker->ebuf, SL_SCRATCH_SIZE);
+}
+
+void sl_proto_send(sl_conn_t *c, sl_jw_t *w)
+{
+    sl_buf_t *b = sl_jw_frame(w);
+    if (b == NULL) {
+        sl_conn_abort(c, "encode-failed");
+        return;
+    }
+    sl_conn_send(c, b);
+    sl_buf_unref(b);
+}
+
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
     sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message,
@@ -104,9 +127,28 @@ static void handle_ping(sl_conn_t *c, json_t *msg)
         sl_proto_bad_field(c, "ping", "timestamp", "must be a number");
         return;
     }
-    sl_proto_reply(c, json_pack("{s:s, s:I, s:O}", "type", "pong", "timestamp",
-                                (json_int_t)sl_now_ms(), "original-timestamp",
-                                ts ? ts : json_null()));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"pong\",\"timestamp\":");
+    sl_jw_int(&w, sl_now_ms());
+    sl_jw_lit(&w, ",\"original-timestamp\":");
+    if (ts == NULL || json_is_null(ts))
+        sl_jw_lit(&w, "null");
+    else if (json_is_integer(ts))
+        sl_jw_int(&w, json_integer_value(ts));
+    else {
+        /* A real: jansson's own formatting, so it reads back the same. */
+        char num[64];
+        size_t n = json_dumpb(ts, num, sizeof(num), JSON_ENCODE_ANY | JSON_COMPACT);
+        if (n == 0 || n > sizeof(num)) {
+            sl_jw_drop(&w);
+            sl_conn_abort(c, "encode-failed");
+            return;
+        }
+        sl_jw_raw(&w, num, n);
+    }
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 static void handle_echo(sl_conn_t *c, json_t *msg)

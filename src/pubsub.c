@@ -150,11 +150,18 @@ static json_t *config_json(const sl_chan_config_t *cfg)
 
 /* ----------------------------------------------------------- subscribe */
 
+typedef struct {
+    sl_jw_t *w;
+    bool first;
+} retained_t;
+
 static void add_retained(const char *json, size_t len, void *arg)
 {
-    json_t *m = json_loadb(json, len, 0, NULL);
-    if (m)
-        json_array_append_new(arg, m);
+    retained_t *rt = arg;
+    if (!rt->first)
+        sl_jw_lit(rt->w, ",");
+    rt->first = false;
+    sl_jw_raw(rt->w, json, len);
 }
 
 static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
@@ -281,25 +288,42 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         count = uatomic_read(&ch->subscribers);
     }
 
+    /* Formatted directly (sl_jw.h); retained messages are already JSON
+     * text in the registry and are copied in as they are. */
     uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
-    json_t *retained = json_array();
-    uint64_t oldest = sl_chan_retained(ch, since, add_retained, retained, &last);
-    json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
-                          "channel-id", id, len, "success", 1, "subscriber-count",
-                          (json_int_t)count, "epoch", ch->epoch, "retained-messages", retained);
-    if (r && since_j) {
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"subscription-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true,\"subscriber-count\":");
+    sl_jw_int(&w, count);
+    sl_jw_lit(&w, ",\"epoch\":");
+    sl_jw_str(&w, ch->epoch, strlen(ch->epoch));
+    sl_jw_lit(&w, ",\"retained-messages\":[");
+    retained_t rt = {.w = &w, .first = true};
+    size_t mark = sl_jw_mark(&w);
+    uint64_t oldest = sl_chan_retained(ch, since, add_retained, &rt, &last);
+    bool recovered = false;
+    if (since_j) {
         /* Recovered: same channel incarnation, and every message after
          * since-seq is still retained (or there is none). */
         bool same = epoch_j && strcmp(json_string_value(epoch_j), ch->epoch) == 0;
         bool all = last <= since || (oldest != 0 && oldest <= since + 1);
-        if (!(same && all)) {
+        recovered = same && all;
+        if (!recovered) {
             /* Not recoverable: hand over everything retained instead. */
-            json_array_clear(retained);
-            sl_chan_retained(ch, 0, add_retained, retained, &last);
+            sl_jw_cut(&w, mark);
+            rt.first = true;
+            sl_chan_retained(ch, 0, add_retained, &rt, &last);
         }
-        json_object_set_new(r, "recovered", json_boolean(same && all));
     }
-    sl_proto_reply(c, r);
+    sl_jw_lit(&w, "]");
+    if (since_j) {
+        sl_jw_lit(&w, ",\"recovered\":");
+        sl_jw_bool(&w, recovered);
+    }
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 /* --------------------------------------------------------- unsubscribe */
@@ -332,8 +356,12 @@ void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
         return;
     }
     leave(c, (uint32_t)i);
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "unsubscription-result", "channel-id", id, len,
-                       "success", 1));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"unsubscription-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true}");
+    sl_proto_send(c, &w);
 }
 
 void sl_pubsub_closed(sl_conn_t *c)
@@ -426,9 +454,18 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_DEBUG, SL_TF_SN("channel-id", id, len),
            SL_TF_S("message-id", mid), SL_TF_I("seq", res.seq), SL_TF_I("delivered-to", delivered),
            SL_TF_S("sender-conn-id", c->conn_id));
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result", "channel-id",
-                       id, len, "success", 1, "message-id", mid, "seq", (json_int_t)res.seq,
-                       "delivered-to", (json_int_t)delivered));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"publish-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true,\"message-id\":");
+    sl_jw_str(&w, mid, strlen(mid));
+    sl_jw_lit(&w, ",\"seq\":");
+    sl_jw_int(&w, (int64_t)res.seq);
+    sl_jw_lit(&w, ",\"delivered-to\":");
+    sl_jw_int(&w, delivered);
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 /* ------------------------------------------------------------ listings */
