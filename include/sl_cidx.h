@@ -26,8 +26,10 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add / remove a local subscriber.  SL_OK or SL_ERROR (out of memory). */
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+/* Add a local subscriber: the channel's entry (whose id the connection's
+ * list of subscriptions points to - it lives while the connection is
+ * among its subscribers), or NULL when out of memory.  Remove it again. */
+sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 
 #endif

@@ -64,13 +64,16 @@ struct sl_conn {
     uint64_t message_count;
     struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
-    char **subs;              /* channel ids subscribed to (malloc'd strings) */
+    /* The channels subscribed to: their entries in the worker's local
+     * index (sl_cidx.h), whose id we read - no copy of our own. */
+    struct sl_cidx_entry **subs;
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
     float chan_tokens;        /* channel creations it may still make (refilled per minute) */
+    uint16_t close_code;      /* first close code sent or received (here: no padding hole;
+                               * 520 bytes in all, a 528-byte malloc chunk, not 544) */
     int64_t chan_tokens_mono; /* last refill; 0: never created one */
-    uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];
 };

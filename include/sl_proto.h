@@ -15,6 +15,10 @@
  * (the upgrade is then refused). */
 int sl_proto_admit(sl_conn_t *c);
 
+/* Write "conn-<ms>-<n>" into a connection's conn_id (cut to 39 bytes, as
+ * snprintf would; a real id has 13 digits of ms and fits). */
+void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n);
+
 /* The connection has just been upgraded: send the welcome.  `peer` is the
  * client's address (for telemetry). */
 void sl_proto_opened(sl_conn_t *c, const char *peer);

@@ -221,7 +221,7 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
 {
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS)
         return SL_ERROR;
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     size_t klen = sub_key(key, c, conn_id);
     uint64_t hash = sl_table_hash(key, klen);
     int rc = SL_OK;
@@ -233,7 +233,7 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
     } else if ((int64_t)c->subscribers >= c->config.max_subscribers) {
         rc = SL_CHAN_FULL;
     } else {
-        sl_sub_t *s = sl_arena_calloc(r->arena, sizeof(*s));
+        sl_sub_t *s = sl_arena_calloc(r->arena, offsetof(sl_sub_t, key) + klen + 1);
         if (s == NULL) {
             rc = SL_CHAN_NO_MEMORY;
         } else {
@@ -274,7 +274,7 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
 
 bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
 {
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     if (strlen(conn_id) >= SL_CONN_ID_MAX)
         return false;
     /* Deletion removes every subscription of the channel from the table
@@ -314,7 +314,7 @@ static void unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s)
 
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count)
 {
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     if (strlen(conn_id) >= SL_CONN_ID_MAX)
         return SL_CHAN_NOT_SUBSCRIBED;
     size_t klen = sub_key(key, c, conn_id);
@@ -782,6 +782,18 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           uint64_t *last)
 {
     uint64_t oldest = 0;
+    /* Nothing retained (the common case: no retention, or none yet): no
+     * lock round trip.  next_seq, then ring_lo, then ring_hi, each read
+     * once: both ring ends only grow and ring_lo <= ring_hi, so hi == lo
+     * here means the ring was empty when lo was read - the same answer
+     * the locked walk would have given at that moment (what is published
+     * after it reaches a subscriber live). */
+    uint64_t seq = __atomic_load_n(&c->next_seq, __ATOMIC_ACQUIRE);
+    uint64_t lo = __atomic_load_n(&c->ring_lo, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&c->ring_hi, __ATOMIC_ACQUIRE) == lo) {
+        *last = seq - 1;
+        return 0;
+    }
     sl_lock_acquire(&c->lock);
     *last = c->next_seq - 1;
     uint32_t cap = ring_cap(c);

@@ -61,15 +61,15 @@ static int grow(void)
     return SL_OK;
 }
 
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
+sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
 {
     sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
     if (e == NULL) {
         if (nentries >= nbuckets && grow() != SL_OK)
-            return SL_ERROR;
+            return NULL;
         e = calloc(1, sizeof(*e) + len + 1);
         if (e == NULL)
-            return SL_ERROR;
+            return NULL;
         e->hash = hash;
         e->idlen = (uint32_t)len;
         memcpy(e->id, id, len);
@@ -80,13 +80,19 @@ int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
     if (e->n == e->cap) {
         uint32_t cap = e->cap ? e->cap * 2 : 4;
         sl_conn_t **a = realloc(e->conns, sizeof(*a) * cap);
-        if (a == NULL)
-            return SL_ERROR;
+        if (a == NULL) {
+            if (e->n == 0) { /* just made for us: not left empty */
+                *slot_of(hash) = e->next;
+                free(e);
+                nentries--;
+            }
+            return NULL;
+        }
         e->conns = a;
         e->cap = cap;
     }
     e->conns[e->n++] = c;
-    return SL_OK;
+    return e;
 }
 
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)

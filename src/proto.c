@@ -27,6 +27,35 @@ static uint64_t total_connections(void)
     return n;
 }
 
+/* "conn-<ms>-<n>", as snprintf would write it (a tenth of the cost). */
+static void put_u64(char **o, uint64_t v)
+{
+    char t[20], *e = t + sizeof(t), *b = e;
+    do {
+        *--b = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(*o, b, (size_t)(e - b));
+    *o += e - b;
+}
+
+void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n)
+{
+    char t[64], *o = t;
+    memcpy(o, "conn-", 5);
+    o += 5;
+    if (ms < 0) {
+        *o++ = '-';
+        ms = -ms;
+    }
+    put_u64(&o, (uint64_t)ms);
+    *o++ = '-';
+    put_u64(&o, n);
+    size_t len = SL_MIN((size_t)(o - t), (size_t)39); /* cut as snprintf would */
+    memcpy(out, t, len);
+    out[len] = '\0';
+}
+
 int sl_proto_admit(sl_conn_t *c)
 {
     /* conn-id: wall-clock ms at open plus a server-wide sequence from
@@ -35,7 +64,7 @@ int sl_proto_admit(sl_conn_t *c)
     c->opened_at = sl_now_ms();
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+    sl_proto_conn_id(c->conn_id, c->opened_at, n);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
                              c->opened_at);
     if (c->reg == NULL)

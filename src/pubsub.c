@@ -102,7 +102,7 @@ static json_t *failure(const char *type, const char *id, size_t len, const char 
 static int find_sub(sl_conn_t *c, const char *id, size_t len)
 {
     for (uint32_t i = 0; i < c->nsubs; i++)
-        if (strlen(c->subs[i]) == len && memcmp(c->subs[i], id, len) == 0)
+        if (c->subs[i]->idlen == len && memcmp(c->subs[i]->id, id, len) == 0)
             return (int)i;
     return -1;
 }
@@ -264,8 +264,9 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     if (rc == SL_OK) {
         /* Our own view: the connection's list and the local index. */
         if (c->nsubs == c->subs_cap) {
-            uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 4;
-            char **a = realloc(c->subs, sizeof(*a) * cap);
+            /* 3 pointers: malloc's smallest chunk (32 bytes) holds them. */
+            uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 3;
+            sl_cidx_entry_t **a = realloc(c->subs, sizeof(*a) * cap);
             if (a == NULL) {
                 sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
                 reject(c, id, len, "overloaded");
@@ -274,14 +275,13 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             c->subs = a;
             c->subs_cap = cap;
         }
-        char *copy = strndup(id, len);
-        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c) != SL_OK) {
-            free(copy);
+        sl_cidx_entry_t *e = sl_cidx_add(ch->node.hash, id, len, c);
+        if (e == NULL) {
             sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
             reject(c, id, len, "overloaded");
             return;
         }
-        c->subs[c->nsubs++] = copy;
+        c->subs[c->nsubs++] = e;
         SL_TEL(SL_EV_SUBSCRIPTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     } else {
@@ -330,18 +330,19 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
 
 static void leave(sl_conn_t *c, uint32_t i)
 {
-    const char *id = c->subs[i];
-    size_t len = strlen(id);
-    uint64_t hash = sl_table_hash(id, len);
+    /* id belongs to the local index's entry, which may go with our removal
+     * from it: everything that reads id comes first. */
+    sl_cidx_entry_t *e = c->subs[i];
+    const char *id = e->id;
+    size_t len = e->idlen;
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     uint32_t count = 0;
     if (ch)
         sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
-    sl_cidx_remove(hash, id, len, c);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_S("channel-id", id), SL_TF_I("subscriber-count", count));
-    free(c->subs[i]);
+           SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     c->subs[i] = c->subs[--c->nsubs];
+    sl_cidx_remove(e->hash, id, len, c); /* last use of id */
 }
 
 void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
@@ -524,7 +525,7 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
 {
     json_t *a = json_array();
     for (uint32_t i = 0; i < c->nsubs; i++)
-        json_array_append_new(a, json_string(c->subs[i]));
+        json_array_append_new(a, json_stringn(c->subs[i]->id, c->subs[i]->idlen));
     sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
 }
 
@@ -629,11 +630,9 @@ static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t ha
                            sl_buf_t *frame)
 {
     int i = find_sub(c, id, len);
-    if (i >= 0) {
-        free(c->subs[i]);
+    if (i >= 0)
         c->subs[i] = c->subs[--c->nsubs];
-    }
-    sl_cidx_remove(hash, id, len, c);
+    sl_cidx_remove(hash, id, len, c); /* id is the caller's, not the entry's */
     if (frame)
         sl_conn_send(c, frame);
     else

@@ -67,6 +67,23 @@ def rss_of(pids):
     return total
 
 
+def pss_of(pids):
+    """Sum of proportional set sizes (bytes) of these processes: a page
+    shared by k of them counts 1/k in each, so shared memory (the registry,
+    libraries, pages still shared after fork) is counted once in the sum."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (FileNotFoundError, PermissionError):
+            pass
+    return total
+
+
 def children(pid):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True).stdout
@@ -120,6 +137,12 @@ class SenteLite:
     def connect_args(self):
         return ["--path", "/", "--wait-welcome"] + self.auth_args()
 
+    def subscribe_args(self):
+        """connect mode, a subscription per connection: ready on its
+        subscription-result."""
+        ch = getattr(self, "channel", "bench")
+        return ["--sub-frame", SUB_FRAME.replace("bench", ch), "--sub-ack", "subscription-result"]
+
 
 class Script:
     """A peer started by one of the scripts in scripts/bench/."""
@@ -161,6 +184,9 @@ class Nchan(Script):
     def connect_args(self):
         return ["--path", "/sub/bench"]
 
+    def subscribe_args(self):
+        return []  # a connection to /sub/bench is the subscription (no reply of its own)
+
 
 class WsNode(Script):
     def __init__(self):
@@ -175,6 +201,9 @@ class WsNode(Script):
 
     def connect_args(self):
         return SenteLite.connect_args(self)
+
+    def subscribe_args(self):
+        return SenteLite.subscribe_args(self)
 
 
 class Ceiling:
@@ -265,21 +294,24 @@ def m_echo(srv, conns, duration):
                      timeout=duration + 60)
 
 
-def m_connect(srv, n):
-    return run_bench(["connect"] + common(srv) + srv.connect_args() +
-                     ["--connections", str(n)], timeout=120)
+def m_connect(srv, n, subscribe=False):
+    sub = srv.subscribe_args() if subscribe else []
+    return run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
+                     ["--connections", str(n)], timeout=180)
 
 
-def m_memory(srv, n, procs):
-    """(RSS with n idle connections - RSS after a warm-up) / n."""
+def m_memory(srv, n, procs, subscribe=False):
+    """(RSS with n idle connections - RSS after a warm-up) / n, and the same
+    for PSS (summed over all the server's processes)."""
+    sub = srv.subscribe_args() if subscribe else []
     # Warm-up: a few connections opened and closed, so one-time costs
     # (library pages touched on the first handshake, allocator arenas) are
     # in the baseline and not charged to connections.
-    run_bench(["connect"] + common(srv) + srv.connect_args() + ["--connections", "20"],
+    run_bench(["connect"] + common(srv) + srv.connect_args() + sub + ["--connections", "20"],
               timeout=60)
     time.sleep(1.0)
-    base = rss_of(srv.pids())
-    p = subprocess.Popen([SB, "connect"] + common(srv) + srv.connect_args() +
+    base, pbase = rss_of(srv.pids()), pss_of(srv.pids())
+    p = subprocess.Popen([SB, "connect"] + common(srv) + srv.connect_args() + sub +
                          ["--connections", str(n), "--hold-until-signal", "--processes",
                           str(procs), "--json-only"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -297,13 +329,14 @@ def m_memory(srv, n, procs):
         p.wait()
         return None
     time.sleep(2.0)  # let timers trim idle buffers
-    full = rss_of(srv.pids())
+    full, pfull = rss_of(srv.pids()), pss_of(srv.pids())
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     res = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
     opened = res.get("connected", res.get("connections", n))
     return {"connections": opened, "rss-base": base, "rss-full": full,
-            "bytes-per-conn": (full - base) / max(1, opened), "bench": res}
+            "bytes-per-conn": (full - base) / max(1, opened), "pss-base": pbase,
+            "pss-full": pfull, "pss-per-conn": (pfull - pbase) / max(1, opened), "bench": res}
 
 
 # ----------------------------------------------------------- access control
@@ -363,16 +396,23 @@ def scenarios(quick, kit=None):
             ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 2, rate=20), {}),
             ("echo-100", lambda s: m_echo(s, 100, 2), {}),
             ("connect-2k", lambda s: m_connect(s, 2000), {}),
+            ("connect-sub-2k", lambda s: m_connect(s, 2000, subscribe=True), {}),
             ("idle-5k", lambda s: m_memory(s, 5000, 1), {}),
+            ("idle-sub-5k", lambda s: m_memory(s, 5000, 1, subscribe=True), {}),
+            ("fanout-1k-2/s", lambda s: m_fanout(s, 1000, 2, rate=2), {}),
         ] + acc
     return [
         ("fanout-1k", lambda s: m_fanout(s, 1000, 4), {}),
         ("fanout-10k", lambda s: m_fanout(s, 10000, 4), {}),
         ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 4, rate=20), {}),
         ("fanout-10k-20/s", lambda s: m_fanout(s, 10000, 4, rate=20), {}),
+        ("fanout-10k-2/s", lambda s: m_fanout(s, 10000, 8, rate=2), {}),
         ("echo-100", lambda s: m_echo(s, 100, 4), {}),
         ("connect-10k", lambda s: m_connect(s, 10000), {}),
+        ("connect-sub-5k", lambda s: m_connect(s, 5000, subscribe=True), {}),
+        ("connect-sub-18k", lambda s: m_connect(s, 18000, subscribe=True), {}),
         ("idle-10k", lambda s: m_memory(s, 10000, 1), {}),
+        ("idle-sub-18k", lambda s: m_memory(s, 18000, 2, subscribe=True), {}),
     ] + acc
 
 
@@ -389,10 +429,11 @@ def figure(name, r):
                 "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r)}
     if name.startswith("connect"):
         return {"handshakes/s": r.get("handshakes-per-s"),
-                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0),
+                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0) +
+                (r.get("subscribe-errors") or 0),
                 "bench cpu s": cpu(r)}
     if name.startswith("idle"):
-        return {"bytes/conn": r["bytes-per-conn"]}
+        return {"bytes/conn": r["bytes-per-conn"], "pss/conn": r.get("pss-per-conn")}
     return {}
 
 
