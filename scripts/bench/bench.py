@@ -193,6 +193,9 @@ class WsNode(Script):
         super().__init__("node-ws", "ws.sh", False)
         self.workers = 1
 
+    def auth_args(self):
+        return SenteLite.auth_args(self)
+
     def fanout_args(self):
         return SenteLite.fanout_args(self)
 
@@ -207,23 +210,32 @@ class WsNode(Script):
 
 
 class Ceiling:
-    """tests/bench/ceiling.c: bare fan-out, no protocol of its own - a
-    measuring stick for the fan-out scenarios only, not a peer."""
-    fanout_only = True
+    """tests/bench/ceiling.c: measuring sticks, not peers.  raw / batched:
+    bare fan-out, in the flat-out fan-out scenarios only.  handshake /
+    handoff: the least work per connection of our protocol's shape (101,
+    welcome, one reply to the subscribe) in 2 worker processes that accept
+    themselves, or behind one more process that accepts and hands the
+    sockets over as our master does - in the connect scenarios only."""
 
     def __init__(self, mode):
         self.name = f"ceiling-{mode}"
         self.mode = mode
 
+    def takes_part(self, scenario):
+        if self.mode in ("raw", "batched"):
+            return scenario.startswith("fanout") and "/s" not in scenario
+        return scenario.startswith("connect")
+
     def start(self, rundir):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [CEILING, "--host", "127.0.0.1", "--port", str(self.port), "--mode", self.mode],
+            [CEILING, "--host", "127.0.0.1", "--port", str(self.port), "--mode", self.mode,
+             "--workers", str(WORKERS)],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "ceiling.err"), "w"))
         wait_http(self.port)
 
     def pids(self):
-        return [self.proc.pid]
+        return [self.proc.pid] + children(self.proc.pid)
 
     def stop(self):
         SenteLite.stop(self)
@@ -236,7 +248,12 @@ class Ceiling:
         return None  # fan-out only
 
     def connect_args(self):
+        if self.mode in ("handshake", "handoff"):
+            return ["--path", "/", "--wait-welcome"]
         return ["--path", "/sub"]
+
+    def subscribe_args(self):
+        return SenteLite.subscribe_args(self)
 
 
 def wait_http(port, timeout=10):
@@ -464,7 +481,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
-    ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched")
+    ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched,"
+                    "ceiling-handshake,ceiling-handoff")
     ap.add_argument("--big", type=int, default=0,
                     help="also hold this many idle connections (e.g. 50000) with 4 workers")
     ap.add_argument("--scenarios", default=None,
@@ -474,7 +492,8 @@ def main():
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
     want = a.only.split(",")
-    servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"))
+    servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"),
+                           Ceiling("handshake"), Ceiling("handoff"))
                if s.name in want]
     started = time.time()
     results = {}
@@ -489,9 +508,8 @@ def main():
         order = servers[rep % len(servers):] + servers[:rep % len(servers)]
         for name, fn, opts in plan:
             for srv in order:
-                # Ceilings only where they mean something: flat-out fan-out.
-                if getattr(srv, "fanout_only", False) and not (
-                        name.startswith("fanout") and "/s" not in name):
+                # Ceilings only where they mean something.
+                if hasattr(srv, "takes_part") and not srv.takes_part(name):
                     continue
                 if opts.get("only") and srv.name != opts["only"]:
                     continue
