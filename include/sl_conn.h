@@ -78,8 +78,9 @@ struct sl_conn {
     char conn_id[40];
 };
 
-/* Take over an accepted socket (non-blocking is set here); `ops`: it came
- * in on --ops-listen.  NULL on failure (the fd is closed). */
+/* Take over an accepted socket, already non-blocking and with TCP_NODELAY
+ * (both from the master's accept4 and listener); `ops`: it came in on
+ * --ops-listen.  NULL on failure (the fd is closed). */
 sl_conn_t *sl_conn_new(int fd, bool ops);
 
 /* Queue a whole frame/response already encoded in b (from b->start to

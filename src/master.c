@@ -43,6 +43,7 @@
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -292,6 +293,8 @@ static int listen_on(const char *what, const char *host, int port, char *err, si
             continue;
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* Accepted sockets inherit it: no setsockopt per connection. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
             break;
         saved = errno;
@@ -1096,6 +1099,8 @@ static int take_inherited_listeners(char *err, size_t errsz)
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        int one = 1; /* inherited by accepted sockets, as for our own listeners */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         M.ltags[M.nlfd] = ops ? SL_PROC_TAG_OPS : SL_PROC_TAG_PUBLIC;
         M.lfds[M.nlfd++] = fd;
     }

@@ -95,8 +95,11 @@ def children(pid):
 class SenteLite:
     name = "sente-lite"
 
-    def __init__(self, workers=WORKERS):
+    def __init__(self, workers=WORKERS, binary=SL, name=None):
         self.workers = workers
+        self.binary = binary
+        if name:
+            self.name = name
         self.extra = []      # flags of the scenario (access control)
         self.header = None   # an upgrade header for every connection
         self.channel = "bench"
@@ -104,7 +107,7 @@ class SenteLite:
     def start(self, rundir):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [SL, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+            [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
              str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
              "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")]
             + self.extra,
@@ -487,6 +490,9 @@ def main():
                     help="also hold this many idle connections (e.g. 50000) with 4 workers")
     ap.add_argument("--scenarios", default=None,
                     help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--base-bin", default=None,
+                    help="also run this sente-lite binary (an earlier build) as sente-lite-base: "
+                         "an A/B in the same run")
     ap.add_argument("--no-access", action="store_true",
                     help="leave out the access-control scenarios")
     a = ap.parse_args()
@@ -495,6 +501,8 @@ def main():
     servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"),
                            Ceiling("handshake"), Ceiling("handoff"))
                if s.name in want]
+    if a.base_bin:
+        servers.insert(1, SenteLite(binary=os.path.abspath(a.base_bin), name="sente-lite-base"))
     started = time.time()
     results = {}
     kit = None if a.no_access else AuthKit()
