@@ -65,6 +65,8 @@ typedef enum {
     SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
     SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
     SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
+    SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
+    SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR__COUNT
 } sl_err_t;
 
