@@ -297,6 +297,38 @@ def test_retention_and_recovery(server_factory):
     assert ch["retention-count"] == 5 and ch["message-count"] == 10
 
 
+def test_direct_replies_carry_any_id_and_data(server_factory):
+    """welcome, subscription-result (with retained messages), publish-result,
+    unsubscription-result and pong are formatted without jansson (src/jw.c):
+    what they carry comes back exactly, escapes included."""
+    srv = server_factory("--channel", "q\"\\/é😀:message-retention=3")
+    odd = 'q"\\/é😀'   # quote, backslash, slash, 2- and 4-byte UTF-8
+    data = {"s": "line\nbreak \"quoted\" \\ \u0001 é 😀", "n": [1.5, -2, None, True]}
+
+    async def go():
+        pub, sub = await on_workers(srv.url, [0, 1])
+        r = await pub.publish(odd, data)
+        assert r["success"] and r["channel-id"] == odd and r["seq"] == 1
+        assert r["message-id"].startswith("msg-") and r["delivered-to"] == 0
+        r = await sub.subscribe(odd)
+        assert r["channel-id"] == odd and r["success"] is True
+        assert r["subscriber-count"] == 1 and isinstance(r["epoch"], str)
+        assert [m["data"] for m in r["retained-messages"]] == [data]
+        assert r["retained-messages"][0]["channel-id"] == odd
+        r2 = await sub.subscribe(odd, **{"since-seq": 0, "epoch": r["epoch"]})
+        assert r2["recovered"] is True and r2["retained-messages"] == r["retained-messages"]
+        lst = await sub.request("get-subscriptions", "subscription-list")
+        assert lst["subscriptions"] == [odd]
+        for ts, want in ((1.5, 1.5), (-7, -7), (2**53, 2**53), (None, None)):
+            r = await sub.request("ping", "pong", timestamp=ts)
+            assert r["original-timestamp"] == want
+        r = await sub.request("unsubscribe", "unsubscription-result", **{"channel-id": odd})
+        assert r == {"type": "unsubscription-result", "channel-id": odd, "success": True}
+        for c in (pub, sub):
+            await c.close()
+    run(go())
+
+
 def test_disconnect_leaves_no_trace(server):
     async def go():
         pub, s0, s1 = await on_workers(server.url, [0, 0, 1])
