@@ -61,7 +61,21 @@ static int grow(void)
     return SL_OK;
 }
 
-sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
+/* A new entry that got no subscriber (out of memory): unlinked and freed,
+ * never left empty.  It is at the head of its bucket (just inserted). */
+static void drop_if_empty(sl_cidx_entry_t *e)
+{
+    if (e->n != 0)
+        return;
+    *slot_of(e->hash) = e->next;
+    free(e->conns);
+    free(e->marks);
+    free(e);
+    nentries--;
+}
+
+sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                             const sl_cidx_mark_t *mark)
 {
     sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
     if (e == NULL) {
@@ -81,16 +95,19 @@ sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_
         uint32_t cap = e->cap ? e->cap * 2 : 4;
         sl_conn_t **a = realloc(e->conns, sizeof(*a) * cap);
         if (a == NULL) {
-            if (e->n == 0) { /* just made for us: not left empty */
-                *slot_of(hash) = e->next;
-                free(e);
-                nentries--;
-            }
+            drop_if_empty(e);
             return NULL;
         }
         e->conns = a;
+        sl_cidx_mark_t *m = realloc(e->marks, sizeof(*m) * cap);
+        if (m == NULL) {
+            drop_if_empty(e);
+            return NULL;
+        }
+        e->marks = m;
         e->cap = cap;
     }
+    e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0};
     e->conns[e->n++] = c;
     return e;
 }
@@ -106,12 +123,14 @@ void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
                 /* Keep arrival order: fan-out order across subscribers is
                  * not part of the contract, but stable order is kinder. */
                 memmove(&e->conns[i], &e->conns[i + 1], sizeof(*e->conns) * (e->n - i - 1));
+                memmove(&e->marks[i], &e->marks[i + 1], sizeof(*e->marks) * (e->n - i - 1));
                 e->n--;
                 break;
             }
         if (e->n == 0) {
             *link = e->next;
             free(e->conns);
+            free(e->marks);
             free(e);
             nentries--;
         }
