@@ -122,22 +122,28 @@ static void test_wait_hook_on_the_monotonic_clock(void)
 static void test_holder_and_waiter_recorded(void)
 {
     setup();
-    pid_t a = holder(1, 400);
+    /* Long holds, and polls instead of fixed sleeps: under ASan on a loaded
+     * machine the second process took more than 100 ms to block (the test
+     * failed in a full suite). */
+    pid_t a = holder(1, 2000);
     SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 1);
     SL_CHECK_INT(SL_LOCK_HOLDER_PID(S->l.holder), a);
     pid_t b = fork();
     if (b == 0) {
         sl_lock_set_holder(&S->h[2]);
         sl_lock_acquire(&S->l);
-        sleep_ms(100);
+        sleep_ms(1000);
         sl_lock_release(&S->l);
         _exit(0);
     }
-    sleep_ms(100);
+    for (int i = 0; i < 1000 && S->h[2].waiting != &S->l; i++)
+        sleep_ms(5);
+    sleep_ms(60);
     SL_CHECK(S->h[2].waiting == &S->l);
     SL_CHECK(S->h[2].wait_since_ms > 0 && sl_mono_ms() - S->h[2].wait_since_ms >= 50);
     waitpid(a, NULL, 0);
-    sleep_ms(50);
+    for (int i = 0; i < 1000 && S->h[2].waiting != NULL; i++)
+        sleep_ms(5);
     SL_CHECK(S->h[2].waiting == NULL);
     SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 2);
     waitpid(b, NULL, 0);
