@@ -193,7 +193,7 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
 void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg);
 
 /* Visit the retained messages with seq > since (oldest first) under the
- * channel lock (not taken when nothing is retained); fn gets the message's
+ * channel lock (not taken on a channel with retention 0); fn gets the message's
  * JSON text.  Returns the seq of the
  * oldest retained message (0 when none); *last gets the last seq assigned
  * (0 when nothing was ever published). */

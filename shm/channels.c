@@ -802,16 +802,16 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           uint64_t *last)
 {
     uint64_t oldest = 0;
-    /* Nothing retained (the common case: no retention, or none yet): no
-     * lock round trip.  next_seq, then ring_lo, then ring_hi, each read
-     * once: both ring ends only grow and ring_lo <= ring_hi, so hi == lo
-     * here means the ring was empty when lo was read - the same answer
-     * the locked walk would have given at that moment (what is published
-     * after it reaches a subscriber live). */
-    uint64_t seq = __atomic_load_n(&c->next_seq, __ATOMIC_ACQUIRE);
-    uint64_t lo = __atomic_load_n(&c->ring_lo, __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&c->ring_hi, __ATOMIC_ACQUIRE) == lo) {
-        *last = seq - 1;
+    /* A channel that retains nothing by configuration (retention 0, the
+     * common case; fixed at creation) has no ring: last = next_seq - 1
+     * and oldest = 0 are then one consistent answer, read without the
+     * lock.  With a ring the lock is taken: a publisher moves next_seq,
+     * ring_lo and ring_hi one store at a time (seq before the ring, a
+     * full ring popped before it is stored), and only the locked walk -
+     * after sl_lock_acquire has repaired a publisher killed in between -
+     * never sees those intermediate states (review r19, finding 1). */
+    if (ring_cap(c) == 0) {
+        *last = __atomic_load_n(&c->next_seq, __ATOMIC_ACQUIRE) - 1;
         return 0;
     }
     sl_lock_acquire(&c->lock);
