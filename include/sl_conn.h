@@ -115,8 +115,9 @@ struct sl_conn {
 extern uint64_t sl_conn_inbound_bytes;
 
 /* Take over an accepted socket, already non-blocking and with TCP_NODELAY
- * (both from the master's accept4 and listener); `ops`: it came in on
- * --ops-listen.  NULL on failure (the fd is closed). */
+ * (from the master's accept4; TCP_NODELAY from the listener, or set by the
+ * master on a socket an inherited listener queued before it had the flag);
+ * `ops`: it came in on --ops-listen.  NULL on failure (the fd is closed). */
 sl_conn_t *sl_conn_new(int fd, bool ops);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
