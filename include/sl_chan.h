@@ -89,8 +89,9 @@ typedef struct sl_sub {
     int32_t worker;
     uint32_t slot;
     uint32_t chan_len; /* key = id "\n" conn-id */
-    /* node.klen bytes and a NUL, allocated to fit (the arena's size class
-     * of a typical subscription is then 128 bytes, not 256). */
+    /* node.klen bytes and a NUL, allocated to fit: 76 B (the offset of
+     * key) + klen + 1, so keys up to 51 bytes take the arena's 128 B class,
+     * longer ones 256 B (test_sub_sizes_in_the_design_note). */
     char key[];
 } sl_sub_t;
 #define SL_SUB_KEY_MAX (SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX)
