@@ -51,11 +51,14 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
-    bool http_counted; /* counts against --max-http-connections */
-    bool idle;         /* on the worker's idle HTTP list (oldest first) */
+    bool http_counted : 1; /* counts against --max-http-connections */
+    bool idle : 1;     /* on the worker's idle HTTP list (oldest first);
+                          (these two share a byte: sl_conn_t is 600 B, a
+                          608-byte malloc chunk - see shm/README.md) */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
+    uint16_t close_code;   /* first close code sent or received */
     uint32_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
@@ -84,6 +87,7 @@ struct sl_conn {
     char *in;
     uint32_t in_len, in_cap;
     uint32_t head_scanned; /* HTTP: c->in[0..this) holds no complete head */
+    float chan_tokens;     /* channel creations it may still make (refilled per minute) */
     /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
      * answered): `pong` is the answer to the latest ping, not queued yet;
      * `pong_sent` the one in the queue (its buffer is ours again once its
@@ -91,9 +95,9 @@ struct sl_conn {
     sl_buf_t *pong, *pong_sent;
     sl_ws_reader_t reader;
     sl_outq_t out;
-    int64_t opened_at; /* wall ms, WebSocket open */
-    uint64_t message_count;
-    struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
+    /* our entry in the shared registry (protocol): also our open time
+     * (wall ms) and message count, not copied here */
+    struct sl_reg_conn *reg;
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
     /* The channels subscribed to: their entries in the worker's local
      * index (sl_cidx.h), whose id we read - no copy of our own. */
@@ -101,9 +105,6 @@ struct sl_conn {
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
-    float chan_tokens;        /* channel creations it may still make (refilled per minute) */
-    uint16_t close_code;      /* first close code sent or received (here: no padding hole;
-                               * 520 bytes in all, a 528-byte malloc chunk, not 544) */
     int64_t chan_tokens_mono; /* last refill; 0: never created one */
     const char *close_reason; /* static string */
     char conn_id[40];

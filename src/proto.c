@@ -61,12 +61,12 @@ int sl_proto_admit(sl_conn_t *c)
     /* conn-id: wall-clock ms at open plus a server-wide sequence from
      * shared memory, so ids are unique across workers and never reused
      * (the sequence lives as long as the master). */
-    c->opened_at = sl_now_ms();
+    int64_t opened_at = sl_now_ms(); /* kept in the registry entry only */
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    sl_proto_conn_id(c->conn_id, c->opened_at, n);
+    sl_proto_conn_id(c->conn_id, opened_at, n);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
-                             c->opened_at);
+                             opened_at);
     if (c->reg == NULL)
         return SL_ERROR;
     if (sl_session_admitted(c) != SL_OK) {
@@ -84,7 +84,7 @@ void sl_proto_opened(sl_conn_t *c, const char *peer)
     sl_jw_lit(&w, "{\"type\":\"welcome\",\"conn-id\":");
     sl_jw_str(&w, c->conn_id, strlen(c->conn_id));
     sl_jw_lit(&w, ",\"server-time\":");
-    sl_jw_int(&w, c->opened_at);
+    sl_jw_int(&w, c->reg->opened_at); /* admitted: the entry is ours */
     sl_jw_lit(&w, ",\"worker\":");
     sl_jw_int(&w, sl_worker->id);
     if (c->sess)
@@ -102,6 +102,10 @@ void sl_proto_closed(sl_conn_t *c)
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     sl_call_closed(c);   /* ...and no pending RPC request */
     sl_session_end(c);   /* ...and no place in the per-IP / per-user counts */
+    /* Its open time and message count live in its registry entry (ours:
+     * read before we hand it back). */
+    int64_t opened_at = c->reg ? c->reg->opened_at : sl_now_ms();
+    uint64_t messages = c->reg ? c->reg->message_count : 0;
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -110,8 +114,8 @@ void sl_proto_closed(sl_conn_t *c)
            SL_TF_I("code", c->close_code ? c->close_code : SL_WS_CLOSE_ABNORMAL),
            SL_TF_S("reason", c->close_reason ? c->close_reason : "connection lost"));
     SL_TEL(SL_EV_CONNECTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_I("duration-ms", sl_now_ms() - c->opened_at),
-           SL_TF_I("message-count", c->message_count),
+           SL_TF_I("duration-ms", sl_now_ms() - opened_at),
+           SL_TF_I("message-count", messages),
            SL_TF_I("total-connections", total_connections()));
 }
 
@@ -244,11 +248,12 @@ static const sl_handler_t handlers[] = {
 
 void sl_proto_message(sl_conn_t *c, char *data, size_t len)
 {
-    c->message_count++;
     uatomic_add(&sl_worker->stats->messages_in, 1);
-    /* The registry entry is ours: plain atomic stores, read by others. */
+    /* The registry entry is ours: plain atomic stores, read by others (its
+     * message count is the only one: only we write it, so our plain read
+     * of it is exact). */
     uatomic_set(&c->reg->last_activity, (uint64_t)sl_now_ms());
-    uatomic_set(&c->reg->message_count, c->message_count);
+    uatomic_set(&c->reg->message_count, c->reg->message_count + 1);
     SL_TEL(SL_EV_WEBSOCKET_MESSAGE_RECEIVED, SL_TRACE, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("bytes", len));
     /* Over --max-messages-per-second: refused before it is even parsed. */
