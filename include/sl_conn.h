@@ -100,8 +100,14 @@ struct sl_conn {
     struct sl_reg_conn *reg;
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
     /* The channels subscribed to: their entries in the worker's local
-     * index (sl_cidx.h), whose id we read - no copy of our own. */
-    struct sl_cidx_entry **subs;
+     * index (sl_cidx.h), whose id we read - no copy of our own.  Up to
+     * one (subs_cap 1) it is held here, no array (a 32-byte malloc chunk
+     * less per connection with one subscription); more: a malloc'd array
+     * (subs_cap > 1).  Through sl_pubsub's subs_of() only. */
+    union {
+        struct sl_cidx_entry **subs; /* subs_cap > 1 */
+        struct sl_cidx_entry *sub1;  /* subs_cap == 1 */
+    };
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;

@@ -107,10 +107,17 @@ static json_t *failure(const char *type, const char *id, size_t len, const char 
                      "reason", reason);
 }
 
+/* The connection's subscriptions: held inline while there is at most one
+ * (sl_conn.h). */
+static sl_cidx_entry_t **subs_of(sl_conn_t *c)
+{
+    return c->subs_cap == 1 ? &c->sub1 : c->subs;
+}
+
 static int find_sub(sl_conn_t *c, const char *id, size_t len)
 {
     for (uint32_t i = 0; i < c->nsubs; i++)
-        if (c->subs[i]->idlen == len && memcmp(c->subs[i]->id, id, len) == 0)
+        if (subs_of(c)[i]->idlen == len && memcmp(subs_of(c)[i]->id, id, len) == 0)
             return (int)i;
     return -1;
 }
@@ -374,15 +381,22 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     if (rc == SL_OK) {
         /* Our own view: the connection's list and the local index. */
-        if (c->nsubs == c->subs_cap) {
-            /* 3 pointers: malloc's smallest chunk (32 bytes) holds them. */
-            uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 3;
-            sl_cidx_entry_t **a = realloc(c->subs, sizeof(*a) * cap);
+        if (c->nsubs == c->subs_cap && c->subs_cap == 0) {
+            c->sub1 = NULL;
+            c->subs_cap = 1; /* the first one: inline */
+        } else if (c->nsubs == c->subs_cap) {
+            /* Then 3 pointers: malloc's smallest chunk (32 bytes) holds
+             * them; doubled after that. */
+            uint32_t cap = c->subs_cap == 1 ? 3 : c->subs_cap * 2;
+            sl_cidx_entry_t **a = c->subs_cap == 1 ? malloc(sizeof(*a) * cap)
+                                                   : realloc(c->subs, sizeof(*a) * cap);
             if (a == NULL) {
                 sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
                 reject(c, id, len, "overloaded");
                 return;
             }
+            if (c->subs_cap == 1)
+                a[0] = c->sub1;
             c->subs = a;
             c->subs_cap = cap;
         }
@@ -393,7 +407,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             reject(c, id, len, "overloaded");
             return;
         }
-        c->subs[c->nsubs++] = e;
+        subs_of(c)[c->nsubs++] = e;
         SL_TEL(SL_EV_SUBSCRIPTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     } else {
@@ -451,7 +465,7 @@ static void leave(sl_conn_t *c, uint32_t i)
 {
     /* id belongs to the local index's entry, which may go with our removal
      * from it: everything that reads id comes first. */
-    sl_cidx_entry_t *e = c->subs[i];
+    sl_cidx_entry_t *e = subs_of(c)[i];
     const char *id = e->id;
     size_t len = e->idlen;
     sl_chan_t *ch = sl_chan_find(REG, id, len);
@@ -460,7 +474,7 @@ static void leave(sl_conn_t *c, uint32_t i)
         sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
-    c->subs[i] = c->subs[--c->nsubs];
+    subs_of(c)[i] = subs_of(c)[--c->nsubs];
     sl_cidx_remove(e->hash, id, len, c); /* last use of id */
 }
 
@@ -491,8 +505,8 @@ void sl_pubsub_recheck(sl_conn_t *c)
      * and that one has been checked already. */
     for (uint32_t i = c->nsubs; i-- > 0;) {
         /* id is the local index's: the notice copies it before leave(). */
-        const char *id = c->subs[i]->id;
-        size_t len = c->subs[i]->idlen;
+        const char *id = subs_of(c)[i]->id;
+        size_t len = subs_of(c)[i]->idlen;
         if (sl_perm_check(who, SL_ACT_SUBSCRIBE, id, len, true) == SL_PERM_OK)
             continue;
         sl_worker_count_error(SL_ERR_PERMISSION_REVOKED);
@@ -511,7 +525,8 @@ void sl_pubsub_closed(sl_conn_t *c)
 {
     while (c->nsubs > 0)
         leave(c, c->nsubs - 1);
-    free(c->subs);
+    if (c->subs_cap > 1)
+        free(c->subs);
     c->subs = NULL;
     c->subs_cap = 0;
 }
@@ -686,7 +701,7 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
     json_t *a = json_array();
     uint64_t i = from;
     for (; i < c->nsubs && i < from + limit; i++)
-        json_array_append_new(a, json_stringn(c->subs[i]->id, c->subs[i]->idlen));
+        json_array_append_new(a, json_stringn(subs_of(c)[i]->id, subs_of(c)[i]->idlen));
     sl_proto_reply(c, json_pack("{s:s, s:o, s:o}", "type", "subscription-list", "subscriptions", a,
                                 "next-cursor", i < c->nsubs ? json_integer((json_int_t)i)
                                                             : json_null()));
@@ -805,7 +820,7 @@ static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t ha
 {
     int i = find_sub(c, id, len);
     if (i >= 0)
-        c->subs[i] = c->subs[--c->nsubs];
+        subs_of(c)[i] = subs_of(c)[--c->nsubs];
     sl_cidx_remove(hash, id, len, c); /* id is the caller's, not the entry's */
     if (frame)
         sl_conn_send(c, frame);

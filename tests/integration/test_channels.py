@@ -156,6 +156,41 @@ def test_unsubscribe_and_listings(server):
              what="subscriptions gone after close")
 
 
+def test_subscription_list_inline_then_grown(server):
+    """A connection's first subscription is held without an array, the
+    second moves it into one (3, then doubled): every step keeps the list,
+    deliveries and unsubscribes right - back down to one and up again."""
+    async def go():
+        a, b = await on_workers(server.url, [0, 1])
+        names = [f"grow-{k}" for k in range(8)]
+        await a.subscribe(names[0])
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert r["subscriptions"] == [names[0]]
+        for n in names[1:]:
+            await a.subscribe(n)
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert sorted(r["subscriptions"]) == sorted(names)
+        for k, n in enumerate(names):
+            assert (await b.publish(n, k))["delivered-to"] == 1
+            m = await a.message()
+            assert m["channel-id"] == n and m["data"] == k
+        for n in names[1:]:
+            r = await a.request("unsubscribe", "unsubscription-result", **{"channel-id": n})
+            assert r["success"] is True
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert r["subscriptions"] == [names[0]]
+        assert (await b.publish(names[0], "x"))["delivered-to"] == 1
+        assert (await a.message())["data"] == "x"
+        await a.subscribe(names[5])
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert sorted(r["subscriptions"]) == [names[0], names[5]]
+        for c in (a, b):
+            await c.close()
+    run(go())
+    wait_for(lambda: server.stats()["channel-stats"]["total-subscriptions"] == 0,
+             what="subscriptions gone after close")
+
+
 def test_failure_reasons(server_factory):
     srv = server_factory("--no-auto-create", "--channel", "small:max-subscribers=1",
                          "--max-subscriptions-per-connection", "2", "--channel", "a",
