@@ -51,10 +51,13 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
+    /* These four share a byte (bit-fields): see shm/README.md for
+     * sl_conn_t's size and its malloc chunk. */
     bool http_counted : 1; /* counts against --max-http-connections */
-    bool idle : 1;     /* on the worker's idle HTTP list (oldest first);
-                          (these two share a byte: sl_conn_t is 600 B, a
-                          608-byte malloc chunk - see shm/README.md) */
+    uint8_t idle : 2;  /* on an HTTP list: 1 the worker's idle one, 2 the
+                          unfinished heads (conn.c), oldest first */
+    bool held : 1;     /* on the list of holders of unfinished input (conn.c) */
+    bool refused : 1;  /* answered 503 at admission: closed once it is written */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
@@ -67,7 +70,8 @@ struct sl_conn {
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
     sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
-    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list */
+    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list (or heads) */
+    sl_conn_t *held_prev, *held_next;   /* holders of unfinished input */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */

@@ -351,12 +351,11 @@ def test_refusals_do_not_tell_the_key_setup(server_factory, keys):
         ws.close()
         for text in (doc["message"], r["message"]):
             assert not any(w in text for w in ("--jwt", "EC ", "RSA", "curve", "aud-7f3")), text
-    # The operator's log has the details - written by the logger process,
-    # which may lag behind under load (it did under ASan, in a full suite).
-    def msgs():
-        return " ".join(l["message"] for l in log_events(srv, "authentication-failed"))
-    wait_for(lambda: all(w in msgs() for w in ("EC key", "RSA key", "aud-7f3")), timeout=10,
-             what="the refusals' details logged")
+    # The operator's log has the details (the logger may lag under load).
+    def logged():
+        msgs = " ".join(l["message"] for l in log_events(srv, "authentication-failed"))
+        return "EC key" in msgs and "RSA key" in msgs and "aud-7f3" in msgs
+    wait_for(logged, what="the three refusals' details in the log")
 
 
 # -------------------------------------------------------------- finding 16
