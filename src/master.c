@@ -1339,15 +1339,19 @@ static bool fd_named_ops(const char *names, int k)
  * sockets need it set one by one: the queue's length read after the flag
  * is set (tcpi_unacked is a listener's accept queue; the queue is first
  * in, first out, and a count too high costs only a syscall each), 0 when
- * the flag was already on or the socket is not TCP, -1 (all of them) when
- * the queue cannot be read. */
+ * the socket is not TCP, -1 (all of them) when the queue cannot be read.
+ * The queue is counted even when the flag was on already: the listener
+ * outlives the process that set it (systemd holds it; an instance that set
+ * it may have stopped before accepting what was queued, review rf19), so
+ * the flag says nothing about the sockets waiting in it.  At most one
+ * setsockopt per socket queued at start-up. */
 static int listener_nodelay(int fd)
 {
     int on = 0, one = 1;
     socklen_t len = sizeof(on);
-    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) != 0 || on)
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) != 0)
         return 0;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+    if (!on && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
         return 0;
     struct tcp_info ti;
     len = sizeof(ti);

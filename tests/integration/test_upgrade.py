@@ -8,6 +8,7 @@ During the upgrade a connector keeps opening WebSocket connections in a
 loop: none may be refused or reset, each must get its 101 and welcome.
 Every client connected before the upgrade is closed with 1001 and can
 reconnect at once (to the new master)."""
+import errno
 import json
 import os
 import signal
@@ -16,6 +17,8 @@ import struct
 import subprocess
 import threading
 import time
+
+import pytest
 
 from conftest import (BIN, SLOW, SLOW_NEW_MASTER, build_shim, children_of, free_port,
                       new_master_of, pid_alive, shim_env, title_of, wait_for)
@@ -261,12 +264,23 @@ def server_nodelay(master, port, client):
                     continue
             except OSError:
                 continue
-            pidfd = os.pidfd_open(pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as e:
+                if e.errno in (errno.EPERM, errno.ENOSYS):
+                    pytest.skip(f"pidfd_open not allowed here: {e}")
+                raise
             try:
                 copy = libc.syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd
-                assert copy >= 0, os.strerror(ctypes.get_errno())
+                err = ctypes.get_errno()
             finally:
                 os.close(pidfd)
+            if copy < 0 and err in (errno.EPERM, errno.ENOSYS):
+                # Yama ptrace_scope >= 2, a seccomp profile, a kernel < 5.6:
+                # this check cannot be made here (not a finding about us).
+                pytest.skip(f"pidfd_getfd not allowed here: {os.strerror(err)} "
+                            "(needs ptrace access to the server and Linux >= 5.6)")
+            assert copy >= 0, os.strerror(err)
             s = socket.socket(fileno=copy)
             try:
                 return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
@@ -275,16 +289,22 @@ def server_nodelay(master, port, client):
     raise AssertionError(f"socket:[{inode}] held by no server process")
 
 
-def test_inherited_listener_without_nodelay(tmp_path):
+@pytest.mark.parametrize("set_before", [False, True], ids=["flag-off", "flag-set-by-a-gone-instance"])
+def test_inherited_listener_without_nodelay(tmp_path, set_before):
     """Review r19, finding 2: systemd's listener (no NoDelay=) or a
     pre-issue-19 master's lacks TCP_NODELAY.  A connection that completed
     its handshake in that listener's queue before the server set the flag
     there does not inherit it; the master sets it on those (and every later
-    one inherits it from the listener).  Nagle never stays on."""
+    one inherits it from the listener).  Nagle never stays on.  Review
+    rf19, finding 1: also when the listener already has the flag - set by
+    an earlier instance that stopped before accepting what was queued
+    (set_before: set here after the connections queued)."""
     lsock = listening_socket()
     assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
     port = lsock.getsockname()[1]
     queued = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    if set_before:
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     proc = activated(tmp_path, lsock.fileno())
     try:
         later = []
