@@ -239,10 +239,7 @@ static void cluster_request(sl_conn_t *c, const char *id, size_t len, json_t *da
                             "timeout-ms", (json_int_t)timeout);
     char *frame = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
-    bool subscribed = false;
-    for (uint32_t i = 0; i < c->nsubs; i++)
-        if (strlen(c->subs[i]) == len && memcmp(c->subs[i], id, len) == 0)
-            subscribed = true;
+    bool subscribed = sl_pubsub_subscribed(c, id, len);
     json_t *p = frame ? json_pack("{s:s%, s:s, s:b}", "channel-id", id, len, "frame", frame,
                                   "subscribed", subscribed)
                       : NULL;
