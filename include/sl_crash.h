@@ -72,6 +72,8 @@ enum {
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
     M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
     M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
+    M_LIST_PUBLISH_ORDER = 14,  /* subscribe: node on the channel's list before its next is set */
+    M_JOIN_AFTER_LINK = 15,     /* subscribe: node on the list before its join hand-off commits */
     M__COUNT
 };
 

@@ -74,6 +74,8 @@ int sl_inbox_init(sl_inbox_t *in);
 /* Producer side.  lock/unlock; then, lock held: */
 void sl_inbox_lock(sl_inbox_t *in);
 void sl_inbox_unlock(sl_inbox_t *in);
+/* Only if free (the master, which never waits): SL_OK or SL_AGAIN. */
+int sl_inbox_trylock(sl_inbox_t *in);
 /* Room for n more entries? (counts a refusal when not) */
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n);
 /* Record the push of e (room checked); `commit` points at the hand-off's

@@ -48,7 +48,8 @@ typedef struct {
     uint64_t got;       /* those with room, that get the message (set before the commit) */
     struct sl_sub *sub; /* SUB, UNSUB, DEL: the subscription being linked / unlinked */
     uint64_t sub_hash;
-    struct sl_chan_msg *msg; /* PUB, SEND, DEL, BCAST: the message being handed off */
+    struct sl_chan_msg *msg; /* PUB, SEND, DEL, BCAST, and SUB / UNSUB's join / leave:
+                                the message being handed off */
     uint64_t seq;            /* PUB: its seq */
     uint64_t ring_lo, ring_hi;   /* the ring's positions before the step */
     struct sl_chan_msg *dropped; /* pushed out of the ring; its reference still to drop */
@@ -81,6 +82,7 @@ typedef struct {
     uint64_t hash_key[2]; /* the tables' SipHash key (random, drawn at init) */
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
+    uint64_t expired;     /* atomic: retained messages dropped for their age (history_ttl_ms) */
     sl_reg_bcast_t bcast;
 } sl_reg_t;
 
@@ -114,8 +116,11 @@ size_t sl_reg_dead(sl_reg_t *r, int slot);
  * event loop keeps running: connections, subscriptions, RPC requests it
  * made or had claimed, its places per IP and user and its user entries
  * (sl_access.h), then its inbox; each table is walked once, from where the
- * previous step stopped.  Never waits for a channel lock or an access
- * stripe lock (a busy one is retried at the next step). */
+ * previous step stopped.  Each subscription of a channel with join_leave
+ * is told to the others as a leave (the workers handed one accumulate in
+ * job->woken: the caller wakes them).  Never waits for a channel lock, an
+ * inbox lock or an access stripe lock (a busy one is retried at the next
+ * step). */
 typedef struct {
     int worker;
     int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
@@ -123,6 +128,7 @@ typedef struct {
     uint64_t removed_conns, removed_subs, rpcs, drained;
     uint64_t access; /* count entries and user entries cleaned */
     uint64_t steps, busy; /* steps taken, channel locks found busy */
+    uint64_t woken;       /* workers handed a leave since the caller last cleared it */
 } sl_reg_cleanup_t;
 
 void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);

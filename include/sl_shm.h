@@ -65,6 +65,8 @@ typedef enum {
     SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
     SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
     SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
+    SL_ERR_PRESENCE_DISABLED,  /* presence / presence-stats in a namespace with presence=none */
+    SL_ERR_CHANNEL_NOT_FOUND,  /* presence, presence-stats, history of a channel that is not there */
     SL_ERR__COUNT
 } sl_err_t;
 

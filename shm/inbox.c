@@ -75,6 +75,11 @@ void sl_inbox_lock(sl_inbox_t *in)
     sl_lock_acquire(&in->lock);
 }
 
+int sl_inbox_trylock(sl_inbox_t *in)
+{
+    return sl_lock_try(&in->lock) == SL_OK ? SL_OK : SL_AGAIN;
+}
+
 void sl_inbox_unlock(sl_inbox_t *in)
 {
     sl_lock_release(&in->lock);

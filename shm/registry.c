@@ -196,7 +196,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                     sl_table_remove_node(t, x->hash, x);
                     job->removed_conns++;
                 } else if (job->phase == PH_SUBS) {
-                    if (sl_chan_cleanup_sub(r, (sl_sub_t *)x) != SL_OK) {
+                    if (sl_chan_cleanup_sub(r, (sl_sub_t *)x, &job->woken) != SL_OK) {
                         /* A live process holds that channel: not now.  This
                          * bucket is visited again next step. */
                         job->busy++;

@@ -55,6 +55,8 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_MAX_CONNECTIONS_PER_IP] = "max-connections-per-ip",
     [SL_ERR_MAX_CONNECTIONS_PER_USER] = "max-connections-per-user",
     [SL_ERR_TOO_MANY_CHANNELS] = "too-many-channels",
+    [SL_ERR_PRESENCE_DISABLED] = "presence-disabled",
+    [SL_ERR_CHANNEL_NOT_FOUND] = "channel-not-found",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -1,7 +1,7 @@
 /*
  * pubsub.c - channels on a worker: the subscribe / unsubscribe / publish /
- * list-channels / get-subscriptions handlers, and delivery of inbox entries
- * to local subscribers.
+ * list-channels / get-subscriptions / presence / presence-stats / history
+ * handlers, and delivery of inbox entries to local subscribers.
  *
  * Who does what: the shared registry (sl_chan.h) owns channels, counts,
  * limits, seq and retention; this file keeps the worker's own view (each
@@ -99,6 +99,12 @@ static json_t *failure(const char *type, const char *id, size_t len, const char 
                      "reason", reason);
 }
 
+static const char *user_of(const sl_conn_t *c)
+{
+    const sl_ident_t *me = sl_session_ident(c);
+    return me ? me->user : "";
+}
+
 static int find_sub(sl_conn_t *c, const char *id, size_t len)
 {
     for (uint32_t i = 0; i < c->nsubs; i++)
@@ -119,8 +125,10 @@ static sl_chan_config_t default_config(const sl_conf_namespace_t *ns)
     return (sl_chan_config_t){.max_subscribers = ns->max_subscribers,
                               .message_retention = ns->message_retention,
                               .rpc_timeout_ms = ns->rpc_timeout_ms,
+                              .history_ttl_ms = ns->history_ttl_ms,
                               .telemetry_enabled = true,
-                              .lingers = true};
+                              .lingers = true,
+                              .join_leave = ns->join_leave > 0};
 }
 
 /* The connection's channel-creation quota: --channel-creations-per-minute,
@@ -141,11 +149,14 @@ static bool creation_allowed(sl_conn_t *c)
     return true;
 }
 
-static json_t *config_json(const sl_chan_config_t *cfg)
+json_t *sl_pubsub_config_json(const sl_chan_config_t *cfg)
 {
-    return json_pack("{s:I, s:I, s:I, s:b}", "max-subscribers", (json_int_t)cfg->max_subscribers,
-                     "message-retention", (json_int_t)cfg->message_retention, "rpc-timeout-ms",
-                     (json_int_t)cfg->rpc_timeout_ms, "telemetry-enabled", cfg->telemetry_enabled);
+    return json_pack("{s:I, s:I, s:I, s:b, s:b, s:I}", "max-subscribers",
+                     (json_int_t)cfg->max_subscribers, "message-retention",
+                     (json_int_t)cfg->message_retention, "rpc-timeout-ms",
+                     (json_int_t)cfg->rpc_timeout_ms, "telemetry-enabled", cfg->telemetry_enabled,
+                     "join-leave", cfg->join_leave, "history-ttl-ms",
+                     (json_int_t)cfg->history_ttl_ms);
 }
 
 /* ----------------------------------------------------------- subscribe */
@@ -166,6 +177,14 @@ static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
 
 static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t hash,
                            sl_buf_t *frame);
+
+/* Undo a subscribe that could not be completed here (its leave is told). */
+static void unsubscribe_woken(sl_chan_t *ch, sl_conn_t *c)
+{
+    uint64_t woken = 0;
+    sl_chan_unsubscribe(REG, ch, c->conn_id, c->conn_no, &woken, NULL);
+    sl_pubsub_wake_later(woken);
+}
 
 void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
 {
@@ -238,8 +257,15 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             forget_deleted(c, id, len, ch->node.hash, NULL);
             already = false;
         }
+        const sl_ident_t *me = sl_session_ident(c);
+        sl_chan_who_t who = {.conn_no = c->conn_no,
+                             .user = me ? me->user : NULL,
+                             .info = me ? me->info : NULL};
+        uint64_t woken = 0;
         rc = already ? SL_CHAN_ALREADY
-                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &count);
+                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &who,
+                                         &woken, &count);
+        sl_pubsub_wake_later(woken);
     }
     if (rc == SL_CHAN_NOT_SUBSCRIBED) {
         reject(c, id, len, "overloaded"); /* deleted under us every time */
@@ -247,6 +273,12 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     if (rc == SL_CHAN_FULL) {
         reject(c, id, len, "max-subscribers-reached");
+        return;
+    }
+    if (rc == SL_CHAN_OVERLOADED) {
+        /* Its join could reach no subscriber's worker (every inbox full). */
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        reject(c, id, len, "overloaded");
         return;
     }
     if (rc == SL_CHAN_NO_MEMORY || rc == SL_ERROR) {
@@ -260,7 +292,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 4;
             char **a = realloc(c->subs, sizeof(*a) * cap);
             if (a == NULL) {
-                sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
+                unsubscribe_woken(ch, c);
                 reject(c, id, len, "overloaded");
                 return;
             }
@@ -270,20 +302,24 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         char *copy = strndup(id, len);
         if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c) != SL_OK) {
             free(copy);
-            sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
+            unsubscribe_woken(ch, c);
             reject(c, id, len, "overloaded");
             return;
         }
         c->subs[c->nsubs++] = copy;
         SL_TEL(SL_EV_SUBSCRIPTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
+        if (ch->config.join_leave)
+            SL_TEL(SL_EV_CHANNEL_JOIN, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
+                   SL_TF_SN("channel-id", id, len), SL_TF_S("user", user_of(c)),
+                   SL_TF_I("told", count - 1));
     } else {
         count = uatomic_read(&ch->subscribers);
     }
 
     uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
     json_t *retained = json_array();
-    uint64_t oldest = sl_chan_retained(ch, since, add_retained, retained, &last);
+    uint64_t oldest = sl_chan_retained(REG, ch, since, add_retained, retained, &last);
     json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
                           "channel-id", id, len, "success", 1, "subscriber-count",
                           (json_int_t)count, "epoch", ch->epoch, "retained-messages", retained);
@@ -295,7 +331,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         if (!(same && all)) {
             /* Not recoverable: hand over everything retained instead. */
             json_array_clear(retained);
-            sl_chan_retained(ch, 0, add_retained, retained, &last);
+            sl_chan_retained(REG, ch, 0, add_retained, retained, &last);
         }
         json_object_set_new(r, "recovered", json_boolean(same && all));
     }
@@ -311,8 +347,15 @@ static void leave(sl_conn_t *c, uint32_t i)
     uint64_t hash = sl_table_hash(id, len);
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     uint32_t count = 0;
-    if (ch)
-        sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
+    if (ch) {
+        uint64_t woken = 0;
+        sl_chan_unsubscribe(REG, ch, c->conn_id, c->conn_no, &woken, &count);
+        sl_pubsub_wake_later(woken);
+        if (ch->config.join_leave)
+            SL_TEL(SL_EV_CHANNEL_LEAVE, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
+                   SL_TF_S("channel-id", id), SL_TF_S("user", user_of(c)),
+                   SL_TF_I("told", count));
+    }
     sl_cidx_remove(hash, id, len, c);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("channel-id", id), SL_TF_I("subscriber-count", count));
@@ -445,7 +488,7 @@ static void channel_page_cb(sl_chan_t *ch, void *arg)
     if (l->filter && sl_perm_check(l->who, SL_ACT_SUBSCRIBE, ch->id, ch->node.klen, false) !=
                          SL_PERM_OK)
         return;
-    json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", config_json(&ch->config), "created-at",
+    json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", sl_pubsub_config_json(&ch->config), "created-at",
                           (json_int_t)ch->created_at, "message-count",
                           (json_int_t)sl_chan_message_count(ch), "subscriber-count",
                           (json_int_t)uatomic_read(&ch->subscribers));
@@ -489,6 +532,199 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
     for (uint32_t i = 0; i < c->nsubs; i++)
         json_array_append_new(a, json_string(c->subs[i]));
     sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
+}
+
+/* ------------------------------------------------------------ presence */
+
+/* The channel a presence / presence-stats / history request names, when
+ * the connection may ask (reply sent otherwise: NULL).  Read side: the
+ * channel is used only in this turn. */
+static sl_chan_t *readable(sl_conn_t *c, sl_action_t act, const char *type, const char *id,
+                           size_t len)
+{
+    const char *why = sl_session_permit(c, act, id, len, find_sub(c, id, len) >= 0);
+    sl_chan_t *ch = why ? NULL : sl_chan_find(REG, id, len);
+    if (why == NULL && ch == NULL) {
+        sl_worker_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+        why = "channel-not-found";
+    }
+    if (why)
+        sl_proto_reply(c, failure(type, id, len, why));
+    return ch;
+}
+
+/* An optional non-negative integer field; false after replying. */
+static bool opt_uint(sl_conn_t *c, json_t *msg, const char *type, const char *field,
+                     uint64_t *out, bool *given)
+{
+    json_t *v = json_object_get(msg, field);
+    *given = v != NULL;
+    if (v == NULL)
+        return true;
+    if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        sl_proto_bad_field(c, type, field, "must be a non-negative integer");
+        return false;
+    }
+    *out = (uint64_t)json_integer_value(v);
+    return true;
+}
+
+typedef struct {
+    json_t *clients;
+    uint32_t n, limit;
+    uint64_t last; /* sub_no of the last one listed */
+    bool more;
+} presence_t;
+
+static int presence_cb(const sl_sub_t *s, void *arg)
+{
+    presence_t *p = arg;
+    if (p->n == p->limit) {
+        p->more = true;
+        return 1;
+    }
+    const char *user = sl_sub_user(s), *info = sl_sub_info(s);
+    json_t *e = json_pack("{s:o, s:o}", "user", user ? json_string(user) : json_null(), "info",
+                          info ? json_loadb(info, s->info_len, JSON_DECODE_ANY, NULL)
+                               : json_null());
+    json_object_set_new(p->clients, sl_sub_conn_id(s), e);
+    p->last = s->sub_no;
+    p->n++;
+    return 0;
+}
+
+void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "presence", &len);
+    uint64_t cursor = 0, limit = SL_PRESENCE_PAGE_MAX;
+    bool has_cursor, has_limit;
+    if (id == NULL || !opt_uint(c, msg, "presence", "cursor", &cursor, &has_cursor) ||
+        !opt_uint(c, msg, "presence", "limit", &limit, &has_limit))
+        return;
+    if (has_limit && limit == 0) {
+        sl_proto_bad_field(c, "presence", "limit", "must be a positive integer");
+        return;
+    }
+    sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-result", id, len);
+    if (ch == NULL)
+        return;
+    /* Newest first, a page at a time: the list is lock-free to read, but
+     * encoding a 10,000-entry reply would hold this worker's loop (and
+     * the client's send queue) for long (docs/protocol.md). */
+    presence_t p = {json_object(), 0, (uint32_t)SL_MIN(limit, SL_PRESENCE_PAGE_MAX), 0, false};
+    sl_chan_members(ch, cursor, presence_cb, &p);
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result",
+                                "channel-id", id, len, "success", 1, "clients", p.clients,
+                                "next-cursor",
+                                p.more ? json_integer((json_int_t)p.last) : json_null()));
+}
+
+void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "presence-stats", &len);
+    if (id == NULL)
+        return;
+    sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-stats-result", id, len);
+    if (ch == NULL)
+        return;
+    uint32_t clients, users;
+    bool all = sl_chan_presence_counts(ch, SL_PRESENCE_WALK_MAX, &clients, &users);
+    if (!all)
+        clients = uatomic_read(&ch->subscribers);
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:I, s:o}", "type", "presence-stats-result",
+                                "channel-id", id, len, "success", 1, "num-clients",
+                                (json_int_t)clients, "num-users",
+                                all ? json_integer(users) : json_null()));
+}
+
+/* ------------------------------------------------------------- history */
+
+/* The retained messages of a page, copied out under the channel lock and
+ * parsed after it. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    size_t off[SL_HISTORY_LIMIT_MAX + 1];
+    uint32_t n;
+    bool oom;
+} hist_copy_t;
+
+static void history_cb(const sl_chan_msg_t *m, void *arg)
+{
+    hist_copy_t *h = arg;
+    size_t n = m->len - m->payload_off;
+    if (h->oom || h->n >= SL_HISTORY_LIMIT_MAX)
+        return;
+    if (h->len + n > h->cap) {
+        size_t cap = SL_MAX(h->cap * 2, h->len + n);
+        char *b = realloc(h->buf, cap);
+        if (b == NULL) {
+            h->oom = true;
+            return;
+        }
+        h->buf = b;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, m->frame + m->payload_off, n);
+    h->off[h->n++] = h->len;
+    h->len += n;
+    h->off[h->n] = h->len;
+}
+
+void sl_pubsub_history(sl_conn_t *c, json_t *msg)
+{
+    size_t len;
+    const char *id = channel_id(c, msg, "history", &len);
+    uint64_t since = 0, limit = SL_HISTORY_LIMIT_MAX;
+    bool has_since, has_limit;
+    json_t *rev = json_object_get(msg, "reverse");
+    if (id == NULL || !opt_uint(c, msg, "history", "since-seq", &since, &has_since) ||
+        !opt_uint(c, msg, "history", "limit", &limit, &has_limit))
+        return;
+    if (rev && !json_is_boolean(rev)) {
+        sl_proto_bad_field(c, "history", "reverse", "must be a boolean");
+        return;
+    }
+    sl_chan_t *ch = readable(c, SL_ACT_HISTORY, "history-result", id, len);
+    if (ch == NULL)
+        return;
+    sl_chan_history_q_t q = {.since = since,
+                             .has_since = has_since,
+                             .reverse = json_is_true(rev),
+                             .limit = (uint32_t)SL_MIN(limit, SL_HISTORY_LIMIT_MAX),
+                             .max_bytes = (size_t)sl_conf->max_outbound_bytes / 4};
+    hist_copy_t *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        sl_proto_reply(c, failure("history-result", id, len, "overloaded"));
+        return;
+    }
+    sl_chan_history_t res;
+    sl_chan_history(REG, ch, &q, history_cb, h, &res);
+    json_t *pubs = json_array();
+    for (uint32_t i = 0; i < h->n && !h->oom; i++) {
+        json_t *m = json_loadb(h->buf + h->off[i], h->off[i + 1] - h->off[i], 0, NULL);
+        if (m)
+            json_array_append_new(
+                pubs, json_pack("{s:O, s:O, s:O, s:O}", "seq", json_object_get(m, "seq"),
+                                "message-id", json_object_get(m, "message-id"), "data",
+                                json_object_get(m, "data"), "created-at",
+                                json_object_get(m, "published-at")));
+        json_decref(m);
+    }
+    bool oom = h->oom;
+    free(h->buf);
+    free(h);
+    if (oom) {
+        json_decref(pubs);
+        sl_proto_reply(c, failure("history-result", id, len, "overloaded"));
+        return;
+    }
+    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:o, s:b}", "type", "history-result",
+                                "channel-id", id, len, "success", 1, "epoch", ch->epoch,
+                                "top-seq", (json_int_t)res.top_seq, "publications", pubs, "more",
+                                res.more));
 }
 
 /* ------------------------------------------------------------ delivery */

@@ -472,6 +472,7 @@ const char *sl_session_permit(sl_conn_t *c, sl_action_t act, const char *id, siz
         return NULL;
     sl_worker_count_error(p == SL_PERM_UNAUTHENTICATED     ? SL_ERR_UNAUTHENTICATED
                           : p == SL_PERM_UNKNOWN_NAMESPACE ? SL_ERR_UNKNOWN_NAMESPACE
+                          : p == SL_PERM_DISABLED          ? SL_ERR_PRESENCE_DISABLED
                                                            : SL_ERR_PERMISSION_DENIED);
     SL_TEL(SL_EV_PERMISSION_DENIED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("user", user_of(c)), SL_TF_SN("channel-id", id, len),

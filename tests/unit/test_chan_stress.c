@@ -133,7 +133,7 @@ static void do_subscribe(proc_t *p)
         if (ch == NULL)
             return;
         uint32_t n;
-        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, &n);
+        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, NULL, NULL, &n);
         if (rc == SL_OK) {
             p->sub[k][c] = true;
             S->subs[p->me]++;
@@ -157,7 +157,7 @@ static void do_unsubscribe(proc_t *p, int k, int c)
     sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
     uint32_t n;
     if (ch)
-        sl_chan_unsubscribe(R, ch, id, &n); /* NOT_SUBSCRIBED: deleted meanwhile */
+        sl_chan_unsubscribe(R, ch, id, 0, NULL, &n); /* NOT_SUBSCRIBED: deleted meanwhile */
     p->sub[k][c] = false;
 }
 

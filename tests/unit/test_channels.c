@@ -48,16 +48,16 @@ static void test_create_subscribe(void)
     SL_CHECK(c == c2 && sl_chan_find(R, "ch", 2) == c);
     SL_CHECK(strlen(c->epoch) == 12);
     uint32_t n;
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_CHAN_ALREADY);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n), SL_CHAN_ALREADY);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, &n), SL_OK);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, &n), SL_CHAN_FULL);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, NULL, NULL, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, NULL, NULL, &n), SL_CHAN_FULL);
     SL_CHECK_INT(c->worker_subs[0], 1);
     SL_CHECK_INT(c->worker_subs[1], 1);
-    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", &n), SL_CHAN_NOT_SUBSCRIBED);
-    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-2", &n), SL_OK);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n), SL_CHAN_NOT_SUBSCRIBED);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-2", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
     SL_CHECK_INT(c->worker_subs[1], 0);
     sl_chan_totals_t t;
@@ -79,7 +79,7 @@ static void test_publish_and_retention(void)
     sl_chan_t *c;
     sl_chan_create(R, "p\"q", 3, &CFG, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 1, 0, &n);
+    sl_chan_subscribe(R, c, "conn-a", 1, 0, NULL, NULL, &n);
     sl_chan_pub_t p = {.data_json = "{\"x\":1}", .data_len = 7, .sender_conn_id = "conn-s",
                        .sender_conn_no = 9, .exclude_sender = true, .published_at = 42};
     sl_chan_pub_result_t r;
@@ -109,11 +109,11 @@ static void test_publish_and_retention(void)
         sl_chan_msg_unref(R, e.msg);
     char out[4096] = "";
     uint64_t last;
-    SL_CHECK_INT(sl_chan_retained(c, 0, collect, out, &last), 3);
+    SL_CHECK_INT(sl_chan_retained(R, c, 0, collect, out, &last), 3);
     SL_CHECK_INT(last, 5);
     SL_CHECK(strstr(out, "\"seq\":3") && strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":2"));
     out[0] = '\0';
-    sl_chan_retained(c, 4, collect, out, &last);
+    sl_chan_retained(R, c, 4, collect, out, &last);
     SL_CHECK(strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":4"));
     SL_CHECK_INT(sl_chan_message_count(c), 5);
 }
@@ -126,7 +126,7 @@ static void test_overload_keeps_seq(void)
     sl_chan_t *c;
     sl_chan_create(R, "busy", 4, &cfg, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 0, 0, &n);
+    sl_chan_subscribe(R, c, "conn-a", 0, 0, NULL, NULL, &n);
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
     sl_chan_pub_result_t r;
     for (int i = 0; i < SL_INBOX_CAP; i++)
@@ -171,8 +171,8 @@ static void test_worker_cleanup(void)
     char id[32];
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof(id), "conn-%d", i);
-        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, &n);
-        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, &n);
+        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, NULL, NULL, &n);
+        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, NULL, NULL, &n);
     }
     /* A message waits in worker 1's inbox when it dies. */
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};

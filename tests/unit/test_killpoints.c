@@ -162,9 +162,9 @@ static void setup(bool poison)
         sl_reg_conn_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, 1);
     uint32_t n;
     for (int w = 0; w < NWORKERS; w++)
-        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, &n);
+        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, NULL, NULL, &n);
     for (int w = 0; w < 2; w++)
-        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, &n);
+        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, NULL, NULL, &n);
     for (int i = 0; i < 4; i++)
         pub(a, "{\"n\":1}");
     pub(b, "\"x\"");
@@ -212,13 +212,13 @@ static void sc_table(void)
 static void sc_subscribe(void)
 {
     uint32_t n;
-    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, &n);
+    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, NULL, NULL, &n);
 }
 
 static void sc_unsubscribe(void)
 {
     uint32_t n;
-    sl_chan_unsubscribe(R, sl_chan_find(R, "a", 1), "conn-1a", &n);
+    sl_chan_unsubscribe(R, sl_chan_find(R, "a", 1), "conn-1a", 0, NULL, &n);
 }
 
 static void sc_publish_ring(void)
@@ -448,7 +448,7 @@ static void check_usable(void)
     for (int round = 0; round < 2 && a; round++) {
         uint32_t n;
         drain(2);
-        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, &n) == SL_OK, "subscribe failed");
+        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, NULL, NULL, &n) == SL_OK, "subscribe failed");
         sl_chan_pub_t p = {.data_json = "7", .data_len = 1, .published_at = 1};
         sl_chan_pub_result_t res;
         EXPECT(sl_chan_publish(R, a, &p, &res) == SL_OK, "publish failed");
