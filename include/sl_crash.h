@@ -74,6 +74,7 @@ enum {
     M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
     M_LIST_PUBLISH_ORDER = 14,  /* subscribe: node on the channel's list before its next is set */
     M_JOIN_AFTER_LINK = 15,     /* subscribe: node on the list before its join hand-off commits */
+    M_UNLINK_CLEARS_NEXT = 16,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
     M__COUNT
 };
 

@@ -244,6 +244,8 @@ static void list_unlink(sl_chan_t *c, sl_sub_t *s)
     if (s->next)
         s->next->prev = s->prev;
     SL_CRASHPOINT("chan.unsub.prev-fixed");
+    if (SL_MUTATED(M_UNLINK_CLEARS_NEXT))
+        CMM_STORE_SHARED(s->next, NULL); /* mutant: a reader standing on s loses the rest */
 }
 
 /* Recovery: unlink s wherever it is, trusting next pointers only. */

@@ -15,6 +15,12 @@
  * removed, the arena's figures are back where they started with no bad
  * free.  Run twice: freed memory not poisoned (a use after free reads the
  * old values and a double free shows as bad_frees), then poisoned.
+ *
+ * Presence: half the channels have join / leave events (their frames are
+ * checked for form), and the workers also walk subscriber lists without the
+ * lock (sl_chan_members) while others change them: every node seen must be
+ * a live subscription of that channel (a freed one reads poisoned), in
+ * descending subscribe order.
  */
 #include "sl_chan.h"
 #include "sl_regcheck.h"
@@ -43,6 +49,7 @@ typedef struct {
     uint8_t got[NPROC][MAXID];
     uint64_t published[NPROC], received[NPROC], skipped[NPROC], missed[NPROC];
     uint64_t deletes[NPROC], reaped[NPROC], subs[NPROC], errors[NPROC];
+    uint64_t walks[NPROC], walked[NPROC], joins[NPROC], leaves[NPROC];
     uint64_t rpc_created[NPROC], rpc_responses[NPROC], rpc_timeouts[NPROC];
     uint64_t rpc_cancelled[NPROC], rpc_unclaims[NPROC], rpc_late[NPROC];
     char why[NPROC][160];
@@ -115,7 +122,8 @@ static sl_chan_t *find_or_create(int c)
         sl_chan_config_t cfg = {.max_subscribers = 1000,
                                 .message_retention = c % 2 == 0 ? 4 : 0,
                                 .rpc_timeout_ms = 1000,
-                                .lingers = true};
+                                .lingers = true,
+                                .join_leave = c % 4 < 2};
         sl_chan_create(R, name, strlen(name), &cfg, &ch);
     }
     return ch;
@@ -133,14 +141,19 @@ static void do_subscribe(proc_t *p)
         if (ch == NULL)
             return;
         uint32_t n;
-        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, NULL, NULL, &n);
+        char user[16];
+        snprintf(user, sizeof(user), "u%d", k % 3);
+        sl_chan_who_t who = {.conn_no = (uint64_t)k + 1,
+                             .user = k % 2 ? user : NULL,
+                             .info = k % 3 ? NULL : "{\"k\":\"v\"}"};
+        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, &who, NULL, &n);
         if (rc == SL_OK) {
             p->sub[k][c] = true;
             S->subs[p->me]++;
             return;
         }
         if (rc != SL_CHAN_NOT_SUBSCRIBED) {
-            if (rc != SL_CHAN_ALREADY)
+            if (rc != SL_CHAN_ALREADY && rc != SL_CHAN_OVERLOADED)
                 fail(p->me, "subscribe refused");
             return;
         }
@@ -156,8 +169,8 @@ static void do_unsubscribe(proc_t *p, int k, int c)
     chan_name(c, name);
     sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
     uint32_t n;
-    if (ch)
-        sl_chan_unsubscribe(R, ch, id, 0, NULL, &n); /* NOT_SUBSCRIBED: deleted meanwhile */
+    if (ch) /* NOT_SUBSCRIBED: deleted meanwhile */
+        sl_chan_unsubscribe(R, ch, id, (uint64_t)k + 1, NULL, &n);
     p->sub[k][c] = false;
 }
 
@@ -189,6 +202,70 @@ static void do_publish(proc_t *p)
     } else if (rc != SL_CHAN_NOT_SUBSCRIBED && rc != SL_CHAN_OVERLOADED) {
         fail(p->me, "publish failed");
     }
+}
+
+/* A lock-free walk of a subscriber list (presence). */
+typedef struct {
+    const sl_chan_t *c;
+    uint64_t last;
+    bool bad;
+} walk_t;
+
+static int walk_cb(const sl_sub_t *s, void *arg)
+{
+    walk_t *w = arg;
+    const char *user = sl_sub_user(s), *info = sl_sub_info(s);
+    if (s->chan_len != w->c->node.klen || memcmp(s->key, w->c->id, s->chan_len) != 0 ||
+        s->key[s->chan_len] != '\n' || s->worker < 0 || s->worker >= NPROC ||
+        s->node.klen > SL_SUB_KEY_MAX || (w->last && s->sub_no >= w->last) ||
+        (user && (s->user_len != 2 || user[0] != 'u')) ||
+        (info && strcmp(info, "{\"k\":\"v\"}") != 0))
+        w->bad = true;
+    w->last = s->sub_no;
+    return w->bad;
+}
+
+static void do_presence(proc_t *p)
+{
+    char name[8];
+    chan_name(rand() % NCHAN, name);
+    sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
+    if (ch == NULL)
+        return;
+    walk_t w = {ch, 0, false};
+    S->walked[p->me] += sl_chan_members(ch, 0, walk_cb, &w);
+    S->walks[p->me]++;
+    if (w.bad)
+        fail(p->me, "presence walked onto a node that is not a live subscription");
+    uint32_t clients, users;
+    if (sl_chan_presence_counts(ch, 100000, &clients, &users) && users > 3)
+        fail(p->me, "more distinct users than there are");
+}
+
+/* A join / leave frame: its form (the channel's, a conn-id of ours). */
+static void presence_event(proc_t *p, const sl_chan_msg_t *m)
+{
+    char buf[512];
+    size_t n = m->len - m->payload_off;
+    if (n >= sizeof(buf) || chan_index(m->id, m->idlen) < 0) {
+        fail(p->me, "a join / leave of no known channel");
+        return;
+    }
+    memcpy(buf, m->frame + m->payload_off, n);
+    buf[n] = '\0';
+    char type[8], chan[8];
+    int w, k;
+    if (sscanf(buf, "{\"type\":\"%7[a-z]\",\"channel-id\":\"%7[^\"]\",\"info\":{\"conn-id\":\"c%d-%d\"",
+               type, chan, &w, &k) != 4 ||
+        (strcmp(type, "join") != 0 && strcmp(type, "leave") != 0) || w < 0 || w >= NPROC ||
+        k < 0 || k >= NCONN) {
+        fail(p->me, "a join / leave frame of the wrong form");
+        return;
+    }
+    if (type[0] == 'j')
+        S->joins[p->me]++;
+    else
+        S->leaves[p->me]++;
 }
 
 static const uint8_t GONE[] = "GONE";
@@ -392,6 +469,8 @@ static size_t drain(proc_t *p)
             channel_message(p, m);
         else if (e.kind == SL_INBOX_CHANNEL_MSG && m->len > 4 && memcmp(m->frame, "RPC:", 4) == 0)
             respond(p, (const char *)m->frame + 4, m->len - 4);
+        else if (e.kind == SL_INBOX_CHANNEL_MSG)
+            presence_event(p, m);
         else if (e.kind == SL_INBOX_DIRECT)
             answered(p, e.tag);
         else if (e.kind == SL_INBOX_CHANNEL_GONE)
@@ -431,6 +510,8 @@ static void child(int me, bool poison)
             do_reap(p);
         else if (op < 90)
             do_request(p);
+        else if (op < 96)
+            do_presence(p);
         if ((i & 15) == 0) {
             drain(p);
             timers(p);
@@ -511,6 +592,7 @@ static void stress(bool poison)
         t[6] += S->rpc_created[i], t[7] += S->rpc_responses[i], t[8] += S->rpc_timeouts[i];
         t[9] += S->rpc_cancelled[i], t[10] += S->rpc_unclaims[i], t[11] += S->rpc_late[i];
         t[12] += S->missed[i];
+        t[13] += S->walks[i], t[14] += S->walked[i], t[15] += S->joins[i] + S->leaves[i];
     }
     /* Every publish reached exactly the workers it was handed to. */
     uint64_t wrong = 0, expected = 0;
@@ -566,12 +648,14 @@ static void stress(bool poison)
     printf("chan-stress (%s): %d processes %.1f s: %llu published, %llu delivered and "
            "verified, %llu skipped full inbox, %llu missed notes, %llu subscribes, %llu deletes, "
            "%llu reaped; RPC %llu requests: %llu responses, %llu timeouts, %llu cancelled, "
-           "%llu un-claims, %llu late; bad_frees %llu, arena balanced at %llu bytes\n",
+           "%llu un-claims, %llu late; presence: %llu lock-free walks over %llu nodes, %llu "
+           "join/leave events; bad_frees %llu, arena balanced at %llu bytes\n",
            poison ? "poisoned" : "not poisoned", NPROC, SECONDS, (unsigned long long)t[0],
            (unsigned long long)t[1], (unsigned long long)t[2], (unsigned long long)t[12],
            (unsigned long long)t[5], (unsigned long long)t[3], (unsigned long long)t[4],
            (unsigned long long)t[6], (unsigned long long)t[7], (unsigned long long)t[8],
            (unsigned long long)t[9], (unsigned long long)t[10], (unsigned long long)t[11],
+           (unsigned long long)t[13], (unsigned long long)t[14], (unsigned long long)t[15],
            (unsigned long long)end.bad_frees, (unsigned long long)end.used_bytes);
     munmap(S, sizeof(shared_t) + REGION);
 }

@@ -2,13 +2,18 @@
  * test_channels.c - channel registry operations: create, ids, subscribe
  * limits and idempotency, unsubscribe, publish (seq, inbox hand-off,
  * references, retention ring), overload without a seq gap, retained
- * messages, and a dead worker's cleanup.
+ * messages, and a dead worker's cleanup; presence (members with user and
+ * info, pages by sub_no, counts), join / leave frames (who gets them,
+ * ordering with messages, a full inbox), history pages and the retention
+ * TTL.
  */
 #include "sl_chan.h"
 #include "sl_test.h"
 
 #include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
 
 static sl_reg_t *R;
 
@@ -188,6 +193,305 @@ static void test_worker_cleanup(void)
     SL_CHECK_INT(t.subscriptions, 10);
 }
 
+/* The JSON of the next entry of worker w's inbox ("" when empty). */
+static const char *next_json(int w, char *buf, size_t n)
+{
+    sl_inbox_entry_t e;
+    buf[0] = '\0';
+    if (!sl_inbox_pop(R->inboxes[w], &e, NULL))
+        return buf;
+    size_t l = SL_MIN(n - 1, (size_t)(e.msg->len - e.msg->payload_off));
+    memcpy(buf, e.msg->frame + e.msg->payload_off, l);
+    buf[l] = '\0';
+    if (e.exclude_conn)
+        snprintf(buf + l, n - l, "|x%llu", (unsigned long long)e.exclude_conn);
+    sl_chan_msg_unref(R, e.msg);
+    return buf;
+}
+
+static void drain_all(void)
+{
+    char b[512];
+    for (int w = 0; w < 2; w++)
+        while (next_json(w, b, sizeof(b))[0])
+            ;
+}
+
+static const sl_chan_config_t JL = {.max_subscribers = 100, .rpc_timeout_ms = 1000,
+                                    .join_leave = true};
+
+static void test_join_leave_frames(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    uint64_t woken;
+    char b[512];
+    /* The first subscriber: nobody to tell. */
+    sl_chan_who_t alice = {.conn_no = 7, .user = "al\"ice", .info = "{\"name\":\"A\"}"};
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, &alice, &woken, &n), SL_OK);
+    SL_CHECK_INT(woken, 0);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
+    /* The second (anonymous, worker 1): worker 0 is told; worker 1 has no
+     * other subscriber of it. */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, &(sl_chan_who_t){.conn_no = 8}, &woken,
+                                   &n), SL_OK);
+    SL_CHECK_INT(woken, 1);
+    SL_CHECK_STR(next_json(0, b, sizeof(b)), "{\"type\":\"join\",\"channel-id\":\"room\",\"info\":"
+                                             "{\"conn-id\":\"conn-b\",\"user\":null,\"info\":null}}|x8");
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    /* A third on worker 0: both workers told, the joiner excluded on its own. */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 0, 3, &(sl_chan_who_t){.conn_no = 9}, &woken,
+                                   &n), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    SL_CHECK(strstr(next_json(0, b, sizeof(b)), "\"conn-id\":\"conn-c\"") && strstr(b, "|x9"));
+    SL_CHECK(strstr(next_json(1, b, sizeof(b)), "\"type\":\"join\""));
+    /* Ordered with messages: publish, leave, publish - in that order on both. */
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    sl_chan_publish(R, c, &p, &r);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-a", 7, &woken, &n), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    sl_chan_publish(R, c, &p, &r);
+    for (int w = 0; w < 2; w++) {
+        SL_CHECK(strstr(next_json(w, b, sizeof(b)), "\"seq\":1"));
+        SL_CHECK_STR(next_json(w, b, sizeof(b)),
+                     "{\"type\":\"leave\",\"channel-id\":\"room\",\"info\":{\"conn-id\":\"conn-a\","
+                     "\"user\":\"al\\\"ice\",\"info\":{\"name\":\"A\"}}}|x7");
+        SL_CHECK(strstr(next_json(w, b, sizeof(b)), "\"seq\":2"));
+    }
+    /* Without join-leave: no frames. */
+    sl_chan_t *q;
+    sl_chan_create(R, "quiet", 5, &CFG, &q);
+    sl_chan_subscribe(R, q, "conn-a", 0, 1, NULL, &woken, &n);
+    sl_chan_subscribe(R, q, "conn-b", 1, 2, NULL, &woken, &n);
+    sl_chan_unsubscribe(R, q, "conn-a", 0, &woken, &n);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
+}
+
+/* Every inbox full: a join is refused (nothing changes), a leave is not
+ * (the full inboxes are noted as missed); a dead worker's cleanup tells
+ * the others one leave per subscription. */
+static void test_join_leave_full_and_cleanup(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n);
+    sl_chan_t *f;
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 1, NULL, NULL, &n);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < SL_INBOX_CAP; i++)
+        sl_chan_publish(R, f, &p, &r);
+    sl_arena_stats_t before, after;
+    sl_arena_stats(R->arena, &before);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n), SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-b"));
+    sl_arena_stats(R->arena, &after);
+    SL_CHECK_INT(after.used_bytes, before.used_bytes);
+    /* conn-b joins while there is room; then worker 0 is full again. */
+    sl_inbox_entry_t e;
+    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
+    sl_chan_msg_unref(R, e.msg);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n), SL_OK);
+    uint64_t missed = R->inboxes[0]->missed_n;
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
+    SL_CHECK(R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)].chan_hash == c->node.hash);
+    drain_all();
+    /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "conn-d%d", i);
+        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n);
+    }
+    drain_all();
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    SL_CHECK_INT(job.woken, 1);
+    SL_CHECK_INT(c->subscribers, 1);
+    char b[512];
+    int leaves = 0;
+    while (next_json(0, b, sizeof(b))[0])
+        leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
+    SL_CHECK_INT(leaves, 3);
+}
+
+typedef struct {
+    char ids[8][32];
+    int n;
+    uint64_t last;
+} members_t;
+
+static int member_cb(const sl_sub_t *s, void *arg)
+{
+    members_t *m = arg;
+    if (m->n == 2)
+        return 1;
+    snprintf(m->ids[m->n++], 32, "%s/%s/%s", sl_sub_conn_id(s), sl_sub_user(s) ? sl_sub_user(s) : "-",
+             sl_sub_info(s) ? sl_sub_info(s) : "-");
+    m->last = s->sub_no;
+    return 0;
+}
+
+static void test_presence(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-1", 0, 1, &(sl_chan_who_t){.user = "u1"}, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-2", 1, 2, &(sl_chan_who_t){.user = "u1", .info = "[1]"}, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-3", 0, 3, NULL, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-4", 1, 4, &(sl_chan_who_t){.user = "u2"}, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-5", 0, 5, &(sl_chan_who_t){.info = "{}"}, NULL, &n);
+    sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n);
+    /* Pages of two, newest first. */
+    members_t m = {0};
+    sl_chan_members(c, 0, member_cb, &m);
+    SL_CHECK_STR(m.ids[0], "conn-5/-/{}");
+    SL_CHECK_STR(m.ids[1], "conn-4/u2/-");
+    members_t m2 = {0};
+    sl_chan_members(c, m.last, member_cb, &m2);
+    SL_CHECK_INT(m2.n, 2);
+    SL_CHECK_STR(m2.ids[0], "conn-2/u1/[1]");
+    SL_CHECK_STR(m2.ids[1], "conn-1/u1/-");
+    members_t m3 = {0};
+    sl_chan_members(c, m2.last, member_cb, &m3);
+    SL_CHECK_INT(m3.n, 0);
+    uint32_t clients, users;
+    SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
+    SL_CHECK_INT(clients, 4);
+    SL_CHECK_INT(users, 2);
+    SL_CHECK(!sl_chan_presence_counts(c, 3, &clients, &users));
+    /* Many users: the set grows. */
+    char id[32], user[32];
+    for (int i = 0; i < 90; i++) {
+        snprintf(id, sizeof(id), "conn-x%d", i);
+        snprintf(user, sizeof(user), "user-%d", i % 45);
+        sl_chan_subscribe(R, c, id, i % 2, (uint32_t)i, &(sl_chan_who_t){.user = user}, NULL, &n);
+    }
+    SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
+    SL_CHECK_INT(clients, 94);
+    SL_CHECK_INT(users, 47);
+    drain_all();
+}
+
+typedef struct {
+    uint64_t seqs[16];
+    int n;
+} seqs_t;
+
+static void seq_cb(const sl_chan_msg_t *m, void *arg)
+{
+    seqs_t *s = arg;
+    s->seqs[s->n++] = m->seq;
+}
+
+static seqs_t page(sl_chan_t *c, bool has_since, uint64_t since, uint32_t limit, bool reverse,
+                   sl_chan_history_t *res)
+{
+    seqs_t s = {{0}, 0};
+    sl_chan_history_q_t q = {.since = since, .has_since = has_since, .reverse = reverse,
+                             .limit = limit, .max_bytes = 1 << 20};
+    sl_chan_history(R, c, &q, seq_cb, &s, res);
+    return s;
+}
+
+static void test_history(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 5;
+    sl_chan_t *c;
+    sl_chan_create(R, "h", 1, &cfg, &c);
+    sl_chan_history_t res;
+    seqs_t s = page(c, false, 0, 10, false, &res);
+    SL_CHECK_INT(s.n, 0);
+    SL_CHECK_INT(res.top_seq, 0);
+    SL_CHECK_INT(res.oldest_seq, 0);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < 8; i++)
+        sl_chan_publish(R, c, &p, &r); /* seqs 1..8; 4..8 retained */
+    s = page(c, false, 0, 2, false, &res);
+    SL_CHECK_INT(res.top_seq, 8);
+    SL_CHECK_INT(res.oldest_seq, 4);
+    SL_CHECK(s.n == 2 && s.seqs[0] == 4 && s.seqs[1] == 5 && res.more);
+    s = page(c, true, 5, 2, false, &res); /* forwards from the last seen */
+    SL_CHECK(s.n == 2 && s.seqs[0] == 6 && s.seqs[1] == 7 && res.more);
+    s = page(c, true, 7, 2, false, &res);
+    SL_CHECK(s.n == 1 && s.seqs[0] == 8 && !res.more);
+    s = page(c, true, 8, 2, false, &res); /* since the top: nothing */
+    SL_CHECK(s.n == 0 && !res.more);
+    s = page(c, true, 100, 2, false, &res); /* beyond: nothing */
+    SL_CHECK(s.n == 0 && !res.more);
+    s = page(c, true, 1, 10, false, &res); /* before the ring: from its oldest */
+    SL_CHECK(s.n == 5 && s.seqs[0] == 4 && !res.more);
+    s = page(c, false, 0, 3, true, &res); /* backwards, newest first */
+    SL_CHECK(s.n == 3 && s.seqs[0] == 8 && s.seqs[2] == 6 && res.more);
+    s = page(c, true, 6, 3, true, &res);
+    SL_CHECK(s.n == 2 && s.seqs[0] == 5 && s.seqs[1] == 4 && !res.more);
+    s = page(c, true, 4, 3, true, &res);
+    SL_CHECK(s.n == 0);
+    s = page(c, false, 0, 0, false, &res); /* limit 0: the position only */
+    SL_CHECK(s.n == 0 && res.more && res.top_seq == 8);
+    /* The byte bound: always one, then only what fits. */
+    sl_chan_history_q_t q = {.limit = 10, .max_bytes = 1};
+    seqs_t one = {{0}, 0};
+    sl_chan_history(R, c, &q, seq_cb, &one, &res);
+    SL_CHECK(one.n == 1 && res.more);
+}
+
+static void test_history_ttl(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 100;
+    cfg.history_ttl_ms = 50;
+    sl_chan_t *c;
+    sl_chan_create(R, "t", 1, &cfg, &c);
+    sl_arena_stats_t empty, full, after;
+    sl_arena_stats(R->arena, &empty);
+    char big[2000];
+    memset(big, 'x', sizeof(big));
+    big[0] = big[sizeof(big) - 1] = '"';
+    sl_chan_pub_t p = {.data_json = big, .data_len = sizeof(big), .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < 20; i++)
+        sl_chan_publish(R, c, &p, &r);
+    sl_arena_stats(R->arena, &full);
+    SL_CHECK(full.used_bytes >= empty.used_bytes + 20 * 2000);
+    uint32_t dropped;
+    SL_CHECK(sl_chan_expire(R, c, sl_mono_us(), &dropped));
+    SL_CHECK_INT(dropped, 0); /* not old yet */
+    SL_CHECK_INT(sl_chan_retained_count(c), 20);
+    uint64_t before = uatomic_read(&R->expired);
+    SL_CHECK(sl_chan_expire(R, c, sl_mono_us() + 60 * 1000, &dropped));
+    SL_CHECK_INT(dropped, 20);
+    SL_CHECK_INT(uatomic_read(&R->expired), before + 20);
+    sl_arena_stats(R->arena, &after);
+    SL_CHECK_INT(after.used_bytes, empty.used_bytes); /* every message's memory is back */
+    /* On the read path too: history never shows an expired message. */
+    sl_chan_publish(R, c, &p, &r);
+    usleep(60 * 1000);
+    sl_chan_history_t res;
+    seqs_t s = page(c, false, 0, 10, false, &res);
+    SL_CHECK_INT(s.n, 0);
+    SL_CHECK_INT(res.top_seq, 21);
+    SL_CHECK_INT(sl_chan_retained_count(c), 0);
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_ids);
@@ -196,5 +500,10 @@ int main(void)
     SL_TEST_RUN(test_overload_keeps_seq);
     SL_TEST_RUN(test_no_subscribers_frees);
     SL_TEST_RUN(test_worker_cleanup);
+    SL_TEST_RUN(test_join_leave_frames);
+    SL_TEST_RUN(test_join_leave_full_and_cleanup);
+    SL_TEST_RUN(test_presence);
+    SL_TEST_RUN(test_history);
+    SL_TEST_RUN(test_history_ttl);
     return sl_test_summary();
 }

@@ -58,6 +58,8 @@
 
 typedef struct {
     sl_reg_t reg;
+    int nvisited;
+    char visited[8][SL_CONN_ID_MAX]; /* the presence walk's conn-ids */
     sl_table_t *small; /* one bucket, for the table scenario */
     void *held[8];     /* the arena scenario's live objects */
     uint64_t rpc_no;
@@ -94,6 +96,12 @@ static const sl_chan_config_t CFG_A = {.max_subscribers = 100, .message_retentio
 static const sl_chan_config_t CFG_B = {.max_subscribers = 100, .message_retention = 0,
                                        .rpc_timeout_ms = 1000};
 static const sl_chan_config_t CFG_C = {.max_subscribers = 100, .lingers = true};
+/* Join / leave events; retention with a TTL. */
+static const sl_chan_config_t CFG_J = {.max_subscribers = 100, .rpc_timeout_ms = 1000,
+                                       .join_leave = true};
+static const sl_chan_config_t CFG_E = {.max_subscribers = 100, .message_retention = 3,
+                                       .rpc_timeout_ms = 1000, .history_ttl_ms = 1};
+static uint64_t missed0; /* worker 0's missed notes before the scenario */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -153,10 +161,12 @@ static void setup(bool poison)
     arena_stats(&s);
     base_used = s.used_bytes;
 
-    sl_chan_t *a, *b, *c;
+    sl_chan_t *a, *b, *c, *j, *e;
     sl_chan_create(R, "a", 1, &CFG_A, &a);
     sl_chan_create(R, "b", 1, &CFG_B, &b);
     sl_chan_create(R, "c", 1, &CFG_C, &c);
+    sl_chan_create(R, "j", 1, &CFG_J, &j);
+    sl_chan_create(R, "e", 1, &CFG_E, &e);
     const char *conns[] = {"conn-0a", "conn-1a", "conn-2a"};
     for (int w = 0; w < NWORKERS; w++)
         sl_reg_conn_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, 1);
@@ -165,9 +175,17 @@ static void setup(bool poison)
         sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, NULL, NULL, &n);
     for (int w = 0; w < 2; w++)
         sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, NULL, NULL, &n);
+    static const char *const who_user[] = {"bob", NULL, "carol"};
+    for (int w = 0; w < NWORKERS; w++) {
+        sl_chan_who_t who = {.conn_no = (uint64_t)w + 1, .user = who_user[w],
+                             .info = w == 2 ? "{\"role\":\"admin\"}" : NULL};
+        sl_chan_subscribe(R, j, conns[w], w, (uint32_t)w, &who, NULL, &n);
+    }
     for (int i = 0; i < 4; i++)
         pub(a, "{\"n\":1}");
     pub(b, "\"x\"");
+    for (int i = 0; i < 3; i++)
+        pub(e, "{\"old\":1}");
     for (int w = 0; w < NWORKERS; w++)
         drain(w);
     sl_rpc_t *q = sl_rpc_create(R, 0, 0, 1, "a", 1, 100000);
@@ -334,6 +352,58 @@ static void sc_access_cleanup(void)
     sl_table_foreach(R->access->users, access_cleanup_cb, R);
 }
 
+static void sc_subscribe_join(void)
+{
+    uint32_t n;
+    sl_chan_who_t who = {.conn_no = 19, .user = "dave", .info = "{\"k\":[1,2]}"};
+    sl_chan_subscribe(R, sl_chan_find(R, "j", 1), "conn-1j", CHILD, 9, &who, NULL, &n);
+}
+
+static void sc_unsubscribe_leave(void)
+{
+    uint32_t n;
+    sl_chan_unsubscribe(R, sl_chan_find(R, "j", 1), "conn-1a", 2, NULL, &n);
+}
+
+/* Workers 0 and 2's inboxes full (one message, referenced by every
+ * entry): a leave nobody can take. */
+static void prep_full(void)
+{
+    sl_chan_msg_t *m = sl_arena_calloc(R->arena, sizeof(*m) + sizeof(FRAME));
+    m->len = sizeof(FRAME);
+    memcpy(m->frame, FRAME, sizeof(FRAME));
+    m->refs = 2 * SL_INBOX_CAP;
+    for (int w = 0; w < NWORKERS; w += 2)
+        for (int i = 0; i < SL_INBOX_CAP; i++) {
+            sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT, .target_slot = 99, .msg = m};
+            sl_inbox_lock(R->inboxes[w]);
+            sl_inbox_prepare(R->inboxes[w], &e, NULL);
+            sl_inbox_push_prepared(R->inboxes[w]);
+            sl_inbox_unlock(R->inboxes[w]);
+        }
+}
+
+/* The master's cleanup after worker 2 (here in the child): its
+ * subscriptions go, each one's leave told to the others. */
+static int cleanup_w2_cb(sl_table_node_t *n, void *arg)
+{
+    uint64_t woken = 0;
+    if (((sl_sub_t *)n)->worker == 2)
+        sl_chan_cleanup_sub(R, (sl_sub_t *)n, &woken);
+    return 0;
+}
+
+static void sc_cleanup_leave(void)
+{
+    sl_table_foreach(R->subs, cleanup_w2_cb, NULL);
+}
+
+static void sc_expire(void)
+{
+    uint32_t dropped;
+    sl_chan_expire(R, sl_chan_find(R, "e", 1), sl_mono_us() + 10 * 1000000, &dropped);
+}
+
 static void sc_reclaim(void)
 {
     sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-1a", 7));
@@ -344,30 +414,36 @@ static void sc_reclaim(void)
 typedef struct {
     const char *name;
     void (*fn)(void);
+    void (*prep)(void); /* run by the parent before the child (NULL: none) */
 } scenario_t;
 
 static const scenario_t SCENARIOS[] = {
-    {"arena", sc_arena},
-    {"table", sc_table},
-    {"subscribe", sc_subscribe},
-    {"unsubscribe", sc_unsubscribe},
-    {"publish-retained", sc_publish_ring},
-    {"publish", sc_publish_plain},
-    {"send", sc_send},
-    {"delete", sc_delete},
-    {"reap", sc_reap},
-    {"create", sc_create},
-    {"connection", sc_conn},
-    {"rpc-create", sc_rpc_create},
-    {"rpc-respond", sc_rpc_respond},
-    {"rpc-unclaim", sc_rpc_unclaim},
-    {"broadcast", sc_broadcast},
-    {"consume", sc_consume},
-    {"reclaim", sc_reclaim},
-    {"access-acquire", sc_access_acquire},
-    {"access-release", sc_access_release},
-    {"access-user", sc_access_user},
-    {"access-cleanup", sc_access_cleanup},
+    {"arena", sc_arena, NULL},
+    {"table", sc_table, NULL},
+    {"subscribe", sc_subscribe, NULL},
+    {"unsubscribe", sc_unsubscribe, NULL},
+    {"publish-retained", sc_publish_ring, NULL},
+    {"publish", sc_publish_plain, NULL},
+    {"send", sc_send, NULL},
+    {"delete", sc_delete, NULL},
+    {"reap", sc_reap, NULL},
+    {"create", sc_create, NULL},
+    {"connection", sc_conn, NULL},
+    {"rpc-create", sc_rpc_create, NULL},
+    {"rpc-respond", sc_rpc_respond, NULL},
+    {"rpc-unclaim", sc_rpc_unclaim, NULL},
+    {"broadcast", sc_broadcast, NULL},
+    {"consume", sc_consume, NULL},
+    {"reclaim", sc_reclaim, NULL},
+    {"access-acquire", sc_access_acquire, NULL},
+    {"access-release", sc_access_release, NULL},
+    {"access-user", sc_access_user, NULL},
+    {"access-cleanup", sc_access_cleanup, NULL},
+    {"subscribe-join", sc_subscribe_join, NULL},
+    {"unsubscribe-leave", sc_unsubscribe_leave, NULL},
+    {"leave-to-full-inboxes", sc_unsubscribe_leave, prep_full},
+    {"cleanup-leave", sc_cleanup_leave, NULL},
+    {"expire", sc_expire, NULL},
 };
 #define NSC SL_ARRAY_LEN(SCENARIOS)
 
@@ -379,6 +455,7 @@ static const char *const MAY_LEAK[] = {
     "chan.sub.allocated",    "chan.pub.encoded",       "chan.send.allocated",
     "chan.direct.allocated", "chan.del.allocated",     "chan.ring.drop-cleared",
     "reg.conn.allocated",    "rpc.create.allocated",   "access.user.allocated",
+    "chan.join.allocated",   "chan.leave.allocated",   "chan.leave.unsent",
 };
 
 static bool may_leak(const char *point)
@@ -421,6 +498,45 @@ static void check_rpc(void)
         /* The requester's timer would win it now. */
         EXPECT(sl_rpc_claim(q, SL_RPC_EXPIRED, 0), "RPC: the requester cannot expire it");
         sl_rpc_remove(R, q);
+    }
+}
+
+/* Join / leave: worker 0 (whose conn-0a stays subscribed to "j" in every
+ * scenario) must have been told of every other connection's subscribe and
+ * unsubscribe exactly once, in order: its inbox alternates join and leave
+ * per connection and ends where the registry is.  Unless the inbox was
+ * full (its subscribers would be closed 1013 instead). */
+static void check_join_leave(void)
+{
+    sl_inbox_t *in = R->inboxes[0];
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    if (in->missed_n != missed0 || j == NULL)
+        return;
+    static const char *const conns[] = {"conn-1a", "conn-2a", "conn-1j"};
+    static const bool initially[] = {true, true, false};
+    for (int k = 0; k < 3; k++) {
+        char pat[64];
+        snprintf(pat, sizeof(pat), "\"conn-id\":\"%s\"", conns[k]);
+        bool sub = initially[k];
+        for (uint64_t i = in->head; i < in->tail; i++) {
+            const sl_inbox_entry_t *e = &in->ring[i & (SL_INBOX_CAP - 1)];
+            const sl_chan_msg_t *m = e->msg;
+            if (e->kind != SL_INBOX_CHANNEL_MSG || m->seq != 0 || m->chan_hash != j->node.hash)
+                continue;
+            char text[512];
+            size_t n = SL_MIN(sizeof(text) - 1, (size_t)(m->len - m->payload_off));
+            memcpy(text, m->frame + m->payload_off, n);
+            text[n] = '\0';
+            if (strstr(text, pat) == NULL)
+                continue;
+            bool join = strstr(text, "\"type\":\"join\"") != NULL;
+            EXPECT(join != sub, "worker 0 told %s of %s twice", join ? "a join" : "a leave",
+                   conns[k]);
+            sub = join;
+        }
+        bool now = sl_chan_is_subscriber(R, j, conns[k]);
+        EXPECT(sub == now, "worker 0 was told %s is %ssubscribed, but it is %s", conns[k],
+               sub ? "" : "not ", now ? "subscribed" : "not");
     }
 }
 
@@ -569,6 +685,9 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
     failure[0] = '\0';
     cleaned = false;
     setup(poison);
+    if (sc->prep)
+        sc->prep();
+    missed0 = R->inboxes[0]->missed_n;
     int rc = run_child(sc, point, nth, false);
     if (rc != SL_CRASH_EXIT_CODE) {
         munmap(G, REGION);
@@ -591,6 +710,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
         sl_qsbr_online(&R->qsbr, CHECKER);
         check_registry();
     }
+    if (!failure[0])
+        check_join_leave();
     if (!failure[0])
         check_rpc();
     if (!failure[0])
@@ -620,6 +741,8 @@ static void test_every_crash_point(void)
     for (size_t s = 0; s < NSC; s++) {
         /* Which points does this scenario pass, and how often? */
         setup(true);
+        if (SCENARIOS[s].prep)
+            SCENARIOS[s].prep();
         SL_CHECK_INT(run_child(&SCENARIOS[s], NULL, 0, true), 0);
         size_t nt = SL_MIN(G->ntrace, (size_t)TRACE_MAX);
         const sl_crashpoint_t **seen = malloc(sizeof(*seen) * (nt ? nt : 1));
@@ -771,6 +894,55 @@ static void test_missed_note_after_the_last_push(void)
     munmap(G, REGION);
 }
 
+/* A presence reader walks "j" without the lock and is stopped on its first
+ * node (conn-2a); meanwhile that node and the next (conn-1a) unsubscribe
+ * and a reclaim runs; the reader goes on.  It must reach conn-0a, which
+ * stayed for the whole walk, over the two unlinked nodes - still readable,
+ * its grace period not over - and nothing else. */
+static int stop_on_first(const sl_sub_t *s, void *arg)
+{
+    if (G->nvisited < 8)
+        snprintf(G->visited[G->nvisited++], SL_CONN_ID_MAX, "%s", sl_sub_conn_id(s));
+    if (G->nvisited == 1)
+        raise(SIGSTOP);
+    return 0;
+}
+
+static void walk_j(void)
+{
+    sl_chan_members(sl_chan_find(R, "j", 1), 0, stop_on_first, NULL);
+}
+
+static void test_presence_walk_during_unsubscribes(void)
+{
+    setup(true);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sl_arena_set_owner(CHILD);
+        sl_qsbr_register(&R->qsbr, CHILD);
+        walk_j();
+        sl_qsbr_offline(&R->qsbr, CHILD);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, WUNTRACED);
+    SL_CHECK(WIFSTOPPED(st));
+    SL_CHECK_STR(G->visited[0], "conn-2a");
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    uint32_t n;
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, j, "conn-2a", 3, NULL, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, j, "conn-1a", 2, NULL, &n), SL_OK);
+    sl_qsbr_quiescent(&R->qsbr, CHECKER);
+    sl_qsbr_reclaim(&R->qsbr); /* the reader is online: nothing it may hold is freed */
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    finish_child(pid);
+    SL_CHECK_INT(G->nvisited, 3);
+    SL_CHECK_STR(G->visited[1], "conn-1a");
+    SL_CHECK_STR(G->visited[2], "conn-0a");
+    munmap(G, REGION);
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -779,5 +951,6 @@ int main(void)
     SL_TEST_RUN(test_gp_snapshot);
     SL_TEST_RUN(test_no_read_after_handoff);
     SL_TEST_RUN(test_missed_note_after_the_last_push);
+    SL_TEST_RUN(test_presence_walk_during_unsubscribes);
     return sl_test_summary();
 }
