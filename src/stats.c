@@ -260,22 +260,36 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
+/* Presence counts of the listed channels walk their subscriber lists
+ * (lock-free): at most this many entries per /stats in all; the channels
+ * beyond get "num-users": null (num-clients is then the subscriber count). */
+#define SL_STATS_PRESENCE_WALK 200000
+
 static json_t *channel_stats_json(void)
 {
     json_t *chans = json_object();
     top_t *top = calloc(1, sizeof(*top));
     if (top) {
         sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
+        uint32_t budget = SL_STATS_PRESENCE_WALK;
         for (size_t i = 0; i < top->n; i++) {
             sl_chan_t *ch = top->top[i];
             /* Figures read without the channel lock: they may be one
              * message behind. */
+            uint32_t subs = uatomic_read(&ch->subscribers), clients = subs, users = 0;
+            bool counted = subs <= budget &&
+                           sl_chan_presence_counts(ch, budget, &clients, &users);
+            budget -= counted ? SL_MIN(clients, budget) : 0;
+            if (!counted)
+                clients = subs;
             json_object_setn_new(
                 chans, ch->id, ch->node.klen,
-                json_pack("{s:I, s:I, s:I, s:I}", "subscriber-count",
-                          (json_int_t)uatomic_read(&ch->subscribers), "message-count",
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "subscriber-count",
+                          (json_int_t)subs, "message-count",
                           (json_int_t)top->count[i], "created-at", (json_int_t)ch->created_at,
-                          "retention-count", (json_int_t)sl_chan_retained_count(ch)));
+                          "retention-count", (json_int_t)sl_chan_retained_count(ch),
+                          "num-clients", (json_int_t)clients, "num-users",
+                          counted ? json_integer(users) : json_null()));
         }
     }
     sl_chan_totals_t t;
@@ -288,6 +302,8 @@ static json_t *channel_stats_json(void)
                           (json_int_t)pending, "old-rpc-requests", (json_int_t)old);
     json_object_set_new(o, "reaped-channels",
                         json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
+    json_object_set_new(o, "expired-messages",
+                        json_integer((json_int_t)uatomic_read(&sl_shm->reg.expired)));
     json_object_set_new(o, "channels-omitted",
                         json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
                                                                : 0));
