@@ -88,6 +88,8 @@ typedef struct sl_chan_msg {
     uint32_t payload_off; /* where the JSON starts in frame */
     int64_t published_us; /* monotonic us the publish was accepted (0: not a publish) */
     int64_t created_us;   /* monotonic us it was encoded (retention TTL) */
+    uint64_t horizon;     /* join / leave: only subscriptions with sub_no <= horizon get it
+                           * (those made before its hand-off); 0: every subscriber */
     char id[SL_CHAN_ID_MAX + 1];
     uint8_t frame[];
 } sl_chan_msg_t;
@@ -190,9 +192,12 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
  * deleted since it was found (look it up again), SL_CHAN_OVERLOADED when
  * its join could go to no inbox (join_leave; nothing done).  With
  * join_leave the other subscribers are told (a leave: never refused);
- * *woken (may be NULL) gets the workers to wake for it. */
+ * *woken (may be NULL) gets the workers to wake for it.  *sub_no (may be
+ * NULL) gets the new subscription's number: the worker delivers a join or
+ * leave only to subscriptions numbered up to its horizon (sl_chan_msg_t). */
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
-                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count);
+                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count,
+                      uint64_t *sub_no);
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t conn_no,
                         uint64_t *woken, uint32_t *count);
 

@@ -17,6 +17,7 @@ typedef struct sl_cidx_entry {
     uint32_t idlen;
     uint32_t n, cap;
     sl_conn_t **conns;
+    uint64_t *sub_nos; /* conns[i]'s subscription number (sl_chan_msg_t.horizon) */
     char id[]; /* idlen bytes + NUL */
 } sl_cidx_entry_t;
 
@@ -26,8 +27,9 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add / remove a local subscriber.  SL_OK or SL_ERROR (out of memory). */
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+/* Add / remove a local subscriber (sub_no: its subscription's number).
+ * SL_OK or SL_ERROR (out of memory). */
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c, uint64_t sub_no);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 
 #endif

@@ -392,7 +392,8 @@ static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t k
 }
 
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
-                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count)
+                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count,
+                      uint64_t *sub_no)
 {
     uint64_t w = 0;
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS ||
@@ -412,6 +413,8 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
         rc = SL_CHAN_FULL;
     else
         rc = subscribe_locked(r, c, key, klen, hash, worker, slot, who, &w);
+    if (sub_no && rc == SL_OK)
+        *sub_no = c->sub_seq; /* ours: taken under this lock */
     *count = c->subscribers;
     sl_lock_release(&c->lock);
     if (woken)
@@ -652,6 +655,7 @@ static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, 
     m->seq = seq;
     m->published_us = p->published_us;
     m->created_us = sl_mono_us();
+    m->horizon = 0;
     m->chan_hash = c->node.hash;
     m->idlen = c->node.klen;
     memcpy(m->id, c->id, c->node.klen);
@@ -676,6 +680,7 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
     m->seq = 0;
     m->published_us = 0;
     m->created_us = 0;
+    m->horizon = 0;
     m->chan_hash = c ? c->node.hash : 0;
     m->idlen = c ? c->node.klen : 0;
     if (c)
@@ -689,7 +694,8 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
 
 /* The join / leave frame of subscription s (a channel message without
  * seq: {"type":"join"|"leave","channel-id":C,"info":{"conn-id":…,"user":…,
- * "info":…}}, user and info null when the connection has none). */
+ * "info":…}}, user and info null when the connection has none), for the
+ * subscriptions made before it (horizon). */
 static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join)
 {
     char idj[6 * SL_CHAN_ID_MAX + 2], uj[6 * SL_CHAN_USER_MAX + 2];
@@ -708,8 +714,13 @@ static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s,
     size_t h = sl_ws_encode_header(frame, SL_WS_OP_TEXT, true, (size_t)n, NULL);
     memcpy(frame + h, body, (size_t)n);
     sl_chan_msg_t *m = msg_of_frame(r, c, frame, h + (size_t)n);
-    if (m)
+    if (m) {
         m->payload_off = (uint32_t)h;
+        /* Only for the subscriptions there are at its hand-off (lock
+         * held): a worker may deliver it after a later subscribe of its
+         * own, which must not hear of who came or went before it. */
+        m->horizon = join ? s->sub_no - 1 : c->sub_seq;
+    }
     return m;
 }
 

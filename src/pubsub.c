@@ -217,6 +217,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     sl_chan_t *ch = NULL;
     uint32_t count = 0;
+    uint64_t sub_no = 0;
     int rc = SL_CHAN_NOT_SUBSCRIBED;
     /* Found, then deleted before we subscribed (an admin delete, or the
      * reaper removing it as empty): look it up again, a few times. */
@@ -264,7 +265,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         uint64_t woken = 0;
         rc = already ? SL_CHAN_ALREADY
                      : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &who,
-                                         &woken, &count);
+                                         &woken, &count, &sub_no);
         sl_pubsub_wake_later(woken);
     }
     if (rc == SL_CHAN_NOT_SUBSCRIBED) {
@@ -300,7 +301,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             c->subs_cap = cap;
         }
         char *copy = strndup(id, len);
-        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c) != SL_OK) {
+        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c, sub_no) != SL_OK) {
             free(copy);
             unsubscribe_woken(ch, c);
             reject(c, id, len, "overloaded");
@@ -746,6 +747,8 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         sl_conn_t *c = e->conns[i];
         if (c->conn_no == exclude_conn || c->state != SL_CONN_WS)
             continue; /* the sender, or closing (nothing may follow a close frame) */
+        if (m->horizon && e->sub_nos[i] > m->horizon)
+            continue; /* a join / leave from before this subscription */
         if (sl_conn_send(c, b) == SL_OK)
             n++;
     }

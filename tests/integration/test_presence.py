@@ -197,6 +197,40 @@ def test_join_leave_ordered_with_messages_on_both_workers(server_factory):
     pub.close()
 
 
+def test_a_burst_of_joins_each_told_once_per_pair(server_factory):
+    """Connections on both workers subscribing at once: each hears of those
+    that came after it, never of those before it (a worker drains a join
+    after a later subscribe of its own: the join's horizon keeps it from
+    that subscriber), so of every pair exactly one tells the other."""
+    srv = server_factory("--join-leave", workers=2)
+    conns = [on_worker(srv, i % 2) for i in range(40)]
+    ids = [conn_id(ws) for ws in conns]
+    for ws in conns:
+        send(ws, type="subscribe", **{"channel-id": "burst"})
+    heard = []
+    for ws in conns:
+        got = events(ws, lambda m: m["type"] == "subscription-result")
+        assert got[-1]["success"], got[-1]
+        heard.append({m["info"]["conn-id"] for m in got if m["type"] == "join"})
+    pub = on_worker(srv, 0)  # not subscribed: its reply is the next frame
+    end = ask(pub, type="publish", **{"channel-id": "burst", "data": "end"})["seq"]
+    pub.close()
+    for ws, h in zip(conns, heard):
+        got = events(ws, lambda m: m.get("seq") == end)
+        for m in got:
+            if m["type"] == "join":
+                assert m["info"]["conn-id"] not in h, "the same join twice"
+                h.add(m["info"]["conn-id"])
+    for i, a in enumerate(ids):
+        assert a not in heard[i], "told of its own join"
+        for j in range(i + 1, len(ids)):
+            both = (ids[j] in heard[i]) + (a in heard[j])
+            assert both == 1, (a, ids[j], both)
+    assert sum(map(len, heard)) == len(ids) * (len(ids) - 1) // 2
+    for ws in conns:
+        ws.close()
+
+
 def test_a_killed_worker_leaves_once_per_connection(server_factory):
     srv = server_factory("--join-leave", workers=2)
     watchers = [on_worker(srv, 0) for _ in range(3)]

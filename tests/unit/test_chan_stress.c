@@ -146,7 +146,7 @@ static void do_subscribe(proc_t *p)
         sl_chan_who_t who = {.conn_no = (uint64_t)k + 1,
                              .user = k % 2 ? user : NULL,
                              .info = k % 3 ? NULL : "{\"k\":\"v\"}"};
-        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, &who, NULL, &n);
+        int rc = sl_chan_subscribe(R, ch, id, p->me, (uint32_t)k, &who, NULL, &n, NULL);
         if (rc == SL_OK) {
             p->sub[k][c] = true;
             S->subs[p->me]++;

@@ -53,12 +53,12 @@ static void test_create_subscribe(void)
     SL_CHECK(c == c2 && sl_chan_find(R, "ch", 2) == c);
     SL_CHECK(strlen(c->epoch) == 12);
     uint32_t n;
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n, NULL), SL_OK);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n), SL_CHAN_ALREADY);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n, NULL), SL_CHAN_ALREADY);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, NULL, NULL, &n), SL_OK);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, NULL, NULL, &n), SL_CHAN_FULL);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, NULL, NULL, &n, NULL), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, NULL, NULL, &n, NULL), SL_CHAN_FULL);
     SL_CHECK_INT(c->worker_subs[0], 1);
     SL_CHECK_INT(c->worker_subs[1], 1);
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n), SL_CHAN_NOT_SUBSCRIBED);
@@ -84,7 +84,7 @@ static void test_publish_and_retention(void)
     sl_chan_t *c;
     sl_chan_create(R, "p\"q", 3, &CFG, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 1, 0, NULL, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-a", 1, 0, NULL, NULL, &n, NULL);
     sl_chan_pub_t p = {.data_json = "{\"x\":1}", .data_len = 7, .sender_conn_id = "conn-s",
                        .sender_conn_no = 9, .exclude_sender = true, .published_at = 42};
     sl_chan_pub_result_t r;
@@ -131,7 +131,7 @@ static void test_overload_keeps_seq(void)
     sl_chan_t *c;
     sl_chan_create(R, "busy", 4, &cfg, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 0, 0, NULL, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-a", 0, 0, NULL, NULL, &n, NULL);
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
     sl_chan_pub_result_t r;
     for (int i = 0; i < SL_INBOX_CAP; i++)
@@ -176,8 +176,8 @@ static void test_worker_cleanup(void)
     char id[32];
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof(id), "conn-%d", i);
-        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, NULL, NULL, &n);
-        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, NULL, NULL, &n);
+        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, NULL, NULL, &n, NULL);
     }
     /* A message waits in worker 1's inbox when it dies. */
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
@@ -230,20 +230,20 @@ static void test_join_leave_frames(void)
     char b[512];
     /* The first subscriber: nobody to tell. */
     sl_chan_who_t alice = {.conn_no = 7, .user = "al\"ice", .info = "{\"name\":\"A\"}"};
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, &alice, &woken, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, &alice, &woken, &n, NULL), SL_OK);
     SL_CHECK_INT(woken, 0);
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
     /* The second (anonymous, worker 1): worker 0 is told; worker 1 has no
      * other subscriber of it. */
     SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, &(sl_chan_who_t){.conn_no = 8}, &woken,
-                                   &n), SL_OK);
+                                   &n, NULL), SL_OK);
     SL_CHECK_INT(woken, 1);
     SL_CHECK_STR(next_json(0, b, sizeof(b)), "{\"type\":\"join\",\"channel-id\":\"room\",\"info\":"
                                              "{\"conn-id\":\"conn-b\",\"user\":null,\"info\":null}}|x8");
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
     /* A third on worker 0: both workers told, the joiner excluded on its own. */
     SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 0, 3, &(sl_chan_who_t){.conn_no = 9}, &woken,
-                                   &n), SL_OK);
+                                   &n, NULL), SL_OK);
     SL_CHECK_INT(woken, 3);
     SL_CHECK(strstr(next_json(0, b, sizeof(b)), "\"conn-id\":\"conn-c\"") && strstr(b, "|x9"));
     SL_CHECK(strstr(next_json(1, b, sizeof(b)), "\"type\":\"join\""));
@@ -264,10 +264,57 @@ static void test_join_leave_frames(void)
     /* Without join-leave: no frames. */
     sl_chan_t *q;
     sl_chan_create(R, "quiet", 5, &CFG, &q);
-    sl_chan_subscribe(R, q, "conn-a", 0, 1, NULL, &woken, &n);
-    sl_chan_subscribe(R, q, "conn-b", 1, 2, NULL, &woken, &n);
+    sl_chan_subscribe(R, q, "conn-a", 0, 1, NULL, &woken, &n, NULL);
+    sl_chan_subscribe(R, q, "conn-b", 1, 2, NULL, &woken, &n, NULL);
     sl_chan_unsubscribe(R, q, "conn-a", 0, &woken, &n);
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
+}
+
+/* The horizon of the next entry of worker w's inbox (-1 when empty). */
+static long long next_horizon(int w)
+{
+    sl_inbox_entry_t e;
+    if (!sl_inbox_pop(R->inboxes[w], &e, NULL))
+        return -1;
+    long long h = (long long)e.msg->horizon;
+    sl_chan_msg_unref(R, e.msg);
+    return h;
+}
+
+/* A join or leave is for the subscriptions made before its hand-off: the
+ * worker delivers it only to local subscriptions numbered up to its
+ * horizon, so one that subscribes there before the inbox is drained does
+ * not hear of who came or went before it. */
+static void test_join_leave_horizon(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    uint64_t woken, no = 0;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 1);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 2);
+    SL_CHECK_INT(next_horizon(0), 1); /* b's join: for a only */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 0, 3, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 3);
+    SL_CHECK_INT(next_horizon(0), 2); /* c's join: for a and b, not c */
+    SL_CHECK_INT(next_horizon(1), 2);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, &woken, &n, &no), SL_CHAN_ALREADY);
+    SL_CHECK_INT(no, 3); /* untouched */
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-a", 0, &woken, &n), SL_OK);
+    SL_CHECK_INT(next_horizon(0), 3); /* a's leave: for b and c */
+    SL_CHECK_INT(next_horizon(1), 3);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 4); /* a again: not told of its own earlier leave */
+    SL_CHECK_INT(next_horizon(0), 3);
+    /* A publication is for everyone there when it is delivered. */
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    sl_chan_publish(R, c, &p, &r);
+    SL_CHECK_INT(next_horizon(0), 0);
+    drain_all();
 }
 
 /* Every inbox full: a join is refused (nothing changes), a leave is not
@@ -279,19 +326,19 @@ static void test_join_leave_full_and_cleanup(void)
     sl_chan_t *c;
     sl_chan_create(R, "room", 4, &JL, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
     sl_chan_t *f;
     sl_chan_config_t cfg = CFG;
     cfg.message_retention = 0;
     sl_chan_create(R, "fill", 4, &cfg, &f);
-    sl_chan_subscribe(R, f, "conn-f", 0, 1, NULL, NULL, &n);
+    sl_chan_subscribe(R, f, "conn-f", 0, 1, NULL, NULL, &n, NULL);
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
     sl_chan_pub_result_t r;
     for (int i = 0; i < SL_INBOX_CAP; i++)
         sl_chan_publish(R, f, &p, &r);
     sl_arena_stats_t before, after;
     sl_arena_stats(R->arena, &before);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n), SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
     SL_CHECK_INT(n, 1);
     SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-b"));
     sl_arena_stats(R->arena, &after);
@@ -300,7 +347,7 @@ static void test_join_leave_full_and_cleanup(void)
     sl_inbox_entry_t e;
     SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
     sl_chan_msg_unref(R, e.msg);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_OK);
     uint64_t missed = R->inboxes[0]->missed_n;
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
@@ -311,7 +358,7 @@ static void test_join_leave_full_and_cleanup(void)
     for (int i = 0; i < 3; i++) {
         char id[16];
         snprintf(id, sizeof(id), "conn-d%d", i);
-        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n);
+        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n, NULL);
     }
     drain_all();
     sl_reg_cleanup_t job;
@@ -350,11 +397,11 @@ static void test_presence(void)
     sl_chan_t *c;
     sl_chan_create(R, "room", 4, &JL, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-1", 0, 1, &(sl_chan_who_t){.user = "u1"}, NULL, &n);
-    sl_chan_subscribe(R, c, "conn-2", 1, 2, &(sl_chan_who_t){.user = "u1", .info = "[1]"}, NULL, &n);
-    sl_chan_subscribe(R, c, "conn-3", 0, 3, NULL, NULL, &n);
-    sl_chan_subscribe(R, c, "conn-4", 1, 4, &(sl_chan_who_t){.user = "u2"}, NULL, &n);
-    sl_chan_subscribe(R, c, "conn-5", 0, 5, &(sl_chan_who_t){.info = "{}"}, NULL, &n);
+    sl_chan_subscribe(R, c, "conn-1", 0, 1, &(sl_chan_who_t){.user = "u1"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-2", 1, 2, &(sl_chan_who_t){.user = "u1", .info = "[1]"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-3", 0, 3, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-4", 1, 4, &(sl_chan_who_t){.user = "u2"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-5", 0, 5, &(sl_chan_who_t){.info = "{}"}, NULL, &n, NULL);
     sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n);
     /* Pages of two, newest first. */
     members_t m = {0};
@@ -379,7 +426,7 @@ static void test_presence(void)
     for (int i = 0; i < 90; i++) {
         snprintf(id, sizeof(id), "conn-x%d", i);
         snprintf(user, sizeof(user), "user-%d", i % 45);
-        sl_chan_subscribe(R, c, id, i % 2, (uint32_t)i, &(sl_chan_who_t){.user = user}, NULL, &n);
+        sl_chan_subscribe(R, c, id, i % 2, (uint32_t)i, &(sl_chan_who_t){.user = user}, NULL, &n, NULL);
     }
     SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
     SL_CHECK_INT(clients, 94);
@@ -501,6 +548,7 @@ int main(void)
     SL_TEST_RUN(test_no_subscribers_frees);
     SL_TEST_RUN(test_worker_cleanup);
     SL_TEST_RUN(test_join_leave_frames);
+    SL_TEST_RUN(test_join_leave_horizon);
     SL_TEST_RUN(test_join_leave_full_and_cleanup);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);

@@ -172,14 +172,14 @@ static void setup(bool poison)
         sl_reg_conn_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, 1);
     uint32_t n;
     for (int w = 0; w < NWORKERS; w++)
-        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, NULL, NULL, &n);
+        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, NULL, NULL, &n, NULL);
     for (int w = 0; w < 2; w++)
-        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, NULL, NULL, &n);
+        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, NULL, NULL, &n, NULL);
     static const char *const who_user[] = {"bob", NULL, "carol"};
     for (int w = 0; w < NWORKERS; w++) {
         sl_chan_who_t who = {.conn_no = (uint64_t)w + 1, .user = who_user[w],
                              .info = w == 2 ? "{\"role\":\"admin\"}" : NULL};
-        sl_chan_subscribe(R, j, conns[w], w, (uint32_t)w, &who, NULL, &n);
+        sl_chan_subscribe(R, j, conns[w], w, (uint32_t)w, &who, NULL, &n, NULL);
     }
     for (int i = 0; i < 4; i++)
         pub(a, "{\"n\":1}");
@@ -230,7 +230,7 @@ static void sc_table(void)
 static void sc_subscribe(void)
 {
     uint32_t n;
-    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, NULL, NULL, &n);
+    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, NULL, NULL, &n, NULL);
 }
 
 static void sc_unsubscribe(void)
@@ -356,7 +356,7 @@ static void sc_subscribe_join(void)
 {
     uint32_t n;
     sl_chan_who_t who = {.conn_no = 19, .user = "dave", .info = "{\"k\":[1,2]}"};
-    sl_chan_subscribe(R, sl_chan_find(R, "j", 1), "conn-1j", CHILD, 9, &who, NULL, &n);
+    sl_chan_subscribe(R, sl_chan_find(R, "j", 1), "conn-1j", CHILD, 9, &who, NULL, &n, NULL);
 }
 
 static void sc_unsubscribe_leave(void)
@@ -564,7 +564,7 @@ static void check_usable(void)
     for (int round = 0; round < 2 && a; round++) {
         uint32_t n;
         drain(2);
-        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, NULL, NULL, &n) == SL_OK, "subscribe failed");
+        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, NULL, NULL, &n, NULL) == SL_OK, "subscribe failed");
         sl_chan_pub_t p = {.data_json = "7", .data_len = 1, .published_at = 1};
         sl_chan_pub_result_t res;
         EXPECT(sl_chan_publish(R, a, &p, &res) == SL_OK, "publish failed");
