@@ -47,6 +47,7 @@ typedef enum {
     SL_NS_RPC,      /* who may send rpc-request */
     SL_NS_PRESENCE, /* who may ask presence / presence-stats (none: presence-disabled) */
     SL_NS_HISTORY,  /* who may ask history */
+    SL_NS_RPC_RESPOND, /* who may answer rpc-request (besides being subscribed) */
     SL_NS__KEYS
 } sl_ns_key_t;
 

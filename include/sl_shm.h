@@ -67,6 +67,8 @@ typedef enum {
     SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
     SL_ERR_PRESENCE_DISABLED,  /* presence / presence-stats in a namespace with presence=none */
     SL_ERR_CHANNEL_NOT_FOUND,  /* presence, presence-stats, history of a channel that is not there */
+    SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
+    SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR__COUNT
 } sl_err_t;
 

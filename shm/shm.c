@@ -57,6 +57,8 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_TOO_MANY_CHANNELS] = "too-many-channels",
     [SL_ERR_PRESENCE_DISABLED] = "presence-disabled",
     [SL_ERR_CHANNEL_NOT_FOUND] = "channel-not-found",
+    [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
+    [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
 };
 
 const char *sl_err_name(sl_err_t e)

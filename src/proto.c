@@ -40,7 +40,11 @@ int sl_proto_admit(sl_conn_t *c)
                              c->opened_at);
     if (c->reg == NULL)
         return SL_ERROR;
-    sl_session_admitted(c);
+    if (sl_session_admitted(c) != SL_OK) {
+        sl_reg_conn_remove(&sl_shm->reg, c->reg);
+        c->reg = NULL;
+        return SL_ERROR;
+    }
     return SL_OK;
 }
 
@@ -115,6 +119,14 @@ static void handle_echo(sl_conn_t *c, json_t *msg)
                                 "conn-id", c->conn_id, "timestamp", (json_int_t)sl_now_ms()));
 }
 
+/* A refresh may narrow what the token allows: the subscriptions it no
+ * longer allows are dropped (each with an "unsubscribed" notice). */
+static void handle_authenticate(sl_conn_t *c, json_t *msg)
+{
+    if (sl_session_authenticate(c, msg))
+        sl_pubsub_recheck(c);
+}
+
 typedef struct {
     const char *type;
     void (*handle)(sl_conn_t *c, json_t *msg);
@@ -132,7 +144,7 @@ static const sl_handler_t handlers[] = {
     {"history", sl_pubsub_history},
     {"rpc-request", sl_call_request},
     {"rpc-response", sl_call_response},
-    {"authenticate", sl_session_authenticate},
+    {"authenticate", handle_authenticate},
 };
 
 void sl_proto_message(sl_conn_t *c, char *data, size_t len)

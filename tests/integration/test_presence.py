@@ -360,7 +360,7 @@ def test_permissions_of_presence_and_history(server_factory, keys):
     for ch in chans:
         sub(owner, ch)
     tokens = {"anon": None, "authed": keys.token(sub="carl"),
-              "granted": keys.token(sub="dora", channels=["p-*"])}
+              "granted": keys.token(sub="dora", channels=["p-token:*"])}
     expect = {  # (value, who, subscribed) -> reason or None
         "anyone": {}, "authenticated": {"anon": "unauthenticated"},
         "token": {"anon": "unauthenticated", "authed": "permission-denied"},
