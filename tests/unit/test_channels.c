@@ -356,7 +356,7 @@ static void test_join_leave_full_and_cleanup(void)
     drain_all();
     /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
     for (int i = 0; i < 3; i++) {
-        char id[16];
+        char id[32];
         snprintf(id, sizeof(id), "conn-d%d", i);
         sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n, NULL);
     }
