@@ -11,13 +11,25 @@
 
 #include "sl_conn.h"
 
+/* Which incarnation of the channel a local subscriber subscribed to
+ * (sl_chan_t.serial) and the channel's last seq then: a missed message of
+ * that incarnation with a higher seq was meant for it; and how many missed
+ * notes our inbox had counted just before: lost notes numbered below that
+ * cannot concern it (sl_inbox.h).  serial 0: unknown - every missed
+ * message of the channel concerns it.  sub_no: its subscription's number
+ * (sl_sub_t): a join or leave reaches it only when numbered up to the
+ * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all). */
+typedef struct {
+    uint64_t serial, seq, notes, sub_no;
+} sl_cidx_mark_t;
+
 typedef struct sl_cidx_entry {
     struct sl_cidx_entry *next;
     uint64_t hash;
     uint32_t idlen;
     uint32_t n, cap;
     sl_conn_t **conns;
-    uint64_t *sub_nos; /* conns[i]'s subscription number (sl_chan_msg_t.horizon) */
+    sl_cidx_mark_t *marks; /* one per conns[i] */
     char id[]; /* idlen bytes + NUL */
 } sl_cidx_entry_t;
 
@@ -27,9 +39,10 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add / remove a local subscriber (sub_no: its subscription's number).
- * SL_OK or SL_ERROR (out of memory). */
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c, uint64_t sub_no);
+/* Add / remove a local subscriber (mark: NULL for unknown).  SL_OK or
+ * SL_ERROR (out of memory). */
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                const sl_cidx_mark_t *mark);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 
 #endif

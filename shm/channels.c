@@ -134,6 +134,7 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
     new_epoch(c->epoch);
     c->config = *cfg;
     c->config.message_retention = (int64_t)retention;
+    c->serial = uatomic_add_return(&r->next_serial, 1);
     c->created_at = sl_now_ms();
     c->empty_since = sl_mono_ms();
     c->next_seq = 1;
@@ -192,12 +193,12 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 /* -------------------------------------------------------- subscribers */
 
 /* hand_off's flags (see there). */
-enum { HO_NOTE_MISSED = 1, HO_ALWAYS = 2, HO_TRY = 4 };
+enum { HO_ALWAYS = 2, HO_TRY = 4 };
 
-static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m, uint64_t chan_hash,
-                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, unsigned flags,
-                         bool *busy);
-static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash);
+static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
+                         const sl_inbox_note_t *note, unsigned flags, bool *busy);
+static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note);
 static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c);
 static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join);
 
@@ -297,9 +298,12 @@ static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t
         return SL_OK;
     }
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    /* A worker whose inbox is full closes its subscribers from before it
+     * (1013): those whose last seq then is below the next one. */
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = c->next_seq};
     bool busy = false;
-    uint64_t got = hand_off(r, in, m, c->node.hash, &tmpl, 0,
-                            HO_NOTE_MISSED | (join ? 0 : HO_ALWAYS) | (try ? HO_TRY : 0), &busy);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? 0 : HO_ALWAYS) | (try ? HO_TRY : 0),
+                            &busy);
     if (busy || (join && got == 0)) {
         /* Nothing went out.  The record is dropped before the message is
          * freed: killed in between, the message leaks (never a double free). */
@@ -395,6 +399,13 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
                       const sl_chan_who_t *who, uint64_t *woken, uint32_t *count,
                       uint64_t *sub_no)
 {
+    return sl_chan_subscribe_at(r, c, conn_id, worker, slot, who, woken, count, sub_no, NULL);
+}
+
+int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
+                         uint32_t slot, const sl_chan_who_t *who, uint64_t *woken,
+                         uint32_t *count, uint64_t *sub_no, uint64_t *last)
+{
     uint64_t w = 0;
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS ||
         (who && who->user && strlen(who->user) > SL_CHAN_USER_MAX) ||
@@ -416,6 +427,8 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
     if (sub_no && rc == SL_OK)
         *sub_no = c->sub_seq; /* ours: taken under this lock */
     *count = c->subscribers;
+    if (last)
+        *last = c->next_seq - 1; /* publishes after this one see the subscription */
     sl_lock_release(&c->lock);
     if (woken)
         *woken = w;
@@ -596,8 +609,10 @@ bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *cl
 
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m)
 {
-    if (m && uatomic_add_return(&m->refs, -1) == 0)
+    if (m && uatomic_add_return(&m->refs, -1) == 0) {
+        SL_CRASHPOINT("chan.msg.last-ref"); /* killed here: the message leaks */
         sl_arena_free(r->arena, m);
+    }
 }
 
 /* s[0..n) as a JSON string, quotes included, into out (room for 6n + 2
@@ -756,18 +771,20 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  *  2. m->refs = their number + extra (nothing else can see m yet);
  *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
  *  4. the commit: in->committed = 1;
- *  5. push into each and release it; full inboxes are noted as missed
- *     (HO_NOTE_MISSED: channel chan_hash) and released.
+ *  5. push into each and release it; full inboxes get the missed note
+ *     `note` (when not NULL) and are released.
  * HO_ALWAYS (a leave, which is never refused): with no room anywhere - or
  * no message at all (m NULL: no memory for it) - it still commits, with no
- * push, every target noted as missed; m (refs 0) is the caller's to free.
+ * push, every target given the note; m (refs 0) is the caller's to free.
  * A process killed before 4 leaves recorded pushes that recovery drops; at
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
-static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m, uint64_t chan_hash,
-                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, unsigned flags,
-                         bool *busy)
+static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
+                         const sl_inbox_note_t *note, unsigned flags, bool *busy)
 {
+    /* The note comes from the caller, not from m: after the first push m
+     * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
@@ -813,8 +830,8 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m, ui
         if (push >> w & 1) {
             sl_inbox_push_prepared(r->inboxes[w]);
             SL_CRASHPOINT("handoff.pushed");
-        } else if (flags & HO_NOTE_MISSED) {
-            sl_inbox_note_missed(r->inboxes[w], chan_hash);
+        } else if (note && !SL_MUTATED(M_NO_MISSED_NOTE)) {
+            sl_inbox_note_missed(r->inboxes[w], note);
         }
         sl_inbox_unlock(r->inboxes[w]);
     }
@@ -827,16 +844,18 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m, ui
 
 /* Recovery of a hand-off recorded in `in`: take and release every target
  * inbox lock (each one's recovery makes or drops its recorded push).  A
- * committed one also notes the channel (chan_hash, 0: none) as missed in
- * the target inboxes that did not get it, in case the dead owner had not.
- * Returns whether it had committed. */
-static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash)
+ * committed one also puts `note` (NULL: none) in the target inboxes that
+ * were full, in case the dead owner had not: a second note of the same
+ * message is harmless (it closes only subscribers from before that
+ * message, whom the first closed already).  Returns whether it had
+ * committed. */
+static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
 {
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (in->targets >> w & 1) {
             sl_inbox_lock(r->inboxes[w]);
-            if (in->committed && chan_hash && !(in->got >> w & 1))
-                sl_inbox_note_missed(r->inboxes[w], chan_hash);
+            if (in->committed && note && !(in->got >> w & 1) && !SL_MUTATED(M_RECOVERY_NOTE))
+                sl_inbox_note_missed(r->inboxes[w], note);
             sl_inbox_unlock(r->inboxes[w]);
         }
     return in->committed != 0;
@@ -844,9 +863,9 @@ static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_has
 
 /* The same, and the message is freed if the hand-off never committed
  * (nobody else ever saw it). */
-static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash)
+static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
 {
-    if (hand_off_settle(r, in, chan_hash))
+    if (hand_off_settle(r, in, note))
         return true;
     sl_chan_msg_t *m = in->msg;
     in->msg = NULL;
@@ -981,13 +1000,15 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     SL_CRASHPOINT("chan.pub.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG,
                              .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0};
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
     /* The ring's reference is counted in from the start: nobody can drop
      * the last reference while we still store m in the ring. */
-    uint64_t got = hand_off(r, in, m, c->node.hash, &tmpl, retain ? 1 : 0, HO_NOTE_MISSED, NULL);
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note, 0, NULL);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out, no seq taken. */
         intent_end(in);
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.pub.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -1045,10 +1066,11 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, 0, &tmpl, 0, 0, NULL);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0, NULL);
     intent_end(in);
     if (got == 0) {
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.send.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -1082,6 +1104,7 @@ static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t
     sl_inbox_lock(in);
     if (!sl_inbox_has_room(in, 1)) {
         sl_inbox_unlock(in);
+        SL_CRASHPOINT("chan.direct.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -1112,7 +1135,7 @@ void sl_chan_bcast_recover(void *arg)
     sl_reg_t *r = arg;
     sl_chan_intent_t *in = &r->bcast.intent;
     if (in->op != SL_CI_NONE && !SL_MUTATED(M_CHAN_RECOVER))
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
     intent_end(in);
 }
 
@@ -1126,6 +1149,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len);
     if (m == NULL)
         return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.bcast.allocated"); /* killed here: m leaks */
     sl_lock_acquire(&r->bcast.lock);
     sl_chan_intent_t *in = &r->bcast.intent;
     intent_clear_fields(in);
@@ -1133,10 +1157,11 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     in->msg = m;
     intent_begin(in, SL_CI_BCAST);
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
-    uint64_t got = hand_off(r, in, m, 0, &tmpl, 0, 0, NULL);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0, NULL);
     intent_end(in);
     sl_lock_release(&r->bcast.lock);
     if (got == 0) {
+        SL_CRASHPOINT("chan.bcast.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -1276,10 +1301,13 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
          * so nothing is removed unless the subscribers will be told - or,
          * on a full inbox, closed with 1013 (noted as missed). */
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
-        got = hand_off(r, in, m, c->node.hash, &tmpl, 0, HO_NOTE_MISSED, NULL);
+        sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                .seq = UINT64_MAX};
+        got = hand_off(r, in, m, &tmpl, 0, &note, 0, NULL);
         if (got == 0) {
             intent_end(in);
             sl_lock_release(&c->lock);
+            SL_CRASHPOINT("chan.del.refused"); /* killed here: m leaks */
             sl_arena_free(r->arena, m);
             return SL_CHAN_OVERLOADED;
         }
@@ -1305,11 +1333,14 @@ static void chan_recover(void *arg)
         return;
     }
     sl_sub_t *s = in->sub;
+    /* A join's or leave's missed note, as commit_presence makes it. */
+    const sl_inbox_note_t presence_note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                           .seq = c->next_seq};
     switch (in->op) {
     case SL_CI_SUB:
         /* Committed: the join (if any) went out; roll forward.  Not: the
          * node was never published, the join never handed out; undo. */
-        if (in->msg ? hand_off_settle(r, in, c->node.hash) : in->committed) {
+        if (in->msg ? hand_off_settle(r, in, &presence_note) : in->committed) {
             if (!on_list(c, s)) {
                 s->next = c->subs;
                 rcu_assign_pointer(c->subs, s);
@@ -1319,12 +1350,18 @@ static void chan_recover(void *arg)
             sl_chan_msg_t *m = in->msg;
             in->msg = NULL;
             sl_arena_free(r->arena, m);
+            /* Never on the list before the commit - unless the order was
+             * broken (M_JOIN_AFTER_LINK): then off it first, so that no
+             * walk is left on freed memory (test_killpoints'
+             * test_presence_sees_only_committed catches the order). */
+            if (on_list(c, s))
+                list_unlink_walk(c, s);
             in->sub = NULL;
             sl_arena_free(r->arena, s);
         }
         break;
     case SL_CI_UNSUB:
-        if (in->msg ? hand_off_settle(r, in, c->node.hash) : in->committed) {
+        if (in->msg ? hand_off_settle(r, in, &presence_note) : in->committed) {
             if (in->msg && in->got == 0) {
                 /* A leave nobody took, not yet freed (chan.leave.unsent). */
                 sl_chan_msg_t *m = in->msg;
@@ -1349,7 +1386,9 @@ static void chan_recover(void *arg)
         finish_drop(r, c); /* the pop in progress, if any */
         break;
     case SL_CI_PUB:
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = in->seq})) {
             if (c->next_seq == in->seq)
                 uatomic_set(&c->next_seq, in->seq + 1);
             /* The ring: a pop recorded but not made is made again below. */
@@ -1361,11 +1400,13 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_SEND:
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
         break;
     case SL_CI_DEL:
         /* Committed (the notice went out, or there was none): finish it. */
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = UINT64_MAX})) {
             /* A subscription noted, unlinked, maybe not yet removed. */
             if (s && !on_list(c, s))
                 sl_table_remove_node(r->subs, in->sub_hash, &s->node);
