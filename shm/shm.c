@@ -57,6 +57,12 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_TOO_MANY_CHANNELS] = "too-many-channels",
     [SL_ERR_PRESENCE_DISABLED] = "presence-disabled",
     [SL_ERR_CHANNEL_NOT_FOUND] = "channel-not-found",
+    [SL_ERR_SLOW_CONSUMER] = "slow-consumer",
+    [SL_ERR_CONTROL_FLOOD] = "control-flood",
+    [SL_ERR_HTTP_CONNECTIONS] = "http-connection-limit",
+    [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
+    [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
+    [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
     [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
     [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
 };
