@@ -356,8 +356,10 @@ def test_new_master_accepts_only_once_ready(tmp_path):
 def test_sigusr2_to_a_pending_new_master_is_refused(tmp_path):
     """One master owns the service: a new master not handed over yet
     refuses SIGUSR2 (it would start a third, and the first would keep
-    serving beside it with its own registry)."""
-    proc, port, pidf = start_slow(tmp_path, 3)
+    serving beside it with its own registry).  The new master is held back
+    8 s: under load, finding it and signalling it took more than the 3 s
+    this used to allow, and it had been handed over already."""
+    proc, port, pidf = start_slow(tmp_path, 8)
     new = 0
     try:
         wait_for(lambda: healthy(port), timeout=10, what="server up")
