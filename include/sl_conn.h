@@ -52,7 +52,10 @@ struct sl_conn {
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
     bool http_counted; /* counts against --max-http-connections */
-    bool idle;         /* on the worker's idle HTTP list (oldest first) */
+    uint8_t idle;      /* on an HTTP list: 1 the worker's idle one, 2 the
+                          unfinished heads (conn.c), oldest first */
+    bool held;         /* on the list of holders of unfinished input (conn.c) */
+    bool refused;      /* answered 503 at admission: closed once it is written */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
@@ -64,7 +67,8 @@ struct sl_conn {
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
     sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
-    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list */
+    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list (or heads) */
+    sl_conn_t *held_prev, *held_next;   /* holders of unfinished input */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */

@@ -25,6 +25,7 @@
  */
 #include "sl_conn.h"
 #include "sl_conf.h"
+#include "sl_crash.h"
 #include "sl_httpd.h"
 #include "sl_proto.h"
 #include "sl_session.h"
@@ -123,6 +124,7 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
 /* ------------------------------------------------------------ lifecycle */
 
 static void conn_http_finish(sl_conn_t *c);
+static void conn_input_account(sl_conn_t *c);
 
 static uint64_t http_connections_total(void)
 {
@@ -134,35 +136,64 @@ static uint64_t http_connections_total(void)
 
 /* The worker's idle HTTP connections - silent since accept, or keep-alive
  * between requests (nothing read, nothing to write) - oldest first: what
- * --max-http-connections takes back for a newcomer, in O(1). */
+ * --max-http-connections takes back for a newcomer, in O(1).  After them,
+ * the connections whose request head is unfinished, by when it began (a
+ * real client's head arrives within a round trip: the oldest unfinished
+ * head is the likeliest to be a peer holding the slot on purpose).  A
+ * connection is on one list at most (c->idle says which). */
+enum { CONN_LIST_NONE, CONN_LIST_IDLE, CONN_LIST_HEAD };
+static sl_conn_t *conn_heads_first, *conn_heads_last; /* this worker's (one process) */
+
+static void conn_list_ends(uint8_t which, sl_conn_t ***first, sl_conn_t ***last)
+{
+    if (which == CONN_LIST_IDLE) {
+        *first = &sl_worker->idle_head;
+        *last = &sl_worker->idle_tail;
+    } else {
+        *first = &conn_heads_first;
+        *last = &conn_heads_last;
+    }
+}
+
+/* Off the idle list or the heads list, whichever it is on. */
 static void conn_idle_remove(sl_conn_t *c)
 {
     if (!c->idle)
         return;
+    sl_conn_t **first, **last;
+    conn_list_ends(c->idle, &first, &last);
     if (c->idle_prev)
         c->idle_prev->idle_next = c->idle_next;
     else
-        sl_worker->idle_head = c->idle_next;
+        *first = c->idle_next;
     if (c->idle_next)
         c->idle_next->idle_prev = c->idle_prev;
     else
-        sl_worker->idle_tail = c->idle_prev;
+        *last = c->idle_prev;
     c->idle_prev = c->idle_next = NULL;
-    c->idle = false;
+    c->idle = CONN_LIST_NONE;
+}
+
+static void conn_list_append(sl_conn_t *c, uint8_t which)
+{
+    conn_idle_remove(c);
+    sl_conn_t **first, **last;
+    conn_list_ends(which, &first, &last);
+    c->idle = which;
+    c->idle_next = NULL;
+    c->idle_prev = *last;
+    if (*last)
+        (*last)->idle_next = c;
+    else
+        *first = c;
+    *last = c;
 }
 
 static void conn_idle_add(sl_conn_t *c)
 {
-    if (c->idle || c->state != SL_CONN_HTTP)
+    if (c->idle == CONN_LIST_IDLE || c->state != SL_CONN_HTTP || !c->http_counted)
         return;
-    c->idle = true;
-    c->idle_next = NULL;
-    c->idle_prev = sl_worker->idle_tail;
-    if (sl_worker->idle_tail)
-        sl_worker->idle_tail->idle_next = c;
-    else
-        sl_worker->idle_head = c;
-    sl_worker->idle_tail = c;
+    conn_list_append(c, CONN_LIST_IDLE);
 }
 
 /* It no longer counts against --max-http-connections: upgraded, closing
@@ -176,15 +207,29 @@ static void conn_http_uncount(sl_conn_t *c)
     }
 }
 
+/* Refused at admission (503): it stops counting at once and is closed as
+ * soon as the 503 is written (sl_conn_flush), not at the next tick; the
+ * deadline is only for a peer that does not take it. */
+static void conn_http_refuse(sl_conn_t *c)
+{
+    sl_httpd_error(c, 503, "too-many-http-connections",
+                   "the server is at --max-http-connections", false);
+    conn_http_finish(c);
+    c->refused = true;
+    c->deadline_mono = sl_mono_ms() + 100;
+}
+
 /* A new TCP connection while --max-http-connections are open: make room
  * by closing this worker's oldest idle connection - an idle keep-alive one
  * (a browser finds it closed on its next request and reconnects) or one
  * that has not sent a byte yet.  Oldest first: a real client sends its
  * request within a round trip, so a connection flood churns only itself,
- * however fast it comes.  When there is none (every one is in the middle
- * of a request, bounded by --message-timeout-ms), this one is answered
- * 503, and stops counting at once (it only lingers to deliver the 503).
- * Both are counted.  True when admitted. */
+ * however fast it comes.  When there is none, the connection whose request
+ * head has been unfinished the longest is answered 503 instead (a flood of
+ * partial heads churns only itself too).  When there is none of those
+ * either (every one is paused, or receiving a body, bounded by
+ * --message-timeout-ms), this one is answered 503.  Each is counted.
+ * True when admitted. */
 static bool conn_http_admit(sl_conn_t *c)
 {
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
@@ -195,10 +240,11 @@ static bool conn_http_admit(sl_conn_t *c)
         sl_conn_abort(victim, "idle evicted");
         return true;
     }
-    sl_httpd_error(c, 503, "too-many-http-connections",
-                   "the server is at --max-http-connections", false);
-    conn_http_finish(c);
-    c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
+    if ((victim = conn_heads_first) != NULL) {
+        conn_http_refuse(victim);
+        return true;
+    }
+    conn_http_refuse(c);
     return false;
 }
 
@@ -225,7 +271,14 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     int64_t now = sl_mono_ms();
     c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
     event_assign(&c->ev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
-    if (sl_worker_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
+    /* The event first: once attached, c is on the worker's lists and only
+     * sl_conn_destroy may free it.  (epoll_ctl fails with ENOSPC at
+     * fs.epoll.max_user_watches, or ENOMEM: under a connection flood.) */
+    bool added = !SL_FAULT("conn.new.event-add") && event_add(&c->ev, NULL) == 0;
+    if (!added || sl_worker_attach(c) != SL_OK) {
+        if (added)
+            event_del(&c->ev);
+        sl_worker_count_error(SL_ERR_FD_EXHAUSTED);
         close(fd);
         free(c);
         return NULL;
@@ -249,7 +302,9 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_buf_unref(c->pong_sent);
     sl_ws_reader_free(&c->reader);
     free(c->in);
-    sl_conn_inbound_bytes -= c->input_held;
+    c->in = NULL;
+    c->in_cap = 0;
+    conn_input_account(c); /* to 0: off the holders' list */
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);
@@ -277,36 +332,83 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
 
 uint64_t sl_conn_inbound_bytes;
 
+/* The connections holding unfinished input, by when they began to hold
+ * it (oldest first): who gives way when the worker is over its share. */
+static sl_conn_t *conn_held_first, *conn_held_last;
+
+static void conn_held_remove(sl_conn_t *c)
+{
+    if (!c->held)
+        return;
+    if (c->held_prev)
+        c->held_prev->held_next = c->held_next;
+    else
+        conn_held_first = c->held_next;
+    if (c->held_next)
+        c->held_next->held_prev = c->held_prev;
+    else
+        conn_held_last = c->held_prev;
+    c->held_prev = c->held_next = NULL;
+    c->held = false;
+}
+
 /* Bring the worker's inbound figure up to date with what c holds now. */
 static void conn_input_account(sl_conn_t *c)
 {
     uint64_t held = c->in_cap + sl_ws_reader_buffered(&c->reader);
     sl_conn_inbound_bytes += held - c->input_held;
     c->input_held = held;
+    if (held == 0) {
+        conn_held_remove(c);
+    } else if (!c->held) {
+        c->held = true;
+        c->held_next = NULL;
+        c->held_prev = conn_held_last;
+        if (conn_held_last)
+            conn_held_last->held_next = c;
+        else
+            conn_held_first = c;
+        conn_held_last = c;
+    }
 }
 
-/* Over the worker's share of --max-inbound-total, a connection holding 64
- * KiB or more of unfinished input (a message being assembled, a request
- * body) is closed as it grows: 1013 (try again later) or 503.  Small
- * partial messages are never touched; the connections that hold the most
- * are the ones that keep adding to it. */
+/* Refuse v's unfinished input: 1013 (try again later) or 503, counted;
+ * whatever it holds is freed (it is never processed again). */
+static void conn_inbound_refuse(sl_conn_t *v)
+{
+    if (v->state == SL_CONN_WS) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_close_ws(v, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
+    } else if (v->state == SL_CONN_HTTP) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_httpd_error(v, 503, "inbound-limit",
+                       "the server holds too much unfinished input: try again later", false);
+        conn_http_finish(v);
+    } else if (v->state == SL_CONN_CLOSING) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_abort(v, "inbound limit"); /* a message after its close frame */
+    }
+    /* LINGER or DEAD now: its input is discarded. */
+    sl_ws_reader_free(&v->reader);
+    free(v->in);
+    v->in = NULL;
+    v->in_len = v->in_cap = 0;
+    conn_input_account(v);
+}
+
+/* Over the worker's share of --max-inbound-total, the connections that
+ * have held unfinished input (a message being assembled, a request or its
+ * body, input stopped by back-pressure) the longest are refused, oldest
+ * first, until the worker is under its share again - whatever each holds:
+ * many small holders cannot add up past the bound, and a client sending
+ * one large message now is not refused for what others have held for
+ * seconds. */
 static void conn_inbound_check(sl_conn_t *c)
 {
     conn_input_account(c);
-    if (c->input_held < SL_CONN_SMALL_BACKLOG ||
-        sl_conn_inbound_bytes <= (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers))
-        return;
-    if (c->state == SL_CONN_WS) {
-        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
-        sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
-        sl_ws_reader_free(&c->reader); /* never fed again while closing */
-    } else if (c->state == SL_CONN_HTTP) {
-        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
-        sl_httpd_error(c, 503, "inbound-limit",
-                       "the server holds too much unfinished input: try again later", false);
-        conn_http_finish(c);
-    }
-    conn_input_account(c);
+    uint64_t share = (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers);
+    while (sl_conn_inbound_bytes > share && conn_held_first != NULL)
+        conn_inbound_refuse(conn_held_first);
 }
 
 size_t sl_conn_reply_max(void)
@@ -573,8 +675,18 @@ void sl_conn_flush(sl_conn_t *c)
          * peer's FIN so it is not answered with a reset. */
         shutdown(c->fd, SHUT_WR);
         c->shut_wr = true;
-        if (c->peer_eof)
+        if (c->peer_eof) {
             sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */
+        } else if (c->refused) {
+            /* A 503 at admission: no descriptor is kept for it (a flood
+             * over the limit would hold one per refusal until the next
+             * tick).  What it sent is read first, so the close sends no
+             * reset while that is unread; the 503 and FIN are on their
+             * way already. */
+            for (int k = 0; k < 4 && read(c->fd, sl_worker->rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            }
+            sl_conn_abort(c, "refused");
+        }
     } else if (c->state == SL_CONN_CLOSING && c->peer_eof) {
         sl_conn_abort(c, "closed"); /* our close frame is out; the peer is gone */
     }
@@ -859,8 +971,9 @@ static void conn_http_overflow(sl_conn_t *c)
 
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
-    if (n > 0)
+    if (n > 0 && c->idle == CONN_LIST_IDLE)
         conn_idle_remove(c); /* a request under way */
+    bool head_wait = false; /* stopped on an unfinished head */
     size_t limit = http_in_limit();
     if (c->in_len + n > limit) {
         conn_http_overflow(c);
@@ -910,6 +1023,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             size_t from = c->head_scanned > 3 ? c->head_scanned - 3 : 0;
             if (from >= have || memmem(in + from, have - from, "\r\n\r\n", 4) == NULL) {
                 c->head_scanned = (uint32_t)have;
+                head_wait = true;
                 break;
             }
         }
@@ -917,6 +1031,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         if (rc == SL_AGAIN) {
             if (off == 0)
                 c->head_scanned = (uint32_t)have;
+            head_wait = true;
             break;
         }
         if (rc != SL_OK) {
@@ -979,6 +1094,14 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         memmove(c->in, c->in + off, c->in_len - off);
         c->in_len -= (uint32_t)off;
         c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    }
+    /* On the heads list (what --max-http-connections takes back when none
+     * is idle) while its head is unfinished, by when this head began. */
+    if (c->state == SL_CONN_HTTP && head_wait && c->http_counted && c->in_len > 0) {
+        if (c->idle != CONN_LIST_HEAD || off > 0)
+            conn_list_append(c, CONN_LIST_HEAD);
+    } else if (c->idle == CONN_LIST_HEAD) {
+        conn_idle_remove(c);
     }
     if (c->state == SL_CONN_HTTP && c->in_len == 0 && c->in != NULL) {
         free(c->in);

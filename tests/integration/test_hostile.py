@@ -294,8 +294,9 @@ def test_idle_keepalive_limit_and_upgrade_still_served(server_factory):
 
 def test_http_limit_evicts_silent_then_refuses_503(server_factory):
     """At --max-http-connections a new connection closes the oldest one that
-    holds nothing (never sent a byte); when every one is inside a request,
-    the new one gets 503."""
+    holds nothing (never sent a byte); when every one is receiving a request
+    body (an unfinished head is taken back too since rm13 N1), the new one
+    gets 503."""
     srv = server_factory("--max-http-connections", "10", workers=1)
     silent = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(10)]
     time.sleep(0.7)  # silent for longer than the 500 ms that makes them evictable
@@ -310,7 +311,7 @@ def test_http_limit_evicts_silent_then_refuses_503(server_factory):
     partial = []
     for _ in range(10):
         s = socket.create_connection(("127.0.0.1", srv.port))
-        s.sendall(b"GET / HTTP/1.1\r\n")
+        s.sendall(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
         partial.append(s)
     time.sleep(0.3)
     extra = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
@@ -425,8 +426,8 @@ def test_connection_flood_bounded(server_factory):
     churns itself however fast it comes and a real client is served at
     once (review r13 finding 6: a silent connection used to be safe for
     500 ms, and a fast flood got every newcomer refused).  Connections
-    inside a request are not taken; when every one is, a newcomer gets
-    503."""
+    receiving a request body are not taken (unfinished heads are, rm13
+    N1); when every one is, a newcomer gets 503."""
     srv = server_factory("--max-http-connections", "50", workers=1)
     socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
              for _ in range(150)]
@@ -444,11 +445,11 @@ def test_connection_flood_bounded(server_factory):
     for s in socks:
         s.close()
     wait_for(lambda: http_conns(srv) <= 1, what="all gone")  # (our own /stats counts)
-    # Every place taken by a request under way: the newcomer gets 503.
+    # Every place taken by a request body under way: the newcomer gets 503.
     busy = [socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
             for _ in range(50)]
     for s in busy:
-        s.sendall(b"GET /health HTTP/1.1\r\n")
+        s.sendall(b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
     time.sleep(0.3 * SLOW)  # read by the server: 50 requests under way
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
     assert status_of(read_response(s)) == 503
