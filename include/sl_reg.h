@@ -126,7 +126,11 @@ int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired);
  * is told to the others as a leave (the workers handed one accumulate in
  * job->woken: the caller wakes them).  Never waits for a channel lock, an
  * inbox lock or an access stripe lock (a busy one is retried at the next
- * step). */
+ * step).  A subscription whose channel or inbox locks are busy is set
+ * aside and the pass goes on with the others (review r15 H1: one busy
+ * inbox must not hold up every other subscription, the RPC claims and the
+ * places per IP / user); the later phases run, then the subscriptions pass
+ * again for those set aside, until none is left. */
 typedef struct {
     int worker;
     int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
@@ -137,6 +141,9 @@ typedef struct {
     uint64_t dead_waits;  /* of those: steps that found one of the dead's locks held */
     size_t repaired;      /* the dead process's locks that needed repair */
     uint64_t woken;       /* workers handed a leave since the caller last cleared it */
+    uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
+    uint32_t aside_pass;  /* set aside in the current subscriptions pass */
+    bool subs_again;      /* the subscriptions pass again after the users phase */
 } sl_reg_cleanup_t;
 
 void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);

@@ -204,6 +204,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 return SL_AGAIN;
             bool more;
             size_t n = collect(t, job->cursor, job->phase, job->worker, found, &more);
+            size_t aside = 0;
             buckets++;
             for (size_t k = 0; k < n; k++) {
                 sl_table_node_t *x = found[k];
@@ -212,10 +213,15 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                     job->removed_conns++;
                 } else if (job->phase == PH_SUBS) {
                     if (sl_chan_cleanup_sub(r, (sl_sub_t *)x, &job->woken) != SL_OK) {
-                        /* A live process holds that channel: not now.  This
-                         * bucket is visited again next step. */
+                        /* A live process holds that channel or one of its
+                         * inboxes: set it aside and go on; the pass comes
+                         * back for it (H1). */
                         job->busy++;
-                        return SL_AGAIN;
+                        job->set_aside++;
+                        job->aside_pass++;
+                        aside++;
+                        removed++; /* an attempt: the step's budget counts it */
+                        continue;
                     }
                     job->removed_subs++;
                 } else if (job->phase == PH_RPCS) {
@@ -234,11 +240,28 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 }
                 removed++;
             }
-            if (!more)
+            /* A full batch all set aside would be collected again and
+             * again: leave the bucket for the next pass. */
+            if (!more || (job->phase == PH_SUBS && aside == n))
                 job->cursor++;
         }
-        job->phase++;
         job->cursor = 0;
+        if (job->phase == PH_SUBS && job->aside_pass) {
+            job->aside_pass = 0;
+            if (job->subs_again) {
+                /* A later pass: the other phases are done; again at the
+                 * next step (the caller lets the holders run first). */
+                return SL_AGAIN;
+            }
+            job->subs_again = true; /* the other phases first, then again */
+            job->phase = PH_RPCS;
+        } else if (job->phase == PH_SUBS && job->subs_again) {
+            job->phase = PH_INBOX; /* a later pass, clean: the others are done */
+        } else if (job->phase == PH_USERS && job->subs_again) {
+            job->phase = PH_SUBS;
+        } else {
+            job->phase++;
+        }
     }
     return SL_OK;
 }

@@ -375,6 +375,58 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(leaves, 3);
 }
 
+/* Review r15 H1: a dead worker's subscription whose inbox lock is busy is
+ * set aside; the cleanup goes on with the others (and the later phases)
+ * and comes back for it, instead of starting over at it every step. */
+static void test_cleanup_sets_busy_aside(void)
+{
+    setup();
+    uint32_t n;
+    sl_chan_t *room;
+    sl_chan_create(R, "room", 4, &JL, &room);
+    sl_chan_subscribe(R, room, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, room, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_t *plain[24];
+    for (int i = 0; i < 24; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "plain-%d", i);
+        SL_CHECK_INT(sl_chan_create(R, id, strlen(id), &CFG, &plain[i]), SL_OK);
+        sl_chan_subscribe(R, plain[i], "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    }
+    drain_all();
+    sl_inbox_lock(R->inboxes[0]); /* a publisher handing worker 0 something */
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    int left = 24;
+    for (int k = 0; k < 5000 && (left || !job.subs_again); k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        left = 0;
+        for (int i = 0; i < 24; i++)
+            left += (int)plain[i]->subscribers;
+    }
+    SL_CHECK_INT(left, 0);        /* every other subscription is gone */
+    SL_CHECK_INT(job.removed_subs, 24);
+    SL_CHECK(job.set_aside >= 1);
+    SL_CHECK_INT(room->subscribers, 2); /* the busy one waits, nothing half done */
+    SL_CHECK(job.subs_again);     /* and the later phases ran meanwhile */
+    sl_inbox_unlock(R->inboxes[0]);
+    int steps = 0;
+    while (sl_reg_cleanup_step(R, &job, 8) == SL_AGAIN && steps < 1000) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        steps++;
+    }
+    SL_CHECK(steps < 1000);
+    SL_CHECK_INT(room->subscribers, 1);
+    SL_CHECK_INT(job.removed_subs, 25);
+    SL_CHECK_INT(job.woken, 1);
+    char b[512];
+    int leaves = 0;
+    while (next_json(0, b, sizeof(b))[0])
+        leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
+    SL_CHECK_INT(leaves, 1);
+}
+
 typedef struct {
     char ids[8][32];
     int n;
@@ -636,6 +688,7 @@ int main(void)
     SL_TEST_RUN(test_join_leave_frames);
     SL_TEST_RUN(test_join_leave_horizon);
     SL_TEST_RUN(test_join_leave_full_and_cleanup);
+    SL_TEST_RUN(test_cleanup_sets_busy_aside);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
     SL_TEST_RUN(test_history_ttl);
