@@ -18,9 +18,13 @@
  * cannot concern it (sl_inbox.h).  serial 0: unknown - every missed
  * message of the channel concerns it.  sub_no: its subscription's number
  * (sl_sub_t): a join or leave reaches it only when numbered up to the
- * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all). */
+ * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all).
+ * no_presence: the namespace's presence rule refuses this connection
+ * (decided when it subscribed): it gets no join or leave either, as they
+ * show what presence would (review r15 M2). */
 typedef struct {
     uint64_t serial, seq, notes, sub_no;
+    bool no_presence;
 } sl_cidx_mark_t;
 
 typedef struct sl_cidx_entry {

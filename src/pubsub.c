@@ -136,7 +136,10 @@ static sl_chan_config_t default_config(const sl_conf_namespace_t *ns)
                               .history_ttl_ms = ns->history_ttl_ms,
                               .telemetry_enabled = true,
                               .lingers = true,
-                              .join_leave = ns->join_leave > 0};
+                              /* presence=none: nobody may see who comes
+                               * and goes, so none are sent (M2) */
+                              .join_leave = ns->join_leave > 0 &&
+                                            ns->rules[SL_ACT_PRESENCE] != SL_RULE_NONE};
 }
 
 /* The connection's channel-creation quota: --channel-creations-per-minute,
@@ -393,7 +396,10 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             c->subs_cap = cap;
         }
         char *copy = strndup(id, len);
-        sl_cidx_mark_t mark = {ch->serial, last_at, notes_at, sub_no};
+        /* Join / leave show what presence would: only to those it allows. */
+        bool no_presence = sl_perm_check(sl_session_ident(c), SL_ACT_PRESENCE, id, len, true) !=
+                           SL_PERM_OK;
+        sl_cidx_mark_t mark = {ch->serial, last_at, notes_at, sub_no, no_presence};
         if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c, &mark) != SL_OK) {
             free(copy);
             unsubscribe_woken(ch, c);
@@ -905,8 +911,9 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         sl_conn_t *c = e->conns[i];
         if (c->conn_no == exclude_conn || c->state != SL_CONN_WS)
             continue; /* the sender, or closing (nothing may follow a close frame) */
-        if (m->horizon && e->marks[i].sub_no > m->horizon)
-            continue; /* a join / leave from before this subscription */
+        if (m->horizon && (e->marks[i].sub_no > m->horizon || e->marks[i].no_presence))
+            continue; /* a join / leave from before this subscription, or one
+                         the presence rule does not let it see */
         if (sl_conn_send(c, b) == SL_OK)
             n++;
     }

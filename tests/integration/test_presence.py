@@ -404,6 +404,50 @@ def test_permissions_of_presence_and_history(server_factory, keys):
     owner.close()
 
 
+def test_join_leave_follow_the_presence_rule(server_factory, keys):
+    """Review r15 M2: join / leave show what presence would, so they reach
+    only subscribers the namespace's presence rule lets ask it; with
+    presence=none nobody gets them, whatever join-leave says."""
+    srv = server_factory(*keys.flags("secret"), "--allow-anonymous", "--join-leave",
+                         "--namespace", "jt:presence=token",
+                         "--namespace", "jn:presence=none,join-leave=true", workers=2)
+    tok = keys.token(sub="dora", channels=["jt:*", "jn:*"])
+    granted = on_worker(srv, 0, tok)           # may ask presence of jt:*
+    authed = on_worker(srv, 0, keys.token(sub="carl"))  # may not (no claim)
+    anon = on_worker(srv, 1)                   # may not (unauthenticated)
+    for ch in ("jt:room", "jn:room", "plain"):
+        for ws in (granted, authed, anon):
+            sub(ws, ch)
+    comer = on_worker(srv, 1, keys.token(sub="erin", channels=["jt:*", "jn:*"]))
+    cid = conn_id(comer)
+    for ch in ("jt:room", "jn:room", "plain"):
+        sub(comer, ch)
+    comer.close()
+    pub = on_worker(srv, 1)
+    for ch in ("jt:room", "jn:room", "plain"):
+        assert ask(pub, type="publish", **{"channel-id": ch, "data": "end"})["success"]
+
+    def seen(ws):
+        got = []
+        for m in events(ws, lambda m: m.get("data") == "end" and m["channel-id"] == "plain"):
+            if m["type"] in ("join", "leave") and m["info"]["conn-id"] == cid:
+                got.append((m["type"], m["channel-id"]))
+        return sorted(got)
+
+    # Each leave comes before the "end" of its own channel; "plain" is last.
+    assert seen(granted) == sorted([("join", "jt:room"), ("leave", "jt:room"),
+                                    ("join", "plain"), ("leave", "plain")])
+    for ws in (authed, anon):  # plain: the default rule (subscribers) lets them
+        assert seen(ws) == sorted([("join", "plain"), ("leave", "plain")])
+    # presence agrees: refused to those two on jt:, to everyone on jn:.
+    assert ask(authed, type="presence", **{"channel-id": "jt:room"})["reason"] == \
+        "permission-denied"
+    assert ask(granted, type="presence", **{"channel-id": "jn:room"})["reason"] == \
+        "presence-disabled"
+    for ws in (granted, authed, anon, pub):
+        ws.close()
+
+
 def test_full_inbox_refuses_a_join_and_closes_on_a_leave(server_factory):
     srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
                          "--worker-stall-kill-ms", "60000", workers=2)
