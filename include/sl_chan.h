@@ -276,13 +276,15 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
  * is given only until its next quiescent state).  fn gets each subscriber,
  * newest first, starting with the first whose sub_no is below `before`
  * (0: from the newest); it returns non-zero to stop.  A deleted channel
- * has none.  Returns the number visited. */
+ * has none.  Returns the number of nodes walked (those skipped to reach
+ * `before` included: what the walk cost). */
 uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
                          int (*fn)(const sl_sub_t *s, void *arg), void *arg);
 
 /* Connections and distinct users (anonymous ones are not users) among the
  * subscribers, lock-free.  Walks at most max_walk entries: returns false
- * (and *users unknown) when the channel has more. */
+ * (and *users unknown) when the channel has more, or out of memory; then
+ * *clients is the number of entries walked (what it cost). */
 bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *clients,
                              uint32_t *users);
 

@@ -27,6 +27,12 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg);
  * publications per page (and about a quarter of --max-outbound-bytes). */
 #define SL_PRESENCE_PAGE_MAX 1000
 #define SL_PRESENCE_WALK_MAX 100000
+/* A request's cost against its connection's turn budget (sl_conn_charge):
+ * one message more per this many subscriber nodes walked, and per this
+ * many history messages copied - a full presence-stats walk (100,000) uses
+ * the whole turn, so 1,000 of them pipelined take 1,000 turns. */
+#define SL_PRESENCE_WALK_UNIT 1024
+#define SL_HISTORY_CHARGE_UNIT 16
 #define SL_HISTORY_LIMIT_MAX 1000
 
 /* A channel's settings as JSON (list-channels, /channels, the admin API). */

@@ -533,9 +533,9 @@ uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
      * written before the store that published it. */
     for (const sl_sub_t *s = rcu_dereference(((sl_chan_t *)c)->subs); s;
          s = rcu_dereference(((sl_sub_t *)s)->next)) {
+        n++; /* walked: skipped ones cost the same (the caller charges it) */
         if (before && s->sub_no >= before)
             continue;
-        n++;
         if (fn(s, arg))
             break;
     }
@@ -595,6 +595,7 @@ bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *cl
                              uint32_t *users)
 {
     pcount_t p = {.cap = 64, .max = max_walk};
+    *clients = *users = 0;
     p.set = calloc(p.cap, sizeof(*p.set));
     if (p.set == NULL)
         return false;
@@ -1214,7 +1215,23 @@ void sl_chan_history(sl_reg_t *r, sl_chan_t *c, const sl_chan_history_q_t *q,
     if (n)
         out->oldest_seq = c->ring[c->ring_lo % cap]->seq;
     size_t bytes = 0;
-    for (uint64_t i = 0; i < n; i++) {
+    /* Seqs rise along the ring: find where the page starts by bisection
+     * instead of walking past every older (newer) one under the lock
+     * (review r15 M1).  skip: how many are passed over first. */
+    uint64_t skip = 0;
+    if (q->has_since && n) {
+        uint64_t lo = 0, hi = n; /* first index (oldest first) with seq > since (>= for reverse) */
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            uint64_t s = c->ring[(c->ring_lo + mid) % cap]->seq;
+            if (q->reverse ? s < q->since : s <= q->since)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        skip = q->reverse ? n - lo : lo;
+    }
+    for (uint64_t i = skip; i < n; i++) {
         uint64_t pos = q->reverse ? c->ring_hi - 1 - i : c->ring_lo + i;
         const sl_chan_msg_t *m = c->ring[pos % cap];
         if (q->has_since && (q->reverse ? m->seq >= q->since : m->seq <= q->since))

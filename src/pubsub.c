@@ -770,7 +770,7 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
      * must stay under the bound on one reply (docs/protocol.md). */
     presence_t p = {json_object(), 0, (uint32_t)SL_MIN(limit, SL_PRESENCE_PAGE_MAX), 0,
                     sl_conn_reply_max() / 2, 0, false};
-    sl_chan_members(ch, cursor, presence_cb, &p);
+    sl_conn_charge(c, sl_chan_members(ch, cursor, presence_cb, &p) / SL_PRESENCE_WALK_UNIT);
     sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result",
                                 "channel-id", id, len, "success", 1, "clients", p.clients,
                                 "next-cursor",
@@ -788,6 +788,7 @@ void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)
         return;
     uint32_t clients, users;
     bool all = sl_chan_presence_counts(ch, SL_PRESENCE_WALK_MAX, &clients, &users);
+    sl_conn_charge(c, clients / SL_PRESENCE_WALK_UNIT);
     if (!all)
         clients = uatomic_read(&ch->subscribers);
     sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:I, s:o}", "type", "presence-stats-result",
@@ -859,6 +860,7 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg)
     }
     sl_chan_history_t res;
     sl_chan_history(REG, ch, &q, history_cb, h, &res);
+    sl_conn_charge(c, res.count / SL_HISTORY_CHARGE_UNIT);
     json_t *pubs = json_array();
     for (uint32_t i = 0; i < h->n && !h->oom; i++) {
         json_t *m = json_loadb(h->buf + h->off[i], h->off[i + 1] - h->off[i], 0, NULL);

@@ -77,8 +77,8 @@ def presence_all(ws, ch, limit=None):
             return clients, pages
 
 
-def metric(srv, line_start):
-    _, body, _ = srv.request("GET", "/metrics")
+def metric(srv, line_start, headers=None):
+    _, body, _ = srv.request("GET", "/metrics", headers=headers)
     for ln in body.decode().splitlines():
         if ln.startswith(line_start):
             return float(ln.rsplit(" ", 1)[1])
@@ -91,7 +91,9 @@ def conn_id(ws):
 
 
 def test_presence_and_stats_across_workers(server_factory, keys):
-    srv = server_factory(*keys.flags("secret"), "--allow-anonymous", workers=2)
+    srv = server_factory(*keys.flags("secret"), "--allow-anonymous", "--admin-token", "t0k",
+                         workers=2)
+    op = {"Authorization": "Bearer t0k"}
     people = [("alice", 0, {"name": "Alice"}), ("alice", 1, {"name": "A2"}),
               ("bob", 1, {"name": "Bob", "tags": [1, 2]}), (None, 0, None), (None, 1, None)]
     conns, want = [], {}
@@ -111,11 +113,17 @@ def test_presence_and_stats_across_workers(server_factory, keys):
     # Pages of two: every connection once, three pages.
     clients, pages = presence_all(conns[4], "room", limit=2)
     assert clients == want and pages == 3
-    # /stats and /metrics count presence per channel.
-    room = srv.stats()["channel-stats"]["channels"]["room"]
+    # /stats and /metrics count presence per channel (users: for operators).
+    _, body, _ = srv.request("GET", "/stats", headers=op)
+    room = json.loads(body)["channel-stats"]["channels"]["room"]
     assert room["num-clients"] == 5 and room["num-users"] == 2
-    assert metric(srv, 'sente_lite_channel_presence_clients{channel="room"}') == 5
-    assert metric(srv, 'sente_lite_channel_presence_users{channel="room"}') == 2
+    assert metric(srv, 'sente_lite_channel_presence_clients{channel="room"}', op) == 5
+    assert metric(srv, 'sente_lite_channel_presence_users{channel="room"}', op) == 2
+    # For anyone else nobody walks the lists (review r15 M3): the
+    # connections are counted, the users are not.
+    room = srv.stats()["channel-stats"]["channels"]["room"]
+    assert room["num-clients"] == 5 and room["num-users"] is None
+    assert metric(srv, 'sente_lite_channel_presence_users{channel="room"}') is None
     # One leaves, one goes away: presence follows.
     ids = list(want)
     assert ask(conns[2], type="unsubscribe", **{"channel-id": "room"})["success"]
@@ -445,6 +453,46 @@ def test_join_leave_follow_the_presence_rule(server_factory, keys):
     assert ask(granted, type="presence", **{"channel-id": "jn:room"})["reason"] == \
         "presence-disabled"
     for ws in (granted, authed, anon, pub):
+        ws.close()
+
+
+def test_pipelined_presence_and_history_all_answered(server_factory):
+    """Review r15 M1: presence, presence-stats and history are charged
+    against their connection's turn budget by the work they do, so a batch
+    of them in one read is spread over turns - and none is lost."""
+    srv = server_factory("--message-retention", "200", workers=1)
+    members = [on_worker(srv, 0) for _ in range(20)]
+    for ws in members:
+        sub(ws, "big")
+    pub = on_worker(srv, 0)  # not a subscriber: its next frame is the reply
+    for i in range(200):
+        assert ask(pub, type="publish", **{"channel-id": "big", "data": i})["success"]
+    asker = on_worker(srv, 0)
+    sub(asker, "big")
+    from wsraw import OP_TEXT, frame
+    kinds = [("presence-stats", {}), ("presence", {"cursor": 1}),
+             ("history", {"since-seq": 150}), ("history", {"since-seq": 60, "reverse": True})]
+    batch = b"".join(frame(OP_TEXT, json.dumps({"type": t, "channel-id": "big", **kw}).encode())
+                     for _ in range(100) for t, kw in kinds)
+    asker.send(batch)
+    got = []
+    asker.sock.settimeout(30 * SLOW)
+    while len(got) < 400:
+        m = recv(asker)
+        if m["type"].endswith("-result"):
+            got.append(m)
+    for i, m in enumerate(got):
+        t, kw = kinds[i % 4]
+        assert m["type"] == t + "-result" and m["success"], m
+        if t == "presence-stats":
+            assert m["num-clients"] == 21
+        elif t == "presence":
+            assert list(m["clients"]) == [] and m["next-cursor"] is None
+        elif kw.get("reverse"):
+            assert [p["seq"] for p in m["publications"]] == list(range(59, 0, -1))
+        else:
+            assert [p["seq"] for p in m["publications"]] == list(range(151, 201))
+    for ws in members + [asker, pub]:
         ws.close()
 
 
