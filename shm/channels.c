@@ -193,7 +193,7 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 /* -------------------------------------------------------- subscribers */
 
 /* hand_off's flags (see there). */
-enum { HO_ALWAYS = 2, HO_TRY = 4 };
+enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8 };
 
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
                          const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
@@ -278,8 +278,9 @@ static void recount(sl_chan_t *c)
 
 /* The commit of a subscribe or an unsubscribe whose intent (sub, op) is
  * recorded: with a join / leave message to hand to `targets`, its
- * hand-off; else the commit flag alone.  Lock held.  A join that no inbox
- * could take (every one full) is not committed: SL_CHAN_OVERLOADED, and the
+ * hand-off; else the commit flag alone.  Lock held.  A join that not every
+ * target inbox can take with room to spare (HO_HEADROOM: one more than half
+ * full) is not committed: SL_CHAN_OVERLOADED, and the
  * message is freed; a leave always commits (HO_ALWAYS: full inboxes are
  * noted as missed, and so are all of them when m is NULL: no memory for
  * it).  SL_AGAIN: an inbox lock was busy (try: the master), nothing done. */
@@ -302,7 +303,7 @@ static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t
      * (1013): those whose last seq then is below the next one. */
     sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = c->next_seq};
     bool busy = false;
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? 0 : HO_ALWAYS) | (try ? HO_TRY : 0),
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? HO_HEADROOM : HO_ALWAYS) | (try ? HO_TRY : 0),
                             &busy);
     if (busy || (join && got == 0)) {
         /* Nothing went out.  The record is dropped before the message is
@@ -774,6 +775,11 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  *  4. the commit: in->committed = 1;
  *  5. push into each and release it; full inboxes get the missed note
  *     `note` (when not NULL) and are released.
+ * HO_HEADROOM (a join): refused, nothing done, when any target inbox is
+ * more than half full - the inboxes are shared by every channel of their
+ * worker, so a storm of joins must leave room for publications (and not
+ * skip a full one with a missed note, which would close its subscribers
+ * 1013 and start a reconnect wave: review r15 H2).
  * HO_ALWAYS (a leave, which is never refused): with no room anywhere - or
  * no message at all (m NULL: no memory for it) - it still commits, with no
  * push, every target given the note; m (refs 0) is the caller's to free.
@@ -787,6 +793,7 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
     /* The note comes from the caller, not from m: after the first push m
      * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
+    bool crowded = false;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
@@ -801,11 +808,13 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
         } else {
             sl_inbox_lock(r->inboxes[w]);
         }
-        if (m && sl_inbox_has_room(r->inboxes[w], 1))
+        if ((flags & HO_HEADROOM) && sl_inbox_depth(r->inboxes[w]) > SL_INBOX_CAP / 2)
+            crowded = true;
+        else if (m && sl_inbox_has_room(r->inboxes[w], 1))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");
-    if (push == 0 && targets != 0 && !(flags & HO_ALWAYS)) {
+    if ((crowded || push == 0) && targets != 0 && !(flags & HO_ALWAYS)) {
         for (uint32_t w = 0; w < r->nworkers; w++)
             if (targets >> w & 1)
                 sl_inbox_unlock(r->inboxes[w]);

@@ -352,6 +352,14 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             forget_deleted(c, id, len, ch->node.hash, NULL);
             already = false;
         }
+        /* A join fans out like a publish (one inbox entry per worker, a
+         * frame per subscriber): it is counted against
+         * --max-publishes-per-second, so a subscribe / unsubscribe loop
+         * is throttled like a publisher (review r15 H2).  Leaves are not:
+         * each follows a join that was counted, and one is never refused. */
+        if (!already && attempt == 0 && ch->config.join_leave && c->sess &&
+            !sl_session_admit_publish(c))
+            return;
         const sl_ident_t *me = sl_session_ident(c);
         sl_chan_who_t who = {.conn_no = c->conn_no,
                              .user = me ? me->user : NULL,

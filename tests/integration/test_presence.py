@@ -496,6 +496,39 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
         ws.close()
 
 
+def test_joins_count_against_the_publish_rate(server_factory):
+    """Review r15 H2: a subscribe to a join-leave channel fans out like a
+    publish, so it is counted against --max-publishes-per-second: a
+    subscribe / unsubscribe loop is refused rate-limited like a publisher;
+    channels without join-leave are not counted; leaves are never refused."""
+    srv = server_factory("--join-leave", "--namespace", "quiet:join-leave=false",
+                         "--max-publishes-per-second", "1", "--publish-burst", "3", workers=1)
+    watcher = on_worker(srv, 0)
+    sub(watcher, "room")
+    ws = on_worker(srv, 0)
+    got = []
+    # Until the first refusal (a loaded machine may earn one more back
+    # meanwhile, so no exact count beyond the burst).
+    while "rate-limited" not in got and len(got) < 50:
+        send(ws, type="subscribe", **{"channel-id": "room"})
+        m = recv(ws)
+        got.append(m["type"] if m["type"] != "error" else m["reason"])
+        if m["type"] == "subscription-result":
+            assert m["success"], m
+            assert reply(ws, "unsubscription-result", type="unsubscribe",
+                         **{"channel-id": "room"})["success"]
+    assert got[:3] == ["subscription-result"] * 3 and got[-1] == "rate-limited", got
+    joined = got.count("subscription-result")
+    # Channels without join-leave: not counted.
+    for i in range(5):
+        sub(ws, f"quiet:c{i}")
+    # The watcher heard exactly those that got in, each joining and leaving.
+    evs = [m["type"] for m in quiet(watcher, 1.0) if m["type"] in ("join", "leave")]
+    assert evs == ["join", "leave"] * joined, evs
+    for w in (watcher, ws):
+        w.close()
+
+
 def test_full_inbox_refuses_a_join_and_closes_on_a_leave(server_factory):
     srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
                          "--worker-stall-kill-ms", "60000", workers=2)

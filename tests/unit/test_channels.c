@@ -344,11 +344,22 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-b"));
     sl_arena_stats(R->arena, &after);
     SL_CHECK_INT(after.used_bytes, before.used_bytes);
-    /* conn-b joins while there is room; then worker 0 is full again. */
+    /* Room for one, but more than half full: a join still waits (review
+     * r15 H2: joins leave room for publications); no missed note. */
     sl_inbox_entry_t e;
+    uint64_t notes0 = R->inboxes[0]->missed_n;
+    while (sl_inbox_depth(R->inboxes[0]) > SL_INBOX_CAP / 2 + 1) {
+        SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
+        sl_chan_msg_unref(R, e.msg);
+    }
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0);
+    /* conn-b joins at half full; then worker 0 is filled up again. */
     SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
     sl_chan_msg_unref(R, e.msg);
     SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_OK);
+    while (sl_inbox_has_room(R->inboxes[0], 1))
+        sl_chan_publish(R, f, &p, &r);
     uint64_t missed = R->inboxes[0]->missed_n;
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
