@@ -32,6 +32,9 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg);
  * many history messages copied - a full presence-stats walk (100,000) uses
  * the whole turn, so 1,000 of them pipelined take 1,000 turns. */
 #define SL_PRESENCE_WALK_UNIT 1024
+/* A worker's inbox drain stops for the turn after queuing this many frames
+ * (or SL_INBOX_CAP entries); the rest waits for the next turn. */
+#define SL_DRAIN_FRAMES_MAX 262144
 #define SL_HISTORY_CHARGE_UNIT 16
 #define SL_HISTORY_LIMIT_MAX 1000
 
