@@ -871,7 +871,10 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg)
     sl_conn_charge(c, res.count / SL_HISTORY_CHARGE_UNIT);
     json_t *pubs = json_array();
     for (uint32_t i = 0; i < h->n && !h->oom; i++) {
-        json_t *m = json_loadb(h->buf + h->off[i], h->off[i + 1] - h->off[i], 0, NULL);
+        /* As publish parsed it (JSON_ALLOW_NUL): a \u0000 in data must not
+         * drop the message from the page (review r15 L5). */
+        json_t *m = json_loadb(h->buf + h->off[i], h->off[i + 1] - h->off[i], JSON_ALLOW_NUL,
+                               NULL);
         if (m)
             json_array_append_new(
                 pubs, json_pack("{s:O, s:O, s:O, s:O}", "seq", json_object_get(m, "seq"),

@@ -330,6 +330,22 @@ def test_history_pages_both_ways(server_factory):
     b.close()
 
 
+def test_history_keeps_data_with_nul(server_factory):
+    """Review r15 L5: publish accepts "\\u0000" in data, so history must
+    list that message too (it used to drop it silently)."""
+    srv = server_factory("--message-retention", "5", workers=1)
+    a, pub = on_worker(srv, 0), on_worker(srv, 0)
+    sub(a, "n")
+    for d in ("x", "a\u0000b", "y"):
+        r = ask(pub, type="publish", **{"channel-id": "n", "data": d})
+        assert r["success"], r
+    r = reply(a, "history-result", type="history", **{"channel-id": "n"})
+    assert r["success"], r
+    assert [p["data"] for p in r["publications"]] == ["x", "a\u0000b", "y"], r
+    a.close()
+    pub.close()
+
+
 def test_history_ttl_frees_shared_memory(server_factory):
     srv = server_factory("--channel", "ttl:message-retention=1000,history-ttl-ms=1500",
                          "--channel-linger-ms", "2000", workers=2)
