@@ -951,6 +951,12 @@ static uint32_t expire_locked(sl_reg_t *r, sl_chan_t *c, int64_t now_us)
         finish_drop(r, c);
         n++;
     }
+    /* The last retained message gone from a channel nobody subscribes to:
+     * its linger starts now ("no subscriber and no retained message for
+     * --channel-linger-ms"), not at the last unsubscribe long ago (review
+     * r15 L4).  One store: killed before it, the linger is just shorter. */
+    if (c->ring_lo == c->ring_hi && c->subscribers == 0)
+        uatomic_set(&c->empty_since, sl_mono_ms());
     intent_end(in);
     uatomic_add(&r->expired, n);
     return n;

@@ -603,6 +603,17 @@ static void test_history_ttl(void)
     SL_CHECK_INT(s.n, 0);
     SL_CHECK_INT(res.top_seq, 21);
     SL_CHECK_INT(sl_chan_retained_count(c), 0);
+    /* Review r15 L4: an idle channel (no subscriber since long ago) whose
+     * last retained message expires lingers from now, not from then. */
+    sl_chan_t *idle;
+    cfg.lingers = true;
+    sl_chan_create(R, "idle", 4, &cfg, &idle);
+    sl_chan_publish(R, idle, &p, &r);
+    uatomic_set(&idle->empty_since, sl_mono_ms() - 3600 * 1000);
+    SL_CHECK(sl_chan_expire(R, idle, sl_mono_us() + 60 * 1000, &dropped));
+    SL_CHECK_INT(dropped, 1);
+    SL_CHECK(!sl_chan_reap(R, idle, sl_mono_ms(), 10 * 1000)); /* lingers 10 s from now */
+    SL_CHECK(sl_chan_reap(R, idle, sl_mono_ms() + 11 * 1000, 10 * 1000));
 }
 
 typedef struct {
