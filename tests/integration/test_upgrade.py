@@ -167,7 +167,8 @@ def test_failed_upgrade_keeps_the_old_master(tmp_path):
         ws, _ = open_client(port)
         conf.write_text("message-retention = lots\n")
         os.kill(proc.pid, signal.SIGUSR2)
-        wait_for(lambda: "server-upgrade-failed" in open(tmp_path / "sente.log").read(),
+        log = tmp_path / "sente.log"  # (opened by the logger: maybe not yet, under load)
+        wait_for(lambda: log.exists() and "server-upgrade-failed" in log.read_text(),
                  timeout=10, what="the upgrade to fail")
         assert proc.poll() is None and read_pid(pidf) == proc.pid
         assert healthy(port)

@@ -127,17 +127,21 @@ static void test_wait_hook_on_the_monotonic_clock(void)
 static void test_holder_and_waiter_recorded(void)
 {
     setup();
-    pid_t a = holder(1, 400);
+    /* Long holds, and polls instead of fixed sleeps: under ASan on a loaded
+     * machine the second process took more than 100 ms to block. */
+    pid_t a = holder(1, 2000);
     SL_CHECK_INT(sl_lock_owner(&S->l), a);
     pid_t b = fork();
     if (b == 0) {
         sl_lock_set_holder(&S->h[2]);
         sl_lock_acquire(&S->l);
-        sleep_ms(100);
+        sleep_ms(1000);
         sl_lock_release(&S->l);
         _exit(0);
     }
-    sleep_ms(100);
+    for (int i = 0; i < 1000 && S->h[2].waiting != &S->l; i++)
+        sleep_ms(5);
+    sleep_ms(60);
     SL_CHECK(S->h[2].waiting == &S->l);
     SL_CHECK(S->h[2].wait_since_ms > 0 && sl_mono_ms() - S->h[2].wait_since_ms >= 50);
     SL_CHECK_INT(S->h[2].wait_releases, S->l.releases);
@@ -145,7 +149,8 @@ static void test_holder_and_waiter_recorded(void)
     SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), a); /* held all along by a */
     SL_CHECK(v.lock == &S->l && v.owner == a && v.releases == S->l.releases);
     waitpid(a, NULL, 0);
-    sleep_ms(50);
+    for (int i = 0; i < 1000 && S->h[2].waiting != NULL; i++)
+        sleep_ms(5);
     SL_CHECK(S->h[2].waiting == NULL);
     SL_CHECK_INT(sl_lock_blocker(&S->h[2], NULL), 0);
     SL_CHECK_INT(sl_lock_owner(&S->l), b);
