@@ -202,6 +202,24 @@ static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_no
 static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c);
 static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join);
 
+/* The subscriptions a join / leave of s is for (lock held): those made
+ * before it - a join: before s; a leave: before now. */
+static uint64_t presence_horizon(const sl_chan_t *c, const sl_sub_t *s, bool join)
+{
+    return join ? s->sub_no - 1 : c->sub_seq;
+}
+
+/* The missed note of a join / leave of s that a full inbox could not take:
+ * it carries no seq, so its subscribers are not closed but told to ask
+ * presence again (presence-resync; sl_inbox.h). */
+static sl_inbox_note_t presence_note(const sl_chan_t *c, const sl_sub_t *s, bool join)
+{
+    return (sl_inbox_note_t){.chan_hash = c->node.hash,
+                             .serial = c->serial,
+                             .seq = SL_INBOX_SEQ_PRESENCE,
+                             .horizon = presence_horizon(c, s, join)};
+}
+
 static bool on_list(const sl_chan_t *c, const sl_sub_t *s)
 {
     for (const sl_sub_t *x = c->subs; x; x = x->next)
@@ -299,9 +317,10 @@ static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t
         return SL_OK;
     }
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    /* A worker whose inbox is full closes its subscribers from before it
-     * (1013): those whose last seq then is below the next one. */
-    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = c->next_seq};
+    /* A worker whose inbox is full tells its subscribers from before it to
+     * ask presence again (presence-resync; not 1013: there is no seq to
+     * recover a join / leave by - review r15 H2). */
+    sl_inbox_note_t note = presence_note(c, in->sub, join);
     bool busy = false;
     uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? HO_HEADROOM : HO_ALWAYS) | (try ? HO_TRY : 0),
                             &busy);
@@ -312,7 +331,9 @@ static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t
         sl_arena_free(r->arena, m);
         return busy ? SL_AGAIN : SL_CHAN_OVERLOADED;
     }
-    *woken = got;
+    /* Every target got the message or a note: wake them all, a noted one
+     * to act on its note now rather than at its next tick (review r15 L1). */
+    *woken = targets;
     if (got == 0 && m) {
         /* A leave nobody could take (every inbox noted as missed): its
          * message was never handed out. */
@@ -736,7 +757,7 @@ static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s,
         /* Only for the subscriptions there are at its hand-off (lock
          * held): a worker may deliver it after a later subscribe of its
          * own, which must not hear of who came or went before it. */
-        m->horizon = join ? s->sub_no - 1 : c->sub_seq;
+        m->horizon = presence_horizon(c, s, join);
     }
     return m;
 }
@@ -1366,13 +1387,14 @@ static void chan_recover(void *arg)
     }
     sl_sub_t *s = in->sub;
     /* A join's or leave's missed note, as commit_presence makes it. */
-    const sl_inbox_note_t presence_note = {.chan_hash = c->node.hash, .serial = c->serial,
-                                           .seq = c->next_seq};
+    sl_inbox_note_t pn = {0};
+    if (s && (in->op == SL_CI_SUB || in->op == SL_CI_UNSUB))
+        pn = presence_note(c, s, in->op == SL_CI_SUB);
     switch (in->op) {
     case SL_CI_SUB:
         /* Committed: the join (if any) went out; roll forward.  Not: the
          * node was never published, the join never handed out; undo. */
-        if (in->msg ? hand_off_settle(r, in, &presence_note) : in->committed) {
+        if (in->targets ? hand_off_settle(r, in, &pn) : in->committed) {
             if (!on_list(c, s)) {
                 s->next = c->subs;
                 rcu_assign_pointer(c->subs, s);
@@ -1393,7 +1415,10 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_UNSUB:
-        if (in->msg ? hand_off_settle(r, in, &presence_note) : in->committed) {
+        /* By the targets, not the message: a leave with no memory for
+         * it (msg NULL) committed with notes only, which the dead owner
+         * may not all have made (review r15 L1). */
+        if (in->targets ? hand_off_settle(r, in, &pn) : in->committed) {
             if (in->msg && in->got == 0) {
                 /* A leave nobody took, not yet freed (chan.leave.unsent). */
                 sl_chan_msg_t *m = in->msg;

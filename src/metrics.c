@@ -194,6 +194,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Publishes that skipped the worker's full inbox (its subscribers closed 1013).");
     per_worker(&o, workers, "missed_disconnects_total", "counter", "missed-disconnects",
                "Subscribers closed 1013 because the worker's inbox missed their messages.");
+    per_worker(&o, workers, "presence_resyncs_total", "counter", "presence-resyncs",
+               "presence-resync notices: a join or leave skipped the worker's full inbox.");
     per_worker(&o, workers, "worker_stalled", "gauge", "stalled",
                "1 while the worker makes no progress (--worker-stall-ms).");
     per_worker(&o, workers, "worker_stalls_total", "counter", "stalls",

@@ -1088,10 +1088,40 @@ static void close_entry(sl_cidx_entry_t *e, void *arg)
             close_missed(e->conns[i]);
 }
 
+/* A join / leave of the channel skipped our full inbox (note): there is
+ * no seq to recover it by, so each subscriber it was for (the incarnation,
+ * up to its horizon, one the presence rule lets see it) is told once that
+ * its view of presence may be stale - not closed (review r15 H2). */
+static void resync_entry(sl_cidx_entry_t *e, void *arg)
+{
+    const sl_inbox_note_t *note = arg;
+    sl_buf_t *b = NULL;
+    for (uint32_t i = 0; i < e->n; i++) {
+        const sl_cidx_mark_t *k = &e->marks[i];
+        sl_conn_t *c = e->conns[i];
+        if (c->state != SL_CONN_WS || k->no_presence ||
+            (k->serial != 0 && (k->serial != note->serial || k->sub_no > note->horizon)))
+            continue; /* another incarnation, or came after it (unknown mark: told) */
+        if (b == NULL) {
+            json_t *j = json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id", e->id,
+                                  (size_t)e->idlen);
+            b = j ? sl_frame_json(j) : NULL;
+            json_decref(j);
+            if (b == NULL)
+                return; /* out of local memory: they ask presence on their next event */
+        }
+        if (sl_conn_send(c, b) == SL_OK)
+            uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+    }
+    sl_buf_unref(b);
+}
+
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     missed_t x = {note, index};
-    if (note == NULL || note->chan_hash == 0)
+    if (note && note->chan_hash != 0 && note->seq == SL_INBOX_SEQ_PRESENCE)
+        sl_cidx_foreach_hash(note->chan_hash, resync_entry, (void *)note);
+    else if (note == NULL || note->chan_hash == 0)
         sl_cidx_foreach(close_entry, &x); /* lost: which channel is not known */
     else
         sl_cidx_foreach_hash(note->chan_hash, close_entry, &x);
@@ -1103,6 +1133,7 @@ static void check_missed(sl_inbox_t *in, uint64_t upto)
     if (!missed_started) {
         /* Notes from before we started were for our predecessor. */
         missed_seen = uatomic_read(&in->missed_n);
+        uatomic_set(&in->missed_taken, missed_seen); /* no presence note folds into those */
         missed_started = true;
     }
     if (uatomic_read(&in->missed_n) != missed_seen)

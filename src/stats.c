@@ -176,6 +176,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
     json_object_set_new(o, "missed-disconnects",
                         json_integer((json_int_t)uatomic_read(&w->missed_closes)));
+    json_object_set_new(o, "presence-resyncs",
+                        json_integer((json_int_t)uatomic_read(&w->presence_resyncs)));
     json_object_set_new(o, "stalled", json_boolean(stalled));
     json_object_set_new(o, "stalled-ms",
                         json_integer(stalled ? (json_int_t)(sl_now_ms() -

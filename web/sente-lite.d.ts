@@ -239,6 +239,10 @@ export interface SenteLiteEvents {
   join: PresenceEvent;
   /** One left it: unsubscribed, closed, or went away with its worker. */
   leave: PresenceEvent;
+  /** Some joins or leaves of the channel could not reach us (the server
+   *  was overloaded): our view of presence may be stale, ask presence()
+   *  again. */
+  'presence-resync': { channel: string };
   error: { reason: string; [key: string]: unknown };
 }
 

@@ -41,7 +41,9 @@
  *    channel's messages - also while a subscribe is on its way, when they
  *    wait with them.  They are set updates: the join or leave of a
  *    connection that came or went just before our own subscribe took
- *    effect may arrive too.
+ *    effect may arrive too.  'presence-resync' ({channel}) says some
+ *    joins or leaves could not reach us (the server was overloaded): call
+ *    presence(ch) again.
  *  - Access control: with a `token` (a JWT) or `getToken()` (async, called on
  *    every connect and reconnect, and again before the token expires to
  *    refresh it), the first message on each connection is
@@ -163,7 +165,7 @@ export class SenteLite {
   /** Listen to 'open', 'close', 'reconnecting', 'state', 'welcome',
    *  'error', 'message', 'recovery', 'gap', 'channel-deleted',
    *  'unsubscribed', 'broadcast', 'authenticated', 'unauthorized', 'join',
-   *  'leave'.
+   *  'leave', 'presence-resync'.
    *  Returns a function that removes the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -677,6 +679,12 @@ export class SenteLite {
       sub.buffer.push(m);
       return;
     }
+    if (m.type === 'presence-resync') {
+      // A join or leave could not reach us (our worker was overloaded):
+      // ask presence again.
+      this._emit('presence-resync', { channel: m['channel-id'] });
+      return;
+    }
     if (m.type === 'join' || m.type === 'leave') {
       const i = m.info || {};
       this._emit(m.type, { channel: m['channel-id'], connId: i['conn-id'],
@@ -913,7 +921,8 @@ export class SenteLite {
     this._emit('message', msg);
     const type = msg.type;
     if (type === 'welcome') return this._onWelcome(msg);
-    if (type === 'channel-message' || type === 'join' || type === 'leave')
+    if (type === 'channel-message' || type === 'join' || type === 'leave' ||
+        type === 'presence-resync')
       return this._onChannelEvent(msg);
     if (type === 'rpc-request') return void this._onRpcRequest(msg);
     if (type === 'rpc-response') return this._onRpcOutcome(msg);

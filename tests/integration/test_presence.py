@@ -545,46 +545,54 @@ def test_joins_count_against_the_publish_rate(server_factory):
         w.close()
 
 
-def test_full_inbox_refuses_a_join_and_closes_on_a_leave(server_factory):
+def test_full_inbox_refuses_a_join_and_resyncs_on_a_leave(server_factory):
+    """Review r15 H2: a leave that cannot enter a full inbox does not close
+    that worker's subscribers 1013 (a leave has no seq to recover it by):
+    each is told once to ask presence again (presence-resync)."""
     srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
                          "--worker-stall-kill-ms", "60000", workers=2)
-    far = on_worker(srv, 1)    # its worker is stopped below
+    far = on_worker(srv, 1)     # its worker is stopped below
     sub(far, "jl")
-    near = on_worker(srv, 0)   # leaves while worker 1 is stopped
+    filler = on_worker(srv, 1)  # the only subscriber of the channel that fills the inbox
+    sub(filler, "fill")
+    near = on_worker(srv, 0)    # leaves while worker 1 is stopped
     sub(near, "jl")
     assert recv(far)["type"] == "join"
+    near_id = conn_id(near)
     pub, late = on_worker(srv, 0), on_worker(srv, 0)
     pid = srv.stats()["workers"][1]["pid"]
-    total = 8192 + 10
+    total = 8192  # SL_INBOX_CAP
     os.kill(pid, signal.SIGSTOP)
     try:
-        # Fill worker 1's inbox; worker 0 (near) still has room, so every
-        # publish succeeds.
-        for _ in range(total):
-            send(pub, type="publish", **{"channel-id": "jl", "data": 0})
+        # Fill worker 1's inbox with another channel's messages (nothing
+        # of "jl" is skipped but the leave); one more is refused.
+        for _ in range(total + 1):
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
         pub.sock.settimeout(30 * SLOW)
-        assert all(recv(pub)["success"] for _ in range(total))
-        near.sock.settimeout(30 * SLOW)
-        assert sum(recv(near)["type"] == "channel-message" for _ in range(total)) == total
-        # A leave is never refused (worker 1 is noted as having missed it)...
+        got = [recv(pub) for _ in range(total + 1)]
+        assert all(m["success"] for m in got[:total]), got[-2]
+        assert (got[-1]["success"], got[-1]["reason"]) == (False, "overloaded"), got[-1]
+        # A leave is never refused (worker 1 gets a presence note)...
         assert ask(near, type="unsubscribe", **{"channel-id": "jl"})["success"]
         # ...a join only worker 1 would be told of is: nothing happens.
         r = ask(late, type="subscribe", **{"channel-id": "jl"})
         assert (r["success"], r["reason"]) == (False, "overloaded"), r
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert srv.stats()["overloaded"] >= 1
-    # Worker 1's subscriber gets everything up to the skip, then 1013 (it
-    # resubscribes and asks presence again).
-    far.sock.settimeout(30 * SLOW)
-    n = 0
-    while True:
-        _, op, payload = far.read_frame()
-        if op == 8:
-            assert payload[:2] == (1013).to_bytes(2, "big"), payload
-            break
-        n += json.loads(payload)["type"] == "channel-message"
-    assert 8000 <= n < total, n
-    assert srv.stats()["workers"][1]["missed-disconnects"] >= 1
-    for ws in (far, near, pub, late):
+    # far stays: one presence-resync, no leave, no close; presence then
+    # shows it alone.
+    got = events(far, lambda m: m["type"] == "presence-resync", timeout=30)
+    assert got == [{"type": "presence-resync", "channel-id": "jl"}], got
+    assert quiet(far, 0.5) == []
+    clients, _ = presence_all(far, "jl")
+    assert list(clients) == [conn_id(far)] and near_id not in clients, clients
+    w1 = srv.stats()["workers"][1]
+    assert w1["presence-resyncs"] == 1, w1
+    # The filler gets all it was sent; nobody was closed.
+    filler.sock.settimeout(30 * SLOW)
+    assert sum(recv(filler)["type"] == "channel-message" for _ in range(total)) == total
+    assert quiet(filler, 0.2) == []
+    assert srv.stats()["workers"][1]["missed-disconnects"] == 0
+    assert metric(srv, 'sente_lite_presence_resyncs_total{worker="1"}') == 1
+    for ws in (far, filler, near, pub, late):
         ws.close()

@@ -321,6 +321,12 @@ static void test_join_leave_horizon(void)
 /* Every inbox full: a join is refused (nothing changes), a leave is not
  * (the full inboxes are noted as missed); a dead worker's cleanup tells
  * the others one leave per subscription. */
+static void count_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
+{
+    (void)index;
+    *(int *)arg += note != NULL;
+}
+
 static void test_join_leave_full_and_cleanup(void)
 {
     setup();
@@ -364,7 +370,13 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
-    SL_CHECK(R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)].chan_hash == c->node.hash);
+    /* A presence note (review r15 H2): worker 0 tells its subscribers up
+     * to the horizon (all of them: 2 subscribes made) to ask presence
+     * again - not a seq to close them by. */
+    sl_inbox_note_t *x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->chan_hash == c->node.hash);
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE);
+    SL_CHECK_INT(x->horizon, c->sub_seq);
     drain_all();
     /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
     for (int i = 0; i < 3; i++) {
@@ -384,6 +396,38 @@ static void test_join_leave_full_and_cleanup(void)
     while (next_json(0, b, sizeof(b))[0])
         leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
     SL_CHECK_INT(leaves, 3);
+    /* Again with worker 0's inbox full: the three leaves make one note
+     * (coalesced: same incarnation and horizon, not yet taken), not three
+     * that would lap the ring and close everyone 1013. */
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-e%d", i);
+        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-g", 0, 7, NULL, NULL, &n, NULL), SL_OK);
+    drain_all();
+    while (sl_inbox_has_room(R->inboxes[0], 1))
+        sl_chan_publish(R, f, &p, &r);
+    missed = R->inboxes[0]->missed_n;
+    uint64_t folded = R->inboxes[0]->coalesced;
+    sl_reg_cleanup_start(&job, 1);
+    while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    SL_CHECK_INT(c->subscribers, 2);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
+    SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
+    x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->horizon == c->sub_seq);
+    /* Once the consumer has taken a note, nothing folds into it: a later
+     * leave makes a note of its own. */
+    uint64_t seen = missed;
+    int notes = 0;
+    sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, count_note, &notes);
+    SL_CHECK_INT(notes, 1);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-g", 0, NULL, &n), SL_OK);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 2);
+    SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
+    drain_all();
 }
 
 /* Review r15 H1: a dead worker's subscription whose inbox lock is busy is
