@@ -118,7 +118,7 @@ typedef struct sl_chan {
     sl_chan_intent_t intent; /* under lock */
     uint64_t next_seq;    /* under lock, atomic for readers; message-count = next_seq - 1 */
     uint32_t subscribers; /* under lock; atomic for readers */
-    uint64_t sub_seq;     /* under lock: subscribes made (sl_sub_t.sub_no) */
+    uint64_t sub_seq;     /* under lock: the last sl_sub_t.sub_no given here */
     bool deleted;         /* under lock: deleted, only still reachable by stale readers */
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
     struct sl_sub *subs;  /* every subscription of the channel, under lock; RCU for readers */
@@ -138,7 +138,7 @@ typedef struct sl_sub {
     struct sl_sub *prev, *next; /* the channel's subscriber list, under its lock */
     int32_t worker;
     uint32_t slot;
-    uint64_t sub_no;    /* the channel's sub_seq when it was made: the list descends */
+    uint64_t sub_no;    /* from the registry's next_sub_no when it was made: the list descends */
     uint32_t chan_len;  /* key = id "\n" conn-id */
     uint16_t user_len;  /* 0: anonymous */
     uint16_t info_len;  /* 0: no info */

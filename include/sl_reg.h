@@ -84,6 +84,9 @@ typedef struct {
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
     uint64_t expired;     /* atomic: retained messages dropped for their age (history_ttl_ms) */
     uint64_t next_serial; /* atomic: channel incarnations (sl_chan_t.serial), never 0 */
+    uint64_t next_sub_no; /* atomic: subscription numbers (sl_sub_t.sub_no), across all
+                             channels and incarnations, so a join / leave's horizon never
+                             covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
 } sl_reg_t;
 

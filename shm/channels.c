@@ -365,7 +365,9 @@ static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t k
         memcpy(x, info, ilen);
     s->worker = worker;
     s->slot = slot;
-    s->sub_no = ++c->sub_seq;
+    /* Registry-wide (review r15 L2); a number taken by a process killed
+     * before it subscribed is only skipped. */
+    s->sub_no = c->sub_seq = uatomic_add_return(&r->next_sub_no, 1);
     s->chan_len = c->node.klen;
     s->user_len = (uint16_t)ulen;
     s->info_len = (uint16_t)ilen;

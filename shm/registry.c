@@ -54,6 +54,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *l
         return SL_ERROR;
     r->nworkers = lim->nworkers;
     r->max_channels = lim->max_channels;
+    r->next_sub_no = 0;
     /* Sizing (documented in shm/README.md): connections a bucket per four
      * (lookups by conn-id are rare admin calls, while every worker's
      * inserts touch the array all over, so it is kept small); channels a

@@ -321,6 +321,30 @@ static void test_join_leave_horizon(void)
 /* Every inbox full: a join is refused (nothing changes), a leave is not
  * (the full inboxes are noted as missed); a dead worker's cleanup tells
  * the others one leave per subscription. */
+/* Review r15 L2: subscription numbers go on across incarnations, so a
+ * leave of the deleted channel still queued (its horizon) does not cover
+ * the new incarnation's subscribers. */
+static void test_sub_no_across_incarnations(void)
+{
+    setup();
+    sl_chan_t *c;
+    uint32_t n;
+    uint64_t woken, no = 0;
+    SL_CHECK_INT(sl_chan_create(R, "x", 1, &JL, &c), SL_OK);
+    for (int i = 0; i < 5; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-%d", i);
+        sl_chan_subscribe(R, c, id, 0, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-4", 0, NULL, &n), SL_OK);
+    uint64_t horizon = c->sub_seq; /* the leave's, in worker 0's inbox */
+    sl_chan_delete(R, "x", 1, NULL, 0, &n, &woken);
+    SL_CHECK_INT(sl_chan_create(R, "x", 1, &JL, &c), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-new", 0, 9, NULL, NULL, &n, &no), SL_OK);
+    SL_CHECK(no > horizon);
+    drain_all();
+}
+
 static void count_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     (void)index;
@@ -756,6 +780,7 @@ int main(void)
     SL_TEST_RUN(test_join_leave_frames);
     SL_TEST_RUN(test_join_leave_horizon);
     SL_TEST_RUN(test_join_leave_full_and_cleanup);
+    SL_TEST_RUN(test_sub_no_across_incarnations);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
