@@ -296,12 +296,12 @@ static void recount(sl_chan_t *c)
 
 /* The commit of a subscribe or an unsubscribe whose intent (sub, op) is
  * recorded: with a join / leave message to hand to `targets`, its
- * hand-off; else the commit flag alone.  Lock held.  A join that not every
- * target inbox can take with room to spare (HO_HEADROOM: one more than half
- * full) is not committed: SL_CHAN_OVERLOADED, and the
- * message is freed; a leave always commits (HO_ALWAYS: full inboxes are
- * noted as missed, and so are all of them when m is NULL: no memory for
- * it).  SL_AGAIN: an inbox lock was busy (try: the master), nothing done. */
+ * hand-off; else the commit flag alone.  Lock held.  A join goes to the
+ * target inboxes with room to spare (HO_HEADROOM: at most half full); the
+ * crowded ones get a presence note; when no target has room it is not
+ * committed: SL_CHAN_OVERLOADED, and the message is freed.  A leave always
+ * commits (HO_ALWAYS: full inboxes are noted, and so are all of them when
+ * m is NULL: no memory for it).  SL_AGAIN: an inbox lock was busy (try: the master), nothing done. */
 static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t targets,
                            uint64_t exclude_conn, bool join, bool try, uint64_t *woken)
 {
@@ -798,11 +798,13 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  *  4. the commit: in->committed = 1;
  *  5. push into each and release it; full inboxes get the missed note
  *     `note` (when not NULL) and are released.
- * HO_HEADROOM (a join): refused, nothing done, when any target inbox is
- * more than half full - the inboxes are shared by every channel of their
- * worker, so a storm of joins must leave room for publications (and not
- * skip a full one with a missed note, which would close its subscribers
- * 1013 and start a reconnect wave: review r15 H2).
+ * HO_HEADROOM (a join): a target inbox more than half full counts as
+ * full - the inboxes are shared by every channel of their worker, so a
+ * storm of joins must leave room for publications (review r15 H2) - and
+ * gets the note (a presence note: its subscribers are told to ask
+ * presence again, not closed); refused, nothing done, only when every
+ * target is so (one slow or stopped worker must not refuse joins on the
+ * others: review rf15 F1).
  * HO_ALWAYS (a leave, which is never refused): with no room anywhere - or
  * no message at all (m NULL: no memory for it) - it still commits, with no
  * push, every target given the note; m (refs 0) is the caller's to free.
@@ -816,7 +818,6 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
     /* The note comes from the caller, not from m: after the first push m
      * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
-    bool crowded = false;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
@@ -832,12 +833,12 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
             sl_inbox_lock(r->inboxes[w]);
         }
         if ((flags & HO_HEADROOM) && sl_inbox_depth(r->inboxes[w]) > SL_INBOX_CAP / 2)
-            crowded = true;
-        else if (m && sl_inbox_has_room(r->inboxes[w], 1))
+            continue; /* crowded: noted below (the room is kept for publications) */
+        if (m && sl_inbox_has_room(r->inboxes[w], 1))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");
-    if ((crowded || push == 0) && targets != 0 && !(flags & HO_ALWAYS)) {
+    if (push == 0 && targets != 0 && !(flags & HO_ALWAYS)) {
         for (uint32_t w = 0; w < r->nworkers; w++)
             if (targets >> w & 1)
                 sl_inbox_unlock(r->inboxes[w]);

@@ -345,6 +345,49 @@ static void test_sub_no_across_incarnations(void)
     drain_all();
 }
 
+/* Review rf15 F1: one crowded target inbox does not refuse a join for the
+ * others: they get it, the crowded one a presence note; refused only when
+ * every target is crowded. */
+static void test_join_with_one_crowded_target(void)
+{
+    setup();
+    uint32_t n;
+    uint64_t woken, no = 0;
+    sl_chan_t *c, *f;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 3, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
+        sl_chan_publish(R, f, &p, &r);
+    uint64_t notes0 = R->inboxes[0]->missed_n, notes1 = R->inboxes[1]->missed_n;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 1, 4, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 1); /* the join */
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0 + 1);
+    sl_inbox_note_t *x = &R->inboxes[0]->missed[notes0 & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->chan_hash == c->node.hash);
+    SL_CHECK_INT(x->horizon, no - 1);
+    /* Both crowded: refused, nothing done. */
+    sl_chan_subscribe(R, f, "conn-g", 1, 5, NULL, NULL, &n, NULL);
+    for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
+        sl_chan_publish(R, f, &p, &r);
+    notes0 = R->inboxes[0]->missed_n;
+    notes1 = R->inboxes[1]->missed_n;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-d", 1, 6, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
+    SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-d"));
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0);
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
+    drain_all();
+}
+
 static void count_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     (void)index;
@@ -781,6 +824,7 @@ int main(void)
     SL_TEST_RUN(test_join_leave_horizon);
     SL_TEST_RUN(test_join_leave_full_and_cleanup);
     SL_TEST_RUN(test_sub_no_across_incarnations);
+    SL_TEST_RUN(test_join_with_one_crowded_target);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
