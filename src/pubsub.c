@@ -355,11 +355,18 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         /* A join fans out like a publish (one inbox entry per worker, a
          * frame per subscriber): it is counted against
          * --max-publishes-per-second, so a subscribe / unsubscribe loop
-         * is throttled like a publisher (review r15 H2).  Leaves are not:
-         * each follows a join that was counted, and one is never refused. */
+         * is throttled like a publisher (review r15 H2) - only when there
+         * is someone to tell, and refused as a subscribe (rate-limited,
+         * with its channel-id), never a strike that closes the connection:
+         * a client resubscribing to many rooms after a reconnect must not
+         * be closed for it (review rf15 F2).  Leaves are not counted: each
+         * follows a join that was, and one is never refused. */
         if (!already && attempt == 0 && ch->config.join_leave && c->sess &&
-            !sl_session_admit_publish(c))
+            uatomic_read(&ch->subscribers) > 0 && !sl_session_take_join(c)) {
+            sl_worker_count_error(SL_ERR_RATE_LIMITED);
+            reject(c, id, len, "rate-limited");
             return;
+        }
         const sl_ident_t *me = sl_session_ident(c);
         sl_chan_who_t who = {.conn_no = c->conn_no,
                              .user = me ? me->user : NULL,

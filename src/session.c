@@ -496,6 +496,14 @@ bool sl_session_admit_message(sl_conn_t *c)
                               sl_conf->message_burst, "--max-messages-per-second");
 }
 
+bool sl_session_take_join(sl_conn_t *c)
+{
+    sl_session_t *s = c->sess;
+    int64_t rate = sl_conf->max_publishes_per_second;
+    return s == NULL || rate <= 0 ||
+           bucket_take(&s->pubs, rate, sl_conf->publish_burst, c->last_rx_mono);
+}
+
 bool sl_session_admit_publish(sl_conn_t *c)
 {
     sl_session_t *s = c->sess;

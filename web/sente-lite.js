@@ -604,6 +604,22 @@ export class SenteLite {
       for (const w of waiters) w.reject(new SenteLiteError('unsubscribed', 'unsubscribed'));
       return;
     }
+    if (!msg.success && entry.internal && !sub.active && !this._closed &&
+        (msg.reason === 'overloaded' || msg.reason === 'rate-limited')) {
+      // Made again after a reconnect, refused for now (the server is
+      // busy): try again later, with back-off, rather than drop it.
+      sub.waiters.push(...waiters);
+      sub.retries = (sub.retries || 0) + 1;
+      const delay = Math.min(5000, 100 * 2 ** Math.min(sub.retries, 6)) * (0.5 + Math.random());
+      const ws = this._ws;
+      this._emit('error', { reason: msg.reason, channel: sub.channel, reply: msg, retrying: true });
+      setTimeout(() => {
+        if (!this._closed && this._ws === ws && this.state === 'open' &&
+            this._subs.get(sub.channel) === sub && !sub.active)
+          this._sendSubscribe(sub, null, null, null);
+      }, delay);
+      return;
+    }
     if (!msg.success) {
       const err = new SenteLiteError(msg.reason || 'subscribe-failed',
         `subscribe to ${sub.channel} failed: ${msg.reason}`, { reply: msg });
@@ -622,6 +638,7 @@ export class SenteLite {
     }
     const epochChanged = sub.epoch !== null && msg.epoch !== sub.epoch;
     sub.epoch = msg.epoch;
+    sub.retries = 0;
     const retained = msg['retained-messages'] || [];
     const handler = entry.handler;
     const before = sub.lastSeq;

@@ -528,13 +528,13 @@ def test_joins_count_against_the_publish_rate(server_factory):
     while "rate-limited" not in got and len(got) < 50:
         send(ws, type="subscribe", **{"channel-id": "room"})
         m = recv(ws)
-        got.append(m["type"] if m["type"] != "error" else m["reason"])
-        if m["type"] == "subscription-result":
-            assert m["success"], m
+        assert m["type"] == "subscription-result" and m["channel-id"] == "room", m
+        got.append("ok" if m["success"] else m["reason"])
+        if m["success"]:
             assert reply(ws, "unsubscription-result", type="unsubscribe",
                          **{"channel-id": "room"})["success"]
-    assert got[:3] == ["subscription-result"] * 3 and got[-1] == "rate-limited", got
-    joined = got.count("subscription-result")
+    assert got[:3] == ["ok"] * 3 and got[-1] == "rate-limited", got
+    joined = got.count("ok")
     # Channels without join-leave: not counted.
     for i in range(5):
         sub(ws, f"quiet:c{i}")
@@ -542,6 +542,34 @@ def test_joins_count_against_the_publish_rate(server_factory):
     evs = [m["type"] for m in quiet(watcher, 1.0) if m["type"] in ("join", "leave")]
     assert evs == ["join", "leave"] * joined, evs
     for w in (watcher, ws):
+        w.close()
+
+
+def test_many_join_leave_rooms_at_once_are_not_closed(server_factory):
+    """Review rf15 F2: a refused join is a subscription-result (rate-limited,
+    with its channel-id), never a strike that closes the connection - a
+    client subscribing to many rooms at once (a reconnect) stays open; the
+    first subscriber of a channel tells nobody and is not counted."""
+    srv = server_factory("--join-leave", "--max-publishes-per-second", "1",
+                         "--publish-burst", "2", workers=1)
+    others = on_worker(srv, 0)
+    rooms = [f"room{i}" for i in range(10)]
+    for r in rooms:   # nobody to tell: none of these is counted
+        sub(others, r)
+    ws = on_worker(srv, 0)
+    for r in rooms:
+        send(ws, type="subscribe", **{"channel-id": r})
+    got = [recv(ws) for _ in rooms]
+    assert all(m["type"] == "subscription-result" for m in got), got
+    assert [m["channel-id"] for m in got] == rooms, got
+    refused = [m for m in got if not m["success"]]
+    assert refused and all(m["reason"] == "rate-limited" for m in refused), got
+    assert sum(m["success"] for m in got) >= 2, got
+    # Still open: it answers, and a later try gets in.
+    assert ask(ws, type="ping")["type"] == "pong"
+    time.sleep(1.2)
+    assert ask(ws, type="subscribe", **{"channel-id": refused[-1]["channel-id"]})["success"]
+    for w in (others, ws):
         w.close()
 
 
