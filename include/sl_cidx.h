@@ -20,7 +20,7 @@
  * (sl_sub_t): a join or leave reaches it only when numbered up to the
  * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all).
  * no_presence: the namespace's presence rule refuses this connection
- * (decided when it subscribed): it gets no join or leave either, as they
+ * (decided when it subscribed, again on a token refresh): it gets no join or leave either, as they
  * show what presence would (review r15 M2). */
 typedef struct {
     uint64_t serial, seq, notes, sub_no;

@@ -509,8 +509,16 @@ void sl_pubsub_recheck(sl_conn_t *c)
     for (uint32_t i = c->nsubs; i-- > 0;) {
         const char *id = c->subs[i];
         size_t len = strlen(id);
-        if (sl_perm_check(who, SL_ACT_SUBSCRIBE, id, len, true) == SL_PERM_OK)
+        if (sl_perm_check(who, SL_ACT_SUBSCRIBE, id, len, true) == SL_PERM_OK) {
+            /* Kept: whether it may see join / leave (the presence rule)
+             * is decided again with the new token too (review rf15 F6). */
+            bool no_presence = sl_perm_check(who, SL_ACT_PRESENCE, id, len, true) != SL_PERM_OK;
+            sl_cidx_entry_t *e = sl_cidx_find(sl_table_hash(id, len), id, len);
+            for (uint32_t k = 0; e && k < e->n; k++)
+                if (e->conns[k] == c)
+                    e->marks[k].no_presence = no_presence;
             continue;
+        }
         sl_worker_count_error(SL_ERR_PERMISSION_REVOKED);
         SL_TEL(SL_EV_PERMISSION_DENIED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("user", who ? who->user : ""), SL_TF_S("channel-id", id),

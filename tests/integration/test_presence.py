@@ -468,6 +468,25 @@ def test_join_leave_follow_the_presence_rule(server_factory, keys):
         "permission-denied"
     assert ask(granted, type="presence", **{"channel-id": "jn:room"})["reason"] == \
         "presence-disabled"
+    # A token refresh decides it again (review rf15 F6): carl now may,
+    # dora no longer may; both stay subscribed.
+    r = ask(authed, type="authenticate", token=keys.token(sub="carl", channels=["jt:*"]))
+    assert r["success"], r
+    r = ask(granted, type="authenticate", token=keys.token(sub="dora"))
+    assert r["success"], r
+    comer = on_worker(srv, 1, keys.token(sub="erin", channels=["jt:*"]))
+    cid = conn_id(comer)
+    sub(comer, "jt:room")
+    assert reply(comer, "unsubscription-result", type="unsubscribe",
+                 **{"channel-id": "jt:room"})["success"]
+    comer.close()
+    assert ask(pub, type="publish", **{"channel-id": "jt:room", "data": "end2"})["success"]
+
+    def seen2(ws):
+        return [m["type"] for m in events(ws, lambda m: m.get("data") == "end2")
+                if m["type"] in ("join", "leave") and m["info"]["conn-id"] == cid]
+    assert seen2(authed) == ["join", "leave"]
+    assert seen2(granted) == []
     for ws in (granted, authed, anon, pub):
         ws.close()
 
