@@ -180,6 +180,10 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         const char *why = parse_config(has_body ? body : NULL, &cfg);
         if (why)
             return err(400, "bad-config", why);
+        /* presence=none: no join / leave, whatever the body says (as for
+         * every channel of the namespace: review rf15 F7). */
+        if (sl_conf_namespace(sl_conf, id, len, NULL)->rules[SL_NS_PRESENCE] == SL_RULE_NONE)
+            cfg.join_leave = false;
         sl_chan_t *c;
         int rc = sl_chan_create(REG, id, len, &cfg, &c);
         if (rc == SL_CHAN_EXISTS)

@@ -1101,6 +1101,10 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             ch->history_ttl_ms = ns->history_ttl_ms;
         if (ch->join_leave < 0)
             ch->join_leave = ns->join_leave;
+        /* presence=none: nobody may see who comes and goes, so none are
+         * sent, whatever the channel says (review rf15 F7). */
+        if (ns->rules[SL_NS_PRESENCE] == SL_RULE_NONE)
+            ch->join_leave = 0;
     }
     if (c->admin_token_file[0] && read_admin_token(c, err, errsz) != SL_OK)
         return SL_ERROR;

@@ -491,6 +491,23 @@ def test_join_leave_follow_the_presence_rule(server_factory, keys):
         ws.close()
 
 
+def test_presence_none_turns_join_leave_off_for_every_channel(server_factory):
+    """Review rf15 F7: with presence=none no channel of the namespace sends
+    join / leave - declared (--channel) and admin-created ones too, not
+    only those a subscribe creates."""
+    srv = server_factory("--admin-token", "t0k3n", "--join-leave",
+                         "--namespace", "jn:presence=none,join-leave=true",
+                         "--channel", "jn:decl:join-leave=true",
+                         "--channel", "open:decl:join-leave=true")
+    auth = {"Authorization": "Bearer t0k3n"}
+    st, raw, _ = srv.request("POST", "/api/channels/jn%3Aadm", body=b'{"join-leave":true}',
+                             headers=auth)
+    assert st == 201 and json.loads(raw)["config"]["join-leave"] is False, raw
+    for ch, want in (("jn:decl", False), ("open:decl", True), ("jn:adm", False)):
+        st, raw, _ = srv.request("GET", "/api/channels/" + ch.replace(":", "%3A"), headers=auth)
+        assert st == 200 and json.loads(raw)["config"]["join-leave"] is want, (ch, raw)
+
+
 def test_pipelined_presence_and_history_all_answered(server_factory):
     """Review r15 M1: presence, presence-stats and history are charged
     against their connection's turn budget by the work they do, so a batch
