@@ -131,6 +131,7 @@ typedef struct {
     call_t calls[64];
     int ncalls;
     uint64_t missed_seen;
+    uint64_t refused_seen; /* the slow one: its inbox's refusals when it last drained */
     uint64_t n;
 } proc_t;
 
@@ -483,6 +484,8 @@ static void close_sub(proc_t *p, int k, int c)
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     proc_t *p = arg;
+    if (note && note->seq == SL_INBOX_SEQ_PRESENCE)
+        return; /* a join / leave: the server tells presence-resync, closes nobody */
     S->missed[p->me]++;
     for (int k = 0; k < NCONN; k++)
         for (int c = 0; c < NCHAN; c++) {
@@ -595,15 +598,18 @@ static size_t drain(proc_t *p)
 }
 
 /* The slow process drains once its inbox has been skipped a few dozen
- * times (each skip notes a missed message), or every 300 ms. */
+ * times (each skip is a refusal), or every 300 ms. */
 static bool drain_due(proc_t *p)
 {
     if (!p->slow)
         return true;
     int64_t now = sl_mono_ms();
-    if (uatomic_read(&R->inboxes[p->me]->missed_n) - p->missed_seen < 40 &&
-        now - p->last_drain < 300)
+    /* Refusals, not notes: a join's presence note (a crowded inbox) is
+     * no skip of a publication. */
+    uint64_t refused = uatomic_read(&R->inboxes[p->me]->refused);
+    if (refused - p->refused_seen < 40 && now - p->last_drain < 300)
         return false;
+    p->refused_seen = refused;
     p->last_drain = now;
     return true;
 }
