@@ -532,6 +532,46 @@ test('presence(), presenceStats(), join and leave events in order with messages'
   await assert.rejects(b.presenceStats('lobby'), (e) => e.code === 'permission-denied');
 });
 
+test("'presence-resync' when a leave could not reach our stopped worker", async () => {
+  const srv = await startServer(['--join-leave', '--worker-stall-ms', '30000',
+    '--worker-stall-kill-ms', '60000']);
+  let pid = 0;
+  try {
+    // One client on each worker (the master spreads new connections).
+    const byWorker = new Map();
+    for (let i = 0; i < 8 && byWorker.size < 2; i++) {
+      const c = await connected({}, srv.url);
+      if (!byWorker.has(c.worker)) byWorker.set(c.worker, c);
+    }
+    assert.equal(byWorker.size, 2);
+    const [far, near] = [...byWorker.values()];
+    const resyncs = [], leaves = [];
+    far.on('presence-resync', (r) => resyncs.push(r));
+    far.on('leave', (l) => leaves.push(l));
+    await far.subscribe('jl');
+    await near.subscribe('jl');
+    // Fill far's worker's inbox with another channel's messages (far is its
+    // only subscriber), with that worker stopped; then near leaves.
+    await far.subscribe('fill', () => {});
+    pid = await srv.workerPid(far.worker);
+    process.kill(pid, 'SIGSTOP');
+    for (let i = 0; i < 8192; i += 512)
+      await Promise.all(Array.from({ length: 512 }, () => near.publish('fill', 0)));
+    await near.unsubscribe('jl');
+    process.kill(pid, 'SIGCONT');
+    pid = 0;
+    await waitFor(() => resyncs.length > 0, { timeoutMs: 30000, what: 'presence-resync' });
+    assert.deepEqual(resyncs, [{ channel: 'jl' }]);
+    assert.deepEqual(leaves, []);
+    assert.equal(far.state, 'open');
+    assert.deepEqual(Object.keys(await far.presence('jl')), [far.connId]);
+  } finally {
+    if (pid) process.kill(pid, 'SIGCONT');
+    for (const x of clients.splice(0)) x.close();
+    await srv.stop();
+  }
+});
+
 test('history() pages forwards and backwards', async () => {
   const a = await connected();
   await a.subscribe('keep3');
