@@ -18,7 +18,7 @@
    thread draining every socket with epoll, bytes only) have received
    nothing more for 100 ms; delivered/s = deliveries / that time.  Also
    shown: what was refused or closed (overloaded, 1013 missed-disconnects,
-   slow consumers): nothing, with the default bounds.
+   presence-resync notices, slow consumers): nothing, with the default bounds.
 
 Each figure is the median of --runs runs (default 3), each on a fresh
 server; the machine is shared, so the spread is printed too."""
@@ -222,6 +222,7 @@ def refusals(srv):
     s = srv.stats()
     return {"overloaded": s["overloaded"],
             "missed-disconnects": sum(w["missed-disconnects"] for w in s["workers"]),
+            "presence-resyncs": sum(w["presence-resyncs"] for w in s["workers"]),
             "slow-consumers": s["slow-consumer-disconnects"]}
 
 
@@ -292,7 +293,7 @@ def main():
         print(f"  {name}: {runs[0]['delivered']} deliveries, quiet after "
               f"{secs[0]:.2f} s [{secs[1]:.2f}..{secs[2]:.2f}], {rate[len(rate) // 2]:,.0f} "
               f"delivered/s [{rate[0]:,.0f}..{rate[-1]:,.0f}]; refused or closed: "
-              f"{ {k: max(r[k] for r in runs) for k in ('overloaded', 'missed-disconnects', 'slow-consumers')} }")
+              f"{ {k: max(r[k] for r in runs) for k in ('overloaded', 'missed-disconnects', 'presence-resyncs', 'slow-consumers')} }")
         sys.stdout.flush()
 
 
