@@ -142,8 +142,13 @@ typedef struct sl_sub {
     uint32_t chan_len;  /* key = id "\n" conn-id */
     uint16_t user_len;  /* 0: anonymous */
     uint16_t info_len;  /* 0: no info */
-    char key[];         /* key NUL [user NUL] [info NUL] */
+    /* key NUL [user NUL] [info NUL], allocated to fit: 88 B (the offset
+     * of key) + klen + 1 (+ user and info + 1 each), so an anonymous
+     * subscription's key up to 39 bytes takes the arena's 128 B class,
+     * longer ones 256 B (test_sub_sizes_in_the_design_note). */
+    char key[];
 } sl_sub_t;
+#define SL_SUB_KEY_MAX (SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX)
 
 static inline const char *sl_sub_conn_id(const sl_sub_t *s)
 {
@@ -289,10 +294,10 @@ bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *cl
                              uint32_t *users);
 
 /* Visit the retained messages with seq > since (oldest first) under the
- * channel lock, after dropping the expired ones (history_ttl_ms); fn gets
- * the message's JSON text.  Returns the seq of the oldest retained message
- * (0 when none); *last gets the last seq assigned (0 when nothing was ever
- * published). */
+ * channel lock (not taken on a channel with retention 0), after dropping
+ * the expired ones (history_ttl_ms); fn gets the message's JSON text.
+ * Returns the seq of the oldest retained message (0 when none); *last gets
+ * the last seq assigned (0 when nothing was ever published). */
 uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
                           uint64_t *last);

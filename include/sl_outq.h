@@ -53,8 +53,9 @@ typedef struct {
     sl_seg_t one;
     sl_seg_t *segs; /* ring; NULL while cap == 0, small rings kept while busy */
     uint32_t cap, head, count;
+    bool head_partial; /* the first segment has been partly written (here:
+                          no padding hole, 48 B in all) */
     uint64_t bytes;    /* queued bytes not yet written */
-    bool head_partial; /* the first segment has been partly written */
 } sl_outq_t;
 
 /* Queue buf->data[off .. off+len); takes a reference.  SL_OK or SL_ERROR

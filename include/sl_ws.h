@@ -105,32 +105,21 @@ typedef struct {
 } sl_ws_handlers_t;
 
 typedef struct {
+    /* (Wider fields first, the bytes last: no padding holes - it sits in
+     * every connection, issue 19's memory per idle connection.) */
     /* configuration */
-    bool expect_masked;   /* server: true; client: false */
     uint64_t max_message; /* bytes; a longer message fails with 1009 */
-
-    /* parser state: the header being read */
-    uint8_t hdr[SL_WS_MAX_HEADER];
-    uint8_t hdr_have;
     /* the frame whose payload is being read */
-    bool in_frame;
-    uint8_t frame_op;
-    bool frame_fin;
-    bool frame_masked;
-    uint8_t frame_mask[4];
     uint64_t frame_len;
     uint64_t frame_have;
     /* the message being assembled (data frames only) */
-    bool in_message;  /* a fragmented message has started */
-    uint8_t msg_op;   /* TEXT or BINARY */
     uint8_t *msg;     /* malloc'd; NULL when nothing is buffered */
     size_t msg_len;
     size_t msg_cap;
-    sl_utf8_t utf8;
     /* a control frame's payload when it arrives split across feeds
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
-    bool closed; /* a close frame was delivered: ignore anything after */
+    sl_utf8_t utf8;
     /* Frames read so far (the caller may reset it), and a limit: once
      * `frames` reaches a non-zero `frame_limit`, sl_ws_reader_feed stops at
      * the next frame boundary and returns 1, like a handler that stopped
@@ -142,6 +131,18 @@ typedef struct {
     uint32_t completed;
     int failed;  /* the close code of a protocol error: every later feed
                     returns it and consumes nothing more */
+    /* parser state: the header being read */
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    uint8_t hdr_have;
+    bool in_frame;
+    uint8_t frame_op;
+    bool frame_fin;
+    bool frame_masked;
+    uint8_t frame_mask[4];
+    bool expect_masked;   /* server: true; client: false */
+    bool in_message;  /* a fragmented message has started */
+    uint8_t msg_op;   /* TEXT or BINARY */
+    bool closed; /* a close frame was delivered: ignore anything after */
 } sl_ws_reader_t;
 
 void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_message);

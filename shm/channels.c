@@ -350,8 +350,8 @@ static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t k
 {
     const char *user = who ? who->user : NULL, *info = who ? who->info : NULL;
     size_t ulen = user ? strlen(user) : 0, ilen = info ? strlen(info) : 0;
-    sl_sub_t *s = sl_arena_calloc(r->arena, sizeof(*s) + klen + 1 + (ulen ? ulen + 1 : 0) +
-                                                (ilen ? ilen + 1 : 0));
+    sl_sub_t *s = sl_arena_calloc(r->arena, offsetof(sl_sub_t, key) + klen + 1 +
+                                                (ulen ? ulen + 1 : 0) + (ilen ? ilen + 1 : 0));
     if (s == NULL)
         return SL_CHAN_NO_MEMORY;
     SL_CRASHPOINT("chan.sub.allocated");
@@ -1224,6 +1224,18 @@ uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           uint64_t *last)
 {
     uint64_t oldest = 0;
+    /* A channel that retains nothing by configuration (retention 0, the
+     * common case; fixed at creation) has no ring: last = next_seq - 1
+     * and oldest = 0 are then one consistent answer, read without the
+     * lock.  With a ring the lock is taken: a publisher moves next_seq,
+     * ring_lo and ring_hi one store at a time (seq before the ring, a
+     * full ring popped before it is stored), and only the locked walk -
+     * after sl_lock_acquire has repaired a publisher killed in between -
+     * never sees those intermediate states (review r19, finding 1). */
+    if (ring_cap(c) == 0) {
+        *last = __atomic_load_n(&c->next_seq, __ATOMIC_ACQUIRE) - 1;
+        return 0;
+    }
     sl_lock_acquire(&c->lock);
     if (!c->deleted)
         expire_locked(r, c, sl_mono_us());

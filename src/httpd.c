@@ -255,8 +255,11 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     sl_accesslog_response(resp, (size_t)n);
     sl_conn_upgraded(c, kind);
     if (kind == SL_KIND_PROTOCOL) {
-        char peer[SL_PEER_MAX];
-        sl_accesslog_peer(c, req, peer, sizeof(peer));
+        /* The peer's address is only for telemetry (websocket-opened at
+         * debug, connection-added at info): not looked up when filtered. */
+        char peer[SL_PEER_MAX] = "-";
+        if (sl_tel_on(SL_INFO))
+            sl_accesslog_peer(c, req, peer, sizeof(peer));
         sl_proto_opened(c, peer);
     }
 }

@@ -721,9 +721,9 @@ def test_stalled_worker_killed_early_when_shared_memory_fills(server_factory):
     os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
-        # Each subscribe/unsubscribe leaves a 128-byte subscription in limbo
-        # (issue 15's variable-size nodes; 256 B before): 80,000 of them
-        # are more than 75% of the 8 MiB.
+        # 80,000 subscriptions retired into limbo: 10 MB at 128 B each (the
+        # size class of a subscription since issues 15 and 19; 40,000
+        # sufficed at 256 B), well past 75% of the 8 MiB.
         n = 80000
         frames = []
         for i in range(n):
