@@ -15,6 +15,12 @@
 #                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
+#   make bench-hostile a well-behaved client's echo round trips alone and
+#                     beside 200 hostile connections (figures, not a test)
+#   make fuzz         run each libFuzzer target (tests/fuzz/) FUZZ_SECONDS
+#                     seconds (clang; scripts/deps.sh --fuzz installs it)
+#   make check-fuzz   replay the committed fuzz corpora (gcc, part of check)
+#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 (part of check)
 #   make install      binary, man page, systemd units, example config, logrotate
 #                     snippet, health-check.sh and docs under $(DESTDIR)$(PREFIX)
 #                     (/etc for the config, defaults and logrotate files, never
@@ -47,6 +53,13 @@ ifneq ($(MUTANT),)
 BUILD    := build-mutant-$(MUTANT)
 SANFLAGS := -DSL_MUTANT=$(MUTANT)
 OPT      := -O2
+else ifeq ($(FUZZ),1)
+# libFuzzer build (make fuzz): clang, every object instrumented for coverage.
+CC       := clang
+BUILD    := build-fuzz
+SANFLAGS := -fsanitize=address,undefined,fuzzer-no-link -fno-omit-frame-pointer \
+            -fno-sanitize-recover=undefined
+OPT      := -O1
 else ifeq ($(SAN),1)
 BUILD    := build-asan
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -85,7 +98,8 @@ CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
-        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check
+        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check \
+        bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -162,6 +176,17 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel $(BUILD)/bench/bench
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png
 
+# A well-behaved client's echo round trips/s and p99 alone and beside 200
+# hostile connections, alternating in the same run (scripts/bench/hostile.py).
+bench-hostile: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/hostile_gen
+	$(PY) scripts/bench/hostile.py --bin $(BIN) --bench $(BUILD)/sente-bench \
+	    --generator $(BUILD)/bench/hostile_gen --out $(BUILD)/bench/hostile.json
+
+# The hostile side of bench-hostile: libc only, one epoll loop.
+$(BUILD)/bench/hostile_gen: tests/bench/hostile_gen.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
 # The same scenarios once, shorter, smaller (under two minutes).
 bench-quick: $(BIN) $(BUILD)/sente-bench
 	scripts/deps.sh --bench
@@ -178,12 +203,16 @@ check-integration: $(BIN)
 # time things, and running them side by side would only add noise.
 check-fast:
 	$(MAKE) check-unit
+	$(MAKE) check-fuzz
 	$(MAKE) check-integration
+	$(MAKE) check-autobahn
 	$(MAKE) check-web
 
 check-asan:
 	$(MAKE) SAN=1 check-unit
+	$(MAKE) SAN=1 check-fuzz
 	$(MAKE) SAN=1 check-integration
+	$(MAKE) SAN=1 check-autobahn
 	$(MAKE) SAN=1 check-web
 
 check:
@@ -234,7 +263,7 @@ uninstall:
 deb:
 	scripts/deps.sh --deb
 	rm -rf build/deb && mkdir -p build/deb/sente-lite-$(VERSION)
-	tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./sente-lite \
+	tar --exclude=./build --exclude=./build-asan --exclude=./build-fuzz --exclude=./.git --exclude=./sente-lite \
 	    --exclude=node_modules --exclude=__pycache__ -cf - . | tar -C build/deb/sente-lite-$(VERSION) -xf -
 	cd build/deb/sente-lite-$(VERSION) && dpkg-buildpackage -us -uc -b
 	@ls build/deb/*.deb
@@ -243,7 +272,7 @@ format:
 	clang-format -i src/*.c shm/*.c include/*.h tests/unit/*.c tests/unit/*.h
 
 clean:
-	rm -rf build build-asan build-mutant-* sente-lite
+	rm -rf build build-asan build-fuzz build-mutant-* sente-lite
 
 # --- web ---
 # The browser side (docs/web.md): web/ is compiled into the binary by
@@ -299,3 +328,75 @@ $(BUILD)/bench/ceiling: tests/bench/ceiling.c
 
 bench bench-quick: $(BUILD)/bench/ceiling
 # --- ceiling ---
+
+# --- fuzz ---
+# libFuzzer targets (tests/fuzz/README.md).  `make check-fuzz` replays the
+# committed corpora (one test per target: a finding aborts the target)
+# through the same targets linked with a plain main()
+# (tests/fuzz/replay.c) in the current build (gcc; SAN=1: ASan/UBSan), so
+# the normal check needs no clang; `make fuzz` builds them with clang and
+# libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
+# entries go to build-fuzz/corpus/, findings to build-fuzz/artifacts/
+# (`make fuzz-merge` adds what is new to tests/fuzz/corpus/).
+FUZZ_TARGETS := http ws utf8 conf e2e token
+FUZZ_SECONDS ?= 60
+FUZZ_REPLAY  := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_TARGETS))
+FUZZ_BINS    := $(patsubst %,build-fuzz/fuzz/fuzz_%,$(FUZZ_TARGETS))
+
+.PHONY: check-fuzz fuzz fuzz-build fuzz-merge
+
+$(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB) $(LDLIBS)
+
+check-fuzz: $(FUZZ_REPLAY)
+	@passed=0; failed=0; \
+	for t in $(FUZZ_TARGETS); do \
+	    out=$$($(BUILD)/fuzz/replay_$$t tests/fuzz/corpus/$$t 2>&1); rc=$$?; \
+	    n=$$(printf '%s\n' "$$out" | sed -n 's/^\([0-9]*\) inputs replayed$$/\1/p'); \
+	    if [ $$rc -eq 0 ] && [ -n "$$n" ]; then echo "fuzz $$t: $$n inputs replayed"; passed=$$((passed + 1)); \
+	    else printf '%s\n' "$$out" | tail -20; echo "fuzz $$t: FAILED (exit $$rc)"; failed=$$((failed + 1)); fi; \
+	done; \
+	echo "fuzz: $$passed passed, $$failed failed"; [ $$failed -eq 0 ]
+
+build-fuzz/fuzz/fuzz_%: tests/fuzz/fuzz_%.c build-fuzz/libsente.a
+	@mkdir -p $(dir $@)
+	clang $(CPPFLAGS) $(CFLAGS) -fsanitize=fuzzer -o $@ $< build-fuzz/libsente.a $(LDLIBS)
+
+ifeq ($(FUZZ),1)
+fuzz-build: $(FUZZ_BINS)
+else
+fuzz-build:
+	scripts/deps.sh --fuzz
+	$(MAKE) FUZZ=1 fuzz-build
+endif
+
+# One target after the other (the machine is shared): FUZZ_SECONDS each.
+fuzz: fuzz-build
+	@mkdir -p build-fuzz/artifacts
+	@for t in $(FUZZ_TARGETS); do \
+	    mkdir -p build-fuzz/corpus/$$t; \
+	    echo "== fuzz_$$t for $(FUZZ_SECONDS) s"; \
+	    nice -n 10 build-fuzz/fuzz/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	        -dict=tests/fuzz/$$t.dict -artifact_prefix=build-fuzz/artifacts/$$t- \
+	        -print_final_stats=1 build-fuzz/corpus/$$t tests/fuzz/corpus/$$t 2>&1 \
+	        | grep -E '^#[0-9]+ *DONE|stat::number_of_executed_units|ERROR|SUMMARY|Test unit written' \
+	        || true; \
+	    if ls build-fuzz/artifacts/$$t-* >/dev/null 2>&1; then echo "fuzz_$$t: FINDING in build-fuzz/artifacts"; exit 1; fi; \
+	done
+
+# Add what the runs found that covers something new to the committed corpora.
+fuzz-merge: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	    build-fuzz/fuzz/fuzz_$$t -merge=1 tests/fuzz/corpus/$$t build-fuzz/corpus/$$t 2>&1 | tail -1; \
+	done
+# --- fuzz ---
+
+# --- autobahn ---
+# RFC 6455 conformance (scripts/check-autobahn.sh): the vendored
+# Autobahn|Testsuite fuzzingclient, sections 1-10 with 9.*, against /echo of
+# $(BIN); about 25 s on either build, so both run it.
+.PHONY: check-autobahn
+check-autobahn: $(BIN)
+	scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+# --- autobahn ---

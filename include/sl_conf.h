@@ -79,6 +79,11 @@ typedef struct {
     int64_t message_timeout_ms;
     int64_t max_message_size;
     int64_t max_outbound_bytes;
+    int64_t max_outbound_total;   /* all workers; each gets total / workers */
+    int64_t max_inbound_total;    /* unfinished input, all workers; each gets total / workers */
+    int64_t max_http_connections; /* not-upgraded TCP connections, all workers */
+    int64_t keepalive_timeout_ms; /* idle keep-alive HTTP connection */
+    int64_t max_control_rate;     /* ping/pong frames per second per connection */
     char *allowed_origins[SL_MAX_ORIGINS];
     int norigins;
     bool echo;

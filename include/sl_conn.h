@@ -45,19 +45,47 @@ struct sl_conn {
     bool close_after_flush; /* HTTP "Connection: close": shut after output */
     bool shut_wr;      /* shutdown(SHUT_WR) done */
     bool ops;          /* accepted on --ops-listen (operator endpoints only) */
+    bool read_paused;  /* back-pressure: our output to it is over its bound */
+    bool in_input;     /* its own input is being processed: what it is sent
+                          now is a reply (back-pressured), not a delivery */
+    bool backlog;      /* c->in holds input whose processing was stopped (a
+                          pause, or the per-turn budget): not read further */
+    bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
+    bool http_counted; /* counts against --max-http-connections */
+    bool idle;         /* on the worker's idle HTTP list (oldest first) */
+    bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
+                          complete requests are answered, then we close) */
+    uint8_t turn_messages; /* messages processed in this callback */
+    uint16_t ctl_count; /* control frames received in the current second */
+    uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
     struct event ev;
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
+    sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
+    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
+    int64_t last_tx_mono;     /* last time the socket took output */
+    int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
+    uint64_t written_total;   /* bytes the socket has taken, ever */
+    uint64_t input_held;      /* its share of sl_conn_inbound_bytes */
+    uint64_t reply_end;       /* written_total + queued bytes when the last
+                                 reply was queued (conn_reply_bytes) */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
     int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
     int64_t deadline_mono;    /* CLOSING / LINGER give-up time */
-    /* HTTP input that has not formed a whole request yet (malloc'd). */
+    /* Input not processed yet (malloc'd): an unfinished HTTP request, or
+     * pipelined requests / WebSocket bytes left when back-pressure stopped
+     * processing (at most one read's worth: reading stops with it). */
     char *in;
     uint32_t in_len, in_cap;
+    /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
+     * answered): `pong` is the answer to the latest ping, not queued yet;
+     * `pong_sent` the one in the queue (its buffer is ours again once its
+     * reference count is back to 1, i.e. it has been written). */
+    sl_buf_t *pong, *pong_sent;
     sl_ws_reader_t reader;
     sl_outq_t out;
     int64_t opened_at; /* wall ms, WebSocket open */
@@ -75,14 +103,39 @@ struct sl_conn {
     char conn_id[40];
 };
 
+/* Unfinished input this worker holds: every connection's c->in and the
+ * message its WebSocket reader is assembling (the gauge inbound-bytes;
+ * bounded by the worker's share of --max-inbound-total). */
+extern uint64_t sl_conn_inbound_bytes;
+
 /* Take over an accepted socket (non-blocking is set here); `ops`: it came
  * in on --ops-listen.  NULL on failure (the fd is closed). */
 sl_conn_t *sl_conn_new(int fd, bool ops);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
- * b->len).  Returns SL_OK, or SL_ERROR when the connection was closed
- * instead (slow consumer, out of memory).  The caller keeps its reference. */
+ * b->len).  Returns SL_OK, or SL_ERROR when it was not queued (the
+ * connection is closing, or was closed instead: slow consumer, out of
+ * memory).  The caller keeps its reference.
+ *
+ * Bounds: a reply (sent while the connection's own input is processed) is
+ * always queued, and reading from the connection pauses while its output
+ * is over half of --max-outbound-bytes (64 KiB for HTTP: the next
+ * pipelined request waits); a delivery (a channel message, an RPC from
+ * another client) that would take the deliveries queued over
+ * --max-outbound-bytes (its own replies still queued do not count), or
+ * arrives while the worker is over its share of --max-outbound-total and
+ * the connection does not read (nothing written for a second while output
+ * waits), makes it a slow consumer: close 1008.  One message is always
+ * queued whole into an empty queue, so a message larger than the bound is
+ * not a slow consumer by itself.  (sl_conn_tick also closes connections
+ * that do not read while their worker is over its share.) */
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b);
+
+/* The largest one reply may be: half of --max-outbound-bytes, at least
+ * 256 KiB.  Builders of replies that grow with the server's state (retained
+ * history, listings) stay under it, and sl_proto_reply / httpd refuse a
+ * reply over it (reply-too-large) instead of queueing it. */
+size_t sl_conn_reply_max(void);
 
 /* Encode `j` as a text frame and queue it (one encoder: sl_frame_json).
  * Does not take the reference to j. */
@@ -97,6 +150,10 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason);
 
 /* Close the socket now (no handshake) and schedule the free. */
 void sl_conn_abort(sl_conn_t *c, const char *why);
+
+/* Process n bytes received from the peer (data may be modified in place).
+ * What reading the socket does; also the entry point of the fuzzers. */
+void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n);
 
 /* Write queued output; called at the end of each loop turn. */
 void sl_conn_flush(sl_conn_t *c);

@@ -55,6 +55,10 @@ bool sl_http_has_token(const char *value, size_t len, const char *token);
 /* Is the method exactly `m`? */
 bool sl_http_method_is(const sl_http_request_t *req, const char *m);
 
+/* The decimal value of query parameter `name` (def when absent, -1 when
+ * it is not a number up to 2^32 - 1). */
+long long sl_http_query_uint(const sl_http_request_t *req, const char *name, long long def);
+
 /* Percent-decode in[0..len) into out (cap bytes): the decoded length, or
  * -1 for a bad escape, an escaped NUL (%00) or too little room. */
 int sl_http_unescape(const char *in, size_t len, char *out, size_t cap);

@@ -27,6 +27,11 @@ typedef struct sl_buf {
     uint8_t data[];
 } sl_buf_t;
 
+/* Bytes held by live buffers in this process (each buffer counted once,
+ * however many queues refer to it): what output really costs in memory,
+ * for the worker's share of --max-outbound-total. */
+extern uint64_t sl_buf_live_bytes;
+
 sl_buf_t *sl_buf_new(size_t cap);
 static inline sl_buf_t *sl_buf_ref(sl_buf_t *b)
 {
@@ -68,6 +73,10 @@ void sl_outq_trim(sl_outq_t *q);
 
 /* Drop everything queued (releasing the references) and free the ring. */
 void sl_outq_clear(sl_outq_t *q);
+
+/* Drop every queued segment except a partly written first one (a frame
+ * half sent must be finished before anything else can follow it). */
+void sl_outq_drop_unstarted(sl_outq_t *q);
 
 /* Has the first queued segment been partly written?  (Then a frame is half
  * sent and nothing else may be put in front of it.) */

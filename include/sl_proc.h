@@ -32,8 +32,15 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag);
 /* Receive one message's descriptors into fds (room for SL_PROC_FDS_MAX)
  * and its tag (if `tag` is not NULL): their count (>= 1), SL_AGAIN when
  * none is waiting, or SL_ERROR (errno set; 0 with EOF meaning the peer
- * closed). */
+ * closed).  When this process is out of descriptors the kernel drops
+ * (closes) what it cannot install: the count is then of those received,
+ * errno is EMFILE, and a message that brought none returns 0. */
 int sl_proc_recv_fds(int sock, int *fds, char *tag);
+
+/* The same, and *sent (if not NULL) gets how many descriptors the message
+ * carried when it was sent - more than the count returned when some were
+ * lost to EMFILE (the hand-off counters must drop by all of them). */
+int sl_proc_recv_fds_n(int sock, int *fds, char *tag, int *sent);
 
 /* Has our child `pid` (not yet reaped) ended - exited and waiting to be
  * reaped, or dumping core on its way out (/proc/PID/status CoreDumping)?

@@ -33,8 +33,17 @@ void sl_pubsub_wake(void);
 void sl_pubsub_wake_later(uint64_t workers);
 
 /* Listings are paged so that one request costs one worker turn little:
- * at most this many channels per page. */
+ * at most this many channels (or subscriptions, connections) per page. */
 #define SL_CHANNELS_PAGE_MAX 1000
+
+/* The channel's retained messages with seq > since, oldest first, as a
+ * JSON array of at most `budget` bytes of message text: the newest that
+ * fit (a reply is bounded, sl_conn_reply_max).  *omitted gets how many
+ * older ones were left out; *last and the return value as
+ * sl_chan_retained's. */
+struct sl_chan;
+json_t *sl_pubsub_retained(struct sl_chan *ch, uint64_t since, size_t budget, uint64_t *omitted,
+                           uint64_t *last, uint64_t *oldest);
 
 /* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}}
  * for about `limit` channels (capped at SL_CHANNELS_PAGE_MAX) from

@@ -65,6 +65,14 @@ typedef enum {
     SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
     SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
     SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
+    SL_ERR_SLOW_CONSUMER,      /* output over --max-outbound-bytes (or the worker's
+                                  share of --max-outbound-total), close 1008 */
+    SL_ERR_CONTROL_FLOOD,      /* pings/pongs over --max-control-rate, close 1008 */
+    SL_ERR_HTTP_CONNECTIONS,   /* over --max-http-connections: idle keep-alive
+                                  connection closed, or 503 */
+    SL_ERR_FD_EXHAUSTED,       /* master: accept() hit EMFILE/ENFILE */
+    SL_ERR_REPLY_TOO_LARGE,    /* a reply or response over sl_conn_reply_max: refused */
+    SL_ERR_INBOUND_LIMIT,      /* over the worker's share of --max-inbound-total: 1013 / 503 */
     SL_ERR__COUNT
 } sl_err_t;
 
@@ -122,6 +130,9 @@ typedef struct {
     uint64_t rpc_requests;  /* RPC requests accepted from this worker's clients */
     uint64_t rpc_responses; /* RPC responses accepted from this worker's clients */
     uint64_t rpc_expired;   /* this worker's requesters that timed out */
+    uint64_t outbound_bytes;      /* gauge: output buffers held (set each turn) */
+    uint64_t inbound_bytes;       /* gauge: unfinished input held (set each turn) */
+    uint64_t backpressure_pauses; /* times a connection's reading was paused */
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
@@ -154,6 +165,7 @@ typedef struct {
     uint64_t tel_processed;
     uint64_t tel_errors;
     uint64_t channels_reaped; /* empty auto-created channels removed (the master) */
+    int64_t fd_exhausted_mono; /* master: last accept() EMFILE/ENFILE (0: never) */
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */

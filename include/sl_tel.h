@@ -6,9 +6,10 @@
  * appends a compact binary record to a per-process batch buffer; the batch
  * is written to the process's own telemetry pipe by sl_tel_flush (once per
  * event-loop turn, or earlier when the 64 KiB buffer fills).  Each pipe has
- * one writer, so batches never interleave; the pipe is non-blocking and a
- * batch is written only when it fits whole, otherwise dropped and counted
- * (tel_dropped), never waited for.
+ * one writer, so batches never interleave; the pipe is non-blocking, a
+ * partial write is continued by the next flush, and a record that finds
+ * the batch full of unwritten bytes is dropped and counted (tel_dropped),
+ * never waited for.
  *
  * The logger process reads records, formats them as text lines or JSON
  * lines, filters by level, writes them to the log file (or stderr), reopens
@@ -126,8 +127,12 @@ bool sl_tel_on(sl_level_t lvl);
 /* Append one record to the batch (flushing first if it would not fit). */
 void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *fields, size_t nfields);
 
-/* Write the batch to the pipe in one write(), whole or not at all. */
+/* Write what the batch holds with one write(); what the pipe did not
+ * take is written by the next call. */
 void sl_tel_flush(void);
+
+/* At exit: keep flushing for up to timeout_ms while the pipe is full. */
+void sl_tel_finish(int timeout_ms);
 
 #define SL_TEL(ev, lvl, ...)                                                   \
     do {                                                                       \

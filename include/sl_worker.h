@@ -22,6 +22,8 @@ typedef struct {
     sl_worker_stats_t *stats; /* this worker's slot in shared memory */
     sl_conn_t *conns;         /* live connections (doubly linked) */
     sl_conn_t *dirty;         /* to flush (or free, if dead) at turn end */
+    sl_conn_t *ready;         /* input left for the next turn (doubly linked) */
+    sl_conn_t *idle_head, *idle_tail; /* idle HTTP connections, oldest first (conn.c) */
     sl_conn_t **slots;        /* slot -> connection (NULL: free) */
     uint32_t nslots, slot_cap, free_hint;
     uint32_t nconns;
@@ -44,7 +46,31 @@ int sl_worker_attach(sl_conn_t *c);
 void sl_worker_mark_dirty(sl_conn_t *c);
 void sl_worker_mark_dead(sl_conn_t *c);
 
+/* The connection has input left that it must process in the next loop
+ * turn (its per-turn budget is spent, or it resumed after a pause).  It is
+ * activated at the end of sl_worker_turn_end - outside the dispatch, so
+ * libevent runs it once in the next pass, after every other connection's
+ * events, the timers and the end-of-turn work; activated from inside a
+ * callback it would run again in the same pass, and a peer that keeps
+ * sending would hold the whole worker there. */
+void sl_worker_mark_ready(sl_conn_t *c);
+
 /* Count an error or refusal by reason (shows in /stats "errors"). */
 void sl_worker_count_error(sl_err_t e);
+
+/* Is this worker holding more output than its share of
+ * --max-outbound-total (sl_buf_live_bytes)? */
+bool sl_worker_over_budget(void);
+
+/* Set up worker `id` in this process without the master: the loop, the
+ * scratch buffers, the stats slot (shared memory must exist).  Used by
+ * sl_worker_main and by the fuzzers.  SL_OK or SL_ERROR. */
+int sl_worker_setup(sl_worker_t *w, int id);
+
+/* The end of one loop turn: channel deliveries, every touched connection's
+ * writes, telemetry, freeing dead connections, the RCU quiescent state,
+ * then the ready connections are activated for the next turn.
+ * Exported for the fuzzers, which run turns without a loop. */
+void sl_worker_turn_end(sl_worker_t *w);
 
 #endif

@@ -84,6 +84,13 @@ static inline bool sl_utf8_complete(const sl_utf8_t *u)
 /* Whole-buffer convenience. */
 bool sl_utf8_valid(const uint8_t *p, size_t n);
 
+/* Copy src[0..n) to dst as valid UTF-8: every byte that does not start a
+ * valid sequence (a bad byte, a truncated sequence at the end) becomes
+ * U+FFFD.  dst holds cap bytes; the result is cut at a character boundary
+ * to fit and NUL-terminated (cap >= 1).  Returns its length.  For text we
+ * did not make ourselves (a parser's error message quoting the input). */
+size_t sl_utf8_sanitize(const uint8_t *src, size_t n, char *dst, size_t cap);
+
 /* --- the reader --- */
 
 typedef struct {
@@ -124,6 +131,13 @@ typedef struct {
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
     bool closed; /* a close frame was delivered: ignore anything after */
+    /* Frames read so far (the caller may reset it), and a limit: once
+     * `frames` reaches a non-zero `frame_limit`, sl_ws_reader_feed stops at
+     * the next frame boundary and returns 1, like a handler that stopped
+     * it (a bound on the work one feed does, whatever the frames' size). */
+    uint32_t frames, frame_limit;
+    int failed;  /* the close code of a protocol error: every later feed
+                    returns it and consumes nothing more */
 } sl_ws_reader_t;
 
 void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_message);
@@ -136,9 +150,13 @@ void sl_ws_reader_free(sl_ws_reader_t *r);
  * Returns 0 when everything was consumed; a WebSocket close code
  * (1002, 1007, 1009) on a protocol violation (the caller closes with it);
  * or the first non-zero value a handler returned (processing stops there,
- * the remaining bytes are not consumed). */
+ * the remaining bytes are not consumed).  *used (may be NULL) receives how
+ * many bytes were consumed: after a handler stopped the reader, buf[*used..n)
+ * is untouched (still masked) and may be fed again later, so a caller can
+ * stop at a message boundary (back-pressure) and resume where it left.
+ * After a protocol error every later call returns the same code. */
 int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
-                      void *ctx);
+                      void *ctx, size_t *used);
 
 /* True while a message (or a frame) has started but not finished: used for
  * --message-timeout-ms. */

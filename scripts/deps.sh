@@ -6,7 +6,9 @@
 #                            compared with; the server does not link it)
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, PyJWT and openssl to
-#                            make keys and tokens, ps)
+#                            make keys and tokens, ps, and what the vendored
+#                            Autobahn|Testsuite fuzzingclient needs)
+#   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime (make fuzz)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
@@ -23,7 +25,11 @@ set -eu
 pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev"
 for opt in "$@"; do
     case "$opt" in
-    --test) pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl" ;;
+    --test)
+        pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl"
+        pkgs="$pkgs python3-autobahn python3-twisted python3-jinja2 python3-openssl python3-service-identity"
+        ;;
+    --fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     --web)
         pkgs="$pkgs chromium fonts-dejavu-core"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
@@ -31,7 +37,7 @@ for opt in "$@"; do
         ;;
     --bench) pkgs="$pkgs python3 python3-jwt openssl procps curl gnuplot-nox" ;;
     --deb) pkgs="$pkgs debhelper dpkg-dev lintian" ;;
-    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--deb]" >&2; exit 2 ;;
+    *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--deb] [--fuzz]" >&2; exit 2 ;;
     esac
 done
 

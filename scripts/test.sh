@@ -12,9 +12,10 @@ make -j"$(nproc)" check 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 # Add up the runners' closing lines: "unit: N passed, N failed",
-# "web: N passed, N failed" and pytest's "N passed[, N failed][, N errors] in Xs".
+# "web: ...", "fuzz: ..." (corpus inputs replayed), "autobahn: ..." (RFC 6455
+# cases) and pytest's "N passed[, N failed][, N errors] in Xs".
 read -r passed failed < <(awk '
-    /^(unit|web): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+    /^(unit|web|fuzz|autobahn): [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
     / passed| failed| error/ && / in [0-9.]+s/ {
         for (i = 1; i <= NF; i++) {
             n = $(i - 1) + 0

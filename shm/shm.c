@@ -55,6 +55,12 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_MAX_CONNECTIONS_PER_IP] = "max-connections-per-ip",
     [SL_ERR_MAX_CONNECTIONS_PER_USER] = "max-connections-per-user",
     [SL_ERR_TOO_MANY_CHANNELS] = "too-many-channels",
+    [SL_ERR_SLOW_CONSUMER] = "slow-consumer",
+    [SL_ERR_CONTROL_FLOOD] = "control-flood",
+    [SL_ERR_HTTP_CONNECTIONS] = "http-connection-limit",
+    [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
+    [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
+    [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -148,16 +148,21 @@ static const char *parse_config(json_t *body, sl_chan_config_t *cfg)
     return NULL;
 }
 
+/* Listings in one answer are cut at SL_CHANNELS_PAGE_MAX entries (the
+ * rest counted in an "...-omitted" field) or paged; retained messages at a
+ * share of the bound on one reply. */
+typedef struct {
+    json_t *list;
+    uint64_t omitted;
+} capped_t;
+
 static void add_id(const char *conn_id, void *arg)
 {
-    json_array_append_new(arg, json_string(conn_id));
-}
-
-static void add_retained(const char *json, size_t len, void *arg)
-{
-    json_t *m = json_loadb(json, len, 0, NULL);
-    if (m)
-        json_array_append_new(arg, m);
+    capped_t *c = arg;
+    if (json_array_size(c->list) < SL_CHANNELS_PAGE_MAX)
+        json_array_append_new(c->list, json_string(conn_id));
+    else
+        c->omitted++;
 }
 
 static result_t channel_call(const char *method, const char *id, size_t len, json_t *body,
@@ -208,15 +213,18 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         sl_chan_t *c = sl_chan_find(REG, id, len);
         if (c == NULL)
             return err(404, "channel-not-found", "no such channel");
-        json_t *subs = json_array(), *retained = json_array();
-        sl_chan_subscribers(c, add_id, subs);
-        uint64_t last;
-        sl_chan_retained(c, 0, add_retained, retained, &last);
-        json_t *o = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:o, s:o}", "channel-id", id, len,
-                              "config", config_json(&c->config), "created-at",
+        capped_t subs = {json_array(), 0};
+        sl_chan_subscribers(c, add_id, &subs);
+        uint64_t last, oldest, omitted;
+        json_t *retained =
+            sl_pubsub_retained(c, 0, sl_conn_reply_max() / 2, &omitted, &last, &oldest);
+        json_t *o = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:o, s:I, s:o, s:I}", "channel-id", id,
+                              len, "config", config_json(&c->config), "created-at",
                               (json_int_t)c->created_at, "message-count",
                               (json_int_t)sl_chan_message_count(c), "epoch", c->epoch,
-                              "subscribers", subs, "retained-messages", retained);
+                              "subscribers", subs.list, "subscribers-omitted",
+                              (json_int_t)subs.omitted, "retained-messages", retained,
+                              "retained-omitted", (json_int_t)omitted);
         return ok(200, o);
     }
     return not_allowed("GET, HEAD, POST, DELETE");
@@ -305,10 +313,33 @@ static json_t *conn_json(const sl_reg_conn_t *c)
                      (json_int_t)uatomic_read(&c->message_count), "user", u ? u->user : NULL);
 }
 
+typedef struct {
+    json_t *list;
+    uint32_t limit;
+} conn_page_t;
+
 static int conn_cb(sl_table_node_t *n, void *arg)
 {
-    json_array_append_new(arg, conn_json((sl_reg_conn_t *)n));
-    return 0;
+    conn_page_t *p = arg;
+    json_array_append_new(p->list, conn_json((sl_reg_conn_t *)n));
+    return json_array_size(p->list) >= p->limit; /* the page is full after this bucket */
+}
+
+/* GET /api/connections?cursor=&limit=: a page of whole hash buckets, about
+ * `limit` (1..1000) connections; next-cursor null after the last. */
+static result_t connections_page(const sl_http_request_t *req)
+{
+    long long cursor = sl_http_query_uint(req, "cursor", 0);
+    long long limit = sl_http_query_uint(req, "limit", SL_CHANNELS_PAGE_MAX);
+    if (cursor < 0 || limit < 1)
+        return err(400, "bad-query", "cursor and limit must be non-negative integers (limit at "
+                                     "least 1)");
+    conn_page_t p = {json_array(), (uint32_t)SL_MIN(limit, SL_CHANNELS_PAGE_MAX)};
+    uint32_t next = (uint32_t)cursor, nb = REG->conns->nbuckets;
+    while (next < nb && json_array_size(p.list) < p.limit)
+        next = sl_table_walk(REG->conns, next, 4096, conn_cb, &p);
+    return ok(200, json_pack("{s:o, s:o}", "connections", p.list, "next-cursor",
+                             next < nb ? json_integer(next) : json_null()));
 }
 
 static result_t connection_call(const char *method, const char *id, size_t len, bool send,
@@ -350,6 +381,7 @@ typedef struct {
     size_t chan_len;
     sl_chan_t *ch;
     uint64_t done, refused, workers;
+    uint64_t omitted; /* GET: connections beyond SL_CHANNELS_PAGE_MAX */
 } user_op_t;
 
 static void user_conn_cb(const sl_access_user_t *u, void *arg)
@@ -357,8 +389,10 @@ static void user_conn_cb(const sl_access_user_t *u, void *arg)
     user_op_t *x = arg;
     if (x->list) {
         sl_reg_conn_t *c = sl_reg_conn_find(REG, u->conn_id, strlen(u->conn_id));
-        if (c)
+        if (c && json_array_size(x->list) < SL_CHANNELS_PAGE_MAX)
             json_array_append_new(x->list, conn_json(c));
+        else if (c)
+            x->omitted++;
         return;
     }
     int rc;
@@ -397,7 +431,8 @@ static result_t user_call(const char *method, const char *user, size_t ulen, con
     }
     sl_access_user_conns(REG, user, ulen, user_conn_cb, &x);
     if (x.list)
-        return ok(200, json_pack("{s:s%, s:o}", "user", user, ulen, "connections", x.list));
+        return ok(200, json_pack("{s:s%, s:o, s:I}", "user", user, ulen, "connections", x.list,
+                                 "connections-omitted", (json_int_t)x.omitted));
     sl_pubsub_wake_later(x.workers);
     SL_TEL(SL_EV_CONNECTION_REMOVED, SL_INFO, SL_TF_SN("user", user, ulen),
            SL_TF_S("by", "admin-api"), SL_TF_S("what", chan ? "unsubscribed" : "closed"),
@@ -442,9 +477,7 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         if (strcmp(method, "GET") != 0) {
             r = not_allowed("GET, HEAD");
         } else {
-            json_t *a = json_array();
-            sl_table_foreach(REG->conns, conn_cb, a);
-            r = ok(200, json_pack("{s:o}", "connections", a));
+            r = connections_page(req);
         }
     } else if (n == 2 && strcmp(seg[0], "connections") == 0) {
         r = connection_call(method, seg[1], sl[1], false, json);

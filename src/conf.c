@@ -17,6 +17,7 @@
 #include "sl_conf.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
+#include "sl_ws.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -86,7 +87,22 @@ static const sl_option_t sl_options[] = {
     {"max-message-size", NULL, OPT_BYTES, OFF(max_message_size), 0, 64, 256LL << 20, "1M",
      "BYTES", "largest WebSocket message or HTTP body (over it: 1009 / 413)"},
     {"max-outbound-bytes", NULL, OPT_BYTES, OFF(max_outbound_bytes), 0, 1024, 1LL << 30, "4M",
-     "BYTES", "per-connection send queue bound (over it: close 1008)"},
+     "BYTES", "per-connection send queue bound (replies: reading pauses at half of it; "
+     "deliveries over it: close 1008)"},
+    {"max-outbound-total", NULL, OPT_BYTES, OFF(max_outbound_total), 0, 1 << 20, 1LL << 40, "1G",
+     "BYTES", "output buffered by all workers together (an equal share each; over it: "
+     "stop reading, close slow consumers 1008)"},
+    {"max-inbound-total", NULL, OPT_BYTES, OFF(max_inbound_total), 0, 1 << 20, 1LL << 40, "256M",
+     "BYTES", "unfinished input (messages, request bodies) all workers together may hold (an "
+     "equal share each; over it: connections holding 64 KiB or more of it are closed 1013 / "
+     "503)"},
+    {"max-http-connections", NULL, OPT_INT, OFF(max_http_connections), 0, 1, 10000000, "1024",
+     "N", "TCP connections not upgraded to WebSocket, across all workers (over it: idle "
+     "keep-alive ones are closed, else 503)"},
+    {"keepalive-timeout-ms", NULL, OPT_INT, OFF(keepalive_timeout_ms), 0, 100, 3600000, "5000",
+     "MS", "idle time after which a keep-alive HTTP connection is closed"},
+    {"max-control-rate", NULL, OPT_INT, OFF(max_control_rate), 0, 1, 1000000, "100", "N",
+     "ping/pong frames a connection may send per second (over it: close 1008)"},
     {"allowed-origin", NULL, OPT_ORIGIN, 0, 0, 0, 0, NULL, "ORIGIN",
      "accept browser upgrades only from this Origin (repeatable)"},
     {"echo", NULL, OPT_FLAG, OFF(echo), 0, 0, 0, NULL, NULL,
@@ -259,6 +275,12 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
             snprintf(err, errsz, "%s: value must be 1 to %zu characters", who, o->size - 1);
             return SL_ERROR;
         }
+        /* Shown in /stats (JSON): text only.  (Found by fuzz_conf: a
+         * non-UTF-8 --host vanished from server-config.) */
+        if (o->kind == OPT_STR && !sl_utf8_valid((const uint8_t *)v, strlen(v))) {
+            snprintf(err, errsz, "%s: value must be valid UTF-8", who);
+            return SL_ERROR;
+        }
         snprintf(field, o->size, "%s", v);
         return SL_OK;
     case OPT_NAME:
@@ -319,6 +341,10 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         *(bool *)field = strcmp(v, "json") == 0;
         return SL_OK;
     case OPT_ORIGIN:
+        if (!sl_utf8_valid((const uint8_t *)v, strlen(v))) {
+            snprintf(err, errsz, "%s: value must be valid UTF-8", who);
+            return SL_ERROR;
+        }
         if (v[0] == '\0' || c->norigins >= SL_MAX_ORIGINS) {
             snprintf(err, errsz, "%s: empty origin or more than %d origins", who, SL_MAX_ORIGINS);
             return SL_ERROR;
@@ -427,10 +453,11 @@ static void cidr_format(const sl_cidr_t *r, char *out, size_t n)
     snprintf(out, n, "%s/%d", a, r->prefix);
 }
 
-/* Parse "k=v,k=v" into the channel's settings; SL_ERROR when any part is
- * not one of the keys or its value is out of range. */
-static int parse_channel_keys(const char *p, sl_conf_channel_t *ch, const char *who, char *err,
-                              size_t errsz, bool quiet)
+/* Parse "k=v,k=v" (p[0..n), not NUL-terminated, any length) into the
+ * channel's settings; SL_ERROR when any part is not one of the keys or its
+ * value is out of range. */
+static int parse_channel_keys(const char *p, size_t n, sl_conf_channel_t *ch, const char *who,
+                              char *err, size_t errsz)
 {
     static const struct {
         const char *key;
@@ -441,54 +468,69 @@ static int parse_channel_keys(const char *p, sl_conf_channel_t *ch, const char *
         {"message-retention", 0, 10000, offsetof(sl_conf_channel_t, message_retention)},
         {"rpc-timeout-ms", 1, 3600000, offsetof(sl_conf_channel_t, rpc_timeout_ms)},
     };
-    char buf[512];
-    snprintf(buf, sizeof(buf), "%s", p);
-    char *save = NULL;
-    for (char *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(kv, '=');
+    const char *end = p + n;
+    while (p < end) {
+        const char *comma = memchr(p, ',', (size_t)(end - p));
+        const char *kv_end = comma ? comma : end;
+        size_t kvlen = (size_t)(kv_end - p);
+        const char *eq = memchr(p, '=', kvlen);
         size_t k = 0;
-        int64_t n;
-        if (eq == NULL)
-            goto bad;
-        *eq = '\0';
-        for (; k < SL_ARRAY_LEN(keys); k++)
-            if (strcmp(kv, keys[k].key) == 0)
-                break;
-        if (k == SL_ARRAY_LEN(keys))
-            goto bad;
-        if (parse_int(eq + 1, &n) != SL_OK || n < keys[k].min || n > keys[k].max) {
-            if (!quiet)
-                snprintf(err, errsz, "%s: %s=%s is not an integer between %lld and %lld", who,
-                         kv, eq + 1, (long long)keys[k].min, (long long)keys[k].max);
+        if (kvlen == 0) { /* an empty item: "a=1,,b=2" or a trailing comma */
+            p = kv_end + 1;
+            continue;
+        }
+        if (eq != NULL)
+            for (; k < SL_ARRAY_LEN(keys); k++)
+                if (strlen(keys[k].key) == (size_t)(eq - p) &&
+                    memcmp(p, keys[k].key, (size_t)(eq - p)) == 0)
+                    break;
+        if (eq == NULL || k == SL_ARRAY_LEN(keys)) {
+            snprintf(err, errsz, "%s: '%.*s' is not max-subscribers=N, message-retention=N or "
+                                 "rpc-timeout-ms=N (a channel name with ':' and '=' needs a "
+                                 "trailing ':')", who, (int)SL_MIN(kvlen, 200), p);
             return SL_ERROR;
         }
-        *(int64_t *)((char *)ch + keys[k].off) = n;
-        continue;
-    bad:
-        if (!quiet)
-            snprintf(err, errsz, "%s: '%s' is not max-subscribers=N, message-retention=N or "
-                                 "rpc-timeout-ms=N", who, kv);
-        return SL_ERROR;
+        char num[24];
+        size_t vlen = (size_t)(kv_end - eq - 1);
+        int64_t v;
+        if (vlen >= sizeof(num)) {
+            v = -1; /* far too long to be in range */
+        } else {
+            memcpy(num, eq + 1, vlen);
+            num[vlen] = '\0';
+            if (parse_int(num, &v) != SL_OK)
+                v = -1;
+        }
+        if (v < keys[k].min || v > keys[k].max) {
+            snprintf(err, errsz, "%s: %s=%.*s is not an integer between %lld and %lld", who,
+                     keys[k].key, (int)SL_MIN(vlen, 40), eq + 1, (long long)keys[k].min,
+                     (long long)keys[k].max);
+            return SL_ERROR;
+        }
+        *(int64_t *)((char *)ch + keys[k].off) = v;
+        p = kv_end + (comma ? 1 : 0);
     }
     return SL_OK;
 }
 
-/* NAME[:k=v,...].  A channel name may itself contain ':', so the part
- * after the last ':' is settings only if it parses as settings. */
+/* NAME[:k=v,...].  A channel name may itself contain ':' (and '='): the
+ * part after the last ':' is the settings when it is empty or has an '=',
+ * so "NAME:" is always just NAME, and any name can be given by ending it
+ * with ':' ("a:b=c:" is the channel "a:b=c"). */
 static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, char *err,
                          size_t errsz)
 {
     ch->max_subscribers = ch->message_retention = ch->rpc_timeout_ms = -1;
     const char *colon = strrchr(v, ':');
     size_t nlen = strlen(v);
-    if (colon && strchr(colon, '=')) {
-        if (parse_channel_keys(colon + 1, ch, who, err, errsz, false) != SL_OK)
+    if (colon && (colon[1] == '\0' || strchr(colon, '='))) {
+        if (parse_channel_keys(colon + 1, strlen(colon + 1), ch, who, err, errsz) != SL_OK)
             return SL_ERROR;
         nlen = (size_t)(colon - v);
     }
     if (!sl_chan_id_valid(v, nlen)) {
         snprintf(err, errsz, "%s: '%.*s' is not a valid channel id (1-128 bytes of UTF-8, no "
-                             "control characters)", who, (int)nlen, v);
+                             "control characters)", who, (int)SL_MIN(nlen, 200), v);
         return SL_ERROR;
     }
     memcpy(ch->name, v, nlen);
@@ -586,7 +628,7 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
         sl_conf_channel_t ch = {.max_subscribers = -1, .message_retention = -1,
                                 .rpc_timeout_ms = -1};
         *eq = '=';
-        if (parse_channel_keys(kv, &ch, who, err, errsz, false) != SL_OK)
+        if (parse_channel_keys(kv, strlen(kv), &ch, who, err, errsz) != SL_OK)
             return SL_ERROR;
         if (ch.max_subscribers >= 0)
             ns.max_subscribers = ch.max_subscribers;

@@ -7,6 +7,16 @@
  * an idle connection holds no input buffer.  Only an unfinished HTTP request
  * is kept in c->in.
  *
+ * Resources a peer can make us hold are bounded here (sl_conn_send in
+ * sl_conn.h): output it causes itself back-pressures its input (reading
+ * stops, the rest of the last read waits in c->in, and reading resumes
+ * once the output has drained to a quarter of the bound - for HTTP, the
+ * next pipelined request is answered only once the previous responses are
+ * under 64 KiB); output others cause is bounded by closing it as a slow
+ * consumer; pongs are coalesced (one pending at most) and ping/pong floods
+ * closed with 1008; idle keep-alive HTTP connections are limited in number
+ * (--max-http-connections) and time (--keepalive-timeout-ms).
+ *
  * Closing: whoever starts it, we queue our close frame and then linger:
  * once the output is written we shut our write side and discard input until
  * the peer closes (or a deadline passes), so the peer reads every byte we
@@ -36,6 +46,24 @@
  * a preconnect (closed at once) rather than a request on its way. */
 #define SL_CONN_FRESH_MS 1000
 #define SL_HTTP_MAX_HEAD 8192
+/* HTTP: the next pipelined request is answered only while less than this
+ * is waiting to be written.  Also the backlog above which a connection
+ * counts against the worker's share of --max-outbound-total. */
+#define SL_CONN_SMALL_BACKLOG (64 * 1024)
+/* Work one connection may do per loop turn before the others get theirs:
+ * WebSocket messages, HTTP requests (the rest of its input waits in c->in
+ * and is taken up in the next turn). */
+#define SL_CONN_TURN_READ (16 * 1024) /* bytes read per turn (<= SL_SCRATCH_SIZE) */
+#define SL_CONN_TURN_MESSAGES 64
+#define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
+#define SL_CONN_TURN_REQUESTS 16
+/* A connection that has held 64 KiB or more of output for this long
+ * (through every write of that time) does not keep up: when its worker is
+ * over its share of --max-outbound-total it is the one to close. */
+#define SL_CONN_STUCK_MS 1000
+/* The smallest bound on one reply (sl_conn_reply_max), whatever
+ * --max-outbound-bytes says: /stats and a page of a listing fit in it. */
+#define SL_CONN_REPLY_MIN (256 * 1024)
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
@@ -94,6 +122,86 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void conn_http_finish(sl_conn_t *c);
+
+static uint64_t http_connections_total(void)
+{
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        n += uatomic_read(&sl_shm->workers[i].http_connections);
+    return n;
+}
+
+/* The worker's idle HTTP connections - silent since accept, or keep-alive
+ * between requests (nothing read, nothing to write) - oldest first: what
+ * --max-http-connections takes back for a newcomer, in O(1). */
+static void conn_idle_remove(sl_conn_t *c)
+{
+    if (!c->idle)
+        return;
+    if (c->idle_prev)
+        c->idle_prev->idle_next = c->idle_next;
+    else
+        sl_worker->idle_head = c->idle_next;
+    if (c->idle_next)
+        c->idle_next->idle_prev = c->idle_prev;
+    else
+        sl_worker->idle_tail = c->idle_prev;
+    c->idle_prev = c->idle_next = NULL;
+    c->idle = false;
+}
+
+static void conn_idle_add(sl_conn_t *c)
+{
+    if (c->idle || c->state != SL_CONN_HTTP)
+        return;
+    c->idle = true;
+    c->idle_next = NULL;
+    c->idle_prev = sl_worker->idle_tail;
+    if (sl_worker->idle_tail)
+        sl_worker->idle_tail->idle_next = c;
+    else
+        sl_worker->idle_head = c;
+    sl_worker->idle_tail = c;
+}
+
+/* It no longer counts against --max-http-connections: upgraded, closing
+ * (a 503 or 408 being written) or dead. */
+static void conn_http_uncount(sl_conn_t *c)
+{
+    conn_idle_remove(c);
+    if (c->http_counted) {
+        c->http_counted = false;
+        uatomic_add(&sl_worker->stats->http_connections, -1);
+    }
+}
+
+/* A new TCP connection while --max-http-connections are open: make room
+ * by closing this worker's oldest idle connection - an idle keep-alive one
+ * (a browser finds it closed on its next request and reconnects) or one
+ * that has not sent a byte yet.  Oldest first: a real client sends its
+ * request within a round trip, so a connection flood churns only itself,
+ * however fast it comes.  When there is none (every one is in the middle
+ * of a request, bounded by --message-timeout-ms), this one is answered
+ * 503, and stops counting at once (it only lingers to deliver the 503).
+ * Both are counted.  True when admitted. */
+static bool conn_http_admit(sl_conn_t *c)
+{
+    if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
+        return true;
+    sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
+    sl_conn_t *victim = sl_worker->idle_head;
+    if (victim != NULL) {
+        sl_conn_abort(victim, "idle evicted");
+        return true;
+    }
+    sl_httpd_error(c, 503, "too-many-http-connections",
+                   "the server is at --max-http-connections", false);
+    conn_http_finish(c);
+    c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
+    return false;
+}
+
 sl_conn_t *sl_conn_new(int fd, bool ops)
 {
     sl_conn_t *c = calloc(1, sizeof(*c));
@@ -104,19 +212,29 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     evutil_make_socket_nonblocking(fd);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* While it speaks HTTP, the kernel holds at most this much of our
+     * output unsent: a client that pipelines requests without reading the
+     * responses is back-pressured after that, not after the megabytes
+     * the socket buffer would otherwise grow to (lifted on upgrade). */
+    int lowat = SL_CONN_SMALL_BACKLOG;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
     c->ops = ops;
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
     int64_t now = sl_mono_ms();
-    c->accepted_mono = c->last_rx_mono = c->busy_since_mono = now;
+    c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
     event_assign(&c->ev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
     if (sl_worker_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
         close(fd);
         free(c);
         return NULL;
     }
-    uatomic_add(&sl_worker->stats->http_connections, 1);
+    if (conn_http_admit(c)) {
+        c->http_counted = true;
+        uatomic_add(&sl_worker->stats->http_connections, 1);
+        conn_idle_add(c); /* silent so far */
+    }
     return c;
 }
 
@@ -127,15 +245,18 @@ void sl_conn_destroy(sl_conn_t *c)
     if (c->fd >= 0)
         close(c->fd);
     sl_outq_clear(&c->out);
+    sl_buf_unref(c->pong);
+    sl_buf_unref(c->pong_sent);
     sl_ws_reader_free(&c->reader);
     free(c->in);
+    sl_conn_inbound_bytes -= c->input_held;
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);
     } else if (c->kind == SL_KIND_ECHO) {
         uatomic_add(&st->echo_connections, -1);
     } else {
-        uatomic_add(&st->http_connections, -1);
+        conn_http_uncount(c);
     }
     free(c);
 }
@@ -147,38 +268,118 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
     if (c->kind != SL_KIND_HTTP && c->state == SL_CONN_WS)
         SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("reason", why));
+    conn_http_uncount(c); /* (and off the idle list before anyone picks it) */
     c->state = SL_CONN_DEAD;
     sl_worker_mark_dead(c);
 }
 
 /* ---------------------------------------------------------------- output */
 
+uint64_t sl_conn_inbound_bytes;
+
+/* Bring the worker's inbound figure up to date with what c holds now. */
+static void conn_input_account(sl_conn_t *c)
+{
+    uint64_t held = c->in_cap + sl_ws_reader_buffered(&c->reader);
+    sl_conn_inbound_bytes += held - c->input_held;
+    c->input_held = held;
+}
+
+/* Over the worker's share of --max-inbound-total, a connection holding 64
+ * KiB or more of unfinished input (a message being assembled, a request
+ * body) is closed as it grows: 1013 (try again later) or 503.  Small
+ * partial messages are never touched; the connections that hold the most
+ * are the ones that keep adding to it. */
+static void conn_inbound_check(sl_conn_t *c)
+{
+    conn_input_account(c);
+    if (c->input_held < SL_CONN_SMALL_BACKLOG ||
+        sl_conn_inbound_bytes <= (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers))
+        return;
+    if (c->state == SL_CONN_WS) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
+        sl_ws_reader_free(&c->reader); /* never fed again while closing */
+    } else if (c->state == SL_CONN_HTTP) {
+        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_httpd_error(c, 503, "inbound-limit",
+                       "the server holds too much unfinished input: try again later", false);
+        conn_http_finish(c);
+    }
+    conn_input_account(c);
+}
+
+size_t sl_conn_reply_max(void)
+{
+    return SL_MAX((size_t)sl_conf->max_outbound_bytes / 2, (size_t)SL_CONN_REPLY_MIN);
+}
+
+/* SL_CONN_SMALL_BACKLOG or more queued after every write for
+ * SL_CONN_STUCK_MS: it does not keep up (not reading, or reading a
+ * trickle).  A client that reads is not stuck however much was queued for
+ * it in this turn: its writes take it below 64 KiB. */
+static bool conn_stuck(const sl_conn_t *c, int64_t now)
+{
+    return c->backlog_since_mono != 0 && now - c->backlog_since_mono >= SL_CONN_STUCK_MS;
+}
+
+/* Bytes of its own replies that may still be queued: everything up to the
+ * end of the last reply queued that has not been written (deliveries
+ * queued between replies count here too, so this errs towards replies,
+ * which are bounded by the pause and sl_conn_reply_max). */
+static uint64_t conn_reply_bytes(const sl_conn_t *c)
+{
+    uint64_t left = c->reply_end > c->written_total ? c->reply_end - c->written_total : 0;
+    return SL_MIN(left, c->out.bytes);
+}
+
+/* Slow consumer: drop what it has not started to take, finish the frame
+ * that is half written (the stream could not carry a close frame
+ * otherwise), then the close frame; the closing is bounded by
+ * SL_CLOSE_GRACE_MS like any other. */
+static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
+{
+    uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
+    sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+    SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+           SL_TF_I("queued-bytes", wanted), SL_TF_I("limit", sl_conf->max_outbound_bytes),
+           SL_TF_S("reason", why));
+    sl_outq_drop_unstarted(&c->out);
+    sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
+}
+
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
 {
-    if (c->state == SL_CONN_DEAD || c->shut_wr)
+    /* Nothing may follow our close frame (CLOSING, LINGER). */
+    if ((c->state != SL_CONN_WS && c->state != SL_CONN_HTTP) || c->shut_wr)
         return SL_ERROR;
+    conn_idle_remove(c); /* HTTP: a response is on its way */
     size_t len = b->len - b->start;
-    if (c->out.bytes + len > (uint64_t)sl_conf->max_outbound_bytes &&
-        c->state == SL_CONN_WS) {
-        /* Slow consumer: drop what it has not taken and tell it why.  If a
-         * frame is half written the stream cannot carry a close frame any
-         * more, so the socket is simply closed. */
-        uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
-        SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
-               SL_TF_I("queued-bytes", c->out.bytes + len),
-               SL_TF_I("limit", sl_conf->max_outbound_bytes));
-        if (sl_outq_partial(&c->out)) {
-            sl_conn_abort(c, "slow-consumer");
+    /* A delivery is bounded by what deliveries hold: its own replies (a
+     * large subscription result, say) do not make a reader that keeps up
+     * a slow consumer. */
+    uint64_t delivered = c->out.bytes - conn_reply_bytes(c);
+    if (!c->in_input && c->state == SL_CONN_WS && delivered > 0) {
+        if (delivered + len > (uint64_t)sl_conf->max_outbound_bytes) {
+            conn_slow_consumer(c, c->out.bytes + len, "max-outbound-bytes");
             return SL_ERROR;
         }
-        sl_outq_clear(&c->out);
-        sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
-        return SL_ERROR;
+        /* Over the worker's share: only a connection that does not read is
+         * closed for it (one that reads is merely not read while it has
+         * 64 KiB queued, see conn_output_over). */
+        if (sl_worker_over_budget() && conn_stuck(c, sl_mono_ms())) {
+            conn_slow_consumer(c, c->out.bytes + len, "max-outbound-total");
+            return SL_ERROR;
+        }
     }
     if (sl_outq_push(&c->out, b, b->start, len) != SL_OK) {
         sl_conn_abort(c, "out-of-memory");
         return SL_ERROR;
     }
+    if (c->in_input)
+        c->reply_end = c->written_total + c->out.bytes;
+    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && c->backlog_since_mono == 0)
+        c->backlog_since_mono = sl_mono_ms(); /* until a write takes it below */
     if (c->kind == SL_KIND_PROTOCOL)
         uatomic_add(&sl_worker->stats->messages_out, 1);
     sl_worker_mark_dirty(c);
@@ -197,37 +398,155 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j)
     return rc;
 }
 
-/* Wait for writability too, or no longer.  libevent cannot change the
- * events of a pending event, so it is deleted, re-assigned and added
- * (also from inside its own callback, which libevent allows once it is
- * deleted). */
+/* Wait for writability too, or no longer; read unless paused.  libevent
+ * cannot change the events of a pending event, so it is deleted,
+ * re-assigned and added (also from inside its own callback, which libevent
+ * allows once it is deleted). */
 static void conn_watch(sl_conn_t *c, bool write)
 {
-    short what = EV_READ | EV_PERSIST | (write ? EV_WRITE : 0);
+    /* Nothing more to read after the peer's FIN (the socket would stay
+     * readable for ever). */
+    short what = EV_PERSIST | (c->read_paused || c->peer_eof ? 0 : EV_READ) |
+                 (write ? EV_WRITE : 0);
     event_del(&c->ev);
-    event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
-    if (event_add(&c->ev, NULL) != 0) {
-        sl_conn_abort(c, "event-add-failed");
+    c->write_armed = write;
+    if (what & (EV_READ | EV_WRITE)) {
+        event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
+        if (event_add(&c->ev, NULL) != 0) {
+            sl_conn_abort(c, "event-add-failed");
+            return;
+        }
+    } /* else paused with nothing stuck: the next flush resumes it */
+    /* Input left over from a pause is processed in the next loop turn (the
+     * socket may stay silent).  Re-done here because event_del above drops
+     * an activation made earlier. */
+    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER)
+        sl_worker_mark_ready(c);
+}
+
+/* Is the connection's output over 1/divisor of its bound (64 KiB for HTTP),
+ * or, while the worker is over its share of --max-outbound-total, at least
+ * 64 KiB? */
+static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
+{
+    if (c->out.bytes == 0)
+        return false;
+    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
+        return true;
+    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
+                                           : (uint64_t)sl_conf->max_outbound_bytes / divisor;
+    return c->out.bytes >= at;
+}
+
+/* Too much of its own output to take more input from it?  (Replies may
+ * fill half of the bound; the other half is kept for deliveries from
+ * others, which close it as a slow consumer.) */
+static bool conn_output_high(const sl_conn_t *c)
+{
+    return conn_output_over(c, 2);
+}
+
+/* Drained enough to read again?  (Below a quarter: hysteresis, so a
+ * connection at the bound does not flip every turn.) */
+static bool conn_output_low(const sl_conn_t *c)
+{
+    return !conn_output_over(c, 4);
+}
+
+static void conn_pause(sl_conn_t *c)
+{
+    c->backlog = true; /* whatever input is left waits for the resume */
+    if (c->read_paused)
+        return;
+    c->read_paused = true;
+    uatomic_add(&sl_worker->stats->backpressure_pauses, 1);
+    conn_watch(c, c->write_armed);
+}
+
+/* Reading resumes; input left over from before the pause is processed
+ * first, in the next loop turn (never from inside a flush). */
+static void conn_resume(sl_conn_t *c)
+{
+    c->read_paused = false;
+    if (c->state == SL_CONN_HTTP && c->in_len > 0)
+        c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
+    conn_watch(c, c->write_armed); /* also schedules the left-over input */
+}
+
+/* Stop processing this connection's input for this turn (per-turn
+ * budget): the rest waits in c->in and is taken up in the next turn - a
+ * real one: the worker's ready list is activated after sl_worker_turn_end
+ * (timers, deliveries, writes and the RCU quiescent state come first). */
+static void conn_yield(sl_conn_t *c)
+{
+    c->backlog = true;
+    if (!c->read_paused)
+        sl_worker_mark_ready(c);
+}
+
+/* The pending pong goes into the queue unless the previous one is still
+ * in it (then it keeps waiting, and a newer ping replaces it). */
+static void conn_queue_pong(sl_conn_t *c)
+{
+    if (c->pong == NULL)
+        return;
+    if (c->state != SL_CONN_WS) {
+        sl_buf_unref(c->pong);
+        c->pong = NULL;
         return;
     }
-    c->write_armed = write;
+    if (c->pong_sent != NULL) {
+        if (c->pong_sent->refs > 1)
+            return;
+        sl_buf_unref(c->pong_sent);
+        c->pong_sent = NULL;
+    }
+    if (sl_outq_push(&c->out, c->pong, c->pong->start, c->pong->len - c->pong->start) != SL_OK) {
+        sl_conn_abort(c, "out-of-memory");
+        return;
+    }
+    c->pong_sent = c->pong;
+    c->pong = NULL;
 }
 
 void sl_conn_flush(sl_conn_t *c)
 {
     if (c->state == SL_CONN_DEAD)
         return;
-    uint64_t queued = c->out.bytes;
-    int rc = sl_outq_flush(&c->out, c->fd);
-    if (c->out.bytes < queued) {
-        /* Our own slot, one writer: a plain store of the new value. */
-        uint64_t *bo = &sl_worker->stats->bytes_out;
-        CMM_STORE_SHARED(*bo, *bo + (queued - c->out.bytes));
+    uint64_t before = c->out.bytes, was = before;
+    int rc = SL_OK;
+    /* Twice at most: a pending pong waits for its predecessor, and once a
+     * write has taken that one it goes out now, not at the connection's
+     * next activity (a lost wake-up kept it up to a heartbeat interval). */
+    for (int pass = 0; pass < 2 && rc == SL_OK && (pass == 0 || c->pong != NULL); pass++) {
+        conn_queue_pong(c);
+        if (c->state == SL_CONN_DEAD)
+            return;
+        was = c->out.bytes;
+        rc = sl_outq_flush(&c->out, c->fd);
+        if (c->out.bytes < was) {
+            /* Our own slot, one writer: a plain store of the new value. */
+            uint64_t *bo = &sl_worker->stats->bytes_out;
+            CMM_STORE_SHARED(*bo, *bo + (was - c->out.bytes));
+            c->written_total += was - c->out.bytes;
+        }
+        if (pass == 0)
+            before = was;
     }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
         return;
     }
+    if (c->out.bytes < before)
+        c->last_tx_mono = sl_mono_ms(); /* a paused peer that reads is alive */
+    if (c->out.bytes < SL_CONN_SMALL_BACKLOG)
+        c->backlog_since_mono = 0;
+    else if (c->backlog_since_mono == 0)
+        c->backlog_since_mono = sl_mono_ms();
+    if (c->read_paused && conn_output_low(c))
+        conn_resume(c);
+    if (c->state == SL_CONN_DEAD)
+        return;
     if (rc == SL_AGAIN) {
         if (!c->write_armed)
             conn_watch(c, true);
@@ -235,11 +554,18 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (c->write_armed)
         conn_watch(c, false);
+    if (c->state == SL_CONN_HTTP && c->in_len == 0 && !c->backlog && !c->read_paused &&
+        !c->peer_eof)
+        conn_idle_add(c); /* keep-alive, between requests */
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
         shutdown(c->fd, SHUT_WR);
         c->shut_wr = true;
+        if (c->peer_eof)
+            sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */
+    } else if (c->state == SL_CONN_CLOSING && c->peer_eof) {
+        sl_conn_abort(c, "closed"); /* our close frame is out; the peer is gone */
     }
 }
 
@@ -266,6 +592,8 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
 {
     if (c->state != SL_CONN_WS)
         return;
+    sl_buf_unref(c->pong); /* no pong after our close frame */
+    c->pong = NULL;
     sl_buf_t *b = sl_frame_close(code, reason);
     if (b == NULL) {
         sl_conn_abort(c, "out-of-memory");
@@ -294,13 +622,34 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
  * close): the response is queued; linger once it is out. */
 static void conn_http_finish(sl_conn_t *c)
 {
+    conn_http_uncount(c);
+    c->read_paused = false;
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
+    conn_input_account(c);
     conn_lingering(c);
 }
 
 /* ------------------------------------------------------------ WebSocket */
+
+/* After each message: go on (0) or stop the reader (1) - closing, output
+ * over its bound (pause), or this turn's budget spent (yield); the rest of
+ * the input waits in c->in. */
+static int conn_after_message(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_WS)
+        return 1;
+    if (conn_output_high(c)) {
+        conn_pause(c);
+        return 1;
+    }
+    if (++c->turn_messages >= SL_CONN_TURN_MESSAGES) {
+        conn_yield(c);
+        return 1;
+    }
+    return 0;
+}
 
 static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
 {
@@ -315,7 +664,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         }
         sl_conn_send(c, b);
         sl_buf_unref(b);
-        return c->state == SL_CONN_WS ? 0 : 1;
+        return conn_after_message(c);
     }
     if (opcode == SL_WS_OP_BINARY) {
         sl_worker_count_error(SL_ERR_UNSUPPORTED_DATA);
@@ -323,28 +672,77 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         return 1;
     }
     sl_proto_message(c, (char *)data, len);
-    return c->state == SL_CONN_WS ? 0 : 1;
+    return conn_after_message(c);
+}
+
+/* Ping/pong frames over --max-control-rate in one second: a flood. */
+static bool conn_control_flood(sl_conn_t *c)
+{
+    uint32_t sec = (uint32_t)(sl_mono_ms() / 1000);
+    if (sec != c->ctl_second) {
+        c->ctl_second = sec;
+        c->ctl_count = 0;
+    }
+    if (c->ctl_count < UINT16_MAX)
+        c->ctl_count++;
+    return c->ctl_count > sl_conf->max_control_rate;
+}
+
+/* Answer a ping.  While the connection's output flows, each ping gets its
+ * pong at once (Autobahn 2.10 checks that, though the RFC does not ask
+ * it).  Once its output is backed up (stuck socket, or 64 KiB waiting),
+ * pongs are coalesced (RFC 6455 5.5.3): the latest ping's pong waits in
+ * c->pong, replacing the one before in the same buffer, and is queued
+ * when the previous pong has been written - so a flood of pings at a peer
+ * that does not read holds two pongs at most and allocates nothing. */
+static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
+{
+    bool flowing = c->pong == NULL && !c->write_armed && c->out.bytes < SL_CONN_SMALL_BACKLOG;
+    sl_buf_t *b = c->pong;
+    if (b == NULL && c->pong_sent != NULL && c->pong_sent->refs == 1) {
+        b = c->pong_sent; /* written already: ours to reuse */
+        c->pong_sent = NULL;
+    }
+    if (b == NULL && (b = sl_buf_new(2 + SL_WS_MAX_CONTROL)) == NULL) {
+        sl_conn_abort(c, "out-of-memory");
+        return 1;
+    }
+    b->start = 0;
+    b->len = (uint32_t)sl_ws_encode_header(b->data, SL_WS_OP_PONG, true, len, NULL);
+    if (len)
+        memcpy(b->data + b->len, data, len);
+    b->len += (uint32_t)len;
+    if (flowing) {
+        if (sl_outq_push(&c->out, b, b->start, b->len) != SL_OK) {
+            sl_buf_unref(b);
+            sl_conn_abort(c, "out-of-memory");
+            return 1;
+        }
+        sl_buf_unref(c->pong_sent); /* the queue keeps its own reference */
+        c->pong_sent = b;
+    } else {
+        c->pong = b;
+        conn_queue_pong(c); /* now, if the last pong has been written */
+    }
+    sl_worker_mark_dirty(c);
+    return c->state == SL_CONN_DEAD ? 1 : 0;
 }
 
 static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
 {
     sl_conn_t *c = ctx;
-    if (opcode == SL_WS_OP_PING) {
+    if (opcode == SL_WS_OP_PING || opcode == SL_WS_OP_PONG) {
         if (c->state != SL_CONN_WS)
             return 0;
-        sl_buf_t *b = sl_frame_new(SL_WS_OP_PONG, data, len);
-        if (b == NULL) {
-            sl_conn_abort(c, "out-of-memory");
+        if (conn_control_flood(c)) {
+            sl_worker_count_error(SL_ERR_CONTROL_FLOOD);
+            sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "control frame flood");
             return 1;
         }
-        /* Control replies bypass the outbound bound like close frames. */
-        if (sl_outq_push(&c->out, b, b->start, b->len - b->start) == SL_OK)
-            sl_worker_mark_dirty(c);
-        sl_buf_unref(b);
-        return 0;
+        if (opcode == SL_WS_OP_PING && conn_answer_ping(c, data, len) != 0)
+            return 1;
+        return conn_after_message(c); /* a ping costs a turn's work like a message */
     }
-    if (opcode == SL_WS_OP_PONG)
-        return 0;
     /* CLOSE */
     if (c->state == SL_CONN_WS) {
         /* The peer starts the handshake: echo its code (1000 when it sent
@@ -363,15 +761,42 @@ static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
 
 static const sl_ws_handlers_t ws_handlers = {ws_on_message, ws_on_control};
 
+/* Keep p[0..n) for later (back-pressure stopped processing before it). */
+static void conn_stash(sl_conn_t *c, const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return;
+    if (c->in_len + n > c->in_cap) {
+        char *q = realloc(c->in, c->in_len + n);
+        if (q == NULL) {
+            sl_conn_abort(c, "out-of-memory");
+            return;
+        }
+        c->in = q;
+        c->in_cap = (uint32_t)(c->in_len + n);
+    }
+    memcpy(c->in + c->in_len, p, n);
+    c->in_len += (uint32_t)n;
+}
+
 static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
-    int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c);
+    size_t used = 0;
+    int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
+    bool open = c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING;
+    if (rc == 1 && open && !c->backlog && c->reader.frames >= c->reader.frame_limit)
+        conn_yield(c); /* this turn's frames are spent (10,000 tiny fragments) */
+    if (rc == 1 && open && c->backlog)
+        conn_stash(c, data + used, n - used);
     if (rc > 1) {
         sl_err_t e = rc == SL_WS_CLOSE_INVALID_DATA ? SL_ERR_INVALID_UTF8
                      : rc == SL_WS_CLOSE_TOO_BIG    ? SL_ERR_MESSAGE_TOO_BIG
                                                     : SL_ERR_PROTOCOL_ERROR;
         sl_worker_count_error(e);
-        sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
+        if (c->state == SL_CONN_CLOSING)
+            conn_lingering(c); /* the peer broke the protocol while we closed */
+        else
+            sl_conn_close_ws(c, (uint16_t)rc, sl_err_name(e));
         return;
     }
     if (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING) {
@@ -392,14 +817,39 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->busy_since_mono = 0;
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
-    uatomic_add(&sl_worker->stats->http_connections, -1);
+    c->reader.frame_limit = SL_CONN_TURN_FRAMES;
+    conn_http_uncount(c);
+    unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 }
 
 /* ----------------------------------------------------------------- HTTP */
 
+static size_t http_in_limit(void)
+{
+    return SL_HTTP_MAX_HEAD + (size_t)sl_conf->max_message_size;
+}
+
+/* More unanswered request bytes than one request may have: refused, never
+ * dropped silently.  (Reads are sized to fit, so only input handed in
+ * beyond that - sl_conn_input - can get here.) */
+static void conn_http_overflow(sl_conn_t *c)
+{
+    sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
+    sl_httpd_error(c, 413, "payload-too-large",
+                   "more unanswered request bytes than a request may have", false);
+    conn_http_finish(c);
+}
+
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
-    size_t limit = SL_HTTP_MAX_HEAD + (size_t)sl_conf->max_message_size;
+    if (n > 0)
+        conn_idle_remove(c); /* a request under way */
+    size_t limit = http_in_limit();
+    if (c->in_len + n > limit) {
+        conn_http_overflow(c);
+        return;
+    }
     if (c->in_len + n > c->in_cap) {
         size_t want = c->in_len + n;
         if (want > limit)
@@ -419,15 +869,25 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             c->in_cap = (uint32_t)cap;
         }
     }
-    size_t take = SL_MIN(n, (size_t)(c->in_cap - c->in_len));
-    memcpy(c->in + c->in_len, data, take);
-    c->in_len += (uint32_t)take;
-    if (c->busy_since_mono == 0)
+    if (n)
+        memcpy(c->in + c->in_len, data, n);
+    c->in_len += (uint32_t)n;
+    if (c->busy_since_mono == 0 && c->in_len > 0)
         c->busy_since_mono = sl_mono_ms();
 
-    while (c->state == SL_CONN_HTTP && c->in_len > 0) {
+    /* Requests are answered from c->in + off; the answered ones are cut
+     * off once at the end (one memmove per read, not per request). */
+    size_t off = 0;
+    int budget = SL_CONN_TURN_REQUESTS;
+    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused) {
+        if (budget-- == 0) {
+            conn_yield(c); /* the rest next turn: others get theirs first */
+            break;
+        }
         sl_http_request_t req;
-        int rc = sl_http_parse_request(c->in, c->in_len, SL_HTTP_MAX_HEAD, &req);
+        const char *in = c->in + off;
+        size_t have = c->in_len - off;
+        int rc = sl_http_parse_request(in, have, SL_HTTP_MAX_HEAD, &req);
         if (rc == SL_AGAIN)
             break;
         if (rc != SL_OK) {
@@ -444,12 +904,13 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             return;
         }
         size_t body_len = req.content_length > 0 ? (size_t)req.content_length : 0;
-        if (c->in_len < req.head_len + body_len)
+        if (have < req.head_len + body_len)
             break; /* body still arriving */
         size_t used = req.head_len + body_len;
-        bool keep = sl_httpd_request(c, &req, c->in + req.head_len, body_len);
+        bool keep = sl_httpd_request(c, &req, in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
+        off += used;
         if (sl_worker->stopping) {
             /* Draining: the request was answered; nothing more here.  An
              * upgrade completed now is told to go elsewhere (1001). */
@@ -464,25 +925,32 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         }
         if (c->state == SL_CONN_WS) {
             /* Bytes after the upgrade request are WebSocket frames. */
-            size_t rest = c->in_len - used;
-            char *in = c->in;
+            size_t rest = c->in_len - off;
+            char *buf = c->in;
             c->in = NULL;
             c->in_len = c->in_cap = 0;
             if (rest)
-                conn_ws_input(c, (uint8_t *)in + used, rest);
-            free(in);
+                conn_ws_input(c, (uint8_t *)buf + off, rest);
+            free(buf);
             return;
         }
         if (!keep) {
             conn_http_finish(c);
             return;
         }
-        memmove(c->in, c->in + used, c->in_len - used);
-        c->in_len -= (uint32_t)used;
-        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
         c->accepted_mono = sl_mono_ms(); /* idle keep-alive timer restarts */
+        if (conn_output_high(c)) {
+            /* Pipelined requests wait until this response has drained. */
+            conn_pause(c);
+            break;
+        }
     }
-    if (c->state == SL_CONN_HTTP && c->in_len == 0) {
+    if (off > 0) {
+        memmove(c->in, c->in + off, c->in_len - off);
+        c->in_len -= (uint32_t)off;
+        c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    }
+    if (c->state == SL_CONN_HTTP && c->in_len == 0 && c->in != NULL) {
         free(c->in);
         c->in = NULL;
         c->in_cap = 0;
@@ -491,6 +959,86 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 
 /* ----------------------------------------------------------------- input */
 
+/* Process input with c->in_input set: what is sent meanwhile is a reply. */
+static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
+{
+    c->in_input = true;
+    c->backlog = false;
+    c->turn_messages = 0;
+    c->reader.frames = 0;
+    switch (c->state) {
+    case SL_CONN_HTTP:
+        conn_http_input(c, data, n);
+        break;
+    case SL_CONN_WS:
+    case SL_CONN_CLOSING:
+        if (c->in_len > 0) {
+            /* Older bytes first: the new ones join them and all are fed
+             * from a detached buffer (the rest is stashed again). */
+            conn_stash(c, data, n);
+            char *in = c->in;
+            size_t len = c->in_len;
+            c->in = NULL;
+            c->in_len = c->in_cap = 0;
+            if (c->state != SL_CONN_DEAD)
+                conn_ws_input(c, (uint8_t *)in, len);
+            free(in);
+        } else if (n > 0) {
+            conn_ws_input(c, data, n);
+        }
+        break;
+    default:
+        break; /* LINGER: discard */
+    }
+    c->in_input = false;
+    if (c->state != SL_CONN_DEAD)
+        conn_inbound_check(c);
+}
+
+void sl_conn_input(sl_conn_t *c, uint8_t *data, size_t n)
+{
+    if (c->state == SL_CONN_DEAD || n == 0)
+        return;
+    c->last_rx_mono = sl_mono_ms();
+    if (c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING)) {
+        conn_stash(c, data, n); /* the socket is not read while paused */
+        conn_input_account(c);
+        return;
+    }
+    conn_process(c, data, n);
+}
+
+/* The peer's FIN.  A WebSocket peer is gone.  An HTTP client may only have
+ * half-closed after its last request: what it asked in full is answered
+ * first, and what we queued is written, before we close (in LINGER or
+ * CLOSING too: our last response or close frame is still delivered). */
+static void conn_http_eof_done(sl_conn_t *c)
+{
+    if (c->state == SL_CONN_HTTP && !c->backlog && !c->read_paused)
+        conn_http_finish(c); /* an unfinished request is dropped; linger */
+}
+
+static void conn_eof(sl_conn_t *c)
+{
+    bool pending = c->out.count > 0 || (c->state == SL_CONN_HTTP && c->in_len > 0);
+    if (c->state == SL_CONN_WS || !pending) {
+        if (c->state == SL_CONN_WS)
+            conn_note_close(c, SL_WS_CLOSE_ABNORMAL, "connection lost");
+        sl_conn_abort(c, c->state == SL_CONN_WS ? "eof" : "closed");
+        return;
+    }
+    c->peer_eof = true;
+    conn_watch(c, c->write_armed); /* no more reading */
+    if (c->state == SL_CONN_HTTP && c->in_len > 0 && !c->read_paused) {
+        c->backlog = false;
+        conn_process(c, NULL, 0); /* the complete requests left, within the budget */
+    }
+    if (c->state != SL_CONN_DEAD)
+        conn_http_eof_done(c);
+    if (c->state == SL_CONN_LINGER || c->state == SL_CONN_CLOSING)
+        sl_worker_mark_dirty(c); /* the flush closes once the output is out */
+}
+
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
@@ -498,7 +1046,32 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         sl_conn_flush(c);
     if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
         return;
-    ssize_t n = read(fd, sl_worker->rbuf, SL_SCRATCH_SIZE);
+    /* Input left over from a pause or an earlier turn goes first; while
+     * some is still left, nothing more is read. */
+    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER) {
+        conn_process(c, NULL, 0);
+        if (c->state == SL_CONN_DEAD || c->backlog)
+            return;
+    }
+    if (c->peer_eof) {
+        conn_http_eof_done(c); /* its last complete request is answered */
+        return;
+    }
+    if (c->read_paused)
+        return;
+    /* At most one read of SL_CONN_TURN_READ per connection per loop turn:
+     * a connection that always has input cannot starve the others.  For HTTP no more than
+     * the request buffer can still take, so nothing is ever dropped. */
+    size_t room = SL_CONN_TURN_READ;
+    if (c->state == SL_CONN_HTTP) {
+        size_t left = http_in_limit() - c->in_len;
+        room = SL_MIN(room, left);
+        if (room == 0) {
+            conn_http_overflow(c);
+            return;
+        }
+    }
+    ssize_t n = read(fd, sl_worker->rbuf, room);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -506,26 +1079,12 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (n == 0) {
-        /* EOF.  In LINGER or CLOSING this is the normal end. */
-        if (c->state == SL_CONN_WS)
-            conn_note_close(c, SL_WS_CLOSE_ABNORMAL, "connection lost");
-        sl_conn_abort(c, c->state == SL_CONN_WS ? "eof" : "closed");
+        conn_eof(c);
         return;
     }
-    c->last_rx_mono = sl_mono_ms();
     uint64_t *bi = &sl_worker->stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
-    switch (c->state) {
-    case SL_CONN_HTTP:
-        conn_http_input(c, sl_worker->rbuf, (size_t)n);
-        break;
-    case SL_CONN_WS:
-    case SL_CONN_CLOSING:
-        conn_ws_input(c, sl_worker->rbuf, (size_t)n);
-        break;
-    default:
-        break; /* LINGER: discard */
-    }
+    sl_conn_input(c, sl_worker->rbuf, (size_t)n);
 }
 
 /* ---------------------------------------------------------------- timers */
@@ -533,13 +1092,37 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 void sl_conn_tick(sl_conn_t *c, int64_t now)
 {
     const sl_conf_t *cf = sl_conf;
+    /* The worker is over its share of --max-outbound-total: the
+     * connections that hold output and do not read are what it can shed
+     * (readers that keep up are never closed for it). */
+    if ((c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
+        c->out.bytes >= SL_CONN_SMALL_BACKLOG && conn_stuck(c, now) && sl_worker_over_budget()) {
+        if (c->state == SL_CONN_WS) {
+            conn_slow_consumer(c, c->out.bytes, "max-outbound-total");
+        } else {
+            uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
+            sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+            sl_conn_abort(c, "not reading, worker over its share");
+        }
+        return;
+    }
     switch (c->state) {
     case SL_CONN_HTTP:
-        if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
+        if (c->read_paused) {
+            /* Requests wait for it to read our responses: not its delay
+             * to finish a request, but it must keep reading. */
+            if (now - SL_MAX(c->last_tx_mono, c->accepted_mono) >=
+                cf->keepalive_timeout_ms + cf->message_timeout_ms)
+                sl_conn_abort(c, "not reading");
+        } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
             sl_httpd_error(c, 408, "request-timeout", "request not completed in time", false);
             conn_http_finish(c);
-        } else if (!c->busy_since_mono && now - c->accepted_mono >= 2 * cf->heartbeat_interval_ms) {
+        } else if (!c->busy_since_mono && now - c->accepted_mono >= cf->keepalive_timeout_ms &&
+                   (c->out.count == 0 ||
+                    now - c->accepted_mono >= cf->keepalive_timeout_ms + cf->message_timeout_ms)) {
+            /* Idle keep-alive (a response still unread after a message
+             * timeout more counts as idle too). */
             sl_conn_abort(c, "keep-alive idle");
         }
         break;
@@ -553,7 +1136,8 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
-        } else if (now - c->last_rx_mono >= 2 * cf->heartbeat_interval_ms) {
+        } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=
+                   2 * cf->heartbeat_interval_ms) {
             sl_worker_count_error(SL_ERR_HEARTBEAT_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_GOING_AWAY, "heartbeat timeout");
         } else if (now - c->last_ping_mono >= cf->heartbeat_interval_ms) {
@@ -567,8 +1151,14 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         break;
     case SL_CONN_CLOSING:
     case SL_CONN_LINGER:
-        if (now >= c->deadline_mono)
+        if (now >= c->deadline_mono) {
+            /* Closing with unread input sends a reset, and a reset makes
+             * the peer's kernel drop what it has not read yet - our close
+             * frame with it.  So what is waiting is read first (bounded). */
+            for (int k = 0; k < 4 && read(c->fd, sl_worker->rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            }
             sl_conn_abort(c, "close timeout");
+        }
         break;
     default:
         break;

@@ -10,6 +10,7 @@
  * buffer.
  */
 #include "sl_http.h"
+#include "sl_ws.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -152,6 +153,8 @@ int sl_http_parse_request(const char *buf, size_t len, size_t max_head, sl_http_
         i += 2;
     if (i < scan && buf[i] == '\n')
         return 400;
+    if (i + 1 == scan && buf[i] == '\r') /* its '\n' has not arrived yet */
+        return len >= max_head ? 431 : SL_AGAIN;
 
     size_t next;
     int rc = parse_request_line(buf, i, scan, max_head, req, &next);
@@ -254,6 +257,30 @@ bool sl_http_has_token(const char *value, size_t len, const char *token)
 bool sl_http_method_is(const sl_http_request_t *req, const char *m)
 {
     return req->method_len == strlen(m) && memcmp(req->method, m, req->method_len) == 0;
+}
+
+long long sl_http_query_uint(const sl_http_request_t *req, const char *name, long long def)
+{
+    const char *q = memchr(req->target, '?', req->target_len), *end = req->target + req->target_len;
+    size_t nl = strlen(name);
+    for (const char *p = q ? q + 1 : end; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=') {
+            long long v = 0;
+            const char *d = p + nl + 1;
+            if (d == stop)
+                return -1;
+            for (; d < stop; d++) {
+                if (*d < '0' || *d > '9' || v > 0xffffffffLL / 10)
+                    return -1;
+                v = v * 10 + (*d - '0');
+            }
+            return v > 0xffffffffLL ? -1 : v;
+        }
+        p = stop + 1;
+    }
+    return def;
 }
 
 static int hex_digit(char ch)
@@ -367,18 +394,29 @@ static size_t json_escape(char *dst, const char *s)
 int sl_http_error_response(int status, const char *code, const char *message, bool keep_alive,
                            const char *extra_headers, char **out, size_t *outlen)
 {
-    /* Worst case every byte becomes \u00XX (6 bytes). */
-    size_t cap = 32 + 6 * (strlen(code) + strlen(message));
-    char *body = malloc(cap);
-    if (body == NULL)
+    /* A message may quote input (a JSON parser's error text): made valid
+     * UTF-8 first (each bad byte becomes U+FFFD, 3 bytes), so the body is
+     * valid JSON whatever it quotes. */
+    size_t mlen = strlen(message);
+    char *msg = malloc(3 * mlen + 1);
+    if (msg == NULL)
         return SL_ERROR;
+    sl_utf8_sanitize((const uint8_t *)message, mlen, msg, 3 * mlen + 1);
+    /* Worst case every byte becomes \u00XX (6 bytes). */
+    size_t cap = 32 + 6 * (strlen(code) + strlen(msg));
+    char *body = malloc(cap);
+    if (body == NULL) {
+        free(msg);
+        return SL_ERROR;
+    }
     size_t n = 0;
     memcpy(body + n, "{\"error\":\"", 10);
     n += 10;
     n += json_escape(body + n, code);
     memcpy(body + n, "\",\"message\":\"", 13);
     n += 13;
-    n += json_escape(body + n, message);
+    n += json_escape(body + n, msg);
+    free(msg);
     memcpy(body + n, "\"}", 2);
     n += 2;
     int rc = sl_http_response(status, "application/json", extra_headers, body, n, keep_alive, out,

@@ -70,6 +70,20 @@ void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *mess
     send_raw(c, resp, len);
 }
 
+/* A response body over the bound on one reply (sl_conn_reply_max) is not
+ * queued: 503 reply-too-large instead.  True when it was refused. */
+static bool too_large(sl_conn_t *c, size_t len, bool keep_alive)
+{
+    if (len <= sl_conn_reply_max())
+        return false;
+    char m[160];
+    snprintf(m, sizeof(m), "the response would be %zu bytes, over the %zu-byte bound on one reply",
+             len, sl_conn_reply_max());
+    sl_worker_count_error(SL_ERR_REPLY_TOO_LARGE);
+    sl_httpd_error(c, 503, "reply-too-large", m, keep_alive);
+    return true;
+}
+
 static void send_json_extra(sl_conn_t *c, int status, json_t *doc, bool keep_alive,
                             const char *extra)
 {
@@ -77,6 +91,10 @@ static void send_json_extra(sl_conn_t *c, int status, json_t *doc, bool keep_ali
     json_decref(doc);
     char *resp;
     size_t len;
+    if (body && too_large(c, strlen(body), keep_alive)) {
+        free(body);
+        return;
+    }
     if (body == NULL ||
         sl_http_response(status, "application/json", extra, body, strlen(body), keep_alive,
                          &resp, &len) != SL_OK) {
@@ -262,32 +280,6 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
     return keep;
 }
 
-/* The decimal value of query parameter `name` (def when absent, -1 when
- * it is not a number up to 2^32 - 1). */
-static long long query_uint(const sl_http_request_t *req, const char *name, long long def)
-{
-    const char *q = memchr(req->target, '?', req->target_len), *end = req->target + req->target_len;
-    size_t nl = strlen(name);
-    for (const char *p = q ? q + 1 : end; p < end;) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - p) > nl && memcmp(p, name, nl) == 0 && p[nl] == '=') {
-            long long v = 0;
-            const char *d = p + nl + 1;
-            if (d == stop)
-                return -1;
-            for (; d < stop; d++) {
-                if (*d < '0' || *d > '9' || v > 0xffffffffLL / 10)
-                    return -1;
-                v = v * 10 + (*d - '0');
-            }
-            return v > 0xffffffffLL ? -1 : v;
-        }
-        p = stop + 1;
-    }
-    return def;
-}
-
 static bool path_is(const sl_http_request_t *req, const char *p)
 {
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
@@ -405,6 +397,10 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         json_decref(st);
         char *resp;
         size_t len;
+        if (text && too_large(c, strlen(text), keep)) {
+            free(text);
+            return keep;
+        }
         if (text == NULL || sl_http_response(200, "text/plain; version=0.0.4; charset=utf-8", NULL,
                                              text, strlen(text), keep, &resp, &len) != SL_OK) {
             free(text);
@@ -415,8 +411,8 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         send_raw(c, resp, len);
     } else if (channels) {
         /* Paged (sl_pubsub.h): ?cursor=<next-cursor>&limit=<1..1000>. */
-        long long cursor = query_uint(req, "cursor", 0);
-        long long limit = query_uint(req, "limit", SL_CHANNELS_PAGE_MAX);
+        long long cursor = sl_http_query_uint(req, "cursor", 0);
+        long long limit = sl_http_query_uint(req, "limit", SL_CHANNELS_PAGE_MAX);
         if (cursor < 0 || limit < 1) {
             sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
             sl_httpd_error(c, 400, "bad-query", "cursor and limit must be non-negative integers "

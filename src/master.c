@@ -49,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stddef.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <sys/un.h>
@@ -134,6 +135,7 @@ static struct {
     bool ready_sent, starved;
     char status[160];        /* the last STATUS= sent */
     struct event *ready_timer, *watchdog_timer;
+    int spare_fd; /* held in reserve for accept() at EMFILE (see accept_cb) */
 } M;
 
 
@@ -263,6 +265,8 @@ static void close_foreign_fds(int keep_ctl)
     if (M.upgrade_fd >= 0)
         close(M.upgrade_fd);
     M.upgrade_fd = -1;
+    if (M.spare_fd >= 0)
+        close(M.spare_fd);
     for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
@@ -302,6 +306,18 @@ static int listen_on(const char *what, const char *host, int port, char *err, si
     if (fd < 0)
         snprintf(err, errsz, "cannot listen on %s:%d (%s): %s", host, port, what, strerror(saved));
     return fd;
+}
+
+/* Every connection is a descriptor in the master for a moment and in a
+ * worker for its life: take the hard limit (a soft limit of 1024 would
+ * cap each worker far below --max-connections). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 /* fork() with every signal blocked, so that no signal reaches a child
@@ -524,12 +540,31 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
                 batch_send(i, &batch[i]);
             continue;
         }
-        if (errno == EINTR || errno == ECONNABORTED)
+        int err = errno;
+        if (err == EINTR || err == ECONNABORTED)
             continue;
-        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-            /* Out of descriptors: stop accepting for a moment instead of
-             * spinning on a listener that stays readable. */
+        if (err == EMFILE || err == ENFILE) {
+            /* Out of descriptors.  The reserve descriptor is given up for
+             * a moment to take the first waiting connection off the
+             * backlog and close it at once (the client sees the refusal
+             * instead of hanging in the backlog), then the listener rests
+             * for 100 ms instead of spinning while it stays readable.
+             * Counted, and /health is unhealthy for a while. */
+            uatomic_add(&sl_shm->master_tel.errors[SL_ERR_FD_EXHAUSTED], 1);
+            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
+            if (M.spare_fd >= 0) {
+                close(M.spare_fd);
+                int refused = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+                if (refused >= 0)
+                    close(refused);
+                M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            }
+            SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_WARN, SL_TF_S("reason", "descriptors-exhausted"),
+                   SL_TF_S("errno", err == EMFILE ? "EMFILE" : "ENFILE"));
+        } else if (err == ENOBUFS || err == ENOMEM) {
             uatomic_add(&sl_shm->master_tel.errors[SL_ERR_ACCEPT_FAILED], 1);
+        }
+        if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
             event_del(M.accept_evs[li]);
             struct timeval tv = {0, 100 * 1000};
             event_add(M.accept_retry_ev, &tv);
@@ -1507,6 +1542,8 @@ int sl_master_run(void)
     M.nworkers = cf->workers;
     M.upgrade_fd = M.parent_fd = -1;
     M.notify_ok = true;
+    M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    raise_fd_limit();
     for (int i = 0; i < SL_MAX_WORKERS; i++)
         M.w[i].ctl = M.w[i].peer = -1;
 
@@ -1666,7 +1703,7 @@ int sl_master_run(void)
     /* Every worker is gone.  Tell the logger we are done by closing the
      * last write ends; it drains the pipes and exits at EOF. */
     SL_TEL(SL_EV_SERVER_STOPPED, SL_INFO, SL_TF_I("uptime-ms", sl_now_ms() - sl_shm->start_ms));
-    sl_tel_flush();
+    sl_tel_finish(1000);
     close(M.tel_w);
     close(M.tel_r);
     for (int i = 0; i < M.nworkers; i++) {

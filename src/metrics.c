@@ -227,6 +227,12 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
     json_object_foreach(hs, hsr, hv)
         put(&o, "sente_lite_handshake_failures_total{reason=\"%s\"} %lld\n", hsr,
             (long long)json_integer_value(hv));
+    per_worker(&o, workers, "outbound_bytes", "gauge", "outbound-bytes",
+               "Bytes held in output buffers (each shared buffer counted once).");
+    per_worker(&o, workers, "backpressure_pauses_total", "counter", "backpressure-pauses",
+               "Times a connection's reading paused because its output was over its bound.");
+    per_worker(&o, workers, "inbound_bytes", "gauge", "inbound-bytes",
+               "Unfinished input held: messages being assembled, request bodies, stashed reads.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

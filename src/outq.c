@@ -17,6 +17,8 @@
 #define SL_OUTQ_IOV 64 /* segments per writev: enough to fill a socket */
 #define SL_OUTQ_KEEP 8 /* ring size kept while idle (128 bytes) */
 
+uint64_t sl_buf_live_bytes;
+
 sl_buf_t *sl_buf_new(size_t cap)
 {
     if (cap > UINT32_MAX - sizeof(sl_buf_t))
@@ -24,6 +26,7 @@ sl_buf_t *sl_buf_new(size_t cap)
     sl_buf_t *b = malloc(sizeof(sl_buf_t) + cap);
     if (b == NULL)
         return NULL;
+    sl_buf_live_bytes += cap;
     b->refs = 1;
     b->len = 0;
     b->cap = (uint32_t)cap;
@@ -33,8 +36,10 @@ sl_buf_t *sl_buf_new(size_t cap)
 
 void sl_buf_unref(sl_buf_t *b)
 {
-    if (b != NULL && --b->refs == 0)
+    if (b != NULL && --b->refs == 0) {
+        sl_buf_live_bytes -= b->cap;
         free(b);
+    }
 }
 
 /* The i-th queued segment. */
@@ -140,6 +145,22 @@ void sl_outq_clear(sl_outq_t *q)
     q->segs = NULL;
     q->cap = q->head = 0;
     q->bytes = 0;
+}
+
+void sl_outq_drop_unstarted(sl_outq_t *q)
+{
+    uint32_t keep = sl_outq_partial(q) ? 1 : 0;
+    while (q->count > keep) {
+        /* Pop from the tail. */
+        sl_seg_t *s = seg_at(q, q->count - 1);
+        q->bytes -= s->len;
+        sl_buf_unref(s->buf);
+        q->count--;
+    }
+    if (q->count == 0) {
+        q->head = 0;
+        q->head_partial = false;
+    }
 }
 
 bool sl_outq_partial(const sl_outq_t *q)

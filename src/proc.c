@@ -78,8 +78,11 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag)
 {
     if (n < 1 || n > SL_PROC_FDS_MAX)
         return SL_ERROR;
-    char byte = tag;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    /* The tag, and how many descriptors the message carries: a receiver
+     * out of descriptors gets fewer (the kernel closes the rest) and must
+     * still know how many were handed over. */
+    char bytes[2] = {tag, (char)n};
+    struct iovec iov = {.iov_base = bytes, .iov_len = 2};
     union {
         struct cmsghdr h;
         char buf[CMSG_SPACE(sizeof(int) * SL_PROC_FDS_MAX)];
@@ -94,7 +97,7 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag)
     memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)n);
     for (;;) {
         ssize_t r = sendmsg(sock, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (r == 1)
+        if (r == 2)
             return SL_OK;
         if (r < 0 && errno == EINTR)
             continue;
@@ -106,8 +109,13 @@ int sl_proc_send_fds(int sock, const int *fds, int n, char tag)
 
 int sl_proc_recv_fds(int sock, int *fds, char *tag)
 {
-    char byte;
-    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    return sl_proc_recv_fds_n(sock, fds, tag, NULL);
+}
+
+int sl_proc_recv_fds_n(int sock, int *fds, char *tag, int *sent)
+{
+    char bytes[2];
+    struct iovec iov = {.iov_base = bytes, .iov_len = 2};
     union {
         struct cmsghdr h;
         char buf[CMSG_SPACE(sizeof(int) * SL_PROC_FDS_MAX)];
@@ -126,13 +134,26 @@ int sl_proc_recv_fds(int sock, int *fds, char *tag)
             return SL_ERROR;
         }
         struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        bool lost = (msg.msg_flags & MSG_CTRUNC) != 0; /* out of descriptors */
         if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-            c->cmsg_len < CMSG_LEN(sizeof(int)))
+            c->cmsg_len < CMSG_LEN(sizeof(int))) {
+            if (lost) {
+                if (tag)
+                    *tag = bytes[0];
+                if (sent)
+                    *sent = r >= 2 ? (unsigned char)bytes[1] : 0;
+                errno = EMFILE;
+                return 0;
+            }
             continue; /* a message without descriptors: nothing to take */
+        }
         int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
         memcpy(fds, CMSG_DATA(c), sizeof(int) * (size_t)n);
         if (tag)
-            *tag = byte;
+            *tag = bytes[0];
+        if (sent)
+            *sent = r >= 2 ? SL_MAX(n, (int)(unsigned char)bytes[1]) : n;
+        errno = lost ? EMFILE : 0;
         return n;
     }
 }

@@ -77,16 +77,43 @@ void sl_proto_closed(sl_conn_t *c)
 
 void sl_proto_reply(sl_conn_t *c, json_t *r)
 {
-    if (r != NULL) {
-        sl_conn_send_json(c, r);
+    if (r == NULL)
+        return;
+    sl_buf_t *b = sl_frame_json(r);
+    if (b == NULL) {
         json_decref(r);
+        sl_conn_abort(c, "encode-failed");
+        return;
     }
+    size_t len = b->len - b->start, max = sl_conn_reply_max();
+    if (len <= max) {
+        sl_conn_send(c, b);
+        sl_buf_unref(b);
+        json_decref(r);
+        return;
+    }
+    /* The builders of large replies page or cut them to fit; anything
+     * still over the bound is refused rather than queued. */
+    sl_buf_unref(b);
+    const char *type = json_string_value(json_object_get(r, "type"));
+    char m[200];
+    snprintf(m, sizeof(m), "the %.40s reply would be %zu bytes, over the %zu-byte bound on one "
+                           "reply (half of --max-outbound-bytes)", type ? type : "", len, max);
+    json_decref(r);
+    sl_worker_count_error(SL_ERR_REPLY_TOO_LARGE);
+    sl_proto_error(c, "reply-too-large", m);
 }
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
-    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", message,
-                                "reason", reason, "timestamp", (json_int_t)sl_now_ms()));
+    /* The message may quote input (jansson's error text shows the bytes it
+     * choked on, and may end inside a UTF-8 character): json_pack refuses
+     * invalid UTF-8, and the protocol promises a reply for any bad input,
+     * so the text is made valid first. */
+    char m[400];
+    sl_utf8_sanitize((const uint8_t *)message, strlen(message), m, sizeof(m));
+    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", m, "reason",
+                                reason, "timestamp", (json_int_t)sl_now_ms()));
 }
 
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)

@@ -150,11 +150,92 @@ static json_t *config_json(const sl_chan_config_t *cfg)
 
 /* ----------------------------------------------------------- subscribe */
 
-static void add_retained(const char *json, size_t len, void *arg)
+/* Copies of the newest retained messages that fit in a budget (taken
+ * under the channel lock, parsed after it). */
+typedef struct {
+    char **text;
+    size_t *len;
+    size_t first, n, cap; /* text[first..n) are kept */
+    size_t bytes, budget;
+    uint64_t omitted;
+} retained_t;
+
+/* This message cannot be kept (alone larger than the budget, or no
+ * memory): it and everything older are left out, so what is kept stays
+ * the newest run. */
+static void leave_out(retained_t *r)
 {
-    json_t *m = json_loadb(json, len, 0, NULL);
-    if (m)
-        json_array_append_new(arg, m);
+    for (size_t i = r->first; i < r->n; i++)
+        free(r->text[i]);
+    r->omitted += r->n - r->first + 1;
+    r->first = r->n = r->bytes = 0;
+}
+
+static void keep_retained(const char *json, size_t len, void *arg)
+{
+    retained_t *r = arg;
+    if (r->n == r->cap) {
+        /* Compact first: what was dropped from the front is free room. */
+        if (r->first > 0) {
+            memmove(r->text, r->text + r->first, (r->n - r->first) * sizeof(*r->text));
+            memmove(r->len, r->len + r->first, (r->n - r->first) * sizeof(*r->len));
+            r->n -= r->first;
+            r->first = 0;
+        }
+        if (r->n == r->cap) {
+            size_t cap = r->cap ? r->cap * 2 : 16;
+            char **t = realloc(r->text, cap * sizeof(*t));
+            if (t)
+                r->text = t;
+            size_t *l = realloc(r->len, cap * sizeof(*l));
+            if (l)
+                r->len = l;
+            if (t == NULL || l == NULL) {
+                leave_out(r);
+                return;
+            }
+            r->cap = cap;
+        }
+    }
+    char *copy = len + 1 <= r->budget ? malloc(len) : NULL;
+    if (copy == NULL) {
+        leave_out(r);
+        return;
+    }
+    memcpy(copy, json, len);
+    r->text[r->n] = copy;
+    r->len[r->n++] = len;
+    r->bytes += len + 1; /* and its comma */
+    while (r->bytes > r->budget) {
+        r->bytes -= r->len[r->first] + 1;
+        free(r->text[r->first++]);
+        r->omitted++;
+    }
+}
+
+json_t *sl_pubsub_retained(sl_chan_t *ch, uint64_t since, size_t budget, uint64_t *omitted,
+                           uint64_t *last, uint64_t *oldest)
+{
+    retained_t r = {.budget = budget};
+    *oldest = sl_chan_retained(ch, since, keep_retained, &r, last);
+    json_t *a = json_array();
+    for (size_t i = r.first; i < r.n; i++) {
+        json_t *m = json_loadb(r.text[i], r.len[i], 0, NULL);
+        if (m)
+            json_array_append_new(a, m);
+        free(r.text[i]);
+    }
+    free(r.text);
+    free(r.len);
+    *omitted = r.omitted;
+    return a;
+}
+
+/* What a subscription result may spend on retained messages: the reply
+ * bound less room for its other fields. */
+static size_t retained_budget(size_t idlen)
+{
+    return sl_conn_reply_max() - 512 - 6 * idlen;
 }
 
 static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
@@ -281,24 +362,31 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         count = uatomic_read(&ch->subscribers);
     }
 
-    uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
-    json_t *retained = json_array();
-    uint64_t oldest = sl_chan_retained(ch, since, add_retained, retained, &last);
+    /* Retained history is cut to the bound on one reply: the newest
+     * messages that fit, and how many older ones were left out. */
+    uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0, oldest,
+             omitted;
+    json_t *retained = sl_pubsub_retained(ch, since, retained_budget(len), &omitted, &last, &oldest);
+    bool recovered = false;
+    if (since_j) {
+        /* Recovered: same channel incarnation, and every message after
+         * since-seq is still retained (or there is none) and fits. */
+        bool same = epoch_j && strcmp(json_string_value(epoch_j), ch->epoch) == 0;
+        bool all = last <= since || (oldest != 0 && oldest <= since + 1);
+        recovered = same && all && omitted == 0;
+        if (!recovered) {
+            /* Not recoverable: hand over what is retained instead. */
+            json_decref(retained);
+            retained = sl_pubsub_retained(ch, 0, retained_budget(len), &omitted, &last, &oldest);
+        }
+    }
     json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
                           "channel-id", id, len, "success", 1, "subscriber-count",
                           (json_int_t)count, "epoch", ch->epoch, "retained-messages", retained);
-    if (r && since_j) {
-        /* Recovered: same channel incarnation, and every message after
-         * since-seq is still retained (or there is none). */
-        bool same = epoch_j && strcmp(json_string_value(epoch_j), ch->epoch) == 0;
-        bool all = last <= since || (oldest != 0 && oldest <= since + 1);
-        if (!(same && all)) {
-            /* Not recoverable: hand over everything retained instead. */
-            json_array_clear(retained);
-            sl_chan_retained(ch, 0, add_retained, retained, &last);
-        }
-        json_object_set_new(r, "recovered", json_boolean(same && all));
-    }
+    if (r && since_j)
+        json_object_set_new(r, "recovered", json_boolean(recovered));
+    if (r && omitted)
+        json_object_set_new(r, "retained-omitted", json_integer((json_int_t)omitted));
     sl_proto_reply(c, r);
 }
 
@@ -483,12 +571,29 @@ void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
                                 "next-cursor", next ? json_integer(next) : json_null()));
 }
 
+/* Paged like list-channels (the list grows with
+ * --max-subscriptions-per-connection): cursor = index of the first. */
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
 {
+    json_t *cur = json_object_get(msg, "cursor"), *lim = json_object_get(msg, "limit");
+    if (cur && !(json_is_integer(cur) && json_integer_value(cur) >= 0)) {
+        sl_proto_bad_field(c, "get-subscriptions", "cursor", "must be a next-cursor value");
+        return;
+    }
+    if (lim && !(json_is_integer(lim) && json_integer_value(lim) >= 1)) {
+        sl_proto_bad_field(c, "get-subscriptions", "limit", "must be a positive integer");
+        return;
+    }
+    uint64_t from = cur ? (uint64_t)json_integer_value(cur) : 0;
+    uint64_t limit = lim ? (uint64_t)SL_MIN(json_integer_value(lim), SL_CHANNELS_PAGE_MAX)
+                         : SL_CHANNELS_PAGE_MAX;
     json_t *a = json_array();
-    for (uint32_t i = 0; i < c->nsubs; i++)
+    uint64_t i = from;
+    for (; i < c->nsubs && i < from + limit; i++)
         json_array_append_new(a, json_string(c->subs[i]));
-    sl_proto_reply(c, json_pack("{s:s, s:o}", "type", "subscription-list", "subscriptions", a));
+    sl_proto_reply(c, json_pack("{s:s, s:o, s:o}", "type", "subscription-list", "subscriptions", a,
+                                "next-cursor", i < c->nsubs ? json_integer((json_int_t)i)
+                                                            : json_null()));
 }
 
 /* ------------------------------------------------------------ delivery */

@@ -29,7 +29,7 @@
 
 typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
-    uint64_t published, delivered, overloaded;
+    uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
     uint64_t bytes_in, bytes_out, accepted;
     uint64_t handshake_failures[SL_HS__COUNT];
@@ -110,7 +110,17 @@ static void proc_json(json_t *o, int32_t pid)
     json_object_set_new(o, "open-fds", fds);
 }
 
+/* Add worker i's figures to t; with `doc`, also describe it there. */
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc);
+
 static json_t *worker_json(uint32_t i, totals_t *t)
+{
+    json_t *o = NULL;
+    worker_figures(i, t, &o);
+    return o;
+}
+
+static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
 {
     sl_worker_stats_t *w = &sl_shm->workers[i];
     int32_t pid = uatomic_read(&w->pid);
@@ -129,11 +139,18 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     t->tel_dropped += uatomic_read(&w->tel_dropped);
     for (int e = 0; e < SL_ERR__COUNT; e++)
         t->errors[e] += uatomic_read(&w->errors[e]);
+    uint64_t obytes = uatomic_read(&w->outbound_bytes), pauses = uatomic_read(&w->backpressure_pauses);
+    uint64_t ibytes = uatomic_read(&w->inbound_bytes);
+    t->outbound_bytes += obytes;
+    t->backpressure_pauses += pauses;
+    t->inbound_bytes += ibytes;
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
     if (stalled && t->stalled)
         json_array_append_new(t->stalled, json_integer((json_int_t)i));
+    if (doc == NULL)
+        return; /* /health: the totals are all it needs */
     json_t *o = json_pack("{s:i, s:i, s:I, s:I, s:I, s:I, s:b, s:I, s:I, s:I, s:I}", "id", (int)i,
                           "pid", (int)pid, "connections", (json_int_t)conns, "messages-in",
                           (json_int_t)in, "messages-out", (json_int_t)out, "restarts",
@@ -149,6 +166,9 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     json_object_set_new(o, "rpc-responses",
                         json_integer((json_int_t)uatomic_read(&w->rpc_responses)));
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
+    json_object_set_new(o, "outbound-bytes", json_integer((json_int_t)obytes));
+    json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
+    json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
     json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
@@ -185,7 +205,7 @@ static json_t *worker_json(uint32_t i, totals_t *t)
     }
     hist_add(&t->delivery, &w->delivery);
     hist_add(&t->rpc, &w->rpc);
-    return o;
+    *doc = o;
 }
 
 static json_t *workers_json(totals_t *t)
@@ -196,6 +216,10 @@ static json_t *workers_json(totals_t *t)
     /* The master emits too; its figures count in the telemetry totals. */
     t->tel_emitted += uatomic_read(&sl_shm->master_tel.tel_emitted);
     t->tel_dropped += uatomic_read(&sl_shm->master_tel.tel_dropped);
+    /* ...and counts what accept() refused (accept-failed,
+     * descriptors-exhausted) in its slot. */
+    for (int e = 0; e < SL_ERR__COUNT; e++)
+        t->errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
     return a;
 }
 
@@ -348,6 +372,16 @@ static json_t *access_json(uint64_t active)
 /* Unhealthy above this share of the arena in use. */
 #define SL_SHM_HEALTH_LIMIT 0.9
 
+/* accept() hit EMFILE/ENFILE within this long: /health says unhealthy
+ * (the server cannot take new connections) until it has passed. */
+#define SL_FD_EXHAUSTED_UNHEALTHY_MS 10000
+
+static bool fd_exhausted_recently(void)
+{
+    int64_t t = uatomic_read(&sl_shm->fd_exhausted_mono);
+    return t != 0 && sl_mono_ms() - t < SL_FD_EXHAUSTED_UNHEALTHY_MS;
+}
+
 static int64_t uptime_ms(void)
 {
     return sl_now_ms() - sl_shm->start_ms;
@@ -391,6 +425,11 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
     json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
     json_object_set_new(doc, "access", access_json(t.connections));
+    json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
+    json_object_set_new(doc, "backpressure-pauses",
+                        json_integer((json_int_t)t.backpressure_pauses));
+    json_object_set_new(doc, "inbound-bytes", json_integer((json_int_t)t.inbound_bytes));
+    json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }
 
@@ -398,14 +437,18 @@ json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
     t.stalled = json_array();
-    json_decref(workers_json(&t));
+    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
+        worker_figures(i, &t, NULL);
+    for (int e = 0; e < SL_ERR__COUNT; e++)
+        t.errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
     sl_reg_figures_t f;
     sl_reg_figures(&sl_shm->reg, &f);
     bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
     uint64_t pending, old;
     sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    bool fd_ok = !fd_exhausted_recently();
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
-              json_array_size(t.stalled) == 0;
+              json_array_size(t.stalled) == 0 && fd_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
@@ -418,5 +461,8 @@ json_t *sl_health_json(bool *healthy)
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
     json_object_set_new(json_object_get(doc, "system-health"), "stalled-workers", t.stalled);
+    json_object_set_new(doc, "descriptors-ok", json_boolean(fd_ok));
+    json_object_set_new(doc, "descriptors-exhausted",
+                        json_integer((json_int_t)t.errors[SL_ERR_FD_EXHAUSTED]));
     return doc;
 }

@@ -4,16 +4,21 @@
  *
  * Emitting is a few memcpy into a static batch: no malloc, no formatting,
  * no syscall.  sl_tel_flush writes the batch (up to 64 KiB of whole
- * records) with one write(), once per loop turn or when the batch is full.
- * Every process has a pipe of its own to the logger (the master creates
- * one per worker slot), so no other process's records can interleave with
- * a batch however large it is; and the batch is written only when the pipe
- * has room for all of it (up to PIPE_BUF the kernel guarantees that; above
- * it, capacity minus FIONREAD, less three pages of slack for partly filled
- * pipe buffers), so the write completes whole: a batch is
- * either delivered or dropped and counted - never half written, never
- * waited for.  A descriptor that is not a pipe (tests, benchmarks) is
- * written to as it is.
+ * records) once per loop turn or when the batch is full, in writes of
+ * whole records of at most PIPE_BUF bytes each.  Every process has a pipe
+ * of its own to the logger (the master creates one per worker slot), so no
+ * other process's records can interleave with ours; and a non-blocking
+ * pipe takes a write of at most PIPE_BUF bytes whole or not at all, so the
+ * pipe only ever holds whole records.  That matters across a worker's
+ * death: the slot's pipe outlives the worker, and a half record left by a
+ * killed worker would be joined with its successor's first bytes, tearing
+ * the logger's stream for good.  What the full pipe does not take now is
+ * written by the next flush (the pipe's room cannot be known exactly:
+ * capacity is counted in partly filled pages).
+ * Nothing is ever waited for: a record that finds the batch still full
+ * of unwritten bytes is dropped and counted (tel_dropped), and a record
+ * counts as emitted when its last byte has been written, so the logger's
+ * "queued" (emitted - processed) is exact.
  *
  * The batch is per process and each process is single-threaded, so it
  * needs no lock.  The counters it updates live in the process's own slot in
@@ -27,8 +32,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <strings.h>
-#include <sys/ioctl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,9 +48,9 @@ static struct {
     sl_worker_stats_t *stats;
     bool enabled;
     sl_level_t min_level;
-    size_t used;
-    uint32_t nrec;
-    size_t pipe_cap; /* the pipe's capacity; 0: not a pipe */
+    size_t used;    /* bytes of records in the batch */
+    size_t sent;    /* of which written already (a partial write) */
+    size_t counted; /* records before this offset are counted as emitted */
     uint8_t batch[64 * 1024];
 } T = {.fd = -1};
 
@@ -93,16 +98,11 @@ void sl_tel_init(int fd, int worker, sl_worker_stats_t *stats, bool enabled, sl_
     T.stats = stats;
     T.enabled = enabled && fd >= 0;
     T.min_level = min_level;
-    T.used = 0;
-    T.nrec = 0;
-    T.pipe_cap = 0;
+    T.used = T.sent = T.counted = 0;
     if (fd >= 0) {
         int fl = fcntl(fd, F_GETFL);
         if (fl >= 0)
             fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-        int cap = fcntl(fd, F_GETPIPE_SZ);
-        if (cap > 0)
-            T.pipe_cap = (size_t)cap;
     }
 }
 
@@ -111,40 +111,105 @@ bool sl_tel_on(sl_level_t lvl)
     return T.enabled && lvl >= T.min_level;
 }
 
-void sl_tel_flush(void)
+/* Count the records whose last byte is now written. */
+static void count_written(void)
 {
-    if (T.used == 0)
-        return;
-    ssize_t n = -1;
-    int unread = 0;
-    /* Up to PIPE_BUF the kernel writes a batch whole or not at all.  A
-     * larger one goes only when the pipe has room for all of it (we are its
-     * only writer, so the room can only grow until our write); otherwise it
-     * is dropped, counted.  So the extra ioctl is paid by big batches only. */
-    if (T.pipe_cap == 0 || T.used <= PIPE_BUF ||
-        (ioctl(T.fd, FIONREAD, &unread) == 0 && unread >= 0 &&
-         T.used + (size_t)unread + 3 * 4096 <= T.pipe_cap)) {
-        do
-            n = write(T.fd, T.batch, T.used);
-        while (n < 0 && errno == EINTR);
+    uint64_t n = 0;
+    while (T.sent - T.counted >= 2) {
+        uint16_t len;
+        memcpy(&len, T.batch + T.counted, 2);
+        if (T.counted + len > T.sent)
+            break;
+        T.counted += len;
+        n++;
     }
-    if (T.stats) {
-        if (n == (ssize_t)T.used)
-            uatomic_add(&T.stats->tel_emitted, T.nrec);
-        else
-            uatomic_add(&T.stats->tel_dropped, T.nrec);
-    }
-    T.used = 0;
-    T.nrec = 0;
+    if (n && T.stats)
+        uatomic_add(&T.stats->tel_emitted, n);
 }
 
+/* The end of the next write: whole records from T.sent, at most PIPE_BUF
+ * bytes (at least the rest of the record T.sent is in; a record is at most
+ * SL_TEL_MAX_RECORD < PIPE_BUF). */
+static size_t chunk_end(void)
+{
+    size_t end = T.counted;
+    while (end + 2 <= T.used) {
+        uint16_t len;
+        memcpy(&len, T.batch + end, 2);
+        if (end + len - T.sent > PIPE_BUF && end > T.sent)
+            break;
+        end += len;
+    }
+    return end;
+}
+
+void sl_tel_flush(void)
+{
+    while (T.sent < T.used) {
+        size_t want = chunk_end() - T.sent;
+        ssize_t n;
+        do
+            n = write(T.fd, T.batch + T.sent, want);
+        while (n < 0 && errno == EINTR);
+        if (n > 0) {
+            T.sent += (size_t)n;
+            count_written();
+            if ((size_t)n < want)
+                break; /* not a pipe (a file): the rest next time */
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            /* Broken beyond repair (no reader at all): what is unsent is
+             * dropped; a record already begun would tear the stream, but
+             * nobody can read it any more either. */
+            uint64_t lost = 0;
+            for (size_t p = T.counted; p + 2 <= T.used;) {
+                uint16_t len;
+                memcpy(&len, T.batch + p, 2);
+                p += len;
+                lost++;
+            }
+            if (T.stats)
+                uatomic_add(&T.stats->tel_dropped, lost);
+            T.sent = T.counted = T.used;
+        } else {
+            break; /* the pipe is full: the rest next time, never waited for */
+        }
+    }
+    if (T.sent == T.used)
+        T.used = T.sent = T.counted = 0;
+}
+
+void sl_tel_finish(int timeout_ms)
+{
+    for (int waited = 0; T.sent < T.used && waited < timeout_ms; waited += 10) {
+        sl_tel_flush();
+        if (T.sent < T.used) {
+            struct pollfd p = {.fd = T.fd, .events = POLLOUT};
+            poll(&p, 1, 10);
+        }
+    }
+    sl_tel_flush();
+}
 
 void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *f, size_t nf)
 {
     if (!sl_tel_on(lvl))
         return;
-    if (T.used + SL_TEL_MAX_RECORD > sizeof(T.batch))
+    if (T.used + SL_TEL_MAX_RECORD > sizeof(T.batch)) {
         sl_tel_flush();
+        if (T.used + SL_TEL_MAX_RECORD > sizeof(T.batch) && T.counted > 0) {
+            /* Part of the batch is written: keep only the rest (a record
+             * begun stays with the offset of its unsent part). */
+            memmove(T.batch, T.batch + T.counted, T.used - T.counted);
+            T.used -= T.counted;
+            T.sent -= T.counted;
+            T.counted = 0;
+        }
+        if (T.used + SL_TEL_MAX_RECORD > sizeof(T.batch)) {
+            if (T.stats)
+                uatomic_add(&T.stats->tel_dropped, 1);
+            return; /* the pipe is still full: never waited for */
+        }
+    }
 
     uint8_t *start = T.batch + T.used, *p = start + SL_TEL_HDR;
     uint8_t *end = start + SL_TEL_MAX_RECORD;
@@ -192,7 +257,6 @@ void sl_tel_emit(sl_event_t ev, sl_level_t lvl, const sl_tel_field_t *f, size_t 
     memcpy(start + 4, &w, 4);
     memcpy(start + 8, &ms, 8);
     T.used += len;
-    T.nrec++;
 }
 
 /* ------------------------------------------------------------ decoding */

@@ -79,3 +79,33 @@ bool sl_utf8_valid(const uint8_t *p, size_t n)
     sl_utf8_init(&u);
     return sl_utf8_feed(&u, p, n) && sl_utf8_complete(&u);
 }
+
+size_t sl_utf8_sanitize(const uint8_t *src, size_t n, char *dst, size_t cap)
+{
+    static const char repl[] = "\xEF\xBF\xBD"; /* U+FFFD */
+    size_t i = 0, o = 0;
+    while (i < n) {
+        /* Length of the valid sequence starting at i (0: none). */
+        size_t k = 0;
+        sl_utf8_t u;
+        sl_utf8_init(&u);
+        for (size_t j = i; j < n && j - i < 4; j++) {
+            if (!sl_utf8_feed(&u, src + j, 1))
+                break;
+            if (sl_utf8_complete(&u)) {
+                k = j - i + 1;
+                break;
+            }
+        }
+        const char *piece = k ? (const char *)src + i : repl;
+        size_t plen = k ? k : 3;
+        if (o + plen + 1 > cap)
+            break; /* cut at a character boundary */
+        memcpy(dst + o, piece, plen);
+        o += plen;
+        i += k ? k : 1;
+    }
+    if (cap > 0)
+        dst[o] = '\0';
+    return o;
+}

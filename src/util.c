@@ -12,8 +12,18 @@
 #include <time.h>
 #include <unistd.h>
 
+static int64_t (*now_override)(void), (*mono_override)(void);
+
+void sl_clock_override(int64_t (*now_ms)(void), int64_t (*mono_ms)(void))
+{
+    now_override = now_ms;
+    mono_override = mono_ms;
+}
+
 int64_t sl_now_ms(void)
 {
+    if (now_override)
+        return now_override();
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
@@ -21,6 +31,8 @@ int64_t sl_now_ms(void)
 
 int64_t sl_mono_ms(void)
 {
+    if (mono_override)
+        return mono_override();
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;

@@ -42,6 +42,11 @@ void sl_worker_count_error(sl_err_t e)
     uatomic_add(&sl_worker->stats->errors[e], 1);
 }
 
+bool sl_worker_over_budget(void)
+{
+    return sl_buf_live_bytes > (uint64_t)(sl_conf->max_outbound_total / sl_conf->workers);
+}
+
 int sl_worker_attach(sl_conn_t *c)
 {
     sl_worker_t *w = sl_worker;
@@ -100,10 +105,39 @@ void sl_worker_mark_dirty(sl_conn_t *c)
     }
 }
 
+static void worker_unready(sl_conn_t *c)
+{
+    if (!c->ready)
+        return;
+    if (c->ready_prev)
+        c->ready_prev->ready_next = c->ready_next;
+    else
+        sl_worker->ready = c->ready_next;
+    if (c->ready_next)
+        c->ready_next->ready_prev = c->ready_prev;
+    c->ready_prev = c->ready_next = NULL;
+    c->ready = false;
+}
+
+void sl_worker_mark_ready(sl_conn_t *c)
+{
+    if (c->ready || c->state == SL_CONN_DEAD)
+        return;
+    c->ready = true;
+    c->ready_prev = NULL;
+    c->ready_next = sl_worker->ready;
+    if (sl_worker->ready)
+        sl_worker->ready->ready_prev = c;
+    sl_worker->ready = c;
+}
+
 void sl_worker_mark_dead(sl_conn_t *c)
 {
     /* Dead connections are freed from the dirty list at the end of the
-     * turn; c->dirty guarantees it is on the list exactly once. */
+     * turn; c->dirty guarantees it is on the list exactly once.  A dead
+     * connection leaves the ready list now (it is freed before the list
+     * is walked). */
+    worker_unready(c);
     event_del(&c->ev);
     if (!c->dirty) {
         c->dirty = true;
@@ -112,7 +146,7 @@ void sl_worker_mark_dead(sl_conn_t *c)
     }
 }
 
-static void worker_turn_end(sl_worker_t *w)
+void sl_worker_turn_end(sl_worker_t *w)
 {
     /* Wake the workers our publishes this turn handed messages to first,
      * so that they fan out on the other cores while we write ours (woken
@@ -140,11 +174,24 @@ static void worker_turn_end(sl_worker_t *w)
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
     sl_pubsub_latency_flush();
     sl_accesslog_flush();
+    /* A gauge: what the output buffers of this worker hold right now. */
+    uatomic_set(&w->stats->outbound_bytes, sl_buf_live_bytes);
+    uatomic_set(&w->stats->inbound_bytes, sl_conn_inbound_bytes);
     sl_tel_flush();
     /* Between turns this worker holds no pointer into the registry:
      * report the quiescent state, then free what every reader is past. */
     sl_qsbr_quiescent(&sl_shm->reg.qsbr, w->id);
     sl_qsbr_reclaim(&sl_shm->reg.qsbr);
+    /* Input left over goes on in the next turn.  Activated here, outside
+     * the dispatch: the next EVLOOP_ONCE then polls without blocking and
+     * runs each of these once, with every other ready event. */
+    while (w->ready) {
+        sl_conn_t *c = w->ready;
+        worker_unready(c);
+        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && c->backlog &&
+            !c->read_paused)
+            event_active(&c->ev, EV_READ, 0);
+    }
 }
 
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
@@ -155,9 +202,18 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
      * connections we already have. */
     for (int batch = 0; batch < 4; batch++) {
         char tag = SL_PROC_TAG_PUBLIC;
-        int n = sl_proc_recv_fds(fd, fds, &tag);
+        int sent = 0;
+        int n = sl_proc_recv_fds_n(fd, fds, &tag, &sent);
         if (n == SL_AGAIN)
             return;
+        if (n >= 0 && errno == EMFILE) {
+            /* We are out of descriptors: the kernel closed the sockets it
+             * could not give us (their clients see the connection close);
+             * each is counted, and none stays "pending" for good. */
+            uatomic_add(&w->stats->errors[SL_ERR_FD_EXHAUSTED], (uint64_t)SL_MAX(sent - n, 1));
+            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
+            uatomic_add(&w->stats->pending_handoff, -(sent - n));
+        }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
             if (!w->stopping)
@@ -233,15 +289,27 @@ static struct timeval tick_interval(void)
     return (struct timeval){.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
 }
 
+int sl_worker_setup(sl_worker_t *w, int id)
+{
+    sl_worker = w;
+    w->id = id;
+    w->stats = &sl_shm->workers[id];
+    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    w->rbuf = malloc(SL_SCRATCH_SIZE);
+    w->ebuf = malloc(SL_SCRATCH_SIZE);
+    w->base = event_base_new();
+    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
+        return SL_ERROR;
+    return SL_OK;
+}
+
 int sl_worker_main(int id, int ctl_fd, int tel_fd)
 {
     static sl_worker_t worker;
     sl_worker_t *w = &worker;
-    sl_worker = w;
-    w->id = id;
     w->ctl_fd = ctl_fd;
-    w->stats = &sl_shm->workers[id];
-    sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
+    if (sl_worker_setup(w, id) != SL_OK)
+        return 1;
 
     /* If the master dies without stopping us, stop gracefully ourselves. */
     prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -251,11 +319,6 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
 
-    w->rbuf = malloc(SL_SCRATCH_SIZE);
-    w->ebuf = malloc(SL_SCRATCH_SIZE);
-    w->base = event_base_new();
-    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
-        return 1;
     struct timeval tv = tick_interval();
     w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
     w->tick_ev = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
@@ -281,7 +344,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
 
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
-        worker_turn_end(w);
+        sl_worker_turn_end(w);
         if (w->stopping && w->conns == NULL && sl_mono_ms() < w->stop_deadline)
             ctl_cb(ctl_fd, EV_READ, w); /* sockets handed over before the master knew: serve */
         if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
@@ -290,7 +353,8 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
 
     for (sl_conn_t *c = w->conns; c; c = c->next)
         sl_conn_abort(c, "shutdown");
-    worker_turn_end(w);
+    sl_worker_turn_end(w);
+    sl_tel_finish(1000); /* what the full pipe has not taken yet */
     sl_qsbr_offline(&sl_shm->reg.qsbr, id);
     uatomic_set(&w->stats->pid, 0);
     event_free(w->ctl_ev);

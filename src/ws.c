@@ -266,25 +266,28 @@ static int deliver_control(sl_ws_reader_t *r, uint8_t *p, size_t n, const sl_ws_
     return h->on_control(ctx, r->frame_op, p, n);
 }
 
-int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
-                      void *ctx)
+/* The reader's loop; *pos is how far it got (also when it stops early). */
+static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
+                      void *ctx, size_t *pos)
 {
-    size_t pos = 0;
     int rc;
 
-    while (pos < n && !r->closed) {
+
+    while (*pos < n && !r->closed) {
+        if (!r->in_frame && r->hdr_have == 0 && r->frame_limit && r->frames >= r->frame_limit)
+            return 1; /* the caller's budget: resume here later */
         if (!r->in_frame) {
             const uint8_t *hdr;
-            if (r->hdr_have == 0 && n - pos >= 2 && n - pos >= header_size(buf + pos)) {
-                hdr = buf + pos; /* whole header in the buffer: no copy */
+            if (r->hdr_have == 0 && n - *pos >= 2 && n - *pos >= header_size(buf + *pos)) {
+                hdr = buf + *pos; /* whole header in the buffer: no copy */
                 if ((rc = check_first_bytes(r, hdr)) != 0)
                     return rc;
-                pos += header_size(hdr);
+                *pos += header_size(hdr);
             } else {
                 /* Collect the header byte by byte across feeds; check the
                  * first two bytes as soon as they are here. */
-                while (pos < n && (r->hdr_have < 2 || r->hdr_have < header_size(r->hdr))) {
-                    r->hdr[r->hdr_have++] = buf[pos++];
+                while (*pos < n && (r->hdr_have < 2 || r->hdr_have < header_size(r->hdr))) {
+                    r->hdr[r->hdr_have++] = buf[(*pos)++];
                     if (r->hdr_have == 2 && (rc = check_first_bytes(r, r->hdr)) != 0)
                         return rc;
                 }
@@ -299,12 +302,12 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         }
 
         /* Payload (possibly empty). */
-        size_t take = (size_t)SL_MIN((uint64_t)(n - pos), r->frame_len - r->frame_have);
-        uint8_t *p = buf + pos;
+        size_t take = (size_t)SL_MIN((uint64_t)(n - *pos), r->frame_len - r->frame_have);
+        uint8_t *p = buf + *pos;
         if (r->frame_masked)
             sl_ws_mask(p, take, r->frame_mask, r->frame_have);
         bool whole = r->frame_have == 0 && take == r->frame_len;
-        pos += take;
+        *pos += take;
 
         if (r->frame_op >= 8) {
             if (!whole) {
@@ -319,6 +322,7 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
                 r->frame_have = take;
             }
             r->in_frame = false;
+            r->frames++;
             rc = deliver_control(r, p, (size_t)r->frame_len, h, ctx);
             free(r->ctl);
             r->ctl = NULL;
@@ -335,6 +339,7 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         if (whole && r->frame_fin && !r->in_message) {
             /* The common case: an unfragmented frame, delivered in place. */
             r->in_frame = false;
+            r->frames++;
             if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
                 return SL_WS_CLOSE_INVALID_DATA;
             if ((rc = h->on_message(ctx, r->msg_op, p, take)) != 0)
@@ -346,6 +351,7 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         if (!frame_done)
             return 0;
         r->in_frame = false;
+        r->frames++;
         if (!r->frame_fin) {
             r->in_message = true;
             continue;
@@ -365,4 +371,20 @@ int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             return rc;
     }
     return 0;
+}
+
+int sl_ws_reader_feed(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_handlers_t *h,
+                      void *ctx, size_t *used)
+{
+    size_t pos = 0;
+    int rc = r->failed ? r->failed : reader_run(r, buf, n, h, ctx, &pos);
+    /* A protocol error is final: the state it left (a header that failed
+     * its checks half collected) must never be parsed on.  (Found by
+     * fuzz_e2e: a connection closing cleanly kept feeding its reader, and a
+     * control frame longer than 125 bytes overflowed the control buffer.) */
+    if (rc >= 1000)
+        r->failed = rc;
+    if (used)
+        *used = r->failed ? n : pos;
+    return rc;
 }

@@ -105,6 +105,8 @@ export interface SubscriptionResult {
   'subscriber-count'?: number;
   epoch?: string;
   'retained-messages'?: ChannelMessage[];
+  /** Older retained messages left out: a reply is bounded (the newest that fit are sent). */
+  'retained-omitted'?: number;
   recovered?: boolean;
 }
 
@@ -157,6 +159,8 @@ export interface RecoveryInfo {
   epoch?: string;
   epochChanged?: boolean;
   delivered?: number;
+  /** Older retained messages the server left out (its reply is bounded). */
+  retainedOmitted?: number;
   expectedSeq?: number;
   seq?: number;
 }

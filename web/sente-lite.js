@@ -621,6 +621,7 @@ export class SenteLite {
       const info = {
         channel: sub.channel, recovered: msg.recovered === true && !epochChanged,
         sinceSeq: before, epoch: msg.epoch, epochChanged, delivered,
+        retainedOmitted: msg['retained-omitted'] || 0,
       };
       this._emit('recovery', info);
       if (!info.recovered) this._emit('gap', info);
@@ -805,9 +806,19 @@ export class SenteLite {
     return page(null);
   }
 
-  /** Channels this connection is subscribed to, as the server sees it. */
+  /** Channels this connection is subscribed to, as the server sees it
+   *  (every subscription-list page, at most 1,000 a page, in order). */
   getSubscriptions() {
-    return this._request({ type: 'get-subscriptions' }).then((r) => r.subscriptions);
+    const all = [];
+    const page = (cursor) => {
+      const msg = { type: 'get-subscriptions' };
+      if (cursor != null) msg.cursor = cursor;
+      return this._request(msg).then((r) => {
+        all.push(...r.subscriptions);
+        return r['next-cursor'] == null ? all : page(r['next-cursor']);
+      });
+    };
+    return page(null);
   }
 
   /** Channels subscribed to on this client (also while reconnecting). */

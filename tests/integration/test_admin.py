@@ -45,7 +45,7 @@ def test_auth(admin):
         assert status == 401 and doc["error"] == "unauthorized"
         assert resp.getheader("WWW-Authenticate") == "Bearer"
     status, doc, _ = call(admin, "GET", "/api/connections")
-    assert status == 200 and doc == {"connections": []}
+    assert status == 200 and doc == {"connections": [], "next-cursor": None}
     assert admin.stats()["errors"]["admin-refused"] == 4
     # The token never shows in /stats.
     assert admin.stats()["server-config"]["admin-token"] is True

@@ -185,6 +185,40 @@ static void test_stall_bounds(void)
     SL_CHECK_INT(parse(NULL, NARGS("--max-channels", "0"), ARGS("--max-channels", "0")), SL_ERROR);
 }
 
+/* Issue 13 (fuzzing): a spec of any length is read whole (it was cut at
+ * 511 bytes: max-subscribers=20 became 2), and a trailing ':' gives any
+ * name as it is, also one with ':' and '='. */
+static void test_channel_spec_edges(void)
+{
+    static char spec[700];
+    size_t n = (size_t)snprintf(spec, sizeof(spec), "long:");
+    while (n < 500)
+        n += (size_t)snprintf(spec + n, sizeof(spec) - n, "rpc-timeout-ms=5,");
+    snprintf(spec + n, sizeof(spec) - n, "max-subscribers=20");
+    SL_CHECK(strlen(spec) > 511);
+    SL_CHECK_INT(parse(NULL, NARGS("--channel", spec), ARGS("--channel", spec)), SL_OK);
+    SL_CHECK_INT(conf.channels[0].max_subscribers, 20);
+    SL_CHECK_INT(conf.channels[0].rpc_timeout_ms, 5);
+    SL_CHECK_INT(parse(NULL, NARGS("--channel", "a:b=c:", "--channel", "x:"),
+                       ARGS("--channel", "a:b=c:", "--channel", "x:")),
+                 SL_OK);
+    SL_CHECK_STR(conf.channels[0].name, "a:b=c");
+    SL_CHECK_STR(conf.channels[1].name, "x");
+    expect_refused(NARGS("--channel", "a:b=c"), ARGS("--channel", "a:b=c"), "trailing ':'");
+    /* String options are shown in /stats (JSON): UTF-8 only. */
+    expect_refused(NARGS("--host", "h\xff"), ARGS("--host", "h\xff"), "--host");
+    /* The new bounds. */
+    SL_CHECK_INT(parse(NULL, NARGS("--max-http-connections", "7", "--keepalive-timeout-ms", "250",
+                                   "--max-control-rate", "9", "--max-outbound-total", "2G"),
+                       ARGS("--max-http-connections", "7", "--keepalive-timeout-ms", "250",
+                            "--max-control-rate", "9", "--max-outbound-total", "2G")),
+                 SL_OK);
+    SL_CHECK_INT(conf.max_http_connections, 7);
+    SL_CHECK_INT(conf.keepalive_timeout_ms, 250);
+    SL_CHECK_INT(conf.max_control_rate, 9);
+    SL_CHECK_INT(conf.max_outbound_total, 2LL << 30);
+}
+
 static void test_help_version(void)
 {
     SL_CHECK_INT(parse(NULL, NARGS("--help"), ARGS("--help")), SL_OK);
@@ -329,6 +363,7 @@ int main(void)
     SL_TEST_RUN(test_refusals);
     SL_TEST_RUN(test_channel_flags);
     SL_TEST_RUN(test_stall_bounds);
+    SL_TEST_RUN(test_channel_spec_edges);
     SL_TEST_RUN(test_help_version);
     SL_TEST_RUN(test_json);
     SL_TEST_RUN(test_usable_cpus);

@@ -4,6 +4,7 @@
  * builders.
  */
 #include "sl_http.h"
+#include "sl_ws.h"
 #include "sl_test.h"
 
 #include <stdlib.h>
@@ -187,8 +188,36 @@ static void test_unescape(void)
     SL_CHECK_INT(sl_http_unescape("ab%41", 5, out, 3), 3);            /* exactly */
 }
 
+/* An error message that quotes input cut inside a UTF-8 character still
+ * makes a valid JSON body (issue 13 finding 8). */
+static void test_error_body_always_utf8(void)
+{
+    char *resp;
+    size_t len;
+    SL_CHECK_INT(sl_http_error_response(400, "bad-json", "near '\xc3", false, NULL, &resp, &len),
+                 SL_OK);
+    const char *body = strstr(resp, "\r\n\r\n");
+    SL_CHECK(body != NULL);
+    if (body) {
+        body += 4;
+        SL_CHECK(sl_utf8_valid((const uint8_t *)body, len - (size_t)(body - resp)));
+        SL_CHECK(strstr(body, "\xef\xbf\xbd") != NULL); /* U+FFFD */
+    }
+    free(resp);
+}
+
+/* A leading empty line split between CR and LF is "need more", not 400. */
+static void test_leading_crlf_split(void)
+{
+    SL_CHECK_INT(sl_http_parse_request("\r", 1, 8192, &req), SL_AGAIN);
+    const char *full = "\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    SL_CHECK_INT(sl_http_parse_request(full, strlen(full), 8192, &req), SL_OK);
+}
+
 int main(void)
 {
+    SL_TEST_RUN(test_error_body_always_utf8);
+    SL_TEST_RUN(test_leading_crlf_split);
     SL_TEST_RUN(test_upgrade_request);
     SL_TEST_RUN(test_every_prefix_is_again);
     SL_TEST_RUN(test_pipelined_and_body);

@@ -8,8 +8,10 @@
 #include "sl_proc.h"
 #include "sl_test.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <sys/socket.h>
@@ -57,6 +59,57 @@ static void test_batches_arrive_whole_and_in_order(void)
     close(sv[1]);
 }
 
+/* A receiver out of descriptors gets fewer than were sent (the kernel
+ * closes the rest): it learns how many were sent, so the hand-off count
+ * (pending-handoff) drops by all of them (review r13 finding 9). */
+static void test_lost_to_emfile_are_known(void)
+{
+    int sv[2], res[2];
+    SL_CHECK_INT(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    SL_CHECK_INT(pipe(res), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* Fill the table up to a low limit, then free three places. */
+        struct rlimit rl = {64, 64};
+        setrlimit(RLIMIT_NOFILE, &rl);
+        int last = -1, prev[3] = {-1, -1, -1};
+        for (int fd; (fd = open("/dev/null", O_RDONLY)) >= 0; last = fd) {
+            prev[0] = prev[1];
+            prev[1] = prev[2];
+            prev[2] = fd;
+        }
+        (void)last;
+        for (int k = 0; k < 3; k++)
+            close(prev[k]);
+        int fds[SL_PROC_FDS_MAX], sent = -1;
+        char tag = 0;
+        int got = sl_proc_recv_fds_n(sv[1], fds, &tag, &sent);
+        int e = errno;
+        int out[4] = {got, sent, e == EMFILE, tag == SL_PROC_TAG_OPS};
+        if (write(res[1], out, sizeof(out)) != (ssize_t)sizeof(out))
+            _exit(1);
+        _exit(0);
+    }
+    int fds[10];
+    for (int k = 0; k < 10; k++)
+        fds[k] = open("/dev/null", O_RDONLY);
+    SL_CHECK_INT(sl_proc_send_fds(sv[0], fds, 10, SL_PROC_TAG_OPS), SL_OK);
+    int out[4] = {0};
+    SL_CHECK_INT(read(res[0], out, sizeof(out)), (int)sizeof(out));
+    SL_CHECK_INT(out[0], 3);  /* received */
+    SL_CHECK_INT(out[1], 10); /* sent */
+    SL_CHECK_INT(out[2], 1);  /* EMFILE */
+    SL_CHECK_INT(out[3], 1);  /* the tag still arrives */
+    int status;
+    waitpid(pid, &status, 0);
+    for (int k = 0; k < 10; k++)
+        close(fds[k]);
+    close(sv[0]);
+    close(sv[1]);
+    close(res[0]);
+    close(res[1]);
+}
+
 static void test_ending(void)
 {
     pid_t pid = fork();
@@ -81,6 +134,7 @@ static void test_ending(void)
 int main(void)
 {
     SL_TEST_RUN(test_batches_arrive_whole_and_in_order);
+    SL_TEST_RUN(test_lost_to_emfile_are_known);
     SL_TEST_RUN(test_ending);
     return sl_test_summary();
 }

@@ -56,7 +56,7 @@ static const uint8_t M[4] = {0x37, 0xfa, 0x21, 0x3d};
 
 static int feed_all(sl_ws_reader_t *r, uint8_t *buf, size_t n, seen_t *s)
 {
-    return sl_ws_reader_feed(r, buf, n, &H, s);
+    return sl_ws_reader_feed(r, buf, n, &H, s, NULL);
 }
 
 /* Feed in chunks of `chunk` bytes (0: random sizes). */
@@ -69,7 +69,7 @@ static int feed_chunks(sl_ws_reader_t *r, const uint8_t *buf, size_t n, size_t c
             k = n - pos;
         uint8_t *tmp = malloc(k);
         memcpy(tmp, buf + pos, k);
-        int rc = sl_ws_reader_feed(r, tmp, k, &H, s);
+        int rc = sl_ws_reader_feed(r, tmp, k, &H, s, NULL);
         free(tmp);
         if (rc)
             return rc;
@@ -363,10 +363,31 @@ static void test_busy(void)
     sl_ws_reader_free(&r);
 }
 
+/* A protocol error is final: feeding on (a connection closing cleanly
+ * still reads) never parses the half-checked header (fuzz_e2e found a
+ * 127-byte ping overflowing the control buffer that way). */
+static void test_error_is_sticky(void)
+{
+    sl_ws_reader_t r;
+    seen_t s = {0};
+    sl_ws_reader_init(&r, true, 1 << 20);
+    uint8_t hdr[2] = {0x89, 0x80 | 127}; /* ping, 64-bit length: refused */
+    SL_CHECK_INT(feed_chunks(&r, hdr, 2, 1, &s), SL_WS_CLOSE_PROTOCOL);
+    uint8_t rest[200];
+    memset(rest, 0, sizeof(rest));
+    rest[7] = 127;
+    size_t used = 0;
+    SL_CHECK_INT(sl_ws_reader_feed(&r, rest, sizeof(rest), &H, &s, &used), SL_WS_CLOSE_PROTOCOL);
+    SL_CHECK_INT(used, sizeof(rest));
+    SL_CHECK_INT(s.n, 0);
+    sl_ws_reader_free(&r);
+}
+
 int main(void)
 {
     srand(42);
     SL_TEST_RUN(test_accept_key);
+    SL_TEST_RUN(test_error_is_sticky);
     SL_TEST_RUN(test_encode_header);
     SL_TEST_RUN(test_mask_roundtrip);
     SL_TEST_RUN(test_close_codes);
