@@ -4,16 +4,29 @@
  *
  * A connection belongs to exactly one worker for its whole life and is only
  * touched by that worker's single thread.  It is freed by sl_conn_destroy,
- * which is deferred to the end of the event-loop turn (sl_worker_turn_end)
- * so that no callback further up the stack is left holding a dangling
+ * which is deferred to the end of the event-loop turn (sl_conns_flush) so
+ * that no callback further up the stack is left holding a dangling
  * pointer: code that closes a connection marks it SL_CONN_DEAD and returns.
+ *
+ * Layering (shm/README.md, "Worker-side layers"): a connection sits on a
+ * transport (sl_xport.h) and under everything that gives its bytes a
+ * meaning.  It never names the layers above: what it receives - a complete
+ * HTTP request, a WebSocket text message, its end - it raises through the
+ * handler table the worker installs (sl_conn_handlers_t), and the layers
+ * above call down into it to send and to close.  The process's set of
+ * connections (sl_conns: the loop, the stats slot, the lists walked at the
+ * end of a turn, the scratch buffers) lives here too, so that the layers
+ * above need nothing from the worker.
  */
 #ifndef SL_CONN_H
 #define SL_CONN_H
 
 #include "sl_common.h"
+#include "sl_http.h"
 #include "sl_outq.h"
+#include "sl_shm.h"
 #include "sl_ws.h"
+#include "sl_xport.h"
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -37,6 +50,8 @@ typedef struct sl_conn sl_conn_t;
 
 struct sl_conn {
     int fd;
+    const sl_xport_t *xp; /* its transport (plain TCP or TLS) */
+    void *xctx;           /* the transport's state (NULL: plain TCP) */
     uint32_t slot;     /* index in the worker's slot table */
     uint8_t state;     /* sl_conn_state_t */
     uint8_t kind;      /* sl_conn_kind_t */
@@ -102,6 +117,73 @@ struct sl_conn {
     const char *close_reason; /* static string */
     char conn_id[40];
 };
+
+/* What a connection raises to the layers above (installed by the worker,
+ * sl_conns.on).  Each may close the connection (sl_conn_close_ws,
+ * sl_conn_abort); none may free it. */
+typedef struct {
+    /* A complete HTTP request (head and body): answer it by queueing a
+     * response (sl_conn_send), or upgrade (sl_conn_upgraded).  True: keep
+     * the connection open for the next request. */
+    bool (*http_request)(sl_conn_t *c, const sl_http_request_t *req, const char *body,
+                         size_t body_len);
+    /* Refuse the request under way with an HTTP error response (queued);
+     * `keep`: the connection may carry the next request. */
+    void (*http_error)(sl_conn_t *c, int status, const char *code, const char *message,
+                       bool keep);
+    /* One complete text message on a protocol WebSocket (valid UTF-8). */
+    void (*ws_message)(sl_conn_t *c, char *data, size_t len);
+    /* The timer tick of an open protocol WebSocket (authentication
+     * deadline, token expiry), after the connection's own timers. */
+    void (*ws_tick)(sl_conn_t *c, int64_t now_mono);
+    /* A protocol connection is being freed: release what the layers above
+     * hold for it (registry entry, subscriptions, calls, session). */
+    void (*closed)(sl_conn_t *c);
+} sl_conn_handlers_t;
+
+#define SL_SCRATCH_SIZE (64 * 1024)
+
+/* The connections of this process (a worker, or a fuzzer's stand-in),
+ * set up by the worker before the first connection. */
+typedef struct {
+    int id;                       /* the worker's number */
+    struct event_base *base;      /* the loop connections' events live on */
+    sl_worker_stats_t *stats;     /* the worker's slot in shared memory */
+    const sl_conn_handlers_t *on; /* the layers above */
+    bool stopping;                /* draining: requests answered Connection: close */
+    sl_conn_t *conns;             /* live connections (doubly linked) */
+    sl_conn_t *dirty;             /* to flush (or free, if dead) at turn end */
+    sl_conn_t *ready;             /* input left for the next turn (doubly linked) */
+    sl_conn_t *idle_head, *idle_tail; /* idle HTTP connections, oldest first */
+    sl_conn_t **slots;            /* slot -> connection (NULL: free) */
+    uint32_t nslots, slot_cap, free_hint;
+    uint32_t nconns;
+    /* Two separate buffers: input is parsed in place from rbuf while
+     * replies are encoded into ebuf, so encoding never clobbers bytes not
+     * yet parsed. */
+    uint8_t *rbuf; /* SL_SCRATCH_SIZE bytes: socket reads */
+    uint8_t *ebuf; /* SL_SCRATCH_SIZE bytes: JSON encoding */
+} sl_conns_t;
+
+extern sl_conns_t sl_conns;
+
+/* Count an error or refusal by reason (/stats "errors", /metrics). */
+void sl_conns_count_error(sl_err_t e);
+
+/* The connection in slot `slot`, or NULL (slots are how other workers'
+ * messages name a connection). */
+sl_conn_t *sl_conns_at(uint32_t slot);
+
+/* The end of a loop turn, for connections: write the output of every
+ * connection touched in the turn (one flush each) and free the dead ones. */
+void sl_conns_flush(void);
+
+/* After sl_conns_flush and the rest of the turn's work: connections with
+ * input left over are activated, so the next turn runs each once - after
+ * every other connection's events, the timers and the end-of-turn work
+ * (activated from inside a callback, a peer that keeps sending would hold
+ * the whole worker in one pass). */
+void sl_conns_activate_ready(void);
 
 /* Unfinished input this worker holds: every connection's c->in and the
  * message its WebSocket reader is assembling (the gauge inbound-bytes;

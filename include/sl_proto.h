@@ -1,6 +1,7 @@
 /*
- * sl_proto.h - the JSON protocol spoken on "/" (PROTOCOL sections 2-3):
- * the welcome, one handler per message type, and the error replies.
+ * sl_proto.h - replies of the JSON protocol spoken on "/" (PROTOCOL
+ * sections 2-3): what every message handler answers with.  The protocol's
+ * life and dispatch are sl_router.h.
  */
 #ifndef SL_PROTO_H
 #define SL_PROTO_H
@@ -8,21 +9,6 @@
 #include "sl_conn.h"
 
 #include <jansson.h>
-
-/* Before the 101 goes out: give the connection its conn-id and register
- * it in the shared registry.  SL_ERROR when shared memory is exhausted
- * (the upgrade is then refused). */
-int sl_proto_admit(sl_conn_t *c);
-
-/* The connection has just been upgraded: send the welcome.  `peer` is the
- * client's address (for telemetry). */
-void sl_proto_opened(sl_conn_t *c, const char *peer);
-
-/* One complete text message (valid UTF-8, not NUL-terminated). */
-void sl_proto_message(sl_conn_t *c, char *data, size_t len);
-
-/* The connection is going away (called from sl_conn_destroy). */
-void sl_proto_closed(sl_conn_t *c);
 
 /* An error reply {"type":"error","reason":..,"message":..,"timestamp":..}. */
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message);

@@ -16,7 +16,6 @@
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -180,7 +179,7 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         if (rc == SL_CHAN_EXISTS)
             return err(409, "channel-exists", "a channel with this id exists");
         if (rc == SL_CHAN_TOO_MANY) {
-            sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+            sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
             return err(503, "too-many-channels", "the server is at --max-channels");
         }
         if (rc != SL_CHAN_CREATED)
@@ -251,10 +250,10 @@ static result_t channel_publish(const char *id, size_t len, const char *body, si
     if (rc == SL_CHAN_NOT_SUBSCRIBED)
         return err(404, "channel-not-found", "no such channel");
     if (rc != SL_OK) {
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         return ok(503, json_pack("{s:b, s:s}", "success", 0, "reason", "overloaded"));
     }
-    uatomic_add(&sl_worker->stats->published, 1);
+    uatomic_add(&sl_conns.stats->published, 1);
     sl_pubsub_wake_later(res.woken);
     char mid[32];
     snprintf(mid, sizeof(mid), "msg-%llu", (unsigned long long)res.message_id);
@@ -493,7 +492,7 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         } else {
             /* Only requests a second past their deadline: younger ones are
              * their requester timer's to settle (it tells the requester). */
-            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000, sl_worker->id);
+            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000, sl_conns.id);
             SL_TEL(SL_EV_RPC_CLEANUP_COMPLETED, SL_INFO, SL_TF_I("expired", k),
                    SL_TF_S("by", "admin-api"));
             r = ok(200, json_pack("{s:I}", "expired", (json_int_t)k));

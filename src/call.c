@@ -35,7 +35,6 @@
 #include "sl_rpc.h"
 #include "sl_session.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -99,7 +98,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = sl_now_ms();
     sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
     if (q && q->no == k->no) {
-        if (!sl_rpc_claim(q, SL_RPC_EXPIRED, sl_worker->id)) {
+        if (!sl_rpc_claim(q, SL_RPC_EXPIRED, sl_conns.id)) {
             /* A responder holds the claim: its answer is on the way, or it
              * gives the claim back, or the master takes it over. */
             k->gone_once = false;
@@ -115,7 +114,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         retry_later(k);
         return;
     }
-    uatomic_add(&sl_worker->stats->rpc_expired, 1);
+    uatomic_add(&sl_conns.stats->rpc_expired, 1);
     json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "error", "reason", "rpc-timeout",
                           "request-id", k->request_id, "message",
                           "no response before the request's timeout", "timestamp",
@@ -177,10 +176,10 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     }
     int64_t timeout = tj ? json_integer_value(tj) : ch->config.rpc_timeout_ms;
     sl_call_t *k = calloc(1, sizeof(*k));
-    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, id, len, timeout) : NULL;
+    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_conns.id, c->slot, c->conn_no, id, len, timeout) : NULL;
     if (q == NULL) {
         free(k);
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         delivery_failed(c, NULL, id, len, "overloaded");
         return;
     }
@@ -199,12 +198,12 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     sl_buf_unref(frame);
     if (rc != SL_OK || n == 0) {
         /* Nothing handed over: nothing is tracked. */
-        if (sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id))
+        if (sl_rpc_claim(q, SL_RPC_CANCELLED, sl_conns.id))
             sl_rpc_remove(REG, q);
         free(k);
         json_decref(subs);
         if (rc != SL_OK)
-            uatomic_add(&sl_worker->stats->overloaded, 1);
+            uatomic_add(&sl_conns.stats->overloaded, 1);
         delivery_failed(c, q->request_id, id, len, rc != SL_OK ? "overloaded" : "no-subscribers");
         return;
     }
@@ -215,14 +214,14 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     k->deadline = q->deadline;
     memcpy(k->request_id, q->request_id, sizeof(k->request_id));
     memcpy(k->channel_id, id, len);
-    evtimer_assign(&k->timer, sl_worker->base, timer_cb, k);
+    evtimer_assign(&k->timer, sl_conns.base, timer_cb, k);
     struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
     evtimer_add(&k->timer, &tv);
     k->map_next = *bucket(k->no);
     *bucket(k->no) = k;
     k->conn_next = c->calls;
     c->calls = k;
-    uatomic_add(&sl_worker->stats->rpc_requests, 1);
+    uatomic_add(&sl_conns.stats->rpc_requests, 1);
     SL_TEL(SL_EV_RPC_REQUEST_SENT, SL_DEBUG, SL_TF_S("request-id", k->request_id),
            SL_TF_SN("channel-id", id, len), SL_TF_S("requester", c->conn_id),
            SL_TF_I("delivered-to", n), SL_TF_I("timeout-ms", timeout));
@@ -270,7 +269,7 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
         response_failed(c, rid, rlen, why);
         return;
     }
-    if (!sl_rpc_claim(q, SL_RPC_ANSWERED, sl_worker->id)) {
+    if (!sl_rpc_claim(q, SL_RPC_ANSWERED, sl_conns.id)) {
         /* Late or duplicate. */
         response_failed(c, rid, rlen, "request-not-found");
         return;
@@ -288,13 +287,13 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
         /* The requester's inbox is full: the request stays pending (its
          * timer still runs) and this responder is told. */
         sl_rpc_unclaim(q);
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         response_failed(c, rid, rlen, "overloaded");
         return;
     }
     sl_pubsub_wake_later((uint64_t)1 << q->worker);
     sl_rpc_remove(REG, q);
-    uatomic_add(&sl_worker->stats->rpc_responses, 1);
+    uatomic_add(&sl_conns.stats->rpc_responses, 1);
     SL_TEL(SL_EV_RPC_RESPONSE_SENT, SL_DEBUG, SL_TF_SN("request-id", rid, rlen),
            SL_TF_S("responder", c->conn_id), SL_TF_B("error", json_is_true(errj)));
     sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result", "request-id", rid, rlen,
@@ -308,7 +307,7 @@ bool sl_call_answered(uint64_t no)
 {
     for (sl_call_t *k = *bucket(no); k; k = k->map_next)
         if (k->no == no) {
-            sl_hist_observe(&sl_worker->stats->rpc, sl_mono_us() - k->start_us, 1);
+            sl_hist_observe(&sl_conns.stats->rpc, sl_mono_us() - k->start_us, 1);
             call_free(k);
             return true;
         }
@@ -321,7 +320,7 @@ void sl_call_closed(sl_conn_t *c)
     while (c->calls) {
         sl_call_t *k = c->calls;
         sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
-        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id)) {
+        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_conns.id)) {
             sl_rpc_remove(REG, q);
             n++;
         }

@@ -22,14 +22,16 @@
  * the peer closes (or a deadline passes), so the peer reads every byte we
  * sent instead of getting a reset.  A connection is never freed inside a
  * callback: it is marked dead and freed at the end of the loop turn.
+ *
+ * Layering: below, the transport (c->xp: read, flush of the output queue,
+ * half-close); above, whatever the worker installed in sl_conns.on, the
+ * only way this file reaches HTTP routing and the JSON protocol.  The set
+ * of the process's connections (sl_conns) is kept here too: the lists the
+ * end of a turn walks, the slot table, the scratch buffers.
  */
 #include "sl_conn.h"
 #include "sl_conf.h"
-#include "sl_httpd.h"
-#include "sl_proto.h"
-#include "sl_session.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -88,7 +90,7 @@ sl_buf_t *sl_frame_json(json_t *j)
      * and the frame buffer is allocated at its exact size.  Server frames
      * have at most a 10-byte header; it is written right before the
      * payload so the frame is contiguous. */
-    uint8_t *scratch = sl_worker->ebuf;
+    uint8_t *scratch = sl_conns.ebuf;
     size_t n = json_dumpb(j, (char *)scratch, SL_SCRATCH_SIZE, JSON_COMPACT);
     if (n == 0)
         return NULL;
@@ -120,9 +122,173 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
     return sl_frame_new(SL_WS_OP_CLOSE, p, 2 + rlen);
 }
 
+/* ------------------------------------------------- the process's set */
+
+sl_conns_t sl_conns;
+
+void sl_conns_count_error(sl_err_t e)
+{
+    uatomic_add(&sl_conns.stats->errors[e], 1);
+}
+
+/* Is this worker holding more output than its share of
+ * --max-outbound-total (sl_buf_live_bytes)? */
+static bool conns_over_budget(void)
+{
+    return sl_buf_live_bytes > (uint64_t)(sl_conf->max_outbound_total / sl_conf->workers);
+}
+
+sl_conn_t *sl_conns_at(uint32_t slot)
+{
+    return slot < sl_conns.nslots ? sl_conns.slots[slot] : NULL;
+}
+
+static int conns_attach(sl_conn_t *c)
+{
+    sl_conns_t *w = &sl_conns;
+    if (w->nslots == w->slot_cap) {
+        /* Slots are looked up by index (and, later, by other workers
+         * through the registry), so the table only grows. */
+        for (uint32_t k = 0; k < w->nslots; k++) {
+            uint32_t i = (w->free_hint + k) % w->nslots;
+            if (w->slots[i] == NULL) {
+                w->free_hint = i + 1;
+                c->slot = i;
+                goto found;
+            }
+        }
+        uint32_t ncap = w->slot_cap ? w->slot_cap * 2 : 256;
+        sl_conn_t **n = realloc(w->slots, sizeof(*n) * ncap);
+        if (n == NULL)
+            return SL_ERROR;
+        memset(n + w->slot_cap, 0, sizeof(*n) * (ncap - w->slot_cap));
+        w->slots = n;
+        w->slot_cap = ncap;
+    }
+    c->slot = w->nslots++;
+found:
+    w->slots[c->slot] = c;
+    c->next = w->conns;
+    c->prev = NULL;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    return SL_OK;
+}
+
+static void conns_detach(sl_conn_t *c)
+{
+    sl_conns_t *w = &sl_conns;
+    w->slots[c->slot] = NULL;
+    if (c->slot < w->free_hint)
+        w->free_hint = c->slot;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->nconns--;
+}
+
+static void conns_mark_dirty(sl_conn_t *c)
+{
+    if (!c->dirty && c->state != SL_CONN_DEAD) {
+        c->dirty = true;
+        c->dirty_next = sl_conns.dirty;
+        sl_conns.dirty = c;
+    }
+}
+
+static void conns_unready(sl_conn_t *c)
+{
+    if (!c->ready)
+        return;
+    if (c->ready_prev)
+        c->ready_prev->ready_next = c->ready_next;
+    else
+        sl_conns.ready = c->ready_next;
+    if (c->ready_next)
+        c->ready_next->ready_prev = c->ready_prev;
+    c->ready_prev = c->ready_next = NULL;
+    c->ready = false;
+}
+
+/* The connection has input left that it must process in the next loop
+ * turn (its per-turn budget is spent, or it resumed after a pause). */
+static void conns_mark_ready(sl_conn_t *c)
+{
+    if (c->ready || c->state == SL_CONN_DEAD)
+        return;
+    c->ready = true;
+    c->ready_prev = NULL;
+    c->ready_next = sl_conns.ready;
+    if (sl_conns.ready)
+        sl_conns.ready->ready_prev = c;
+    sl_conns.ready = c;
+}
+
+static void conns_mark_dead(sl_conn_t *c)
+{
+    /* Dead connections are freed from the dirty list at the end of the
+     * turn; c->dirty guarantees it is on the list exactly once.  A dead
+     * connection leaves the ready list now (it is freed before the list
+     * is walked). */
+    conns_unready(c);
+    event_del(&c->ev);
+    if (!c->dirty) {
+        c->dirty = true;
+        c->dirty_next = sl_conns.dirty;
+        sl_conns.dirty = c;
+    }
+}
+
+void sl_conns_flush(void)
+{
+    /* Flushing may kill a connection (write error) or make it linger; a
+     * connection is never added to the list twice because of c->dirty. */
+    while (sl_conns.dirty) {
+        sl_conn_t *c = sl_conns.dirty;
+        sl_conns.dirty = c->dirty_next;
+        /* c->dirty stays set while we flush, so a write error that kills
+         * the connection cannot put it on the list a second time. */
+        if (c->state != SL_CONN_DEAD && !c->write_armed)
+            sl_conn_flush(c);
+        if (c->state == SL_CONN_DEAD) {
+            conns_detach(c);
+            sl_conn_destroy(c);
+        } else {
+            c->dirty = false;
+        }
+    }
+}
+
+void sl_conns_activate_ready(void)
+{
+    /* Activated here, outside the dispatch: the next EVLOOP_ONCE then
+     * polls without blocking and runs each of these once, with every other
+     * ready event. */
+    while (sl_conns.ready) {
+        sl_conn_t *c = sl_conns.ready;
+        conns_unready(c);
+        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && c->backlog &&
+            !c->read_paused)
+            event_active(&c->ev, EV_READ, 0);
+    }
+}
+
 /* ------------------------------------------------------------ lifecycle */
 
 static void conn_http_finish(sl_conn_t *c);
+
+/* Refuse the request under way with an HTTP error (the layer above builds
+ * the response: sl_conns.on). */
+static void conn_http_error(sl_conn_t *c, int status, const char *code, const char *message,
+                            bool keep)
+{
+    sl_conns.on->http_error(c, status, code, message, keep);
+}
 
 static uint64_t http_connections_total(void)
 {
@@ -142,11 +308,11 @@ static void conn_idle_remove(sl_conn_t *c)
     if (c->idle_prev)
         c->idle_prev->idle_next = c->idle_next;
     else
-        sl_worker->idle_head = c->idle_next;
+        sl_conns.idle_head = c->idle_next;
     if (c->idle_next)
         c->idle_next->idle_prev = c->idle_prev;
     else
-        sl_worker->idle_tail = c->idle_prev;
+        sl_conns.idle_tail = c->idle_prev;
     c->idle_prev = c->idle_next = NULL;
     c->idle = false;
 }
@@ -157,12 +323,12 @@ static void conn_idle_add(sl_conn_t *c)
         return;
     c->idle = true;
     c->idle_next = NULL;
-    c->idle_prev = sl_worker->idle_tail;
-    if (sl_worker->idle_tail)
-        sl_worker->idle_tail->idle_next = c;
+    c->idle_prev = sl_conns.idle_tail;
+    if (sl_conns.idle_tail)
+        sl_conns.idle_tail->idle_next = c;
     else
-        sl_worker->idle_head = c;
-    sl_worker->idle_tail = c;
+        sl_conns.idle_head = c;
+    sl_conns.idle_tail = c;
 }
 
 /* It no longer counts against --max-http-connections: upgraded, closing
@@ -172,7 +338,7 @@ static void conn_http_uncount(sl_conn_t *c)
     conn_idle_remove(c);
     if (c->http_counted) {
         c->http_counted = false;
-        uatomic_add(&sl_worker->stats->http_connections, -1);
+        uatomic_add(&sl_conns.stats->http_connections, -1);
     }
 }
 
@@ -189,13 +355,13 @@ static bool conn_http_admit(sl_conn_t *c)
 {
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
         return true;
-    sl_worker_count_error(SL_ERR_HTTP_CONNECTIONS);
-    sl_conn_t *victim = sl_worker->idle_head;
+    sl_conns_count_error(SL_ERR_HTTP_CONNECTIONS);
+    sl_conn_t *victim = sl_conns.idle_head;
     if (victim != NULL) {
         sl_conn_abort(victim, "idle evicted");
         return true;
     }
-    sl_httpd_error(c, 503, "too-many-http-connections",
+    conn_http_error(c, 503, "too-many-http-connections",
                    "the server is at --max-http-connections", false);
     conn_http_finish(c);
     c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
@@ -219,20 +385,21 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     int lowat = SL_CONN_SMALL_BACKLOG;
     setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
+    c->xp = &sl_xport_plain;
     c->ops = ops;
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
     int64_t now = sl_mono_ms();
     c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
-    event_assign(&c->ev, sl_worker->base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
-    if (sl_worker_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
+    event_assign(&c->ev, sl_conns.base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
+    if (conns_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
         close(fd);
         free(c);
         return NULL;
     }
     if (conn_http_admit(c)) {
         c->http_counted = true;
-        uatomic_add(&sl_worker->stats->http_connections, 1);
+        uatomic_add(&sl_conns.stats->http_connections, 1);
         conn_idle_add(c); /* silent so far */
     }
     return c;
@@ -240,8 +407,10 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
 
 void sl_conn_destroy(sl_conn_t *c)
 {
-    sl_worker_stats_t *st = sl_worker->stats;
+    sl_worker_stats_t *st = sl_conns.stats;
     event_del(&c->ev);
+    c->xp->release(c->xctx);
+    c->xctx = NULL;
     if (c->fd >= 0)
         close(c->fd);
     sl_outq_clear(&c->out);
@@ -252,7 +421,7 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_conn_inbound_bytes -= c->input_held;
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
-        sl_proto_closed(c);
+        sl_conns.on->closed(c);
     } else if (c->kind == SL_KIND_ECHO) {
         uatomic_add(&st->echo_connections, -1);
     } else {
@@ -270,7 +439,7 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
                SL_TF_S("reason", why));
     conn_http_uncount(c); /* (and off the idle list before anyone picks it) */
     c->state = SL_CONN_DEAD;
-    sl_worker_mark_dead(c);
+    conns_mark_dead(c);
 }
 
 /* ---------------------------------------------------------------- output */
@@ -297,12 +466,12 @@ static void conn_inbound_check(sl_conn_t *c)
         sl_conn_inbound_bytes <= (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers))
         return;
     if (c->state == SL_CONN_WS) {
-        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
         sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
         sl_ws_reader_free(&c->reader); /* never fed again while closing */
     } else if (c->state == SL_CONN_HTTP) {
-        sl_worker_count_error(SL_ERR_INBOUND_LIMIT);
-        sl_httpd_error(c, 503, "inbound-limit",
+        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
+        conn_http_error(c, 503, "inbound-limit",
                        "the server holds too much unfinished input: try again later", false);
         conn_http_finish(c);
     }
@@ -339,8 +508,8 @@ static uint64_t conn_reply_bytes(const sl_conn_t *c)
  * SL_CLOSE_GRACE_MS like any other. */
 static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
 {
-    uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
-    sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+    uatomic_add(&sl_conns.stats->slow_consumer_disconnects, 1);
+    sl_conns_count_error(SL_ERR_SLOW_CONSUMER);
     SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("queued-bytes", wanted), SL_TF_I("limit", sl_conf->max_outbound_bytes),
            SL_TF_S("reason", why));
@@ -367,7 +536,7 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
         /* Over the worker's share: only a connection that does not read is
          * closed for it (one that reads is merely not read while it has
          * 64 KiB queued, see conn_output_over). */
-        if (sl_worker_over_budget() && conn_stuck(c, sl_mono_ms())) {
+        if (conns_over_budget() && conn_stuck(c, sl_mono_ms())) {
             conn_slow_consumer(c, c->out.bytes + len, "max-outbound-total");
             return SL_ERROR;
         }
@@ -381,8 +550,8 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
     if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && c->backlog_since_mono == 0)
         c->backlog_since_mono = sl_mono_ms(); /* until a write takes it below */
     if (c->kind == SL_KIND_PROTOCOL)
-        uatomic_add(&sl_worker->stats->messages_out, 1);
-    sl_worker_mark_dirty(c);
+        uatomic_add(&sl_conns.stats->messages_out, 1);
+    conns_mark_dirty(c);
     return SL_OK;
 }
 
@@ -411,7 +580,7 @@ static void conn_watch(sl_conn_t *c, bool write)
     event_del(&c->ev);
     c->write_armed = write;
     if (what & (EV_READ | EV_WRITE)) {
-        event_assign(&c->ev, sl_worker->base, c->fd, what, conn_io_cb, c);
+        event_assign(&c->ev, sl_conns.base, c->fd, what, conn_io_cb, c);
         if (event_add(&c->ev, NULL) != 0) {
             sl_conn_abort(c, "event-add-failed");
             return;
@@ -421,7 +590,7 @@ static void conn_watch(sl_conn_t *c, bool write)
      * socket may stay silent).  Re-done here because event_del above drops
      * an activation made earlier. */
     if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER)
-        sl_worker_mark_ready(c);
+        conns_mark_ready(c);
 }
 
 /* Is the connection's output over 1/divisor of its bound (64 KiB for HTTP),
@@ -431,7 +600,7 @@ static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
 {
     if (c->out.bytes == 0)
         return false;
-    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && sl_worker_over_budget())
+    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
         return true;
     uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
                                            : (uint64_t)sl_conf->max_outbound_bytes / divisor;
@@ -459,7 +628,7 @@ static void conn_pause(sl_conn_t *c)
     if (c->read_paused)
         return;
     c->read_paused = true;
-    uatomic_add(&sl_worker->stats->backpressure_pauses, 1);
+    uatomic_add(&sl_conns.stats->backpressure_pauses, 1);
     conn_watch(c, c->write_armed);
 }
 
@@ -475,13 +644,14 @@ static void conn_resume(sl_conn_t *c)
 
 /* Stop processing this connection's input for this turn (per-turn
  * budget): the rest waits in c->in and is taken up in the next turn - a
- * real one: the worker's ready list is activated after sl_worker_turn_end
+ * real one: the ready list is activated after the turn's end
+ * (sl_conns_activate_ready)
  * (timers, deliveries, writes and the RCU quiescent state come first). */
 static void conn_yield(sl_conn_t *c)
 {
     c->backlog = true;
     if (!c->read_paused)
-        sl_worker_mark_ready(c);
+        conns_mark_ready(c);
 }
 
 /* The pending pong goes into the queue unless the previous one is still
@@ -523,10 +693,10 @@ void sl_conn_flush(sl_conn_t *c)
         if (c->state == SL_CONN_DEAD)
             return;
         was = c->out.bytes;
-        rc = sl_outq_flush(&c->out, c->fd);
+        rc = c->xp->flush(c->fd, c->xctx, &c->out);
         if (c->out.bytes < was) {
             /* Our own slot, one writer: a plain store of the new value. */
-            uint64_t *bo = &sl_worker->stats->bytes_out;
+            uint64_t *bo = &sl_conns.stats->bytes_out;
             CMM_STORE_SHARED(*bo, *bo + (was - c->out.bytes));
             c->written_total += was - c->out.bytes;
         }
@@ -560,7 +730,7 @@ void sl_conn_flush(sl_conn_t *c)
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
-        shutdown(c->fd, SHUT_WR);
+        c->xp->shutdown(c->fd, c->xctx);
         c->shut_wr = true;
         if (c->peer_eof)
             sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */
@@ -585,7 +755,7 @@ static void conn_lingering(sl_conn_t *c)
 {
     c->state = SL_CONN_LINGER;
     c->deadline_mono = sl_mono_ms() + SL_CLOSE_GRACE_MS;
-    sl_worker_mark_dirty(c); /* the flush performs the shutdown */
+    conns_mark_dirty(c); /* the flush performs the shutdown */
 }
 
 void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
@@ -611,7 +781,7 @@ void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason)
         /* A clean close: keep reading for the peer's close frame. */
         c->state = SL_CONN_CLOSING;
         c->deadline_mono = sl_mono_ms() + SL_CLOSE_GRACE_MS;
-        sl_worker_mark_dirty(c);
+        conns_mark_dirty(c);
     } else {
         /* Failing the connection: nothing it sends matters any more. */
         conn_lingering(c);
@@ -667,11 +837,11 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         return conn_after_message(c);
     }
     if (opcode == SL_WS_OP_BINARY) {
-        sl_worker_count_error(SL_ERR_UNSUPPORTED_DATA);
+        sl_conns_count_error(SL_ERR_UNSUPPORTED_DATA);
         sl_conn_close_ws(c, SL_WS_CLOSE_UNSUPPORTED, "binary messages are not supported");
         return 1;
     }
-    sl_proto_message(c, (char *)data, len);
+    sl_conns.on->ws_message(c, (char *)data, len);
     return conn_after_message(c);
 }
 
@@ -724,7 +894,7 @@ static int conn_answer_ping(sl_conn_t *c, const uint8_t *data, size_t len)
         c->pong = b;
         conn_queue_pong(c); /* now, if the last pong has been written */
     }
-    sl_worker_mark_dirty(c);
+    conns_mark_dirty(c);
     return c->state == SL_CONN_DEAD ? 1 : 0;
 }
 
@@ -735,7 +905,7 @@ static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
         if (c->state != SL_CONN_WS)
             return 0;
         if (conn_control_flood(c)) {
-            sl_worker_count_error(SL_ERR_CONTROL_FLOOD);
+            sl_conns_count_error(SL_ERR_CONTROL_FLOOD);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "control frame flood");
             return 1;
         }
@@ -792,7 +962,7 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
         sl_err_t e = rc == SL_WS_CLOSE_INVALID_DATA ? SL_ERR_INVALID_UTF8
                      : rc == SL_WS_CLOSE_TOO_BIG    ? SL_ERR_MESSAGE_TOO_BIG
                                                     : SL_ERR_PROTOCOL_ERROR;
-        sl_worker_count_error(e);
+        sl_conns_count_error(e);
         if (c->state == SL_CONN_CLOSING)
             conn_lingering(c); /* the peer broke the protocol while we closed */
         else
@@ -835,8 +1005,8 @@ static size_t http_in_limit(void)
  * beyond that - sl_conn_input - can get here.) */
 static void conn_http_overflow(sl_conn_t *c)
 {
-    sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
-    sl_httpd_error(c, 413, "payload-too-large",
+    sl_conns_count_error(SL_ERR_BAD_HTTP_REQUEST);
+    conn_http_error(c, 413, "payload-too-large",
                    "more unanswered request bytes than a request may have", false);
     conn_http_finish(c);
 }
@@ -891,14 +1061,14 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         if (rc == SL_AGAIN)
             break;
         if (rc != SL_OK) {
-            sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
-            sl_httpd_error(c, rc, "bad-request", "malformed or oversized HTTP request", false);
+            sl_conns_count_error(SL_ERR_BAD_HTTP_REQUEST);
+            conn_http_error(c, rc, "bad-request", "malformed or oversized HTTP request", false);
             conn_http_finish(c);
             return;
         }
         if (req.content_length > sl_conf->max_message_size) {
-            sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
-            sl_httpd_error(c, 413, "payload-too-large", "request body exceeds --max-message-size",
+            sl_conns_count_error(SL_ERR_BAD_HTTP_REQUEST);
+            conn_http_error(c, 413, "payload-too-large", "request body exceeds --max-message-size",
                            false);
             conn_http_finish(c);
             return;
@@ -907,11 +1077,11 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         if (have < req.head_len + body_len)
             break; /* body still arriving */
         size_t used = req.head_len + body_len;
-        bool keep = sl_httpd_request(c, &req, in + req.head_len, body_len);
+        bool keep = sl_conns.on->http_request(c, &req, in + req.head_len, body_len);
         if (c->state == SL_CONN_DEAD)
             return;
         off += used;
-        if (sl_worker->stopping) {
+        if (sl_conns.stopping) {
             /* Draining: the request was answered; nothing more here.  An
              * upgrade completed now is told to go elsewhere (1001). */
             if (c->state == SL_CONN_WS) {
@@ -1036,7 +1206,7 @@ static void conn_eof(sl_conn_t *c)
     if (c->state != SL_CONN_DEAD)
         conn_http_eof_done(c);
     if (c->state == SL_CONN_LINGER || c->state == SL_CONN_CLOSING)
-        sl_worker_mark_dirty(c); /* the flush closes once the output is out */
+        conns_mark_dirty(c); /* the flush closes once the output is out */
 }
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
@@ -1071,10 +1241,10 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    ssize_t n = read(fd, sl_worker->rbuf, room);
+    ssize_t n = c->xp->read(fd, c->xctx, sl_conns.rbuf, room);
+    if (n == SL_AGAIN)
+        return;
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            return;
         sl_conn_abort(c, "read-failed");
         return;
     }
@@ -1082,9 +1252,9 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         conn_eof(c);
         return;
     }
-    uint64_t *bi = &sl_worker->stats->bytes_in;
+    uint64_t *bi = &sl_conns.stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
-    sl_conn_input(c, sl_worker->rbuf, (size_t)n);
+    sl_conn_input(c, sl_conns.rbuf, (size_t)n);
 }
 
 /* ---------------------------------------------------------------- timers */
@@ -1096,12 +1266,12 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
      * connections that hold output and do not read are what it can shed
      * (readers that keep up are never closed for it). */
     if ((c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
-        c->out.bytes >= SL_CONN_SMALL_BACKLOG && conn_stuck(c, now) && sl_worker_over_budget()) {
+        c->out.bytes >= SL_CONN_SMALL_BACKLOG && conn_stuck(c, now) && conns_over_budget()) {
         if (c->state == SL_CONN_WS) {
             conn_slow_consumer(c, c->out.bytes, "max-outbound-total");
         } else {
-            uatomic_add(&sl_worker->stats->slow_consumer_disconnects, 1);
-            sl_worker_count_error(SL_ERR_SLOW_CONSUMER);
+            uatomic_add(&sl_conns.stats->slow_consumer_disconnects, 1);
+            sl_conns_count_error(SL_ERR_SLOW_CONSUMER);
             sl_conn_abort(c, "not reading, worker over its share");
         }
         return;
@@ -1115,8 +1285,8 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
                 cf->keepalive_timeout_ms + cf->message_timeout_ms)
                 sl_conn_abort(c, "not reading");
         } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
-            sl_worker_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
-            sl_httpd_error(c, 408, "request-timeout", "request not completed in time", false);
+            sl_conns_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
+            conn_http_error(c, 408, "request-timeout", "request not completed in time", false);
             conn_http_finish(c);
         } else if (!c->busy_since_mono && now - c->accepted_mono >= cf->keepalive_timeout_ms &&
                    (c->out.count == 0 ||
@@ -1128,24 +1298,24 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
         break;
     case SL_CONN_WS:
         sl_outq_trim(&c->out);
-        if (c->sess) {
-            sl_session_tick(c, now); /* authentication deadline, token expiry */
+        if (c->kind == SL_KIND_PROTOCOL) {
+            sl_conns.on->ws_tick(c, now); /* authentication deadline, token expiry */
             if (c->state != SL_CONN_WS)
                 break;
         }
         if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
-            sl_worker_count_error(SL_ERR_MESSAGE_TIMEOUT);
+            sl_conns_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
         } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=
                    2 * cf->heartbeat_interval_ms) {
-            sl_worker_count_error(SL_ERR_HEARTBEAT_TIMEOUT);
+            sl_conns_count_error(SL_ERR_HEARTBEAT_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_GOING_AWAY, "heartbeat timeout");
         } else if (now - c->last_ping_mono >= cf->heartbeat_interval_ms) {
             static sl_buf_t *ping;
             if (ping == NULL)
                 ping = sl_frame_new(SL_WS_OP_PING, NULL, 0); /* kept for the worker's life */
             if (ping != NULL && sl_outq_push(&c->out, ping, ping->start, ping->len) == SL_OK)
-                sl_worker_mark_dirty(c);
+                conns_mark_dirty(c);
             c->last_ping_mono = now;
         }
         break;
@@ -1155,7 +1325,8 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             /* Closing with unread input sends a reset, and a reset makes
              * the peer's kernel drop what it has not read yet - our close
              * frame with it.  So what is waiting is read first (bounded). */
-            for (int k = 0; k < 4 && read(c->fd, sl_worker->rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            for (int k = 0; k < 4 && c->xp->read(c->fd, c->xctx, sl_conns.rbuf, SL_SCRATCH_SIZE) > 0;
+                 k++) {
             }
             sl_conn_abort(c, "close timeout");
         }

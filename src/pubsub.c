@@ -22,7 +22,6 @@
  * connection gets nothing more, so no client ever sees a seq gap.
  */
 #include "sl_pubsub.h"
-#include "sl_call.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
 #include "sl_conf.h"
@@ -30,7 +29,6 @@
 #include "sl_proto.h"
 #include "sl_session.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -61,7 +59,7 @@ void sl_pubsub_latency_flush(void)
         return;
     int64_t now = sl_mono_us();
     for (uint32_t i = 0; i < nlat; i++)
-        sl_hist_observe(&sl_worker->stats->delivery, now - lat_pending[i].us, lat_pending[i].n);
+        sl_hist_observe(&sl_conns.stats->delivery, now - lat_pending[i].us, lat_pending[i].n);
     nlat = 0;
 }
 
@@ -291,19 +289,19 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
                 return;
             }
             if (!creation_allowed(c)) {
-                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
                 reject(c, id, len, "too-many-channels");
                 return;
             }
             sl_chan_config_t cfg = default_config(ns);
             int crc = sl_chan_create(REG, id, len, &cfg, &ch);
             if (crc == SL_CHAN_TOO_MANY) {
-                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
                 reject(c, id, len, "too-many-channels");
                 return;
             }
             if (crc == SL_CHAN_NO_MEMORY) {
-                sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+                sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
                 reject(c, id, len, "overloaded");
                 return;
             }
@@ -320,7 +318,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             already = false;
         }
         rc = already ? SL_CHAN_ALREADY
-                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_worker->id, c->slot, &count);
+                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_conns.id, c->slot, &count);
     }
     if (rc == SL_CHAN_NOT_SUBSCRIBED) {
         reject(c, id, len, "overloaded"); /* deleted under us every time */
@@ -331,7 +329,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         return;
     }
     if (rc == SL_CHAN_NO_MEMORY || rc == SL_ERROR) {
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         reject(c, id, len, "overloaded");
         return;
     }
@@ -468,7 +466,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     }
     /* Encode the data once, here; the registry wraps it in the frame. */
-    char *enc = (char *)sl_worker->ebuf;
+    char *enc = (char *)sl_conns.ebuf;
     size_t n = json_dumpb(data, enc, SL_SCRATCH_SIZE, JSON_COMPACT | JSON_ENCODE_ANY);
     char *big = NULL;
     if (n > SL_SCRATCH_SIZE) {
@@ -496,15 +494,15 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     }
     if (rc != SL_OK) {
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         if (rc == SL_CHAN_NO_MEMORY)
-            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+            sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "overloaded"));
         sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
         return;
     }
-    uatomic_add(&sl_worker->stats->published, 1);
+    uatomic_add(&sl_conns.stats->published, 1);
     sl_pubsub_wake_later(res.woken);
     uint32_t delivered = res.delivered_to;
     if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
@@ -605,7 +603,7 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         return; /* everyone here left since the publish */
     sl_buf_t *b = sl_buf_new(m->len);
     if (b == NULL) {
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         return;
     }
     memcpy(b->data, m->frame, m->len);
@@ -619,18 +617,19 @@ static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
             n++;
     }
     sl_buf_unref(b);
-    uatomic_add(&sl_worker->stats->delivered, n);
+    uatomic_add(&sl_conns.stats->delivered, n);
     latency_note(m->published_us, n);
 }
 
 /* One message for one local connection (an RPC response, later admin
  * sends).  The conn number guards against a slot reused since. */
+bool (*sl_pubsub_settle)(uint64_t tag);
+
 static void deliver_direct(const sl_inbox_entry_t *e)
 {
-    if (e->tag && !sl_call_answered(e->tag))
+    if (e->tag && sl_pubsub_settle != NULL && !sl_pubsub_settle(e->tag))
         return; /* settled already: the requester had its rpc-timeout */
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
         return; /* gone meanwhile */
     sl_buf_t *b = sl_buf_new(e->msg->len);
@@ -658,7 +657,7 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
     sl_buf_t *b = local_copy(m);
     if (b == NULL)
         return;
-    for (sl_conn_t *c = sl_worker->conns; c; c = c->next)
+    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
         if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS)
             sl_conn_send(c, b);
     sl_buf_unref(b);
@@ -668,8 +667,7 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
  * message carries the channel id, not a frame) and tell it. */
 static void unsubscribe_direct(const sl_inbox_entry_t *e)
 {
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     const char *id = (const char *)e->msg->frame;
     size_t len = e->msg->len;
     if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
@@ -685,8 +683,7 @@ static void unsubscribe_direct(const sl_inbox_entry_t *e)
 /* Admin close: the connection is closed with 1008. */
 static void close_direct(const sl_inbox_entry_t *e)
 {
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     if (c && c->conn_no == e->target_conn)
         sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "closed by the administrator");
 }
@@ -740,7 +737,7 @@ static void close_missed(sl_conn_t *c)
 {
     if (c->state != SL_CONN_WS)
         return;
-    uatomic_add(&sl_worker->stats->missed_closes, 1);
+    uatomic_add(&sl_conns.stats->missed_closes, 1);
     SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_WARN, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("reason", "missed-messages"));
     sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "missed messages: resubscribe with since-seq");
@@ -774,7 +771,7 @@ static void check_missed(sl_inbox_t *in, uint64_t upto)
 
 size_t sl_pubsub_drain(void)
 {
-    sl_inbox_t *in = REG->inboxes[sl_worker->id];
+    sl_inbox_t *in = REG->inboxes[sl_conns.id];
     sl_inbox_entry_t e;
     uint64_t pos;
     size_t n = 0;
@@ -807,7 +804,7 @@ size_t sl_pubsub_drain(void)
 void sl_pubsub_wake_later(uint64_t workers)
 {
     /* Our own inbox is drained at the end of this turn anyway. */
-    pending_wake |= workers & ~((uint64_t)1 << sl_worker->id);
+    pending_wake |= workers & ~((uint64_t)1 << sl_conns.id);
 }
 
 void sl_pubsub_wake(void)

@@ -1,0 +1,38 @@
+/*
+ * sl_xport.h - the transport under a connection: how its bytes are read
+ * from and written to the socket.  The lowest layer of the worker side
+ * (shm/README.md, "Worker-side layers"): it knows sockets, buffers and the
+ * output queue, and nothing of connections, HTTP or WebSocket.
+ *
+ * A connection holds a transport (a table of operations) and the
+ * transport's own state (ctx: NULL for plain TCP).  All output queued for
+ * a connection in one loop turn leaves in one flush at the turn's end (the
+ * "corked" write): plain TCP writes it with writev; a transport that frames
+ * its bytes (TLS) packs it into as few records as fit.
+ */
+#ifndef SL_XPORT_H
+#define SL_XPORT_H
+
+#include "sl_common.h"
+#include "sl_outq.h"
+
+#include <sys/types.h>
+
+typedef struct sl_xport {
+    const char *name;
+    /* Read at most n bytes: > 0 bytes read, 0 the peer's end of stream,
+     * SL_AGAIN nothing to read now, SL_ERROR (errno says why). */
+    ssize_t (*read)(int fd, void *ctx, void *buf, size_t n);
+    /* Write what the queue holds, as much as the socket takes: SL_OK
+     * (queue empty), SL_AGAIN (socket full: wait until writable), SL_ERROR. */
+    int (*flush)(int fd, void *ctx, sl_outq_t *q);
+    /* Our side is done sending (after the last output): half-close. */
+    void (*shutdown)(int fd, void *ctx);
+    /* Release ctx (the caller closes the socket). */
+    void (*release)(void *ctx);
+} sl_xport_t;
+
+/* Plain TCP: read(2), writev(2) through sl_outq_flush, shutdown(SHUT_WR). */
+extern const sl_xport_t sl_xport_plain;
+
+#endif
