@@ -42,7 +42,7 @@ SYSCONFDIR ?= /etc
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
 VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
-PKGS     := libevent jansson liburcu libcrypto
+PKGS     := libevent jansson liburcu libssl libcrypto
 # libjwt: only the tests and bench-auth link it (the independent reference
 # token verification is compared with); the server does not.
 TEST_PKGS := libjwt

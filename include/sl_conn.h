@@ -190,9 +190,11 @@ void sl_conns_activate_ready(void);
  * bounded by the worker's share of --max-inbound-total). */
 extern uint64_t sl_conn_inbound_bytes;
 
-/* Take over an accepted socket (non-blocking is set here); `ops`: it came
- * in on --ops-listen.  NULL on failure (the fd is closed). */
-sl_conn_t *sl_conn_new(int fd, bool ops);
+/* Take over an accepted socket (non-blocking is set here) on transport xp
+ * with its state xctx (sl_xport_plain, NULL; or sl_xport_tls and its
+ * session); `ops`: it came in on --ops-listen.  NULL on failure (the fd is
+ * closed, xctx released). */
+sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
  * b->len).  Returns SL_OK, or SL_ERROR when it was not queued (the

@@ -72,6 +72,7 @@ enum {
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
     M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
     M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
+    M_TICKETS_PUBLISH_FIRST = 14, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

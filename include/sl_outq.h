@@ -66,6 +66,15 @@ int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len);
  * SL_ERROR on a write error (errno set). */
 int sl_outq_flush(sl_outq_t *q, int fd);
 
+/* The first bytes of the queue, for a transport that frames them (TLS
+ * records): at most `cap`.  When the first segment alone has `cap` bytes
+ * or more, *p points into it (no copy); otherwise the first segments are
+ * copied into buf and *p = buf.  Returns the length (0: empty queue). */
+size_t sl_outq_peek(const sl_outq_t *q, uint8_t *buf, size_t cap, const uint8_t **p);
+
+/* The first n bytes (n <= q->bytes) have been written: drop them. */
+void sl_outq_advance(sl_outq_t *q, size_t n);
+
 /* Give back the ring of an empty queue (the worker's timer calls it, so a
  * connection that stays idle holds no ring; a busy one loses it at most
  * once per tick). */

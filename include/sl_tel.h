@@ -85,6 +85,8 @@ typedef enum {
     SL_EV_KEYS_RELOAD_FAILED,     /* SIGHUP: kept the old keys */
     SL_EV_OPEN_ACCESS,            /* start-up warning: no key, no namespace, not loopback */
     SL_EV_WORKER_RECOVERED,
+    SL_EV_TLS_RELOADED,           /* SIGHUP: certificates reread */
+    SL_EV_TLS_RELOAD_FAILED,      /* SIGHUP: kept the certificates in use */
     SL_EV__COUNT
 } sl_event_t;
 

@@ -18,6 +18,10 @@
 
 #include <sys/types.h>
 
+/* flush: nothing can be written until the peer's bytes have been read
+ * (a TLS handshake under way): wait for readability, not writability. */
+#define SL_XPORT_WAIT_READ (-3)
+
 typedef struct sl_xport {
     const char *name;
     /* Read at most n bytes: > 0 bytes read, 0 the peer's end of stream,
@@ -30,9 +34,18 @@ typedef struct sl_xport {
     void (*shutdown)(int fd, void *ctx);
     /* Release ctx (the caller closes the socket). */
     void (*release)(void *ctx);
+    /* Ready to carry data (TLS: the handshake is done)? */
+    bool (*established)(void *ctx);
+    /* Bytes already received and decoded, waiting to be read (read again
+     * without waiting for the socket)? */
+    bool (*pending)(void *ctx);
+    /* The last read returned SL_AGAIN because the transport must write
+     * first (TLS): read again once the socket is writable. */
+    bool (*read_wants_write)(void *ctx);
 } sl_xport_t;
 
-/* Plain TCP: read(2), writev(2) through sl_outq_flush, shutdown(SHUT_WR). */
+/* Plain TCP: read(2), writev(2) through sl_outq_flush, shutdown(SHUT_WR);
+ * always established, nothing pending. */
 extern const sl_xport_t sl_xport_plain;
 
 #endif

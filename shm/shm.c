@@ -61,6 +61,13 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
     [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
     [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
+    [SL_ERR_TLS_PLAIN_HTTP] = "tls-plain-http",
+    [SL_ERR_TLS_HANDSHAKE] = "tls-handshake-failed",
+    [SL_ERR_TLS_HANDSHAKE_TIMEOUT] = "tls-handshake-timeout",
+    [SL_ERR_TLS_VERSION] = "tls-protocol-version",
+    [SL_ERR_TLS_NO_SHARED_CIPHER] = "tls-no-shared-cipher",
+    [SL_ERR_TLS_BAD_RECORD] = "tls-bad-record",
+    [SL_ERR_TLS_PEER_ALERT] = "tls-peer-alert",
 };
 
 const char *sl_err_name(sl_err_t e)

@@ -264,6 +264,13 @@ void sl_conns_flush(void)
     }
 }
 
+/* Input waits that the socket will not announce: left over in c->in (a
+ * pause, the per-turn budget), or decoded by the transport already. */
+static bool conn_has_input(const sl_conn_t *c)
+{
+    return c->backlog || c->xp->pending(c->xctx);
+}
+
 void sl_conns_activate_ready(void)
 {
     /* Activated here, outside the dispatch: the next EVLOOP_ONCE then
@@ -272,7 +279,7 @@ void sl_conns_activate_ready(void)
     while (sl_conns.ready) {
         sl_conn_t *c = sl_conns.ready;
         conns_unready(c);
-        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && c->backlog &&
+        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && conn_has_input(c) &&
             !c->read_paused)
             event_active(&c->ev, EV_READ, 0);
     }
@@ -368,10 +375,11 @@ static bool conn_http_admit(sl_conn_t *c)
     return false;
 }
 
-sl_conn_t *sl_conn_new(int fd, bool ops)
+sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx)
 {
     sl_conn_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
+        xp->release(xctx);
         close(fd);
         return NULL;
     }
@@ -385,7 +393,8 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     int lowat = SL_CONN_SMALL_BACKLOG;
     setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
-    c->xp = &sl_xport_plain;
+    c->xp = xp;
+    c->xctx = xctx;
     c->ops = ops;
     c->state = SL_CONN_HTTP;
     c->kind = SL_KIND_HTTP;
@@ -393,6 +402,7 @@ sl_conn_t *sl_conn_new(int fd, bool ops)
     c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
     event_assign(&c->ev, sl_conns.base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
     if (conns_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
+        xp->release(xctx);
         close(fd);
         free(c);
         return NULL;
@@ -589,7 +599,7 @@ static void conn_watch(sl_conn_t *c, bool write)
     /* Input left over from a pause is processed in the next loop turn (the
      * socket may stay silent).  Re-done here because event_del above drops
      * an activation made earlier. */
-    if (c->backlog && !c->read_paused && c->state != SL_CONN_LINGER)
+    if (conn_has_input(c) && !c->read_paused && c->state != SL_CONN_LINGER)
         conns_mark_ready(c);
 }
 
@@ -705,6 +715,13 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (rc == SL_ERROR) {
         sl_conn_abort(c, "write-failed");
+        return;
+    }
+    if (rc == SL_XPORT_WAIT_READ) {
+        /* The transport needs the peer's bytes first (a TLS handshake):
+         * the next read makes the connection dirty again. */
+        if (c->write_armed)
+            conn_watch(c, false);
         return;
     }
     if (c->out.bytes < before)
@@ -1212,6 +1229,8 @@ static void conn_eof(sl_conn_t *c)
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
+    if ((what & EV_WRITE) && c->xp->read_wants_write(c->xctx))
+        what |= EV_READ; /* the transport's read waited for this */
     if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
         sl_conn_flush(c);
     if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
@@ -1242,8 +1261,13 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     ssize_t n = c->xp->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (n == SL_AGAIN)
+    if (c->out.count > 0 && c->state != SL_CONN_DEAD)
+        conns_mark_dirty(c); /* a transport waiting for the peer may write now */
+    if (n == SL_AGAIN) {
+        if (c->xp->read_wants_write(c->xctx) && !c->write_armed)
+            conn_watch(c, true);
         return;
+    }
     if (n < 0) {
         sl_conn_abort(c, "read-failed");
         return;
@@ -1255,6 +1279,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t *bi = &sl_conns.stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
     sl_conn_input(c, sl_conns.rbuf, (size_t)n);
+    if (c->state != SL_CONN_DEAD && !c->read_paused && c->xp->pending(c->xctx))
+        conns_mark_ready(c); /* decoded input the socket will not announce */
 }
 
 /* ---------------------------------------------------------------- timers */
@@ -1278,6 +1304,15 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
     }
     switch (c->state) {
     case SL_CONN_HTTP:
+        if (!c->xp->established(c->xctx)) {
+            /* The transport's handshake (TLS) within --message-timeout-ms;
+             * nothing can be answered before it. */
+            if (now - c->accepted_mono >= cf->message_timeout_ms) {
+                sl_conns_count_error(SL_ERR_TLS_HANDSHAKE_TIMEOUT);
+                sl_conn_abort(c, "handshake timeout");
+            }
+            break;
+        }
         if (c->read_paused) {
             /* Requests wait for it to read our responses: not its delay
              * to finish a request, but it must keep reading. */

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/uio.h>
 
 #define SL_OUTQ_IOV 64 /* segments per writev: enough to fill a socket */
@@ -110,22 +111,47 @@ int sl_outq_flush(sl_outq_t *q, int fd)
                 return SL_AGAIN;
             return SL_ERROR;
         }
-        q->bytes -= (uint64_t)w;
-        size_t left = (size_t)w;
-        while (left > 0) {
-            sl_seg_t *s = seg_at(q, 0);
-            if (left >= s->len) {
-                left -= s->len;
-                outq_pop(q);
-            } else {
-                s->off += (uint32_t)left;
-                s->len -= (uint32_t)left;
-                q->head_partial = true;
-                left = 0;
-            }
-        }
+        sl_outq_advance(q, (size_t)w);
     }
     return SL_OK;
+}
+
+void sl_outq_advance(sl_outq_t *q, size_t n)
+{
+    q->bytes -= (uint64_t)n;
+    size_t left = n;
+    while (left > 0) {
+        sl_seg_t *s = seg_at(q, 0);
+        if (left >= s->len) {
+            left -= s->len;
+            outq_pop(q);
+        } else {
+            s->off += (uint32_t)left;
+            s->len -= (uint32_t)left;
+            q->head_partial = true;
+            left = 0;
+        }
+    }
+}
+
+size_t sl_outq_peek(const sl_outq_t *q, uint8_t *buf, size_t cap, const uint8_t **p)
+{
+    if (q->count == 0)
+        return 0;
+    const sl_seg_t *s = seg_at((sl_outq_t *)q, 0);
+    if (s->len >= cap || q->count == 1) {
+        *p = s->buf->data + s->off;
+        return SL_MIN((size_t)s->len, cap);
+    }
+    size_t used = 0;
+    for (uint32_t i = 0; i < q->count && used < cap; i++) {
+        s = seg_at((sl_outq_t *)q, i);
+        size_t k = SL_MIN((size_t)s->len, cap - used);
+        memcpy(buf + used, s->buf->data + s->off, k);
+        used += k;
+    }
+    *p = buf;
+    return used;
 }
 
 void sl_outq_trim(sl_outq_t *q)

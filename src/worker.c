@@ -26,6 +26,7 @@
 #include "sl_pubsub.h"
 #include "sl_session.h"
 #include "sl_tel.h"
+#include "sl_tls.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -112,8 +113,17 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         }
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
-        for (int k = 0; k < n; k++)
-            sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS);
+        for (int k = 0; k < n; k++) {
+            if (tag == SL_PROC_TAG_TLS) {
+                void *t = sl_tls_accept(fds[k]);
+                if (t == NULL)
+                    close(fds[k]); /* counted (tls-handshake-failed) */
+                else
+                    sl_conn_new(fds[k], false, &sl_xport_tls, t);
+            } else {
+                sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS, &sl_xport_plain, NULL);
+            }
+        }
     }
 }
 
@@ -149,6 +159,7 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
     while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
             sl_session_reload_keys();
+            sl_tls_reload();
             sl_accesslog_reopen();
         } else
             worker_stop(arg);
@@ -188,6 +199,7 @@ int sl_worker_setup(sl_worker_t *w, int id)
     sl_conns.base = w->base;
     sl_conns.stats = w->stats;
     sl_conns.on = &worker_handlers;
+    sl_tls_set_stats(w->stats);
     sl_pubsub_settle = sl_call_answered; /* RPC responses: exactly once */
     sl_conns.rbuf = malloc(SL_SCRATCH_SIZE);
     sl_conns.ebuf = malloc(SL_SCRATCH_SIZE);

@@ -34,4 +34,15 @@ static void plain_release(void *ctx)
 {
 }
 
-const sl_xport_t sl_xport_plain = {"tcp", plain_read, plain_flush, plain_shutdown, plain_release};
+static bool plain_yes(void *ctx)
+{
+    return true;
+}
+
+static bool plain_no(void *ctx)
+{
+    return false;
+}
+
+const sl_xport_t sl_xport_plain = {"tcp",         plain_read, plain_flush, plain_shutdown,
+                                   plain_release, plain_yes,  plain_no,    plain_no};

@@ -209,7 +209,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
             abort();
         memset(&C[i], 0, sizeof(C[i]));
         C[i].peer = sv[0];
-        C[i].c = sl_conn_new(sv[1], false);
+        C[i].c = sl_conn_new(sv[1], false, &sl_xport_plain, NULL);
     }
     size_t pos = 0;
     while (pos < n) {

@@ -1,0 +1,283 @@
+"""TLS (issue 16): https and wss for every endpoint with ECDSA and RSA
+certificates from a throw-away CA, SNI, resumption across workers (the
+session-reused flag), SIGHUP reload (new connections see the new
+certificate, old ones stay), every bad-certificate start and reload error,
+plain HTTP and garbage on the TLS port, the handshake timeout, the version
+floor, a handshake flood bounded by --max-http-connections, and large and
+many small messages through the record packing."""
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+import websockets
+
+from conftest import BIN, SLOW, free_port, wait_for
+from tlskit import Certs, https_get, tls_connect
+from wsraw import RawWS
+
+TOKEN = "t" * 40
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certs(str(tmp_path_factory.mktemp("certs")))
+
+
+def tls_server(server_factory, certs, pair=None, *args, workers=2, **kw):
+    cert, key = pair or certs.ec
+    port = free_port()
+    s = server_factory("--tls-port", str(port), "--tls-cert", cert, "--tls-key", key, *args,
+                       workers=workers, **kw)
+    s.tls_port = port
+    return s
+
+
+def errors(s):
+    return s.stats()["errors"]
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_every_endpoint_over_https_and_wss(server_factory, certs, kind):
+    s = tls_server(server_factory, certs, getattr(certs, kind), "--admin-token", TOKEN, "--echo")
+    ctx = certs.client_context()
+    for path, want in [("/health", b'"healthy"'), ("/stats", b'"workers"'),
+                       ("/metrics", b"sente_lite_"), ("/channels", b"channels"),
+                       ("/client.js", b"SenteLite"), ("/", b"<html"), ("/demo", b"<html"),
+                       ("/dashboard", b"<html")]:
+        status, body, info = https_get(s.tls_port, ctx, path)
+        assert status == 200, path
+        assert want in body, path
+        assert info["alpn"] == "http/1.1"
+    status, body, _ = https_get(s.tls_port, ctx, "/api/connections",
+                                headers={"Authorization": "Bearer " + TOKEN})
+    assert status == 200 and b"connections" in body
+    status, _, _ = https_get(s.tls_port, ctx, "/api/connections")
+    assert status == 401
+
+    async def protocol():
+        url = f"wss://localhost:{s.tls_port}/"
+        async with websockets.connect(url, ssl=ctx) as a, websockets.connect(url, ssl=ctx) as b:
+            wa, wb = json.loads(await a.recv()), json.loads(await b.recv())
+            assert wa["type"] == wb["type"] == "welcome"
+            await a.send(json.dumps({"type": "subscribe", "channel-id": "news"}))
+            assert json.loads(await a.recv())["success"] is True
+            await b.send(json.dumps({"type": "ping", "timestamp": 5}))
+            assert json.loads(await b.recv())["type"] == "pong"
+            # Large (many records, a socket that fills) and many small messages.
+            big = "x" * 300000
+            await b.send(json.dumps({"type": "publish", "channel-id": "news", "data": big}))
+            for i in range(300):
+                await b.send(json.dumps({"type": "publish", "channel-id": "news", "data": i}))
+            got = json.loads(await a.recv())
+            assert got["type"] == "channel-message" and got["data"] == big
+            for i in range(300):
+                assert json.loads(await a.recv())["data"] == i
+            # RPC between the two.
+            await a.send(json.dumps({"type": "rpc-request", "channel-id": "news",
+                                     "request-id": "r1", "method": "m", "params": {}}))
+        async with websockets.connect(f"wss://localhost:{s.tls_port}/echo", ssl=ctx) as e:
+            await e.send("hello")
+            assert await e.recv() == "hello"
+
+    asyncio.run(protocol())
+    st = s.stats()
+    assert st["tls-handshakes"] >= 12
+    assert all(w["tls-handshakes"] >= 0 for w in st["workers"])
+    # The plain port still speaks plain HTTP.
+    assert s.request("GET", "/health")[0] == 200
+
+
+def test_tls_only_port_and_plain_http(server_factory, certs):
+    cert, key = certs.ec
+    s = server_factory("--tls", "--tls-cert", cert, "--tls-key", key, "--ops-listen",
+                       f"127.0.0.1:{free_port()}", wait=False)
+    wait_for(s.healthy, timeout=10 * SLOW, what="ops listener")
+    status, body, _ = https_get(s.port, certs.client_context(), "/client.js")
+    assert status == 200
+    # (the operator endpoints are on the --ops-listen listener only)
+    assert https_get(s.port, certs.client_context(), "/health")[0] == 404
+    # Plain HTTP on the TLS port: a clear 400, counted.
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"plain HTTP request was sent to the TLS port" in data
+    wait_for(lambda: errors(s)["tls-plain-http"] == 1, what="tls-plain-http counted")
+    # Garbage that is neither TLS nor HTTP: closed, counted.
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        c.sendall(b"\x00\x01\x02\x03" * 16)
+        try:
+            assert c.recv(100) == b""
+        except ConnectionResetError:
+            pass  # closed with its garbage unread
+    wait_for(lambda: errors(s)["tls-bad-record"] == 1, what="tls-bad-record counted: %r" % errors(s))
+
+
+def test_resumption_across_workers(server_factory, certs):
+    s = tls_server(server_factory, certs, workers=2)
+    ctx = certs.client_context()
+    held = []
+
+    def open_ws(session=None):
+        box = {}
+
+        def wrap(raw):
+            box["s"] = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            return box["s"]
+        ws = RawWS(s.tls_port, wrap=wrap)
+        assert ws.status == 101
+        worker = json.loads(ws.read_data())["worker"]
+        held.append(ws)  # kept open: the next connection goes to the other worker
+        return box["s"], worker
+
+    first, w0 = open_ws()
+    session = first.session
+    assert session is not None and not first.session_reused
+    other = None
+    for _ in range(8):
+        sock, w = open_ws(session)
+        assert sock.session_reused, "the ticket from worker %d was not accepted" % w0
+        if w != w0:
+            other = w
+            break
+    assert other is not None, "every connection went to worker %d" % w0
+    per = {w["id"]: w["tls-resumed"] for w in s.stats()["workers"]}
+    assert per[other] >= 1
+    for ws in held:
+        ws.close()
+
+
+def test_sni_picks_the_certificate(server_factory, certs):
+    s = tls_server(server_factory, certs, None, "--tls-cert", certs.other[0], "--tls-key",
+                   certs.other[1])
+    ctx = certs.client_context()
+    _, _, a = https_get(s.tls_port, ctx, "/health", host="localhost")
+    _, _, b = https_get(s.tls_port, ctx, "/health", host="other.test")
+    assert a["cert"] == pem_der(certs.ec[0])
+    assert b["cert"] == pem_der(certs.other[0])
+    # An unknown name gets the default (and fails verification for it).
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5)
+    nov = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    nov.check_hostname = False
+    nov.verify_mode = ssl.CERT_NONE
+    c = nov.wrap_socket(raw, server_hostname="unknown.test")
+    assert c.getpeercert(binary_form=True) == pem_der(certs.ec[0])
+    c.close()
+
+
+def pem_der(path):
+    with open(path) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def test_sighup_reload(server_factory, certs, tmp_path):
+    cert, key = str(tmp_path / "c.pem"), str(tmp_path / "k.pem")
+    shutil.copy(certs.ec[0], cert)
+    shutil.copy(certs.ec[1], key)
+    s = tls_server(server_factory, certs, (cert, key))
+    ctx = certs.client_context()
+    old = tls_connect(s.tls_port, ctx)
+    assert old.getpeercert(binary_form=True) == pem_der(certs.ec[0])
+    shutil.copy(certs.ec2[0], cert)
+    shutil.copy(certs.ec2[1], key)
+    os.kill(s.pid, signal.SIGHUP)
+
+    def new_cert():
+        return https_get(s.tls_port, ctx, "/health")[2]["cert"] == pem_der(certs.ec2[0])
+    wait_for(new_cert, timeout=5 * SLOW, what="the new certificate served")
+    # The connection made before the reload goes on with its session.
+    old.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert old.recv(100).startswith(b"HTTP/1.1 200")
+    old.close()
+    # A reload that fails keeps the certificates in use, and says why.
+    shutil.copy(certs.stray_key, key)
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: any("tls-reload-failed" in l and "does not match" in l
+                         for l in s.log_lines()), timeout=5 * SLOW, what="tls-reload-failed")
+    assert https_get(s.tls_port, ctx, "/health")[2]["cert"] == pem_der(certs.ec2[0])
+    os.remove(cert)
+    os.kill(s.pid, signal.SIGHUP)
+    wait_for(lambda: sum("tls-reload-failed" in l for l in s.log_lines()) >= 2 * 3,
+             timeout=5 * SLOW, what="second tls-reload-failed (master and both workers)")
+    assert https_get(s.tls_port, ctx, "/health")[0] == 200
+
+
+def start_error(*args):
+    p = subprocess.run([BIN, "--host", "127.0.0.1", "--port", str(free_port())] + list(args),
+                       capture_output=True, text=True, timeout=20)
+    return p.returncode, p.stderr
+
+
+def test_bad_certificates_at_start(certs, tmp_path):
+    port = str(free_port())
+    cert, key = certs.ec
+    missing = str(tmp_path / "missing.pem")
+    garbage = str(tmp_path / "garbage.pem")
+    with open(garbage, "w") as f:
+        f.write("not a certificate\n")
+    cases = [
+        (["--tls-cert", missing, "--tls-key", key], ["--tls-cert", missing]),
+        (["--tls-cert", cert, "--tls-key", missing], ["--tls-key", missing]),
+        (["--tls-cert", garbage, "--tls-key", key], ["--tls-cert", garbage]),
+        (["--tls-cert", cert, "--tls-key", certs.stray_key], ["does not match", certs.stray_key]),
+        (["--tls-cert", certs.expired[0], "--tls-key", certs.expired[1]],
+         ["expired", certs.expired[0]]),
+        (["--tls-cert", cert], ["--tls-cert given 1 times and --tls-key 0 times"]),
+        ([], ["--tls-port needs --tls-cert"]),
+        (["--tls-cert", cert, "--tls-key", key, "--tls-min-version", "1.1"],
+         ["--tls-min-version"]),
+    ]
+    for args, words in cases:
+        rc, err = start_error("--tls-port", port, *args)
+        assert rc == 2, (args, err)
+        for w in words:
+            assert w in err, (args, err)
+
+
+def test_wrong_host_and_unknown_ca(server_factory, certs):
+    s = tls_server(server_factory, certs, certs.wrong_host)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(s.tls_port, certs.client_context())
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_connect(s.tls_port, ssl.create_default_context())  # not our CA
+    wait_for(lambda: errors(s)["tls-peer-alert"] >= 2, what="refusals counted")
+
+
+def test_version_floor(server_factory, certs):
+    s = tls_server(server_factory, certs, None, "--tls-min-version", "1.3")
+    old = certs.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    with pytest.raises(ssl.SSLError):
+        tls_connect(s.tls_port, old)
+    wait_for(lambda: errors(s)["tls-protocol-version"] >= 1, what="tls-protocol-version")
+    assert https_get(s.tls_port, certs.client_context(), "/health")[2]["version"] == "TLSv1.3"
+
+
+def test_handshake_timeout_and_flood(server_factory, certs):
+    s = tls_server(server_factory, certs, None, "--message-timeout-ms", "400",
+                   "--max-http-connections", "16", workers=1)
+    silent = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+    half = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+    half.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello that never ends
+    t = time.monotonic()
+    assert silent.recv(10) == b"" and half.recv(10) == b""
+    assert time.monotonic() - t < 3 * SLOW
+    wait_for(lambda: errors(s)["tls-handshake-timeout"] == 2, what="handshake timeouts")
+    # A flood of connections that never handshake: bounded like any other
+    # (the oldest idle ones make room), a real client is still served.
+    flood = [socket.create_connection(("127.0.0.1", s.tls_port)) for _ in range(60)]
+    assert https_get(s.tls_port, certs.client_context(), "/health")[0] == 200
+    assert errors(s)["http-connection-limit"] >= 40
+    for f in flood:
+        f.close()
