@@ -20,7 +20,9 @@
 #   make fuzz         run each libFuzzer target (tests/fuzz/) FUZZ_SECONDS
 #                     seconds (clang; scripts/deps.sh --fuzz installs it)
 #   make check-fuzz   replay the committed fuzz corpora (gcc, part of check)
-#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 (part of check)
+#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 and a slice
+#                     of permessage-deflate (12, 13), over ws:// and wss:// (part of check)
+#   make check-autobahn-full  all of 12.* and 13.* over ws:// and wss:// (~45 min)
 #   make install      binary, man page, systemd units, example config, logrotate
 #                     snippet, health-check.sh and docs under $(DESTDIR)$(PREFIX)
 #                     (/etc for the config, defaults and logrotate files, never
@@ -42,7 +44,7 @@ SYSCONFDIR ?= /etc
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
 VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
-PKGS     := libevent jansson liburcu libssl libcrypto
+PKGS     := libevent jansson liburcu libssl libcrypto zlib
 # libjwt: only the tests and bench-auth link it (the independent reference
 # token verification is compared with); the server does not.
 TEST_PKGS := libjwt
@@ -97,7 +99,7 @@ CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
 CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
-.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
+.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean check-autobahn-full \
         format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check \
         bench-hostile
 
@@ -338,7 +340,7 @@ bench bench-quick: $(BUILD)/bench/ceiling
 # libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
 # entries go to build-fuzz/corpus/, findings to build-fuzz/artifacts/
 # (`make fuzz-merge` adds what is new to tests/fuzz/corpus/).
-FUZZ_TARGETS := http ws utf8 conf e2e token
+FUZZ_TARGETS := http ws utf8 conf e2e token pmd
 FUZZ_SECONDS ?= 60
 FUZZ_REPLAY  := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_TARGETS))
 FUZZ_BINS    := $(patsubst %,build-fuzz/fuzz/fuzz_%,$(FUZZ_TARGETS))
@@ -397,6 +399,21 @@ fuzz-merge: fuzz-build
 # Autobahn|Testsuite fuzzingclient, sections 1-10 with 9.*, against /echo of
 # $(BIN); about 25 s on either build, so both run it.
 .PHONY: check-autobahn
+# RFC 6455 sections 1-10 (9.* included) over ws:// and wss://, each with a
+# representative slice of permessage-deflate (12.*, 13.*: one case of each
+# group's sizes and window/context variants); the whole of 12.* and 13.* on
+# both transports is check-autobahn-full (about 45 minutes: not in check).
+AUTOBAHN_PMD_SLICE := 12.1.3,12.2.5,12.3.7,12.4.9,12.5.11,13.1.3,13.2.5,13.3.7,13.4.9,13.5.11,13.6.13,13.7.15
 check-autobahn: $(BIN)
 	scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+	scripts/check-autobahn.sh $(abspath $(BIN)) --cases "$(AUTOBAHN_PMD_SLICE)"
+	AUTOBAHN_TLS=1 scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+	AUTOBAHN_TLS=1 scripts/check-autobahn.sh $(abspath $(BIN)) --cases "$(AUTOBAHN_PMD_SLICE)"
+
+# permessage-deflate in full: 12.* and 13.* (216 cases) over ws:// and
+# wss://, one group per run so that each stays within the runner's bound.
+check-autobahn-full: $(BIN)
+	for t in 0 1; do for g in 12.1 12.2 12.3 12.4 12.5 13.1 13.2 13.3 13.4 13.5 13.6 13.7; do \
+	    AUTOBAHN_TLS=$$t scripts/check-autobahn.sh $(abspath $(BIN)) --timeout 900 --cases "$$g.*" || exit 1; \
+	done; done
 # --- autobahn ---

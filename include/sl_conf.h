@@ -147,6 +147,8 @@ typedef struct {
     int64_t tls_port;     /* 0: no TLS listener beside --port */
     bool tls;             /* --port itself speaks TLS */
     char tls_min_version[8]; /* "1.2" or "1.3" */
+    bool compression;              /* permessage-deflate offered by clients is accepted */
+    int64_t compression_min_bytes; /* smaller messages go uncompressed */
 } sl_conf_t;
 
 typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION, SL_CONF_CHECK } sl_conf_action_t;

@@ -70,6 +70,8 @@ struct sl_conn {
     bool idle;         /* on the worker's idle HTTP list (oldest first) */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
+    bool pmd;          /* permessage-deflate negotiated (sl_pmd.h) */
+    bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
     uint16_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */

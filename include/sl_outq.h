@@ -24,8 +24,15 @@ typedef struct sl_buf {
     uint32_t cap;
     uint32_t start; /* first byte that belongs to the output (frames are
                        encoded with their header just before the payload) */
+    /* The same frame compressed (permessage-deflate), made the first time a
+     * compressing connection is sent this buffer and then shared by all of
+     * them (this buffer holds one reference; &sl_buf_nozip: tried, no
+     * gain).  NULL: not tried. */
+    struct sl_buf *zip;
     uint8_t data[];
 } sl_buf_t;
+
+extern sl_buf_t sl_buf_nozip;
 
 /* Bytes held by live buffers in this process (each buffer counted once,
  * however many queues refer to it): what output really costs in memory,

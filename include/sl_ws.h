@@ -107,7 +107,10 @@ typedef struct {
 typedef struct {
     /* configuration */
     bool expect_masked;   /* server: true; client: false */
-    uint64_t max_message; /* bytes; a longer message fails with 1009 */
+    bool deflate;         /* permessage-deflate negotiated: RSV1 marks a compressed
+                             message, inflated (sl_pmd.h) before it is delivered */
+    uint64_t max_message; /* bytes; a longer message fails with 1009 (inflated
+                             size; the compressed one is bounded by it too) */
 
     /* parser state: the header being read */
     uint8_t hdr[SL_WS_MAX_HEADER];
@@ -123,6 +126,7 @@ typedef struct {
     /* the message being assembled (data frames only) */
     bool in_message;  /* a fragmented message has started */
     uint8_t msg_op;   /* TEXT or BINARY */
+    bool msg_deflated; /* its first frame had RSV1 */
     uint8_t *msg;     /* malloc'd; NULL when nothing is buffered */
     size_t msg_len;
     size_t msg_cap;

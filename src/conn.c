@@ -31,6 +31,7 @@
  */
 #include "sl_conn.h"
 #include "sl_conf.h"
+#include "sl_pmd.h"
 #include "sl_tel.h"
 
 #include <errno.h>
@@ -527,11 +528,30 @@ static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
     sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
 }
 
+/* permessage-deflate: the compressed twin of a data frame for a connection
+ * that takes it, made once per buffer - a channel message fanned out to a
+ * worker's subscribers is one buffer, so it is compressed once there for
+ * all of them.  Small frames (--compression-min-bytes) and frames that do
+ * not shrink go as they are. */
+static sl_buf_t *conn_zip(const sl_conn_t *c, sl_buf_t *b)
+{
+    if (!c->pmd_shared || c->state != SL_CONN_WS ||
+        b->len - b->start < (uint64_t)sl_conf->compression_min_bytes + 2)
+        return b;
+    if (b->zip == NULL) {
+        b->zip = sl_pmd_compress_frame(b);
+        if (b->zip == NULL)
+            b->zip = &sl_buf_nozip;
+    }
+    return b->zip != &sl_buf_nozip ? b->zip : b;
+}
+
 int sl_conn_send(sl_conn_t *c, sl_buf_t *b)
 {
     /* Nothing may follow our close frame (CLOSING, LINGER). */
     if ((c->state != SL_CONN_WS && c->state != SL_CONN_HTTP) || c->shut_wr)
         return SL_ERROR;
+    b = conn_zip(c, b);
     conn_idle_remove(c); /* HTTP: a response is on its way */
     size_t len = b->len - b->start;
     /* A delivery is bounded by what deliveries hold: its own replies (a
@@ -1005,6 +1025,7 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     c->last_rx_mono = c->last_ping_mono = sl_mono_ms();
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
     c->reader.frame_limit = SL_CONN_TURN_FRAMES;
+    c->reader.deflate = c->pmd;
     conn_http_uncount(c);
     unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));

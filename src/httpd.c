@@ -11,6 +11,7 @@
 #include "sl_accesslog.h"
 #include "sl_admin.h"
 #include "sl_metrics.h"
+#include "sl_pmd.h"
 #include "sl_conf.h"
 #include "sl_router.h"
 #include "sl_pubsub.h"
@@ -230,11 +231,20 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         sl_httpd_error(c, 503, "shm-exhausted", "the server's shared memory is full", false);
         return;
     }
-    char resp[160];
+    /* permessage-deflate: the first acceptable offer, over every
+     * Sec-WebSocket-Extensions header in order (sl_pmd.h). */
+    char ext[128] = "";
+    for (size_t i = 0; sl_conf->compression && !c->pmd && i < req->nheaders; i++) {
+        const sl_http_header_t *h = &req->headers[i];
+        if (h->name_len == 24 && strncasecmp(h->name, "Sec-WebSocket-Extensions", 24) == 0)
+            c->pmd = sl_pmd_negotiate(h->value, h->value_len, ext, sizeof(ext), &c->pmd_shared);
+    }
+    char resp[320];
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     accept);
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s%s\r\n",
+                     accept, c->pmd ? "Sec-WebSocket-Extensions: " : "", c->pmd ? ext : "",
+                     c->pmd ? "\r\n" : "");
     sl_buf_t *b = sl_buf_new((size_t)n);
     if (b == NULL) {
         /* Registered but never upgraded: abort frees it as an HTTP

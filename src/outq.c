@@ -32,12 +32,17 @@ sl_buf_t *sl_buf_new(size_t cap)
     b->len = 0;
     b->cap = (uint32_t)cap;
     b->start = 0;
+    b->zip = NULL;
     return b;
 }
+
+sl_buf_t sl_buf_nozip = {.refs = 1};
 
 void sl_buf_unref(sl_buf_t *b)
 {
     if (b != NULL && --b->refs == 0) {
+        if (b->zip != &sl_buf_nozip)
+            sl_buf_unref(b->zip);
         sl_buf_live_bytes -= b->cap;
         free(b);
     }

@@ -378,7 +378,12 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
         t->read_wants_write = true;
         return SL_AGAIN;
     case SSL_ERROR_ZERO_RETURN:
-        return 0; /* close_notify: the peer's end of stream */
+        /* close_notify: the peer's end of stream.  Ours goes back at once
+         * (a clean TLS shutdown keeps the client's session resumable). */
+        ERR_clear_error();
+        SSL_shutdown(t->ssl);
+        ERR_clear_error();
+        return 0;
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0) {
             if (!t->established)

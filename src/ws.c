@@ -11,6 +11,7 @@
  * the connection at the first bad byte, not at the end of the message.
  */
 #include "sl_ws.h"
+#include "sl_pmd.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -163,8 +164,10 @@ static int check_first_bytes(const sl_ws_reader_t *r, const uint8_t *h)
 {
     uint8_t op = h[0] & 0x0F;
     bool fin = h[0] & 0x80, masked = h[1] & 0x80;
-    if (h[0] & 0x70)
-        return SL_WS_CLOSE_PROTOCOL; /* RSV bits: no extension negotiated */
+    if (h[0] & 0x30)
+        return SL_WS_CLOSE_PROTOCOL; /* RSV2/RSV3: no extension uses them */
+    if ((h[0] & 0x40) && (!r->deflate || (op != SL_WS_OP_TEXT && op != SL_WS_OP_BINARY)))
+        return SL_WS_CLOSE_PROTOCOL; /* RSV1: only a compressed message's first frame */
     if (masked != r->expect_masked)
         return SL_WS_CLOSE_PROTOCOL;
     switch (op) {
@@ -219,6 +222,7 @@ static int start_frame(sl_ws_reader_t *r, const uint8_t *h)
             return SL_WS_CLOSE_TOO_BIG;
         if (r->frame_op != SL_WS_OP_CONT) {
             r->msg_op = r->frame_op;
+            r->msg_deflated = (h[0] & 0x40) != 0;
             sl_utf8_init(&r->utf8);
         }
     }
@@ -264,6 +268,27 @@ static int deliver_control(sl_ws_reader_t *r, uint8_t *p, size_t n, const sl_ws_
         r->closed = true;
     }
     return h->on_control(ctx, r->frame_op, p, n);
+}
+
+/* A compressed message: inflated within max_message (over it: 1009; not
+ * deflate data: 1007), text validated, then delivered. */
+static int deliver_inflated(sl_ws_reader_t *r, const uint8_t *p, size_t n,
+                            const sl_ws_handlers_t *h, void *ctx)
+{
+    uint8_t *m;
+    size_t mlen;
+    int z = sl_pmd_inflate(p, n, (size_t)r->max_message, &m, &mlen);
+    if (z == SL_AGAIN)
+        return SL_WS_CLOSE_TOO_BIG;
+    if (z != SL_OK)
+        return SL_WS_CLOSE_INVALID_DATA;
+    int rc = 0;
+    if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_valid(m, mlen))
+        rc = SL_WS_CLOSE_INVALID_DATA;
+    else
+        rc = h->on_message(ctx, r->msg_op, m, mlen);
+    free(m);
+    return rc;
 }
 
 /* The reader's loop; *pos is how far it got (also when it stops early). */
@@ -331,7 +356,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             continue;
         }
 
-        if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_feed(&r->utf8, p, take))
+        if (r->msg_op == SL_WS_OP_TEXT && !r->msg_deflated && !sl_utf8_feed(&r->utf8, p, take))
             return SL_WS_CLOSE_INVALID_DATA;
         r->frame_have += take;
         bool frame_done = r->frame_have == r->frame_len;
@@ -340,6 +365,11 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             /* The common case: an unfragmented frame, delivered in place. */
             r->in_frame = false;
             r->frames++;
+            if (r->msg_deflated) {
+                if ((rc = deliver_inflated(r, p, take, h, ctx)) != 0)
+                    return rc;
+                continue;
+            }
             if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
                 return SL_WS_CLOSE_INVALID_DATA;
             if ((rc = h->on_message(ctx, r->msg_op, p, take)) != 0)
@@ -358,14 +388,17 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         }
         /* Last fragment: the message is complete. */
         r->in_message = false;
-        if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
+        if (!r->msg_deflated && r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
             return SL_WS_CLOSE_INVALID_DATA;
         uint8_t *m = r->msg;
         size_t mlen = r->msg_len;
         r->msg = NULL;
         r->msg_len = r->msg_cap = 0;
         static uint8_t empty[1];
-        rc = h->on_message(ctx, r->msg_op, m ? m : empty, mlen);
+        if (r->msg_deflated)
+            rc = deliver_inflated(r, m ? m : empty, mlen, h, ctx);
+        else
+            rc = h->on_message(ctx, r->msg_op, m ? m : empty, mlen);
         free(m);
         if (rc != 0)
             return rc;

@@ -1,0 +1,195 @@
+"""permessage-deflate (RFC 7692, issue 16): the negotiation variants, a
+channel message compressed once and the same bytes sent to every
+compressing subscriber (on every worker), clients that did not negotiate
+it or asked for a smaller server window get it uncompressed, small messages
+go uncompressed, compressed client messages inflated within
+--max-message-size (a zip bomb is closed 1009), corrupt data 1007, RSV1
+without the extension 1002.  Raw frames (wsraw), compression with Python's
+zlib: independent of the server's code."""
+import json
+import struct
+import zlib
+
+import pytest
+
+from wsraw import OP_TEXT, RawWS, frame
+
+PMD = "permessage-deflate"
+ACCEPTED = PMD + "; server_no_context_takeover; client_no_context_takeover"
+
+
+def ext_of(ws):
+    for line in ws.head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"sec-websocket-extensions":
+            return v.strip().decode()
+    return None
+
+
+def deflate(data):
+    c = zlib.compressobj(wbits=-15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def inflate(data):
+    d = zlib.decompressobj(wbits=-15)
+    return d.decompress(data + b"\x00\x00\xff\xff")
+
+
+def read_raw_frame(ws):
+    """(first byte, payload) of the next frame, skipping pings."""
+    while True:
+        ws._need(2)
+        b0, b1 = ws.buf[0], ws.buf[1]
+        n, p = b1 & 0x7F, 2
+        if n == 126:
+            ws._need(4)
+            n, p = struct.unpack(">H", ws.buf[2:4])[0], 4
+        elif n == 127:
+            ws._need(10)
+            n, p = struct.unpack(">Q", ws.buf[2:10])[0], 10
+        ws._need(p + n)
+        raw, payload = ws.buf[:p + n], ws.buf[p:p + n]
+        ws.buf = ws.buf[p + n:]
+        if b0 & 0x0F == 0x9:
+            continue
+        return b0, payload, raw
+
+
+def message(ws):
+    b0, payload, _ = read_raw_frame(ws)
+    return json.loads(inflate(payload) if b0 & 0x40 else payload)
+
+
+def client(server, offer=None, **kw):
+    headers = {"Sec-WebSocket-Extensions": offer} if offer else None
+    ws = RawWS(server.port, headers=headers, **kw)
+    assert ws.status == 101
+    ws.welcome = message(ws)
+    assert ws.welcome["type"] == "welcome"
+    return ws
+
+
+@pytest.mark.parametrize("offer,want", [
+    (None, None),
+    (PMD, ACCEPTED),
+    (PMD + "; client_max_window_bits", ACCEPTED),
+    (PMD + "; client_max_window_bits=10; server_no_context_takeover", ACCEPTED),
+    (PMD + "; client_no_context_takeover", ACCEPTED),
+    (PMD + "; server_max_window_bits=10", ACCEPTED),
+    (PMD + '; server_max_window_bits="12"', ACCEPTED),
+    ("x-webkit-deflate-frame, " + PMD, ACCEPTED),
+    (PMD + "; server_max_window_bits=7, " + PMD, ACCEPTED),  # first declined, second taken
+    (PMD + "; server_max_window_bits=7", None),   # out of range
+    (PMD + "; server_max_window_bits", None),     # needs a value
+    (PMD + "; client_max_window_bits=16", None),
+    (PMD + "; server_no_context_takeover=1", None),
+    (PMD + "; foo", None),                        # unknown parameter
+    (PMD + "; client_max_window_bits; client_max_window_bits", None),  # repeated
+    ("x-webkit-deflate-frame", None),
+])
+def test_negotiation(server, offer, want):
+    ws = client(server, offer)
+    assert ext_of(ws) == want
+    ws.close()
+
+
+def test_two_headers_and_no_compression(server_factory):
+    s = server_factory()
+    ws = RawWS(s.port, headers={"Sec-WebSocket-Extensions": "foo"})
+    ws.close()
+    # The offer in a second header counts too (RawWS sends one dict: join).
+    raw = RawWS(s.port, headers={"Sec-WebSocket-Extensions": "foo\r\nSec-WebSocket-Extensions: "
+                                 + PMD})
+    assert ext_of(raw) == ACCEPTED
+    raw.close()
+    off = server_factory("--no-compression")
+    assert ext_of(client(off, PMD)) is None
+
+
+def test_encode_once_byte_identical(server_factory):
+    s = server_factory("--compression-min-bytes", "100", workers=2)
+    zipped = [client(s, PMD) for _ in range(6)]
+    plain = client(s)
+    small_window = client(s, PMD + "; server_max_window_bits=10")
+    assert {w.welcome["worker"] for w in zipped} == {0, 1}  # both workers
+    everyone = zipped + [plain, small_window]
+    for w in everyone:
+        w.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "json"})))
+        assert message(w)["success"] is True
+    doc = {"rows": [{"id": i, "name": "sensor-%03d" % i, "ok": True, "v": i * 1.5}
+                    for i in range(40)]}
+    body = json.dumps({"type": "publish", "channel-id": "json", "data": doc})
+    assert len(body) > 2000
+    plain.send(frame(OP_TEXT, body))
+    assert message(plain)["type"] == "publish-result"
+    frames, zpayload = [], None
+    for w in zipped:
+        b0, zpayload, raw = read_raw_frame(w)
+        assert b0 == 0xC1, hex(b0)  # FIN, RSV1, text
+        frames.append(raw)
+    assert len(set(frames)) == 1, "every compressing subscriber gets the same bytes"
+    b0, payload, raw = read_raw_frame(plain)
+    assert b0 == 0x81
+    got = json.loads(payload)
+    assert inflate(zpayload) == payload
+    assert got["data"] == doc
+    b0, payload, _ = read_raw_frame(small_window)
+    assert b0 == 0x81 and json.loads(payload) == got  # uncompressed for it
+    assert len(frames[0]) < len(payload) / 2
+    # A small message goes uncompressed even to compressing clients.
+    zipped[0].send(frame(OP_TEXT, json.dumps({"type": "ping"})))
+    b0, payload, _ = read_raw_frame(zipped[0])
+    assert b0 == 0x81 and json.loads(payload)["type"] == "pong"
+    for w in everyone:
+        w.close()
+
+
+def test_client_messages_inflated(server):
+    a = client(server, PMD)
+    b = client(server)
+    b.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "z"})))
+    assert message(b)["success"] is True
+    pub = json.dumps({"type": "publish", "channel-id": "z", "data": "y" * 5000}).encode()
+    a.send(frame(OP_TEXT, deflate(pub), rsv=0x40))
+    assert message(a)["type"] == "publish-result"
+    assert message(b)["data"] == "y" * 5000
+    # Fragmented: RSV1 on the first frame only.
+    z = deflate(pub)
+    a.send(frame(OP_TEXT, z[:10], fin=False, rsv=0x40) + frame(0, z[10:]))
+    assert message(a)["type"] == "publish-result"
+    assert message(b)["data"] == "y" * 5000
+
+
+def close_of(ws):
+    while True:
+        b0, payload, _ = read_raw_frame(ws)
+        if b0 & 0x0F == 0x8:
+            return struct.unpack(">H", payload[:2])[0]
+
+
+def test_zip_bomb_and_corrupt_data(server_factory):
+    s = server_factory("--max-message-size", "64K")
+    bomb = deflate(b"[" + b" " * (10 << 20) + b"]")
+    assert len(bomb) < 64 * 1024
+    a = client(s, PMD)
+    a.send(frame(OP_TEXT, bomb, rsv=0x40))
+    assert close_of(a) == 1009
+    b = client(s, PMD)
+    b.send(frame(OP_TEXT, b"\xff\xfe\xfd not deflate", rsv=0x40))
+    assert close_of(b) == 1007
+    c = client(s, PMD)
+    c.send(frame(OP_TEXT, deflate(b"\xc3\x28 bad utf-8"), rsv=0x40))
+    assert close_of(c) == 1007
+    d = client(s)  # RSV1 without the extension
+    d.send(frame(OP_TEXT, deflate(b"{}"), rsv=0x40))
+    assert close_of(d) == 1002
+    e = client(s, PMD)  # RSV1 on a continuation frame
+    e.send(frame(OP_TEXT, b"{", fin=False) + frame(0, b"}", rsv=0x40))
+    assert close_of(e) == 1002
+    err = s.stats()["errors"]
+    assert err["message-too-big"] == 1
+    assert err["invalid-utf8"] == 2
+    assert err["protocol-error"] == 2
