@@ -43,6 +43,11 @@ typedef enum {
 /* The reason on the wire ("invalid-token", "token-expired", ...). */
 const char *sl_auth_reason(sl_auth_result_t r);
 
+/* The message a peer is sent with reason r: `detail` (sl_auth_verify's,
+ * which goes to the log), except where it would tell the server's setup -
+ * which key types, curves, audience or issuer it has: a fixed text then. */
+const char *sl_auth_peer_message(sl_auth_result_t r, const char *detail);
+
 /* What a verified token grants (malloc'd; sl_ident_free). */
 typedef struct sl_ident {
     char *user;       /* "sub": 1..SL_AUTH_USER_MAX bytes, NUL-terminated */
@@ -57,7 +62,10 @@ typedef struct sl_ident {
 void sl_ident_free(sl_ident_t *id);
 
 /* Does `id` match a pattern of the list ("x" exactly, "x*" by prefix,
- * "*" everything)? */
+ * "*" everything)?  A prefix does not reach past a namespace's ':' or a
+ * user list's '#' it does not contain itself: "chat*" grants "chat-1" but
+ * not "chat:x", "chatops:x" or "chat#bob"; "chat:*" grants "chat:x" but not
+ * "chat:x#bob"; "chat:x#*" grants every user-limited "chat:x#..." id. */
 bool sl_ident_grants(char *const *patterns, uint32_t n, const char *id, size_t len);
 
 /* Claims checked besides the signature (from the configuration). */
@@ -72,6 +80,17 @@ void sl_auth_set_policy(const sl_auth_policy_t *p);
 /* Load the key files (either may be NULL or ""): on success they replace
  * the keys in use; on failure nothing changes and err says why. */
 int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz);
+
+/* The same, when `expect` (not 0) is the fingerprint the new keys must
+ * have - what another process (the master) loaded from the same files: a
+ * file changed in between (written in place, not renamed) is refused and
+ * the keys in use are kept. */
+int sl_auth_reload(const char *secret_file, const char *public_key_file, uint64_t expect,
+                   char *err, size_t errsz);
+
+/* A 64-bit fingerprint of the keys in use (the first 8 bytes of SHA-256 over
+ * the secret and the public key's DER), 0 when none are loaded. */
+uint64_t sl_auth_fingerprint(void);
 
 /* Free the keys in use (tests; the server keeps them for its life). */
 void sl_auth_unload(void);

@@ -54,6 +54,7 @@ typedef enum {
     SL_NS_RPC,      /* who may send rpc-request */
     SL_NS_PRESENCE, /* reserved for the presence feature */
     SL_NS_HISTORY,  /* reserved for the history feature */
+    SL_NS_RPC_RESPOND, /* who may answer rpc-request (besides being subscribed) */
     SL_NS__KEYS
 } sl_ns_key_t;
 

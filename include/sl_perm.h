@@ -9,15 +9,25 @@
  *   2. with --strict-namespaces, a channel "NAME:..." whose NAME was not
  *      declared: unknown-namespace;
  *   3. rpc-response: only a subscriber of the request's channel;
- *   4. subscribe (and presence, history) to a user-limited channel
- *      ("ID#u1,u2"): only those users, whatever the namespace says (with a
- *      token key configured; without one '#' means nothing);
+ *   4. a user-limited channel ("ID#u1,u2", with a token key configured;
+ *      without one '#' means nothing):
+ *      - subscribe (and presence, history): only those users, and for them
+ *        whatever the namespace's rule says (it decides alone);
+ *      - publish, rpc, rpc-response: only those users or a token whose
+ *        publish claim names the channel, and then rule 5 as well;
  *   5. the namespace's rule for the action: anyone, authenticated, token
- *      (the token's channels claim, or publish claim for publish and rpc,
- *      lists the channel), subscribers, none.
+ *      (the token's channels claim, or publish claim for publish, rpc and
+ *      rpc-response, names the channel), subscribers, none.  The key of
+ *      rpc-response is "rpc-respond" (default subscribers, which rule 3
+ *      already demands).
  * An anonymous connection refused by a rule it could pass with a token
  * (authenticated, token, a user-limited channel) is told unauthenticated;
  * every other refusal is permission-denied.
+ *
+ * What '#' does not override: rules 1-3, the namespace's auto-create and
+ * every bound on channels (--max-channels, --channel-creations-per-minute,
+ * the linger after which an empty channel is removed) - a user-limited
+ * channel is created, bounded and removed like any other.
  */
 #ifndef SL_PERM_H
 #define SL_PERM_H
@@ -31,7 +41,7 @@ typedef enum {
     SL_ACT_RPC = SL_NS_RPC,
     SL_ACT_PRESENCE = SL_NS_PRESENCE,
     SL_ACT_HISTORY = SL_NS_HISTORY,
-    SL_ACT_RPC_RESPONSE, /* answering a request made on the channel */
+    SL_ACT_RPC_RESPONSE = SL_NS_RPC_RESPOND, /* answering a request made on the channel */
     SL_ACT__COUNT
 } sl_action_t;
 

@@ -19,6 +19,11 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg);
 /* Is the connection subscribed to channel id[0..len)? */
 bool sl_pubsub_subscribed(sl_conn_t *c, const char *id, size_t len);
 
+/* The connection's token was refreshed: leave every channel the new claims
+ * no longer let it subscribe to, telling it {"type":"unsubscribed",
+ * "reason":"permission-revoked"} for each (counted as permission-revoked). */
+void sl_pubsub_recheck(sl_conn_t *c);
+
 /* The connection is closing: leave every channel. */
 void sl_pubsub_closed(sl_conn_t *c);
 
@@ -52,8 +57,10 @@ json_t *sl_pubsub_retained(struct sl_chan *ch, uint64_t since, size_t budget, ui
 /* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}}
  * for about `limit` channels (capped at SL_CHANNELS_PAGE_MAX) from
  * `cursor` (0: the first page); *next gets the next page's cursor, 0 after
- * the last. */
-json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next);
+ * the last.  identities false: user-limited channels (their ids name
+ * users) are left out. */
+json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next,
+                                bool identities);
 
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];

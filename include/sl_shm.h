@@ -82,6 +82,8 @@ typedef enum {
     SL_ERR_TLS_NO_SHARED_CIPHER,
     SL_ERR_TLS_BAD_RECORD,     /* garbage where a TLS record should be */
     SL_ERR_TLS_PEER_ALERT,     /* the client refused us (e.g. an unknown CA) */
+    SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
+    SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR__COUNT
 } sl_err_t;
 

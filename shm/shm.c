@@ -68,6 +68,8 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_TLS_NO_SHARED_CIPHER] = "tls-no-shared-cipher",
     [SL_ERR_TLS_BAD_RECORD] = "tls-bad-record",
     [SL_ERR_TLS_PEER_ALERT] = "tls-peer-alert",
+    [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
+    [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
 };
 
 const char *sl_err_name(sl_err_t e)

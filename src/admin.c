@@ -65,6 +65,11 @@ static bool token_ok(const sl_http_request_t *req)
     return al == bl && al > 0 && CRYPTO_memcmp(a, b, al) == 0;
 }
 
+bool sl_admin_bearer_ok(const sl_http_request_t *req)
+{
+    return sl_conf->admin_token[0] != '\0' && token_ok(req);
+}
+
 /* ---------------------------------------------------------------- path */
 
 /* Split "/api/a/b%2Fc" after "/api/" into decoded segments (malloc'd,

@@ -78,6 +78,7 @@ typedef struct {
     bool rsa;                /* pkey is RSA (else EC) */
     char curve[32];          /* EC: OpenSSL's group name */
     size_t ec_bytes;         /* EC: bytes of r and of s in a JOSE signature */
+    uint64_t fingerprint;    /* of the key material (sl_auth_fingerprint) */
 } keys_t;
 
 static keys_t K;
@@ -98,6 +99,17 @@ static const char *const reasons[SL_AUTH__COUNT] = {
 const char *sl_auth_reason(sl_auth_result_t r)
 {
     return (unsigned)r < SL_AUTH__COUNT ? reasons[r] : "invalid-token";
+}
+
+const char *sl_auth_peer_message(sl_auth_result_t r, const char *detail)
+{
+    switch (r) {
+    case SL_AUTH_WRONG_ALGORITHM: return "the token's algorithm (alg) is not accepted here";
+    case SL_AUTH_WRONG_AUDIENCE: return "claim 'aud' does not name this server's audience";
+    case SL_AUTH_WRONG_ISSUER: return "claim 'iss' is not this server's issuer";
+    case SL_AUTH_NOT_CONFIGURED: return "the server does not take tokens";
+    default: return detail;
+    }
 }
 
 void sl_auth_set_policy(const sl_auth_policy_t *p)
@@ -221,7 +233,30 @@ static int load_public_key(keys_t *k, const char *path, char *err, size_t errsz)
     return SL_ERROR;
 }
 
-int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz)
+/* SHA-256 over the key material - "S" and the secret's bytes, "P" and the
+ * public key's DER - cut to 64 bits (never 0, which means "no keys"). */
+static uint64_t fingerprint_of(const keys_t *k)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    unsigned char d[EVP_MAX_MD_SIZE], *der = NULL;
+    unsigned int dlen = 0;
+    int derlen = k->pkey ? i2d_PUBKEY(k->pkey, &der) : 0;
+    bool ok = ctx && EVP_DigestInit_ex(ctx, sha[MD_SHA256], NULL) == 1 &&
+              (k->secret == NULL || (EVP_DigestUpdate(ctx, "S", 1) == 1 &&
+                                     EVP_DigestUpdate(ctx, k->secret, k->secret_len) == 1)) &&
+              (derlen <= 0 || (EVP_DigestUpdate(ctx, "P", 1) == 1 &&
+                               EVP_DigestUpdate(ctx, der, (size_t)derlen) == 1)) &&
+              EVP_DigestFinal_ex(ctx, d, &dlen) == 1 && dlen >= 8;
+    EVP_MD_CTX_free(ctx);
+    OPENSSL_free(der);
+    uint64_t fp = 0;
+    for (int i = 0; ok && i < 8; i++)
+        fp = fp << 8 | d[i];
+    return fp ? fp : 1;
+}
+
+int sl_auth_reload(const char *secret_file, const char *public_key_file, uint64_t expect,
+                   char *err, size_t errsz)
 {
     for (int i = 0; i < NSHA; i++)
         if (sha[i] == NULL && (sha[i] = EVP_MD_fetch(NULL, sha_names[i], NULL)) == NULL) {
@@ -235,10 +270,28 @@ int sl_auth_load(const char *secret_file, const char *public_key_file, char *err
         keys_free(&k);
         return SL_ERROR;
     }
+    k.fingerprint = fingerprint_of(&k);
+    if (expect && k.fingerprint != expect) {
+        snprintf(err, errsz, "the key files now hold other keys (fingerprint %016llx) than the "
+                             "master read (%016llx): replace key files by an atomic rename",
+                 (unsigned long long)k.fingerprint, (unsigned long long)expect);
+        keys_free(&k);
+        return SL_ERROR;
+    }
     /* Only now, complete and checked, do the new keys replace the old. */
     keys_free(&K);
     K = k;
     return SL_OK;
+}
+
+int sl_auth_load(const char *secret_file, const char *public_key_file, char *err, size_t errsz)
+{
+    return sl_auth_reload(secret_file, public_key_file, 0, err, errsz);
+}
+
+uint64_t sl_auth_fingerprint(void)
+{
+    return K.fingerprint;
 }
 
 void sl_auth_unload(void)
@@ -338,13 +391,27 @@ void sl_ident_free(sl_ident_t *id)
     free(id);
 }
 
+/* A "prefix*" pattern stops at the boundaries of a channel id: the
+ * namespace ends at the first ':' and the user list starts at the first
+ * '#', so a prefix that has not reached one matches no id that goes on
+ * past it ("chat*" matches "chat-1", not "chatops:x", "chat:x" or
+ * "chat#bob"). */
+static bool crosses(const char *prefix, size_t plen, const char *rest, size_t rlen)
+{
+    return (memchr(prefix, ':', plen) == NULL && memchr(rest, ':', rlen) != NULL) ||
+           (memchr(prefix, '#', plen) == NULL && memchr(rest, '#', rlen) != NULL);
+}
+
 bool sl_ident_grants(char *const *patterns, uint32_t n, const char *id, size_t len)
 {
     for (uint32_t i = 0; i < n; i++) {
         const char *p = patterns[i];
         size_t plen = strlen(p);
+        if (plen == 1 && p[0] == '*')
+            return true; /* "*" alone: everything */
         if (plen > 0 && p[plen - 1] == '*') {
-            if (len >= plen - 1 && memcmp(id, p, plen - 1) == 0)
+            size_t pre = plen - 1;
+            if (len >= pre && memcmp(id, p, pre) == 0 && !crosses(p, pre, id + pre, len - pre))
                 return true;
         } else if (plen == len && memcmp(id, p, len) == 0) {
             return true;
@@ -399,7 +466,11 @@ static int claim_time(json_t *claims, const char *name, int64_t *ms)
     double s = json_number_value(v);
     if (!(s > 0 && s < 1e13))
         return SL_ERROR;
+    /* 0 means "no such claim": a present one is at least 1 ms (an exp of
+     * 0.0004 s is long past, not absent). */
     *ms = (int64_t)(s * 1000.0);
+    if (*ms < 1)
+        *ms = 1;
     return SL_OK;
 }
 

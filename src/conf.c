@@ -574,7 +574,7 @@ static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, 
 static const char *const rule_names[] = {"anyone", "authenticated", "token", "subscribers",
                                          "none"};
 static const char *const ns_key_names[SL_NS__KEYS] = {"subscribe", "publish", "rpc", "presence",
-                                                      "history"};
+                                                      "history", "rpc-respond"};
 
 /* One "NAME:key=value,..." (NAME may be empty: the default namespace). */
 static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *err,
@@ -616,7 +616,8 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
     if (c->namespaces == NULL)
         return SL_ERROR;
     sl_conf_namespace_t ns = {.auto_create = -1, .max_subscribers = -1, .message_retention = -1,
-                              .rpc_timeout_ms = -1};
+                              .rpc_timeout_ms = -1,
+                              .rules[SL_NS_RPC_RESPOND] = SL_RULE_SUBSCRIBERS};
     memcpy(ns.name, buf, nlen + 1);
     char *save = NULL;
     for (char *kv = strtok_r(colon + 1, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
@@ -669,9 +670,9 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
             ns.rpc_timeout_ms = ch.rpc_timeout_ms;
         continue;
     bad_key:
-        snprintf(err, errsz, "%s: '%s' is not key=value (keys: subscribe, publish, rpc, presence, "
-                             "history, auto-create, max-subscribers, message-retention, "
-                             "rpc-timeout-ms)", who, kv);
+        snprintf(err, errsz, "%s: '%s' is not key=value (keys: subscribe, publish, rpc, "
+                             "rpc-respond, presence, history, auto-create, max-subscribers, "
+                             "message-retention, rpc-timeout-ms)", who, kv);
         return SL_ERROR;
     }
     c->namespaces[c->nnamespaces++] = ns;
@@ -707,7 +708,8 @@ bool sl_conf_auth_enabled(const sl_conf_t *c)
 static void resolve_namespaces(sl_conf_t *c)
 {
     sl_conf_namespace_t def = {.name = "", .auto_create = -1, .max_subscribers = -1,
-                               .message_retention = -1, .rpc_timeout_ms = -1};
+                               .message_retention = -1, .rpc_timeout_ms = -1,
+                               .rules[SL_NS_RPC_RESPOND] = SL_RULE_SUBSCRIBERS};
     for (int i = 0; i < c->nnamespaces; i++)
         if (c->namespaces[i].name[0] == '\0')
             def = c->namespaces[i];

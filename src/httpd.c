@@ -394,13 +394,17 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         sl_httpd_error(c, 405, "method-not-allowed", "use GET or HEAD", keep);
         return keep;
     }
+    /* Who is connected (user ids, client addresses, user-limited channel
+     * ids) only for operators: on the ops listener, or with the admin
+     * token; on a public port anyone else sees counts. */
+    bool identities = c->ops || sl_admin_bearer_ok(req);
     if (health) {
         bool ok;
         json_t *doc = sl_health_json(&ok);
         send_json(c, ok ? 200 : 503, doc, keep);
     } else if (metrics) {
         bool ok;
-        json_t *h = sl_health_json(&ok), *st = sl_stats_json();
+        json_t *h = sl_health_json(&ok), *st = sl_stats_json(identities);
         char *text = sl_metrics_text(st, h, ok);
         json_decref(h);
         json_decref(st);
@@ -429,12 +433,12 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
             return keep;
         }
         uint32_t next;
-        json_t *page = sl_pubsub_channels_page((uint32_t)cursor,
-                                               (uint32_t)SL_MIN(limit, SL_CHANNELS_PAGE_MAX), &next);
+        json_t *page = sl_pubsub_channels_page(
+            (uint32_t)cursor, (uint32_t)SL_MIN(limit, SL_CHANNELS_PAGE_MAX), &next, identities);
         send_json(c, 200, json_pack("{s:o, s:o}", "channels", page, "next-cursor",
                                     next ? json_integer(next) : json_null()), keep);
     } else {
-        send_json(c, 200, sl_stats_json(), keep);
+        send_json(c, 200, sl_stats_json(identities), keep);
     }
     return keep;
 }

@@ -1037,16 +1037,22 @@ static void tickets_cb(evutil_socket_t fd, short what, void *arg)
  * log if it was moved; the token keys are reread here (so that a respawned
  * worker inherits the new ones) and in every worker (each keeps its old
  * keys if its reload fails, and says why). */
+/* SIGHUP: the logger reopens its file; the keys are reread here first, and
+ * only what the master accepted is reloaded by the workers: the signal
+ * carries the new keys' fingerprint (sigqueue), which each worker's reload
+ * must reach, or 0 - the master's reload failed, keep the keys in use - so
+ * every process stays on the same keys. */
 static void sighup_cb(evutil_socket_t sig, short what, void *arg)
 {
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
-    sl_session_reload_keys();
+    uint64_t fp = sl_session_reload_keys(0);
     sl_tls_reload(); /* here too: a respawned worker inherits the new certificates */
     sl_tel_flush();
+    union sigval v = {.sival_ptr = (void *)(uintptr_t)fp};
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
-            kill(M.w[i].pid, SIGHUP);
+            sigqueue(M.w[i].pid, SIGHUP, v);
 }
 
 /* ---------------------------------------------------- listening sockets */
@@ -1520,12 +1526,13 @@ static int create_predefined_channels(void)
     return rc;
 }
 
-/* A server anyone on the network can reach, with no key and no namespace,
- * lets every client do everything: say so at start (once). */
+/* A server anyone on the network can reach says at start (once) what
+ * anyone may do there: with no key and no namespace, everything on every
+ * channel; without --ops-listen, read the operators' endpoints (/stats,
+ * /metrics, /channels, /health, /dashboard: figures, configuration, pids;
+ * who is connected only with the admin token). */
 static void warn_if_open(void)
 {
-    if (sl_perm_active())
-        return;
     bool loopback = true;
     for (int k = 0; k < M.nlfd && loopback; k++) {
         struct sockaddr_storage ss;
@@ -1542,11 +1549,19 @@ static void warn_if_open(void)
     }
     if (loopback)
         return;
-    SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
-           SL_TF_I("port", sl_conf->port),
-           SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
-                              "every client may subscribe, publish and answer RPC on every "
-                              "channel (see --jwt-secret-file, --namespace)"));
+    if (!sl_perm_active())
+        SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+               SL_TF_I("port", sl_conf->port), SL_TF_S("scope", "channels"),
+               SL_TF_S("message", "listening beyond loopback with no token key and no namespace: "
+                                  "every client may subscribe, publish and answer RPC on every "
+                                  "channel (see --jwt-secret-file, --namespace)"));
+    if (sl_conf->ops_port == 0)
+        SL_TEL(SL_EV_OPEN_ACCESS, SL_WARN, SL_TF_S("host", sl_conf->host),
+               SL_TF_I("port", sl_conf->port), SL_TF_S("scope", "operator-endpoints"),
+               SL_TF_S("message", "listening beyond loopback without --ops-listen: every client "
+                                  "may read /stats, /metrics, /channels, /health and /dashboard "
+                                  "(who is connected only with the admin token); see "
+                                  "--ops-listen"));
 }
 
 int sl_master_run(void)

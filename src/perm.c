@@ -71,12 +71,22 @@ sl_perm_t sl_perm_check(const sl_ident_t *who, sl_action_t act, const char *id, 
     const sl_conf_namespace_t *ns = sl_conf_namespace(cf, id, len, &declared);
     if (!declared && cf->strict_namespaces)
         return SL_PERM_UNKNOWN_NAMESPACE;
-    if (act == SL_ACT_RPC_RESPONSE)
-        return subscribed ? SL_PERM_OK : SL_PERM_DENIED;
+    /* Requests reach subscribers only: nobody else may answer one. */
+    if (act == SL_ACT_RPC_RESPONSE && !subscribed)
+        return SL_PERM_DENIED;
     bool reading = act == SL_ACT_SUBSCRIBE || act == SL_ACT_PRESENCE || act == SL_ACT_HISTORY;
-    const char *hash = keyed && reading ? memchr(id, '#', len) : NULL;
-    if (hash)
-        return who && user_listed(hash, id + len, who->user) ? SL_PERM_OK : refuse(who);
+    const char *hash = keyed ? memchr(id, '#', len) : NULL;
+    if (hash) {
+        bool listed = who && user_listed(hash, id + len, who->user);
+        /* Reading: the listed users, whatever the namespace's rule. */
+        if (reading)
+            return listed ? SL_PERM_OK : refuse(who);
+        /* Writing (publish, rpc, rpc-response): a listed user, or a token
+         * whose publish claim names the channel (a service writing to its
+         * users) - and then the namespace's rule as well. */
+        if (!listed && !(who && sl_ident_grants(who->publish, who->npublish, id, len)))
+            return refuse(who);
+    }
     switch ((sl_rule_t)ns->rules[act]) {
     case SL_RULE_ANYONE: return SL_PERM_OK;
     case SL_RULE_AUTHENTICATED: return who ? SL_PERM_OK : SL_PERM_UNAUTHENTICATED;

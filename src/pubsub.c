@@ -28,6 +28,7 @@
 #include "sl_perm.h"
 #include "sl_proto.h"
 #include "sl_session.h"
+#include "sl_stats.h"
 #include "sl_tel.h"
 
 #include <inttypes.h>
@@ -422,6 +423,28 @@ void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
                        "success", 1));
 }
 
+void sl_pubsub_recheck(sl_conn_t *c)
+{
+    const sl_ident_t *who = sl_session_ident(c);
+    /* From the end: leave() moves the last entry into the freed place,
+     * and that one has been checked already. */
+    for (uint32_t i = c->nsubs; i-- > 0;) {
+        const char *id = c->subs[i];
+        size_t len = strlen(id);
+        if (sl_perm_check(who, SL_ACT_SUBSCRIBE, id, len, true) == SL_PERM_OK)
+            continue;
+        sl_conns_count_error(SL_ERR_PERMISSION_REVOKED);
+        SL_TEL(SL_EV_PERMISSION_DENIED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_S("user", who ? who->user : ""), SL_TF_S("channel-id", id),
+               SL_TF_S("action", "subscribe"), SL_TF_S("reason", "permission-revoked"));
+        json_t *notice = json_pack("{s:s, s:s, s:s, s:s}", "type", "unsubscribed", "channel-id",
+                                   id, "reason", "permission-revoked", "message",
+                                   "the refreshed token no longer allows this channel");
+        leave(c, i);
+        sl_proto_reply(c, notice);
+    }
+}
+
 void sl_pubsub_closed(sl_conn_t *c)
 {
     while (c->nsubs > 0)
@@ -523,6 +546,7 @@ typedef struct {
     json_t *all;
     bool filter;            /* only the channels `who` may subscribe to */
     const sl_ident_t *who;
+    bool hide_users;        /* leave out the user-limited channels */
 } listing_t;
 
 static void channel_page_cb(sl_chan_t *ch, void *arg)
@@ -531,6 +555,8 @@ static void channel_page_cb(sl_chan_t *ch, void *arg)
     if (l->filter && sl_perm_check(l->who, SL_ACT_SUBSCRIBE, ch->id, ch->node.klen, false) !=
                          SL_PERM_OK)
         return;
+    if (l->hide_users && sl_stats_names_users(ch->id, ch->node.klen))
+        return;
     json_t *o = json_pack("{s:o, s:I, s:I, s:I}", "config", config_json(&ch->config), "created-at",
                           (json_int_t)ch->created_at, "message-count",
                           (json_int_t)sl_chan_message_count(ch), "subscriber-count",
@@ -538,9 +564,10 @@ static void channel_page_cb(sl_chan_t *ch, void *arg)
     json_object_setn_new(l->all, ch->id, ch->node.klen, o);
 }
 
-json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next)
+json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next,
+                                bool identities)
 {
-    listing_t l = {json_object(), false, NULL};
+    listing_t l = {json_object(), false, NULL, !identities};
     *next = sl_chan_page(REG, cursor, SL_MIN(limit, SL_CHANNELS_PAGE_MAX), channel_page_cb, &l);
     return l.all;
 }
@@ -561,7 +588,7 @@ void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
     }
     uint32_t limit =
         lim ? (uint32_t)SL_MIN(json_integer_value(lim), SL_CHANNELS_PAGE_MAX) : SL_CHANNELS_PAGE_MAX;
-    listing_t l = {json_object(), sl_perm_active(), sl_session_ident(c)};
+    listing_t l = {json_object(), sl_perm_active(), sl_session_ident(c), false};
     uint32_t next = sl_chan_page(REG, cur ? (uint32_t)json_integer_value(cur) : 0, limit,
                                  channel_page_cb, &l);
     json_t *page = l.all;
@@ -651,14 +678,17 @@ static sl_buf_t *local_copy(const sl_chan_msg_t *m)
     return b;
 }
 
-/* Admin broadcast: every protocol connection here (echo ones excluded). */
+/* Admin broadcast: every protocol connection here (echo ones excluded),
+ * except those that may only authenticate (a token key, no
+ * --allow-anonymous, no token yet): they hear nothing until they have one. */
 static void deliver_broadcast(const sl_chan_msg_t *m)
 {
     sl_buf_t *b = local_copy(m);
     if (b == NULL)
         return;
     for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
-        if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS)
+        if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS &&
+            !sl_session_may_only_authenticate(c))
             sl_conn_send(c, b);
     sl_buf_unref(b);
 }

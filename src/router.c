@@ -45,7 +45,11 @@ int sl_router_admit(sl_conn_t *c)
                              c->opened_at);
     if (c->reg == NULL)
         return SL_ERROR;
-    sl_session_admitted(c);
+    if (sl_session_admitted(c) != SL_OK) {
+        sl_reg_conn_remove(&sl_shm->reg, c->reg);
+        c->reg = NULL;
+        return SL_ERROR;
+    }
     return SL_OK;
 }
 
@@ -98,6 +102,14 @@ static void handle_echo(sl_conn_t *c, json_t *msg)
                                 "conn-id", c->conn_id, "timestamp", (json_int_t)sl_now_ms()));
 }
 
+/* A refresh may narrow what the token allows: the subscriptions it no
+ * longer allows are dropped (each with an "unsubscribed" notice). */
+static void handle_authenticate(sl_conn_t *c, json_t *msg)
+{
+    if (sl_session_authenticate(c, msg))
+        sl_pubsub_recheck(c);
+}
+
 typedef struct {
     const char *type;
     void (*handle)(sl_conn_t *c, json_t *msg);
@@ -112,7 +124,7 @@ static const sl_handler_t handlers[] = {
     {"get-subscriptions", sl_pubsub_get_subscriptions},
     {"rpc-request", sl_call_request},
     {"rpc-response", sl_call_response},
-    {"authenticate", sl_session_authenticate},
+    {"authenticate", handle_authenticate},
 };
 
 void sl_router_message(sl_conn_t *c, char *data, size_t len)

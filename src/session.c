@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 
 #define REG (&sl_shm->reg)
@@ -46,6 +47,7 @@ struct sl_session {
     const char *via;           /* how the upgrade brought the token (static) */
     char ip[SL_PEER_MAX];      /* the client's address (sl_accesslog_peer) */
     bucket_t msgs, msg_strikes, pubs, pub_strikes;
+    uint32_t auth_failures;    /* refused authenticate messages so far */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -152,18 +154,47 @@ static size_t request_token(const sl_http_request_t *req, char *buf, const char 
     return 0;
 }
 
-/* req: the upgrade request (NULL for an authenticate message). */
-static void auth_failed(sl_conn_t *c, const sl_http_request_t *req, sl_auth_result_t r,
-                        const char *via, const char *msg)
+/* authentication-failed events: at most SL_AUTH_LOG_PER_SECOND a second
+ * on this worker (a peer can make failures as fast as it can send tokens,
+ * and each would be a log line); each logged event says how many were
+ * left out since the one before ("suppressed").  Every failure is counted
+ * in /stats errors either way.  -1: leave this one out. */
+static int64_t auth_log_slot(void)
 {
-    sl_conns_count_error(auth_err(r));
+    static int64_t window, in_window, suppressed;
+    int64_t now = sl_mono_ms();
+    if (now - window >= 1000) {
+        window = now;
+        in_window = 0;
+    }
+    if (in_window >= SL_AUTH_LOG_PER_SECOND) {
+        suppressed++;
+        return -1;
+    }
+    in_window++;
+    int64_t n = suppressed;
+    suppressed = 0;
+    return n;
+}
+
+/* req: the upgrade request (NULL for an authenticate message).  reason:
+ * sl_auth_reason's, or a reason of our own (user-mismatch). */
+static void auth_failed(sl_conn_t *c, const sl_http_request_t *req, sl_err_t err,
+                        const char *reason, const char *via, const char *msg)
+{
+    sl_conns_count_error(err);
+    if (!sl_tel_on(SL_INFO))
+        return;
+    int64_t left_out = auth_log_slot();
+    if (left_out < 0)
+        return;
     /* On the upgrade there is no conn-id yet: the peer's address says who. */
     char peer[SL_PEER_MAX] = "";
-    if (c->conn_id[0] == '\0' && sl_tel_on(SL_INFO))
+    if (c->conn_id[0] == '\0')
         sl_accesslog_peer(c, req, peer, sizeof(peer));
     SL_TEL(SL_EV_AUTHENTICATION_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_S("peer", peer), SL_TF_S("via", via), SL_TF_S("reason", sl_auth_reason(r)),
-           SL_TF_S("message", msg));
+           SL_TF_S("peer", peer), SL_TF_S("via", via), SL_TF_S("reason", reason),
+           SL_TF_S("message", msg), SL_TF_I("suppressed", left_out));
 }
 
 /* A place refused on the upgrade (rc from sl_access_acquire): counted,
@@ -190,9 +221,12 @@ static int place_refused(sl_conn_t *c, int rc, sl_access_kind_t kind, const char
     return rc == SL_ACCESS_FULL ? 429 : 503;
 }
 
-/* The connection becomes `id`'s: a place in the user's count first (the
- * identity is only taken when that succeeds; otherwise the caller keeps
- * and frees it).  SL_OK, SL_ACCESS_FULL or SL_ACCESS_NO_MEMORY. */
+/* The connection becomes `id`'s: a place in the user's count, and - once
+ * the connection has its conn-id (an authenticate message; on the upgrade
+ * sl_session_admitted does it) - its entry in the users table, which the
+ * admin API's user calls and /stats walk.  Only when both are taken is the
+ * identity the session's; otherwise nothing is held and the caller keeps
+ * and frees `id`.  SL_OK, SL_ACCESS_FULL or SL_ACCESS_NO_MEMORY. */
 static int take_identity(sl_conn_t *c, sl_ident_t *id)
 {
     sl_session_t *s = c->sess;
@@ -205,21 +239,19 @@ static int take_identity(sl_conn_t *c, sl_ident_t *id)
             return rc;
         s->user_held = true;
     }
+    if (c->reg && (s->user_entry = sl_access_user_add(REG, c->conn_id, sl_conns.id, c->slot,
+                                                      c->conn_no, id->user)) == NULL) {
+        /* A connection missing from the users table would escape the
+         * administrator's "close this user": refused instead. */
+        if (s->user_held)
+            sl_access_release(REG, SL_ACCESS_USER, id->user, strlen(id->user), sl_conns.id);
+        s->user_held = false;
+        return SL_ACCESS_NO_MEMORY;
+    }
     s->ident = id;
     s->auth_deadline = 0;
     set_expiry(s);
     return SL_OK;
-}
-
-static void record_user(sl_conn_t *c)
-{
-    sl_session_t *s = c->sess;
-    if (s && s->ident && s->user_entry == NULL && c->reg) {
-        s->user_entry = sl_access_user_add(REG, c->conn_id, sl_conns.id, c->slot, c->conn_no,
-                                           s->ident->user);
-        if (s->user_entry == NULL)
-            sl_conns_count_error(SL_ERR_SHM_EXHAUSTED); /* works, unlisted by user */
-    }
 }
 
 static void told_authenticated(sl_conn_t *c, const char *via, bool refresh)
@@ -255,9 +287,9 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
      * The address is the client's: behind a --trusted-proxy, the one its
      * X-Forwarded-For names (the proxy's own would put every client of it
      * in one count). */
-    if (cf->max_connections_per_ip > 0)
+    if (cf->max_connections_per_ip > 0) {
         sl_accesslog_peer(c, req, s->ip, sizeof(s->ip));
-    if (cf->max_connections_per_ip > 0 && strcmp(s->ip, "-") != 0) {
+        sl_session_ip_key(s->ip, sizeof(s->ip));
         int rc = sl_access_acquire(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_conns.id,
                                    (uint64_t)cf->max_connections_per_ip);
         if (rc != SL_OK)
@@ -275,10 +307,12 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
         return SL_OK;
     }
     sl_ident_t *id;
-    sl_auth_result_t r = sl_auth_verify(tok, n, sl_now_ms(), &id, message, msgsz);
+    char detail[200];
+    sl_auth_result_t r = sl_auth_verify(tok, n, sl_now_ms(), &id, detail, sizeof(detail));
     if (r != SL_AUTH_OK) {
-        auth_failed(c, req, r, via, message);
+        auth_failed(c, req, auth_err(r), sl_auth_reason(r), via, detail);
         *code = sl_auth_reason(r);
+        snprintf(message, msgsz, "%s", sl_auth_peer_message(r, detail));
         sl_session_end(c);
         return 401;
     }
@@ -293,12 +327,18 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
     return SL_OK;
 }
 
-void sl_session_admitted(sl_conn_t *c)
+int sl_session_admitted(sl_conn_t *c)
 {
-    if (c->sess && c->sess->ident) {
-        record_user(c);
-        told_authenticated(c, c->sess->via, false);
-    }
+    sl_session_t *s = c->sess;
+    if (s == NULL || s->ident == NULL)
+        return SL_OK;
+    /* Listed under its user, or refused (see take_identity). */
+    s->user_entry = sl_access_user_add(REG, c->conn_id, sl_conns.id, c->slot, c->conn_no,
+                                       s->ident->user);
+    if (s->user_entry == NULL)
+        return SL_ERROR;
+    told_authenticated(c, s->via, false);
+    return SL_OK;
 }
 
 void sl_session_welcome(sl_conn_t *c, json_t *w)
@@ -342,12 +382,29 @@ static void auth_result(sl_conn_t *c, const char *reason, const char *message)
                                 id->exp_ms ? json_integer(id->exp_ms) : json_null()));
 }
 
-void sl_session_authenticate(sl_conn_t *c, json_t *msg)
+/* A refused authenticate message: counted, told, and after
+ * SL_AUTH_MAX_FAILURES of them the connection is closed (each costs a
+ * signature check; a peer holding no good token has nothing to try). */
+static void auth_refused(sl_conn_t *c, sl_err_t err, const char *reason, const char *detail,
+                         const char *peer_message)
+{
+    auth_failed(c, NULL, err, reason, "message", detail);
+    auth_result(c, reason, peer_message);
+    if (c->sess && ++c->sess->auth_failures >= SL_AUTH_MAX_FAILURES) {
+        sl_conns_count_error(SL_ERR_AUTH_FAILURES_CLOSED);
+        SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_S("user", user_of(c)), SL_TF_S("reason", "authentication-failures"),
+               SL_TF_I("code", SL_CLOSE_AUTH_REQUIRED));
+        sl_conn_close_ws(c, SL_CLOSE_AUTH_REQUIRED, "too many failed authentications");
+    }
+}
+
+bool sl_session_authenticate(sl_conn_t *c, json_t *msg)
 {
     json_t *t = json_object_get(msg, "token");
     if (!json_is_string(t)) {
         sl_proto_bad_field(c, "authenticate", "token", t ? "must be a string" : "is missing");
-        return;
+        return false;
     }
     char m[200];
     sl_ident_t *id = NULL;
@@ -357,27 +414,25 @@ void sl_session_authenticate(sl_conn_t *c, json_t *msg)
         r = SL_AUTH_NOT_CONFIGURED; /* cannot happen: a key makes sessions needed */
     if (r != SL_AUTH_OK) {
         sl_ident_free(id);
-        auth_failed(c, NULL, r, "message", m);
-        auth_result(c, sl_auth_reason(r), m);
-        return;
+        auth_refused(c, auth_err(r), sl_auth_reason(r), m, sl_auth_peer_message(r, m));
+        return false;
     }
     sl_session_t *s = c->sess;
     if (s->ident) {
         /* A refresh: same user, new claims and expiry. */
         if (strcmp(s->ident->user, id->user) != 0) {
             sl_ident_free(id);
-            sl_conns_count_error(SL_ERR_USER_MISMATCH);
-            SL_TEL(SL_EV_AUTHENTICATION_FAILED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-                   SL_TF_S("via", "message"), SL_TF_S("reason", "user-mismatch"));
-            auth_result(c, "user-mismatch", "a refresh must be for the same user (sub)");
-            return;
+            auth_refused(c, SL_ERR_USER_MISMATCH, "user-mismatch",
+                         "a refresh must be for the same user (sub)",
+                         "a refresh must be for the same user (sub)");
+            return false;
         }
         sl_ident_free(s->ident);
         s->ident = id;
         set_expiry(s);
         told_authenticated(c, "message", true);
         auth_result(c, NULL, NULL);
-        return;
+        return true; /* the caller checks the subscriptions against the new claims */
     }
     int rc = take_identity(c, id);
     if (rc == SL_ACCESS_FULL) {
@@ -388,17 +443,17 @@ void sl_session_authenticate(sl_conn_t *c, json_t *msg)
         auth_result(c, "max-connections-per-user",
                     "too many connections of this user (--max-connections-per-user)");
         sl_conn_close_ws(c, SL_CLOSE_TOO_MANY_FOR_USER, "too many connections for this user");
-        return;
+        return false;
     }
     if (rc != SL_OK) {
         sl_ident_free(id);
         sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         auth_result(c, "overloaded", "the server's shared memory is full");
-        return;
+        return false;
     }
-    record_user(c);
     told_authenticated(c, "message", false);
     auth_result(c, NULL, NULL);
+    return false;
 }
 
 /* ------------------------------------------------------------ rate limits */
@@ -426,9 +481,16 @@ static bool admit(sl_conn_t *c, bucket_t *b, bucket_t *strikes, int64_t rate, in
     return false;
 }
 
+static bool timers_due(sl_conn_t *c, int64_t now);
+
 bool sl_session_admit_message(sl_conn_t *c)
 {
     sl_session_t *s = c->sess;
+    /* An expired token (or a passed authentication deadline) closes the
+     * connection before the message is looked at, not only at the next
+     * tick: nothing is done on a token after its exp. */
+    if (s && timers_due(c, c->last_rx_mono))
+        return false;
     return s == NULL || admit(c, &s->msgs, &s->msg_strikes, sl_conf->max_messages_per_second,
                               sl_conf->message_burst, "--max-messages-per-second");
 }
@@ -442,23 +504,38 @@ bool sl_session_admit_publish(sl_conn_t *c)
 
 /* ----------------------------------------------------------------- timers */
 
-void sl_session_tick(sl_conn_t *c, int64_t now)
+/* The authentication deadline or the token's expiry has come: close
+ * (4401 / 4408), and true. */
+static bool timers_due(sl_conn_t *c, int64_t now)
 {
     sl_session_t *s = c->sess;
-    if (s == NULL)
-        return;
     if (s->auth_deadline && s->ident == NULL && now >= s->auth_deadline) {
         sl_conns_count_error(SL_ERR_AUTH_TIMEOUT);
         SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("reason", "authentication-timeout"), SL_TF_I("code", SL_CLOSE_AUTH_REQUIRED));
         sl_conn_close_ws(c, SL_CLOSE_AUTH_REQUIRED, "authentication required");
-    } else if (s->expires_mono && now >= s->expires_mono) {
+        return true;
+    }
+    if (s->expires_mono && now >= s->expires_mono) {
         sl_conns_count_error(SL_ERR_SESSION_EXPIRED);
         SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("user", s->ident->user), SL_TF_S("reason", "token-expired"),
                SL_TF_I("code", SL_CLOSE_TOKEN_EXPIRED));
         sl_conn_close_ws(c, SL_CLOSE_TOKEN_EXPIRED, "token expired");
+        return true;
     }
+    return false;
+}
+
+void sl_session_tick(sl_conn_t *c, int64_t now)
+{
+    if (c->sess)
+        timers_due(c, now);
+}
+
+bool sl_session_may_only_authenticate(const sl_conn_t *c)
+{
+    return c->sess && c->sess->ident == NULL && sl_auth_enabled() && !sl_conf->allow_anonymous;
 }
 
 /* ------------------------------------------------------------- permission */
@@ -480,16 +557,42 @@ const char *sl_session_permit(sl_conn_t *c, sl_action_t act, const char *id, siz
 
 /* ------------------------------------------------------------------- keys */
 
-void sl_session_reload_keys(void)
+uint64_t sl_session_reload_keys(uint64_t expect)
 {
     const sl_conf_t *cf = sl_conf;
     if (!sl_conf_auth_enabled(cf))
-        return;
-    char err[512];
-    if (sl_auth_load(cf->jwt_secret_file, cf->jwt_public_key_file, err, sizeof(err)) == SL_OK)
-        SL_TEL(SL_EV_KEYS_RELOADED, SL_INFO, SL_TF_S("secret-file", cf->jwt_secret_file),
-               SL_TF_S("public-key-file", cf->jwt_public_key_file));
-    else
+        return 0;
+    char err[512], fp[24];
+    if (sl_auth_reload(cf->jwt_secret_file, cf->jwt_public_key_file, expect, err, sizeof(err)) !=
+        SL_OK) {
         SL_TEL(SL_EV_KEYS_RELOAD_FAILED, SL_ERROR_LEVEL, SL_TF_S("reason", err),
                SL_TF_S("kept", "the keys in use"));
+        return 0;
+    }
+    snprintf(fp, sizeof(fp), "%016llx", (unsigned long long)sl_auth_fingerprint());
+    SL_TEL(SL_EV_KEYS_RELOADED, SL_INFO, SL_TF_S("secret-file", cf->jwt_secret_file),
+           SL_TF_S("public-key-file", cf->jwt_public_key_file), SL_TF_S("fingerprint", fp));
+    return sl_auth_fingerprint();
+}
+
+/* ------------------------------------------------------ per-IP count key */
+
+void sl_session_ip_key(char *ip, size_t n)
+{
+    struct in6_addr a;
+    if (strcmp(ip, "-") == 0) {
+        snprintf(ip, n, "unknown");
+        return;
+    }
+    if (strchr(ip, ':') == NULL || inet_pton(AF_INET6, ip, &a) != 1)
+        return; /* IPv4 (mapped ones are already written as such) */
+    char p[INET6_ADDRSTRLEN];
+    if (IN6_IS_ADDR_V4MAPPED(&a)) { /* an IPv4 client (e.g. named by a proxy) */
+        if (inet_ntop(AF_INET, a.s6_addr + 12, p, sizeof(p)) != NULL)
+            snprintf(ip, n, "%s", p);
+        return;
+    }
+    memset(a.s6_addr + 8, 0, 8);
+    if (inet_ntop(AF_INET6, &a, p, sizeof(p)) != NULL)
+        snprintf(ip, n, "%s/64", p);
 }

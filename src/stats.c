@@ -265,7 +265,13 @@ typedef struct {
     uint64_t count[SL_STATS_MAX_CHANNELS];
     size_t n;
     uint64_t seen;
+    bool hide_users; /* leave out (count as omitted) the user-limited ones */
 } top_t;
+
+bool sl_stats_names_users(const char *id, size_t len)
+{
+    return sl_conf_auth_enabled(sl_conf) && memchr(id, '#', len) != NULL;
+}
 
 /* Keep the busiest: a small array, the least busy at the end. */
 static int chan_top_cb(sl_table_node_t *n, void *arg)
@@ -274,6 +280,8 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
     sl_chan_t *ch = (sl_chan_t *)n;
     uint64_t k = sl_chan_message_count(ch);
     t->seen++;
+    if (t->hide_users && sl_stats_names_users(ch->id, ch->node.klen))
+        return 0;
     size_t i = t->n < SL_STATS_MAX_CHANNELS ? t->n++ : SL_STATS_MAX_CHANNELS;
     if (i == SL_STATS_MAX_CHANNELS) {
         if (k <= t->count[i - 1])
@@ -289,11 +297,12 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
-static json_t *channel_stats_json(void)
+static json_t *channel_stats_json(bool identities)
 {
     json_t *chans = json_object();
     top_t *top = calloc(1, sizeof(*top));
     if (top) {
+        top->hide_users = !identities;
         sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
         for (size_t i = 0; i < top->n; i++) {
             sl_chan_t *ch = top->top[i];
@@ -356,9 +365,18 @@ static void ip_cb(const char *name, size_t len, uint64_t total, void *arg)
 
 /* Who is connected: each authenticated connection under its user (up to
  * SL_STATS_MAX_USER_CONNS), and with --max-connections-per-ip the
- * connections per address (up to as many addresses). */
-static json_t *access_json(uint64_t active)
+ * connections per address (up to as many addresses).  Without identities
+ * only the two counts, read from the users table's size: nothing is
+ * walked, and no user id or address is shown. */
+static json_t *access_json(uint64_t active, bool identities)
 {
+    if (!identities) {
+        uint64_t authed = sl_table_count(sl_shm->reg.access->users);
+        return json_pack("{s:I, s:I, s:b}", "authenticated-connections", (json_int_t)authed,
+                         "anonymous-connections",
+                         (json_int_t)(active > authed ? active - authed : 0), "identities-hidden",
+                         1);
+    }
     users_t x = {json_object(), 0, 0};
     sl_access_user_conns(&sl_shm->reg, NULL, 0, user_cb, &x);
     uint64_t authed = x.listed + x.omitted;
@@ -392,7 +410,7 @@ static int64_t uptime_ms(void)
     return sl_now_ms() - sl_shm->start_ms;
 }
 
-json_t *sl_stats_json(void)
+json_t *sl_stats_json(bool identities)
 {
     totals_t t = {.details = true};
     json_t *workers = workers_json(&t);
@@ -414,7 +432,7 @@ json_t *sl_stats_json(void)
                      "uptime-ms", (json_int_t)uptime_ms(), "server-config", cfg, "workers",
                      workers, "telemetry-stats", tel, "shared-memory", shm_json(),
                      "slow-consumer-disconnects", (json_int_t)t.slow, "errors", errors);
-    json_object_set_new(doc, "channel-stats", channel_stats_json());
+    json_object_set_new(doc, "channel-stats", channel_stats_json(identities));
     json_object_set_new(doc, "overloaded", json_integer((json_int_t)t.overloaded));
     json_object_set_new(doc, "published", json_integer((json_int_t)t.published));
     json_object_set_new(doc, "delivered", json_integer((json_int_t)t.delivered));
@@ -429,7 +447,7 @@ json_t *sl_stats_json(void)
     json_object_set_new(doc, "handshake-failures", hs);
     json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
     json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
-    json_object_set_new(doc, "access", access_json(t.connections));
+    json_object_set_new(doc, "access", access_json(t.connections, identities));
     json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
     json_object_set_new(doc, "backpressure-pauses",
                         json_integer((json_int_t)t.backpressure_pauses));

@@ -158,7 +158,14 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
     struct signalfd_siginfo si;
     while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGHUP) {
-            sl_session_reload_keys();
+            /* From the master: the fingerprint of the keys it loaded (0: it
+             * kept its keys, so do we).  From anyone else: reload alone. */
+            if (si.ssi_code == SI_QUEUE && (pid_t)si.ssi_pid == getppid()) {
+                if (si.ssi_ptr != 0)
+                    sl_session_reload_keys(si.ssi_ptr);
+            } else {
+                sl_session_reload_keys(0);
+            }
             sl_tls_reload();
             sl_accesslog_reopen();
         } else

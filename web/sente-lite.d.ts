@@ -176,10 +176,13 @@ export interface SenteLiteEvents {
   gap: RecoveryInfo;
   'channel-deleted': { channel: string };
   broadcast: ServerMessage & { broadcast: true };
-  /** The administrator took a subscription away. */
+  /** The server took a subscription away: `reason` is 'removed by the
+   *  administrator', or 'permission-revoked' when a refreshed token no longer
+   *  allows the channel (the client does not subscribe to it again). */
   unsubscribed: { channel: string; reason?: string };
   authenticated: { user: string; expiresAt: number | null; refresh: boolean };
-  /** A token refused, or closed with 4401, 4408 or 4429. */
+  /** A token refused, or closed with 4401 (no valid token in time, or the
+   *  third refused token: `message` says which), 4408 or 4429. */
   unauthorized: { reason: string; code?: number; message?: string; refresh?: boolean };
   error: { reason: string; [key: string]: unknown };
 }

@@ -38,8 +38,10 @@
  *    logs - and the connection counts as open (subscriptions made again,
  *    queued calls sent, connect() resolved) only once the server has
  *    accepted it.  A refused token, or a close with 4401 (no valid token in
- *    time), 4408 (the token expired) or 4429 (too many connections for the
- *    user), emits 'unauthorized'.  A refused token and 4401 stop the client
+ *    time, or a third refused token), 4408 (the token expired) or 4429 (too
+ *    many connections for the user), emits 'unauthorized'.  A refresh whose
+ *    token no longer allows a subscription ends it: 'unsubscribed' with
+ *    reason 'permission-revoked'.  A refused token and 4401 stop the client
  *    (provide a token, then connect() again); after 4408 it reconnects only
  *    when it has getToken() to ask for a fresh token.
  */
@@ -853,7 +855,9 @@ export class SenteLite {
       return this._emit('channel-deleted', { channel: ch });
     }
     if (type === 'unsubscribed') {
-      // The server (its administrator) took this subscription away.
+      // The server took this subscription away: its administrator, or a
+      // refreshed token that no longer allows it ('permission-revoked').
+      // Not made again on reconnect.
       const ch = msg['channel-id'];
       this._subs.delete(ch);
       this._servers.delete(ch);

@@ -320,7 +320,7 @@ test('with a token key: the demo with a token chats, a page without one is refus
     return `${h}.${b}.${createHmac('sha256', secret).update(`${h}.${b}`).digest('base64url')}`;
   };
   const srv = await startServer(['--jwt-secret-file', path.join(dir, 'secret'),
-    '--auth-timeout-ms', '1000', '--message-retention', '5']);
+    '--auth-timeout-ms', '1000', '--message-retention', '5', '--admin-token', 'adm']);
   try {
     const page = await newPage();
     await page.goto(`${srv.http}/demo?name=amy&channel=secure&autojoin=1&token=${token('amy')}`);
@@ -348,8 +348,12 @@ test('with a token key: the demo with a token chats, a page without one is refus
     await anon.click('#join');
     await anon.waitForSelector('#text:not([disabled])');
     await anon.waitForFunction(() => document.querySelectorAll('#messages li.message').length === 1);
-    const st = await (await srv.get('/stats')).json();
+    // Who is connected: for the admin token's bearer (or the ops listener).
+    const st = await (await srv.get('/stats', { Authorization: 'Bearer adm' })).json();
     assert.deepEqual(Object.keys(st.access.users).sort(), ['amy', 'zed']);
+    const pub = await (await srv.get('/stats')).json();
+    assert.equal(pub.access['identities-hidden'], true);
+    assert.equal(pub.access['authenticated-connections'], 2);
     assert.equal(st.errors['authentication-timeout'], 1);
     await page.context().close();
     await anon.context().close();

@@ -84,7 +84,7 @@ def test_publish_rate_limit_exact(server_factory):
 
 
 def test_connections_per_ip_across_workers(server_factory):
-    srv = server_factory("--max-connections-per-ip", "2")
+    srv = server_factory("--max-connections-per-ip", "2", ops=True)
     a, _, wa = upgrade(srv.port, source="127.0.0.2")
     b, _, wb = upgrade(srv.port, source="127.0.0.2")
     assert {wa["worker"], wb["worker"]} == {0, 1}  # one on each worker
@@ -106,7 +106,7 @@ def test_connections_per_ip_across_workers(server_factory):
 
 
 def test_connections_per_user_across_workers(server_factory, keys):
-    srv = server_factory(*keys.flags("secret"), "--max-connections-per-user", "2")
+    srv = server_factory(*keys.flags("secret"), "--max-connections-per-user", "2", ops=True)
     tok = keys.token(sub="alice")
     a, _, wa = upgrade(srv.port, tok)
     b, _, wb = upgrade(srv.port, tok, via="query")
@@ -132,7 +132,7 @@ def test_connections_per_user_across_workers(server_factory, keys):
 
 def test_killed_worker_gives_back_its_places(server_factory, keys):
     srv = server_factory(*keys.flags("secret"), "--max-connections-per-ip", "2",
-                         "--max-connections-per-user", "2")
+                         "--max-connections-per-user", "2", ops=True)
     tok = keys.token(sub="kim")
     a, _, wa = upgrade(srv.port, tok, source="127.0.0.4")
     b, _, wb = upgrade(srv.port, tok, source="127.0.0.4")
@@ -161,7 +161,8 @@ def test_per_ip_limit_counts_the_client_behind_a_trusted_proxy(server_factory):
     the proxy would share one count.  From an untrusted peer the header is
     ignored."""
     from wsraw import RawWS
-    srv = server_factory("--max-connections-per-ip", "1", "--trusted-proxy", "127.0.0.2")
+    srv = server_factory("--max-connections-per-ip", "1", "--trusted-proxy", "127.0.0.2",
+                         ops=True)
 
     def via_proxy(client, source="127.0.0.2"):
         return RawWS(srv.port, headers={"X-Forwarded-For": client}, source=source)

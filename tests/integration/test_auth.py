@@ -243,13 +243,14 @@ def test_sighup_reloads_keys_in_every_worker(server_factory, keys, tmp_path):
     def reloads(what):
         return [l for l in srv.log_lines() if what in l]
 
-    # A bad file: every process keeps its keys and says why.
+    # A bad file: the master refuses it and says why; the workers, told so,
+    # do not try - every process keeps its keys.
     secret.write_text("short\n")
     os.kill(srv.pid, signal.SIGHUP)
-    lines = wait_for(lambda: len(reloads("keys-reload-failed")) >= 3 and reloads(
-        "keys-reload-failed"), what="three reload failures (master, two workers)")
+    lines = wait_for(lambda: reloads("keys-reload-failed"), what="the master's reload failure")
     assert all("at least 32" in l for l in lines)
     connect_on_every_worker(srv, old, 101)
+    assert len(reloads("keys-reload-failed")) == 1
 
     # A new secret: old tokens refused, new ones accepted, everywhere.
     new_secret = "n" * 40

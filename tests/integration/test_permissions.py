@@ -180,10 +180,11 @@ def test_rpc_response_only_from_subscribers(server_factory, keys):
 
 def test_user_limited_channels_and_listing(server_factory, keys):
     srv = server_factory(*keys.flags("secret"), "--allow-anonymous", "--namespace",
-                         "dm:subscribe=none,publish=authenticated")
+                         "dm:subscribe=none,publish=authenticated", ops=True)
     alice = on_worker(srv, 0, keys.token(sub="alice"))
     bob = on_worker(srv, 1, keys.token(sub="bob"))
     carol = on_worker(srv, 1, keys.token(sub="carol"))
+    svc = on_worker(srv, 0, keys.token(sub="notifier", publish=["dm:chat#*"]))
     anon = on_worker(srv, 0)
     ch = "dm:chat#alice,bob"
     # The user list decides, whatever the namespace says (subscribe=none).
@@ -194,19 +195,28 @@ def test_user_limited_channels_and_listing(server_factory, keys):
     r = ask(anon, type="subscribe", **{"channel-id": ch})
     assert r["success"] is False and r["reason"] == "unauthenticated"
     assert ask(carol, type="subscribe", **{"channel-id": "notes#carol"})["success"]
-    # Publishing follows the namespace: carol may, the anonymous may not.
-    r = ask(carol, type="publish", **{"channel-id": ch, "data": "hi"})
-    assert r["success"] and r["delivered-to"] == 2
+    # Writing: a listed user, or a token whose publish claim names the
+    # channel, and the namespace's rule as well.  carol (authenticated but
+    # not listed) may not inject, nor learn who is online from delivered-to.
+    r = ask(carol, type="publish", **{"channel-id": ch, "data": "reset your password"})
+    assert r["success"] is False and r["reason"] == "permission-denied"
     r = ask(anon, type="publish", **{"channel-id": ch, "data": "hi"})
     assert r["reason"] == "unauthenticated"
-    assert recv(alice)["data"] == "hi" and recv(bob)["data"] == "hi"
+    r = ask(bob, type="publish", **{"channel-id": ch, "data": "hi", "exclude-sender": True})
+    assert r["success"] and r["delivered-to"] == 1
+    assert recv(alice)["data"] == "hi"
+    r = ask(svc, type="publish", **{"channel-id": ch, "data": "from the service"})
+    assert r["success"] and r["delivered-to"] == 2
+    assert recv(alice)["data"] == "from the service" and recv(bob)["data"] == "from the service"
+    r = ask(carol, type="rpc-request", **{"channel-id": ch, "data": {}})
+    assert r["delivery"]["reason"] == "permission-denied"
     # list-channels: only what one may subscribe to.
     assert set(ask(alice, type="list-channels")["channels"]) == {ch}
     assert set(ask(carol, type="list-channels")["channels"]) == {"notes#carol"}
     assert ask(anon, type="list-channels")["channels"] == {}
     # The operators' /channels shows everything.
     assert set(srv.get_json("/channels")[1]["channels"]) == {ch, "notes#carol"}
-    for c in (alice, bob, carol, anon):
+    for c in (alice, bob, carol, svc, anon):
         c.close()
 
 

@@ -463,6 +463,11 @@ static void test_claims(void)
     EXPECT("{\"sub\":\"a\",\"info\":[1]}", SL_AUTH_INVALID_TOKEN);
     EXPECT("{\"sub\":\"a\",\"info\":null}", SL_AUTH_OK);
     EXPECT("{\"sub\":\"a\",\"exp\":99999999999.5,\"nbf\":1}", SL_AUTH_OK);
+    /* Under a millisecond is still a time, long past - not "no exp"
+     * (review r14 finding 8). */
+    EXPECT("{\"sub\":\"a\",\"exp\":0.0001}", SL_AUTH_TOKEN_EXPIRED);
+    EXPECT("{\"sub\":\"a\",\"exp\":0.0009}", SL_AUTH_TOKEN_EXPIRED);
+    EXPECT("{\"sub\":\"a\",\"nbf\":0.0004}", SL_AUTH_OK);
     char big[1200 + 64];
     snprintf(big, sizeof(big), "{\"sub\":\"a\",\"info\":{\"x\":\"%01100d\"}}", 0);
     EXPECT(big, SL_AUTH_INVALID_TOKEN); /* info over 1 KiB */
@@ -508,7 +513,23 @@ static void test_patterns(void)
     SL_CHECK(!sl_ident_grants(p, 3, "x", 1)); /* '*' only at the end means "prefix" */
     char *all[] = {"*"};
     SL_CHECK(sl_ident_grants(all, 1, "anything", 8));
+    SL_CHECK(sl_ident_grants(all, 1, "a:b#c", 5));
     SL_CHECK(!sl_ident_grants(NULL, 0, "anything", 8));
+    /* A prefix stops at the namespace's ':' and the user list's '#' it
+     * has not reached (review r14 finding 17). */
+    char *chat[] = {"chat*"};
+    SL_CHECK(sl_ident_grants(chat, 1, "chat", 4));
+    SL_CHECK(sl_ident_grants(chat, 1, "chat-1", 6));
+    SL_CHECK(!sl_ident_grants(chat, 1, "chatops:secret", 14));
+    SL_CHECK(!sl_ident_grants(chat, 1, "chat:room", 9));
+    SL_CHECK(!sl_ident_grants(chat, 1, "chat#bob", 8));
+    char *ns[] = {"chat:*"};
+    SL_CHECK(sl_ident_grants(ns, 1, "chat:a:b", 8)); /* ':' after the namespace: still in it */
+    SL_CHECK(!sl_ident_grants(ns, 1, "chat:dm#bob", 11));
+    char *users[] = {"chat:dm#*"};
+    SL_CHECK(sl_ident_grants(users, 1, "chat:dm#bob", 11));
+    SL_CHECK(sl_ident_grants(users, 1, "chat:dm#bob,carol", 17));
+    SL_CHECK(!sl_ident_grants(users, 1, "chat:other#bob", 14));
 }
 
 static void test_malformed(void)
@@ -736,11 +757,66 @@ static void test_load_and_reload(void)
     SL_CHECK(strstr(err, "1024-bit") != NULL);
     EVP_PKEY_free(weak);
     free(wp);
+    /* A reload that must reach a fingerprint (the master's): another key
+     * is refused and the keys in use stay (review r14 finding 16). */
+    uint64_t rsa_fp = sl_auth_fingerprint();
+    SL_CHECK(rsa_fp != 0);
+    load(secret_path, NULL);
+    uint64_t secret_fp = sl_auth_fingerprint();
+    SL_CHECK(secret_fp != 0 && secret_fp != rsa_fp);
+    SL_CHECK_INT(sl_auth_reload(NULL, rsa_path, secret_fp, err, sizeof(err)), SL_ERROR);
+    SL_CHECK(strstr(err, "atomic rename") != NULL);
+    SL_CHECK(sl_auth_fingerprint() == secret_fp);
+    SL_CHECK_INT(verify(t, NULL), SL_AUTH_OK);
+    SL_CHECK_INT(sl_auth_reload(NULL, rsa_path, rsa_fp, err, sizeof(err)), SL_OK);
+    SL_CHECK(sl_auth_fingerprint() == rsa_fp);
+    SL_CHECK_INT(verify(r, NULL), SL_AUTH_OK);
     sl_auth_unload();
     SL_CHECK(!sl_auth_enabled());
+    SL_CHECK(sl_auth_fingerprint() == 0);
     SL_CHECK_INT(verify(r, NULL), SL_AUTH_NOT_CONFIGURED);
     free(t);
     free(r);
+}
+
+/* What a peer is told never names the server's keys, audience or issuer;
+ * the log's detail does (review r14 finding 15). */
+static void test_peer_messages(void)
+{
+    load(secret_path, NULL);
+    sl_auth_set_policy(&(sl_auth_policy_t){.audience = "aud-secret", .issuer = "iss-secret"});
+    char msg[256];
+    sl_ident_t *id = NULL;
+    struct {
+        char *token;
+        sl_auth_result_t want;
+        const char *detail; /* in the log's message */
+    } cases[] = {
+        {NULL, SL_AUTH_WRONG_ALGORITHM, "EC"},
+        {NULL, SL_AUTH_WRONG_ALGORITHM, "RSA"},
+        {NULL, SL_AUTH_WRONG_AUDIENCE, "aud-secret"},
+        {NULL, SL_AUTH_WRONG_ISSUER, "iss-secret"},
+    };
+    /* One at a time: claims() returns a static buffer. */
+    cases[0].token = sign(JWT_ALG_ES384, claims(""));
+    cases[1].token = sign(JWT_ALG_RS256, claims(""));
+    cases[2].token = sign(JWT_ALG_HS256, claims("\"iss\":\"iss-secret\",\"aud\":\"x\""));
+    cases[3].token = sign(JWT_ALG_HS256, claims("\"iss\":\"x\",\"aud\":\"aud-secret\""));
+    for (size_t i = 0; i < SL_ARRAY_LEN(cases); i++) {
+        sl_auth_result_t r =
+            sl_auth_verify(cases[i].token, strlen(cases[i].token), now_ms, &id, msg, sizeof(msg));
+        SL_CHECK_INT(r, cases[i].want);
+        SL_CHECK(strstr(msg, cases[i].detail) != NULL);
+        const char *peer = sl_auth_peer_message(r, msg);
+        SL_CHECK(strstr(peer, cases[i].detail) == NULL && strstr(peer, "--jwt") == NULL &&
+                 strstr(peer, "curve") == NULL && strstr(peer, "secret") == NULL);
+        free(cases[i].token);
+    }
+    /* Other refusals keep their detail: it names only the token's own
+     * content. */
+    SL_CHECK_STR(sl_auth_peer_message(SL_AUTH_INVALID_TOKEN, "the HS256 signature does not verify"),
+                 "the HS256 signature does not verify");
+    sl_auth_set_policy(&(sl_auth_policy_t){0});
 }
 
 int main(void)
@@ -755,6 +831,7 @@ int main(void)
     SL_TEST_RUN(test_malformed);
     SL_TEST_RUN(test_agrees_with_libjwt);
     SL_TEST_RUN(test_load_and_reload);
+    SL_TEST_RUN(test_peer_messages);
     char cmd[96];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (system(cmd) != 0)

@@ -121,10 +121,30 @@ static void test_user_limited(void)
     CONF("--jwt-secret-file", "/unused");
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_SUBSCRIBE, "notifications#alice", 19, false), OK);
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_SUBSCRIBE, "notifications#alice", 19, false), NO);
-    /* Publishing to it follows the namespace (anyone here). */
-    SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_PUBLISH, "notifications#alice", 19, false), OK);
+    /* Writing to it (publish, rpc, rpc-response): the listed users, or a
+     * token whose publish claim names it (a service), and then the
+     * namespace's rule too (review r14 finding 6). */
+    sl_ident_t svc = {.user = "svc", .publish = (char *[]){"notifications#*"}, .npublish = 1};
+    sl_ident_t near = {.user = "near", .publish = (char *[]){"notif*"}, .npublish = 1};
+    for (int a = SL_ACT_PUBLISH; a <= SL_ACT_RPC; a++) {
+        SL_CHECK_INT(sl_perm_check(&alice, (sl_action_t)a, "notifications#alice", 19, false), OK);
+        SL_CHECK_INT(sl_perm_check(&bob, (sl_action_t)a, "notifications#alice", 19, false), NO);
+        SL_CHECK_INT(sl_perm_check(&svc, (sl_action_t)a, "notifications#alice", 19, false), OK);
+        SL_CHECK_INT(sl_perm_check(&near, (sl_action_t)a, "notifications#alice", 19, false), NO);
+    }
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC_RESPONSE, "notifications#alice", 19, true), OK);
+    SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_RPC_RESPONSE, "notifications#alice", 19, true), NO);
+    CONF("--jwt-secret-file", "/unused", "--allow-anonymous", "--namespace",
+         "dm:publish=none,rpc=subscribers");
+    SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_PUBLISH, "x#alice", 7, false), UN);
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_PUBLISH, "dm:x#alice", 10, false), NO);
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC, "dm:x#alice", 10, false), NO);
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC, "dm:x#alice", 10, true), OK);
+    /* ... while reading is the list's alone, whatever the namespace. */
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_SUBSCRIBE, "dm:x#alice", 10, false), OK);
     /* An empty list admits nobody. */
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_SUBSCRIBE, "x#", 2, false), NO);
+    SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_PUBLISH, "x#", 2, false), NO);
 }
 
 static void test_strict_and_default_namespace(void)
@@ -152,6 +172,33 @@ static void test_rpc_response(void)
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC_RESPONSE, "svc:x", 5, true), OK);
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC_RESPONSE, "svc:x", 5, false), NO);
     SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_RPC_RESPONSE, "svc:x", 5, false), NO);
+    /* rpc-respond narrows who of the subscribers may answer (review r14
+     * finding 5); a subscription is needed whatever it says. */
+    static const struct {
+        const char *rule;
+        int anon, alice, bob; /* subscribed; bob's publish claim names ns:room */
+    } respond[] = {
+        {"anyone", OK, OK, OK},        {"subscribers", OK, OK, OK},
+        {"authenticated", UN, OK, OK}, {"token", UN, NO, OK},
+        {"none", NO, NO, NO},
+    };
+    for (size_t i = 0; i < SL_ARRAY_LEN(respond); i++) {
+        char ns[64];
+        snprintf(ns, sizeof(ns), "ns:rpc-respond=%s", respond[i].rule);
+        SL_CHECK_INT(CONF("--jwt-secret-file", "/unused", "--allow-anonymous", "--namespace", ns),
+                     SL_OK);
+        SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_RPC_RESPONSE, "ns:room", 7, true), respond[i].anon);
+        SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_RPC_RESPONSE, "ns:room", 7, true),
+                     respond[i].alice);
+        SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_RPC_RESPONSE, "ns:room", 7, true), respond[i].bob);
+        SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_RPC_RESPONSE, "ns:room", 7, false), NO);
+        /* Only answering: the other keys keep their default. */
+        SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_PUBLISH, "ns:room", 7, false), OK);
+    }
+    /* The default (no rpc-respond given) is subscribers. */
+    CONF("--jwt-secret-file", "/unused", "--namespace", "ns:publish=none");
+    SL_CHECK_INT(conf.namespaces[0].rules[SL_NS_RPC_RESPOND], SL_RULE_SUBSCRIBERS);
+    SL_CHECK_INT(conf.default_namespace.rules[SL_NS_RPC_RESPOND], SL_RULE_SUBSCRIBERS);
     SL_CHECK_STR(sl_perm_reason(SL_PERM_UNAUTHENTICATED), "unauthenticated");
     SL_CHECK_STR(sl_perm_reason(SL_PERM_DENIED), "permission-denied");
     SL_CHECK_STR(sl_perm_reason(SL_PERM_UNKNOWN_NAMESPACE), "unknown-namespace");
@@ -187,6 +234,8 @@ static void test_namespace_syntax(void)
         "chat:max-subscribers=0",
         "chat:auto-create=maybe",
         "chat:publish=token",        /* needs a key: there is none here */
+        "chat:rpc-respond=token",
+        "chat:rpc-respond=everyone",
     };
     for (size_t i = 0; i < SL_ARRAY_LEN(bad); i++) {
         SL_CHECK_INT(CONF("--namespace", bad[i]), SL_ERROR);

@@ -155,3 +155,21 @@ test('an expired token with getToken(): the reconnection asks for a fresh one', 
   assert.equal(events[0].refresh, true);
   assert.equal(events[1].code, 4408);
 });
+
+test('a refresh that narrows the token ends the subscriptions it no longer allows', async () => {
+  const c = client({ token: token('hal', 600, { channels: ['team:*'] }) });
+  await c.connect();
+  await c.subscribe('team:a');
+  await c.subscribe('team:b');
+  const ev = next(c, 'unsubscribed');
+  const r = await c.authenticate(token('hal', 600, { channels: ['team:a'] }));
+  assert.equal(r.success, true);
+  assert.deepEqual(await ev, { channel: 'team:b', reason: 'permission-revoked' });
+  assert.deepEqual(c.subscriptions(), ['team:a']);
+  assert.deepEqual(await c.getSubscriptions(), ['team:a']);
+  // A reconnection (with the narrower token) does not ask for it again.
+  const before = c.connId;
+  c.reconnect();
+  await waitFor(() => c.state === 'open' && c.connId && c.connId !== before, { what: 'reconnected' });
+  assert.deepEqual(await c.getSubscriptions(), ['team:a']);
+});
