@@ -138,6 +138,14 @@ $(CRASH_TESTS): $(BUILD)/tests/%: tests/unit/%.c $(CRASH_LIB) $(wildcard tests/u
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -DSL_CRASHPOINTS -Itests/unit $(LDFLAGS) -o $@ $< $(CRASH_LIB) $(LDLIBS)
 
+# The server with crash, stop and fault points compiled in (sl_crash.h), for
+# the integration tests that stop a worker inside a lock or fail a local
+# allocation: SL_CRASH_ARM=<worker>:<point>:<nth>:<exit|stop|fail>.
+CRASH_BIN := $(BUILD)/sente-lite-crash
+
+$(CRASH_BIN): $(BUILD)/crash/src/main.o $(CRASH_LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/bench/%: tests/bench/%.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) $(TEST_LIBS)
@@ -198,7 +206,7 @@ bench-quick: $(BIN) $(BUILD)/sente-bench
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
 
-check-integration: $(BIN)
+check-integration: $(BIN) $(CRASH_BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 # Unit and integration runs one after the other: both start processes and

@@ -51,6 +51,11 @@ void *sl_arena_calloc(sl_arena_t *a, size_t n);
 void sl_arena_free(sl_arena_t *a, void *p);
 
 void sl_arena_stats(sl_arena_t *a, sl_arena_stats_t *out);
+/* Bytes handed out (as sl_arena_stats' used_bytes) and, in *total (may be
+ * NULL), the bytes managed - without the lock, so a figure only: for
+ * thresholds that must not wait for a process that holds the lock
+ * (/health, the master's stall watch). */
+uint64_t sl_arena_used(sl_arena_t *a, uint64_t *total);
 
 /* Which slab pages this process allocates small objects from (0..
  * SL_ARENA_OWNERS-1; the default is the last, "others").  Each worker takes

@@ -67,6 +67,7 @@ typedef struct sl_chan {
     char id[SL_CHAN_ID_MAX + 1];
     char epoch[16];
     sl_chan_config_t config;
+    uint64_t serial;      /* this incarnation: unique for the server's life, never 0 */
     int64_t created_at;   /* wall ms */
     int64_t empty_since;  /* monotonic ms when subscribers last became 0 (atomic) */
     sl_lock_t lock;
@@ -117,6 +118,11 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
  * (look it up again). */
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
                       uint32_t *count);
+/* The same; *last (may be NULL) gets the channel's last seq at the moment
+ * of the subscription: every message with a higher seq is handed to
+ * `worker` for it - or noted there as missed (sl_inbox_note_t.seq). */
+int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
+                         uint32_t slot, uint32_t *count, uint64_t *last);
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count);
 
 /* Whether conn_id is subscribed to this incarnation of the channel (a

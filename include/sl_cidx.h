@@ -11,12 +11,23 @@
 
 #include "sl_conn.h"
 
+/* Which incarnation of the channel a local subscriber subscribed to
+ * (sl_chan_t.serial) and the channel's last seq then: a missed message of
+ * that incarnation with a higher seq was meant for it; and how many missed
+ * notes our inbox had counted just before: lost notes numbered below that
+ * cannot concern it (sl_inbox.h).  serial 0: unknown - every missed
+ * message of the channel concerns it. */
+typedef struct {
+    uint64_t serial, seq, notes;
+} sl_cidx_mark_t;
+
 typedef struct sl_cidx_entry {
     struct sl_cidx_entry *next;
     uint64_t hash;
     uint32_t idlen;
     uint32_t n, cap;
     sl_conn_t **conns;
+    sl_cidx_mark_t *marks; /* one per conns[i] */
     char id[]; /* idlen bytes + NUL */
 } sl_cidx_entry_t;
 
@@ -26,8 +37,10 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add / remove a local subscriber.  SL_OK or SL_ERROR (out of memory). */
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+/* Add / remove a local subscriber (mark: NULL for unknown).  SL_OK or
+ * SL_ERROR (out of memory). */
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                const sl_cidx_mark_t *mark);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 
 #endif

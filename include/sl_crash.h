@@ -1,7 +1,8 @@
 /*
- * sl_crash.h - named crash points and mutants, for the kill-point and
- * mutation tests of the shared registry (tests/unit/test_killpoints.c,
- * tests/mutation-check.sh).  Both compile to nothing in the server.
+ * sl_crash.h - named crash points, fault points and mutants, for the
+ * kill-point and mutation tests of the shared registry
+ * (tests/unit/test_killpoints.c, tests/mutation-check.sh) and the
+ * integration tests that stop a worker inside a lock.
  *
  * SL_CRASHPOINT("name") marks the instant after a store of a multi-store
  * update of shared memory.  In a build with -DSL_CRASHPOINTS every crash
@@ -9,6 +10,17 @@
  * can list all of them and prove each one is covered) and a test can arm one
  * by name: the process then _exits (or stops itself) the n-th time it gets
  * there, leaving shared memory exactly as a SIGKILL at that instant would.
+ * Everywhere else it is a compiler barrier (cmm_barrier, no instruction):
+ * the crash-point build calls a function there, which the compiler cannot
+ * move stores across, so the production build keeps the very store order
+ * that the kill-point test exercised.  (The CPU's order is the explicit
+ * barriers' business: cmm_smp_wmb and friends, reasoned about in each
+ * file; x86 does not reorder stores, so no test here can see a missing
+ * one - see shm/README.md, "How barriers are checked".)
+ *
+ * SL_FAULT("name") is false in the server; in a crash-point build a test
+ * can arm it (action SL_CRASH_FAIL) to make the code behind it take its
+ * failure path - e.g. a local allocation that fails.
  *
  * SL_MUTATED(M_x) is true only in a build with -DSL_MUTANT=M_x: the code
  * it guards is a recovery routine, an ordering or unlink-before-retire that
@@ -28,6 +40,7 @@ typedef struct {
 } sl_crashpoint_t;
 
 void sl_crash_at(const sl_crashpoint_t *cp);
+bool sl_crash_fault(const sl_crashpoint_t *cp);
 
 #define SL_CRASHPOINT(nm)                                                                  \
     do {                                                                                   \
@@ -37,11 +50,19 @@ void sl_crash_at(const sl_crashpoint_t *cp);
         sl_crash_at(&sl_cp_);                                                              \
     } while (0)
 
+/* Fault points are not crash points: not registered, not counted. */
+#define SL_FAULT(nm)                                                                       \
+    __extension__({                                                                        \
+        static const sl_crashpoint_t sl_fp_ = {nm, __FILE__, __LINE__};                    \
+        sl_crash_fault(&sl_fp_);                                                           \
+    })
+
 #define SL_CRASH_EXIT_CODE 86
 
 typedef enum {
     SL_CRASH_EXIT = 1, /* _exit(SL_CRASH_EXIT_CODE): what a SIGKILL leaves */
     SL_CRASH_STOP = 2, /* raise(SIGSTOP): the parent interleaves, then SIGCONT */
+    SL_CRASH_FAIL = 3, /* a fault point: SL_FAULT is true that time */
 } sl_crash_action_t;
 
 /* Arm the point `name` (NULL: disarm): act the nth time it is reached. */
@@ -51,12 +72,19 @@ void sl_crash_arm(const char *name, unsigned nth, sl_crash_action_t act);
 void sl_crash_trace(const sl_crashpoint_t **buf, size_t cap, size_t *n);
 /* Every crash point compiled into this program (duplicates removed). */
 size_t sl_crash_points(const sl_crashpoint_t ***out);
+/* Arm from the environment, for a server built with crash points (the
+ * integration tests): SL_CRASH_ARM="<worker>:<name>:<nth>:<exit|stop|fail>"
+ * arms <name> in worker <worker> only. */
+void sl_crash_arm_env(int worker);
 
 #else
-#define SL_CRASHPOINT(nm) ((void)0)
+#include <urcu/compiler.h>
+#define SL_CRASHPOINT(nm) cmm_barrier()
+#define SL_FAULT(nm) 0
 #endif
 
-/* Mutants (tests/mutation-check.sh builds with -DSL_MUTANT=<n>). */
+/* Mutants (tests/mutation-check.sh builds with -DSL_MUTANT=<n>; the design
+ * note lists the test that kills each). */
 enum {
     M_NONE = 0,
     M_ARENA_RECOVER = 1,     /* arena lock: no rebuild after a dead owner */
@@ -67,12 +95,18 @@ enum {
     M_GP_SNAPSHOT = 6,       /* reclaim: slots scanned before the counter is read */
     M_RETIRE_BEFORE_UNLINK = 7, /* unsubscribe: node retired while still on the list */
     M_PUBLISH_BEFORE_NEXT = 8,  /* table insert: node published before its next is set */
-    M_ARENA_COMMIT_ORDER = 9,   /* arena: a slab page's kind committed before its class */
+    M_ARENA_COMMIT_ORDER = 9,   /* arena: a page run's head committed before its length */
     M_INBOX_COMMIT_ORDER = 10,  /* inbox: tail published before the entry is written */
     M_HANDOFF_COMMIT = 11,      /* hand-off: pushed before the commit flag is set */
     M_READ_AFTER_HANDOFF = 12,  /* publish: reads m->refs after handing it away */
     M_ACCESS_RECOVER = 13,      /* access counts: no completion of a dead owner's update */
-    M_TICKETS_PUBLISH_FIRST = 14, /* ticket keys: the slot published before it is written */
+    M_DEAD_SLOT_EARLY = 14,     /* a dead process's slot released while a live process
+                                   still holds (and may be repairing) one of its locks */
+    M_MISSED_LAP = 15,          /* missed-note ring: a note being overwritten passes the lap check */
+    M_RECOVERY_NOTE = 16,       /* hand-off recovery: full inboxes of a committed hand-off not noted */
+    M_NO_MISSED_NOTE = 17,      /* hand-off: a full inbox skipped without a missed note */
+    M_RPC_ORPHAN = 18,          /* RPC: an un-claim ignores that the requester gave up on it */
+    M_TICKETS_PUBLISH_FIRST = 19, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

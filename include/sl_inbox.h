@@ -18,9 +18,18 @@
  *
  * Missed messages: a producer that finds an inbox full skips it (one slow
  * or stopped worker must not stop publishing for everyone) and notes the
- * channel in the inbox's `missed` ring; the owner reads it (sl_inbox_missed)
- * and closes its local subscribers of those channels with 1013, so they
- * reconnect and recover with since-seq instead of silently missing a seq.
+ * channel in the inbox's `missed` ring: which channel (hash and incarnation
+ * serial), which message (its seq; UINT64_MAX for a delete notice) and the
+ * inbox position then.  The owner reads it (sl_inbox_missed) and closes its
+ * local subscribers of that channel incarnation that subscribed before that
+ * message (sl_inbox_note_t.seq) with 1013, so they reconnect and recover
+ * with since-seq instead of silently missing a seq; a subscriber that came
+ * later did not miss it and is left alone.
+ *
+ * The ring holds SL_INBOX_MISSED notes, of which the consumer trusts the
+ * last SL_INBOX_MISSED - 1: the slot of the next note may be under
+ * overwrite.  More than that noted since it last looked means "anything may
+ * have been missed".
  */
 #ifndef SL_INBOX_H
 #define SL_INBOX_H
@@ -28,7 +37,7 @@
 #include "sl_lock.h"
 
 #define SL_INBOX_CAP 8192   /* entries; a power of two */
-#define SL_INBOX_MISSED 256 /* channels noted as missed; a power of two */
+#define SL_INBOX_MISSED 256 /* notes of missed messages; a power of two */
 
 struct sl_chan_msg;
 
@@ -51,6 +60,14 @@ typedef struct {
     struct sl_chan_msg *msg; /* one reference, owned by the entry */
 } sl_inbox_entry_t;
 
+/* A missed message (see above). */
+typedef struct {
+    uint64_t chan_hash; /* the channel whose message was not put here (0: unknown, "all") */
+    uint64_t serial;    /* its incarnation (sl_chan_t.serial) */
+    uint64_t seq;       /* the message's seq (UINT64_MAX: the channel's delete notice) */
+    uint64_t pos;       /* tail then: entries from pos on came after it */
+} sl_inbox_note_t;
+
 typedef struct sl_inbox {
     sl_lock_t lock; /* producers */
     /* Intent of the push in progress (under the lock): pending.msg != NULL
@@ -62,10 +79,7 @@ typedef struct sl_inbox {
     uint64_t tail __attribute__((aligned(64))); /* producers, under the lock */
     uint64_t enqueued, refused;                /* figures */
     uint64_t missed_n;                         /* producers, under the lock */
-    struct {
-        uint64_t chan_hash; /* the channel whose message was not put here */
-        uint64_t pos;       /* tail then: entries from pos on came after it */
-    } missed[SL_INBOX_MISSED];                 /* ring */
+    sl_inbox_note_t missed[SL_INBOX_MISSED];   /* ring */
     sl_inbox_entry_t ring[SL_INBOX_CAP];
 } sl_inbox_t;
 
@@ -83,21 +97,27 @@ void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t 
 void sl_inbox_push_prepared(sl_inbox_t *in);
 /* Forget the recorded push (the hand-off did not commit). */
 void sl_inbox_drop_prepared(sl_inbox_t *in);
-/* A message of channel `chan_hash` was not put in this (full) inbox. */
-void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash);
+/* A message was not put in this (full) inbox: note it (`pos` is set
+ * here). */
+void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note);
 
 /* Consumer: take the next entry; false when empty.  *pos (may be NULL)
  * gets its position. */
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos);
 
-/* Consumer: call fn for every channel noted as missed since *seen, up to
- * the notes made before the entry at position `upto` was pushed
- * (UINT64_MAX: all), and advance *seen past them.  So the owner delivers
- * every entry pushed before a skip, and acts on the skip before the first
- * entry pushed after it.  When more were noted than the ring keeps, fn gets
- * 0 once: "anything may have been missed". */
+/* Consumer: call fn for every note made since *seen, up to the notes
+ * made before the entry at position `upto` was pushed (UINT64_MAX: all),
+ * and advance *seen past them; `index` is the note's number (missed_n when
+ * it was made).  So the owner delivers every entry pushed before a skip,
+ * and acts on the skip before the first entry pushed after it.  When more
+ * were noted than the ring keeps (SL_INBOX_MISSED - 1), or producers lapped
+ * us while we read, fn gets note NULL once: "every note numbered below
+ * `index` may have been lost" - which concerns only subscriptions made
+ * before missed_n reached `index` (a note counted before a subscription
+ * began is of a message published before it). */
 void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
-                     void (*fn)(uint64_t chan_hash, void *arg), void *arg);
+                     void (*fn)(const sl_inbox_note_t *note, uint64_t index, void *arg),
+                     void *arg);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

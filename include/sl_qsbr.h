@@ -64,7 +64,8 @@ void sl_qsbr_quiescent(sl_qsbr_t *q, int slot);  /* holds no pointers now */
 void sl_qsbr_offline(sl_qsbr_t *q, int slot);    /* e.g. before blocking */
 void sl_qsbr_online(sl_qsbr_t *q, int slot);
 /* The master takes a dead process's slot offline so it stops counting.
- * Only after sl_lock_recover_dead on its holder record (sl_reg_dead). */
+ * Only once sl_lock_recover_dead has taken every lock its holder record
+ * names (sl_reg_dead). */
 void sl_qsbr_release(sl_qsbr_t *q, int slot);
 
 /* Quiescent states slot has reported (for stall detection). */

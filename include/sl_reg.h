@@ -81,6 +81,7 @@ typedef struct {
     uint64_t hash_key[2]; /* the tables' SipHash key (random, drawn at init) */
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
+    uint64_t next_serial; /* atomic: channel incarnations (sl_chan_t.serial), never 0 */
     sl_reg_bcast_t bcast;
 } sl_reg_t;
 
@@ -103,15 +104,20 @@ void sl_reg_conn_remove(sl_reg_t *r, sl_reg_conn_t *c);
 /* Read side. */
 sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len);
 
-/* After the process of QSBR slot `slot` died: repair every lock it may
- * have held (sl_lock_recover_dead), then take its reader slot offline.  In
- * this order: recovery may read objects the dead process was working on,
- * which its online slot keeps from being reclaimed.  Returns how many
- * locks needed repair. */
-size_t sl_reg_dead(sl_reg_t *r, int slot);
+/* After the process of QSBR slot `slot` died: take every lock it may have
+ * held once, without waiting (sl_lock_recover_dead: repairing the ones it
+ * left mid-update), and only then take its reader slot offline.  In this
+ * order: recovery - ours, or a live process's that got the lock first and
+ * may still be running it - reads objects the dead process was working on,
+ * which its online slot keeps from being reclaimed.  SL_OK when the slot
+ * is released; SL_AGAIN while a live process holds one of those locks
+ * (call again later: nothing is released, nothing else may start).  Adds
+ * the locks that needed repair to *repaired (may be NULL). */
+int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired);
 
 /* The master's cleanup after worker `worker` died, in bounded steps so its
- * event loop keeps running: connections, subscriptions, RPC requests it
+ * event loop keeps running: first sl_reg_dead (retried at every step while
+ * a live process holds one of the dead worker's locks), then connections, subscriptions, RPC requests it
  * made or had claimed, its places per IP and user and its user entries
  * (sl_access.h), then its inbox; each table is walked once, from where the
  * previous step stopped.  Never waits for a channel lock or an access
@@ -122,7 +128,8 @@ typedef struct {
     uint32_t cursor; /* next bucket of the table of this phase */
     uint64_t removed_conns, removed_subs, rpcs, drained;
     uint64_t access; /* count entries and user entries cleaned */
-    uint64_t steps, busy; /* steps taken, channel locks found busy */
+    uint64_t steps, busy; /* steps taken, locks found busy (the dead's, channel, stripe) */
+    size_t repaired;      /* the dead process's locks that needed repair */
 } sl_reg_cleanup_t;
 
 void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);

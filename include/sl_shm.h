@@ -148,7 +148,9 @@ typedef struct {
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     /* Written by the master's watchdog (kept across respawns except stalled). */
-    uint32_t stalled;         /* 1 while the worker makes no progress */
+    uint32_t stalled;         /* 1 while the worker makes no progress of its own */
+    uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the
+                                 process holding the lock it is blocked on (0: none) */
     uint32_t draining;        /* written by the worker: stopping, wants no new sockets */
     int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
     uint64_t stalls;          /* times it was found stalled */
@@ -179,6 +181,8 @@ typedef struct {
     uint64_t tel_errors;
     uint64_t channels_reaped; /* empty auto-created channels removed (the master) */
     int64_t fd_exhausted_mono; /* master: last accept() EMFILE/ENFILE (0: never) */
+    uint64_t rpc_old;         /* RPC requests older than a minute, counted by the master's
+                                 sweep (a pass about every second) */
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_tickets_t tickets; /* TLS session-ticket keys (sl_tickets.h; the master rotates) */

@@ -82,7 +82,7 @@ static void access_recover(void *arg, uint32_t stripe)
 {
     sl_access_t *a = arg;
     sl_access_intent_t *in = &a->intents[stripe];
-    sl_access_count_t *e = in->entry;
+    sl_access_count_t *e = in->entry, *unpublished = NULL;
     if (in->op != ACC_NONE && e && !SL_MUTATED(M_ACCESS_RECOVER)) {
         sl_table_node_t *n = &e->node;
         bool linked = sl_table_lookup(a->counts, n->hash, n->key, n->klen) == n;
@@ -92,11 +92,14 @@ static void access_recover(void *arg, uint32_t stripe)
         } else if (in->op == ACC_ACQUIRE && n->rcu.epoch == 0) {
             /* Allocated and recorded, never published (a published one
              * that was removed since is retired: epoch set). */
-            sl_arena_free(a->arena, e);
+            unpublished = e;
         }
     }
     in->entry = NULL;
     CMM_STORE_SHARED(in->op, ACC_NONE);
+    /* Freed only once the record is gone: a recovery killed in between
+     * leaks it, instead of the next recovery freeing it twice. */
+    sl_arena_free(a->arena, unpublished);
 }
 
 int sl_access_init(sl_reg_t *r, const sl_reg_limits_t *lim)

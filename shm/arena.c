@@ -32,6 +32,7 @@
 
 #include <string.h>
 #include <urcu/arch.h>
+#include <urcu/system.h>
 
 #include "arena_layout.h"
 
@@ -399,6 +400,18 @@ void sl_arena_stats(sl_arena_t *a, sl_arena_stats_t *o)
         o->used_bytes += a->cls_used[c] * size_of(c);
     }
     sl_lock_release(&a->lock);
+}
+
+uint64_t sl_arena_used(sl_arena_t *a, uint64_t *total)
+{
+    /* No lock: each figure is one untorn load; together they may be a few
+     * allocations apart, which a threshold does not mind. */
+    uint64_t used = CMM_LOAD_SHARED(a->run_pages) * SL_ARENA_PAGE;
+    for (unsigned c = 0; c < SL_ARENA_CLASSES; c++)
+        used += CMM_LOAD_SHARED(a->cls_used[c]) * size_of(c);
+    if (total)
+        *total = (uint64_t)a->npages * SL_ARENA_PAGE;
+    return used;
 }
 
 void sl_arena_set_poison(sl_arena_t *a, bool on)

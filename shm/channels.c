@@ -111,6 +111,7 @@ int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config
     new_epoch(c->epoch);
     c->config = *cfg;
     c->config.message_retention = (int64_t)retention;
+    c->serial = uatomic_add_return(&r->next_serial, 1);
     c->created_at = sl_now_ms();
     c->empty_since = sl_mono_ms();
     c->next_seq = 1;
@@ -219,6 +220,12 @@ static void recount(sl_chan_t *c)
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
                       uint32_t *count)
 {
+    return sl_chan_subscribe_at(r, c, conn_id, worker, slot, count, NULL);
+}
+
+int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
+                         uint32_t slot, uint32_t *count, uint64_t *last)
+{
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS)
         return SL_ERROR;
     char key[sizeof(((sl_sub_t *)0)->key)];
@@ -268,6 +275,8 @@ int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker
         }
     }
     *count = c->subscribers;
+    if (last)
+        *last = c->next_seq - 1; /* publishes after this one see the subscription */
     sl_lock_release(&c->lock);
     return rc;
 }
@@ -335,8 +344,10 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t
 
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m)
 {
-    if (m && uatomic_add_return(&m->refs, -1) == 0)
+    if (m && uatomic_add_return(&m->refs, -1) == 0) {
+        SL_CRASHPOINT("chan.msg.last-ref"); /* killed here: the message leaks */
         sl_arena_free(r->arena, m);
+    }
 }
 
 /* Build the channel-message frame in shared memory.  The caller holds the
@@ -441,16 +452,18 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  *  2. m->refs = their number + extra (nothing else can see m yet);
  *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
  *  4. the commit: in->committed = 1;
- *  5. push into each and release it; full inboxes are noted as missed
- *     (when note_missed) and released.
+ *  5. push into each and release it; full inboxes get the missed note
+ *     `note` (when not NULL) and are released.
  * A process killed before 4 leaves recorded pushes that recovery drops; at
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
-                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs, bool note_missed)
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
+                         const sl_inbox_note_t *note)
 {
+    /* The note comes from the caller, not from m: after the first push m
+     * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
-    uint64_t chan_hash = m->chan_hash; /* read now: after a push m is not ours */
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
@@ -484,8 +497,8 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
         if (push >> w & 1) {
             sl_inbox_push_prepared(r->inboxes[w]);
             SL_CRASHPOINT("handoff.pushed");
-        } else if (note_missed) {
-            sl_inbox_note_missed(r->inboxes[w], chan_hash);
+        } else if (note && !SL_MUTATED(M_NO_MISSED_NOTE)) {
+            sl_inbox_note_missed(r->inboxes[w], note);
         }
         sl_inbox_unlock(r->inboxes[w]);
     }
@@ -499,16 +512,17 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
 /* Recovery of a hand-off recorded in `in`: take and release every target
  * inbox lock (each one's recovery makes or drops its recorded push), then
  * free the message if the hand-off never committed.  A committed one also
- * notes the channel (chan_hash, 0: none) as missed in the target inboxes
- * that were full, in case the dead owner had not.  Returns whether it had
- * committed. */
-static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, uint64_t chan_hash)
+ * puts `note` (NULL: none) in the target inboxes that were full, in case
+ * the dead owner had not: a second note of the same message is harmless
+ * (it closes only subscribers from before that message, whom the first
+ * closed already).  Returns whether it had committed. */
+static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
 {
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (in->targets >> w & 1) {
             sl_inbox_lock(r->inboxes[w]);
-            if (in->committed && chan_hash && !(in->got >> w & 1))
-                sl_inbox_note_missed(r->inboxes[w], chan_hash);
+            if (in->committed && note && !(in->got >> w & 1) && !SL_MUTATED(M_RECOVERY_NOTE))
+                sl_inbox_note_missed(r->inboxes[w], note);
             sl_inbox_unlock(r->inboxes[w]);
         }
     if (in->committed)
@@ -604,13 +618,15 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     SL_CRASHPOINT("chan.pub.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG,
                              .exclude_conn = p->exclude_sender ? p->sender_conn_no : 0};
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
     /* The ring's reference is counted in from the start: nobody can drop
      * the last reference while we still store m in the ring. */
-    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, true);
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out, no seq taken. */
         intent_end(in);
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.pub.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -668,10 +684,11 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL);
     intent_end(in);
     if (got == 0) {
         sl_lock_release(&c->lock);
+        SL_CRASHPOINT("chan.send.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -705,6 +722,7 @@ static int send_entry(sl_reg_t *r, int kind, int worker, uint32_t slot, uint64_t
     sl_inbox_lock(in);
     if (!sl_inbox_has_room(in, 1)) {
         sl_inbox_unlock(in);
+        SL_CRASHPOINT("chan.direct.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -735,7 +753,7 @@ void sl_chan_bcast_recover(void *arg)
     sl_reg_t *r = arg;
     sl_chan_intent_t *in = &r->bcast.intent;
     if (in->op != SL_CI_NONE && !SL_MUTATED(M_CHAN_RECOVER))
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
     intent_end(in);
 }
 
@@ -749,6 +767,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len);
     if (m == NULL)
         return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.bcast.allocated"); /* killed here: m leaks */
     sl_lock_acquire(&r->bcast.lock);
     sl_chan_intent_t *in = &r->bcast.intent;
     intent_clear_fields(in);
@@ -756,10 +775,11 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     in->msg = m;
     intent_begin(in, SL_CI_BCAST);
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, false);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL);
     intent_end(in);
     sl_lock_release(&r->bcast.lock);
     if (got == 0) {
+        SL_CRASHPOINT("chan.bcast.refused"); /* killed here: m leaks */
         sl_arena_free(r->arena, m);
         return SL_CHAN_OVERLOADED;
     }
@@ -867,10 +887,13 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
          * so nothing is removed unless the subscribers will be told - or,
          * on a full inbox, closed with 1013 (noted as missed). */
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
-        got = hand_off(r, in, m, &tmpl, 0, true);
+        sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                .seq = UINT64_MAX};
+        got = hand_off(r, in, m, &tmpl, 0, &note);
         if (got == 0) {
             intent_end(in);
             sl_lock_release(&c->lock);
+            SL_CRASHPOINT("chan.del.refused"); /* killed here: m leaks */
             sl_arena_free(r->arena, m);
             return SL_CHAN_OVERLOADED;
         }
@@ -914,7 +937,9 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_PUB:
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = in->seq})) {
             if (c->next_seq == in->seq)
                 uatomic_set(&c->next_seq, in->seq + 1);
             /* The ring: a pop recorded but not made is made again below. */
@@ -926,11 +951,13 @@ static void chan_recover(void *arg)
         }
         break;
     case SL_CI_SEND:
-        hand_off_recover(r, in, 0);
+        hand_off_recover(r, in, NULL);
         break;
     case SL_CI_DEL:
         /* Committed (the notice went out, or there was none): finish it. */
-        if (hand_off_recover(r, in, c->node.hash)) {
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = UINT64_MAX})) {
             /* A subscription noted, unlinked, maybe not yet removed. */
             if (s && !on_list(c, s))
                 sl_table_remove_node(r->subs, in->sub_hash, &s->node);

@@ -3,13 +3,15 @@
  * unless built with -DSL_CRASHPOINTS.
  *
  * The armed name lives in process memory: a test arms it in the child it
- * forks, so one crash point acts in one process only.
+ * forks (or, for the server, in one worker: sl_crash_arm_env), so one crash
+ * point acts in one process only.
  */
 #include "sl_crash.h"
 
 #ifdef SL_CRASHPOINTS
 
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,13 +42,35 @@ void sl_crash_at(const sl_crashpoint_t *cp)
 {
     if (trace_buf && *trace_n < trace_cap)
         trace_buf[(*trace_n)++] = cp;
-    if (armed == NULL || strcmp(cp->name, armed) != 0 || ++armed_hits != armed_nth)
+    if (armed == NULL || armed_act == SL_CRASH_FAIL || strcmp(cp->name, armed) != 0 ||
+        ++armed_hits != armed_nth)
         return;
     if (armed_act == SL_CRASH_STOP) {
         raise(SIGSTOP);
         return;
     }
     _exit(SL_CRASH_EXIT_CODE);
+}
+
+bool sl_crash_fault(const sl_crashpoint_t *cp)
+{
+    return armed != NULL && armed_act == SL_CRASH_FAIL && strcmp(cp->name, armed) == 0 &&
+           ++armed_hits == armed_nth;
+}
+
+void sl_crash_arm_env(int worker)
+{
+    static char name[128];
+    const char *v = getenv("SL_CRASH_ARM");
+    int w;
+    unsigned nth;
+    char act[8];
+    if (v == NULL || sscanf(v, "%d:%127[^:]:%u:%7s", &w, name, &nth, act) != 4 || w != worker)
+        return;
+    sl_crash_arm(name, nth,
+                 strcmp(act, "stop") == 0   ? SL_CRASH_STOP
+                 : strcmp(act, "fail") == 0 ? SL_CRASH_FAIL
+                                            : SL_CRASH_EXIT);
 }
 
 extern const sl_crashpoint_t *const __start_sl_crashpoints[];

@@ -5,7 +5,17 @@
  * semantics (cmm_smp_wmb before it); the consumer loads tail, then reads
  * entries up to it (cmm_smp_rmb after the load).  The consumer stores head
  * after it has copied an entry out, so a producer that sees room (head) can
- * only overwrite slots already consumed (cmm_smp_mb before the head store).
+ * only overwrite slots already consumed (cmm_smp_mb before the head store,
+ * and the producer loads head with acquire semantics: its later stores into
+ * the slot cannot come before that load).
+ *
+ * The missed-note ring is a seqlock of sorts: the producer (under the lock)
+ * makes the previous count visible before it overwrites a slot, writes the
+ * note, then publishes it by the count (cmm_smp_wmb both times); the
+ * consumer reads a note, then (cmm_smp_rmb) the count again: if the count
+ * says the producer may have started the note that reuses that slot
+ * (count - i >= SL_INBOX_MISSED), the note may be torn and everything
+ * counts as missed.
  *
  * Inbox lock, invariants: entries [head, tail) are published and each holds
  * one reference to its message; pending.msg is NULL between pushes.
@@ -82,7 +92,9 @@ void sl_inbox_unlock(sl_inbox_t *in)
 
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n)
 {
-    uint64_t head = CMM_LOAD_SHARED(in->head);
+    /* Acquire: the slots we then overwrite were handed back by this head
+     * store (the consumer's copy out of them is done). */
+    uint64_t head = __atomic_load_n(&in->head, __ATOMIC_ACQUIRE);
     if (in->tail - head + n <= SL_INBOX_CAP)
         return true;
     uatomic_add(&in->refused, 1);
@@ -117,12 +129,18 @@ void sl_inbox_drop_prepared(sl_inbox_t *in)
     CMM_STORE_SHARED(in->pending.msg, NULL);
 }
 
-void sl_inbox_note_missed(sl_inbox_t *in, uint64_t chan_hash)
+void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
 {
-    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].chan_hash = chan_hash;
-    in->missed[in->missed_n & (SL_INBOX_MISSED - 1)].pos = in->tail;
-    cmm_smp_wmb(); /* the hash before the count that covers it */
-    CMM_STORE_SHARED(in->missed_n, in->missed_n + 1);
+    uint64_t n = in->missed_n;
+    sl_inbox_note_t *x = &in->missed[n & (SL_INBOX_MISSED - 1)];
+    cmm_smp_wmb(); /* the count that covers the old note before we overwrite it */
+    x->chan_hash = note->chan_hash;
+    x->serial = note->serial;
+    x->seq = note->seq;
+    x->pos = in->tail;
+    SL_CRASHPOINT("inbox.missed.noted");
+    cmm_smp_wmb(); /* the note before the count that covers it */
+    CMM_STORE_SHARED(in->missed_n, n + 1);
 }
 
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
@@ -140,33 +158,41 @@ bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
     return true;
 }
 
+/* The note at i may be torn or replaced: producers have (or may have
+ * started) a note that reuses its slot. */
+static bool lapped(uint64_t n, uint64_t i)
+{
+    if (SL_MUTATED(M_MISSED_LAP))
+        return n - i > SL_INBOX_MISSED; /* mutant: a note being overwritten passes */
+    return n - i >= SL_INBOX_MISSED;
+}
+
 void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
-                     void (*fn)(uint64_t chan_hash, void *arg), void *arg)
+                     void (*fn)(const sl_inbox_note_t *note, uint64_t index, void *arg),
+                     void *arg)
 {
     uint64_t n = CMM_LOAD_SHARED(in->missed_n);
     if (n == *seen)
         return;
     cmm_smp_rmb(); /* the count before the notes it covers */
-    if (n - *seen > SL_INBOX_MISSED) {
-        fn(0, arg);
+    if (lapped(n, *seen)) {
+        fn(NULL, n, arg);
         *seen = n;
         return;
     }
     uint64_t i = *seen;
     for (; i < n; i++) {
-        uint64_t h = in->missed[i & (SL_INBOX_MISSED - 1)].chan_hash;
-        uint64_t pos = in->missed[i & (SL_INBOX_MISSED - 1)].pos;
-        cmm_smp_rmb();
-        /* Producers may have lapped us while we read: then the note may be
-         * torn, and everything counts as missed. */
-        if (CMM_LOAD_SHARED(in->missed_n) - i > SL_INBOX_MISSED) {
-            fn(0, arg);
-            i = CMM_LOAD_SHARED(in->missed_n);
+        sl_inbox_note_t x = in->missed[i & (SL_INBOX_MISSED - 1)];
+        cmm_smp_rmb(); /* the note before the count that tells whether it is still whole */
+        uint64_t now = CMM_LOAD_SHARED(in->missed_n);
+        if (lapped(now, i)) {
+            fn(NULL, now, arg);
+            i = now;
             break;
         }
-        if (pos > upto)
+        if (x.pos > upto)
             break;
-        fn(h, arg);
+        fn(&x, i, arg);
     }
     *seen = i;
 }

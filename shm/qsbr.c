@@ -73,6 +73,8 @@ int sl_qsbr_init(sl_qsbr_t *q, sl_arena_t *arena)
     q->holders = sl_arena_calloc(arena, sizeof(*q->holders) * SL_QSBR_SLOTS);
     if (q->holders == NULL)
         return SL_ERROR;
+    for (int i = 0; i < SL_QSBR_SLOTS; i++)
+        q->holders[i].slot = i;
     return sl_lock_init(&q->limbo_lock, limbo_recover, q);
 }
 
@@ -102,6 +104,7 @@ void sl_qsbr_register(sl_qsbr_t *q, int slot)
 {
     uatomic_set(&q->slots[slot].pid, (int32_t)getpid());
     q->holders[slot].n = 0;
+    q->holders[slot].waiting = NULL;
     sl_lock_set_holder(&q->holders[slot]);
     sl_qsbr_online(q, slot);
 }

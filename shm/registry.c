@@ -5,7 +5,10 @@
  * atomic stores, so readers never see a half-written entry: an entry is
  * filled completely before sl_table_insert_new publishes it.
  *
- * The dead-worker cleanup walks each table once, bucket by bucket, and
+ * The dead-worker cleanup starts with sl_reg_dead, retried at each step
+ * until it has taken every lock the dead worker may have held (a live
+ * process may be repairing one of them), and only then releases its reader
+ * slot and walks the tables.  It walks each table once, bucket by bucket, and
  * keeps its place (job->cursor) between steps: a step ends after a bounded
  * number of removals or buckets, or at a channel lock a live process
  * holds, and the next step resumes at that bucket.  So the master's loop
@@ -23,6 +26,7 @@
 
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <urcu/pointer.h>
 #include <urcu/uatomic.h>
 
@@ -108,13 +112,18 @@ sl_reg_conn_t *sl_reg_conn_find(sl_reg_t *r, const char *conn_id, size_t len)
     return (sl_reg_conn_t *)sl_table_lookup(r->conns, sl_table_hash(conn_id, len), conn_id, len);
 }
 
-size_t sl_reg_dead(sl_reg_t *r, int slot)
+int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired)
 {
     /* Repair first: recovery may read what the dead process was working
-     * on, and its slot - still online - keeps that from being reclaimed. */
-    size_t n = sl_lock_recover_dead(&r->qsbr.holders[slot]);
+     * on, and its slot - still online - keeps that from being reclaimed.
+     * A lock a live process holds may be under recovery by that process
+     * (it got EOWNERDEAD when ours died): the slot stays online until we
+     * have taken that lock too. */
+    if (sl_lock_recover_dead(&r->qsbr.holders[slot], repaired) != 0 &&
+        !SL_MUTATED(M_DEAD_SLOT_EARLY))
+        return SL_AGAIN;
     sl_qsbr_release(&r->qsbr, slot);
-    return n;
+    return SL_OK;
 }
 
 /* ------------------------------------------------------------ cleanup */
@@ -161,7 +170,12 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
     sl_table_node_t *found[BUCKET_BATCH];
     while (job->phase != PH_DONE) {
         if (job->phase == PH_START) {
-            sl_reg_dead(r, job->worker);
+            if (sl_reg_dead(r, job->worker, &job->repaired) != SL_OK) {
+                /* A live process holds one of its locks: nothing may start
+                 * (its slot stays online) until we have had each once. */
+                job->busy++;
+                return SL_AGAIN;
+            }
             job->phase = PH_CONNS;
             job->cursor = 0;
             continue;
@@ -233,8 +247,16 @@ size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)
     sl_reg_cleanup_t job;
     sl_reg_cleanup_start(&job, worker);
     sl_qsbr_online(&r->qsbr, SL_REG_MASTER_SLOT);
-    while (sl_reg_cleanup_step(r, &job, 256) == SL_AGAIN)
+    for (uint64_t busy = 0; sl_reg_cleanup_step(r, &job, 256) == SL_AGAIN;) {
         sl_qsbr_quiescent(&r->qsbr, SL_REG_MASTER_SLOT);
+        if (job.busy != busy) {
+            /* A live process holds a lock we need: let it run. */
+            busy = job.busy;
+            sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
+            nanosleep(&(struct timespec){0, 1000 * 1000}, NULL);
+            sl_qsbr_online(&r->qsbr, SL_REG_MASTER_SLOT);
+        }
+    }
     sl_qsbr_offline(&r->qsbr, SL_REG_MASTER_SLOT);
     sl_qsbr_reclaim(&r->qsbr);
     return job.removed_conns;

@@ -3,7 +3,10 @@
  *
  * Memory ordering: the entry is filled before sl_table_insert publishes it;
  * the state is claimed with uatomic_cmpxchg (a full barrier), so whatever
- * the winner does next is ordered after its win.
+ * the winner does next is ordered after its win.  Every change of the
+ * state word is a compare-and-swap against the value just read, so a
+ * cancel that marks a claimed entry abandoned and the claimer's un-claim
+ * cannot both succeed: one of them sees the other's word and acts on it.
  */
 #include "sl_rpc.h"
 #include "sl_crash.h"
@@ -56,9 +59,40 @@ bool sl_rpc_claim(sl_rpc_t *q, uint32_t kind, int claimer)
     return won;
 }
 
-void sl_rpc_unclaim(sl_rpc_t *q)
+bool sl_rpc_unclaim(sl_reg_t *r, sl_rpc_t *q)
 {
-    uatomic_set(&q->state, SL_RPC_PENDING);
+    for (;;) {
+        uint32_t st = uatomic_read(&q->state);
+        if ((st & SL_RPC_ABANDONED) && !SL_MUTATED(M_RPC_ORPHAN)) {
+            /* Its requester went while we held the claim and left the
+             * entry to us: nobody would ever claim it again. */
+            sl_rpc_remove(r, q);
+            return false;
+        }
+        /* A compare-and-swap: an abandonment between the read and here
+         * makes it fail, and we look again. */
+        if (uatomic_cmpxchg(&q->state, st, SL_RPC_PENDING) == st)
+            return true;
+    }
+}
+
+bool sl_rpc_cancel(sl_reg_t *r, sl_rpc_t *q, int claimer)
+{
+    for (;;) {
+        uint32_t st = uatomic_read(&q->state);
+        if (st == SL_RPC_PENDING) {
+            if (sl_rpc_claim(q, SL_RPC_CANCELLED, claimer)) {
+                sl_rpc_remove(r, q);
+                return true;
+            }
+            continue;
+        }
+        /* Claimed: whoever holds the claim removes it - after a response
+         * handed over, or, now, instead of un-claiming it. */
+        if ((st & SL_RPC_ABANDONED) ||
+            uatomic_cmpxchg(&q->state, st, st | SL_RPC_ABANDONED) == st)
+            return false;
+    }
 }
 
 bool sl_rpc_held_by(const sl_rpc_t *q, int worker)
@@ -68,23 +102,25 @@ bool sl_rpc_held_by(const sl_rpc_t *q, int worker)
 
 int sl_rpc_cleanup_one(sl_reg_t *r, sl_rpc_t *q, int worker)
 {
-    if (q->worker == worker) {
-        /* Its requester is gone: cancel (a live responder holding the
-         * claim removes it itself; its response finds no connection). */
-        if (!sl_rpc_claim(q, SL_RPC_CANCELLED, SL_REG_MASTER_SLOT))
-            return 0;
-    } else {
-        /* A claim the dead worker held: take it over.  Whether or not its
-         * response was handed over, the requester's record settles it:
-         * with the response if it arrived, else with rpc-timeout. */
+    for (;;) {
         uint32_t st = uatomic_read(&q->state);
-        if (SL_RPC_CLAIMER(st) != worker ||
-            uatomic_cmpxchg(&q->state, st,
-                            SL_RPC_EXPIRED | (uint32_t)(SL_REG_MASTER_SLOT + 1) << 8) != st)
+        if (SL_RPC_CLAIMER(st) == worker) {
+            /* A claim the dead worker held (whoever made the request):
+             * take it over.  Whether or not its response was handed over,
+             * the requester's record settles it: with the response if it
+             * arrived, else with rpc-timeout. */
+            if (uatomic_cmpxchg(&q->state, st,
+                                SL_RPC_EXPIRED | (uint32_t)(SL_REG_MASTER_SLOT + 1) << 8) != st)
+                continue; /* abandoned meanwhile: look again */
+            sl_rpc_remove(r, q);
+            return 1;
+        }
+        if (q->worker != worker)
             return 0;
+        /* Its requester is gone: cancel - or abandon it to the live
+         * responder holding the claim, which then removes it. */
+        return sl_rpc_cancel(r, q, SL_REG_MASTER_SLOT) ? 1 : 0;
     }
-    sl_rpc_remove(r, q);
-    return 1;
 }
 
 void sl_rpc_remove(sl_reg_t *r, sl_rpc_t *q)
@@ -130,6 +166,15 @@ static int rpc_old_cb(sl_table_node_t *n, void *arg)
     if (((sl_rpc_t *)n)->created_at < o->before)
         o->old++;
     return 0;
+}
+
+uint32_t sl_rpc_count_old(sl_reg_t *r, uint32_t from, uint32_t max_buckets, int64_t before_ms,
+                          uint64_t *old)
+{
+    rpc_old_t o = {before_ms, 0};
+    uint32_t next = sl_table_walk(r->rpcs, from, max_buckets, rpc_old_cb, &o);
+    *old += o.old;
+    return next;
 }
 
 void sl_rpc_counts(sl_reg_t *r, int64_t now_ms, int64_t old_ms, uint64_t *pending, uint64_t *old)

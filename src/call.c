@@ -19,6 +19,11 @@
  * finds the record first settles it; a late DIRECT entry finds no record
  * and is dropped (sl_call_answered returns false).
  *
+ * A requester that closes cancels its pending requests; one a responder
+ * holds the claim of is marked abandoned instead, and that responder
+ * removes it whether its hand-off works or not (sl_rpc_cancel,
+ * sl_rpc_unclaim), so no correlation outlives both sides.
+ *
  * The timer does not give up while a responder holds the claim: that
  * responder's DIRECT entry is on its way, or the responder failed to hand
  * it over (it un-claims) or died (the master's cleanup takes the claim over
@@ -285,10 +290,11 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
     sl_buf_unref(frame);
     if (rc != SL_OK) {
         /* The requester's inbox is full: the request stays pending (its
-         * timer still runs) and this responder is told. */
-        sl_rpc_unclaim(q);
+         * timer still runs) and this responder is told - unless the
+         * requester went meanwhile: then un-claiming removes the entry. */
+        bool pending = sl_rpc_unclaim(REG, q);
         uatomic_add(&sl_conns.stats->overloaded, 1);
-        response_failed(c, rid, rlen, "overloaded");
+        response_failed(c, rid, rlen, pending ? "overloaded" : "request-not-found");
         return;
     }
     sl_pubsub_wake_later((uint64_t)1 << q->worker);
@@ -320,10 +326,10 @@ void sl_call_closed(sl_conn_t *c)
     while (c->calls) {
         sl_call_t *k = c->calls;
         sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
-        if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_conns.id)) {
-            sl_rpc_remove(REG, q);
+        /* Cancelled, or left to the responder that holds the claim (it
+         * removes the entry whatever becomes of its response). */
+        if (q && q->no == k->no && sl_rpc_cancel(REG, q, sl_conns.id))
             n++;
-        }
         call_free(k);
     }
     if (n)

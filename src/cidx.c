@@ -61,7 +61,8 @@ static int grow(void)
     return SL_OK;
 }
 
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
+int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                const sl_cidx_mark_t *mark)
 {
     sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
     if (e == NULL) {
@@ -83,8 +84,13 @@ int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
         if (a == NULL)
             return SL_ERROR;
         e->conns = a;
+        sl_cidx_mark_t *m = realloc(e->marks, sizeof(*m) * cap);
+        if (m == NULL)
+            return SL_ERROR;
+        e->marks = m;
         e->cap = cap;
     }
+    e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0};
     e->conns[e->n++] = c;
     return SL_OK;
 }
@@ -100,12 +106,14 @@ void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
                 /* Keep arrival order: fan-out order across subscribers is
                  * not part of the contract, but stable order is kinder. */
                 memmove(&e->conns[i], &e->conns[i + 1], sizeof(*e->conns) * (e->n - i - 1));
+                memmove(&e->marks[i], &e->marks[i + 1], sizeof(*e->marks) * (e->n - i - 1));
                 e->n--;
                 break;
             }
         if (e->n == 0) {
             *link = e->next;
             free(e->conns);
+            free(e->marks);
             free(e);
             nentries--;
         }

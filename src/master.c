@@ -31,6 +31,7 @@
 #include "sl_perm.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
+#include "sl_rpc.h"
 #include "sl_session.h"
 #include "sl_chan.h"
 #include "sl_shm.h"
@@ -111,6 +112,8 @@ static struct {
     struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev, *watch_ev, *reap_ev;
     struct event *tickets_ev; /* TLS session-ticket key rotation */
     uint32_t reap_cursor;
+    uint32_t rpc_cursor; /* the RPC sweep: next bucket, old requests counted so far */
+    uint64_t rpc_old;
     /* Binary upgrade (SIGUSR2), as the old master: the new one's pid (until
      * it is reaped, or handed over to) and our end of the socketpair on
      * which it says 'R' (ready) and we answer 'H' (handed over). */
@@ -428,6 +431,7 @@ static int spawn_worker(int i)
     M.w[i].killed_ms = 0;
     M.w[i].ending = false;
     uatomic_set(&st->stalled, 0);
+    uatomic_set(&st->blocked_by, 0);
     return SL_OK;
 }
 
@@ -447,8 +451,9 @@ static int pick_worker(uint64_t skip)
          * in its queue until its loop runs. */
         if (M.w[i].pid <= 0 || M.w[i].ctl < 0 || (skip >> i & 1) || M.w[i].ending ||
             uatomic_read(&sl_shm->workers[i].stalled) ||
+            uatomic_read(&sl_shm->workers[i].blocked_by) ||
             uatomic_read(&sl_shm->workers[i].draining))
-            continue; /* down, tried, ending, stalled or stopping: not for new sockets */
+            continue; /* down, tried, ending, stalled, blocked or stopping: not for new sockets */
         sl_worker_stats_t *st = &sl_shm->workers[i];
         uint64_t load =
             SL_WS_WEIGHT * (uatomic_read(&st->connections) + uatomic_read(&st->echo_connections)) +
@@ -643,6 +648,7 @@ static void worker_died(int i, int status)
            SL_TF_I("rescued-sockets", nrescued));
     uatomic_set(&sl_shm->workers[i].pid, 0);
     uatomic_set(&sl_shm->workers[i].stalled, 0);
+    uatomic_set(&sl_shm->workers[i].blocked_by, 0);
     uatomic_set(&sl_shm->workers[i].connections, 0);
     uatomic_set(&sl_shm->workers[i].echo_connections, 0);
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
@@ -747,26 +753,108 @@ static void update_status(void)
     }
 }
 
+/* The reader slot of the live process whose lock worker i is blocked on -
+ * following a chain of waits to its root - or -1 when i waits for no lock,
+ * or for one whose holder is not a live process we know (then i is judged
+ * on its own progress).  Lock-free reads of the waits and holders the
+ * processes record (sl_lock.h): a stale view (a wait that just ended, a
+ * holder just changing) lasts one watch period at most, and is checked
+ * against the pids of live workers - a lock the read finds freed and
+ * reused names nobody alive.  The lock order has no cycle; a chain that
+ * loops anyway names nobody. */
+static int blocked_by(int i)
+{
+    sl_qsbr_t *q = &sl_shm->reg.qsbr;
+    int cur = i;
+    for (int hops = 0; hops < SL_QSBR_SLOTS; hops++) {
+        sl_lock_t *l = CMM_LOAD_SHARED(q->holders[cur].waiting);
+        if (l == NULL)
+            break;
+        uint64_t h = CMM_LOAD_SHARED(l->holder);
+        int slot = SL_LOCK_HOLDER_SLOT(h);
+        pid_t pid = SL_LOCK_HOLDER_PID(h);
+        bool live = pid > 0 && ((slot >= 0 && slot < M.nworkers && M.w[slot].pid == pid &&
+                                 !M.w[slot].ending) ||
+                                (slot == SL_REG_MASTER_SLOT && pid == getpid()));
+        if (!live || slot == cur)
+            break;
+        cur = slot;
+        if (cur == i)
+            return -1;
+    }
+    return cur == i ? -1 : cur;
+}
+
+/* Shared memory so full that a stalled worker's hold on reclamation (its
+ * reader slot keeps everything retired since it stopped in limbo) must end
+ * now rather than at the kill bound. */
+#define SL_SHM_PRESSURE 0.75
+
+static bool shm_pressure(void)
+{
+    uint64_t total, used = sl_arena_used(sl_shm->reg.arena, &total);
+    return (double)used >= SL_SHM_PRESSURE * (double)total;
+}
+
 /* The stall detector.  Progress is a worker's QSBR turn count, which moves
  * at the end of every loop turn; an idle worker ticks at least four times
  * per --worker-stall-ms (worker.c), so only a worker that really makes no
- * progress is found stalled, whatever the systemd watchdog's period.  A
- * stalled worker gets no new sockets (the queued ones go to others); after
- * --worker-stall-kill-ms it is killed, then cleaned up and replaced as any
- * crash.  A worker that has ended but is not reaped yet (a core dump may
- * take seconds) is dead, not stalled: SIGCHLD brings it to worker_died. */
+ * progress is found stalled, whatever the systemd watchdog's period.
+ *
+ * A worker blocked on a registry lock makes no progress either, but it is
+ * not the culprit: the root holder of its chain of waits is (blocked_by).
+ * It is "blocked", not stalled - it gets no new sockets (the queued ones go
+ * to others) and its clock restarts, so it gets a full bound of its own
+ * once it has the lock - while the holder is judged on its own progress:
+ * stalled, then killed, which hands the lock (EOWNERDEAD) to a waiter.  So
+ * one stopped worker holding a hot channel's lock costs its own clients
+ * only, not those of every worker that publishes there.
+ *
+ * A stalled worker gets no new sockets (the queued ones go to others);
+ * after --worker-stall-kill-ms - or at once, with shared memory over 75%
+ * full, since its reader slot holds back every reclamation - it is killed,
+ * then cleaned up and replaced as any crash.  A worker that has ended but
+ * is not reaped yet (a core dump may take seconds) is dead, not stalled:
+ * SIGCHLD brings it to worker_died. */
 static void watch_workers(void)
 {
     int64_t now = sl_mono_ms();
+    int root[SL_MAX_WORKERS], blocking[SL_MAX_WORKERS] = {0};
     for (int i = 0; i < M.nworkers; i++) {
         slot_t *s = &M.w[i];
-        sl_worker_stats_t *st = &sl_shm->workers[i];
+        root[i] = -1;
         if (s->pid <= 0 || s->ending)
             continue;
         uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, i);
         if (t != s->turns) {
             s->turns = t;
             s->progress_ms = now;
+        } else {
+            root[i] = blocked_by(i);
+        }
+        if (root[i] >= 0 && root[i] < M.nworkers)
+            blocking[root[i]]++;
+    }
+    bool pressure = shm_pressure();
+    for (int i = 0; i < M.nworkers; i++) {
+        slot_t *s = &M.w[i];
+        sl_worker_stats_t *st = &sl_shm->workers[i];
+        if (s->pid <= 0 || s->ending)
+            continue;
+        uint32_t was_blocked = uatomic_read(&st->blocked_by);
+        if (root[i] >= 0) {
+            /* Waiting for another live process's lock: not its own stall. */
+            s->progress_ms = now;
+            if (was_blocked != (uint32_t)root[i] + 1) {
+                uatomic_set(&st->blocked_by, (uint32_t)root[i] + 1);
+                if (!was_blocked)
+                    rescue_queued(i);
+            }
+        } else if (was_blocked) {
+            uatomic_set(&st->blocked_by, 0);
+        }
+        int64_t idle = now - s->progress_ms;
+        if (idle < sl_conf->worker_stall_ms) {
             if (uatomic_read(&st->stalled)) {
                 uatomic_set(&st->stalled, 0);
                 SL_TEL(SL_EV_WORKER_RECOVERED, SL_WARN, SL_TF_I("worker", i),
@@ -774,9 +862,6 @@ static void watch_workers(void)
             }
             continue;
         }
-        int64_t idle = now - s->progress_ms;
-        if (idle < sl_conf->worker_stall_ms)
-            continue;
         if (sl_proc_ending(s->pid)) {
             s->ending = true;
             uatomic_set(&st->stalled, 0);
@@ -789,10 +874,12 @@ static void watch_workers(void)
             uatomic_add(&st->stalls, 1);
             SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", i),
                    SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
-                   SL_TF_I("kill-after-ms", sl_conf->worker_stall_kill_ms));
+                   SL_TF_I("kill-after-ms", sl_conf->worker_stall_kill_ms),
+                   SL_TF_I("blocking-workers", blocking[i]));
             rescue_queued(i);
         }
-        if (idle >= sl_conf->worker_stall_kill_ms && !s->killed) {
+        bool overdue = idle >= sl_conf->worker_stall_kill_ms;
+        if ((overdue || pressure) && !s->killed) {
             /* Its reader slot can only be released once it can no longer
              * read: killed, it is cleaned up and replaced as any crash. */
             s->killed = true;
@@ -800,7 +887,9 @@ static void watch_workers(void)
             uatomic_add(&st->stall_kills, 1);
             SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_I("worker", i),
                    SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
-                   SL_TF_S("action", "killed"));
+                   SL_TF_S("action", "killed"),
+                   SL_TF_S("reason", overdue ? "no-progress" : "shared-memory"),
+                   SL_TF_I("blocking-workers", blocking[i]));
             kill(s->pid, SIGKILL);
         }
     }
@@ -877,6 +966,22 @@ static int64_t reap_tick_ms(void)
     return SL_MAX(50, SL_MIN(1000, sl_conf->channel_linger_ms / 8));
 }
 
+/* The RPC requests older than a minute, for /health and /stats: counted
+ * by a slice of the RPC table per tick, a whole pass about every second,
+ * so that no request walks the table. */
+static void rpc_sweep(int64_t tick_ms)
+{
+    sl_table_t *t = sl_shm->reg.rpcs;
+    uint32_t slice = (uint32_t)SL_MAX(64, (int64_t)t->nbuckets * tick_ms / 1000 + 1);
+    M.rpc_cursor = sl_rpc_count_old(&sl_shm->reg, M.rpc_cursor, slice,
+                                    sl_now_ms() - SL_RPC_OLD_MS, &M.rpc_old);
+    if (M.rpc_cursor >= t->nbuckets) {
+        uatomic_set(&sl_shm->rpc_old, M.rpc_old);
+        M.rpc_cursor = 0;
+        M.rpc_old = 0;
+    }
+}
+
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_table_t *t = sl_shm->reg.channels;
@@ -887,6 +992,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     M.reap_cursor = sl_table_walk(t, M.reap_cursor, slice, reap_one, &x);
     if (M.reap_cursor >= t->nbuckets)
         M.reap_cursor = 0;
+    rpc_sweep(tick);
     master_offline();
     if (x.reaped)
         uatomic_add(&sl_shm->channels_reaped, x.reaped);

@@ -16,15 +16,22 @@
  * allocation per subscriber), then drops the shared reference.
  *
  * Missed messages: a publisher skips our inbox when it is full and notes
- * the channel (sl_inbox.h).  Before each entry we take, we look for new
- * notes and close our subscribers of those channels with 1013 ("try again
- * later"): they reconnect and recover with since-seq, and a closed
- * connection gets nothing more, so no client ever sees a seq gap.
+ * the channel and the message (sl_inbox.h).  Before each entry we take, we
+ * look for new notes and close with 1013 ("try again later") our
+ * subscribers of that channel incarnation that subscribed before that
+ * message (the local index keeps, per subscriber, the channel's serial and
+ * last seq at its subscription): they reconnect and recover with
+ * since-seq, and a closed connection gets nothing more, so no client ever
+ * sees a seq gap.  A subscriber that came after the message - one that
+ * reconnected after an earlier note, say - did not miss it and stays.  The
+ * same holds when a message cannot be copied out for delivery (local
+ * memory exhausted): its channel's subscribers here are closed 1013.
  */
 #include "sl_pubsub.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
 #include "sl_conf.h"
+#include "sl_crash.h"
 #include "sl_perm.h"
 #include "sl_proto.h"
 #include "sl_session.h"
@@ -278,6 +285,8 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     sl_chan_t *ch = NULL;
     uint32_t count = 0;
+    uint64_t last_at = 0; /* the channel's last seq when we subscribed */
+    uint64_t notes_at = 0; /* our inbox's missed notes counted before */
     int rc = SL_CHAN_NOT_SUBSCRIBED;
     /* Found, then deleted before we subscribed (an admin delete, or the
      * reaper removing it as empty): look it up again, a few times. */
@@ -318,8 +327,10 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             forget_deleted(c, id, len, ch->node.hash, NULL);
             already = false;
         }
+        notes_at = uatomic_read(&REG->inboxes[sl_conns.id]->missed_n);
         rc = already ? SL_CHAN_ALREADY
-                     : sl_chan_subscribe(REG, ch, c->conn_id, sl_conns.id, c->slot, &count);
+                     : sl_chan_subscribe_at(REG, ch, c->conn_id, sl_conns.id, c->slot, &count,
+                                            &last_at);
     }
     if (rc == SL_CHAN_NOT_SUBSCRIBED) {
         reject(c, id, len, "overloaded"); /* deleted under us every time */
@@ -348,7 +359,8 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             c->subs_cap = cap;
         }
         char *copy = strndup(id, len);
-        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c) != SL_OK) {
+        sl_cidx_mark_t mark = {ch->serial, last_at, notes_at};
+        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c, &mark) != SL_OK) {
             free(copy);
             sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
             reject(c, id, len, "overloaded");
@@ -623,14 +635,22 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
 
 /* ------------------------------------------------------------ delivery */
 
+static void close_missed(sl_conn_t *c);
+
 static void deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
 {
     sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
     if (e == NULL || e->n == 0)
         return; /* everyone here left since the publish */
-    sl_buf_t *b = sl_buf_new(m->len);
+    sl_buf_t *b = SL_FAULT("pubsub.deliver.alloc") ? NULL : sl_buf_new(m->len);
     if (b == NULL) {
+        /* Out of local memory: they cannot have it, so they must not see
+         * the next one either - a seq gap.  Closed 1013, they come back
+         * and recover it with since-seq. */
         uatomic_add(&sl_conns.stats->overloaded, 1);
+        for (uint32_t i = 0; i < e->n; i++)
+            if (e->conns[i]->conn_no != exclude_conn)
+                close_missed(e->conns[i]);
         return;
     }
     memcpy(b->data, m->frame, m->len);
@@ -773,18 +793,38 @@ static void close_missed(sl_conn_t *c)
     sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "missed messages: resubscribe with since-seq");
 }
 
+typedef struct {
+    const sl_inbox_note_t *note; /* NULL: notes numbered below `index` lost */
+    uint64_t index;
+} missed_t;
+
+/* Whether a subscriber with mark k must be closed for what `x` says was
+ * missed: a message of the incarnation it subscribed to, published after
+ * it subscribed; or notes lost that may have been counted after it
+ * subscribed.  (Unknown mark: always.) */
+static bool missed_by(const sl_cidx_mark_t *k, const missed_t *x)
+{
+    if (k->serial == 0)
+        return true;
+    if (x->note == NULL)
+        return k->notes < x->index;
+    return k->serial == x->note->serial && x->note->seq > k->seq;
+}
+
 static void close_entry(sl_cidx_entry_t *e, void *arg)
 {
     for (uint32_t i = 0; i < e->n; i++)
-        close_missed(e->conns[i]);
+        if (missed_by(&e->marks[i], arg))
+            close_missed(e->conns[i]);
 }
 
-static void on_missed(uint64_t chan_hash, void *arg)
+static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
-    if (chan_hash == 0)
-        sl_cidx_foreach(close_entry, NULL); /* too many to know which: all */
+    missed_t x = {note, index};
+    if (note == NULL || note->chan_hash == 0)
+        sl_cidx_foreach(close_entry, &x); /* lost: which channel is not known */
     else
-        sl_cidx_foreach_hash(chan_hash, close_entry, NULL);
+        sl_cidx_foreach_hash(note->chan_hash, close_entry, &x);
 }
 
 /* Act on the skips noted before the entry at `upto` was pushed. */

@@ -22,9 +22,9 @@
 #include <urcu/system.h>
 #include <urcu/uatomic.h>
 
-/* An RPC request older than this is "old"; this many old ones make the
- * server unhealthy (the seeds' rule). */
-#define SL_RPC_OLD_MS 60000
+/* This many RPC requests older than SL_RPC_OLD_MS make the server
+ * unhealthy (the seeds' rule).  They are counted by the master's sweep
+ * (sl_shm->rpc_old), not by walking the table per request. */
 #define SL_RPC_OLD_UNHEALTHY 10
 
 typedef struct {
@@ -187,6 +187,18 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "stalls", json_integer((json_int_t)uatomic_read(&w->stalls)));
     json_object_set_new(o, "stall-kills",
                         json_integer((json_int_t)uatomic_read(&w->stall_kills)));
+    /* Blocked on a registry lock another process holds (the master's
+     * stall watch follows the wait to that process, sl_lock.h). */
+    uint32_t by = uatomic_read(&w->blocked_by);
+    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_MASTER_SLOT + 1
+                                             ? json_integer((json_int_t)by - 1)
+                                             : json_null());
+    const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
+    json_object_set_new(o, "lock-wait-ms",
+                        json_integer(pid > 0 && CMM_LOAD_SHARED(lh->waiting)
+                                         ? (json_int_t)(sl_mono_ms() -
+                                                        CMM_LOAD_SHARED(lh->wait_since_ms))
+                                         : 0));
     uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),
              acc = uatomic_read(&w->accepted);
     t->bytes_in += bin;
@@ -273,7 +285,32 @@ bool sl_stats_names_users(const char *id, size_t len)
     return sl_conf_auth_enabled(sl_conf) && memchr(id, '#', len) != NULL;
 }
 
-/* Keep the busiest: a small array, the least busy at the end. */
+static void top_swap(top_t *t, size_t a, size_t b)
+{
+    sl_chan_t *c = t->top[a];
+    uint64_t k = t->count[a];
+    t->top[a] = t->top[b], t->count[a] = t->count[b];
+    t->top[b] = c, t->count[b] = k;
+}
+
+/* Restore the min-heap order of top[0 .. n) from its root down. */
+static void top_sift(top_t *t, size_t n)
+{
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && t->count[l] < t->count[m])
+            m = l;
+        if (r < n && t->count[r] < t->count[m])
+            m = r;
+        if (m == i)
+            return;
+        top_swap(t, i, m);
+        i = m;
+    }
+}
+
+/* Keep the busiest: a min-heap on the message count, so each channel costs
+ * O(log 100) - the walk of a registry of --max-channels stays short. */
 static int chan_top_cb(sl_table_node_t *n, void *arg)
 {
     top_t *t = arg;
@@ -282,18 +319,18 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
     t->seen++;
     if (t->hide_users && sl_stats_names_users(ch->id, ch->node.klen))
         return 0;
-    size_t i = t->n < SL_STATS_MAX_CHANNELS ? t->n++ : SL_STATS_MAX_CHANNELS;
-    if (i == SL_STATS_MAX_CHANNELS) {
-        if (k <= t->count[i - 1])
-            return 0;
-        i--;
+    size_t i;
+    if (t->n < SL_STATS_MAX_CHANNELS) {
+        i = t->n++;
+        t->top[i] = ch, t->count[i] = k;
+        for (; i > 0 && t->count[(i - 1) / 2] > t->count[i]; i = (i - 1) / 2)
+            top_swap(t, i, (i - 1) / 2);
+        return 0;
     }
-    for (; i > 0 && t->count[i - 1] < k; i--) {
-        t->top[i] = t->top[i - 1];
-        t->count[i] = t->count[i - 1];
-    }
-    t->top[i] = ch;
-    t->count[i] = k;
+    if (k <= t->count[0])
+        return 0;
+    t->top[0] = ch, t->count[0] = k;
+    top_sift(t, t->n);
     return 0;
 }
 
@@ -304,6 +341,11 @@ static json_t *channel_stats_json(bool identities)
     if (top) {
         top->hide_users = !identities;
         sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
+        /* Busiest first: pop the heap's least busy to the end. */
+        for (size_t n = top->n; n > 1; n--) {
+            top_swap(top, 0, n - 1);
+            top_sift(top, n - 1);
+        }
         for (size_t i = 0; i < top->n; i++) {
             sl_chan_t *ch = top->top[i];
             /* Figures read without the channel lock: they may be one
@@ -318,8 +360,7 @@ static json_t *channel_stats_json(bool identities)
     }
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
-    uint64_t pending, old;
-    sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    uint64_t pending = sl_table_count(sl_shm->reg.rpcs), old = uatomic_read(&sl_shm->rpc_old);
     json_t *o = json_pack("{s:o, s:I, s:I, s:I, s:I}", "channels", chans, "total-channels",
                           (json_int_t)t.channels, "total-subscriptions",
                           (json_int_t)t.subscriptions, "pending-rpc-requests",
@@ -462,15 +503,13 @@ json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
     t.stalled = json_array();
-    for (uint32_t i = 0; i < sl_shm->nworkers; i++)
-        worker_figures(i, &t, NULL);
-    for (int e = 0; e < SL_ERR__COUNT; e++)
-        t.errors[e] += uatomic_read(&sl_shm->master_tel.errors[e]);
-    sl_reg_figures_t f;
-    sl_reg_figures(&sl_shm->reg, &f);
-    bool shm_ok = (double)f.used_bytes < SL_SHM_HEALTH_LIMIT * (double)f.total_bytes;
-    uint64_t pending, old;
-    sl_rpc_counts(&sl_shm->reg, sl_now_ms(), SL_RPC_OLD_MS, &pending, &old);
+    json_decref(workers_json(&t));
+    /* Figures read without a lock or a walk: the probe a load balancer
+     * sends every second must stay cheap, and must not wait for a process
+     * that holds the arena lock. */
+    uint64_t total, used = sl_arena_used(sl_shm->reg.arena, &total);
+    bool shm_ok = (double)used < SL_SHM_HEALTH_LIMIT * (double)total;
+    uint64_t pending = sl_table_count(sl_shm->reg.rpcs), old = uatomic_read(&sl_shm->rpc_old);
     bool fd_ok = !fd_exhausted_recently();
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
               json_array_size(t.stalled) == 0 && fd_ok;

@@ -20,6 +20,7 @@
 #include "sl_arena.h"
 #include "sl_call.h"
 #include "sl_conf.h"
+#include "sl_crash.h"
 #include "sl_httpd.h"
 #include "sl_proc.h"
 #include "sl_router.h"
@@ -248,6 +249,9 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
         return 1;
 
     sl_qsbr_register(&sl_shm->reg.qsbr, id);
+#ifdef SL_CRASHPOINTS
+    sl_crash_arm_env(id); /* a test build: a crash, stop or fault point for this worker */
+#endif
     uatomic_set(&w->stats->started_ms, sl_now_ms());
     /* Publishing the pid tells the master and /health that we are up. */
     uatomic_set(&w->stats->pid, (int32_t)getpid());

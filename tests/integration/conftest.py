@@ -14,6 +14,9 @@ BIN = os.environ.get("SENTE_LITE_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "sente-lite")
 # Sanitizer builds are slower: scale waits.
 SLOW = 3.0 if "asan" in BIN else 1.0
+# The same build with crash, stop and fault points compiled in (make builds
+# it next to BIN): SL_CRASH_ARM=<worker>:<point>:<nth>:<exit|stop|fail>.
+CRASH_BIN = BIN + "-crash"
 
 
 def free_port():
@@ -59,7 +62,7 @@ def title_of(pid):
 
 
 class Server:
-    def __init__(self, tmp_path, args, env, workers, ops=False):
+    def __init__(self, tmp_path, args, env, workers, ops=False, binary=None):
         self.port = free_port()
         if ops:  # operator endpoints on a listener of their own
             args = list(args) + ["--ops-listen", f"127.0.0.1:{free_port()}"]
@@ -70,7 +73,7 @@ class Server:
         self.log = str(tmp_path / "sente.log")
         self.errlog = str(tmp_path / "stderr.log")
         self.workers = workers
-        cmd = [BIN, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
+        cmd = [binary or BIN, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
                "--log-file", self.log] + list(args)
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -147,8 +150,8 @@ class Server:
 def server_factory(tmp_path, request):
     servers = []
 
-    def make(*args, env=None, workers=2, wait=True, ops=False):
-        s = Server(tmp_path, args, env, workers, ops)
+    def make(*args, env=None, workers=2, wait=True, ops=False, binary=None):
+        s = Server(tmp_path, args, env, workers, ops, binary)
         servers.append(s)
         if wait:
             s.wait_ready()

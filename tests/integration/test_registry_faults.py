@@ -5,7 +5,11 @@ its own clients (who are closed and recover with since-seq); a full inbox
 makes its worker close its subscribers with 1013 instead of letting them see
 a seq gap; floods of fresh channel ids are refused at the per-connection
 quota or --max-channels, and empty channels go after --channel-linger-ms;
-listings are paged."""
+listings are paged.  And the review's findings: the stall watch kills only
+the worker that holds a lock, not those blocked on it; a stalled worker is
+killed early when shared memory fills up; a subscriber that came after a
+skipped message is not closed for it; a message that cannot be copied out
+for delivery closes its subscribers with 1013 instead of leaving a gap."""
 import asyncio
 import json
 import os
@@ -17,7 +21,7 @@ import time
 
 import websockets
 
-from conftest import SLOW, wait_for
+from conftest import CRASH_BIN, SLOW, wait_for
 from test_channels import connect, on_workers, run
 from wsraw import RawWS
 
@@ -505,3 +509,200 @@ def test_channel_limits_and_reaper(server_factory):
     assert status == 201  # room again
     status, doc = srv.get_json("/stats")
     assert doc["channel-stats"]["total-channels"] == 3
+
+
+# ------------------------------------------- review of issue 12: findings
+
+def log_events(srv, name):
+    """The telemetry records named `name` in the server's log, as dicts."""
+    out = []
+    for ln in srv.log_lines():
+        if f"/{name}] " in ln:
+            out.append(json.loads(ln.split("] ", 1)[1]))
+    return out
+
+
+def test_stall_kills_only_the_lock_holder(server_factory):
+    """Finding 2: worker 1 stops itself inside a publish's hand-off (a stop
+    point of the test build), holding the channel's lock and the target
+    inboxes' locks; worker 0 publishes to the same channel and blocks on
+    that lock.  Only worker 1 is stalled and killed; worker 0 is "blocked
+    by" it - not stalled, not killed - and goes on once the lock is handed
+    over.  (Before the fix both were killed.)  Worker 2 serves the
+    requests meanwhile."""
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "3000",
+                         workers=3, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:handoff.locked:1:stop"})
+    pids = srv.worker_pids()
+
+    async def go():
+        a, b = await on_workers(srv.url, [0, 1])
+        for c in (a, b):
+            assert (await c.subscribe("hot"))["success"]
+        await b.send(type="publish", data="from-1", **{"channel-id": "hot"})
+        await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+            lambda: is_stopped(pids[1]), timeout=5, what="worker 1 stopped in its hand-off"))
+        await a.send(type="publish", data="from-0", **{"channel-id": "hot"})
+        seen = []
+
+        def watch():
+            # Worker 2 answers: worker 0 is blocked by 1, only 1 is stalled.
+            while worker_pid(srv, 1) == pids[1]:
+                st = srv.stats()
+                _, health, _ = timed_get(srv, "/health")
+                seen.append((st["workers"][0]["blocked-by"], st["workers"][0]["stalled"],
+                             health["system-health"]["stalled-workers"],
+                             st["workers"][0]["lock-wait-ms"]))
+                time.sleep(0.2)
+        await asyncio.get_running_loop().run_in_executor(None, watch)
+        r = await asyncio.wait_for(a.reply("publish-result"), 10 * SLOW)
+        m = await asyncio.wait_for(a.message(), 10 * SLOW)
+        await a.close()
+        return r, m, seen
+
+    r, m, seen = run(go(), timeout=60)
+    assert r["success"] and m["data"] == "from-0"
+    assert any(by == 1 and wait > 500 for by, _, _, wait in seen), seen
+    assert all(not stalled and names in ([], [1]) for _, stalled, names, _ in seen), seen
+    assert any(names == [1] for _, _, names, _ in seen), seen
+    wait_for(lambda: srv.stats()["workers"][0]["blocked-by"] is None, timeout=2,
+             what="worker 0 no longer blocked")
+    st = srv.stats()
+    w0, w1 = st["workers"][0], st["workers"][1]
+    assert w0["pid"] == pids[0] and w0["stalls"] == 0 and w0["stall-kills"] == 0
+    assert w0["restarts"] == 0
+    assert w1["pid"] != pids[1] and w1["stall-kills"] == 1
+    stalled = log_events(srv, "worker-stalled")
+    assert stalled and {e["worker"] for e in stalled} == {1}
+    killed = [e for e in stalled if e.get("action") == "killed"]
+    assert len(killed) == 1 and killed[0]["blocking-workers"] == 1
+
+
+def test_stalled_worker_killed_early_when_shared_memory_fills(server_factory):
+    """Finding 10: a stopped worker's reader slot holds back reclamation, so
+    churn elsewhere piles up in limbo.  With shared memory over 75% full, a
+    stalled worker is killed at once instead of at --worker-stall-kill-ms
+    (here a minute), and the memory comes back."""
+    srv = server_factory("--shm-size", "8M", "--max-connections", "1000", "--max-channels",
+                         "1000", "--worker-stall-ms", "1000", "--worker-stall-kill-ms", "60000")
+    pid = worker_pid(srv, 1)
+    cl = Blaster(srv.port, 0)
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        n = 40000
+        frames = []
+        for i in range(n):
+            cid = f"p{i % 10}"
+            frames.append(frame({"type": "subscribe", "channel-id": cid}))
+            frames.append(frame({"type": "unsubscribe", "channel-id": cid}))
+        cl.send_all(frames)
+        wait_for(lambda: worker_pid(srv, 1) not in (0, pid), timeout=30,
+                 what="the stalled worker killed under memory pressure")
+        took = time.monotonic() - t0
+    finally:
+        if is_stopped(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert took < 30 * SLOW  # not the 60 s bound
+    killed = [e for e in log_events(srv, "worker-stalled") if e.get("action") == "killed"]
+    assert killed and killed[0]["reason"] == "shared-memory" and killed[0]["worker"] == 1
+    wait_for(lambda: cl.count(b'"unsubscription-result"') == n, timeout=60,
+             what="every request answered")
+
+    def low():
+        sm = srv.stats()["shared-memory"]
+        return sm["used-bytes"] / sm["total-bytes"] < 0.5
+    wait_for(low, timeout=10, what="limbo reclaimed once the worker was gone")
+    cl.close()
+    print(f"\nshared-memory pressure: stalled worker killed {took:.1f} s after its stop")
+
+
+def test_late_subscriber_not_closed_for_messages_it_did_not_miss(server_factory):
+    """Finding 7: worker 1 stops; 9,000 publishes fill its inbox and skip it
+    (noted as missed).  X, subscribed before, is closed 1013 when worker 1
+    reaches the notes; Y, on worker 1 too but subscribing only after those
+    publishes (its request waits in its socket while the worker is
+    stopped), did not miss them and stays - before the fix it was closed
+    as well, and every reconnect after a note could be closed again."""
+    srv = server_factory("--channel", "big:message-retention=100", "--worker-stall-ms", "60000",
+                         "--worker-stall-kill-ms", "120000", "--max-outbound-bytes", "64M")
+    total = 9000
+
+    async def go():
+        x, y = await on_workers(srv.url, [1, 1])
+        assert (await x.subscribe("big"))["success"]
+        loop = asyncio.get_running_loop()
+        pub = await loop.run_in_executor(None, Blaster, srv.port, 0)
+        # A subscriber on worker 0 (the publisher itself, which reads
+        # everything): the publishes have somewhere to go, so they skip
+        # worker 1's full inbox instead of being refused.
+        pub.send_all([frame({"type": "subscribe", "channel-id": "big"})])
+        await loop.run_in_executor(None, lambda: wait_for(
+            lambda: pub.count(b'"subscription-result"') == 1, what="subscribed"))
+        pid = worker_pid(srv, 1)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            pub.send_all([frame({"type": "publish", "channel-id": "big", "data": i})
+                          for i in range(total)])
+            await asyncio.get_running_loop().run_in_executor(None, lambda: wait_for(
+                lambda: pub.count(b'"publish-result"') == total, timeout=60,
+                what="every publish answered"))
+            await y.send(type="subscribe", **{"channel-id": "big"})
+            await asyncio.sleep(0.3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        codes = {}
+        for name, c in (("x", x), ("y", y)):
+            try:
+                while True:
+                    await asyncio.wait_for(c.ws.recv(), 3 * SLOW)
+            except websockets.ConnectionClosed as e:
+                codes[name] = e.code
+            except asyncio.TimeoutError:
+                codes[name] = None  # still open
+        # Y still gets what is published now.
+        pub.send_all([frame({"type": "publish", "channel-id": "big", "data": "after"})])
+        got = None
+        while got is None:
+            m = json.loads(await asyncio.wait_for(y.ws.recv(), 5 * SLOW))
+            if m["type"] == "channel-message" and m["data"] == "after":
+                got = m
+        pub.close()
+        await y.close()
+        return codes, got
+
+    codes, got = run(go(), timeout=120)
+    assert codes == {"x": 1013, "y": None}, codes
+    assert got["seq"] == total + 1
+    assert srv.stats()["workers"][1]["inbox-skipped"] > 0
+
+
+def test_failed_local_copy_closes_1013_not_a_gap(server_factory):
+    """Finding 12: when a worker cannot copy a channel message out of
+    shared memory for its subscribers (local memory exhausted: a fault
+    point of the test build fails worker 1's third copy), they are closed
+    with 1013 and recover it - before the fix they silently missed it and
+    saw a seq gap."""
+    srv = server_factory("--channel", "feed:message-retention=100", binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:pubsub.deliver.alloc:3:fail"})
+    total = 10
+
+    async def go():
+        pub, sub = await on_workers(srv.url, [0, 1])
+        sb = Recovering(srv.url, "feed")
+        task = asyncio.create_task(sb.run(sub))
+        await asyncio.sleep(0.3)
+        for i in range(total):
+            assert (await pub.publish("feed", i))["success"]
+        deadline = time.monotonic() + 10 * SLOW
+        while len(sb.seqs) < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        sb.stop = True
+        task.cancel()
+        await pub.close()
+        return sb
+
+    sb = run(go())
+    assert 1013 in sb.closes
+    assert sb.seqs == list(range(1, total + 1))  # no gap
+    assert srv.stats()["workers"][1]["missed-disconnects"] >= 1

@@ -233,7 +233,7 @@ static void test_kill_points(void)
             SL_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == SL_CRASH_EXIT_CODE);
             /* The master's part: repair its locks, release its slot - and
              * no entry is left empty even before the cleanup - ... */
-            sl_reg_dead(R, 1);
+            SL_CHECK_INT(sl_reg_dead(R, 1, NULL), SL_OK);
             SL_CHECK(total(key) > 0 || sl_table_count(R->access->counts) == 0);
             /* ... then the cleanup. */
             sl_reg_worker_cleanup(R, 1);

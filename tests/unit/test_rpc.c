@@ -1,7 +1,8 @@
 /*
  * test_rpc.c - RPC correlations: create, find, claim exactly once (also
  * with two processes racing), unclaim, remove, expiry, a dead worker's
- * cleanup, and the pending/old counts.
+ * cleanup, the pending/old counts, and no orphan when the requester goes
+ * while a responder holds the claim and then un-claims (review finding 4).
  */
 #include "sl_chan.h"
 #include "sl_rpc.h"
@@ -33,7 +34,7 @@ static void test_lifecycle(void)
     SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 1));
     SL_CHECK(!sl_rpc_claim(q, SL_RPC_ANSWERED, 1)); /* duplicate */
     SL_CHECK(!sl_rpc_claim(q, SL_RPC_EXPIRED, 1));  /* the timer loses */
-    sl_rpc_unclaim(q);                           /* hand-over failed */
+    SL_CHECK(sl_rpc_unclaim(R, q));              /* hand-over failed: pending again */
     SL_CHECK(sl_rpc_claim(q, SL_RPC_EXPIRED, 1));
     sl_rpc_remove(R, q);
     SL_CHECK(sl_rpc_find(R, q->request_id, strlen(q->request_id)) == NULL);
@@ -88,9 +89,55 @@ static void test_claim_race(void)
         SL_CHECK_INT(SL_RPC_KIND(qs[i]->state), SL_RPC_ANSWERED);
 }
 
+/* Review of issue 12, finding 4: the requester's worker Q (1) dies while
+ * responder R (0) holds the claim; the master's cleanup passes the entry;
+ * then R's hand-off fails and it un-claims.  Before the fix the entry went
+ * back to pending with nobody left to settle it: a permanent leak, and
+ * after a minute an "old" request that makes /health unhealthy. */
+static void test_unclaim_after_requester_died(void)
+{
+    setup();
+    sl_rpc_t *q = sl_rpc_create(R, 1, 3, 9, "ch", 2, 100000);
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 0)); /* R claims */
+    sl_reg_worker_cleanup(R, 1);                  /* Q died: cleanup passes */
+    SL_CHECK(sl_rpc_find(R, q->request_id, strlen(q->request_id)) == q); /* R's to settle */
+    SL_CHECK(q->state & SL_RPC_ABANDONED);
+    SL_CHECK(!sl_rpc_unclaim(R, q)); /* R's hand-off failed: it removes the entry */
+    SL_CHECK_INT(sl_table_count(R->rpcs), 0);
+    /* A claim held by the dead requester's own worker is taken over. */
+    q = sl_rpc_create(R, 1, 3, 9, "ch", 2, 100000);
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 1));
+    sl_reg_worker_cleanup(R, 1);
+    SL_CHECK_INT(sl_table_count(R->rpcs), 0);
+}
+
+/* The same with a live worker whose requester's connection closes while
+ * a responder holds the claim (sl_call_closed cancels with sl_rpc_cancel). */
+static void test_unclaim_after_requester_closed(void)
+{
+    setup();
+    sl_rpc_t *q = sl_rpc_create(R, 1, 3, 9, "ch", 2, 100000);
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 0));
+    SL_CHECK(!sl_rpc_cancel(R, q, 1)); /* left to the responder */
+    SL_CHECK(!sl_rpc_unclaim(R, q));
+    SL_CHECK_INT(sl_table_count(R->rpcs), 0);
+    /* Not claimed: cancelled and removed at once. */
+    q = sl_rpc_create(R, 1, 3, 9, "ch", 2, 100000);
+    SL_CHECK(sl_rpc_cancel(R, q, 1));
+    SL_CHECK_INT(sl_table_count(R->rpcs), 0);
+    /* A responder whose hand-off works removes it as before. */
+    q = sl_rpc_create(R, 1, 3, 9, "ch", 2, 100000);
+    SL_CHECK(sl_rpc_claim(q, SL_RPC_ANSWERED, 0));
+    SL_CHECK(!sl_rpc_cancel(R, q, 1));
+    sl_rpc_remove(R, q);
+    SL_CHECK_INT(sl_table_count(R->rpcs), 0);
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_lifecycle);
+    SL_TEST_RUN(test_unclaim_after_requester_died);
+    SL_TEST_RUN(test_unclaim_after_requester_closed);
     SL_TEST_RUN(test_cleanup_expire_counts);
     SL_TEST_RUN(test_claim_race);
     return sl_test_summary();

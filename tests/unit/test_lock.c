@@ -1,0 +1,188 @@
+/*
+ * test_lock.c - robust process-shared locks (shm/lock.c): a dead owner's
+ * lock is repaired; the master's sl_lock_recover_dead keeps a lock that a
+ * live process holds (it may be repairing it) and takes it later; who holds
+ * a lock and who is blocked on it are recorded for the master's stall
+ * watch; and the wait hook runs every 50 ms of CLOCK_MONOTONIC whatever
+ * the wall clock does (review of issue 12, findings 1, 2 and 6).
+ */
+#include "sl_lock.h"
+#include "sl_test.h"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The wall clock as this program sees it, stepped by skew_s seconds: a
+ * clock step simulated for the code under test only (the system's clock
+ * is left alone).  Calls from the library linked into this program resolve
+ * here. */
+static volatile long skew_s;
+
+int clock_gettime(clockid_t id, struct timespec *ts)
+{
+    int rc = (int)syscall(SYS_clock_gettime, id, ts);
+    if (rc == 0 && id == CLOCK_REALTIME)
+        ts->tv_sec += skew_s;
+    return rc;
+}
+
+typedef struct {
+    sl_lock_t l;
+    int repairs;
+    sl_lock_holder_t h[4];
+} shared_t;
+
+static shared_t *S;
+
+static void count_repair(void *arg)
+{
+    ((shared_t *)arg)->repairs++;
+}
+
+static void setup(void)
+{
+    S = mmap(NULL, sizeof(*S), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    SL_CHECK(S != MAP_FAILED);
+    SL_CHECK_INT(sl_lock_init(&S->l, count_repair, S), SL_OK);
+    for (int i = 0; i < 4; i++)
+        S->h[i].slot = i;
+    sl_lock_set_holder(&S->h[0]);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* A child as reader slot `slot`: takes the lock, tells us, then dies
+ * holding it (hold_ms < 0), stops itself holding it (hold_ms == 0: a
+ * recovery in progress), or holds it hold_ms and releases it. */
+static pid_t holder(int slot, int hold_ms)
+{
+    int p[2];
+    SL_CHECK(pipe(p) == 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sl_lock_set_holder(&S->h[slot]);
+        sl_lock_acquire(&S->l);
+        if (write(p[1], "x", 1) != 1)
+            _exit(2);
+        if (hold_ms < 0)
+            _exit(0);
+        if (hold_ms == 0)
+            raise(SIGSTOP);
+        else
+            sleep_ms(hold_ms);
+        sl_lock_release(&S->l);
+        _exit(0);
+    }
+    char c;
+    SL_CHECK(read(p[0], &c, 1) == 1);
+    close(p[0]);
+    close(p[1]);
+    return pid;
+}
+
+static int hook_calls;
+
+static void hook(void)
+{
+    hook_calls++;
+}
+
+/* Finding 6: the master's wait for a lock wakes every 50 ms to run its
+ * hook (accepting, the stall watch).  With the wall clock stepped back by
+ * an hour during the wait - here: the deadline computed from a clock an
+ * hour ahead - a CLOCK_REALTIME deadline would not come for an hour; a
+ * CLOCK_MONOTONIC one comes on time. */
+static void test_wait_hook_on_the_monotonic_clock(void)
+{
+    setup();
+    pid_t pid = holder(1, 500);
+    hook_calls = 0;
+    skew_s = 3600;
+    sl_lock_set_wait_hook(hook);
+    SL_CHECK_INT(sl_lock_acquire(&S->l), SL_OK);
+    sl_lock_set_wait_hook(NULL);
+    skew_s = 0;
+    sl_lock_release(&S->l);
+    SL_CHECK(hook_calls >= 3);
+    waitpid(pid, NULL, 0);
+    munmap(S, sizeof(*S));
+}
+
+/* Finding 2: a lock records its holder; a process blocked on a lock
+ * records which one and since when - before it blocks - and forgets it
+ * once it has it. */
+static void test_holder_and_waiter_recorded(void)
+{
+    setup();
+    pid_t a = holder(1, 400);
+    SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 1);
+    SL_CHECK_INT(SL_LOCK_HOLDER_PID(S->l.holder), a);
+    pid_t b = fork();
+    if (b == 0) {
+        sl_lock_set_holder(&S->h[2]);
+        sl_lock_acquire(&S->l);
+        sleep_ms(100);
+        sl_lock_release(&S->l);
+        _exit(0);
+    }
+    sleep_ms(100);
+    SL_CHECK(S->h[2].waiting == &S->l);
+    SL_CHECK(S->h[2].wait_since_ms > 0 && sl_mono_ms() - S->h[2].wait_since_ms >= 50);
+    waitpid(a, NULL, 0);
+    sleep_ms(50);
+    SL_CHECK(S->h[2].waiting == NULL);
+    SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 2);
+    waitpid(b, NULL, 0);
+    SL_CHECK_INT(S->l.holder, 0);
+    SL_CHECK(S->h[1].n == 0 && S->h[2].n == 0); /* both records forgot it */
+    munmap(S, sizeof(*S));
+}
+
+/* Finding 1: process 1 dies holding the lock; process 2 gets it (and so
+ * runs its repair) and is stopped there, as a recovery in progress.  The
+ * master's sl_lock_recover_dead for process 1 must not report the lock
+ * done - it keeps it in the record - until it has taken it itself. */
+static void test_recover_dead_waits_for_a_live_repair(void)
+{
+    setup();
+    pid_t a = holder(1, -1);
+    waitpid(a, NULL, 0);
+    SL_CHECK_INT(S->h[1].n, 1);
+    pid_t b = holder(2, 0); /* EOWNERDEAD: it repairs, then stops */
+    int st;
+    waitpid(b, &st, WUNTRACED);
+    SL_CHECK(WIFSTOPPED(st));
+    SL_CHECK_INT(S->repairs, 1);
+    size_t repaired = 0;
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 1); /* still to take */
+    SL_CHECK_INT(S->h[1].n, 1);
+    SL_CHECK(S->h[1].held[0] == &S->l);
+    kill(b, SIGCONT);
+    waitpid(b, &st, 0);
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 0);
+    SL_CHECK_INT(S->h[1].n, 0);
+    SL_CHECK_INT(repaired, 0); /* process 2 had repaired it */
+    /* Dead with nobody else around: the master repairs it itself. */
+    a = holder(1, -1);
+    waitpid(a, NULL, 0);
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 0);
+    SL_CHECK_INT(repaired, 1);
+    SL_CHECK_INT(S->repairs, 2);
+    munmap(S, sizeof(*S));
+}
+
+int main(void)
+{
+    SL_TEST_RUN(test_wait_hook_on_the_monotonic_clock);
+    SL_TEST_RUN(test_holder_and_waiter_recorded);
+    SL_TEST_RUN(test_recover_dead_waits_for_a_live_repair);
+    return sl_test_summary();
+}
