@@ -21,8 +21,9 @@
  *               here); b & 0x40: instead, the upgrade request (to /echo
  *               when b & 0x80)
  * Checks: whatever the server writes after a 101 is a well-formed stream
- * of server frames (unmasked, whole: no truncated frame before a close),
- * and on "/" every text message is a JSON object.
+ * of server frames (unmasked, whole: no truncated frame before a close;
+ * compressed ones only when the 101 accepted permessage-deflate, and they
+ * inflate), and on "/" every text message is a JSON object.
  */
 #include "sl_conf.h"
 #include "sl_conn.h"
@@ -154,6 +155,10 @@ static void drain(void)
                 cl->out_len -= head;
                 cl->phase = 1;
                 sl_ws_reader_init(&cl->reader, false, 1 << 24);
+                /* permessage-deflate negotiated (an upgrade sent as raw
+                 * bytes may offer it): compressed frames are checked
+                 * inflated. */
+                cl->reader.deflate = memmem(cl->out, head, "permessage-deflate", 18) != NULL;
             }
             if (cl->phase == 1 && cl->out_len) {
                 int rc = sl_ws_reader_feed(&cl->reader, cl->out, cl->out_len, &CHECK, cl, NULL);
