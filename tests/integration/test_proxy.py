@@ -52,7 +52,7 @@ def site(port, upstream, cert, key, read_timeout=None):
 def proxy(server_factory, tmp_path):
     certs = Certs(str(tmp_path / "certs"))
     s = server_factory("--trusted-proxy", "127.0.0.1/32", "--access-log",
-                       str(tmp_path / "access.log"), "--heartbeat-interval-ms", "300")
+                       str(tmp_path / "access.log"), "--heartbeat-interval-ms", "1000")
     port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(f"""
@@ -63,7 +63,7 @@ http {{
     access_log off;
     client_body_temp_path {tmp_path};
     proxy_temp_path {tmp_path};
-    {site(port, s.port, certs.ec[0], certs.ec[1], read_timeout="1s")}
+    {site(port, s.port, certs.ec[0], certs.ec[1], read_timeout="2500ms")}
 }}
 """)
     subprocess.run([NGINX, "-c", str(conf), "-p", str(tmp_path)], check=True, timeout=20)
@@ -86,9 +86,10 @@ def test_websocket_and_operators_through_nginx(proxy):
             assert json.loads(await ws.recv())["type"] == "welcome"
             await ws.send(json.dumps({"type": "subscribe", "channel-id": "p"}))
             assert json.loads(await ws.recv())["success"] is True
-            # Idle for longer than proxy_read_timeout (1 s here): the
-            # server's pings (every 300 ms) keep it open through nginx.
-            await asyncio.sleep(2.5)
+            # Idle for longer than proxy_read_timeout (2.5 s here): the
+            # server's pings (every second) keep it open through nginx.
+            # (Margins of seconds: the machine may be loaded.)
+            await asyncio.sleep(4)
             await ws.send(json.dumps({"type": "publish", "channel-id": "p", "data": 1}))
             got = [json.loads(await ws.recv()) for _ in range(2)]
             assert {m["type"] for m in got} == {"publish-result", "channel-message"}
