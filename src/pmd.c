@@ -18,13 +18,18 @@
 
 static z_stream zd, zi;
 static bool zd_ready, zi_ready;
+/* Deflate's output before it is copied into a buffer of its exact size;
+ * kept between messages up to SL_PMD_SCRATCH_KEEP, freed after a larger one. */
+static uint8_t *zscratch;
+static size_t zscratch_cap;
+#define SL_PMD_SCRATCH_KEEP (64u * 1024)
 
 size_t sl_pmd_memory(void)
 {
     /* zlib's own figures: deflate (1 << (windowBits + 2)) + (1 << (memLevel
      * + 9)) plus ~6 KiB; inflate 1 << windowBits plus ~7 KiB. */
     return (zd_ready ? (1u << 17) + (1u << 17) + 6 * 1024 : 0) +
-           (zi_ready ? (1u << 15) + 7 * 1024 : 0);
+           (zi_ready ? (1u << 15) + 7 * 1024 : 0) + zscratch_cap;
 }
 
 /* ----------------------------------------------------------- negotiation */
@@ -152,29 +157,46 @@ sl_buf_t *sl_pmd_compress_frame(const sl_buf_t *b)
         zd_ready = true;
     }
     /* Worth it only when smaller: room for the payload itself (plus the
-     * 5-byte sync tail deflate appends before we drop its last 4 bytes). */
-    size_t cap = SL_WS_MAX_HEADER + n + 8;
-    sl_buf_t *z = sl_buf_new(cap);
-    if (z == NULL)
-        return NULL;
+     * 5-byte sync tail deflate appends before we drop its last 4 bytes).
+     * Deflate into the process's scratch, then copy into a buffer of
+     * exactly the compressed size: the twin is what the output queue
+     * holds, often for a connection that does not read, so its memory
+     * must be what the queue counts (its length), never the size of the
+     * message it came from (review r16 H1: 894 bytes queued held 900 KB). */
+    size_t room = n + 8;
+    if (room > zscratch_cap) {
+        uint8_t *ns = realloc(zscratch, room);
+        if (ns == NULL)
+            return NULL;
+        zscratch = ns;
+        zscratch_cap = room;
+    }
     deflateReset(&zd);
     zd.next_in = (Bytef *)(f + hl);
     zd.avail_in = (uInt)n;
-    zd.next_out = z->data + SL_WS_MAX_HEADER;
-    zd.avail_out = (uInt)(n + 8);
+    zd.next_out = zscratch;
+    zd.avail_out = (uInt)room;
     int rc = deflate(&zd, Z_SYNC_FLUSH);
-    size_t out = (n + 8) - zd.avail_out;
-    if (rc != Z_OK || zd.avail_in != 0 || out < 4 || out - 4 >= n) {
-        sl_buf_unref(z);
-        return NULL; /* no gain (or the room ran out: incompressible) */
+    size_t out = room - zd.avail_out;
+    sl_buf_t *z = NULL;
+    if (rc == Z_OK && zd.avail_in == 0 && out >= 4 && out - 4 < n) {
+        out -= 4; /* the 00 00 ff ff of the sync flush (RFC 7692 7.2.1) */
+        uint8_t hdr[SL_WS_MAX_HEADER];
+        size_t h = sl_ws_encode_header(hdr, op, true, out, NULL);
+        hdr[0] |= 0x40; /* RSV1: a compressed message */
+        z = sl_buf_new(h + out);
+        if (z != NULL) {
+            memcpy(z->data, hdr, h);
+            memcpy(z->data + h, zscratch, out);
+            z->start = 0;
+            z->len = (uint32_t)(h + out);
+        }
+    } /* else no gain (or the room ran out: incompressible) */
+    if (zscratch_cap > SL_PMD_SCRATCH_KEEP) { /* a large message: give it back */
+        free(zscratch);
+        zscratch = NULL;
+        zscratch_cap = 0;
     }
-    out -= 4; /* the 00 00 ff ff of the sync flush (RFC 7692 7.2.1) */
-    uint8_t hdr[SL_WS_MAX_HEADER];
-    size_t h = sl_ws_encode_header(hdr, op, true, out, NULL);
-    hdr[0] |= 0x40; /* RSV1: a compressed message */
-    z->start = (uint32_t)(SL_WS_MAX_HEADER - h);
-    memcpy(z->data + z->start, hdr, h);
-    z->len = (uint32_t)(SL_WS_MAX_HEADER + out);
     return z;
 }
 

@@ -193,3 +193,46 @@ def test_zip_bomb_and_corrupt_data(server_factory):
     assert err["message-too-big"] == 1
     assert err["invalid-utf8"] == 2
     assert err["protocol-error"] == 2
+
+
+def test_non_reading_compressing_subscriber_is_bounded(server_factory):
+    """Review r16 H1: the compressed twin of a frame kept the capacity of
+    the uncompressed one, so a compressing subscriber that does not read
+    held ~500 KB per queued message while its queue counted ~500 bytes:
+    --max-outbound-bytes bounded about 1000 times its figure.  Now the
+    twin is exactly its compressed size: the worker's outbound-bytes
+    (every live output buffer) stays within --max-outbound-bytes."""
+    import base64
+    import os
+    from conftest import wait_for
+    bound = 2 << 20
+    s = server_factory("--max-outbound-bytes", "2M", "--max-message-size", "1M", workers=1)
+    sub = client(s, PMD, rcvbuf=4096)
+    sub.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "z"})))
+    assert message(sub)["success"] is True
+    pub = client(s)
+    sent = 0
+
+    def publish(data):
+        pub.send(frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "z", "data": data})))
+        assert message(pub)["type"] == "publish-result"
+
+    # Fill the socket with incompressible data until output stays queued.
+    for _ in range(100):  # loopback takes a few MB first
+        publish(base64.b64encode(os.urandom(75000)).decode())
+        sent += 1
+        if s.stats()["outbound-bytes"] >= 100000:
+            break
+    wait_for(lambda: s.stats()["outbound-bytes"] > 0, what="the subscriber's queue non-empty")
+    for _ in range(40):  # 20 MB of messages, ~20 KB once compressed
+        publish("a" * 500000)
+        sent += 1
+    held = s.stats()["outbound-bytes"]
+    assert held < bound, f"{held} bytes held for a queue bounded at {bound}"
+    assert s.stats()["errors"].get("slow-consumer", 0) == 0
+    # Nothing lost: the subscriber reads every message.
+    sub.sock.settimeout(30)
+    got = [message(sub) for _ in range(sent)]
+    assert got[-1]["data"] == "a" * 500000
+    sub.close()
+    pub.close()
