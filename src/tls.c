@@ -175,8 +175,11 @@ static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *er
     }
     int floor = strcmp(sl_conf->tls_min_version, "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
     SSL_CTX_set_min_proto_version(ctx, floor);
+    /* IGNORE_UNEXPECTED_EOF: a peer that closes TCP without close_notify
+     * (most HTTP clients, health checks, browsers) is an end of stream
+     * (SSL_ERROR_ZERO_RETURN), not an error counted as a bad record. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                                 SSL_OP_NO_COMPRESSION);
+                                 SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_num_tickets(ctx, 1);
@@ -367,6 +370,7 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
         return r;
     }
     ERR_clear_error();
+    errno = 0; /* SSL_ERROR_SYSCALL below reads it */
     int r = SSL_read(t->ssl, buf, (int)SL_MIN(n, (size_t)INT32_MAX));
     note_established(t);
     if (r > 0)
@@ -378,11 +382,13 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
         t->read_wants_write = true;
         return SL_AGAIN;
     case SSL_ERROR_ZERO_RETURN:
-        /* close_notify: the peer's end of stream.  Ours goes back at once
-         * (a clean TLS shutdown keeps the client's session resumable). */
+        /* The peer's end of stream: its close_notify, or a TCP FIN without
+         * one (IGNORE_UNEXPECTED_EOF).  Ours is not sent now: what the peer
+         * asked is answered first, and close_notify follows the output
+         * (tls_shutdown when the connection half-closes, or tls_release). */
         ERR_clear_error();
-        SSL_shutdown(t->ssl);
-        ERR_clear_error();
+        if (!t->established)
+            count(SL_ERR_TLS_HANDSHAKE); /* gone in the middle of the handshake */
         return 0;
     case SSL_ERROR_SYSCALL:
         if (ERR_peek_error() == 0) {
@@ -403,6 +409,7 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
 static int write_record(tls_conn_t *t, const void *p, int len)
 {
     ERR_clear_error();
+    errno = 0;
     int r = SSL_write(t->ssl, p, len);
     note_established(t);
     if (r > 0)
@@ -485,6 +492,15 @@ static void tls_release(void *ctx)
     tls_conn_t *t = ctx;
     if (t == NULL)
         return;
+    if (t->established && t->pend_len == 0 &&
+        (SSL_get_shutdown(t->ssl) & (SSL_RECEIVED_SHUTDOWN | SSL_SENT_SHUTDOWN)) ==
+            SSL_RECEIVED_SHUTDOWN) {
+        /* The peer ended and nothing was left to answer: our close_notify
+         * answers its own (best effort; the socket is closed next). */
+        ERR_clear_error();
+        SSL_shutdown(t->ssl);
+        ERR_clear_error();
+    }
     SSL_free(t->ssl);
     free(t->pend);
     free(t);

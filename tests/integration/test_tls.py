@@ -281,3 +281,87 @@ def test_handshake_timeout_and_flood(server_factory, certs):
     assert errors(s)["http-connection-limit"] >= 40
     for f in flood:
         f.close()
+
+
+def _http_conns(s):
+    return sum(w["http-connections"] for w in s.stats()["workers"])
+
+
+def _pipelined_then_end(s, certs, end, n=30, path="/dashboard"):
+    """n pipelined requests on one TLS connection whose client does not
+    read (small receive buffer), then the client's end: "fin" (TCP FIN
+    without close_notify, as most HTTP clients do) or "close_notify".
+    Then it reads everything: the number of complete responses."""
+    ctx = certs.client_context()
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.settimeout(10 * SLOW)
+    raw.connect(("127.0.0.1", s.tls_port))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+
+    def pump():
+        data = out.read()
+        if data:
+            raw.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+            inc.write(raw.recv(65536))
+    pump()
+    obj.write((f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n" * n).encode())
+    pump()
+    if end == "fin":
+        raw.shutdown(socket.SHUT_WR)
+    else:
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        pump()
+    time.sleep(0.5)  # the server reads our end while its answers are still queued
+    got = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        inc.write(chunk)
+        try:
+            while True:
+                d = obj.read(65536)
+                if not d:
+                    break
+                got += d
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    raw.close()
+    return got.count(b"HTTP/1.1 200 ")
+
+
+def test_close_without_close_notify_is_an_end_of_stream(server_factory, certs):
+    """Review r16 M3: a TLS client that closes TCP without close_notify
+    (keep-alive clients, health checks) was counted tls-bad-record, and the
+    read failed instead of ending the stream, so a half-closed client lost
+    the answers still queued.  L2: a client's close_notify after pipelined
+    requests got our close_notify first and no answers."""
+    s = tls_server(server_factory, certs, workers=1)
+    ctx = certs.client_context()
+    for _ in range(3):  # a keep-alive request, then the socket closed
+        c = tls_connect(s.tls_port, ctx)
+        c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+        c.close()  # no unwrap(): no close_notify
+    wait_for(lambda: _http_conns(s) <= 1, what="the three closed")
+    err = errors(s)
+    assert err.get("tls-bad-record", 0) == 0, err
+    assert err.get("tls-handshake-failed", 0) == 0, err
+    # Half-closed (FIN, no close_notify) with answers queued: all arrive.
+    assert _pipelined_then_end(s, certs, "fin") == 30
+    # close_notify after pipelined requests: the answers come first.
+    assert _pipelined_then_end(s, certs, "close_notify") == 30
+    err = errors(s)
+    assert err.get("tls-bad-record", 0) == 0, err
