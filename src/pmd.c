@@ -70,15 +70,16 @@ static int window_bits(const char *v, const char *vend)
     return n >= 8 && n <= 15 ? n : -1;
 }
 
-/* One offer: "permessage-deflate; p1; p2=v ...".  True when acceptable. */
-static bool offer_ok(const char *p, const char *end, bool *shared)
+/* One offer: "permessage-deflate; p1; p2=v ...".  True when acceptable;
+ * *server_bits is the server_max_window_bits it asked for, 0 if none. */
+static bool offer_ok(const char *p, const char *end, int *server_bits_out)
 {
     const char *semi = memchr(p, ';', (size_t)(end - p));
     const char *nend, *name = trim(p, semi ? semi : end, &nend);
     if (!is_token(name, (size_t)(nend - name), "permessage-deflate"))
         return false;
     bool seen[4] = {false, false, false, false};
-    int server_bits = 15;
+    int server_bits = 0;
     for (const char *q = semi; q && q < end;) {
         q++; /* past ';' */
         const char *next = memchr(q, ';', (size_t)(end - q));
@@ -105,7 +106,7 @@ static bool offer_ok(const char *p, const char *end, bool *shared)
             return false;
         q = next;
     }
-    *shared = server_bits == 15;
+    *server_bits_out = server_bits;
     return true;
 }
 
@@ -117,9 +118,20 @@ bool sl_pmd_negotiate(const char *value, size_t len, char *out, size_t outsz, bo
          * contain one: quoted values are digits). */
         const char *comma = memchr(p, ',', (size_t)(end - p));
         const char *oend = comma ? comma : end;
-        if (offer_ok(p, oend, shared)) {
+        int bits = 0;
+        if (offer_ok(p, oend, &bits)) {
+            /* server_max_window_bits offered: the answer must carry it with
+             * the same or a smaller value (RFC 7692 7.1.2.1), or a client
+             * that checks fails the handshake (review r16 M2).  Under 15 we
+             * send that client nothing compressed at all (the RFC allows it
+             * per message), so echoing its value is honest. */
+            *shared = bits == 0 || bits == 15;
+            char sb[48] = "";
+            if (bits)
+                snprintf(sb, sizeof(sb), "; server_max_window_bits=%d", bits);
             snprintf(out, outsz,
-                     "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+                     "permessage-deflate; server_no_context_takeover; client_no_context_takeover%s",
+                     sb);
             return true;
         }
         p = comma ? comma + 1 : end;

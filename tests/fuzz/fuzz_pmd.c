@@ -17,6 +17,7 @@
 #include "sl_pmd.h"
 #include "sl_ws.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -61,10 +62,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     case 0: {
         char out[128];
         bool shared = false;
-        if (sl_pmd_negotiate((const char *)p, len, out, sizeof(out), &shared) &&
-            strcmp(out, "permessage-deflate; server_no_context_takeover; "
-                        "client_no_context_takeover") != 0)
-            abort();
+        static const char base[] = "permessage-deflate; server_no_context_takeover; "
+                                   "client_no_context_takeover";
+        if (sl_pmd_negotiate((const char *)p, len, out, sizeof(out), &shared)) {
+            /* The fixed answer, plus the server window the client asked
+             * for (8..15) echoed; compressed for it only at 15 (or none). */
+            int bits = 0;
+            if (strncmp(out, base, sizeof(base) - 1) != 0)
+                abort();
+            const char *rest = out + sizeof(base) - 1;
+            if (*rest && (sscanf(rest, "; server_max_window_bits=%d", &bits) != 1 ||
+                          bits < 8 || bits > 15))
+                abort();
+            if (shared != (bits == 0 || bits == 15))
+                abort();
+        }
         break;
     }
     case 1: {

@@ -78,8 +78,9 @@ def client(server, offer=None, **kw):
     (PMD + "; client_max_window_bits", ACCEPTED),
     (PMD + "; client_max_window_bits=10; server_no_context_takeover", ACCEPTED),
     (PMD + "; client_no_context_takeover", ACCEPTED),
-    (PMD + "; server_max_window_bits=10", ACCEPTED),
-    (PMD + '; server_max_window_bits="12"', ACCEPTED),
+    (PMD + "; server_max_window_bits=10", ACCEPTED + "; server_max_window_bits=10"),
+    (PMD + '; server_max_window_bits="12"', ACCEPTED + "; server_max_window_bits=12"),
+    (PMD + "; server_max_window_bits=15", ACCEPTED + "; server_max_window_bits=15"),
     ("x-webkit-deflate-frame, " + PMD, ACCEPTED),
     (PMD + "; server_max_window_bits=7, " + PMD, ACCEPTED),  # first declined, second taken
     (PMD + "; server_max_window_bits=7", None),   # out of range
@@ -236,3 +237,32 @@ def test_non_reading_compressing_subscriber_is_bounded(server_factory):
     assert got[-1]["data"] == "a" * 500000
     sub.close()
     pub.close()
+
+
+@pytest.mark.parametrize("bits", [10, 15])
+def test_server_window_echoed_for_an_independent_client(server, bits):
+    """Review r16 M2: server_max_window_bits was accepted without being
+    echoed (RFC 7692 7.1.2.1), so a client that checks the answer - Python
+    websockets, an independent implementation - failed the handshake.
+    Now the answer carries it, and messages both ways work."""
+    import asyncio
+    import websockets
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    async def run():
+        ext = ClientPerMessageDeflateFactory(server_max_window_bits=bits,
+                                             client_max_window_bits=True)
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/",
+                                      extensions=[ext], compression=None) as ws:
+            assert f"server_max_window_bits={bits}" in \
+                ws.response_headers["Sec-WebSocket-Extensions"]
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            await ws.send(json.dumps({"type": "subscribe", "channel-id": "w"}))
+            assert json.loads(await ws.recv())["success"] is True
+            doc = "x" * 3000  # over --compression-min-bytes: compressed (client side)
+            await ws.send(json.dumps({"type": "publish", "channel-id": "w", "data": doc}))
+            got = [json.loads(await ws.recv()) for _ in range(2)]
+            assert {m["type"] for m in got} == {"publish-result", "channel-message"}
+            assert [m["data"] for m in got if m["type"] == "channel-message"] == [doc]
+
+    asyncio.run(asyncio.wait_for(run(), 20))
