@@ -73,6 +73,7 @@ struct sl_conn {
     bool pmd;          /* permessage-deflate negotiated (sl_pmd.h) */
     bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
+    uint32_t turn_msg_bytes; /* ...and their payload bytes (inflated) */
     uint16_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only

@@ -58,6 +58,11 @@
  * and is taken up in the next turn). */
 #define SL_CONN_TURN_READ (16 * 1024) /* bytes read per turn (<= SL_SCRATCH_SIZE) */
 #define SL_CONN_TURN_MESSAGES 64
+/* Message payload delivered per turn: a compressed message inflates up to
+ * ~1000 times its size, so the bytes read no longer bound the work (review
+ * r16 M1: 16 KiB read, 16 MiB inflated, validated and parsed).  Checked
+ * after each message: one message of any size still goes through. */
+#define SL_CONN_TURN_MESSAGE_BYTES (256 * 1024)
 #define SL_CONN_TURN_FRAMES 256 /* fragments and control frames included */
 #define SL_CONN_TURN_REQUESTS 16
 /* A connection that has held 64 KiB or more of output for this long
@@ -843,7 +848,7 @@ static void conn_http_finish(sl_conn_t *c)
 /* After each message: go on (0) or stop the reader (1) - closing, output
  * over its bound (pause), or this turn's budget spent (yield); the rest of
  * the input waits in c->in. */
-static int conn_after_message(sl_conn_t *c)
+static int conn_after_message(sl_conn_t *c, size_t len)
 {
     if (c->state != SL_CONN_WS)
         return 1;
@@ -851,7 +856,9 @@ static int conn_after_message(sl_conn_t *c)
         conn_pause(c);
         return 1;
     }
-    if (++c->turn_messages >= SL_CONN_TURN_MESSAGES) {
+    c->turn_msg_bytes += (uint32_t)SL_MIN(len, (size_t)SL_CONN_TURN_MESSAGE_BYTES);
+    if (++c->turn_messages >= SL_CONN_TURN_MESSAGES ||
+        c->turn_msg_bytes >= SL_CONN_TURN_MESSAGE_BYTES) {
         conn_yield(c);
         return 1;
     }
@@ -871,7 +878,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         }
         sl_conn_send(c, b);
         sl_buf_unref(b);
-        return conn_after_message(c);
+        return conn_after_message(c, len);
     }
     if (opcode == SL_WS_OP_BINARY) {
         sl_conns_count_error(SL_ERR_UNSUPPORTED_DATA);
@@ -879,7 +886,7 @@ static int ws_on_message(void *ctx, int opcode, uint8_t *data, size_t len)
         return 1;
     }
     sl_conns.on->ws_message(c, (char *)data, len);
-    return conn_after_message(c);
+    return conn_after_message(c, len);
 }
 
 /* Ping/pong frames over --max-control-rate in one second: a flood. */
@@ -948,7 +955,7 @@ static int ws_on_control(void *ctx, int opcode, uint8_t *data, size_t len)
         }
         if (opcode == SL_WS_OP_PING && conn_answer_ping(c, data, len) != 0)
             return 1;
-        return conn_after_message(c); /* a ping costs a turn's work like a message */
+        return conn_after_message(c, len); /* a ping costs a turn's work like a message */
     }
     /* CLOSE */
     if (c->state == SL_CONN_WS) {
@@ -1173,6 +1180,7 @@ static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
     c->in_input = true;
     c->backlog = false;
     c->turn_messages = 0;
+    c->turn_msg_bytes = 0;
     c->reader.frames = 0;
     switch (c->state) {
     case SL_CONN_HTTP:

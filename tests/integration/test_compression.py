@@ -266,3 +266,37 @@ def test_server_window_echoed_for_an_independent_client(server, bits):
             assert [m["data"] for m in got if m["type"] == "channel-message"] == [doc]
 
     asyncio.run(asyncio.wait_for(run(), 20))
+
+
+def test_inflated_bytes_count_against_the_turn(server_factory):
+    """Review r16 M1: the per-turn budget counted bytes read and messages,
+    so one 16 KiB read of compressed messages (each ~1 KB inflating to
+    ~1 MB) was up to 16 MB of inflating, validating and parsing in one
+    turn while every other connection of the worker waited.  Now the
+    inflated bytes count: the turn ends after 256 KiB of messages.
+    Observed by order, not time: A sends 11 such messages and then a small
+    publish to "s" in one write; once A's first answer is out, B publishes
+    to "s".  Within one turn (before) A's publish always came first; now
+    B's is taken up between A's turns and arrives first."""
+    s = server_factory("--max-message-size", "2M", workers=1)
+    sub = client(s)
+    sub.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "s"})))
+    assert message(sub)["success"] is True
+    a = client(s, PMD)
+    b = client(s)
+    heavy = json.dumps({"type": "publish", "channel-id": "void",
+                        "data": [0] * 500000}, separators=(",", ":")).encode()
+    z = deflate(heavy)
+    burst = b"".join(frame(OP_TEXT, z, rsv=0x40) for _ in range(11))
+    burst += frame(OP_TEXT, deflate(json.dumps(
+        {"type": "publish", "channel-id": "s", "data": "A"}).encode() + b" " * 200), rsv=0x40)
+    assert len(burst) < 16 * 1024, len(burst)  # one read
+    a.sock.settimeout(60)
+    a.send(burst)
+    message(a)  # the first answer: A's first turn is over
+    b.send(frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "s", "data": "B"})))
+    sub.sock.settimeout(60)
+    order = [message(sub)["data"] for _ in range(2)]
+    assert order == ["B", "A"], order
+    for _ in range(11):
+        message(a)
