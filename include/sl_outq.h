@@ -62,6 +62,12 @@ typedef struct {
     uint32_t cap, head, count;
     uint64_t bytes;    /* queued bytes not yet written */
     bool head_partial; /* the first segment has been partly written */
+    /* The first `pinned` bytes are promised to the transport (TLS: a record
+     * SSL_write took but could not write must be given again, byte for
+     * byte): they stay queued - counted as held, not as written - and
+     * sl_outq_drop_unstarted keeps every segment they touch.  advance
+     * releases them. */
+    uint32_t pinned;
 } sl_outq_t;
 
 /* Queue buf->data[off .. off+len); takes a reference.  SL_OK or SL_ERROR
@@ -91,7 +97,8 @@ void sl_outq_trim(sl_outq_t *q);
 void sl_outq_clear(sl_outq_t *q);
 
 /* Drop every queued segment except a partly written first one (a frame
- * half sent must be finished before anything else can follow it). */
+ * half sent must be finished before anything else can follow it) and those
+ * holding pinned bytes (a frame given to the transport in part). */
 void sl_outq_drop_unstarted(sl_outq_t *q);
 
 /* Has the first queued segment been partly written?  (Then a frame is half

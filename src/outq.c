@@ -124,6 +124,7 @@ int sl_outq_flush(sl_outq_t *q, int fd)
 void sl_outq_advance(sl_outq_t *q, size_t n)
 {
     q->bytes -= (uint64_t)n;
+    q->pinned = q->pinned > n ? q->pinned - (uint32_t)n : 0;
     size_t left = n;
     while (left > 0) {
         sl_seg_t *s = seg_at(q, 0);
@@ -176,11 +177,17 @@ void sl_outq_clear(sl_outq_t *q)
     q->segs = NULL;
     q->cap = q->head = 0;
     q->bytes = 0;
+    q->pinned = 0;
 }
 
 void sl_outq_drop_unstarted(sl_outq_t *q)
 {
     uint32_t keep = sl_outq_partial(q) ? 1 : 0;
+    uint64_t seen = 0;
+    for (uint32_t i = 0; i < q->count && seen < q->pinned; i++) {
+        seen += seg_at(q, i)->len;
+        keep = SL_MAX(keep, i + 1);
+    }
     while (q->count > keep) {
         /* Pop from the tail. */
         sl_seg_t *s = seg_at(q, q->count - 1);

@@ -22,8 +22,9 @@
  * Output: the turn's queued segments are packed into records of up to 16
  * KiB, one SSL_write each (a 40-byte frame to 1,000 subscribers is one
  * record each, not one per frame).  When the socket is full, OpenSSL
- * requires the same bytes again: they move out of the queue into `pend`
- * (at most one record, allocated only then).
+ * requires the same bytes again: they stay at the head of the queue,
+ * pinned (sl_outq_t.pinned), until SSL_write takes them - held and
+ * counted as queued output, never copied.
  */
 #include "sl_tls.h"
 #include "sl_conf.h"
@@ -262,8 +263,7 @@ void sl_tls_rotate_tickets(void)
 
 typedef struct {
     SSL *ssl;
-    uint8_t *pend;      /* a record's bytes SSL_write must be given again */
-    uint32_t pend_len;
+    uint32_t pend_len;  /* a refused record's length: the queue's pinned head */
     bool peeked;        /* the first byte was looked at */
     bool established;   /* handshake done */
     bool read_wants_write;
@@ -445,33 +445,28 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
             return SL_ERROR;
         }
     }
-    if (t->pend_len) {
-        int rc = write_record(t, t->pend, (int)t->pend_len);
-        if (rc != SL_OK)
-            return rc;
-        free(t->pend);
-        t->pend = NULL;
-        t->pend_len = 0;
-    }
     while (q->count > 0) {
         /* Pack the head of the queue into one record: a segment of 16 KiB
-         * or more is written from where it is, smaller ones are gathered. */
+         * or more is written from where it is, smaller ones are gathered.
+         * A record SSL_write refused is given again with the same bytes:
+         * they stayed at the head of the queue, pinned (only appended to
+         * since, so the first pend_len bytes are unchanged; the address
+         * may differ: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).  Until written
+         * they count as held, not as sent (review r16 M4). */
         const uint8_t *p;
-        size_t len = sl_outq_peek(q, rec, sizeof(rec), &p);
+        if (t->pend_len > q->bytes)
+            return SL_ERROR; /* the pinned bytes are gone: cannot happen */
+        size_t len = sl_outq_peek(q, rec, t->pend_len ? t->pend_len : sizeof(rec), &p);
         int rc = write_record(t, p, (int)len);
         if (rc == SL_ERROR)
             return SL_ERROR;
         if (rc != SL_OK) {
-            /* OpenSSL wants exactly these bytes again: they leave the
-             * queue for pend (one record at most). */
-            if ((t->pend = malloc(len)) == NULL)
-                return SL_ERROR;
-            memcpy(t->pend, p, len);
             t->pend_len = (uint32_t)len;
-            sl_outq_advance(q, len);
+            q->pinned = (uint32_t)len;
             return rc;
         }
-        sl_outq_advance(q, len);
+        t->pend_len = 0;
+        sl_outq_advance(q, len); /* releases the pin */
     }
     return SL_OK;
 }
@@ -502,7 +497,6 @@ static void tls_release(void *ctx)
         ERR_clear_error();
     }
     SSL_free(t->ssl);
-    free(t->pend);
     free(t);
 }
 

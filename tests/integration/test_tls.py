@@ -20,7 +20,7 @@ import websockets
 
 from conftest import BIN, SLOW, free_port, wait_for
 from tlskit import Certs, https_get, tls_connect
-from wsraw import RawWS
+from wsraw import OP_TEXT, RawWS, frame
 
 TOKEN = "t" * 40
 
@@ -365,3 +365,35 @@ def test_close_without_close_notify_is_an_end_of_stream(server_factory, certs):
     assert _pipelined_then_end(s, certs, "close_notify") == 30
     err = errors(s)
     assert err.get("tls-bad-record", 0) == 0, err
+
+
+def test_stuck_wss_subscriber_keeps_its_record_queued(server_factory, certs):
+    """Review r16 M4: a record SSL_write could not write left the queue
+    for a private copy - counted as sent, held by nothing the bounds see.
+    Now it stays queued (pinned) until written: a wss subscriber that does
+    not read holds its unsent output in /stats outbound-bytes, and once it
+    reads, every message arrives whole (the retried records are the same
+    bytes) and nothing is counted as a TLS error."""
+    s = tls_server(server_factory, certs, workers=1)
+    ctx = certs.client_context()
+    sub = RawWS(s.tls_port, rcvbuf=4096, timeout=30 * SLOW,
+                wrap=lambda raw: ctx.wrap_socket(raw, server_hostname="localhost"))
+    assert sub.status == 101
+    assert json.loads(sub.read_data())["type"] == "welcome"
+    sub.send(frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "t"})))
+    assert json.loads(sub.read_data())["success"] is True
+    pub = RawWS(s.port)
+    assert json.loads(pub.read_data())["type"] == "welcome"
+    sent = 0
+    for i in range(400):  # 20 KB each: a record of 16 KiB and a piece
+        pub.send(frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "t",
+                                            "data": {"i": i, "pad": os.urandom(7000).hex()}})))
+        assert json.loads(pub.read_data())["type"] == "publish-result"
+        sent += 1
+        if s.stats()["outbound-bytes"] >= 16384:
+            break
+    assert s.stats()["outbound-bytes"] >= 16384, "the subscriber's output never backed up"
+    got = [json.loads(sub.read_data())["data"]["i"] for _ in range(sent)]
+    assert got == list(range(sent))
+    err = errors(s)
+    assert err.get("tls-bad-record", 0) == 0 and err.get("slow-consumer", 0) == 0, err
