@@ -10,6 +10,7 @@
 #include "sl_tickets.h"
 #include "sl_crash.h"
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <string.h>
 #include <urcu/system.h>
@@ -20,8 +21,10 @@ int sl_tickets_rotate(sl_tickets_t *t)
     sl_ticket_key_t fresh;
     if (RAND_bytes(fresh.name, sizeof(fresh.name)) != 1 ||
         RAND_bytes(fresh.aes, sizeof(fresh.aes)) != 1 ||
-        RAND_bytes(fresh.hmac, sizeof(fresh.hmac)) != 1)
+        RAND_bytes(fresh.hmac, sizeof(fresh.hmac)) != 1) {
+        OPENSSL_cleanse(&fresh, sizeof(fresh));
         return SL_ERROR;
+    }
     uint32_t cur = uatomic_read(&t->current);
     /* The spare: neither current nor previous (so no reader wants it). */
     uint32_t spare = t->rotations == 0 ? cur : (cur + 1) % SL_TICKET_SLOTS;
@@ -36,12 +39,26 @@ int sl_tickets_rotate(sl_tickets_t *t)
     SL_CRASHPOINT("tickets.rotate.name");
     memcpy(k->aes, fresh.aes, sizeof(k->aes));
     memcpy(k->hmac, fresh.hmac, sizeof(k->hmac));
+    OPENSSL_cleanse(&fresh, sizeof(fresh)); /* no copy of a key on the stack */
     cmm_smp_wmb();
     uatomic_set(&k->seq, (seq | 1u) + 1); /* even: complete */
     SL_CRASHPOINT("tickets.rotate.even");
     cmm_smp_wmb();
     uatomic_set(&t->current, spare); /* the one store that publishes it */
     SL_CRASHPOINT("tickets.rotate.published");
+    if (t->rotations > 0) {
+        /* The key before the previous one opens no ticket any more: wipe
+         * it now rather than a period later (shared memory is in core
+         * dumps; an old key decrypts recorded tickets).  Marked odd first,
+         * so no reader copies it half wiped; it stays odd (never complete)
+         * until the next rotation writes it. */
+        sl_ticket_key_t *old = &t->key[(spare + 1) % SL_TICKET_SLOTS];
+        uatomic_set(&old->seq, uatomic_read(&old->seq) | 1u);
+        cmm_smp_wmb();
+        OPENSSL_cleanse(old->name, sizeof(old->name));
+        OPENSSL_cleanse(old->aes, sizeof(old->aes));
+        OPENSSL_cleanse(old->hmac, sizeof(old->hmac));
+    }
     uatomic_set(&t->rotated_ms, sl_now_ms());
     uatomic_set(&t->rotations, t->rotations + 1);
     return SL_OK;

@@ -121,24 +121,29 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
                            OSSL_PARAM_construct_end()};
     int rc;
+    /* Every path ends at the cleanse below: a key copied into k (even one
+     * that does not match) never stays on the stack. */
     if (enc) {
         if (sl_tickets_current(&sl_shm->tickets, &k) != SL_OK)
-            return 0; /* no key yet: no ticket */
-        if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
-            return -1;
-        memcpy(name, k.name, SL_TICKET_NAME);
-        rc = EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
-                     EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1
-                 ? 1
-                 : -1;
+            rc = 0; /* no key yet: no ticket */
+        else if (RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1)
+            rc = -1;
+        else {
+            memcpy(name, k.name, SL_TICKET_NAME);
+            rc = EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+                         EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1
+                     ? 1
+                     : -1;
+        }
     } else {
         int found = sl_tickets_find(&sl_shm->tickets, name, &k);
         if (found == 0)
-            return 0;
-        rc = EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1 &&
-                     EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1
-                 ? found
-                 : -1;
+            rc = 0;
+        else
+            rc = EVP_MAC_init(hctx, k.hmac, sizeof(k.hmac), params) == 1 &&
+                         EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1
+                     ? found
+                     : -1;
     }
     OPENSSL_cleanse(&k, sizeof(k));
     return rc;
