@@ -104,11 +104,20 @@ typedef struct {
     int (*on_control)(void *ctx, int opcode, uint8_t *data, size_t len);
 } sl_ws_handlers_t;
 
+/* The extension that inflates compressed messages (permessage-deflate:
+ * sl_pmd_inflate), installed by the layer above, so this engine names no
+ * extension: SL_OK with a malloc'd *out, SL_AGAIN over max, SL_ERROR for
+ * bad data.  Without one, RSV1 is refused as if not negotiated. */
+typedef int (*sl_ws_inflate_fn)(const uint8_t *in, size_t n, size_t max, uint8_t **out,
+                                size_t *outlen);
+void sl_ws_set_inflater(sl_ws_inflate_fn fn);
+
 typedef struct {
     /* configuration */
     bool expect_masked;   /* server: true; client: false */
     bool deflate;         /* permessage-deflate negotiated: RSV1 marks a compressed
-                             message, inflated (sl_pmd.h) before it is delivered */
+                             message, inflated (by the inflater installed with
+                             sl_ws_set_inflater) before it is delivered */
     uint64_t max_message; /* bytes; a longer message fails with 1009 (inflated
                              size; the compressed one is bounded by it too) */
 

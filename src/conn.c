@@ -1033,6 +1033,8 @@ void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
     sl_ws_reader_init(&c->reader, true, (uint64_t)sl_conf->max_message_size);
     c->reader.frame_limit = SL_CONN_TURN_FRAMES;
     c->reader.deflate = c->pmd;
+    if (c->pmd)
+        sl_ws_set_inflater(sl_pmd_inflate); /* the engine below names no extension */
     conn_http_uncount(c);
     unsigned lowat = UINT32_MAX; /* the kernel default: no limit */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));

@@ -11,7 +11,6 @@
  * the connection at the first bad byte, not at the end of the message.
  */
 #include "sl_ws.h"
-#include "sl_pmd.h"
 
 #include <openssl/evp.h>
 #include <stdlib.h>
@@ -51,6 +50,13 @@ int sl_ws_accept_key(const char *key, size_t keylen, char out[29])
 }
 
 /* --------------------------------------------------------------- frames */
+
+static sl_ws_inflate_fn ws_inflater;
+
+void sl_ws_set_inflater(sl_ws_inflate_fn fn)
+{
+    ws_inflater = fn;
+}
 
 size_t sl_ws_encode_header(uint8_t out[SL_WS_MAX_HEADER], int opcode, bool fin, uint64_t len,
                            const uint8_t *mask)
@@ -166,7 +172,7 @@ static int check_first_bytes(const sl_ws_reader_t *r, const uint8_t *h)
     bool fin = h[0] & 0x80, masked = h[1] & 0x80;
     if (h[0] & 0x30)
         return SL_WS_CLOSE_PROTOCOL; /* RSV2/RSV3: no extension uses them */
-    if ((h[0] & 0x40) && (!r->deflate || (op != SL_WS_OP_TEXT && op != SL_WS_OP_BINARY)))
+    if ((h[0] & 0x40) && (!r->deflate || ws_inflater == NULL || (op != SL_WS_OP_TEXT && op != SL_WS_OP_BINARY)))
         return SL_WS_CLOSE_PROTOCOL; /* RSV1: only a compressed message's first frame */
     if (masked != r->expect_masked)
         return SL_WS_CLOSE_PROTOCOL;
@@ -277,7 +283,7 @@ static int deliver_inflated(sl_ws_reader_t *r, const uint8_t *p, size_t n,
 {
     uint8_t *m;
     size_t mlen;
-    int z = sl_pmd_inflate(p, n, (size_t)r->max_message, &m, &mlen);
+    int z = ws_inflater(p, n, (size_t)r->max_message, &m, &mlen);
     if (z == SL_AGAIN)
         return SL_WS_CLOSE_TOO_BIG;
     if (z != SL_OK)

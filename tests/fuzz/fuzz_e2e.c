@@ -27,6 +27,7 @@
  */
 #include "sl_conf.h"
 #include "sl_conn.h"
+#include "sl_pmd.h"
 #include "sl_pubsub.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
@@ -159,6 +160,7 @@ static void drain(void)
                  * bytes may offer it): compressed frames are checked
                  * inflated. */
                 cl->reader.deflate = memmem(cl->out, head, "permessage-deflate", 18) != NULL;
+                sl_ws_set_inflater(sl_pmd_inflate);
             }
             if (cl->phase == 1 && cl->out_len) {
                 int rc = sl_ws_reader_feed(&cl->reader, cl->out, cl->out_len, &CHECK, cl, NULL);

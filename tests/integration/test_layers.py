@@ -3,7 +3,12 @@ higher one - no call of its functions, no use of its header, no access to
 the worker's structure.  The layers, lowest first (shm/README.md, "Worker-side
 layers"; README "How it runs"):
 
+    outq       the output queue and its shared buffers
     xport      transport: read, flush of the output queue, half-close
+    tls        the TLS transport
+    ws         the RFC 6455 engine (the inflater of an extension installed
+               from above: sl_ws_set_inflater)
+    pmd        permessage-deflate (frames it compresses are ws frames)
     conn       a connection, and the process's set of them (sl_conns):
                raises HTTP requests, WebSocket messages, ticks and its end
                through the handler table the worker installs
@@ -22,7 +27,7 @@ import os
 import re
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-LAYERS = ["xport", "conn", "proto", "session", "pubsub", "call", "admin", "router", "httpd",
+LAYERS = ["outq", "xport", "tls", "ws", "pmd", "conn", "proto", "session", "pubsub", "call", "admin", "router", "httpd",
           "worker"]
 
 
