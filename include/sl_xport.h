@@ -30,8 +30,10 @@ typedef struct sl_xport {
     /* Write what the queue holds, as much as the socket takes: SL_OK
      * (queue empty), SL_AGAIN (socket full: wait until writable), SL_ERROR. */
     int (*flush)(int fd, void *ctx, sl_outq_t *q);
-    /* Our side is done sending (after the last output): half-close. */
-    void (*shutdown)(int fd, void *ctx);
+    /* Our side is done sending (after the last output): half-close.
+     * SL_OK, or SL_AGAIN when the transport's own closing bytes (TLS
+     * close_notify) wait for the socket: called again once writable. */
+    int (*shutdown)(int fd, void *ctx);
     /* Release ctx (the caller closes the socket). */
     void (*release)(void *ctx);
     /* Ready to carry data (TLS: the handshake is done)? */

@@ -772,7 +772,11 @@ void sl_conn_flush(sl_conn_t *c)
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
-        c->xp->shutdown(c->fd, c->xctx);
+        if (c->xp->shutdown(c->fd, c->xctx) == SL_AGAIN) {
+            if (!c->write_armed)
+                conn_watch(c, true); /* the rest of TLS close_notify */
+            return;
+        }
         c->shut_wr = true;
         if (c->peer_eof)
             sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */

@@ -476,15 +476,21 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
     return SL_OK;
 }
 
-static void tls_shutdown(int fd, void *ctx)
+static int tls_shutdown(int fd, void *ctx)
 {
     tls_conn_t *t = ctx;
     if (t->established && t->pend_len == 0) {
+        /* close_notify (the peer's is not waited for).  Called again after
+         * SL_AGAIN, SSL_shutdown writes the rest of the alert. */
         ERR_clear_error();
-        SSL_shutdown(t->ssl); /* close_notify; the peer's is not waited for */
+        int r = SSL_shutdown(t->ssl);
+        bool again = r < 0 && SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_WRITE;
         ERR_clear_error();
+        if (again)
+            return SL_AGAIN; /* SHUT_WR now would cut the alert record short */
     }
     shutdown(fd, SHUT_WR);
+    return SL_OK;
 }
 
 static void tls_release(void *ctx)

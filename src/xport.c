@@ -25,9 +25,10 @@ static int plain_flush(int fd, void *ctx, sl_outq_t *q)
     return sl_outq_flush(q, fd);
 }
 
-static void plain_shutdown(int fd, void *ctx)
+static int plain_shutdown(int fd, void *ctx)
 {
     shutdown(fd, SHUT_WR);
+    return SL_OK;
 }
 
 static void plain_release(void *ctx)
