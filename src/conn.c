@@ -1296,6 +1296,10 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     ssize_t n = c->xp->read(fd, c->xctx, sl_conns.rbuf, room);
+    if (c->idle && n != 0 && n != SL_ERROR && !c->xp->established(c->xctx))
+        conn_idle_remove(c); /* a handshake under way (bounded by its timeout) is a
+                                request in progress, not an idle connection to evict
+                                (review r16 L5: it needs more round trips than HTTP) */
     if (c->out.count > 0 && c->state != SL_CONN_DEAD)
         conns_mark_dirty(c); /* a transport waiting for the peer may write now */
     if (n == SL_AGAIN) {

@@ -397,3 +397,51 @@ def test_stuck_wss_subscriber_keeps_its_record_queued(server_factory, certs):
     assert got == list(range(sent))
     err = errors(s)
     assert err.get("tls-bad-record", 0) == 0 and err.get("slow-consumer", 0) == 0, err
+
+
+def test_handshake_in_progress_is_not_evicted_first(server_factory, certs):
+    """Review r16 L5: a TLS connection stayed on the idle list until HTTP
+    bytes arrived, so a real client in the middle of its handshake (more
+    round trips than plain HTTP) was the oldest idle connection and the
+    first a flood of bare connects evicted.  Now handshake bytes take it
+    off the list (the handshake timeout bounds it): the flood churns only
+    itself and the client finishes its handshake and request."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "16",
+                   "--message-timeout-ms", "20000", workers=1)
+    ctx = certs.client_context()
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    raw.sendall(out.read())  # the ClientHello; the rest after the flood
+    inc.write(raw.recv(65536))  # the server's flight: it has read our hello
+    flood = [socket.create_connection(("127.0.0.1", s.tls_port)) for _ in range(40)]
+    wait_for(lambda: errors(s)["http-connection-limit"] >= 20, what="the flood over the limit")
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(out.read())
+            data = raw.recv(65536)
+            assert data, "evicted in the middle of its handshake"
+            inc.write(data)
+    raw.sendall(out.read())
+    obj.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    raw.sendall(out.read())
+    got = b""
+    while b"healthy" not in got:
+        data = raw.recv(65536)
+        assert data, "closed before the answer"
+        inc.write(data)
+        try:
+            got += obj.read(65536)
+        except ssl.SSLWantReadError:
+            pass
+    assert got.startswith(b"HTTP/1.1 200")
+    for f in flood:
+        f.close()
+    raw.close()
