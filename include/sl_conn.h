@@ -71,6 +71,8 @@ struct sl_conn {
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     bool pmd;          /* permessage-deflate negotiated (sl_pmd.h) */
+    bool xport_wants_read; /* the transport's flush waits for the peer's bytes
+                              (TLS): read for it even while input is paused */
     bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
     uint32_t turn_msg_bytes; /* ...and their payload bytes (inflated) */

@@ -610,8 +610,8 @@ static void conn_watch(sl_conn_t *c, bool write)
 {
     /* Nothing more to read after the peer's FIN (the socket would stay
      * readable for ever). */
-    short what = EV_PERSIST | (c->read_paused || c->peer_eof ? 0 : EV_READ) |
-                 (write ? EV_WRITE : 0);
+    bool rd = !c->peer_eof && (!c->read_paused || c->xport_wants_read);
+    short what = EV_PERSIST | (rd ? EV_READ : 0) | (write ? EV_WRITE : 0);
     event_del(&c->ev);
     c->write_armed = write;
     if (what & (EV_READ | EV_WRITE)) {
@@ -744,10 +744,19 @@ void sl_conn_flush(sl_conn_t *c)
     }
     if (rc == SL_XPORT_WAIT_READ) {
         /* The transport needs the peer's bytes first (a TLS handshake):
-         * the next read makes the connection dirty again. */
-        if (c->write_armed)
+         * the next read makes the connection dirty again - read for the
+         * transport even while input is paused (review r16 L1: a paused
+         * connection waited for neither event until a timeout). */
+        bool wanted = c->xport_wants_read;
+        c->xport_wants_read = true;
+        if (c->write_armed || (!wanted && c->read_paused))
             conn_watch(c, false);
         return;
+    }
+    if (c->xport_wants_read) {
+        c->xport_wants_read = false;
+        if (c->read_paused && !c->write_armed)
+            conn_watch(c, false); /* paused again: no reading */
     }
     if (c->out.bytes < before)
         c->last_tx_mono = sl_mono_ms(); /* a paused peer that reads is alive */
@@ -1281,8 +1290,11 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         conn_http_eof_done(c); /* its last complete request is answered */
         return;
     }
-    if (c->read_paused)
+    if (c->read_paused) {
+        if (c->xport_wants_read)
+            sl_conn_flush(c); /* the transport reads what its write waits for */
         return;
+    }
     /* At most one read of SL_CONN_TURN_READ per connection per loop turn:
      * a connection that always has input cannot starve the others.  For HTTP no more than
      * the request buffer can still take, so nothing is ever dropped. */
