@@ -21,6 +21,11 @@
 /* flush: nothing can be written until the peer's bytes have been read
  * (a TLS handshake under way): wait for readability, not writability. */
 #define SL_XPORT_WAIT_READ (-3)
+/* read: the transport refused the peer and answered it itself (plain HTTP
+ * on a TLS port: a 400 is sent): linger - half-close, then drain what the
+ * peer still sends (read returns it raw, to be discarded) until its FIN or
+ * the deadline, so closing does not reset the answer away. */
+#define SL_XPORT_REFUSED (-4)
 
 typedef struct sl_xport {
     const char *name;

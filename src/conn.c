@@ -1319,6 +1319,11 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
             conn_watch(c, true);
         return;
     }
+    if (n == SL_XPORT_REFUSED) {
+        conn_idle_remove(c);
+        conn_lingering(c); /* answered by the transport: half-close, drain */
+        return;
+    }
     if (n < 0) {
         sl_conn_abort(c, "read-failed");
         return;

@@ -270,6 +270,7 @@ typedef struct {
     SSL *ssl;
     uint32_t pend_len;  /* a refused record's length: the queue's pinned head */
     bool peeked;        /* the first byte was looked at */
+    bool refused;       /* plain HTTP answered 400: what comes is drained raw */
     bool established;   /* handshake done */
     bool read_wants_write;
 } tls_conn_t;
@@ -290,8 +291,8 @@ void *sl_tls_accept(int fd)
     return t;
 }
 
-/* Plain HTTP on the TLS port: read what it sent (so closing does not
- * reset the answer away), answer 400, half-close. */
+/* Plain HTTP on the TLS port: read what it sent, answer 400; the
+ * connection then lingers (SL_XPORT_REFUSED): half-close, drain. */
 static void answer_plain_http(int fd)
 {
     static const char resp[] =
@@ -302,7 +303,6 @@ static void answer_plain_http(int fd)
     }
     if (send(fd, resp, sizeof(resp) - 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
     }
-    shutdown(fd, SHUT_WR);
 }
 
 /* A failed handshake (or a fatal TLS error later), counted by reason. */
@@ -358,6 +358,8 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
             if ((b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z')) {
                 count(SL_ERR_TLS_PLAIN_HTTP);
                 answer_plain_http(fd);
+                t->refused = true;
+                return SL_XPORT_REFUSED;
             } else {
                 count(SL_ERR_TLS_BAD_RECORD);
             }
@@ -365,7 +367,7 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
             return SL_ERROR;
         }
     }
-    if (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN) {
+    if (t->refused || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
         /* Our close_notify is out: what still comes is only waited out
          * (the connection lingers until the peer's FIN), not decrypted. */
         ssize_t r = recv(fd, buf, n, MSG_DONTWAIT);

@@ -445,3 +445,29 @@ def test_handshake_in_progress_is_not_evicted_first(server_factory, certs):
     for f in flood:
         f.close()
     raw.close()
+
+
+def test_plain_http_on_the_tls_port_lingers(server_factory, certs):
+    """Review r16 L3: plain HTTP on a TLS port was answered 400 and closed
+    at once, so what the client sent after (the rest of a body) met a
+    closed socket: a reset, which can destroy the 400 before it is read.
+    Now the connection lingers like any refused HTTP one: half-closed,
+    what still comes is drained, and the client's end gets a clean FIN."""
+    s = tls_server(server_factory, certs, workers=1)
+    with socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW) as c:
+        c.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        data = b""
+        while b"use https" not in data:
+            chunk = c.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 400 ")
+        assert c.recv(4096) == b""  # our FIN: the answer is complete
+        time.sleep(0.3)  # the server has long finished its turn
+        c.sendall(b"b" * 200000)  # the body, after the answer
+        time.sleep(0.3)
+        c.shutdown(socket.SHUT_WR)
+        # Drained, not reset: the server saw our FIN and closed in turn.
+        wait_for(lambda: _http_conns(s) <= 1, what="the refused connection closed")
+        assert c.recv(4096) == b""
+    assert errors(s)["tls-plain-http"] == 1
