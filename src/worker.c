@@ -102,8 +102,11 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
              * could not give us (their clients see the connection close);
              * each is counted, and none stays "pending" for good. */
             uatomic_add(&w->stats->errors[SL_ERR_FD_EXHAUSTED], (uint64_t)SL_MAX(sent - n, 1));
-            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
             uatomic_add(&w->stats->pending_handoff, -(sent - n));
+            /* (Not /health: only the master's accept at EMFILE means the
+             * server takes no connection; a worker's own limit, which
+             * clients can push it to, must not flap the node out of a load
+             * balancer.) */
         }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
