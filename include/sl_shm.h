@@ -190,6 +190,8 @@ typedef struct {
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_tickets_t tickets; /* TLS session-ticket keys (sl_tickets.h; the master rotates) */
+    uint64_t tls_fingerprint; /* the master's certificates (sl_tls_fingerprint; one store,
+                                 before it signals SIGHUP): what workers may reload */
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
 } sl_shm_hdr_t;
 

@@ -1263,7 +1263,11 @@ static void sighup_cb(evutil_socket_t sig, short what, void *arg)
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
     uint64_t fp = sl_session_reload_keys(0);
-    sl_tls_reload(); /* here too: a respawned worker inherits the new certificates */
+    /* The certificates the same way (here first: a respawned worker
+     * inherits them), their fingerprint published with one store before
+     * the signals (sigqueue orders it before the worker's read). */
+    sl_tls_reload(0);
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     sl_tel_flush();
     union sigval v = {.sival_ptr = (void *)(uintptr_t)fp};
     for (int i = 0; i < M.nworkers; i++)
@@ -1836,6 +1840,7 @@ int sl_master_run(void)
     sl_shm->master_pid = getpid();
     if (sl_tls_enabled())
         sl_tls_rotate_tickets(); /* the first key, before any worker exists */
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     /* One eventfd per worker: whoever fills a worker's inbox wakes it.
      * Created before any fork so every worker (and respawn) inherits all. */
     for (int i = 0; i < cf->workers; i++) {

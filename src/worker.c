@@ -170,7 +170,9 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
             } else {
                 sl_session_reload_keys(0);
             }
-            sl_tls_reload();
+            /* The certificates: only to what the master serves now (its
+             * fingerprint in shared memory; review r16 L4), whoever sent it. */
+            sl_tls_reload(uatomic_read(&sl_shm->tls_fingerprint));
             sl_accesslog_reopen();
         } else
             worker_stop(arg);
