@@ -79,6 +79,11 @@ def test_every_endpoint_over_https_and_wss(server_factory, certs, kind):
             assert got["type"] == "channel-message" and got["data"] == big
             for i in range(300):
                 assert json.loads(await a.recv())["data"] == i
+            # b reads its 301 publish-results (a client that leaves more than
+            # its queue holds unread stops reading: its close then waits for
+            # websockets' 10 s close timeout).
+            for _ in range(301):
+                assert json.loads(await b.recv())["type"] == "publish-result"
             # RPC between the two.
             await a.send(json.dumps({"type": "rpc-request", "channel-id": "news",
                                      "request-id": "r1", "method": "m", "params": {}}))
