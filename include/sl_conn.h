@@ -50,8 +50,8 @@ typedef struct sl_conn sl_conn_t;
 
 struct sl_conn {
     int fd;
-    const sl_xport_t *xp; /* its transport (plain TCP or TLS) */
-    void *xctx;           /* the transport's state (NULL: plain TCP) */
+    void *xctx;        /* its transport's state, which names the transport
+                          (sl_xport_of; NULL: plain TCP, no state) */
     uint32_t slot;     /* index in the worker's slot table */
     uint8_t state;     /* sl_conn_state_t */
     uint8_t kind;      /* sl_conn_kind_t */
@@ -78,7 +78,6 @@ struct sl_conn {
                               (TLS): read for it even while input is paused */
     bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
-    uint32_t turn_msg_bytes; /* ...and their payload bytes (inflated) */
     uint32_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
@@ -204,8 +203,8 @@ extern uint64_t sl_conn_inbound_bytes;
 
 /* Take over an accepted socket (non-blocking is set here) on transport xp
  * with its state xctx (sl_xport_plain, NULL; or sl_xport_tls and its
- * session); `ops`: it came in on --ops-listen.  NULL on failure (the fd is
- * closed, xctx released). */
+ * session: xp is sl_xport_of(xctx), kept only there); `ops`: it came in on
+ * --ops-listen.  NULL on failure (the fd is closed, xctx released). */
 sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx);
 
 /* Queue a whole frame/response already encoded in b (from b->start to

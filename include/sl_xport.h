@@ -4,8 +4,9 @@
  * (shm/README.md, "Worker-side layers"): it knows sockets, buffers and the
  * output queue, and nothing of connections, HTTP or WebSocket.
  *
- * A connection holds a transport (a table of operations) and the
- * transport's own state (ctx: NULL for plain TCP).  All output queued for
+ * A connection holds one pointer for its transport: the transport's own
+ * state (ctx), which begins with its table of operations (sl_xport_ctx_t);
+ * NULL is plain TCP, which has no state.  All output queued for
  * a connection in one loop turn leaves in one flush at the turn's end (the
  * "corked" write): plain TCP writes it with writev; a transport that frames
  * its bytes (TLS) packs it into as few records as fit.
@@ -54,5 +55,16 @@ typedef struct sl_xport {
 /* Plain TCP: read(2), writev(2) through sl_outq_flush, shutdown(SHUT_WR);
  * always established, nothing pending. */
 extern const sl_xport_t sl_xport_plain;
+
+/* The head of every transport's state: its operations. */
+typedef struct {
+    const sl_xport_t *ops;
+} sl_xport_ctx_t;
+
+/* The operations of the transport whose state is ctx (NULL: plain TCP). */
+static inline const sl_xport_t *sl_xport_of(void *ctx)
+{
+    return ctx ? ((const sl_xport_ctx_t *)ctx)->ops : &sl_xport_plain;
+}
 
 #endif

@@ -23,7 +23,7 @@
  * sent instead of getting a reset.  A connection is never freed inside a
  * callback: it is marked dead and freed at the end of the loop turn.
  *
- * Layering: below, the transport (c->xp: read, flush of the output queue,
+ * Layering: below, the transport (conn_xp: read, flush of the output queue,
  * half-close); above, whatever the worker installed in sl_conns.on, the
  * only way this file reaches HTTP routing and the JSON protocol.  The set
  * of the process's connections (sl_conns) is kept here too: the lists the
@@ -76,6 +76,19 @@
 
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg);
 static void conn_lingering(sl_conn_t *c);
+
+/* Its transport: named by the transport's state (no pointer of its own in
+ * every connection: plain TCP has no state). */
+static inline const sl_xport_t *conn_xp(const sl_conn_t *c)
+{
+    return sl_xport_of(c->xctx);
+}
+
+/* Message payload delivered in the connection's current processing (one
+ * connection's input is processed at a time; conn_process keeps the outer
+ * count if it were ever nested): what SL_CONN_TURN_MESSAGE_BYTES bounds,
+ * kept here rather than in every connection. */
+static uint32_t conn_turn_msg_bytes;
 
 /* ---------------------------------------------------------------- frames */
 
@@ -275,7 +288,7 @@ void sl_conns_flush(void)
  * pause, the per-turn budget), or decoded by the transport already. */
 static bool conn_has_input(const sl_conn_t *c)
 {
-    return c->backlog || c->xp->pending(c->xctx);
+    return c->backlog || conn_xp(c)->pending(c->xctx);
 }
 
 void sl_conns_activate_ready(void)
@@ -445,7 +458,6 @@ sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx)
     int lowat = SL_CONN_SMALL_BACKLOG;
     setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
     c->fd = fd;
-    c->xp = xp;
     c->xctx = xctx;
     c->ops = ops;
     c->state = SL_CONN_HTTP;
@@ -478,7 +490,7 @@ void sl_conn_destroy(sl_conn_t *c)
 {
     sl_worker_stats_t *st = sl_conns.stats;
     event_del(&c->ev);
-    c->xp->release(c->xctx);
+    conn_xp(c)->release(c->xctx);
     c->xctx = NULL;
     if (c->fd >= 0)
         close(c->fd);
@@ -841,7 +853,7 @@ void sl_conn_flush(sl_conn_t *c)
         if (c->state == SL_CONN_DEAD)
             return;
         was = c->out.bytes;
-        rc = c->xp->flush(c->fd, c->xctx, &c->out);
+        rc = conn_xp(c)->flush(c->fd, c->xctx, &c->out);
         if (c->out.bytes < was) {
             /* Our own slot, one writer: a plain store of the new value. */
             uint64_t *bo = &sl_conns.stats->bytes_out;
@@ -894,7 +906,7 @@ void sl_conn_flush(sl_conn_t *c)
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
-        if (c->xp->shutdown(c->fd, c->xctx) == SL_AGAIN) {
+        if (conn_xp(c)->shutdown(c->fd, c->xctx) == SL_AGAIN) {
             if (!c->write_armed)
                 conn_watch(c, true); /* the rest of TLS close_notify */
             return;
@@ -993,9 +1005,9 @@ static int conn_after_message(sl_conn_t *c, size_t len)
         conn_pause(c);
         return 1;
     }
-    c->turn_msg_bytes += (uint32_t)SL_MIN(len, (size_t)SL_CONN_TURN_MESSAGE_BYTES);
+    conn_turn_msg_bytes += (uint32_t)SL_MIN(len, (size_t)SL_CONN_TURN_MESSAGE_BYTES);
     if (++c->turn_messages >= SL_CONN_TURN_MESSAGES ||
-        c->turn_msg_bytes >= SL_CONN_TURN_MESSAGE_BYTES) {
+        conn_turn_msg_bytes >= SL_CONN_TURN_MESSAGE_BYTES) {
         conn_yield(c);
         return 1;
     }
@@ -1346,10 +1358,11 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 /* Process input with c->in_input set: what is sent meanwhile is a reply. */
 static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
 {
+    uint32_t outer_msg_bytes = conn_turn_msg_bytes;
     c->in_input = true;
     c->backlog = false;
     c->turn_messages = 0;
-    c->turn_msg_bytes = 0;
+    conn_turn_msg_bytes = 0;
     c->reader.frames = 0;
     switch (c->state) {
     case SL_CONN_HTTP:
@@ -1376,6 +1389,7 @@ static void conn_process(sl_conn_t *c, uint8_t *data, size_t n)
         break; /* LINGER: discard */
     }
     c->in_input = false;
+    conn_turn_msg_bytes = outer_msg_bytes;
     if (c->state != SL_CONN_DEAD)
         conn_inbound_check(c);
 }
@@ -1427,7 +1441,7 @@ static void conn_eof(sl_conn_t *c)
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
-    if ((what & EV_WRITE) && c->xp->read_wants_write(c->xctx))
+    if ((what & EV_WRITE) && conn_xp(c)->read_wants_write(c->xctx))
         what |= EV_READ; /* the transport's read waited for this */
     if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
         sl_conn_flush(c);
@@ -1461,8 +1475,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
-    ssize_t n = c->xp->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !c->xp->established(c->xctx))
+    ssize_t n = conn_xp(c)->read(fd, c->xctx, sl_conns.rbuf, room);
+    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !conn_xp(c)->established(c->xctx))
         conn_list_append(c, CONN_LIST_HEAD); /* a handshake under way is a request
                                 head in progress, not an idle connection to evict
                                 first (review r16 L5: it needs more round trips than
@@ -1470,7 +1484,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     if (c->out.count > 0 && c->state != SL_CONN_DEAD)
         conns_mark_dirty(c); /* a transport waiting for the peer may write now */
     if (n == SL_AGAIN) {
-        if (c->xp->read_wants_write(c->xctx) && !c->write_armed)
+        if (conn_xp(c)->read_wants_write(c->xctx) && !c->write_armed)
             conn_watch(c, true);
         return;
     }
@@ -1490,7 +1504,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t *bi = &sl_conns.stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
     sl_conn_input(c, sl_conns.rbuf, (size_t)n);
-    if (c->state != SL_CONN_DEAD && !c->read_paused && c->xp->pending(c->xctx))
+    if (c->state != SL_CONN_DEAD && !c->read_paused && conn_xp(c)->pending(c->xctx))
         conns_mark_ready(c); /* decoded input the socket will not announce */
 }
 
@@ -1515,7 +1529,7 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
     }
     switch (c->state) {
     case SL_CONN_HTTP:
-        if (!c->xp->established(c->xctx)) {
+        if (!conn_xp(c)->established(c->xctx)) {
             /* The transport's handshake (TLS) within --message-timeout-ms;
              * nothing can be answered before it. */
             if (now - c->accepted_mono >= cf->message_timeout_ms) {
@@ -1577,7 +1591,7 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             /* Closing with unread input sends a reset, and a reset makes
              * the peer's kernel drop what it has not read yet - our close
              * frame with it.  So what is waiting is read first (bounded). */
-            for (int k = 0; k < 4 && c->xp->read(c->fd, c->xctx, sl_conns.rbuf, SL_SCRATCH_SIZE) > 0;
+            for (int k = 0; k < 4 && conn_xp(c)->read(c->fd, c->xctx, sl_conns.rbuf, SL_SCRATCH_SIZE) > 0;
                  k++) {
             }
             sl_conn_abort(c, "close timeout");

@@ -331,6 +331,7 @@ void sl_tls_rotate_tickets(void)
 /* ---------------------------------------------------------- transport */
 
 typedef struct {
+    sl_xport_ctx_t head; /* first: &sl_xport_tls (sl_xport_of) */
     SSL *ssl;
     uint32_t pend_len;  /* a refused record's length: the queue's pinned head */
     bool peeked;        /* the first byte was looked at */
@@ -352,6 +353,7 @@ void *sl_tls_accept(int fd)
         return NULL;
     }
     SSL_set_accept_state(t->ssl);
+    t->head.ops = &sl_xport_tls;
     return t;
 }
 
