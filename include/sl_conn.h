@@ -48,6 +48,17 @@ typedef enum {
 
 typedef struct sl_conn sl_conn_t;
 
+/* A connection's place on one of its process's lists (conn.c's list
+ * helper: every list of connections is this one kind). */
+typedef struct {
+    sl_conn_t *prev, *next;
+} sl_conn_link_t;
+
+/* A list of connections through one of their links, oldest first. */
+typedef struct {
+    sl_conn_t *first, *last;
+} sl_conn_list_t;
+
 struct sl_conn {
     int fd;
     void *xctx;        /* its transport's state, which names the transport
@@ -83,11 +94,11 @@ struct sl_conn {
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
     struct event ev;
-    sl_conn_t *prev, *next;   /* the worker's list of live connections */
-    sl_conn_t *dirty_next;    /* the worker's flush list */
-    sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
-    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list (or heads) */
-    sl_conn_t *held_prev, *held_next;   /* holders of unfinished input */
+    sl_conn_link_t link_all;   /* the worker's live connections (sl_conns.conns) */
+    sl_conn_t *dirty_next;     /* the worker's flush list (singly linked) */
+    sl_conn_link_t link_ready; /* the worker's ready list */
+    sl_conn_link_t link_idle;  /* the worker's idle HTTP list (or heads) */
+    sl_conn_link_t link_held;  /* holders of unfinished input */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */
@@ -162,10 +173,10 @@ typedef struct {
     sl_worker_stats_t *stats;     /* the worker's slot in shared memory */
     const sl_conn_handlers_t *on; /* the layers above */
     bool stopping;                /* draining: requests answered Connection: close */
-    sl_conn_t *conns;             /* live connections (doubly linked) */
+    sl_conn_list_t conns;         /* live connections (SL_CONNS_EACH) */
     sl_conn_t *dirty;             /* to flush (or free, if dead) at turn end */
-    sl_conn_t *ready;             /* input left for the next turn (doubly linked) */
-    sl_conn_t *idle_head, *idle_tail; /* idle HTTP connections, oldest first */
+    sl_conn_list_t ready;         /* input left for the next turn */
+    sl_conn_list_t idle;          /* idle HTTP connections, oldest first */
     sl_conn_t **slots;            /* slot -> connection (NULL: free) */
     uint32_t nslots, slot_cap, free_hint;
     uint32_t nconns;
@@ -177,6 +188,10 @@ typedef struct {
 } sl_conns_t;
 
 extern sl_conns_t sl_conns;
+
+/* Every live connection of the process, oldest first (one may be marked
+ * dead in the body: it is freed only at the end of the turn). */
+#define SL_CONNS_EACH(c) for (sl_conn_t *c = sl_conns.conns.first; c; c = c->link_all.next)
 
 /* Count an error or refusal by reason (/stats "errors", /metrics). */
 void sl_conns_count_error(sl_err_t e);

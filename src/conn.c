@@ -36,6 +36,7 @@
 #include "sl_tel.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -82,6 +83,49 @@ static void conn_lingering(sl_conn_t *c);
 static inline const sl_xport_t *conn_xp(const sl_conn_t *c)
 {
     return sl_xport_of(c->xctx);
+}
+
+/* ----------------------------------------------------------------- lists */
+
+/* Every list of connections the process keeps - the live ones, the ready
+ * ones, the idle HTTP ones and the unfinished heads, the holders of
+ * unfinished input - is this one kind: doubly linked through one of the
+ * connection's links (named by its offset, CONN_AT), appended at the end,
+ * removed from anywhere in O(1), walked from the first (the oldest).
+ * Whether a connection is on a list is its own flag (c->ready, c->idle,
+ * c->held): these do not check.  (The flush list stays singly linked: it
+ * is only ever emptied whole.) */
+#define CONN_AT(link) offsetof(sl_conn_t, link)
+
+static inline sl_conn_link_t *conn_link(sl_conn_t *c, size_t at)
+{
+    return (sl_conn_link_t *)((char *)c + at);
+}
+
+static void conn_list_append(sl_conn_list_t *l, size_t at, sl_conn_t *c)
+{
+    sl_conn_link_t *k = conn_link(c, at);
+    k->prev = l->last;
+    k->next = NULL;
+    if (l->last)
+        conn_link(l->last, at)->next = c;
+    else
+        l->first = c;
+    l->last = c;
+}
+
+static void conn_list_remove(sl_conn_list_t *l, size_t at, sl_conn_t *c)
+{
+    sl_conn_link_t *k = conn_link(c, at);
+    if (k->prev)
+        conn_link(k->prev, at)->next = k->next;
+    else
+        l->first = k->next;
+    if (k->next)
+        conn_link(k->next, at)->prev = k->prev;
+    else
+        l->last = k->prev;
+    k->prev = k->next = NULL;
 }
 
 /* Message payload delivered in the connection's current processing (one
@@ -188,11 +232,7 @@ static int conns_attach(sl_conn_t *c)
     c->slot = w->nslots++;
 found:
     w->slots[c->slot] = c;
-    c->next = w->conns;
-    c->prev = NULL;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
+    conn_list_append(&w->conns, CONN_AT(link_all), c);
     w->nconns++;
     return SL_OK;
 }
@@ -203,12 +243,7 @@ static void conns_detach(sl_conn_t *c)
     w->slots[c->slot] = NULL;
     if (c->slot < w->free_hint)
         w->free_hint = c->slot;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    conn_list_remove(&w->conns, CONN_AT(link_all), c);
     w->nconns--;
 }
 
@@ -225,13 +260,7 @@ static void conns_unready(sl_conn_t *c)
 {
     if (!c->ready)
         return;
-    if (c->ready_prev)
-        c->ready_prev->ready_next = c->ready_next;
-    else
-        sl_conns.ready = c->ready_next;
-    if (c->ready_next)
-        c->ready_next->ready_prev = c->ready_prev;
-    c->ready_prev = c->ready_next = NULL;
+    conn_list_remove(&sl_conns.ready, CONN_AT(link_ready), c);
     c->ready = false;
 }
 
@@ -242,11 +271,7 @@ static void conns_mark_ready(sl_conn_t *c)
     if (c->ready || c->state == SL_CONN_DEAD)
         return;
     c->ready = true;
-    c->ready_prev = NULL;
-    c->ready_next = sl_conns.ready;
-    if (sl_conns.ready)
-        sl_conns.ready->ready_prev = c;
-    sl_conns.ready = c;
+    conn_list_append(&sl_conns.ready, CONN_AT(link_ready), c);
 }
 
 static void conns_mark_dead(sl_conn_t *c)
@@ -296,8 +321,8 @@ void sl_conns_activate_ready(void)
     /* Activated here, outside the dispatch: the next EVLOOP_ONCE then
      * polls without blocking and runs each of these once, with every other
      * ready event. */
-    while (sl_conns.ready) {
-        sl_conn_t *c = sl_conns.ready;
+    while (sl_conns.ready.first) {
+        sl_conn_t *c = sl_conns.ready.first;
         conns_unready(c);
         if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && conn_has_input(c) &&
             !c->read_paused)
@@ -334,17 +359,11 @@ static uint64_t http_connections_total(void)
  * head is the likeliest to be a peer holding the slot on purpose).  A
  * connection is on one list at most (c->idle says which). */
 enum { CONN_LIST_NONE, CONN_LIST_IDLE, CONN_LIST_HEAD };
-static sl_conn_t *conn_heads_first, *conn_heads_last; /* this worker's (one process) */
+static sl_conn_list_t conn_heads; /* this worker's (one process) */
 
-static void conn_list_ends(uint8_t which, sl_conn_t ***first, sl_conn_t ***last)
+static sl_conn_list_t *conn_http_list(uint8_t which)
 {
-    if (which == CONN_LIST_IDLE) {
-        *first = &sl_conns.idle_head;
-        *last = &sl_conns.idle_tail;
-    } else {
-        *first = &conn_heads_first;
-        *last = &conn_heads_last;
-    }
+    return which == CONN_LIST_IDLE ? &sl_conns.idle : &conn_heads;
 }
 
 /* Off the idle list or the heads list, whichever it is on. */
@@ -352,40 +371,23 @@ static void conn_idle_remove(sl_conn_t *c)
 {
     if (!c->idle)
         return;
-    sl_conn_t **first, **last;
-    conn_list_ends(c->idle, &first, &last);
-    if (c->idle_prev)
-        c->idle_prev->idle_next = c->idle_next;
-    else
-        *first = c->idle_next;
-    if (c->idle_next)
-        c->idle_next->idle_prev = c->idle_prev;
-    else
-        *last = c->idle_prev;
-    c->idle_prev = c->idle_next = NULL;
+    conn_list_remove(conn_http_list(c->idle), CONN_AT(link_idle), c);
     c->idle = CONN_LIST_NONE;
 }
 
-static void conn_list_append(sl_conn_t *c, uint8_t which)
+/* To the end of the idle list or the heads list (off the other one). */
+static void conn_http_list_move(sl_conn_t *c, uint8_t which)
 {
     conn_idle_remove(c);
-    sl_conn_t **first, **last;
-    conn_list_ends(which, &first, &last);
     c->idle = which;
-    c->idle_next = NULL;
-    c->idle_prev = *last;
-    if (*last)
-        (*last)->idle_next = c;
-    else
-        *first = c;
-    *last = c;
+    conn_list_append(conn_http_list(which), CONN_AT(link_idle), c);
 }
 
 static void conn_idle_add(sl_conn_t *c)
 {
     if (c->idle == CONN_LIST_IDLE || c->state != SL_CONN_HTTP || !c->http_counted)
         return;
-    conn_list_append(c, CONN_LIST_IDLE);
+    conn_http_list_move(c, CONN_LIST_IDLE);
 }
 
 /* It no longer counts against --max-http-connections: upgraded, closing
@@ -427,12 +429,12 @@ static bool conn_http_admit(sl_conn_t *c)
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
         return true;
     sl_conns_count_error(SL_ERR_HTTP_CONNECTIONS);
-    sl_conn_t *victim = sl_conns.idle_head;
+    sl_conn_t *victim = sl_conns.idle.first;
     if (victim != NULL) {
         sl_conn_abort(victim, "idle evicted");
         return true;
     }
-    if ((victim = conn_heads_first) != NULL) {
+    if ((victim = conn_heads.first) != NULL) {
         conn_http_refuse(victim);
         return true;
     }
@@ -531,21 +533,13 @@ uint64_t sl_conn_inbound_bytes;
 
 /* The connections holding unfinished input, by when they began to hold
  * it (oldest first): who gives way when the worker is over its share. */
-static sl_conn_t *conn_held_first, *conn_held_last;
+static sl_conn_list_t conn_held;
 
 static void conn_held_remove(sl_conn_t *c)
 {
     if (!c->held)
         return;
-    if (c->held_prev)
-        c->held_prev->held_next = c->held_next;
-    else
-        conn_held_first = c->held_next;
-    if (c->held_next)
-        c->held_next->held_prev = c->held_prev;
-    else
-        conn_held_last = c->held_prev;
-    c->held_prev = c->held_next = NULL;
+    conn_list_remove(&conn_held, CONN_AT(link_held), c);
     c->held = false;
 }
 
@@ -559,13 +553,7 @@ static void conn_input_account(sl_conn_t *c)
         conn_held_remove(c);
     } else if (!c->held) {
         c->held = true;
-        c->held_next = NULL;
-        c->held_prev = conn_held_last;
-        if (conn_held_last)
-            conn_held_last->held_next = c;
-        else
-            conn_held_first = c;
-        conn_held_last = c;
+        conn_list_append(&conn_held, CONN_AT(link_held), c);
     }
 }
 
@@ -604,8 +592,8 @@ static void conn_inbound_check(sl_conn_t *c)
 {
     conn_input_account(c);
     uint64_t share = (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers);
-    while (sl_conn_inbound_bytes > share && conn_held_first != NULL)
-        conn_inbound_refuse(conn_held_first);
+    while (sl_conn_inbound_bytes > share && conn_held.first != NULL)
+        conn_inbound_refuse(conn_held.first);
 }
 
 size_t sl_conn_reply_max(void)
@@ -1342,7 +1330,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
      * is idle) while its head is unfinished, by when this head began. */
     if (c->state == SL_CONN_HTTP && head_wait && c->http_counted && c->in_len > 0) {
         if (c->idle != CONN_LIST_HEAD || off > 0)
-            conn_list_append(c, CONN_LIST_HEAD);
+            conn_http_list_move(c, CONN_LIST_HEAD);
     } else if (c->idle == CONN_LIST_HEAD) {
         conn_idle_remove(c);
     }
@@ -1477,7 +1465,7 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     }
     ssize_t n = conn_xp(c)->read(fd, c->xctx, sl_conns.rbuf, room);
     if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !conn_xp(c)->established(c->xctx))
-        conn_list_append(c, CONN_LIST_HEAD); /* a handshake under way is a request
+        conn_http_list_move(c, CONN_LIST_HEAD); /* a handshake under way is a request
                                 head in progress, not an idle connection to evict
                                 first (review r16 L5: it needs more round trips than
                                 HTTP); taken back after the idle ones, oldest first */

@@ -706,7 +706,7 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
     sl_buf_t *b = local_copy(m);
     if (b == NULL)
         return;
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS &&
             !sl_session_may_only_authenticate(c))
             sl_conn_send(c, b);

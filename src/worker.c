@@ -149,7 +149,7 @@ static void worker_stop(sl_worker_t *w)
     /* The master hands a stopping worker nothing new (when only we were
      * told to stop, it would otherwise prefer us as our load falls). */
     uatomic_set(&w->stats->draining, 1);
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_shutdown(c);
 }
 
@@ -182,7 +182,7 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     int64_t now = sl_mono_ms();
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->state != SL_CONN_DEAD)
             sl_conn_tick(c, now);
 }
@@ -266,13 +266,13 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         sl_worker_turn_end(w);
-        if (sl_conns.stopping && sl_conns.conns == NULL && sl_mono_ms() < w->stop_deadline)
+        if (sl_conns.stopping && sl_conns.conns.first == NULL && sl_mono_ms() < w->stop_deadline)
             ctl_cb(ctl_fd, EV_READ, w); /* sockets handed over before the master knew: serve */
-        if (sl_conns.stopping && (sl_conns.conns == NULL || sl_mono_ms() >= w->stop_deadline))
+        if (sl_conns.stopping && (sl_conns.conns.first == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }
 
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_abort(c, "shutdown");
     sl_worker_turn_end(w);
     sl_tel_finish(1000); /* what the full pipe has not taken yet */

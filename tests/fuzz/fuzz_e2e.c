@@ -190,7 +190,7 @@ static void turn(void)
 
 static void tick(void)
 {
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->state != SL_CONN_DEAD)
             sl_conn_tick(c, clock_ms);
 }
@@ -198,7 +198,7 @@ static void tick(void)
 /* The connection of client i, if it is still alive. */
 static sl_conn_t *live(int i)
 {
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c == C[i].c && c->state != SL_CONN_DEAD)
             return c;
     return NULL;
@@ -278,7 +278,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     }
     turn();
     /* Leave nothing behind for the next input. */
-    for (sl_conn_t *c = sl_conns.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_abort(c, "fuzz input done");
     turn();
     for (int i = 0; i < NCONN; i++) {
