@@ -15,6 +15,8 @@
 #                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
+#   make bench-profile  the connection path in instructions per connection
+#                     (callgrind; scripts/bench/profile-connect.sh)
 #   make bench-hostile a well-behaved client's echo round trips alone and
 #                     beside 200 hostile connections (figures, not a test)
 #   make fuzz         run each libFuzzer target (tests/fuzz/) FUZZ_SECONDS
@@ -99,9 +101,9 @@ CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
 CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
-.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean check-autobahn-full \
-        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup mutation-check \
-        bench-hostile
+.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
+        check-autobahn-full format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup \
+        bench-profile mutation-check bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -163,6 +165,13 @@ bench-cleanup: $(BIN)
 # every one must make a test fail (tests/mutation-check.sh).
 mutation-check:
 	tests/mutation-check.sh
+
+# The connection path in instructions (callgrind; timings on this shared
+# machine are noise): 2,000 connections each subscribing, per connection,
+# per process and function (scripts/bench/profile-connect.sh).
+bench-profile: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --bench
+	scripts/bench/profile-connect.sh 2000 $(BUILD)/bench/profile
 
 # Telemetry: ns per emitted event in a worker, events/s through the logger.
 bench-tel: $(BUILD)/bench/bench_tel

@@ -89,8 +89,12 @@ typedef struct sl_sub {
     int32_t worker;
     uint32_t slot;
     uint32_t chan_len; /* key = id "\n" conn-id */
-    char key[SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX];
+    /* node.klen bytes and a NUL, allocated to fit: 76 B (the offset of
+     * key) + klen + 1, so keys up to 51 bytes take the arena's 128 B class,
+     * longer ones 256 B (test_sub_sizes_in_the_design_note). */
+    char key[];
 } sl_sub_t;
+#define SL_SUB_KEY_MAX (SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX)
 
 enum {
     SL_CHAN_CREATED = 0,
@@ -190,7 +194,8 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
 void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg);
 
 /* Visit the retained messages with seq > since (oldest first) under the
- * channel lock; fn gets the message's JSON text.  Returns the seq of the
+ * channel lock (not taken on a channel with retention 0); fn gets the message's
+ * JSON text.  Returns the seq of the
  * oldest retained message (0 when none); *last gets the last seq assigned
  * (0 when nothing was ever published). */
 uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,

@@ -37,10 +37,12 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add / remove a local subscriber (mark: NULL for unknown).  SL_OK or
- * SL_ERROR (out of memory). */
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
-                const sl_cidx_mark_t *mark);
+/* Add a local subscriber (mark: NULL for unknown): the channel's entry
+ * (whose id the connection's list of subscriptions points to - it lives
+ * while the connection is among its subscribers), or NULL when out of
+ * memory.  Remove it again. */
+sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                             const sl_cidx_mark_t *mark);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
 
 #endif

@@ -61,8 +61,6 @@ typedef struct {
 
 struct sl_conn {
     int fd;
-    void *xctx;        /* its transport's state, which names the transport
-                          (sl_xport_of; NULL: plain TCP, no state) */
     uint32_t slot;     /* index in the worker's slot table */
     uint8_t state;     /* sl_conn_state_t */
     uint8_t kind;      /* sl_conn_kind_t */
@@ -77,18 +75,21 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
-    bool http_counted; /* counts against --max-http-connections */
-    uint8_t idle;      /* on an HTTP list: 1 the worker's idle one, 2 the
+    /* These seven share a byte (bit-fields): see shm/README.md for
+     * sl_conn_t's size and its malloc chunk. */
+    bool http_counted : 1; /* counts against --max-http-connections */
+    uint8_t idle : 2;  /* on an HTTP list: 1 the worker's idle one, 2 the
                           unfinished heads (conn.c), oldest first */
-    bool held;         /* on the list of holders of unfinished input (conn.c) */
-    bool refused;      /* answered 503 at admission: closed once it is written */
+    bool held : 1;     /* on the list of holders of unfinished input (conn.c) */
+    bool refused : 1;  /* answered 503 at admission: closed once it is written */
+    bool pmd : 1;      /* permessage-deflate negotiated (sl_pmd.h) */
+    bool pmd_shared : 1; /* ...and it takes the shared compressed frames (window 15) */
+    bool xport_wants_read : 1; /* the transport's flush waits for the peer's bytes
+                                  (TLS): read for it even while input is paused */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
-    bool pmd;          /* permessage-deflate negotiated (sl_pmd.h) */
-    bool xport_wants_read; /* the transport's flush waits for the peer's bytes
-                              (TLS): read for it even while input is paused */
-    bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
+    uint16_t close_code;   /* first close code sent or received */
     uint32_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
@@ -118,6 +119,7 @@ struct sl_conn {
     char *in;
     uint32_t in_len, in_cap;
     uint32_t head_scanned; /* HTTP: c->in[0..this) holds no complete head */
+    float chan_tokens;     /* channel creations it may still make (refilled per minute) */
     /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
      * answered): `pong` is the answer to the latest ping, not queued yet;
      * `pong_sent` the one in the queue (its buffer is ours again once its
@@ -125,17 +127,25 @@ struct sl_conn {
     sl_buf_t *pong, *pong_sent;
     sl_ws_reader_t reader;
     sl_outq_t out;
-    int64_t opened_at; /* wall ms, WebSocket open */
-    uint64_t message_count;
-    struct sl_reg_conn *reg;  /* our entry in the shared registry (protocol) */
+    /* our entry in the shared registry (protocol): also our open time
+     * (wall ms) and message count, not copied here */
+    struct sl_reg_conn *reg;
+    void *xctx;               /* its transport's state, which names the transport
+                                 (sl_xport_of; NULL: plain TCP, no state) */
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
-    char **subs;              /* channel ids subscribed to (malloc'd strings) */
+    /* The channels subscribed to: their entries in the worker's local
+     * index (sl_cidx.h), whose id we read - no copy of our own.  Up to
+     * one (subs_cap 1) it is held here, no array (a 32-byte malloc chunk
+     * less per connection with one subscription); more: a malloc'd array
+     * (subs_cap > 1).  Through sl_pubsub's subs_of() only. */
+    union {
+        struct sl_cidx_entry **subs; /* subs_cap > 1 */
+        struct sl_cidx_entry *sub1;  /* subs_cap == 1 */
+    };
     struct sl_call *calls;    /* RPC requests this connection is waiting on */
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
-    float chan_tokens;        /* channel creations it may still make (refilled per minute) */
     int64_t chan_tokens_mono; /* last refill; 0: never created one */
-    uint16_t close_code;      /* first close code sent or received */
     const char *close_reason; /* static string */
     char conn_id[40];
 };
@@ -216,10 +226,13 @@ void sl_conns_activate_ready(void);
  * bounded by the worker's share of --max-inbound-total). */
 extern uint64_t sl_conn_inbound_bytes;
 
-/* Take over an accepted socket (non-blocking is set here) on transport xp
- * with its state xctx (sl_xport_plain, NULL; or sl_xport_tls and its
- * session: xp is sl_xport_of(xctx), kept only there); `ops`: it came in on
- * --ops-listen.  NULL on failure (the fd is closed, xctx released). */
+/* Take over an accepted socket, already non-blocking and with TCP_NODELAY
+ * (from the master's accept4; TCP_NODELAY from the listener, or set by the
+ * master on a socket an inherited listener queued before it had the flag),
+ * on transport xp with its state xctx (sl_xport_plain, NULL; or
+ * sl_xport_tls and its session: xp is sl_xport_of(xctx), kept only there);
+ * `ops`: it came in on --ops-listen.  NULL on failure (the fd is closed,
+ * xctx released). */
 sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx);
 
 /* Queue a whole frame/response already encoded in b (from b->start to

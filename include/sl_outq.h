@@ -60,14 +60,15 @@ typedef struct {
     sl_seg_t one;
     sl_seg_t *segs; /* ring; NULL while cap == 0, small rings kept while busy */
     uint32_t cap, head, count;
-    uint64_t bytes;    /* queued bytes not yet written */
     bool head_partial; /* the first segment has been partly written */
     /* The first `pinned` bytes are promised to the transport (TLS: a record
      * SSL_write took but could not write must be given again, byte for
-     * byte): they stay queued - counted as held, not as written - and
-     * sl_outq_drop_unstarted keeps every segment they touch.  advance
-     * releases them. */
-    uint32_t pinned;
+     * byte; at most one record, 16 KiB): they stay queued - counted as
+     * held, not as written - and sl_outq_drop_unstarted keeps every
+     * segment they touch.  advance releases them.  (With head_partial in
+     * what was padding: no hole, 48 B in all.) */
+    uint16_t pinned;
+    uint64_t bytes;    /* queued bytes not yet written */
 } sl_outq_t;
 
 /* Queue buf->data[off .. off+len); takes a reference.  SL_OK or SL_ERROR

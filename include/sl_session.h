@@ -22,6 +22,7 @@
 
 #include "sl_auth.h"
 #include "sl_conn.h"
+#include "sl_jw.h"
 #include "sl_http.h"
 #include "sl_perm.h"
 
@@ -56,8 +57,8 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
  * from the table the admin API's user calls walk. */
 int sl_session_admitted(sl_conn_t *c);
 
-/* Add "user" / "expires-at" to the welcome. */
-void sl_session_welcome(sl_conn_t *c, json_t *welcome);
+/* Add ,"user":..,"expires-at":.. to the welcome being written. */
+void sl_session_welcome(sl_conn_t *c, sl_jw_t *welcome);
 
 /* Give back everything the session holds and free it (connection closing,
  * or an upgrade refused after sl_session_upgrade succeeded). */

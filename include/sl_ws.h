@@ -113,37 +113,23 @@ typedef int (*sl_ws_inflate_fn)(const uint8_t *in, size_t n, size_t max, uint8_t
 void sl_ws_set_inflater(sl_ws_inflate_fn fn);
 
 typedef struct {
+    /* (Wider fields first, the bytes last: no padding holes - it sits in
+     * every connection, issue 19's memory per idle connection.) */
     /* configuration */
-    bool expect_masked;   /* server: true; client: false */
-    bool deflate;         /* permessage-deflate negotiated: RSV1 marks a compressed
-                             message, inflated (by the inflater installed with
-                             sl_ws_set_inflater) before it is delivered */
     uint64_t max_message; /* bytes; a longer message fails with 1009 (inflated
-                             size; the compressed one is bounded by it too) */
-
-    /* parser state: the header being read */
-    uint8_t hdr[SL_WS_MAX_HEADER];
-    uint8_t hdr_have;
+                             size; the compressed one is bounded by it too);
+                             at most UINT32_MAX */
     /* the frame whose payload is being read */
-    bool in_frame;
-    uint8_t frame_op;
-    bool frame_fin;
-    bool frame_masked;
-    uint8_t frame_mask[4];
     uint64_t frame_len;
     uint64_t frame_have;
     /* the message being assembled (data frames only) */
-    bool in_message;  /* a fragmented message has started */
-    uint8_t msg_op;   /* TEXT or BINARY */
-    bool msg_deflated; /* its first frame had RSV1 */
     uint8_t *msg;     /* malloc'd; NULL when nothing is buffered */
-    size_t msg_len;
-    size_t msg_cap;
-    sl_utf8_t utf8;
+    uint32_t msg_len; /* both <= max_message, which is < 4 GiB (sl_ws_reader_init) */
+    uint32_t msg_cap;
     /* a control frame's payload when it arrives split across feeds
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
-    bool closed; /* a close frame was delivered: ignore anything after */
+    sl_utf8_t utf8;
     /* Frames read so far (the caller may reset it), and a limit: once
      * `frames` reaches a non-zero `frame_limit`, sl_ws_reader_feed stops at
      * the next frame boundary and returns 1, like a handler that stopped
@@ -155,6 +141,23 @@ typedef struct {
     uint32_t completed;
     int failed;  /* the close code of a protocol error: every later feed
                     returns it and consumes nothing more */
+    /* parser state: the header being read */
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    uint8_t hdr_have;
+    bool in_frame;
+    uint8_t frame_op;
+    bool frame_fin;
+    bool frame_masked;
+    uint8_t frame_mask[4];
+    bool expect_masked;   /* server: true; client: false */
+    bool in_message;  /* a fragmented message has started */
+    uint8_t msg_op;   /* TEXT or BINARY */
+    /* (three flags, one byte) */
+    bool closed : 1; /* a close frame was delivered: ignore anything after */
+    bool deflate : 1; /* permessage-deflate negotiated: RSV1 marks a compressed
+                         message, inflated (by the inflater installed with
+                         sl_ws_set_inflater) before it is delivered */
+    bool msg_deflated : 1; /* the message being assembled: its first frame had RSV1 */
 } sl_ws_reader_t;
 
 void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_message);

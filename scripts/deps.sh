@@ -13,7 +13,8 @@
 #                            a font for screenshots, node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
 #   scripts/deps.sh --bench  also gnuplot for the benchmark chart, PyJWT and
-#                            openssl for the access-control rows (the peers
+#                            openssl for the access-control rows, valgrind for
+#                            make bench-profile (the peers
 #                            are installed by scripts/bench/peers-install.sh)
 #   scripts/deps.sh --deb    also what `make deb` needs: debhelper, dpkg-dev,
 #                            lintian (and systemd, for systemd-analyze in the
@@ -35,7 +36,7 @@ for opt in "$@"; do
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;
-    --bench) pkgs="$pkgs python3 python3-jwt openssl procps curl gnuplot-nox" ;;
+    --bench) pkgs="$pkgs python3 python3-jwt openssl procps curl gnuplot-nox valgrind" ;;
     --deb) pkgs="$pkgs debhelper dpkg-dev lintian" ;;
     *) echo "usage: scripts/deps.sh [--test] [--web] [--bench] [--deb] [--fuzz]" >&2; exit 2 ;;
     esac

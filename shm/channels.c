@@ -228,7 +228,7 @@ int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int wor
 {
     if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS)
         return SL_ERROR;
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     size_t klen = sub_key(key, c, conn_id);
     uint64_t hash = sl_table_hash(key, klen);
     int rc = SL_OK;
@@ -240,7 +240,7 @@ int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int wor
     } else if ((int64_t)c->subscribers >= c->config.max_subscribers) {
         rc = SL_CHAN_FULL;
     } else {
-        sl_sub_t *s = sl_arena_calloc(r->arena, sizeof(*s));
+        sl_sub_t *s = sl_arena_calloc(r->arena, offsetof(sl_sub_t, key) + klen + 1);
         if (s == NULL) {
             rc = SL_CHAN_NO_MEMORY;
         } else {
@@ -283,7 +283,7 @@ int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int wor
 
 bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
 {
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     if (strlen(conn_id) >= SL_CONN_ID_MAX)
         return false;
     /* Deletion removes every subscription of the channel from the table
@@ -323,7 +323,7 @@ static void unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s)
 
 int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count)
 {
-    char key[sizeof(((sl_sub_t *)0)->key)];
+    char key[SL_SUB_KEY_MAX];
     if (strlen(conn_id) >= SL_CONN_ID_MAX)
         return SL_CHAN_NOT_SUBSCRIBED;
     size_t klen = sub_key(key, c, conn_id);
@@ -802,6 +802,18 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
                           uint64_t *last)
 {
     uint64_t oldest = 0;
+    /* A channel that retains nothing by configuration (retention 0, the
+     * common case; fixed at creation) has no ring: last = next_seq - 1
+     * and oldest = 0 are then one consistent answer, read without the
+     * lock.  With a ring the lock is taken: a publisher moves next_seq,
+     * ring_lo and ring_hi one store at a time (seq before the ring, a
+     * full ring popped before it is stored), and only the locked walk -
+     * after sl_lock_acquire has repaired a publisher killed in between -
+     * never sees those intermediate states (review r19, finding 1). */
+    if (ring_cap(c) == 0) {
+        *last = __atomic_load_n(&c->next_seq, __ATOMIC_ACQUIRE) - 1;
+        return 0;
+    }
     sl_lock_acquire(&c->lock);
     *last = c->next_seq - 1;
     uint32_t cap = ring_cap(c);

@@ -61,16 +61,29 @@ static int grow(void)
     return SL_OK;
 }
 
-int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
-                const sl_cidx_mark_t *mark)
+/* A new entry that got no subscriber (out of memory): unlinked and freed,
+ * never left empty.  It is at the head of its bucket (just inserted). */
+static void drop_if_empty(sl_cidx_entry_t *e)
+{
+    if (e->n != 0)
+        return;
+    *slot_of(e->hash) = e->next;
+    free(e->conns);
+    free(e->marks);
+    free(e);
+    nentries--;
+}
+
+sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
+                             const sl_cidx_mark_t *mark)
 {
     sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
     if (e == NULL) {
         if (nentries >= nbuckets && grow() != SL_OK)
-            return SL_ERROR;
+            return NULL;
         e = calloc(1, sizeof(*e) + len + 1);
         if (e == NULL)
-            return SL_ERROR;
+            return NULL;
         e->hash = hash;
         e->idlen = (uint32_t)len;
         memcpy(e->id, id, len);
@@ -81,18 +94,22 @@ int sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
     if (e->n == e->cap) {
         uint32_t cap = e->cap ? e->cap * 2 : 4;
         sl_conn_t **a = realloc(e->conns, sizeof(*a) * cap);
-        if (a == NULL)
-            return SL_ERROR;
+        if (a == NULL) {
+            drop_if_empty(e);
+            return NULL;
+        }
         e->conns = a;
         sl_cidx_mark_t *m = realloc(e->marks, sizeof(*m) * cap);
-        if (m == NULL)
-            return SL_ERROR;
+        if (m == NULL) {
+            drop_if_empty(e);
+            return NULL;
+        }
         e->marks = m;
         e->cap = cap;
     }
     e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0};
     e->conns[e->n++] = c;
-    return SL_OK;
+    return e;
 }
 
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)

@@ -450,9 +450,11 @@ sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx)
         close(fd);
         return NULL;
     }
-    evutil_make_socket_nonblocking(fd);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* No fcntl and no TCP_NODELAY here (syscalls per connection, a few µs
+     * on this kind of machine): the master accepts with SOCK_NONBLOCK and
+     * O_NONBLOCK belongs to the open file the hand-off shares; TCP_NODELAY
+     * is inherited from the listener, where the master sets it (and the
+     * master sets it on what an inherited listener queued before that). */
     /* While it speaks HTTP, the kernel holds at most this much of our
      * output unsent: a client that pipelines requests without reading the
      * responses is back-pressured after that, not after the megabytes

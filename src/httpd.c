@@ -236,8 +236,11 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     char ext[128] = "";
     for (size_t i = 0; sl_conf->compression && !c->pmd && i < req->nheaders; i++) {
         const sl_http_header_t *h = &req->headers[i];
-        if (h->name_len == 24 && strncasecmp(h->name, "Sec-WebSocket-Extensions", 24) == 0)
-            c->pmd = sl_pmd_negotiate(h->value, h->value_len, ext, sizeof(ext), &c->pmd_shared);
+        bool shared = false;
+        if (h->name_len == 24 && strncasecmp(h->name, "Sec-WebSocket-Extensions", 24) == 0) {
+            c->pmd = sl_pmd_negotiate(h->value, h->value_len, ext, sizeof(ext), &shared);
+            c->pmd_shared = shared;
+        }
     }
     char resp[320];
     int n = snprintf(resp, sizeof(resp),
@@ -264,8 +267,11 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     sl_accesslog_response(resp, (size_t)n);
     sl_conn_upgraded(c, kind);
     if (kind == SL_KIND_PROTOCOL) {
-        char peer[SL_PEER_MAX];
-        sl_accesslog_peer(c, req, peer, sizeof(peer));
+        /* The peer's address is only for telemetry (websocket-opened at
+         * debug, connection-added at info): not looked up when filtered. */
+        char peer[SL_PEER_MAX] = "-";
+        if (sl_tel_on(SL_INFO))
+            sl_accesslog_peer(c, req, peer, sizeof(peer));
         sl_router_opened(c, peer);
     }
 }

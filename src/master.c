@@ -45,11 +45,13 @@
 #include <netdb.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <stddef.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -100,6 +102,10 @@ static struct {
     struct event_base *base;
     int lfds[SL_MAX_LISTEN]; /* listening sockets, bound here or inherited */
     char ltags[SL_MAX_LISTEN]; /* each one's SL_PROC_TAG_*: public or --ops-listen */
+    /* Sockets still to be given TCP_NODELAY one by one (-1: all): those an
+     * inherited listener had queued before we set it there (see
+     * take_inherited_listeners).  0 for every listener we bound. */
+    int nodelay_left[SL_MAX_LISTEN];
     int nlfd;
     bool inherited; /* from LISTEN_FDS (systemd, or the master we replace) */
     int tel_r, tel_w;                /* the master's own telemetry pipe */
@@ -308,6 +314,8 @@ static int listen_on(const char *what, const char *host, int port, char *err, si
             continue;
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* Accepted sockets inherit it: no setsockopt per connection. */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
             break;
         saved = errno;
@@ -545,6 +553,12 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
+            if (M.nodelay_left[li] != 0) {
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                if (M.nodelay_left[li] > 0)
+                    M.nodelay_left[li]--;
+            }
             int i = pick_worker(0);
             if (i < 0) {
                 hand_off(fd, tag); /* parks it */
@@ -1331,6 +1345,36 @@ static bool fd_named_ops(const char *names, int k)
  * LISTEN_FDNAMES (a socket unit may say FileDescriptorName=ops too): one
  * named "ops" that is not bound to --ops-listen (the setting changed, or was
  * removed) is closed, so that an operators' port never turns public. */
+/* TCP_NODELAY on an inherited listener, to be inherited by the sockets
+ * accepted from it, as for our own listeners.  A socket copies the flag
+ * when its handshake completes, not at accept: the ones already queued
+ * (systemd's listener without NoDelay=yes, the listener of a master from
+ * before issue 19) keep Nagle on.  Returns how many of the next accepted
+ * sockets need it set one by one: the queue's length read after the flag
+ * is set (tcpi_unacked is a listener's accept queue; the queue is first
+ * in, first out, and a count too high costs only a syscall each), 0 when
+ * the socket is not TCP, -1 (all of them) when the queue cannot be read.
+ * The queue is counted even when the flag was on already: the listener
+ * outlives the process that set it (systemd holds it; an instance that set
+ * it may have stopped before accepting what was queued, review rf19), so
+ * the flag says nothing about the sockets waiting in it.  At most one
+ * setsockopt per socket queued at start-up. */
+static int listener_nodelay(int fd)
+{
+    int on = 0, one = 1;
+    socklen_t len = sizeof(on);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) != 0)
+        return 0;
+    if (!on && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0)
+        return 0;
+    struct tcp_info ti;
+    len = sizeof(ti);
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 ||
+        len < offsetof(struct tcp_info, tcpi_unacked) + sizeof(ti.tcpi_unacked))
+        return -1;
+    return ti.tcpi_unacked > INT_MAX ? -1 : (int)ti.tcpi_unacked;
+}
+
 static int take_inherited_listeners(char *err, size_t errsz)
 {
     const sl_conf_t *cf = sl_conf;
@@ -1367,6 +1411,7 @@ static int take_inherited_listeners(char *err, size_t errsz)
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        M.nodelay_left[M.nlfd] = listener_nodelay(fd);
         bool tls = !ops && (cf->tls || (cf->tls_port && bound_to(fd, cf->host, (int)cf->tls_port)));
         M.ltags[M.nlfd] = ops ? SL_PROC_TAG_OPS : tls ? SL_PROC_TAG_TLS : SL_PROC_TAG_PUBLIC;
         M.lfds[M.nlfd++] = fd;

@@ -124,7 +124,7 @@ int sl_outq_flush(sl_outq_t *q, int fd)
 void sl_outq_advance(sl_outq_t *q, size_t n)
 {
     q->bytes -= (uint64_t)n;
-    q->pinned = q->pinned > n ? q->pinned - (uint32_t)n : 0;
+    q->pinned = q->pinned > n ? (uint16_t)(q->pinned - n) : 0;
     size_t left = n;
     while (left > 0) {
         sl_seg_t *s = seg_at(q, 0);

@@ -39,6 +39,22 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
     sl_proto_error(c, "reply-too-large", m);
 }
 
+void sl_proto_begin(sl_jw_t *w)
+{
+    sl_jw_init(w, sl_conns.ebuf, SL_SCRATCH_SIZE);
+}
+
+void sl_proto_send(sl_conn_t *c, sl_jw_t *w)
+{
+    sl_buf_t *b = sl_jw_frame(w);
+    if (b == NULL) {
+        sl_conn_abort(c, "encode-failed");
+        return;
+    }
+    sl_conn_send(c, b);
+    sl_buf_unref(b);
+}
+
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
     /* The message may quote input (jansson's error text shows the bytes it

@@ -105,10 +105,17 @@ static json_t *failure(const char *type, const char *id, size_t len, const char 
                      "reason", reason);
 }
 
+/* The connection's subscriptions: held inline while there is at most one
+ * (sl_conn.h). */
+static sl_cidx_entry_t **subs_of(sl_conn_t *c)
+{
+    return c->subs_cap == 1 ? &c->sub1 : c->subs;
+}
+
 static int find_sub(sl_conn_t *c, const char *id, size_t len)
 {
     for (uint32_t i = 0; i < c->nsubs; i++)
-        if (strlen(c->subs[i]) == len && memcmp(c->subs[i], id, len) == 0)
+        if (subs_of(c)[i]->idlen == len && memcmp(subs_of(c)[i]->id, id, len) == 0)
             return (int)i;
     return -1;
 }
@@ -244,6 +251,31 @@ static size_t retained_budget(size_t idlen)
     return sl_conn_reply_max() - 512 - 6 * idlen;
 }
 
+/* Write the kept copies into w as array elements (they are JSON text
+ * already: no parse, no dump) and free them. */
+static void write_retained(sl_jw_t *w, retained_t *r)
+{
+    for (size_t i = r->first; i < r->n; i++) {
+        if (i > r->first)
+            sl_jw_lit(w, ",");
+        sl_jw_raw(w, r->text[i], r->len[i]);
+        free(r->text[i]);
+    }
+    free(r->text);
+    free(r->len);
+    r->text = NULL;
+    r->len = NULL;
+    r->first = r->n = r->cap = r->bytes = 0;
+}
+
+static void free_retained(retained_t *r)
+{
+    for (size_t i = r->first; i < r->n; i++)
+        free(r->text[i]);
+    free(r->text);
+    free(r->len);
+}
+
 static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
 {
     SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
@@ -347,76 +379,101 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     if (rc == SL_OK) {
         /* Our own view: the connection's list and the local index. */
-        if (c->nsubs == c->subs_cap) {
-            uint32_t cap = c->subs_cap ? c->subs_cap * 2 : 4;
-            char **a = realloc(c->subs, sizeof(*a) * cap);
+        if (c->nsubs == c->subs_cap && c->subs_cap == 0) {
+            c->sub1 = NULL;
+            c->subs_cap = 1; /* the first one: inline */
+        } else if (c->nsubs == c->subs_cap) {
+            /* Then 3 pointers: malloc's smallest chunk (32 bytes) holds
+             * them; doubled after that. */
+            uint32_t cap = c->subs_cap == 1 ? 3 : c->subs_cap * 2;
+            sl_cidx_entry_t **a = c->subs_cap == 1 ? malloc(sizeof(*a) * cap)
+                                                   : realloc(c->subs, sizeof(*a) * cap);
             if (a == NULL) {
                 sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
                 reject(c, id, len, "overloaded");
                 return;
             }
+            if (c->subs_cap == 1)
+                a[0] = c->sub1;
             c->subs = a;
             c->subs_cap = cap;
         }
-        char *copy = strndup(id, len);
         sl_cidx_mark_t mark = {ch->serial, last_at, notes_at};
-        if (copy == NULL || sl_cidx_add(ch->node.hash, id, len, c, &mark) != SL_OK) {
-            free(copy);
+        sl_cidx_entry_t *e = sl_cidx_add(ch->node.hash, id, len, c, &mark);
+        if (e == NULL) {
             sl_chan_unsubscribe(REG, ch, c->conn_id, NULL);
             reject(c, id, len, "overloaded");
             return;
         }
-        c->subs[c->nsubs++] = copy;
+        subs_of(c)[c->nsubs++] = e;
         SL_TEL(SL_EV_SUBSCRIPTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     } else {
         count = uatomic_read(&ch->subscribers);
     }
 
-    /* Retained history is cut to the bound on one reply: the newest
-     * messages that fit, and how many older ones were left out. */
-    uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0, oldest,
-             omitted;
-    json_t *retained = sl_pubsub_retained(ch, since, retained_budget(len), &omitted, &last, &oldest);
+    /* Formatted directly (sl_jw.h).  Retained history is cut to the bound
+     * on one reply: the newest messages that fit, and how many older ones
+     * were left out; the copies are JSON text already and go in as they
+     * are. */
+    uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
+    retained_t rt = {.budget = retained_budget(len)};
+    uint64_t oldest = sl_chan_retained(ch, since, keep_retained, &rt, &last);
     bool recovered = false;
     if (since_j) {
         /* Recovered: same channel incarnation, and every message after
          * since-seq is still retained (or there is none) and fits. */
         bool same = epoch_j && strcmp(json_string_value(epoch_j), ch->epoch) == 0;
         bool all = last <= since || (oldest != 0 && oldest <= since + 1);
-        recovered = same && all && omitted == 0;
+        recovered = same && all && rt.omitted == 0;
         if (!recovered) {
             /* Not recoverable: hand over what is retained instead. */
-            json_decref(retained);
-            retained = sl_pubsub_retained(ch, 0, retained_budget(len), &omitted, &last, &oldest);
+            free_retained(&rt);
+            rt = (retained_t){.budget = retained_budget(len)};
+            sl_chan_retained(ch, 0, keep_retained, &rt, &last);
         }
     }
-    json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:o}", "type", "subscription-result",
-                          "channel-id", id, len, "success", 1, "subscriber-count",
-                          (json_int_t)count, "epoch", ch->epoch, "retained-messages", retained);
-    if (r && since_j)
-        json_object_set_new(r, "recovered", json_boolean(recovered));
-    if (r && omitted)
-        json_object_set_new(r, "retained-omitted", json_integer((json_int_t)omitted));
-    sl_proto_reply(c, r);
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"subscription-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true,\"subscriber-count\":");
+    sl_jw_int(&w, count);
+    sl_jw_lit(&w, ",\"epoch\":");
+    sl_jw_str(&w, ch->epoch, strlen(ch->epoch));
+    sl_jw_lit(&w, ",\"retained-messages\":[");
+    uint64_t omitted = rt.omitted;
+    write_retained(&w, &rt);
+    sl_jw_lit(&w, "]");
+    if (since_j) {
+        sl_jw_lit(&w, ",\"recovered\":");
+        sl_jw_bool(&w, recovered);
+    }
+    if (omitted) {
+        sl_jw_lit(&w, ",\"retained-omitted\":");
+        sl_jw_int(&w, (int64_t)omitted);
+    }
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 /* --------------------------------------------------------- unsubscribe */
 
 static void leave(sl_conn_t *c, uint32_t i)
 {
-    const char *id = c->subs[i];
-    size_t len = strlen(id);
-    uint64_t hash = sl_table_hash(id, len);
+    /* id belongs to the local index's entry, which may go with our removal
+     * from it: everything that reads id comes first. */
+    sl_cidx_entry_t *e = subs_of(c)[i];
+    const char *id = e->id;
+    size_t len = e->idlen;
     sl_chan_t *ch = sl_chan_find(REG, id, len);
     uint32_t count = 0;
     if (ch)
         sl_chan_unsubscribe(REG, ch, c->conn_id, &count);
-    sl_cidx_remove(hash, id, len, c);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_S("channel-id", id), SL_TF_I("subscriber-count", count));
-    free(c->subs[i]);
-    c->subs[i] = c->subs[--c->nsubs];
+           SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
+    subs_of(c)[i] = subs_of(c)[--c->nsubs];
+    sl_cidx_remove(e->hash, id, len, c); /* last use of id */
 }
 
 void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
@@ -431,8 +488,12 @@ void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg)
         return;
     }
     leave(c, (uint32_t)i);
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "unsubscription-result", "channel-id", id, len,
-                       "success", 1));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"unsubscription-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true}");
+    sl_proto_send(c, &w);
 }
 
 void sl_pubsub_recheck(sl_conn_t *c)
@@ -441,8 +502,9 @@ void sl_pubsub_recheck(sl_conn_t *c)
     /* From the end: leave() moves the last entry into the freed place,
      * and that one has been checked already. */
     for (uint32_t i = c->nsubs; i-- > 0;) {
-        const char *id = c->subs[i];
-        size_t len = strlen(id);
+        /* id is the local index's: the notice copies it before leave(). */
+        const char *id = subs_of(c)[i]->id;
+        size_t len = subs_of(c)[i]->idlen;
         if (sl_perm_check(who, SL_ACT_SUBSCRIBE, id, len, true) == SL_PERM_OK)
             continue;
         sl_conns_count_error(SL_ERR_PERMISSION_REVOKED);
@@ -461,7 +523,8 @@ void sl_pubsub_closed(sl_conn_t *c)
 {
     while (c->nsubs > 0)
         leave(c, c->nsubs - 1);
-    free(c->subs);
+    if (c->subs_cap > 1)
+        free(c->subs);
     c->subs = NULL;
     c->subs_cap = 0;
 }
@@ -547,9 +610,18 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     SL_TEL(SL_EV_MESSAGE_PUBLISHED, SL_DEBUG, SL_TF_SN("channel-id", id, len),
            SL_TF_S("message-id", mid), SL_TF_I("seq", res.seq), SL_TF_I("delivered-to", delivered),
            SL_TF_S("sender-conn-id", c->conn_id));
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result", "channel-id",
-                       id, len, "success", 1, "message-id", mid, "seq", (json_int_t)res.seq,
-                       "delivered-to", (json_int_t)delivered));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"publish-result\",\"channel-id\":");
+    sl_jw_str(&w, id, len);
+    sl_jw_lit(&w, ",\"success\":true,\"message-id\":");
+    sl_jw_str(&w, mid, strlen(mid));
+    sl_jw_lit(&w, ",\"seq\":");
+    sl_jw_int(&w, (int64_t)res.seq);
+    sl_jw_lit(&w, ",\"delivered-to\":");
+    sl_jw_int(&w, delivered);
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 /* ------------------------------------------------------------ listings */
@@ -627,7 +699,7 @@ void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg)
     json_t *a = json_array();
     uint64_t i = from;
     for (; i < c->nsubs && i < from + limit; i++)
-        json_array_append_new(a, json_string(c->subs[i]));
+        json_array_append_new(a, json_stringn(subs_of(c)[i]->id, subs_of(c)[i]->idlen));
     sl_proto_reply(c, json_pack("{s:s, s:o, s:o}", "type", "subscription-list", "subscriptions", a,
                                 "next-cursor", i < c->nsubs ? json_integer((json_int_t)i)
                                                             : json_null()));
@@ -744,11 +816,9 @@ static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t ha
                            sl_buf_t *frame)
 {
     int i = find_sub(c, id, len);
-    if (i >= 0) {
-        free(c->subs[i]);
-        c->subs[i] = c->subs[--c->nsubs];
-    }
-    sl_cidx_remove(hash, id, len, c);
+    if (i >= 0)
+        subs_of(c)[i] = subs_of(c)[--c->nsubs];
+    sl_cidx_remove(hash, id, len, c); /* id is the caller's, not the entry's */
     if (frame)
         sl_conn_send(c, frame);
     else

@@ -19,7 +19,6 @@
 #include "sl_session.h"
 #include "sl_tel.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <urcu/uatomic.h>
@@ -32,17 +31,48 @@ static uint64_t total_connections(void)
     return n;
 }
 
+/* "conn-<ms>-<n>", as snprintf would write it (a tenth of the cost). */
+static void put_u64(char **o, uint64_t v)
+{
+    char t[20], *e = t + sizeof(t), *b = e;
+    do {
+        *--b = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(*o, b, (size_t)(e - b));
+    *o += e - b;
+}
+
+/* "conn-<ms>-<n>" into out (cut to 39 bytes, as snprintf would; a real id
+ * has 13 digits of ms and fits). */
+static void conn_id(char out[40], int64_t ms, uint64_t n)
+{
+    char t[64], *o = t;
+    memcpy(o, "conn-", 5);
+    o += 5;
+    if (ms < 0) {
+        *o++ = '-';
+        ms = -ms;
+    }
+    put_u64(&o, (uint64_t)ms);
+    *o++ = '-';
+    put_u64(&o, n);
+    size_t len = SL_MIN((size_t)(o - t), (size_t)39); /* cut as snprintf would */
+    memcpy(out, t, len);
+    out[len] = '\0';
+}
+
 int sl_router_admit(sl_conn_t *c)
 {
     /* conn-id: wall-clock ms at open plus a server-wide sequence from
      * shared memory, so ids are unique across workers and never reused
      * (the sequence lives as long as the master). */
-    c->opened_at = sl_now_ms();
+    int64_t opened_at = sl_now_ms(); /* kept in the registry entry only */
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    snprintf(c->conn_id, sizeof(c->conn_id), "conn-%" PRId64 "-%" PRIu64, c->opened_at, n);
+    conn_id(c->conn_id, opened_at, n);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_conns.id, c->slot, c->conn_no,
-                             c->opened_at);
+                             opened_at);
     if (c->reg == NULL)
         return SL_ERROR;
     if (sl_session_admitted(c) != SL_OK) {
@@ -55,11 +85,18 @@ int sl_router_admit(sl_conn_t *c)
 
 void sl_router_opened(sl_conn_t *c, const char *peer)
 {
-    json_t *w = json_pack("{s:s, s:s, s:I, s:i}", "type", "welcome", "conn-id", c->conn_id,
-                          "server-time", (json_int_t)c->opened_at, "worker", sl_conns.id);
-    if (w && c->sess)
-        sl_session_welcome(c, w);
-    sl_proto_reply(c, w);
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"welcome\",\"conn-id\":");
+    sl_jw_str(&w, c->conn_id, strlen(c->conn_id));
+    sl_jw_lit(&w, ",\"server-time\":");
+    sl_jw_int(&w, c->reg->opened_at); /* admitted: the entry is ours */
+    sl_jw_lit(&w, ",\"worker\":");
+    sl_jw_int(&w, sl_conns.id);
+    if (c->sess)
+        sl_session_welcome(c, &w);
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
     SL_TEL(SL_EV_WEBSOCKET_OPENED, SL_DEBUG, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("peer", peer));
     SL_TEL(SL_EV_CONNECTION_ADDED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
@@ -71,6 +108,10 @@ void sl_router_closed(sl_conn_t *c)
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     sl_call_closed(c);   /* ...and no pending RPC request */
     sl_session_end(c);   /* ...and no place in the per-IP / per-user counts */
+    /* Its open time and message count live in its registry entry (ours:
+     * read before we hand it back). */
+    int64_t opened_at = c->reg ? c->reg->opened_at : sl_now_ms();
+    uint64_t messages = c->reg ? c->reg->message_count : 0;
     if (c->reg) {
         sl_reg_conn_remove(&sl_shm->reg, c->reg);
         c->reg = NULL;
@@ -79,8 +120,8 @@ void sl_router_closed(sl_conn_t *c)
            SL_TF_I("code", c->close_code ? c->close_code : SL_WS_CLOSE_ABNORMAL),
            SL_TF_S("reason", c->close_reason ? c->close_reason : "connection lost"));
     SL_TEL(SL_EV_CONNECTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
-           SL_TF_I("duration-ms", sl_now_ms() - c->opened_at),
-           SL_TF_I("message-count", c->message_count),
+           SL_TF_I("duration-ms", sl_now_ms() - opened_at),
+           SL_TF_I("message-count", messages),
            SL_TF_I("total-connections", total_connections()));
 }
 
@@ -91,9 +132,28 @@ static void handle_ping(sl_conn_t *c, json_t *msg)
         sl_proto_bad_field(c, "ping", "timestamp", "must be a number");
         return;
     }
-    sl_proto_reply(c, json_pack("{s:s, s:I, s:O}", "type", "pong", "timestamp",
-                                (json_int_t)sl_now_ms(), "original-timestamp",
-                                ts ? ts : json_null()));
+    sl_jw_t w;
+    sl_proto_begin(&w);
+    sl_jw_lit(&w, "{\"type\":\"pong\",\"timestamp\":");
+    sl_jw_int(&w, sl_now_ms());
+    sl_jw_lit(&w, ",\"original-timestamp\":");
+    if (ts == NULL || json_is_null(ts))
+        sl_jw_lit(&w, "null");
+    else if (json_is_integer(ts))
+        sl_jw_int(&w, json_integer_value(ts));
+    else {
+        /* A real: jansson's own formatting, so it reads back the same. */
+        char num[64];
+        size_t n = json_dumpb(ts, num, sizeof(num), JSON_ENCODE_ANY | JSON_COMPACT);
+        if (n == 0 || n > sizeof(num)) {
+            sl_jw_drop(&w);
+            sl_conn_abort(c, "encode-failed");
+            return;
+        }
+        sl_jw_raw(&w, num, n);
+    }
+    sl_jw_lit(&w, "}");
+    sl_proto_send(c, &w);
 }
 
 static void handle_echo(sl_conn_t *c, json_t *msg)
@@ -129,11 +189,12 @@ static const sl_handler_t handlers[] = {
 
 void sl_router_message(sl_conn_t *c, char *data, size_t len)
 {
-    c->message_count++;
     uatomic_add(&sl_conns.stats->messages_in, 1);
-    /* The registry entry is ours: plain atomic stores, read by others. */
+    /* The registry entry is ours: plain atomic stores, read by others (its
+     * message count is the only one: only we write it, so our plain read
+     * of it is exact). */
     uatomic_set(&c->reg->last_activity, (uint64_t)sl_now_ms());
-    uatomic_set(&c->reg->message_count, c->message_count);
+    uatomic_set(&c->reg->message_count, c->reg->message_count + 1);
     SL_TEL(SL_EV_WEBSOCKET_MESSAGE_RECEIVED, SL_TRACE, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("bytes", len));
     /* Over --max-messages-per-second: refused before it is even parsed. */

@@ -341,13 +341,18 @@ int sl_session_admitted(sl_conn_t *c)
     return SL_OK;
 }
 
-void sl_session_welcome(sl_conn_t *c, json_t *w)
+void sl_session_welcome(sl_conn_t *c, sl_jw_t *w)
 {
     const sl_ident_t *id = sl_session_ident(c);
     if (id == NULL)
         return;
-    json_object_set_new(w, "user", json_string(id->user));
-    json_object_set_new(w, "expires-at", id->exp_ms ? json_integer(id->exp_ms) : json_null());
+    sl_jw_lit(w, ",\"user\":");
+    sl_jw_str(w, id->user, strlen(id->user));
+    sl_jw_lit(w, ",\"expires-at\":");
+    if (id->exp_ms)
+        sl_jw_int(w, id->exp_ms);
+    else
+        sl_jw_lit(w, "null");
 }
 
 void sl_session_end(sl_conn_t *c)

@@ -535,7 +535,7 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
             return SL_ERROR;
         if (rc != SL_OK) {
             t->pend_len = (uint32_t)len;
-            q->pinned = (uint32_t)len;
+            q->pinned = (uint16_t)len; /* <= SL_TLS_RECORD */
             return rc;
         }
         t->pend_len = 0;

@@ -67,6 +67,23 @@ def rss_of(pids):
     return total
 
 
+def pss_of(pids):
+    """Sum of proportional set sizes (bytes) of these processes: a page
+    shared by k of them counts 1/k in each, so shared memory (the registry,
+    libraries, pages still shared after fork) is counted once in the sum."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (FileNotFoundError, PermissionError):
+            pass
+    return total
+
+
 def children(pid):
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                          text=True).stdout
@@ -78,8 +95,11 @@ def children(pid):
 class SenteLite:
     name = "sente-lite"
 
-    def __init__(self, workers=WORKERS):
+    def __init__(self, workers=WORKERS, binary=SL, name=None):
         self.workers = workers
+        self.binary = binary
+        if name:
+            self.name = name
         self.extra = []      # flags of the scenario (access control)
         self.header = None   # an upgrade header for every connection
         self.channel = "bench"
@@ -87,7 +107,7 @@ class SenteLite:
     def start(self, rundir):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [SL, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+            [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
              str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
              "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")]
             + self.extra,
@@ -119,6 +139,12 @@ class SenteLite:
 
     def connect_args(self):
         return ["--path", "/", "--wait-welcome"] + self.auth_args()
+
+    def subscribe_args(self):
+        """connect mode, a subscription per connection: ready on its
+        subscription-result."""
+        ch = getattr(self, "channel", "bench")
+        return ["--sub-frame", SUB_FRAME.replace("bench", ch), "--sub-ack", "subscription-result"]
 
 
 class Script:
@@ -161,11 +187,17 @@ class Nchan(Script):
     def connect_args(self):
         return ["--path", "/sub/bench"]
 
+    def subscribe_args(self):
+        return []  # a connection to /sub/bench is the subscription (no reply of its own)
+
 
 class WsNode(Script):
     def __init__(self):
         super().__init__("node-ws", "ws.sh", False)
         self.workers = 1
+
+    def auth_args(self):
+        return SenteLite.auth_args(self)
 
     def fanout_args(self):
         return SenteLite.fanout_args(self)
@@ -176,25 +208,37 @@ class WsNode(Script):
     def connect_args(self):
         return SenteLite.connect_args(self)
 
+    def subscribe_args(self):
+        return SenteLite.subscribe_args(self)
+
 
 class Ceiling:
-    """tests/bench/ceiling.c: bare fan-out, no protocol of its own - a
-    measuring stick for the fan-out scenarios only, not a peer."""
-    fanout_only = True
+    """tests/bench/ceiling.c: measuring sticks, not peers.  raw / batched:
+    bare fan-out, in the flat-out fan-out scenarios only.  handshake /
+    handoff: the least work per connection of our protocol's shape (101,
+    welcome, one reply to the subscribe) in 2 worker processes that accept
+    themselves, or behind one more process that accepts and hands the
+    sockets over as our master does - in the connect scenarios only."""
 
     def __init__(self, mode):
         self.name = f"ceiling-{mode}"
         self.mode = mode
 
+    def takes_part(self, scenario):
+        if self.mode in ("raw", "batched"):
+            return scenario.startswith("fanout") and "/s" not in scenario
+        return scenario.startswith("connect")
+
     def start(self, rundir):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [CEILING, "--host", "127.0.0.1", "--port", str(self.port), "--mode", self.mode],
+            [CEILING, "--host", "127.0.0.1", "--port", str(self.port), "--mode", self.mode,
+             "--workers", str(WORKERS)],
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "ceiling.err"), "w"))
         wait_http(self.port)
 
     def pids(self):
-        return [self.proc.pid]
+        return [self.proc.pid] + children(self.proc.pid)
 
     def stop(self):
         SenteLite.stop(self)
@@ -207,7 +251,12 @@ class Ceiling:
         return None  # fan-out only
 
     def connect_args(self):
+        if self.mode in ("handshake", "handoff"):
+            return ["--path", "/", "--wait-welcome"]
         return ["--path", "/sub"]
+
+    def subscribe_args(self):
+        return SenteLite.subscribe_args(self)
 
 
 def wait_http(port, timeout=10):
@@ -265,21 +314,24 @@ def m_echo(srv, conns, duration):
                      timeout=duration + 60)
 
 
-def m_connect(srv, n):
-    return run_bench(["connect"] + common(srv) + srv.connect_args() +
-                     ["--connections", str(n)], timeout=120)
+def m_connect(srv, n, subscribe=False):
+    sub = srv.subscribe_args() if subscribe else []
+    return run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
+                     ["--connections", str(n)], timeout=180)
 
 
-def m_memory(srv, n, procs):
-    """(RSS with n idle connections - RSS after a warm-up) / n."""
+def m_memory(srv, n, procs, subscribe=False):
+    """(RSS with n idle connections - RSS after a warm-up) / n, and the same
+    for PSS (summed over all the server's processes)."""
+    sub = srv.subscribe_args() if subscribe else []
     # Warm-up: a few connections opened and closed, so one-time costs
     # (library pages touched on the first handshake, allocator arenas) are
     # in the baseline and not charged to connections.
-    run_bench(["connect"] + common(srv) + srv.connect_args() + ["--connections", "20"],
+    run_bench(["connect"] + common(srv) + srv.connect_args() + sub + ["--connections", "20"],
               timeout=60)
     time.sleep(1.0)
-    base = rss_of(srv.pids())
-    p = subprocess.Popen([SB, "connect"] + common(srv) + srv.connect_args() +
+    base, pbase = rss_of(srv.pids()), pss_of(srv.pids())
+    p = subprocess.Popen([SB, "connect"] + common(srv) + srv.connect_args() + sub +
                          ["--connections", str(n), "--hold-until-signal", "--processes",
                           str(procs), "--json-only"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -297,13 +349,14 @@ def m_memory(srv, n, procs):
         p.wait()
         return None
     time.sleep(2.0)  # let timers trim idle buffers
-    full = rss_of(srv.pids())
+    full, pfull = rss_of(srv.pids()), pss_of(srv.pids())
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     res = json.loads([l for l in out.splitlines() if l.startswith("{")][-1])
     opened = res.get("connected", res.get("connections", n))
     return {"connections": opened, "rss-base": base, "rss-full": full,
-            "bytes-per-conn": (full - base) / max(1, opened), "bench": res}
+            "bytes-per-conn": (full - base) / max(1, opened), "pss-base": pbase,
+            "pss-full": pfull, "pss-per-conn": (pfull - pbase) / max(1, opened), "bench": res}
 
 
 # ----------------------------------------------------------- access control
@@ -363,16 +416,23 @@ def scenarios(quick, kit=None):
             ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 2, rate=20), {}),
             ("echo-100", lambda s: m_echo(s, 100, 2), {}),
             ("connect-2k", lambda s: m_connect(s, 2000), {}),
+            ("connect-sub-2k", lambda s: m_connect(s, 2000, subscribe=True), {}),
             ("idle-5k", lambda s: m_memory(s, 5000, 1), {}),
+            ("idle-sub-5k", lambda s: m_memory(s, 5000, 1, subscribe=True), {}),
+            ("fanout-1k-2/s", lambda s: m_fanout(s, 1000, 2, rate=2), {}),
         ] + acc
     return [
         ("fanout-1k", lambda s: m_fanout(s, 1000, 4), {}),
         ("fanout-10k", lambda s: m_fanout(s, 10000, 4), {}),
         ("fanout-1k-20/s", lambda s: m_fanout(s, 1000, 4, rate=20), {}),
         ("fanout-10k-20/s", lambda s: m_fanout(s, 10000, 4, rate=20), {}),
+        ("fanout-10k-2/s", lambda s: m_fanout(s, 10000, 8, rate=2), {}),
         ("echo-100", lambda s: m_echo(s, 100, 4), {}),
         ("connect-10k", lambda s: m_connect(s, 10000), {}),
+        ("connect-sub-5k", lambda s: m_connect(s, 5000, subscribe=True), {}),
+        ("connect-sub-18k", lambda s: m_connect(s, 18000, subscribe=True), {}),
         ("idle-10k", lambda s: m_memory(s, 10000, 1), {}),
+        ("idle-sub-18k", lambda s: m_memory(s, 18000, 2, subscribe=True), {}),
     ] + acc
 
 
@@ -389,10 +449,11 @@ def figure(name, r):
                 "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r)}
     if name.startswith("connect"):
         return {"handshakes/s": r.get("handshakes-per-s"),
-                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0),
+                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0) +
+                (r.get("subscribe-errors") or 0),
                 "bench cpu s": cpu(r)}
     if name.startswith("idle"):
-        return {"bytes/conn": r["bytes-per-conn"]}
+        return {"bytes/conn": r["bytes-per-conn"], "pss/conn": r.get("pss-per-conn")}
     return {}
 
 
@@ -423,18 +484,25 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
-    ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched")
+    ap.add_argument("--only", default="sente-lite,nchan,node-ws,ceiling-raw,ceiling-batched,"
+                    "ceiling-handshake,ceiling-handoff")
     ap.add_argument("--big", type=int, default=0,
                     help="also hold this many idle connections (e.g. 50000) with 4 workers")
     ap.add_argument("--scenarios", default=None,
                     help="comma-separated scenario names to run (default: all)")
+    ap.add_argument("--base-bin", default=None,
+                    help="also run this sente-lite binary (an earlier build) as sente-lite-base: "
+                         "an A/B in the same run")
     ap.add_argument("--no-access", action="store_true",
                     help="leave out the access-control scenarios")
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
     want = a.only.split(",")
-    servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"))
+    servers = [s for s in (SenteLite(), Nchan(), WsNode(), Ceiling("raw"), Ceiling("batched"),
+                           Ceiling("handshake"), Ceiling("handoff"))
                if s.name in want]
+    if a.base_bin:
+        servers.insert(1, SenteLite(binary=os.path.abspath(a.base_bin), name="sente-lite-base"))
     started = time.time()
     results = {}
     kit = None if a.no_access else AuthKit()
@@ -448,9 +516,8 @@ def main():
         order = servers[rep % len(servers):] + servers[:rep % len(servers)]
         for name, fn, opts in plan:
             for srv in order:
-                # Ceilings only where they mean something: flat-out fan-out.
-                if getattr(srv, "fanout_only", False) and not (
-                        name.startswith("fanout") and "/s" not in name):
+                # Ceilings only where they mean something.
+                if hasattr(srv, "takes_part") and not srv.takes_part(name):
                     continue
                 if opts.get("only") and srv.name != opts["only"]:
                     continue

@@ -16,12 +16,26 @@
  *   --mode batched  frames appended to each subscriber's buffer, one write
  *                   per subscriber per loop iteration after all ready events
  *
+ * Handshake ceilings (connect rows): the least a server can do per
+ * connection of our protocol's shape - upgrade, 101, a welcome text frame,
+ * and one text frame back for each text frame a client sends (its
+ * subscribe gets {"type":"subscription-result","success":true}) - in
+ * --workers processes (default 2, as sente-lite runs in the table):
+ *
+ *   --mode handshake  every worker accepts on the shared listening socket
+ *                     itself (EPOLLEXCLUSIVE; how nginx's workers do it)
+ *   --mode handoff    one more process accepts and hands the sockets to the
+ *                     workers over Unix sockets (SCM_RIGHTS, up to 64 per
+ *                     sendmsg, round robin): sente-lite's design card, whose
+ *                     master accepts and hands off
+ *
  * What it is not: a product or a test of anything.  No channels, no JSON, no
  * authentication, no limits beyond a few sanity bounds, no logging, no
  * reassembly of fragmented messages (their frames are ignored), no UTF-8
  * check, no close handshake timeouts.  Built by `make bench`, see Makefile.
  *
- *   ceiling --mode raw|batched [--port N] [--host 127.0.0.1]
+ *   ceiling --mode raw|batched|handshake|handoff [--port N] [--host 127.0.0.1]
+ *           [--workers N]
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,6 +50,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -58,7 +75,7 @@ typedef struct cl_conn {
     struct cl_conn *next_dead;
 } cl_conn;
 
-static int cl_batched, cl_ep;
+static int cl_batched, cl_hs, cl_ep, cl_ctl = -1;
 static volatile sig_atomic_t cl_stop;
 static cl_conn **cl_subs, **cl_dirty;
 static size_t cl_nsubs, cl_subs_cap, cl_ndirty, cl_dirty_cap;
@@ -277,6 +294,12 @@ static void cl_handshake(cl_conn *c, char *head)
                      "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                      acc);
     c->state = CL_WS;
+    if (cl_hs) { /* handshake ceilings: 101 and a welcome in one write */
+        static const char welcome[] = "\x81\x12{\"type\":\"welcome\"}";
+        memcpy(resp + n, welcome, sizeof(welcome) - 1);
+        cl_send(c, resp, (size_t)n + sizeof(welcome) - 1);
+        return;
+    }
     if (strcmp(path, "/sub") == 0) {
         c->role = CL_SUB;
         cl_subs = cl_grow(cl_subs, &cl_subs_cap, cl_nsubs + 1, sizeof(*cl_subs));
@@ -319,7 +342,10 @@ static size_t cl_frames(cl_conn *c, char *buf, size_t len)
         for (size_t i = 0; i < n; i++)
             p[i] ^= mask[i & 3];
         pos += h + 4 + n;
-        if (op == 0x1 && fin && c->role == CL_PUB) {
+        if (op == 0x1 && fin && cl_hs) {
+            static const char ack[] = "\x81\x2d{\"type\":\"subscription-result\",\"success\":true}";
+            cl_send(c, ack, sizeof(ack) - 1);
+        } else if (op == 0x1 && fin && c->role == CL_PUB) {
             cl_broadcast((char *)p, n);
         } else if (op == 0x9) {
             cl_send(c, cl_frame, cl_make_frame(0xA, (char *)p, n));
@@ -380,35 +406,124 @@ static void cl_read(cl_conn *c)
     c->in_len = rest;
 }
 
+static void cl_add(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    cl_conn *c = calloc(1, sizeof(*c));
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+    if (!c || epoll_ctl(cl_ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        free(c);
+        close(fd);
+        return;
+    }
+    c->fd = fd;
+}
+
 static void cl_accept(int lfd)
 {
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
             return; /* EAGAIN, or EMFILE and friends: try again on the next event */
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        cl_conn *c = calloc(1, sizeof(*c));
-        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-        if (!c || epoll_ctl(cl_ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
-            free(c);
-            close(fd);
-            continue;
+        cl_add(fd);
+    }
+}
+
+/* --- handoff: the accepting process and the workers' end of it --- */
+
+#define CL_BATCH 64
+static int cl_ctl_marker; /* epoll data.ptr of a worker's hand-off socket */
+
+/* Worker: take the sockets the acceptor sent (any number of messages). */
+static void cl_receive(int ctl)
+{
+    for (;;) {
+        char data[CL_BATCH];
+        union {
+            struct cmsghdr h;
+            char buf[CMSG_SPACE(sizeof(int) * CL_BATCH)];
+        } u;
+        struct iovec iov = {.iov_base = data, .iov_len = sizeof(data)};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                           .msg_controllen = sizeof(u.buf)};
+        ssize_t r = recvmsg(ctl, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (r <= 0) {
+            if (r == 0 || (errno != EAGAIN && errno != EINTR))
+                cl_stop = 1; /* the acceptor is gone */
+            return;
         }
-        c->fd = fd;
+        for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h))
+            if (h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS) {
+                int *fds = (int *)CMSG_DATA(h);
+                size_t n = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < n; i++)
+                    cl_add(fds[i]);
+            }
+    }
+}
+
+/* Acceptor: everything pending, in batches of up to 64 sockets per
+ * sendmsg, to the workers in turn; our copies closed once sent. */
+static void cl_accept_handoff(int lfd, const int *ctl, int nctl)
+{
+    static int next;
+    for (;;) {
+        int fds[CL_BATCH], n = 0;
+        while (n < CL_BATCH) {
+            int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+            if (fd < 0)
+                break;
+            fds[n++] = fd;
+        }
+        if (n == 0)
+            return;
+        union {
+            struct cmsghdr h;
+            char buf[CMSG_SPACE(sizeof(int) * CL_BATCH)];
+        } u;
+        memset(&u, 0, sizeof(u));
+        char one = 'f';
+        struct iovec iov = {.iov_base = &one, .iov_len = 1};
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+                           .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)n)};
+        struct cmsghdr *h = CMSG_FIRSTHDR(&m);
+        h->cmsg_level = SOL_SOCKET;
+        h->cmsg_type = SCM_RIGHTS;
+        h->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)n);
+        memcpy(CMSG_DATA(h), fds, sizeof(int) * (size_t)n);
+        int w = next++ % nctl;
+        while (sendmsg(ctl[w], &m, MSG_NOSIGNAL) < 0 && errno == EINTR)
+            ;
+        for (int i = 0; i < n; i++)
+            close(fds[i]);
+        if (n < CL_BATCH)
+            return;
     }
 }
 
 static void cl_usage(void)
 {
-    fprintf(stderr, "usage: ceiling --mode raw|batched [--port N] [--host 127.0.0.1]\n");
+    fprintf(stderr, "usage: ceiling --mode raw|batched|handshake|handoff [--port N] "
+                    "[--host 127.0.0.1] [--workers N]\n");
     exit(2);
+}
+
+/* The parent of the handshake ceilings: forward a stop to the workers. */
+static void cl_stop_children(const pid_t *pids, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0)
+            kill(pids[i], SIGTERM);
+    for (int i = 0; i < n; i++)
+        if (pids[i] > 0)
+            waitpid(pids[i], NULL, 0);
 }
 
 int main(int argc, char **argv)
 {
     const char *host = "127.0.0.1", *mode = NULL;
-    int port = 3000;
+    int port = 3000, workers = 2;
     for (int i = 1; i < argc; i++) {
         if (i + 1 < argc && strcmp(argv[i], "--mode") == 0)
             mode = argv[++i];
@@ -416,13 +531,17 @@ int main(int argc, char **argv)
             port = atoi(argv[++i]);
         else if (i + 1 < argc && strcmp(argv[i], "--host") == 0)
             host = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "--workers") == 0)
+            workers = atoi(argv[++i]);
         else
             cl_usage();
     }
-    if (!mode || (strcmp(mode, "raw") != 0 && strcmp(mode, "batched") != 0) || port <= 0 ||
-        port > 65535)
+    int handoff = mode && strcmp(mode, "handoff") == 0;
+    cl_hs = mode && (handoff || strcmp(mode, "handshake") == 0);
+    if (!mode || (strcmp(mode, "raw") != 0 && strcmp(mode, "batched") != 0 && !cl_hs) ||
+        port <= 0 || port > 65535 || workers < 1 || workers > 64)
         cl_usage();
-    cl_batched = strcmp(mode, "batched") == 0;
+    cl_batched = strcmp(mode, "batched") == 0 || cl_hs;
 
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -452,11 +571,81 @@ int main(int argc, char **argv)
         perror("ceiling: listen");
         return 1;
     }
+    pid_t pids[64] = {0};
+    int ctl[64], nctl = 0, acceptor = 1;
+    if (cl_hs) {
+        /* Fork the workers; with --mode handoff this process stays the
+         * acceptor, with --mode handshake it only waits for the stop. */
+        for (int w = 0; w < workers; w++) {
+            int sv[2] = {-1, -1};
+            if (handoff && socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) < 0) {
+                perror("ceiling: socketpair");
+                return 1;
+            }
+            pid_t pid = fork();
+            if (pid < 0) {
+                perror("ceiling: fork");
+                return 1;
+            }
+            if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGTERM);
+                for (int k = 0; k < nctl; k++)
+                    close(ctl[k]);
+                if (handoff) {
+                    close(sv[0]);
+                    close(lfd);
+                    cl_ctl = sv[1];
+                    lfd = -1;
+                }
+                acceptor = 0;
+                break;
+            }
+            pids[w] = pid;
+            if (handoff) {
+                close(sv[1]);
+                ctl[nctl++] = sv[0];
+            }
+        }
+        if (acceptor && !handoff) {
+            /* Nothing to do but wait for SIGTERM / SIGINT. */
+            while (!cl_stop)
+                sigsuspend(&waitmask);
+            cl_stop_children(pids, workers);
+            return 0;
+        }
+    }
     cl_ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
-    if (cl_ep < 0 || epoll_ctl(cl_ep, EPOLL_CTL_ADD, lfd, &lev) < 0) {
+    if (cl_ep < 0) {
         perror("ceiling: epoll");
         return 1;
+    }
+    if (lfd >= 0) {
+        struct epoll_event lev = {.events = EPOLLIN | (cl_hs && !handoff ? EPOLLEXCLUSIVE : 0),
+                                  .data.ptr = NULL};
+        if (epoll_ctl(cl_ep, EPOLL_CTL_ADD, lfd, &lev) < 0) {
+            perror("ceiling: epoll");
+            return 1;
+        }
+    }
+    if (cl_ctl >= 0) {
+        struct epoll_event cev = {.events = EPOLLIN, .data.ptr = &cl_ctl_marker};
+        if (epoll_ctl(cl_ep, EPOLL_CTL_ADD, cl_ctl, &cev) < 0) {
+            perror("ceiling: epoll");
+            return 1;
+        }
+    }
+    if (handoff && acceptor) {
+        /* The acceptor: accept and hand off, nothing else. */
+        struct epoll_event ev;
+        while (!cl_stop) {
+            int n = epoll_pwait(cl_ep, &ev, 1, -1, &waitmask);
+            if (n > 0)
+                cl_accept_handoff(lfd, ctl, nctl);
+            else if (n < 0 && errno != EINTR)
+                break;
+        }
+        cl_stop_children(pids, workers);
+        return 0;
     }
 
     struct epoll_event evs[1024];
@@ -472,6 +661,10 @@ int main(int argc, char **argv)
             cl_conn *c = evs[i].data.ptr;
             if (!c) {
                 cl_accept(lfd);
+                continue;
+            }
+            if ((void *)c == (void *)&cl_ctl_marker) {
+                cl_receive(cl_ctl);
                 continue;
             }
             if (c->dead)

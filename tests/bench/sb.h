@@ -69,6 +69,8 @@ struct sb_config {
     long subscribers, publishers, connections, requesters, responders;
     const char *channel;
     const char *sub_frame, *sub_ack, *pub_frame, *pub_ack, *echo_frame;
+    bool connect_sub; /* connect mode: each connection sends --sub-frame and
+                       * is ready on --sub-ack (given explicitly) */
     double rate;   /* aggregate msgs/s; 0 = flat out */
     long inflight; /* -1 unset: the mode decides */
     long count;    /* 0 = no limit, the duration decides */

@@ -82,6 +82,7 @@ static const char USAGE[] =
     "  --connections N          connections [1000]\n"
     "  --hold SEC               hold them open this long once all are open [0]\n"
     "  --hold-until-signal      hold until SIGTERM or SIGINT\n"
+    "  --sub-frame TEXT         also subscribe: sent once open, ready on --sub-ack\n"
     "rpc:\n"
     "  --requesters R           requester connections [1]\n"
     "  --responders Q           responder connections, subscribed to --channel [1]\n"
@@ -483,6 +484,8 @@ static int parse_flags(int argc, char **argv, struct sb_config *cfg)
     if (!pub_frame)
         pub_frame = owned_pub_frame = fmt_alloc(
             "{\"type\":\"publish\",\"channel-id\":\"%s\",\"data\":\"%%s\"}", cfg->channel);
+    /* connect: a subscription per connection only when asked for. */
+    cfg->connect_sub = cfg->mode == SB_CONNECT && sub_frame != owned_sub_frame && sub_frame[0];
     cfg->sub_frame = sub_frame;
     cfg->pub_frame = pub_frame;
     if (!cfg->sub_frame || !cfg->pub_frame)

@@ -123,7 +123,7 @@ static const struct field FIELDS[] = {
     I("connected", M_SUM, connected, F_ALL),
     I("connect-errors", M_SUM, connect_errors, F_ALL),
     I("handshake-errors", M_SUM, handshake_errors, F_ALL),
-    I("subscribe-errors", M_SUM, subscribe_errors, F_FAN | F_RPC),
+    I("subscribe-errors", M_SUM, subscribe_errors, F_FAN | F_RPC | F_CONN),
     I("protocol-errors", M_SUM, protocol_errors, F_ALL),
     I("closed-by-server", M_SUM, closed_by_server, F_ALL),
     I("subscribers", M_SUM, subscribers, F_FAN),

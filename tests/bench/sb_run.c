@@ -380,7 +380,7 @@ static bool need_welcome(const struct sb_conn *c)
 
 static bool need_ack(const struct sb_conn *c)
 {
-    if (c->role == SB_R_SUB)
+    if (c->role == SB_R_SUB || (c->role == SB_R_CONN && R.cfg->connect_sub))
         return R.cfg->sub_ack && R.cfg->sub_ack[0];
     return c->role == SB_R_RESP;
 }
@@ -425,7 +425,8 @@ static void check_ready(struct sb_conn *c)
 static void on_open(struct sb_conn *c)
 {
     const struct sb_config *cfg = R.cfg;
-    if (c->role == SB_R_SUB && cfg->sub_frame && cfg->sub_frame[0])
+    if ((c->role == SB_R_SUB || (c->role == SB_R_CONN && cfg->connect_sub)) && cfg->sub_frame &&
+        cfg->sub_frame[0])
         sb_conn_send(c, SB_OP_TEXT, cfg->sub_frame, strlen(cfg->sub_frame));
     if (c->role == SB_R_RESP) {
         char f[300];
@@ -658,7 +659,8 @@ static void after_read(struct sb_conn *c)
 static void on_down(struct sb_conn *c, enum sb_down why)
 {
     if (why == SB_DOWN_TIMEOUT && !c->ready) {
-        if (c->role == SB_R_SUB || c->role == SB_R_RESP)
+        if (c->role == SB_R_SUB || c->role == SB_R_RESP ||
+            (c->role == SB_R_CONN && R.cfg->connect_sub && (c->mflags & MF_FIRST)))
             R.res->subscribe_errors++;
         else
             R.res->handshake_errors++; /* no welcome in time */

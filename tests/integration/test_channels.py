@@ -156,6 +156,41 @@ def test_unsubscribe_and_listings(server):
              what="subscriptions gone after close")
 
 
+def test_subscription_list_inline_then_grown(server):
+    """A connection's first subscription is held without an array, the
+    second moves it into one (3, then doubled): every step keeps the list,
+    deliveries and unsubscribes right - back down to one and up again."""
+    async def go():
+        a, b = await on_workers(server.url, [0, 1])
+        names = [f"grow-{k}" for k in range(8)]
+        await a.subscribe(names[0])
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert r["subscriptions"] == [names[0]]
+        for n in names[1:]:
+            await a.subscribe(n)
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert sorted(r["subscriptions"]) == sorted(names)
+        for k, n in enumerate(names):
+            assert (await b.publish(n, k))["delivered-to"] == 1
+            m = await a.message()
+            assert m["channel-id"] == n and m["data"] == k
+        for n in names[1:]:
+            r = await a.request("unsubscribe", "unsubscription-result", **{"channel-id": n})
+            assert r["success"] is True
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert r["subscriptions"] == [names[0]]
+        assert (await b.publish(names[0], "x"))["delivered-to"] == 1
+        assert (await a.message())["data"] == "x"
+        await a.subscribe(names[5])
+        r = await a.request("get-subscriptions", "subscription-list")
+        assert sorted(r["subscriptions"]) == [names[0], names[5]]
+        for c in (a, b):
+            await c.close()
+    run(go())
+    wait_for(lambda: server.stats()["channel-stats"]["total-subscriptions"] == 0,
+             what="subscriptions gone after close")
+
+
 def test_failure_reasons(server_factory):
     srv = server_factory("--no-auto-create", "--channel", "small:max-subscribers=1",
                          "--max-subscriptions-per-connection", "2", "--channel", "a",
@@ -295,6 +330,38 @@ def test_retention_and_recovery(server_factory):
     run(go())
     ch = srv.stats()["channel-stats"]["channels"]["hist"]
     assert ch["retention-count"] == 5 and ch["message-count"] == 10
+
+
+def test_direct_replies_carry_any_id_and_data(server_factory):
+    """welcome, subscription-result (with retained messages), publish-result,
+    unsubscription-result and pong are formatted without jansson (src/jw.c):
+    what they carry comes back exactly, escapes included."""
+    srv = server_factory("--channel", "q\"\\/é😀:message-retention=3")
+    odd = 'q"\\/é😀'   # quote, backslash, slash, 2- and 4-byte UTF-8
+    data = {"s": "line\nbreak \"quoted\" \\ \u0001 é 😀", "n": [1.5, -2, None, True]}
+
+    async def go():
+        pub, sub = await on_workers(srv.url, [0, 1])
+        r = await pub.publish(odd, data)
+        assert r["success"] and r["channel-id"] == odd and r["seq"] == 1
+        assert r["message-id"].startswith("msg-") and r["delivered-to"] == 0
+        r = await sub.subscribe(odd)
+        assert r["channel-id"] == odd and r["success"] is True
+        assert r["subscriber-count"] == 1 and isinstance(r["epoch"], str)
+        assert [m["data"] for m in r["retained-messages"]] == [data]
+        assert r["retained-messages"][0]["channel-id"] == odd
+        r2 = await sub.subscribe(odd, **{"since-seq": 0, "epoch": r["epoch"]})
+        assert r2["recovered"] is True and r2["retained-messages"] == r["retained-messages"]
+        lst = await sub.request("get-subscriptions", "subscription-list")
+        assert lst["subscriptions"] == [odd]
+        for ts, want in ((1.5, 1.5), (-7, -7), (2**53, 2**53), (None, None)):
+            r = await sub.request("ping", "pong", timestamp=ts)
+            assert r["original-timestamp"] == want
+        r = await sub.request("unsubscribe", "unsubscription-result", **{"channel-id": odd})
+        assert r == {"type": "unsubscription-result", "channel-id": odd, "success": True}
+        for c in (pub, sub):
+            await c.close()
+    run(go())
 
 
 def test_disconnect_leaves_no_trace(server):

@@ -8,6 +8,7 @@ layers"; README "How it runs"):
     tls        the TLS transport
     ws         the RFC 6455 engine (the inflater of an extension installed
                from above: sl_ws_set_inflater)
+    jw         fixed-shape JSON replies written directly into a ws frame
     pmd        permessage-deflate (frames it compresses are ws frames)
     conn       a connection, and the process's set of them (sl_conns):
                raises HTTP requests, WebSocket messages, ticks and its end
@@ -27,7 +28,7 @@ import os
 import re
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-LAYERS = ["outq", "xport", "tls", "ws", "pmd", "conn", "proto", "session", "pubsub", "call", "admin", "router", "httpd",
+LAYERS = ["outq", "xport", "tls", "ws", "jw", "pmd", "conn", "proto", "session", "pubsub", "call", "admin", "router", "httpd",
           "worker"]
 
 

@@ -391,6 +391,7 @@ def test_unit_file():
     assert "--port" not in unit and "--host" not in unit
     sock = open(os.path.join(ROOT, "scripts", "sente-lite.socket")).read()
     assert "ListenStream=" in sock
+    assert "NoDelay=yes" in sock  # inherited even by connections queued before start
     default = open(os.path.join(ROOT, "scripts", "sente-lite.default")).read()
     assert 'SENTE_OPTS=""' in default
 

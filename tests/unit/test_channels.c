@@ -8,6 +8,7 @@
 #include "sl_chan.h"
 #include "sl_test.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <sys/mman.h>
 
@@ -273,6 +274,20 @@ static void test_missed_notes(void)
     SL_CHECK_INT(seen, in->missed_n);
 }
 
+/* The figures of shm/README.md's object-size table (review r19, finding
+ * 3): a subscription is offsetof(sl_sub_t, key) = 76 B + its key + 1,
+ * so keys up to 51 bytes take the arena's 128 B class and every other one
+ * - up to the longest, SL_SUB_KEY_MAX - 1 = 168 bytes: 245 B - the 256 B
+ * class.  Change the table with these numbers. */
+static void test_sub_sizes_in_the_design_note(void)
+{
+    SL_CHECK_INT(offsetof(sl_sub_t, key), 76);
+    SL_CHECK(offsetof(sl_sub_t, key) + 51 + 1 <= 128);
+    SL_CHECK(offsetof(sl_sub_t, key) + 52 + 1 > 128);
+    SL_CHECK_INT(SL_SUB_KEY_MAX - 1, 168);
+    SL_CHECK(offsetof(sl_sub_t, key) + SL_SUB_KEY_MAX <= 256);
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_ids);
@@ -282,5 +297,6 @@ int main(void)
     SL_TEST_RUN(test_no_subscribers_frees);
     SL_TEST_RUN(test_worker_cleanup);
     SL_TEST_RUN(test_missed_notes);
+    SL_TEST_RUN(test_sub_sizes_in_the_design_note);
     return sl_test_summary();
 }

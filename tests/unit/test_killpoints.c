@@ -1216,6 +1216,56 @@ static void test_cleanup_waits_for_a_live_recovery(void)
     munmap(G, REGION);
 }
 
+/* Review r19, finding 1: sl_chan_retained on a channel with a ring must
+ * never answer from a publisher's half-done update.  A publisher is killed
+ * (a) between its next_seq and its ring store on a fresh retention channel
+ * and (b) between the pop and the store of a full retention-1 ring; the
+ * reader must see the repaired channel: the message retained, oldest ==
+ * last.  (The old lock-free "ring empty" shortcut answered oldest 0 with
+ * nothing retained in both: a subscriber with since = last-1 got
+ * recovered: false.) */
+static const sl_chan_config_t CFG_R1 = {.max_subscribers = 100, .message_retention = 1,
+                                        .rpc_timeout_ms = 1000};
+
+static void publish_r(void)
+{
+    pub(sl_chan_find(R, "r", 1), "{\"n\":9}");
+}
+
+static void count_retained(const char *json, size_t len, void *arg)
+{
+    (void)json;
+    (void)len;
+    (*(int *)arg)++;
+}
+
+static void retained_after_kill(const char *point, int before)
+{
+    setup(true);
+    sl_chan_t *c;
+    SL_CHECK_INT(sl_chan_create(R, "r", 1, &CFG_R1, &c), SL_OK);
+    for (int i = 0; i < before; i++)
+        pub(c, "{\"n\":1}");
+    const scenario_t sc = {"publish-r", publish_r, NULL, NULL};
+    SL_CHECK_INT(run_child(&sc, point, 1, false), SL_CRASH_EXIT_CODE);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    sl_qsbr_online(&R->qsbr, CHECKER);
+    int n = 0;
+    uint64_t last = 0;
+    uint64_t oldest = sl_chan_retained(c, 0, count_retained, &n, &last);
+    SL_CHECK_INT(last, (uint64_t)before + 1);
+    SL_CHECK_INT(oldest, last);
+    SL_CHECK_INT(n, 1);
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    munmap(G, REGION);
+}
+
+static void test_retained_never_torn(void)
+{
+    retained_after_kill("chan.pub.seq", 0);      /* (a) seq taken, ring still empty */
+    retained_after_kill("chan.ring.dropped", 1); /* (b) full ring popped, not stored */
+}
+
 int main(void)
 {
     signal(SIGALRM, on_alarm);
@@ -1227,5 +1277,6 @@ int main(void)
     SL_TEST_RUN(test_missed_note_after_the_last_push);
     SL_TEST_RUN(test_missed_ring_lap);
     SL_TEST_RUN(test_cleanup_waits_for_a_live_recovery);
+    SL_TEST_RUN(test_retained_never_torn);
     return sl_test_summary();
 }
