@@ -324,7 +324,7 @@ check-integration: $(BUILD)/sente-bench
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lssl -lcrypto -lz -lm
 # --- sente-bench ---
 
 # --- ceiling ---
