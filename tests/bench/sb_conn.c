@@ -398,7 +398,13 @@ static void pump(void)
             tokens = burst;
         tokens_at = now;
     }
-    while (q_head < q_tail && n_inflight < (size_t)cfg->max_handshakes) {
+    /* --tls-resume: the first handshake alone, so that every later one has
+     * a session to offer (its ticket arrives with the server's first bytes,
+     * before the connection is settled). */
+    size_t limit = (size_t)cfg->max_handshakes;
+    if (cfg->tls && cfg->tls_resume && n_done == 0)
+        limit = 1;
+    while (q_head < q_tail && n_inflight < limit) {
         if (cfg->connect_rate > 0) {
             if (tokens < 1)
                 break;
