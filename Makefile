@@ -364,7 +364,7 @@ bench bench-quick: $(BUILD)/bench/ceiling
 # libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
 # entries go to build-fuzz/corpus/, findings to build-fuzz/artifacts/
 # (`make fuzz-merge` adds what is new to tests/fuzz/corpus/).
-FUZZ_TARGETS := http ws utf8 conf e2e token pmd
+FUZZ_TARGETS := http ws utf8 conf e2e token pmd tls
 FUZZ_SECONDS ?= 60
 FUZZ_REPLAY  := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_TARGETS))
 FUZZ_BINS    := $(patsubst %,build-fuzz/fuzz/fuzz_%,$(FUZZ_TARGETS))
