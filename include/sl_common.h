@@ -35,6 +35,9 @@ int64_t sl_mono_ms(void);
 /* Monotonic microseconds, for latency measurement. */
 int64_t sl_mono_us(void);
 
+/* Tests and fuzzers replace the clocks (NULL: the real one again), so that
+ * timeouts can be driven without waiting.  The server never calls this. */
+void sl_clock_override(int64_t (*now_ms)(void), int64_t (*mono_ms)(void));
 /* Is standard error the journal's stream (JOURNAL_STREAM = its dev:ino)? */
 bool sl_stderr_is_journal(void);
 /* A line "sente-lite: ..." on standard error, prefixed with its syslog

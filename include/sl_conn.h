@@ -67,7 +67,10 @@ struct sl_conn {
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
     bool http_counted; /* counts against --max-http-connections */
-    bool idle;         /* on the worker's idle HTTP list (oldest first) */
+    uint8_t idle;      /* on an HTTP list: 1 the worker's idle one, 2 the
+                          unfinished heads (conn.c), oldest first */
+    bool held;         /* on the list of holders of unfinished input (conn.c) */
+    bool refused;      /* answered 503 at admission: closed once it is written */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     bool pmd;          /* permessage-deflate negotiated (sl_pmd.h) */
@@ -76,7 +79,7 @@ struct sl_conn {
     bool pmd_shared;   /* ...and it takes the shared compressed frames (window 15) */
     uint8_t turn_messages; /* messages processed in this callback */
     uint32_t turn_msg_bytes; /* ...and their payload bytes (inflated) */
-    uint16_t ctl_count; /* control frames received in the current second */
+    uint32_t ctl_count; /* control frames received in the current second */
     uint32_t ctl_second; /* that second (monotonic) */
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
@@ -84,13 +87,16 @@ struct sl_conn {
     sl_conn_t *prev, *next;   /* the worker's list of live connections */
     sl_conn_t *dirty_next;    /* the worker's flush list */
     sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
-    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list */
+    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list (or heads) */
+    sl_conn_t *held_prev, *held_next;   /* holders of unfinished input */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */
     int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
     uint64_t written_total;   /* bytes the socket has taken, ever */
     uint64_t input_held;      /* its share of sl_conn_inbound_bytes */
+    uint64_t ws_from;         /* written_total at which its WebSocket frames begin
+                                 (the end of the 101) */
     uint64_t reply_end;       /* written_total + queued bytes when the last
                                  reply was queued (conn_reply_bytes) */
     int64_t last_ping_mono;   /* last heartbeat ping sent */
@@ -101,6 +107,7 @@ struct sl_conn {
      * processing (at most one read's worth: reading stops with it). */
     char *in;
     uint32_t in_len, in_cap;
+    uint32_t head_scanned; /* HTTP: c->in[0..this) holds no complete head */
     /* Pong coalescing (RFC 6455 5.5.3: only the latest ping need be
      * answered): `pong` is the answer to the latest ping, not queued yet;
      * `pong_sent` the one in the queue (its buffer is ours again once its

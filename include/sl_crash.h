@@ -63,6 +63,7 @@ typedef enum {
     SL_CRASH_EXIT = 1, /* _exit(SL_CRASH_EXIT_CODE): what a SIGKILL leaves */
     SL_CRASH_STOP = 2, /* raise(SIGSTOP): the parent interleaves, then SIGCONT */
     SL_CRASH_FAIL = 3, /* a fault point: SL_FAULT is true that time */
+    SL_CRASH_STOPS = 4, /* raise(SIGSTOP) at the nth hit and at every later one */
 } sl_crash_action_t;
 
 /* Arm the point `name` (NULL: disarm): act the nth time it is reached. */
@@ -73,7 +74,7 @@ void sl_crash_trace(const sl_crashpoint_t **buf, size_t cap, size_t *n);
 /* Every crash point compiled into this program (duplicates removed). */
 size_t sl_crash_points(const sl_crashpoint_t ***out);
 /* Arm from the environment, for a server built with crash points (the
- * integration tests): SL_CRASH_ARM="<worker>:<name>:<nth>:<exit|stop|fail>"
+ * integration tests): SL_CRASH_ARM="<worker>:<name>:<nth>:<exit|stop|stops|fail>"
  * arms <name> in worker <worker> only. */
 void sl_crash_arm_env(int worker);
 
@@ -106,7 +107,11 @@ enum {
     M_RECOVERY_NOTE = 16,       /* hand-off recovery: full inboxes of a committed hand-off not noted */
     M_NO_MISSED_NOTE = 17,      /* hand-off: a full inbox skipped without a missed note */
     M_RPC_ORPHAN = 18,          /* RPC: an un-claim ignores that the requester gave up on it */
-    M_TICKETS_PUBLISH_FIRST = 19, /* ticket keys: the slot published before it is written */
+    M_WAITER_FORGIVEN = 19,     /* stall watch: a waiter is blocked by whoever holds the lock
+                                   now, even after it was released since the wait began */
+    M_KEPT_UNTIL_TAKEN = 20,    /* a dead process's kept lock is done only once the master
+                                   wins a try, not once it has been released */
+    M_TICKETS_PUBLISH_FIRST = 21, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

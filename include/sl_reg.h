@@ -129,6 +129,7 @@ typedef struct {
     uint64_t removed_conns, removed_subs, rpcs, drained;
     uint64_t access; /* count entries and user entries cleaned */
     uint64_t steps, busy; /* steps taken, locks found busy (the dead's, channel, stripe) */
+    uint64_t dead_waits;  /* of those: steps that found one of the dead's locks held */
     size_t repaired;      /* the dead process's locks that needed repair */
 } sl_reg_cleanup_t;
 
@@ -136,6 +137,9 @@ void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);
 /* One step of at most `budget` removals (and 4 x budget buckets); the
  * caller's reader slot must be online.  SL_AGAIN: call again; SL_OK: done. */
 int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget);
+/* While the job waits to take a lock the dead process's record names (its
+ * first step, sl_reg_dead): that lock, else NULL. */
+sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job);
 /* All of it at once (tests, and a master that is stopping). */
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker);
 

@@ -153,6 +153,10 @@ typedef struct {
                                  process holding the lock it is blocked on (0: none) */
     uint32_t draining;        /* written by the worker: stopping, wants no new sockets */
     int64_t stalled_since_ms; /* wall ms of its last progress, while stalled */
+    /* The cleanup after its death, while it waits to take a lock the dead
+     * worker's record names (its reader slot stays online meanwhile). */
+    int64_t cleanup_wait_since_ms; /* wall ms the wait began (0: none) */
+    uint32_t cleanup_blocked_by;   /* 1 + the slot holding that lock (0: none known) */
     uint64_t stalls;          /* times it was found stalled */
     uint64_t stall_kills;     /* times it was killed for staying stalled */
     uint64_t errors[SL_ERR__COUNT];
@@ -186,6 +190,8 @@ typedef struct {
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_tickets_t tickets; /* TLS session-ticket keys (sl_tickets.h; the master rotates) */
+    uint64_t tls_fingerprint; /* the master's certificates (sl_tls_fingerprint; one store,
+                                 before it signals SIGHUP): what workers may reload */
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
 } sl_shm_hdr_t;
 

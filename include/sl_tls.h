@@ -22,9 +22,19 @@ int sl_tls_load(char *err, size_t errsz);
 /* Is TLS configured (sl_tls_load succeeded at least once)? */
 bool sl_tls_enabled(void);
 
-/* SIGHUP: sl_tls_load again; telemetry says tls-reloaded or, keeping the
- * certificates in use, tls-reload-failed with the reason. */
-void sl_tls_reload(void);
+/* SIGHUP.  The master (expect 0): sl_tls_load again.  A worker: `expect`
+ * is the master's sl_tls_fingerprint after its reload - nothing to do when
+ * it is ours already (the master's reload failed, so it kept the ones we
+ * have too), else the files are loaded and the result kept only if it is
+ * what the master serves (files changed in between: keep ours), so every
+ * process, respawned ones included, serves the master's certificates.
+ * Telemetry says tls-reloaded or, keeping the certificates in use,
+ * tls-reload-failed with the reason. */
+void sl_tls_reload(uint64_t expect);
+
+/* What this process serves: 64 bits of a SHA-256 over every pair's
+ * certificate chain (never 0; 0 without TLS). */
+uint64_t sl_tls_fingerprint(void);
 
 /* This process counts its handshakes and failures in `stats`. */
 void sl_tls_set_stats(sl_worker_stats_t *stats);

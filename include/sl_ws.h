@@ -149,6 +149,10 @@ typedef struct {
      * the next frame boundary and returns 1, like a handler that stopped
      * it (a bound on the work one feed does, whatever the frames' size). */
     uint32_t frames, frame_limit;
+    /* Messages and lone control frames completed, ever (a control frame
+     * inside a fragmented message is not one): the caller's "this message
+     * started when" restarts whenever it moves. */
+    uint32_t completed;
     int failed;  /* the close code of a protocol error: every later feed
                     returns it and consumes nothing more */
 } sl_ws_reader_t;

@@ -42,10 +42,12 @@ void sl_crash_at(const sl_crashpoint_t *cp)
 {
     if (trace_buf && *trace_n < trace_cap)
         trace_buf[(*trace_n)++] = cp;
-    if (armed == NULL || armed_act == SL_CRASH_FAIL || strcmp(cp->name, armed) != 0 ||
-        ++armed_hits != armed_nth)
+    if (armed == NULL || armed_act == SL_CRASH_FAIL || strcmp(cp->name, armed) != 0)
         return;
-    if (armed_act == SL_CRASH_STOP) {
+    ++armed_hits;
+    if (armed_act == SL_CRASH_STOPS ? armed_hits < armed_nth : armed_hits != armed_nth)
+        return;
+    if (armed_act == SL_CRASH_STOP || armed_act == SL_CRASH_STOPS) {
         raise(SIGSTOP);
         return;
     }
@@ -69,6 +71,7 @@ void sl_crash_arm_env(int worker)
         return;
     sl_crash_arm(name, nth,
                  strcmp(act, "stop") == 0   ? SL_CRASH_STOP
+                 : strcmp(act, "stops") == 0 ? SL_CRASH_STOPS
                  : strcmp(act, "fail") == 0 ? SL_CRASH_FAIL
                                             : SL_CRASH_EXIT);
 }

@@ -13,17 +13,19 @@
  *
  * Waits: a lock is first tried; only when it is busy does the process note
  * in its record the lock it is about to block on (`waiting`, after
- * `wait_since_ms`), so the uncontended path costs nothing more.  The lock's
- * `holder` word is stored right after the mutex is taken (before a
- * recovery runs, so a recovery in progress is attributed to the process
- * running it) and cleared right before it is released.  The master reads
- * both without any lock: a stale or torn view only delays a stall decision
- * by one watch period (see master.c, watch_workers).
+ * `wait_since_ms` and `wait_releases`), so the uncontended path costs
+ * nothing more.  Who holds a lock is not stored by us at all: the futex
+ * word of a robust mutex holds its owner's tid from the atomic take to the
+ * atomic release (sl_lock_owner), with no window where a held lock names
+ * nobody.  The master reads all of it without any lock: a stale or torn
+ * view only delays a stall decision by one watch period (see master.c,
+ * watch_workers).
  */
 #include "sl_lock.h"
 #include "sl_crash.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <time.h>
 #include <unistd.h>
 #include <urcu/arch.h>
@@ -31,13 +33,11 @@
 #include <urcu/uatomic.h>
 
 static sl_lock_holder_t *me;
-static uint64_t me_word; /* our holder word: pid << 32 | (slot + 1) */
 static void (*wait_hook)(void);
 
 void sl_lock_set_holder(sl_lock_holder_t *h)
 {
     me = h;
-    me_word = h ? (uint64_t)(uint32_t)getpid() << 32 | (uint32_t)(h->slot + 1) : 0;
 }
 
 void sl_lock_set_wait_hook(void (*fn)(void))
@@ -59,7 +59,7 @@ int sl_lock_init(sl_lock_t *l, sl_lock_recover_fn recover, void *arg)
     l->recover = recover;
     l->arg = arg;
     l->recoveries = 0;
-    l->holder = 0;
+    l->releases = 0;
     return rc == 0 ? SL_OK : SL_ERROR;
 }
 
@@ -94,13 +94,16 @@ static void repair(sl_lock_t *l)
     pthread_mutex_consistent(&l->m);
 }
 
-/* Blocking for l (busy): visible to the master from now on. */
+/* Blocking for l (busy): visible to the master from now on.  The release
+ * count is read after the try failed, so it names the holder that made it
+ * fail or a later one (sl_lock_blocker). */
 static void wait_begin(sl_lock_t *l)
 {
     if (me == NULL)
         return;
     CMM_STORE_SHARED(me->wait_since_ms, sl_mono_ms());
-    cmm_smp_wmb(); /* the time before the lock that validates it */
+    CMM_STORE_SHARED(me->wait_releases, CMM_LOAD_SHARED(l->releases));
+    cmm_smp_wmb(); /* the time and count before the lock that validates them */
     CMM_STORE_SHARED(me->waiting, l);
 }
 
@@ -131,10 +134,9 @@ static int wait_for(sl_lock_t *l)
     }
 }
 
-/* The mutex is ours (rc 0 or EOWNERDEAD): say so, repair if needed. */
+/* The mutex is ours (rc 0 or EOWNERDEAD): repair if needed. */
 static int taken(sl_lock_t *l, int rc)
 {
-    CMM_STORE_SHARED(l->holder, me_word);
     if (rc == EOWNERDEAD)
         /* The dead owner may have left the structure mid-update: repair
          * before anyone else sees it. */
@@ -169,9 +171,44 @@ int sl_lock_try(sl_lock_t *l)
 
 void sl_lock_release(sl_lock_t *l)
 {
-    CMM_STORE_SHARED(l->holder, 0);
+    /* Counted before the unlock (its release orders the count first): a
+     * master that sees the new count knows this hold - and any recovery
+     * run in it - is over. */
+    CMM_STORE_SHARED(l->releases, l->releases + 1);
     pthread_mutex_unlock(&l->m);
     forget_held(l);
+}
+
+pid_t sl_lock_owner(const sl_lock_t *l)
+{
+    /* glibc's robust mutexes keep the owner's tid in __lock (the kernel's
+     * robust-list handling depends on it); FUTEX_WAITERS and
+     * FUTEX_OWNER_DIED are flags beside it. */
+    int w = __atomic_load_n(&l->m.__data.__lock, __ATOMIC_RELAXED);
+    return (pid_t)((unsigned)w & FUTEX_TID_MASK);
+}
+
+pid_t sl_lock_blocker(const sl_lock_holder_t *h, sl_lock_view_t *seen)
+{
+    sl_lock_t *l = CMM_LOAD_SHARED(h->waiting);
+    pid_t owner = 0;
+    uint64_t since = 0, now = 0;
+    if (l) {
+        cmm_smp_rmb(); /* pairs with wait_begin's wmb: this wait's count */
+        since = CMM_LOAD_SHARED(h->wait_releases);
+        owner = sl_lock_owner(l);
+        cmm_smp_rmb(); /* the owner read before the count that vouches for it */
+        now = CMM_LOAD_SHARED(l->releases);
+    }
+    bool held_since_look =
+        seen && seen->lock == l && seen->owner == owner && seen->releases == now;
+    if (seen)
+        *seen = (sl_lock_view_t){l, owner, now};
+    if (l == NULL || owner == 0)
+        return 0;
+    if (SL_MUTATED(M_WAITER_FORGIVEN))
+        return owner;
+    return now == since || held_since_look ? owner : 0;
 }
 
 size_t sl_lock_recover_dead(sl_lock_holder_t *h, size_t *repaired)
@@ -179,13 +216,22 @@ size_t sl_lock_recover_dead(sl_lock_holder_t *h, size_t *repaired)
     uint32_t n = SL_MIN(CMM_LOAD_SHARED(h->n), SL_LOCK_HELD_MAX), left = 0;
     for (uint32_t i = 0; i < n; i++) {
         sl_lock_t *l = h->held[i];
+        uint64_t kept = h->kept_releases[i];
+        h->kept_releases[i] = 0;
         if (l == NULL)
             continue;
+        if (kept != 0 && CMM_LOAD_SHARED(l->releases) != kept - 1 &&
+            !SL_MUTATED(M_KEPT_UNTIL_TAKEN))
+            continue; /* released since we found it held: that hold is over */
         uint64_t before = uatomic_read(&l->recoveries);
         if (sl_lock_try(l) != SL_OK) {
             /* A live process holds it - maybe it is repairing it right now
-             * (it got EOWNERDEAD when our process died): try again later. */
-            h->held[left++] = l;
+             * (it got EOWNERDEAD when our process died): done once it has
+             * been released (or we take it).  The count is read after the
+             * failed try, so it cannot predate the hold that made it fail. */
+            cmm_smp_mb();
+            h->held[left] = l;
+            h->kept_releases[left++] = kept ? kept : CMM_LOAD_SHARED(l->releases) + 1;
             continue;
         }
         sl_lock_release(l);

@@ -174,6 +174,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 /* A live process holds one of its locks: nothing may start
                  * (its slot stays online) until we have had each once. */
                 job->busy++;
+                job->dead_waits++;
                 return SL_AGAIN;
             }
             job->phase = PH_CONNS;
@@ -240,6 +241,14 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
         job->cursor = 0;
     }
     return SL_OK;
+}
+
+sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job)
+{
+    if (job->phase != PH_START || job->steps == 0)
+        return NULL;
+    const sl_lock_holder_t *h = &r->qsbr.holders[job->worker];
+    return CMM_LOAD_SHARED(h->n) > 0 ? h->held[0] : NULL;
 }
 
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)

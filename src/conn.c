@@ -31,6 +31,7 @@
  */
 #include "sl_conn.h"
 #include "sl_conf.h"
+#include "sl_crash.h"
 #include "sl_pmd.h"
 #include "sl_tel.h"
 
@@ -294,6 +295,7 @@ void sl_conns_activate_ready(void)
 /* ------------------------------------------------------------ lifecycle */
 
 static void conn_http_finish(sl_conn_t *c);
+static void conn_input_account(sl_conn_t *c);
 
 /* Refuse the request under way with an HTTP error (the layer above builds
  * the response: sl_conns.on). */
@@ -313,35 +315,64 @@ static uint64_t http_connections_total(void)
 
 /* The worker's idle HTTP connections - silent since accept, or keep-alive
  * between requests (nothing read, nothing to write) - oldest first: what
- * --max-http-connections takes back for a newcomer, in O(1). */
+ * --max-http-connections takes back for a newcomer, in O(1).  After them,
+ * the connections whose request head is unfinished, by when it began (a
+ * real client's head arrives within a round trip: the oldest unfinished
+ * head is the likeliest to be a peer holding the slot on purpose).  A
+ * connection is on one list at most (c->idle says which). */
+enum { CONN_LIST_NONE, CONN_LIST_IDLE, CONN_LIST_HEAD };
+static sl_conn_t *conn_heads_first, *conn_heads_last; /* this worker's (one process) */
+
+static void conn_list_ends(uint8_t which, sl_conn_t ***first, sl_conn_t ***last)
+{
+    if (which == CONN_LIST_IDLE) {
+        *first = &sl_conns.idle_head;
+        *last = &sl_conns.idle_tail;
+    } else {
+        *first = &conn_heads_first;
+        *last = &conn_heads_last;
+    }
+}
+
+/* Off the idle list or the heads list, whichever it is on. */
 static void conn_idle_remove(sl_conn_t *c)
 {
     if (!c->idle)
         return;
+    sl_conn_t **first, **last;
+    conn_list_ends(c->idle, &first, &last);
     if (c->idle_prev)
         c->idle_prev->idle_next = c->idle_next;
     else
-        sl_conns.idle_head = c->idle_next;
+        *first = c->idle_next;
     if (c->idle_next)
         c->idle_next->idle_prev = c->idle_prev;
     else
-        sl_conns.idle_tail = c->idle_prev;
+        *last = c->idle_prev;
     c->idle_prev = c->idle_next = NULL;
-    c->idle = false;
+    c->idle = CONN_LIST_NONE;
+}
+
+static void conn_list_append(sl_conn_t *c, uint8_t which)
+{
+    conn_idle_remove(c);
+    sl_conn_t **first, **last;
+    conn_list_ends(which, &first, &last);
+    c->idle = which;
+    c->idle_next = NULL;
+    c->idle_prev = *last;
+    if (*last)
+        (*last)->idle_next = c;
+    else
+        *first = c;
+    *last = c;
 }
 
 static void conn_idle_add(sl_conn_t *c)
 {
-    if (c->idle || c->state != SL_CONN_HTTP)
+    if (c->idle == CONN_LIST_IDLE || c->state != SL_CONN_HTTP || !c->http_counted)
         return;
-    c->idle = true;
-    c->idle_next = NULL;
-    c->idle_prev = sl_conns.idle_tail;
-    if (sl_conns.idle_tail)
-        sl_conns.idle_tail->idle_next = c;
-    else
-        sl_conns.idle_head = c;
-    sl_conns.idle_tail = c;
+    conn_list_append(c, CONN_LIST_IDLE);
 }
 
 /* It no longer counts against --max-http-connections: upgraded, closing
@@ -355,15 +386,29 @@ static void conn_http_uncount(sl_conn_t *c)
     }
 }
 
+/* Refused at admission (503): it stops counting at once and is closed as
+ * soon as the 503 is written (sl_conn_flush), not at the next tick; the
+ * deadline is only for a peer that does not take it. */
+static void conn_http_refuse(sl_conn_t *c)
+{
+    conn_http_error(c, 503, "too-many-http-connections",
+                   "the server is at --max-http-connections", false);
+    conn_http_finish(c);
+    c->refused = true;
+    c->deadline_mono = sl_mono_ms() + 100;
+}
+
 /* A new TCP connection while --max-http-connections are open: make room
  * by closing this worker's oldest idle connection - an idle keep-alive one
  * (a browser finds it closed on its next request and reconnects) or one
  * that has not sent a byte yet.  Oldest first: a real client sends its
  * request within a round trip, so a connection flood churns only itself,
- * however fast it comes.  When there is none (every one is in the middle
- * of a request, bounded by --message-timeout-ms), this one is answered
- * 503, and stops counting at once (it only lingers to deliver the 503).
- * Both are counted.  True when admitted. */
+ * however fast it comes.  When there is none, the connection whose request
+ * head has been unfinished the longest is answered 503 instead (a flood of
+ * partial heads churns only itself too).  When there is none of those
+ * either (every one is paused, or receiving a body, bounded by
+ * --message-timeout-ms), this one is answered 503.  Each is counted.
+ * True when admitted. */
 static bool conn_http_admit(sl_conn_t *c)
 {
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
@@ -374,10 +419,11 @@ static bool conn_http_admit(sl_conn_t *c)
         sl_conn_abort(victim, "idle evicted");
         return true;
     }
-    conn_http_error(c, 503, "too-many-http-connections",
-                   "the server is at --max-http-connections", false);
-    conn_http_finish(c);
-    c->deadline_mono = sl_mono_ms() + 100; /* no long linger over the limit */
+    if ((victim = conn_heads_first) != NULL) {
+        conn_http_refuse(victim);
+        return true;
+    }
+    conn_http_refuse(c);
     return false;
 }
 
@@ -407,7 +453,14 @@ sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx)
     int64_t now = sl_mono_ms();
     c->accepted_mono = c->last_rx_mono = c->busy_since_mono = c->last_tx_mono = now;
     event_assign(&c->ev, sl_conns.base, fd, EV_READ | EV_PERSIST, conn_io_cb, c);
-    if (conns_attach(c) != SL_OK || event_add(&c->ev, NULL) != 0) {
+    /* The event first: once attached, c is on the worker's lists and only
+     * sl_conn_destroy may free it.  (epoll_ctl fails with ENOSPC at
+     * fs.epoll.max_user_watches, or ENOMEM: under a connection flood.) */
+    bool added = !SL_FAULT("conn.new.event-add") && event_add(&c->ev, NULL) == 0;
+    if (!added || conns_attach(c) != SL_OK) {
+        if (added)
+            event_del(&c->ev);
+        sl_conns_count_error(SL_ERR_FD_EXHAUSTED);
         xp->release(xctx);
         close(fd);
         free(c);
@@ -434,7 +487,9 @@ void sl_conn_destroy(sl_conn_t *c)
     sl_buf_unref(c->pong_sent);
     sl_ws_reader_free(&c->reader);
     free(c->in);
-    sl_conn_inbound_bytes -= c->input_held;
+    c->in = NULL;
+    c->in_cap = 0;
+    conn_input_account(c); /* to 0: off the holders' list */
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_conns.on->closed(c);
@@ -462,36 +517,83 @@ void sl_conn_abort(sl_conn_t *c, const char *why)
 
 uint64_t sl_conn_inbound_bytes;
 
+/* The connections holding unfinished input, by when they began to hold
+ * it (oldest first): who gives way when the worker is over its share. */
+static sl_conn_t *conn_held_first, *conn_held_last;
+
+static void conn_held_remove(sl_conn_t *c)
+{
+    if (!c->held)
+        return;
+    if (c->held_prev)
+        c->held_prev->held_next = c->held_next;
+    else
+        conn_held_first = c->held_next;
+    if (c->held_next)
+        c->held_next->held_prev = c->held_prev;
+    else
+        conn_held_last = c->held_prev;
+    c->held_prev = c->held_next = NULL;
+    c->held = false;
+}
+
 /* Bring the worker's inbound figure up to date with what c holds now. */
 static void conn_input_account(sl_conn_t *c)
 {
     uint64_t held = c->in_cap + sl_ws_reader_buffered(&c->reader);
     sl_conn_inbound_bytes += held - c->input_held;
     c->input_held = held;
+    if (held == 0) {
+        conn_held_remove(c);
+    } else if (!c->held) {
+        c->held = true;
+        c->held_next = NULL;
+        c->held_prev = conn_held_last;
+        if (conn_held_last)
+            conn_held_last->held_next = c;
+        else
+            conn_held_first = c;
+        conn_held_last = c;
+    }
 }
 
-/* Over the worker's share of --max-inbound-total, a connection holding 64
- * KiB or more of unfinished input (a message being assembled, a request
- * body) is closed as it grows: 1013 (try again later) or 503.  Small
- * partial messages are never touched; the connections that hold the most
- * are the ones that keep adding to it. */
+/* Refuse v's unfinished input: 1013 (try again later) or 503, counted;
+ * whatever it holds is freed (it is never processed again). */
+static void conn_inbound_refuse(sl_conn_t *v)
+{
+    if (v->state == SL_CONN_WS) {
+        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_close_ws(v, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
+    } else if (v->state == SL_CONN_HTTP) {
+        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
+        conn_http_error(v, 503, "inbound-limit",
+                       "the server holds too much unfinished input: try again later", false);
+        conn_http_finish(v);
+    } else if (v->state == SL_CONN_CLOSING) {
+        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
+        sl_conn_abort(v, "inbound limit"); /* a message after its close frame */
+    }
+    /* LINGER or DEAD now: its input is discarded. */
+    sl_ws_reader_free(&v->reader);
+    free(v->in);
+    v->in = NULL;
+    v->in_len = v->in_cap = 0;
+    conn_input_account(v);
+}
+
+/* Over the worker's share of --max-inbound-total, the connections that
+ * have held unfinished input (a message being assembled, a request or its
+ * body, input stopped by back-pressure) the longest are refused, oldest
+ * first, until the worker is under its share again - whatever each holds:
+ * many small holders cannot add up past the bound, and a client sending
+ * one large message now is not refused for what others have held for
+ * seconds. */
 static void conn_inbound_check(sl_conn_t *c)
 {
     conn_input_account(c);
-    if (c->input_held < SL_CONN_SMALL_BACKLOG ||
-        sl_conn_inbound_bytes <= (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers))
-        return;
-    if (c->state == SL_CONN_WS) {
-        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
-        sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "inbound limit: try again later");
-        sl_ws_reader_free(&c->reader); /* never fed again while closing */
-    } else if (c->state == SL_CONN_HTTP) {
-        sl_conns_count_error(SL_ERR_INBOUND_LIMIT);
-        conn_http_error(c, 503, "inbound-limit",
-                       "the server holds too much unfinished input: try again later", false);
-        conn_http_finish(c);
-    }
-    conn_input_account(c);
+    uint64_t share = (uint64_t)(sl_conf->max_inbound_total / sl_conf->workers);
+    while (sl_conn_inbound_bytes > share && conn_held_first != NULL)
+        conn_inbound_refuse(conn_held_first);
 }
 
 size_t sl_conn_reply_max(void)
@@ -529,6 +631,14 @@ static void conn_slow_consumer(sl_conn_t *c, uint64_t wanted, const char *why)
     SL_TEL(SL_EV_SLOW_CONSUMER_DISCONNECTED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
            SL_TF_I("queued-bytes", wanted), SL_TF_I("limit", sl_conf->max_outbound_bytes),
            SL_TF_S("reason", why));
+    if (c->written_total < c->ws_from) {
+        /* Its 101 (or a response before it) is not all written yet:
+         * dropping the unstarted part could drop the 101 and make a close
+         * frame its first bytes.  No WebSocket close is possible before
+         * the handshake is out: the connection is closed instead. */
+        sl_conn_abort(c, "slow consumer before the upgrade was written");
+        return;
+    }
     sl_outq_drop_unstarted(&c->out);
     sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "slow consumer");
 }
@@ -637,7 +747,9 @@ static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
         return false;
     if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
         return true;
-    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG
+    /* HTTP: pause at 64 KiB, resume below 32 KiB (hysteresis: a pipelining
+     * client does not flip the event every turn). */
+    uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG * 2 / divisor
                                            : (uint64_t)sl_conf->max_outbound_bytes / divisor;
     return c->out.bytes >= at;
 }
@@ -672,7 +784,8 @@ static void conn_pause(sl_conn_t *c)
 static void conn_resume(sl_conn_t *c)
 {
     c->read_paused = false;
-    if (c->state == SL_CONN_HTTP && c->in_len > 0)
+    if ((c->state == SL_CONN_HTTP && c->in_len > 0) ||
+        (c->state == SL_CONN_WS && c->busy_since_mono != 0))
         c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
     conn_watch(c, c->write_armed); /* also schedules the left-over input */
 }
@@ -787,8 +900,19 @@ void sl_conn_flush(sl_conn_t *c)
             return;
         }
         c->shut_wr = true;
-        if (c->peer_eof)
+        if (c->peer_eof) {
             sl_conn_abort(c, "closed"); /* its FIN came already: both sides done */
+        } else if (c->refused) {
+            /* A 503 at admission: no descriptor is kept for it (a flood
+             * over the limit would hold one per refusal until the next
+             * tick).  What it sent is read first, so the close sends no
+             * reset while that is unread; the 503 and FIN are on their
+             * way already. */
+            /* (raw bytes, past any transport: they are only dropped) */
+            for (int k = 0; k < 4 && read(c->fd, sl_conns.rbuf, SL_SCRATCH_SIZE) > 0; k++) {
+            }
+            sl_conn_abort(c, "refused");
+        }
     } else if (c->state == SL_CONN_CLOSING && c->peer_eof) {
         sl_conn_abort(c, "closed"); /* our close frame is out; the peer is gone */
     }
@@ -910,7 +1034,7 @@ static bool conn_control_flood(sl_conn_t *c)
         c->ctl_second = sec;
         c->ctl_count = 0;
     }
-    if (c->ctl_count < UINT16_MAX)
+    if (c->ctl_count < UINT32_MAX) /* the flag allows up to 1,000,000 */
         c->ctl_count++;
     return c->ctl_count > sl_conf->max_control_rate;
 }
@@ -1009,6 +1133,7 @@ static void conn_stash(sl_conn_t *c, const uint8_t *p, size_t n)
 static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 {
     size_t used = 0;
+    uint32_t completed = c->reader.completed;
     int rc = sl_ws_reader_feed(&c->reader, data, n, &ws_handlers, c, &used);
     bool open = c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING;
     if (rc == 1 && open && !c->backlog && c->reader.frames >= c->reader.frame_limit)
@@ -1028,7 +1153,10 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
     }
     if (c->state == SL_CONN_WS || c->state == SL_CONN_CLOSING) {
         if (sl_ws_reader_busy(&c->reader)) {
-            if (c->busy_since_mono == 0)
+            /* The unfinished message (or frame) started in this feed if
+             * one was completed in it: a client streaming messages whose
+             * every read ends inside one is not late with any of them. */
+            if (c->busy_since_mono == 0 || c->reader.completed != completed)
                 c->busy_since_mono = sl_mono_ms();
         } else {
             c->busy_since_mono = 0;
@@ -1039,6 +1167,7 @@ static void conn_ws_input(sl_conn_t *c, uint8_t *data, size_t n)
 /* Called by httpd once the 101 response is queued. */
 void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind)
 {
+    c->ws_from = c->written_total + c->out.bytes; /* the 101 is queued: where frames begin */
     c->state = SL_CONN_WS;
     c->kind = (uint8_t)kind;
     c->busy_since_mono = 0;
@@ -1073,8 +1202,9 @@ static void conn_http_overflow(sl_conn_t *c)
 
 static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
 {
-    if (n > 0)
+    if (n > 0 && c->idle == CONN_LIST_IDLE)
         conn_idle_remove(c); /* a request under way */
+    bool head_wait = false; /* stopped on an unfinished head */
     size_t limit = http_in_limit();
     if (c->in_len + n > limit) {
         conn_http_overflow(c);
@@ -1117,9 +1247,24 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         sl_http_request_t req;
         const char *in = c->in + off;
         size_t have = c->in_len - off;
+        /* A head that was incomplete is parsed again only once a blank
+         * line may have arrived (a head sent a byte at a time would cost
+         * a whole parse per byte). */
+        if (off == 0 && have <= SL_HTTP_MAX_HEAD && c->head_scanned > 0) {
+            size_t from = c->head_scanned > 3 ? c->head_scanned - 3 : 0;
+            if (from >= have || memmem(in + from, have - from, "\r\n\r\n", 4) == NULL) {
+                c->head_scanned = (uint32_t)have;
+                head_wait = true;
+                break;
+            }
+        }
         int rc = sl_http_parse_request(in, have, SL_HTTP_MAX_HEAD, &req);
-        if (rc == SL_AGAIN)
+        if (rc == SL_AGAIN) {
+            if (off == 0)
+                c->head_scanned = (uint32_t)have;
+            head_wait = true;
             break;
+        }
         if (rc != SL_OK) {
             sl_conns_count_error(SL_ERR_BAD_HTTP_REQUEST);
             conn_http_error(c, rc, "bad-request", "malformed or oversized HTTP request", false);
@@ -1141,6 +1286,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         if (c->state == SL_CONN_DEAD)
             return;
         off += used;
+        c->head_scanned = 0;
         if (sl_conns.stopping) {
             /* Draining: the request was answered; nothing more here.  An
              * upgrade completed now is told to go elsewhere (1001). */
@@ -1179,6 +1325,14 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         memmove(c->in, c->in + off, c->in_len - off);
         c->in_len -= (uint32_t)off;
         c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    }
+    /* On the heads list (what --max-http-connections takes back when none
+     * is idle) while its head is unfinished, by when this head began. */
+    if (c->state == SL_CONN_HTTP && head_wait && c->http_counted && c->in_len > 0) {
+        if (c->idle != CONN_LIST_HEAD || off > 0)
+            conn_list_append(c, CONN_LIST_HEAD);
+    } else if (c->idle == CONN_LIST_HEAD) {
+        conn_idle_remove(c);
     }
     if (c->state == SL_CONN_HTTP && c->in_len == 0 && c->in != NULL) {
         free(c->in);
@@ -1308,10 +1462,11 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     ssize_t n = c->xp->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (c->idle && n != 0 && n != SL_ERROR && !c->xp->established(c->xctx))
-        conn_idle_remove(c); /* a handshake under way (bounded by its timeout) is a
-                                request in progress, not an idle connection to evict
-                                (review r16 L5: it needs more round trips than HTTP) */
+    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !c->xp->established(c->xctx))
+        conn_list_append(c, CONN_LIST_HEAD); /* a handshake under way is a request
+                                head in progress, not an idle connection to evict
+                                first (review r16 L5: it needs more round trips than
+                                HTTP); taken back after the idle ones, oldest first */
     if (c->out.count > 0 && c->state != SL_CONN_DEAD)
         conns_mark_dirty(c); /* a transport waiting for the peer may write now */
     if (n == SL_AGAIN) {
@@ -1373,8 +1528,10 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             /* Requests wait for it to read our responses: not its delay
              * to finish a request, but it must keep reading. */
             if (now - SL_MAX(c->last_tx_mono, c->accepted_mono) >=
-                cf->keepalive_timeout_ms + cf->message_timeout_ms)
+                cf->keepalive_timeout_ms + cf->message_timeout_ms) {
+                sl_conns_count_error(SL_ERR_SLOW_CONSUMER); /* it does not read */
                 sl_conn_abort(c, "not reading");
+            }
         } else if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_conns_count_error(SL_ERR_HANDSHAKE_TIMEOUT);
             conn_http_error(c, 408, "request-timeout", "request not completed in time", false);
@@ -1394,7 +1551,11 @@ void sl_conn_tick(sl_conn_t *c, int64_t now)
             if (c->state != SL_CONN_WS)
                 break;
         }
-        if (c->busy_since_mono && now - c->busy_since_mono >= cf->message_timeout_ms) {
+        /* While we do not read from it (back-pressure) its message cannot
+         * progress: the wait is ours, not its (the timer restarts on
+         * resume). */
+        if (c->busy_since_mono && !c->read_paused &&
+            now - c->busy_since_mono >= cf->message_timeout_ms) {
             sl_conns_count_error(SL_ERR_MESSAGE_TIMEOUT);
             sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "message not completed in time");
         } else if (now - SL_MAX(c->last_rx_mono, c->read_paused ? c->last_tx_mono : 0) >=

@@ -83,6 +83,9 @@ typedef struct {
     bool cleaning;
     sl_reg_cleanup_t job;
     int64_t cleanup_started_us;
+    int64_t cleanup_wait_ms;   /* monotonic: its first step found a dead's lock held (0: no) */
+    int64_t cleanup_waited_ms; /* how long that first step waited, in all */
+    bool cleanup_warned;       /* worker-cleanup-waiting sent for this wait */
     struct event *cleanup_ev;
     /* Progress watch (the stall detector, which also decides the systemd
      * watchdog). */
@@ -140,6 +143,9 @@ static struct {
     bool ready_sent, starved;
     char status[160];        /* the last STATUS= sent */
     struct event *ready_timer, *watchdog_timer;
+    /* The stall watch's previous look at each reader slot's lock wait
+     * (sl_lock_blocker). */
+    sl_lock_view_t seen[SL_QSBR_SLOTS];
     int spare_fd; /* held in reserve for accept() at EMFILE (see accept_cb) */
 } M;
 
@@ -265,13 +271,14 @@ static void close_foreign_fds(int keep_ctl)
     if (M.parent_fd >= 0)
         close(M.parent_fd);
     M.parent_fd = -1;
+    if (M.spare_fd >= 0)
+        close(M.spare_fd);
+    M.spare_fd = -1;
     /* The old master's end of the upgrade socketpair: only it may hold it,
      * or the new master would not see it go away. */
     if (M.upgrade_fd >= 0)
         close(M.upgrade_fd);
     M.upgrade_fd = -1;
-    if (M.spare_fd >= 0)
-        close(M.spare_fd);
     for (int i = 0; i < M.nworkers; i++) {
         if (M.w[i].ctl >= 0 && M.w[i].ctl != keep_ctl)
             close(M.w[i].ctl);
@@ -532,6 +539,9 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
     char tag = M.ltags[li];
     for (int i = 0; i < M.nworkers; i++)
         batch[i].tag = tag;
+    if (M.spare_fd < 0) /* lost to another process at ENFILE: take one again */
+        M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    bool flushed = false;
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
@@ -550,6 +560,19 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         int err = errno;
         if (err == EINTR || err == ECONNABORTED)
             continue;
+        if ((err == EMFILE || err == ENFILE) && !flushed) {
+            /* The batches not sent yet hold descriptors: hand them over
+             * (which closes our copies) and try once more before refusing
+             * anyone. */
+            flushed = true;
+            bool any = false;
+            for (int i = 0; i < M.nworkers; i++) {
+                any = any || batch[i].n > 0;
+                batch_send(i, &batch[i]);
+            }
+            if (any)
+                continue;
+        }
         if (err == EMFILE || err == ENFILE) {
             /* Out of descriptors.  The reserve descriptor is given up for
              * a moment to take the first waiting connection off the
@@ -659,6 +682,9 @@ static void worker_died(int i, int status)
     sl_reg_cleanup_start(&s->job, i);
     s->cleaning = true;
     s->cleanup_started_us = sl_mono_us();
+    s->cleanup_wait_ms = 0;
+    s->cleanup_waited_ms = 0;
+    s->cleanup_warned = false;
     struct timeval now = {0, 0};
     event_add(s->cleanup_ev, &now);
     for (int k = 0; k < nrescued; k++)
@@ -674,6 +700,46 @@ static void worker_died(int i, int status)
                                       : SL_RESPAWN_MIN_MS;
     struct timeval tv = {s->backoff_ms / 1000, (s->backoff_ms % 1000) * 1000};
     event_add(s->respawn_ev, &tv);
+}
+
+static int slot_of_pid(pid_t pid);
+
+/* The first cleanup step waits to take the locks the dead worker's record
+ * names; its reader slot stays online meanwhile, so nothing retired
+ * anywhere is reclaimed.  That wait ends when each such lock has been
+ * released once (sl_lock_recover_dead), which a holder that makes no
+ * progress does when the stall watch kills it: so it lasts about the kill
+ * bound at most - unless the holder is dumping core (the kernel's time).
+ * Shown in /stats (cleanup-wait-ms, cleanup-blocked-by), /health
+ * (stuck-cleanups, past the kill bound) and telemetry. */
+static void note_cleanup_wait(int i)
+{
+    slot_t *s = &M.w[i];
+    sl_worker_stats_t *st = &sl_shm->workers[i];
+    sl_lock_t *l = s->cleaning ? sl_reg_cleanup_waits_for(&sl_shm->reg, &s->job) : NULL;
+    int64_t now = sl_mono_ms();
+    if (l == NULL) {
+        if (s->cleanup_wait_ms) {
+            s->cleanup_waited_ms += now - s->cleanup_wait_ms;
+            s->cleanup_wait_ms = 0;
+            uatomic_set(&st->cleanup_wait_since_ms, 0);
+            uatomic_set(&st->cleanup_blocked_by, 0);
+        }
+        return;
+    }
+    if (s->cleanup_wait_ms == 0) {
+        s->cleanup_wait_ms = now;
+        uatomic_set(&st->cleanup_wait_since_ms, sl_now_ms());
+    }
+    int by = slot_of_pid(sl_lock_owner(l));
+    uatomic_set(&st->cleanup_blocked_by, by >= 0 ? (uint32_t)by + 1 : 0);
+    if (!s->cleanup_warned && now - s->cleanup_wait_ms >= sl_conf->worker_stall_kill_ms) {
+        s->cleanup_warned = true;
+        SL_TEL(SL_EV_WORKER_CLEANUP_WAITING, SL_ERROR_LEVEL, SL_TF_I("worker", i),
+               SL_TF_I("waited-ms", now - s->cleanup_wait_ms), SL_TF_I("blocked-by", by),
+               SL_TF_I("owner-pid", sl_lock_owner(l)));
+        sl_tel_flush();
+    }
 }
 
 /* One turn of a dead worker's cleanup: steps until ~2 ms have passed, a
@@ -693,6 +759,7 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
         sl_qsbr_quiescent(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
     } while (rc == SL_AGAIN && s->job.busy == busy && sl_mono_us() - t0 < SL_CLEANUP_SLICE_US);
     master_offline();
+    note_cleanup_wait(i);
     if (rc == SL_AGAIN) {
         /* More to do: right after the loop has looked at the listener
          * again; a little later if a live process held a channel lock. */
@@ -701,13 +768,17 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     s->cleaning = false;
-    if (s->job.removed_conns || s->job.removed_subs || s->job.rpcs)
+    if (s->job.removed_conns || s->job.removed_subs || s->job.rpcs || s->job.dead_waits)
         SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
                SL_TF_I("removed-connections", s->job.removed_conns),
                SL_TF_I("removed-subscriptions", s->job.removed_subs),
                SL_TF_I("settled-rpc-requests", s->job.rpcs),
                SL_TF_I("cleanup-us", sl_mono_us() - s->cleanup_started_us),
-               SL_TF_I("steps", s->job.steps), SL_TF_S("reason", "worker died"));
+               SL_TF_I("steps", s->job.steps),
+               SL_TF_I("busy-retries", s->job.busy - s->job.dead_waits),
+               SL_TF_I("dead-lock-waits", s->job.dead_waits),
+               SL_TF_I("dead-lock-wait-ms", s->cleanup_waited_ms),
+               SL_TF_S("reason", "worker died"));
     sl_tel_flush();
 }
 
@@ -753,36 +824,67 @@ static void update_status(void)
     }
 }
 
-/* The reader slot of the live process whose lock worker i is blocked on -
- * following a chain of waits to its root - or -1 when i waits for no lock,
- * or for one whose holder is not a live process we know (then i is judged
- * on its own progress).  Lock-free reads of the waits and holders the
- * processes record (sl_lock.h): a stale view (a wait that just ended, a
- * holder just changing) lasts one watch period at most, and is checked
- * against the pids of live workers - a lock the read finds freed and
- * reused names nobody alive.  The lock order has no cycle; a chain that
- * loops anyway names nobody. */
-static int blocked_by(int i)
+/* The reader slot of the process `pid` (a live or ending worker of ours,
+ * or the master), -1 for any other. */
+static int slot_of_pid(pid_t pid)
+{
+    if (pid <= 0)
+        return -1;
+    if (pid == getpid())
+        return SL_REG_MASTER_SLOT;
+    for (int k = 0; k < M.nworkers; k++)
+        if (M.w[k].pid == pid)
+            return k;
+    return -1;
+}
+
+/* For each reader slot (a worker that is up, the master): the slot of the
+ * process its lock wait is explained by, -1 for none - one look per slot
+ * and watch pass, which also moves that slot's view (M.seen) on.
+ * sl_lock_blocker names a lock's owner only if it has held the lock all
+ * along since the wait began, or since our previous look: a wait for a
+ * lock that others keep taking and releasing is explained by nobody - the
+ * waiter is stopped or starved itself (review rf12, finding 1) - while a
+ * waiter passed over when a hot lock changed hands is blocked by the new
+ * owner from the second look on, if that owner keeps it.  The owner is
+ * the kernel's record (the futex word), so a held lock never names
+ * "nobody" (finding 4).  Lock-free reads: a stale view lasts one watch
+ * period at most. */
+static void look_at_waits(int next[SL_QSBR_SLOTS])
 {
     sl_qsbr_t *q = &sl_shm->reg.qsbr;
+    for (int k = 0; k < SL_QSBR_SLOTS; k++) {
+        next[k] = -1;
+        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending);
+        if (!up) {
+            M.seen[k] = (sl_lock_view_t){0};
+            continue;
+        }
+        next[k] = slot_of_pid(sl_lock_blocker(&q->holders[k], &M.seen[k]));
+    }
+}
+
+/* The reader slot of the process worker i is blocked by, following the
+ * chain of waits (next[], look_at_waits) to its root, or -1 when i is held
+ * up by nobody (then it is judged on its own progress).  A worker that is
+ * ending (dumping core; the kernel hands its locks over when that ends)
+ * is a root like any other: its waiters are blocked, not stalled (finding
+ * 2).  The lock order has no cycle; a chain that loops anyway, or runs
+ * longer than there are slots, names nobody. */
+static int blocked_by(int i, const int next[SL_QSBR_SLOTS])
+{
     int cur = i;
     for (int hops = 0; hops < SL_QSBR_SLOTS; hops++) {
-        sl_lock_t *l = CMM_LOAD_SHARED(q->holders[cur].waiting);
-        if (l == NULL)
-            break;
-        uint64_t h = CMM_LOAD_SHARED(l->holder);
-        int slot = SL_LOCK_HOLDER_SLOT(h);
-        pid_t pid = SL_LOCK_HOLDER_PID(h);
-        bool live = pid > 0 && ((slot >= 0 && slot < M.nworkers && M.w[slot].pid == pid &&
-                                 !M.w[slot].ending) ||
-                                (slot == SL_REG_MASTER_SLOT && pid == getpid()));
-        if (!live || slot == cur)
-            break;
-        cur = slot;
-        if (cur == i)
+        int slot = next[cur];
+        if (slot < 0 || slot == cur)
+            return cur == i ? -1 : cur;
+        if (slot == i)
             return -1;
+        cur = slot;
+        if (cur < M.nworkers && M.w[cur].ending)
+            return cur; /* dead but not reaped: it waits for nothing */
     }
-    return cur == i ? -1 : cur;
+    return -1;
 }
 
 /* Shared memory so full that a stalled worker's hold on reclamation (its
@@ -808,7 +910,14 @@ static bool shm_pressure(void)
  * once it has the lock - while the holder is judged on its own progress:
  * stalled, then killed, which hands the lock (EOWNERDEAD) to a waiter.  So
  * one stopped worker holding a hot channel's lock costs its own clients
- * only, not those of every worker that publishes there.
+ * only, not those of every worker that publishes there.  "Blocked" lasts
+ * only while the lock it waits for has not been released since its wait
+ * began: a waiter stopped (or starved) while others take and release that
+ * lock is held up by nobody and is judged on its own - stalled, killed -
+ * whoever holds the lock when we look (review rf12, finding 1).  A root
+ * that is ending (dumping core) keeps its waiters blocked: the kernel hands
+ * its locks over when the dump ends, and killing them would free nothing
+ * (finding 2) - that wait is as long as the dump, which we do not bound.
  *
  * A stalled worker gets no new sockets (the queued ones go to others);
  * after --worker-stall-kill-ms - or at once, with shared memory over 75%
@@ -819,7 +928,8 @@ static bool shm_pressure(void)
 static void watch_workers(void)
 {
     int64_t now = sl_mono_ms();
-    int root[SL_MAX_WORKERS], blocking[SL_MAX_WORKERS] = {0};
+    int root[SL_MAX_WORKERS], blocking[SL_MAX_WORKERS] = {0}, next[SL_QSBR_SLOTS];
+    look_at_waits(next);
     for (int i = 0; i < M.nworkers; i++) {
         slot_t *s = &M.w[i];
         root[i] = -1;
@@ -830,7 +940,7 @@ static void watch_workers(void)
             s->turns = t;
             s->progress_ms = now;
         } else {
-            root[i] = blocked_by(i);
+            root[i] = blocked_by(i, next);
         }
         if (root[i] >= 0 && root[i] < M.nworkers)
             blocking[root[i]]++;
@@ -1153,7 +1263,11 @@ static void sighup_cb(evutil_socket_t sig, short what, void *arg)
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
     uint64_t fp = sl_session_reload_keys(0);
-    sl_tls_reload(); /* here too: a respawned worker inherits the new certificates */
+    /* The certificates the same way (here first: a respawned worker
+     * inherits them), their fingerprint published with one store before
+     * the signals (sigqueue orders it before the worker's read). */
+    sl_tls_reload(0);
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     sl_tel_flush();
     union sigval v = {.sival_ptr = (void *)(uintptr_t)fp};
     for (int i = 0; i < M.nworkers; i++)
@@ -1677,9 +1791,9 @@ int sl_master_run(void)
     memset(&M, 0, sizeof(M));
     M.nworkers = cf->workers;
     M.upgrade_fd = M.parent_fd = -1;
-    M.notify_ok = true;
     M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     raise_fd_limit();
+    M.notify_ok = true;
     for (int i = 0; i < SL_MAX_WORKERS; i++)
         M.w[i].ctl = M.w[i].peer = -1;
 
@@ -1726,6 +1840,7 @@ int sl_master_run(void)
     sl_shm->master_pid = getpid();
     if (sl_tls_enabled())
         sl_tls_rotate_tickets(); /* the first key, before any worker exists */
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     /* One eventfd per worker: whoever fills a worker's inbox wakes it.
      * Created before any fork so every worker (and respawn) inherits all. */
     for (int i = 0; i < cf->workers; i++) {

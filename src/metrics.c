@@ -200,6 +200,9 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Times the worker was found stalled.");
     per_worker(&o, workers, "worker_stall_kills_total", "counter", "stall-kills",
                "Times the worker was killed for staying stalled (--worker-stall-kill-ms).");
+    per_worker(&o, workers, "worker_cleanup_wait_ms", "gauge", "cleanup-wait-ms",
+               "Dead worker: ms its cleanup has waited for a lock its record names "
+               "(its reader slot holds reclamation back meanwhile), 0 when none.");
     per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
                "HTTP requests handled.");
     per_worker(&o, workers, "connections_accepted_total", "counter", "accepted-connections",

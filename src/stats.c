@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <urcu/arch.h>
 #include <urcu/system.h>
 #include <urcu/uatomic.h>
 
@@ -37,6 +38,7 @@ typedef struct {
     int live_workers;
     bool details; /* /stats (not /health): process figures, histograms */
     json_t *stalled; /* ids of stalled workers */
+    json_t *stuck;   /* ids of dead workers whose cleanup waits past the kill bound */
 } totals_t;
 
 /* A histogram as JSON: cumulative counts keyed by the bucket's upper bound
@@ -194,11 +196,23 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
                                              ? json_integer((json_int_t)by - 1)
                                              : json_null());
     const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
+    bool waits = pid > 0 && CMM_LOAD_SHARED(lh->waiting);
+    cmm_smp_rmb(); /* pairs with the wmb of the wait's start: this wait's time */
     json_object_set_new(o, "lock-wait-ms",
-                        json_integer(pid > 0 && CMM_LOAD_SHARED(lh->waiting)
-                                         ? (json_int_t)(sl_mono_ms() -
-                                                        CMM_LOAD_SHARED(lh->wait_since_ms))
-                                         : 0));
+                        json_integer(waits ? (json_int_t)(sl_mono_ms() -
+                                                          CMM_LOAD_SHARED(lh->wait_since_ms))
+                                           : 0));
+    /* Dead, and its cleanup waits to take a lock its record names (its
+     * reader slot stays online until then: master.c, note_cleanup_wait). */
+    int64_t cw = (int64_t)uatomic_read(&w->cleanup_wait_since_ms);
+    int64_t cw_ms = pid == 0 && cw > 0 ? SL_MAX(sl_now_ms() - cw, 0) : 0;
+    uint32_t cby = uatomic_read(&w->cleanup_blocked_by);
+    json_object_set_new(o, "cleanup-wait-ms", json_integer((json_int_t)cw_ms));
+    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_MASTER_SLOT + 1
+                                                     ? json_integer((json_int_t)cby - 1)
+                                                     : json_null());
+    if (cw > 0 && pid == 0 && cw_ms >= sl_conf->worker_stall_kill_ms && t->stuck)
+        json_array_append_new(t->stuck, json_integer((json_int_t)i));
     uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),
              acc = uatomic_read(&w->accepted);
     t->bytes_in += bin;
@@ -503,6 +517,7 @@ json_t *sl_health_json(bool *healthy)
 {
     totals_t t = {0};
     t.stalled = json_array();
+    t.stuck = json_array();
     json_decref(workers_json(&t));
     /* Figures read without a lock or a walk: the probe a load balancer
      * sends every second must stay cheap, and must not wait for a process
@@ -512,7 +527,7 @@ json_t *sl_health_json(bool *healthy)
     uint64_t pending = sl_table_count(sl_shm->reg.rpcs), old = uatomic_read(&sl_shm->rpc_old);
     bool fd_ok = !fd_exhausted_recently();
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
-              json_array_size(t.stalled) == 0 && fd_ok;
+              json_array_size(t.stalled) == 0 && json_array_size(t.stuck) == 0 && fd_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
@@ -525,6 +540,7 @@ json_t *sl_health_json(bool *healthy)
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
     json_object_set_new(json_object_get(doc, "system-health"), "stalled-workers", t.stalled);
+    json_object_set_new(json_object_get(doc, "system-health"), "stuck-cleanups", t.stuck);
     json_object_set_new(doc, "descriptors-ok", json_boolean(fd_ok));
     json_object_set_new(doc, "descriptors-exhausted",
                         json_integer((json_int_t)t.errors[SL_ERR_FD_EXHAUSTED]));

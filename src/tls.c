@@ -53,6 +53,7 @@ typedef struct {
 } ctxset_t;
 
 static ctxset_t live; /* what new handshakes use */
+static uint64_t live_fp; /* its fingerprint (set_fingerprint) */
 static sl_worker_stats_t *tls_stats;
 
 void sl_tls_set_stats(sl_worker_stats_t *stats)
@@ -226,34 +227,97 @@ fail:
     return NULL;
 }
 
-int sl_tls_load(char *err, size_t errsz)
+/* Every --tls-cert/--tls-key pair into `next` (all or nothing). */
+static int set_load(ctxset_t *next, char *err, size_t errsz)
 {
     const sl_conf_t *cf = sl_conf;
-    ctxset_t next = {0};
+    memset(next, 0, sizeof(*next));
     for (int k = 0; k < cf->tls_cert.n; k++) {
-        next.ctx[k] = ctx_new(cf->tls_cert.path[k], cf->tls_key.path[k], &next.cert[k], err,
-                              errsz);
-        if (next.ctx[k] == NULL) {
-            ctxset_free(&next);
+        next->ctx[k] = ctx_new(cf->tls_cert.path[k], cf->tls_key.path[k], &next->cert[k], err,
+                               errsz);
+        if (next->ctx[k] == NULL) {
+            ctxset_free(next);
             return SL_ERROR;
         }
-        next.n = k + 1;
+        next->n = k + 1;
     }
-    ctxset_free(&live);
-    live = next;
     return SL_OK;
 }
 
-void sl_tls_reload(void)
+/* SHA-256 over each pair's chain (leaf first: the SHA-256 of each
+ * certificate's DER), its first 8 bytes; the key is the leaf's own (it
+ * must match), so the chains say what is served. */
+static uint64_t set_fingerprint(const ctxset_t *s)
 {
-    if (!sl_tls_enabled())
-        return;
-    char err[512];
-    if (sl_tls_load(err, sizeof(err)) == SL_OK)
-        SL_TEL(SL_EV_TLS_RELOADED, SL_INFO, SL_TF_I("certificates", live.n));
-    else
-        SL_TEL(SL_EV_TLS_RELOAD_FAILED, SL_ERROR_LEVEL, SL_TF_S("reason", err),
-               SL_TF_S("kept", "the certificates in use"));
+    unsigned char d[EVP_MAX_MD_SIZE], out[EVP_MAX_MD_SIZE];
+    unsigned int dlen = 0, olen = 0;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(md);
+        return 1;
+    }
+    for (int k = 0; k < s->n; k++) {
+        STACK_OF(X509) *chain = NULL;
+        SSL_CTX_get0_chain_certs(s->ctx[k], &chain);
+        int n = chain ? sk_X509_num(chain) : 0;
+        for (int i = -1; i < n; i++) {
+            X509 *x = i < 0 ? s->cert[k] : sk_X509_value(chain, i);
+            if (X509_digest(x, EVP_sha256(), d, &dlen) == 1)
+                EVP_DigestUpdate(md, d, dlen);
+        }
+        EVP_DigestUpdate(md, "|", 1); /* the end of pair k */
+    }
+    EVP_DigestFinal_ex(md, out, &olen);
+    EVP_MD_CTX_free(md);
+    uint64_t fp = 0;
+    memcpy(&fp, out, sizeof(fp));
+    return fp ? fp : 1;
+}
+
+static void set_install(ctxset_t *next)
+{
+    ctxset_free(&live);
+    live = *next;
+    live_fp = set_fingerprint(&live);
+}
+
+int sl_tls_load(char *err, size_t errsz)
+{
+    ctxset_t next;
+    if (set_load(&next, err, errsz) != SL_OK)
+        return SL_ERROR;
+    set_install(&next);
+    return SL_OK;
+}
+
+uint64_t sl_tls_fingerprint(void)
+{
+    return sl_tls_enabled() ? live_fp : 0;
+}
+
+void sl_tls_reload(uint64_t expect)
+{
+    if (!sl_tls_enabled() || (expect != 0 && expect == live_fp))
+        return; /* (a worker: the master serves what we serve) */
+    char err[512], fp[24];
+    ctxset_t next;
+    if (set_load(&next, err, sizeof(err)) == SL_OK) {
+        uint64_t got = set_fingerprint(&next);
+        if (expect == 0 || got == expect) {
+            set_install(&next);
+            snprintf(fp, sizeof(fp), "%016llx", (unsigned long long)live_fp);
+            SL_TEL(SL_EV_TLS_RELOADED, SL_INFO, SL_TF_I("certificates", live.n),
+                   SL_TF_S("fingerprint", fp));
+            return;
+        }
+        ctxset_free(&next);
+        snprintf(err, sizeof(err),
+                 "the certificate files changed after the master read them (master %016llx, "
+                 "read here %016llx)",
+                 (unsigned long long)expect, (unsigned long long)got);
+    }
+    SL_TEL(SL_EV_TLS_RELOAD_FAILED, SL_ERROR_LEVEL, SL_TF_S("reason", err),
+           SL_TF_S("kept", "the certificates in use"));
 }
 
 void sl_tls_rotate_tickets(void)

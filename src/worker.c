@@ -102,8 +102,11 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
              * could not give us (their clients see the connection close);
              * each is counted, and none stays "pending" for good. */
             uatomic_add(&w->stats->errors[SL_ERR_FD_EXHAUSTED], (uint64_t)SL_MAX(sent - n, 1));
-            uatomic_set(&sl_shm->fd_exhausted_mono, sl_mono_ms());
             uatomic_add(&w->stats->pending_handoff, -(sent - n));
+            /* (Not /health: only the master's accept at EMFILE means the
+             * server takes no connection; a worker's own limit, which
+             * clients can push it to, must not flap the node out of a load
+             * balancer.) */
         }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
@@ -167,7 +170,9 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
             } else {
                 sl_session_reload_keys(0);
             }
-            sl_tls_reload();
+            /* The certificates: only to what the master serves now (its
+             * fingerprint in shared memory; review r16 L4), whoever sent it. */
+            sl_tls_reload(uatomic_read(&sl_shm->tls_fingerprint));
             sl_accesslog_reopen();
         } else
             worker_stop(arg);

@@ -354,6 +354,8 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             }
             r->in_frame = false;
             r->frames++;
+            if (!r->in_message)
+                r->completed++;
             rc = deliver_control(r, p, (size_t)r->frame_len, h, ctx);
             free(r->ctl);
             r->ctl = NULL;
@@ -371,6 +373,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             /* The common case: an unfragmented frame, delivered in place. */
             r->in_frame = false;
             r->frames++;
+            r->completed++;
             if (r->msg_deflated) {
                 if ((rc = deliver_inflated(r, p, take, h, ctx)) != 0)
                     return rc;
@@ -394,6 +397,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         }
         /* Last fragment: the message is complete. */
         r->in_message = false;
+        r->completed++;
         if (!r->msg_deflated && r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
             return SL_WS_CLOSE_INVALID_DATA;
         uint8_t *m = r->msg;

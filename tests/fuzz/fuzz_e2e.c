@@ -20,10 +20,11 @@
  *               from the next byte, a length byte, the payload (masked
  *               here); b & 0x40: instead, the upgrade request (to /echo
  *               when b & 0x80)
- * Checks: whatever the server writes after a 101 is a well-formed stream
- * of server frames (unmasked, whole: no truncated frame before a close;
- * compressed ones only when the 101 accepted permessage-deflate, and they
- * inflate), and on "/" every text message is a JSON object.
+ * Checks: the server's first bytes on a connection are an HTTP response;
+ * whatever it writes after a 101 is a well-formed stream of server frames
+ * (unmasked, whole: no truncated frame before a close; compressed ones only
+ * when the 101 accepted permessage-deflate, and they inflate), and on "/"
+ * every text message is a JSON object.
  */
 #include "sl_conf.h"
 #include "sl_conn.h"
@@ -144,6 +145,12 @@ static void drain(void)
             memcpy(cl->out + cl->out_len, buf, (size_t)r);
             cl->out_len += (size_t)r;
             if (cl->phase == 0) {
+                /* Before anything else, an HTTP response (a slow-consumer
+                 * close must never come before the 101). */
+                if (memcmp(cl->out, "HTTP/1.1 ", SL_MIN(cl->out_len, 9)) != 0) {
+                    fprintf(stderr, "the server's first bytes are not an HTTP response\n");
+                    abort();
+                }
                 uint8_t *end = memmem(cl->out, cl->out_len, "\r\n\r\n", 4);
                 if (end == NULL)
                     continue;

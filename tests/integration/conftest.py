@@ -15,7 +15,7 @@ BIN = os.environ.get("SENTE_LITE_BIN") or os.path.join(
 # Sanitizer builds are slower: scale waits.
 SLOW = 3.0 if "asan" in BIN else 1.0
 # The same build with crash, stop and fault points compiled in (make builds
-# it next to BIN): SL_CRASH_ARM=<worker>:<point>:<nth>:<exit|stop|fail>.
+# it next to BIN): SL_CRASH_ARM=<worker>:<point>:<nth>:<exit|stop|stops|fail>.
 CRASH_BIN = BIN + "-crash"
 
 

@@ -288,6 +288,9 @@ def test_sighup_reopens_the_logs_and_reloads_the_keys(server_factory, keys, tmp_
     wait_for(lambda: access.exists() and "/health?before" in access.read_text(),
              what="the first access-log line")
     os.rename(access, str(access) + ".1")
+    # (The logger opens --log-file when it starts, which on a loaded
+    # machine may be after /health already answers.)
+    wait_for(lambda: os.path.exists(srv.log), what="the log file opened")
     os.rename(srv.log, srv.log + ".1")
     new_secret = "m" * 40
     secret.write_text(new_secret)

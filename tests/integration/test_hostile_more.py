@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
 from conftest import SLOW, wait_for
 from test_hostile import (errors, opened, rss_bytes, send_until_refused, finish_frame, ASAN,
-                          MIB)
-from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame
+                          MIB, warm_up)
+from wsraw import OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS, frame, read_response, status_of
 
 
 def on_workers(srv, wanted, **kw):
@@ -484,17 +485,20 @@ def test_unfinished_messages_are_bounded_per_worker(server_factory):
     message, but nothing bounded the sum: 300 connections held 304 MiB.
     Over the worker's share of --max-inbound-total, a connection holding 64
     KiB or more that keeps adding is closed 1013 and counted; small
-    unfinished messages go on; /stats inbound-bytes shows what is held."""
+    unfinished messages go on; /stats inbound-bytes shows what is held.
+    (Since rm13 N2 the holders that have held the longest are refused
+    first, whatever each holds: the small message begins after the big
+    ones, so it is the newest holder and goes on.)"""
     srv = server_factory("--max-inbound-total", "8M", "--message-timeout-ms", "60000", workers=1)
     wpid = srv.worker_pids()[0]
     small = opened(srv, timeout=20 * SLOW)
-    small.send(frame(OP_TEXT, b'{"type":"x","p":"', fin=False))  # a small unfinished message
     before = rss_bytes(wpid)
     part = frame(OP_TEXT, b'"' + b"a" * (MIB - 2), fin=False)
     big = [opened(srv, timeout=20 * SLOW) for _ in range(30)]
     for ws in big:
         ws.send(part)
     wait_for(lambda: errors(srv)["inbound-limit"] >= 20, timeout=20, what="closed for the share")
+    small.send(frame(OP_TEXT, b'{"type":"x","p":"', fin=False))  # a small unfinished message
     held = srv.stats()["inbound-bytes"]
     print(f"inbound-bytes {held / MIB:.1f} MiB, RSS growth "
           f"{(rss_bytes(wpid) - before) / MIB:.1f} MiB")
@@ -514,3 +518,184 @@ def test_unfinished_messages_are_bounded_per_worker(server_factory):
     small.send(frame(OP_CONT, b'q"}'))
     assert read_json(small)["type"] == "echo"
     wait_for(lambda: srv.stats()["inbound-bytes"] < 64 * 1024, what="released")
+
+
+# ------------------------------ 12: no message timeout while we do not read
+
+def test_message_timeout_waits_while_the_server_does_not_read(server_factory):
+    """A connection paused by back-pressure in the middle of a fragmented
+    message used to be closed 1008 'message not completed in time' for a
+    message it had sent in full: the timer ran while we were not reading."""
+    srv = server_factory("--max-outbound-bytes", "1M", "--message-timeout-ms", "1000", workers=1)
+    ws = opened(srv, rcvbuf=4096, timeout=20 * SLOW)
+    r, _ = subscribe(ws, "p")
+    assert r["success"]
+    pub = opened(srv)
+    # Deliveries it does not read: over half the bound, under the bound.
+    sent = 0
+    while srv.stats()["outbound-bytes"] < 600 * 1024:
+        assert request(pub, {"type": "publish", "channel-id": "p",
+                             "data": {"n": sent, "pad": "g" * 50000}})["success"]
+        sent += 1
+        assert sent < 200  # (the kernel takes a few MB first)
+    # A message in two fragments with a ping between them: the ping's
+    # turn ends in a pause (output over half the bound) with the message open.
+    ws.send(frame(OP_TEXT, b'{"type":"frag",', fin=False) + frame(OP_PING, b"x") +
+            frame(OP_CONT, b'"n":1}'))
+    time.sleep(2.5 * SLOW)  # well past --message-timeout-ms, not reading
+    kinds = []
+    while True:
+        _, op, payload = ws.read_frame()
+        if op == 8:  # close
+            raise AssertionError(f"closed: {payload!r}")
+        if op == OP_TEXT:
+            m = json.loads(payload)
+            kinds.append(m["type"])
+            if m["type"] == "echo":
+                break
+    assert kinds.count("channel-message") == sent and kinds[-1] == "echo"
+    assert errors(srv)["message-timeout"] == 0
+
+
+# --------------------------------- 13: control rates above 65535
+
+def test_control_rate_above_65535_still_detects_a_flood(server_factory):
+    """The per-second count of pings stopped at 65535, so a
+    --max-control-rate of 65535 or more never closed a flood."""
+    srv = server_factory("--max-control-rate", "66000", workers=1)
+    ws = opened(srv, timeout=30 * SLOW)
+    ping = frame(OP_PING)
+    f = Flooder(ws.sock, ping * 20000)
+    closed, deadline = None, time.monotonic() + 30 * SLOW
+    try:
+        ws.sock.settimeout(30 * SLOW)
+        while closed is None and time.monotonic() < deadline:  # pongs until then
+            _, op, payload = ws.read_frame()
+            if op == 8:
+                closed = (struct.unpack(">H", payload[:2])[0], payload[2:])
+    finally:
+        f.end()
+    assert closed == (1008, b"control frame flood")
+    assert errors(srv)["control-flood"] == 1
+
+
+# ------------------------------------- 15: smaller points (HTTP side)
+
+def test_http_client_that_never_reads_is_closed_and_counted(server_factory):
+    """A pipelining HTTP client paused by back-pressure that reads nothing
+    is closed after --keepalive-timeout-ms + --message-timeout-ms; that
+    close was the only one not counted in /stats errors."""
+    srv = server_factory("--keepalive-timeout-ms", "300", "--message-timeout-ms", "500",
+                         workers=1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    req = b"GET /dashboard HTTP/1.1\r\nHost: x\r\n\r\n"
+    send_until_refused(s, req * 500, 2 * 1024 * 1024, 2)
+    wait_for(lambda: srv.stats()["backpressure-pauses"] >= 1, what="pause")
+    wait_for(lambda: errors(srv)["slow-consumer"] == 1, timeout=10 * SLOW,
+             what="the close counted")
+    s.close()
+
+
+def test_http_head_a_byte_at_a_time(server_factory):
+    """An unfinished head is parsed again only once a blank line may have
+    come (not on every byte); the answer is the same: a head sent a byte per
+    segment is answered, one with a bad byte after its first segment gets
+    400 once it ends, and one split inside its blank line is answered."""
+    srv = server_factory(workers=1)
+    def dribble(data, pause=0.002):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(data)):
+            s.send(data[i:i + 1])
+            time.sleep(pause)
+        return s
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 300 + b"\r\n\r\n"
+    s = dribble(head)
+    assert status_of(read_response(s)) == 200
+    # Two requests, the second a byte at a time after the first.
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n")
+    assert status_of(read_response(s)) == 200
+    for b in b"Host: y\r\n\r":
+        s.send(bytes([b]))
+        time.sleep(0.01)
+    time.sleep(0.1)
+    s.send(b"\n")
+    assert status_of(read_response(s)) == 200
+    s.close()
+    s = dribble(b"GET /health HTTP/1.1\r\nHo\x01st: x\r\n\r\n")
+    assert status_of(read_response(s)) == 400
+    s.close()
+
+
+# ---------------- a client streaming messages is not late with any of them
+
+def test_streaming_publisher_is_not_timed_out(server_factory):
+    """A client that publishes 20 KB messages back to back, reading every
+    reply, was closed 1008 'message not completed in time' after
+    --message-timeout-ms: each of the server's reads (16 KiB at most) ended
+    inside a message, so the reader was never idle at the end of a read and
+    the timer kept the start of the first unfinished message (it now
+    restarts whenever a message is completed).  (With 1 KB messages the
+    same happened now and then, after a few seconds.)"""
+    srv = server_factory("--message-timeout-ms", "1000", workers=1)
+    ws = opened(srv, timeout=30 * SLOW)
+    msg = frame(OP_TEXT, json.dumps({"type": "publish", "channel-id": "bulk",
+                                     "data": "x" * 20000}).encode())
+    f = Flooder(ws.sock, msg * 16)
+    closed, replies = None, 0
+    end = time.monotonic() + 3.5 * SLOW  # well past --message-timeout-ms
+    try:
+        while closed is None and time.monotonic() < end:
+            _, op, payload = ws.read_frame()
+            replies += 1
+            if op == 8:
+                closed = payload
+    finally:
+        f.end()
+    assert closed is None, (closed, replies)
+    assert replies > 100 and errors(srv)["message-timeout"] == 0
+
+
+# ------------- 9, 14: a worker out of descriptors is counted, not unhealthy
+
+def test_worker_out_of_descriptors_counted_node_stays_healthy(server_factory):
+    """A worker whose descriptor limit is reached loses the sockets the
+    kernel cannot give it (MSG_CTRUNC): each is counted, and the node stays
+    healthy (clients can push a worker to its limit; only the master's
+    accept at EMFILE makes /health unhealthy), and the worker takes new
+    connections again once it has room."""
+    import subprocess
+    srv = server_factory(workers=1)
+    wpid = srv.worker_pids()[0]
+    warm_up(srv)
+    time.sleep(0.3)  # our own /stats connections closed
+    used = len(os.listdir(f"/proc/{wpid}/fd"))
+    subprocess.run(["prlimit", f"--pid={wpid}", f"--nofile={used + 8}:{used + 8}"], check=True)
+    socks = []
+    for _ in range(60):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5 * SLOW)
+        socks.append(s)
+    # The ones the worker could not take are closed by the kernel.
+    lost = 0
+    for s in socks:
+        s.settimeout(0.5 * SLOW)
+        try:
+            if s.recv(1) == b"":
+                lost += 1
+        except (socket.timeout, ConnectionResetError):
+            pass
+    for s in socks:
+        s.close()
+    assert lost >= 40, lost
+    def answered():
+        try:
+            return srv.get_json("/health")
+        except OSError:
+            return None
+    wait_for(lambda: answered() is not None, timeout=10 * SLOW, what="room again")
+    st, doc = srv.get_json("/health")
+    assert st == 200 and doc["descriptors-ok"] is True
+    assert doc["descriptors-exhausted"] >= lost
+    assert srv.get_json("/stats")[1]["descriptors-exhausted-recently"] is False

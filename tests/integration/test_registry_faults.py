@@ -578,6 +578,137 @@ def test_stall_kills_only_the_lock_holder(server_factory):
     assert len(killed) == 1 and killed[0]["blocking-workers"] == 1
 
 
+def stop_worker2_holding_hot(srv, pids):
+    """Clients on workers 1 and 2; worker 1's subscribes to "hot", worker
+    2's publishes there and worker 2 stops itself in the hand-off (armed
+    SL_CRASH_ARM=2:handoff.locked:1:stop), holding hot's lock; worker 1's
+    client publishes too and worker 1 blocks on that lock.  Returns the two
+    clients (raw, left open) once worker 1 is seen waiting."""
+    b, c = Blaster(srv.port, 1), Blaster(srv.port, 2)
+    b.send_all([frame({"type": "subscribe", "channel-id": "hot"})])
+    wait_for(lambda: b.count(b'"subscription-result"') == 1, what="subscribed on worker 1")
+    c.send_all([frame({"type": "publish", "channel-id": "hot", "data": "from-2"})])
+    wait_for(lambda: is_stopped(pids[2]), what="worker 2 stopped in its hand-off")
+    b.send_all([frame({"type": "publish", "channel-id": "hot", "data": "from-1"})])
+    wait_for(lambda: srv.stats()["workers"][1]["lock-wait-ms"] > 0,
+             what="worker 1 blocked on hot's lock")
+    return b, c
+
+
+def test_stopped_waiter_killed_while_others_take_the_lock(server_factory):
+    """rf12 finding 1: worker 1 is stopped (SIGSTOP) while it *waits* for
+    hot's lock.  Worker 2, which held it, then goes on publishing there:
+    every 50 ms it is continued, ends its hand-off (releasing the lock),
+    takes the lock again for its next publish and stops there once more
+    (armed to stop at every hand-off).  So at every watch pass the lock is
+    held - by a worker the master knows - but never by the same hold as at
+    the previous pass, nor the one worker 1 began to wait for.  Worker 1 is
+    held up by nobody but itself: stalled, killed at its own kill bound,
+    its reader slot released (its cleanup ends and it is replaced).  Before
+    the fix each pass named whoever held the lock then as what kept worker
+    1 waiting, restarted its stall clock, and it was never killed while its
+    slot held reclamation back."""
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "5000",
+                         workers=3, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "2:handoff.locked:1:stops"})
+    pids = srv.worker_pids()
+    # A subscriber on worker 0 that reads everything: each of worker 2's
+    # publishes has an inbox to go to (worker 1's fills up).
+    a = Blaster(srv.port, 0)
+    a.send_all([frame({"type": "subscribe", "channel-id": "hot"})])
+    wait_for(lambda: a.count(b'"subscription-result"') == 1, what="subscribed on worker 0")
+    b, c = stop_worker2_holding_hot(srv, pids)
+    os.kill(pids[1], signal.SIGSTOP)
+    wait_for(lambda: is_stopped(pids[1]), what="worker 1 stopped in its wait")
+    assert srv.stats()["workers"][1]["lock-wait-ms"] > 0
+    done = threading.Event()
+    cycles = [0]
+
+    def cycle():
+        # One publish queued, then continue worker 2: it ends the hand-off
+        # it stopped in and stops in the next one, holding the lock again.
+        while not done.is_set():
+            c.send_all([frame({"type": "publish", "channel-id": "hot", "data": "again"})])
+            os.kill(pids[2], signal.SIGCONT)
+            cycles[0] += 1
+            time.sleep(0.05)
+    t0 = time.monotonic()
+    th = threading.Thread(target=cycle, daemon=True)
+    th.start()
+    seen = []
+
+    def replaced():
+        w = srv.stats()["workers"]
+        if w[1]["pid"] == pids[1]:
+            seen.append((round(time.monotonic() - t0, 1), w[1]["blocked-by"], w[1]["stalled"]))
+        return w[1]["pid"] not in (0, pids[1])
+    try:
+        wait_for(replaced, timeout=40, interval=0.1,
+                 what="the stopped waiter killed, cleaned up and replaced")
+        took = time.monotonic() - t0
+    finally:
+        done.set()
+        th.join(timeout=10)
+        if is_stopped(pids[2]):
+            os.kill(pids[2], signal.SIGCONT)
+        for x in (a, b, c):
+            x.close()
+    assert any(stalled for _, _, stalled in seen), seen
+    st = srv.stats()
+    w0, w1, w2 = st["workers"]
+    assert w1["stall-kills"] == 1 and w1["restarts"] == 1
+    assert w0["pid"] == pids[0] and w0["stall-kills"] == 0 and w0["restarts"] == 0
+    assert w2["stall-kills"] == 0  # it made progress at every cycle
+    killed = [e for e in log_events(srv, "worker-stalled") if e.get("action") == "killed"]
+    assert [e["worker"] for e in killed] == [1] and killed[0]["reason"] == "no-progress"
+    named = sum(1 for t, by, _ in seen if t > 1.0 and by is not None)
+    print(f"\nstopped waiter: killed and replaced {took:.1f} s after the lock was first "
+          f"released ({cycles[0]} hand-offs by worker 2; worker 1 shown blocked-by in "
+          f"{named} of {len(seen)} /stats reads)")
+
+
+def test_cleanup_waiting_for_a_dead_workers_lock_is_shown(server_factory):
+    """rf12 finding 5: worker 1 dies (SIGKILL) while it waits for hot's lock,
+    which worker 2 holds, stopped.  The master's cleanup of worker 1 must
+    take that lock first (its reader slot stays online meanwhile): /stats
+    shows how long it has waited and for whom (cleanup-wait-ms,
+    cleanup-blocked-by: 2), /metrics the same figure; worker 2 is killed at
+    the kill bound, which ends the wait, and the cleanup's telemetry counts
+    it (dead-lock-waits, dead-lock-wait-ms) apart from other busy locks."""
+    srv = server_factory("--worker-stall-ms", "1000", "--worker-stall-kill-ms", "4000",
+                         workers=3, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "2:handoff.locked:1:stop"})
+    pids = srv.worker_pids()
+    b, c = stop_worker2_holding_hot(srv, pids)
+    os.kill(pids[1], signal.SIGKILL)
+    seen = []
+
+    def waiting():
+        w1 = srv.stats()["workers"][1]
+        seen.append((w1["cleanup-wait-ms"], w1["cleanup-blocked-by"]))
+        return w1["cleanup-wait-ms"] > 300 and w1["cleanup-blocked-by"] == 2
+    wait_for(waiting, timeout=5, what="worker 1's cleanup shown waiting for worker 2")
+    _, text, _ = srv.request("GET", "/metrics")
+    line = [ln for ln in text.decode().splitlines()
+            if ln.startswith('sente_lite_worker_cleanup_wait_ms{worker="1"}')]
+    assert line and int(line[0].split()[-1]) > 0, line
+    wait_for(lambda: worker_pid(srv, 2) not in (0, pids[2]), timeout=30,
+             what="worker 2 killed at the kill bound and replaced")
+    wait_for(lambda: worker_pid(srv, 1) not in (0, pids[1]), timeout=10,
+             what="worker 1's cleanup done and worker 1 replaced")
+    w1 = srv.stats()["workers"][1]
+    assert w1["cleanup-wait-ms"] == 0 and w1["cleanup-blocked-by"] is None
+    wait_for(lambda: any(e.get("worker") == 1 and e.get("dead-lock-waits", 0) > 0
+                         for e in log_events(srv, "connection-removed")),
+             timeout=10, what="the cleanup's record with its wait")
+    rec = [e for e in log_events(srv, "connection-removed") if e.get("worker") == 1][0]
+    assert rec["dead-lock-wait-ms"] > 300, rec
+    status, health, _ = timed_get(srv, "/health")
+    assert health["system-health"]["stuck-cleanups"] == []
+    b.close()
+    c.close()
+
+
 def test_stalled_worker_killed_early_when_shared_memory_fills(server_factory):
     """Finding 10: a stopped worker's reader slot holds back reclamation, so
     churn elsewhere piles up in limbo.  With shared memory over 75% full, a

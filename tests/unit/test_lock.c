@@ -4,7 +4,10 @@
  * live process holds (it may be repairing it) and takes it later; who holds
  * a lock and who is blocked on it are recorded for the master's stall
  * watch; and the wait hook runs every 50 ms of CLOCK_MONOTONIC whatever
- * the wall clock does (review of issue 12, findings 1, 2 and 6).
+ * the wall clock does (review of issue 12, findings 1, 2 and 6); a waiter
+ * stopped while others keep taking the lock is blocked by nobody, and a
+ * dead process's lock is done for the cleanup once released (second
+ * review, findings 1, 3 and 4).
  */
 #include "sl_lock.h"
 #include "sl_test.h"
@@ -15,6 +18,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <urcu/system.h>
 
 /* The wall clock as this program sees it, stepped by skew_s seconds: a
  * clock step simulated for the code under test only (the system's clock
@@ -116,33 +120,144 @@ static void test_wait_hook_on_the_monotonic_clock(void)
     munmap(S, sizeof(*S));
 }
 
-/* Finding 2: a lock records its holder; a process blocked on a lock
- * records which one and since when - before it blocks - and forgets it
- * once it has it. */
+/* Finding 2 (r12) and 4 (rf12): who holds a lock is the kernel's record
+ * (the robust futex word), read by sl_lock_owner; a process blocked on a
+ * lock records which one, since when and its release count - before it
+ * blocks - and forgets it once it has it. */
 static void test_holder_and_waiter_recorded(void)
 {
     setup();
-    pid_t a = holder(1, 400);
-    SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 1);
-    SL_CHECK_INT(SL_LOCK_HOLDER_PID(S->l.holder), a);
+    /* Long holds, and polls instead of fixed sleeps: under ASan on a loaded
+     * machine the second process took more than 100 ms to block. */
+    pid_t a = holder(1, 2000);
+    SL_CHECK_INT(sl_lock_owner(&S->l), a);
     pid_t b = fork();
     if (b == 0) {
         sl_lock_set_holder(&S->h[2]);
         sl_lock_acquire(&S->l);
-        sleep_ms(100);
+        sleep_ms(1000);
         sl_lock_release(&S->l);
         _exit(0);
     }
-    sleep_ms(100);
+    for (int i = 0; i < 1000 && S->h[2].waiting != &S->l; i++)
+        sleep_ms(5);
+    sleep_ms(60);
     SL_CHECK(S->h[2].waiting == &S->l);
     SL_CHECK(S->h[2].wait_since_ms > 0 && sl_mono_ms() - S->h[2].wait_since_ms >= 50);
+    SL_CHECK_INT(S->h[2].wait_releases, S->l.releases);
+    sl_lock_view_t v = {0};
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), a); /* held all along by a */
+    SL_CHECK(v.lock == &S->l && v.owner == a && v.releases == S->l.releases);
     waitpid(a, NULL, 0);
-    sleep_ms(50);
+    for (int i = 0; i < 1000 && S->h[2].waiting != NULL; i++)
+        sleep_ms(5);
     SL_CHECK(S->h[2].waiting == NULL);
-    SL_CHECK_INT(SL_LOCK_HOLDER_SLOT(S->l.holder), 2);
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], NULL), 0);
+    SL_CHECK_INT(sl_lock_owner(&S->l), b);
     waitpid(b, NULL, 0);
-    SL_CHECK_INT(S->l.holder, 0);
+    SL_CHECK_INT(sl_lock_owner(&S->l), 0);
+    SL_CHECK_INT(S->l.releases, 2);
     SL_CHECK(S->h[1].n == 0 && S->h[2].n == 0); /* both records forgot it */
+    /* An owner that died: the futex word names nobody (the kernel hands
+     * the lock to the next taker). */
+    a = holder(1, -1);
+    waitpid(a, NULL, 0);
+    SL_CHECK_INT(sl_lock_owner(&S->l), 0);
+    munmap(S, sizeof(*S));
+}
+
+/* rf12 finding 1: a waiter stopped inside its wait (SIGSTOP while blocked)
+ * while other processes go on taking and releasing the lock.  Whoever
+ * holds the lock at the moment the master looks did not keep the waiter
+ * waiting: the lock has changed hands since the wait began and since the
+ * previous look, so the waiter is blocked by nobody (sl_lock_blocker 0)
+ * and the stall watch judges it on its own progress - stalled, killed.
+ * (Before the fix it was "blocked by" whichever live process held the
+ * lock then, at every pass, and was never killed.)  While the first
+ * holder still holds it, the waiter is blocked by that holder; and an
+ * owner that keeps the lock from one look to the next (a waiter passed
+ * over when the lock changed hands: a futex does not queue) blocks it. */
+static void test_stopped_waiter_blocked_by_nobody_once_released(void)
+{
+    setup();
+    pid_t a = holder(1, 0); /* holds it, stopped */
+    int st;
+    waitpid(a, &st, WUNTRACED);
+    pid_t b = fork();
+    if (b == 0) {
+        sl_lock_set_holder(&S->h[2]);
+        sl_lock_acquire(&S->l);
+        sl_lock_release(&S->l);
+        _exit(0);
+    }
+    for (int k = 0; k < 200 && CMM_LOAD_SHARED(S->h[2].waiting) == NULL; k++)
+        sleep_ms(5);
+    SL_CHECK(S->h[2].waiting == &S->l);
+    sleep_ms(20); /* b is in the futex wait */
+    kill(b, SIGSTOP);
+    waitpid(b, &st, WUNTRACED);
+    SL_CHECK(WIFSTOPPED(st));
+    sl_lock_view_t v = {0};
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), a); /* a has held it all along */
+    kill(a, SIGCONT); /* a releases it; b, stopped, cannot take it */
+    waitpid(a, &st, 0);
+    /* Others take and release it; one holds it when the master looks. */
+    for (int k = 0; k < 3; k++) {
+        SL_CHECK_INT(sl_lock_acquire(&S->l), SL_OK);
+        sl_lock_release(&S->l);
+    }
+    pid_t c = holder(3, 0);
+    waitpid(c, &st, WUNTRACED);
+    SL_CHECK_INT(sl_lock_owner(&S->l), c);
+    SL_CHECK(S->h[2].waiting == &S->l); /* b still waits, stopped */
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], NULL), 0); /* not c's doing */
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0);   /* nor since the last look */
+    /* c keeps it until the next look: from then on b is blocked by c. */
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), c);
+    /* c lets go, c takes it again (another hold) before the next look. */
+    kill(c, SIGCONT);
+    waitpid(c, &st, 0);
+    c = holder(3, 0);
+    waitpid(c, &st, WUNTRACED);
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0);
+    kill(c, SIGCONT);
+    waitpid(c, &st, 0);
+    SL_CHECK_INT(sl_lock_blocker(&S->h[2], &v), 0); /* free */
+    kill(b, SIGCONT);
+    waitpid(b, &st, 0);
+    SL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    munmap(S, sizeof(*S));
+}
+
+/* rf12 finding 3: the master's cleanup after process 1 found the lock held
+ * by a live process (2, which repaired it and is stopped).  Once 2 has
+ * released it, the lock is done for the cleanup even though the master
+ * never finds it free - here process 3 holds it at the next look, as live
+ * processes do with a saturated lock.  Before the fix the cleanup waited
+ * until a try of its own succeeded, which nothing bounds. */
+static void test_recover_dead_done_once_released(void)
+{
+    setup();
+    pid_t a = holder(1, -1);
+    waitpid(a, NULL, 0);
+    pid_t b = holder(2, 0); /* EOWNERDEAD: it repairs, then stops */
+    int st;
+    waitpid(b, &st, WUNTRACED);
+    size_t repaired = 0;
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 1);
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 1); /* still held by b */
+    SL_CHECK_INT(S->h[1].n, 1);
+    kill(b, SIGCONT);
+    waitpid(b, &st, 0);
+    pid_t c = holder(3, 0); /* busy again when the master looks */
+    waitpid(c, &st, WUNTRACED);
+    SL_CHECK_INT(sl_lock_recover_dead(&S->h[1], &repaired), 0);
+    SL_CHECK_INT(S->h[1].n, 0);
+    SL_CHECK_INT(S->h[1].kept_releases[0], 0);
+    SL_CHECK_INT(repaired, 0);
+    SL_CHECK_INT(S->repairs, 1); /* repaired once, by b */
+    kill(c, SIGCONT);
+    waitpid(c, &st, 0);
     munmap(S, sizeof(*S));
 }
 
@@ -184,5 +299,7 @@ int main(void)
     SL_TEST_RUN(test_wait_hook_on_the_monotonic_clock);
     SL_TEST_RUN(test_holder_and_waiter_recorded);
     SL_TEST_RUN(test_recover_dead_waits_for_a_live_repair);
+    SL_TEST_RUN(test_stopped_waiter_blocked_by_nobody_once_released);
+    SL_TEST_RUN(test_recover_dead_done_once_released);
     return sl_test_summary();
 }

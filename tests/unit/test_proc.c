@@ -84,9 +84,9 @@ static void test_lost_to_emfile_are_known(void)
             close(prev[k]);
         int fds[SL_PROC_FDS_MAX], sent = -1;
         char tag = 0;
-        /* The parent may not have sent yet (the receive does not wait). */
+        /* The receive does not wait: wait here for the parent's send. */
         struct pollfd pfd = {.fd = sv[1], .events = POLLIN};
-        poll(&pfd, 1, 10000);
+        (void)poll(&pfd, 1, 30000);
         int got = sl_proc_recv_fds_n(sv[1], fds, &tag, &sent);
         int e = errno;
         int out[4] = {got, sent, e == EMFILE, tag == SL_PROC_TAG_OPS};
