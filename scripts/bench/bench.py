@@ -541,7 +541,7 @@ def figure(name, r):
     if name.startswith("json2k"):
         return {"delivered/s": r.get("delivered-per-s"), "p99 ms": ms(r.get("latency-p99-us")),
                 "lost": r.get("lost"), "wire bytes/msg": r.get("wire-bytes-per-delivery"),
-                "worker cpu us/msg": r.get("worker-cpu-us-per-delivery")}
+                "worker cpu us/msg": r.get("worker-cpu-us-per-delivery"), "bench cpu s": cpu(r)}
     if name.startswith("wss-idle"):
         return {"pss bytes/conn": r["pss-per-conn"], "bytes/conn": r["bytes-per-conn"]}
     if name.startswith("wss-connect"):
