@@ -28,7 +28,12 @@ function nssHome(ca) {
   const h = mkdtempSync(path.join(os.tmpdir(), 'sente-web-home-'));
   const db = path.join(h, '.pki', 'nssdb');
   mkdirSync(db, { recursive: true });
-  execFileSync('certutil', ['-N', '-d', `sql:${db}`, '--empty-password']);
+  try {
+    execFileSync('certutil', ['-N', '-d', `sql:${db}`, '--empty-password']);
+  } catch (e) {
+    if (e.code === 'ENOENT') throw new Error('certutil is missing: scripts/deps.sh --web installs libnss3-tools');
+    throw e;
+  }
   if (ca) execFileSync('certutil', ['-A', '-d', `sql:${db}`, '-t', 'C,,', '-n', 'sente-lite test CA', '-i', ca]);
   return h;
 }
