@@ -99,6 +99,9 @@ test('the demo over https: the page connects with wss:// and two pages chat', as
   const long = 'all work and no play makes jack a dull boy. '.repeat(40).trim();
   await alice.fill('#text', long);
   await alice.press('#text', 'Enter');
+  // Bob answers once alice's message is back on her page: the two pages
+  // may sit on different workers, so only that fixes the order.
+  await waitFor(async () => (await shown(alice)).length === 1, { timeoutMs: 10000, what: "alice's message" });
   await bob.fill('#text', 'hi alice');
   await bob.press('#text', 'Enter');
   const want = [`alice: ${long}`, 'bob: hi alice'];
