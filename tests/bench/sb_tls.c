@@ -21,7 +21,13 @@
  * (the answer sente-lite always gives) by one inflater per process, reset
  * per message; with context takeover by an inflater of the connection's
  * own, kept between messages.  The output is one process-wide buffer,
- * bounded by SB_WS_MAX_MESSAGE.
+ * bounded by SB_WS_MAX_MESSAGE.  Without context takeover a message
+ * inflates to the same bytes whatever connection it came on, and a
+ * server that encodes once sends the same compressed bytes to all its
+ * subscribers: the last few such messages are kept (input and output,
+ * compared byte for byte), so a broadcast to 1,000 subscribers is
+ * inflated once per process, not 1,000 times - the generator measures the
+ * server, not its own inflater.
  *
  * Ownership: c->ssl and c->zctx belong to the connection engine, freed by
  * sb_tls_close / sb_pmd_release from its release().
@@ -262,9 +268,87 @@ static int run_inflate(z_stream *z, const uint8_t *p, size_t n, size_t *len)
     return 0;
 }
 
+/* Recently inflated stateless messages (see the top): a direct-mapped
+ * table by a hash of the compressed bytes, an entry used only when they
+ * are equal; big enough for every message in flight (fan-out keeps up to
+ * --inflight per publisher), bounded in memory. */
+#define ZCACHE_N 2048
+#define ZCACHE_IN_MAX (16 * 1024)
+#define ZCACHE_OUT_MAX (64 * 1024)
+static struct {
+    uint8_t *in, *out;
+    size_t in_len, out_len;
+} zcache[ZCACHE_N];
+
+/* All of the bytes, eight at a time (the deflate block header at the
+ * start is often the same for similar messages: the whole input is
+ * needed); a collision is only a miss. */
+static uint32_t zhash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15u ^ n, w;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdu;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3u;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static bool out_room(size_t n)
+{
+    if (n <= zcap)
+        return true;
+    uint8_t *nb = realloc(zout, n);
+    if (!nb)
+        return false;
+    zout = nb;
+    zcap = n;
+    return true;
+}
+
+static int zcache_find(unsigned i, const uint8_t *p, size_t n, size_t *len)
+{
+    if (!zcache[i].in || zcache[i].in_len != n || memcmp(zcache[i].in, p, n) != 0 ||
+        !out_room(zcache[i].out_len))
+        return -1;
+    memcpy(zout, zcache[i].out, zcache[i].out_len);
+    *len = zcache[i].out_len;
+    return 0;
+}
+
+static void zcache_add(unsigned i, const uint8_t *p, size_t n, size_t len)
+{
+    if (n > ZCACHE_IN_MAX || len > ZCACHE_OUT_MAX)
+        return;
+    uint8_t *in = malloc(n ? n : 1), *out = malloc(len ? len : 1);
+    if (!in || !out) {
+        free(in);
+        free(out);
+        return;
+    }
+    memcpy(in, p, n);
+    memcpy(out, zout, len);
+    free(zcache[i].in);
+    free(zcache[i].out);
+    zcache[i].in = in;
+    zcache[i].out = out;
+    zcache[i].in_len = n;
+    zcache[i].out_len = len;
+}
+
 int sb_pmd_inflate(struct sb_conn *c, const uint8_t *p, size_t n, uint8_t **out, size_t *outlen)
 {
     z_stream *z;
+    size_t len = 0;
+    unsigned slot = n <= ZCACHE_IN_MAX ? zhash(p, n) % ZCACHE_N : 0;
+    if (c->pmd != 2 && n <= ZCACHE_IN_MAX && zcache_find(slot, p, n, &len) == 0) {
+        *out = zout ? zout : (uint8_t *)"";
+        *outlen = len;
+        return 0;
+    }
     if (c->pmd == 2) {
         if (!c->zctx) {
             c->zctx = calloc(1, sizeof(*c->zctx));
@@ -284,9 +368,10 @@ int sb_pmd_inflate(struct sb_conn *c, const uint8_t *p, size_t n, uint8_t **out,
         z = &shared_z;
         inflateReset(z);
     }
-    size_t len = 0;
     if (run_inflate(z, p, n, &len) != 0)
         return -1;
+    if (c->pmd != 2)
+        zcache_add(slot, p, n, len);
     *out = zout ? zout : (uint8_t *)"";
     *outlen = len;
     return 0;
