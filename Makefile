@@ -195,6 +195,22 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel $(BUILD)/bench/bench
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png
 
+# Issue 16's rows alone (also part of `make bench`): sente-lite and nginx +
+# nchan over wss with the same throw-away certificates (handshakes/s with
+# ECDSA and RSA, full and resumed, through sente-bench and openssl s_time;
+# fan-out at 1,000 subscribers flat out and at 20/s; idle PSS per wss
+# connection) and sente-lite's permessage-deflate against none on a 2 KiB
+# JSON document.  About 5 minutes; figures in docs/benchmarks.md.
+BENCH_TLS_ROWS := wss-connect-ec,wss-connect-ec-resumed,wss-connect-rsa,wss-connect-rsa-resumed,wss-fanout-1k,wss-fanout-1k-20/s,wss-idle-2k,json2k-fanout-1k-plain,json2k-fanout-1k-deflate,s_time
+.PHONY: bench-tls
+bench-tls: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --bench
+	scripts/bench/peers-install.sh
+	$(PY) scripts/bench/bench.py --only sente-lite,nchan --no-access \
+	    --scenarios '$(BENCH_TLS_ROWS)' --out $(BUILD)/bench/tls.json
+	$(PY) scripts/bench/report.py $(BUILD)/bench/tls.json $(BUILD)/bench/tls.md \
+	    $(BUILD)/bench/tls.png
+
 # A well-behaved client's echo round trips/s and p99 alone and beside 200
 # hostile connections, alternating in the same run (scripts/bench/hostile.py).
 bench-hostile: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/hostile_gen
@@ -333,7 +349,7 @@ check-integration: $(BUILD)/sente-bench
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lssl -lcrypto -lz -lm
 # --- sente-bench ---
 
 # --- ceiling ---
@@ -357,7 +373,7 @@ bench bench-quick: $(BUILD)/bench/ceiling
 # libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
 # entries go to build-fuzz/corpus/, findings to build-fuzz/artifacts/
 # (`make fuzz-merge` adds what is new to tests/fuzz/corpus/).
-FUZZ_TARGETS := http ws utf8 conf e2e token pmd
+FUZZ_TARGETS := http ws utf8 conf e2e token pmd tls
 FUZZ_SECONDS ?= 60
 FUZZ_REPLAY  := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_TARGETS))
 FUZZ_BINS    := $(patsubst %,build-fuzz/fuzz/fuzz_%,$(FUZZ_TARGETS))
