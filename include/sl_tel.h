@@ -88,6 +88,8 @@ typedef enum {
     SL_EV_TLS_RELOADED,           /* SIGHUP: certificates reread */
     SL_EV_TLS_RELOAD_FAILED,      /* SIGHUP: kept the certificates in use */
     SL_EV_WORKER_CLEANUP_WAITING, /* a dead worker's cleanup waits past the kill bound */
+    SL_EV_CHANNEL_JOIN,           /* join / leave events handed out (debug level) */
+    SL_EV_CHANNEL_LEAVE,
     SL_EV__COUNT
 } sl_event_t;
 

@@ -67,7 +67,7 @@ static const char *const event_names[SL_EV__COUNT] = {
     "authenticated", "authentication-failed", "session-expired", "permission-denied",
     "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
     "open-access", "worker-recovered", "tls-reloaded", "tls-reload-failed",
-    "worker-cleanup-waiting",
+    "worker-cleanup-waiting", "channel-join", "channel-leave",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};
