@@ -116,6 +116,7 @@ enum {
     M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
     M_DELIVER_RECOVER = 24,     /* --redis delivery / reset: no completion after a dead broker */
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
+    M_TICKETS_PUBLISH_FIRST = 26, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 
