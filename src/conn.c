@@ -1485,8 +1485,12 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (n == SL_XPORT_REFUSED) {
-        conn_idle_remove(c);
-        conn_lingering(c); /* answered by the transport: half-close, drain */
+        /* Answered by the transport (counted there): it stops counting
+         * against --max-http-connections now, as every refused HTTP
+         * connection does (review rg16 F2: off every list, it held its
+         * place unevictable for the linger), then half-close, drain. */
+        conn_http_uncount(c);
+        conn_lingering(c);
         return;
     }
     if (n < 0) {

@@ -565,3 +565,32 @@ def test_plain_http_on_the_tls_port_lingers(server_factory, certs):
         wait_for(lambda: _http_conns(s) <= 1, what="the refused connection closed")
         assert c.recv(4096) == b""
     assert errors(s)["tls-plain-http"] == 1
+
+
+def test_plain_http_on_the_tls_port_does_not_hold_http_places(server_factory, certs):
+    """Review rg16 F2: plain HTTP on the TLS port, answered 400 and
+    lingering, kept its --max-http-connections place (off every list, so
+    no newcomer could take it back) until its FIN or the 2 s linger: eight
+    one-packet GETs locked every HTTP client and WebSocket upgrade out with
+    503.  Now it stops counting when it is refused, as every refused HTTP
+    connection does."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "8", workers=1)
+    socks = [socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+             for _ in range(8)]
+    for c in socks:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for c in socks:  # each is answered 400 and lingers (the socket stays open)
+        data = b""
+        while b"use https" not in data:
+            chunk = c.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 400 ")
+    # At once (well inside the linger): a plain client is admitted.
+    assert s.request("GET", "/health")[0] == 200
+    st = s.stats()
+    assert st["errors"]["tls-plain-http"] == 8
+    assert st["errors"]["http-connection-limit"] == 0
+    for c in socks:
+        c.close()
+
