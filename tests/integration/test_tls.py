@@ -8,6 +8,7 @@ many small messages through the record packing."""
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -594,3 +595,106 @@ def test_plain_http_on_the_tls_port_does_not_hold_http_places(server_factory, ce
     for c in socks:
         c.close()
 
+
+def _worker_sockets(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
+def _refused_flood(s, port, n):
+    """n bare connects to port while every --max-http-connections place is
+    held by a request receiving its body (nothing to take back): each is
+    refused at admission.  Returns the most sockets the worker held at
+    once (sampled until every flood connection was closed by the server),
+    above what it held before."""
+    wpid = s.worker_pids()[0]
+
+    def hold():
+        h = socket.create_connection(("127.0.0.1", s.port), timeout=5 * SLOW)
+        h.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        return h
+    holders = [hold() for _ in range(8)]
+    wait_for(lambda: _http_conns(s) == 9, what="8 places held")  # (the 9th: /stats)
+    holders.append(hold())  # the last place (or the idle /stats connection's)
+    time.sleep(0.2)  # (nothing to poll: /stats would be refused now)
+    base = _worker_sockets(wpid)
+    flood, most = [], 0
+    for k in range(n):
+        flood.append(socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW))
+        time.sleep(0.001)  # one at a time (not a hand-off batch) reaches the worker
+        if k % 10 == 0:
+            most = max(most, _worker_sockets(wpid))
+    deadline = time.monotonic() + 20 * SLOW
+    for f in flood:  # each is closed by the server (EOF or reset), not kept
+        f.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            f.recv(10)
+        except ConnectionResetError:
+            pass
+        most = max(most, _worker_sockets(wpid))
+        f.close()
+    for h in holders:
+        h.close()
+    return most - base
+
+
+def test_tls_newcomers_refused_at_the_limit_hold_no_descriptor(server_factory, certs):
+    """Review rg16 F1: a TLS connection refused at --max-http-connections
+    (a newcomer, or one taken back in the middle of its handshake) was
+    given a 503 that cannot be written before a handshake, so it kept its
+    descriptor and SSL object, uncounted, until its 100 ms deadline and the
+    next tick (up to 1 s): 300 refused connects held ~300 descriptors on
+    the TLS port against ~0 on the plain port.  Now it is closed at once,
+    on both ports alike."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "9",
+                   "--message-timeout-ms", "20000", "--keepalive-timeout-ms", "20000",
+                   workers=1)
+    plain = _refused_flood(s, s.port, 300)
+    tls = _refused_flood(s, s.tls_port, 300)
+    # At most a few hand-off batches (64 descriptors each) in flight.
+    assert tls <= plain + 64, (tls, plain)
+    assert errors(s)["http-connection-limit"] >= 600
+
+
+def test_tls_handshake_taken_back_at_the_limit_is_closed_at_once(server_factory, certs):
+    """Review rg16 F1, the heads list: connections that began a handshake
+    (one byte of a ClientHello) are taken back oldest first by newcomers at
+    --max-http-connections; each taken back is closed at once, not kept
+    until a tick with a 503 it can never send."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "8",
+                   "--message-timeout-ms", "20000", "--keepalive-timeout-ms", "20000",
+                   workers=1)
+    wpid = s.worker_pids()[0]
+    base = _worker_sockets(wpid)
+    flood, most = [], 0
+    for k in range(300):
+        f = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+        f.sendall(b"\x16")  # a handshake under way: on the heads list
+        flood.append(f)
+        time.sleep(0.002)  # its byte read before the next one comes
+        if k % 10 == 0:
+            most = max(most, _worker_sockets(wpid))
+    # All but 8 are taken back (which 8 stay depends on when each byte was
+    # read: one not read yet is idle, and goes first): closed by the server.
+    deadline = time.monotonic() + 20 * SLOW
+    open_ = list(flood)
+    while len(open_) > 8 and time.monotonic() < deadline:
+        ready, _, _ = select.select(open_, [], [], 0.05)
+        for f in ready:
+            try:
+                gone = f.recv(10) == b""
+            except ConnectionResetError:
+                gone = True
+            if gone:
+                open_.remove(f)
+        most = max(most, _worker_sockets(wpid))
+    assert len(open_) == 8
+    assert most - base <= 8 + 64, most - base
+    assert errors(s)["http-connection-limit"] >= 292
+    for f in flood:
+        f.close()
