@@ -19,7 +19,7 @@ import time
 import pytest
 import websockets
 
-from conftest import BIN, SLOW, free_port, wait_for
+from conftest import BIN, CRASH_BIN, SLOW, free_port, wait_for
 from tlskit import Certs, https_get, tls_connect
 from wsraw import OP_TEXT, RawWS, frame
 
@@ -698,3 +698,79 @@ def test_tls_handshake_taken_back_at_the_limit_is_closed_at_once(server_factory,
     assert errors(s)["http-connection-limit"] >= 292
     for f in flood:
         f.close()
+
+
+def test_flush_waiting_for_the_peer_while_paused_goes_on_at_its_bytes(server_factory, certs):
+    """Review rg16 F4 (the r16 L1 path): a TLS flush that must read the
+    peer's bytes before it can write (a handshake message from the peer)
+    while the connection is paused by back-pressure waited for neither
+    event, until the not-reading timeout.  The test build's fault point
+    makes the flush answer "wait for the peer" once, when the paused
+    connection's 64 KiB of responses are queued; the client's next
+    request then gets every response out (not 60 s later)."""
+    s = tls_server(server_factory, certs, None, "--keepalive-timeout-ms", "30000",
+                   "--message-timeout-ms", "30000", workers=1, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.flush.wait-read:1:fail"})
+    ctx = certs.client_context()
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+
+    def pump():
+        data = out.read()
+        if data:
+            raw.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+            inc.write(raw.recv(65536))
+    pump()
+    obj.write(b"GET /dashboard HTTP/1.1\r\nHost: localhost\r\n\r\n" * 30)
+    pump()
+    wait_for(lambda: s.stats()["workers"][0]["backpressure-pauses"] >= 1, what="paused")
+    obj.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    pump()  # the peer's bytes the flush waits for
+    got = b""
+    while True:
+        chunk = raw.recv(65536)  # (a timeout here: the flush was never retried)
+        if not chunk:
+            break
+        inc.write(chunk)
+        try:
+            while True:
+                d = obj.read(65536)
+                if not d:
+                    break
+                got += d
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    raw.close()
+    assert got.count(b"HTTP/1.1 200 ") == 31
+    assert b"healthy" in got
+
+
+def test_close_notify_waits_for_a_full_socket(server_factory, certs):
+    """Review rg16 F4 (the r16 L2 (b) path): when the socket could not
+    take all of our close_notify, the half-close cut the alert short.  The
+    test build's fault point makes tls_shutdown answer "socket full" once:
+    the alert is written when the socket is writable, and the client reads
+    a clean TLS end (close_notify), not a bare EOF."""
+    s = tls_server(server_factory, certs, None, workers=1, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.shutdown.again:1:fail"})
+    ctx = certs.client_context()
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # (Debian's default sets it)
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW)
+    c = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+    c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = c.recv(65536)  # ssl.SSLEOFError: an EOF without close_notify
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    assert data.startswith(b"HTTP/1.1 200") and b"healthy" in data
