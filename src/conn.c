@@ -403,9 +403,18 @@ static void conn_http_uncount(sl_conn_t *c)
 
 /* Refused at admission (503): it stops counting at once and is closed as
  * soon as the 503 is written (sl_conn_flush), not at the next tick; the
- * deadline is only for a peer that does not take it. */
+ * deadline is only for a peer that does not take it.  A transport whose
+ * handshake is not done (TLS) can write nothing before it, so the 503
+ * would wait for a handshake it is refused the time for, holding the
+ * descriptor and the transport's state uncounted until a tick (review
+ * rg16 F1): it is aborted at once instead - the peer sees the connection
+ * close, as a TLS client refused at the limit does with nginx. */
 static void conn_http_refuse(sl_conn_t *c)
 {
+    if (!conn_xp(c)->established(c->xctx)) {
+        sl_conn_abort(c, "refused before its handshake");
+        return;
+    }
     conn_http_error(c, 503, "too-many-http-connections",
                    "the server is at --max-http-connections", false);
     conn_http_finish(c);
@@ -1502,8 +1511,12 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (n == SL_XPORT_REFUSED) {
-        conn_idle_remove(c);
-        conn_lingering(c); /* answered by the transport: half-close, drain */
+        /* Answered by the transport (counted there): it stops counting
+         * against --max-http-connections now, as every refused HTTP
+         * connection does (review rg16 F2: off every list, it held its
+         * place unevictable for the linger), then half-close, drain. */
+        conn_http_uncount(c);
+        conn_lingering(c);
         return;
     }
     if (n < 0) {

@@ -28,6 +28,7 @@
  */
 #include "sl_tls.h"
 #include "sl_conf.h"
+#include "sl_crash.h"
 #include "sl_tel.h"
 #include "sl_tickets.h"
 
@@ -518,6 +519,14 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
             return SL_ERROR;
         }
     }
+    /* Fault point (test build): the transport needs the peer's bytes
+     * before it can write more, as a handshake message from the peer
+     * makes it - once, when 64 KiB or more wait to be written (an HTTP
+     * connection is paused by back-pressure then): the flush must still
+     * be retried on the peer's next bytes (conn.c, review r16 L1; a test
+     * for it, review rg16 F4). */
+    if (t->established && q->bytes >= 64 * 1024 && SL_FAULT("tls.flush.wait-read"))
+        return SL_XPORT_WAIT_READ;
     while (q->count > 0) {
         /* Pack the head of the queue into one record: a segment of 16 KiB
          * or more is written from where it is, smaller ones are gathered.
@@ -549,7 +558,11 @@ static int tls_shutdown(int fd, void *ctx)
     tls_conn_t *t = ctx;
     if (t->established && t->pend_len == 0) {
         /* close_notify (the peer's is not waited for).  Called again after
-         * SL_AGAIN, SSL_shutdown writes the rest of the alert. */
+         * SL_AGAIN, SSL_shutdown writes the rest of the alert.  (Fault
+         * point, test build: the socket full at the alert, once - review
+         * r16 L2 (b), its test: review rg16 F4.) */
+        if (SL_FAULT("tls.shutdown.again"))
+            return SL_AGAIN;
         ERR_clear_error();
         int r = SSL_shutdown(t->ssl);
         bool again = r < 0 && SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_WRITE;

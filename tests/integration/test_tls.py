@@ -8,6 +8,7 @@ many small messages through the record packing."""
 import asyncio
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import time
 import pytest
 import websockets
 
-from conftest import BIN, SLOW, free_port, wait_for
+from conftest import BIN, CRASH_BIN, SLOW, free_port, wait_for
 from tlskit import Certs, https_get, tls_connect
 from wsraw import OP_TEXT, RawWS, frame
 
@@ -548,6 +549,9 @@ def test_plain_http_on_the_tls_port_lingers(server_factory, certs):
     Now the connection lingers like any refused HTTP one: half-closed,
     what still comes is drained, and the client's end gets a clean FIN."""
     s = tls_server(server_factory, certs, workers=1)
+    wpid = s.worker_pids()[0]
+    time.sleep(0.2)  # (the /stats connection's socket closed: it may only lower base)
+    base = _worker_sockets(wpid)
     with socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW) as c:
         c.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
         data = b""
@@ -562,6 +566,216 @@ def test_plain_http_on_the_tls_port_lingers(server_factory, certs):
         time.sleep(0.3)
         c.shutdown(socket.SHUT_WR)
         # Drained, not reset: the server saw our FIN and closed in turn.
-        wait_for(lambda: _http_conns(s) <= 1, what="the refused connection closed")
+        # (Its socket, not http-connections: it stopped counting when it was
+        # refused - review rg16 F2.)
+        wait_for(lambda: _worker_sockets(wpid) <= base, what="the refused connection closed")
         assert c.recv(4096) == b""
     assert errors(s)["tls-plain-http"] == 1
+
+
+def test_plain_http_on_the_tls_port_does_not_hold_http_places(server_factory, certs):
+    """Review rg16 F2: plain HTTP on the TLS port, answered 400 and
+    lingering, kept its --max-http-connections place (off every list, so
+    no newcomer could take it back) until its FIN or the 2 s linger: eight
+    one-packet GETs locked every HTTP client and WebSocket upgrade out with
+    503.  Now it stops counting when it is refused, as every refused HTTP
+    connection does."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "8", workers=1)
+    socks = [socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+             for _ in range(8)]
+    for c in socks:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    for c in socks:  # each is answered 400 and lingers (the socket stays open)
+        data = b""
+        while b"use https" not in data:
+            chunk = c.recv(4096)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 400 ")
+    # At once (well inside the linger): a plain client is admitted.
+    assert s.request("GET", "/health")[0] == 200
+    st = s.stats()
+    assert st["errors"]["tls-plain-http"] == 8
+    assert st["errors"]["http-connection-limit"] == 0
+    for c in socks:
+        c.close()
+
+
+def _worker_sockets(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
+def _refused_flood(s, port, n):
+    """n bare connects to port while every --max-http-connections place is
+    held by a request receiving its body (nothing to take back): each is
+    refused at admission.  Returns the most sockets the worker held at
+    once (sampled until every flood connection was closed by the server),
+    above what it held before."""
+    wpid = s.worker_pids()[0]
+
+    def hold():
+        h = socket.create_connection(("127.0.0.1", s.port), timeout=5 * SLOW)
+        h.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nab")
+        return h
+    holders = [hold() for _ in range(8)]
+    wait_for(lambda: _http_conns(s) == 9, what="8 places held")  # (the 9th: /stats)
+    holders.append(hold())  # the last place (or the idle /stats connection's)
+    time.sleep(0.2)  # (nothing to poll: /stats would be refused now)
+    base = _worker_sockets(wpid)
+    flood, most = [], 0
+    for k in range(n):
+        flood.append(socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW))
+        time.sleep(0.001)  # one at a time (not a hand-off batch) reaches the worker
+        if k % 10 == 0:
+            most = max(most, _worker_sockets(wpid))
+    deadline = time.monotonic() + 20 * SLOW
+    for f in flood:  # each is closed by the server (EOF or reset), not kept
+        f.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            f.recv(10)
+        except ConnectionResetError:
+            pass
+        most = max(most, _worker_sockets(wpid))
+        f.close()
+    for h in holders:
+        h.close()
+    return most - base
+
+
+def test_tls_newcomers_refused_at_the_limit_hold_no_descriptor(server_factory, certs):
+    """Review rg16 F1: a TLS connection refused at --max-http-connections
+    (a newcomer, or one taken back in the middle of its handshake) was
+    given a 503 that cannot be written before a handshake, so it kept its
+    descriptor and SSL object, uncounted, until its 100 ms deadline and the
+    next tick (up to 1 s): 300 refused connects held ~300 descriptors on
+    the TLS port against ~0 on the plain port.  Now it is closed at once,
+    on both ports alike."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "9",
+                   "--message-timeout-ms", "20000", "--keepalive-timeout-ms", "20000",
+                   workers=1)
+    plain = _refused_flood(s, s.port, 300)
+    tls = _refused_flood(s, s.tls_port, 300)
+    # At most a few hand-off batches (64 descriptors each) in flight.
+    assert tls <= plain + 64, (tls, plain)
+    assert errors(s)["http-connection-limit"] >= 600
+
+
+def test_tls_handshake_taken_back_at_the_limit_is_closed_at_once(server_factory, certs):
+    """Review rg16 F1, the heads list: connections that began a handshake
+    (one byte of a ClientHello) are taken back oldest first by newcomers at
+    --max-http-connections; each taken back is closed at once, not kept
+    until a tick with a 503 it can never send."""
+    s = tls_server(server_factory, certs, None, "--max-http-connections", "8",
+                   "--message-timeout-ms", "20000", "--keepalive-timeout-ms", "20000",
+                   workers=1)
+    wpid = s.worker_pids()[0]
+    base = _worker_sockets(wpid)
+    flood, most = [], 0
+    for k in range(300):
+        f = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+        f.sendall(b"\x16")  # a handshake under way: on the heads list
+        flood.append(f)
+        time.sleep(0.002)  # its byte read before the next one comes
+        if k % 10 == 0:
+            most = max(most, _worker_sockets(wpid))
+    # All but 8 are taken back (which 8 stay depends on when each byte was
+    # read: one not read yet is idle, and goes first): closed by the server.
+    deadline = time.monotonic() + 20 * SLOW
+    open_ = list(flood)
+    while len(open_) > 8 and time.monotonic() < deadline:
+        ready, _, _ = select.select(open_, [], [], 0.05)
+        for f in ready:
+            try:
+                gone = f.recv(10) == b""
+            except ConnectionResetError:
+                gone = True
+            if gone:
+                open_.remove(f)
+        most = max(most, _worker_sockets(wpid))
+    assert len(open_) == 8
+    assert most - base <= 8 + 64, most - base
+    assert errors(s)["http-connection-limit"] >= 292
+    for f in flood:
+        f.close()
+
+
+def test_flush_waiting_for_the_peer_while_paused_goes_on_at_its_bytes(server_factory, certs):
+    """Review rg16 F4 (the r16 L1 path): a TLS flush that must read the
+    peer's bytes before it can write (a handshake message from the peer)
+    while the connection is paused by back-pressure waited for neither
+    event, until the not-reading timeout.  The test build's fault point
+    makes the flush answer "wait for the peer" once, when the paused
+    connection's 64 KiB of responses are queued; the client's next
+    request then gets every response out (not 60 s later)."""
+    s = tls_server(server_factory, certs, None, "--keepalive-timeout-ms", "30000",
+                   "--message-timeout-ms", "30000", workers=1, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.flush.wait-read:1:fail"})
+    ctx = certs.client_context()
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+
+    def pump():
+        data = out.read()
+        if data:
+            raw.sendall(data)
+
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pump()
+            inc.write(raw.recv(65536))
+    pump()
+    obj.write(b"GET /dashboard HTTP/1.1\r\nHost: localhost\r\n\r\n" * 30)
+    pump()
+    wait_for(lambda: s.stats()["workers"][0]["backpressure-pauses"] >= 1, what="paused")
+    obj.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    pump()  # the peer's bytes the flush waits for
+    got = b""
+    while True:
+        chunk = raw.recv(65536)  # (a timeout here: the flush was never retried)
+        if not chunk:
+            break
+        inc.write(chunk)
+        try:
+            while True:
+                d = obj.read(65536)
+                if not d:
+                    break
+                got += d
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    raw.close()
+    assert got.count(b"HTTP/1.1 200 ") == 31
+    assert b"healthy" in got
+
+
+def test_close_notify_waits_for_a_full_socket(server_factory, certs):
+    """Review rg16 F4 (the r16 L2 (b) path): when the socket could not
+    take all of our close_notify, the half-close cut the alert short.  The
+    test build's fault point makes tls_shutdown answer "socket full" once:
+    the alert is written when the socket is writable, and the client reads
+    a clean TLS end (close_notify), not a bare EOF."""
+    s = tls_server(server_factory, certs, None, workers=1, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.shutdown.again:1:fail"})
+    ctx = certs.client_context()
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF  # (Debian's default sets it)
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=10 * SLOW)
+    c = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+    c.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = c.recv(65536)  # ssl.SSLEOFError: an EOF without close_notify
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    assert data.startswith(b"HTTP/1.1 200") and b"healthy" in data
