@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
 
@@ -76,6 +77,16 @@ static struct {
 } trace_ev[SL_TRACE_PENDING];
 static uint32_t ntrace;
 static int64_t trace_wake_us; /* this turn's eventfd writes (0: none) */
+static int64_t trace_drain_us, trace_cpu_us; /* this turn's drain began: wall, CPU */
+
+/* CPU time this thread has run (on a CPU, user + system), in us. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 void sl_pubsub_trace_open(int worker)
 {
@@ -88,10 +99,11 @@ void sl_pubsub_trace_open(int worker)
     sl_worker->trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 }
 
-static void trace_write(int64_t done)
+static void trace_write(int64_t done, int64_t cpu_end)
 {
-    char buf[SL_TRACE_PENDING * 192]; /* a line is at most 160 bytes */
+    char buf[SL_TRACE_PENDING * 256]; /* a line is at most 220 bytes */
     size_t k = 0;
+    int64_t cpu = cpu_end - trace_cpu_us;
     for (uint32_t i = 0; i < ntrace; i++) {
         int m = trace_ev[i].pub
                     ? snprintf(buf + k, sizeof(buf) - k,
@@ -100,9 +112,10 @@ static void trace_write(int64_t done)
                                trace_ev[i].seq, trace_ev[i].a, trace_ev[i].b, trace_wake_us)
                     : snprintf(buf + k, sizeof(buf) - k,
                                "del seq=%" PRIu64 " published=%" PRId64 " woken=%" PRId64
-                               " queued=%" PRId64 " done=%" PRId64 " n=%" PRIu32 "\n",
+                               " drain=%" PRId64 " queued=%" PRId64 " done=%" PRId64
+                               " cpu=%" PRId64 " n=%" PRIu32 "\n",
                                trace_ev[i].seq, trace_ev[i].a, sl_worker->woken_us,
-                               trace_ev[i].b, done, trace_ev[i].n);
+                               trace_drain_us, trace_ev[i].b, done, cpu, trace_ev[i].n);
         if (m > 0 && (size_t)m < sizeof(buf) - k)
             k += (size_t)m;
     }
@@ -112,12 +125,20 @@ static void trace_write(int64_t done)
     }
 }
 
+/* Now as "done": the CPU clock read before the wall clock (and after it
+ * at the drain), so that the CPU time falls inside the wall interval. */
+static void trace_write_now(void)
+{
+    int64_t cpu_end = thread_cpu_us();
+    trace_write(sl_mono_us(), cpu_end);
+}
+
 void sl_pubsub_trace_close(void)
 {
     if (sl_worker->trace_fd < 0)
         return;
     if (ntrace > 0)
-        trace_write(sl_mono_us());
+        trace_write_now();
     close(sl_worker->trace_fd);
     sl_worker->trace_fd = -1;
 }
@@ -125,7 +146,7 @@ void sl_pubsub_trace_close(void)
 static void trace_note(bool pub, uint64_t seq, int64_t a, int64_t b, uint32_t n)
 {
     if (ntrace == SL_TRACE_PENDING)
-        trace_write(sl_mono_us()); /* a very busy turn: "done" is then early */
+        trace_write_now(); /* a very busy turn: "done" is then early */
     trace_ev[ntrace].pub = pub;
     trace_ev[ntrace].seq = seq;
     trace_ev[ntrace].a = a;
@@ -138,7 +159,7 @@ void sl_pubsub_latency_flush(void)
 {
     if (sl_worker->trace_fd >= 0) {
         if (ntrace > 0)
-            trace_write(sl_mono_us());
+            trace_write_now();
         trace_wake_us = 0;
         sl_worker->woken_us = 0;
     }
@@ -999,6 +1020,10 @@ size_t sl_pubsub_drain(void)
     sl_inbox_entry_t e;
     uint64_t pos;
     size_t n = 0;
+    if (sl_worker->trace_fd >= 0) {
+        trace_drain_us = sl_mono_us();
+        trace_cpu_us = thread_cpu_us();
+    }
     /* Bounded per turn so one busy channel cannot starve the loop. */
     while (n < SL_INBOX_CAP && sl_inbox_pop(in, &e, &pos)) {
         /* Everything pushed before a skip was delivered; a skip noted

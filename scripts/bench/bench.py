@@ -84,18 +84,21 @@ def pss_of(pids):
     return total
 
 
-def cpu_of(pids):
+def cpu_of(pids, split=False):
     """CPU seconds (utime + stime, /proc/PID/stat) summed over these
-    processes: the server's own work, whatever else ran on the machine."""
-    total = 0
+    processes: the server's own work, whatever else ran on the machine
+    (split: user and system apart)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except (FileNotFoundError, ProcessLookupError, IndexError):
             pass
-    return total / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return (user / tck, system / tck) if split else (user + system) / tck
 
 
 def read_trace(prefix, workers):
@@ -128,7 +131,11 @@ def read_trace(prefix, workers):
             "accept-us": p["accepted"] - p["arrival"],
             "last-write-us": max(x["done"] for x in d.values()) - p["arrival"],
             "per-worker": {w: {"queued-us": x["queued"] - p["arrival"],
-                               "done-us": x["done"] - p["arrival"], "n": x["n"]}
+                               "done-us": x["done"] - p["arrival"], "n": x["n"],
+                               # the drain-to-last-writev turn: its wall time and
+                               # the worker's CPU time in it (the rest: waiting
+                               # for a CPU)
+                               "turn-us": x["done"] - x["drain"], "cpu-us": x.get("cpu")}
                            for w, x in d.items()},
             "wake-to-woken-us": max(woken) if woken else None,
         })
@@ -136,7 +143,16 @@ def read_trace(prefix, workers):
         return None
     last = sorted(m["last-write-us"] for m in msgs)
     woken = [m["wake-to-woken-us"] for m in msgs if m["wake-to-woken-us"] is not None]
-    return {"messages": len(msgs), "last-write-p50-us": statistics.median(last),
+    turns = [x for m in msgs for x in m["per-worker"].values() if x["cpu-us"] is not None]
+    cpu = {}
+    if turns:
+        cpu = {"turn-p50-us": statistics.median(x["turn-us"] for x in turns),
+               "turn-cpu-p50-us": statistics.median(x["cpu-us"] for x in turns),
+               "cpu-share-p50": statistics.median(x["cpu-us"] / max(1, x["turn-us"])
+                                                  for x in turns),
+               "cpu-us-per-write-p50": statistics.median(x["cpu-us"] / max(1, x["n"])
+                                                         for x in turns)}
+    return {**cpu, "messages": len(msgs), "last-write-p50-us": statistics.median(last),
             "last-write-max-us": last[-1],
             "wake-to-woken-p50-us": statistics.median(woken) if woken else None,
             "wake-to-woken-max-us": max(woken) if woken else None,
@@ -389,12 +405,14 @@ def m_connect(srv, n, subscribe=False):
     connections are closed (closing is part of every server's bill)."""
     sub = srv.subscribe_args() if subscribe else []
     pids = srv.pids()
-    before = cpu_of(pids)
+    u0, s0 = cpu_of(pids, split=True)
     r = run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
                   ["--connections", str(n)], timeout=180)
     time.sleep(0.5)  # the closes the generator's exit caused
-    used = cpu_of(pids) - before
+    u1, s1 = cpu_of(pids, split=True)
+    used = (u1 - u0) + (s1 - s0)
     r["server-cpu-s"] = used
+    r["server-cpu-user-s"], r["server-cpu-sys-s"] = u1 - u0, s1 - s0
     r["server-cpu-us-per-conn"] = used * 1e6 / max(1, r.get("connected") or n)
     return r
 
@@ -529,6 +547,11 @@ def figure(name, r):
             # the message on any worker (median and worst over messages).
             f["srv last p50 ms"] = ms(t["last-write-p50-us"])
             f["srv last max ms"] = ms(t["last-write-max-us"])
+            if t.get("cpu-share-p50") is not None:
+                # Of a worker's fan-out turn, the share it ran on a CPU,
+                # and its CPU time per subscriber written.
+                f["srv on-cpu share"] = t["cpu-share-p50"]
+                f["srv cpu us/write"] = t["cpu-us-per-write-p50"]
         return f
     if name.startswith("echo"):
         return {"round trips/s": r.get("round-trips-per-s"),
@@ -537,7 +560,9 @@ def figure(name, r):
         return {"handshakes/s": r.get("handshakes-per-s"),
                 "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0) +
                 (r.get("subscribe-errors") or 0),
-                "bench cpu s": cpu(r), "srv cpu us/conn": r.get("server-cpu-us-per-conn")}
+                "bench cpu s": cpu(r), "srv cpu us/conn": r.get("server-cpu-us-per-conn"),
+                "srv sys share": (r["server-cpu-sys-s"] / r["server-cpu-s"]
+                                  if r.get("server-cpu-s") else None)}
     if name.startswith("idle"):
         return {"bytes/conn": r["bytes-per-conn"], "pss/conn": r.get("pss-per-conn")}
     return {}

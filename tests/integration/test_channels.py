@@ -229,7 +229,8 @@ def test_fanout_trace(server_factory, tmp_path):
         assert 0 < p["arrival"] <= p["accepted"] <= p["wake"], p
         for d in (d0[seq], d1[seq]):
             assert d["n"] == 1 and d["published"] == p["accepted"], d
-            assert d["published"] <= d["queued"] <= d["done"], d
+            assert d["published"] <= d["drain"] <= d["queued"] <= d["done"], d
+            assert 0 <= d["cpu"] <= d["done"] - d["drain"] + 2, d  # on a CPU at most all along
         assert d0[seq]["woken"] == 0  # the publisher's own worker drains without a wake-up
         # Worker 1 is woken (or finds the message at the end of a turn it
         # has anyway, before the wake-up reaches it: then woken is older).
