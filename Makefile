@@ -11,6 +11,8 @@
 #   make bench-auth   µs per token verification, ours and libjwt's (figures)
 #   make bench-cleanup  the master's accept latency while it cleans up after a
 #                     killed worker with 100,000 subscriptions (figures)
+#   make bench-presence presence latency at 1,000 and 10,000 subscribers; a
+#                     join storm vs the same fan-out as publications (figures)
 #   make mutation-check  build each mutant of the registry (sl_crash.h) and
 #                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
@@ -100,7 +102,8 @@ CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
-        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup bench-profile \
+        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup bench-presence \
+        bench-profile \
         mutation-check bench-hostile
 
 all: $(BIN) sente-lite
@@ -158,6 +161,12 @@ bench-shm: $(BUILD)/bench/bench_shm
 # held 100,000 subscriptions (tests/bench/cleanup.py; figures, not a test).
 bench-cleanup: $(BIN)
 	$(PY) tests/bench/cleanup.py --bin $(abspath $(BIN))
+
+# Presence latency at 1,000 and 10,000 subscribers, and a join storm against
+# the same fan-out as publications (tests/bench/presence.py; figures, medians
+# of three runs).
+bench-presence: $(BIN)
+	nice -n 10 $(PY) tests/bench/presence.py --bin $(abspath $(BIN))
 
 # Each mutant of sl_crash.h built on its own and run against the unit tests:
 # every one must make a test fail (tests/mutation-check.sh).

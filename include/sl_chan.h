@@ -25,6 +25,34 @@
  * one slow or stopped worker costs only its own clients; only when every
  * target inbox is full is the publish refused ("overloaded", no seq taken).
  *
+ * Presence: the subscriber list is also read without the lock (RCU read
+ * side: sl_chan_members, sl_chan_presence_counts).  Writers publish a node
+ * on the list with one release store of the pointer to it (its fields,
+ * next included, written before), unlink with one store that leaves the
+ * unlinked node's own next intact, and retire a node only after its unlink
+ * (through the subscriptions table, so it is freed after a grace period):
+ * a reader walking the list sees every node that stayed for the whole walk
+ * exactly once, and never a freed one.  Nodes are only ever added at the
+ * head, so the list is in descending subscribe order (sub_no): the cursor
+ * of a presence page.  A subscription carries its connection's user and
+ * token info (copied in when it is made), so presence reads no other
+ * object per entry.
+ *
+ * Join and leave (channel option join_leave): the subscribe / unsubscribe
+ * itself hands a join / leave frame (no seq, not retained) to the other
+ * subscribers' workers through the same inboxes, under the channel lock,
+ * so it is ordered with the channel's messages on every worker.  The
+ * hand-off is the update's commit: a subscribe killed before it is undone,
+ * after it completed; so every subscriber sees a connection's join and
+ * leave both or neither.  When every target inbox is full a join is
+ * refused (SL_CHAN_OVERLOADED, like a publish); a leave is never refused:
+ * the full inboxes are noted as missed (their subscribers are closed 1013).
+ *
+ * Retention TTL (history_ttl_ms): retained messages older than that are
+ * dropped - and their memory freed - by whoever next takes the channel
+ * lock to publish or read it, and by the master's reaper (sl_chan_expire),
+ * so an idle channel's history does not hold memory for ever.
+ *
  * Messages (sl_chan_msg_t) are encoded once, in shared memory, as complete
  * WebSocket text frames; they are reference counted (retention ring: one
  * reference; each inbox entry: one) and freed when the last goes.  Nobody
@@ -38,13 +66,17 @@
 
 #define SL_CHAN_ID_MAX 128
 #define SL_CHAN_MAX_WORKERS 64
+#define SL_CHAN_USER_MAX 128  /* bytes of a subscriber's user (a token's sub) */
+#define SL_CHAN_INFO_MAX 1024 /* bytes of its info (compact JSON) */
 
 typedef struct {
     int64_t max_subscribers;
     int64_t message_retention;
     int64_t rpc_timeout_ms;
+    int64_t history_ttl_ms; /* retained messages older than this are dropped (0: never) */
     bool telemetry_enabled;
-    bool lingers; /* auto-created: removed once empty for --channel-linger-ms */
+    bool lingers;    /* auto-created: removed once empty for --channel-linger-ms */
+    bool join_leave; /* subscribers are told of others' subscribes and unsubscribes */
 } sl_chan_config_t;
 
 typedef struct sl_chan_msg {
@@ -55,11 +87,23 @@ typedef struct sl_chan_msg {
     uint32_t idlen;
     uint32_t payload_off; /* where the JSON starts in frame */
     int64_t published_us; /* monotonic us the publish was accepted (0: not a publish) */
+    int64_t created_us;   /* monotonic us it was encoded (retention TTL) */
+    uint64_t horizon;     /* join / leave: only subscriptions with sub_no <= horizon get it
+                           * (those made before its hand-off); 0: every subscriber */
     char id[SL_CHAN_ID_MAX + 1];
     uint8_t frame[];
 } sl_chan_msg_t;
 
-enum { SL_CI_NONE = 0, SL_CI_SUB, SL_CI_UNSUB, SL_CI_PUB, SL_CI_SEND, SL_CI_DEL, SL_CI_BCAST };
+enum {
+    SL_CI_NONE = 0,
+    SL_CI_SUB,
+    SL_CI_UNSUB,
+    SL_CI_PUB,
+    SL_CI_SEND,
+    SL_CI_DEL,
+    SL_CI_BCAST,
+    SL_CI_EXPIRE,
+};
 
 typedef struct sl_chan {
     sl_table_node_t node; /* first: retired through QSBR */
@@ -74,27 +118,52 @@ typedef struct sl_chan {
     sl_chan_intent_t intent; /* under lock */
     uint64_t next_seq;    /* under lock, atomic for readers; message-count = next_seq - 1 */
     uint32_t subscribers; /* under lock; atomic for readers */
+    uint64_t sub_seq;     /* under lock: the last sl_sub_t.sub_no given here */
     bool deleted;         /* under lock: deleted, only still reachable by stale readers */
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
-    struct sl_sub *subs;  /* every subscription of the channel, under lock */
+    struct sl_sub *subs;  /* every subscription of the channel, under lock; RCU for readers */
     /* Retention ring: positions [ring_lo, ring_hi) are retained (slot =
      * position % message_retention), oldest first; under lock. */
     uint64_t ring_lo, ring_hi;
     sl_chan_msg_t *ring[]; /* message_retention slots, in the same object */
 } sl_chan_t;
 
+#define SL_SUB_KEY_MAX (SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX)
+
+/* Immutable once published, except prev/next (the list, under the lock;
+ * next also read lock-free).  Variable size: the key, then the user and
+ * the info, each NUL-terminated, in the same object. */
 typedef struct sl_sub {
     sl_table_node_t node;
     struct sl_sub *prev, *next; /* the channel's subscriber list, under its lock */
     int32_t worker;
     uint32_t slot;
-    uint32_t chan_len; /* key = id "\n" conn-id */
-    /* node.klen bytes and a NUL, allocated to fit: 76 B (the offset of
-     * key) + klen + 1, so keys up to 51 bytes take the arena's 128 B class,
+    uint64_t sub_no;    /* from the registry's next_sub_no when it was made: the list descends */
+    uint32_t chan_len;  /* key = id "\n" conn-id */
+    uint16_t user_len;  /* 0: anonymous */
+    uint16_t info_len;  /* 0: no info */
+    /* key NUL [user NUL] [info NUL], allocated to fit: 88 B (the offset
+     * of key) + klen + 1 (+ user and info + 1 each), so an anonymous
+     * subscription's key up to 39 bytes takes the arena's 128 B class,
      * longer ones 256 B (test_sub_sizes_in_the_design_note). */
     char key[];
 } sl_sub_t;
 #define SL_SUB_KEY_MAX (SL_CHAN_ID_MAX + 1 + SL_CONN_ID_MAX)
+
+static inline const char *sl_sub_conn_id(const sl_sub_t *s)
+{
+    return s->key + s->chan_len + 1;
+}
+/* The user (a token's sub) or NULL; the info (compact JSON) or NULL. */
+static inline const char *sl_sub_user(const sl_sub_t *s)
+{
+    return s->user_len ? s->key + s->node.klen + 1 : NULL;
+}
+static inline const char *sl_sub_info(const sl_sub_t *s)
+{
+    return s->info_len ? s->key + s->node.klen + 1 + (s->user_len ? s->user_len + 1u : 0u)
+                       : NULL;
+}
 
 enum {
     SL_CHAN_CREATED = 0,
@@ -107,6 +176,13 @@ enum {
     SL_CHAN_TOO_MANY = 7,      /* create: --max-channels reached */
 };
 
+/* Who subscribes (for presence and join / leave). */
+typedef struct {
+    uint64_t conn_no; /* the n of conn-<ms>-<n>: not told of its own join / leave (0: none) */
+    const char *user; /* NULL: anonymous */
+    const char *info; /* compact JSON (at most 1 KiB), NULL: none */
+} sl_chan_who_t;
+
 /* Channel ids: 1..128 bytes of valid UTF-8 without control characters. */
 bool sl_chan_id_valid(const char *id, size_t len);
 
@@ -116,18 +192,26 @@ sl_chan_t *sl_chan_find(sl_reg_t *r, const char *id, size_t len);
 int sl_chan_create(sl_reg_t *r, const char *id, size_t len, const sl_chan_config_t *cfg,
                    sl_chan_t **out);
 
-/* Subscribe / unsubscribe a connection (its owner worker calls these).
- * *count gets the subscriber count after the call.  Subscribe returns
- * SL_CHAN_NOT_SUBSCRIBED when the channel was deleted since it was found
- * (look it up again). */
+/* Subscribe / unsubscribe a connection (its owner worker calls these;
+ * `who` may be NULL: anonymous).  *count gets the subscriber count after
+ * the call.  Subscribe returns SL_CHAN_NOT_SUBSCRIBED when the channel was
+ * deleted since it was found (look it up again), SL_CHAN_OVERLOADED when
+ * its join could go to no inbox (join_leave; nothing done).  With
+ * join_leave the other subscribers are told (a leave: never refused);
+ * *woken (may be NULL) gets the workers to wake for it.  *sub_no (may be
+ * NULL) gets the new subscription's number: the worker delivers a join or
+ * leave only to subscriptions numbered up to its horizon (sl_chan_msg_t). */
 int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
-                      uint32_t *count);
+                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count,
+                      uint64_t *sub_no);
 /* The same; *last (may be NULL) gets the channel's last seq at the moment
  * of the subscription: every message with a higher seq is handed to
  * `worker` for it - or noted there as missed (sl_inbox_note_t.seq). */
 int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
-                         uint32_t slot, uint32_t *count, uint64_t *last);
-int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count);
+                         uint32_t slot, const sl_chan_who_t *who, uint64_t *woken,
+                         uint32_t *count, uint64_t *sub_no, uint64_t *last);
+int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t conn_no,
+                        uint64_t *woken, uint32_t *count);
 
 /* Whether conn_id is subscribed to this incarnation of the channel (a
  * deleted channel has no subscribers).  Reader side: caller online. */
@@ -193,14 +277,60 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
 /* Call fn for every subscriber's conn-id (under the channel lock). */
 void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg), void *arg);
 
+/* Presence, lock-free (reader side: the caller is online and keeps what it
+ * is given only until its next quiescent state).  fn gets each subscriber,
+ * newest first, starting with the first whose sub_no is below `before`
+ * (0: from the newest); it returns non-zero to stop.  A deleted channel
+ * has none.  Returns the number of nodes walked (those skipped to reach
+ * `before` included: what the walk cost). */
+uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
+                         int (*fn)(const sl_sub_t *s, void *arg), void *arg);
+
+/* Connections and distinct users (anonymous ones are not users) among the
+ * subscribers, lock-free.  Walks at most max_walk entries: returns false
+ * (and *users unknown) when the channel has more, or out of memory; then
+ * *clients is the number of entries walked (what it cost). */
+bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *clients,
+                             uint32_t *users);
+
 /* Visit the retained messages with seq > since (oldest first) under the
- * channel lock (not taken on a channel with retention 0); fn gets the message's
- * JSON text.  Returns the seq of the
- * oldest retained message (0 when none); *last gets the last seq assigned
- * (0 when nothing was ever published). */
-uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
+ * channel lock (not taken on a channel with retention 0), after dropping
+ * the expired ones (history_ttl_ms); fn gets the message's JSON text.
+ * Returns the seq of the oldest retained message (0 when none); *last gets
+ * the last seq assigned (0 when nothing was ever published). */
+uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
                           uint64_t *last);
+
+/* History: a page of the retained messages, under the channel lock, after
+ * dropping the expired ones.  Forward: seq > since (with has_since; else
+ * from the oldest), oldest first; reverse: seq < since (with has_since;
+ * else from the newest), newest first.  At most `limit` messages and about
+ * max_bytes of frames (always one, if any matches).  fn gets each message
+ * (its JSON: m->frame + m->payload_off) and must not keep it. */
+typedef struct {
+    uint64_t since;
+    bool has_since;
+    bool reverse;
+    uint32_t limit;
+    size_t max_bytes;
+} sl_chan_history_q_t;
+
+typedef struct {
+    uint64_t top_seq;    /* the last seq assigned (0: none yet) */
+    uint64_t oldest_seq; /* the oldest retained (0: none retained) */
+    uint32_t count;      /* messages given to fn */
+    bool more;           /* more matched than were given */
+} sl_chan_history_t;
+
+void sl_chan_history(sl_reg_t *r, sl_chan_t *c, const sl_chan_history_q_t *q,
+                     void (*fn)(const sl_chan_msg_t *m, void *arg), void *arg,
+                     sl_chan_history_t *out);
+
+/* Drop the retained messages older than history_ttl_ms at now_us
+ * (monotonic).  Never waits for the lock (the master's reaper): false when
+ * busy.  *dropped gets how many went. */
+bool sl_chan_expire(sl_reg_t *r, sl_chan_t *c, int64_t now_us, uint32_t *dropped);
 
 /* Lock-free figures of a channel (may be a message behind). */
 static inline uint64_t sl_chan_message_count(const sl_chan_t *c)
@@ -217,9 +347,11 @@ static inline uint64_t sl_chan_retained_count(const sl_chan_t *c)
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);
 
 /* The master, cleaning up after dead worker `worker`: remove subscription
- * s (found in the table walk) from its channel.  Never waits for the
- * channel lock: SL_AGAIN when a live process holds it (try later). */
-int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s);
+ * s (found in the table walk) from its channel, telling the others
+ * (join_leave; *woken |= the workers to wake).  Never waits for the
+ * channel lock or an inbox lock: SL_AGAIN when a live process holds one
+ * (try later; nothing done). */
+int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s, uint64_t *woken);
 
 /* The master's reaper: delete c if it lingers (auto-created), has had no
  * subscriber and no retained message for linger_ms.  Never waits for the

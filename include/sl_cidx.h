@@ -16,9 +16,15 @@
  * that incarnation with a higher seq was meant for it; and how many missed
  * notes our inbox had counted just before: lost notes numbered below that
  * cannot concern it (sl_inbox.h).  serial 0: unknown - every missed
- * message of the channel concerns it. */
+ * message of the channel concerns it.  sub_no: its subscription's number
+ * (sl_sub_t): a join or leave reaches it only when numbered up to the
+ * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all).
+ * no_presence: the namespace's presence rule refuses this connection
+ * (decided when it subscribed, again on a token refresh): it gets no join or leave either, as they
+ * show what presence would (review r15 M2). */
 typedef struct {
-    uint64_t serial, seq, notes;
+    uint64_t serial, seq, notes, sub_no;
+    bool no_presence;
 } sl_cidx_mark_t;
 
 typedef struct sl_cidx_entry {

@@ -45,8 +45,8 @@ typedef enum {
     SL_NS_SUBSCRIBE = 0,
     SL_NS_PUBLISH,
     SL_NS_RPC,      /* who may send rpc-request */
-    SL_NS_PRESENCE, /* reserved for the presence feature */
-    SL_NS_HISTORY,  /* reserved for the history feature */
+    SL_NS_PRESENCE, /* who may ask presence / presence-stats (none: presence-disabled) */
+    SL_NS_HISTORY,  /* who may ask history */
     SL_NS_RPC_RESPOND, /* who may answer rpc-request (besides being subscribed) */
     SL_NS__KEYS
 } sl_ns_key_t;
@@ -60,6 +60,8 @@ typedef struct {
     int64_t max_subscribers;    /* -1: the server default */
     int64_t message_retention;  /* -1: the server default */
     int64_t rpc_timeout_ms;     /* -1: the server default */
+    int64_t history_ttl_ms;     /* -1: the server default */
+    int8_t join_leave;          /* -1: the server default */
 } sl_conf_namespace_t;
 
 /* A channel predefined with --channel NAME[:key=value,...]. */
@@ -68,6 +70,8 @@ typedef struct {
     int64_t max_subscribers;   /* -1: the server default */
     int64_t message_retention; /* -1: the server default */
     int64_t rpc_timeout_ms;    /* -1: the server default */
+    int64_t history_ttl_ms;    /* -1: the server default */
+    int64_t join_leave;        /* -1: the server default; 0 or 1 */
 } sl_conf_channel_t;
 
 typedef struct {
@@ -101,6 +105,8 @@ typedef struct {
     int64_t max_subscribers;
     int64_t message_retention;
     int64_t rpc_timeout_ms;
+    bool join_leave;        /* default of channels: join / leave events */
+    int64_t history_ttl_ms; /* default of channels: retained messages expire (0: never) */
     int64_t max_subscriptions_per_connection;
     int64_t max_channels;                 /* channels across the server */
     int64_t channel_linger_ms;            /* empty auto-created channels go after this */

@@ -156,6 +156,13 @@ int sl_conn_send(sl_conn_t *c, sl_buf_t *b);
  * reply over it (reply-too-large) instead of queueing it. */
 size_t sl_conn_reply_max(void);
 
+/* Charge the message being processed `units` more messages of this turn's
+ * budget (SL_CONN_TURN_MESSAGES a callback): a request whose work grows
+ * with the server's state (presence walks, history copies) costs as much
+ * as that many small ones, so pipelining many of them is spread over
+ * turns instead of holding the worker's loop (review r15 M1). */
+void sl_conn_charge(sl_conn_t *c, uint32_t units);
+
 /* Encode `j` as a text frame and queue it (one encoder: sl_frame_json).
  * Does not take the reference to j. */
 int sl_conn_send_json(sl_conn_t *c, json_t *j);

@@ -111,6 +111,9 @@ enum {
                                    now, even after it was released since the wait began */
     M_KEPT_UNTIL_TAKEN = 20,    /* a dead process's kept lock is done only once the master
                                    wins a try, not once it has been released */
+    M_LIST_PUBLISH_ORDER = 21,  /* subscribe: node on the channel's list before its next is set */
+    M_JOIN_AFTER_LINK = 22,     /* subscribe: node on the list before its join hand-off commits */
+    M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
     M__COUNT
 };
 

@@ -26,6 +26,15 @@
  * with since-seq instead of silently missing a seq; a subscriber that came
  * later did not miss it and is left alone.
  *
+ * A join or leave has no seq, so since-seq cannot recover one: its note
+ * (seq SL_INBOX_SEQ_PRESENCE, `horizon` the last subscription it was for)
+ * makes the owner send those subscribers one presence-resync notice ("ask
+ * presence again") instead of closing them.  Such a note is coalesced
+ * with the one before it when that one is of the same channel
+ * incarnation, covers the same subscriptions or more, and the consumer
+ * has not taken it yet (missed_taken): a dead worker's leaves of one
+ * channel make one note, not one each (they would lap the ring).
+ *
  * The ring holds SL_INBOX_MISSED notes, of which the consumer trusts the
  * last SL_INBOX_MISSED - 1: the slot of the next note may be under
  * overwrite.  More than that noted since it last looked means "anything may
@@ -38,6 +47,8 @@
 
 #define SL_INBOX_CAP 8192   /* entries; a power of two */
 #define SL_INBOX_MISSED 256 /* notes of missed messages; a power of two */
+/* sl_inbox_note_t.seq of a join / leave that was not put here. */
+#define SL_INBOX_SEQ_PRESENCE (UINT64_MAX - 1)
 
 struct sl_chan_msg;
 
@@ -64,8 +75,10 @@ typedef struct {
 typedef struct {
     uint64_t chan_hash; /* the channel whose message was not put here (0: unknown, "all") */
     uint64_t serial;    /* its incarnation (sl_chan_t.serial) */
-    uint64_t seq;       /* the message's seq (UINT64_MAX: the channel's delete notice) */
+    uint64_t seq;       /* the message's seq (UINT64_MAX: the channel's delete notice;
+                           SL_INBOX_SEQ_PRESENCE: a join / leave) */
     uint64_t pos;       /* tail then: entries from pos on came after it */
+    uint64_t horizon;   /* a join / leave: for subscriptions numbered up to this */
 } sl_inbox_note_t;
 
 typedef struct sl_inbox {
@@ -79,6 +92,8 @@ typedef struct sl_inbox {
     uint64_t tail __attribute__((aligned(64))); /* producers, under the lock */
     uint64_t enqueued, refused;                /* figures */
     uint64_t missed_n;                         /* producers, under the lock */
+    uint64_t missed_taken; /* consumer: notes below it taken (read or being read) */
+    uint64_t coalesced;    /* figures: presence notes folded into the one before */
     sl_inbox_note_t missed[SL_INBOX_MISSED];   /* ring */
     sl_inbox_entry_t ring[SL_INBOX_CAP];
 } sl_inbox_t;
@@ -88,6 +103,8 @@ int sl_inbox_init(sl_inbox_t *in);
 /* Producer side.  lock/unlock; then, lock held: */
 void sl_inbox_lock(sl_inbox_t *in);
 void sl_inbox_unlock(sl_inbox_t *in);
+/* Only if free (the master, which never waits): SL_OK or SL_AGAIN. */
+int sl_inbox_trylock(sl_inbox_t *in);
 /* Room for n more entries? (counts a refusal when not) */
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n);
 /* Record the push of e (room checked); `commit` points at the hand-off's
@@ -98,7 +115,7 @@ void sl_inbox_push_prepared(sl_inbox_t *in);
 /* Forget the recorded push (the hand-off did not commit). */
 void sl_inbox_drop_prepared(sl_inbox_t *in);
 /* A message was not put in this (full) inbox: note it (`pos` is set
- * here). */
+ * here; a presence note may be folded into the one before, see above). */
 void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note);
 
 /* Consumer: take the next entry; false when empty.  *pos (may be NULL)

@@ -1,9 +1,12 @@
 /*
  * sl_perm.h - who may do what with a channel: the one decision asked by
  * subscribe, publish, rpc-request, rpc-response and list-channels (and, for
- * the features to come, presence and history).
+ * presence, presence-stats and history).
  *
  * The rules, in the order they are applied (README "Access control"):
+ *   0. presence and history are decided even without access control (their
+ *      rule defaults to subscribers); a namespace with presence=none has
+ *      presence switched off: presence-disabled;
  *   1. with a token key and without --allow-anonymous, a connection that
  *      has not authenticated may do nothing: unauthenticated;
  *   2. with --strict-namespaces, a channel "NAME:..." whose NAME was not
@@ -50,6 +53,7 @@ typedef enum {
     SL_PERM_UNAUTHENTICATED,
     SL_PERM_DENIED,
     SL_PERM_UNKNOWN_NAMESPACE,
+    SL_PERM_DISABLED, /* presence switched off in the namespace (presence=none) */
 } sl_perm_t;
 
 /* May `who` (NULL: not authenticated) do `act` on channel id[0..len)?
@@ -57,14 +61,16 @@ typedef enum {
 sl_perm_t sl_perm_check(const sl_ident_t *who, sl_action_t act, const char *id, size_t len,
                         bool subscribed);
 
-/* "unauthenticated", "permission-denied", "unknown-namespace". */
+/* "unauthenticated", "permission-denied", "unknown-namespace",
+ * "presence-disabled". */
 const char *sl_perm_reason(sl_perm_t p);
 
 /* "subscribe", "publish", "rpc", "presence", "history", "rpc-response". */
 const char *sl_perm_action(sl_action_t act);
 
 /* Is there anything to check at all?  (No token key, no namespace, no
- * --strict-namespaces: everything is allowed, as before access control.) */
+ * --strict-namespaces: everything is allowed, as before access control -
+ * except presence and history, which only subscribers may ask.) */
 bool sl_perm_active(void);
 
 #endif

@@ -1,11 +1,13 @@
 /*
  * sl_pubsub.h - the channel part of the JSON protocol on a worker:
- * subscribe, unsubscribe, publish, list-channels, get-subscriptions, and
+ * subscribe, unsubscribe, publish, list-channels, get-subscriptions,
+ * presence, presence-stats, history, and
  * delivering what arrives in the worker's inbox to local subscribers.
  */
 #ifndef SL_PUBSUB_H
 #define SL_PUBSUB_H
 
+#include "sl_chan.h"
 #include "sl_conn.h"
 
 #include <jansson.h>
@@ -15,6 +17,29 @@ void sl_pubsub_unsubscribe(sl_conn_t *c, json_t *msg);
 void sl_pubsub_publish(sl_conn_t *c, json_t *msg);
 void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg);
 void sl_pubsub_get_subscriptions(sl_conn_t *c, json_t *msg);
+void sl_pubsub_presence(sl_conn_t *c, json_t *msg);
+void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg);
+void sl_pubsub_history(sl_conn_t *c, json_t *msg);
+
+/* presence: at most this many connections per page (next-cursor for the
+ * rest); presence-stats counts distinct users over at most this many
+ * subscribers (num-users null beyond); history: at most this many
+ * publications per page (and about a quarter of --max-outbound-bytes). */
+#define SL_PRESENCE_PAGE_MAX 1000
+#define SL_PRESENCE_WALK_MAX 100000
+/* A request's cost against its connection's turn budget (sl_conn_charge):
+ * one message more per this many subscriber nodes walked, and per this
+ * many history messages copied - a full presence-stats walk (100,000) uses
+ * the whole turn, so 1,000 of them pipelined take 1,000 turns. */
+#define SL_PRESENCE_WALK_UNIT 1024
+/* A worker's inbox drain stops for the turn after queuing this many frames
+ * (or SL_INBOX_CAP entries); the rest waits for the next turn. */
+#define SL_DRAIN_FRAMES_MAX 262144
+#define SL_HISTORY_CHARGE_UNIT 16
+#define SL_HISTORY_LIMIT_MAX 1000
+
+/* A channel's settings as JSON (list-channels, /channels, the admin API). */
+json_t *sl_pubsub_config_json(const sl_chan_config_t *cfg);
 
 /* Is the connection subscribed to channel id[0..len)? */
 bool sl_pubsub_subscribed(sl_conn_t *c, const char *id, size_t len);

@@ -48,7 +48,8 @@ typedef struct {
     uint64_t got;       /* those with room, that get the message (set before the commit) */
     struct sl_sub *sub; /* SUB, UNSUB, DEL: the subscription being linked / unlinked */
     uint64_t sub_hash;
-    struct sl_chan_msg *msg; /* PUB, SEND, DEL, BCAST: the message being handed off */
+    struct sl_chan_msg *msg; /* PUB, SEND, DEL, BCAST, and SUB / UNSUB's join / leave:
+                                the message being handed off */
     uint64_t seq;            /* PUB: its seq */
     uint64_t ring_lo, ring_hi;   /* the ring's positions before the step */
     struct sl_chan_msg *dropped; /* pushed out of the ring; its reference still to drop */
@@ -81,7 +82,11 @@ typedef struct {
     uint64_t hash_key[2]; /* the tables' SipHash key (random, drawn at init) */
     uint64_t next_msg_id; /* atomic: message-ids, unique for the server's life */
     uint64_t next_rpc;    /* atomic: request numbers, unique for the server's life */
+    uint64_t expired;     /* atomic: retained messages dropped for their age (history_ttl_ms) */
     uint64_t next_serial; /* atomic: channel incarnations (sl_chan_t.serial), never 0 */
+    uint64_t next_sub_no; /* atomic: subscription numbers (sl_sub_t.sub_no), across all
+                             channels and incarnations, so a join / leave's horizon never
+                             covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
 } sl_reg_t;
 
@@ -120,8 +125,15 @@ int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired);
  * a live process holds one of the dead worker's locks), then connections, subscriptions, RPC requests it
  * made or had claimed, its places per IP and user and its user entries
  * (sl_access.h), then its inbox; each table is walked once, from where the
- * previous step stopped.  Never waits for a channel lock or an access
- * stripe lock (a busy one is retried at the next step). */
+ * previous step stopped.  Each subscription of a channel with join_leave
+ * is told to the others as a leave (the workers handed one accumulate in
+ * job->woken: the caller wakes them).  Never waits for a channel lock, an
+ * inbox lock or an access stripe lock (a busy one is retried at the next
+ * step).  A subscription whose channel or inbox locks are busy is set
+ * aside and the pass goes on with the others (review r15 H1: one busy
+ * inbox must not hold up every other subscription, the RPC claims and the
+ * places per IP / user); the later phases run, then the subscriptions pass
+ * again for those set aside, until none is left. */
 typedef struct {
     int worker;
     int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
@@ -131,6 +143,10 @@ typedef struct {
     uint64_t steps, busy; /* steps taken, locks found busy (the dead's, channel, stripe) */
     uint64_t dead_waits;  /* of those: steps that found one of the dead's locks held */
     size_t repaired;      /* the dead process's locks that needed repair */
+    uint64_t woken;       /* workers handed a leave since the caller last cleared it */
+    uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
+    uint32_t aside_pass;  /* set aside in the current subscriptions pass */
+    bool subs_again;      /* the subscriptions pass again after the users phase */
 } sl_reg_cleanup_t;
 
 void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);

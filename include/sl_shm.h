@@ -65,6 +65,8 @@ typedef enum {
     SL_ERR_MAX_CONNECTIONS_PER_IP,   /* 429 */
     SL_ERR_MAX_CONNECTIONS_PER_USER, /* 429, or close 4429 */
     SL_ERR_TOO_MANY_CHANNELS,  /* subscribe refused: --max-channels or the creation quota */
+    SL_ERR_PRESENCE_DISABLED,  /* presence / presence-stats in a namespace with presence=none */
+    SL_ERR_CHANNEL_NOT_FOUND,  /* presence, presence-stats, history of a channel that is not there */
     SL_ERR_SLOW_CONSUMER,      /* output over --max-outbound-bytes (or the worker's
                                   share of --max-outbound-total), close 1008 */
     SL_ERR_CONTROL_FLOOD,      /* pings/pongs over --max-control-rate, close 1008 */
@@ -138,6 +140,7 @@ typedef struct {
     uint64_t tel_emitted; /* telemetry records written to the pipe */
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
+    uint64_t presence_resyncs; /* presence-resync notices: a join / leave skipped our full inbox */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress of its own */
     uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the

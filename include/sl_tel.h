@@ -86,6 +86,8 @@ typedef enum {
     SL_EV_OPEN_ACCESS,            /* start-up warning: no key, no namespace, not loopback */
     SL_EV_WORKER_RECOVERED,
     SL_EV_WORKER_CLEANUP_WAITING, /* a dead worker's cleanup waits past the kill bound */
+    SL_EV_CHANNEL_JOIN,           /* join / leave events handed out (debug level) */
+    SL_EV_CHANNEL_LEAVE,
     SL_EV__COUNT
 } sl_event_t;
 

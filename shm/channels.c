@@ -20,12 +20,7 @@
  * Every multi-store update records its intent (op and the objects it
  * works on) before its first store, and clears it after its last.  The
  * lock's recovery (chan_recover) completes what was recorded:
- *  - SUB: links the node on the list and into the table if it is not yet
- *    (roll forward: the master's cleanup then removes the dead worker's
- *    subscriptions, and recovery runs before it);
- *  - UNSUB: if the node is still in the table it is unlinked from the list
- *    and removed from the table; if it is no longer in the table it was
- *    retired, and so - unlink before retire - is off the list already;
+ *  - SUB / UNSUB: see below;
  *  - PUB / SEND / DEL / BCAST hand-offs: every target inbox lock is taken
  *    (each one's recovery makes or drops its recorded push, by the commit
  *    flag); if the hand-off had not committed, nothing went out: the
@@ -37,11 +32,37 @@
  * have been reclaimed yet: the master repairs a dead process's locks before
  * it releases its reader slot (sl_reg_dead).
  *
+ * Subscribe and unsubscribe commit at one store: the hand-off of their join
+ * / leave (join_leave, other subscribers to tell), or else intent.committed.
+ * Before it nothing of the list or the table changed; after it they do:
+ *  - SUB: not committed - the new node (never published) and the join
+ *    message (never handed out) are freed: no subscription, no join;
+ *    committed - the node is linked on the list and into the table if it
+ *    is not yet (roll forward; the master's cleanup then removes the dead
+ *    worker's subscription, with a leave);
+ *  - UNSUB: not committed - nothing was removed (the master's cleanup
+ *    removes it later, with a leave); committed - if the node is still in
+ *    the table it is unlinked from the list and removed; if it is no longer
+ *    in the table it was retired, and so - unlink before retire - is off
+ *    the list already;
+ * so every subscriber sees a connection's join and leave both or neither.
+ * EXPIRE (retention TTL): messages popped off the ring one by one, each pop
+ * recorded (ring_pop); recovery finishes the one in progress.
+ *
+ * Lock-free readers of the list (presence, sl_chan_members): a node is
+ * published on it by one release store (rcu_assign_pointer) after all its
+ * fields, next included, are written; an unlink is one store that leaves
+ * the unlinked node's next as it was; a node is retired only after its
+ * unlink (unlink before retire), so a reader that is on it goes on along
+ * nodes that were on the list at some instant of its walk, none of them
+ * freed before its next quiescent state.
+ *
  * A SIGKILL may leak one object, never corrupt: one allocated but not yet
  * recorded in an intent (a message being encoded, a subscription node, a
  * channel), or a message whose reference the dead process had taken out of
  * the ring (or an inbox) but not yet dropped.  shm/README.md lists them.
  */
+#define _LGPL_SOURCE
 #include "sl_chan.h"
 #include "sl_crash.h"
 
@@ -49,7 +70,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <stdlib.h>
 #include <urcu/arch.h>
+#include <urcu/pointer.h>
 #include <urcu/system.h>
 #include <urcu/uatomic.h>
 
@@ -169,6 +192,34 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 
 /* -------------------------------------------------------- subscribers */
 
+/* hand_off's flags (see there). */
+enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8 };
+
+static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
+                         const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
+                         const sl_inbox_note_t *note, unsigned flags, bool *busy);
+static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note);
+static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c);
+static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join);
+
+/* The subscriptions a join / leave of s is for (lock held): those made
+ * before it - a join: before s; a leave: before now. */
+static uint64_t presence_horizon(const sl_chan_t *c, const sl_sub_t *s, bool join)
+{
+    return join ? s->sub_no - 1 : c->sub_seq;
+}
+
+/* The missed note of a join / leave of s that a full inbox could not take:
+ * it carries no seq, so its subscribers are not closed but told to ask
+ * presence again (presence-resync; sl_inbox.h). */
+static sl_inbox_note_t presence_note(const sl_chan_t *c, const sl_sub_t *s, bool join)
+{
+    return (sl_inbox_note_t){.chan_hash = c->node.hash,
+                             .serial = c->serial,
+                             .seq = SL_INBOX_SEQ_PRESENCE,
+                             .horizon = presence_horizon(c, s, join)};
+}
+
 static bool on_list(const sl_chan_t *c, const sl_sub_t *s)
 {
     for (const sl_sub_t *x = c->subs; x; x = x->next)
@@ -177,17 +228,43 @@ static bool on_list(const sl_chan_t *c, const sl_sub_t *s)
     return false;
 }
 
-/* Unlink s from the list (s is on it).  Lock held. */
+/* Put s at the head of the list (s not on it).  Lock held.  Its fields,
+ * next included, before the store that publishes it to lock-free readers. */
+static void list_link(sl_chan_t *c, sl_sub_t *s)
+{
+    if (SL_MUTATED(M_LIST_PUBLISH_ORDER)) {
+        sl_sub_t *head = c->subs; /* mutant: published before its next is set */
+        rcu_assign_pointer(c->subs, s);
+        SL_CRASHPOINT("chan.sub.listed");
+        s->next = head;
+        if (head)
+            head->prev = s;
+        SL_CRASHPOINT("chan.sub.prev-set");
+        return;
+    }
+    s->prev = NULL;
+    s->next = c->subs;
+    if (c->subs)
+        c->subs->prev = s;
+    SL_CRASHPOINT("chan.sub.prev-set");
+    rcu_assign_pointer(c->subs, s);
+    SL_CRASHPOINT("chan.sub.listed");
+}
+
+/* Unlink s from the list (s is on it).  Lock held.  One store takes it off
+ * for readers; its own next stays, for a reader standing on it. */
 static void list_unlink(sl_chan_t *c, sl_sub_t *s)
 {
     if (s->prev)
-        s->prev->next = s->next;
+        CMM_STORE_SHARED(s->prev->next, s->next);
     else
-        c->subs = s->next;
+        CMM_STORE_SHARED(c->subs, s->next);
     SL_CRASHPOINT("chan.unsub.unlinked");
     if (s->next)
         s->next->prev = s->prev;
     SL_CRASHPOINT("chan.unsub.prev-fixed");
+    if (SL_MUTATED(M_UNLINK_CLEARS_NEXT))
+        CMM_STORE_SHARED(s->next, NULL); /* mutant: a reader standing on s loses the rest */
 }
 
 /* Recovery: unlink s wherever it is, trusting next pointers only. */
@@ -195,7 +272,7 @@ static void list_unlink_walk(sl_chan_t *c, sl_sub_t *s)
 {
     for (sl_sub_t **link = &c->subs; *link; link = &(*link)->next)
         if (*link == s) {
-            *link = s->next;
+            CMM_STORE_SHARED(*link, s->next);
             return;
         }
 }
@@ -217,67 +294,168 @@ static void recount(sl_chan_t *c)
     uatomic_set(&c->subscribers, total);
 }
 
-int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
-                      uint32_t *count)
+/* The commit of a subscribe or an unsubscribe whose intent (sub, op) is
+ * recorded: with a join / leave message to hand to `targets`, its
+ * hand-off; else the commit flag alone.  Lock held.  A join goes to the
+ * target inboxes with room to spare (HO_HEADROOM: at most half full); the
+ * crowded ones get a presence note; when no target has room it is not
+ * committed: SL_CHAN_OVERLOADED, and the message is freed.  A leave always
+ * commits (HO_ALWAYS: full inboxes are noted, and so are all of them when
+ * m is NULL: no memory for it).  SL_AGAIN: an inbox lock was busy (try: the master), nothing done. */
+static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t targets,
+                           uint64_t exclude_conn, bool join, bool try, uint64_t *woken)
 {
-    return sl_chan_subscribe_at(r, c, conn_id, worker, slot, count, NULL);
+    sl_chan_intent_t *in = &c->intent;
+    *woken = 0;
+    if (targets == 0) {
+        cmm_smp_wmb();
+        CMM_STORE_SHARED(in->committed, 1);
+        if (join)
+            SL_CRASHPOINT("chan.sub.committed");
+        else
+            SL_CRASHPOINT("chan.unsub.committed");
+        return SL_OK;
+    }
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    /* A worker whose inbox is full tells its subscribers from before it to
+     * ask presence again (presence-resync; not 1013: there is no seq to
+     * recover a join / leave by - review r15 H2). */
+    sl_inbox_note_t note = presence_note(c, in->sub, join);
+    bool busy = false;
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? HO_HEADROOM : HO_ALWAYS) | (try ? HO_TRY : 0),
+                            &busy);
+    if (busy || (join && got == 0)) {
+        /* Nothing went out.  The record is dropped before the message is
+         * freed: killed in between, the message leaks (never a double free). */
+        CMM_STORE_SHARED(in->msg, NULL);
+        sl_arena_free(r->arena, m);
+        return busy ? SL_AGAIN : SL_CHAN_OVERLOADED;
+    }
+    /* Every target got the message or a note: wake them all, a noted one
+     * to act on its note now rather than at its next tick (review r15 L1). */
+    *woken = targets;
+    if (got == 0 && m) {
+        /* A leave nobody could take (every inbox noted as missed): its
+         * message was never handed out. */
+        CMM_STORE_SHARED(in->msg, NULL);
+        SL_CRASHPOINT("chan.leave.unsent");
+        sl_arena_free(r->arena, m);
+    }
+    return SL_OK;
+}
+
+static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t klen,
+                            uint64_t hash, int worker, uint32_t slot, const sl_chan_who_t *who,
+                            uint64_t *woken)
+{
+    const char *user = who ? who->user : NULL, *info = who ? who->info : NULL;
+    size_t ulen = user ? strlen(user) : 0, ilen = info ? strlen(info) : 0;
+    sl_sub_t *s = sl_arena_calloc(r->arena, offsetof(sl_sub_t, key) + klen + 1 +
+                                                (ulen ? ulen + 1 : 0) + (ilen ? ilen + 1 : 0));
+    if (s == NULL)
+        return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.sub.allocated");
+    memcpy(s->key, key, klen);
+    char *x = s->key + klen + 1;
+    if (ulen) {
+        memcpy(x, user, ulen);
+        x += ulen + 1;
+    }
+    if (ilen)
+        memcpy(x, info, ilen);
+    s->worker = worker;
+    s->slot = slot;
+    /* Registry-wide (review r15 L2); a number taken by a process killed
+     * before it subscribed is only skipped. */
+    s->sub_no = c->sub_seq = uatomic_add_return(&r->next_sub_no, 1);
+    s->chan_len = c->node.klen;
+    s->user_len = (uint16_t)ulen;
+    s->info_len = (uint16_t)ilen;
+    s->node.key = s->key;
+    s->node.klen = (uint32_t)klen;
+    s->node.hash = hash;
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->sub = s;
+    in->sub_hash = hash;
+    intent_begin(in, SL_CI_SUB);
+    SL_CRASHPOINT("chan.sub.intent");
+    /* The join, to the subscribers there are (not to s itself). */
+    uint64_t targets = c->config.join_leave ? targets_of(r, c) : 0;
+    sl_chan_msg_t *m = NULL;
+    if (targets) {
+        m = presence_msg(r, c, s, true);
+        if (m == NULL) {
+            CMM_STORE_SHARED(in->sub, NULL);
+            sl_arena_free(r->arena, s);
+            intent_end(in);
+            return SL_CHAN_NO_MEMORY;
+        }
+        SL_CRASHPOINT("chan.join.allocated");
+        in->targets = targets;
+        cmm_smp_wmb(); /* the targets before the message that makes recovery use them */
+        CMM_STORE_SHARED(in->msg, m);
+        SL_CRASHPOINT("chan.join.recorded");
+    }
+    if (SL_MUTATED(M_JOIN_AFTER_LINK))
+        list_link(c, s); /* mutant: on the list before the commit */
+    int rc = commit_presence(r, c, m, targets, who ? who->conn_no : 0, true, false, woken);
+    if (rc != SL_OK) {
+        /* Not committed (every inbox full): s was never published. */
+        CMM_STORE_SHARED(in->sub, NULL);
+        sl_arena_free(r->arena, s);
+        intent_end(in);
+        return rc;
+    }
+    /* Committed: the list first, then the table. */
+    if (!SL_MUTATED(M_JOIN_AFTER_LINK))
+        list_link(c, s);
+    sl_table_insert_new(r->subs, &s->node); /* absent: checked under the lock */
+    SL_CRASHPOINT("chan.sub.inserted");
+    c->worker_subs[worker]++;
+    uatomic_set(&c->subscribers, c->subscribers + 1);
+    SL_CRASHPOINT("chan.sub.counted");
+    intent_end(in);
+    return SL_OK;
+}
+
+int sl_chan_subscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker, uint32_t slot,
+                      const sl_chan_who_t *who, uint64_t *woken, uint32_t *count,
+                      uint64_t *sub_no)
+{
+    return sl_chan_subscribe_at(r, c, conn_id, worker, slot, who, woken, count, sub_no, NULL);
 }
 
 int sl_chan_subscribe_at(sl_reg_t *r, sl_chan_t *c, const char *conn_id, int worker,
-                         uint32_t slot, uint32_t *count, uint64_t *last)
+                         uint32_t slot, const sl_chan_who_t *who, uint64_t *woken,
+                         uint32_t *count, uint64_t *sub_no, uint64_t *last)
 {
-    if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS)
+    uint64_t w = 0;
+    if (strlen(conn_id) >= SL_CONN_ID_MAX || worker < 0 || worker >= SL_CHAN_MAX_WORKERS ||
+        (who && who->user && strlen(who->user) > SL_CHAN_USER_MAX) ||
+        (who && who->info && strlen(who->info) > SL_CHAN_INFO_MAX))
         return SL_ERROR;
     char key[SL_SUB_KEY_MAX];
     size_t klen = sub_key(key, c, conn_id);
     uint64_t hash = sl_table_hash(key, klen);
-    int rc = SL_OK;
+    int rc;
     sl_lock_acquire(&c->lock);
-    if (c->deleted) {
+    if (c->deleted)
         rc = SL_CHAN_NOT_SUBSCRIBED; /* gone between lookup and lock */
-    } else if (sl_table_lookup(r->subs, hash, key, klen)) {
+    else if (sl_table_lookup(r->subs, hash, key, klen))
         rc = SL_CHAN_ALREADY;
-    } else if ((int64_t)c->subscribers >= c->config.max_subscribers) {
+    else if ((int64_t)c->subscribers >= c->config.max_subscribers)
         rc = SL_CHAN_FULL;
-    } else {
-        sl_sub_t *s = sl_arena_calloc(r->arena, offsetof(sl_sub_t, key) + klen + 1);
-        if (s == NULL) {
-            rc = SL_CHAN_NO_MEMORY;
-        } else {
-            SL_CRASHPOINT("chan.sub.allocated");
-            memcpy(s->key, key, klen);
-            s->worker = worker;
-            s->slot = slot;
-            s->chan_len = c->node.klen;
-            s->node.key = s->key;
-            s->node.klen = (uint32_t)klen;
-            s->node.hash = hash;
-            sl_chan_intent_t *in = &c->intent;
-            intent_clear_fields(in);
-            in->sub = s;
-            in->sub_hash = hash;
-            intent_begin(in, SL_CI_SUB);
-            SL_CRASHPOINT("chan.sub.intent");
-            /* The list first, then the table (lock-free readers). */
-            s->prev = NULL;
-            s->next = c->subs;
-            if (c->subs)
-                c->subs->prev = s;
-            SL_CRASHPOINT("chan.sub.prev-set");
-            c->subs = s;
-            SL_CRASHPOINT("chan.sub.listed");
-            sl_table_insert_new(r->subs, &s->node); /* absent: checked under the lock */
-            SL_CRASHPOINT("chan.sub.inserted");
-            c->worker_subs[worker]++;
-            uatomic_set(&c->subscribers, c->subscribers + 1);
-            SL_CRASHPOINT("chan.sub.counted");
-            intent_end(in);
-        }
-    }
+    else
+        rc = subscribe_locked(r, c, key, klen, hash, worker, slot, who, &w);
+    if (sub_no && rc == SL_OK)
+        *sub_no = c->sub_seq; /* ours: taken under this lock */
     *count = c->subscribers;
     if (last)
         *last = c->next_seq - 1; /* publishes after this one see the subscription */
     sl_lock_release(&c->lock);
+    if (woken)
+        *woken = w;
     return rc;
 }
 
@@ -293,15 +471,37 @@ bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
     return sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen) != NULL;
 }
 
-/* Remove subscription s of c (on the list and in the table).  Lock held. */
-static void unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s)
+/* Remove subscription s of c (on the list and in the table), telling the
+ * others (join_leave).  Lock held.  `dead`: s's worker died (the master's
+ * cleanup): its inbox is not told, and inbox locks are only tried -
+ * SL_AGAIN when one is busy, nothing done. */
+static int unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s, uint64_t conn_no, bool dead,
+                              uint64_t *woken)
 {
+    uint64_t targets = 0;
+    if (c->config.join_leave) {
+        targets = targets_of(r, c);
+        if (dead || c->worker_subs[s->worker] <= 1)
+            targets &= ~((uint64_t)1 << s->worker); /* nobody else there */
+    }
+    sl_chan_msg_t *m = NULL;
+    if (targets) {
+        m = presence_msg(r, c, s, false); /* NULL (no memory): every target misses it */
+        if (m)
+            SL_CRASHPOINT("chan.leave.allocated");
+    }
     sl_chan_intent_t *in = &c->intent;
     intent_clear_fields(in);
     in->sub = s;
     in->sub_hash = s->node.hash;
+    in->msg = m;
+    in->targets = targets;
     intent_begin(in, SL_CI_UNSUB);
     SL_CRASHPOINT("chan.unsub.intent");
+    if (commit_presence(r, c, m, targets, conn_no, false, dead, woken) != SL_OK) {
+        intent_end(in); /* an inbox lock was busy: nothing done */
+        return SL_AGAIN;
+    }
     if (SL_MUTATED(M_RETIRE_BEFORE_UNLINK)) {
         sl_table_remove_node(r->subs, s->node.hash, &s->node);
         SL_CRASHPOINT("chan.unsub.removed");
@@ -319,10 +519,13 @@ static void unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s)
     uatomic_set(&c->subscribers, c->subscribers - 1);
     SL_CRASHPOINT("chan.unsub.counted");
     intent_end(in);
+    return SL_OK;
 }
 
-int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t *count)
+int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t conn_no,
+                        uint64_t *woken, uint32_t *count)
 {
+    uint64_t w = 0;
     char key[SL_SUB_KEY_MAX];
     if (strlen(conn_id) >= SL_CONN_ID_MAX)
         return SL_CHAN_NOT_SUBSCRIBED;
@@ -333,11 +536,98 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint32_t
     if (s == NULL || c->deleted)
         rc = SL_CHAN_NOT_SUBSCRIBED;
     else
-        unsubscribe_locked(r, c, s);
+        unsubscribe_locked(r, c, s, conn_no, false, &w);
     if (count)
         *count = c->subscribers;
     sl_lock_release(&c->lock);
+    if (woken)
+        *woken = w;
     return rc;
+}
+
+/* ----------------------------------------------------------- presence */
+
+uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
+                         int (*fn)(const sl_sub_t *s, void *arg), void *arg)
+{
+    uint32_t n = 0;
+    if (CMM_LOAD_SHARED(c->deleted))
+        return 0;
+    /* Dependency-ordered loads: a node's fields are seen as they were
+     * written before the store that published it. */
+    for (const sl_sub_t *s = rcu_dereference(((sl_chan_t *)c)->subs); s;
+         s = rcu_dereference(((sl_sub_t *)s)->next)) {
+        n++; /* walked: skipped ones cost the same (the caller charges it) */
+        if (before && s->sub_no >= before)
+            continue;
+        if (fn(s, arg))
+            break;
+    }
+    return n;
+}
+
+typedef struct {
+    uint64_t *set; /* user hashes (never 0), open addressing */
+    uint32_t cap, n, clients, max;
+    bool over, oom;
+} pcount_t;
+
+static bool pset_add(uint64_t *set, uint32_t cap, uint64_t h)
+{
+    for (uint32_t i = (uint32_t)h & (cap - 1);; i = (i + 1) & (cap - 1)) {
+        if (set[i] == h)
+            return false;
+        if (set[i] == 0) {
+            set[i] = h;
+            return true;
+        }
+    }
+}
+
+static int pcount_cb(const sl_sub_t *s, void *arg)
+{
+    pcount_t *p = arg;
+    if (p->clients == p->max) {
+        p->over = true;
+        return 1;
+    }
+    p->clients++;
+    const char *user = sl_sub_user(s);
+    if (user == NULL)
+        return 0;
+    if (2 * (p->n + 1) > p->cap) {
+        uint32_t cap = p->cap * 2;
+        uint64_t *set = calloc(cap, sizeof(*set));
+        if (set == NULL) {
+            p->oom = true;
+            return 1;
+        }
+        for (uint32_t i = 0; i < p->cap; i++)
+            if (p->set[i])
+                pset_add(set, cap, p->set[i]);
+        free(p->set);
+        p->set = set;
+        p->cap = cap;
+    }
+    /* 64-bit keyed hashes: a collision among 10^5 users has odds ~10^-9. */
+    if (pset_add(p->set, p->cap, sl_table_hash(user, s->user_len) | 1))
+        p->n++;
+    return 0;
+}
+
+bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *clients,
+                             uint32_t *users)
+{
+    pcount_t p = {.cap = 64, .max = max_walk};
+    *clients = *users = 0;
+    p.set = calloc(p.cap, sizeof(*p.set));
+    if (p.set == NULL)
+        return false;
+    sl_chan_members(c, 0, pcount_cb, &p);
+    free(p.set);
+    *clients = p.clients;
+    *users = p.n;
+    return !p.over && !p.oom;
 }
 
 /* --------------------------------------------------------------- messages */
@@ -350,22 +640,38 @@ void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m)
     }
 }
 
+/* s[0..n) as a JSON string, quotes included, into out (room for 6n + 2
+ * bytes: every byte may become \u00XX); returns its length. */
+static size_t json_quote(char *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[ch >> 4];
+            out[o + 5] = hex[ch & 15];
+            o += 6;
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o++] = '"';
+    return o;
+}
+
 /* Build the channel-message frame in shared memory.  The caller holds the
  * channel lock (seq and message-id are final). */
 static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, uint64_t seq,
                              uint64_t msg_id)
 {
-    /* The channel id as a JSON string: escape quote, backslash (controls
-     * cannot occur in a valid id). */
-    char idj[2 * SL_CHAN_ID_MAX + 3];
-    size_t il = 0;
-    idj[il++] = '"';
-    for (uint32_t i = 0; i < c->node.klen; i++) {
-        if (c->id[i] == '"' || c->id[i] == '\\')
-            idj[il++] = '\\';
-        idj[il++] = c->id[i];
-    }
-    idj[il++] = '"';
+    char idj[6 * SL_CHAN_ID_MAX + 2];
+    size_t il = json_quote(idj, c->id, c->node.klen);
     char head[512], tail[160];
     int hl = snprintf(head, sizeof(head),
                       "{\"type\":\"channel-message\",\"channel-id\":%.*s,\"message-id\":\"msg-%" PRIu64
@@ -388,6 +694,8 @@ static sl_chan_msg_t *encode(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, 
     m->len = (uint32_t)(h + plen);
     m->seq = seq;
     m->published_us = p->published_us;
+    m->created_us = sl_mono_us();
+    m->horizon = 0;
     m->chan_hash = c->node.hash;
     m->idlen = c->node.klen;
     memcpy(m->id, c->id, c->node.klen);
@@ -411,6 +719,8 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
     m->len = (uint32_t)len;
     m->seq = 0;
     m->published_us = 0;
+    m->created_us = 0;
+    m->horizon = 0;
     m->chan_hash = c ? c->node.hash : 0;
     m->idlen = c ? c->node.klen : 0;
     if (c)
@@ -419,6 +729,38 @@ static sl_chan_msg_t *msg_of_frame(sl_reg_t *r, sl_chan_t *c, const uint8_t *fra
     m->payload_off = 0;
     if (len)
         memcpy(m->frame, frame, len);
+    return m;
+}
+
+/* The join / leave frame of subscription s (a channel message without
+ * seq: {"type":"join"|"leave","channel-id":C,"info":{"conn-id":…,"user":…,
+ * "info":…}}, user and info null when the connection has none), for the
+ * subscriptions made before it (horizon). */
+static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join)
+{
+    char idj[6 * SL_CHAN_ID_MAX + 2], uj[6 * SL_CHAN_USER_MAX + 2];
+    size_t il = json_quote(idj, c->id, c->node.klen);
+    const char *user = sl_sub_user(s), *info = sl_sub_info(s);
+    size_t ul = user ? json_quote(uj, user, s->user_len) : 0;
+    char body[sizeof(idj) + sizeof(uj) + SL_CHAN_INFO_MAX + SL_CONN_ID_MAX + 128];
+    int n = snprintf(body, sizeof(body),
+                     "{\"type\":\"%s\",\"channel-id\":%.*s,\"info\":{\"conn-id\":\"%s\","
+                     "\"user\":%.*s,\"info\":%s}}",
+                     join ? "join" : "leave", (int)il, idj, sl_sub_conn_id(s),
+                     user ? (int)ul : 4, user ? uj : "null", info ? info : "null");
+    if (n < 0 || (size_t)n >= sizeof(body))
+        return NULL;
+    uint8_t frame[SL_WS_MAX_HEADER + sizeof(body)];
+    size_t h = sl_ws_encode_header(frame, SL_WS_OP_TEXT, true, (size_t)n, NULL);
+    memcpy(frame + h, body, (size_t)n);
+    sl_chan_msg_t *m = msg_of_frame(r, c, frame, h + (size_t)n);
+    if (m) {
+        m->payload_off = (uint32_t)h;
+        /* Only for the subscriptions there are at its hand-off (lock
+         * held): a worker may deliver it after a later subscribe of its
+         * own, which must not hear of who came or went before it. */
+        m->horizon = presence_horizon(c, s, join);
+    }
     return m;
 }
 
@@ -447,19 +789,31 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  * or none, with one commit store (in->committed).  The outer lock (channel
  * or broadcast) is held and in->op, in->msg and in->targets are recorded.
  *
- *  1. take every target inbox lock (ascending: a fixed order, no deadlock)
- *     and see which have room; none: release all, return 0, nothing done;
+ *  1. take every target inbox lock (ascending: a fixed order, no deadlock;
+ *     with HO_TRY only tried - one busy: release those taken, *busy, return
+ *     0, nothing done) and see which have room; none: release all, return
+ *     0, nothing done - unless HO_ALWAYS (below);
  *  2. m->refs = their number + extra (nothing else can see m yet);
  *  3. record a push in each (sl_inbox_prepare, pointing at the commit flag);
  *  4. the commit: in->committed = 1;
  *  5. push into each and release it; full inboxes get the missed note
  *     `note` (when not NULL) and are released.
+ * HO_HEADROOM (a join): a target inbox more than half full counts as
+ * full - the inboxes are shared by every channel of their worker, so a
+ * storm of joins must leave room for publications (review r15 H2) - and
+ * gets the note (a presence note: its subscribers are told to ask
+ * presence again, not closed); refused, nothing done, only when every
+ * target is so (one slow or stopped worker must not refuse joins on the
+ * others: review rf15 F1).
+ * HO_ALWAYS (a leave, which is never refused): with no room anywhere - or
+ * no message at all (m NULL: no memory for it) - it still commits, with no
+ * push, every target given the note; m (refs 0) is the caller's to free.
  * A process killed before 4 leaves recorded pushes that recovery drops; at
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
                          const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
-                         const sl_inbox_note_t *note)
+                         const sl_inbox_note_t *note, unsigned flags, bool *busy)
 {
     /* The note comes from the caller, not from m: after the first push m
      * is not ours to read. */
@@ -467,18 +821,31 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
-        sl_inbox_lock(r->inboxes[w]);
-        if (sl_inbox_has_room(r->inboxes[w], 1))
+        if (flags & HO_TRY) {
+            if (sl_inbox_trylock(r->inboxes[w]) != SL_OK) {
+                for (uint32_t v = 0; v < w; v++)
+                    if (targets >> v & 1)
+                        sl_inbox_unlock(r->inboxes[v]);
+                *busy = true;
+                return 0;
+            }
+        } else {
+            sl_inbox_lock(r->inboxes[w]);
+        }
+        if ((flags & HO_HEADROOM) && sl_inbox_depth(r->inboxes[w]) > SL_INBOX_CAP / 2)
+            continue; /* crowded: noted below (the room is kept for publications) */
+        if (m && sl_inbox_has_room(r->inboxes[w], 1))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");
-    if (push == 0 && targets != 0) {
+    if (push == 0 && targets != 0 && !(flags & HO_ALWAYS)) {
         for (uint32_t w = 0; w < r->nworkers; w++)
             if (targets >> w & 1)
                 sl_inbox_unlock(r->inboxes[w]);
         return 0;
     }
-    m->refs = (uint32_t)__builtin_popcountll(push) + extra_refs;
+    if (m)
+        m->refs = (uint32_t)__builtin_popcountll(push) + extra_refs;
     in->got = push;
     sl_inbox_entry_t e = *tmpl;
     e.msg = m;
@@ -510,13 +877,13 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
 }
 
 /* Recovery of a hand-off recorded in `in`: take and release every target
- * inbox lock (each one's recovery makes or drops its recorded push), then
- * free the message if the hand-off never committed.  A committed one also
- * puts `note` (NULL: none) in the target inboxes that were full, in case
- * the dead owner had not: a second note of the same message is harmless
- * (it closes only subscribers from before that message, whom the first
- * closed already).  Returns whether it had committed. */
-static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
+ * inbox lock (each one's recovery makes or drops its recorded push).  A
+ * committed one also puts `note` (NULL: none) in the target inboxes that
+ * were full, in case the dead owner had not: a second note of the same
+ * message is harmless (it closes only subscribers from before that
+ * message, whom the first closed already).  Returns whether it had
+ * committed. */
+static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
 {
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (in->targets >> w & 1) {
@@ -525,11 +892,18 @@ static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_n
                 sl_inbox_note_missed(r->inboxes[w], note);
             sl_inbox_unlock(r->inboxes[w]);
         }
-    if (in->committed)
+    return in->committed != 0;
+}
+
+/* The same, and the message is freed if the hand-off never committed
+ * (nobody else ever saw it). */
+static bool hand_off_recover(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_note_t *note)
+{
+    if (hand_off_settle(r, in, note))
         return true;
     sl_chan_msg_t *m = in->msg;
     in->msg = NULL;
-    sl_arena_free(r->arena, m); /* nobody else ever saw it */
+    sl_arena_free(r->arena, m);
     return false;
 }
 
@@ -579,6 +953,52 @@ static void ring_store(sl_chan_t *c, sl_chan_msg_t *m)
     SL_CRASHPOINT("chan.ring.stored");
 }
 
+/* Drop the retained messages older than the channel's history_ttl_ms
+ * (oldest first: the ring is in publish order).  Lock held.  Returns how
+ * many went. */
+static uint32_t expire_locked(sl_reg_t *r, sl_chan_t *c, int64_t now_us)
+{
+    uint32_t cap = ring_cap(c);
+    int64_t ttl = c->config.history_ttl_ms;
+    if (ttl <= 0 || cap == 0 || c->ring_lo == c->ring_hi)
+        return 0;
+    int64_t cutoff = now_us - ttl * 1000;
+    if (c->ring[c->ring_lo % cap]->created_us > cutoff)
+        return 0;
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    intent_begin(in, SL_CI_EXPIRE);
+    SL_CRASHPOINT("chan.expire.intent");
+    uint32_t n = 0;
+    while (c->ring_lo < c->ring_hi && c->ring[c->ring_lo % cap]->created_us <= cutoff) {
+        ring_pop(c);
+        finish_drop(r, c);
+        n++;
+    }
+    /* The last retained message gone from a channel nobody subscribes to:
+     * its linger starts now ("no subscriber and no retained message for
+     * --channel-linger-ms"), not at the last unsubscribe long ago (review
+     * r15 L4).  One store: killed before it, the linger is just shorter. */
+    if (c->ring_lo == c->ring_hi && c->subscribers == 0)
+        uatomic_set(&c->empty_since, sl_mono_ms());
+    intent_end(in);
+    uatomic_add(&r->expired, n);
+    return n;
+}
+
+bool sl_chan_expire(sl_reg_t *r, sl_chan_t *c, int64_t now_us, uint32_t *dropped)
+{
+    *dropped = 0;
+    if (c->config.history_ttl_ms <= 0 || sl_chan_retained_count(c) == 0)
+        return true;
+    if (sl_lock_try(&c->lock) != SL_OK)
+        return false;
+    if (!c->deleted)
+        *dropped = expire_locked(r, c, now_us);
+    sl_lock_release(&c->lock);
+    return true;
+}
+
 /* ------------------------------------------------------------ publish */
 
 int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_pub_result_t *out)
@@ -592,6 +1012,8 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     uint64_t seq = c->next_seq;
     uint64_t targets = targets_of(r, c);
     bool retain = ring_cap(c) > 0;
+    if (retain)
+        expire_locked(r, c, sl_mono_us()); /* before: not counted against the ring */
     uint64_t msg_id = uatomic_add_return(&r->next_msg_id, 1);
     if (targets == 0 && !retain) {
         /* Nobody to deliver to and nothing to keep: only the seq moves. */
@@ -621,7 +1043,7 @@ int sl_chan_publish(sl_reg_t *r, sl_chan_t *c, const sl_chan_pub_t *p, sl_chan_p
     sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
     /* The ring's reference is counted in from the start: nobody can drop
      * the last reference while we still store m in the ring. */
-    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note);
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note, 0, NULL);
     if (got == 0 && targets != 0) {
         /* Every target inbox is full: nothing went out, no seq taken. */
         intent_end(in);
@@ -665,7 +1087,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     sl_lock_acquire(&c->lock);
     uint32_t n = 0;
     for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
-        if (!(exclude_conn_id && strcmp(s->key + s->chan_len + 1, exclude_conn_id) == 0))
+        if (!(exclude_conn_id && strcmp(sl_sub_conn_id(s), exclude_conn_id) == 0))
             n++;
     if (n == 0) {
         sl_lock_release(&c->lock);
@@ -684,7 +1106,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0, NULL);
     intent_end(in);
     if (got == 0) {
         sl_lock_release(&c->lock);
@@ -694,7 +1116,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     }
     n = 0;
     for (sl_sub_t *s = c->subs; s; s = s->next) {
-        const char *conn_id = s->key + s->chan_len + 1;
+        const char *conn_id = sl_sub_conn_id(s);
         if ((exclude_conn_id && strcmp(conn_id, exclude_conn_id) == 0) ||
             !(got >> s->worker & 1))
             continue;
@@ -775,7 +1197,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
     in->msg = m;
     intent_begin(in, SL_CI_BCAST);
     sl_inbox_entry_t tmpl = {.kind = SL_INBOX_BROADCAST};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL);
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, NULL, 0, NULL);
     intent_end(in);
     sl_lock_release(&r->bcast.lock);
     if (got == 0) {
@@ -793,11 +1215,11 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
 {
     sl_lock_acquire(&c->lock);
     for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
-        fn(s->key + s->chan_len + 1, arg);
+        fn(sl_sub_conn_id(s), arg);
     sl_lock_release(&c->lock);
 }
 
-uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
+uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
                           uint64_t *last)
 {
@@ -815,6 +1237,8 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
         return 0;
     }
     sl_lock_acquire(&c->lock);
+    if (!c->deleted)
+        expire_locked(r, c, sl_mono_us());
     *last = c->next_seq - 1;
     uint32_t cap = ring_cap(c);
     for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
@@ -826,6 +1250,52 @@ uint64_t sl_chan_retained(sl_chan_t *c, uint64_t since,
     }
     sl_lock_release(&c->lock);
     return oldest;
+}
+
+void sl_chan_history(sl_reg_t *r, sl_chan_t *c, const sl_chan_history_q_t *q,
+                     void (*fn)(const sl_chan_msg_t *m, void *arg), void *arg,
+                     sl_chan_history_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    sl_lock_acquire(&c->lock);
+    if (!c->deleted)
+        expire_locked(r, c, sl_mono_us());
+    out->top_seq = c->next_seq - 1;
+    uint32_t cap = ring_cap(c);
+    uint64_t n = c->ring_hi - c->ring_lo;
+    if (n)
+        out->oldest_seq = c->ring[c->ring_lo % cap]->seq;
+    size_t bytes = 0;
+    /* Seqs rise along the ring: find where the page starts by bisection
+     * instead of walking past every older (newer) one under the lock
+     * (review r15 M1).  skip: how many are passed over first. */
+    uint64_t skip = 0;
+    if (q->has_since && n) {
+        uint64_t lo = 0, hi = n; /* first index (oldest first) with seq > since (>= for reverse) */
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2;
+            uint64_t s = c->ring[(c->ring_lo + mid) % cap]->seq;
+            if (q->reverse ? s < q->since : s <= q->since)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        skip = q->reverse ? n - lo : lo;
+    }
+    for (uint64_t i = skip; i < n; i++) {
+        uint64_t pos = q->reverse ? c->ring_hi - 1 - i : c->ring_lo + i;
+        const sl_chan_msg_t *m = c->ring[pos % cap];
+        if (q->has_since && (q->reverse ? m->seq >= q->since : m->seq <= q->since))
+            continue;
+        if (out->count == q->limit || (out->count > 0 && bytes + m->len > q->max_bytes)) {
+            out->more = true;
+            break;
+        }
+        fn(m, arg);
+        out->count++;
+        bytes += m->len;
+    }
+    sl_lock_release(&c->lock);
 }
 
 /* ------------------------------------------------------------- delete */
@@ -843,8 +1313,8 @@ static uint32_t delete_rest(sl_reg_t *r, sl_chan_t *c)
         in->sub = s;
         in->sub_hash = s->node.hash;
         SL_CRASHPOINT("chan.del.sub-noted");
-        /* Unlink before retire. */
-        c->subs = s->next;
+        /* Unlink before retire (one store, for lock-free readers). */
+        CMM_STORE_SHARED(c->subs, s->next);
         if (s->next)
             s->next->prev = NULL;
         SL_CRASHPOINT("chan.del.sub-unlinked");
@@ -901,7 +1371,7 @@ int sl_chan_delete(sl_reg_t *r, const char *id, size_t len, const uint8_t *frame
         sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_GONE};
         sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
                                 .seq = UINT64_MAX};
-        got = hand_off(r, in, m, &tmpl, 0, &note);
+        got = hand_off(r, in, m, &tmpl, 0, &note, 0, NULL);
         if (got == 0) {
             intent_end(in);
             sl_lock_release(&c->lock);
@@ -931,22 +1401,61 @@ static void chan_recover(void *arg)
         return;
     }
     sl_sub_t *s = in->sub;
+    /* A join's or leave's missed note, as commit_presence makes it. */
+    sl_inbox_note_t pn = {0};
+    if (s && (in->op == SL_CI_SUB || in->op == SL_CI_UNSUB))
+        pn = presence_note(c, s, in->op == SL_CI_SUB);
     switch (in->op) {
     case SL_CI_SUB:
-        if (!on_list(c, s)) {
-            s->next = c->subs;
-            c->subs = s;
+        /* Committed: the join (if any) went out; roll forward.  Not: the
+         * node was never published, the join never handed out; undo. */
+        if (in->targets ? hand_off_settle(r, in, &pn) : in->committed) {
+            if (!on_list(c, s)) {
+                s->next = c->subs;
+                rcu_assign_pointer(c->subs, s);
+            }
+            sl_table_insert(r->subs, &s->node); /* SL_TABLE_EXISTS: it is there */
+        } else {
+            sl_chan_msg_t *m = in->msg;
+            in->msg = NULL;
+            sl_arena_free(r->arena, m);
+            /* Never on the list before the commit - unless the order was
+             * broken (M_JOIN_AFTER_LINK): then off it first, so that no
+             * walk is left on freed memory (test_killpoints'
+             * test_presence_sees_only_committed catches the order). */
+            if (on_list(c, s))
+                list_unlink_walk(c, s);
+            in->sub = NULL;
+            sl_arena_free(r->arena, s);
         }
-        sl_table_insert(r->subs, &s->node); /* SL_TABLE_EXISTS: it is there */
         break;
     case SL_CI_UNSUB:
-        /* Still in the table: not retired, so it may still be on the list.
-         * Not in the table: removed and retired - and, unlink before
-         * retire, no longer on the list. */
-        if (sl_table_has_node(r->subs, in->sub_hash, &s->node)) {
-            list_unlink_walk(c, s);
-            sl_table_remove_node(r->subs, in->sub_hash, &s->node);
+        /* By the targets, not the message: a leave with no memory for
+         * it (msg NULL) committed with notes only, which the dead owner
+         * may not all have made (review r15 L1). */
+        if (in->targets ? hand_off_settle(r, in, &pn) : in->committed) {
+            if (in->msg && in->got == 0) {
+                /* A leave nobody took, not yet freed (chan.leave.unsent). */
+                sl_chan_msg_t *m = in->msg;
+                in->msg = NULL;
+                sl_arena_free(r->arena, m);
+            }
+            /* Still in the table: not retired, so it may still be on the
+             * list.  Not in the table: removed and retired - and, unlink
+             * before retire, no longer on the list. */
+            if (sl_table_has_node(r->subs, in->sub_hash, &s->node)) {
+                list_unlink_walk(c, s);
+                sl_table_remove_node(r->subs, in->sub_hash, &s->node);
+            }
+        } else {
+            /* Nothing was removed; the leave never went out. */
+            sl_chan_msg_t *m = in->msg;
+            in->msg = NULL;
+            sl_arena_free(r->arena, m);
         }
+        break;
+    case SL_CI_EXPIRE:
+        finish_drop(r, c); /* the pop in progress, if any */
         break;
     case SL_CI_PUB:
         if (hand_off_recover(r, in,
@@ -984,7 +1493,7 @@ static void chan_recover(void *arg)
 
 /* ------------------------------------------------- the master's helpers */
 
-int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s)
+int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s, uint64_t *woken)
 {
     sl_chan_t *c = sl_chan_find(r, s->key, s->chan_len);
     if (c == NULL) {
@@ -997,10 +1506,13 @@ int sl_chan_cleanup_sub(sl_reg_t *r, sl_sub_t *s)
         return SL_AGAIN;
     /* Still there?  (It may have gone with a delete meanwhile.)  In the
      * table means on the list: the lock is ours, so no update is half done. */
+    int rc = SL_OK;
+    uint64_t w = 0;
     if (!c->deleted && sl_table_has_node(r->subs, s->node.hash, &s->node))
-        unsubscribe_locked(r, c, s);
+        rc = unsubscribe_locked(r, c, s, 0, true, &w);
     sl_lock_release(&c->lock);
-    return SL_OK;
+    *woken |= w;
+    return rc;
 }
 
 bool sl_chan_reap(sl_reg_t *r, sl_chan_t *c, int64_t now_mono, int64_t linger_ms)

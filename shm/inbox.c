@@ -77,12 +77,18 @@ int sl_inbox_init(sl_inbox_t *in)
     in->pending_commit = NULL;
     in->head = in->tail = 0;
     in->enqueued = in->refused = in->missed_n = 0;
+    in->missed_taken = in->coalesced = 0;
     return sl_lock_init(&in->lock, inbox_recover, in);
 }
 
 void sl_inbox_lock(sl_inbox_t *in)
 {
     sl_lock_acquire(&in->lock);
+}
+
+int sl_inbox_trylock(sl_inbox_t *in)
+{
+    return sl_lock_try(&in->lock) == SL_OK ? SL_OK : SL_AGAIN;
 }
 
 void sl_inbox_unlock(sl_inbox_t *in)
@@ -129,14 +135,36 @@ void sl_inbox_drop_prepared(sl_inbox_t *in)
     CMM_STORE_SHARED(in->pending.msg, NULL);
 }
 
+/* A presence note the last note already covers, the consumer not having
+ * taken that one yet: whenever it does, it resyncs the same subscribers
+ * (and more), after this join / leave.  Dekker with sl_inbox_missed: we
+ * read missed_taken after our stores (full barrier); it stores
+ * missed_taken before it reads the note. */
+static bool covered(sl_inbox_t *in, uint64_t n, const sl_inbox_note_t *note)
+{
+    if (note->seq != SL_INBOX_SEQ_PRESENCE || n == 0)
+        return false;
+    cmm_smp_mb();
+    if (CMM_LOAD_SHARED(in->missed_taken) >= n)
+        return false;
+    const sl_inbox_note_t *x = &in->missed[(n - 1) & (SL_INBOX_MISSED - 1)];
+    return x->seq == SL_INBOX_SEQ_PRESENCE && x->chan_hash == note->chan_hash &&
+           x->serial == note->serial && x->horizon >= note->horizon;
+}
+
 void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
 {
     uint64_t n = in->missed_n;
+    if (covered(in, n, note)) {
+        uatomic_add(&in->coalesced, 1);
+        return;
+    }
     sl_inbox_note_t *x = &in->missed[n & (SL_INBOX_MISSED - 1)];
     cmm_smp_wmb(); /* the count that covers the old note before we overwrite it */
     x->chan_hash = note->chan_hash;
     x->serial = note->serial;
     x->seq = note->seq;
+    x->horizon = note->horizon;
     x->pos = in->tail;
     SL_CRASHPOINT("inbox.missed.noted");
     cmm_smp_wmb(); /* the note before the count that covers it */
@@ -176,16 +204,23 @@ void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
         return;
     cmm_smp_rmb(); /* the count before the notes it covers */
     if (lapped(n, *seen)) {
+        CMM_STORE_SHARED(in->missed_taken, n);
+        cmm_smp_mb();
         fn(NULL, n, arg);
         *seen = n;
         return;
     }
     uint64_t i = *seen;
     for (; i < n; i++) {
+        /* Taken before it is read: a producer no longer folds into it. */
+        CMM_STORE_SHARED(in->missed_taken, i + 1);
+        cmm_smp_mb();
         sl_inbox_note_t x = in->missed[i & (SL_INBOX_MISSED - 1)];
         cmm_smp_rmb(); /* the note before the count that tells whether it is still whole */
         uint64_t now = CMM_LOAD_SHARED(in->missed_n);
         if (lapped(now, i)) {
+            CMM_STORE_SHARED(in->missed_taken, now);
+            cmm_smp_mb();
             fn(NULL, now, arg);
             i = now;
             break;

@@ -54,6 +54,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *l
         return SL_ERROR;
     r->nworkers = lim->nworkers;
     r->max_channels = lim->max_channels;
+    r->next_sub_no = 0;
     /* Sizing (documented in shm/README.md): connections a bucket per four
      * (lookups by conn-id are rare admin calls, while every worker's
      * inserts touch the array all over, so it is kept small); channels a
@@ -204,6 +205,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 return SL_AGAIN;
             bool more;
             size_t n = collect(t, job->cursor, job->phase, job->worker, found, &more);
+            size_t aside = 0;
             buckets++;
             for (size_t k = 0; k < n; k++) {
                 sl_table_node_t *x = found[k];
@@ -211,11 +213,16 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                     sl_table_remove_node(t, x->hash, x);
                     job->removed_conns++;
                 } else if (job->phase == PH_SUBS) {
-                    if (sl_chan_cleanup_sub(r, (sl_sub_t *)x) != SL_OK) {
-                        /* A live process holds that channel: not now.  This
-                         * bucket is visited again next step. */
+                    if (sl_chan_cleanup_sub(r, (sl_sub_t *)x, &job->woken) != SL_OK) {
+                        /* A live process holds that channel or one of its
+                         * inboxes: set it aside and go on; the pass comes
+                         * back for it (H1). */
                         job->busy++;
-                        return SL_AGAIN;
+                        job->set_aside++;
+                        job->aside_pass++;
+                        aside++;
+                        removed++; /* an attempt: the step's budget counts it */
+                        continue;
                     }
                     job->removed_subs++;
                 } else if (job->phase == PH_RPCS) {
@@ -234,11 +241,28 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 }
                 removed++;
             }
-            if (!more)
+            /* A full batch all set aside would be collected again and
+             * again: leave the bucket for the next pass. */
+            if (!more || (job->phase == PH_SUBS && aside == n))
                 job->cursor++;
         }
-        job->phase++;
         job->cursor = 0;
+        if (job->phase == PH_SUBS && job->aside_pass) {
+            job->aside_pass = 0;
+            if (job->subs_again) {
+                /* A later pass: the other phases are done; again at the
+                 * next step (the caller lets the holders run first). */
+                return SL_AGAIN;
+            }
+            job->subs_again = true; /* the other phases first, then again */
+            job->phase = PH_RPCS;
+        } else if (job->phase == PH_SUBS && job->subs_again) {
+            job->phase = PH_INBOX; /* a later pass, clean: the others are done */
+        } else if (job->phase == PH_USERS && job->subs_again) {
+            job->phase = PH_SUBS;
+        } else {
+            job->phase++;
+        }
     }
     return SL_OK;
 }

@@ -100,17 +100,10 @@ static int split(const char *path, size_t len, char *seg[SEG_MAX], size_t seglen
 
 /* ------------------------------------------------------------- channels */
 
-static json_t *config_json(const sl_chan_config_t *cfg)
-{
-    return json_pack("{s:I, s:I, s:I, s:b}", "max-subscribers", (json_int_t)cfg->max_subscribers,
-                     "message-retention", (json_int_t)cfg->message_retention, "rpc-timeout-ms",
-                     (json_int_t)cfg->rpc_timeout_ms, "telemetry-enabled", cfg->telemetry_enabled);
-}
-
 static json_t *channel_entry(sl_chan_t *c)
 {
     return json_pack("{s:s%, s:o, s:I, s:I, s:I}", "channel-id", c->id, (size_t)c->node.klen,
-                     "config", config_json(&c->config), "created-at", (json_int_t)c->created_at,
+                     "config", sl_pubsub_config_json(&c->config), "created-at", (json_int_t)c->created_at,
                      "message-count", (json_int_t)sl_chan_message_count(c),
                      "subscriber-count", (json_int_t)uatomic_read(&c->subscribers));
 }
@@ -121,7 +114,9 @@ static const char *parse_config(json_t *body, sl_chan_config_t *cfg)
     *cfg = (sl_chan_config_t){.max_subscribers = sl_conf->max_subscribers,
                               .message_retention = sl_conf->message_retention,
                               .rpc_timeout_ms = sl_conf->rpc_timeout_ms,
-                              .telemetry_enabled = true};
+                              .history_ttl_ms = sl_conf->history_ttl_ms,
+                              .telemetry_enabled = true,
+                              .join_leave = sl_conf->join_leave};
     if (body == NULL)
         return NULL;
     if (!json_is_object(body))
@@ -137,17 +132,22 @@ static const char *parse_config(json_t *body, sl_chan_config_t *cfg)
             field = &cfg->message_retention, min = 0, max = 10000;
         else if (strcmp(key, "rpc-timeout-ms") == 0)
             field = &cfg->rpc_timeout_ms, min = 1, max = 3600000;
-        else if (strcmp(key, "telemetry-enabled") == 0) {
+        else if (strcmp(key, "history-ttl-ms") == 0)
+            field = &cfg->history_ttl_ms, min = 0, max = 2592000000LL;
+        else if (strcmp(key, "telemetry-enabled") == 0 || strcmp(key, "join-leave") == 0) {
             if (!json_is_boolean(v))
-                return "telemetry-enabled must be a boolean";
-            cfg->telemetry_enabled = json_is_true(v);
+                return "telemetry-enabled and join-leave must be booleans";
+            if (strcmp(key, "join-leave") == 0)
+                cfg->join_leave = json_is_true(v);
+            else
+                cfg->telemetry_enabled = json_is_true(v);
             continue;
         } else
             return "unknown setting (max-subscribers, message-retention, rpc-timeout-ms, "
-                   "telemetry-enabled)";
+                   "history-ttl-ms, telemetry-enabled, join-leave)";
         if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max)
             return "a setting is out of range (max-subscribers 1..10000000, message-retention "
-                   "0..10000, rpc-timeout-ms 1..3600000)";
+                   "0..10000, rpc-timeout-ms 1..3600000, history-ttl-ms 0..2592000000)";
         *field = json_integer_value(v);
     }
     return NULL;
@@ -180,6 +180,10 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         const char *why = parse_config(has_body ? body : NULL, &cfg);
         if (why)
             return err(400, "bad-config", why);
+        /* presence=none: no join / leave, whatever the body says (as for
+         * every channel of the namespace: review rf15 F7). */
+        if (sl_conf_namespace(sl_conf, id, len, NULL)->rules[SL_NS_PRESENCE] == SL_RULE_NONE)
+            cfg.join_leave = false;
         sl_chan_t *c;
         int rc = sl_chan_create(REG, id, len, &cfg, &c);
         if (rc == SL_CHAN_EXISTS)
@@ -224,7 +228,7 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         json_t *retained =
             sl_pubsub_retained(c, 0, sl_conn_reply_max() / 2, &omitted, &last, &oldest);
         json_t *o = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:o, s:I, s:o, s:I}", "channel-id", id,
-                              len, "config", config_json(&c->config), "created-at",
+                              len, "config", sl_pubsub_config_json(&c->config), "created-at",
                               (json_int_t)c->created_at, "message-count",
                               (json_int_t)sl_chan_message_count(c), "epoch", c->epoch,
                               "subscribers", subs.list, "subscribers-omitted",

@@ -131,6 +131,10 @@ static const sl_option_t sl_options[] = {
      "N", "default number of messages a channel retains"},
     {"rpc-timeout-ms", NULL, OPT_INT, OFF(rpc_timeout_ms), 0, 1, 3600000, "30000", "MS",
      "default RPC timeout of a channel"},
+    {"join-leave", NULL, OPT_BOOL, OFF(join_leave), 0, 0, 0, "false", NULL,
+     "default of channels: subscribers get join / leave events (--no-join-leave: off)"},
+    {"history-ttl-ms", NULL, OPT_INT, OFF(history_ttl_ms), 0, 0, 2592000000LL, "0", "MS",
+     "default of channels: retained messages older than this are dropped (0: never)"},
     {"max-subscriptions-per-connection", NULL, OPT_INT, OFF(max_subscriptions_per_connection), 0,
      1, 1000000, "1000", "N", "channels one connection may subscribe to"},
     {"max-channels", NULL, OPT_INT, OFF(max_channels), 0, 1, 10000000, "10000", "N",
@@ -186,7 +190,8 @@ static const sl_option_t sl_options[] = {
     {"max-connections-per-user", NULL, OPT_INT, OFF(max_connections_per_user), 0, 0, 10000000,
      "0", "N", "WebSocket connections of one user across workers (0: unlimited; 429 / 4429)"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
-     "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms; repeatable)"},
+     "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms, join-leave, "
+     "history-ttl-ms; repeatable)"},
     {"access-log", NULL, OPT_STR, OFF(access_log), SZ(access_log), 0, 0, "", "PATH",
      "write one line per HTTP request here (peer, method, path, status, bytes, time, agent)"},
     {"trusted-proxy", NULL, OPT_CIDR, 0, 0, 0, 0, NULL, "CIDR",
@@ -461,12 +466,14 @@ static int parse_channel_keys(const char *p, size_t n, sl_conf_channel_t *ch, co
 {
     static const struct {
         const char *key;
-        int64_t min, max;
+        int64_t min, max; /* max 1 with min 0: a boolean (true / false) */
         size_t off;
     } keys[] = {
         {"max-subscribers", 1, 10000000, offsetof(sl_conf_channel_t, max_subscribers)},
         {"message-retention", 0, 10000, offsetof(sl_conf_channel_t, message_retention)},
         {"rpc-timeout-ms", 1, 3600000, offsetof(sl_conf_channel_t, rpc_timeout_ms)},
+        {"history-ttl-ms", 0, 2592000000LL, offsetof(sl_conf_channel_t, history_ttl_ms)},
+        {"join-leave", 0, 1, offsetof(sl_conf_channel_t, join_leave)},
     };
     const char *end = p + n;
     while (p < end) {
@@ -485,21 +492,31 @@ static int parse_channel_keys(const char *p, size_t n, sl_conf_channel_t *ch, co
                     memcmp(p, keys[k].key, (size_t)(eq - p)) == 0)
                     break;
         if (eq == NULL || k == SL_ARRAY_LEN(keys)) {
-            snprintf(err, errsz, "%s: '%.*s' is not max-subscribers=N, message-retention=N or "
-                                 "rpc-timeout-ms=N (a channel name with ':' and '=' needs a "
-                                 "trailing ':')", who, (int)SL_MIN(kvlen, 200), p);
+            snprintf(err, errsz, "%s: '%.*s' is not max-subscribers=N, message-retention=N, "
+                                 "rpc-timeout-ms=N, history-ttl-ms=N or join-leave=true|false (a "
+                                 "channel name with ':' and '=' needs a trailing ':')",
+                     who, (int)SL_MIN(kvlen, 200), p);
             return SL_ERROR;
         }
         char num[24];
         size_t vlen = (size_t)(kv_end - eq - 1);
         int64_t v;
+        bool boolean = keys[k].min == 0 && keys[k].max == 1;
         if (vlen >= sizeof(num)) {
             v = -1; /* far too long to be in range */
         } else {
             memcpy(num, eq + 1, vlen);
             num[vlen] = '\0';
-            if (parse_int(num, &v) != SL_OK)
+            bool bv;
+            if (boolean)
+                v = parse_bool(num, &bv) == SL_OK ? bv : -1;
+            else if (parse_int(num, &v) != SL_OK)
                 v = -1;
+        }
+        if (boolean && v < 0) {
+            snprintf(err, errsz, "%s: %s=%.*s is not true or false", who, keys[k].key,
+                     (int)SL_MIN(vlen, 40), eq + 1);
+            return SL_ERROR;
         }
         if (v < keys[k].min || v > keys[k].max) {
             snprintf(err, errsz, "%s: %s=%.*s is not an integer between %lld and %lld", who,
@@ -521,6 +538,7 @@ static int parse_channel(const char *v, sl_conf_channel_t *ch, const char *who, 
                          size_t errsz)
 {
     ch->max_subscribers = ch->message_retention = ch->rpc_timeout_ms = -1;
+    ch->history_ttl_ms = ch->join_leave = -1;
     const char *colon = strrchr(v, ':');
     size_t nlen = strlen(v);
     if (colon && (colon[1] == '\0' || strchr(colon, '='))) {
@@ -585,8 +603,9 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
     if (c->namespaces == NULL)
         return SL_ERROR;
     sl_conf_namespace_t ns = {.auto_create = -1, .max_subscribers = -1, .message_retention = -1,
-                              .rpc_timeout_ms = -1,
+                              .rpc_timeout_ms = -1, .history_ttl_ms = -1, .join_leave = -1,
                               .rules[SL_NS_RPC_RESPOND] = SL_RULE_SUBSCRIBERS};
+    ns.rules[SL_NS_PRESENCE] = ns.rules[SL_NS_HISTORY] = SL_RULE_SUBSCRIBERS;
     memcpy(ns.name, buf, nlen + 1);
     char *save = NULL;
     for (char *kv = strtok_r(colon + 1, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
@@ -624,10 +643,11 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
             continue;
         }
         if (strcmp(kv, "max-subscribers") != 0 && strcmp(kv, "message-retention") != 0 &&
-            strcmp(kv, "rpc-timeout-ms") != 0)
+            strcmp(kv, "rpc-timeout-ms") != 0 && strcmp(kv, "history-ttl-ms") != 0 &&
+            strcmp(kv, "join-leave") != 0)
             goto bad_key;
         sl_conf_channel_t ch = {.max_subscribers = -1, .message_retention = -1,
-                                .rpc_timeout_ms = -1};
+                                .rpc_timeout_ms = -1, .history_ttl_ms = -1, .join_leave = -1};
         *eq = '=';
         if (parse_channel_keys(kv, strlen(kv), &ch, who, err, errsz) != SL_OK)
             return SL_ERROR;
@@ -637,11 +657,16 @@ static int parse_namespace(sl_conf_t *c, const char *v, const char *who, char *e
             ns.message_retention = ch.message_retention;
         if (ch.rpc_timeout_ms >= 0)
             ns.rpc_timeout_ms = ch.rpc_timeout_ms;
+        if (ch.history_ttl_ms >= 0)
+            ns.history_ttl_ms = ch.history_ttl_ms;
+        if (ch.join_leave >= 0)
+            ns.join_leave = (int8_t)ch.join_leave;
         continue;
     bad_key:
         snprintf(err, errsz, "%s: '%s' is not key=value (keys: subscribe, publish, rpc, "
                              "rpc-respond, presence, history, auto-create, max-subscribers, "
-                             "message-retention, rpc-timeout-ms)", who, kv);
+                             "message-retention, rpc-timeout-ms, history-ttl-ms, join-leave)",
+                 who, kv);
         return SL_ERROR;
     }
     c->namespaces[c->nnamespaces++] = ns;
@@ -678,7 +703,9 @@ static void resolve_namespaces(sl_conf_t *c)
 {
     sl_conf_namespace_t def = {.name = "", .auto_create = -1, .max_subscribers = -1,
                                .message_retention = -1, .rpc_timeout_ms = -1,
+                               .history_ttl_ms = -1, .join_leave = -1,
                                .rules[SL_NS_RPC_RESPOND] = SL_RULE_SUBSCRIBERS};
+    def.rules[SL_NS_PRESENCE] = def.rules[SL_NS_HISTORY] = SL_RULE_SUBSCRIBERS;
     for (int i = 0; i < c->nnamespaces; i++)
         if (c->namespaces[i].name[0] == '\0')
             def = c->namespaces[i];
@@ -693,6 +720,10 @@ static void resolve_namespaces(sl_conf_t *c)
             ns->message_retention = c->message_retention;
         if (ns->rpc_timeout_ms < 0)
             ns->rpc_timeout_ms = c->rpc_timeout_ms;
+        if (ns->history_ttl_ms < 0)
+            ns->history_ttl_ms = c->history_ttl_ms;
+        if (ns->join_leave < 0)
+            ns->join_leave = c->join_leave;
     }
 }
 
@@ -1066,6 +1097,14 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
             ch->message_retention = ns->message_retention;
         if (ch->rpc_timeout_ms < 0)
             ch->rpc_timeout_ms = ns->rpc_timeout_ms;
+        if (ch->history_ttl_ms < 0)
+            ch->history_ttl_ms = ns->history_ttl_ms;
+        if (ch->join_leave < 0)
+            ch->join_leave = ns->join_leave;
+        /* presence=none: nobody may see who comes and goes, so none are
+         * sent, whatever the channel says (review rf15 F7). */
+        if (ns->rules[SL_NS_PRESENCE] == SL_RULE_NONE)
+            ch->join_leave = 0;
     }
     if (c->admin_token_file[0] && read_admin_token(c, err, errsz) != SL_OK)
         return SL_ERROR;
@@ -1185,10 +1224,12 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
         case OPT_CHANNEL:
             for (int k = 0; k < c->nchannels; k++)
                 fprintf(out, "%s = %s:max-subscribers=%lld,message-retention=%lld,"
-                             "rpc-timeout-ms=%lld\n", o->flag, c->channels[k].name,
-                        (long long)c->channels[k].max_subscribers,
+                             "rpc-timeout-ms=%lld,history-ttl-ms=%lld,join-leave=%s\n", o->flag,
+                        c->channels[k].name, (long long)c->channels[k].max_subscribers,
                         (long long)c->channels[k].message_retention,
-                        (long long)c->channels[k].rpc_timeout_ms);
+                        (long long)c->channels[k].rpc_timeout_ms,
+                        (long long)c->channels[k].history_ttl_ms,
+                        c->channels[k].join_leave > 0 ? "true" : "false");
             break;
         case OPT_NAMESPACE:
             for (int k = 0; k < c->nnamespaces; k++) {
@@ -1197,9 +1238,10 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
                 for (int r = 0; r < SL_NS__KEYS; r++)
                     fprintf(out, "%s=%s,", ns_key_names[r], rule_names[ns->rules[r]]);
                 fprintf(out, "auto-create=%s,max-subscribers=%lld,message-retention=%lld,"
-                             "rpc-timeout-ms=%lld\n", ns->auto_create > 0 ? "true" : "false",
-                        (long long)ns->max_subscribers, (long long)ns->message_retention,
-                        (long long)ns->rpc_timeout_ms);
+                             "rpc-timeout-ms=%lld,history-ttl-ms=%lld,join-leave=%s\n",
+                        ns->auto_create > 0 ? "true" : "false", (long long)ns->max_subscribers,
+                        (long long)ns->message_retention, (long long)ns->rpc_timeout_ms,
+                        (long long)ns->history_ttl_ms, ns->join_leave > 0 ? "true" : "false");
             }
             break;
         case OPT_HOSTPORT:
@@ -1255,20 +1297,24 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
             v = json_array();
             for (int k = 0; k < c->nchannels; k++)
                 json_array_append_new(
-                    v, json_pack("{s:s, s:I, s:I, s:I}", "name", c->channels[k].name,
+                    v, json_pack("{s:s, s:I, s:I, s:I, s:I, s:b}", "name", c->channels[k].name,
                                  "max-subscribers", (json_int_t)c->channels[k].max_subscribers,
                                  "message-retention", (json_int_t)c->channels[k].message_retention,
-                                 "rpc-timeout-ms", (json_int_t)c->channels[k].rpc_timeout_ms));
+                                 "rpc-timeout-ms", (json_int_t)c->channels[k].rpc_timeout_ms,
+                                 "history-ttl-ms", (json_int_t)c->channels[k].history_ttl_ms,
+                                 "join-leave", c->channels[k].join_leave > 0));
             break;
         case OPT_NAMESPACE:
             v = json_array();
             for (int k = 0; k < c->nnamespaces; k++) {
                 const sl_conf_namespace_t *ns = &c->namespaces[k];
-                json_t *n = json_pack("{s:s, s:b, s:I, s:I, s:I}", "name", ns->name,
+                json_t *n = json_pack("{s:s, s:b, s:I, s:I, s:I, s:I, s:b}", "name", ns->name,
                                       "auto-create", ns->auto_create > 0, "max-subscribers",
                                       (json_int_t)ns->max_subscribers, "message-retention",
                                       (json_int_t)ns->message_retention, "rpc-timeout-ms",
-                                      (json_int_t)ns->rpc_timeout_ms);
+                                      (json_int_t)ns->rpc_timeout_ms, "history-ttl-ms",
+                                      (json_int_t)ns->history_ttl_ms, "join-leave",
+                                      ns->join_leave > 0);
                 for (int r = 0; r < SL_NS__KEYS; r++)
                     json_object_set_new(n, ns_key_names[r], json_string(rule_names[ns->rules[r]]));
                 json_array_append_new(v, n);

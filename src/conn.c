@@ -413,6 +413,12 @@ static void conn_inbound_check(sl_conn_t *c)
         conn_inbound_refuse(conn_held_first);
 }
 
+void sl_conn_charge(sl_conn_t *c, uint32_t units)
+{
+    uint32_t n = c->turn_messages + units;
+    c->turn_messages = (uint8_t)SL_MIN(n, (uint32_t)SL_CONN_TURN_MESSAGES);
+}
+
 size_t sl_conn_reply_max(void)
 {
     return SL_MAX((size_t)sl_conf->max_outbound_bytes / 2, (size_t)SL_CONN_REPLY_MIN);

@@ -771,6 +771,12 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
         sl_qsbr_quiescent(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
     } while (rc == SL_AGAIN && s->job.busy == busy && sl_mono_us() - t0 < SL_CLEANUP_SLICE_US);
     master_offline();
+    /* The leaves this turn handed to live workers (join-leave channels). */
+    for (uint32_t w = 0; s->job.woken; w++, s->job.woken >>= 1) {
+        uint64_t one = 1;
+        if ((s->job.woken & 1) && write(sl_wake_fds[w], &one, sizeof(one)) < 0) {
+        } /* a full eventfd counter still means "woken" */
+    }
     note_cleanup_wait(i);
     if (rc == SL_AGAIN) {
         /* More to do: right after the loop has looked at the listener
@@ -1067,7 +1073,7 @@ static void watch_cb(evutil_socket_t fd, short what, void *arg)
 /* The reaper: a slice of the channel table per tick, a whole pass in
  * about half the linger time. */
 typedef struct {
-    int64_t now;
+    int64_t now, now_us;
     uint64_t reaped;
 } reap_t;
 
@@ -1075,6 +1081,10 @@ static int reap_one(sl_table_node_t *n, void *arg)
 {
     reap_t *x = arg;
     sl_chan_t *c = (sl_chan_t *)n;
+    /* Retained messages past the channel's history-ttl-ms go first (their
+     * memory with them), so an idle channel can then be reaped too. */
+    uint32_t dropped;
+    sl_chan_expire(&sl_shm->reg, c, x->now_us, &dropped);
     if (sl_chan_reap(&sl_shm->reg, c, x->now, sl_conf->channel_linger_ms)) {
         x->reaped++;
         SL_TEL(SL_EV_CHANNEL_DELETED, SL_DEBUG, SL_TF_SN("channel-id", c->id, c->node.klen),
@@ -1109,7 +1119,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     sl_table_t *t = sl_shm->reg.channels;
     int64_t tick = reap_tick_ms(), pass = SL_MAX(200, sl_conf->channel_linger_ms / 2);
     uint32_t slice = (uint32_t)SL_MAX(64, (int64_t)t->nbuckets * tick / pass + 1);
-    reap_t x = {sl_mono_ms(), 0};
+    reap_t x = {sl_mono_ms(), sl_mono_us(), 0};
     master_online();
     M.reap_cursor = sl_table_walk(t, M.reap_cursor, slice, reap_one, &x);
     if (M.reap_cursor >= t->nbuckets)
@@ -1118,6 +1128,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     master_offline();
     if (x.reaped)
         uatomic_add(&sl_shm->channels_reaped, x.reaped);
+
     sl_tel_flush();
     struct timeval tv = {tick / 1000, (tick % 1000) * 1000};
     event_add(M.reap_ev, &tv);
@@ -1754,7 +1765,9 @@ static int create_predefined_channels(void)
         sl_chan_config_t cfg = {.max_subscribers = ch->max_subscribers,
                                 .message_retention = ch->message_retention,
                                 .rpc_timeout_ms = ch->rpc_timeout_ms,
-                                .telemetry_enabled = true};
+                                .history_ttl_ms = ch->history_ttl_ms,
+                                .telemetry_enabled = true,
+                                .join_leave = ch->join_leave > 0};
         sl_chan_t *c;
         int crc = sl_chan_create(r, ch->name, strlen(ch->name), &cfg, &c);
         if (crc == SL_CHAN_NO_MEMORY || crc == SL_CHAN_TOO_MANY) {

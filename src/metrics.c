@@ -142,7 +142,7 @@ static void single(out_t *o, const char *name, const char *type, long long v, co
 
 typedef struct {
     const char *id;
-    long long messages, subscribers, retained;
+    long long messages, subscribers, retained, clients, users; /* users -1: not counted */
 } chan_t;
 
 static int by_messages(const void *a, const void *b)
@@ -194,6 +194,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Publishes that skipped the worker's full inbox (its subscribers closed 1013).");
     per_worker(&o, workers, "missed_disconnects_total", "counter", "missed-disconnects",
                "Subscribers closed 1013 because the worker's inbox missed their messages.");
+    per_worker(&o, workers, "presence_resyncs_total", "counter", "presence-resyncs",
+               "presence-resync notices: a join or leave skipped the worker's full inbox.");
     per_worker(&o, workers, "worker_stalled", "gauge", "stalled",
                "1 while the worker makes no progress (--worker-stall-ms).");
     per_worker(&o, workers, "worker_stalls_total", "counter", "stalls",
@@ -260,6 +262,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
            "RPC requests pending for more than a minute.");
     single(&o, "channels_reaped_total", "counter", num(cs, "reaped-channels"),
            "Empty auto-created channels removed after --channel-linger-ms.");
+    single(&o, "history_expired_total", "counter", num(cs, "expired-messages"),
+           "Retained messages dropped for their age (history-ttl-ms).");
 
     json_t *chans = json_object_get(cs, "channels");
     size_t nch = json_object_size(chans), k = 0;
@@ -269,8 +273,10 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
     {
         if (list == NULL)
             break;
+        json_t *u = json_object_get(v, "num-users");
         list[k++] = (chan_t){id, num(v, "message-count"), num(v, "subscriber-count"),
-                             num(v, "retention-count")};
+                             num(v, "retention-count"), num(v, "num-clients"),
+                             json_is_integer(u) ? (long long)json_integer_value(u) : -1};
     }
     if (list)
         qsort(list, k, sizeof(*list), by_messages);
@@ -285,10 +291,17 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
          offsetof(chan_t, subscribers)},
         {"channel_retained", "gauge", "Messages the channel retains now.",
          offsetof(chan_t, retained)},
+        {"channel_presence_clients", "gauge", "Connections present in the channel (presence).",
+         offsetof(chan_t, clients)},
+        {"channel_presence_users", "gauge",
+         "Distinct users present in the channel (presence; absent when not counted).",
+         offsetof(chan_t, users)},
     };
     for (size_t m = 0; m < SL_ARRAY_LEN(cm); m++) {
         head(&o, cm[m].name, cm[m].type, cm[m].help);
         for (size_t i = 0; i < shown; i++) {
+            if (*(long long *)((char *)&list[i] + cm[m].off) < 0)
+                continue; /* not counted (the walk budget of /stats) */
             put(&o, "sente_lite_%s{channel=\"", cm[m].name);
             put_label(&o, list[i].id);
             put(&o, "\"} %lld\n", *(long long *)((char *)&list[i] + cm[m].off));

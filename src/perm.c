@@ -27,6 +27,7 @@ const char *sl_perm_reason(sl_perm_t p)
     case SL_PERM_OK: return "ok";
     case SL_PERM_UNAUTHENTICATED: return "unauthenticated";
     case SL_PERM_UNKNOWN_NAMESPACE: return "unknown-namespace";
+    case SL_PERM_DISABLED: return "presence-disabled";
     case SL_PERM_DENIED: break;
     }
     return "permission-denied";
@@ -63,18 +64,21 @@ sl_perm_t sl_perm_check(const sl_ident_t *who, sl_action_t act, const char *id, 
 {
     const sl_conf_t *cf = sl_conf;
     bool keyed = sl_conf_auth_enabled(cf);
-    if (!keyed && cf->nnamespaces == 0 && !cf->strict_namespaces)
+    bool reading = act == SL_ACT_SUBSCRIBE || act == SL_ACT_PRESENCE || act == SL_ACT_HISTORY;
+    if (!keyed && cf->nnamespaces == 0 && !cf->strict_namespaces && act != SL_ACT_PRESENCE &&
+        act != SL_ACT_HISTORY)
         return SL_PERM_OK; /* access control is off: as before it existed */
-    if (keyed && who == NULL && !cf->allow_anonymous)
-        return SL_PERM_UNAUTHENTICATED;
     bool declared;
     const sl_conf_namespace_t *ns = sl_conf_namespace(cf, id, len, &declared);
+    if (act == SL_ACT_PRESENCE && ns->rules[act] == SL_RULE_NONE)
+        return SL_PERM_DISABLED; /* switched off: for everyone, whoever asks */
+    if (keyed && who == NULL && !cf->allow_anonymous)
+        return SL_PERM_UNAUTHENTICATED;
     if (!declared && cf->strict_namespaces)
         return SL_PERM_UNKNOWN_NAMESPACE;
     /* Requests reach subscribers only: nobody else may answer one. */
     if (act == SL_ACT_RPC_RESPONSE && !subscribed)
         return SL_PERM_DENIED;
-    bool reading = act == SL_ACT_SUBSCRIBE || act == SL_ACT_PRESENCE || act == SL_ACT_HISTORY;
     const char *hash = keyed ? memchr(id, '#', len) : NULL;
     if (hash) {
         bool listed = who && user_listed(hash, id + len, who->user);

@@ -501,6 +501,14 @@ bool sl_session_admit_message(sl_conn_t *c)
                               sl_conf->message_burst, "--max-messages-per-second");
 }
 
+bool sl_session_take_join(sl_conn_t *c)
+{
+    sl_session_t *s = c->sess;
+    int64_t rate = sl_conf->max_publishes_per_second;
+    return s == NULL || rate <= 0 ||
+           bucket_take(&s->pubs, rate, sl_conf->publish_burst, c->last_rx_mono);
+}
+
 bool sl_session_admit_publish(sl_conn_t *c)
 {
     sl_session_t *s = c->sess;
@@ -554,6 +562,7 @@ const char *sl_session_permit(sl_conn_t *c, sl_action_t act, const char *id, siz
         return NULL;
     sl_worker_count_error(p == SL_PERM_UNAUTHENTICATED     ? SL_ERR_UNAUTHENTICATED
                           : p == SL_PERM_UNKNOWN_NAMESPACE ? SL_ERR_UNKNOWN_NAMESPACE
+                          : p == SL_PERM_DISABLED          ? SL_ERR_PRESENCE_DISABLED
                                                            : SL_ERR_PERMISSION_DENIED);
     SL_TEL(SL_EV_PERMISSION_DENIED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("user", user_of(c)), SL_TF_SN("channel-id", id, len),

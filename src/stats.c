@@ -176,6 +176,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "inbox-skipped", json_integer((json_int_t)uatomic_read(&ib->refused)));
     json_object_set_new(o, "missed-disconnects",
                         json_integer((json_int_t)uatomic_read(&w->missed_closes)));
+    json_object_set_new(o, "presence-resyncs",
+                        json_integer((json_int_t)uatomic_read(&w->presence_resyncs)));
     json_object_set_new(o, "stalled", json_boolean(stalled));
     json_object_set_new(o, "stalled-ms",
                         json_integer(stalled ? (json_int_t)(sl_now_ms() -
@@ -343,6 +345,11 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
+/* Presence counts of the listed channels walk their subscriber lists
+ * (lock-free): at most this many entries per /stats in all; the channels
+ * beyond get "num-users": null (num-clients is then the subscriber count). */
+#define SL_STATS_PRESENCE_WALK 200000
+
 static json_t *channel_stats_json(bool identities)
 {
     json_t *chans = json_object();
@@ -355,16 +362,32 @@ static json_t *channel_stats_json(bool identities)
             top_swap(top, 0, n - 1);
             top_sift(top, n - 1);
         }
+        uint32_t budget = SL_STATS_PRESENCE_WALK;
         for (size_t i = 0; i < top->n; i++) {
             sl_chan_t *ch = top->top[i];
             /* Figures read without the channel lock: they may be one
              * message behind. */
+            uint32_t subs = uatomic_read(&ch->subscribers), clients = subs, users = 0;
+            /* num-users walks the subscriber list: for operators only (a
+             * public /stats in a loop must not make every worker walk up to
+             * the budget each time: review r15 M3), and the budget is
+             * charged what was walked, counted or not (a list that grew,
+             * or no memory, still cost its walk). */
+            bool counted = false;
+            if (identities && subs <= budget) {
+                counted = sl_chan_presence_counts(ch, budget, &clients, &users);
+                budget -= SL_MIN(clients, budget);
+            }
+            if (!counted)
+                clients = subs;
             json_object_setn_new(
                 chans, ch->id, ch->node.klen,
-                json_pack("{s:I, s:I, s:I, s:I}", "subscriber-count",
-                          (json_int_t)uatomic_read(&ch->subscribers), "message-count",
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:o}", "subscriber-count",
+                          (json_int_t)subs, "message-count",
                           (json_int_t)top->count[i], "created-at", (json_int_t)ch->created_at,
-                          "retention-count", (json_int_t)sl_chan_retained_count(ch)));
+                          "retention-count", (json_int_t)sl_chan_retained_count(ch),
+                          "num-clients", (json_int_t)clients, "num-users",
+                          counted ? json_integer(users) : json_null()));
         }
     }
     sl_chan_totals_t t;
@@ -376,6 +399,8 @@ static json_t *channel_stats_json(bool identities)
                           (json_int_t)pending, "old-rpc-requests", (json_int_t)old);
     json_object_set_new(o, "reaped-channels",
                         json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
+    json_object_set_new(o, "expired-messages",
+                        json_integer((json_int_t)uatomic_read(&sl_shm->reg.expired)));
     json_object_set_new(o, "channels-omitted",
                         json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
                                                                : 0));

@@ -66,7 +66,8 @@ static const char *const event_names[SL_EV__COUNT] = {
     "worker-started", "server-upgrading", "server-upgrade-failed", "worker-stalled",
     "authenticated", "authentication-failed", "session-expired", "permission-denied",
     "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
-    "open-access", "worker-recovered", "worker-cleanup-waiting",
+    "open-access", "worker-recovered", "worker-cleanup-waiting", "channel-join",
+    "channel-leave",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};

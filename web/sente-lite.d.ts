@@ -56,7 +56,7 @@ export type SenteLiteErrorCode =
   | 'permission-denied' | 'unknown-namespace' | 'rate-limited' | 'unsubscribed'
   | 'invalid-token' | 'token-expired' | 'token-not-yet-valid' | 'wrong-audience'
   | 'wrong-issuer' | 'wrong-algorithm' | 'token-too-large' | 'user-mismatch'
-  | 'authentication-not-configured' | (string & {});
+  | 'authentication-not-configured' | 'presence-disabled' | (string & {});
 
 export declare class SenteLiteError extends Error {
   constructor(code: string, message?: string, extra?: Record<string, unknown>);
@@ -137,9 +137,60 @@ export interface RpcRequest<T = Json> {
   'timeout-ms': number;
 }
 
+/** A connection present in a channel: its token's user and info (null
+ *  without a token). */
+export interface PresenceEntry {
+  user: string | null;
+  info: Json;
+}
+
+/** presence(): conn-id -> who. */
+export type Presence = { [connId: string]: PresenceEntry };
+
+export interface PresenceStats {
+  numClients: number;
+  /** Distinct users (connections without a token are not users); null when
+   *  the server did not count them (a channel of over 100,000). */
+  numUsers: number | null;
+}
+
+export interface Publication<T = Json> {
+  seq: number;
+  'message-id': string;
+  data: T;
+  'created-at': number;
+}
+
+export interface HistoryPage<T = Json> {
+  /** The channel's incarnation: seqs of another epoch mean nothing here. */
+  epoch: string;
+  /** The channel's last seq (0: none yet). */
+  topSeq: number;
+  publications: Publication<T>[];
+  /** More retained messages match: page on with since = the last seq. */
+  more: boolean;
+}
+
+export interface HistoryOptions {
+  /** Forwards: seqs above it; with reverse: below it. */
+  since?: number;
+  /** 0..1000 (the server's cap). */
+  limit?: number;
+  /** Newest first, backwards from `since` (or from the newest). */
+  reverse?: boolean;
+}
+
+/** A join or leave event (channels with join-leave). */
+export interface PresenceEvent {
+  channel: string;
+  connId: string;
+  user: string | null;
+  info: Json;
+}
+
 export interface ChannelInfo {
   config: { 'max-subscribers': number; 'message-retention': number; 'rpc-timeout-ms': number;
-    'telemetry-enabled': boolean };
+    'telemetry-enabled': boolean; 'join-leave': boolean; 'history-ttl-ms': number };
   'created-at': number;
   'message-count': number;
   'subscriber-count': number;
@@ -184,6 +235,14 @@ export interface SenteLiteEvents {
   /** A token refused, or closed with 4401 (no valid token in time, or the
    *  third refused token: `message` says which), 4408 or 4429. */
   unauthorized: { reason: string; code?: number; message?: string; refresh?: boolean };
+  /** Another connection subscribed to one of our channels (join-leave). */
+  join: PresenceEvent;
+  /** One left it: unsubscribed, closed, or went away with its worker. */
+  leave: PresenceEvent;
+  /** Some joins or leaves of the channel could not reach us (the server
+   *  was overloaded): our view of presence may be stale, ask presence()
+   *  again. */
+  'presence-resync': { channel: string };
   error: { reason: string; [key: string]: unknown };
 }
 
@@ -223,7 +282,12 @@ export declare class SenteLite {
     opts?: { timeoutMs?: number | null; clientTimeoutMs?: number }): Promise<Res>;
   /** Answer every rpc-request on the channel with handler's value. */
   serve<Req = any, Res = Json>(channel: string, handler: RpcHandler<Req, Res>): Promise<SubscriptionResult>;
-  listChannels(): Promise<{ [channel: string]: ChannelInfo }>;
+  listChannels(opts?: { pageSize?: number }): Promise<{ [channel: string]: ChannelInfo }>;
+  /** Who is subscribed, every page merged; by default only subscribers may ask. */
+  presence(channel: string): Promise<Presence>;
+  presenceStats(channel: string): Promise<PresenceStats>;
+  /** One page of the channel's retained messages. */
+  history<T = Json>(channel: string, opts?: HistoryOptions): Promise<HistoryPage<T>>;
   getSubscriptions(): Promise<string[]>;
   /** Channels subscribed to on this client (also while reconnecting). */
   subscriptions(): string[];

@@ -11,6 +11,9 @@
  *   await sl.connect();
  *   await sl.subscribe('chat', (data, msg) => console.log(msg.seq, data));
  *   await sl.publish('chat', { text: 'hi' });
+ *   sl.on('join', ({ channel, connId, user }) => console.log(user || connId, 'joined'));
+ *   const here = await sl.presence('chat');   // conn-id -> {user, info}
+ *   const page = await sl.history('chat', { limit: 20, reverse: true });
  *
  * How it works:
  *  - One WebSocket.  When it drops (and close() was not called) the client
@@ -31,6 +34,16 @@
  *    sent when the connection drops are rejected with code 'disconnected'
  *    (the server may or may not have acted on them), except subscriptions,
  *    which are simply made again.
+ *  - Presence and history: presence(ch) follows every page of the server's
+ *    answer and resolves with the whole map; history(ch, opts) returns one
+ *    page (page on with `since` = the last seq you got).  `join` and
+ *    `leave` events (channels with join-leave) come in order with the
+ *    channel's messages - also while a subscribe is on its way, when they
+ *    wait with them.  They are set updates: the join or leave of a
+ *    connection that came or went just before our own subscribe took
+ *    effect may arrive too.  'presence-resync' ({channel}) says some
+ *    joins or leaves could not reach us (the server was overloaded): call
+ *    presence(ch) again.
  *  - Access control: with a `token` (a JWT) or `getToken()` (async, called on
  *    every connect and reconnect, and again before the token expires to
  *    refresh it), the first message on each connection is
@@ -80,7 +93,14 @@ const REPLY_OF = {
   'channel-list': 'list-channels',
   'subscription-list': 'get-subscriptions',
   'authenticate-result': 'authenticate',
+  'presence-result': 'presence',
+  'presence-stats-result': 'presence-stats',
+  'history-result': 'history',
 };
+
+/* Replies that reject their call when they say success:false. */
+const FAILS = new Set(['publish-result', 'unsubscription-result', 'presence-result',
+  'presence-stats-result', 'history-result']);
 
 /** An error with a machine-readable `code` (the server's `reason` when it
  *  gave one) and, where there is one, the server's `reply`. */
@@ -144,7 +164,8 @@ export class SenteLite {
 
   /** Listen to 'open', 'close', 'reconnecting', 'state', 'welcome',
    *  'error', 'message', 'recovery', 'gap', 'channel-deleted',
-   *  'unsubscribed', 'broadcast', 'authenticated', 'unauthorized'.
+   *  'unsubscribed', 'broadcast', 'authenticated', 'unauthorized', 'join',
+   *  'leave', 'presence-resync'.
    *  Returns a function that removes the listener. */
   on(event, fn) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -583,6 +604,22 @@ export class SenteLite {
       for (const w of waiters) w.reject(new SenteLiteError('unsubscribed', 'unsubscribed'));
       return;
     }
+    if (!msg.success && entry.internal && !sub.active && !this._closed &&
+        (msg.reason === 'overloaded' || msg.reason === 'rate-limited')) {
+      // Made again after a reconnect, refused for now (the server is
+      // busy): try again later, with back-off, rather than drop it.
+      sub.waiters.push(...waiters);
+      sub.retries = (sub.retries || 0) + 1;
+      const delay = Math.min(5000, 100 * 2 ** Math.min(sub.retries, 6)) * (0.5 + Math.random());
+      const ws = this._ws;
+      this._emit('error', { reason: msg.reason, channel: sub.channel, reply: msg, retrying: true });
+      setTimeout(() => {
+        if (!this._closed && this._ws === ws && this.state === 'open' &&
+            this._subs.get(sub.channel) === sub && !sub.active)
+          this._sendSubscribe(sub, null, null, null);
+      }, delay);
+      return;
+    }
     if (!msg.success) {
       const err = new SenteLiteError(msg.reason || 'subscribe-failed',
         `subscribe to ${sub.channel} failed: ${msg.reason}`, { reply: msg });
@@ -601,6 +638,7 @@ export class SenteLite {
     }
     const epochChanged = sub.epoch !== null && msg.epoch !== sub.epoch;
     sub.epoch = msg.epoch;
+    sub.retries = 0;
     const retained = msg['retained-messages'] || [];
     const handler = entry.handler;
     const before = sub.lastSeq;
@@ -618,7 +656,7 @@ export class SenteLite {
     if (handler) sub.handlers.add(handler);
     sub.active = true;
     sub.everActive = true;
-    for (const m of sub.buffer.splice(0)) this._onChannelMessage(m);
+    for (const m of sub.buffer.splice(0)) this._onChannelEvent(m);
     if (entry.resumed || epochChanged) {
       const info = {
         channel: sub.channel, recovered: msg.recovered === true && !epochChanged,
@@ -649,12 +687,26 @@ export class SenteLite {
     for (const fn of [...sub.handlers]) this._call(fn, m);
   }
 
-  _onChannelMessage(m) {
+  /* A channel-message, join or leave, in the order the server sent them. */
+  _onChannelEvent(m) {
     const sub = this._subs.get(m['channel-id']);
     if (!sub) return;
     if (!sub.active) {
       // Our subscribe is on its way: its retained messages come first.
       sub.buffer.push(m);
+      return;
+    }
+    if (m.type === 'presence-resync') {
+      // A join or leave could not reach us (our worker was overloaded):
+      // ask presence again.
+      this._emit('presence-resync', { channel: m['channel-id'] });
+      return;
+    }
+    if (m.type === 'join' || m.type === 'leave') {
+      const i = m.info || {};
+      this._emit(m.type, { channel: m['channel-id'], connId: i['conn-id'],
+                           user: i.user === undefined ? null : i.user,
+                           info: i.info === undefined ? null : i.info });
       return;
     }
     if (typeof m.seq === 'number' && sub.lastSeq !== null && m.seq <= sub.lastSeq) return; // seen
@@ -808,6 +860,50 @@ export class SenteLite {
     return page(null);
   }
 
+  /** Who is subscribed to `channel`, on every worker: resolves with
+   *  { "<conn-id>": { user, info } } (user and info from the connection's
+   *  token, null without one), every page of the server's answer merged.
+   *  Rejects on success:false (err.code: 'permission-denied',
+   *  'presence-disabled', 'channel-not-found', ...).  By default only a
+   *  subscriber of the channel may ask. */
+  presence(channel) {
+    if (!isChannel(channel)) return Promise.reject(new TypeError('channel must be a non-empty string'));
+    const clients = {};
+    const page = (cursor) => {
+      const msg = { type: 'presence', 'channel-id': channel };
+      if (cursor != null) msg.cursor = cursor;
+      return this._request(msg).then((r) => {
+        Object.assign(clients, r.clients);
+        return r['next-cursor'] == null ? clients : page(r['next-cursor']);
+      });
+    };
+    return page(null);
+  }
+
+  /** Resolves with { numClients, numUsers } (numUsers null when the
+   *  server did not count them: a very large channel). */
+  presenceStats(channel) {
+    if (!isChannel(channel)) return Promise.reject(new TypeError('channel must be a non-empty string'));
+    return this._request({ type: 'presence-stats', 'channel-id': channel })
+      .then((r) => ({ numClients: r['num-clients'], numUsers: r['num-users'] }));
+  }
+
+  /** One page of the channel's retained messages: resolves with
+   *  { epoch, topSeq, publications: [{seq, 'message-id', data,
+   *  'created-at'}], more }.  Forwards from after `since` (oldest first), or
+   *  with `reverse` backwards from before it (newest first); `limit` up to
+   *  1000.  Page on with `since` = the last seq of the page while `more`. */
+  history(channel, { since, limit, reverse } = {}) {
+    if (!isChannel(channel)) return Promise.reject(new TypeError('channel must be a non-empty string'));
+    const msg = { type: 'history', 'channel-id': channel };
+    if (since != null) msg['since-seq'] = since;
+    if (limit != null) msg.limit = limit;
+    if (reverse) msg.reverse = true;
+    return this._request(msg).then((r) => ({
+      epoch: r.epoch, topSeq: r['top-seq'], publications: r.publications, more: r.more,
+    }));
+  }
+
   /** Channels this connection is subscribed to, as the server sees it
    *  (every subscription-list page, at most 1,000 a page, in order). */
   getSubscriptions() {
@@ -842,7 +938,9 @@ export class SenteLite {
     this._emit('message', msg);
     const type = msg.type;
     if (type === 'welcome') return this._onWelcome(msg);
-    if (type === 'channel-message') return this._onChannelMessage(msg);
+    if (type === 'channel-message' || type === 'join' || type === 'leave' ||
+        type === 'presence-resync')
+      return this._onChannelEvent(msg);
     if (type === 'rpc-request') return void this._onRpcRequest(msg);
     if (type === 'rpc-response') return this._onRpcOutcome(msg);
     if (type === 'error' && msg['request-id'] !== undefined) return this._onRpcOutcome(msg);
@@ -881,7 +979,7 @@ export class SenteLite {
       const e = this._takeEntry(msg);
       if (!e) return;
       if (type === 'subscription-result') return this._onSubscriptionResult(msg, e);
-      if ((type === 'publish-result' || type === 'unsubscription-result') && !msg.success) {
+      if (FAILS.has(type) && !msg.success) {
         e.reject(new SenteLiteError(msg.reason || 'failed', `${e.kind} ${e.channel}: ${msg.reason}`, { reply: msg }));
         return;
       }

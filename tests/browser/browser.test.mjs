@@ -2,7 +2,7 @@
 // driven by playwright-core (node --test).  Loopback only.
 //
 // Screenshots go to build/artifacts/screenshots/ (landing, demo, dashboard,
-// demo-recovered).
+// demo-recovered, demo-presence).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
@@ -167,6 +167,43 @@ test('the demo says so when the channel retains nothing', async () => {
     await page.waitForSelector('#retention-note:not([hidden])');
     assert.match(await page.textContent('#retention-note'), /retains no messages/);
     await page.context().close();
+  } finally {
+    await srv.stop();
+  }
+});
+
+test('the demo shows who is in the room and announces arrivals and departures', async () => {
+  const srv = await startServer(['--join-leave', '--message-retention', '10']);
+  const people = (page) => page.$$eval('#people-list li', (l) => l.map((x) => x.textContent));
+  const notes = (page) => page.$$eval('#messages li.system', (l) => l.map((x) => x.textContent));
+  try {
+    const open = async (name) => {
+      const page = await newPage();
+      await page.goto(`${srv.http}/demo?name=${name}&channel=room&autojoin=1`);
+      await page.waitForSelector('#text:not([disabled])');
+      await page.waitForSelector('#people:not([hidden])');
+      return page;
+    };
+    const amy = await open('amy');
+    assert.deepEqual(await people(amy), ['amy (you)']);
+    await say(amy, 'hello, anyone?');
+    const ben = await open('ben');
+    // ben sees who was there (presence), amy sees ben arrive (a join event).
+    await ben.waitForFunction(() => document.querySelectorAll('#people-list li').length === 2);
+    await amy.waitForFunction(() => document.querySelectorAll('#people-list li').length === 2);
+    assert.ok((await notes(amy)).some((n) => /^guest \S+ joined\.$/.test(n)), (await notes(amy)).join(' | '));
+    // Anonymous people are named as they talk.
+    await waitFor(async () => (await people(ben)).includes('amy'), { what: 'amy named on ben\'s page' });
+    await say(ben, 'hi amy');
+    await waitFor(async () => (await people(amy)).includes('ben'), { what: 'ben named on amy\'s page' });
+    assert.deepEqual(await people(amy), ['amy (you)', 'ben']);
+    assert.equal(await amy.textContent('#people-count'), '2');
+    await amy.screenshot({ path: path.join(SHOTS, 'demo-presence.png'), fullPage: true });
+    // ben goes away: amy is told, the list shrinks.
+    await ben.context().close();
+    await waitFor(async () => (await notes(amy)).includes('ben left.'), { what: 'ben left' });
+    assert.deepEqual(await people(amy), ['amy (you)']);
+    await amy.context().close();
   } finally {
     await srv.stop();
   }

@@ -65,7 +65,7 @@ def test_channel_lifecycle(admin):
     assert status == 201
     assert doc["channel-id"] == cid
     assert doc["config"] == {"max-subscribers": 5, "message-retention": 2, "rpc-timeout-ms": 1234,
-                             "telemetry-enabled": True}
+                             "telemetry-enabled": True, "join-leave": False, "history-ttl-ms": 0}
     assert doc["subscriber-count"] == 0 and doc["message-count"] == 0
     assert call(admin, "POST", path, {})[0] == 409
     for bad in ({"max-subscribers": 0}, {"bogus": 1}, {"message-retention": "x"}, [1]):

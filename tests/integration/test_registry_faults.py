@@ -722,8 +722,8 @@ def test_stalled_worker_killed_early_when_shared_memory_fills(server_factory):
     t0 = time.monotonic()
     try:
         # 80,000 subscriptions retired into limbo: 10 MB at 128 B each (the
-        # size class of a subscription since issue 19; 40,000 sufficed at
-        # 256 B), well past 75% of the 8 MiB.
+        # size class of a subscription since issues 15 and 19; 40,000
+        # sufficed at 256 B), well past 75% of the 8 MiB.
         n = 80000
         frames = []
         for i in range(n):

@@ -25,6 +25,12 @@
  * deleted in that run, so some subscriptions live across several slow
  * drains - the ones a skip without a note would leave with a seq gap
  * (mutant M_NO_MISSED_NOTE: caught by the gap check in every run).
+ *
+ * Presence: half the channels have join / leave events (their frames are
+ * checked for form), and the workers also walk subscriber lists without the
+ * lock (sl_chan_members) while others change them: every node seen must be
+ * a live subscription of that channel (a freed one reads poisoned), in
+ * descending subscribe order.
  */
 #include "sl_chan.h"
 #include "sl_regcheck.h"
@@ -55,6 +61,7 @@ typedef struct {
     uint64_t published[NPROC], received[NPROC], skipped[NPROC], missed[NPROC];
     uint64_t closes[NPROC], checked[NPROC], rpc_abandoned[NPROC], unclaim_removed[NPROC];
     uint64_t deletes[NPROC], reaped[NPROC], subs[NPROC], errors[NPROC];
+    uint64_t walks[NPROC], walked[NPROC], joins[NPROC], leaves[NPROC];
     uint64_t rpc_created[NPROC], rpc_responses[NPROC], rpc_timeouts[NPROC];
     uint64_t rpc_cancelled[NPROC], rpc_unclaims[NPROC], rpc_late[NPROC];
     char why[NPROC][160];
@@ -124,6 +131,7 @@ typedef struct {
     call_t calls[64];
     int ncalls;
     uint64_t missed_seen;
+    uint64_t refused_seen; /* the slow one: its inbox's refusals when it last drained */
     uint64_t n;
 } proc_t;
 
@@ -141,7 +149,8 @@ static sl_chan_t *find_or_create(int c)
         sl_chan_config_t cfg = {.max_subscribers = 1000,
                                 .message_retention = c % 2 == 0 ? 4 : 0,
                                 .rpc_timeout_ms = 1000,
-                                .lingers = true};
+                                .lingers = true,
+                                .join_leave = c % 4 < 2};
         sl_chan_create(R, name, strlen(name), &cfg, &ch);
     }
     return ch;
@@ -159,8 +168,13 @@ static void do_subscribe(proc_t *p)
         if (ch == NULL)
             return;
         uint32_t n;
+        char user[16];
+        snprintf(user, sizeof(user), "u%d", k % 3);
+        sl_chan_who_t who = {.conn_no = (uint64_t)k + 1,
+                             .user = k % 2 ? user : NULL,
+                             .info = k % 3 ? NULL : "{\"k\":\"v\"}"};
         uint64_t last, notes = uatomic_read(&R->inboxes[p->me]->missed_n);
-        int rc = sl_chan_subscribe_at(R, ch, id, p->me, (uint32_t)k, &n, &last);
+        int rc = sl_chan_subscribe_at(R, ch, id, p->me, (uint32_t)k, &who, NULL, &n, NULL, &last);
         if (rc == SL_OK) {
             p->sub_notes[k][c] = notes;
             p->sub[k][c] = true;
@@ -171,7 +185,7 @@ static void do_subscribe(proc_t *p)
             return;
         }
         if (rc != SL_CHAN_NOT_SUBSCRIBED) {
-            if (rc != SL_CHAN_ALREADY)
+            if (rc != SL_CHAN_ALREADY && rc != SL_CHAN_OVERLOADED)
                 fail(p->me, "subscribe refused");
             return;
         }
@@ -187,8 +201,8 @@ static void do_unsubscribe(proc_t *p, int k, int c)
     chan_name(c, name);
     sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
     uint32_t n;
-    if (ch)
-        sl_chan_unsubscribe(R, ch, id, &n); /* NOT_SUBSCRIBED: deleted meanwhile */
+    if (ch) /* NOT_SUBSCRIBED: deleted meanwhile */
+        sl_chan_unsubscribe(R, ch, id, (uint64_t)k + 1, NULL, &n);
     p->sub[k][c] = false;
 }
 
@@ -220,6 +234,70 @@ static void do_publish(proc_t *p)
     } else if (rc != SL_CHAN_NOT_SUBSCRIBED && rc != SL_CHAN_OVERLOADED) {
         fail(p->me, "publish failed");
     }
+}
+
+/* A lock-free walk of a subscriber list (presence). */
+typedef struct {
+    const sl_chan_t *c;
+    uint64_t last;
+    bool bad;
+} walk_t;
+
+static int walk_cb(const sl_sub_t *s, void *arg)
+{
+    walk_t *w = arg;
+    const char *user = sl_sub_user(s), *info = sl_sub_info(s);
+    if (s->chan_len != w->c->node.klen || memcmp(s->key, w->c->id, s->chan_len) != 0 ||
+        s->key[s->chan_len] != '\n' || s->worker < 0 || s->worker >= NPROC ||
+        s->node.klen > SL_SUB_KEY_MAX || (w->last && s->sub_no >= w->last) ||
+        (user && (s->user_len != 2 || user[0] != 'u')) ||
+        (info && strcmp(info, "{\"k\":\"v\"}") != 0))
+        w->bad = true;
+    w->last = s->sub_no;
+    return w->bad;
+}
+
+static void do_presence(proc_t *p)
+{
+    char name[8];
+    chan_name(rand() % NCHAN, name);
+    sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
+    if (ch == NULL)
+        return;
+    walk_t w = {ch, 0, false};
+    S->walked[p->me] += sl_chan_members(ch, 0, walk_cb, &w);
+    S->walks[p->me]++;
+    if (w.bad)
+        fail(p->me, "presence walked onto a node that is not a live subscription");
+    uint32_t clients, users;
+    if (sl_chan_presence_counts(ch, 100000, &clients, &users) && users > 3)
+        fail(p->me, "more distinct users than there are");
+}
+
+/* A join / leave frame: its form (the channel's, a conn-id of ours). */
+static void presence_event(proc_t *p, const sl_chan_msg_t *m)
+{
+    char buf[512];
+    size_t n = m->len - m->payload_off;
+    if (n >= sizeof(buf) || chan_index(m->id, m->idlen) < 0) {
+        fail(p->me, "a join / leave of no known channel");
+        return;
+    }
+    memcpy(buf, m->frame + m->payload_off, n);
+    buf[n] = '\0';
+    char type[8], chan[8];
+    int w, k;
+    if (sscanf(buf, "{\"type\":\"%7[a-z]\",\"channel-id\":\"%7[^\"]\",\"info\":{\"conn-id\":\"c%d-%d\"",
+               type, chan, &w, &k) != 4 ||
+        (strcmp(type, "join") != 0 && strcmp(type, "leave") != 0) || w < 0 || w >= NPROC ||
+        k < 0 || k >= NCONN) {
+        fail(p->me, "a join / leave frame of the wrong form");
+        return;
+    }
+    if (type[0] == 'j')
+        S->joins[p->me]++;
+    else
+        S->leaves[p->me]++;
 }
 
 static const uint8_t GONE[] = "GONE";
@@ -395,7 +473,7 @@ static void close_sub(proc_t *p, int k, int c)
     sl_chan_t *ch = sl_chan_find(R, name, strlen(name));
     uint32_t n;
     if (ch && ch->serial == p->sub_serial[k][c])
-        sl_chan_unsubscribe(R, ch, id, &n);
+        sl_chan_unsubscribe(R, ch, id, (uint64_t)k + 1, NULL, &n);
     p->sub[k][c] = false;
     S->closes[p->me]++;
 }
@@ -406,6 +484,8 @@ static void close_sub(proc_t *p, int k, int c)
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     proc_t *p = arg;
+    if (note && note->seq == SL_INBOX_SEQ_PRESENCE)
+        return; /* a join / leave: the server tells presence-resync, closes nobody */
     S->missed[p->me]++;
     for (int k = 0; k < NCONN; k++)
         for (int c = 0; c < NCHAN; c++) {
@@ -504,6 +584,8 @@ static size_t drain(proc_t *p)
             channel_message(p, m);
         else if (e.kind == SL_INBOX_CHANNEL_MSG && m->len > 4 && memcmp(m->frame, "RPC:", 4) == 0)
             respond(p, (const char *)m->frame + 4, m->len - 4);
+        else if (e.kind == SL_INBOX_CHANNEL_MSG)
+            presence_event(p, m);
         else if (e.kind == SL_INBOX_DIRECT)
             answered(p, e.tag);
         else if (e.kind == SL_INBOX_CHANNEL_GONE)
@@ -516,15 +598,18 @@ static size_t drain(proc_t *p)
 }
 
 /* The slow process drains once its inbox has been skipped a few dozen
- * times (each skip notes a missed message), or every 300 ms. */
+ * times (each skip is a refusal), or every 300 ms. */
 static bool drain_due(proc_t *p)
 {
     if (!p->slow)
         return true;
     int64_t now = sl_mono_ms();
-    if (uatomic_read(&R->inboxes[p->me]->missed_n) - p->missed_seen < 40 &&
-        now - p->last_drain < 300)
+    /* Refusals, not notes: a join's presence note (a crowded inbox) is
+     * no skip of a publication. */
+    uint64_t refused = uatomic_read(&R->inboxes[p->me]->refused);
+    if (refused - p->refused_seen < 40 && now - p->last_drain < 300)
         return false;
+    p->refused_seen = refused;
     p->last_drain = now;
     return true;
 }
@@ -571,6 +656,8 @@ static void child(int me, bool slow)
             do_reap(p);
         else if (op < 90)
             do_request(p);
+        else if (op < 96)
+            do_presence(p);
         if ((i & 15) == 0) {
             /* The timers run after a drain, as in a worker's turn: "gone
              * twice" means no response came in between. */
@@ -663,6 +750,7 @@ static void stress(bool poison, bool slow)
         t[12] += S->missed[i];
         t[13] += S->closes[i], t[14] += S->checked[i], t[15] += S->rpc_abandoned[i];
         t[16] += S->unclaim_removed[i];
+        t[17] += S->walks[i], t[18] += S->walked[i], t[19] += S->joins[i] + S->leaves[i];
     }
     /* Every publish reached exactly the workers it was handed to. */
     uint64_t wrong = 0, expected = 0;
@@ -728,6 +816,7 @@ static void stress(bool poison, bool slow)
            "inbox, %llu missed notes, %llu subscribers closed, %llu subscribes, %llu deletes, "
            "%llu reaped; RPC %llu requests: %llu responses, %llu timeouts, %llu cancelled, "
            "%llu abandoned, %llu un-claims (%llu of them removing an abandoned one), %llu late; "
+           "presence: %llu lock-free walks over %llu nodes, %llu join/leave events; "
            "bad_frees %llu, arena balanced at %llu bytes\n",
            poison ? "poisoned" : "not poisoned", slow ? ", one slow consumer" : "", NPROC, SECONDS,
            (unsigned long long)t[0], (unsigned long long)t[1], (unsigned long long)t[14],
@@ -736,6 +825,7 @@ static void stress(bool poison, bool slow)
            (unsigned long long)t[6], (unsigned long long)t[7], (unsigned long long)t[8],
            (unsigned long long)t[9], (unsigned long long)t[15], (unsigned long long)t[10],
            (unsigned long long)t[16], (unsigned long long)t[11],
+           (unsigned long long)t[17], (unsigned long long)t[18], (unsigned long long)t[19],
            (unsigned long long)end.bad_frees, (unsigned long long)end.used_bytes);
     munmap(S, sizeof(shared_t) + REGION);
 }

@@ -3,7 +3,10 @@
  * limits and idempotency, unsubscribe, publish (seq, inbox hand-off,
  * references, retention ring), overload without a seq gap, retained
  * messages, a dead worker's cleanup, and the missed-message notes of a
- * full inbox (which message, ordered by inbox position, overflow).
+ * full inbox (which message, ordered by inbox position, overflow);
+ * presence (members with user and info, pages by sub_no, counts), join /
+ * leave frames (who gets them, ordering with messages, a full inbox),
+ * history pages and the retention TTL.
  */
 #include "sl_chan.h"
 #include "sl_test.h"
@@ -11,6 +14,8 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
 
 static sl_reg_t *R;
 
@@ -50,16 +55,16 @@ static void test_create_subscribe(void)
     SL_CHECK(c == c2 && sl_chan_find(R, "ch", 2) == c);
     SL_CHECK(strlen(c->epoch) == 12);
     uint32_t n;
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n, NULL), SL_OK);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, &n), SL_CHAN_ALREADY);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-1", 0, 5, NULL, NULL, &n, NULL), SL_CHAN_ALREADY);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, &n), SL_OK);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, &n), SL_CHAN_FULL);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-2", 1, 6, NULL, NULL, &n, NULL), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-3", 1, 7, NULL, NULL, &n, NULL), SL_CHAN_FULL);
     SL_CHECK_INT(c->worker_subs[0], 1);
     SL_CHECK_INT(c->worker_subs[1], 1);
-    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", &n), SL_CHAN_NOT_SUBSCRIBED);
-    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-2", &n), SL_OK);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n), SL_CHAN_NOT_SUBSCRIBED);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-2", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
     SL_CHECK_INT(c->worker_subs[1], 0);
     sl_chan_totals_t t;
@@ -81,7 +86,7 @@ static void test_publish_and_retention(void)
     sl_chan_t *c;
     sl_chan_create(R, "p\"q", 3, &CFG, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 1, 0, &n);
+    sl_chan_subscribe(R, c, "conn-a", 1, 0, NULL, NULL, &n, NULL);
     sl_chan_pub_t p = {.data_json = "{\"x\":1}", .data_len = 7, .sender_conn_id = "conn-s",
                        .sender_conn_no = 9, .exclude_sender = true, .published_at = 42};
     sl_chan_pub_result_t r;
@@ -111,11 +116,11 @@ static void test_publish_and_retention(void)
         sl_chan_msg_unref(R, e.msg);
     char out[4096] = "";
     uint64_t last;
-    SL_CHECK_INT(sl_chan_retained(c, 0, collect, out, &last), 3);
+    SL_CHECK_INT(sl_chan_retained(R, c, 0, collect, out, &last), 3);
     SL_CHECK_INT(last, 5);
     SL_CHECK(strstr(out, "\"seq\":3") && strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":2"));
     out[0] = '\0';
-    sl_chan_retained(c, 4, collect, out, &last);
+    sl_chan_retained(R, c, 4, collect, out, &last);
     SL_CHECK(strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":4"));
     SL_CHECK_INT(sl_chan_message_count(c), 5);
 }
@@ -128,7 +133,7 @@ static void test_overload_keeps_seq(void)
     sl_chan_t *c;
     sl_chan_create(R, "busy", 4, &cfg, &c);
     uint32_t n;
-    sl_chan_subscribe(R, c, "conn-a", 0, 0, &n);
+    sl_chan_subscribe(R, c, "conn-a", 0, 0, NULL, NULL, &n, NULL);
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
     sl_chan_pub_result_t r;
     for (int i = 0; i < SL_INBOX_CAP; i++)
@@ -173,8 +178,8 @@ static void test_worker_cleanup(void)
     char id[32];
     for (int i = 0; i < 10; i++) {
         snprintf(id, sizeof(id), "conn-%d", i);
-        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, &n);
-        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, &n);
+        sl_chan_subscribe(R, a, id, i % 2, (uint32_t)i, NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, b, id, i % 2, (uint32_t)i, NULL, NULL, &n, NULL);
     }
     /* A message waits in worker 1's inbox when it dies. */
     sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
@@ -188,6 +193,539 @@ static void test_worker_cleanup(void)
     sl_chan_totals_t t;
     sl_chan_totals(R, &t);
     SL_CHECK_INT(t.subscriptions, 10);
+}
+
+/* The JSON of the next entry of worker w's inbox ("" when empty). */
+static const char *next_json(int w, char *buf, size_t n)
+{
+    sl_inbox_entry_t e;
+    buf[0] = '\0';
+    if (!sl_inbox_pop(R->inboxes[w], &e, NULL))
+        return buf;
+    size_t l = SL_MIN(n - 1, (size_t)(e.msg->len - e.msg->payload_off));
+    memcpy(buf, e.msg->frame + e.msg->payload_off, l);
+    buf[l] = '\0';
+    if (e.exclude_conn)
+        snprintf(buf + l, n - l, "|x%llu", (unsigned long long)e.exclude_conn);
+    sl_chan_msg_unref(R, e.msg);
+    return buf;
+}
+
+static void drain_all(void)
+{
+    char b[512];
+    for (int w = 0; w < 2; w++)
+        while (next_json(w, b, sizeof(b))[0])
+            ;
+}
+
+static const sl_chan_config_t JL = {.max_subscribers = 100, .rpc_timeout_ms = 1000,
+                                    .join_leave = true};
+
+static void test_join_leave_frames(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    uint64_t woken;
+    char b[512];
+    /* The first subscriber: nobody to tell. */
+    sl_chan_who_t alice = {.conn_no = 7, .user = "al\"ice", .info = "{\"name\":\"A\"}"};
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, &alice, &woken, &n, NULL), SL_OK);
+    SL_CHECK_INT(woken, 0);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
+    /* The second (anonymous, worker 1): worker 0 is told; worker 1 has no
+     * other subscriber of it. */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, &(sl_chan_who_t){.conn_no = 8}, &woken,
+                                   &n, NULL), SL_OK);
+    SL_CHECK_INT(woken, 1);
+    SL_CHECK_STR(next_json(0, b, sizeof(b)), "{\"type\":\"join\",\"channel-id\":\"room\",\"info\":"
+                                             "{\"conn-id\":\"conn-b\",\"user\":null,\"info\":null}}|x8");
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    /* A third on worker 0: both workers told, the joiner excluded on its own. */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 0, 3, &(sl_chan_who_t){.conn_no = 9}, &woken,
+                                   &n, NULL), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    SL_CHECK(strstr(next_json(0, b, sizeof(b)), "\"conn-id\":\"conn-c\"") && strstr(b, "|x9"));
+    SL_CHECK(strstr(next_json(1, b, sizeof(b)), "\"type\":\"join\""));
+    /* Ordered with messages: publish, leave, publish - in that order on both. */
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    sl_chan_publish(R, c, &p, &r);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-a", 7, &woken, &n), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    sl_chan_publish(R, c, &p, &r);
+    for (int w = 0; w < 2; w++) {
+        SL_CHECK(strstr(next_json(w, b, sizeof(b)), "\"seq\":1"));
+        SL_CHECK_STR(next_json(w, b, sizeof(b)),
+                     "{\"type\":\"leave\",\"channel-id\":\"room\",\"info\":{\"conn-id\":\"conn-a\","
+                     "\"user\":\"al\\\"ice\",\"info\":{\"name\":\"A\"}}}|x7");
+        SL_CHECK(strstr(next_json(w, b, sizeof(b)), "\"seq\":2"));
+    }
+    /* Without join-leave: no frames. */
+    sl_chan_t *q;
+    sl_chan_create(R, "quiet", 5, &CFG, &q);
+    sl_chan_subscribe(R, q, "conn-a", 0, 1, NULL, &woken, &n, NULL);
+    sl_chan_subscribe(R, q, "conn-b", 1, 2, NULL, &woken, &n, NULL);
+    sl_chan_unsubscribe(R, q, "conn-a", 0, &woken, &n);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]) + sl_inbox_depth(R->inboxes[1]), 0);
+}
+
+/* The horizon of the next entry of worker w's inbox (-1 when empty). */
+static long long next_horizon(int w)
+{
+    sl_inbox_entry_t e;
+    if (!sl_inbox_pop(R->inboxes[w], &e, NULL))
+        return -1;
+    long long h = (long long)e.msg->horizon;
+    sl_chan_msg_unref(R, e.msg);
+    return h;
+}
+
+/* A join or leave is for the subscriptions made before its hand-off: the
+ * worker delivers it only to local subscriptions numbered up to its
+ * horizon, so one that subscribes there before the inbox is drained does
+ * not hear of who came or went before it. */
+static void test_join_leave_horizon(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    uint64_t woken, no = 0;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 1);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 2);
+    SL_CHECK_INT(next_horizon(0), 1); /* b's join: for a only */
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 0, 3, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 3);
+    SL_CHECK_INT(next_horizon(0), 2); /* c's join: for a and b, not c */
+    SL_CHECK_INT(next_horizon(1), 2);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, &woken, &n, &no), SL_CHAN_ALREADY);
+    SL_CHECK_INT(no, 3); /* untouched */
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-a", 0, &woken, &n), SL_OK);
+    SL_CHECK_INT(next_horizon(0), 3); /* a's leave: for b and c */
+    SL_CHECK_INT(next_horizon(1), 3);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(no, 4); /* a again: not told of its own earlier leave */
+    SL_CHECK_INT(next_horizon(0), 3);
+    /* A publication is for everyone there when it is delivered. */
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    sl_chan_publish(R, c, &p, &r);
+    SL_CHECK_INT(next_horizon(0), 0);
+    drain_all();
+}
+
+/* Every inbox full: a join is refused (nothing changes), a leave is not
+ * (the full inboxes are noted as missed); a dead worker's cleanup tells
+ * the others one leave per subscription. */
+/* Review r15 L2: subscription numbers go on across incarnations, so a
+ * leave of the deleted channel still queued (its horizon) does not cover
+ * the new incarnation's subscribers. */
+static void test_sub_no_across_incarnations(void)
+{
+    setup();
+    sl_chan_t *c;
+    uint32_t n;
+    uint64_t woken, no = 0;
+    SL_CHECK_INT(sl_chan_create(R, "x", 1, &JL, &c), SL_OK);
+    for (int i = 0; i < 5; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-%d", i);
+        sl_chan_subscribe(R, c, id, 0, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-4", 0, NULL, &n), SL_OK);
+    uint64_t horizon = c->sub_seq; /* the leave's, in worker 0's inbox */
+    sl_chan_delete(R, "x", 1, NULL, 0, &n, &woken);
+    SL_CHECK_INT(sl_chan_create(R, "x", 1, &JL, &c), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-new", 0, 9, NULL, NULL, &n, &no), SL_OK);
+    SL_CHECK(no > horizon);
+    drain_all();
+}
+
+/* Review rf15 F1: one crowded target inbox does not refuse a join for the
+ * others: they get it, the crowded one a presence note; refused only when
+ * every target is crowded. */
+static void test_join_with_one_crowded_target(void)
+{
+    setup();
+    uint32_t n;
+    uint64_t woken, no = 0;
+    sl_chan_t *c, *f;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 3, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
+        sl_chan_publish(R, f, &p, &r);
+    uint64_t notes0 = R->inboxes[0]->missed_n, notes1 = R->inboxes[1]->missed_n;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 1, 4, NULL, &woken, &n, &no), SL_OK);
+    SL_CHECK_INT(woken, 3);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 1); /* the join */
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0 + 1);
+    sl_inbox_note_t *x = &R->inboxes[0]->missed[notes0 & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->chan_hash == c->node.hash);
+    SL_CHECK_INT(x->horizon, no - 1);
+    /* Both crowded: refused, nothing done. */
+    sl_chan_subscribe(R, f, "conn-g", 1, 5, NULL, NULL, &n, NULL);
+    for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
+        sl_chan_publish(R, f, &p, &r);
+    notes0 = R->inboxes[0]->missed_n;
+    notes1 = R->inboxes[1]->missed_n;
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-d", 1, 6, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
+    SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-d"));
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0);
+    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
+    drain_all();
+}
+
+static void count_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
+{
+    (void)index;
+    *(int *)arg += note != NULL;
+}
+
+static void test_join_leave_full_and_cleanup(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_t *f;
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < SL_INBOX_CAP; i++)
+        sl_chan_publish(R, f, &p, &r);
+    sl_arena_stats_t before, after;
+    sl_arena_stats(R->arena, &before);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-b"));
+    sl_arena_stats(R->arena, &after);
+    SL_CHECK_INT(after.used_bytes, before.used_bytes);
+    /* Room for one, but more than half full: a join still waits (review
+     * r15 H2: joins leave room for publications); no missed note. */
+    sl_inbox_entry_t e;
+    uint64_t notes0 = R->inboxes[0]->missed_n;
+    while (sl_inbox_depth(R->inboxes[0]) > SL_INBOX_CAP / 2 + 1) {
+        SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
+        sl_chan_msg_unref(R, e.msg);
+    }
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0);
+    /* conn-b joins at half full; then worker 0 is filled up again. */
+    SL_CHECK(sl_inbox_pop(R->inboxes[0], &e, NULL));
+    sl_chan_msg_unref(R, e.msg);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL), SL_OK);
+    while (sl_inbox_has_room(R->inboxes[0], 1))
+        sl_chan_publish(R, f, &p, &r);
+    uint64_t missed = R->inboxes[0]->missed_n;
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
+    SL_CHECK_INT(n, 1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
+    /* A presence note (review r15 H2): worker 0 tells its subscribers up
+     * to the horizon (all of them: 2 subscribes made) to ask presence
+     * again - not a seq to close them by. */
+    sl_inbox_note_t *x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->chan_hash == c->node.hash);
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE);
+    SL_CHECK_INT(x->horizon, c->sub_seq);
+    drain_all();
+    /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-d%d", i);
+        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    drain_all();
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    SL_CHECK_INT(job.woken, 1);
+    SL_CHECK_INT(c->subscribers, 1);
+    char b[512];
+    int leaves = 0;
+    while (next_json(0, b, sizeof(b))[0])
+        leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
+    SL_CHECK_INT(leaves, 3);
+    /* Again with worker 0's inbox full: the three leaves make one note
+     * (coalesced: same incarnation and horizon, not yet taken), not three
+     * that would lap the ring and close everyone 1013. */
+    for (int i = 0; i < 3; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-e%d", i);
+        sl_chan_subscribe(R, c, id, 1, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-g", 0, 7, NULL, NULL, &n, NULL), SL_OK);
+    drain_all();
+    while (sl_inbox_has_room(R->inboxes[0], 1))
+        sl_chan_publish(R, f, &p, &r);
+    missed = R->inboxes[0]->missed_n;
+    uint64_t folded = R->inboxes[0]->coalesced;
+    sl_reg_cleanup_start(&job, 1);
+    while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    SL_CHECK_INT(c->subscribers, 2);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
+    SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
+    x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
+    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->horizon == c->sub_seq);
+    /* Once the consumer has taken a note, nothing folds into it: a later
+     * leave makes a note of its own. */
+    uint64_t seen = missed;
+    int notes = 0;
+    sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, count_note, &notes);
+    SL_CHECK_INT(notes, 1);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-g", 0, NULL, &n), SL_OK);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 2);
+    SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
+    drain_all();
+}
+
+/* Review r15 H1: a dead worker's subscription whose inbox lock is busy is
+ * set aside; the cleanup goes on with the others (and the later phases)
+ * and comes back for it, instead of starting over at it every step. */
+static void test_cleanup_sets_busy_aside(void)
+{
+    setup();
+    uint32_t n;
+    sl_chan_t *room;
+    sl_chan_create(R, "room", 4, &JL, &room);
+    sl_chan_subscribe(R, room, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, room, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_t *plain[24];
+    for (int i = 0; i < 24; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "plain-%d", i);
+        SL_CHECK_INT(sl_chan_create(R, id, strlen(id), &CFG, &plain[i]), SL_OK);
+        sl_chan_subscribe(R, plain[i], "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    }
+    drain_all();
+    sl_inbox_lock(R->inboxes[0]); /* a publisher handing worker 0 something */
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    int left = 24;
+    for (int k = 0; k < 5000 && (left || !job.subs_again); k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        left = 0;
+        for (int i = 0; i < 24; i++)
+            left += (int)plain[i]->subscribers;
+    }
+    SL_CHECK_INT(left, 0);        /* every other subscription is gone */
+    SL_CHECK_INT(job.removed_subs, 24);
+    SL_CHECK(job.set_aside >= 1);
+    SL_CHECK_INT(room->subscribers, 2); /* the busy one waits, nothing half done */
+    SL_CHECK(job.subs_again);     /* and the later phases ran meanwhile */
+    sl_inbox_unlock(R->inboxes[0]);
+    int steps = 0;
+    while (sl_reg_cleanup_step(R, &job, 8) == SL_AGAIN && steps < 1000) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        steps++;
+    }
+    SL_CHECK(steps < 1000);
+    SL_CHECK_INT(room->subscribers, 1);
+    SL_CHECK_INT(job.removed_subs, 25);
+    SL_CHECK_INT(job.woken, 1);
+    char b[512];
+    int leaves = 0;
+    while (next_json(0, b, sizeof(b))[0])
+        leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
+    SL_CHECK_INT(leaves, 1);
+}
+
+typedef struct {
+    char ids[8][32];
+    int n;
+    uint64_t last;
+} members_t;
+
+static int member_cb(const sl_sub_t *s, void *arg)
+{
+    members_t *m = arg;
+    if (m->n == 2)
+        return 1;
+    snprintf(m->ids[m->n++], 32, "%s/%s/%s", sl_sub_conn_id(s), sl_sub_user(s) ? sl_sub_user(s) : "-",
+             sl_sub_info(s) ? sl_sub_info(s) : "-");
+    m->last = s->sub_no;
+    return 0;
+}
+
+static void test_presence(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "room", 4, &JL, &c);
+    uint32_t n;
+    sl_chan_subscribe(R, c, "conn-1", 0, 1, &(sl_chan_who_t){.user = "u1"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-2", 1, 2, &(sl_chan_who_t){.user = "u1", .info = "[1]"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-3", 0, 3, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-4", 1, 4, &(sl_chan_who_t){.user = "u2"}, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-5", 0, 5, &(sl_chan_who_t){.info = "{}"}, NULL, &n, NULL);
+    sl_chan_unsubscribe(R, c, "conn-3", 0, NULL, &n);
+    /* Pages of two, newest first. */
+    members_t m = {0};
+    sl_chan_members(c, 0, member_cb, &m);
+    SL_CHECK_STR(m.ids[0], "conn-5/-/{}");
+    SL_CHECK_STR(m.ids[1], "conn-4/u2/-");
+    members_t m2 = {0};
+    /* The nodes walked to reach the cursor count (what the walk cost:
+     * review r15 M1): two skipped, two listed. */
+    SL_CHECK_INT(sl_chan_members(c, m.last, member_cb, &m2), 4);
+    SL_CHECK_INT(m2.n, 2);
+    SL_CHECK_STR(m2.ids[0], "conn-2/u1/[1]");
+    SL_CHECK_STR(m2.ids[1], "conn-1/u1/-");
+    members_t m3 = {0};
+    SL_CHECK_INT(sl_chan_members(c, m2.last, member_cb, &m3), 4); /* all walked, none listed */
+    SL_CHECK_INT(m3.n, 0);
+    uint32_t clients, users;
+    SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
+    SL_CHECK_INT(clients, 4);
+    SL_CHECK_INT(users, 2);
+    SL_CHECK(!sl_chan_presence_counts(c, 3, &clients, &users));
+    /* Many users: the set grows. */
+    char id[32], user[32];
+    for (int i = 0; i < 90; i++) {
+        snprintf(id, sizeof(id), "conn-x%d", i);
+        snprintf(user, sizeof(user), "user-%d", i % 45);
+        sl_chan_subscribe(R, c, id, i % 2, (uint32_t)i, &(sl_chan_who_t){.user = user}, NULL, &n, NULL);
+    }
+    SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
+    SL_CHECK_INT(clients, 94);
+    SL_CHECK_INT(users, 47);
+    drain_all();
+}
+
+typedef struct {
+    uint64_t seqs[16];
+    int n;
+} seqs_t;
+
+static void seq_cb(const sl_chan_msg_t *m, void *arg)
+{
+    seqs_t *s = arg;
+    s->seqs[s->n++] = m->seq;
+}
+
+static seqs_t page(sl_chan_t *c, bool has_since, uint64_t since, uint32_t limit, bool reverse,
+                   sl_chan_history_t *res)
+{
+    seqs_t s = {{0}, 0};
+    sl_chan_history_q_t q = {.since = since, .has_since = has_since, .reverse = reverse,
+                             .limit = limit, .max_bytes = 1 << 20};
+    sl_chan_history(R, c, &q, seq_cb, &s, res);
+    return s;
+}
+
+static void test_history(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 5;
+    sl_chan_t *c;
+    sl_chan_create(R, "h", 1, &cfg, &c);
+    sl_chan_history_t res;
+    seqs_t s = page(c, false, 0, 10, false, &res);
+    SL_CHECK_INT(s.n, 0);
+    SL_CHECK_INT(res.top_seq, 0);
+    SL_CHECK_INT(res.oldest_seq, 0);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < 8; i++)
+        sl_chan_publish(R, c, &p, &r); /* seqs 1..8; 4..8 retained */
+    s = page(c, false, 0, 2, false, &res);
+    SL_CHECK_INT(res.top_seq, 8);
+    SL_CHECK_INT(res.oldest_seq, 4);
+    SL_CHECK(s.n == 2 && s.seqs[0] == 4 && s.seqs[1] == 5 && res.more);
+    s = page(c, true, 5, 2, false, &res); /* forwards from the last seen */
+    SL_CHECK(s.n == 2 && s.seqs[0] == 6 && s.seqs[1] == 7 && res.more);
+    s = page(c, true, 7, 2, false, &res);
+    SL_CHECK(s.n == 1 && s.seqs[0] == 8 && !res.more);
+    s = page(c, true, 8, 2, false, &res); /* since the top: nothing */
+    SL_CHECK(s.n == 0 && !res.more);
+    s = page(c, true, 100, 2, false, &res); /* beyond: nothing */
+    SL_CHECK(s.n == 0 && !res.more);
+    s = page(c, true, 1, 10, false, &res); /* before the ring: from its oldest */
+    SL_CHECK(s.n == 5 && s.seqs[0] == 4 && !res.more);
+    s = page(c, false, 0, 3, true, &res); /* backwards, newest first */
+    SL_CHECK(s.n == 3 && s.seqs[0] == 8 && s.seqs[2] == 6 && res.more);
+    s = page(c, true, 6, 3, true, &res);
+    SL_CHECK(s.n == 2 && s.seqs[0] == 5 && s.seqs[1] == 4 && !res.more);
+    s = page(c, true, 4, 3, true, &res);
+    SL_CHECK(s.n == 0);
+    s = page(c, false, 0, 0, false, &res); /* limit 0: the position only */
+    SL_CHECK(s.n == 0 && res.more && res.top_seq == 8);
+    /* The byte bound: always one, then only what fits. */
+    sl_chan_history_q_t q = {.limit = 10, .max_bytes = 1};
+    seqs_t one = {{0}, 0};
+    sl_chan_history(R, c, &q, seq_cb, &one, &res);
+    SL_CHECK(one.n == 1 && res.more);
+}
+
+static void test_history_ttl(void)
+{
+    setup();
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 100;
+    cfg.history_ttl_ms = 50;
+    sl_chan_t *c;
+    sl_chan_create(R, "t", 1, &cfg, &c);
+    sl_arena_stats_t empty, full, after;
+    sl_arena_stats(R->arena, &empty);
+    char big[2000];
+    memset(big, 'x', sizeof(big));
+    big[0] = big[sizeof(big) - 1] = '"';
+    sl_chan_pub_t p = {.data_json = big, .data_len = sizeof(big), .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i < 20; i++)
+        sl_chan_publish(R, c, &p, &r);
+    sl_arena_stats(R->arena, &full);
+    SL_CHECK(full.used_bytes >= empty.used_bytes + 20 * 2000);
+    uint32_t dropped;
+    SL_CHECK(sl_chan_expire(R, c, sl_mono_us(), &dropped));
+    SL_CHECK_INT(dropped, 0); /* not old yet */
+    SL_CHECK_INT(sl_chan_retained_count(c), 20);
+    uint64_t before = uatomic_read(&R->expired);
+    SL_CHECK(sl_chan_expire(R, c, sl_mono_us() + 60 * 1000, &dropped));
+    SL_CHECK_INT(dropped, 20);
+    SL_CHECK_INT(uatomic_read(&R->expired), before + 20);
+    sl_arena_stats(R->arena, &after);
+    SL_CHECK_INT(after.used_bytes, empty.used_bytes); /* every message's memory is back */
+    /* On the read path too: history never shows an expired message. */
+    sl_chan_publish(R, c, &p, &r);
+    usleep(60 * 1000);
+    sl_chan_history_t res;
+    seqs_t s = page(c, false, 0, 10, false, &res);
+    SL_CHECK_INT(s.n, 0);
+    SL_CHECK_INT(res.top_seq, 21);
+    SL_CHECK_INT(sl_chan_retained_count(c), 0);
+    /* Review r15 L4: an idle channel (no subscriber since long ago) whose
+     * last retained message expires lingers from now, not from then. */
+    sl_chan_t *idle;
+    cfg.lingers = true;
+    sl_chan_create(R, "idle", 4, &cfg, &idle);
+    sl_chan_publish(R, idle, &p, &r);
+    uatomic_set(&idle->empty_since, sl_mono_ms() - 3600 * 1000);
+    SL_CHECK(sl_chan_expire(R, idle, sl_mono_us() + 60 * 1000, &dropped));
+    SL_CHECK_INT(dropped, 1);
+    SL_CHECK(!sl_chan_reap(R, idle, sl_mono_ms(), 10 * 1000)); /* lingers 10 s from now */
+    SL_CHECK(sl_chan_reap(R, idle, sl_mono_ms() + 11 * 1000, 10 * 1000));
 }
 
 typedef struct {
@@ -220,7 +758,7 @@ static void test_missed_notes(void)
     sl_chan_create(R, "m", 1, &CFG, &c);
     uint32_t n;
     uint64_t last = 99;
-    SL_CHECK_INT(sl_chan_subscribe_at(R, c, "conn-1", 1, 1, &n, &last), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe_at(R, c, "conn-1", 1, 1, NULL, NULL, &n, NULL, &last), SL_OK);
     SL_CHECK_INT(last, 0); /* nothing published yet */
     sl_inbox_t *in = R->inboxes[1];
     static const uint8_t F[] = {0x81, 0x02, '{', '}'};
@@ -231,7 +769,7 @@ static void test_missed_notes(void)
     /* Only worker 1 has subscribers, and its inbox is full: refused. */
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_CHAN_OVERLOADED);
     SL_CHECK_INT(in->missed_n, 0);
-    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-0", 0, 1, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-0", 0, 1, NULL, NULL, &n, NULL), SL_OK);
     SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_OK); /* to worker 0; worker 1 noted */
     SL_CHECK(res.skipped == 2 && res.woken == 1);
     SL_CHECK_INT(in->missed_n, 1);
@@ -281,11 +819,12 @@ static void test_missed_notes(void)
  * class.  Change the table with these numbers. */
 static void test_sub_sizes_in_the_design_note(void)
 {
-    SL_CHECK_INT(offsetof(sl_sub_t, key), 76);
-    SL_CHECK(offsetof(sl_sub_t, key) + 51 + 1 <= 128);
-    SL_CHECK(offsetof(sl_sub_t, key) + 52 + 1 > 128);
+    /* Issue 15 added sub_no, user_len and info_len (12 bytes, 76 -> 88). */
+    SL_CHECK_INT(offsetof(sl_sub_t, key), 88);
+    SL_CHECK(offsetof(sl_sub_t, key) + 39 + 1 <= 128);
+    SL_CHECK(offsetof(sl_sub_t, key) + 40 + 1 > 128);
     SL_CHECK_INT(SL_SUB_KEY_MAX - 1, 168);
-    SL_CHECK(offsetof(sl_sub_t, key) + SL_SUB_KEY_MAX <= 256);
+    SL_CHECK(offsetof(sl_sub_t, key) + SL_SUB_KEY_MAX <= 512);
 }
 
 int main(void)
@@ -297,6 +836,15 @@ int main(void)
     SL_TEST_RUN(test_no_subscribers_frees);
     SL_TEST_RUN(test_worker_cleanup);
     SL_TEST_RUN(test_missed_notes);
+    SL_TEST_RUN(test_join_leave_frames);
+    SL_TEST_RUN(test_join_leave_horizon);
+    SL_TEST_RUN(test_join_leave_full_and_cleanup);
+    SL_TEST_RUN(test_sub_no_across_incarnations);
+    SL_TEST_RUN(test_join_with_one_crowded_target);
+    SL_TEST_RUN(test_cleanup_sets_busy_aside);
+    SL_TEST_RUN(test_presence);
+    SL_TEST_RUN(test_history);
+    SL_TEST_RUN(test_history_ttl);
     SL_TEST_RUN(test_sub_sizes_in_the_design_note);
     return sl_test_summary();
 }

@@ -78,11 +78,14 @@
 
 typedef struct {
     sl_reg_t reg;
+    int nvisited;
+    char visited[8][SL_CONN_ID_MAX]; /* the presence walk's conn-ids */
     sl_table_t *small; /* one bucket, for the table scenario */
     void *held[8];     /* the arena scenario's live objects */
     uint64_t rpc_no;
     char rpc_id[SL_RPC_ID_MAX];
     uint64_t notes_base; /* inbox 2's missed_n before the scenario */
+    void *filler;        /* prep_no_memory's objects, a list (first word: the next) */
     size_t ntrace;
     const sl_crashpoint_t *trace[TRACE_MAX];
     uint8_t mem[] __attribute__((aligned(4096)));
@@ -115,6 +118,12 @@ static const sl_chan_config_t CFG_A = {.max_subscribers = 100, .message_retentio
 static const sl_chan_config_t CFG_B = {.max_subscribers = 100, .message_retention = 0,
                                        .rpc_timeout_ms = 1000};
 static const sl_chan_config_t CFG_C = {.max_subscribers = 100, .lingers = true};
+/* Join / leave events; retention with a TTL. */
+static const sl_chan_config_t CFG_J = {.max_subscribers = 100, .rpc_timeout_ms = 1000,
+                                       .join_leave = true};
+static const sl_chan_config_t CFG_E = {.max_subscribers = 100, .message_retention = 3,
+                                       .rpc_timeout_ms = 1000, .history_ttl_ms = 1};
+static uint64_t missed0; /* worker 0's missed notes before the scenario */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -194,21 +203,31 @@ static void setup(bool poison)
     arena_stats(&s);
     base_used = s.used_bytes;
 
-    sl_chan_t *a, *b, *c;
+    sl_chan_t *a, *b, *c, *j, *e;
     sl_chan_create(R, "a", 1, &CFG_A, &a);
     sl_chan_create(R, "b", 1, &CFG_B, &b);
     sl_chan_create(R, "c", 1, &CFG_C, &c);
+    sl_chan_create(R, "j", 1, &CFG_J, &j);
+    sl_chan_create(R, "e", 1, &CFG_E, &e);
     const char *conns[] = {"conn-0a", "conn-1a", "conn-2a"};
     for (int w = 0; w < NWORKERS; w++)
         sl_reg_conn_add(R, conns[w], w, (uint32_t)w, (uint64_t)w + 1, 1);
     uint32_t n;
     for (int w = 0; w < NWORKERS; w++)
-        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, &n);
+        sl_chan_subscribe(R, a, conns[w], w, (uint32_t)w, NULL, NULL, &n, NULL);
     for (int w = 0; w < 2; w++)
-        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, &n);
+        sl_chan_subscribe(R, b, conns[w], w, (uint32_t)w, NULL, NULL, &n, NULL);
+    static const char *const who_user[] = {"bob", NULL, "carol"};
+    for (int w = 0; w < NWORKERS; w++) {
+        sl_chan_who_t who = {.conn_no = (uint64_t)w + 1, .user = who_user[w],
+                             .info = w == 2 ? "{\"role\":\"admin\"}" : NULL};
+        sl_chan_subscribe(R, j, conns[w], w, (uint32_t)w, &who, NULL, &n, NULL);
+    }
     for (int i = 0; i < 4; i++)
         pub(a, "{\"n\":1}");
     pub(b, "\"x\"");
+    for (int i = 0; i < 3; i++)
+        pub(e, "{\"old\":1}");
     for (int w = 0; w < NWORKERS; w++)
         drain(w);
     sl_rpc_t *q = sl_rpc_create(R, 0, 0, 1, "a", 1, 100000);
@@ -253,13 +272,13 @@ static void sc_table(void)
 static void sc_subscribe(void)
 {
     uint32_t n;
-    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, &n);
+    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-1x", CHILD, 9, NULL, NULL, &n, NULL);
 }
 
 static void sc_unsubscribe(void)
 {
     uint32_t n;
-    sl_chan_unsubscribe(R, sl_chan_find(R, "a", 1), "conn-1a", &n);
+    sl_chan_unsubscribe(R, sl_chan_find(R, "a", 1), "conn-1a", 0, NULL, &n);
 }
 
 static void sc_publish_ring(void)
@@ -375,6 +394,60 @@ static void sc_access_cleanup(void)
     sl_table_foreach(R->access->users, access_cleanup_cb, R);
 }
 
+static void sc_subscribe_join(void)
+{
+    uint32_t n;
+    sl_chan_who_t who = {.conn_no = 19, .user = "dave", .info = "{\"k\":[1,2]}"};
+    sl_chan_subscribe(R, sl_chan_find(R, "j", 1), "conn-1j", CHILD, 9, &who, NULL, &n, NULL);
+}
+
+static void sc_unsubscribe_leave(void)
+{
+    uint32_t n;
+    sl_chan_unsubscribe(R, sl_chan_find(R, "j", 1), "conn-1a", 2, NULL, &n);
+}
+
+/* Workers 0 and 2's inboxes full (one message, referenced by every
+ * entry): a leave nobody can take. */
+static void prep_full(void)
+{
+    sl_chan_msg_t *m = sl_arena_calloc(R->arena, sizeof(*m) + sizeof(FRAME));
+    m->len = sizeof(FRAME);
+    memcpy(m->frame, FRAME, sizeof(FRAME));
+    m->refs = 2 * SL_INBOX_CAP;
+    for (int w = 0; w < NWORKERS; w += 2)
+        for (int i = 0; i < SL_INBOX_CAP; i++) {
+            sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT, .target_slot = 99, .msg = m};
+            sl_inbox_lock(R->inboxes[w]);
+            sl_inbox_prepare(R->inboxes[w], &e, NULL);
+            sl_inbox_push_prepared(R->inboxes[w]);
+            sl_inbox_unlock(R->inboxes[w]);
+        }
+}
+
+/* The master's cleanup after worker 2 (here in the child): its
+ * subscriptions go, each one's leave told to the others.  In a fixed
+ * order ("a", then join-leave "j"; the table's order depends on its hash
+ * key), so that every run passes the same crash points. */
+static void sc_cleanup_leave(void)
+{
+    static const char *const keys[] = {"a\nconn-2a", "j\nconn-2a"};
+    for (size_t i = 0; i < SL_ARRAY_LEN(keys); i++) {
+        size_t len = strlen(keys[i]);
+        sl_sub_t *s = (sl_sub_t *)sl_table_lookup(R->subs, sl_table_hash(keys[i], len), keys[i],
+                                                  len);
+        uint64_t woken = 0;
+        if (s)
+            sl_chan_cleanup_sub(R, s, &woken);
+    }
+}
+
+static void sc_expire(void)
+{
+    uint32_t dropped;
+    sl_chan_expire(R, sl_chan_find(R, "e", 1), sl_mono_us() + 10 * 1000000, &dropped);
+}
+
 static void sc_reclaim(void)
 {
     sl_reg_conn_remove(R, sl_reg_conn_find(R, "conn-1a", 7));
@@ -400,11 +473,13 @@ static void sc_publish_skip(void)
  * it is not. */
 static void chk_publish_skip(void)
 {
-    sl_chan_t *a = sl_chan_find(R, "a", 1);
+    sl_chan_t *a = sl_chan_find(R, "a", 1), *j = sl_chan_find(R, "j", 1);
     sl_inbox_t *in = R->inboxes[2];
     unsigned notes = 0;
     for (uint64_t i = G->notes_base; i < in->missed_n; i++) {
         const sl_inbox_note_t *x = &in->missed[i & (SL_INBOX_MISSED - 1)];
+        if (j && x->chan_hash == j->node.hash)
+            continue; /* the cleanup's leave of the dead worker's conn-1a, on join-leave "j" */
         if (a && x->chan_hash == a->node.hash && x->serial == a->serial && x->seq == 5)
             notes++;
         else
@@ -415,6 +490,49 @@ static void chk_publish_skip(void)
         EXPECT(notes >= 1, "the publish skipped inbox 2 without a missed note");
     else
         EXPECT(notes == 0, "a missed note of a publish that did not happen");
+}
+
+/* The arena full (review r15 L1): a leave finds no memory for its message
+ * and commits with notes alone. */
+static void prep_no_memory(void)
+{
+    G->filler = NULL;
+    for (size_t n = 1u << 20; n >= 16; n /= 2) {
+        void **x;
+        while ((x = sl_arena_alloc(R->arena, n)) != NULL) {
+            *x = G->filler;
+            G->filler = x;
+        }
+    }
+}
+
+static bool noted(sl_inbox_t *in, uint64_t since, const sl_chan_t *c)
+{
+    for (uint64_t i = since; i < in->missed_n; i++) {
+        const sl_inbox_note_t *x = &in->missed[i & (SL_INBOX_MISSED - 1)];
+        if (x->chan_hash == c->node.hash && x->serial == c->serial &&
+            x->seq == SL_INBOX_SEQ_PRESENCE && x->horizon >= c->sub_seq)
+            return true;
+    }
+    return false;
+}
+
+/* Right after the recovery (before the cleanup, whose own leaves would
+ * note the same inboxes): a leave with no message that committed noted
+ * both targets - also when its process died between the commit and the
+ * notes (UNSUB recovery settles by the targets, not by the message). */
+static void rec_no_memory(void)
+{
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    if (j && !sl_chan_is_subscriber(R, j, "conn-1a")) {
+        EXPECT(noted(R->inboxes[0], missed0, j), "the leave committed, inbox 0 not noted");
+        EXPECT(noted(R->inboxes[2], G->notes_base, j), "the leave committed, inbox 2 not noted");
+    }
+    while (G->filler) {
+        void *next = *(void **)G->filler;
+        sl_arena_free(R->arena, G->filler);
+        G->filler = next;
+    }
 }
 
 /* Every inbox full: everything that hands off is refused. */
@@ -441,32 +559,39 @@ typedef struct {
     void (*fn)(void);
     void (*prep)(void);  /* the parent, after setup (NULL: nothing) */
     void (*check)(void); /* the parent, after the cleanup (NULL: nothing) */
+    void (*recovered)(void); /* the parent, after the recovery, before the cleanup */
 } scenario_t;
 
 static const scenario_t SCENARIOS[] = {
-    {"arena", sc_arena, NULL, NULL},
-    {"table", sc_table, NULL, NULL},
-    {"subscribe", sc_subscribe, NULL, NULL},
-    {"unsubscribe", sc_unsubscribe, NULL, NULL},
-    {"publish-retained", sc_publish_ring, NULL, NULL},
-    {"publish", sc_publish_plain, NULL, NULL},
-    {"send", sc_send, NULL, NULL},
-    {"delete", sc_delete, NULL, NULL},
-    {"reap", sc_reap, NULL, NULL},
-    {"create", sc_create, NULL, NULL},
-    {"connection", sc_conn, NULL, NULL},
-    {"rpc-create", sc_rpc_create, NULL, NULL},
-    {"rpc-respond", sc_rpc_respond, NULL, NULL},
-    {"rpc-unclaim", sc_rpc_unclaim, NULL, NULL},
-    {"broadcast", sc_broadcast, NULL, NULL},
-    {"consume", sc_consume, NULL, NULL},
-    {"reclaim", sc_reclaim, NULL, NULL},
-    {"access-acquire", sc_access_acquire, NULL, NULL},
-    {"access-release", sc_access_release, NULL, NULL},
-    {"access-user", sc_access_user, NULL, NULL},
-    {"access-cleanup", sc_access_cleanup, NULL, NULL},
-    {"publish-skip", sc_publish_skip, prep_full_2, chk_publish_skip},
-    {"refused", sc_refused, prep_full_all, NULL},
+    {"arena", sc_arena, NULL, NULL, NULL},
+    {"table", sc_table, NULL, NULL, NULL},
+    {"subscribe", sc_subscribe, NULL, NULL, NULL},
+    {"unsubscribe", sc_unsubscribe, NULL, NULL, NULL},
+    {"publish-retained", sc_publish_ring, NULL, NULL, NULL},
+    {"publish", sc_publish_plain, NULL, NULL, NULL},
+    {"send", sc_send, NULL, NULL, NULL},
+    {"delete", sc_delete, NULL, NULL, NULL},
+    {"reap", sc_reap, NULL, NULL, NULL},
+    {"create", sc_create, NULL, NULL, NULL},
+    {"connection", sc_conn, NULL, NULL, NULL},
+    {"rpc-create", sc_rpc_create, NULL, NULL, NULL},
+    {"rpc-respond", sc_rpc_respond, NULL, NULL, NULL},
+    {"rpc-unclaim", sc_rpc_unclaim, NULL, NULL, NULL},
+    {"broadcast", sc_broadcast, NULL, NULL, NULL},
+    {"consume", sc_consume, NULL, NULL, NULL},
+    {"reclaim", sc_reclaim, NULL, NULL, NULL},
+    {"access-acquire", sc_access_acquire, NULL, NULL, NULL},
+    {"access-release", sc_access_release, NULL, NULL, NULL},
+    {"access-user", sc_access_user, NULL, NULL, NULL},
+    {"access-cleanup", sc_access_cleanup, NULL, NULL, NULL},
+    {"publish-skip", sc_publish_skip, prep_full_2, chk_publish_skip, NULL},
+    {"refused", sc_refused, prep_full_all, NULL, NULL},
+    {"subscribe-join", sc_subscribe_join, NULL, NULL, NULL},
+    {"unsubscribe-leave", sc_unsubscribe_leave, NULL, NULL, NULL},
+    {"leave-to-full-inboxes", sc_unsubscribe_leave, prep_full, NULL, NULL},
+    {"cleanup-leave", sc_cleanup_leave, NULL, NULL, NULL},
+    {"expire", sc_expire, NULL, NULL, NULL},
+    {"leave-without-memory", sc_unsubscribe_leave, prep_no_memory, NULL, rec_no_memory},
 };
 #define NSC SL_ARRAY_LEN(SCENARIOS)
 
@@ -478,6 +603,7 @@ static const char *const MAY_LEAK[] = {
     "chan.sub.allocated",    "chan.pub.encoded",       "chan.send.allocated",
     "chan.direct.allocated", "chan.del.allocated",     "chan.ring.drop-cleared",
     "reg.conn.allocated",    "rpc.create.allocated",   "access.user.allocated",
+    "chan.join.allocated",   "chan.leave.allocated",   "chan.leave.unsent",
     "chan.pub.refused",      "chan.send.refused",      "chan.del.refused",
     "chan.bcast.allocated",  "chan.bcast.refused",     "chan.direct.refused",
     "chan.msg.last-ref",
@@ -526,6 +652,45 @@ static void check_rpc(void)
     }
 }
 
+/* Join / leave: worker 0 (whose conn-0a stays subscribed to "j" in every
+ * scenario) must have been told of every other connection's subscribe and
+ * unsubscribe exactly once, in order: its inbox alternates join and leave
+ * per connection and ends where the registry is.  Unless the inbox was
+ * full (its subscribers would be closed 1013 instead). */
+static void check_join_leave(void)
+{
+    sl_inbox_t *in = R->inboxes[0];
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    if (in->missed_n != missed0 || j == NULL)
+        return;
+    static const char *const conns[] = {"conn-1a", "conn-2a", "conn-1j"};
+    static const bool initially[] = {true, true, false};
+    for (int k = 0; k < 3; k++) {
+        char pat[64];
+        snprintf(pat, sizeof(pat), "\"conn-id\":\"%s\"", conns[k]);
+        bool sub = initially[k];
+        for (uint64_t i = in->head; i < in->tail; i++) {
+            const sl_inbox_entry_t *e = &in->ring[i & (SL_INBOX_CAP - 1)];
+            const sl_chan_msg_t *m = e->msg;
+            if (e->kind != SL_INBOX_CHANNEL_MSG || m->seq != 0 || m->chan_hash != j->node.hash)
+                continue;
+            char text[512];
+            size_t n = SL_MIN(sizeof(text) - 1, (size_t)(m->len - m->payload_off));
+            memcpy(text, m->frame + m->payload_off, n);
+            text[n] = '\0';
+            if (strstr(text, pat) == NULL)
+                continue;
+            bool join = strstr(text, "\"type\":\"join\"") != NULL;
+            EXPECT(join != sub, "worker 0 told %s of %s twice", join ? "a join" : "a leave",
+                   conns[k]);
+            sub = join;
+        }
+        bool now = sl_chan_is_subscriber(R, j, conns[k]);
+        EXPECT(sub == now, "worker 0 was told %s is %ssubscribed, but it is %s", conns[k],
+               sub ? "" : "not ", now ? "subscribed" : "not");
+    }
+}
+
 /* Places per IP are taken exactly to the limit, and given back. */
 static void check_access_usable(void)
 {
@@ -550,7 +715,7 @@ static void check_usable(void)
     for (int round = 0; round < 2 && a; round++) {
         uint32_t n;
         drain(2);
-        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, &n) == SL_OK, "subscribe failed");
+        EXPECT(sl_chan_subscribe(R, a, "conn-2u", 2, 5, NULL, NULL, &n, NULL) == SL_OK, "subscribe failed");
         sl_chan_pub_t p = {.data_json = "7", .data_len = 1, .published_at = 1};
         sl_chan_pub_result_t res;
         EXPECT(sl_chan_publish(R, a, &p, &res) == SL_OK, "publish failed");
@@ -720,6 +885,7 @@ static bool killed_child(const scenario_t *sc, const char *point, unsigned nth, 
     setup(poison);
     if (sc->prep)
         sc->prep();
+    missed0 = R->inboxes[0]->missed_n;
     G->notes_base = R->inboxes[2]->missed_n;
     int rc = run_child(sc, point, nth, false);
     if (rc != SL_CRASH_EXIT_CODE) {
@@ -785,6 +951,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
     EXPECT(sl_reg_dead(R, CHILD, NULL) == SL_OK, "the dead child's locks still held");
     sl_qsbr_quiescent(&R->qsbr, CHECKER);
     sl_qsbr_reclaim(&R->qsbr); /* a retired node still listed would be freed now */
+    if (sc->recovered)
+        sc->recovered();
     check_registry();
     if (!failure[0]) {
         sl_reg_worker_cleanup(R, CHILD);
@@ -794,6 +962,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
     }
     if (!failure[0] && sc->check)
         sc->check();
+    if (!failure[0])
+        check_join_leave();
     if (!failure[0])
         check_rpc();
     if (!failure[0])
@@ -1064,6 +1234,85 @@ static void test_missed_note_after_the_last_push(void)
     munmap(G, REGION);
 }
 
+/* Presence never shows a subscription that is not committed: a subscribe
+ * with a join is stopped in its hand-off, before the commit (the join not
+ * yet handed out); a lock-free walk of "j" then must see only connections
+ * that are in the subscriptions table - conn-1j not among them. */
+static int only_committed_cb(const sl_sub_t *s, void *arg)
+{
+    int *bad = arg;
+    if (!sl_chan_is_subscriber(R, sl_chan_find(R, "j", 1), sl_sub_conn_id(s))) {
+        fprintf(stderr, "  presence shows %s, not (yet) subscribed\n", sl_sub_conn_id(s));
+        (*bad)++;
+    }
+    return 0;
+}
+
+static void test_presence_sees_only_committed(void)
+{
+    setup(true);
+    pid_t pid = stop_child_at("handoff.locked", sc_subscribe_join);
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    int bad = 0;
+    uint32_t n = sl_chan_members(sl_chan_find(R, "j", 1), 0, only_committed_cb, &bad);
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    SL_CHECK_INT(bad, 0);
+    SL_CHECK_INT(n, 3);
+    finish_child(pid);
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    SL_CHECK(j && sl_chan_is_subscriber(R, j, "conn-1j")); /* and then it is */
+    munmap(G, REGION);
+}
+
+/* A presence reader walks "j" without the lock and is stopped on its first
+ * node (conn-2a); meanwhile that node and the next (conn-1a) unsubscribe
+ * and a reclaim runs; the reader goes on.  It must reach conn-0a, which
+ * stayed for the whole walk, over the two unlinked nodes - still readable,
+ * its grace period not over - and nothing else. */
+static int stop_on_first(const sl_sub_t *s, void *arg)
+{
+    if (G->nvisited < 8)
+        snprintf(G->visited[G->nvisited++], SL_CONN_ID_MAX, "%s", sl_sub_conn_id(s));
+    if (G->nvisited == 1)
+        raise(SIGSTOP);
+    return 0;
+}
+
+static void walk_j(void)
+{
+    sl_chan_members(sl_chan_find(R, "j", 1), 0, stop_on_first, NULL);
+}
+
+static void test_presence_walk_during_unsubscribes(void)
+{
+    setup(true);
+    pid_t pid = fork();
+    if (pid == 0) {
+        sl_arena_set_owner(CHILD);
+        sl_qsbr_register(&R->qsbr, CHILD);
+        walk_j();
+        sl_qsbr_offline(&R->qsbr, CHILD);
+        _exit(0);
+    }
+    int st;
+    waitpid(pid, &st, WUNTRACED);
+    SL_CHECK(WIFSTOPPED(st));
+    SL_CHECK_STR(G->visited[0], "conn-2a");
+    sl_qsbr_register(&R->qsbr, CHECKER);
+    uint32_t n;
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, j, "conn-2a", 3, NULL, &n), SL_OK);
+    SL_CHECK_INT(sl_chan_unsubscribe(R, j, "conn-1a", 2, NULL, &n), SL_OK);
+    sl_qsbr_quiescent(&R->qsbr, CHECKER);
+    sl_qsbr_reclaim(&R->qsbr); /* the reader is online: nothing it may hold is freed */
+    sl_qsbr_offline(&R->qsbr, CHECKER);
+    finish_child(pid);
+    SL_CHECK_INT(G->nvisited, 3);
+    SL_CHECK_STR(G->visited[1], "conn-1a");
+    SL_CHECK_STR(G->visited[2], "conn-0a");
+    munmap(G, REGION);
+}
+
 /* Review of issue 12, finding 3: 256 notes fill the ring; a producer is
  * stopped in the middle of the 257th, which reuses the slot of the first;
  * the consumer reads meanwhile, then again once it is done.  The first
@@ -1125,13 +1374,13 @@ static void test_missed_ring_lap(void)
 static void subscribe_as_2(void)
 {
     uint32_t n;
-    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-2x", 2, 8, &n);
+    sl_chan_subscribe(R, sl_chan_find(R, "a", 1), "conn-2x", 2, 8, NULL, NULL, &n, NULL);
 }
 
 static void test_cleanup_waits_for_a_live_recovery(void)
 {
     setup(true);
-    const scenario_t sub = {"subscribe", sc_subscribe, NULL, NULL};
+    const scenario_t sub = {"subscribe", sc_subscribe, NULL, NULL, NULL};
     SL_CHECK_INT(run_child(&sub, "chan.sub.listed", 1, false), SL_CRASH_EXIT_CODE);
     pid_t pid = fork();
     if (pid == 0) {
@@ -1203,13 +1452,13 @@ static void retained_after_kill(const char *point, int before)
     SL_CHECK_INT(sl_chan_create(R, "r", 1, &CFG_R1, &c), SL_OK);
     for (int i = 0; i < before; i++)
         pub(c, "{\"n\":1}");
-    const scenario_t sc = {"publish-r", publish_r, NULL, NULL};
+    const scenario_t sc = {"publish-r", publish_r, NULL, NULL, NULL};
     SL_CHECK_INT(run_child(&sc, point, 1, false), SL_CRASH_EXIT_CODE);
     sl_qsbr_register(&R->qsbr, CHECKER);
     sl_qsbr_online(&R->qsbr, CHECKER);
     int n = 0;
     uint64_t last = 0;
-    uint64_t oldest = sl_chan_retained(c, 0, count_retained, &n, &last);
+    uint64_t oldest = sl_chan_retained(R, c, 0, count_retained, &n, &last);
     SL_CHECK_INT(last, (uint64_t)before + 1);
     SL_CHECK_INT(oldest, last);
     SL_CHECK_INT(n, 1);
@@ -1232,6 +1481,8 @@ int main(void)
     SL_TEST_RUN(test_gp_snapshot);
     SL_TEST_RUN(test_no_read_after_handoff);
     SL_TEST_RUN(test_missed_note_after_the_last_push);
+    SL_TEST_RUN(test_presence_walk_during_unsubscribes);
+    SL_TEST_RUN(test_presence_sees_only_committed);
     SL_TEST_RUN(test_missed_ring_lap);
     SL_TEST_RUN(test_cleanup_waits_for_a_live_recovery);
     SL_TEST_RUN(test_retained_never_torn);

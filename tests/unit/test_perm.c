@@ -35,7 +35,7 @@ static sl_ident_t bob = {.user = "bob", .channels = granted_ch, .nchannels = 2,
                          .publish = granted_pub, .npublish = 1}; /* token-granted */
 
 enum { OK = SL_PERM_OK, UN = SL_PERM_UNAUTHENTICATED, NO = SL_PERM_DENIED,
-       NS = SL_PERM_UNKNOWN_NAMESPACE };
+       NS = SL_PERM_UNKNOWN_NAMESPACE, OFF = SL_PERM_DISABLED };
 
 static void test_matrix(void)
 {
@@ -81,12 +81,21 @@ static void test_matrix(void)
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_SUBSCRIBE, "ns:other", 8, false), OK);
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_PUBLISH, "ns:other", 8, false), NO);
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_PUBLISH, "ns:room", 7, false), OK);
-    /* Presence and history (reserved) follow their own keys, reading
-     * claims like subscribe. */
+    /* Presence and history follow their own keys, reading claims like
+     * subscribe; presence=none switches presence off (for everyone). */
     CONF("--jwt-secret-file", "/unused", "--namespace", "ns:presence=token,history=none");
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_PRESENCE, "ns:x", 4, false), OK);
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_PRESENCE, "ns:x", 4, false), NO);
     SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_HISTORY, "ns:x", 4, true), NO);
+    CONF("--jwt-secret-file", "/unused", "--allow-anonymous", "--namespace", "ns:presence=none");
+    SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_PRESENCE, "ns:x", 4, true), OFF);
+    SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_PRESENCE, "ns:x#bob", 8, true), OFF);
+    SL_CHECK_STR(sl_perm_reason(SL_PERM_DISABLED), "presence-disabled");
+    /* By default only subscribers may ask presence and history. */
+    SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_HISTORY, "ns:x", 4, false), NO);
+    SL_CHECK_INT(sl_perm_check(&bob, SL_ACT_HISTORY, "ns:x", 4, true), OK);
+    SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_PRESENCE, "plain", 5, false), NO);
+    SL_CHECK_INT(sl_perm_check(NULL, SL_ACT_PRESENCE, "plain", 5, true), OK);
 }
 
 static void test_anonymous_refused_without_allow(void)
@@ -95,11 +104,15 @@ static void test_anonymous_refused_without_allow(void)
     for (int a = 0; a < SL_ACT__COUNT; a++)
         SL_CHECK_INT(sl_perm_check(NULL, (sl_action_t)a, "x", 1, true), UN);
     SL_CHECK_INT(sl_perm_check(&alice, SL_ACT_PUBLISH, "x", 1, false), OK);
-    /* No key, no namespace: everything allowed, as before. */
+    /* No key, no namespace: everything allowed, as before - but presence
+     * and history (which came later) only to subscribers. */
     CONF("--port", "3000");
     SL_CHECK(!sl_perm_active());
-    for (int a = 0; a < SL_ACT__COUNT; a++)
-        SL_CHECK_INT(sl_perm_check(NULL, (sl_action_t)a, "dm#alice", 8, false), OK);
+    for (int a = 0; a < SL_ACT__COUNT; a++) {
+        bool reads = a == SL_ACT_PRESENCE || a == SL_ACT_HISTORY;
+        SL_CHECK_INT(sl_perm_check(NULL, (sl_action_t)a, "dm#alice", 8, false), reads ? NO : OK);
+        SL_CHECK_INT(sl_perm_check(NULL, (sl_action_t)a, "dm#alice", 8, true), OK);
+    }
 }
 
 static void test_user_limited(void)

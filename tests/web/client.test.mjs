@@ -31,7 +31,7 @@ function next(c, event) {
 
 before(async () => {
   server = await startServer(['--message-retention', '50', '--channel', 'keep3:message-retention=3',
-    '--channel', 'nothing-kept:message-retention=0']);
+    '--channel', 'nothing-kept:message-retention=0', '--channel', 'lobby:join-leave=true']);
 });
 
 after(async () => {
@@ -510,4 +510,87 @@ test('channel deleted (admin API) and re-created while away: new epoch, seqs sta
     for (const x of clients.splice(0)) x.close();
     await srv.stop();
   }
+});
+
+test('presence(), presenceStats(), join and leave events in order with messages', async () => {
+  const a = await connected(), b = await connected();
+  const seen = [];
+  a.on('join', (j) => seen.push(['join', j.channel, j.connId, j.user, j.info]));
+  a.on('leave', (l) => seen.push(['leave', l.channel, l.connId]));
+  await a.subscribe('lobby', (data) => seen.push(['msg', data]));
+  await b.subscribe('lobby');
+  await b.publish('lobby', 'hello');
+  await b.unsubscribe('lobby');
+  await waitFor(() => seen.length === 3);
+  assert.deepEqual(seen, [['join', 'lobby', b.connId, null, null], ['msg', 'hello'],
+    ['leave', 'lobby', b.connId]]);
+  const here = await a.presence('lobby');
+  assert.deepEqual(here, { [a.connId]: { user: null, info: null } });
+  assert.deepEqual(await a.presenceStats('lobby'), { numClients: 1, numUsers: 0 });
+  // Only subscribers may ask (the default rule): b no longer is.
+  await assert.rejects(b.presence('lobby'), (e) => e instanceof SenteLiteError && e.code === 'permission-denied');
+  await assert.rejects(b.presenceStats('lobby'), (e) => e.code === 'permission-denied');
+});
+
+test("'presence-resync' when a leave could not reach our stopped worker", async () => {
+  const srv = await startServer(['--join-leave', '--worker-stall-ms', '30000',
+    '--worker-stall-kill-ms', '60000']);
+  let pid = 0;
+  try {
+    // One client on each worker (the master spreads new connections).
+    const byWorker = new Map();
+    for (let i = 0; i < 8 && byWorker.size < 2; i++) {
+      const c = await connected({}, srv.url);
+      if (!byWorker.has(c.worker)) byWorker.set(c.worker, c);
+    }
+    assert.equal(byWorker.size, 2);
+    const [far, near] = [...byWorker.values()];
+    const resyncs = [], leaves = [];
+    far.on('presence-resync', (r) => resyncs.push(r));
+    far.on('leave', (l) => leaves.push(l));
+    await far.subscribe('jl');
+    await near.subscribe('jl');
+    // Fill far's worker's inbox with another channel's messages (far is its
+    // only subscriber), with that worker stopped; then near leaves.
+    await far.subscribe('fill', () => {});
+    pid = await srv.workerPid(far.worker);
+    process.kill(pid, 'SIGSTOP');
+    for (let i = 0; i < 8192; i += 512)
+      await Promise.all(Array.from({ length: 512 }, () => near.publish('fill', 0)));
+    await near.unsubscribe('jl');
+    process.kill(pid, 'SIGCONT');
+    pid = 0;
+    await waitFor(() => resyncs.length > 0, { timeoutMs: 30000, what: 'presence-resync' });
+    assert.deepEqual(resyncs, [{ channel: 'jl' }]);
+    assert.deepEqual(leaves, []);
+    assert.equal(far.state, 'open');
+    assert.deepEqual(Object.keys(await far.presence('jl')), [far.connId]);
+  } finally {
+    if (pid) process.kill(pid, 'SIGCONT');
+    for (const x of clients.splice(0)) x.close();
+    await srv.stop();
+  }
+});
+
+test('history() pages forwards and backwards', async () => {
+  const a = await connected();
+  await a.subscribe('keep3');
+  const before = await a.history('keep3');
+  const base = before.topSeq;
+  for (let i = 0; i < 5; i++) await a.publish('keep3', { i });
+  const all = await a.history('keep3');
+  assert.equal(all.topSeq, base + 5);
+  assert.deepEqual(all.publications.map((p) => p.data), [{ i: 2 }, { i: 3 }, { i: 4 }]);
+  assert.equal(all.more, false);
+  assert.equal(typeof all.epoch, 'string');
+  const first = await a.history('keep3', { limit: 2 });
+  assert.deepEqual(first.publications.map((p) => p.seq), [base + 3, base + 4]);
+  assert.equal(first.more, true);
+  const rest = await a.history('keep3', { since: base + 4, limit: 2 });
+  assert.deepEqual(rest.publications.map((p) => p.seq), [base + 5]);
+  const back = await a.history('keep3', { reverse: true, limit: 2 });
+  assert.deepEqual(back.publications.map((p) => p.seq), [base + 5, base + 4]);
+  assert.ok(back.publications.every((p) => typeof p['created-at'] === 'number' && p['message-id']));
+  const b = await connected();
+  await assert.rejects(b.history('keep3'), (e) => e.code === 'permission-denied');
 });

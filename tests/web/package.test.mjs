@@ -122,6 +122,16 @@ test('TypeScript: the declarations check against ESM and CommonJS examples (tsc 
       const { sum } = await sl.rpc<{ sum: number }>('math', { a: 1, b: 2 }, { timeoutMs: 1000 });
       const chans = await sl.listChannels();
       const n: number = chans['chat']['subscriber-count'];
+      const jl: boolean = chans['chat'].config['join-leave'];
+      const here = await sl.presence('chat');
+      for (const [connId, who] of Object.entries(here)) console.log(connId, who.user ?? 'anonymous', who.info);
+      const ps = await sl.presenceStats('chat');
+      const users: number = ps.numUsers ?? ps.numClients;
+      const page = await sl.history<{ text: string }>('chat', { since: 3, limit: 10, reverse: true });
+      const texts: string[] = page.publications.map((p) => p.data.text + p.seq + p['created-at']);
+      sl.on('join', (j) => console.log(j.channel, j.connId, j.user, j.info));
+      sl.on('leave', (l) => console.log(l.connId));
+      console.log(jl, users, texts, page.epoch, page.topSeq, page.more);
       try { await sl.ping(); } catch (e) { if (e instanceof SenteLiteError) console.log(e.code); }
       const authed = new SenteLite('ws://127.0.0.1:1/', { token: 'a.b.c', refreshMarginMs: 1000,
         getToken: async () => 'x.y.z' });
