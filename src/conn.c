@@ -1262,6 +1262,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     }
     uint64_t *bi = &sl_worker->stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
+    if (sl_worker->trace_fd >= 0)
+        sl_worker->read_us = sl_mono_us(); /* the fan-out trace's "arrival" */
     sl_conn_input(c, sl_worker->rbuf, (size_t)n);
 }
 

@@ -41,10 +41,13 @@
 #include "sl_tel.h"
 #include "sl_worker.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
 
@@ -64,8 +67,103 @@ static struct {
 } lat_pending[SL_LAT_PENDING];
 static uint32_t nlat;
 
+/* The fan-out trace (sl_pubsub.h): this turn's events, written out with
+ * the turn's last clock read (sl_pubsub_latency_flush). */
+#define SL_TRACE_PENDING 64
+static struct {
+    uint64_t seq;
+    int64_t a, b; /* pub: arrival, accepted; del: published, queued */
+    uint32_t n;
+    bool pub;
+} trace_ev[SL_TRACE_PENDING];
+static uint32_t ntrace;
+static int64_t trace_wake_us; /* this turn's eventfd writes (0: none) */
+static int64_t trace_drain_us, trace_cpu_us; /* this turn's drain began: wall, CPU */
+
+/* CPU time this thread has run (on a CPU, user + system), in us. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void sl_pubsub_trace_open(int worker)
+{
+    const char *prefix = getenv("SENTE_FANOUT_TRACE");
+    if (prefix == NULL || *prefix == '\0')
+        return;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s.%d", prefix, worker) >= (int)sizeof(path))
+        return;
+    sl_worker->trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+}
+
+static void trace_write(int64_t done, int64_t cpu_end)
+{
+    char buf[SL_TRACE_PENDING * 256]; /* a line is at most 220 bytes */
+    size_t k = 0;
+    int64_t cpu = cpu_end - trace_cpu_us;
+    for (uint32_t i = 0; i < ntrace; i++) {
+        int m = trace_ev[i].pub
+                    ? snprintf(buf + k, sizeof(buf) - k,
+                               "pub seq=%" PRIu64 " arrival=%" PRId64 " accepted=%" PRId64
+                               " wake=%" PRId64 "\n",
+                               trace_ev[i].seq, trace_ev[i].a, trace_ev[i].b, trace_wake_us)
+                    : snprintf(buf + k, sizeof(buf) - k,
+                               "del seq=%" PRIu64 " published=%" PRId64 " woken=%" PRId64
+                               " drain=%" PRId64 " queued=%" PRId64 " done=%" PRId64
+                               " cpu=%" PRId64 " n=%" PRIu32 "\n",
+                               trace_ev[i].seq, trace_ev[i].a, sl_worker->woken_us,
+                               trace_drain_us, trace_ev[i].b, done, cpu, trace_ev[i].n);
+        if (m > 0 && (size_t)m < sizeof(buf) - k)
+            k += (size_t)m;
+    }
+    ntrace = 0;
+    if (k > 0 && write(sl_worker->trace_fd, buf, k) < 0) {
+        /* a measuring aid: a lost line is only a missing figure */
+    }
+}
+
+/* Now as "done": the CPU clock read before the wall clock (and after it
+ * at the drain), so that the CPU time falls inside the wall interval. */
+static void trace_write_now(void)
+{
+    int64_t cpu_end = thread_cpu_us();
+    trace_write(sl_mono_us(), cpu_end);
+}
+
+void sl_pubsub_trace_close(void)
+{
+    if (sl_worker->trace_fd < 0)
+        return;
+    if (ntrace > 0)
+        trace_write_now();
+    close(sl_worker->trace_fd);
+    sl_worker->trace_fd = -1;
+}
+
+static void trace_note(bool pub, uint64_t seq, int64_t a, int64_t b, uint32_t n)
+{
+    if (ntrace == SL_TRACE_PENDING)
+        trace_write_now(); /* a very busy turn: "done" is then early */
+    trace_ev[ntrace].pub = pub;
+    trace_ev[ntrace].seq = seq;
+    trace_ev[ntrace].a = a;
+    trace_ev[ntrace].b = b;
+    trace_ev[ntrace].n = n;
+    ntrace++;
+}
+
 void sl_pubsub_latency_flush(void)
 {
+    if (sl_worker->trace_fd >= 0) {
+        if (ntrace > 0)
+            trace_write_now();
+        trace_wake_us = 0;
+        sl_worker->woken_us = 0;
+    }
     if (nlat == 0)
         return;
     int64_t now = sl_mono_us();
@@ -1107,6 +1205,8 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     }
     uatomic_add(&sl_worker->stats->published, 1);
     sl_pubsub_wake_later(res.woken);
+    if (sl_worker->trace_fd >= 0)
+        trace_note(true, res.seq, sl_worker->read_us, p.published_us, 0);
     uint32_t delivered = res.delivered_to;
     if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
         delivered--; /* the sender is among the subscribers but skipped */
@@ -1497,6 +1597,8 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
     sl_buf_unref(b);
     uatomic_add(&sl_worker->stats->delivered, n);
     latency_note(m->published_us, n);
+    if (sl_worker->trace_fd >= 0)
+        trace_note(false, m->seq, m->published_us, sl_mono_us(), (uint32_t)n);
     return e->n;
 }
 
@@ -1709,6 +1811,10 @@ size_t sl_pubsub_drain(void)
     uint64_t pos;
     size_t n = 0;
     uint64_t frames = 0;
+    if (sl_worker->trace_fd >= 0) {
+        trace_drain_us = sl_mono_us();
+        trace_cpu_us = thread_cpu_us();
+    }
     /* Bounded per turn so one busy channel cannot starve the loop: in
      * entries, and in frames queued (8,192 entries of a 10,000-subscriber
      * channel would be 8e7 sends in one turn, past the stall kill: review
@@ -1762,6 +1868,8 @@ void sl_pubsub_wake(void)
         if (!(w & 1))
             continue;
         uint64_t one = 1;
+        if (sl_worker->trace_fd >= 0 && trace_wake_us == 0)
+            trace_wake_us = sl_mono_us(); /* the turn's first, as it begins */
         /* A full eventfd counter still means "woken": ignore EAGAIN. */
         if (write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
         }

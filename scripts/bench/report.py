@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 BETTER_HIGH = {"delivered/s", "round trips/s", "handshakes/s"}
-BETTER_LOW = {"p50 ms", "p99 ms", "bytes/conn", "pss/conn", "bench cpu s"}
+BETTER_LOW = {"p50 ms", "p99 ms", "bytes/conn", "pss/conn", "bench cpu s", "srv cpu us/conn"}
 
 
 def fmt(v):
