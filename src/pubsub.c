@@ -1406,8 +1406,13 @@ static void cluster_presence_ask(sl_conn_t *c, const char *id, size_t len, bool 
         if (stats) {
             json_object_set_new(q, "max-walk", json_integer(SL_PRESENCE_WALK_MAX));
         } else {
+            /* A page within the bound on one reply whatever the entries
+             * hold (a user of 128 bytes, an info of 1 KiB, escaped): a
+             * quarter of it, as Redis may give a little more than asked. */
+            uint64_t entry = 6 * SL_CHAN_USER_MAX + SL_CHAN_INFO_MAX + 128;
+            uint64_t fit = SL_MAX(SL_MIN(limit, sl_conn_reply_max() / 4 / entry), 1);
             json_object_set_new(q, "cursor", json_integer((json_int_t)cursor));
-            json_object_set_new(q, "limit", json_integer((json_int_t)limit));
+            json_object_set_new(q, "limit", json_integer((json_int_t)fit));
         }
         txt = json_dumps(q, JSON_COMPACT);
         json_decref(q);

@@ -257,3 +257,31 @@ def test_killed_workers_clients_leave(cluster):
             return set(clients) == {w.conn_id}
         await until(only_w, "presence without the dead worker's client")
     run(go())
+
+
+def test_presence_pages_fit_the_reply_bound(cluster, keys):
+    """260 subscribers whose tokens carry about 1 KiB of info each (about
+    270 KB of entries) under --max-outbound-bytes 512K (a reply bound of
+    256 KiB): every page fits (no reply-too-large), and the pages together
+    list every subscriber once."""
+    (a,) = cluster(1, *keys.flags("secret"), "--max-outbound-bytes", "512K")
+    info = {"bio": "x" * 1000}
+
+    async def go():
+        conns = []
+        for i in range(260):
+            c = await open_as(a, keys.token(sub=f"u{i}", info=info))
+            await c.send(type="subscribe", **{"channel-id": "big"})
+            conns.append(c)
+        for c in conns:
+            assert (await c.of_type("subscription-result"))["success"]
+
+        async def all_listed():
+            clients, pages = await presence_all(conns[0], "big")
+            return (clients, pages) if len(clients) == 260 else None
+        clients, pages = await until(all_listed, "every subscriber listed", timeout=30)
+        assert set(clients) == {c.conn_id for c in conns} and pages > 1
+        assert all(v["info"] == info for v in clients.values())
+        for c in conns:
+            await c.ws.close()
+    run(go())
