@@ -154,7 +154,7 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 /* What a command's reply completes. */
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
-       C_INFO, C_EPOCHS, C_ENSURE };
+       C_INFO, C_EPOCHS, C_ENSURE, C_PRES, C_PRES_STATS };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -178,6 +178,7 @@ struct cmd {
 /* A message from Redis waiting: held during a catch-up, or for inbox room. */
 typedef struct bmsg {
     struct bmsg *next;
+    bool presence;      /* a join / leave: no seq (seq, epoch: the channel's then) */
     uint64_t seq, exclude;
     int64_t received_us;
     char epoch[BR_EPOCH];
@@ -449,6 +450,7 @@ static void cmd_unlink(cmd_t *c)
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void done_presence(cmd_t *c, redisReply *r);
 
 static int cmd_send(cmd_t *c)
 {
@@ -851,6 +853,10 @@ static void release_held(bchan_t *ch)
         bmsg_t *m = held;
         held = m->next;
         m->next = NULL;
+        if (m->presence) {
+            chan_deliver(ch, m); /* in its place among the messages */
+            continue;
+        }
         bool same = strcmp(ch->epoch, m->epoch) == 0;
         if (ch->known && (!same || m->seq > ch->last + 1))
             chan_reset(ch, m->epoch, m->seq - 1);
@@ -899,6 +905,7 @@ static void done_catchup(cmd_t *c, redisReply *r)
         if (m == NULL)
             break; /* the next message's gap fetches the rest */
         m->next = NULL;
+        m->presence = false;
         m->seq = seq;
         m->exclude = 0;
         m->received_us = sl_mono_us();
@@ -1110,6 +1117,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_ADMIN_DELETE:
     case C_ADMIN_INFO: done_admin(c, r); break;
     case C_SNAPSHOT: done_snapshot(c, r); break;
+    case C_PRES:
+    case C_PRES_STATS: done_presence(c, r); break;
     case C_HEARTBEAT: done_heartbeat(c, r); break;
     case C_SETUP:
     case C_INFO:
@@ -1183,6 +1192,28 @@ static void backlog_add(bchan_t *ch, bmsg_t *m)
     work_add(ch);
 }
 
+/* A join / leave from Redis to this node's subscribers of the channel
+ * (the origin's connection excluded there): no seq, not retained, ordered
+ * with the channel's messages (it waits behind them here).  SL_AGAIN:
+ * every inbox full, keep it for later. */
+static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
+{
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, m->len, NULL);
+    uint8_t *frame = malloc(h + m->len);
+    if (frame == NULL)
+        return SL_OK; /* lost: as a full inbox's would be */
+    memcpy(frame, hdr, h);
+    memcpy(frame + h, m->json, m->len);
+    uint64_t woken = 0;
+    int rc = sl_chan_send_presence(REG, lc, frame, h + m->len, m->exclude, &woken);
+    free(frame);
+    if (rc == SL_CHAN_OVERLOADED)
+        return SL_AGAIN;
+    B.wake |= woken;
+    return SL_OK;
+}
+
 /* Hand one message to the local workers (it is not freed).  SL_AGAIN:
  * keep it for later. */
 static int deliver_now(bchan_t *ch, bmsg_t *m)
@@ -1191,6 +1222,8 @@ static int deliver_now(bchan_t *ch, bmsg_t *m)
     if (lc == NULL)
         return SL_OK; /* nobody here (any more) */
     uint64_t woken = 0;
+    if (m->presence)
+        return deliver_presence(lc, m);
     int rc = sl_chan_deliver(REG, lc, m->epoch, m->seq, m->json, m->len, m->exclude,
                              m->received_us, &woken);
     if (rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY)
@@ -1205,6 +1238,13 @@ static int deliver_now(bchan_t *ch, bmsg_t *m)
 /* In order: behind whatever already waits.  Takes m. */
 static void chan_deliver(bchan_t *ch, bmsg_t *m)
 {
+    if (m->presence) {
+        if (ch->backlog || ch->reset_pending || deliver_now(ch, m) == SL_AGAIN)
+            backlog_add(ch, m);
+        else
+            free(m);
+        return;
+    }
     if (ch->known && m->seq <= ch->last && strcmp(m->epoch, ch->epoch) == 0) {
         free(m); /* had it already (history and live overlap) */
         return;
@@ -1304,6 +1344,7 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
     if (m == NULL)
         return; /* the next message's gap fetches it */
     m->next = NULL;
+    m->presence = false;
     memcpy(m->epoch, f[0], elen);
     m->epoch[elen] = '\0';
     m->seq = strtoull(f[1], NULL, 10);
@@ -1332,6 +1373,39 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
         return;
     }
     chan_deliver(ch, m);
+}
+
+/* "J<origin>\n<exclude>\n<json>": a join or leave on the channel (no seq),
+ * in order with its messages: held during a catch-up, behind a backlog. */
+static void on_presence_message(bchan_t *ch, const char *p, size_t n)
+{
+    const char *end = p + n, *o = p + 1, *x, *j;
+    x = memchr(o, '\n', (size_t)(end - o));
+    if (x == NULL)
+        return;
+    x++;
+    j = memchr(x, '\n', (size_t)(end - x));
+    if (j == NULL)
+        return;
+    j++;
+    size_t jl = (size_t)(end - j);
+    bmsg_t *m = malloc(sizeof(*m) + jl + 1);
+    if (m == NULL)
+        return;
+    bool origin = (size_t)(x - o - 1) == strlen(B.node) && memcmp(o, B.node, strlen(B.node)) == 0;
+    m->next = NULL;
+    m->presence = true;
+    m->exclude = origin ? strtoull(x, NULL, 10) : 0;
+    m->seq = ch->last;
+    snprintf(m->epoch, sizeof(m->epoch), "%s", ch->epoch);
+    m->received_us = sl_mono_us();
+    m->len = jl;
+    memcpy(m->json, j, jl);
+    m->json[jl] = '\0';
+    if (ch->holding)
+        hold(ch, m);
+    else
+        chan_deliver(ch, m);
 }
 
 /* "R<origin>\n<exclude>\n<json>": an rpc-request for the channel's subscribers. */
@@ -1590,6 +1664,8 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
             if (ch && ch->sub == SUB_ON) {
                 if (data->str[0] == 'M')
                     on_channel_message(ch, data->str, data->len);
+                else if (data->str[0] == 'J')
+                    on_presence_message(ch, data->str, data->len);
                 else if (data->str[0] == 'R')
                     on_rpc_request(ch, data->str, data->len);
             }
@@ -2147,6 +2223,104 @@ static void req_sync(json_t *j)
     chan_maybe_free(ch);
 }
 
+/* ------------------------------------------------------------ presence */
+
+/* A subscriber's presence entry on this node (set) or its removal, with
+ * its join / leave frame when the channel tells of them: one script, so
+ * the entry and the frame published on the channel go together. */
+static void req_presence_change(json_t *j, bool set)
+{
+    size_t len, cl;
+    const char *id = jstr(j, "channel-id", &len), *conn = jstr(j, "conn-id", &cl);
+    const char *frame = jstr(j, "frame", NULL);
+    json_t *entry = json_object_get(j, "entry");
+    if (id == NULL || len > SL_CHAN_ID_MAX || conn == NULL || (set && !json_is_object(entry)))
+        return;
+    link_t *l = link_of(id, len);
+    cmd_t *c = cmd_new(l, C_SYNC, NULL);
+    if (c == NULL)
+        return;
+    char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
+    char pk[64], npr[64];
+    snprintf(pk, sizeof(pk), "p:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    args_t a = {.n = 0};
+    argk(&a, id, len, pk);
+    argp(&a, npr);
+    argk(&a, id, len, "m");
+    arg(&a, conn, cl);
+    if (set)
+        args(&a, etxt ? etxt : "{}");
+    arg(&a, id, len);
+    args(&a, frame ? frame : "");
+    args(&a, B.node);
+    argi(&a, jint(j, "conn-no"));
+    cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a);
+    free(etxt);
+}
+
+static void done_presence(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    if (rint_(el(r, 0)) < 0) {
+        cmd_answer(c, SL_BR_NOT_FOUND, NULL); /* no such channel */
+        return;
+    }
+    json_t *d;
+    if (c->what == C_PRES_STATS) {
+        int64_t users = rint_(el(r, 1));
+        d = json_pack("{s:I, s:o}", "num-clients", (json_int_t)rint_(el(r, 0)), "num-users",
+                      users >= 0 ? json_integer(users) : json_null());
+    } else {
+        /* The cursor of the next page: node index (from 1) and HSCAN
+         * cursor in one number (0: none). */
+        int64_t next = rint_(el(r, 0)), nlive = rint_(el(r, 3));
+        uint64_t cur = strtoull(rstr(el(r, 1)), NULL, 10);
+        redisReply *a = el(r, 2);
+        json_t *clients = json_object();
+        for (size_t i = 0; a && i + 1 < a->elements; i += 2) {
+            json_t *e = json_loadb(a->element[i + 1]->str, a->element[i + 1]->len, 0, NULL);
+            if (e)
+                json_object_setn_new(clients, a->element[i]->str, a->element[i]->len, e);
+        }
+        bool more = next >= 1 && next <= nlive && next < (1 << 20) && cur <= 0xffffffffu;
+        d = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
+                      (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
+    }
+    cmd_answer(c, SL_BR_OK, d);
+    json_decref(d);
+}
+
+/* presence / presence-stats over every live node (answered). */
+static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    link_t *l = link_of(id, len);
+    cmd_t *c = cmd_new(l, stats ? C_PRES_STATS : C_PRES, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    args_t a = {.n = 0};
+    argp(&a, "nodes");
+    argk(&a, id, len, "c");
+    args(&a, B.prefix);
+    arg(&a, id, len);
+    if (stats) {
+        argi(&a, jint(j, "max-walk"));
+    } else {
+        uint64_t cursor = (uint64_t)jint(j, "cursor");
+        argi(&a, cursor ? (int64_t)(cursor >> 32) : 1);
+        argi(&a, (int64_t)(cursor & 0xffffffffu));
+        argi(&a, jint(j, "limit"));
+    }
+    cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a);
+}
+
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
@@ -2174,6 +2348,10 @@ static void handle(const sl_inbox_entry_t *e)
     case SL_BRQ_RPC: req_rpc(e, j); break;
     case SL_BRQ_RPC_RESPONSE: req_forward(e, j, C_RPC_FWD); break;
     case SL_BRQ_ADMIN: req_admin(e, j); break;
+    case SL_BRQ_PRESENCE_SET: req_presence_change(j, true); break;
+    case SL_BRQ_PRESENCE_DEL: req_presence_change(j, false); break;
+    case SL_BRQ_PRESENCE: req_presence(e, j, false); break;
+    case SL_BRQ_PRESENCE_STATS: req_presence(e, j, true); break;
     default: answer(e->from, e->tag, SL_BR_BAD, NULL); break;
     }
     json_decref(j);

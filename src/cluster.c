@@ -173,6 +173,40 @@ void sl_cluster_notify(int kind, const void *payload, size_t len)
         uatomic_add(&sl_worker->stats->overloaded, 1); /* the broker's periodic sync catches up */
 }
 
+void sl_cluster_presence_gone(const sl_sub_t *s)
+{
+    const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
+    sl_chan_t *ch = sl_chan_find(REG, s->key, s->chan_len);
+    json_t *ij = info ? json_loads(info, JSON_DECODE_ANY, NULL) : NULL;
+    json_t *entry = json_pack("{s:s, s:o, s:o}", "conn-id", conn, "user",
+                              user ? json_string(user) : json_null(), "info",
+                              ij ? ij : json_null());
+    json_t *n = entry ? json_pack("{s:s%, s:s, s:i}", "channel-id", s->key, (size_t)s->chan_len,
+                                  "conn-id", conn, "conn-no", 0)
+                      : NULL;
+    if (n && ch && ch->config.join_leave) {
+        json_t *f = json_pack("{s:s, s:s%, s:O}", "type", "leave", "channel-id", s->key,
+                              (size_t)s->chan_len, "info", entry);
+        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+        json_decref(f);
+        if (ft)
+            json_object_set_new(n, "frame", json_string(ft));
+        free(ft);
+    }
+    json_decref(entry);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt == NULL)
+        return;
+    /* From the master (no worker answers it: nothing is answered). */
+    sl_inbox_entry_t e = {.kind = SL_BRQ_PRESENCE_DEL, .from = SL_REG_MASTER_SLOT,
+                          .status = (uint32_t)(uatomic_read(&sl_shm->broker.gen) & 0xffff) << 16,
+                          .deadline = sl_mono_ms() + sl_conf->redis_timeout_ms};
+    if (sl_brq_submit(REG, sl_shm->broker.queue, &e, txt, strlen(txt)) == SL_OK)
+        wake_broker();
+    free(txt);
+}
+
 void sl_cluster_result(const sl_inbox_entry_t *e)
 {
     for (rec_t *r = *slot_of(e->tag); r; r = r->hnext)

@@ -717,6 +717,8 @@ static void worker_died(int i, int status)
      * steps (first the locks it held are repaired and its reader slot taken
      * offline, so reclamation goes on). */
     sl_reg_cleanup_start(&s->job, i);
+    if (sl_cluster)
+        s->job.sub_gone = sl_cluster_presence_gone;
     s->cleaning = true;
     s->cleanup_started_us = sl_mono_us();
     s->cleanup_wait_ms = 0;
@@ -2051,6 +2053,7 @@ static int cluster_setup(void)
     /* Ids made here end in ".<node>" (conn-…, req-…): any node can tell
      * whose connection or request an id names. */
     snprintf(sl_shm->reg.id_suffix, sizeof(sl_shm->reg.id_suffix), ".%.8s", b->node_id);
+    sl_shm->reg.presence_remote = 1;
     b->queue = sl_arena_alloc(sl_shm->reg.arena, sizeof(sl_inbox_t));
     if (b->queue == NULL || sl_inbox_init(b->queue) != SL_OK) {
         fprintf(stderr, "sente-lite: --shm-size too small for the broker's queue\n");

@@ -420,6 +420,7 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
                          json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
                          bool joined_here);
 static void cluster_left(sl_conn_t *c, const char *id, size_t len);
+static void cluster_presence(sl_conn_t *c, const char *id, size_t len, bool set, bool tell);
 static void leave(sl_conn_t *c, uint32_t i);
 
 /* Undo a subscribe that could not be completed here (its leave is told). */
@@ -786,9 +787,14 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
             .max_subscribers = json_integer_value(json_object_get(cfgj, "max-subscribers")),
             .message_retention = json_integer_value(json_object_get(cfgj, "message-retention")),
             .rpc_timeout_ms = json_integer_value(json_object_get(cfgj, "rpc-timeout-ms")),
-            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled"))};
+            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled")),
+            /* Not in Redis: this node's (its namespace's) */
+            .history_ttl_ms = ch->config.history_ttl_ms,
+            .join_leave = ch->config.join_leave};
         sl_chan_set_config(ch, &cfg);
     }
+    if (j->joined_here && i >= 0)
+        cluster_presence(c, j->id, j->len, true, ch && ch->config.join_leave);
     const char *epoch = json_string_value(json_object_get(res, "epoch"));
     bool recovered = json_is_true(json_object_get(res, "recovered"));
     uint64_t last = (uint64_t)json_integer_value(json_object_get(res, "last"));
@@ -901,6 +907,48 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
         join_done(c, j, (uint32_t)rc, NULL);
 }
 
+/* --redis presence: this connection's entry {"conn-id","user","info"}
+ * (user and info null when it has none), as a join / leave carries it. */
+static json_t *presence_entry(const sl_conn_t *c)
+{
+    const sl_ident_t *me = sl_session_ident(c);
+    json_t *info = me && me->info ? json_loads(me->info, JSON_DECODE_ANY, NULL) : NULL;
+    return json_pack("{s:s, s:o, s:o}", "conn-id", c->conn_id, "user",
+                     me && me->user ? json_string(me->user) : json_null(), "info",
+                     info ? info : json_null());
+}
+
+/* The broker keeps this node's presence entries in Redis and publishes the
+ * joins and leaves on the channel's Redis channel, so every node's
+ * subscribers get them in the same order among the messages (the local
+ * hand-off does not: sl_reg_t.presence_remote).  set: the subscription is
+ * confirmed (a join); else it went (a leave, published only if its entry
+ * was there). */
+static void cluster_presence(sl_conn_t *c, const char *id, size_t len, bool set, bool tell)
+{
+    json_t *entry = presence_entry(c);
+    json_t *n = entry ? json_pack("{s:s%, s:s, s:I}", "channel-id", id, len, "conn-id",
+                                  c->conn_id, "conn-no", (json_int_t)c->conn_no)
+                      : NULL;
+    if (n && tell) {
+        json_t *f = json_pack("{s:s, s:s%, s:O}", "type", set ? "join" : "leave", "channel-id",
+                              id, len, "info", entry);
+        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+        json_decref(f);
+        if (ft)
+            json_object_set_new(n, "frame", json_string(ft));
+        free(ft);
+    }
+    if (n && set)
+        json_object_set(n, "entry", entry);
+    json_decref(entry);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt)
+        sl_cluster_notify(set ? SL_BRQ_PRESENCE_SET : SL_BRQ_PRESENCE_DEL, txt, strlen(txt));
+    free(txt);
+}
+
 /* A local subscription went away: the broker brings Redis in line. */
 static void cluster_left(sl_conn_t *c, const char *id, size_t len)
 {
@@ -941,8 +989,10 @@ static void leave(sl_conn_t *c, uint32_t i)
                    SL_TF_SN("channel-id", id, len), SL_TF_S("user", user_of(c)),
                    SL_TF_I("told", count));
     }
-    if (sl_cluster)
+    if (sl_cluster) {
+        cluster_presence(c, id, len, false, ch && ch->config.join_leave);
         cluster_left(c, id, len);
+    }
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     subs_of(c)[i] = subs_of(c)[--c->nsubs];
@@ -1394,6 +1444,99 @@ static int presence_cb(const sl_sub_t *s, void *arg)
     return 0;
 }
 
+/* --redis: presence and its counts are every live node's, from Redis
+ * (each node's broker keeps its subscribers' entries there: the
+ * connection's user and info, as here).  A page's cursor is the broker's
+ * (node and scan position, an integer); the entries of one node come in
+ * no particular order. */
+typedef struct {
+    sl_reply_t *reply;
+    bool stats;
+    size_t len;
+    char id[];
+} presence_ask_t;
+
+static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    presence_ask_t *p = arg;
+    if (c) {
+        const char *type = p->stats ? "presence-stats-result" : "presence-result";
+        json_t *r;
+        if (status == SL_BR_OK && p->stats) {
+            r = json_pack("{s:s, s:s%, s:b, s:O, s:O}", "type", type, "channel-id", p->id, p->len,
+                          "success", 1, "num-clients", json_object_get(res, "num-clients"),
+                          "num-users", json_object_get(res, "num-users"));
+        } else if (status == SL_BR_OK) {
+            json_t *clients = json_object(), *v;
+            const char *k;
+            json_object_foreach(json_object_get(res, "clients"), k, v) {
+                json_t *e = json_pack("{s:O, s:O}", "user", json_object_get(v, "user"), "info",
+                                      json_object_get(v, "info"));
+                if (e)
+                    json_object_set_new(clients, k, e);
+            }
+            json_int_t next = json_integer_value(json_object_get(res, "next-cursor"));
+            r = json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", type, "channel-id", p->id, p->len,
+                          "success", 1, "clients", clients, "next-cursor",
+                          next ? json_integer(next) : json_null());
+        } else {
+            if (status == SL_BR_NOT_FOUND)
+                sl_worker_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+            r = failure(type, p->id, p->len, sl_brq_reason(status));
+        }
+        sl_proto_complete(c, p->reply, r);
+    }
+    free(p);
+}
+
+static void cluster_presence_ask(sl_conn_t *c, const char *id, size_t len, bool stats,
+                                 uint64_t cursor, uint64_t limit)
+{
+    const char *type = stats ? "presence-stats-result" : "presence-result";
+    const char *why = sl_session_permit(c, SL_ACT_PRESENCE, id, len, find_sub(c, id, len) >= 0);
+    if (why) {
+        sl_proto_reply(c, failure(type, id, len, why));
+        return;
+    }
+    presence_ask_t *p = malloc(sizeof(*p) + len + 1);
+    sl_reply_t *reply = p ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
+    json_t *q = reply ? json_pack("{s:s%}", "channel-id", id, len) : NULL;
+    char *txt = NULL;
+    if (q) {
+        if (stats) {
+            json_object_set_new(q, "max-walk", json_integer(SL_PRESENCE_WALK_MAX));
+        } else {
+            /* A page within the bound on one reply whatever the entries
+             * hold (a user of 128 bytes, an info of 1 KiB, escaped): a
+             * quarter of it, as Redis may give a little more than asked. */
+            uint64_t entry = 6 * SL_CHAN_USER_MAX + SL_CHAN_INFO_MAX + 128;
+            uint64_t fit = SL_MAX(SL_MIN(limit, sl_conn_reply_max() / 4 / entry), 1);
+            json_object_set_new(q, "cursor", json_integer((json_int_t)cursor));
+            json_object_set_new(q, "limit", json_integer((json_int_t)fit));
+        }
+        txt = json_dumps(q, JSON_COMPACT);
+        json_decref(q);
+    }
+    if (txt == NULL) {
+        if (reply)
+            sl_proto_complete(c, reply, failure(type, id, len, "overloaded"));
+        else
+            sl_proto_reply(c, failure(type, id, len, "overloaded"));
+        free(p);
+        return;
+    }
+    p->reply = reply;
+    p->stats = stats;
+    p->len = len;
+    memcpy(p->id, id, len);
+    p->id[len] = '\0';
+    int rc = sl_cluster_submit(stats ? SL_BRQ_PRESENCE_STATS : SL_BRQ_PRESENCE, c, 0, txt,
+                               strlen(txt), presence_answered, p);
+    free(txt);
+    if (rc != SL_OK)
+        presence_answered(c, p, (uint32_t)rc, NULL);
+}
+
 void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -1405,6 +1548,10 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
         return;
     if (has_limit && limit == 0) {
         sl_proto_bad_field(c, "presence", "limit", "must be a positive integer");
+        return;
+    }
+    if (sl_cluster) {
+        cluster_presence_ask(c, id, len, false, cursor, SL_MIN(limit, SL_PRESENCE_PAGE_MAX));
         return;
     }
     sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-result", id, len);
@@ -1429,6 +1576,10 @@ void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)
     const char *id = channel_id(c, msg, "presence-stats", &len);
     if (id == NULL)
         return;
+    if (sl_cluster) {
+        cluster_presence_ask(c, id, len, true, 0, 0);
+        return;
+    }
     sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-stats-result", id, len);
     if (ch == NULL)
         return;

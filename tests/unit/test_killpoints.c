@@ -300,6 +300,14 @@ static void sc_send(void)
                  &woken);
 }
 
+/* --redis: a join / leave that came through Redis, handed to the local
+ * subscribers (sl_chan_send_presence: the send's intent and recovery). */
+static void sc_send_presence(void)
+{
+    uint64_t woken;
+    sl_chan_send_presence(R, sl_chan_find(R, "b", 1), FRAME, sizeof(FRAME), 0, &woken);
+}
+
 static void sc_delete(void)
 {
     uint32_t n;
@@ -665,6 +673,8 @@ static const scenario_t SCENARIOS[] = {
     {"reset", sc_reset, NULL, NULL, NULL},
     {"reset-full", sc_reset_full, NULL, NULL, NULL},
     {"broker-queue", sc_brq, NULL, NULL, NULL},
+    {"send-presence", sc_send_presence, NULL, NULL, NULL},
+    {"send-presence-full", sc_send_presence, prep_full, NULL, NULL},
 };
 #define NSC SL_ARRAY_LEN(SCENARIOS)
 
