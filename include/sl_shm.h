@@ -181,6 +181,7 @@ typedef struct {
     uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
     uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
+    uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */
     char down_reason[96];
 } sl_broker_link_t;
 

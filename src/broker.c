@@ -1696,6 +1696,7 @@ static void start_catchup(bchan_t *ch)
                 l->cu_wait = ch;
             l->cu_wait_tail = ch;
             l->ncu_wait++;
+            uatomic_add(&BSTATS->link[l->shard].catchups_waited, 1);
             cu_shown(l);
         }
         return;

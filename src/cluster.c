@@ -334,6 +334,8 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
         json_object_set_new(o, "catchups-waiting",
                             json_integer((json_int_t)uatomic_read(&l->catchups_waiting)));
+        json_object_set_new(o, "catchups-waited",
+                            json_integer((json_int_t)uatomic_read(&l->catchups_waited)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",

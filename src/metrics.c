@@ -209,6 +209,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Catch-ups (missed messages fetched from the history) sent on this link."},
         {"redis_catchups_waiting", "catchups-waiting", "gauge",
          "Catch-ups waiting for a turn (at most 64 in flight per link), holding."},
+        {"redis_catchups_waited_total", "catchups-waited", "counter",
+         "Catch-ups that had to wait for a turn."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {

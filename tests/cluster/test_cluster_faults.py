@@ -782,3 +782,64 @@ def test_broker_blocked_by_a_stopped_worker_is_not_killed(cluster):
     assert br["pid"] == broker and br["stalls"] == 0 and br["stall-kills"] == 0, br
     assert br["blocked-by"] is None
     assert st["workers"][1]["stall-kills"] == 1
+
+
+# rg17 M3 (medium): the catch-up queue (64 in flight per link, the rest
+# waiting their turn, holding) had no test that could fail: with
+# catchup_next removed every cluster test still passed.  Here 100 channels
+# catch up at once after A's pub/sub connection is dropped: 36 of them must
+# wait for a turn and then get everything, in order, without a reset.
+def test_more_catch_ups_than_turns_all_complete(cluster, redis):
+    needs_own_redis()
+    # (A stopped broker's pub/sub connection is dropped past 256 KB: the gap.)
+    redis.cli("CONFIG", "SET", "client-output-buffer-limit",
+              "normal 0 0 0 pubsub 256kb 256kb 0")
+    a, b = cluster(2, "--message-retention", "10")
+    n, per, data = 100, 3, "q" * 20000
+    chans = [f"cq{i}" for i in range(n)]
+
+    async def go():
+        subs = []
+        for k in range(4):
+            x = await Client.open(a)
+            for ch in chans[k::4]:
+                assert (await x.subscribe(ch))["success"]
+            subs.append(x)
+        pub = await Client.open(b)
+        for ch in chans:
+            await publish(pub, ch, 0)
+        for k, x in enumerate(subs):
+            for ch in chans[k::4]:
+                await collect(x, ch, 1)
+        resets = a.stats()["cluster"]["broker"]["reset-channels"]
+        stopped = broker_pid(a)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            # 6 MB: Redis drops A's pub/sub connection; every channel has
+            # a gap of `per` messages, all in its history.
+            for i in range(1, per + 1):
+                for ch in chans:
+                    await pub.send(type="publish", **{"channel-id": ch}, data=f"{i}{data}")
+                for ch in chans:
+                    assert (await pub.of_type("publish-result"))["success"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        waited = 0
+        for k, x in enumerate(subs):
+            for ch in chans[k::4]:
+                got = await collect(x, ch, per, timeout=30)
+                assert [m["seq"] for m in got] == list(range(2, 2 + per)), (ch, got[:1])
+                assert [m["data"][:1] for m in got] == [str(i) for i in range(1, per + 1)]
+            if k == 0:
+                link = a.stats()["cluster"]["redis"][0]
+                waited = link["catchups-waited"]
+        st = a.stats()["cluster"]
+        assert st["redis"][0]["reconnects"] >= 1, st["redis"][0]  # the gap was a lost link
+        assert st["broker"]["reset-channels"] == resets, st["broker"]  # no 1012
+        # (What Redis had sent before it dropped the connection came live.)
+        assert st["broker"]["recovered"] >= n, st["broker"]
+        # The queue was used (100 > 64 turns) and is empty again.
+        link = st["redis"][0]
+        assert max(waited, link["catchups-waited"]) >= n - 64, link
+        assert link["catchups-in-flight"] == 0 and link["catchups-waiting"] == 0, link
+    run(go())
