@@ -6,6 +6,8 @@ import asyncio
 import os
 import random
 import signal
+import socket
+import threading
 import time
 
 import websockets
@@ -843,3 +845,294 @@ def test_more_catch_ups_than_turns_all_complete(cluster, redis):
         assert max(waited, link["catchups-waited"]) >= n - 64, link
         assert link["catchups-in-flight"] == 0 and link["catchups-waiting"] == 0, link
     run(go())
+
+
+class Relay:
+    """A TCP relay in front of Redis for one node: a real forwarder, the
+    bytes pass unchanged either way.  hold_answers(marker): on a connection
+    where the node then sends a command containing `marker`, Redis's
+    answers stop being relayed until release() (a slow Redis, for that
+    connection only).  drop(): every connection is closed (the node loses
+    its link and connects again through the relay)."""
+
+    def __init__(self, port):
+        self.target = port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.url = f"redis://127.0.0.1:{self.lsock.getsockname()[1]}"
+        self.marker = None
+        self.go = threading.Event()
+        self.go.set()
+        self.lock = threading.Lock()
+        self.socks = []
+        self.sent = []  # per connection, what the node sent (bytearray)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+                s = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                s.settimeout(None)
+            except OSError:
+                return
+            st = {"held": False, "sent": bytearray()}
+            with self.lock:
+                self.socks += [c, s]
+                self.sent.append(st["sent"])
+            threading.Thread(target=self._pump, args=(c, s, st, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, st, False), daemon=True).start()
+
+    def _pump(self, src, dst, st, up):
+        tail = b""
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                if up:
+                    st["sent"] += d
+                    m = self.marker
+                    if m and m in tail + d:
+                        st["held"] = True
+                    tail = d[-64:]
+                elif st["held"]:
+                    self.go.wait()
+                dst.sendall(d)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold_answers(self, marker):
+        self.go.clear()
+        self.marker = marker
+
+    def release(self):
+        self.marker = None
+        self.go.set()
+
+    def drop(self):
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.release()
+        self.lsock.close()
+        self.drop()
+
+
+# rg17 M1 (medium): live messages held while a channel catches up (or waits
+# for its turn) were bounded per channel by count only.  Now by bytes too,
+# per channel (a quarter of --redis-max-held-bytes) and node-wide (all of
+# it): past either, that channel alone is reset (1012), counted in
+# hold-resets; the others keep what they held and lose nothing.  The relay
+# holds back the catch-ups' answers, so everything published meanwhile is
+# held - deterministically.
+def test_held_messages_are_bounded_in_bytes_per_channel_and_node(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--message-retention", "10", "--redis-max-held-bytes", "64K",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--message-retention", "10")
+        chans = [f"hb{i}" for i in range(6)]
+        big = "h" * 14000  # held: about 14.2 KB; a channel may hold 16 KiB, the node 64 KiB
+
+        async def go():
+            subs = {}
+            for ch in chans:
+                subs[ch] = await Client.open(a)
+                assert (await subs[ch].subscribe(ch))["success"]
+            pub = await Client.open(b)
+            for ch in chans:
+                await publish(pub, ch, "first")
+                await collect(subs[ch], ch, 1)
+            broker = a.stats()["cluster"]["broker"]
+            assert broker["held"] == 0 and broker["hold-resets"] == 0, broker
+            # The link is lost; connected again, every channel catches up,
+            # and the relay holds the answers (1048576: a catch-up's page).
+            relay.hold_answers(b"1048576")
+            relay.drop()
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == len(chans)
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-ups sent")
+
+            def broker_is(**want):
+                def ok():
+                    got = a.stats()["cluster"]["broker"]
+                    return all(got[k.replace("_", "-")] == v for k, v in want.items())
+                return ok
+            # Two to hb0: over its own bound (two do not fit 16 KiB), with
+            # room on the node.
+            await publish(pub, "hb0", big)
+            await publish(pub, "hb0", big)
+            await asyncio.to_thread(wait_for, broker_is(hold_resets=1, held=0), 10,
+                                    what="channel bound hit")
+            # One to each of the others: the fifth does not fit the node's.
+            for ch in chans[1:]:
+                await publish(pub, ch, big)
+            await asyncio.to_thread(wait_for, broker_is(hold_resets=2, held=4), 10,
+                                    what="node bound hit")
+            held = a.stats()["cluster"]["broker"]["held-bytes"]
+            assert 4 * 14000 < held < 4 * 15000, held
+            relay.release()
+            # The two reset channels' subscribers are told; the other four
+            # get what was held, in order, after what they had.
+            for ch in ("hb0", "hb5"):
+                assert await closed_with(subs[ch]) == 1012, ch
+            for ch in chans[1:5]:
+                got = await collect(subs[ch], ch, 1)
+                assert [(m["seq"], m["data"]) for m in got] == [(2, big)], (ch, got)
+                assert await quiet(subs[ch], ch, 0.5) == []  # nothing twice
+            await asyncio.to_thread(wait_for, broker_is(held=0, held_bytes=0), 10,
+                                    what="held freed")
+            st = a.stats()["cluster"]
+            assert st["broker"]["reset-channels"] == 2, st["broker"]
+            assert st["broker"]["hold-resets"] == 2, st["broker"]
+            body = a.request("GET", "/metrics")[1]
+            text = body.decode() if isinstance(body, bytes) else body
+            assert "sente_lite_broker_hold_resets_total 2" in text
+            assert "sente_lite_broker_held_bytes 0" in text
+        run(go())
+    finally:
+        relay.close()
+
+
+def bucket(channel):
+    """The broker's map bucket of a channel (sl_broker_shard over 4096):
+    after a reconnect channels are subscribed, and so caught up, in
+    bucket order."""
+    h = 1469598103934665603
+    for c in channel.encode():
+        h = ((h ^ c) * 1099511628211) & (2 ** 64 - 1)
+    return h % 4096
+
+
+def catchups_sent(relay):
+    """The channels of the catch-ups a node sent through `relay`, in order
+    (a catch-up names the channel's keys first and ends with its page's
+    byte bound, 1048576)."""
+    import re
+    out = []
+    for sent in relay.sent:
+        for cmd in bytes(sent).split(b"\r\nEVALSHA\r\n")[1:]:
+            if b"\r\n$7\r\n1048576\r\n" in cmd:
+                out.append(re.search(rb"\{([^}]*)\}:c\r\n", cmd).group(1).decode())
+    return out
+
+
+# rg17 M2 (medium): a catch-up's next page went to the back of the queue,
+# behind every waiting channel: a channel needing P pages waited P queue
+# cycles, holding.  Now the next page is sent in the turn of the one just
+# answered.  Here 200 channels catch up at once after a lost link; the one
+# subscribed first (lowest bucket) has three pages to fetch: its second
+# page is sent before the last waiting channel had its first turn.
+def test_catch_up_page_keeps_its_turn(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        names = sorted((f"kp{i}" for i in range(400)), key=bucket)
+        hot, chans = names[0], names[200:400]
+        (a,) = cluster(1, "--message-retention", "1000", urls=[relay.url], workers=1)
+        (b,) = cluster(1, "--message-retention", "1000")
+
+        async def go():
+            x = await Client.open(a)
+            for ch in [hot] + chans:
+                assert (await x.subscribe(ch))["success"]
+            pub = await Client.open(b)
+            await publish(pub, hot, 0)
+            await collect(x, hot, 1)
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for n in range(30):  # 600 messages: three pages
+                    for i in range(20):
+                        await pub.send(type="publish", **{"channel-id": hot}, data=n * 20 + i)
+                    for i in range(20):
+                        assert (await pub.of_type("publish-result"))["success"]
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            got = await collect(x, hot, 600, timeout=60)
+            assert [m["seq"] for m in got] == list(range(2, 602))
+            sent = catchups_sent(relay)
+            pages = [i for i, ch in enumerate(sent) if ch == hot]
+            assert len(pages) == 3, (len(sent), pages)
+            firsts = [sent.index(ch) for ch in chans]
+            # 64 turns: the others waited; the hot channel's next page did not.
+            assert max(firsts) > 64, firsts
+            assert pages[1] < max(firsts), (pages, max(firsts))
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["catchups-waited"] >= 200 - 64, link
+        run(go())
+    finally:
+        relay.close()
+
+
+# rg17 M2 (medium): pages were fetched whatever the channel's backlog: with
+# the node's workers behind, every page went on to the backlog (bounded by
+# 10,000 messages and 64 MiB, past which the channel is reset).  Now the
+# next page waits until less than a page of the channel is queued.  Here
+# the node's one worker is stopped (its inbox takes 8192 messages): the
+# broker fetches about that much and waits; the rest comes once it runs.
+def test_catch_up_pages_wait_for_the_workers(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    total, page, inbox = 10000, 256, 8192
+    try:
+        (a,) = cluster(1, "--message-retention", str(total), "--worker-stall-ms", "600000",
+                       "--worker-stall-kill-ms", "1200000", urls=[relay.url], workers=1)
+        (b,) = cluster(1, "--message-retention", str(total))
+
+        async def go():
+            x = await Client.open(a)
+            assert (await x.subscribe("bp"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "bp", 0)
+            await collect(x, "bp", 1)
+            resets = a.stats()["cluster"]["broker"]["reset-channels"]
+            worker = a.stats()["workers"][0]["pid"]
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for n in range(total // 100):
+                    for i in range(100):
+                        await pub.send(type="publish", **{"channel-id": "bp"}, data=i)
+                    for i in range(100):
+                        assert (await pub.of_type("publish-result", timeout=30))["success"]
+                # The node's one worker stops: its inbox fills.
+                os.kill(worker, signal.SIGSTOP)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            try:
+                # Time for the broker to fetch every page it would.
+                await asyncio.sleep(3 * SLOW)
+                fetched = catchups_sent(relay).count("bp")
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            got = await collect(x, "bp", total, timeout=120)
+            assert [m["seq"] for m in got] == list(range(2, total + 2))
+            # What fits the inbox and a page or two more, not all 40 pages.
+            pages = -(-total // page)
+            assert inbox // page <= fetched <= inbox // page + 3 < pages, fetched
+            assert catchups_sent(relay).count("bp") == pages
+            st = a.stats()["cluster"]["broker"]
+            assert st["reset-channels"] == resets and st["backlog"] == 0, st
+        run(go())
+    finally:
+        relay.close()
