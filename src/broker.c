@@ -915,11 +915,29 @@ static void done_catchup(cmd_t *c, redisReply *r)
     uint64_t last = (uint64_t)rint_(el(r, 2));
     if (st != 0) {
         /* Lost for good: subscribers here must resubscribe and be told.
-         * What was held arrived after the script ran (seqs above `last`):
-         * not lost - it follows the reset, in order (rm17 H1: dropping it
-         * made the next live message a gap, another catch-up, another
-         * reset, for as long as publishing went on). */
+         * What was held of the answer's epoch arrived after the script ran
+         * (seqs above `last`): not lost - it follows the reset, in order
+         * (rm17 H1: dropping it made the next live message a gap, another
+         * catch-up, another reset, for as long as publishing went on).
+         * What was held of the channel's old epoch, when the answer has
+         * another (the epoch changed in Redis before the script ran), is
+         * lost with that epoch: dropped, not delivered after a reset back
+         * to the dead epoch and another one forward (rg17 L1). */
+        char old[BR_EPOCH];
+        snprintf(old, sizeof(old), "%s", ch->epoch);
         chan_reset(ch, epoch, last);
+        while (strcmp(old, epoch) != 0 && ch->held && strcmp(ch->held->epoch, old) == 0) {
+            bmsg_t *m = ch->held;
+            ch->held = m->next;
+            if (ch->held == NULL)
+                ch->held_tail = NULL;
+            ch->nheld--;
+            ch->held_bytes -= sizeof(*m) + m->len;
+            B.nheld--;
+            B.held_bytes -= sizeof(*m) + m->len;
+            uatomic_add(&BSTATS->dropped, 1);
+            free(m);
+        }
         release_held(ch);
         return;
     }
