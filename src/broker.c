@@ -88,7 +88,11 @@
 #define BACKLOG_MAX_BYTES (64u << 20) /* messages from Redis waiting for inbox room, all channels */
 #define CHAN_BACKLOG_MAX 10000 /* ... one channel's (past it: the channel is reset) */
 #define CHAN_PUSHBACK 1000 /* a channel's backlog past which this node's publishes to it are refused */
-#define HOLD_MAX 10000     /* messages held per channel during a catch-up (past it: reset) */
+/* Live messages held per channel while it catches up or waits for its
+ * turn (past it: the channel is reset); their bytes are bounded too, node-
+ * wide by --redis-max-held-bytes and per channel by a quarter of it (rg17
+ * M1: a channel waiting for its turn holds for as long as the queue takes). */
+#define HOLD_MAX 10000
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
@@ -108,7 +112,7 @@ static long long history_bytes(bool info)
 #define CATCHUP_PAGE_BYTES (1u << 20)
 #define INFO_HISTORY_MSGS 1000
 /* Catch-ups in flight on one link; the rest wait their turn (holding what
- * arrives meanwhile, bounded by HOLD_MAX). */
+ * arrives meanwhile, within the hold bounds). */
 #define CATCHUPS_MAX 64
 /* An epoch's room, the same as the local channel's (sl_chan_t.epoch): the
  * scripts make at most 15 characters; a longer one is malformed. */
@@ -197,6 +201,7 @@ struct bchan {
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
     bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
+    bool page_due;      /* holding, its next page waits for its backlog to drain */
     bchan_t *cu_next;
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
@@ -210,6 +215,7 @@ struct bchan {
     cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
     bmsg_t *held, *held_tail;
     uint32_t nheld;
+    uint64_t held_bytes;
     uint32_t inflight;  /* commands referring to this channel */
     bmsg_t *backlog, *backlog_tail;
     uint32_t nbacklog;
@@ -248,6 +254,7 @@ static struct {
     bchan_t *map[BUCKETS];
     bchan_t *backlog; /* channels with messages waiting for inbox room, or a reset or delete */
     uint64_t nbacklog, backlog_bytes;
+    uint64_t nheld, held_bytes; /* held by all channels (bchan_t.held) */
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
@@ -265,7 +272,9 @@ static void link_fail(link_t *l, const char *why);
 static void link_connect(link_t *l);
 static void reconcile(void);
 static void chan_deliver(bchan_t *ch, bmsg_t *m);
-static void start_catchup(bchan_t *ch);
+/* How a catch-up takes its turn (start_catchup). */
+enum { CU_NEW, CU_NEXT_PAGE, CU_RESUME };
+static void start_catchup(bchan_t *ch, int turn);
 static void catchup_next(link_t *l);
 static void publish_snapshot(void);
 static void work_add(bchan_t *ch);
@@ -386,11 +395,29 @@ static void free_msgs(bmsg_t *m)
     }
 }
 
-static void drop_held(bchan_t *ch)
+static void held_figures(void)
 {
-    free_msgs(ch->held);
+    uatomic_set(&BSTATS->held, B.nheld);
+    uatomic_set(&BSTATS->held_bytes, B.held_bytes);
+}
+
+/* ch's held list, taken off it and out of the node's count (the caller
+ * frees or delivers it). */
+static bmsg_t *take_held(bchan_t *ch)
+{
+    bmsg_t *held = ch->held;
+    B.nheld -= ch->nheld;
+    B.held_bytes -= ch->held_bytes;
     ch->held = ch->held_tail = NULL;
     ch->nheld = 0;
+    ch->held_bytes = 0;
+    held_figures();
+    return held;
+}
+
+static void drop_held(bchan_t *ch)
+{
+    free_msgs(take_held(ch));
 }
 
 /* Forget a channel nobody here wants any more (nothing subscribed, nothing
@@ -406,7 +433,7 @@ static void chan_maybe_free(bchan_t *c)
             *p = c->next;
             break;
         }
-    free_msgs(c->held);
+    drop_held(c);
     free(c);
 }
 
@@ -846,9 +873,7 @@ static bool local_delete(bchan_t *ch)
  * again (rm17 H1). */
 static void release_held(bchan_t *ch)
 {
-    bmsg_t *held = ch->held;
-    ch->held = ch->held_tail = NULL;
-    ch->nheld = 0;
+    bmsg_t *held = take_held(ch);
     while (held) {
         bmsg_t *m = held;
         held = m->next;
@@ -862,6 +887,15 @@ static void release_held(bchan_t *ch)
             chan_reset(ch, m->epoch, m->seq - 1);
         chan_deliver(ch, m);
     }
+}
+
+/* Room for ch's next catch-up page: its workers keep up (less than a
+ * page of it waits for inbox room) and the node's backlog has room for a
+ * whole page. */
+static bool page_room(const bchan_t *ch)
+{
+    return ch->nbacklog < CATCHUP_PAGE_MSGS &&
+           B.backlog_bytes + CATCHUP_PAGE_BYTES <= BACKLOG_MAX_BYTES;
 }
 
 static void done_catchup(cmd_t *c, redisReply *r)
@@ -887,11 +921,29 @@ static void done_catchup(cmd_t *c, redisReply *r)
     uint64_t last = (uint64_t)rint_(el(r, 2));
     if (st != 0) {
         /* Lost for good: subscribers here must resubscribe and be told.
-         * What was held arrived after the script ran (seqs above `last`):
-         * not lost - it follows the reset, in order (rm17 H1: dropping it
-         * made the next live message a gap, another catch-up, another
-         * reset, for as long as publishing went on). */
+         * What was held of the answer's epoch arrived after the script ran
+         * (seqs above `last`): not lost - it follows the reset, in order
+         * (rm17 H1: dropping it made the next live message a gap, another
+         * catch-up, another reset, for as long as publishing went on).
+         * What was held of the channel's old epoch, when the answer has
+         * another (the epoch changed in Redis before the script ran), is
+         * lost with that epoch: dropped, not delivered after a reset back
+         * to the dead epoch and another one forward (rg17 L1). */
+        char old[BR_EPOCH];
+        snprintf(old, sizeof(old), "%s", ch->epoch);
         chan_reset(ch, epoch, last);
+        while (strcmp(old, epoch) != 0 && ch->held && strcmp(ch->held->epoch, old) == 0) {
+            bmsg_t *m = ch->held;
+            ch->held = m->next;
+            if (ch->held == NULL)
+                ch->held_tail = NULL;
+            ch->nheld--;
+            ch->held_bytes -= sizeof(*m) + m->len;
+            B.nheld--;
+            B.held_bytes -= sizeof(*m) + m->len;
+            uatomic_add(&BSTATS->dropped, 1);
+            free(m);
+        }
         release_held(ch);
         return;
     }
@@ -917,8 +969,19 @@ static void done_catchup(cmd_t *c, redisReply *r)
     }
     if (more && ch->known) {
         /* One page of it (rm17 M1): the next from what this one ended
-         * with, still holding what arrives. */
-        start_catchup(ch);
+         * with, still holding what arrives - in this page's turn (rg17
+         * M2: behind every waiting channel, a long catch-up waited a whole
+         * queue cycle per page, holding, and ended in a hold reset), and
+         * only while the workers keep up: else the page is due once the
+         * backlog has drained (back-pressure, not a backlog that grows to
+         * its bound and resets the channel). */
+        if (page_room(ch)) {
+            start_catchup(ch, CU_NEXT_PAGE);
+        } else {
+            ch->holding = true; /* still: what arrives waits for the rest */
+            ch->page_due = true;
+            work_add(ch);
+        }
         return;
     }
     if (!ch->known)
@@ -1281,7 +1344,14 @@ static void backlog_retry(void)
             B.backlog_bytes -= sizeof(*m) + m->len;
             free(m);
         }
-        if (ch->backlog == NULL && !ch->reset_pending && !ch->delete_pending) {
+        /* A catch-up page due once the workers caught up: sent now, first
+         * in line for a turn (or forgotten: given up meanwhile). */
+        if (ch->page_due && (!ch->holding || page_room(ch))) {
+            ch->page_due = false;
+            if (ch->holding)
+                start_catchup(ch, CU_RESUME);
+        }
+        if (ch->backlog == NULL && !ch->reset_pending && !ch->delete_pending && !ch->page_due) {
             ch->on_backlog = false;
             *p = ch->bl_next;
         } else {
@@ -1291,11 +1361,24 @@ static void backlog_retry(void)
     backlog_figures();
 }
 
-/* Hold m while a catch-up runs (bounded: past it the channel is reset). */
+/* Hold m while ch catches up or waits for its turn.  Bounded (HOLD_MAX,
+ * a quarter of --redis-max-held-bytes for ch, all of it for the node):
+ * past a bound ch - this channel only, the one whose message does not fit
+ * - gives up what it held and its catch-up and is reset at m, so its
+ * subscribers resubscribe and are told (never more buffering). */
 static void hold(bchan_t *ch, bmsg_t *m)
 {
-    if (ch->nheld >= HOLD_MAX) {
+    size_t bytes = sizeof(*m) + m->len;
+    uint64_t node_max = (uint64_t)sl_conf->redis_max_held_bytes;
+    const char *why = ch->nheld >= HOLD_MAX                      ? "hold bound (messages)"
+                      : ch->held_bytes + bytes > node_max / 4 ? "hold bound (channel bytes)"
+                      : B.held_bytes + bytes > node_max       ? "hold bound (node bytes)"
+                                                              : NULL;
+    if (why) {
         uatomic_add(&BSTATS->dropped, ch->nheld + 1);
+        uatomic_add(&BSTATS->hold_resets, 1);
+        SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_SN("channel-id", ch->id, ch->idlen),
+               SL_TF_I("dropped", ch->nheld + 1), SL_TF_S("reason", why));
         char epoch[BR_EPOCH];
         snprintf(epoch, sizeof(epoch), "%s", m->epoch);
         uint64_t last = m->seq;
@@ -1315,6 +1398,10 @@ static void hold(bchan_t *ch, bmsg_t *m)
         ch->held = m;
     ch->held_tail = m;
     ch->nheld++;
+    ch->held_bytes += bytes;
+    B.nheld++;
+    B.held_bytes += bytes;
+    held_figures();
 }
 
 /* "M<epoch>\n<seq>\n<origin>\n<exclude>\n<json>" on a channel's Redis channel. */
@@ -1336,7 +1423,7 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
          * epoch if its own is the bad one (rm17 L1). */
         uatomic_add(&BSTATS->dropped, 1);
         if (ch->known && !ch->holding)
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
         return;
     }
     size_t jl = (size_t)(end - q);
@@ -1366,10 +1453,12 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
          * told; the new epoch's messages follow. */
         chan_reset(ch, m->epoch, m->seq - 1);
     } else if (same && m->seq > ch->last + 1) {
-        /* Missed some (the link was lost): fetch them first. */
-        ch->held = ch->held_tail = m;
-        ch->nheld = 1;
-        start_catchup(ch);
+        /* Missed some (the link was lost): fetch them first, holding m
+         * (under the hold bounds: m alone may pass them - then the
+         * channel is reset at m and nothing is fetched). */
+        hold(ch, m);
+        if (ch->held)
+            start_catchup(ch, CU_NEW);
         return;
     }
     chan_deliver(ch, m);
@@ -1697,7 +1786,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         /* Subscribed again after a lost link (or by a new broker): what was
          * published meanwhile is fetched (even from seq 0). */
         if (ch->known && !ch->holding)
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
         if (!ch->want)
             subscribe_chan(ch); /* unwanted meanwhile: unsubscribe */
     } else if (strcmp(kind, "unsubscribe") == 0) {
@@ -1756,22 +1845,34 @@ static sl_chan_config_t local_config(const char *id, size_t len)
 /* Fetch what ch missed after ch->last, holding what arrives meanwhile.
  * At most CATCHUPS_MAX per link at a time (rm17 M1: after a reconnect
  * every channel catches up; their answers are not all held at once); the
- * others wait their turn, in order, already holding. */
-static void start_catchup(bchan_t *ch)
+ * others wait their turn, in order, already holding.  `turn`: CU_NEW
+ * queues at the back; CU_NEXT_PAGE is sent in the turn of the page just
+ * answered (called before that command is freed: the count goes one over
+ * until it is); CU_RESUME (a page that was due) goes to the front. */
+static void start_catchup(bchan_t *ch, int turn)
 {
     link_t *l = &B.link[ch->shard];
     ch->holding = true;
+    ch->page_due = false;
     ch->catchup_gen++; /* an older answer still in flight no longer counts */
-    if (l->ncatchup >= CATCHUPS_MAX) {
+    if (l->ncatchup >= CATCHUPS_MAX + (turn == CU_NEXT_PAGE)) {
         if (!ch->cu_waiting) {
             ch->cu_waiting = true;
-            ch->cu_next = NULL;
-            if (l->cu_wait_tail)
-                l->cu_wait_tail->cu_next = ch;
-            else
+            if (turn == CU_RESUME) {
+                ch->cu_next = l->cu_wait;
                 l->cu_wait = ch;
-            l->cu_wait_tail = ch;
+                if (l->cu_wait_tail == NULL)
+                    l->cu_wait_tail = ch;
+            } else {
+                ch->cu_next = NULL;
+                if (l->cu_wait_tail)
+                    l->cu_wait_tail->cu_next = ch;
+                else
+                    l->cu_wait = ch;
+                l->cu_wait_tail = ch;
+            }
             l->ncu_wait++;
+            uatomic_add(&BSTATS->link[l->shard].catchups_waited, 1);
             cu_shown(l);
         }
         return;
@@ -1827,7 +1928,7 @@ static void catchup_next(link_t *l)
         l->ncu_wait--;
         cu_shown(l);
         if (ch->holding) /* else given up meanwhile (a reset) */
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
     }
 }
 
@@ -2444,6 +2545,7 @@ static void link_fail(link_t *l, const char *why)
                 ch->holding = false;
                 drop_held(ch);
             }
+            ch->page_due = false;
             ch->cu_waiting = false;
             ch->cu_next = NULL;
         }

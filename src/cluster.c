@@ -368,6 +368,8 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
         json_object_set_new(o, "catchups-waiting",
                             json_integer((json_int_t)uatomic_read(&l->catchups_waiting)));
+        json_object_set_new(o, "catchups-waited",
+                            json_integer((json_int_t)uatomic_read(&l->catchups_waited)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",
@@ -391,6 +393,11 @@ json_t *sl_cluster_stats(void)
     json_object_set_new(broker, "timeouts", json_integer((json_int_t)uatomic_read(&b->timeouts)));
     json_object_set_new(broker, "backlog-bytes",
                         json_integer((json_int_t)uatomic_read(&b->backlog_bytes)));
+    json_object_set_new(broker, "held", json_integer((json_int_t)uatomic_read(&b->held)));
+    json_object_set_new(broker, "held-bytes",
+                        json_integer((json_int_t)uatomic_read(&b->held_bytes)));
+    json_object_set_new(broker, "hold-resets",
+                        json_integer((json_int_t)uatomic_read(&b->hold_resets)));
     json_object_set_new(broker, "deleted-channels",
                         json_integer((json_int_t)uatomic_read(&b->deleted_channels)));
     json_object_set_new(broker, "stalled", json_boolean(uatomic_read(&b->stalled)));

@@ -1239,6 +1239,7 @@ static void broker_died(int status)
     M.b.pid = 0;
     uatomic_set(&sl_shm->broker.pid, 0);
     uatomic_set(&sl_shm->broker.stalled, 0);
+    uatomic_set(&sl_shm->broker.blocked_by, 0); /* no broker waits (rg17 L5) */
     for (int i = 0; i < SL_BROKER_SHARDS; i++) {
         uatomic_set(&sl_shm->broker.link[i].connected, 0);
         uatomic_set(&sl_shm->broker.link[i].in_flight, 0);
@@ -1286,8 +1287,10 @@ static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS])
 {
     slot_t *s = &M.b;
     sl_broker_stats_t *st = &sl_shm->broker;
-    if (s->pid <= 0 || s->ending)
+    if (s->pid <= 0 || s->ending) {
+        uatomic_set(&st->blocked_by, 0); /* not judged: not shown as waiting (rg17 L5) */
         return;
+    }
     uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
     int root = t != s->turns ? -1 : blocked_by(SL_REG_BROKER_SLOT, next);
     uatomic_set(&st->blocked_by, root >= 0 ? (uint32_t)root + 1 : 0);

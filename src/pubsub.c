@@ -372,7 +372,24 @@ uint64_t sl_pubsub_cut_history(json_t *a, size_t budget)
         used += len;
         keep++;
     }
-    for (size_t k = 0; k < n - keep; k++)
+    if (keep == n)
+        return 0;
+    /* The kept tail moved to the front in one pass (rg17 L4: removing the
+     * first element n - keep times shifted the array each time, 28 ms for
+     * 20,000 cut to 4 in one worker turn).  Without memory for the copy:
+     * the slow way. */
+    json_t *tail = json_array();
+    for (size_t i = n - keep; tail && i < n; i++)
+        if (json_array_append(tail, json_array_get(a, i)) != 0) {
+            json_decref(tail);
+            tail = NULL;
+        }
+    if (tail && json_array_clear(a) == 0 && json_array_extend(a, tail) == 0) {
+        json_decref(tail);
+        return n - keep;
+    }
+    json_decref(tail);
+    while (json_array_size(a) > keep)
         json_array_remove(a, 0);
     return n - keep;
 }
