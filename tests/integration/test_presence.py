@@ -667,3 +667,71 @@ def test_full_inbox_refuses_a_join_and_resyncs_on_a_leave(server_factory):
     assert metric(srv, 'sente_lite_presence_resyncs_total{worker="1"}') == len(got)
     for ws in (far, filler, near, pub, late, mid):
         ws.close()
+
+
+def test_join_storm_to_a_crowded_worker_closes_nobody(server_factory):
+    """Review rg15 G1 (the reviewer's reproducer): joins to 300 rooms shared
+    with a stopped worker whose inbox is over half full were 300 missed
+    notes that lapped its note ring: it closed every subscriber 1013 -
+    also filler, whose channel missed nothing.  Now they go into the
+    inbox's presence set: 64 rooms fit, the rest overflow, and the worker
+    tells every presence subscriber to ask presence again; nobody is
+    closed, nothing is skipped."""
+    srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
+                         "--worker-stall-kill-ms", "60000", workers=2)
+    far = on_worker(srv, 1)
+    rooms = [f"room{i}" for i in range(300)]
+    for r in rooms:
+        send(far, type="subscribe", **{"channel-id": r})
+    far.sock.settimeout(30 * SLOW)
+    assert all(recv(far)["success"] for _ in rooms)
+    other0 = on_worker(srv, 0)
+    for r in rooms:
+        send(other0, type="subscribe", **{"channel-id": r})
+    other0.sock.settimeout(30 * SLOW)
+    assert all(recv(other0)["success"] for _ in rooms)
+    filler = on_worker(srv, 1)
+    sub(filler, "fill")
+    near = on_worker(srv, 0)
+    pub = on_worker(srv, 0)
+    # far has heard other0 join each room: take those first.
+    joins = 0
+    while joins < len(rooms):
+        joins += recv(far)["type"] == "join"
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4200):   # more than half of the inbox (8,192)
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
+        pub.sock.settimeout(30 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4200))
+        for r in rooms:
+            send(near, type="subscribe", **{"channel-id": r})
+        near.sock.settimeout(30 * SLOW)
+        assert all(recv(near)["success"] for _ in rooms)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # far: a presence-resync for each of its rooms (the overflow), no close.
+    told = set()
+    while len(told) < len(rooms):
+        _, op, payload = far.read_frame()
+        assert op != 8, ("far closed", payload)
+        m = json.loads(payload)
+        if m["type"] == "presence-resync":
+            told.add(m["channel-id"])
+    assert told == set(rooms)
+    # filler gets every message, and no close.
+    filler.sock.settimeout(30 * SLOW)
+    got = 0
+    while got < 4200:
+        _, op, payload = filler.read_frame()
+        assert op != 8, ("filler closed", payload)
+        got += json.loads(payload)["type"] == "channel-message"
+    w1 = srv.stats()["workers"][1]
+    assert w1["missed-disconnects"] == 0 and w1["inbox-skipped"] == 0, w1
+    assert w1["presence-overflows"] >= 1 and w1["presence-resyncs"] >= len(rooms), w1
+    assert w1["presence-coalesced"] >= 0 and w1["presence-resync-failed"] == 0, w1
+    assert metric(srv, 'sente_lite_presence_overflows_total{worker="1"}') >= 1
+    assert metric(srv, 'sente_lite_missed_disconnects_total{worker="1"}') == 0
+    for ws in (far, other0, filler, near, pub):
+        ws.close()
