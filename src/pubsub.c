@@ -577,9 +577,25 @@ void sl_pubsub_recheck(sl_conn_t *c)
             /* Kept: whether it may see join / leave (the presence rule)
              * is decided again with the new token too (review rf15 F6). */
             bool no_presence = sl_perm_check(who, SL_ACT_PRESENCE, id, len, true) != SL_PERM_OK;
+            bool granted = false;
             for (uint32_t k = 0; k < e->n; k++)
-                if (e->conns[k] == c)
+                if (e->conns[k] == c) {
+                    granted = e->marks[k].no_presence && !no_presence;
                     e->marks[k].no_presence = no_presence;
+                }
+            /* Newly allowed: join / leave deltas start now, with no
+             * baseline - one presence-resync makes it ask for one (review
+             * rg15 G4). */
+            sl_chan_t *ch = granted ? sl_chan_find(REG, id, len) : NULL;
+            if (ch && ch->config.join_leave) {
+                sl_jw_t w;
+                sl_proto_begin(&w);
+                sl_jw_lit(&w, "{\"type\":\"presence-resync\",\"channel-id\":");
+                sl_jw_str(&w, id, len);
+                sl_jw_lit(&w, "}");
+                sl_proto_send(c, &w);
+                uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+            }
             continue;
         }
         sl_worker_count_error(SL_ERR_PERMISSION_REVOKED);

@@ -472,6 +472,8 @@ def test_join_leave_follow_the_presence_rule(server_factory, keys):
     # dora no longer may; both stay subscribed.
     r = ask(authed, type="authenticate", token=keys.token(sub="carl", channels=["jt:*"]))
     assert r["success"], r
+    # ...and, having had no baseline, is told once to ask presence (rg15 G4).
+    assert recv(authed) == {"type": "presence-resync", "channel-id": "jt:room"}
     r = ask(granted, type="authenticate", token=keys.token(sub="dora"))
     assert r["success"], r
     comer = on_worker(srv, 1, keys.token(sub="erin", channels=["jt:*"]))
