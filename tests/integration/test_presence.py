@@ -552,7 +552,8 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
 
 def test_joins_count_against_the_publish_rate(server_factory):
     """Review r15 H2: a subscribe to a join-leave channel fans out like a
-    publish, so it is counted against --max-publishes-per-second: a
+    publish, so it is counted at --max-publishes-per-second (a bucket of its
+    own: review rg15 G2): a
     subscribe / unsubscribe loop is refused rate-limited like a publisher;
     channels without join-leave are not counted; leaves are never refused."""
     srv = server_factory("--join-leave", "--namespace", "quiet:join-leave=false",
@@ -579,6 +580,12 @@ def test_joins_count_against_the_publish_rate(server_factory):
     # The watcher heard exactly those that got in, each joining and leaving.
     evs = [m["type"] for m in quiet(watcher, 1.0) if m["type"] in ("join", "leave")]
     assert evs == ["join", "leave"] * joined, evs
+    # Joins have a bucket of their own (review rg15 G2): with the join
+    # bucket empty, publishes still have their whole burst.
+    sub(watcher, "quiet:p")
+    for i in range(3):
+        r = ask(ws, type="publish", **{"channel-id": "quiet:p", "data": i})
+        assert r["type"] == "publish-result" and r["success"], r
     for w in (watcher, ws):
         w.close()
 
