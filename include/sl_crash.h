@@ -114,6 +114,8 @@ enum {
     M_LIST_PUBLISH_ORDER = 21,  /* subscribe: node on the channel's list before its next is set */
     M_JOIN_AFTER_LINK = 22,     /* subscribe: node on the list before its join hand-off commits */
     M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
+    M_PRESENCE_SLOT_ORDER = 24, /* presence set: a slot's hash (its validity) stored before its
+                                   serial and horizon */
     M__COUNT
 };
 

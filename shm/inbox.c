@@ -156,7 +156,12 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
             return;
         }
     }
-    if (free_slot && note->chan_hash != 0) { /* (hash 0 marks a free slot: "all") */
+    if (free_slot && note->chan_hash != 0 && SL_MUTATED(M_PRESENCE_SLOT_ORDER)) {
+        CMM_STORE_SHARED(free_slot->chan_hash, note->chan_hash); /* mutant: valid first */
+        SL_CRASHPOINT("inbox.presence.slot");
+        free_slot->serial = note->serial;
+        free_slot->horizon = note->horizon;
+    } else if (free_slot && note->chan_hash != 0) { /* (hash 0 marks a free slot: "all") */
         free_slot->serial = note->serial;
         free_slot->horizon = note->horizon;
         SL_CRASHPOINT("inbox.presence.slot");

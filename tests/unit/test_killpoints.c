@@ -693,6 +693,24 @@ static void check_join_leave(void)
     }
 }
 
+/* Every slot of a presence set is whole (review rg15 G1): only "j" has
+ * join / leave, so a slot in use is of its incarnation, within its
+ * subscriptions - a slot made valid before it was written is not. */
+static void check_presence_set(void)
+{
+    sl_chan_t *j = sl_chan_find(R, "j", 1);
+    for (uint32_t w = 0; w < R->nworkers && j; w++)
+        for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
+            const sl_inbox_presence_t *x = &R->inboxes[w]->presence[i];
+            if (x->chan_hash == 0)
+                continue;
+            EXPECT(x->chan_hash == j->node.hash && x->serial == j->serial &&
+                       x->horizon >= 1 && x->horizon <= j->sub_seq,
+                   "inbox %u: a torn presence slot (serial %llu, horizon %llu)", w,
+                   (unsigned long long)x->serial, (unsigned long long)x->horizon);
+        }
+}
+
 /* Places per IP are taken exactly to the limit, and given back. */
 static void check_access_usable(void)
 {
@@ -967,6 +985,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
         sc->check();
     if (!failure[0])
         check_join_leave();
+    if (!failure[0])
+        check_presence_set();
     if (!failure[0])
         check_rpc();
     if (!failure[0])
