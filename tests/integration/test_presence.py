@@ -14,7 +14,7 @@ import threading
 import time
 
 from authkit import ask, keys, recv, send, upgrade  # noqa: F401
-from conftest import SLOW, wait_for
+from conftest import CRASH_BIN, SLOW, wait_for
 from test_permissions import on_worker
 
 
@@ -743,4 +743,48 @@ def test_join_storm_to_a_crowded_worker_closes_nobody(server_factory):
     assert metric(srv, 'sente_lite_presence_overflows_total{worker="1"}') >= 1
     assert metric(srv, 'sente_lite_missed_disconnects_total{worker="1"}') == 0
     for ws in (far, other0, filler, near, pub):
+        ws.close()
+
+
+def test_a_resync_that_cannot_be_built_closes_1013_and_is_counted(server_factory):
+    """Review rg15 G3: a presence-resync the worker cannot build (out of
+    memory; here the crash build's fault point) was dropped silently, and
+    the subscriber's member list stayed wrong for good.  Now it is closed
+    1013 (its resubscribe asks presence again) and the loss is counted;
+    nobody else is touched."""
+    srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
+                         "--worker-stall-kill-ms", "60000", workers=2, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:presence-resync:1:fail"})
+    far = on_worker(srv, 1)
+    sub(far, "jl")
+    filler = on_worker(srv, 1)
+    sub(filler, "fill")
+    near, pub = on_worker(srv, 0), on_worker(srv, 0)
+    sub(near, "jl")
+    assert recv(far)["type"] == "join"
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4200):   # more than half of the inbox (8,192)
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
+        pub.sock.settimeout(30 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4200))
+        # A join worker 1's crowded inbox is not handed: a presence loss.
+        assert ask(pub, type="subscribe", **{"channel-id": "jl"})["success"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    far.sock.settimeout(30 * SLOW)
+    _, op, payload = far.read_frame()
+    assert op == 8 and int.from_bytes(payload[:2], "big") == 1013, payload
+    filler.sock.settimeout(30 * SLOW)
+    got = 0
+    while got < 4200:
+        _, op, payload = filler.read_frame()
+        assert op != 8, ("filler closed", payload)
+        got += json.loads(payload)["type"] == "channel-message"
+    w1 = wait_for(lambda: (lambda w: w if w["presence-resync-failed"] == 1 else None)(
+        srv.stats()["workers"][1]), what="presence-resync-failed counted")
+    assert w1["missed-disconnects"] == 1 and w1["presence-resyncs"] == 0, w1
+    assert metric(srv, 'sente_lite_presence_resync_failed_total{worker="1"}') == 1
+    for ws in (far, filler, near, pub):
         ws.close()
