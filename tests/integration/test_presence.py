@@ -737,6 +737,9 @@ def test_join_storm_to_a_crowded_worker_closes_nobody(server_factory):
         assert op != 8, ("filler closed", payload)
         got += json.loads(payload)["type"] == "channel-message"
     w1 = srv.stats()["workers"][1]
+    print("rg15 G1 worker 1:", {k: w1[k] for k in (
+        "presence-resyncs", "presence-coalesced", "presence-overflows", "missed-disconnects",
+        "inbox-skipped")})
     assert w1["missed-disconnects"] == 0 and w1["inbox-skipped"] == 0, w1
     assert w1["presence-overflows"] >= 1 and w1["presence-resyncs"] >= len(rooms), w1
     assert w1["presence-coalesced"] >= 0 and w1["presence-resync-failed"] == 0, w1
