@@ -161,9 +161,10 @@ void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
                      void *arg);
 
 /* Consumer: take the presence set, if anything was noted since *seen
- * (*overflows: the overflow count already handled).  Takes the lock;
- * then, without it, calls fn(NULL) once if the set overflowed since, and
- * fn(slot) for every channel taken.  Returns whether it took the lock. */
+ * (*overflows: the overflow count already handled).  Tries the lock (busy:
+ * nothing done, *seen unchanged, returns false); then, without it, calls
+ * fn(NULL) once if the set overflowed since, and fn(slot) for every
+ * channel taken.  Returns whether it took the set. */
 bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
                        void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg);
 /* Consumer, at start: forget (empty) what was noted for a predecessor. */

@@ -199,7 +199,11 @@ bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
         return false;
     sl_inbox_presence_t got[SL_INBOX_PRESENCE];
     uint32_t k = 0;
-    sl_inbox_lock(in);
+    /* Only tried: the consumer never waits for a producer (one stopped
+     * with the lock must not stop us).  Busy: *seen unchanged, so the next
+     * look tries again - and the holder wakes us after its push or note. */
+    if (sl_inbox_trylock(in) != SL_OK)
+        return false;
     *seen = in->presence_n;
     uint64_t ov = in->presence_overflows;
     for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
