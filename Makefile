@@ -4,7 +4,7 @@
 #   make check        every test: unit + integration + web (Node and headless
 #                     Chromium), then all again under ASan/UBSan (this is
 #                     what CI runs through scripts/test.sh)
-#   make check-fast   unit + integration + web on the normal build only
+#   make check-fast   unit + integration + cluster + web on the normal build only
 #   make check-asan   unit + integration + web on the ASan/UBSan build only
 #   make bench-shm    shared-memory table benchmark (figures, not a test)
 #   make bench-tel    telemetry cost benchmark (figures, not a test)
@@ -17,6 +17,7 @@
 #                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
 #   make bench-quick  a two-minute version of it
+#   make bench-cluster  the --redis cluster against nchan with Redis
 #   make bench-profile  the connection path in instructions per connection
 #                     (callgrind; scripts/bench/profile-connect.sh)
 #   make bench-hostile a well-behaved client's echo round trips alone and
@@ -78,6 +79,10 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 TEST_CFLAGS := $(shell pkg-config --cflags $(TEST_PKGS) 2>/dev/null)
 TEST_LIBS  := $(shell pkg-config --libs $(TEST_PKGS) 2>/dev/null)
+# hiredis (the broker's Redis client): headers as <hiredis/...>, so only its
+# libraries are taken from pkg-config (its -I would put read.h, sds.h ... on
+# the include path).
+PKG_LIBS   += $(shell pkg-config --libs hiredis 2>/dev/null || echo -lhiredis)
 
 CFLAGS   ?= $(OPT) -g
 override CFLAGS += -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
@@ -103,8 +108,7 @@ CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
         format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup bench-presence \
-        bench-profile \
-        mutation-check bench-hostile
+        mutation-check bench-cluster check-cluster bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -202,6 +206,21 @@ bench: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/bench_tel $(BUILD)/bench/bench
 	$(PY) scripts/bench/report.py $(BUILD)/bench/results.json $(BUILD)/bench/table.md \
 	    $(BUILD)/bench/chart.png
 
+# Cluster: sente-lite nodes over Redis against nchan with Redis, publish
+# round trips with and without Redis, what one Redis carries, and the
+# single-node fan-out of this build against the previous one (main's tree,
+# built in build/bench/previous).  About 3 minutes.
+PREVIOUS ?= main
+bench-cluster: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --test --bench
+	scripts/bench/peers-install.sh
+	rm -rf $(BUILD)/bench/previous && mkdir -p $(BUILD)/bench/previous
+	git archive $(PREVIOUS) | tar -x -C $(BUILD)/bench/previous
+	$(MAKE) -C $(BUILD)/bench/previous build/sente-lite
+	$(PY) scripts/bench/cluster.py --previous $(BUILD)/bench/previous/build/sente-lite \
+	    --out $(BUILD)/bench/cluster.json
+bench: bench-cluster
+
 # A well-behaved client's echo round trips/s and p99 alone and beside 200
 # hostile connections, alternating in the same run (scripts/bench/hostile.py).
 bench-hostile: $(BIN) $(BUILD)/sente-bench $(BUILD)/bench/hostile_gen
@@ -225,12 +244,19 @@ check-unit: $(UNIT_BIN)
 check-integration: $(BIN) $(CRASH_BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+# Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
+# starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
+# them against an external Redis instead.
+check-cluster: $(BIN) $(CRASH_BIN)
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
+
 # Unit and integration runs one after the other: both start processes and
 # time things, and running them side by side would only add noise.
 check-fast:
 	$(MAKE) check-unit
 	$(MAKE) check-fuzz
 	$(MAKE) check-integration
+	$(MAKE) check-cluster
 	$(MAKE) check-autobahn
 	$(MAKE) check-web
 
@@ -238,6 +264,7 @@ check-asan:
 	$(MAKE) SAN=1 check-unit
 	$(MAKE) SAN=1 check-fuzz
 	$(MAKE) SAN=1 check-integration
+	$(MAKE) SAN=1 check-cluster
 	$(MAKE) SAN=1 check-autobahn
 	$(MAKE) SAN=1 check-web
 

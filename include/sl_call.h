@@ -20,6 +20,11 @@ void sl_call_response(sl_conn_t *c, json_t *msg);
  * (its rpc-timeout was sent, or its requester left): drop it. */
 bool sl_call_answered(uint64_t no);
 
+/* --redis: an rpc-request (its JSON text) of channel `chan` was delivered
+ * to subscribers here: remember which channel it belongs to, so a
+ * response is checked against the channel's permissions. */
+void sl_call_remote_seen(const char *json, size_t len, const char *chan, size_t chan_len);
+
 /* The requester is closing: cancel its pending requests. */
 void sl_call_closed(sl_conn_t *c);
 

@@ -103,6 +103,8 @@ enum {
     SL_CI_DEL,
     SL_CI_BCAST,
     SL_CI_EXPIRE,
+    SL_CI_DLV,   /* --redis delivery */
+    SL_CI_RESET, /* --redis reset */
 };
 
 typedef struct sl_chan {
@@ -297,10 +299,12 @@ bool sl_chan_presence_counts(const sl_chan_t *c, uint32_t max_walk, uint32_t *cl
  * channel lock (not taken on a channel with retention 0), after dropping
  * the expired ones (history_ttl_ms); fn gets the message's JSON text.
  * Returns the seq of the oldest retained message (0 when none); *last gets
- * the last seq assigned (0 when nothing was ever published). */
+ * the last seq assigned (0 when nothing was ever published), and epoch
+ * (when not NULL, 16 bytes) the channel's epoch, read under the same lock
+ * (retention 0: not written). */
 uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
-                          uint64_t *last);
+                          uint64_t *last, char *epoch);
 
 /* History: a page of the retained messages, under the channel lock, after
  * dropping the expired ones.  Forward: seq > since (with has_since; else
@@ -342,6 +346,49 @@ static inline uint64_t sl_chan_retained_count(const sl_chan_t *c)
     return __atomic_load_n(&c->ring_hi, __ATOMIC_RELAXED) -
            __atomic_load_n(&c->ring_lo, __ATOMIC_RELAXED);
 }
+/* --redis (the broker): hand a channel-message whose seq Redis assigned
+ * (json: the complete message text) to every local worker with
+ * subscribers, and retain it in the local ring, under the channel lock
+ * like a publish (recorded intent SL_CI_DLV: a kill at any point is
+ * repaired by the lock's recovery).  The ring stays one run of one epoch
+ * ending at the last seq delivered: a message of another epoch, or one
+ * that does not follow, empties it first; the channel takes the message's
+ * epoch and seq (next_seq = seq + 1) once it is handed off.  A full inbox
+ * is skipped and noted as missed (its subscribers get 1013), and
+ * SL_INBOX_RESERVED entries of each are left for the broker's answers.
+ * exclude_conn: the sender's connection number (0: none); received_us: the
+ * monotonic us the broker got it (the delivery-latency histogram).  SL_OK
+ * (also for a seq already handed off: nothing done), SL_CHAN_OVERLOADED
+ * (every target inbox full: nothing done, try again), SL_CHAN_NO_MEMORY or
+ * SL_CHAN_NOT_SUBSCRIBED (deleted).  *woken gets the workers to wake. */
+int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, const char *json,
+                    size_t len, uint64_t exclude_conn, int64_t received_us, uint64_t *woken);
+
+/* --redis: set the channel's position, emptying the local ring (intent
+ * SL_CI_RESET).  epoch/last: the epoch it takes and the last seq
+ * (next_seq = last + 1); epoch NULL keeps both.  how:
+ *  - SL_CHAN_RESET_NOTIFY: its subscribers here lost messages this node
+ *    cannot recover for them (epoch changed, history gone, a backlog
+ *    dropped): every worker with subscribers gets an SL_INBOX_CHANNEL_RESET
+ *    and closes them with 1012 (a full inbox: noted as missed, 1013), so
+ *    they resubscribe with since-seq and learn recovered:false;
+ *  - SL_CHAN_RESET_QUIET: nobody is told (the ring is no longer followed,
+ *    or the channel nobody here listened to moves on);
+ *  - SL_CHAN_RESET_FORWARD: quiet, and only if the channel is behind
+ *    (another epoch, or next_seq <= last): a JOIN's answer moving it on.
+ * SL_OK, SL_CHAN_NO_MEMORY or SL_CHAN_NOT_SUBSCRIBED (deleted). */
+enum { SL_CHAN_RESET_NOTIFY, SL_CHAN_RESET_QUIET, SL_CHAN_RESET_FORWARD };
+int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t last, int how,
+                  uint64_t *woken);
+
+/* --redis: take the cluster's settings (from Redis) for max-subscribers,
+ * rpc-timeout-ms and telemetry (the local ring keeps its size). */
+void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg);
+
+/* The last seq this node holds for c (what it last delivered or
+ * published; 0 when none) and, when epoch is not NULL (16 bytes), its
+ * epoch, both read under the channel lock. */
+uint64_t sl_chan_position(sl_chan_t *c, char *epoch);
 
 /* Drop a reference to a message (frees it with the last). */
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);

@@ -34,6 +34,7 @@ typedef struct sl_cidx_entry {
     uint32_t n, cap;
     sl_conn_t **conns;
     sl_cidx_mark_t *marks; /* one per conns[i] */
+    uint64_t *last; /* --redis: per subscriber, the last seq it was sent (0: none) */
     char id[]; /* idlen bytes + NUL */
 } sl_cidx_entry_t;
 
@@ -43,12 +44,15 @@ sl_cidx_entry_t *sl_cidx_find(uint64_t hash, const char *id, size_t len);
 void sl_cidx_foreach_hash(uint64_t hash, void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
 /* Call fn for every entry. */
 void sl_cidx_foreach(void (*fn)(sl_cidx_entry_t *e, void *arg), void *arg);
-/* Add a local subscriber (mark: NULL for unknown): the channel's entry
- * (whose id the connection's list of subscriptions points to - it lives
- * while the connection is among its subscribers), or NULL when out of
- * memory.  Remove it again. */
+/* Add a local subscriber (mark: NULL for unknown; --redis: its last seq
+ * sent starts at 0): the channel's entry (whose id the connection's list
+ * of subscriptions points to - it lives while the connection is among its
+ * subscribers), or NULL when out of memory.  Remove it again. */
 sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_t *c,
                              const sl_cidx_mark_t *mark);
 void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c);
+/* --redis: the last seq subscriber c of the channel was sent; raise it to
+ * at least `seq` (a subscription's result carried up to it). */
+void sl_cidx_seen(uint64_t hash, const char *id, size_t len, sl_conn_t *c, uint64_t seq);
 
 #endif

@@ -19,6 +19,19 @@
 
 #define SL_MAX_ORIGINS 32
 #define SL_MAX_PREDEFINED 256
+#define SL_MAX_REDIS 8 /* --redis shards */
+
+/* One --redis URL, parsed: redis://[user:password@]host:port[/db] or
+ * unix:///path[?db=N]. */
+typedef struct {
+    char url[512];      /* for display: without the password */
+    char host[256];     /* "" for a Unix socket */
+    int port;
+    char path[256];     /* Unix socket path, "" for TCP */
+    char user[128];     /* "" = default user */
+    char password[256]; /* "" = none (or from --redis-password-file) */
+    int db;
+} sl_conf_redis_t;
 #define SL_MAX_PROXIES 32
 
 /* An address range: --trusted-proxy 10.0.0.0/8, ::1, ... */
@@ -116,6 +129,14 @@ typedef struct {
     sl_conf_channel_t *channels; /* --channel, resolved after parsing */
     int nchannels;
     char admin_token[256]; /* "" = admin API disabled */
+    /* cluster (--redis; src/broker.c) */
+    sl_conf_redis_t redis[SL_MAX_REDIS];
+    int nredis; /* 0: a single node, no broker process */
+    char redis_password_file[1024];
+    int64_t redis_timeout_ms;
+    char redis_prefix[64];
+    char node_id[64]; /* "" = chosen at start (random) */
+    int64_t redis_history_ttl_s;
     char access_log[1024]; /* "" = no access log */
     sl_cidr_t trusted_proxies[SL_MAX_PROXIES];
     int nproxies;
@@ -154,6 +175,9 @@ typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION, SL_CONF_CHECK } sl_co
  * (--check-config / -t). */
 int sl_conf_parse(sl_conf_t *conf, int argc, char **argv, char **env, sl_conf_action_t *action,
                   char *err, size_t errsz);
+
+/* Parse one --redis URL into r.  SL_OK, or SL_ERROR with the reason in err. */
+int sl_conf_redis_url(const char *url, sl_conf_redis_t *r, char *err, size_t errsz);
 
 /* Release what parsing allocated. */
 void sl_conf_free(sl_conf_t *conf);

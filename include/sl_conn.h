@@ -116,6 +116,15 @@ struct sl_conn {
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
     int64_t chan_tokens_mono; /* last refill; 0: never created one */
+    /* --redis: replies that wait for the broker keep their place
+     * (sl_proto_defer); requests in flight; subscribes being joined. */
+    struct sl_reply *rq_head, *rq_tail;
+    uint32_t nrq;
+    uint32_t cpending;        /* broker requests of this connection in flight */
+    struct sl_crec *crecs;    /* cluster.c: those requests' records */
+    struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
+    bool http_deferred;       /* an HTTP response waits for the broker: stop parsing */
+    bool http_deferred_keep;  /* ... and whether to keep the connection after it */
     const char *close_reason; /* static string */
     char conn_id[40];
 };
@@ -170,6 +179,10 @@ int sl_conn_send_json(sl_conn_t *c, json_t *j);
 /* The HTTP phase is over: the 101 response is queued and the connection
  * speaks WebSocket from now on, as a protocol or an echo connection. */
 void sl_conn_upgraded(sl_conn_t *c, sl_conn_kind_t kind);
+
+/* --redis: an HTTP response that waited (c->http_deferred) was queued:
+ * finish the exchange, or parse the next request already buffered. */
+void sl_conn_http_resume(sl_conn_t *c);
 
 /* Start the closing handshake with `code` and a reason (a static string). */
 void sl_conn_close_ws(sl_conn_t *c, uint16_t code, const char *reason);

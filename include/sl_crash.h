@@ -114,7 +114,9 @@ enum {
     M_LIST_PUBLISH_ORDER = 21,  /* subscribe: node on the channel's list before its next is set */
     M_JOIN_AFTER_LINK = 22,     /* subscribe: node on the list before its join hand-off commits */
     M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
-    M_PRESENCE_SLOT_ORDER = 24, /* presence set: a slot's hash (its validity) stored before its
+    M_DELIVER_RECOVER = 24,     /* --redis delivery / reset: no completion after a dead broker */
+    M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
+    M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
                                    serial and horizon */
     M__COUNT
 };

@@ -19,4 +19,9 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
 void sl_httpd_error(sl_conn_t *c, int status, const char *code, const char *message,
                     bool keep_alive);
 
+/* --redis: the response to the request the connection is waiting on
+ * (sl_admin_handle returned 0): send it and go on with the connection's
+ * next request. */
+void sl_httpd_deferred_reply(sl_conn_t *c, int status, json_t *doc);
+
 #endif

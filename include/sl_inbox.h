@@ -2,7 +2,8 @@
  * sl_inbox.h - one inbox per worker in shared memory: how any process hands
  * work (a published message to fan out, a direct message) to a worker.
  *
- * A bounded ring of entries.  Producers (any worker, the master) enqueue
+ * A bounded ring of entries.  The same ring, with its own kinds, is the
+ * broker's request queue (sl_brq.h).  Producers (any worker, the master) enqueue
  * under the inbox's robust lock; the owning worker is the only consumer and
  * reads without the lock.  The tail index is the commit point of an
  * enqueue: an entry is written first, then published by a release store of
@@ -62,6 +63,9 @@
 #define SL_INBOX_CAP 8192   /* entries; a power of two */
 #define SL_INBOX_MISSED 256 /* notes of missed messages; a power of two */
 #define SL_INBOX_PRESENCE 64 /* channels with a join / leave loss pending */
+/* --redis: entries the broker's deliveries leave free in a worker's inbox,
+ * so the broker's answers to that worker's requests always find room. */
+#define SL_INBOX_RESERVED 256
 /* sl_inbox_note_t.seq of a join / leave that was not put here. */
 #define SL_INBOX_SEQ_PRESENCE (UINT64_MAX - 1)
 
@@ -75,6 +79,8 @@ typedef enum {
     SL_INBOX_CHANNEL_GONE = 5, /* msg's channel was deleted: drop local subscribers, tell them */
     SL_INBOX_UNSUBSCRIBE = 6,  /* admin: unsubscribe one local connection from the channel
                                   whose id is msg's bytes (not a frame), and tell it */
+    SL_INBOX_BROKER_RESULT = 7, /* --redis: the broker's answer to request `tag` (sl_brq.h) */
+    SL_INBOX_CHANNEL_RESET = 8, /* --redis: msg's channel lost messages: close its local subscribers */
 } sl_inbox_kind_t;
 
 typedef struct {
@@ -84,6 +90,10 @@ typedef struct {
     uint64_t exclude_conn; /* CHANNEL_MSG: the sender's conn number; 0 none */
     uint64_t tag;          /* DIRECT: what it answers (an RPC request number) */
     struct sl_chan_msg *msg; /* one reference, owned by the entry */
+    /* The broker's queue and its results (sl_brq.h): */
+    int32_t from;     /* the requesting worker */
+    uint32_t status;  /* request flags, or the result's status */
+    int64_t deadline; /* monotonic ms: past it the broker drops the request */
 } sl_inbox_entry_t;
 
 /* A missed message (see above). */
@@ -136,6 +146,9 @@ bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n);
 void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t *commit);
 /* Make the recorded push: write the entry, publish it by the tail store. */
 void sl_inbox_push_prepared(sl_inbox_t *in);
+/* Push an entry that carries no message (msg NULL: nothing to own, so
+ * nothing to record): written, then published by the tail store. */
+void sl_inbox_push_bare(sl_inbox_t *in, const sl_inbox_entry_t *e);
 /* Forget the recorded push (the hand-off did not commit). */
 void sl_inbox_drop_prepared(sl_inbox_t *in);
 /* A message was not put in this (full) inbox: note it (`pos` is set

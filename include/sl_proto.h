@@ -15,9 +15,10 @@
  * (the upgrade is then refused). */
 int sl_proto_admit(sl_conn_t *c);
 
-/* Write "conn-<ms>-<n>" into a connection's conn_id (cut to 39 bytes, as
- * snprintf would; a real id has 13 digits of ms and fits). */
-void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n);
+/* Write "conn-<ms>-<n><suffix>" into a connection's conn_id (cut to 39
+ * bytes, as snprintf would; a real id has 13 digits of ms and fits, with
+ * --redis's ".<node>" suffix too). */
+void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n, const char *suffix);
 
 /* The connection has just been upgraded: send the welcome.  `peer` is the
  * client's address (for telemetry). */
@@ -43,5 +44,24 @@ void sl_proto_send(sl_conn_t *c, sl_jw_t *w);
 
 /* invalid-message naming the field: "<type>: field '<field>' <what>". */
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what);
+
+/* --redis: a reply that will come later keeps its place among the
+ * connection's replies (requests are answered in request order).
+ * NULL when the connection already waits for SL_PROTO_MAX_DEFERRED. */
+#define SL_PROTO_MAX_DEFERRED 1024
+typedef struct sl_reply sl_reply_t;
+sl_reply_t *sl_proto_defer(sl_conn_t *c);
+/* The same for a reply about channel `chan_hash` (a subscribe, publish or
+ * rpc-request on it): frames of that channel that come meanwhile wait
+ * behind it (sl_proto_waits_on), so a client sees the order it would on
+ * one node. */
+sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash);
+bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash);
+/* Fill a deferred reply with r (released; NULL sends nothing) and send
+ * every reply that is ready in order. */
+void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r);
+/* Queue an already encoded frame behind the replies still waiting (or now
+ * when none waits): an RPC response after its rpc-request-result. */
+void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b);
 
 #endif

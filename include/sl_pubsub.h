@@ -75,6 +75,11 @@ struct sl_chan;
 json_t *sl_pubsub_retained(struct sl_chan *ch, uint64_t since, size_t budget, uint64_t *omitted,
                            uint64_t *last, uint64_t *oldest);
 
+/* --redis: the same bound on history that came from Redis: the oldest
+ * messages of `a` are removed until its messages' text fits `budget`
+ * bytes; returns how many were removed. */
+uint64_t sl_pubsub_cut_history(json_t *a, size_t budget);
+
 /* {"<id>":{"config":..,"created-at":..,"message-count":..,"subscriber-count":..}}
  * for about `limit` channels (capped at SL_CHANNELS_PAGE_MAX) from
  * `cursor` (0: the first page); *next gets the next page's cursor, 0 after
@@ -82,6 +87,15 @@ json_t *sl_pubsub_retained(struct sl_chan *ch, uint64_t since, size_t budget, ui
  * users) are left out. */
 json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next,
                                 bool identities);
+
+/* --redis: publish data_txt (compact JSON) on channel id through the
+ * broker; c is the publishing connection (an HTTP connection: the admin
+ * API, sender null).  mid receives the message-id.  SL_OK (fn(arg) is
+ * called with the broker's answer) or an SL_BR_* status. */
+#include "sl_cluster.h"
+int sl_pubsub_cluster_publish(sl_conn_t *c, const char *id, size_t len, const char *data_txt,
+                              size_t dl, bool exclude, sl_cluster_fn fn, void *arg,
+                              char mid[48]);
 
 /* Per-worker eventfds, created by the master before forking. */
 extern int sl_wake_fds[];

@@ -20,6 +20,7 @@
 #include "sl_table.h"
 
 #define SL_REG_MASTER_SLOT 64
+#define SL_REG_BROKER_SLOT 65 /* the broker process (--redis) */
 #define SL_CONN_ID_MAX 40
 
 typedef struct sl_reg_conn {
@@ -53,6 +54,11 @@ typedef struct {
     uint64_t seq;            /* PUB: its seq */
     uint64_t ring_lo, ring_hi;   /* the ring's positions before the step */
     struct sl_chan_msg *dropped; /* pushed out of the ring; its reference still to drop */
+    /* --redis (DLV, RESET): the ring is to be emptied; the position the
+     * channel takes (epoch, and seq: next_seq becomes seq + 1). */
+    uint32_t clear;
+    uint32_t set_epoch; /* epoch[] is to be stored */
+    char epoch[16];
 } sl_chan_intent_t;
 
 /* What the tables are sized for (from the configuration). */
@@ -88,6 +94,7 @@ typedef struct {
                              channels and incarnations, so a join / leave's horizon never
                              covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
+    char id_suffix[12];   /* --redis: ".<node>" ends every conn-id and request-id; else "" */
 } sl_reg_t;
 
 /* Buckets for about n entries: a power of two, at least 64, at most 2^24

@@ -163,6 +163,59 @@ typedef struct {
     sl_hist_t rpc;      /* rpc-request accepted -> response handed to its requester */
 } __attribute__((aligned(64))) sl_worker_stats_t;
 
+/* The broker process (--redis, src/broker.c) and its Redis links.  Written
+ * by the broker (the master sets pid/gen), read by any worker for /stats
+ * and /health.  Figures are plain integers (uatomic); the strings are
+ * written by the broker only, read as "a recent value". */
+#define SL_BROKER_SHARDS 8
+typedef struct {
+    int32_t connected; /* 1 while the link (command and pub/sub connections) is up */
+    uint32_t pad;
+    uint64_t latency_us;     /* last PING round trip */
+    uint64_t reconnects;     /* links established after the first */
+    uint64_t errors;         /* error replies, connection failures */
+    uint64_t timeouts;       /* commands past --redis-timeout-ms (the link is then dropped) */
+    uint64_t in_flight;      /* commands sent, not yet answered */
+    uint64_t subscribed;     /* Redis channels subscribed on this link */
+    int64_t down_since_ms;   /* wall ms; 0 while up */
+    uint64_t refused;        /* commands refused: too many in flight (overloaded) */
+    uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
+    uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
+    uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
+    char down_reason[96];
+} sl_broker_link_t;
+
+typedef struct {
+    int32_t pid;       /* 0 while no broker runs */
+    uint32_t restarts; /* respawned by the master */
+    uint64_t gen;      /* bumped by the master when a broker dies: workers fail what they wait for */
+    uint64_t requests;     /* requests popped */
+    uint64_t expired;      /* popped past their deadline: dropped unanswered */
+    uint64_t unavailable;  /* answered broker-unavailable (not done) */
+    uint64_t timeouts;     /* answered broker-timeout (sent, outcome unknown), by the broker or a worker past its deadline */
+    uint64_t delivered;    /* messages from Redis handed to local workers */
+    uint64_t backlog;      /* messages from Redis waiting for room in an inbox */
+    uint64_t backlog_bytes;
+    uint64_t dropped;      /* messages from Redis dropped (backlog or hold bound): their channel reset */
+    uint64_t pushback;     /* publishes refused (overloaded) while their channel had a backlog */
+    uint64_t recovered;    /* messages fetched from history after a link was lost */
+    uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
+    uint64_t deleted_channels; /* channels deleted on another node, removed here */
+    uint32_t nshards;
+    uint32_t nodes;        /* live nodes seen at the last heartbeat */
+    int64_t snapshot_ms;   /* wall ms of the last cluster snapshot */
+    int32_t node_conflict; /* 1: another running process heart-beats with this node id */
+    int32_t stalled;       /* set by the master: no progress for --worker-stall-ms */
+    uint32_t blocked_by;   /* set by the master: 1 + the reader slot of the process whose
+                              lock it waits for (0: none), as a worker's */
+    int64_t stalled_since_ms;
+    uint64_t stalls, stall_kills;
+    char node_id[32];
+    sl_broker_link_t link[SL_BROKER_SHARDS];
+    struct sl_inbox *queue;  /* requests to the broker (sl_brq.h) */
+    void *snapshot;          /* rcu: sl_cluster_snap_t, the cluster's channels */
+} sl_broker_stats_t;
+
 typedef struct {
     uint64_t magic;
     uint64_t size;        /* bytes in the whole mapping */
@@ -182,6 +235,7 @@ typedef struct {
                                  sweep (a pass about every second) */
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
+    sl_broker_stats_t broker; /* --redis */
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
 } sl_shm_hdr_t;
 

@@ -17,7 +17,7 @@
  *
  * Record wire format (host byte order, both ends are the same binary):
  *   u16 total record length (header included)
- *   u8  level, u8 event id, i32 source (-1 master, -2 logger, else the
+ *   u8  level, u8 event id, i32 source (-1 master, -2 logger, -3 broker, else the
  *       worker id; shown as "source" in the data map), i64 timestamp ms
  *   then fields until the record ends:
  *   u8 type (SL_TF_*), u8 key length, key bytes, then
@@ -85,6 +85,9 @@ typedef enum {
     SL_EV_KEYS_RELOAD_FAILED,     /* SIGHUP: kept the old keys */
     SL_EV_OPEN_ACCESS,            /* start-up warning: no key, no namespace, not loopback */
     SL_EV_WORKER_RECOVERED,
+    SL_EV_REDIS_CONNECTED,    /* --redis: a link to a Redis instance is up */
+    SL_EV_REDIS_DISCONNECTED, /* --redis: a link went down (reason) */
+    SL_EV_BROKER_EXITED,      /* --redis: the broker process died (the master respawns it) */
     SL_EV_WORKER_CLEANUP_WAITING, /* a dead worker's cleanup waits past the kill bound */
     SL_EV_CHANNEL_JOIN,           /* join / leave events handed out (debug level) */
     SL_EV_CHANNEL_LEAVE,

@@ -6,7 +6,8 @@
 #                            compared with; the server does not link it)
 #   scripts/deps.sh --test   also what the tests need (pytest, websockets,
 #                            the Prometheus text parser, PyJWT and openssl to
-#                            make keys and tokens, ps, and what the vendored
+#                            make keys and tokens, ps, redis-server for
+#                            tests/cluster/, and what the vendored
 #                            Autobahn|Testsuite fuzzingclient needs)
 #   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime (make fuzz)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
@@ -23,11 +24,11 @@
 # command to run.
 set -eu
 
-pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev"
+pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libssl-dev libjwt-dev libhiredis-dev"
 for opt in "$@"; do
     case "$opt" in
     --test)
-        pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl"
+        pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl redis-server"
         pkgs="$pkgs python3-autobahn python3-twisted python3-jinja2 python3-openssl python3-service-identity"
         ;;
     --fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;

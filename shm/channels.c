@@ -79,6 +79,8 @@
 #include "sl_ws.h"
 
 static void chan_recover(void *arg);
+static void ring_clear(sl_reg_t *r, sl_chan_t *c);
+static void take_position(sl_chan_t *c, const sl_chan_intent_t *in);
 
 bool sl_chan_id_valid(const char *id, size_t len)
 {
@@ -193,7 +195,9 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 /* -------------------------------------------------------- subscribers */
 
 /* hand_off's flags (see there). */
-enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8 };
+/* HO_RESERVE (--redis deliveries): leave SL_INBOX_RESERVED entries free in
+ * each inbox, for the broker's answers. */
+enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8, HO_RESERVE = 16 };
 
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
                          const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
@@ -818,6 +822,7 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
     /* The note comes from the caller, not from m: after the first push m
      * is not ours to read. */
     uint64_t targets = in->targets, push = 0;
+    uint32_t room = flags & HO_RESERVE ? 1 + SL_INBOX_RESERVED : 1;
     for (uint32_t w = 0; w < r->nworkers; w++) {
         if (!(targets >> w & 1))
             continue;
@@ -834,7 +839,7 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
         }
         if ((flags & HO_HEADROOM) && sl_inbox_depth(r->inboxes[w]) > SL_INBOX_CAP / 2)
             continue; /* crowded: noted below (the room is kept for publications) */
-        if (m && sl_inbox_has_room(r->inboxes[w], 1))
+        if (m && sl_inbox_has_room(r->inboxes[w], room))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");
@@ -1221,7 +1226,7 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
 
 uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
                           void (*fn)(const char *json, size_t len, void *arg), void *arg,
-                          uint64_t *last)
+                          uint64_t *last, char *epoch)
 {
     uint64_t oldest = 0;
     /* A channel that retains nothing by configuration (retention 0, the
@@ -1240,6 +1245,8 @@ uint64_t sl_chan_retained(sl_reg_t *r, sl_chan_t *c, uint64_t since,
     if (!c->deleted)
         expire_locked(r, c, sl_mono_us());
     *last = c->next_seq - 1;
+    if (epoch)
+        memcpy(epoch, c->epoch, sizeof(c->epoch));
     uint32_t cap = ring_cap(c);
     for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
         sl_chan_msg_t *m = c->ring[pos % cap];
@@ -1474,6 +1481,48 @@ static void chan_recover(void *arg)
     case SL_CI_SEND:
         hand_off_recover(r, in, NULL);
         break;
+    case SL_CI_DLV:
+        if (SL_MUTATED(M_DELIVER_RECOVER))
+            break;
+        {
+        /* --redis delivery.  A pop of the clear or of the ring step: made
+         * or not, finish_drop sorts it out; then the clear is finished
+         * (while the message is not in the ring yet); committed, the rest:
+         * position, ring. */
+        bool done = hand_off_recover(r, in,
+                                     &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                        .serial = c->serial, .seq = in->seq});
+        finish_drop(r, c);
+        if (in->clear && c->ring_hi == in->ring_hi)
+            ring_clear(r, c);
+        if (done) {
+            take_position(c, in);
+            if (in->msg && ring_cap(c) > 0 && c->ring_hi == in->ring_hi) {
+                ring_store(c, in->msg);
+                finish_drop(r, c);
+            }
+        }
+        break;
+        }
+    case SL_CI_RESET:
+        if (SL_MUTATED(M_DELIVER_RECOVER))
+            break;
+        /* --redis reset.  Not committed: nothing happened (the notice is
+         * freed).  Committed: a notice no inbox took is freed (unless the
+         * dead owner had), the ring emptied, the position taken. */
+        if (hand_off_recover(r, in,
+                             &(sl_inbox_note_t){.chan_hash = c->node.hash,
+                                                .serial = c->serial, .seq = UINT64_MAX})) {
+            if (in->msg && in->got == 0) {
+                sl_chan_msg_t *m = in->msg;
+                in->msg = NULL;
+                sl_arena_free(r->arena, m);
+            }
+            finish_drop(r, c);
+            ring_clear(r, c);
+            take_position(c, in);
+        }
+        break;
     case SL_CI_DEL:
         /* Committed (the notice went out, or there was none): finish it. */
         if (hand_off_recover(r, in,
@@ -1565,4 +1614,221 @@ void sl_chan_totals(sl_reg_t *r, sl_chan_totals_t *t)
 {
     t->channels = sl_table_count(r->channels);
     t->subscriptions = sl_table_count(r->subs);
+}
+
+/* ------------------------------------------------------------ --redis */
+
+/* Empty the ring, one recorded pop at a time (each pop and the drop of its
+ * reference as ring_store's).  Lock held, an intent (DLV, RESET) recorded:
+ * killed in between, recovery finishes it. */
+static void ring_clear(sl_reg_t *r, sl_chan_t *c)
+{
+    if (SL_MUTATED(M_RING_CLEAR_ORDER)) {
+        /* mutant: finding 4 of issue 17, references dropped first */
+        uint32_t cap = ring_cap(c);
+        for (uint64_t pos = c->ring_lo; pos < c->ring_hi; pos++) {
+            sl_chan_msg_unref(r, c->ring[pos % cap]);
+            SL_CRASHPOINT("chan.ring.drop-noted");
+        }
+        uatomic_set(&c->ring_lo, c->ring_hi);
+        return;
+    }
+    while (c->ring_lo < c->ring_hi) {
+        ring_pop(c);
+        finish_drop(r, c);
+    }
+}
+
+/* Take the recorded position (DLV after its commit, RESET): epoch, seq. */
+static void take_position(sl_chan_t *c, const sl_chan_intent_t *in)
+{
+    if (in->set_epoch) {
+        memcpy(c->epoch, in->epoch, sizeof(c->epoch));
+        SL_CRASHPOINT("chan.pos.epoch");
+    }
+    uatomic_set(&c->next_seq, in->seq + 1);
+    SL_CRASHPOINT("chan.pos.seq");
+}
+
+int sl_chan_deliver(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t seq, const char *json,
+                    size_t len, uint64_t exclude_conn, int64_t received_us, uint64_t *woken)
+{
+    *woken = 0;
+    if (seq == 0)
+        return SL_ERROR;
+    /* The frame: the text Redis sent, encoded once, built before the lock. */
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, len, NULL);
+    sl_chan_msg_t *m = sl_arena_alloc(r->arena, sizeof(*m) + h + len);
+    if (m == NULL)
+        return SL_CHAN_NO_MEMORY;
+    SL_CRASHPOINT("chan.dlv.allocated");
+    m->refs = 0;
+    m->len = (uint32_t)(h + len);
+    m->seq = seq;
+    m->published_us = received_us;
+    m->created_us = sl_mono_us(); /* the retention TTL counts from its arrival here */
+    m->horizon = 0;
+    m->chan_hash = c->node.hash;
+    m->idlen = c->node.klen;
+    memcpy(m->id, c->id, c->node.klen);
+    m->id[c->node.klen] = '\0';
+    m->payload_off = (uint32_t)h;
+    memcpy(m->frame, hdr, h);
+    memcpy(m->frame + h, json, len);
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    bool other_epoch = strncmp(c->epoch, epoch, sizeof(c->epoch) - 1) != 0;
+    if (!other_epoch && seq < c->next_seq) {
+        /* Never back: a seq this node has handed off already (the broker
+         * filters these; this is the registry's own guard). */
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_OK;
+    }
+    uint32_t cap = ring_cap(c);
+    bool retain = cap > 0;
+    /* The ring stays one run of one epoch ending at next_seq - 1, so "the
+     * ring holds since+1 .. last" is a valid recovery answer: a message of
+     * another epoch, or one that does not follow, empties it first. */
+    bool gap = c->ring_hi > c->ring_lo && c->ring[(c->ring_hi - 1) % cap]->seq + 1 != seq;
+    uint64_t targets = targets_of(r, c);
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets;
+    in->seq = seq;
+    in->ring_lo = c->ring_lo;
+    in->ring_hi = c->ring_hi;
+    in->clear = other_epoch || gap;
+    in->set_epoch = other_epoch;
+    snprintf(in->epoch, sizeof(in->epoch), "%s", epoch);
+    if (targets == 0 && !retain) {
+        /* Nobody here and nothing to keep: only the position moves (the
+         * frame, never seen by anyone, goes first). */
+        sl_arena_free(r->arena, m);
+        CMM_STORE_SHARED(in->committed, 1);
+        intent_begin(in, SL_CI_DLV);
+        SL_CRASHPOINT("chan.dlv.position");
+        take_position(c, in);
+        intent_end(in);
+        sl_lock_release(&c->lock);
+        return SL_OK;
+    }
+    in->msg = m;
+    intent_begin(in, SL_CI_DLV);
+    SL_CRASHPOINT("chan.dlv.intent");
+    if (in->clear)
+        ring_clear(r, c);
+    /* Full inboxes are skipped and noted (their subscribers are closed with
+     * 1013, as for a local publish); some room is left in every inbox for
+     * the broker's answers. */
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial, .seq = seq};
+    uint64_t got = hand_off(r, in, m, &tmpl, retain ? 1 : 0, &note, HO_RESERVE, NULL);
+    if (got == 0 && targets != 0) {
+        /* Every target inbox is full: nothing went out (an emptied ring
+         * stays empty: still valid).  The broker tries again later. */
+        intent_end(in);
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
+    /* m is the inboxes' (and the ring's, when retain) from here on. */
+    take_position(c, in);
+    if (retain) {
+        ring_store(c, m);
+        finish_drop(r, c);
+    }
+    intent_end(in);
+    sl_lock_release(&c->lock);
+    SL_CRASHPOINT("chan.dlv.done");
+    *woken = got;
+    return SL_OK;
+}
+
+int sl_chan_reset(sl_reg_t *r, sl_chan_t *c, const char *epoch, uint64_t last, int how,
+                  uint64_t *woken)
+{
+    *woken = 0;
+    sl_chan_msg_t *m = NULL;
+    if (how == SL_CHAN_RESET_NOTIFY) {
+        m = msg_of_frame(r, c, (const uint8_t *)"", 0);
+        if (m == NULL)
+            return SL_CHAN_NO_MEMORY;
+        SL_CRASHPOINT("chan.reset.allocated");
+    }
+    sl_lock_acquire(&c->lock);
+    if (c->deleted) {
+        sl_lock_release(&c->lock);
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_NOT_SUBSCRIBED;
+    }
+    if (how == SL_CHAN_RESET_FORWARD && epoch &&
+        strncmp(c->epoch, epoch, sizeof(c->epoch) - 1) == 0 && c->next_seq > last) {
+        sl_lock_release(&c->lock); /* not behind: nothing to do */
+        return SL_OK;
+    }
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = m ? targets_of(r, c) : 0;
+    in->msg = in->targets ? m : NULL;
+    in->clear = 1;
+    in->set_epoch = epoch != NULL;
+    if (epoch)
+        snprintf(in->epoch, sizeof(in->epoch), "%s", epoch);
+    in->seq = epoch ? last : c->next_seq - 1; /* no epoch: the position stays */
+    in->ring_hi = c->ring_hi;
+    if (in->msg == NULL)
+        CMM_STORE_SHARED(in->committed, 1); /* nobody to tell */
+    intent_begin(in, SL_CI_RESET);
+    SL_CRASHPOINT("chan.reset.intent");
+    uint64_t got = 0;
+    if (in->msg) {
+        /* Always commits: a full inbox is noted as missed, and its worker
+         * closes those subscribers with 1013 instead - either way they
+         * resubscribe and learn what was lost. */
+        sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_RESET};
+        sl_inbox_note_t note = {.chan_hash = c->node.hash, .serial = c->serial,
+                                .seq = UINT64_MAX};
+        got = hand_off(r, in, m, &tmpl, 0, &note, HO_ALWAYS, NULL);
+        if (got == 0) {
+            /* No inbox took it: it is nobody's.  The record goes first, so
+             * a kill in between leaks it rather than freeing it twice. */
+            in->msg = NULL;
+            SL_CRASHPOINT("chan.reset.unused");
+            sl_arena_free(r->arena, m);
+        }
+        m = NULL;
+    }
+    ring_clear(r, c);
+    take_position(c, in);
+    intent_end(in);
+    sl_lock_release(&c->lock);
+    sl_arena_free(r->arena, m); /* allocated, but nobody subscribed here */
+    *woken = got;
+    return SL_OK;
+}
+
+void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg)
+{
+    /* Single stores, each valid alone (the ring keeps its size). */
+    sl_lock_acquire(&c->lock);
+    uatomic_set(&c->config.max_subscribers, cfg->max_subscribers);
+    uatomic_set(&c->config.rpc_timeout_ms, cfg->rpc_timeout_ms);
+    c->config.telemetry_enabled = cfg->telemetry_enabled;
+    sl_lock_release(&c->lock);
+}
+
+uint64_t sl_chan_position(sl_chan_t *c, char *epoch)
+{
+    sl_lock_acquire(&c->lock);
+    uint64_t last = c->next_seq - 1;
+    if (epoch)
+        memcpy(epoch, c->epoch, sizeof(c->epoch));
+    sl_lock_release(&c->lock);
+    return last;
 }

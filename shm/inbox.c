@@ -118,6 +118,9 @@ void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t 
     in->pending.target_conn = e->target_conn;
     in->pending.exclude_conn = e->exclude_conn;
     in->pending.tag = e->tag;
+    in->pending.from = e->from;
+    in->pending.status = e->status;
+    in->pending.deadline = e->deadline;
     cmm_smp_wmb(); /* the record before the message pointer that validates it */
     CMM_STORE_SHARED(in->pending.msg, e->msg);
     SL_CRASHPOINT("inbox.prepared");
@@ -129,6 +132,11 @@ void sl_inbox_push_prepared(sl_inbox_t *in)
     in->pending_commit = NULL;
     CMM_STORE_SHARED(in->pending.msg, NULL);
     SL_CRASHPOINT("inbox.push.done");
+}
+
+void sl_inbox_push_bare(sl_inbox_t *in, const sl_inbox_entry_t *e)
+{
+    write_entry(in, e);
 }
 
 void sl_inbox_drop_prepared(sl_inbox_t *in)

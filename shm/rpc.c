@@ -28,8 +28,8 @@ sl_rpc_t *sl_rpc_create(sl_reg_t *r, int worker, uint32_t slot, uint64_t conn_no
     q->no = uatomic_add_return(&r->next_rpc, 1);
     q->created_at = sl_now_ms();
     q->deadline = q->created_at + timeout_ms;
-    snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64, q->created_at,
-             q->no);
+    snprintf(q->request_id, sizeof(q->request_id), "req-%" PRId64 "-%" PRIu64 "%s", q->created_at,
+             q->no, r->id_suffix);
     q->worker = worker;
     q->slot = slot;
     q->conn_no = conn_no;

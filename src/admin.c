@@ -12,11 +12,15 @@
 #include "sl_admin.h"
 #include "sl_access.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
+#include "sl_httpd.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
+
+#include <urcu/urcu-qsbr.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -50,6 +54,13 @@ static result_t not_allowed(const char *allow)
     r.allow = allow;
     return r;
 }
+
+/* --redis (below) */
+enum { A_CREATE, A_DELETE, A_INFO, A_PUBLISH, A_BROADCAST, A_SEND, A_CLOSE };
+static result_t cluster_call(int op, const char *id, size_t len, int kind, json_t *req,
+                             const char *raw, size_t rawlen);
+static result_t cluster_channel_call(const char *method, const char *id, size_t len,
+                                     json_t *body, bool has_body);
 
 /* ---------------------------------------------------------------- auth */
 
@@ -175,6 +186,8 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
 {
     if (!sl_chan_id_valid(id, len))
         return err(400, "invalid-channel-id", "1-128 bytes of UTF-8 without control characters");
+    if (sl_cluster)
+        return cluster_channel_call(method, id, len, body, has_body);
     if (strcmp(method, "POST") == 0) {
         sl_chan_config_t cfg;
         const char *why = parse_config(has_body ? body : NULL, &cfg);
@@ -241,6 +254,20 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
 
 static result_t channel_publish(const char *id, size_t len, const char *body, size_t blen)
 {
+    if (sl_cluster) {
+        if (!sl_chan_id_valid(id, len))
+            return err(404, "channel-not-found", "no such channel");
+        json_t *data = json_loadb(body, blen, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+        if (data == NULL)
+            return err(400, "invalid-json", "the body must be JSON (the message data)");
+        char *enc = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+        json_decref(data);
+        if (enc == NULL)
+            return err(500, "encode-failed", "could not encode the data");
+        result_t r = cluster_call(A_PUBLISH, id, len, SL_BRQ_PUBLISH, NULL, enc, strlen(enc));
+        free(enc);
+        return r;
+    }
     sl_chan_t *c = sl_chan_id_valid(id, len) ? sl_chan_find(REG, id, len) : NULL;
     if (c == NULL)
         return err(404, "channel-not-found", "no such channel");
@@ -279,6 +306,19 @@ static result_t broadcast(json_t *body)
         return err(400, "not-an-object", "the body must be a JSON object");
     json_t *msg = json_deep_copy(body);
     json_object_set_new(msg, "broadcast", json_true());
+    if (sl_cluster) {
+        /* Every node's broker hands it to its own workers. */
+        char *txt = json_dumps(msg, JSON_COMPACT);
+        json_decref(msg);
+        if (txt == NULL)
+            return err(500, "encode-failed", "could not encode the message");
+        SL_TEL(SL_EV_CHANNEL_BROADCAST_START, SL_INFO, SL_TF_S("scope", "cluster"));
+        result_t r = cluster_call(A_BROADCAST, NULL, 0, SL_BRQ_ADMIN,
+                                  json_pack("{s:s, s:s}", "op", "broadcast", "frame", txt), NULL,
+                                  0);
+        free(txt);
+        return r;
+    }
     sl_buf_t *f = sl_frame_json(msg);
     json_decref(msg);
     if (f == NULL)
@@ -355,6 +395,23 @@ static result_t connection_call(const char *method, const char *id, size_t len, 
                                 json_t *body)
 {
     sl_reg_conn_t *c = sl_reg_conn_find(REG, id, len);
+    const char *node = c ? NULL : sl_cluster_remote_node(id, len);
+    if (node) {
+        /* A connection of another node: that node's broker acts. */
+        if (send && strcmp(method, "POST") != 0)
+            return not_allowed("POST");
+        if (!send && strcmp(method, "DELETE") != 0)
+            return not_allowed("DELETE");
+        if (send && !json_is_object(body))
+            return err(400, "not-an-object", "the body must be a JSON object");
+        char *frame = send ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_t *req = json_pack("{s:s, s:s, s:s%}", "op", send ? "send" : "close", "node", node,
+                                "conn-id", id, len);
+        if (frame)
+            json_object_set_new(req, "frame", json_string(frame));
+        free(frame);
+        return cluster_call(send ? A_SEND : A_CLOSE, NULL, 0, SL_BRQ_ADMIN, req, NULL, 0);
+    }
     if (c == NULL)
         return err(404, "connection-not-found", "no such connection");
     if (send) {
@@ -452,6 +509,172 @@ static result_t user_call(const char *method, const char *user, size_t ulen, con
                              (json_int_t)x.done));
 }
 
+/* ------------------------------------------------------------ --redis */
+
+/* With --redis the channel calls, publish, broadcast, and send/close for a
+ * connection of another node go through the broker; the HTTP response
+ * waits for its answer (status 0 = deferred: httpd stops reading the
+ * connection's next request until sl_httpd_deferred_reply). */
+typedef struct {
+    int op;
+    size_t len;
+    char mid[48];
+    char id[SL_CHAN_ID_MAX + 1];
+} admin_wait_t;
+
+static sl_conn_t *cur_conn; /* the connection of the call being routed */
+
+static result_t admin_result(admin_wait_t *w, uint32_t status, json_t *res)
+{
+    if (status == SL_BR_UNAVAILABLE)
+        return err(503, "broker-unavailable", "the cluster's Redis cannot be reached; try again");
+    if (status == SL_BR_TIMEOUT)
+        return err(504, "broker-timeout",
+                   "sent to the cluster's Redis, no answer in time: it may have been done");
+    if (status == SL_BR_OVERLOADED)
+        return err(503, "overloaded", "a queue is full; try again");
+    switch (w->op) {
+    case A_CREATE:
+        if (status == SL_BR_EXISTS)
+            return err(409, "channel-exists", "a channel with this id exists");
+        if (status != SL_BR_OK)
+            break;
+        return ok(201, json_pack("{s:s%, s:O, s:O, s:O, s:i}", "channel-id", w->id, w->len,
+                                 "config", json_object_get(res, "config"), "created-at",
+                                 json_object_get(res, "created-at"), "message-count",
+                                 json_object_get(res, "message-count"), "subscriber-count", 0));
+    case A_DELETE:
+        if (status == SL_BR_NOT_FOUND)
+            return err(404, "channel-not-found", "no such channel");
+        if (status != SL_BR_OK)
+            break;
+        SL_TEL(SL_EV_CHANNEL_DELETED, SL_INFO, SL_TF_SN("channel-id", w->id, w->len),
+               SL_TF_S("by", "admin-api"));
+        return ok(200, json_pack("{s:b, s:O}", "deleted", 1, "unsubscribed",
+                                 json_object_get(res, "unsubscribed")));
+    case A_INFO: {
+        if (status == SL_BR_NOT_FOUND)
+            return err(404, "channel-not-found", "no such channel");
+        if (status != SL_BR_OK)
+            break;
+        json_t *o = json_deep_copy(res);
+        capped_t subs = {json_array(), 0};
+        sl_chan_t *c = sl_chan_find(REG, w->id, w->len);
+        if (c)
+            sl_chan_subscribers(c, add_id, &subs);
+        json_object_set_new(o, "channel-id", json_stringn(w->id, w->len));
+        json_object_set_new(o, "subscribers", subs.list); /* this node's */
+        json_object_set_new(o, "subscribers-omitted", json_integer((json_int_t)subs.omitted));
+        /* Redis's answer is cut at 1000 messages / 4 MiB; this reply at
+         * the same share of the bound on one reply as a local channel's. */
+        uint64_t omitted = sl_pubsub_cut_history(json_object_get(o, "retained-messages"),
+                                                 sl_conn_reply_max() / 2);
+        json_object_set_new(o, "retained-omitted", json_integer((json_int_t)omitted));
+        return ok(200, o);
+    }
+    case A_PUBLISH:
+        if (status == SL_BR_NOT_FOUND)
+            return err(404, "channel-not-found", "no such channel");
+        if (status != SL_BR_OK)
+            break;
+        uatomic_add(&sl_worker->stats->published, 1);
+        return ok(200, json_pack("{s:b, s:s, s:O, s:O}", "success", 1, "message-id", w->mid,
+                                 "seq", json_object_get(res, "seq"), "delivered-to",
+                                 json_object_get(res, "delivered-to")));
+    case A_BROADCAST: {
+        if (status != SL_BR_OK)
+            break;
+        /* Every node's connections, as of the last heartbeats. */
+        uint64_t n = 0;
+        json_t *nodes = sl_cluster_nodes();
+        size_t i;
+        json_t *node;
+        json_array_foreach(nodes, i, node)
+            n += (uint64_t)json_integer_value(json_object_get(node, "connections"));
+        json_decref(nodes);
+        SL_TEL(SL_EV_CHANNEL_BROADCAST_COMPLETE, SL_INFO, SL_TF_I("sent-to", n),
+               SL_TF_S("scope", "cluster"));
+        return ok(200, json_pack("{s:I}", "sent-to", (json_int_t)n));
+    }
+    case A_SEND:
+    case A_CLOSE:
+        if (status == SL_BR_NOT_FOUND)
+            return err(404, "connection-not-found", "no such connection");
+        if (status != SL_BR_OK)
+            break;
+        return ok(200, json_pack(w->op == A_SEND ? "{s:b}" : "{s:b}",
+                                 w->op == A_SEND ? "success" : "closed", 1));
+    }
+    return err(500, "internal-error", sl_brq_reason(status));
+}
+
+static void admin_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    admin_wait_t *w = arg;
+    if (c) {
+        result_t r = admin_result(w, status, res);
+        sl_httpd_deferred_reply(c, r.status, r.body);
+    }
+    free(w);
+}
+
+static result_t cluster_call(int op, const char *id, size_t len, int kind, json_t *req,
+                             const char *raw, size_t rawlen)
+{
+    admin_wait_t *w = calloc(1, sizeof(*w));
+    if (w == NULL || cur_conn == NULL) {
+        free(w);
+        json_decref(req);
+        return err(503, "overloaded", "out of memory");
+    }
+    w->op = op;
+    w->len = SL_MIN(len, (size_t)SL_CHAN_ID_MAX);
+    if (id)
+        memcpy(w->id, id, w->len);
+    int rc;
+    if (kind == SL_BRQ_PUBLISH) {
+        rc = sl_pubsub_cluster_publish(cur_conn, id, len, raw, rawlen, false, admin_done, w,
+                                       w->mid);
+    } else {
+        char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL;
+        rc = txt ? sl_cluster_submit(kind, cur_conn, 0, txt, strlen(txt), admin_done, w)
+                 : SL_BR_OVERLOADED;
+        free(txt);
+    }
+    json_decref(req);
+    if (rc != SL_OK) {
+        result_t r = admin_result(w, (uint32_t)rc, NULL);
+        free(w);
+        return r;
+    }
+    return (result_t){0, NULL, NULL};
+}
+
+static result_t cluster_channel_call(const char *method, const char *id, size_t len,
+                                     json_t *body, bool has_body)
+{
+    if (strcmp(method, "POST") == 0) {
+        sl_chan_config_t cfg;
+        const char *why = parse_config(has_body ? body : NULL, &cfg);
+        if (why)
+            return err(400, "bad-config", why);
+        json_t *req = json_pack("{s:s, s:s%, s:I, s:I, s:I, s:i}", "op", "create", "channel-id", id,
+                                len, "max-subscribers", (json_int_t)cfg.max_subscribers,
+                                "message-retention", (json_int_t)cfg.message_retention,
+                                "rpc-timeout-ms", (json_int_t)cfg.rpc_timeout_ms,
+                                "telemetry-enabled", cfg.telemetry_enabled ? 1 : 0);
+        return cluster_call(A_CREATE, id, len, SL_BRQ_ADMIN, req, NULL, 0);
+    }
+    if (strcmp(method, "DELETE") == 0)
+        return cluster_call(A_DELETE, id, len, SL_BRQ_ADMIN,
+                            json_pack("{s:s, s:s%}", "op", "delete", "channel-id", id, len), NULL,
+                            0);
+    if (strcmp(method, "GET") == 0)
+        return cluster_call(A_INFO, id, len, SL_BRQ_ADMIN,
+                            json_pack("{s:s, s:s%}", "op", "info", "channel-id", id, len), NULL, 0);
+    return not_allowed("GET, POST, DELETE");
+}
+
 /* --------------------------------------------------------------- router */
 
 static result_t route(const sl_http_request_t *req, const char *body, size_t blen)
@@ -517,9 +740,10 @@ out:
     return r;
 }
 
-int sl_admin_handle(const sl_http_request_t *req, const char *body, size_t blen, json_t **out,
-                    const char **allow)
+int sl_admin_handle(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen,
+                    json_t **out, const char **allow)
 {
+    cur_conn = c;
     result_t r;
     *allow = NULL;
     if (sl_conf->admin_token[0] == '\0')
@@ -530,5 +754,6 @@ int sl_admin_handle(const sl_http_request_t *req, const char *body, size_t blen,
         r = route(req, body, blen);
     *out = r.body;
     *allow = r.allow;
+    cur_conn = NULL;
     return r.status;
 }

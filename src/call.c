@@ -34,6 +34,7 @@
  */
 #include "sl_call.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_pubsub.h"
@@ -132,8 +133,6 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     call_free(k);
 }
 
-/* ----------------------------------------------------------- requests */
-
 static void add_subscriber(const char *conn_id, void *arg)
 {
     json_array_append_new(arg, json_string(conn_id));
@@ -146,6 +145,234 @@ static void delivery_failed(sl_conn_t *c, const char *rid, const char *id, size_
                        "request-id", rid, "channel-id", id, len, "delivery", "success", 0,
                        "reason", reason));
 }
+
+/* --------------------------------------------------------- --redis */
+
+/* A request reaches the channel's subscribers on every node through the
+ * broker (it counts them across nodes and PUBLISHes); the correlation
+ * stays here, so the first response claims it here, as on one node.  The
+ * local record and its timer exist before the broker answers, so a
+ * response that is quicker than the rpc-request-result finds them (and is
+ * sent after that result: sl_proto_send_ordered). */
+typedef struct {
+    sl_reply_t *reply;
+    uint64_t no;
+    size_t len;
+    char request_id[SL_RPC_ID_MAX];
+    char id[SL_CHAN_ID_MAX + 1];
+} rpc_wait_t;
+
+static void add_other(const char *conn_id, void *arg)
+{
+    json_t *a = arg;
+    const char *me = json_string_value(json_array_get(a, 0));
+    if (strcmp(conn_id, me) != 0)
+        json_array_append_new(a, json_string(conn_id));
+}
+
+static void cluster_request_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    rpc_wait_t *w = arg;
+    if (c == NULL) {
+        free(w); /* the requester left: sl_call_closed cancelled it */
+        return;
+    }
+    if (status == SL_BR_OK) {
+        /* delivered-to counts every node's subscribers; "subscribers"
+         * lists this node's (conn-ids of other nodes are not known here). */
+        json_t *subs = json_array();
+        json_array_append_new(subs, json_string(c->conn_id));
+        sl_chan_t *ch = sl_chan_find(REG, w->id, w->len);
+        if (ch)
+            sl_chan_subscribers(ch, add_other, subs);
+        json_array_remove(subs, 0);
+        uatomic_add(&sl_worker->stats->rpc_requests, 1);
+        sl_proto_complete(c, w->reply,
+                          json_pack("{s:s, s:s, s:s%, s:{s:b, s:I, s:o}}", "type",
+                                    "rpc-request-result", "request-id", w->request_id,
+                                    "channel-id", w->id, w->len, "delivery", "success", 1,
+                                    "delivered-to",
+                                    json_integer_value(json_object_get(res, "delivered-to")),
+                                    "subscribers", subs));
+    } else {
+        for (sl_call_t *k = *bucket(w->no); k; k = k->map_next)
+            if (k->no == w->no) {
+                sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
+                if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id))
+                    sl_rpc_remove(REG, q);
+                call_free(k);
+                break;
+            }
+        if (status != SL_BR_NO_SUBSCRIBERS && status != SL_BR_NOT_FOUND)
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+        sl_proto_complete(c, w->reply,
+                          json_pack("{s:s, s:s, s:s%, s:{s:b, s:s}}", "type", "rpc-request-result",
+                                    "request-id", w->request_id, "channel-id", w->id, w->len,
+                                    "delivery", "success", 0, "reason", sl_brq_reason(status)));
+    }
+    free(w);
+}
+
+static void cluster_request(sl_conn_t *c, const char *id, size_t len, json_t *data, json_t *tj)
+{
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    int64_t timeout = tj ? json_integer_value(tj)
+                         : ch ? (int64_t)uatomic_read(&ch->config.rpc_timeout_ms)
+                              : sl_conf->rpc_timeout_ms;
+    sl_call_t *k = calloc(1, sizeof(*k));
+    rpc_wait_t *w = calloc(1, sizeof(*w));
+    sl_reply_t *reply = k && w ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
+    sl_rpc_t *q = reply ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, id, len, timeout)
+                        : NULL;
+    if (q == NULL) {
+        free(k);
+        free(w);
+        if (reply)
+            sl_proto_complete(c, reply, NULL);
+        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        delivery_failed(c, NULL, id, len, "overloaded");
+        return;
+    }
+    json_t *req = json_pack("{s:s, s:s, s:s%, s:O, s:s, s:I, s:I}", "type", "rpc-request",
+                            "request-id", q->request_id, "channel-id", id, len, "data", data,
+                            "sender-conn-id", c->conn_id, "created-at", (json_int_t)q->created_at,
+                            "timeout-ms", (json_int_t)timeout);
+    char *frame = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    bool subscribed = sl_pubsub_subscribed(c, id, len);
+    json_t *p = frame ? json_pack("{s:s%, s:s, s:b}", "channel-id", id, len, "frame", frame,
+                                  "subscribed", subscribed)
+                      : NULL;
+    char *txt = p ? json_dumps(p, JSON_COMPACT) : NULL;
+    json_decref(p);
+    free(frame);
+    /* The local record first: see above. */
+    k->no = q->no;
+    k->conn = c;
+    k->deadline = q->deadline;
+    k->start_us = sl_mono_us();
+    memcpy(k->request_id, q->request_id, sizeof(k->request_id));
+    memcpy(k->channel_id, id, len);
+    evtimer_assign(&k->timer, sl_worker->base, timer_cb, k);
+    struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
+    evtimer_add(&k->timer, &tv);
+    k->map_next = *bucket(k->no);
+    *bucket(k->no) = k;
+    k->conn_next = c->calls;
+    c->calls = k;
+    w->reply = reply;
+    w->no = q->no;
+    w->len = len;
+    memcpy(w->request_id, q->request_id, sizeof(w->request_id));
+    memcpy(w->id, id, len);
+    int rc = txt ? sl_cluster_submit(SL_BRQ_RPC, c, 0, txt, strlen(txt), cluster_request_done, w)
+                 : SL_BR_OVERLOADED;
+    free(txt);
+    if (rc != SL_OK)
+        cluster_request_done(c, w, (uint32_t)rc, NULL);
+}
+
+/* Requests of other nodes delivered to subscribers here: request-id ->
+ * channel, so that a response to one is checked like a local one.  A
+ * small table by hash (a newer request takes an older one's place); a
+ * request it forgot is answered request-not-found. */
+#define REMOTE_SLOTS 4096
+static struct {
+    char rid[SL_RPC_ID_MAX];
+    char chan[SL_CHAN_ID_MAX + 1];
+} remote[REMOTE_SLOTS];
+
+static const char RPC_PREFIX[] = "{\"type\":\"rpc-request\",\"request-id\":\"";
+
+void sl_call_remote_seen(const char *json, size_t len, const char *chan, size_t chan_len)
+{
+    size_t pl = sizeof(RPC_PREFIX) - 1;
+    if (len <= pl || memcmp(json, RPC_PREFIX, pl) != 0 || chan_len > SL_CHAN_ID_MAX)
+        return;
+    const char *rid = json + pl, *q = memchr(rid, '"', len - pl);
+    size_t rlen = q ? (size_t)(q - rid) : 0;
+    if (rlen == 0 || rlen >= SL_RPC_ID_MAX)
+        return;
+    uint32_t i = (uint32_t)sl_table_hash(rid, rlen) & (REMOTE_SLOTS - 1);
+    memcpy(remote[i].rid, rid, rlen);
+    remote[i].rid[rlen] = '\0';
+    memcpy(remote[i].chan, chan, chan_len);
+    remote[i].chan[chan_len] = '\0';
+}
+
+static const char *remote_channel(const char *rid, size_t rlen)
+{
+    if (rlen >= SL_RPC_ID_MAX)
+        return NULL;
+    uint32_t i = (uint32_t)sl_table_hash(rid, rlen) & (REMOTE_SLOTS - 1);
+    if (strlen(remote[i].rid) != rlen || memcmp(remote[i].rid, rid, rlen) != 0)
+        return NULL;
+    return remote[i].chan;
+}
+
+typedef struct {
+    sl_reply_t *reply;
+    size_t rlen;
+    char rid[];
+} resp_wait_t;
+
+static void response_failed(sl_conn_t *c, const char *rid, size_t rlen, const char *reason);
+
+static void cluster_response_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    resp_wait_t *w = arg;
+    if (c) {
+        if (status == SL_BR_OK) {
+            uatomic_add(&sl_worker->stats->rpc_responses, 1);
+            sl_proto_complete(c, w->reply,
+                              json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result",
+                                        "request-id", w->rid, w->rlen, "success", 1));
+        } else {
+            sl_proto_complete(c, w->reply,
+                              json_pack("{s:s, s:s%, s:b, s:s}", "type", "rpc-response-result",
+                                        "request-id", w->rid, w->rlen, "success", 0, "reason",
+                                        sl_brq_reason(status)));
+        }
+    }
+    free(w);
+}
+
+/* A response to a request made on another node: forwarded there, where
+ * the first one claims it; the outcome comes back. */
+static void cluster_response(sl_conn_t *c, const char *rid, size_t rlen, const char *node,
+                             json_t *data, json_t *errj)
+{
+    resp_wait_t *w = malloc(sizeof(*w) + rlen + 1);
+    sl_reply_t *reply = w ? sl_proto_defer(c) : NULL;
+    if (reply == NULL) {
+        free(w);
+        response_failed(c, rid, rlen, "overloaded");
+        return;
+    }
+    w->reply = reply;
+    w->rlen = rlen;
+    memcpy(w->rid, rid, rlen);
+    w->rid[rlen] = '\0';
+    json_t *resp = json_pack("{s:s, s:s%, s:O, s:b, s:s}", "type", "rpc-response", "request-id",
+                             rid, rlen, "data", data, "error", json_is_true(errj),
+                             "responder-conn-id", c->conn_id);
+    char *frame = resp ? json_dumps(resp, JSON_COMPACT) : NULL;
+    json_decref(resp);
+    json_t *p = frame ? json_pack("{s:s, s:s, s:s%, s:s}", "op", "rpc-response", "node", node,
+                                  "request-id", rid, rlen, "frame", frame)
+                      : NULL;
+    char *txt = p ? json_dumps(p, JSON_COMPACT) : NULL;
+    json_decref(p);
+    free(frame);
+    int rc = txt ? sl_cluster_submit(SL_BRQ_RPC_RESPONSE, c, 0, txt, strlen(txt),
+                                     cluster_response_done, w)
+                 : SL_BR_OVERLOADED;
+    free(txt);
+    if (rc != SL_OK)
+        cluster_response_done(c, w, (uint32_t)rc, NULL);
+}
+
+/* ----------------------------------------------------------- requests */
 
 void sl_call_request(sl_conn_t *c, json_t *msg)
 {
@@ -173,6 +400,10 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     const char *why = sl_session_permit(c, SL_ACT_RPC, id, len, sl_pubsub_subscribed(c, id, len));
     if (why) {
         delivery_failed(c, NULL, id, len, why);
+        return;
+    }
+    if (sl_cluster) {
+        cluster_request(c, id, len, data, tj);
         return;
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
@@ -262,6 +493,25 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
     }
     const char *rid = json_string_value(ridj);
     size_t rlen = json_string_length(ridj);
+    const char *node = sl_cluster ? sl_cluster_remote_node(rid, rlen) : NULL;
+    if (node) {
+        /* As for a local request: only a subscriber of its channel may
+         * answer it (the channel is known from its delivery here). */
+        const char *chan = remote_channel(rid, rlen);
+        if (chan == NULL) {
+            response_failed(c, rid, rlen, "request-not-found");
+            return;
+        }
+        size_t cl = strlen(chan);
+        const char *why = sl_session_permit(c, SL_ACT_RPC_RESPONSE, chan, cl,
+                                            sl_pubsub_subscribed(c, chan, cl));
+        if (why) {
+            response_failed(c, rid, rlen, why);
+            return;
+        }
+        cluster_response(c, rid, rlen, node, data, errj);
+        return;
+    }
     sl_rpc_t *q = sl_rpc_find(REG, rid, rlen);
     if (q == NULL) {
         response_failed(c, rid, rlen, "request-not-found");

@@ -105,9 +105,16 @@ sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_
             return NULL;
         }
         e->marks = m;
+        uint64_t *l = realloc(e->last, sizeof(*l) * cap);
+        if (l == NULL) {
+            drop_if_empty(e); /* conns and marks grew: harmless, cap stays */
+            return NULL;
+        }
+        e->last = l;
         e->cap = cap;
     }
     e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0, 0, false};
+    e->last[e->n] = 0;
     e->conns[e->n++] = c;
     return e;
 }
@@ -124,6 +131,7 @@ void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
                  * not part of the contract, but stable order is kinder. */
                 memmove(&e->conns[i], &e->conns[i + 1], sizeof(*e->conns) * (e->n - i - 1));
                 memmove(&e->marks[i], &e->marks[i + 1], sizeof(*e->marks) * (e->n - i - 1));
+                memmove(&e->last[i], &e->last[i + 1], sizeof(*e->last) * (e->n - i - 1));
                 e->n--;
                 break;
             }
@@ -131,9 +139,18 @@ void sl_cidx_remove(uint64_t hash, const char *id, size_t len, sl_conn_t *c)
             *link = e->next;
             free(e->conns);
             free(e->marks);
+            free(e->last);
             free(e);
             nentries--;
         }
         return;
     }
+}
+
+void sl_cidx_seen(uint64_t hash, const char *id, size_t len, sl_conn_t *c, uint64_t seq)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
+    for (uint32_t i = 0; e && i < e->n; i++)
+        if (e->conns[i] == c && e->last[i] < seq)
+            e->last[i] = seq;
 }

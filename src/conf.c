@@ -47,6 +47,7 @@ typedef enum {
     OPT_SECRET,  /* like OPT_STR, but never shown (/stats says only whether set) */
     OPT_NAMESPACE, /* --namespace NAME:key=value,..., repeatable; env: space-separated */
     OPT_HOSTPORT,  /* HOST:PORT ([v6]:PORT) */
+    OPT_REDIS,   /* --redis URL, repeatable (shards); env: a comma-separated list */
     OPT_HELP,
     OPT_VERSION,
     OPT_CONFIG, /* --config FILE / -c FILE: read before everything else */
@@ -189,6 +190,19 @@ static const sl_option_t sl_options[] = {
      "N", "WebSocket connections from one IP address across workers (0: unlimited; 429)"},
     {"max-connections-per-user", NULL, OPT_INT, OFF(max_connections_per_user), 0, 0, 10000000,
      "0", "N", "WebSocket connections of one user across workers (0: unlimited; 429 / 4429)"},
+    {"redis", "SENTE_REDIS_URL", OPT_REDIS, 0, 0, 0, 0, NULL, "URL",
+     "join a cluster through Redis: redis://[user:password@]host:port[/db] or unix:///path "
+     "(repeatable: channels are sharded over the instances)"},
+    {"redis-password-file", NULL, OPT_STR, OFF(redis_password_file),
+     SZ(redis_password_file), 0, 0, "", "PATH", "read the Redis password from this file"},
+    {"redis-timeout-ms", NULL, OPT_INT, OFF(redis_timeout_ms), 0, 50, 60000, "1000", "MS",
+     "bound on a Redis round trip; past it the link counts as down (broker-unavailable)"},
+    {"redis-prefix", NULL, OPT_NAME, OFF(redis_prefix), SZ(redis_prefix), 1, 0,
+     "sl", "NAME", "prefix of every Redis key and channel of this cluster"},
+    {"node-id", NULL, OPT_NAME, OFF(node_id), 9, 0, 0, "", "NAME",
+     "this node's name in the cluster, up to 8 characters (default: random)"},
+    {"redis-history-ttl-s", NULL, OPT_INT, OFF(redis_history_ttl_s), 0, 1, 31536000, "86400",
+     "S", "a channel's history in Redis expires after this long without a publish"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms, join-leave, "
      "history-ttl-ms; repeatable)"},
@@ -371,6 +385,25 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         if (c->channels == NULL)
             return SL_ERROR;
         return parse_channel(v, &c->channels[c->nchannels++], who, err, errsz);
+    case OPT_REDIS: {
+        /* The environment may list several, separated by commas or spaces. */
+        char buf[4096];
+        snprintf(buf, sizeof(buf), "%s", v);
+        char *save = NULL;
+        for (char *u = strtok_r(buf, ", ", &save); u; u = strtok_r(NULL, ", ", &save)) {
+            if (c->nredis >= SL_MAX_REDIS) {
+                snprintf(err, errsz, "%s: at most %d Redis instances", who, SL_MAX_REDIS);
+                return SL_ERROR;
+            }
+            char why[256];
+            if (sl_conf_redis_url(u, &c->redis[c->nredis], why, sizeof(why)) != SL_OK) {
+                snprintf(err, errsz, "%s: %s", who, why);
+                return SL_ERROR;
+            }
+            c->nredis++;
+        }
+        return SL_OK;
+    }
     case OPT_CIDR:
         if (c->nproxies >= SL_MAX_PROXIES || sl_cidr_parse(v, &c->trusted_proxies[c->nproxies])
                                                  != SL_OK) {
@@ -396,6 +429,93 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
     case OPT_CHECK:
         break;
     }
+    return SL_OK;
+}
+
+int sl_conf_redis_url(const char *url, sl_conf_redis_t *r, char *err, size_t errsz)
+{
+    memset(r, 0, sizeof(*r));
+    if (strlen(url) >= sizeof(r->url)) {
+        snprintf(err, errsz, "URL too long");
+        return SL_ERROR;
+    }
+    if (strncmp(url, "unix://", 7) == 0) {
+        const char *p = url + 7, *q = strchr(p, '?');
+        size_t n = q ? (size_t)(q - p) : strlen(p);
+        if (n == 0 || p[0] != '/' || n >= sizeof(r->path)) {
+            snprintf(err, errsz, "'%s': unix:///absolute/path expected", url);
+            return SL_ERROR;
+        }
+        memcpy(r->path, p, n);
+        if (q) {
+            int64_t db;
+            if (strncmp(q, "?db=", 4) != 0 || parse_int(q + 4, &db) != SL_OK || db > 1000000) {
+                snprintf(err, errsz, "'%s': only ?db=N may follow the path", url);
+                return SL_ERROR;
+            }
+            r->db = (int)db;
+        }
+        snprintf(r->url, sizeof(r->url), "%s", url);
+        return SL_OK;
+    }
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errsz, "'%s' is not redis://host:port[/db] or unix:///path", url);
+        return SL_ERROR;
+    }
+    const char *p = url + 8, *at = strrchr(p, '@'), *slash;
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        size_t ul = colon ? (size_t)(colon - p) : 0;
+        const char *pw = colon ? colon + 1 : p;
+        size_t pl = (size_t)(at - pw);
+        if (ul >= sizeof(r->user) || pl >= sizeof(r->password)) {
+            snprintf(err, errsz, "user or password too long");
+            return SL_ERROR;
+        }
+        memcpy(r->user, p, ul);
+        memcpy(r->password, pw, pl);
+        p = at + 1;
+    }
+    slash = strchr(p, '/');
+    size_t hp = slash ? (size_t)(slash - p) : strlen(p);
+    const char *colon = NULL;
+    for (size_t i = 0; i < hp; i++)
+        if (p[i] == ':')
+            colon = p + i;
+    size_t hl = colon ? (size_t)(colon - p) : hp;
+    if (hl == 0 || hl >= sizeof(r->host)) {
+        snprintf(err, errsz, "'%s': no host", url);
+        return SL_ERROR;
+    }
+    memcpy(r->host, p, hl);
+    r->port = 6379;
+    if (colon) {
+        char ps[16];
+        size_t pl = hp - hl - 1;
+        int64_t port;
+        if (pl == 0 || pl >= sizeof(ps)) {
+            snprintf(err, errsz, "'%s': bad port", url);
+            return SL_ERROR;
+        }
+        memcpy(ps, colon + 1, pl);
+        ps[pl] = '\0';
+        if (parse_int(ps, &port) != SL_OK || port < 1 || port > 65535) {
+            snprintf(err, errsz, "'%s': bad port", url);
+            return SL_ERROR;
+        }
+        r->port = (int)port;
+    }
+    if (slash && slash[1]) {
+        int64_t db;
+        if (parse_int(slash + 1, &db) != SL_OK || db > 1000000) {
+            snprintf(err, errsz, "'%s': the path must be a database number", url);
+            return SL_ERROR;
+        }
+        r->db = (int)db;
+    }
+    /* What /stats and --check-config show: never the password. */
+    snprintf(r->url, sizeof(r->url), "redis://%s%s%s:%d/%d", r->user, r->user[0] ? "@" : "",
+             r->host, r->port, r->db);
     return SL_OK;
 }
 
@@ -803,7 +923,7 @@ void sl_conf_env_name(const char *flag, char *out, size_t n)
 static bool is_list(const sl_option_t *o)
 {
     return o->kind == OPT_ORIGIN || o->kind == OPT_CHANNEL || o->kind == OPT_CIDR ||
-           o->kind == OPT_NAMESPACE;
+           o->kind == OPT_NAMESPACE || o->kind == OPT_REDIS;
 }
 
 /* Options that only steer the parse: no environment variable, no key. */
@@ -838,6 +958,8 @@ static void clear_list(sl_conf_t *c, const sl_option_t *o)
         c->nproxies = 0;
     } else if (o->kind == OPT_NAMESPACE) {
         c->nnamespaces = 0;
+    } else if (o->kind == OPT_REDIS) {
+        c->nredis = 0;
     }
 }
 
@@ -1125,6 +1247,22 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
                  (long long)c->worker_stall_ms);
         return SL_ERROR;
     }
+    if (c->redis_password_file[0]) {
+        FILE *f = fopen(c->redis_password_file, "r");
+        char pw[256] = "";
+        if (f == NULL || fgets(pw, sizeof(pw), f) == NULL) {
+            snprintf(err, errsz, "--redis-password-file: cannot read %s: %s",
+                     c->redis_password_file, f ? "empty file" : strerror(errno));
+            if (f)
+                fclose(f);
+            return SL_ERROR;
+        }
+        fclose(f);
+        pw[strcspn(pw, "\r\n")] = '\0';
+        for (int i = 0; i < c->nredis; i++)
+            if (c->redis[i].password[0] == '\0')
+                snprintf(c->redis[i].password, sizeof(c->redis[i].password), "%s", pw);
+    }
     if ((size_t)c->shm_size < sl_shm_min_size()) {
         snprintf(err, errsz, "--shm-size: must be at least %zu bytes", sl_shm_min_size());
         return SL_ERROR;
@@ -1219,6 +1357,15 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
                 char b[64];
                 cidr_format(&c->trusted_proxies[k], b, sizeof(b));
                 fprintf(out, "%s = %s\n", o->flag, b);
+            }
+            break;
+        case OPT_REDIS:
+            if (c->nredis == 0)
+                fprintf(out, "# %s is not set (a single node)\n", o->flag);
+            for (int k = 0; k < c->nredis; k++) {
+                if (c->redis[k].password[0])
+                    fprintf(out, "# the next one has a password (never shown)\n");
+                fprintf(out, "%s = %s\n", o->flag, c->redis[k].url);
             }
             break;
         case OPT_CHANNEL:
@@ -1323,6 +1470,11 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
         case OPT_HOSTPORT:
             v = c->ops_port ? json_pack("{s:s, s:i}", "host", c->ops_host, "port", c->ops_port)
                             : json_null();
+            break;
+        case OPT_REDIS:
+            v = json_array();
+            for (int k = 0; k < c->nredis; k++)
+                json_array_append_new(v, json_string(c->redis[k].url));
             break;
         case OPT_CHECK:
         case OPT_HELP:

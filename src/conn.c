@@ -24,6 +24,7 @@
  * callback: it is marked dead and freed at the end of the loop turn.
  */
 #include "sl_conn.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_crash.h"
 #include "sl_httpd.h"
@@ -307,6 +308,7 @@ void sl_conn_destroy(sl_conn_t *c)
     c->in = NULL;
     c->in_cap = 0;
     conn_input_account(c); /* to 0: off the holders' list */
+    sl_cluster_conn_closed(c); /* broker answers for it will find no connection */
     if (c->kind == SL_KIND_PROTOCOL) {
         uatomic_add(&st->connections, -1);
         sl_proto_closed(c);
@@ -676,8 +678,8 @@ void sl_conn_flush(sl_conn_t *c)
     if (c->write_armed)
         conn_watch(c, false);
     if (c->state == SL_CONN_HTTP && c->in_len == 0 && !c->backlog && !c->read_paused &&
-        !c->peer_eof)
-        conn_idle_add(c); /* keep-alive, between requests */
+        !c->peer_eof && !c->http_deferred)
+        conn_idle_add(c); /* keep-alive, between requests (not one waiting for its answer) */
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
          * peer's FIN so it is not answered with a reset. */
@@ -1016,7 +1018,10 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
      * off once at the end (one memmove per read, not per request). */
     size_t off = 0;
     int budget = SL_CONN_TURN_REQUESTS;
-    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused) {
+    /* A request answered later (c->http_deferred: the broker) stops the
+     * parsing until its response is queued (sl_conn_http_resume), so
+     * responses stay in request order. */
+    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused && !c->http_deferred) {
         if (budget-- == 0) {
             conn_yield(c); /* the rest next turn: others get theirs first */
             break;
@@ -1087,7 +1092,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             free(buf);
             return;
         }
-        if (!keep) {
+        if (!keep && !c->http_deferred) {
             conn_http_finish(c);
             return;
         }
@@ -1116,6 +1121,18 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
         c->in = NULL;
         c->in_cap = 0;
     }
+}
+
+void sl_conn_http_resume(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_HTTP)
+        return;
+    if (!c->http_deferred_keep) {
+        conn_http_finish(c);
+        return;
+    }
+    c->busy_since_mono = c->in_len ? sl_mono_ms() : 0;
+    conn_http_input(c, NULL, 0); /* requests that arrived while we waited */
 }
 
 /* ----------------------------------------------------------------- input */

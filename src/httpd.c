@@ -283,6 +283,20 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
     return keep;
 }
 
+void sl_httpd_deferred_reply(sl_conn_t *c, int status, json_t *doc)
+{
+    if (status >= 400)
+        sl_worker_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
+                                                             : SL_ERR_BAD_HTTP_REQUEST);
+    c->http_deferred = false;
+    if (c->state != SL_CONN_HTTP) {
+        json_decref(doc);
+        return;
+    }
+    send_json_extra(c, status, doc, c->http_deferred_keep, NULL);
+    sl_conn_http_resume(c);
+}
+
 static bool path_is(const sl_http_request_t *req, const char *p)
 {
     return req->path_len == strlen(p) && memcmp(req->path, p, req->path_len) == 0;
@@ -364,7 +378,14 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
     if (req->path_len >= 5 && memcmp(req->path, "/api/", 5) == 0) {
         json_t *doc;
         const char *allow;
-        int status = sl_admin_handle(req, body, blen, &doc, &allow);
+        int status = sl_admin_handle(c, req, body, blen, &doc, &allow);
+        if (status == 0) {
+            /* Answered later (the broker): no further request is read
+             * before, so responses stay in order. */
+            c->http_deferred = true;
+            c->http_deferred_keep = keep;
+            return keep;
+        }
         if (status >= 400)
             sl_worker_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
                                                                  : SL_ERR_BAD_HTTP_REQUEST);

@@ -27,6 +27,8 @@
  */
 #include "sl_master.h"
 #include "sl_arena.h"
+#include "sl_broker.h"
+#include "sl_brq.h"
 #include "sl_conf.h"
 #include "sl_perm.h"
 #include "sl_proc.h"
@@ -34,6 +36,7 @@
 #include "sl_rpc.h"
 #include "sl_session.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
 #include "sl_worker.h"
@@ -55,6 +58,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -110,6 +114,13 @@ static struct {
     int tel_r, tel_w;                /* the master's own telemetry pipe */
     int wtel[SL_MAX_WORKERS][2];     /* one per worker slot, kept across respawns */
     pid_t logger;
+    /* --redis: the broker, supervised like a worker (back-off on quick
+     * deaths); its own telemetry pipe. */
+    pid_t broker;
+    int btel[2];
+    int64_t broker_started, broker_backoff_ms;
+    struct event *broker_ev;
+    slot_t b; /* its cleanup and progress watch, as a worker's (b.pid = broker) */
     slot_t w[SL_MAX_WORKERS];
     int nworkers;
     int next_rr; /* round-robin start among equally loaded workers */
@@ -293,6 +304,15 @@ static void close_foreign_fds(int keep_ctl)
         close(M.parked[k]);
 }
 
+/* Only the broker itself writes its pipe; the logger keeps the read end. */
+static void close_broker_pipe_for_child(void)
+{
+    if (M.btel[0] >= 0)
+        close(M.btel[0]);
+    if (M.btel[1] >= 0)
+        close(M.btel[1]);
+}
+
 static int listen_on(const char *what, const char *host, int port, char *err, size_t errsz)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
@@ -385,8 +405,12 @@ static pid_t spawn_logger(void)
     /* Only read ends here: a write end kept open would keep its pipe from
      * ever reaching EOF, and the logger from ever finishing. */
     close(M.tel_w);
-    int fds[SL_MAX_WORKERS + 1], n = 0;
+    int fds[SL_MAX_WORKERS + 2], n = 0;
     fds[n++] = M.tel_r;
+    if (M.btel[1] >= 0) {
+        close(M.btel[1]);
+        fds[n++] = M.btel[0];
+    }
     for (int i = 0; i < M.nworkers; i++) {
         close(M.wtel[i][1]);
         fds[n++] = M.wtel[i][0];
@@ -427,6 +451,7 @@ static int spawn_worker(int i)
         /* Our own telemetry pipe's write end only. */
         close(M.tel_r);
         close(M.tel_w);
+        close_broker_pipe_for_child();
         for (int j = 0; j < M.nworkers; j++) {
             close(M.wtel[j][0]);
             if (j != i)
@@ -754,14 +779,11 @@ static void note_cleanup_wait(int i)
     }
 }
 
-/* One turn of a dead worker's cleanup: steps until ~2 ms have passed, a
- * channel lock was busy, or it is done. */
-static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
+/* One turn of a dead process's cleanup (worker i's, or the broker's: i
+ * -1): steps until ~2 ms have passed, a channel lock was busy, or it is
+ * done.  Returns true when done. */
+static bool cleanup_turn(slot_t *s, int i)
 {
-    int i = (int)(intptr_t)arg;
-    slot_t *s = &M.w[i];
-    if (!s->cleaning)
-        return;
     int64_t t0 = sl_mono_us();
     uint64_t busy = s->job.busy;
     int rc;
@@ -777,15 +799,25 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
         if ((s->job.woken & 1) && write(sl_wake_fds[w], &one, sizeof(one)) < 0) {
         } /* a full eventfd counter still means "woken" */
     }
-    note_cleanup_wait(i);
+    if (i >= 0)
+        note_cleanup_wait(i);
     if (rc == SL_AGAIN) {
         /* More to do: right after the loop has looked at the listener
          * again; a little later if a live process held a channel lock. */
         struct timeval tv = {0, s->job.busy != busy ? 10 * 1000 : 0};
         event_add(s->cleanup_ev, &tv);
-        return;
+        return false;
     }
     s->cleaning = false;
+    return true;
+}
+
+static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    int i = (int)(intptr_t)arg;
+    slot_t *s = &M.w[i];
+    if (!s->cleaning || !cleanup_turn(s, i))
+        return;
     if (s->job.removed_conns || s->job.removed_subs || s->job.rpcs || s->job.dead_waits)
         SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
                SL_TF_I("removed-connections", s->job.removed_conns),
@@ -799,6 +831,8 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
                SL_TF_S("reason", "worker died"));
     sl_tel_flush();
 }
+
+static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS]);
 
 /* Queued sockets a stalled worker has not taken: give them to others. */
 static void rescue_queued(int i)
@@ -843,13 +877,15 @@ static void update_status(void)
 }
 
 /* The reader slot of the process `pid` (a live or ending worker of ours,
- * or the master), -1 for any other. */
+ * the broker, or the master), -1 for any other. */
 static int slot_of_pid(pid_t pid)
 {
     if (pid <= 0)
         return -1;
     if (pid == getpid())
         return SL_REG_MASTER_SLOT;
+    if (pid == M.b.pid)
+        return SL_REG_BROKER_SLOT;
     for (int k = 0; k < M.nworkers; k++)
         if (M.w[k].pid == pid)
             return k;
@@ -873,7 +909,8 @@ static void look_at_waits(int next[SL_QSBR_SLOTS])
     sl_qsbr_t *q = &sl_shm->reg.qsbr;
     for (int k = 0; k < SL_QSBR_SLOTS; k++) {
         next[k] = -1;
-        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending);
+        bool up = k == SL_REG_MASTER_SLOT || (k < M.nworkers && M.w[k].pid > 0 && !M.w[k].ending) ||
+                  (k == SL_REG_BROKER_SLOT && M.b.pid > 0 && !M.b.ending);
         if (!up) {
             M.seen[k] = (sl_lock_view_t){0};
             continue;
@@ -882,7 +919,8 @@ static void look_at_waits(int next[SL_QSBR_SLOTS])
     }
 }
 
-/* The reader slot of the process worker i is blocked by, following the
+/* The reader slot of the process worker i (or the broker: i =
+ * SL_REG_BROKER_SLOT) is blocked by, following the
  * chain of waits (next[], look_at_waits) to its root, or -1 when i is held
  * up by nobody (then it is judged on its own progress).  A worker that is
  * ending (dumping core; the kernel hands its locks over when that ends)
@@ -899,7 +937,7 @@ static int blocked_by(int i, const int next[SL_QSBR_SLOTS])
         if (slot == i)
             return -1;
         cur = slot;
-        if (cur < M.nworkers && M.w[cur].ending)
+        if ((cur < M.nworkers && M.w[cur].ending) || (cur == SL_REG_BROKER_SLOT && M.b.ending))
             return cur; /* dead but not reaped: it waits for nothing */
     }
     return -1;
@@ -1021,6 +1059,7 @@ static void watch_workers(void)
             kill(s->pid, SIGKILL);
         }
     }
+    watch_broker(now, next);
     update_status();
 }
 
@@ -1134,6 +1173,158 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     event_add(M.reap_ev, &tv);
 }
 
+static int spawn_broker(void)
+{
+    pid_t pid = fork_blocked();
+    if (pid < 0)
+        return SL_ERROR;
+    if (pid == 0) {
+        child_signals(true);
+        close_foreign_fds(-1);
+        close(M.tel_r);
+        close(M.tel_w);
+        close(M.btel[0]);
+        for (int j = 0; j < M.nworkers; j++) {
+            close(M.wtel[j][0]);
+            close(M.wtel[j][1]);
+        }
+        _exit(sl_broker_main(M.btel[1]));
+    }
+    M.broker = pid;
+    M.broker_started = sl_mono_ms();
+    M.b.pid = pid;
+    M.b.turns = sl_qsbr_turns(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
+    M.b.progress_ms = M.broker_started;
+    M.b.killed = false;
+    M.b.ending = false;
+    uatomic_set(&sl_shm->broker.stalled, 0);
+    return SL_OK;
+}
+
+static void broker_respawn_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (M.stopping || M.broker > 0)
+        return;
+    if (M.b.cleaning || spawn_broker() != SL_OK) {
+        /* The last one's cleanup first (its locks, its claims). */
+        struct timeval tv = {0, M.b.cleaning ? 10 * 1000 : 1000 * 1000};
+        event_add(M.broker_ev, &tv);
+        return;
+    }
+    uatomic_add(&sl_shm->broker.restarts, 1);
+}
+
+static void broker_cleanup_cb(evutil_socket_t fd, short what, void *arg)
+{
+    if (M.b.cleaning && cleanup_turn(&M.b, -1) && M.b.job.rpcs)
+        SL_TEL(SL_EV_BROKER_EXITED, SL_WARN, SL_TF_I("settled-rpc-requests", M.b.job.rpcs),
+               SL_TF_I("cleanup-us", sl_mono_us() - M.b.cleanup_started_us));
+}
+
+/* The broker died: what it had popped from its queue is lost with it, so
+ * every worker is told (gen) to answer what it waits for with
+ * broker-timeout now instead of at its deadline; requests still queued
+ * wait for the next broker, which drops those past their deadline.  Like
+ * a dead worker it is cleaned up in steps (sl_reg_cleanup_*, for reader
+ * slot SL_REG_BROKER_SLOT): the locks it may have held are repaired -
+ * a delivery or reset it was making is finished or undone - its reader
+ * slot is released, and the RPC claims it held are taken over; the next
+ * broker starts only then. */
+static void broker_died(int status)
+{
+    int64_t lived = sl_mono_ms() - M.broker_started;
+    M.broker = 0;
+    M.b.pid = 0;
+    uatomic_set(&sl_shm->broker.pid, 0);
+    uatomic_set(&sl_shm->broker.stalled, 0);
+    for (int i = 0; i < SL_BROKER_SHARDS; i++) {
+        uatomic_set(&sl_shm->broker.link[i].connected, 0);
+        uatomic_set(&sl_shm->broker.link[i].in_flight, 0);
+        uatomic_set(&sl_shm->broker.link[i].subscribed, 0);
+    }
+    uatomic_add(&sl_shm->broker.gen, 1);
+    sl_reg_cleanup_start(&M.b.job, SL_REG_BROKER_SLOT);
+    M.b.cleaning = true;
+    M.b.cleanup_started_us = sl_mono_us();
+    struct timeval now = {0, 0};
+    event_add(M.b.cleanup_ev, &now);
+    for (int i = 0; i < M.nworkers; i++) {
+        uint64_t one = 1;
+        if (M.w[i].pid > 0 && write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
+        }
+    }
+    char how[64];
+    if (WIFSIGNALED(status))
+        snprintf(how, sizeof(how), "signal %d", WTERMSIG(status));
+    else
+        snprintf(how, sizeof(how), "exit %d", WEXITSTATUS(status));
+    SL_TEL(SL_EV_BROKER_EXITED, M.stopping ? SL_INFO : SL_ERROR_LEVEL, SL_TF_S("status", how),
+           SL_TF_I("lived-ms", lived));
+    if (M.stopping)
+        return;
+    if (lived >= SL_STABLE_MS)
+        M.broker_backoff_ms = 0;
+    else
+        M.broker_backoff_ms = M.broker_backoff_ms ? SL_MIN(M.broker_backoff_ms * 2, SL_RESPAWN_MAX_MS)
+                                                  : SL_RESPAWN_MIN_MS;
+    struct timeval tv = {M.broker_backoff_ms / 1000, (M.broker_backoff_ms % 1000) * 1000};
+    event_add(M.broker_ev, &tv);
+}
+
+/* The broker's progress, watched like a worker's (the same bounds and
+ * the same rule, watch_workers): a broker that stops - stopped, spinning,
+ * stuck in a call - holds back every grace period of the node and answers
+ * nobody; stalled, /health says so; after --worker-stall-kill-ms it is
+ * killed and replaced.  A broker waiting for a registry lock that another
+ * process holds all along (a stopped worker in a channel's lock, where
+ * the broker delivers) is "blocked" by the root of that chain of waits,
+ * not stalled: its clock restarts, and the holder is judged - killed -
+ * on its own, which hands the lock over. */
+static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS])
+{
+    slot_t *s = &M.b;
+    sl_broker_stats_t *st = &sl_shm->broker;
+    if (s->pid <= 0 || s->ending)
+        return;
+    uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
+    int root = t != s->turns ? -1 : blocked_by(SL_REG_BROKER_SLOT, next);
+    uatomic_set(&st->blocked_by, root >= 0 ? (uint32_t)root + 1 : 0);
+    if (t != s->turns || root >= 0) {
+        s->turns = t;
+        s->progress_ms = now;
+        if (uatomic_read(&st->stalled)) {
+            uatomic_set(&st->stalled, 0);
+            SL_TEL(SL_EV_WORKER_RECOVERED, SL_WARN, SL_TF_S("process", "broker"),
+                   SL_TF_I("pid", s->pid));
+        }
+        return;
+    }
+    int64_t idle = now - s->progress_ms;
+    if (idle < sl_conf->worker_stall_ms)
+        return;
+    if (sl_proc_ending(s->pid)) {
+        s->ending = true; /* dead, not stalled: SIGCHLD brings it to broker_died */
+        return;
+    }
+    if (!uatomic_read(&st->stalled)) {
+        uatomic_set(&st->stalled_since_ms, sl_now_ms() - idle);
+        uatomic_set(&st->stalled, 1);
+        uatomic_add(&st->stalls, 1);
+        SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_S("process", "broker"),
+               SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
+               SL_TF_I("kill-after-ms", sl_conf->worker_stall_kill_ms));
+    }
+    if (idle >= sl_conf->worker_stall_kill_ms && !s->killed) {
+        s->killed = true;
+        s->killed_ms = now;
+        uatomic_add(&st->stall_kills, 1);
+        SL_TEL(SL_EV_WORKER_STALLED, SL_ERROR_LEVEL, SL_TF_S("process", "broker"),
+               SL_TF_I("pid", s->pid), SL_TF_I("no-progress-ms", idle),
+               SL_TF_S("action", "killed"));
+        kill(s->pid, SIGKILL);
+    }
+}
+
 static void finish_if_done(void);
 
 static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
@@ -1156,6 +1347,10 @@ static void sigchld_cb(evutil_socket_t sig, short what, void *arg)
             }
             continue;
         }
+        if (pid == M.broker) {
+            broker_died(status);
+            continue;
+        }
         for (int i = 0; i < M.nworkers; i++)
             if (M.w[i].pid == pid)
                 worker_died(i, status);
@@ -1173,6 +1368,11 @@ static void finish_if_done(void)
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
             return;
+    if (M.broker > 0) {
+        /* The workers are gone: nothing can ask the broker anything. */
+        kill(M.broker, SIGTERM);
+        return;
+    }
     event_base_loopbreak(M.base);
 }
 
@@ -1181,6 +1381,8 @@ static void stop_timeout_cb(evutil_socket_t fd, short what, void *arg)
     for (int i = 0; i < M.nworkers; i++)
         if (M.w[i].pid > 0)
             kill(M.w[i].pid, SIGKILL);
+    if (M.broker > 0)
+        kill(M.broker, SIGKILL);
     if (M.upgrade_pid > 0)
         kill(M.upgrade_pid, SIGKILL);
 }
@@ -1220,6 +1422,8 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
         if (M.w[i].pid > 0)
             kill(M.w[i].pid, SIGTERM);
     }
+    if (M.broker_ev)
+        event_del(M.broker_ev);
     struct timeval tv = {SL_STOP_GRACE_MS / 1000, 0};
     event_add(M.stop_ev, &tv);
     finish_if_done();
@@ -1823,12 +2027,52 @@ static void warn_if_open(void)
                                   "--ops-listen"));
 }
 
+/* --redis: this node's name, the broker's queue and wake-up, its pipe. */
+static int cluster_setup(void)
+{
+    sl_broker_stats_t *b = &sl_shm->broker;
+    if (sl_conf->node_id[0]) {
+        if (strchr(sl_conf->node_id, '.') || strchr(sl_conf->node_id, ':')) {
+            fprintf(stderr, "sente-lite: --node-id may not contain '.' or ':'\n");
+            return SL_ERROR;
+        }
+        snprintf(b->node_id, sizeof(b->node_id), "%.31s", sl_conf->node_id);
+    } else {
+        /* Random: a restarted node is a new node (its old entries expire). */
+        static const char abc[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        uint8_t rnd[8];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+            for (int i = 0; i < 8; i++)
+                rnd[i] = (uint8_t)(sl_mono_us() >> (3 * i));
+        for (int i = 0; i < 8; i++)
+            b->node_id[i] = abc[rnd[i] % 36];
+        b->node_id[8] = '\0';
+    }
+    /* Ids made here end in ".<node>" (conn-…, req-…): any node can tell
+     * whose connection or request an id names. */
+    snprintf(sl_shm->reg.id_suffix, sizeof(sl_shm->reg.id_suffix), ".%.8s", b->node_id);
+    b->queue = sl_arena_alloc(sl_shm->reg.arena, sizeof(sl_inbox_t));
+    if (b->queue == NULL || sl_inbox_init(b->queue) != SL_OK) {
+        fprintf(stderr, "sente-lite: --shm-size too small for the broker's queue\n");
+        return SL_ERROR;
+    }
+    sl_broker_wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (sl_broker_wake_fd < 0 || pipe2(M.btel, O_CLOEXEC) != 0) {
+        fprintf(stderr, "sente-lite: cannot create the broker's eventfd or pipe: %s\n",
+                strerror(errno));
+        return SL_ERROR;
+    }
+    fcntl(M.btel[1], F_SETPIPE_SZ, 1 << 20);
+    return SL_OK;
+}
+
 int sl_master_run(void)
 {
     const sl_conf_t *cf = sl_conf;
     char err[512];
     memset(&M, 0, sizeof(M));
     M.nworkers = cf->workers;
+    M.btel[0] = M.btel[1] = -1;
     M.upgrade_fd = M.parent_fd = -1;
     M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     raise_fd_limit();
@@ -1886,6 +2130,10 @@ int sl_master_run(void)
             return 1;
         }
     }
+
+    sl_cluster = cf->nredis > 0;
+    if (sl_cluster && cluster_setup() != SL_OK)
+        return 1;
 
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) {
@@ -1953,6 +2201,14 @@ int sl_master_run(void)
             event_new(M.base, M.lfds[k], EV_READ | EV_PERSIST, accept_cb, (void *)(intptr_t)k);
     M.accept_retry_ev = evtimer_new(M.base, accept_retry_cb, NULL);
     M.stop_ev = evtimer_new(M.base, stop_timeout_cb, NULL);
+    if (cf->nredis > 0) {
+        M.broker_ev = evtimer_new(M.base, broker_respawn_cb, NULL);
+        M.b.cleanup_ev = evtimer_new(M.base, broker_cleanup_cb, NULL);
+        if (spawn_broker() != SL_OK) {
+            fprintf(stderr, "sente-lite: cannot start the broker: %s\n", strerror(errno));
+            return 1;
+        }
+    }
     M.upgrade_timer = evtimer_new(M.base, upgrade_timeout_cb, NULL);
     M.upgrade_kill_ev = evtimer_new(M.base, upgrade_kill_cb, NULL);
     M.ready_timer = evtimer_new(M.base, ready_cb, NULL);
@@ -1999,6 +2255,10 @@ int sl_master_run(void)
         close(M.wtel[i][1]);
         close(M.wtel[i][0]);
     }
+    if (M.btel[0] >= 0) {
+        close(M.btel[0]);
+        close(M.btel[1]);
+    }
     if (M.logger > 0) {
         int status;
         for (int waited = 0; waited < 300; waited++) {
@@ -2037,6 +2297,10 @@ int sl_master_run(void)
         event_free(M.w[i].respawn_ev);
         event_free(M.w[i].cleanup_ev);
     }
+    if (M.broker_ev)
+        event_free(M.broker_ev);
+    if (M.b.cleanup_ev)
+        event_free(M.b.cleanup_ev);
     event_base_free(M.base);
     return 0;
 }

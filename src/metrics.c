@@ -151,6 +151,75 @@ static int by_messages(const void *a, const void *b)
     return (x->messages < y->messages) - (x->messages > y->messages);
 }
 
+/* --redis: the broker and one series per Redis instance (label redis). */
+static void cluster_metrics(out_t *o, json_t *cl)
+{
+    if (cl == NULL)
+        return;
+    json_t *b = json_object_get(cl, "broker");
+    single(o, "broker_up", "gauge", num(b, "alive"), "1 while the broker process runs.");
+    single(o, "broker_restarts_total", "counter", num(b, "restarts"),
+           "Times the master respawned the broker.");
+    single(o, "broker_queue_depth", "gauge", num(b, "queue-depth"),
+           "Requests waiting in the broker's queue.");
+    single(o, "broker_queue_refused_total", "counter", num(b, "queue-refused"),
+           "Requests refused because the broker's queue was full (overloaded).");
+    single(o, "broker_unavailable_total", "counter", num(b, "unavailable"),
+           "Requests answered broker-unavailable (not sent to Redis: not done).");
+    single(o, "broker_timeouts_total", "counter", num(b, "timeouts"),
+           "Requests answered broker-timeout (sent, no answer in time: may have been done).");
+    single(o, "broker_expired_total", "counter", num(b, "expired"),
+           "Requests dropped unanswered past their deadline.");
+    single(o, "broker_delivered_total", "counter", num(b, "delivered"),
+           "Messages from Redis handed to this node's workers.");
+    single(o, "broker_dropped_total", "counter", num(b, "dropped"),
+           "Messages from Redis dropped (backlog or hold bound): their channel reset (1012).");
+    single(o, "broker_backlog", "gauge", num(b, "backlog"),
+           "Messages from Redis waiting for room in a worker's inbox.");
+    single(o, "broker_pushback_total", "counter", num(b, "pushback"),
+           "Publishes refused (overloaded) while their channel had a backlog.");
+    single(o, "broker_recovered_total", "counter", num(b, "recovered"),
+           "Messages fetched from a channel's history after a lost link.");
+    single(o, "broker_reset_channels_total", "counter", num(b, "reset-channels"),
+           "Channels whose subscribers were closed (1012) to resubscribe.");
+    single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
+           "Channels deleted on another node and removed here.");
+    single(o, "broker_stalled", "gauge", num(b, "stalled"),
+           "1 while the broker makes no progress (--worker-stall-ms).");
+    single(o, "broker_stalls_total", "counter", num(b, "stalls"), "Times the broker stalled.");
+    single(o, "broker_stall_kills_total", "counter", num(b, "stall-kills"),
+           "Times the master killed a stalled broker (--worker-stall-kill-ms).");
+    single(o, "node_id_conflict", "gauge", num(b, "node-id-conflict"),
+           "1 while another running process heart-beats with this --node-id.");
+    single(o, "cluster_nodes", "gauge", num(cl, "live-nodes"), "Live nodes in the cluster.");
+    static const struct {
+        const char *name, *key, *type, *help;
+    } rm[] = {
+        {"redis_connected", "connected", "gauge", "1 while the link to this Redis is up."},
+        {"redis_latency_microseconds", "latency-us", "gauge", "Last PING round trip."},
+        {"redis_reconnects_total", "reconnects", "counter", "Links established after the first."},
+        {"redis_errors_total", "errors", "counter", "Error replies and failed connections."},
+        {"redis_timeouts_total", "timeouts", "counter", "Commands past --redis-timeout-ms."},
+        {"redis_in_flight", "in-flight", "gauge", "Commands sent, not yet answered."},
+        {"redis_refused_total", "refused", "counter",
+         "Requests refused (overloaded): too many commands in flight."},
+        {"redis_epoch_renewals_total", "epoch-renewals", "counter",
+         "Times a restarted or failed-over Redis made every channel take a new epoch."},
+        {"redis_catchups_in_flight", "catchups-in-flight", "gauge",
+         "Catch-ups (missed messages fetched from the history) sent on this link."},
+        {"redis_catchups_waiting", "catchups-waiting", "gauge",
+         "Catch-ups waiting for a turn (at most 64 in flight per link), holding."},
+    };
+    json_t *links = json_object_get(cl, "redis");
+    for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {
+        head(o, rm[m].name, rm[m].type, rm[m].help);
+        size_t i;
+        json_t *l;
+        json_array_foreach(links, i, l)
+            put(o, "sente_lite_%s{redis=\"%zu\"} %lld\n", rm[m].name, i, num(l, rm[m].key));
+    }
+}
+
 char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
 {
     out_t o = {malloc(16384), 0, 16384, false};
@@ -339,6 +408,7 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
            "Telemetry events the logger could not write.");
     single(&o, "telemetry_queued", "gauge", num(t, "queued"),
            "Telemetry events written but not yet processed.");
+    cluster_metrics(&o, json_object_get(stats, "cluster"));
     (void)health;
     if (o.oom) {
         free(o.p);

@@ -9,6 +9,7 @@
 #include "sl_proto.h"
 #include "sl_pubsub.h"
 #include "sl_call.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_session.h"
 #include "sl_tel.h"
@@ -16,6 +17,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <urcu/uatomic.h>
 
@@ -39,7 +41,7 @@ static void put_u64(char **o, uint64_t v)
     *o += e - b;
 }
 
-void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n)
+void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n, const char *suffix)
 {
     char t[64], *o = t;
     memcpy(o, "conn-", 5);
@@ -51,6 +53,9 @@ void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n)
     put_u64(&o, (uint64_t)ms);
     *o++ = '-';
     put_u64(&o, n);
+    size_t sl = strlen(suffix); /* --redis: ".<node>" (at most 9 bytes), else "" */
+    memcpy(o, suffix, SL_MIN(sl, (size_t)(t + sizeof(t) - o)));
+    o += SL_MIN(sl, (size_t)(t + sizeof(t) - o));
     size_t len = SL_MIN((size_t)(o - t), (size_t)39); /* cut as snprintf would */
     memcpy(out, t, len);
     out[len] = '\0';
@@ -64,7 +69,7 @@ int sl_proto_admit(sl_conn_t *c)
     int64_t opened_at = sl_now_ms(); /* kept in the registry entry only */
     uint64_t n = uatomic_add_return(&sl_shm->next_conn, 1);
     c->conn_no = n;
-    sl_proto_conn_id(c->conn_id, opened_at, n);
+    sl_proto_conn_id(c->conn_id, opened_at, n, sl_shm->reg.id_suffix);
     c->reg = sl_reg_conn_add(&sl_shm->reg, c->conn_id, sl_worker->id, c->slot, c->conn_no,
                              opened_at);
     if (c->reg == NULL)
@@ -97,11 +102,14 @@ void sl_proto_opened(sl_conn_t *c, const char *peer)
            SL_TF_S("peer", peer), SL_TF_I("total-connections", total_connections()));
 }
 
+static void rq_free(sl_conn_t *c);
+
 void sl_proto_closed(sl_conn_t *c)
 {
     sl_pubsub_closed(c); /* a closing connection leaves no subscription */
     sl_call_closed(c);   /* ...and no pending RPC request */
     sl_session_end(c);   /* ...and no place in the per-IP / per-user counts */
+    rq_free(c);
     /* Its open time and message count live in its registry entry (ours:
      * read before we hand it back). */
     int64_t opened_at = c->reg ? c->reg->opened_at : sl_now_ms();
@@ -119,22 +127,97 @@ void sl_proto_closed(sl_conn_t *c)
            SL_TF_I("total-connections", total_connections()));
 }
 
-void sl_proto_reply(sl_conn_t *c, json_t *r)
+/* --------------------------------------------------- deferred replies */
+
+struct sl_reply {
+    struct sl_reply *next;
+    sl_buf_t *frame; /* NULL: nothing to send */
+    uint64_t chan_hash; /* a reply about this channel (0: none) */
+    bool ready;
+};
+
+static void rq_flush(sl_conn_t *c)
 {
+    while (c->rq_head && c->rq_head->ready) {
+        sl_reply_t *r = c->rq_head;
+        c->rq_head = r->next;
+        if (c->rq_head == NULL)
+            c->rq_tail = NULL;
+        c->nrq--;
+        if (r->frame) {
+            sl_conn_send(c, r->frame);
+            sl_buf_unref(r->frame);
+        }
+        free(r);
+    }
+}
+
+static sl_reply_t *rq_append(sl_conn_t *c, sl_buf_t *frame, bool ready)
+{
+    sl_reply_t *r = calloc(1, sizeof(*r));
     if (r == NULL)
-        return;
+        return NULL;
+    r->frame = frame;
+    r->ready = ready;
+    if (c->rq_tail)
+        c->rq_tail->next = r;
+    else
+        c->rq_head = r;
+    c->rq_tail = r;
+    c->nrq++;
+    return r;
+}
+
+sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash)
+{
+    if (c->nrq >= SL_PROTO_MAX_DEFERRED)
+        return NULL;
+    sl_reply_t *r = rq_append(c, NULL, false);
+    if (r)
+        r->chan_hash = chan_hash;
+    return r;
+}
+
+sl_reply_t *sl_proto_defer(sl_conn_t *c)
+{
+    return sl_proto_defer_chan(c, 0);
+}
+
+bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash)
+{
+    for (sl_reply_t *r = c->rq_head; r; r = r->next)
+        if (!r->ready && r->chan_hash == chan_hash)
+            return true;
+    return false;
+}
+
+static json_t *error_json(const char *reason, const char *message)
+{
+    /* The message may quote input (jansson's error text shows the bytes it
+     * choked on, and may end inside a UTF-8 character): json_pack refuses
+     * invalid UTF-8, and the protocol promises a reply for any bad input,
+     * so the text is made valid first. */
+    char m[400];
+    sl_utf8_sanitize((const uint8_t *)message, strlen(message), m, sizeof(m));
+    return json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", m, "reason", reason,
+                     "timestamp", (json_int_t)sl_now_ms());
+}
+
+/* The frame of reply r (taken): r itself, or a reply-too-large error when
+ * it is over the bound on one reply; NULL (connection aborted) when it
+ * cannot be encoded. */
+static sl_buf_t *reply_frame(sl_conn_t *c, json_t *r)
+{
     sl_buf_t *b = sl_frame_json(r);
     if (b == NULL) {
         json_decref(r);
         sl_conn_abort(c, "encode-failed");
-        return;
+        return NULL;
     }
     size_t len = b->len - b->start, max = sl_conn_reply_max();
     if (len <= max) {
-        sl_conn_send(c, b);
-        sl_buf_unref(b);
         json_decref(r);
-        return;
+        return b;
     }
     /* The builders of large replies page or cut them to fit; anything
      * still over the bound is refused rather than queued. */
@@ -145,7 +228,60 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
                            "reply (half of --max-outbound-bytes)", type ? type : "", len, max);
     json_decref(r);
     sl_worker_count_error(SL_ERR_REPLY_TOO_LARGE);
-    sl_proto_error(c, "reply-too-large", m);
+    json_t *e = error_json("reply-too-large", m);
+    return e ? reply_frame(c, e) : NULL;
+}
+
+void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r)
+{
+    if (r)
+        slot->frame = reply_frame(c, r);
+    slot->ready = true;
+    rq_flush(c);
+}
+
+void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
+{
+    /* Bounded: past it (a reply pending a long time on a busy channel),
+     * frames go out at once. */
+    if (c->rq_head == NULL || c->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
+        sl_conn_send(c, b);
+        return;
+    }
+    sl_reply_t *r = rq_append(c, sl_buf_ref(b), true);
+    if (r == NULL) {
+        sl_buf_unref(b);
+        sl_conn_send(c, b);
+    }
+}
+
+static void rq_free(sl_conn_t *c)
+{
+    while (c->rq_head) {
+        sl_reply_t *r = c->rq_head;
+        c->rq_head = r->next;
+        sl_buf_unref(r->frame);
+        free(r);
+    }
+    c->rq_tail = NULL;
+    c->nrq = 0;
+}
+
+void sl_proto_reply(sl_conn_t *c, json_t *r)
+{
+    if (r == NULL)
+        return;
+    sl_buf_t *f = reply_frame(c, r);
+    if (f == NULL)
+        return;
+    /* Behind a reply that waits for the broker, this one waits too. */
+    if (c->rq_head) {
+        if (rq_append(c, f, true) == NULL)
+            sl_buf_unref(f);
+        return;
+    }
+    sl_conn_send(c, f);
+    sl_buf_unref(f);
 }
 
 void sl_proto_begin(sl_jw_t *w)
@@ -160,20 +296,19 @@ void sl_proto_send(sl_conn_t *c, sl_jw_t *w)
         sl_conn_abort(c, "encode-failed");
         return;
     }
+    /* Behind a reply that waits for the broker, this one waits too. */
+    if (c->rq_head) {
+        if (rq_append(c, b, true) == NULL)
+            sl_buf_unref(b);
+        return;
+    }
     sl_conn_send(c, b);
     sl_buf_unref(b);
 }
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)
 {
-    /* The message may quote input (jansson's error text shows the bytes it
-     * choked on, and may end inside a UTF-8 character): json_pack refuses
-     * invalid UTF-8, and the protocol promises a reply for any bad input,
-     * so the text is made valid first. */
-    char m[400];
-    sl_utf8_sanitize((const uint8_t *)message, strlen(message), m, sizeof(m));
-    sl_proto_reply(c, json_pack("{s:s, s:s, s:s, s:I}", "type", "error", "message", m, "reason",
-                                reason, "timestamp", (json_int_t)sl_now_ms()));
+    sl_proto_reply(c, error_json(reason, message));
 }
 
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what)

@@ -31,6 +31,7 @@
 #include "sl_call.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_crash.h"
 #include "sl_perm.h"
@@ -247,7 +248,7 @@ json_t *sl_pubsub_retained(sl_chan_t *ch, uint64_t since, size_t budget, uint64_
                            uint64_t *last, uint64_t *oldest)
 {
     retained_t r = {.budget = budget};
-    *oldest = sl_chan_retained(REG, ch, since, keep_retained, &r, last);
+    *oldest = sl_chan_retained(REG, ch, since, keep_retained, &r, last, NULL);
     json_t *a = json_array();
     for (size_t i = r.first; i < r.n; i++) {
         json_t *m = json_loadb(r.text[i], r.len[i], 0, NULL);
@@ -263,6 +264,22 @@ json_t *sl_pubsub_retained(sl_chan_t *ch, uint64_t since, size_t budget, uint64_
 
 /* What a subscription result may spend on retained messages: the reply
  * bound less room for its other fields. */
+uint64_t sl_pubsub_cut_history(json_t *a, size_t budget)
+{
+    size_t n = json_array_size(a), used = 0, keep = 0;
+    /* From the newest back: as many as fit, each with its comma. */
+    while (keep < n) {
+        size_t len = json_dumpb(json_array_get(a, n - 1 - keep), NULL, 0, JSON_COMPACT) + 1;
+        if (used + len > budget)
+            break;
+        used += len;
+        keep++;
+    }
+    for (size_t k = 0; k < n - keep; k++)
+        json_array_remove(a, 0);
+    return n - keep;
+}
+
 static size_t retained_budget(size_t idlen)
 {
     return sl_conn_reply_max() - 512 - 6 * idlen;
@@ -302,6 +319,11 @@ static void reject(sl_conn_t *c, const char *id, size_t len, const char *reason)
 
 static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t hash,
                            sl_buf_t *frame);
+static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
+                         json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
+                         bool joined_here);
+static void cluster_left(sl_conn_t *c, const char *id, size_t len);
+static void leave(sl_conn_t *c, uint32_t i);
 
 /* Undo a subscribe that could not be completed here (its leave is told). */
 static void unsubscribe_woken(sl_chan_t *ch, sl_conn_t *c)
@@ -341,6 +363,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         return;
     }
     sl_chan_t *ch = NULL;
+    const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
     uint32_t count = 0;
     uint64_t sub_no = 0;   /* our subscription's number (join / leave horizon) */
     uint64_t last_at = 0;  /* the channel's last seq when we subscribed */
@@ -351,8 +374,10 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     for (int attempt = 0; attempt < 4 && rc == SL_CHAN_NOT_SUBSCRIBED; attempt++) {
         ch = sl_chan_find(REG, id, len);
         if (ch == NULL) {
-            const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
-            if (!ns->auto_create) {
+            /* With --redis the channel may exist on other nodes: Redis
+             * decides (the local channel only holds this node's
+             * subscribers, and goes again if the join is refused). */
+            if (!ns->auto_create && !sl_cluster) {
                 reject(c, id, len, "channel-not-found");
                 return;
             }
@@ -471,6 +496,10 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     } else {
         count = uatomic_read(&ch->subscribers);
     }
+    if (sl_cluster) {
+        cluster_join(c, ch, id, len, since_j, epoch_j, ns, rc == SL_OK);
+        return;
+    }
 
     /* Formatted directly (sl_jw.h).  Retained history is cut to the bound
      * on one reply: the newest messages that fit, and how many older ones
@@ -478,7 +507,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
      * are. */
     uint64_t since = since_j ? (uint64_t)json_integer_value(since_j) : 0, last = 0;
     retained_t rt = {.budget = retained_budget(len)};
-    uint64_t oldest = sl_chan_retained(REG, ch, since, keep_retained, &rt, &last);
+    uint64_t oldest = sl_chan_retained(REG, ch, since, keep_retained, &rt, &last, NULL);
     bool recovered = false;
     if (since_j) {
         /* Recovered: same channel incarnation, and every message after
@@ -490,7 +519,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
             /* Not recoverable: hand over what is retained instead. */
             free_retained(&rt);
             rt = (retained_t){.budget = retained_budget(len)};
-            sl_chan_retained(REG, ch, 0, keep_retained, &rt, &last);
+            sl_chan_retained(REG, ch, 0, keep_retained, &rt, &last, NULL);
         }
     }
     sl_jw_t w;
@@ -517,6 +546,284 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     sl_proto_send(c, &w);
 }
 
+/* ------------------------------------------------------------ --redis */
+
+/* A subscribe that waits for the cluster (Redis: the count across nodes,
+ * the epoch, the history).  Live messages for the channel that reach this
+ * connection meanwhile are held here and released after the
+ * subscription-result, without those the result already carried.  After
+ * that, the local index's per-subscriber last seq (sl_cidx_seen) keeps
+ * any seq it already has from reaching it again, for the subscription's
+ * whole life: history and live overlap, a catch-up after a broker restart,
+ * a message delivered twice after a link was lost. */
+#define JOIN_HOLD_MAX 4096
+
+typedef struct sl_join {
+    struct sl_join *next;
+    uint64_t hash;
+    char *id;
+    size_t len;
+    sl_reply_t *reply;
+    bool joined_here; /* this subscribe made the local subscription: undone if refused */
+    bool has_since;
+    uint64_t since;
+    json_t *ring;     /* messages from the local ring (since+1 .. from-1) */
+    uint64_t from;
+    sl_buf_t **held;
+    uint64_t *seqs;
+    uint32_t nheld, cap;
+} sl_join_t;
+
+static void join_free(sl_conn_t *c, sl_join_t *j)
+{
+    if (c) {
+        for (sl_join_t **p = &c->joins; *p; p = &(*p)->next)
+            if (*p == j) {
+                *p = j->next;
+                break;
+            }
+    }
+    for (uint32_t i = 0; i < j->nheld; i++)
+        sl_buf_unref(j->held[i]);
+    free(j->held);
+    free(j->seqs);
+    json_decref(j->ring);
+    free(j->id);
+    free(j);
+}
+
+static sl_join_t *join_find(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
+{
+    for (sl_join_t *j = c->joins; j; j = j->next)
+        if (j->hash == hash && j->len == len && memcmp(j->id, id, len) == 0)
+            return j;
+    return NULL;
+}
+
+/* deliver(): true when the message was held for c. */
+static bool join_hold(sl_conn_t *c, const sl_chan_msg_t *m, sl_buf_t *b)
+{
+    sl_join_t *j = join_find(c, m->chan_hash, m->id, m->idlen);
+    if (j == NULL)
+        return false;
+    if (j->nheld == j->cap) {
+        if (j->cap >= JOIN_HOLD_MAX) {
+            /* Never a silent gap: the subscriber is closed like one that
+             * missed messages (it resubscribes with since-seq). */
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+            sl_conn_close_ws(c, 1013, "missed messages: resubscribe with since-seq");
+            return true;
+        }
+        uint32_t cap = j->cap ? j->cap * 2 : 16;
+        sl_buf_t **h = realloc(j->held, sizeof(*h) * cap);
+        if (h)
+            j->held = h;
+        uint64_t *q = realloc(j->seqs, sizeof(*q) * cap);
+        if (q)
+            j->seqs = q;
+        if (h == NULL || q == NULL) {
+            sl_conn_close_ws(c, 1013, "missed messages: resubscribe with since-seq");
+            return true;
+        }
+        j->cap = cap;
+    }
+    j->held[j->nheld] = sl_buf_ref(b);
+    j->seqs[j->nheld++] = m->seq;
+    return true;
+}
+
+static void collect_json(const char *json, size_t len, void *arg)
+{
+    json_t *m = json_loadb(json, len, 0, NULL);
+    if (m)
+        json_array_append_new(arg, m);
+}
+
+/* A refused subscribe leaves nothing behind: the local subscription this
+ * join made, and the local channel if it was made for it (nobody else
+ * here, nothing retained: removed now, not after the linger). */
+static void join_undo(sl_conn_t *c, sl_join_t *j, int i)
+{
+    if (i < 0 || !j->joined_here)
+        return; /* an earlier, working subscription stays */
+    leave(c, (uint32_t)i);
+    sl_chan_t *ch = sl_chan_find(REG, j->id, j->len);
+    if (ch && sl_chan_reap(REG, ch, sl_mono_ms(), 0))
+        SL_TEL(SL_EV_CHANNEL_DELETED, SL_DEBUG, SL_TF_SN("channel-id", j->id, j->len),
+               SL_TF_S("reason", "subscribe refused by the cluster"));
+}
+
+/* The last seq subscriber c of the channel was sent (NULL when c is not
+ * in the local index). */
+static uint64_t *last_of(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
+    for (uint32_t k = 0; e && k < e->n; k++)
+        if (e->conns[k] == c)
+            return &e->last[k];
+    return NULL;
+}
+
+static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    sl_join_t *j = arg;
+    if (c == NULL) {
+        join_free(NULL, j); /* the connection closed: its record is ours alone */
+        return;
+    }
+    sl_reply_t *reply = j->reply;
+    int i = find_sub(c, j->id, j->len);
+    if (status != SL_BR_OK) {
+        SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
+               SL_TF_SN("channel-id", j->id, j->len), SL_TF_S("reason", sl_brq_reason(status)));
+        json_t *f = failure("subscription-result", j->id, j->len, sl_brq_reason(status));
+        join_undo(c, j, i);
+        join_free(c, j);
+        sl_proto_complete(c, reply, f);
+        return;
+    }
+    sl_chan_t *ch = sl_chan_find(REG, j->id, j->len);
+    json_t *cfgj = json_object_get(res, "config");
+    if (ch && cfgj) {
+        sl_chan_config_t cfg = {
+            .max_subscribers = json_integer_value(json_object_get(cfgj, "max-subscribers")),
+            .message_retention = json_integer_value(json_object_get(cfgj, "message-retention")),
+            .rpc_timeout_ms = json_integer_value(json_object_get(cfgj, "rpc-timeout-ms")),
+            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled"))};
+        sl_chan_set_config(ch, &cfg);
+    }
+    const char *epoch = json_string_value(json_object_get(res, "epoch"));
+    bool recovered = json_is_true(json_object_get(res, "recovered"));
+    uint64_t last = (uint64_t)json_integer_value(json_object_get(res, "last"));
+    json_t *hist = json_object_get(res, "history");
+    json_t *retained = json_array();
+    if (j->has_since && recovered && j->ring)
+        json_array_extend(retained, j->ring);
+    if (json_is_array(hist))
+        json_array_extend(retained, hist);
+    /* The bound on one reply (main's, as for a local history): the
+     * newest that fit, the rest counted; not a recovery then. */
+    uint64_t omitted = sl_pubsub_cut_history(retained, retained_budget(j->len));
+    if (omitted)
+        recovered = false;
+    size_t n = json_array_size(retained);
+    uint64_t top = n ? (uint64_t)json_integer_value(
+                           json_object_get(json_array_get(retained, n - 1), "seq"))
+                     : 0;
+    json_t *r = json_pack("{s:s, s:s%, s:b, s:I, s:s, s:I, s:o}", "type", "subscription-result",
+                          "channel-id", j->id, j->len, "success", 1, "subscriber-count",
+                          json_integer_value(json_object_get(res, "count")), "epoch",
+                          epoch ? epoch : "", "last-seq", (json_int_t)last, "retained-messages",
+                          retained);
+    if (r && j->has_since)
+        json_object_set_new(r, "recovered", json_boolean(recovered));
+    if (r && omitted)
+        json_object_set_new(r, "retained-omitted", json_integer((json_int_t)omitted));
+    sl_proto_complete(c, reply, r);
+    /* What arrived meanwhile, without what the result already had (or an
+     * earlier result of the same subscription). */
+    uint64_t *lp = i >= 0 ? last_of(c, j->hash, j->id, j->len) : NULL;
+    uint64_t cutoff = SL_MAX(last, top);
+    if (lp && *lp < cutoff)
+        *lp = cutoff;
+    for (uint32_t k = 0; k < j->nheld; k++) {
+        if (lp && j->seqs[k] > *lp && c->state == SL_CONN_WS) {
+            sl_conn_send(c, j->held[k]);
+            *lp = j->seqs[k];
+        }
+    }
+    join_free(c, j);
+}
+
+static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
+                         json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
+                         bool joined_here)
+{
+    /* One join per channel at a time is not needed: a second one is queued
+     * behind the first (replies keep their order) and holds what comes
+     * after it. */
+    sl_join_t *j = calloc(1, sizeof(*j));
+    sl_reply_t *reply = j ? sl_proto_defer_chan(c, ch->node.hash) : NULL;
+    if (reply == NULL) {
+        free(j);
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        if (joined_here) {
+            int i = find_sub(c, id, len);
+            if (i >= 0)
+                leave(c, (uint32_t)i);
+        }
+        reject(c, id, len, "overloaded");
+        return;
+    }
+    j->hash = ch->node.hash;
+    j->id = strndup(id, len);
+    j->len = len;
+    j->reply = reply;
+    j->joined_here = joined_here;
+    j->has_since = since_j != NULL;
+    j->since = since_j ? (uint64_t)json_integer_value(since_j) : 0;
+    j->from = 1;
+    /* Recovery from the local ring when it holds since+1 onwards (the
+     * ring is one run of one epoch; the epoch is read with it, under the
+     * channel lock). */
+    uint64_t ring_oldest = 0, ring_last = 0;
+    char ep[16] = "";
+    const char *cep = epoch_j ? json_string_value(epoch_j) : NULL;
+    if (since_j && cep) {
+        json_t *ring = json_array();
+        ring_oldest = sl_chan_retained(REG, ch, j->since, collect_json, ring, &ring_last, ep);
+        if (strcmp(cep, ep) == 0 && ring_oldest && ring_oldest <= j->since + 1) {
+            j->ring = ring;
+            j->from = SL_MAX(ring_last, j->since) + 1;
+        } else {
+            json_decref(ring);
+            ring_oldest = 0;
+        }
+    }
+    if (since_j && j->ring == NULL)
+        j->from = j->since + 1;
+    j->next = c->joins;
+    c->joins = j;
+    json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s}", "channel-id", id, len,
+                            "auto-create", ns->auto_create > 0, "max-subscribers",
+                            (json_int_t)ns->max_subscribers, "message-retention",
+                            (json_int_t)ns->message_retention, "rpc-timeout-ms",
+                            (json_int_t)ns->rpc_timeout_ms, "from", (json_int_t)j->from,
+                            "ring-oldest", (json_int_t)ring_oldest, "ring-epoch",
+                            j->ring ? ep : "");
+    if (since_j)
+        json_object_set(req, "since-seq", since_j);
+    if (cep)
+        json_object_set_new(req, "epoch", json_string(cep));
+    char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    int rc = txt ? sl_cluster_submit(SL_BRQ_JOIN, c, 0, txt, strlen(txt), join_done, j)
+                 : SL_BR_OVERLOADED;
+    free(txt);
+    if (rc != SL_OK)
+        join_done(c, j, (uint32_t)rc, NULL);
+}
+
+/* A local subscription went away: the broker brings Redis in line. */
+static void cluster_left(sl_conn_t *c, const char *id, size_t len)
+{
+    json_t *n = json_pack("{s:s%}", "channel-id", id, len);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt)
+        sl_cluster_notify(SL_BRQ_SYNC, txt, strlen(txt));
+    free(txt);
+}
+
+/* A channel whose messages this node cannot recover for its subscribers
+ * (sl_chan_reset): close them so they resubscribe with since-seq. */
+static void channel_reset(const sl_chan_msg_t *m)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
+    for (uint32_t k = 0; e && k < e->n; k++)
+        sl_conn_close_ws(e->conns[k], 1012, "messages lost: resubscribe with since-seq");
+}
+
 /* --------------------------------------------------------- unsubscribe */
 
 static void leave(sl_conn_t *c, uint32_t i)
@@ -537,6 +844,8 @@ static void leave(sl_conn_t *c, uint32_t i)
                    SL_TF_SN("channel-id", id, len), SL_TF_S("user", user_of(c)),
                    SL_TF_I("told", count));
     }
+    if (sl_cluster)
+        cluster_left(c, id, len);
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     subs_of(c)[i] = subs_of(c)[--c->nsubs];
@@ -622,6 +931,124 @@ void sl_pubsub_closed(sl_conn_t *c)
 
 /* ------------------------------------------------------------- publish */
 
+/* --redis: Redis assigns the seq.  The channel-message is encoded here up
+ * to the seq (head) and from it on (tail); the script joins them around
+ * the seq it takes, retains and publishes the text, and every node's
+ * broker hands the same bytes to its workers. */
+typedef struct {
+    sl_reply_t *reply;
+    char mid[48];
+    size_t len;
+    bool exclude_sub;
+    char id[];
+} pub_t;
+
+static void pub_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    pub_t *p = arg;
+    if (c) {
+        json_t *r;
+        if (status == SL_BR_OK) {
+            uatomic_add(&sl_worker->stats->published, 1);
+            r = json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result",
+                          "channel-id", p->id, p->len, "success", 1, "message-id", p->mid, "seq",
+                          json_integer_value(json_object_get(res, "seq")), "delivered-to",
+                          json_integer_value(json_object_get(res, "delivered-to")));
+        } else {
+            uatomic_add(&sl_worker->stats->overloaded, 1);
+            SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
+                   SL_TF_SN("channel-id", p->id, p->len), SL_TF_S("reason", sl_brq_reason(status)));
+            r = failure("publish-result", p->id, p->len, sl_brq_reason(status));
+        }
+        sl_proto_complete(c, p->reply, r);
+    }
+    free(p);
+}
+
+/* The channel id as a JSON string (quote and backslash escaped; a valid
+ * id has no control characters). */
+static size_t json_id(char *out, const char *id, size_t len)
+{
+    size_t o = 0;
+    out[o++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        if (id[i] == '"' || id[i] == '\\')
+            out[o++] = '\\';
+        out[o++] = id[i];
+    }
+    out[o++] = '"';
+    return o;
+}
+
+static void put_part(char **w, const void *p, uint32_t n)
+{
+    memcpy(*w, &n, 4);
+    memcpy(*w + 4, p, n);
+    *w += 4 + n;
+}
+
+int sl_pubsub_cluster_publish(sl_conn_t *c, const char *id, size_t len, const char *data_txt,
+                              size_t dl, bool exclude, sl_cluster_fn fn, void *arg,
+                              char mid[48])
+{
+    /* Unique across the cluster: the node's message-id counter (shared by
+     * its workers and kept across their restarts), then the node. */
+    snprintf(mid, 48, "msg-%" PRIu64 "%s", uatomic_add_return(&REG->next_msg_id, 1),
+             REG->id_suffix);
+    char idj[2 * SL_CHAN_ID_MAX + 3], head[512], tail[160], sender[64] = "null";
+    size_t il = json_id(idj, id, len);
+    int hl = snprintf(head, sizeof(head),
+                      "{\"type\":\"channel-message\",\"channel-id\":%.*s,\"message-id\":\"%s\","
+                      "\"seq\":", (int)il, idj, mid);
+    if (c && c->kind == SL_KIND_PROTOCOL)
+        snprintf(sender, sizeof(sender), "\"%s\"", c->conn_id);
+    int tl = snprintf(tail, sizeof(tail), ",\"sender-conn-id\":%s,\"published-at\":%" PRId64 "}",
+                      sender, sl_now_ms());
+    size_t total = 12 + len + (size_t)hl + 8 + dl + (size_t)tl;
+    char *buf = malloc(total), *w = buf;
+    if (buf == NULL)
+        return SL_BR_OVERLOADED;
+    put_part(&w, id, (uint32_t)len);
+    put_part(&w, head, (uint32_t)hl);
+    /* tail = ',"data":' data rest */
+    uint32_t tlen = (uint32_t)(8 + dl + (size_t)tl);
+    memcpy(w, &tlen, 4);
+    memcpy(w + 4, ",\"data\":", 8);
+    memcpy(w + 12, data_txt, dl);
+    memcpy(w + 12 + dl, tail, (size_t)tl);
+    w += 4 + tlen;
+    bool protocol = c && c->kind == SL_KIND_PROTOCOL;
+    bool subscribed = protocol && exclude && find_sub(c, id, len) >= 0;
+    uint32_t flags = (exclude ? SL_BRQ_F_EXCLUDE : 0) | (subscribed ? SL_BRQ_F_SENDER_SUB : 0) |
+                     (protocol ? 0 : SL_BRQ_F_ADMIN);
+    int rc = sl_cluster_submit(SL_BRQ_PUBLISH, c, flags, buf, (size_t)(w - buf), fn, arg);
+    free(buf);
+    return rc;
+}
+
+static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *data, bool exclude)
+{
+    pub_t *p = malloc(sizeof(*p) + len + 1);
+    sl_reply_t *reply = p ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
+    if (reply == NULL) {
+        free(p);
+        uatomic_add(&sl_worker->stats->overloaded, 1);
+        sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
+        return;
+    }
+    p->reply = reply;
+    p->len = len;
+    memcpy(p->id, id, len);
+    p->id[len] = '\0';
+    char *data_txt = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    int rc = data_txt ? sl_pubsub_cluster_publish(c, id, len, data_txt, strlen(data_txt), exclude,
+                                                  pub_done, p, p->mid)
+                      : SL_BR_OVERLOADED;
+    free(data_txt);
+    if (rc != SL_OK)
+        pub_done(c, p, (uint32_t)rc, NULL);
+}
+
 void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -645,6 +1072,10 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     const char *why = sl_session_permit(c, SL_ACT_PUBLISH, id, len, find_sub(c, id, len) >= 0);
     if (why) {
         sl_proto_reply(c, failure("publish-result", id, len, why));
+        return;
+    }
+    if (sl_cluster) {
+        cluster_publish(c, id, len, data, exclude);
         return;
     }
     sl_chan_t *ch = sl_chan_find(REG, id, len);
@@ -739,10 +1170,23 @@ static void channel_page_cb(sl_chan_t *ch, void *arg)
     json_object_setn_new(l->all, ch->id, ch->node.klen, o);
 }
 
+static bool may_list(const char *id, size_t len, void *arg)
+{
+    const listing_t *l = arg;
+    if (l->hide_users && sl_stats_names_users(id, len))
+        return false;
+    return !l->filter || sl_perm_check(l->who, SL_ACT_SUBSCRIBE, id, len, false) == SL_PERM_OK;
+}
+
 json_t *sl_pubsub_channels_page(uint32_t cursor, uint32_t limit, uint32_t *next,
                                 bool identities)
 {
     listing_t l = {json_object(), false, NULL, !identities};
+    if (sl_cluster) { /* every node's, from the broker's snapshot */
+        json_decref(l.all);
+        return sl_cluster_channels_page(cursor, SL_MIN(limit, SL_CHANNELS_PAGE_MAX),
+                                        l.hide_users ? may_list : NULL, &l, next);
+    }
     *next = sl_chan_page(REG, cursor, SL_MIN(limit, SL_CHANNELS_PAGE_MAX), channel_page_cb, &l);
     return l.all;
 }
@@ -763,10 +1207,17 @@ void sl_pubsub_list_channels(sl_conn_t *c, json_t *msg)
     }
     uint32_t limit =
         lim ? (uint32_t)SL_MIN(json_integer_value(lim), SL_CHANNELS_PAGE_MAX) : SL_CHANNELS_PAGE_MAX;
-    listing_t l = {json_object(), sl_perm_active(), sl_session_ident(c), false};
-    uint32_t next = sl_chan_page(REG, cur ? (uint32_t)json_integer_value(cur) : 0, limit,
-                                 channel_page_cb, &l);
-    json_t *page = l.all;
+    listing_t l = {NULL, sl_perm_active(), sl_session_ident(c), false};
+    uint32_t next, from = cur ? (uint32_t)json_integer_value(cur) : 0;
+    json_t *page;
+    if (sl_cluster) {
+        /* Every node's channels, from the broker's snapshot. */
+        page = sl_cluster_channels_page(from, limit, l.filter ? may_list : NULL, &l, &next);
+    } else {
+        l.all = json_object();
+        next = sl_chan_page(REG, from, limit, channel_page_cb, &l);
+        page = l.all;
+    }
     sl_proto_reply(c, json_pack("{s:s, s:o, s:o}", "type", "channel-list", "channels", page,
                                 "next-cursor", next ? json_integer(next) : json_null()));
 }
@@ -1011,6 +1462,13 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
     sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
     if (e == NULL || e->n == 0)
         return 0; /* everyone here left since the publish */
+    if (sl_cluster && m->seq == 0 && m->horizon == 0 && m->len > 2) {
+        /* An rpc-request (of any node): remember its channel, for the
+         * responses.  Its frame's text follows a server frame header. */
+        uint32_t l7 = m->frame[1] & 0x7f, h = l7 == 126 ? 4 : l7 == 127 ? 10 : 2;
+        if (m->len > h)
+            sl_call_remote_seen((const char *)m->frame + h, m->len - h, m->id, m->idlen);
+    }
     sl_buf_t *b = SL_FAULT("pubsub.deliver.alloc") ? NULL : sl_buf_new(m->len);
     if (b == NULL) {
         /* Out of local memory: they cannot have it, so they must not see
@@ -1032,8 +1490,26 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         if (m->horizon && (e->marks[i].sub_no > m->horizon || e->marks[i].no_presence))
             continue; /* a join / leave from before this subscription, or one
                          the presence rule does not let it see */
-        if (sl_conn_send(c, b) == SL_OK)
+        if (sl_cluster && m->seq) {
+            /* --redis: a subscribe still being joined holds what comes;
+             * after it, a seq this subscriber already has (history and
+             * live overlap, a catch-up after a broker restart) is
+             * dropped: seqs only grow within one subscription (a new
+             * epoch closes it first, 1012). */
+            if (c->joins && join_hold(c, m, b))
+                continue;
+            if (m->seq <= e->last[i])
+                continue;
+            e->last[i] = m->seq;
+        }
+        if (sl_cluster && c->rq_head && sl_proto_waits_on(c, m->chan_hash)) {
+            /* Its publish-result (or subscription- / rpc-request-result)
+             * on this channel comes first, as on one node. */
+            sl_proto_send_ordered(c, b);
             n++;
+        } else if (sl_conn_send(c, b) == SL_OK) {
+            n++;
+        }
     }
     sl_buf_unref(b);
     uatomic_add(&sl_worker->stats->delivered, n);
@@ -1056,7 +1532,8 @@ static void deliver_direct(const sl_inbox_entry_t *e)
         return;
     memcpy(b->data, e->msg->frame, e->msg->len);
     b->len = e->msg->len;
-    sl_conn_send(c, b);
+    /* An RPC response goes after the rpc-request-result it answers. */
+    sl_proto_send_ordered(c, b);
     sl_buf_unref(b);
 }
 
@@ -1288,6 +1765,10 @@ size_t sl_pubsub_drain(void)
             channel_gone(e.msg);
         else if (e.kind == SL_INBOX_UNSUBSCRIBE)
             unsubscribe_direct(&e);
+        else if (e.kind == SL_INBOX_BROKER_RESULT)
+            sl_cluster_result(&e);
+        else if (e.kind == SL_INBOX_CHANNEL_RESET)
+            channel_reset(e.msg);
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }

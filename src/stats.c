@@ -11,6 +11,7 @@
 #include "sl_conf.h"
 #include "sl_shm.h"
 #include "sl_chan.h"
+#include "sl_cluster.h"
 #include "sl_rpc.h"
 #include "sl_pubsub.h"
 
@@ -195,7 +196,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     /* Blocked on a registry lock another process holds (the master's
      * stall watch follows the wait to that process, sl_lock.h). */
     uint32_t by = uatomic_read(&w->blocked_by);
-    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_MASTER_SLOT + 1
+    json_object_set_new(o, "blocked-by", pid > 0 && by >= 1 && by <= SL_REG_BROKER_SLOT + 1
                                              ? json_integer((json_int_t)by - 1)
                                              : json_null());
     const sl_lock_holder_t *lh = &sl_shm->reg.qsbr.holders[i];
@@ -211,7 +212,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     int64_t cw_ms = pid == 0 && cw > 0 ? SL_MAX(sl_now_ms() - cw, 0) : 0;
     uint32_t cby = uatomic_read(&w->cleanup_blocked_by);
     json_object_set_new(o, "cleanup-wait-ms", json_integer((json_int_t)cw_ms));
-    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_MASTER_SLOT + 1
+    json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_BROKER_SLOT + 1
                                                      ? json_integer((json_int_t)cby - 1)
                                                      : json_null());
     if (cw > 0 && pid == 0 && cw_ms >= sl_conf->worker_stall_kill_ms && t->stuck)
@@ -359,8 +360,26 @@ static int chan_top_cb(sl_table_node_t *n, void *arg)
 static json_t *channel_stats_json(bool identities)
 {
     json_t *chans = json_object();
-    top_t *top = calloc(1, sizeof(*top));
-    if (top) {
+    top_t *top = NULL;
+    uint64_t omitted = 0;
+    if (sl_cluster) {
+        /* Every node's channels (the broker's snapshot, refreshed a slice
+         * at a time): subscriber-count is the sum over live nodes. */
+        omitted = sl_cluster_top_channels(chans, SL_STATS_MAX_CHANNELS);
+        if (!identities) {
+            /* Without identities, no channel that names users (counted
+             * as omitted). */
+            const char *k;
+            json_t *v;
+            void *tmp;
+            json_object_foreach_safe(chans, tmp, k, v) {
+                if (sl_stats_names_users(k, strlen(k))) {
+                    json_object_del(chans, k);
+                    omitted++;
+                }
+            }
+        }
+    } else if ((top = calloc(1, sizeof(*top))) != NULL) {
         top->hide_users = !identities;
         sl_table_foreach(sl_shm->reg.channels, chan_top_cb, top);
         /* Busiest first: pop the heap's least busy to the end. */
@@ -395,6 +414,7 @@ static json_t *channel_stats_json(bool identities)
                           "num-clients", (json_int_t)clients, "num-users",
                           counted ? json_integer(users) : json_null()));
         }
+        omitted = top->seen > top->n ? top->seen - top->n : 0;
     }
     sl_chan_totals_t t;
     sl_chan_totals(&sl_shm->reg, &t);
@@ -407,9 +427,7 @@ static json_t *channel_stats_json(bool identities)
                         json_integer((json_int_t)uatomic_read(&sl_shm->channels_reaped)));
     json_object_set_new(o, "expired-messages",
                         json_integer((json_int_t)uatomic_read(&sl_shm->reg.expired)));
-    json_object_set_new(o, "channels-omitted",
-                        json_integer(top && top->seen > top->n ? (json_int_t)(top->seen - top->n)
-                                                               : 0));
+    json_object_set_new(o, "channels-omitted", json_integer((json_int_t)omitted));
     free(top);
     return o;
 }
@@ -529,6 +547,8 @@ json_t *sl_stats_json(bool identities)
     json_object_set_new(doc, "delivery-latency", hist_json(&t.delivery));
     json_object_set_new(doc, "rpc-round-trip", hist_json(&t.rpc));
     json_object_set_new(doc, "access", access_json(t.connections, identities));
+    if (sl_cluster)
+        json_object_set_new(doc, "cluster", sl_cluster_stats());
     json_object_set_new(doc, "outbound-bytes", json_integer((json_int_t)t.outbound_bytes));
     json_object_set_new(doc, "backpressure-pauses",
                         json_integer((json_int_t)t.backpressure_pauses));
@@ -549,9 +569,12 @@ json_t *sl_health_json(bool *healthy)
     uint64_t total, used = sl_arena_used(sl_shm->reg.arena, &total);
     bool shm_ok = (double)used < SL_SHM_HEALTH_LIMIT * (double)total;
     uint64_t pending = sl_table_count(sl_shm->reg.rpcs), old = uatomic_read(&sl_shm->rpc_old);
+    char why[160] = "";
+    bool cluster_ok = !sl_cluster || sl_cluster_healthy(why, sizeof(why));
     bool fd_ok = !fd_exhausted_recently();
     bool ok = t.live_workers == (int)sl_shm->nworkers && shm_ok && old < SL_RPC_OLD_UNHEALTHY &&
-              json_array_size(t.stalled) == 0 && json_array_size(t.stuck) == 0 && fd_ok;
+              json_array_size(t.stalled) == 0 && json_array_size(t.stuck) == 0 && fd_ok &&
+              cluster_ok;
     *healthy = ok;
     sl_chan_totals_t ct;
     sl_chan_totals(&sl_shm->reg, &ct);
@@ -564,6 +587,13 @@ json_t *sl_health_json(bool *healthy)
                      "workers-expected", (int)sl_shm->nworkers, "shared-memory-ok", shm_ok,
                      "uptime-ms", (json_int_t)uptime_ms());
     json_object_set_new(json_object_get(doc, "system-health"), "stalled-workers", t.stalled);
+    if (sl_cluster) {
+        /* Says why when the node cannot reach the cluster. */
+        json_object_set_new(json_object_get(doc, "system-health"), "cluster-ok",
+                            json_boolean(cluster_ok));
+        if (!cluster_ok)
+            json_object_set_new(doc, "reason", json_string(why));
+    }
     json_object_set_new(json_object_get(doc, "system-health"), "stuck-cleanups", t.stuck);
     json_object_set_new(doc, "descriptors-ok", json_boolean(fd_ok));
     json_object_set_new(doc, "descriptors-exhausted",

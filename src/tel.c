@@ -66,8 +66,9 @@ static const char *const event_names[SL_EV__COUNT] = {
     "worker-started", "server-upgrading", "server-upgrade-failed", "worker-stalled",
     "authenticated", "authentication-failed", "session-expired", "permission-denied",
     "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
-    "open-access", "worker-recovered", "worker-cleanup-waiting", "channel-join",
-    "channel-leave",
+    "open-access", "worker-recovered",
+    "redis-connected", "redis-disconnected", "broker-exited", "worker-cleanup-waiting",
+    "channel-join", "channel-leave",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};
@@ -390,7 +391,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
             return -1;
         }
     }
-    /* Which process emitted it: "master", "worker-N" or "logger". */
+    /* Which process emitted it: "master", "worker-N", "logger" or "broker". */
     if (!first)
         out_raw(o, ",", 1);
     out_str(o, "\"source\":\"");
@@ -398,7 +399,7 @@ static int out_fields(out_t *o, const uint8_t *rec, size_t len, int32_t worker)
         out_str(o, "worker-");
         out_int(o, worker);
     } else {
-        out_str(o, worker == -1 ? "master" : "logger");
+        out_str(o, worker == -1 ? "master" : worker == -3 ? "broker" : "logger");
     }
     out_raw(o, "\"}", 2);
     return 0;

@@ -18,6 +18,7 @@
 #include "sl_worker.h"
 #include "sl_accesslog.h"
 #include "sl_arena.h"
+#include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_crash.h"
 #include "sl_proc.h"
@@ -156,6 +157,8 @@ void sl_worker_turn_end(sl_worker_t *w)
     /* Channel messages handed to us (by others, or by our own publishes
      * this turn) go out with this turn's writes. */
     sl_pubsub_drain();
+    /* Broker answers past their deadline, or lost with a dead broker. */
+    sl_cluster_tick();
     /* Flushing may kill a connection (write error) or make it linger; a
      * connection is never added to the list twice because of c->dirty. */
     while (w->dirty) {

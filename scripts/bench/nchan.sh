@@ -8,7 +8,10 @@
 #   nchan.sh pids  [PORT WORKERS] RUNDIR  master and worker PIDs, one a line
 #                                         (master first)
 #
-# RUNDIR is always the last argument. Everything listens on 127.0.0.1:PORT:
+# RUNDIR is always the last argument.  NCHAN_REDIS_URL=redis://host:port in
+# the environment of `start` stores channels in that Redis (an upstream with
+# nchan_redis_server, nchan_redis_pass): several nginx on one Redis share their channels, the
+# peer of sente-lite --redis.  Everything listens on 127.0.0.1:PORT:
 #   ws://127.0.0.1:PORT/sub/CHANNEL   websocket subscriber
 #   ws://127.0.0.1:PORT/pub/CHANNEL   websocket publisher (each text frame is
 #                                     one message, delivered verbatim)
@@ -84,7 +87,11 @@ health_ok() {
 }
 
 write_conf() {
-    local port=$1 workers=$2 module=$3 nofile=200000 hard
+    local port=$1 workers=$2 module=$3 nofile=200000 hard redis_conf="" redis_loc=""
+    if [ -n "${NCHAN_REDIS_URL:-}" ]; then
+        redis_conf="    upstream sl_redis { nchan_redis_server $NCHAN_REDIS_URL; }"
+        redis_loc="nchan_redis_pass sl_redis;"
+    fi
     # 200000 descriptors per worker, or the hard limit when it is lower and
     # cannot be raised (containers without CAP_SYS_RESOURCE): nginx would
     # only log a failed setrlimit and keep the old limit anyway.
@@ -133,6 +140,7 @@ http {
     # Shared memory for channels, buffered messages and subscriber bookkeeping
     # across workers; 256 MiB is plenty for 50,000 subscribers.
     nchan_shared_memory_size 256m;
+$redis_conf
 
     server {
         listen 127.0.0.1:$port backlog=4096 reuseport;
@@ -157,11 +165,13 @@ http {
         location ~ ^/sub/(.+)\$ {
             nchan_subscriber websocket;
             nchan_channel_id \$1;
+            $redis_loc
         }
 
         location ~ ^/pub/(.+)\$ {
             nchan_publisher websocket http;
             nchan_channel_id \$1;
+            $redis_loc
         }
 
         location / {

@@ -61,6 +61,13 @@ struct sb_config {
     int max_handshakes;
     int processes;
     struct sb_addr target;
+    /* Fan-out over several servers (nodes of a cluster): subscribers go
+     * round-robin to sub_targets, publishers to pub_target. */
+    int pub_port;
+    int sub_ports[16];
+    int n_sub_ports;
+    struct sb_addr pub_target;
+    struct sb_addr sub_targets[16];
     struct sb_addr *sources;
     int n_sources;
     const char *source_list; /* as given, for the JSON parameters */

@@ -338,8 +338,12 @@ static void start_connect(struct sb_conn *c)
         if (bind(c->fd, (const struct sockaddr *)&src->sa, src->len) < 0)
             goto fail;
     }
-    if (connect(c->fd, (const struct sockaddr *)&cfg->target.sa, cfg->target.len) < 0 &&
-        errno != EINPROGRESS)
+    const struct sb_addr *to = &cfg->target;
+    if (c->role == SB_R_PUB)
+        to = &cfg->pub_target;
+    else if (c->role == SB_R_SUB && cfg->n_sub_ports > 0)
+        to = &cfg->sub_targets[c->idx % (uint32_t)cfg->n_sub_ports];
+    if (connect(c->fd, (const struct sockaddr *)&to->sa, to->len) < 0 && errno != EINPROGRESS)
         goto fail;
     c->ev = event_new(sb_net.base, c->fd, EV_WRITE, on_event, c);
     if (!c->ev)

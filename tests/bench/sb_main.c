@@ -44,6 +44,8 @@ static const char USAGE[] =
     "common options:\n"
     "  --host HOST              server address [127.0.0.1]\n"
     "  --port N                 server port [3000]\n"
+    "  --pub-port N             fanout: publishers connect to this port [--port]\n"
+    "  --sub-ports N,M,...      fanout: subscribers round-robin over these ports [--port]\n"
     "  --path PATH              WebSocket path [/; echo: /echo]\n"
     "  --header 'NAME: VALUE'   add this header to every upgrade request (e.g. a token)\n"
     "  --duration SEC           sending time (fanout, echo, rpc) [10]\n"
@@ -91,6 +93,8 @@ static const char USAGE[] =
 enum {
     OPT_HOST = 256,
     OPT_PORT,
+    OPT_PUB_PORT,
+    OPT_SUB_PORTS,
     OPT_PATH,
     OPT_HEADER,
     OPT_SUB_PATH,
@@ -131,6 +135,8 @@ enum {
 static const struct option OPTS[] = {
     {"host", required_argument, 0, OPT_HOST},
     {"port", required_argument, 0, OPT_PORT},
+    {"pub-port", required_argument, 0, OPT_PUB_PORT},
+    {"sub-ports", required_argument, 0, OPT_SUB_PORTS},
     {"path", required_argument, 0, OPT_PATH},
     {"header", required_argument, 0, OPT_HEADER},
     {"sub-path", required_argument, 0, OPT_SUB_PATH},
@@ -300,6 +306,22 @@ static int parse_flags(int argc, char **argv, struct sb_config *cfg)
                 return usage_error("--port: not a port number: %s", a);
             cfg->port = (int)v;
             break;
+        case OPT_PUB_PORT:
+            if (!parse_long(a, 1, 65535, &v))
+                return usage_error("--pub-port: not a port number: %s", a);
+            cfg->pub_port = (int)v;
+            break;
+        case OPT_SUB_PORTS: {
+            char buf[256];
+            snprintf(buf, sizeof(buf), "%s", a);
+            cfg->n_sub_ports = 0;
+            for (char *sv = NULL, *t = strtok_r(buf, ",", &sv); t; t = strtok_r(NULL, ",", &sv)) {
+                if (cfg->n_sub_ports >= 16 || !parse_long(t, 1, 65535, &v))
+                    return usage_error("--sub-ports: up to 16 port numbers: %s", a);
+                cfg->sub_ports[cfg->n_sub_ports++] = (int)v;
+            }
+            break;
+        }
         case OPT_PATH:
         case OPT_SUB_PATH:
         case OPT_PUB_PATH:
@@ -594,19 +616,32 @@ static void raise_nofile(long need)
                 (unsigned long long)rl.rlim_cur, need);
 }
 
-static int resolve(struct sb_config *cfg)
+static int resolve_one(const struct sb_config *cfg, int portn, struct sb_addr *out)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
     char port[16];
-    snprintf(port, sizeof(port), "%d", cfg->port);
+    snprintf(port, sizeof(port), "%d", portn);
     int rc = getaddrinfo(cfg->host, port, &hints, &ai);
     if (rc != 0 || !ai) {
         fprintf(stderr, "sente-bench: cannot resolve %s: %s\n", cfg->host, gai_strerror(rc));
         return -1;
     }
-    memcpy(&cfg->target.sa, ai->ai_addr, ai->ai_addrlen);
-    cfg->target.len = ai->ai_addrlen;
+    memcpy(&out->sa, ai->ai_addr, ai->ai_addrlen);
+    out->len = ai->ai_addrlen;
     freeaddrinfo(ai);
+    return 0;
+}
+
+static int resolve(struct sb_config *cfg)
+{
+    if (resolve_one(cfg, cfg->port, &cfg->target) < 0)
+        return -1;
+    cfg->pub_target = cfg->target;
+    if (cfg->pub_port && resolve_one(cfg, cfg->pub_port, &cfg->pub_target) < 0)
+        return -1;
+    for (int i = 0; i < cfg->n_sub_ports; i++)
+        if (resolve_one(cfg, cfg->sub_ports[i], &cfg->sub_targets[i]) < 0)
+            return -1;
     return 0;
 }
 

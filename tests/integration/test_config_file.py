@@ -108,13 +108,18 @@ def test_every_flag_has_a_sente_variable_and_a_config_key(tmp_path):
     secret.write_text("s" * 40)
     admin = tmp_path / "admin.token"
     admin.write_text("never-printed-admin-token\n")
+    pw = tmp_path / "redis.pw"
+    pw.write_text("never-printed-redis-password\n")
     first = run(["--check-config", "--channel", "k:message-retention=2",
                  "--allowed-origin", "https://o.example", "--trusted-proxy", "10.0.0.0/8",
                  "--log-file", "/tmp/x.log", "--echo", "--jwt-secret-file", str(secret),
                  "--namespace", ":subscribe=authenticated",
                  "--namespace", "chat:publish=token,rpc=subscribers,max-subscribers=5",
-                 "--ops-listen", "[::1]:9100", "--admin-token-file", str(admin)]).stdout
+                 "--ops-listen", "[::1]:9100", "--admin-token-file", str(admin),
+                 "--redis", "redis://127.0.0.1:6399/2", "--node-id", "n1",
+                 "--redis-password-file", str(pw)]).stdout
     assert "never-printed-admin-token" not in first
+    assert "never-printed-redis-password" not in first
     p = tmp_path / "round.conf"
     p.write_text(first)
     again = run(["-c", str(p), "-t"])

@@ -116,11 +116,11 @@ static void test_publish_and_retention(void)
         sl_chan_msg_unref(R, e.msg);
     char out[4096] = "";
     uint64_t last;
-    SL_CHECK_INT(sl_chan_retained(R, c, 0, collect, out, &last), 3);
+    SL_CHECK_INT(sl_chan_retained(R, c, 0, collect, out, &last, NULL), 3);
     SL_CHECK_INT(last, 5);
     SL_CHECK(strstr(out, "\"seq\":3") && strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":2"));
     out[0] = '\0';
-    sl_chan_retained(R, c, 4, collect, out, &last);
+    sl_chan_retained(R, c, 4, collect, out, &last, NULL);
     SL_CHECK(strstr(out, "\"seq\":5") && !strstr(out, "\"seq\":4"));
     SL_CHECK_INT(sl_chan_message_count(c), 5);
 }

@@ -51,6 +51,7 @@
  * recovery of a dead worker's channel lock (a ghost subscription).
  */
 #include "sl_access.h"
+#include "sl_brq.h"
 #include "sl_chan.h"
 #include "sl_crash.h"
 #include "sl_rpc.h"
@@ -69,12 +70,12 @@
 #error "test_killpoints needs -DSL_CRASHPOINTS (make builds it so)"
 #endif
 
-#define REGION (8u << 20)
+#define REGION (16u << 20)
 #define CHECKER 70 /* the parent's reader slot */
 #define CHILD 1    /* the child plays worker 1 */
 #define RECOVERER 5 /* the second process's reader slot (not a worker) */
 #define NWORKERS 3
-#define TRACE_MAX 4096
+#define TRACE_MAX (1 << 18)
 
 typedef struct {
     sl_reg_t reg;
@@ -456,6 +457,71 @@ static void sc_reclaim(void)
     sl_qsbr_reclaim(&R->qsbr);
 }
 
+/* --redis: the broker's delivery of messages Redis numbered, and resets. */
+static void deliver_seq(const char *id, const char *epoch, uint64_t seq)
+{
+    char json[96];
+    int n = snprintf(json, sizeof(json), "{\"type\":\"channel-message\",\"seq\":%llu}",
+                     (unsigned long long)seq);
+    uint64_t woken;
+    sl_chan_deliver(R, sl_chan_find(R, id, strlen(id)), epoch, seq, json, (size_t)n, 0, 1,
+                    &woken);
+}
+
+static void sc_deliver(void)
+{
+    /* The next seq of the channel's own epoch: handed off, retained (the
+     * full ring drops its oldest). */
+    sl_chan_t *a = sl_chan_find(R, "a", 1);
+    deliver_seq("a", a->epoch, a->next_seq);
+}
+
+static void sc_deliver_epoch(void)
+{
+    /* Another epoch: the ring is emptied first, the channel takes it. */
+    deliver_seq("a", "zzzzzz", 40);
+}
+
+static void sc_deliver_gap(void)
+{
+    /* A seq that does not follow the ring: emptied first. */
+    sl_chan_t *a = sl_chan_find(R, "a", 1);
+    deliver_seq("a", a->epoch, a->next_seq + 5);
+}
+
+static void sc_deliver_position(void)
+{
+    deliver_seq("c", "yyyyyy", 7); /* nobody, nothing kept: only the position */
+}
+
+static void sc_reset(void)
+{
+    uint64_t woken;
+    sl_chan_reset(R, sl_chan_find(R, "a", 1), "rrrrrr", 30, SL_CHAN_RESET_NOTIFY, &woken);
+    sl_chan_reset(R, sl_chan_find(R, "a", 1), NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+    sl_chan_reset(R, sl_chan_find(R, "a", 1), "ssssss", 3, SL_CHAN_RESET_FORWARD, &woken);
+}
+
+static void sc_reset_full(void)
+{
+    /* Every target inbox full: the reset still happens (all noted as
+     * missed), its notice goes to nobody. */
+    for (int w = 0; w < 2; w++)
+        while (sl_chan_send_direct(R, w, 0, 99, 0, FRAME, sizeof(FRAME)) == SL_OK) {
+        }
+    uint64_t woken;
+    sl_chan_reset(R, sl_chan_find(R, "b", 1), "rrrrrr", 30, SL_CHAN_RESET_NOTIFY, &woken);
+}
+
+static void sc_brq(void)
+{
+    /* A request into a queue (an inbox), answers with and without payload. */
+    sl_inbox_entry_t e = {.kind = SL_BRQ_JOIN, .from = CHILD, .tag = 5, .deadline = 1};
+    sl_brq_submit(R, R->inboxes[2], &e, "{}", 2);
+    sl_brq_result(R, 0, 6, SL_BR_OK, "{\"seq\":1}", 9);
+    sl_brq_result(R, 0, 7, SL_BR_UNAVAILABLE, NULL, 0);
+}
+
 /* Worker 2 is stopped (its inbox full): a publish to a reaches 0 and 1 and
  * notes the message as missed in 2's inbox. */
 static void prep_full_2(void)
@@ -594,6 +660,13 @@ static const scenario_t SCENARIOS[] = {
     {"cleanup-leave", sc_cleanup_leave, NULL, NULL, NULL},
     {"expire", sc_expire, NULL, NULL, NULL},
     {"leave-without-memory", sc_unsubscribe_leave, prep_no_memory, NULL, rec_no_memory},
+    {"deliver", sc_deliver, NULL, NULL, NULL},
+    {"deliver-epoch", sc_deliver_epoch, NULL, NULL, NULL},
+    {"deliver-gap", sc_deliver_gap, NULL, NULL, NULL},
+    {"deliver-position", sc_deliver_position, NULL, NULL, NULL},
+    {"reset", sc_reset, NULL, NULL, NULL},
+    {"reset-full", sc_reset_full, NULL, NULL, NULL},
+    {"broker-queue", sc_brq, NULL, NULL, NULL},
 };
 #define NSC SL_ARRAY_LEN(SCENARIOS)
 
@@ -605,6 +678,8 @@ static const char *const MAY_LEAK[] = {
     "chan.sub.allocated",    "chan.pub.encoded",       "chan.send.allocated",
     "chan.direct.allocated", "chan.del.allocated",     "chan.ring.drop-cleared",
     "reg.conn.allocated",    "rpc.create.allocated",   "access.user.allocated",
+    "chan.dlv.allocated",    "chan.reset.allocated",   "chan.reset.unused",
+    "brq.allocated",
     "chan.join.allocated",   "chan.leave.allocated",   "chan.leave.unsent",
     "chan.pub.refused",      "chan.send.refused",      "chan.del.refused",
     "chan.bcast.allocated",  "chan.bcast.refused",     "chan.direct.refused",
@@ -867,6 +942,35 @@ static int run_child(const scenario_t *sc, const char *point, unsigned nth, bool
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Probes: objects of the sizes registry objects have, with a pattern. */
+#define NPROBES 48
+static const size_t PROBE_SIZES[] = {64, 128, 256, 512, 1024, 2048};
+
+static void probes_take(void **probe)
+{
+    for (int i = 0; i < NPROBES; i++) {
+        size_t sz = PROBE_SIZES[i % SL_ARRAY_LEN(PROBE_SIZES)];
+        probe[i] = sl_arena_alloc(R->arena, sz);
+        if (probe[i])
+            memset(probe[i], 0xA5, sz);
+    }
+}
+
+static void probes_check(void **probe)
+{
+    for (int i = 0; i < NPROBES; i++) {
+        size_t sz = PROBE_SIZES[i % SL_ARRAY_LEN(PROBE_SIZES)];
+        const uint8_t *p = probe[i];
+        for (size_t k = 0; p && k < sz; k++)
+            if (p[k] != 0xA5) {
+                EXPECT(false, "recovery wrote into memory the dead process had freed "
+                              "(a probe of %zu bytes changed at %zu)", sz, k);
+                break;
+            }
+        sl_arena_free(R->arena, probe[i]);
+    }
+}
+
 /* Fork the recoverer: as a worker blocked on the dead child's locks, it
  * takes each lock the child's record names (running its recovery), then
  * releases it.  Tracing the crash points it passes, or armed at `point`. */
@@ -967,6 +1071,14 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
     /* What the master does on SIGCHLD.  Each step only while all is well:
      * a registry found broken is not used further (it could hang). */
     sl_qsbr_register(&R->qsbr, CHECKER);
+    /* Memory the dead process freed may be handed out again before its
+     * locks are repaired: probes take it now, and a recovery that writes
+     * into freed memory (a reference dropped twice) spoils one.  (Only
+     * when the checker itself runs the recovery: a recoverer killed or
+     * stopped has run it, or part of it, already.) */
+    void *probe[NPROBES] = {0};
+    if (rec == REC_NONE)
+        probes_take(probe);
     if (rec == REC_KILLED)
         EXPECT(sl_reg_dead(R, RECOVERER, NULL) == SL_OK, "the recoverer's locks still held");
     EXPECT(sl_reg_dead(R, CHILD, NULL) == SL_OK, "the dead child's locks still held");
@@ -981,6 +1093,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
         sl_qsbr_online(&R->qsbr, CHECKER);
         check_registry();
     }
+    if (rec == REC_NONE)
+        probes_check(probe);
     if (!failure[0] && sc->check)
         sc->check();
     if (!failure[0])
@@ -1481,7 +1595,7 @@ static void retained_after_kill(const char *point, int before)
     sl_qsbr_online(&R->qsbr, CHECKER);
     int n = 0;
     uint64_t last = 0;
-    uint64_t oldest = sl_chan_retained(R, c, 0, count_retained, &n, &last);
+    uint64_t oldest = sl_chan_retained(R, c, 0, count_retained, &n, &last, NULL);
     SL_CHECK_INT(last, (uint64_t)before + 1);
     SL_CHECK_INT(oldest, last);
     SL_CHECK_INT(n, 1);

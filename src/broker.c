@@ -1,0 +1,2813 @@
+/*
+ * broker.c - the broker process (--redis): the one process of a node that
+ * talks to Redis, so that many nodes share channels with one order.
+ *
+ * What it owns (process-local): per --redis instance ("shard") a link of
+ * two hiredis connections on its own libevent loop - one for commands
+ * (Lua scripts by EVALSHA, pipelined, answered in order) and one for
+ * pub/sub - and a map of the channels this node cares about (bchan_t).
+ * Nothing of it is in shared memory: a respawned broker rebuilds it from
+ * the registry (the truth of this node's subscribers and of where its
+ * delivery stopped) and from Redis.  Its one piece of shared state with a
+ * lock, the channels' delivery (sl_chan_deliver / sl_chan_reset), follows
+ * the registry's rules: a recorded intent, repaired by the lock's recovery.
+ *
+ * Work arrives from the workers through the request queue (sl_brq.h);
+ * answers go back as SL_INBOX_BROKER_RESULT entries.  Messages from Redis
+ * become channel-message frames encoded once and handed to the workers
+ * that have subscribers (sl_chan_deliver), exactly like a local publish.
+ *
+ * Ordering: Redis assigns each channel's seq in one Lua script that also
+ * appends to the channel's history and PUBLISHes; every node's broker gets
+ * the channel's messages from its one pub/sub connection, in that order,
+ * and hands them to the workers in that order.  Where delivery stands for
+ * a channel (`known`: its epoch and last seq) is what a lost link resumes
+ * from: a message whose seq does not follow makes the broker fetch the
+ * missing ones from the history first (catch-up) and hold newer ones until
+ * then; when the history no longer has them, the channel's epoch changed,
+ * or Redis is behind what this node delivered, the local subscribers are
+ * closed with 1012 so their clients resubscribe with since-seq and are
+ * told recovered:false (sl_chan_reset).  Nothing is ever dropped without
+ * that: a backlog or hold over its bound resets its channel too.
+ *
+ * Redis's own continuity: at every connect the broker compares Redis's run
+ * id with the one recorded with the data (script EPOCHS); a restarted or
+ * failed-over Redis may have lost recent writes, so every channel takes a
+ * new epoch and every node resets its subscribers.
+ *
+ * Failures: a command not answered within --redis-timeout-ms, the pub/sub
+ * connection not echoing within it, or any connection error drops the
+ * link: every command in flight is answered broker-timeout (it may have
+ * run), every request that comes while it is down broker-unavailable (it
+ * did not); reconnection follows with exponential back-off and jitter
+ * (host names resolved off the loop), then scripts are loaded again, every
+ * wanted channel is subscribed again and caught up.  The master watches
+ * this process's progress like a worker's and replaces it when it stalls.
+ */
+#include "sl_broker.h"
+#include "sl_brq.h"
+#include "sl_brscript.h"
+#include "sl_conf.h"
+#include "sl_conn.h"
+#include "sl_proc.h"
+#include "sl_pubsub.h"
+#include "sl_rpc.h"
+#include "sl_shm.h"
+#include "sl_tel.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <urcu/uatomic.h>
+#include <urcu/urcu-qsbr.h>
+
+#define REG (&sl_shm->reg)
+#define BSTATS (&sl_shm->broker)
+#define HEARTBEAT_MS 1000
+#define NODE_TTL_MS 5000
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define BACKLOG_MAX_BYTES (64u << 20) /* messages from Redis waiting for inbox room, all channels */
+#define CHAN_BACKLOG_MAX 10000 /* ... one channel's (past it: the channel is reset) */
+#define CHAN_PUSHBACK 1000 /* a channel's backlog past which this node's publishes to it are refused */
+#define HOLD_MAX 10000     /* messages held per channel during a catch-up (past it: reset) */
+#define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
+#define INFLIGHT_BYTES_MAX (64u << 20)
+#define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
+
+/* ... and at most what fits the bound on one reply (sl_conn_reply_max,
+ * half of --max-outbound-bytes): a subscription-result nearly all of it
+ * (the worker cuts what is still over, counted in retained-omitted), the
+ * admin API's info half of it, as for a local channel. */
+static long long history_bytes(bool info)
+{
+    size_t max = sl_conn_reply_max(), room = info ? max / 2 : max - 2048;
+    return (long long)SL_MIN((size_t)HISTORY_MAX_BYTES, room);
+}
+/* One catch-up answer (a page: the node asks again for the rest), and
+ * admin info's history (the newest that fit). */
+#define CATCHUP_PAGE_MSGS 256
+#define CATCHUP_PAGE_BYTES (1u << 20)
+#define INFO_HISTORY_MSGS 1000
+/* Catch-ups in flight on one link; the rest wait their turn (holding what
+ * arrives meanwhile, bounded by HOLD_MAX). */
+#define CATCHUPS_MAX 64
+/* An epoch's room, the same as the local channel's (sl_chan_t.epoch): the
+ * scripts make at most 15 characters; a longer one is malformed. */
+#define BR_EPOCH 16
+_Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
+/* Channels given a new epoch per EPOCHS call after a Redis restart. */
+#define EPOCHS_SLICE 1000
+#define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
+#define BUCKETS 4096
+
+int sl_broker_wake_fd = -1;
+
+uint32_t sl_broker_shard(const char *id, size_t len, uint32_t nshards)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (uint8_t)id[i];
+        h *= 1099511628211ULL;
+    }
+    return nshards ? (uint32_t)(h % nshards) : 0;
+}
+
+static char script_sha[SL_BRS__COUNT][41];
+
+static void sha1_hex(const char *s, char out[41])
+{
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(s, strlen(s), d, &n, EVP_sha1(), NULL);
+    for (unsigned i = 0; i < n && i < 20; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+/* ------------------------------------------------------------ types */
+
+typedef struct link link_t;
+typedef struct bchan bchan_t;
+typedef struct cmd cmd_t;
+
+enum { L_DOWN, L_RESOLVING, L_CONNECTING, L_UP };
+enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
+
+/* What a command's reply completes. */
+enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
+       C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
+       C_INFO, C_EPOCHS, C_ENSURE };
+
+struct cmd {
+    cmd_t *prev, *next; /* the link's in-flight list, oldest first */
+    link_t *link;
+    int what;
+    int worker;
+    uint32_t slot;
+    uint64_t conn, tag;
+    int64_t deadline;   /* the request's (mono ms; 0: none): not sent after it */
+    int64_t sent_ms, sent_us;
+    bool answered;      /* a result went to the worker already */
+    int script;
+    char *buf;          /* the formatted command */
+    int len;
+    bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
+    uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
+    bool counted;       /* catch-ups: counted in link->ncatchup until freed */
+    json_t *ctx;        /* what the reply needs besides (owned) */
+};
+
+/* A message from Redis waiting: held during a catch-up, or for inbox room. */
+typedef struct bmsg {
+    struct bmsg *next;
+    uint64_t seq, exclude;
+    int64_t received_us;
+    char epoch[BR_EPOCH];
+    size_t len;
+    char json[];
+} bmsg_t;
+
+struct bchan {
+    bchan_t *next;      /* hash chain */
+    bchan_t *bl_next;   /* the list of channels with work waiting */
+    uint32_t idlen;
+    uint32_t shard;
+    int sub;            /* SUB_* on the shard's pub/sub connection */
+    bool want;          /* this node has subscribers: be subscribed */
+    bool holding;       /* a catch-up is in flight: hold new messages */
+    uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
+                           * of an older one (voided by a reset) is ignored */
+    bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
+    bchan_t *cu_next;
+    bool on_backlog;
+    bool known;         /* epoch and last say where delivery stands (last may be 0) */
+    bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
+    bool delete_pending; /* deleted on another node: the local delete still to make */
+    int64_t synced;     /* the count Redis has for this node; -1 unknown */
+    char epoch[BR_EPOCH];     /* of the last message delivered */
+    uint64_t last;      /* seq of the last message delivered */
+    char reset_epoch[BR_EPOCH];
+    uint64_t reset_last;
+    cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
+    bmsg_t *held, *held_tail;
+    uint32_t nheld;
+    uint32_t inflight;  /* commands referring to this channel */
+    bmsg_t *backlog, *backlog_tail;
+    uint32_t nbacklog;
+    uint64_t backlog_bytes;
+    char id[SL_CHAN_ID_MAX + 1];
+};
+
+struct link {
+    int shard;
+    int state;
+    redisAsyncContext *cmd, *sub;
+    bool ping_ok, sub_ok; /* the setup's last PING answered, the node channels subscribed */
+    bool ever_up;
+    cmd_t *head, *tail;   /* in flight on cmd */
+    uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
+    uint32_t ncu_wait;    /* ... and waiting on cu_wait (shown: cu_shown) */
+    bchan_t *cu_wait, *cu_wait_tail; /* channels whose catch-up waits for a turn */
+    uint32_t ninflight;
+    uint64_t inflight_bytes;
+    int64_t backoff_ms;
+    int64_t connect_ms;   /* mono ms the connection attempt began */
+    int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
+    struct event *retry_ev;
+    struct gaicb gai;     /* the host name being resolved (L_RESOLVING) */
+    struct addrinfo hints;
+    char addr[INET6_ADDRSTRLEN];
+    char run_id[48];
+    char reason[96];
+};
+
+static struct {
+    struct event_base *base;
+    struct event *wake_ev, *tick_ev, *beat_ev, *sig_ev;
+    link_t link[SL_BROKER_SHARDS];
+    uint32_t nlinks;
+    bchan_t *map[BUCKETS];
+    bchan_t *backlog; /* channels with messages waiting for inbox room, or a reset or delete */
+    uint64_t nbacklog, backlog_bytes;
+    uint64_t wake;    /* workers to wake at the end of this turn */
+    char node[32];
+    char prefix[64];
+    char instance[24]; /* this node's master (host hash, pid), in the heartbeat: a node id used twice shows */
+    bool stopping;
+    json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
+    /* Each shard's channels: those of its last whole pass (done), and
+     * those seen so far in the pass under way (cur, which wins). */
+    json_t *snap_done[SL_BROKER_SHARDS], *snap_cur[SL_BROKER_SHARDS];
+    char snap_cursor[SL_BROKER_SHARDS][24]; /* SSCAN cursor of the pass under way */
+    bool snap_dirty;                  /* changed since last published */
+} B;
+
+static void link_fail(link_t *l, const char *why);
+static void link_connect(link_t *l);
+static void reconcile(void);
+static void chan_deliver(bchan_t *ch, bmsg_t *m);
+static void start_catchup(bchan_t *ch);
+static void catchup_next(link_t *l);
+static void publish_snapshot(void);
+static void work_add(bchan_t *ch);
+
+/* ------------------------------------------------------------ helpers */
+
+static void wake_worker(int w)
+{
+    if (w >= 0 && w < SL_MAX_WORKERS)
+        B.wake |= (uint64_t)1 << w;
+}
+
+static void wake_flush(void)
+{
+    uint64_t w = B.wake;
+    B.wake = 0;
+    for (int i = 0; w; i++, w >>= 1)
+        if (w & 1) {
+            uint64_t one = 1;
+            if (write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
+            }
+        }
+}
+
+/* Answer a worker's request (at most once per request).  The worker's
+ * inbox keeps room for these (SL_INBOX_RESERVED); an answer too big for
+ * shared memory becomes a small "overloaded" one. */
+static void answer(int worker, uint64_t tag, uint32_t status, json_t *doc)
+{
+    if (tag == 0)
+        return; /* a request nobody waits for */
+    char *txt = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    if (status == SL_BR_UNAVAILABLE)
+        uatomic_add(&BSTATS->unavailable, 1);
+    else if (status == SL_BR_TIMEOUT)
+        uatomic_add(&BSTATS->timeouts, 1);
+    int rc = sl_brq_result(REG, worker, tag, status, txt, txt ? strlen(txt) : 0);
+    if (rc == SL_CHAN_NO_MEMORY && txt)
+        rc = sl_brq_result(REG, worker, tag, SL_BR_OVERLOADED, NULL, 0);
+    if (rc == SL_OK)
+        wake_worker(worker);
+    /* Else (256 answers waiting for it): its own deadline answers the client. */
+    free(txt);
+}
+
+static void cmd_answer(cmd_t *c, uint32_t status, json_t *doc)
+{
+    if (!c->answered) {
+        c->answered = true;
+        answer(c->worker, c->tag, status, doc);
+    }
+}
+
+static void new_epoch(char out[16])
+{
+    static const char abc[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    uint8_t rnd[12];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        for (int i = 0; i < 12; i++)
+            rnd[i] = (uint8_t)(sl_mono_us() >> (i % 8));
+    for (int i = 0; i < 12; i++)
+        out[i] = abc[rnd[i] % 36];
+    out[12] = '\0';
+}
+
+static int key(char *out, size_t n, const char *id, size_t idlen, const char *suffix)
+{
+    return snprintf(out, n, "%s:{%.*s}:%s", B.prefix, (int)idlen, id, suffix);
+}
+
+static link_t *link_of(const char *id, size_t len)
+{
+    return &B.link[sl_broker_shard(id, len, B.nlinks)];
+}
+
+static void set_reason(link_t *l, const char *why)
+{
+    snprintf(l->reason, sizeof(l->reason), "%s", why);
+    sl_broker_link_t *s = &BSTATS->link[l->shard];
+    snprintf(s->down_reason, sizeof(s->down_reason), "%s", why);
+}
+
+/* ------------------------------------------------------------ the channel map */
+
+static bchan_t *chan_find(const char *id, size_t len)
+{
+    uint32_t b = sl_broker_shard(id, len, BUCKETS);
+    for (bchan_t *c = B.map[b]; c; c = c->next)
+        if (c->idlen == len && memcmp(c->id, id, len) == 0)
+            return c;
+    return NULL;
+}
+
+static bchan_t *chan_get(const char *id, size_t len)
+{
+    bchan_t *c = chan_find(id, len);
+    if (c || len > SL_CHAN_ID_MAX)
+        return c;
+    c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    memcpy(c->id, id, len);
+    c->idlen = (uint32_t)len;
+    c->shard = sl_broker_shard(id, len, B.nlinks);
+    c->synced = -1;
+    uint32_t b = sl_broker_shard(id, len, BUCKETS);
+    c->next = B.map[b];
+    B.map[b] = c;
+    return c;
+}
+
+static void free_msgs(bmsg_t *m)
+{
+    while (m) {
+        bmsg_t *n = m->next;
+        free(m);
+        m = n;
+    }
+}
+
+static void drop_held(bchan_t *ch)
+{
+    free_msgs(ch->held);
+    ch->held = ch->held_tail = NULL;
+    ch->nheld = 0;
+}
+
+/* Forget a channel nobody here wants any more (nothing subscribed, nothing
+ * waiting). */
+static void chan_maybe_free(bchan_t *c)
+{
+    if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
+        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting)
+        return;
+    uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
+    for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
+        if (*p == c) {
+            *p = c->next;
+            break;
+        }
+    free_msgs(c->held);
+    free(c);
+}
+
+/* ------------------------------------------------------------ commands */
+
+/* /stats: the link's catch-ups in flight and waiting for a turn. */
+static void cu_shown(const link_t *l)
+{
+    uatomic_set(&BSTATS->link[l->shard].catchups_in_flight, l->ncatchup);
+    uatomic_set(&BSTATS->link[l->shard].catchups_waiting, l->ncu_wait);
+}
+
+static void cmd_free(cmd_t *c)
+{
+    if (c->counted) {
+        c->link->ncatchup--;
+        cu_shown(c->link);
+    }
+    if (c->ch)
+        c->ch->inflight--;
+    free(c->buf);
+    json_decref(c->ctx);
+    free(c);
+}
+
+static void cmd_unlink(cmd_t *c)
+{
+    link_t *l = c->link;
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (l->head == c)
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else if (l->tail == c)
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->ninflight--;
+    l->inflight_bytes -= (uint64_t)c->len;
+    uatomic_add(&BSTATS->link[l->shard].in_flight, -1);
+}
+
+static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+
+static int cmd_send(cmd_t *c)
+{
+    link_t *l = c->link;
+    if (l->cmd == NULL ||
+        redisAsyncFormattedCommand(l->cmd, on_reply, c, c->buf, (size_t)c->len) != REDIS_OK)
+        return SL_ERROR;
+    c->sent_us = sl_mono_us();
+    c->sent_ms = c->sent_us / 1000;
+    c->prev = l->tail;
+    c->next = NULL;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    l->ninflight++;
+    l->inflight_bytes += (uint64_t)c->len;
+    uatomic_add(&BSTATS->link[l->shard].in_flight, 1);
+    return SL_OK;
+}
+
+/* Room for one more command of n bytes on l (what a slow Redis holds in
+ * flight is bounded, in count and bytes; setup commands always go). */
+static bool room_for(cmd_t *c, size_t n)
+{
+    link_t *l = c->link;
+    if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS)
+        return true;
+    if (l->ninflight < INFLIGHT_MAX && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
+        return true;
+    uatomic_add(&BSTATS->link[l->shard].refused, 1);
+    return false;
+}
+
+/* A command from argv; ownership of c passes to the link (its reply frees
+ * it).  When the link is not up (or full), the command is answered and
+ * freed here: returns SL_ERROR.  c may be NULL (out of memory). */
+static int cmd_issue(cmd_t *c, int argc, const char **argv, const size_t *lens)
+{
+    if (c == NULL)
+        return SL_ERROR;
+    char *buf = NULL;
+    int n = redisFormatCommandArgv(&buf, argc, argv, lens);
+    if (n < 0) {
+        cmd_answer(c, SL_BR_BAD, NULL);
+        cmd_free(c);
+        return SL_ERROR;
+    }
+    c->buf = buf;
+    c->len = n;
+    bool setup = c->what == C_SETUP || c->what == C_PING || c->what == C_INFO ||
+                 c->what == C_EPOCHS;
+    if (c->link->state != L_UP && !setup) {
+        cmd_answer(c, SL_BR_UNAVAILABLE, NULL);
+        cmd_free(c);
+        return SL_ERROR;
+    }
+    if (!room_for(c, (size_t)n)) {
+        cmd_answer(c, SL_BR_OVERLOADED, NULL);
+        cmd_free(c);
+        return SL_ERROR;
+    }
+    if (cmd_send(c) != SL_OK) {
+        cmd_answer(c, SL_BR_UNAVAILABLE, NULL);
+        cmd_free(c);
+        return SL_ERROR;
+    }
+    return SL_OK;
+}
+
+static cmd_t *cmd_new(link_t *l, int what, const sl_inbox_entry_t *e)
+{
+    cmd_t *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->link = l;
+    c->what = what;
+    c->script = -1;
+    if (e) {
+        c->worker = e->from;
+        c->slot = e->target_slot;
+        c->conn = e->target_conn;
+        c->tag = e->tag;
+        c->deadline = e->deadline;
+    } else {
+        c->worker = -1;
+    }
+    return c;
+}
+
+static void cmd_chan(cmd_t *c, bchan_t *ch)
+{
+    c->ch = ch;
+    ch->inflight++;
+}
+
+/* Strings for script arguments (keys formatted into own[]). */
+#define ARGS_MAX 36
+typedef struct {
+    const char *v[ARGS_MAX];
+    size_t l[ARGS_MAX];
+    char own[ARGS_MAX][SL_CHAN_ID_MAX + 96];
+    int n;
+} args_t;
+
+static void arg(args_t *a, const char *s, size_t len)
+{
+    if (a->n >= ARGS_MAX)
+        return;
+    a->v[a->n] = s;
+    a->l[a->n++] = len;
+}
+static void args(args_t *a, const char *s)
+{
+    arg(a, s, strlen(s));
+}
+static void argi(args_t *a, int64_t v)
+{
+    if (a->n >= ARGS_MAX)
+        return;
+    snprintf(a->own[a->n], sizeof(a->own[0]), "%" PRId64, v);
+    args(a, a->own[a->n]);
+}
+static void argk(args_t *a, const char *id, size_t len, const char *suffix)
+{
+    if (a->n >= ARGS_MAX)
+        return;
+    key(a->own[a->n], sizeof(a->own[0]), id, len, suffix);
+    args(a, a->own[a->n]);
+}
+/* A key of this cluster that is not a channel's: "P:<what>". */
+static void argp(args_t *a, const char *what)
+{
+    if (a->n >= ARGS_MAX)
+        return;
+    snprintf(a->own[a->n], sizeof(a->own[0]), "%s:%s", B.prefix, what);
+    args(a, a->own[a->n]);
+}
+
+/* EVALSHA script with KEYS (the first nkeys of a) then ARGV. */
+static int cmd_script(cmd_t *c, int script, int nkeys, const args_t *a)
+{
+    const char *argv[ARGS_MAX + 3];
+    size_t alen[ARGS_MAX + 3];
+    char nk[8];
+    snprintf(nk, sizeof(nk), "%d", nkeys);
+    int k = 0;
+    argv[k] = "EVALSHA";
+    alen[k++] = 7;
+    argv[k] = script_sha[script];
+    alen[k++] = 40;
+    argv[k] = nk;
+    alen[k++] = strlen(nk);
+    for (int i = 0; i < a->n; i++) {
+        argv[k] = a->v[i];
+        alen[k++] = a->l[i];
+    }
+    if (c)
+        c->script = script;
+    return cmd_issue(c, k, argv, alen);
+}
+
+static char node_prefix_buf[96];
+static const char *node_prefix(void)
+{
+    return node_prefix_buf; /* "P:node:" */
+}
+
+/* ------------------------------------------------------------ replies */
+
+static bool is_err(redisReply *r, const char *prefix)
+{
+    return r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, prefix, strlen(prefix)) == 0;
+}
+
+static int64_t rint_(redisReply *r)
+{
+    if (r == NULL)
+        return 0;
+    if (r->type == REDIS_REPLY_INTEGER)
+        return r->integer;
+    if (r->type == REDIS_REPLY_STRING)
+        return strtoll(r->str, NULL, 10);
+    return 0;
+}
+
+static const char *rstr(redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_STRING ? r->str : "";
+}
+
+static redisReply *el(redisReply *r, size_t i)
+{
+    return r && r->type == REDIS_REPLY_ARRAY && i < r->elements ? r->element[i] : NULL;
+}
+
+/* No reply (the link failed with the command in flight): it may have run. */
+static uint32_t no_reply(redisReply *r)
+{
+    return r ? SL_BR_BAD : SL_BR_TIMEOUT;
+}
+
+static json_t *config_json(redisReply *r, size_t at)
+{
+    return json_pack("{s:I, s:I, s:I, s:b}", "max-subscribers", (json_int_t)rint_(el(r, at)),
+                     "message-retention", (json_int_t)rint_(el(r, at + 1)), "rpc-timeout-ms",
+                     (json_int_t)rint_(el(r, at + 2)), "telemetry-enabled",
+                     rint_(el(r, at + 3)) != 0);
+}
+
+/* An array of message texts (each valid JSON) as a JSON array, without
+ * parsing them: "[m1,m2,...]". */
+static char *raw_array(redisReply *a)
+{
+    size_t n = 2;
+    for (size_t i = 0; a && i < a->elements; i++)
+        n += a->element[i]->len + 1;
+    char *s = malloc(n + 1), *p = s;
+    if (s == NULL)
+        return NULL;
+    *p++ = '[';
+    for (size_t i = 0; a && i < a->elements; i++) {
+        if (i)
+            *p++ = ',';
+        memcpy(p, a->element[i]->str, a->element[i]->len);
+        p += a->element[i]->len;
+    }
+    *p++ = ']';
+    *p = '\0';
+    return s;
+}
+
+static void done_publish(cmd_t *c, redisReply *r)
+{
+    int64_t st = rint_(el(r, 0));
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    if (st != 0) {
+        cmd_answer(c, (uint32_t)st, NULL);
+        return;
+    }
+    json_t *d = json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)rint_(el(r, 1)), "epoch",
+                          rstr(el(r, 2)), "delivered-to", (json_int_t)rint_(el(r, 3)));
+    cmd_answer(c, SL_BR_OK, d);
+    json_decref(d);
+}
+
+/* Where delivery stands for ch, as Redis says (a join, a catch-up): known
+ * from now on, and the local channel moves on with it when behind - its
+ * ring could not continue, and a respawned broker resumes from it. */
+static void chan_position(bchan_t *ch, const char *epoch, uint64_t last)
+{
+    snprintf(ch->epoch, sizeof(ch->epoch), "%s", epoch);
+    ch->last = last;
+    ch->known = true;
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    uint64_t woken;
+    if (lc)
+        sl_chan_reset(REG, lc, epoch, last, SL_CHAN_RESET_FORWARD, &woken);
+}
+
+static void done_join(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    if (st == SL_BR_FULL) {
+        json_t *d = json_pack("{s:I}", "count", (json_int_t)rint_(el(r, 1)));
+        cmd_answer(c, SL_BR_FULL, d);
+        json_decref(d);
+        /* The worker undoes its local subscription; the next sync fixes
+         * our count in Redis. */
+        if (c->ch)
+            c->ch->synced = -1;
+        return;
+    }
+    if (st != 0) {
+        cmd_answer(c, (uint32_t)st, NULL);
+        return;
+    }
+    if (c->ch) {
+        /* Redis has this node's count as the worker saw it. */
+        c->ch->synced = -1;
+        /* Nothing delivered yet since the subscription: from here on every
+         * message after `last` reaches us (the script ran after it). */
+        if (!c->ch->known && !c->ch->holding)
+            chan_position(c->ch, rstr(el(r, 2)), (uint64_t)rint_(el(r, 3)));
+    }
+    char *hist = raw_array(el(r, 12));
+    json_t *h = hist ? json_loads(hist, 0, NULL) : json_array();
+    free(hist);
+    json_t *d = json_pack("{s:I, s:s, s:I, s:b, s:I, s:o, s:b, s:I, s:o}", "count",
+                          (json_int_t)rint_(el(r, 1)), "epoch", rstr(el(r, 2)), "last",
+                          (json_int_t)rint_(el(r, 3)), "recovered", rint_(el(r, 4)) != 0,
+                          "created-at", (json_int_t)rint_(el(r, 5)), "config", config_json(r, 6),
+                          "created", rint_(el(r, 10)) != 0, "first", (json_int_t)rint_(el(r, 11)),
+                          "history", h ? h : json_array());
+    cmd_answer(c, SL_BR_OK, d);
+    json_decref(d);
+}
+
+/* Reset ch here (its subscribers were told nothing of what is lost: they
+ * are closed, resubscribe, learn recovered:false); kept as pending work
+ * when it cannot be made now, and nothing of the channel is delivered
+ * before it. */
+static void chan_reset(bchan_t *ch, const char *epoch, uint64_t last)
+{
+    snprintf(ch->reset_epoch, sizeof(ch->reset_epoch), "%s", epoch);
+    ch->reset_last = last;
+    ch->reset_pending = true;
+    snprintf(ch->epoch, sizeof(ch->epoch), "%s", epoch);
+    ch->last = last;
+    ch->known = true;
+    /* What waits was of the old position: gone with it. */
+    free_msgs(ch->backlog);
+    B.nbacklog -= ch->nbacklog;
+    B.backlog_bytes -= ch->backlog_bytes;
+    ch->backlog = ch->backlog_tail = NULL;
+    ch->nbacklog = 0;
+    ch->backlog_bytes = 0;
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    uint64_t woken = 0;
+    int rc = lc ? sl_chan_reset(REG, lc, epoch, last, SL_CHAN_RESET_NOTIFY, &woken) : SL_OK;
+    if (rc == SL_CHAN_NO_MEMORY) {
+        work_add(ch); /* tried again every turn */
+        return;
+    }
+    ch->reset_pending = false;
+    if (rc == SL_OK && lc) {
+        uatomic_add(&BSTATS->reset_channels, 1);
+        B.wake |= woken;
+    }
+}
+
+/* ch was deleted (on another node, or while our link was down): the
+ * local delete tells its subscribers here (channel-deleted), in order
+ * after what they got; kept as pending work while inboxes are full. */
+static bool local_delete(bchan_t *ch)
+{
+    json_t *notice = json_pack("{s:s, s:s%}", "type", "channel-deleted", "channel-id", ch->id,
+                               (size_t)ch->idlen);
+    char *txt = notice ? json_dumps(notice, JSON_COMPACT) : NULL;
+    json_decref(notice);
+    int rc = SL_CHAN_NO_MEMORY;
+    if (txt) {
+        size_t jl = strlen(txt);
+        uint8_t hdr[SL_WS_MAX_HEADER];
+        size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, jl, NULL);
+        uint8_t *f = malloc(h + jl);
+        if (f) {
+            memcpy(f, hdr, h);
+            memcpy(f + h, txt, jl);
+            uint32_t un = 0;
+            uint64_t woken = 0;
+            rc = sl_chan_delete(REG, ch->id, ch->idlen, f, h + jl, &un, &woken);
+            if (rc == SL_OK) {
+                B.wake |= woken;
+                uatomic_add(&BSTATS->deleted_channels, 1);
+            }
+            free(f);
+        }
+        free(txt);
+    }
+    ch->known = false;
+    ch->epoch[0] = '\0';
+    ch->last = 0;
+    free_msgs(ch->backlog);
+    B.nbacklog -= ch->nbacklog;
+    B.backlog_bytes -= ch->backlog_bytes;
+    ch->backlog = ch->backlog_tail = NULL;
+    ch->nbacklog = 0;
+    ch->backlog_bytes = 0;
+    drop_held(ch);
+    ch->holding = false;
+    ch->reset_pending = false;
+    ch->delete_pending = rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY;
+    if (ch->delete_pending)
+        work_add(ch);
+    return !ch->delete_pending;
+}
+
+/* The catch-up is answered and ch's position set: what was held while it
+ * ran follows, in order (a repeat of what the position covers dropped by
+ * chan_deliver).  One pub/sub connection loses nothing between two of
+ * its messages, so what follows the position continues it; should it
+ * not (another epoch, a gap), the channel is reset to just before it -
+ * never another catch-up from here, which could start the same round
+ * again (rm17 H1). */
+static void release_held(bchan_t *ch)
+{
+    bmsg_t *held = ch->held;
+    ch->held = ch->held_tail = NULL;
+    ch->nheld = 0;
+    while (held) {
+        bmsg_t *m = held;
+        held = m->next;
+        m->next = NULL;
+        bool same = strcmp(ch->epoch, m->epoch) == 0;
+        if (ch->known && (!same || m->seq > ch->last + 1))
+            chan_reset(ch, m->epoch, m->seq - 1);
+        chan_deliver(ch, m);
+    }
+}
+
+static void done_catchup(cmd_t *c, redisReply *r)
+{
+    bchan_t *ch = c->ch;
+    if (ch == NULL || c->gen != ch->catchup_gen)
+        return; /* voided: the channel was reset since (hold overflow) */
+    ch->holding = false;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        /* The link went down: the next connection starts another catch-up
+         * from the same place. */
+        drop_held(ch);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    if (st == 3) {
+        /* Deleted while we were away: not brought back; told here. */
+        local_delete(ch);
+        reconcile();
+        return;
+    }
+    const char *epoch = rstr(el(r, 1));
+    uint64_t last = (uint64_t)rint_(el(r, 2));
+    if (st != 0) {
+        /* Lost for good: subscribers here must resubscribe and be told.
+         * What was held arrived after the script ran (seqs above `last`):
+         * not lost - it follows the reset, in order (rm17 H1: dropping it
+         * made the next live message a gap, another catch-up, another
+         * reset, for as long as publishing went on). */
+        chan_reset(ch, epoch, last);
+        release_held(ch);
+        return;
+    }
+    /* Numbered from the first seq the script returned (whatever happened
+     * to ch meanwhile). */
+    bool more = rint_(el(r, 5)) != 0;
+    redisReply *a = el(r, 4);
+    uint64_t seq = (uint64_t)rint_(el(r, 3));
+    for (size_t i = 0; a && i < a->elements; i++, seq++) {
+        bmsg_t *m = malloc(sizeof(*m) + a->element[i]->len + 1);
+        if (m == NULL)
+            break; /* the next message's gap fetches the rest */
+        m->next = NULL;
+        m->seq = seq;
+        m->exclude = 0;
+        m->received_us = sl_mono_us();
+        snprintf(m->epoch, sizeof(m->epoch), "%s", epoch);
+        m->len = a->element[i]->len;
+        memcpy(m->json, a->element[i]->str, m->len + 1);
+        uatomic_add(&BSTATS->recovered, 1);
+        chan_deliver(ch, m);
+    }
+    if (more && ch->known) {
+        /* One page of it (rm17 M1): the next from what this one ended
+         * with, still holding what arrives. */
+        start_catchup(ch);
+        return;
+    }
+    if (!ch->known)
+        chan_position(ch, epoch, last);
+    release_held(ch);
+}
+
+static void done_rpc(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    json_t *d = json_pack("{s:I}", "delivered-to", (json_int_t)rint_(el(r, 1)));
+    cmd_answer(c, (uint32_t)st, d);
+    json_decref(d);
+}
+
+/* A PUBLISH to another node's channel: nobody listening means that node is
+ * gone - the request it was for cannot be found. */
+static void done_fwd(cmd_t *c, redisReply *r)
+{
+    if (r == NULL) {
+        cmd_answer(c, SL_BR_TIMEOUT, NULL);
+        return;
+    }
+    if (r->type != REDIS_REPLY_INTEGER) {
+        cmd_answer(c, SL_BR_BAD, NULL);
+        return;
+    }
+    if (r->integer == 0) {
+        const char *op = json_string_value(json_object_get(c->ctx, "op"));
+        cmd_answer(c, op && strcmp(op, "rpc-response") == 0 ? SL_BR_REQUEST_NOT_FOUND
+                                                            : SL_BR_NOT_FOUND, NULL);
+    }
+    /* Else the outcome comes back through our node channel. */
+}
+
+static void done_admin(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    json_t *d = NULL;
+    if (c->what == C_ADMIN_CREATE && (st == 0 || st == SL_BR_EXISTS))
+        d = json_pack("{s:I, s:o, s:I}", "created-at", (json_int_t)rint_(el(r, 1)), "config",
+                      config_json(r, 2), "message-count", (json_int_t)rint_(el(r, 6)));
+    else if (c->what == C_ADMIN_DELETE && st == 0)
+        d = json_pack("{s:I}", "unsubscribed", (json_int_t)rint_(el(r, 1)));
+    else if (c->what == C_ADMIN_INFO && st == 0) {
+        char *hist = raw_array(el(r, 9));
+        json_t *h = hist ? json_loads(hist, 0, NULL) : NULL;
+        free(hist);
+        d = json_pack("{s:s, s:I, s:I, s:o, s:I, s:o}", "epoch", rstr(el(r, 1)), "message-count",
+                      (json_int_t)rint_(el(r, 2)), "created-at", (json_int_t)rint_(el(r, 3)),
+                      "config", config_json(r, 4), "subscriber-count",
+                      (json_int_t)rint_(el(r, 8)), "retained-messages", h ? h : json_array());
+    }
+    cmd_answer(c, (uint32_t)st, d);
+    json_decref(d);
+}
+
+static void done_snapshot(cmd_t *c, redisReply *r)
+{
+    int sh = c->link->shard;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return;
+    json_t *j = json_loads(rstr(el(r, 1)), 0, NULL);
+    if (json_is_array(j) && json_array_size(j) == 0) { /* cjson: {} encodes as [] */
+        json_decref(j);
+        j = json_object();
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return;
+    }
+    if (B.snap_cur[sh] == NULL)
+        B.snap_cur[sh] = json_object();
+    json_object_update(B.snap_cur[sh], j);
+    json_decref(j);
+    snprintf(B.snap_cursor[sh], sizeof(B.snap_cursor[sh]), "%s", rstr(el(r, 0)));
+    if (strcmp(B.snap_cursor[sh], "0") == 0) {
+        /* A whole pass: what it did not see is gone. */
+        json_decref(B.snap_done[sh]);
+        B.snap_done[sh] = B.snap_cur[sh];
+        B.snap_cur[sh] = NULL;
+    }
+    B.snap_dirty = true;
+    publish_snapshot();
+}
+
+static void done_heartbeat(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || c->link->shard != 0)
+        return;
+    int conflict = (int)rint_(el(r, 0));
+    if (conflict && !uatomic_read(&BSTATS->node_conflict))
+        SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_ERROR_LEVEL, SL_TF_S("node-id", B.node),
+               SL_TF_S("reason", "another running process uses this --node-id"));
+    uatomic_set(&BSTATS->node_conflict, conflict);
+    redisReply *live = el(r, 1);
+    json_t *a = json_array();
+    for (size_t i = 0; live && i < live->elements; i++) {
+        json_t *n = json_loads(rstr(live->element[i]), 0, NULL);
+        if (n) {
+            json_object_del(n, "instance");
+            json_array_append_new(a, n);
+        }
+    }
+    uatomic_set(&BSTATS->nodes, (uint32_t)json_array_size(a));
+    json_decref(B.snap_nodes);
+    B.snap_nodes = a;
+    B.snap_dirty = true;
+}
+
+static void link_up(link_t *l);
+static void link_ping(link_t *l, int what);
+static void link_epochs(link_t *l);
+
+static void done_setup(cmd_t *c, redisReply *r)
+{
+    link_t *l = c->link;
+    if (r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) {
+        char why[96];
+        snprintf(why, sizeof(why), "%s", r->str);
+        link_fail(l, why); /* e.g. AUTH refused: try again later */
+        return;
+    }
+    if (c->what == C_INFO) {
+        /* run_id:<40 hex>: which Redis process this is. */
+        const char *p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+        l->run_id[0] = '\0';
+        if (p)
+            snprintf(l->run_id, sizeof(l->run_id), "%.*s", (int)strcspn(p + 7, "\r\n"), p + 7);
+        link_epochs(l);
+    } else if (c->what == C_EPOCHS) {
+        int64_t st = rint_(el(r, 0));
+        if (st == 3) {
+            link_epochs(l); /* the next slice */
+            return;
+        }
+        if (st == 1) {
+            uatomic_add(&BSTATS->link[l->shard].epoch_renewals, 1);
+            SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                   SL_TF_S("run-id", l->run_id),
+                   SL_TF_S("reason", "Redis restarted or failed over: every channel's epoch "
+                                     "renewed (subscribers resubscribe, recovered:false)"));
+        }
+        link_ping(l, C_PING); /* answered after everything before it */
+    } else if (c->what == C_PING) {
+        uatomic_set(&BSTATS->link[l->shard].latency_us, (uint64_t)(sl_mono_us() - c->sent_us));
+        if (l->state == L_CONNECTING) {
+            l->ping_ok = true;
+            if (l->sub_ok)
+                link_up(l);
+        }
+    }
+}
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+    cmd_t *c = priv;
+    redisReply *r = reply;
+    link_t *l = c->link;
+    cmd_unlink(c);
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        uatomic_add(&BSTATS->link[l->shard].errors, 1);
+        if (is_err(r, "NOSCRIPT") && c->script >= 0) {
+            /* Scripts flushed behind our back: this one did not run.  The
+             * link starts over (scripts loaded again), so nothing sent
+             * after it runs out of order with a retry of it. */
+            cmd_answer(c, SL_BR_UNAVAILABLE, NULL);
+            cmd_free(c);
+            link_fail(l, "NOSCRIPT: the scripts were flushed");
+            wake_flush();
+            return;
+        }
+        if (c->what != C_SETUP && c->what != C_PING)
+            SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                   SL_TF_S("error-reply", r->str));
+    }
+    switch (c->what) {
+    case C_PUBLISH:
+    case C_ADMIN_PUBLISH: done_publish(c, r); break;
+    case C_JOIN: done_join(c, r); break;
+    case C_CATCHUP: done_catchup(c, r); break;
+    case C_RPC: done_rpc(c, r); break;
+    case C_RPC_FWD:
+    case C_ADMIN_FWD: done_fwd(c, r); break;
+    case C_ADMIN_CREATE:
+    case C_ADMIN_DELETE:
+    case C_ADMIN_INFO: done_admin(c, r); break;
+    case C_SNAPSHOT: done_snapshot(c, r); break;
+    case C_HEARTBEAT: done_heartbeat(c, r); break;
+    case C_SETUP:
+    case C_INFO:
+    case C_EPOCHS:
+    case C_PING: done_setup(c, r); break;
+    default: break;
+    }
+    if (r == NULL)
+        cmd_answer(c, SL_BR_TIMEOUT, NULL);
+    bool catchup = c->what == C_CATCHUP;
+    cmd_free(c);
+    if (catchup)
+        catchup_next(l);
+    wake_flush();
+}
+
+/* ------------------------------------------------------------ delivery */
+
+/* ch has work waiting (a backlog, a reset or delete to make): retried
+ * every loop turn, before anything new of the channel is delivered. */
+static void work_add(bchan_t *ch)
+{
+    if (!ch->on_backlog) {
+        ch->on_backlog = true;
+        ch->bl_next = B.backlog;
+        B.backlog = ch;
+    }
+}
+
+static void backlog_figures(void)
+{
+    uatomic_set(&BSTATS->backlog, B.nbacklog);
+    uatomic_set(&BSTATS->backlog_bytes, B.backlog_bytes);
+}
+
+/* Messages of ch that cannot all wait (the channel's or the node's bound):
+ * they are dropped - never silently: the channel is reset at the last of
+ * them, so its subscribers here resubscribe and are told. */
+static void backlog_overflow(bchan_t *ch, bmsg_t *m)
+{
+    uint64_t n = ch->nbacklog + 1;
+    char epoch[BR_EPOCH];
+    snprintf(epoch, sizeof(epoch), "%s", m->epoch);
+    uint64_t last = m->seq;
+    free(m);
+    uatomic_add(&BSTATS->dropped, n);
+    SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_SN("channel-id", ch->id, ch->idlen),
+           SL_TF_I("dropped", n), SL_TF_S("reason", "backlog bound: channel reset"));
+    chan_reset(ch, epoch, last);
+    backlog_figures();
+}
+
+static void backlog_add(bchan_t *ch, bmsg_t *m)
+{
+    size_t bytes = sizeof(*m) + m->len;
+    if (ch->nbacklog >= CHAN_BACKLOG_MAX || B.backlog_bytes + bytes > BACKLOG_MAX_BYTES) {
+        backlog_overflow(ch, m);
+        return;
+    }
+    m->next = NULL;
+    if (ch->backlog_tail)
+        ch->backlog_tail->next = m;
+    else
+        ch->backlog = m;
+    ch->backlog_tail = m;
+    ch->nbacklog++;
+    ch->backlog_bytes += bytes;
+    B.nbacklog++;
+    B.backlog_bytes += bytes;
+    backlog_figures();
+    work_add(ch);
+}
+
+/* Hand one message to the local workers (it is not freed).  SL_AGAIN:
+ * keep it for later. */
+static int deliver_now(bchan_t *ch, bmsg_t *m)
+{
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc == NULL)
+        return SL_OK; /* nobody here (any more) */
+    uint64_t woken = 0;
+    int rc = sl_chan_deliver(REG, lc, m->epoch, m->seq, m->json, m->len, m->exclude,
+                             m->received_us, &woken);
+    if (rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY)
+        return SL_AGAIN;
+    if (rc == SL_OK) {
+        B.wake |= woken;
+        uatomic_add(&BSTATS->delivered, 1);
+    }
+    return SL_OK;
+}
+
+/* In order: behind whatever already waits.  Takes m. */
+static void chan_deliver(bchan_t *ch, bmsg_t *m)
+{
+    if (ch->known && m->seq <= ch->last && strcmp(m->epoch, ch->epoch) == 0) {
+        free(m); /* had it already (history and live overlap) */
+        return;
+    }
+    snprintf(ch->epoch, sizeof(ch->epoch), "%s", m->epoch);
+    ch->last = m->seq;
+    ch->known = true;
+    if (ch->backlog || ch->reset_pending || deliver_now(ch, m) == SL_AGAIN)
+        backlog_add(ch, m);
+    else
+        free(m);
+}
+
+/* Every channel with work waiting, oldest first within each. */
+static void backlog_retry(void)
+{
+    bchan_t **p = &B.backlog;
+    while (*p) {
+        bchan_t *ch = *p;
+        if (ch->delete_pending)
+            local_delete(ch);
+        if (ch->reset_pending && !ch->delete_pending)
+            chan_reset(ch, ch->reset_epoch, ch->reset_last);
+        while (ch->backlog && !ch->reset_pending && !ch->delete_pending) {
+            bmsg_t *m = ch->backlog;
+            if (deliver_now(ch, m) == SL_AGAIN)
+                break;
+            ch->backlog = m->next;
+            if (ch->backlog == NULL)
+                ch->backlog_tail = NULL;
+            ch->nbacklog--;
+            ch->backlog_bytes -= sizeof(*m) + m->len;
+            B.nbacklog--;
+            B.backlog_bytes -= sizeof(*m) + m->len;
+            free(m);
+        }
+        if (ch->backlog == NULL && !ch->reset_pending && !ch->delete_pending) {
+            ch->on_backlog = false;
+            *p = ch->bl_next;
+        } else {
+            p = &ch->bl_next;
+        }
+    }
+    backlog_figures();
+}
+
+/* Hold m while a catch-up runs (bounded: past it the channel is reset). */
+static void hold(bchan_t *ch, bmsg_t *m)
+{
+    if (ch->nheld >= HOLD_MAX) {
+        uatomic_add(&BSTATS->dropped, ch->nheld + 1);
+        char epoch[BR_EPOCH];
+        snprintf(epoch, sizeof(epoch), "%s", m->epoch);
+        uint64_t last = m->seq;
+        free(m);
+        drop_held(ch);
+        /* The catch-up in flight is voided: its answer (a position before
+         * this reset) would reset the channel again. */
+        ch->holding = false;
+        ch->catchup_gen++;
+        chan_reset(ch, epoch, last);
+        return;
+    }
+    m->next = NULL;
+    if (ch->held_tail)
+        ch->held_tail->next = m;
+    else
+        ch->held = m;
+    ch->held_tail = m;
+    ch->nheld++;
+}
+
+/* "M<epoch>\n<seq>\n<origin>\n<exclude>\n<json>" on a channel's Redis channel. */
+static void on_channel_message(bchan_t *ch, const char *p, size_t n)
+{
+    const char *end = p + n, *f[4];
+    const char *q = p + 1;
+    for (int i = 0; i < 4; i++) {
+        f[i] = q;
+        q = memchr(q, '\n', (size_t)(end - q));
+        if (q == NULL)
+            return;
+        q++;
+    }
+    size_t elen = (size_t)(f[1] - f[0] - 1);
+    if (elen >= sizeof(((bmsg_t *)0)->epoch)) {
+        /* Malformed (not made by our scripts): treated as a gap, so what
+         * it carried is fetched - the catch-up gives the channel a proper
+         * epoch if its own is the bad one (rm17 L1). */
+        uatomic_add(&BSTATS->dropped, 1);
+        if (ch->known && !ch->holding)
+            start_catchup(ch);
+        return;
+    }
+    size_t jl = (size_t)(end - q);
+    bmsg_t *m = malloc(sizeof(*m) + jl + 1);
+    if (m == NULL)
+        return; /* the next message's gap fetches it */
+    m->next = NULL;
+    memcpy(m->epoch, f[0], elen);
+    m->epoch[elen] = '\0';
+    m->seq = strtoull(f[1], NULL, 10);
+    bool origin = (size_t)(f[3] - f[2] - 1) == strlen(B.node) &&
+                  memcmp(f[2], B.node, strlen(B.node)) == 0;
+    m->exclude = origin ? strtoull(f[3], NULL, 10) : 0;
+    m->received_us = sl_mono_us();
+    m->len = jl;
+    memcpy(m->json, q, jl);
+    m->json[jl] = '\0';
+    if (ch->holding) {
+        hold(ch, m);
+        return;
+    }
+    bool same = ch->known && strcmp(ch->epoch, m->epoch) == 0;
+    if (ch->known && !same) {
+        /* The channel's epoch changed in Redis (re-created, or Redis lost
+         * writes): seqs started over or went back.  Subscribers here are
+         * told; the new epoch's messages follow. */
+        chan_reset(ch, m->epoch, m->seq - 1);
+    } else if (same && m->seq > ch->last + 1) {
+        /* Missed some (the link was lost): fetch them first. */
+        ch->held = ch->held_tail = m;
+        ch->nheld = 1;
+        start_catchup(ch);
+        return;
+    }
+    chan_deliver(ch, m);
+}
+
+/* "R<origin>\n<exclude>\n<json>": an rpc-request for the channel's subscribers. */
+static void on_rpc_request(bchan_t *ch, const char *p, size_t n)
+{
+    const char *end = p + n, *o = p + 1, *x, *j;
+    x = memchr(o, '\n', (size_t)(end - o));
+    if (x == NULL)
+        return;
+    x++;
+    j = memchr(x, '\n', (size_t)(end - x));
+    if (j == NULL)
+        return;
+    j++;
+    bool origin = (size_t)(x - o - 1) == strlen(B.node) && memcmp(o, B.node, strlen(B.node)) == 0;
+    uint64_t exclude = origin ? strtoull(x, NULL, 10) : 0;
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc == NULL)
+        return;
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t jl = (size_t)(end - j);
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, jl, NULL);
+    uint8_t *frame = malloc(h + jl);
+    if (frame == NULL)
+        return;
+    memcpy(frame, hdr, h);
+    memcpy(frame + h, j, jl);
+    uint32_t recipients = 0;
+    uint64_t woken = 0;
+    if (sl_chan_send(REG, lc, frame, h + jl, NULL, exclude, NULL, NULL, &recipients, &woken) ==
+        SL_OK)
+        B.wake |= woken;
+    free(frame);
+}
+
+/* ------------------------------------------------------------ node channel */
+
+static void publish_to(const char *node, json_t *msg, cmd_t *c)
+{
+    char ch[160];
+    snprintf(ch, sizeof(ch), "%s:to:%s", B.prefix, node);
+    char *txt = json_dumps(msg, JSON_COMPACT);
+    if (txt == NULL) {
+        if (c) {
+            cmd_answer(c, SL_BR_BAD, NULL);
+            cmd_free(c);
+        }
+        return;
+    }
+    if (c == NULL)
+        c = cmd_new(&B.link[0], C_SYNC, NULL); /* an outcome: nobody waits for the reply */
+    const char *argv[3] = {"PUBLISH", ch, txt};
+    size_t lens[3] = {7, strlen(ch), strlen(txt)};
+    cmd_issue(c, 3, argv, lens);
+    free(txt);
+}
+
+/* Another node's rpc-response for one of our requests: claim it here
+ * (first response wins, as on one node) and answer the responder's node.
+ * The claim records this process (SL_REG_BROKER_SLOT): if it dies before
+ * removing the entry, the master's cleanup takes the claim over. */
+static void node_rpc_response(json_t *m)
+{
+    const char *rid = json_string_value(json_object_get(m, "request-id"));
+    const char *frame = json_string_value(json_object_get(m, "frame"));
+    const char *reply_to = json_string_value(json_object_get(m, "reply-to"));
+    uint32_t status = SL_BR_REQUEST_NOT_FOUND;
+    sl_rpc_t *q = rid ? sl_rpc_find(REG, rid, strlen(rid)) : NULL;
+    if (q && frame && sl_rpc_claim(q, SL_RPC_ANSWERED, SL_REG_BROKER_SLOT)) {
+        size_t jl = strlen(frame);
+        uint8_t hdr[SL_WS_MAX_HEADER];
+        size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, jl, NULL);
+        uint8_t *f = malloc(h + jl);
+        int rc = SL_CHAN_NO_MEMORY;
+        if (f) {
+            memcpy(f, hdr, h);
+            memcpy(f + h, frame, jl);
+            rc = sl_chan_send_direct(REG, q->worker, q->slot, q->conn_no, q->no, f, h + jl);
+            free(f);
+        }
+        if (rc == SL_OK) {
+            wake_worker(q->worker);
+            sl_rpc_remove(REG, q);
+            status = SL_BR_OK;
+        } else {
+            if (!sl_rpc_unclaim(REG, q))
+                status = SL_BR_REQUEST_NOT_FOUND; /* its requester left meanwhile: removed */
+            else
+                status = SL_BR_OVERLOADED;
+        }
+    }
+    if (reply_to) {
+        json_t *o = json_pack("{s:s, s:O, s:O, s:i}", "op", "outcome", "tag",
+                              json_object_get(m, "tag"), "worker", json_object_get(m, "worker"),
+                              "status", (int)status);
+        publish_to(reply_to, o, NULL);
+        json_decref(o);
+    }
+}
+
+/* An admin call for one of our connections: send to it, or close it. */
+static void node_conn_call(json_t *m, bool close_it)
+{
+    const char *cid = json_string_value(json_object_get(m, "conn-id"));
+    const char *frame = json_string_value(json_object_get(m, "frame"));
+    const char *reply_to = json_string_value(json_object_get(m, "reply-to"));
+    uint32_t status = SL_BR_NOT_FOUND;
+    sl_reg_conn_t *rc = cid ? sl_reg_conn_find(REG, cid, strlen(cid)) : NULL;
+    if (rc) {
+        int r = SL_CHAN_NO_MEMORY;
+        if (close_it) {
+            r = sl_chan_send_kind(REG, SL_INBOX_CLOSE, rc->worker, rc->slot, rc->conn_no, NULL, 0);
+        } else if (frame) {
+            size_t jl = strlen(frame);
+            uint8_t hdr[SL_WS_MAX_HEADER];
+            size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, jl, NULL);
+            uint8_t *f = malloc(h + jl);
+            if (f) {
+                memcpy(f, hdr, h);
+                memcpy(f + h, frame, jl);
+                r = sl_chan_send_kind(REG, SL_INBOX_DIRECT, rc->worker, rc->slot, rc->conn_no, f,
+                                      h + jl);
+                free(f);
+            }
+        }
+        status = r == SL_OK ? SL_BR_OK : SL_BR_OVERLOADED;
+        if (r == SL_OK)
+            wake_worker(rc->worker);
+    }
+    if (reply_to) {
+        json_t *o = json_pack("{s:s, s:O, s:O, s:i}", "op", "outcome", "tag",
+                              json_object_get(m, "tag"), "worker", json_object_get(m, "worker"),
+                              "status", (int)status);
+        publish_to(reply_to, o, NULL);
+        json_decref(o);
+    }
+}
+
+static void on_node_message(link_t *l, const char *p, size_t n)
+{
+    if (n == 5 && memcmp(p, "!echo", 5) == 0) {
+        /* Our own echo: this link's pub/sub connection is alive. */
+        if (l)
+            l->echo_sent_ms = 0;
+        return;
+    }
+    json_t *m = json_loadb(p, n, 0, NULL);
+    const char *op = json_string_value(json_object_get(m, "op"));
+    if (op == NULL) {
+        json_decref(m);
+        return;
+    }
+    if (strcmp(op, "rpc-response") == 0) {
+        node_rpc_response(m);
+    } else if (strcmp(op, "send") == 0 || strcmp(op, "close") == 0) {
+        node_conn_call(m, op[0] == 'c');
+    } else if (strcmp(op, "outcome") == 0) {
+        json_int_t tag = json_integer_value(json_object_get(m, "tag"));
+        int worker = (int)json_integer_value(json_object_get(m, "worker"));
+        int status = (int)json_integer_value(json_object_get(m, "status"));
+        answer(worker, (uint64_t)tag, (uint32_t)status, NULL);
+    }
+    json_decref(m);
+}
+
+/* "D<id>": a channel was deleted (on any node); "B<json>": a broadcast. */
+static void on_control(const char *p, size_t n)
+{
+    if (n < 1)
+        return;
+    if (p[0] == 'D') {
+        const char *id = p + 1;
+        size_t len = n - 1;
+        bchan_t *ch = len <= SL_CHAN_ID_MAX ? chan_get(id, len) : NULL;
+        if (ch)
+            local_delete(ch);
+        reconcile();
+    } else if (p[0] == 'B') {
+        size_t jl = n - 1;
+        uint8_t hdr[SL_WS_MAX_HEADER];
+        size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, jl, NULL);
+        uint8_t *f = malloc(h + jl);
+        if (f == NULL)
+            return;
+        memcpy(f, hdr, h);
+        memcpy(f + h, p + 1, jl);
+        uint64_t workers = 0;
+        for (uint32_t w = 0; w < sl_shm->nworkers; w++)
+            if (uatomic_read(&sl_shm->workers[w].connections) &&
+                uatomic_read(&sl_shm->workers[w].pid) > 0)
+                workers |= (uint64_t)1 << w;
+        uint64_t reached = 0;
+        if (sl_chan_broadcast(REG, workers, f, h + jl, &reached) == SL_OK)
+            B.wake |= reached;
+        free(f);
+    }
+}
+
+/* ------------------------------------------------------------ pub/sub */
+
+static void subscribe_chan(bchan_t *ch);
+
+static link_t *link_of_sub(const redisAsyncContext *ac)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        if (B.link[i].sub == ac)
+            return &B.link[i];
+    return NULL;
+}
+
+/* Joins that waited for the channel's subscription run now: from here on
+ * every message published after their script reaches us.  One whose
+ * worker has given up on it (past its deadline) is not sent: it would
+ * act after the client was told it failed. */
+static void send_joins(bchan_t *ch)
+{
+    cmd_t *j = ch->joins;
+    ch->joins = NULL;
+    int64_t now = sl_mono_ms();
+    while (j) {
+        cmd_t *next = j->next;
+        j->next = NULL;
+        if (j->deadline && now > j->deadline) {
+            uatomic_add(&BSTATS->expired, 1);
+            j->answered = true;
+            cmd_free(j);
+        } else if (!room_for(j, (size_t)j->len)) {
+            cmd_answer(j, SL_BR_OVERLOADED, NULL);
+            cmd_free(j);
+        } else if (cmd_send(j) != SL_OK) {
+            cmd_answer(j, SL_BR_UNAVAILABLE, NULL);
+            cmd_free(j);
+        }
+        j = next;
+    }
+}
+
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
+{
+    redisReply *r = reply;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3)
+        return;
+    const char *kind = rstr(r->element[0]);
+    redisReply *name = r->element[1], *data = r->element[2];
+    if (name->type != REDIS_REPLY_STRING)
+        return;
+    size_t pl = strlen(B.prefix);
+    bool chan = name->len > pl + 5 && memcmp(name->str, B.prefix, pl) == 0 &&
+                name->str[pl] == ':' && name->str[pl + 1] == '{' &&
+                memcmp(name->str + name->len - 3, "}:m", 3) == 0;
+    if (strcmp(kind, "message") == 0) {
+        if (data->type != REDIS_REPLY_STRING || data->len == 0)
+            return;
+        if (chan) {
+            bchan_t *ch = chan_find(name->str + pl + 2, name->len - pl - 5);
+            if (ch && ch->sub == SUB_ON) {
+                if (data->str[0] == 'M')
+                    on_channel_message(ch, data->str, data->len);
+                else if (data->str[0] == 'R')
+                    on_rpc_request(ch, data->str, data->len);
+            }
+        } else if (name->len == pl + 4 && memcmp(name->str + pl, ":ctl", 4) == 0) {
+            on_control(data->str, data->len);
+        } else {
+            on_node_message(link_of_sub(ac), data->str, data->len);
+        }
+        wake_flush();
+        return;
+    }
+    if (!chan) {
+        /* The node's own channels: the pub/sub connection is ready. */
+        link_t *l = link_of_sub(ac);
+        if (strcmp(kind, "subscribe") == 0 && l && l->state == L_CONNECTING) {
+            l->sub_ok = true;
+            if (l->ping_ok)
+                link_up(l);
+        }
+        return;
+    }
+    bchan_t *ch = chan_find(name->str + pl + 2, name->len - pl - 5);
+    if (ch == NULL)
+        return;
+    if (strcmp(kind, "subscribe") == 0) {
+        ch->sub = SUB_ON;
+        uatomic_add(&BSTATS->link[ch->shard].subscribed, 1);
+        send_joins(ch);
+        /* Subscribed again after a lost link (or by a new broker): what was
+         * published meanwhile is fetched (even from seq 0). */
+        if (ch->known && !ch->holding)
+            start_catchup(ch);
+        if (!ch->want)
+            subscribe_chan(ch); /* unwanted meanwhile: unsubscribe */
+    } else if (strcmp(kind, "unsubscribe") == 0) {
+        if (ch->sub == SUB_ON || ch->sub == SUB_OFF_PENDING)
+            uatomic_add(&BSTATS->link[ch->shard].subscribed, -1);
+        ch->sub = SUB_NONE;
+        /* Messages after this are not ours: forget where we were.  The
+         * local ring can no longer be trusted to continue: emptied. */
+        ch->known = false;
+        ch->last = 0;
+        ch->epoch[0] = '\0';
+        sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+        uint64_t woken;
+        if (lc)
+            sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+        if (ch->want)
+            subscribe_chan(ch);
+        else
+            chan_maybe_free(ch);
+    }
+    wake_flush();
+}
+
+/* Make the Redis subscription follow ch->want. */
+static void subscribe_chan(bchan_t *ch)
+{
+    link_t *l = &B.link[ch->shard];
+    if (l->state != L_UP || l->sub == NULL)
+        return;
+    char name[SL_CHAN_ID_MAX + 80];
+    int n = key(name, sizeof(name), ch->id, ch->idlen, "m");
+    if (ch->want && ch->sub == SUB_NONE) {
+        ch->sub = SUB_PENDING;
+        redisAsyncCommand(l->sub, on_sub, NULL, "SUBSCRIBE %b", name, (size_t)n);
+    } else if (!ch->want && ch->sub == SUB_ON) {
+        ch->sub = SUB_OFF_PENDING;
+        redisAsyncCommand(l->sub, on_sub, NULL, "UNSUBSCRIBE %b", name, (size_t)n);
+    }
+}
+
+/* ------------------------------------------------------------ catch-up */
+
+static sl_chan_config_t local_config(const char *id, size_t len)
+{
+    sl_chan_t *lc = sl_chan_find(REG, id, len);
+    if (lc)
+        return lc->config;
+    const sl_conf_namespace_t *ns = sl_conf_namespace(sl_conf, id, len, NULL);
+    return (sl_chan_config_t){.max_subscribers = ns->max_subscribers,
+                              .message_retention = ns->message_retention,
+                              .rpc_timeout_ms = ns->rpc_timeout_ms,
+                              .telemetry_enabled = true,
+                              .lingers = true};
+}
+
+/* Fetch what ch missed after ch->last, holding what arrives meanwhile.
+ * At most CATCHUPS_MAX per link at a time (rm17 M1: after a reconnect
+ * every channel catches up; their answers are not all held at once); the
+ * others wait their turn, in order, already holding. */
+static void start_catchup(bchan_t *ch)
+{
+    link_t *l = &B.link[ch->shard];
+    ch->holding = true;
+    ch->catchup_gen++; /* an older answer still in flight no longer counts */
+    if (l->ncatchup >= CATCHUPS_MAX) {
+        if (!ch->cu_waiting) {
+            ch->cu_waiting = true;
+            ch->cu_next = NULL;
+            if (l->cu_wait_tail)
+                l->cu_wait_tail->cu_next = ch;
+            else
+                l->cu_wait = ch;
+            l->cu_wait_tail = ch;
+            l->ncu_wait++;
+            cu_shown(l);
+        }
+        return;
+    }
+    cmd_t *c = cmd_new(l, C_CATCHUP, NULL);
+    if (c == NULL) {
+        ch->holding = false;
+        drop_held(ch); /* the next message's gap starts it again */
+        return;
+    }
+    cmd_chan(c, ch);
+    c->gen = ch->catchup_gen;
+    sl_chan_config_t cfg = local_config(ch->id, ch->idlen);
+    char ep[16];
+    new_epoch(ep);
+    args_t a = {.n = 0};
+    argk(&a, ch->id, ch->idlen, "c");
+    argk(&a, ch->id, ch->idlen, "h");
+    argp(&a, "channels");
+    argk(&a, ch->id, ch->idlen, "x");
+    argi(&a, (int64_t)ch->last);
+    args(&a, ch->epoch);
+    args(&a, ep);
+    argi(&a, sl_now_ms());
+    argi(&a, cfg.max_subscribers);
+    argi(&a, cfg.message_retention);
+    argi(&a, cfg.rpc_timeout_ms);
+    argi(&a, cfg.telemetry_enabled);
+    arg(&a, ch->id, ch->idlen);
+    argi(&a, cfg.lingers ? 1 : 0);
+    argi(&a, CATCHUP_PAGE_MSGS);
+    argi(&a, CATCHUP_PAGE_BYTES);
+    if (cmd_script(c, SL_BRS_CATCHUP, 4, &a) != SL_OK) {
+        ch->holding = false;
+        drop_held(ch);
+        return;
+    }
+    c->counted = true;
+    l->ncatchup++;
+    cu_shown(l);
+}
+
+/* A catch-up of l finished: the waiting ones take their turns. */
+static void catchup_next(link_t *l)
+{
+    while (l->state == L_UP && l->cu_wait && l->ncatchup < CATCHUPS_MAX) {
+        bchan_t *ch = l->cu_wait;
+        l->cu_wait = ch->cu_next;
+        if (l->cu_wait == NULL)
+            l->cu_wait_tail = NULL;
+        ch->cu_waiting = false;
+        ch->cu_next = NULL;
+        l->ncu_wait--;
+        cu_shown(l);
+        if (ch->holding) /* else given up meanwhile (a reset) */
+            start_catchup(ch);
+    }
+}
+
+/* ------------------------------------------------------------ reconcile */
+
+static void sync_count(bchan_t *ch, int64_t count)
+{
+    link_t *l = &B.link[ch->shard];
+    if (l->state != L_UP)
+        return;
+    cmd_t *c = cmd_new(l, C_SYNC, NULL);
+    if (c == NULL)
+        return;
+    args_t a = {.n = 0};
+    argk(&a, ch->id, ch->idlen, "n");
+    char nc[96];
+    snprintf(nc, sizeof(nc), "nodech:%s", B.node);
+    argp(&a, nc);
+    argk(&a, ch->id, ch->idlen, "c");
+    argk(&a, ch->id, ch->idlen, "h");
+    args(&a, B.node);
+    argi(&a, count);
+    arg(&a, ch->id, ch->idlen);
+    args(&a, node_prefix());
+    argi(&a, sl_conf->channel_linger_ms);
+    if (cmd_script(c, SL_BRS_SYNC, 4, &a) == SL_OK)
+        ch->synced = count;
+}
+
+static int reconcile_cb(sl_table_node_t *n, void *arg)
+{
+    sl_chan_t *lc = (sl_chan_t *)n;
+    uint32_t subs = uatomic_read(&lc->subscribers);
+    bchan_t *ch = subs ? chan_get(lc->id, lc->node.klen) : chan_find(lc->id, lc->node.klen);
+    if (ch == NULL)
+        return 0;
+    ch->want = ch->want || subs > 0; /* marked; cleared below for the rest */
+    if (!ch->known && subs > 0 && ch->sub == SUB_NONE && ch->joins == NULL) {
+        /* A new broker (the last one died): where this node's delivery
+         * stopped is in the registry (made exact by the channel lock's
+         * recovery), so what was published meanwhile is fetched from the
+         * history once subscribed (catch-up), even when that is seq 0. */
+        char ep[16];
+        uint64_t last = sl_chan_position(lc, ep);
+        snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
+        ch->last = last;
+        ch->known = true;
+    }
+    return 0;
+}
+
+/* Bring Redis in line with this node's registry: subscriptions for the
+ * channels with local subscribers, and this node's counts. */
+static void reconcile(void)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *c = B.map[b]; c; c = c->next)
+            c->want = false;
+    sl_table_foreach(REG->channels, reconcile_cb, NULL);
+    for (uint32_t b = 0; b < BUCKETS; b++) {
+        for (bchan_t *c = B.map[b], *next; c; c = next) {
+            next = c->next;
+            sl_chan_t *lc = sl_chan_find(REG, c->id, c->idlen);
+            int64_t count = lc ? (int64_t)uatomic_read(&lc->subscribers) : 0;
+            if (c->joins)
+                c->want = true; /* a join waits for the subscription */
+            if (count != c->synced)
+                sync_count(c, count);
+            subscribe_chan(c);
+            chan_maybe_free(c);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ requests */
+
+static void req_publish(const sl_inbox_entry_t *e, bool admin)
+{
+    const uint8_t *p = e->msg->frame;
+    size_t n = e->msg->len, off = 0;
+    uint32_t l[3];
+    const char *s[3];
+    for (int i = 0; i < 3; i++) {
+        if (off + 4 > n)
+            return answer(e->from, e->tag, SL_BR_BAD, NULL);
+        memcpy(&l[i], p + off, 4);
+        off += 4;
+        if (off + l[i] > n)
+            return answer(e->from, e->tag, SL_BR_BAD, NULL);
+        s[i] = (const char *)p + off;
+        off += l[i];
+    }
+    link_t *lk = link_of(s[0], l[0]);
+    if (lk->state != L_UP)
+        return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    bchan_t *ch = l[0] <= SL_CHAN_ID_MAX ? chan_find(s[0], l[0]) : NULL;
+    if (ch && ch->nbacklog > CHAN_PUSHBACK) {
+        /* Our workers cannot take this channel's messages as fast as they
+         * come: push back on this node's publishers of it (as full inboxes
+         * do on one node) rather than let the backlog, and the latency,
+         * grow.  Other channels are not held up. */
+        uatomic_add(&BSTATS->pushback, 1);
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    }
+    cmd_t *c = cmd_new(lk, admin ? C_ADMIN_PUBLISH : C_PUBLISH, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    char ep[16];
+    new_epoch(ep);
+    args_t a = {.n = 0};
+    argk(&a, s[0], l[0], "c");
+    argk(&a, s[0], l[0], "h");
+    argk(&a, s[0], l[0], "n");
+    argk(&a, s[0], l[0], "m");
+    arg(&a, s[1], l[1]);
+    arg(&a, s[2], l[2]);
+    argi(&a, sl_conf->redis_history_ttl_s);
+    argi(&a, (e->status & SL_BRQ_F_SENDER_SUB) ? 1 : 0); /* the excluded sender subscribes */
+    args(&a, node_prefix());
+    args(&a, ep);
+    args(&a, B.node);
+    argi(&a, (e->status & SL_BRQ_F_EXCLUDE) ? (int64_t)e->target_conn : 0);
+    cmd_script(c, SL_BRS_PUBLISH, 4, &a);
+}
+
+static const char *jstr(json_t *o, const char *k, size_t *len)
+{
+    json_t *v = json_object_get(o, k);
+    if (len)
+        *len = json_string_length(v);
+    return json_string_value(v);
+}
+
+static int64_t jint(json_t *o, const char *k)
+{
+    return json_integer_value(json_object_get(o, k));
+}
+
+static void req_join(const sl_inbox_entry_t *e, json_t *j)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    link_t *lk = link_of(id, len);
+    if (lk->state != L_UP)
+        return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    bchan_t *ch = chan_get(id, len);
+    cmd_t *c = ch ? cmd_new(lk, C_JOIN, e) : NULL;
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    cmd_chan(c, ch);
+    ch->want = true;
+    sl_chan_t *lc = sl_chan_find(REG, id, len);
+    int64_t count = lc ? (int64_t)uatomic_read(&lc->subscribers) : 1;
+    if (count < 1)
+        count = 1;
+    char ep[16];
+    new_epoch(ep);
+    args_t a = {.n = 0};
+    argk(&a, id, len, "c");
+    argk(&a, id, len, "h");
+    argk(&a, id, len, "n");
+    argp(&a, "channels");
+    char nc[96];
+    snprintf(nc, sizeof(nc), "nodech:%s", B.node);
+    argp(&a, nc);
+    argk(&a, id, len, "x");
+    args(&a, B.node);
+    argi(&a, count);
+    argi(&a, json_is_true(json_object_get(j, "auto-create")) ? 1 : 0);
+    argi(&a, jint(j, "max-subscribers"));
+    argi(&a, jint(j, "message-retention"));
+    argi(&a, jint(j, "rpc-timeout-ms"));
+    argi(&a, 1);
+    args(&a, ep);
+    argi(&a, sl_now_ms());
+    argi(&a, json_object_get(j, "since-seq") ? jint(j, "since-seq") : -1);
+    const char *cep = jstr(j, "epoch", NULL);
+    args(&a, cep ? cep : "");
+    argi(&a, jint(j, "from"));
+    argi(&a, jint(j, "ring-oldest"));
+    const char *rep = jstr(j, "ring-epoch", NULL);
+    args(&a, rep ? rep : "");
+    args(&a, node_prefix());
+    arg(&a, id, len);
+    argi(&a, history_bytes(false));
+    /* Formatted now; sent once the channel's subscription is confirmed, so
+     * no message published after the script can be missed. */
+    const char *argv[ARGS_MAX + 3];
+    size_t alen[ARGS_MAX + 3];
+    int k = 0;
+    argv[k] = "EVALSHA";
+    alen[k++] = 7;
+    argv[k] = script_sha[SL_BRS_JOIN];
+    alen[k++] = 40;
+    argv[k] = "6";
+    alen[k++] = 1;
+    for (int i = 0; i < a.n; i++, k++) {
+        argv[k] = a.v[i];
+        alen[k] = a.l[i];
+    }
+    char *buf = NULL;
+    int n = redisFormatCommandArgv(&buf, k, argv, alen);
+    if (n < 0) {
+        cmd_answer(c, SL_BR_BAD, NULL);
+        cmd_free(c);
+        return;
+    }
+    c->buf = buf;
+    c->len = n;
+    c->script = SL_BRS_JOIN;
+    if (ch->sub == SUB_ON) {
+        c->next = NULL;
+        ch->joins = c;
+        send_joins(ch);
+        return;
+    }
+    /* In request order behind the others waiting. */
+    cmd_t **p = &ch->joins;
+    while (*p)
+        p = &(*p)->next;
+    c->next = NULL;
+    *p = c;
+    subscribe_chan(ch);
+}
+
+static void req_rpc(const sl_inbox_entry_t *e, json_t *j)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    const char *frame = jstr(j, "frame", NULL);
+    if (id == NULL || frame == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    link_t *lk = link_of(id, len);
+    if (lk->state != L_UP)
+        return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    cmd_t *c = cmd_new(lk, C_RPC, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    size_t fl = strlen(frame);
+    char *payload = malloc(fl + 64 + strlen(B.node));
+    if (payload == NULL) {
+        cmd_free(c);
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    }
+    int pl = sprintf(payload, "R%s\n%" PRIu64 "\n", B.node, e->target_conn);
+    memcpy(payload + pl, frame, fl);
+    args_t a = {.n = 0};
+    argk(&a, id, len, "c");
+    argk(&a, id, len, "n");
+    argk(&a, id, len, "m");
+    arg(&a, payload, (size_t)pl + fl);
+    argi(&a, json_is_true(json_object_get(j, "subscribed")) ? 1 : 0);
+    args(&a, node_prefix());
+    cmd_script(c, SL_BRS_RPC, 3, &a);
+    free(payload);
+}
+
+/* rpc-response for another node, or an admin send/close for a connection
+ * on another node: forwarded on that node's channel; the outcome comes
+ * back on ours. */
+static void req_forward(const sl_inbox_entry_t *e, json_t *j, int what)
+{
+    const char *node = jstr(j, "node", NULL);
+    if (node == NULL)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    if (B.link[0].state != L_UP)
+        return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    cmd_t *c = cmd_new(&B.link[0], what, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    json_object_set_new(j, "reply-to", json_string(B.node));
+    json_object_set_new(j, "tag", json_integer((json_int_t)e->tag));
+    json_object_set_new(j, "worker", json_integer(e->from));
+    c->ctx = json_incref(j);
+    publish_to(node, j, c);
+}
+
+static void req_admin(const sl_inbox_entry_t *e, json_t *j)
+{
+    const char *op = jstr(j, "op", NULL);
+    size_t len = 0;
+    const char *id = jstr(j, "channel-id", &len);
+    if (op == NULL)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    if (strcmp(op, "send") == 0 || strcmp(op, "close") == 0)
+        return req_forward(e, j, C_ADMIN_FWD);
+    if (strcmp(op, "broadcast") == 0) {
+        const char *frame = jstr(j, "frame", NULL);
+        if (frame == NULL || B.link[0].state != L_UP)
+            return answer(e->from, e->tag, frame ? SL_BR_UNAVAILABLE : SL_BR_BAD, NULL);
+        cmd_t *c = cmd_new(&B.link[0], C_ADMIN_FWD, e);
+        if (c == NULL)
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        char ch[96];
+        snprintf(ch, sizeof(ch), "%s:ctl", B.prefix);
+        size_t fl = strlen(frame);
+        char *p = malloc(fl + 2);
+        if (p == NULL) {
+            cmd_free(c);
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        }
+        p[0] = 'B';
+        memcpy(p + 1, frame, fl + 1);
+        const char *argv[3] = {"PUBLISH", ch, p};
+        size_t lens[3] = {7, strlen(ch), fl + 1};
+        c->ctx = json_pack("{s:s}", "op", "broadcast");
+        /* Every node's broker (ours too) hands it to its workers; the
+         * answer is immediate: nobody reports back. */
+        c->what = C_SYNC;
+        if (cmd_issue(c, 3, argv, lens) == SL_OK)
+            cmd_answer(c, SL_BR_OK, NULL);
+        free(p);
+        return;
+    }
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    link_t *lk = link_of(id, len);
+    if (lk->state != L_UP)
+        return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
+    args_t a = {.n = 0};
+    cmd_t *c;
+    if (strcmp(op, "create") == 0) {
+        c = cmd_new(lk, C_ADMIN_CREATE, e);
+        if (c == NULL)
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        char ep[16];
+        new_epoch(ep);
+        argk(&a, id, len, "c");
+        argp(&a, "channels");
+        argk(&a, id, len, "h");
+        argk(&a, id, len, "n");
+        argk(&a, id, len, "x");
+        arg(&a, id, len);
+        args(&a, ep);
+        argi(&a, sl_now_ms());
+        argi(&a, jint(j, "max-subscribers"));
+        argi(&a, jint(j, "message-retention"));
+        argi(&a, jint(j, "rpc-timeout-ms"));
+        argi(&a, jint(j, "telemetry-enabled"));
+        cmd_script(c, SL_BRS_CREATE, 5, &a);
+    } else if (strcmp(op, "delete") == 0) {
+        c = cmd_new(lk, C_ADMIN_DELETE, e);
+        if (c == NULL)
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        argk(&a, id, len, "c");
+        argk(&a, id, len, "h");
+        argk(&a, id, len, "n");
+        argp(&a, "channels");
+        argp(&a, "ctl");
+        argk(&a, id, len, "x");
+        arg(&a, id, len);
+        args(&a, node_prefix());
+        /* The deletion is remembered as long as a history could be: a
+         * node that missed the notice does not bring it back. */
+        argi(&a, sl_conf->redis_history_ttl_s * 1000);
+        /* The control message is published on the channel's instance,
+         * which every broker also subscribes to (see link_connect). */
+        cmd_script(c, SL_BRS_DELETE, 6, &a);
+    } else if (strcmp(op, "info") == 0) {
+        c = cmd_new(lk, C_ADMIN_INFO, e);
+        if (c == NULL)
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        argk(&a, id, len, "c");
+        argk(&a, id, len, "h");
+        argk(&a, id, len, "n");
+        args(&a, node_prefix());
+        argi(&a, INFO_HISTORY_MSGS);
+        argi(&a, history_bytes(true));
+        cmd_script(c, SL_BRS_INFO, 3, &a);
+    } else {
+        answer(e->from, e->tag, SL_BR_BAD, NULL);
+    }
+}
+
+/* A channel's local count changed (a leave): bring Redis in line. */
+static void req_sync(json_t *j)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return;
+    sl_chan_t *lc = sl_chan_find(REG, id, len);
+    int64_t count = lc ? (int64_t)uatomic_read(&lc->subscribers) : 0;
+    bchan_t *ch = count ? chan_get(id, len) : chan_find(id, len);
+    if (ch == NULL)
+        return;
+    ch->want = count > 0 || ch->joins;
+    if (count != ch->synced)
+        sync_count(ch, count);
+    subscribe_chan(ch);
+    chan_maybe_free(ch);
+}
+
+static void handle(const sl_inbox_entry_t *e)
+{
+    uatomic_add(&BSTATS->requests, 1);
+    if ((e->deadline && sl_mono_ms() > e->deadline) ||
+        (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff)) {
+        /* The worker has given up on it (told its client broker-timeout,
+         * or will): doing it now would act behind the client's back. */
+        uatomic_add(&BSTATS->expired, 1);
+        return;
+    }
+    if (e->kind == SL_BRQ_PUBLISH) {
+        req_publish(e, e->status & SL_BRQ_F_ADMIN);
+        return;
+    }
+    if (e->msg == NULL)
+        return;
+    json_t *j = json_loadb((const char *)e->msg->frame, e->msg->len, 0, NULL);
+    if (j == NULL) {
+        answer(e->from, e->tag, SL_BR_BAD, NULL);
+        return;
+    }
+    switch (e->kind) {
+    case SL_BRQ_JOIN: req_join(e, j); break;
+    case SL_BRQ_SYNC: req_sync(j); break;
+    case SL_BRQ_RPC: req_rpc(e, j); break;
+    case SL_BRQ_RPC_RESPONSE: req_forward(e, j, C_RPC_FWD); break;
+    case SL_BRQ_ADMIN: req_admin(e, j); break;
+    default: answer(e->from, e->tag, SL_BR_BAD, NULL); break;
+    }
+    json_decref(j);
+}
+
+/* Bounded per turn so that Redis replies and pub/sub get their turn. */
+static void drain_queue(void)
+{
+    sl_inbox_t *q = BSTATS->queue;
+    sl_inbox_entry_t e;
+    for (int n = 0; n < 4096 && sl_inbox_pop(q, &e, NULL); n++) {
+        /* Its payload is freed right after use: killed at any point, we
+         * leak at most this one object. */
+        handle(&e);
+        sl_chan_msg_unref(REG, e.msg);
+    }
+    wake_flush();
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    uint64_t n;
+    if (read(fd, &n, sizeof(n)) < 0) {
+    }
+    drain_queue();
+}
+
+/* ------------------------------------------------------------ links */
+
+static void link_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    link_connect(arg);
+}
+
+static void link_schedule(link_t *l)
+{
+    /* Exponential back-off with jitter: the nodes of a cluster do not all
+     * come back at the same instant. */
+    l->backoff_ms = l->backoff_ms ? SL_MIN(l->backoff_ms * 2, BACKOFF_MAX_MS) : BACKOFF_MIN_MS;
+    uint32_t rnd = 0;
+    if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+        rnd = (uint32_t)sl_mono_us();
+    int64_t ms = l->backoff_ms / 2 + (int64_t)(rnd % (uint32_t)(l->backoff_ms / 2 + 1));
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (!B.stopping)
+        event_add(l->retry_ev, &tv);
+}
+
+static void link_fail(link_t *l, const char *why)
+{
+    if (l->state == L_DOWN)
+        return;
+    bool was_up = l->state == L_UP;
+    l->state = L_DOWN;
+    set_reason(l, why);
+    sl_broker_link_t *s = &BSTATS->link[l->shard];
+    uatomic_set(&s->connected, 0);
+    uatomic_set(&s->down_since_ms, sl_now_ms());
+    uatomic_set(&s->subscribed, 0);
+    uatomic_add(&s->errors, 1);
+    SL_TEL(SL_EV_REDIS_DISCONNECTED, was_up ? SL_ERROR_LEVEL : SL_WARN, SL_TF_I("shard", l->shard),
+           SL_TF_S("reason", why));
+    /* Freeing calls every pending callback with a NULL reply: each command
+     * in flight is answered broker-timeout (it may have run). */
+    redisAsyncContext *c = l->cmd, *s2 = l->sub;
+    l->cmd = l->sub = NULL;
+    l->ping_ok = l->sub_ok = false;
+    l->echo_sent_ms = 0;
+    if (c)
+        redisAsyncFree(c);
+    if (s2)
+        redisAsyncFree(s2);
+    /* Channel subscriptions of this link are gone: joins that waited for
+     * one are answered (never sent: not done), the rest is redone when the
+     * link is back. */
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next) {
+            if ((int)ch->shard != l->shard)
+                continue;
+            ch->sub = SUB_NONE;
+            cmd_t *j = ch->joins;
+            ch->joins = NULL;
+            while (j) {
+                cmd_t *next = j->next;
+                cmd_answer(j, SL_BR_UNAVAILABLE, NULL);
+                cmd_free(j);
+                j = next;
+            }
+            if (ch->holding) {
+                ch->holding = false;
+                drop_held(ch);
+            }
+            ch->cu_waiting = false;
+            ch->cu_next = NULL;
+        }
+    l->cu_wait = l->cu_wait_tail = NULL;
+    l->ncu_wait = 0;
+    cu_shown(l);
+    wake_flush();
+    link_schedule(l);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        if (l->cmd == ac || l->sub == ac) {
+            /* hiredis frees ac after this callback. */
+            if (l->cmd == ac)
+                l->cmd = NULL;
+            else
+                l->sub = NULL;
+            link_fail(l, ac->errstr[0] ? ac->errstr : "connection closed");
+            return;
+        }
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        if (l->cmd != ac && l->sub != ac)
+            continue;
+        if (status != REDIS_OK) {
+            if (l->cmd == ac)
+                l->cmd = NULL;
+            else
+                l->sub = NULL;
+            link_fail(l, ac->errstr[0] ? ac->errstr : "connect failed");
+            return;
+        }
+        if (l->addr[0]) {
+            /* TCP: the kernel notices a peer gone silent too. */
+            int on = 1, idle = 15, intvl = 5, cnt = 3;
+            setsockopt(ac->c.fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+            setsockopt(ac->c.fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+            setsockopt(ac->c.fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+            setsockopt(ac->c.fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+        }
+        return;
+    }
+}
+
+/* A connection to the link's instance: its Unix socket, or the address
+ * resolved (off the loop) from its host. */
+static redisAsyncContext *open_conn(link_t *l)
+{
+    const sl_conf_redis_t *r = &sl_conf->redis[l->shard];
+    redisAsyncContext *ac = r->path[0] ? redisAsyncConnectUnix(r->path)
+                                       : redisAsyncConnect(l->addr, r->port);
+    if (ac == NULL)
+        return NULL;
+    if (ac->err) {
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    redisLibeventAttach(ac, B.base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    return ac;
+}
+
+static void link_ping(link_t *l, int what)
+{
+    cmd_t *p = cmd_new(l, what, NULL);
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    cmd_issue(p, 1, argv, lens);
+}
+
+/* At every connect: is this the Redis whose data we know (its run id)? */
+static void link_epochs(link_t *l)
+{
+    if (l->run_id[0] == '\0') {
+        link_ping(l, C_PING); /* INFO without a run id: nothing to compare */
+        return;
+    }
+    char base[16];
+    new_epoch(base);
+    base[8] = '\0';
+    args_t a = {.n = 0};
+    argp(&a, "runid");
+    argp(&a, "channels");
+    argp(&a, "renew");
+    args(&a, l->run_id);
+    args(&a, base);
+    args(&a, B.prefix);
+    argi(&a, EPOCHS_SLICE);
+    cmd_script(cmd_new(l, C_EPOCHS, NULL), SL_BRS_EPOCHS, 3, &a);
+}
+
+/* The connections are made; set them up: AUTH, SELECT, the scripts, the
+ * run id check, the node channels, then a PING whose answer says both
+ * connections are usable. */
+static void link_open(link_t *l)
+{
+    l->state = L_CONNECTING;
+    l->cmd = open_conn(l);
+    l->sub = l->cmd ? open_conn(l) : NULL;
+    if (l->cmd == NULL || l->sub == NULL) {
+        link_fail(l, "cannot create a connection");
+        return;
+    }
+    const sl_conf_redis_t *r = &sl_conf->redis[l->shard];
+    /* Setup commands on the command connection go through the in-flight
+     * list, so they are bounded by the timeout like everything else. */
+    if (r->password[0]) {
+        const char *argv[3] = {"AUTH", r->user[0] ? r->user : r->password, r->password};
+        size_t lens[3] = {4, strlen(argv[1]), strlen(r->password)};
+        if (cmd_issue(cmd_new(l, C_SETUP, NULL), r->user[0] ? 3 : 2, argv, lens) != SL_OK ||
+            l->state == L_DOWN)
+            return;
+        if (r->user[0])
+            redisAsyncCommand(l->sub, NULL, NULL, "AUTH %s %s", r->user, r->password);
+        else
+            redisAsyncCommand(l->sub, NULL, NULL, "AUTH %s", r->password);
+    }
+    if (r->db) {
+        char db[16];
+        snprintf(db, sizeof(db), "%d", r->db);
+        const char *argv[2] = {"SELECT", db};
+        size_t lens[2] = {6, strlen(db)};
+        if (cmd_issue(cmd_new(l, C_SETUP, NULL), 2, argv, lens) != SL_OK)
+            return;
+    }
+    for (int s = 0; s < SL_BRS__COUNT; s++) {
+        const char *argv[3] = {"SCRIPT", "LOAD", sl_brscript[s]};
+        size_t lens[3] = {6, 4, strlen(sl_brscript[s])};
+        if (cmd_issue(cmd_new(l, C_SETUP, NULL), 3, argv, lens) != SL_OK)
+            return;
+    }
+    const char *info[2] = {"INFO", "server"};
+    size_t ilens[2] = {4, 6};
+    if (cmd_issue(cmd_new(l, C_INFO, NULL), 2, info, ilens) != SL_OK)
+        return;
+    /* The node's channels: on every shard's pub/sub (a delete is published
+     * on the channel's shard, node messages on shard 0, echoes on each). */
+    l->ping_ok = l->sub_ok = false;
+    redisAsyncCommand(l->sub, on_sub, NULL, "SUBSCRIBE %s:ctl %s:to:%s", B.prefix, B.prefix,
+                      B.node);
+}
+
+static void link_connect(link_t *l)
+{
+    if (l->state != L_DOWN || B.stopping)
+        return;
+    l->connect_ms = sl_mono_ms();
+    const sl_conf_redis_t *r = &sl_conf->redis[l->shard];
+    l->addr[0] = '\0';
+    if (r->path[0]) {
+        link_open(l);
+        return;
+    }
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, r->host, &a6) == 1 || inet_pton(AF_INET6, r->host, &a6) == 1) {
+        snprintf(l->addr, sizeof(l->addr), "%s", r->host);
+        link_open(l);
+        return;
+    }
+    /* A host name: resolved by glibc's resolver thread, never in this loop
+     * (the tick looks for the answer). */
+    l->state = L_RESOLVING;
+    if (l->gai.ar_name == NULL) {
+        memset(&l->gai, 0, sizeof(l->gai));
+        memset(&l->hints, 0, sizeof(l->hints));
+        l->hints.ai_family = AF_UNSPEC;
+        l->hints.ai_socktype = SOCK_STREAM;
+        l->gai.ar_name = r->host;
+        l->gai.ar_request = &l->hints;
+        struct gaicb *list[1] = {&l->gai};
+        if (getaddrinfo_a(GAI_NOWAIT, list, 1, NULL) != 0) {
+            l->gai.ar_name = NULL;
+            link_fail(l, "cannot start resolving the host name");
+        }
+    }
+}
+
+/* The tick: a resolution that finished, while the link waits for it. */
+static void link_resolved(link_t *l)
+{
+    if (l->gai.ar_name == NULL)
+        return;
+    int rc = gai_error(&l->gai);
+    if (rc == EAI_INPROGRESS)
+        return;
+    struct addrinfo *res = l->gai.ar_result;
+    char addr[INET6_ADDRSTRLEN] = "";
+    if (rc == 0 && res)
+        getnameinfo(res->ai_addr, res->ai_addrlen, addr, sizeof(addr), NULL, 0, NI_NUMERICHOST);
+    if (res)
+        freeaddrinfo(res);
+    l->gai.ar_name = NULL; /* free for the next attempt */
+    l->gai.ar_result = NULL;
+    if (l->state != L_RESOLVING)
+        return; /* given up meanwhile */
+    if (addr[0] == '\0') {
+        char why[96];
+        snprintf(why, sizeof(why), "cannot resolve %s: %s", sl_conf->redis[l->shard].host,
+                 rc ? gai_strerror(rc) : "no address");
+        link_fail(l, why);
+        return;
+    }
+    snprintf(l->addr, sizeof(l->addr), "%s", addr);
+    link_open(l);
+}
+
+static void beat_link(link_t *l);
+
+static void link_up(link_t *l)
+{
+    l->state = L_UP;
+    l->backoff_ms = 0;
+    sl_broker_link_t *s = &BSTATS->link[l->shard];
+    if (l->ever_up)
+        uatomic_add(&s->reconnects, 1);
+    l->ever_up = true;
+    uatomic_set(&s->connected, 1);
+    uatomic_set(&s->down_since_ms, 0);
+    s->down_reason[0] = '\0';
+    SL_TEL(SL_EV_REDIS_CONNECTED, SL_INFO, SL_TF_I("shard", l->shard),
+           SL_TF_S("url", sl_conf->redis[l->shard].url));
+    beat_link(l); /* counted by the others from now on */
+    /* Redis may have lost everything (restarted without persistence):
+     * counts are re-asserted, channels re-subscribed (and caught up). */
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->synced = -1;
+    /* --channel channels exist on every node: each node re-creates them if
+     * Redis lost them. */
+    for (int i = 0; i < sl_conf->nchannels; i++) {
+        const sl_conf_channel_t *cc = &sl_conf->channels[i];
+        size_t len = strlen(cc->name);
+        if (link_of(cc->name, len) != l)
+            continue;
+        cmd_t *c = cmd_new(l, C_ENSURE, NULL);
+        char ep[16];
+        new_epoch(ep);
+        args_t a = {.n = 0};
+        argk(&a, cc->name, len, "c");
+        argp(&a, "channels");
+        argk(&a, cc->name, len, "h");
+        argk(&a, cc->name, len, "n");
+        argk(&a, cc->name, len, "x");
+        arg(&a, cc->name, len);
+        args(&a, ep);
+        argi(&a, sl_now_ms());
+        argi(&a, cc->max_subscribers);
+        argi(&a, cc->message_retention);
+        argi(&a, cc->rpc_timeout_ms);
+        argi(&a, 1);
+        cmd_script(c, SL_BRS_CREATE, 5, &a);
+    }
+    reconcile();
+}
+
+/* ------------------------------------------------------------ timers */
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    int64_t now = sl_mono_ms(), bound = sl_conf->redis_timeout_ms;
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        link_resolved(l);
+        char why[128];
+        if (l->head && now - l->head->sent_ms > bound) {
+            uatomic_add(&BSTATS->link[i].timeouts, 1);
+            snprintf(why, sizeof(why), "no reply within %" PRId64 " ms (--redis-timeout-ms)",
+                     bound);
+            link_fail(l, why);
+        } else if (l->echo_sent_ms && now - l->echo_sent_ms > bound) {
+            uatomic_add(&BSTATS->link[i].timeouts, 1);
+            snprintf(why, sizeof(why),
+                     "the pub/sub connection did not echo within %" PRId64 " ms", bound);
+            link_fail(l, why);
+        } else if ((l->state == L_RESOLVING || l->state == L_CONNECTING) &&
+                   now - l->connect_ms > 2 * bound + 1000) {
+            snprintf(why, sizeof(why), "%s not done within %" PRId64 " ms",
+                     l->state == L_RESOLVING ? "resolving the host" : "connecting",
+                     2 * bound + 1000);
+            link_fail(l, why);
+        }
+    }
+    if (B.backlog)
+        backlog_retry();
+    drain_queue(); /* in case a wake-up was lost */
+    wake_flush();
+}
+
+typedef struct {
+    const char *id;
+    json_t *v;
+} snap_ent_t;
+
+static int snap_cmp(const void *a, const void *b)
+{
+    return strcmp(((const snap_ent_t *)a)->id, ((const snap_ent_t *)b)->id);
+}
+
+/* The snapshot for the workers (sl_brq_snap_t): the live nodes and every
+ * shard's channels (each pass's, overlaid by the one under way), sorted
+ * by id, each channel's figures as its own JSON text. */
+static void publish_snapshot(void)
+{
+    if (!B.snap_dirty)
+        return;
+    B.snap_dirty = false;
+    json_t *all = json_object();
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        if (B.snap_done[i])
+            json_object_update(all, B.snap_done[i]);
+        if (B.snap_cur[i])
+            json_object_update(all, B.snap_cur[i]);
+    }
+    size_t n = json_object_size(all), k = 0;
+    snap_ent_t *ents = calloc(n ? n : 1, sizeof(*ents));
+    char **texts = calloc(n ? n : 1, sizeof(*texts));
+    char *nodes = json_dumps(B.snap_nodes ? B.snap_nodes : json_array(), JSON_COMPACT);
+    if (ents == NULL || texts == NULL || nodes == NULL) {
+        free(ents);
+        free(texts);
+        free(nodes);
+        json_decref(all);
+        B.snap_dirty = true;
+        return;
+    }
+    const char *id;
+    json_t *v;
+    json_object_foreach(all, id, v) {
+        ents[k].id = id;
+        ents[k++].v = v;
+    }
+    qsort(ents, n, sizeof(*ents), snap_cmp);
+    size_t nl = strlen(nodes), text = nl;
+    for (size_t i = 0; i < n; i++) {
+        texts[i] = json_dumps(ents[i].v, JSON_COMPACT);
+        text += strlen(ents[i].id) + (texts[i] ? strlen(texts[i]) : 2);
+    }
+    size_t size = sizeof(sl_brq_snap_t) + n * sizeof(sl_brq_snap_chan_t) + text;
+    sl_brq_snap_t *s = size < UINT32_MAX ? sl_arena_alloc(REG->arena, size) : NULL;
+    if (s) {
+        s->head.next = NULL;
+        s->head.epoch = 0;
+        s->at_ms = sl_now_ms();
+        s->nchan = (uint32_t)n;
+        char *t = (char *)sl_brq_snap_text(s);
+        memcpy(t, nodes, nl);
+        s->nodes_off = 0;
+        s->nodes_len = (uint32_t)nl;
+        uint32_t off = (uint32_t)nl;
+        for (size_t i = 0; i < n; i++) {
+            sl_brq_snap_chan_t *e = &s->chan[i];
+            size_t il = strlen(ents[i].id), fl = texts[i] ? strlen(texts[i]) : 2;
+            e->idoff = off;
+            e->idlen = (uint32_t)il;
+            memcpy(t + off, ents[i].id, il);
+            off += (uint32_t)il;
+            e->off = off;
+            e->len = (uint32_t)fl;
+            memcpy(t + off, texts[i] ? texts[i] : "{}", fl);
+            off += (uint32_t)fl;
+            e->messages = (uint64_t)json_integer_value(json_object_get(ents[i].v, "message-count"));
+        }
+        s->text_len = off;
+        sl_brq_snap_t *old = BSTATS->snapshot;
+        /* Written whole before the pointer that publishes it; the old one
+         * goes after a grace period (a worker may be reading it). */
+        rcu_assign_pointer(BSTATS->snapshot, s);
+        uatomic_set(&BSTATS->snapshot_ms, s->at_ms);
+        if (old)
+            sl_qsbr_retire(&REG->qsbr, &old->head);
+    } else {
+        B.snap_dirty = true; /* shared memory full: try again next beat */
+    }
+    for (size_t i = 0; i < n; i++)
+        free(texts[i]);
+    free(texts);
+    free(ents);
+    free(nodes);
+    json_decref(all);
+}
+
+/* This node's heartbeat (it counts only while its key lives), the link's
+ * latency, the pub/sub connection's echo, and a slice of the cluster
+ * snapshot from this instance. */
+static void beat_link(link_t *l)
+{
+    if (l->state != L_UP)
+        return;
+    uint64_t conns = 0;
+    for (uint32_t w = 0; w < sl_shm->nworkers; w++)
+        conns += uatomic_read(&sl_shm->workers[w].connections);
+    json_t *info = json_pack("{s:s, s:I, s:I, s:i, s:s}", "node", B.node, "connections",
+                             (json_int_t)conns, "started-at", (json_int_t)sl_shm->start_ms,
+                             "workers", (int)sl_shm->nworkers, "instance", B.instance);
+    char *itxt = json_dumps(info, JSON_COMPACT);
+    json_decref(info);
+    char nodek[96];
+    snprintf(nodek, sizeof(nodek), "node:%s", B.node);
+    args_t a = {.n = 0};
+    argp(&a, "nodes");
+    argp(&a, nodek);
+    args(&a, B.node);
+    args(&a, itxt ? itxt : "{}");
+    argi(&a, NODE_TTL_MS);
+    args(&a, B.prefix);
+    args(&a, B.instance);
+    argi(&a, sl_conf->channel_linger_ms);
+    cmd_script(cmd_new(l, C_HEARTBEAT, NULL), SL_BRS_HEARTBEAT, 2, &a);
+    free(itxt);
+    link_ping(l, C_PING);
+    if (l->echo_sent_ms == 0) {
+        /* Sent on the command connection, expected on the pub/sub one: a
+         * silent pub/sub connection (a half-open TCP connection) shows. */
+        char to[160];
+        snprintf(to, sizeof(to), "%s:to:%s", B.prefix, B.node);
+        const char *argv[3] = {"PUBLISH", to, "!echo"};
+        size_t lens[3] = {7, strlen(to), 5};
+        if (cmd_issue(cmd_new(l, C_SYNC, NULL), 3, argv, lens) == SL_OK)
+            l->echo_sent_ms = sl_mono_ms();
+    }
+    /* One slice of the channels a beat (SNAPSHOT_SLICE): a node costs
+     * Redis about the same every second however many channels there are;
+     * a whole pass takes channels / slice beats. */
+    args_t s = {.n = 0};
+    argp(&s, "channels");
+    argp(&s, "nodes");
+    args(&s, B.prefix);
+    args(&s, B.snap_cursor[l->shard][0] ? B.snap_cursor[l->shard] : "0");
+    argi(&s, SNAPSHOT_SLICE);
+    cmd_script(cmd_new(l, C_SNAPSHOT, NULL), SL_BRS_SNAPSHOT, 2, &s);
+}
+
+static void beat_cb(evutil_socket_t fd, short what, void *arg)
+{
+    publish_snapshot(); /* if a heartbeat changed the nodes since */
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        beat_link(&B.link[i]);
+    reconcile();
+    wake_flush();
+}
+
+static void signal_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct signalfd_siginfo si;
+    while (read(fd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            B.stopping = true;
+            event_base_loopbreak(B.base);
+        }
+}
+
+/* ------------------------------------------------------------ main */
+
+int sl_broker_main(int tel_fd)
+{
+    memset(&B, 0, sizeof(B));
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != sl_shm->master_pid)
+        return 1;
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    sl_proc_title("sente-lite: broker");
+    sl_arena_set_owner(SL_MAX_WORKERS + 1);
+    sl_tel_init(tel_fd, -3, &sl_shm->master_tel, sl_conf->telemetry, sl_conf->log_level);
+    snprintf(B.node, sizeof(B.node), "%s", sl_shm->broker.node_id);
+    snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);
+    snprintf(node_prefix_buf, sizeof(node_prefix_buf), "%s:node:", B.prefix);
+    /* This node's running master (not this broker: a respawned broker
+     * must not take its predecessor's heartbeat for another process's),
+     * on this host: the heartbeat shows a node id used by two masters. */
+    {
+        char host[256] = "";
+        gethostname(host, sizeof(host) - 1);
+        uint32_t h = 2166136261u;
+        for (const char *p = host; *p; p++)
+            h = (h ^ (uint8_t)*p) * 16777619u;
+        snprintf(B.instance, sizeof(B.instance), "%08x-%d", h, (int)getppid());
+    }
+    B.nlinks = (uint32_t)SL_MIN(sl_conf->nredis, SL_BROKER_SHARDS);
+    for (int s = 0; s < SL_BRS__COUNT; s++)
+        sha1_hex(sl_brscript[s], script_sha[s]);
+
+    B.base = event_base_new();
+    if (B.base == NULL)
+        return 1;
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
+    int sfd = signalfd(-1, &stop, SFD_NONBLOCK | SFD_CLOEXEC);
+    B.sig_ev = event_new(B.base, sfd, EV_READ | EV_PERSIST, signal_cb, NULL);
+    B.wake_ev = event_new(B.base, sl_broker_wake_fd, EV_READ | EV_PERSIST, wake_cb, NULL);
+    B.tick_ev = event_new(B.base, -1, EV_PERSIST, tick_cb, NULL);
+    B.beat_ev = event_new(B.base, -1, EV_PERSIST, beat_cb, NULL);
+    /* The tick also makes this process's progress visible to the master
+     * (a quiescent state every turn, at least every 20 ms). */
+    struct timeval tick = {0, 20 * 1000}, beat = {HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000};
+    if (!B.sig_ev || !B.wake_ev || !B.tick_ev || !B.beat_ev || event_add(B.sig_ev, NULL) ||
+        event_add(B.wake_ev, NULL) || event_add(B.tick_ev, &tick) || event_add(B.beat_ev, &beat))
+        return 1;
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        B.link[i].shard = (int)i;
+        B.link[i].state = L_DOWN;
+        B.link[i].retry_ev = evtimer_new(B.base, link_retry_cb, &B.link[i]);
+        set_reason(&B.link[i], "connecting");
+        uatomic_set(&BSTATS->link[i].down_since_ms, sl_now_ms());
+    }
+    uatomic_set(&BSTATS->nshards, B.nlinks);
+
+    sl_qsbr_register(&REG->qsbr, SL_REG_BROKER_SLOT);
+    uatomic_set(&BSTATS->pid, (int32_t)getpid());
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        link_connect(&B.link[i]);
+    sl_tel_flush();
+    while (!B.stopping) {
+        event_base_loop(B.base, EVLOOP_ONCE);
+        if (B.backlog)
+            backlog_retry(); /* the workers may have made room this turn */
+        wake_flush();
+        sl_tel_flush();
+        /* Between turns we hold no pointer into the registry. */
+        sl_qsbr_quiescent(&REG->qsbr, SL_REG_BROKER_SLOT);
+        sl_qsbr_reclaim(&REG->qsbr);
+    }
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        if (B.link[i].state == L_DOWN)
+            B.link[i].state = L_CONNECTING; /* so link_fail tears down */
+        link_fail(&B.link[i], "stopping");
+    }
+    sl_qsbr_offline(&REG->qsbr, SL_REG_BROKER_SLOT);
+    uatomic_set(&BSTATS->pid, 0);
+    sl_tel_flush();
+    return 0;
+}
