@@ -116,6 +116,8 @@ enum {
     M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
     M_DELIVER_RECOVER = 24,     /* --redis delivery / reset: no completion after a dead broker */
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
+    M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
+                                   serial and horizon */
     M__COUNT
 };
 

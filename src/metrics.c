@@ -273,6 +273,13 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Subscribers closed 1013 because the worker's inbox missed their messages.");
     per_worker(&o, workers, "presence_resyncs_total", "counter", "presence-resyncs",
                "presence-resync notices: a join or leave skipped the worker's full inbox.");
+    per_worker(&o, workers, "presence_resync_failed_total", "counter", "presence-resync-failed",
+               "presence-resync notices that could not be built (subscriber closed 1013).");
+    per_worker(&o, workers, "presence_coalesced_total", "counter", "presence-coalesced",
+               "Joins / leaves skipping the worker's inbox folded into a pending resync.");
+    per_worker(&o, workers, "presence_overflows_total", "counter", "presence-overflows",
+               "Joins / leaves skipping the worker's inbox with its presence set full "
+               "(every presence subscriber resynced).");
     per_worker(&o, workers, "worker_stalled", "gauge", "stalled",
                "1 while the worker makes no progress (--worker-stall-ms).");
     per_worker(&o, workers, "worker_stalls_total", "counter", "stalls",

@@ -55,6 +55,7 @@ int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
 static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
 static bool missed_started;
+static uint64_t presence_seen, presence_overflows; /* our inbox's presence set: handled */
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
  * local subscribers this turn, observed once the turn's writes are done
@@ -1050,9 +1051,25 @@ void sl_pubsub_recheck(sl_conn_t *c)
             /* Kept: whether it may see join / leave (the presence rule)
              * is decided again with the new token too (review rf15 F6). */
             bool no_presence = sl_perm_check(who, SL_ACT_PRESENCE, id, len, true) != SL_PERM_OK;
+            bool granted = false;
             for (uint32_t k = 0; k < e->n; k++)
-                if (e->conns[k] == c)
+                if (e->conns[k] == c) {
+                    granted = e->marks[k].no_presence && !no_presence;
                     e->marks[k].no_presence = no_presence;
+                }
+            /* Newly allowed: join / leave deltas start now, with no
+             * baseline - one presence-resync makes it ask for one (review
+             * rg15 G4). */
+            sl_chan_t *ch = granted ? sl_chan_find(REG, id, len) : NULL;
+            if (ch && ch->config.join_leave) {
+                sl_jw_t w;
+                sl_proto_begin(&w);
+                sl_jw_lit(&w, "{\"type\":\"presence-resync\",\"channel-id\":");
+                sl_jw_str(&w, id, len);
+                sl_jw_lit(&w, "}");
+                sl_proto_send(c, &w);
+                uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+            }
             continue;
         }
         sl_worker_count_error(SL_ERR_PERMISSION_REVOKED);
@@ -1920,40 +1937,55 @@ static void close_entry(sl_cidx_entry_t *e, void *arg)
             close_missed(e->conns[i]);
 }
 
-/* A join / leave of the channel skipped our full inbox (note): there is
- * no seq to recover it by, so each subscriber it was for (the incarnation,
- * up to its horizon, one the presence rule lets see it) is told once that
- * its view of presence may be stale - not closed (review r15 H2). */
+/* A join / leave of the channel skipped our full inbox: there is no seq
+ * to recover it by, so each subscriber it was for (the incarnation, up to
+ * the horizon, one the presence rule lets see it) is told once that its
+ * view of presence may be stale - never closed (reviews r15 H2, rg15 G1).
+ * p NULL: the presence set overflowed, every subscriber that sees presence
+ * is told.  A notice that cannot be built (out of local memory) closes
+ * them 1013 instead, as deliver does: their resubscribe asks presence
+ * again (review rg15 G3). */
 static void resync_entry(sl_cidx_entry_t *e, void *arg)
 {
-    const sl_inbox_note_t *note = arg;
+    const sl_inbox_presence_t *p = arg;
     sl_buf_t *b = NULL;
     for (uint32_t i = 0; i < e->n; i++) {
         const sl_cidx_mark_t *k = &e->marks[i];
         sl_conn_t *c = e->conns[i];
         if (c->state != SL_CONN_WS || k->no_presence ||
-            (k->serial != 0 && (k->serial != note->serial || k->sub_no > note->horizon)))
+            (p && k->serial != 0 && (k->serial != p->serial || k->sub_no > p->horizon)))
             continue; /* another incarnation, or came after it (unknown mark: told) */
         if (b == NULL) {
-            json_t *j = json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id", e->id,
-                                  (size_t)e->idlen);
+            json_t *j = SL_FAULT("presence-resync") ? NULL
+                        : json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id",
+                                    e->id, (size_t)e->idlen);
             b = j ? sl_frame_json(j) : NULL;
             json_decref(j);
-            if (b == NULL)
-                return; /* out of local memory: they ask presence on their next event */
         }
-        if (sl_conn_send(c, b) == SL_OK)
+        if (b == NULL) {
+            uatomic_add(&sl_worker->stats->presence_resync_failed, 1);
+            close_missed(c);
+        } else if (sl_conn_send(c, b) == SL_OK) {
             uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+        }
     }
     sl_buf_unref(b);
 }
 
+static void on_presence(const sl_inbox_presence_t *p, void *arg)
+{
+    (void)arg;
+    if (p == NULL)
+        sl_cidx_foreach(resync_entry, NULL);
+    else
+        sl_cidx_foreach_hash(p->chan_hash, resync_entry, (void *)p);
+}
+
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
+    (void)arg;
     missed_t x = {note, index};
-    if (note && note->chan_hash != 0 && note->seq == SL_INBOX_SEQ_PRESENCE)
-        sl_cidx_foreach_hash(note->chan_hash, resync_entry, (void *)note);
-    else if (note == NULL || note->chan_hash == 0)
+    if (note == NULL || note->chan_hash == 0)
         sl_cidx_foreach(close_entry, &x); /* lost: which channel is not known */
     else
         sl_cidx_foreach_hash(note->chan_hash, close_entry, &x);
@@ -1965,9 +1997,12 @@ static void check_missed(sl_inbox_t *in, uint64_t upto)
     if (!missed_started) {
         /* Notes from before we started were for our predecessor. */
         missed_seen = uatomic_read(&in->missed_n);
-        uatomic_set(&in->missed_taken, missed_seen); /* no presence note folds into those */
+        sl_inbox_presence_reset(in, &presence_seen, &presence_overflows);
         missed_started = true;
     }
+    /* Presence losses: whatever their order with the entries (a notice
+     * only makes the client ask presence again, which is current). */
+    sl_inbox_presence(in, &presence_seen, &presence_overflows, on_presence, NULL);
     if (uatomic_read(&in->missed_n) != missed_seen)
         sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
 }
