@@ -43,6 +43,15 @@ enum {
     SL_BRQ_RPC = 19,     /* an rpc-request to deliver cluster-wide: JSON; answered */
     SL_BRQ_RPC_RESPONSE = 20, /* an rpc-response for another node: JSON; answered */
     SL_BRQ_ADMIN = 21,   /* an admin call on the cluster: JSON {"op":..}; answered */
+    /* Presence (JSON; set/del not answered): a local subscriber's entry
+     * {"channel-id","conn-id","entry":{conn-id,user,info},"frame"?,"conn-no"}
+     * and its removal; a page of a channel's presence over the live nodes
+     * {"channel-id","cursor","limit"} -> {"clients","next-cursor"}; its
+     * counts {"channel-id","max-walk"} -> {"num-clients","num-users"}. */
+    SL_BRQ_PRESENCE_SET = 22,
+    SL_BRQ_PRESENCE_DEL = 23,
+    SL_BRQ_PRESENCE = 24,
+    SL_BRQ_PRESENCE_STATS = 25,
 };
 
 /* Request flags (status of a request entry). */

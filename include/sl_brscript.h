@@ -10,8 +10,14 @@
  *   P:{C}:n  hash: node -> its subscriber count
  *   P:{C}:x  the channel was deleted (expires): a catch-up does not bring
  *            it back
- *   P:{C}:m  pub/sub: "M<epoch>\n<seq>\n<origin>\n<exclude>\n<json>" and
- *            "R<origin>\n<exclude>\n<json>" (an rpc-request)
+ *   P:{C}:m  pub/sub: "M<epoch>\n<seq>\n<origin>\n<exclude>\n<json>",
+ *            "R<origin>\n<exclude>\n<json>" (an rpc-request) and
+ *            "J<origin>\n<exclude>\n<json>" (a join / leave: no seq)
+ *   P:{C}:p:<node>  hash: conn-id -> {"conn-id","user","info"} of that
+ *            node's subscribers (presence); read only while the node's
+ *            heartbeat key lives; a survivor's HEARTBEAT removes a dead
+ *            node's, publishing a leave for each
+ *   P:nodepr:<node>  set: channels the node has presence entries in
  *   P:channels, P:nodes (sets), P:node:<node> (heartbeat, expires),
  *   P:nodech:<node> (set: channels the node has counts in), P:runid (the
  *   Redis process whose data this is, see EPOCHS), P:ctl (pub/sub: channel
@@ -33,6 +39,10 @@ enum {
     SL_BRS_SNAPSHOT,
     SL_BRS_HEARTBEAT,
     SL_BRS_EPOCHS,
+    SL_BRS_PRES_SET,
+    SL_BRS_PRES_DEL,
+    SL_BRS_PRES_GET,
+    SL_BRS_PRES_STATS,
     SL_BRS__COUNT
 };
 

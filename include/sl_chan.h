@@ -253,6 +253,15 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
                  void (*fn)(const char *conn_id, void *arg), void *arg, uint32_t *recipients,
                  uint64_t *woken);
 
+/* --redis: a join / leave that came through Redis (a frame, no seq, not
+ * retained) to this node's subscribers of c - those subscribed now (its
+ * horizon), the connection exclude_conn skipped - under the channel lock,
+ * so in order with the deliveries; a full inbox gets a presence note (its
+ * subscribers: presence-resync).  SL_OK, SL_CHAN_OVERLOADED (every target
+ * full: nothing done, try again) or SL_CHAN_NO_MEMORY. */
+int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
+                          uint64_t exclude_conn, uint64_t *woken);
+
 /* Hand a frame to one connection on `worker` (slot + conn number), e.g.
  * an RPC response; kind SL_INBOX_DIRECT, or SL_INBOX_CLOSE (frame unused,
  * may be NULL).  SL_OK, SL_CHAN_OVERLOADED or SL_CHAN_NO_MEMORY. */

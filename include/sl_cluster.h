@@ -35,6 +35,13 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
 /* A request nobody waits for (a local count changed). */
 void sl_cluster_notify(int kind, const void *payload, size_t len);
 
+/* The master, cleaning up after a dead worker: subscription s goes, so
+ * does its presence entry in Redis, with a leave when its channel tells of
+ * them (the broker publishes it; a repeat is harmless: a leave goes only
+ * with an entry that was there). */
+struct sl_sub;
+void sl_cluster_presence_gone(const struct sl_sub *s);
+
 /* An SL_INBOX_BROKER_RESULT entry arrived. */
 void sl_cluster_result(const sl_inbox_entry_t *e);
 

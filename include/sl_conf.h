@@ -144,6 +144,7 @@ typedef struct {
     char redis_prefix[64];
     char node_id[64]; /* "" = chosen at start (random) */
     int64_t redis_history_ttl_s;
+    int64_t redis_max_held_bytes;
     char access_log[1024]; /* "" = no access log */
     sl_cidr_t trusted_proxies[SL_MAX_PROXIES];
     int nproxies;

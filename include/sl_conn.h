@@ -207,6 +207,11 @@ typedef struct {
      * yet parsed. */
     uint8_t *rbuf; /* SL_SCRATCH_SIZE bytes: socket reads */
     uint8_t *ebuf; /* SL_SCRATCH_SIZE bytes: JSON encoding */
+    /* The fan-out trace (SENTE_FANOUT_TRACE, sl_pubsub.h): its file, -1
+     * while off (the default); when on, the monotonic us of the last read
+     * from a client socket and of the last wake-up by another worker. */
+    int trace_fd;
+    int64_t read_us, woken_us;
 } sl_conns_t;
 
 extern sl_conns_t sl_conns;

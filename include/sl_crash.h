@@ -116,7 +116,9 @@ enum {
     M_UNLINK_CLEARS_NEXT = 23,  /* unsubscribe: the unlinked node's next cleared (a reader on it stops) */
     M_DELIVER_RECOVER = 24,     /* --redis delivery / reset: no completion after a dead broker */
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
-    M_TICKETS_PUBLISH_FIRST = 26, /* ticket keys: the slot published before it is written */
+    M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
+                                   serial and horizon */
+    M_TICKETS_PUBLISH_FIRST = 27, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

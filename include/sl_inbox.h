@@ -27,14 +27,28 @@
  * with since-seq instead of silently missing a seq; a subscriber that came
  * later did not miss it and is left alone.
  *
- * A join or leave has no seq, so since-seq cannot recover one: its note
- * (seq SL_INBOX_SEQ_PRESENCE, `horizon` the last subscription it was for)
- * makes the owner send those subscribers one presence-resync notice ("ask
- * presence again") instead of closing them.  Such a note is coalesced
- * with the one before it when that one is of the same channel
- * incarnation, covers the same subscriptions or more, and the consumer
- * has not taken it yet (missed_taken): a dead worker's leaves of one
- * channel make one note, not one each (they would lap the ring).
+ * A join or leave has no seq, so since-seq cannot recover one, and it
+ * must never close anybody: its note (seq SL_INBOX_SEQ_PRESENCE, `horizon`
+ * the last subscription it was for) does not go into the missed ring at
+ * all but into the inbox's small presence set (review rg15 G1): one slot
+ * per channel incarnation with a loss pending, whose horizon a later loss
+ * of the same channel raises (coalesced).  With every slot busy, the
+ * overflow count goes up instead.  The owner takes the set (under the
+ * lock: sl_inbox_presence) and sends the subscribers of each channel up to
+ * its horizon one presence-resync notice ("ask presence again"); after an
+ * overflow, every subscriber that sees presence gets one.  So presence
+ * losses cost notices, never a 1013, however many there are.
+ *
+ * Presence set, crash-consistency (inbox lock): a slot is free while its
+ * chan_hash is 0; a producer writes serial and horizon first, then the
+ * hash (one store makes it valid); raising a horizon and the counts are
+ * single stores.  So every state a killed producer leaves is valid and the
+ * lock's recovery has nothing to finish: a loss whose note the dead
+ * producer had not made is noted again by the hand-off's recovery
+ * (hand_off_settle), and a second note of a channel folds into the first.
+ * The consumer empties a slot by one store (hash 0) after copying it; a
+ * consumer killed in the middle is a dead worker, whose successor empties
+ * the set first (its subscriptions are all later than any horizon there).
  *
  * The ring holds SL_INBOX_MISSED notes, of which the consumer trusts the
  * last SL_INBOX_MISSED - 1: the slot of the next note may be under
@@ -48,6 +62,7 @@
 
 #define SL_INBOX_CAP 8192   /* entries; a power of two */
 #define SL_INBOX_MISSED 256 /* notes of missed messages; a power of two */
+#define SL_INBOX_PRESENCE 64 /* channels with a join / leave loss pending */
 /* --redis: entries the broker's deliveries leave free in a worker's inbox,
  * so the broker's answers to that worker's requests always find room. */
 #define SL_INBOX_RESERVED 256
@@ -91,6 +106,13 @@ typedef struct {
     uint64_t horizon;   /* a join / leave: for subscriptions numbered up to this */
 } sl_inbox_note_t;
 
+/* A channel incarnation with a join / leave loss pending (see above). */
+typedef struct {
+    uint64_t chan_hash; /* 0: free; stored last when filled, first when emptied */
+    uint64_t serial;
+    uint64_t horizon;   /* the highest horizon of its losses */
+} sl_inbox_presence_t;
+
 typedef struct sl_inbox {
     sl_lock_t lock; /* producers */
     /* Intent of the push in progress (under the lock): pending.msg != NULL
@@ -102,8 +124,10 @@ typedef struct sl_inbox {
     uint64_t tail __attribute__((aligned(64))); /* producers, under the lock */
     uint64_t enqueued, refused;                /* figures */
     uint64_t missed_n;                         /* producers, under the lock */
-    uint64_t missed_taken; /* consumer: notes below it taken (read or being read) */
-    uint64_t coalesced;    /* figures: presence notes folded into the one before */
+    uint64_t presence_n;   /* producers, under the lock: presence losses noted */
+    uint64_t presence_overflows; /* producers, under the lock: ... with every slot busy */
+    uint64_t coalesced;    /* figures: presence losses folded into a busy slot */
+    sl_inbox_presence_t presence[SL_INBOX_PRESENCE];
     sl_inbox_note_t missed[SL_INBOX_MISSED];   /* ring */
     sl_inbox_entry_t ring[SL_INBOX_CAP];
 } sl_inbox_t;
@@ -128,7 +152,7 @@ void sl_inbox_push_bare(sl_inbox_t *in, const sl_inbox_entry_t *e);
 /* Forget the recorded push (the hand-off did not commit). */
 void sl_inbox_drop_prepared(sl_inbox_t *in);
 /* A message was not put in this (full) inbox: note it (`pos` is set
- * here; a presence note may be folded into the one before, see above). */
+ * here; a presence note goes into the presence set, see above). */
 void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note);
 
 /* Consumer: take the next entry; false when empty.  *pos (may be NULL)
@@ -148,6 +172,16 @@ bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos);
 void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
                      void (*fn)(const sl_inbox_note_t *note, uint64_t index, void *arg),
                      void *arg);
+
+/* Consumer: take the presence set, if anything was noted since *seen
+ * (*overflows: the overflow count already handled).  Tries the lock (busy:
+ * nothing done, *seen unchanged, returns false); then, without it, calls
+ * fn(NULL) once if the set overflowed since, and fn(slot) for every
+ * channel taken.  Returns whether it took the set. */
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
+                       void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg);
+/* Consumer, at start: forget (empty) what was noted for a predecessor. */
+void sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

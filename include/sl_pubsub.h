@@ -113,4 +113,26 @@ extern int sl_wake_fds[];
  * (the worker calls it after the turn's writes). */
 void sl_pubsub_latency_flush(void);
 
+/* Fan-out trace, a measuring aid for benchmarks (docs/benchmarks.md), off
+ * unless the environment variable SENTE_FANOUT_TRACE names a file prefix:
+ * worker i then appends one line per event to PREFIX.i, each written once
+ * the turn's writes are done (one write() per such turn):
+ *   pub seq=S arrival=T accepted=T wake=T     the publishing worker
+ *   del seq=S published=T woken=T drain=T queued=T done=T cpu=D n=N
+ *                                             every worker
+ * T: monotonic microseconds (CLOCK_MONOTONIC, as sente-bench's send
+ * stamps); arrival: the read that brought the publish frame; accepted: the
+ * publish accepted (published-us of the message); wake: the start of this
+ * turn's first eventfd write to another worker (0: none); woken: when a
+ * wake-up reached this worker in the turn (0: not woken - the publisher's
+ * own worker, or one that found the message at the end of a turn it had
+ * for other reasons, before the wake-up came); drain: this worker began
+ * taking the turn's messages from its inbox; queued: the message queued on
+ * this worker's N subscribers; done: the last writev of the turn that
+ * wrote it; cpu: microseconds this worker ran on a CPU from drain to done
+ * (CLOCK_THREAD_CPUTIME_ID: done - drain - cpu is time it waited for one).  Off, it costs a test of
+ * sl_conns.trace_fd per read and per message. */
+void sl_pubsub_trace_open(int worker);
+void sl_pubsub_trace_close(void);
+
 #endif

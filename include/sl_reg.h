@@ -95,6 +95,9 @@ typedef struct {
                              covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
     char id_suffix[12];   /* --redis: ".<node>" ends every conn-id and request-id; else "" */
+    uint32_t presence_remote; /* --redis: joins / leaves travel through Redis (the broker
+                                 publishes them, sl_chan_send_presence delivers them), never
+                                 handed off by the subscribe / unsubscribe itself */
 } sl_reg_t;
 
 /* Buckets for about n entries: a power of two, at least 64, at most 2^24
@@ -154,6 +157,10 @@ typedef struct {
     uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
     uint32_t aside_pass;  /* set aside in the current subscriptions pass */
     bool subs_again;      /* the subscriptions pass again after the users phase */
+    /* Called with each of the dead worker's subscriptions before it is
+     * removed (again if its removal is retried): --redis, its presence
+     * entry and leave go through the broker (sl_cluster_presence_gone). */
+    void (*sub_gone)(const struct sl_sub *s);
 } sl_reg_cleanup_t;
 
 void sl_reg_cleanup_start(sl_reg_cleanup_t *job, int worker);

@@ -74,8 +74,10 @@ bool sl_session_authenticate(sl_conn_t *c, json_t *msg);
 bool sl_session_admit_message(sl_conn_t *c);
 bool sl_session_admit_publish(sl_conn_t *c);
 /* A join (a subscribe to a join-leave channel with others to tell) takes a
- * token from the publish bucket: false when it is empty - no strike, no
- * close: the caller refuses the subscribe rate-limited (review rf15 F2). */
+ * token from a bucket of its own, at the publish rate and burst (so a
+ * reconnect's resubscribes leave its publishes alone: review rg15 G2):
+ * false when it is empty - no strike, no close: the caller refuses the
+ * subscribe rate-limited (review rf15 F2). */
 bool sl_session_take_join(sl_conn_t *c);
 
 /* Timers: authentication deadline and token expiry. */

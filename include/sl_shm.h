@@ -150,6 +150,7 @@ typedef struct {
     uint64_t tel_dropped; /* telemetry records dropped (pipe full) */
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     uint64_t presence_resyncs; /* presence-resync notices: a join / leave skipped our full inbox */
+    uint64_t presence_resync_failed; /* ... that could not be built: closed 1013 instead */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress of its own */
     uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the
@@ -192,6 +193,7 @@ typedef struct {
     uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
     uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
+    uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */
     char down_reason[96];
 } sl_broker_link_t;
 
@@ -209,6 +211,9 @@ typedef struct {
     uint64_t dropped;      /* messages from Redis dropped (backlog or hold bound): their channel reset */
     uint64_t pushback;     /* publishes refused (overloaded) while their channel had a backlog */
     uint64_t recovered;    /* messages fetched from history after a link was lost */
+    uint64_t held;         /* live messages held while their channel catches up (gauge) */
+    uint64_t held_bytes;   /* ... their bytes (gauge; bounded by --redis-max-held-bytes) */
+    uint64_t hold_resets;  /* channels reset because what they held passed a bound */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint64_t deleted_channels; /* channels deleted on another node, removed here */
     uint32_t nshards;

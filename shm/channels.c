@@ -206,6 +206,14 @@ static bool hand_off_settle(sl_reg_t *r, sl_chan_intent_t *in, const sl_inbox_no
 static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c);
 static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s, bool join);
 
+/* Join / leave handed off by the subscribe / unsubscribe itself: not with
+ * --redis, where they travel through Redis to every node's subscribers
+ * alike (sl_chan_send_presence), in order with the channel's messages. */
+static bool local_join_leave(const sl_reg_t *r, const sl_chan_t *c)
+{
+    return c->config.join_leave && !r->presence_remote;
+}
+
 /* The subscriptions a join / leave of s is for (lock held): those made
  * before it - a join: before s; a leave: before now. */
 static uint64_t presence_horizon(const sl_chan_t *c, const sl_sub_t *s, bool join)
@@ -385,7 +393,7 @@ static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t k
     intent_begin(in, SL_CI_SUB);
     SL_CRASHPOINT("chan.sub.intent");
     /* The join, to the subscribers there are (not to s itself). */
-    uint64_t targets = c->config.join_leave ? targets_of(r, c) : 0;
+    uint64_t targets = local_join_leave(r, c) ? targets_of(r, c) : 0;
     sl_chan_msg_t *m = NULL;
     if (targets) {
         m = presence_msg(r, c, s, true);
@@ -483,7 +491,7 @@ static int unsubscribe_locked(sl_reg_t *r, sl_chan_t *c, sl_sub_t *s, uint64_t c
                               uint64_t *woken)
 {
     uint64_t targets = 0;
-    if (c->config.join_leave) {
+    if (local_join_leave(r, c)) {
         targets = targets_of(r, c);
         if (dead || c->worker_subs[s->worker] <= 1)
             targets &= ~((uint64_t)1 << s->worker); /* nobody else there */
@@ -1131,6 +1139,46 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     }
     sl_lock_release(&c->lock);
     *recipients = n;
+    *woken = got;
+    return SL_OK;
+}
+
+int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
+                          uint64_t exclude_conn, uint64_t *woken)
+{
+    *woken = 0;
+    sl_lock_acquire(&c->lock);
+    if (c->deleted || c->subscribers == 0) {
+        sl_lock_release(&c->lock);
+        return SL_OK;
+    }
+    sl_chan_msg_t *m = msg_of_frame(r, c, frame, len);
+    if (m == NULL) {
+        sl_lock_release(&c->lock);
+        return SL_CHAN_NO_MEMORY;
+    }
+    /* For the subscriptions there are now, as a local join / leave. */
+    m->horizon = c->sub_seq;
+    SL_CRASHPOINT("chan.send.allocated");
+    sl_chan_intent_t *in = &c->intent;
+    intent_clear_fields(in);
+    in->targets = targets_of(r, c);
+    in->msg = m;
+    intent_begin(in, SL_CI_SEND);
+    SL_CRASHPOINT("chan.send.intent");
+    sl_inbox_entry_t tmpl = {.kind = SL_INBOX_CHANNEL_MSG, .exclude_conn = exclude_conn};
+    sl_inbox_note_t note = {.chan_hash = c->node.hash,
+                            .serial = c->serial,
+                            .seq = SL_INBOX_SEQ_PRESENCE,
+                            .horizon = c->sub_seq};
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, HO_RESERVE, NULL);
+    intent_end(in);
+    sl_lock_release(&c->lock);
+    if (got == 0) {
+        SL_CRASHPOINT("chan.send.refused"); /* killed here: m leaks */
+        sl_arena_free(r->arena, m);
+        return SL_CHAN_OVERLOADED;
+    }
     *woken = got;
     return SL_OK;
 }

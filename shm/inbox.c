@@ -23,7 +23,8 @@
  * equals the recorded position (no one else could move tail while the dead
  * producer held the lock), then the record is cleared.  A push of an
  * uncommitted hand-off is dropped; the owner of that hand-off (a channel
- * lock's recovery) frees the message.
+ * lock's recovery) frees the message.  The presence set needs nothing:
+ * each of its stores leaves a valid state (sl_inbox.h).
  *
  * The consumer is lock-free and killed only with its worker: an entry it
  * had copied out but whose reference it had not yet dropped leaks that
@@ -77,7 +78,8 @@ int sl_inbox_init(sl_inbox_t *in)
     in->pending_commit = NULL;
     in->head = in->tail = 0;
     in->enqueued = in->refused = in->missed_n = 0;
-    in->missed_taken = in->coalesced = 0;
+    in->presence_n = in->presence_overflows = in->coalesced = 0;
+    memset(in->presence, 0, sizeof(in->presence));
     return sl_lock_init(&in->lock, inbox_recover, in);
 }
 
@@ -143,30 +145,49 @@ void sl_inbox_drop_prepared(sl_inbox_t *in)
     CMM_STORE_SHARED(in->pending.msg, NULL);
 }
 
-/* A presence note the last note already covers, the consumer not having
- * taken that one yet: whenever it does, it resyncs the same subscribers
- * (and more), after this join / leave.  Dekker with sl_inbox_missed: we
- * read missed_taken after our stores (full barrier); it stores
- * missed_taken before it reads the note. */
-static bool covered(sl_inbox_t *in, uint64_t n, const sl_inbox_note_t *note)
+/* A join / leave loss: into the presence set, never the missed ring
+ * (sl_inbox.h: review rg15 G1).  Lock held. */
+static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
 {
-    if (note->seq != SL_INBOX_SEQ_PRESENCE || n == 0)
-        return false;
-    cmm_smp_mb();
-    if (CMM_LOAD_SHARED(in->missed_taken) >= n)
-        return false;
-    const sl_inbox_note_t *x = &in->missed[(n - 1) & (SL_INBOX_MISSED - 1)];
-    return x->seq == SL_INBOX_SEQ_PRESENCE && x->chan_hash == note->chan_hash &&
-           x->serial == note->serial && x->horizon >= note->horizon;
+    sl_inbox_presence_t *free_slot = NULL;
+    for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
+        sl_inbox_presence_t *x = &in->presence[i];
+        if (x->chan_hash == 0) {
+            if (free_slot == NULL)
+                free_slot = x;
+        } else if (note->chan_hash != 0 && x->chan_hash == note->chan_hash &&
+                   x->serial == note->serial) {
+            if (x->horizon < note->horizon)
+                CMM_STORE_SHARED(x->horizon, note->horizon);
+            uatomic_add(&in->coalesced, 1);
+            CMM_STORE_SHARED(in->presence_n, in->presence_n + 1);
+            return;
+        }
+    }
+    if (free_slot && note->chan_hash != 0 && SL_MUTATED(M_PRESENCE_SLOT_ORDER)) {
+        CMM_STORE_SHARED(free_slot->chan_hash, note->chan_hash); /* mutant: valid first */
+        SL_CRASHPOINT("inbox.presence.slot");
+        free_slot->serial = note->serial;
+        free_slot->horizon = note->horizon;
+    } else if (free_slot && note->chan_hash != 0) { /* (hash 0 marks a free slot: "all") */
+        free_slot->serial = note->serial;
+        free_slot->horizon = note->horizon;
+        SL_CRASHPOINT("inbox.presence.slot");
+        cmm_smp_wmb(); /* the slot before the hash that makes it valid */
+        CMM_STORE_SHARED(free_slot->chan_hash, note->chan_hash);
+    } else {
+        uatomic_add(&in->presence_overflows, 1);
+    }
+    CMM_STORE_SHARED(in->presence_n, in->presence_n + 1);
 }
 
 void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
 {
-    uint64_t n = in->missed_n;
-    if (covered(in, n, note)) {
-        uatomic_add(&in->coalesced, 1);
+    if (note->seq == SL_INBOX_SEQ_PRESENCE) {
+        note_presence(in, note);
         return;
     }
+    uint64_t n = in->missed_n;
     sl_inbox_note_t *x = &in->missed[n & (SL_INBOX_MISSED - 1)];
     cmm_smp_wmb(); /* the count that covers the old note before we overwrite it */
     x->chan_hash = note->chan_hash;
@@ -177,6 +198,47 @@ void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
     SL_CRASHPOINT("inbox.missed.noted");
     cmm_smp_wmb(); /* the note before the count that covers it */
     CMM_STORE_SHARED(in->missed_n, n + 1);
+}
+
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
+                       void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg)
+{
+    if (CMM_LOAD_SHARED(in->presence_n) == *seen)
+        return false;
+    sl_inbox_presence_t got[SL_INBOX_PRESENCE];
+    uint32_t k = 0;
+    /* Only tried: the consumer never waits for a producer (one stopped
+     * with the lock must not stop us).  Busy: *seen unchanged, so the next
+     * look tries again - and the holder wakes us after its push or note. */
+    if (sl_inbox_trylock(in) != SL_OK)
+        return false;
+    *seen = in->presence_n;
+    uint64_t ov = in->presence_overflows;
+    for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
+        sl_inbox_presence_t *x = &in->presence[i];
+        if (x->chan_hash == 0)
+            continue;
+        got[k++] = *x;
+        CMM_STORE_SHARED(x->chan_hash, 0); /* one store empties it */
+    }
+    sl_inbox_unlock(in);
+    if (ov != *overflows) {
+        *overflows = ov;
+        fn(NULL, arg);
+    }
+    for (uint32_t i = 0; i < k; i++)
+        fn(&got[i], arg);
+    return true;
+}
+
+void sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows)
+{
+    sl_inbox_lock(in);
+    for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++)
+        CMM_STORE_SHARED(in->presence[i].chan_hash, 0);
+    *seen = in->presence_n;
+    *overflows = in->presence_overflows;
+    sl_inbox_unlock(in);
 }
 
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
@@ -212,23 +274,16 @@ void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
         return;
     cmm_smp_rmb(); /* the count before the notes it covers */
     if (lapped(n, *seen)) {
-        CMM_STORE_SHARED(in->missed_taken, n);
-        cmm_smp_mb();
         fn(NULL, n, arg);
         *seen = n;
         return;
     }
     uint64_t i = *seen;
     for (; i < n; i++) {
-        /* Taken before it is read: a producer no longer folds into it. */
-        CMM_STORE_SHARED(in->missed_taken, i + 1);
-        cmm_smp_mb();
         sl_inbox_note_t x = in->missed[i & (SL_INBOX_MISSED - 1)];
         cmm_smp_rmb(); /* the note before the count that tells whether it is still whole */
         uint64_t now = CMM_LOAD_SHARED(in->missed_n);
         if (lapped(now, i)) {
-            CMM_STORE_SHARED(in->missed_taken, now);
-            cmm_smp_mb();
             fn(NULL, now, arg);
             i = now;
             break;

@@ -213,6 +213,8 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                     sl_table_remove_node(t, x->hash, x);
                     job->removed_conns++;
                 } else if (job->phase == PH_SUBS) {
+                    if (job->sub_gone)
+                        job->sub_gone((sl_sub_t *)x); /* before: not read after its removal */
                     if (sl_chan_cleanup_sub(r, (sl_sub_t *)x, &job->woken) != SL_OK) {
                         /* A live process holds that channel or one of its
                          * inboxes: set it aside and go on; the pass comes

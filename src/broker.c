@@ -88,7 +88,11 @@
 #define BACKLOG_MAX_BYTES (64u << 20) /* messages from Redis waiting for inbox room, all channels */
 #define CHAN_BACKLOG_MAX 10000 /* ... one channel's (past it: the channel is reset) */
 #define CHAN_PUSHBACK 1000 /* a channel's backlog past which this node's publishes to it are refused */
-#define HOLD_MAX 10000     /* messages held per channel during a catch-up (past it: reset) */
+/* Live messages held per channel while it catches up or waits for its
+ * turn (past it: the channel is reset); their bytes are bounded too, node-
+ * wide by --redis-max-held-bytes and per channel by a quarter of it (rg17
+ * M1: a channel waiting for its turn holds for as long as the queue takes). */
+#define HOLD_MAX 10000
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
@@ -108,7 +112,7 @@ static long long history_bytes(bool info)
 #define CATCHUP_PAGE_BYTES (1u << 20)
 #define INFO_HISTORY_MSGS 1000
 /* Catch-ups in flight on one link; the rest wait their turn (holding what
- * arrives meanwhile, bounded by HOLD_MAX). */
+ * arrives meanwhile, within the hold bounds). */
 #define CATCHUPS_MAX 64
 /* An epoch's room, the same as the local channel's (sl_chan_t.epoch): the
  * scripts make at most 15 characters; a longer one is malformed. */
@@ -154,7 +158,7 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 /* What a command's reply completes. */
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
-       C_INFO, C_EPOCHS, C_ENSURE };
+       C_INFO, C_EPOCHS, C_ENSURE, C_PRES, C_PRES_STATS };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -178,6 +182,7 @@ struct cmd {
 /* A message from Redis waiting: held during a catch-up, or for inbox room. */
 typedef struct bmsg {
     struct bmsg *next;
+    bool presence;      /* a join / leave: no seq (seq, epoch: the channel's then) */
     uint64_t seq, exclude;
     int64_t received_us;
     char epoch[BR_EPOCH];
@@ -196,6 +201,7 @@ struct bchan {
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
     bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
+    bool page_due;      /* holding, its next page waits for its backlog to drain */
     bchan_t *cu_next;
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
@@ -209,6 +215,7 @@ struct bchan {
     cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
     bmsg_t *held, *held_tail;
     uint32_t nheld;
+    uint64_t held_bytes;
     uint32_t inflight;  /* commands referring to this channel */
     bmsg_t *backlog, *backlog_tail;
     uint32_t nbacklog;
@@ -247,6 +254,7 @@ static struct {
     bchan_t *map[BUCKETS];
     bchan_t *backlog; /* channels with messages waiting for inbox room, or a reset or delete */
     uint64_t nbacklog, backlog_bytes;
+    uint64_t nheld, held_bytes; /* held by all channels (bchan_t.held) */
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
@@ -264,7 +272,9 @@ static void link_fail(link_t *l, const char *why);
 static void link_connect(link_t *l);
 static void reconcile(void);
 static void chan_deliver(bchan_t *ch, bmsg_t *m);
-static void start_catchup(bchan_t *ch);
+/* How a catch-up takes its turn (start_catchup). */
+enum { CU_NEW, CU_NEXT_PAGE, CU_RESUME };
+static void start_catchup(bchan_t *ch, int turn);
 static void catchup_next(link_t *l);
 static void publish_snapshot(void);
 static void work_add(bchan_t *ch);
@@ -385,11 +395,29 @@ static void free_msgs(bmsg_t *m)
     }
 }
 
-static void drop_held(bchan_t *ch)
+static void held_figures(void)
 {
-    free_msgs(ch->held);
+    uatomic_set(&BSTATS->held, B.nheld);
+    uatomic_set(&BSTATS->held_bytes, B.held_bytes);
+}
+
+/* ch's held list, taken off it and out of the node's count (the caller
+ * frees or delivers it). */
+static bmsg_t *take_held(bchan_t *ch)
+{
+    bmsg_t *held = ch->held;
+    B.nheld -= ch->nheld;
+    B.held_bytes -= ch->held_bytes;
     ch->held = ch->held_tail = NULL;
     ch->nheld = 0;
+    ch->held_bytes = 0;
+    held_figures();
+    return held;
+}
+
+static void drop_held(bchan_t *ch)
+{
+    free_msgs(take_held(ch));
 }
 
 /* Forget a channel nobody here wants any more (nothing subscribed, nothing
@@ -405,7 +433,7 @@ static void chan_maybe_free(bchan_t *c)
             *p = c->next;
             break;
         }
-    free_msgs(c->held);
+    drop_held(c);
     free(c);
 }
 
@@ -449,6 +477,7 @@ static void cmd_unlink(cmd_t *c)
 }
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
+static void done_presence(cmd_t *c, redisReply *r);
 
 static int cmd_send(cmd_t *c)
 {
@@ -844,18 +873,29 @@ static bool local_delete(bchan_t *ch)
  * again (rm17 H1). */
 static void release_held(bchan_t *ch)
 {
-    bmsg_t *held = ch->held;
-    ch->held = ch->held_tail = NULL;
-    ch->nheld = 0;
+    bmsg_t *held = take_held(ch);
     while (held) {
         bmsg_t *m = held;
         held = m->next;
         m->next = NULL;
+        if (m->presence) {
+            chan_deliver(ch, m); /* in its place among the messages */
+            continue;
+        }
         bool same = strcmp(ch->epoch, m->epoch) == 0;
         if (ch->known && (!same || m->seq > ch->last + 1))
             chan_reset(ch, m->epoch, m->seq - 1);
         chan_deliver(ch, m);
     }
+}
+
+/* Room for ch's next catch-up page: its workers keep up (less than a
+ * page of it waits for inbox room) and the node's backlog has room for a
+ * whole page. */
+static bool page_room(const bchan_t *ch)
+{
+    return ch->nbacklog < CATCHUP_PAGE_MSGS &&
+           B.backlog_bytes + CATCHUP_PAGE_BYTES <= BACKLOG_MAX_BYTES;
 }
 
 static void done_catchup(cmd_t *c, redisReply *r)
@@ -881,11 +921,29 @@ static void done_catchup(cmd_t *c, redisReply *r)
     uint64_t last = (uint64_t)rint_(el(r, 2));
     if (st != 0) {
         /* Lost for good: subscribers here must resubscribe and be told.
-         * What was held arrived after the script ran (seqs above `last`):
-         * not lost - it follows the reset, in order (rm17 H1: dropping it
-         * made the next live message a gap, another catch-up, another
-         * reset, for as long as publishing went on). */
+         * What was held of the answer's epoch arrived after the script ran
+         * (seqs above `last`): not lost - it follows the reset, in order
+         * (rm17 H1: dropping it made the next live message a gap, another
+         * catch-up, another reset, for as long as publishing went on).
+         * What was held of the channel's old epoch, when the answer has
+         * another (the epoch changed in Redis before the script ran), is
+         * lost with that epoch: dropped, not delivered after a reset back
+         * to the dead epoch and another one forward (rg17 L1). */
+        char old[BR_EPOCH];
+        snprintf(old, sizeof(old), "%s", ch->epoch);
         chan_reset(ch, epoch, last);
+        while (strcmp(old, epoch) != 0 && ch->held && strcmp(ch->held->epoch, old) == 0) {
+            bmsg_t *m = ch->held;
+            ch->held = m->next;
+            if (ch->held == NULL)
+                ch->held_tail = NULL;
+            ch->nheld--;
+            ch->held_bytes -= sizeof(*m) + m->len;
+            B.nheld--;
+            B.held_bytes -= sizeof(*m) + m->len;
+            uatomic_add(&BSTATS->dropped, 1);
+            free(m);
+        }
         release_held(ch);
         return;
     }
@@ -899,6 +957,7 @@ static void done_catchup(cmd_t *c, redisReply *r)
         if (m == NULL)
             break; /* the next message's gap fetches the rest */
         m->next = NULL;
+        m->presence = false;
         m->seq = seq;
         m->exclude = 0;
         m->received_us = sl_mono_us();
@@ -910,8 +969,19 @@ static void done_catchup(cmd_t *c, redisReply *r)
     }
     if (more && ch->known) {
         /* One page of it (rm17 M1): the next from what this one ended
-         * with, still holding what arrives. */
-        start_catchup(ch);
+         * with, still holding what arrives - in this page's turn (rg17
+         * M2: behind every waiting channel, a long catch-up waited a whole
+         * queue cycle per page, holding, and ended in a hold reset), and
+         * only while the workers keep up: else the page is due once the
+         * backlog has drained (back-pressure, not a backlog that grows to
+         * its bound and resets the channel). */
+        if (page_room(ch)) {
+            start_catchup(ch, CU_NEXT_PAGE);
+        } else {
+            ch->holding = true; /* still: what arrives waits for the rest */
+            ch->page_due = true;
+            work_add(ch);
+        }
         return;
     }
     if (!ch->known)
@@ -1110,6 +1180,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_ADMIN_DELETE:
     case C_ADMIN_INFO: done_admin(c, r); break;
     case C_SNAPSHOT: done_snapshot(c, r); break;
+    case C_PRES:
+    case C_PRES_STATS: done_presence(c, r); break;
     case C_HEARTBEAT: done_heartbeat(c, r); break;
     case C_SETUP:
     case C_INFO:
@@ -1183,6 +1255,28 @@ static void backlog_add(bchan_t *ch, bmsg_t *m)
     work_add(ch);
 }
 
+/* A join / leave from Redis to this node's subscribers of the channel
+ * (the origin's connection excluded there): no seq, not retained, ordered
+ * with the channel's messages (it waits behind them here).  SL_AGAIN:
+ * every inbox full, keep it for later. */
+static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
+{
+    uint8_t hdr[SL_WS_MAX_HEADER];
+    size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, m->len, NULL);
+    uint8_t *frame = malloc(h + m->len);
+    if (frame == NULL)
+        return SL_OK; /* lost: as a full inbox's would be */
+    memcpy(frame, hdr, h);
+    memcpy(frame + h, m->json, m->len);
+    uint64_t woken = 0;
+    int rc = sl_chan_send_presence(REG, lc, frame, h + m->len, m->exclude, &woken);
+    free(frame);
+    if (rc == SL_CHAN_OVERLOADED)
+        return SL_AGAIN;
+    B.wake |= woken;
+    return SL_OK;
+}
+
 /* Hand one message to the local workers (it is not freed).  SL_AGAIN:
  * keep it for later. */
 static int deliver_now(bchan_t *ch, bmsg_t *m)
@@ -1191,6 +1285,8 @@ static int deliver_now(bchan_t *ch, bmsg_t *m)
     if (lc == NULL)
         return SL_OK; /* nobody here (any more) */
     uint64_t woken = 0;
+    if (m->presence)
+        return deliver_presence(lc, m);
     int rc = sl_chan_deliver(REG, lc, m->epoch, m->seq, m->json, m->len, m->exclude,
                              m->received_us, &woken);
     if (rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY)
@@ -1205,6 +1301,13 @@ static int deliver_now(bchan_t *ch, bmsg_t *m)
 /* In order: behind whatever already waits.  Takes m. */
 static void chan_deliver(bchan_t *ch, bmsg_t *m)
 {
+    if (m->presence) {
+        if (ch->backlog || ch->reset_pending || deliver_now(ch, m) == SL_AGAIN)
+            backlog_add(ch, m);
+        else
+            free(m);
+        return;
+    }
     if (ch->known && m->seq <= ch->last && strcmp(m->epoch, ch->epoch) == 0) {
         free(m); /* had it already (history and live overlap) */
         return;
@@ -1241,7 +1344,14 @@ static void backlog_retry(void)
             B.backlog_bytes -= sizeof(*m) + m->len;
             free(m);
         }
-        if (ch->backlog == NULL && !ch->reset_pending && !ch->delete_pending) {
+        /* A catch-up page due once the workers caught up: sent now, first
+         * in line for a turn (or forgotten: given up meanwhile). */
+        if (ch->page_due && (!ch->holding || page_room(ch))) {
+            ch->page_due = false;
+            if (ch->holding)
+                start_catchup(ch, CU_RESUME);
+        }
+        if (ch->backlog == NULL && !ch->reset_pending && !ch->delete_pending && !ch->page_due) {
             ch->on_backlog = false;
             *p = ch->bl_next;
         } else {
@@ -1251,11 +1361,24 @@ static void backlog_retry(void)
     backlog_figures();
 }
 
-/* Hold m while a catch-up runs (bounded: past it the channel is reset). */
+/* Hold m while ch catches up or waits for its turn.  Bounded (HOLD_MAX,
+ * a quarter of --redis-max-held-bytes for ch, all of it for the node):
+ * past a bound ch - this channel only, the one whose message does not fit
+ * - gives up what it held and its catch-up and is reset at m, so its
+ * subscribers resubscribe and are told (never more buffering). */
 static void hold(bchan_t *ch, bmsg_t *m)
 {
-    if (ch->nheld >= HOLD_MAX) {
+    size_t bytes = sizeof(*m) + m->len;
+    uint64_t node_max = (uint64_t)sl_conf->redis_max_held_bytes;
+    const char *why = ch->nheld >= HOLD_MAX                      ? "hold bound (messages)"
+                      : ch->held_bytes + bytes > node_max / 4 ? "hold bound (channel bytes)"
+                      : B.held_bytes + bytes > node_max       ? "hold bound (node bytes)"
+                                                              : NULL;
+    if (why) {
         uatomic_add(&BSTATS->dropped, ch->nheld + 1);
+        uatomic_add(&BSTATS->hold_resets, 1);
+        SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_SN("channel-id", ch->id, ch->idlen),
+               SL_TF_I("dropped", ch->nheld + 1), SL_TF_S("reason", why));
         char epoch[BR_EPOCH];
         snprintf(epoch, sizeof(epoch), "%s", m->epoch);
         uint64_t last = m->seq;
@@ -1275,6 +1398,10 @@ static void hold(bchan_t *ch, bmsg_t *m)
         ch->held = m;
     ch->held_tail = m;
     ch->nheld++;
+    ch->held_bytes += bytes;
+    B.nheld++;
+    B.held_bytes += bytes;
+    held_figures();
 }
 
 /* "M<epoch>\n<seq>\n<origin>\n<exclude>\n<json>" on a channel's Redis channel. */
@@ -1296,7 +1423,7 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
          * epoch if its own is the bad one (rm17 L1). */
         uatomic_add(&BSTATS->dropped, 1);
         if (ch->known && !ch->holding)
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
         return;
     }
     size_t jl = (size_t)(end - q);
@@ -1304,6 +1431,7 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
     if (m == NULL)
         return; /* the next message's gap fetches it */
     m->next = NULL;
+    m->presence = false;
     memcpy(m->epoch, f[0], elen);
     m->epoch[elen] = '\0';
     m->seq = strtoull(f[1], NULL, 10);
@@ -1325,13 +1453,48 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
          * told; the new epoch's messages follow. */
         chan_reset(ch, m->epoch, m->seq - 1);
     } else if (same && m->seq > ch->last + 1) {
-        /* Missed some (the link was lost): fetch them first. */
-        ch->held = ch->held_tail = m;
-        ch->nheld = 1;
-        start_catchup(ch);
+        /* Missed some (the link was lost): fetch them first, holding m
+         * (under the hold bounds: m alone may pass them - then the
+         * channel is reset at m and nothing is fetched). */
+        hold(ch, m);
+        if (ch->held)
+            start_catchup(ch, CU_NEW);
         return;
     }
     chan_deliver(ch, m);
+}
+
+/* "J<origin>\n<exclude>\n<json>": a join or leave on the channel (no seq),
+ * in order with its messages: held during a catch-up, behind a backlog. */
+static void on_presence_message(bchan_t *ch, const char *p, size_t n)
+{
+    const char *end = p + n, *o = p + 1, *x, *j;
+    x = memchr(o, '\n', (size_t)(end - o));
+    if (x == NULL)
+        return;
+    x++;
+    j = memchr(x, '\n', (size_t)(end - x));
+    if (j == NULL)
+        return;
+    j++;
+    size_t jl = (size_t)(end - j);
+    bmsg_t *m = malloc(sizeof(*m) + jl + 1);
+    if (m == NULL)
+        return;
+    bool origin = (size_t)(x - o - 1) == strlen(B.node) && memcmp(o, B.node, strlen(B.node)) == 0;
+    m->next = NULL;
+    m->presence = true;
+    m->exclude = origin ? strtoull(x, NULL, 10) : 0;
+    m->seq = ch->last;
+    snprintf(m->epoch, sizeof(m->epoch), "%s", ch->epoch);
+    m->received_us = sl_mono_us();
+    m->len = jl;
+    memcpy(m->json, j, jl);
+    m->json[jl] = '\0';
+    if (ch->holding)
+        hold(ch, m);
+    else
+        chan_deliver(ch, m);
 }
 
 /* "R<origin>\n<exclude>\n<json>": an rpc-request for the channel's subscribers. */
@@ -1590,6 +1753,8 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
             if (ch && ch->sub == SUB_ON) {
                 if (data->str[0] == 'M')
                     on_channel_message(ch, data->str, data->len);
+                else if (data->str[0] == 'J')
+                    on_presence_message(ch, data->str, data->len);
                 else if (data->str[0] == 'R')
                     on_rpc_request(ch, data->str, data->len);
             }
@@ -1621,7 +1786,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         /* Subscribed again after a lost link (or by a new broker): what was
          * published meanwhile is fetched (even from seq 0). */
         if (ch->known && !ch->holding)
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
         if (!ch->want)
             subscribe_chan(ch); /* unwanted meanwhile: unsubscribe */
     } else if (strcmp(kind, "unsubscribe") == 0) {
@@ -1680,22 +1845,34 @@ static sl_chan_config_t local_config(const char *id, size_t len)
 /* Fetch what ch missed after ch->last, holding what arrives meanwhile.
  * At most CATCHUPS_MAX per link at a time (rm17 M1: after a reconnect
  * every channel catches up; their answers are not all held at once); the
- * others wait their turn, in order, already holding. */
-static void start_catchup(bchan_t *ch)
+ * others wait their turn, in order, already holding.  `turn`: CU_NEW
+ * queues at the back; CU_NEXT_PAGE is sent in the turn of the page just
+ * answered (called before that command is freed: the count goes one over
+ * until it is); CU_RESUME (a page that was due) goes to the front. */
+static void start_catchup(bchan_t *ch, int turn)
 {
     link_t *l = &B.link[ch->shard];
     ch->holding = true;
+    ch->page_due = false;
     ch->catchup_gen++; /* an older answer still in flight no longer counts */
-    if (l->ncatchup >= CATCHUPS_MAX) {
+    if (l->ncatchup >= CATCHUPS_MAX + (turn == CU_NEXT_PAGE)) {
         if (!ch->cu_waiting) {
             ch->cu_waiting = true;
-            ch->cu_next = NULL;
-            if (l->cu_wait_tail)
-                l->cu_wait_tail->cu_next = ch;
-            else
+            if (turn == CU_RESUME) {
+                ch->cu_next = l->cu_wait;
                 l->cu_wait = ch;
-            l->cu_wait_tail = ch;
+                if (l->cu_wait_tail == NULL)
+                    l->cu_wait_tail = ch;
+            } else {
+                ch->cu_next = NULL;
+                if (l->cu_wait_tail)
+                    l->cu_wait_tail->cu_next = ch;
+                else
+                    l->cu_wait = ch;
+                l->cu_wait_tail = ch;
+            }
             l->ncu_wait++;
+            uatomic_add(&BSTATS->link[l->shard].catchups_waited, 1);
             cu_shown(l);
         }
         return;
@@ -1751,7 +1928,7 @@ static void catchup_next(link_t *l)
         l->ncu_wait--;
         cu_shown(l);
         if (ch->holding) /* else given up meanwhile (a reset) */
-            start_catchup(ch);
+            start_catchup(ch, CU_NEW);
     }
 }
 
@@ -2147,6 +2324,104 @@ static void req_sync(json_t *j)
     chan_maybe_free(ch);
 }
 
+/* ------------------------------------------------------------ presence */
+
+/* A subscriber's presence entry on this node (set) or its removal, with
+ * its join / leave frame when the channel tells of them: one script, so
+ * the entry and the frame published on the channel go together. */
+static void req_presence_change(json_t *j, bool set)
+{
+    size_t len, cl;
+    const char *id = jstr(j, "channel-id", &len), *conn = jstr(j, "conn-id", &cl);
+    const char *frame = jstr(j, "frame", NULL);
+    json_t *entry = json_object_get(j, "entry");
+    if (id == NULL || len > SL_CHAN_ID_MAX || conn == NULL || (set && !json_is_object(entry)))
+        return;
+    link_t *l = link_of(id, len);
+    cmd_t *c = cmd_new(l, C_SYNC, NULL);
+    if (c == NULL)
+        return;
+    char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
+    char pk[64], npr[64];
+    snprintf(pk, sizeof(pk), "p:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    args_t a = {.n = 0};
+    argk(&a, id, len, pk);
+    argp(&a, npr);
+    argk(&a, id, len, "m");
+    arg(&a, conn, cl);
+    if (set)
+        args(&a, etxt ? etxt : "{}");
+    arg(&a, id, len);
+    args(&a, frame ? frame : "");
+    args(&a, B.node);
+    argi(&a, jint(j, "conn-no"));
+    cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a);
+    free(etxt);
+}
+
+static void done_presence(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    if (rint_(el(r, 0)) < 0) {
+        cmd_answer(c, SL_BR_NOT_FOUND, NULL); /* no such channel */
+        return;
+    }
+    json_t *d;
+    if (c->what == C_PRES_STATS) {
+        int64_t users = rint_(el(r, 1));
+        d = json_pack("{s:I, s:o}", "num-clients", (json_int_t)rint_(el(r, 0)), "num-users",
+                      users >= 0 ? json_integer(users) : json_null());
+    } else {
+        /* The cursor of the next page: node index (from 1) and HSCAN
+         * cursor in one number (0: none). */
+        int64_t next = rint_(el(r, 0)), nlive = rint_(el(r, 3));
+        uint64_t cur = strtoull(rstr(el(r, 1)), NULL, 10);
+        redisReply *a = el(r, 2);
+        json_t *clients = json_object();
+        for (size_t i = 0; a && i + 1 < a->elements; i += 2) {
+            json_t *e = json_loadb(a->element[i + 1]->str, a->element[i + 1]->len, 0, NULL);
+            if (e)
+                json_object_setn_new(clients, a->element[i]->str, a->element[i]->len, e);
+        }
+        bool more = next >= 1 && next <= nlive && next < (1 << 20) && cur <= 0xffffffffu;
+        d = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
+                      (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
+    }
+    cmd_answer(c, SL_BR_OK, d);
+    json_decref(d);
+}
+
+/* presence / presence-stats over every live node (answered). */
+static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    link_t *l = link_of(id, len);
+    cmd_t *c = cmd_new(l, stats ? C_PRES_STATS : C_PRES, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    args_t a = {.n = 0};
+    argp(&a, "nodes");
+    argk(&a, id, len, "c");
+    args(&a, B.prefix);
+    arg(&a, id, len);
+    if (stats) {
+        argi(&a, jint(j, "max-walk"));
+    } else {
+        uint64_t cursor = (uint64_t)jint(j, "cursor");
+        argi(&a, cursor ? (int64_t)(cursor >> 32) : 1);
+        argi(&a, (int64_t)(cursor & 0xffffffffu));
+        argi(&a, jint(j, "limit"));
+    }
+    cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a);
+}
+
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
@@ -2174,6 +2449,10 @@ static void handle(const sl_inbox_entry_t *e)
     case SL_BRQ_RPC: req_rpc(e, j); break;
     case SL_BRQ_RPC_RESPONSE: req_forward(e, j, C_RPC_FWD); break;
     case SL_BRQ_ADMIN: req_admin(e, j); break;
+    case SL_BRQ_PRESENCE_SET: req_presence_change(j, true); break;
+    case SL_BRQ_PRESENCE_DEL: req_presence_change(j, false); break;
+    case SL_BRQ_PRESENCE: req_presence(e, j, false); break;
+    case SL_BRQ_PRESENCE_STATS: req_presence(e, j, true); break;
     default: answer(e->from, e->tag, SL_BR_BAD, NULL); break;
     }
     json_decref(j);
@@ -2266,6 +2545,7 @@ static void link_fail(link_t *l, const char *why)
                 ch->holding = false;
                 drop_held(ch);
             }
+            ch->page_due = false;
             ch->cu_waiting = false;
             ch->cu_next = NULL;
         }

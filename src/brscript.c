@@ -21,6 +21,17 @@
     "  return t\n"                                                                          \
     "end\n"
 
+/* Presence: the live nodes, sorted (the pages' order). */
+#define LUA_LIVE_NODES                                                                      \
+    "local function live_nodes(nodes, prefix)\n"                                             \
+    "  local live = {}\n"                                                                   \
+    "  for _, nd in ipairs(redis.call('SMEMBERS', nodes)) do\n"                             \
+    "    if redis.call('EXISTS', prefix .. ':node:' .. nd) == 1 then live[#live + 1] = nd end\n" \
+    "  end\n"                                                                               \
+    "  table.sort(live)\n"                                                                  \
+    "  return live\n"                                                                       \
+    "end\n"
+
 /* A channel made by a subscribe that nobody subscribes to any more goes
  * after the linger, or with its history if that lives longer. */
 #define LUA_LINGER                                                                          \
@@ -268,7 +279,9 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     /* HEARTBEAT  KEYS nodes node  ARGV node info ttl-ms prefix instance linger-ms:
      * refresh this node (conflict: the key was another running process's, a
      * node id in use twice), forget dead nodes (their counts; channels left
-     * without subscribers start to expire), return {conflict, live infos}. */
+     * without subscribers start to expire; their presence entries, each
+     * with a leave published on its channel, in slices), return {conflict,
+     * live infos}. */
     [SL_BRS_HEARTBEAT] = LUA_LINGER
     "local conflict = 0\n"
     "local cur = redis.call('GET', KEYS[2])\n"
@@ -280,9 +293,31 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
     "redis.call('SADD', KEYS[1], ARGV[1])\n"
     "local live = {}\n"
+    "local budget = 1000\n"
     "for _, nd in ipairs(redis.call('SMEMBERS', KEYS[1])) do\n"
     "  local v = redis.call('GET', ARGV[4] .. ':node:' .. nd)\n"
     "  if v then live[#live + 1] = v else\n"
+    "    -- its presence: a leave published for each entry, at most 1000 a\n"
+    "    -- beat (the node stays listed until all are gone)\n"
+    "    local prs = ARGV[4] .. ':nodepr:' .. nd\n"
+    "    while budget > 0 do\n"
+    "      local id = redis.call('SRANDMEMBER', prs)\n"
+    "      if not id then break end\n"
+    "      local k = ARGV[4] .. ':{' .. id .. '}:'\n"
+    "      local pk, cur = k .. 'p:' .. nd, '0'\n"
+    "      repeat\n"
+    "        local r = redis.call('HSCAN', pk, cur, 'COUNT', budget)\n"
+    "        local e = r[2]\n"
+    "        cur = r[1]\n"
+    "        for i = 1, #e, 2 do\n"
+    "          redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n0\\n{\"type\":\"leave\",\"channel-id\":' ..\n"
+    "            cjson.encode(id) .. ',\"info\":' .. e[i + 1] .. '}')\n"
+    "          redis.call('HDEL', pk, e[i])\n"
+    "        end\n"
+    "        budget = budget - 1 - #e / 2\n"
+    "      until cur == '0' or budget <= 0\n"
+    "      if redis.call('EXISTS', pk) == 0 then redis.call('SREM', prs, id) end\n"
+    "    end\n"
     "    local chs = ARGV[4] .. ':nodech:' .. nd\n"
     "    for _, id in ipairs(redis.call('SMEMBERS', chs)) do\n"
     "      local k = ARGV[4] .. ':{' .. id .. '}:'\n"
@@ -290,7 +325,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "      if redis.call('HLEN', k .. 'n') == 0 then linger(k .. 'c', k .. 'h', ARGV[6]) end\n"
     "    end\n"
     "    redis.call('DEL', chs)\n"
-    "    redis.call('SREM', KEYS[1], nd)\n"
+    "    if redis.call('EXISTS', prs) == 0 then redis.call('SREM', KEYS[1], nd) end\n"
     "  end\n"
     "end\n"
     "return {conflict, live}\n",
@@ -335,4 +370,61 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "end\n"
     "redis.call('HSET', KEYS[3], 'cursor', s[1])\n"
     "return {3}\n",
+
+    /* PRES_SET  KEYS p nodepr m  ARGV conn-id entry id frame origin exclude: a
+     * subscriber's presence entry on this node; with a frame (a join), that
+     * published on the channel, in order with its messages. */
+    [SL_BRS_PRES_SET] =
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('SADD', KEYS[2], ARGV[3])\n"
+    "if ARGV[4] ~= '' then\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[4]) end\n"
+    "return 0\n",
+
+    /* PRES_DEL  KEYS p nodepr m  ARGV conn-id id frame origin exclude: the entry
+     * goes; with a frame (a leave), that is published - only when there was an
+     * entry, so a leave is published once. */
+    [SL_BRS_PRES_DEL] =
+    "if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end\n"
+    "if ARGV[3] ~= '' then\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[4] .. '\\n' .. ARGV[5] .. '\\n' .. ARGV[3]) end\n"
+    "return 1\n",
+
+    /* PRES_GET  KEYS nodes c  ARGV prefix id node-index hscan-cursor count: a page
+     * of the channel's presence over the live nodes (sorted), from the node at
+     * node-index (1-based) and its HSCAN cursor: {next-index, next-cursor,
+     * {conn-id, entry, ...}, live nodes}; next-index past the last: no more. */
+    [SL_BRS_PRES_GET] = LUA_LIVE_NODES
+    "if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end\n"
+    "local live = live_nodes(KEYS[1], ARGV[1])\n"
+    "local i, cur, want = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])\n"
+    "local out = {}\n"
+    "while i <= #live and #out < want * 2 do\n"
+    "  local r = redis.call('HSCAN', ARGV[1] .. ':{' .. ARGV[2] .. '}:p:' .. live[i], cur, 'COUNT',\n"
+    "    want - #out / 2)\n"
+    "  for _, v in ipairs(r[2]) do out[#out + 1] = v end\n"
+    "  cur = r[1]\n"
+    "  if cur == '0' then i = i + 1 end\n"
+    "end\n"
+    "return {i, cur, out, #live}\n",
+
+    /* PRES_STATS  KEYS nodes c  ARGV prefix id max-walk: {clients, users} over
+     * the live nodes; users -1 past max-walk entries (not counted). */
+    [SL_BRS_PRES_STATS] = LUA_LIVE_NODES
+    "if redis.call('EXISTS', KEYS[2]) == 0 then return {-1} end\n"
+    "local live = live_nodes(KEYS[1], ARGV[1])\n"
+    "local clients, users, seen = 0, 0, {}\n"
+    "for _, nd in ipairs(live) do\n"
+    "  clients = clients + redis.call('HLEN', ARGV[1] .. ':{' .. ARGV[2] .. '}:p:' .. nd)\n"
+    "end\n"
+    "if clients > tonumber(ARGV[3]) then return {clients, -1} end\n"
+    "for _, nd in ipairs(live) do\n"
+    "  for _, v in ipairs(redis.call('HVALS', ARGV[1] .. ':{' .. ARGV[2] .. '}:p:' .. nd)) do\n"
+    "    local ok, e = pcall(cjson.decode, v)\n"
+    "    if ok and type(e) == 'table' and type(e['user']) == 'string' and not seen[e['user']] then\n"
+    "      seen[e['user']] = true; users = users + 1 end\n"
+    "  end\n"
+    "end\n"
+    "return {clients, users}\n",
 };

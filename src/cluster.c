@@ -171,6 +171,40 @@ void sl_cluster_notify(int kind, const void *payload, size_t len)
         uatomic_add(&sl_conns.stats->overloaded, 1); /* the broker's periodic sync catches up */
 }
 
+void sl_cluster_presence_gone(const sl_sub_t *s)
+{
+    const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
+    sl_chan_t *ch = sl_chan_find(REG, s->key, s->chan_len);
+    json_t *ij = info ? json_loads(info, JSON_DECODE_ANY, NULL) : NULL;
+    json_t *entry = json_pack("{s:s, s:o, s:o}", "conn-id", conn, "user",
+                              user ? json_string(user) : json_null(), "info",
+                              ij ? ij : json_null());
+    json_t *n = entry ? json_pack("{s:s%, s:s, s:i}", "channel-id", s->key, (size_t)s->chan_len,
+                                  "conn-id", conn, "conn-no", 0)
+                      : NULL;
+    if (n && ch && ch->config.join_leave) {
+        json_t *f = json_pack("{s:s, s:s%, s:O}", "type", "leave", "channel-id", s->key,
+                              (size_t)s->chan_len, "info", entry);
+        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+        json_decref(f);
+        if (ft)
+            json_object_set_new(n, "frame", json_string(ft));
+        free(ft);
+    }
+    json_decref(entry);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt == NULL)
+        return;
+    /* From the master (no worker answers it: nothing is answered). */
+    sl_inbox_entry_t e = {.kind = SL_BRQ_PRESENCE_DEL, .from = SL_REG_MASTER_SLOT,
+                          .status = (uint32_t)(uatomic_read(&sl_shm->broker.gen) & 0xffff) << 16,
+                          .deadline = sl_mono_ms() + sl_conf->redis_timeout_ms};
+    if (sl_brq_submit(REG, sl_shm->broker.queue, &e, txt, strlen(txt)) == SL_OK)
+        wake_broker();
+    free(txt);
+}
+
 void sl_cluster_result(const sl_inbox_entry_t *e)
 {
     for (rec_t *r = *slot_of(e->tag); r; r = r->hnext)
@@ -332,6 +366,8 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
         json_object_set_new(o, "catchups-waiting",
                             json_integer((json_int_t)uatomic_read(&l->catchups_waiting)));
+        json_object_set_new(o, "catchups-waited",
+                            json_integer((json_int_t)uatomic_read(&l->catchups_waited)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",
@@ -355,6 +391,11 @@ json_t *sl_cluster_stats(void)
     json_object_set_new(broker, "timeouts", json_integer((json_int_t)uatomic_read(&b->timeouts)));
     json_object_set_new(broker, "backlog-bytes",
                         json_integer((json_int_t)uatomic_read(&b->backlog_bytes)));
+    json_object_set_new(broker, "held", json_integer((json_int_t)uatomic_read(&b->held)));
+    json_object_set_new(broker, "held-bytes",
+                        json_integer((json_int_t)uatomic_read(&b->held_bytes)));
+    json_object_set_new(broker, "hold-resets",
+                        json_integer((json_int_t)uatomic_read(&b->hold_resets)));
     json_object_set_new(broker, "deleted-channels",
                         json_integer((json_int_t)uatomic_read(&b->deleted_channels)));
     json_object_set_new(broker, "stalled", json_boolean(uatomic_read(&b->stalled)));

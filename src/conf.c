@@ -219,6 +219,9 @@ static const sl_option_t sl_options[] = {
      "this node's name in the cluster, up to 8 characters (default: random)"},
     {"redis-history-ttl-s", NULL, OPT_INT, OFF(redis_history_ttl_s), 0, 1, 31536000, "86400",
      "S", "a channel's history in Redis expires after this long without a publish"},
+    {"redis-max-held-bytes", NULL, OPT_BYTES, OFF(redis_max_held_bytes), 0, 64 << 10, 1LL << 34,
+     "64M", "BYTES", "live messages held while their channel catches up, node-wide (one "
+     "channel: a quarter of it); past it that channel is reset (1012)"},
     {"channel", NULL, OPT_CHANNEL, 0, 0, 0, 0, NULL, "NAME[:key=value,...]",
      "predefine a channel (keys: max-subscribers, message-retention, rpc-timeout-ms, join-leave, "
      "history-ttl-ms; repeatable)"},

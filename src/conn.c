@@ -188,7 +188,7 @@ sl_buf_t *sl_frame_close(uint16_t code, const char *reason)
 
 /* ------------------------------------------------- the process's set */
 
-sl_conns_t sl_conns;
+sl_conns_t sl_conns = {.trace_fd = -1}; /* the fan-out trace off until opened */
 
 void sl_conns_count_error(sl_err_t e)
 {
@@ -1529,6 +1529,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     }
     uint64_t *bi = &sl_conns.stats->bytes_in;
     CMM_STORE_SHARED(*bi, *bi + (uint64_t)n);
+    if (sl_conns.trace_fd >= 0)
+        sl_conns.read_us = sl_mono_us(); /* the fan-out trace's "arrival" */
     sl_conn_input(c, sl_conns.rbuf, (size_t)n);
     if (c->state != SL_CONN_DEAD && !c->read_paused && conn_xp(c)->pending(c->xctx))
         conns_mark_ready(c); /* decoded input the socket will not announce */

@@ -719,6 +719,8 @@ static void worker_died(int i, int status)
      * steps (first the locks it held are repaired and its reader slot taken
      * offline, so reclamation goes on). */
     sl_reg_cleanup_start(&s->job, i);
+    if (sl_cluster)
+        s->job.sub_gone = sl_cluster_presence_gone;
     s->cleaning = true;
     s->cleanup_started_us = sl_mono_us();
     s->cleanup_wait_ms = 0;
@@ -1239,6 +1241,7 @@ static void broker_died(int status)
     M.b.pid = 0;
     uatomic_set(&sl_shm->broker.pid, 0);
     uatomic_set(&sl_shm->broker.stalled, 0);
+    uatomic_set(&sl_shm->broker.blocked_by, 0); /* no broker waits (rg17 L5) */
     for (int i = 0; i < SL_BROKER_SHARDS; i++) {
         uatomic_set(&sl_shm->broker.link[i].connected, 0);
         uatomic_set(&sl_shm->broker.link[i].in_flight, 0);
@@ -1286,8 +1289,10 @@ static void watch_broker(int64_t now, const int next[SL_QSBR_SLOTS])
 {
     slot_t *s = &M.b;
     sl_broker_stats_t *st = &sl_shm->broker;
-    if (s->pid <= 0 || s->ending)
+    if (s->pid <= 0 || s->ending) {
+        uatomic_set(&st->blocked_by, 0); /* not judged: not shown as waiting (rg17 L5) */
         return;
+    }
     uint64_t t = sl_qsbr_turns(&sl_shm->reg.qsbr, SL_REG_BROKER_SLOT);
     int root = t != s->turns ? -1 : blocked_by(SL_REG_BROKER_SLOT, next);
     uatomic_set(&st->blocked_by, root >= 0 ? (uint32_t)root + 1 : 0);
@@ -2070,6 +2075,7 @@ static int cluster_setup(void)
     /* Ids made here end in ".<node>" (conn-…, req-…): any node can tell
      * whose connection or request an id names. */
     snprintf(sl_shm->reg.id_suffix, sizeof(sl_shm->reg.id_suffix), ".%.8s", b->node_id);
+    sl_shm->reg.presence_remote = 1;
     b->queue = sl_arena_alloc(sl_shm->reg.arena, sizeof(sl_inbox_t));
     if (b->queue == NULL || sl_inbox_init(b->queue) != SL_OK) {
         fprintf(stderr, "sente-lite: --shm-size too small for the broker's queue\n");

@@ -176,6 +176,12 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Messages from Redis dropped (backlog or hold bound): their channel reset (1012).");
     single(o, "broker_backlog", "gauge", num(b, "backlog"),
            "Messages from Redis waiting for room in a worker's inbox.");
+    single(o, "broker_held", "gauge", num(b, "held"),
+           "Live messages held while their channel catches up.");
+    single(o, "broker_held_bytes", "gauge", num(b, "held-bytes"),
+           "Bytes of those (bound: --redis-max-held-bytes).");
+    single(o, "broker_hold_resets_total", "counter", num(b, "hold-resets"),
+           "Channels reset (1012) because what they held passed a bound.");
     single(o, "broker_pushback_total", "counter", num(b, "pushback"),
            "Publishes refused (overloaded) while their channel had a backlog.");
     single(o, "broker_recovered_total", "counter", num(b, "recovered"),
@@ -209,6 +215,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Catch-ups (missed messages fetched from the history) sent on this link."},
         {"redis_catchups_waiting", "catchups-waiting", "gauge",
          "Catch-ups waiting for a turn (at most 64 in flight per link), holding."},
+        {"redis_catchups_waited_total", "catchups-waited", "counter",
+         "Catch-ups that had to wait for a turn."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {
@@ -265,6 +273,13 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Subscribers closed 1013 because the worker's inbox missed their messages.");
     per_worker(&o, workers, "presence_resyncs_total", "counter", "presence-resyncs",
                "presence-resync notices: a join or leave skipped the worker's full inbox.");
+    per_worker(&o, workers, "presence_resync_failed_total", "counter", "presence-resync-failed",
+               "presence-resync notices that could not be built (subscriber closed 1013).");
+    per_worker(&o, workers, "presence_coalesced_total", "counter", "presence-coalesced",
+               "Joins / leaves skipping the worker's inbox folded into a pending resync.");
+    per_worker(&o, workers, "presence_overflows_total", "counter", "presence-overflows",
+               "Joins / leaves skipping the worker's inbox with its presence set full "
+               "(every presence subscriber resynced).");
     per_worker(&o, workers, "worker_stalled", "gauge", "stalled",
                "1 while the worker makes no progress (--worker-stall-ms).");
     per_worker(&o, workers, "worker_stalls_total", "counter", "stalls",

@@ -39,10 +39,13 @@
 #include "sl_stats.h"
 #include "sl_tel.h"
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
 
@@ -50,6 +53,7 @@ int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
 static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
 static bool missed_started;
+static uint64_t presence_seen, presence_overflows; /* our inbox's presence set: handled */
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
  * local subscribers this turn, observed once the turn's writes are done
@@ -62,8 +66,103 @@ static struct {
 } lat_pending[SL_LAT_PENDING];
 static uint32_t nlat;
 
+/* The fan-out trace (sl_pubsub.h): this turn's events, written out with
+ * the turn's last clock read (sl_pubsub_latency_flush). */
+#define SL_TRACE_PENDING 64
+static struct {
+    uint64_t seq;
+    int64_t a, b; /* pub: arrival, accepted; del: published, queued */
+    uint32_t n;
+    bool pub;
+} trace_ev[SL_TRACE_PENDING];
+static uint32_t ntrace;
+static int64_t trace_wake_us; /* this turn's eventfd writes (0: none) */
+static int64_t trace_drain_us, trace_cpu_us; /* this turn's drain began: wall, CPU */
+
+/* CPU time this thread has run (on a CPU, user + system), in us. */
+static int64_t thread_cpu_us(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+void sl_pubsub_trace_open(int worker)
+{
+    const char *prefix = getenv("SENTE_FANOUT_TRACE");
+    if (prefix == NULL || *prefix == '\0')
+        return;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s.%d", prefix, worker) >= (int)sizeof(path))
+        return;
+    sl_conns.trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+}
+
+static void trace_write(int64_t done, int64_t cpu_end)
+{
+    char buf[SL_TRACE_PENDING * 256]; /* a line is at most 220 bytes */
+    size_t k = 0;
+    int64_t cpu = cpu_end - trace_cpu_us;
+    for (uint32_t i = 0; i < ntrace; i++) {
+        int m = trace_ev[i].pub
+                    ? snprintf(buf + k, sizeof(buf) - k,
+                               "pub seq=%" PRIu64 " arrival=%" PRId64 " accepted=%" PRId64
+                               " wake=%" PRId64 "\n",
+                               trace_ev[i].seq, trace_ev[i].a, trace_ev[i].b, trace_wake_us)
+                    : snprintf(buf + k, sizeof(buf) - k,
+                               "del seq=%" PRIu64 " published=%" PRId64 " woken=%" PRId64
+                               " drain=%" PRId64 " queued=%" PRId64 " done=%" PRId64
+                               " cpu=%" PRId64 " n=%" PRIu32 "\n",
+                               trace_ev[i].seq, trace_ev[i].a, sl_conns.woken_us,
+                               trace_drain_us, trace_ev[i].b, done, cpu, trace_ev[i].n);
+        if (m > 0 && (size_t)m < sizeof(buf) - k)
+            k += (size_t)m;
+    }
+    ntrace = 0;
+    if (k > 0 && write(sl_conns.trace_fd, buf, k) < 0) {
+        /* a measuring aid: a lost line is only a missing figure */
+    }
+}
+
+/* Now as "done": the CPU clock read before the wall clock (and after it
+ * at the drain), so that the CPU time falls inside the wall interval. */
+static void trace_write_now(void)
+{
+    int64_t cpu_end = thread_cpu_us();
+    trace_write(sl_mono_us(), cpu_end);
+}
+
+void sl_pubsub_trace_close(void)
+{
+    if (sl_conns.trace_fd < 0)
+        return;
+    if (ntrace > 0)
+        trace_write_now();
+    close(sl_conns.trace_fd);
+    sl_conns.trace_fd = -1;
+}
+
+static void trace_note(bool pub, uint64_t seq, int64_t a, int64_t b, uint32_t n)
+{
+    if (ntrace == SL_TRACE_PENDING)
+        trace_write_now(); /* a very busy turn: "done" is then early */
+    trace_ev[ntrace].pub = pub;
+    trace_ev[ntrace].seq = seq;
+    trace_ev[ntrace].a = a;
+    trace_ev[ntrace].b = b;
+    trace_ev[ntrace].n = n;
+    ntrace++;
+}
+
 void sl_pubsub_latency_flush(void)
 {
+    if (sl_conns.trace_fd >= 0) {
+        if (ntrace > 0)
+            trace_write_now();
+        trace_wake_us = 0;
+        sl_conns.woken_us = 0;
+    }
     if (nlat == 0)
         return;
     int64_t now = sl_mono_us();
@@ -272,7 +371,24 @@ uint64_t sl_pubsub_cut_history(json_t *a, size_t budget)
         used += len;
         keep++;
     }
-    for (size_t k = 0; k < n - keep; k++)
+    if (keep == n)
+        return 0;
+    /* The kept tail moved to the front in one pass (rg17 L4: removing the
+     * first element n - keep times shifted the array each time, 28 ms for
+     * 20,000 cut to 4 in one worker turn).  Without memory for the copy:
+     * the slow way. */
+    json_t *tail = json_array();
+    for (size_t i = n - keep; tail && i < n; i++)
+        if (json_array_append(tail, json_array_get(a, i)) != 0) {
+            json_decref(tail);
+            tail = NULL;
+        }
+    if (tail && json_array_clear(a) == 0 && json_array_extend(a, tail) == 0) {
+        json_decref(tail);
+        return n - keep;
+    }
+    json_decref(tail);
+    while (json_array_size(a) > keep)
         json_array_remove(a, 0);
     return n - keep;
 }
@@ -320,6 +436,7 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
                          json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
                          bool joined_here);
 static void cluster_left(sl_conn_t *c, const char *id, size_t len);
+static void cluster_presence(sl_conn_t *c, const char *id, size_t len, bool set, bool tell);
 static void leave(sl_conn_t *c, uint32_t i);
 
 /* Undo a subscribe that could not be completed here (its leave is told). */
@@ -686,9 +803,14 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
             .max_subscribers = json_integer_value(json_object_get(cfgj, "max-subscribers")),
             .message_retention = json_integer_value(json_object_get(cfgj, "message-retention")),
             .rpc_timeout_ms = json_integer_value(json_object_get(cfgj, "rpc-timeout-ms")),
-            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled"))};
+            .telemetry_enabled = json_is_true(json_object_get(cfgj, "telemetry-enabled")),
+            /* Not in Redis: this node's (its namespace's) */
+            .history_ttl_ms = ch->config.history_ttl_ms,
+            .join_leave = ch->config.join_leave};
         sl_chan_set_config(ch, &cfg);
     }
+    if (j->joined_here && i >= 0)
+        cluster_presence(c, j->id, j->len, true, ch && ch->config.join_leave);
     const char *epoch = json_string_value(json_object_get(res, "epoch"));
     bool recovered = json_is_true(json_object_get(res, "recovered"));
     uint64_t last = (uint64_t)json_integer_value(json_object_get(res, "last"));
@@ -801,6 +923,48 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
         join_done(c, j, (uint32_t)rc, NULL);
 }
 
+/* --redis presence: this connection's entry {"conn-id","user","info"}
+ * (user and info null when it has none), as a join / leave carries it. */
+static json_t *presence_entry(const sl_conn_t *c)
+{
+    const sl_ident_t *me = sl_session_ident(c);
+    json_t *info = me && me->info ? json_loads(me->info, JSON_DECODE_ANY, NULL) : NULL;
+    return json_pack("{s:s, s:o, s:o}", "conn-id", c->conn_id, "user",
+                     me && me->user ? json_string(me->user) : json_null(), "info",
+                     info ? info : json_null());
+}
+
+/* The broker keeps this node's presence entries in Redis and publishes the
+ * joins and leaves on the channel's Redis channel, so every node's
+ * subscribers get them in the same order among the messages (the local
+ * hand-off does not: sl_reg_t.presence_remote).  set: the subscription is
+ * confirmed (a join); else it went (a leave, published only if its entry
+ * was there). */
+static void cluster_presence(sl_conn_t *c, const char *id, size_t len, bool set, bool tell)
+{
+    json_t *entry = presence_entry(c);
+    json_t *n = entry ? json_pack("{s:s%, s:s, s:I}", "channel-id", id, len, "conn-id",
+                                  c->conn_id, "conn-no", (json_int_t)c->conn_no)
+                      : NULL;
+    if (n && tell) {
+        json_t *f = json_pack("{s:s, s:s%, s:O}", "type", set ? "join" : "leave", "channel-id",
+                              id, len, "info", entry);
+        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+        json_decref(f);
+        if (ft)
+            json_object_set_new(n, "frame", json_string(ft));
+        free(ft);
+    }
+    if (n && set)
+        json_object_set(n, "entry", entry);
+    json_decref(entry);
+    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
+    json_decref(n);
+    if (txt)
+        sl_cluster_notify(set ? SL_BRQ_PRESENCE_SET : SL_BRQ_PRESENCE_DEL, txt, strlen(txt));
+    free(txt);
+}
+
 /* A local subscription went away: the broker brings Redis in line. */
 static void cluster_left(sl_conn_t *c, const char *id, size_t len)
 {
@@ -841,8 +1005,10 @@ static void leave(sl_conn_t *c, uint32_t i)
                    SL_TF_SN("channel-id", id, len), SL_TF_S("user", user_of(c)),
                    SL_TF_I("told", count));
     }
-    if (sl_cluster)
+    if (sl_cluster) {
+        cluster_presence(c, id, len, false, ch && ch->config.join_leave);
         cluster_left(c, id, len);
+    }
     SL_TEL(SL_EV_SUBSCRIPTION_REMOVED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
            SL_TF_SN("channel-id", id, len), SL_TF_I("subscriber-count", count));
     subs_of(c)[i] = subs_of(c)[--c->nsubs];
@@ -883,9 +1049,25 @@ void sl_pubsub_recheck(sl_conn_t *c)
             /* Kept: whether it may see join / leave (the presence rule)
              * is decided again with the new token too (review rf15 F6). */
             bool no_presence = sl_perm_check(who, SL_ACT_PRESENCE, id, len, true) != SL_PERM_OK;
+            bool granted = false;
             for (uint32_t k = 0; k < e->n; k++)
-                if (e->conns[k] == c)
+                if (e->conns[k] == c) {
+                    granted = e->marks[k].no_presence && !no_presence;
                     e->marks[k].no_presence = no_presence;
+                }
+            /* Newly allowed: join / leave deltas start now, with no
+             * baseline - one presence-resync makes it ask for one (review
+             * rg15 G4). */
+            sl_chan_t *ch = granted ? sl_chan_find(REG, id, len) : NULL;
+            if (ch && ch->config.join_leave) {
+                sl_jw_t w;
+                sl_proto_begin(&w);
+                sl_jw_lit(&w, "{\"type\":\"presence-resync\",\"channel-id\":");
+                sl_jw_str(&w, id, len);
+                sl_jw_lit(&w, "}");
+                sl_proto_send(c, &w);
+                uatomic_add(&sl_conns.stats->presence_resyncs, 1);
+            }
             continue;
         }
         sl_conns_count_error(SL_ERR_PERMISSION_REVOKED);
@@ -1105,6 +1287,8 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
     }
     uatomic_add(&sl_conns.stats->published, 1);
     sl_pubsub_wake_later(res.woken);
+    if (sl_conns.trace_fd >= 0)
+        trace_note(true, res.seq, sl_conns.read_us, p.published_us, 0);
     uint32_t delivered = res.delivered_to;
     if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
         delivered--; /* the sender is among the subscribers but skipped */
@@ -1292,6 +1476,99 @@ static int presence_cb(const sl_sub_t *s, void *arg)
     return 0;
 }
 
+/* --redis: presence and its counts are every live node's, from Redis
+ * (each node's broker keeps its subscribers' entries there: the
+ * connection's user and info, as here).  A page's cursor is the broker's
+ * (node and scan position, an integer); the entries of one node come in
+ * no particular order. */
+typedef struct {
+    sl_reply_t *reply;
+    bool stats;
+    size_t len;
+    char id[];
+} presence_ask_t;
+
+static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    presence_ask_t *p = arg;
+    if (c) {
+        const char *type = p->stats ? "presence-stats-result" : "presence-result";
+        json_t *r;
+        if (status == SL_BR_OK && p->stats) {
+            r = json_pack("{s:s, s:s%, s:b, s:O, s:O}", "type", type, "channel-id", p->id, p->len,
+                          "success", 1, "num-clients", json_object_get(res, "num-clients"),
+                          "num-users", json_object_get(res, "num-users"));
+        } else if (status == SL_BR_OK) {
+            json_t *clients = json_object(), *v;
+            const char *k;
+            json_object_foreach(json_object_get(res, "clients"), k, v) {
+                json_t *e = json_pack("{s:O, s:O}", "user", json_object_get(v, "user"), "info",
+                                      json_object_get(v, "info"));
+                if (e)
+                    json_object_set_new(clients, k, e);
+            }
+            json_int_t next = json_integer_value(json_object_get(res, "next-cursor"));
+            r = json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", type, "channel-id", p->id, p->len,
+                          "success", 1, "clients", clients, "next-cursor",
+                          next ? json_integer(next) : json_null());
+        } else {
+            if (status == SL_BR_NOT_FOUND)
+                sl_conns_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+            r = failure(type, p->id, p->len, sl_brq_reason(status));
+        }
+        sl_proto_complete(c, p->reply, r);
+    }
+    free(p);
+}
+
+static void cluster_presence_ask(sl_conn_t *c, const char *id, size_t len, bool stats,
+                                 uint64_t cursor, uint64_t limit)
+{
+    const char *type = stats ? "presence-stats-result" : "presence-result";
+    const char *why = sl_session_permit(c, SL_ACT_PRESENCE, id, len, find_sub(c, id, len) >= 0);
+    if (why) {
+        sl_proto_reply(c, failure(type, id, len, why));
+        return;
+    }
+    presence_ask_t *p = malloc(sizeof(*p) + len + 1);
+    sl_reply_t *reply = p ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
+    json_t *q = reply ? json_pack("{s:s%}", "channel-id", id, len) : NULL;
+    char *txt = NULL;
+    if (q) {
+        if (stats) {
+            json_object_set_new(q, "max-walk", json_integer(SL_PRESENCE_WALK_MAX));
+        } else {
+            /* A page within the bound on one reply whatever the entries
+             * hold (a user of 128 bytes, an info of 1 KiB, escaped): a
+             * quarter of it, as Redis may give a little more than asked. */
+            uint64_t entry = 6 * SL_CHAN_USER_MAX + SL_CHAN_INFO_MAX + 128;
+            uint64_t fit = SL_MAX(SL_MIN(limit, sl_conn_reply_max() / 4 / entry), 1);
+            json_object_set_new(q, "cursor", json_integer((json_int_t)cursor));
+            json_object_set_new(q, "limit", json_integer((json_int_t)fit));
+        }
+        txt = json_dumps(q, JSON_COMPACT);
+        json_decref(q);
+    }
+    if (txt == NULL) {
+        if (reply)
+            sl_proto_complete(c, reply, failure(type, id, len, "overloaded"));
+        else
+            sl_proto_reply(c, failure(type, id, len, "overloaded"));
+        free(p);
+        return;
+    }
+    p->reply = reply;
+    p->stats = stats;
+    p->len = len;
+    memcpy(p->id, id, len);
+    p->id[len] = '\0';
+    int rc = sl_cluster_submit(stats ? SL_BRQ_PRESENCE_STATS : SL_BRQ_PRESENCE, c, 0, txt,
+                               strlen(txt), presence_answered, p);
+    free(txt);
+    if (rc != SL_OK)
+        presence_answered(c, p, (uint32_t)rc, NULL);
+}
+
 void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -1303,6 +1580,10 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
         return;
     if (has_limit && limit == 0) {
         sl_proto_bad_field(c, "presence", "limit", "must be a positive integer");
+        return;
+    }
+    if (sl_cluster) {
+        cluster_presence_ask(c, id, len, false, cursor, SL_MIN(limit, SL_PRESENCE_PAGE_MAX));
         return;
     }
     sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-result", id, len);
@@ -1327,6 +1608,10 @@ void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)
     const char *id = channel_id(c, msg, "presence-stats", &len);
     if (id == NULL)
         return;
+    if (sl_cluster) {
+        cluster_presence_ask(c, id, len, true, 0, 0);
+        return;
+    }
     sl_chan_t *ch = readable(c, SL_ACT_PRESENCE, "presence-stats-result", id, len);
     if (ch == NULL)
         return;
@@ -1497,6 +1782,8 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
     sl_buf_unref(b);
     uatomic_add(&sl_conns.stats->delivered, n);
     latency_note(m->published_us, n);
+    if (sl_conns.trace_fd >= 0)
+        trace_note(false, m->seq, m->published_us, sl_mono_us(), (uint32_t)n);
     return e->n;
 }
 
@@ -1649,40 +1936,55 @@ static void close_entry(sl_cidx_entry_t *e, void *arg)
             close_missed(e->conns[i]);
 }
 
-/* A join / leave of the channel skipped our full inbox (note): there is
- * no seq to recover it by, so each subscriber it was for (the incarnation,
- * up to its horizon, one the presence rule lets see it) is told once that
- * its view of presence may be stale - not closed (review r15 H2). */
+/* A join / leave of the channel skipped our full inbox: there is no seq
+ * to recover it by, so each subscriber it was for (the incarnation, up to
+ * the horizon, one the presence rule lets see it) is told once that its
+ * view of presence may be stale - never closed (reviews r15 H2, rg15 G1).
+ * p NULL: the presence set overflowed, every subscriber that sees presence
+ * is told.  A notice that cannot be built (out of local memory) closes
+ * them 1013 instead, as deliver does: their resubscribe asks presence
+ * again (review rg15 G3). */
 static void resync_entry(sl_cidx_entry_t *e, void *arg)
 {
-    const sl_inbox_note_t *note = arg;
+    const sl_inbox_presence_t *p = arg;
     sl_buf_t *b = NULL;
     for (uint32_t i = 0; i < e->n; i++) {
         const sl_cidx_mark_t *k = &e->marks[i];
         sl_conn_t *c = e->conns[i];
         if (c->state != SL_CONN_WS || k->no_presence ||
-            (k->serial != 0 && (k->serial != note->serial || k->sub_no > note->horizon)))
+            (p && k->serial != 0 && (k->serial != p->serial || k->sub_no > p->horizon)))
             continue; /* another incarnation, or came after it (unknown mark: told) */
         if (b == NULL) {
-            json_t *j = json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id", e->id,
-                                  (size_t)e->idlen);
+            json_t *j = SL_FAULT("presence-resync") ? NULL
+                        : json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id",
+                                    e->id, (size_t)e->idlen);
             b = j ? sl_frame_json(j) : NULL;
             json_decref(j);
-            if (b == NULL)
-                return; /* out of local memory: they ask presence on their next event */
         }
-        if (sl_conn_send(c, b) == SL_OK)
+        if (b == NULL) {
+            uatomic_add(&sl_conns.stats->presence_resync_failed, 1);
+            close_missed(c);
+        } else if (sl_conn_send(c, b) == SL_OK) {
             uatomic_add(&sl_conns.stats->presence_resyncs, 1);
+        }
     }
     sl_buf_unref(b);
 }
 
+static void on_presence(const sl_inbox_presence_t *p, void *arg)
+{
+    (void)arg;
+    if (p == NULL)
+        sl_cidx_foreach(resync_entry, NULL);
+    else
+        sl_cidx_foreach_hash(p->chan_hash, resync_entry, (void *)p);
+}
+
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
+    (void)arg;
     missed_t x = {note, index};
-    if (note && note->chan_hash != 0 && note->seq == SL_INBOX_SEQ_PRESENCE)
-        sl_cidx_foreach_hash(note->chan_hash, resync_entry, (void *)note);
-    else if (note == NULL || note->chan_hash == 0)
+    if (note == NULL || note->chan_hash == 0)
         sl_cidx_foreach(close_entry, &x); /* lost: which channel is not known */
     else
         sl_cidx_foreach_hash(note->chan_hash, close_entry, &x);
@@ -1694,9 +1996,12 @@ static void check_missed(sl_inbox_t *in, uint64_t upto)
     if (!missed_started) {
         /* Notes from before we started were for our predecessor. */
         missed_seen = uatomic_read(&in->missed_n);
-        uatomic_set(&in->missed_taken, missed_seen); /* no presence note folds into those */
+        sl_inbox_presence_reset(in, &presence_seen, &presence_overflows);
         missed_started = true;
     }
+    /* Presence losses: whatever their order with the entries (a notice
+     * only makes the client ask presence again, which is current). */
+    sl_inbox_presence(in, &presence_seen, &presence_overflows, on_presence, NULL);
     if (uatomic_read(&in->missed_n) != missed_seen)
         sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
 }
@@ -1708,6 +2013,10 @@ size_t sl_pubsub_drain(void)
     uint64_t pos;
     size_t n = 0;
     uint64_t frames = 0;
+    if (sl_conns.trace_fd >= 0) {
+        trace_drain_us = sl_mono_us();
+        trace_cpu_us = thread_cpu_us();
+    }
     /* Bounded per turn so one busy channel cannot starve the loop: in
      * entries, and in frames queued (8,192 entries of a 10,000-subscriber
      * channel would be 8e7 sends in one turn, past the stall kill: review
@@ -1761,6 +2070,8 @@ void sl_pubsub_wake(void)
         if (!(w & 1))
             continue;
         uint64_t one = 1;
+        if (sl_conns.trace_fd >= 0 && trace_wake_us == 0)
+            trace_wake_us = sl_mono_us(); /* the turn's first, as it begins */
         /* A full eventfd counter still means "woken": ignore EAGAIN. */
         if (write(sl_wake_fds[i], &one, sizeof(one)) < 0) {
         }

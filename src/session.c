@@ -47,6 +47,7 @@ struct sl_session {
     const char *via;           /* how the upgrade brought the token (static) */
     char ip[SL_PEER_MAX];      /* the client's address (sl_accesslog_peer) */
     bucket_t msgs, msg_strikes, pubs, pub_strikes;
+    bucket_t joins;            /* joins: the publish rate, a bucket of their own (rg15 G2) */
     uint32_t auth_failures;    /* refused authenticate messages so far */
 };
 
@@ -282,6 +283,7 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
     bucket_fill(&s->msg_strikes, cf->max_messages_per_second, cf->message_burst, now);
     bucket_fill(&s->pubs, cf->max_publishes_per_second, cf->publish_burst, now);
     bucket_fill(&s->pub_strikes, cf->max_publishes_per_second, cf->publish_burst, now);
+    bucket_fill(&s->joins, cf->max_publishes_per_second, cf->publish_burst, now);
 
     /* Per address first: a flood from one address costs no signature check.
      * The address is the client's: behind a --trusted-proxy, the one its
@@ -505,7 +507,7 @@ bool sl_session_take_join(sl_conn_t *c)
     sl_session_t *s = c->sess;
     int64_t rate = sl_conf->max_publishes_per_second;
     return s == NULL || rate <= 0 ||
-           bucket_take(&s->pubs, rate, sl_conf->publish_burst, c->last_rx_mono);
+           bucket_take(&s->joins, rate, sl_conf->publish_burst, c->last_rx_mono);
 }
 
 bool sl_session_admit_publish(sl_conn_t *c)

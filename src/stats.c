@@ -184,6 +184,12 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
                         json_integer((json_int_t)uatomic_read(&w->missed_closes)));
     json_object_set_new(o, "presence-resyncs",
                         json_integer((json_int_t)uatomic_read(&w->presence_resyncs)));
+    json_object_set_new(o, "presence-resync-failed",
+                        json_integer((json_int_t)uatomic_read(&w->presence_resync_failed)));
+    json_object_set_new(o, "presence-coalesced",
+                        json_integer((json_int_t)uatomic_read(&ib->coalesced)));
+    json_object_set_new(o, "presence-overflows",
+                        json_integer((json_int_t)uatomic_read(&ib->presence_overflows)));
     json_object_set_new(o, "stalled", json_boolean(stalled));
     json_object_set_new(o, "stalled-ms",
                         json_integer(stalled ? (json_int_t)(sl_now_ms() -

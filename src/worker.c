@@ -143,6 +143,8 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t n;
     if (read(fd, &n, sizeof(n)) < 0) {
     }
+    if (sl_conns.trace_fd >= 0)
+        sl_conns.woken_us = sl_mono_us();
 }
 
 static void worker_stop(sl_worker_t *w)
@@ -210,6 +212,7 @@ int sl_worker_setup(sl_worker_t *w, int id)
 {
     sl_worker = w;
     w->id = id;
+    sl_conns.trace_fd = -1;
     w->stats = &sl_shm->workers[id];
     sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
     w->base = event_base_new();
@@ -243,6 +246,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     signal(SIGPIPE, SIG_IGN);
     sl_proc_title("sente-lite: worker %d", id);
     sl_tel_init(tel_fd, id, w->stats, sl_conf->telemetry, sl_conf->log_level);
+    sl_pubsub_trace_open(id); /* SENTE_FANOUT_TRACE: a benchmark's measuring aid */
 
     struct timeval tv = tick_interval();
     w->ctl_ev = event_new(w->base, ctl_fd, EV_READ | EV_PERSIST, ctl_cb, w);
@@ -290,6 +294,7 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     event_free(w->sig_ev);
     event_free(w->wake_ev);
     close(sfd);
+    sl_pubsub_trace_close();
     event_base_free(w->base);
     free(sl_conns.slots);
     free(sl_conns.rbuf);

@@ -96,18 +96,79 @@ def pss_of(pids):
     return total
 
 
-def cpu_s(pids):
-    """utime + stime of these processes, seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def cpu_of(pids, split=False):
+    """CPU seconds (utime + stime, /proc/PID/stat) summed over these
+    processes: the server's own work, whatever else ran on the machine
+    (split: user and system apart)."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (FileNotFoundError, IndexError):
+            user += int(fields[11])
+            system += int(fields[12])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
             pass
-    return total / tick
+    tck = os.sysconf("SC_CLK_TCK")
+    return (user / tck, system / tck) if split else (user + system) / tck
+
+
+def read_trace(prefix, workers):
+    """sente-lite's fan-out trace (SENTE_FANOUT_TRACE, src/pubsub.c): per
+    message, from the read that brought the publish frame to each worker's
+    last writev of it.  None when the server wrote none (a build without it)."""
+    pubs, dels = {}, {}
+    for w in range(workers):
+        try:
+            with open(f"{prefix}.{w}") as f:
+                rows = [l.split() for l in f.read().splitlines()]
+        except FileNotFoundError:
+            continue
+        for r in rows:
+            if len(r) < 3 or r[0] not in ("pub", "del"):
+                continue
+            kv = {k: int(v) for k, v in (x.split("=", 1) for x in r[1:])}
+            if r[0] == "pub":
+                pubs[kv["seq"]] = kv
+            else:
+                dels.setdefault(kv["seq"], {})[w] = kv
+    msgs = []
+    for seq, p in sorted(pubs.items()):
+        d = dels.get(seq, {})
+        if len(d) < workers:
+            continue  # not every worker wrote it (a worker without subscribers)
+        woken = [x["woken"] - p["wake"] for x in d.values() if x["woken"] and p["wake"]]
+        msgs.append({
+            "seq": seq,
+            "accept-us": p["accepted"] - p["arrival"],
+            "last-write-us": max(x["done"] for x in d.values()) - p["arrival"],
+            "per-worker": {w: {"queued-us": x["queued"] - p["arrival"],
+                               "done-us": x["done"] - p["arrival"], "n": x["n"],
+                               # the drain-to-last-writev turn: its wall time and
+                               # the worker's CPU time in it (the rest: waiting
+                               # for a CPU)
+                               "turn-us": x["done"] - x["drain"], "cpu-us": x.get("cpu")}
+                           for w, x in d.items()},
+            "wake-to-woken-us": max(woken) if woken else None,
+        })
+    if not msgs:
+        return None
+    last = sorted(m["last-write-us"] for m in msgs)
+    woken = [m["wake-to-woken-us"] for m in msgs if m["wake-to-woken-us"] is not None]
+    turns = [x for m in msgs for x in m["per-worker"].values() if x["cpu-us"] is not None]
+    cpu = {}
+    if turns:
+        cpu = {"turn-p50-us": statistics.median(x["turn-us"] for x in turns),
+               "turn-cpu-p50-us": statistics.median(x["cpu-us"] for x in turns),
+               "cpu-share-p50": statistics.median(x["cpu-us"] / max(1, x["turn-us"])
+                                                  for x in turns),
+               "cpu-us-per-write-p50": statistics.median(x["cpu-us"] / max(1, x["n"])
+                                                         for x in turns)}
+    return {**cpu, "messages": len(msgs), "last-write-p50-us": statistics.median(last),
+            "last-write-max-us": last[-1],
+            "wake-to-woken-p50-us": statistics.median(woken) if woken else None,
+            "wake-to-woken-max-us": max(woken) if woken else None,
+            "per-message": msgs}
 
 
 def children(pid):
@@ -130,6 +191,8 @@ class SenteLite:
         self.header = None   # an upgrade header for every connection
         self.channel = "bench"
         self.tls = None      # (cert, key): also serve wss:// on self.tls_port
+        self.trace = False   # write the fan-out trace (SENTE_FANOUT_TRACE)
+        self.trace_prefix = None
 
     def start(self, rundir):
         self.port = free_port()
@@ -138,12 +201,17 @@ class SenteLite:
             self.tls_port = free_port()
             tls = ["--tls-port", str(self.tls_port), "--tls-cert", self.tls[0], "--tls-key",
                    self.tls[1]]
+        env = dict(os.environ)
+        self.trace_prefix = os.path.join(rundir, "trace") if self.trace else None
+        if self.trace_prefix:
+            env["SENTE_FANOUT_TRACE"] = self.trace_prefix
         self.proc = subprocess.Popen(
             [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
              str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
              "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")]
             + tls + self.extra,
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "sente-lite.err"), "w"))
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "sente-lite.err"), "w"),
+            env=env)
         wait_http(self.port)
 
     def pids(self):
@@ -343,6 +411,9 @@ def m_fanout(srv, subs, duration, rate=0, drain=12):
     if rate:
         args += ["--rate", str(rate)]
     r = run_bench(args, timeout=duration + 120)
+    if getattr(srv, "trace_prefix", None):
+        time.sleep(0.2)  # the last turn's lines
+        r["server-trace"] = read_trace(srv.trace_prefix, srv.workers)
     return r
 
 
@@ -356,12 +427,24 @@ def m_echo(srv, conns, duration):
 
 
 def m_connect(srv, n, subscribe=False, resume=False):
-    # --tls-resume: the first handshake alone, every later one offers its
-    # session (ticket); "tls-resumed" in the result says how many resumed.
+    """Handshakes/s, and the server's CPU per connection: utime + stime of
+    all its processes from just before the generator starts until its
+    connections are closed (closing is part of every server's bill).
+    --tls-resume: the first handshake alone, every later one offers its
+    session (ticket); "tls-resumed" in the result says how many resumed."""
     sub = srv.subscribe_args() if subscribe else []
-    return run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
-                     ["--connections", str(n)] + (["--tls-resume"] if resume else []),
-                     timeout=180)
+    pids = srv.pids()
+    u0, s0 = cpu_of(pids, split=True)
+    r = run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
+                  ["--connections", str(n)] + (["--tls-resume"] if resume else []),
+                  timeout=180)
+    time.sleep(0.5)  # the closes the generator's exit caused
+    u1, s1 = cpu_of(pids, split=True)
+    used = (u1 - u0) + (s1 - s0)
+    r["server-cpu-s"] = used
+    r["server-cpu-user-s"], r["server-cpu-sys-s"] = u1 - u0, s1 - s0
+    r["server-cpu-us-per-conn"] = used * 1e6 / max(1, r.get("connected") or n)
+    return r
 
 
 def m_memory(srv, n, procs, subscribe=False):
@@ -441,14 +524,14 @@ def m_json_fanout(srv, subs, duration, deflate):
         with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/stats", timeout=10) as f:
             return json.load(f)
     workers = children(srv.proc.pid)
-    b0, c0 = stats().get("bytes-out", 0), cpu_s(workers)
+    b0, c0 = stats().get("bytes-out", 0), cpu_of(workers)
     args = ["fanout"] + common(srv) + srv.fanout_args() + [
         "--pub-frame", json_doc_frame(), "--subscribers", str(subs), "--publishers", "1",
         "--payload-size", "34", "--duration", str(duration), "--drain", "12", "--pub-ack", ""]
     if deflate:
         args.append("--deflate")
     r = run_bench(args, timeout=duration + 120)
-    b1, c1 = stats().get("bytes-out", 0), cpu_s(workers)
+    b1, c1 = stats().get("bytes-out", 0), cpu_of(workers)
     d = max(1, r.get("delivered") or 0)
     r["wire-bytes-per-delivery"] = (b1 - b0) / d
     r["worker-cpu-us-per-delivery"] = (c1 - c0) * 1e6 / d
@@ -592,9 +675,21 @@ def figure(name, r):
     if name.startswith("wss-fanout"):
         name = name[4:]
     if name.startswith("fanout"):
-        return {"delivered/s": r.get("delivered-per-s"), "p50 ms": ms(r.get("latency-p50-us")),
-                "p99 ms": ms(r.get("latency-p99-us")), "lost": r.get("lost"),
-                "bench cpu s": cpu(r)}
+        f = {"delivered/s": r.get("delivered-per-s"), "p50 ms": ms(r.get("latency-p50-us")),
+             "p99 ms": ms(r.get("latency-p99-us")), "lost": r.get("lost"),
+             "bench cpu s": cpu(r)}
+        t = r.get("server-trace")
+        if t:
+            # Inside the server: publish frame read -> the last writev of
+            # the message on any worker (median and worst over messages).
+            f["srv last p50 ms"] = ms(t["last-write-p50-us"])
+            f["srv last max ms"] = ms(t["last-write-max-us"])
+            if t.get("cpu-share-p50") is not None:
+                # Of a worker's fan-out turn, the share it ran on a CPU,
+                # and its CPU time per subscriber written.
+                f["srv on-cpu share"] = t["cpu-share-p50"]
+                f["srv cpu us/write"] = t["cpu-us-per-write-p50"]
+        return f
     if name.startswith("echo"):
         return {"round trips/s": r.get("round-trips-per-s"),
                 "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r)}
@@ -602,7 +697,9 @@ def figure(name, r):
         return {"handshakes/s": r.get("handshakes-per-s"),
                 "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0) +
                 (r.get("subscribe-errors") or 0),
-                "bench cpu s": cpu(r)}
+                "bench cpu s": cpu(r), "srv cpu us/conn": r.get("server-cpu-us-per-conn"),
+                "srv sys share": (r["server-cpu-sys-s"] / r["server-cpu-s"]
+                                  if r.get("server-cpu-s") else None)}
     if name.startswith("idle"):
         return {"bytes/conn": r["bytes-per-conn"], "pss/conn": r.get("pss-per-conn")}
     return {}
@@ -682,6 +779,7 @@ def main():
                 srv.extra = opts.get("extra", [])
                 srv.header = opts.get("header")
                 srv.channel = opts.get("channel", "bench")
+                srv.trace = "/s" in name  # light load: the fan-out trace (sente-lite)
                 rundir = tempfile.mkdtemp(prefix=f"bench-{srv.name}-")
                 time.sleep(1.0)  # let the previous run's sockets settle
                 try:

@@ -16,7 +16,7 @@ import tempfile
 
 BETTER_HIGH = {"delivered/s", "round trips/s", "handshakes/s"}
 BETTER_LOW = {"p50 ms", "p99 ms", "bytes/conn", "pss/conn", "pss bytes/conn", "bench cpu s",
-              "wire bytes/msg", "worker cpu us/msg"}
+              "wire bytes/msg", "worker cpu us/msg", "srv cpu us/conn"}
 
 
 def fmt(v):

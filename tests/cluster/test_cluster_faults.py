@@ -6,6 +6,8 @@ import asyncio
 import os
 import random
 import signal
+import socket
+import threading
 import time
 
 import websockets
@@ -777,8 +779,508 @@ def test_broker_blocked_by_a_stopped_worker_is_not_killed(cluster):
     assert m["data"] == "from-b"
     assert any(by == 1 for by, _, _ in seen), seen
     assert all(not stalled and pid == broker for _, stalled, pid in seen), seen
-    st = a.stats()
+    # (A request may meet the respawned worker 1 still starting: polled.)
+    st = None
+    deadline = time.monotonic() + 30 * SLOW
+    while st is None and time.monotonic() < deadline:
+        st = stats()
+    assert st is not None, "no /stats answer"
     br = st["cluster"]["broker"]
     assert br["pid"] == broker and br["stalls"] == 0 and br["stall-kills"] == 0, br
     assert br["blocked-by"] is None
     assert st["workers"][1]["stall-kills"] == 1
+
+
+# rg17 M3 (medium): the catch-up queue (64 in flight per link, the rest
+# waiting their turn, holding) had no test that could fail: with
+# catchup_next removed every cluster test still passed.  Here 100 channels
+# catch up at once after A's pub/sub connection is dropped: 36 of them must
+# wait for a turn and then get everything, in order, without a reset.
+def test_more_catch_ups_than_turns_all_complete(cluster, redis):
+    needs_own_redis()
+    # (A stopped broker's pub/sub connection is dropped past 256 KB: the gap.)
+    redis.cli("CONFIG", "SET", "client-output-buffer-limit",
+              "normal 0 0 0 pubsub 256kb 256kb 0")
+    a, b = cluster(2, "--message-retention", "10")
+    n, per, data = 100, 3, "q" * 20000
+    chans = [f"cq{i}" for i in range(n)]
+
+    async def go():
+        subs = []
+        for k in range(4):
+            x = await Client.open(a)
+            for ch in chans[k::4]:
+                assert (await x.subscribe(ch))["success"]
+            subs.append(x)
+        pub = await Client.open(b)
+        for ch in chans:
+            await publish(pub, ch, 0)
+        for k, x in enumerate(subs):
+            for ch in chans[k::4]:
+                await collect(x, ch, 1)
+        resets = a.stats()["cluster"]["broker"]["reset-channels"]
+        stopped = broker_pid(a)
+        os.kill(stopped, signal.SIGSTOP)
+        try:
+            # 6 MB: Redis drops A's pub/sub connection; every channel has
+            # a gap of `per` messages, all in its history.
+            for i in range(1, per + 1):
+                for ch in chans:
+                    await pub.send(type="publish", **{"channel-id": ch}, data=f"{i}{data}")
+                for ch in chans:
+                    assert (await pub.of_type("publish-result"))["success"]
+        finally:
+            os.kill(stopped, signal.SIGCONT)
+        waited = 0
+        for k, x in enumerate(subs):
+            for ch in chans[k::4]:
+                got = await collect(x, ch, per, timeout=30)
+                assert [m["seq"] for m in got] == list(range(2, 2 + per)), (ch, got[:1])
+                assert [m["data"][:1] for m in got] == [str(i) for i in range(1, per + 1)]
+            if k == 0:
+                link = a.stats()["cluster"]["redis"][0]
+                waited = link["catchups-waited"]
+        st = a.stats()["cluster"]
+        assert st["redis"][0]["reconnects"] >= 1, st["redis"][0]  # the gap was a lost link
+        assert st["broker"]["reset-channels"] == resets, st["broker"]  # no 1012
+        # (What Redis had sent before it dropped the connection came live.)
+        assert st["broker"]["recovered"] >= n, st["broker"]
+        # The queue was used (100 > 64 turns) and is empty again.
+        link = st["redis"][0]
+        assert max(waited, link["catchups-waited"]) >= n - 64, link
+        assert link["catchups-in-flight"] == 0 and link["catchups-waiting"] == 0, link
+    run(go())
+
+
+class Relay:
+    """A TCP relay in front of Redis for one node: a real forwarder, the
+    bytes pass unchanged either way.  hold_answers(marker): on a connection
+    where the node then sends a command containing `marker`, Redis's
+    answers stop being relayed until release() (a slow Redis, for that
+    connection only).  drop(): every connection is closed (the node loses
+    its link and connects again through the relay)."""
+
+    def __init__(self, port):
+        self.target = port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.url = f"redis://127.0.0.1:{self.lsock.getsockname()[1]}"
+        self.marker = self.up_marker = None
+        self.go = threading.Event()
+        self.go.set()
+        self.lock = threading.Lock()
+        self.socks = []
+        self.sent = []  # per connection, what the node sent (bytearray)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+                s = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                s.settimeout(None)
+            except OSError:
+                return
+            st = {"held": False, "held_up": False, "sent": bytearray()}
+            with self.lock:
+                self.socks += [c, s]
+                self.sent.append(st["sent"])
+            threading.Thread(target=self._pump, args=(c, s, st, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(s, c, st, False), daemon=True).start()
+
+    def _pump(self, src, dst, st, up):
+        tail = b""
+        try:
+            while True:
+                d = src.recv(65536)
+                if not d:
+                    break
+                if up:
+                    st["sent"] += d
+                    m, mu = self.marker, self.up_marker
+                    if m and m in tail + d:
+                        st["held"] = True
+                    if mu and mu in tail + d:
+                        st["held_up"] = True
+                    tail = d[-64:]
+                    if st["held_up"]:
+                        self.go.wait()
+                elif st["held"]:
+                    self.go.wait()
+                dst.sendall(d)
+        except OSError:
+            pass
+        for x in (src, dst):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def hold_answers(self, marker):
+        self.go.clear()
+        self.marker = marker
+
+    def hold_sends(self, marker):
+        """What the node sends from a command containing `marker` on (on
+        that connection) waits until release(): the command reaches
+        Redis late."""
+        self.go.clear()
+        self.up_marker = marker
+
+    def release(self):
+        self.marker = self.up_marker = None
+        self.go.set()
+
+    def drop(self):
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.release()
+        self.lsock.close()
+        self.drop()
+
+
+# rg17 M1 (medium): live messages held while a channel catches up (or waits
+# for its turn) were bounded per channel by count only.  Now by bytes too,
+# per channel (a quarter of --redis-max-held-bytes) and node-wide (all of
+# it): past either, that channel alone is reset (1012), counted in
+# hold-resets; the others keep what they held and lose nothing.  The relay
+# holds back the catch-ups' answers, so everything published meanwhile is
+# held - deterministically.
+def test_held_messages_are_bounded_in_bytes_per_channel_and_node(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--message-retention", "10", "--redis-max-held-bytes", "64K",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--message-retention", "10")
+        chans = [f"hb{i}" for i in range(6)]
+        big = "h" * 14000  # held: about 14.2 KB; a channel may hold 16 KiB, the node 64 KiB
+
+        async def go():
+            subs = {}
+            for ch in chans:
+                subs[ch] = await Client.open(a)
+                assert (await subs[ch].subscribe(ch))["success"]
+            pub = await Client.open(b)
+            for ch in chans:
+                await publish(pub, ch, "first")
+                await collect(subs[ch], ch, 1)
+            broker = a.stats()["cluster"]["broker"]
+            assert broker["held"] == 0 and broker["hold-resets"] == 0, broker
+            # The link is lost; connected again, every channel catches up,
+            # and the relay holds the answers (1048576: a catch-up's page).
+            relay.hold_answers(b"1048576")
+            relay.drop()
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == len(chans)
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-ups sent")
+
+            def broker_is(**want):
+                def ok():
+                    got = a.stats()["cluster"]["broker"]
+                    return all(got[k.replace("_", "-")] == v for k, v in want.items())
+                return ok
+            # Two to hb0: over its own bound (two do not fit 16 KiB), with
+            # room on the node.
+            await publish(pub, "hb0", big)
+            await publish(pub, "hb0", big)
+            await asyncio.to_thread(wait_for, broker_is(hold_resets=1, held=0), 10,
+                                    what="channel bound hit")
+            # One to each of the others: the fifth does not fit the node's.
+            for ch in chans[1:]:
+                await publish(pub, ch, big)
+            await asyncio.to_thread(wait_for, broker_is(hold_resets=2, held=4), 10,
+                                    what="node bound hit")
+            held = a.stats()["cluster"]["broker"]["held-bytes"]
+            assert 4 * 14000 < held < 4 * 15000, held
+            relay.release()
+            # The two reset channels' subscribers are told; the other four
+            # get what was held, in order, after what they had.
+            for ch in ("hb0", "hb5"):
+                assert await closed_with(subs[ch]) == 1012, ch
+            for ch in chans[1:5]:
+                got = await collect(subs[ch], ch, 1)
+                assert [(m["seq"], m["data"]) for m in got] == [(2, big)], (ch, got)
+                assert await quiet(subs[ch], ch, 0.5) == []  # nothing twice
+            await asyncio.to_thread(wait_for, broker_is(held=0, held_bytes=0), 10,
+                                    what="held freed")
+            st = a.stats()["cluster"]
+            assert st["broker"]["reset-channels"] == 2, st["broker"]
+            assert st["broker"]["hold-resets"] == 2, st["broker"]
+            body = a.request("GET", "/metrics")[1]
+            text = body.decode() if isinstance(body, bytes) else body
+            assert "sente_lite_broker_hold_resets_total 2" in text
+            assert "sente_lite_broker_held_bytes 0" in text
+        run(go())
+    finally:
+        relay.close()
+
+
+def bucket(channel):
+    """The broker's map bucket of a channel (sl_broker_shard over 4096):
+    after a reconnect channels are subscribed, and so caught up, in
+    bucket order."""
+    h = 1469598103934665603
+    for c in channel.encode():
+        h = ((h ^ c) * 1099511628211) & (2 ** 64 - 1)
+    return h % 4096
+
+
+def catchups_sent(relay):
+    """The channels of the catch-ups a node sent through `relay`, in order
+    (a catch-up names the channel's keys first and ends with its page's
+    byte bound, 1048576)."""
+    import re
+    out = []
+    for sent in relay.sent:
+        for cmd in bytes(sent).split(b"\r\nEVALSHA\r\n")[1:]:
+            if b"\r\n$7\r\n1048576\r\n" in cmd:
+                out.append(re.search(rb"\{([^}]*)\}:c\r\n", cmd).group(1).decode())
+    return out
+
+
+# rg17 M2 (medium): a catch-up's next page went to the back of the queue,
+# behind every waiting channel: a channel needing P pages waited P queue
+# cycles, holding.  Now the next page is sent in the turn of the one just
+# answered.  Here 200 channels catch up at once after a lost link; the one
+# subscribed first (lowest bucket) has three pages to fetch: its second
+# page is sent before the last waiting channel had its first turn.
+def test_catch_up_page_keeps_its_turn(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        names = sorted((f"kp{i}" for i in range(400)), key=bucket)
+        hot, chans = names[0], names[200:400]
+        (a,) = cluster(1, "--message-retention", "1000", urls=[relay.url], workers=1)
+        (b,) = cluster(1, "--message-retention", "1000")
+
+        async def go():
+            x = await Client.open(a)
+            for ch in [hot] + chans:
+                assert (await x.subscribe(ch))["success"]
+            pub = await Client.open(b)
+            await publish(pub, hot, 0)
+            await collect(x, hot, 1)
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for n in range(30):  # 600 messages: three pages
+                    for i in range(20):
+                        await pub.send(type="publish", **{"channel-id": hot}, data=n * 20 + i)
+                    for i in range(20):
+                        assert (await pub.of_type("publish-result"))["success"]
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            got = await collect(x, hot, 600, timeout=60)
+            assert [m["seq"] for m in got] == list(range(2, 602))
+            sent = catchups_sent(relay)
+            pages = [i for i, ch in enumerate(sent) if ch == hot]
+            assert len(pages) == 3, (len(sent), pages)
+            firsts = [sent.index(ch) for ch in chans]
+            # 64 turns: the others waited; the hot channel's next page did not.
+            assert max(firsts) > 64, firsts
+            assert pages[1] < max(firsts), (pages, max(firsts))
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["catchups-waited"] >= 200 - 64, link
+        run(go())
+    finally:
+        relay.close()
+
+
+# rg17 M2 (medium): pages were fetched whatever the channel's backlog: with
+# the node's workers behind, every page went on to the backlog (bounded by
+# 10,000 messages and 64 MiB, past which the channel is reset).  Now the
+# next page waits until less than a page of the channel is queued.  Here
+# the node's one worker is stopped (its inbox takes 8192 messages): the
+# broker fetches about that much and waits; the rest comes once it runs.
+def test_catch_up_pages_wait_for_the_workers(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    total, page, inbox = 10000, 256, 8192
+    try:
+        (a,) = cluster(1, "--message-retention", str(total), "--worker-stall-ms", "600000",
+                       "--worker-stall-kill-ms", "1200000", urls=[relay.url], workers=1)
+        (b,) = cluster(1, "--message-retention", str(total))
+
+        async def go():
+            x = await Client.open(a)
+            assert (await x.subscribe("bp"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "bp", 0)
+            await collect(x, "bp", 1)
+            resets = a.stats()["cluster"]["broker"]["reset-channels"]
+            worker = a.stats()["workers"][0]["pid"]
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for n in range(total // 100):
+                    for i in range(100):
+                        await pub.send(type="publish", **{"channel-id": "bp"}, data=i)
+                    for i in range(100):
+                        assert (await pub.of_type("publish-result", timeout=30))["success"]
+                # The node's one worker stops: its inbox fills.
+                os.kill(worker, signal.SIGSTOP)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            try:
+                # Time for the broker to fetch every page it would.
+                await asyncio.sleep(3 * SLOW)
+                fetched = catchups_sent(relay).count("bp")
+            finally:
+                os.kill(worker, signal.SIGCONT)
+            got = await collect(x, "bp", total, timeout=120)
+            assert [m["seq"] for m in got] == list(range(2, total + 2))
+            # What fits the inbox and a page or two more, not all 40 pages.
+            pages = -(-total // page)
+            assert inbox // page <= fetched <= inbox // page + 3 < pages, fetched
+            assert catchups_sent(relay).count("bp") == pages
+            st = a.stats()["cluster"]["broker"]
+            assert st["reset-channels"] == resets and st["backlog"] == 0, st
+        run(go())
+    finally:
+        relay.close()
+
+
+# rg17 L2 (low): the docs said admin info carries the newest retained
+# messages that fit "a quarter of the bound on one reply"; the code (local
+# and cluster channels alike) uses half of it - a quarter of
+# --max-outbound-bytes.  The docs now say so; this pins it: with 1M, the
+# newest that fit 256 KiB (about 25 messages of 10 KB), not 128 KiB.
+def test_admin_info_history_is_half_the_reply_bound(cluster):
+    (a,) = cluster(1, "--message-retention", "100", "--admin-token", TOKEN,
+                   "--max-outbound-bytes", "1M")
+
+    async def go():
+        status, _ = api(a, "POST", "/api/channels/l2", {"message-retention": 100})
+        assert status == 201
+        pub = await Client.open(a)
+        for i in range(60):
+            await publish(pub, "l2", "y" * 10000)
+        status, doc = api(a, "GET", "/api/channels/l2")
+        assert status == 200, doc
+        n = len(doc["retained-messages"])
+        assert 20 <= n <= 26, n
+        assert [m["seq"] for m in doc["retained-messages"]] == list(range(61 - n, 61))
+    run(go())
+
+
+# rg17 L1 (low): when a catch-up found the channel's epoch changed in Redis,
+# the held messages of the old epoch were delivered after the reset: the
+# channel went back to the dead epoch (a second reset) and forward again
+# at the first new-epoch message (a third).  Now they are dropped with
+# their epoch: one reset.  The relay makes the catch-up reach Redis after
+# the epoch changed.
+def test_held_messages_of_a_dead_epoch_are_dropped(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, urls=[relay.url])
+        (b,) = cluster(1)
+
+        async def go():
+            x = await Client.open(a)
+            assert (await x.subscribe("l1e"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "l1e", 1)
+            await collect(x, "l1e", 1)
+            broker = a.stats()["cluster"]["broker"]
+            resets, dropped = broker["reset-channels"], broker["dropped"]
+            relay.hold_sends(b"1048576")
+            try:
+                # A gap (seq 2 never published): A holds seq 3 and asks for
+                # seq 2, which reaches Redis only after the epoch changed.
+                redis.cli("HINCRBY", "sl:{l1e}:c", "seq", "1")
+                await publish(pub, "l1e", 3)
+                await publish(pub, "l1e", 4)
+                redis.cli("HSET", "sl:{l1e}:c", "epoch", "newepoch", "seq", "0")
+                await publish(pub, "l1e", "n1")
+                await publish(pub, "l1e", "n2")
+                await asyncio.to_thread(
+                    wait_for, lambda: a.stats()["cluster"]["broker"]["held"] == 4, 10,
+                    what="four held")
+            finally:
+                relay.release()
+            assert await closed_with(x) == 1012
+            y = await Client.open(a)
+            assert (await y.subscribe("l1e"))["success"]
+            r = await publish(pub, "l1e", "n3")
+            got = await collect(y, "l1e", 1)
+            assert [(m["seq"], m["data"]) for m in got] == [(3, "n3")], got
+            assert r["seq"] == 3
+            broker = a.stats()["cluster"]["broker"]
+            # One reset, to (newepoch, 2); the old epoch's two held dropped.
+            assert broker["reset-channels"] - resets == 1, broker
+            assert broker["dropped"] - dropped == 2, broker
+        run(go())
+    finally:
+        relay.close()
+
+
+# rg17 L5 (low): /stats cluster.broker.blocked-by kept naming the worker
+# the broker had waited for after the broker died, for as long as no
+# broker ran.  Now cleared when it dies (and whenever none is watched).
+def test_blocked_by_is_cleared_when_the_broker_dies(cluster):
+    from conftest import CRASH_BIN
+    (b,) = cluster(1)
+    (a,) = cluster(1, "--worker-stall-ms", "1000", "--worker-stall-kill-ms", "4000",
+                   binary=CRASH_BIN, env={"SL_CRASH_ARM": "1:chan.sub.intent:1:stop"})
+    broker = broker_pid(a)
+
+    def stats():
+        try:
+            return a.stats()["cluster"]["broker"]
+        except OSError:
+            return None  # landed on the stopped worker before it was bypassed
+
+    async def on_worker(node, w):
+        for _ in range(40):
+            c = await Client.open(node)
+            if c.welcome["worker"] == w:
+                return c
+            await c.close()
+        raise AssertionError(f"no connection on worker {w}")
+
+    async def go():
+        sub = await on_worker(a, 0)
+        assert (await sub.subscribe("hot"))["success"]
+        other = await on_worker(a, 1)
+        await other.send(type="subscribe", **{"channel-id": "hot"})  # stops holding hot's lock
+        pub = await Client.open(b)
+        await pub.send(type="publish", **{"channel-id": "hot"}, data="from-b")
+        assert (await pub.of_type("publish-result"))["success"]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: wait_for(
+            lambda: (stats() or {}).get("blocked-by") == 1, timeout=10,
+            what="the broker blocked by worker 1"))
+        os.kill(broker, signal.SIGKILL)
+        seen = []
+
+        def watch():
+            deadline = time.monotonic() + 20 * SLOW
+            while time.monotonic() < deadline:
+                br = stats()
+                if br is None:
+                    continue
+                seen.append((br["pid"], br["blocked-by"]))
+                if br["pid"] not in (broker, 0):
+                    return
+                time.sleep(0.05)
+        await loop.run_in_executor(None, watch)
+        return seen
+
+    seen = run(go())
+    dead = [by for pid, by in seen if pid == 0]
+    assert dead and all(by is None for by in dead), seen

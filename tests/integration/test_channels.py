@@ -191,6 +191,52 @@ def test_subscription_list_inline_then_grown(server):
              what="subscriptions gone after close")
 
 
+def test_fanout_trace(server_factory, tmp_path):
+    """SENTE_FANOUT_TRACE (a benchmark's measuring aid, off by default):
+    each worker writes, per message, when the publish frame was read and
+    accepted and when the other worker was woken (the publisher's worker),
+    and when each worker was woken, queued the message on its subscribers
+    and made the turn's last writev - times that follow one another."""
+    prefix = str(tmp_path / "trace")
+    srv = server_factory(env={"SENTE_FANOUT_TRACE": prefix})
+
+    async def go():
+        a, pub, c = await on_workers(srv.url, [0, 0, 1])
+        for x in (a, c):
+            assert (await x.subscribe("traced"))["success"]
+        for k in range(3):
+            assert (await pub.publish("traced", k))["delivered-to"] == 2
+            for x in (a, c):
+                assert (await x.message())["data"] == k
+        for x in (a, pub, c):
+            await x.close()
+    run(go())
+
+    def lines(w, kind):
+        try:
+            with open(f"{prefix}.{w}") as f:
+                rows = [l.split() for l in f.read().splitlines()]
+        except FileNotFoundError:
+            return {}
+        return {int(r[1][4:]): {k: int(v) for k, v in (x.split("=") for x in r[2:])}
+                for r in rows if r[0] == kind}
+
+    wait_for(lambda: len(lines(0, "del")) == 3 and len(lines(1, "del")) == 3,
+             what="every message traced on both workers")
+    pubs, d0, d1 = lines(0, "pub"), lines(0, "del"), lines(1, "del")
+    assert sorted(pubs) == [1, 2, 3] and lines(1, "pub") == {}
+    for seq, p in pubs.items():
+        assert 0 < p["arrival"] <= p["accepted"] <= p["wake"], p
+        for d in (d0[seq], d1[seq]):
+            assert d["n"] == 1 and d["published"] == p["accepted"], d
+            assert d["published"] <= d["drain"] <= d["queued"] <= d["done"], d
+            assert 0 <= d["cpu"] <= d["done"] - d["drain"] + 2, d  # on a CPU at most all along
+        assert d0[seq]["woken"] == 0  # the publisher's own worker drains without a wake-up
+        # Worker 1 is woken (or finds the message at the end of a turn it
+        # has anyway, before the wake-up reaches it: then woken is older).
+        assert d1[seq]["woken"] <= d1[seq]["queued"], (p, d1[seq])
+
+
 def test_failure_reasons(server_factory):
     srv = server_factory("--no-auto-create", "--channel", "small:max-subscribers=1",
                          "--max-subscriptions-per-connection", "2", "--channel", "a",

@@ -14,7 +14,7 @@ import threading
 import time
 
 from authkit import ask, keys, recv, send, upgrade  # noqa: F401
-from conftest import SLOW, wait_for
+from conftest import CRASH_BIN, SLOW, wait_for
 from test_permissions import on_worker
 
 
@@ -472,6 +472,8 @@ def test_join_leave_follow_the_presence_rule(server_factory, keys):
     # dora no longer may; both stay subscribed.
     r = ask(authed, type="authenticate", token=keys.token(sub="carl", channels=["jt:*"]))
     assert r["success"], r
+    # ...and, having had no baseline, is told once to ask presence (rg15 G4).
+    assert recv(authed) == {"type": "presence-resync", "channel-id": "jt:room"}
     r = ask(granted, type="authenticate", token=keys.token(sub="dora"))
     assert r["success"], r
     comer = on_worker(srv, 1, keys.token(sub="erin", channels=["jt:*"]))
@@ -550,7 +552,8 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
 
 def test_joins_count_against_the_publish_rate(server_factory):
     """Review r15 H2: a subscribe to a join-leave channel fans out like a
-    publish, so it is counted against --max-publishes-per-second: a
+    publish, so it is counted at --max-publishes-per-second (a bucket of its
+    own: review rg15 G2): a
     subscribe / unsubscribe loop is refused rate-limited like a publisher;
     channels without join-leave are not counted; leaves are never refused."""
     srv = server_factory("--join-leave", "--namespace", "quiet:join-leave=false",
@@ -577,6 +580,12 @@ def test_joins_count_against_the_publish_rate(server_factory):
     # The watcher heard exactly those that got in, each joining and leaving.
     evs = [m["type"] for m in quiet(watcher, 1.0) if m["type"] in ("join", "leave")]
     assert evs == ["join", "leave"] * joined, evs
+    # Joins have a bucket of their own (review rg15 G2): with the join
+    # bucket empty, publishes still have their whole burst.
+    sub(watcher, "quiet:p")
+    for i in range(3):
+        r = ask(ws, type="publish", **{"channel-id": "quiet:p", "data": i})
+        assert r["type"] == "publish-result" and r["success"], r
     for w in (watcher, ws):
         w.close()
 
@@ -666,4 +675,119 @@ def test_full_inbox_refuses_a_join_and_resyncs_on_a_leave(server_factory):
     assert srv.stats()["workers"][1]["missed-disconnects"] == 0
     assert metric(srv, 'sente_lite_presence_resyncs_total{worker="1"}') == len(got)
     for ws in (far, filler, near, pub, late, mid):
+        ws.close()
+
+
+def test_join_storm_to_a_crowded_worker_closes_nobody(server_factory):
+    """Review rg15 G1 (the reviewer's reproducer): joins to 300 rooms shared
+    with a stopped worker whose inbox is over half full were 300 missed
+    notes that lapped its note ring: it closed every subscriber 1013 -
+    also filler, whose channel missed nothing.  Now they go into the
+    inbox's presence set: 64 rooms fit, the rest overflow, and the worker
+    tells every presence subscriber to ask presence again; nobody is
+    closed, nothing is skipped."""
+    srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
+                         "--worker-stall-kill-ms", "60000", workers=2)
+    far = on_worker(srv, 1)
+    rooms = [f"room{i}" for i in range(300)]
+    for r in rooms:
+        send(far, type="subscribe", **{"channel-id": r})
+    far.sock.settimeout(30 * SLOW)
+    assert all(recv(far)["success"] for _ in rooms)
+    other0 = on_worker(srv, 0)
+    for r in rooms:
+        send(other0, type="subscribe", **{"channel-id": r})
+    other0.sock.settimeout(30 * SLOW)
+    assert all(recv(other0)["success"] for _ in rooms)
+    filler = on_worker(srv, 1)
+    sub(filler, "fill")
+    near = on_worker(srv, 0)
+    pub = on_worker(srv, 0)
+    # far has heard other0 join each room: take those first.
+    joins = 0
+    while joins < len(rooms):
+        joins += recv(far)["type"] == "join"
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4200):   # more than half of the inbox (8,192)
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
+        pub.sock.settimeout(30 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4200))
+        for r in rooms:
+            send(near, type="subscribe", **{"channel-id": r})
+        near.sock.settimeout(30 * SLOW)
+        assert all(recv(near)["success"] for _ in rooms)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # far: a presence-resync for each of its rooms (the overflow), no close.
+    told = set()
+    while len(told) < len(rooms):
+        _, op, payload = far.read_frame()
+        assert op != 8, ("far closed", payload)
+        m = json.loads(payload)
+        if m["type"] == "presence-resync":
+            told.add(m["channel-id"])
+    assert told == set(rooms)
+    # filler gets every message, and no close.
+    filler.sock.settimeout(30 * SLOW)
+    got = 0
+    while got < 4200:
+        _, op, payload = filler.read_frame()
+        assert op != 8, ("filler closed", payload)
+        got += json.loads(payload)["type"] == "channel-message"
+    w1 = srv.stats()["workers"][1]
+    print("rg15 G1 worker 1:", {k: w1[k] for k in (
+        "presence-resyncs", "presence-coalesced", "presence-overflows", "missed-disconnects",
+        "inbox-skipped")})
+    assert w1["missed-disconnects"] == 0 and w1["inbox-skipped"] == 0, w1
+    assert w1["presence-overflows"] >= 1 and w1["presence-resyncs"] >= len(rooms), w1
+    assert w1["presence-coalesced"] >= 0 and w1["presence-resync-failed"] == 0, w1
+    assert metric(srv, 'sente_lite_presence_overflows_total{worker="1"}') >= 1
+    assert metric(srv, 'sente_lite_missed_disconnects_total{worker="1"}') == 0
+    for ws in (far, other0, filler, near, pub):
+        ws.close()
+
+
+def test_a_resync_that_cannot_be_built_closes_1013_and_is_counted(server_factory):
+    """Review rg15 G3: a presence-resync the worker cannot build (out of
+    memory; here the crash build's fault point) was dropped silently, and
+    the subscriber's member list stayed wrong for good.  Now it is closed
+    1013 (its resubscribe asks presence again) and the loss is counted;
+    nobody else is touched."""
+    srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
+                         "--worker-stall-kill-ms", "60000", workers=2, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:presence-resync:1:fail"})
+    far = on_worker(srv, 1)
+    sub(far, "jl")
+    filler = on_worker(srv, 1)
+    sub(filler, "fill")
+    near, pub = on_worker(srv, 0), on_worker(srv, 0)
+    sub(near, "jl")
+    assert recv(far)["type"] == "join"
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4200):   # more than half of the inbox (8,192)
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
+        pub.sock.settimeout(30 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4200))
+        # A join worker 1's crowded inbox is not handed: a presence loss.
+        assert ask(pub, type="subscribe", **{"channel-id": "jl"})["success"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    far.sock.settimeout(30 * SLOW)
+    _, op, payload = far.read_frame()
+    assert op == 8 and int.from_bytes(payload[:2], "big") == 1013, payload
+    filler.sock.settimeout(30 * SLOW)
+    got = 0
+    while got < 4200:
+        _, op, payload = filler.read_frame()
+        assert op != 8, ("filler closed", payload)
+        got += json.loads(payload)["type"] == "channel-message"
+    w1 = wait_for(lambda: (lambda w: w if w["presence-resync-failed"] == 1 else None)(
+        srv.stats()["workers"][1]), what="presence-resync-failed counted")
+    assert w1["missed-disconnects"] == 1 and w1["presence-resyncs"] == 0, w1
+    assert metric(srv, 'sente_lite_presence_resync_failed_total{worker="1"}') == 1
+    for ws in (far, filler, near, pub):
         ws.close()

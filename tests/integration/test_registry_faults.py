@@ -48,13 +48,19 @@ class Blaster:
     one small JSON text frame)."""
 
     def __init__(self, port, worker=None):
-        for _ in range(20):
+        # Misses stay open until the wanted worker is found: the master
+        # hands a new connection to the least-loaded worker, so closing a
+        # miss at once can send every retry back to the same worker.
+        misses = []
+        for _ in range(60):
             self.ws = RawWS(port, timeout=30 * SLOW)
             welcome = json.loads(self.ws.read_data())
             self.worker = welcome["worker"]
             if worker is None or self.worker == worker:
                 break
-            self.ws.sock.close()
+            misses.append(self.ws)
+        for m in misses:
+            m.sock.close()
         assert worker is None or self.worker == worker
         self.data = bytearray(self.ws.buf)
         self.lock = threading.Lock()

@@ -367,32 +367,47 @@ static void test_join_with_one_crowded_target(void)
     sl_chan_pub_result_t r;
     for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
         sl_chan_publish(R, f, &p, &r);
-    uint64_t notes0 = R->inboxes[0]->missed_n, notes1 = R->inboxes[1]->missed_n;
+    uint64_t notes0 = R->inboxes[0]->presence_n, notes1 = R->inboxes[1]->presence_n;
     SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-c", 1, 4, NULL, &woken, &n, &no), SL_OK);
     SL_CHECK_INT(woken, 3);
     SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 1); /* the join */
-    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
-    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0 + 1);
-    sl_inbox_note_t *x = &R->inboxes[0]->missed[notes0 & (SL_INBOX_MISSED - 1)];
-    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->chan_hash == c->node.hash);
+    SL_CHECK_INT(R->inboxes[1]->presence_n, notes1);
+    SL_CHECK_INT(R->inboxes[0]->presence_n, notes0 + 1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, 0); /* never the missed ring (review rg15 G1) */
+    sl_inbox_presence_t *x = &R->inboxes[0]->presence[0];
+    SL_CHECK(x->chan_hash == c->node.hash && x->serial == c->serial);
     SL_CHECK_INT(x->horizon, no - 1);
     /* Both crowded: refused, nothing done. */
     sl_chan_subscribe(R, f, "conn-g", 1, 5, NULL, NULL, &n, NULL);
     for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
         sl_chan_publish(R, f, &p, &r);
-    notes0 = R->inboxes[0]->missed_n;
-    notes1 = R->inboxes[1]->missed_n;
+    notes0 = R->inboxes[0]->presence_n;
+    notes1 = R->inboxes[1]->presence_n;
     SL_CHECK_INT(sl_chan_subscribe(R, c, "conn-d", 1, 6, NULL, NULL, &n, NULL), SL_CHAN_OVERLOADED);
     SL_CHECK(!sl_chan_is_subscriber(R, c, "conn-d"));
-    SL_CHECK_INT(R->inboxes[0]->missed_n, notes0);
-    SL_CHECK_INT(R->inboxes[1]->missed_n, notes1);
+    SL_CHECK_INT(R->inboxes[0]->presence_n, notes0);
+    SL_CHECK_INT(R->inboxes[1]->presence_n, notes1);
     drain_all();
 }
 
-static void count_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
+typedef struct {
+    int all, n;
+    sl_inbox_presence_t got[SL_INBOX_PRESENCE];
+} pres_t;
+static void take_presence(const sl_inbox_presence_t *p, void *arg)
+{
+    pres_t *x = arg;
+    if (p == NULL)
+        x->all++;
+    else
+        x->got[x->n++] = *p;
+}
+
+static void lap_note(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
     (void)index;
-    *(int *)arg += note != NULL;
+    int *k = arg;
+    k[note == NULL ? 1 : 0]++;
 }
 
 static void test_join_leave_full_and_cleanup(void)
@@ -437,14 +452,19 @@ static void test_join_leave_full_and_cleanup(void)
     uint64_t missed = R->inboxes[0]->missed_n;
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
-    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
-    /* A presence note (review r15 H2): worker 0 tells its subscribers up
-     * to the horizon (all of them: 2 subscribes made) to ask presence
-     * again - not a seq to close them by. */
-    sl_inbox_note_t *x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
-    SL_CHECK(x->chan_hash == c->node.hash);
-    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE);
-    SL_CHECK_INT(x->horizon, c->sub_seq);
+    /* A presence loss (reviews r15 H2, rg15 G1): not in the missed ring
+     * (nothing to close anybody for) but in the presence set: worker 0
+     * tells its subscribers up to the horizon (all of them: 2 subscribes
+     * made) to ask presence again. */
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
+    uint64_t pseen = 0, pover = 0;
+    pres_t px = {0};
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK_INT(px.all, 0);
+    SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
+    SL_CHECK_INT(px.got[0].horizon, c->sub_seq);
+    SL_CHECK(!sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
     drain_all();
     /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
     for (int i = 0; i < 3; i++) {
@@ -482,19 +502,21 @@ static void test_join_leave_full_and_cleanup(void)
     while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
         sl_qsbr_quiescent(&R->qsbr, 0);
     SL_CHECK_INT(c->subscribers, 2);
-    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 1);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
-    x = &R->inboxes[0]->missed[missed & (SL_INBOX_MISSED - 1)];
-    SL_CHECK(x->seq == SL_INBOX_SEQ_PRESENCE && x->horizon == c->sub_seq);
-    /* Once the consumer has taken a note, nothing folds into it: a later
-     * leave makes a note of its own. */
-    uint64_t seen = missed;
-    int notes = 0;
-    sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, count_note, &notes);
-    SL_CHECK_INT(notes, 1);
+    px.n = 0;
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].horizon == c->sub_seq);
+    /* Once the consumer has taken the set, a later leave fills a slot of
+     * its own again. */
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-g", 0, NULL, &n), SL_OK);
-    SL_CHECK_INT(R->inboxes[0]->missed_n, missed + 2);
+    SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
+    px.n = 0;
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK_INT(px.all, 0);
     drain_all();
 }
 
@@ -812,6 +834,165 @@ static void test_missed_notes(void)
     SL_CHECK_INT(seen, in->missed_n);
 }
 
+/* Review rg15 G1 (a): a join storm to one room while one target inbox is
+ * over half full.  Each join's horizon is higher than the one before, so
+ * in the missed ring they never folded: 300 notes lapped it and worker 0
+ * closed every subscriber 1013 (lapped 1).  Now: no missed note, one
+ * presence slot with the last horizon. */
+static void test_rg15_join_storm(void)
+{
+    setup();
+    uint32_t n;
+    sl_chan_t *c, *f;
+    sl_chan_config_t jl = JL;
+    jl.max_subscribers = 1000;
+    sl_chan_create(R, "room", 4, &jl, &c);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-b", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 3, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    for (int i = 0; i <= SL_INBOX_CAP / 2; i++)
+        sl_chan_publish(R, f, &p, &r);
+    uint64_t seen = R->inboxes[0]->missed_n, folded = R->inboxes[0]->coalesced;
+    int ok = 0;
+    for (int i = 0; i < 300; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-s%d", i);
+        ok += sl_chan_subscribe(R, c, id, 1, (uint32_t)(10 + i), NULL, NULL, &n, NULL) == SL_OK;
+        if (i % 100 == 99) { /* worker 1 keeps up */
+            char b[512];
+            while (next_json(1, b, sizeof(b))[0])
+                ;
+        }
+    }
+    SL_CHECK_INT(ok, 300);
+    int k[2] = {0, 0};
+    SL_CHECK_INT(R->inboxes[0]->missed_n, seen);
+    sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, lap_note, k);
+    SL_CHECK_INT(k[0], 0);
+    SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
+    SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 299);
+    uint64_t pseen = 0, pover = 0;
+    pres_t px = {0};
+    sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px);
+    SL_CHECK_INT(px.all, 0);
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
+    SL_CHECK_INT(px.got[0].horizon, c->sub_seq - 1); /* the last join's: all before it */
+    drain_all();
+}
+
+/* Review rg15 G1 (b, c): a dead worker's leaves of two rooms (interleaved
+ * A, B, A, B... by the cleanup's walk), with subscribes to one room in
+ * between (each raises its leaves' horizon), into worker 0's full inbox:
+ * they lapped the missed ring (closing everyone 1013); now two presence
+ * slots. */
+static void test_rg15_cleanup_two_rooms(void)
+{
+    setup();
+    uint32_t n;
+    sl_chan_t *a, *b, *f;
+    sl_chan_config_t jl = JL;
+    jl.max_subscribers = 1000;
+    sl_chan_create(R, "roomA", 5, &jl, &a);
+    sl_chan_create(R, "roomB", 5, &jl, &b);
+    sl_chan_subscribe(R, a, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, b, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    for (int i = 0; i < 300; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "conn-x%d", i);
+        sl_chan_subscribe(R, a, id, 1, (uint32_t)(10 + i), NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, b, id, 1, (uint32_t)(10 + i), NULL, NULL, &n, NULL);
+    }
+    sl_chan_config_t cfg = CFG;
+    cfg.message_retention = 0;
+    sl_chan_create(R, "fill", 4, &cfg, &f);
+    sl_chan_subscribe(R, f, "conn-f", 0, 3, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .published_at = 1};
+    sl_chan_pub_result_t r;
+    while (sl_inbox_has_room(R->inboxes[0], 1))
+        sl_chan_publish(R, f, &p, &r);
+    uint64_t seen = R->inboxes[0]->missed_n;
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    int subs = 0;
+    while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        if (subs < 50) { /* (c) a reconnect wave subscribes meanwhile (worker 2) */
+            char id[32];
+            snprintf(id, sizeof(id), "conn-y%d", subs);
+            sl_chan_subscribe(R, a, id, 2, (uint32_t)(1000 + subs), NULL, NULL, &n, NULL);
+            subs++;
+        }
+    }
+    SL_CHECK(subs > 10);
+    SL_CHECK_INT(a->subscribers, 1 + subs);
+    SL_CHECK_INT(b->subscribers, 1);
+    int k[2] = {0, 0};
+    SL_CHECK_INT(R->inboxes[0]->missed_n, seen);
+    sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, lap_note, k);
+    SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
+    uint64_t pseen = 0, pover = 0;
+    pres_t px = {0};
+    sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px);
+    SL_CHECK_INT(px.all, 0);
+    SL_CHECK_INT(px.n, 2);
+    for (int i = 0; i < px.n; i++) {
+        sl_chan_t *x = px.got[i].chan_hash == a->node.hash ? a : b;
+        SL_CHECK(px.got[i].chan_hash == x->node.hash && px.got[i].serial == x->serial);
+        SL_CHECK_INT(px.got[i].horizon, x->sub_seq); /* the last leave's: everybody */
+    }
+    drain_all();
+}
+
+/* The presence set is bounded: losses of more channels than it has slots
+ * count an overflow, which the consumer is given once as "all" (resync
+ * every presence subscriber), then the slots it has. */
+static void test_presence_set_overflow(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pover = 0;
+    pres_t px = {0};
+    sl_inbox_lock(in);
+    for (int i = 0; i < SL_INBOX_PRESENCE + 3; i++)
+        for (int j = 0; j < 2; j++)
+            sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 100 + (uint64_t)i, .serial = 1,
+                                                        .seq = SL_INBOX_SEQ_PRESENCE,
+                                                        .horizon = (uint64_t)j});
+    sl_inbox_unlock(in);
+    SL_CHECK_INT(in->missed_n, 0);
+    SL_CHECK_INT(in->presence_overflows, 6);
+    SL_CHECK_INT(in->coalesced, SL_INBOX_PRESENCE);
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(px.all, 1);
+    SL_CHECK_INT(px.n, SL_INBOX_PRESENCE);
+    SL_CHECK_INT(px.got[0].horizon, 1);
+    /* Taken: the slots are free again, the overflow handled. */
+    px.all = px.n = 0;
+    sl_inbox_lock(in);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 7, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
+    sl_inbox_unlock(in);
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(px.all, 0);
+    SL_CHECK_INT(px.n, 1);
+    /* A successor worker starts with an empty set. */
+    sl_inbox_lock(in);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 8, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
+    sl_inbox_unlock(in);
+    sl_inbox_presence_reset(in, &pseen, &pover);
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK_INT(in->presence[0].chan_hash, 0);
+}
+
 /* The figures of shm/README.md's object-size table (review r19, finding
  * 3): a subscription is offsetof(sl_sub_t, key) = 76 B + its key + 1,
  * so keys up to 51 bytes take the arena's 128 B class and every other one
@@ -846,5 +1027,8 @@ int main(void)
     SL_TEST_RUN(test_history);
     SL_TEST_RUN(test_history_ttl);
     SL_TEST_RUN(test_sub_sizes_in_the_design_note);
+    SL_TEST_RUN(test_rg15_join_storm);
+    SL_TEST_RUN(test_rg15_cleanup_two_rooms);
+    SL_TEST_RUN(test_presence_set_overflow);
     return sl_test_summary();
 }

@@ -123,6 +123,30 @@ static void test_partial_writes(void)
     close(sv[1]);
 }
 
+/* One buffer goes out with send(2); a descriptor that is not a socket
+ * (ENOTSOCK) still gets it, by writev - one segment, then two. */
+static void test_one_buffer_not_a_socket(void)
+{
+    int p[2];
+    SL_CHECK_INT(pipe(p), 0);
+    sl_outq_t q = {0};
+    sl_buf_t *a = make("alone"), *b = make("+two");
+    SL_CHECK_INT(sl_outq_push(&q, a, 0, a->len), SL_OK);
+    SL_CHECK_INT(sl_outq_flush(&q, p[1]), SL_OK);
+    SL_CHECK_INT(sl_outq_push(&q, a, 0, a->len), SL_OK);
+    SL_CHECK_INT(sl_outq_push(&q, b, 0, b->len), SL_OK);
+    SL_CHECK_INT(sl_outq_flush(&q, p[1]), SL_OK);
+    SL_CHECK_INT(q.count, 0);
+    char got[32] = {0};
+    SL_CHECK_INT(read(p[0], got, sizeof(got)), 14);
+    SL_CHECK_STR(got, "alonealone+two");
+    sl_outq_clear(&q);
+    sl_buf_unref(a);
+    sl_buf_unref(b);
+    close(p[0]);
+    close(p[1]);
+}
+
 static void test_clear_releases(void)
 {
     sl_outq_t q = {0};
@@ -192,6 +216,7 @@ int main(void)
     SL_TEST_RUN(test_push_flush_order);
     SL_TEST_RUN(test_inline_then_ring_then_trim);
     SL_TEST_RUN(test_partial_writes);
+    SL_TEST_RUN(test_one_buffer_not_a_socket);
     SL_TEST_RUN(test_clear_releases);
     SL_TEST_RUN(test_write_error);
     return sl_test_summary();

@@ -572,6 +572,41 @@ test("'presence-resync' when a leave could not reach our stopped worker", async 
   }
 });
 
+test('a resubscribe refused rate-limited after a reconnect is retried until it gets in', async () => {
+  // Review rg15 G5: burst 1, two rooms with somebody in them: after the
+  // reconnect the second join is refused (the join bucket is empty); the
+  // library says so (error, retrying: true) and tries again with back-off.
+  const srv = await startServer(['--join-leave', '--max-publishes-per-second', '1',
+    '--publish-burst', '1'], { workers: 1 });
+  try {
+    const other = await connected({}, srv.url);
+    await other.subscribe('r0');
+    await other.subscribe('r1');
+    const a = await connected({ reconnectMinMs: 5000 }, srv.url);
+    await a.subscribe('r0');
+    await sleep(1200); // a token back for the second join
+    await a.subscribe('r1');
+    const errors = [];
+    a.on('error', (e) => errors.push(e));
+    const reopened = next(a, 'open');
+    a.reconnect();
+    await reopened;
+    await waitFor(() => errors.length > 0, { timeoutMs: 5000 * SLOW, what: 'a refused resubscribe' });
+    assert.equal(errors[0].reason, 'rate-limited');
+    assert.equal(errors[0].retrying, true);
+    const refused = errors[0].channel;
+    assert.ok(refused === 'r0' || refused === 'r1', refused);
+    await waitFor(async () => {
+      const subs = await a.getSubscriptions();
+      return subs.includes('r0') && subs.includes('r1');
+    }, { timeoutMs: 15000 * SLOW, intervalMs: 200, what: 'subscribed to both again' });
+    assert.equal(a.state, 'open');
+  } finally {
+    for (const x of clients.splice(0)) x.close();
+    await srv.stop();
+  }
+});
+
 test('history() pages forwards and backwards', async () => {
   const a = await connected();
   await a.subscribe('keep3');

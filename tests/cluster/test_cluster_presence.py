@@ -1,0 +1,287 @@
+"""Issue 15's presence, presence-stats and join / leave across nodes
+(issue 17: "work across nodes through Redis with per-node expiring
+entries"): every node's subscribers listed from any node, join / leave
+published on the channel's Redis channel in order with its messages (so
+two nodes' subscribers see the same sequence), and a SIGKILLed node's
+clients leaving once its heartbeat expires (the survivors publish their
+leaves).  Real redis-server, real binaries."""
+import asyncio
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
+
+from authkit import keys  # noqa: E402,F401  (a fixture)
+from conftest import wait_for  # noqa: E402
+from test_cluster import Client, run  # noqa: E402
+
+
+async def presence_all(client, ch, limit=None):
+    """Every page of presence, merged (no conn-id twice), and the pages."""
+    clients, cursor, pages = {}, None, 0
+    while True:
+        msg = {"channel-id": ch}
+        if cursor is not None:
+            msg["cursor"] = cursor
+        if limit:
+            msg["limit"] = limit
+        await client.send(type="presence", **msg)
+        r = await client.of_type("presence-result")
+        assert r["success"], r
+        pages += 1
+        for k in r["clients"]:
+            assert k not in clients, f"{k} listed twice"
+        clients.update(r["clients"])
+        cursor = r["next-cursor"]
+        if cursor is None:
+            return clients, pages
+
+
+async def stats_of(client, ch):
+    await client.send(type="presence-stats", **{"channel-id": ch})
+    r = await client.of_type("presence-stats-result")
+    assert r["success"], r
+    return r["num-clients"], r["num-users"]
+
+
+async def open_as(node, token=None):
+    if token is None:
+        return await Client.open(node)
+    import json
+    import websockets
+    ws = await websockets.connect(node.url + "?token=" + token, max_size=None,
+                                  ping_interval=None, close_timeout=1)
+    return Client(ws, json.loads(await ws.recv()))
+
+
+async def until(pred, what, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = await pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def test_presence_from_three_nodes(cluster, keys):
+    nodes = cluster(3, *keys.flags("secret"), "--allow-anonymous")
+    people = [("alice", 0, {"name": "Alice"}), ("bob", 1, {"name": "Bob", "tags": [1, 2]}),
+              ("alice", 2, {"name": "A2"}), (None, 2, None)]
+
+    async def go():
+        conns, want = [], {}
+        for user, n, info in people:
+            tok = keys.token(sub=user, info=info) if user else None
+            c = await open_as(nodes[n], tok)
+            assert (await c.subscribe("room"))["success"]
+            conns.append(c)
+            want[c.conn_id] = {"user": user, "info": info}
+        # Asked on each node: every node's subscribers (the entries are
+        # written by each node's broker after the subscribe).
+        for c in conns[:3]:
+            async def full(c=c):
+                clients, _ = await presence_all(c, "room")
+                return clients if clients == want else None
+            got = await until(full, "every node's subscribers")
+            assert got == want
+        assert await stats_of(conns[3], "room") == (4, 2)
+        # Pages of one: each entry once, over the three nodes.
+        clients, pages = await presence_all(conns[1], "room", limit=1)
+        assert clients == want and pages >= 4
+        # One unsubscribes (node 1), one goes away (node 2).
+        ids = list(want)
+        await conns[1].send(type="unsubscribe", **{"channel-id": "room"})
+        assert (await conns[1].of_type("unsubscription-result"))["success"]
+        await conns[3].ws.close()
+        left = {k: want[k] for k in ids if k not in (ids[1], ids[3])}
+
+        async def gone():
+            clients, _ = await presence_all(conns[0], "room")
+            return clients == left
+        await until(gone, "presence without the two")
+        assert await stats_of(conns[2], "room") == (2, 1)
+        for c in conns[:3]:
+            await c.ws.close()
+    run(go())
+
+
+def kinds(msgs, ch):
+    out = []
+    for m in msgs:
+        if m.get("channel-id") != ch:
+            continue
+        if m["type"] == "channel-message":
+            out.append(("m", m["data"]))
+        elif m["type"] in ("join", "leave"):
+            out.append((m["type"], m["info"]["conn-id"]))
+    return out
+
+
+def test_join_leave_seen_identically_on_two_nodes(cluster):
+    """Watchers on nodes A and B; a publisher on B publishes a numbered
+    stream all along while clients join and leave on A and on B: both
+    watchers see the same sequence of messages, joins and leaves (the joins
+    and leaves travel the channel's Redis channel, in order with its
+    messages), each join before its leave, and the watchers are never told
+    of their own."""
+    a, b = cluster(2, "--join-leave")
+
+    async def go():
+        wa, wb = await Client.open(a), await Client.open(b)
+        for w in (wa, wb):
+            assert (await w.subscribe("room"))["success"]
+        pub = await Client.open(b)
+        stop = asyncio.Event()
+
+        async def stream():
+            i = 0
+            while not stop.is_set():
+                await pub.send(type="publish", **{"channel-id": "room"}, data=i)
+                assert (await pub.of_type("publish-result"))["success"]
+                i += 1
+                await asyncio.sleep(0.01)
+            await pub.send(type="publish", **{"channel-id": "room"}, data="end")
+            assert (await pub.of_type("publish-result"))["success"]
+        task = asyncio.create_task(stream())
+        movers = []
+        for node in (a, b, a, b):
+            c = await Client.open(node)
+            assert (await c.subscribe("room"))["success"]
+            movers.append(c)
+            await asyncio.sleep(0.05)
+        for i, c in enumerate(movers):
+            if i % 2:
+                await c.send(type="unsubscribe", **{"channel-id": "room"})
+                await c.of_type("unsubscription-result")
+            else:
+                await c.ws.close()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+        seen = []
+        for w in (wa, wb):
+            await w.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                         timeout=20)
+            seen.append(kinds(w.inbox, "room"))
+        return seen, [c.conn_id for c in movers], (wa.conn_id, wb.conn_id)
+
+    (sa, sb), ids, own = run(go())
+    # (Each watcher's inbox: what came before "end", which next() took.)
+    # The second watcher was told of the first's join (it subscribed
+    # after it), not the first of the second's: the movers' are compared.
+    sa = [x for x in sa if x[0] == "m" or x[1] in ids]
+    sb = [x for x in sb if x[0] == "m" or x[1] in ids]
+    assert sa == sb, (sa, sb)
+    for cid in ids:
+        ev = [k for k, c in sa if c == cid]
+        assert ev == ["join", "leave"], (cid, ev)
+    nums = [d for k, d in sa if k == "m"]
+    assert nums == list(range(len(nums))) and len(nums) > 10
+
+
+def test_killed_node_clients_leave(cluster):
+    """Two clients on node C, a watcher on A: C is SIGKILLed.  Once C's
+    heartbeat expires the survivors publish a leave for each of C's
+    entries (A's watcher gets both) and presence no longer lists them."""
+    a, b, c = cluster(3, "--join-leave")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        on_c = [await Client.open(c) for _ in range(2)]
+        for x in on_c:
+            assert (await x.subscribe("room"))["success"]
+        ids = {x.conn_id for x in on_c}
+        for _ in ids:
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == ids | {w.conn_id}
+        await until(listed, "C's clients listed")
+        os.kill(c.pid, signal.SIGKILL)  # the master; its children follow
+        left = set()
+        while left != ids:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            assert m["channel-id"] == "room"
+            left.add(m["info"]["conn-id"])
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without C's clients")
+        assert await stats_of(w, "room") == (1, 0)
+        # Another node agrees (presence is for subscribers).
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+
+        async def both():
+            clients, _ = await presence_all(x, "room")
+            return set(clients) == {w.conn_id, x.conn_id}
+        await until(both, "presence from B")
+    run(go())
+    c.stopped = True
+
+
+def test_killed_workers_clients_leave(cluster):
+    """A worker of a live node is SIGKILLed with a subscriber on it: the
+    master's cleanup has the broker remove its presence entry and publish
+    its leave, so the other node's watcher is told and presence follows."""
+    a, b = cluster(2, "--join-leave", workers=2)
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        victim = None
+        for _ in range(40):
+            x = await Client.open(b)
+            if x.welcome["worker"] == 1:
+                victim = x
+                break
+            await x.ws.close()
+        assert victim is not None
+        assert (await victim.subscribe("room"))["success"]
+        m = await w.next(lambda m: m.get("type") == "join", timeout=10)
+        assert m["info"]["conn-id"] == victim.conn_id
+        os.kill(b.stats()["workers"][1]["pid"], signal.SIGKILL)
+        m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+        assert m["info"]["conn-id"] == victim.conn_id
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without the dead worker's client")
+    run(go())
+
+
+def test_presence_pages_fit_the_reply_bound(cluster, keys):
+    """260 subscribers whose tokens carry about 1 KiB of info each (about
+    270 KB of entries) under --max-outbound-bytes 512K (a reply bound of
+    256 KiB): every page fits (no reply-too-large), and the pages together
+    list every subscriber once."""
+    (a,) = cluster(1, *keys.flags("secret"), "--max-outbound-bytes", "512K")
+    info = {"bio": "x" * 1000}
+
+    async def go():
+        conns = []
+        for i in range(260):
+            c = await open_as(a, keys.token(sub=f"u{i}", info=info))
+            await c.send(type="subscribe", **{"channel-id": "big"})
+            conns.append(c)
+        for c in conns:
+            assert (await c.of_type("subscription-result"))["success"]
+
+        async def all_listed():
+            clients, pages = await presence_all(conns[0], "big")
+            return (clients, pages) if len(clients) == 260 else None
+        clients, pages = await until(all_listed, "every subscriber listed", timeout=30)
+        assert set(clients) == {c.conn_id for c in conns} and pages > 1
+        assert all(v["info"] == info for v in clients.values())
+        for c in conns:
+            await c.ws.close()
+    run(go())
