@@ -25,7 +25,9 @@
 #   make fuzz         run each libFuzzer target (tests/fuzz/) FUZZ_SECONDS
 #                     seconds (clang; scripts/deps.sh --fuzz installs it)
 #   make check-fuzz   replay the committed fuzz corpora (gcc, part of check)
-#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 (part of check)
+#   make check-autobahn  RFC 6455 conformance: Autobahn|Testsuite 1-10 and a slice
+#                     of permessage-deflate (12, 13), over ws:// and wss:// (part of check)
+#   make check-autobahn-full  all of 12.* and 13.* over ws:// and wss:// (~45 min)
 #   make install      binary, man page, systemd units, example config, logrotate
 #                     snippet, health-check.sh and docs under $(DESTDIR)$(PREFIX)
 #                     (/etc for the config, defaults and logrotate files, never
@@ -47,7 +49,7 @@ SYSCONFDIR ?= /etc
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR   ?= $(PREFIX)/share/doc/sente-lite
 VERSION  := $(shell sed -n 's/^\#define SL_VERSION "\(.*\)"/\1/p' include/sl_common.h)
-PKGS     := libevent jansson liburcu libcrypto
+PKGS     := libevent jansson liburcu libssl libcrypto zlib
 # libjwt: only the tests and bench-auth link it (the independent reference
 # token verification is compared with); the server does not.
 TEST_PKGS := libjwt
@@ -107,8 +109,8 @@ CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
-        format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup bench-presence \
-        mutation-check bench-cluster check-cluster bench-hostile
+        check-autobahn-full format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup \
+        bench-presence bench-profile mutation-check bench-cluster check-cluster bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -220,6 +222,22 @@ bench-cluster: $(BIN) $(BUILD)/sente-bench
 	$(PY) scripts/bench/cluster.py --previous $(BUILD)/bench/previous/build/sente-lite \
 	    --out $(BUILD)/bench/cluster.json
 bench: bench-cluster
+
+# Issue 16's rows alone (also part of `make bench`): sente-lite and nginx +
+# nchan over wss with the same throw-away certificates (handshakes/s with
+# ECDSA and RSA, full and resumed, through sente-bench and openssl s_time;
+# fan-out at 1,000 subscribers flat out and at 20/s; idle PSS per wss
+# connection) and sente-lite's permessage-deflate against none on a 2 KiB
+# JSON document.  About 5 minutes; figures in docs/benchmarks.md.
+BENCH_TLS_ROWS := wss-connect-ec,wss-connect-ec-resumed,wss-connect-rsa,wss-connect-rsa-resumed,wss-fanout-1k,wss-fanout-1k-20/s,wss-idle-2k,json2k-fanout-1k-plain,json2k-fanout-1k-deflate,s_time
+.PHONY: bench-tls
+bench-tls: $(BIN) $(BUILD)/sente-bench
+	scripts/deps.sh --bench
+	scripts/bench/peers-install.sh
+	$(PY) scripts/bench/bench.py --only sente-lite,nchan --no-access \
+	    --scenarios '$(BENCH_TLS_ROWS)' --out $(BUILD)/bench/tls.json
+	$(PY) scripts/bench/report.py $(BUILD)/bench/tls.json $(BUILD)/bench/tls.md \
+	    $(BUILD)/bench/tls.png
 
 # A well-behaved client's echo round trips/s and p99 alone and beside 200
 # hostile connections, alternating in the same run (scripts/bench/hostile.py).
@@ -367,7 +385,7 @@ check-integration: $(BUILD)/sente-bench
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lcrypto -lm
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(SB_SRC) -levent -lssl -lcrypto -lz -lm
 # --- sente-bench ---
 
 # --- ceiling ---
@@ -391,7 +409,7 @@ bench bench-quick: $(BUILD)/bench/ceiling
 # libFuzzer (build-fuzz/) and runs each for FUZZ_SECONDS; new corpus
 # entries go to build-fuzz/corpus/, findings to build-fuzz/artifacts/
 # (`make fuzz-merge` adds what is new to tests/fuzz/corpus/).
-FUZZ_TARGETS := http ws utf8 conf e2e token
+FUZZ_TARGETS := http ws utf8 conf e2e token pmd tls
 FUZZ_SECONDS ?= 60
 FUZZ_REPLAY  := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_TARGETS))
 FUZZ_BINS    := $(patsubst %,build-fuzz/fuzz/fuzz_%,$(FUZZ_TARGETS))
@@ -450,6 +468,28 @@ fuzz-merge: fuzz-build
 # Autobahn|Testsuite fuzzingclient, sections 1-10 with 9.*, against /echo of
 # $(BIN); about 25 s on either build, so both run it.
 .PHONY: check-autobahn
+# RFC 6455 sections 1-10 (9.* included) over ws:// and wss://, each with a
+# representative slice of permessage-deflate (12.*, 13.*: one case of each
+# group's sizes and window/context variants); the whole of 12.* and 13.* on
+# both transports is check-autobahn-full (about 45 minutes: not in check).
+AUTOBAHN_PMD_SLICE := 12.1.3,12.2.5,12.3.7,12.4.9,12.5.11,13.1.3,13.2.5,13.3.7,13.4.9,13.5.11,13.6.13,13.7.15
+# The ASan pass runs 1-10 over ws:// only: conformance is the normal pass's
+# (all four runs); under the sanitizers the frame engine is driven here, the
+# TLS transport by test_tls, test_compression, the web tests over https and
+# the fuzz_tls replay, the deflate codec by test_compression and the
+# fuzz_pmd replay - the same code as in the normal pass.
 check-autobahn: $(BIN)
 	scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+ifneq ($(SAN),1)
+	scripts/check-autobahn.sh $(abspath $(BIN)) --cases "$(AUTOBAHN_PMD_SLICE)"
+	AUTOBAHN_TLS=1 scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
+	AUTOBAHN_TLS=1 scripts/check-autobahn.sh $(abspath $(BIN)) --cases "$(AUTOBAHN_PMD_SLICE)"
+endif
+
+# permessage-deflate in full: 12.* and 13.* (216 cases) over ws:// and
+# wss://, one group per run so that each stays within the runner's bound.
+check-autobahn-full: $(BIN)
+	for t in 0 1; do for g in 12.1 12.2 12.3 12.4 12.5 13.1 13.2 13.3 13.4 13.5 13.6 13.7; do \
+	    AUTOBAHN_TLS=$$t scripts/check-autobahn.sh $(abspath $(BIN)) --timeout 900 --cases "$$g.*" || exit 1; \
+	done; done
 # --- autobahn ---

@@ -47,5 +47,8 @@ bool sl_stderr_is_journal(void);
 #define SL_LOG_ERR 3
 #define SL_LOG_WARNING 4
 void sl_stderr(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Tests and fuzzers replace the clocks (NULL: the real one again), so that
+ * timeouts can be driven without waiting.  The server never calls this. */
+void sl_clock_override(int64_t (*now_ms)(void), int64_t (*mono_ms)(void));
 
 #endif

@@ -33,6 +33,13 @@ typedef struct {
     int db;
 } sl_conf_redis_t;
 #define SL_MAX_PROXIES 32
+#define SL_MAX_TLS_CERTS 16 /* --tls-cert/--tls-key pairs (SNI) */
+
+/* A repeatable file-name option (--tls-cert, --tls-key). */
+typedef struct {
+    char *path[SL_MAX_TLS_CERTS];
+    int n;
+} sl_conf_paths_t;
 
 /* An address range: --trusted-proxy 10.0.0.0/8, ::1, ... */
 typedef struct {
@@ -163,6 +170,14 @@ typedef struct {
     int64_t max_connections_per_user; /* 0: unlimited */
     char ops_host[256]; /* --ops-listen HOST:PORT; ops_port 0 = none */
     int ops_port;
+    /* TLS (sl_tls.h): certificate chains and their keys, paired in order
+     * (the first is the default; the others are chosen by SNI) */
+    sl_conf_paths_t tls_cert, tls_key;
+    int64_t tls_port;     /* 0: no TLS listener beside --port */
+    bool tls;             /* --port itself speaks TLS */
+    char tls_min_version[8]; /* "1.2" or "1.3" */
+    bool compression;              /* permessage-deflate offered by clients is accepted */
+    int64_t compression_min_bytes; /* smaller messages go uncompressed */
 } sl_conf_t;
 
 typedef enum { SL_CONF_RUN, SL_CONF_HELP, SL_CONF_VERSION, SL_CONF_CHECK } sl_conf_action_t;

@@ -4,16 +4,29 @@
  *
  * A connection belongs to exactly one worker for its whole life and is only
  * touched by that worker's single thread.  It is freed by sl_conn_destroy,
- * which is deferred to the end of the event-loop turn (sl_worker_turn_end)
- * so that no callback further up the stack is left holding a dangling
+ * which is deferred to the end of the event-loop turn (sl_conns_flush) so
+ * that no callback further up the stack is left holding a dangling
  * pointer: code that closes a connection marks it SL_CONN_DEAD and returns.
+ *
+ * Layering (shm/README.md, "Worker-side layers"): a connection sits on a
+ * transport (sl_xport.h) and under everything that gives its bytes a
+ * meaning.  It never names the layers above: what it receives - a complete
+ * HTTP request, a WebSocket text message, its end - it raises through the
+ * handler table the worker installs (sl_conn_handlers_t), and the layers
+ * above call down into it to send and to close.  The process's set of
+ * connections (sl_conns: the loop, the stats slot, the lists walked at the
+ * end of a turn, the scratch buffers) lives here too, so that the layers
+ * above need nothing from the worker.
  */
 #ifndef SL_CONN_H
 #define SL_CONN_H
 
 #include "sl_common.h"
+#include "sl_http.h"
 #include "sl_outq.h"
+#include "sl_shm.h"
 #include "sl_ws.h"
+#include "sl_xport.h"
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -35,6 +48,17 @@ typedef enum {
 
 typedef struct sl_conn sl_conn_t;
 
+/* A connection's place on one of its process's lists (conn.c's list
+ * helper: every list of connections is this one kind). */
+typedef struct {
+    sl_conn_t *prev, *next;
+} sl_conn_link_t;
+
+/* A list of connections through one of their links, oldest first. */
+typedef struct {
+    sl_conn_t *first, *last;
+} sl_conn_list_t;
+
 struct sl_conn {
     int fd;
     uint32_t slot;     /* index in the worker's slot table */
@@ -51,13 +75,17 @@ struct sl_conn {
     bool backlog;      /* c->in holds input whose processing was stopped (a
                           pause, or the per-turn budget): not read further */
     bool ready;        /* on the worker's ready list (sl_worker_mark_ready) */
-    /* These four share a byte (bit-fields): see shm/README.md for
+    /* These seven share a byte (bit-fields): see shm/README.md for
      * sl_conn_t's size and its malloc chunk. */
     bool http_counted : 1; /* counts against --max-http-connections */
     uint8_t idle : 2;  /* on an HTTP list: 1 the worker's idle one, 2 the
                           unfinished heads (conn.c), oldest first */
     bool held : 1;     /* on the list of holders of unfinished input (conn.c) */
     bool refused : 1;  /* answered 503 at admission: closed once it is written */
+    bool pmd : 1;      /* permessage-deflate negotiated (sl_pmd.h) */
+    bool pmd_shared : 1; /* ...and it takes the shared compressed frames (window 15) */
+    bool xport_wants_read : 1; /* the transport's flush waits for the peer's bytes
+                                  (TLS): read for it even while input is paused */
     bool peer_eof;     /* the peer's FIN came: not read any more (HTTP: its
                           complete requests are answered, then we close) */
     uint8_t turn_messages; /* messages processed in this callback */
@@ -67,11 +95,11 @@ struct sl_conn {
     /* One event for both directions: EV_READ always, EV_WRITE added only
      * while output is stuck (one struct event less per connection). */
     struct event ev;
-    sl_conn_t *prev, *next;   /* the worker's list of live connections */
-    sl_conn_t *dirty_next;    /* the worker's flush list */
-    sl_conn_t *ready_prev, *ready_next; /* the worker's ready list */
-    sl_conn_t *idle_prev, *idle_next;   /* the worker's idle HTTP list (or heads) */
-    sl_conn_t *held_prev, *held_next;   /* holders of unfinished input */
+    sl_conn_link_t link_all;   /* the worker's live connections (sl_conns.conns) */
+    sl_conn_t *dirty_next;     /* the worker's flush list (singly linked) */
+    sl_conn_link_t link_ready; /* the worker's ready list */
+    sl_conn_link_t link_idle;  /* the worker's idle HTTP list (or heads) */
+    sl_conn_link_t link_held;  /* holders of unfinished input */
     int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */
@@ -102,6 +130,8 @@ struct sl_conn {
     /* our entry in the shared registry (protocol): also our open time
      * (wall ms) and message count, not copied here */
     struct sl_reg_conn *reg;
+    void *xctx;               /* its transport's state, which names the transport
+                                 (sl_xport_of; NULL: plain TCP, no state) */
     uint64_t conn_no;         /* the n of conn-<ms>-<n>: unique, never reused */
     /* The channels subscribed to: their entries in the worker's local
      * index (sl_cidx.h), whose id we read - no copy of our own.  Up to
@@ -129,6 +159,85 @@ struct sl_conn {
     char conn_id[40];
 };
 
+/* What a connection raises to the layers above (installed by the worker,
+ * sl_conns.on).  Each may close the connection (sl_conn_close_ws,
+ * sl_conn_abort); none may free it. */
+typedef struct {
+    /* A complete HTTP request (head and body): answer it by queueing a
+     * response (sl_conn_send), or upgrade (sl_conn_upgraded).  True: keep
+     * the connection open for the next request. */
+    bool (*http_request)(sl_conn_t *c, const sl_http_request_t *req, const char *body,
+                         size_t body_len);
+    /* Refuse the request under way with an HTTP error response (queued);
+     * `keep`: the connection may carry the next request. */
+    void (*http_error)(sl_conn_t *c, int status, const char *code, const char *message,
+                       bool keep);
+    /* One complete text message on a protocol WebSocket (valid UTF-8). */
+    void (*ws_message)(sl_conn_t *c, char *data, size_t len);
+    /* The timer tick of an open protocol WebSocket (authentication
+     * deadline, token expiry), after the connection's own timers. */
+    void (*ws_tick)(sl_conn_t *c, int64_t now_mono);
+    /* A protocol connection is being freed: release what the layers above
+     * hold for it (registry entry, subscriptions, calls, session). */
+    void (*closed)(sl_conn_t *c);
+    /* Any connection (every kind) is being freed: forget what still
+     * refers to it (--redis: the broker's answers for it). */
+    void (*freed)(sl_conn_t *c);
+} sl_conn_handlers_t;
+
+#define SL_SCRATCH_SIZE (64 * 1024)
+
+/* The connections of this process (a worker, or a fuzzer's stand-in),
+ * set up by the worker before the first connection. */
+typedef struct {
+    int id;                       /* the worker's number */
+    struct event_base *base;      /* the loop connections' events live on */
+    sl_worker_stats_t *stats;     /* the worker's slot in shared memory */
+    const sl_conn_handlers_t *on; /* the layers above */
+    bool stopping;                /* draining: requests answered Connection: close */
+    sl_conn_list_t conns;         /* live connections (SL_CONNS_EACH) */
+    sl_conn_t *dirty;             /* to flush (or free, if dead) at turn end */
+    sl_conn_list_t ready;         /* input left for the next turn */
+    sl_conn_list_t idle;          /* idle HTTP connections, oldest first */
+    sl_conn_t **slots;            /* slot -> connection (NULL: free) */
+    uint32_t nslots, slot_cap, free_hint;
+    uint32_t nconns;
+    /* Two separate buffers: input is parsed in place from rbuf while
+     * replies are encoded into ebuf, so encoding never clobbers bytes not
+     * yet parsed. */
+    uint8_t *rbuf; /* SL_SCRATCH_SIZE bytes: socket reads */
+    uint8_t *ebuf; /* SL_SCRATCH_SIZE bytes: JSON encoding */
+    /* The fan-out trace (SENTE_FANOUT_TRACE, sl_pubsub.h): its file, -1
+     * while off (the default); when on, the monotonic us of the last read
+     * from a client socket and of the last wake-up by another worker. */
+    int trace_fd;
+    int64_t read_us, woken_us;
+} sl_conns_t;
+
+extern sl_conns_t sl_conns;
+
+/* Every live connection of the process, oldest first (one may be marked
+ * dead in the body: it is freed only at the end of the turn). */
+#define SL_CONNS_EACH(c) for (sl_conn_t *c = sl_conns.conns.first; c; c = c->link_all.next)
+
+/* Count an error or refusal by reason (/stats "errors", /metrics). */
+void sl_conns_count_error(sl_err_t e);
+
+/* The connection in slot `slot`, or NULL (slots are how other workers'
+ * messages name a connection). */
+sl_conn_t *sl_conns_at(uint32_t slot);
+
+/* The end of a loop turn, for connections: write the output of every
+ * connection touched in the turn (one flush each) and free the dead ones. */
+void sl_conns_flush(void);
+
+/* After sl_conns_flush and the rest of the turn's work: connections with
+ * input left over are activated, so the next turn runs each once - after
+ * every other connection's events, the timers and the end-of-turn work
+ * (activated from inside a callback, a peer that keeps sending would hold
+ * the whole worker in one pass). */
+void sl_conns_activate_ready(void);
+
 /* Unfinished input this worker holds: every connection's c->in and the
  * message its WebSocket reader is assembling (the gauge inbound-bytes;
  * bounded by the worker's share of --max-inbound-total). */
@@ -136,9 +245,12 @@ extern uint64_t sl_conn_inbound_bytes;
 
 /* Take over an accepted socket, already non-blocking and with TCP_NODELAY
  * (from the master's accept4; TCP_NODELAY from the listener, or set by the
- * master on a socket an inherited listener queued before it had the flag);
- * `ops`: it came in on --ops-listen.  NULL on failure (the fd is closed). */
-sl_conn_t *sl_conn_new(int fd, bool ops);
+ * master on a socket an inherited listener queued before it had the flag),
+ * on transport xp with its state xctx (sl_xport_plain, NULL; or
+ * sl_xport_tls and its session: xp is sl_xport_of(xctx), kept only there);
+ * `ops`: it came in on --ops-listen.  NULL on failure (the fd is closed,
+ * xctx released). */
+sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx);
 
 /* Queue a whole frame/response already encoded in b (from b->start to
  * b->len).  Returns SL_OK, or SL_ERROR when it was not queued (the

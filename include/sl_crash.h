@@ -118,6 +118,7 @@ enum {
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
     M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
                                    serial and horizon */
+    M_TICKETS_PUBLISH_FIRST = 27, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

@@ -24,8 +24,15 @@ typedef struct sl_buf {
     uint32_t cap;
     uint32_t start; /* first byte that belongs to the output (frames are
                        encoded with their header just before the payload) */
+    /* The same frame compressed (permessage-deflate), made the first time a
+     * compressing connection is sent this buffer and then shared by all of
+     * them (this buffer holds one reference; &sl_buf_nozip: tried, no
+     * gain).  NULL: not tried. */
+    struct sl_buf *zip;
     uint8_t data[];
 } sl_buf_t;
+
+extern sl_buf_t sl_buf_nozip;
 
 /* Bytes held by live buffers in this process (each buffer counted once,
  * however many queues refer to it): what output really costs in memory,
@@ -53,8 +60,14 @@ typedef struct {
     sl_seg_t one;
     sl_seg_t *segs; /* ring; NULL while cap == 0, small rings kept while busy */
     uint32_t cap, head, count;
-    bool head_partial; /* the first segment has been partly written (here:
-                          no padding hole, 48 B in all) */
+    bool head_partial; /* the first segment has been partly written */
+    /* The first `pinned` bytes are promised to the transport (TLS: a record
+     * SSL_write took but could not write must be given again, byte for
+     * byte; at most one record, 16 KiB): they stay queued - counted as
+     * held, not as written - and sl_outq_drop_unstarted keeps every
+     * segment they touch.  advance releases them.  (With head_partial in
+     * what was padding: no hole, 48 B in all.) */
+    uint16_t pinned;
     uint64_t bytes;    /* queued bytes not yet written */
 } sl_outq_t;
 
@@ -67,6 +80,15 @@ int sl_outq_push(sl_outq_t *q, sl_buf_t *buf, size_t off, size_t len);
  * SL_ERROR on a write error (errno set). */
 int sl_outq_flush(sl_outq_t *q, int fd);
 
+/* The first bytes of the queue, for a transport that frames them (TLS
+ * records): at most `cap`.  When the first segment alone has `cap` bytes
+ * or more, *p points into it (no copy); otherwise the first segments are
+ * copied into buf and *p = buf.  Returns the length (0: empty queue). */
+size_t sl_outq_peek(const sl_outq_t *q, uint8_t *buf, size_t cap, const uint8_t **p);
+
+/* The first n bytes (n <= q->bytes) have been written: drop them. */
+void sl_outq_advance(sl_outq_t *q, size_t n);
+
 /* Give back the ring of an empty queue (the worker's timer calls it, so a
  * connection that stays idle holds no ring; a busy one loses it at most
  * once per tick). */
@@ -76,7 +98,8 @@ void sl_outq_trim(sl_outq_t *q);
 void sl_outq_clear(sl_outq_t *q);
 
 /* Drop every queued segment except a partly written first one (a frame
- * half sent must be finished before anything else can follow it). */
+ * half sent must be finished before anything else can follow it) and those
+ * holding pinned bytes (a frame given to the transport in part). */
 void sl_outq_drop_unstarted(sl_outq_t *q);
 
 /* Has the first queued segment been partly written?  (Then a frame is half

@@ -23,6 +23,7 @@ void sl_proc_title(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The byte each message carries: which listener its sockets came from. */
 #define SL_PROC_TAG_PUBLIC 'F' /* --host/--port */
 #define SL_PROC_TAG_OPS 'O'    /* --ops-listen */
+#define SL_PROC_TAG_TLS 'T'    /* --tls-port, or --port with --tls */
 
 /* Send fds[0..n) (1 <= n <= SL_PROC_FDS_MAX) in one message with
  * SCM_RIGHTS, tagged with `tag`.  SL_OK (all sent: the caller closes its

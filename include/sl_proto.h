@@ -1,6 +1,7 @@
 /*
- * sl_proto.h - the JSON protocol spoken on "/" (PROTOCOL sections 2-3):
- * the welcome, one handler per message type, and the error replies.
+ * sl_proto.h - replies of the JSON protocol spoken on "/" (PROTOCOL
+ * sections 2-3): what every message handler answers with.  The protocol's
+ * life and dispatch are sl_router.h.
  */
 #ifndef SL_PROTO_H
 #define SL_PROTO_H
@@ -9,26 +10,6 @@
 #include "sl_jw.h"
 
 #include <jansson.h>
-
-/* Before the 101 goes out: give the connection its conn-id and register
- * it in the shared registry.  SL_ERROR when shared memory is exhausted
- * (the upgrade is then refused). */
-int sl_proto_admit(sl_conn_t *c);
-
-/* Write "conn-<ms>-<n><suffix>" into a connection's conn_id (cut to 39
- * bytes, as snprintf would; a real id has 13 digits of ms and fits, with
- * --redis's ".<node>" suffix too). */
-void sl_proto_conn_id(char out[40], int64_t ms, uint64_t n, const char *suffix);
-
-/* The connection has just been upgraded: send the welcome.  `peer` is the
- * client's address (for telemetry). */
-void sl_proto_opened(sl_conn_t *c, const char *peer);
-
-/* One complete text message (valid UTF-8, not NUL-terminated). */
-void sl_proto_message(sl_conn_t *c, char *data, size_t len);
-
-/* The connection is going away (called from sl_conn_destroy). */
-void sl_proto_closed(sl_conn_t *c);
 
 /* An error reply {"type":"error","reason":..,"message":..,"timestamp":..}. */
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message);
@@ -63,5 +44,8 @@ void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r);
 /* Queue an already encoded frame behind the replies still waiting (or now
  * when none waits): an RPC response after its rpc-request-result. */
 void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b);
+/* The connection is going away (router.c's closed): drop the replies
+ * still queued, sent or not. */
+void sl_proto_closed(sl_conn_t *c);
 
 #endif

@@ -53,8 +53,17 @@ void sl_pubsub_recheck(sl_conn_t *c);
 void sl_pubsub_closed(sl_conn_t *c);
 
 /* Fan out everything waiting in this worker's inbox; returns how many
- * inbox entries were handled. */
+ * inbox entries were handled.  A message for one connection that carries
+ * a tag (an RPC response) is delivered only if `settle` (installed by the
+ * worker: sl_call_answered, the layer above) says its request is still
+ * waiting; NULL delivers every one. */
 size_t sl_pubsub_drain(void);
+extern bool (*sl_pubsub_settle)(uint64_t tag);
+/* --redis: an rpc-request's JSON text delivered to subscribers here, with
+ * its channel (installed by the worker: sl_call_remote_seen, the layer
+ * above; NULL: not told). */
+extern void (*sl_pubsub_rpc_seen)(const char *json, size_t len, const char *chan,
+                                  size_t chan_len);
 
 /* Wake the workers whose inboxes this turn's publishes filled (one eventfd
  * write per worker per turn). */
@@ -122,7 +131,7 @@ void sl_pubsub_latency_flush(void);
  * this worker's N subscribers; done: the last writev of the turn that
  * wrote it; cpu: microseconds this worker ran on a CPU from drain to done
  * (CLOCK_THREAD_CPUTIME_ID: done - drain - cpu is time it waited for one).  Off, it costs a test of
- * sl_worker->trace_fd per read and per message. */
+ * sl_conns.trace_fd per read and per message. */
 void sl_pubsub_trace_open(int worker);
 void sl_pubsub_trace_close(void);
 

@@ -18,6 +18,7 @@
 
 #include "sl_common.h"
 #include "sl_reg.h"
+#include "sl_tickets.h"
 
 #define SL_MAX_WORKERS 64
 #define SL_SHM_MAGIC 0x73656e74656c6974ULL /* "sentelit" */
@@ -75,6 +76,14 @@ typedef enum {
     SL_ERR_FD_EXHAUSTED,       /* master: accept() hit EMFILE/ENFILE */
     SL_ERR_REPLY_TOO_LARGE,    /* a reply or response over sl_conn_reply_max: refused */
     SL_ERR_INBOUND_LIMIT,      /* over the worker's share of --max-inbound-total: 1013 / 503 */
+    /* TLS (sl_tls.h): connections closed before or in the handshake, by reason */
+    SL_ERR_TLS_PLAIN_HTTP,     /* plain HTTP on a TLS port: 400, closed */
+    SL_ERR_TLS_HANDSHAKE,      /* handshake failed (or the peer left in it) */
+    SL_ERR_TLS_HANDSHAKE_TIMEOUT, /* not done within --message-timeout-ms */
+    SL_ERR_TLS_VERSION,        /* under --tls-min-version, or not TLS at all */
+    SL_ERR_TLS_NO_SHARED_CIPHER,
+    SL_ERR_TLS_BAD_RECORD,     /* garbage where a TLS record should be */
+    SL_ERR_TLS_PEER_ALERT,     /* the client refused us (e.g. an unknown CA) */
     SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
     SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR__COUNT
@@ -159,6 +168,8 @@ typedef struct {
     uint64_t bytes_in;  /* bytes read from client sockets */
     uint64_t bytes_out; /* bytes written to client sockets */
     uint64_t handshake_failures[SL_HS__COUNT];
+    uint64_t tls_handshakes; /* TLS handshakes completed */
+    uint64_t tls_resumed;    /* ...of which resumed a session (a ticket) */
     sl_hist_t delivery; /* publish accepted -> frame written by this worker */
     sl_hist_t rpc;      /* rpc-request accepted -> response handed to its requester */
 } __attribute__((aligned(64))) sl_worker_stats_t;
@@ -240,6 +251,9 @@ typedef struct {
     sl_worker_stats_t master_tel; /* the master's own emit figures */
     sl_worker_stats_t workers[SL_MAX_WORKERS];
     sl_broker_stats_t broker; /* --redis */
+    sl_tickets_t tickets; /* TLS session-ticket keys (sl_tickets.h; the master rotates) */
+    uint64_t tls_fingerprint; /* the master's certificates (sl_tls_fingerprint; one store,
+                                 before it signals SIGHUP): what workers may reload */
     sl_reg_t reg; /* the registry; its arena manages the rest of the mapping */
 } sl_shm_hdr_t;
 

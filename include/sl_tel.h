@@ -88,6 +88,8 @@ typedef enum {
     SL_EV_REDIS_CONNECTED,    /* --redis: a link to a Redis instance is up */
     SL_EV_REDIS_DISCONNECTED, /* --redis: a link went down (reason) */
     SL_EV_BROKER_EXITED,      /* --redis: the broker process died (the master respawns it) */
+    SL_EV_TLS_RELOADED,           /* SIGHUP: certificates reread */
+    SL_EV_TLS_RELOAD_FAILED,      /* SIGHUP: kept the certificates in use */
     SL_EV_WORKER_CLEANUP_WAITING, /* a dead worker's cleanup waits past the kill bound */
     SL_EV_CHANNEL_JOIN,           /* join / leave events handed out (debug level) */
     SL_EV_CHANNEL_LEAVE,

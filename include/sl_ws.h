@@ -104,18 +104,28 @@ typedef struct {
     int (*on_control)(void *ctx, int opcode, uint8_t *data, size_t len);
 } sl_ws_handlers_t;
 
+/* The extension that inflates compressed messages (permessage-deflate:
+ * sl_pmd_inflate), installed by the layer above, so this engine names no
+ * extension: SL_OK with a malloc'd *out, SL_AGAIN over max, SL_ERROR for
+ * bad data.  Without one, RSV1 is refused as if not negotiated. */
+typedef int (*sl_ws_inflate_fn)(const uint8_t *in, size_t n, size_t max, uint8_t **out,
+                                size_t *outlen);
+void sl_ws_set_inflater(sl_ws_inflate_fn fn);
+
 typedef struct {
     /* (Wider fields first, the bytes last: no padding holes - it sits in
      * every connection, issue 19's memory per idle connection.) */
     /* configuration */
-    uint64_t max_message; /* bytes; a longer message fails with 1009 */
+    uint64_t max_message; /* bytes; a longer message fails with 1009 (inflated
+                             size; the compressed one is bounded by it too);
+                             at most UINT32_MAX */
     /* the frame whose payload is being read */
     uint64_t frame_len;
     uint64_t frame_have;
     /* the message being assembled (data frames only) */
     uint8_t *msg;     /* malloc'd; NULL when nothing is buffered */
-    size_t msg_len;
-    size_t msg_cap;
+    uint32_t msg_len; /* both <= max_message, which is < 4 GiB (sl_ws_reader_init) */
+    uint32_t msg_cap;
     /* a control frame's payload when it arrives split across feeds
      * (malloc'd for that moment only: idle connections carry no buffer) */
     uint8_t *ctl;
@@ -142,7 +152,12 @@ typedef struct {
     bool expect_masked;   /* server: true; client: false */
     bool in_message;  /* a fragmented message has started */
     uint8_t msg_op;   /* TEXT or BINARY */
-    bool closed; /* a close frame was delivered: ignore anything after */
+    /* (three flags, one byte) */
+    bool closed : 1; /* a close frame was delivered: ignore anything after */
+    bool deflate : 1; /* permessage-deflate negotiated: RSV1 marks a compressed
+                         message, inflated (by the inflater installed with
+                         sl_ws_set_inflater) before it is delivered */
+    bool msg_deflated : 1; /* the message being assembled: its first frame had RSV1 */
 } sl_ws_reader_t;
 
 void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_message);

@@ -8,6 +8,9 @@
 #
 #   scripts/check-autobahn.sh BIN [extra runner options...]
 #
+# AUTOBAHN_TLS=1: the same over wss:// (a throw-away self-signed certificate,
+# made here with openssl, on --tls-port).
+#
 # The limits the suite needs are passed here, not made defaults: 9.* sends
 # messages up to 16 MiB.  --max-outbound-bytes stays at its default: one
 # message larger than it is always queued whole (sl_conn.h).
@@ -18,7 +21,17 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 out=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$out"' EXIT
-"$bin" --host 127.0.0.1 --port "$port" --workers 1 --echo --max-message-size 16M \
+url="ws://127.0.0.1:$port/echo"
+tls=()
+if [ "${AUTOBAHN_TLS:-0}" = 1 ]; then
+    tport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$out/key.pem" \
+        -out "$out/cert.pem" -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        >/dev/null 2>&1
+    tls=(--tls-port "$tport" --tls-cert "$out/cert.pem" --tls-key "$out/key.pem")
+    url="wss://127.0.0.1:$tport/echo"
+fi
+"$bin" --host 127.0.0.1 --port "$port" --workers 1 --echo --max-message-size 16M "${tls[@]}" \
     --log-file "$out/server.log" --log-level warn > "$out/stderr" 2>&1 &
 pid=$!
 for _ in $(seq 100); do
@@ -27,9 +40,9 @@ for _ in $(seq 100); do
 done
 start=$(date +%s)
 "$here/tests/autobahn/testsuite/run-fuzzingclient.sh" --agent sente-lite \
-    --outdir "$out/autobahn" "$@" "ws://127.0.0.1:$port/echo"
+    --outdir "$out/autobahn" "$@" "$url"
 rc=$?
-echo "autobahn took $(( $(date +%s) - start )) s ($(basename "$(dirname "$bin")"))"
+echo "autobahn took $(( $(date +%s) - start )) s ($(basename "$(dirname "$bin")"), ${url%%:*})"
 if ! kill -0 "$pid" 2>/dev/null; then
     echo "autobahn: the server died during the run" >&2
     cat "$out/stderr" >&2

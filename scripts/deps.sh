@@ -11,7 +11,9 @@
 #                            Autobahn|Testsuite fuzzingclient needs)
 #   scripts/deps.sh --fuzz   also clang and its libFuzzer runtime (make fuzz)
 #   scripts/deps.sh --web    also what the web tests need: Debian's chromium,
-#                            a font for screenshots, node and npm when absent
+#                            a font for screenshots, NSS's certutil (the https
+#                            browser test trusts its test CA through an NSS
+#                            database), node and npm when absent
 #                            (scripts/deps-web.sh adds the npm packages)
 #   scripts/deps.sh --bench  also gnuplot for the benchmark chart, PyJWT and
 #                            openssl for the access-control rows, valgrind for
@@ -33,7 +35,7 @@ for opt in "$@"; do
         ;;
     --fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;
     --web)
-        pkgs="$pkgs chromium fonts-dejavu-core"
+        pkgs="$pkgs chromium fonts-dejavu-core libnss3-tools"
         command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
         command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
         ;;

@@ -63,6 +63,13 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_FD_EXHAUSTED] = "descriptors-exhausted",
     [SL_ERR_REPLY_TOO_LARGE] = "reply-too-large",
     [SL_ERR_INBOUND_LIMIT] = "inbound-limit",
+    [SL_ERR_TLS_PLAIN_HTTP] = "tls-plain-http",
+    [SL_ERR_TLS_HANDSHAKE] = "tls-handshake-failed",
+    [SL_ERR_TLS_HANDSHAKE_TIMEOUT] = "tls-handshake-timeout",
+    [SL_ERR_TLS_VERSION] = "tls-protocol-version",
+    [SL_ERR_TLS_NO_SHARED_CIPHER] = "tls-no-shared-cipher",
+    [SL_ERR_TLS_BAD_RECORD] = "tls-bad-record",
+    [SL_ERR_TLS_PEER_ALERT] = "tls-peer-alert",
     [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
     [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
 };

@@ -5,7 +5,6 @@
  */
 #include "sl_accesslog.h"
 #include "sl_conf.h"
-#include "sl_worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -225,9 +224,9 @@ void sl_accesslog_flush(void)
             w = write(A.fd, A.batch, A.used);
         while (w < 0 && errno == EINTR);
         if (w != (ssize_t)A.used)
-            sl_worker_count_error(SL_ERR_ACCESS_LOG);
+            sl_conns_count_error(SL_ERR_ACCESS_LOG);
     } else {
-        sl_worker_count_error(SL_ERR_ACCESS_LOG);
+        sl_conns_count_error(SL_ERR_ACCESS_LOG);
     }
     A.used = 0;
 }

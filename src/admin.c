@@ -14,11 +14,9 @@
 #include "sl_chan.h"
 #include "sl_cluster.h"
 #include "sl_conf.h"
-#include "sl_httpd.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <urcu/urcu-qsbr.h>
 
@@ -202,7 +200,7 @@ static result_t channel_call(const char *method, const char *id, size_t len, jso
         if (rc == SL_CHAN_EXISTS)
             return err(409, "channel-exists", "a channel with this id exists");
         if (rc == SL_CHAN_TOO_MANY) {
-            sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+            sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
             return err(503, "too-many-channels", "the server is at --max-channels");
         }
         if (rc != SL_CHAN_CREATED)
@@ -287,10 +285,10 @@ static result_t channel_publish(const char *id, size_t len, const char *body, si
     if (rc == SL_CHAN_NOT_SUBSCRIBED)
         return err(404, "channel-not-found", "no such channel");
     if (rc != SL_OK) {
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         return ok(503, json_pack("{s:b, s:s}", "success", 0, "reason", "overloaded"));
     }
-    uatomic_add(&sl_worker->stats->published, 1);
+    uatomic_add(&sl_conns.stats->published, 1);
     sl_pubsub_wake_later(res.woken);
     char mid[32];
     snprintf(mid, sizeof(mid), "msg-%llu", (unsigned long long)res.message_id);
@@ -514,7 +512,8 @@ static result_t user_call(const char *method, const char *user, size_t ulen, con
 /* With --redis the channel calls, publish, broadcast, and send/close for a
  * connection of another node go through the broker; the HTTP response
  * waits for its answer (status 0 = deferred: httpd stops reading the
- * connection's next request until sl_httpd_deferred_reply). */
+ * connection's next request until sl_admin_deferred_reply, which the
+ * worker points at httpd's sl_httpd_deferred_reply). */
 typedef struct {
     int op;
     size_t len;
@@ -577,7 +576,7 @@ static result_t admin_result(admin_wait_t *w, uint32_t status, json_t *res)
             return err(404, "channel-not-found", "no such channel");
         if (status != SL_BR_OK)
             break;
-        uatomic_add(&sl_worker->stats->published, 1);
+        uatomic_add(&sl_conns.stats->published, 1);
         return ok(200, json_pack("{s:b, s:s, s:O, s:O}", "success", 1, "message-id", w->mid,
                                  "seq", json_object_get(res, "seq"), "delivered-to",
                                  json_object_get(res, "delivered-to")));
@@ -608,12 +607,17 @@ static result_t admin_result(admin_wait_t *w, uint32_t status, json_t *res)
     return err(500, "internal-error", sl_brq_reason(status));
 }
 
+void (*sl_admin_deferred_reply)(sl_conn_t *c, int status, json_t *doc);
+
 static void admin_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
 {
     admin_wait_t *w = arg;
     if (c) {
         result_t r = admin_result(w, status, res);
-        sl_httpd_deferred_reply(c, r.status, r.body);
+        if (sl_admin_deferred_reply)
+            sl_admin_deferred_reply(c, r.status, r.body);
+        else
+            json_decref(r.body);
     }
     free(w);
 }
@@ -725,7 +729,7 @@ static result_t route(const sl_http_request_t *req, const char *body, size_t ble
         } else {
             /* Only requests a second past their deadline: younger ones are
              * their requester timer's to settle (it tells the requester). */
-            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000, sl_worker->id);
+            size_t k = sl_rpc_expire(REG, sl_now_ms() - 1000, sl_conns.id);
             SL_TEL(SL_EV_RPC_CLEANUP_COMPLETED, SL_INFO, SL_TF_I("expired", k),
                    SL_TF_S("by", "admin-api"));
             r = ok(200, json_pack("{s:I}", "expired", (json_int_t)k));

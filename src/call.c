@@ -41,7 +41,6 @@
 #include "sl_rpc.h"
 #include "sl_session.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -105,7 +104,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = sl_now_ms();
     sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
     if (q && q->no == k->no) {
-        if (!sl_rpc_claim(q, SL_RPC_EXPIRED, sl_worker->id)) {
+        if (!sl_rpc_claim(q, SL_RPC_EXPIRED, sl_conns.id)) {
             /* A responder holds the claim: its answer is on the way, or it
              * gives the claim back, or the master takes it over. */
             k->gone_once = false;
@@ -121,7 +120,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
         retry_later(k);
         return;
     }
-    uatomic_add(&sl_worker->stats->rpc_expired, 1);
+    uatomic_add(&sl_conns.stats->rpc_expired, 1);
     json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "error", "reason", "rpc-timeout",
                           "request-id", k->request_id, "message",
                           "no response before the request's timeout", "timestamp",
@@ -186,7 +185,7 @@ static void cluster_request_done(sl_conn_t *c, void *arg, uint32_t status, json_
         if (ch)
             sl_chan_subscribers(ch, add_other, subs);
         json_array_remove(subs, 0);
-        uatomic_add(&sl_worker->stats->rpc_requests, 1);
+        uatomic_add(&sl_conns.stats->rpc_requests, 1);
         sl_proto_complete(c, w->reply,
                           json_pack("{s:s, s:s, s:s%, s:{s:b, s:I, s:o}}", "type",
                                     "rpc-request-result", "request-id", w->request_id,
@@ -198,13 +197,13 @@ static void cluster_request_done(sl_conn_t *c, void *arg, uint32_t status, json_
         for (sl_call_t *k = *bucket(w->no); k; k = k->map_next)
             if (k->no == w->no) {
                 sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
-                if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id))
+                if (q && q->no == k->no && sl_rpc_claim(q, SL_RPC_CANCELLED, sl_conns.id))
                     sl_rpc_remove(REG, q);
                 call_free(k);
                 break;
             }
         if (status != SL_BR_NO_SUBSCRIBERS && status != SL_BR_NOT_FOUND)
-            uatomic_add(&sl_worker->stats->overloaded, 1);
+            uatomic_add(&sl_conns.stats->overloaded, 1);
         sl_proto_complete(c, w->reply,
                           json_pack("{s:s, s:s, s:s%, s:{s:b, s:s}}", "type", "rpc-request-result",
                                     "request-id", w->request_id, "channel-id", w->id, w->len,
@@ -222,14 +221,14 @@ static void cluster_request(sl_conn_t *c, const char *id, size_t len, json_t *da
     sl_call_t *k = calloc(1, sizeof(*k));
     rpc_wait_t *w = calloc(1, sizeof(*w));
     sl_reply_t *reply = k && w ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
-    sl_rpc_t *q = reply ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, id, len, timeout)
+    sl_rpc_t *q = reply ? sl_rpc_create(REG, sl_conns.id, c->slot, c->conn_no, id, len, timeout)
                         : NULL;
     if (q == NULL) {
         free(k);
         free(w);
         if (reply)
             sl_proto_complete(c, reply, NULL);
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         delivery_failed(c, NULL, id, len, "overloaded");
         return;
     }
@@ -253,7 +252,7 @@ static void cluster_request(sl_conn_t *c, const char *id, size_t len, json_t *da
     k->start_us = sl_mono_us();
     memcpy(k->request_id, q->request_id, sizeof(k->request_id));
     memcpy(k->channel_id, id, len);
-    evtimer_assign(&k->timer, sl_worker->base, timer_cb, k);
+    evtimer_assign(&k->timer, sl_conns.base, timer_cb, k);
     struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
     evtimer_add(&k->timer, &tv);
     k->map_next = *bucket(k->no);
@@ -323,7 +322,7 @@ static void cluster_response_done(sl_conn_t *c, void *arg, uint32_t status, json
     resp_wait_t *w = arg;
     if (c) {
         if (status == SL_BR_OK) {
-            uatomic_add(&sl_worker->stats->rpc_responses, 1);
+            uatomic_add(&sl_conns.stats->rpc_responses, 1);
             sl_proto_complete(c, w->reply,
                               json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result",
                                         "request-id", w->rid, w->rlen, "success", 1));
@@ -413,10 +412,10 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     }
     int64_t timeout = tj ? json_integer_value(tj) : ch->config.rpc_timeout_ms;
     sl_call_t *k = calloc(1, sizeof(*k));
-    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_worker->id, c->slot, c->conn_no, id, len, timeout) : NULL;
+    sl_rpc_t *q = k ? sl_rpc_create(REG, sl_conns.id, c->slot, c->conn_no, id, len, timeout) : NULL;
     if (q == NULL) {
         free(k);
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         delivery_failed(c, NULL, id, len, "overloaded");
         return;
     }
@@ -435,12 +434,12 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     sl_buf_unref(frame);
     if (rc != SL_OK || n == 0) {
         /* Nothing handed over: nothing is tracked. */
-        if (sl_rpc_claim(q, SL_RPC_CANCELLED, sl_worker->id))
+        if (sl_rpc_claim(q, SL_RPC_CANCELLED, sl_conns.id))
             sl_rpc_remove(REG, q);
         free(k);
         json_decref(subs);
         if (rc != SL_OK)
-            uatomic_add(&sl_worker->stats->overloaded, 1);
+            uatomic_add(&sl_conns.stats->overloaded, 1);
         delivery_failed(c, q->request_id, id, len, rc != SL_OK ? "overloaded" : "no-subscribers");
         return;
     }
@@ -451,14 +450,14 @@ void sl_call_request(sl_conn_t *c, json_t *msg)
     k->deadline = q->deadline;
     memcpy(k->request_id, q->request_id, sizeof(k->request_id));
     memcpy(k->channel_id, id, len);
-    evtimer_assign(&k->timer, sl_worker->base, timer_cb, k);
+    evtimer_assign(&k->timer, sl_conns.base, timer_cb, k);
     struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
     evtimer_add(&k->timer, &tv);
     k->map_next = *bucket(k->no);
     *bucket(k->no) = k;
     k->conn_next = c->calls;
     c->calls = k;
-    uatomic_add(&sl_worker->stats->rpc_requests, 1);
+    uatomic_add(&sl_conns.stats->rpc_requests, 1);
     SL_TEL(SL_EV_RPC_REQUEST_SENT, SL_DEBUG, SL_TF_S("request-id", k->request_id),
            SL_TF_SN("channel-id", id, len), SL_TF_S("requester", c->conn_id),
            SL_TF_I("delivered-to", n), SL_TF_I("timeout-ms", timeout));
@@ -525,7 +524,7 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
         response_failed(c, rid, rlen, why);
         return;
     }
-    if (!sl_rpc_claim(q, SL_RPC_ANSWERED, sl_worker->id)) {
+    if (!sl_rpc_claim(q, SL_RPC_ANSWERED, sl_conns.id)) {
         /* Late or duplicate. */
         response_failed(c, rid, rlen, "request-not-found");
         return;
@@ -544,13 +543,13 @@ void sl_call_response(sl_conn_t *c, json_t *msg)
          * timer still runs) and this responder is told - unless the
          * requester went meanwhile: then un-claiming removes the entry. */
         bool pending = sl_rpc_unclaim(REG, q);
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         response_failed(c, rid, rlen, pending ? "overloaded" : "request-not-found");
         return;
     }
     sl_pubsub_wake_later((uint64_t)1 << q->worker);
     sl_rpc_remove(REG, q);
-    uatomic_add(&sl_worker->stats->rpc_responses, 1);
+    uatomic_add(&sl_conns.stats->rpc_responses, 1);
     SL_TEL(SL_EV_RPC_RESPONSE_SENT, SL_DEBUG, SL_TF_SN("request-id", rid, rlen),
            SL_TF_S("responder", c->conn_id), SL_TF_B("error", json_is_true(errj)));
     sl_proto_reply(c, json_pack("{s:s, s:s%, s:b}", "type", "rpc-response-result", "request-id", rid, rlen,
@@ -564,7 +563,7 @@ bool sl_call_answered(uint64_t no)
 {
     for (sl_call_t *k = *bucket(no); k; k = k->map_next)
         if (k->no == no) {
-            sl_hist_observe(&sl_worker->stats->rpc, sl_mono_us() - k->start_us, 1);
+            sl_hist_observe(&sl_conns.stats->rpc, sl_mono_us() - k->start_us, 1);
             call_free(k);
             return true;
         }
@@ -579,7 +578,7 @@ void sl_call_closed(sl_conn_t *c)
         sl_rpc_t *q = sl_rpc_find(REG, k->request_id, strlen(k->request_id));
         /* Cancelled, or left to the responder that holds the claim (it
          * removes the entry whatever becomes of its response). */
-        if (q && q->no == k->no && sl_rpc_cancel(REG, q, sl_worker->id))
+        if (q && q->no == k->no && sl_rpc_cancel(REG, q, sl_conns.id))
             n++;
         call_free(k);
     }

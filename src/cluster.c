@@ -24,9 +24,7 @@
 #include "sl_cluster.h"
 #include "sl_broker.h"
 #include "sl_conf.h"
-#include "sl_pubsub.h"
 #include "sl_shm.h"
-#include "sl_worker.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +108,7 @@ static void wake_broker(void)
 static int push(int kind, sl_conn_t *c, uint32_t flags, uint64_t tag, uint64_t gen,
                 int64_t deadline, const void *payload, size_t len)
 {
-    sl_inbox_entry_t e = {.kind = (uint32_t)kind, .from = sl_worker->id,
+    sl_inbox_entry_t e = {.kind = (uint32_t)kind, .from = sl_conns.id,
                           .target_slot = c ? c->slot : 0, .target_conn = c ? c->conn_no : 0,
                           .tag = tag, .status = flags | (uint32_t)(gen & 0xffff) << 16,
                           .deadline = deadline};
@@ -141,7 +139,7 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
     if (rc != SL_OK) {
         free(r);
         if (rc == SL_CHAN_NO_MEMORY)
-            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+            sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         return SL_BR_OVERLOADED;
     }
     r->conn = c;
@@ -170,7 +168,7 @@ void sl_cluster_notify(int kind, const void *payload, size_t len)
 {
     if (push(kind, NULL, 0, 0, uatomic_read(&sl_shm->broker.gen),
              sl_mono_ms() + sl_conf->redis_timeout_ms, payload, len) != SL_OK)
-        uatomic_add(&sl_worker->stats->overloaded, 1); /* the broker's periodic sync catches up */
+        uatomic_add(&sl_conns.stats->overloaded, 1); /* the broker's periodic sync catches up */
 }
 
 void sl_cluster_presence_gone(const sl_sub_t *s)

@@ -53,6 +53,7 @@ typedef enum {
     OPT_CONFIG, /* --config FILE / -c FILE: read before everything else */
     OPT_CHECK,  /* --check-config / -t */
     OPT_CIDR,   /* repeatable address/prefix (--trusted-proxy) */
+    OPT_PATHS,  /* repeatable file name (sl_conf_paths_t field) */
 } opt_kind_t;
 
 /* Where a value came from, lowest precedence first. */
@@ -157,6 +158,21 @@ static const sl_option_t sl_options[] = {
     {"ops-listen", NULL, OPT_HOSTPORT, 0, 0, 0, 0, "", "HOST:PORT",
      "serve /health, /stats, /metrics, /channels, /dashboard and /api/ only on this second "
      "listener"},
+    {"tls-cert", NULL, OPT_PATHS, OFF(tls_cert), 0, 0, 0, NULL, "FILE",
+     "PEM certificate chain for TLS (repeatable: the first is the default, the others are "
+     "chosen by SNI; reread on SIGHUP)"},
+    {"tls-key", NULL, OPT_PATHS, OFF(tls_key), 0, 0, 0, NULL, "FILE",
+     "PEM private key of the --tls-cert in the same position (repeatable)"},
+    {"tls-port", NULL, OPT_INT, OFF(tls_port), 0, 0, 65535, "0", "N",
+     "serve TLS (wss://, https://) on this second port beside --port (0: none)"},
+    {"tls", NULL, OPT_FLAG, OFF(tls), 0, 0, 0, NULL, NULL,
+     "--port itself speaks TLS (wss://, https://) instead of plain TCP"},
+    {"tls-min-version", NULL, OPT_STR, OFF(tls_min_version), SZ(tls_min_version), 1, 0, "1.2",
+     "1.2|1.3", "lowest TLS version accepted"},
+    {"compression", NULL, OPT_BOOL, OFF(compression), 0, 0, 0, "true", NULL,
+     "accept permessage-deflate (RFC 7692) when a client offers it (--no-compression: off)"},
+    {"compression-min-bytes", NULL, OPT_BYTES, OFF(compression_min_bytes), 0, 0, 1 << 20, "128",
+     "BYTES", "messages smaller than this are sent uncompressed"},
     {"jwt-secret-file", "SENTE_JWT_SECRET_FILE", OPT_STR, OFF(jwt_secret_file),
      SZ(jwt_secret_file), 0, 0, "", "PATH",
      "HMAC secret (at least 32 bytes) for HS256/384/512 tokens; reread on SIGHUP"},
@@ -378,6 +394,21 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
         }
         c->norigins++;
         return SL_OK;
+    case OPT_PATHS: {
+        sl_conf_paths_t *l = (sl_conf_paths_t *)field;
+        if (v[0] == '\0' || strlen(v) >= 1024 || l->n >= SL_MAX_TLS_CERTS ||
+            !sl_utf8_valid((const uint8_t *)v, strlen(v))) {
+            snprintf(err, errsz, "%s: a file name (UTF-8, under 1024 bytes), at most %d of them",
+                     who, SL_MAX_TLS_CERTS);
+            return SL_ERROR;
+        }
+        if ((l->path[l->n] = strdup(v)) == NULL) {
+            snprintf(err, errsz, "%s: out of memory", who);
+            return SL_ERROR;
+        }
+        l->n++;
+        return SL_OK;
+    }
     case OPT_CHANNEL:
         if (c->nchannels >= SL_MAX_PREDEFINED) {
             snprintf(err, errsz, "%s: at most %d channels", who, SL_MAX_PREDEFINED);
@@ -926,7 +957,7 @@ void sl_conf_env_name(const char *flag, char *out, size_t n)
 static bool is_list(const sl_option_t *o)
 {
     return o->kind == OPT_ORIGIN || o->kind == OPT_CHANNEL || o->kind == OPT_CIDR ||
-           o->kind == OPT_NAMESPACE || o->kind == OPT_REDIS;
+           o->kind == OPT_NAMESPACE || o->kind == OPT_REDIS || o->kind == OPT_PATHS;
 }
 
 /* Options that only steer the parse: no environment variable, no key. */
@@ -963,6 +994,11 @@ static void clear_list(sl_conf_t *c, const sl_option_t *o)
         c->nnamespaces = 0;
     } else if (o->kind == OPT_REDIS) {
         c->nredis = 0;
+    } else if (o->kind == OPT_PATHS) {
+        sl_conf_paths_t *l = (sl_conf_paths_t *)((char *)c + o->off);
+        for (int i = 0; i < l->n; i++)
+            free(l->path[i]);
+        l->n = 0;
     }
 }
 
@@ -1270,11 +1306,42 @@ int sl_conf_parse(sl_conf_t *c, int argc, char **argv, char **env, sl_conf_actio
         snprintf(err, errsz, "--shm-size: must be at least %zu bytes", sl_shm_min_size());
         return SL_ERROR;
     }
+    if (strcmp(c->tls_min_version, "1.2") != 0 && strcmp(c->tls_min_version, "1.3") != 0) {
+        snprintf(err, errsz, "--tls-min-version: '%s' is not 1.2 or 1.3", c->tls_min_version);
+        return SL_ERROR;
+    }
+    if (c->tls_cert.n != c->tls_key.n) {
+        snprintf(err, errsz, "--tls-cert given %d times and --tls-key %d times: each certificate "
+                             "needs its key, in the same order", c->tls_cert.n, c->tls_key.n);
+        return SL_ERROR;
+    }
+    if ((c->tls || c->tls_port) && c->tls_cert.n == 0) {
+        snprintf(err, errsz, "%s needs --tls-cert and --tls-key", c->tls ? "--tls" : "--tls-port");
+        return SL_ERROR;
+    }
+    if (c->tls_cert.n > 0 && !c->tls && !c->tls_port) {
+        snprintf(err, errsz, "--tls-cert: say where TLS is served (--tls-port N, or --tls)");
+        return SL_ERROR;
+    }
+    if (c->tls && c->tls_port) {
+        snprintf(err, errsz, "--tls makes --port TLS already: --tls-port is for a second port");
+        return SL_ERROR;
+    }
+    if (c->tls_port && (c->tls_port == c->port || c->tls_port == c->ops_port)) {
+        snprintf(err, errsz, "--tls-port %lld: already --port or --ops-listen's port",
+                 (long long)c->tls_port);
+        return SL_ERROR;
+    }
     return SL_OK;
 }
 
 void sl_conf_free(sl_conf_t *c)
 {
+    for (int i = 0; i < c->tls_cert.n; i++)
+        free(c->tls_cert.path[i]);
+    for (int i = 0; i < c->tls_key.n; i++)
+        free(c->tls_key.path[i]);
+    c->tls_cert.n = c->tls_key.n = 0;
     for (int i = 0; i < c->norigins; i++)
         free(c->allowed_origins[i]);
     c->norigins = 0;
@@ -1355,6 +1422,14 @@ void sl_conf_print(const sl_conf_t *c, FILE *out)
             for (int k = 0; k < c->norigins; k++)
                 fprintf(out, "%s = %s\n", o->flag, c->allowed_origins[k]);
             break;
+        case OPT_PATHS: {
+            const sl_conf_paths_t *l = (const sl_conf_paths_t *)field;
+            for (int k = 0; k < l->n; k++)
+                fprintf(out, "%s = %s\n", o->flag, l->path[k]);
+            if (l->n == 0)
+                fprintf(out, "# %s is not set\n", o->flag);
+            break;
+        }
         case OPT_CIDR:
             for (int k = 0; k < c->nproxies; k++) {
                 char b[64];
@@ -1443,6 +1518,13 @@ json_t *sl_conf_to_json(const sl_conf_t *c)
             for (int k = 0; k < c->norigins; k++)
                 json_array_append_new(v, json_string(c->allowed_origins[k]));
             break;
+        case OPT_PATHS: {
+            const sl_conf_paths_t *l = (const sl_conf_paths_t *)field;
+            v = json_array();
+            for (int k = 0; k < l->n; k++)
+                json_array_append_new(v, json_string(l->path[k]));
+            break;
+        }
         case OPT_CHANNEL:
             v = json_array();
             for (int k = 0; k < c->nchannels; k++)

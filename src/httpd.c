@@ -11,14 +11,14 @@
 #include "sl_accesslog.h"
 #include "sl_admin.h"
 #include "sl_metrics.h"
+#include "sl_pmd.h"
 #include "sl_conf.h"
-#include "sl_proto.h"
+#include "sl_router.h"
 #include "sl_pubsub.h"
 #include "sl_session.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
 #include "sl_web.h"
-#include "sl_worker.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -79,7 +79,7 @@ static bool too_large(sl_conn_t *c, size_t len, bool keep_alive)
     char m[160];
     snprintf(m, sizeof(m), "the response would be %zu bytes, over the %zu-byte bound on one reply",
              len, sl_conn_reply_max());
-    sl_worker_count_error(SL_ERR_REPLY_TOO_LARGE);
+    sl_conns_count_error(SL_ERR_REPLY_TOO_LARGE);
     sl_httpd_error(c, 503, "reply-too-large", m, keep_alive);
     return true;
 }
@@ -118,7 +118,7 @@ static bool header_is(const sl_http_header_t *h, const char *v)
 
 static void handshake_failed(sl_hs_fail_t why)
 {
-    uint64_t *n = &sl_worker->stats->handshake_failures[why];
+    uint64_t *n = &sl_conns.stats->handshake_failures[why];
     CMM_STORE_SHARED(*n, *n + 1);
 }
 
@@ -150,7 +150,7 @@ static bool origin_allowed(const sl_http_request_t *req)
  * both back off, but the total can never exceed the limit. */
 static bool reserve_capacity(sl_conn_kind_t kind)
 {
-    sl_worker_stats_t *me = sl_worker->stats;
+    sl_worker_stats_t *me = sl_conns.stats;
     uint64_t *mine = kind == SL_KIND_ECHO ? &me->echo_connections : &me->connections;
     uatomic_add(mine, 1);
     uint64_t total = 0;
@@ -175,7 +175,7 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     if (!sl_http_method_is(req, "GET") || req->version_minor != 1 || up == NULL ||
         !sl_http_has_token(up->value, up->value_len, "websocket") || conn == NULL ||
         !sl_http_has_token(conn->value, conn->value_len, "upgrade") || key == NULL) {
-        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_conns_count_error(SL_ERR_BAD_HANDSHAKE);
         handshake_failed(SL_HS_BAD_HANDSHAKE);
         sl_httpd_error(c, 400, "bad-handshake",
                        "a WebSocket upgrade needs GET, HTTP/1.1, Upgrade: websocket, "
@@ -184,21 +184,21 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         return;
     }
     if (!header_is(ver, "13")) {
-        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_conns_count_error(SL_ERR_BAD_HANDSHAKE);
         handshake_failed(SL_HS_UNSUPPORTED_VERSION);
         sl_httpd_error(c, 426, "unsupported-version", "only WebSocket version 13 is supported",
                        false);
         return;
     }
     if (sl_ws_accept_key(key->value, key->value_len, accept) != SL_OK) {
-        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_conns_count_error(SL_ERR_BAD_HANDSHAKE);
         handshake_failed(SL_HS_BAD_HANDSHAKE);
         sl_httpd_error(c, 400, "bad-handshake", "Sec-WebSocket-Key is not 16 base64 bytes",
                        false);
         return;
     }
     if (!origin_allowed(req)) {
-        sl_worker_count_error(SL_ERR_ORIGIN_REFUSED);
+        sl_conns_count_error(SL_ERR_ORIGIN_REFUSED);
         handshake_failed(SL_HS_ORIGIN_NOT_ALLOWED);
         sl_httpd_error(c, 403, "origin-not-allowed", "this Origin may not connect", false);
         return;
@@ -217,33 +217,45 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
     }
     if (!reserve_capacity(kind)) {
         sl_session_end(c);
-        sl_worker_count_error(SL_ERR_MAX_CONNECTIONS);
+        sl_conns_count_error(SL_ERR_MAX_CONNECTIONS);
         handshake_failed(SL_HS_TOO_MANY_CONNECTIONS);
         sl_httpd_error(c, 503, "too-many-connections", "the server is at --max-connections",
                        false);
         return;
     }
-    if (kind == SL_KIND_PROTOCOL && sl_proto_admit(c) != SL_OK) {
+    if (kind == SL_KIND_PROTOCOL && sl_router_admit(c) != SL_OK) {
         sl_session_end(c);
-        uatomic_add(&sl_worker->stats->connections, -1);
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        uatomic_add(&sl_conns.stats->connections, -1);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         handshake_failed(SL_HS_SHM_EXHAUSTED);
         sl_httpd_error(c, 503, "shm-exhausted", "the server's shared memory is full", false);
         return;
     }
-    char resp[160];
+    /* permessage-deflate: the first acceptable offer, over every
+     * Sec-WebSocket-Extensions header in order (sl_pmd.h). */
+    char ext[128] = "";
+    for (size_t i = 0; sl_conf->compression && !c->pmd && i < req->nheaders; i++) {
+        const sl_http_header_t *h = &req->headers[i];
+        bool shared = false;
+        if (h->name_len == 24 && strncasecmp(h->name, "Sec-WebSocket-Extensions", 24) == 0) {
+            c->pmd = sl_pmd_negotiate(h->value, h->value_len, ext, sizeof(ext), &shared);
+            c->pmd_shared = shared;
+        }
+    }
+    char resp[320];
     int n = snprintf(resp, sizeof(resp),
                      "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                     accept);
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s%s%s\r\n",
+                     accept, c->pmd ? "Sec-WebSocket-Extensions: " : "", c->pmd ? ext : "",
+                     c->pmd ? "\r\n" : "");
     sl_buf_t *b = sl_buf_new((size_t)n);
     if (b == NULL) {
         /* Registered but never upgraded: abort frees it as an HTTP
          * connection, so undo what the upgrade took here. */
         if (kind == SL_KIND_PROTOCOL)
-            sl_proto_closed(c);
-        uatomic_add(kind == SL_KIND_ECHO ? &sl_worker->stats->echo_connections
-                                         : &sl_worker->stats->connections,
+            sl_router_closed(c);
+        uatomic_add(kind == SL_KIND_ECHO ? &sl_conns.stats->echo_connections
+                                         : &sl_conns.stats->connections,
                     -1);
         sl_conn_abort(c, "out-of-memory");
         return;
@@ -260,7 +272,7 @@ static void upgrade(sl_conn_t *c, const sl_http_request_t *req, sl_conn_kind_t k
         char peer[SL_PEER_MAX] = "-";
         if (sl_tel_on(SL_INFO))
             sl_accesslog_peer(c, req, peer, sizeof(peer));
-        sl_proto_opened(c, peer);
+        sl_router_opened(c, peer);
     }
 }
 
@@ -269,7 +281,7 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
                      bool keep)
 {
     if (!sl_http_method_is(req, "GET")) {
-        sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+        sl_conns_count_error(SL_ERR_METHOD_NOT_ALLOWED);
         sl_httpd_error(c, 405, "method-not-allowed", "use GET or HEAD", keep);
         return keep;
     }
@@ -286,7 +298,7 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
 void sl_httpd_deferred_reply(sl_conn_t *c, int status, json_t *doc)
 {
     if (status >= 400)
-        sl_worker_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
+        sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
                                                              : SL_ERR_BAD_HTTP_REQUEST);
     c->http_deferred = false;
     if (c->state != SL_CONN_HTTP) {
@@ -333,10 +345,10 @@ bool sl_httpd_request(sl_conn_t *c, const sl_http_request_t *req, const char *bo
 
 static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, size_t blen)
 {
-    uatomic_add(&sl_worker->stats->http_requests, 1);
+    uatomic_add(&sl_conns.stats->http_requests, 1);
     const sl_http_header_t *up = sl_http_header(req, "Upgrade");
     /* A draining worker answers, and says the connection ends there. */
-    bool keep = req->keep_alive && !sl_worker->stopping;
+    bool keep = req->keep_alive && !sl_conns.stopping;
 
     SL_TEL(SL_EV_HTTP_REQUEST, SL_DEBUG, SL_TF_SN("method", req->method, req->method_len),
            SL_TF_SN("path", req->path, req->path_len));
@@ -345,7 +357,7 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
      * listener, everything else (the WebSocket, the pages) on the public
      * one; the other side answers 404 as for any unknown path. */
     if (sl_conf->ops_port && c->ops != ops_path(req)) {
-        sl_worker_count_error(SL_ERR_NOT_FOUND);
+        sl_conns_count_error(SL_ERR_NOT_FOUND);
         sl_httpd_error(c, 404, "not-found",
                        c->ops ? "the operator listener serves /health, /stats, /metrics, "
                                 "/channels, /dashboard and /api/ only"
@@ -365,12 +377,12 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
             return false;
         }
         if (!sl_http_method_is(req, "GET")) {
-            sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+            sl_conns_count_error(SL_ERR_METHOD_NOT_ALLOWED);
             sl_httpd_error(c, 405, "method-not-allowed", "use GET with a WebSocket upgrade",
                            keep);
             return keep;
         }
-        sl_worker_count_error(SL_ERR_BAD_HANDSHAKE);
+        sl_conns_count_error(SL_ERR_BAD_HANDSHAKE);
         sl_httpd_error(c, 426, "upgrade-required",
                        "this path speaks WebSocket; see /health and /stats for HTTP", keep);
         return keep;
@@ -387,7 +399,7 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
             return keep;
         }
         if (status >= 400)
-            sl_worker_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
+            sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
                                                                  : SL_ERR_BAD_HTTP_REQUEST);
         char extra[96] = "";
         if (allow)
@@ -400,12 +412,12 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
     bool health = path_is(req, "/health"), stats = path_is(req, "/stats"),
          channels = path_is(req, "/channels"), metrics = path_is(req, "/metrics");
     if (!health && !stats && !channels && !metrics) {
-        sl_worker_count_error(SL_ERR_NOT_FOUND);
+        sl_conns_count_error(SL_ERR_NOT_FOUND);
         sl_httpd_error(c, 404, "not-found", "no such endpoint", keep);
         return keep;
     }
     if (!sl_http_method_is(req, "GET")) {
-        sl_worker_count_error(SL_ERR_METHOD_NOT_ALLOWED);
+        sl_conns_count_error(SL_ERR_METHOD_NOT_ALLOWED);
         sl_httpd_error(c, 405, "method-not-allowed", "use GET or HEAD", keep);
         return keep;
     }
@@ -442,7 +454,7 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         long long cursor = sl_http_query_uint(req, "cursor", 0);
         long long limit = sl_http_query_uint(req, "limit", SL_CHANNELS_PAGE_MAX);
         if (cursor < 0 || limit < 1) {
-            sl_worker_count_error(SL_ERR_BAD_HTTP_REQUEST);
+            sl_conns_count_error(SL_ERR_BAD_HTTP_REQUEST);
             sl_httpd_error(c, 400, "bad-query", "cursor and limit must be non-negative integers "
                                                 "(limit at least 1)", keep);
             return keep;

@@ -8,6 +8,7 @@
 #include "sl_conf.h"
 #include "sl_master.h"
 #include "sl_proc.h"
+#include "sl_tls.h"
 
 #include <stdio.h>
 
@@ -34,6 +35,13 @@ int main(int argc, char **argv)
     /* The token keys: read now, so that a bad file stops the server before
      * it listens (every process inherits them; SIGHUP rereads them). */
     if (sl_auth_load(conf.jwt_secret_file, conf.jwt_public_key_file, err, sizeof(err)) != SL_OK) {
+        sl_stderr(SL_LOG_ERR, "%s", err);
+        return 2;
+    }
+    /* The TLS certificates, likewise: a missing file, a key that does not
+     * match its certificate, an expired certificate exit 2 naming it. */
+    sl_conf = &conf;
+    if (conf.tls_cert.n > 0 && sl_tls_load(err, sizeof(err)) != SL_OK) {
         sl_stderr(SL_LOG_ERR, "%s", err);
         return 2;
     }

@@ -39,6 +39,7 @@
 #include "sl_cluster.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
+#include "sl_tls.h"
 #include "sl_worker.h"
 
 #include <errno.h>
@@ -129,6 +130,7 @@ static struct {
     char parked_tag[SL_PARKED_MAX]; /* the listener each came from */
     int nparked;
     struct event *accept_evs[SL_MAX_LISTEN], *accept_retry_ev, *stop_ev, *watch_ev, *reap_ev;
+    struct event *tickets_ev; /* TLS session-ticket key rotation */
     uint32_t reap_cursor;
     uint32_t rpc_cursor; /* the RPC sweep: next bucket, old requests counted so far */
     uint64_t rpc_old;
@@ -1474,6 +1476,13 @@ static void remove_pid_file(const char *path)
         unlink(path);
 }
 
+/* A new session-ticket key every SL_TLS_TICKET_ROTATE_MS; tickets sealed
+ * with the one before stay valid one more period. */
+static void tickets_cb(evutil_socket_t fd, short what, void *arg)
+{
+    sl_tls_rotate_tickets();
+}
+
 /* SIGHUP: the logger reopens its file; every worker reopens the access
  * log if it was moved; the token keys are reread here (so that a respawned
  * worker inherits the new ones) and in every worker (each keeps its old
@@ -1488,6 +1497,11 @@ static void sighup_cb(evutil_socket_t sig, short what, void *arg)
     if (M.logger > 0)
         kill(M.logger, SIGHUP);
     uint64_t fp = sl_session_reload_keys(0);
+    /* The certificates the same way (here first: a respawned worker
+     * inherits them), their fingerprint published with one store before
+     * the signals (sigqueue orders it before the worker's read). */
+    sl_tls_reload(0);
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     sl_tel_flush();
     union sigval v = {.sival_ptr = (void *)(uintptr_t)fp};
     for (int i = 0; i < M.nworkers; i++)
@@ -1618,7 +1632,8 @@ static int take_inherited_listeners(char *err, size_t errsz)
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         M.nodelay_left[M.nlfd] = listener_nodelay(fd);
-        M.ltags[M.nlfd] = ops ? SL_PROC_TAG_OPS : SL_PROC_TAG_PUBLIC;
+        bool tls = !ops && (cf->tls || (cf->tls_port && bound_to(fd, cf->host, (int)cf->tls_port)));
+        M.ltags[M.nlfd] = ops ? SL_PROC_TAG_OPS : tls ? SL_PROC_TAG_TLS : SL_PROC_TAG_PUBLIC;
         M.lfds[M.nlfd++] = fd;
     }
     /* Not for our children (nor a later exec of ours: it sets its own). */
@@ -1657,7 +1672,9 @@ static void listeners_str(char *buf, size_t size)
         }
         int w = snprintf(buf + used, size - used, ss.ss_family == AF_INET6 ? "%s[%s]:%d%s" : "%s%s:%d%s",
                          used ? " " : "", host, port,
-                         M.ltags[k] == SL_PROC_TAG_OPS ? " (ops)" : "");
+                         M.ltags[k] == SL_PROC_TAG_OPS   ? " (ops)"
+                         : M.ltags[k] == SL_PROC_TAG_TLS ? " (tls)"
+                                                         : "");
         used += w > 0 ? (size_t)w : 0;
     }
 }
@@ -1679,8 +1696,10 @@ static int bind_listeners(char *err, size_t errsz)
         char tag;
         const char *what, *host;
         int port;
-    } want[] = {{SL_PROC_TAG_PUBLIC, "--host/--port", cf->host, cf->port},
-                {SL_PROC_TAG_OPS, "--ops-listen", cf->ops_host, cf->ops_port}};
+    } want[] = {{cf->tls ? SL_PROC_TAG_TLS : SL_PROC_TAG_PUBLIC, "--host/--port", cf->host,
+                 cf->port},
+                {SL_PROC_TAG_OPS, "--ops-listen", cf->ops_host, cf->ops_port},
+                {SL_PROC_TAG_TLS, "--tls-port", cf->host, (int)cf->tls_port}};
     for (size_t i = 0; i < SL_ARRAY_LEN(want); i++) {
         if (want[i].port == 0 || have_listener(want[i].tag))
             continue;
@@ -2005,7 +2024,7 @@ static void warn_if_open(void)
     for (int k = 0; k < M.nlfd && loopback; k++) {
         struct sockaddr_storage ss;
         socklen_t len = sizeof(ss);
-        if (M.ltags[k] != SL_PROC_TAG_PUBLIC ||
+        if (M.ltags[k] == SL_PROC_TAG_OPS ||
             getsockname(M.lfds[k], (struct sockaddr *)&ss, &len) != 0)
             continue;
         if (ss.ss_family == AF_INET)
@@ -2127,6 +2146,9 @@ int sl_master_run(void)
     sl_qsbr_offline(&sl_shm->reg.qsbr, SL_REG_MASTER_SLOT);
     sl_shm->start_ms = sl_now_ms();
     sl_shm->master_pid = getpid();
+    if (sl_tls_enabled())
+        sl_tls_rotate_tickets(); /* the first key, before any worker exists */
+    uatomic_set(&sl_shm->tls_fingerprint, sl_tls_fingerprint());
     /* One eventfd per worker: whoever fills a worker's inbox wakes it.
      * Created before any fork so every worker (and respawn) inherits all. */
     for (int i = 0; i < cf->workers; i++) {
@@ -2221,6 +2243,11 @@ int sl_master_run(void)
     M.watchdog_timer = event_new(M.base, -1, EV_PERSIST, watchdog_cb, NULL);
     M.watch_ev = event_new(M.base, -1, EV_PERSIST, watch_cb, NULL);
     M.reap_ev = evtimer_new(M.base, reap_cb, NULL);
+    M.tickets_ev = event_new(M.base, -1, EV_PERSIST, tickets_cb, NULL);
+    if (sl_tls_enabled()) {
+        struct timeval ttv = {SL_TLS_TICKET_ROTATE_MS / 1000, 0};
+        event_add(M.tickets_ev, &ttv);
+    }
     int64_t wms = SL_MAX(10, SL_MIN(250, cf->worker_stall_ms / 4)), rms = reap_tick_ms();
     struct timeval wtv = {wms / 1000, (wms % 1000) * 1000}, rtv = {rms / 1000, (rms % 1000) * 1000};
     event_add(M.watch_ev, &wtv);
@@ -2299,6 +2326,7 @@ int sl_master_run(void)
         close(M.notify_fd);
     event_free(M.watch_ev);
     event_free(M.reap_ev);
+    event_free(M.tickets_ev);
     for (int i = 0; i < M.nworkers; i++) {
         event_free(M.w[i].respawn_ev);
         event_free(M.w[i].cleanup_ev);

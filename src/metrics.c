@@ -322,6 +322,10 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "Times a connection's reading paused because its output was over its bound.");
     per_worker(&o, workers, "inbound_bytes", "gauge", "inbound-bytes",
                "Unfinished input held: messages being assembled, request bodies, stashed reads.");
+    per_worker(&o, workers, "tls_handshakes_total", "counter", "tls-handshakes",
+               "TLS handshakes completed.");
+    per_worker(&o, workers, "tls_resumed_total", "counter", "tls-resumed",
+               "TLS handshakes that resumed a session (a ticket), any worker's.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

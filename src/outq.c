@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -32,12 +33,17 @@ sl_buf_t *sl_buf_new(size_t cap)
     b->len = 0;
     b->cap = (uint32_t)cap;
     b->start = 0;
+    b->zip = NULL;
     return b;
 }
+
+sl_buf_t sl_buf_nozip = {.refs = 1};
 
 void sl_buf_unref(sl_buf_t *b)
 {
     if (b != NULL && --b->refs == 0) {
+        if (b->zip != &sl_buf_nozip)
+            sl_buf_unref(b->zip);
         sl_buf_live_bytes -= b->cap;
         free(b);
     }
@@ -117,22 +123,48 @@ int sl_outq_flush(sl_outq_t *q, int fd)
                 return SL_AGAIN;
             return SL_ERROR;
         }
-        q->bytes -= (uint64_t)w;
-        size_t left = (size_t)w;
-        while (left > 0) {
-            sl_seg_t *s = seg_at(q, 0);
-            if (left >= s->len) {
-                left -= s->len;
-                outq_pop(q);
-            } else {
-                s->off += (uint32_t)left;
-                s->len -= (uint32_t)left;
-                q->head_partial = true;
-                left = 0;
-            }
-        }
+        sl_outq_advance(q, (size_t)w);
     }
     return SL_OK;
+}
+
+void sl_outq_advance(sl_outq_t *q, size_t n)
+{
+    q->bytes -= (uint64_t)n;
+    q->pinned = q->pinned > n ? (uint16_t)(q->pinned - n) : 0;
+    size_t left = n;
+    while (left > 0) {
+        sl_seg_t *s = seg_at(q, 0);
+        if (left >= s->len) {
+            left -= s->len;
+            outq_pop(q);
+        } else {
+            s->off += (uint32_t)left;
+            s->len -= (uint32_t)left;
+            q->head_partial = true;
+            left = 0;
+        }
+    }
+}
+
+size_t sl_outq_peek(const sl_outq_t *q, uint8_t *buf, size_t cap, const uint8_t **p)
+{
+    if (q->count == 0)
+        return 0;
+    const sl_seg_t *s = seg_at((sl_outq_t *)q, 0);
+    if (s->len >= cap || q->count == 1) {
+        *p = s->buf->data + s->off;
+        return SL_MIN((size_t)s->len, cap);
+    }
+    size_t used = 0;
+    for (uint32_t i = 0; i < q->count && used < cap; i++) {
+        s = seg_at((sl_outq_t *)q, i);
+        size_t k = SL_MIN((size_t)s->len, cap - used);
+        memcpy(buf + used, s->buf->data + s->off, k);
+        used += k;
+    }
+    *p = buf;
+    return used;
 }
 
 void sl_outq_trim(sl_outq_t *q)
@@ -152,11 +184,17 @@ void sl_outq_clear(sl_outq_t *q)
     q->segs = NULL;
     q->cap = q->head = 0;
     q->bytes = 0;
+    q->pinned = 0;
 }
 
 void sl_outq_drop_unstarted(sl_outq_t *q)
 {
     uint32_t keep = sl_outq_partial(q) ? 1 : 0;
+    uint64_t seen = 0;
+    for (uint32_t i = 0; i < q->count && seen < q->pinned; i++) {
+        seen += seg_at(q, i)->len;
+        keep = SL_MAX(keep, i + 1);
+    }
     while (q->count > keep) {
         /* Pop from the tail. */
         sl_seg_t *s = seg_at(q, q->count - 1);

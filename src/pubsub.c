@@ -28,7 +28,6 @@
  * memory exhausted): its channel's subscribers here are closed 1013.
  */
 #include "sl_pubsub.h"
-#include "sl_call.h"
 #include "sl_chan.h"
 #include "sl_cidx.h"
 #include "sl_cluster.h"
@@ -39,7 +38,6 @@
 #include "sl_session.h"
 #include "sl_stats.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <fcntl.h>
 #include <inttypes.h>
@@ -98,7 +96,7 @@ void sl_pubsub_trace_open(int worker)
     char path[PATH_MAX];
     if (snprintf(path, sizeof(path), "%s.%d", prefix, worker) >= (int)sizeof(path))
         return;
-    sl_worker->trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    sl_conns.trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
 }
 
 static void trace_write(int64_t done, int64_t cpu_end)
@@ -116,13 +114,13 @@ static void trace_write(int64_t done, int64_t cpu_end)
                                "del seq=%" PRIu64 " published=%" PRId64 " woken=%" PRId64
                                " drain=%" PRId64 " queued=%" PRId64 " done=%" PRId64
                                " cpu=%" PRId64 " n=%" PRIu32 "\n",
-                               trace_ev[i].seq, trace_ev[i].a, sl_worker->woken_us,
+                               trace_ev[i].seq, trace_ev[i].a, sl_conns.woken_us,
                                trace_drain_us, trace_ev[i].b, done, cpu, trace_ev[i].n);
         if (m > 0 && (size_t)m < sizeof(buf) - k)
             k += (size_t)m;
     }
     ntrace = 0;
-    if (k > 0 && write(sl_worker->trace_fd, buf, k) < 0) {
+    if (k > 0 && write(sl_conns.trace_fd, buf, k) < 0) {
         /* a measuring aid: a lost line is only a missing figure */
     }
 }
@@ -137,12 +135,12 @@ static void trace_write_now(void)
 
 void sl_pubsub_trace_close(void)
 {
-    if (sl_worker->trace_fd < 0)
+    if (sl_conns.trace_fd < 0)
         return;
     if (ntrace > 0)
         trace_write_now();
-    close(sl_worker->trace_fd);
-    sl_worker->trace_fd = -1;
+    close(sl_conns.trace_fd);
+    sl_conns.trace_fd = -1;
 }
 
 static void trace_note(bool pub, uint64_t seq, int64_t a, int64_t b, uint32_t n)
@@ -159,17 +157,17 @@ static void trace_note(bool pub, uint64_t seq, int64_t a, int64_t b, uint32_t n)
 
 void sl_pubsub_latency_flush(void)
 {
-    if (sl_worker->trace_fd >= 0) {
+    if (sl_conns.trace_fd >= 0) {
         if (ntrace > 0)
             trace_write_now();
         trace_wake_us = 0;
-        sl_worker->woken_us = 0;
+        sl_conns.woken_us = 0;
     }
     if (nlat == 0)
         return;
     int64_t now = sl_mono_us();
     for (uint32_t i = 0; i < nlat; i++)
-        sl_hist_observe(&sl_worker->stats->delivery, now - lat_pending[i].us, lat_pending[i].n);
+        sl_hist_observe(&sl_conns.stats->delivery, now - lat_pending[i].us, lat_pending[i].n);
     nlat = 0;
 }
 
@@ -498,19 +496,19 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
                 return;
             }
             if (!creation_allowed(c)) {
-                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
                 reject(c, id, len, "too-many-channels");
                 return;
             }
             sl_chan_config_t cfg = default_config(ns);
             int crc = sl_chan_create(REG, id, len, &cfg, &ch);
             if (crc == SL_CHAN_TOO_MANY) {
-                sl_worker_count_error(SL_ERR_TOO_MANY_CHANNELS);
+                sl_conns_count_error(SL_ERR_TOO_MANY_CHANNELS);
                 reject(c, id, len, "too-many-channels");
                 return;
             }
             if (crc == SL_CHAN_NO_MEMORY) {
-                sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+                sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
                 reject(c, id, len, "overloaded");
                 return;
             }
@@ -537,7 +535,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
          * follows a join that was, and one is never refused. */
         if (!already && attempt == 0 && ch->config.join_leave && c->sess &&
             uatomic_read(&ch->subscribers) > 0 && !sl_session_take_join(c)) {
-            sl_worker_count_error(SL_ERR_RATE_LIMITED);
+            sl_conns_count_error(SL_ERR_RATE_LIMITED);
             reject(c, id, len, "rate-limited");
             return;
         }
@@ -546,9 +544,9 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
                              .user = me ? me->user : NULL,
                              .info = me ? me->info : NULL};
         uint64_t woken = 0;
-        notes_at = uatomic_read(&REG->inboxes[sl_worker->id]->missed_n);
+        notes_at = uatomic_read(&REG->inboxes[sl_conns.id]->missed_n);
         rc = already ? SL_CHAN_ALREADY
-                     : sl_chan_subscribe_at(REG, ch, c->conn_id, sl_worker->id, c->slot, &who,
+                     : sl_chan_subscribe_at(REG, ch, c->conn_id, sl_conns.id, c->slot, &who,
                                             &woken, &count, &sub_no, &last_at);
         sl_pubsub_wake_later(woken);
     }
@@ -562,12 +560,12 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
     }
     if (rc == SL_CHAN_OVERLOADED) {
         /* Its join could reach no subscriber's worker (every inbox full). */
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         reject(c, id, len, "overloaded");
         return;
     }
     if (rc == SL_CHAN_NO_MEMORY || rc == SL_ERROR) {
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         reject(c, id, len, "overloaded");
         return;
     }
@@ -726,7 +724,7 @@ static bool join_hold(sl_conn_t *c, const sl_chan_msg_t *m, sl_buf_t *b)
         if (j->cap >= JOIN_HOLD_MAX) {
             /* Never a silent gap: the subscriber is closed like one that
              * missed messages (it resubscribes with since-seq). */
-            uatomic_add(&sl_worker->stats->overloaded, 1);
+            uatomic_add(&sl_conns.stats->overloaded, 1);
             sl_conn_close_ws(c, 1013, "missed messages: resubscribe with since-seq");
             return true;
         }
@@ -867,7 +865,7 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
     sl_reply_t *reply = j ? sl_proto_defer_chan(c, ch->node.hash) : NULL;
     if (reply == NULL) {
         free(j);
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         if (joined_here) {
             int i = find_sub(c, id, len);
             if (i >= 0)
@@ -1068,11 +1066,11 @@ void sl_pubsub_recheck(sl_conn_t *c)
                 sl_jw_str(&w, id, len);
                 sl_jw_lit(&w, "}");
                 sl_proto_send(c, &w);
-                uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+                uatomic_add(&sl_conns.stats->presence_resyncs, 1);
             }
             continue;
         }
-        sl_worker_count_error(SL_ERR_PERMISSION_REVOKED);
+        sl_conns_count_error(SL_ERR_PERMISSION_REVOKED);
         SL_TEL(SL_EV_PERMISSION_DENIED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("user", who ? who->user : ""), SL_TF_S("channel-id", id),
                SL_TF_S("action", "subscribe"), SL_TF_S("reason", "permission-revoked"));
@@ -1114,13 +1112,13 @@ static void pub_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
     if (c) {
         json_t *r;
         if (status == SL_BR_OK) {
-            uatomic_add(&sl_worker->stats->published, 1);
+            uatomic_add(&sl_conns.stats->published, 1);
             r = json_pack("{s:s, s:s%, s:b, s:s, s:I, s:I}", "type", "publish-result",
                           "channel-id", p->id, p->len, "success", 1, "message-id", p->mid, "seq",
                           json_integer_value(json_object_get(res, "seq")), "delivered-to",
                           json_integer_value(json_object_get(res, "delivered-to")));
         } else {
-            uatomic_add(&sl_worker->stats->overloaded, 1);
+            uatomic_add(&sl_conns.stats->overloaded, 1);
             SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
                    SL_TF_SN("channel-id", p->id, p->len), SL_TF_S("reason", sl_brq_reason(status)));
             r = failure("publish-result", p->id, p->len, sl_brq_reason(status));
@@ -1197,7 +1195,7 @@ static void cluster_publish(sl_conn_t *c, const char *id, size_t len, json_t *da
     sl_reply_t *reply = p ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
     if (reply == NULL) {
         free(p);
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
         return;
     }
@@ -1251,7 +1249,7 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     }
     /* Encode the data once, here; the registry wraps it in the frame. */
-    char *enc = (char *)sl_worker->ebuf;
+    char *enc = (char *)sl_conns.ebuf;
     size_t n = json_dumpb(data, enc, SL_SCRATCH_SIZE, JSON_COMPACT | JSON_ENCODE_ANY);
     char *big = NULL;
     if (n > SL_SCRATCH_SIZE) {
@@ -1279,18 +1277,18 @@ void sl_pubsub_publish(sl_conn_t *c, json_t *msg)
         return;
     }
     if (rc != SL_OK) {
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         if (rc == SL_CHAN_NO_MEMORY)
-            sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+            sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         SL_TEL(SL_EV_MESSAGE_PUBLISH_FAILED, SL_WARN, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", id, len), SL_TF_S("reason", "overloaded"));
         sl_proto_reply(c, failure("publish-result", id, len, "overloaded"));
         return;
     }
-    uatomic_add(&sl_worker->stats->published, 1);
+    uatomic_add(&sl_conns.stats->published, 1);
     sl_pubsub_wake_later(res.woken);
-    if (sl_worker->trace_fd >= 0)
-        trace_note(true, res.seq, sl_worker->read_us, p.published_us, 0);
+    if (sl_conns.trace_fd >= 0)
+        trace_note(true, res.seq, sl_conns.read_us, p.published_us, 0);
     uint32_t delivered = res.delivered_to;
     if (exclude && find_sub(c, id, len) >= 0 && delivered > 0)
         delivered--; /* the sender is among the subscribers but skipped */
@@ -1425,7 +1423,7 @@ static sl_chan_t *readable(sl_conn_t *c, sl_action_t act, const char *type, cons
     const char *why = sl_session_permit(c, act, id, len, find_sub(c, id, len) >= 0);
     sl_chan_t *ch = why ? NULL : sl_chan_find(REG, id, len);
     if (why == NULL && ch == NULL) {
-        sl_worker_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+        sl_conns_count_error(SL_ERR_CHANNEL_NOT_FOUND);
         why = "channel-not-found";
     }
     if (why)
@@ -1515,7 +1513,7 @@ static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *
                           next ? json_integer(next) : json_null());
         } else {
             if (status == SL_BR_NOT_FOUND)
-                sl_worker_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+                sl_conns_count_error(SL_ERR_CHANNEL_NOT_FOUND);
             r = failure(type, p->id, p->len, sl_brq_reason(status));
         }
         sl_proto_complete(c, p->reply, r);
@@ -1724,25 +1722,27 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg)
 
 static void close_missed(sl_conn_t *c);
 
+void (*sl_pubsub_rpc_seen)(const char *json, size_t len, const char *chan, size_t chan_len);
+
 /* Returns the frames it queued (what the drain's turn bound counts). */
 static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
 {
     sl_cidx_entry_t *e = sl_cidx_find(m->chan_hash, m->id, m->idlen);
     if (e == NULL || e->n == 0)
         return 0; /* everyone here left since the publish */
-    if (sl_cluster && m->seq == 0 && m->horizon == 0 && m->len > 2) {
+    if (sl_cluster && sl_pubsub_rpc_seen && m->seq == 0 && m->horizon == 0 && m->len > 2) {
         /* An rpc-request (of any node): remember its channel, for the
          * responses.  Its frame's text follows a server frame header. */
         uint32_t l7 = m->frame[1] & 0x7f, h = l7 == 126 ? 4 : l7 == 127 ? 10 : 2;
         if (m->len > h)
-            sl_call_remote_seen((const char *)m->frame + h, m->len - h, m->id, m->idlen);
+            sl_pubsub_rpc_seen((const char *)m->frame + h, m->len - h, m->id, m->idlen);
     }
     sl_buf_t *b = SL_FAULT("pubsub.deliver.alloc") ? NULL : sl_buf_new(m->len);
     if (b == NULL) {
         /* Out of local memory: they cannot have it, so they must not see
          * the next one either - a seq gap.  Closed 1013, they come back
          * and recover it with since-seq. */
-        uatomic_add(&sl_worker->stats->overloaded, 1);
+        uatomic_add(&sl_conns.stats->overloaded, 1);
         for (uint32_t i = 0; i < e->n; i++)
             if (e->conns[i]->conn_no != exclude_conn)
                 close_missed(e->conns[i]);
@@ -1780,21 +1780,22 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         }
     }
     sl_buf_unref(b);
-    uatomic_add(&sl_worker->stats->delivered, n);
+    uatomic_add(&sl_conns.stats->delivered, n);
     latency_note(m->published_us, n);
-    if (sl_worker->trace_fd >= 0)
+    if (sl_conns.trace_fd >= 0)
         trace_note(false, m->seq, m->published_us, sl_mono_us(), (uint32_t)n);
     return e->n;
 }
 
 /* One message for one local connection (an RPC response, later admin
  * sends).  The conn number guards against a slot reused since. */
+bool (*sl_pubsub_settle)(uint64_t tag);
+
 static void deliver_direct(const sl_inbox_entry_t *e)
 {
-    if (e->tag && !sl_call_answered(e->tag))
+    if (e->tag && sl_pubsub_settle != NULL && !sl_pubsub_settle(e->tag))
         return; /* settled already: the requester had its rpc-timeout */
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
         return; /* gone meanwhile */
     sl_buf_t *b = sl_buf_new(e->msg->len);
@@ -1825,7 +1826,7 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
     sl_buf_t *b = local_copy(m);
     if (b == NULL)
         return;
-    for (sl_conn_t *c = sl_worker->conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->kind == SL_KIND_PROTOCOL && c->state == SL_CONN_WS &&
             !sl_session_may_only_authenticate(c))
             sl_conn_send(c, b);
@@ -1836,8 +1837,7 @@ static void deliver_broadcast(const sl_chan_msg_t *m)
  * message carries the channel id, not a frame) and tell it. */
 static void unsubscribe_direct(const sl_inbox_entry_t *e)
 {
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     const char *id = (const char *)e->msg->frame;
     size_t len = e->msg->len;
     if (c == NULL || c->conn_no != e->target_conn || c->state != SL_CONN_WS)
@@ -1853,8 +1853,7 @@ static void unsubscribe_direct(const sl_inbox_entry_t *e)
 /* Admin close: the connection is closed with 1008. */
 static void close_direct(const sl_inbox_entry_t *e)
 {
-    sl_worker_t *w = sl_worker;
-    sl_conn_t *c = e->target_slot < w->nslots ? w->slots[e->target_slot] : NULL;
+    sl_conn_t *c = sl_conns_at(e->target_slot);
     if (c && c->conn_no == e->target_conn)
         sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "closed by the administrator");
 }
@@ -1906,7 +1905,7 @@ static void close_missed(sl_conn_t *c)
 {
     if (c->state != SL_CONN_WS)
         return;
-    uatomic_add(&sl_worker->stats->missed_closes, 1);
+    uatomic_add(&sl_conns.stats->missed_closes, 1);
     SL_TEL(SL_EV_WEBSOCKET_ERROR, SL_WARN, SL_TF_S("conn-id", c->conn_id),
            SL_TF_S("reason", "missed-messages"));
     sl_conn_close_ws(c, SL_WS_CLOSE_TRY_AGAIN, "missed messages: resubscribe with since-seq");
@@ -1963,10 +1962,10 @@ static void resync_entry(sl_cidx_entry_t *e, void *arg)
             json_decref(j);
         }
         if (b == NULL) {
-            uatomic_add(&sl_worker->stats->presence_resync_failed, 1);
+            uatomic_add(&sl_conns.stats->presence_resync_failed, 1);
             close_missed(c);
         } else if (sl_conn_send(c, b) == SL_OK) {
-            uatomic_add(&sl_worker->stats->presence_resyncs, 1);
+            uatomic_add(&sl_conns.stats->presence_resyncs, 1);
         }
     }
     sl_buf_unref(b);
@@ -2009,12 +2008,12 @@ static void check_missed(sl_inbox_t *in, uint64_t upto)
 
 size_t sl_pubsub_drain(void)
 {
-    sl_inbox_t *in = REG->inboxes[sl_worker->id];
+    sl_inbox_t *in = REG->inboxes[sl_conns.id];
     sl_inbox_entry_t e;
     uint64_t pos;
     size_t n = 0;
     uint64_t frames = 0;
-    if (sl_worker->trace_fd >= 0) {
+    if (sl_conns.trace_fd >= 0) {
         trace_drain_us = sl_mono_us();
         trace_cpu_us = thread_cpu_us();
     }
@@ -2051,7 +2050,7 @@ size_t sl_pubsub_drain(void)
     } else {
         /* Stopped at a bound: another turn soon, after this one's writes. */
         uint64_t one = 1;
-        if (write(sl_wake_fds[sl_worker->id], &one, sizeof(one)) < 0) {
+        if (write(sl_wake_fds[sl_conns.id], &one, sizeof(one)) < 0) {
         } /* a full eventfd counter still means "woken" */
     }
     return n;
@@ -2060,7 +2059,7 @@ size_t sl_pubsub_drain(void)
 void sl_pubsub_wake_later(uint64_t workers)
 {
     /* Our own inbox is drained at the end of this turn anyway. */
-    pending_wake |= workers & ~((uint64_t)1 << sl_worker->id);
+    pending_wake |= workers & ~((uint64_t)1 << sl_conns.id);
 }
 
 void sl_pubsub_wake(void)
@@ -2071,7 +2070,7 @@ void sl_pubsub_wake(void)
         if (!(w & 1))
             continue;
         uint64_t one = 1;
-        if (sl_worker->trace_fd >= 0 && trace_wake_us == 0)
+        if (sl_conns.trace_fd >= 0 && trace_wake_us == 0)
             trace_wake_us = sl_mono_us(); /* the turn's first, as it begins */
         /* A full eventfd counter still means "woken": ignore EAGAIN. */
         if (write(sl_wake_fds[i], &one, sizeof(one)) < 0) {

@@ -23,7 +23,6 @@
 #include "sl_conf.h"
 #include "sl_proto.h"
 #include "sl_tel.h"
-#include "sl_worker.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -184,7 +183,7 @@ static int64_t auth_log_slot(void)
 static void auth_failed(sl_conn_t *c, const sl_http_request_t *req, sl_err_t err,
                         const char *reason, const char *via, const char *msg)
 {
-    sl_worker_count_error(err);
+    sl_conns_count_error(err);
     if (!sl_tel_on(SL_INFO))
         return;
     int64_t left_out = auth_log_slot();
@@ -207,7 +206,7 @@ static int place_refused(sl_conn_t *c, int rc, sl_access_kind_t kind, const char
     bool ip = kind == SL_ACCESS_IP;
     if (rc == SL_ACCESS_FULL) {
         int64_t limit = ip ? sl_conf->max_connections_per_ip : sl_conf->max_connections_per_user;
-        sl_worker_count_error(ip ? SL_ERR_MAX_CONNECTIONS_PER_IP
+        sl_conns_count_error(ip ? SL_ERR_MAX_CONNECTIONS_PER_IP
                                  : SL_ERR_MAX_CONNECTIONS_PER_USER);
         SL_TEL(SL_EV_CONNECTION_LIMIT, SL_INFO, SL_TF_S("scope", ip ? "ip" : "user"),
                SL_TF_S("key", key), SL_TF_I("limit", limit));
@@ -215,7 +214,7 @@ static int place_refused(sl_conn_t *c, int rc, sl_access_kind_t kind, const char
         snprintf(message, msgsz, "too many connections %s (--%s)",
                  ip ? "from this address" : "of this user", *code);
     } else {
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         *code = "shm-exhausted";
         snprintf(message, msgsz, "the server's shared memory is full");
     }
@@ -236,17 +235,17 @@ static int take_identity(sl_conn_t *c, sl_ident_t *id)
      * and every connection of one user would take the same lock. */
     if (sl_conf->max_connections_per_user > 0) {
         int rc = sl_access_acquire(REG, SL_ACCESS_USER, id->user, strlen(id->user),
-                                   sl_worker->id, (uint64_t)sl_conf->max_connections_per_user);
+                                   sl_conns.id, (uint64_t)sl_conf->max_connections_per_user);
         if (rc != SL_OK)
             return rc;
         s->user_held = true;
     }
-    if (c->reg && (s->user_entry = sl_access_user_add(REG, c->conn_id, sl_worker->id, c->slot,
+    if (c->reg && (s->user_entry = sl_access_user_add(REG, c->conn_id, sl_conns.id, c->slot,
                                                       c->conn_no, id->user)) == NULL) {
         /* A connection missing from the users table would escape the
          * administrator's "close this user": refused instead. */
         if (s->user_held)
-            sl_access_release(REG, SL_ACCESS_USER, id->user, strlen(id->user), sl_worker->id);
+            sl_access_release(REG, SL_ACCESS_USER, id->user, strlen(id->user), sl_conns.id);
         s->user_held = false;
         return SL_ACCESS_NO_MEMORY;
     }
@@ -293,7 +292,7 @@ int sl_session_upgrade(sl_conn_t *c, const sl_http_request_t *req, const char **
     if (cf->max_connections_per_ip > 0) {
         sl_accesslog_peer(c, req, s->ip, sizeof(s->ip));
         sl_session_ip_key(s->ip, sizeof(s->ip));
-        int rc = sl_access_acquire(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_worker->id,
+        int rc = sl_access_acquire(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_conns.id,
                                    (uint64_t)cf->max_connections_per_ip);
         if (rc != SL_OK)
             return place_refused(c, rc, SL_ACCESS_IP, s->ip, code, message, msgsz);
@@ -336,7 +335,7 @@ int sl_session_admitted(sl_conn_t *c)
     if (s == NULL || s->ident == NULL)
         return SL_OK;
     /* Listed under its user, or refused (see take_identity). */
-    s->user_entry = sl_access_user_add(REG, c->conn_id, sl_worker->id, c->slot, c->conn_no,
+    s->user_entry = sl_access_user_add(REG, c->conn_id, sl_conns.id, c->slot, c->conn_no,
                                        s->ident->user);
     if (s->user_entry == NULL)
         return SL_ERROR;
@@ -367,9 +366,9 @@ void sl_session_end(sl_conn_t *c)
         sl_access_user_remove(REG, s->user_entry);
     if (s->user_held)
         sl_access_release(REG, SL_ACCESS_USER, s->ident->user, strlen(s->ident->user),
-                          sl_worker->id);
+                          sl_conns.id);
     if (s->ip_held)
-        sl_access_release(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_worker->id);
+        sl_access_release(REG, SL_ACCESS_IP, s->ip, strlen(s->ip), sl_conns.id);
     sl_ident_free(s->ident);
     free(s);
     c->sess = NULL;
@@ -399,7 +398,7 @@ static void auth_refused(sl_conn_t *c, sl_err_t err, const char *reason, const c
     auth_failed(c, NULL, err, reason, "message", detail);
     auth_result(c, reason, peer_message);
     if (c->sess && ++c->sess->auth_failures >= SL_AUTH_MAX_FAILURES) {
-        sl_worker_count_error(SL_ERR_AUTH_FAILURES_CLOSED);
+        sl_conns_count_error(SL_ERR_AUTH_FAILURES_CLOSED);
         SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("user", user_of(c)), SL_TF_S("reason", "authentication-failures"),
                SL_TF_I("code", SL_CLOSE_AUTH_REQUIRED));
@@ -444,7 +443,7 @@ bool sl_session_authenticate(sl_conn_t *c, json_t *msg)
     }
     int rc = take_identity(c, id);
     if (rc == SL_ACCESS_FULL) {
-        sl_worker_count_error(SL_ERR_MAX_CONNECTIONS_PER_USER);
+        sl_conns_count_error(SL_ERR_MAX_CONNECTIONS_PER_USER);
         SL_TEL(SL_EV_CONNECTION_LIMIT, SL_INFO, SL_TF_S("scope", "user"),
                SL_TF_S("key", id->user), SL_TF_I("limit", sl_conf->max_connections_per_user));
         sl_ident_free(id);
@@ -455,7 +454,7 @@ bool sl_session_authenticate(sl_conn_t *c, json_t *msg)
     }
     if (rc != SL_OK) {
         sl_ident_free(id);
-        sl_worker_count_error(SL_ERR_SHM_EXHAUSTED);
+        sl_conns_count_error(SL_ERR_SHM_EXHAUSTED);
         auth_result(c, "overloaded", "the server's shared memory is full");
         return false;
     }
@@ -478,11 +477,11 @@ static bool admit(sl_conn_t *c, bucket_t *b, bucket_t *strikes, int64_t rate, in
         char m[160];
         snprintf(m, sizeof(m), "over %s (%lld/s, burst %lld): not processed", flag,
                  (long long)rate, (long long)burst_of(rate, burst));
-        sl_worker_count_error(SL_ERR_RATE_LIMITED);
+        sl_conns_count_error(SL_ERR_RATE_LIMITED);
         sl_proto_error(c, "rate-limited", m);
         return false;
     }
-    sl_worker_count_error(SL_ERR_RATE_LIMIT_CLOSED);
+    sl_conns_count_error(SL_ERR_RATE_LIMIT_CLOSED);
     SL_TEL(SL_EV_RATE_LIMITED, SL_WARN, SL_TF_S("conn-id", c->conn_id), SL_TF_S("user", user_of(c)),
            SL_TF_S("limit", flag), SL_TF_I("rate", rate));
     sl_conn_close_ws(c, SL_WS_CLOSE_POLICY, "rate limit exceeded");
@@ -526,14 +525,14 @@ static bool timers_due(sl_conn_t *c, int64_t now)
 {
     sl_session_t *s = c->sess;
     if (s->auth_deadline && s->ident == NULL && now >= s->auth_deadline) {
-        sl_worker_count_error(SL_ERR_AUTH_TIMEOUT);
+        sl_conns_count_error(SL_ERR_AUTH_TIMEOUT);
         SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("reason", "authentication-timeout"), SL_TF_I("code", SL_CLOSE_AUTH_REQUIRED));
         sl_conn_close_ws(c, SL_CLOSE_AUTH_REQUIRED, "authentication required");
         return true;
     }
     if (s->expires_mono && now >= s->expires_mono) {
-        sl_worker_count_error(SL_ERR_SESSION_EXPIRED);
+        sl_conns_count_error(SL_ERR_SESSION_EXPIRED);
         SL_TEL(SL_EV_SESSION_EXPIRED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_S("user", s->ident->user), SL_TF_S("reason", "token-expired"),
                SL_TF_I("code", SL_CLOSE_TOKEN_EXPIRED));
@@ -562,7 +561,7 @@ const char *sl_session_permit(sl_conn_t *c, sl_action_t act, const char *id, siz
     sl_perm_t p = sl_perm_check(sl_session_ident(c), act, id, len, subscribed);
     if (p == SL_PERM_OK)
         return NULL;
-    sl_worker_count_error(p == SL_PERM_UNAUTHENTICATED     ? SL_ERR_UNAUTHENTICATED
+    sl_conns_count_error(p == SL_PERM_UNAUTHENTICATED     ? SL_ERR_UNAUTHENTICATED
                           : p == SL_PERM_UNKNOWN_NAMESPACE ? SL_ERR_UNKNOWN_NAMESPACE
                           : p == SL_PERM_DISABLED          ? SL_ERR_PRESENCE_DISABLED
                                                            : SL_ERR_PERMISSION_DENIED);

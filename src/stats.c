@@ -33,7 +33,7 @@ typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
     uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
-    uint64_t bytes_in, bytes_out, accepted;
+    uint64_t bytes_in, bytes_out, accepted, tls_handshakes, tls_resumed;
     uint64_t handshake_failures[SL_HS__COUNT];
     sl_hist_t delivery, rpc;
     int live_workers;
@@ -147,6 +147,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     t->outbound_bytes += obytes;
     t->backpressure_pauses += pauses;
     t->inbound_bytes += ibytes;
+    t->tls_handshakes += uatomic_read(&w->tls_handshakes);
+    t->tls_resumed += uatomic_read(&w->tls_resumed);
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
@@ -171,6 +173,9 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "rpc-expired", json_integer((json_int_t)uatomic_read(&w->rpc_expired)));
     json_object_set_new(o, "outbound-bytes", json_integer((json_int_t)obytes));
     json_object_set_new(o, "backpressure-pauses", json_integer((json_int_t)pauses));
+    json_object_set_new(o, "tls-handshakes",
+                        json_integer((json_int_t)uatomic_read(&w->tls_handshakes)));
+    json_object_set_new(o, "tls-resumed", json_integer((json_int_t)uatomic_read(&w->tls_resumed)));
     json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
@@ -553,6 +558,8 @@ json_t *sl_stats_json(bool identities)
     json_object_set_new(doc, "backpressure-pauses",
                         json_integer((json_int_t)t.backpressure_pauses));
     json_object_set_new(doc, "inbound-bytes", json_integer((json_int_t)t.inbound_bytes));
+    json_object_set_new(doc, "tls-handshakes", json_integer((json_int_t)t.tls_handshakes));
+    json_object_set_new(doc, "tls-resumed", json_integer((json_int_t)t.tls_resumed));
     json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }

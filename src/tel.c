@@ -67,8 +67,8 @@ static const char *const event_names[SL_EV__COUNT] = {
     "authenticated", "authentication-failed", "session-expired", "permission-denied",
     "rate-limited", "connection-limit-reached", "keys-reloaded", "keys-reload-failed",
     "open-access", "worker-recovered",
-    "redis-connected", "redis-disconnected", "broker-exited", "worker-cleanup-waiting",
-    "channel-join", "channel-leave",
+    "redis-connected", "redis-disconnected", "broker-exited", "tls-reloaded",
+    "tls-reload-failed", "worker-cleanup-waiting", "channel-join", "channel-leave",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};

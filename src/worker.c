@@ -17,14 +17,19 @@
  */
 #include "sl_worker.h"
 #include "sl_accesslog.h"
+#include "sl_admin.h"
 #include "sl_arena.h"
+#include "sl_call.h"
 #include "sl_cluster.h"
 #include "sl_conf.h"
 #include "sl_crash.h"
+#include "sl_httpd.h"
 #include "sl_proc.h"
+#include "sl_router.h"
 #include "sl_pubsub.h"
 #include "sl_session.h"
 #include "sl_tel.h"
+#include "sl_tls.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -39,114 +44,23 @@
 
 sl_worker_t *sl_worker;
 
-void sl_worker_count_error(sl_err_t e)
+/* The worker installs the layers above the connections: HTTP routing
+ * (httpd.c) and the JSON protocol (router.c), the only places a
+ * connection's events go. */
+static void worker_ws_tick(sl_conn_t *c, int64_t now)
 {
-    uatomic_add(&sl_worker->stats->errors[e], 1);
+    if (c->sess)
+        sl_session_tick(c, now);
 }
 
-bool sl_worker_over_budget(void)
-{
-    return sl_buf_live_bytes > (uint64_t)(sl_conf->max_outbound_total / sl_conf->workers);
-}
-
-int sl_worker_attach(sl_conn_t *c)
-{
-    sl_worker_t *w = sl_worker;
-    if (w->nslots == w->slot_cap) {
-        /* Slots are looked up by index (and, later, by other workers
-         * through the registry), so the table only grows. */
-        for (uint32_t k = 0; k < w->nslots; k++) {
-            uint32_t i = (w->free_hint + k) % w->nslots;
-            if (w->slots[i] == NULL) {
-                w->free_hint = i + 1;
-                c->slot = i;
-                goto found;
-            }
-        }
-        uint32_t ncap = w->slot_cap ? w->slot_cap * 2 : 256;
-        sl_conn_t **n = realloc(w->slots, sizeof(*n) * ncap);
-        if (n == NULL)
-            return SL_ERROR;
-        memset(n + w->slot_cap, 0, sizeof(*n) * (ncap - w->slot_cap));
-        w->slots = n;
-        w->slot_cap = ncap;
-    }
-    c->slot = w->nslots++;
-found:
-    w->slots[c->slot] = c;
-    c->next = w->conns;
-    c->prev = NULL;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    w->nconns++;
-    return SL_OK;
-}
-
-static void worker_detach(sl_conn_t *c)
-{
-    sl_worker_t *w = sl_worker;
-    w->slots[c->slot] = NULL;
-    if (c->slot < w->free_hint)
-        w->free_hint = c->slot;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        w->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    w->nconns--;
-}
-
-void sl_worker_mark_dirty(sl_conn_t *c)
-{
-    if (!c->dirty && c->state != SL_CONN_DEAD) {
-        c->dirty = true;
-        c->dirty_next = sl_worker->dirty;
-        sl_worker->dirty = c;
-    }
-}
-
-static void worker_unready(sl_conn_t *c)
-{
-    if (!c->ready)
-        return;
-    if (c->ready_prev)
-        c->ready_prev->ready_next = c->ready_next;
-    else
-        sl_worker->ready = c->ready_next;
-    if (c->ready_next)
-        c->ready_next->ready_prev = c->ready_prev;
-    c->ready_prev = c->ready_next = NULL;
-    c->ready = false;
-}
-
-void sl_worker_mark_ready(sl_conn_t *c)
-{
-    if (c->ready || c->state == SL_CONN_DEAD)
-        return;
-    c->ready = true;
-    c->ready_prev = NULL;
-    c->ready_next = sl_worker->ready;
-    if (sl_worker->ready)
-        sl_worker->ready->ready_prev = c;
-    sl_worker->ready = c;
-}
-
-void sl_worker_mark_dead(sl_conn_t *c)
-{
-    /* Dead connections are freed from the dirty list at the end of the
-     * turn; c->dirty guarantees it is on the list exactly once.  A dead
-     * connection leaves the ready list now (it is freed before the list
-     * is walked). */
-    worker_unready(c);
-    event_del(&c->ev);
-    if (!c->dirty) {
-        c->dirty = true;
-        c->dirty_next = sl_worker->dirty;
-        sl_worker->dirty = c;
-    }
-}
+static const sl_conn_handlers_t worker_handlers = {
+    .http_request = sl_httpd_request,
+    .http_error = sl_httpd_error,
+    .ws_message = sl_router_message,
+    .ws_tick = worker_ws_tick,
+    .closed = sl_router_closed,
+    .freed = sl_cluster_conn_closed,
+};
 
 void sl_worker_turn_end(sl_worker_t *w)
 {
@@ -159,22 +73,8 @@ void sl_worker_turn_end(sl_worker_t *w)
     sl_pubsub_drain();
     /* Broker answers past their deadline, or lost with a dead broker. */
     sl_cluster_tick();
-    /* Flushing may kill a connection (write error) or make it linger; a
-     * connection is never added to the list twice because of c->dirty. */
-    while (w->dirty) {
-        sl_conn_t *c = w->dirty;
-        w->dirty = c->dirty_next;
-        /* c->dirty stays set while we flush, so a write error that kills
-         * the connection cannot put it on the list a second time. */
-        if (c->state != SL_CONN_DEAD && !c->write_armed)
-            sl_conn_flush(c);
-        if (c->state == SL_CONN_DEAD) {
-            worker_detach(c);
-            sl_conn_destroy(c);
-        } else {
-            c->dirty = false;
-        }
-    }
+    /* Every touched connection's writes; dead ones freed. */
+    sl_conns_flush();
     sl_pubsub_wake(); /* hand-offs made while flushing (closes), if any */
     sl_pubsub_latency_flush();
     sl_accesslog_flush();
@@ -186,16 +86,8 @@ void sl_worker_turn_end(sl_worker_t *w)
      * report the quiescent state, then free what every reader is past. */
     sl_qsbr_quiescent(&sl_shm->reg.qsbr, w->id);
     sl_qsbr_reclaim(&sl_shm->reg.qsbr);
-    /* Input left over goes on in the next turn.  Activated here, outside
-     * the dispatch: the next EVLOOP_ONCE then polls without blocking and
-     * runs each of these once, with every other ready event. */
-    while (w->ready) {
-        sl_conn_t *c = w->ready;
-        worker_unready(c);
-        if (c->state != SL_CONN_DEAD && c->state != SL_CONN_LINGER && c->backlog &&
-            !c->read_paused)
-            event_active(&c->ev, EV_READ, 0);
-    }
+    /* Input left over goes on in the next turn. */
+    sl_conns_activate_ready();
 }
 
 static void ctl_cb(evutil_socket_t fd, short what, void *arg)
@@ -223,15 +115,24 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         }
         if (n < 0) {
             /* The master is gone (EOF) or the socket broke: stop. */
-            if (!w->stopping)
+            if (!sl_conns.stopping)
                 kill(getpid(), SIGTERM);
             event_del(w->ctl_ev);
             return;
         }
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
-        for (int k = 0; k < n; k++)
-            sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS);
+        for (int k = 0; k < n; k++) {
+            if (tag == SL_PROC_TAG_TLS) {
+                void *t = sl_tls_accept(fds[k]);
+                if (t == NULL)
+                    close(fds[k]); /* counted (tls-handshake-failed) */
+                else
+                    sl_conn_new(fds[k], false, &sl_xport_tls, t);
+            } else {
+                sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS, &sl_xport_plain, NULL);
+            }
+        }
     }
 }
 
@@ -242,20 +143,20 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     uint64_t n;
     if (read(fd, &n, sizeof(n)) < 0) {
     }
-    if (sl_worker->trace_fd >= 0)
-        sl_worker->woken_us = sl_mono_us();
+    if (sl_conns.trace_fd >= 0)
+        sl_conns.woken_us = sl_mono_us();
 }
 
 static void worker_stop(sl_worker_t *w)
 {
-    if (w->stopping)
+    if (sl_conns.stopping)
         return;
-    w->stopping = true;
+    sl_conns.stopping = true;
     w->stop_deadline = sl_mono_ms() + SL_DRAIN_MS;
     /* The master hands a stopping worker nothing new (when only we were
      * told to stop, it would otherwise prefer us as our load falls). */
     uatomic_set(&w->stats->draining, 1);
-    for (sl_conn_t *c = w->conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_shutdown(c);
 }
 
@@ -276,6 +177,9 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
             } else {
                 sl_session_reload_keys(0);
             }
+            /* The certificates: only to what the master serves now (its
+             * fingerprint in shared memory; review r16 L4), whoever sent it. */
+            sl_tls_reload(uatomic_read(&sl_shm->tls_fingerprint));
             sl_accesslog_reopen();
         } else
             worker_stop(arg);
@@ -284,9 +188,8 @@ static void signal_cb(evutil_socket_t fd, short what, void *arg)
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
-    sl_worker_t *w = arg;
     int64_t now = sl_mono_ms();
-    for (sl_conn_t *c = w->conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->state != SL_CONN_DEAD)
             sl_conn_tick(c, now);
 }
@@ -309,13 +212,21 @@ int sl_worker_setup(sl_worker_t *w, int id)
 {
     sl_worker = w;
     w->id = id;
-    w->trace_fd = -1;
+    sl_conns.trace_fd = -1;
     w->stats = &sl_shm->workers[id];
     sl_arena_set_owner((unsigned)id); /* our objects on our own pages */
-    w->rbuf = malloc(SL_SCRATCH_SIZE);
-    w->ebuf = malloc(SL_SCRATCH_SIZE);
     w->base = event_base_new();
-    if (w->rbuf == NULL || w->ebuf == NULL || w->base == NULL)
+    sl_conns.id = id;
+    sl_conns.base = w->base;
+    sl_conns.stats = w->stats;
+    sl_conns.on = &worker_handlers;
+    sl_tls_set_stats(w->stats);
+    sl_pubsub_settle = sl_call_answered; /* RPC responses: exactly once */
+    sl_pubsub_rpc_seen = sl_call_remote_seen; /* --redis: rpc-requests' channels */
+    sl_admin_deferred_reply = sl_httpd_deferred_reply; /* --redis: admin answers */
+    sl_conns.rbuf = malloc(SL_SCRATCH_SIZE);
+    sl_conns.ebuf = malloc(SL_SCRATCH_SIZE);
+    if (sl_conns.rbuf == NULL || sl_conns.ebuf == NULL || w->base == NULL)
         return SL_ERROR;
     return SL_OK;
 }
@@ -366,13 +277,13 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     for (;;) {
         event_base_loop(w->base, EVLOOP_ONCE);
         sl_worker_turn_end(w);
-        if (w->stopping && w->conns == NULL && sl_mono_ms() < w->stop_deadline)
+        if (sl_conns.stopping && sl_conns.conns.first == NULL && sl_mono_ms() < w->stop_deadline)
             ctl_cb(ctl_fd, EV_READ, w); /* sockets handed over before the master knew: serve */
-        if (w->stopping && (w->conns == NULL || sl_mono_ms() >= w->stop_deadline))
+        if (sl_conns.stopping && (sl_conns.conns.first == NULL || sl_mono_ms() >= w->stop_deadline))
             break;
     }
 
-    for (sl_conn_t *c = w->conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_abort(c, "shutdown");
     sl_worker_turn_end(w);
     sl_tel_finish(1000); /* what the full pipe has not taken yet */
@@ -385,9 +296,9 @@ int sl_worker_main(int id, int ctl_fd, int tel_fd)
     close(sfd);
     sl_pubsub_trace_close();
     event_base_free(w->base);
-    free(w->slots);
-    free(w->rbuf);
-    free(w->ebuf);
+    free(sl_conns.slots);
+    free(sl_conns.rbuf);
+    free(sl_conns.ebuf);
     close(ctl_fd);
     return 0;
 }

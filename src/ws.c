@@ -61,6 +61,13 @@ int sl_ws_accept_key(const char *key, size_t keylen, char out[29])
 
 /* --------------------------------------------------------------- frames */
 
+static sl_ws_inflate_fn ws_inflater;
+
+void sl_ws_set_inflater(sl_ws_inflate_fn fn)
+{
+    ws_inflater = fn;
+}
+
 size_t sl_ws_encode_header(uint8_t out[SL_WS_MAX_HEADER], int opcode, bool fin, uint64_t len,
                            const uint8_t *mask)
 {
@@ -132,7 +139,9 @@ void sl_ws_reader_init(sl_ws_reader_t *r, bool expect_masked, uint64_t max_messa
 {
     memset(r, 0, sizeof(*r));
     r->expect_masked = expect_masked;
-    r->max_message = max_message;
+    /* (A message is held in 32-bit lengths: a few bytes less in every
+     * connection; --max-message-size stops far below.) */
+    r->max_message = SL_MIN(max_message, (uint64_t)UINT32_MAX);
 }
 
 void sl_ws_reader_free(sl_ws_reader_t *r)
@@ -173,8 +182,10 @@ static int check_first_bytes(const sl_ws_reader_t *r, const uint8_t *h)
 {
     uint8_t op = h[0] & 0x0F;
     bool fin = h[0] & 0x80, masked = h[1] & 0x80;
-    if (h[0] & 0x70)
-        return SL_WS_CLOSE_PROTOCOL; /* RSV bits: no extension negotiated */
+    if (h[0] & 0x30)
+        return SL_WS_CLOSE_PROTOCOL; /* RSV2/RSV3: no extension uses them */
+    if ((h[0] & 0x40) && (!r->deflate || ws_inflater == NULL || (op != SL_WS_OP_TEXT && op != SL_WS_OP_BINARY)))
+        return SL_WS_CLOSE_PROTOCOL; /* RSV1: only a compressed message's first frame */
     if (masked != r->expect_masked)
         return SL_WS_CLOSE_PROTOCOL;
     switch (op) {
@@ -229,6 +240,7 @@ static int start_frame(sl_ws_reader_t *r, const uint8_t *h)
             return SL_WS_CLOSE_TOO_BIG;
         if (r->frame_op != SL_WS_OP_CONT) {
             r->msg_op = r->frame_op;
+            r->msg_deflated = (h[0] & 0x40) != 0;
             sl_utf8_init(&r->utf8);
         }
     }
@@ -251,10 +263,10 @@ static int msg_append(sl_ws_reader_t *r, const uint8_t *p, size_t n)
         if (m == NULL)
             return SL_WS_CLOSE_INTERNAL;
         r->msg = m;
-        r->msg_cap = cap;
+        r->msg_cap = (uint32_t)cap; /* <= max_message */
     }
     memcpy(r->msg + r->msg_len, p, n);
-    r->msg_len += n;
+    r->msg_len += (uint32_t)n;
     return 0;
 }
 
@@ -274,6 +286,27 @@ static int deliver_control(sl_ws_reader_t *r, uint8_t *p, size_t n, const sl_ws_
         r->closed = true;
     }
     return h->on_control(ctx, r->frame_op, p, n);
+}
+
+/* A compressed message: inflated within max_message (over it: 1009; not
+ * deflate data: 1007), text validated, then delivered. */
+static int deliver_inflated(sl_ws_reader_t *r, const uint8_t *p, size_t n,
+                            const sl_ws_handlers_t *h, void *ctx)
+{
+    uint8_t *m;
+    size_t mlen;
+    int z = ws_inflater(p, n, (size_t)r->max_message, &m, &mlen);
+    if (z == SL_AGAIN)
+        return SL_WS_CLOSE_TOO_BIG;
+    if (z != SL_OK)
+        return SL_WS_CLOSE_INVALID_DATA;
+    int rc = 0;
+    if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_valid(m, mlen))
+        rc = SL_WS_CLOSE_INVALID_DATA;
+    else
+        rc = h->on_message(ctx, r->msg_op, m, mlen);
+    free(m);
+    return rc;
 }
 
 /* The reader's loop; *pos is how far it got (also when it stops early). */
@@ -343,7 +376,7 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             continue;
         }
 
-        if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_feed(&r->utf8, p, take))
+        if (r->msg_op == SL_WS_OP_TEXT && !r->msg_deflated && !sl_utf8_feed(&r->utf8, p, take))
             return SL_WS_CLOSE_INVALID_DATA;
         r->frame_have += take;
         bool frame_done = r->frame_have == r->frame_len;
@@ -353,6 +386,11 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
             r->in_frame = false;
             r->frames++;
             r->completed++;
+            if (r->msg_deflated) {
+                if ((rc = deliver_inflated(r, p, take, h, ctx)) != 0)
+                    return rc;
+                continue;
+            }
             if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
                 return SL_WS_CLOSE_INVALID_DATA;
             if ((rc = h->on_message(ctx, r->msg_op, p, take)) != 0)
@@ -372,14 +410,17 @@ static int reader_run(sl_ws_reader_t *r, uint8_t *buf, size_t n, const sl_ws_han
         /* Last fragment: the message is complete. */
         r->in_message = false;
         r->completed++;
-        if (r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
+        if (!r->msg_deflated && r->msg_op == SL_WS_OP_TEXT && !sl_utf8_complete(&r->utf8))
             return SL_WS_CLOSE_INVALID_DATA;
         uint8_t *m = r->msg;
         size_t mlen = r->msg_len;
         r->msg = NULL;
         r->msg_len = r->msg_cap = 0;
         static uint8_t empty[1];
-        rc = h->on_message(ctx, r->msg_op, m ? m : empty, mlen);
+        if (r->msg_deflated)
+            rc = deliver_inflated(r, m ? m : empty, mlen, h, ctx);
+        else
+            rc = h->on_message(ctx, r->msg_op, m ? m : empty, mlen);
         free(m);
         if (rc != 0)
             return rc;

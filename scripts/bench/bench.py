@@ -13,9 +13,19 @@ per subscriber (ceiling-raw) and with one write per subscriber per loop turn
 is measured on sente-lite alone (no peer has the same feature): handshakes/s
 with an HS256 and an ES256 token against none, and flat-out fan-out with a
 namespace whose publish needs a token against the same without; a closing
-table gives those ratios.  Figures, not a test: nothing here passes or fails on a number.
+table gives those ratios.  TLS and compression (issue 16; leave them out
+with --no-tls): sente-lite and nchan, each serving wss:// with the same
+throw-away certificate and the same worker count - wss handshakes/s with an
+ECDSA P-256 and an RSA-2048 certificate, full and resumed (sente-bench's
+connect mode: TLS + upgrade), openssl s_time's bare TLS handshakes/s
+(scripts/bench/tls_handshakes.sh), fan-out over wss at 1,000 subscribers
+flat out and at 20 msg/s, idle PSS per wss connection; and on sente-lite
+alone the fan-out of a 2 KiB JSON document to 1,000 subscribers with
+permessage-deflate against without (bytes on the wire and the workers' CPU
+per delivery from /stats and /proc).  A closing table sets those against
+the issue's goals.  Figures, not a test: nothing here passes or fails on a number.
 
-    scripts/bench/bench.py [--quick] [--reps N] [--out FILE] [--only a,b]
+    scripts/bench/bench.py [--quick] [--reps N] [--out FILE] [--only a,b] [--no-tls]
 """
 import argparse
 import json
@@ -26,8 +36,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import re
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SL = os.path.join(ROOT, "build", "sente-lite")
@@ -178,11 +190,17 @@ class SenteLite:
         self.extra = []      # flags of the scenario (access control)
         self.header = None   # an upgrade header for every connection
         self.channel = "bench"
+        self.tls = None      # (cert, key): also serve wss:// on self.tls_port
         self.trace = False   # write the fan-out trace (SENTE_FANOUT_TRACE)
         self.trace_prefix = None
 
     def start(self, rundir):
         self.port = free_port()
+        tls = []
+        if self.tls:
+            self.tls_port = free_port()
+            tls = ["--tls-port", str(self.tls_port), "--tls-cert", self.tls[0], "--tls-key",
+                   self.tls[1]]
         env = dict(os.environ)
         self.trace_prefix = os.path.join(rundir, "trace") if self.trace else None
         if self.trace_prefix:
@@ -191,7 +209,7 @@ class SenteLite:
             [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
              str(self.workers), "--max-connections", "60000", "--max-subscribers", "60000",
              "--log-level", "warn", "--log-file", os.path.join(rundir, "sente-lite.log")]
-            + self.extra,
+            + tls + self.extra,
             stdout=subprocess.DEVNULL, stderr=open(os.path.join(rundir, "sente-lite.err"), "w"),
             env=env)
         wait_http(self.port)
@@ -237,6 +255,7 @@ class Script:
         self.script = os.path.join(HERE, script)
         self.with_workers = with_workers
         self.workers = WORKERS
+        self.tls = None
 
     def start(self, rundir):
         self.port = free_port()
@@ -244,7 +263,12 @@ class Script:
         args = [self.script, "start", str(self.port)]
         if self.with_workers:
             args.append(str(self.workers))
-        subprocess.run(args + [rundir], check=True, stdout=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if self.tls:  # nchan.sh: a TLS listener beside the plain one
+            self.tls_port = free_port()
+            env.update(NCHAN_TLS_PORT=str(self.tls_port), NCHAN_TLS_CERT=self.tls[0],
+                       NCHAN_TLS_KEY=self.tls[1])
+        subprocess.run(args + [rundir], check=True, stdout=subprocess.DEVNULL, env=env)
 
     def pids(self):
         out = subprocess.run([self.script, "pids", self.rundir], capture_output=True,
@@ -371,6 +395,9 @@ def run_bench(args, timeout):
 
 
 def common(srv):
+    if getattr(srv, "tls", None):
+        return ["--host", "127.0.0.1", "--port", str(srv.tls_port), "--tls", "--source-addrs",
+                SOURCES]
     return ["--host", "127.0.0.1", "--port", str(srv.port), "--source-addrs", SOURCES]
 
 
@@ -399,15 +426,18 @@ def m_echo(srv, conns, duration):
                      timeout=duration + 60)
 
 
-def m_connect(srv, n, subscribe=False):
+def m_connect(srv, n, subscribe=False, resume=False):
     """Handshakes/s, and the server's CPU per connection: utime + stime of
     all its processes from just before the generator starts until its
-    connections are closed (closing is part of every server's bill)."""
+    connections are closed (closing is part of every server's bill).
+    --tls-resume: the first handshake alone, every later one offers its
+    session (ticket); "tls-resumed" in the result says how many resumed."""
     sub = srv.subscribe_args() if subscribe else []
     pids = srv.pids()
     u0, s0 = cpu_of(pids, split=True)
     r = run_bench(["connect"] + common(srv) + srv.connect_args() + sub +
-                  ["--connections", str(n)], timeout=180)
+                  ["--connections", str(n)] + (["--tls-resume"] if resume else []),
+                  timeout=180)
     time.sleep(0.5)  # the closes the generator's exit caused
     u1, s1 = cpu_of(pids, split=True)
     used = (u1 - u0) + (s1 - s0)
@@ -456,6 +486,75 @@ def m_memory(srv, n, procs, subscribe=False):
             "pss-full": pfull, "pss-per-conn": (pfull - pbase) / max(1, opened), "bench": res}
 
 
+# --------------------------------------------------------- TLS, compression
+
+class TlsKit:
+    """Throw-away self-signed certificates (CN and SAN localhost) for the wss
+    rows, one ECDSA P-256 and one RSA-2048; both servers get the same."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-tls-")
+        for kind, newkey in (("ec", ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+                             ("rsa", ["-newkey", "rsa:2048"])):
+            crt, key = os.path.join(self.dir, f"{kind}.crt"), os.path.join(self.dir, f"{kind}.key")
+            subprocess.run(["openssl", "req", "-x509", *newkey, "-nodes", "-keyout", key, "-out",
+                            crt, "-days", "2", "-subj", "/CN=localhost", "-addext",
+                            "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+            setattr(self, kind, (crt, key))
+
+
+# A compressible JSON document of about 2 KiB (an order with 12 lines, the
+# kind of payload a dashboard or a shop pushes), the timed marker in "id".
+def json_doc_frame():
+    items = ",".join(
+        '{"sku":"SKU-%05d","name":"stainless steel widget, size %d","qty":%d,'
+        '"price":%d.%02d,"currency":"EUR","warehouse":"eu-central-1","tags":["hardware",'
+        '"in-stock"]}' % (10000 + i * 37, i % 5, 1 + i % 4, 10 + i * 3, i * 7 % 100)
+        for i in range(12))
+    doc = ('{"id":"%s","customer":{"name":"Example Customer","tier":"gold","country":"DE"},'
+           '"status":"confirmed","items":[' + items + '],"note":"deliver to the back entrance"}')
+    return '{"type":"publish","channel-id":"bench","data":' + doc + '}'
+
+
+def m_json_fanout(srv, subs, duration, deflate):
+    """Fan-out of the 2 KiB JSON document (sente-lite only): the bench result
+    plus, from /stats and /proc, the bytes written and the workers' CPU per
+    delivery."""
+    def stats():
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/stats", timeout=10) as f:
+            return json.load(f)
+    workers = children(srv.proc.pid)
+    b0, c0 = stats().get("bytes-out", 0), cpu_of(workers)
+    args = ["fanout"] + common(srv) + srv.fanout_args() + [
+        "--pub-frame", json_doc_frame(), "--subscribers", str(subs), "--publishers", "1",
+        "--payload-size", "34", "--duration", str(duration), "--drain", "12", "--pub-ack", ""]
+    if deflate:
+        args.append("--deflate")
+    r = run_bench(args, timeout=duration + 120)
+    b1, c1 = stats().get("bytes-out", 0), cpu_of(workers)
+    d = max(1, r.get("delivered") or 0)
+    r["wire-bytes-per-delivery"] = (b1 - b0) / d
+    r["worker-cpu-us-per-delivery"] = (c1 - c0) * 1e6 / d
+    return r
+
+
+def s_time_rows(reps):
+    """openssl s_time against both servers (tls_handshakes.sh: its own
+    alternating rounds and medians) as table rows."""
+    out = subprocess.run([os.path.join(HERE, "tls_handshakes.sh"), SL, "3", str(reps)],
+                         capture_output=True, text=True, timeout=900)
+    rows = []
+    for line in out.stdout.splitlines():
+        m = re.match(r"(\w+)\s+(new|reuse)\s+sente-lite\s+(\d+)/s\s+nchan\s+(\d+)/s", line)
+        if m:
+            kind, mode = m.group(1), "full" if m.group(2) == "new" else "resumed"
+            rows.append((f"s_time-{kind}-{mode}", "handshakes/s",
+                         {"sente-lite": float(m.group(3)), "nchan": float(m.group(4))}))
+    if not rows:
+        log(f"tls_handshakes.sh gave no figures: {out.stderr[-500:]}")
+    return rows, out.stdout
+
+
 # ----------------------------------------------------------- access control
 
 class AuthKit:
@@ -491,6 +590,32 @@ def access(kit, token=None, namespace=False):
 
 
 # --------------------------------------------------------------------- main
+
+def tls_scenarios(quick, tk):
+    """Issue 16's rows: sente-lite and nchan over wss with the same
+    certificate, and sente-lite's compression (options["servers"]: the
+    servers it runs on; options["tls"]: the certificate)."""
+    both = ["sente-lite", "nchan"]
+    n, d = (1000, 2) if quick else (2000, 4)
+    rows = []
+    for kind in ("ec", "rsa"):
+        pair = getattr(tk, kind)
+        rows += [(f"wss-connect-{kind}", lambda s: m_connect(s, n),
+                  {"servers": both, "tls": pair}),
+                 (f"wss-connect-{kind}-resumed", lambda s: m_connect(s, n, resume=True),
+                  {"servers": both, "tls": pair})]
+    rows += [
+        ("wss-fanout-1k", lambda s: m_fanout(s, 1000, d), {"servers": both, "tls": tk.ec}),
+        ("wss-fanout-1k-20/s", lambda s: m_fanout(s, 1000, d, rate=20),
+         {"servers": both, "tls": tk.ec}),
+        ("wss-idle-2k", lambda s: m_memory(s, 2000, 1), {"servers": both, "tls": tk.ec}),
+        ("json2k-fanout-1k-plain", lambda s: m_json_fanout(s, 1000, d, False),
+         {"only": "sente-lite"}),
+        ("json2k-fanout-1k-deflate", lambda s: m_json_fanout(s, 1000, d, True),
+         {"only": "sente-lite"}),
+    ]
+    return rows
+
 
 def scenarios(quick, kit=None):
     """(name, measurement, options); options with "only" run on that server
@@ -537,6 +662,18 @@ def figure(name, r):
     """The figures of one result that go into the table."""
     if r is None:
         return {}
+    if name.startswith("json2k"):
+        return {"delivered/s": r.get("delivered-per-s"), "p99 ms": ms(r.get("latency-p99-us")),
+                "lost": r.get("lost"), "wire bytes/msg": r.get("wire-bytes-per-delivery"),
+                "worker cpu us/msg": r.get("worker-cpu-us-per-delivery"), "bench cpu s": cpu(r)}
+    if name.startswith("wss-idle"):
+        return {"pss bytes/conn": r["pss-per-conn"], "bytes/conn": r["bytes-per-conn"]}
+    if name.startswith("wss-connect"):
+        return {"handshakes/s": r.get("handshakes-per-s"),
+                "resumed %": 100.0 * (r.get("tls-resumed") or 0) / max(1, r.get("connected") or 0),
+                "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0)}
+    if name.startswith("wss-fanout"):
+        name = name[4:]
     if name.startswith("fanout"):
         f = {"delivered/s": r.get("delivered-per-s"), "p50 ms": ms(r.get("latency-p50-us")),
              "p99 ms": ms(r.get("latency-p99-us")), "lost": r.get("lost"),
@@ -606,6 +743,8 @@ def main():
                          "an A/B in the same run")
     ap.add_argument("--no-access", action="store_true",
                     help="leave out the access-control scenarios")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="leave out the TLS and compression scenarios (issue 16)")
     a = ap.parse_args()
     reps = a.reps or (1 if a.quick else 3)
     want = a.only.split(",")
@@ -618,6 +757,8 @@ def main():
     results = {}
     kit = None if a.no_access else AuthKit()
     plan = scenarios(a.quick, kit)
+    if not a.no_tls:
+        plan += tls_scenarios(a.quick, TlsKit())
     if a.scenarios:
         plan = [p for p in plan if p[0] in a.scenarios.split(",")]
     for rep in range(reps):
@@ -632,6 +773,9 @@ def main():
                     continue
                 if opts.get("only") and srv.name != opts["only"]:
                     continue
+                if opts.get("servers") and srv.name not in opts["servers"]:
+                    continue
+                srv.tls = opts.get("tls")
                 srv.extra = opts.get("extra", [])
                 srv.header = opts.get("header")
                 srv.channel = opts.get("channel", "bench")
@@ -670,6 +814,16 @@ def main():
             log(f"idle-{a.big} {srv.name}: " +
                 " ".join(f"{k}={fmt(v)}" for k, v in figure("idle", r).items()))
 
+    # openssl s_time (its own rounds, alternating the two servers).
+    s_rows, s_out = [], ""
+    wanted = not a.scenarios or any(x.startswith("s_time") for x in a.scenarios.split(","))
+    if not a.no_tls and wanted and "nchan" in want:
+        try:
+            s_rows, s_out = s_time_rows(reps)
+        except Exception as e:
+            log(f"tls_handshakes.sh: {e}")
+        log(s_out.rstrip())
+
     # Table of medians, with ratios against sente-lite.
     rows = []
     for name, per in results.items():
@@ -682,6 +836,7 @@ def main():
         for k in keys:
             med = {s: median([figure(name, r).get(k) for r in runs]) for s, runs in per.items()}
             rows.append((name, k, med))
+    rows += s_rows
     names = [s.name for s in servers]
     width = {n: max(12, len(n)) for n in names}  # ceiling-batched is longer than 12
     head = f"{'scenario':16} {'figure':14} " + " ".join(f"{n:>{width[n]}}" for n in names) + \
@@ -697,6 +852,7 @@ def main():
         print(f"{name:16} {k:14} " + " ".join(f"{fmt(med.get(n)):>{width[n]}}" for n in names) +
               " " + " ".join(ratios))
     access_summary(rows)
+    goals = tls_summary(rows)
     doc = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
@@ -704,6 +860,7 @@ def main():
         "command": " ".join(sys.argv), "repetitions": reps, "quick": a.quick,
         "workers": WORKERS, "seconds": round(time.time() - started, 1),
         "medians": [{"scenario": n, "figure": k, "values": v} for n, k, v in rows],
+        "issue16": goals, "s_time": s_out,
         "runs": results,
     }
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
@@ -734,6 +891,55 @@ def access_summary(rows):
         print(f"\naccess control (sente-lite)        {'figure':14} {'with':>12} {'without':>12}"
               f" {'ratio':>8}")
         print("\n".join(lines))
+
+
+def tls_summary(rows):
+    """Issue 16's goals beside the figures (medians of this run): a list of
+    {goal, ours, other, ratio, target}, printed and kept in results.json
+    (report.py renders it)."""
+    def med(scn, fig, srv="sente-lite"):
+        for n, k, m in rows:
+            if n == scn and k == fig:
+                return m.get(srv)
+        return None
+    out = []
+
+    def add(label, x, y, r, target):
+        out.append({"goal": label, "ours": x, "other": y, "ratio": r, "target": target})
+
+    def vs_nchan(label, scn, fig, target, invert=False):
+        x, y = med(scn, fig), med(scn, fig, "nchan")
+        if x and y:
+            add(label, x, y, y / x if invert else x / y, target)
+    for kind in ("ec", "rsa"):
+        for mode, suffix in (("full", ""), ("resumed", "-resumed")):
+            vs_nchan(f"wss handshakes/s, {kind}, {mode} (vs nchan)",
+                     f"wss-connect-{kind}{suffix}", "handshakes/s", ">= 1")
+            vs_nchan(f"s_time handshakes/s, {kind}, {mode} (vs nchan)", f"s_time-{kind}-{mode}",
+                     "handshakes/s", ">= 1")
+    vs_nchan("wss fan-out 1k flat out, delivered/s (vs nchan)", "wss-fanout-1k", "delivered/s",
+             ">= 3")
+    vs_nchan("wss fan-out 1k at 20/s, p99 ms (nchan / ours)", "wss-fanout-1k-20/s", "p99 ms",
+             ">= 1", invert=True)
+    pss = med("wss-idle-2k", "pss bytes/conn")
+    if pss is not None:
+        add("idle PSS per wss connection, bytes (nchan beside)", pss,
+            med("wss-idle-2k", "pss bytes/conn", "nchan"), None, "<= 4096")
+    x, y = med("json2k-fanout-1k-deflate", "delivered/s"), med("json2k-fanout-1k-plain",
+                                                                "delivered/s")
+    if x and y:
+        add("2 KiB JSON fan-out 1k, delivered/s (deflate / plain)", x, y, x / y, ">= 0.8")
+    for fig in ("wire bytes/msg", "worker cpu us/msg"):
+        x, y = med("json2k-fanout-1k-deflate", fig), med("json2k-fanout-1k-plain", fig)
+        if x and y:
+            add(f"2 KiB JSON fan-out 1k, {fig} (deflate / plain)", x, y, x / y, "reported")
+    if out:
+        print(f"\n{'issue 16 (TLS, compression)':58} {'ours':>12} {'other':>12} {'ratio':>8}")
+        for g in out:
+            r = "" if g["ratio"] is None else f"{g['ratio']:.2f}"
+            print(f"{g['goal']:58} {fmt(g['ours']):>12} {fmt(g['other']):>12} {r:>8}"
+                  f"   (goal {g['target']})")
+    return out
 
 
 def cpu_model():

@@ -8,6 +8,9 @@
  *   sb_conn.c      connections on one libevent base: paced non-blocking
  *                  connect, upgrade, raw-fd reads into one shared buffer,
  *                  per-connection output buffers
+ *   sb_tls.c       wss://: an OpenSSL client per connection (non-blocking,
+ *                  one SSL per connection, optional resumption), and the
+ *                  permessage-deflate inflater for --deflate
  *   sb_run.c       the four modes and the phase machine that drives them
  *   sb_result.c    figures, the latency histogram, JSON out and in, merging
  *   sb_selftest.c  --self-test
@@ -55,6 +58,11 @@ struct sb_config {
     int port;
     const char *path, *sub_path, *pub_path;
     const char *header; /* one extra request header line ("Name: value"), or NULL */
+    bool tls;            /* --tls: wss:// (TLS on the connection) */
+    bool tls_resume;     /* --tls-resume: offer the last session (tickets) */
+    bool deflate;        /* --deflate: offer permessage-deflate */
+    const char *tls_ca;  /* --tls-ca FILE: verify the server; NULL = no check */
+    const char *tls_name; /* --tls-name NAME: SNI and the name checked [host] */
     double duration, drain, hold, connect_timeout, connect_rate;
     bool hold_until_signal, json_only;
     int wait_welcome; /* -1 unset: the mode decides */
@@ -125,6 +133,8 @@ struct sb_result {
     int64_t round_trips;
     int64_t requests, responses, rpc_timeouts, rpc_errors, rpc_served, rpc_late_responses;
     int64_t held;
+    int64_t tls_handshakes, tls_resumed; /* completed TLS handshakes, of them resumed */
+    int64_t compressed;                  /* messages received compressed (inflated) */
     int64_t t_connect_start, t_connect_end, t_go, t_stop, t_last;
     double cpu_user, cpu_sys, wall;
     int64_t setup_failed; /* a child could not set up: exit 1 */
@@ -152,6 +162,10 @@ enum {
     SB_OP_PING = 9,
     SB_OP_PONG = 10
 };
+
+/* Set in the opcode handed to sb_ws_msg_fn for a data message whose first
+ * frame had RSV1 (permessage-deflate: the payload is compressed). */
+#define SB_WS_COMPRESSED 0x40
 
 #define SB_WS_MAX_HEADER 14
 #define SB_WS_MAX_MESSAGE (64u << 20)
@@ -194,6 +208,8 @@ struct sb_ws_dec {
     uint8_t masked, mask[4];
     uint8_t expect_masked; /* 1: decode a client's frames (self-test) */
     uint8_t msg_op;        /* opcode of the fragmented message in progress, 0 none */
+    uint8_t allow_rsv1;    /* permessage-deflate negotiated: RSV1 on a message's first frame */
+    uint8_t rsv1, msg_rsv1; /* current frame's RSV1 / the message's */
     uint8_t ctl_len;
     uint64_t left, pos; /* payload bytes still to come / already seen */
     uint8_t *ctl;       /* a control frame split across reads (125 bytes) */
@@ -213,11 +229,15 @@ void sb_ws_dec_free(struct sb_ws_dec *d);
 void sb_ws_make_key(char out[25], uint64_t (*rnd)(void));
 void sb_ws_accept_for(const char *key, char out[29]);
 int sb_ws_check_response(const char *head, size_t len, const char *accept);
+/* 1 when the response head accepts permessage-deflate (and says
+ * server_no_context_takeover: each message inflates on its own), 2 when it
+ * accepts it with context takeover, 0 when it does not accept it. */
+int sb_ws_response_pmd(const char *head, size_t len);
 
 /* -------------------------------------------------------- connections */
 
 enum sb_role { SB_R_SUB, SB_R_PUB, SB_R_ECHO, SB_R_CONN, SB_R_REQ, SB_R_RESP };
-enum sb_cstate { SB_CS_IDLE, SB_CS_CONNECTING, SB_CS_HANDSHAKE, SB_CS_OPEN, SB_CS_CLOSED };
+enum sb_cstate { SB_CS_IDLE, SB_CS_CONNECTING, SB_CS_TLS, SB_CS_HANDSHAKE, SB_CS_OPEN, SB_CS_CLOSED };
 /* Why a connection went down (sb_net.on_down). */
 enum sb_down {
     SB_DOWN_CONNECT,
@@ -229,6 +249,8 @@ enum sb_down {
 
 struct sb_hs;
 struct event;
+struct ssl_st;
+struct z_stream_s;
 
 /* One WebSocket client connection.  The arrays of these are allocated once
  * by sb_run.c; the engine owns fd, ev, hs, dec and out. */
@@ -243,9 +265,13 @@ struct sb_conn {
     uint8_t close_sent;
     uint8_t timed;  /* registered with the connect timeout */
     uint8_t mflags; /* the mode's flags */
+    uint8_t tls_wants_write; /* the TLS engine waits for the socket to take bytes */
+    uint8_t pmd;             /* permessage-deflate accepted: 1 no context takeover, 2 with */
     uint32_t idx;   /* index within its role */
     struct event *ev;
     struct sb_hs *hs; /* handshake state, freed once open */
+    struct ssl_st *ssl;          /* wss: the connection's TLS state, else NULL */
+    struct z_stream_s *zctx;     /* pmd with context takeover: this connection's inflater */
     struct sb_conn *next_dirty;
     struct sb_ws_dec dec;
     uint8_t *out; /* output buffer: [ooff, olen) not yet written */
@@ -295,6 +321,31 @@ void sb_conn_close(struct sb_conn *c);
 /* Sends close 1000 and stops reading messages; sb_net_close_all waits up
  * to wait_s for the server's answers, then closes what is left. */
 void sb_net_close_all(struct sb_conn *conns, size_t n, double wait_s);
+
+/* ---------------------------------------------------------------- TLS */
+
+/* sb_tls.c: the client context (once per process, before connecting). */
+int sb_tls_init(const struct sb_config *cfg);
+void sb_tls_free(void);
+/* Starts the TLS handshake on c->fd (connected); 0 ok, -1 failed. */
+int sb_tls_start(struct sb_conn *c);
+/* Drives the handshake: 1 done, 0 in progress (c->tls_wants_write says
+ * which way), -1 failed. */
+int sb_tls_step(struct sb_conn *c);
+/* Like recv/send (ssize_t; 0 = end of stream; -1 with errno, EAGAIN when
+ * it must wait; c->tls_wants_write set when it waits to write). */
+long sb_tls_recv(struct sb_conn *c, void *buf, size_t n);
+long sb_tls_send(struct sb_conn *c, const void *buf, size_t n);
+/* Decoded bytes OpenSSL holds that the socket will not signal. */
+int sb_tls_pending(const struct sb_conn *c);
+/* 1 when c's handshake resumed a session. */
+int sb_tls_resumed(const struct sb_conn *c);
+void sb_tls_close(struct sb_conn *c);
+/* Inflates one permessage-deflate message (RFC 7692 7.2.2) into a
+ * process-wide buffer; *out and *outlen valid until the next call.  0 ok, -1
+ * invalid data or larger than SB_WS_MAX_MESSAGE. */
+int sb_pmd_inflate(struct sb_conn *c, const uint8_t *p, size_t n, uint8_t **out, size_t *outlen);
+void sb_pmd_release(struct sb_conn *c);
 
 /* ---------------------------------------------------------------- rng */
 

@@ -20,7 +20,16 @@
  * one send() per connection.  EV_WRITE is registered only while a socket is
  * full.
  *
- * Ownership: the engine owns fd, ev, hs, dec and out of every connection;
+ * wss (--tls, sb_tls.c): after connect the connection is in SB_CS_TLS until
+ * its TLS handshake is done, then sends the upgrade request; from then on
+ * io_recv/io_send go through the connection's SSL.  A read callback takes
+ * what OpenSSL can decode now (several records, up to the shared buffer)
+ * and hands it to the decoder as one batch; decoded bytes OpenSSL still
+ * holds when the buffer is full make the event active again (the socket
+ * would not say so).  EV_WRITE is also wanted while OpenSSL waits to write
+ * (tls_wants_write).
+ *
+ * Ownership: the engine owns fd, ev, hs, dec, out, ssl and zctx of every connection;
  * the connection structs themselves belong to the mode (sb_run.c).  A
  * connection is closed only outside the decoder: callbacks set want_close.
  */
@@ -78,6 +87,8 @@ int sb_net_init(struct event_base *base, const struct sb_config *cfg, struct sb_
     if (!rbuf || !queue)
         return -1;
     q_cap = nconns;
+    if (sb_tls_init(cfg) != 0)
+        return -1;
     src_next = (unsigned)cfg->proc_index;
     if (strchr(cfg->host, ':'))
         snprintf(host_header, sizeof(host_header), "[%s]:%d", cfg->host, cfg->port);
@@ -93,6 +104,7 @@ void sb_net_free(void)
     if (close_ev)
         event_free(close_ev);
     rate_ev = close_ev = NULL;
+    sb_tls_free();
     free(rbuf);
     free(queue);
     rbuf = NULL;
@@ -113,7 +125,7 @@ static void update_events(struct sb_conn *c)
 {
     if (c->state == SB_CS_CLOSED || !c->ev)
         return;
-    bool want_write = c->state == SB_CS_CONNECTING || c->olen > c->ooff;
+    bool want_write = c->state == SB_CS_CONNECTING || c->olen > c->ooff || c->tls_wants_write;
     bool want_timed = !c->settled;
     if (event_pending(c->ev, EV_READ | EV_WRITE, NULL) && want_write == (c->writing != 0) &&
         want_timed == (c->timed != 0))
@@ -148,6 +160,10 @@ static void release(struct sb_conn *c)
     if (c->ev)
         event_free(c->ev);
     c->ev = NULL;
+    sb_tls_close(c);
+    sb_pmd_release(c);
+    c->tls_wants_write = 0;
+    c->pmd = 0;
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
@@ -274,11 +290,26 @@ int sb_conn_send(struct sb_conn *c, unsigned op, const void *payload, size_t len
     return 0;
 }
 
+/* The socket, or the connection's TLS. */
+static ssize_t io_send(struct sb_conn *c, const void *p, size_t n)
+{
+    if (c->ssl)
+        return sb_tls_send(c, p, n);
+    return send(c->fd, p, n, MSG_NOSIGNAL);
+}
+
+static ssize_t io_recv(struct sb_conn *c, void *p, size_t n)
+{
+    if (c->ssl)
+        return sb_tls_recv(c, p, n);
+    return recv(c->fd, p, n, 0);
+}
+
 /* Writes what c has queued; EV_WRITE while the socket is full. */
 static void flush(struct sb_conn *c)
 {
     while (c->ooff < c->olen) {
-        ssize_t w = send(c->fd, c->out + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL);
+        ssize_t w = io_send(c, c->out + c->ooff, c->olen - c->ooff);
         if (w > 0) {
             c->ooff += (size_t)w;
             continue;
@@ -309,7 +340,8 @@ void sb_net_flush_dirty(void)
         dirty_head = c->next_dirty;
         c->dirty = 0;
         c->next_dirty = NULL;
-        if (c->state != SB_CS_CLOSED && c->state != SB_CS_IDLE && c->state != SB_CS_CONNECTING)
+        if (c->state != SB_CS_CLOSED && c->state != SB_CS_IDLE && c->state != SB_CS_CONNECTING &&
+            c->state != SB_CS_TLS)
             flush(c);
     }
 }
@@ -370,7 +402,13 @@ static void pump(void)
             tokens = burst;
         tokens_at = now;
     }
-    while (q_head < q_tail && n_inflight < (size_t)cfg->max_handshakes) {
+    /* --tls-resume: the first handshake alone, so that every later one has
+     * a session to offer (its ticket arrives with the server's first bytes,
+     * before the connection is settled). */
+    size_t limit = (size_t)cfg->max_handshakes;
+    if (cfg->tls && cfg->tls_resume && n_done == 0)
+        limit = 1;
+    while (q_head < q_tail && n_inflight < limit) {
         if (cfg->connect_rate > 0) {
             if (tokens < 1)
                 break;
@@ -435,9 +473,12 @@ static void send_request(struct sb_conn *c)
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\nUser-Agent: sente-bench/" SB_VERSION "\r\n"
-                     "%s%s\r\n",
-                     path, host_header, key, cfg->header ? cfg->header : "",
-                     cfg->header ? "\r\n" : "");
+                     "%s%s%s\r\n",
+                     path, host_header, key,
+                     cfg->deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                    "server_no_context_takeover; client_no_context_takeover\r\n"
+                                  : "",
+                     cfg->header ? cfg->header : "", cfg->header ? "\r\n" : "");
     if (n <= 0 || (size_t)n >= sizeof(req)) {
         down(c, SB_DOWN_CONNECT);
         return;
@@ -475,6 +516,20 @@ static int on_frame(void *ctx, unsigned op, uint8_t *data, size_t len)
         c->want_close = 1;
         return 1;
     default:
+        if (op & SB_WS_COMPRESSED) {
+            sb_net.res->compressed++;
+            if (sb_pmd_inflate(c, data, len, &data, &len) != 0) {
+                sb_net.res->protocol_errors++;
+                uint8_t code[2] = {1007 >> 8, 1007 & 0xFF};
+                if (!c->close_sent) {
+                    sb_conn_send(c, SB_OP_CLOSE, code, 2);
+                    c->close_sent = 1;
+                }
+                c->want_close = 2;
+                return 1;
+            }
+            op &= 0x0F;
+        }
         if (!closing_all && sb_net.on_message)
             sb_net.on_message(c, op, data, len);
         return c->want_close ? 1 : 0;
@@ -518,6 +573,10 @@ static void handshake_read(struct sb_conn *c, uint8_t *p, size_t n)
         down(c, SB_DOWN_HANDSHAKE);
         return;
     }
+    if (sb_net.cfg->deflate) {
+        c->pmd = (uint8_t)sb_ws_response_pmd(hs->buf, head);
+        c->dec.allow_rsv1 = c->pmd != 0;
+    }
     c->state = SB_CS_OPEN;
     n_open++;
     sb_net.res->connected++;
@@ -531,12 +590,38 @@ static void handshake_read(struct sb_conn *c, uint8_t *p, size_t n)
     feed(c, p + take, n - take);
 }
 
+/* Reads what is there now: one recv, or with TLS as many records as
+ * OpenSSL decodes without waiting (up to the buffer).  Returns the bytes
+ * read, 0 at the end of the stream, -1 on an error (errno; EAGAIN: none). */
+static ssize_t read_batch(struct sb_conn *c)
+{
+    if (!c->ssl)
+        return recv(c->fd, rbuf, SB_READ_BUF, 0);
+    size_t got = 0;
+    while (got < SB_READ_BUF) {
+        ssize_t r = io_recv(c, rbuf + got, SB_READ_BUF - got);
+        if (r > 0) {
+            got += (size_t)r;
+            continue;
+        }
+        if (got > 0)
+            break; /* the end or the error shows again on the next read */
+        return r;
+    }
+    if (got == SB_READ_BUF && sb_tls_pending(c))
+        event_active(c->ev, EV_READ, 1);
+    return (ssize_t)got;
+}
+
 static void do_read(struct sb_conn *c)
 {
-    ssize_t n = recv(c->fd, rbuf, SB_READ_BUF, 0);
+    ssize_t n = read_batch(c);
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+            if (c->tls_wants_write)
+                update_events(c);
             return;
+        }
         down(c, c->state == SB_CS_OPEN ? SB_DOWN_CLOSED : SB_DOWN_CONNECT);
         return;
     }
@@ -560,7 +645,7 @@ static void do_read(struct sb_conn *c)
          * (the close frame) and go. */
         bool proto = c->want_close == 2;
         if (c->olen > c->ooff)
-            (void)!send(c->fd, c->out + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL);
+            (void)!io_send(c, c->out + c->ooff, c->olen - c->ooff);
         if (closing_all)
             release(c);
         else
@@ -569,6 +654,26 @@ static void do_read(struct sb_conn *c)
     }
     if (sb_net.after_read)
         sb_net.after_read(c);
+}
+
+/* One step of the TLS handshake; the upgrade request once it is done. */
+static void tls_handshake(struct sb_conn *c)
+{
+    int r = sb_tls_step(c);
+    if (r < 0) {
+        down(c, SB_DOWN_HANDSHAKE);
+        return;
+    }
+    if (r == 0) {
+        update_events(c);
+        return;
+    }
+    sb_net.res->tls_handshakes++;
+    if (sb_tls_resumed(c))
+        sb_net.res->tls_resumed++;
+    send_request(c);
+    if (c->state != SB_CS_CLOSED)
+        update_events(c);
 }
 
 static void on_event(evutil_socket_t fd, short what, void *arg)
@@ -584,6 +689,13 @@ static void on_event(evutil_socket_t fd, short what, void *arg)
         socklen_t el = sizeof(err);
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0 || err != 0) {
             down(c, SB_DOWN_CONNECT);
+        } else if (sb_net.cfg->tls) {
+            if (sb_tls_start(c) != 0) {
+                down(c, SB_DOWN_CONNECT);
+            } else {
+                c->state = SB_CS_TLS;
+                tls_handshake(c);
+            }
         } else {
             send_request(c);
             if (c->state != SB_CS_CLOSED)
@@ -592,10 +704,20 @@ static void on_event(evutil_socket_t fd, short what, void *arg)
         sb_net_flush_dirty();
         return;
     }
+    if (c->state == SB_CS_TLS) {
+        tls_handshake(c);
+        sb_net_flush_dirty();
+        return;
+    }
+    bool tls_write = c->tls_wants_write;
     if ((what & EV_WRITE) && c->state != SB_CS_CLOSED)
         flush(c);
-    if ((what & EV_READ) && c->state != SB_CS_CLOSED)
+    if (((what & EV_READ) || (tls_write && (what & EV_WRITE))) && c->state != SB_CS_CLOSED)
         do_read(c);
+    /* A TLS read may have made OpenSSL want to write (a key update): what
+     * is queued goes out now rather than at the next dirty mark. */
+    if (c->ssl && c->state != SB_CS_CLOSED && c->olen > c->ooff && !c->dirty)
+        mark_dirty(c);
     sb_net_flush_dirty();
 }
 

@@ -48,6 +48,11 @@ static const char USAGE[] =
     "  --sub-ports N,M,...      fanout: subscribers round-robin over these ports [--port]\n"
     "  --path PATH              WebSocket path [/; echo: /echo]\n"
     "  --header 'NAME: VALUE'   add this header to every upgrade request (e.g. a token)\n"
+    "  --tls                    wss:// (TLS; no certificate check without --tls-ca)\n"
+    "  --tls-ca FILE            verify the server's certificate against this CA (PEM)\n"
+    "  --tls-name NAME          SNI and the name checked with --tls-ca [--host]\n"
+    "  --tls-resume             resume TLS sessions (tickets) after the first handshake\n"
+    "  --deflate                offer permessage-deflate; inflate what comes compressed\n"
     "  --duration SEC           sending time (fanout, echo, rpc) [10]\n"
     "  --drain SEC              grace after sending for what is still due [2]\n"
     "  --count N                stop sending after N messages/requests/round trips [0 = none]\n"
@@ -129,7 +134,12 @@ enum {
     OPT_RPCTO,
     OPT_SELFTEST,
     OPT_HELP,
-    OPT_VERSION
+    OPT_VERSION,
+    OPT_TLS,
+    OPT_TLS_CA,
+    OPT_TLS_NAME,
+    OPT_TLS_RESUME,
+    OPT_DEFLATE
 };
 
 static const struct option OPTS[] = {
@@ -171,6 +181,11 @@ static const struct option OPTS[] = {
     {"rpc-timeout-ms", required_argument, 0, OPT_RPCTO},
     {"self-test", no_argument, 0, OPT_SELFTEST},
     {"help", no_argument, 0, OPT_HELP},
+    {"tls", no_argument, 0, OPT_TLS},
+    {"tls-ca", required_argument, 0, OPT_TLS_CA},
+    {"tls-name", required_argument, 0, OPT_TLS_NAME},
+    {"tls-resume", no_argument, 0, OPT_TLS_RESUME},
+    {"deflate", no_argument, 0, OPT_DEFLATE},
     {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0},
 };
@@ -454,6 +469,25 @@ static int parse_flags(int argc, char **argv, struct sb_config *cfg)
             break;
         case OPT_SELFTEST:
             self_test = true;
+            break;
+        case OPT_TLS:
+            cfg->tls = true;
+            break;
+        case OPT_TLS_CA:
+            if (access(a, R_OK) != 0)
+                return usage_error("--tls-ca: cannot read %s", a);
+            cfg->tls_ca = a;
+            break;
+        case OPT_TLS_NAME:
+            if (!*a || strlen(a) > 253 || strpbrk(a, " \r\n"))
+                return usage_error("--tls-name: not a host name: %s", a);
+            cfg->tls_name = a;
+            break;
+        case OPT_TLS_RESUME:
+            cfg->tls_resume = true;
+            break;
+        case OPT_DEFLATE:
+            cfg->deflate = true;
             break;
         case OPT_HELP:
             fputs(USAGE, stdout);

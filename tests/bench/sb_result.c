@@ -144,6 +144,9 @@ static const struct field FIELDS[] = {
     I("rpc-served", M_SUM, rpc_served, F_RPC),
     I("rpc-late-responses", M_SUM, rpc_late_responses, F_RPC),
     I("held", M_SUM, held, F_CONN),
+    I("tls-handshakes", M_SUM, tls_handshakes, F_ALL),
+    I("tls-resumed", M_SUM, tls_resumed, F_ALL),
+    I("compressed", M_SUM, compressed, F_ALL),
     I("t-connect-start", M_MIN, t_connect_start, F_RAW),
     I("t-connect-end", M_MAX, t_connect_end, F_RAW),
     I("t-go", M_MIN, t_go, F_RAW),
@@ -454,6 +457,9 @@ char *sb_result_final_json(const struct sb_config *cfg, const struct sb_result *
     json_str(&b, "mode", sb_mode_name(cfg->mode));
     json_str(&b, "host", cfg->host);
     sb_printf(&b, ",\"port\":%d", cfg->port);
+    sb_printf(&b, ",\"tls\":%s,\"tls-resume\":%s,\"tls-verify\":%s,\"deflate\":%s",
+              cfg->tls ? "true" : "false", cfg->tls_resume ? "true" : "false",
+              cfg->tls_ca ? "true" : "false", cfg->deflate ? "true" : "false");
     if (cfg->mode == SB_FANOUT) {
         json_str(&b, "sub-path", cfg->sub_path);
         json_str(&b, "pub-path", cfg->pub_path);

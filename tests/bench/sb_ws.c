@@ -19,6 +19,7 @@
  */
 #include "sb.h"
 
+#include <ctype.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -210,6 +211,33 @@ size_t sb_ws_encode(uint8_t *out, unsigned opcode, bool fin, const void *payload
     return h + len;
 }
 
+/* The extension answer: does a Sec-WebSocket-Extensions line of the
+ * response head accept permessage-deflate, and with which context mode. */
+int sb_ws_response_pmd(const char *head, size_t len)
+{
+    static const char NAME[] = "sec-websocket-extensions:";
+    const char *p = head, *end = head + len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *le = eol ? eol : end;
+        size_t ll = (size_t)(le - p);
+        if (ll > sizeof(NAME) - 1 && strncasecmp(p, NAME, sizeof(NAME) - 1) == 0) {
+            char v[512];
+            size_t vl = ll - (sizeof(NAME) - 1);
+            if (vl >= sizeof(v))
+                vl = sizeof(v) - 1;
+            memcpy(v, p + sizeof(NAME) - 1, vl);
+            v[vl] = '\0';
+            for (char *q = v; *q; q++)
+                *q = (char)tolower((unsigned char)*q);
+            if (strstr(v, "permessage-deflate"))
+                return strstr(v, "server_no_context_takeover") ? 1 : 2;
+        }
+        p = le + 1;
+    }
+    return 0;
+}
+
 /* -------------------------------------------------------------- decoder */
 
 void sb_ws_dec_free(struct sb_ws_dec *d)
@@ -233,8 +261,13 @@ static int header_parse(struct sb_ws_dec *d, const uint8_t *h)
 {
     uint8_t op = h[0] & 0x0F;
     bool fin = (h[0] & 0x80) != 0, masked = (h[1] & 0x80) != 0;
-    if (h[0] & 0x70)
-        return SB_WS_PROTOCOL_ERROR; /* no extension negotiated */
+    /* RSV2/3: no extension uses them.  RSV1: permessage-deflate, only when
+     * negotiated and only on a data message's first frame (RFC 7692 6). */
+    if (h[0] & 0x30)
+        return SB_WS_PROTOCOL_ERROR;
+    bool rsv1 = (h[0] & 0x40) != 0;
+    if (rsv1 && (!d->allow_rsv1 || !(op == SB_OP_TEXT || op == SB_OP_BIN)))
+        return SB_WS_PROTOCOL_ERROR;
     if (masked != (d->expect_masked != 0))
         return SB_WS_PROTOCOL_ERROR;
     uint64_t len = h[1] & 0x7F;
@@ -268,6 +301,7 @@ static int header_parse(struct sb_ws_dec *d, const uint8_t *h)
         return SB_WS_PROTOCOL_ERROR;
     d->op = op;
     d->fin = fin;
+    d->rsv1 = rsv1;
     d->masked = masked;
     if (masked)
         memcpy(d->mask, h + at, 4);
@@ -306,13 +340,16 @@ static int frame_done(struct sb_ws_dec *d, uint8_t *direct, size_t dlen, sb_ws_m
         return fn(ctx, d->op, pl, n);
     }
     if (direct) /* an unfragmented frame wholly inside the input */
-        return fn(ctx, d->op, direct, dlen);
-    if (d->op != SB_OP_CONT)
+        return fn(ctx, d->op | (d->rsv1 ? SB_WS_COMPRESSED : 0u), direct, dlen);
+    if (d->op != SB_OP_CONT) {
         d->msg_op = d->op;
+        d->msg_rsv1 = d->rsv1;
+    }
     if (!d->fin)
         return 0;
-    unsigned op = d->msg_op;
+    unsigned op = d->msg_op | (d->msg_rsv1 ? SB_WS_COMPRESSED : 0u);
     d->msg_op = 0;
+    d->msg_rsv1 = 0;
     /* Hand out the assembled message, then drop the buffer so idle
      * connections hold nothing; a callback that keeps data must copy. */
     uint8_t *b = d->buf;

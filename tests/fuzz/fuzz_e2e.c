@@ -22,11 +22,13 @@
  *               when b & 0x80)
  * Checks: the server's first bytes on a connection are an HTTP response;
  * whatever it writes after a 101 is a well-formed stream of server frames
- * (unmasked, whole: no truncated frame before a close), and on "/" every
- * text message is a JSON object.
+ * (unmasked, whole: no truncated frame before a close; compressed ones only
+ * when the 101 accepted permessage-deflate, and they inflate), and on "/"
+ * every text message is a JSON object.
  */
 #include "sl_conf.h"
 #include "sl_conn.h"
+#include "sl_pmd.h"
 #include "sl_pubsub.h"
 #include "sl_shm.h"
 #include "sl_tel.h"
@@ -161,6 +163,11 @@ static void drain(void)
                 cl->out_len -= head;
                 cl->phase = 1;
                 sl_ws_reader_init(&cl->reader, false, 1 << 24);
+                /* permessage-deflate negotiated (an upgrade sent as raw
+                 * bytes may offer it): compressed frames are checked
+                 * inflated. */
+                cl->reader.deflate = memmem(cl->out, head, "permessage-deflate", 18) != NULL;
+                sl_ws_set_inflater(sl_pmd_inflate);
             }
             if (cl->phase == 1 && cl->out_len) {
                 int rc = sl_ws_reader_feed(&cl->reader, cl->out, cl->out_len, &CHECK, cl, NULL);
@@ -183,7 +190,7 @@ static void turn(void)
 
 static void tick(void)
 {
-    for (sl_conn_t *c = W.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c->state != SL_CONN_DEAD)
             sl_conn_tick(c, clock_ms);
 }
@@ -191,7 +198,7 @@ static void tick(void)
 /* The connection of client i, if it is still alive. */
 static sl_conn_t *live(int i)
 {
-    for (sl_conn_t *c = W.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         if (c == C[i].c && c->state != SL_CONN_DEAD)
             return c;
     return NULL;
@@ -216,7 +223,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
             abort();
         memset(&C[i], 0, sizeof(C[i]));
         C[i].peer = sv[0];
-        C[i].c = sl_conn_new(sv[1], false);
+        C[i].c = sl_conn_new(sv[1], false, &sl_xport_plain, NULL);
     }
     size_t pos = 0;
     while (pos < n) {
@@ -271,7 +278,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n)
     }
     turn();
     /* Leave nothing behind for the next input. */
-    for (sl_conn_t *c = W.conns; c; c = c->next)
+    SL_CONNS_EACH(c)
         sl_conn_abort(c, "fuzz input done");
     turn();
     for (int i = 0; i < NCONN; i++) {

@@ -14,8 +14,12 @@ import socket
 import struct
 import subprocess
 import threading
+import zlib
+
+import pytest
 
 from conftest import BIN, SLOW, free_port
+from tlskit import Certs
 from wsraw import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, frame
 
 BENCH = os.path.join(os.path.dirname(os.path.abspath(BIN)), "sente-bench")
@@ -140,7 +144,8 @@ class FakeServer:
     """Accepts one WebSocket connection on a free port and runs script(conn)
     in a thread; conn.frames() yields the client's (op, payload), unmasked."""
 
-    def __init__(self, script):
+    def __init__(self, script, extra_headers=b""):
+        self.extra_headers = extra_headers
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -172,12 +177,13 @@ class FakeServer:
         while b"\r\n\r\n" not in self.buf:
             self.recv_more()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        self.head = head
         key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head).group(1)
         accept = base64.b64encode(hashlib.sha1(
             key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         self.conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                           b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
-                          b"\r\n\r\n")
+                          b"\r\n" + self.extra_headers + b"\r\n")
 
     def frame(self):
         """One client frame: (fin, op, payload); client frames must be masked."""
@@ -266,6 +272,154 @@ def test_protocol_error_is_counted():
 
     srv = FakeServer(script)
     r = bench("connect", "--port", srv.port, "--connections", 1, "--hold", 1)
+    srv.join()
+    assert r["connected"] == 1 and r["protocol-errors"] == 1
+    assert seen["close"] == struct.pack(">H", 1002)
+
+
+# ---------------------------------------------------------------------------
+# wss:// and permessage-deflate (issue 16) against the real server.
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return Certs(str(tmp_path_factory.mktemp("certs")))
+
+
+def tls_server(server_factory, certs, *args, kind="ec"):
+    cert, key = getattr(certs, kind)
+    port = free_port()
+    s = server_factory("--tls-port", str(port), "--tls-cert", cert, "--tls-key", key, *args)
+    s.tls_port = port
+    return s
+
+
+def tls_counts(srv):
+    st = srv.stats()
+    return st["tls-handshakes"], st["tls-resumed"]
+
+
+@pytest.mark.parametrize("kind", ["ec", "rsa"])
+def test_fanout_over_wss_verified(server_factory, certs, kind):
+    # The certificate is checked against the test CA and the name; every
+    # connection is a TLS one (the server counts the handshakes too).
+    srv = tls_server(server_factory, certs, kind=kind)
+    r = bench("fanout", "--port", srv.tls_port, "--tls", "--tls-ca", certs.ca,
+              "--tls-name", "localhost", "--subscribers", 30, "--publishers", 1,
+              "--count", 300, "--duration", 10, "--drain", 10, "--payload-size", 3000)
+    assert_clean(r)
+    assert r["tls"] is True and r["tls-verify"] is True
+    assert r["connected"] == 31 and r["tls-handshakes"] == 31
+    assert r["published"] == 300 and r["acknowledged"] == 300
+    assert r["delivered"] == r["expected"] == 300 * 30 and r["lost"] == 0
+    assert tls_counts(srv)[0] >= 31
+
+
+def test_wss_name_mismatch_is_a_handshake_error(server_factory, certs):
+    srv = tls_server(server_factory, certs)
+    r = bench("connect", "--port", srv.tls_port, "--tls", "--tls-ca", certs.ca,
+              "--tls-name", "other.test", "--connections", 3, expect_rc=1)
+    assert r["handshake-errors"] == 3 and r["connected"] == 0 and r["setup-failed"] is True
+    # Plain WebSocket on the TLS port: the server's 400, a handshake error.
+    r = bench("connect", "--port", srv.tls_port, "--connections", 2, expect_rc=1)
+    assert r["handshake-errors"] == 2 and r["connected"] == 0
+
+
+def test_wss_resumption(server_factory, certs):
+    # One at a time: the first handshake is full, the 19 after it resume the
+    # ticket it received (the server counts them as resumed, on any worker).
+    srv = tls_server(server_factory, certs)
+    r = bench("connect", "--port", srv.tls_port, "--tls", "--tls-resume",
+              "--max-handshakes", 1, "--connections", 20, "--wait-welcome")
+    assert_clean(r)
+    assert r["connected"] == 20 and r["tls-handshakes"] == 20
+    assert r["tls-resumed"] == 19
+    assert tls_counts(srv)[1] >= 19
+    # Without --tls-resume nothing is resumed.
+    r = bench("connect", "--port", srv.tls_port, "--tls", "--max-handshakes", 1,
+              "--connections", 5)
+    assert r["tls-handshakes"] == 5 and r["tls-resumed"] == 0
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_fanout_deflate(server_factory, certs, tls):
+    # Compressible payloads (the timed payload is padded with one letter):
+    # every delivery arrives compressed and inflates to a message the
+    # generator recognises; a server without compression sends them plain.
+    srv = tls_server(server_factory, certs)
+    port = ["--port", srv.tls_port, "--tls"] if tls else ["--port", srv.port]
+    r = bench("fanout", *port, "--deflate", "--subscribers", 20, "--count", 200,
+              "--duration", 10, "--drain", 10, "--payload-size", 2000)
+    assert_clean(r)
+    assert r["deflate"] is True
+    assert r["delivered"] == r["expected"] == 200 * 20 and r["lost"] == 0
+    assert r["compressed"] >= r["delivered"]
+    st = srv.stats()
+    assert st["bytes-out"] < 200 * 20 * 1000  # 2 KB payloads, far less on the wire
+    plain = server_factory("--no-compression")
+    r = bench("fanout", "--port", plain.port, "--deflate", "--subscribers", 5, "--count", 50,
+              "--duration", 10, "--drain", 10, "--payload-size", 2000)
+    assert_clean(r)
+    assert r["delivered"] == r["expected"] == 250 and r["compressed"] == 0
+
+
+def _deflate(data, z=None):
+    z = z or zlib.compressobj(wbits=-15)
+    out = z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+def test_client_side_of_rfc7692():
+    """A server that keeps its compression context between messages (no
+    server_no_context_takeover), fragments a compressed reply (RSV1 on the
+    first frame only) and sends every other one uncompressed: the
+    generator inflates each with the connection's own context."""
+    count = 12
+    seen = {}
+
+    def script(srv):
+        seen["offer"] = re.search(rb"(?im)^sec-websocket-extensions:\s*(.*)$", srv.head)
+        z = zlib.compressobj(wbits=-15)
+        for i in range(count + 1):
+            fin, op, data = srv.frame()
+            if op == OP_CLOSE:
+                srv.send(frame(OP_CLOSE, data, mask=False))
+                return
+            assert fin and op == OP_TEXT
+            if i % 3 == 2:
+                srv.send(frame(OP_TEXT, data, mask=False))
+                continue
+            c = _deflate(data, z)
+            if i % 3 == 1:
+                k = len(c) // 2
+                srv.send(frame(OP_TEXT, c[:k], fin=False, mask=False, rsv=0x40),
+                         frame(OP_CONT, c[k:], mask=False))
+            else:
+                srv.send(frame(OP_TEXT, c, mask=False, rsv=0x40))
+
+    srv = FakeServer(script, b"Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    r = bench("echo", "--port", srv.port, "--connections", 1, "--count", count,
+              "--duration", 20, "--payload-size", 5000, "--deflate")
+    srv.join()
+    assert_clean(r)
+    assert b"permessage-deflate" in seen["offer"].group(1)
+    assert r["round-trips"] == count
+    assert r["compressed"] == count - count // 3
+
+
+def test_rsv1_without_deflate_is_a_protocol_error():
+    seen = {}
+
+    def script(srv):
+        srv.send(frame(OP_TEXT, _deflate(b"hello"), mask=False, rsv=0x40))
+        while True:
+            fin, op, data = srv.frame()
+            if op == OP_CLOSE:
+                seen["close"] = data
+                return
+
+    srv = FakeServer(script)
+    r = bench("connect", "--port", srv.port, "--connections", 1, "--hold", 1, "--deflate")
     srv.join()
     assert r["connected"] == 1 and r["protocol-errors"] == 1
     assert seen["close"] == struct.pack(">H", 1002)

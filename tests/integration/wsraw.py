@@ -74,8 +74,9 @@ def body_of(resp):
 
 class RawWS:
     def __init__(self, port, path="/", headers=None, timeout=5.0, rcvbuf=None, source=None,
-                 unix=None):
-        """unix: the path of a Unix socket to connect to instead of the port."""
+                 unix=None, wrap=None):
+        """unix: the path of a Unix socket to connect to instead of the port;
+        wrap: applied to the connected socket (e.g. TLS)."""
         self.sock = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -83,6 +84,8 @@ class RawWS:
             self.sock.bind((source, 0))
         self.sock.settimeout(timeout)
         self.sock.connect(unix or ("127.0.0.1", port))
+        if wrap:  # e.g. TLS: lambda s: ctx.wrap_socket(s, server_hostname=...)
+            self.sock = wrap(self.sock)
         key = base64.b64encode(os.urandom(16)).decode()
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.sock.sendall(

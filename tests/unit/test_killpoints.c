@@ -57,6 +57,7 @@
 #include "sl_rpc.h"
 #include "sl_regcheck.h"
 #include "sl_test.h"
+#include "sl_tickets.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -79,6 +80,8 @@
 
 typedef struct {
     sl_reg_t reg;
+    sl_tickets_t tickets; /* TLS session-ticket keys (the master's rotation) */
+    sl_ticket_key_t tickets_before; /* the current key when the scenario starts */
     int nvisited;
     char visited[8][SL_CONN_ID_MAX]; /* the presence walk's conn-ids */
     sl_table_t *small; /* one bucket, for the table scenario */
@@ -198,6 +201,9 @@ static void setup(bool poison)
         exit(2);
     }
     sl_arena_set_poison(R->arena, poison);
+    sl_tickets_rotate(&G->tickets);
+    sl_tickets_rotate(&G->tickets); /* a current and a previous key */
+    sl_tickets_current(&G->tickets, &G->tickets_before);
     sl_arena_set_owner(SL_ARENA_OWNERS - 1);
     sl_qsbr_register(&R->qsbr, CHECKER);
     G->small = sl_table_create(R->arena, &R->qsbr, 1, 1);
@@ -402,6 +408,14 @@ static void sc_access_cleanup(void)
 {
     sl_table_foreach(R->access->counts, access_cleanup_cb, NULL);
     sl_table_foreach(R->access->users, access_cleanup_cb, R);
+}
+
+/* The master rotating the ticket keys, three times over (each slot is
+ * written once). */
+static void sc_tickets(void)
+{
+    for (int i = 0; i < 3; i++)
+        sl_tickets_rotate(&G->tickets);
 }
 
 static void sc_subscribe_join(void)
@@ -675,6 +689,7 @@ static const scenario_t SCENARIOS[] = {
     {"reset", sc_reset, NULL, NULL, NULL},
     {"reset-full", sc_reset_full, NULL, NULL, NULL},
     {"broker-queue", sc_brq, NULL, NULL, NULL},
+    {"tickets", sc_tickets, NULL, NULL, NULL},
     {"send-presence", sc_send_presence, NULL, NULL, NULL},
     {"send-presence-full", sc_send_presence, prep_full, NULL, NULL},
 };
@@ -870,6 +885,32 @@ static int remove_all(sl_table_node_t *n, void *arg)
 }
 
 /* Remove everything and see the arena back where it started. */
+/* Ticket keys after a writer died anywhere in a rotation: the current key
+ * is complete and findable (new tickets can be sealed, the ones sealed
+ * before the rotation began still open, as current or previous), a slot
+ * being written is neither current nor previous, and the next rotation
+ * (all the recovery there is) works and keeps the key before it. */
+static void check_tickets(void)
+{
+    sl_tickets_t *t = &G->tickets;
+    sl_ticket_key_t cur, k;
+    EXPECT(sl_tickets_current(t, &cur) == SL_OK, "tickets: no complete current key");
+    if (failure[0])
+        return;
+    EXPECT(sl_tickets_find(t, cur.name, &k) == 1, "tickets: the current key is not found");
+    EXPECT(sl_tickets_find(t, G->tickets_before.name, &k) != 0 ||
+               t->rotations >= 3, /* the scenario's second rotation pushed it out */
+           "tickets: the key before the rotation is lost");
+    uint32_t c = t->current % SL_TICKET_SLOTS, p = (c + SL_TICKET_SLOTS - 1) % SL_TICKET_SLOTS;
+    for (uint32_t i = 0; i < SL_TICKET_SLOTS; i++)
+        if (t->key[i].seq & 1u)
+            EXPECT(i != c && i != p, "tickets: slot %u is being written but in use", i);
+    EXPECT(sl_tickets_rotate(t) == SL_OK, "tickets: rotation after the kill failed");
+    EXPECT(sl_tickets_current(t, &k) == SL_OK && memcmp(k.name, cur.name, 16) != 0,
+           "tickets: no new key after the kill");
+    EXPECT(sl_tickets_find(t, cur.name, &k) == 2, "tickets: the key before is not previous");
+}
+
 /* Whether `bytes` is what at most k objects take (class sizes, or runs of
  * up to 4 pages). */
 static bool objects(uint64_t bytes, int k, const sl_arena_stats_t *s)
@@ -1124,6 +1165,8 @@ static bool run_case(const scenario_t *sc, const char *point, unsigned nth, bool
         check_usable();
     if (!failure[0])
         check_access_usable();
+    if (!failure[0])
+        check_tickets();
     if (!failure[0])
         check_registry();
     if (!failure[0])

@@ -4,6 +4,8 @@
  * input, every protocol error with its close code).
  */
 #include "sl_test.h"
+#include "sl_outq.h"
+#include "sl_pmd.h"
 #include "sl_ws.h"
 
 #include <stdlib.h>
@@ -383,6 +385,29 @@ static void test_error_is_sticky(void)
     sl_ws_reader_free(&r);
 }
 
+/* permessage-deflate: the compressed twin of a frame holds exactly its
+ * compressed bytes (review r16 H1: it kept the uncompressed size, 900 KB
+ * held for 894 bytes queued, so the output bounds saw 1/1000 of it). */
+static void test_pmd_twin_exact_size(void)
+{
+    size_t n = 900000;
+    sl_buf_t *b = sl_buf_new(SL_WS_MAX_HEADER + n);
+    SL_CHECK(b != NULL);
+    size_t h = sl_ws_encode_header(b->data, SL_WS_OP_TEXT, true, n, NULL);
+    memset(b->data + h, 'a', n);
+    b->len = (uint32_t)(h + n);
+    uint64_t before = sl_buf_live_bytes;
+    sl_buf_t *z = sl_pmd_compress_frame(b);
+    SL_CHECK(z != NULL);
+    SL_CHECK(z->len - z->start < 2000);
+    SL_CHECK_INT(z->cap, z->len - z->start); /* no slack at all */
+    SL_CHECK_INT(sl_buf_live_bytes - before, z->cap);
+    SL_CHECK_INT(z->data[z->start], 0xC1);   /* FIN, RSV1, text */
+    SL_CHECK(sl_pmd_memory() < 400 * 1024);  /* the scratch was given back */
+    sl_buf_unref(z);
+    sl_buf_unref(b);
+}
+
 int main(void)
 {
     srand(42);
@@ -399,5 +424,6 @@ int main(void)
     SL_TEST_RUN(test_close_then_ignore);
     SL_TEST_RUN(test_handler_stop);
     SL_TEST_RUN(test_busy);
+    SL_TEST_RUN(test_pmd_twin_exact_size);
     return sl_test_summary();
 }

@@ -4,8 +4,8 @@
 //
 // The binary is $SENTE_LITE_BIN (make check-web sets it to $(BIN), so
 // `make SAN=1 check-web` tests the ASan build), else build/sente-lite.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -35,7 +35,7 @@ export async function waitFor(pred, { timeoutMs = 5000, intervalMs = 20, what = 
   }
 }
 
-function freePort() {
+export function freePort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.unref();
@@ -129,9 +129,33 @@ export class Server {
   }
 }
 
-/** Start the server with extra flags; resolves when it is healthy. */
-export async function startServer(args = [], { workers = 2 } = {}) {
+/**
+ * Throw-away certificates for the TLS tests, made with openssl in `dir`: a
+ * test CA and an ECDSA P-256 leaf it signed for localhost and 127.0.0.1.
+ * Returns {dir, ca, cert, key} (paths).
+ */
+export function makeCerts(dir) {
+  const run = (...a) => execFileSync('openssl', a, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  run('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '30',
+    '-subj', '/CN=sente-lite web test CA');
+  run('req', ...ec, '-keyout', 'leaf.key', '-out', 'leaf.csr', '-subj', '/CN=localhost');
+  writeFileSync(path.join(dir, 'leaf.ext'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\n');
+  run('x509', '-req', '-in', 'leaf.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial',
+    '-out', 'leaf.crt', '-days', '30', '-extfile', 'leaf.ext');
+  return { dir, ca: path.join(dir, 'ca.crt'), cert: path.join(dir, 'leaf.crt'),
+    key: path.join(dir, 'leaf.key') };
+}
+
+/** Start the server with extra flags; resolves when it is healthy.  With
+ * tls (from makeCerts) it also serves TLS on s.tlsPort (s.https, s.wss:
+ * the URLs by the certificate's name, localhost). */
+export async function startServer(args = [], { workers = 2, tls = null } = {}) {
   const port = await freePort();
+  if (tls) {
+    const tlsPort = await freePort();
+    args = ['--tls-port', String(tlsPort), '--tls-cert', tls.cert, '--tls-key', tls.key, ...args];
+  }
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sente-web-'));
   const err = openSync(path.join(dir, 'stderr.log'), 'w');
   const proc = spawn(BIN, ['--host', '127.0.0.1', '--port', String(port), '--workers', String(workers),
@@ -142,6 +166,11 @@ export async function startServer(args = [], { workers = 2 } = {}) {
   process.once('exit', reap);
   proc.once('exit', () => process.removeListener('exit', reap));
   const s = new Server(port, proc, dir);
+  if (tls) {
+    s.tlsPort = Number(args[1]);
+    s.https = `https://localhost:${s.tlsPort}`;
+    s.wss = `wss://localhost:${s.tlsPort}/`;
+  }
   let exited = false;
   s.exited.then(() => { exited = true; });
   await waitFor(async () => {
