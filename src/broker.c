@@ -976,6 +976,11 @@ static void done_catchup(cmd_t *c, redisReply *r)
          * backlog has drained (back-pressure, not a backlog that grows to
          * its bound and resets the channel). */
         if (page_room(ch)) {
+            if (c->counted) { /* this page's turn passes to the next */
+                c->counted = false;
+                c->link->ncatchup--;
+                cu_shown(c->link);
+            }
             start_catchup(ch, CU_NEXT_PAGE);
         } else {
             ch->holding = true; /* still: what arrives waits for the rest */
@@ -1846,16 +1851,16 @@ static sl_chan_config_t local_config(const char *id, size_t len)
  * At most CATCHUPS_MAX per link at a time (rm17 M1: after a reconnect
  * every channel catches up; their answers are not all held at once); the
  * others wait their turn, in order, already holding.  `turn`: CU_NEW
- * queues at the back; CU_NEXT_PAGE is sent in the turn of the page just
- * answered (called before that command is freed: the count goes one over
- * until it is); CU_RESUME (a page that was due) goes to the front. */
+ * and CU_NEXT_PAGE queue at the back (the next page is sent in the turn
+ * of the page just answered: done_catchup hands that turn over first, so
+ * one is free); CU_RESUME (a page that was due) goes to the front. */
 static void start_catchup(bchan_t *ch, int turn)
 {
     link_t *l = &B.link[ch->shard];
     ch->holding = true;
     ch->page_due = false;
     ch->catchup_gen++; /* an older answer still in flight no longer counts */
-    if (l->ncatchup >= CATCHUPS_MAX + (turn == CU_NEXT_PAGE)) {
+    if (l->ncatchup >= CATCHUPS_MAX) {
         if (!ch->cu_waiting) {
             ch->cu_waiting = true;
             if (turn == CU_RESUME) {
