@@ -118,6 +118,8 @@ enum {
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
     M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
                                    serial and horizon */
+    M_PRESENCE_POS = 27,        /* presence set: a slot taken at the next pop, whatever its inbox
+                                   position (the notice overtakes older join / leave entries) */
     M__COUNT
 };
 

@@ -228,7 +228,7 @@ bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint
         sl_inbox_presence_t *x = &in->presence[i];
         if (x->chan_hash == 0)
             continue;
-        if (x->pos > upto) {
+        if (x->pos > upto && !SL_MUTATED(M_PRESENCE_POS)) {
             low = SL_MIN(low, x->pos); /* entries queued before it come first */
             continue;
         }
