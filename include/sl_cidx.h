@@ -21,10 +21,13 @@
  * message's horizon (sl_chan_msg_t; 0: unknown - it gets them all).
  * no_presence: the namespace's presence rule refuses this connection
  * (decided when it subscribed, again on a token refresh): it gets no join or leave either, as they
- * show what presence would (review r15 M2). */
+ * show what presence would (review r15 M2).  join_leave: the channel had
+ * join-leave when it subscribed - an overflow of the presence set tells
+ * only those (review rh15 M1). */
 typedef struct {
     uint64_t serial, seq, notes, sub_no;
     bool no_presence;
+    bool join_leave;
 } sl_cidx_mark_t;
 
 typedef struct sl_cidx_entry {

@@ -118,7 +118,9 @@ enum {
     M_RING_CLEAR_ORDER = 25,    /* --redis ring emptied: references dropped before the pops */
     M_PRESENCE_SLOT_ORDER = 26, /* presence set: a slot's hash (its validity) stored before its
                                    serial and horizon */
-    M_TICKETS_PUBLISH_FIRST = 27, /* ticket keys: the slot published before it is written */
+    M_PRESENCE_POS = 27,        /* presence set: a slot taken at the next pop, whatever its inbox
+                                   position (the notice overtakes older join / leave entries) */
+    M_TICKETS_PUBLISH_FIRST = 28, /* ticket keys: the slot published before it is written */
     M__COUNT
 };
 

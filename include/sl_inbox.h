@@ -34,15 +34,20 @@
  * per channel incarnation with a loss pending, whose horizon a later loss
  * of the same channel raises (coalesced).  With every slot busy, the
  * overflow count goes up instead.  The owner takes the set (under the
- * lock: sl_inbox_presence) and sends the subscribers of each channel up to
- * its horizon one presence-resync notice ("ask presence again"); after an
- * overflow, every subscriber that sees presence gets one.  So presence
+ * lock: sl_inbox_presence) once its drain has passed the slot's position
+ * (the tail at the channel's latest loss: join / leave entries queued
+ * before it are delivered first) and sends the subscribers of each channel
+ * up to its horizon one presence-resync notice ("ask presence again");
+ * after an overflow (position kept the same way), every subscriber of a
+ * join-leave channel gets one.  So presence
  * losses cost notices, never a 1013, however many there are.
  *
  * Presence set, crash-consistency (inbox lock): a slot is free while its
- * chan_hash is 0; a producer writes serial and horizon first, then the
- * hash (one store makes it valid); raising a horizon and the counts are
- * single stores.  So every state a killed producer leaves is valid and the
+ * chan_hash is 0; a producer writes serial, horizon and pos first, then
+ * the hash (one store makes it valid); folding raises pos then the
+ * horizon, and an overflow stores its pos then the count: single stores,
+ * each state valid (a fold cut after pos only delays the notice; the
+ * re-note below raises the horizon).  So every state a killed producer leaves is valid and the
  * lock's recovery has nothing to finish: a loss whose note the dead
  * producer had not made is noted again by the hand-off's recovery
  * (hand_off_settle), and a second note of a channel folds into the first.
@@ -111,6 +116,7 @@ typedef struct {
     uint64_t chan_hash; /* 0: free; stored last when filled, first when emptied */
     uint64_t serial;
     uint64_t horizon;   /* the highest horizon of its losses */
+    uint64_t pos;       /* tail at its latest loss: acted on once the drain passed it */
 } sl_inbox_presence_t;
 
 typedef struct sl_inbox {
@@ -126,6 +132,7 @@ typedef struct sl_inbox {
     uint64_t missed_n;                         /* producers, under the lock */
     uint64_t presence_n;   /* producers, under the lock: presence losses noted */
     uint64_t presence_overflows; /* producers, under the lock: ... with every slot busy */
+    uint64_t presence_overflow_pos; /* producers, under the lock: tail at the latest overflow */
     uint64_t coalesced;    /* figures: presence losses folded into a busy slot */
     sl_inbox_presence_t presence[SL_INBOX_PRESENCE];
     sl_inbox_note_t missed[SL_INBOX_MISSED];   /* ring */
@@ -173,15 +180,23 @@ void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
                      void (*fn)(const sl_inbox_note_t *note, uint64_t index, void *arg),
                      void *arg);
 
-/* Consumer: take the presence set, if anything was noted since *seen
- * (*overflows: the overflow count already handled).  Tries the lock (busy:
- * nothing done, *seen unchanged, returns false); then, without it, calls
- * fn(NULL) once if the set overflowed since, and fn(slot) for every
- * channel taken.  Returns whether it took the set. */
-bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
+/* Consumer: take what of the presence set was noted before the entry at
+ * position `upto` was pushed (UINT64_MAX: all), as sl_inbox_missed does,
+ * so a presence-resync never overtakes join / leave entries queued before
+ * the loss (review rh15 H1).  Looks only if anything was noted since *seen
+ * or upto reached *next (the lowest position still pending after the last
+ * look; start with UINT64_MAX).  Tries the lock (busy: nothing done,
+ * returns false); then, without it, calls fn(NULL) once if the set
+ * overflowed before upto (the slots taken with it are covered by it and
+ * not passed on), else fn(slot) for every channel taken.  *overflows: the
+ * overflow count already handled.  Returns whether it took anything. */
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint64_t upto,
+                       uint64_t *next,
                        void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg);
-/* Consumer, at start: forget (empty) what was noted for a predecessor. */
-void sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows);
+/* Consumer, at start: forget (empty) what was noted for a predecessor.
+ * Only tries the lock (review rh15 L1): returns false, nothing done, if
+ * it is busy - call again later. */
+bool sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

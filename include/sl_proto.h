@@ -19,9 +19,10 @@ void sl_proto_reply(sl_conn_t *c, json_t *r);
 
 /* Fixed-shape replies, formatted directly (sl_jw.h): begin a writer on the
  * worker's encode buffer, write the object, then sl_proto_send queues it as
- * a text frame (and releases the writer whatever happens). */
+ * a text frame (and releases the writer whatever happens); SL_OK when it
+ * was queued. */
 void sl_proto_begin(sl_jw_t *w);
-void sl_proto_send(sl_conn_t *c, sl_jw_t *w);
+int sl_proto_send(sl_conn_t *c, sl_jw_t *w);
 
 /* invalid-message naming the field: "<type>: field '<field>' <what>". */
 void sl_proto_bad_field(sl_conn_t *c, const char *type, const char *field, const char *what);

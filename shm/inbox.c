@@ -78,7 +78,7 @@ int sl_inbox_init(sl_inbox_t *in)
     in->pending_commit = NULL;
     in->head = in->tail = 0;
     in->enqueued = in->refused = in->missed_n = 0;
-    in->presence_n = in->presence_overflows = in->coalesced = 0;
+    in->presence_n = in->presence_overflows = in->presence_overflow_pos = in->coalesced = 0;
     memset(in->presence, 0, sizeof(in->presence));
     return sl_lock_init(&in->lock, inbox_recover, in);
 }
@@ -157,6 +157,8 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
                 free_slot = x;
         } else if (note->chan_hash != 0 && x->chan_hash == note->chan_hash &&
                    x->serial == note->serial) {
+            /* Later than the queued entries: the notice waits for them. */
+            CMM_STORE_SHARED(x->pos, in->tail);
             if (x->horizon < note->horizon)
                 CMM_STORE_SHARED(x->horizon, note->horizon);
             uatomic_add(&in->coalesced, 1);
@@ -169,13 +171,17 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
         SL_CRASHPOINT("inbox.presence.slot");
         free_slot->serial = note->serial;
         free_slot->horizon = note->horizon;
+        free_slot->pos = in->tail;
     } else if (free_slot && note->chan_hash != 0) { /* (hash 0 marks a free slot: "all") */
         free_slot->serial = note->serial;
         free_slot->horizon = note->horizon;
+        free_slot->pos = in->tail;
         SL_CRASHPOINT("inbox.presence.slot");
         cmm_smp_wmb(); /* the slot before the hash that makes it valid */
         CMM_STORE_SHARED(free_slot->chan_hash, note->chan_hash);
     } else {
+        CMM_STORE_SHARED(in->presence_overflow_pos, in->tail); /* before the count */
+        cmm_smp_wmb();
         uatomic_add(&in->presence_overflows, 1);
     }
     CMM_STORE_SHARED(in->presence_n, in->presence_n + 1);
@@ -200,10 +206,11 @@ void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
     CMM_STORE_SHARED(in->missed_n, n + 1);
 }
 
-bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint64_t upto,
+                       uint64_t *next,
                        void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg)
 {
-    if (CMM_LOAD_SHARED(in->presence_n) == *seen)
+    if (CMM_LOAD_SHARED(in->presence_n) == *seen && upto < *next)
         return false;
     sl_inbox_presence_t got[SL_INBOX_PRESENCE];
     uint32_t k = 0;
@@ -213,32 +220,43 @@ bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows,
     if (sl_inbox_trylock(in) != SL_OK)
         return false;
     *seen = in->presence_n;
-    uint64_t ov = in->presence_overflows;
+    uint64_t ov = in->presence_overflows, low = UINT64_MAX;
+    bool all = ov != *overflows && in->presence_overflow_pos <= upto;
+    if (ov != *overflows && !all)
+        low = in->presence_overflow_pos;
     for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
         sl_inbox_presence_t *x = &in->presence[i];
         if (x->chan_hash == 0)
             continue;
-        got[k++] = *x;
+        if (x->pos > upto && !SL_MUTATED(M_PRESENCE_POS)) {
+            low = SL_MIN(low, x->pos); /* entries queued before it come first */
+            continue;
+        }
+        if (!all)
+            got[k++] = *x;
         CMM_STORE_SHARED(x->chan_hash, 0); /* one store empties it */
     }
     sl_inbox_unlock(in);
-    if (ov != *overflows) {
+    *next = low;
+    if (all) {
         *overflows = ov;
-        fn(NULL, arg);
+        fn(NULL, arg); /* covers the slots taken with it */
     }
     for (uint32_t i = 0; i < k; i++)
         fn(&got[i], arg);
-    return true;
+    return all || k > 0;
 }
 
-void sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows)
+bool sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows)
 {
-    sl_inbox_lock(in);
+    if (sl_inbox_trylock(in) != SL_OK)
+        return false;
     for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++)
         CMM_STORE_SHARED(in->presence[i].chan_hash, 0);
     *seen = in->presence_n;
     *overflows = in->presence_overflows;
     sl_inbox_unlock(in);
+    return true;
 }
 
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)

@@ -113,7 +113,7 @@ sl_cidx_entry_t *sl_cidx_add(uint64_t hash, const char *id, size_t len, sl_conn_
         e->last = l;
         e->cap = cap;
     }
-    e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0, 0, false};
+    e->marks[e->n] = mark ? *mark : (sl_cidx_mark_t){0, 0, 0, 0, false, true};
     e->last[e->n] = 0;
     e->conns[e->n++] = c;
     return e;

@@ -175,21 +175,23 @@ void sl_proto_begin(sl_jw_t *w)
     sl_jw_init(w, sl_conns.ebuf, SL_SCRATCH_SIZE);
 }
 
-void sl_proto_send(sl_conn_t *c, sl_jw_t *w)
+int sl_proto_send(sl_conn_t *c, sl_jw_t *w)
 {
     sl_buf_t *b = sl_jw_frame(w);
     if (b == NULL) {
         sl_conn_abort(c, "encode-failed");
-        return;
+        return SL_ERROR;
     }
     /* Behind a reply that waits for the broker, this one waits too. */
     if (c->rq_head) {
-        if (rq_append(c, b, true) == NULL)
-            sl_buf_unref(b);
-        return;
+        if (rq_append(c, b, true) != NULL)
+            return SL_OK;
+        sl_buf_unref(b);
+        return SL_ERROR;
     }
-    sl_conn_send(c, b);
+    int rc = sl_conn_send(c, b);
     sl_buf_unref(b);
+    return rc;
 }
 
 void sl_proto_error(sl_conn_t *c, const char *reason, const char *message)

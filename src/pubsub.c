@@ -53,7 +53,9 @@ int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
 static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
 static bool missed_started;
+static bool presence_started; /* our predecessor's presence set emptied (review rh15 L1) */
 static uint64_t presence_seen, presence_overflows; /* our inbox's presence set: handled */
+static uint64_t presence_next = UINT64_MAX;       /* ... its lowest position still pending */
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
  * local subscribers this turn, observed once the turn's writes are done
@@ -593,7 +595,8 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         /* Join / leave show what presence would: only to those it allows. */
         bool no_presence = sl_perm_check(sl_session_ident(c), SL_ACT_PRESENCE, id, len, true) !=
                            SL_PERM_OK;
-        sl_cidx_mark_t mark = {ch->serial, last_at, notes_at, sub_no, no_presence};
+        sl_cidx_mark_t mark = {ch->serial, last_at, notes_at, sub_no, no_presence,
+                               ch->config.join_leave};
         sl_cidx_entry_t *e = sl_cidx_add(ch->node.hash, id, len, c, &mark);
         if (e == NULL) {
             unsubscribe_woken(ch, c);
@@ -1050,23 +1053,26 @@ void sl_pubsub_recheck(sl_conn_t *c)
              * is decided again with the new token too (review rf15 F6). */
             bool no_presence = sl_perm_check(who, SL_ACT_PRESENCE, id, len, true) != SL_PERM_OK;
             bool granted = false;
+            uint64_t serial = 0;
             for (uint32_t k = 0; k < e->n; k++)
                 if (e->conns[k] == c) {
                     granted = e->marks[k].no_presence && !no_presence;
                     e->marks[k].no_presence = no_presence;
+                    serial = e->marks[k].serial;
                 }
             /* Newly allowed: join / leave deltas start now, with no
              * baseline - one presence-resync makes it ask for one (review
              * rg15 G4). */
             sl_chan_t *ch = granted ? sl_chan_find(REG, id, len) : NULL;
-            if (ch && ch->config.join_leave) {
+            /* The incarnation it subscribed to, not a newer one (review rh15 L2). */
+            if (ch && ch->config.join_leave && (serial == 0 || ch->serial == serial)) {
                 sl_jw_t w;
                 sl_proto_begin(&w);
                 sl_jw_lit(&w, "{\"type\":\"presence-resync\",\"channel-id\":");
                 sl_jw_str(&w, id, len);
                 sl_jw_lit(&w, "}");
-                sl_proto_send(c, &w);
-                uatomic_add(&sl_conns.stats->presence_resyncs, 1);
+                if (sl_proto_send(c, &w) == SL_OK) /* counted when sent (rh15 L2) */
+                    uatomic_add(&sl_conns.stats->presence_resyncs, 1);
             }
             continue;
         }
@@ -1940,20 +1946,31 @@ static void close_entry(sl_cidx_entry_t *e, void *arg)
  * to recover it by, so each subscriber it was for (the incarnation, up to
  * the horizon, one the presence rule lets see it) is told once that its
  * view of presence may be stale - never closed (reviews r15 H2, rg15 G1).
- * p NULL: the presence set overflowed, every subscriber that sees presence
- * is told.  A notice that cannot be built (out of local memory) closes
- * them 1013 instead, as deliver does: their resubscribe asks presence
- * again (review rg15 G3). */
+ * It is told only after the join / leave entries queued before the loss
+ * (sl_inbox_presence: review rh15 H1), so the presence it then asks for
+ * is newer than every delta that follows.  p NULL: the presence set
+ * overflowed, every subscriber of a join-leave channel that sees presence
+ * is told, once (review rh15 M1).  A notice that cannot be built (out of
+ * local memory) closes them 1013 instead, as deliver does: their
+ * resubscribe asks presence again (review rg15 G3).  Counts the frames
+ * queued in *(presence_walk_t).frames: the drain's turn bound. */
+typedef struct {
+    const sl_inbox_presence_t *p;
+    uint64_t frames;
+} presence_walk_t;
+
 static void resync_entry(sl_cidx_entry_t *e, void *arg)
 {
-    const sl_inbox_presence_t *p = arg;
+    presence_walk_t *w = arg;
+    const sl_inbox_presence_t *p = w->p;
     sl_buf_t *b = NULL;
     for (uint32_t i = 0; i < e->n; i++) {
         const sl_cidx_mark_t *k = &e->marks[i];
         sl_conn_t *c = e->conns[i];
-        if (c->state != SL_CONN_WS || k->no_presence ||
+        if (c->state != SL_CONN_WS || k->no_presence || (p == NULL && !k->join_leave) ||
             (p && k->serial != 0 && (k->serial != p->serial || k->sub_no > p->horizon)))
-            continue; /* another incarnation, or came after it (unknown mark: told) */
+            continue; /* another incarnation, or came after it (unknown mark:
+                         told); or no join / leave there to miss */
         if (b == NULL) {
             json_t *j = SL_FAULT("presence-resync") ? NULL
                         : json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id",
@@ -1961,6 +1978,7 @@ static void resync_entry(sl_cidx_entry_t *e, void *arg)
             b = j ? sl_frame_json(j) : NULL;
             json_decref(j);
         }
+        w->frames++;
         if (b == NULL) {
             uatomic_add(&sl_conns.stats->presence_resync_failed, 1);
             close_missed(c);
@@ -1973,11 +1991,12 @@ static void resync_entry(sl_cidx_entry_t *e, void *arg)
 
 static void on_presence(const sl_inbox_presence_t *p, void *arg)
 {
-    (void)arg;
+    presence_walk_t *w = arg;
+    w->p = p;
     if (p == NULL)
-        sl_cidx_foreach(resync_entry, NULL);
+        sl_cidx_foreach(resync_entry, w);
     else
-        sl_cidx_foreach_hash(p->chan_hash, resync_entry, (void *)p);
+        sl_cidx_foreach_hash(p->chan_hash, resync_entry, w);
 }
 
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
@@ -1990,20 +2009,29 @@ static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
         sl_cidx_foreach_hash(note->chan_hash, close_entry, &x);
 }
 
-/* Act on the skips noted before the entry at `upto` was pushed. */
-static void check_missed(sl_inbox_t *in, uint64_t upto)
+/* Act on the skips noted before the entry at `upto` was pushed.  Returns
+ * the frames it queued (counted in the drain's turn bound). */
+static uint64_t check_missed(sl_inbox_t *in, uint64_t upto)
 {
     if (!missed_started) {
         /* Notes from before we started were for our predecessor. */
         missed_seen = uatomic_read(&in->missed_n);
-        sl_inbox_presence_reset(in, &presence_seen, &presence_overflows);
         missed_started = true;
     }
-    /* Presence losses: whatever their order with the entries (a notice
-     * only makes the client ask presence again, which is current). */
-    sl_inbox_presence(in, &presence_seen, &presence_overflows, on_presence, NULL);
+    /* Its presence set too - only tried: a producer stopped with the lock
+     * must not stop us; a slot left meanwhile is harmless (its horizon is
+     * below every subscription of ours) (review rh15 L1). */
+    if (!presence_started)
+        presence_started = sl_inbox_presence_reset(in, &presence_seen, &presence_overflows);
+    /* Presence losses in their place: after the join / leave entries
+     * queued before them (review rh15 H1). */
+    presence_walk_t w = {NULL, 0};
+    if (presence_started)
+        sl_inbox_presence(in, &presence_seen, &presence_overflows, upto, &presence_next,
+                          on_presence, &w);
     if (uatomic_read(&in->missed_n) != missed_seen)
         sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
+    return w.frames;
 }
 
 size_t sl_pubsub_drain(void)
@@ -2025,7 +2053,7 @@ size_t sl_pubsub_drain(void)
         /* Everything pushed before a skip was delivered; a skip noted
          * before this entry was pushed closes its channel's subscribers
          * now, before they could get a message from after the gap. */
-        check_missed(in, pos);
+        frames += check_missed(in, pos);
         if (e.kind == SL_INBOX_CHANNEL_MSG)
             frames += deliver(e.msg, e.exclude_conn);
         else if (e.kind == SL_INBOX_DIRECT)

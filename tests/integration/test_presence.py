@@ -720,15 +720,18 @@ def test_join_storm_to_a_crowded_worker_closes_nobody(server_factory):
         assert all(recv(near)["success"] for _ in rooms)
     finally:
         os.kill(pid, signal.SIGCONT)
-    # far: a presence-resync for each of its rooms (the overflow), no close.
-    told = set()
-    while len(told) < len(rooms):
+    # far: one presence-resync for each of its rooms (the overflow), no
+    # close; none twice (review rh15 M1: the overflow's "all" covers the
+    # slots, which were told again).
+    told = []
+    while len(set(told)) < len(rooms):
         _, op, payload = far.read_frame()
         assert op != 8, ("far closed", payload)
         m = json.loads(payload)
         if m["type"] == "presence-resync":
-            told.add(m["channel-id"])
-    assert told == set(rooms)
+            told.append(m["channel-id"])
+    told += [m["channel-id"] for m in quiet(far, 1.0) if m["type"] == "presence-resync"]
+    assert sorted(told) == sorted(rooms), [r for r in set(told) if told.count(r) > 1]
     # filler gets every message, and no close.
     filler.sock.settimeout(30 * SLOW)
     got = 0
@@ -790,4 +793,118 @@ def test_a_resync_that_cannot_be_built_closes_1013_and_is_counted(server_factory
     assert w1["missed-disconnects"] == 1 and w1["presence-resyncs"] == 0, w1
     assert metric(srv, 'sente_lite_presence_resync_failed_total{worker="1"}') == 1
     for ws in (far, filler, near, pub):
+        ws.close()
+
+
+def test_a_resync_never_overtakes_an_older_join(server_factory):
+    """Review rh15 H1 (the reviewer's reproducer): the presence-resync
+    was sent at the first pop after a loss, ahead of older join / leave
+    entries still queued; a client that asked presence then applied the
+    stale join kept a ghost member for good.  Now the loss keeps its
+    inbox position and the notice comes after them.  X (worker 0) joins
+    while worker 1's inbox is under half full (queued), leaves when it is
+    full (a presence loss); far (worker 1) does what the library does:
+    on presence-resync it asks presence, replaces its list, applies the
+    later deltas.  160 fillers make worker 1's drain take several turns,
+    so far's presence request is answered in the middle of it."""
+    srv = server_factory("--join-leave", "--worker-stall-ms", "30000",
+                         "--worker-stall-kill-ms", "60000", workers=2)
+    far = on_worker(srv, 1)
+    sub(far, "room")
+    fillers, spare = [], []
+    while len(fillers) < 160:
+        ws, status, w = upgrade(srv.port, None)
+        assert status == 101
+        if w["worker"] == 1:
+            sub(ws, "fillA")
+            fillers.append(ws)
+        else:
+            spare.append(ws)
+    fb = on_worker(srv, 1)
+    sub(fb, "fillB")
+    pub, x = on_worker(srv, 0), on_worker(srv, 0)
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4000):
+            send(pub, type="publish", **{"channel-id": "fillA", "data": 0})
+        pub.sock.settimeout(60 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4000))
+        sub(x, "room")            # join X: queued (inbox under half full)
+        x_id = conn_id(x)
+        while True:               # fill worker 1's inbox
+            send(pub, type="publish", **{"channel-id": "fillB", "data": 0})
+            if not recv(pub)["success"]:
+                break
+        x.close()                 # leave X: into the presence set
+        time.sleep(0.5)           # worker 0 handles the close
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    view, log = None, []
+    far.sock.settimeout(60 * SLOW)
+    while True:
+        try:
+            m = recv(far)
+        except (socket.timeout, TimeoutError):
+            break
+        log.append(m["type"])
+        if m["type"] == "presence-resync":
+            send(far, type="presence", **{"channel-id": "room"})
+        elif m["type"] == "presence-result":
+            view = set(m["clients"])
+        elif m["type"] == "join" and view is not None:
+            view.add(m["info"]["conn-id"])
+        elif m["type"] == "leave" and view is not None:
+            view.discard(m["info"]["conn-id"])
+        far.sock.settimeout(3)
+    far.sock.settimeout(10 * SLOW)
+    truth, _ = presence_all(far, "room")
+    assert "presence-resync" in log and view is not None, log
+    assert view == set(truth), ("ghost", view - set(truth), x_id, log)
+    for ws in fillers + spare + [far, fb, pub]:
+        ws.close()
+
+
+def test_an_overflow_resyncs_only_join_leave_channels_once(server_factory):
+    """Review rh15 M1 (the reviewer's reproducer): an overflow of the
+    presence set told every channel of the worker, also one without
+    join-leave (quiet:x), and the 64 slots again: 135 notices for 70
+    rooms.  Now one per join-leave room, none for quiet:x."""
+    srv = server_factory("--join-leave", "--namespace", "quiet:join-leave=false",
+                         "--worker-stall-ms", "30000", "--worker-stall-kill-ms", "60000",
+                         workers=2)
+    far = on_worker(srv, 1)
+    rooms = [f"room{i}" for i in range(70)]
+    for r in rooms + ["quiet:x"]:
+        sub(far, r)
+    other0 = on_worker(srv, 0)
+    for r in rooms:
+        sub(other0, r)
+    filler = on_worker(srv, 1)
+    sub(filler, "fill")
+    near, pub = on_worker(srv, 0), on_worker(srv, 0)
+    quiet(far, 1.0)
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(4200):   # more than half of the inbox (8,192)
+            send(pub, type="publish", **{"channel-id": "fill", "data": 0})
+        pub.sock.settimeout(30 * SLOW)
+        assert all(recv(pub)["success"] for _ in range(4200))
+        for r in rooms:         # 70 joins lost: 64 slots and an overflow
+            sub(near, r)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    far.sock.settimeout(30 * SLOW)
+    chans = []
+    while len(chans) < len(rooms):
+        m = recv(far)
+        if m["type"] == "presence-resync":
+            chans.append(m["channel-id"])
+    chans += [m["channel-id"] for m in quiet(far, 2.0) if m["type"] == "presence-resync"]
+    w1 = srv.stats()["workers"][1]
+    assert w1["presence-overflows"] >= 1, w1
+    assert "quiet:x" not in chans, "a channel without join-leave got presence-resync"
+    assert sorted(chans) == sorted(rooms), [r for r in set(chans) if chans.count(r) > 1]
+    for ws in (far, other0, filler, near, pub):
         ws.close()

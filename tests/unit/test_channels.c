@@ -457,14 +457,14 @@ static void test_join_leave_full_and_cleanup(void)
      * tells its subscribers up to the horizon (all of them: 2 subscribes
      * made) to ask presence again. */
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
-    uint64_t pseen = 0, pover = 0;
+    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
     SL_CHECK_INT(px.got[0].horizon, c->sub_seq);
-    SL_CHECK(!sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     drain_all();
     /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
     for (int i = 0; i < 3; i++) {
@@ -505,7 +505,7 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].horizon == c->sub_seq);
     /* Once the consumer has taken the set, a later leave fills a slot of
@@ -514,7 +514,7 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK_INT(px.all, 0);
     drain_all();
@@ -877,9 +877,9 @@ static void test_rg15_join_storm(void)
     SL_CHECK_INT(k[0], 0);
     SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 299);
-    uint64_t pseen = 0, pover = 0;
+    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px);
+    sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 1);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
@@ -938,9 +938,9 @@ static void test_rg15_cleanup_two_rooms(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, seen);
     sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, lap_note, k);
     SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
-    uint64_t pseen = 0, pover = 0;
+    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    sl_inbox_presence(R->inboxes[0], &pseen, &pover, take_presence, &px);
+    sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 2);
     for (int i = 0; i < px.n; i++) {
@@ -953,12 +953,13 @@ static void test_rg15_cleanup_two_rooms(void)
 
 /* The presence set is bounded: losses of more channels than it has slots
  * count an overflow, which the consumer is given once as "all" (resync
- * every presence subscriber), then the slots it has. */
+ * every join-leave subscriber), which covers the slots taken with it
+ * (review rh15 M1: no duplicates). */
 static void test_presence_set_overflow(void)
 {
     setup();
     sl_inbox_t *in = R->inboxes[0];
-    uint64_t pseen = 0, pover = 0;
+    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
     pres_t px = {0};
     sl_inbox_lock(in);
     for (int i = 0; i < SL_INBOX_PRESENCE + 3; i++)
@@ -970,17 +971,17 @@ static void test_presence_set_overflow(void)
     SL_CHECK_INT(in->missed_n, 0);
     SL_CHECK_INT(in->presence_overflows, 6);
     SL_CHECK_INT(in->coalesced, SL_INBOX_PRESENCE);
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.all, 1);
-    SL_CHECK_INT(px.n, SL_INBOX_PRESENCE);
-    SL_CHECK_INT(px.got[0].horizon, 1);
+    SL_CHECK_INT(px.n, 0);
+    SL_CHECK_INT(in->presence[0].chan_hash, 0);
     /* Taken: the slots are free again, the overflow handled. */
     px.all = px.n = 0;
     sl_inbox_lock(in);
     sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 7, .serial = 1,
                                                 .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
     sl_inbox_unlock(in);
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 1);
     /* A successor worker starts with an empty set. */
@@ -989,8 +990,62 @@ static void test_presence_set_overflow(void)
                                                 .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
     sl_inbox_unlock(in);
     sl_inbox_presence_reset(in, &pseen, &pover);
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(in->presence[0].chan_hash, 0);
+}
+
+/* A slot keeps the inbox position of its latest loss and is taken only
+ * once the drain has passed it, so the presence-resync never overtakes
+ * join / leave entries queued before the loss (review rh15 H1); the
+ * overflow likewise. */
+static void test_presence_set_position(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    pres_t px = {0};
+    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT};
+    sl_inbox_lock(in);
+    sl_inbox_push_bare(in, &e); /* 0: queued before the loss */
+    sl_inbox_push_bare(in, &e); /* 1 */
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_push_bare(in, &e); /* 2: after it */
+    sl_inbox_unlock(in);
+    SL_CHECK_INT(in->presence[0].pos, 2);
+    /* Before entries 0 and 1 are delivered: nothing taken. */
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 0, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 1, &pnext, take_presence, &px));
+    SL_CHECK_INT(pnext, 2);
+    SL_CHECK_INT(px.n, 0);
+    /* A later loss of the channel moves the slot past the newer entry. */
+    sl_inbox_lock(in);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 4});
+    sl_inbox_unlock(in);
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 2, &pnext, take_presence, &px));
+    SL_CHECK_INT(pnext, 3);
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, 3, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK_INT(px.got[0].horizon, 4);
+    SL_CHECK_INT(pnext, UINT64_MAX);
+    /* An overflow waits for its position too; then it covers the slots. */
+    px.n = px.all = 0;
+    sl_inbox_lock(in);
+    for (int i = 0; i <= SL_INBOX_PRESENCE; i++)
+        sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 200 + (uint64_t)i, .serial = 1,
+                                                    .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_unlock(in);
+    SL_CHECK_INT(in->presence_overflow_pos, 3);
+    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 2, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, 3, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.all, 1);
+    SL_CHECK_INT(px.n, 0);
+    /* A successor's reset only tries the lock (review rh15 L1). */
+    sl_inbox_lock(in);
+    SL_CHECK(!sl_inbox_presence_reset(in, &pseen, &pover));
+    sl_inbox_unlock(in);
+    SL_CHECK(sl_inbox_presence_reset(in, &pseen, &pover));
 }
 
 /* The figures of shm/README.md's object-size table (review r19, finding
@@ -1030,5 +1085,6 @@ int main(void)
     SL_TEST_RUN(test_rg15_join_storm);
     SL_TEST_RUN(test_rg15_cleanup_two_rooms);
     SL_TEST_RUN(test_presence_set_overflow);
+    SL_TEST_RUN(test_presence_set_position);
     return sl_test_summary();
 }
