@@ -22,14 +22,19 @@ struct sl_reply {
     bool ready;
 };
 
+/* The queue lives in the connection's --redis state (sl_conn_cl_t): made
+ * with the first deferred reply, so a connection without one has no queue
+ * (every reader below takes NULL for empty). */
+
 static void rq_flush(sl_conn_t *c)
 {
-    while (c->rq_head && c->rq_head->ready) {
-        sl_reply_t *r = c->rq_head;
-        c->rq_head = r->next;
-        if (c->rq_head == NULL)
-            c->rq_tail = NULL;
-        c->nrq--;
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    while (q && q->rq_head && q->rq_head->ready) {
+        sl_reply_t *r = q->rq_head;
+        q->rq_head = r->next;
+        if (q->rq_head == NULL)
+            q->rq_tail = NULL;
+        q->nrq--;
         if (r->frame) {
             sl_conn_send(c, r->frame);
             sl_buf_unref(r->frame);
@@ -40,23 +45,25 @@ static void rq_flush(sl_conn_t *c)
 
 static sl_reply_t *rq_append(sl_conn_t *c, sl_buf_t *frame, bool ready)
 {
-    sl_reply_t *r = calloc(1, sizeof(*r));
+    sl_conn_cl_t *q = sl_conn_cl_get(c);
+    sl_reply_t *r = q ? calloc(1, sizeof(*r)) : NULL;
     if (r == NULL)
         return NULL;
     r->frame = frame;
     r->ready = ready;
-    if (c->rq_tail)
-        c->rq_tail->next = r;
+    if (q->rq_tail)
+        q->rq_tail->next = r;
     else
-        c->rq_head = r;
-    c->rq_tail = r;
-    c->nrq++;
+        q->rq_head = r;
+    q->rq_tail = r;
+    q->nrq++;
     return r;
 }
 
 sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash)
 {
-    if (c->nrq >= SL_PROTO_MAX_DEFERRED)
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q && q->nrq >= SL_PROTO_MAX_DEFERRED)
         return NULL;
     sl_reply_t *r = rq_append(c, NULL, false);
     if (r)
@@ -69,9 +76,16 @@ sl_reply_t *sl_proto_defer(sl_conn_t *c)
     return sl_proto_defer_chan(c, 0);
 }
 
+bool sl_proto_deferring(const sl_conn_t *c)
+{
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    return q && q->rq_head;
+}
+
 bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash)
 {
-    for (sl_reply_t *r = c->rq_head; r; r = r->next)
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    for (sl_reply_t *r = q ? q->rq_head : NULL; r; r = r->next)
         if (!r->ready && r->chan_hash == chan_hash)
             return true;
     return false;
@@ -130,7 +144,8 @@ void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
 {
     /* Bounded: past it (a reply pending a long time on a busy channel),
      * frames go out at once. */
-    if (c->rq_head == NULL || c->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL || q->rq_head == NULL || q->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
         sl_conn_send(c, b);
         return;
     }
@@ -143,14 +158,17 @@ void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
 
 void sl_proto_closed(sl_conn_t *c)
 {
-    while (c->rq_head) {
-        sl_reply_t *r = c->rq_head;
-        c->rq_head = r->next;
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL)
+        return;
+    while (q->rq_head) {
+        sl_reply_t *r = q->rq_head;
+        q->rq_head = r->next;
         sl_buf_unref(r->frame);
         free(r);
     }
-    c->rq_tail = NULL;
-    c->nrq = 0;
+    q->rq_tail = NULL;
+    q->nrq = 0;
 }
 
 void sl_proto_reply(sl_conn_t *c, json_t *r)
@@ -161,7 +179,7 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
     if (f == NULL)
         return;
     /* Behind a reply that waits for the broker, this one waits too. */
-    if (c->rq_head) {
+    if (sl_proto_deferring(c)) {
         if (rq_append(c, f, true) == NULL)
             sl_buf_unref(f);
         return;
@@ -183,7 +201,7 @@ int sl_proto_send(sl_conn_t *c, sl_jw_t *w)
         return SL_ERROR;
     }
     /* Behind a reply that waits for the broker, this one waits too. */
-    if (c->rq_head) {
+    if (sl_proto_deferring(c)) {
         if (rq_append(c, b, true) != NULL)
             return SL_OK;
         sl_buf_unref(b);
