@@ -176,6 +176,12 @@ typedef struct sl_conn_cl {
     /* proto.c: replies that wait for the broker keep their place (sl_proto_defer) */
     struct sl_reply *rq_head, *rq_tail;
     uint32_t nrq;
+    /* Bytes those replies hold (frames and entries), set through
+     * sl_conn_hold: counted with the connection's output, so a client whose
+     * replies pile up behind one waiting for the broker is stopped being
+     * read at the same bound as one whose replies are queued (review rk16
+     * N1). */
+    uint64_t held_bytes;
     uint32_t cpending;        /* cluster.c: broker requests of this connection in flight */
     struct sl_crec *crecs;    /* cluster.c: those requests' records */
     struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
@@ -258,6 +264,12 @@ static inline sl_conn_cl_t *sl_conn_cl(const sl_conn_t *c)
  * (the caller refuses what needed it the way it refuses when its own
  * allocation fails: "overloaded", counted in /stats). */
 sl_conn_cl_t *sl_conn_cl_get(sl_conn_t *c);
+
+/* The layers above hold `delta` more (or, negative, fewer) bytes for c that
+ * it will send later (sl_conn_cl_t.held_bytes; c's --redis state must
+ * exist when delta > 0): they count with its output for the read pause,
+ * and a release below the resume mark resumes reading. */
+void sl_conn_hold(sl_conn_t *c, int64_t delta);
 
 /* Count an error or refusal by reason (/stats "errors", /metrics). */
 void sl_conns_count_error(sl_err_t e);

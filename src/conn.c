@@ -793,15 +793,19 @@ static void conn_watch(sl_conn_t *c, bool write)
  * 64 KiB? */
 static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
 {
-    if (c->out.bytes == 0)
+    /* What the layers above hold for it (replies behind one that waits for
+     * the broker) counts as its output: they are on their way to it. */
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    uint64_t out = c->out.bytes + (q ? q->held_bytes : 0);
+    if (out == 0)
         return false;
-    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
+    if (out >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
         return true;
     /* HTTP: pause at 64 KiB, resume below 32 KiB (hysteresis: a pipelining
      * client does not flip the event every turn). */
     uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG * 2 / divisor
                                            : (uint64_t)sl_conf->max_outbound_bytes / divisor;
-    return c->out.bytes >= at;
+    return out >= at;
 }
 
 /* Too much of its own output to take more input from it?  (Replies may
@@ -838,6 +842,20 @@ static void conn_resume(sl_conn_t *c)
         (c->state == SL_CONN_WS && c->busy_since_mono != 0))
         c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
     conn_watch(c, c->write_armed); /* also schedules the left-over input */
+}
+
+void sl_conn_hold(sl_conn_t *c, int64_t delta)
+{
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL)
+        return;
+    q->held_bytes = delta < 0 && (uint64_t)-delta > q->held_bytes ? 0
+                                                                  : q->held_bytes + (uint64_t)delta;
+    /* Released: most often into the queue (whose flush resumes it when it
+     * drains); released with nothing queued, nothing else would. */
+    if (delta < 0 && c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
+        conn_output_low(c))
+        conn_resume(c);
 }
 
 /* Stop processing this connection's input for this turn (per-turn

@@ -19,8 +19,26 @@ struct sl_reply {
     struct sl_reply *next;
     sl_buf_t *frame; /* NULL: nothing to send */
     uint64_t chan_hash; /* a reply about this channel (0: none) */
+    uint32_t held; /* bytes charged to the connection for it (sl_conn_hold) */
     bool ready;
 };
+
+/* What entry r holds: itself and its frame. */
+static uint32_t rq_size(const sl_reply_t *r)
+{
+    uint64_t n = sizeof(*r) + (r->frame ? r->frame->len - r->frame->start : 0);
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+/* Charge r's size as it is now (its frame may have come since). */
+static void rq_charge(sl_conn_t *c, sl_reply_t *r)
+{
+    uint32_t now = rq_size(r);
+    if (now != r->held) {
+        sl_conn_hold(c, (int64_t)now - (int64_t)r->held);
+        r->held = now;
+    }
+}
 
 /* The queue lives in the connection's --redis state (sl_conn_cl_t): made
  * with the first deferred reply, so a connection without one has no queue
@@ -35,11 +53,15 @@ static void rq_flush(sl_conn_t *c)
         if (q->rq_head == NULL)
             q->rq_tail = NULL;
         q->nrq--;
+        uint32_t held = r->held;
         if (r->frame) {
             sl_conn_send(c, r->frame);
             sl_buf_unref(r->frame);
         }
         free(r);
+        /* After the send: the frame is in the queue before the hold goes. */
+        sl_conn_hold(c, -(int64_t)held);
+        q = sl_conn_cl(c);
     }
 }
 
@@ -57,6 +79,7 @@ static sl_reply_t *rq_append(sl_conn_t *c, sl_buf_t *frame, bool ready)
         q->rq_head = r;
     q->rq_tail = r;
     q->nrq++;
+    rq_charge(c, r);
     return r;
 }
 
@@ -137,15 +160,19 @@ void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r)
     if (r)
         slot->frame = reply_frame(c, r);
     slot->ready = true;
+    rq_charge(c, slot); /* its frame, if it still waits behind another */
     rq_flush(c);
 }
 
 void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
 {
-    /* Bounded: past it (a reply pending a long time on a busy channel),
-     * frames go out at once. */
+    /* Bounded in entries and in bytes (twice the bound on one reply, i.e.
+     * --max-outbound-bytes): past it (a reply pending a long time on a busy
+     * channel), frames go out at once, where the connection's own bound
+     * judges them. */
     const sl_conn_cl_t *q = sl_conn_cl(c);
-    if (q == NULL || q->rq_head == NULL || q->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
+    if (q == NULL || q->rq_head == NULL || q->nrq >= 4 * SL_PROTO_MAX_DEFERRED ||
+        q->held_bytes + (b->len - b->start) > 2 * (uint64_t)sl_conn_reply_max()) {
         sl_conn_send(c, b);
         return;
     }
@@ -169,6 +196,7 @@ void sl_proto_closed(sl_conn_t *c)
     }
     q->rq_tail = NULL;
     q->nrq = 0;
+    q->held_bytes = 0; /* closed: nothing to resume */
 }
 
 void sl_proto_reply(sl_conn_t *c, json_t *r)
