@@ -166,25 +166,26 @@ struct sl_conn {
  * it (sl_conn_cl_get: a deferred reply, a broker request, which also
  * covers a join and a deferred HTTP response - both follow one of those),
  * and freed by sl_conn_destroy after the layers above were told (`freed`:
- * the broker's records forget it; `closed`: deferred replies and joins
- * freed), so nothing above frees it and nothing reads it after.  Not freed
+ * the broker's records forget it; `closed`: deferred replies freed, the
+ * joins still waiting left to their broker requests, whose answers free
+ * them), so nothing above frees it and nothing reads it after.  Not freed
  * when it empties: a connection that waited once keeps its 64-byte chunk
- * until it closes.  Read it with sl_conn_cl (NULL: nothing ever waited);
+ * (48 B) until it closes - every subscriber of a --redis node does (a
+ * subscribe waits for the broker).  Read it with sl_conn_cl (NULL: nothing ever waited);
  * it stays where it is (the table holds pointers), but a layer keeps no
  * pointer to it across turns. */
 typedef struct sl_conn_cl {
     /* proto.c: replies that wait for the broker keep their place (sl_proto_defer) */
     struct sl_reply *rq_head, *rq_tail;
-    uint32_t nrq;
     /* Bytes those replies hold (frames and entries), set through
      * sl_conn_hold: counted with the connection's output, so a client whose
      * replies pile up behind one waiting for the broker is stopped being
      * read at the same bound as one whose replies are queued (review rk16
      * N1). */
     uint64_t held_bytes;
-    uint32_t cpending;        /* cluster.c: broker requests of this connection in flight */
-    struct sl_crec *crecs;    /* cluster.c: those requests' records */
+    struct sl_crec *crecs;    /* cluster.c: its broker requests in flight (their records) */
     struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
+    uint32_t nrq;             /* proto.c: entries in rq_head */
     bool http_deferred;       /* httpd.c: an HTTP response waits for the broker: stop parsing */
     bool http_deferred_keep;  /* ... and whether to keep the connection after it */
 } sl_conn_cl_t;

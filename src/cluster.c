@@ -87,8 +87,6 @@ static void unlink_rec(rec_t *r)
             cl->crecs = r->cnext;
         if (r->cnext)
             r->cnext->cprev = r->cprev;
-        if (cl->cpending)
-            cl->cpending--;
     }
 }
 
@@ -159,7 +157,6 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
     C.tail = r;
     C.n++;
     if (cl) {
-        cl->cpending++;
         r->cnext = cl->crecs;
         if (cl->crecs)
             cl->crecs->cprev = r;
@@ -257,7 +254,6 @@ void sl_cluster_conn_closed(sl_conn_t *c)
     for (rec_t *r = cl->crecs; r; r = r->cnext)
         r->conn = NULL; /* out of its list with it */
     cl->crecs = NULL;
-    cl->cpending = 0;
 }
 
 const char *sl_cluster_remote_node(const char *id, size_t len)

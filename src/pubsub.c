@@ -1124,6 +1124,12 @@ void sl_pubsub_recheck(sl_conn_t *c)
 
 void sl_pubsub_closed(sl_conn_t *c)
 {
+    /* --redis: its joins still waiting belong to their broker requests now
+     * (whose answers, told the connection is gone, free them): nothing is
+     * held for a closed connection (review rn19 L5). */
+    sl_conn_cl_t *cl = sl_conn_cl(c);
+    if (cl)
+        cl->joins = NULL;
     while (c->nsubs > 0)
         leave(c, c->nsubs - 1);
     if (c->subs_cap > 1)
