@@ -89,9 +89,12 @@ def test_presence_from_three_nodes(cluster, keys):
             got = await until(full, "every node's subscribers")
             assert got == want
         assert await stats_of(conns[3], "room") == (4, 2)
-        # Pages of one: each entry once, over the three nodes.
+        # Pages of one: each entry once, over the three nodes.  A page may
+        # hold more than `limit` across nodes (Redis's HSCAN returns a small
+        # hash whole: node 2's two entries come in one page), so at least
+        # one page per node, not one per entry.
         clients, pages = await presence_all(conns[1], "room", limit=1)
-        assert clients == want and pages >= 4
+        assert clients == want and pages >= 3
         # One unsubscribes (node 1), one goes away (node 2).
         ids = list(want)
         await conns[1].send(type="unsubscribe", **{"channel-id": "room"})
