@@ -260,31 +260,32 @@ check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
 
 check-integration: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/integration
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/integration
 
 # Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
 # starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
 # them against an external Redis instead.
 check-cluster: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider tests/cluster
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 tests/cluster
 
 # Unit and integration runs one after the other: both start processes and
 # time things, and running them side by side would only add noise.
+# Each phase is timed (scripts/phase.sh prints "phase NAME: N s").
 check-fast:
-	$(MAKE) check-unit
-	$(MAKE) check-fuzz
-	$(MAKE) check-integration
-	$(MAKE) check-cluster
-	$(MAKE) check-autobahn
-	$(MAKE) check-web
+	scripts/phase.sh unit $(MAKE) check-unit
+	scripts/phase.sh fuzz $(MAKE) check-fuzz
+	scripts/phase.sh integration $(MAKE) check-integration
+	scripts/phase.sh cluster $(MAKE) check-cluster
+	scripts/phase.sh autobahn $(MAKE) check-autobahn
+	scripts/phase.sh web $(MAKE) check-web
 
 check-asan:
-	$(MAKE) SAN=1 check-unit
-	$(MAKE) SAN=1 check-fuzz
-	$(MAKE) SAN=1 check-integration
-	$(MAKE) SAN=1 check-cluster
-	$(MAKE) SAN=1 check-autobahn
-	$(MAKE) SAN=1 check-web
+	scripts/phase.sh asan-unit $(MAKE) SAN=1 check-unit
+	scripts/phase.sh asan-fuzz $(MAKE) SAN=1 check-fuzz
+	scripts/phase.sh asan-integration $(MAKE) SAN=1 check-integration
+	scripts/phase.sh asan-cluster $(MAKE) SAN=1 check-cluster
+	scripts/phase.sh asan-autobahn $(MAKE) SAN=1 check-autobahn
+	scripts/phase.sh asan-web $(MAKE) SAN=1 check-web
 
 check:
 	$(MAKE) check-fast

@@ -24,6 +24,9 @@ read -r passed failed < <(awk '
         }
     }
     END { print p + 0, f + 0 }' "$log")
+# Where the time went (scripts/phase.sh, one line per phase of make check).
+grep '^phase ' "$log"
+echo "suite took $SECONDS s"
 echo "total: $passed passed, $failed failed"
 if [ "$passed" -eq 0 ]; then
     echo "no test ran" >&2

@@ -7,7 +7,9 @@ set -u
 limit=${UNIT_TIMEOUT:-900}
 passed=0 failed=0 broken=0
 for t in "$@"; do
+    start=$(date +%s)
     out=$(timeout -k 10 "$limit" "$t") ; rc=$?
+    took="($(( $(date +%s) - start )) s)"
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "$(basename "$t"): timed out after ${limit} s (hung?)"
         broken=$((broken + 1)); continue
@@ -20,7 +22,7 @@ for t in "$@"; do
         broken=$((broken + 1)); continue
     fi
     printf '%s\n' "$out" | sed '$d'   # what the test printed (figures)
-    echo "$(basename "$t"): $line"
+    echo "$(basename "$t"): $line $took"
     passed=$((passed + p)); failed=$((failed + f))
     [ "$rc" -ne 0 ] && [ "$f" -eq 0 ] && broken=$((broken + 1))
 done
