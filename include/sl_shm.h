@@ -191,6 +191,7 @@ typedef struct {
     int64_t down_since_ms;   /* wall ms; 0 while up */
     uint64_t refused;        /* commands refused: too many in flight (overloaded) */
     uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
+    uint64_t presence_purged; /* entries of this --node-id's previous process removed at connect */
     uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
     uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */

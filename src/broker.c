@@ -120,6 +120,7 @@ static long long history_bytes(bool info)
 _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
+#define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -158,7 +159,7 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 /* What a command's reply completes. */
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
-       C_INFO, C_EPOCHS, C_ENSURE, C_PRES, C_PRES_STATS };
+       C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -258,7 +259,7 @@ static struct {
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
-    char instance[24]; /* this node's master (host hash, pid), in the heartbeat: a node id used twice shows */
+    char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
@@ -505,7 +506,8 @@ static int cmd_send(cmd_t *c)
 static bool room_for(cmd_t *c, size_t n)
 {
     link_t *l = c->link;
-    if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS)
+    if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS ||
+        c->what == C_PURGE)
         return true;
     if (l->ninflight < INFLIGHT_MAX && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
         return true;
@@ -530,7 +532,7 @@ static int cmd_issue(cmd_t *c, int argc, const char **argv, const size_t *lens)
     c->buf = buf;
     c->len = n;
     bool setup = c->what == C_SETUP || c->what == C_PING || c->what == C_INFO ||
-                 c->what == C_EPOCHS;
+                 c->what == C_EPOCHS || c->what == C_PURGE;
     if (c->link->state != L_UP && !setup) {
         cmd_answer(c, SL_BR_UNAVAILABLE, NULL);
         cmd_free(c);
@@ -1108,6 +1110,7 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
 static void link_up(link_t *l);
 static void link_ping(link_t *l, int what);
 static void link_epochs(link_t *l);
+static void link_purge(link_t *l);
 
 static void done_setup(cmd_t *c, redisReply *r)
 {
@@ -1130,6 +1133,9 @@ static void done_setup(cmd_t *c, redisReply *r)
     } else if (c->what == C_EPOCHS) {
         int64_t st = rint_(el(r, 0));
         if (st == 3) {
+            /* The link makes progress: its connect deadline starts again
+             * (rg17 L3: a renewal of many slices is not a failed connect). */
+            l->connect_ms = sl_mono_ms();
             link_epochs(l); /* the next slice */
             return;
         }
@@ -1139,6 +1145,21 @@ static void done_setup(cmd_t *c, redisReply *r)
                    SL_TF_S("run-id", l->run_id),
                    SL_TF_S("reason", "Redis restarted or failed over: every channel's epoch "
                                      "renewed (subscribers resubscribe, recovered:false)"));
+        }
+        link_purge(l);
+    } else if (c->what == C_PURGE) {
+        int64_t st = rint_(el(r, 0)), left = rint_(el(r, 1));
+        if (left > 0) {
+            uatomic_add(&BSTATS->link[l->shard].presence_purged, (uint64_t)left);
+            SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                   SL_TF_I("presence-purged", left),
+                   SL_TF_S("reason", "this --node-id's previous process left presence entries: "
+                                     "removed, a leave published for each"));
+        }
+        if (st == 3) {
+            l->connect_ms = sl_mono_ms(); /* progress, as for EPOCHS */
+            link_purge(l);
+            return;
         }
         link_ping(l, C_PING); /* answered after everything before it */
     } else if (c->what == C_PING) {
@@ -1191,6 +1212,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_SETUP:
     case C_INFO:
     case C_EPOCHS:
+    case C_PURGE:
     case C_PING: done_setup(c, r); break;
     default: break;
     }
@@ -2651,6 +2673,27 @@ static void link_epochs(link_t *l)
     cmd_script(cmd_new(l, C_EPOCHS, NULL), SL_BRS_EPOCHS, 3, &a);
 }
 
+/* At every connect, after the epochs: this node's entries and counts of
+ * a previous master under the same --node-id go (PRES_PURGE), before
+ * anything of this process is written on the link. */
+static void link_purge(link_t *l)
+{
+    char inst[96], npr[96], nch[96];
+    snprintf(inst, sizeof(inst), "nodeinst:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    snprintf(nch, sizeof(nch), "nodech:%s", B.node);
+    args_t a = {.n = 0};
+    argp(&a, inst);
+    argp(&a, npr);
+    argp(&a, nch);
+    args(&a, B.node);
+    args(&a, B.instance);
+    args(&a, B.prefix);
+    argi(&a, PURGE_SLICE);
+    argi(&a, sl_conf->channel_linger_ms);
+    cmd_script(cmd_new(l, C_PURGE, NULL), SL_BRS_PRES_PURGE, 3, &a);
+}
+
 /* The connections are made; set them up: AUTH, SELECT, the scripts, the
  * run id check, the node channels, then a PING whose answer says both
  * connections are usable. */
@@ -3037,7 +3080,10 @@ int sl_broker_main(int tel_fd)
         uint32_t h = 2166136261u;
         for (const char *p = host; *p; p++)
             h = (h ^ (uint8_t)*p) * 16777619u;
-        snprintf(B.instance, sizeof(B.instance), "%08x-%d", h, (int)getppid());
+        /* The master's start time too: a master restarted with the same
+         * pid (pid 1 in a container) is another instance (PRES_PURGE). */
+        snprintf(B.instance, sizeof(B.instance), "%08x-%d-%" PRId64, h, (int)getppid(),
+                 (int64_t)sl_shm->start_ms);
     }
     B.nlinks = (uint32_t)SL_MIN(sl_conf->nredis, SL_BROKER_SHARDS);
     for (int s = 0; s < SL_BRS__COUNT; s++)

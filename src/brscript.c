@@ -427,4 +427,48 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  end\n"
     "end\n"
     "return {clients, users}\n",
+
+    /* PRES_PURGE  KEYS nodeinst nodepr nodech  ARGV node instance prefix budget
+     * linger-ms: run at every connect, after EPOCHS.  A node restarted under
+     * the same --node-id (a new master: another instance) before its
+     * heartbeat expired finds its previous process's presence entries and
+     * counts still counted: they go now, as a dead node's do (a leave
+     * published for each entry), at most `budget` entries per call; the
+     * instance is recorded only when the last is gone, so a broker killed
+     * half-way leaves the rest for the next (each call is atomic; every
+     * state between calls is valid: some old entries gone, each with its
+     * leave).  The same master's respawned broker finds its own instance:
+     * nothing to do.  Returns {0} (nothing to do or done), {3} (more: call
+     * again), with the number of leaves published second. */
+    [SL_BRS_PRES_PURGE] = LUA_LINGER
+    "if redis.call('GET', KEYS[1]) == ARGV[2] then return {0, 0} end\n"
+    "local nd, budget, left = ARGV[1], tonumber(ARGV[4]), 0\n"
+    "while budget > 0 do\n"
+    "  local id = redis.call('SRANDMEMBER', KEYS[2])\n"
+    "  if not id then break end\n"
+    "  local k = ARGV[3] .. ':{' .. id .. '}:'\n"
+    "  local pk, cur = k .. 'p:' .. nd, '0'\n"
+    "  repeat\n"
+    "    local r = redis.call('HSCAN', pk, cur, 'COUNT', budget)\n"
+    "    local e = r[2]\n"
+    "    cur = r[1]\n"
+    "    for i = 1, #e, 2 do\n"
+    "      redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n0\\n{\"type\":\"leave\",\"channel-id\":' ..\n"
+    "        cjson.encode(id) .. ',\"info\":' .. e[i + 1] .. '}')\n"
+    "      redis.call('HDEL', pk, e[i])\n"
+    "      left = left + 1\n"
+    "    end\n"
+    "    budget = budget - 1 - #e / 2\n"
+    "  until cur == '0' or budget <= 0\n"
+    "  if redis.call('EXISTS', pk) == 0 then redis.call('SREM', KEYS[2], id) end\n"
+    "end\n"
+    "if redis.call('SCARD', KEYS[2]) > 0 then return {3, left} end\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do\n"
+    "  local k = ARGV[3] .. ':{' .. id .. '}:'\n"
+    "  redis.call('HDEL', k .. 'n', nd)\n"
+    "  if redis.call('HLEN', k .. 'n') == 0 then linger(k .. 'c', k .. 'h', ARGV[5]) end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[3])\n"
+    "redis.call('SET', KEYS[1], ARGV[2])\n"
+    "return {0, left}\n",
 };

@@ -362,6 +362,8 @@ json_t *sl_cluster_stats(void)
         json_object_set_new(o, "refused", json_integer((json_int_t)uatomic_read(&l->refused)));
         json_object_set_new(o, "epoch-renewals",
                             json_integer((json_int_t)uatomic_read(&l->epoch_renewals)));
+        json_object_set_new(o, "presence-purged",
+                            json_integer((json_int_t)uatomic_read(&l->presence_purged)));
         json_object_set_new(o, "catchups-in-flight",
                             json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
         json_object_set_new(o, "catchups-waiting",

@@ -211,6 +211,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Requests refused (overloaded): too many commands in flight."},
         {"redis_epoch_renewals_total", "epoch-renewals", "counter",
          "Times a restarted or failed-over Redis made every channel take a new epoch."},
+        {"redis_presence_purged_total", "presence-purged", "counter",
+         "Presence entries of this node id's previous process removed at connect (a leave each)."},
         {"redis_catchups_in_flight", "catchups-in-flight", "gauge",
          "Catch-ups (missed messages fetched from the history) sent on this link."},
         {"redis_catchups_waiting", "catchups-waiting", "gauge",

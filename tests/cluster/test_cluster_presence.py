@@ -228,6 +228,57 @@ def test_killed_node_clients_leave(cluster):
     c.stopped = True
 
 
+def test_restarted_node_drops_its_previous_entries(cluster):
+    """A node SIGKILLed with two subscribers and started again at once
+    under the same --node-id (before its heartbeat key expires, so no
+    survivor ever sees it dead): its new broker removes the previous
+    process's entries at its first connect (PRES_PURGE), publishing a leave
+    for each, so A's watcher is told and presence no longer lists them.
+    Without the purge they stay listed for as long as the node lives."""
+    (a,) = cluster(1, "--join-leave")
+    (c,) = cluster(1, "--join-leave", "--node-id", "cee")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        on_c = [await Client.open(c) for _ in range(2)]
+        for x in on_c:
+            assert (await x.subscribe("room"))["success"]
+        ids = {x.conn_id for x in on_c}
+        for _ in ids:
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == ids | {w.conn_id}
+        await until(listed, "C's clients listed")
+        os.kill(c.pid, signal.SIGKILL)  # the master; its children follow
+        c.proc.wait()
+        c.stopped = True
+        (c2,) = cluster(1, "--join-leave", "--node-id", "cee")
+        left = set()
+        while left != ids:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            assert m["channel-id"] == "room"
+            left.add(m["info"]["conn-id"])
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without the previous process's clients")
+        assert await stats_of(w, "room") == (1, 0)
+        assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 2
+        # The restarted node itself lists only what it has now.
+        y = await Client.open(c2)
+        assert (await y.subscribe("room"))["success"]
+
+        async def now():
+            clients, _ = await presence_all(y, "room")
+            return set(clients) == {w.conn_id, y.conn_id}
+        await until(now, "presence from the restarted node")
+    run(go())
+
+
 def test_killed_workers_clients_leave(cluster):
     """A worker of a live node is SIGKILLed with a subscriber on it: the
     master's cleanup has the broker remove its presence entry and publish
