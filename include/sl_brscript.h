@@ -46,6 +46,7 @@ enum {
     SL_BRS_PRES_GET,
     SL_BRS_PRES_STATS,
     SL_BRS_PRES_PURGE,
+    SL_BRS_PRES_SYNC,
     SL_BRS__COUNT
 };
 

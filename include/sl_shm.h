@@ -217,6 +217,10 @@ typedef struct {
     uint64_t hold_resets;  /* channels reset because what they held passed a bound */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint64_t deleted_channels; /* channels deleted on another node, removed here */
+    uint64_t presence_synced;  /* channels whose presence entries were rewritten after a connect */
+    uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
+    uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
+    uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
     uint32_t nshards;
     uint32_t nodes;        /* live nodes seen at the last heartbeat */
     int64_t snapshot_ms;   /* wall ms of the last cluster snapshot */

@@ -121,6 +121,8 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
+#define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
+#define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: skipped, counted) */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -159,7 +161,8 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 /* What a command's reply completes. */
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
-       C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS };
+       C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS, C_PRES_SYNC,
+       C_PRES_SCAN };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -206,6 +209,7 @@ struct bchan {
     bchan_t *cu_next;
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
+    bool pres_due;      /* its presence entries to rewrite (PRES_SYNC) after a connect */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -230,6 +234,13 @@ struct link {
     redisAsyncContext *cmd, *sub;
     bool ping_ok, sub_ok; /* the setup's last PING answered, the node channels subscribed */
     bool ever_up;
+    /* After a connect: this node's presence entries in Redis are rewritten
+     * from the registry, channel by channel (pres_pass: the channels known
+     * here, from bucket pres_bucket on; then pres_scan: the node's nodepr
+     * set, for channels with entries but no subscriber here any more). */
+    bool pres_pass, pres_scan, pres_scan_sent;
+    uint32_t pres_bucket;
+    char pres_cursor[32];
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
     uint32_t ncu_wait;    /* ... and waiting on cu_wait (shown: cu_shown) */
@@ -479,6 +490,9 @@ static void cmd_unlink(cmd_t *c)
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
 static void done_presence(cmd_t *c, redisReply *r);
+static void done_pres_sync(cmd_t *c, redisReply *r);
+static void done_pres_scan(cmd_t *c, redisReply *r);
+static void pres_turn(void);
 
 static int cmd_send(cmd_t *c)
 {
@@ -1209,6 +1223,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_PRES:
     case C_PRES_STATS: done_presence(c, r); break;
     case C_HEARTBEAT: done_heartbeat(c, r); break;
+    case C_PRES_SYNC: done_pres_sync(c, r); break;
+    case C_PRES_SCAN: done_pres_scan(c, r); break;
     case C_SETUP:
     case C_INFO:
     case C_EPOCHS:
@@ -1759,6 +1775,34 @@ static void send_joins(bchan_t *ch)
     }
 }
 
+/* Subscribed again after a lost link (or by a new broker): joins and
+ * leaves published meanwhile never reached this node (they have no seq:
+ * no catch-up brings them back), so its join-leave subscribers are told
+ * presence-resync (ask presence again), in order with the channel's
+ * messages, after what the catch-up brings. */
+static void pres_resync(bchan_t *ch)
+{
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc == NULL || !lc->config.join_leave || uatomic_read(&lc->subscribers) == 0)
+        return;
+    json_t *f = json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id", ch->id,
+                          (size_t)ch->idlen);
+    char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+    json_decref(f);
+    if (ft == NULL)
+        return;
+    size_t fl = strlen(ft);
+    char *m = malloc(fl + 4);
+    if (m) {
+        memcpy(m, "J\n0\n", 4); /* no origin: nobody excluded */
+        memcpy(m + 4, ft, fl);
+        on_presence_message(ch, m, fl + 4);
+        uatomic_add(&BSTATS->presence_resyncs, 1);
+    }
+    free(m);
+    free(ft);
+}
+
 static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
 {
     redisReply *r = reply;
@@ -1814,6 +1858,8 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
          * published meanwhile is fetched (even from seq 0). */
         if (ch->known && !ch->holding)
             start_catchup(ch, CU_NEW);
+        if (ch->known)
+            pres_resync(ch);
         if (!ch->want)
             subscribe_chan(ch); /* unwanted meanwhile: unsubscribe */
     } else if (strcmp(kind, "unsubscribe") == 0) {
@@ -2422,6 +2468,159 @@ static void done_presence(cmd_t *c, redisReply *r)
     json_decref(d);
 }
 
+/* ---------------------------------------------- presence after a connect */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    uint32_t n;
+    bool over;
+} pres_text_t;
+
+static int pres_entry_cb(const sl_sub_t *s, void *arg)
+{
+    pres_text_t *t = arg;
+    if (++t->n > PRES_SYNC_MAX) {
+        t->over = true;
+        return 1;
+    }
+    const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
+    json_t *ij = info ? json_loads(info, JSON_DECODE_ANY, NULL) : NULL;
+    /* The entry as the worker's PRES_SET writes it (pubsub.c presence_entry). */
+    json_t *e = json_pack("{s:s, s:o, s:o}", "conn-id", conn, "user",
+                          user ? json_string(user) : json_null(), "info", ij ? ij : json_null());
+    char *et = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (et == NULL)
+        return 0;
+    size_t cl = strlen(conn), el_ = strlen(et), need = t->len + cl + el_ + 2;
+    if (need > t->cap) {
+        size_t cap = t->cap ? t->cap : 4096;
+        while (cap < need)
+            cap *= 2;
+        char *nb = realloc(t->buf, cap);
+        if (nb == NULL) {
+            free(et);
+            t->over = true;
+            return 1;
+        }
+        t->buf = nb;
+        t->cap = cap;
+    }
+    memcpy(t->buf + t->len, conn, cl);
+    t->buf[t->len + cl] = '\n';
+    memcpy(t->buf + t->len + cl + 1, et, el_);
+    t->buf[t->len + cl + 1 + el_] = '\n';
+    t->len = need;
+    free(et);
+    return 0;
+}
+
+/* Rewrite this node's entries of channel id in Redis from its registry
+ * (PRES_SYNC).  Returns false when the link takes no more now. */
+static bool pres_sync(link_t *l, const char *id, size_t len)
+{
+    pres_text_t t = {0};
+    sl_chan_t *lc = sl_chan_find(REG, id, len);
+    if (lc)
+        sl_chan_members(lc, 0, pres_entry_cb, &t); /* the broker is an online reader */
+    if (t.over) {
+        /* Too many for one script: this channel is left as it is. */
+        uatomic_add(&BSTATS->presence_sync_skipped, 1);
+        free(t.buf);
+        return true;
+    }
+    cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
+    if (c == NULL) {
+        free(t.buf);
+        return false;
+    }
+    char pk[64], npr[64];
+    snprintf(pk, sizeof(pk), "p:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    args_t a = {.n = 0};
+    argk(&a, id, len, pk);
+    argp(&a, npr);
+    argk(&a, id, len, "m");
+    arg(&a, id, len);
+    args(&a, B.node);
+    args(&a, lc && lc->config.join_leave ? "1" : "0");
+    arg(&a, t.buf ? t.buf : "", t.len);
+    int rc = cmd_script(c, SL_BRS_PRES_SYNC, 3, &a);
+    free(t.buf);
+    return rc == SL_OK;
+}
+
+static void done_pres_sync(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return;
+    uatomic_add(&BSTATS->presence_synced, 1);
+    int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
+    if (changes > 0)
+        uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+}
+
+/* A slice of the node's nodepr set: its channels without a subscriber
+ * here lose their entries (PRES_SYNC with none). */
+static void done_pres_scan(cmd_t *c, redisReply *r)
+{
+    link_t *l = c->link;
+    l->pres_scan_sent = false;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || l->state != L_UP) {
+        l->pres_scan = false; /* given up: the next connect starts again */
+        return;
+    }
+    redisReply *ids = el(r, 1);
+    for (size_t i = 0; ids && i < ids->elements; i++) {
+        redisReply *id = ids->element[i];
+        if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
+            continue;
+        sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
+        if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
+            pres_sync(l, id->str, id->len);
+    }
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
+    if (strcmp(l->pres_cursor, "0") == 0)
+        l->pres_scan = false;
+}
+
+/* One loop turn's share of the rewrite after a connect (PRES_SYNC_TURN
+ * channels, or one nodepr slice of about as many). */
+static void pres_turn(void)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        if (l->state != L_UP)
+            continue;
+        int done = 0;
+        while (l->pres_pass && done < PRES_SYNC_TURN) {
+            if (l->pres_bucket >= BUCKETS) {
+                l->pres_pass = false;
+                break;
+            }
+            for (bchan_t *ch = B.map[l->pres_bucket]; ch && done < PRES_SYNC_TURN; ch = ch->next) {
+                if (!ch->pres_due || (int)ch->shard != l->shard)
+                    continue;
+                if (!pres_sync(l, ch->id, ch->idlen))
+                    return; /* the link is full: next turn */
+                ch->pres_due = false;
+                done++;
+            }
+            if (done < PRES_SYNC_TURN)
+                l->pres_bucket++; /* every due channel of this bucket sent */
+        }
+        if (!l->pres_pass && l->pres_scan && !l->pres_scan_sent) {
+            char npr[160];
+            snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
+            const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
+            size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
+            if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
+                l->pres_scan_sent = true;
+        }
+    }
+}
+
 /* presence / presence-stats over every live node (answered). */
 static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
 {
@@ -2857,6 +3056,17 @@ static void link_up(link_t *l)
         cmd_script(c, SL_BRS_CREATE, 5, &a);
     }
     reconcile();
+    /* What this node's entries in Redis missed while the link was down
+     * (or a broker was dead) is mended from the registry: every channel
+     * known here, then those only Redis lists (pres_turn). */
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->pres_due = true;
+    l->pres_pass = l->pres_scan = true;
+    l->pres_scan_sent = false;
+    l->pres_bucket = 0;
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
 }
 
 /* ------------------------------------------------------------ timers */
@@ -2888,6 +3098,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (B.backlog)
         backlog_retry();
+    pres_turn();
     drain_queue(); /* in case a wake-up was lost */
     wake_flush();
 }

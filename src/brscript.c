@@ -373,11 +373,13 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
 
     /* PRES_SET  KEYS p nodepr m  ARGV conn-id entry id frame origin exclude: a
      * subscriber's presence entry on this node; with a frame (a join), that
-     * published on the channel, in order with its messages. */
+     * published on the channel, in order with its messages - only when the
+     * entry is new (a PRES_SYNC may have written it first), so a join is
+     * published once. */
     [SL_BRS_PRES_SET] =
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('SADD', KEYS[2], ARGV[3])\n"
-    "if ARGV[4] ~= '' then\n"
+    "if ARGV[4] ~= '' and new == 1 then\n"
     "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[4]) end\n"
     "return 0\n",
 
@@ -471,4 +473,35 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('DEL', KEYS[3])\n"
     "redis.call('SET', KEYS[1], ARGV[2])\n"
     "return {0, left}\n",
+
+    /* PRES_SYNC  KEYS p nodepr m  ARGV id node join-leave entries: after a
+     * connect, this node's entries of channel id made equal to what its
+     * registry has (`entries`: "conn-id\nentry\n" for each), so what a lost
+     * link kept from Redis (a PRES_SET or PRES_DEL refused or lost) is
+     * mended; for each entry removed a leave and each added a join is
+     * published (join-leave "1"; a leave always, as for a dead node's).
+     * Returns {added, removed}. */
+    [SL_BRS_PRES_SYNC] =
+    "local want = {}\n"
+    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do want[c] = e end\n"
+    "local function tell(kind, e)\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n0\\n{\"type\":\"' .. kind ..\n"
+    "    '\",\"channel-id\":' .. cjson.encode(ARGV[1]) .. ',\"info\":' .. e .. '}')\n"
+    "end\n"
+    "local have, added, removed = redis.call('HGETALL', KEYS[1]), 0, 0\n"
+    "for i = 1, #have, 2 do\n"
+    "  if not want[have[i]] then\n"
+    "    redis.call('HDEL', KEYS[1], have[i]); removed = removed + 1\n"
+    "    tell('leave', have[i + 1])\n"
+    "  end\n"
+    "end\n"
+    "for c, e in pairs(want) do\n"
+    "  if redis.call('HSET', KEYS[1], c, e) == 1 then\n"
+    "    added = added + 1\n"
+    "    if ARGV[3] == '1' then tell('join', e) end\n"
+    "  end\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "else redis.call('SREM', KEYS[2], ARGV[1]) end\n"
+    "return {added, removed}\n",
 };

@@ -394,6 +394,14 @@ json_t *sl_cluster_stats(void)
     json_object_set_new(broker, "backlog-bytes",
                         json_integer((json_int_t)uatomic_read(&b->backlog_bytes)));
     json_object_set_new(broker, "held", json_integer((json_int_t)uatomic_read(&b->held)));
+    json_object_set_new(broker, "presence-synced",
+                        json_integer((json_int_t)uatomic_read(&b->presence_synced)));
+    json_object_set_new(broker, "presence-sync-changes",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_changes)));
+    json_object_set_new(broker, "presence-sync-skipped",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
+    json_object_set_new(broker, "presence-resyncs",
+                        json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
     json_object_set_new(broker, "held-bytes",
                         json_integer((json_int_t)uatomic_read(&b->held_bytes)));
     json_object_set_new(broker, "hold-resets",

@@ -190,6 +190,14 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Channels whose subscribers were closed (1012) to resubscribe.");
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
+    single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),
+           "Channels whose presence entries in Redis were rewritten after a connect.");
+    single(o, "broker_presence_sync_changes_total", "counter", num(b, "presence-sync-changes"),
+           "Entries that rewrite added or removed (a join or leave published each).");
+    single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
+           "Channels not rewritten: more local subscribers than one script takes (1000).");
+    single(o, "broker_presence_resyncs_total", "counter", num(b, "presence-resyncs"),
+           "presence-resync notices queued for a channel's join-leave subscribers after a re-subscribe.");
     single(o, "broker_stalled", "gauge", num(b, "stalled"),
            "1 while the broker makes no progress (--worker-stall-ms).");
     single(o, "broker_stalls_total", "counter", num(b, "stalls"), "Times the broker stalled.");

@@ -14,8 +14,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
-from conftest import wait_for  # noqa: E402
-from test_cluster import Client, run  # noqa: E402
+from conftest import needs_own_redis, wait_for  # noqa: E402
+from test_cluster import Client, channel_info, run  # noqa: E402
 
 
 async def presence_all(client, ch, limit=None):
@@ -268,6 +268,11 @@ def test_restarted_node_drops_its_previous_entries(cluster):
         await until(only_w, "presence without the previous process's clients")
         assert await stats_of(w, "room") == (1, 0)
         assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 2
+        # The previous process's subscriber count went with its entries
+        # (nothing of the new process would ever overwrite it: it has no
+        # subscriber of "room").
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="the previous process's count gone")
         # The restarted node itself lists only what it has now.
         y = await Client.open(c2)
         assert (await y.subscribe("room"))["success"]
@@ -336,3 +341,65 @@ def test_presence_pages_fit_the_reply_bound(cluster, keys):
         for c in conns:
             await c.ws.close()
     run(go())
+
+
+def test_presence_mended_after_a_lost_link(cluster, redis):
+    """Redis SIGSTOPped: both nodes' links drop.  Meanwhile a client on A
+    unsubscribes and another closes: their leaves cannot reach Redis (the
+    link is down: PRES_DEL refused), so their entries stay there.  After
+    SIGCONT, A rewrites its entries from its registry (PRES_SYNC: the two
+    removed, a leave published for each), and B, subscribed again, tells
+    its join-leave watcher presence-resync: the watcher's presence ends
+    with the right members.  Without the rewrite the two stay listed (A is
+    alive: nobody else removes them); without the resync the watcher is
+    never told that it missed something."""
+    needs_own_redis()
+    a, b = cluster(2, "--join-leave", "--redis-timeout-ms", "500")
+
+    async def go():
+        w = await Client.open(b)
+        assert (await w.subscribe("room"))["success"]
+        stay = await Client.open(a)
+        assert (await stay.subscribe("room"))["success"]
+        gone = [await Client.open(a) for _ in range(2)]
+        for x in gone:
+            assert (await x.subscribe("room"))["success"]
+        for _ in range(3):
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+        everyone = {w.conn_id, stay.conn_id} | {x.conn_id for x in gone}
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == everyone
+        await until(listed, "all listed")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not a.stats()["cluster"]["redis"][0]["connected"], timeout=20,
+                     what="A's link down")
+            await gone[0].send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await gone[0].of_type("unsubscription-result"))["success"]
+            await gone[1].ws.close()
+            wait_for(lambda: a.stats()["cluster"]["broker"]["requests"] > 0, timeout=5,
+                     what="A's broker took the leaves")
+            time.sleep(0.5)
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        wait_for(a.healthy, timeout=20, what="node A healthy again")
+        wait_for(b.healthy, timeout=20, what="node B healthy again")
+        # B's watcher is told to ask again (it missed whatever was
+        # published while B was not subscribed) ...
+        r = await w.next(lambda m: m.get("type") == "presence-resync", timeout=20)
+        assert r["channel-id"] == "room"
+
+        # ... and asking gives the members there are now.
+        async def right():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, stay.conn_id}
+        await until(right, "presence without the two that left while the link was down",
+                    timeout=20)
+        assert await stats_of(w, "room") == (2, 0)
+        st = a.stats()["cluster"]["broker"]
+        assert st["presence-synced"] >= 1 and st["presence-sync-changes"] >= 2, st
+        assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
+    run(go())
+
