@@ -1304,6 +1304,13 @@ static void backlog_add(bchan_t *ch, bmsg_t *m)
  * every inbox full, keep it for later. */
 static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
 {
+    /* Whether a channel tells of joins and leaves is this node's setting
+     * (its namespace's, not in Redis): a leave published for a dead or
+     * restarted node's entry, or by a rewrite after a connect, goes out
+     * whatever the channel - here it reaches only a join-leave channel's
+     * subscribers (review rj17). */
+    if (!lc->config.join_leave)
+        return SL_OK;
     uint8_t hdr[SL_WS_MAX_HEADER];
     size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, m->len, NULL);
     uint8_t *frame = malloc(h + m->len);

@@ -403,3 +403,40 @@ def test_presence_mended_after_a_lost_link(cluster, redis):
         assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
     run(go())
 
+
+def test_removed_entries_tell_only_join_leave_channels(cluster):
+    """Without --join-leave nobody is told of joins and leaves - also not
+    of the leaves published when a restarted node's previous entries go
+    (they are published whatever the channel: the receiving node's setting
+    decides, review rj17).  Presence still drops them."""
+    (a,) = cluster(1)
+    (c,) = cluster(1, "--node-id", "cee")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(c)
+        assert (await x.subscribe("room"))["success"]
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, x.conn_id}
+        await until(listed, "x listed")
+        os.kill(c.pid, signal.SIGKILL)
+        c.proc.wait()
+        c.stopped = True
+        (c2,) = cluster(1, "--node-id", "cee")
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without x")
+        assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 1
+        # Anything published reaches w after the leave would have: a
+        # message marks the point.
+        p = await Client.open(a)
+        await p.send(type="publish", **{"channel-id": "room"}, data="mark")
+        await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
+        assert not [m for m in w.inbox if m.get("type") in ("join", "leave")], w.inbox
+    run(go())
+
