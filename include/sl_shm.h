@@ -221,6 +221,9 @@ typedef struct {
     uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
     uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
     uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
+    uint64_t presence_reasserts; /* presence rewrites because this node's heartbeat key had lapsed */
+    uint64_t presence_pass_gen; /* raised (master: a dead worker's cleanup removed subscriptions)
+                                 * to have the broker rewrite this node's entries (PRES_SYNC) */
     uint32_t nshards;
     uint32_t nodes;        /* live nodes seen at the last heartbeat */
     int64_t snapshot_ms;   /* wall ms of the last cluster snapshot */

@@ -239,6 +239,8 @@ struct link {
      * here, from bucket pres_bucket on; then pres_scan: the node's nodepr
      * set, for channels with entries but no subscriber here any more). */
     bool pres_pass, pres_scan, pres_scan_sent;
+    bool pres_restart;    /* a pass began again while a nodepr slice was asked: its cursor is stale */
+    bool beat_ok;         /* a heartbeat of this link was answered since it came up */
     uint32_t pres_bucket;
     char pres_cursor[32];
     cmd_t *head, *tail;   /* in flight on cmd */
@@ -270,6 +272,7 @@ static struct {
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
+    uint64_t pres_gen_seen; /* BSTATS->presence_pass_gen last acted on */
     char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
@@ -1097,9 +1100,25 @@ static void done_snapshot(cmd_t *c, redisReply *r)
     publish_snapshot();
 }
 
+static void pres_pass_start(link_t *l);
+
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || c->link->shard != 0)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return;
+    link_t *l = c->link;
+    if (rint_(el(r, 2)) && l->beat_ok && l->state == L_UP) {
+        /* This node's key had expired (a stalled broker, a busy Redis):
+         * the others took it for dead and removed its entries, with
+         * leaves.  They are written again (joins) - review rj17 H1. */
+        uatomic_add(&BSTATS->presence_reasserts, 1);
+        SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+               SL_TF_S("reason", "this node's heartbeat had lapsed: its presence entries are "
+                                 "written again"));
+        pres_pass_start(l);
+    }
+    l->beat_ok = true;
+    if (l->shard != 0)
         return;
     int conflict = (int)rint_(el(r, 0));
     if (conflict && !uatomic_read(&BSTATS->node_conflict))
@@ -2578,6 +2597,10 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         l->pres_scan = false; /* given up: the next connect starts again */
         return;
     }
+    if (l->pres_restart) {
+        l->pres_restart = false; /* a new pass: from cursor 0 */
+        return;
+    }
     redisReply *ids = el(r, 1);
     for (size_t i = 0; ids && i < ids->elements; i++) {
         redisReply *id = ids->element[i];
@@ -2596,10 +2619,15 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
  * channels, or one nodepr slice of about as many). */
 static void pres_turn(void)
 {
+    uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
+    bool again = gen != B.pres_gen_seen;
+    B.pres_gen_seen = gen;
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         if (l->state != L_UP)
             continue;
+        if (again)
+            pres_pass_start(l); /* a dead worker's subscriptions were removed */
         int done = 0;
         while (l->pres_pass && done < PRES_SYNC_TURN) {
             if (l->pres_bucket >= BUCKETS) {
@@ -3017,6 +3045,21 @@ static void link_resolved(link_t *l)
 
 static void beat_link(link_t *l);
 
+/* Rewrite this node's presence entries on l from the registry: every
+ * channel known here, then those only Redis lists (pres_turn).  After a
+ * connect, a lapsed heartbeat, or a dead worker's cleanup. */
+static void pres_pass_start(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->pres_due = true;
+    l->pres_pass = l->pres_scan = true;
+    l->pres_restart = l->pres_scan_sent;
+    l->pres_bucket = 0;
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
+}
+
 static void link_up(link_t *l)
 {
     l->state = L_UP;
@@ -3064,16 +3107,10 @@ static void link_up(link_t *l)
     }
     reconcile();
     /* What this node's entries in Redis missed while the link was down
-     * (or a broker was dead) is mended from the registry: every channel
-     * known here, then those only Redis lists (pres_turn). */
-    for (uint32_t b = 0; b < BUCKETS; b++)
-        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
-            if ((int)ch->shard == l->shard)
-                ch->pres_due = true;
-    l->pres_pass = l->pres_scan = true;
+     * (or a broker was dead) is mended from the registry. */
+    l->beat_ok = false;
     l->pres_scan_sent = false;
-    l->pres_bucket = 0;
-    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
+    pres_pass_start(l);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -3304,6 +3341,7 @@ int sl_broker_main(int tel_fd)
                  (int64_t)sl_shm->start_ms);
     }
     B.nlinks = (uint32_t)SL_MIN(sl_conf->nredis, SL_BROKER_SHARDS);
+    B.pres_gen_seen = uatomic_read(&BSTATS->presence_pass_gen); /* each link_up makes a pass */
     for (int s = 0; s < SL_BRS__COUNT; s++)
         sha1_hex(sl_brscript[s], script_sha[s]);
 

@@ -281,7 +281,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * node id in use twice), forget dead nodes (their counts; channels left
      * without subscribers start to expire; their presence entries, each
      * with a leave published on its channel, in slices), return {conflict,
-     * live infos}. */
+     * live infos, lapsed: this node's key was not there}. */
     [SL_BRS_HEARTBEAT] = LUA_LINGER
     "local conflict = 0\n"
     "local cur = redis.call('GET', KEYS[2])\n"
@@ -328,7 +328,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "    if redis.call('EXISTS', prs) == 0 then redis.call('SREM', KEYS[1], nd) end\n"
     "  end\n"
     "end\n"
-    "return {conflict, live}\n",
+    "return {conflict, live, cur and 0 or 1}\n",
 
     /* EPOCHS  KEYS runid channels renew  ARGV run-id epoch-base prefix count: run
      * at every connect, before anything else.  Redis restarted or failed over (its

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
 from conftest import needs_own_redis, wait_for  # noqa: E402
-from test_cluster import Client, channel_info, run  # noqa: E402
+from test_cluster import Client, broker_pid, channel_info, run  # noqa: E402
 
 
 async def presence_all(client, ch, limit=None):
@@ -438,5 +438,39 @@ def test_removed_entries_tell_only_join_leave_channels(cluster):
         await p.send(type="publish", **{"channel-id": "room"}, data="mark")
         await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
         assert not [m for m in w.inbox if m.get("type") in ("join", "leave")], w.inbox
+    run(go())
+
+
+def test_lapsed_node_writes_its_entries_again(cluster):
+    """B's broker stopped for 8 s (under the 10 s stall kill): its heartbeat
+    key expires, A takes B for dead, removes x's entry and tells w x left.
+    Once B's broker runs again its heartbeat finds its key gone and it
+    writes its entries again (review rj17 H1): w is told x joined, and
+    presence lists x again.  Without that x, still subscribed, stayed out
+    of presence for good."""
+    a, b = cluster(2, "--join-leave")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        await w.next(lambda m: m.get("type") == "join", timeout=10)
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            assert m["info"]["conn-id"] == x.conn_id
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        m = await w.next(lambda m: m.get("type") == "join", timeout=20)
+        assert m["info"]["conn-id"] == x.conn_id
+
+        async def both():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, x.conn_id}
+        await until(both, "x listed again")
+        assert broker_pid(b) == pid  # not killed: it was only late
+        assert b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1
     run(go())
 
