@@ -123,6 +123,7 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: skipped, counted) */
+#define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -210,6 +211,9 @@ struct bchan {
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
     bool pres_due;      /* its presence entries to rewrite (PRES_SYNC) after a connect */
+    bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
+    struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
+    uint32_t nstats_wait;
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -273,6 +277,7 @@ static struct {
     char node[32];
     char prefix[64];
     uint64_t pres_gen_seen; /* BSTATS->presence_pass_gen last acted on */
+
     char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
@@ -449,6 +454,7 @@ static void chan_maybe_free(bchan_t *c)
             break;
         }
     drop_held(c);
+    free(c->stats_wait);
     free(c);
 }
 
@@ -2459,21 +2465,23 @@ static void req_presence_change(json_t *j, bool set)
     free(etxt);
 }
 
-static void done_presence(cmd_t *c, redisReply *r)
+static json_t *stats_doc(int64_t clients, int64_t users)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        cmd_answer(c, no_reply(r), NULL);
-        return;
-    }
-    if (rint_(el(r, 0)) < 0) {
-        cmd_answer(c, SL_BR_NOT_FOUND, NULL); /* no such channel */
-        return;
-    }
-    json_t *d;
+    return json_pack("{s:I, s:o}", "num-clients", (json_int_t)clients, "num-users",
+                     users >= 0 ? json_integer(users) : json_null());
+}
+
+/* The answer to a PRES_GET / PRES_STATS: its status, and its document
+ * (*doc, owned by the caller) when SL_BR_OK. */
+static uint32_t presence_result(cmd_t *c, redisReply *r, json_t **doc)
+{
+    *doc = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1)
+        return no_reply(r);
+    if (rint_(el(r, 0)) < 0)
+        return SL_BR_NOT_FOUND; /* no such channel */
     if (c->what == C_PRES_STATS) {
-        int64_t users = rint_(el(r, 1));
-        d = json_pack("{s:I, s:o}", "num-clients", (json_int_t)rint_(el(r, 0)), "num-users",
-                      users >= 0 ? json_integer(users) : json_null());
+        *doc = stats_doc(rint_(el(r, 0)), rint_(el(r, 1)));
     } else {
         /* The cursor of the next page: node index (from 1) and HSCAN
          * cursor in one number (0: none). */
@@ -2487,10 +2495,27 @@ static void done_presence(cmd_t *c, redisReply *r)
                 json_object_setn_new(clients, a->element[i]->str, a->element[i]->len, e);
         }
         bool more = next >= 1 && next <= nlive && next < (1 << 20) && cur <= 0xffffffffu;
-        d = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
-                      (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
+        *doc = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
+                         (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
     }
-    cmd_answer(c, SL_BR_OK, d);
+    return SL_BR_OK;
+}
+
+/* A presence-stats answer goes to the requests that waited for it too. */
+static void done_presence(cmd_t *c, redisReply *r)
+{
+    json_t *d;
+    uint32_t st = presence_result(c, r, &d);
+    cmd_answer(c, st, d);
+    bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
+    if (ch) {
+        for (uint32_t i = 0; i < ch->nstats_wait; i++)
+            answer(ch->stats_wait[i].worker, ch->stats_wait[i].tag, st, d);
+        free(ch->stats_wait);
+        ch->stats_wait = NULL;
+        ch->nstats_wait = 0;
+        ch->stats_busy = false;
+    }
     json_decref(d);
 }
 
@@ -2664,9 +2689,39 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
     link_t *l = link_of(id, len);
+    bchan_t *ch = NULL;
+    if (stats) {
+        /* Each answer walks the channel's entries in Redis (review rj17
+         * H2): one in flight per channel, and the last answer serves for
+         * PRES_STATS_CACHE_MS (also while one is in flight); with none
+         * yet, a request meanwhile is refused overloaded. */
+        ch = chan_get(id, len);
+        if (ch && ch->stats_busy) {
+            if (ch->nstats_wait >= PRES_STATS_WAIT_MAX)
+                return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+            if ((ch->nstats_wait & (ch->nstats_wait - 1)) == 0) { /* 0, 1, 2, 4 ...: grow */
+                void *nw = realloc(ch->stats_wait,
+                                   (ch->nstats_wait ? ch->nstats_wait * 2 : 1) * sizeof(*ch->stats_wait));
+                if (nw == NULL)
+                    return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+                ch->stats_wait = nw;
+            }
+            ch->stats_wait[ch->nstats_wait].worker = e->from;
+            ch->stats_wait[ch->nstats_wait++].tag = e->tag;
+            return;
+        }
+    } else {
+        uint64_t cursor = (uint64_t)jint(j, "cursor");
+        if (cursor && ((cursor >> 32) == 0 || (cursor >> 32) >= (1u << 20)))
+            return answer(e->from, e->tag, SL_BR_BAD, NULL); /* the worker checks it first */
+    }
     cmd_t *c = cmd_new(l, stats ? C_PRES_STATS : C_PRES, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    if (ch) {
+        cmd_chan(c, ch);
+        ch->stats_busy = true;
+    }
     args_t a = {.n = 0};
     argp(&a, "nodes");
     argk(&a, id, len, "c");
@@ -2680,7 +2735,8 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
         argi(&a, (int64_t)(cursor & 0xffffffffu));
         argi(&a, jint(j, "limit"));
     }
-    cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a);
+    if (cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a) != SL_OK && ch)
+        ch->stats_busy = false; /* answered and freed, never sent */
 }
 
 static void handle(const sl_inbox_entry_t *e)

@@ -474,3 +474,47 @@ def test_lapsed_node_writes_its_entries_again(cluster):
         assert b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1
     run(go())
 
+
+def test_presence_stats_bursts_cost_redis_little(cluster, redis):
+    """200 presence-stats pipelined by one client: each would walk the
+    channel's entries in Redis (one script at a time for every node), so
+    the broker keeps one in flight per channel and answers from the last
+    answer for a second (review rj17 H2).  Counted by Redis's own
+    EVALSHA figure: without that, at least 200 more scripts run."""
+    needs_own_redis()
+    a, b = cluster(2)
+
+    def evalshas():
+        for line in redis.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        assert await stats_of(w, "room") == (2, 0)
+        before = evalshas()
+        for _ in range(200):
+            await w.send(type="presence-stats", **{"channel-id": "room"})
+        ok = 0
+        for _ in range(200):
+            r = await w.of_type("presence-stats-result")
+            if r["success"]:
+                assert (r["num-clients"], r["num-users"]) == (2, 0)
+                ok += 1
+            else:
+                assert r["reason"] == "overloaded", r
+        assert ok >= 1
+        # Heartbeats, snapshots and echoes of two nodes run meanwhile too:
+        # a few dozen at most, not 200.
+        assert evalshas() - before < 100
+        # A cursor no server gave is refused before Redis (review rj17 L2).
+        await w.send(type="presence", **{"channel-id": "room", "cursor": 5})
+        r = await w.next(lambda m: m.get("type") in ("error", "presence-result"))
+        assert r["type"] == "error" and "cursor" in str(r), r
+        assert a.stats()["cluster"]["redis"][0]["errors"] == 0
+    run(go())
+
