@@ -2386,6 +2386,7 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argp(&a, "channels");
         argp(&a, "ctl");
         argk(&a, id, len, "x");
+        argp(&a, "nodes");
         arg(&a, id, len);
         args(&a, node_prefix());
         /* The deletion is remembered as long as a history could be: a
@@ -2393,7 +2394,8 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argi(&a, sl_conf->redis_history_ttl_s * 1000);
         /* The control message is published on the channel's instance,
          * which every broker also subscribes to (see link_connect). */
-        cmd_script(c, SL_BRS_DELETE, 6, &a);
+        args(&a, B.prefix);
+        cmd_script(c, SL_BRS_DELETE, 7, &a);
     } else if (strcmp(op, "info") == 0) {
         c = cmd_new(lk, C_ADMIN_INFO, e);
         if (c == NULL)

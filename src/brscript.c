@@ -218,11 +218,18 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "return {0, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], '0'}\n",
 
-    /* DELETE  KEYS c h n channels ctl x  ARGV id nodeprefix tombstone-ms */
+    /* DELETE  KEYS c h n channels ctl x nodes  ARGV id nodeprefix tombstone-ms prefix:
+     * every node's presence entries of the channel go too (review rj17 M1: a
+     * re-created channel listed the deleted one's subscribers); nobody is
+     * told of leaves (every subscriber is told channel-deleted). */
     [SL_BRS_DELETE] = LUA_LIVE_SUM
     "if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end\n"
     "local subs = live_sum(KEYS[3], ARGV[2], '')\n"
     "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])\n"
+    "for _, nd in ipairs(redis.call('SMEMBERS', KEYS[7])) do\n"
+    "  redis.call('DEL', ARGV[4] .. ':{' .. ARGV[1] .. '}:p:' .. nd)\n"
+    "  redis.call('SREM', ARGV[4] .. ':nodepr:' .. nd, ARGV[1])\n"
+    "end\n"
     "redis.call('SREM', KEYS[4], ARGV[1])\n"
     "redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], 'D' .. ARGV[1])\n"

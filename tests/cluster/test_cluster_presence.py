@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
 from conftest import needs_own_redis, wait_for  # noqa: E402
-from test_cluster import Client, broker_pid, channel_info, run  # noqa: E402
+from test_cluster import TOKEN, Client, api, broker_pid, channel_info, run  # noqa: E402
 
 
 async def presence_all(client, ch, limit=None):
@@ -516,5 +516,33 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
         r = await w.next(lambda m: m.get("type") in ("error", "presence-result"))
         assert r["type"] == "error" and "cursor" in str(r), r
         assert a.stats()["cluster"]["redis"][0]["errors"] == 0
+    run(go())
+
+
+def test_deleted_channel_leaves_no_entries(cluster):
+    """A channel deleted (admin, on A) with a subscriber on each node: its
+    presence entries go with it on every node (review rj17 M1), so the
+    channel made again by a new subscribe lists only the new subscriber."""
+    a, b = cluster(2, "--admin-token", TOKEN)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("room"))["success"]
+        y = await Client.open(b)
+        assert (await y.subscribe("room"))["success"]
+
+        async def both():
+            clients, _ = await presence_all(x, "room")
+            return set(clients) == {x.conn_id, y.conn_id}
+        await until(both, "both listed")
+        status, doc = api(a, "DELETE", "/api/channels/room")
+        assert status == 200 and doc["deleted"], doc
+        for c in (x, y):
+            assert (await c.of_type("channel-deleted"))["channel-id"] == "room"
+        z = await Client.open(b)
+        assert (await z.subscribe("room"))["success"]
+        clients, _ = await presence_all(z, "room")
+        assert set(clients) == {z.conn_id}, clients
+        assert await stats_of(z, "room") == (1, 0)
     run(go())
 
