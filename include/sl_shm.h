@@ -221,6 +221,7 @@ typedef struct {
     uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
     uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
     uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
+    uint64_t presence_lost;    /* presence writes not sent (link down or full) and joins / leaves not delivered (no memory) */
     uint64_t presence_reasserts; /* presence rewrites because this node's heartbeat key had lapsed */
     uint64_t presence_pass_gen; /* raised (master: a dead worker's cleanup removed subscriptions)
                                  * to have the broker rewrite this node's entries (PRES_SYNC) */

@@ -1339,8 +1339,10 @@ static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
     uint8_t hdr[SL_WS_MAX_HEADER];
     size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, m->len, NULL);
     uint8_t *frame = malloc(h + m->len);
-    if (frame == NULL)
+    if (frame == NULL) {
+        uatomic_add(&BSTATS->presence_lost, 1);
         return SL_OK; /* lost: as a full inbox's would be */
+    }
     memcpy(frame, hdr, h);
     memcpy(frame + h, m->json, m->len);
     uint64_t woken = 0;
@@ -1348,6 +1350,8 @@ static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
     free(frame);
     if (rc == SL_CHAN_OVERLOADED)
         return SL_AGAIN;
+    if (rc == SL_CHAN_NO_MEMORY)
+        uatomic_add(&BSTATS->presence_lost, 1);
     B.wake |= woken;
     return SL_OK;
 }
@@ -2446,8 +2450,10 @@ static void req_presence_change(json_t *j, bool set)
         return;
     link_t *l = link_of(id, len);
     cmd_t *c = cmd_new(l, C_SYNC, NULL);
-    if (c == NULL)
+    if (c == NULL) {
+        uatomic_add(&BSTATS->presence_lost, 1);
         return;
+    }
     char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
     char pk[64], npr[64];
     snprintf(pk, sizeof(pk), "p:%s", B.node);
@@ -2463,7 +2469,10 @@ static void req_presence_change(json_t *j, bool set)
     args(&a, frame ? frame : "");
     args(&a, B.node);
     argi(&a, jint(j, "conn-no"));
-    cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a);
+    /* Not sent (the link is down or full): counted; the rewrite after the
+     * next connect mends it (pres_pass_start). */
+    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a) != SL_OK)
+        uatomic_add(&BSTATS->presence_lost, 1);
     free(etxt);
 }
 

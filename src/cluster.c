@@ -377,6 +377,8 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
     json_object_set_new(broker, "presence-resyncs",
                         json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
+    json_object_set_new(broker, "presence-lost",
+                        json_integer((json_int_t)uatomic_read(&b->presence_lost)));
     json_object_set_new(broker, "presence-reasserts",
                         json_integer((json_int_t)uatomic_read(&b->presence_reasserts)));
     json_object_set_new(broker, "held-bytes",

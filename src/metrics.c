@@ -196,6 +196,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Entries that rewrite added or removed (a join or leave published each).");
     single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
            "Channels not rewritten: more local subscribers than one script takes (1000).");
+    single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
+           "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
     single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),
            "Presence rewrites because this node's heartbeat key had lapsed (others took it for dead).");
     single(o, "broker_presence_resyncs_total", "counter", num(b, "presence-resyncs"),

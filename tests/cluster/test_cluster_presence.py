@@ -401,6 +401,8 @@ def test_presence_mended_after_a_lost_link(cluster, redis):
         st = a.stats()["cluster"]["broker"]
         assert st["presence-synced"] >= 1 and st["presence-sync-changes"] >= 2, st
         assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
+        # The two leaves that could not be sent were counted (review rj17 L4).
+        assert st["presence-lost"] >= 2, st
     run(go())
 
 
