@@ -381,6 +381,10 @@ def test_presence_mended_after_a_lost_link(cluster, redis):
             await gone[1].ws.close()
             wait_for(lambda: a.stats()["cluster"]["broker"]["requests"] > 0, timeout=5,
                      what="A's broker took the leaves")
+            # B's link too (it finds Redis silent at its own pace): what is
+            # published while it is down never reaches it.
+            wait_for(lambda: not b.stats()["cluster"]["redis"][0]["connected"], timeout=20,
+                     what="B's link down")
             time.sleep(0.5)
         finally:
             os.kill(redis.proc.pid, signal.SIGCONT)
