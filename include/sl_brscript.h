@@ -18,6 +18,8 @@
  *            heartbeat key lives; a survivor's HEARTBEAT removes a dead
  *            node's, publishing a leave for each
  *   P:nodepr:<node>  set: channels the node has presence entries in
+ *   P:nodeinst:<node>  the master process (instance) whose entries and
+ *            counts the node's keys hold (see PRES_PURGE)
  *   P:channels, P:nodes (sets), P:node:<node> (heartbeat, expires),
  *   P:nodech:<node> (set: channels the node has counts in), P:runid (the
  *   Redis process whose data this is, see EPOCHS), P:ctl (pub/sub: channel
@@ -43,6 +45,8 @@ enum {
     SL_BRS_PRES_DEL,
     SL_BRS_PRES_GET,
     SL_BRS_PRES_STATS,
+    SL_BRS_PRES_PURGE,
+    SL_BRS_PRES_SYNC,
     SL_BRS__COUNT
 };
 

@@ -35,12 +35,11 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
 /* A request nobody waits for (a local count changed). */
 void sl_cluster_notify(int kind, const void *payload, size_t len);
 
-/* The master, cleaning up after a dead worker: subscription s goes, so
- * does its presence entry in Redis, with a leave when its channel tells of
- * them (the broker publishes it; a repeat is harmless: a leave goes only
- * with an entry that was there). */
-struct sl_sub;
-void sl_cluster_presence_gone(const struct sl_sub *s);
+/* The master, after a dead worker's cleanup removed subscriptions: the
+ * broker rewrites this node's presence entries in Redis from the registry
+ * (PRES_SYNC), so the dead worker's clients' entries go, a leave published
+ * for each.  Lock-free: a counter and a wake-up. */
+void sl_cluster_presence_changed(void);
 
 /* An SL_INBOX_BROKER_RESULT entry arrived. */
 void sl_cluster_result(const sl_inbox_entry_t *e);

@@ -27,6 +27,11 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg);
  * publications per page (and about a quarter of --max-outbound-bytes). */
 #define SL_PRESENCE_PAGE_MAX 1000
 #define SL_PRESENCE_WALK_MAX 100000
+/* --redis: the entries a presence-stats script in Redis walks for
+ * num-users at most (num-users null past it): Redis runs scripts one at a
+ * time for every node, and each entry walked is decoded (review rj17 H2:
+ * ~1 s at 100,000). */
+#define SL_PRESENCE_CLUSTER_WALK_MAX 10000
 /* A request's cost against its connection's turn budget (sl_conn_charge):
  * one message more per this many subscriber nodes walked, and per this
  * many history messages copied - a full presence-stats walk (100,000) uses

@@ -159,7 +159,8 @@ typedef struct {
     bool subs_again;      /* the subscriptions pass again after the users phase */
     /* Called with each of the dead worker's subscriptions before it is
      * removed (again if its removal is retried): --redis, its presence
-     * entry and leave go through the broker (sl_cluster_presence_gone). */
+     * entry and leave go through the broker (unused since gap17: the master
+     * has the broker rewrite the node's entries after the cleanup). */
     void (*sub_gone)(const struct sl_sub *s);
 } sl_reg_cleanup_t;
 

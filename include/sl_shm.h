@@ -191,6 +191,7 @@ typedef struct {
     int64_t down_since_ms;   /* wall ms; 0 while up */
     uint64_t refused;        /* commands refused: too many in flight (overloaded) */
     uint64_t epoch_renewals; /* Redis restarted or failed over: every channel's epoch renewed */
+    uint64_t presence_purged; /* entries of this --node-id's previous process removed at connect */
     uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
     uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */
@@ -216,6 +217,14 @@ typedef struct {
     uint64_t hold_resets;  /* channels reset because what they held passed a bound */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint64_t deleted_channels; /* channels deleted on another node, removed here */
+    uint64_t presence_synced;  /* channels whose presence entries were rewritten after a connect */
+    uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
+    uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
+    uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
+    uint64_t presence_lost;    /* presence writes not sent (link down or full) and joins / leaves not delivered (no memory) */
+    uint64_t presence_reasserts; /* presence rewrites because this node's heartbeat key had lapsed */
+    uint64_t presence_pass_gen; /* raised (master: a dead worker's cleanup removed subscriptions)
+                                 * to have the broker rewrite this node's entries (PRES_SYNC) */
     uint32_t nshards;
     uint32_t nodes;        /* live nodes seen at the last heartbeat */
     int64_t snapshot_ms;   /* wall ms of the last cluster snapshot */

@@ -120,6 +120,10 @@ static long long history_bytes(bool info)
 _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
+#define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
+#define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
+#define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: skipped, counted) */
+#define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -158,7 +162,8 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 /* What a command's reply completes. */
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
-       C_INFO, C_EPOCHS, C_ENSURE, C_PRES, C_PRES_STATS };
+       C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS, C_PRES_SYNC,
+       C_PRES_SCAN };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -205,6 +210,10 @@ struct bchan {
     bchan_t *cu_next;
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
+    bool pres_due;      /* its presence entries to rewrite (PRES_SYNC) after a connect */
+    bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
+    struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
+    uint32_t nstats_wait;
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -229,6 +238,15 @@ struct link {
     redisAsyncContext *cmd, *sub;
     bool ping_ok, sub_ok; /* the setup's last PING answered, the node channels subscribed */
     bool ever_up;
+    /* After a connect: this node's presence entries in Redis are rewritten
+     * from the registry, channel by channel (pres_pass: the channels known
+     * here, from bucket pres_bucket on; then pres_scan: the node's nodepr
+     * set, for channels with entries but no subscriber here any more). */
+    bool pres_pass, pres_scan, pres_scan_sent;
+    bool pres_restart;    /* a pass began again while a nodepr slice was asked: its cursor is stale */
+    bool beat_ok;         /* a heartbeat of this link was answered since it came up */
+    uint32_t pres_bucket;
+    char pres_cursor[32];
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
     uint32_t ncu_wait;    /* ... and waiting on cu_wait (shown: cu_shown) */
@@ -258,7 +276,9 @@ static struct {
     uint64_t wake;    /* workers to wake at the end of this turn */
     char node[32];
     char prefix[64];
-    char instance[24]; /* this node's master (host hash, pid), in the heartbeat: a node id used twice shows */
+    uint64_t pres_gen_seen; /* BSTATS->presence_pass_gen last acted on */
+
+    char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
@@ -434,6 +454,7 @@ static void chan_maybe_free(bchan_t *c)
             break;
         }
     drop_held(c);
+    free(c->stats_wait);
     free(c);
 }
 
@@ -478,6 +499,9 @@ static void cmd_unlink(cmd_t *c)
 
 static void on_reply(redisAsyncContext *ac, void *r, void *priv);
 static void done_presence(cmd_t *c, redisReply *r);
+static void done_pres_sync(cmd_t *c, redisReply *r);
+static void done_pres_scan(cmd_t *c, redisReply *r);
+static void pres_turn(void);
 
 static int cmd_send(cmd_t *c)
 {
@@ -505,7 +529,8 @@ static int cmd_send(cmd_t *c)
 static bool room_for(cmd_t *c, size_t n)
 {
     link_t *l = c->link;
-    if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS)
+    if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS ||
+        c->what == C_PURGE)
         return true;
     if (l->ninflight < INFLIGHT_MAX && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
         return true;
@@ -530,7 +555,7 @@ static int cmd_issue(cmd_t *c, int argc, const char **argv, const size_t *lens)
     c->buf = buf;
     c->len = n;
     bool setup = c->what == C_SETUP || c->what == C_PING || c->what == C_INFO ||
-                 c->what == C_EPOCHS;
+                 c->what == C_EPOCHS || c->what == C_PURGE;
     if (c->link->state != L_UP && !setup) {
         cmd_answer(c, SL_BR_UNAVAILABLE, NULL);
         cmd_free(c);
@@ -1081,9 +1106,25 @@ static void done_snapshot(cmd_t *c, redisReply *r)
     publish_snapshot();
 }
 
+static void pres_pass_start(link_t *l);
+
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || c->link->shard != 0)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return;
+    link_t *l = c->link;
+    if (rint_(el(r, 2)) && l->beat_ok && l->state == L_UP) {
+        /* This node's key had expired (a stalled broker, a busy Redis):
+         * the others took it for dead and removed its entries, with
+         * leaves.  They are written again (joins) - review rj17 H1. */
+        uatomic_add(&BSTATS->presence_reasserts, 1);
+        SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+               SL_TF_S("reason", "this node's heartbeat had lapsed: its presence entries are "
+                                 "written again"));
+        pres_pass_start(l);
+    }
+    l->beat_ok = true;
+    if (l->shard != 0)
         return;
     int conflict = (int)rint_(el(r, 0));
     if (conflict && !uatomic_read(&BSTATS->node_conflict))
@@ -1108,6 +1149,7 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
 static void link_up(link_t *l);
 static void link_ping(link_t *l, int what);
 static void link_epochs(link_t *l);
+static void link_purge(link_t *l);
 
 static void done_setup(cmd_t *c, redisReply *r)
 {
@@ -1130,6 +1172,9 @@ static void done_setup(cmd_t *c, redisReply *r)
     } else if (c->what == C_EPOCHS) {
         int64_t st = rint_(el(r, 0));
         if (st == 3) {
+            /* The link makes progress: its connect deadline starts again
+             * (rg17 L3: a renewal of many slices is not a failed connect). */
+            l->connect_ms = sl_mono_ms();
             link_epochs(l); /* the next slice */
             return;
         }
@@ -1139,6 +1184,21 @@ static void done_setup(cmd_t *c, redisReply *r)
                    SL_TF_S("run-id", l->run_id),
                    SL_TF_S("reason", "Redis restarted or failed over: every channel's epoch "
                                      "renewed (subscribers resubscribe, recovered:false)"));
+        }
+        link_purge(l);
+    } else if (c->what == C_PURGE) {
+        int64_t st = rint_(el(r, 0)), left = rint_(el(r, 1));
+        if (left > 0) {
+            uatomic_add(&BSTATS->link[l->shard].presence_purged, (uint64_t)left);
+            SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                   SL_TF_I("presence-purged", left),
+                   SL_TF_S("reason", "this --node-id's previous process left presence entries: "
+                                     "removed, a leave published for each"));
+        }
+        if (st == 3) {
+            l->connect_ms = sl_mono_ms(); /* progress, as for EPOCHS */
+            link_purge(l);
+            return;
         }
         link_ping(l, C_PING); /* answered after everything before it */
     } else if (c->what == C_PING) {
@@ -1188,9 +1248,12 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_PRES:
     case C_PRES_STATS: done_presence(c, r); break;
     case C_HEARTBEAT: done_heartbeat(c, r); break;
+    case C_PRES_SYNC: done_pres_sync(c, r); break;
+    case C_PRES_SCAN: done_pres_scan(c, r); break;
     case C_SETUP:
     case C_INFO:
     case C_EPOCHS:
+    case C_PURGE:
     case C_PING: done_setup(c, r); break;
     default: break;
     }
@@ -1266,11 +1329,20 @@ static void backlog_add(bchan_t *ch, bmsg_t *m)
  * every inbox full, keep it for later. */
 static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
 {
+    /* Whether a channel tells of joins and leaves is this node's setting
+     * (its namespace's, not in Redis): a leave published for a dead or
+     * restarted node's entry, or by a rewrite after a connect, goes out
+     * whatever the channel - here it reaches only a join-leave channel's
+     * subscribers (review rj17). */
+    if (!lc->config.join_leave)
+        return SL_OK;
     uint8_t hdr[SL_WS_MAX_HEADER];
     size_t h = sl_ws_encode_header(hdr, SL_WS_OP_TEXT, true, m->len, NULL);
     uint8_t *frame = malloc(h + m->len);
-    if (frame == NULL)
+    if (frame == NULL) {
+        uatomic_add(&BSTATS->presence_lost, 1);
         return SL_OK; /* lost: as a full inbox's would be */
+    }
     memcpy(frame, hdr, h);
     memcpy(frame + h, m->json, m->len);
     uint64_t woken = 0;
@@ -1278,6 +1350,8 @@ static int deliver_presence(sl_chan_t *lc, const bmsg_t *m)
     free(frame);
     if (rc == SL_CHAN_OVERLOADED)
         return SL_AGAIN;
+    if (rc == SL_CHAN_NO_MEMORY)
+        uatomic_add(&BSTATS->presence_lost, 1);
     B.wake |= woken;
     return SL_OK;
 }
@@ -1737,6 +1811,34 @@ static void send_joins(bchan_t *ch)
     }
 }
 
+/* Subscribed again after a lost link (or by a new broker): joins and
+ * leaves published meanwhile never reached this node (they have no seq:
+ * no catch-up brings them back), so its join-leave subscribers are told
+ * presence-resync (ask presence again), in order with the channel's
+ * messages, after what the catch-up brings. */
+static void pres_resync(bchan_t *ch)
+{
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc == NULL || !lc->config.join_leave || uatomic_read(&lc->subscribers) == 0)
+        return;
+    json_t *f = json_pack("{s:s, s:s%}", "type", "presence-resync", "channel-id", ch->id,
+                          (size_t)ch->idlen);
+    char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
+    json_decref(f);
+    if (ft == NULL)
+        return;
+    size_t fl = strlen(ft);
+    char *m = malloc(fl + 4);
+    if (m) {
+        memcpy(m, "J\n0\n", 4); /* no origin: nobody excluded */
+        memcpy(m + 4, ft, fl);
+        on_presence_message(ch, m, fl + 4);
+        uatomic_add(&BSTATS->presence_resyncs, 1);
+    }
+    free(m);
+    free(ft);
+}
+
 static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
 {
     redisReply *r = reply;
@@ -1792,6 +1894,8 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
          * published meanwhile is fetched (even from seq 0). */
         if (ch->known && !ch->holding)
             start_catchup(ch, CU_NEW);
+        if (ch->known)
+            pres_resync(ch);
         if (!ch->want)
             subscribe_chan(ch); /* unwanted meanwhile: unsubscribe */
     } else if (strcmp(kind, "unsubscribe") == 0) {
@@ -2286,6 +2390,7 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argp(&a, "channels");
         argp(&a, "ctl");
         argk(&a, id, len, "x");
+        argp(&a, "nodes");
         arg(&a, id, len);
         args(&a, node_prefix());
         /* The deletion is remembered as long as a history could be: a
@@ -2293,7 +2398,8 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
         argi(&a, sl_conf->redis_history_ttl_s * 1000);
         /* The control message is published on the channel's instance,
          * which every broker also subscribes to (see link_connect). */
-        cmd_script(c, SL_BRS_DELETE, 6, &a);
+        args(&a, B.prefix);
+        cmd_script(c, SL_BRS_DELETE, 7, &a);
     } else if (strcmp(op, "info") == 0) {
         c = cmd_new(lk, C_ADMIN_INFO, e);
         if (c == NULL)
@@ -2344,8 +2450,10 @@ static void req_presence_change(json_t *j, bool set)
         return;
     link_t *l = link_of(id, len);
     cmd_t *c = cmd_new(l, C_SYNC, NULL);
-    if (c == NULL)
+    if (c == NULL) {
+        uatomic_add(&BSTATS->presence_lost, 1);
         return;
+    }
     char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
     char pk[64], npr[64];
     snprintf(pk, sizeof(pk), "p:%s", B.node);
@@ -2361,25 +2469,30 @@ static void req_presence_change(json_t *j, bool set)
     args(&a, frame ? frame : "");
     args(&a, B.node);
     argi(&a, jint(j, "conn-no"));
-    cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a);
+    /* Not sent (the link is down or full): counted; the rewrite after the
+     * next connect mends it (pres_pass_start). */
+    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a) != SL_OK)
+        uatomic_add(&BSTATS->presence_lost, 1);
     free(etxt);
 }
 
-static void done_presence(cmd_t *c, redisReply *r)
+static json_t *stats_doc(int64_t clients, int64_t users)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1) {
-        cmd_answer(c, no_reply(r), NULL);
-        return;
-    }
-    if (rint_(el(r, 0)) < 0) {
-        cmd_answer(c, SL_BR_NOT_FOUND, NULL); /* no such channel */
-        return;
-    }
-    json_t *d;
+    return json_pack("{s:I, s:o}", "num-clients", (json_int_t)clients, "num-users",
+                     users >= 0 ? json_integer(users) : json_null());
+}
+
+/* The answer to a PRES_GET / PRES_STATS: its status, and its document
+ * (*doc, owned by the caller) when SL_BR_OK. */
+static uint32_t presence_result(cmd_t *c, redisReply *r, json_t **doc)
+{
+    *doc = NULL;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 1)
+        return no_reply(r);
+    if (rint_(el(r, 0)) < 0)
+        return SL_BR_NOT_FOUND; /* no such channel */
     if (c->what == C_PRES_STATS) {
-        int64_t users = rint_(el(r, 1));
-        d = json_pack("{s:I, s:o}", "num-clients", (json_int_t)rint_(el(r, 0)), "num-users",
-                      users >= 0 ? json_integer(users) : json_null());
+        *doc = stats_doc(rint_(el(r, 0)), rint_(el(r, 1)));
     } else {
         /* The cursor of the next page: node index (from 1) and HSCAN
          * cursor in one number (0: none). */
@@ -2393,11 +2506,190 @@ static void done_presence(cmd_t *c, redisReply *r)
                 json_object_setn_new(clients, a->element[i]->str, a->element[i]->len, e);
         }
         bool more = next >= 1 && next <= nlive && next < (1 << 20) && cur <= 0xffffffffu;
-        d = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
-                      (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
+        *doc = json_pack("{s:o, s:I}", "clients", clients, "next-cursor",
+                         (json_int_t)(more ? ((uint64_t)next << 32 | cur) : 0));
     }
-    cmd_answer(c, SL_BR_OK, d);
+    return SL_BR_OK;
+}
+
+/* A presence-stats answer goes to the requests that waited for it too. */
+static void done_presence(cmd_t *c, redisReply *r)
+{
+    json_t *d;
+    uint32_t st = presence_result(c, r, &d);
+    cmd_answer(c, st, d);
+    bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
+    if (ch) {
+        for (uint32_t i = 0; i < ch->nstats_wait; i++)
+            answer(ch->stats_wait[i].worker, ch->stats_wait[i].tag, st, d);
+        free(ch->stats_wait);
+        ch->stats_wait = NULL;
+        ch->nstats_wait = 0;
+        ch->stats_busy = false;
+    }
     json_decref(d);
+}
+
+/* ---------------------------------------------- presence after a connect */
+
+typedef struct {
+    char *buf;
+    size_t len, cap;
+    uint32_t n;
+    bool over;
+} pres_text_t;
+
+static int pres_entry_cb(const sl_sub_t *s, void *arg)
+{
+    pres_text_t *t = arg;
+    if (++t->n > PRES_SYNC_MAX) {
+        t->over = true;
+        return 1;
+    }
+    const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
+    json_t *ij = info ? json_loads(info, JSON_DECODE_ANY, NULL) : NULL;
+    /* The entry as the worker's PRES_SET writes it (pubsub.c presence_entry). */
+    json_t *e = json_pack("{s:s, s:o, s:o}", "conn-id", conn, "user",
+                          user ? json_string(user) : json_null(), "info", ij ? ij : json_null());
+    char *et = e ? json_dumps(e, JSON_COMPACT) : NULL;
+    json_decref(e);
+    if (et == NULL)
+        return 0;
+    size_t cl = strlen(conn), el_ = strlen(et), need = t->len + cl + el_ + 2;
+    if (need > t->cap) {
+        size_t cap = t->cap ? t->cap : 4096;
+        while (cap < need)
+            cap *= 2;
+        char *nb = realloc(t->buf, cap);
+        if (nb == NULL) {
+            free(et);
+            t->over = true;
+            return 1;
+        }
+        t->buf = nb;
+        t->cap = cap;
+    }
+    memcpy(t->buf + t->len, conn, cl);
+    t->buf[t->len + cl] = '\n';
+    memcpy(t->buf + t->len + cl + 1, et, el_);
+    t->buf[t->len + cl + 1 + el_] = '\n';
+    t->len = need;
+    free(et);
+    return 0;
+}
+
+/* Rewrite this node's entries of channel id in Redis from its registry
+ * (PRES_SYNC).  Returns false when the link takes no more now. */
+static bool pres_sync(link_t *l, const char *id, size_t len)
+{
+    pres_text_t t = {0};
+    sl_chan_t *lc = sl_chan_find(REG, id, len);
+    if (lc)
+        sl_chan_members(lc, 0, pres_entry_cb, &t); /* the broker is an online reader */
+    if (t.over) {
+        /* Too many for one script: this channel is left as it is. */
+        uatomic_add(&BSTATS->presence_sync_skipped, 1);
+        free(t.buf);
+        return true;
+    }
+    cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
+    if (c == NULL) {
+        free(t.buf);
+        return false;
+    }
+    char pk[64], npr[64];
+    snprintf(pk, sizeof(pk), "p:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    args_t a = {.n = 0};
+    argk(&a, id, len, pk);
+    argp(&a, npr);
+    argk(&a, id, len, "m");
+    arg(&a, id, len);
+    args(&a, B.node);
+    args(&a, lc && lc->config.join_leave ? "1" : "0");
+    arg(&a, t.buf ? t.buf : "", t.len);
+    int rc = cmd_script(c, SL_BRS_PRES_SYNC, 3, &a);
+    free(t.buf);
+    return rc == SL_OK;
+}
+
+static void done_pres_sync(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+        return;
+    uatomic_add(&BSTATS->presence_synced, 1);
+    int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
+    if (changes > 0)
+        uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+}
+
+/* A slice of the node's nodepr set: its channels without a subscriber
+ * here lose their entries (PRES_SYNC with none). */
+static void done_pres_scan(cmd_t *c, redisReply *r)
+{
+    link_t *l = c->link;
+    l->pres_scan_sent = false;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || l->state != L_UP) {
+        l->pres_scan = false; /* given up: the next connect starts again */
+        return;
+    }
+    if (l->pres_restart) {
+        l->pres_restart = false; /* a new pass: from cursor 0 */
+        return;
+    }
+    redisReply *ids = el(r, 1);
+    for (size_t i = 0; ids && i < ids->elements; i++) {
+        redisReply *id = ids->element[i];
+        if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
+            continue;
+        sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
+        if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
+            pres_sync(l, id->str, id->len);
+    }
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
+    if (strcmp(l->pres_cursor, "0") == 0)
+        l->pres_scan = false;
+}
+
+/* One loop turn's share of the rewrite after a connect (PRES_SYNC_TURN
+ * channels, or one nodepr slice of about as many). */
+static void pres_turn(void)
+{
+    uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
+    bool again = gen != B.pres_gen_seen;
+    B.pres_gen_seen = gen;
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        if (l->state != L_UP)
+            continue;
+        if (again)
+            pres_pass_start(l); /* a dead worker's subscriptions were removed */
+        int done = 0;
+        while (l->pres_pass && done < PRES_SYNC_TURN) {
+            if (l->pres_bucket >= BUCKETS) {
+                l->pres_pass = false;
+                break;
+            }
+            for (bchan_t *ch = B.map[l->pres_bucket]; ch && done < PRES_SYNC_TURN; ch = ch->next) {
+                if (!ch->pres_due || (int)ch->shard != l->shard)
+                    continue;
+                if (!pres_sync(l, ch->id, ch->idlen))
+                    return; /* the link is full: next turn */
+                ch->pres_due = false;
+                done++;
+            }
+            if (done < PRES_SYNC_TURN)
+                l->pres_bucket++; /* every due channel of this bucket sent */
+        }
+        if (!l->pres_pass && l->pres_scan && !l->pres_scan_sent) {
+            char npr[160];
+            snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
+            const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
+            size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
+            if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
+                l->pres_scan_sent = true;
+        }
+    }
 }
 
 /* presence / presence-stats over every live node (answered). */
@@ -2408,9 +2700,39 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
     link_t *l = link_of(id, len);
+    bchan_t *ch = NULL;
+    if (stats) {
+        /* Each answer walks the channel's entries in Redis (review rj17
+         * H2): one in flight per channel, and the last answer serves for
+         * PRES_STATS_CACHE_MS (also while one is in flight); with none
+         * yet, a request meanwhile is refused overloaded. */
+        ch = chan_get(id, len);
+        if (ch && ch->stats_busy) {
+            if (ch->nstats_wait >= PRES_STATS_WAIT_MAX)
+                return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+            if ((ch->nstats_wait & (ch->nstats_wait - 1)) == 0) { /* 0, 1, 2, 4 ...: grow */
+                void *nw = realloc(ch->stats_wait,
+                                   (ch->nstats_wait ? ch->nstats_wait * 2 : 1) * sizeof(*ch->stats_wait));
+                if (nw == NULL)
+                    return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+                ch->stats_wait = nw;
+            }
+            ch->stats_wait[ch->nstats_wait].worker = e->from;
+            ch->stats_wait[ch->nstats_wait++].tag = e->tag;
+            return;
+        }
+    } else {
+        uint64_t cursor = (uint64_t)jint(j, "cursor");
+        if (cursor && ((cursor >> 32) == 0 || (cursor >> 32) >= (1u << 20)))
+            return answer(e->from, e->tag, SL_BR_BAD, NULL); /* the worker checks it first */
+    }
     cmd_t *c = cmd_new(l, stats ? C_PRES_STATS : C_PRES, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    if (ch) {
+        cmd_chan(c, ch);
+        ch->stats_busy = true;
+    }
     args_t a = {.n = 0};
     argp(&a, "nodes");
     argk(&a, id, len, "c");
@@ -2424,7 +2746,8 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
         argi(&a, (int64_t)(cursor & 0xffffffffu));
         argi(&a, jint(j, "limit"));
     }
-    cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a);
+    if (cmd_script(c, stats ? SL_BRS_PRES_STATS : SL_BRS_PRES_GET, 2, &a) != SL_OK && ch)
+        ch->stats_busy = false; /* answered and freed, never sent */
 }
 
 static void handle(const sl_inbox_entry_t *e)
@@ -2651,6 +2974,27 @@ static void link_epochs(link_t *l)
     cmd_script(cmd_new(l, C_EPOCHS, NULL), SL_BRS_EPOCHS, 3, &a);
 }
 
+/* At every connect, after the epochs: this node's entries and counts of
+ * a previous master under the same --node-id go (PRES_PURGE), before
+ * anything of this process is written on the link. */
+static void link_purge(link_t *l)
+{
+    char inst[96], npr[96], nch[96];
+    snprintf(inst, sizeof(inst), "nodeinst:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    snprintf(nch, sizeof(nch), "nodech:%s", B.node);
+    args_t a = {.n = 0};
+    argp(&a, inst);
+    argp(&a, npr);
+    argp(&a, nch);
+    args(&a, B.node);
+    args(&a, B.instance);
+    args(&a, B.prefix);
+    argi(&a, PURGE_SLICE);
+    argi(&a, sl_conf->channel_linger_ms);
+    cmd_script(cmd_new(l, C_PURGE, NULL), SL_BRS_PRES_PURGE, 3, &a);
+}
+
 /* The connections are made; set them up: AUTH, SELECT, the scripts, the
  * run id check, the node channels, then a PING whose answer says both
  * connections are usable. */
@@ -2768,6 +3112,21 @@ static void link_resolved(link_t *l)
 
 static void beat_link(link_t *l);
 
+/* Rewrite this node's presence entries on l from the registry: every
+ * channel known here, then those only Redis lists (pres_turn).  After a
+ * connect, a lapsed heartbeat, or a dead worker's cleanup. */
+static void pres_pass_start(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->pres_due = true;
+    l->pres_pass = l->pres_scan = true;
+    l->pres_restart = l->pres_scan_sent;
+    l->pres_bucket = 0;
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
+}
+
 static void link_up(link_t *l)
 {
     l->state = L_UP;
@@ -2814,6 +3173,11 @@ static void link_up(link_t *l)
         cmd_script(c, SL_BRS_CREATE, 5, &a);
     }
     reconcile();
+    /* What this node's entries in Redis missed while the link was down
+     * (or a broker was dead) is mended from the registry. */
+    l->beat_ok = false;
+    l->pres_scan_sent = false;
+    pres_pass_start(l);
 }
 
 /* ------------------------------------------------------------ timers */
@@ -2845,6 +3209,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (B.backlog)
         backlog_retry();
+    pres_turn();
     drain_queue(); /* in case a wake-up was lost */
     wake_flush();
 }
@@ -3037,9 +3402,13 @@ int sl_broker_main(int tel_fd)
         uint32_t h = 2166136261u;
         for (const char *p = host; *p; p++)
             h = (h ^ (uint8_t)*p) * 16777619u;
-        snprintf(B.instance, sizeof(B.instance), "%08x-%d", h, (int)getppid());
+        /* The master's start time too: a master restarted with the same
+         * pid (pid 1 in a container) is another instance (PRES_PURGE). */
+        snprintf(B.instance, sizeof(B.instance), "%08x-%d-%" PRId64, h, (int)getppid(),
+                 (int64_t)sl_shm->start_ms);
     }
     B.nlinks = (uint32_t)SL_MIN(sl_conf->nredis, SL_BROKER_SHARDS);
+    B.pres_gen_seen = uatomic_read(&BSTATS->presence_pass_gen); /* each link_up makes a pass */
     for (int s = 0; s < SL_BRS__COUNT; s++)
         sha1_hex(sl_brscript[s], script_sha[s]);
 

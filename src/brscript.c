@@ -218,11 +218,18 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('SADD', KEYS[2], ARGV[1])\n"
     "return {0, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], '0'}\n",
 
-    /* DELETE  KEYS c h n channels ctl x  ARGV id nodeprefix tombstone-ms */
+    /* DELETE  KEYS c h n channels ctl x nodes  ARGV id nodeprefix tombstone-ms prefix:
+     * every node's presence entries of the channel go too (review rj17 M1: a
+     * re-created channel listed the deleted one's subscribers); nobody is
+     * told of leaves (every subscriber is told channel-deleted). */
     [SL_BRS_DELETE] = LUA_LIVE_SUM
     "if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end\n"
     "local subs = live_sum(KEYS[3], ARGV[2], '')\n"
     "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])\n"
+    "for _, nd in ipairs(redis.call('SMEMBERS', KEYS[7])) do\n"
+    "  redis.call('DEL', ARGV[4] .. ':{' .. ARGV[1] .. '}:p:' .. nd)\n"
+    "  redis.call('SREM', ARGV[4] .. ':nodepr:' .. nd, ARGV[1])\n"
+    "end\n"
     "redis.call('SREM', KEYS[4], ARGV[1])\n"
     "redis.call('SET', KEYS[6], '1', 'PX', ARGV[3])\n"
     "redis.call('PUBLISH', KEYS[5], 'D' .. ARGV[1])\n"
@@ -281,7 +288,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * node id in use twice), forget dead nodes (their counts; channels left
      * without subscribers start to expire; their presence entries, each
      * with a leave published on its channel, in slices), return {conflict,
-     * live infos}. */
+     * live infos, lapsed: this node's key was not there}. */
     [SL_BRS_HEARTBEAT] = LUA_LINGER
     "local conflict = 0\n"
     "local cur = redis.call('GET', KEYS[2])\n"
@@ -328,7 +335,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "    if redis.call('EXISTS', prs) == 0 then redis.call('SREM', KEYS[1], nd) end\n"
     "  end\n"
     "end\n"
-    "return {conflict, live}\n",
+    "return {conflict, live, cur and 0 or 1}\n",
 
     /* EPOCHS  KEYS runid channels renew  ARGV run-id epoch-base prefix count: run
      * at every connect, before anything else.  Redis restarted or failed over (its
@@ -373,11 +380,13 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
 
     /* PRES_SET  KEYS p nodepr m  ARGV conn-id entry id frame origin exclude: a
      * subscriber's presence entry on this node; with a frame (a join), that
-     * published on the channel, in order with its messages. */
+     * published on the channel, in order with its messages - only when the
+     * entry is new (a PRES_SYNC may have written it first), so a join is
+     * published once. */
     [SL_BRS_PRES_SET] =
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('SADD', KEYS[2], ARGV[3])\n"
-    "if ARGV[4] ~= '' then\n"
+    "if ARGV[4] ~= '' and new == 1 then\n"
     "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[4]) end\n"
     "return 0\n",
 
@@ -427,4 +436,79 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  end\n"
     "end\n"
     "return {clients, users}\n",
+
+    /* PRES_PURGE  KEYS nodeinst nodepr nodech  ARGV node instance prefix budget
+     * linger-ms: run at every connect, after EPOCHS.  A node restarted under
+     * the same --node-id (a new master: another instance) before its
+     * heartbeat expired finds its previous process's presence entries and
+     * counts still counted: they go now, as a dead node's do (a leave
+     * published for each entry), at most `budget` entries per call; the
+     * instance is recorded only when the last is gone, so a broker killed
+     * half-way leaves the rest for the next (each call is atomic; every
+     * state between calls is valid: some old entries gone, each with its
+     * leave).  The same master's respawned broker finds its own instance:
+     * nothing to do.  Returns {0} (nothing to do or done), {3} (more: call
+     * again), with the number of leaves published second. */
+    [SL_BRS_PRES_PURGE] = LUA_LINGER
+    "if redis.call('GET', KEYS[1]) == ARGV[2] then return {0, 0} end\n"
+    "local nd, budget, left = ARGV[1], tonumber(ARGV[4]), 0\n"
+    "while budget > 0 do\n"
+    "  local id = redis.call('SRANDMEMBER', KEYS[2])\n"
+    "  if not id then break end\n"
+    "  local k = ARGV[3] .. ':{' .. id .. '}:'\n"
+    "  local pk, cur = k .. 'p:' .. nd, '0'\n"
+    "  repeat\n"
+    "    local r = redis.call('HSCAN', pk, cur, 'COUNT', budget)\n"
+    "    local e = r[2]\n"
+    "    cur = r[1]\n"
+    "    for i = 1, #e, 2 do\n"
+    "      redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n0\\n{\"type\":\"leave\",\"channel-id\":' ..\n"
+    "        cjson.encode(id) .. ',\"info\":' .. e[i + 1] .. '}')\n"
+    "      redis.call('HDEL', pk, e[i])\n"
+    "      left = left + 1\n"
+    "    end\n"
+    "    budget = budget - 1 - #e / 2\n"
+    "  until cur == '0' or budget <= 0\n"
+    "  if redis.call('EXISTS', pk) == 0 then redis.call('SREM', KEYS[2], id) end\n"
+    "end\n"
+    "if redis.call('SCARD', KEYS[2]) > 0 then return {3, left} end\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do\n"
+    "  local k = ARGV[3] .. ':{' .. id .. '}:'\n"
+    "  redis.call('HDEL', k .. 'n', nd)\n"
+    "  if redis.call('HLEN', k .. 'n') == 0 then linger(k .. 'c', k .. 'h', ARGV[5]) end\n"
+    "end\n"
+    "redis.call('DEL', KEYS[3])\n"
+    "redis.call('SET', KEYS[1], ARGV[2])\n"
+    "return {0, left}\n",
+
+    /* PRES_SYNC  KEYS p nodepr m  ARGV id node join-leave entries: after a
+     * connect, this node's entries of channel id made equal to what its
+     * registry has (`entries`: "conn-id\nentry\n" for each), so what a lost
+     * link kept from Redis (a PRES_SET or PRES_DEL refused or lost) is
+     * mended; for each entry removed a leave and each added a join is
+     * published (join-leave "1"; a leave always, as for a dead node's).
+     * Returns {added, removed}. */
+    [SL_BRS_PRES_SYNC] =
+    "local want = {}\n"
+    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do want[c] = e end\n"
+    "local function tell(kind, e)\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n0\\n{\"type\":\"' .. kind ..\n"
+    "    '\",\"channel-id\":' .. cjson.encode(ARGV[1]) .. ',\"info\":' .. e .. '}')\n"
+    "end\n"
+    "local have, added, removed = redis.call('HGETALL', KEYS[1]), 0, 0\n"
+    "for i = 1, #have, 2 do\n"
+    "  if not want[have[i]] then\n"
+    "    redis.call('HDEL', KEYS[1], have[i]); removed = removed + 1\n"
+    "    tell('leave', have[i + 1])\n"
+    "  end\n"
+    "end\n"
+    "for c, e in pairs(want) do\n"
+    "  if redis.call('HSET', KEYS[1], c, e) == 1 then\n"
+    "    added = added + 1\n"
+    "    if ARGV[3] == '1' then tell('join', e) end\n"
+    "  end\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "else redis.call('SREM', KEYS[2], ARGV[1]) end\n"
+    "return {added, removed}\n",
 };

@@ -172,38 +172,13 @@ void sl_cluster_notify(int kind, const void *payload, size_t len)
         uatomic_add(&sl_conns.stats->overloaded, 1); /* the broker's periodic sync catches up */
 }
 
-void sl_cluster_presence_gone(const sl_sub_t *s)
+void sl_cluster_presence_changed(void)
 {
-    const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
-    sl_chan_t *ch = sl_chan_find(REG, s->key, s->chan_len);
-    json_t *ij = info ? json_loads(info, JSON_DECODE_ANY, NULL) : NULL;
-    json_t *entry = json_pack("{s:s, s:o, s:o}", "conn-id", conn, "user",
-                              user ? json_string(user) : json_null(), "info",
-                              ij ? ij : json_null());
-    json_t *n = entry ? json_pack("{s:s%, s:s, s:i}", "channel-id", s->key, (size_t)s->chan_len,
-                                  "conn-id", conn, "conn-no", 0)
-                      : NULL;
-    if (n && ch && ch->config.join_leave) {
-        json_t *f = json_pack("{s:s, s:s%, s:O}", "type", "leave", "channel-id", s->key,
-                              (size_t)s->chan_len, "info", entry);
-        char *ft = f ? json_dumps(f, JSON_COMPACT) : NULL;
-        json_decref(f);
-        if (ft)
-            json_object_set_new(n, "frame", json_string(ft));
-        free(ft);
-    }
-    json_decref(entry);
-    char *txt = n ? json_dumps(n, JSON_COMPACT) : NULL;
-    json_decref(n);
-    if (txt == NULL)
-        return;
-    /* From the master (no worker answers it: nothing is answered). */
-    sl_inbox_entry_t e = {.kind = SL_BRQ_PRESENCE_DEL, .from = SL_REG_MASTER_SLOT,
-                          .status = (uint32_t)(uatomic_read(&sl_shm->broker.gen) & 0xffff) << 16,
-                          .deadline = sl_mono_ms() + sl_conf->redis_timeout_ms};
-    if (sl_brq_submit(REG, sl_shm->broker.queue, &e, txt, strlen(txt)) == SL_OK)
-        wake_broker();
-    free(txt);
+    /* One store and a wake-up: the master never waits for the broker's
+     * queue lock (review rj17 M3) and tells it once per cleanup, not per
+     * subscription attempt (M4). */
+    uatomic_add(&sl_shm->broker.presence_pass_gen, 1);
+    wake_broker();
 }
 
 void sl_cluster_result(const sl_inbox_entry_t *e)
@@ -365,6 +340,8 @@ json_t *sl_cluster_stats(void)
         json_object_set_new(o, "refused", json_integer((json_int_t)uatomic_read(&l->refused)));
         json_object_set_new(o, "epoch-renewals",
                             json_integer((json_int_t)uatomic_read(&l->epoch_renewals)));
+        json_object_set_new(o, "presence-purged",
+                            json_integer((json_int_t)uatomic_read(&l->presence_purged)));
         json_object_set_new(o, "catchups-in-flight",
                             json_integer((json_int_t)uatomic_read(&l->catchups_in_flight)));
         json_object_set_new(o, "catchups-waiting",
@@ -395,6 +372,18 @@ json_t *sl_cluster_stats(void)
     json_object_set_new(broker, "backlog-bytes",
                         json_integer((json_int_t)uatomic_read(&b->backlog_bytes)));
     json_object_set_new(broker, "held", json_integer((json_int_t)uatomic_read(&b->held)));
+    json_object_set_new(broker, "presence-synced",
+                        json_integer((json_int_t)uatomic_read(&b->presence_synced)));
+    json_object_set_new(broker, "presence-sync-changes",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_changes)));
+    json_object_set_new(broker, "presence-sync-skipped",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
+    json_object_set_new(broker, "presence-resyncs",
+                        json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
+    json_object_set_new(broker, "presence-lost",
+                        json_integer((json_int_t)uatomic_read(&b->presence_lost)));
+    json_object_set_new(broker, "presence-reasserts",
+                        json_integer((json_int_t)uatomic_read(&b->presence_reasserts)));
     json_object_set_new(broker, "held-bytes",
                         json_integer((json_int_t)uatomic_read(&b->held_bytes)));
     json_object_set_new(broker, "hold-resets",

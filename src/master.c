@@ -719,8 +719,6 @@ static void worker_died(int i, int status)
      * steps (first the locks it held are repaired and its reader slot taken
      * offline, so reclamation goes on). */
     sl_reg_cleanup_start(&s->job, i);
-    if (sl_cluster)
-        s->job.sub_gone = sl_cluster_presence_gone;
     s->cleaning = true;
     s->cleanup_started_us = sl_mono_us();
     s->cleanup_wait_ms = 0;
@@ -822,6 +820,8 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
     slot_t *s = &M.w[i];
     if (!s->cleaning || !cleanup_turn(s, i))
         return;
+    if (sl_cluster && s->job.removed_subs)
+        sl_cluster_presence_changed(); /* their presence entries go (with leaves) */
     if (s->job.removed_conns || s->job.removed_subs || s->job.rpcs || s->job.dead_waits)
         SL_TEL(SL_EV_CONNECTION_REMOVED, SL_WARN, SL_TF_I("worker", i),
                SL_TF_I("removed-connections", s->job.removed_conns),

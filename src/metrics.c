@@ -190,6 +190,18 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Channels whose subscribers were closed (1012) to resubscribe.");
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
+    single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),
+           "Channels whose presence entries in Redis were rewritten after a connect.");
+    single(o, "broker_presence_sync_changes_total", "counter", num(b, "presence-sync-changes"),
+           "Entries that rewrite added or removed (a join or leave published each).");
+    single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
+           "Channels not rewritten: more local subscribers than one script takes (1000).");
+    single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
+           "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
+    single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),
+           "Presence rewrites because this node's heartbeat key had lapsed (others took it for dead).");
+    single(o, "broker_presence_resyncs_total", "counter", num(b, "presence-resyncs"),
+           "presence-resync notices queued for a channel's join-leave subscribers after a re-subscribe.");
     single(o, "broker_stalled", "gauge", num(b, "stalled"),
            "1 while the broker makes no progress (--worker-stall-ms).");
     single(o, "broker_stalls_total", "counter", num(b, "stalls"), "Times the broker stalled.");
@@ -211,6 +223,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Requests refused (overloaded): too many commands in flight."},
         {"redis_epoch_renewals_total", "epoch-renewals", "counter",
          "Times a restarted or failed-over Redis made every channel take a new epoch."},
+        {"redis_presence_purged_total", "presence-purged", "counter",
+         "Presence entries of this node id's previous process removed at connect (a leave each)."},
         {"redis_catchups_in_flight", "catchups-in-flight", "gauge",
          "Catch-ups (missed messages fetched from the history) sent on this link."},
         {"redis_catchups_waiting", "catchups-waiting", "gauge",

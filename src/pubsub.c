@@ -1541,6 +1541,10 @@ static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *
         const char *type = p->stats ? "presence-stats-result" : "presence-result";
         json_t *r;
         if (status == SL_BR_OK && p->stats) {
+            /* Charged as a local walk is (the entries Redis counted). */
+            json_int_t n = json_integer_value(json_object_get(res, "num-clients"));
+            sl_conn_charge(c, (uint64_t)SL_MIN(n, (json_int_t)SL_PRESENCE_CLUSTER_WALK_MAX) /
+                                  SL_PRESENCE_WALK_UNIT);
             r = json_pack("{s:s, s:s%, s:b, s:O, s:O}", "type", type, "channel-id", p->id, p->len,
                           "success", 1, "num-clients", json_object_get(res, "num-clients"),
                           "num-users", json_object_get(res, "num-users"));
@@ -1582,7 +1586,7 @@ static void cluster_presence_ask(sl_conn_t *c, const char *id, size_t len, bool 
     char *txt = NULL;
     if (q) {
         if (stats) {
-            json_object_set_new(q, "max-walk", json_integer(SL_PRESENCE_WALK_MAX));
+            json_object_set_new(q, "max-walk", json_integer(SL_PRESENCE_CLUSTER_WALK_MAX));
         } else {
             /* A page within the bound on one reply whatever the entries
              * hold (a user of 128 bytes, an info of 1 KiB, escaped): a
@@ -1629,6 +1633,12 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
         return;
     }
     if (sl_cluster) {
+        /* A cluster cursor is (node index from 1) << 32 | scan position
+         * (review rj17 L2: a node index of 0 made the script fail). */
+        if (cursor && ((cursor >> 32) == 0 || (cursor >> 32) >= (1u << 20))) {
+            sl_proto_bad_field(c, "presence", "cursor", "not a cursor this server gave");
+            return;
+        }
         cluster_presence_ask(c, id, len, false, cursor, SL_MIN(limit, SL_PRESENCE_PAGE_MAX));
         return;
     }

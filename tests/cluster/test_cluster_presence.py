@@ -14,8 +14,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
-from conftest import wait_for  # noqa: E402
-from test_cluster import Client, run  # noqa: E402
+from conftest import needs_own_redis, wait_for  # noqa: E402
+from test_cluster import TOKEN, Client, api, broker_pid, channel_info, run  # noqa: E402
 
 
 async def presence_all(client, ch, limit=None):
@@ -231,6 +231,62 @@ def test_killed_node_clients_leave(cluster):
     c.stopped = True
 
 
+def test_restarted_node_drops_its_previous_entries(cluster):
+    """A node SIGKILLed with two subscribers and started again at once
+    under the same --node-id (before its heartbeat key expires, so no
+    survivor ever sees it dead): its new broker removes the previous
+    process's entries at its first connect (PRES_PURGE), publishing a leave
+    for each, so A's watcher is told and presence no longer lists them.
+    Without the purge they stay listed for as long as the node lives."""
+    (a,) = cluster(1, "--join-leave")
+    (c,) = cluster(1, "--join-leave", "--node-id", "cee")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        on_c = [await Client.open(c) for _ in range(2)]
+        for x in on_c:
+            assert (await x.subscribe("room"))["success"]
+        ids = {x.conn_id for x in on_c}
+        for _ in ids:
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == ids | {w.conn_id}
+        await until(listed, "C's clients listed")
+        os.kill(c.pid, signal.SIGKILL)  # the master; its children follow
+        c.proc.wait()
+        c.stopped = True
+        (c2,) = cluster(1, "--join-leave", "--node-id", "cee")
+        left = set()
+        while left != ids:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            assert m["channel-id"] == "room"
+            left.add(m["info"]["conn-id"])
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without the previous process's clients")
+        assert await stats_of(w, "room") == (1, 0)
+        assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 2
+        # The previous process's subscriber count went with its entries
+        # (nothing of the new process would ever overwrite it: it has no
+        # subscriber of "room").
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="the previous process's count gone")
+        # The restarted node itself lists only what it has now.
+        y = await Client.open(c2)
+        assert (await y.subscribe("room"))["success"]
+
+        async def now():
+            clients, _ = await presence_all(y, "room")
+            return set(clients) == {w.conn_id, y.conn_id}
+        await until(now, "presence from the restarted node")
+    run(go())
+
+
 def test_killed_workers_clients_leave(cluster):
     """A worker of a live node is SIGKILLed with a subscriber on it: the
     master's cleanup has the broker remove its presence entry and publish
@@ -288,3 +344,214 @@ def test_presence_pages_fit_the_reply_bound(cluster, keys):
         for c in conns:
             await c.ws.close()
     run(go())
+
+
+def test_presence_mended_after_a_lost_link(cluster, redis):
+    """Redis SIGSTOPped: both nodes' links drop.  Meanwhile a client on A
+    unsubscribes and another closes: their leaves cannot reach Redis (the
+    link is down: PRES_DEL refused), so their entries stay there.  After
+    SIGCONT, A rewrites its entries from its registry (PRES_SYNC: the two
+    removed, a leave published for each), and B, subscribed again, tells
+    its join-leave watcher presence-resync: the watcher's presence ends
+    with the right members.  Without the rewrite the two stay listed (A is
+    alive: nobody else removes them); without the resync the watcher is
+    never told that it missed something."""
+    needs_own_redis()
+    a, b = cluster(2, "--join-leave", "--redis-timeout-ms", "500")
+
+    async def go():
+        w = await Client.open(b)
+        assert (await w.subscribe("room"))["success"]
+        stay = await Client.open(a)
+        assert (await stay.subscribe("room"))["success"]
+        gone = [await Client.open(a) for _ in range(2)]
+        for x in gone:
+            assert (await x.subscribe("room"))["success"]
+        for _ in range(3):
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+        everyone = {w.conn_id, stay.conn_id} | {x.conn_id for x in gone}
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == everyone
+        await until(listed, "all listed")
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: not a.stats()["cluster"]["redis"][0]["connected"], timeout=20,
+                     what="A's link down")
+            await gone[0].send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await gone[0].of_type("unsubscription-result"))["success"]
+            await gone[1].ws.close()
+            wait_for(lambda: a.stats()["cluster"]["broker"]["requests"] > 0, timeout=5,
+                     what="A's broker took the leaves")
+            # B's link too (it finds Redis silent at its own pace): what is
+            # published while it is down never reaches it.
+            wait_for(lambda: not b.stats()["cluster"]["redis"][0]["connected"], timeout=20,
+                     what="B's link down")
+            time.sleep(0.5)
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)
+        wait_for(a.healthy, timeout=20, what="node A healthy again")
+        wait_for(b.healthy, timeout=20, what="node B healthy again")
+        # B's watcher is told to ask again (it missed whatever was
+        # published while B was not subscribed) ...
+        r = await w.next(lambda m: m.get("type") == "presence-resync", timeout=20)
+        assert r["channel-id"] == "room"
+
+        # ... and asking gives the members there are now.
+        async def right():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, stay.conn_id}
+        await until(right, "presence without the two that left while the link was down",
+                    timeout=20)
+        assert await stats_of(w, "room") == (2, 0)
+        st = a.stats()["cluster"]["broker"]
+        assert st["presence-synced"] >= 1 and st["presence-sync-changes"] >= 2, st
+        assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
+        # The two leaves that could not be sent were counted (review rj17 L4).
+        assert st["presence-lost"] >= 2, st
+    run(go())
+
+
+def test_removed_entries_tell_only_join_leave_channels(cluster):
+    """Without --join-leave nobody is told of joins and leaves - also not
+    of the leaves published when a restarted node's previous entries go
+    (they are published whatever the channel: the receiving node's setting
+    decides, review rj17).  Presence still drops them."""
+    (a,) = cluster(1)
+    (c,) = cluster(1, "--node-id", "cee")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(c)
+        assert (await x.subscribe("room"))["success"]
+
+        async def listed():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, x.conn_id}
+        await until(listed, "x listed")
+        os.kill(c.pid, signal.SIGKILL)
+        c.proc.wait()
+        c.stopped = True
+        (c2,) = cluster(1, "--node-id", "cee")
+
+        async def only_w():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id}
+        await until(only_w, "presence without x")
+        assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 1
+        # Anything published reaches w after the leave would have: a
+        # message marks the point.
+        p = await Client.open(a)
+        await p.send(type="publish", **{"channel-id": "room"}, data="mark")
+        await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
+        assert not [m for m in w.inbox if m.get("type") in ("join", "leave")], w.inbox
+    run(go())
+
+
+def test_lapsed_node_writes_its_entries_again(cluster):
+    """B's broker stopped for 8 s (under the 10 s stall kill): its heartbeat
+    key expires, A takes B for dead, removes x's entry and tells w x left.
+    Once B's broker runs again its heartbeat finds its key gone and it
+    writes its entries again (review rj17 H1): w is told x joined, and
+    presence lists x again.  Without that x, still subscribed, stayed out
+    of presence for good."""
+    a, b = cluster(2, "--join-leave")
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        await w.next(lambda m: m.get("type") == "join", timeout=10)
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            assert m["info"]["conn-id"] == x.conn_id
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        m = await w.next(lambda m: m.get("type") == "join", timeout=20)
+        assert m["info"]["conn-id"] == x.conn_id
+
+        async def both():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == {w.conn_id, x.conn_id}
+        await until(both, "x listed again")
+        assert broker_pid(b) == pid  # not killed: it was only late
+        assert b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1
+    run(go())
+
+
+def test_presence_stats_bursts_cost_redis_little(cluster, redis):
+    """200 presence-stats pipelined by one client: each would walk the
+    channel's entries in Redis (one script at a time for every node), so
+    the broker keeps one in flight per channel and answers from the last
+    answer for a second (review rj17 H2).  Counted by Redis's own
+    EVALSHA figure: without that, at least 200 more scripts run."""
+    needs_own_redis()
+    a, b = cluster(2)
+
+    def evalshas():
+        for line in redis.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        assert await stats_of(w, "room") == (2, 0)
+        before = evalshas()
+        for _ in range(200):
+            await w.send(type="presence-stats", **{"channel-id": "room"})
+        ok = 0
+        for _ in range(200):
+            r = await w.of_type("presence-stats-result")
+            if r["success"]:
+                assert (r["num-clients"], r["num-users"]) == (2, 0)
+                ok += 1
+            else:
+                assert r["reason"] == "overloaded", r
+        assert ok >= 1
+        # Heartbeats, snapshots and echoes of two nodes run meanwhile too:
+        # a few dozen at most, not 200.
+        assert evalshas() - before < 100
+        # A cursor no server gave is refused before Redis (review rj17 L2).
+        await w.send(type="presence", **{"channel-id": "room", "cursor": 5})
+        r = await w.next(lambda m: m.get("type") in ("error", "presence-result"))
+        assert r["type"] == "error" and "cursor" in str(r), r
+        assert a.stats()["cluster"]["redis"][0]["errors"] == 0
+    run(go())
+
+
+def test_deleted_channel_leaves_no_entries(cluster):
+    """A channel deleted (admin, on A) with a subscriber on each node: its
+    presence entries go with it on every node (review rj17 M1), so the
+    channel made again by a new subscribe lists only the new subscriber."""
+    a, b = cluster(2, "--admin-token", TOKEN)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("room"))["success"]
+        y = await Client.open(b)
+        assert (await y.subscribe("room"))["success"]
+
+        async def both():
+            clients, _ = await presence_all(x, "room")
+            return set(clients) == {x.conn_id, y.conn_id}
+        await until(both, "both listed")
+        status, doc = api(a, "DELETE", "/api/channels/room")
+        assert status == 200 and doc["deleted"], doc
+        for c in (x, y):
+            assert (await c.of_type("channel-deleted"))["channel-id"] == "room"
+        z = await Client.open(b)
+        assert (await z.subscribe("room"))["success"]
+        clients, _ = await presence_all(z, "room")
+        assert set(clients) == {z.conn_id}, clients
+        assert await stats_of(z, "room") == (1, 0)
+    run(go())
+
