@@ -42,7 +42,7 @@ uint64_t sl_tls_fingerprint(void);
 int sl_tls_count_heap(void);
 
 /* A worker's tick: publish the heap OpenSSL holds (tls-heap-bytes), and,
- * at most once a second after handshakes completed, give the heap's free
+ * once handshakes have paused for half a second, give the heap's free
  * pages back to the kernel (malloc_trim: a handshake's ~40 KiB of
  * temporaries leave holes between the long-lived SSL objects). */
 void sl_tls_housekeep(int64_t now_ms);
