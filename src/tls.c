@@ -104,6 +104,10 @@ static void *heap_realloc(void *p, size_t n, const char *file, int line)
 {
     (void)file;
     (void)line;
+    if (n == 0) { /* realloc(p, 0) frees p */
+        heap_free(p, file, line);
+        return NULL;
+    }
     size_t old = p ? malloc_usable_size(p) : 0;
     void *q = realloc(p, n);
     if (q) {
