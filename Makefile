@@ -375,6 +375,11 @@ check-web: $(BIN)
 # --- web ---
 
 # --- sente-bench ---
+
+# Where an idle TLS connection's memory goes inside OpenSSL (scripts/bench/README.md).
+$(BUILD)/tls-mem: scripts/bench/tls_mem.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< -lssl -lcrypto
 # Load generator (tests/bench/sb_*.c, man/sente-bench.1): an independent
 # RFC 6455 client on libevent; it does not link the server library.
 SB_SRC := $(wildcard tests/bench/sb_*.c)

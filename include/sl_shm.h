@@ -170,6 +170,7 @@ typedef struct {
     uint64_t handshake_failures[SL_HS__COUNT];
     uint64_t tls_handshakes; /* TLS handshakes completed */
     uint64_t tls_resumed;    /* ...of which resumed a session (a ticket) */
+    uint64_t tls_heap_bytes; /* heap OpenSSL holds in this process (sl_tls_housekeep) */
     sl_hist_t delivery; /* publish accepted -> frame written by this worker */
     sl_hist_t rpc;      /* rpc-request accepted -> response handed to its requester */
 } __attribute__((aligned(64))) sl_worker_stats_t;

@@ -36,6 +36,17 @@ void sl_tls_reload(uint64_t expect);
  * certificate chain (never 0; 0 without TLS). */
 uint64_t sl_tls_fingerprint(void);
 
+/* Count the heap OpenSSL holds in this process: every allocation it
+ * makes goes through counting hooks (CRYPTO_set_mem_functions).  Call
+ * first thing in main, before anything uses OpenSSL; SL_ERROR if too late. */
+int sl_tls_count_heap(void);
+
+/* A worker's tick: publish the heap OpenSSL holds (tls-heap-bytes), and,
+ * once handshakes have paused for half a second, give the heap's free
+ * pages back to the kernel (malloc_trim: a handshake's ~40 KiB of
+ * temporaries leave holes between the long-lived SSL objects). */
+void sl_tls_housekeep(int64_t now_ms);
+
 /* This process counts its handshakes and failures in `stats`. */
 void sl_tls_set_stats(sl_worker_stats_t *stats);
 

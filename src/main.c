@@ -20,6 +20,8 @@ int main(int argc, char **argv)
     sl_conf_action_t action;
     char err[512];
 
+    if (sl_tls_count_heap() != SL_OK)
+        sl_stderr(SL_LOG_WARNING, "OpenSSL's heap is not counted (tls-heap-bytes stays 0)");
     if (sl_conf_parse(&conf, argc, argv, environ, &action, err, sizeof(err)) != SL_OK) {
         sl_stderr(SL_LOG_ERR, "%s", err);
         return 2;

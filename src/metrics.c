@@ -340,6 +340,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "TLS handshakes completed.");
     per_worker(&o, workers, "tls_resumed_total", "counter", "tls-resumed",
                "TLS handshakes that resumed a session (a ticket), any worker's.");
+    per_worker(&o, workers, "tls_heap_bytes", "gauge", "tls-heap-bytes",
+               "Heap held by OpenSSL in the worker: TLS connections' state and record buffers.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

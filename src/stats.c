@@ -33,7 +33,7 @@ typedef struct {
     uint64_t connections, messages_in, messages_out, slow, tel_emitted, tel_dropped;
     uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
-    uint64_t bytes_in, bytes_out, accepted, tls_handshakes, tls_resumed;
+    uint64_t bytes_in, bytes_out, accepted, tls_handshakes, tls_resumed, tls_heap_bytes;
     uint64_t handshake_failures[SL_HS__COUNT];
     sl_hist_t delivery, rpc;
     int live_workers;
@@ -149,6 +149,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     t->inbound_bytes += ibytes;
     t->tls_handshakes += uatomic_read(&w->tls_handshakes);
     t->tls_resumed += uatomic_read(&w->tls_resumed);
+    uint64_t theap = uatomic_read(&w->tls_heap_bytes);
+    t->tls_heap_bytes += theap;
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
@@ -176,6 +178,7 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "tls-handshakes",
                         json_integer((json_int_t)uatomic_read(&w->tls_handshakes)));
     json_object_set_new(o, "tls-resumed", json_integer((json_int_t)uatomic_read(&w->tls_resumed)));
+    json_object_set_new(o, "tls-heap-bytes", json_integer((json_int_t)theap));
     json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
@@ -560,6 +563,7 @@ json_t *sl_stats_json(bool identities)
     json_object_set_new(doc, "inbound-bytes", json_integer((json_int_t)t.inbound_bytes));
     json_object_set_new(doc, "tls-handshakes", json_integer((json_int_t)t.tls_handshakes));
     json_object_set_new(doc, "tls-resumed", json_integer((json_int_t)t.tls_resumed));
+    json_object_set_new(doc, "tls-heap-bytes", json_integer((json_int_t)t.tls_heap_bytes));
     json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }

@@ -192,6 +192,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     SL_CONNS_EACH(c)
         if (c->state != SL_CONN_DEAD)
             sl_conn_tick(c, now);
+    sl_tls_housekeep(now);
 }
 
 /* Tick often enough to honour the shortest configured timer to within a

@@ -15,6 +15,7 @@
 #    names for it (EXPECT below, shm/README.md "Mutants").
 # Prints one line per mutant with the tests that killed it and the first
 # failure, then "mutants: N killed of N".  Runs nice'd; about 6 minutes.
+# With arguments (mutant names), only those mutants.
 set -u
 cd "$(dirname "$0")/.."
 TESTS="test_killpoints test_access test_chan_stress test_table_stress test_arena test_qsbr test_table \
@@ -33,10 +34,14 @@ declare -A EXPECT=(
     [M_LIST_PUBLISH_ORDER]=test_killpoints [M_JOIN_AFTER_LINK]=test_killpoints
     [M_UNLINK_CLEARS_NEXT]=test_killpoints
     [M_DELIVER_RECOVER]=test_killpoints [M_RING_CLEAR_ORDER]=test_killpoints [M_PRESENCE_SLOT_ORDER]=test_killpoints
-    [M_PRESENCE_POS]=test_channels
+    [M_PRESENCE_POS]=test_channels [M_TICKETS_PUBLISH_FIRST]=test_killpoints
 )
 mapfile -t NAMES < <(sed -n 's/^ *\(M_[A-Z_]*\) = \([0-9]*\),.*/\2 \1/p' include/sl_crash.h |
                      awk '$1 > 0')
+# tests/mutation-check.sh M_NAME...: only those mutants (the baseline still runs).
+if [ $# -gt 0 ]; then
+    mapfile -t NAMES < <(printf '%s\n' "${NAMES[@]}" | grep -wF -f <(printf '%s\n' "$@"))
+fi
 
 build() { # build <n>: the tests of mutant n (0: none) into build-mutant-<n>/
     local bins=""

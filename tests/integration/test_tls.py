@@ -779,3 +779,37 @@ def test_close_notify_waits_for_a_full_socket(server_factory, certs):
         data += chunk
     c.close()
     assert data.startswith(b"HTTP/1.1 200") and b"healthy" in data
+
+
+def _tls_heap(s):
+    return s.stats()["tls-heap-bytes"]
+
+
+def test_openssl_heap_is_counted_in_stats(server_factory, certs):
+    """rg16 F3: the memory OpenSSL holds for TLS connections - the SSL
+    objects, and a partial record's read buffer (a TLS slowloris) - is
+    counted: /stats tls-heap-bytes (and /metrics) rise while connections
+    hold it and fall when they go."""
+    s = tls_server(server_factory, certs, None, "--message-timeout-ms", "120000",
+                   "--keepalive-timeout-ms", "120000", workers=1)
+    wait_for(lambda: _tls_heap(s) > 0, what="tls-heap-bytes published")
+    base = _tls_heap(s)
+    n = 20
+    # First bytes of a 16 KiB handshake record, then nothing: OpenSSL
+    # holds its ~16.7 KiB read buffer for each.
+    half = []
+    for _ in range(n):
+        h = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+        h.sendall(b"\x16\x03\x01\x40\x00" + b"\x01" * 100)
+        half.append(h)
+    wait_for(lambda: _tls_heap(s) >= base + n * 16384, what="partial records counted")
+    # Established, idle TLS connections: the SSL objects (~14 KB each).
+    ctx = certs.client_context()
+    idle = [tls_connect(s.tls_port, ctx) for _ in range(n)]
+    held = base + n * 16384
+    wait_for(lambda: _tls_heap(s) >= held + n * 8000, what="idle TLS connections counted")
+    assert b"sente_lite_tls_heap_bytes{worker=" in s.request("GET", "/metrics")[1]
+    for c in half + idle:
+        c.close()
+    wait_for(lambda: _tls_heap(s) < base + n * 4096, what="tls-heap-bytes back down")
+    assert s.stats()["workers"][0]["tls-heap-bytes"] == _tls_heap(s)
