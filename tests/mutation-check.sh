@@ -33,7 +33,8 @@ declare -A EXPECT=(
     [M_LIST_PUBLISH_ORDER]=test_killpoints [M_JOIN_AFTER_LINK]=test_killpoints
     [M_UNLINK_CLEARS_NEXT]=test_killpoints
     [M_DELIVER_RECOVER]=test_killpoints [M_RING_CLEAR_ORDER]=test_killpoints [M_PRESENCE_SLOT_ORDER]=test_killpoints
-    [M_PRESENCE_POS]=test_channels
+    [M_PRESENCE_POS]=test_channels [M_PRESENCE_FIRST_FOLD]=test_channels
+    [M_DRAIN_UPTO]=test_channels
 )
 mapfile -t NAMES < <(sed -n 's/^ *\(M_[A-Z_]*\) = \([0-9]*\),.*/\2 \1/p' include/sl_crash.h |
                      awk '$1 > 0')
