@@ -550,6 +550,56 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
         ws.close()
 
 
+
+def test_a_charged_batch_is_spread_over_turns(server_factory):
+    """Review rf15 F4: the test above cannot fail (its requests charge
+    next to nothing).  Here each history request copies 500 messages: it
+    is charged 500/16 = 31 more messages of its connection's turn budget
+    (64), so a batch of 40 takes 20 turns, two a turn.  The worker is
+    stopped while the batch and another connection's publish arrive; the
+    publish's message reaches the asker at the end of the first turn, so
+    it comes among the first replies.  Uncharged, the whole batch (40 <
+    64 messages, a few KB of input) goes in the first turn and the message
+    comes after all 40."""
+    srv = server_factory("--message-retention", "600", "--max-outbound-bytes", "256M",
+                         workers=1)
+    pub, asker = on_worker(srv, 0), on_worker(srv, 0)
+    sub(asker, "big")
+    sub(asker, "tick")
+    for i in range(600):
+        send(pub, type="publish", **{"channel-id": "big", "data": i})
+    pub.sock.settimeout(30 * SLOW)
+    for _ in range(600):
+        r = recv(pub)
+        assert r["success"], r
+    from wsraw import OP_TEXT, frame
+    batch = b"".join(frame(OP_TEXT, json.dumps({"type": "history", "channel-id": "big",
+                                                "limit": 500}).encode()) for _ in range(40))
+    pid = srv.stats()["workers"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asker.send(batch)
+        time.sleep(0.2)
+        send(pub, type="publish", **{"channel-id": "tick", "data": "t"})
+        time.sleep(0.3)  # both in the socket buffers before the worker goes on
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    asker.sock.settimeout(30 * SLOW)
+    replies, tick_after = 0, None
+    while replies < 40 or tick_after is None:
+        m = recv(asker)
+        if m["type"] == "history-result":
+            assert m["success"] and len(m["publications"]) == 500, m
+            replies += 1
+        elif m.get("channel-id") == "tick":
+            tick_after = replies
+    assert recv(pub)["success"]
+    # Two replies a turn; the publish may be read a turn late on a loaded
+    # machine (its bytes came last), so allow a few turns.
+    assert tick_after <= 10, f"the other connection's message came after {tick_after} replies"
+    for ws in (asker, pub):
+        ws.close()
+
 def test_joins_count_against_the_publish_rate(server_factory):
     """Review r15 H2: a subscribe to a join-leave channel fans out like a
     publish, so it is counted at --max-publishes-per-second (a bucket of its
