@@ -600,6 +600,62 @@ def test_a_charged_batch_is_spread_over_turns(server_factory):
     for ws in (asker, pub):
         ws.close()
 
+
+def test_a_drain_stops_at_its_frame_bound(server_factory):
+    """The drain's per-turn bound in frames (SL_DRAIN_FRAMES_MAX = 262,144,
+    review r15 H2) is reached: 4,000 messages of a channel with 200
+    subscribers on worker 1 are 800,000 frames, so its drain takes four
+    turns of 1,311 messages, and a request read in between is answered
+    between them.  Worker 1 (a crash-point build) stops itself at its
+    1,500th pop (its second turn); the request is sent then.  Its reply
+    comes after the second turn's deliveries (2,622 messages); without
+    the bound the whole inbox went in one turn and the reply came after
+    all 4,000."""
+    srv = server_factory("--worker-stall-ms", "30000", "--worker-stall-kill-ms", "60000",
+                         workers=2, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:inbox.pop.head:1500:stop"})
+    subs, spare = [], []
+    while len(subs) < 200:
+        ws, status, w = upgrade(srv.port, None)
+        assert status == 101
+        if w["worker"] == 1:
+            sub(ws, "big")
+            subs.append(ws)
+        else:
+            spare.append(ws)
+    q = subs[0]
+    pub = on_worker(srv, 0)
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(4000):
+            send(pub, type="publish", **{"channel-id": "big", "data": i})
+        pub.sock.settimeout(60 * SLOW)
+        for _ in range(4000):
+            r = recv(pub)
+            assert r["success"], r
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def state():
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0]
+    wait_for(lambda: state() == "T", timeout=60 * SLOW, what="worker 1 stopped at its pop")
+    send(q, type="presence-stats", **{"channel-id": "big"})
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGCONT)
+    q.sock.settimeout(60 * SLOW)
+    before = 0
+    while True:
+        m = recv(q)
+        if m["type"] == "presence-stats-result":
+            break
+        if m.get("channel-id") == "big" and "data" in m:
+            before += 1
+    assert 1311 <= before < 3500, f"the reply came after {before} of 4000 messages"
+    for ws in subs + spare + [pub]:
+        ws.close()
+
 def test_joins_count_against_the_publish_rate(server_factory):
     """Review r15 H2: a subscribe to a join-leave channel fans out like a
     publish, so it is counted at --max-publishes-per-second (a bucket of its
