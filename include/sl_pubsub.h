@@ -128,7 +128,7 @@ void sl_pubsub_latency_flush(void);
  * own worker, or one that found the message at the end of a turn it had
  * for other reasons, before the wake-up came); drain: this worker began
  * taking the turn's messages from its inbox; queued: the message queued on
- * this worker's N subscribers; done: the last writev of the turn that
+ * this worker's N subscribers; done: the end of the flush (last write) of the turn that
  * wrote it; cpu: microseconds this worker ran on a CPU from drain to done
  * (CLOCK_THREAD_CPUTIME_ID: done - drain - cpu is time it waited for one).  Off, it costs a test of
  * sl_conns.trace_fd per read and per message. */

@@ -113,12 +113,18 @@ static void wait_end(void)
         CMM_STORE_SHARED(me->waiting, NULL);
 }
 
-/* Block until l is ours (0 or EOWNERDEAD), calling the wait hook every
- * 50 ms of CLOCK_MONOTONIC when there is one. */
+/* Block until l is ours (0 or EOWNERDEAD), calling the wait hook (when
+ * there is one) every 50 ms of CLOCK_MONOTONIC.
+ *
+ * The wait is re-armed every 50 ms even without a hook: a release wakes
+ * ONE waiter, and if that waiter is killed (the master's stall watch, a
+ * crash) after the kernel woke it and before it took the lock, the wake-up
+ * is lost - the lock reads free and the other waiters would sleep in the
+ * kernel for ever (the kernel's robust-list handling covers a dead owner,
+ * not a dead woken waiter).  Re-armed, a lost wake-up costs a waiter at
+ * most 50 ms; the uncontended path never gets here. */
 static int wait_for(sl_lock_t *l)
 {
-    if (wait_hook == NULL)
-        return pthread_mutex_lock(&l->m);
     for (;;) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -130,7 +136,8 @@ static int wait_for(sl_lock_t *l)
         int rc = pthread_mutex_clocklock(&l->m, CLOCK_MONOTONIC, &ts);
         if (rc != ETIMEDOUT)
             return rc;
-        wait_hook();
+        if (wait_hook)
+            wait_hook();
     }
 }
 

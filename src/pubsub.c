@@ -39,12 +39,14 @@
 #include "sl_stats.h"
 #include "sl_tel.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <urcu/uatomic.h>
@@ -97,7 +99,31 @@ void sl_pubsub_trace_open(int worker)
     char path[PATH_MAX];
     if (snprintf(path, sizeof(path), "%s.%d", prefix, worker) >= (int)sizeof(path))
         return;
-    sl_conns.trace_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    /* Only a regular file: no symlink followed (a shared /tmp), no FIFO or
+     * device that could block the worker's loop. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+                  0644);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        fd = -1;
+        errno = EINVAL;
+    }
+    if (fd < 0) {
+        fprintf(stderr, "sente-lite: worker %d: SENTE_FANOUT_TRACE: cannot open %s as a regular "
+                        "file (%s): no trace\n", worker, path, strerror(errno));
+        return;
+    }
+    sl_conns.trace_fd = fd;
+}
+
+/* A failed or short write: the trace would silently miss lines (or tear
+ * one), so it stops, once, and says so. */
+static void trace_fail(const char *why)
+{
+    fprintf(stderr, "sente-lite: SENTE_FANOUT_TRACE: write failed (%s): trace stopped\n", why);
+    close(sl_conns.trace_fd);
+    sl_conns.trace_fd = -1;
 }
 
 static void trace_write(int64_t done, int64_t cpu_end)
@@ -121,9 +147,13 @@ static void trace_write(int64_t done, int64_t cpu_end)
             k += (size_t)m;
     }
     ntrace = 0;
-    if (k > 0 && write(sl_conns.trace_fd, buf, k) < 0) {
-        /* a measuring aid: a lost line is only a missing figure */
-    }
+    if (k == 0 || sl_conns.trace_fd < 0)
+        return;
+    ssize_t w = write(sl_conns.trace_fd, buf, k);
+    if (w < 0)
+        trace_fail(strerror(errno));
+    else if ((size_t)w != k)
+        trace_fail("short write");
 }
 
 /* Now as "done": the CPU clock read before the wall clock (and after it
@@ -140,7 +170,8 @@ void sl_pubsub_trace_close(void)
         return;
     if (ntrace > 0)
         trace_write_now();
-    close(sl_conns.trace_fd);
+    if (sl_conns.trace_fd >= 0)
+        close(sl_conns.trace_fd);
     sl_conns.trace_fd = -1;
 }
 

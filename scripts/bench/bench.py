@@ -421,9 +421,18 @@ def m_echo(srv, conns, duration):
     extra = srv.echo_args()
     if extra is None:
         return None
-    return run_bench(["echo"] + common(srv) + extra +
-                     ["--connections", str(conns), "--duration", str(duration)],
-                     timeout=duration + 60)
+    # The server's CPU per round trip (utime + stime of all its processes
+    # over the run): on a shared machine the rate also measures the
+    # generator, this measures the server alone.
+    pids = srv.pids()
+    c0 = cpu_of(pids)
+    r = run_bench(["echo"] + common(srv) + extra +
+                  ["--connections", str(conns), "--duration", str(duration)],
+                  timeout=duration + 60)
+    rts = r.get("round-trips") or 0
+    if rts:
+        r["server-cpu-us-per-rt"] = (cpu_of(pids) - c0) * 1e6 / rts
+    return r
 
 
 def m_connect(srv, n, subscribe=False, resume=False):
@@ -692,7 +701,8 @@ def figure(name, r):
         return f
     if name.startswith("echo"):
         return {"round trips/s": r.get("round-trips-per-s"),
-                "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r)}
+                "p99 ms": ms(r.get("latency-p99-us")), "bench cpu s": cpu(r),
+                "srv cpu us/rt": r.get("server-cpu-us-per-rt")}
     if name.startswith("connect"):
         return {"handshakes/s": r.get("handshakes-per-s"),
                 "failed": (r.get("connect-errors") or 0) + (r.get("handshake-errors") or 0) +

@@ -235,6 +235,37 @@ def test_fanout_trace(server_factory, tmp_path):
         # Worker 1 is woken (or finds the message at the end of a turn it
         # has anyway, before the wake-up reaches it: then woken is older).
         assert d1[seq]["woken"] <= d1[seq]["queued"], (p, d1[seq])
+    # Worker 1 has nothing else to do between the messages: at least one of
+    # them reached it through the wake-up, stamped (review rl19 L1).
+    assert any(d1[seq]["woken"] > 0 for seq in pubs), d1
+
+
+def test_fanout_trace_only_to_a_regular_file(server_factory, tmp_path):
+    """The trace opens only a regular file: a FIFO (which would block the
+    worker's loop) and a symlink (planted in a shared directory) are
+    refused with a line on stderr, and the worker serves on; a write
+    failure stops the trace once (review rl19 L4)."""
+    prefix = str(tmp_path / "trace")
+    os.mkfifo(prefix + ".0")
+    target = tmp_path / "elsewhere"
+    target.write_text("keep\n")
+    os.symlink(target, prefix + ".1")
+    srv = server_factory(env={"SENTE_FANOUT_TRACE": prefix})
+
+    async def go():
+        a, pub, c = await on_workers(srv.url, [0, 0, 1])
+        for x in (a, c):
+            assert (await x.subscribe("traced"))["success"]
+        assert (await pub.publish("traced", 1))["delivered-to"] == 2
+        for x in (a, c):
+            assert (await x.message())["data"] == 1
+        for x in (a, pub, c):
+            await x.close()
+    run(go())
+    assert target.read_text() == "keep\n"
+    err = wait_for(lambda: srv.stderr().count("SENTE_FANOUT_TRACE: cannot open") >= 2 and srv.stderr(),
+                   what="both refusals on stderr")
+    assert "worker 0" in err and "worker 1" in err, err
 
 
 def test_failure_reasons(server_factory):

@@ -7,11 +7,13 @@
  * the wall clock does (review of issue 12, findings 1, 2 and 6); a waiter
  * stopped while others keep taking the lock is blocked by nobody, and a
  * dead process's lock is done for the cleanup once released (second
- * review, findings 1, 3 and 4).
+ * review, findings 1, 3 and 4); a wake-up lost to a woken waiter that
+ * died never leaves the others asleep on a free lock.
  */
 #include "sl_lock.h"
 #include "sl_test.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -294,6 +296,54 @@ static void test_recover_dead_waits_for_a_live_repair(void)
     munmap(S, sizeof(*S));
 }
 
+/* A release wakes one waiter; if that one is killed before it takes the
+ * lock, nobody else is woken and the lock reads free.  Simulated exactly:
+ * a holder frees the lock word itself, without the wake-up, while a waiter
+ * is asleep on it (its holder record says it is blocked), and dies.  The
+ * waiter must still get the lock (its wait is re-armed every 50 ms); with
+ * a plain pthread_mutex_lock it sleeps for ever (test_access's stress with
+ * kills hung 17 minutes that way once). */
+static void test_lost_wakeup_does_not_hang_a_waiter(void)
+{
+    setup();
+    int got[2];
+    SL_CHECK(pipe(got) == 0);
+    pid_t h = fork();
+    if (h == 0) {
+        sl_lock_set_holder(&S->h[1]);
+        sl_lock_acquire(&S->l);
+        for (int i = 0; i < 1000 && CMM_LOAD_SHARED(S->h[2].waiting) == NULL; i++)
+            sleep_ms(10);
+        sleep_ms(200); /* the waiter is in the kernel by now */
+        /* Released with the wake-up lost: the word cleared, nobody woken. */
+        __atomic_store_n(&S->l.m.__data.__lock, 0, __ATOMIC_RELEASE);
+        _exit(0);
+    }
+    /* The holder has the lock before the waiter starts. */
+    for (int i = 0; i < 1000 && sl_lock_owner(&S->l) == 0; i++)
+        sleep_ms(10);
+    SL_CHECK(sl_lock_owner(&S->l) != 0);
+    pid_t w = fork();
+    if (w == 0) {
+        sl_lock_set_holder(&S->h[2]);
+        sl_lock_acquire(&S->l);
+        sl_lock_release(&S->l);
+        _exit(write(got[1], "x", 1) == 1 ? 0 : 2);
+    }
+    waitpid(h, NULL, 0);
+    struct pollfd p = {.fd = got[0], .events = POLLIN};
+    int ready = poll(&p, 1, 10000);
+    SL_CHECK_INT(ready, 1);
+    if (ready != 1)
+        kill(w, SIGKILL);
+    int st;
+    waitpid(w, &st, 0);
+    SL_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(got[0]);
+    close(got[1]);
+    munmap(S, sizeof(*S));
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_wait_hook_on_the_monotonic_clock);
@@ -301,5 +351,6 @@ int main(void)
     SL_TEST_RUN(test_recover_dead_waits_for_a_live_repair);
     SL_TEST_RUN(test_stopped_waiter_blocked_by_nobody_once_released);
     SL_TEST_RUN(test_recover_dead_done_once_released);
+    SL_TEST_RUN(test_lost_wakeup_does_not_hang_a_waiter);
     return sl_test_summary();
 }
