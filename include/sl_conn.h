@@ -100,7 +100,14 @@ struct sl_conn {
     sl_conn_link_t link_ready; /* the worker's ready list */
     sl_conn_link_t link_idle;  /* the worker's idle HTTP list (or heads) */
     sl_conn_link_t link_held;  /* holders of unfinished input */
-    int64_t accepted_mono;    /* monotonic ms: accept hand-off time */
+    /* One monotonic ms time, read by state (never two at once; issue 19m:
+     * 16 B less).  Every change of state that reads another one sets it. */
+    union {
+        int64_t accepted_mono;  /* HTTP: accept hand-off time (keep-alive: the
+                                   end of the last exchange) */
+        int64_t last_ping_mono; /* WS: last heartbeat ping sent (set by the upgrade) */
+        int64_t deadline_mono;  /* CLOSING / LINGER: give-up time (set on entry) */
+    };
     int64_t last_rx_mono;     /* last byte received */
     int64_t last_tx_mono;     /* last time the socket took output */
     int64_t backlog_since_mono; /* 64 KiB or more queued after each write since */
@@ -110,9 +117,7 @@ struct sl_conn {
                                  (the end of the 101) */
     uint64_t reply_end;       /* written_total + queued bytes when the last
                                  reply was queued (conn_reply_bytes) */
-    int64_t last_ping_mono;   /* last heartbeat ping sent */
     int64_t busy_since_mono;  /* HTTP head or WS message started (0: idle) */
-    int64_t deadline_mono;    /* CLOSING / LINGER give-up time */
     /* Input not processed yet (malloc'd): an unfinished HTTP request, or
      * pipelined requests / WebSocket bytes left when back-pressure stopped
      * processing (at most one read's worth: reading stops with it). */
@@ -146,18 +151,44 @@ struct sl_conn {
     struct sl_session *sess;  /* access control state (sl_session.h); NULL: none */
     uint32_t nsubs, subs_cap;
     int64_t chan_tokens_mono; /* last refill; 0: never created one */
-    /* --redis: replies that wait for the broker keep their place
-     * (sl_proto_defer); requests in flight; subscribes being joined. */
-    struct sl_reply *rq_head, *rq_tail;
-    uint32_t nrq;
-    uint32_t cpending;        /* broker requests of this connection in flight */
-    struct sl_crec *crecs;    /* cluster.c: those requests' records */
-    struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
-    bool http_deferred;       /* an HTTP response waits for the broker: stop parsing */
-    bool http_deferred_keep;  /* ... and whether to keep the connection after it */
+    /* (--redis: what it has waiting on the broker is sl_conn_cl_t, not here) */
     const char *close_reason; /* static string */
     char conn_id[40];
 };
+
+/* --redis only: what a connection has waiting on the broker (issue 19m:
+ * 48 B that every connection carried, kept out of sl_conn_t).  A side
+ * table indexed by the connection's slot (sl_conns.cl), not a pointer in
+ * sl_conn_t: a node without --redis pays nothing at all - no pointer, no
+ * table - and the slot is the connection's dense, reused index already.
+ *
+ * Ownership: the connection's.  Made on first need by the layer that needs
+ * it (sl_conn_cl_get: a deferred reply, a broker request, which also
+ * covers a join and a deferred HTTP response - both follow one of those),
+ * and freed by sl_conn_destroy after the layers above were told (`freed`:
+ * the broker's records forget it; `closed`: deferred replies freed, the
+ * joins still waiting left to their broker requests, whose answers free
+ * them), so nothing above frees it and nothing reads it after.  Not freed
+ * when it empties: a connection that waited once keeps its 64-byte chunk
+ * (48 B) until it closes - every subscriber of a --redis node does (a
+ * subscribe waits for the broker).  Read it with sl_conn_cl (NULL: nothing ever waited);
+ * it stays where it is (the table holds pointers), but a layer keeps no
+ * pointer to it across turns. */
+typedef struct sl_conn_cl {
+    /* proto.c: replies that wait for the broker keep their place (sl_proto_defer) */
+    struct sl_reply *rq_head, *rq_tail;
+    /* Bytes those replies hold (frames and entries), set through
+     * sl_conn_hold: counted with the connection's output, so a client whose
+     * replies pile up behind one waiting for the broker is stopped being
+     * read at the same bound as one whose replies are queued (review rk16
+     * N1). */
+    uint64_t held_bytes;
+    struct sl_crec *crecs;    /* cluster.c: its broker requests in flight (their records) */
+    struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
+    uint32_t nrq;             /* proto.c: entries in rq_head */
+    bool http_deferred;       /* httpd.c: an HTTP response waits for the broker: stop parsing */
+    bool http_deferred_keep;  /* ... and whether to keep the connection after it */
+} sl_conn_cl_t;
 
 /* What a connection raises to the layers above (installed by the worker,
  * sl_conns.on).  Each may close the connection (sl_conn_close_ws,
@@ -202,6 +233,10 @@ typedef struct {
     sl_conn_t **slots;            /* slot -> connection (NULL: free) */
     uint32_t nslots, slot_cap, free_hint;
     uint32_t nconns;
+    /* --redis: slot -> its sl_conn_cl_t (NULL: none); cl_cap entries, grown
+     * to slot_cap on first need (never allocated without --redis). */
+    sl_conn_cl_t **cl;
+    uint32_t cl_cap;
     /* Two separate buffers: input is parsed in place from rbuf while
      * replies are encoded into ebuf, so encoding never clobbers bytes not
      * yet parsed. */
@@ -219,6 +254,23 @@ extern sl_conns_t sl_conns;
 /* Every live connection of the process, oldest first (one may be marked
  * dead in the body: it is freed only at the end of the turn). */
 #define SL_CONNS_EACH(c) for (sl_conn_t *c = sl_conns.conns.first; c; c = c->link_all.next)
+
+/* c's --redis state (sl_conn_cl_t), or NULL: nothing of it has waited yet. */
+static inline sl_conn_cl_t *sl_conn_cl(const sl_conn_t *c)
+{
+    return c->slot < sl_conns.cl_cap ? sl_conns.cl[c->slot] : NULL;
+}
+
+/* c's --redis state, made (zeroed) on first need; NULL when out of memory
+ * (the caller refuses what needed it the way it refuses when its own
+ * allocation fails: "overloaded", counted in /stats). */
+sl_conn_cl_t *sl_conn_cl_get(sl_conn_t *c);
+
+/* The layers above hold `delta` more (or, negative, fewer) bytes for c that
+ * it will send later (sl_conn_cl_t.held_bytes; c's --redis state must
+ * exist when delta > 0): they count with its output for the read pause,
+ * and a release below the resume mark resumes reading. */
+void sl_conn_hold(sl_conn_t *c, int64_t delta);
 
 /* Count an error or refusal by reason (/stats "errors", /metrics). */
 void sl_conns_count_error(sl_err_t e);

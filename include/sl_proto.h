@@ -39,6 +39,8 @@ sl_reply_t *sl_proto_defer(sl_conn_t *c);
  * one node. */
 sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash);
 bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash);
+/* Does a reply of c wait for the broker (later ones queue behind it)? */
+bool sl_proto_deferring(const sl_conn_t *c);
 /* Fill a deferred reply with r (released; NULL sends nothing) and send
  * every reply that is ready in order. */
 void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r);

@@ -79,15 +79,14 @@ static void unlink_rec(rec_t *r)
     else
         C.tail = r->prev;
     C.n--;
-    if (r->conn) {
+    sl_conn_cl_t *cl = r->conn ? sl_conn_cl(r->conn) : NULL; /* made by the submit */
+    if (cl) {
         if (r->cprev)
             r->cprev->cnext = r->cnext;
         else
-            r->conn->crecs = r->cnext;
+            cl->crecs = r->cnext;
         if (r->cnext)
             r->cnext->cprev = r->cprev;
-        if (r->conn->cpending)
-            r->conn->cpending--;
     }
 }
 
@@ -125,7 +124,10 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
         return SL_BR_UNAVAILABLE;
     if (C.n >= SL_INBOX_CAP / SL_MAX(1, sl_shm->nworkers))
         return SL_BR_OVERLOADED; /* our share of the broker's queue */
-    rec_t *r = calloc(1, sizeof(*r));
+    /* The connection's --redis state holds its list of requests: made on
+     * its first one (out of memory: refused like the record itself). */
+    sl_conn_cl_t *cl = c ? sl_conn_cl_get(c) : NULL;
+    rec_t *r = c == NULL || cl ? calloc(1, sizeof(*r)) : NULL;
     if (r == NULL)
         return SL_BR_OVERLOADED;
     int64_t now = sl_mono_ms();
@@ -154,12 +156,11 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
         C.head = r;
     C.tail = r;
     C.n++;
-    if (c) {
-        c->cpending++;
-        r->cnext = c->crecs;
-        if (c->crecs)
-            c->crecs->cprev = r;
-        c->crecs = r;
+    if (cl) {
+        r->cnext = cl->crecs;
+        if (cl->crecs)
+            cl->crecs->cprev = r;
+        cl->crecs = r;
     }
     return SL_OK;
 }
@@ -247,10 +248,12 @@ void sl_cluster_tick(void)
 
 void sl_cluster_conn_closed(sl_conn_t *c)
 {
-    for (rec_t *r = c->crecs; r; r = r->cnext)
+    sl_conn_cl_t *cl = sl_conn_cl(c);
+    if (cl == NULL)
+        return; /* it never asked the broker */
+    for (rec_t *r = cl->crecs; r; r = r->cnext)
         r->conn = NULL; /* out of its list with it */
-    c->crecs = NULL;
-    c->cpending = 0;
+    cl->crecs = NULL;
 }
 
 const char *sl_cluster_remote_node(const char *id, size_t len)

@@ -237,6 +237,31 @@ found:
     return SL_OK;
 }
 
+/* --redis: an HTTP response waits for the broker (httpd): parse no further. */
+static bool conn_http_deferred(const sl_conn_t *c)
+{
+    const sl_conn_cl_t *cl = sl_conn_cl(c);
+    return cl && cl->http_deferred;
+}
+
+sl_conn_cl_t *sl_conn_cl_get(sl_conn_t *c)
+{
+    sl_conns_t *w = &sl_conns;
+    if (c->slot >= w->cl_cap) {
+        /* Grown to the slot table's size: once per doubling of it. */
+        uint32_t ncap = SL_MAX(w->slot_cap, c->slot + 1);
+        sl_conn_cl_t **n = realloc(w->cl, sizeof(*n) * ncap);
+        if (n == NULL)
+            return NULL;
+        memset(n + w->cl_cap, 0, sizeof(*n) * (ncap - w->cl_cap));
+        w->cl = n;
+        w->cl_cap = ncap;
+    }
+    if (w->cl[c->slot] == NULL && !SL_FAULT("conn.cl.alloc"))
+        w->cl[c->slot] = calloc(1, sizeof(sl_conn_cl_t));
+    return w->cl[c->slot];
+}
+
 static void conns_detach(sl_conn_t *c)
 {
     sl_conns_t *w = &sl_conns;
@@ -525,6 +550,12 @@ void sl_conn_destroy(sl_conn_t *c)
     } else {
         conn_http_uncount(c);
     }
+    /* Its --redis state, emptied by the hooks above (conns_detach freed
+     * the slot, but no connection takes it before this returns). */
+    if (c->slot < sl_conns.cl_cap) {
+        free(sl_conns.cl[c->slot]);
+        sl_conns.cl[c->slot] = NULL;
+    }
     free(c);
 }
 
@@ -762,15 +793,19 @@ static void conn_watch(sl_conn_t *c, bool write)
  * 64 KiB? */
 static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
 {
-    if (c->out.bytes == 0)
+    /* What the layers above hold for it (replies behind one that waits for
+     * the broker) counts as its output: they are on their way to it. */
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    uint64_t out = c->out.bytes + (q ? q->held_bytes : 0);
+    if (out == 0)
         return false;
-    if (c->out.bytes >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
+    if (out >= SL_CONN_SMALL_BACKLOG && conns_over_budget())
         return true;
     /* HTTP: pause at 64 KiB, resume below 32 KiB (hysteresis: a pipelining
      * client does not flip the event every turn). */
     uint64_t at = c->state == SL_CONN_HTTP ? SL_CONN_SMALL_BACKLOG * 2 / divisor
                                            : (uint64_t)sl_conf->max_outbound_bytes / divisor;
-    return c->out.bytes >= at;
+    return out >= at;
 }
 
 /* Too much of its own output to take more input from it?  (Replies may
@@ -807,6 +842,20 @@ static void conn_resume(sl_conn_t *c)
         (c->state == SL_CONN_WS && c->busy_since_mono != 0))
         c->busy_since_mono = sl_mono_ms(); /* its wait was ours */
     conn_watch(c, c->write_armed); /* also schedules the left-over input */
+}
+
+void sl_conn_hold(sl_conn_t *c, int64_t delta)
+{
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL)
+        return;
+    q->held_bytes = delta < 0 && (uint64_t)-delta > q->held_bytes ? 0
+                                                                  : q->held_bytes + (uint64_t)delta;
+    /* Released: most often into the queue (whose flush resumes it when it
+     * drains); released with nothing queued, nothing else would. */
+    if (delta < 0 && c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
+        conn_output_low(c))
+        conn_resume(c);
 }
 
 /* Stop processing this connection's input for this turn (per-turn
@@ -908,7 +957,7 @@ void sl_conn_flush(sl_conn_t *c)
     if (c->write_armed)
         conn_watch(c, false);
     if (c->state == SL_CONN_HTTP && c->in_len == 0 && !c->backlog && !c->read_paused &&
-        !c->peer_eof && !c->http_deferred)
+        !c->peer_eof && !conn_http_deferred(c))
         conn_idle_add(c); /* keep-alive, between requests (not one waiting for its answer) */
     if (c->state == SL_CONN_LINGER && !c->shut_wr) {
         /* Everything we had to say is out: half-close, then wait for the
@@ -1258,10 +1307,11 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
      * off once at the end (one memmove per read, not per request). */
     size_t off = 0;
     int budget = SL_CONN_TURN_REQUESTS;
-    /* A request answered later (c->http_deferred: the broker) stops the
+    /* A request answered later (http_deferred: the broker) stops the
      * parsing until its response is queued (sl_conn_http_resume), so
      * responses stay in request order. */
-    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused && !c->http_deferred) {
+    while (c->state == SL_CONN_HTTP && off < c->in_len && !c->read_paused &&
+           !conn_http_deferred(c)) {
         if (budget-- == 0) {
             conn_yield(c); /* the rest next turn: others get theirs first */
             break;
@@ -1332,7 +1382,7 @@ static void conn_http_input(sl_conn_t *c, const uint8_t *data, size_t n)
             free(buf);
             return;
         }
-        if (!keep && !c->http_deferred) {
+        if (!keep && !conn_http_deferred(c)) {
             conn_http_finish(c);
             return;
         }
@@ -1367,7 +1417,8 @@ void sl_conn_http_resume(sl_conn_t *c)
 {
     if (c->state != SL_CONN_HTTP)
         return;
-    if (!c->http_deferred_keep) {
+    const sl_conn_cl_t *cl = sl_conn_cl(c);
+    if (cl == NULL || !cl->http_deferred_keep) {
         conn_http_finish(c);
         return;
     }

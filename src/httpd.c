@@ -300,12 +300,16 @@ void sl_httpd_deferred_reply(sl_conn_t *c, int status, json_t *doc)
     if (status >= 400)
         sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
                                                              : SL_ERR_BAD_HTTP_REQUEST);
-    c->http_deferred = false;
+    /* (It exists: the request it answers was submitted for c.) */
+    sl_conn_cl_t *cl = sl_conn_cl(c);
+    bool keep = cl && cl->http_deferred_keep;
+    if (cl)
+        cl->http_deferred = false;
     if (c->state != SL_CONN_HTTP) {
         json_decref(doc);
         return;
     }
-    send_json_extra(c, status, doc, c->http_deferred_keep, NULL);
+    send_json_extra(c, status, doc, keep, NULL);
     sl_conn_http_resume(c);
 }
 
@@ -394,8 +398,11 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
         if (status == 0) {
             /* Answered later (the broker): no further request is read
              * before, so responses stay in order. */
-            c->http_deferred = true;
-            c->http_deferred_keep = keep;
+            sl_conn_cl_t *cl = sl_conn_cl(c); /* made by the broker request */
+            if (cl) {
+                cl->http_deferred = true;
+                cl->http_deferred_keep = keep;
+            }
             return keep;
         }
         if (status >= 400)

@@ -19,44 +19,74 @@ struct sl_reply {
     struct sl_reply *next;
     sl_buf_t *frame; /* NULL: nothing to send */
     uint64_t chan_hash; /* a reply about this channel (0: none) */
+    uint32_t held; /* bytes charged to the connection for it (sl_conn_hold) */
     bool ready;
 };
 
+/* What entry r holds: itself and its frame. */
+static uint32_t rq_size(const sl_reply_t *r)
+{
+    uint64_t n = sizeof(*r) + (r->frame ? r->frame->len - r->frame->start : 0);
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+/* Charge r's size as it is now (its frame may have come since). */
+static void rq_charge(sl_conn_t *c, sl_reply_t *r)
+{
+    uint32_t now = rq_size(r);
+    if (now != r->held) {
+        sl_conn_hold(c, (int64_t)now - (int64_t)r->held);
+        r->held = now;
+    }
+}
+
+/* The queue lives in the connection's --redis state (sl_conn_cl_t): made
+ * with the first deferred reply, so a connection without one has no queue
+ * (every reader below takes NULL for empty). */
+
 static void rq_flush(sl_conn_t *c)
 {
-    while (c->rq_head && c->rq_head->ready) {
-        sl_reply_t *r = c->rq_head;
-        c->rq_head = r->next;
-        if (c->rq_head == NULL)
-            c->rq_tail = NULL;
-        c->nrq--;
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    while (q && q->rq_head && q->rq_head->ready) {
+        sl_reply_t *r = q->rq_head;
+        q->rq_head = r->next;
+        if (q->rq_head == NULL)
+            q->rq_tail = NULL;
+        q->nrq--;
+        uint32_t held = r->held;
         if (r->frame) {
             sl_conn_send(c, r->frame);
             sl_buf_unref(r->frame);
         }
         free(r);
+        /* After the send: the frame is in the queue before the hold goes. */
+        sl_conn_hold(c, -(int64_t)held);
+        q = sl_conn_cl(c);
     }
 }
 
 static sl_reply_t *rq_append(sl_conn_t *c, sl_buf_t *frame, bool ready)
 {
-    sl_reply_t *r = calloc(1, sizeof(*r));
+    sl_conn_cl_t *q = sl_conn_cl_get(c);
+    sl_reply_t *r = q ? calloc(1, sizeof(*r)) : NULL;
     if (r == NULL)
         return NULL;
     r->frame = frame;
     r->ready = ready;
-    if (c->rq_tail)
-        c->rq_tail->next = r;
+    if (q->rq_tail)
+        q->rq_tail->next = r;
     else
-        c->rq_head = r;
-    c->rq_tail = r;
-    c->nrq++;
+        q->rq_head = r;
+    q->rq_tail = r;
+    q->nrq++;
+    rq_charge(c, r);
     return r;
 }
 
 sl_reply_t *sl_proto_defer_chan(sl_conn_t *c, uint64_t chan_hash)
 {
-    if (c->nrq >= SL_PROTO_MAX_DEFERRED)
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q && q->nrq >= SL_PROTO_MAX_DEFERRED)
         return NULL;
     sl_reply_t *r = rq_append(c, NULL, false);
     if (r)
@@ -69,9 +99,16 @@ sl_reply_t *sl_proto_defer(sl_conn_t *c)
     return sl_proto_defer_chan(c, 0);
 }
 
+bool sl_proto_deferring(const sl_conn_t *c)
+{
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    return q && q->rq_head;
+}
+
 bool sl_proto_waits_on(sl_conn_t *c, uint64_t chan_hash)
 {
-    for (sl_reply_t *r = c->rq_head; r; r = r->next)
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    for (sl_reply_t *r = q ? q->rq_head : NULL; r; r = r->next)
         if (!r->ready && r->chan_hash == chan_hash)
             return true;
     return false;
@@ -123,14 +160,19 @@ void sl_proto_complete(sl_conn_t *c, sl_reply_t *slot, json_t *r)
     if (r)
         slot->frame = reply_frame(c, r);
     slot->ready = true;
+    rq_charge(c, slot); /* its frame, if it still waits behind another */
     rq_flush(c);
 }
 
 void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
 {
-    /* Bounded: past it (a reply pending a long time on a busy channel),
-     * frames go out at once. */
-    if (c->rq_head == NULL || c->nrq >= 4 * SL_PROTO_MAX_DEFERRED) {
+    /* Bounded in entries and in bytes (twice the bound on one reply, i.e.
+     * --max-outbound-bytes): past it (a reply pending a long time on a busy
+     * channel), frames go out at once, where the connection's own bound
+     * judges them. */
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL || q->rq_head == NULL || q->nrq >= 4 * SL_PROTO_MAX_DEFERRED ||
+        q->held_bytes + (b->len - b->start) > 2 * (uint64_t)sl_conn_reply_max()) {
         sl_conn_send(c, b);
         return;
     }
@@ -143,14 +185,18 @@ void sl_proto_send_ordered(sl_conn_t *c, sl_buf_t *b)
 
 void sl_proto_closed(sl_conn_t *c)
 {
-    while (c->rq_head) {
-        sl_reply_t *r = c->rq_head;
-        c->rq_head = r->next;
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL)
+        return;
+    while (q->rq_head) {
+        sl_reply_t *r = q->rq_head;
+        q->rq_head = r->next;
         sl_buf_unref(r->frame);
         free(r);
     }
-    c->rq_tail = NULL;
-    c->nrq = 0;
+    q->rq_tail = NULL;
+    q->nrq = 0;
+    q->held_bytes = 0; /* closed: nothing to resume */
 }
 
 void sl_proto_reply(sl_conn_t *c, json_t *r)
@@ -161,7 +207,7 @@ void sl_proto_reply(sl_conn_t *c, json_t *r)
     if (f == NULL)
         return;
     /* Behind a reply that waits for the broker, this one waits too. */
-    if (c->rq_head) {
+    if (sl_proto_deferring(c)) {
         if (rq_append(c, f, true) == NULL)
             sl_buf_unref(f);
         return;
@@ -183,7 +229,7 @@ int sl_proto_send(sl_conn_t *c, sl_jw_t *w)
         return SL_ERROR;
     }
     /* Behind a reply that waits for the broker, this one waits too. */
-    if (c->rq_head) {
+    if (sl_proto_deferring(c)) {
         if (rq_append(c, b, true) != NULL)
             return SL_OK;
         sl_buf_unref(b);

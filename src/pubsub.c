@@ -723,8 +723,9 @@ typedef struct sl_join {
 
 static void join_free(sl_conn_t *c, sl_join_t *j)
 {
-    if (c) {
-        for (sl_join_t **p = &c->joins; *p; p = &(*p)->next)
+    sl_conn_cl_t *cl = c ? sl_conn_cl(c) : NULL;
+    if (cl) {
+        for (sl_join_t **p = &cl->joins; *p; p = &(*p)->next)
             if (*p == j) {
                 *p = j->next;
                 break;
@@ -741,7 +742,8 @@ static void join_free(sl_conn_t *c, sl_join_t *j)
 
 static sl_join_t *join_find(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
 {
-    for (sl_join_t *j = c->joins; j; j = j->next)
+    const sl_conn_cl_t *cl = sl_conn_cl(c);
+    for (sl_join_t *j = cl ? cl->joins : NULL; j; j = j->next)
         if (j->hash == hash && j->len == len && memcmp(j->id, id, len) == 0)
             return j;
     return NULL;
@@ -934,8 +936,9 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
     }
     if (since_j && j->ring == NULL)
         j->from = j->since + 1;
-    j->next = c->joins;
-    c->joins = j;
+    sl_conn_cl_t *cl = sl_conn_cl(c); /* made by the deferral above */
+    j->next = cl->joins;
+    cl->joins = j;
     json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s}", "channel-id", id, len,
                             "auto-create", ns->auto_create > 0, "max-subscribers",
                             (json_int_t)ns->max_subscribers, "message-retention",
@@ -1120,6 +1123,12 @@ void sl_pubsub_recheck(sl_conn_t *c)
 
 void sl_pubsub_closed(sl_conn_t *c)
 {
+    /* --redis: its joins still waiting belong to their broker requests now
+     * (whose answers, told the connection is gone, free them): nothing is
+     * held for a closed connection (review rn19 L5). */
+    sl_conn_cl_t *cl = sl_conn_cl(c);
+    if (cl)
+        cl->joins = NULL;
     while (c->nsubs > 0)
         leave(c, c->nsubs - 1);
     if (c->subs_cap > 1)
@@ -1800,13 +1809,14 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
              * live overlap, a catch-up after a broker restart) is
              * dropped: seqs only grow within one subscription (a new
              * epoch closes it first, 1012). */
-            if (c->joins && join_hold(c, m, b))
+            const sl_conn_cl_t *cl = sl_conn_cl(c);
+            if (cl && cl->joins && join_hold(c, m, b))
                 continue;
             if (m->seq <= e->last[i])
                 continue;
             e->last[i] = m->seq;
         }
-        if (sl_cluster && c->rq_head && sl_proto_waits_on(c, m->chan_hash)) {
+        if (sl_cluster && sl_proto_waits_on(c, m->chan_hash)) {
             /* Its publish-result (or subscription- / rpc-request-result)
              * on this channel comes first, as on one node. */
             sl_proto_send_ordered(c, b);

@@ -1284,3 +1284,42 @@ def test_blocked_by_is_cleared_when_the_broker_dies(cluster):
     seen = run(go())
     dead = [by for pid, by in seen if pid == 0]
     assert dead and all(by is None for by in dead), seen
+
+
+# Issue 19m: a connection's --redis state (sl_conn_cl_t: its deferred
+# replies, broker requests, joins, deferred HTTP response) is no longer in
+# every connection but made on its first need - an allocation that can
+# fail.  The test build fails the first one in the worker: the request
+# that needed it is refused the way its own allocation failing is (a
+# publish-result "overloaded", counted in /stats "overloaded"; an admin
+# call 503 "overloaded", counted in "errors"), nothing else is lost, and
+# the connection's next request makes it and works.
+def test_redis_state_allocation_failure_is_refused_and_counted(cluster):
+    from conftest import CRASH_BIN
+    (b,) = cluster(1, "--admin-token", TOKEN)
+    arm = {"SL_CRASH_ARM": "0:conn.cl.alloc:1:fail"}
+    (a,) = cluster(1, workers=1, binary=CRASH_BIN, env=arm)
+    (h,) = cluster(1, "--admin-token", TOKEN, workers=1, binary=CRASH_BIN, env=arm)
+
+    async def go():
+        sub = await Client.open(b)
+        assert (await sub.subscribe("cl19"))["success"]
+        pub = await Client.open(a)
+        await pub.send(type="publish", **{"channel-id": "cl19"}, data=1)
+        r = await pub.of_type("publish-result")
+        assert not r["success"] and r["reason"] == "overloaded", r
+        await publish(pub, "cl19", 2)
+        got = await collect(sub, "cl19", 1)
+        assert [m["data"] for m in got] == [2], got
+        # An HTTP admin call asks the broker with no deferred reply first.
+        status, doc = api(h, "POST", "/api/channels/cl19/publish", {"n": 3})
+        assert status == 503 and doc["error"] == "overloaded", (status, doc)
+        status, doc = api(h, "POST", "/api/channels/cl19/publish", {"n": 4})
+        assert status == 200 and doc["delivered-to"] >= 1, (status, doc)
+        got = await collect(sub, "cl19", 1)  # (3 was refused: never published)
+        assert [m["data"] for m in got] == [{"n": 4}], got
+        await pub.close()
+        await sub.close()
+    run(go())
+    assert a.stats()["overloaded"] == 1
+    assert h.stats()["errors"]["bad-http-request"] == 1
