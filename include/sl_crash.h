@@ -121,6 +121,10 @@ enum {
     M_PRESENCE_POS = 27,        /* presence set: a slot taken at the next pop, whatever its inbox
                                    position (the notice overtakes older join / leave entries) */
     M_TICKETS_PUBLISH_FIRST = 28, /* ticket keys: the slot published before it is written */
+    M_PRESENCE_FIRST_FOLD = 29, /* presence set: a later loss moves the slot's (and the
+                                   overflow's) untold position to itself (review ri15 R2) */
+    M_DRAIN_UPTO = 30,          /* the empty-inbox look takes every note, not those up to the
+                                   tail it saw (review ri15 R1) */
     M__COUNT
 };
 

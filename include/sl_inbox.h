@@ -31,29 +31,34 @@
  * must never close anybody: its note (seq SL_INBOX_SEQ_PRESENCE, `horizon`
  * the last subscription it was for) does not go into the missed ring at
  * all but into the inbox's small presence set (review rg15 G1): one slot
- * per channel incarnation with a loss pending, whose horizon a later loss
- * of the same channel raises (coalesced).  With every slot busy, the
- * overflow count goes up instead.  The owner takes the set (under the
- * lock: sl_inbox_presence) once its drain has passed the slot's position
- * (the tail at the channel's latest loss: join / leave entries queued
- * before it are delivered first) and sends the subscribers of each channel
- * up to its horizon one presence-resync notice ("ask presence again");
- * after an overflow (position kept the same way), every subscriber of a
- * join-leave channel gets one.  So presence
- * losses cost notices, never a 1013, however many there are.
+ * per channel incarnation with a loss pending, whose horizon and latest
+ * position (pos) a later loss of the same channel raises (coalesced); its
+ * first position (the oldest loss not yet told) stays.  With every slot
+ * busy, the overflow (its own first and pos) is noted instead.  The owner
+ * tells the set (under the lock: sl_inbox_presence) once its drain has
+ * passed a slot's first (join / leave entries queued before the loss are
+ * delivered first): the subscribers of each channel up to its horizon get
+ * one presence-resync notice ("ask presence again"); after an overflow,
+ * every subscriber of a join-leave channel gets one.  A slot whose pos is
+ * still ahead is kept with first = pos, for one more notice after the
+ * entries between (review ri15 R2).  So presence losses cost notices,
+ * never a 1013, however many there are.
  *
  * Presence set, crash-consistency (inbox lock): a slot is free while its
- * chan_hash is 0; a producer writes serial, horizon and pos first, then
+ * chan_hash is 0; a producer writes serial, horizon, pos and first, then
  * the hash (one store makes it valid); folding raises pos then the
- * horizon, and an overflow stores its pos then the count: single stores,
- * each state valid (a fold cut after pos only delays the notice; the
- * re-note below raises the horizon).  So every state a killed producer leaves is valid and the
- * lock's recovery has nothing to finish: a loss whose note the dead
- * producer had not made is noted again by the hand-off's recovery
- * (hand_off_settle), and a second note of a channel folds into the first.
- * The consumer empties a slot by one store (hash 0) after copying it; a
- * consumer killed in the middle is a dead worker, whose successor empties
- * the set first (its subscriptions are all later than any horizon there).
+ * horizon; an overflow stores its first (if none is untold) then its pos:
+ * single stores, each state valid (a fold cut after pos only means a
+ * later second notice, and the re-note below raises the horizon; an
+ * overflow cut after first has first > pos: told, then cleared).  So
+ * every state a killed producer leaves is valid and the lock's recovery
+ * has nothing to finish: a loss whose note the dead producer had not made
+ * is noted again by the hand-off's recovery (hand_off_settle), and a
+ * second note of a channel folds into the first.  The consumer changes a
+ * slot by one store (hash 0, or first = pos) after copying it; a consumer
+ * killed in the middle is a dead worker, whose successor wipes nothing
+ * (review ri15 R4): the predecessor's slots tell nobody of its (their
+ * horizons are below its subscriptions).
  *
  * The ring holds SL_INBOX_MISSED notes, of which the consumer trusts the
  * last SL_INBOX_MISSED - 1: the slot of the next note may be under
@@ -116,8 +121,13 @@ typedef struct {
     uint64_t chan_hash; /* 0: free; stored last when filled, first when emptied */
     uint64_t serial;
     uint64_t horizon;   /* the highest horizon of its losses */
-    uint64_t pos;       /* tail at its latest loss: acted on once the drain passed it */
+    uint64_t pos;       /* tail at its latest loss */
+    uint64_t first;     /* tail at its oldest loss not yet told: told once the drain
+                           passed it, then kept (first = pos) if pos is still ahead */
 } sl_inbox_presence_t;
+
+/* presence_overflow_first when no overflow waits to be told. */
+#define SL_INBOX_NO_OVERFLOW UINT64_MAX
 
 typedef struct sl_inbox {
     sl_lock_t lock; /* producers */
@@ -131,8 +141,10 @@ typedef struct sl_inbox {
     uint64_t enqueued, refused;                /* figures */
     uint64_t missed_n;                         /* producers, under the lock */
     uint64_t presence_n;   /* producers, under the lock: presence losses noted */
-    uint64_t presence_overflows; /* producers, under the lock: ... with every slot busy */
+    uint64_t presence_overflows; /* figures: ... with every slot busy */
     uint64_t presence_overflow_pos; /* producers, under the lock: tail at the latest overflow */
+    uint64_t presence_overflow_first; /* under the lock: tail at the oldest overflow not yet
+                                         told (SL_INBOX_NO_OVERFLOW: none) */
     uint64_t coalesced;    /* figures: presence losses folded into a busy slot */
     sl_inbox_presence_t presence[SL_INBOX_PRESENCE];
     sl_inbox_note_t missed[SL_INBOX_MISSED];   /* ring */
@@ -167,7 +179,7 @@ void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note);
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos);
 
 /* Consumer: call fn for every note made since *seen, up to the notes
- * made before the entry at position `upto` was pushed (UINT64_MAX: all),
+ * made before the entry at position `upto` was pushed,
  * and advance *seen past them; `index` is the note's number (missed_n when
  * it was made).  So the owner delivers every entry pushed before a skip,
  * and acts on the skip before the first entry pushed after it.  When more
@@ -180,23 +192,34 @@ void sl_inbox_missed(sl_inbox_t *in, uint64_t *seen, uint64_t upto,
                      void (*fn)(const sl_inbox_note_t *note, uint64_t index, void *arg),
                      void *arg);
 
-/* Consumer: take what of the presence set was noted before the entry at
- * position `upto` was pushed (UINT64_MAX: all), as sl_inbox_missed does,
- * so a presence-resync never overtakes join / leave entries queued before
- * the loss (review rh15 H1).  Looks only if anything was noted since *seen
- * or upto reached *next (the lowest position still pending after the last
- * look; start with UINT64_MAX).  Tries the lock (busy: nothing done,
- * returns false); then, without it, calls fn(NULL) once if the set
- * overflowed before upto (the slots taken with it are covered by it and
- * not passed on), else fn(slot) for every channel taken.  *overflows: the
- * overflow count already handled.  Returns whether it took anything. */
-bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint64_t upto,
-                       uint64_t *next,
+/* Consumer: tell what of the presence set was noted before the entry at
+ * position `upto` was pushed, as sl_inbox_missed does, so a
+ * presence-resync never overtakes join / leave entries queued before the
+ * loss (review rh15 H1).  A slot (the overflow likewise) is told once the
+ * drain has passed its oldest untold loss (`first`), and kept, with
+ * first = pos, if its latest loss is still ahead (review ri15 R2: the
+ * entries between may be older than the presence the client asks for, so
+ * those losses get a notice of their own; moving the one position to the
+ * latest loss starved a channel whose losses came faster than the drain).
+ * Looks only if anything was noted since *seen or upto reached *next (the
+ * lowest position still pending after the last look; start with
+ * UINT64_MAX) (review ri15 R5: no lock on a drain with nothing pending).
+ * Tries the lock (busy: nothing done, returns false); then, without it,
+ * calls fn(NULL) once if an overflow was told (the slots told with it
+ * are covered by it and not passed on), else fn(slot) for every channel
+ * told.  A new worker looks at what its predecessor left as well (review
+ * ri15 R4: nothing is wiped at start; a slot's horizon is below every
+ * subscription of the new worker, so it tells nobody).  Returns whether
+ * it told anything. */
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t upto, uint64_t *next,
                        void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg);
-/* Consumer, at start: forget (empty) what was noted for a predecessor.
- * Only tries the lock (review rh15 L1): returns false, nothing done, if
- * it is busy - call again later. */
-bool sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows);
+
+/* Consumer: is the inbox empty?  *upto gets the tail it saw so: every
+ * entry before it was delivered, so notes made at or before it are due;
+ * a note made later is at a later position, and the entries before it
+ * wake us (review ri15 R1: "everything", UINT64_MAX, let a loss noted
+ * after this look overtake join / leave entries pushed meanwhile). */
+bool sl_inbox_drained(sl_inbox_t *in, uint64_t *upto);
 
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);

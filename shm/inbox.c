@@ -79,6 +79,7 @@ int sl_inbox_init(sl_inbox_t *in)
     in->head = in->tail = 0;
     in->enqueued = in->refused = in->missed_n = 0;
     in->presence_n = in->presence_overflows = in->presence_overflow_pos = in->coalesced = 0;
+    in->presence_overflow_first = SL_INBOX_NO_OVERFLOW;
     memset(in->presence, 0, sizeof(in->presence));
     return sl_lock_init(&in->lock, inbox_recover, in);
 }
@@ -157,7 +158,10 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
                 free_slot = x;
         } else if (note->chan_hash != 0 && x->chan_hash == note->chan_hash &&
                    x->serial == note->serial) {
-            /* Later than the queued entries: the notice waits for them. */
+            /* Later than the queued entries: a second notice waits for
+             * them; `first` (the oldest untold loss) stays (review ri15 R2). */
+            if (SL_MUTATED(M_PRESENCE_FIRST_FOLD))
+                CMM_STORE_SHARED(x->first, in->tail); /* mutant: the notice moves away */
             CMM_STORE_SHARED(x->pos, in->tail);
             if (x->horizon < note->horizon)
                 CMM_STORE_SHARED(x->horizon, note->horizon);
@@ -172,16 +176,22 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
         free_slot->serial = note->serial;
         free_slot->horizon = note->horizon;
         free_slot->pos = in->tail;
+        free_slot->first = in->tail;
     } else if (free_slot && note->chan_hash != 0) { /* (hash 0 marks a free slot: "all") */
         free_slot->serial = note->serial;
         free_slot->horizon = note->horizon;
         free_slot->pos = in->tail;
+        free_slot->first = in->tail;
         SL_CRASHPOINT("inbox.presence.slot");
         cmm_smp_wmb(); /* the slot before the hash that makes it valid */
         CMM_STORE_SHARED(free_slot->chan_hash, note->chan_hash);
     } else {
-        CMM_STORE_SHARED(in->presence_overflow_pos, in->tail); /* before the count */
-        cmm_smp_wmb();
+        /* first (if none is untold) before pos: a cut between leaves
+         * first > pos, which tells and clears - valid. */
+        if (in->presence_overflow_first == SL_INBOX_NO_OVERFLOW ||
+            SL_MUTATED(M_PRESENCE_FIRST_FOLD))
+            CMM_STORE_SHARED(in->presence_overflow_first, in->tail);
+        CMM_STORE_SHARED(in->presence_overflow_pos, in->tail);
         uatomic_add(&in->presence_overflows, 1);
     }
     CMM_STORE_SHARED(in->presence_n, in->presence_n + 1);
@@ -206,11 +216,10 @@ void sl_inbox_note_missed(sl_inbox_t *in, const sl_inbox_note_t *note)
     CMM_STORE_SHARED(in->missed_n, n + 1);
 }
 
-bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint64_t upto,
-                       uint64_t *next,
+bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t upto, uint64_t *next,
                        void (*fn)(const sl_inbox_presence_t *p, void *arg), void *arg)
 {
-    if (CMM_LOAD_SHARED(in->presence_n) == *seen && upto < *next)
+    if (CMM_LOAD_SHARED(in->presence_n) == *seen && (*next == UINT64_MAX || upto < *next))
         return false;
     sl_inbox_presence_t got[SL_INBOX_PRESENCE];
     uint32_t k = 0;
@@ -220,42 +229,47 @@ bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows, uint
     if (sl_inbox_trylock(in) != SL_OK)
         return false;
     *seen = in->presence_n;
-    uint64_t ov = in->presence_overflows, low = UINT64_MAX;
-    bool all = ov != *overflows && in->presence_overflow_pos <= upto;
-    if (ov != *overflows && !all)
-        low = in->presence_overflow_pos;
+    uint64_t low = UINT64_MAX, ofirst = in->presence_overflow_first;
+    bool all = ofirst != SL_INBOX_NO_OVERFLOW && ofirst <= upto;
+    if (all) {
+        /* Told; losses after upto need one more (review ri15 R2). */
+        uint64_t opos = in->presence_overflow_pos;
+        CMM_STORE_SHARED(in->presence_overflow_first, opos > upto ? opos : SL_INBOX_NO_OVERFLOW);
+    }
+    if (CMM_LOAD_SHARED(in->presence_overflow_first) != SL_INBOX_NO_OVERFLOW)
+        low = in->presence_overflow_first;
     for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++) {
         sl_inbox_presence_t *x = &in->presence[i];
         if (x->chan_hash == 0)
             continue;
-        if (x->pos > upto && !SL_MUTATED(M_PRESENCE_POS)) {
-            low = SL_MIN(low, x->pos); /* entries queued before it come first */
+        if (x->first > upto && !SL_MUTATED(M_PRESENCE_POS)) {
+            low = SL_MIN(low, x->first); /* entries queued before it come first */
             continue;
         }
         if (!all)
             got[k++] = *x;
-        CMM_STORE_SHARED(x->chan_hash, 0); /* one store empties it */
+        if (x->pos > upto && !SL_MUTATED(M_PRESENCE_POS)) {
+            CMM_STORE_SHARED(x->first, x->pos); /* one store: the later losses wait */
+            low = SL_MIN(low, x->pos);
+        } else {
+            CMM_STORE_SHARED(x->chan_hash, 0); /* one store empties it */
+        }
     }
     sl_inbox_unlock(in);
     *next = low;
-    if (all) {
-        *overflows = ov;
-        fn(NULL, arg); /* covers the slots taken with it */
-    }
+    if (all)
+        fn(NULL, arg); /* covers the slots told with it */
     for (uint32_t i = 0; i < k; i++)
         fn(&got[i], arg);
     return all || k > 0;
 }
 
-bool sl_inbox_presence_reset(sl_inbox_t *in, uint64_t *seen, uint64_t *overflows)
+bool sl_inbox_drained(sl_inbox_t *in, uint64_t *upto)
 {
-    if (sl_inbox_trylock(in) != SL_OK)
+    uint64_t t = CMM_LOAD_SHARED(in->tail);
+    if (t != in->head)
         return false;
-    for (uint32_t i = 0; i < SL_INBOX_PRESENCE; i++)
-        CMM_STORE_SHARED(in->presence[i].chan_hash, 0);
-    *seen = in->presence_n;
-    *overflows = in->presence_overflows;
-    sl_inbox_unlock(in);
+    *upto = SL_MUTATED(M_DRAIN_UPTO) ? UINT64_MAX : t; /* mutant: "everything" (ri15 R1) */
     return true;
 }
 

@@ -55,8 +55,7 @@ int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
 static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
 static bool missed_started;
-static bool presence_started; /* our predecessor's presence set emptied (review rh15 L1) */
-static uint64_t presence_seen, presence_overflows; /* our inbox's presence set: handled */
+static uint64_t presence_seen;                     /* our inbox's presence set: noted, looked at */
 static uint64_t presence_next = UINT64_MAX;       /* ... its lowest position still pending */
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
@@ -2069,17 +2068,13 @@ static uint64_t check_missed(sl_inbox_t *in, uint64_t upto)
         missed_seen = uatomic_read(&in->missed_n);
         missed_started = true;
     }
-    /* Its presence set too - only tried: a producer stopped with the lock
-     * must not stop us; a slot left meanwhile is harmless (its horizon is
-     * below every subscription of ours) (review rh15 L1). */
-    if (!presence_started)
-        presence_started = sl_inbox_presence_reset(in, &presence_seen, &presence_overflows);
     /* Presence losses in their place: after the join / leave entries
-     * queued before them (review rh15 H1). */
+     * queued before them (review rh15 H1).  What a predecessor left is
+     * looked at too (presence_seen starts at 0), not wiped: its slots'
+     * horizons are below every subscription of ours, and a wipe could
+     * take losses noted for ours before we had the lock (review ri15 R4). */
     presence_walk_t w = {NULL, 0};
-    if (presence_started)
-        sl_inbox_presence(in, &presence_seen, &presence_overflows, upto, &presence_next,
-                          on_presence, &w);
+    sl_inbox_presence(in, &presence_seen, upto, &presence_next, on_presence, &w);
     if (uatomic_read(&in->missed_n) != missed_seen)
         sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
     return w.frames;
@@ -2124,8 +2119,9 @@ size_t sl_pubsub_drain(void)
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
-    if (sl_inbox_depth(in) == 0) {
-        check_missed(in, UINT64_MAX); /* skips after everything we have */
+    uint64_t upto;
+    if (sl_inbox_drained(in, &upto)) {
+        check_missed(in, upto); /* skips after everything we have (review ri15 R1) */
     } else {
         /* Stopped at a bound: another turn soon, after this one's writes. */
         uint64_t one = 1;

@@ -550,6 +550,112 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
         ws.close()
 
 
+
+def test_a_charged_batch_is_spread_over_turns(server_factory):
+    """Review rf15 F4: the test above cannot fail (its requests charge
+    next to nothing).  Here each history request copies 500 messages: it
+    is charged 500/16 = 31 more messages of its connection's turn budget
+    (64), so a batch of 40 takes 20 turns, two a turn.  The worker is
+    stopped while the batch and another connection's publish arrive; the
+    publish's message reaches the asker at the end of the first turn, so
+    it comes among the first replies.  Uncharged, the whole batch (40 <
+    64 messages, a few KB of input) goes in the first turn and the message
+    comes after all 40."""
+    srv = server_factory("--message-retention", "600", "--max-outbound-bytes", "256M",
+                         workers=1)
+    pub, asker = on_worker(srv, 0), on_worker(srv, 0)
+    sub(asker, "big")
+    sub(asker, "tick")
+    for i in range(600):
+        send(pub, type="publish", **{"channel-id": "big", "data": i})
+    pub.sock.settimeout(30 * SLOW)
+    for _ in range(600):
+        r = recv(pub)
+        assert r["success"], r
+    from wsraw import OP_TEXT, frame
+    batch = b"".join(frame(OP_TEXT, json.dumps({"type": "history", "channel-id": "big",
+                                                "limit": 500}).encode()) for _ in range(40))
+    pid = srv.stats()["workers"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asker.send(batch)
+        time.sleep(0.2)
+        send(pub, type="publish", **{"channel-id": "tick", "data": "t"})
+        time.sleep(0.3)  # both in the socket buffers before the worker goes on
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    asker.sock.settimeout(30 * SLOW)
+    replies, tick_after = 0, None
+    while replies < 40 or tick_after is None:
+        m = recv(asker)
+        if m["type"] == "history-result":
+            assert m["success"] and len(m["publications"]) == 500, m
+            replies += 1
+        elif m.get("channel-id") == "tick":
+            tick_after = replies
+    assert recv(pub)["success"]
+    # Two replies a turn; the publish may be read a turn late on a loaded
+    # machine (its bytes came last), so allow a few turns.
+    assert tick_after <= 10, f"the other connection's message came after {tick_after} replies"
+    for ws in (asker, pub):
+        ws.close()
+
+
+def test_a_drain_stops_at_its_frame_bound(server_factory):
+    """The drain's per-turn bound in frames (SL_DRAIN_FRAMES_MAX = 262,144,
+    review r15 H2) is reached: 4,000 messages of a channel with 200
+    subscribers on worker 1 are 800,000 frames, so its drain takes four
+    turns of 1,311 messages, and a request read in between is answered
+    between them.  Worker 1 (a crash-point build) stops itself at its
+    1,500th pop (its second turn); the request is sent then.  Its reply
+    comes after the second turn's deliveries (2,622 messages); without
+    the bound the whole inbox went in one turn and the reply came after
+    all 4,000."""
+    srv = server_factory("--worker-stall-ms", "30000", "--worker-stall-kill-ms", "60000",
+                         workers=2, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "1:inbox.pop.head:1500:stop"})
+    subs, spare = [], []
+    while len(subs) < 200:
+        ws, status, w = upgrade(srv.port, None)
+        assert status == 101
+        if w["worker"] == 1:
+            sub(ws, "big")
+            subs.append(ws)
+        else:
+            spare.append(ws)
+    q = subs[0]
+    pub = on_worker(srv, 0)
+    pid = srv.stats()["workers"][1]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(4000):
+            send(pub, type="publish", **{"channel-id": "big", "data": i})
+        pub.sock.settimeout(60 * SLOW)
+        for _ in range(4000):
+            r = recv(pub)
+            assert r["success"], r
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def state():
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0]
+    wait_for(lambda: state() == "T", timeout=60 * SLOW, what="worker 1 stopped at its pop")
+    send(q, type="presence-stats", **{"channel-id": "big"})
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGCONT)
+    q.sock.settimeout(60 * SLOW)
+    before = 0
+    while True:
+        m = recv(q)
+        if m["type"] == "presence-stats-result":
+            break
+        if m.get("channel-id") == "big" and "data" in m:
+            before += 1
+    assert 1311 <= before < 3500, f"the reply came after {before} of 4000 messages"
+    for ws in subs + spare + [pub]:
+        ws.close()
+
 def test_joins_count_against_the_publish_rate(server_factory):
     """Review r15 H2: a subscribe to a join-leave channel fans out like a
     publish, so it is counted at --max-publishes-per-second (a bucket of its

@@ -457,14 +457,14 @@ static void test_join_leave_full_and_cleanup(void)
      * tells its subscribers up to the horizon (all of them: 2 subscribes
      * made) to ask presence again. */
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
-    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    uint64_t pseen = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
     SL_CHECK_INT(px.got[0].horizon, c->sub_seq);
-    SL_CHECK(!sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px));
     drain_all();
     /* Worker 1 dies holding three subscriptions: three leaves to worker 0. */
     for (int i = 0; i < 3; i++) {
@@ -505,7 +505,7 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].horizon == c->sub_seq);
     /* Once the consumer has taken the set, a later leave fills a slot of
@@ -514,7 +514,7 @@ static void test_join_leave_full_and_cleanup(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
-    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK_INT(px.all, 0);
     drain_all();
@@ -877,9 +877,9 @@ static void test_rg15_join_storm(void)
     SL_CHECK_INT(k[0], 0);
     SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 299);
-    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    uint64_t pseen = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px);
+    sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 1);
     SL_CHECK(px.got[0].chan_hash == c->node.hash && px.got[0].serial == c->serial);
@@ -938,9 +938,9 @@ static void test_rg15_cleanup_two_rooms(void)
     SL_CHECK_INT(R->inboxes[0]->missed_n, seen);
     sl_inbox_missed(R->inboxes[0], &seen, UINT64_MAX, lap_note, k);
     SL_CHECK_INT(k[1], 0); /* no "close all 1013" */
-    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    uint64_t pseen = 0, pnext = UINT64_MAX;
     pres_t px = {0};
-    sl_inbox_presence(R->inboxes[0], &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px);
+    sl_inbox_presence(R->inboxes[0], &pseen, UINT64_MAX, &pnext, take_presence, &px);
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 2);
     for (int i = 0; i < px.n; i++) {
@@ -959,7 +959,7 @@ static void test_presence_set_overflow(void)
 {
     setup();
     sl_inbox_t *in = R->inboxes[0];
-    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    uint64_t pseen = 0, pnext = UINT64_MAX;
     pres_t px = {0};
     sl_inbox_lock(in);
     for (int i = 0; i < SL_INBOX_PRESENCE + 3; i++)
@@ -971,7 +971,7 @@ static void test_presence_set_overflow(void)
     SL_CHECK_INT(in->missed_n, 0);
     SL_CHECK_INT(in->presence_overflows, 6);
     SL_CHECK_INT(in->coalesced, SL_INBOX_PRESENCE);
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.all, 1);
     SL_CHECK_INT(px.n, 0);
     SL_CHECK_INT(in->presence[0].chan_hash, 0);
@@ -981,17 +981,9 @@ static void test_presence_set_overflow(void)
     sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 7, .serial = 1,
                                                 .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
     sl_inbox_unlock(in);
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, UINT64_MAX, &pnext, take_presence, &px));
     SL_CHECK_INT(px.all, 0);
     SL_CHECK_INT(px.n, 1);
-    /* A successor worker starts with an empty set. */
-    sl_inbox_lock(in);
-    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 8, .serial = 1,
-                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 3});
-    sl_inbox_unlock(in);
-    sl_inbox_presence_reset(in, &pseen, &pover);
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, UINT64_MAX, &pnext, take_presence, &px));
-    SL_CHECK_INT(in->presence[0].chan_hash, 0);
 }
 
 /* A slot keeps the inbox position of its latest loss and is taken only
@@ -1002,7 +994,7 @@ static void test_presence_set_position(void)
 {
     setup();
     sl_inbox_t *in = R->inboxes[0];
-    uint64_t pseen = 0, pover = 0, pnext = UINT64_MAX;
+    uint64_t pseen = 0, pnext = UINT64_MAX;
     pres_t px = {0};
     sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT};
     sl_inbox_lock(in);
@@ -1014,8 +1006,8 @@ static void test_presence_set_position(void)
     sl_inbox_unlock(in);
     SL_CHECK_INT(in->presence[0].pos, 2);
     /* Before entries 0 and 1 are delivered: nothing taken. */
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 0, &pnext, take_presence, &px));
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 1, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 1, &pnext, take_presence, &px));
     SL_CHECK_INT(pnext, 2);
     SL_CHECK_INT(px.n, 0);
     /* A later loss of the channel moves the slot past the newer entry. */
@@ -1023,11 +1015,14 @@ static void test_presence_set_position(void)
     sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
                                                 .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 4});
     sl_inbox_unlock(in);
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 2, &pnext, take_presence, &px));
-    SL_CHECK_INT(pnext, 3);
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, 3, &pnext, take_presence, &px));
+    /* ... and is told at its first (review ri15 R2), then kept for the
+     * later loss, which entry 2 was queued before. */
+    SL_CHECK(sl_inbox_presence(in, &pseen, 2, &pnext, take_presence, &px));
     SL_CHECK_INT(px.n, 1);
     SL_CHECK_INT(px.got[0].horizon, 4);
+    SL_CHECK_INT(pnext, 3);
+    SL_CHECK(sl_inbox_presence(in, &pseen, 3, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n, 2);
     SL_CHECK_INT(pnext, UINT64_MAX);
     /* An overflow waits for its position too; then it covers the slots. */
     px.n = px.all = 0;
@@ -1037,15 +1032,207 @@ static void test_presence_set_position(void)
                                                     .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
     sl_inbox_unlock(in);
     SL_CHECK_INT(in->presence_overflow_pos, 3);
-    SL_CHECK(!sl_inbox_presence(in, &pseen, &pover, 2, &pnext, take_presence, &px));
-    SL_CHECK(sl_inbox_presence(in, &pseen, &pover, 3, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 2, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, 3, &pnext, take_presence, &px));
     SL_CHECK_INT(px.all, 1);
     SL_CHECK_INT(px.n, 0);
-    /* A successor's reset only tries the lock (review rh15 L1). */
+    /* A look only tries the lock (review rh15 L1): busy, nothing done. */
+    px.n = px.all = 0;
     sl_inbox_lock(in);
-    SL_CHECK(!sl_inbox_presence_reset(in, &pseen, &pover));
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 5});
+    SL_CHECK(!sl_inbox_presence(in, &pseen, UINT64_MAX, &pnext, take_presence, &px));
     sl_inbox_unlock(in);
-    SL_CHECK(sl_inbox_presence_reset(in, &pseen, &pover));
+    SL_CHECK(sl_inbox_presence(in, &pseen, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+}
+
+/* Review ri15 R4: a restarted worker wipes nothing at start.  Its looks
+ * find the lock busy (a producer holds it) while it already serves, and
+ * a connection of its own subscribes (horizon 7 covers it); a loss noted
+ * for that subscription before its first look that gets the lock is
+ * still told.  (The old start emptied the set at that first look.)  What
+ * the predecessor left is told too - to nobody of ours: its horizon (2)
+ * is below our subscriptions (resync_entry's filter). */
+static void test_presence_kept_for_a_new_worker(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pnext = UINT64_MAX; /* the predecessor's */
+    pres_t px = {0};
+    sl_inbox_lock(in);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 8, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 2});
+    sl_inbox_unlock(in);
+    /* The predecessor dies; the successor starts with fresh state. */
+    pseen = 0, pnext = UINT64_MAX;
+    sl_inbox_lock(in); /* a producer holds the lock at its first looks */
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 7});
+    sl_inbox_unlock(in);
+    SL_CHECK(sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.all, 0);
+    SL_CHECK_INT(px.n, 2);
+    SL_CHECK(px.got[0].chan_hash == 8 && px.got[0].horizon == 2);
+    SL_CHECK(px.got[1].chan_hash == 9 && px.got[1].horizon == 7);
+}
+
+/* Review ri15 R1: the drain's look after it found the inbox empty takes
+ * the notes made up to the tail it saw empty - not everything: a loss
+ * noted after that look (behind an entry pushed meanwhile) waits for the
+ * entry.  Presence set and missed ring alike. */
+static void test_drained_look_waits_for_later_entries(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pnext = UINT64_MAX, mseen = 0, upto;
+    pres_t px = {0};
+    int k[2] = {0, 0};
+    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT}, out;
+    SL_CHECK(sl_inbox_drained(in, &upto));
+    SL_CHECK_INT(upto, 0);
+    /* Between the look at the tail and the look at the notes: a push, then
+     * a presence loss and a missed message after it. */
+    sl_inbox_lock(in);
+    sl_inbox_push_bare(in, &e);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1, .seq = 4, .horizon = 1});
+    sl_inbox_unlock(in);
+    SL_CHECK(!sl_inbox_presence(in, &pseen, upto, &pnext, take_presence, &px));
+    sl_inbox_missed(in, &mseen, upto, lap_note, k);
+    SL_CHECK_INT(px.n, 0);
+    SL_CHECK_INT(k[0] + k[1], 0);
+    /* The entry, then the empty look: now they are due. */
+    SL_CHECK(!sl_inbox_drained(in, &upto));
+    SL_CHECK(sl_inbox_pop(in, &out, NULL));
+    SL_CHECK(sl_inbox_drained(in, &upto));
+    SL_CHECK_INT(upto, 1);
+    SL_CHECK(sl_inbox_presence(in, &pseen, upto, &pnext, take_presence, &px));
+    sl_inbox_missed(in, &mseen, upto, lap_note, k);
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK_INT(k[0], 1);
+}
+
+/* Review ri15 R5: with nothing noted and nothing pending, a look takes no
+ * lock (a look that takes it counts a release). */
+static void test_presence_look_without_lock(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pnext = UINT64_MAX;
+    pres_t px = {0};
+    uint64_t releases = in->lock.releases;
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    SL_CHECK(!sl_inbox_presence(in, &pseen, UINT64_MAX, &pnext, take_presence, &px));
+    SL_CHECK_INT(in->lock.releases, releases);
+}
+
+/* Reviewer ri15 R2 (the reviewer's test, kept as the regression test): a
+ * loss recurring before the consumer reaches the slot's position postponed
+ * the notice for ever.  Now the oldest untold loss is told once the drain
+ * passes it.  The same for an overflow (every slot busy). */
+static void starvation(bool overflow)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pnext = UINT64_MAX;
+    pres_t px = {0};
+    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT};
+    int taken = 0;
+    for (int round = 0; round < 50; round++) {
+        sl_inbox_lock(in);
+        for (int i = 0; i < 100; i++)
+            sl_inbox_push_bare(in, &e);
+        for (int i = 0; overflow && i < SL_INBOX_PRESENCE; i++)
+            sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 100 + (uint64_t)i, .serial = 1,
+                                                        .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+        sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                    .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+        sl_inbox_unlock(in);
+        if (round == 0)
+            continue;
+        /* the consumer stays 150 entries behind the tail (a loss every 100
+         * entries), popping 100 entries a round */
+        px.n = px.all = 0;
+        for (uint64_t u = in->tail - 250; u < in->tail - 150; u++)
+            sl_inbox_presence(in, &pseen, u, &pnext, take_presence, &px);
+        for (int i = 0; i < px.n; i++)
+            taken += px.got[i].chan_hash == 9;
+        taken += px.all;
+    }
+    fprintf(stderr, "ri15 R2%s: 50 losses, consumer passed 4900 entries, notices taken: %d\n",
+            overflow ? " (overflow)" : "", taken);
+    /* Told when the drain passes the oldest untold loss, then kept for
+     * the latest (which a second notice covers with every loss between):
+     * every other round, 24 (the old code: 0). */
+    SL_CHECK_INT(taken, 24);
+    /* Drained to the tail: the rest is told, nothing is left. */
+    px.n = px.all = 0;
+    SL_CHECK(sl_inbox_presence(in, &pseen, in->tail, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n + px.all, 1);
+    SL_CHECK_INT(pnext, UINT64_MAX);
+    SL_CHECK_INT(in->presence_overflow_first, SL_INBOX_NO_OVERFLOW);
+}
+
+static void test_ri15_starvation(void)
+{
+    starvation(false);
+    starvation(true);
+}
+
+/* Review ri15 R2: told at its oldest loss, a slot whose latest loss is
+ * still ahead is kept for it (the entries between may be older than the
+ * presence the client then asks for): a second notice, after them. */
+static void test_presence_slot_kept_for_later_losses(void)
+{
+    setup();
+    sl_inbox_t *in = R->inboxes[0];
+    uint64_t pseen = 0, pnext = UINT64_MAX;
+    pres_t px = {0};
+    sl_inbox_entry_t e = {.kind = SL_INBOX_DIRECT};
+    sl_inbox_lock(in);
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_push_bare(in, &e); /* 0 */
+    sl_inbox_push_bare(in, &e); /* 1 */
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 9, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 2});
+    sl_inbox_unlock(in);
+    SL_CHECK_INT(in->presence[0].first, 0);
+    SL_CHECK_INT(in->presence[0].pos, 2);
+    SL_CHECK(sl_inbox_presence(in, &pseen, 0, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n, 1);
+    SL_CHECK_INT(px.got[0].horizon, 2);
+    SL_CHECK_INT(in->presence[0].chan_hash, 9); /* kept */
+    SL_CHECK_INT(in->presence[0].first, 2);
+    SL_CHECK_INT(pnext, 2);
+    SL_CHECK(!sl_inbox_presence(in, &pseen, 1, &pnext, take_presence, &px));
+    SL_CHECK(sl_inbox_presence(in, &pseen, 2, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.n, 2);
+    SL_CHECK_INT(in->presence[0].chan_hash, 0);
+    SL_CHECK_INT(pnext, UINT64_MAX);
+    /* The overflow likewise. */
+    px.n = px.all = 0;
+    sl_inbox_lock(in);
+    for (int i = 0; i <= SL_INBOX_PRESENCE; i++)
+        sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 200 + (uint64_t)i, .serial = 1,
+                                                    .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_push_bare(in, &e); /* 2 */
+    sl_inbox_note_missed(in, &(sl_inbox_note_t){.chan_hash = 300, .serial = 1,
+                                                .seq = SL_INBOX_SEQ_PRESENCE, .horizon = 1});
+    sl_inbox_unlock(in);
+    SL_CHECK_INT(in->presence_overflow_first, 2);
+    SL_CHECK_INT(in->presence_overflow_pos, 3);
+    SL_CHECK(sl_inbox_presence(in, &pseen, 2, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.all, 1);
+    SL_CHECK_INT(in->presence_overflow_first, 3);
+    SL_CHECK_INT(pnext, 3);
+    SL_CHECK(sl_inbox_presence(in, &pseen, 3, &pnext, take_presence, &px));
+    SL_CHECK_INT(px.all, 2);
+    SL_CHECK_INT(in->presence_overflow_first, SL_INBOX_NO_OVERFLOW);
 }
 
 /* The figures of shm/README.md's object-size table (review r19, finding
@@ -1061,6 +1248,10 @@ static void test_sub_sizes_in_the_design_note(void)
     SL_CHECK(offsetof(sl_sub_t, key) + 40 + 1 > 128);
     SL_CHECK_INT(SL_SUB_KEY_MAX - 1, 168);
     SL_CHECK(offsetof(sl_sub_t, key) + SL_SUB_KEY_MAX <= 512);
+    /* The inbox row (review ri15 R2 grew the presence slot to 40 B and
+     * added the overflow's first position). */
+    SL_CHECK_INT(sizeof(sl_inbox_presence_t), 40);
+    SL_CHECK_INT(sizeof(sl_inbox_t), 471936);
 }
 
 int main(void)
@@ -1086,5 +1277,10 @@ int main(void)
     SL_TEST_RUN(test_rg15_cleanup_two_rooms);
     SL_TEST_RUN(test_presence_set_overflow);
     SL_TEST_RUN(test_presence_set_position);
+    SL_TEST_RUN(test_presence_kept_for_a_new_worker);
+    SL_TEST_RUN(test_drained_look_waits_for_later_entries);
+    SL_TEST_RUN(test_presence_look_without_lock);
+    SL_TEST_RUN(test_ri15_starvation);
+    SL_TEST_RUN(test_presence_slot_kept_for_later_losses);
     return sl_test_summary();
 }

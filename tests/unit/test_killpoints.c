@@ -812,10 +812,22 @@ static void check_presence_set(void)
                 if (n && n->node.hash == x->chan_hash)
                     c = n;
             }
-            EXPECT(c && x->serial == c->serial && x->horizon >= 1 && x->horizon <= c->sub_seq,
-                   "inbox %u: a torn presence slot (serial %llu, horizon %llu)", w,
-                   (unsigned long long)x->serial, (unsigned long long)x->horizon);
+            /* Its positions: first <= pos <= tail (review ri15 R2 added
+             * first, the oldest untold loss's). */
+            uint64_t tail = R->inboxes[w]->tail;
+            EXPECT(c && x->serial == c->serial && x->horizon >= 1 && x->horizon <= c->sub_seq &&
+                       x->first <= x->pos && x->pos <= tail,
+                   "inbox %u: a torn presence slot (serial %llu, horizon %llu, first %llu, "
+                   "pos %llu)",
+                   w, (unsigned long long)x->serial, (unsigned long long)x->horizon,
+                   (unsigned long long)x->first, (unsigned long long)x->pos);
         }
+    for (uint32_t w = 0; w < R->nworkers; w++) {
+        const sl_inbox_t *in = R->inboxes[w];
+        uint64_t f = in->presence_overflow_first;
+        EXPECT(f == SL_INBOX_NO_OVERFLOW || f <= in->tail,
+               "inbox %u: overflow position %llu", w, (unsigned long long)f);
+    }
 }
 
 /* Places per IP are taken exactly to the limit, and given back. */
