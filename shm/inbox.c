@@ -273,6 +273,29 @@ bool sl_inbox_drained(sl_inbox_t *in, uint64_t *upto)
     return true;
 }
 
+void sl_inbox_look(sl_inbox_t *in, sl_inbox_reader_t *r, uint64_t upto,
+                   const sl_inbox_look_fns_t *fns)
+{
+    if (!r->started) {
+        /* Missed notes from before we started were for our predecessor;
+         * the presence set is looked at as left (presence_seen 0). */
+        r->missed_seen = uatomic_read(&in->missed_n);
+        r->started = true;
+    }
+    sl_inbox_presence(in, &r->presence_seen, upto, &r->presence_next, fns->presence, fns->arg);
+    if (uatomic_read(&in->missed_n) != r->missed_seen)
+        sl_inbox_missed(in, &r->missed_seen, upto, fns->missed, fns->arg);
+}
+
+bool sl_inbox_look_drained(sl_inbox_t *in, sl_inbox_reader_t *r, const sl_inbox_look_fns_t *fns)
+{
+    uint64_t upto;
+    if (!sl_inbox_drained(in, &upto))
+        return false;
+    sl_inbox_look(in, r, upto, fns); /* up to the tail seen empty (ri15 R1) */
+    return true;
+}
+
 bool sl_inbox_pop(sl_inbox_t *in, sl_inbox_entry_t *out, uint64_t *pos)
 {
     uint64_t head = in->head;
