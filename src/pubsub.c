@@ -1530,6 +1530,18 @@ typedef struct {
     char id[];
 } presence_ask_t;
 
+#ifdef SL_CRASHPOINTS
+uint32_t sl_presence_walk_unit(void)
+{
+    static uint32_t unit;
+    if (unit == 0) {
+        const char *v = getenv("SL_PRESENCE_WALK_UNIT");
+        unit = v && atoi(v) > 0 ? (uint32_t)atoi(v) : 1024;
+    }
+    return unit;
+}
+#endif
+
 static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
 {
     presence_ask_t *p = arg;
