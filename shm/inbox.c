@@ -191,6 +191,7 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
         if (in->presence_overflow_first == SL_INBOX_NO_OVERFLOW ||
             SL_MUTATED(M_PRESENCE_FIRST_FOLD))
             CMM_STORE_SHARED(in->presence_overflow_first, in->tail);
+        SL_CRASHPOINT("inbox.presence.overflow"); /* (review rm15 N4) */
         CMM_STORE_SHARED(in->presence_overflow_pos, in->tail);
         uatomic_add(&in->presence_overflows, 1);
     }
