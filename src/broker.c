@@ -1107,6 +1107,8 @@ static void done_snapshot(cmd_t *c, redisReply *r)
 }
 
 static void pres_pass_start(link_t *l);
+static void counts_unknown(link_t *l);
+static void reconcile(void);
 
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
@@ -1121,6 +1123,11 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
         SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
                SL_TF_S("reason", "this node's heartbeat had lapsed: its presence entries are "
                                  "written again"));
+        /* They also removed its counts and let the channels only it
+         * subscribes start to expire: the counts are sent again (SYNC
+         * PERSISTs the channel), as after a connect - review ro17 H1. */
+        counts_unknown(l);
+        reconcile();
         pres_pass_start(l);
     }
     l->beat_ok = true;
@@ -3127,6 +3134,16 @@ static void pres_pass_start(link_t *l)
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
 }
 
+/* The counts Redis has from this node on l are not known any more: the
+ * next reconcile() sends them all. */
+static void counts_unknown(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->synced = -1;
+}
+
 static void link_up(link_t *l)
 {
     l->state = L_UP;
@@ -3143,10 +3160,7 @@ static void link_up(link_t *l)
     beat_link(l); /* counted by the others from now on */
     /* Redis may have lost everything (restarted without persistence):
      * counts are re-asserted, channels re-subscribed (and caught up). */
-    for (uint32_t b = 0; b < BUCKETS; b++)
-        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
-            if ((int)ch->shard == l->shard)
-                ch->synced = -1;
+    counts_unknown(l);
     /* --channel channels exist on every node: each node re-creates them if
      * Redis lost them. */
     for (int i = 0; i < sl_conf->nchannels; i++) {

@@ -484,6 +484,41 @@ def test_lapsed_node_writes_its_entries_again(cluster):
     run(go())
 
 
+def test_lapsed_node_sends_its_counts_again(cluster, redis):
+    """Review ro17 H1: when B's heartbeat lapses, A also removes B's
+    subscriber counts and lets "room" (auto-created, only B subscribes)
+    start to expire.  B, late but alive, must send its counts again as
+    after a connect: the count comes back and the channel stays (no
+    expiry).  Without that the channel's keys expired under x after
+    --channel-linger-ms."""
+    needs_own_redis()
+    a, b = cluster(2, "--join-leave", "--channel-linger-ms", "60000")
+
+    async def go():
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="count 1")
+        assert redis.cli("PTTL", "sl:{room}:c") == "-1"
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # A's heartbeat took B for dead: B's count gone, the channel lingers.
+            wait_for(lambda: int(redis.cli("PTTL", "sl:{room}:c")) > 0, timeout=20,
+                     what="the channel lingering")
+            assert redis.cli("HLEN", "sl:{room}:n") == "0"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1,
+                 timeout=20, what="B's reassert")
+        wait_for(lambda: redis.cli("PTTL", "sl:{room}:c") == "-1", timeout=15,
+                 what="the channel persisted again")
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="B's count back")
+        assert redis.cli("HLEN", "sl:{room}:n") == "1"
+    run(go())
+
+
 def test_presence_stats_bursts_cost_redis_little(cluster, redis):
     """200 presence-stats pipelined by one client: each would walk the
     channel's entries in Redis (one script at a time for every node), so
