@@ -318,6 +318,52 @@ def test_killed_workers_clients_leave(cluster):
     run(go())
 
 
+def test_big_channel_dead_workers_clients_leave(cluster):
+    """Review ro17 H2: a channel with more subscribers on a node than one
+    rewrite script takes (PRES_SYNC_MAX, 1000; 2 here through the test
+    build's SL_TEST_PRES_SYNC_MAX) was skipped by the rewrite, so a dead
+    worker's clients on it stayed listed for good, with no leave.  It is
+    now rewritten in slices then swept: the victim leaves, and the
+    survivors (in other slices) are neither removed nor told anything.
+    6 subscribers on B (3 slices), 3 after the kill (2 slices)."""
+    from conftest import CRASH_BIN
+    (a,) = cluster(1, "--join-leave")
+    (b,) = cluster(1, "--join-leave", workers=2, binary=CRASH_BIN,
+                   env={"SL_TEST_PRES_SYNC_MAX": "2"})
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        xs = [await Client.open(b) for _ in range(6)]
+        stay = [x for x in xs if x.welcome["worker"] == 0]
+        gone = [x for x in xs if x.welcome["worker"] == 1]
+        assert len(stay) >= 3 and gone, [x.welcome["worker"] for x in xs]
+        for x in xs:
+            assert (await x.subscribe("room"))["success"]
+        for _ in xs:
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+        os.kill(b.stats()["workers"][1]["pid"], signal.SIGKILL)
+        left = set()
+        for _ in gone:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            left.add(m["info"]["conn-id"])
+        assert left == {x.conn_id for x in gone}
+        want = {w.conn_id} | {x.conn_id for x in stay}
+
+        async def survivors():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == want
+        await until(survivors, "presence without the dead worker's client")
+        # The rewrite finished: nobody else left (or joined again).
+        wait_for(lambda: b.stats()["cluster"]["broker"]["presence-synced"] >= 1, timeout=15,
+                 what="the rewrite done")
+        await asyncio.sleep(1)
+        told = [m for m in w.inbox if m.get("type") in ("join", "leave")]
+        assert told == [], told
+        assert b.stats()["cluster"]["broker"]["presence-sync-skipped"] == 0
+    run(go())
+
+
 def test_presence_pages_fit_the_reply_bound(cluster, keys):
     """260 subscribers whose tokens carry about 1 KiB of info each (about
     270 KB of entries) under --max-outbound-bytes 512K (a reply bound of
