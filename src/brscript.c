@@ -32,6 +32,14 @@
     "  return live\n"                                                                       \
     "end\n"
 
+/* A presence frame's excluded connection at its origin node: the n of the
+ * entry's conn-id "conn-<ms>-<n>[.<node>]" (a connection is not told of its
+ * own join or leave, review ro17 M1); "0" (nobody) if it is not one. */
+#define LUA_CONN_NO                                                                         \
+    "local function conn_no(c)\n"                                                           \
+    "  return string.match(c, '^conn%-%-?%d+%-(%d+)') or '0'\n"                              \
+    "end\n"
+
 /* A channel made by a subscribe that nobody subscribes to any more goes
  * after the linger, or with its history if that lives longer. */
 #define LUA_LINGER                                                                          \
@@ -289,7 +297,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * without subscribers start to expire; their presence entries, each
      * with a leave published on its channel, in slices), return {conflict,
      * live infos, lapsed: this node's key was not there}. */
-    [SL_BRS_HEARTBEAT] = LUA_LINGER
+    [SL_BRS_HEARTBEAT] = LUA_LINGER LUA_CONN_NO
     "local conflict = 0\n"
     "local cur = redis.call('GET', KEYS[2])\n"
     "if cur then\n"
@@ -317,8 +325,9 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "        local e = r[2]\n"
     "        cur = r[1]\n"
     "        for i = 1, #e, 2 do\n"
-    "          redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n0\\n{\"type\":\"leave\",\"channel-id\":' ..\n"
-    "            cjson.encode(id) .. ',\"info\":' .. e[i + 1] .. '}')\n"
+    "          redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n' .. conn_no(e[i]) ..\n"
+    "            '\\n{\"type\":\"leave\",\"channel-id\":' .. cjson.encode(id) .. ',\"info\":' ..\n"
+    "            e[i + 1] .. '}')\n"
     "          redis.call('HDEL', pk, e[i])\n"
     "        end\n"
     "        budget = budget - 1 - #e / 2\n"
@@ -498,10 +507,11 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * the pass took 10 minutes, or lost) removes nothing.  Every state
      * between calls is valid (entries added, none wrongly removed).
      * Returns {added, removed, next sweep cursor ("0": done)}. */
-    [SL_BRS_PRES_SYNC] =
+    [SL_BRS_PRES_SYNC] = LUA_CONN_NO
     "local mode = ARGV[5]\n"
-    "local function tell(kind, e)\n"
-    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n0\\n{\"type\":\"' .. kind ..\n"
+    "local function tell(kind, c, e)\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n' .. conn_no(c) ..\n"
+    "    '\\n{\"type\":\"' .. kind ..\n"
     "    '\",\"channel-id\":' .. cjson.encode(ARGV[1]) .. ',\"info\":' .. e .. '}')\n"
     "end\n"
     "local function listed()\n"
@@ -516,7 +526,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  for i = 1, #e, 2 do\n"
     "    if redis.call('SISMEMBER', KEYS[4], e[i]) == 0 then\n"
     "      redis.call('HDEL', KEYS[1], e[i]); removed = removed + 1\n"
-    "      tell('leave', e[i + 1])\n"
+    "      tell('leave', e[i], e[i + 1])\n"
     "    end\n"
     "  end\n"
     "  if r[1] == '0' then redis.call('DEL', KEYS[4]) end\n"
@@ -532,7 +542,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  for i = 1, #have, 2 do\n"
     "    if not want[have[i]] then\n"
     "      redis.call('HDEL', KEYS[1], have[i]); removed = removed + 1\n"
-    "      tell('leave', have[i + 1])\n"
+    "      tell('leave', have[i], have[i + 1])\n"
     "    end\n"
     "  end\n"
     "end\n"
@@ -540,7 +550,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  if keep then redis.call('SADD', KEYS[4], c) end\n"
     "  if redis.call('HSET', KEYS[1], c, e) == 1 then\n"
     "    added = added + 1\n"
-    "    if ARGV[3] == '1' then tell('join', e) end\n"
+    "    if ARGV[3] == '1' then tell('join', c, e) end\n"
     "  end\n"
     "end\n"
     "if keep then redis.call('PEXPIRE', KEYS[4], 600000) end\n"

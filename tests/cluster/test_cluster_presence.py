@@ -527,6 +527,16 @@ def test_lapsed_node_writes_its_entries_again(cluster):
         await until(both, "x listed again")
         assert broker_pid(b) == pid  # not killed: it was only late
         assert b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1
+        # Review ro17 M1: a connection is never told of its own leave or
+        # join (protocol.md section 11), the survivors' leave and the
+        # rewrite's join included.  w's join above came after both were
+        # published; x gets its frames in the same order as w.
+        await asyncio.sleep(1)
+        await x.send(type="presence-stats", **{"channel-id": "room"})
+        await x.of_type("presence-stats-result", timeout=10)
+        own = [m for m in x.inbox if m.get("type") in ("join", "leave")
+               and m["info"]["conn-id"] == x.conn_id]
+        assert own == [], own
     run(go())
 
 
