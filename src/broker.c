@@ -511,6 +511,7 @@ static void done_presence(cmd_t *c, redisReply *r);
 static void done_pres_sync(cmd_t *c, redisReply *r);
 static void done_pres_scan(cmd_t *c, redisReply *r);
 static void pres_turn(void);
+static bool drain_queue(void);
 
 static int cmd_send(cmd_t *c)
 {
@@ -2754,14 +2755,21 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
 static void pres_turn(void)
 {
     uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
-    bool again = gen != B.pres_gen_seen;
-    B.pres_gen_seen = gen;
+    cmm_smp_rmb(); /* the gen before the queue's entries */
+    /* A dead worker's subscriptions were removed: the pass starts on every
+     * link up (review ro17 L1), but only once the broker queue is drained,
+     * so a PRES_SET the worker queued before it died is sent before the
+     * rewrite, not after it (review ro17 M3); else the next turn. */
+    if (gen != B.pres_gen_seen && drain_queue()) {
+        B.pres_gen_seen = gen;
+        for (uint32_t i = 0; i < B.nlinks; i++)
+            if (B.link[i].state == L_UP)
+                pres_pass_start(&B.link[i]);
+    }
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         if (l->state != L_UP)
             continue;
-        if (again)
-            pres_pass_start(l); /* a dead worker's subscriptions were removed */
         int done = 0;
         bool more = false;
         while (l->pres_pass && done < PRES_SYNC_TURN && !more) {
@@ -2774,7 +2782,7 @@ static void pres_turn(void)
                     continue;
                 int st = pres_sync(l, ch->id, ch->idlen, ch);
                 if (st == PS_FULL)
-                    return; /* the link is full: next turn */
+                    goto next_link; /* this link is full: next turn */
                 done++;
                 if (st == PS_MORE) {
                     more = true; /* a big channel: its next slice next turn */
@@ -2793,6 +2801,7 @@ static void pres_turn(void)
             if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
                 l->pres_scan_sent = true;
         }
+    next_link:;
     }
 }
 
@@ -2891,17 +2900,27 @@ static void handle(const sl_inbox_entry_t *e)
 }
 
 /* Bounded per turn so that Redis replies and pub/sub get their turn. */
-static void drain_queue(void)
+/* Handles up to 4096 entries of the broker queue; true when it found the
+ * queue empty. */
+static bool drain_queue(void)
 {
     sl_inbox_t *q = BSTATS->queue;
     sl_inbox_entry_t e;
-    for (int n = 0; n < 4096 && sl_inbox_pop(q, &e, NULL); n++) {
+    bool empty = true;
+    for (int n = 0;; n++) {
+        if (n == 4096) {
+            empty = false;
+            break;
+        }
+        if (!sl_inbox_pop(q, &e, NULL))
+            break;
         /* Its payload is freed right after use: killed at any point, we
          * leak at most this one object. */
         handle(&e);
         sl_chan_msg_unref(REG, e.msg);
     }
     wake_flush();
+    return empty;
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
