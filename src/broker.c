@@ -122,7 +122,7 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 #define EPOCHS_SLICE 1000
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
-#define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: skipped, counted) */
+#define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
@@ -211,6 +211,15 @@ struct bchan {
     bool on_backlog;
     bool known;         /* epoch and last say where delivery stands (last may be 0) */
     bool pres_due;      /* its presence entries to rewrite (PRES_SYNC) after a connect */
+    /* A rewrite of a channel with more than pres_sync_max subscribers here
+     * goes in slices (review ro17 H2): pres_slice 1: the next slice is the
+     * registry's subscriptions below sub_no pres_before; 2: the sweep of
+     * this node's entries in Redis (from HSCAN cursor pres_sweep_cur) is
+     * due; 3: a sweep slice is in flight (its cmd's gen == pres_gen, which
+     * a new pass raises so an old answer is ignored); 0: none. */
+    uint8_t pres_slice;
+    uint64_t pres_before, pres_gen;
+    char pres_sweep_cur[24];
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
@@ -502,6 +511,7 @@ static void done_presence(cmd_t *c, redisReply *r);
 static void done_pres_sync(cmd_t *c, redisReply *r);
 static void done_pres_scan(cmd_t *c, redisReply *r);
 static void pres_turn(void);
+static bool drain_queue(void);
 
 static int cmd_send(cmd_t *c)
 {
@@ -1107,6 +1117,8 @@ static void done_snapshot(cmd_t *c, redisReply *r)
 }
 
 static void pres_pass_start(link_t *l);
+static void counts_unknown(link_t *l);
+static void reconcile(void);
 
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
@@ -1121,6 +1133,11 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
         SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
                SL_TF_S("reason", "this node's heartbeat had lapsed: its presence entries are "
                                  "written again"));
+        /* They also removed its counts and let the channels only it
+         * subscribes start to expire: the counts are sent again (SYNC
+         * PERSISTs the channel), as after a connect - review ro17 H1. */
+        counts_unknown(l);
+        reconcile();
         pres_pass_start(l);
     }
     l->beat_ok = true;
@@ -2458,10 +2475,13 @@ static void req_presence_change(json_t *j, bool set)
     char pk[64], npr[64];
     snprintf(pk, sizeof(pk), "p:%s", B.node);
     snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    char ps[64];
+    snprintf(ps, sizeof(ps), "ps:%s", B.node);
     args_t a = {.n = 0};
     argk(&a, id, len, pk);
     argp(&a, npr);
     argk(&a, id, len, "m");
+    argk(&a, id, len, ps);
     arg(&a, conn, cl);
     if (set)
         args(&a, etxt ? etxt : "{}");
@@ -2471,7 +2491,7 @@ static void req_presence_change(json_t *j, bool set)
     argi(&a, jint(j, "conn-no"));
     /* Not sent (the link is down or full): counted; the rewrite after the
      * next connect mends it (pres_pass_start). */
-    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 3, &a) != SL_OK)
+    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK)
         uatomic_add(&BSTATS->presence_lost, 1);
     free(etxt);
 }
@@ -2532,18 +2552,24 @@ static void done_presence(cmd_t *c, redisReply *r)
 
 /* ---------------------------------------------- presence after a connect */
 
+/* PRES_SYNC_MAX; the test build (SL_CRASHPOINTS) takes another from
+ * SL_TEST_PRES_SYNC_MAX, so a test can make a channel "big" with a few
+ * subscribers. */
+static uint32_t pres_sync_max = PRES_SYNC_MAX;
+
 typedef struct {
     char *buf;
     size_t len, cap;
     uint32_t n;
-    bool over;
+    uint64_t last;      /* the sub_no of the last entry taken */
+    bool over, oom;
 } pres_text_t;
 
 static int pres_entry_cb(const sl_sub_t *s, void *arg)
 {
     pres_text_t *t = arg;
-    if (++t->n > PRES_SYNC_MAX) {
-        t->over = true;
+    if (++t->n > pres_sync_max) {
+        t->over = true; /* the rest in the next slice */
         return 1;
     }
     const char *conn = sl_sub_conn_id(s), *user = sl_sub_user(s), *info = sl_sub_info(s);
@@ -2563,7 +2589,7 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
         char *nb = realloc(t->buf, cap);
         if (nb == NULL) {
             free(et);
-            t->over = true;
+            t->oom = true;
             return 1;
         }
         t->buf = nb;
@@ -2574,50 +2600,123 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
     memcpy(t->buf + t->len + cl + 1, et, el_);
     t->buf[t->len + cl + 1 + el_] = '\n';
     t->len = need;
+    t->last = s->sub_no;
     free(et);
     return 0;
 }
 
-/* Rewrite this node's entries of channel id in Redis from its registry
- * (PRES_SYNC).  Returns false when the link takes no more now. */
-static bool pres_sync(link_t *l, const char *id, size_t len)
+enum { PS_FULL, PS_DONE, PS_MORE };
+
+/* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
+static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
+                           const char *entries, size_t elen, const char *mode, const char *cur)
 {
+    char pk[64], npr[64], ps[64];
+    snprintf(pk, sizeof(pk), "p:%s", B.node);
+    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
+    snprintf(ps, sizeof(ps), "ps:%s", B.node);
+    argk(a, id, len, pk);
+    argp(a, npr);
+    argk(a, id, len, "m");
+    argk(a, id, len, ps);
+    arg(a, id, len);
+    args(a, B.node);
+    args(a, join_leave ? "1" : "0");
+    arg(a, entries, elen);
+    args(a, mode);
+    args(a, cur);
+}
+
+/* A big channel's sweep: one HSCAN slice of this node's entries in Redis,
+ * those no slice listed removed (with leaves). */
+static int pres_sweep(link_t *l, bchan_t *ch)
+{
+    if (ch->pres_slice == 3)
+        return PS_MORE; /* its answer first */
+    cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
+    if (c == NULL)
+        return PS_FULL;
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    args_t a = {.n = 0};
+    pres_sync_args(&a, ch->id, ch->idlen, lc && lc->config.join_leave, "", 0, "sweep",
+                   ch->pres_sweep_cur);
+    if (cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK)
+        return PS_FULL;
+    cmd_chan(c, ch);
+    c->gen = ch->pres_gen;
+    ch->pres_slice = 3;
+    return PS_MORE;
+}
+
+/* Rewrite this node's entries of channel id in Redis from its registry
+ * (PRES_SYNC): at once when it has at most pres_sync_max subscribers
+ * here, else (ch, the channel's record, needed) one slice per call, then
+ * the sweep (ro17 H2).  PS_FULL: the link takes no more now; PS_DONE;
+ * PS_MORE: call again (a later turn). */
+static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
+{
+    if (ch && ch->pres_slice >= 2)
+        return pres_sweep(l, ch);
     pres_text_t t = {0};
+    uint64_t before = ch && ch->pres_slice == 1 ? ch->pres_before : 0;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
     if (lc)
-        sl_chan_members(lc, 0, pres_entry_cb, &t); /* the broker is an online reader */
-    if (t.over) {
-        /* Too many for one script: this channel is left as it is. */
+        sl_chan_members(lc, before, pres_entry_cb, &t); /* the broker is an online reader */
+    const char *mode = before ? "more" : t.over ? "first" : "all";
+    if (t.oom || (t.over && ch == NULL)) {
+        /* No memory for the text (or a big channel without a record here,
+         * which the nodepr scan never asks for): left as it is, counted;
+         * the next pass tries again. */
         uatomic_add(&BSTATS->presence_sync_skipped, 1);
         free(t.buf);
-        return true;
+        if (ch)
+            ch->pres_slice = 0;
+        return PS_DONE;
     }
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     if (c == NULL) {
         free(t.buf);
-        return false;
+        return PS_FULL;
     }
-    char pk[64], npr[64];
-    snprintf(pk, sizeof(pk), "p:%s", B.node);
-    snprintf(npr, sizeof(npr), "nodepr:%s", B.node);
     args_t a = {.n = 0};
-    argk(&a, id, len, pk);
-    argp(&a, npr);
-    argk(&a, id, len, "m");
-    arg(&a, id, len);
-    args(&a, B.node);
-    args(&a, lc && lc->config.join_leave ? "1" : "0");
-    arg(&a, t.buf ? t.buf : "", t.len);
-    int rc = cmd_script(c, SL_BRS_PRES_SYNC, 3, &a);
+    pres_sync_args(&a, id, len, lc && lc->config.join_leave, t.buf ? t.buf : "", t.len, mode,
+                   "0");
+    int rc = cmd_script(c, SL_BRS_PRES_SYNC, 4, &a);
     free(t.buf);
-    return rc == SL_OK;
+    if (rc != SL_OK)
+        return PS_FULL;
+    if (mode[0] == 'a')
+        return PS_DONE;
+    if (t.over) {
+        ch->pres_slice = 1;
+        ch->pres_before = t.last;
+    } else {
+        ch->pres_slice = 2; /* every slice sent: the sweep next */
+        snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "0");
+    }
+    return PS_MORE;
 }
 
 static void done_pres_sync(cmd_t *c, redisReply *r)
 {
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
+    bchan_t *ch = c->ch;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3;
+    if (ch && c->gen == ch->pres_gen && ch->pres_slice == 3) {
+        /* A sweep slice: the next from its cursor; at "0" (or failed: the
+         * next pass tries again) the channel is done. */
+        const char *cur = ok ? rstr(el(r, 2)) : "0";
+        if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
+            ch->pres_slice = 0;
+            ch->pres_due = false;
+        } else {
+            snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "%s", cur);
+            ch->pres_slice = 2;
+        }
+    }
+    if (!ok)
         return;
-    uatomic_add(&BSTATS->presence_synced, 1);
+    if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
+        uatomic_add(&BSTATS->presence_synced, 1);
     int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
     if (changes > 0)
         uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
@@ -2644,7 +2743,7 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
             continue;
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
         if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
-            pres_sync(l, id->str, id->len);
+            pres_sync(l, id->str, id->len, NULL);
     }
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
     if (strcmp(l->pres_cursor, "0") == 0)
@@ -2656,16 +2755,24 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
 static void pres_turn(void)
 {
     uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
-    bool again = gen != B.pres_gen_seen;
-    B.pres_gen_seen = gen;
+    cmm_smp_rmb(); /* the gen before the queue's entries */
+    /* A dead worker's subscriptions were removed: the pass starts on every
+     * link up (review ro17 L1), but only once the broker queue is drained,
+     * so a PRES_SET the worker queued before it died is sent before the
+     * rewrite, not after it (review ro17 M3); else the next turn. */
+    if (gen != B.pres_gen_seen && drain_queue()) {
+        B.pres_gen_seen = gen;
+        for (uint32_t i = 0; i < B.nlinks; i++)
+            if (B.link[i].state == L_UP)
+                pres_pass_start(&B.link[i]);
+    }
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         if (l->state != L_UP)
             continue;
-        if (again)
-            pres_pass_start(l); /* a dead worker's subscriptions were removed */
         int done = 0;
-        while (l->pres_pass && done < PRES_SYNC_TURN) {
+        bool more = false;
+        while (l->pres_pass && done < PRES_SYNC_TURN && !more) {
             if (l->pres_bucket >= BUCKETS) {
                 l->pres_pass = false;
                 break;
@@ -2673,12 +2780,17 @@ static void pres_turn(void)
             for (bchan_t *ch = B.map[l->pres_bucket]; ch && done < PRES_SYNC_TURN; ch = ch->next) {
                 if (!ch->pres_due || (int)ch->shard != l->shard)
                     continue;
-                if (!pres_sync(l, ch->id, ch->idlen))
-                    return; /* the link is full: next turn */
-                ch->pres_due = false;
+                int st = pres_sync(l, ch->id, ch->idlen, ch);
+                if (st == PS_FULL)
+                    goto next_link; /* this link is full: next turn */
                 done++;
+                if (st == PS_MORE) {
+                    more = true; /* a big channel: its next slice next turn */
+                    break;
+                }
+                ch->pres_due = false;
             }
-            if (done < PRES_SYNC_TURN)
+            if (done < PRES_SYNC_TURN && !more)
                 l->pres_bucket++; /* every due channel of this bucket sent */
         }
         if (!l->pres_pass && l->pres_scan && !l->pres_scan_sent) {
@@ -2689,6 +2801,7 @@ static void pres_turn(void)
             if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
                 l->pres_scan_sent = true;
         }
+    next_link:;
     }
 }
 
@@ -2787,17 +2900,27 @@ static void handle(const sl_inbox_entry_t *e)
 }
 
 /* Bounded per turn so that Redis replies and pub/sub get their turn. */
-static void drain_queue(void)
+/* Handles up to 4096 entries of the broker queue; true when it found the
+ * queue empty. */
+static bool drain_queue(void)
 {
     sl_inbox_t *q = BSTATS->queue;
     sl_inbox_entry_t e;
-    for (int n = 0; n < 4096 && sl_inbox_pop(q, &e, NULL); n++) {
+    bool empty = true;
+    for (int n = 0;; n++) {
+        if (n == 4096) {
+            empty = false;
+            break;
+        }
+        if (!sl_inbox_pop(q, &e, NULL))
+            break;
         /* Its payload is freed right after use: killed at any point, we
          * leak at most this one object. */
         handle(&e);
         sl_chan_msg_unref(REG, e.msg);
     }
     wake_flush();
+    return empty;
 }
 
 static void wake_cb(evutil_socket_t fd, short what, void *arg)
@@ -3119,12 +3242,25 @@ static void pres_pass_start(link_t *l)
 {
     for (uint32_t b = 0; b < BUCKETS; b++)
         for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
-            if ((int)ch->shard == l->shard)
+            if ((int)ch->shard == l->shard) {
                 ch->pres_due = true;
+                ch->pres_slice = 0; /* a sliced rewrite starts again */
+                ch->pres_gen++;
+            }
     l->pres_pass = l->pres_scan = true;
     l->pres_restart = l->pres_scan_sent;
     l->pres_bucket = 0;
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
+}
+
+/* The counts Redis has from this node on l are not known any more: the
+ * next reconcile() sends them all. */
+static void counts_unknown(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard)
+                ch->synced = -1;
 }
 
 static void link_up(link_t *l)
@@ -3143,10 +3279,7 @@ static void link_up(link_t *l)
     beat_link(l); /* counted by the others from now on */
     /* Redis may have lost everything (restarted without persistence):
      * counts are re-asserted, channels re-subscribed (and caught up). */
-    for (uint32_t b = 0; b < BUCKETS; b++)
-        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
-            if ((int)ch->shard == l->shard)
-                ch->synced = -1;
+    counts_unknown(l);
     /* --channel channels exist on every node: each node re-creates them if
      * Redis lost them. */
     for (int i = 0; i < sl_conf->nchannels; i++) {
@@ -3391,6 +3524,13 @@ int sl_broker_main(int tel_fd)
     sl_arena_set_owner(SL_MAX_WORKERS + 1);
     sl_tel_init(tel_fd, -3, &sl_shm->master_tel, sl_conf->telemetry, sl_conf->log_level);
     snprintf(B.node, sizeof(B.node), "%s", sl_shm->broker.node_id);
+#ifdef SL_CRASHPOINTS
+    {
+        const char *m = getenv("SL_TEST_PRES_SYNC_MAX");
+        if (m && atoi(m) > 0)
+            pres_sync_max = (uint32_t)atoi(m);
+    }
+#endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);
     snprintf(node_prefix_buf, sizeof(node_prefix_buf), "%s:node:", B.prefix);
     /* This node's running master (not this broker: a respawned broker

@@ -32,6 +32,14 @@
     "  return live\n"                                                                       \
     "end\n"
 
+/* A presence frame's excluded connection at its origin node: the n of the
+ * entry's conn-id "conn-<ms>-<n>[.<node>]" (a connection is not told of its
+ * own join or leave, review ro17 M1); "0" (nobody) if it is not one. */
+#define LUA_CONN_NO                                                                         \
+    "local function conn_no(c)\n"                                                           \
+    "  return string.match(c, '^conn%-%-?%d+%-(%d+)') or '0'\n"                              \
+    "end\n"
+
 /* A channel made by a subscribe that nobody subscribes to any more goes
  * after the linger, or with its history if that lives longer. */
 #define LUA_LINGER                                                                          \
@@ -289,7 +297,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * without subscribers start to expire; their presence entries, each
      * with a leave published on its channel, in slices), return {conflict,
      * live infos, lapsed: this node's key was not there}. */
-    [SL_BRS_HEARTBEAT] = LUA_LINGER
+    [SL_BRS_HEARTBEAT] = LUA_LINGER LUA_CONN_NO
     "local conflict = 0\n"
     "local cur = redis.call('GET', KEYS[2])\n"
     "if cur then\n"
@@ -317,8 +325,9 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "        local e = r[2]\n"
     "        cur = r[1]\n"
     "        for i = 1, #e, 2 do\n"
-    "          redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n0\\n{\"type\":\"leave\",\"channel-id\":' ..\n"
-    "            cjson.encode(id) .. ',\"info\":' .. e[i + 1] .. '}')\n"
+    "          redis.call('PUBLISH', k .. 'm', 'J' .. nd .. '\\n' .. conn_no(e[i]) ..\n"
+    "            '\\n{\"type\":\"leave\",\"channel-id\":' .. cjson.encode(id) .. ',\"info\":' ..\n"
+    "            e[i + 1] .. '}')\n"
     "          redis.call('HDEL', pk, e[i])\n"
     "        end\n"
     "        budget = budget - 1 - #e / 2\n"
@@ -378,19 +387,21 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('HSET', KEYS[3], 'cursor', s[1])\n"
     "return {3}\n",
 
-    /* PRES_SET  KEYS p nodepr m  ARGV conn-id entry id frame origin exclude: a
-     * subscriber's presence entry on this node; with a frame (a join), that
+    /* PRES_SET  KEYS p nodepr m ps  ARGV conn-id entry id frame origin exclude:
+     * a subscriber's presence entry on this node; with a frame (a join), that
      * published on the channel, in order with its messages - only when the
      * entry is new (a PRES_SYNC may have written it first), so a join is
-     * published once. */
+     * published once.  A sliced PRES_SYNC under way (ps) lists it, so its
+     * sweep keeps it. */
     [SL_BRS_PRES_SET] =
     "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('SADD', KEYS[2], ARGV[3])\n"
+    "if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
     "if ARGV[4] ~= '' and new == 1 then\n"
     "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[5] .. '\\n' .. ARGV[6] .. '\\n' .. ARGV[4]) end\n"
     "return 0\n",
 
-    /* PRES_DEL  KEYS p nodepr m  ARGV conn-id id frame origin exclude: the entry
+    /* PRES_DEL  KEYS p nodepr m ps  ARGV conn-id id frame origin exclude: the entry
      * goes; with a frame (a leave), that is published - only when there was an
      * entry, so a leave is published once. */
     [SL_BRS_PRES_DEL] =
@@ -481,34 +492,68 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('SET', KEYS[1], ARGV[2])\n"
     "return {0, left}\n",
 
-    /* PRES_SYNC  KEYS p nodepr m  ARGV id node join-leave entries: after a
-     * connect, this node's entries of channel id made equal to what its
-     * registry has (`entries`: "conn-id\nentry\n" for each), so what a lost
-     * link kept from Redis (a PRES_SET or PRES_DEL refused or lost) is
+    /* PRES_SYNC  KEYS p nodepr m ps  ARGV id node join-leave entries mode cursor:
+     * after a connect, this node's entries of channel id made equal to what
+     * its registry has (`entries`: "conn-id\nentry\n" for each), so what a
+     * lost link kept from Redis (a PRES_SET or PRES_DEL refused or lost) is
      * mended; for each entry removed a leave and each added a join is
      * published (join-leave "1"; a leave always, as for a dead node's).
-     * Returns {added, removed}. */
-    [SL_BRS_PRES_SYNC] =
-    "local want = {}\n"
-    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do want[c] = e end\n"
-    "local function tell(kind, e)\n"
-    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n0\\n{\"type\":\"' .. kind ..\n"
+     * mode "all": at once.  A channel with more subscribers here than one
+     * call takes goes in slices (review ro17 H2): "first" then "more"
+     * write their entries (joins) and list their conn-ids in ps (PRES_SET
+     * lists a new one there too while ps exists); then "sweep" calls, one
+     * HSCAN slice of p each from `cursor`, remove the entries ps does not
+     * list (leaves); the last deletes ps.  A sweep without ps (expired:
+     * the pass took 10 minutes, or lost) removes nothing.  Every state
+     * between calls is valid (entries added, none wrongly removed).
+     * Returns {added, removed, next sweep cursor ("0": done)}. */
+    [SL_BRS_PRES_SYNC] = LUA_CONN_NO
+    "local mode = ARGV[5]\n"
+    "local function tell(kind, c, e)\n"
+    "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n' .. conn_no(c) ..\n"
+    "    '\\n{\"type\":\"' .. kind ..\n"
     "    '\",\"channel-id\":' .. cjson.encode(ARGV[1]) .. ',\"info\":' .. e .. '}')\n"
     "end\n"
-    "local have, added, removed = redis.call('HGETALL', KEYS[1]), 0, 0\n"
-    "for i = 1, #have, 2 do\n"
-    "  if not want[have[i]] then\n"
-    "    redis.call('HDEL', KEYS[1], have[i]); removed = removed + 1\n"
-    "    tell('leave', have[i + 1])\n"
+    "local function listed()\n"
+    "  if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[2], ARGV[1])\n"
+    "  else redis.call('SREM', KEYS[2], ARGV[1]) end\n"
+    "end\n"
+    "local added, removed = 0, 0\n"
+    "if mode == 'sweep' then\n"
+    "  if redis.call('EXISTS', KEYS[4]) == 0 then return {0, 0, '0'} end\n"
+    "  local r = redis.call('HSCAN', KEYS[1], ARGV[6], 'COUNT', 1000)\n"
+    "  local e = r[2]\n"
+    "  for i = 1, #e, 2 do\n"
+    "    if redis.call('SISMEMBER', KEYS[4], e[i]) == 0 then\n"
+    "      redis.call('HDEL', KEYS[1], e[i]); removed = removed + 1\n"
+    "      tell('leave', e[i], e[i + 1])\n"
+    "    end\n"
+    "  end\n"
+    "  if r[1] == '0' then redis.call('DEL', KEYS[4]) end\n"
+    "  listed()\n"
+    "  return {0, removed, r[1]}\n"
+    "end\n"
+    "local want = {}\n"
+    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do want[c] = e end\n"
+    "local keep = mode == 'first' or (mode == 'more' and redis.call('EXISTS', KEYS[4]) == 1)\n"
+    "if mode ~= 'more' then redis.call('DEL', KEYS[4]) end\n"
+    "if mode == 'all' then\n"
+    "  local have = redis.call('HGETALL', KEYS[1])\n"
+    "  for i = 1, #have, 2 do\n"
+    "    if not want[have[i]] then\n"
+    "      redis.call('HDEL', KEYS[1], have[i]); removed = removed + 1\n"
+    "      tell('leave', have[i], have[i + 1])\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "for c, e in pairs(want) do\n"
+    "  if keep then redis.call('SADD', KEYS[4], c) end\n"
     "  if redis.call('HSET', KEYS[1], c, e) == 1 then\n"
     "    added = added + 1\n"
-    "    if ARGV[3] == '1' then tell('join', e) end\n"
+    "    if ARGV[3] == '1' then tell('join', c, e) end\n"
     "  end\n"
     "end\n"
-    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('SADD', KEYS[2], ARGV[1])\n"
-    "else redis.call('SREM', KEYS[2], ARGV[1]) end\n"
-    "return {added, removed}\n",
+    "if keep then redis.call('PEXPIRE', KEYS[4], 600000) end\n"
+    "listed()\n"
+    "return {added, removed, '0'}\n",
 };

@@ -318,6 +318,52 @@ def test_killed_workers_clients_leave(cluster):
     run(go())
 
 
+def test_big_channel_dead_workers_clients_leave(cluster):
+    """Review ro17 H2: a channel with more subscribers on a node than one
+    rewrite script takes (PRES_SYNC_MAX, 1000; 2 here through the test
+    build's SL_TEST_PRES_SYNC_MAX) was skipped by the rewrite, so a dead
+    worker's clients on it stayed listed for good, with no leave.  It is
+    now rewritten in slices then swept: the victim leaves, and the
+    survivors (in other slices) are neither removed nor told anything.
+    6 subscribers on B (3 slices), 3 after the kill (2 slices)."""
+    from conftest import CRASH_BIN
+    (a,) = cluster(1, "--join-leave")
+    (b,) = cluster(1, "--join-leave", workers=2, binary=CRASH_BIN,
+                   env={"SL_TEST_PRES_SYNC_MAX": "2"})
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        xs = [await Client.open(b) for _ in range(6)]
+        stay = [x for x in xs if x.welcome["worker"] == 0]
+        gone = [x for x in xs if x.welcome["worker"] == 1]
+        assert len(stay) >= 3 and gone, [x.welcome["worker"] for x in xs]
+        for x in xs:
+            assert (await x.subscribe("room"))["success"]
+        for _ in xs:
+            await w.next(lambda m: m.get("type") == "join", timeout=10)
+        os.kill(b.stats()["workers"][1]["pid"], signal.SIGKILL)
+        left = set()
+        for _ in gone:
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=20)
+            left.add(m["info"]["conn-id"])
+        assert left == {x.conn_id for x in gone}
+        want = {w.conn_id} | {x.conn_id for x in stay}
+
+        async def survivors():
+            clients, _ = await presence_all(w, "room")
+            return set(clients) == want
+        await until(survivors, "presence without the dead worker's client")
+        # The rewrite finished: nobody else left (or joined again).
+        wait_for(lambda: b.stats()["cluster"]["broker"]["presence-synced"] >= 1, timeout=15,
+                 what="the rewrite done")
+        await asyncio.sleep(1)
+        told = [m for m in w.inbox if m.get("type") in ("join", "leave")]
+        assert told == [], told
+        assert b.stats()["cluster"]["broker"]["presence-sync-skipped"] == 0
+    run(go())
+
+
 def test_presence_pages_fit_the_reply_bound(cluster, keys):
     """260 subscribers whose tokens carry about 1 KiB of info each (about
     270 KB of entries) under --max-outbound-bytes 512K (a reply bound of
@@ -481,6 +527,51 @@ def test_lapsed_node_writes_its_entries_again(cluster):
         await until(both, "x listed again")
         assert broker_pid(b) == pid  # not killed: it was only late
         assert b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1
+        # Review ro17 M1: a connection is never told of its own leave or
+        # join (protocol.md section 11), the survivors' leave and the
+        # rewrite's join included.  w's join above came after both were
+        # published; x gets its frames in the same order as w.
+        await asyncio.sleep(1)
+        await x.send(type="presence-stats", **{"channel-id": "room"})
+        await x.of_type("presence-stats-result", timeout=10)
+        own = [m for m in x.inbox if m.get("type") in ("join", "leave")
+               and m["info"]["conn-id"] == x.conn_id]
+        assert own == [], own
+    run(go())
+
+
+def test_lapsed_node_sends_its_counts_again(cluster, redis):
+    """Review ro17 H1: when B's heartbeat lapses, A also removes B's
+    subscriber counts and lets "room" (auto-created, only B subscribes)
+    start to expire.  B, late but alive, must send its counts again as
+    after a connect: the count comes back and the channel stays (no
+    expiry).  Without that the channel's keys expired under x after
+    --channel-linger-ms."""
+    needs_own_redis()
+    a, b = cluster(2, "--join-leave", "--channel-linger-ms", "60000")
+
+    async def go():
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="count 1")
+        assert redis.cli("PTTL", "sl:{room}:c") == "-1"
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # A's heartbeat took B for dead: B's count gone, the channel lingers.
+            wait_for(lambda: int(redis.cli("PTTL", "sl:{room}:c")) > 0, timeout=20,
+                     what="the channel lingering")
+            assert redis.cli("HLEN", "sl:{room}:n") == "0"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: b.stats()["cluster"]["broker"]["presence-reasserts"] >= 1,
+                 timeout=20, what="B's reassert")
+        wait_for(lambda: redis.cli("PTTL", "sl:{room}:c") == "-1", timeout=15,
+                 what="the channel persisted again")
+        wait_for(lambda: (channel_info(a, "room") or {}).get("subscriber-count") == 1,
+                 timeout=15, what="B's count back")
+        assert redis.cli("HLEN", "sl:{room}:n") == "1"
     run(go())
 
 
