@@ -562,13 +562,26 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t
 uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
                          int (*fn)(const sl_sub_t *s, void *arg), void *arg)
 {
+    return sl_chan_members_max(c, before, UINT32_MAX, NULL, fn, arg);
+}
+
+uint32_t sl_chan_members_max(const sl_chan_t *c, uint64_t before, uint32_t max_walk, bool *cut,
+                             int (*fn)(const sl_sub_t *s, void *arg), void *arg)
+{
     uint32_t n = 0;
+    if (cut)
+        *cut = false;
     if (CMM_LOAD_SHARED(c->deleted))
         return 0;
     /* Dependency-ordered loads: a node's fields are seen as they were
      * written before the store that published it. */
     for (const sl_sub_t *s = rcu_dereference(((sl_chan_t *)c)->subs); s;
          s = rcu_dereference(((sl_sub_t *)s)->next)) {
+        if (n == max_walk) { /* the request's walk budget (review rf15 F5) */
+            if (cut)
+                *cut = true;
+            break;
+        }
         n++; /* walked: skipped ones cost the same (the caller charges it) */
         if (before && s->sub_no >= before)
             continue;

@@ -1650,11 +1650,19 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
      * must stay under the bound on one reply (docs/protocol.md). */
     presence_t p = {json_object(), 0, (uint32_t)SL_MIN(limit, SL_PRESENCE_PAGE_MAX), 0,
                     sl_conn_reply_max() / 2, 0, false};
-    sl_conn_charge(c, sl_chan_members(ch, cursor, presence_cb, &p) / SL_PRESENCE_WALK_UNIT);
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result",
-                                "channel-id", id, len, "success", 1, "clients", p.clients,
-                                "next-cursor",
-                                p.more ? json_integer((json_int_t)p.last) : json_null()));
+    /* One request walks at most SL_PRESENCE_WALK_MAX nodes, those skipped
+     * to reach its cursor included (review rf15 F5): the list is walked
+     * from its head, so no later cursor could reach past that depth -
+     * the page so far, truncated, and no next-cursor. */
+    bool cut;
+    sl_conn_charge(c, sl_chan_members_max(ch, cursor, SL_PRESENCE_WALK_MAX, &cut, presence_cb,
+                                          &p) / SL_PRESENCE_WALK_UNIT);
+    json_t *r = json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result", "channel-id",
+                          id, len, "success", 1, "clients", p.clients, "next-cursor",
+                          p.more ? json_integer((json_int_t)p.last) : json_null());
+    if (r && cut)
+        json_object_set_new(r, "truncated", json_true());
+    sl_proto_reply(c, r);
 }
 
 void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)

@@ -616,6 +616,19 @@ static void test_presence(void)
     members_t m3 = {0};
     SL_CHECK_INT(sl_chan_members(c, m2.last, member_cb, &m3), 4); /* all walked, none listed */
     SL_CHECK_INT(m3.n, 0);
+    /* A request's walk budget (review rf15 F5): at most max_walk nodes,
+     * skipped ones included, and *cut when nodes were left. */
+    members_t m4 = {0};
+    bool cut = false;
+    SL_CHECK_INT(sl_chan_members_max(c, m.last, 3, &cut, member_cb, &m4), 3);
+    SL_CHECK(cut);
+    SL_CHECK_INT(m4.n, 1); /* two skipped, one listed */
+    SL_CHECK_STR(m4.ids[0], "conn-2/u1/[1]");
+    members_t m5 = {0};
+    SL_CHECK_INT(sl_chan_members_max(c, 0, 4, &cut, member_cb, &m5), 3); /* fn stopped it */
+    SL_CHECK(!cut);
+    SL_CHECK_INT(sl_chan_members_max(c, m2.last, 4, &cut, member_cb, &m5), 4); /* the end */
+    SL_CHECK(!cut);
     uint32_t clients, users;
     SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
     SL_CHECK_INT(clients, 4);
