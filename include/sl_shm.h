@@ -151,6 +151,7 @@ typedef struct {
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     uint64_t presence_resyncs; /* presence-resync notices: a join / leave skipped our full inbox */
     uint64_t presence_resync_failed; /* ... that could not be built: closed 1013 instead */
+    uint64_t presence_events; /* join / leave frames queued to local subscribers (not in delivered) */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress of its own */
     uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the

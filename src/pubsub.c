@@ -1844,7 +1844,9 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         }
     }
     sl_buf_unref(b);
-    uatomic_add(&sl_conns.stats->delivered, n);
+    /* A join / leave (horizon set) is not a channel message: counted
+     * apart (review r15 L6).  Both are in messages-out (every frame). */
+    uatomic_add(m->horizon ? &sl_conns.stats->presence_events : &sl_conns.stats->delivered, n);
     latency_note(m->published_us, n);
     if (sl_conns.trace_fd >= 0)
         trace_note(false, m->seq, m->published_us, sl_mono_us(), (uint32_t)n);

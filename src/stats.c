@@ -189,6 +189,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
                         json_integer((json_int_t)uatomic_read(&w->presence_resyncs)));
     json_object_set_new(o, "presence-resync-failed",
                         json_integer((json_int_t)uatomic_read(&w->presence_resync_failed)));
+    json_object_set_new(o, "presence-events",
+                        json_integer((json_int_t)uatomic_read(&w->presence_events)));
     json_object_set_new(o, "presence-coalesced",
                         json_integer((json_int_t)uatomic_read(&ib->coalesced)));
     json_object_set_new(o, "presence-overflows",

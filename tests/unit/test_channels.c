@@ -450,8 +450,12 @@ static void test_join_leave_full_and_cleanup(void)
     while (sl_inbox_has_room(R->inboxes[0], 1))
         sl_chan_publish(R, f, &p, &r);
     uint64_t missed = R->inboxes[0]->missed_n;
+    uint64_t refused = R->inboxes[0]->refused;
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
+    /* Not a publication that skipped it: inbox-skipped unchanged (review
+     * r15 L6; the presence set counts it). */
+    SL_CHECK_INT(R->inboxes[0]->refused, refused);
     /* A presence loss (reviews r15 H2, rg15 G1): not in the missed ring
      * (nothing to close anybody for) but in the presence set: worker 0
      * tells its subscribers up to the horizon (all of them: 2 subscribes
@@ -497,11 +501,13 @@ static void test_join_leave_full_and_cleanup(void)
     while (sl_inbox_has_room(R->inboxes[0], 1))
         sl_chan_publish(R, f, &p, &r);
     missed = R->inboxes[0]->missed_n;
+    refused = R->inboxes[0]->refused;
     uint64_t folded = R->inboxes[0]->coalesced;
     sl_reg_cleanup_start(&job, 1);
     while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
         sl_qsbr_quiescent(&R->qsbr, 0);
     SL_CHECK_INT(c->subscribers, 2);
+    SL_CHECK_INT(R->inboxes[0]->refused, refused); /* the master's leaves neither */
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
