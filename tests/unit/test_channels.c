@@ -561,6 +561,10 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK(job.set_aside >= 1);
     SL_CHECK_INT(room->subscribers, 2); /* the busy one waits, nothing half done */
     SL_CHECK(job.subs_again);     /* and the later phases ran meanwhile */
+    /* Shown (/stats cleanup-set-aside, cleanup-passes: review rf15 F3). */
+    SL_CHECK_INT(job.aside_last, 1);
+    SL_CHECK(job.sub_passes >= 1);
+    uint32_t passes = job.sub_passes;
     sl_inbox_unlock(R->inboxes[0]);
     int steps = 0;
     while (sl_reg_cleanup_step(R, &job, 8) == SL_AGAIN && steps < 1000) {
@@ -570,6 +574,8 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK(steps < 1000);
     SL_CHECK_INT(room->subscribers, 1);
     SL_CHECK_INT(job.removed_subs, 25);
+    SL_CHECK_INT(job.aside_last, 0);
+    SL_CHECK(job.sub_passes > passes);
     SL_CHECK_INT(job.woken, 1);
     char b[512];
     int leaves = 0;
