@@ -177,6 +177,8 @@ typedef struct {
     uint64_t tls_handshakes; /* TLS handshakes completed */
     uint64_t tls_resumed;    /* ...of which resumed a session (a ticket) */
     uint64_t tls_heap_bytes; /* heap OpenSSL holds in this process (sl_tls_housekeep) */
+    uint64_t tls_trims;      /* malloc_trim calls after handshakes paused (sl_tls_housekeep) */
+    uint64_t tls_trim_us;    /* ...and the time they took */
     sl_hist_t delivery; /* publish accepted -> frame written by this worker */
     sl_hist_t rpc;      /* rpc-request accepted -> response handed to its requester */
 } __attribute__((aligned(64))) sl_worker_stats_t;

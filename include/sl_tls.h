@@ -44,7 +44,11 @@ int sl_tls_count_heap(void);
 /* A worker's tick: publish the heap OpenSSL holds (tls-heap-bytes), and,
  * once handshakes have paused for half a second, give the heap's free
  * pages back to the kernel (malloc_trim: a handshake's ~40 KiB of
- * temporaries leave holes between the long-lived SSL objects). */
+ * temporaries leave holes between the long-lived SSL objects) - only when
+ * OpenSSL has freed SL_TLS_TRIM_FREED bytes since the last trim, and at
+ * most once per SL_TLS_TRIM_INTERVAL_MS (counted: tls-trims, tls-trim-ms). */
+#define SL_TLS_TRIM_FREED (4u << 20)
+#define SL_TLS_TRIM_INTERVAL_MS 10000
 void sl_tls_housekeep(int64_t now_ms);
 
 /* This process counts its handshakes and failures in `stats`. */

@@ -347,6 +347,10 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "TLS handshakes that resumed a session (a ticket), any worker's.");
     per_worker(&o, workers, "tls_heap_bytes", "gauge", "tls-heap-bytes",
                "Heap held by OpenSSL in the worker: TLS connections' state and record buffers.");
+    per_worker(&o, workers, "tls_trims_total", "counter", "tls-trims",
+               "Heap trims (malloc_trim) after TLS handshakes paused: at most one per 10 s.");
+    per_worker(&o, workers, "tls_trim_milliseconds_total", "counter", "tls-trim-ms",
+               "Time the worker spent in those trims.");
 
     json_t *errors = json_object_get(stats, "errors");
     head(&o, "errors_total", "counter", "Errors and refusals, by reason.");

@@ -34,6 +34,7 @@ typedef struct {
     uint64_t published, delivered, overloaded, outbound_bytes, backpressure_pauses, inbound_bytes;
     uint64_t errors[SL_ERR__COUNT];
     uint64_t bytes_in, bytes_out, accepted, tls_handshakes, tls_resumed, tls_heap_bytes;
+    uint64_t tls_trims, tls_trim_us;
     uint64_t handshake_failures[SL_HS__COUNT];
     sl_hist_t delivery, rpc;
     int live_workers;
@@ -151,6 +152,9 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     t->tls_resumed += uatomic_read(&w->tls_resumed);
     uint64_t theap = uatomic_read(&w->tls_heap_bytes);
     t->tls_heap_bytes += theap;
+    uint64_t trims = uatomic_read(&w->tls_trims), trim_us = uatomic_read(&w->tls_trim_us);
+    t->tls_trims += trims;
+    t->tls_trim_us += trim_us;
     if (pid > 0)
         t->live_workers++;
     bool stalled = pid > 0 && uatomic_read(&w->stalled);
@@ -179,6 +183,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
                         json_integer((json_int_t)uatomic_read(&w->tls_handshakes)));
     json_object_set_new(o, "tls-resumed", json_integer((json_int_t)uatomic_read(&w->tls_resumed)));
     json_object_set_new(o, "tls-heap-bytes", json_integer((json_int_t)theap));
+    json_object_set_new(o, "tls-trims", json_integer((json_int_t)trims));
+    json_object_set_new(o, "tls-trim-ms", json_integer((json_int_t)(trim_us / 1000)));
     json_object_set_new(o, "inbound-bytes", json_integer((json_int_t)ibytes));
     sl_inbox_t *ib = sl_shm->reg.inboxes[i];
     json_object_set_new(o, "inbox-depth", json_integer((json_int_t)sl_inbox_depth(ib)));
@@ -570,6 +576,8 @@ json_t *sl_stats_json(bool identities)
     json_object_set_new(doc, "tls-handshakes", json_integer((json_int_t)t.tls_handshakes));
     json_object_set_new(doc, "tls-resumed", json_integer((json_int_t)t.tls_resumed));
     json_object_set_new(doc, "tls-heap-bytes", json_integer((json_int_t)t.tls_heap_bytes));
+    json_object_set_new(doc, "tls-trims", json_integer((json_int_t)t.tls_trims));
+    json_object_set_new(doc, "tls-trim-ms", json_integer((json_int_t)(t.tls_trim_us / 1000)));
     json_object_set_new(doc, "descriptors-exhausted-recently", json_boolean(fd_exhausted_recently()));
     return doc;
 }

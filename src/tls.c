@@ -79,6 +79,7 @@ void sl_tls_set_stats(sl_worker_stats_t *stats)
  * before the fork) and goes on from it.  Relaxed atomics: OpenSSL may be
  * called from more than one thread. */
 static uint64_t heap_bytes;
+static uint64_t heap_freed; /* bytes OpenSSL freed since the last trim */
 
 static void *heap_malloc(size_t n, const char *file, int line)
 {
@@ -96,7 +97,9 @@ static void heap_free(void *p, const char *file, int line)
     (void)line;
     if (p == NULL)
         return;
-    __atomic_sub_fetch(&heap_bytes, malloc_usable_size(p), __ATOMIC_RELAXED);
+    size_t n = malloc_usable_size(p);
+    __atomic_sub_fetch(&heap_bytes, n, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&heap_freed, n, __ATOMIC_RELAXED);
     free(p);
 }
 
@@ -112,6 +115,7 @@ static void *heap_realloc(void *p, size_t n, const char *file, int line)
     void *q = realloc(p, n);
     if (q) {
         __atomic_sub_fetch(&heap_bytes, old, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&heap_freed, old, __ATOMIC_RELAXED);
         __atomic_add_fetch(&heap_bytes, malloc_usable_size(q), __ATOMIC_RELAXED);
     }
     return q;
@@ -124,11 +128,17 @@ int sl_tls_count_heap(void)
 
 void sl_tls_housekeep(int64_t now_ms)
 {
-    /* Trim once handshakes have stopped for half a second: while they go
-     * on, the next ones reuse the holes, and a trim that finds a lot to
-     * give back takes up to ~20 ms (measured under load). */
-    static uint64_t seen, trimmed_at;
-    static int64_t seen_ms;
+    /* Trim once handshakes have stopped for half a second (while they go
+     * on, the next ones reuse the holes), and only when it is worth it and
+     * not often: a trim walks the whole heap (up to ~20 ms measured under
+     * load, more with a large heap) and serves nobody meanwhile, so a peer
+     * handshaking every few seconds must not buy one each time (review
+     * rq16 M1).  Worth it: OpenSSL has freed SL_TLS_TRIM_FREED bytes since
+     * the last trim (a handshake's temporaries, closed connections' SSL
+     * objects); not often: SL_TLS_TRIM_INTERVAL_MS apart.  Counted:
+     * tls-trims, tls-trim-ms. */
+    static uint64_t seen;
+    static int64_t seen_ms, trimmed_ms = INT64_MIN / 2;
     if (tls_stats == NULL)
         return;
     CMM_STORE_SHARED(tls_stats->tls_heap_bytes, __atomic_load_n(&heap_bytes, __ATOMIC_RELAXED));
@@ -136,10 +146,17 @@ void sl_tls_housekeep(int64_t now_ms)
     if (hs != seen) {
         seen = hs;
         seen_ms = now_ms;
-    } else if (trimmed_at != seen && now_ms - seen_ms >= 500) {
-        trimmed_at = seen;
-        malloc_trim(0);
+        return;
     }
+    if (now_ms - seen_ms < 500 || now_ms - trimmed_ms < SL_TLS_TRIM_INTERVAL_MS ||
+        __atomic_load_n(&heap_freed, __ATOMIC_RELAXED) < SL_TLS_TRIM_FREED)
+        return;
+    trimmed_ms = now_ms;
+    __atomic_store_n(&heap_freed, 0, __ATOMIC_RELAXED);
+    int64_t t0 = sl_mono_us();
+    malloc_trim(0);
+    uatomic_add(&tls_stats->tls_trims, 1);
+    uatomic_add(&tls_stats->tls_trim_us, (uint64_t)(sl_mono_us() - t0));
 }
 
 bool sl_tls_enabled(void)

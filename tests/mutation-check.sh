@@ -42,6 +42,12 @@ mapfile -t NAMES < <(sed -n 's/^ *\(M_[A-Z_]*\) = \([0-9]*\),.*/\2 \1/p' include
 # tests/mutation-check.sh M_NAME...: only those mutants (the baseline still runs).
 if [ $# -gt 0 ]; then
     mapfile -t NAMES < <(printf '%s\n' "${NAMES[@]}" | grep -wF -f <(printf '%s\n' "$@"))
+    for want in "$@"; do # a misspelt name must not make "0 killed of 0" a pass
+        if ! printf '%s\n' "${NAMES[@]}" | grep -qw -- "$want"; then
+            echo "no mutant named $want in include/sl_crash.h"
+            exit 1
+        fi
+    done
 fi
 
 build() { # build <n>: the tests of mutant n (0: none) into build-mutant-<n>/
@@ -94,7 +100,11 @@ for entry in "${NAMES[@]}"; do
         esac
     done
     want=${EXPECT[$name]:-}
-    if [ -n "$by" ] && [[ " $by " == *" $want "* ]]; then
+    if [ -z "$want" ]; then
+        # Every mutant names the test the design note says kills it: an
+        # empty entry would match any killer.
+        echo "$name: no expected test in EXPECT (tests/mutation-check.sh): not counted"
+    elif [ -n "$by" ] && [[ " $by " == *" $want "* ]]; then
         killed=$((killed + 1))
         first=$(grep -m 1 -E '^  [^ ]' "build-mutant-$n/$want.out" | grep -v '^  FAIL' |
                 cut -c3-160)

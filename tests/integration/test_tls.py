@@ -812,4 +812,32 @@ def test_openssl_heap_is_counted_in_stats(server_factory, certs):
     for c in half + idle:
         c.close()
     wait_for(lambda: _tls_heap(s) < base + n * 4096, what="tls-heap-bytes back down")
-    assert s.stats()["workers"][0]["tls-heap-bytes"] == _tls_heap(s)
+    st = s.stats()  # one snapshot: the worker's figure is the total (one worker)
+    assert st["workers"][0]["tls-heap-bytes"] == st["tls-heap-bytes"]
+
+
+def test_heap_trims_are_few_and_counted(server_factory, certs):
+    """Review rq16 M1: the worker's malloc_trim after handshakes pause walks
+    the whole heap and serves nobody meanwhile, so a peer must not buy one
+    per handshake: a trim only once OpenSSL has freed 4 MiB since the last,
+    at most one per 10 s per worker, counted (tls-trims, tls-trim-ms)."""
+    s = tls_server(server_factory, certs, None, workers=1)
+    ctx = certs.client_context()
+    keep = tls_connect(s.tls_port, ctx)  # the worker ticks while it has a connection
+
+    def burst(n):
+        for _ in range(n):
+            tls_connect(s.tls_port, ctx).close()
+
+    burst(120)  # ~120 x (40 KiB of handshake temporaries + a 14 KB SSL object)
+    wait_for(lambda: s.stats()["tls-trims"] >= 1, timeout=8, what="a trim after the burst")
+    first = s.stats()["tls-trims"]
+    assert s.stats()["workers"][0]["tls-trims"] == first
+    assert b"sente_lite_tls_trims_total{worker=" in s.request("GET", "/metrics")[1]
+    # Another burst and pauses within the 10 s: no second trim.
+    burst(120)
+    time.sleep(1.5)
+    burst(5)
+    time.sleep(1.5)
+    assert s.stats()["tls-trims"] == first
+    keep.close()
