@@ -223,6 +223,41 @@ bool sl_inbox_presence(sl_inbox_t *in, uint64_t *seen, uint64_t upto, uint64_t *
  * after this look overtake join / leave entries pushed meanwhile). */
 bool sl_inbox_drained(sl_inbox_t *in, uint64_t *upto);
 
+/* A consumer's place in its inbox's notes (the missed ring and the
+ * presence set).  A worker starts with SL_INBOX_READER_INIT and keeps it
+ * for its life; the start policy is sl_inbox_look's (review rm15 N1). */
+typedef struct {
+    uint64_t missed_seen;   /* notes of the missed ring handled */
+    uint64_t presence_seen; /* presence notes looked at (starts at 0) */
+    uint64_t presence_next; /* the set's lowest position still pending */
+    bool started;           /* missed_seen taken at the first look */
+} sl_inbox_reader_t;
+#define SL_INBOX_READER_INIT {0, 0, UINT64_MAX, false}
+
+/* What a look calls: sl_inbox_presence's fn and sl_inbox_missed's fn,
+ * both with `arg`. */
+typedef struct {
+    void (*presence)(const sl_inbox_presence_t *p, void *arg);
+    void (*missed)(const sl_inbox_note_t *note, uint64_t index, void *arg);
+    void *arg;
+} sl_inbox_look_fns_t;
+
+/* Consumer: act on the notes made before the entry at `upto` was pushed:
+ * the presence set (sl_inbox_presence), then the missed ring
+ * (sl_inbox_missed).  At a new worker's first look the missed ring's
+ * notes so far are its predecessor's and are skipped; the presence set
+ * is looked at as left, never wiped (review ri15 R4: a wipe, retried
+ * while the lock was busy, took losses noted for the new worker's own
+ * subscriptions meanwhile; a predecessor's slot tells nobody of ours,
+ * its horizon being below every subscription we make). */
+void sl_inbox_look(sl_inbox_t *in, sl_inbox_reader_t *r, uint64_t upto,
+                   const sl_inbox_look_fns_t *fns);
+
+/* Consumer, after a drain: if the inbox is empty, look up to the tail it
+ * saw empty (sl_inbox_drained; review ri15 R1) and return true; else do
+ * nothing and return false (the drain stopped at a bound). */
+bool sl_inbox_look_drained(sl_inbox_t *in, sl_inbox_reader_t *r, const sl_inbox_look_fns_t *fns);
+
 /* Entries waiting (approximate; for figures). */
 uint64_t sl_inbox_depth(sl_inbox_t *in);
 

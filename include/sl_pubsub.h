@@ -36,7 +36,16 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg);
  * one message more per this many subscriber nodes walked, and per this
  * many history messages copied - a full presence-stats walk (100,000) uses
  * the whole turn, so 1,000 of them pipelined take 1,000 turns. */
+#ifdef SL_CRASHPOINTS
+/* The crash build (sl_crash.h) takes the unit from the environment
+ * (SL_PRESENCE_WALK_UNIT=n, else 1024), so a test can make the presence
+ * walks' charges visible with a channel of a few dozen subscribers
+ * (review rm15 N3: 2 x 1,024 connections are too many for a test). */
+uint32_t sl_presence_walk_unit(void);
+#define SL_PRESENCE_WALK_UNIT sl_presence_walk_unit()
+#else
 #define SL_PRESENCE_WALK_UNIT 1024
+#endif
 /* A worker's inbox drain stops for the turn after queuing this many frames
  * (or SL_INBOX_CAP entries); the rest waits for the next turn. */
 #define SL_DRAIN_FRAMES_MAX 262144

@@ -196,6 +196,7 @@ static void note_presence(sl_inbox_t *in, const sl_inbox_note_t *note)
         if (in->presence_overflow_first == SL_INBOX_NO_OVERFLOW ||
             SL_MUTATED(M_PRESENCE_FIRST_FOLD))
             CMM_STORE_SHARED(in->presence_overflow_first, in->tail);
+        SL_CRASHPOINT("inbox.presence.overflow"); /* (review rm15 N4) */
         CMM_STORE_SHARED(in->presence_overflow_pos, in->tail);
         uatomic_add(&in->presence_overflows, 1);
     }
@@ -275,6 +276,29 @@ bool sl_inbox_drained(sl_inbox_t *in, uint64_t *upto)
     if (t != in->head)
         return false;
     *upto = SL_MUTATED(M_DRAIN_UPTO) ? UINT64_MAX : t; /* mutant: "everything" (ri15 R1) */
+    return true;
+}
+
+void sl_inbox_look(sl_inbox_t *in, sl_inbox_reader_t *r, uint64_t upto,
+                   const sl_inbox_look_fns_t *fns)
+{
+    if (!r->started) {
+        /* Missed notes from before we started were for our predecessor;
+         * the presence set is looked at as left (presence_seen 0). */
+        r->missed_seen = uatomic_read(&in->missed_n);
+        r->started = true;
+    }
+    sl_inbox_presence(in, &r->presence_seen, upto, &r->presence_next, fns->presence, fns->arg);
+    if (uatomic_read(&in->missed_n) != r->missed_seen)
+        sl_inbox_missed(in, &r->missed_seen, upto, fns->missed, fns->arg);
+}
+
+bool sl_inbox_look_drained(sl_inbox_t *in, sl_inbox_reader_t *r, const sl_inbox_look_fns_t *fns)
+{
+    uint64_t upto;
+    if (!sl_inbox_drained(in, &upto))
+        return false;
+    sl_inbox_look(in, r, upto, fns); /* up to the tail seen empty (ri15 R1) */
     return true;
 }
 

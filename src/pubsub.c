@@ -53,10 +53,7 @@
 
 int sl_wake_fds[SL_MAX_WORKERS];
 static uint64_t pending_wake;
-static uint64_t missed_seen; /* notes of our inbox's missed ring handled */
-static bool missed_started;
-static uint64_t presence_seen;                     /* our inbox's presence set: noted, looked at */
-static uint64_t presence_next = UINT64_MAX;       /* ... its lowest position still pending */
+static sl_inbox_reader_t reader = SL_INBOX_READER_INIT; /* our inbox's notes: our place */
 
 /* Delivery latency (publish accepted -> frame written): messages queued to
  * local subscribers this turn, observed once the turn's writes are done
@@ -1533,6 +1530,18 @@ typedef struct {
     char id[];
 } presence_ask_t;
 
+#ifdef SL_CRASHPOINTS
+uint32_t sl_presence_walk_unit(void)
+{
+    static uint32_t unit;
+    if (unit == 0) {
+        const char *v = getenv("SL_PRESENCE_WALK_UNIT");
+        unit = v && atoi(v) > 0 ? (uint32_t)atoi(v) : 1024;
+    }
+    return unit;
+}
+#endif
+
 static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
 {
     presence_ask_t *p = arg;
@@ -2061,7 +2070,7 @@ static void on_presence(const sl_inbox_presence_t *p, void *arg)
 
 static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
 {
-    (void)arg;
+    (void)arg; /* (the presence walk's counter) */
     missed_t x = {note, index};
     if (note == NULL || note->chan_hash == 0)
         sl_cidx_foreach(close_entry, &x); /* lost: which channel is not known */
@@ -2073,20 +2082,11 @@ static void on_missed(const sl_inbox_note_t *note, uint64_t index, void *arg)
  * the frames it queued (counted in the drain's turn bound). */
 static uint64_t check_missed(sl_inbox_t *in, uint64_t upto)
 {
-    if (!missed_started) {
-        /* Notes from before we started were for our predecessor. */
-        missed_seen = uatomic_read(&in->missed_n);
-        missed_started = true;
-    }
     /* Presence losses in their place: after the join / leave entries
-     * queued before them (review rh15 H1).  What a predecessor left is
-     * looked at too (presence_seen starts at 0), not wiped: its slots'
-     * horizons are below every subscription of ours, and a wipe could
-     * take losses noted for ours before we had the lock (review ri15 R4). */
+     * queued before them (review rh15 H1).  The start policy (what a
+     * predecessor left) is sl_inbox_look's (reviews ri15 R4, rm15 N1). */
     presence_walk_t w = {NULL, 0};
-    sl_inbox_presence(in, &presence_seen, upto, &presence_next, on_presence, &w);
-    if (uatomic_read(&in->missed_n) != missed_seen)
-        sl_inbox_missed(in, &missed_seen, upto, on_missed, NULL);
+    sl_inbox_look(in, &reader, upto, &(sl_inbox_look_fns_t){on_presence, on_missed, &w});
     return w.frames;
 }
 
@@ -2129,10 +2129,10 @@ size_t sl_pubsub_drain(void)
         sl_chan_msg_unref(REG, e.msg);
         n++;
     }
-    uint64_t upto;
-    if (sl_inbox_drained(in, &upto)) {
-        check_missed(in, upto); /* skips after everything we have (review ri15 R1) */
-    } else {
+    /* Skips after everything we have, up to the tail seen empty (reviews
+     * ri15 R1, rm15 N2: the decision is the inbox's, where a test runs it). */
+    presence_walk_t w = {NULL, 0};
+    if (!sl_inbox_look_drained(in, &reader, &(sl_inbox_look_fns_t){on_presence, on_missed, &w})) {
         /* Stopped at a bound: another turn soon, after this one's writes. */
         uint64_t one = 1;
         if (write(sl_wake_fds[sl_conns.id], &one, sizeof(one)) < 0) {

@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from authkit import ask, keys, recv, send, upgrade  # noqa: F401
 from conftest import CRASH_BIN, SLOW, wait_for
 from test_permissions import on_worker
@@ -551,6 +553,34 @@ def test_pipelined_presence_and_history_all_answered(server_factory):
 
 
 
+def tick_among_replies(srv, pub, asker, request, check):
+    """Send 40 of `request` at once, and another connection's publish to
+    "tick" (which asker is subscribed to), while worker 0 is stopped; then
+    how many replies (`check`ed) came before that message."""
+    from wsraw import OP_TEXT, frame
+    batch = b"".join(frame(OP_TEXT, json.dumps(request).encode()) for _ in range(40))
+    pid = srv.stats()["workers"][0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        asker.send(batch)
+        time.sleep(0.2)
+        send(pub, type="publish", **{"channel-id": "tick", "data": "t"})
+        time.sleep(0.3)  # both in the socket buffers before the worker goes on
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    asker.sock.settimeout(30 * SLOW)
+    replies, tick_after = 0, None
+    while replies < 40 or tick_after is None:
+        m = recv(asker)
+        if m["type"] == request["type"] + "-result":
+            check(m)
+            replies += 1
+        elif m.get("channel-id") == "tick":
+            tick_after = replies
+    assert recv(pub)["success"]
+    return tick_after
+
+
 def test_a_charged_batch_is_spread_over_turns(server_factory):
     """Review rf15 F4: the test above cannot fail (its requests charge
     next to nothing).  Here each history request copies 500 messages: it
@@ -572,32 +602,47 @@ def test_a_charged_batch_is_spread_over_turns(server_factory):
     for _ in range(600):
         r = recv(pub)
         assert r["success"], r
-    from wsraw import OP_TEXT, frame
-    batch = b"".join(frame(OP_TEXT, json.dumps({"type": "history", "channel-id": "big",
-                                                "limit": 500}).encode()) for _ in range(40))
-    pid = srv.stats()["workers"][0]["pid"]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        asker.send(batch)
-        time.sleep(0.2)
-        send(pub, type="publish", **{"channel-id": "tick", "data": "t"})
-        time.sleep(0.3)  # both in the socket buffers before the worker goes on
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    asker.sock.settimeout(30 * SLOW)
-    replies, tick_after = 0, None
-    while replies < 40 or tick_after is None:
-        m = recv(asker)
-        if m["type"] == "history-result":
-            assert m["success"] and len(m["publications"]) == 500, m
-            replies += 1
-        elif m.get("channel-id") == "tick":
-            tick_after = replies
-    assert recv(pub)["success"]
+
+    def check(m):
+        assert m["success"] and len(m["publications"]) == 500, m
+    tick_after = tick_among_replies(srv, pub, asker, {"type": "history", "channel-id": "big",
+                                                      "limit": 500}, check)
     # Two replies a turn; the publish may be read a turn late on a loaded
     # machine (its bytes came last), so allow a few turns.
     assert tick_after <= 10, f"the other connection's message came after {tick_after} replies"
     for ws in (asker, pub):
+        ws.close()
+
+
+@pytest.mark.parametrize("kind", ["presence", "presence-stats"])
+def test_a_charged_presence_batch_is_spread_over_turns(server_factory, kind):
+    """Review rm15 N3: the presence walks' charges (members walked /
+    SL_PRESENCE_WALK_UNIT) tested as the history charge is above.  The
+    crash build takes the unit from SL_PRESENCE_WALK_UNIT (1 here), so a
+    channel of 40 subscribers charges each `presence` / `presence-stats`
+    40 messages of the asker's turn budget (64): two a turn, a batch of
+    40 in 20 turns, and another connection's message (drained at the end
+    of the first turn) comes among the first replies.  Uncharged, the
+    batch goes in one turn and the message comes after all 40."""
+    srv = server_factory("--max-outbound-bytes", "256M", workers=1, binary=CRASH_BIN,
+                         env={"SL_PRESENCE_WALK_UNIT": "1"})
+    pub, asker = on_worker(srv, 0), on_worker(srv, 0)
+    sub(asker, "big")
+    sub(asker, "tick")
+    members = [on_worker(srv, 0) for _ in range(39)]
+    for ws in members:
+        sub(ws, "big")
+
+    def check(m):
+        assert m["success"], m
+        if kind == "presence":
+            assert len(m["clients"]) == 40, m
+        else:
+            assert m["num-clients"] == 40, m
+    tick_after = tick_among_replies(srv, pub, asker, {"type": kind, "channel-id": "big"}, check)
+    # Two replies a turn; a few turns of slack for a loaded machine.
+    assert tick_after <= 10, f"the other connection's message came after {tick_after} replies"
+    for ws in [asker, pub] + members:
         ws.close()
 
 
