@@ -1540,6 +1540,16 @@ uint32_t sl_presence_walk_unit(void)
     }
     return unit;
 }
+
+uint32_t sl_presence_page_walk(void)
+{
+    static uint32_t walk;
+    if (walk == 0) {
+        const char *v = getenv("SL_PRESENCE_PAGE_WALK");
+        walk = v && atoi(v) > 0 ? (uint32_t)atoi(v) : SL_PRESENCE_WALK_MAX;
+    }
+    return walk;
+}
 #endif
 
 static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
@@ -1659,12 +1669,12 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
      * must stay under the bound on one reply (docs/protocol.md). */
     presence_t p = {json_object(), 0, (uint32_t)SL_MIN(limit, SL_PRESENCE_PAGE_MAX), 0,
                     sl_conn_reply_max() / 2, 0, false};
-    /* One request walks at most SL_PRESENCE_WALK_MAX nodes, those skipped
+    /* One request walks at most SL_PRESENCE_PAGE_WALK nodes, those skipped
      * to reach its cursor included (review rf15 F5): the list is walked
      * from its head, so no later cursor could reach past that depth -
      * the page so far, truncated, and no next-cursor. */
     bool cut;
-    sl_conn_charge(c, sl_chan_members_max(ch, cursor, SL_PRESENCE_WALK_MAX, &cut, presence_cb,
+    sl_conn_charge(c, sl_chan_members_max(ch, cursor, SL_PRESENCE_PAGE_WALK, &cut, presence_cb,
                                           &p) / SL_PRESENCE_WALK_UNIT);
     json_t *r = json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result", "channel-id",
                           id, len, "success", 1, "clients", p.clients, "next-cursor",

@@ -3,7 +3,7 @@ in /stats workers[i] presence-events (and /metrics
 sente_lite_presence_events_total), not in delivered, which counts channel
 messages only."""
 from authkit import recv, send  # noqa: F401
-from conftest import SLOW, wait_for
+from conftest import CRASH_BIN, SLOW, wait_for
 from test_permissions import on_worker
 from test_presence import events, metric, reply, sub
 
@@ -36,4 +36,49 @@ def test_join_leave_counted_apart_from_delivered(server_factory):
     assert w["presence-events"] == base["presence-events"] + 3, w
     assert metric(srv, 'sente_lite_presence_events_total{worker="0"}') == w["presence-events"]
     for ws in (watcher, joiner):
+        ws.close()
+
+
+def test_presence_request_walk_is_bounded(server_factory):
+    """Review rf15 F5: one presence request walks at most a bound of
+    subscriber nodes, skipped ones included (SL_PRESENCE_WALK_MAX; the crash
+    build takes it from SL_PRESENCE_PAGE_WALK: 5 here).  Eight subscribers,
+    pages of 2: the newest five are listed, the page reaching the bound
+    ends with truncated and no next-cursor; a far cursor gets an empty
+    truncated page (it walked five nodes, not eight)."""
+    srv = server_factory(workers=1, binary=CRASH_BIN, env={"SL_PRESENCE_PAGE_WALK": "5"})
+    subs = []
+    for _ in range(8):
+        ws = on_worker(srv, 0)
+        sub(ws, "room")
+        subs.append(ws)
+    q = subs[0]
+    seen, cursor, pages = [], None, []
+    while True:
+        msg = {"type": "presence", "channel-id": "room", "limit": 2}
+        if cursor is not None:
+            msg["cursor"] = cursor
+        r = reply(q, "presence-result", **msg)
+        assert r["success"], r
+        pages.append(r)
+        seen += list(r["clients"])
+        cursor = r["next-cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 5, pages
+    assert pages[-1].get("truncated") is True and len(pages[-1]["clients"]) == 1, pages
+    assert all("truncated" not in p for p in pages[:-1]), pages
+    far = reply(q, "presence-result", type="presence", **{"channel-id": "room", "cursor": 1})
+    assert far["clients"] == {} and far["next-cursor"] is None and far["truncated"] is True, far
+    # Within the bound nothing is truncated.
+    subs[-1].close()
+    for ws in subs[1:4]:
+        assert reply(ws, "unsubscription-result", type="unsubscribe",
+                     **{"channel-id": "room"})["success"]
+    wait_for(lambda: len(reply(q, "presence-result", type="presence",
+                               **{"channel-id": "room"})["clients"]) == 4,
+             timeout=10 * SLOW, what="four left")
+    r = reply(q, "presence-result", type="presence", **{"channel-id": "room"})
+    assert "truncated" not in r and r["next-cursor"] is None, r
+    for ws in subs[:-1]:
         ws.close()
