@@ -296,6 +296,11 @@ void sl_chan_subscribers(sl_chan_t *c, void (*fn)(const char *conn_id, void *arg
  * `before` included: what the walk cost). */
 uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
                          int (*fn)(const sl_sub_t *s, void *arg), void *arg);
+/* The same, walking at most max_walk nodes (skipped ones included: review
+ * rf15 F5); *cut (may be NULL) tells whether it stopped there with nodes
+ * left to walk. */
+uint32_t sl_chan_members_max(const sl_chan_t *c, uint64_t before, uint32_t max_walk, bool *cut,
+                             int (*fn)(const sl_sub_t *s, void *arg), void *arg);
 
 /* Connections and distinct users (anonymous ones are not users) among the
  * subscribers, lock-free.  Walks at most max_walk entries: returns false

@@ -160,6 +160,8 @@ void sl_inbox_unlock(sl_inbox_t *in);
 int sl_inbox_trylock(sl_inbox_t *in);
 /* Room for n more entries? (counts a refusal when not) */
 bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n);
+/* The same, counting nothing (a join / leave: review r15 L6). */
+bool sl_inbox_room(const sl_inbox_t *in, uint32_t n);
 /* Record the push of e (room checked); `commit` points at the hand-off's
  * commit flag (non-zero: committed), NULL for a push committed by itself. */
 void sl_inbox_prepare(sl_inbox_t *in, const sl_inbox_entry_t *e, const uint32_t *commit);

@@ -46,6 +46,15 @@ uint32_t sl_presence_walk_unit(void);
 #else
 #define SL_PRESENCE_WALK_UNIT 1024
 #endif
+/* presence: the subscriber nodes one request walks at most, skipped ones
+ * included (review rf15 F5): SL_PRESENCE_WALK_MAX; the crash build takes
+ * it from the environment (SL_PRESENCE_PAGE_WALK=n) so a test reaches it. */
+#ifdef SL_CRASHPOINTS
+uint32_t sl_presence_page_walk(void);
+#define SL_PRESENCE_PAGE_WALK sl_presence_page_walk()
+#else
+#define SL_PRESENCE_PAGE_WALK SL_PRESENCE_WALK_MAX
+#endif
 /* A worker's inbox drain stops for the turn after queuing this many frames
  * (or SL_INBOX_CAP entries); the rest waits for the next turn. */
 #define SL_DRAIN_FRAMES_MAX 262144

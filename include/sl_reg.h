@@ -156,6 +156,8 @@ typedef struct {
     uint64_t woken;       /* workers handed a leave since the caller last cleared it */
     uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
     uint32_t aside_pass;  /* set aside in the current subscriptions pass */
+    uint32_t aside_last;  /* set aside in the last finished pass: still to remove (/stats) */
+    uint32_t sub_passes;  /* subscriptions passes finished (/stats, telemetry: review rf15 F3) */
     bool subs_again;      /* the subscriptions pass again after the users phase */
     /* Called with each of the dead worker's subscriptions before it is
      * removed (again if its removal is retried): --redis, its presence

@@ -151,6 +151,7 @@ typedef struct {
     uint64_t missed_closes; /* subscribers closed 1013: their messages skipped our full inbox */
     uint64_t presence_resyncs; /* presence-resync notices: a join / leave skipped our full inbox */
     uint64_t presence_resync_failed; /* ... that could not be built: closed 1013 instead */
+    uint64_t presence_events; /* join / leave frames queued to local subscribers (not in delivered) */
     /* Written by the master's watchdog (kept across respawns except stalled). */
     uint32_t stalled;         /* 1 while the worker makes no progress of its own */
     uint32_t blocked_by;      /* 1 + the reader slot (a worker's id, 64 the master) of the
@@ -161,6 +162,11 @@ typedef struct {
      * worker's record names (its reader slot stays online meanwhile). */
     int64_t cleanup_wait_since_ms; /* wall ms the wait began (0: none) */
     uint32_t cleanup_blocked_by;   /* 1 + the slot holding that lock (0: none known) */
+    /* Its subscriptions the cleanup set aside (a live process held their
+     * channel or inbox lock) in its last pass over them, still to remove,
+     * and the passes it has made (review rf15 F3: a cleanup waiting on
+     * them holds the respawn back). */
+    uint32_t cleanup_set_aside, cleanup_passes;
     uint64_t stalls;          /* times it was found stalled */
     uint64_t stall_kills;     /* times it was killed for staying stalled */
     uint64_t errors[SL_ERR__COUNT];

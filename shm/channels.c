@@ -197,7 +197,7 @@ static void intent_clear_fields(sl_chan_intent_t *in)
 /* hand_off's flags (see there). */
 /* HO_RESERVE (--redis deliveries): leave SL_INBOX_RESERVED entries free in
  * each inbox, for the broker's answers. */
-enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8, HO_RESERVE = 16 };
+enum { HO_ALWAYS = 2, HO_TRY = 4, HO_HEADROOM = 8, HO_RESERVE = 16, HO_PRESENCE = 32 };
 
 static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
                          const sl_inbox_entry_t *tmpl, uint32_t extra_refs,
@@ -334,7 +334,8 @@ static int commit_presence(sl_reg_t *r, sl_chan_t *c, sl_chan_msg_t *m, uint64_t
      * recover a join / leave by - review r15 H2). */
     sl_inbox_note_t note = presence_note(c, in->sub, join);
     bool busy = false;
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, (join ? HO_HEADROOM : HO_ALWAYS) | (try ? HO_TRY : 0),
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note,
+                            (join ? HO_HEADROOM : HO_ALWAYS) | (try ? HO_TRY : 0) | HO_PRESENCE,
                             &busy);
     if (busy || (join && got == 0)) {
         /* Nothing went out.  The record is dropped before the message is
@@ -562,13 +563,26 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t
 uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
                          int (*fn)(const sl_sub_t *s, void *arg), void *arg)
 {
+    return sl_chan_members_max(c, before, UINT32_MAX, NULL, fn, arg);
+}
+
+uint32_t sl_chan_members_max(const sl_chan_t *c, uint64_t before, uint32_t max_walk, bool *cut,
+                             int (*fn)(const sl_sub_t *s, void *arg), void *arg)
+{
     uint32_t n = 0;
+    if (cut)
+        *cut = false;
     if (CMM_LOAD_SHARED(c->deleted))
         return 0;
     /* Dependency-ordered loads: a node's fields are seen as they were
      * written before the store that published it. */
     for (const sl_sub_t *s = rcu_dereference(((sl_chan_t *)c)->subs); s;
          s = rcu_dereference(((sl_sub_t *)s)->next)) {
+        if (n == max_walk) { /* the request's walk budget (review rf15 F5) */
+            if (cut)
+                *cut = true;
+            break;
+        }
         n++; /* walked: skipped ones cost the same (the caller charges it) */
         if (before && s->sub_no >= before)
             continue;
@@ -820,6 +834,7 @@ static uint32_t subscribers_on(sl_reg_t *r, sl_chan_t *c, uint64_t workers)
  * HO_ALWAYS (a leave, which is never refused): with no room anywhere - or
  * no message at all (m NULL: no memory for it) - it still commits, with no
  * push, every target given the note; m (refs 0) is the caller's to free.
+ * HO_PRESENCE (a join or leave): a full inbox is not counted as a refusal.
  * A process killed before 4 leaves recorded pushes that recovery drops; at
  * or after 4, pushes that recovery makes.  Returns the workers that got m;
  * the caller must not read m afterwards (the references are theirs). */
@@ -847,7 +862,13 @@ static uint64_t hand_off(sl_reg_t *r, sl_chan_intent_t *in, sl_chan_msg_t *m,
         }
         if ((flags & HO_HEADROOM) && sl_inbox_depth(r->inboxes[w]) > SL_INBOX_CAP / 2)
             continue; /* crowded: noted below (the room is kept for publications) */
-        if (m && sl_inbox_has_room(r->inboxes[w], room))
+        /* A full inbox counts in its `refused` (/stats inbox-skipped) for
+         * publications only: a join / leave that finds it full is a
+         * presence note (counted as presence-coalesced / -overflows), and
+         * the master's cleanup retries its leaves every few ms (review
+         * r15 L6). */
+        if (m && ((flags & HO_PRESENCE) ? sl_inbox_room(r->inboxes[w], room)
+                                        : sl_inbox_has_room(r->inboxes[w], room)))
             push |= (uint64_t)1 << w;
     }
     SL_CRASHPOINT("handoff.locked");

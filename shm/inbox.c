@@ -99,12 +99,17 @@ void sl_inbox_unlock(sl_inbox_t *in)
     sl_lock_release(&in->lock);
 }
 
-bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n)
+bool sl_inbox_room(const sl_inbox_t *in, uint32_t n)
 {
     /* Acquire: the slots we then overwrite were handed back by this head
      * store (the consumer's copy out of them is done). */
     uint64_t head = __atomic_load_n(&in->head, __ATOMIC_ACQUIRE);
-    if (in->tail - head + n <= SL_INBOX_CAP)
+    return in->tail - head + n <= SL_INBOX_CAP;
+}
+
+bool sl_inbox_has_room(sl_inbox_t *in, uint32_t n)
+{
+    if (sl_inbox_room(in, n))
         return true;
     uatomic_add(&in->refused, 1);
     return false;

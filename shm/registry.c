@@ -249,6 +249,10 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                 job->cursor++;
         }
         job->cursor = 0;
+        if (job->phase == PH_SUBS) {
+            job->sub_passes++;
+            job->aside_last = job->aside_pass;
+        }
         if (job->phase == PH_SUBS && job->aside_pass) {
             job->aside_pass = 0;
             if (job->subs_again) {

@@ -801,8 +801,11 @@ static bool cleanup_turn(slot_t *s, int i)
         if ((s->job.woken & 1) && write(sl_wake_fds[w], &one, sizeof(one)) < 0) {
         } /* a full eventfd counter still means "woken" */
     }
-    if (i >= 0)
+    if (i >= 0) {
         note_cleanup_wait(i);
+        uatomic_set(&sl_shm->workers[i].cleanup_set_aside, s->job.aside_last);
+        uatomic_set(&sl_shm->workers[i].cleanup_passes, s->job.sub_passes);
+    }
     if (rc == SL_AGAIN) {
         /* More to do: right after the loop has looked at the listener
          * again; a little later if a live process held a channel lock. */
@@ -832,6 +835,8 @@ static void cleanup_cb(evutil_socket_t fd, short what, void *arg)
                SL_TF_I("busy-retries", s->job.busy - s->job.dead_waits),
                SL_TF_I("dead-lock-waits", s->job.dead_waits),
                SL_TF_I("dead-lock-wait-ms", s->cleanup_waited_ms),
+               SL_TF_I("set-aside", s->job.set_aside),
+               SL_TF_I("subscription-passes", s->job.sub_passes),
                SL_TF_S("reason", "worker died"));
     sl_tel_flush();
 }

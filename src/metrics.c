@@ -289,6 +289,8 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
                "presence-resync notices: a join or leave skipped the worker's full inbox.");
     per_worker(&o, workers, "presence_resync_failed_total", "counter", "presence-resync-failed",
                "presence-resync notices that could not be built (subscriber closed 1013).");
+    per_worker(&o, workers, "presence_events_total", "counter", "presence-events",
+               "join / leave frames queued to the worker's subscribers (not in delivered_total).");
     per_worker(&o, workers, "presence_coalesced_total", "counter", "presence-coalesced",
                "Joins / leaves skipping the worker's inbox folded into a pending resync.");
     per_worker(&o, workers, "presence_overflows_total", "counter", "presence-overflows",
@@ -303,6 +305,9 @@ char *sl_metrics_text(json_t *stats, json_t *health, bool healthy)
     per_worker(&o, workers, "worker_cleanup_wait_ms", "gauge", "cleanup-wait-ms",
                "Dead worker: ms its cleanup has waited for a lock its record names "
                "(its reader slot holds reclamation back meanwhile), 0 when none.");
+    per_worker(&o, workers, "worker_cleanup_set_aside", "gauge", "cleanup-set-aside",
+               "Dead worker: subscriptions its cleanup set aside (a live process held "
+               "their lock) in its last pass, still to remove.");
     per_worker(&o, workers, "http_requests_total", "counter", "http-requests",
                "HTTP requests handled.");
     per_worker(&o, workers, "connections_accepted_total", "counter", "accepted-connections",

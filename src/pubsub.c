@@ -1540,6 +1540,16 @@ uint32_t sl_presence_walk_unit(void)
     }
     return unit;
 }
+
+uint32_t sl_presence_page_walk(void)
+{
+    static uint32_t walk;
+    if (walk == 0) {
+        const char *v = getenv("SL_PRESENCE_PAGE_WALK");
+        walk = v && atoi(v) > 0 ? (uint32_t)atoi(v) : SL_PRESENCE_WALK_MAX;
+    }
+    return walk;
+}
 #endif
 
 static void presence_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
@@ -1659,11 +1669,19 @@ void sl_pubsub_presence(sl_conn_t *c, json_t *msg)
      * must stay under the bound on one reply (docs/protocol.md). */
     presence_t p = {json_object(), 0, (uint32_t)SL_MIN(limit, SL_PRESENCE_PAGE_MAX), 0,
                     sl_conn_reply_max() / 2, 0, false};
-    sl_conn_charge(c, sl_chan_members(ch, cursor, presence_cb, &p) / SL_PRESENCE_WALK_UNIT);
-    sl_proto_reply(c, json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result",
-                                "channel-id", id, len, "success", 1, "clients", p.clients,
-                                "next-cursor",
-                                p.more ? json_integer((json_int_t)p.last) : json_null()));
+    /* One request walks at most SL_PRESENCE_PAGE_WALK nodes, those skipped
+     * to reach its cursor included (review rf15 F5): the list is walked
+     * from its head, so no later cursor could reach past that depth -
+     * the page so far, truncated, and no next-cursor. */
+    bool cut;
+    sl_conn_charge(c, sl_chan_members_max(ch, cursor, SL_PRESENCE_PAGE_WALK, &cut, presence_cb,
+                                          &p) / SL_PRESENCE_WALK_UNIT);
+    json_t *r = json_pack("{s:s, s:s%, s:b, s:o, s:o}", "type", "presence-result", "channel-id",
+                          id, len, "success", 1, "clients", p.clients, "next-cursor",
+                          p.more ? json_integer((json_int_t)p.last) : json_null());
+    if (r && cut)
+        json_object_set_new(r, "truncated", json_true());
+    sl_proto_reply(c, r);
 }
 
 void sl_pubsub_presence_stats(sl_conn_t *c, json_t *msg)
@@ -1845,7 +1863,9 @@ static uint64_t deliver(sl_chan_msg_t *m, uint64_t exclude_conn)
         }
     }
     sl_buf_unref(b);
-    uatomic_add(&sl_conns.stats->delivered, n);
+    /* A join / leave (horizon set) is not a channel message: counted
+     * apart (review r15 L6).  Both are in messages-out (every frame). */
+    uatomic_add(m->horizon ? &sl_conns.stats->presence_events : &sl_conns.stats->delivered, n);
     latency_note(m->published_us, n);
     if (sl_conns.trace_fd >= 0)
         trace_note(false, m->seq, m->published_us, sl_mono_us(), (uint32_t)n);

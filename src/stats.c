@@ -195,6 +195,8 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
                         json_integer((json_int_t)uatomic_read(&w->presence_resyncs)));
     json_object_set_new(o, "presence-resync-failed",
                         json_integer((json_int_t)uatomic_read(&w->presence_resync_failed)));
+    json_object_set_new(o, "presence-events",
+                        json_integer((json_int_t)uatomic_read(&w->presence_events)));
     json_object_set_new(o, "presence-coalesced",
                         json_integer((json_int_t)uatomic_read(&ib->coalesced)));
     json_object_set_new(o, "presence-overflows",
@@ -229,6 +231,10 @@ static void worker_figures(uint32_t i, totals_t *t, json_t **doc)
     json_object_set_new(o, "cleanup-blocked-by", cw_ms > 0 && cby >= 1 && cby <= SL_REG_BROKER_SLOT + 1
                                                      ? json_integer((json_int_t)cby - 1)
                                                      : json_null());
+    json_object_set_new(o, "cleanup-set-aside",
+                        json_integer((json_int_t)uatomic_read(&w->cleanup_set_aside)));
+    json_object_set_new(o, "cleanup-passes",
+                        json_integer((json_int_t)uatomic_read(&w->cleanup_passes)));
     if (cw > 0 && pid == 0 && cw_ms >= sl_conf->worker_stall_kill_ms && t->stuck)
         json_array_append_new(t->stuck, json_integer((json_int_t)i));
     uint64_t bin = CMM_LOAD_SHARED(w->bytes_in), bout = CMM_LOAD_SHARED(w->bytes_out),

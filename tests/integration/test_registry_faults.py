@@ -846,3 +846,43 @@ def test_failed_local_copy_closes_1013_not_a_gap(server_factory):
     assert 1013 in sb.closes
     assert sb.seqs == list(range(1, total + 1))  # no gap
     assert srv.stats()["workers"][1]["missed-disconnects"] >= 1
+
+
+def test_cleanup_set_aside_subscriptions_are_shown(server_factory):
+    """Review rf15 F3 (visibility): worker 2 stops in a hand-off holding
+    hot's lock (armed SL_CRASH_ARM=2:handoff.locked:1:stop); worker 1,
+    subscribed to hot, is SIGKILLed.  The master's cleanup of worker 1 sets
+    that subscription aside (the lock is busy, never waited for) and passes
+    over the subscriptions again and again: /stats workers[1] shows
+    cleanup-set-aside 1 and the passes (and /metrics the gauge) while it
+    waits.  Worker 2 continued, the cleanup ends: 0, and its
+    connection-removed record counts set-aside and subscription-passes."""
+    srv = server_factory("--worker-stall-ms", "30000", "--worker-stall-kill-ms", "60000",
+                         workers=3, binary=CRASH_BIN,
+                         env={"SL_CRASH_ARM": "2:handoff.locked:1:stop"})
+    pids = srv.worker_pids()
+    b, c = Blaster(srv.port, 1), Blaster(srv.port, 2)
+    b.send_all([frame({"type": "subscribe", "channel-id": "hot"})])
+    wait_for(lambda: b.count(b'"subscription-result"') == 1, what="subscribed on worker 1")
+    c.send_all([frame({"type": "publish", "channel-id": "hot", "data": "from-2"})])
+    wait_for(lambda: is_stopped(pids[2]), what="worker 2 stopped in its hand-off")
+    os.kill(pids[1], signal.SIGKILL)
+    try:
+        def waiting():
+            w1 = srv.stats()["workers"][1]
+            return w1["cleanup-set-aside"] == 1 and w1["cleanup-passes"] >= 2
+        wait_for(waiting, timeout=20 * SLOW, what="worker 1's cleanup shown with one set aside")
+        _, text, _ = srv.request("GET", "/metrics")
+        assert 'sente_lite_worker_cleanup_set_aside{worker="1"} 1' in text.decode()
+        assert worker_pid(srv, 1) in (0, pids[1])  # not respawned while it waits
+    finally:
+        os.kill(pids[2], signal.SIGCONT)
+    wait_for(lambda: worker_pid(srv, 1) not in (0, pids[1]), timeout=20 * SLOW,
+             what="worker 1's cleanup done and worker 1 replaced")
+    assert srv.stats()["workers"][1]["cleanup-set-aside"] == 0
+    wait_for(lambda: any(e.get("worker") == 1 for e in log_events(srv, "connection-removed")),
+             timeout=10 * SLOW, what="the cleanup's record")
+    rec = [e for e in log_events(srv, "connection-removed") if e.get("worker") == 1][0]
+    assert rec["set-aside"] >= 1 and rec["subscription-passes"] >= 2, rec
+    b.close()
+    c.close()

@@ -466,8 +466,12 @@ static void test_join_leave_full_and_cleanup(void)
     while (sl_inbox_has_room(R->inboxes[0], 1))
         sl_chan_publish(R, f, &p, &r);
     uint64_t missed = R->inboxes[0]->missed_n;
+    uint64_t refused = R->inboxes[0]->refused;
     SL_CHECK_INT(sl_chan_unsubscribe(R, c, "conn-b", 0, NULL, &n), SL_OK);
     SL_CHECK_INT(n, 1);
+    /* Not a publication that skipped it: inbox-skipped unchanged (review
+     * r15 L6; the presence set counts it). */
+    SL_CHECK_INT(R->inboxes[0]->refused, refused);
     /* A presence loss (reviews r15 H2, rg15 G1): not in the missed ring
      * (nothing to close anybody for) but in the presence set: worker 0
      * tells its subscribers up to the horizon (all of them: 2 subscribes
@@ -513,11 +517,13 @@ static void test_join_leave_full_and_cleanup(void)
     while (sl_inbox_has_room(R->inboxes[0], 1))
         sl_chan_publish(R, f, &p, &r);
     missed = R->inboxes[0]->missed_n;
+    refused = R->inboxes[0]->refused;
     uint64_t folded = R->inboxes[0]->coalesced;
     sl_reg_cleanup_start(&job, 1);
     while (sl_reg_cleanup_step(R, &job, 2) == SL_AGAIN)
         sl_qsbr_quiescent(&R->qsbr, 0);
     SL_CHECK_INT(c->subscribers, 2);
+    SL_CHECK_INT(R->inboxes[0]->refused, refused); /* the master's leaves neither */
     SL_CHECK_INT(R->inboxes[0]->missed_n, missed);
     SL_CHECK_INT(R->inboxes[0]->coalesced, folded + 2);
     px.n = 0;
@@ -571,6 +577,10 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK(job.set_aside >= 1);
     SL_CHECK_INT(room->subscribers, 2); /* the busy one waits, nothing half done */
     SL_CHECK(job.subs_again);     /* and the later phases ran meanwhile */
+    /* Shown (/stats cleanup-set-aside, cleanup-passes: review rf15 F3). */
+    SL_CHECK_INT(job.aside_last, 1);
+    SL_CHECK(job.sub_passes >= 1);
+    uint32_t passes = job.sub_passes;
     sl_inbox_unlock(R->inboxes[0]);
     int steps = 0;
     while (sl_reg_cleanup_step(R, &job, 8) == SL_AGAIN && steps < 1000) {
@@ -580,6 +590,8 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK(steps < 1000);
     SL_CHECK_INT(room->subscribers, 1);
     SL_CHECK_INT(job.removed_subs, 25);
+    SL_CHECK_INT(job.aside_last, 0);
+    SL_CHECK(job.sub_passes > passes);
     SL_CHECK_INT(job.woken, 1);
     char b[512];
     int leaves = 0;
@@ -632,6 +644,19 @@ static void test_presence(void)
     members_t m3 = {0};
     SL_CHECK_INT(sl_chan_members(c, m2.last, member_cb, &m3), 4); /* all walked, none listed */
     SL_CHECK_INT(m3.n, 0);
+    /* A request's walk budget (review rf15 F5): at most max_walk nodes,
+     * skipped ones included, and *cut when nodes were left. */
+    members_t m4 = {0};
+    bool cut = false;
+    SL_CHECK_INT(sl_chan_members_max(c, m.last, 3, &cut, member_cb, &m4), 3);
+    SL_CHECK(cut);
+    SL_CHECK_INT(m4.n, 1); /* two skipped, one listed */
+    SL_CHECK_STR(m4.ids[0], "conn-2/u1/[1]");
+    members_t m5 = {0};
+    SL_CHECK_INT(sl_chan_members_max(c, 0, 4, &cut, member_cb, &m5), 3); /* fn stopped it */
+    SL_CHECK(!cut);
+    SL_CHECK_INT(sl_chan_members_max(c, m2.last, 4, &cut, member_cb, &m5), 4); /* the end */
+    SL_CHECK(!cut);
     uint32_t clients, users;
     SL_CHECK(sl_chan_presence_counts(c, 1000, &clients, &users));
     SL_CHECK_INT(clients, 4);
