@@ -1562,25 +1562,39 @@ static void on_channel_message(bchan_t *ch, const char *p, size_t n)
 
 /* "J<origin>\n<exclude>\n<json>": a join or leave on the channel (no seq),
  * in order with its messages: held during a catch-up, behind a backlog. */
+/* "<kind><origin>\n<exclude>\n<json>" (a join/leave, an rpc-request): the
+ * json, and the connection to leave out - only when this node is the
+ * origin (0: none).  False when malformed. */
+static bool split_origin(const char *p, size_t n, uint64_t *exclude, const char **json)
+{
+    const char *end = p + n, *o = p + 1;
+    const char *x = memchr(o, '\n', (size_t)(end - o));
+    if (x == NULL)
+        return false;
+    x++;
+    const char *j = memchr(x, '\n', (size_t)(end - x));
+    if (j == NULL)
+        return false;
+    size_t nl = strlen(B.node);
+    bool origin = (size_t)(x - o - 1) == nl && memcmp(o, B.node, nl) == 0;
+    *exclude = origin ? strtoull(x, NULL, 10) : 0;
+    *json = j + 1;
+    return true;
+}
+
 static void on_presence_message(bchan_t *ch, const char *p, size_t n)
 {
-    const char *end = p + n, *o = p + 1, *x, *j;
-    x = memchr(o, '\n', (size_t)(end - o));
-    if (x == NULL)
+    const char *end = p + n, *j;
+    uint64_t exclude;
+    if (!split_origin(p, n, &exclude, &j))
         return;
-    x++;
-    j = memchr(x, '\n', (size_t)(end - x));
-    if (j == NULL)
-        return;
-    j++;
     size_t jl = (size_t)(end - j);
     bmsg_t *m = malloc(sizeof(*m) + jl + 1);
     if (m == NULL)
         return;
-    bool origin = (size_t)(x - o - 1) == strlen(B.node) && memcmp(o, B.node, strlen(B.node)) == 0;
     m->next = NULL;
     m->presence = true;
-    m->exclude = origin ? strtoull(x, NULL, 10) : 0;
+    m->exclude = exclude;
     m->seq = ch->last;
     snprintf(m->epoch, sizeof(m->epoch), "%s", ch->epoch);
     m->received_us = sl_mono_us();
@@ -1596,17 +1610,10 @@ static void on_presence_message(bchan_t *ch, const char *p, size_t n)
 /* "R<origin>\n<exclude>\n<json>": an rpc-request for the channel's subscribers. */
 static void on_rpc_request(bchan_t *ch, const char *p, size_t n)
 {
-    const char *end = p + n, *o = p + 1, *x, *j;
-    x = memchr(o, '\n', (size_t)(end - o));
-    if (x == NULL)
+    const char *end = p + n, *j;
+    uint64_t exclude;
+    if (!split_origin(p, n, &exclude, &j))
         return;
-    x++;
-    j = memchr(x, '\n', (size_t)(end - x));
-    if (j == NULL)
-        return;
-    j++;
-    bool origin = (size_t)(x - o - 1) == strlen(B.node) && memcmp(o, B.node, strlen(B.node)) == 0;
-    uint64_t exclude = origin ? strtoull(x, NULL, 10) : 0;
     sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
     if (lc == NULL)
         return;
