@@ -116,13 +116,15 @@ static void wait_end(void)
 /* Block until l is ours (0 or EOWNERDEAD), calling the wait hook (when
  * there is one) every 50 ms of CLOCK_MONOTONIC.
  *
- * The wait is re-armed every 50 ms even without a hook: a release wakes
- * ONE waiter, and if that waiter is killed (the master's stall watch, a
- * crash) after the kernel woke it and before it took the lock, the wake-up
- * is lost - the lock reads free and the other waiters would sleep in the
- * kernel for ever (the kernel's robust-list handling covers a dead owner,
- * not a dead woken waiter).  Re-armed, a lost wake-up costs a waiter at
- * most 50 ms; the uncontended path never gets here. */
+ * The wait is re-armed every 50 ms even without a hook, so that no lost
+ * wake-up - whatever its cause: a release wakes ONE waiter, and a waiter
+ * killed (the stall watch, a crash) after it was woken and before it took
+ * the lock takes that wake-up with it unless the kernel hands it on (recent
+ * kernels' futex exit handling is meant to; we do not depend on it) - can
+ * leave the other waiters asleep on a free lock for ever.  Re-armed, it
+ * costs a waiter at most 50 ms; the uncontended path never gets here.
+ * test_access once hung 17 minutes on a free lock under load; the cause
+ * was not proven - this makes any such hang a 50 ms delay. */
 static int wait_for(sl_lock_t *l)
 {
     for (;;) {
