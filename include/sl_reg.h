@@ -142,8 +142,11 @@ int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired);
  * step).  A subscription whose channel or inbox locks are busy is set
  * aside and the pass goes on with the others (review r15 H1: one busy
  * inbox must not hold up every other subscription, the RPC claims and the
- * places per IP / user); the later phases run, then the subscriptions pass
- * again for those set aside, until none is left. */
+ * places per IP / user); the later phases run, then those set aside are
+ * retried by themselves (job->aside, looked up again by hash and sub_no;
+ * whole passes only if more than SL_REG_ASIDE_MAX were set aside), with
+ * the caller's pause between tries, until none is left. */
+#define SL_REG_ASIDE_MAX 256
 typedef struct {
     int worker;
     int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
@@ -156,9 +159,25 @@ typedef struct {
     uint64_t woken;       /* workers handed a leave since the caller last cleared it */
     uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
     uint32_t aside_pass;  /* set aside in the current subscriptions pass */
-    uint32_t aside_last;  /* set aside in the last finished pass: still to remove (/stats) */
-    uint32_t sub_passes;  /* subscriptions passes finished (/stats, telemetry: review rf15 F3) */
+    uint32_t aside_last;  /* still to remove: set aside in the last finished pass, or more
+                           * in the current one (/stats: review rs 5) */
+    uint32_t sub_passes;  /* subscriptions passes finished, whole or over aside[] (/stats, telemetry: review rf15 F3) */
     bool subs_again;      /* the subscriptions pass again after the users phase */
+    /* The subscriptions set aside, to retry by themselves (review rf15 F3
+     * d): not node pointers - the master holds no RCU read lock between
+     * steps, so a stored node may be freed - but the node's hash (its
+     * bucket) and sub_no (unique for the registry's life), looked up again
+     * at each retry.  A pass that sets aside more than SL_REG_ASIDE_MAX
+     * sets aside_full, and the retries are whole passes, as before. */
+    struct {
+        uint64_t hash, sub_no;
+    } aside[SL_REG_ASIDE_MAX];
+    uint32_t aside_n;      /* entries in aside[] */
+    uint32_t aside_cursor; /* next entry a retry tries */
+    bool aside_full;       /* the last whole pass overflowed aside[] */
+    bool whole_pass;       /* the subscriptions phase is a whole pass (else aside[] alone) */
+    uint64_t aside_rounds; /* retries of the list alone (tests, telemetry) */
+    uint64_t buckets;      /* table buckets looked at, all phases (tests) */
     /* Called with each of the dead worker's subscriptions before it is
      * removed (again if its removal is retried): --redis, its presence
      * entry and leave go through the broker (unused since gap17: the master

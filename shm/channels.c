@@ -1192,7 +1192,9 @@ int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_
                             .serial = c->serial,
                             .seq = SL_INBOX_SEQ_PRESENCE,
                             .horizon = c->sub_seq};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, HO_RESERVE, NULL);
+    /* HO_PRESENCE: a remote join / leave that finds an inbox full is a
+     * presence note, not a refusal, as a local one (review rs 3). */
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, HO_RESERVE | HO_PRESENCE, NULL);
     intent_end(in);
     sl_lock_release(&c->lock);
     if (got == 0) {

@@ -814,6 +814,12 @@ static bool cleanup_turn(slot_t *s, int i)
         return false;
     }
     s->cleaning = false;
+    if (i >= 0) {
+        /* Shown while it runs only (review rs 4): the telemetry event
+         * keeps the totals. */
+        uatomic_set(&sl_shm->workers[i].cleanup_set_aside, 0);
+        uatomic_set(&sl_shm->workers[i].cleanup_passes, 0);
+    }
     return true;
 }
 

@@ -564,14 +564,19 @@ static void test_cleanup_sets_busy_aside(void)
     sl_inbox_lock(R->inboxes[0]); /* a publisher handing worker 0 something */
     sl_reg_cleanup_t job;
     sl_reg_cleanup_start(&job, 1);
-    int left = 24;
+    int left = 24, mid_pass = 0;
     for (int k = 0; k < 5000 && (left || !job.subs_again); k++) {
         SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
         sl_qsbr_quiescent(&R->qsbr, 0);
+        if (job.aside_pass) { /* shown at once, not at the pass's end (review rs 5) */
+            mid_pass++;
+            SL_CHECK(job.aside_last >= job.aside_pass);
+        }
         left = 0;
         for (int i = 0; i < 24; i++)
             left += (int)plain[i]->subscribers;
     }
+    SL_CHECK(mid_pass > 0);       /* the first pass took more than one step after it */
     SL_CHECK_INT(left, 0);        /* every other subscription is gone */
     SL_CHECK_INT(job.removed_subs, 24);
     SL_CHECK(job.set_aside >= 1);
@@ -580,6 +585,22 @@ static void test_cleanup_sets_busy_aside(void)
     /* Shown (/stats cleanup-set-aside, cleanup-passes: review rf15 F3). */
     SL_CHECK_INT(job.aside_last, 1);
     SL_CHECK(job.sub_passes >= 1);
+    /* The retries try the set-aside one alone, not a whole table pass
+     * each (review rf15 F3 d; fails with M_ASIDE_UNLISTED). */
+    for (int k = 0; k < 100 && job.aside_rounds == 0; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    SL_CHECK(job.aside_rounds >= 1);
+    SL_CHECK_INT(job.aside_n, 1);
+    uint64_t buckets = job.buckets, rounds = job.aside_rounds;
+    for (int k = 0; k < 20; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    SL_CHECK_INT(job.buckets - buckets, 0);        /* no bucket walked */
+    SL_CHECK_INT(job.aside_rounds - rounds, 20);   /* one try per step */
+    SL_CHECK_INT(job.aside_last, 1);
     uint32_t passes = job.sub_passes;
     sl_inbox_unlock(R->inboxes[0]);
     int steps = 0;
@@ -598,6 +619,47 @@ static void test_cleanup_sets_busy_aside(void)
     while (next_json(0, b, sizeof(b))[0])
         leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
     SL_CHECK_INT(leaves, 1);
+}
+
+/* More set aside than the list holds: the retries are whole passes, as
+ * before the list, and every one is still removed once the lock is free. */
+static void test_cleanup_aside_overflow(void)
+{
+    setup();
+    uint32_t n;
+    enum { NCH = SL_REG_ASIDE_MAX + 44 };
+    for (int i = 0; i < NCH; i++) {
+        char id[32];
+        sl_chan_t *c;
+        snprintf(id, sizeof(id), "jl-%d", i);
+        SL_CHECK_INT(sl_chan_create(R, id, strlen(id), &JL, &c), SL_OK);
+        sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+        drain_all();
+    }
+    sl_inbox_lock(R->inboxes[0]);
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    for (int k = 0; k < 5000 && job.sub_passes < 3; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 64), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    SL_CHECK(job.sub_passes >= 3);
+    SL_CHECK(job.whole_pass); /* the next try: a whole pass again */
+    SL_CHECK_INT(job.aside_rounds, 0); /* no list retry: it could not hold them all */
+    SL_CHECK_INT(job.aside_last, NCH);
+    SL_CHECK_INT(job.removed_subs, 0);
+    sl_inbox_unlock(R->inboxes[0]);
+    int steps = 0;
+    while (sl_reg_cleanup_step(R, &job, 64) == SL_AGAIN && steps < 5000) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        drain_all();
+        steps++;
+    }
+    SL_CHECK(steps < 5000);
+    SL_CHECK_INT(job.removed_subs, NCH);
+    SL_CHECK_INT(job.aside_last, 0);
+    SL_CHECK_INT(sl_table_count(R->subs), NCH); /* conn-a's stay */
 }
 
 typedef struct {
@@ -1365,6 +1427,7 @@ int main(void)
     SL_TEST_RUN(test_sub_no_across_incarnations);
     SL_TEST_RUN(test_join_with_one_crowded_target);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
+    SL_TEST_RUN(test_cleanup_aside_overflow);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
     SL_TEST_RUN(test_history_ttl);
