@@ -94,6 +94,9 @@ typedef struct {
                              channels and incarnations, so a join / leave's horizon never
                              covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
+    uint64_t dead_workers; /* atomic, written by the master alone: bit w while dead worker w's
+                              cleanup runs - no hand-off targets its inbox (review rf15 F3 a).
+                              One store each way: every value is a valid state */
     char id_suffix[12];   /* --redis: ".<node>" ends every conn-id and request-id; else "" */
     uint32_t presence_remote; /* --redis: joins / leaves travel through Redis (the broker
                                  publishes them, sl_chan_send_presence delivers them), never
@@ -192,6 +195,12 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget);
 /* While the job waits to take a lock the dead process's record names (its
  * first step, sl_reg_dead): that lock, else NULL. */
 sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job);
+/* Worker w is dead (set as its cleanup starts) / replaced (cleared just
+ * before its replacement is forked): while set, channel hand-offs and
+ * broadcasts leave its inbox out, so it does not fill while the cleanup
+ * waits for set-aside subscriptions (review rf15 F3 a). */
+void sl_reg_worker_gone(sl_reg_t *r, int w);
+void sl_reg_worker_back(sl_reg_t *r, int w);
 /* All of it at once (tests, and a master that is stopping). */
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker);
 

@@ -55,6 +55,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *l
     r->nworkers = lim->nworkers;
     r->max_channels = lim->max_channels;
     r->next_sub_no = 0;
+    r->dead_workers = 0;
     /* Sizing (documented in shm/README.md): connections a bucket per four
      * (lookups by conn-id are rare admin calls, while every worker's
      * inserts touch the array all over, so it is kept small); channels a
@@ -364,6 +365,23 @@ sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job)
         return NULL;
     const sl_lock_holder_t *h = &r->qsbr.holders[job->worker];
     return CMM_LOAD_SHARED(h->n) > 0 ? h->held[0] : NULL;
+}
+
+/* One atomic store each: no intermediate state, nothing for a recovery
+ * to finish (a master killed between them takes the whole server down;
+ * the next start builds the registry anew).  A hand-off that read the
+ * mask before the set may still push into the dead inbox: the cleanup's
+ * inbox phase, which comes after, drains it. */
+void sl_reg_worker_gone(sl_reg_t *r, int w)
+{
+    if (w >= 0 && w < 64)
+        uatomic_or(&r->dead_workers, (uint64_t)1 << w);
+}
+
+void sl_reg_worker_back(sl_reg_t *r, int w)
+{
+    if (w >= 0 && w < 64)
+        uatomic_and(&r->dead_workers, ~((uint64_t)1 << w));
 }
 
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)

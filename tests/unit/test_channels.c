@@ -621,6 +621,43 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK_INT(leaves, 1);
 }
 
+/* While a dead worker's cleanup runs, no hand-off targets its inbox
+ * (review rf15 F3 a: it would fill, and refuse joins and publications,
+ * until the replacement); its subscriptions stay counted.  Fails with
+ * M_DEAD_TARGETED. */
+static void test_dead_worker_not_targeted(void)
+{
+    setup();
+    sl_chan_t *c, *room;
+    uint32_t n;
+    sl_chan_create(R, "t", 1, &CFG, &c);
+    sl_chan_create(R, "room", 4, &JL, &room);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, room, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_reg_worker_gone(R, 1);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .sender_conn_id = "conn-s",
+                       .sender_conn_no = 9, .published_at = 42};
+    sl_chan_pub_result_t res;
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 1);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0); /* left out */
+    /* A join on a channel whose only other subscriber is dead: nobody
+     * to tell, not refused. */
+    SL_CHECK_INT(sl_chan_subscribe(R, room, "conn-b", 0, 3, NULL, NULL, &n, NULL), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    uint64_t reached;
+    SL_CHECK_INT(sl_chan_broadcast(R, 3, (const uint8_t *)"{}", 2, &reached), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    SL_CHECK_INT(c->subscribers, 2);
+    drain_all();
+    sl_reg_worker_back(R, 1); /* the replacement starts */
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 1);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 1);
+}
+
 /* More set aside than the list holds: the retries are whole passes, as
  * before the list, and every one is still removed once the lock is free. */
 static void test_cleanup_aside_overflow(void)
@@ -1228,8 +1265,9 @@ static void test_drained_look_waits_for_later_entries(void)
     SL_CHECK_INT(k[0], 1);
 }
 
-/* Review rm15 N2: the drain's own look after an empty inbox
- * (sl_inbox_look_drained, which src/pubsub.c's drain calls) takes the
+/* Review rm15 N2: the drain's look after an empty inbox
+ * (sl_inbox_look_drained, which src/pubsub.c's drain calls - that call
+ * itself is run by no test: review rr15 R1, the design note) takes the
  * notes up to the tail it saw empty.  A producer acts between its two
  * looks (here, from inside the presence callback, as another process
  * can): it pushes an entry and notes a missed message behind it.  The
@@ -1249,7 +1287,7 @@ static void n2_presence(const sl_inbox_presence_t *p, void *arg)
     n2_pushes++;
 }
 
-static void test_drain_look_waits_at_its_call_site(void)
+static void test_look_drained_waits_for_later_entries(void)
 {
     setup();
     sl_inbox_t *in = R->inboxes[0];
@@ -1428,6 +1466,7 @@ int main(void)
     SL_TEST_RUN(test_join_with_one_crowded_target);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
     SL_TEST_RUN(test_cleanup_aside_overflow);
+    SL_TEST_RUN(test_dead_worker_not_targeted);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
     SL_TEST_RUN(test_history_ttl);
@@ -1438,7 +1477,7 @@ int main(void)
     SL_TEST_RUN(test_presence_set_position);
     SL_TEST_RUN(test_presence_kept_for_a_new_worker);
     SL_TEST_RUN(test_drained_look_waits_for_later_entries);
-    SL_TEST_RUN(test_drain_look_waits_at_its_call_site);
+    SL_TEST_RUN(test_look_drained_waits_for_later_entries);
     SL_TEST_RUN(test_presence_look_without_lock);
     SL_TEST_RUN(test_ri15_starvation);
     SL_TEST_RUN(test_presence_slot_kept_for_later_losses);
