@@ -594,10 +594,14 @@ static void test_cleanup_sets_busy_aside(void)
     SL_CHECK(job.aside_rounds >= 1);
     SL_CHECK_INT(job.aside_n, 1);
     uint64_t buckets = job.buckets, rounds = job.aside_rounds;
+    uint32_t passes0 = job.sub_passes;
     for (int k = 0; k < 20; k++) {
         SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
         sl_qsbr_quiescent(&R->qsbr, 0);
     }
+    printf("rf15 F3 d: table of %u buckets; before the retries %llu buckets walked (every table), %u subscription passes; "
+           "20 retries of the list: %llu more\n", R->subs->nbuckets, (unsigned long long)buckets,
+           passes0, (unsigned long long)(job.buckets - buckets));
     SL_CHECK_INT(job.buckets - buckets, 0);        /* no bucket walked */
     SL_CHECK_INT(job.aside_rounds - rounds, 20);   /* one try per step */
     SL_CHECK_INT(job.aside_last, 1);
