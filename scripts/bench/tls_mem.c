@@ -313,6 +313,12 @@ int main(int argc, char **argv)
            live_total(), negative);
     if (negative)
         rc = 1;
+    for (int i = 0; i < warm; i++) /* the rest, untracked */
+        SSL_free(ss[i]);
+    free(ec);
+    free(ss);
+    SSL_CTX_free(ctx);
+    close(ls);
     if (write(hold[1], "x", 1) < 0) {
     }
     waitpid(kid, NULL, 0);
