@@ -163,7 +163,7 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
        C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS, C_PRES_SYNC,
-       C_PRES_SCAN };
+       C_PRES_SCAN, C_HISTORY };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -510,6 +510,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv);
 static void done_presence(cmd_t *c, redisReply *r);
 static void done_pres_sync(cmd_t *c, redisReply *r);
 static void done_pres_scan(cmd_t *c, redisReply *r);
+static void done_history(cmd_t *c, redisReply *r);
 static void pres_turn(void);
 static bool drain_queue(void);
 
@@ -1267,6 +1268,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_HEARTBEAT: done_heartbeat(c, r); break;
     case C_PRES_SYNC: done_pres_sync(c, r); break;
     case C_PRES_SCAN: done_pres_scan(c, r); break;
+    case C_HISTORY: done_history(c, r); break;
     case C_SETUP:
     case C_INFO:
     case C_EPOCHS:
@@ -2870,6 +2872,56 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
         ch->stats_busy = false; /* answered and freed, never sent */
 }
 
+/* ------------------------------------------------------------ history */
+
+/* A page of a channel's history (SL_BRQ_HISTORY): every node answers from
+ * the one history in Redis, whatever its own ring holds (a node with no
+ * subscriber of the channel has none; one that stopped following it has a
+ * stale one).  One read-only script; on the channel's shard's command
+ * connection, so it runs after every publish this node sent before it. */
+static void req_history(const sl_inbox_entry_t *e, json_t *j)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    cmd_t *c = cmd_new(link_of(id, len), C_HISTORY, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    args_t a = {.n = 0};
+    argk(&a, id, len, "c");
+    argk(&a, id, len, "h");
+    argi(&a, jint(j, "since"));
+    argi(&a, json_is_true(json_object_get(j, "reverse")) ? 1 : 0);
+    argi(&a, jint(j, "limit"));
+    argi(&a, jint(j, "max-bytes"));
+    argi(&a, jint(j, "min-at"));
+    cmd_script(c, SL_BRS_HISTORY, 2, &a);
+}
+
+static void done_history(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    if (st != 0) {
+        cmd_answer(c, (uint32_t)st, NULL);
+        return;
+    }
+    /* As publish parsed them (JSON_ALLOW_NUL: a \u0000 in data). */
+    char *txt = raw_array(el(r, 4));
+    json_t *msgs = txt ? json_loads(txt, JSON_ALLOW_NUL, NULL) : NULL;
+    free(txt);
+    json_t *d = msgs ? json_pack("{s:s, s:I, s:b, s:o}", "epoch", rstr(el(r, 1)), "top-seq",
+                                 (json_int_t)rint_(el(r, 2)), "more", rint_(el(r, 3)) != 0,
+                                 "messages", msgs)
+                     : NULL;
+    cmd_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
+    json_decref(d);
+}
+
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
@@ -2901,6 +2953,7 @@ static void handle(const sl_inbox_entry_t *e)
     case SL_BRQ_PRESENCE_DEL: req_presence_change(j, false); break;
     case SL_BRQ_PRESENCE: req_presence(e, j, false); break;
     case SL_BRQ_PRESENCE_STATS: req_presence(e, j, true); break;
+    case SL_BRQ_HISTORY: req_history(e, j); break;
     default: answer(e->from, e->tag, SL_BR_BAD, NULL); break;
     }
     json_decref(j);
