@@ -124,6 +124,7 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
+#define PRES_STATS_CACHE_MS 1000 /* a channel's presence-stats answer serves this long */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -223,6 +224,8 @@ struct bchan {
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
+    int64_t stats_at_ms; /* mono ms of the last presence-stats answer (0: none) */
+    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted) */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -454,7 +457,8 @@ static void drop_held(bchan_t *ch)
 static void chan_maybe_free(bchan_t *c)
 {
     if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
-        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting)
+        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting ||
+        (c->stats_at_ms && sl_mono_ms() - c->stats_at_ms < PRES_STATS_CACHE_MS))
         return;
     uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
     for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
@@ -858,6 +862,7 @@ static void chan_reset(bchan_t *ch, const char *epoch, uint64_t last)
  * after what they got; kept as pending work while inboxes are full. */
 static bool local_delete(bchan_t *ch)
 {
+    ch->stats_at_ms = 0; /* a re-created channel is counted afresh */
     json_t *notice = json_pack("{s:s, s:s%}", "type", "channel-deleted", "channel-id", ch->id,
                                (size_t)ch->idlen);
     char *txt = notice ? json_dumps(notice, JSON_COMPACT) : NULL;
@@ -2541,13 +2546,19 @@ static uint32_t presence_result(cmd_t *c, redisReply *r, json_t **doc)
     return SL_BR_OK;
 }
 
-/* A presence-stats answer goes to the requests that waited for it too. */
+/* A presence-stats answer goes to the requests that waited for it too,
+ * and serves those of the next PRES_STATS_CACHE_MS. */
 static void done_presence(cmd_t *c, redisReply *r)
 {
     json_t *d;
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
+    if (ch && st == SL_BR_OK) {
+        ch->stats_at_ms = sl_mono_ms();
+        ch->stats_clients = rint_(el(r, 0));
+        ch->stats_users = rint_(el(r, 1));
+    }
     if (ch) {
         for (uint32_t i = 0; i < ch->nstats_wait; i++)
             answer(ch->stats_wait[i].worker, ch->stats_wait[i].tag, st, d);
@@ -2825,10 +2836,18 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     bchan_t *ch = NULL;
     if (stats) {
         /* Each answer walks the channel's entries in Redis (review rj17
-         * H2): one in flight per channel, and the last answer serves for
-         * PRES_STATS_CACHE_MS (also while one is in flight); with none
-         * yet, a request meanwhile is refused overloaded. */
+         * H2): the last answer serves for PRES_STATS_CACHE_MS (review ro17
+         * M5: a client asking again after each answer costs Redis one walk
+         * a second per channel and node), and one is in flight per
+         * channel: requests that come meanwhile wait for its answer (at
+         * most PRES_STATS_WAIT_MAX; past that, refused overloaded). */
         ch = chan_get(id, len);
+        if (ch && ch->stats_at_ms && sl_mono_ms() - ch->stats_at_ms < PRES_STATS_CACHE_MS) {
+            json_t *d = stats_doc(ch->stats_clients, ch->stats_users);
+            answer(e->from, e->tag, SL_BR_OK, d);
+            json_decref(d);
+            return;
+        }
         if (ch && ch->stats_busy) {
             if (ch->nstats_wait >= PRES_STATS_WAIT_MAX)
                 return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);

@@ -14,7 +14,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
-from conftest import needs_own_redis, wait_for  # noqa: E402
+from conftest import SLOW, needs_own_redis, wait_for  # noqa: E402
 from test_cluster import TOKEN, Client, api, broker_pid, channel_info, run  # noqa: E402
 
 
@@ -44,6 +44,17 @@ async def stats_of(client, ch):
     r = await client.of_type("presence-stats-result")
     assert r["success"], r
     return r["num-clients"], r["num-users"]
+
+
+async def stats_become(client, ch, want, timeout=10):
+    """A node answers presence-stats from its last answer for up to a
+    second (review ro17 M5): ask until the figures are `want`."""
+    deadline = time.time() + timeout * SLOW
+    while True:
+        got = await stats_of(client, ch)
+        if got == want or time.time() > deadline:
+            return got
+        await asyncio.sleep(0.2)
 
 
 async def open_as(node, token=None):
@@ -88,7 +99,7 @@ def test_presence_from_three_nodes(cluster, keys):
                 return clients if clients == want else None
             got = await until(full, "every node's subscribers")
             assert got == want
-        assert await stats_of(conns[3], "room") == (4, 2)
+        assert await stats_become(conns[3], "room", (4, 2)) == (4, 2)
         # Pages of one: each entry once, over the three nodes.  A page may
         # hold more than `limit` across nodes (Redis's HSCAN returns a small
         # hash whole: node 2's two entries come in one page), so at least
@@ -106,7 +117,7 @@ def test_presence_from_three_nodes(cluster, keys):
             clients, _ = await presence_all(conns[0], "room")
             return clients == left
         await until(gone, "presence without the two")
-        assert await stats_of(conns[2], "room") == (2, 1)
+        assert await stats_become(conns[2], "room", (2, 1)) == (2, 1)
         for c in conns[:3]:
             await c.ws.close()
     run(go())
@@ -218,7 +229,7 @@ def test_killed_node_clients_leave(cluster):
             clients, _ = await presence_all(w, "room")
             return set(clients) == {w.conn_id}
         await until(only_w, "presence without C's clients")
-        assert await stats_of(w, "room") == (1, 0)
+        assert await stats_become(w, "room", (1, 0)) == (1, 0)
         # Another node agrees (presence is for subscribers).
         x = await Client.open(b)
         assert (await x.subscribe("room"))["success"]
@@ -269,7 +280,7 @@ def test_restarted_node_drops_its_previous_entries(cluster):
             clients, _ = await presence_all(w, "room")
             return set(clients) == {w.conn_id}
         await until(only_w, "presence without the previous process's clients")
-        assert await stats_of(w, "room") == (1, 0)
+        assert await stats_become(w, "room", (1, 0)) == (1, 0)
         assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 2
         # The previous process's subscriber count went with its entries
         # (nothing of the new process would ever overwrite it: it has no
@@ -450,7 +461,7 @@ def test_presence_mended_after_a_lost_link(cluster, redis):
             return set(clients) == {w.conn_id, stay.conn_id}
         await until(right, "presence without the two that left while the link was down",
                     timeout=20)
-        assert await stats_of(w, "room") == (2, 0)
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
         st = a.stats()["cluster"]["broker"]
         assert st["presence-synced"] >= 1 and st["presence-sync-changes"] >= 2, st
         assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
@@ -595,7 +606,7 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
         assert (await w.subscribe("room"))["success"]
         x = await Client.open(b)
         assert (await x.subscribe("room"))["success"]
-        assert await stats_of(w, "room") == (2, 0)
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
         before = evalshas()
         for _ in range(200):
             await w.send(type="presence-stats", **{"channel-id": "room"})
@@ -616,6 +627,51 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
         r = await w.next(lambda m: m.get("type") in ("error", "presence-result"))
         assert r["type"] == "error" and "cursor" in str(r), r
         assert a.stats()["cluster"]["redis"][0]["errors"] == 0
+    run(go())
+
+
+def test_presence_stats_sequential_requester_costs_a_script_a_second(cluster, redis):
+    """A client that asks presence-stats again after each answer (no
+    pipelining, so nothing coalesces) costs Redis at most about one walk
+    per second per channel and node (review ro17 M5): the node answers
+    from its last answer for a second.  Counted by Redis's EVALSHA
+    figure: without the cache each of the requests runs a script."""
+    needs_own_redis()
+    a, b = cluster(2)
+
+    def evalshas():
+        for line in redis.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
+        # The background: heartbeats, snapshots and echoes of two nodes.
+        quiet0, t0 = evalshas(), time.time()
+        await asyncio.sleep(2)
+        background = (evalshas() - quiet0) / (time.time() - t0)
+        before, t0 = evalshas(), time.time()
+        n = 0
+        while time.time() - t0 < 3:  # one after another, for 3 seconds
+            assert await stats_of(w, "room") == (2, 0)
+            n += 1
+        took = time.time() - t0
+        scripts = evalshas() - before
+        # At most one walk a second (and one more for a partial second),
+        # besides the background.
+        allowed = background * took + took + 2 + 5
+        print(f"{n} sequential presence-stats in {took:.2f}s: {scripts} EVALSHA "
+              f"(background {background:.1f}/s)")
+        assert scripts <= allowed and scripts < n / 2, (scripts, allowed, took)
+        # A figure changed on another node shows within about a second.
+        y = await Client.open(b)
+        assert (await y.subscribe("room"))["success"]
+        assert await stats_become(w, "room", (3, 0)) == (3, 0)
     run(go())
 
 
@@ -643,6 +699,6 @@ def test_deleted_channel_leaves_no_entries(cluster):
         assert (await z.subscribe("room"))["success"]
         clients, _ = await presence_all(z, "room")
         assert set(clients) == {z.conn_id}, clients
-        assert await stats_of(z, "room") == (1, 0)
+        assert await stats_become(z, "room", (1, 0)) == (1, 0)
     run(go())
 
