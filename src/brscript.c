@@ -392,8 +392,14 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * published on the channel, in order with its messages - only when the
      * entry is new (a PRES_SYNC may have written it first), so a join is
      * published once.  A sliced PRES_SYNC under way (ps) lists it, so its
-     * sweep keeps it. */
+     * sweep keeps it.  Nothing when the channel is gone or deleted (its c
+     * missing, its tombstone x there: P:{C}: is KEYS[3] without its "m"):
+     * a PRES_SET that runs after a DELETE would re-create the deleted
+     * channel's entries (review ro17 L3). */
     [SL_BRS_PRES_SET] =
+    "local base = string.sub(KEYS[3], 1, -2)\n"
+    "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
+    "  return 0 end\n"
     "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('SADD', KEYS[2], ARGV[3])\n"
     "if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
@@ -506,8 +512,14 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * list (leaves); the last deletes ps.  A sweep without ps (expired:
      * the pass took 10 minutes, or lost) removes nothing.  Every state
      * between calls is valid (entries added, none wrongly removed).
+     * A channel gone or deleted (no c, or its tombstone x): this node's
+     * entries of it go, nothing published (review ro17 L3).
      * Returns {added, removed, next sweep cursor ("0": done)}. */
     [SL_BRS_PRES_SYNC] = LUA_CONN_NO
+    "local base = string.sub(KEYS[3], 1, -2)\n"
+    "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
+    "  redis.call('DEL', KEYS[1], KEYS[4]); redis.call('SREM', KEYS[2], ARGV[1])\n"
+    "  return {0, 0, '0'} end\n"
     "local mode = ARGV[5]\n"
     "local function tell(kind, c, e)\n"
     "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n' .. conn_no(c) ..\n"

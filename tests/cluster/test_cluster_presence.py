@@ -8,6 +8,7 @@ leaves).  Real redis-server, real binaries."""
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -700,5 +701,59 @@ def test_deleted_channel_leaves_no_entries(cluster):
         clients, _ = await presence_all(z, "room")
         assert set(clients) == {z.conn_id}, clients
         assert await stats_become(z, "room", (1, 0)) == (1, 0)
+    run(go())
+
+
+
+def test_late_presence_set_after_a_delete_writes_nothing(cluster, redis):
+    """Review ro17 L3, the race itself: a subscribe confirmed on B just
+    before a DELETE on A, B's PRES_SET run after the DELETE script.  The
+    PRES_SET B sent, and B's PRES_SYNC (its rewrite after a connect), are
+    taken from Redis's slow log (every command logged) and run again after
+    the DELETE, as late ones would: the channel's tombstone stops them, so
+    the channel made again lists no ghost."""
+    needs_own_redis()
+    import json as _json
+    a, b = cluster(2, "--admin-token", TOKEN)
+    node_b = b.stats()["cluster"]["node-id"]
+    pkey = f"sl:{{room}}:p:{node_b}"
+
+    async def go():
+        redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "0")
+        redis.cli("CONFIG", "SET", "slowlog-max-len", "100000")
+        redis.cli("SLOWLOG", "RESET")
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        wait_for(lambda: redis.cli("HLEN", pkey) == "1", timeout=10, what="x's entry")
+        # And a rewrite of B's entries (PRES_SYNC, after a connect).
+        for t in ("normal", "pubsub"):
+            redis.cli("CLIENT", "KILL", "TYPE", t, "SKIPME", "yes")
+
+        def logged():
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "--json", "SLOWLOG", "GET",
+                                  "100000"], capture_output=True, text=True, timeout=10).stdout
+            # 4 keys, 6 arguments, the first key room's entries of B:
+            # PRES_SET (ARGV[1] the conn-id) or PRES_SYNC (ARGV[1] the id).
+            return [e[3] for e in _json.loads(out)
+                    if e[3][0].upper() == "EVALSHA" and len(e[3]) == 13 and e[3][3] == pkey]
+        wait_for(lambda: any(c[7] == "room" for c in logged()), timeout=20,
+                 what="B's PRES_SYNC of room")
+        redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        sets = [c for c in logged() if c[7] == x.conn_id]
+        syncs = [c for c in logged() if c[7] == "room"]
+        assert len(sets) == 1 and syncs, logged()
+        status, doc = api(a, "DELETE", "/api/channels/room")
+        assert status == 200 and doc["deleted"], doc
+        assert (await x.of_type("channel-deleted", timeout=20))["channel-id"] == "room"
+        assert redis.cli("EXISTS", pkey) == "0"
+        for cmd, what in ((sets[0], "PRES_SET"), (syncs[-1], "PRES_SYNC")):
+            subprocess.run(["redis-cli", "-p", str(redis.port), *cmd], check=True,
+                           capture_output=True, timeout=10)
+            assert redis.cli("EXISTS", pkey) == "0", f"the late {what} wrote the entry again"
+        assert redis.cli("SISMEMBER", f"sl:nodepr:{node_b}", "room") == "0"
+        z = await Client.open(a)
+        assert (await z.subscribe("room"))["success"]
+        clients, _ = await presence_all(z, "room")
+        assert set(clients) == {z.conn_id}, clients
     run(go())
 
