@@ -124,6 +124,7 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
+#define PRES_STATS_CACHE_MS 1000 /* a channel's presence-stats answer serves this long */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
 
@@ -163,7 +164,7 @@ enum { SUB_NONE, SUB_PENDING, SUB_ON, SUB_OFF_PENDING };
 enum { C_PUBLISH, C_JOIN, C_SYNC, C_RPC, C_RPC_FWD, C_CATCHUP, C_ADMIN_CREATE, C_ADMIN_DELETE,
        C_ADMIN_INFO, C_ADMIN_PUBLISH, C_ADMIN_FWD, C_SNAPSHOT, C_HEARTBEAT, C_PING, C_SETUP,
        C_INFO, C_EPOCHS, C_PURGE, C_ENSURE, C_PRES, C_PRES_STATS, C_PRES_SYNC,
-       C_PRES_SCAN };
+       C_PRES_SCAN, C_HISTORY };
 
 struct cmd {
     cmd_t *prev, *next; /* the link's in-flight list, oldest first */
@@ -223,6 +224,8 @@ struct bchan {
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
+    int64_t stats_at_ms; /* mono ms of the last presence-stats answer (0: none) */
+    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted) */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -454,7 +457,8 @@ static void drop_held(bchan_t *ch)
 static void chan_maybe_free(bchan_t *c)
 {
     if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
-        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting)
+        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting ||
+        (c->stats_at_ms && sl_mono_ms() - c->stats_at_ms < PRES_STATS_CACHE_MS))
         return;
     uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
     for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
@@ -510,6 +514,7 @@ static void on_reply(redisAsyncContext *ac, void *r, void *priv);
 static void done_presence(cmd_t *c, redisReply *r);
 static void done_pres_sync(cmd_t *c, redisReply *r);
 static void done_pres_scan(cmd_t *c, redisReply *r);
+static void done_history(cmd_t *c, redisReply *r);
 static void pres_turn(void);
 static bool drain_queue(void);
 
@@ -857,6 +862,7 @@ static void chan_reset(bchan_t *ch, const char *epoch, uint64_t last)
  * after what they got; kept as pending work while inboxes are full. */
 static bool local_delete(bchan_t *ch)
 {
+    ch->stats_at_ms = 0; /* a re-created channel is counted afresh */
     json_t *notice = json_pack("{s:s, s:s%}", "type", "channel-deleted", "channel-id", ch->id,
                                (size_t)ch->idlen);
     char *txt = notice ? json_dumps(notice, JSON_COMPACT) : NULL;
@@ -1267,6 +1273,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     case C_HEARTBEAT: done_heartbeat(c, r); break;
     case C_PRES_SYNC: done_pres_sync(c, r); break;
     case C_PRES_SCAN: done_pres_scan(c, r); break;
+    case C_HISTORY: done_history(c, r); break;
     case C_SETUP:
     case C_INFO:
     case C_EPOCHS:
@@ -2539,13 +2546,19 @@ static uint32_t presence_result(cmd_t *c, redisReply *r, json_t **doc)
     return SL_BR_OK;
 }
 
-/* A presence-stats answer goes to the requests that waited for it too. */
+/* A presence-stats answer goes to the requests that waited for it too,
+ * and serves those of the next PRES_STATS_CACHE_MS. */
 static void done_presence(cmd_t *c, redisReply *r)
 {
     json_t *d;
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
+    if (ch && st == SL_BR_OK) {
+        ch->stats_at_ms = sl_mono_ms();
+        ch->stats_clients = rint_(el(r, 0));
+        ch->stats_users = rint_(el(r, 1));
+    }
     if (ch) {
         for (uint32_t i = 0; i < ch->nstats_wait; i++)
             answer(ch->stats_wait[i].worker, ch->stats_wait[i].tag, st, d);
@@ -2823,10 +2836,18 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     bchan_t *ch = NULL;
     if (stats) {
         /* Each answer walks the channel's entries in Redis (review rj17
-         * H2): one in flight per channel, and the last answer serves for
-         * PRES_STATS_CACHE_MS (also while one is in flight); with none
-         * yet, a request meanwhile is refused overloaded. */
+         * H2): the last answer serves for PRES_STATS_CACHE_MS (review ro17
+         * M5: a client asking again after each answer costs Redis one walk
+         * a second per channel and node), and one is in flight per
+         * channel: requests that come meanwhile wait for its answer (at
+         * most PRES_STATS_WAIT_MAX; past that, refused overloaded). */
         ch = chan_get(id, len);
+        if (ch && ch->stats_at_ms && sl_mono_ms() - ch->stats_at_ms < PRES_STATS_CACHE_MS) {
+            json_t *d = stats_doc(ch->stats_clients, ch->stats_users);
+            answer(e->from, e->tag, SL_BR_OK, d);
+            json_decref(d);
+            return;
+        }
         if (ch && ch->stats_busy) {
             if (ch->nstats_wait >= PRES_STATS_WAIT_MAX)
                 return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2870,6 +2891,56 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
         ch->stats_busy = false; /* answered and freed, never sent */
 }
 
+/* ------------------------------------------------------------ history */
+
+/* A page of a channel's history (SL_BRQ_HISTORY): every node answers from
+ * the one history in Redis, whatever its own ring holds (a node with no
+ * subscriber of the channel has none; one that stopped following it has a
+ * stale one).  One read-only script; on the channel's shard's command
+ * connection, so it runs after every publish this node sent before it. */
+static void req_history(const sl_inbox_entry_t *e, json_t *j)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
+    if (id == NULL || len > SL_CHAN_ID_MAX)
+        return answer(e->from, e->tag, SL_BR_BAD, NULL);
+    cmd_t *c = cmd_new(link_of(id, len), C_HISTORY, e);
+    if (c == NULL)
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    args_t a = {.n = 0};
+    argk(&a, id, len, "c");
+    argk(&a, id, len, "h");
+    argi(&a, jint(j, "since"));
+    argi(&a, json_is_true(json_object_get(j, "reverse")) ? 1 : 0);
+    argi(&a, jint(j, "limit"));
+    argi(&a, jint(j, "max-bytes"));
+    argi(&a, jint(j, "min-at"));
+    cmd_script(c, SL_BRS_HISTORY, 2, &a);
+}
+
+static void done_history(cmd_t *c, redisReply *r)
+{
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        cmd_answer(c, no_reply(r), NULL);
+        return;
+    }
+    int64_t st = rint_(el(r, 0));
+    if (st != 0) {
+        cmd_answer(c, (uint32_t)st, NULL);
+        return;
+    }
+    /* As publish parsed them (JSON_ALLOW_NUL: a \u0000 in data). */
+    char *txt = raw_array(el(r, 4));
+    json_t *msgs = txt ? json_loads(txt, JSON_ALLOW_NUL, NULL) : NULL;
+    free(txt);
+    json_t *d = msgs ? json_pack("{s:s, s:I, s:b, s:o}", "epoch", rstr(el(r, 1)), "top-seq",
+                                 (json_int_t)rint_(el(r, 2)), "more", rint_(el(r, 3)) != 0,
+                                 "messages", msgs)
+                     : NULL;
+    cmd_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
+    json_decref(d);
+}
+
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
@@ -2901,6 +2972,7 @@ static void handle(const sl_inbox_entry_t *e)
     case SL_BRQ_PRESENCE_DEL: req_presence_change(j, false); break;
     case SL_BRQ_PRESENCE: req_presence(e, j, false); break;
     case SL_BRQ_PRESENCE_STATS: req_presence(e, j, true); break;
+    case SL_BRQ_HISTORY: req_history(e, j); break;
     default: answer(e->from, e->tag, SL_BR_BAD, NULL); break;
     }
     json_decref(j);

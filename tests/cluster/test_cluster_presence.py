@@ -8,13 +8,14 @@ leaves).  Real redis-server, real binaries."""
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 from authkit import keys  # noqa: E402,F401  (a fixture)
-from conftest import needs_own_redis, wait_for  # noqa: E402
+from conftest import SLOW, needs_own_redis, wait_for  # noqa: E402
 from test_cluster import TOKEN, Client, api, broker_pid, channel_info, run  # noqa: E402
 
 
@@ -44,6 +45,17 @@ async def stats_of(client, ch):
     r = await client.of_type("presence-stats-result")
     assert r["success"], r
     return r["num-clients"], r["num-users"]
+
+
+async def stats_become(client, ch, want, timeout=10):
+    """A node answers presence-stats from its last answer for up to a
+    second (review ro17 M5): ask until the figures are `want`."""
+    deadline = time.time() + timeout * SLOW
+    while True:
+        got = await stats_of(client, ch)
+        if got == want or time.time() > deadline:
+            return got
+        await asyncio.sleep(0.2)
 
 
 async def open_as(node, token=None):
@@ -88,7 +100,7 @@ def test_presence_from_three_nodes(cluster, keys):
                 return clients if clients == want else None
             got = await until(full, "every node's subscribers")
             assert got == want
-        assert await stats_of(conns[3], "room") == (4, 2)
+        assert await stats_become(conns[3], "room", (4, 2)) == (4, 2)
         # Pages of one: each entry once, over the three nodes.  A page may
         # hold more than `limit` across nodes (Redis's HSCAN returns a small
         # hash whole: node 2's two entries come in one page), so at least
@@ -106,7 +118,7 @@ def test_presence_from_three_nodes(cluster, keys):
             clients, _ = await presence_all(conns[0], "room")
             return clients == left
         await until(gone, "presence without the two")
-        assert await stats_of(conns[2], "room") == (2, 1)
+        assert await stats_become(conns[2], "room", (2, 1)) == (2, 1)
         for c in conns[:3]:
             await c.ws.close()
     run(go())
@@ -218,7 +230,7 @@ def test_killed_node_clients_leave(cluster):
             clients, _ = await presence_all(w, "room")
             return set(clients) == {w.conn_id}
         await until(only_w, "presence without C's clients")
-        assert await stats_of(w, "room") == (1, 0)
+        assert await stats_become(w, "room", (1, 0)) == (1, 0)
         # Another node agrees (presence is for subscribers).
         x = await Client.open(b)
         assert (await x.subscribe("room"))["success"]
@@ -269,7 +281,7 @@ def test_restarted_node_drops_its_previous_entries(cluster):
             clients, _ = await presence_all(w, "room")
             return set(clients) == {w.conn_id}
         await until(only_w, "presence without the previous process's clients")
-        assert await stats_of(w, "room") == (1, 0)
+        assert await stats_become(w, "room", (1, 0)) == (1, 0)
         assert c2.stats()["cluster"]["redis"][0]["presence-purged"] == 2
         # The previous process's subscriber count went with its entries
         # (nothing of the new process would ever overwrite it: it has no
@@ -450,7 +462,7 @@ def test_presence_mended_after_a_lost_link(cluster, redis):
             return set(clients) == {w.conn_id, stay.conn_id}
         await until(right, "presence without the two that left while the link was down",
                     timeout=20)
-        assert await stats_of(w, "room") == (2, 0)
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
         st = a.stats()["cluster"]["broker"]
         assert st["presence-synced"] >= 1 and st["presence-sync-changes"] >= 2, st
         assert b.stats()["cluster"]["broker"]["presence-resyncs"] >= 1
@@ -595,7 +607,7 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
         assert (await w.subscribe("room"))["success"]
         x = await Client.open(b)
         assert (await x.subscribe("room"))["success"]
-        assert await stats_of(w, "room") == (2, 0)
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
         before = evalshas()
         for _ in range(200):
             await w.send(type="presence-stats", **{"channel-id": "room"})
@@ -616,6 +628,51 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
         r = await w.next(lambda m: m.get("type") in ("error", "presence-result"))
         assert r["type"] == "error" and "cursor" in str(r), r
         assert a.stats()["cluster"]["redis"][0]["errors"] == 0
+    run(go())
+
+
+def test_presence_stats_sequential_requester_costs_a_script_a_second(cluster, redis):
+    """A client that asks presence-stats again after each answer (no
+    pipelining, so nothing coalesces) costs Redis at most about one walk
+    per second per channel and node (review ro17 M5): the node answers
+    from its last answer for a second.  Counted by Redis's EVALSHA
+    figure: without the cache each of the requests runs a script."""
+    needs_own_redis()
+    a, b = cluster(2)
+
+    def evalshas():
+        for line in redis.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("room"))["success"]
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        assert await stats_become(w, "room", (2, 0)) == (2, 0)
+        # The background: heartbeats, snapshots and echoes of two nodes.
+        quiet0, t0 = evalshas(), time.time()
+        await asyncio.sleep(2)
+        background = (evalshas() - quiet0) / (time.time() - t0)
+        before, t0 = evalshas(), time.time()
+        n = 0
+        while time.time() - t0 < 3:  # one after another, for 3 seconds
+            assert await stats_of(w, "room") == (2, 0)
+            n += 1
+        took = time.time() - t0
+        scripts = evalshas() - before
+        # At most one walk a second (and one more for a partial second),
+        # besides the background.
+        allowed = background * took + took + 2 + 5
+        print(f"{n} sequential presence-stats in {took:.2f}s: {scripts} EVALSHA "
+              f"(background {background:.1f}/s)")
+        assert scripts <= allowed and scripts < n / 2, (scripts, allowed, took)
+        # A figure changed on another node shows within about a second.
+        y = await Client.open(b)
+        assert (await y.subscribe("room"))["success"]
+        assert await stats_become(w, "room", (3, 0)) == (3, 0)
     run(go())
 
 
@@ -643,7 +700,61 @@ def test_deleted_channel_leaves_no_entries(cluster):
         assert (await z.subscribe("room"))["success"]
         clients, _ = await presence_all(z, "room")
         assert set(clients) == {z.conn_id}, clients
-        assert await stats_of(z, "room") == (1, 0)
+        assert await stats_become(z, "room", (1, 0)) == (1, 0)
+    run(go())
+
+
+
+def test_late_presence_set_after_a_delete_writes_nothing(cluster, redis):
+    """Review ro17 L3, the race itself: a subscribe confirmed on B just
+    before a DELETE on A, B's PRES_SET run after the DELETE script.  The
+    PRES_SET B sent, and B's PRES_SYNC (its rewrite after a connect), are
+    taken from Redis's slow log (every command logged) and run again after
+    the DELETE, as late ones would: the channel's tombstone stops them, so
+    the channel made again lists no ghost."""
+    needs_own_redis()
+    import json as _json
+    a, b = cluster(2, "--admin-token", TOKEN)
+    node_b = b.stats()["cluster"]["node-id"]
+    pkey = f"sl:{{room}}:p:{node_b}"
+
+    async def go():
+        redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "0")
+        redis.cli("CONFIG", "SET", "slowlog-max-len", "100000")
+        redis.cli("SLOWLOG", "RESET")
+        x = await Client.open(b)
+        assert (await x.subscribe("room"))["success"]
+        wait_for(lambda: redis.cli("HLEN", pkey) == "1", timeout=10, what="x's entry")
+        # And a rewrite of B's entries (PRES_SYNC, after a connect).
+        for t in ("normal", "pubsub"):
+            redis.cli("CLIENT", "KILL", "TYPE", t, "SKIPME", "yes")
+
+        def logged():
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "--json", "SLOWLOG", "GET",
+                                  "100000"], capture_output=True, text=True, timeout=10).stdout
+            # 4 keys, 6 arguments, the first key room's entries of B:
+            # PRES_SET (ARGV[1] the conn-id) or PRES_SYNC (ARGV[1] the id).
+            return [e[3] for e in _json.loads(out)
+                    if e[3][0].upper() == "EVALSHA" and len(e[3]) == 13 and e[3][3] == pkey]
+        wait_for(lambda: any(c[7] == "room" for c in logged()), timeout=20,
+                 what="B's PRES_SYNC of room")
+        redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "10000")
+        sets = [c for c in logged() if c[7] == x.conn_id]
+        syncs = [c for c in logged() if c[7] == "room"]
+        assert len(sets) == 1 and syncs, logged()
+        status, doc = api(a, "DELETE", "/api/channels/room")
+        assert status == 200 and doc["deleted"], doc
+        assert (await x.of_type("channel-deleted", timeout=20))["channel-id"] == "room"
+        assert redis.cli("EXISTS", pkey) == "0"
+        for cmd, what in ((sets[0], "PRES_SET"), (syncs[-1], "PRES_SYNC")):
+            subprocess.run(["redis-cli", "-p", str(redis.port), *cmd], check=True,
+                           capture_output=True, timeout=10)
+            assert redis.cli("EXISTS", pkey) == "0", f"the late {what} wrote the entry again"
+        assert redis.cli("SISMEMBER", f"sl:nodepr:{node_b}", "room") == "0"
+        z = await Client.open(a)
+        assert (await z.subscribe("room"))["success"]
+        clients, _ = await presence_all(z, "room")
+        assert set(clients) == {z.conn_id}, clients
     run(go())
 
 
