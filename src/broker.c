@@ -123,6 +123,11 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
+#define PRES_SYNC_BYTES (256u << 10) /* ... and at most about this much entry text */
+/* PRES_SYNC / nodepr slices of the rewrite in flight per link: the next is
+ * sent when one is answered (review ro17 M2), PRES_SYNC_TURN per loop turn
+ * the ceiling. */
+#define PRES_SYNC_INFLIGHT 4
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
 #define BUCKETS 4096
@@ -219,6 +224,7 @@ struct bchan {
      * a new pass raises so an old answer is ignored); 0: none. */
     uint8_t pres_slice;
     uint64_t pres_before, pres_gen;
+    char pres_after[SL_CONN_ID_MAX]; /* the conn-id of sub_no pres_before: the next slice resumes there */
     char pres_sweep_cur[24];
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
@@ -255,6 +261,8 @@ struct link {
     bool pres_restart;    /* a pass began again while a nodepr slice was asked: its cursor is stale */
     bool beat_ok;         /* a heartbeat of this link was answered since it came up */
     uint32_t pres_bucket;
+    uint32_t pres_inflight; /* the rewrite's commands in flight (at most PRES_SYNC_INFLIGHT) */
+    uint32_t pres_sent;     /* ... sent this loop turn (at most PRES_SYNC_TURN) */
     char pres_cursor[32];
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
@@ -2569,13 +2577,16 @@ typedef struct {
     size_t len, cap;
     uint32_t n;
     uint64_t last;      /* the sub_no of the last entry taken */
+    const char *last_conn; /* ... its conn-id (valid until the next quiescent state) */
     bool over, oom;
 } pres_text_t;
 
 static int pres_entry_cb(const sl_sub_t *s, void *arg)
 {
     pres_text_t *t = arg;
-    if (++t->n > pres_sync_max) {
+    /* A slice's bound in entries and in bytes (review ro17 M2: one script
+     * a few ms of Redis at most, whatever the infos' size). */
+    if (++t->n > pres_sync_max || t->len >= PRES_SYNC_BYTES) {
         t->over = true; /* the rest in the next slice */
         return 1;
     }
@@ -2608,11 +2619,15 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
     t->buf[t->len + cl + 1 + el_] = '\n';
     t->len = need;
     t->last = s->sub_no;
+    t->last_conn = conn;
     free(et);
     return 0;
 }
 
-enum { PS_FULL, PS_DONE, PS_MORE };
+/* PS_FULL: the link took nothing (full); PS_DONE: the channel is done;
+ * PS_MORE: a slice sent, more to send; PS_WAIT: nothing sent, the answer
+ * to its sweep slice first. */
+enum { PS_FULL, PS_DONE, PS_MORE, PS_WAIT };
 
 /* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
 static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
@@ -2639,7 +2654,7 @@ static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leav
 static int pres_sweep(link_t *l, bchan_t *ch)
 {
     if (ch->pres_slice == 3)
-        return PS_MORE; /* its answer first */
+        return PS_WAIT; /* its answer first */
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     if (c == NULL)
         return PS_FULL;
@@ -2649,6 +2664,7 @@ static int pres_sweep(link_t *l, bchan_t *ch)
                    ch->pres_sweep_cur);
     if (cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK)
         return PS_FULL;
+    l->pres_inflight++;
     cmd_chan(c, ch);
     c->gen = ch->pres_gen;
     ch->pres_slice = 3;
@@ -2667,8 +2683,17 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
     pres_text_t t = {0};
     uint64_t before = ch && ch->pres_slice == 1 ? ch->pres_before : 0;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
-    if (lc)
-        sl_chan_members(lc, before, pres_entry_cb, &t); /* the broker is an online reader */
+    bool resumed = false;
+    /* The broker is an online reader.  A later slice resumes after the
+     * last entry of the one before (found in O(1)), not from the list's
+     * head: a channel of N costs O(N) over its slices (review rs 6). */
+    if (lc && before)
+        sl_chan_members_after(REG, lc, ch->pres_after, before, UINT32_MAX, NULL, &resumed,
+                              pres_entry_cb, &t);
+    else if (lc)
+        sl_chan_members(lc, 0, pres_entry_cb, &t);
+    if (before && !resumed)
+        uatomic_add(&BSTATS->presence_sync_rewalks, 1);
     const char *mode = before ? "more" : t.over ? "first" : "all";
     if (t.oom || (t.over && ch == NULL)) {
         /* No memory for the text (or a big channel without a record here,
@@ -2689,24 +2714,44 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
     pres_sync_args(&a, id, len, lc && lc->config.join_leave, t.buf ? t.buf : "", t.len, mode,
                    "0");
     int rc = cmd_script(c, SL_BRS_PRES_SYNC, 4, &a);
-    free(t.buf);
-    if (rc != SL_OK)
+    if (rc != SL_OK) {
+        free(t.buf);
         return PS_FULL;
-    if (mode[0] == 'a')
+    }
+    l->pres_inflight++;
+    if (mode[0] == 'a') {
+        free(t.buf);
         return PS_DONE;
+    }
     if (t.over) {
         ch->pres_slice = 1;
         ch->pres_before = t.last;
+        snprintf(ch->pres_after, sizeof(ch->pres_after), "%s", t.last_conn ? t.last_conn : "");
+        free(t.buf);
     } else {
+        free(t.buf);
         ch->pres_slice = 2; /* every slice sent: the sweep next */
         snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "0");
     }
     return PS_MORE;
 }
 
+static void pres_pump(link_t *l);
+
+/* One of the rewrite's commands answered (or failed: r NULL): the link
+ * may send the next (reply-paced, review ro17 M2). */
+static void pres_answered(link_t *l)
+{
+    if (l->pres_inflight)
+        l->pres_inflight--;
+    if (l->state == L_UP)
+        pres_pump(l);
+}
+
 static void done_pres_sync(cmd_t *c, redisReply *r)
 {
     bchan_t *ch = c->ch;
+    link_t *l = c->link;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3;
     if (ch && c->gen == ch->pres_gen && ch->pres_slice == 3) {
         /* A sweep slice: the next from its cursor; at "0" (or failed: the
@@ -2720,13 +2765,14 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
             ch->pres_slice = 2;
         }
     }
-    if (!ok)
-        return;
-    if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
-        uatomic_add(&BSTATS->presence_synced, 1);
-    int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
-    if (changes > 0)
-        uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+    if (ok) {
+        if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
+            uatomic_add(&BSTATS->presence_synced, 1);
+        int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
+        if (changes > 0)
+            uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+    }
+    pres_answered(l);
 }
 
 /* A slice of the node's nodepr set: its channels without a subscriber
@@ -2737,10 +2783,12 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
     l->pres_scan_sent = false;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || l->state != L_UP) {
         l->pres_scan = false; /* given up: the next connect starts again */
+        pres_answered(l);
         return;
     }
     if (l->pres_restart) {
         l->pres_restart = false; /* a new pass: from cursor 0 */
+        pres_answered(l);
         return;
     }
     redisReply *ids = el(r, 1);
@@ -2755,10 +2803,57 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
     if (strcmp(l->pres_cursor, "0") == 0)
         l->pres_scan = false;
+    pres_answered(l);
 }
 
-/* One loop turn's share of the rewrite after a connect (PRES_SYNC_TURN
- * channels, or one nodepr slice of about as many). */
+/* Send what the rewrite on l may send now: channel by channel from
+ * bucket pres_bucket on, then the node's nodepr set, while fewer than
+ * PRES_SYNC_INFLIGHT of its commands are in flight and fewer than
+ * PRES_SYNC_TURN went this loop turn.  Called each turn and on each
+ * answer (review ro17 M2: paced by Redis's replies, so a pass over big
+ * channels never queues more than a few scripts ahead of the link's other
+ * commands). */
+static void pres_pump(link_t *l)
+{
+    while (l->pres_pass) {
+        if (l->pres_bucket >= BUCKETS) {
+            l->pres_pass = false;
+            break;
+        }
+        bool stay = false;
+        for (bchan_t *ch = B.map[l->pres_bucket]; ch; ch = ch->next) {
+            if (!ch->pres_due || (int)ch->shard != l->shard)
+                continue;
+            if (l->pres_inflight >= PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN)
+                return; /* on an answer, or next turn */
+            int st = pres_sync(l, ch->id, ch->idlen, ch);
+            if (st == PS_FULL || st == PS_WAIT)
+                return; /* this link is full: next turn; a sweep slice's answer first */
+            l->pres_sent++;
+            if (st == PS_MORE) {
+                stay = true; /* a big channel: its next slice (the pass waits at it) */
+                break;
+            }
+            ch->pres_due = false;
+        }
+        if (!stay)
+            l->pres_bucket++; /* every due channel of this bucket sent */
+    }
+    if (l->pres_scan && !l->pres_scan_sent && l->pres_inflight < PRES_SYNC_INFLIGHT &&
+        l->pres_sent < PRES_SYNC_TURN) {
+        char npr[160];
+        snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
+        const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
+        size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
+        if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK) {
+            l->pres_scan_sent = true;
+            l->pres_inflight++;
+            l->pres_sent++;
+        }
+    }
+}
+
+/* One loop turn's share of the rewrite after a connect (pres_pump). */
 static void pres_turn(void)
 {
     uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
@@ -2775,40 +2870,9 @@ static void pres_turn(void)
     }
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
-        if (l->state != L_UP)
-            continue;
-        int done = 0;
-        bool more = false;
-        while (l->pres_pass && done < PRES_SYNC_TURN && !more) {
-            if (l->pres_bucket >= BUCKETS) {
-                l->pres_pass = false;
-                break;
-            }
-            for (bchan_t *ch = B.map[l->pres_bucket]; ch && done < PRES_SYNC_TURN; ch = ch->next) {
-                if (!ch->pres_due || (int)ch->shard != l->shard)
-                    continue;
-                int st = pres_sync(l, ch->id, ch->idlen, ch);
-                if (st == PS_FULL)
-                    goto next_link; /* this link is full: next turn */
-                done++;
-                if (st == PS_MORE) {
-                    more = true; /* a big channel: its next slice next turn */
-                    break;
-                }
-                ch->pres_due = false;
-            }
-            if (done < PRES_SYNC_TURN && !more)
-                l->pres_bucket++; /* every due channel of this bucket sent */
-        }
-        if (!l->pres_pass && l->pres_scan && !l->pres_scan_sent) {
-            char npr[160];
-            snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
-            const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
-            size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
-            if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
-                l->pres_scan_sent = true;
-        }
-    next_link:;
+        l->pres_sent = 0;
+        if (l->state == L_UP)
+            pres_pump(l); /* a full link returns: the next link still gets its turn (ro17 L1) */
     }
 }
 
@@ -2983,6 +3047,7 @@ static void link_fail(link_t *l, const char *why)
         redisAsyncFree(c);
     if (s2)
         redisAsyncFree(s2);
+    l->pres_inflight = 0; /* every one answered (NULL) by the free */
     /* Channel subscriptions of this link are gone: joins that waited for
      * one are answered (never sent: not done), the rest is redone when the
      * link is back. */
@@ -3322,6 +3387,19 @@ static void link_up(link_t *l)
 
 /* ------------------------------------------------------------ timers */
 
+/* The oldest command in flight on l that the liveness deadline applies
+ * to: the presence rewrite's do not count (review ro17 M2: a pass over a
+ * big node must not fail its own link; paced, at most PRES_SYNC_INFLIGHT
+ * of them are ahead of the others, and the heartbeat still finds a silent
+ * Redis). */
+static const cmd_t *oldest_timed(const link_t *l)
+{
+    const cmd_t *c = l->head;
+    while (c && (c->what == C_PRES_SYNC || c->what == C_PRES_SCAN))
+        c = c->next;
+    return c;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     int64_t now = sl_mono_ms(), bound = sl_conf->redis_timeout_ms;
@@ -3329,7 +3407,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         link_t *l = &B.link[i];
         link_resolved(l);
         char why[128];
-        if (l->head && now - l->head->sent_ms > bound) {
+        const cmd_t *oldest = oldest_timed(l);
+        if (oldest && now - oldest->sent_ms > bound) {
             uatomic_add(&BSTATS->link[i].timeouts, 1);
             snprintf(why, sizeof(why), "no reply within %" PRId64 " ms (--redis-timeout-ms)",
                      bound);
