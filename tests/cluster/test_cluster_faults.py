@@ -882,6 +882,7 @@ class Relay:
         self.lsock.listen(16)
         self.url = f"redis://127.0.0.1:{self.lsock.getsockname()[1]}"
         self.marker = self.up_marker = None
+        self.rate = None  # bytes/s the node's commands reach Redis at (throttle)
         self.go = threading.Event()
         self.go.set()
         self.lock = threading.Lock()
@@ -921,6 +922,12 @@ class Relay:
                     tail = d[-64:]
                     if st["held_up"]:
                         self.go.wait()
+                    rate = self.rate
+                    if rate:
+                        for i in range(0, len(d), 4096):
+                            dst.sendall(d[i:i + 4096])
+                            time.sleep(min(len(d) - i, 4096) / rate)
+                        continue
                 elif st["held"]:
                     self.go.wait()
                 dst.sendall(d)
@@ -931,6 +938,11 @@ class Relay:
                 x.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def throttle(self, rate):
+        """What every node connection sends reaches Redis at `rate` bytes/s
+        at most (None: at once): a slow Redis, or a slow network to it."""
+        self.rate = rate
 
     def hold_answers(self, marker):
         self.go.clear()
@@ -1337,3 +1349,50 @@ def test_redis_state_allocation_failure_is_refused_and_counted(cluster):
     run(go())
     assert a.stats()["overloaded"] == 1
     assert h.stats()["errors"]["bad-http-request"] == 1
+
+
+# Review ro17 M2: the presence rewrite after a connect, a lapse or a dead
+# worker sent 32 PRES_SYNC per 20 ms loop turn without waiting for their
+# answers; over a node with many subscriptions it queued seconds of work
+# ahead of the link's other commands, the heartbeat waited past
+# --redis-timeout-ms, the link was failed, and the reconnect started the
+# same pass again.  Now at most PRES_SYNC_INFLIGHT (4) of the rewrite's
+# scripts are in flight per link, the next sent on an answer.  Here the
+# relay passes the node's commands at 300 KB/s; 200 channels with about
+# 20 subscribers each are about 0.5 MB of rewrite: the old pass queued over
+# a second of it at once (more than the 400 ms timeout), the paced one a
+# few KB.  A worker is SIGKILLed (the pass without a reconnect): the link
+# stays up through the whole pass.
+def test_presence_pass_is_paced_by_replies(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--redis-timeout-ms", "400", urls=[relay.url])
+        chans = [f"pp{i}" for i in range(200)]
+
+        async def go():
+            xs = [await Client.open(a) for _ in range(40)]
+            assert {x.welcome["worker"] for x in xs} == {0, 1}
+            for x in xs:
+                for ch in chans:
+                    await x.send(type="subscribe", **{"channel-id": ch})
+            for x in xs:
+                for _ in chans:
+                    assert (await x.of_type("subscription-result", timeout=60))["success"]
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["reconnects"] == 0 and link["timeouts"] == 0, link
+            await asyncio.sleep(1)  # the heartbeat and counts settled
+            synced = a.stats()["cluster"]["broker"]["presence-synced"]
+            relay.throttle(300_000)
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+
+            def passed():
+                return a.stats()["cluster"]["broker"]["presence-synced"] >= synced + len(chans)
+            await asyncio.to_thread(wait_for, passed, 60, what="the rewrite of every channel")
+            await asyncio.sleep(1.5)  # a heartbeat after it
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["connected"] and link["reconnects"] == 0 and link["timeouts"] == 0, link
+            relay.throttle(None)
+        run(go())
+    finally:
+        relay.throttle(None)
