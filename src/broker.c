@@ -95,6 +95,9 @@
 #define HOLD_MAX 10000
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
+/* INFLIGHT_MAX; the test build (SL_CRASHPOINTS) takes another from
+ * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
+static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
@@ -462,7 +465,8 @@ static void drop_held(bchan_t *ch)
 static void chan_maybe_free(bchan_t *c)
 {
     if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
-        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting)
+        c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting ||
+        c->pres_due)
         return;
     uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
     for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
@@ -550,7 +554,7 @@ static bool room_for(cmd_t *c, size_t n)
     if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS ||
         c->what == C_PURGE)
         return true;
-    if (l->ninflight < INFLIGHT_MAX && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
+    if (l->ninflight < inflight_max && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
         return true;
     uatomic_add(&BSTATS->link[l->shard].refused, 1);
     return false;
@@ -2469,6 +2473,31 @@ static void req_sync(json_t *j)
 
 /* ------------------------------------------------------------ presence */
 
+/* A presence write of channel id was lost (its link full, or down): the
+ * channel's entries are rewritten from the registry (PRES_SYNC) when the
+ * link takes commands again, while it stays up - review ro17 M4.  The
+ * link's pass goes on from where it is (started at the channel's bucket
+ * when none runs, taken back to it when it is past it); a rewrite of the
+ * channel under way starts again (it may have listed the entry before the
+ * loss).  No memory for the record: the next pass mends it. */
+static void pres_mend(const char *id, size_t len)
+{
+    bchan_t *ch = chan_get(id, len);
+    if (ch == NULL)
+        return;
+    link_t *l = &B.link[ch->shard];
+    ch->pres_due = true;
+    if (ch->pres_slice) {
+        ch->pres_slice = 0;
+        ch->pres_gen++; /* its sweep's answer is ignored */
+    }
+    uint32_t b = sl_broker_shard(id, len, BUCKETS);
+    if (!l->pres_pass || b < l->pres_bucket) {
+        l->pres_pass = true;
+        l->pres_bucket = b;
+    }
+}
+
 /* A subscriber's presence entry on this node (set) or its removal, with
  * its join / leave frame when the channel tells of them: one script, so
  * the entry and the frame published on the channel go together. */
@@ -2484,6 +2513,7 @@ static void req_presence_change(json_t *j, bool set)
     cmd_t *c = cmd_new(l, C_SYNC, NULL);
     if (c == NULL) {
         uatomic_add(&BSTATS->presence_lost, 1);
+        pres_mend(id, len);
         return;
     }
     char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
@@ -2504,10 +2534,13 @@ static void req_presence_change(json_t *j, bool set)
     args(&a, frame ? frame : "");
     args(&a, B.node);
     argi(&a, jint(j, "conn-no"));
-    /* Not sent (the link is down or full): counted; the rewrite after the
-     * next connect mends it (pres_pass_start). */
-    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK)
+    /* Not sent (the link is down or full): counted, and the channel's
+     * entries rewritten once the link takes commands again (pres_mend;
+     * down: the pass after the next connect does it anyway). */
+    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK) {
         uatomic_add(&BSTATS->presence_lost, 1);
+        pres_mend(id, len);
+    }
     free(etxt);
 }
 
@@ -2759,7 +2792,7 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         const char *cur = ok ? rstr(el(r, 2)) : "0";
         if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
             ch->pres_slice = 0;
-            ch->pres_due = false;
+            ch->pres_due = false; /* freed with the command if nothing else keeps it */
         } else {
             snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "%s", cur);
             ch->pres_slice = 2;
@@ -2797,8 +2830,11 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
-        if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
-            pres_sync(l, id->str, id->len, NULL);
+        /* Not taken (the link full): the channel is kept due, not dropped
+         * (review ro17 M4). */
+        if ((lc == NULL || uatomic_read(&lc->subscribers) == 0) &&
+            pres_sync(l, id->str, id->len, NULL) == PS_FULL)
+            pres_mend(id->str, id->len);
     }
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
     if (strcmp(l->pres_cursor, "0") == 0)
@@ -2821,7 +2857,8 @@ static void pres_pump(link_t *l)
             break;
         }
         bool stay = false;
-        for (bchan_t *ch = B.map[l->pres_bucket]; ch; ch = ch->next) {
+        for (bchan_t *ch = B.map[l->pres_bucket], *next; ch; ch = next) {
+            next = ch->next;
             if (!ch->pres_due || (int)ch->shard != l->shard)
                 continue;
             if (l->pres_inflight >= PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN)
@@ -2835,6 +2872,7 @@ static void pres_pump(link_t *l)
                 break;
             }
             ch->pres_due = false;
+            chan_maybe_free(ch); /* a record kept only for its rewrite (pres_mend) */
         }
         if (!stay)
             l->pres_bucket++; /* every due channel of this bucket sent */
@@ -3615,6 +3653,9 @@ int sl_broker_main(int tel_fd)
         const char *m = getenv("SL_TEST_PRES_SYNC_MAX");
         if (m && atoi(m) > 0)
             pres_sync_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_INFLIGHT_MAX");
+        if (m && atoi(m) > 0)
+            inflight_max = (uint32_t)atoi(m);
     }
 #endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);

@@ -1396,3 +1396,66 @@ def test_presence_pass_is_paced_by_replies(cluster, redis):
         run(go())
     finally:
         relay.throttle(None)
+
+
+# Review ro17 M4: a presence write refused by a full link (presence-lost)
+# was mended only by the pass after the next connect, and a full link is
+# not a disconnect: the entry stayed in Redis (a ghost, counted and listed,
+# no leave) for as long as the link stayed up.  Now the loss marks the
+# channel due for the rewrite, which runs once the link drains.  The test
+# build's SL_TEST_INFLIGHT_MAX=8 and a relay holding Redis's answers fill
+# A's link with 8 publishes; x unsubscribes meanwhile (its PRES_DEL is
+# refused); after the release the watcher on B is told x left, and
+# presence no longer lists x.
+def test_presence_write_lost_to_a_full_link_is_mended(cluster, redis):
+    from conftest import CRASH_BIN
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--redis-timeout-ms", "30000", urls=[relay.url],
+                       binary=CRASH_BIN, env={"SL_TEST_INFLIGHT_MAX": "8"})
+        (b,) = cluster(1, "--join-leave")
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe("room"))["success"]
+            x = await Client.open(a)
+            assert (await x.subscribe("room"))["success"]
+            m = await w.next(lambda m: m.get("type") == "join", timeout=10)
+            assert m["info"]["conn-id"] == x.conn_id
+            await until_listed(w, {w.conn_id, x.conn_id})
+            lost = a.stats()["cluster"]["broker"]["presence-lost"]
+            f = await Client.open(a)
+            relay.hold_answers(b"fillmark")
+            for i in range(12):
+                await f.send(type="publish", **{"channel-id": "fill"}, data=f"fillmark{i}")
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["redis"][0]["in-flight"] >= 8, 10,
+                what="A's link full")
+            await x.send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await x.of_type("unsubscription-result"))["success"]
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["broker"]["presence-lost"] > lost, 10,
+                what="x's PRES_DEL refused")
+            relay.release()
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=15)
+            assert m["info"]["conn-id"] == x.conn_id
+            await until_listed(w, {w.conn_id})
+            st = a.stats()
+            assert st["cluster"]["redis"][0]["reconnects"] == 0, st["cluster"]["redis"][0]
+            assert st["cluster"]["broker"]["presence-reasserts"] == 0  # no lapse mended it
+        run(go())
+    finally:
+        relay.release()
+
+
+async def until_listed(client, want, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        await client.send(type="presence", **{"channel-id": "room"})
+        r = await client.of_type("presence-result")
+        if r["success"] and set(r["clients"]) == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"presence {r} is not {want}")
+        await asyncio.sleep(0.2)
