@@ -124,6 +124,13 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
+/* PURGE_SLICE, likewise from SL_TEST_PURGE_SLICE; and SL_TEST_PURGE_KILL
+ * names a file: the broker that removes it SIGKILLs itself after its
+ * first purge slice (one broker: the respawn finds the file gone). */
+static uint32_t purge_slice = PURGE_SLICE;
+#ifdef SL_CRASHPOINTS
+static const char *purge_kill;
+#endif
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
 #define PRES_SYNC_BYTES (256u << 10) /* ... and at most about this much entry text */
@@ -1225,6 +1232,10 @@ static void done_setup(cmd_t *c, redisReply *r)
                                      "removed, a leave published for each"));
         }
         if (st == 3) {
+#ifdef SL_CRASHPOINTS
+            if (purge_kill && unlink(purge_kill) == 0)
+                raise(SIGKILL); /* the test of the purge's "instance last" order */
+#endif
             l->connect_ms = sl_mono_ms(); /* progress, as for EPOCHS */
             link_purge(l);
             return;
@@ -3223,7 +3234,7 @@ static void link_purge(link_t *l)
     args(&a, B.node);
     args(&a, B.instance);
     args(&a, B.prefix);
-    argi(&a, PURGE_SLICE);
+    argi(&a, purge_slice);
     argi(&a, sl_conf->channel_linger_ms);
     cmd_script(cmd_new(l, C_PURGE, NULL), SL_BRS_PRES_PURGE, 3, &a);
 }
@@ -3656,6 +3667,10 @@ int sl_broker_main(int tel_fd)
         m = getenv("SL_TEST_INFLIGHT_MAX");
         if (m && atoi(m) > 0)
             inflight_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_PURGE_SLICE");
+        if (m && atoi(m) > 0)
+            purge_slice = (uint32_t)atoi(m);
+        purge_kill = getenv("SL_TEST_PURGE_KILL");
     }
 #endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);
