@@ -1459,3 +1459,57 @@ async def until_listed(client, want, timeout=15):
         if time.monotonic() > deadline:
             raise AssertionError(f"presence {r} is not {want}")
         await asyncio.sleep(0.2)
+
+
+def shard_of(channel, n):
+    h = 1469598103934665603
+    for c in channel.encode():
+        h = ((h ^ c) * 1099511628211) & (2 ** 64 - 1)
+    return h % n
+
+
+# Review ro17 L1: with --redis twice, the dead worker's rewrite stopped at
+# the first full link (return, not continue) after taking the master's
+# signal, so the other links never started it: their channels kept the dead
+# worker's entries.  Here A's link to shard 0 is full (the test build's
+# SL_TEST_INFLIGHT_MAX=8, a relay holding the answers) when worker 1 is
+# SIGKILLed; its client x on a shard-1 channel still leaves at once (the
+# watcher on B is told) while shard 0's link stays full.
+def test_full_link_does_not_stop_the_other_links_pass(tmp_path, cluster, redis):
+    from conftest import CRASH_BIN, Redis
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--redis-timeout-ms", "30000",
+                       urls=[relay.url, r2.url], binary=CRASH_BIN,
+                       env={"SL_TEST_INFLIGHT_MAX": "8"})
+        (b,) = cluster(1, "--join-leave", urls=[redis.url, r2.url])
+        c0 = next(f"fl{i}" for i in range(100) if shard_of(f"fl{i}", 2) == 0)
+        c1 = next(f"fl{i}" for i in range(100) if shard_of(f"fl{i}", 2) == 1)
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe(c1))["success"]
+            xs = [await Client.open(a) for _ in range(6)]
+            x = next(c for c in xs if c.welcome["worker"] == 1)
+            f = next(c for c in xs if c.welcome["worker"] == 0)
+            assert (await x.subscribe(c1))["success"]
+            assert (await f.subscribe(c0))["success"]
+            m = await w.next(lambda m: m.get("type") == "join", timeout=10)
+            assert m["info"]["conn-id"] == x.conn_id
+            relay.hold_answers(b"fillmark")
+            for i in range(12):
+                await f.send(type="publish", **{"channel-id": c0}, data=f"fillmark{i}")
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["redis"][0]["in-flight"] >= 8, 10,
+                what="A's shard-0 link full")
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=15)
+            assert m["info"]["conn-id"] == x.conn_id
+            assert a.stats()["cluster"]["redis"][0]["in-flight"] >= 8  # still full
+            relay.release()
+        run(go())
+    finally:
+        relay.release()
+        r2.stop()
