@@ -727,8 +727,6 @@ static ssize_t own_next(int fd, tls_conn_t *t, uint8_t **p, size_t *len)
         size_t need = SL_TLSREC_HDR;
         if (have >= SL_TLSREC_HDR) {
             need += (size_t)s[3] << 8 | s[4];
-            if (s[0] != SL_TLSREC_CT_APPDATA) /* after the handshake every record is */
-                return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
             if (need > SL_TLSREC_MAX_IN)
                 return own_fail(fd, t, SL_TLSREC_AD_RECORD_OVERFLOW, SL_ERR_TLS_BAD_RECORD);
         }
@@ -759,9 +757,12 @@ static ssize_t own_next(int fd, tls_conn_t *t, uint8_t **p, size_t *len)
             }
             return SL_ERROR;
         }
-        /* A whole record. */
+        /* A whole record (read whole even when refused: a close with its
+         * bytes unread would be a reset that could lose our alert). */
         uint8_t type;
         size_t n;
+        if (s[0] != SL_TLSREC_CT_APPDATA) /* after the handshake every record is */
+            return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
         if (t->rl.rd.seq == UINT64_MAX)
             return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
         int bad = sl_tlsrec_open(&t->rl, s, have, &type, &n);
