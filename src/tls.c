@@ -719,7 +719,7 @@ static ssize_t own_next(int fd, tls_conn_t *t, uint8_t **p, size_t *len)
     if (t->part) {
         have = t->part_len;
         memcpy(s, t->part, have);
-        free(t->part);
+        heap_free(t->part, NULL, 0);
         t->part = NULL;
         t->part_len = 0;
     }
@@ -740,7 +740,7 @@ static ssize_t own_next(int fd, tls_conn_t *t, uint8_t **p, size_t *len)
                 continue;
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 if (have > 0) { /* kept only until the rest comes */
-                    if ((t->part = malloc(have)) == NULL)
+                    if ((t->part = heap_malloc(have, NULL, 0)) == NULL)
                         return SL_ERROR;
                     memcpy(t->part, s, have);
                     t->part_len = (uint16_t)have;
@@ -817,7 +817,7 @@ static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
             t->left_off += (uint16_t)k;
             t->left_len -= (uint16_t)k;
             if (t->left_len == 0) {
-                free(t->left);
+                heap_free(t->left, NULL, 0);
                 t->left = NULL;
                 t->left_off = 0;
             }
@@ -838,7 +838,7 @@ static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
         memcpy(buf + got, p, k);
         got += k;
         if (k < len) { /* the caller's room is full: the rest waits here */
-            if ((t->left = malloc(len - k)) == NULL) {
+            if ((t->left = heap_malloc(len - k, NULL, 0)) == NULL) {
                 t->rd_end = 2;
                 break;
             }
@@ -1083,8 +1083,8 @@ static void tls_release(void *ctx)
             own_start_ctl(t, SL_TLSREC_CT_ALERT, cn, sizeof(cn));
             own_send_ctl(t->fd, t);
         }
-        free(t->part);
-        free(t->left);
+        heap_free(t->part, NULL, 0); /* counted with OpenSSL's: tls-heap-bytes */
+        heap_free(t->left, NULL, 0);
         OPENSSL_cleanse(t, sizeof(*t));
         free(t);
         return;
