@@ -26,10 +26,15 @@
  * pinned (sl_outq_t.pinned), until SSL_write takes them - held and
  * counted as queued output, never copied.
  *
+ * After a TLS 1.3 handshake the records are ours (below, "our record
+ * layer"; sl_tlsrec.h): the SSL object is freed and an idle connection
+ * holds ~300 B of TLS state instead of ~14 KB (docs/benchmarks.md).
+ *
  * Memory: every allocation OpenSSL makes goes through counting hooks
  * (sl_tls_count_heap), so /stats tls-heap-bytes is what it holds - the
- * SSL objects (~14 KB each once idle: docs/benchmarks.md has the
- * breakdown) and their record buffers.  A handshake's temporaries (~40
+ * SSL objects (~14 KB each once idle over TLS 1.2: docs/benchmarks.md has
+ * the breakdown), their record buffers, and our record layer's partial
+ * records.  A handshake's temporaries (~40
  * KiB) leave holes between the long-lived SSL objects; the worker's tick
  * gives those pages back (malloc_trim, once handshakes have paused for
  * half a second): 22 KB -> 16.5 KB of PSS per idle wss connection.
