@@ -388,6 +388,8 @@ SB_HDR := $(wildcard tests/bench/sb*.h)
 all: $(BUILD)/sente-bench
 # tests/integration/test_bench_smoke.py runs the generator of the same build.
 check-integration: $(BUILD)/sente-bench
+# tests/integration/test_tls_mem.py runs the tool of the same build.
+check-integration: $(BUILD)/tls-mem
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)

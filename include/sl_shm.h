@@ -86,6 +86,8 @@ typedef enum {
     SL_ERR_TLS_PEER_ALERT,     /* the client refused us (e.g. an unknown CA) */
     SL_ERR_AUTH_FAILURES_CLOSED, /* too many failed authenticate messages: close 4401 */
     SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
+    SL_ERR_ADMIN_UNAVAILABLE,    /* admin API: a valid request the server could not
+                                  * serve now (5xx: overloaded, shm-exhausted, ...) */
     SL_ERR__COUNT
 } sl_err_t;
 

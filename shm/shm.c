@@ -72,6 +72,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_TLS_PEER_ALERT] = "tls-peer-alert",
     [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
     [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
+    [SL_ERR_ADMIN_UNAVAILABLE] = "admin-unavailable",
 };
 
 const char *sl_err_name(sl_err_t e)

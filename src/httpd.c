@@ -295,11 +295,23 @@ static bool send_web(sl_conn_t *c, const sl_http_request_t *req, const sl_web_as
     return keep;
 }
 
+/* An admin API answer's refusal, counted by kind: the token (401/403:
+ * admin-refused), the server unable to serve it now (5xx: overloaded,
+ * shm-exhausted, broker-unavailable, ...: admin-unavailable - not the
+ * client's fault, so not a bad HTTP request), or the request itself (other
+ * 4xx: bad-http-request). */
+static void admin_count(int status)
+{
+    if (status < 400)
+        return;
+    sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
+                         : status >= 500                ? SL_ERR_ADMIN_UNAVAILABLE
+                                                        : SL_ERR_BAD_HTTP_REQUEST);
+}
+
 void sl_httpd_deferred_reply(sl_conn_t *c, int status, json_t *doc)
 {
-    if (status >= 400)
-        sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
-                                                             : SL_ERR_BAD_HTTP_REQUEST);
+    admin_count(status);
     /* (It exists: the request it answers was submitted for c.) */
     sl_conn_cl_t *cl = sl_conn_cl(c);
     bool keep = cl && cl->http_deferred_keep;
@@ -405,9 +417,7 @@ static bool route(sl_conn_t *c, const sl_http_request_t *req, const char *body, 
             }
             return keep;
         }
-        if (status >= 400)
-            sl_conns_count_error(status == 401 || status == 403 ? SL_ERR_ADMIN_REFUSED
-                                                                 : SL_ERR_BAD_HTTP_REQUEST);
+        admin_count(status);
         char extra[96] = "";
         if (allow)
             snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);

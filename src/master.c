@@ -718,6 +718,11 @@ static void worker_died(int i, int status)
     uatomic_set(&sl_shm->workers[i].echo_connections, 0);
     uatomic_set(&sl_shm->workers[i].http_connections, 0);
     uatomic_set(&sl_shm->workers[i].pending_handoff, 0);
+    /* Its gauges too (what it held died with it), so the /stats totals do
+     * not keep them until the replacement's first tick (review rq16 L1). */
+    uatomic_set(&sl_shm->workers[i].tls_heap_bytes, 0);
+    uatomic_set(&sl_shm->workers[i].outbound_bytes, 0);
+    uatomic_set(&sl_shm->workers[i].inbound_bytes, 0);
     /* Its connections are gone with it: clean them out of the registry, in
      * steps (first the locks it held are repaired and its reader slot taken
      * offline, so reclamation goes on). */

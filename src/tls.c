@@ -76,18 +76,14 @@ static ctxset_t live; /* what new handshakes use */
 static uint64_t live_fp; /* its fingerprint (set_fingerprint) */
 static sl_worker_stats_t *tls_stats;
 
-void sl_tls_set_stats(sl_worker_stats_t *stats)
-{
-    tls_stats = stats;
-}
-
 /* ------------------------------------------------ OpenSSL's heap */
 
 /* Bytes of heap OpenSSL holds in this process, by usable size: the SSL
  * objects, their record buffers (a pinned record's, a partial record's),
  * contexts.  A worker inherits the master's count (the contexts it built
- * before the fork) and goes on from it.  Relaxed atomics: OpenSSL may be
- * called from more than one thread. */
+ * before the fork) and goes on from it; it publishes only what it added
+ * (heap_base).  Relaxed atomics: OpenSSL may be called from more than
+ * one thread. */
 static uint64_t heap_bytes;
 static uint64_t heap_freed; /* bytes OpenSSL freed since the last trim */
 
@@ -131,6 +127,19 @@ static void *heap_realloc(void *p, size_t n, const char *file, int line)
     return q;
 }
 
+static uint64_t heap_base; /* heap_bytes when the worker started */
+
+void sl_tls_set_stats(sl_worker_stats_t *stats)
+{
+    tls_stats = stats;
+    /* What the worker inherited from the master (its contexts, built
+     * before the fork, shared copy-on-write) is not the worker's: its
+     * tls-heap-bytes is what OpenSSL allocated since (review rq16 L1),
+     * so the /stats total does not count the master's part once per
+     * worker. */
+    heap_base = __atomic_load_n(&heap_bytes, __ATOMIC_RELAXED);
+}
+
 int sl_tls_count_heap(void)
 {
     return CRYPTO_set_mem_functions(heap_malloc, heap_realloc, heap_free) ? SL_OK : SL_ERROR;
@@ -151,7 +160,8 @@ void sl_tls_housekeep(int64_t now_ms)
     static int64_t seen_ms, trimmed_ms = INT64_MIN / 2;
     if (tls_stats == NULL)
         return;
-    CMM_STORE_SHARED(tls_stats->tls_heap_bytes, __atomic_load_n(&heap_bytes, __ATOMIC_RELAXED));
+    uint64_t held = __atomic_load_n(&heap_bytes, __ATOMIC_RELAXED);
+    CMM_STORE_SHARED(tls_stats->tls_heap_bytes, held > heap_base ? held - heap_base : 0);
     uint64_t hs = uatomic_read(&tls_stats->tls_handshakes);
     if (hs != seen) {
         seen = hs;

@@ -40,6 +40,7 @@ import re
 import tempfile
 import time
 import urllib.request
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SL = os.path.join(ROOT, "build", "sente-lite")
@@ -55,14 +56,6 @@ SOURCES = ",".join(f"127.0.0.{i}" for i in range(2, 10))
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def rss_of(pids):

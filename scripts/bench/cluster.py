@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SL = os.path.join(ROOT, "build", "sente-lite")
@@ -47,14 +48,6 @@ SOURCES = ",".join(f"127.0.0.{i}" for i in range(2, 10))
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_http(port, path="/health", timeout=15):

@@ -11,7 +11,6 @@ median is printed.
 import argparse
 import asyncio
 import os
-import socket
 import ssl
 import statistics
 import subprocess
@@ -21,14 +20,7 @@ import time
 import urllib.request
 
 import websockets
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 
 def pss_kib(root):

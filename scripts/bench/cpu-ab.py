@@ -23,19 +23,12 @@ import socket
 import statistics
 import subprocess
 import time
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SB = os.path.join(ROOT, "build", "sente-bench")
 SOURCES = ",".join(f"127.0.0.{i}" for i in range(2, 10))
 SUB = '{"type":"subscribe","channel-id":"bench"}'
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def cpu_s(pids):

@@ -43,14 +43,7 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 from wsraw import frame  # noqa: E402  (the raw RFC 6455 frame builder of the tests)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 
 def upgrade_req(port, path):

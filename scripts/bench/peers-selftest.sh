@@ -32,7 +32,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
-    node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close();});'
+    /usr/bin/python3 "$here/benchlib.py"
 }
 
 run_peer() {   # run_peer nchan|ws

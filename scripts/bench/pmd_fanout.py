@@ -23,14 +23,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
 
 
 def frame(payload):

@@ -15,7 +15,7 @@ OUT=${2:-build/bench/profile}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 rm -rf "$OUT" && mkdir -p "$OUT"
-PORT=$(/usr/bin/python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+PORT=$(/usr/bin/python3 scripts/bench/benchlib.py)
 valgrind --tool=callgrind --trace-children=yes --collect-atstart=yes \
     --callgrind-out-file="$OUT/cg.%p" build/sente-lite --host 127.0.0.1 --port "$PORT" \
     --workers 1 --log-level warn --log-file "$OUT/sente-lite.log" \

@@ -15,7 +15,7 @@ rounds=${3:-3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 d=$(mktemp -d)
 trap 'kill $(cat "$d"/*.pid 2>/dev/null) 2>/dev/null; rm -rf "$d"' EXIT
-port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port() { /usr/bin/python3 "$here/scripts/bench/benchlib.py"; }
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/ec.key" \
     -out "$d/ec.crt" -days 2 -subj /CN=localhost >/dev/null 2>&1
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$d/rsa.key" -out "$d/rsa.crt" -days 2 \

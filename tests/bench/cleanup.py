@@ -27,15 +27,11 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "scripts", "bench"))
+from benchlib import free_port  # noqa: E402  (scripts/bench/benchlib.py)
+
 N_CONNS, N_CHANNELS = 100, 1000
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def frame(obj):

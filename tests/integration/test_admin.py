@@ -276,3 +276,20 @@ def test_every_405_lists_what_the_path_allows(admin):
             assert status == 405, (path, method, status)
             assert set(resp.getheader("Allow").split(", ")) == allowed, (path, method)
     ws.close()
+
+
+def test_refusals_counted_by_kind(server_factory):
+    """A bad request moves errors.bad-http-request; the server unable to
+    serve a valid call (503 too-many-channels here) moves
+    errors.admin-unavailable instead, not bad-http-request."""
+    srv = server_factory("--admin-token", TOKEN, "--max-channels", "1")
+    assert call(srv, "POST", "/api/channels/one", {})[0] == 201
+    assert call(srv, "POST", "/api/channels/x", b"{not json")[0] == 400
+    errors = srv.stats()["errors"]
+    assert errors["bad-http-request"] == 1 and errors["admin-unavailable"] == 0
+    status, doc, _ = call(srv, "POST", "/api/channels/two", {})
+    assert status == 503 and doc["error"] == "too-many-channels"
+    errors = srv.stats()["errors"]
+    assert errors["admin-unavailable"] == 1
+    assert errors["bad-http-request"] == 1
+    assert errors["too-many-channels"] == 1

@@ -792,8 +792,7 @@ def test_openssl_heap_is_counted_in_stats(server_factory, certs):
     hold it and fall when they go."""
     s = tls_server(server_factory, certs, None, "--message-timeout-ms", "120000",
                    "--keepalive-timeout-ms", "120000", workers=1)
-    wait_for(lambda: _tls_heap(s) > 0, what="tls-heap-bytes published")
-    base = _tls_heap(s)
+    base = _tls_heap(s)  # the worker's own: ~0 when idle (test below)
     n = 20
     # First bytes of a 16 KiB handshake record, then nothing: OpenSSL
     # holds its ~16.7 KiB read buffer for each.
@@ -815,6 +814,40 @@ def test_openssl_heap_is_counted_in_stats(server_factory, certs):
     wait_for(lambda: _tls_heap(s) < base + n * 4096, what="tls-heap-bytes back down")
     st = s.stats()  # one snapshot: the worker's figure is the total (one worker)
     assert st["workers"][0]["tls-heap-bytes"] == st["tls-heap-bytes"]
+
+
+def test_tls_heap_is_each_workers_own_and_dies_with_it(server_factory, certs):
+    """Review rq16 L1: a worker's tls-heap-bytes is what OpenSSL allocated
+    in it after the fork - not the master's contexts again in every
+    worker (~320 KB each before) - so the total is about the connections'
+    state; and a killed worker's figure leaves the total with it."""
+    s = tls_server(server_factory, certs, None, workers=2)
+    ctx = certs.client_context()
+    tls_connect(s.tls_port, ctx).close()  # each worker's first turns done
+    tls_connect(s.tls_port, ctx).close()
+    base = _tls_heap(s)
+    assert base < 100000, base  # no worker counts the master's ~320 KB
+    n = 16
+    idle = [tls_connect(s.tls_port, ctx) for _ in range(n)]
+
+    def both_hold():
+        ws = s.stats()["workers"]
+        return all(w["tls-heap-bytes"] >= 3 * 8000 for w in ws)
+    wait_for(both_hold, what="both workers hold TLS connections")
+    wait_for(lambda: _tls_heap(s) >= base + n * 8000, what="the connections counted")
+    st = s.stats()
+    assert st["tls-heap-bytes"] <= base + n * 40000  # about 14 KB a connection
+    assert st["tls-heap-bytes"] == sum(w["tls-heap-bytes"] for w in st["workers"])
+    victim = st["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    # From the moment the master has seen the death (the slot's pid is no
+    # longer the victim's), the slot's figure is not the dead worker's.
+    wait_for(lambda: s.stats()["workers"][0]["pid"] != victim, what="the death noticed")
+    st = s.stats()
+    assert st["workers"][0]["tls-heap-bytes"] < 8000, st["workers"][0]
+    assert st["tls-heap-bytes"] == sum(w["tls-heap-bytes"] for w in st["workers"])
+    for c in idle:
+        c.close()
 
 
 def test_heap_trims_are_few_and_counted(server_factory, certs):
