@@ -52,6 +52,11 @@ enum {
     SL_BRQ_PRESENCE_DEL = 23,
     SL_BRQ_PRESENCE = 24,
     SL_BRQ_PRESENCE_STATS = 25,
+    /* A page of a channel's history (docs/protocol.md 4.11), from Redis:
+     * {"channel-id","since" (-1: none),"reverse","limit","max-bytes",
+     * "min-at" (wall ms; 0: no age bound)} -> {"epoch","top-seq","more",
+     * "messages": [the retained channel-message texts, in page order]}. */
+    SL_BRQ_HISTORY = 26,
 };
 
 /* Request flags (status of a request entry). */

@@ -47,6 +47,7 @@ enum {
     SL_BRS_PRES_STATS,
     SL_BRS_PRES_PURGE,
     SL_BRS_PRES_SYNC,
+    SL_BRS_HISTORY,
     SL_BRS__COUNT
 };
 

@@ -392,8 +392,14 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * published on the channel, in order with its messages - only when the
      * entry is new (a PRES_SYNC may have written it first), so a join is
      * published once.  A sliced PRES_SYNC under way (ps) lists it, so its
-     * sweep keeps it. */
+     * sweep keeps it.  Nothing when the channel is gone or deleted (its c
+     * missing, its tombstone x there: P:{C}: is KEYS[3] without its "m"):
+     * a PRES_SET that runs after a DELETE would re-create the deleted
+     * channel's entries (review ro17 L3). */
     [SL_BRS_PRES_SET] =
+    "local base = string.sub(KEYS[3], 1, -2)\n"
+    "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
+    "  return 0 end\n"
     "local new = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
     "redis.call('SADD', KEYS[2], ARGV[3])\n"
     "if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('SADD', KEYS[4], ARGV[1]) end\n"
@@ -506,8 +512,14 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * list (leaves); the last deletes ps.  A sweep without ps (expired:
      * the pass took 10 minutes, or lost) removes nothing.  Every state
      * between calls is valid (entries added, none wrongly removed).
+     * A channel gone or deleted (no c, or its tombstone x): this node's
+     * entries of it go, nothing published (review ro17 L3).
      * Returns {added, removed, next sweep cursor ("0": done)}. */
     [SL_BRS_PRES_SYNC] = LUA_CONN_NO
+    "local base = string.sub(KEYS[3], 1, -2)\n"
+    "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
+    "  redis.call('DEL', KEYS[1], KEYS[4]); redis.call('SREM', KEYS[2], ARGV[1])\n"
+    "  return {0, 0, '0'} end\n"
     "local mode = ARGV[5]\n"
     "local function tell(kind, c, e)\n"
     "  redis.call('PUBLISH', KEYS[3], 'J' .. ARGV[2] .. '\\n' .. conn_no(c) ..\n"
@@ -556,4 +568,68 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "if keep then redis.call('PEXPIRE', KEYS[4], 600000) end\n"
     "listed()\n"
     "return {added, removed, '0'}\n",
+    /* HISTORY  KEYS c h  ARGV since reverse limit max-bytes min-at: a page of the
+     * channel's history (docs/protocol.md 4.11), read only: {0, epoch, last,
+     * more, msgs} (msgs in page order), {2} no such channel (or deleted).  The
+     * retained messages are the newest `ret` of the list (a lowered retention
+     * trims the list at the next publish) published at or after min-at
+     * (history-ttl-ms, by the messages' published-at, which rise with seq up
+     * to the nodes' clock skew: found by bisection; 0: no age bound).
+     * Forwards: seq > since (-1: from the oldest); reverse: seq < since (-1:
+     * from the newest).  At most `limit` and max-bytes of them (at least one),
+     * read in slices of 64 so a page of big messages is not copied whole
+     * before the byte bound cuts it; more = 1 when more match. */
+    [SL_BRS_HISTORY] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return {2} end\n"
+    "local cfg = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'ret')\n"
+    "local last = tonumber(cfg[2] or '0')\n"
+    "local total = redis.call('LLEN', KEYS[2])\n"
+    "local base = total - math.min(total, tonumber(cfg[3] or '0'))\n"
+    "local minat = tonumber(ARGV[5])\n"
+    "if minat > 0 then\n"
+    "  local lo, hi = base, total\n"
+    "  while lo < hi do\n"
+    "    local mid = math.floor((lo + hi) / 2)\n"
+    "    local m = redis.call('LINDEX', KEYS[2], mid) or ''\n"
+    "    local at = tonumber(string.match(m, '\"published%-at\":(%-?%d+)}$') or '0')\n"
+    "    if at < minat then lo = mid + 1 else hi = mid end\n"
+    "  end\n"
+    "  base = lo\n"
+    "end\n"
+    "local s0 = last - total + 1\n"
+    "local since, limit, maxb = tonumber(ARGV[1]), tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+    "local rev = ARGV[2] == '1'\n"
+    "local from, avail\n"
+    "if rev then\n"
+    "  from = total - 1\n"
+    "  if since >= 0 and since - 1 - s0 < from then from = since - 1 - s0 end\n"
+    "  avail = from - base + 1\n"
+    "else\n"
+    "  from = base\n"
+    "  if since >= 0 and since + 1 - s0 > from then from = since + 1 - s0 end\n"
+    "  avail = total - from\n"
+    "end\n"
+    "if avail < 0 then avail = 0 end\n"
+    "local out, bytes, full = {}, 0, false\n"
+    "local want = math.min(avail, limit)\n"
+    "while not full and #out < want do\n"
+    "  local k = math.min(64, want - #out)\n"
+    "  local got\n"
+    "  if rev then\n"
+    "    got = redis.call('LRANGE', KEYS[2], from - #out - k + 1, from - #out)\n"
+    "  else\n"
+    "    got = redis.call('LRANGE', KEYS[2], from + #out, from + #out + k - 1)\n"
+    "  end\n"
+    "  if #got == 0 then break end\n"
+    "  local i, e, d = 1, #got, 1\n"
+    "  if rev then i, e, d = #got, 1, -1 end\n"
+    "  for x = i, e, d do\n"
+    "    if #out > 0 and bytes + #got[x] > maxb then full = true; break end\n"
+    "    bytes = bytes + #got[x]\n"
+    "    out[#out + 1] = got[x]\n"
+    "  end\n"
+    "end\n"
+    "local more = 0\n"
+    "if avail > #out then more = 1 end\n"
+    "return {0, cfg[1] or '', last, more, out}\n",
 };

@@ -1742,6 +1742,92 @@ static void history_cb(const sl_chan_msg_t *m, void *arg)
     h->off[h->n] = h->len;
 }
 
+/* A page's entry for a retained channel-message. */
+static json_t *publication(json_t *m)
+{
+    return json_pack("{s:O, s:O, s:O, s:O}", "seq", json_object_get(m, "seq"), "message-id",
+                     json_object_get(m, "message-id"), "data", json_object_get(m, "data"),
+                     "created-at", json_object_get(m, "published-at"));
+}
+
+/* --redis: the page comes from the channel's history in Redis (every
+ * node's the same, whatever this node's ring holds), answered in the
+ * connection's order of replies. */
+typedef struct {
+    sl_reply_t *reply;
+    size_t len;
+    char id[];
+} history_ask_t;
+
+static void history_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
+{
+    history_ask_t *h = arg;
+    if (c) {
+        json_t *r;
+        json_t *msgs = json_object_get(res, "messages");
+        if (status == SL_BR_OK && json_is_array(msgs)) {
+            json_t *pubs = json_array(), *m;
+            size_t i;
+            json_array_foreach(msgs, i, m) json_array_append_new(pubs, publication(m));
+            sl_conn_charge(c, json_array_size(pubs) / SL_HISTORY_CHARGE_UNIT);
+            r = json_pack("{s:s, s:s%, s:b, s:O, s:O, s:o, s:O}", "type", "history-result",
+                          "channel-id", h->id, h->len, "success", 1, "epoch",
+                          json_object_get(res, "epoch"), "top-seq",
+                          json_object_get(res, "top-seq"), "publications", pubs, "more",
+                          json_object_get(res, "more"));
+        } else {
+            if (status == SL_BR_OK)
+                status = SL_BR_BAD;
+            if (status == SL_BR_NOT_FOUND)
+                sl_conns_count_error(SL_ERR_CHANNEL_NOT_FOUND);
+            r = failure("history-result", h->id, h->len, sl_brq_reason(status));
+        }
+        sl_proto_complete(c, h->reply, r);
+    }
+    free(h);
+}
+
+static void cluster_history(sl_conn_t *c, const char *id, size_t len,
+                            const sl_chan_history_q_t *q)
+{
+    const char *why = sl_session_permit(c, SL_ACT_HISTORY, id, len, find_sub(c, id, len) >= 0);
+    if (why) {
+        sl_proto_reply(c, failure("history-result", id, len, why));
+        return;
+    }
+    /* history-ttl-ms is this node's (its namespace's, or the channel's
+     * here), applied to the messages' published-at. */
+    sl_chan_t *ch = sl_chan_find(REG, id, len);
+    int64_t ttl = ch ? ch->config.history_ttl_ms
+                     : sl_conf_namespace(sl_conf, id, len, NULL)->history_ttl_ms;
+    history_ask_t *h = malloc(sizeof(*h) + len + 1);
+    sl_reply_t *reply = h ? sl_proto_defer_chan(c, sl_table_hash(id, len)) : NULL;
+    json_t *qj = reply ? json_pack("{s:s%, s:I, s:b, s:I, s:I, s:I}", "channel-id", id, len,
+                                   "since", q->has_since ? (json_int_t)q->since : -1,
+                                   "reverse", q->reverse, "limit", (json_int_t)q->limit,
+                                   "max-bytes", (json_int_t)q->max_bytes, "min-at",
+                                   ttl > 0 ? (json_int_t)(sl_now_ms() - ttl) : 0)
+                       : NULL;
+    char *txt = qj ? json_dumps(qj, JSON_COMPACT) : NULL;
+    json_decref(qj);
+    if (txt == NULL) {
+        if (reply)
+            sl_proto_complete(c, reply, failure("history-result", id, len, "overloaded"));
+        else
+            sl_proto_reply(c, failure("history-result", id, len, "overloaded"));
+        free(h);
+        return;
+    }
+    h->reply = reply;
+    h->len = len;
+    memcpy(h->id, id, len);
+    h->id[len] = '\0';
+    int rc = sl_cluster_submit(SL_BRQ_HISTORY, c, 0, txt, strlen(txt), history_answered, h);
+    free(txt);
+    if (rc != SL_OK)
+        history_answered(c, h, (uint32_t)rc, NULL);
+}
+
 void sl_pubsub_history(sl_conn_t *c, json_t *msg)
 {
     size_t len;
@@ -1756,14 +1842,18 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg)
         sl_proto_bad_field(c, "history", "reverse", "must be a boolean");
         return;
     }
-    sl_chan_t *ch = readable(c, SL_ACT_HISTORY, "history-result", id, len);
-    if (ch == NULL)
-        return;
     sl_chan_history_q_t q = {.since = since,
                              .has_since = has_since,
                              .reverse = json_is_true(rev),
                              .limit = (uint32_t)SL_MIN(limit, SL_HISTORY_LIMIT_MAX),
                              .max_bytes = (size_t)sl_conf->max_outbound_bytes / 4};
+    if (sl_cluster) {
+        cluster_history(c, id, len, &q);
+        return;
+    }
+    sl_chan_t *ch = readable(c, SL_ACT_HISTORY, "history-result", id, len);
+    if (ch == NULL)
+        return;
     hist_copy_t *h = calloc(1, sizeof(*h));
     if (h == NULL) {
         sl_proto_reply(c, failure("history-result", id, len, "overloaded"));
@@ -1779,11 +1869,7 @@ void sl_pubsub_history(sl_conn_t *c, json_t *msg)
         json_t *m = json_loadb(h->buf + h->off[i], h->off[i + 1] - h->off[i], JSON_ALLOW_NUL,
                                NULL);
         if (m)
-            json_array_append_new(
-                pubs, json_pack("{s:O, s:O, s:O, s:O}", "seq", json_object_get(m, "seq"),
-                                "message-id", json_object_get(m, "message-id"), "data",
-                                json_object_get(m, "data"), "created-at",
-                                json_object_get(m, "published-at")));
+            json_array_append_new(pubs, publication(m));
         json_decref(m);
     }
     bool oom = h->oom;

@@ -1,0 +1,236 @@
+"""`history` on a cluster node (issue 15 x issue 17): every node answers
+from the channel's history in Redis, whatever its own ring holds - a node
+with no subscriber of the channel, one whose ring is stale, one that joined
+late - with the bounds of one node (limit, page bytes, forwards and
+reverse, since-seq), history-ttl-ms, the refusals of the cluster publish
+when Redis is down, and the connection's order of replies."""
+import asyncio
+import json
+import os
+import signal
+
+from conftest import needs_own_redis, wait_for
+from test_cluster import Client, collect, run
+from test_cluster_faults import numsub
+
+NS = ("--namespace", "h:history=anyone")
+
+
+async def publish(c, ch, data):
+    await c.send(type="publish", **{"channel-id": ch}, data=data)
+    r = await c.of_type("publish-result")
+    assert r["success"], r
+    return r
+
+
+async def history(c, ch, **q):
+    await c.send(type="history", **{"channel-id": ch}, **q)
+    return await c.of_type("history-result")
+
+
+def seqs(r):
+    assert r["success"], r
+    return [p["seq"] for p in r["publications"]]
+
+
+def test_history_on_a_node_without_subscribers(cluster):
+    a, b = cluster(2, "--message-retention", "20", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        epoch = (await x.subscribe("h:room"))["epoch"]
+        pub = await Client.open(a)
+        sent = [await publish(pub, "h:room", {"n": i}) for i in range(1, 31)]
+        got = await collect(x, "h:room", 30)
+        q = await Client.open(b)  # B has no subscriber of h:room
+        r = await history(q, "h:room")
+        # Retention 20: 11..30 are retained, oldest first.
+        assert seqs(r) == list(range(11, 31)), r
+        assert r["top-seq"] == 30 and r["epoch"] == epoch and r["more"] is False
+        p = r["publications"][0]
+        assert p == {"seq": 11, "message-id": sent[10]["message-id"], "data": {"n": 11},
+                     "created-at": got[10]["published-at"]}, p
+        # Forwards, a page at a time.
+        r = await history(q, "h:room", limit=8)
+        assert seqs(r) == list(range(11, 19)) and r["more"] is True
+        r = await history(q, "h:room", limit=8, **{"since-seq": 18})
+        assert seqs(r) == list(range(19, 27)) and r["more"] is True
+        r = await history(q, "h:room", limit=8, **{"since-seq": 26})
+        assert seqs(r) == [27, 28, 29, 30] and r["more"] is False
+        # since-seq before the oldest retained: from the oldest; at or
+        # beyond top-seq: empty.
+        assert seqs(await history(q, "h:room", limit=3, **{"since-seq": 2})) == [11, 12, 13]
+        for s in (30, 31, 1000):
+            r = await history(q, "h:room", **{"since-seq": s})
+            assert seqs(r) == [] and r["more"] is False and r["top-seq"] == 30
+        # Backwards.
+        r = await history(q, "h:room", reverse=True)
+        assert seqs(r) == list(range(30, 10, -1)) and r["more"] is False
+        r = await history(q, "h:room", reverse=True, limit=5)
+        assert seqs(r) == [30, 29, 28, 27, 26] and r["more"] is True
+        r = await history(q, "h:room", reverse=True, limit=5, **{"since-seq": 26})
+        assert seqs(r) == [25, 24, 23, 22, 21] and r["more"] is True
+        r = await history(q, "h:room", reverse=True, **{"since-seq": 14})
+        assert seqs(r) == [13, 12, 11] and r["more"] is False
+        assert seqs(await history(q, "h:room", reverse=True, **{"since-seq": 11})) == []
+        assert seqs(await history(q, "h:room", reverse=True, **{"since-seq": 500})) == \
+            list(range(30, 10, -1))
+        # limit 0: only the position.
+        r = await history(q, "h:room", limit=0)
+        assert seqs(r) == [] and r["more"] is True and r["top-seq"] == 30
+        # limit is capped at 1000, as on one node.
+        assert len(seqs(await history(q, "h:room", limit=5000))) == 20
+        # Refusals: no such channel; the default rule (subscribers only);
+        # bad fields (the worker's parse, before the broker).
+        r = await history(q, "h:nope")
+        assert r["success"] is False and r["reason"] == "channel-not-found", r
+        y = await Client.open(a)
+        assert (await y.subscribe("plain"))["success"]
+        await publish(y, "plain", 1)
+        r = await history(q, "plain")
+        assert r["success"] is False and r["reason"] == "permission-denied", r
+        assert (await q.subscribe("plain"))["success"]
+        assert seqs(await history(q, "plain")) == [1]
+        await q.send(type="history", **{"channel-id": "h:room"}, limit=-1)
+        e = await q.of_type("error")
+        assert "invalid-message" in json.dumps(e), e
+    run(go())
+
+
+def test_history_pages_keep_the_byte_bound(cluster):
+    # --max-outbound-bytes 256K: a page stops before 64 KiB of messages.
+    a, b = cluster(2, "--message-retention", "100", "--max-outbound-bytes", "256K", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:big"))["success"]
+        pub = await Client.open(a)
+        for i in range(1, 13):
+            await publish(pub, "h:big", {"n": i, "pad": "x" * 20000})
+        q = await Client.open(b)
+        for rev in (False, True):
+            seen, since, pages = [], None, 0
+            while True:
+                extra = {} if since is None else {"since-seq": since}
+                r = await history(q, "h:big", reverse=rev, **extra)
+                s = seqs(r)
+                assert 1 <= len(s) <= 3, (rev, s)  # 3 x 20 KB fit 64 KiB, 4 do not
+                assert sum(len(json.dumps(p)) for p in r["publications"]) < 65536
+                seen += s
+                pages += 1
+                since = s[-1]
+                if not r["more"]:
+                    break
+            assert seen == (list(range(12, 0, -1)) if rev else list(range(1, 13)))
+            assert pages >= 4
+        # One message bigger than the bound still comes, alone.
+        await publish(pub, "h:big", {"pad": "y" * 70000})
+        r = await history(q, "h:big", **{"since-seq": 11})
+        assert seqs(r) == [12] and r["more"] is True
+        r = await history(q, "h:big", **{"since-seq": 12})
+        assert seqs(r) == [13] and r["more"] is False
+    run(go())
+
+
+def test_history_on_a_node_whose_ring_is_stale(cluster, redis):
+    # A followed the channel (its ring holds 1..5), then stopped; B
+    # published on.  A's answer is the history in Redis, not its ring.
+    needs_own_redis()
+    a, b = cluster(2, "--message-retention", "10", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        epoch = (await x.subscribe("h:st"))["epoch"]
+        pub = await Client.open(b)
+        for i in range(1, 6):
+            await publish(pub, "h:st", i)
+        await collect(x, "h:st", 5)
+        await x.close()
+        wait_for(lambda: numsub(redis, "h:st") == 0, timeout=10, what="A unsubscribed")
+        for i in range(6, 56):
+            await publish(pub, "h:st", i)
+        q = await Client.open(a)
+        r = await history(q, "h:st")
+        assert seqs(r) == list(range(46, 56)), r
+        assert r["top-seq"] == 55 and r["epoch"] == epoch
+        r = await history(q, "h:st", reverse=True, limit=3)
+        assert seqs(r) == [55, 54, 53] and r["more"] is True
+        # A subscriber that joins late on A: the same answer.
+        y = await Client.open(a)
+        assert (await y.subscribe("h:st"))["success"]
+        await publish(pub, "h:st", 56)
+        await collect(y, "h:st", 1)
+        assert seqs(await history(y, "h:st")) == list(range(47, 57))
+    run(go())
+
+
+def test_history_honours_history_ttl(cluster):
+    a, b = cluster(2, "--message-retention", "100", "--history-ttl-ms", "1500", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:ttl"))["success"]
+        pub = await Client.open(a)
+        for i in range(5):
+            await publish(pub, "h:ttl", i)
+        q = await Client.open(b)
+        assert seqs(await history(q, "h:ttl")) == [1, 2, 3, 4, 5]
+        await asyncio.sleep(2)
+        for i in range(5):
+            await publish(pub, "h:ttl", i)
+        r = await history(q, "h:ttl")
+        assert seqs(r) == [6, 7, 8, 9, 10] and r["top-seq"] == 10
+        r = await history(q, "h:ttl", reverse=True)
+        assert seqs(r) == [10, 9, 8, 7, 6] and r["more"] is False
+        await asyncio.sleep(2)
+        r = await history(q, "h:ttl", limit=0)
+        assert seqs(r) == [] and r["more"] is False and r["top-seq"] == 10
+    run(go())
+
+
+def test_history_in_order_between_publishes(cluster):
+    # Pipelined on a node with no subscriber: each answer comes in the
+    # order asked, and each history sees the publishes before it and not
+    # those after it (one command connection to Redis, in order).
+    a, b = cluster(2, "--message-retention", "1000", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:ord"))["success"]
+        c = await Client.open(b)
+        n = 40
+        for i in range(n):
+            await c.send(type="publish", **{"channel-id": "h:ord"}, data=i)
+            await c.send(type="history", **{"channel-id": "h:ord"}, reverse=True, limit=1)
+        replies = []
+        while len(replies) < 2 * n:
+            m = await c.next(lambda m: m.get("type") in ("publish-result", "history-result"))
+            replies.append(m)
+        for i in range(n):
+            p, h = replies[2 * i], replies[2 * i + 1]
+            assert p["type"] == "publish-result" and p["success"], (i, p)
+            assert h["type"] == "history-result" and h["success"], (i, h)
+            assert h["top-seq"] == p["seq"] and seqs(h) == [p["seq"]], (i, p, h)
+            assert h["publications"][0]["data"] == i
+    run(go())
+
+
+def test_history_refused_while_redis_is_down(cluster, redis):
+    needs_own_redis()
+    a, b = cluster(2, "--message-retention", "10", *NS)
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:down"))["success"]
+        await publish(x, "h:down", 1)
+        q = await Client.open(b)
+        assert seqs(await history(q, "h:down")) == [1]
+        redis.kill()
+        wait_for(lambda: not b.healthy(), timeout=20, what="B sees Redis gone")
+        r = await history(q, "h:down")
+        assert r["success"] is False and r["reason"] == "broker-unavailable", r
+        # The same refusal as a publish's.
+        await q.send(type="publish", **{"channel-id": "h:down"}, data=2)
+        p = await q.of_type("publish-result")
+        assert p["success"] is False and p["reason"] == r["reason"], p
+    run(go())
