@@ -503,6 +503,10 @@ typedef struct {
     bool cli_fin, srv_fin; /* the Finished messages seen */
     bool ku_owed;        /* own: the peer asked for our KeyUpdate */
     bool sent_close, got_close; /* own: close_notify sent / received */
+    bool failed;         /* own: a record refused (alert sent or not): nothing
+                            more is read or written, not even raw (review rw16
+                            H1: raw bytes after a refused record were handed
+                            up as if authenticated) */
 } tls_conn_t;
 
 void *sl_tls_accept(int fd)
@@ -586,6 +590,10 @@ static void try_own(tls_conn_t *t)
     if (SSL_version(t->ssl) == TLS1_3_VERSION && suite >= 0 && !SL_FAULT("tls.own.off") &&
         t->cli_fin && t->srv_fin && t->hs_read == 0 && !SSL_has_pending(t->ssl) &&
         SSL_get_shutdown(t->ssl) == 0 && t->rsec_len == sl_tlsrec_secret_len(suite) &&
+        /* a client that negotiated max_fragment_length stays with OpenSSL,
+         * which honours it (review rw16 M1: ours writes 16 KiB records) */
+        SSL_SESSION_get_max_fragment_length(SSL_get_session(t->ssl)) ==
+            TLSEXT_max_fragment_length_DISABLED &&
         t->wsec_len == t->rsec_len) {
         uint8_t rs[48], ws[48];
         memcpy(rs, t->rl.rd.secret, sizeof(rs));
@@ -721,6 +729,7 @@ static void own_start_ctl(tls_conn_t *t, uint8_t type, const uint8_t *p, uint8_t
 static ssize_t own_fail(int fd, tls_conn_t *t, uint8_t alert, sl_err_t why)
 {
     count(why);
+    t->failed = true;
     if (t->w_off == 0 && t->ctl_len == 0 && !t->sent_close) {
         uint8_t a[2] = {2, alert};
         own_start_ctl(t, SL_TLSREC_CT_ALERT, a, 2);
@@ -914,6 +923,12 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
             return SL_ERROR;
         }
     }
+    if (t->failed && t->left_len == 0) {
+        /* A refused record: the plaintext authenticated before it was
+         * handed up; nothing after it ever is (review rw16 H1). */
+        errno = EPROTO;
+        return SL_ERROR;
+    }
     if (t->refused || t->sent_close || (t->ssl && (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))) {
         /* Our close_notify is out: what still comes is only waited out
          * (the connection lingers until the peer's FIN), not decrypted. */
@@ -977,6 +992,13 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
 static int write_record(int fd, tls_conn_t *t, const void *p, int len)
 {
     if (t->own) {
+        if (t->failed || t->sent_close) {
+            /* Nothing after a fatal alert or our close_notify (review
+             * rw16 L4), and never from a half-sent alert's offset with
+             * its key and sequence number (M2). */
+            errno = EPIPE;
+            return SL_ERROR;
+        }
         if (t->ku_owed && t->w_off == 0 && t->ctl_len == 0) {
             /* Our KeyUpdate, asked for by the peer's: before our next
              * application data (RFC 8446 4.6.3). */

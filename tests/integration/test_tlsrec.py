@@ -367,3 +367,61 @@ def test_s_client_every_suite_key_updates_full_and_resumed(server_factory, certs
     tickets = [x.count(b"NewSessionTicket") for x in (full, resumed)]
     assert tickets == [1, 0], tickets
     assert all(v == 0 for k, v in errors(s).items() if k.startswith("tls-")), errors(s)
+
+
+def test_nothing_after_a_refused_record_is_taken(server_factory, certs):
+    """Review rw16 H1: a read that returned plaintext and then met a
+    refused record left the connection 'closed' on our side, and the next
+    read handed raw socket bytes up as if authenticated - anyone on the
+    path could inject a frame into the session.  A good record, a tampered
+    one and a raw (unencrypted) frame in one segment: the first is
+    answered, the raw one never, and the connection ends."""
+    s = tls_server(server_factory, certs)
+    t = Tls13(s.tls_port, certs.client_context())
+    ws = ws_over(t, s.tls_port)
+    hello(ws, 1)
+    a = t.seal(23, frame(OP_TEXT, json.dumps({"type": "hello", "n": 2}).encode()))
+    b = bytearray(t.seal(23, frame(OP_TEXT, b'{"type":"hello"}')))
+    b[10] ^= 1
+    # raw (unencrypted): a subscribe that would create channel "injected"
+    c = frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "injected"}).encode())
+    t.sock.sendall(a + bytes(b) + c)
+    got = []
+    t.settimeout(5 * SLOW)
+    ended = False
+    try:
+        while True:
+            d = t.recv()
+            if not d:
+                ended = True
+                break
+            got.append(d)
+    except (Closed, ConnectionResetError):  # (reset: the raw bytes were left unread)
+        ended = True
+    except (socket.timeout, TimeoutError):
+        pass
+    assert not any(b"injected" in g for g in got), got
+    assert ended, "the connection stayed open after a refused record"
+    time.sleep(0.2)
+    assert "injected" not in s.get_json("/channels")[1]["channels"], "the raw frame was taken"
+    assert errors(s)["tls-bad-record"] >= 1
+
+
+def test_max_fragment_length_client_stays_with_openssl(server_factory, certs):
+    """Review rw16 M1: a client that negotiated max_fragment_length (512)
+    got 16 KiB records from our layer and failed (record_overflow); such a
+    connection stays on OpenSSL's path, which honours the limit."""
+    s = tls_server(server_factory, certs)
+    p = subprocess.Popen(["openssl", "s_client", "-connect", "127.0.0.1:%d" % s.tls_port,
+                          "-tls1_3", "-maxfraglen", "512", "-CAfile", str(certs.ca),
+                          "-quiet", "-ign_eof"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        p.stdin.write(b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        p.stdin.flush()
+        out, _ = p.communicate(timeout=15 * SLOW)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    assert b"HTTP/1.1 200" in out and b'"workers"' in out, out[-500:]
+    assert b"record overflow" not in out.lower(), out[-500:]
