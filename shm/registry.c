@@ -194,9 +194,9 @@ static void set_aside(sl_reg_cleanup_t *job, const sl_sub_t *s, bool listed)
 }
 
 /* aside[k] looked up again: the master held no read lock since it stored
- * it, so the node may be gone (not by anyone but this job: the dead
- * worker's subscriptions are removed by its cleanup alone) - never a
- * stored pointer.  sub_no tells it from any other in its bucket. */
+ * it, so the node may be gone (removed by this job, or by a channel
+ * delete, which removes the dead worker's subscriptions on it too: rt15
+ * T5) - never a stored pointer.  sub_no tells it from any other in its bucket. */
 static sl_sub_t *aside_find(sl_reg_t *r, const sl_reg_cleanup_t *job, uint32_t k)
 {
     uint64_t hash = job->aside[k].hash;
