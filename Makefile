@@ -13,6 +13,8 @@
 #                     killed worker with 100,000 subscriptions (figures)
 #   make bench-presence presence latency at 1,000 and 10,000 subscribers; a
 #                     join storm vs the same fan-out as publications (figures)
+#   make bench-presync the sliced presence rewrite's walk of a big channel,
+#                     from the list head vs resumed (figures)
 #   make mutation-check  build each mutant of the registry (sl_crash.h) and
 #                     show a test fails for every one (about 3 minutes)
 #   make bench        comparison with nchan and Node's ws (docs/benchmarks.md)
@@ -110,7 +112,7 @@ CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
 .PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
         check-autobahn-full format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup \
-        bench-presence bench-profile mutation-check bench-cluster check-cluster bench-hostile
+        bench-presence bench-presync bench-profile mutation-check bench-cluster check-cluster bench-hostile
 
 all: $(BIN) sente-lite
 
@@ -167,6 +169,12 @@ bench-shm: $(BUILD)/bench/bench_shm
 # held 100,000 subscriptions (tests/bench/cleanup.py; figures, not a test).
 bench-cleanup: $(BIN)
 	$(PY) tests/bench/cleanup.py --bin $(abspath $(BIN))
+
+# The sliced presence rewrite's registry walk for one channel of 10,000 and
+# 50,000 subscriptions: slices from the list head vs resumed (review rs 6;
+# scripts/bench/presync.sh; figures, not a test).
+bench-presync: $(BUILD)/bench/bench_presync
+	nice -n 10 $(BUILD)/bench/bench_presync
 
 # Presence latency at 1,000 and 10,000 subscribers, and a join storm against
 # the same fan-out as publications (tests/bench/presence.py; figures, medians

@@ -301,6 +301,14 @@ uint32_t sl_chan_members(const sl_chan_t *c, uint64_t before,
  * left to walk. */
 uint32_t sl_chan_members_max(const sl_chan_t *c, uint64_t before, uint32_t max_walk, bool *cut,
                              int (*fn)(const sl_sub_t *s, void *arg), void *arg);
+/* The same, resuming after the subscription of conn-id after_conn whose
+ * sub_no is after_no (the last one a previous walk gave fn): found through
+ * the subscriptions table, so the walk does not pass every newer node
+ * again (*resumed true).  When that subscription is gone it walks from the
+ * head with before = after_no, as sl_chan_members_max (*resumed false). */
+uint32_t sl_chan_members_after(sl_reg_t *r, const sl_chan_t *c, const char *after_conn,
+                               uint64_t after_no, uint32_t max_walk, bool *cut, bool *resumed,
+                               int (*fn)(const sl_sub_t *s, void *arg), void *arg);
 
 /* Connections and distinct users (anonymous ones are not users) among the
  * subscribers, lock-free.  Walks at most max_walk entries: returns false

@@ -592,6 +592,52 @@ uint32_t sl_chan_members_max(const sl_chan_t *c, uint64_t before, uint32_t max_w
     return n;
 }
 
+uint32_t sl_chan_members_after(sl_reg_t *r, const sl_chan_t *c, const char *after_conn,
+                               uint64_t after_no, uint32_t max_walk, bool *cut, bool *resumed,
+                               int (*fn)(const sl_sub_t *s, void *arg), void *arg)
+{
+    *resumed = false;
+    if (cut)
+        *cut = false;
+    if (CMM_LOAD_SHARED(c->deleted))
+        return 0;
+    const sl_sub_t *from = NULL;
+    char key[SL_SUB_KEY_MAX];
+    if (after_conn && after_no && strlen(after_conn) < SL_CONN_ID_MAX) {
+        size_t klen = sub_key(key, c, after_conn);
+        /* The checkpoint through the subscriptions table, in O(1), instead
+         * of a walk from the head past every newer node (review rs 6: a
+         * big channel's sliced rewrite was O(N^2 / slice)).  The same
+         * sub_no: this very node (sub_no is never reused), not a later
+         * subscription of the connection or a re-created channel's.  A
+         * node still in the table is on the list, or was unlinked in the
+         * lock hold that is removing it (unlink, then table, one hold; a
+         * dead holder's recovery finishes both before the lock is free):
+         * its next is then a node that nobody could unlink since, so not
+         * retired, and the walk goes on along nodes of the list. */
+        const sl_sub_t *s = (const sl_sub_t *)sl_table_lookup(r->subs, sl_table_hash(key, klen),
+                                                              key, klen);
+        if (s && CMM_LOAD_SHARED(s->sub_no) == after_no)
+            from = s;
+    }
+    if (from == NULL) /* gone (unsubscribed): from the head, as sl_chan_members_max */
+        return sl_chan_members_max(c, after_no, max_walk, cut, fn, arg);
+    *resumed = true;
+    uint32_t n = 0;
+    for (const sl_sub_t *s = rcu_dereference(((sl_sub_t *)from)->next); s;
+         s = rcu_dereference(((sl_sub_t *)s)->next)) {
+        if (n == max_walk) {
+            if (cut)
+                *cut = true;
+            break;
+        }
+        n++;
+        if (fn(s, arg))
+            break;
+    }
+    return n;
+}
+
 typedef struct {
     uint64_t *set; /* user hashes (never 0), open addressing */
     uint32_t cap, n, clients, max;

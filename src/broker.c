@@ -95,6 +95,9 @@
 #define HOLD_MAX 10000
 #define INFLIGHT_MAX 16384 /* commands in flight on one link (past it: overloaded) */
 #define INFLIGHT_BYTES_MAX (64u << 20)
+/* INFLIGHT_MAX; the test build (SL_CRASHPOINTS) takes another from
+ * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
+static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
@@ -121,8 +124,20 @@ _Static_assert(BR_EPOCH == sizeof(((sl_chan_t *)0)->epoch), "one epoch size");
 /* Channels given a new epoch per EPOCHS call after a Redis restart. */
 #define EPOCHS_SLICE 1000
 #define PURGE_SLICE 1000 /* a previous process's presence entries removed per call */
+/* PURGE_SLICE, likewise from SL_TEST_PURGE_SLICE; and SL_TEST_PURGE_KILL
+ * names a file: the broker that removes it SIGKILLs itself after its
+ * first purge slice (one broker: the respawn finds the file gone). */
+static uint32_t purge_slice = PURGE_SLICE;
+#ifdef SL_CRASHPOINTS
+static const char *purge_kill;
+#endif
 #define PRES_SYNC_TURN 32 /* channels whose presence is rewritten per loop turn after a connect */
 #define PRES_SYNC_MAX 1000 /* local subscribers one PRES_SYNC takes (more: in slices) */
+#define PRES_SYNC_BYTES (256u << 10) /* ... and at most about this much entry text */
+/* PRES_SYNC / nodepr slices of the rewrite in flight per link: the next is
+ * sent when one is answered (review ro17 M2), PRES_SYNC_TURN per loop turn
+ * the ceiling. */
+#define PRES_SYNC_INFLIGHT 4
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define PRES_STATS_CACHE_MS 1000 /* a channel's presence-stats answer serves this long */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
@@ -220,6 +235,7 @@ struct bchan {
      * a new pass raises so an old answer is ignored); 0: none. */
     uint8_t pres_slice;
     uint64_t pres_before, pres_gen;
+    char pres_after[SL_CONN_ID_MAX]; /* the conn-id of sub_no pres_before: the next slice resumes there */
     char pres_sweep_cur[24];
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
@@ -258,6 +274,8 @@ struct link {
     bool pres_restart;    /* a pass began again while a nodepr slice was asked: its cursor is stale */
     bool beat_ok;         /* a heartbeat of this link was answered since it came up */
     uint32_t pres_bucket;
+    uint32_t pres_inflight; /* the rewrite's commands in flight (at most PRES_SYNC_INFLIGHT) */
+    uint32_t pres_sent;     /* ... sent this loop turn (at most PRES_SYNC_TURN) */
     char pres_cursor[32];
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
@@ -458,7 +476,7 @@ static void chan_maybe_free(bchan_t *c)
 {
     if (c->want || c->sub != SUB_NONE || c->joins || c->holding || c->backlog || c->synced > 0 ||
         c->inflight || c->on_backlog || c->reset_pending || c->delete_pending || c->cu_waiting ||
-        (c->stats_at_ms && sl_mono_ms() - c->stats_at_ms < PRES_STATS_CACHE_MS))
+        c->pres_due || (c->stats_at_ms && sl_mono_ms() - c->stats_at_ms < PRES_STATS_CACHE_MS))
         return;
     uint32_t b = sl_broker_shard(c->id, c->idlen, BUCKETS);
     for (bchan_t **p = &B.map[b]; *p; p = &(*p)->next)
@@ -547,7 +565,7 @@ static bool room_for(cmd_t *c, size_t n)
     if (c->what == C_SETUP || c->what == C_PING || c->what == C_INFO || c->what == C_EPOCHS ||
         c->what == C_PURGE)
         return true;
-    if (l->ninflight < INFLIGHT_MAX && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
+    if (l->ninflight < inflight_max && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
         return true;
     uatomic_add(&BSTATS->link[l->shard].refused, 1);
     return false;
@@ -1219,6 +1237,10 @@ static void done_setup(cmd_t *c, redisReply *r)
                                      "removed, a leave published for each"));
         }
         if (st == 3) {
+#ifdef SL_CRASHPOINTS
+            if (purge_kill && unlink(purge_kill) == 0)
+                raise(SIGKILL); /* the test of the purge's "instance last" order */
+#endif
             l->connect_ms = sl_mono_ms(); /* progress, as for EPOCHS */
             link_purge(l);
             return;
@@ -2468,6 +2490,31 @@ static void req_sync(json_t *j)
 
 /* ------------------------------------------------------------ presence */
 
+/* A presence write of channel id was lost (its link full, or down): the
+ * channel's entries are rewritten from the registry (PRES_SYNC) when the
+ * link takes commands again, while it stays up - review ro17 M4.  The
+ * link's pass goes on from where it is (started at the channel's bucket
+ * when none runs, taken back to it when it is past it); a rewrite of the
+ * channel under way starts again (it may have listed the entry before the
+ * loss).  No memory for the record: the next pass mends it. */
+static void pres_mend(const char *id, size_t len)
+{
+    bchan_t *ch = chan_get(id, len);
+    if (ch == NULL)
+        return;
+    link_t *l = &B.link[ch->shard];
+    ch->pres_due = true;
+    if (ch->pres_slice) {
+        ch->pres_slice = 0;
+        ch->pres_gen++; /* its sweep's answer is ignored */
+    }
+    uint32_t b = sl_broker_shard(id, len, BUCKETS);
+    if (!l->pres_pass || b < l->pres_bucket) {
+        l->pres_pass = true;
+        l->pres_bucket = b;
+    }
+}
+
 /* A subscriber's presence entry on this node (set) or its removal, with
  * its join / leave frame when the channel tells of them: one script, so
  * the entry and the frame published on the channel go together. */
@@ -2483,6 +2530,7 @@ static void req_presence_change(json_t *j, bool set)
     cmd_t *c = cmd_new(l, C_SYNC, NULL);
     if (c == NULL) {
         uatomic_add(&BSTATS->presence_lost, 1);
+        pres_mend(id, len);
         return;
     }
     char *etxt = set ? json_dumps(entry, JSON_COMPACT) : NULL;
@@ -2503,10 +2551,13 @@ static void req_presence_change(json_t *j, bool set)
     args(&a, frame ? frame : "");
     args(&a, B.node);
     argi(&a, jint(j, "conn-no"));
-    /* Not sent (the link is down or full): counted; the rewrite after the
-     * next connect mends it (pres_pass_start). */
-    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK)
+    /* Not sent (the link is down or full): counted, and the channel's
+     * entries rewritten once the link takes commands again (pres_mend;
+     * down: the pass after the next connect does it anyway). */
+    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK) {
         uatomic_add(&BSTATS->presence_lost, 1);
+        pres_mend(id, len);
+    }
     free(etxt);
 }
 
@@ -2582,13 +2633,16 @@ typedef struct {
     size_t len, cap;
     uint32_t n;
     uint64_t last;      /* the sub_no of the last entry taken */
+    const char *last_conn; /* ... its conn-id (valid until the next quiescent state) */
     bool over, oom;
 } pres_text_t;
 
 static int pres_entry_cb(const sl_sub_t *s, void *arg)
 {
     pres_text_t *t = arg;
-    if (++t->n > pres_sync_max) {
+    /* A slice's bound in entries and in bytes (review ro17 M2: one script
+     * a few ms of Redis at most, whatever the infos' size). */
+    if (++t->n > pres_sync_max || t->len >= PRES_SYNC_BYTES) {
         t->over = true; /* the rest in the next slice */
         return 1;
     }
@@ -2621,11 +2675,15 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
     t->buf[t->len + cl + 1 + el_] = '\n';
     t->len = need;
     t->last = s->sub_no;
+    t->last_conn = conn;
     free(et);
     return 0;
 }
 
-enum { PS_FULL, PS_DONE, PS_MORE };
+/* PS_FULL: the link took nothing (full); PS_DONE: the channel is done;
+ * PS_MORE: a slice sent, more to send; PS_WAIT: nothing sent, the answer
+ * to its sweep slice first. */
+enum { PS_FULL, PS_DONE, PS_MORE, PS_WAIT };
 
 /* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
 static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
@@ -2652,7 +2710,7 @@ static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leav
 static int pres_sweep(link_t *l, bchan_t *ch)
 {
     if (ch->pres_slice == 3)
-        return PS_MORE; /* its answer first */
+        return PS_WAIT; /* its answer first */
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     if (c == NULL)
         return PS_FULL;
@@ -2662,6 +2720,7 @@ static int pres_sweep(link_t *l, bchan_t *ch)
                    ch->pres_sweep_cur);
     if (cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK)
         return PS_FULL;
+    l->pres_inflight++;
     cmd_chan(c, ch);
     c->gen = ch->pres_gen;
     ch->pres_slice = 3;
@@ -2680,8 +2739,17 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
     pres_text_t t = {0};
     uint64_t before = ch && ch->pres_slice == 1 ? ch->pres_before : 0;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
-    if (lc)
-        sl_chan_members(lc, before, pres_entry_cb, &t); /* the broker is an online reader */
+    bool resumed = false;
+    /* The broker is an online reader.  A later slice resumes after the
+     * last entry of the one before (found in O(1)), not from the list's
+     * head: a channel of N costs O(N) over its slices (review rs 6). */
+    if (lc && before)
+        sl_chan_members_after(REG, lc, ch->pres_after, before, UINT32_MAX, NULL, &resumed,
+                              pres_entry_cb, &t);
+    else if (lc)
+        sl_chan_members(lc, 0, pres_entry_cb, &t);
+    if (before && !resumed)
+        uatomic_add(&BSTATS->presence_sync_rewalks, 1);
     const char *mode = before ? "more" : t.over ? "first" : "all";
     if (t.oom || (t.over && ch == NULL)) {
         /* No memory for the text (or a big channel without a record here,
@@ -2702,24 +2770,44 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
     pres_sync_args(&a, id, len, lc && lc->config.join_leave, t.buf ? t.buf : "", t.len, mode,
                    "0");
     int rc = cmd_script(c, SL_BRS_PRES_SYNC, 4, &a);
-    free(t.buf);
-    if (rc != SL_OK)
+    if (rc != SL_OK) {
+        free(t.buf);
         return PS_FULL;
-    if (mode[0] == 'a')
+    }
+    l->pres_inflight++;
+    if (mode[0] == 'a') {
+        free(t.buf);
         return PS_DONE;
+    }
     if (t.over) {
         ch->pres_slice = 1;
         ch->pres_before = t.last;
+        snprintf(ch->pres_after, sizeof(ch->pres_after), "%s", t.last_conn ? t.last_conn : "");
+        free(t.buf);
     } else {
+        free(t.buf);
         ch->pres_slice = 2; /* every slice sent: the sweep next */
         snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "0");
     }
     return PS_MORE;
 }
 
+static void pres_pump(link_t *l);
+
+/* One of the rewrite's commands answered (or failed: r NULL): the link
+ * may send the next (reply-paced, review ro17 M2). */
+static void pres_answered(link_t *l)
+{
+    if (l->pres_inflight)
+        l->pres_inflight--;
+    if (l->state == L_UP)
+        pres_pump(l);
+}
+
 static void done_pres_sync(cmd_t *c, redisReply *r)
 {
     bchan_t *ch = c->ch;
+    link_t *l = c->link;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3;
     if (ch && c->gen == ch->pres_gen && ch->pres_slice == 3) {
         /* A sweep slice: the next from its cursor; at "0" (or failed: the
@@ -2727,19 +2815,20 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         const char *cur = ok ? rstr(el(r, 2)) : "0";
         if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
             ch->pres_slice = 0;
-            ch->pres_due = false;
+            ch->pres_due = false; /* freed with the command if nothing else keeps it */
         } else {
             snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "%s", cur);
             ch->pres_slice = 2;
         }
     }
-    if (!ok)
-        return;
-    if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
-        uatomic_add(&BSTATS->presence_synced, 1);
-    int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
-    if (changes > 0)
-        uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+    if (ok) {
+        if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
+            uatomic_add(&BSTATS->presence_synced, 1);
+        int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
+        if (changes > 0)
+            uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+    }
+    pres_answered(l);
 }
 
 /* A slice of the node's nodepr set: its channels without a subscriber
@@ -2750,10 +2839,12 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
     l->pres_scan_sent = false;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || l->state != L_UP) {
         l->pres_scan = false; /* given up: the next connect starts again */
+        pres_answered(l);
         return;
     }
     if (l->pres_restart) {
         l->pres_restart = false; /* a new pass: from cursor 0 */
+        pres_answered(l);
         return;
     }
     redisReply *ids = el(r, 1);
@@ -2762,16 +2853,68 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
-        if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
-            pres_sync(l, id->str, id->len, NULL);
+        /* Not taken (the link full): the channel is kept due, not dropped
+         * (review ro17 M4). */
+        if ((lc == NULL || uatomic_read(&lc->subscribers) == 0) &&
+            pres_sync(l, id->str, id->len, NULL) == PS_FULL)
+            pres_mend(id->str, id->len);
     }
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
     if (strcmp(l->pres_cursor, "0") == 0)
         l->pres_scan = false;
+    pres_answered(l);
 }
 
-/* One loop turn's share of the rewrite after a connect (PRES_SYNC_TURN
- * channels, or one nodepr slice of about as many). */
+/* Send what the rewrite on l may send now: channel by channel from
+ * bucket pres_bucket on, then the node's nodepr set, while fewer than
+ * PRES_SYNC_INFLIGHT of its commands are in flight and fewer than
+ * PRES_SYNC_TURN went this loop turn.  Called each turn and on each
+ * answer (review ro17 M2: paced by Redis's replies, so a pass over big
+ * channels never queues more than a few scripts ahead of the link's other
+ * commands). */
+static void pres_pump(link_t *l)
+{
+    while (l->pres_pass) {
+        if (l->pres_bucket >= BUCKETS) {
+            l->pres_pass = false;
+            break;
+        }
+        bool stay = false;
+        for (bchan_t *ch = B.map[l->pres_bucket], *next; ch; ch = next) {
+            next = ch->next;
+            if (!ch->pres_due || (int)ch->shard != l->shard)
+                continue;
+            if (l->pres_inflight >= PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN)
+                return; /* on an answer, or next turn */
+            int st = pres_sync(l, ch->id, ch->idlen, ch);
+            if (st == PS_FULL || st == PS_WAIT)
+                return; /* this link is full: next turn; a sweep slice's answer first */
+            l->pres_sent++;
+            if (st == PS_MORE) {
+                stay = true; /* a big channel: its next slice (the pass waits at it) */
+                break;
+            }
+            ch->pres_due = false;
+            chan_maybe_free(ch); /* a record kept only for its rewrite (pres_mend) */
+        }
+        if (!stay)
+            l->pres_bucket++; /* every due channel of this bucket sent */
+    }
+    if (l->pres_scan && !l->pres_scan_sent && l->pres_inflight < PRES_SYNC_INFLIGHT &&
+        l->pres_sent < PRES_SYNC_TURN) {
+        char npr[160];
+        snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
+        const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
+        size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
+        if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK) {
+            l->pres_scan_sent = true;
+            l->pres_inflight++;
+            l->pres_sent++;
+        }
+    }
+}
+
+/* One loop turn's share of the rewrite after a connect (pres_pump). */
 static void pres_turn(void)
 {
     uint64_t gen = uatomic_read(&BSTATS->presence_pass_gen);
@@ -2788,40 +2931,9 @@ static void pres_turn(void)
     }
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
-        if (l->state != L_UP)
-            continue;
-        int done = 0;
-        bool more = false;
-        while (l->pres_pass && done < PRES_SYNC_TURN && !more) {
-            if (l->pres_bucket >= BUCKETS) {
-                l->pres_pass = false;
-                break;
-            }
-            for (bchan_t *ch = B.map[l->pres_bucket]; ch && done < PRES_SYNC_TURN; ch = ch->next) {
-                if (!ch->pres_due || (int)ch->shard != l->shard)
-                    continue;
-                int st = pres_sync(l, ch->id, ch->idlen, ch);
-                if (st == PS_FULL)
-                    goto next_link; /* this link is full: next turn */
-                done++;
-                if (st == PS_MORE) {
-                    more = true; /* a big channel: its next slice next turn */
-                    break;
-                }
-                ch->pres_due = false;
-            }
-            if (done < PRES_SYNC_TURN && !more)
-                l->pres_bucket++; /* every due channel of this bucket sent */
-        }
-        if (!l->pres_pass && l->pres_scan && !l->pres_scan_sent) {
-            char npr[160];
-            snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
-            const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
-            size_t lens[5] = {5, strlen(npr), strlen(l->pres_cursor), 5, 2};
-            if (cmd_issue(cmd_new(l, C_PRES_SCAN, NULL), 5, argv, lens) == SL_OK)
-                l->pres_scan_sent = true;
-        }
-    next_link:;
+        l->pres_sent = 0;
+        if (l->state == L_UP)
+            pres_pump(l); /* a full link returns: the next link still gets its turn (ro17 L1) */
     }
 }
 
@@ -3055,6 +3167,7 @@ static void link_fail(link_t *l, const char *why)
         redisAsyncFree(c);
     if (s2)
         redisAsyncFree(s2);
+    l->pres_inflight = 0; /* every one answered (NULL) by the free */
     /* Channel subscriptions of this link are gone: joins that waited for
      * one are answered (never sent: not done), the rest is redone when the
      * link is back. */
@@ -3192,7 +3305,7 @@ static void link_purge(link_t *l)
     args(&a, B.node);
     args(&a, B.instance);
     args(&a, B.prefix);
-    argi(&a, PURGE_SLICE);
+    argi(&a, purge_slice);
     argi(&a, sl_conf->channel_linger_ms);
     cmd_script(cmd_new(l, C_PURGE, NULL), SL_BRS_PRES_PURGE, 3, &a);
 }
@@ -3394,6 +3507,19 @@ static void link_up(link_t *l)
 
 /* ------------------------------------------------------------ timers */
 
+/* The oldest command in flight on l that the liveness deadline applies
+ * to: the presence rewrite's do not count (review ro17 M2: a pass over a
+ * big node must not fail its own link; paced, at most PRES_SYNC_INFLIGHT
+ * of them are ahead of the others, and the heartbeat still finds a silent
+ * Redis). */
+static const cmd_t *oldest_timed(const link_t *l)
+{
+    const cmd_t *c = l->head;
+    while (c && (c->what == C_PRES_SYNC || c->what == C_PRES_SCAN))
+        c = c->next;
+    return c;
+}
+
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     int64_t now = sl_mono_ms(), bound = sl_conf->redis_timeout_ms;
@@ -3401,7 +3527,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         link_t *l = &B.link[i];
         link_resolved(l);
         char why[128];
-        if (l->head && now - l->head->sent_ms > bound) {
+        const cmd_t *oldest = oldest_timed(l);
+        if (oldest && now - oldest->sent_ms > bound) {
             uatomic_add(&BSTATS->link[i].timeouts, 1);
             snprintf(why, sizeof(why), "no reply within %" PRId64 " ms (--redis-timeout-ms)",
                      bound);
@@ -3608,6 +3735,13 @@ int sl_broker_main(int tel_fd)
         const char *m = getenv("SL_TEST_PRES_SYNC_MAX");
         if (m && atoi(m) > 0)
             pres_sync_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_INFLIGHT_MAX");
+        if (m && atoi(m) > 0)
+            inflight_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_PURGE_SLICE");
+        if (m && atoi(m) > 0)
+            purge_slice = (uint32_t)atoi(m);
+        purge_kill = getenv("SL_TEST_PURGE_KILL");
     }
 #endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);

@@ -376,6 +376,8 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->presence_synced)));
     json_object_set_new(broker, "presence-sync-changes",
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_changes)));
+    json_object_set_new(broker, "presence-sync-rewalks",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_rewalks)));
     json_object_set_new(broker, "presence-sync-skipped",
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
     json_object_set_new(broker, "presence-resyncs",

@@ -477,11 +477,17 @@ static bool conn_http_admit(sl_conn_t *c)
          * under way and goes to the heads list; closing it would also
          * answer the unread bytes with a reset.  One ioctl per look,
          * only past the limit, at most SL_CONN_EVICT_LOOKS looks per
-         * newcomer (a flood that sends one byte each is taken back from
-         * the heads list below instead). */
+         * newcomer: past them (a flood that sends a byte on each) no idle
+         * one is closed unlooked-at - the oldest unfinished head is
+         * answered 503 below instead, as when none is idle.  (A TLS
+         * keep-alive one whose waiting bytes hold no request - a partial
+         * record - stays on the heads list until its next answer or its
+         * keep-alive timeout: it is then refused 503 before the truly
+         * idle are evicted, review ru L1, accepted.) */
         int pending = 0;
-        if (looked < SL_CONN_EVICT_LOOKS && ioctl(victim->fd, FIONREAD, &pending) == 0 &&
-            pending > 0) {
+        if (looked >= SL_CONN_EVICT_LOOKS)
+            break;
+        if (ioctl(victim->fd, FIONREAD, &pending) == 0 && pending > 0) {
             conn_http_list_move(victim, CONN_LIST_HEAD);
             continue;
         }

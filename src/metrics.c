@@ -194,6 +194,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Channels whose presence entries in Redis were rewritten after a connect.");
     single(o, "broker_presence_sync_changes_total", "counter", num(b, "presence-sync-changes"),
            "Entries that rewrite added or removed (a join or leave published each).");
+    single(o, "broker_presence_sync_rewalks_total", "counter", num(b, "presence-sync-rewalks"),
+           "Slices of a big channel's rewrite walked from the list head (their checkpoint had left).");
     single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
            "Channels not rewritten: more local subscribers than one script takes (1000).");
     single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),

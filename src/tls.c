@@ -26,10 +26,15 @@
  * pinned (sl_outq_t.pinned), until SSL_write takes them - held and
  * counted as queued output, never copied.
  *
+ * After a TLS 1.3 handshake the records are ours (below, "our record
+ * layer"; sl_tlsrec.h): the SSL object is freed and an idle connection
+ * holds ~300 B of TLS state instead of ~14 KB (docs/benchmarks.md).
+ *
  * Memory: every allocation OpenSSL makes goes through counting hooks
  * (sl_tls_count_heap), so /stats tls-heap-bytes is what it holds - the
- * SSL objects (~14 KB each once idle: docs/benchmarks.md has the
- * breakdown) and their record buffers.  A handshake's temporaries (~40
+ * SSL objects (~14 KB each once idle over TLS 1.2: docs/benchmarks.md has
+ * the breakdown), their record buffers, and our record layer's partial
+ * records.  A handshake's temporaries (~40
  * KiB) leave holes between the long-lived SSL objects; the worker's tick
  * gives those pages back (malloc_trim, once handshakes have paused for
  * half a second): 22 KB -> 16.5 KB of PSS per idle wss connection.
@@ -39,6 +44,7 @@
 #include "sl_crash.h"
 #include "sl_tel.h"
 #include "sl_tickets.h"
+#include "sl_tlsrec.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -55,6 +61,10 @@
 #include <urcu/uatomic.h>
 
 #define SL_TLS_RECORD 16384 /* the largest TLS record's payload */
+/* Records our TLS 1.3 layer opens per read at most (one read per
+ * connection per turn): what a turn costs is bounded whatever the records
+ * carry (OpenSSL's SSL_read returns one record's data per call). */
+#define SL_TLS_READ_RECORDS 64
 
 typedef struct {
     SSL_CTX *ctx[SL_MAX_TLS_CERTS];
@@ -280,6 +290,10 @@ static int check_dates(X509 *x, const char *file, char *err, size_t errsz)
     return SL_OK;
 }
 
+static void keylog_cb(const SSL *ssl, const char *line);
+static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                   SSL *ssl, void *arg);
+
 static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *err, size_t errsz)
 {
     char why[256];
@@ -303,6 +317,8 @@ static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *er
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    SSL_CTX_set_keylog_callback(ctx, keylog_cb);
+    SSL_CTX_set_msg_callback(ctx, msg_cb);
     errno = 0;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errsz, "--tls-cert %s: %s", cert, ssl_reason(why, sizeof(why)));
@@ -438,14 +454,55 @@ void sl_tls_rotate_tickets(void)
 
 /* ---------------------------------------------------------- transport */
 
+/* After a TLS 1.3 handshake the transport does the records itself
+ * (sl_tlsrec.h) and frees the SSL object (docs/benchmarks.md, "Idle
+ * memory per wss connection"): t->ssl is NULL from then on, t->own set.
+ * Anything else - TLS 1.2, a suite we do not do, input OpenSSL already
+ * holds - stays with OpenSSL for the connection's life.
+ *
+ * The switch (try_own, right after SSL_do_handshake returns 1, before any
+ * SSL_read of application data) needs:
+ * - the two application traffic secrets, caught by the keylog callback
+ *   during the handshake (kept in t->rl, never logged);
+ * - the sequence numbers: OpenSSL's message callback counts the records it
+ *   read after the client's Finished (must be 0: the handshake is driven
+ *   by SSL_do_handshake, and without read-ahead OpenSSL reads record by
+ *   record, so none of the client's application records was read) and
+ *   the records it wrote after our Finished (the NewSessionTicket
+ *   records: our write sequence starts there);
+ * - nothing pending in OpenSSL (SSL_has_pending) and no shutdown begun.
+ *
+ * Ours, per connection: the keys (~200 B), a partial incoming record
+ * (only while incomplete, bounded by SL_TLSREC_MAX_IN), plaintext
+ * decoded but not yet read (only when the caller's buffer was short).
+ * Output packs the turn's queued segments into records as the OpenSSL
+ * path does (one staging record per worker); a record the socket took
+ * only part of is resealed from the same plaintext (pinned at the head of
+ * the queue, as for SSL_write) with the same sequence number - the same
+ * bytes - and sent on from where it stopped, so no ciphertext is held. */
 typedef struct {
     sl_xport_ctx_t head; /* first: &sl_xport_tls (sl_xport_of) */
-    SSL *ssl;
-    uint32_t pend_len;  /* a refused record's length: the queue's pinned head */
-    bool peeked;        /* the first byte was looked at */
-    bool refused;       /* plain HTTP answered 400: what comes is drained raw */
-    bool established;   /* handshake done */
+    SSL *ssl;            /* NULL once the records are ours */
+    int fd;
+    sl_tlsrec_t rl;      /* the traffic secrets (caught during the handshake), then keys */
+    uint8_t *part;       /* a partial incoming record (own) */
+    uint8_t *left;       /* decoded plaintext the last read had no room for (own) */
+    uint16_t part_len, left_off, left_len;
+    uint8_t rsec_len, wsec_len; /* the secrets caught (0: not yet) */
+    uint16_t hs_read, hs_wrote; /* records read after the client's Finished, written after ours */
+    uint32_t pend_len;   /* a refused record's length: the queue's pinned head */
+    uint32_t w_off;      /* own: bytes of the record under way already sent */
+    uint8_t ctl[5];      /* own: a record of our own (KeyUpdate, alert) under way */
+    uint8_t ctl_len, ctl_type;
+    uint8_t rd_end;      /* own: 1 the peer's end of stream, 2 an error, to be read next */
+    bool peeked;         /* the first byte was looked at */
+    bool refused;        /* plain HTTP answered 400: what comes is drained raw */
+    bool established;    /* handshake done */
     bool read_wants_write;
+    bool own;            /* the records are ours (t->ssl freed) */
+    bool cli_fin, srv_fin; /* the Finished messages seen */
+    bool ku_owed;        /* own: the peer asked for our KeyUpdate */
+    bool sent_close, got_close; /* own: close_notify sent / received */
 } tls_conn_t;
 
 void *sl_tls_accept(int fd)
@@ -460,9 +517,98 @@ void *sl_tls_accept(int fd)
         count(SL_ERR_TLS_HANDSHAKE);
         return NULL;
     }
+    SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
+    t->fd = fd;
     t->head.ops = &sl_xport_tls;
     return t;
+}
+
+static int unhex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* "CLIENT_TRAFFIC_SECRET_0 <client random> <secret>" (and SERVER_...):
+ * the application traffic secrets, kept for the switch.  Nothing else of
+ * the key log is looked at, nothing is written anywhere. */
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+    tls_conn_t *t = SSL_get_app_data(ssl);
+    bool cli = strncmp(line, "CLIENT_TRAFFIC_SECRET_0 ", 24) == 0;
+    if (t == NULL || (!cli && strncmp(line, "SERVER_TRAFFIC_SECRET_0 ", 24) != 0))
+        return;
+    const char *h = strchr(line + 24, ' ');
+    uint8_t *out = cli ? t->rl.rd.secret : t->rl.wr.secret;
+    size_t n = 0;
+    for (h = h ? h + 1 : ""; n < sizeof(t->rl.rd.secret) && unhex(h[0]) >= 0 && unhex(h[1]) >= 0;
+         h += 2)
+        out[n++] = (uint8_t)(unhex(h[0]) << 4 | unhex(h[1]));
+    if (*h != '\0')
+        n = 0; /* not what we expect: no switch */
+    if (cli)
+        t->rsec_len = (uint8_t)n;
+    else
+        t->wsec_len = (uint8_t)n;
+}
+
+/* Counts records OpenSSL reads after the client's Finished and writes
+ * after ours: the sequence numbers our record layer starts from.  A
+ * handshake message's callback comes once the message is done, after its
+ * record's header: the Finished record itself is not counted. */
+static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
+                   SSL *ssl, void *arg)
+{
+    (void)version;
+    (void)arg;
+    tls_conn_t *t = SSL_get_app_data(ssl);
+    if (t == NULL)
+        return;
+    if (content_type == SSL3_RT_HEADER) {
+        if (write_p && t->srv_fin)
+            t->hs_wrote++;
+        else if (!write_p && t->cli_fin)
+            t->hs_read++;
+    } else if (content_type == SSL3_RT_HANDSHAKE && len > 0 &&
+               ((const uint8_t *)buf)[0] == SSL3_MT_FINISHED) {
+        if (write_p)
+            t->srv_fin = true;
+        else
+            t->cli_fin = true;
+    }
+}
+
+/* The handshake is done: take the records over if we can (see above). */
+static void try_own(tls_conn_t *t)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(t->ssl);
+    int suite = c ? sl_tlsrec_suite(SSL_CIPHER_get_protocol_id(c)) : -1;
+    if (SSL_version(t->ssl) == TLS1_3_VERSION && suite >= 0 && !SL_FAULT("tls.own.off") &&
+        t->cli_fin && t->srv_fin && t->hs_read == 0 && !SSL_has_pending(t->ssl) &&
+        SSL_get_shutdown(t->ssl) == 0 && t->rsec_len == sl_tlsrec_secret_len(suite) &&
+        t->wsec_len == t->rsec_len) {
+        uint8_t rs[48], ws[48];
+        memcpy(rs, t->rl.rd.secret, sizeof(rs));
+        memcpy(ws, t->rl.wr.secret, sizeof(ws));
+        t->rl.suite = (uint8_t)suite;
+        if (sl_tlsrec_set(&t->rl.rd, suite, rs, t->rsec_len) == SL_OK &&
+            sl_tlsrec_set(&t->rl.wr, suite, ws, t->wsec_len) == SL_OK) {
+            t->rl.wr.seq = t->hs_wrote; /* the NewSessionTicket records */
+            SSL_set_app_data(t->ssl, NULL);
+            SSL_free(t->ssl);
+            t->ssl = NULL;
+            t->own = true;
+        }
+        OPENSSL_cleanse(rs, sizeof(rs));
+        OPENSSL_cleanse(ws, sizeof(ws));
+        if (t->own)
+            return;
+    }
+    /* OpenSSL's path (test build: the fault point puts a TLS 1.3
+     * connection there): the secrets are not needed, nor the counting. */
+    OPENSSL_cleanse(&t->rl, sizeof(t->rl));
+    t->rsec_len = t->wsec_len = 0;
+    SSL_set_msg_callback(t->ssl, NULL);
 }
 
 /* Plain HTTP on the TLS port: read what it sent, answer 400; the
@@ -515,6 +661,233 @@ static void note_established(tls_conn_t *t)
     }
 }
 
+/* ------------------------------------------------- our record layer */
+
+static uint8_t rec_out[SL_TLSREC_MAX_OUT]; /* one worker thread: one record sealed at a time */
+static uint8_t rec_in[SL_TLSREC_MAX_IN];   /* ... and one opened */
+
+/* Send the record of `type` carrying p[0..len) from t->w_off on: SL_OK
+ * (all of it; the write sequence advanced), SL_AGAIN (the socket took part:
+ * t->w_off says how much; give the same plaintext again), SL_ERROR. */
+static int own_send(int fd, tls_conn_t *t, uint8_t type, const uint8_t *p, size_t len)
+{
+    if (t->rl.wr.seq == UINT64_MAX) {
+        count(SL_ERR_TLS_BAD_RECORD); /* cannot happen in practice: never wrap (RFC 8446 5.3) */
+        errno = EPROTO;
+        return SL_ERROR;
+    }
+    size_t n = sl_tlsrec_seal(&t->rl, type, p, len, rec_out);
+    if (n == 0 || t->w_off >= n) {
+        errno = EPROTO;
+        return SL_ERROR;
+    }
+    while (t->w_off < n) {
+        ssize_t w = send(fd, rec_out + t->w_off, n - t->w_off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? SL_AGAIN : SL_ERROR;
+        }
+        t->w_off += (uint32_t)w;
+    }
+    t->w_off = 0;
+    t->rl.wr.seq++;
+    return SL_OK;
+}
+
+/* A record of our own (KeyUpdate, alert) under way: on with it. */
+static int own_send_ctl(int fd, tls_conn_t *t)
+{
+    int rc = own_send(fd, t, t->ctl_type, t->ctl, t->ctl_len);
+    if (rc != SL_OK)
+        return rc;
+    if (t->ctl_type == SL_TLSREC_CT_HANDSHAKE && sl_tlsrec_update(&t->rl.wr, t->rl.suite) != SL_OK)
+        rc = SL_ERROR; /* our KeyUpdate is out: what follows uses the next keys */
+    if (t->ctl_type == SL_TLSREC_CT_ALERT)
+        t->sent_close = true; /* close_notify or a fatal alert: nothing follows */
+    t->ctl_len = 0;
+    return rc;
+}
+
+static void own_start_ctl(tls_conn_t *t, uint8_t type, const uint8_t *p, uint8_t len)
+{
+    t->ctl_type = type;
+    memcpy(t->ctl, p, len);
+    t->ctl_len = len;
+}
+
+/* A fatal alert to the peer, best effort (not when a record of ours is
+ * half-sent: the alert would land inside it), and the refusal counted. */
+static ssize_t own_fail(int fd, tls_conn_t *t, uint8_t alert, sl_err_t why)
+{
+    count(why);
+    if (t->w_off == 0 && t->ctl_len == 0 && !t->sent_close) {
+        uint8_t a[2] = {2, alert};
+        own_start_ctl(t, SL_TLSREC_CT_ALERT, a, 2);
+        own_send_ctl(fd, t);
+        t->ctl_len = 0;
+        t->sent_close = true;
+    }
+    errno = EPROTO;
+    return SL_ERROR;
+}
+
+/* The next record's content: 1 with application data at *p (*len bytes,
+ * possibly 0), SL_AGAIN, 0 (the peer's end of stream), SL_ERROR.  Each
+ * record opened costs one of *budget; none left: SL_AGAIN between records
+ * (the rest waits in the socket for the next turn: a peer sending only
+ * KeyUpdates or empty records cannot hold the worker). */
+static ssize_t own_next(int fd, tls_conn_t *t, uint8_t **p, size_t *len, int *budget)
+{
+    uint8_t *s = rec_in;
+    size_t have = 0;
+    if (t->part) {
+        have = t->part_len;
+        memcpy(s, t->part, have);
+        heap_free(t->part, NULL, 0);
+        t->part = NULL;
+        t->part_len = 0;
+    }
+    for (;;) {
+        size_t need = SL_TLSREC_HDR;
+        if (have >= SL_TLSREC_HDR) {
+            need += (size_t)s[3] << 8 | s[4];
+            if (need > SL_TLSREC_MAX_IN)
+                return own_fail(fd, t, SL_TLSREC_AD_RECORD_OVERFLOW, SL_ERR_TLS_BAD_RECORD);
+        }
+        if (have == 0 && *budget <= 0)
+            return SL_AGAIN;
+        if (have < need) {
+            ssize_t r = recv(fd, s + have, need - have, MSG_DONTWAIT);
+            if (r > 0) {
+                have += (size_t)r;
+                continue;
+            }
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                if (have > 0) { /* kept only until the rest comes */
+                    if ((t->part = heap_malloc(have, NULL, 0)) == NULL)
+                        return SL_ERROR;
+                    memcpy(t->part, s, have);
+                    t->part_len = (uint16_t)have;
+                }
+                return SL_AGAIN;
+            }
+            if (r == 0 || errno == ECONNRESET) {
+                /* TCP's end without close_notify: an end of stream, as
+                 * on OpenSSL's path (IGNORE_UNEXPECTED_EOF) - unless a
+                 * record was cut short. */
+                if (have > 0)
+                    count(SL_ERR_TLS_BAD_RECORD);
+                return have > 0 ? SL_ERROR : 0;
+            }
+            return SL_ERROR;
+        }
+        /* A whole record (read whole even when refused: a close with its
+         * bytes unread would be a reset that could lose our alert). */
+        uint8_t type;
+        size_t n;
+        if (s[0] != SL_TLSREC_CT_APPDATA) /* after the handshake every record is */
+            return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
+        if (t->rl.rd.seq == UINT64_MAX)
+            return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
+        int bad = sl_tlsrec_open(&t->rl, s, have, &type, &n);
+        if (bad)
+            return own_fail(fd, t, (uint8_t)bad, SL_ERR_TLS_BAD_RECORD);
+        t->rl.rd.seq++;
+        (*budget)--;
+        uint8_t *c = s + SL_TLSREC_HDR;
+        if (type == SL_TLSREC_CT_APPDATA) {
+            *p = c;
+            *len = n;
+            return 1;
+        }
+        have = 0;
+        if (type == SL_TLSREC_CT_ALERT && n == 2) {
+            if (c[1] == SL_TLSREC_AD_CLOSE_NOTIFY) {
+                t->got_close = true;
+                return 0;
+            }
+            if (c[1] == SL_TLSREC_AD_USER_CANCELED && c[0] == 1)
+                continue; /* a warning; its close_notify follows */
+            count(SL_ERR_TLS_PEER_ALERT);
+            errno = EPROTO;
+            return SL_ERROR;
+        }
+        if (type == SL_TLSREC_CT_HANDSHAKE && n == 5 && c[0] == 24 && c[1] == 0 && c[2] == 0 &&
+            c[3] == 1 && c[4] <= 1) {
+            /* KeyUpdate (RFC 8446 4.6.3), alone in its record: the peer's
+             * next records use its next secret; asked to, ours goes
+             * before our next application data (tls_flush). */
+            if (sl_tlsrec_update(&t->rl.rd, t->rl.suite) != SL_OK)
+                return SL_ERROR;
+            if (c[4] == 1)
+                t->ku_owed = true;
+            continue;
+        }
+        if (type == SL_TLSREC_CT_ALERT)
+            return own_fail(fd, t, SL_TLSREC_AD_DECODE_ERROR, SL_ERR_TLS_BAD_RECORD);
+        /* Any other handshake message (none is expected after ours is
+         * done), change_cipher_spec inside a record, unknown types. */
+        return own_fail(fd, t, SL_TLSREC_AD_UNEXPECTED_MESSAGE, SL_ERR_TLS_BAD_RECORD);
+    }
+}
+
+static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
+{
+    size_t got = 0;
+    int budget = SL_TLS_READ_RECORDS;
+    while (got < n) {
+        if (t->left_len > 0) {
+            size_t k = SL_MIN(n - got, (size_t)t->left_len);
+            memcpy(buf + got, t->left + t->left_off, k);
+            got += k;
+            t->left_off += (uint16_t)k;
+            t->left_len -= (uint16_t)k;
+            if (t->left_len == 0) {
+                heap_free(t->left, NULL, 0);
+                t->left = NULL;
+                t->left_off = 0;
+            }
+            continue;
+        }
+        if (t->rd_end)
+            break;
+        uint8_t *p = NULL;
+        size_t len = 0;
+        ssize_t r = own_next(fd, t, &p, &len, &budget);
+        if (r == SL_AGAIN)
+            break;
+        if (r != 1) {
+            t->rd_end = r == 0 ? 1 : 2;
+            break;
+        }
+        size_t k = SL_MIN(n - got, len);
+        memcpy(buf + got, p, k);
+        got += k;
+        if (k < len) { /* the caller's room is full: the rest waits here */
+            if ((t->left = heap_malloc(len - k, NULL, 0)) == NULL) {
+                t->rd_end = 2;
+                break;
+            }
+            memcpy(t->left, p + k, len - k);
+            t->left_len = (uint16_t)(len - k);
+        }
+    }
+    if (got > 0)
+        return (ssize_t)got;
+    if (t->rd_end == 1)
+        return 0;
+    if (t->rd_end == 2) {
+        errno = EPROTO;
+        return SL_ERROR;
+    }
+    return SL_AGAIN;
+}
+
+/* ------------------------------------------------------ the transport */
+
 static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
 {
     tls_conn_t *t = ctx;
@@ -541,7 +914,7 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
             return SL_ERROR;
         }
     }
-    if (t->refused || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN)) {
+    if (t->refused || t->sent_close || (t->ssl && (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))) {
         /* Our close_notify is out: what still comes is only waited out
          * (the connection lingers until the peer's FIN), not decrypted. */
         ssize_t r = recv(fd, buf, n, MSG_DONTWAIT);
@@ -550,10 +923,24 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
                                                                              : SL_ERROR;
         return r;
     }
+    if (t->own)
+        return own_read(fd, t, buf, n);
     ERR_clear_error();
     errno = 0; /* SSL_ERROR_SYSCALL below reads it */
-    int r = SSL_read(t->ssl, buf, (int)SL_MIN(n, (size_t)INT32_MAX));
-    note_established(t);
+    int r = 0;
+    if (!t->established) {
+        /* The handshake alone (not SSL_read: no application record may be
+         * read by OpenSSL before the switch to ours). */
+        r = SSL_do_handshake(t->ssl);
+        note_established(t);
+        if (r == 1) {
+            try_own(t);
+            if (t->own)
+                return own_read(fd, t, buf, n);
+        }
+    }
+    if (t->established)
+        r = SSL_read(t->ssl, buf, (int)SL_MIN(n, (size_t)INT32_MAX));
     if (r > 0)
         return r;
     switch (SSL_get_error(t->ssl, r)) {
@@ -585,10 +972,25 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
     }
 }
 
-/* One SSL_write of len bytes: SL_OK, SL_AGAIN (socket full / handshake
- * needs the peer: the bytes must be given again), SL_ERROR. */
-static int write_record(tls_conn_t *t, const void *p, int len)
+/* One record of len bytes: SL_OK, SL_AGAIN (socket full / handshake needs
+ * the peer: the bytes must be given again), SL_ERROR. */
+static int write_record(int fd, tls_conn_t *t, const void *p, int len)
 {
+    if (t->own) {
+        if (t->ku_owed && t->w_off == 0 && t->ctl_len == 0) {
+            /* Our KeyUpdate, asked for by the peer's: before our next
+             * application data (RFC 8446 4.6.3). */
+            static const uint8_t ku[5] = {24, 0, 0, 1, 0};
+            own_start_ctl(t, SL_TLSREC_CT_HANDSHAKE, ku, sizeof(ku));
+            t->ku_owed = false;
+        }
+        if (t->ctl_len > 0) {
+            int rc = own_send_ctl(fd, t);
+            if (rc != SL_OK)
+                return rc;
+        }
+        return own_send(fd, t, SL_TLSREC_CT_APPDATA, p, (size_t)len);
+    }
     ERR_clear_error();
     errno = 0;
     int r = SSL_write(t->ssl, p, len);
@@ -625,6 +1027,7 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
             count_failure(t);
             return SL_ERROR;
         }
+        try_own(t);
     }
     /* Fault point (test build): the transport needs the peer's bytes
      * before it can write more, as a handshake message from the peer
@@ -637,16 +1040,17 @@ static int tls_flush(int fd, void *ctx, sl_outq_t *q)
     while (q->count > 0) {
         /* Pack the head of the queue into one record: a segment of 16 KiB
          * or more is written from where it is, smaller ones are gathered.
-         * A record SSL_write refused is given again with the same bytes:
-         * they stayed at the head of the queue, pinned (only appended to
-         * since, so the first pend_len bytes are unchanged; the address
-         * may differ: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER).  Until written
-         * they count as held, not as sent (review r16 M4). */
+         * A record the transport refused is given again with the same
+         * bytes: they stayed at the head of the queue, pinned (only
+         * appended to since, so the first pend_len bytes are unchanged;
+         * the address may differ: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER, and
+         * ours reseals from wherever they are).  Until written they count
+         * as held, not as sent (review r16 M4). */
         const uint8_t *p;
         if (t->pend_len > q->bytes)
             return SL_ERROR; /* the pinned bytes are gone: cannot happen */
         size_t len = sl_outq_peek(q, rec, t->pend_len ? t->pend_len : sizeof(rec), &p);
-        int rc = write_record(t, p, (int)len);
+        int rc = write_record(fd, t, p, (int)len);
         if (rc == SL_ERROR)
             return SL_ERROR;
         if (rc != SL_OK) {
@@ -670,12 +1074,25 @@ static int tls_shutdown(int fd, void *ctx)
          * r16 L2 (b), its test: review rg16 F4.) */
         if (SL_FAULT("tls.shutdown.again"))
             return SL_AGAIN;
-        ERR_clear_error();
-        int r = SSL_shutdown(t->ssl);
-        bool again = r < 0 && SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_WRITE;
-        ERR_clear_error();
-        if (again)
-            return SL_AGAIN; /* SHUT_WR now would cut the alert record short */
+        if (t->own) {
+            static const uint8_t cn[2] = {1, SL_TLSREC_AD_CLOSE_NOTIFY};
+            while (!t->sent_close) { /* (a KeyUpdate under way goes first) */
+                if (t->ctl_len == 0)
+                    own_start_ctl(t, SL_TLSREC_CT_ALERT, cn, sizeof(cn));
+                int rc = own_send_ctl(fd, t);
+                if (rc == SL_AGAIN)
+                    return SL_AGAIN; /* SHUT_WR now would cut the alert record short */
+                if (rc != SL_OK)
+                    break;
+            }
+        } else {
+            ERR_clear_error();
+            int r = SSL_shutdown(t->ssl);
+            bool again = r < 0 && SSL_get_error(t->ssl, r) == SSL_ERROR_WANT_WRITE;
+            ERR_clear_error();
+            if (again)
+                return SL_AGAIN; /* SHUT_WR now would cut the alert record short */
+        }
     }
     shutdown(fd, SHUT_WR);
     return SL_OK;
@@ -686,6 +1103,21 @@ static void tls_release(void *ctx)
     tls_conn_t *t = ctx;
     if (t == NULL)
         return;
+    if (t->own) {
+        /* The peer ended and nothing was left to answer: our close_notify
+         * answers its own (best effort; the socket is closed next). */
+        if (t->got_close && !t->sent_close && t->pend_len == 0 && t->w_off == 0 &&
+            t->ctl_len == 0) {
+            static const uint8_t cn[2] = {1, SL_TLSREC_AD_CLOSE_NOTIFY};
+            own_start_ctl(t, SL_TLSREC_CT_ALERT, cn, sizeof(cn));
+            own_send_ctl(t->fd, t);
+        }
+        heap_free(t->part, NULL, 0); /* counted with OpenSSL's: tls-heap-bytes */
+        heap_free(t->left, NULL, 0);
+        OPENSSL_cleanse(t, sizeof(*t));
+        free(t);
+        return;
+    }
     if (t->established && t->pend_len == 0 &&
         (SSL_get_shutdown(t->ssl) & (SSL_RECEIVED_SHUTDOWN | SSL_SENT_SHUTDOWN)) ==
             SSL_RECEIVED_SHUTDOWN) {
@@ -706,7 +1138,10 @@ static bool tls_established(void *ctx)
 
 static bool tls_pending(void *ctx)
 {
-    return SSL_pending(((tls_conn_t *)ctx)->ssl) > 0;
+    tls_conn_t *t = ctx;
+    if (t->own)
+        return t->left_len > 0 || t->rd_end != 0;
+    return SSL_pending(t->ssl) > 0;
 }
 
 static bool tls_read_wants_write(void *ctx)

@@ -882,6 +882,7 @@ class Relay:
         self.lsock.listen(16)
         self.url = f"redis://127.0.0.1:{self.lsock.getsockname()[1]}"
         self.marker = self.up_marker = None
+        self.rate = None  # bytes/s the node's commands reach Redis at (throttle)
         self.go = threading.Event()
         self.go.set()
         self.lock = threading.Lock()
@@ -921,6 +922,12 @@ class Relay:
                     tail = d[-64:]
                     if st["held_up"]:
                         self.go.wait()
+                    rate = self.rate
+                    if rate:
+                        for i in range(0, len(d), 4096):
+                            dst.sendall(d[i:i + 4096])
+                            time.sleep(min(len(d) - i, 4096) / rate)
+                        continue
                 elif st["held"]:
                     self.go.wait()
                 dst.sendall(d)
@@ -931,6 +938,11 @@ class Relay:
                 x.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def throttle(self, rate):
+        """What every node connection sends reaches Redis at `rate` bytes/s
+        at most (None: at once): a slow Redis, or a slow network to it."""
+        self.rate = rate
 
     def hold_answers(self, marker):
         self.go.clear()
@@ -1340,3 +1352,169 @@ def test_redis_state_allocation_failure_is_refused_and_counted(cluster):
     # request: counted as admin-unavailable (rq16 follow-up, lows5).
     errors = h.stats()["errors"]
     assert errors["admin-unavailable"] == 1 and errors["bad-http-request"] == 0, errors
+
+
+# Review ro17 M2: the presence rewrite after a connect, a lapse or a dead
+# worker sent 32 PRES_SYNC per 20 ms loop turn without waiting for their
+# answers; over a node with many subscriptions it queued seconds of work
+# ahead of the link's other commands, the heartbeat waited past
+# --redis-timeout-ms, the link was failed, and the reconnect started the
+# same pass again.  Now at most PRES_SYNC_INFLIGHT (4) of the rewrite's
+# scripts are in flight per link, the next sent on an answer.  Here the
+# relay passes the node's commands at 300 KB/s; 200 channels with about
+# 20 subscribers each are about 0.5 MB of rewrite: the old pass queued over
+# a second of it at once (more than the 400 ms timeout), the paced one a
+# few KB.  A worker is SIGKILLed (the pass without a reconnect): the link
+# stays up through the whole pass.
+def test_presence_pass_is_paced_by_replies(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--redis-timeout-ms", "400", urls=[relay.url])
+        chans = [f"pp{i}" for i in range(200)]
+
+        async def go():
+            xs = [await Client.open(a) for _ in range(40)]
+            assert {x.welcome["worker"] for x in xs} == {0, 1}
+
+            async def subscribe_all(x):
+                # One at a time per connection (40 in flight): a burst of
+                # 8,000 joins would itself queue past the 400 ms deadline.
+                for ch in chans:
+                    r = await x.subscribe(ch)
+                    assert r["success"], r
+            await asyncio.gather(*(subscribe_all(x) for x in xs))
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["reconnects"] == 0 and link["timeouts"] == 0, link
+            await asyncio.sleep(1)  # the heartbeat and counts settled
+            synced = a.stats()["cluster"]["broker"]["presence-synced"]
+            relay.throttle(300_000)
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+
+            def passed():
+                return a.stats()["cluster"]["broker"]["presence-synced"] >= synced + len(chans)
+            await asyncio.to_thread(wait_for, passed, 60, what="the rewrite of every channel")
+            await asyncio.sleep(1.5)  # a heartbeat after it
+            link = a.stats()["cluster"]["redis"][0]
+            assert link["connected"] and link["reconnects"] == 0 and link["timeouts"] == 0, link
+            relay.throttle(None)
+        run(go())
+    finally:
+        relay.throttle(None)
+
+
+# Review ro17 M4: a presence write refused by a full link (presence-lost)
+# was mended only by the pass after the next connect, and a full link is
+# not a disconnect: the entry stayed in Redis (a ghost, counted and listed,
+# no leave) for as long as the link stayed up.  Now the loss marks the
+# channel due for the rewrite, which runs once the link drains.  The test
+# build's SL_TEST_INFLIGHT_MAX=8 and a relay holding Redis's answers fill
+# A's link with 8 publishes; x unsubscribes meanwhile (its PRES_DEL is
+# refused); after the release the watcher on B is told x left, and
+# presence no longer lists x.
+def test_presence_write_lost_to_a_full_link_is_mended(cluster, redis):
+    from conftest import CRASH_BIN
+    needs_own_redis()
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--redis-timeout-ms", "30000", urls=[relay.url],
+                       binary=CRASH_BIN, env={"SL_TEST_INFLIGHT_MAX": "8"})
+        (b,) = cluster(1, "--join-leave")
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe("room"))["success"]
+            x = await Client.open(a)
+            assert (await x.subscribe("room"))["success"]
+            m = await w.next(lambda m: m.get("type") == "join", timeout=10)
+            assert m["info"]["conn-id"] == x.conn_id
+            await until_listed(w, {w.conn_id, x.conn_id})
+            lost = a.stats()["cluster"]["broker"]["presence-lost"]
+            f = await Client.open(a)
+            relay.hold_answers(b"fillmark")
+            for i in range(12):
+                await f.send(type="publish", **{"channel-id": "fill"}, data=f"fillmark{i}")
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["redis"][0]["in-flight"] >= 8, 10,
+                what="A's link full")
+            await x.send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await x.of_type("unsubscription-result"))["success"]
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["broker"]["presence-lost"] > lost, 10,
+                what="x's PRES_DEL refused")
+            relay.release()
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=15)
+            assert m["info"]["conn-id"] == x.conn_id
+            await until_listed(w, {w.conn_id})
+            st = a.stats()
+            assert st["cluster"]["redis"][0]["reconnects"] == 0, st["cluster"]["redis"][0]
+            assert st["cluster"]["broker"]["presence-reasserts"] == 0  # no lapse mended it
+        run(go())
+    finally:
+        relay.release()
+
+
+async def until_listed(client, want, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        await client.send(type="presence", **{"channel-id": "room"})
+        r = await client.of_type("presence-result")
+        if r["success"] and set(r["clients"]) == want:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"presence {r} is not {want}")
+        await asyncio.sleep(0.2)
+
+
+def shard_of(channel, n):
+    h = 1469598103934665603
+    for c in channel.encode():
+        h = ((h ^ c) * 1099511628211) & (2 ** 64 - 1)
+    return h % n
+
+
+# Review ro17 L1: with --redis twice, the dead worker's rewrite stopped at
+# the first full link (return, not continue) after taking the master's
+# signal, so the other links never started it: their channels kept the dead
+# worker's entries.  Here A's link to shard 0 is full (the test build's
+# SL_TEST_INFLIGHT_MAX=8, a relay holding the answers) when worker 1 is
+# SIGKILLed; its client x on a shard-1 channel still leaves at once (the
+# watcher on B is told) while shard 0's link stays full.
+def test_full_link_does_not_stop_the_other_links_pass(tmp_path, cluster, redis):
+    from conftest import CRASH_BIN, Redis
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--redis-timeout-ms", "30000",
+                       urls=[relay.url, r2.url], binary=CRASH_BIN,
+                       env={"SL_TEST_INFLIGHT_MAX": "8"})
+        (b,) = cluster(1, "--join-leave", urls=[redis.url, r2.url])
+        c0 = next(f"fl{i}" for i in range(100) if shard_of(f"fl{i}", 2) == 0)
+        c1 = next(f"fl{i}" for i in range(100) if shard_of(f"fl{i}", 2) == 1)
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe(c1))["success"]
+            xs = [await Client.open(a) for _ in range(6)]
+            x = next(c for c in xs if c.welcome["worker"] == 1)
+            f = next(c for c in xs if c.welcome["worker"] == 0)
+            assert (await x.subscribe(c1))["success"]
+            assert (await f.subscribe(c0))["success"]
+            m = await w.next(lambda m: m.get("type") == "join", timeout=10)
+            assert m["info"]["conn-id"] == x.conn_id
+            relay.hold_answers(b"fillmark")
+            for i in range(12):
+                await f.send(type="publish", **{"channel-id": c0}, data=f"fillmark{i}")
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["redis"][0]["in-flight"] >= 8, 10,
+                what="A's shard-0 link full")
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+            m = await w.next(lambda m: m.get("type") == "leave", timeout=15)
+            assert m["info"]["conn-id"] == x.conn_id
+            assert a.stats()["cluster"]["redis"][0]["in-flight"] >= 8  # still full
+            relay.release()
+        run(go())
+    finally:
+        relay.release()
+        r2.stop()

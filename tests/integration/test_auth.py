@@ -146,8 +146,10 @@ def test_refresh_and_expiry(server_factory, keys):
     ws.close()
 
     # Without a refresh the connection is closed with 4408 when the token
-    # expires (the tick looks at least every second).
-    ws, status, w = upgrade(srv.port, keys.token(ttl=1))
+    # expires (the tick looks at least every second).  ttl 2: exp is whole
+    # seconds, so ttl 1 left between 0 and 1 s, and a loaded machine's
+    # upgrade could come after it (401; seen once in check-fast).
+    ws, status, w = upgrade(srv.port, keys.token(ttl=2))
     assert status == 101
     ws.sock.settimeout(10 * SLOW)
     code, reason = ws.read_until_close()

@@ -5,6 +5,7 @@ layers"; README "How it runs"):
 
     outq       the output queue and its shared buffers
     xport      transport: read, flush of the output queue, half-close
+    tlsrec     TLS 1.3 record protection after the handshake (keys, seal, open)
     tls        the TLS transport
     ws         the RFC 6455 engine (the inflater of an extension installed
                from above: sl_ws_set_inflater)
@@ -30,7 +31,7 @@ import os
 import re
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-LAYERS = ["outq", "xport", "tls", "ws", "jw", "pmd", "conn", "proto", "cluster", "session", "pubsub", "call", "admin", "router", "httpd",
+LAYERS = ["outq", "xport", "tlsrec", "tls", "ws", "jw", "pmd", "conn", "proto", "cluster", "session", "pubsub", "call", "admin", "router", "httpd",
           "worker"]
 
 

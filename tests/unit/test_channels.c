@@ -778,6 +778,79 @@ static void test_presence(void)
     drain_all();
 }
 
+/* sl_chan_members_after (review rs 6): a slice resumes after the last
+ * subscription of the one before, found through the table, so it walks
+ * only the nodes after it (not the newer ones again); with that
+ * subscription gone it walks from the head past them (*resumed false),
+ * and a later subscription of the same conn-id is not taken for it. */
+typedef struct {
+    char conn[16];
+    uint64_t last;
+    int n, max;
+} slice_t;
+
+static int slice_cb(const sl_sub_t *s, void *arg)
+{
+    slice_t *t = arg;
+    if (t->n == t->max)
+        return 1;
+    t->n++;
+    t->last = s->sub_no;
+    snprintf(t->conn, sizeof(t->conn), "%s", sl_sub_conn_id(s));
+    return 0;
+}
+
+static void test_members_after(void)
+{
+    setup();
+    sl_chan_t *c;
+    sl_chan_create(R, "big", 3, &JL, &c);
+    uint32_t n;
+    char id[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof(id), "c%d", i);
+        sl_chan_subscribe(R, c, id, 0, (uint32_t)i, NULL, NULL, &n, NULL);
+    }
+    slice_t t = {.max = 10};
+    sl_chan_members(c, 0, slice_cb, &t);
+    SL_CHECK_STR(t.conn, "c90"); /* newest first: c99 .. c90 */
+    bool resumed = false, cut = false;
+    int total = 10, slices = 1;
+    uint32_t walked = 10;
+    for (;;) {
+        slice_t u = {.max = 10};
+        walked += sl_chan_members_after(R, c, t.conn, t.last, UINT32_MAX, &cut, &resumed, slice_cb,
+                                        &u);
+        SL_CHECK(resumed);
+        if (u.n == 0)
+            break;
+        total += u.n;
+        slices++;
+        t = u;
+    }
+    SL_CHECK_INT(total, 100);
+    SL_CHECK_INT(slices, 10);
+    /* Each node walked once, plus one per slice stopped at a node it did
+     * not take (a walk from the head each time: 10 + 20 + ... + 100). */
+    SL_CHECK(walked <= 100 + 10);
+    /* The checkpoint unsubscribed: from the head, the newer ones skipped. */
+    slice_t a = {.max = 10};
+    sl_chan_members(c, 0, slice_cb, &a); /* c99 .. c90 */
+    SL_CHECK_INT(sl_chan_unsubscribe(R, c, "c90", 0, NULL, &n), SL_OK);
+    slice_t b = {.max = 10};
+    SL_CHECK_INT(sl_chan_members_after(R, c, a.conn, a.last, UINT32_MAX, NULL, &resumed, slice_cb,
+                                       &b), 9 + 11);
+    SL_CHECK(!resumed);
+    SL_CHECK_STR(b.conn, "c80");
+    /* ... also when the conn-id subscribed again (a new sub_no). */
+    sl_chan_subscribe(R, c, "c90", 0, 90, NULL, NULL, &n, NULL);
+    slice_t d = {.max = 10};
+    sl_chan_members_after(R, c, a.conn, a.last, UINT32_MAX, NULL, &resumed, slice_cb, &d);
+    SL_CHECK(!resumed);
+    SL_CHECK_STR(d.conn, "c80");
+    drain_all();
+}
+
 typedef struct {
     uint64_t seqs[16];
     int n;
@@ -1527,6 +1600,7 @@ static void test_rt15_send_to_dead_only(void)
 int main(void)
 {
     SL_TEST_RUN(test_ids);
+    SL_TEST_RUN(test_members_after);
     SL_TEST_RUN(test_create_subscribe);
     SL_TEST_RUN(test_publish_and_retention);
     SL_TEST_RUN(test_overload_keeps_seq);
