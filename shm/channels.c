@@ -1171,9 +1171,14 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     *recipients = 0;
     *woken = 0;
     sl_lock_acquire(&c->lock);
+    /* Subscribers on a dead worker (the mask) are no recipients: a
+     * channel left with none of its targets is "no one", not a refusal,
+     * as in publish / deliver (review rt15 T2). */
+    uint64_t targets = targets_of(r, c);
     uint32_t n = 0;
     for (sl_sub_t *s = c->deleted ? NULL : c->subs; s; s = s->next)
-        if (!(exclude_conn_id && strcmp(sl_sub_conn_id(s), exclude_conn_id) == 0))
+        if (!(exclude_conn_id && strcmp(sl_sub_conn_id(s), exclude_conn_id) == 0) &&
+            (targets >> s->worker & 1))
             n++;
     if (n == 0) {
         sl_lock_release(&c->lock);
@@ -1187,7 +1192,7 @@ int sl_chan_send(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_t len,
     SL_CRASHPOINT("chan.send.allocated");
     sl_chan_intent_t *in = &c->intent;
     intent_clear_fields(in);
-    in->targets = targets_of(r, c);
+    in->targets = targets;
     in->msg = m;
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");
@@ -1221,7 +1226,9 @@ int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_
 {
     *woken = 0;
     sl_lock_acquire(&c->lock);
-    if (c->deleted || c->subscribers == 0) {
+    /* Only subscribers on a dead worker: no one to tell (rt15 T2). */
+    uint64_t targets = c->deleted ? 0 : targets_of(r, c);
+    if (c->deleted || c->subscribers == 0 || targets == 0) {
         sl_lock_release(&c->lock);
         return SL_OK;
     }
@@ -1235,7 +1242,7 @@ int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_
     SL_CRASHPOINT("chan.send.allocated");
     sl_chan_intent_t *in = &c->intent;
     intent_clear_fields(in);
-    in->targets = targets_of(r, c);
+    in->targets = targets;
     in->msg = m;
     intent_begin(in, SL_CI_SEND);
     SL_CRASHPOINT("chan.send.intent");

@@ -183,6 +183,9 @@ static void set_aside(sl_reg_cleanup_t *job, const sl_sub_t *s, bool listed)
         job->aside_last = job->aside_pass; /* shown at once, not at the pass's end (rs 5) */
     if (listed)
         return; /* already in aside[] */
+    for (uint32_t k = 0; k < job->aside_n; k++)
+        if (job->aside[k].sub_no == s->sub_no)
+            return; /* collected again from a bucket with more (rt15 T1): listed once */
     if (job->aside_n < SL_REG_ASIDE_MAX && !SL_MUTATED(M_ASIDE_UNLISTED)) {
         job->aside[job->aside_n].hash = s->node.hash;
         job->aside[job->aside_n++].sub_no = s->sub_no;
@@ -191,9 +194,9 @@ static void set_aside(sl_reg_cleanup_t *job, const sl_sub_t *s, bool listed)
 }
 
 /* aside[k] looked up again: the master held no read lock since it stored
- * it, so the node may be gone (not by anyone but this job: the dead
- * worker's subscriptions are removed by its cleanup alone) - never a
- * stored pointer.  sub_no tells it from any other in its bucket. */
+ * it, so the node may be gone (removed by this job, or by a channel
+ * delete, which removes the dead worker's subscriptions on it too: rt15
+ * T5) - never a stored pointer.  sub_no tells it from any other in its bucket. */
 static sl_sub_t *aside_find(sl_reg_t *r, const sl_reg_cleanup_t *job, uint32_t k)
 {
     uint64_t hash = job->aside[k].hash;
@@ -323,6 +326,8 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
             }
             /* A full batch all set aside would be collected again and
              * again: leave the bucket for the next pass. */
+            if (more && job->phase == PH_SUBS && aside == n)
+                job->aside_full = true; /* the rest of this bucket needs a whole pass (rt15 T1) */
             if (!more || (job->phase == PH_SUBS && aside == n))
                 job->cursor++;
         }

@@ -1527,6 +1527,76 @@ static void test_sub_sizes_in_the_design_note(void)
     SL_CHECK_INT(sizeof(sl_inbox_t), 471936);
 }
 
+/* rt15 T1: more than BUCKET_BATCH (64) of the dead worker's
+ * subscriptions in one bucket, the first 64 set aside. */
+static void test_rt15_bucket_overflow(void)
+{
+    setup();
+    uint32_t n;
+    enum { NCH = 70 };
+    uint32_t mask = R->subs->nbuckets - 1, target = UINT32_MAX;
+    int made = 0;
+    char id[32], key[64];
+    for (unsigned long t = 0; made < NCH && t < 100000000UL; t++) {
+        snprintf(id, sizeof(id), "b-%lu", t);
+        int kl = snprintf(key, sizeof(key), "%s\nconn-d", id);
+        uint32_t b = (uint32_t)(sl_table_hash(key, (size_t)kl) & mask);
+        if (target == UINT32_MAX)
+            target = b;
+        if (b != target)
+            continue;
+        sl_chan_t *c;
+        SL_CHECK_INT(sl_chan_create(R, id, strlen(id), &JL, &c), SL_CHAN_CREATED);
+        sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+        drain_all();
+        made++;
+    }
+    SL_CHECK_INT(made, NCH);
+    SL_CHECK_INT(sl_table_count(R->subs), 2 * NCH);
+    sl_inbox_lock(R->inboxes[0]);
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    for (int k = 0; k < 200; k++) {
+        sl_reg_cleanup_step(R, &job, 64);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    sl_inbox_unlock(R->inboxes[0]);
+    int steps = 0;
+    while (sl_reg_cleanup_step(R, &job, 64) == SL_AGAIN && steps < 5000) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        drain_all();
+        steps++;
+    }
+    printf("rt15: bucket %u of %u: removed %llu of %d; subs left %llu (conn-a's: %d); passes %u\n",
+           target, mask + 1, (unsigned long long)job.removed_subs, NCH,
+           (unsigned long long)sl_table_count(R->subs), NCH, (unsigned)job.sub_passes);
+    SL_CHECK_INT(job.removed_subs, NCH);
+    SL_CHECK_INT(sl_table_count(R->subs), NCH);
+    SL_CHECK(job.aside_last <= NCH); /* no subscription listed twice */
+}
+
+/* rt15 T2: a send / remote presence to a channel whose only
+ * subscribers are on a dead worker. */
+static void test_rt15_send_to_dead_only(void)
+{
+    setup();
+    sl_chan_t *c;
+    uint32_t n, recip = 0;
+    uint64_t woken = 0;
+    sl_chan_create(R, "t", 1, &JL, &c);
+    sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_reg_worker_gone(R, 1);
+    int rc1 = sl_chan_send(R, c, (const uint8_t *)"{}", 2, NULL, 0, NULL, NULL, &recip, &woken);
+    int rc2 = sl_chan_send_presence(R, c, (const uint8_t *)"{}", 2, 0, &woken);
+    printf("rt15: sl_chan_send -> %d, sl_chan_send_presence -> %d (SL_CHAN_OVERLOADED = %d)\n", rc1,
+           rc2, SL_CHAN_OVERLOADED);
+    SL_CHECK(rc1 != SL_CHAN_OVERLOADED);
+    SL_CHECK(rc2 != SL_CHAN_OVERLOADED);
+    SL_CHECK_INT(recip, 0); /* no recipients: the RPC gets no-subscribers */
+}
+
 int main(void)
 {
     SL_TEST_RUN(test_ids);
@@ -1544,6 +1614,8 @@ int main(void)
     SL_TEST_RUN(test_join_with_one_crowded_target);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
     SL_TEST_RUN(test_cleanup_aside_overflow);
+    SL_TEST_RUN(test_rt15_bucket_overflow);
+    SL_TEST_RUN(test_rt15_send_to_dead_only);
     SL_TEST_RUN(test_dead_worker_not_targeted);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
