@@ -186,6 +186,7 @@ typedef struct sl_conn_cl {
     struct sl_crec *crecs;    /* cluster.c: its broker requests in flight (their records) */
     struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
     uint32_t nrq;             /* proto.c: entries in rq_head */
+    bool history_busy;        /* pubsub.c: a `history` waits for the broker: stop reading (rv17 H1) */
     bool http_deferred;       /* httpd.c: an HTTP response waits for the broker: stop parsing */
     bool http_deferred_keep;  /* ... and whether to keep the connection after it */
 } sl_conn_cl_t;
@@ -271,6 +272,11 @@ sl_conn_cl_t *sl_conn_cl_get(sl_conn_t *c);
  * exist when delta > 0): they count with its output for the read pause,
  * and a release below the resume mark resumes reading. */
 void sl_conn_hold(sl_conn_t *c, int64_t delta);
+
+/* c has a `history` request waiting for the broker (busy) or no longer:
+ * while one waits, c is not read (its output counts as over the pause
+ * mark), so a connection has at most one in flight (review rv17 H1). */
+void sl_conn_history_busy(sl_conn_t *c, bool busy);
 
 /* Count an error or refusal by reason (/stats "errors", /metrics). */
 void sl_conns_count_error(sl_err_t e);

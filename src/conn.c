@@ -822,6 +822,8 @@ static bool conn_output_over(const sl_conn_t *c, unsigned divisor)
     /* What the layers above hold for it (replies behind one that waits for
      * the broker) counts as its output: they are on their way to it. */
     const sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q && q->history_busy)
+        return true; /* one history in flight: read no more (rv17 H1) */
     uint64_t out = c->out.bytes + (q ? q->held_bytes : 0);
     if (out == 0)
         return false;
@@ -880,6 +882,17 @@ void sl_conn_hold(sl_conn_t *c, int64_t delta)
     /* Released: most often into the queue (whose flush resumes it when it
      * drains); released with nothing queued, nothing else would. */
     if (delta < 0 && c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
+        conn_output_low(c))
+        conn_resume(c);
+}
+
+void sl_conn_history_busy(sl_conn_t *c, bool busy)
+{
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL)
+        return;
+    q->history_busy = busy;
+    if (!busy && c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
         conn_output_low(c))
         conn_resume(c);
 }

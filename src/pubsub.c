@@ -1769,7 +1769,6 @@ static void history_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *r
             json_t *pubs = json_array(), *m;
             size_t i;
             json_array_foreach(msgs, i, m) json_array_append_new(pubs, publication(m));
-            sl_conn_charge(c, json_array_size(pubs) / SL_HISTORY_CHARGE_UNIT);
             r = json_pack("{s:s, s:s%, s:b, s:O, s:O, s:o, s:O}", "type", "history-result",
                           "channel-id", h->id, h->len, "success", 1, "epoch",
                           json_object_get(res, "epoch"), "top-seq",
@@ -1783,6 +1782,7 @@ static void history_answered(sl_conn_t *c, void *arg, uint32_t status, json_t *r
             r = failure("history-result", h->id, h->len, sl_brq_reason(status));
         }
         sl_proto_complete(c, h->reply, r);
+        sl_conn_history_busy(c, false); /* reading resumes */
     }
     free(h);
 }
@@ -1822,10 +1822,15 @@ static void cluster_history(sl_conn_t *c, const char *id, size_t len,
     h->len = len;
     memcpy(h->id, id, len);
     h->id[len] = '\0';
+    /* Charged when sent, by what it may copy (protocol.md 4.9); while it
+     * waits the connection is not read: one in flight (rv17 H1). */
+    sl_conn_charge(c, (uint32_t)SL_MIN(q->limit, (uint64_t)UINT32_MAX) / SL_HISTORY_CHARGE_UNIT);
     int rc = sl_cluster_submit(SL_BRQ_HISTORY, c, 0, txt, strlen(txt), history_answered, h);
     free(txt);
     if (rc != SL_OK)
         history_answered(c, h, (uint32_t)rc, NULL);
+    else
+        sl_conn_history_busy(c, true);
 }
 
 void sl_pubsub_history(sl_conn_t *c, json_t *msg)
