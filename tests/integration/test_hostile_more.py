@@ -529,12 +529,7 @@ def test_a_request_waiting_unread_is_not_evicted_as_silent(server_factory, ahead
         os.kill(master, signal.SIGCONT)
         os.kill(pid, signal.SIGCONT)
     try:
-        got = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
+        got = read_response(s)
         assert got.startswith(b"HTTP/1.1 200"), got[:80]
         s.close()
         # All 81 were admitted in one batch, past the limit by 17 (16 when
