@@ -925,8 +925,13 @@ static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
             t->left_len = (uint16_t)(len - k);
         }
         /* The worker's rec_in keeps no connection's plaintext once it is
-         * handed on (review rw16 L2; ~1 us per 16 KiB record, against
-         * ~10 us to open it: docs/benchmarks.md). */
+         * handed on (review rw16 L2; 0.5 us per 16 KiB record, against
+         * 3-6 us to open it: tests/bench/bench_tlsrec.c).  rec_out holds
+         * ciphertext only.  The worker's cipher contexts keep the last
+         * record's expanded key until the next record (any connection's)
+         * rekeys them: not cleansed per record - freeing and making them
+         * again would cost an allocation each, and a key of a connection
+         * that is gone opens nothing the peer can still send. */
         OPENSSL_cleanse(p, len);
     }
     if (read_opened > SL_TLS_READ_RECORDS && SL_FAULT("tls.read.over-budget")) {
