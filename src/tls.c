@@ -929,9 +929,11 @@ static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
          * 3-6 us to open it: tests/bench/bench_tlsrec.c).  rec_out holds
          * ciphertext only.  The worker's cipher contexts keep the last
          * record's expanded key until the next record (any connection's)
-         * rekeys them: not cleansed per record - freeing and making them
-         * again would cost an allocation each, and a key of a connection
-         * that is gone opens nothing the peer can still send. */
+         * rekeys them: not cleansed per record - that would be freeing
+         * and making them again (an allocation and a cipher fetch each),
+         * and the residue is one key, readable only by whoever can read
+         * this process's memory, which holds every live connection's
+         * keys anyway. */
         OPENSSL_cleanse(p, len);
     }
     if (read_opened > SL_TLS_READ_RECORDS && SL_FAULT("tls.read.over-budget")) {
