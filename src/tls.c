@@ -764,6 +764,13 @@ static ssize_t own_fail(int fd, tls_conn_t *t, uint8_t alert, sl_err_t why)
         t->ctl_len = 0;
         t->sent_close = true;
     }
+    /* The connection is closed next: what the peer sent after the refused
+     * record is read and dropped first (bounded: 4 reads), so the close
+     * is a FIN and not a reset that could overtake our alert (review ry,
+     * "not new").  Never handed up (rw16 H1); rec_in is only a sink. */
+    for (int k = 0; k < 4 && recv(fd, rec_in, sizeof(rec_in), MSG_DONTWAIT) > 0; k++) {
+    }
+    OPENSSL_cleanse(rec_in, sizeof(rec_in)); /* (nor left there: rw16 L2) */
     errno = EPROTO;
     return SL_ERROR;
 }
