@@ -99,6 +99,12 @@
  * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
 static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
+/* `history` pages in flight on one link, by the max-bytes each may bring
+ * back (review rv17 H1: every connection may have one in flight; many of
+ * them must not hold the link, and every node's commands on that Redis,
+ * behind pages it copies and this process parses).  Past it the request
+ * is refused overloaded (history-refused); one is always let through. */
+#define HISTORY_INFLIGHT_BYTES (8u << 20)
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
  * half of --max-outbound-bytes): a subscription-result nearly all of it
@@ -197,6 +203,7 @@ struct cmd {
     bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
     uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
     bool counted;       /* catch-ups: counted in link->ncatchup until freed */
+    uint64_t hist_bytes; /* history: its share of link->history_bytes until freed */
     json_t *ctx;        /* what the reply needs besides (owned) */
 };
 
@@ -283,6 +290,7 @@ struct link {
     bchan_t *cu_wait, *cu_wait_tail; /* channels whose catch-up waits for a turn */
     uint32_t ninflight;
     uint64_t inflight_bytes;
+    uint64_t history_bytes; /* max-bytes of the history pages in flight (HISTORY_INFLIGHT_BYTES) */
     int64_t backoff_ms;
     int64_t connect_ms;   /* mono ms the connection attempt began */
     int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
@@ -506,6 +514,10 @@ static void cmd_free(cmd_t *c)
     }
     if (c->ch)
         c->ch->inflight--;
+    if (c->hist_bytes) {
+        c->link->history_bytes -= c->hist_bytes;
+        uatomic_set(&BSTATS->link[c->link->shard].history_bytes, c->link->history_bytes);
+    }
     free(c->buf);
     json_decref(c->ctx);
     free(c);
@@ -3016,9 +3028,21 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
     const char *id = jstr(j, "channel-id", &len);
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
-    cmd_t *c = cmd_new(link_of(id, len), C_HISTORY, e);
+    link_t *l = link_of(id, len);
+    int64_t mb = jint(j, "max-bytes");
+    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
+    if (l->history_bytes && l->history_bytes + want > HISTORY_INFLIGHT_BYTES) {
+        uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    }
+    cmd_t *c = cmd_new(l, C_HISTORY, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    /* Held until the command is freed (answered, failed with the link, or
+     * never sent): cmd_free gives it back. */
+    c->hist_bytes = want;
+    l->history_bytes += want;
+    uatomic_set(&BSTATS->link[l->shard].history_bytes, l->history_bytes);
     args_t a = {.n = 0};
     argk(&a, id, len, "c");
     argk(&a, id, len, "h");
@@ -3790,6 +3814,7 @@ int sl_broker_main(int tel_fd)
         B.link[i].retry_ev = evtimer_new(B.base, link_retry_cb, &B.link[i]);
         set_reason(&B.link[i], "connecting");
         uatomic_set(&BSTATS->link[i].down_since_ms, sl_now_ms());
+        uatomic_set(&BSTATS->link[i].history_bytes, 0); /* a dead broker's pages are gone */
     }
     uatomic_set(&BSTATS->nshards, B.nlinks);
 

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 
-from conftest import needs_own_redis, wait_for
+from conftest import SLOW, needs_own_redis, wait_for
 from test_cluster import Client, collect, run
 from test_cluster_faults import numsub
 
@@ -282,5 +282,90 @@ def test_pipelined_history_one_in_flight(cluster, redis):
         # the review; 4 take a few ms (bound generous for a loaded machine).
         assert calls <= 3 * 3 and usec / calls < 14000, line
         assert b.stats()["cluster"]["redis"][0]["reconnects"] == 0
+
+    run(go())
+
+
+def test_history_page_budget_per_link(cluster, redis):
+    """Review rv17 H1 (the rest): many connections, each with one big-page
+    `history` in flight, on one node.  The link carries at most 8 MiB of
+    pages (the max-bytes of each, 1 MiB here) in flight; past it a request
+    is refused `overloaded` at once, counted under the link as
+    `history-refused` (/stats, /metrics).  The link never times out, and a
+    publish on the node still succeeds."""
+    needs_own_redis()
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "1000", *NS,
+                   workers=1)
+    # C waits out a paused Redis: what is in flight stays in flight.
+    (c,) = cluster(1, "--message-retention", "1000", "--redis-timeout-ms", "20000", *NS,
+                   workers=1)
+
+    def link(node):
+        return node.stats()["cluster"]["redis"][0]
+
+    async def burst(node, clients, n=40):
+        for q in clients:
+            await q.send(type="history", **{"channel-id": "h:big"}, limit=1000)
+        ok = refused = 0
+        for q in clients:
+            r = await q.of_type("history-result", 60)
+            if r["success"]:
+                assert len(r["publications"]) == n, r
+                ok += 1
+            else:
+                assert r["reason"] == "overloaded", r
+                refused += 1
+        return ok, refused
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:big"))["success"]
+        pub = await Client.open(a)
+        for _ in range(40):
+            await publish(pub, "h:big", {"pad": "x" * 20000})
+        # 1. Without a pause: 100 connections on B at once.  Every request
+        # is answered (in full or refused), B's link neither times out nor
+        # reconnects, and the refusals are the link's count.
+        qs = [await Client.open(b) for _ in range(100)]
+        ok, refused = await burst(b, qs)
+        print("burst on B: ok", ok, "refused", refused)
+        assert ok >= 1 and ok + refused == 100
+        l = link(b)
+        assert l["reconnects"] == 0 and l["timeouts"] == 0, l
+        assert l["history-refused"] == refused, (l, refused)
+        other = await Client.open(b)
+        await publish(other, "h:big", {"n": "after"})
+        wait_for(lambda: link(b)["history-bytes"] == 0, timeout=10, what="B's budget free")
+        # 2. Redis paused: the pages stay in flight on C, so exactly 8 of
+        # 1 MiB fit the budget and the other 16 are refused at once (while
+        # Redis is still paused); the 8 are answered after it.
+        qs = [await Client.open(c) for _ in range(24)]
+        redis.cli("CLIENT", "PAUSE", str(int(4000 * SLOW)), "ALL")
+        for q in qs:
+            await q.send(type="history", **{"channel-id": "h:big"}, limit=1000)
+        refused_fast = []
+        waiting = list(qs)
+        deadline = asyncio.get_event_loop().time() + 3 * SLOW
+        while len(refused_fast) < 16 and asyncio.get_event_loop().time() < deadline:
+            for q in list(waiting):
+                try:
+                    r = json.loads(await asyncio.wait_for(q.ws.recv(), 0.05))
+                except asyncio.TimeoutError:
+                    continue
+                assert r["type"] == "history-result", r
+                assert r["success"] is False and r["reason"] == "overloaded", r
+                refused_fast.append(r)
+                waiting.remove(q)
+        assert len(refused_fast) == 16, len(refused_fast)
+        assert link(c)["history-bytes"] == 8 << 20, link(c)
+        for q in waiting:
+            r = await q.of_type("history-result", 30)
+            assert r["success"] and len(r["publications"]) == 41, r  # with "after"
+        l = link(c)
+        assert l["history-refused"] == 16 and l["history-bytes"] == 0, l
+        assert l["reconnects"] == 0 and l["timeouts"] == 0, l
+        text = c.request("GET", "/metrics")[1].decode()
+        assert 'sente_lite_redis_history_refused_total{redis="0"} 16' in text, text
+        await publish(await Client.open(c), "h:big", {"n": "after"})
 
     run(go())
