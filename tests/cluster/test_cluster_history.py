@@ -10,7 +10,7 @@ import os
 import signal
 
 from conftest import SLOW, needs_own_redis, wait_for
-from test_cluster import Client, collect, run
+from test_cluster import Client, broker_pid, collect, run
 from test_cluster_faults import numsub
 
 NS = ("--namespace", "h:history=anyone")
@@ -368,4 +368,55 @@ def test_history_page_budget_per_link(cluster, redis):
         assert 'sente_lite_redis_history_refused_total{redis="0"} 16' in text, text
         await publish(await Client.open(c), "h:big", {"n": "after"})
 
+    run(go())
+
+
+def test_history_pipelined_while_the_broker_is_stopped(cluster):
+    """Review rv17 M1: `history` requests pipelined on B while B's broker is
+    stopped (SIGSTOP).  Each gets exactly one `history-result`, in the order
+    asked (one channel per request tells them apart): `broker-timeout` (the
+    worker's deadline) or, once the broker runs again, the page - never two
+    and never none (a late answer of one already answered is dropped).  A
+    client that closes with one in flight costs nothing.  After SIGCONT the
+    connection is usable."""
+    a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "500",
+                   "--worker-stall-kill-ms", "600000", *NS, workers=1)
+    chans = [f"h:f{i}" for i in range(5)]
+
+    async def go():
+        x = await Client.open(a)
+        for i, ch in enumerate(chans):
+            assert (await x.subscribe(ch))["success"]
+            await publish(x, ch, i)
+        q = await Client.open(b)
+        assert seqs(await history(q, chans[0])) == [1]
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for ch in chans:
+                await q.send(type="history", **{"channel-id": ch})
+            gone = await Client.open(b)  # closes with its request in flight
+            await gone.send(type="history", **{"channel-id": chans[0]})
+            await gone.close()
+            got = []
+            for _ in range(2):
+                r = await q.of_type("history-result", 30)
+                assert r["success"] is False and r["reason"] == "broker-timeout", r
+                got.append(r)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for _ in range(len(chans) - 2):
+            r = await q.of_type("history-result", 30)
+            assert r["success"] or r["reason"] == "broker-timeout", r
+            if r["success"]:
+                assert len(r["publications"]) == 1, r
+            got.append(r)
+        assert [r["channel-id"] for r in got] == chans, got
+        assert got[-1]["success"], got  # sent after the broker ran again
+        # Nothing more comes for them: the next answer is the next request's.
+        r = await history(q, chans[1])
+        assert r["channel-id"] == chans[1] and seqs(r) == [1], r
+        await publish(q, chans[1], "after")
+        assert not [m for m in q.inbox if m.get("type") == "history-result"], q.inbox
+        assert broker_pid(b) == pid  # not replaced: the same broker answered
     run(go())
