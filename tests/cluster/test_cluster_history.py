@@ -9,9 +9,9 @@ import json
 import os
 import signal
 
-from conftest import SLOW, needs_own_redis, wait_for
+from conftest import SLOW, Redis, needs_own_redis, wait_for
 from test_cluster import Client, broker_pid, collect, run
-from test_cluster_faults import numsub
+from test_cluster_faults import numsub, shard_of
 
 NS = ("--namespace", "h:history=anyone")
 
@@ -213,6 +213,49 @@ def test_history_in_order_between_publishes(cluster):
             assert h["top-seq"] == p["seq"] and seqs(h) == [p["seq"]], (i, p, h)
             assert h["publications"][0]["data"] == i
     run(go())
+
+
+def test_history_in_order_between_publishes_on_two_shards(tmp_path, cluster, redis):
+    """Review rv17 L1: with --redis twice, a `history` of a channel on shard 0
+    (a big page: its answer is slow) pipelined with a publish to a channel
+    on shard 1 (answered first by its own Redis), and the other way round:
+    the answers come in the order asked.  Two things keep it: the history's
+    deferred reply slot (taken when it is sent; a later answer waits
+    behind it) and one history in flight per connection (reading pauses,
+    so the publish is not even read before the history's answer)."""
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        a, b = cluster(2, "--message-retention", "1000", *NS, urls=[redis.url, r2.url])
+        c0 = next(f"h:s{i}" for i in range(100) if shard_of(f"h:s{i}", 2) == 0)
+        c1 = next(f"h:s{i}" for i in range(100) if shard_of(f"h:s{i}", 2) == 1)
+
+        async def go():
+            x = await Client.open(a)
+            for ch in (c0, c1):
+                assert (await x.subscribe(ch))["success"]
+            for ch in (c0, c1):
+                for _ in range(40):
+                    await publish(x, ch, {"pad": "x" * 20000})
+            c = await Client.open(b)
+            n = 8  # 4 pages per link: within its budget even without the pause
+            asked = []
+            for i in range(n):
+                # history on one shard, then a publish on the other
+                h, p = (c0, c1) if i % 2 == 0 else (c1, c0)
+                await c.send(type="history", **{"channel-id": h}, limit=1000)
+                await c.send(type="publish", **{"channel-id": p}, data=i)
+                asked += [("history-result", h), ("publish-result", p)]
+            got = []
+            while len(got) < 2 * n:
+                m = await c.next(lambda m: m.get("type") in ("publish-result",
+                                                                "history-result"), 30)
+                assert m["success"], m
+                got.append((m["type"], m["channel-id"]))
+            assert got == asked, [i for i in range(2 * n) if got[i] != asked[i]][:5]
+        run(go())
+    finally:
+        r2.stop()
 
 
 def test_history_refused_while_redis_is_down(cluster, redis):
