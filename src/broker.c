@@ -248,7 +248,9 @@ struct bchan {
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
     int64_t stats_at_ms; /* mono ms of the last presence-stats answer (0: none) */
-    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted) */
+    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted;
+                                         * clients -1: Redis had no such channel) */
+    bool stats_made;    /* a subscribe / create here since the PRES_STATS in flight was sent */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -442,6 +444,20 @@ static bchan_t *chan_get(const char *id, size_t len)
     c->next = B.map[b];
     B.map[b] = c;
     return c;
+}
+
+/* A presence-stats answer "no such channel" serves its second too (review
+ * rv17 L3) - but not once this node has asked Redis to make the channel (a
+ * subscribe or admin create here): its own client must not be told the
+ * channel it just joined does not exist. */
+static void stats_forget_missing(const char *id, size_t len)
+{
+    bchan_t *ch = chan_find(id, len);
+    if (ch == NULL)
+        return;
+    if (ch->stats_clients < 0)
+        ch->stats_at_ms = 0;
+    ch->stats_made = true; /* and an answer in flight is not kept (done_presence) */
 }
 
 static void free_msgs(bmsg_t *m)
@@ -2251,6 +2267,7 @@ static void req_join(const sl_inbox_entry_t *e, json_t *j)
     if (lk->state != L_UP)
         return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
     bchan_t *ch = chan_get(id, len);
+    stats_forget_missing(id, len);
     cmd_t *c = ch ? cmd_new(lk, C_JOIN, e) : NULL;
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2427,6 +2444,7 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
     args_t a = {.n = 0};
     cmd_t *c;
     if (strcmp(op, "create") == 0) {
+        stats_forget_missing(id, len);
         c = cmd_new(lk, C_ADMIN_CREATE, e);
         if (c == NULL)
             return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2617,10 +2635,10 @@ static void done_presence(cmd_t *c, redisReply *r)
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
-    if (ch && st == SL_BR_OK) {
+    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made))) {
         ch->stats_at_ms = sl_mono_ms();
-        ch->stats_clients = rint_(el(r, 0));
-        ch->stats_users = rint_(el(r, 1));
+        ch->stats_clients = st == SL_BR_OK ? rint_(el(r, 0)) : -1;
+        ch->stats_users = st == SL_BR_OK ? rint_(el(r, 1)) : -1;
     }
     if (ch) {
         for (uint32_t i = 0; i < ch->nstats_wait; i++)
@@ -2967,6 +2985,8 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
          * most PRES_STATS_WAIT_MAX; past that, refused overloaded). */
         ch = chan_get(id, len);
         if (ch && ch->stats_at_ms && sl_mono_ms() - ch->stats_at_ms < PRES_STATS_CACHE_MS) {
+            if (ch->stats_clients < 0)
+                return answer(e->from, e->tag, SL_BR_NOT_FOUND, NULL);
             json_t *d = stats_doc(ch->stats_clients, ch->stats_users);
             answer(e->from, e->tag, SL_BR_OK, d);
             json_decref(d);
@@ -2997,6 +3017,7 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     if (ch) {
         cmd_chan(c, ch);
         ch->stats_busy = true;
+        ch->stats_made = false;
     }
     args_t a = {.n = 0};
     argp(&a, "nodes");

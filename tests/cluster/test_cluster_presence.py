@@ -732,6 +732,61 @@ def test_presence_stats_sequential_requester_costs_a_script_a_second(cluster, re
     run(go())
 
 
+def test_presence_stats_of_a_missing_channel_is_cached_too(cluster, redis):
+    """Review rv17 L3: `channel-not-found` serves its second like a count, so
+    a client asking presence-stats of a channel Redis does not have, again
+    and again, costs Redis about one script a second per node too.  A
+    subscribe on the node makes it known at once (its client is never told
+    the channel it joined does not exist); one made on another node shows
+    within about a second."""
+    needs_own_redis()
+    ns = ("--namespace", "p:presence=anyone")
+    a, b = cluster(2, *ns)
+
+    def evalshas():
+        for line in redis.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
+
+    async def missing(client, ch):
+        await client.send(type="presence-stats", **{"channel-id": ch})
+        r = await client.of_type("presence-stats-result")
+        return r["success"] is False and r["reason"] == "channel-not-found"
+
+    async def go():
+        w = await Client.open(a)
+        assert await missing(w, "p:none")
+        quiet0, t0 = evalshas(), time.time()
+        await asyncio.sleep(2)
+        background = (evalshas() - quiet0) / (time.time() - t0)
+        before, t0 = evalshas(), time.time()
+        n = 0
+        while time.time() - t0 < 3:  # one after another, for 3 seconds
+            assert await missing(w, "p:none")
+            n += 1
+        took = time.time() - t0
+        scripts = evalshas() - before
+        allowed = background * took + took + 2 + 5
+        print(f"{n} sequential presence-stats of a missing channel in {took:.2f}s: "
+              f"{scripts} EVALSHA (background {background:.1f}/s)")
+        assert scripts <= allowed and scripts < n / 2, (scripts, allowed, took)
+        # Made here: known at once.
+        assert await missing(w, "p:none")
+        assert (await w.subscribe("p:none"))["success"]
+        assert await stats_of(w, "p:none") == (1, 0)
+        # Made on another node: within about a second.
+        assert await missing(w, "p:later")
+        x = await Client.open(b)
+        assert (await x.subscribe("p:later"))["success"]
+        deadline = time.time() + 10 * SLOW
+        while await missing(w, "p:later"):
+            assert time.time() < deadline, "still channel-not-found"
+            await asyncio.sleep(0.2)
+        assert await stats_become(w, "p:later", (1, 0)) == (1, 0)
+    run(go())
+
+
 def test_deleted_channel_leaves_no_entries(cluster):
     """A channel deleted (admin, on A) with a subscriber on each node: its
     presence entries go with it on every node (review rj17 M1), so the
