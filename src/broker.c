@@ -234,6 +234,7 @@ struct bchan {
      * due; 3: a sweep slice is in flight (its cmd's gen == pres_gen, which
      * a new pass raises so an old answer is ignored); 0: none. */
     uint8_t pres_slice;
+    bool pres_again;    /* a write was lost during the rewrite under way: another after it (rx17 M1) */
     uint64_t pres_before, pres_gen;
     char pres_after[SL_CONN_ID_MAX]; /* the conn-id of sub_no pres_before: the next slice resumes there */
     char pres_sweep_cur[24];
@@ -2490,29 +2491,40 @@ static void req_sync(json_t *j)
 
 /* ------------------------------------------------------------ presence */
 
+#ifdef SL_CRASHPOINTS
+static const char *pres_lose; /* SL_TEST_PRES_LOSE (req_presence_change) */
+#endif
+
+/* The link's pass goes to ch's bucket: started there when none runs,
+ * taken back to it when it is past it (ch has something to send). */
+static void pres_rewind(bchan_t *ch)
+{
+    link_t *l = &B.link[ch->shard];
+    uint32_t b = sl_broker_shard(ch->id, ch->idlen, BUCKETS);
+    if (!l->pres_pass || b < l->pres_bucket) {
+        l->pres_pass = true;
+        l->pres_bucket = b;
+    }
+}
+
 /* A presence write of channel id was lost (its link full, or down): the
  * channel's entries are rewritten from the registry (PRES_SYNC) when the
  * link takes commands again, while it stays up - review ro17 M4.  The
- * link's pass goes on from where it is (started at the channel's bucket
- * when none runs, taken back to it when it is past it); a rewrite of the
- * channel under way starts again (it may have listed the entry before the
- * loss).  No memory for the record: the next pass mends it. */
+ * link's pass goes on from where it is (pres_rewind).  A rewrite of the
+ * channel under way is not started again (review rx17 M1: under a
+ * sustained overload a big channel's would never end): it finishes, and
+ * another follows it (pres_again; the one under way may have listed the
+ * entry before the loss).  No memory for the record: the next pass
+ * mends it. */
 static void pres_mend(const char *id, size_t len)
 {
     bchan_t *ch = chan_get(id, len);
     if (ch == NULL)
         return;
-    link_t *l = &B.link[ch->shard];
     ch->pres_due = true;
-    if (ch->pres_slice) {
-        ch->pres_slice = 0;
-        ch->pres_gen++; /* its sweep's answer is ignored */
-    }
-    uint32_t b = sl_broker_shard(id, len, BUCKETS);
-    if (!l->pres_pass || b < l->pres_bucket) {
-        l->pres_pass = true;
-        l->pres_bucket = b;
-    }
+    if (ch->pres_slice)
+        ch->pres_again = true;
+    pres_rewind(ch);
 }
 
 /* A subscriber's presence entry on this node (set) or its removal, with
@@ -2554,7 +2566,18 @@ static void req_presence_change(json_t *j, bool set)
     /* Not sent (the link is down or full): counted, and the channel's
      * entries rewritten once the link takes commands again (pres_mend;
      * down: the pass after the next connect does it anyway). */
-    if (cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a) != SL_OK) {
+    int rc = SL_OK;
+#ifdef SL_CRASHPOINTS
+    /* Test build: the writes of channels named from SL_TEST_PRES_LOSE on
+     * are lost as to a full link (a sustained overload, review rx17 M1). */
+    if (pres_lose && len >= strlen(pres_lose) && memcmp(id, pres_lose, strlen(pres_lose)) == 0) {
+        cmd_free(c);
+        rc = SL_ERROR;
+    }
+#endif
+    if (rc == SL_OK)
+        rc = cmd_script(c, set ? SL_BRS_PRES_SET : SL_BRS_PRES_DEL, 4, &a);
+    if (rc != SL_OK) {
         uatomic_add(&BSTATS->presence_lost, 1);
         pres_mend(id, len);
     }
@@ -2815,10 +2838,16 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         const char *cur = ok ? rstr(el(r, 2)) : "0";
         if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
             ch->pres_slice = 0;
-            ch->pres_due = false; /* freed with the command if nothing else keeps it */
+            if (ch->pres_again) {
+                ch->pres_again = false; /* a write lost meanwhile: again (rx17 M1) */
+                pres_rewind(ch);
+            } else {
+                ch->pres_due = false; /* freed with the command if nothing else keeps it */
+            }
         } else {
             snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "%s", cur);
             ch->pres_slice = 2;
+            pres_rewind(ch); /* the pass may have gone past it (rx17 M1) */
         }
     }
     if (ok) {
@@ -2887,8 +2916,10 @@ static void pres_pump(link_t *l)
             if (l->pres_inflight >= PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN)
                 return; /* on an answer, or next turn */
             int st = pres_sync(l, ch->id, ch->idlen, ch);
-            if (st == PS_FULL || st == PS_WAIT)
-                return; /* this link is full: next turn; a sweep slice's answer first */
+            if (st == PS_FULL)
+                return; /* this link is full: next turn */
+            if (st == PS_WAIT)
+                continue; /* its answer first; the pass goes on, the answer brings it back (rx17 M1) */
             l->pres_sent++;
             if (st == PS_MORE) {
                 stay = true; /* a big channel: its next slice (the pass waits at it) */
@@ -3437,6 +3468,7 @@ static void pres_pass_start(link_t *l)
             if ((int)ch->shard == l->shard) {
                 ch->pres_due = true;
                 ch->pres_slice = 0; /* a sliced rewrite starts again */
+                ch->pres_again = false;
                 ch->pres_gen++;
             }
     l->pres_pass = l->pres_scan = true;
@@ -3742,6 +3774,7 @@ int sl_broker_main(int tel_fd)
         if (m && atoi(m) > 0)
             purge_slice = (uint32_t)atoi(m);
         purge_kill = getenv("SL_TEST_PURGE_KILL");
+        pres_lose = getenv("SL_TEST_PRES_LOSE");
     }
 #endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);
