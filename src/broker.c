@@ -195,7 +195,8 @@ struct cmd {
     char *buf;          /* the formatted command */
     int len;
     bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
-    uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
+    uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent (PRES_SYNC: pres_gen) */
+    uint8_t pkind;      /* PRES_SYNC: PK_ALL, PK_SLICE ("first" / "more") or PK_SWEEP */
     bool counted;       /* catch-ups: counted in link->ncatchup until freed */
     json_t *ctx;        /* what the reply needs besides (owned) */
 };
@@ -232,7 +233,9 @@ struct bchan {
      * registry's subscriptions below sub_no pres_before; 2: the sweep of
      * this node's entries in Redis (from HSCAN cursor pres_sweep_cur) is
      * due; 3: a sweep slice is in flight (its cmd's gen == pres_gen, which
-     * a new pass raises so an old answer is ignored); 0: none. */
+     * a new pass raises so an old answer is ignored); 4: a mode "all" is
+     * in flight (its answer may ask for the sweep: more stale entries in
+     * Redis than one script removes, review rx17 M2); 0: none. */
     uint8_t pres_slice;
     bool pres_again;    /* a write was lost during the rewrite under way: another after it (rx17 M1) */
     uint64_t pres_before, pres_gen;
@@ -2707,6 +2710,7 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
  * PS_MORE: a slice sent, more to send; PS_WAIT: nothing sent, the answer
  * to its sweep slice first. */
 enum { PS_FULL, PS_DONE, PS_MORE, PS_WAIT };
+enum { PK_ALL = 1, PK_SLICE, PK_SWEEP };
 
 /* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
 static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
@@ -2726,6 +2730,7 @@ static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leav
     arg(a, entries, elen);
     args(a, mode);
     args(a, cur);
+    argi(a, pres_sync_max); /* "all": more stale entries than this past the wanted: the sweep */
 }
 
 /* A big channel's sweep: one HSCAN slice of this node's entries in Redis,
@@ -2746,6 +2751,7 @@ static int pres_sweep(link_t *l, bchan_t *ch)
     l->pres_inflight++;
     cmd_chan(c, ch);
     c->gen = ch->pres_gen;
+    c->pkind = PK_SWEEP;
     ch->pres_slice = 3;
     return PS_MORE;
 }
@@ -2757,6 +2763,8 @@ static int pres_sweep(link_t *l, bchan_t *ch)
  * PS_MORE: call again (a later turn). */
 static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
 {
+    if (ch && ch->pres_slice == 4)
+        return PS_WAIT; /* the answer to its "all" first */
     if (ch && ch->pres_slice >= 2)
         return pres_sweep(l, ch);
     pres_text_t t = {0};
@@ -2798,8 +2806,15 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
         return PS_FULL;
     }
     l->pres_inflight++;
+    if (ch) {
+        cmd_chan(c, ch);
+        c->gen = ch->pres_gen;
+        c->pkind = mode[0] == 'a' ? PK_ALL : PK_SLICE;
+    }
     if (mode[0] == 'a') {
         free(t.buf);
+        if (ch)
+            ch->pres_slice = 4; /* its answer may ask for the sweep (rx17 M2) */
         return PS_DONE;
     }
     if (t.over) {
@@ -2827,35 +2842,58 @@ static void pres_answered(link_t *l)
         pres_pump(l);
 }
 
+/* A channel's rewrite ended (its "all" answered, or its sweep's last
+ * slice): presence-synced counts it (channels, not scripts: review rx17
+ * L4); another follows when a write of it was lost meanwhile (M1). */
+static void pres_ended(bchan_t *ch, bool counted)
+{
+    ch->pres_slice = 0;
+    if (counted)
+        uatomic_add(&BSTATS->presence_synced, 1);
+    if (ch->pres_again) {
+        ch->pres_again = false;
+        ch->pres_due = true;
+        pres_rewind(ch);
+    } else {
+        ch->pres_due = false; /* freed with the command if nothing else keeps it */
+    }
+}
+
 static void done_pres_sync(cmd_t *c, redisReply *r)
 {
     bchan_t *ch = c->ch;
     link_t *l = c->link;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3;
-    if (ch && c->gen == ch->pres_gen && ch->pres_slice == 3) {
+    if (ok) {
+        int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
+        if (changes > 0)
+            uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+        if (!ch)
+            uatomic_add(&BSTATS->presence_synced, 1);
+    }
+    if (ch && c->gen == ch->pres_gen && c->pkind == PK_SWEEP && ch->pres_slice == 3) {
         /* A sweep slice: the next from its cursor; at "0" (or failed: the
          * next pass tries again) the channel is done. */
         const char *cur = ok ? rstr(el(r, 2)) : "0";
         if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
-            ch->pres_slice = 0;
-            if (ch->pres_again) {
-                ch->pres_again = false; /* a write lost meanwhile: again (rx17 M1) */
-                pres_rewind(ch);
-            } else {
-                ch->pres_due = false; /* freed with the command if nothing else keeps it */
-            }
+            pres_ended(ch, ok);
         } else {
             snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "%s", cur);
             ch->pres_slice = 2;
             pres_rewind(ch); /* the pass may have gone past it (rx17 M1) */
         }
-    }
-    if (ok) {
-        if (!ch || strcmp(rstr(el(r, 2)), "0") == 0)
-            uatomic_add(&BSTATS->presence_synced, 1);
-        int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
-        if (changes > 0)
-            uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
+    } else if (ch && c->gen == ch->pres_gen && c->pkind == PK_ALL && ch->pres_slice == 4) {
+        if (ok && r->elements >= 4 && rint_(el(r, 3)) == 1) {
+            /* Redis held more stale entries than one script removes: the
+             * script wrote the wanted ones and listed them in ps; the
+             * sweep's slices remove the rest (review rx17 M2). */
+            ch->pres_slice = 2;
+            snprintf(ch->pres_sweep_cur, sizeof(ch->pres_sweep_cur), "0");
+            ch->pres_due = true;
+            pres_rewind(ch);
+        } else {
+            pres_ended(ch, ok);
+        }
     }
     pres_answered(l);
 }
@@ -2882,10 +2920,11 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
-        /* Not taken (the link full): the channel is kept due, not dropped
-         * (review ro17 M4). */
-        if ((lc == NULL || uatomic_read(&lc->subscribers) == 0) &&
-            pres_sync(l, id->str, id->len, NULL) == PS_FULL)
+        /* Marked due, sent by the pump (review rx17 M2: paced like the
+         * rest, at most PRES_SYNC_INFLIGHT in flight; with a record, so a
+         * mode "all" that finds too many stale entries goes on with the
+         * sweep).  Kept due while the link is full (review ro17 M4). */
+        if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
             pres_mend(id->str, id->len);
     }
     snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));

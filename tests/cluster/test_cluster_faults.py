@@ -1602,3 +1602,47 @@ def test_lost_writes_do_not_restart_a_big_rewrite(cluster, redis):
         run(go())
     finally:
         relay.throttle(None)
+
+
+# Review rx17 M2: the rewrite's mode "all" removed every stale entry of a
+# channel in one script, however many (about 270 ms for 50,000), so one
+# channel left with many ghosts (its subscribers gone while the link was
+# down) held the link - and every node's commands on that Redis - past
+# --redis-timeout-ms.  Now "all" finding more than a slice of stale
+# entries works as "first" and the broker sweeps them in HSCAN slices.
+# Here A's entries of a channel it has no subscriber of are 300,000 stale
+# ones (written straight into Redis, in small scripts); a pass (worker 1
+# SIGKILLed with a subscription) finds the channel in A's nodepr set and removes them all,
+# with --redis-timeout-ms 300 and no timeout.
+def test_many_stale_entries_are_removed_in_slices(cluster, redis):
+    needs_own_redis()
+    (a,) = cluster(1, "--node-id", "stale", "--redis-timeout-ms", "300")
+    n, chunk = 300_000, 5_000
+    key = "sl:{ghosts}:p:stale"
+    fill = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+            "redis.call('HSET', KEYS[1], 'ghost' .. i, "
+            "'{\"conn-id\":\"ghost' .. i .. '\",\"user\":null,\"info\":{\"pad\":\"' .. "
+            "string.rep('x', 40) .. '\"}}') end "
+            "redis.call('SADD', KEYS[2], 'ghosts')")
+
+    async def go():
+        p = await Client.open(a)  # the channel made, and left: no subscriber on A
+        assert (await p.subscribe("ghosts"))["success"]
+        await p.send(type="unsubscribe", **{"channel-id": "ghosts"})
+        assert (await p.of_type("unsubscription-result"))["success"]
+        xs = [await Client.open(a) for _ in range(6)]
+        x = next(c for c in xs if c.welcome["worker"] == 1)
+        assert (await x.subscribe("other"))["success"]  # its removal starts a pass
+        for i in range(0, n, chunk):
+            await asyncio.to_thread(redis.cli, "EVAL", fill, "2", key, "sl:nodepr:stale",
+                                    str(i + 1), str(i + chunk))
+        assert int(redis.cli("HLEN", key)) == n
+        before = a.stats()["cluster"]["redis"][0]
+        assert before["timeouts"] == 0 and before["reconnects"] == 0, before
+        os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+        await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) == 0, 120,
+                                what="the stale entries gone")
+        await asyncio.sleep(1.5)  # a heartbeat after it
+        link = a.stats()["cluster"]["redis"][0]
+        assert link["connected"] and link["timeouts"] == 0 and link["reconnects"] == 0, link
+    run(go())
