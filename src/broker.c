@@ -571,8 +571,20 @@ static bool room_for(cmd_t *c, size_t n)
         return true;
     if (l->ninflight < inflight_max && l->inflight_bytes + n <= INFLIGHT_BYTES_MAX)
         return true;
-    uatomic_add(&BSTATS->link[l->shard].refused, 1);
+    /* The presence rewrite's commands are not requests: one put off for a
+     * full link is sent later, not refused (review rx17 L1). */
+    if (c->what != C_PRES_SYNC && c->what != C_PRES_SCAN)
+        uatomic_add(&BSTATS->link[l->shard].refused, 1);
     return false;
+}
+
+/* Room on l for one of the presence rewrite's scripts, however big its
+ * text may be: checked before the text is made (review rx17 L1: a full
+ * link is not asked to take a rewrite made and thrown away each turn). */
+static bool pres_room(const link_t *l)
+{
+    return l->ninflight < inflight_max &&
+           l->inflight_bytes + 2 * (uint64_t)PRES_SYNC_BYTES <= INFLIGHT_BYTES_MAX;
 }
 
 /* A command from argv; ownership of c passes to the link (its reply frees
@@ -2739,6 +2751,8 @@ static int pres_sweep(link_t *l, bchan_t *ch)
 {
     if (ch->pres_slice == 3)
         return PS_WAIT; /* its answer first */
+    if (!pres_room(l))
+        return PS_FULL;
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     if (c == NULL)
         return PS_FULL;
@@ -2767,6 +2781,8 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
         return PS_WAIT; /* the answer to its "all" first */
     if (ch && ch->pres_slice >= 2)
         return pres_sweep(l, ch);
+    if (!pres_room(l))
+        return PS_FULL; /* next turn, or on an answer */
     pres_text_t t = {0};
     uint64_t before = ch && ch->pres_slice == 1 ? ch->pres_before : 0;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
