@@ -241,6 +241,9 @@ struct bchan {
     uint64_t pres_before, pres_gen;
     char pres_after[SL_CONN_ID_MAX]; /* the conn-id of sub_no pres_before: the next slice resumes there */
     char pres_sweep_cur[24];
+    uint32_t pres_wait;     /* its "first" / "more" / "all" in flight: the sweep waits for their answers (rx17 L3) */
+    uint32_t pres_backoff_ms; /* after an error answer: the next rewrite not before pres_retry_ms */
+    int64_t pres_retry_ms;
     bool stats_busy;    /* a PRES_STATS of it in flight (at most one) */
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
@@ -281,6 +284,8 @@ struct link {
     uint32_t pres_inflight; /* the rewrite's commands in flight (at most PRES_SYNC_INFLIGHT) */
     uint32_t pres_sent;     /* ... sent this loop turn (at most PRES_SYNC_TURN) */
     char pres_cursor[32];
+    int64_t pres_retry_ms;  /* a due channel waits for its backoff: the pass goes back then ... */
+    uint32_t pres_retry_bucket; /* ... to this bucket (BUCKETS: none) */
     cmd_t *head, *tail;   /* in flight on cmd */
     uint32_t ncatchup;    /* catch-ups in flight (at most CATCHUPS_MAX) */
     uint32_t ncu_wait;    /* ... and waiting on cu_wait (shown: cu_shown) */
@@ -2749,8 +2754,8 @@ static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leav
  * those no slice listed removed (with leaves). */
 static int pres_sweep(link_t *l, bchan_t *ch)
 {
-    if (ch->pres_slice == 3)
-        return PS_WAIT; /* its answer first */
+    if (ch->pres_slice == 3 || ch->pres_wait)
+        return PS_WAIT; /* its answer first; the slices' answers first (an error: no sweep) */
     if (!pres_room(l))
         return PS_FULL;
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
@@ -2826,6 +2831,7 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
         cmd_chan(c, ch);
         c->gen = ch->pres_gen;
         c->pkind = mode[0] == 'a' ? PK_ALL : PK_SLICE;
+        ch->pres_wait++;
     }
     if (mode[0] == 'a') {
         free(t.buf);
@@ -2864,8 +2870,11 @@ static void pres_answered(link_t *l)
 static void pres_ended(bchan_t *ch, bool counted)
 {
     ch->pres_slice = 0;
-    if (counted)
+    if (counted) {
         uatomic_add(&BSTATS->presence_synced, 1);
+        ch->pres_backoff_ms = 0;
+        ch->pres_retry_ms = 0;
+    }
     if (ch->pres_again) {
         ch->pres_again = false;
         ch->pres_due = true;
@@ -2875,11 +2884,35 @@ static void pres_ended(bchan_t *ch, bool counted)
     }
 }
 
+/* An error answer to one of ch's rewrite scripts (Redis at maxmemory,
+ * say): its rewrite is abandoned - no sweep, which would remove the
+ * entries of live subscribers a failed slice did not list - and done
+ * again after a backoff (0.5 s, doubled up to 30 s), so an OOM Redis is
+ * not asked every turn (review rx17 L3). */
+static void pres_abandon(bchan_t *ch)
+{
+    uatomic_add(&BSTATS->presence_sync_errors, 1);
+    ch->pres_slice = 0;
+    ch->pres_gen++; /* answers still to come are ignored */
+    ch->pres_again = false;
+    ch->pres_due = true;
+    ch->pres_backoff_ms = ch->pres_backoff_ms ? SL_MIN(ch->pres_backoff_ms * 2, 30000u) : 500;
+    ch->pres_retry_ms = sl_mono_ms() + ch->pres_backoff_ms;
+    pres_rewind(ch);
+}
+
 static void done_pres_sync(cmd_t *c, redisReply *r)
 {
     bchan_t *ch = c->ch;
     link_t *l = c->link;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements >= 3;
+    if (ch && (c->pkind == PK_SLICE || c->pkind == PK_ALL) && ch->pres_wait)
+        ch->pres_wait--;
+    if (ch && c->gen == ch->pres_gen && r && !ok) {
+        pres_abandon(ch); /* an error answer (r NULL: the link is lost, its next pass redoes it) */
+        pres_answered(l);
+        return;
+    }
     if (ok) {
         int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
         if (changes > 0)
@@ -2888,8 +2921,8 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
             uatomic_add(&BSTATS->presence_synced, 1);
     }
     if (ch && c->gen == ch->pres_gen && c->pkind == PK_SWEEP && ch->pres_slice == 3) {
-        /* A sweep slice: the next from its cursor; at "0" (or failed: the
-         * next pass tries again) the channel is done. */
+        /* A sweep slice: the next from its cursor; at "0" (or no answer:
+         * the link is lost, the pass after the connect does it) done. */
         const char *cur = ok ? rstr(el(r, 2)) : "0";
         if (strcmp(cur, "0") == 0 || strlen(cur) >= sizeof(ch->pres_sweep_cur)) {
             pres_ended(ch, ok);
@@ -2911,6 +2944,8 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
             pres_ended(ch, ok);
         }
     }
+    if (ch && ch->pres_slice == 2 && !ch->pres_wait)
+        pres_rewind(ch); /* every slice answered: its sweep may go (the pass may be past it) */
     pres_answered(l);
 }
 
@@ -2968,6 +3003,15 @@ static void pres_pump(link_t *l)
             next = ch->next;
             if (!ch->pres_due || (int)ch->shard != l->shard)
                 continue;
+            if (ch->pres_retry_ms && sl_mono_ms() < ch->pres_retry_ms) {
+                /* Its backoff after an error answer (rx17 L3): the pass
+                 * comes back to it then (pres_turn). */
+                if (!l->pres_retry_ms || ch->pres_retry_ms < l->pres_retry_ms)
+                    l->pres_retry_ms = ch->pres_retry_ms;
+                if (l->pres_bucket < l->pres_retry_bucket)
+                    l->pres_retry_bucket = l->pres_bucket;
+                continue;
+            }
             if (l->pres_inflight >= PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN)
                 return; /* on an answer, or next turn */
             int st = pres_sync(l, ch->id, ch->idlen, ch);
@@ -3018,6 +3062,14 @@ static void pres_turn(void)
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         l->pres_sent = 0;
+        if (l->pres_retry_ms && sl_mono_ms() >= l->pres_retry_ms) {
+            l->pres_retry_ms = 0; /* a channel's backoff over: the pass goes back to it */
+            if (!l->pres_pass || l->pres_retry_bucket < l->pres_bucket) {
+                l->pres_pass = true;
+                l->pres_bucket = l->pres_retry_bucket;
+            }
+            l->pres_retry_bucket = BUCKETS;
+        }
         if (l->state == L_UP)
             pres_pump(l); /* a full link returns: the next link still gets its turn (ro17 L1) */
     }
@@ -3874,6 +3926,7 @@ int sl_broker_main(int tel_fd)
         return 1;
     for (uint32_t i = 0; i < B.nlinks; i++) {
         B.link[i].shard = (int)i;
+        B.link[i].pres_retry_bucket = BUCKETS;
         B.link[i].state = L_DOWN;
         B.link[i].retry_ev = evtimer_new(B.base, link_retry_cb, &B.link[i]);
         set_reason(&B.link[i], "connecting");

@@ -1654,3 +1654,52 @@ def test_many_stale_entries_are_removed_in_slices(cluster, redis):
         link = a.stats()["cluster"]["redis"][0]
         assert link["connected"] and link["timeouts"] == 0 and link["reconnects"] == 0, link
     run(go())
+
+
+# Review rx17 L3: an error answer to a "first" / "more" slice was ignored,
+# and the sweep then removed the entries that slice had not listed - a
+# leave for each of those subscribers, still subscribed.  Redis at
+# maxmemory (noeviction) fails a "more" slice (its first write is an SADD,
+# refused OOM) while the sweep's HDEL / PUBLISH still run.  Now the
+# channel's rewrite is abandoned without a sweep and tried again after a
+# backoff (presence-sync-errors counts it); after the memory is back, the
+# rewrite completes and the watcher was told no leave.
+def test_error_answer_abandons_the_rewrite_without_a_sweep(cluster, redis):
+    from conftest import CRASH_BIN
+    needs_own_redis()
+    (a,) = cluster(1, "--join-leave", binary=CRASH_BIN, env={"SL_TEST_PRES_SYNC_MAX": "2"})
+    (b,) = cluster(1, "--join-leave")
+
+    async def go():
+        w = await Client.open(b)
+        assert (await w.subscribe("room"))["success"]
+        xs = [await Client.open(a) for _ in range(24)]
+        ys = [x for x in xs if x.welcome["worker"] == 0][:10]
+        z = next(x for x in xs if x.welcome["worker"] == 1)
+        assert len(ys) == 10
+        for y in ys:
+            assert (await y.subscribe("room"))["success"]
+        assert (await z.subscribe("other"))["success"]  # its removal starts a pass
+        await until_listed_in(w, "room", {w.conn_id} | {y.conn_id for y in ys})
+        br = a.stats()["cluster"]["broker"]
+        errors, synced = br["presence-sync-errors"], br["presence-synced"]
+        redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        redis.cli("CONFIG", "SET", "maxmemory", "1")
+        try:
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["broker"]["presence-sync-errors"] >=
+                errors + 2, 15, what="room's rewrite failed twice (once after its backoff)")
+        finally:
+            redis.cli("CONFIG", "SET", "maxmemory", "0")
+        await asyncio.to_thread(
+            wait_for, lambda: a.stats()["cluster"]["broker"]["presence-synced"] > synced, 15,
+            what="a rewrite done")
+        await until_listed_in(w, "room", {w.conn_id} | {y.conn_id for y in ys})
+        while True:
+            try:
+                m = await w.next(lambda m: m.get("type") == "leave", timeout=1)
+            except asyncio.TimeoutError:
+                break
+            raise AssertionError(f"a leave for a subscriber still there: {m}")
+    run(go())
