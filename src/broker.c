@@ -3646,19 +3646,6 @@ static void link_up(link_t *l)
 
 /* ------------------------------------------------------------ timers */
 
-/* The oldest command in flight on l that the liveness deadline applies
- * to: the presence rewrite's do not count (review ro17 M2: a pass over a
- * big node must not fail its own link; paced, at most PRES_SYNC_INFLIGHT
- * of them are ahead of the others, and the heartbeat still finds a silent
- * Redis). */
-static const cmd_t *oldest_timed(const link_t *l)
-{
-    const cmd_t *c = l->head;
-    while (c && (c->what == C_PRES_SYNC || c->what == C_PRES_SCAN))
-        c = c->next;
-    return c;
-}
-
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
 {
     int64_t now = sl_mono_ms(), bound = sl_conf->redis_timeout_ms;
@@ -3666,7 +3653,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         link_t *l = &B.link[i];
         link_resolved(l);
         char why[128];
-        const cmd_t *oldest = oldest_timed(l);
+        /* Every command counts, the presence rewrite's too: paced (at
+         * most PRES_SYNC_INFLIGHT on the link) and each bounded (about
+         * pres_sync_max entries written or removed, review rx17 M2), they
+         * need no exemption, and a silent Redis is found within the
+         * timeout whatever is in flight (review rx17 L2). */
+        const cmd_t *oldest = l->head;
         if (oldest && now - oldest->sent_ms > bound) {
             uatomic_add(&BSTATS->link[i].timeouts, 1);
             snprintf(why, sizeof(why), "no reply within %" PRId64 " ms (--redis-timeout-ms)",

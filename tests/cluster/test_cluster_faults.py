@@ -1622,37 +1622,80 @@ def test_lost_writes_do_not_restart_a_big_rewrite(cluster, redis):
 # ones (written straight into Redis, in small scripts); a pass (worker 1
 # SIGKILLed with a subscription) finds the channel in A's nodepr set and removes them all,
 # with --redis-timeout-ms 300 and no timeout.
+STALE_FILL = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
+              "redis.call('HSET', KEYS[1], 'ghost' .. i, "
+              "'{\"conn-id\":\"ghost' .. i .. '\",\"user\":null,\"info\":{\"pad\":\"' .. "
+              "string.rep('x', 40) .. '\"}}') end "
+              "redis.call('SADD', KEYS[2], 'ghosts')")
+
+
+async def stale_setup(a, redis, node, n):
+    """Channel "ghosts" made and left on A (no subscriber there), n stale
+    entries of A's in Redis (written in small scripts), and a client x of
+    A's worker 1 with a subscription (worker 1 SIGKILLed: a pass)."""
+    p = await Client.open(a)
+    assert (await p.subscribe("ghosts"))["success"]
+    await p.send(type="unsubscribe", **{"channel-id": "ghosts"})
+    assert (await p.of_type("unsubscription-result"))["success"]
+    xs = [await Client.open(a) for _ in range(6)]
+    x = next(c for c in xs if c.welcome["worker"] == 1)
+    assert (await x.subscribe("other"))["success"]  # its removal starts a pass
+    key = f"sl:{{ghosts}}:p:{node}"
+    for i in range(0, n, 5000):
+        await asyncio.to_thread(redis.cli, "EVAL", STALE_FILL, "2", key, f"sl:nodepr:{node}",
+                                str(i + 1), str(i + 5000))
+    assert int(redis.cli("HLEN", key)) == n
+    before = a.stats()["cluster"]["redis"][0]
+    assert before["timeouts"] == 0 and before["reconnects"] == 0, before
+    return key, xs
+
+
 def test_many_stale_entries_are_removed_in_slices(cluster, redis):
     needs_own_redis()
     (a,) = cluster(1, "--node-id", "stale", "--redis-timeout-ms", "300")
-    n, chunk = 300_000, 5_000
-    key = "sl:{ghosts}:p:stale"
-    fill = ("for i = tonumber(ARGV[1]), tonumber(ARGV[2]) do "
-            "redis.call('HSET', KEYS[1], 'ghost' .. i, "
-            "'{\"conn-id\":\"ghost' .. i .. '\",\"user\":null,\"info\":{\"pad\":\"' .. "
-            "string.rep('x', 40) .. '\"}}') end "
-            "redis.call('SADD', KEYS[2], 'ghosts')")
 
     async def go():
-        p = await Client.open(a)  # the channel made, and left: no subscriber on A
-        assert (await p.subscribe("ghosts"))["success"]
-        await p.send(type="unsubscribe", **{"channel-id": "ghosts"})
-        assert (await p.of_type("unsubscription-result"))["success"]
-        xs = [await Client.open(a) for _ in range(6)]
-        x = next(c for c in xs if c.welcome["worker"] == 1)
-        assert (await x.subscribe("other"))["success"]  # its removal starts a pass
-        for i in range(0, n, chunk):
-            await asyncio.to_thread(redis.cli, "EVAL", fill, "2", key, "sl:nodepr:stale",
-                                    str(i + 1), str(i + chunk))
-        assert int(redis.cli("HLEN", key)) == n
-        before = a.stats()["cluster"]["redis"][0]
-        assert before["timeouts"] == 0 and before["reconnects"] == 0, before
+        key, _ = await stale_setup(a, redis, "stale", 300_000)
         os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
         await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) == 0, 120,
                                 what="the stale entries gone")
         await asyncio.sleep(1.5)  # a heartbeat after it
         link = a.stats()["cluster"]["redis"][0]
         assert link["connected"] and link["timeouts"] == 0 and link["reconnects"] == 0, link
+    run(go())
+
+
+# Review rx17 L2: the rewrite's scripts were exempt from the liveness
+# deadline, untested.  With the scripts paced and bounded (M2) the
+# exemption is gone: every command in flight is timed (the test above
+# shows a long paced pass trips no timeout).  Here Redis goes silent
+# (SIGSTOP) while that pass's sweep is in flight: the link is found dead
+# within about 1 s + 2 x --redis-timeout-ms, and after SIGCONT the node
+# connects again and the pass after the connect finishes the removal.
+def test_silent_redis_is_found_during_a_rewrite(cluster, redis):
+    needs_own_redis()
+    (a,) = cluster(1, "--node-id", "stale", "--redis-timeout-ms", "500")
+
+    async def go():
+        key, _ = await stale_setup(a, redis, "stale", 200_000)
+        os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+        await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) < 190_000,
+                                30, what="the sweep under way")
+        redis.proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            await asyncio.to_thread(
+                wait_for, lambda: a.stats()["cluster"]["redis"][0]["timeouts"] >= 1, 10,
+                what="the silent Redis found")
+            took = time.monotonic() - t0
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+        assert took < (1 + 2 * 0.5) * SLOW, took
+        assert int(redis.cli("HLEN", key)) > 0  # it was found while the pass was under way
+        await asyncio.to_thread(wait_for, lambda: a.stats()["cluster"]["redis"][0]["connected"],
+                                30, what="connected again")
+        await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) == 0, 120,
+                                what="the stale entries gone after the connect")
     run(go())
 
 
