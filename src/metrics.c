@@ -191,7 +191,7 @@ static void cluster_metrics(out_t *o, json_t *cl)
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
     single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),
-           "Channels whose presence entries in Redis were rewritten after a connect.");
+           "Channel rewrites of presence entries in Redis completed (one per channel, not per slice).");
     single(o, "broker_presence_sync_changes_total", "counter", num(b, "presence-sync-changes"),
            "Entries that rewrite added or removed (a join or leave published each).");
     single(o, "broker_presence_sync_rewalks_total", "counter", num(b, "presence-sync-rewalks"),

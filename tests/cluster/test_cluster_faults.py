@@ -1391,7 +1391,7 @@ def test_presence_pass_is_paced_by_replies(cluster, redis):
             relay.throttle(300_000)
             os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
 
-            def passed():
+            def passed():  # channels, whole (review rx17 L4: not slices)
                 return a.stats()["cluster"]["broker"]["presence-synced"] >= synced + len(chans)
             await asyncio.to_thread(wait_for, passed, 60, what="the rewrite of every channel")
             await asyncio.sleep(1.5)  # a heartbeat after it
