@@ -1463,15 +1463,7 @@ def test_presence_write_lost_to_a_full_link_is_mended(cluster, redis):
 
 
 async def until_listed(client, want, timeout=15):
-    deadline = time.monotonic() + timeout
-    while True:
-        await client.send(type="presence", **{"channel-id": "room"})
-        r = await client.of_type("presence-result")
-        if r["success"] and set(r["clients"]) == want:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"presence {r} is not {want}")
-        await asyncio.sleep(0.2)
+    await until_listed_in(client, "room", want, timeout)
 
 
 def shard_of(channel, n):
