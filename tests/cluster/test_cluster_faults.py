@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 
+import pytest
 import websockets
 
 from conftest import SLOW, Server, needs_own_redis, wait_for
@@ -1660,35 +1661,50 @@ def test_many_stale_entries_are_removed_in_slices(cluster, redis):
 # Review rx17 L2: the rewrite's scripts were exempt from the liveness
 # deadline, untested.  With the scripts paced and bounded (M2) the
 # exemption is gone: every command in flight is timed (the test above
-# shows a long paced pass trips no timeout).  Here Redis goes silent
-# (SIGSTOP) while that pass's sweep is in flight: the link is found dead
-# within about 1 s + 2 x --redis-timeout-ms, and after SIGCONT the node
+# shows a long paced pass trips no timeout).  Here Redis goes silent while
+# that pass's sweep is in flight - "stopped": SIGSTOP (the pub/sub echo
+# check finds it too); "held": a relay holds the answers of A's command
+# connection only (its pub/sub connection still echoes, so only the
+# head-of-line deadline can find it) - and the link is found dead within
+# about 1 s + 2 x --redis-timeout-ms; once Redis answers again the node
 # connects again and the pass after the connect finishes the removal.
-def test_silent_redis_is_found_during_a_rewrite(cluster, redis):
+@pytest.mark.parametrize("how", ["stopped", "held"])
+def test_silent_redis_is_found_during_a_rewrite(cluster, redis, how):
     needs_own_redis()
-    (a,) = cluster(1, "--node-id", "stale", "--redis-timeout-ms", "500")
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--node-id", "stale", "--redis-timeout-ms", "500",
+                       urls=[relay.url])
+        run(silent_during_a_rewrite(a, redis, relay, how))
+    finally:
+        relay.release()
 
-    async def go():
-        key, _ = await stale_setup(a, redis, "stale", 200_000)
-        os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
-        await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) < 190_000,
-                                30, what="the sweep under way")
+
+async def silent_during_a_rewrite(a, redis, relay, how):
+    key, _ = await stale_setup(a, redis, "stale", 200_000)
+    os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+    await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) < 190_000,
+                            30, what="the sweep under way")
+    if how == "stopped":
         redis.proc.send_signal(signal.SIGSTOP)
-        t0 = time.monotonic()
-        try:
-            await asyncio.to_thread(
-                wait_for, lambda: a.stats()["cluster"]["redis"][0]["timeouts"] >= 1, 10,
-                what="the silent Redis found")
-            took = time.monotonic() - t0
-        finally:
-            redis.proc.send_signal(signal.SIGCONT)
-        assert took < (1 + 2 * 0.5) * SLOW, took
-        assert int(redis.cli("HLEN", key)) > 0  # it was found while the pass was under way
-        await asyncio.to_thread(wait_for, lambda: a.stats()["cluster"]["redis"][0]["connected"],
-                                30, what="connected again")
-        await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) == 0, 120,
-                                what="the stale entries gone after the connect")
-    run(go())
+    else:
+        relay.hold_answers(b"EVALSHA")
+    t0 = time.monotonic()
+    try:
+        await asyncio.to_thread(
+            wait_for, lambda: a.stats()["cluster"]["redis"][0]["timeouts"] >= 1, 10,
+            what="the silent Redis found")
+        took = time.monotonic() - t0
+        assert int(redis.cli("HLEN", key) if how == "held" else 1) > 0  # found mid-pass
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+        relay.release()
+    assert took < (1 + 2 * 0.5) * SLOW, took
+    assert int(redis.cli("HLEN", key)) > 0  # it was found while the pass was under way
+    await asyncio.to_thread(wait_for, lambda: a.stats()["cluster"]["redis"][0]["connected"],
+                            30, what="connected again")
+    await asyncio.to_thread(wait_for, lambda: int(redis.cli("HLEN", key) or 0) == 0, 120,
+                            what="the stale entries gone after the connect")
 
 
 # Review rx17 L3: an error answer to a "first" / "more" slice was ignored,
