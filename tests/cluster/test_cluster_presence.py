@@ -898,3 +898,75 @@ def test_remote_joins_on_a_full_inbox_are_not_refusals(cluster):
         return before, after
     before, after = run(go())
     assert after == before, (before, after)
+
+
+def test_join_leave_keep_their_place_during_a_catch_up(cluster, redis):
+    """Review rj17 L3: joins and leaves are held with the channel's
+    messages while it catches up, and released in their place.  Node A
+    (through a relay) loses its link while its broker is stopped and B
+    publishes 0..9; A catches up and the relay holds the catch-up's
+    answer, while B publishes 10..14, a client joins on B, 15..19, it
+    leaves, 20..24.  A's watcher sees the same sequence as B's watcher:
+    the join between 14 and 15, the leave between 19 and 20.  Delivered
+    at once instead of held, the join and leave come before 0..9."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        async def go():
+            wa, wb = await Client.open(a), await Client.open(b)
+            for w in (wa, wb):
+                assert (await w.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            for w in (wa, wb):
+                await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
+                w.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(10):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            for i in range(10, 15):
+                await publish(pub, "room", i)
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            for i in range(15, 20):
+                await publish(pub, "room", i)
+            await mover.send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await mover.of_type("unsubscription-result"))["success"]
+            for i in range(20, 25):
+                await publish(pub, "room", i)
+            await publish(pub, "room", "end")
+            # B's watcher has it all; A's waits for the answer.
+            await wb.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=20)
+            await asyncio.sleep(0.5)  # what A would deliver too early, it has by now
+            relay.release()
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            keep = lambda x: x[0] == "m" or x[1] == mover.conn_id  # noqa: E731
+            return ([x for x in kinds(wa.inbox, "room") if keep(x)],
+                    [x for x in kinds(wb.inbox, "room") if keep(x)], mover.conn_id)
+
+        sa, sb, mid = run(go())
+        want = ([("m", i) for i in range(15)] + [("join", mid)] +
+                [("m", i) for i in range(15, 20)] + [("leave", mid)] +
+                [("m", i) for i in range(20, 25)])
+        assert sb == want, sb
+        assert sa == want, sa
+    finally:
+        relay.close()
