@@ -219,6 +219,7 @@ struct bchan {
     int sub;            /* SUB_* on the shard's pub/sub connection */
     bool want;          /* this node has subscribers: be subscribed */
     bool holding;       /* a catch-up is in flight: hold new messages */
+    bool resync_due;    /* a held join/leave was dropped: presence-resync at the release */
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
     bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
@@ -328,6 +329,7 @@ static void start_catchup(bchan_t *ch, int turn);
 static void catchup_next(link_t *l);
 static void publish_snapshot(void);
 static void work_add(bchan_t *ch);
+static void pres_resync(bchan_t *ch);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -916,6 +918,7 @@ static bool local_delete(bchan_t *ch)
     ch->backlog_bytes = 0;
     drop_held(ch);
     ch->holding = false;
+    ch->resync_due = false; /* its subscribers are told (1012) */
     ch->reset_pending = false;
     ch->delete_pending = rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY;
     if (ch->delete_pending)
@@ -945,6 +948,12 @@ static void release_held(bchan_t *ch)
         if (ch->known && (!same || m->seq > ch->last + 1))
             chan_reset(ch, m->epoch, m->seq - 1);
         chan_deliver(ch, m);
+    }
+    if (ch->resync_due && !ch->holding) {
+        /* A join or leave dropped by the hold bound (rj17 L1): told after
+         * what was held, so presence asked then includes it. */
+        ch->resync_due = false;
+        pres_resync(ch);
     }
 }
 
@@ -1338,8 +1347,11 @@ static void backlog_overflow(bchan_t *ch, bmsg_t *m)
 {
     uint64_t n = ch->nbacklog + 1;
     char epoch[BR_EPOCH];
-    snprintf(epoch, sizeof(epoch), "%s", m->epoch);
-    uint64_t last = m->seq;
+    /* A join / leave has no position of its own (its seq is the channel's
+     * when it arrived, before a catch-up it waited for): the reset is at
+     * the channel's newest, never back (rj17 L1). */
+    snprintf(epoch, sizeof(epoch), "%s", m->presence ? ch->epoch : m->epoch);
+    uint64_t last = m->presence ? ch->last : m->seq;
     free(m);
     uatomic_add(&BSTATS->dropped, n);
     SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_SN("channel-id", ch->id, ch->idlen),
@@ -1499,6 +1511,17 @@ static void hold(bchan_t *ch, bmsg_t *m)
                       : ch->held_bytes + bytes > node_max / 4 ? "hold bound (channel bytes)"
                       : B.held_bytes + bytes > node_max       ? "hold bound (node bytes)"
                                                               : NULL;
+    if (why && m->presence) {
+        /* A join or leave that does not fit: dropped, counted, and the
+         * channel's join-leave subscribers told presence-resync once what
+         * is held is released - not a reset at its position, the channel's
+         * before the gap, whose next live message would be a gap again and
+         * start the same catch-up (rj17 L1).  A join storm costs no reset. */
+        free(m);
+        uatomic_add(&BSTATS->presence_lost, 1);
+        ch->resync_due = true;
+        return;
+    }
     if (why) {
         uatomic_add(&BSTATS->dropped, ch->nheld + 1);
         uatomic_add(&BSTATS->hold_resets, 1);
@@ -3188,6 +3211,7 @@ static void link_fail(link_t *l, const char *why)
                 ch->holding = false;
                 drop_held(ch);
             }
+            ch->resync_due = false; /* told at the resubscribe */
             ch->page_due = false;
             ch->cu_waiting = false;
             ch->cu_next = NULL;

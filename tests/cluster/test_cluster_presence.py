@@ -970,3 +970,93 @@ def test_join_leave_keep_their_place_during_a_catch_up(cluster, redis):
         assert sa == want, sa
     finally:
         relay.close()
+
+
+def test_join_past_the_hold_bound_is_a_resync_not_a_reset(cluster, redis):
+    """Review rj17 L1: a join or leave that does not fit a channel's hold
+    (here its byte bound: a quarter of --redis-max-held-bytes 64K) was a
+    hold reset at the position it carried - the channel's before the gap -
+    so its subscribers were closed (1012) and the next live message was a
+    gap again.  Now it is dropped, counted in presence-lost, and the
+    channel's subscribers are told presence-resync after what was held;
+    nothing is reset and no message is lost.  Node A (through a relay)
+    catches up with its answer held; B publishes two messages filling the
+    hold to within 40 bytes, then a client joins on B."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-max-held-bytes", "64K", "--redis-timeout-ms", "15000",
+                       urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        def broker():
+            return a.stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await Client.open(a)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            wa.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(5):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            resyncs = broker()["presence-resyncs"]  # the resubscribe's own note
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= 1, 10, what="note")
+            n0 = broker()["held"]  # that note, held
+            await publish(pub, "room", "x" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 1, 10, what="held")
+            # (held-bytes counts the resubscribe's presence-resync note too:
+            # one message's size is what a second of 1000 bytes adds.)
+            h1 = broker()["held-bytes"]
+            await publish(pub, "room", "y" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 2, 10, what="held")
+            per = broker()["held-bytes"] - h1  # one such message: overhead + 1000
+            room = 16384 - broker()["held-bytes"]
+            big = "z" * (room - (per - 1000) - 40)
+            await publish(pub, "room", big)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 3, 10, what="held")
+            left = 16384 - broker()["held-bytes"]
+            assert 0 <= left <= 60, left
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            await asyncio.to_thread(wait_for, lambda: broker()["presence-lost"] == 1, 10,
+                                    what="the join dropped")
+            st = broker()
+            assert st["hold-resets"] == 0 and st["held"] == n0 + 3, st
+            relay.release()
+            await publish(pub, "room", "end")
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            seen = []
+            for m in wa.inbox:
+                if m.get("type") == "channel-message":
+                    seen.append(("m", m["data"] if len(str(m["data"])) < 100 else "big"))
+                elif m.get("type") in ("join", "leave", "presence-resync"):
+                    seen.append((m["type"],))
+            st = broker()
+            return seen, st, resyncs
+
+        seen, st, resyncs = run(go())
+        # The resubscribe's note after what the catch-up brought, then
+        # what was held, then the note for the dropped join (no join).
+        assert seen == ([("m", i) for i in range(5)] + [("presence-resync",)] +
+                        [("m", "big")] * 3 + [("presence-resync",)]), seen
+        assert st["hold-resets"] == 0 and st["reset-channels"] == 0, st
+        assert st["presence-resyncs"] == resyncs + 1, st
+    finally:
+        relay.close()
