@@ -687,6 +687,54 @@ def test_epoch_renewal_after_a_redis_restart_comes_in_slices(cluster, redis):
     assert old == "0", f"{old} channels kept their epoch"
 
 
+# rg17 L6 (low): a renewed epoch is an 8-character base and the renewal's
+# counter; in decimal the counter made 16 characters from the 10^7th
+# channel on (malformed: every message dropped, a catch-up, a reset).  Now
+# base 36 modulo 36^7: 15 at most for any count.  A renewal under way (for
+# this Redis's run id) is set up with its counter at 10^7 - 1 and at 10^15:
+# the node continues it at its connect; the channels' epochs fit, differ,
+# and the channels work (publish, deliver).
+def test_renewed_epoch_fits_for_any_count(cluster, redis):
+    needs_own_redis()
+    run_id = [l.split(":", 1)[1] for l in redis.cli("INFO", "server").splitlines()
+              if l.startswith("run_id:")][0].strip()
+    chans = ["l6a", "l6b", "l6c"]
+
+    def renewal_at(n):
+        redis.cli("FLUSHALL")
+        for ch in chans:
+            redis.cli("HSET", f"sl:{{{ch}}}:c", "epoch", "old", "seq", "5", "max", "1000",
+                      "ret", "10")
+            redis.cli("SADD", "sl:channels", ch)
+        redis.cli("SET", "sl:runid", "a-redis-before-this-one")
+        redis.cli("HSET", "sl:renew", "cursor", "0", "base", "abcdefgh", "for", run_id,
+                  "n", str(n))
+
+    for n in (10 ** 7 - 1, 10 ** 15):
+        renewal_at(n)
+        (a,) = cluster(1, "--message-retention", "10")
+        wait_for(a.healthy, timeout=20, what="node up")
+        assert redis.cli("GET", "sl:runid") == run_id
+        epochs = [redis.cli("HGET", f"sl:{{{ch}}}:c", "epoch") for ch in chans]
+        assert all(e.startswith("abcdefgh") and 9 <= len(e) <= 15 for e in epochs), (n, epochs)
+        assert len(set(epochs)) == len(chans), epochs
+
+        async def go():
+            x = await Client.open(a)
+            pub = await Client.open(a)
+            for ch in chans:
+                assert (await x.subscribe(ch))["success"]
+                r = await publish(pub, ch, "after")
+                got = await collect(x, ch, 1)
+                assert [(m["seq"], m["data"]) for m in got] == [(6, "after")], (ch, got)
+                assert r["seq"] == 6
+        run(go())
+        st = a.stats()["cluster"]
+        assert st["broker"]["dropped"] == 0 and st["broker"]["reset-channels"] == 0, st
+        assert a.stop() == 0
+        a.stopped = True
+
+
 # rm17 L1 (low): a pub/sub message whose epoch is too long (not made by our
 # scripts) was dropped without a word - and every later one with it.  Now a
 # gap: the catch-up gives the channel a proper epoch, subscribers are told.
