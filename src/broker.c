@@ -2663,6 +2663,8 @@ typedef struct {
 static int pres_entry_cb(const sl_sub_t *s, void *arg)
 {
     pres_text_t *t = arg;
+    if (uatomic_read(&s->join_pending))
+        return 0; /* its JOIN not answered: not a member yet (ro17 L2) */
     /* A slice's bound in entries and in bytes (review ro17 M2: one script
      * a few ms of Redis at most, whatever the infos' size). */
     if (++t->n > pres_sync_max || t->len >= PRES_SYNC_BYTES) {

@@ -1060,3 +1060,87 @@ def test_join_past_the_hold_bound_is_a_resync_not_a_reset(cluster, redis):
         assert st["presence-resyncs"] == resyncs + 1, st
     finally:
         relay.close()
+
+
+def test_rewrite_leaves_out_subscribes_waiting_for_their_join(cluster, redis):
+    """Review ro17 L2: the presence rewrite (PRES_SYNC: after a connect, a
+    lapse, a dead worker) listed every subscription in the registry -
+    also one whose subscribe still waited for the cluster's JOIN: its join
+    was announced before its subscription-result (to itself too), and for
+    a subscribe the cluster then refused, a join and a leave of a
+    subscription that never was.  Node A (through a relay that holds
+    Redis's answers from y's JOIN on) has y subscribing to "room" and y2
+    to "full" (max-subscribers 1, taken on B: refused), both on worker 0;
+    worker 1 (z, on "room") is SIGKILLed, so the rewrite runs while both
+    JOINs wait (its scripts run in Redis; Redis's slow log shows them).
+    B's watchers see no join of y or y2 then; after the release y's join
+    comes once, after its subscription-result, and y2's subscribe is
+    refused with nothing announced."""
+    needs_own_redis()
+    import json as _json
+    from test_cluster_faults import Relay
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=1",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=1")
+        node_a = a.stats()["cluster"]["node-id"]
+
+        def syncs_of(ch):
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "--json", "SLOWLOG", "GET",
+                                  "100000"], capture_output=True, text=True, timeout=10).stdout
+            pkey = f"sl:{{{ch}}}:p:{node_a}"
+            return [e for e in _json.loads(out) if e[3][0].upper() == "EVALSHA" and
+                    len(e[3]) == 13 and e[3][3] == pkey and e[3][7] == ch]
+
+        async def go():
+            wb = await Client.open(b)
+            assert (await wb.subscribe("room"))["success"]
+            w2 = await Client.open(b)
+            assert (await w2.subscribe("full"))["success"]
+            z = await on_worker(a, 1)
+            assert (await z.subscribe("room"))["success"]
+            await wb.next(lambda m: m.get("type") == "join", timeout=10)  # z's
+            y = await on_worker(a, 0)
+            y2 = await on_worker(a, 0)
+            redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "0")
+            redis.cli("CONFIG", "SET", "slowlog-max-len", "100000")
+            redis.cli("SLOWLOG", "RESET")
+            relay.hold_answers(b"{room}:c")  # y's JOIN: from it on, A hears nothing
+            await y.send(type="subscribe", **{"channel-id": "room"})
+            await y2.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.sleep(0.5)  # both JOINs sent (their answers held)
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+            await asyncio.to_thread(wait_for, lambda: syncs_of("room") and syncs_of("full"),
+                                    20, what="the rewrite of room and full after the kill")
+            await asyncio.sleep(0.5)  # what it published has reached B
+            for w in (wb, w2):
+                try:
+                    await w.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for w in (wb, w2) for m in w.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert ("join", y.conn_id) not in told and ("join", y2.conn_id) not in told, told
+            relay.release()
+            r = await y.of_type("subscription-result", timeout=20)
+            assert r["success"], r
+            r2 = await y2.of_type("subscription-result", timeout=20)
+            assert not r2["success"] and r2["reason"] == "max-subscribers-reached", r2
+            assert not [m for m in y.inbox + y2.inbox if m.get("type") in ("join", "leave")]
+            m = await wb.next(lambda m: m.get("type") == "join" and
+                              m["info"]["conn-id"] == y.conn_id, timeout=10)
+            assert m["channel-id"] == "room"
+            await asyncio.sleep(1)
+            for w in (wb, w2):
+                try:
+                    await w.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for w in (wb, w2) for m in w.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert ("join", y.conn_id) not in told, told  # once
+            assert not [t for t in told if t[1] == y2.conn_id], told  # y2: nothing
+        run(go())
+    finally:
+        relay.close()
