@@ -1153,6 +1153,22 @@ static void pres_pass_start(link_t *l);
 static void counts_unknown(link_t *l);
 static void reconcile(void);
 
+/* After a lapse of this node's heartbeat key: the channels only this node
+ * subscribed to were let linger, and may have expired in Redis if the
+ * lapse outlasted --channel-linger-ms (their record gone: every publish
+ * refused channel-not-found, nothing would make them again).  Each channel
+ * of l is caught up: the catch-up makes a lost one again (a new epoch:
+ * its subscribers here are told, 1012, and resubscribe); one that lives
+ * answers with what it missed, if anything (issue 17's known gap). */
+static void lapse_catchups(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard && ch->known && ch->want && ch->sub == SUB_ON &&
+                !ch->holding && !ch->reset_pending && !ch->delete_pending)
+                start_catchup(ch, CU_NEW);
+}
+
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
@@ -1172,6 +1188,7 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
         counts_unknown(l);
         reconcile();
         pres_pass_start(l);
+        lapse_catchups(l);
     }
     l->beat_ok = true;
     if (l->shard != 0)

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -1566,3 +1567,61 @@ def test_full_link_does_not_stop_the_other_links_pass(tmp_path, cluster, redis):
     finally:
         relay.release()
         r2.stop()
+
+
+def node_pids(node):
+    """A node's processes: its master and the master's children."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(node.pid)], capture_output=True,
+                         text=True, timeout=10).stdout.split()
+    return [node.pid] + [int(p) for p in out]
+
+
+# Known gap (issue 17, after gap17b H1): a node stopped longer than its
+# heartbeat's TTL (5 s) plus --channel-linger-ms was taken for dead; the
+# channels only it subscribed to lingered and expired in Redis (their `c`
+# record gone).  Back, its lapsed heartbeat re-sent its counts (SYNC), but
+# nothing made the channel again: every publish was refused
+# channel-not-found while its subscribers here stayed subscribed, never
+# told.  Now a lapse catches up every channel of the link too, and the
+# catch-up makes a lost channel again (a new epoch: its subscribers are
+# told, 1012, and resubscribe; publishes are delivered again).
+def test_channels_expired_during_a_long_stall_work_again(cluster, redis):
+    needs_own_redis()
+    a, b = cluster(2, "--channel-linger-ms", "300", "--redis-timeout-ms", "60000")
+
+    async def go():
+        x = await Client.open(a)
+        epoch = (await x.subscribe("st"))["epoch"]
+        pub = await Client.open(b)
+        await publish(pub, "st", 1)
+        await collect(x, "st", 1)
+        pids = node_pids(a)
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(wait_for, lambda: redis.cli("EXISTS", "sl:{st}:c") == "0",
+                                    30, what="the stopped node's channel expired in Redis")
+        finally:
+            for p in reversed(pids):
+                os.kill(p, signal.SIGCONT)
+        # Back: the channel works again - told (1012, a new epoch) or
+        # continued; a publish from B reaches a subscriber on A.
+        deadline = time.time() + 20 * SLOW
+        while True:
+            await pub.send(type="publish", **{"channel-id": "st"}, data="again")
+            r = await pub.of_type("publish-result")
+            if r["success"]:
+                break
+            assert r["reason"] == "channel-not-found", r
+            assert time.time() < deadline, "the channel was never made again"
+            await asyncio.sleep(0.2)
+        # Made again by A's catch-up, in a new epoch: x is told.
+        assert await closed_with(x) == 1012
+        y = await Client.open(a)
+        s = await y.subscribe("st")
+        assert s["success"] and s["epoch"] != epoch, (s, epoch)
+        r = await publish(pub, "st", "after")
+        got = await collect(y, "st", 1)
+        assert [(m["data"], m["seq"]) for m in got] == [("after", r["seq"])], got
+        assert a.stats()["cluster"]["broker"]["presence-reasserts"] >= 1  # the lapse seen
+    run(go())
