@@ -856,6 +856,7 @@ static void chan_reset(bchan_t *ch, const char *epoch, uint64_t last)
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", epoch);
     ch->last = last;
     ch->known = true;
+    ch->resync_due = false; /* its subscribers are told (1012): they ask presence anew */
     /* What waits was of the old position: gone with it. */
     free_msgs(ch->backlog);
     B.nbacklog -= ch->nbacklog;
@@ -918,7 +919,7 @@ static bool local_delete(bchan_t *ch)
     ch->backlog_bytes = 0;
     drop_held(ch);
     ch->holding = false;
-    ch->resync_due = false; /* its subscribers are told (1012) */
+    ch->resync_due = false; /* its subscribers are told (channel-deleted) */
     ch->reset_pending = false;
     ch->delete_pending = rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY;
     if (ch->delete_pending)

@@ -1587,7 +1587,10 @@ def node_pids(node):
 # told, 1012, and resubscribe; publishes are delivered again).
 def test_channels_expired_during_a_long_stall_work_again(cluster, redis):
     needs_own_redis()
-    a, b = cluster(2, "--channel-linger-ms", "300", "--redis-timeout-ms", "60000")
+    # (The node's own stall rule must not take the stop for a stalled
+    # worker and kill it once it runs again: that is not what is tested.)
+    a, b = cluster(2, "--channel-linger-ms", "300", "--redis-timeout-ms", "60000",
+                   "--worker-stall-ms", "60000", "--worker-stall-kill-ms", "120000")
 
     async def go():
         x = await Client.open(a)
