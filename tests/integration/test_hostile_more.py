@@ -12,6 +12,8 @@ import struct
 import threading
 import time
 
+import pytest
+
 from conftest import SLOW, wait_for
 from test_hostile import (errors, opened, rss_bytes, send_until_refused, finish_frame, ASAN,
                           MIB, warm_up)
@@ -70,6 +72,7 @@ class Flooder:
 
 # ---------------------------------------------------- 1: the turn really ends
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_empty_fragment_flood_does_not_hold_the_worker(server_factory):
     """One client sending empty continuation frames as fast as it can used
     to keep its worker in one loop pass for as long as it kept sending
