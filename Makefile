@@ -259,11 +259,12 @@ bench-quick: $(BIN) $(BUILD)/sente-bench
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
 
-# Two pytest-xdist processes (the machine has 2 cores; tests/integration/
+# Two pytest-xdist processes (PYTEST_JOBS; the machine has 2 cores; tests/integration/
 # conftest.py gives each its own share of free ports), then the tests marked
 # "alone" (a bound on time under their own load) by themselves.  Each run
 # prints its own "N passed ... in Xs" line; scripts/test.sh adds them up.
-PYTEST_PAR = -n 2 -m "not alone"
+PYTEST_JOBS ?= 2
+PYTEST_PAR = -n $(PYTEST_JOBS) -m "not alone"
 PYTEST_ALONE = -m alone
 check-integration: $(BIN) $(CRASH_BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_PAR) tests/integration; \
