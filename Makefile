@@ -264,7 +264,9 @@ check-unit: $(UNIT_BIN)
 # "alone" (a bound on time under their own load) by themselves.  Each run
 # prints its own "N passed ... in Xs" line; scripts/test.sh adds them up.
 PYTEST_JOBS ?= 2
-PYTEST_PAR = -n $(PYTEST_JOBS) -m "not alone"
+# --dist loadscope: a module's tests stay in one process, in order (module-
+# scoped servers; test_malformed_http's last test counts what the others sent).
+PYTEST_PAR = -n $(PYTEST_JOBS) --dist loadscope -m "not alone"
 PYTEST_ALONE = -m alone
 check-integration: $(BIN) $(CRASH_BIN)
 	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_PAR) tests/integration; \

@@ -428,6 +428,8 @@ def test_second_pong_is_not_held_for_a_heartbeat(server_factory):
 
 # ------------------------- 6: a silent-connection flood vs the HTTP limit
 
+# Failed once beside another test in the -n 2 ASan run at load 7-8 (suite5).
+@pytest.mark.alone
 def test_silent_connection_flood_does_not_lock_out_clients(server_factory):
     """Connections that send nothing, opened faster than --max-http-connections
     per half second, used to keep every place 'young' (safe for 500 ms) and
