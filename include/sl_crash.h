@@ -125,6 +125,10 @@ enum {
                                    overflow's) untold position to itself (review ri15 R2) */
     M_DRAIN_UPTO = 30,          /* the empty-inbox look takes every note, not those up to the
                                    tail it saw (review ri15 R1) */
+    M_ASIDE_UNLISTED = 31,      /* cleanup: a set-aside subscription is not listed, so each
+                                   retry is a whole table pass (review rf15 F3 d) */
+    M_DEAD_TARGETED = 32,       /* hand-offs still target a dead worker's inbox while its
+                                   cleanup runs (review rf15 F3 a) */
     M__COUNT
 };
 

@@ -94,6 +94,9 @@ typedef struct {
                              channels and incarnations, so a join / leave's horizon never
                              covers a later incarnation's subscribers (review r15 L2) */
     sl_reg_bcast_t bcast;
+    uint64_t dead_workers; /* atomic, written by the master alone: bit w while dead worker w's
+                              cleanup runs - no hand-off targets its inbox (review rf15 F3 a).
+                              One store each way: every value is a valid state */
     char id_suffix[12];   /* --redis: ".<node>" ends every conn-id and request-id; else "" */
     uint32_t presence_remote; /* --redis: joins / leaves travel through Redis (the broker
                                  publishes them, sl_chan_send_presence delivers them), never
@@ -142,8 +145,11 @@ int sl_reg_dead(sl_reg_t *r, int slot, size_t *repaired);
  * step).  A subscription whose channel or inbox locks are busy is set
  * aside and the pass goes on with the others (review r15 H1: one busy
  * inbox must not hold up every other subscription, the RPC claims and the
- * places per IP / user); the later phases run, then the subscriptions pass
- * again for those set aside, until none is left. */
+ * places per IP / user); the later phases run, then those set aside are
+ * retried by themselves (job->aside, looked up again by hash and sub_no;
+ * whole passes only if more than SL_REG_ASIDE_MAX were set aside), with
+ * the caller's pause between tries, until none is left. */
+#define SL_REG_ASIDE_MAX 256
 typedef struct {
     int worker;
     int phase;       /* 0 start, then conns, subs, rpcs, counts, users, inbox, done */
@@ -156,9 +162,25 @@ typedef struct {
     uint64_t woken;       /* workers handed a leave since the caller last cleared it */
     uint64_t set_aside;   /* subscriptions set aside (busy locks), all passes */
     uint32_t aside_pass;  /* set aside in the current subscriptions pass */
-    uint32_t aside_last;  /* set aside in the last finished pass: still to remove (/stats) */
-    uint32_t sub_passes;  /* subscriptions passes finished (/stats, telemetry: review rf15 F3) */
+    uint32_t aside_last;  /* still to remove: set aside in the last finished pass, or more
+                           * in the current one (/stats: review rs 5) */
+    uint32_t sub_passes;  /* subscriptions passes finished, whole or over aside[] (/stats, telemetry: review rf15 F3) */
     bool subs_again;      /* the subscriptions pass again after the users phase */
+    /* The subscriptions set aside, to retry by themselves (review rf15 F3
+     * d): not node pointers - the master holds no RCU read lock between
+     * steps, so a stored node may be freed - but the node's hash (its
+     * bucket) and sub_no (unique for the registry's life), looked up again
+     * at each retry.  A pass that sets aside more than SL_REG_ASIDE_MAX
+     * sets aside_full, and the retries are whole passes, as before. */
+    struct {
+        uint64_t hash, sub_no;
+    } aside[SL_REG_ASIDE_MAX];
+    uint32_t aside_n;      /* entries in aside[] */
+    uint32_t aside_cursor; /* next entry a retry tries */
+    bool aside_full;       /* the last whole pass overflowed aside[] */
+    bool whole_pass;       /* the subscriptions phase is a whole pass (else aside[] alone) */
+    uint64_t aside_rounds; /* retries of the list alone (tests, telemetry) */
+    uint64_t buckets;      /* table buckets looked at, all phases (tests) */
     /* Called with each of the dead worker's subscriptions before it is
      * removed (again if its removal is retried): --redis, its presence
      * entry and leave go through the broker (unused since gap17: the master
@@ -173,6 +195,12 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget);
 /* While the job waits to take a lock the dead process's record names (its
  * first step, sl_reg_dead): that lock, else NULL. */
 sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job);
+/* Worker w is dead (set as its cleanup starts) / replaced (cleared just
+ * before its replacement is forked): while set, channel hand-offs and
+ * broadcasts leave its inbox out, so it does not fill while the cleanup
+ * waits for set-aside subscriptions (review rf15 F3 a). */
+void sl_reg_worker_gone(sl_reg_t *r, int w);
+void sl_reg_worker_back(sl_reg_t *r, int w);
 /* All of it at once (tests, and a master that is stopping). */
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker);
 

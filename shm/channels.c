@@ -791,12 +791,18 @@ static sl_chan_msg_t *presence_msg(sl_reg_t *r, sl_chan_t *c, const sl_sub_t *s,
 }
 
 /* Workers holding subscribers of c (channel lock held). */
+/* The workers with subscribers of c - but not a dead one whose cleanup
+ * runs (r->dead_workers: its inbox is not read until its replacement
+ * starts; review rf15 F3 a).  The value is recorded in the intent before
+ * any push, so a recovery uses the same targets. */
 static uint64_t targets_of(sl_reg_t *r, sl_chan_t *c)
 {
     uint64_t targets = 0;
     for (uint32_t w = 0; w < r->nworkers; w++)
         if (c->worker_subs[w] > 0)
             targets |= (uint64_t)1 << w;
+    if (!SL_MUTATED(M_DEAD_TARGETED))
+        targets &= ~uatomic_read(&r->dead_workers);
     return targets;
 }
 
@@ -1192,7 +1198,9 @@ int sl_chan_send_presence(sl_reg_t *r, sl_chan_t *c, const uint8_t *frame, size_
                             .serial = c->serial,
                             .seq = SL_INBOX_SEQ_PRESENCE,
                             .horizon = c->sub_seq};
-    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, HO_RESERVE, NULL);
+    /* HO_PRESENCE: a remote join / leave that finds an inbox full is a
+     * presence note, not a refusal, as a local one (review rs 3). */
+    uint64_t got = hand_off(r, in, m, &tmpl, 0, &note, HO_RESERVE | HO_PRESENCE, NULL);
     intent_end(in);
     sl_lock_release(&c->lock);
     if (got == 0) {
@@ -1258,6 +1266,7 @@ int sl_chan_broadcast(sl_reg_t *r, uint64_t workers, const uint8_t *frame, size_
 {
     *reached = 0;
     workers &= r->nworkers >= 64 ? ~(uint64_t)0 : ((uint64_t)1 << r->nworkers) - 1;
+    workers &= ~uatomic_read(&r->dead_workers); /* as targets_of */
     if (workers == 0)
         return SL_OK;
     sl_chan_msg_t *m = msg_of_frame(r, NULL, frame, len);

@@ -55,6 +55,7 @@ int sl_reg_init(sl_reg_t *r, void *region, size_t size, const sl_reg_limits_t *l
     r->nworkers = lim->nworkers;
     r->max_channels = lim->max_channels;
     r->next_sub_no = 0;
+    r->dead_workers = 0;
     /* Sizing (documented in shm/README.md): connections a bucket per four
      * (lookups by conn-id are rare admin calls, while every worker's
      * inserts touch the array all over, so it is kept small); channels a
@@ -164,6 +165,78 @@ static size_t collect(sl_table_t *t, uint32_t i, int phase, int worker, sl_table
     return n;
 }
 
+/* A subscriptions pass begins: its set-aside list too. */
+static void subs_pass_start(sl_reg_cleanup_t *job)
+{
+    job->aside_n = 0;
+    job->aside_cursor = 0;
+    job->aside_full = false;
+    job->whole_pass = true;
+}
+
+/* One subscription set aside: counted, and remembered for the retries. */
+static void set_aside(sl_reg_cleanup_t *job, const sl_sub_t *s, bool listed)
+{
+    job->busy++;
+    job->set_aside++;
+    if (++job->aside_pass > job->aside_last)
+        job->aside_last = job->aside_pass; /* shown at once, not at the pass's end (rs 5) */
+    if (listed)
+        return; /* already in aside[] */
+    if (job->aside_n < SL_REG_ASIDE_MAX && !SL_MUTATED(M_ASIDE_UNLISTED)) {
+        job->aside[job->aside_n].hash = s->node.hash;
+        job->aside[job->aside_n++].sub_no = s->sub_no;
+    } else
+        job->aside_full = true;
+}
+
+/* aside[k] looked up again: the master held no read lock since it stored
+ * it, so the node may be gone (not by anyone but this job: the dead
+ * worker's subscriptions are removed by its cleanup alone) - never a
+ * stored pointer.  sub_no tells it from any other in its bucket. */
+static sl_sub_t *aside_find(sl_reg_t *r, const sl_reg_cleanup_t *job, uint32_t k)
+{
+    uint64_t hash = job->aside[k].hash;
+    for (sl_table_node_t *x = sl_table_bucket(r->subs, (uint32_t)(hash & (r->subs->nbuckets - 1))); x;
+         x = rcu_dereference(x->next)) {
+        sl_sub_t *s = (sl_sub_t *)x;
+        if (x->hash == hash && s->sub_no == job->aside[k].sub_no && s->worker == job->worker)
+            return s;
+    }
+    return NULL;
+}
+
+/* A retry of the set-aside subscriptions alone (review rf15 F3 d: not a
+ * whole table pass).  A removed or vanished entry leaves the list (the
+ * last untried one takes its place).  SL_OK when the list is empty. */
+static int aside_retry(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget, unsigned *removed)
+{
+    while (job->aside_cursor < job->aside_n) {
+        if (*removed >= budget)
+            return SL_AGAIN;
+        uint32_t k = job->aside_cursor;
+        sl_sub_t *s = aside_find(r, job, k);
+        (*removed)++;
+        if (s) {
+            if (job->sub_gone)
+                job->sub_gone(s);
+            if (sl_chan_cleanup_sub(r, s, &job->woken) != SL_OK) {
+                set_aside(job, s, true);
+                job->aside_cursor++;
+                continue;
+            }
+            job->removed_subs++;
+        }
+        job->aside[k] = job->aside[--job->aside_n];
+    }
+    job->aside_rounds++;
+    job->sub_passes++;
+    job->aside_last = job->aside_pass;
+    job->aside_pass = 0;
+    job->aside_cursor = 0;
+    return job->aside_n ? SL_AGAIN : SL_OK; /* again at the next step, after the caller's pause */
+}
+
 int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
 {
     job->steps++;
@@ -195,6 +268,12 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
             job->phase = PH_DONE;
             break;
         }
+        if (job->phase == PH_SUBS && !job->whole_pass) {
+            if (aside_retry(r, job, budget, &removed) != SL_OK)
+                return SL_AGAIN;
+            job->phase = PH_INBOX; /* none left: the other phases are done */
+            continue;
+        }
         sl_table_t *t = job->phase == PH_CONNS    ? r->conns
                         : job->phase == PH_SUBS   ? r->subs
                         : job->phase == PH_RPCS   ? r->rpcs
@@ -207,6 +286,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
             size_t n = collect(t, job->cursor, job->phase, job->worker, found, &more);
             size_t aside = 0;
             buckets++;
+            job->buckets++;
             for (size_t k = 0; k < n; k++) {
                 sl_table_node_t *x = found[k];
                 if (job->phase == PH_CONNS) {
@@ -219,9 +299,7 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
                         /* A live process holds that channel or one of its
                          * inboxes: set it aside and go on; the pass comes
                          * back for it (H1). */
-                        job->busy++;
-                        job->set_aside++;
-                        job->aside_pass++;
+                        set_aside(job, (sl_sub_t *)x, false);
                         aside++;
                         removed++; /* an attempt: the step's budget counts it */
                         continue;
@@ -250,14 +328,18 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
         }
         job->cursor = 0;
         if (job->phase == PH_SUBS) {
+            job->whole_pass = false;
             job->sub_passes++;
             job->aside_last = job->aside_pass;
         }
         if (job->phase == PH_SUBS && job->aside_pass) {
             job->aside_pass = 0;
             if (job->subs_again) {
-                /* A later pass: the other phases are done; again at the
-                 * next step (the caller lets the holders run first). */
+                /* A later whole pass (aside[] overflowed): the other
+                 * phases are done; again at the next step (the caller
+                 * lets the holders run first). */
+                if (job->aside_full)
+                    subs_pass_start(job);
                 return SL_AGAIN;
             }
             job->subs_again = true; /* the other phases first, then again */
@@ -265,9 +347,13 @@ int sl_reg_cleanup_step(sl_reg_t *r, sl_reg_cleanup_t *job, unsigned budget)
         } else if (job->phase == PH_SUBS && job->subs_again) {
             job->phase = PH_INBOX; /* a later pass, clean: the others are done */
         } else if (job->phase == PH_USERS && job->subs_again) {
-            job->phase = PH_SUBS;
+            job->phase = PH_SUBS; /* aside[] alone, or a whole pass if it overflowed */
+            if (job->aside_full)
+                subs_pass_start(job);
         } else {
             job->phase++;
+            if (job->phase == PH_SUBS)
+                subs_pass_start(job);
         }
     }
     return SL_OK;
@@ -279,6 +365,23 @@ sl_lock_t *sl_reg_cleanup_waits_for(sl_reg_t *r, const sl_reg_cleanup_t *job)
         return NULL;
     const sl_lock_holder_t *h = &r->qsbr.holders[job->worker];
     return CMM_LOAD_SHARED(h->n) > 0 ? h->held[0] : NULL;
+}
+
+/* One atomic store each: no intermediate state, nothing for a recovery
+ * to finish (a master killed between them takes the whole server down;
+ * the next start builds the registry anew).  A hand-off that read the
+ * mask before the set may still push into the dead inbox: the cleanup's
+ * inbox phase, which comes after, drains it. */
+void sl_reg_worker_gone(sl_reg_t *r, int w)
+{
+    if (w >= 0 && w < 64)
+        uatomic_or(&r->dead_workers, (uint64_t)1 << w);
+}
+
+void sl_reg_worker_back(sl_reg_t *r, int w)
+{
+    if (w >= 0 && w < 64)
+        uatomic_and(&r->dead_workers, ~((uint64_t)1 << w));
 }
 
 size_t sl_reg_worker_cleanup(sl_reg_t *r, int worker)

@@ -41,6 +41,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <urcu/system.h>
@@ -55,6 +56,10 @@
  * is waiting to be written.  Also the backlog above which a connection
  * counts against the worker's share of --max-outbound-total. */
 #define SL_CONN_SMALL_BACKLOG (64 * 1024)
+/* How many of the oldest idle connections one newcomer past
+ * --max-http-connections may look at (FIONREAD) for one that is truly
+ * silent before it evicts the next regardless (conn_http_admit). */
+#define SL_CONN_EVICT_LOOKS 8
 /* Work one connection may do per loop turn before the others get theirs:
  * WebSocket messages, HTTP requests (the rest of its input waits in c->in
  * and is taken up in the next turn). */
@@ -463,8 +468,23 @@ static bool conn_http_admit(sl_conn_t *c)
     if (http_connections_total() < (uint64_t)sl_conf->max_http_connections)
         return true;
     sl_conns_count_error(SL_ERR_HTTP_CONNECTIONS);
-    sl_conn_t *victim = sl_conns.idle.first;
-    if (victim != NULL) {
+    sl_conn_t *victim;
+    for (int looked = 0; (victim = sl_conns.idle.first) != NULL; looked++) {
+        /* "Silent" means nothing read yet, not nothing sent: a client
+         * whose request already waits in its socket (this worker has not
+         * had its turn to read it - new connections handed over in one
+         * batch are admitted before any of them is read) is a request
+         * under way and goes to the heads list; closing it would also
+         * answer the unread bytes with a reset.  One ioctl per look,
+         * only past the limit, at most SL_CONN_EVICT_LOOKS looks per
+         * newcomer (a flood that sends one byte each is taken back from
+         * the heads list below instead). */
+        int pending = 0;
+        if (looked < SL_CONN_EVICT_LOOKS && ioctl(victim->fd, FIONREAD, &pending) == 0 &&
+            pending > 0) {
+            conn_http_list_move(victim, CONN_LIST_HEAD);
+            continue;
+        }
         sl_conn_abort(victim, "idle evicted");
         return true;
     }

@@ -663,6 +663,9 @@ static void respawn_cb(evutil_socket_t fd, short what, void *arg)
         event_add(M.w[i].respawn_ev, &tv);
         return;
     }
+    /* Its cleanup is done: the replacement's subscriptions are handed
+     * their messages from the first (cleared before the fork). */
+    sl_reg_worker_back(&sl_shm->reg, i);
     if (spawn_worker(i) != SL_OK) {
         struct timeval tv = {1, 0};
         event_add(M.w[i].respawn_ev, &tv);
@@ -718,6 +721,7 @@ static void worker_died(int i, int status)
     /* Its connections are gone with it: clean them out of the registry, in
      * steps (first the locks it held are repaired and its reader slot taken
      * offline, so reclamation goes on). */
+    sl_reg_worker_gone(&sl_shm->reg, i); /* its inbox out of every hand-off (rf15 F3 a) */
     sl_reg_cleanup_start(&s->job, i);
     s->cleaning = true;
     s->cleanup_started_us = sl_mono_us();
@@ -814,6 +818,12 @@ static bool cleanup_turn(slot_t *s, int i)
         return false;
     }
     s->cleaning = false;
+    if (i >= 0) {
+        /* Shown while it runs only (review rs 4): the telemetry event
+         * keeps the totals. */
+        uatomic_set(&sl_shm->workers[i].cleanup_set_aside, 0);
+        uatomic_set(&sl_shm->workers[i].cleanup_passes, 0);
+    }
     return true;
 }
 

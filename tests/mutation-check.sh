@@ -36,6 +36,7 @@ declare -A EXPECT=(
     [M_DELIVER_RECOVER]=test_killpoints [M_RING_CLEAR_ORDER]=test_killpoints [M_PRESENCE_SLOT_ORDER]=test_killpoints
     [M_PRESENCE_POS]=test_channels [M_TICKETS_PUBLISH_FIRST]=test_killpoints
     [M_PRESENCE_FIRST_FOLD]=test_channels [M_DRAIN_UPTO]=test_channels
+    [M_ASIDE_UNLISTED]=test_channels [M_DEAD_TARGETED]=test_channels
 )
 mapfile -t NAMES < <(sed -n 's/^ *\(M_[A-Z_]*\) = \([0-9]*\),.*/\2 \1/p' include/sl_crash.h |
                      awk '$1 > 0')

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -481,6 +482,59 @@ def test_silent_connection_flood_does_not_lock_out_clients(server_factory):
     print("statuses", {k: statuses.count(k) for k in set(statuses)})
     assert statuses and all(st == 200 for st in statuses)
     assert errors(srv)["http-connection-limit"] > 100  # the flood was over the limit
+
+
+def accept_queue(port):
+    """Connections waiting in the listener's accept queue (ss: Recv-Q)."""
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                         text=True, timeout=10).stdout.split()
+    return int(out[1])
+
+
+def test_a_request_waiting_unread_is_not_evicted_as_silent(server_factory):
+    """The flood test above failed once under ASan: the real client's
+    connection was closed (reset) as 'idle'.  Its request was already in
+    its socket, but the worker admits a whole batch of handed-over
+    connections before it reads any of them, and counted it silent.  Here
+    the master and the worker are stopped while the client connects and
+    sends its request and 80 silent connections queue behind it (limit
+    64); the master then accepts them in one go and hands them over in two
+    batches while the worker is still stopped.  When the worker goes on,
+    the silent ones make room and the client is answered."""
+    srv = server_factory("--max-http-connections", "64", workers=1)
+    (pid,) = srv.worker_pids()
+    master = srv.proc.pid
+    silent = []
+    os.kill(pid, signal.SIGSTOP)
+    os.kill(master, signal.SIGSTOP)
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        for _ in range(80):
+            silent.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+        os.kill(master, signal.SIGCONT)
+        # The master has accepted them all (the listener's accept queue,
+        # ss's Recv-Q, is empty) and handed them over; /stats would need
+        # the stopped worker.
+        wait_for(lambda: accept_queue(srv.port) == 0, timeout=10 * SLOW,
+                 what="the master accepted the 81 connections")
+        time.sleep(0.2)
+    finally:
+        os.kill(master, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
+    try:
+        got = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200"), got[:80]
+        s.close()
+        assert errors(srv)["http-connection-limit"] >= 16
+    finally:
+        for x in silent:
+            x.close()
 
 
 # ------------------------------------------------ 7: a bound on input held

@@ -564,14 +564,19 @@ static void test_cleanup_sets_busy_aside(void)
     sl_inbox_lock(R->inboxes[0]); /* a publisher handing worker 0 something */
     sl_reg_cleanup_t job;
     sl_reg_cleanup_start(&job, 1);
-    int left = 24;
+    int left = 24, mid_pass = 0;
     for (int k = 0; k < 5000 && (left || !job.subs_again); k++) {
         SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
         sl_qsbr_quiescent(&R->qsbr, 0);
+        if (job.aside_pass) { /* shown at once, not at the pass's end (review rs 5) */
+            mid_pass++;
+            SL_CHECK(job.aside_last >= job.aside_pass);
+        }
         left = 0;
         for (int i = 0; i < 24; i++)
             left += (int)plain[i]->subscribers;
     }
+    SL_CHECK(mid_pass > 0);       /* the first pass took more than one step after it */
     SL_CHECK_INT(left, 0);        /* every other subscription is gone */
     SL_CHECK_INT(job.removed_subs, 24);
     SL_CHECK(job.set_aside >= 1);
@@ -580,6 +585,26 @@ static void test_cleanup_sets_busy_aside(void)
     /* Shown (/stats cleanup-set-aside, cleanup-passes: review rf15 F3). */
     SL_CHECK_INT(job.aside_last, 1);
     SL_CHECK(job.sub_passes >= 1);
+    /* The retries try the set-aside one alone, not a whole table pass
+     * each (review rf15 F3 d; fails with M_ASIDE_UNLISTED). */
+    for (int k = 0; k < 100 && job.aside_rounds == 0; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    SL_CHECK(job.aside_rounds >= 1);
+    SL_CHECK_INT(job.aside_n, 1);
+    uint64_t buckets = job.buckets, rounds = job.aside_rounds;
+    uint32_t passes0 = job.sub_passes;
+    for (int k = 0; k < 20; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 8), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    printf("rf15 F3 d: table of %u buckets; before the retries %llu buckets walked (every table), %u subscription passes; "
+           "20 retries of the list: %llu more\n", R->subs->nbuckets, (unsigned long long)buckets,
+           passes0, (unsigned long long)(job.buckets - buckets));
+    SL_CHECK_INT(job.buckets - buckets, 0);        /* no bucket walked */
+    SL_CHECK_INT(job.aside_rounds - rounds, 20);   /* one try per step */
+    SL_CHECK_INT(job.aside_last, 1);
     uint32_t passes = job.sub_passes;
     sl_inbox_unlock(R->inboxes[0]);
     int steps = 0;
@@ -598,6 +623,84 @@ static void test_cleanup_sets_busy_aside(void)
     while (next_json(0, b, sizeof(b))[0])
         leaves += strstr(b, "\"type\":\"leave\"") && strstr(b, "conn-d") ? 1 : 0;
     SL_CHECK_INT(leaves, 1);
+}
+
+/* While a dead worker's cleanup runs, no hand-off targets its inbox
+ * (review rf15 F3 a: it would fill, and refuse joins and publications,
+ * until the replacement); its subscriptions stay counted.  Fails with
+ * M_DEAD_TARGETED. */
+static void test_dead_worker_not_targeted(void)
+{
+    setup();
+    sl_chan_t *c, *room;
+    uint32_t n;
+    sl_chan_create(R, "t", 1, &CFG, &c);
+    sl_chan_create(R, "room", 4, &JL, &room);
+    sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    sl_chan_subscribe(R, room, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+    drain_all();
+    sl_reg_worker_gone(R, 1);
+    sl_chan_pub_t p = {.data_json = "1", .data_len = 1, .sender_conn_id = "conn-s",
+                       .sender_conn_no = 9, .published_at = 42};
+    sl_chan_pub_result_t res;
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 1);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0); /* left out */
+    /* A join on a channel whose only other subscriber is dead: nobody
+     * to tell, not refused. */
+    SL_CHECK_INT(sl_chan_subscribe(R, room, "conn-b", 0, 3, NULL, NULL, &n, NULL), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    uint64_t reached;
+    SL_CHECK_INT(sl_chan_broadcast(R, 3, (const uint8_t *)"{}", 2, &reached), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 0);
+    SL_CHECK_INT(c->subscribers, 2);
+    drain_all();
+    sl_reg_worker_back(R, 1); /* the replacement starts */
+    SL_CHECK_INT(sl_chan_publish(R, c, &p, &res), SL_OK);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[0]), 1);
+    SL_CHECK_INT(sl_inbox_depth(R->inboxes[1]), 1);
+}
+
+/* More set aside than the list holds: the retries are whole passes, as
+ * before the list, and every one is still removed once the lock is free. */
+static void test_cleanup_aside_overflow(void)
+{
+    setup();
+    uint32_t n;
+    enum { NCH = SL_REG_ASIDE_MAX + 44 };
+    for (int i = 0; i < NCH; i++) {
+        char id[32];
+        sl_chan_t *c;
+        snprintf(id, sizeof(id), "jl-%d", i);
+        SL_CHECK_INT(sl_chan_create(R, id, strlen(id), &JL, &c), SL_OK);
+        sl_chan_subscribe(R, c, "conn-a", 0, 1, NULL, NULL, &n, NULL);
+        sl_chan_subscribe(R, c, "conn-d", 1, 2, NULL, NULL, &n, NULL);
+        drain_all();
+    }
+    sl_inbox_lock(R->inboxes[0]);
+    sl_reg_cleanup_t job;
+    sl_reg_cleanup_start(&job, 1);
+    for (int k = 0; k < 5000 && job.sub_passes < 3; k++) {
+        SL_CHECK_INT(sl_reg_cleanup_step(R, &job, 64), SL_AGAIN);
+        sl_qsbr_quiescent(&R->qsbr, 0);
+    }
+    SL_CHECK(job.sub_passes >= 3);
+    SL_CHECK(job.whole_pass); /* the next try: a whole pass again */
+    SL_CHECK_INT(job.aside_rounds, 0); /* no list retry: it could not hold them all */
+    SL_CHECK_INT(job.aside_last, NCH);
+    SL_CHECK_INT(job.removed_subs, 0);
+    sl_inbox_unlock(R->inboxes[0]);
+    int steps = 0;
+    while (sl_reg_cleanup_step(R, &job, 64) == SL_AGAIN && steps < 5000) {
+        sl_qsbr_quiescent(&R->qsbr, 0);
+        drain_all();
+        steps++;
+    }
+    SL_CHECK(steps < 5000);
+    SL_CHECK_INT(job.removed_subs, NCH);
+    SL_CHECK_INT(job.aside_last, 0);
+    SL_CHECK_INT(sl_table_count(R->subs), NCH); /* conn-a's stay */
 }
 
 typedef struct {
@@ -1166,8 +1269,9 @@ static void test_drained_look_waits_for_later_entries(void)
     SL_CHECK_INT(k[0], 1);
 }
 
-/* Review rm15 N2: the drain's own look after an empty inbox
- * (sl_inbox_look_drained, which src/pubsub.c's drain calls) takes the
+/* Review rm15 N2: the drain's look after an empty inbox
+ * (sl_inbox_look_drained, which src/pubsub.c's drain calls - that call
+ * itself is run by no test: review rr15 R1, the design note) takes the
  * notes up to the tail it saw empty.  A producer acts between its two
  * looks (here, from inside the presence callback, as another process
  * can): it pushes an entry and notes a missed message behind it.  The
@@ -1187,7 +1291,7 @@ static void n2_presence(const sl_inbox_presence_t *p, void *arg)
     n2_pushes++;
 }
 
-static void test_drain_look_waits_at_its_call_site(void)
+static void test_look_drained_waits_for_later_entries(void)
 {
     setup();
     sl_inbox_t *in = R->inboxes[0];
@@ -1365,6 +1469,8 @@ int main(void)
     SL_TEST_RUN(test_sub_no_across_incarnations);
     SL_TEST_RUN(test_join_with_one_crowded_target);
     SL_TEST_RUN(test_cleanup_sets_busy_aside);
+    SL_TEST_RUN(test_cleanup_aside_overflow);
+    SL_TEST_RUN(test_dead_worker_not_targeted);
     SL_TEST_RUN(test_presence);
     SL_TEST_RUN(test_history);
     SL_TEST_RUN(test_history_ttl);
@@ -1375,7 +1481,7 @@ int main(void)
     SL_TEST_RUN(test_presence_set_position);
     SL_TEST_RUN(test_presence_kept_for_a_new_worker);
     SL_TEST_RUN(test_drained_look_waits_for_later_entries);
-    SL_TEST_RUN(test_drain_look_waits_at_its_call_site);
+    SL_TEST_RUN(test_look_drained_waits_for_later_entries);
     SL_TEST_RUN(test_presence_look_without_lock);
     SL_TEST_RUN(test_ri15_starvation);
     SL_TEST_RUN(test_presence_slot_kept_for_later_losses);
