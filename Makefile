@@ -267,14 +267,25 @@ bench-quick: $(BIN) $(BUILD)/sente-bench
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
 
+# Two pytest-xdist processes (PYTEST_JOBS; the machine has 2 cores; tests/integration/
+# conftest.py gives each its own share of free ports), then the tests marked
+# "alone" (a bound on time under their own load) by themselves.  Each run
+# prints its own "N passed ... in Xs" line; scripts/test.sh adds them up.
+PYTEST_JOBS ?= 2
+# --dist loadscope: a module's tests stay in one process, in order (module-
+# scoped servers; test_malformed_http's last test counts what the others sent).
+PYTEST_PAR = -n $(PYTEST_JOBS) --dist loadscope -m "not alone"
+PYTEST_ALONE = -m alone
 check-integration: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/integration
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_PAR) tests/integration; \
+	rc=$$?; SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ALONE) tests/integration || rc=1; exit $$rc
 
 # Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
 # starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
 # them against an external Redis instead.
 check-cluster: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 tests/cluster
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(PYTEST_PAR) tests/cluster; \
+	rc=$$?; SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ALONE) tests/cluster || rc=1; exit $$rc
 
 # Unit and integration runs one after the other: both start processes and
 # time things, and running them side by side would only add noise.

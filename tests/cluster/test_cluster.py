@@ -420,6 +420,7 @@ def test_node_killed_others_lose_nothing(cluster):
     c.stopped = True
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_redis_stopped_publishes_fail_fast_then_resume(cluster, redis):
     needs_own_redis()
     a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "500")
@@ -576,6 +577,7 @@ def test_broker_killed_respawned_and_catches_up(cluster):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_hung_broker_is_answered_for_and_replaced(cluster):
     """A stopped broker: requests are answered within the bound (outcome
     unknown: broker-timeout), /health says the broker is stalled, and the

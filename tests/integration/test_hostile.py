@@ -357,14 +357,20 @@ def test_json_error_cut_inside_utf8_still_answered(server):
 
 # ------------------------------------------------- the hostile kinds of finding 7
 
-@pytest.mark.parametrize("kind,payload,code,reason", [
+# The frames carry random masks: the test ids are the kinds alone, the same
+# in every pytest-xdist worker (which must collect identical ids).
+HOSTILE_FRAMES = [
     ("unmasked", frame(OP_TEXT, "hi", mask=False), 1002, "protocol-error"),
     ("reserved-opcode", frame(3, b"x"), 1002, "protocol-error"),
     ("rsv-bits", frame(OP_TEXT, "x", rsv=0x40), 1002, "protocol-error"),
     ("bad-utf8", frame(OP_TEXT, b"\xc3\x28"), 1007, "invalid-utf8"),
     ("oversize-length", bytes([0x81, 0xFF]) + struct.pack(">Q", 1 << 40) + b"mask", 1009,
      "message-too-big"),
-])
+]
+
+
+@pytest.mark.parametrize("kind,payload,code,reason", HOSTILE_FRAMES,
+                         ids=[f[0] for f in HOSTILE_FRAMES])
 def test_hostile_frames(server_factory, kind, payload, code, reason):
     srv = server_factory(workers=1)
     ws = opened(srv)
