@@ -85,20 +85,26 @@ def close_code(ws):
         return None
 
 
-def send_until_refused(sock, data, limit_bytes, seconds):
+def send_until_refused(sock, data, limit_bytes, seconds, stalled=1.0):
     """Write data repeatedly (non-blocking) until the server stops taking
-    it, closes, or the bounds pass; returns the bytes written."""
+    it, closes, or the bounds pass; returns the bytes written.  "Stops
+    taking it": nothing written for `stalled` seconds (x SLOW) - both socket
+    buffers are full and the server reads no more (back-pressure); waiting
+    out the whole `seconds` after that only cost time."""
     sock.setblocking(False)
-    sent, off, deadline = 0, 0, time.time() + seconds * SLOW
-    while sent < limit_bytes and time.time() < deadline:
+    now = time.time()
+    sent, off, deadline, progress = 0, 0, now + seconds * SLOW, now
+    while sent < limit_bytes and now < deadline and now - progress < stalled * SLOW:
         try:
             n = sock.send(data[off:])  # a partial send continues where it stopped
             sent += n
             off = (off + n) % len(data)
+            progress = time.time()
         except BlockingIOError:
             time.sleep(0.005)
         except OSError:
             break
+        now = time.time()
     sock.setblocking(True)
     return sent
 
