@@ -1671,6 +1671,7 @@ def test_many_stale_entries_are_removed_in_slices(cluster, redis):
 # head-of-line deadline can find it) - and the link is found dead within
 # about 1 s + 2 x --redis-timeout-ms; once Redis answers again the node
 # connects again and the pass after the connect finishes the removal.
+@pytest.mark.alone  # a bound on time (took < 2 s x SLOW; conftest.py: run by itself)
 @pytest.mark.parametrize("how", ["stopped", "held"])
 def test_silent_redis_is_found_during_a_rewrite(cluster, redis, how):
     needs_own_redis()
