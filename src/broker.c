@@ -3666,7 +3666,13 @@ static void pres_pass_start(link_t *l)
                 ch->pres_slice = 0; /* a sliced rewrite starts again */
                 ch->pres_again = false;
                 ch->pres_gen++;
+                /* A new pass (a connect, a lapse) tries at once: an
+                 * error's backoff belonged to the old one (review rc17 L4). */
+                ch->pres_backoff_ms = 0;
+                ch->pres_retry_ms = 0;
             }
+    l->pres_retry_ms = 0;
+    l->pres_retry_bucket = BUCKETS;
     l->pres_pass = l->pres_scan = true;
     l->pres_restart = l->pres_scan_sent;
     l->pres_bucket = 0;
