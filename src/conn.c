@@ -1550,9 +1550,11 @@ static void conn_eof(sl_conn_t *c)
         conns_mark_dirty(c); /* the flush closes once the output is out */
 }
 
-static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
+/* `first`: the read sl_conn_read_now tries before the socket was ever
+ * announced readable (nothing there yet is no sign of a handshake). */
+static void conn_io(sl_conn_t *c, short what, bool first)
 {
-    sl_conn_t *c = arg;
+    evutil_socket_t fd = c->fd;
     if ((what & EV_WRITE) && conn_xp(c)->read_wants_write(c->xctx))
         what |= EV_READ; /* the transport's read waited for this */
     if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
@@ -1588,7 +1590,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     ssize_t n = conn_xp(c)->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !conn_xp(c)->established(c->xctx))
+    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !(first && n == SL_AGAIN) &&
+        !conn_xp(c)->established(c->xctx))
         conn_http_list_move(c, CONN_LIST_HEAD); /* a handshake under way is a request
                                 head in progress, not an idle connection to evict
                                 first (review r16 L5: it needs more round trips than
@@ -1624,6 +1627,17 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     sl_conn_input(c, sl_conns.rbuf, (size_t)n);
     if (c->state != SL_CONN_DEAD && !c->read_paused && conn_xp(c)->pending(c->xctx))
         conns_mark_ready(c); /* decoded input the socket will not announce */
+}
+
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
+{
+    conn_io(arg, what, false);
+}
+
+void sl_conn_read_now(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_DEAD)
+        conn_io(c, EV_READ, true);
 }
 
 /* ---------------------------------------------------------------- timers */
