@@ -1550,11 +1550,9 @@ static void conn_eof(sl_conn_t *c)
         conns_mark_dirty(c); /* the flush closes once the output is out */
 }
 
-/* `first`: the read sl_conn_read_now tries before the socket was ever
- * announced readable (nothing there yet is no sign of a handshake). */
-static void conn_io(sl_conn_t *c, short what, bool first)
+static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
-    evutil_socket_t fd = c->fd;
+    sl_conn_t *c = arg;
     if ((what & EV_WRITE) && conn_xp(c)->read_wants_write(c->xctx))
         what |= EV_READ; /* the transport's read waited for this */
     if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
@@ -1590,7 +1588,9 @@ static void conn_io(sl_conn_t *c, short what, bool first)
         }
     }
     ssize_t n = conn_xp(c)->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !(first && n == SL_AGAIN) &&
+    /* (Only once the peer was heard from: sl_conn_read_now reads before
+     * the socket was announced and may find nothing.) */
+    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && conn_xp(c)->heard(c->xctx) &&
         !conn_xp(c)->established(c->xctx))
         conn_http_list_move(c, CONN_LIST_HEAD); /* a handshake under way is a request
                                 head in progress, not an idle connection to evict
@@ -1629,15 +1629,10 @@ static void conn_io(sl_conn_t *c, short what, bool first)
         conns_mark_ready(c); /* decoded input the socket will not announce */
 }
 
-static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
-{
-    conn_io(arg, what, false);
-}
-
 void sl_conn_read_now(sl_conn_t *c)
 {
     if (c->state != SL_CONN_DEAD)
-        conn_io(c, EV_READ, true);
+        conn_io_cb(c->fd, EV_READ, c);
 }
 
 /* ---------------------------------------------------------------- timers */

@@ -68,6 +68,13 @@
 
 typedef struct {
     SSL_CTX *ctx[SL_MAX_TLS_CERTS];
+    /* Each one's twin for TLS 1.2 handshakes (sni_cb switches to it): the
+     * same certificate, key, chain and settings without the key-log and
+     * message callbacks, which only TLS 1.3 needs (the switch to our
+     * record layer) - with a key-log callback set, OpenSSL formats every
+     * secret as hex with a sprintf per byte, for TLS 1.2 the 80 bytes of
+     * its CLIENT_RANDOM line, on every handshake. */
+    SSL_CTX *ctx12[SL_MAX_TLS_CERTS];
     X509 *cert[SL_MAX_TLS_CERTS]; /* each context's leaf (owned by the context) */
     int n;
 } ctxset_t;
@@ -216,18 +223,26 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* Called for every ClientHello (with or without a name), once the
+ * version is chosen. */
 static int sni_cb(SSL *ssl, int *alert, void *arg)
 {
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (name == NULL || live.n < 2)
-        return SSL_TLSEXT_ERR_OK;
-    for (int k = 0; k < live.n; k++)
+    int pick = 0; /* an unknown name, or none: the default certificate */
+    for (int k = 0; name != NULL && live.n > 1 && k < live.n; k++)
         if (X509_check_host(live.cert[k], name, 0, 0, NULL) == 1) {
-            if (k > 0)
-                SSL_set_SSL_CTX(ssl, live.ctx[k]);
-            return SSL_TLSEXT_ERR_OK;
+            pick = k;
+            break;
         }
-    return SSL_TLSEXT_ERR_OK; /* the default certificate */
+    if (SSL_version(ssl) == TLS1_2_VERSION && live.ctx12[pick] != NULL) {
+        /* (Tickets stay with the first context, OpenSSL's session
+         * context: one key set for all.) */
+        SSL_set_SSL_CTX(ssl, live.ctx12[pick]);
+        SSL_set_msg_callback(ssl, NULL);
+    } else if (pick > 0) {
+        SSL_set_SSL_CTX(ssl, live.ctx[pick]);
+    }
+    return SSL_TLSEXT_ERR_OK;
 }
 
 /* Session tickets: sealed with the current shared key; a ticket sealed
@@ -270,8 +285,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
 
 static void ctxset_free(ctxset_t *s)
 {
-    for (int k = 0; k < s->n; k++)
+    for (int k = 0; k < s->n; k++) {
         SSL_CTX_free(s->ctx[k]); /* connections still using one keep it */
+        SSL_CTX_free(s->ctx12[k]);
+    }
     memset(s, 0, sizeof(*s));
 }
 
@@ -294,14 +311,13 @@ static void keylog_cb(const SSL *ssl, const char *line);
 static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
                    SSL *ssl, void *arg);
 
-static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *err, size_t errsz)
+/* A context with every setting but the certificate (see above);
+ * `keylog`: with the key-log and message callbacks (TLS 1.3's switch). */
+static SSL_CTX *ctx_base(bool keylog)
 {
-    char why[256];
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        snprintf(err, errsz, "TLS: %s", ssl_reason(why, sizeof(why)));
+    if (ctx == NULL)
         return NULL;
-    }
     int floor = strcmp(sl_conf->tls_min_version, "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
     SSL_CTX_set_min_proto_version(ctx, floor);
     /* IGNORE_UNEXPECTED_EOF: a peer that closes TCP without close_notify
@@ -317,8 +333,37 @@ static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *er
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
-    SSL_CTX_set_keylog_callback(ctx, keylog_cb);
-    SSL_CTX_set_msg_callback(ctx, msg_cb);
+    if (keylog) {
+        SSL_CTX_set_keylog_callback(ctx, keylog_cb);
+        SSL_CTX_set_msg_callback(ctx, msg_cb);
+    }
+    return ctx;
+}
+
+/* ctx's twin for TLS 1.2 (ctxset_t): its certificate, key and chain. */
+static SSL_CTX *ctx_twin12(SSL_CTX *ctx)
+{
+    SSL_CTX *tw = ctx_base(false);
+    STACK_OF(X509) *chain = NULL;
+    if (tw == NULL || SSL_CTX_use_certificate(tw, SSL_CTX_get0_certificate(ctx)) != 1 ||
+        SSL_CTX_use_PrivateKey(tw, SSL_CTX_get0_privatekey(ctx)) != 1 ||
+        SSL_CTX_get0_chain_certs(ctx, &chain) != 1 ||
+        (chain != NULL && SSL_CTX_set1_chain(tw, chain) != 1)) {
+        SSL_CTX_free(tw);
+        ERR_clear_error();
+        return NULL; /* TLS 1.2 handshakes keep the first context */
+    }
+    return tw;
+}
+
+static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *err, size_t errsz)
+{
+    char why[256];
+    SSL_CTX *ctx = ctx_base(true);
+    if (ctx == NULL) {
+        snprintf(err, errsz, "TLS: %s", ssl_reason(why, sizeof(why)));
+        return NULL;
+    }
     errno = 0;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errsz, "--tls-cert %s: %s", cert, ssl_reason(why, sizeof(why)));
@@ -363,6 +408,7 @@ static int set_load(ctxset_t *next, char *err, size_t errsz)
             ctxset_free(next);
             return SL_ERROR;
         }
+        next->ctx12[k] = ctx_twin12(next->ctx[k]);
         next->n = k + 1;
     }
     return SL_OK;
@@ -1193,6 +1239,11 @@ static bool tls_read_wants_write(void *ctx)
     return ((tls_conn_t *)ctx)->read_wants_write;
 }
 
+static bool tls_heard(void *ctx)
+{
+    return ((tls_conn_t *)ctx)->peeked;
+}
+
 const sl_xport_t sl_xport_tls = {"tls",          tls_read,       tls_flush,
                                  tls_shutdown,   tls_release,    tls_established,
-                                 tls_pending,    tls_read_wants_write};
+                                 tls_pending,    tls_read_wants_write, tls_heard};
