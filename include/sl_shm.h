@@ -206,6 +206,8 @@ typedef struct {
     uint32_t catchups_in_flight; /* catch-ups sent on this link (at most 64) */
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
     uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */
+    uint64_t history_bytes;      /* max-bytes of the history pages in flight (gauge) */
+    uint64_t history_refused;    /* history requests refused: the link's page budget was full */
     char down_reason[96];
 } sl_broker_link_t;
 

@@ -99,6 +99,12 @@
  * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
 static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
+/* `history` pages in flight on one link, by the max-bytes each may bring
+ * back (review rv17 H1: every connection may have one in flight; many of
+ * them must not hold the link, and every node's commands on that Redis,
+ * behind pages it copies and this process parses).  Past it the request
+ * is refused overloaded (history-refused); one is always let through. */
+#define HISTORY_INFLIGHT_BYTES (8u << 20)
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
  * half of --max-outbound-bytes): a subscription-result nearly all of it
@@ -197,6 +203,7 @@ struct cmd {
     bchan_t *ch;        /* joins and catch-ups: the channel (referenced) */
     uint64_t gen;       /* catch-ups: the channel's catchup_gen when sent */
     bool counted;       /* catch-ups: counted in link->ncatchup until freed */
+    uint64_t hist_bytes; /* history: its share of link->history_bytes until freed */
     json_t *ctx;        /* what the reply needs besides (owned) */
 };
 
@@ -241,7 +248,9 @@ struct bchan {
     struct stats_wait { int worker; uint64_t tag; } *stats_wait; /* answered with it */
     uint32_t nstats_wait;
     int64_t stats_at_ms; /* mono ms of the last presence-stats answer (0: none) */
-    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted) */
+    int64_t stats_clients, stats_users; /* ... its figures (users -1: not counted;
+                                         * clients -1: Redis had no such channel) */
+    bool stats_made;    /* a subscribe / create here since the PRES_STATS in flight was sent */
     bool reset_pending; /* a reset to reset_epoch/reset_last still to make */
     bool delete_pending; /* deleted on another node: the local delete still to make */
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
@@ -283,6 +292,7 @@ struct link {
     bchan_t *cu_wait, *cu_wait_tail; /* channels whose catch-up waits for a turn */
     uint32_t ninflight;
     uint64_t inflight_bytes;
+    uint64_t history_bytes; /* max-bytes of the history pages in flight (HISTORY_INFLIGHT_BYTES) */
     int64_t backoff_ms;
     int64_t connect_ms;   /* mono ms the connection attempt began */
     int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
@@ -436,6 +446,20 @@ static bchan_t *chan_get(const char *id, size_t len)
     return c;
 }
 
+/* A presence-stats answer "no such channel" serves its second too (review
+ * rv17 L3) - but not once this node has asked Redis to make the channel (a
+ * subscribe or admin create here): its own client must not be told the
+ * channel it just joined does not exist. */
+static void stats_forget_missing(const char *id, size_t len)
+{
+    bchan_t *ch = chan_find(id, len);
+    if (ch == NULL)
+        return;
+    if (ch->stats_clients < 0)
+        ch->stats_at_ms = 0;
+    ch->stats_made = true; /* and an answer in flight is not kept (done_presence) */
+}
+
 static void free_msgs(bmsg_t *m)
 {
     while (m) {
@@ -506,6 +530,10 @@ static void cmd_free(cmd_t *c)
     }
     if (c->ch)
         c->ch->inflight--;
+    if (c->hist_bytes) {
+        c->link->history_bytes -= c->hist_bytes;
+        uatomic_set(&BSTATS->link[c->link->shard].history_bytes, c->link->history_bytes);
+    }
     free(c->buf);
     json_decref(c->ctx);
     free(c);
@@ -2239,6 +2267,7 @@ static void req_join(const sl_inbox_entry_t *e, json_t *j)
     if (lk->state != L_UP)
         return answer(e->from, e->tag, SL_BR_UNAVAILABLE, NULL);
     bchan_t *ch = chan_get(id, len);
+    stats_forget_missing(id, len);
     cmd_t *c = ch ? cmd_new(lk, C_JOIN, e) : NULL;
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2415,6 +2444,7 @@ static void req_admin(const sl_inbox_entry_t *e, json_t *j)
     args_t a = {.n = 0};
     cmd_t *c;
     if (strcmp(op, "create") == 0) {
+        stats_forget_missing(id, len);
         c = cmd_new(lk, C_ADMIN_CREATE, e);
         if (c == NULL)
             return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -2605,10 +2635,10 @@ static void done_presence(cmd_t *c, redisReply *r)
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
-    if (ch && st == SL_BR_OK) {
+    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made))) {
         ch->stats_at_ms = sl_mono_ms();
-        ch->stats_clients = rint_(el(r, 0));
-        ch->stats_users = rint_(el(r, 1));
+        ch->stats_clients = st == SL_BR_OK ? rint_(el(r, 0)) : -1;
+        ch->stats_users = st == SL_BR_OK ? rint_(el(r, 1)) : -1;
     }
     if (ch) {
         for (uint32_t i = 0; i < ch->nstats_wait; i++)
@@ -2955,6 +2985,8 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
          * most PRES_STATS_WAIT_MAX; past that, refused overloaded). */
         ch = chan_get(id, len);
         if (ch && ch->stats_at_ms && sl_mono_ms() - ch->stats_at_ms < PRES_STATS_CACHE_MS) {
+            if (ch->stats_clients < 0)
+                return answer(e->from, e->tag, SL_BR_NOT_FOUND, NULL);
             json_t *d = stats_doc(ch->stats_clients, ch->stats_users);
             answer(e->from, e->tag, SL_BR_OK, d);
             json_decref(d);
@@ -2985,6 +3017,7 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
     if (ch) {
         cmd_chan(c, ch);
         ch->stats_busy = true;
+        ch->stats_made = false;
     }
     args_t a = {.n = 0};
     argp(&a, "nodes");
@@ -3016,9 +3049,21 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
     const char *id = jstr(j, "channel-id", &len);
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
-    cmd_t *c = cmd_new(link_of(id, len), C_HISTORY, e);
+    link_t *l = link_of(id, len);
+    int64_t mb = jint(j, "max-bytes");
+    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
+    if (l->history_bytes && l->history_bytes + want > HISTORY_INFLIGHT_BYTES) {
+        uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
+        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    }
+    cmd_t *c = cmd_new(l, C_HISTORY, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    /* Held until the command is freed (answered, failed with the link, or
+     * never sent): cmd_free gives it back. */
+    c->hist_bytes = want;
+    l->history_bytes += want;
+    uatomic_set(&BSTATS->link[l->shard].history_bytes, l->history_bytes);
     args_t a = {.n = 0};
     argk(&a, id, len, "c");
     argk(&a, id, len, "h");
@@ -3790,6 +3835,7 @@ int sl_broker_main(int tel_fd)
         B.link[i].retry_ev = evtimer_new(B.base, link_retry_cb, &B.link[i]);
         set_reason(&B.link[i], "connecting");
         uatomic_set(&BSTATS->link[i].down_since_ms, sl_now_ms());
+        uatomic_set(&BSTATS->link[i].history_bytes, 0); /* a dead broker's pages are gone */
     }
     uatomic_set(&BSTATS->nshards, B.nlinks);
 

@@ -348,6 +348,10 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->catchups_waiting)));
         json_object_set_new(o, "catchups-waited",
                             json_integer((json_int_t)uatomic_read(&l->catchups_waited)));
+        json_object_set_new(o, "history-bytes",
+                            json_integer((json_int_t)uatomic_read(&l->history_bytes)));
+        json_object_set_new(o, "history-refused",
+                            json_integer((json_int_t)uatomic_read(&l->history_refused)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",

@@ -233,6 +233,10 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "Catch-ups waiting for a turn (at most 64 in flight per link), holding."},
         {"redis_catchups_waited_total", "catchups-waited", "counter",
          "Catch-ups that had to wait for a turn."},
+        {"redis_history_bytes", "history-bytes", "gauge",
+         "Page bytes (max-bytes) of the history requests in flight (budget 8 MiB)."},
+        {"redis_history_refused_total", "history-refused", "counter",
+         "history requests refused (overloaded): the link's 8 MiB page budget was full."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {

@@ -163,8 +163,12 @@ int sl_tlsrec_open(const sl_tlsrec_t *r, uint8_t *rec, size_t n, uint8_t *type, 
     if (EVP_CipherInit_ex2(c, NULL, r->rd.key, iv, 0, NULL) != 1 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, SL_TLSREC_TAG, ct + m) != 1 ||
         EVP_DecryptUpdate(c, NULL, &o, rec, SL_TLSREC_HDR) != 1 ||
-        EVP_DecryptUpdate(c, ct, &o, ct, (int)m) != 1 || EVP_DecryptFinal_ex(c, ct + m, &o) != 1)
+        EVP_DecryptUpdate(c, ct, &o, ct, (int)m) != 1 || EVP_DecryptFinal_ex(c, ct + m, &o) != 1) {
+        /* The unauthenticated plaintext (a bit-flipped record's is the
+         * real one with those bits flipped) is not left behind. */
+        OPENSSL_cleanse(ct, m);
         return SL_TLSREC_AD_BAD_RECORD_MAC;
+    }
     /* TLSInnerPlaintext: content, the type, zero padding (RFC 8446 5.4). */
     while (m > 0 && ct[m - 1] == 0)
         m--;

@@ -8,10 +8,11 @@ import asyncio
 import json
 import os
 import signal
+import time
 
-from conftest import needs_own_redis, wait_for
-from test_cluster import Client, collect, run
-from test_cluster_faults import numsub
+from conftest import SLOW, Redis, needs_own_redis, wait_for
+from test_cluster import Client, broker_pid, collect, run
+from test_cluster_faults import numsub, shard_of
 
 NS = ("--namespace", "h:history=anyone")
 
@@ -165,25 +166,52 @@ def test_history_on_a_node_whose_ring_is_stale(cluster, redis):
 
 
 def test_history_honours_history_ttl(cluster):
-    a, b = cluster(2, "--message-retention", "100", "--history-ttl-ms", "1500", *NS)
+    """history-ttl-ms on a cluster node: messages older than it (by their
+    created-at) are left out.  Judged by each message's created-at against
+    the time the request was sent and answered (review rv17 L2: a loaded
+    machine may age some out before they are asked for), never by how
+    young they are assumed to be."""
+    ttl = 1500
+    a, b = cluster(2, "--message-retention", "100", "--history-ttl-ms", str(ttl), *NS)
 
     async def go():
         x = await Client.open(a)
         assert (await x.subscribe("h:ttl"))["success"]
         pub = await Client.open(a)
-        for i in range(5):
-            await publish(pub, "h:ttl", i)
-        q = await Client.open(b)
-        assert seqs(await history(q, "h:ttl")) == [1, 2, 3, 4, 5]
-        await asyncio.sleep(2)
-        for i in range(5):
-            await publish(pub, "h:ttl", i)
-        r = await history(q, "h:ttl")
-        assert seqs(r) == [6, 7, 8, 9, 10] and r["top-seq"] == 10
-        r = await history(q, "h:ttl", reverse=True)
-        assert seqs(r) == [10, 9, 8, 7, 6] and r["more"] is False
-        await asyncio.sleep(2)
-        r = await history(q, "h:ttl", limit=0)
+        reader = await Client.open(b)
+        born = {}  # seq -> published-at (wall ms, the publishing node's clock)
+
+        async def batch():
+            for i in range(5):
+                await publish(pub, "h:ttl", i)
+            for m in await collect(x, "h:ttl", 5):
+                born[m["seq"]] = m["published-at"]
+
+        async def aged(**q):
+            # The node judges age by its clock when it sends the request to
+            # Redis, some time between t0 and t1 (this machine's clock).
+            t0 = int(time.time() * 1000) - 2
+            r = await history(reader, "h:ttl", **q)
+            t1 = int(time.time() * 1000) + 2
+            got = seqs(r)
+            young = [s for s in sorted(born) if born[s] >= t1 - ttl]
+            old = [s for s in sorted(born) if born[s] < t0 - ttl]
+            assert set(young) <= set(got) and not set(old) & set(got), (got, young, old)
+            # What is kept is the newest: an unbroken run up to top-seq.
+            want = sorted(got, reverse=q.get("reverse", False))
+            assert got == want and (not got or max(got) == max(born)), got
+            assert r["top-seq"] == max(born) and r["more"] is False, r
+            return got
+
+        await batch()
+        await aged()
+        await asyncio.sleep(ttl / 1000 + 0.5)
+        await batch()
+        got = await aged()
+        assert not set(got) & {1, 2, 3, 4, 5}, got  # older than the TTL by now
+        await aged(reverse=True)
+        await asyncio.sleep(ttl / 1000 + 0.5)
+        r = await history(reader, "h:ttl", limit=0)
         assert seqs(r) == [] and r["more"] is False and r["top-seq"] == 10
     run(go())
 
@@ -213,6 +241,49 @@ def test_history_in_order_between_publishes(cluster):
             assert h["top-seq"] == p["seq"] and seqs(h) == [p["seq"]], (i, p, h)
             assert h["publications"][0]["data"] == i
     run(go())
+
+
+def test_history_in_order_between_publishes_on_two_shards(tmp_path, cluster, redis):
+    """Review rv17 L1: with --redis twice, a `history` of a channel on shard 0
+    (a big page: its answer is slow) pipelined with a publish to a channel
+    on shard 1 (answered first by its own Redis), and the other way round:
+    the answers come in the order asked.  Two things keep it: the history's
+    deferred reply slot (taken when it is sent; a later answer waits
+    behind it) and one history in flight per connection (reading pauses,
+    so the publish is not even read before the history's answer)."""
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        a, b = cluster(2, "--message-retention", "1000", *NS, urls=[redis.url, r2.url])
+        c0 = next(f"h:s{i}" for i in range(100) if shard_of(f"h:s{i}", 2) == 0)
+        c1 = next(f"h:s{i}" for i in range(100) if shard_of(f"h:s{i}", 2) == 1)
+
+        async def go():
+            x = await Client.open(a)
+            for ch in (c0, c1):
+                assert (await x.subscribe(ch))["success"]
+            for ch in (c0, c1):
+                for _ in range(40):
+                    await publish(x, ch, {"pad": "x" * 20000})
+            c = await Client.open(b)
+            n = 8  # 4 pages per link: within its budget even without the pause
+            asked = []
+            for i in range(n):
+                # history on one shard, then a publish on the other
+                h, p = (c0, c1) if i % 2 == 0 else (c1, c0)
+                await c.send(type="history", **{"channel-id": h}, limit=1000)
+                await c.send(type="publish", **{"channel-id": p}, data=i)
+                asked += [("history-result", h), ("publish-result", p)]
+            got = []
+            while len(got) < 2 * n:
+                m = await c.next(lambda m: m.get("type") in ("publish-result",
+                                                                "history-result"), 30)
+                assert m["success"], m
+                got.append((m["type"], m["channel-id"]))
+            assert got == asked, [i for i in range(2 * n) if got[i] != asked[i]][:5]
+        run(go())
+    finally:
+        r2.stop()
 
 
 def test_history_refused_while_redis_is_down(cluster, redis):
@@ -283,4 +354,140 @@ def test_pipelined_history_one_in_flight(cluster, redis):
         assert calls <= 3 * 3 and usec / calls < 14000, line
         assert b.stats()["cluster"]["redis"][0]["reconnects"] == 0
 
+    run(go())
+
+
+def test_history_page_budget_per_link(cluster, redis):
+    """Review rv17 H1 (the rest): many connections, each with one big-page
+    `history` in flight, on one node.  The link carries at most 8 MiB of
+    pages (the max-bytes of each, 1 MiB here) in flight; past it a request
+    is refused `overloaded` at once, counted under the link as
+    `history-refused` (/stats, /metrics).  The link never times out, and a
+    publish on the node still succeeds."""
+    needs_own_redis()
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "1000", *NS,
+                   workers=1)
+    # C waits out a paused Redis: what is in flight stays in flight.
+    (c,) = cluster(1, "--message-retention", "1000", "--redis-timeout-ms", "20000", *NS,
+                   workers=1)
+
+    def link(node):
+        return node.stats()["cluster"]["redis"][0]
+
+    async def burst(node, clients, n=40):
+        for q in clients:
+            await q.send(type="history", **{"channel-id": "h:big"}, limit=1000)
+        ok = refused = 0
+        for q in clients:
+            r = await q.of_type("history-result", 60)
+            if r["success"]:
+                assert len(r["publications"]) == n, r
+                ok += 1
+            else:
+                assert r["reason"] == "overloaded", r
+                refused += 1
+        return ok, refused
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:big"))["success"]
+        pub = await Client.open(a)
+        for _ in range(40):
+            await publish(pub, "h:big", {"pad": "x" * 20000})
+        # 1. Without a pause: 100 connections on B at once.  Every request
+        # is answered (in full or refused), B's link neither times out nor
+        # reconnects, and the refusals are the link's count.
+        qs = [await Client.open(b) for _ in range(100)]
+        ok, refused = await burst(b, qs)
+        print("burst on B: ok", ok, "refused", refused)
+        assert ok >= 1 and ok + refused == 100
+        l = link(b)
+        assert l["reconnects"] == 0 and l["timeouts"] == 0, l
+        assert l["history-refused"] == refused, (l, refused)
+        other = await Client.open(b)
+        await publish(other, "h:big", {"n": "after"})
+        wait_for(lambda: link(b)["history-bytes"] == 0, timeout=10, what="B's budget free")
+        # 2. Redis paused: the pages stay in flight on C, so exactly 8 of
+        # 1 MiB fit the budget and the other 16 are refused at once (while
+        # Redis is still paused); the 8 are answered after it.
+        qs = [await Client.open(c) for _ in range(24)]
+        redis.cli("CLIENT", "PAUSE", str(int(4000 * SLOW)), "ALL")
+        for q in qs:
+            await q.send(type="history", **{"channel-id": "h:big"}, limit=1000)
+        refused_fast = []
+        waiting = list(qs)
+        deadline = asyncio.get_event_loop().time() + 3 * SLOW
+        while len(refused_fast) < 16 and asyncio.get_event_loop().time() < deadline:
+            for q in list(waiting):
+                try:
+                    r = json.loads(await asyncio.wait_for(q.ws.recv(), 0.05))
+                except asyncio.TimeoutError:
+                    continue
+                assert r["type"] == "history-result", r
+                assert r["success"] is False and r["reason"] == "overloaded", r
+                refused_fast.append(r)
+                waiting.remove(q)
+        assert len(refused_fast) == 16, len(refused_fast)
+        assert link(c)["history-bytes"] == 8 << 20, link(c)
+        for q in waiting:
+            r = await q.of_type("history-result", 30)
+            assert r["success"] and len(r["publications"]) == 41, r  # with "after"
+        l = link(c)
+        assert l["history-refused"] == 16 and l["history-bytes"] == 0, l
+        assert l["reconnects"] == 0 and l["timeouts"] == 0, l
+        text = c.request("GET", "/metrics")[1].decode()
+        assert 'sente_lite_redis_history_refused_total{redis="0"} 16' in text, text
+        await publish(await Client.open(c), "h:big", {"n": "after"})
+
+    run(go())
+
+
+def test_history_pipelined_while_the_broker_is_stopped(cluster):
+    """Review rv17 M1: `history` requests pipelined on B while B's broker is
+    stopped (SIGSTOP).  Each gets exactly one `history-result`, in the order
+    asked (one channel per request tells them apart): `broker-timeout` (the
+    worker's deadline) or, once the broker runs again, the page - never two
+    and never none (a late answer of one already answered is dropped).  A
+    client that closes with one in flight costs nothing.  After SIGCONT the
+    connection is usable."""
+    a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "500",
+                   "--worker-stall-kill-ms", "600000", *NS, workers=1)
+    chans = [f"h:f{i}" for i in range(5)]
+
+    async def go():
+        x = await Client.open(a)
+        for i, ch in enumerate(chans):
+            assert (await x.subscribe(ch))["success"]
+            await publish(x, ch, i)
+        q = await Client.open(b)
+        assert seqs(await history(q, chans[0])) == [1]
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for ch in chans:
+                await q.send(type="history", **{"channel-id": ch})
+            gone = await Client.open(b)  # closes with its request in flight
+            await gone.send(type="history", **{"channel-id": chans[0]})
+            await gone.close()
+            got = []
+            for _ in range(2):
+                r = await q.of_type("history-result", 30)
+                assert r["success"] is False and r["reason"] == "broker-timeout", r
+                got.append(r)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for _ in range(len(chans) - 2):
+            r = await q.of_type("history-result", 30)
+            assert r["success"] or r["reason"] == "broker-timeout", r
+            if r["success"]:
+                assert len(r["publications"]) == 1, r
+            got.append(r)
+        assert [r["channel-id"] for r in got] == chans, got
+        assert got[-1]["success"], got  # sent after the broker ran again
+        # Nothing more comes for them: the next answer is the next request's.
+        r = await history(q, chans[1])
+        assert r["channel-id"] == chans[1] and seqs(r) == [1], r
+        await publish(q, chans[1], "after")
+        assert not [m for m in q.inbox if m.get("type") == "history-result"], q.inbox
+        assert broker_pid(b) == pid  # not replaced: the same broker answered
     run(go())

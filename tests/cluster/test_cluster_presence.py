@@ -40,6 +40,35 @@ async def presence_all(client, ch, limit=None):
             return clients, pages
 
 
+def evalsha_calls(redis):
+    """Redis's count of EVALSHA calls since its last CONFIG RESETSTAT."""
+    for line in redis.cli("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def at_most_a_script_a_second(redis, ask, what):
+    """Ask (`ask()`, awaited) one request after another for 3 seconds: Redis
+    runs at most about one script a second for them (and one more for a
+    partial second), besides the background of heartbeats, snapshots and
+    echoes, measured first (review ro17 M5, rv17 L3)."""
+    quiet0, t0 = evalsha_calls(redis), time.time()
+    await asyncio.sleep(2)
+    background = (evalsha_calls(redis) - quiet0) / (time.time() - t0)
+    before, t0 = evalsha_calls(redis), time.time()
+    n = 0
+    while time.time() - t0 < 3:
+        await ask()
+        n += 1
+    took = time.time() - t0
+    scripts = evalsha_calls(redis) - before
+    allowed = background * took + took + 2 + 5
+    print(f"{n} sequential {what} in {took:.2f}s: {scripts} EVALSHA "
+          f"(background {background:.1f}/s)")
+    assert scripts <= allowed and scripts < n / 2, (scripts, allowed, took)
+
+
 async def stats_of(client, ch):
     await client.send(type="presence-stats", **{"channel-id": ch})
     r = await client.of_type("presence-stats-result")
@@ -653,10 +682,7 @@ def test_presence_stats_bursts_cost_redis_little(cluster, redis):
     a, b = cluster(2)
 
     def evalshas():
-        for line in redis.cli("INFO", "commandstats").splitlines():
-            if line.startswith("cmdstat_evalsha:"):
-                return int(line.split("calls=")[1].split(",")[0])
-        return 0
+        return evalsha_calls(redis)
 
     async def go():
         w = await Client.open(a)
@@ -696,39 +722,59 @@ def test_presence_stats_sequential_requester_costs_a_script_a_second(cluster, re
     needs_own_redis()
     a, b = cluster(2)
 
-    def evalshas():
-        for line in redis.cli("INFO", "commandstats").splitlines():
-            if line.startswith("cmdstat_evalsha:"):
-                return int(line.split("calls=")[1].split(",")[0])
-        return 0
-
     async def go():
         w = await Client.open(a)
         assert (await w.subscribe("room"))["success"]
         x = await Client.open(b)
         assert (await x.subscribe("room"))["success"]
         assert await stats_become(w, "room", (2, 0)) == (2, 0)
-        # The background: heartbeats, snapshots and echoes of two nodes.
-        quiet0, t0 = evalshas(), time.time()
-        await asyncio.sleep(2)
-        background = (evalshas() - quiet0) / (time.time() - t0)
-        before, t0 = evalshas(), time.time()
-        n = 0
-        while time.time() - t0 < 3:  # one after another, for 3 seconds
+
+        async def ask():
             assert await stats_of(w, "room") == (2, 0)
-            n += 1
-        took = time.time() - t0
-        scripts = evalshas() - before
-        # At most one walk a second (and one more for a partial second),
-        # besides the background.
-        allowed = background * took + took + 2 + 5
-        print(f"{n} sequential presence-stats in {took:.2f}s: {scripts} EVALSHA "
-              f"(background {background:.1f}/s)")
-        assert scripts <= allowed and scripts < n / 2, (scripts, allowed, took)
+        await at_most_a_script_a_second(redis, ask, "presence-stats")
         # A figure changed on another node shows within about a second.
         y = await Client.open(b)
         assert (await y.subscribe("room"))["success"]
         assert await stats_become(w, "room", (3, 0)) == (3, 0)
+    run(go())
+
+
+def test_presence_stats_of_a_missing_channel_is_cached_too(cluster, redis):
+    """Review rv17 L3: `channel-not-found` serves its second like a count, so
+    a client asking presence-stats of a channel Redis does not have, again
+    and again, costs Redis about one script a second per node too.  A
+    subscribe on the node makes it known at once (its client is never told
+    the channel it joined does not exist); one made on another node shows
+    within about a second."""
+    needs_own_redis()
+    ns = ("--namespace", "p:presence=anyone")
+    a, b = cluster(2, *ns)
+
+    async def missing(client, ch):
+        await client.send(type="presence-stats", **{"channel-id": ch})
+        r = await client.of_type("presence-stats-result")
+        return r["success"] is False and r["reason"] == "channel-not-found"
+
+    async def go():
+        w = await Client.open(a)
+        assert await missing(w, "p:none")
+
+        async def ask():
+            assert await missing(w, "p:none")
+        await at_most_a_script_a_second(redis, ask, "presence-stats of a missing channel")
+        # Made here: known at once.
+        assert await missing(w, "p:none")
+        assert (await w.subscribe("p:none"))["success"]
+        assert await stats_of(w, "p:none") == (1, 0)
+        # Made on another node: within about a second.
+        assert await missing(w, "p:later")
+        x = await Client.open(b)
+        assert (await x.subscribe("p:later"))["success"]
+        deadline = time.time() + 10 * SLOW
+        while await missing(w, "p:later"):
+            assert time.time() < deadline, "still channel-not-found"
+            await asyncio.sleep(0.2)
+        assert await stats_become(w, "p:later", (1, 0)) == (1, 0)
     run(go())
 
 

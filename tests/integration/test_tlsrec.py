@@ -102,11 +102,61 @@ def test_records_cut_packed_padded_and_empty(server_factory, certs):
     t.close()
 
 
+def connection_ends(t):
+    """True once the server's end of the connection is seen (its
+    records before it are read and dropped)."""
+    try:
+        while True:
+            t.read_record()
+    except (Closed, ConnectionResetError):
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+
+
+def test_a_trickled_record_takes_one_allocation(server_factory, certs):
+    """Review rw16 L1: a record that comes a few bytes per segment used to
+    be copied into a new buffer of everything received so far at every
+    read (quadratic).  Now its buffer is allocated once, at the record's
+    full length, when its header is known, and the rest is received
+    straight into it.  The test build's fault point fails the second
+    partial-record allocation of the worker: a record trickled in 200
+    pieces still comes through (one allocation), and the next partial
+    record's allocation - the second - is the one that fails (the point
+    is live)."""
+    s = tls_server(server_factory, certs, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.part.alloc:2:fail"})
+    t = Tls13(s.tls_port, certs.client_context())
+    ws = ws_over(t, s.tls_port)
+    hello(ws, 1)  # whole records: no partial-record buffer
+    t.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pad = "x" * 2000
+    rec = t.seal(23, frame(OP_TEXT, json.dumps({"type": "hello", "n": 2, "pad": pad}).encode()))
+    cuts = [0, 3] + [3 + (len(rec) - 3) * k // 199 for k in range(1, 199)] + [len(rec)]
+    assert len(cuts) == 201  # 200 pieces, the first shorter than the header
+    for a, b in zip(cuts, cuts[1:]):
+        t.sock.send(rec[a:b])
+        time.sleep(0.003)
+    m = json.loads(ws.read_data())
+    assert m["original"]["n"] == 2 and m["original"]["pad"] == pad, m
+    # The next partial record: the second allocation, armed to fail.
+    rec = t.seal(23, frame(OP_TEXT, json.dumps({"type": "hello", "n": 3}).encode()))
+    t.sock.send(rec[:20])
+    time.sleep(0.3)
+    t.sock.send(rec[20:])
+    t.settimeout(10 * SLOW)
+    assert connection_ends(t), "the second partial-record allocation did not fail"
+
+
 def test_a_burst_of_key_updates_and_empty_records(server_factory, certs):
     """Thousands of records that carry no data (KeyUpdates, empty records,
     user_canceled warnings) in one burst: the worker opens at most 64
-    records per read and goes on at the next turn, through every key."""
-    s = tls_server(server_factory, certs)
+    records per read and goes on at the next turn, through every key.
+    The test build's fault point, armed, fails the connection of a read
+    that opened more than 64 records (counted apart from the budget): so
+    this fails without the budget."""
+    s = tls_server(server_factory, certs, binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "0:tls.read.over-budget:1:fail"})
     t = Tls13(s.tls_port, certs.client_context())
     ws = ws_over(t, s.tls_port)
     hello(ws, 1)
@@ -374,8 +424,13 @@ def test_nothing_after_a_refused_record_is_taken(server_factory, certs):
     refused record left the connection 'closed' on our side, and the next
     read handed raw socket bytes up as if authenticated - anyone on the
     path could inject a frame into the session.  A good record, a tampered
-    one and a raw (unencrypted) frame in one segment: the first is
-    answered, the raw one never, and the connection ends."""
+    one and a raw (unencrypted) frame in one segment: the good one is
+    authenticated and read, but the connection fails in that same read, so
+    nothing is answered (review ry Y1; rw16 M2/L4: nothing is written
+    after a fatal alert) - the client gets the bad_record_mac alert, no
+    application record after it (not even the answer to the good one),
+    the raw frame is never taken (read and dropped), and the connection
+    ends with a FIN."""
     s = tls_server(server_factory, certs)
     t = Tls13(s.tls_port, certs.client_context())
     ws = ws_over(t, s.tls_port)
@@ -386,22 +441,27 @@ def test_nothing_after_a_refused_record_is_taken(server_factory, certs):
     # raw (unencrypted): a subscribe that would create channel "injected"
     c = frame(OP_TEXT, json.dumps({"type": "subscribe", "channel-id": "injected"}).encode())
     t.sock.sendall(a + bytes(b) + c)
-    got = []
+    records = []  # (inner type, content) of every record the server sends
     t.settimeout(5 * SLOW)
-    ended = False
+    ended = None
     try:
         while True:
-            d = t.recv()
-            if not d:
-                ended = True
-                break
-            got.append(d)
-    except (Closed, ConnectionResetError):  # (reset: the raw bytes were left unread)
-        ended = True
+            records.append(t.read_record())
+    except Closed:
+        ended = "FIN"
+    except ConnectionResetError:
+        ended = "reset"
     except (socket.timeout, TimeoutError):
         pass
-    assert not any(b"injected" in g for g in got), got
+    alerts = [k for k, (ct, _) in enumerate(records) if ct == CT_ALERT]
+    assert alerts and records[alerts[0]][1] == b"\x02\x14", records  # fatal bad_record_mac
+    assert all(ct != 23 for ct, _ in records[alerts[0]:]), records  # nothing after it
+    assert all(ct != 23 for ct, _ in records), records  # the good record unanswered too
     assert ended, "the connection stayed open after a refused record"
+    # What followed the refused record (the raw frame) was read and
+    # dropped before the close: a FIN, not a reset that could overtake
+    # the alert.
+    assert ended == "FIN", ended
     time.sleep(0.2)
     assert "injected" not in s.get_json("/channels")[1]["channels"], "the raw frame was taken"
     assert errors(s)["tls-bad-record"] >= 1
