@@ -310,6 +310,13 @@ extern uint64_t sl_conn_inbound_bytes;
  * xctx released). */
 sl_conn_t *sl_conn_new(int fd, bool ops, const sl_xport_t *xp, void *xctx);
 
+/* Read a connection just taken over at once, without waiting for the
+ * socket to be announced readable: its client spoke first (a ClientHello,
+ * an HTTP request), and what it sent is usually there by the time the
+ * socket was handed over - this saves a poll round on the connection
+ * path.  Nothing there is no harm: the socket is announced later. */
+void sl_conn_read_now(sl_conn_t *c);
+
 /* Queue a whole frame/response already encoded in b (from b->start to
  * b->len).  Returns SL_OK, or SL_ERROR when it was not queued (the
  * connection is closing, or was closed instead: slow consumer, out of

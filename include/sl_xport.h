@@ -50,10 +50,15 @@ typedef struct sl_xport {
     /* The last read returned SL_AGAIN because the transport must write
      * first (TLS): read again once the socket is writable. */
     bool (*read_wants_write)(void *ctx);
+    /* Has the peer sent anything yet (TLS: its first byte was seen)?  A
+     * read tried before the socket was announced readable may have found
+     * nothing. */
+    bool (*heard)(void *ctx);
 } sl_xport_t;
 
 /* Plain TCP: read(2), writev(2) through sl_outq_flush, shutdown(SHUT_WR);
- * always established, nothing pending. */
+ * always established, nothing pending (and "heard": never asked, being
+ * established). */
 extern const sl_xport_t sl_xport_plain;
 
 /* The head of every transport's state: its operations. */

@@ -1588,7 +1588,10 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     ssize_t n = conn_xp(c)->read(fd, c->xctx, sl_conns.rbuf, room);
-    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && !conn_xp(c)->established(c->xctx))
+    /* (Only once the peer was heard from: sl_conn_read_now reads before
+     * the socket was announced and may find nothing.) */
+    if (c->idle == CONN_LIST_IDLE && n != 0 && n != SL_ERROR && conn_xp(c)->heard(c->xctx) &&
+        !conn_xp(c)->established(c->xctx))
         conn_http_list_move(c, CONN_LIST_HEAD); /* a handshake under way is a request
                                 head in progress, not an idle connection to evict
                                 first (review r16 L5: it needs more round trips than
@@ -1624,6 +1627,12 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
     sl_conn_input(c, sl_conns.rbuf, (size_t)n);
     if (c->state != SL_CONN_DEAD && !c->read_paused && conn_xp(c)->pending(c->xctx))
         conns_mark_ready(c); /* decoded input the socket will not announce */
+}
+
+void sl_conn_read_now(sl_conn_t *c)
+{
+    if (c->state != SL_CONN_DEAD)
+        conn_io_cb(c->fd, EV_READ, c);
 }
 
 /* ---------------------------------------------------------------- timers */

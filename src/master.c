@@ -574,7 +574,7 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
         batch[i].tag = tag;
     if (M.spare_fd < 0) /* lost to another process at ENFILE: take one again */
         M.spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    bool flushed = false;
+    bool flushed = false, sent_first = false;
     for (int n = 0; n < 256; n++) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
@@ -592,8 +592,14 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
             /* Counted as in flight now, so the next pick sees it. */
             uatomic_add(&sl_shm->workers[i].pending_handoff, 1);
             batch[i].fds[batch[i].n++] = fd;
-            if (batch[i].n == SL_PROC_FDS_MAX)
+            /* The first socket of a wake-up goes at once: its worker starts
+             * on it while we look for more (under light load there is none,
+             * and waiting for that accept4's EAGAIN was on every
+             * connection's path); the rest go in batches. */
+            if (batch[i].n == SL_PROC_FDS_MAX || !sent_first) {
                 batch_send(i, &batch[i]);
+                sent_first = true;
+            }
             continue;
         }
         int err = errno;

@@ -68,6 +68,13 @@
 
 typedef struct {
     SSL_CTX *ctx[SL_MAX_TLS_CERTS];
+    /* Each one's twin for TLS 1.2 handshakes (sni_cb switches to it): the
+     * same certificate, key, chain and settings without the key-log and
+     * message callbacks, which only TLS 1.3 needs (the switch to our
+     * record layer) - with a key-log callback set, OpenSSL formats every
+     * secret as hex with a sprintf per byte, for TLS 1.2 the 80 bytes of
+     * its CLIENT_RANDOM line, on every handshake. */
+    SSL_CTX *ctx12[SL_MAX_TLS_CERTS];
     X509 *cert[SL_MAX_TLS_CERTS]; /* each context's leaf (owned by the context) */
     int n;
 } ctxset_t;
@@ -239,18 +246,26 @@ static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK;
 }
 
+/* Called for every ClientHello (with or without a name), once the
+ * version is chosen. */
 static int sni_cb(SSL *ssl, int *alert, void *arg)
 {
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (name == NULL || live.n < 2)
-        return SSL_TLSEXT_ERR_OK;
-    for (int k = 0; k < live.n; k++)
+    int pick = 0; /* an unknown name, or none: the default certificate */
+    for (int k = 0; name != NULL && live.n > 1 && k < live.n; k++)
         if (X509_check_host(live.cert[k], name, 0, 0, NULL) == 1) {
-            if (k > 0)
-                SSL_set_SSL_CTX(ssl, live.ctx[k]);
-            return SSL_TLSEXT_ERR_OK;
+            pick = k;
+            break;
         }
-    return SSL_TLSEXT_ERR_OK; /* the default certificate */
+    if (SSL_version(ssl) == TLS1_2_VERSION && live.ctx12[pick] != NULL) {
+        /* (Tickets stay with the first context, OpenSSL's session
+         * context: one key set for all.) */
+        SSL_set_SSL_CTX(ssl, live.ctx12[pick]);
+        SSL_set_msg_callback(ssl, NULL);
+    } else if (pick > 0) {
+        SSL_set_SSL_CTX(ssl, live.ctx[pick]);
+    }
+    return SSL_TLSEXT_ERR_OK;
 }
 
 /* Session tickets: sealed with the current shared key; a ticket sealed
@@ -293,8 +308,10 @@ static int ticket_cb(SSL *ssl, unsigned char name[16], unsigned char *iv, EVP_CI
 
 static void ctxset_free(ctxset_t *s)
 {
-    for (int k = 0; k < s->n; k++)
+    for (int k = 0; k < s->n; k++) {
         SSL_CTX_free(s->ctx[k]); /* connections still using one keep it */
+        SSL_CTX_free(s->ctx12[k]);
+    }
     memset(s, 0, sizeof(*s));
 }
 
@@ -317,14 +334,13 @@ static void keylog_cb(const SSL *ssl, const char *line);
 static void msg_cb(int write_p, int version, int content_type, const void *buf, size_t len,
                    SSL *ssl, void *arg);
 
-static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *err, size_t errsz)
+/* A context with every setting but the certificate (see above);
+ * `keylog`: with the key-log and message callbacks (TLS 1.3's switch). */
+static SSL_CTX *ctx_base(bool keylog)
 {
-    char why[256];
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == NULL) {
-        snprintf(err, errsz, "TLS: %s", ssl_reason(why, sizeof(why)));
+    if (ctx == NULL)
         return NULL;
-    }
     int floor = strcmp(sl_conf->tls_min_version, "1.3") == 0 ? TLS1_3_VERSION : TLS1_2_VERSION;
     SSL_CTX_set_min_proto_version(ctx, floor);
     /* IGNORE_UNEXPECTED_EOF: a peer that closes TCP without close_notify
@@ -340,8 +356,37 @@ static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *er
     SSL_CTX_set_alpn_select_cb(ctx, alpn_cb, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx, sni_cb);
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
-    SSL_CTX_set_keylog_callback(ctx, keylog_cb);
-    SSL_CTX_set_msg_callback(ctx, msg_cb);
+    if (keylog) {
+        SSL_CTX_set_keylog_callback(ctx, keylog_cb);
+        SSL_CTX_set_msg_callback(ctx, msg_cb);
+    }
+    return ctx;
+}
+
+/* ctx's twin for TLS 1.2 (ctxset_t): its certificate, key and chain. */
+static SSL_CTX *ctx_twin12(SSL_CTX *ctx)
+{
+    SSL_CTX *tw = ctx_base(false);
+    STACK_OF(X509) *chain = NULL;
+    if (tw == NULL || SSL_CTX_use_certificate(tw, SSL_CTX_get0_certificate(ctx)) != 1 ||
+        SSL_CTX_use_PrivateKey(tw, SSL_CTX_get0_privatekey(ctx)) != 1 ||
+        SSL_CTX_get0_chain_certs(ctx, &chain) != 1 ||
+        (chain != NULL && SSL_CTX_set1_chain(tw, chain) != 1)) {
+        SSL_CTX_free(tw);
+        ERR_clear_error();
+        return NULL; /* TLS 1.2 handshakes keep the first context */
+    }
+    return tw;
+}
+
+static SSL_CTX *ctx_new(const char *cert, const char *key, X509 **leaf, char *err, size_t errsz)
+{
+    char why[256];
+    SSL_CTX *ctx = ctx_base(true);
+    if (ctx == NULL) {
+        snprintf(err, errsz, "TLS: %s", ssl_reason(why, sizeof(why)));
+        return NULL;
+    }
     errno = 0;
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
         snprintf(err, errsz, "--tls-cert %s: %s", cert, ssl_reason(why, sizeof(why)));
@@ -386,6 +431,7 @@ static int set_load(ctxset_t *next, char *err, size_t errsz)
             ctxset_free(next);
             return SL_ERROR;
         }
+        next->ctx12[k] = ctx_twin12(next->ctx[k]);
         next->n = k + 1;
     }
     return SL_OK;
@@ -489,8 +535,9 @@ void sl_tls_rotate_tickets(void)
  *   during the handshake (kept in t->rl, never logged);
  * - the sequence numbers: OpenSSL's message callback counts the records it
  *   read after the client's Finished (must be 0: the handshake is driven
- *   by SSL_do_handshake, and without read-ahead OpenSSL reads record by
- *   record, so none of the client's application records was read) and
+ *   by SSL_do_handshake, and without read-ahead - off for TLS 1.3 from
+ *   the ServerHello on - OpenSSL reads record by record, so none of the
+ *   client's application records was read) and
  *   the records it wrote after our Finished (the NewSessionTicket
  *   records: our write sequence starts there);
  * - nothing pending in OpenSSL (SSL_has_pending) and no shutdown begun.
@@ -522,6 +569,8 @@ typedef struct {
     uint8_t ctl_len, ctl_type;
     uint8_t rd_end;      /* own: 1 the peer's end of stream, 2 an error, to be read next */
     bool peeked;         /* the first byte was looked at */
+    bool ra_wait;        /* OpenSSL's path: its last read wanted the socket (what
+                            read-ahead holds, if anything, is a partial record) */
     bool refused;        /* plain HTTP answered 400: what comes is drained raw */
     bool established;    /* handshake done */
     bool read_wants_write;
@@ -549,6 +598,13 @@ void *sl_tls_accept(int fd)
     }
     SSL_set_app_data(t->ssl, t);
     SSL_set_accept_state(t->ssl);
+    /* Read-ahead: OpenSSL reads what the socket has (a record header and
+     * its body, a flight of several records) in one read(2) instead of
+     * two per record - 2 reads instead of 6 for a resumed TLS 1.2
+     * handshake.  Off again as soon as the ServerHello says TLS 1.3
+     * (msg_cb): the switch to our record layer needs OpenSSL to have read
+     * nothing past the client's Finished. */
+    SSL_set_read_ahead(t->ssl, 1);
     t->fd = fd;
     t->head.ops = &sl_xport_tls;
     return t;
@@ -599,6 +655,12 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf, 
             t->hs_wrote++;
         else if (!write_p && t->cli_fin)
             t->hs_read++;
+    } else if (content_type == SSL3_RT_HANDSHAKE && len > 0 && write_p &&
+               ((const uint8_t *)buf)[0] == SSL3_MT_SERVER_HELLO) {
+        /* The version is chosen (a HelloRetryRequest is a ServerHello
+         * too): read-ahead stays for TLS 1.2 only (sl_tls_accept). */
+        if (SSL_version(ssl) != TLS1_2_VERSION)
+            SSL_set_read_ahead(ssl, 0);
     } else if (content_type == SSL3_RT_HANDSHAKE && len > 0 &&
                ((const uint8_t *)buf)[0] == SSL3_MT_FINISHED) {
         if (write_p)
@@ -1030,10 +1092,12 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
     }
     if (t->established)
         r = SSL_read(t->ssl, buf, (int)SL_MIN(n, (size_t)INT32_MAX));
+    t->ra_wait = false;
     if (r > 0)
         return r;
     switch (SSL_get_error(t->ssl, r)) {
     case SSL_ERROR_WANT_READ:
+        t->ra_wait = true;
         return SL_AGAIN;
     case SSL_ERROR_WANT_WRITE:
         t->read_wants_write = true;
@@ -1244,7 +1308,11 @@ static bool tls_pending(void *ctx)
     tls_conn_t *t = ctx;
     if (t->own)
         return t->left_len > 0 || t->rd_end != 0;
-    return SSL_pending(t->ssl) > 0;
+    /* Decrypted bytes, or (read-ahead, TLS 1.2) records read from the
+     * socket and not opened yet - the socket will not announce those.  A
+     * partial record after a read that wanted the socket is not input:
+     * the rest of it is announced. */
+    return SSL_pending(t->ssl) > 0 || (!t->ra_wait && SSL_has_pending(t->ssl));
 }
 
 static bool tls_read_wants_write(void *ctx)
@@ -1252,6 +1320,11 @@ static bool tls_read_wants_write(void *ctx)
     return ((tls_conn_t *)ctx)->read_wants_write;
 }
 
+static bool tls_heard(void *ctx)
+{
+    return ((tls_conn_t *)ctx)->peeked;
+}
+
 const sl_xport_t sl_xport_tls = {"tls",          tls_read,       tls_flush,
                                  tls_shutdown,   tls_release,    tls_established,
-                                 tls_pending,    tls_read_wants_write};
+                                 tls_pending,    tls_read_wants_write, tls_heard};

@@ -123,15 +123,20 @@ static void ctl_cb(evutil_socket_t fd, short what, void *arg)
         uatomic_add(&w->stats->pending_handoff, -n);
         uatomic_add(&w->stats->accepted, (uint64_t)n);
         for (int k = 0; k < n; k++) {
+            sl_conn_t *c = NULL;
             if (tag == SL_PROC_TAG_TLS) {
                 void *t = sl_tls_accept(fds[k]);
                 if (t == NULL)
                     close(fds[k]); /* counted (tls-handshake-failed) */
                 else
-                    sl_conn_new(fds[k], false, &sl_xport_tls, t);
+                    c = sl_conn_new(fds[k], false, &sl_xport_tls, t);
             } else {
-                sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS, &sl_xport_plain, NULL);
+                c = sl_conn_new(fds[k], tag == SL_PROC_TAG_OPS, &sl_xport_plain, NULL);
             }
+            /* Its first bytes are usually there already: read them now
+             * (the handshake's reply goes out before the next recvmsg). */
+            if (c)
+                sl_conn_read_now(c);
         }
     }
 }

@@ -46,4 +46,5 @@ static bool plain_no(void *ctx)
 }
 
 const sl_xport_t sl_xport_plain = {"tcp",         plain_read, plain_flush, plain_shutdown,
-                                   plain_release, plain_yes,  plain_no,    plain_no};
+                                   plain_release, plain_yes,  plain_no,    plain_no,
+                                   plain_yes};

@@ -183,6 +183,78 @@ def test_sni_picks_the_certificate(server_factory, certs):
     c.close()
 
 
+def test_tls12_sni_and_resumption_across_workers(server_factory, certs):
+    """TLS 1.2 handshakes use a twin of each context without the key-log
+    callback (issue 16, handshake rate): the SNI choice, the chain and the
+    shared session tickets must be the same as with TLS 1.3."""
+    s = tls_server(server_factory, certs, None, "--tls-cert", certs.other[0], "--tls-key",
+                   certs.other[1], workers=2)
+    ctx = certs.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    _, _, a = https_get(s.tls_port, ctx, "/health", host="localhost")
+    _, _, b = https_get(s.tls_port, ctx, "/health", host="other.test")
+    assert a["version"] == b["version"] == "TLSv1.2"
+    assert a["cert"] == pem_der(certs.ec[0])
+    assert b["cert"] == pem_der(certs.other[0])
+    assert a["alpn"] == "http/1.1"
+    # Resumed, on both workers (round robin between idle workers), with
+    # the ticket of the first handshake; the other name too.
+    for _ in range(4):
+        status, _, r = https_get(s.tls_port, ctx, "/health", session=a["session"])
+        assert status == 200 and r["reused"] and r["cert"] == pem_der(certs.ec[0])
+    per = {w["id"]: w["tls-resumed"] for w in s.stats()["workers"]}
+    assert len(per) == 2 and all(n >= 1 for n in per.values()), per
+    status, _, r = https_get(s.tls_port, ctx, "/health", host="other.test", session=b["session"])
+    assert status == 200 and r["reused"] and r["cert"] == pem_der(certs.other[0])
+
+
+def test_tls12_records_read_ahead_together(server_factory, certs):
+    """TLS 1.2 reads ahead (issue 16, handshake rate): one read(2) takes
+    whatever records the socket has, and SSL_read opens one per call.
+    Records left in OpenSSL's buffer are input the socket will not
+    announce again: the end of a resumed handshake and two pipelined
+    requests in one segment must get both answers (with only the first,
+    the second would wait for bytes that never come)."""
+    s = tls_server(server_factory, certs, None, workers=1)
+    ctx = certs.client_context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    _, _, first = https_get(s.tls_port, ctx, "/health")
+    raw = socket.create_connection(("127.0.0.1", s.tls_port), timeout=5 * SLOW)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost", session=first["session"])
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            raw.sendall(out.read())
+            data = raw.recv(65536)
+            assert data, "closed in the handshake"
+            inc.write(data)
+    assert obj.session_reused  # the server's Finished came first: ours is still here
+    obj.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    obj.write(b"GET /stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    raw.sendall(out.read())  # our Finished and two records, in one segment
+    got = b""
+    while b'"workers"' not in got:
+        try:
+            data = raw.recv(65536)
+        except socket.timeout:
+            pytest.fail("the second request was never answered: %r" % got[:200])
+        if not data:
+            break
+        inc.write(data)
+        try:
+            while True:
+                chunk = obj.read(65536)
+                if not chunk:
+                    break  # the server's close_notify
+                got += chunk
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+    assert got.count(b"HTTP/1.1 200") == 2, got[:300]
+    assert b'"healthy"' in got and b'"workers"' in got
+    raw.close()
+
+
 def pem_der(path):
     with open(path) as f:
         return ssl.PEM_cert_to_DER_cert(f.read())
