@@ -228,6 +228,8 @@ struct bchan {
     bool want;          /* this node has subscribers: be subscribed */
     bool holding;       /* a catch-up is in flight: hold new messages */
     bool resync_due;    /* a held join/leave was dropped: presence-resync at the release */
+    bool lapse_due;     /* a lapse's catch-up not sent yet (link full): each beat tries
+                         * again until one is sent (review re17 M1) */
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
     bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
@@ -1215,8 +1217,10 @@ static void lapse_catchups(link_t *l)
     for (uint32_t b = 0; b < BUCKETS; b++)
         for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
             if ((int)ch->shard == l->shard && ch->known && ch->want && ch->sub == SUB_ON &&
-                !ch->holding && !ch->reset_pending && !ch->delete_pending)
+                !ch->holding && !ch->reset_pending && !ch->delete_pending) {
+                ch->lapse_due = true; /* cleared when its catch-up is sent */
                 start_catchup(ch, CU_NEW);
+            }
 }
 
 static void done_heartbeat(cmd_t *c, redisReply *r)
@@ -2163,6 +2167,7 @@ static void start_catchup(bchan_t *ch, int turn)
         return;
     }
     c->counted = true;
+    ch->lapse_due = false;
     l->ncatchup++;
     cu_shown(l);
 }
@@ -2250,6 +2255,11 @@ static void reconcile(void)
             if (count != c->synced)
                 sync_count(c, count);
             subscribe_chan(c);
+            if (c->lapse_due && (!c->want || c->delete_pending))
+                c->lapse_due = false; /* nobody here to tell: nothing to make again */
+            else if (c->lapse_due && c->known && c->sub == SUB_ON && !c->holding &&
+                     !c->cu_waiting && !c->reset_pending && B.link[c->shard].state == L_UP)
+                start_catchup(c, CU_NEW); /* refused when the lapse came (link full) */
             chan_maybe_free(c);
         }
     }

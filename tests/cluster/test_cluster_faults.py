@@ -1872,3 +1872,36 @@ def test_channels_expired_during_a_long_stall_work_again(cluster, redis):
         assert [(m["data"], m["seq"]) for m in got] == [("after", r["seq"])], got
         assert a.stats()["cluster"]["broker"]["presence-reasserts"] >= 1  # the lapse seen
     run(go())
+
+
+def test_lapse_catch_ups_refused_by_a_full_link_are_sent_later(cluster, redis):
+    """Review re17 M1: the lapse's catch-ups go out right after the
+    lapse's SYNCs; a link that refuses them (here: 8 commands in flight at
+    most, a test-build bound) left the expired channels unmade for good and
+    their subscriber never told.  Now each beat sends the ones refused."""
+    from conftest import CRASH_BIN
+    needs_own_redis()
+    (a,) = cluster(1, "--channel-linger-ms", "300", "--redis-timeout-ms", "60000",
+                   "--worker-stall-ms", "60000", "--worker-stall-kill-ms", "120000",
+                   binary=CRASH_BIN, env={"SL_TEST_INFLIGHT_MAX": "8"})
+    (b,) = cluster(1, "--redis-timeout-ms", "60000")
+    chans = [f"st{i}" for i in range(12)]
+
+    async def go():
+        xs = [await Client.open(a) for _ in chans]  # one subscriber per channel
+        for x, ch in zip(xs, chans):
+            assert (await x.subscribe(ch))["success"]
+        pids = node_pids(a)
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(
+                wait_for, lambda: all(redis.cli("EXISTS", f"sl:{{{ch}}}:c") == "0"
+                                      for ch in chans), 40, what="the channels expired")
+        finally:
+            for p in reversed(pids):
+                os.kill(p, signal.SIGCONT)
+        # Each channel made again (a new epoch): each subscriber told.
+        codes = [await closed_with(x, timeout=20) for x in xs]
+        assert codes == [1012] * len(chans), codes
+    run(go())
