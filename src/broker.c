@@ -2635,7 +2635,13 @@ static void done_presence(cmd_t *c, redisReply *r)
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
-    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made))) {
+    /* A not-found is kept only while this node has no interest in the
+     * channel (review rb17 M1): a JOIN waiting in ch->joins for its
+     * SUBSCRIBE, or subscribers here (want), may make it any moment, after
+     * this answer was read - its own subscriber must not be told "no such
+     * channel". */
+    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made && ch->joins == NULL &&
+                                  !ch->want))) {
         ch->stats_at_ms = sl_mono_ms();
         ch->stats_clients = st == SL_BR_OK ? rint_(el(r, 0)) : -1;
         ch->stats_users = st == SL_BR_OK ? rint_(el(r, 1)) : -1;
@@ -3524,6 +3530,7 @@ static void link_up(link_t *l)
         size_t len = strlen(cc->name);
         if (link_of(cc->name, len) != l)
             continue;
+        stats_forget_missing(cc->name, len); /* re-created here (rb17 M1) */
         cmd_t *c = cmd_new(l, C_ENSURE, NULL);
         char ep[16];
         new_epoch(ep);
