@@ -99,12 +99,20 @@
  * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
 static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
-/* `history` pages in flight on one link, by the max-bytes each may bring
- * back (review rv17 H1: every connection may have one in flight; many of
- * them must not hold the link, and every node's commands on that Redis,
- * behind pages it copies and this process parses).  Past it the request
- * is refused overloaded (history-refused); one is always let through. */
+/* `history` pages in flight on one link (this node's connection to one
+ * Redis), by what each may bring back (review rv17 H1: every connection
+ * may have one in flight; many of them must not hold the link, and every
+ * node's commands on that Redis, behind pages it copies and this process
+ * parses).  A request past it waits, in request order, on the link's wait
+ * list (review rb17 M2: back-pressure, not a refusal - its connection
+ * reads nothing more meanwhile, so the list is bounded by the node's
+ * connections; HISTORY_WAIT_MAX is the hard cap, past it overloaded,
+ * history-refused).  One page is always let through. */
 #define HISTORY_INFLIGHT_BYTES (8u << 20)
+#define HISTORY_WAIT_MAX 4096
+/* What one stored message may take in a page, at most: its data (at most
+ * --max-message-size) and the envelope around it. */
+#define HISTORY_ITEM_OVERHEAD 1024
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
  * half of --max-outbound-bytes): a subscription-result nearly all of it
@@ -293,6 +301,8 @@ struct link {
     uint32_t ninflight;
     uint64_t inflight_bytes;
     uint64_t history_bytes; /* max-bytes of the history pages in flight (HISTORY_INFLIGHT_BYTES) */
+    struct hist_wait *hw_head, *hw_tail; /* requests waiting for it (FIFO) */
+    uint32_t nhw;
     int64_t backoff_ms;
     int64_t connect_ms;   /* mono ms the connection attempt began */
     int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
@@ -307,6 +317,7 @@ struct link {
 static struct {
     struct event_base *base;
     struct event *wake_ev, *tick_ev, *beat_ev, *sig_ev;
+    struct event *hist_ev; /* made active when a page's budget is given back */
     link_t link[SL_BROKER_SHARDS];
     uint32_t nlinks;
     bchan_t *map[BUCKETS];
@@ -533,6 +544,10 @@ static void cmd_free(cmd_t *c)
     if (c->hist_bytes) {
         c->link->history_bytes -= c->hist_bytes;
         uatomic_set(&BSTATS->link[c->link->shard].history_bytes, c->link->history_bytes);
+        /* Waiting requests are sent from the loop, not from here (cmd_free
+         * runs inside hiredis callbacks and link_fail). */
+        if (c->link->hw_head)
+            event_active(B.hist_ev, 0, 0);
     }
     free(c->buf);
     json_decref(c->ctx);
@@ -3049,6 +3064,88 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
  * subscriber of the channel has none; one that stopped following it has a
  * stale one).  One read-only script; on the channel's shard's command
  * connection, so it runs after every publish this node sent before it. */
+typedef struct hist_wait {
+    struct hist_wait *next;
+    sl_inbox_entry_t e; /* its msg already released (NULL) */
+    json_t *j;          /* the request (one reference) */
+    uint64_t want;
+} hist_wait_t;
+
+/* True when the worker has given up on the request (told its client
+ * broker-timeout, or will), or it is from before a broker respawn. */
+static bool given_up(const sl_inbox_entry_t *e, int64_t now)
+{
+    return (e->deadline && now > e->deadline) ||
+           (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff);
+}
+
+/* What a page may take: max-bytes, or fewer if limit messages of at most
+ * --max-message-size each take less (review rb17 M2: a `limit:1` does not
+ * hold a whole max-bytes of the budget).  The first message goes in a page
+ * whatever its size, so never less than one message. */
+static uint64_t history_want(json_t *j)
+{
+    int64_t mb = jint(j, "max-bytes"), lim = jint(j, "limit");
+    uint64_t item = (uint64_t)sl_conf->max_message_size + SL_CHAN_ID_MAX + HISTORY_ITEM_OVERHEAD;
+    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
+    if (lim >= 0 && lim <= SL_HISTORY_LIMIT_MAX && (uint64_t)lim * item < want)
+        want = (uint64_t)lim * item;
+    return SL_MAX(want, 1);
+}
+
+static void history_send(link_t *l, const sl_inbox_entry_t *e, json_t *j, uint64_t want);
+
+static bool history_fits(const link_t *l, uint64_t want)
+{
+    return l->history_bytes == 0 || l->history_bytes + want <= HISTORY_INFLIGHT_BYTES;
+}
+
+/* Sends the waiting requests that now fit, in order; drops those whose
+ * worker has given up (all of them when sweep: from the tick). */
+static void history_pump(link_t *l, bool sweep)
+{
+    int64_t now = sl_mono_ms();
+    if (sweep) {
+        l->hw_tail = NULL;
+        for (hist_wait_t **p = &l->hw_head; *p;) {
+            hist_wait_t *w = *p;
+            if (given_up(&w->e, now)) {
+                *p = w->next;
+                l->nhw--;
+                uatomic_add(&BSTATS->expired, 1);
+                json_decref(w->j);
+                free(w);
+            } else {
+                l->hw_tail = w;
+                p = &w->next;
+            }
+        }
+    }
+    while (l->hw_head) {
+        hist_wait_t *w = l->hw_head;
+        bool gone = given_up(&w->e, now);
+        if (!gone && !history_fits(l, w->want))
+            break;
+        l->hw_head = w->next;
+        if (l->hw_head == NULL)
+            l->hw_tail = NULL;
+        l->nhw--;
+        if (gone)
+            uatomic_add(&BSTATS->expired, 1);
+        else
+            history_send(l, &w->e, w->j, w->want);
+        json_decref(w->j);
+        free(w);
+    }
+    uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+}
+
+static void hist_cb(evutil_socket_t fd, short what, void *arg)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        history_pump(&B.link[i], false);
+}
+
 static void req_history(const sl_inbox_entry_t *e, json_t *j)
 {
     size_t len;
@@ -3056,12 +3153,35 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
     link_t *l = link_of(id, len);
-    int64_t mb = jint(j, "max-bytes");
-    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
-    if (l->history_bytes && l->history_bytes + want > HISTORY_INFLIGHT_BYTES) {
-        uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
-        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    uint64_t want = history_want(j);
+    if (l->hw_head || !history_fits(l, want)) {
+        hist_wait_t *w = l->nhw < HISTORY_WAIT_MAX ? malloc(sizeof(*w)) : NULL;
+        if (w == NULL) {
+            uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        }
+        w->next = NULL;
+        w->e = *e;
+        w->e.msg = NULL; /* released by drain_queue */
+        w->j = json_incref(j);
+        w->want = want;
+        if (l->hw_tail)
+            l->hw_tail->next = w;
+        else
+            l->hw_head = w;
+        l->hw_tail = w;
+        l->nhw++;
+        uatomic_add(&BSTATS->link[l->shard].history_waited, 1);
+        uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+        return;
     }
+    history_send(l, e, j, want);
+}
+
+static void history_send(link_t *l, const sl_inbox_entry_t *e, json_t *j, uint64_t want)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
     cmd_t *c = cmd_new(l, C_HISTORY, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -3107,8 +3227,7 @@ static void done_history(cmd_t *c, redisReply *r)
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
-    if ((e->deadline && sl_mono_ms() > e->deadline) ||
-        (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff)) {
+    if (given_up(e, sl_mono_ms())) {
         /* The worker has given up on it (told its client broker-timeout,
          * or will): doing it now would act behind the client's back. */
         uatomic_add(&BSTATS->expired, 1);
@@ -3578,6 +3697,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         link_resolved(l);
+        history_pump(l, true);
         char why[128];
         const cmd_t *oldest = oldest_timed(l);
         if (oldest && now - oldest->sent_ms > bound) {
@@ -3829,11 +3949,12 @@ int sl_broker_main(int tel_fd)
     B.sig_ev = event_new(B.base, sfd, EV_READ | EV_PERSIST, signal_cb, NULL);
     B.wake_ev = event_new(B.base, sl_broker_wake_fd, EV_READ | EV_PERSIST, wake_cb, NULL);
     B.tick_ev = event_new(B.base, -1, EV_PERSIST, tick_cb, NULL);
+    B.hist_ev = event_new(B.base, -1, 0, hist_cb, NULL);
     B.beat_ev = event_new(B.base, -1, EV_PERSIST, beat_cb, NULL);
     /* The tick also makes this process's progress visible to the master
      * (a quiescent state every turn, at least every 20 ms). */
     struct timeval tick = {0, 20 * 1000}, beat = {HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000};
-    if (!B.sig_ev || !B.wake_ev || !B.tick_ev || !B.beat_ev || event_add(B.sig_ev, NULL) ||
+    if (!B.sig_ev || !B.wake_ev || !B.tick_ev || !B.beat_ev || !B.hist_ev || event_add(B.sig_ev, NULL) ||
         event_add(B.wake_ev, NULL) || event_add(B.tick_ev, &tick) || event_add(B.beat_ev, &beat))
         return 1;
     for (uint32_t i = 0; i < B.nlinks; i++) {
@@ -3843,6 +3964,7 @@ int sl_broker_main(int tel_fd)
         set_reason(&B.link[i], "connecting");
         uatomic_set(&BSTATS->link[i].down_since_ms, sl_now_ms());
         uatomic_set(&BSTATS->link[i].history_bytes, 0); /* a dead broker's pages are gone */
+        uatomic_set(&BSTATS->link[i].history_waiting, 0);
     }
     uatomic_set(&BSTATS->nshards, B.nlinks);
 
