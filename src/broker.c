@@ -3201,15 +3201,57 @@ static void history_send(link_t *l, const sl_inbox_entry_t *e, json_t *j, uint64
     cmd_script(c, SL_BRS_HISTORY, 2, &a);
 }
 
+#ifdef SL_CRASHPOINTS
+/* The test build delays every history answer by SL_TEST_HISTORY_DELAY_MS
+ * (review rb17 L1): a channel message that arrives meanwhile must wait on
+ * the subscriber's connection behind the pending history-result (the
+ * worker's per-channel deferred slot), which a test can then see. */
+static int64_t history_delay_ms;
+
+typedef struct {
+    int worker;
+    uint64_t tag;
+    uint32_t status;
+    json_t *doc;
+} late_answer_t;
+
+static void late_answer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    late_answer_t *la = arg;
+    answer(la->worker, la->tag, la->status, la->doc);
+    wake_flush();
+    json_decref(la->doc);
+    free(la);
+}
+#endif
+
+static void history_answer(cmd_t *c, uint32_t status, json_t *doc)
+{
+#ifdef SL_CRASHPOINTS
+    late_answer_t *la = history_delay_ms > 0 && !c->answered ? malloc(sizeof(*la)) : NULL;
+    if (la) {
+        *la = (late_answer_t){c->worker, c->tag, status, json_incref(doc)};
+        struct timeval tv = {history_delay_ms / 1000, (history_delay_ms % 1000) * 1000};
+        if (event_base_once(B.base, -1, EV_TIMEOUT, late_answer_cb, la, &tv) == 0) {
+            c->answered = true;
+            return;
+        }
+        json_decref(la->doc);
+        free(la);
+    }
+#endif
+    cmd_answer(c, status, doc);
+}
+
 static void done_history(cmd_t *c, redisReply *r)
 {
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        cmd_answer(c, no_reply(r), NULL);
+        history_answer(c, no_reply(r), NULL);
         return;
     }
     int64_t st = rint_(el(r, 0));
     if (st != 0) {
-        cmd_answer(c, (uint32_t)st, NULL);
+        history_answer(c, (uint32_t)st, NULL);
         return;
     }
     /* As publish parsed them (JSON_ALLOW_NUL: a \u0000 in data). */
@@ -3220,7 +3262,7 @@ static void done_history(cmd_t *c, redisReply *r)
                                  (json_int_t)rint_(el(r, 2)), "more", rint_(el(r, 3)) != 0,
                                  "messages", msgs)
                      : NULL;
-    cmd_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
+    history_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
     json_decref(d);
 }
 
@@ -3914,6 +3956,9 @@ int sl_broker_main(int tel_fd)
         if (m && atoi(m) > 0)
             purge_slice = (uint32_t)atoi(m);
         purge_kill = getenv("SL_TEST_PURGE_KILL");
+        m = getenv("SL_TEST_HISTORY_DELAY_MS");
+        if (m && atoi(m) > 0)
+            history_delay_ms = atoi(m);
     }
 #endif
     snprintf(B.prefix, sizeof(B.prefix), "%s", sl_conf->redis_prefix);

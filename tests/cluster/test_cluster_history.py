@@ -10,7 +10,7 @@ import os
 import signal
 import time
 
-from conftest import SLOW, Redis, needs_own_redis, wait_for
+from conftest import CRASH_BIN, SLOW, Redis, needs_own_redis, wait_for
 from test_cluster import Client, broker_pid, collect, run
 from test_cluster_faults import numsub, shard_of
 
@@ -540,4 +540,35 @@ def test_history_pipelined_while_the_broker_is_stopped(cluster):
         await publish(q, chans[1], "after")
         assert not [m for m in q.inbox if m.get("type") == "history-result"], q.inbox
         assert broker_pid(b) == pid  # not replaced: the same broker answered
+    run(go())
+
+
+def test_channel_message_waits_behind_a_pending_history(cluster):
+    """Review rv17 L1 / rb17 L1: while a subscriber's `history` of a channel
+    is pending, a message of that channel for it waits behind the
+    history-result (the worker's per-channel deferred slot), so the page
+    and what follows it arrive in order.  The test build's broker delays
+    every history answer (SL_TEST_HISTORY_DELAY_MS) so that a publish on
+    another node lands while the history is pending."""
+    delay = int(1500 * SLOW)
+    a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", str(delay + 5000),
+                   *NS, workers=1, binary=CRASH_BIN,
+                   env={"SL_TEST_HISTORY_DELAY_MS": str(delay)})
+
+    async def go():
+        s = await Client.open(b)
+        assert (await s.subscribe("h:order"))["success"]
+        pub = await Client.open(a)
+        await publish(pub, "h:order", {"n": 1})
+        m = await s.of_type("channel-message", 10)
+        assert m["data"] == {"n": 1}, m
+        await s.send(type="history", **{"channel-id": "h:order"})
+        await asyncio.sleep(delay / 3000)  # the history is read, its answer held
+        await publish(pub, "h:order", {"n": 2})
+        first = json.loads(await asyncio.wait_for(s.ws.recv(), delay / 1000 + 10))
+        assert first["type"] == "history-result", first
+        assert first["success"] and [p["data"] for p in first["publications"]] == [{"n": 1}], first
+        m = await s.of_type("channel-message", 10)
+        assert m["data"] == {"n": 2}, m
+
     run(go())
