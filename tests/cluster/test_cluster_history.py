@@ -540,6 +540,19 @@ def test_history_pipelined_while_the_broker_is_stopped(cluster):
         await publish(q, chans[1], "after")
         assert not [m for m in q.inbox if m.get("type") == "history-result"], q.inbox
         assert broker_pid(b) == pid  # not replaced: the same broker answered
+        # Review rb17 L3: the closed client's request left nothing behind -
+        # the link's page budget is all given back, nothing waits for it,
+        # a new connection's history is served, and (ASan build) the node
+        # log has no sanitizer report.
+        link = b.stats()["cluster"]["redis"][0]
+        wait_for(lambda: b.stats()["cluster"]["redis"][0]["history-bytes"] == 0,
+                 timeout=10, what="B's page budget given back")
+        assert link["history-waiting"] == 0 and link["history-refused"] == 0, link
+        fresh = await Client.open(b)
+        r = await history(fresh, chans[0])
+        assert r["success"] and seqs(r) == [1], r
+        err = b.stderr()
+        assert "AddressSanitizer" not in err and "runtime error:" not in err, err
     run(go())
 
 
