@@ -498,7 +498,7 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "redis.call('SET', KEYS[1], ARGV[2])\n"
     "return {0, left}\n",
 
-    /* PRES_SYNC  KEYS p nodepr m ps  ARGV id node join-leave entries mode cursor:
+    /* PRES_SYNC  KEYS p nodepr m ps  ARGV id node join-leave entries mode cursor slice:
      * after a connect, this node's entries of channel id made equal to what
      * its registry has (`entries`: "conn-id\nentry\n" for each), so what a
      * lost link kept from Redis (a PRES_SET or PRES_DEL refused or lost) is
@@ -512,9 +512,13 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * list (leaves); the last deletes ps.  A sweep without ps (expired:
      * the pass took 10 minutes, or lost) removes nothing.  Every state
      * between calls is valid (entries added, none wrongly removed).
+     * Mode "all" removes at most about 2 x `slice` entries (review rx17
+     * M2): when p holds more than `slice` entries past the wanted ones, it
+     * works as "first" (ps then lists the wanted ones and "", so it exists
+     * when none is wanted) and answers sweep 1: the caller sweeps.
      * A channel gone or deleted (no c, or its tombstone x): this node's
      * entries of it go, nothing published (review ro17 L3).
-     * Returns {added, removed, next sweep cursor ("0": done)}. */
+     * Returns {added, removed, next sweep cursor ("0": done), sweep}. */
     [SL_BRS_PRES_SYNC] = LUA_CONN_NO
     "local base = string.sub(KEYS[3], 1, -2)\n"
     "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
@@ -545,8 +549,11 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  listed()\n"
     "  return {0, removed, r[1]}\n"
     "end\n"
-    "local want = {}\n"
-    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do want[c] = e end\n"
+    "local want, nwant, sweep = {}, 0, 0\n"
+    "for c, e in string.gmatch(ARGV[4], '([^\\n]*)\\n([^\\n]*)\\n') do\n"
+    "  want[c] = e; nwant = nwant + 1 end\n"
+    "if mode == 'all' and redis.call('HLEN', KEYS[1]) > nwant + tonumber(ARGV[7]) then\n"
+    "  mode = 'first'; sweep = 1 end\n"
     "local keep = mode == 'first' or (mode == 'more' and redis.call('EXISTS', KEYS[4]) == 1)\n"
     "if mode ~= 'more' then redis.call('DEL', KEYS[4]) end\n"
     "if mode == 'all' then\n"
@@ -565,9 +572,10 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "    if ARGV[3] == '1' then tell('join', c, e) end\n"
     "  end\n"
     "end\n"
+    "if sweep == 1 then redis.call('SADD', KEYS[4], '') end\n"
     "if keep then redis.call('PEXPIRE', KEYS[4], 600000) end\n"
     "listed()\n"
-    "return {added, removed, '0'}\n",
+    "return {added, removed, '0', sweep}\n",
     /* HISTORY  KEYS c h  ARGV since reverse limit max-bytes min-at: a page of the
      * channel's history (docs/protocol.md 4.11), read only: {0, epoch, last,
      * more, msgs} (msgs in page order), {2} no such channel (or deleted).  The

@@ -191,13 +191,15 @@ static void cluster_metrics(out_t *o, json_t *cl)
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
     single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),
-           "Channels whose presence entries in Redis were rewritten after a connect.");
+           "Channel rewrites of presence entries in Redis completed (one per channel, not per slice).");
     single(o, "broker_presence_sync_changes_total", "counter", num(b, "presence-sync-changes"),
            "Entries that rewrite added or removed (a join or leave published each).");
     single(o, "broker_presence_sync_rewalks_total", "counter", num(b, "presence-sync-rewalks"),
            "Slices of a big channel's rewrite walked from the list head (their checkpoint had left).");
     single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
            "Channels not rewritten: more local subscribers than one script takes (1000).");
+    single(o, "broker_presence_sync_errors_total", "counter", num(b, "presence-sync-errors"),
+           "Presence rewrites abandoned for an error answer from Redis (retried after a backoff).");
     single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
            "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
     single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),

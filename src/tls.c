@@ -940,7 +940,11 @@ static ssize_t own_read(int fd, tls_conn_t *t, uint8_t *buf, size_t n)
          * and making them again (an allocation and a cipher fetch each),
          * and the residue is one key, readable only by whoever can read
          * this process's memory, which holds every live connection's
-         * keys anyway. */
+         * keys anyway.  The plaintext handed on lands in the worker's
+         * read buffer and the connection's input, which are not
+         * cleansed (as for a plain connection): the wipe here keeps the
+         * record layer's own buffers clean, not the process (review
+         * ra16 F2). */
         OPENSSL_cleanse(p, len);
     }
     if (read_opened > SL_TLS_READ_RECORDS && SL_FAULT("tls.read.over-budget")) {
