@@ -110,7 +110,7 @@ CRASH_OBJ := $(patsubst %.c,$(BUILD)/crash/%.o,$(LIB_SRC))
 CRASH_LIB := $(BUILD)/libsente-crash.a
 CRASH_TESTS := $(BUILD)/tests/test_killpoints $(BUILD)/tests/test_access
 
-.PHONY: all check check-fast check-asan check-unit check-integration install uninstall deb clean \
+.PHONY: all check check-fast check-asan check-bins check-unit check-integration install uninstall deb clean \
         check-autobahn-full format bench-shm bench-tel bench bench-quick bench-auth bench-cleanup \
         bench-presence bench-presync bench-profile mutation-check bench-cluster check-cluster bench-hostile
 
@@ -267,14 +267,25 @@ bench-quick: $(BIN) $(BUILD)/sente-bench
 check-unit: $(UNIT_BIN)
 	tests/run-unit.sh $(UNIT_BIN)
 
+# Two pytest-xdist processes (PYTEST_JOBS; the machine has 2 cores; tests/integration/
+# conftest.py gives each its own share of free ports), then the tests marked
+# "alone" (a bound on time under their own load) by themselves.  Each run
+# prints its own "N passed ... in Xs" line; scripts/test.sh adds them up.
+PYTEST_JOBS ?= 2
+# --dist loadscope: a module's tests stay in one process, in order (module-
+# scoped servers; test_malformed_http's last test counts what the others sent).
+PYTEST_PAR = -n $(PYTEST_JOBS) --dist loadscope -m "not alone"
+PYTEST_ALONE = -m alone
 check-integration: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests/integration
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_PAR) tests/integration; \
+	rc=$$?; SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ALONE) tests/integration || rc=1; exit $$rc
 
 # Nodes joined through a real redis-server (Debian's; tests/cluster/conftest.py
 # starts one per test on a free loopback port).  SENTE_TEST_REDIS_URL runs
 # them against an external Redis instead.
 check-cluster: $(BIN) $(CRASH_BIN)
-	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 tests/cluster
+	SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(PYTEST_PAR) tests/cluster; \
+	rc=$$?; SENTE_LITE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ALONE) tests/cluster || rc=1; exit $$rc
 
 # Unit and integration runs one after the other: both start processes and
 # time things, and running them side by side would only add noise.
@@ -295,9 +306,24 @@ check-asan:
 	scripts/phase.sh asan-autobahn $(MAKE) SAN=1 check-autobahn
 	scripts/phase.sh asan-web $(MAKE) SAN=1 check-web
 
+# Every binary the check-* phases run (more below, after their rules).
+check-bins: $(UNIT_BIN) $(BIN) $(CRASH_BIN)
+
+# The normal build first, then the sanitizer build in the background, at
+# nice 19, while the normal phases run: they mostly wait (about half a core
+# used), and a nice-19 compile only takes the CPU they leave (a woken test
+# process preempts it at once), so the phases see no more load than before.
+# The sanitizer phases start once both are done; its log is
+# build-asan/check-bins.log, shown when it failed.
 check:
-	$(MAKE) check-fast
-	$(MAKE) check-asan
+	scripts/phase.sh build $(MAKE) check-bins
+	@mkdir -p build-asan; \
+	nice -n 19 scripts/phase.sh asan-build-beside $(MAKE) SAN=1 check-bins \
+	    > build-asan/check-bins.log 2>&1 & pid=$$!; \
+	$(MAKE) check-fast; rc=$$?; \
+	wait $$pid; brc=$$?; grep '^phase ' build-asan/check-bins.log; \
+	if [ $$brc -ne 0 ]; then echo "the sanitizer build failed:"; tail -n 40 build-asan/check-bins.log; fi; \
+	[ $$rc -eq 0 ] && $(MAKE) check-asan
 
 # Files under /etc are installed only when absent: an operator's edits are
 # never overwritten (the Debian package marks them as conffiles instead).
@@ -398,6 +424,7 @@ all: $(BUILD)/sente-bench
 check-integration: $(BUILD)/sente-bench
 # tests/integration/test_tls_mem.py runs the tool of the same build.
 check-integration: $(BUILD)/tls-mem
+check-bins: $(BUILD)/sente-bench $(BUILD)/tls-mem
 
 $(BUILD)/sente-bench: $(SB_SRC) $(SB_HDR)
 	@mkdir -p $(dir $@)
@@ -436,6 +463,7 @@ $(BUILD)/fuzz/replay_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB) $(LDLIBS)
 
+check-bins: $(FUZZ_REPLAY)
 check-fuzz: $(FUZZ_REPLAY)
 	@passed=0; failed=0; \
 	for t in $(FUZZ_TARGETS); do \

@@ -141,7 +141,15 @@ typedef struct sl_sub {
     int32_t worker;
     uint32_t slot;
     uint64_t sub_no;    /* from the registry's next_sub_no when it was made: the list descends */
-    uint32_t chan_len;  /* key = id "\n" conn-id */
+    uint16_t chan_len;  /* key = id "\n" conn-id (id: at most SL_CHAN_ID_MAX) */
+    /* 1 while a --redis subscribe waits for the cluster's JOIN (its
+     * subscription-result not sent yet): the broker's presence rewrite
+     * leaves it out (review ro17 L2).  Set before the subscription is
+     * linked; cleared once by its worker (sl_chan_sub_confirm), a single
+     * store read by the broker - either value is a valid state (a worker
+     * killed before it clears it has its subscriptions removed anyway). */
+    uint8_t join_pending;
+    uint8_t spare;
     uint16_t user_len;  /* 0: anonymous */
     uint16_t info_len;  /* 0: no info */
     /* key NUL [user NUL] [info NUL], allocated to fit: 88 B (the offset
@@ -183,6 +191,7 @@ typedef struct {
     uint64_t conn_no; /* the n of conn-<ms>-<n>: not told of its own join / leave (0: none) */
     const char *user; /* NULL: anonymous */
     const char *info; /* compact JSON (at most 1 KiB), NULL: none */
+    bool join_pending; /* a --redis subscribe: unconfirmed until sl_chan_sub_confirm */
 } sl_chan_who_t;
 
 /* Channel ids: 1..128 bytes of valid UTF-8 without control characters. */
@@ -218,6 +227,10 @@ int sl_chan_unsubscribe(sl_reg_t *r, sl_chan_t *c, const char *conn_id, uint64_t
 /* Whether conn_id is subscribed to this incarnation of the channel (a
  * deleted channel has no subscribers).  Reader side: caller online. */
 bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id);
+/* conn_id's subscription of c, made with who->join_pending, is confirmed
+ * (the cluster's JOIN answered: clears join_pending).  Its own worker,
+ * inside its read-side section. */
+void sl_chan_sub_confirm(sl_reg_t *r, const sl_chan_t *c, const char *conn_id);
 
 typedef struct {
     const char *data_json; /* the "data" value, compact JSON */

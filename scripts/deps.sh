@@ -30,7 +30,7 @@ pkgs="gcc make pkg-config libc6-dev libevent-dev libjansson-dev liburcu-dev libs
 for opt in "$@"; do
     case "$opt" in
     --test)
-        pkgs="$pkgs python3 python3-pytest python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl redis-server"
+        pkgs="$pkgs python3 python3-pytest python3-pytest-xdist python3-websockets python3-prometheus-client python3-jwt python3-cryptography openssl procps curl redis-server"
         pkgs="$pkgs python3-autobahn python3-twisted python3-jinja2 python3-openssl python3-service-identity"
         ;;
     --fuzz) pkgs="$pkgs clang libclang-rt-dev" ;;

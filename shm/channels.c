@@ -381,7 +381,8 @@ static int subscribe_locked(sl_reg_t *r, sl_chan_t *c, const char *key, size_t k
     /* Registry-wide (review r15 L2); a number taken by a process killed
      * before it subscribed is only skipped. */
     s->sub_no = c->sub_seq = uatomic_add_return(&r->next_sub_no, 1);
-    s->chan_len = c->node.klen;
+    s->chan_len = (uint16_t)c->node.klen;
+    s->join_pending = who && who->join_pending; /* before the list and table link it */
     s->user_len = (uint16_t)ulen;
     s->info_len = (uint16_t)ilen;
     s->node.key = s->key;
@@ -482,6 +483,17 @@ bool sl_chan_is_subscriber(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
      * belongs to the incarnation the caller found. */
     size_t klen = sub_key(key, c, conn_id);
     return sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen) != NULL;
+}
+
+void sl_chan_sub_confirm(sl_reg_t *r, const sl_chan_t *c, const char *conn_id)
+{
+    char key[SL_SUB_KEY_MAX];
+    if (strlen(conn_id) >= SL_CONN_ID_MAX)
+        return;
+    size_t klen = sub_key(key, c, conn_id);
+    sl_table_node_t *n = sl_table_lookup(r->subs, sl_table_hash(key, klen), key, klen);
+    if (n)
+        uatomic_set(&((sl_sub_t *)n)->join_pending, 0); /* one store (see sl_sub_t) */
 }
 
 /* Remove subscription s of c (on the list and in the table), telling the

@@ -235,6 +235,7 @@ struct bchan {
     int sub;            /* SUB_* on the shard's pub/sub connection */
     bool want;          /* this node has subscribers: be subscribed */
     bool holding;       /* a catch-up is in flight: hold new messages */
+    bool resync_due;    /* a held join/leave was dropped: presence-resync at the release */
     uint64_t catchup_gen; /* of the catch-up that counts (its cmd's gen): a reply
                            * of an older one (voided by a reset) is ignored */
     bool cu_waiting;    /* on its link's list of catch-ups waiting for a turn */
@@ -358,6 +359,7 @@ static void start_catchup(bchan_t *ch, int turn);
 static void catchup_next(link_t *l);
 static void publish_snapshot(void);
 static void work_add(bchan_t *ch);
+static void pres_resync(bchan_t *ch);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -918,6 +920,7 @@ static void chan_reset(bchan_t *ch, const char *epoch, uint64_t last)
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", epoch);
     ch->last = last;
     ch->known = true;
+    ch->resync_due = false; /* its subscribers are told (1012): they ask presence anew */
     /* What waits was of the old position: gone with it. */
     free_msgs(ch->backlog);
     B.nbacklog -= ch->nbacklog;
@@ -980,6 +983,7 @@ static bool local_delete(bchan_t *ch)
     ch->backlog_bytes = 0;
     drop_held(ch);
     ch->holding = false;
+    ch->resync_due = false; /* its subscribers are told (channel-deleted) */
     ch->reset_pending = false;
     ch->delete_pending = rc == SL_CHAN_OVERLOADED || rc == SL_CHAN_NO_MEMORY;
     if (ch->delete_pending)
@@ -1009,6 +1013,12 @@ static void release_held(bchan_t *ch)
         if (ch->known && (!same || m->seq > ch->last + 1))
             chan_reset(ch, m->epoch, m->seq - 1);
         chan_deliver(ch, m);
+    }
+    if (ch->resync_due && !ch->holding) {
+        /* A join or leave dropped by the hold bound (rj17 L1): told after
+         * what was held, so presence asked then includes it. */
+        ch->resync_due = false;
+        pres_resync(ch);
     }
 }
 
@@ -1208,6 +1218,22 @@ static void pres_pass_start(link_t *l);
 static void counts_unknown(link_t *l);
 static void reconcile(void);
 
+/* After a lapse of this node's heartbeat key: the channels only this node
+ * subscribed to were let linger, and may have expired in Redis if the
+ * lapse outlasted --channel-linger-ms (their record gone: every publish
+ * refused channel-not-found, nothing would make them again).  Each channel
+ * of l is caught up: the catch-up makes a lost one again (a new epoch:
+ * its subscribers here are told, 1012, and resubscribe); one that lives
+ * answers with what it missed, if anything (issue 17's known gap). */
+static void lapse_catchups(link_t *l)
+{
+    for (uint32_t b = 0; b < BUCKETS; b++)
+        for (bchan_t *ch = B.map[b]; ch; ch = ch->next)
+            if ((int)ch->shard == l->shard && ch->known && ch->want && ch->sub == SUB_ON &&
+                !ch->holding && !ch->reset_pending && !ch->delete_pending)
+                start_catchup(ch, CU_NEW);
+}
+
 static void done_heartbeat(cmd_t *c, redisReply *r)
 {
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2)
@@ -1227,6 +1253,7 @@ static void done_heartbeat(cmd_t *c, redisReply *r)
         counts_unknown(l);
         reconcile();
         pres_pass_start(l);
+        lapse_catchups(l);
     }
     l->beat_ok = true;
     if (l->shard != 0)
@@ -1402,8 +1429,11 @@ static void backlog_overflow(bchan_t *ch, bmsg_t *m)
 {
     uint64_t n = ch->nbacklog + 1;
     char epoch[BR_EPOCH];
-    snprintf(epoch, sizeof(epoch), "%s", m->epoch);
-    uint64_t last = m->seq;
+    /* A join / leave has no position of its own (its seq is the channel's
+     * when it arrived, before a catch-up it waited for): the reset is at
+     * the channel's newest, never back (rj17 L1). */
+    snprintf(epoch, sizeof(epoch), "%s", m->presence ? ch->epoch : m->epoch);
+    uint64_t last = m->presence ? ch->last : m->seq;
     free(m);
     uatomic_add(&BSTATS->dropped, n);
     SL_TEL(SL_EV_REDIS_DISCONNECTED, SL_WARN, SL_TF_SN("channel-id", ch->id, ch->idlen),
@@ -1563,6 +1593,17 @@ static void hold(bchan_t *ch, bmsg_t *m)
                       : ch->held_bytes + bytes > node_max / 4 ? "hold bound (channel bytes)"
                       : B.held_bytes + bytes > node_max       ? "hold bound (node bytes)"
                                                               : NULL;
+    if (why && m->presence) {
+        /* A join or leave that does not fit: dropped, counted, and the
+         * channel's join-leave subscribers told presence-resync once what
+         * is held is released - not a reset at its position, the channel's
+         * before the gap, whose next live message would be a gap again and
+         * start the same catch-up (rj17 L1).  A join storm costs no reset. */
+        free(m);
+        uatomic_add(&BSTATS->presence_lost, 1);
+        ch->resync_due = true;
+        return;
+    }
     if (why) {
         uatomic_add(&BSTATS->dropped, ch->nheld + 1);
         uatomic_add(&BSTATS->hold_resets, 1);
@@ -2734,6 +2775,8 @@ typedef struct {
 static int pres_entry_cb(const sl_sub_t *s, void *arg)
 {
     pres_text_t *t = arg;
+    if (uatomic_read(&s->join_pending))
+        return 0; /* its JOIN not answered: not a member yet (ro17 L2) */
     /* A slice's bound in entries and in bytes (review ro17 M2: one script
      * a few ms of Redis at most, whatever the infos' size). */
     if (++t->n > pres_sync_max || t->len >= PRES_SYNC_BYTES) {
@@ -3538,6 +3581,7 @@ static void link_fail(link_t *l, const char *why)
                 ch->holding = false;
                 drop_held(ch);
             }
+            ch->resync_due = false; /* told at the resubscribe */
             ch->page_due = false;
             ch->cu_waiting = false;
             ch->cu_next = NULL;

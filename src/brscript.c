@@ -355,7 +355,12 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * for all of them at once, rm17 M2); the renewal under way is recorded in
      * `renew` (cursor, base, for which run id), shared by every node that
      * connects meanwhile, and the run id is recorded only when the last slice is
-     * done - a broker that dies half-way leaves it for the next.  Returns {0}
+     * done - a broker that dies half-way leaves it for the next.  A channel's
+     * new epoch is the 8-character base and the renewal's counter in base 36,
+     * modulo 36^7 (at most 7 digits: 15 characters, BR_EPOCH, whatever the
+     * count - in decimal 10^7 channels made it 16, malformed: rg17 L6; the
+     * base is new each renewal, so a wrapped counter repeats no old epoch
+     * of its channel).  Returns {0}
      * (same Redis), {1} (renewal finished by this call), {2} (no data: nothing to
      * renew), {3} (more slices: call again). */
     [SL_BRS_EPOCHS] =
@@ -373,10 +378,17 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
     "  redis.call('HSET', KEYS[3], 'cursor', cur, 'base', base, 'for', ARGV[1], 'n', 0)\n"
     "end\n"
     "local s = redis.call('SSCAN', KEYS[2], cur, 'COUNT', ARGV[4])\n"
+    "local digits = '0123456789abcdefghijklmnopqrstuvwxyz'\n"
     "for _, id in ipairs(s[2]) do\n"
     "  local c = ARGV[3] .. ':{' .. id .. '}:c'\n"
     "  if redis.call('EXISTS', c) == 1 then\n"
-    "    redis.call('HSET', c, 'epoch', base .. redis.call('HINCRBY', KEYS[3], 'n', 1))\n"
+    "    local n, e = redis.call('HINCRBY', KEYS[3], 'n', 1) % 78364164096, ''\n"
+    "    repeat\n"
+    "      local d = n % 36\n"
+    "      e = string.sub(digits, d + 1, d + 1) .. e\n"
+    "      n = (n - d) / 36\n"
+    "    until n == 0\n"
+    "    redis.call('HSET', c, 'epoch', base .. e)\n"
     "  end\n"
     "end\n"
     "if s[1] == '0' then\n"

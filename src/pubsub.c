@@ -571,7 +571,8 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         const sl_ident_t *me = sl_session_ident(c);
         sl_chan_who_t who = {.conn_no = c->conn_no,
                              .user = me ? me->user : NULL,
-                             .info = me ? me->info : NULL};
+                             .info = me ? me->info : NULL,
+                             .join_pending = sl_cluster};
         uint64_t woken = 0;
         notes_at = uatomic_read(&REG->inboxes[sl_conns.id]->missed_n);
         rc = already ? SL_CHAN_ALREADY
@@ -841,8 +842,15 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
             .join_leave = ch->config.join_leave};
         sl_chan_set_config(ch, &cfg);
     }
-    if (j->joined_here && i >= 0)
+    if (j->joined_here && i >= 0) {
+        /* Confirmed before its PRES_SET is queued: a rewrite that runs
+         * after this lists it (the PRES_SET then only repeats it), one
+         * before it does not - it is written by the PRES_SET, which comes
+         * after the rewrite on the same connection (review ro17 L2). */
+        if (ch)
+            sl_chan_sub_confirm(REG, ch, c->conn_id);
         cluster_presence(c, j->id, j->len, true, ch && ch->config.join_leave);
+    }
     const char *epoch = json_string_value(json_object_get(res, "epoch"));
     bool recovered = json_is_true(json_object_get(res, "recovered"));
     uint64_t last = (uint64_t)json_integer_value(json_object_get(res, "last"));

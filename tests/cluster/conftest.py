@@ -37,18 +37,27 @@ class Redis:
     def __init__(self, tmp_path, name="redis"):
         self.dir = tmp_path / name
         self.dir.mkdir(exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}"
         self.proc = None
-        self.start()
+        for attempt in range(5):
+            # free_port's port may be taken before redis-server binds it
+            # (it exits then): start again on another.
+            self.port = free_port()
+            self.url = f"redis://127.0.0.1:{self.port}"
+            if self.start(first=attempt < 4):
+                break
 
-    def start(self):
+    def start(self, first=False):
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no",
              "--logfile", str(self.dir / "redis.log"), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self.ping, timeout=10, what="redis-server up")
+
+        def up():
+            if first and self.proc.poll() is not None:
+                return "exited"
+            return self.ping()
+        return wait_for(up, timeout=10, what="redis-server up") is True
 
     def cli(self, *args):
         return subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True,
@@ -128,6 +137,14 @@ def cluster(tmp_path, redis, request):
             if failed or rc != 0:
                 print("node stderr:\n" + s.stderr())
             assert rc == 0, f"node exited with {rc}: {s.stderr()}"
+
+
+def pytest_configure(config):
+    # make check-integration / check-cluster run the tests in two
+    # pytest-xdist processes ("-m 'not alone'"), then the ones marked alone
+    # by themselves ("-m alone"): tests that hold a bound on time under
+    # their own load, where a second test beside them would be noise.
+    config.addinivalue_line("markers", "alone: run by itself, after the parallel run")
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -420,6 +420,7 @@ def test_node_killed_others_lose_nothing(cluster):
     c.stopped = True
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_redis_stopped_publishes_fail_fast_then_resume(cluster, redis):
     needs_own_redis()
     a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "500")
@@ -435,9 +436,12 @@ def test_redis_stopped_publishes_fail_fast_then_resume(cluster, redis):
         used0 = a.stats()["shared-memory"]["used-bytes"]
         os.kill(redis.proc.pid, signal.SIGSTOP)
         try:
+            # Until 20 publishes were refused after the one in flight when
+            # the link was found dead (10 s at most): the asserts below hold
+            # from then on, publishing longer only cost time.
             refused, unknown, slowest = 0, 0, 0.0
             t_end = time.time() + 10
-            while time.time() < t_end:
+            while time.time() < t_end and not (refused > 20 and unknown >= 1):
                 t0 = time.time()
                 await pub.send(type="publish", **{"channel-id": "live"}, data="during")
                 r = await pub.of_type("publish-result", timeout=10)
@@ -576,6 +580,7 @@ def test_broker_killed_respawned_and_catches_up(cluster):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_hung_broker_is_answered_for_and_replaced(cluster):
     """A stopped broker: requests are answered within the bound (outcome
     unknown: broker-timeout), /health says the broker is stalled, and the

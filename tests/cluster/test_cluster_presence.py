@@ -979,3 +979,249 @@ def test_presence_stats_not_found_is_not_kept_while_a_join_waits(cluster, redis)
         print("rounds where the other client was told not-found:", raced, "subscriber told not-found:", bad)
         assert bad == []
     run(go())
+
+
+def test_join_leave_keep_their_place_during_a_catch_up(cluster, redis):
+    """Review rj17 L3: joins and leaves are held with the channel's
+    messages while it catches up, and released in their place.  Node A
+    (through a relay) loses its link while its broker is stopped and B
+    publishes 0..9; A catches up and the relay holds the catch-up's
+    answer, while B publishes 10..14, a client joins on B, 15..19, it
+    leaves, 20..24.  A's watcher sees the same sequence as B's watcher:
+    the join between 14 and 15, the leave between 19 and 20.  Delivered
+    at once instead of held, the join and leave come before 0..9."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        async def go():
+            wa, wb = await Client.open(a), await Client.open(b)
+            for w in (wa, wb):
+                assert (await w.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            for w in (wa, wb):
+                await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
+                w.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(10):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            for i in range(10, 15):
+                await publish(pub, "room", i)
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            for i in range(15, 20):
+                await publish(pub, "room", i)
+            await mover.send(type="unsubscribe", **{"channel-id": "room"})
+            assert (await mover.of_type("unsubscription-result"))["success"]
+            for i in range(20, 25):
+                await publish(pub, "room", i)
+            await publish(pub, "room", "end")
+            # B's watcher has it all; A's waits for the answer.
+            await wb.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=20)
+            await asyncio.sleep(0.5)  # what A would deliver too early, it has by now
+            relay.release()
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            keep = lambda x: x[0] == "m" or x[1] == mover.conn_id  # noqa: E731
+            return ([x for x in kinds(wa.inbox, "room") if keep(x)],
+                    [x for x in kinds(wb.inbox, "room") if keep(x)], mover.conn_id)
+
+        sa, sb, mid = run(go())
+        want = ([("m", i) for i in range(15)] + [("join", mid)] +
+                [("m", i) for i in range(15, 20)] + [("leave", mid)] +
+                [("m", i) for i in range(20, 25)])
+        assert sb == want, sb
+        assert sa == want, sa
+    finally:
+        relay.close()
+
+
+def test_join_past_the_hold_bound_is_a_resync_not_a_reset(cluster, redis):
+    """Review rj17 L1: a join or leave that does not fit a channel's hold
+    (here its byte bound: a quarter of --redis-max-held-bytes 64K) was a
+    hold reset at the position it carried - the channel's before the gap -
+    so its subscribers were closed (1012) and the next live message was a
+    gap again.  Now it is dropped, counted in presence-lost, and the
+    channel's subscribers are told presence-resync after what was held;
+    nothing is reset and no message is lost.  Node A (through a relay)
+    catches up with its answer held; B publishes two messages filling the
+    hold to within 40 bytes, then a client joins on B."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-max-held-bytes", "64K", "--redis-timeout-ms", "15000",
+                       urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        def broker():
+            return a.stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await Client.open(a)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            wa.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(5):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            resyncs = broker()["presence-resyncs"]  # the resubscribe's own note
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= 1, 10, what="note")
+            n0 = broker()["held"]  # that note, held
+            await publish(pub, "room", "x" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 1, 10, what="held")
+            # (held-bytes counts the resubscribe's presence-resync note too:
+            # one message's size is what a second of 1000 bytes adds.)
+            h1 = broker()["held-bytes"]
+            await publish(pub, "room", "y" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 2, 10, what="held")
+            per = broker()["held-bytes"] - h1  # one such message: overhead + 1000
+            room = 16384 - broker()["held-bytes"]
+            big = "z" * (room - (per - 1000) - 40)
+            await publish(pub, "room", big)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 3, 10, what="held")
+            left = 16384 - broker()["held-bytes"]
+            assert 0 <= left <= 60, left
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            await asyncio.to_thread(wait_for, lambda: broker()["presence-lost"] == 1, 10,
+                                    what="the join dropped")
+            st = broker()
+            assert st["hold-resets"] == 0 and st["held"] == n0 + 3, st
+            relay.release()
+            await publish(pub, "room", "end")
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            seen = []
+            for m in wa.inbox:
+                if m.get("type") == "channel-message":
+                    seen.append(("m", m["data"] if len(str(m["data"])) < 100 else "big"))
+                elif m.get("type") in ("join", "leave", "presence-resync"):
+                    seen.append((m["type"],))
+            st = broker()
+            return seen, st, resyncs
+
+        seen, st, resyncs = run(go())
+        # The resubscribe's note after what the catch-up brought, then
+        # what was held, then the note for the dropped join (no join).
+        assert seen == ([("m", i) for i in range(5)] + [("presence-resync",)] +
+                        [("m", "big")] * 3 + [("presence-resync",)]), seen
+        assert st["hold-resets"] == 0 and st["reset-channels"] == 0, st
+        assert st["presence-resyncs"] == resyncs + 1, st
+    finally:
+        relay.close()
+
+
+def test_rewrite_leaves_out_subscribes_waiting_for_their_join(cluster, redis):
+    """Review ro17 L2: the presence rewrite (PRES_SYNC: after a connect, a
+    lapse, a dead worker) listed every subscription in the registry -
+    also one whose subscribe still waited for the cluster's JOIN: its join
+    was announced before its subscription-result (to itself too), and for
+    a subscribe the cluster then refused, a join and a leave of a
+    subscription that never was.  Node A (through a relay that holds
+    Redis's answers from y's JOIN on) has y subscribing to "room" and y2
+    to "full" (max-subscribers 1, taken on B: refused), both on worker 0;
+    worker 1 (z, on "room") is SIGKILLed, so the rewrite runs while both
+    JOINs wait (its scripts run in Redis; Redis's slow log shows them).
+    B's watchers see no join of y or y2 then; after the release y's join
+    comes once, after its subscription-result, and y2's subscribe is
+    refused with nothing announced."""
+    needs_own_redis()
+    import json as _json
+    from test_cluster_faults import Relay
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=1",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=1")
+        node_a = a.stats()["cluster"]["node-id"]
+
+        def syncs_of(ch):
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "--json", "SLOWLOG", "GET",
+                                  "100000"], capture_output=True, text=True, timeout=10).stdout
+            pkey = f"sl:{{{ch}}}:p:{node_a}"
+            return [e for e in _json.loads(out) if e[3][0].upper() == "EVALSHA" and
+                    len(e[3]) == 13 and e[3][3] == pkey and e[3][7] == ch]
+
+        async def go():
+            wb = await Client.open(b)
+            assert (await wb.subscribe("room"))["success"]
+            w2 = await Client.open(b)
+            assert (await w2.subscribe("full"))["success"]
+            z = await on_worker(a, 1)
+            assert (await z.subscribe("room"))["success"]
+            await wb.next(lambda m: m.get("type") == "join", timeout=10)  # z's
+            y = await on_worker(a, 0)
+            y2 = await on_worker(a, 0)
+            redis.cli("CONFIG", "SET", "slowlog-log-slower-than", "0")
+            redis.cli("CONFIG", "SET", "slowlog-max-len", "100000")
+            redis.cli("SLOWLOG", "RESET")
+            relay.hold_answers(b"{room}:c")  # y's JOIN: from it on, A hears nothing
+            await y.send(type="subscribe", **{"channel-id": "room"})
+            await y2.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.sleep(0.5)  # both JOINs sent (their answers held)
+            os.kill(a.stats()["workers"][1]["pid"], signal.SIGKILL)
+            await asyncio.to_thread(wait_for, lambda: syncs_of("room") and syncs_of("full"),
+                                    20, what="the rewrite of room and full after the kill")
+            await asyncio.sleep(0.5)  # what it published has reached B
+            for w in (wb, w2):
+                try:
+                    await w.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for w in (wb, w2) for m in w.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert ("join", y.conn_id) not in told and ("join", y2.conn_id) not in told, told
+            relay.release()
+            r = await y.of_type("subscription-result", timeout=20)
+            assert r["success"], r
+            r2 = await y2.of_type("subscription-result", timeout=20)
+            assert not r2["success"] and r2["reason"] == "max-subscribers-reached", r2
+            assert not [m for m in y.inbox + y2.inbox if m.get("type") in ("join", "leave")]
+            m = await wb.next(lambda m: m.get("type") == "join" and
+                              m["info"]["conn-id"] == y.conn_id, timeout=10)
+            assert m["channel-id"] == "room"
+            await asyncio.sleep(1)
+            for w in (wb, w2):
+                try:
+                    await w.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for w in (wb, w2) for m in w.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert ("join", y.conn_id) not in told, told  # once
+            assert not [t for t in told if t[1] == y2.conn_id], told  # y2: nothing
+        run(go())
+    finally:
+        relay.close()

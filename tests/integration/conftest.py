@@ -3,6 +3,7 @@ and stop it at the end of each test (SIGTERM, then a bounded wait)."""
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,12 +20,27 @@ SLOW = 3.0 if "asan" in BIN else 1.0
 CRASH_BIN = BIN + "-crash"
 
 
+# pytest-xdist (make check-integration runs these tests in two processes):
+# each worker takes only its own share of the kernel's free ports, so two
+# workers never hand the same port to two servers.  Linux gives bind(0) odd
+# ports, so the share is by port / 2.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_WORKER_INDEX = int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port free now (bind to 0, close).  Someone else (another
+    program, a client's connect) may still take it before the server binds
+    it: Server retries its start on new ports when it finds it taken."""
+    for _ in range(1000):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if (port >> 1) % _WORKERS == _WORKER_INDEX:
+            return port
+    raise AssertionError("no free port of this worker's share")
 
 
 def wait_for(pred, timeout=5.0, interval=0.02, what="condition"):
@@ -61,22 +77,36 @@ def title_of(pid):
                           text=True).stdout.strip()
 
 
+class PortTaken(Exception):
+    """The server could not bind a port free_port() had found free."""
+
+
 class Server:
     def __init__(self, tmp_path, args, env, workers, ops=False, binary=None):
-        self.port = free_port()
-        if ops:  # operator endpoints on a listener of their own
-            args = list(args) + ["--ops-listen", f"127.0.0.1:{free_port()}"]
-        # HTTP requests go where /health, /stats ... are served.
-        self.ops_port = int(args[list(args).index("--ops-listen") + 1].rsplit(":", 1)[1]) \
-            if "--ops-listen" in args else None
-        self.http_port = self.ops_port or self.port
+        self.tmp_path, self.args, self.env, self.binary = tmp_path, list(args), env, binary
+        self.ops = ops
         self.log = str(tmp_path / "sente.log")
         self.errlog = str(tmp_path / "stderr.log")
         self.workers = workers
-        cmd = [binary or BIN, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
-               "--log-file", self.log] + list(args)
+        self.starts = 0
+        self._start()
+
+    def _start(self):
+        """Start the binary on ports chosen now (free_port: the listener's,
+        and the ops listener's with ops=True)."""
+        self.starts += 1
+        self.port = free_port()
+        args = list(self.args)
+        if self.ops:  # operator endpoints on a listener of their own
+            args += ["--ops-listen", f"127.0.0.1:{free_port()}"]
+        # HTTP requests go where /health, /stats ... are served.
+        self.ops_port = int(args[args.index("--ops-listen") + 1].rsplit(":", 1)[1]) \
+            if "--ops-listen" in args else None
+        self.http_port = self.ops_port or self.port
+        cmd = [self.binary or BIN, "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+               str(self.workers), "--log-file", self.log] + args
         full_env = dict(os.environ)
-        full_env.update(env or {})
+        full_env.update(self.env or {})
         self.err = open(self.errlog, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.err, stderr=self.err, env=full_env)
         self.pid = self.proc.pid
@@ -109,9 +139,23 @@ class Server:
     def wait_ready(self):
         def ready():
             if self.proc.poll() is not None:
-                raise AssertionError("server exited early: " + self.stderr())
+                err = self.stderr()
+                # Only the ports chosen here can be chosen again: a port a
+                # test passed itself (in args) is its own business.
+                taken = re.search(r"cannot listen on 127\.0\.0\.1:(\d+) .*Address already in use", err)
+                own = (self.port, self.ops_port if self.ops else self.port)
+                if taken and int(taken.group(1)) in own and self.starts < 5:
+                    raise PortTaken(err.strip())
+                raise AssertionError("server exited early: " + err)
             return self.healthy()
-        wait_for(ready, timeout=10, what="server ready")
+        while True:
+            try:
+                wait_for(ready, timeout=10, what="server ready")
+                return
+            except PortTaken as e:
+                print(f"port taken before the server bound it, starting again: {e}")
+                self.err.close()
+                self._start()
 
     def worker_pids(self):
         return [w["pid"] for w in self.stats()["workers"]]
@@ -174,6 +218,14 @@ def server_factory(tmp_path, request):
 @pytest.fixture
 def server(server_factory):
     return server_factory()
+
+
+def pytest_configure(config):
+    # make check-integration / check-cluster run the tests in two
+    # pytest-xdist processes ("-m 'not alone'"), then the ones marked alone
+    # by themselves ("-m alone"): tests that hold a bound on time under
+    # their own load, where a second test beside them would be noise.
+    config.addinivalue_line("markers", "alone: run by itself, after the parallel run")
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

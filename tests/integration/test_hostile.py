@@ -85,20 +85,26 @@ def close_code(ws):
         return None
 
 
-def send_until_refused(sock, data, limit_bytes, seconds):
+def send_until_refused(sock, data, limit_bytes, seconds, stalled=1.0):
     """Write data repeatedly (non-blocking) until the server stops taking
-    it, closes, or the bounds pass; returns the bytes written."""
+    it, closes, or the bounds pass; returns the bytes written.  "Stops
+    taking it": nothing written for `stalled` seconds (x SLOW) - both socket
+    buffers are full and the server reads no more (back-pressure); waiting
+    out the whole `seconds` after that only cost time."""
     sock.setblocking(False)
-    sent, off, deadline = 0, 0, time.time() + seconds * SLOW
-    while sent < limit_bytes and time.time() < deadline:
+    now = time.time()
+    sent, off, deadline, progress = 0, 0, now + seconds * SLOW, now
+    while sent < limit_bytes and now < deadline and now - progress < stalled * SLOW:
         try:
             n = sock.send(data[off:])  # a partial send continues where it stopped
             sent += n
             off = (off + n) % len(data)
+            progress = time.time()
         except BlockingIOError:
             time.sleep(0.005)
         except OSError:
             break
+        now = time.time()
     sock.setblocking(True)
     return sent
 
@@ -357,14 +363,20 @@ def test_json_error_cut_inside_utf8_still_answered(server):
 
 # ------------------------------------------------- the hostile kinds of finding 7
 
-@pytest.mark.parametrize("kind,payload,code,reason", [
+# The frames carry random masks: the test ids are the kinds alone, the same
+# in every pytest-xdist worker (which must collect identical ids).
+HOSTILE_FRAMES = [
     ("unmasked", frame(OP_TEXT, "hi", mask=False), 1002, "protocol-error"),
     ("reserved-opcode", frame(3, b"x"), 1002, "protocol-error"),
     ("rsv-bits", frame(OP_TEXT, "x", rsv=0x40), 1002, "protocol-error"),
     ("bad-utf8", frame(OP_TEXT, b"\xc3\x28"), 1007, "invalid-utf8"),
     ("oversize-length", bytes([0x81, 0xFF]) + struct.pack(">Q", 1 << 40) + b"mask", 1009,
      "message-too-big"),
-])
+]
+
+
+@pytest.mark.parametrize("kind,payload,code,reason", HOSTILE_FRAMES,
+                         ids=[f[0] for f in HOSTILE_FRAMES])
 def test_hostile_frames(server_factory, kind, payload, code, reason):
     srv = server_factory(workers=1)
     ws = opened(srv)

@@ -148,6 +148,8 @@ def kind(m):
     return None
 
 
+# Failed once beside another test in the -n 2 ASan run at load 7-8 (suite5).
+@pytest.mark.alone
 def test_join_leave_ordered_with_messages_on_both_workers(server_factory):
     srv = server_factory("--join-leave", workers=2)
     w0, w1 = on_worker(srv, 0), on_worker(srv, 1)

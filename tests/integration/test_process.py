@@ -230,6 +230,7 @@ def test_request_under_way_at_stop_is_answered_connection_close(server_factory):
     srv.stopped = True
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_preconnect_is_closed_at_once_at_stop(server_factory):
     """A connection open for a while with nothing sent (a browser's
     preconnect) does not hold the stop up to the drain deadline (3 s)."""

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 
+import pytest
 import websockets
 
 from conftest import CRASH_BIN, SLOW, wait_for
@@ -262,6 +263,7 @@ def test_full_inbox_closes_subscribers_1013_and_they_recover(server_factory):
 
 # ------------------------------------------------- the frozen worker
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_frozen_worker_30s_under_load(server_factory):
     """One worker SIGSTOPped for 30 s while a publisher publishes - as fast as
     it can until the stopped worker's inbox is full and publishes skip it,

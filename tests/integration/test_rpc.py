@@ -5,6 +5,7 @@ import json
 import statistics
 import time
 
+import pytest
 import websockets
 
 from conftest import SLOW, wait_for
@@ -136,6 +137,7 @@ def test_first_response_wins(server):
     assert len(winners) == ROUNDS
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_timeout_once_and_late_response_refused(server):
     async def go():
         req, svc = await on_workers(server.url, [0, 1])

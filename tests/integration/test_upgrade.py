@@ -419,6 +419,7 @@ def start_slow(tmp_path, seconds, *extra):
                  env=shim_env(so, SL_TEST_SLOW_NEW_MASTER_S=str(seconds)))
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_new_master_accepts_only_once_ready(tmp_path):
     """While the new master's workers are not up it accepts nothing (a
     connection it took would wait for them) and has not written the pid

@@ -1515,7 +1515,8 @@ static void test_presence_slot_kept_for_later_losses(void)
  * class.  Change the table with these numbers. */
 static void test_sub_sizes_in_the_design_note(void)
 {
-    /* Issue 15 added sub_no, user_len and info_len (12 bytes, 76 -> 88). */
+    /* Issue 15 added sub_no, user_len and info_len (12 bytes, 76 -> 88);
+     * review ro17 L2 join_pending and a spare byte in chan_len's half. */
     SL_CHECK_INT(offsetof(sl_sub_t, key), 88);
     SL_CHECK(offsetof(sl_sub_t, key) + 39 + 1 <= 128);
     SL_CHECK(offsetof(sl_sub_t, key) + 40 + 1 > 128);
