@@ -10,13 +10,9 @@ import os
 import signal
 import time
 
-<<<<<<< HEAD
-from conftest import CRASH_BIN, SLOW, Redis, needs_own_redis, wait_for
-=======
 import pytest
 
-from conftest import SLOW, Redis, needs_own_redis, wait_for
->>>>>>> main
+from conftest import CRASH_BIN, SLOW, Redis, needs_own_redis, wait_for
 from test_cluster import Client, broker_pid, collect, run
 from test_cluster_faults import numsub, shard_of
 
