@@ -362,6 +362,7 @@ def test_pipelined_history_one_in_flight(cluster, redis):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_history_page_budget_per_link(cluster, redis):
     """Review rv17 H1 (the rest), rb17 M2: many connections, each with one
     big-page `history` in flight, on one node.  The node's link carries at
@@ -453,6 +454,7 @@ def test_history_page_budget_per_link(cluster, redis):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_history_small_page_waits_behind_looping_big_pages(cluster, redis):
     """Review rb17 M2: 8 connections loop big-page histories on one node;
     another client's `limit:1` histories wait their turn and are answered,
@@ -563,6 +565,7 @@ def test_history_pipelined_while_the_broker_is_stopped(cluster):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_channel_message_waits_behind_a_pending_history(cluster):
     """Review rv17 L1 / rb17 L1: while a subscriber's `history` of a channel
     is pending, a message of that channel for it waits behind the
