@@ -207,7 +207,9 @@ typedef struct {
     uint32_t catchups_waiting;   /* catch-ups waiting for one of those turns (holding) */
     uint64_t catchups_waited;    /* catch-ups that had to wait for a turn (counter) */
     uint64_t history_bytes;      /* max-bytes of the history pages in flight (gauge) */
-    uint64_t history_refused;    /* history requests refused: the link's page budget was full */
+    uint64_t history_refused;    /* history requests refused: the budget and its wait list were full */
+    uint64_t history_waiting;    /* history requests waiting for the page budget (gauge) */
+    uint64_t history_waited;     /* history requests that had to wait for it (counter) */
     char down_reason[96];
 } sl_broker_link_t;
 

@@ -99,12 +99,20 @@
  * SL_TEST_INFLIGHT_MAX, so a test fills a link with a few commands. */
 static uint32_t inflight_max = INFLIGHT_MAX;
 #define HISTORY_MAX_BYTES (4u << 20) /* history one subscription-result may carry */
-/* `history` pages in flight on one link, by the max-bytes each may bring
- * back (review rv17 H1: every connection may have one in flight; many of
- * them must not hold the link, and every node's commands on that Redis,
- * behind pages it copies and this process parses).  Past it the request
- * is refused overloaded (history-refused); one is always let through. */
+/* `history` pages in flight on one link (this node's connection to one
+ * Redis), by what each may bring back (review rv17 H1: every connection
+ * may have one in flight; many of them must not hold the link, and every
+ * node's commands on that Redis, behind pages it copies and this process
+ * parses).  A request past it waits, in request order, on the link's wait
+ * list (review rb17 M2: back-pressure, not a refusal - its connection
+ * reads nothing more meanwhile, so the list is bounded by the node's
+ * connections; HISTORY_WAIT_MAX is the hard cap, past it overloaded,
+ * history-refused).  One page is always let through. */
 #define HISTORY_INFLIGHT_BYTES (8u << 20)
+#define HISTORY_WAIT_MAX 4096
+/* What one stored message may take in a page, at most: its data (at most
+ * --max-message-size) and the envelope around it. */
+#define HISTORY_ITEM_OVERHEAD 1024
 
 /* ... and at most what fits the bound on one reply (sl_conn_reply_max,
  * half of --max-outbound-bytes): a subscription-result nearly all of it
@@ -305,6 +313,8 @@ struct link {
     uint32_t ninflight;
     uint64_t inflight_bytes;
     uint64_t history_bytes; /* max-bytes of the history pages in flight (HISTORY_INFLIGHT_BYTES) */
+    struct hist_wait *hw_head, *hw_tail; /* requests waiting for it (FIFO) */
+    uint32_t nhw;
     int64_t backoff_ms;
     int64_t connect_ms;   /* mono ms the connection attempt began */
     int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
@@ -319,6 +329,7 @@ struct link {
 static struct {
     struct event_base *base;
     struct event *wake_ev, *tick_ev, *beat_ev, *sig_ev;
+    struct event *hist_ev; /* made active when a page's budget is given back */
     link_t link[SL_BROKER_SHARDS];
     uint32_t nlinks;
     bchan_t *map[BUCKETS];
@@ -546,6 +557,10 @@ static void cmd_free(cmd_t *c)
     if (c->hist_bytes) {
         c->link->history_bytes -= c->hist_bytes;
         uatomic_set(&BSTATS->link[c->link->shard].history_bytes, c->link->history_bytes);
+        /* Waiting requests are sent from the loop, not from here (cmd_free
+         * runs inside hiredis callbacks and link_fail). */
+        if (c->link->hw_head)
+            event_active(B.hist_ev, 0, 0);
     }
     free(c->buf);
     json_decref(c->ctx);
@@ -2729,7 +2744,13 @@ static void done_presence(cmd_t *c, redisReply *r)
     uint32_t st = presence_result(c, r, &d);
     cmd_answer(c, st, d);
     bchan_t *ch = c->what == C_PRES_STATS ? c->ch : NULL;
-    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made))) {
+    /* A not-found is kept only while this node has no interest in the
+     * channel (review rb17 M1): a JOIN waiting in ch->joins for its
+     * SUBSCRIBE, or subscribers here (want), may make it any moment, after
+     * this answer was read - its own subscriber must not be told "no such
+     * channel". */
+    if (ch && (st == SL_BR_OK || (st == SL_BR_NOT_FOUND && !ch->stats_made && ch->joins == NULL &&
+                                  !ch->want))) {
         ch->stats_at_ms = sl_mono_ms();
         ch->stats_clients = st == SL_BR_OK ? rint_(el(r, 0)) : -1;
         ch->stats_users = st == SL_BR_OK ? rint_(el(r, 1)) : -1;
@@ -3234,6 +3255,88 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
  * subscriber of the channel has none; one that stopped following it has a
  * stale one).  One read-only script; on the channel's shard's command
  * connection, so it runs after every publish this node sent before it. */
+typedef struct hist_wait {
+    struct hist_wait *next;
+    sl_inbox_entry_t e; /* its msg already released (NULL) */
+    json_t *j;          /* the request (one reference) */
+    uint64_t want;
+} hist_wait_t;
+
+/* True when the worker has given up on the request (told its client
+ * broker-timeout, or will), or it is from before a broker respawn. */
+static bool given_up(const sl_inbox_entry_t *e, int64_t now)
+{
+    return (e->deadline && now > e->deadline) ||
+           (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff);
+}
+
+/* What a page may take: max-bytes, or fewer if limit messages of at most
+ * --max-message-size each take less (review rb17 M2: a `limit:1` does not
+ * hold a whole max-bytes of the budget).  The first message goes in a page
+ * whatever its size, so never less than one message. */
+static uint64_t history_want(json_t *j)
+{
+    int64_t mb = jint(j, "max-bytes"), lim = jint(j, "limit");
+    uint64_t item = (uint64_t)sl_conf->max_message_size + SL_CHAN_ID_MAX + HISTORY_ITEM_OVERHEAD;
+    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
+    if (lim >= 0 && lim <= SL_HISTORY_LIMIT_MAX && (uint64_t)lim * item < want)
+        want = (uint64_t)lim * item;
+    return SL_MAX(want, 1);
+}
+
+static void history_send(link_t *l, const sl_inbox_entry_t *e, json_t *j, uint64_t want);
+
+static bool history_fits(const link_t *l, uint64_t want)
+{
+    return l->history_bytes == 0 || l->history_bytes + want <= HISTORY_INFLIGHT_BYTES;
+}
+
+/* Sends the waiting requests that now fit, in order; drops those whose
+ * worker has given up (all of them when sweep: from the tick). */
+static void history_pump(link_t *l, bool sweep)
+{
+    int64_t now = sl_mono_ms();
+    if (sweep) {
+        l->hw_tail = NULL;
+        for (hist_wait_t **p = &l->hw_head; *p;) {
+            hist_wait_t *w = *p;
+            if (given_up(&w->e, now)) {
+                *p = w->next;
+                l->nhw--;
+                uatomic_add(&BSTATS->expired, 1);
+                json_decref(w->j);
+                free(w);
+            } else {
+                l->hw_tail = w;
+                p = &w->next;
+            }
+        }
+    }
+    while (l->hw_head) {
+        hist_wait_t *w = l->hw_head;
+        bool gone = given_up(&w->e, now);
+        if (!gone && !history_fits(l, w->want))
+            break;
+        l->hw_head = w->next;
+        if (l->hw_head == NULL)
+            l->hw_tail = NULL;
+        l->nhw--;
+        if (gone)
+            uatomic_add(&BSTATS->expired, 1);
+        else
+            history_send(l, &w->e, w->j, w->want);
+        json_decref(w->j);
+        free(w);
+    }
+    uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+}
+
+static void hist_cb(evutil_socket_t fd, short what, void *arg)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        history_pump(&B.link[i], false);
+}
+
 static void req_history(const sl_inbox_entry_t *e, json_t *j)
 {
     size_t len;
@@ -3241,12 +3344,35 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
     if (id == NULL || len > SL_CHAN_ID_MAX)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
     link_t *l = link_of(id, len);
-    int64_t mb = jint(j, "max-bytes");
-    uint64_t want = mb > 0 ? (uint64_t)mb : 1;
-    if (l->history_bytes && l->history_bytes + want > HISTORY_INFLIGHT_BYTES) {
-        uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
-        return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+    uint64_t want = history_want(j);
+    if (l->hw_head || !history_fits(l, want)) {
+        hist_wait_t *w = l->nhw < HISTORY_WAIT_MAX ? malloc(sizeof(*w)) : NULL;
+        if (w == NULL) {
+            uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
+            return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
+        }
+        w->next = NULL;
+        w->e = *e;
+        w->e.msg = NULL; /* released by drain_queue */
+        w->j = json_incref(j);
+        w->want = want;
+        if (l->hw_tail)
+            l->hw_tail->next = w;
+        else
+            l->hw_head = w;
+        l->hw_tail = w;
+        l->nhw++;
+        uatomic_add(&BSTATS->link[l->shard].history_waited, 1);
+        uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+        return;
     }
+    history_send(l, e, j, want);
+}
+
+static void history_send(link_t *l, const sl_inbox_entry_t *e, json_t *j, uint64_t want)
+{
+    size_t len;
+    const char *id = jstr(j, "channel-id", &len);
     cmd_t *c = cmd_new(l, C_HISTORY, e);
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
@@ -3266,15 +3392,57 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
     cmd_script(c, SL_BRS_HISTORY, 2, &a);
 }
 
+#ifdef SL_CRASHPOINTS
+/* The test build delays every history answer by SL_TEST_HISTORY_DELAY_MS
+ * (review rb17 L1): a channel message that arrives meanwhile must wait on
+ * the subscriber's connection behind the pending history-result (the
+ * worker's per-channel deferred slot), which a test can then see. */
+static int64_t history_delay_ms;
+
+typedef struct {
+    int worker;
+    uint64_t tag;
+    uint32_t status;
+    json_t *doc;
+} late_answer_t;
+
+static void late_answer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    late_answer_t *la = arg;
+    answer(la->worker, la->tag, la->status, la->doc);
+    wake_flush();
+    json_decref(la->doc);
+    free(la);
+}
+#endif
+
+static void history_answer(cmd_t *c, uint32_t status, json_t *doc)
+{
+#ifdef SL_CRASHPOINTS
+    late_answer_t *la = history_delay_ms > 0 && !c->answered ? malloc(sizeof(*la)) : NULL;
+    if (la) {
+        *la = (late_answer_t){c->worker, c->tag, status, json_incref(doc)};
+        struct timeval tv = {history_delay_ms / 1000, (history_delay_ms % 1000) * 1000};
+        if (event_base_once(B.base, -1, EV_TIMEOUT, late_answer_cb, la, &tv) == 0) {
+            c->answered = true;
+            return;
+        }
+        json_decref(la->doc);
+        free(la);
+    }
+#endif
+    cmd_answer(c, status, doc);
+}
+
 static void done_history(cmd_t *c, redisReply *r)
 {
     if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-        cmd_answer(c, no_reply(r), NULL);
+        history_answer(c, no_reply(r), NULL);
         return;
     }
     int64_t st = rint_(el(r, 0));
     if (st != 0) {
-        cmd_answer(c, (uint32_t)st, NULL);
+        history_answer(c, (uint32_t)st, NULL);
         return;
     }
     /* As publish parsed them (JSON_ALLOW_NUL: a \u0000 in data). */
@@ -3285,15 +3453,14 @@ static void done_history(cmd_t *c, redisReply *r)
                                  (json_int_t)rint_(el(r, 2)), "more", rint_(el(r, 3)) != 0,
                                  "messages", msgs)
                      : NULL;
-    cmd_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
+    history_answer(c, d ? SL_BR_OK : SL_BR_OVERLOADED, d);
     json_decref(d);
 }
 
 static void handle(const sl_inbox_entry_t *e)
 {
     uatomic_add(&BSTATS->requests, 1);
-    if ((e->deadline && sl_mono_ms() > e->deadline) ||
-        (e->status >> 16) != (uatomic_read(&BSTATS->gen) & 0xffff)) {
+    if (given_up(e, sl_mono_ms())) {
         /* The worker has given up on it (told its client broker-timeout,
          * or will): doing it now would act behind the client's back. */
         uatomic_add(&BSTATS->expired, 1);
@@ -3723,6 +3890,7 @@ static void link_up(link_t *l)
         size_t len = strlen(cc->name);
         if (link_of(cc->name, len) != l)
             continue;
+        stats_forget_missing(cc->name, len); /* re-created here (rb17 M1) */
         cmd_t *c = cmd_new(l, C_ENSURE, NULL);
         char ep[16];
         new_epoch(ep);
@@ -3757,6 +3925,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     for (uint32_t i = 0; i < B.nlinks; i++) {
         link_t *l = &B.link[i];
         link_resolved(l);
+        history_pump(l, true);
         char why[128];
         /* Every command counts, the presence rewrite's too: paced (at
          * most PRES_SYNC_INFLIGHT on the link) and each bounded (about
@@ -3978,6 +4147,9 @@ int sl_broker_main(int tel_fd)
         if (m && atoi(m) > 0)
             purge_slice = (uint32_t)atoi(m);
         purge_kill = getenv("SL_TEST_PURGE_KILL");
+        m = getenv("SL_TEST_HISTORY_DELAY_MS");
+        if (m && atoi(m) > 0)
+            history_delay_ms = atoi(m);
         pres_lose = getenv("SL_TEST_PRES_LOSE");
     }
 #endif
@@ -4014,11 +4186,12 @@ int sl_broker_main(int tel_fd)
     B.sig_ev = event_new(B.base, sfd, EV_READ | EV_PERSIST, signal_cb, NULL);
     B.wake_ev = event_new(B.base, sl_broker_wake_fd, EV_READ | EV_PERSIST, wake_cb, NULL);
     B.tick_ev = event_new(B.base, -1, EV_PERSIST, tick_cb, NULL);
+    B.hist_ev = event_new(B.base, -1, 0, hist_cb, NULL);
     B.beat_ev = event_new(B.base, -1, EV_PERSIST, beat_cb, NULL);
     /* The tick also makes this process's progress visible to the master
      * (a quiescent state every turn, at least every 20 ms). */
     struct timeval tick = {0, 20 * 1000}, beat = {HEARTBEAT_MS / 1000, (HEARTBEAT_MS % 1000) * 1000};
-    if (!B.sig_ev || !B.wake_ev || !B.tick_ev || !B.beat_ev || event_add(B.sig_ev, NULL) ||
+    if (!B.sig_ev || !B.wake_ev || !B.tick_ev || !B.beat_ev || !B.hist_ev || event_add(B.sig_ev, NULL) ||
         event_add(B.wake_ev, NULL) || event_add(B.tick_ev, &tick) || event_add(B.beat_ev, &beat))
         return 1;
     for (uint32_t i = 0; i < B.nlinks; i++) {
@@ -4029,6 +4202,7 @@ int sl_broker_main(int tel_fd)
         set_reason(&B.link[i], "connecting");
         uatomic_set(&BSTATS->link[i].down_since_ms, sl_now_ms());
         uatomic_set(&BSTATS->link[i].history_bytes, 0); /* a dead broker's pages are gone */
+        uatomic_set(&BSTATS->link[i].history_waiting, 0);
     }
     uatomic_set(&BSTATS->nshards, B.nlinks);
 

@@ -352,6 +352,10 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->history_bytes)));
         json_object_set_new(o, "history-refused",
                             json_integer((json_int_t)uatomic_read(&l->history_refused)));
+        json_object_set_new(o, "history-waiting",
+                            json_integer((json_int_t)uatomic_read(&l->history_waiting)));
+        json_object_set_new(o, "history-waited",
+                            json_integer((json_int_t)uatomic_read(&l->history_waited)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",

@@ -238,7 +238,11 @@ static void cluster_metrics(out_t *o, json_t *cl)
         {"redis_history_bytes", "history-bytes", "gauge",
          "Page bytes (max-bytes) of the history requests in flight (budget 8 MiB)."},
         {"redis_history_refused_total", "history-refused", "counter",
-         "history requests refused (overloaded): the link's 8 MiB page budget was full."},
+         "history requests refused (overloaded): the page budget and its 4096 waiting were full."},
+        {"redis_history_waiting", "history-waiting", "gauge",
+         "history requests waiting for the link's 8 MiB page budget."},
+        {"redis_history_waited_total", "history-waited", "counter",
+         "history requests that had to wait for the link's page budget."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {

@@ -947,6 +947,40 @@ def test_remote_joins_on_a_full_inbox_are_not_refusals(cluster):
     assert after == before, (before, after)
 
 
+def test_presence_stats_not_found_is_not_kept_while_a_join_waits(cluster, redis):
+    """Review rb17 M1: a presence-stats sent while this node's JOIN of a new
+    channel still waits for its SUBSCRIBE runs in Redis before the JOIN and
+    gets `channel-not-found`; that answer must not be kept for the second,
+    or the node's own new subscriber is then told its channel does not
+    exist.  Raced on fresh channels many times (the window is one Redis
+    round trip: the race is hit in about a quarter of the rounds without the
+    fix, and must never show with it)."""
+    a, b = cluster(2, "--namespace", "p:presence=anyone")
+
+    async def go():
+        bad = []
+        raced = 0
+        for i in range(30):
+            ch = f"p:joining{i}"
+            w = await Client.open(a)
+            y = await Client.open(a)
+            await w.send(type="subscribe", **{"channel-id": ch})
+            await y.send(type="presence-stats", **{"channel-id": ch})
+            r0 = await y.of_type("presence-stats-result")
+            s = await w.of_type("subscription-result")
+            assert s["success"], s
+            raced += not r0["success"]
+            await w.send(type="presence-stats", **{"channel-id": ch})
+            r = await w.of_type("presence-stats-result")
+            if not r["success"]:
+                bad.append((i, r.get("reason")))
+            await w.close()
+            await y.close()
+        print("rounds where the other client was told not-found:", raced, "subscriber told not-found:", bad)
+        assert bad == []
+    run(go())
+
+
 def test_join_leave_keep_their_place_during_a_catch_up(cluster, redis):
     """Review rj17 L3: joins and leaves are held with the channel's
     messages while it catches up, and released in their place.  Node A
