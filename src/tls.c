@@ -1095,9 +1095,12 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
     t->ra_wait = false;
     if (r > 0)
         return r;
-    switch (SSL_get_error(t->ssl, r)) {
+    int e = SSL_get_error(t->ssl, r);
+    /* Wanting the socket, at the peer's end or an error: what read-ahead
+     * holds is not input (tls_pending). */
+    t->ra_wait = e != SSL_ERROR_WANT_WRITE;
+    switch (e) {
     case SSL_ERROR_WANT_READ:
-        t->ra_wait = true;
         return SL_AGAIN;
     case SSL_ERROR_WANT_WRITE:
         t->read_wants_write = true;
@@ -1311,7 +1314,12 @@ static bool tls_pending(void *ctx)
     /* Decrypted bytes, or (read-ahead, TLS 1.2) records read from the
      * socket and not opened yet - the socket will not announce those.  A
      * partial record after a read that wanted the socket is not input:
-     * the rest of it is announced. */
+     * the rest of it is announced.  Once closing (refused, our close_notify
+     * out) reads go to the socket raw and OpenSSL's buffer is never opened;
+     * after the peer's end or an error (ra_wait set there) nothing is
+     * either (review rd16 F3). */
+    if (t->refused || t->sent_close || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+        return false;
     return SSL_pending(t->ssl) > 0 || (!t->ra_wait && SSL_has_pending(t->ssl));
 }
 
