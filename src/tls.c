@@ -432,6 +432,12 @@ static int set_load(ctxset_t *next, char *err, size_t errsz)
             return SL_ERROR;
         }
         next->ctx12[k] = ctx_twin12(next->ctx[k]);
+        if (next->ctx12[k] == NULL) { /* not silent (review rd16 F1) */
+            count(SL_ERR_TLS_TWIN_FAILED);
+            SL_TEL(SL_EV_TLS_RELOAD_FAILED, SL_WARN, SL_TF_S("certificate", cf->tls_cert.path[k]),
+                   SL_TF_S("reason", "its TLS 1.2 context was not built"),
+                   SL_TF_S("kept", "TLS 1.2 handshakes on its TLS 1.3 context"));
+        }
         next->n = k + 1;
     }
     return SL_OK;
