@@ -88,6 +88,8 @@ typedef enum {
     SL_ERR_PERMISSION_REVOKED,   /* a subscription the refreshed token no longer allows */
     SL_ERR_ADMIN_UNAVAILABLE,    /* admin API: a valid request the server could not
                                   * serve now (5xx: overloaded, shm-exhausted, ...) */
+    SL_ERR_TLS_TWIN_FAILED,      /* a certificate's TLS 1.2 context was not built: its
+                                  * TLS 1.2 handshakes use the TLS 1.3 one (slower) */
     SL_ERR__COUNT
 } sl_err_t;
 

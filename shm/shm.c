@@ -70,6 +70,7 @@ static const char *const sl_err_names[SL_ERR__COUNT] = {
     [SL_ERR_TLS_NO_SHARED_CIPHER] = "tls-no-shared-cipher",
     [SL_ERR_TLS_BAD_RECORD] = "tls-bad-record",
     [SL_ERR_TLS_PEER_ALERT] = "tls-peer-alert",
+    [SL_ERR_TLS_TWIN_FAILED] = "tls-twin-failed",
     [SL_ERR_AUTH_FAILURES_CLOSED] = "authentication-failures-disconnect",
     [SL_ERR_PERMISSION_REVOKED] = "permission-revoked",
     [SL_ERR_ADMIN_UNAVAILABLE] = "admin-unavailable",

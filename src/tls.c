@@ -432,6 +432,12 @@ static int set_load(ctxset_t *next, char *err, size_t errsz)
             return SL_ERROR;
         }
         next->ctx12[k] = ctx_twin12(next->ctx[k]);
+        if (next->ctx12[k] == NULL) { /* not silent (review rd16 F1) */
+            count(SL_ERR_TLS_TWIN_FAILED);
+            SL_TEL(SL_EV_TLS_RELOAD_FAILED, SL_WARN, SL_TF_S("certificate", cf->tls_cert.path[k]),
+                   SL_TF_S("reason", "its TLS 1.2 context was not built"),
+                   SL_TF_S("kept", "TLS 1.2 handshakes on its TLS 1.3 context"));
+        }
         next->n = k + 1;
     }
     return SL_OK;
@@ -1095,9 +1101,12 @@ static ssize_t tls_read(int fd, void *ctx, void *buf, size_t n)
     t->ra_wait = false;
     if (r > 0)
         return r;
-    switch (SSL_get_error(t->ssl, r)) {
+    int e = SSL_get_error(t->ssl, r);
+    /* Wanting the socket, at the peer's end or an error: what read-ahead
+     * holds is not input (tls_pending). */
+    t->ra_wait = e != SSL_ERROR_WANT_WRITE;
+    switch (e) {
     case SSL_ERROR_WANT_READ:
-        t->ra_wait = true;
         return SL_AGAIN;
     case SSL_ERROR_WANT_WRITE:
         t->read_wants_write = true;
@@ -1311,7 +1320,12 @@ static bool tls_pending(void *ctx)
     /* Decrypted bytes, or (read-ahead, TLS 1.2) records read from the
      * socket and not opened yet - the socket will not announce those.  A
      * partial record after a read that wanted the socket is not input:
-     * the rest of it is announced. */
+     * the rest of it is announced.  Once closing (refused, our close_notify
+     * out) reads go to the socket raw and OpenSSL's buffer is never opened;
+     * after the peer's end or an error (ra_wait set there) nothing is
+     * either (review rd16 F3). */
+    if (t->refused || t->sent_close || (SSL_get_shutdown(t->ssl) & SSL_SENT_SHUTDOWN))
+        return false;
     return SSL_pending(t->ssl) > 0 || (!t->ra_wait && SSL_has_pending(t->ssl));
 }
 
