@@ -576,7 +576,11 @@ static void test_cleanup_sets_busy_aside(void)
         for (int i = 0; i < 24; i++)
             left += (int)plain[i]->subscribers;
     }
-    SL_CHECK(mid_pass > 0);       /* the first pass took more than one step after it */
+    /* The first pass took more steps after the set-aside - unless the
+     * busy channel's bucket came in the pass's last step (the table's hash
+     * key is random per run, so its place is too): then the figure is the
+     * pass's own, shown at its end (CI failed once on mid_pass == 0). */
+    SL_CHECK(mid_pass > 0 || job.aside_last == 1);
     SL_CHECK_INT(left, 0);        /* every other subscription is gone */
     SL_CHECK_INT(job.removed_subs, 24);
     SL_CHECK(job.set_aside >= 1);
