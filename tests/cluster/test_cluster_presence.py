@@ -1230,3 +1230,68 @@ def test_rewrite_leaves_out_subscribes_waiting_for_their_join(cluster, redis):
         run(go())
     finally:
         relay.close()
+
+
+def test_old_join_answer_does_not_confirm_a_newer_subscription(cluster, redis):
+    """Review re17 L4: join_done found the subscription by channel id, so
+    after subscribe / unsubscribe / subscribe the first JOIN's answer
+    confirmed the second subscription (still waiting for its own JOIN) and
+    sent its PRES_SET: a join was announced for it, and when its own JOIN
+    was then refused, a leave too - for a subscription that never was.
+    Now the join record keeps its subscription's number, and an answer
+    for a subscription that is gone confirms, announces and undoes
+    nothing.  Node A (through a relay that holds Redis's answers from y's
+    first JOIN on) has y on "full" (max-subscribers 2; w on B is the
+    other): JOIN1 runs in Redis, y unsubscribes (its SYNC reaches Redis:
+    A's count 0), w2 on B takes the second place, y subscribes again:
+    JOIN2 is refused in Redis.  After the release B's watchers see no join
+    and no leave of y, and Redis holds no presence entry of y."""
+    needs_own_redis()
+    from test_cluster_faults import Relay
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=2",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=2")
+        node_a = a.stats()["cluster"]["node-id"]
+
+        def a_count():
+            return redis.cli("HGET", "sl:{full}:n", node_a)
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe("full"))["success"]
+            y = await Client.open(a)
+            relay.hold_answers(b"{full}:c")  # y's JOIN1: from it on, A hears nothing
+            await y.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.to_thread(wait_for, lambda: a_count() == "1", 20,
+                                    what="JOIN1 run in Redis")
+            await y.send(type="unsubscribe", **{"channel-id": "full"})
+            await asyncio.to_thread(wait_for, lambda: a_count() in ("", "0"), 20,
+                                    what="the unsubscribe's SYNC run in Redis")
+            w2 = await Client.open(b)
+            assert (await w2.subscribe("full"))["success"]
+            await y.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.sleep(1)  # the second subscription made, JOIN2 sent (answer held)
+            relay.release()
+            r1 = await y.of_type("subscription-result", timeout=20)
+            assert r1["success"], r1
+            await y.of_type("unsubscription-result", timeout=20)
+            r2 = await y.of_type("subscription-result", timeout=20)
+            assert not r2["success"] and r2["reason"] == "max-subscribers-reached", r2
+            await asyncio.sleep(1.5)  # a join / leave published would be here by now
+            for c in (w, w2):
+                try:
+                    await c.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for c in (w, w2) for m in c.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert not [t for t in told if t[1] == y.conn_id], told
+            entries = redis.cli("HKEYS", f"sl:{{full}}:p:{node_a}")
+            assert y.conn_id not in entries, entries
+            await asyncio.to_thread(wait_for, lambda: a_count() in ("", "0"), 20,
+                                    what="A's count back to 0")
+        run(go())
+    finally:
+        relay.close()
