@@ -1726,6 +1726,12 @@ static void on_presence_message(bchan_t *ch, const char *p, size_t n)
     uint64_t exclude;
     if (!split_origin(p, n, &exclude, &j))
         return;
+    /* A channel here without join-leave (this node's setting) never shows
+     * it (deliver_presence): not held, so never dropped at the hold's
+     * bound and counted presence-lost for nothing (review re17 L5). */
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc && !lc->config.join_leave)
+        return;
     size_t jl = (size_t)(end - j);
     bmsg_t *m = malloc(sizeof(*m) + jl + 1);
     if (m == NULL)

@@ -1295,3 +1295,88 @@ def test_old_join_answer_does_not_confirm_a_newer_subscription(cluster, redis):
         run(go())
     finally:
         relay.close()
+
+
+def test_join_past_the_hold_bound_on_a_channel_without_join_leave_is_not_lost(cluster, redis):
+    """Review re17 L5: joins and leaves were held for every channel during
+    a catch-up, although only a join-leave channel's subscribers are ever
+    shown them (this node's setting): one past the hold's bound was counted
+    presence-lost (and a resync marked) for nothing.  Now a "J" frame for a
+    local channel without join-leave is not held at all.  As in the test
+    above, node A (no --join-leave here; through a relay) catches up with
+    its answer held and B fills A's hold to within 40 bytes of its bound;
+    then a client joins "room" on B (which has --join-leave, so its join
+    is published): A's presence-lost stays 0, nothing is reset or lost."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--message-retention", "100",
+                       "--redis-max-held-bytes", "64K", "--redis-timeout-ms", "60000",
+                       urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        def broker():
+            return a.stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await Client.open(a)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            wa.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(5):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            n0 = broker()["held"]
+            await publish(pub, "room", "x" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 1, 10, what="held")
+            h1 = broker()["held-bytes"]
+            await publish(pub, "room", "y" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 2, 10, what="held")
+            per = broker()["held-bytes"] - h1  # one such message: overhead + 1000
+            room = 16384 - broker()["held-bytes"]
+            big = "z" * (room - (per - 1000) - 40)
+            await publish(pub, "room", big)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 3, 10, what="held")
+            left = 16384 - broker()["held-bytes"]
+            assert 0 <= left <= 60, left
+            watcher = await Client.open(b)
+            assert (await watcher.subscribe("room"))["success"]
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            # mover's join reached A (B's watcher sees it: it was published)
+            await watcher.next(lambda m: m.get("type") == "join", timeout=10)
+            await asyncio.sleep(1)  # and A's broker has had it
+            st = broker()
+            assert st["presence-lost"] == 0, st
+            assert st["hold-resets"] == 0 and st["held"] == n0 + 3, st
+            relay.release()
+            await publish(pub, "room", "end")
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            seen = []
+            for m in wa.inbox:
+                if m.get("type") == "channel-message":
+                    seen.append(("m", m["data"] if len(str(m["data"])) < 100 else "big"))
+                elif m.get("type") in ("join", "leave", "presence-resync"):
+                    seen.append((m["type"],))
+            return seen, broker()
+
+        seen, st = run(go())
+        assert seen == [("m", i) for i in range(5)] + [("m", "big")] * 3, seen
+        assert st["presence-lost"] == 0 and st["hold-resets"] == 0, st
+    finally:
+        relay.close()
