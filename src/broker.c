@@ -3059,8 +3059,30 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
     pres_answered(l);
 }
 
+/* A channel of another instance listed in link l's nodepr set (written
+ * under an earlier --redis list): its entries on l are stale whatever its
+ * subscribers here (its own link holds theirs), and nodepr on l keeps
+ * listing it.  Removed on l itself (review rc17 L5: marked due, it was
+ * rewritten on its own link, and l kept it for ever, due every pass) in
+ * one O(1) script (PRES_SYNC "drop": UNLINK, SREM; no leave - nobody
+ * follows the channel on l).  Sent from the scan's answer, counted in
+ * pres_inflight, so the next nodepr slice waits for them; not sent (the
+ * link full): counted, the next pass's scan lists it again. */
+static void pres_drop(link_t *l, const char *id, size_t len)
+{
+    cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
+    args_t a = {.n = 0};
+    pres_sync_args(&a, id, len, false, "", 0, "drop", "0");
+    if (c == NULL || cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK) {
+        uatomic_add(&BSTATS->presence_sync_skipped, 1);
+        return;
+    }
+    l->pres_inflight++;
+}
+
 /* A slice of the node's nodepr set: its channels without a subscriber
- * here lose their entries (PRES_SYNC with none). */
+ * here lose their entries (PRES_SYNC with none); another instance's
+ * channels lose theirs on this link (pres_drop). */
 static void done_pres_scan(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
@@ -3080,6 +3102,10 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         redisReply *id = ids->element[i];
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
+        if (sl_broker_shard(id->str, id->len, B.nlinks) != (uint32_t)l->shard) {
+            pres_drop(l, id->str, id->len);
+            continue;
+        }
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
         /* Marked due, sent by the pump (review rx17 M2: paced like the
          * rest, at most PRES_SYNC_INFLIGHT in flight; with a record, so a

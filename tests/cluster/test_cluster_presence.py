@@ -1380,3 +1380,61 @@ def test_join_past_the_hold_bound_on_a_channel_without_join_leave_is_not_lost(cl
         assert st["presence-lost"] == 0 and st["hold-resets"] == 0, st
     finally:
         relay.close()
+
+
+def test_another_instances_channel_listed_in_nodepr_is_cleaned_on_that_instance(
+        tmp_path, cluster, redis):
+    """Review rc17 L5: the rewrite's nodepr scan marked the channels it
+    listed due on the channel's own link (its shard), not on the link whose
+    nodepr set listed them: entries this node left on another instance (an
+    earlier --redis list) were never removed there, and such a channel was
+    rewritten on its own link on every pass.  Now a channel of another
+    instance found in link i's nodepr set is removed on link i (PRES_SYNC
+    "drop").  A restart under a new list does not leave such entries (the
+    purge at connect removes a previous process's), so they are written
+    here by hand on instance 0 for two shard-1 channels - x (a subscriber
+    here, its real entry on instance 1; with a `c` on instance 0, as a
+    channel that lived there) and y (none here) - then A's connections to
+    instance 0 are closed: the pass after the reconnect removes both from
+    instance 0, and x's entry on instance 1 stays."""
+    from conftest import Redis
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        (a,) = cluster(1, "--join-leave", urls=[redis.url, r2.url])
+        node = a.stats()["cluster"]["node-id"]
+        x, y = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 1][:2]
+
+        async def go():
+            c = await Client.open(a)
+            assert (await c.subscribe(x))["success"]
+            await asyncio.to_thread(
+                wait_for, lambda: r2.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1",
+                10, what="x's entry on instance 1")
+            ghost = '{"conn-id":"ghost","user":null,"info":null}'
+            redis.cli("HSET", f"sl:{{{x}}}:p:{node}", "ghost", ghost)
+            redis.cli("HSET", f"sl:{{{x}}}:c", "epoch", "old", "seq", "0")
+            redis.cli("HSET", f"sl:{{{y}}}:p:{node}", "ghost2", ghost)
+            redis.cli("SADD", f"sl:nodepr:{node}", x, y)
+            reconnects = a.stats()["cluster"]["redis"][0]["reconnects"]
+            redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+            redis.cli("CLIENT", "KILL", "TYPE", "normal")
+
+            def back():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["reconnects"] > reconnects
+            await asyncio.to_thread(wait_for, back, 20, what="A reconnected to instance 0")
+
+            def cleaned():
+                return (redis.cli("EXISTS", f"sl:{{{x}}}:p:{node}") == "0" and
+                        redis.cli("EXISTS", f"sl:{{{y}}}:p:{node}") == "0" and
+                        redis.cli("SMEMBERS", f"sl:nodepr:{node}") == "")
+            await asyncio.to_thread(wait_for, cleaned, 15,
+                                    what="instance 0's stale entries and nodepr removed")
+            assert r2.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1"
+            assert r2.cli("SISMEMBER", f"sl:nodepr:{node}", x) == "1"
+            assert r2.cli("EXISTS", f"sl:{{{y}}}:p:{node}") == "0"
+        run(go())
+    finally:
+        r2.stop()
