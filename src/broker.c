@@ -87,6 +87,9 @@
 #define BACKOFF_MAX_MS 5000
 #define BACKLOG_MAX_BYTES (64u << 20) /* messages from Redis waiting for inbox room, all channels */
 #define CHAN_BACKLOG_MAX 10000 /* ... one channel's (past it: the channel is reset) */
+/* CHAN_BACKLOG_MAX; the test build takes another from SL_TEST_BACKLOG_MAX,
+ * so a test brings a channel's backlog to its bound with a few messages. */
+static uint32_t chan_backlog_max = CHAN_BACKLOG_MAX;
 #define CHAN_PUSHBACK 1000 /* a channel's backlog past which this node's publishes to it are refused */
 /* Live messages held per channel while it catches up or waits for its
  * turn (past it: the channel is reset); their bytes are bounded too, node-
@@ -1449,7 +1452,7 @@ static void backlog_overflow(bchan_t *ch, bmsg_t *m)
 static void backlog_add(bchan_t *ch, bmsg_t *m)
 {
     size_t bytes = sizeof(*m) + m->len;
-    if (ch->nbacklog >= CHAN_BACKLOG_MAX || B.backlog_bytes + bytes > BACKLOG_MAX_BYTES) {
+    if (ch->nbacklog >= chan_backlog_max || B.backlog_bytes + bytes > BACKLOG_MAX_BYTES) {
         backlog_overflow(ch, m);
         return;
     }
@@ -4175,6 +4178,9 @@ int sl_broker_main(int tel_fd)
         m = getenv("SL_TEST_INFLIGHT_MAX");
         if (m && atoi(m) > 0)
             inflight_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_BACKLOG_MAX");
+        if (m && atoi(m) > 0)
+            chan_backlog_max = (uint32_t)atoi(m);
         m = getenv("SL_TEST_PURGE_SLICE");
         if (m && atoi(m) > 0)
             purge_slice = (uint32_t)atoi(m);

@@ -1438,3 +1438,131 @@ def test_another_instances_channel_listed_in_nodepr_is_cleaned_on_that_instance(
         run(go())
     finally:
         r2.stop()
+
+
+def test_backlog_overflow_at_a_held_join_resets_at_the_newest_position(cluster, redis):
+    """Review re17 L3: backlog_overflow's presence branch (a join / leave
+    has no position of its own: the reset is at the channel's newest, not
+    at the position it carried - the channel's when it arrived, before a
+    catch-up it was held behind) had no test.  Node A (the test build:
+    SL_TEST_BACKLOG_MAX=1000; through a relay) has its subscriber's worker
+    1 stopped, its inbox (8,192) filled and the channel's backlog brought
+    to 994; then its link is lost while B publishes 5 messages, and the
+    catch-up's answer is held while a client joins on B.  On release the
+    catch-up's 5 messages take the backlog to 999, the resubscribe's
+    presence-resync note to 1000, and the held join overflows it: the
+    channel is reset once at its newest seq, so the next live message
+    continues it - no second catch-up (`recovered` unchanged; reset at the
+    join's own position, before the 5, it would be a gap fetched again)."""
+    needs_own_redis()
+    import http.client
+    import json as _json
+    from conftest import CRASH_BIN
+    from test_cluster_faults import Relay, publish
+    bound = 1000
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-timeout-ms", "60000", "--worker-stall-ms", "60000",
+                       "--worker-stall-kill-ms", "120000", urls=[relay.url], binary=CRASH_BIN,
+                       env={"SL_TEST_BACKLOG_MAX": str(bound)})
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--max-outbound-bytes", "64M")
+
+        def stats():
+            # A /stats that lands on the stopped worker waits: ask again.
+            for _ in range(200):
+                c = http.client.HTTPConnection("127.0.0.1", a.http_port, timeout=0.5)
+                try:
+                    c.request("GET", "/stats")
+                    return _json.loads(c.getresponse().read())
+                except (OSError, ValueError):
+                    pass
+                finally:
+                    c.close()
+            raise AssertionError("no /stats answer from A")
+
+        def broker():
+            return stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await on_worker(a, 1)
+            wn = await on_worker(a, 0)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            joiner = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            d0 = broker()["delivered"]
+            stopped_w = a.stats()["workers"][1]["pid"]
+            bpid = broker_pid(a)
+            sent = 0
+
+            async def pub_n(n):
+                nonlocal sent
+                done = 0
+                while done < n:
+                    k = min(200, n - done)
+                    for i in range(k):
+                        await pub.send(type="publish", **{"channel-id": "room"}, data=sent + i)
+                    for _ in range(k):
+                        r = await pub.of_type("publish-result", timeout=60)
+                        done += r["success"]
+                        sent += r["success"]
+
+            def settled():
+                s = broker()
+                return s["delivered"] - d0 + s["backlog"] == sent
+
+            os.kill(stopped_w, signal.SIGSTOP)
+            try:
+                while broker()["backlog"] == 0:  # worker 1's inbox full
+                    await pub_n(200)
+                    await asyncio.to_thread(wait_for, settled, 20, what="A has them all")
+                    assert sent < 20000
+                b0 = broker()["backlog"]
+                assert 0 < b0 < bound - 6, b0
+                await pub_n(bound - 6 - b0)
+                await asyncio.to_thread(wait_for, lambda: broker()["backlog"] == bound - 6, 20,
+                                        what="the backlog 6 below its bound")
+                os.kill(bpid, signal.SIGSTOP)
+                try:
+                    relay.drop()  # the link is lost while the broker is stopped
+                    for i in range(5):
+                        await publish(pub, "room", f"gap{i}")
+                    relay.hold_answers(b"1048576")  # the catch-up's page bound
+                finally:
+                    os.kill(bpid, signal.SIGCONT)
+
+                def catching_up():
+                    link = stats()["cluster"]["redis"][0]
+                    return link["connected"] and link["catchups-in-flight"] == 1
+                await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+                await asyncio.to_thread(wait_for, lambda: broker()["held"] == 1, 10,
+                                        what="the resubscribe's presence-resync note held")
+                assert (await joiner.subscribe("room"))["success"]
+                await asyncio.to_thread(wait_for, lambda: broker()["held"] == 2, 10,
+                                        what="the join held")
+                st = broker()
+                assert st["backlog"] == bound - 6 and st["reset-channels"] == 0, st
+                relay.release()
+                await asyncio.to_thread(wait_for, lambda: broker()["reset-channels"] == 1, 20,
+                                        what="the channel reset at the join")
+                st = broker()
+                assert st["hold-resets"] == 0 and st["backlog"] == 0 and st["held"] == 0, st
+            finally:
+                os.kill(stopped_w, signal.SIGCONT)
+            r0 = broker()["recovered"]
+            assert (await wn.subscribe("room"))["success"]
+            await publish(pub, "room", "end")
+            await wn.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            await asyncio.sleep(1)
+            st = broker()
+            assert st["recovered"] == r0, (r0, st)  # no second catch-up
+            assert st["reset-channels"] == 1 and st["hold-resets"] == 0, st
+            link = stats()["cluster"]["redis"][0]
+            assert link["catchups-in-flight"] == 0 and link["catchups-waiting"] == 0, link
+        run(go())
+    finally:
+        relay.close()
