@@ -390,6 +390,8 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
     json_object_set_new(broker, "presence-sync-errors",
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_errors)));
+    json_object_set_new(broker, "presence-sync-deferred",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_deferred)));
     json_object_set_new(broker, "presence-resyncs",
                         json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
     json_object_set_new(broker, "presence-lost",

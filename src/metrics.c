@@ -200,6 +200,8 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Channels not rewritten: more local subscribers than one script takes (1000).");
     single(o, "broker_presence_sync_errors_total", "counter", num(b, "presence-sync-errors"),
            "Presence rewrites abandoned for an error answer from Redis (retried after a backoff).");
+    single(o, "broker_presence_sync_deferred_total", "counter", num(b, "presence-sync-deferred"),
+           "Presence rewrite scripts put off, not built: their link had no room (tried again).");
     single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
            "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
     single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),
