@@ -105,9 +105,11 @@ static uint32_t inflight_max = INFLIGHT_MAX;
  * node's commands on that Redis, behind pages it copies and this process
  * parses).  A request past it waits, in request order, on the link's wait
  * list (review rb17 M2: back-pressure, not a refusal - its connection
- * reads nothing more meanwhile, so the list is bounded by the node's
- * connections; HISTORY_WAIT_MAX is the hard cap, past it overloaded,
- * history-refused).  One page is always let through. */
+ * reads nothing more meanwhile; and a request whose client has gone is
+ * cancelled by its worker, SL_BRQ_CANCEL, taken off the list unsent (rf17
+ * H1), so the list holds requests of live connections (a cancel lost to a
+ * full queue: until its deadline); HISTORY_WAIT_MAX is the hard cap, past
+ * it overloaded, history-refused).  One page is always let through. */
 #define HISTORY_INFLIGHT_BYTES (8u << 20)
 #define HISTORY_WAIT_MAX 4096
 /* What one stored message may take in a page, at most: its data (at most
@@ -3291,8 +3293,29 @@ static bool history_fits(const link_t *l, uint64_t want)
     return l->history_bytes == 0 || l->history_bytes + want <= HISTORY_INFLIGHT_BYTES;
 }
 
-/* Sends the waiting requests that now fit, in order; drops those whose
- * worker has given up (all of them when sweep: from the tick). */
+/* A waiting request taken off the list, never sent, answered `status`
+ * (its record is still there: the worker's deadline is later than the
+ * request's), and freed. */
+static void history_unwait(link_t *l, hist_wait_t *w, uint32_t status)
+{
+    l->nhw--;
+    answer(w->e.from, w->e.tag, status, NULL);
+    json_decref(w->j);
+    free(w);
+}
+
+/* Room on l for one more history command (a few hundred bytes) without a
+ * refusal: a full link keeps the rest waiting (review rf17 L2), the next
+ * tick tries again.  A link that is not up answers them unavailable. */
+static bool history_room(const link_t *l)
+{
+    return l->state != L_UP ||
+           (l->ninflight < inflight_max && l->inflight_bytes + 4096 <= INFLIGHT_BYTES_MAX);
+}
+
+/* Sends the waiting requests that now fit, in order; answers those past
+ * their deadline broker-timeout at once (review rf17 L1: not at the
+ * worker's later deadline; all of them when sweep: from the tick). */
 static void history_pump(link_t *l, bool sweep)
 {
     int64_t now = sl_mono_ms();
@@ -3302,10 +3325,7 @@ static void history_pump(link_t *l, bool sweep)
             hist_wait_t *w = *p;
             if (given_up(&w->e, now)) {
                 *p = w->next;
-                l->nhw--;
-                uatomic_add(&BSTATS->expired, 1);
-                json_decref(w->j);
-                free(w);
+                history_unwait(l, w, SL_BR_TIMEOUT);
             } else {
                 l->hw_tail = w;
                 p = &w->next;
@@ -3315,19 +3335,67 @@ static void history_pump(link_t *l, bool sweep)
     while (l->hw_head) {
         hist_wait_t *w = l->hw_head;
         bool gone = given_up(&w->e, now);
-        if (!gone && !history_fits(l, w->want))
+        if (!gone && (!history_fits(l, w->want) || !history_room(l)))
             break;
         l->hw_head = w->next;
         if (l->hw_head == NULL)
             l->hw_tail = NULL;
+        if (gone) {
+            history_unwait(l, w, SL_BR_TIMEOUT);
+            continue;
+        }
         l->nhw--;
-        if (gone)
-            uatomic_add(&BSTATS->expired, 1);
-        else
-            history_send(l, &w->e, w->j, w->want);
+        history_send(l, &w->e, w->j, w->want);
         json_decref(w->j);
         free(w);
     }
+    uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+}
+
+/* The worker's SL_BRQ_CANCEL: request (from, tag) is taken off its link's
+ * wait list if it still waits (review rf17 H1), and answered
+ * broker-unavailable (not done) so the worker's record goes; one already
+ * sent (or answered) is not there: nothing to do.  A scan of the wait
+ * lists: at most HISTORY_WAIT_MAX entries a link, and one cancel per
+ * history whose client left while it was in flight. */
+static void req_cancel(const sl_inbox_entry_t *e)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        hist_wait_t *prev = NULL;
+        for (hist_wait_t *w = l->hw_head; w; prev = w, w = w->next) {
+            if (w->e.tag != e->tag || w->e.from != e->from)
+                continue;
+            if (prev)
+                prev->next = w->next;
+            else
+                l->hw_head = w->next;
+            if (l->hw_tail == w)
+                l->hw_tail = prev;
+            uatomic_add(&BSTATS->link[l->shard].history_cancelled, 1);
+            /* (Not counted as unavailable: nobody is told it.) */
+            l->nhw--;
+            if (sl_brq_result(REG, w->e.from, w->e.tag, SL_BR_UNAVAILABLE, NULL, 0) == SL_OK)
+                wake_worker(w->e.from);
+            json_decref(w->j);
+            free(w);
+            uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+            return;
+        }
+    }
+}
+
+/* The link failed (or the broker stops): its waiting requests were never
+ * sent, and are answered broker-unavailable now (review rf17 L3), as the
+ * joins waiting for a SUBSCRIBE are. */
+static void history_fail_waiting(link_t *l)
+{
+    while (l->hw_head) {
+        hist_wait_t *w = l->hw_head;
+        l->hw_head = w->next;
+        history_unwait(l, w, SL_BR_UNAVAILABLE);
+    }
+    l->hw_tail = NULL;
     uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
 }
 
@@ -3335,6 +3403,7 @@ static void hist_cb(evutil_socket_t fd, short what, void *arg)
 {
     for (uint32_t i = 0; i < B.nlinks; i++)
         history_pump(&B.link[i], false);
+    wake_flush(); /* the workers of requests answered there (refused, unavailable, timed out) */
 }
 
 static void req_history(const sl_inbox_entry_t *e, json_t *j)
@@ -3470,6 +3539,10 @@ static void handle(const sl_inbox_entry_t *e)
         req_publish(e, e->status & SL_BRQ_F_ADMIN);
         return;
     }
+    if (e->kind == SL_BRQ_CANCEL) {
+        req_cancel(e);
+        return;
+    }
     if (e->msg == NULL)
         return;
     json_t *j = json_loadb((const char *)e->msg->frame, e->msg->len, 0, NULL);
@@ -3599,6 +3672,7 @@ static void link_fail(link_t *l, const char *why)
     l->cu_wait = l->cu_wait_tail = NULL;
     l->ncu_wait = 0;
     cu_shown(l);
+    history_fail_waiting(l);
     wake_flush();
     link_schedule(l);
 }

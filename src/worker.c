@@ -60,6 +60,7 @@ static const sl_conn_handlers_t worker_handlers = {
     .ws_tick = worker_ws_tick,
     .closed = sl_router_closed,
     .freed = sl_cluster_conn_closed,
+    .peer_gone = sl_cluster_peer_gone,
 };
 
 void sl_worker_turn_end(sl_worker_t *w)

@@ -501,6 +501,90 @@ def test_history_small_page_waits_behind_looping_big_pages(cluster, redis):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
+def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis):
+    """Review rf17 H1 (the reviewer's probe as a test): 64 sockets loop
+    "connect, upgrade + one big-page `history`, read the 101, close" on B.
+    A request whose client has left is cancelled by its worker (the peer's
+    FIN is seen while the connection is not read) and taken off the link's
+    wait list unsent, so the list stays about as long as the clients that
+    are there (it grew to ~3,000 before: rate x --redis-timeout-ms), and
+    another client's 15 `limit:1` histories are all answered, with no link
+    timeout."""
+    import base64
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "2000", *NS,
+                   workers=1)
+
+    def link():
+        return b.stats()["cluster"]["redis"][0]
+
+    async def go():
+        pub = await Client.open(a)
+        x = await Client.open(a)
+        assert (await x.subscribe("h:big"))["success"]
+        assert (await x.subscribe("h:small"))["success"]
+        for _ in range(40):
+            await publish(pub, "h:big", {"pad": "x" * 20000})
+        await publish(pub, "h:small", 1)
+        stop = False
+        sent = 0
+        payload = json.dumps({"type": "history", "channel-id": "h:big", "limit": 1000}).encode()
+        mask = b"abcd"
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + \
+            bytes(ch ^ mask[i % 4] for i, ch in enumerate(payload))
+
+        async def leaver():
+            nonlocal sent
+            while not stop:
+                r, w = await asyncio.open_connection("127.0.0.1", b.port)
+                key = base64.b64encode(os.urandom(16)).decode()
+                w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                         f"Sec-WebSocket-Version: 13\r\n\r\n").encode() + frame)
+                await w.drain()
+                try:
+                    await asyncio.wait_for(r.read(200), 2)
+                except Exception:
+                    pass
+                w.close()
+                sent += 1
+        most = 0
+
+        async def watch():
+            nonlocal most
+            while not stop:
+                most = max(most, link()["history-waiting"])
+                await asyncio.sleep(0.05)
+        tasks = [asyncio.ensure_future(leaver()) for _ in range(64)]
+        tasks.append(asyncio.ensure_future(watch()))
+        answers = []
+        try:
+            await asyncio.sleep(1.0)
+            v = await Client.open(b)
+            for _ in range(15):
+                t0 = time.monotonic()
+                await v.send(type="history", **{"channel-id": "h:small"}, limit=1)
+                r = await v.of_type("history-result", 30)
+                answers.append((r["success"] or r["reason"], round(time.monotonic() - t0, 2)))
+        finally:
+            stop = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+        l = link()
+        print("leavers' requests", sent, "most waiting", most, "cancelled", l["history-cancelled"],
+              "waited", l["history-waited"], "limit:1 answers", answers)
+        assert sent > 200, sent  # the loop ran
+        assert [ok for ok, _ in answers] == [True] * 15, answers
+        assert l["timeouts"] == 0 and l["reconnects"] == 0, l
+        assert l["history-cancelled"] > 0, l
+        # At most the 64 that are there, and those whose cancel is on its way.
+        assert most <= 160, most
+        text = b.request("GET", "/metrics")[1].decode()
+        assert 'sente_lite_redis_history_cancelled_total{redis="0"} ' in text, text
+        wait_for(lambda: link()["history-waiting"] == 0 and link()["history-bytes"] == 0,
+                 timeout=10, what="B's wait list empty")
+    run(go())
+
+
 def test_history_pipelined_while_the_broker_is_stopped(cluster):
     """Review rv17 M1: `history` requests pipelined on B while B's broker is
     stopped (SIGSTOP).  Each gets exactly one `history-result`, in the order
