@@ -512,7 +512,7 @@ def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis
     another client's 15 `limit:1` histories are all answered, with no link
     timeout."""
     import base64
-    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "2000", *NS,
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "5000", *NS,
                    workers=1)
 
     def link():
