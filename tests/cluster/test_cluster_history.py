@@ -503,16 +503,24 @@ def test_history_small_page_waits_behind_looping_big_pages(cluster, redis):
 
 @pytest.mark.alone  # a bound on time (conftest.py: run by itself)
 def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis):
-    """Review rf17 H1 (the reviewer's probe as a test): 64 sockets loop
-    "connect, upgrade + one big-page `history`, read the 101, close" on B.
-    A request whose client has left is cancelled by its worker (the peer's
-    FIN is seen while the connection is not read) and taken off the link's
-    wait list unsent, so the list stays about as long as the clients that
-    are there (it grew to ~3,000 before: rate x --redis-timeout-ms), and
-    another client's 15 `limit:1` histories are all answered, with no link
-    timeout."""
+    """Review rf17 H1 (the reviewer's probe as a test), rg17 L1: 64 sockets
+    loop "connect, upgrade + one big-page `history`, read the 101, close" on
+    B.  A request whose client has left is cancelled by its worker (the
+    peer's FIN is seen while the connection is not read) and taken off the
+    link's wait list unsent, so the list stays about as long as the clients
+    that are there (at most ~2x the 64 sockets; without the cancel it grows
+    to rate x --redis-timeout-ms, hundreds to thousands), and another
+    client's `limit:1` histories are all answered (none waits past
+    --redis-timeout-ms behind pages of clients that left: broker-timeout),
+    with no link timeout.  /stats is sampled from a thread (the loop is not
+    stalled), every sample counts, and a failed sample fails the test."""
     import base64
-    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", "5000", *NS,
+    # 5 s: with the cancel, a victim's page can still take a few seconds
+    # on a loaded machine (pages already sent for clients that left run to
+    # their end); without it the list grows to rate x 5 s.
+    timeout_ms = 5000
+    sockets = 64
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", str(timeout_ms), *NS,
                    workers=1)
 
     def link():
@@ -536,48 +544,87 @@ def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis
         async def leaver():
             nonlocal sent
             while not stop:
-                r, w = await asyncio.open_connection("127.0.0.1", b.port)
-                key = base64.b64encode(os.urandom(16)).decode()
-                w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                         f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                         f"Sec-WebSocket-Version: 13\r\n\r\n").encode() + frame)
-                await w.drain()
                 try:
+                    r, w = await asyncio.open_connection("127.0.0.1", b.port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                key = base64.b64encode(os.urandom(16)).decode()
+                try:
+                    w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                             f"Sec-WebSocket-Version: 13\r\n\r\n").encode() + frame)
+                    await w.drain()
                     await asyncio.wait_for(r.read(200), 2)
-                except Exception:
-                    pass
+                except (OSError, asyncio.TimeoutError):
+                    pass  # a slow 101 or a reset: the next round asks again
                 w.close()
                 sent += 1
-        most = 0
+        samples = []
+        lost = []
 
         async def watch():
-            nonlocal most
+            # In a thread: a blocking /stats call would stall the leavers
+            # and the victim.  A /stats call that times out on a loaded
+            # machine is noted and tried again (the sample count below is
+            # asserted, so lost samples cannot make the test vacuous);
+            # three in a row, or any other error, end the test (awaited).
+            misses = 0
             while not stop:
-                most = max(most, link()["history-waiting"])
+                try:
+                    samples.append((await asyncio.to_thread(link))["history-waiting"])
+                    misses = 0
+                except TimeoutError as e:
+                    lost.append(repr(e))
+                    misses += 1
+                    if misses >= 3:
+                        raise
+                    continue
                 await asyncio.sleep(0.05)
-        tasks = [asyncio.ensure_future(leaver()) for _ in range(64)]
-        tasks.append(asyncio.ensure_future(watch()))
+        # The victim connects first (its upgrade would compete with the
+        # leavers' for the loop and the worker).
+        v = await Client.open(b)
+        tasks = [asyncio.ensure_future(leaver()) for _ in range(sockets)]
+        watcher = asyncio.ensure_future(watch())
         answers = []
         try:
             await asyncio.sleep(1.0)
-            v = await Client.open(b)
-            for _ in range(15):
+            t_end = time.monotonic() + 2 * timeout_ms / 1000
+            # At least 15 asks, and the load runs for at least 2 x the
+            # timeout (the list of the build without the cancel grows for
+            # that long; a slow machine only makes it grow more).
+            while len(answers) < 15 or time.monotonic() < t_end or len(samples) < 20:
                 t0 = time.monotonic()
-                await v.send(type="history", **{"channel-id": "h:small"}, limit=1)
-                r = await v.of_type("history-result", 30)
+                try:
+                    await v.send(type="history", **{"channel-id": "h:small"}, limit=1)
+                    r = await v.of_type("history-result", 30)
+                except Exception as e:  # noted: asserted below with the others
+                    answers.append((f"lost: {e!r}", round(time.monotonic() - t0, 2)))
+                    break
                 answers.append((r["success"] or r["reason"], round(time.monotonic() - t0, 2)))
+                if watcher.done():
+                    break
         finally:
             stop = True
             await asyncio.gather(*tasks, return_exceptions=True)
+        most = max(samples, default=0)
+        print("leavers' requests", sent, "samples", len(samples), "lost", lost, "most waiting", most,
+              "limit:1 answers", len(answers), "slowest", max(t for _, t in answers),
+              [a for a in answers if a[0] is not True])
+        # The symptom: the list holds about the clients that are there
+        # (64, and those whose cancel is on its way), not rate x timeout.
+        assert most <= 2 * sockets, (most, samples)
+        # ... and the victim is never told broker-timeout (nor loses its
+        # connection): each of its limit:1 pages was sent within
+        # --redis-timeout-ms.
+        assert [ok for ok, _ in answers] == [True] * len(answers), answers
+        await watcher  # raises what the watcher raised
+        assert len(samples) >= 20, samples  # the list was looked at all along
         l = link()
-        print("leavers' requests", sent, "most waiting", most, "cancelled", l["history-cancelled"],
-              "waited", l["history-waited"], "limit:1 answers", answers)
+        print("cancelled", l["history-cancelled"], "waited", l["history-waited"])
         assert sent > 200, sent  # the loop ran
-        assert [ok for ok, _ in answers] == [True] * 15, answers
         assert l["timeouts"] == 0 and l["reconnects"] == 0, l
         assert l["history-cancelled"] > 0, l
-        # At most the 64 that are there, and those whose cancel is on its way.
-        assert most <= 160, most
         text = b.request("GET", "/metrics")[1].decode()
         assert 'sente_lite_redis_history_cancelled_total{redis="0"} ' in text, text
         wait_for(lambda: link()["history-waiting"] == 0 and link()["history-bytes"] == 0,
