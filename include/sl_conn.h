@@ -234,6 +234,12 @@ typedef struct {
     sl_worker_stats_t *stats;     /* the worker's slot in shared memory */
     const sl_conn_handlers_t *on; /* the layers above */
     bool stopping;                /* draining: requests answered Connection: close */
+    /* The loop reports edge-triggered events and the peer's FIN (epoll):
+     * only then is a paused connection whose history waits watched for
+     * its FIN (conn.c; review rg17 L6: poll/select ignore EV_ET and
+     * EV_CLOSED, and unread input would wake it every turn).  Without,
+     * the request is cancelled when the connection is freed. */
+    bool fin_watch;
     sl_conn_list_t conns;         /* live connections (SL_CONNS_EACH) */
     sl_conn_t *dirty;             /* to flush (or free, if dead) at turn end */
     sl_conn_list_t ready;         /* input left for the next turn */

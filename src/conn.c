@@ -801,9 +801,11 @@ static void conn_watch(sl_conn_t *c, bool write)
      * reset is still watched, so a client that left does not keep its
      * request waiting (review rf17 H1).  Edge-triggered: input that arrives
      * meanwhile (left unread) wakes us once per arrival, not every turn;
-     * EV_CLOSED is the FIN (EPOLLRDHUP), a reset comes as EV_READ. */
+     * EV_CLOSED is the FIN (EPOLLRDHUP), a reset comes as EV_READ.  Only
+     * on a loop that has both (fin_watch: epoll; poll/select would wake it
+     * every turn while input is left unread - rg17 L6). */
     const sl_conn_cl_t *q = sl_conn_cl(c);
-    bool gone = !rd && !write && !c->peer_eof && c->state == SL_CONN_WS && q &&
+    bool gone = sl_conns.fin_watch && !rd && !write && !c->peer_eof && c->state == SL_CONN_WS && q &&
                 q->history_busy && !q->peer_gone;
     short what = EV_PERSIST | (rd ? EV_READ : 0) | (write ? EV_WRITE : 0) |
                  (gone ? EV_READ | EV_CLOSED | EV_ET : 0);

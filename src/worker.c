@@ -225,6 +225,9 @@ int sl_worker_setup(sl_worker_t *w, int id)
     w->base = event_base_new();
     sl_conns.id = id;
     sl_conns.base = w->base;
+    sl_conns.fin_watch = w->base &&
+        (event_base_get_features(w->base) & (EV_FEATURE_ET | EV_FEATURE_EARLY_CLOSE)) ==
+            (EV_FEATURE_ET | EV_FEATURE_EARLY_CLOSE);
     sl_conns.stats = w->stats;
     sl_conns.on = &worker_handlers;
     sl_tls_set_stats(w->stats);

@@ -726,3 +726,64 @@ def test_channel_message_waits_behind_a_pending_history(cluster):
         assert m["data"] == {"n": 2}, m
 
     run(go())
+
+
+def test_history_fin_watch_does_not_spin_without_epoll(cluster):
+    """Review rg17 L6: under libevent's poll backend (EVENT_NOEPOLL=1 in
+    the server's environment) EV_ET and EV_CLOSED are ignored, so the FIN
+    watch of a paused connection whose `history` waits would wake the
+    worker every turn while one unread byte is left.  The watch is armed
+    only when the event base has both features: the worker's CPU time
+    stays low while such a history waits (the broker is stopped: it waits
+    for the worker's deadline), and the request is still answered."""
+    import base64
+    a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "1500",
+                   "--worker-stall-kill-ms", "600000", *NS, workers=1,
+                   env={"EVENT_NOEPOLL": "1"})
+    payload = json.dumps({"type": "history", "channel-id": "h:p"}).encode()
+    mask = b"abcd"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + \
+        bytes(ch ^ mask[i % 4] for i, ch in enumerate(payload))
+    worker = b.stats()["workers"][0]["pid"]
+
+    def cpu_s():
+        with open(f"/proc/{worker}/stat") as f:
+            fields = f.read().split(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:p"))["success"]
+        await publish(x, "h:p", 1)
+        r, w = await asyncio.open_connection("127.0.0.1", b.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert b" 101 " in head, head
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            w.write(frame)
+            await w.drain()
+            await asyncio.sleep(0.3)  # read, and the connection paused
+            w.write(b"\x81")  # one byte of a next frame: left unread
+            await w.drain()
+            await asyncio.sleep(0.2)
+            c0, t0 = cpu_s(), time.monotonic()
+            await asyncio.sleep(2.0)  # the history waits (deadline 2 x 1.5 s + 0.5 s)
+            used, wall = cpu_s() - c0, time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print("worker cpu", round(used, 2), "s in", round(wall, 2), "s")
+        # A spinning worker takes most of a core for the 2 s (even on a
+        # loaded machine, far more than this); an idle one, its ticks.
+        assert used < 0.5, used
+        # The request is answered (its deadline, or the page once the
+        # broker runs again): a text frame comes.
+        got = await asyncio.wait_for(r.read(2), 30)
+        assert got[:1] == b"\x81", got
+        w.close()
+    run(go())
