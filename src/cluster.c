@@ -388,6 +388,8 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->history_waited)));
         json_object_set_new(o, "history-cancelled",
                             json_integer((json_int_t)uatomic_read(&l->history_cancelled)));
+        json_object_set_new(o, "history-expired",
+                            json_integer((json_int_t)uatomic_read(&l->history_expired)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",

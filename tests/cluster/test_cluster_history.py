@@ -627,6 +627,10 @@ def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis
         assert l["history-cancelled"] > 0, l
         text = b.request("GET", "/metrics")[1].decode()
         assert 'sente_lite_redis_history_cancelled_total{redis="0"} ' in text, text
+        # rg17 L2: wait-list expiries are counted apart (none here: the
+        # victim's were all sent within --redis-timeout-ms).
+        assert l["history-expired"] == 0, l
+        assert 'sente_lite_redis_history_expired_total{redis="0"} 0' in text, text
         wait_for(lambda: link()["history-waiting"] == 0 and link()["history-bytes"] == 0,
                  timeout=10, what="B's wait list empty")
     run(go())
