@@ -57,6 +57,13 @@ enum {
      * "min-at" (wall ms; 0: no age bound)} -> {"epoch","top-seq","more",
      * "messages": [the retained channel-message texts, in page order]}. */
     SL_BRQ_HISTORY = 26,
+    /* The worker gave up on its history request `tag` (the entry's own tag;
+     * no payload, no answer to it): its connection closed, or its peer did
+     * while it waited (review rf17 H1).  A request still waiting for the
+     * page budget is taken off the wait list, never sent, and answered
+     * broker-unavailable (so the worker's record goes); one already sent
+     * runs to its end. */
+    SL_BRQ_CANCEL = 27,
 };
 
 /* Request flags (status of a request entry). */

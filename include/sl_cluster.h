@@ -47,7 +47,13 @@ void sl_cluster_result(const sl_inbox_entry_t *e);
 /* Deadlines and the broker's deaths; called every tick and turn. */
 void sl_cluster_tick(void);
 
-/* Connection c is being freed: its records keep running without it. */
+/* The peer of c left while c waits for a history (sl_conn_handlers_t
+ * peer_gone): that request is cancelled if it still waits for the link's
+ * page budget (the answer then says broker-unavailable). */
+void sl_cluster_peer_gone(sl_conn_t *c);
+
+/* Connection c is being freed: its records keep running without it (its
+ * history requests still waiting are cancelled). */
 void sl_cluster_conn_closed(sl_conn_t *c);
 
 /* The node an id (conn-…/req-… ".<node>") names; NULL when it has none

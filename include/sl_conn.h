@@ -187,6 +187,7 @@ typedef struct sl_conn_cl {
     struct sl_join *joins;    /* pubsub.c: subscriptions waiting for the cluster */
     uint32_t nrq;             /* proto.c: entries in rq_head */
     bool history_busy;        /* pubsub.c: a `history` waits for the broker: stop reading (rv17 H1) */
+    bool peer_gone;           /* conn.c: the peer's FIN seen meanwhile (told once: peer_gone) */
     bool http_deferred;       /* httpd.c: an HTTP response waits for the broker: stop parsing */
     bool http_deferred_keep;  /* ... and whether to keep the connection after it */
 } sl_conn_cl_t;
@@ -215,6 +216,12 @@ typedef struct {
     /* Any connection (every kind) is being freed: forget what still
      * refers to it (--redis: the broker's answers for it). */
     void (*freed)(sl_conn_t *c);
+    /* The peer of a protocol WebSocket closed its side while the
+     * connection is not read because a `history` waits for the broker
+     * (history_busy): what it waits for may be given up (review rf17 H1).
+     * Told once per wait; the connection stays (its input before the FIN
+     * is still processed when reading resumes, then the EOF closes it). */
+    void (*peer_gone)(sl_conn_t *c);
 } sl_conn_handlers_t;
 
 #define SL_SCRATCH_SIZE (64 * 1024)
@@ -227,6 +234,12 @@ typedef struct {
     sl_worker_stats_t *stats;     /* the worker's slot in shared memory */
     const sl_conn_handlers_t *on; /* the layers above */
     bool stopping;                /* draining: requests answered Connection: close */
+    /* The loop reports edge-triggered events and the peer's FIN (epoll):
+     * only then is a paused connection whose history waits watched for
+     * its FIN (conn.c; review rg17 L6: poll/select ignore EV_ET and
+     * EV_CLOSED, and unread input would wake it every turn).  Without,
+     * the request is cancelled when the connection is freed. */
+    bool fin_watch;
     sl_conn_list_t conns;         /* live connections (SL_CONNS_EACH) */
     sl_conn_t *dirty;             /* to flush (or free, if dead) at turn end */
     sl_conn_list_t ready;         /* input left for the next turn */

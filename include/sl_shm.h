@@ -212,6 +212,8 @@ typedef struct {
     uint64_t history_refused;    /* history requests refused: the budget and its wait list were full */
     uint64_t history_waiting;    /* history requests waiting for the page budget (gauge) */
     uint64_t history_waited;     /* history requests that had to wait for it (counter) */
+    uint64_t history_cancelled;  /* ... taken off the wait list unsent: the client had gone (counter) */
+    uint64_t history_expired;    /* ... answered broker-timeout unsent: waited --redis-timeout-ms (counter) */
     char down_reason[96];
 } sl_broker_link_t;
 

@@ -108,11 +108,14 @@ static uint32_t inflight_max = INFLIGHT_MAX;
  * node's commands on that Redis, behind pages it copies and this process
  * parses).  A request past it waits, in request order, on the link's wait
  * list (review rb17 M2: back-pressure, not a refusal - its connection
- * reads nothing more meanwhile, so the list is bounded by the node's
- * connections; HISTORY_WAIT_MAX is the hard cap, past it overloaded,
- * history-refused).  One page is always let through. */
+ * reads nothing more meanwhile; and a request whose client has gone is
+ * cancelled by its worker, SL_BRQ_CANCEL, taken off the list unsent (rf17
+ * H1), so the list holds requests of live connections (a cancel lost to a
+ * full queue: until its deadline); HISTORY_WAIT_MAX is the hard cap, past
+ * it overloaded, history-refused).  One page is always let through. */
 #define HISTORY_INFLIGHT_BYTES (8u << 20)
 #define HISTORY_WAIT_MAX 4096
+#define HW_BUCKETS 1024 /* a link's wait-list hash (a power of 2) */
 /* What one stored message may take in a page, at most: its data (at most
  * --max-message-size) and the envelope around it. */
 #define HISTORY_ITEM_OVERHEAD 1024
@@ -316,8 +319,11 @@ struct link {
     uint32_t ninflight;
     uint64_t inflight_bytes;
     uint64_t history_bytes; /* max-bytes of the history pages in flight (HISTORY_INFLIGHT_BYTES) */
-    struct hist_wait *hw_head, *hw_tail; /* requests waiting for it (FIFO) */
+    struct hist_wait *hw_head, *hw_tail; /* requests waiting for it (FIFO, doubly linked) */
     uint32_t nhw;
+    /* The same requests by (from, tag), chained through hnext: a cancel
+     * finds its request in O(1), not by a scan (review rg17 L4). */
+    struct hist_wait *hw_hash[HW_BUCKETS];
     int64_t backoff_ms;
     int64_t connect_ms;   /* mono ms the connection attempt began */
     int64_t echo_sent_ms; /* mono ms of the echo not yet seen on pub/sub; 0: none */
@@ -2247,17 +2253,40 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     if (ch == NULL)
         return 0;
     ch->want = ch->want || subs > 0; /* marked; cleared below for the rest */
-    if (!ch->known && subs > 0 && ch->sub == SUB_NONE && ch->joins == NULL) {
-        /* A new broker (the last one died): where this node's delivery
-         * stopped is in the registry (made exact by the channel lock's
-         * recovery), so what was published meanwhile is fetched from the
-         * history once subscribed (catch-up), even when that is seq 0. */
-        char ep[16];
-        uint64_t last = sl_chan_position(lc, ep);
-        snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
-        ch->last = last;
-        ch->known = true;
+    return 0;
+}
+
+/* At this broker's start, before it takes a request (the workers submit
+ * none before its pid is published, after this walk): the channels with
+ * subscribers here were joined through a broker that died (or one whose
+ * join has failed, or is queued: refused here, the link being down, and
+ * the worker undoes it).  Where their delivery stopped is in the registry
+ * (made exact by the channel lock's recovery), so what was published
+ * meanwhile is fetched from the history once subscribed (catch-up), even
+ * when that is seq 0.  Only then: a subscription made while this broker
+ * runs is positioned by its own join (done_join), which may reach the
+ * broker after a reconcile has seen the local subscriber - the worker
+ * subscribes here first, then queues the join.  Taking the registry's
+ * position for it then, a new local channel's own epoch and seq 0, the
+ * catch-up at its subscription found "another epoch" and reset the
+ * channel: its fresh subscribers closed with 1012 though nothing was lost
+ * (CI, flake7).  False: no memory for a record (the broker exits and is
+ * started again). */
+static int adopt_cb(sl_table_node_t *n, void *arg)
+{
+    sl_chan_t *lc = (sl_chan_t *)n;
+    if (uatomic_read(&lc->subscribers) == 0)
+        return 0;
+    bchan_t *ch = chan_get(lc->id, lc->node.klen);
+    if (ch == NULL) {
+        *(bool *)arg = false;
+        return 1;
     }
+    char ep[16];
+    uint64_t last = sl_chan_position(lc, ep);
+    snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
+    ch->last = last;
+    ch->known = true;
     return 0;
 }
 
@@ -3298,7 +3327,8 @@ static void req_presence(const sl_inbox_entry_t *e, json_t *j, bool stats)
  * stale one).  One read-only script; on the channel's shard's command
  * connection, so it runs after every publish this node sent before it. */
 typedef struct hist_wait {
-    struct hist_wait *next;
+    struct hist_wait *next, *prev; /* the link's FIFO */
+    struct hist_wait *hnext;       /* its hw_hash bucket */
     sl_inbox_entry_t e; /* its msg already released (NULL) */
     json_t *j;          /* the request (one reference) */
     uint64_t want;
@@ -3333,42 +3363,136 @@ static bool history_fits(const link_t *l, uint64_t want)
     return l->history_bytes == 0 || l->history_bytes + want <= HISTORY_INFLIGHT_BYTES;
 }
 
-/* Sends the waiting requests that now fit, in order; drops those whose
- * worker has given up (all of them when sweep: from the tick). */
+static struct hist_wait **hw_bucket(link_t *l, int from, uint64_t tag)
+{
+    uint64_t h = (tag ^ ((uint64_t)(uint32_t)from << 32)) * 0x9E3779B97F4A7C15ull;
+    return &l->hw_hash[h >> 54 & (HW_BUCKETS - 1)];
+}
+
+/* w joins the tail of l's wait list (and its hash). */
+static void hw_link(link_t *l, hist_wait_t *w)
+{
+    struct hist_wait **b = hw_bucket(l, w->e.from, w->e.tag);
+    w->hnext = *b;
+    *b = w;
+    w->next = NULL;
+    w->prev = l->hw_tail;
+    if (l->hw_tail)
+        l->hw_tail->next = w;
+    else
+        l->hw_head = w;
+    l->hw_tail = w;
+    l->nhw++;
+}
+
+/* w leaves l's wait list and its hash (the caller answers or sends it). */
+static void hw_unlink(link_t *l, hist_wait_t *w)
+{
+    struct hist_wait **b = hw_bucket(l, w->e.from, w->e.tag);
+    while (*b != w)
+        b = &(*b)->hnext;
+    *b = w->hnext;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        l->hw_head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->hw_tail = w->prev;
+    l->nhw--;
+}
+
+/* A waiting request taken off the list (hw_unlink), never sent, answered
+ * `status` (its record is still there: the worker's deadline is later
+ * than the request's), and freed. */
+static void history_unwait(link_t *l, hist_wait_t *w, uint32_t status)
+{
+    if (status == SL_BR_TIMEOUT) /* waited its whole time (rg17 L2: not a Redis timeout) */
+        uatomic_add(&BSTATS->link[l->shard].history_expired, 1);
+    answer(w->e.from, w->e.tag, status, NULL);
+    json_decref(w->j);
+    free(w);
+}
+
+/* Room on l for one more history command (a few hundred bytes) without a
+ * refusal: a full link keeps the rest waiting (review rf17 L2), the next
+ * tick tries again.  A link that is not up answers them unavailable. */
+static bool history_room(const link_t *l)
+{
+    return l->state != L_UP ||
+           (l->ninflight < inflight_max && l->inflight_bytes + 4096 <= INFLIGHT_BYTES_MAX);
+}
+
+/* Sends the waiting requests that now fit, in order; answers those past
+ * their deadline broker-timeout at once (review rf17 L1: not at the
+ * worker's later deadline; all of them when sweep: from the tick). */
 static void history_pump(link_t *l, bool sweep)
 {
     int64_t now = sl_mono_ms();
     if (sweep) {
-        l->hw_tail = NULL;
-        for (hist_wait_t **p = &l->hw_head; *p;) {
-            hist_wait_t *w = *p;
+        for (hist_wait_t *w = l->hw_head, *n; w; w = n) {
+            n = w->next;
             if (given_up(&w->e, now)) {
-                *p = w->next;
-                l->nhw--;
-                uatomic_add(&BSTATS->expired, 1);
-                json_decref(w->j);
-                free(w);
-            } else {
-                l->hw_tail = w;
-                p = &w->next;
+                hw_unlink(l, w);
+                history_unwait(l, w, SL_BR_TIMEOUT);
             }
         }
     }
     while (l->hw_head) {
         hist_wait_t *w = l->hw_head;
         bool gone = given_up(&w->e, now);
-        if (!gone && !history_fits(l, w->want))
+        if (!gone && (!history_fits(l, w->want) || !history_room(l)))
             break;
-        l->hw_head = w->next;
-        if (l->hw_head == NULL)
-            l->hw_tail = NULL;
-        l->nhw--;
-        if (gone)
-            uatomic_add(&BSTATS->expired, 1);
-        else
-            history_send(l, &w->e, w->j, w->want);
+        hw_unlink(l, w);
+        if (gone) {
+            history_unwait(l, w, SL_BR_TIMEOUT);
+            continue;
+        }
+        history_send(l, &w->e, w->j, w->want);
         json_decref(w->j);
         free(w);
+    }
+    uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+}
+
+/* The worker's SL_BRQ_CANCEL: request (from, tag) is taken off its link's
+ * wait list if it still waits (review rf17 H1), and answered
+ * broker-unavailable (not done) so the worker's record goes; one already
+ * sent (or answered) is not there: nothing to do.  One hash bucket a
+ * link (hw_hash: O(1), review rg17 L4), nothing when no link has any
+ * waiting. */
+static void req_cancel(const sl_inbox_entry_t *e)
+{
+    for (uint32_t i = 0; i < B.nlinks; i++) {
+        link_t *l = &B.link[i];
+        if (l->nhw == 0)
+            continue;
+        for (hist_wait_t *w = *hw_bucket(l, e->from, e->tag); w; w = w->hnext) {
+            if (w->e.tag != e->tag || w->e.from != e->from)
+                continue;
+            hw_unlink(l, w);
+            uatomic_add(&BSTATS->link[l->shard].history_cancelled, 1);
+            /* (Not counted as unavailable: nobody is told it.) */
+            if (sl_brq_result(REG, w->e.from, w->e.tag, SL_BR_UNAVAILABLE, NULL, 0) == SL_OK)
+                wake_worker(w->e.from);
+            json_decref(w->j);
+            free(w);
+            uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
+            return;
+        }
+    }
+}
+
+/* The link failed (or the broker stops): its waiting requests were never
+ * sent, and are answered broker-unavailable now (review rf17 L3), as the
+ * joins waiting for a SUBSCRIBE are. */
+static void history_fail_waiting(link_t *l)
+{
+    while (l->hw_head) {
+        hist_wait_t *w = l->hw_head;
+        hw_unlink(l, w);
+        history_unwait(l, w, SL_BR_UNAVAILABLE);
     }
     uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
 }
@@ -3377,6 +3501,7 @@ static void hist_cb(evutil_socket_t fd, short what, void *arg)
 {
     for (uint32_t i = 0; i < B.nlinks; i++)
         history_pump(&B.link[i], false);
+    wake_flush(); /* the workers of requests answered there (refused, unavailable, timed out) */
 }
 
 static void req_history(const sl_inbox_entry_t *e, json_t *j)
@@ -3387,23 +3512,17 @@ static void req_history(const sl_inbox_entry_t *e, json_t *j)
         return answer(e->from, e->tag, SL_BR_BAD, NULL);
     link_t *l = link_of(id, len);
     uint64_t want = history_want(j);
-    if (l->hw_head || !history_fits(l, want)) {
+    if (l->hw_head || !history_fits(l, want) || !history_room(l)) {
         hist_wait_t *w = l->nhw < HISTORY_WAIT_MAX ? malloc(sizeof(*w)) : NULL;
         if (w == NULL) {
             uatomic_add(&BSTATS->link[l->shard].history_refused, 1);
             return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
         }
-        w->next = NULL;
         w->e = *e;
         w->e.msg = NULL; /* released by drain_queue */
         w->j = json_incref(j);
         w->want = want;
-        if (l->hw_tail)
-            l->hw_tail->next = w;
-        else
-            l->hw_head = w;
-        l->hw_tail = w;
-        l->nhw++;
+        hw_link(l, w);
         uatomic_add(&BSTATS->link[l->shard].history_waited, 1);
         uatomic_set(&BSTATS->link[l->shard].history_waiting, l->nhw);
         return;
@@ -3510,6 +3629,10 @@ static void handle(const sl_inbox_entry_t *e)
     }
     if (e->kind == SL_BRQ_PUBLISH) {
         req_publish(e, e->status & SL_BRQ_F_ADMIN);
+        return;
+    }
+    if (e->kind == SL_BRQ_CANCEL) {
+        req_cancel(e);
         return;
     }
     if (e->msg == NULL)
@@ -3641,6 +3764,7 @@ static void link_fail(link_t *l, const char *why)
     l->cu_wait = l->cu_wait_tail = NULL;
     l->ncu_wait = 0;
     cu_shown(l);
+    history_fail_waiting(l);
     wake_flush();
     link_schedule(l);
 }
@@ -4252,6 +4376,12 @@ int sl_broker_main(int tel_fd)
     uatomic_set(&BSTATS->nshards, B.nlinks);
 
     sl_qsbr_register(&REG->qsbr, SL_REG_BROKER_SLOT);
+    bool adopted = true;
+    sl_table_foreach(REG->channels, adopt_cb, &adopted);
+    if (!adopted) {
+        sl_qsbr_offline(&REG->qsbr, SL_REG_BROKER_SLOT);
+        return 1;
+    }
     uatomic_set(&BSTATS->pid, (int32_t)getpid());
     for (uint32_t i = 0; i < B.nlinks; i++)
         link_connect(&B.link[i]);

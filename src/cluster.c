@@ -46,6 +46,8 @@ typedef struct sl_crec {
     uint64_t tag;
     uint64_t gen;
     int64_t deadline;
+    int kind;       /* SL_BRQ_*: a history's is cancelled when its client goes */
+    bool cancelled; /* ... and was (SL_BRQ_CANCEL sent) */
     sl_conn_t *conn;
     sl_cluster_fn fn;
     void *arg;
@@ -145,6 +147,7 @@ int sl_cluster_submit(int kind, sl_conn_t *c, uint32_t flags, const void *payloa
         return SL_BR_OVERLOADED;
     }
     r->conn = c;
+    r->kind = kind;
     r->fn = fn;
     r->arg = arg;
     r->hnext = *slot_of(r->tag);
@@ -221,11 +224,38 @@ void sl_cluster_tick(void)
     }
 }
 
+/* Its client has gone: a history request of c that still waits for the
+ * link's page budget is taken off the broker's wait list, never sent
+ * (review rf17 H1: otherwise a client that connects, asks and closes in a
+ * loop fills the list, and Redis copies pages nobody reads).  The broker
+ * answers it (the record goes then); a cancel that finds the broker's
+ * queue full is not retried: the request then runs as before, within its
+ * deadline.  The queue keeps the worker's order, so the cancel comes after
+ * its request. */
+static void cancel_histories(sl_conn_cl_t *cl)
+{
+    for (rec_t *r = cl->crecs; r; r = r->cnext)
+        if (r->kind == SL_BRQ_HISTORY && !r->cancelled) {
+            r->cancelled = true;
+            if (push(SL_BRQ_CANCEL, NULL, 0, r->tag, r->gen, sl_mono_ms() + sl_conf->redis_timeout_ms,
+                     NULL, 0) != SL_OK)
+                uatomic_add(&sl_conns.stats->overloaded, 1);
+        }
+}
+
+void sl_cluster_peer_gone(sl_conn_t *c)
+{
+    sl_conn_cl_t *cl = sl_conn_cl(c);
+    if (cl)
+        cancel_histories(cl);
+}
+
 void sl_cluster_conn_closed(sl_conn_t *c)
 {
     sl_conn_cl_t *cl = sl_conn_cl(c);
     if (cl == NULL)
         return; /* it never asked the broker */
+    cancel_histories(cl);
     for (rec_t *r = cl->crecs; r; r = r->cnext)
         r->conn = NULL; /* out of its list with it */
     cl->crecs = NULL;
@@ -356,6 +386,10 @@ json_t *sl_cluster_stats(void)
                             json_integer((json_int_t)uatomic_read(&l->history_waiting)));
         json_object_set_new(o, "history-waited",
                             json_integer((json_int_t)uatomic_read(&l->history_waited)));
+        json_object_set_new(o, "history-cancelled",
+                            json_integer((json_int_t)uatomic_read(&l->history_cancelled)));
+        json_object_set_new(o, "history-expired",
+                            json_integer((json_int_t)uatomic_read(&l->history_expired)));
         int64_t since = uatomic_read(&l->down_since_ms);
         json_object_set_new(o, "down-since", since ? json_integer(since) : json_null());
         json_object_set_new(o, "down-reason",

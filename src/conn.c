@@ -797,10 +797,21 @@ static void conn_watch(sl_conn_t *c, bool write)
     /* Nothing more to read after the peer's FIN (the socket would stay
      * readable for ever). */
     bool rd = !c->peer_eof && (!c->read_paused || c->xport_wants_read);
-    short what = EV_PERSIST | (rd ? EV_READ : 0) | (write ? EV_WRITE : 0);
+    /* Not read while a history waits for the broker: its peer's FIN or
+     * reset is still watched, so a client that left does not keep its
+     * request waiting (review rf17 H1).  Edge-triggered: input that arrives
+     * meanwhile (left unread) wakes us once per arrival, not every turn;
+     * EV_CLOSED is the FIN (EPOLLRDHUP), a reset comes as EV_READ.  Only
+     * on a loop that has both (fin_watch: epoll; poll/select would wake it
+     * every turn while input is left unread - rg17 L6). */
+    const sl_conn_cl_t *q = sl_conn_cl(c);
+    bool gone = sl_conns.fin_watch && !rd && !write && !c->peer_eof && c->state == SL_CONN_WS && q &&
+                q->history_busy && !q->peer_gone;
+    short what = EV_PERSIST | (rd ? EV_READ : 0) | (write ? EV_WRITE : 0) |
+                 (gone ? EV_READ | EV_CLOSED | EV_ET : 0);
     event_del(&c->ev);
     c->write_armed = write;
-    if (what & (EV_READ | EV_WRITE)) {
+    if (what & (EV_READ | EV_WRITE | EV_CLOSED)) {
         event_assign(&c->ev, sl_conns.base, c->fd, what, conn_io_cb, c);
         if (event_add(&c->ev, NULL) != 0) {
             sl_conn_abort(c, "event-add-failed");
@@ -892,6 +903,9 @@ void sl_conn_history_busy(sl_conn_t *c, bool busy)
     if (q == NULL)
         return;
     q->history_busy = busy;
+    q->peer_gone = false;
+    if (busy && c->read_paused && c->state == SL_CONN_WS)
+        conn_watch(c, c->write_armed); /* paused already: watch for its FIN */
     if (!busy && c->read_paused && (c->state == SL_CONN_WS || c->state == SL_CONN_HTTP) &&
         conn_output_low(c))
         conn_resume(c);
@@ -1550,6 +1564,27 @@ static void conn_eof(sl_conn_t *c)
         conns_mark_dirty(c); /* the flush closes once the output is out */
 }
 
+/* Woken while not read because a history waits (conn_watch): if its peer
+ * has left (FIN: EV_CLOSED, or a peek finds the end or an error), the
+ * layers above are told once and it is watched no more; the rest waits
+ * for the answer, as before (input before the FIN is processed then). */
+static void conn_peer_gone(sl_conn_t *c, short what)
+{
+    sl_conn_cl_t *q = sl_conn_cl(c);
+    if (q == NULL || !q->history_busy || q->peer_gone || c->xport_wants_read)
+        return;
+    if (!(what & EV_CLOSED)) {
+        char b;
+        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT); /* raw: only looked at */
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+            return; /* input (left for later), or nothing: still there */
+    }
+    q->peer_gone = true;
+    conn_watch(c, c->write_armed);
+    if (sl_conns.on->peer_gone)
+        sl_conns.on->peer_gone(c);
+}
+
 static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
 {
     sl_conn_t *c = arg;
@@ -1557,6 +1592,8 @@ static void conn_io_cb(evutil_socket_t fd, short what, void *arg)
         what |= EV_READ; /* the transport's read waited for this */
     if ((what & EV_WRITE) && c->state != SL_CONN_DEAD)
         sl_conn_flush(c);
+    if (c->read_paused && (what & (EV_READ | EV_CLOSED)) && c->state == SL_CONN_WS)
+        conn_peer_gone(c, what);
     if (!(what & EV_READ) || c->state == SL_CONN_DEAD)
         return;
     /* Input left over from a pause or an earlier turn goes first; while

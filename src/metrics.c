@@ -245,6 +245,10 @@ static void cluster_metrics(out_t *o, json_t *cl)
          "history requests waiting for the link's 8 MiB page budget."},
         {"redis_history_waited_total", "history-waited", "counter",
          "history requests that had to wait for the link's page budget."},
+        {"redis_history_cancelled_total", "history-cancelled", "counter",
+         "Waiting history requests taken off the wait list unsent: their client had gone."},
+        {"redis_history_expired_total", "history-expired", "counter",
+         "Waiting history requests answered broker-timeout unsent: they waited --redis-timeout-ms for the page budget."},
     };
     json_t *links = json_object_get(cl, "redis");
     for (size_t m = 0; m < SL_ARRAY_LEN(rm); m++) {

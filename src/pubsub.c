@@ -914,6 +914,20 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
     join_free(c, j);
 }
 
+#ifdef SL_CRASHPOINTS
+/* Test build: SL_TEST_JOIN_DELAY="<ms>:<prefix>" - a subscription to a
+ * channel named from <prefix> on sleeps <ms> between the local subscribe
+ * and its join's submission to the broker (a worker preempted there: the
+ * broker's heartbeat turn sees the subscriber before its join). */
+static void join_delay(const char *id, size_t len)
+{
+    const char *v = getenv("SL_TEST_JOIN_DELAY");
+    const char *p = v ? strchr(v, ':') : NULL;
+    if (p && len >= strlen(p + 1) && memcmp(id, p + 1, strlen(p + 1)) == 0)
+        usleep((useconds_t)atoi(v) * 1000);
+}
+#endif
+
 static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
                          json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
                          bool joined_here, uint64_t sub_no)
@@ -979,6 +993,9 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
         json_object_set_new(req, "epoch", json_string(cep));
     char *txt = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
+#ifdef SL_CRASHPOINTS
+    join_delay(id, len);
+#endif
     int rc = txt ? sl_cluster_submit(SL_BRQ_JOIN, c, 0, txt, strlen(txt), join_done, j)
                  : SL_BR_OVERLOADED;
     free(txt);

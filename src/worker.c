@@ -60,6 +60,7 @@ static const sl_conn_handlers_t worker_handlers = {
     .ws_tick = worker_ws_tick,
     .closed = sl_router_closed,
     .freed = sl_cluster_conn_closed,
+    .peer_gone = sl_cluster_peer_gone,
 };
 
 void sl_worker_turn_end(sl_worker_t *w)
@@ -224,6 +225,9 @@ int sl_worker_setup(sl_worker_t *w, int id)
     w->base = event_base_new();
     sl_conns.id = id;
     sl_conns.base = w->base;
+    sl_conns.fin_watch = w->base &&
+        (event_base_get_features(w->base) & (EV_FEATURE_ET | EV_FEATURE_EARLY_CLOSE)) ==
+            (EV_FEATURE_ET | EV_FEATURE_EARLY_CLOSE);
     sl_conns.stats = w->stats;
     sl_conns.on = &worker_handlers;
     sl_tls_set_stats(w->stats);

@@ -1896,7 +1896,10 @@ def test_lapse_catch_ups_refused_by_a_full_link_are_sent_later(cluster, redis):
     (a,) = cluster(1, "--channel-linger-ms", "300", "--redis-timeout-ms", "60000",
                    "--worker-stall-ms", "60000", "--worker-stall-kill-ms", "120000",
                    binary=CRASH_BIN, env={"SL_TEST_INFLIGHT_MAX": "8"})
-    (b,) = cluster(1, "--redis-timeout-ms", "60000")
+    # B's heartbeat is the one that takes A for dead and lets A's channels
+    # linger (by B's --channel-linger-ms): 300 ms, as A's, not the default
+    # 30 s the wait below spent.
+    (b,) = cluster(1, "--redis-timeout-ms", "60000", "--channel-linger-ms", "300")
     chans = [f"st{i}" for i in range(12)]
 
     async def go():

@@ -501,6 +501,141 @@ def test_history_small_page_waits_behind_looping_big_pages(cluster, redis):
     run(go())
 
 
+@pytest.mark.alone  # a bound on time (conftest.py: run by itself)
+def test_history_wait_list_gives_up_requests_of_clients_that_left(cluster, redis):
+    """Review rf17 H1 (the reviewer's probe as a test), rg17 L1: 64 sockets
+    loop "connect, upgrade + one big-page `history`, read the 101, close" on
+    B.  A request whose client has left is cancelled by its worker (the
+    peer's FIN is seen while the connection is not read) and taken off the
+    link's wait list unsent, so the list stays about as long as the clients
+    that are there (at most ~2x the 64 sockets; without the cancel it grows
+    to rate x --redis-timeout-ms, hundreds to thousands), and another
+    client's `limit:1` histories are all answered (none waits past
+    --redis-timeout-ms behind pages of clients that left: broker-timeout),
+    with no link timeout.  /stats is sampled from a thread (the loop is not
+    stalled), every sample counts, and a failed sample fails the test."""
+    import base64
+    # 5 s: with the cancel, a victim's page can still take a few seconds
+    # on a loaded machine (pages already sent for clients that left run to
+    # their end); without it the list grows to rate x 5 s.
+    timeout_ms = 5000
+    sockets = 64
+    a, b = cluster(2, "--message-retention", "1000", "--redis-timeout-ms", str(timeout_ms), *NS,
+                   workers=1)
+
+    def link():
+        return b.stats()["cluster"]["redis"][0]
+
+    async def go():
+        pub = await Client.open(a)
+        x = await Client.open(a)
+        assert (await x.subscribe("h:big"))["success"]
+        assert (await x.subscribe("h:small"))["success"]
+        for _ in range(40):
+            await publish(pub, "h:big", {"pad": "x" * 20000})
+        await publish(pub, "h:small", 1)
+        stop = False
+        sent = 0
+        payload = json.dumps({"type": "history", "channel-id": "h:big", "limit": 1000}).encode()
+        mask = b"abcd"
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + \
+            bytes(ch ^ mask[i % 4] for i, ch in enumerate(payload))
+
+        async def leaver():
+            nonlocal sent
+            while not stop:
+                try:
+                    r, w = await asyncio.open_connection("127.0.0.1", b.port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                key = base64.b64encode(os.urandom(16)).decode()
+                try:
+                    w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                             f"Sec-WebSocket-Version: 13\r\n\r\n").encode() + frame)
+                    await w.drain()
+                    await asyncio.wait_for(r.read(200), 2)
+                except (OSError, asyncio.TimeoutError):
+                    pass  # a slow 101 or a reset: the next round asks again
+                w.close()
+                sent += 1
+        samples = []
+        lost = []
+
+        async def watch():
+            # In a thread: a blocking /stats call would stall the leavers
+            # and the victim.  A /stats call that times out on a loaded
+            # machine is noted and tried again (the sample count below is
+            # asserted, so lost samples cannot make the test vacuous);
+            # three in a row, or any other error, end the test (awaited).
+            misses = 0
+            while not stop:
+                try:
+                    samples.append((await asyncio.to_thread(link))["history-waiting"])
+                    misses = 0
+                except TimeoutError as e:
+                    lost.append(repr(e))
+                    misses += 1
+                    if misses >= 3:
+                        raise
+                    continue
+                await asyncio.sleep(0.05)
+        # The victim connects first (its upgrade would compete with the
+        # leavers' for the loop and the worker).
+        v = await Client.open(b)
+        tasks = [asyncio.ensure_future(leaver()) for _ in range(sockets)]
+        watcher = asyncio.ensure_future(watch())
+        answers = []
+        try:
+            await asyncio.sleep(1.0)
+            t_end = time.monotonic() + 2 * timeout_ms / 1000
+            # At least 15 asks, and the load runs for at least 2 x the
+            # timeout (the list of the build without the cancel grows for
+            # that long; a slow machine only makes it grow more).
+            while len(answers) < 15 or time.monotonic() < t_end or len(samples) < 20:
+                t0 = time.monotonic()
+                try:
+                    await v.send(type="history", **{"channel-id": "h:small"}, limit=1)
+                    r = await v.of_type("history-result", 30)
+                except Exception as e:  # noted: asserted below with the others
+                    answers.append((f"lost: {e!r}", round(time.monotonic() - t0, 2)))
+                    break
+                answers.append((r["success"] or r["reason"], round(time.monotonic() - t0, 2)))
+                if watcher.done():
+                    break
+        finally:
+            stop = True
+            await asyncio.gather(*tasks, return_exceptions=True)
+        most = max(samples, default=0)
+        print("leavers' requests", sent, "samples", len(samples), "lost", lost, "most waiting", most,
+              "limit:1 answers", len(answers), "slowest", max(t for _, t in answers),
+              [a for a in answers if a[0] is not True])
+        # The symptom: the list holds about the clients that are there
+        # (64, and those whose cancel is on its way), not rate x timeout.
+        assert most <= 2 * sockets, (most, samples)
+        # ... and the victim is never told broker-timeout (nor loses its
+        # connection): each of its limit:1 pages was sent within
+        # --redis-timeout-ms.
+        assert [ok for ok, _ in answers] == [True] * len(answers), answers
+        await watcher  # raises what the watcher raised
+        assert len(samples) >= 20, samples  # the list was looked at all along
+        l = link()
+        print("cancelled", l["history-cancelled"], "waited", l["history-waited"])
+        assert sent > 200, sent  # the loop ran
+        assert l["timeouts"] == 0 and l["reconnects"] == 0, l
+        assert l["history-cancelled"] > 0, l
+        text = b.request("GET", "/metrics")[1].decode()
+        assert 'sente_lite_redis_history_cancelled_total{redis="0"} ' in text, text
+        # rg17 L2: wait-list expiries are counted apart (none here: the
+        # victim's were all sent within --redis-timeout-ms).
+        assert l["history-expired"] == 0, l
+        assert 'sente_lite_redis_history_expired_total{redis="0"} 0' in text, text
+        wait_for(lambda: link()["history-waiting"] == 0 and link()["history-bytes"] == 0,
+                 timeout=10, what="B's wait list empty")
+    run(go())
+
+
 def test_history_pipelined_while_the_broker_is_stopped(cluster):
     """Review rv17 M1: `history` requests pipelined on B while B's broker is
     stopped (SIGSTOP).  Each gets exactly one `history-result`, in the order
@@ -594,4 +729,65 @@ def test_channel_message_waits_behind_a_pending_history(cluster):
         m = await s.of_type("channel-message", 10)
         assert m["data"] == {"n": 2}, m
 
+    run(go())
+
+
+def test_history_fin_watch_does_not_spin_without_epoll(cluster):
+    """Review rg17 L6: under libevent's poll backend (EVENT_NOEPOLL=1 in
+    the server's environment) EV_ET and EV_CLOSED are ignored, so the FIN
+    watch of a paused connection whose `history` waits would wake the
+    worker every turn while one unread byte is left.  The watch is armed
+    only when the event base has both features: the worker's CPU time
+    stays low while such a history waits (the broker is stopped: it waits
+    for the worker's deadline), and the request is still answered."""
+    import base64
+    a, b = cluster(2, "--message-retention", "100", "--redis-timeout-ms", "1500",
+                   "--worker-stall-kill-ms", "600000", *NS, workers=1,
+                   env={"EVENT_NOEPOLL": "1"})
+    payload = json.dumps({"type": "history", "channel-id": "h:p"}).encode()
+    mask = b"abcd"
+    frame = bytes([0x81, 0x80 | len(payload)]) + mask + \
+        bytes(ch ^ mask[i % 4] for i, ch in enumerate(payload))
+    worker = b.stats()["workers"][0]["pid"]
+
+    def cpu_s():
+        with open(f"/proc/{worker}/stat") as f:
+            fields = f.read().split(") ", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    async def go():
+        x = await Client.open(a)
+        assert (await x.subscribe("h:p"))["success"]
+        await publish(x, "h:p", 1)
+        r, w = await asyncio.open_connection("127.0.0.1", b.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        w.write((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert b" 101 " in head, head
+        pid = broker_pid(b)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            w.write(frame)
+            await w.drain()
+            await asyncio.sleep(0.3)  # read, and the connection paused
+            w.write(b"\x81")  # one byte of a next frame: left unread
+            await w.drain()
+            await asyncio.sleep(0.2)
+            c0, t0 = cpu_s(), time.monotonic()
+            await asyncio.sleep(2.0)  # the history waits (deadline 2 x 1.5 s + 0.5 s)
+            used, wall = cpu_s() - c0, time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        print("worker cpu", round(used, 2), "s in", round(wall, 2), "s")
+        # A spinning worker takes most of a core for the 2 s (even on a
+        # loaded machine, far more than this); an idle one, its ticks.
+        assert used < 0.5, used
+        # The request is answered (its deadline, or the page once the
+        # broker runs again): a text frame comes.
+        got = await asyncio.wait_for(r.read(2), 30)
+        assert got[:1] == b"\x81", got
+        w.close()
     run(go())

@@ -222,16 +222,24 @@ def connect_on_every_worker(srv, tok, want_status):
     """Connect until each worker has answered; every answer must be
     want_status (the keys are per worker process)."""
     seen = set()
-    for _ in range(20):
+    # Until each has answered or 15 s: a worker just respawned may take a
+    # while before the master hands it connections (CI once saw 20 in a row
+    # go to the other worker).
+    deadline = time.monotonic() + 15
+    for n in range(1000):
         ws, status, doc = upgrade(srv.port, tok)
         assert status == want_status, doc
         if ws:
             seen.add(doc["worker"])
             ws.close()
-        else:
+        elif n >= 19:
             return  # a refusal does not say which worker: 20 of them will do
-        if len(seen) == srv.workers:
-            return
+        else:
+            continue
+        if len(seen) == srv.workers or time.monotonic() > deadline:
+            break
+        if n >= 19:
+            time.sleep(0.05)
     assert len(seen) == srv.workers
 
 

@@ -67,8 +67,17 @@ typedef struct {
     sl_chan_msg_t **m;
     uint32_t *refs;
     size_t n, cap;
+    uint32_t *idx; /* open addressing over m: index + 1, 0 empty (2 x cap slots) */
 } rc_refs_t;
 
+static inline size_t rc_slot(const sl_chan_msg_t *m, size_t mask)
+{
+    return (size_t)(((uintptr_t)m >> 3) * 0x9E3779B97F4A7C15ull >> 17) & mask;
+}
+
+/* Count one reference to m.  A hashed index over the messages seen (a
+ * scenario with full inboxes holds thousands of references, and a linear
+ * search made the kill-point run quadratic in them). */
 static inline void rc_ref(rc_refs_t *rf, sl_chan_msg_t *m, const char *where)
 {
     if (m == NULL)
@@ -77,17 +86,34 @@ static inline void rc_ref(rc_refs_t *rf, sl_chan_msg_t *m, const char *where)
               "%s: a reference to a message that is not live", where);
     if (!rc_live(rf->k, m))
         return;
-    for (size_t i = 0; i < rf->n; i++)
-        if (rf->m[i] == m) {
-            rf->refs[i]++;
-            return;
-        }
+    size_t mask = rf->cap * 2 - 1, i;
+    if (rf->cap)
+        for (i = rc_slot(m, mask); rf->idx[i]; i = (i + 1) & mask)
+            if (rf->m[rf->idx[i] - 1] == m) {
+                rf->refs[rf->idx[i] - 1]++;
+                return;
+            }
     if (rf->n == rf->cap) {
         size_t cap = rf->cap ? rf->cap * 2 : 256;
         rf->m = realloc(rf->m, sizeof(*rf->m) * cap);
         rf->refs = realloc(rf->refs, sizeof(*rf->refs) * cap);
+        free(rf->idx);
+        rf->idx = calloc(cap * 2, sizeof(*rf->idx));
+        if (!rf->m || !rf->refs || !rf->idx) {
+            fprintf(stderr, "rc_ref: out of memory\n");
+            exit(2);
+        }
         rf->cap = cap;
+        mask = cap * 2 - 1;
+        for (size_t j = 0; j < rf->n; j++) {
+            for (i = rc_slot(rf->m[j], mask); rf->idx[i]; i = (i + 1) & mask) {
+            }
+            rf->idx[i] = (uint32_t)j + 1;
+        }
     }
+    for (i = rc_slot(m, mask); rf->idx[i]; i = (i + 1) & mask) {
+    }
+    rf->idx[i] = (uint32_t)rf->n + 1;
     rf->m[rf->n] = m;
     rf->refs[rf->n++] = 1;
 }
@@ -215,7 +241,16 @@ static inline void rc_access(regcheck_t *k)
 static inline void rc_check(regcheck_t *k, sl_table_t *extra)
 {
     sl_reg_t *r = k->r;
-    rc_refs_t rf = {.k = k};
+    /* The reference index is kept from one check to the next: the kill-point
+     * test checks thousands of times, forking between checks, and under ASan
+     * each freed buffer stays in its quarantine, growing the heap every fork
+     * copies (which made the run twice as long). */
+    static rc_refs_t keep;
+    rc_refs_t rf = keep;
+    rf.k = k;
+    rf.n = 0;
+    if (rf.idx)
+        memset(rf.idx, 0, sizeof(*rf.idx) * rf.cap * 2);
     rc_table(k, r->conns, "conns");
     rc_table(k, r->channels, "channels");
     rc_table(k, r->subs, "subs");
@@ -236,8 +271,7 @@ static inline void rc_check(regcheck_t *k, sl_table_t *extra)
     for (size_t i = 0; i < rf.n; i++)
         RC_EXPECT(k, rf.m[i]->refs == rf.refs[i], "message seq %llu: refs %u, referenced %u times",
                   (unsigned long long)rf.m[i]->seq, rf.m[i]->refs, rf.refs[i]);
-    free(rf.m);
-    free(rf.refs);
+    keep = rf;
     sl_qsbr_t *q = &r->qsbr;
     RC_EXPECT(k, q->adding == NULL, "limbo: an append is left");
     uint64_t n = 0;
