@@ -241,7 +241,9 @@ typedef struct {
     uint64_t presence_sync_rewalks; /* a big channel's slice walked from the list head: its checkpoint had unsubscribed */
     uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
     uint64_t presence_sync_errors; /* rewrites abandoned for an error answer (retried after a backoff) */
-    uint64_t presence_sync_deferred; /* rewrite scripts put off, not built: their link had no room */
+    uint64_t presence_sync_deferred; /* times a rewrite script was put off (once per turn or answer): its link had no room */
+    uint64_t presence_dropped_foreign; /* another instance's channels removed from a link's nodepr set (PRES_SYNC "drop") */
+    uint64_t same_instance_links; /* connects that found another --redis entry on the same instance and db */
     uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
     uint64_t presence_lost;    /* presence writes not sent (link down or full) and joins / leaves not delivered (no memory) */
     uint64_t presence_reasserts; /* presence rewrites because this node's heartbeat key had lapsed */

@@ -1313,6 +1313,21 @@ static void done_setup(cmd_t *c, redisReply *r)
         l->run_id[0] = '\0';
         if (p)
             snprintf(l->run_id, sizeof(l->run_id), "%.*s", (int)strcspn(p + 7, "\r\n"), p + 7);
+        /* Two --redis entries that reach one instance and db share its
+         * keys (review rl17 M1): said once at each connect that finds it. */
+        for (uint32_t i = 0; l->run_id[0] && i < B.nlinks; i++) {
+            const link_t *o = &B.link[i];
+            if (o != l && strcmp(o->run_id, l->run_id) == 0 &&
+                sl_conf->redis[i].db == sl_conf->redis[l->shard].db) {
+                uatomic_add(&BSTATS->same_instance_links, 1);
+                SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                       SL_TF_I("same-as-shard", (int64_t)i), SL_TF_S("run-id", l->run_id),
+                       SL_TF_S("reason", "two --redis entries reach the same Redis instance and "
+                                         "db: they are one shard's keys, not two (channels of "
+                                         "one are never dropped from the other's nodepr set)"));
+                break;
+            }
+        }
         link_epochs(l);
     } else if (c->what == C_EPOCHS) {
         int64_t st = rint_(el(r, 0));
@@ -2869,7 +2884,7 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
  * PS_MORE: a slice sent, more to send; PS_WAIT: nothing sent, the answer
  * to its sweep slice first. */
 enum { PS_FULL, PS_DONE, PS_MORE, PS_WAIT };
-enum { PK_ALL = 1, PK_SLICE, PK_SWEEP };
+enum { PK_ALL = 1, PK_SLICE, PK_SWEEP, PK_DROP };
 
 /* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
 static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
@@ -3065,7 +3080,9 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
         if (changes > 0)
             uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
-        if (!ch)
+        if (c->pkind == PK_DROP)
+            uatomic_add(&BSTATS->presence_dropped_foreign, 1); /* not a rewrite (rl17 L2) */
+        else if (!ch)
             uatomic_add(&BSTATS->presence_synced, 1);
     }
     if (ch && c->gen == ch->pres_gen && c->pkind == PK_SWEEP && ch->pres_slice == 3) {
@@ -3097,31 +3114,56 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
     pres_answered(l);
 }
 
+/* Whether links a and b are known to reach different Redis instances (or
+ * dbs of one): both up, with the run_id their INFO gave at this connect.
+ * Two --redis entries may reach one instance (a socket and a port, a
+ * name and its IP, a DNS failover) and then share one nodepr set: what
+ * one lists for the other's shard is the other's live entry (review rl17
+ * M1), so anything not known is "the same". */
+static bool links_differ(const link_t *a, const link_t *b)
+{
+    if (a == b || a->state != L_UP || b->state != L_UP || !a->run_id[0] || !b->run_id[0])
+        return false;
+    return strcmp(a->run_id, b->run_id) != 0 ||
+           sl_conf->redis[a->shard].db != sl_conf->redis[b->shard].db;
+}
+
 /* A channel of another instance listed in link l's nodepr set (written
  * under an earlier --redis list): its entries on l are stale whatever its
  * subscribers here (its own link holds theirs), and nodepr on l keeps
  * listing it.  Removed on l itself (review rc17 L5: marked due, it was
  * rewritten on its own link, and l kept it for ever, due every pass) in
  * one O(1) script (PRES_SYNC "drop": UNLINK, SREM; no leave - nobody
- * follows the channel on l).  Sent from the scan's answer, counted in
- * pres_inflight, so the next nodepr slice waits for them; not sent (the
- * link full): counted in presence-lost, the next pass's scan lists it
- * again. */
-static void pres_drop(link_t *l, const char *id, size_t len)
+ * follows the channel on l), counted in presence-dropped-foreign when
+ * answered.  Paced like the rewrite's other scripts (review rl17 L1): the
+ * caller checks the room first; false: not sent (no memory, or the link
+ * refused it), the caller scans the slice again later. */
+static bool pres_drop(link_t *l, const char *id, size_t len)
 {
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     args_t a = {.n = 0};
     pres_sync_args(&a, id, len, false, "", 0, "drop", "0");
-    if (c == NULL || cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK) {
-        uatomic_add(&BSTATS->presence_lost, 1);
-        return;
-    }
+    if (c == NULL)
+        return false;
+    c->pkind = PK_DROP;
+    if (cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK)
+        return false;
     l->pres_inflight++;
+    l->pres_sent++;
+    return true;
 }
 
 /* A slice of the node's nodepr set: its channels without a subscriber
  * here lose their entries (PRES_SYNC with none); another instance's
- * channels lose theirs on this link (pres_drop). */
+ * channels lose theirs on this link (pres_drop) - only when that other
+ * link is known to be another instance (links_differ; else the entry is
+ * the other link's own, and its scan looks at it).  Drops keep the
+ * rewrite's pacing (review rl17 L1): at most PRES_SYNC_INFLIGHT in flight
+ * besides this scan, PRES_SYNC_TURN a turn, and only with room on the
+ * link; one that cannot go now stops the slice and keeps the cursor, so
+ * the same slice is scanned again (once this turn's budget or a reply
+ * allows; what was dropped is gone from it by then: the drops run before
+ * the next SSCAN on this connection). */
 static void done_pres_scan(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
@@ -3137,12 +3179,30 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         return;
     }
     redisReply *ids = el(r, 1);
+    bool again = false;
     for (size_t i = 0; ids && i < ids->elements; i++) {
         redisReply *id = ids->element[i];
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
-        if (sl_broker_shard(id->str, id->len, B.nlinks) != (uint32_t)l->shard) {
-            pres_drop(l, id->str, id->len);
+        uint32_t shard = sl_broker_shard(id->str, id->len, B.nlinks);
+        if (shard != (uint32_t)l->shard) {
+            if (!links_differ(l, &B.link[shard]))
+                continue; /* the same instance, or not known: nothing to drop */
+            if (l->pres_inflight > PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN) {
+                again = true; /* on a reply, or next turn */
+                break;
+            }
+            if (!pres_room(l)) {
+                uatomic_add(&BSTATS->presence_sync_deferred, 1);
+                l->pres_sent = PRES_SYNC_TURN; /* the link is full: next turn */
+                again = true;
+                break;
+            }
+            if (!pres_drop(l, id->str, id->len)) {
+                l->pres_sent = PRES_SYNC_TURN;
+                again = true;
+                break;
+            }
             continue;
         }
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
@@ -3153,9 +3213,11 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
             pres_mend(id->str, id->len);
     }
-    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
-    if (strcmp(l->pres_cursor, "0") == 0)
-        l->pres_scan = false;
+    if (!again) {
+        snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
+        if (strcmp(l->pres_cursor, "0") == 0)
+            l->pres_scan = false;
+    }
     pres_answered(l);
 }
 

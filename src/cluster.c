@@ -426,6 +426,10 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_errors)));
     json_object_set_new(broker, "presence-sync-deferred",
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_deferred)));
+    json_object_set_new(broker, "presence-dropped-foreign",
+                        json_integer((json_int_t)uatomic_read(&b->presence_dropped_foreign)));
+    json_object_set_new(broker, "same-instance-links",
+                        json_integer((json_int_t)uatomic_read(&b->same_instance_links)));
     json_object_set_new(broker, "presence-resyncs",
                         json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
     json_object_set_new(broker, "presence-lost",

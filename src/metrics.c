@@ -201,7 +201,13 @@ static void cluster_metrics(out_t *o, json_t *cl)
     single(o, "broker_presence_sync_errors_total", "counter", num(b, "presence-sync-errors"),
            "Presence rewrites abandoned for an error answer from Redis (retried after a backoff).");
     single(o, "broker_presence_sync_deferred_total", "counter", num(b, "presence-sync-deferred"),
-           "Presence rewrite scripts put off, not built: their link had no room (tried again).");
+           "Times a presence rewrite script was put off, not built (once per loop turn or answer "
+           "while its link had no room; tried again).");
+    single(o, "broker_presence_dropped_foreign_total", "counter",
+           num(b, "presence-dropped-foreign"),
+           "Channels of another Redis instance removed from a link's nodepr set (stale entries).");
+    single(o, "broker_same_instance_links_total", "counter", num(b, "same-instance-links"),
+           "Connects that found two --redis entries reaching the same Redis instance and db.");
     single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
            "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
     single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),

@@ -1453,6 +1453,72 @@ def test_another_instances_channel_listed_in_nodepr_is_cleaned_on_that_instance(
         r2.stop()
 
 
+def test_two_redis_entries_on_one_instance_keep_each_others_entries(tmp_path, cluster, redis):
+    """Review rl17 M1: the nodepr scan dropped ("drop": UNLINK, SREM) every
+    channel of the other shard as another instance's.  Two --redis entries
+    that reach one instance (here its Unix socket and its port) share one
+    nodepr set, so each link deleted the other's live entries at every
+    pass, silently.  Now a drop needs both links known (INFO run_id + db)
+    to be different instances; the connect says so (same-instance-links,
+    a warning), and nothing is dropped."""
+    import shutil
+    import tempfile
+    from conftest import REDIS_SERVER, free_port
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    d = tempfile.mkdtemp(prefix="slr-", dir="/tmp")  # a socket path under 108 bytes
+    sock, port = f"{d}/r.sock", free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+         "--save", "", "--appendonly", "no", "--dir", d, "--logfile", f"{d}/redis.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def cli(*args):
+        return subprocess.run(["redis-cli", "-s", sock, *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        wait_for(lambda: os.path.exists(sock) and cli("PING") == "PONG", 10, what="redis up")
+        (a,) = cluster(1, "--join-leave",
+                       urls=[f"unix://{sock}", f"redis://127.0.0.1:{port}"])
+        node = a.stats()["cluster"]["node-id"]
+        x = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 1][0]
+        y = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 0][0]
+
+        async def go():
+            c = await Client.open(a)
+            for ch in (x, y):
+                assert (await c.subscribe(ch))["success"]
+            for ch in (x, y):
+                await asyncio.to_thread(
+                    wait_for, lambda: cli("HEXISTS", f"sl:{{{ch}}}:p:{node}", c.conn_id) == "1",
+                    10, what=f"{ch}'s entry")
+            # Both links' passes (their nodepr scans) run again.
+            reconnects = [r["reconnects"] for r in a.stats()["cluster"]["redis"]]
+            cli("CLIENT", "KILL", "TYPE", "pubsub")
+            cli("CLIENT", "KILL", "TYPE", "normal")
+
+            def back():
+                links = a.stats()["cluster"]["redis"]
+                return all(r["connected"] and r["reconnects"] > n
+                           for r, n in zip(links, reconnects))
+            await asyncio.to_thread(wait_for, back, 20, what="both links reconnected")
+            # The passes' scans answered: nothing in flight for a while.
+            await asyncio.sleep(2)
+            for ch in (x, y):
+                assert cli("HEXISTS", f"sl:{{{ch}}}:p:{node}", c.conn_id) == "1", ch
+            assert sorted(cli("SMEMBERS", f"sl:nodepr:{node}").split()) == sorted([x, y])
+            b = a.stats()["cluster"]["broker"]
+            assert b["presence-dropped-foreign"] == 0
+            assert b["presence-lost"] == 0
+            assert b["same-instance-links"] >= 1  # a connect saw one instance twice
+        run(go())
+        wait_for(lambda: "same-as-shard" in open(a.log).read(), 10, what="the warning logged")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def test_backlog_overflow_at_a_held_join_resets_at_the_newest_position(cluster, redis):
     """Review re17 L3: backlog_overflow's presence branch (a join / leave
     has no position of its own: the reset is at the channel's newest, not
