@@ -1752,9 +1752,15 @@ static void on_presence_message(bchan_t *ch, const char *p, size_t n)
         return;
     /* A channel here without join-leave (this node's setting) never shows
      * it (deliver_presence): not held, so never dropped at the hold's
-     * bound and counted presence-lost for nothing (review re17 L5). */
+     * bound and counted presence-lost for nothing (review re17 L5).  Nor
+     * a channel with no record here (review rl17 L3: the link's
+     * subscription outlives it by the linger, or a catch-up for one
+     * reaped): nobody to show it to, and a subscriber that comes later is
+     * not owed it - its record is made before its JOIN is sent, so its
+     * JOIN runs in Redis after this frame was published, and its answer
+     * already counts this join / leave. */
     sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
-    if (lc && !lc->config.join_leave)
+    if (lc == NULL || !lc->config.join_leave)
         return;
     size_t jl = (size_t)(end - j);
     bmsg_t *m = malloc(sizeof(*m) + jl + 1);
