@@ -1377,6 +1377,11 @@ def test_join_past_the_hold_bound_on_a_channel_without_join_leave_is_not_lost(cl
             assert st["presence-lost"] == 0, st
             assert st["hold-resets"] == 0 and st["held"] == n0 + 3, st
             relay.release()
+            # As in the test above (review rl17 L4): "end" taken in before
+            # the released answer would be held past the bound - wait
+            # until what was held is delivered.
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] == 0, 30,
+                                    what="the hold released")
             await publish(pub, "room", "end")
             await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
                           timeout=30)
