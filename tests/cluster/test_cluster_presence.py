@@ -1458,6 +1458,49 @@ def test_another_instances_channel_listed_in_nodepr_is_cleaned_on_that_instance(
         r2.stop()
 
 
+def test_foreign_drops_keep_the_rewrite_pacing(tmp_path, cluster, redis):
+    """Review rl17 L1: the nodepr scan sent a "drop" for every foreign id
+    of its answer at once (a small set's SSCAN answers it whole: here 60
+    scripts), past the "4 in flight" of the rewrite's other scripts, and a
+    drop the link refused was lost until the next pass.  Now a drop waits
+    for room like the rest: the scan stops at the first that cannot go and
+    keeps its cursor, so the slice is scanned again (what was dropped is
+    gone from it) - 60 foreign ids take at least 60 / 5 SSCANs - and every
+    one is dropped and counted (presence-dropped-foreign)."""
+    from conftest import Redis
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        (a,) = cluster(1, urls=[redis.url, r2.url])
+        node = a.stats()["cluster"]["node-id"]
+        ids = [f"ns{i}" for i in range(1000) if shard_of(f"ns{i}", 2) == 1][:60]
+        ghost = '{"conn-id":"ghost","user":null,"info":null}'
+        for ch in ids:
+            redis.cli("HSET", f"sl:{{{ch}}}:p:{node}", "ghost", ghost)
+        redis.cli("SADD", f"sl:nodepr:{node}", *ids)
+        d0 = a.stats()["cluster"]["broker"].get("presence-dropped-foreign", 0)
+        reconnects = a.stats()["cluster"]["redis"][0]["reconnects"]
+        redis.cli("CONFIG", "RESETSTAT")
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        redis.cli("CLIENT", "KILL", "TYPE", "normal")
+
+        def back():
+            link = a.stats()["cluster"]["redis"][0]
+            return link["connected"] and link["reconnects"] > reconnects
+        wait_for(back, 20, what="A reconnected to instance 0")
+        wait_for(lambda: redis.cli("SCARD", f"sl:nodepr:{node}") == "0", 20,
+                 what="every foreign id dropped")
+        assert all(redis.cli("EXISTS", f"sl:{{{ch}}}:p:{node}") == "0" for ch in ids)
+        stats = redis.cli("INFO", "commandstats")
+        sscans = int(stats.split("cmdstat_sscan:calls=")[1].split(",")[0])
+        assert sscans >= 60 // 5, stats
+        wait_for(lambda: a.stats()["cluster"]["broker"]["presence-dropped-foreign"] - d0 == 60,
+                 10, what="the drops counted")
+    finally:
+        r2.stop()
+
+
 def test_two_redis_entries_on_one_instance_keep_each_others_entries(tmp_path, cluster, redis):
     """Review rl17 M1: the nodepr scan dropped ("drop": UNLINK, SREM) every
     channel of the other shard as another instance's.  Two --redis entries
