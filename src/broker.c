@@ -2247,34 +2247,57 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
-/* At this broker's start, before it takes a request (the workers submit
- * none before its pid is published, after this walk): the channels with
- * subscribers here were joined through a broker that died (or one whose
- * join has failed, or is queued: refused here, the link being down, and
- * the worker undoes it).  Where their delivery stopped is in the registry
- * (made exact by the channel lock's recovery), so what was published
- * meanwhile is fetched from the history once subscribed (catch-up), even
- * when that is seq 0.  Only then: a subscription made while this broker
- * runs is positioned by its own join (done_join), which may reach the
- * broker after a reconcile has seen the local subscriber - the worker
- * subscribes here first, then queues the join.  Taking the registry's
- * position for it then, a new local channel's own epoch and seq 0, the
- * catch-up at its subscription found "another epoch" and reset the
- * channel: its fresh subscribers closed with 1012 though nothing was lost
- * (CI, flake7).  False: no memory for a record (the broker exits and is
- * started again). */
+static int confirmed_cb(const sl_sub_t *s, void *arg)
+{
+    if (uatomic_read(&s->join_pending))
+        return 0;
+    *(bool *)arg = true;
+    return 1;
+}
+
+/* At this broker's start, before it takes a request from this walk on
+ * (the workers submit none before its pid is published, after it): the
+ * channels with subscribers here whose delivery a dead broker had started
+ * resume where it stopped, so what was published meanwhile is fetched
+ * from the history once subscribed (catch-up), even from seq 0.  Where
+ * it stopped is in the registry (made exact by the channel lock's
+ * recovery) - but only if the cluster ever positioned the channel
+ * (sl_chan_t.cluster_pos: a join's answer, a delivery or a reset took its
+ * epoch, under the lock, redone by the recovery), or one of its
+ * subscriptions was confirmed (its join answered: whatever the local
+ * position then, the catch-up tells the truth - a message the dead broker
+ * still held for it is lost, and its subscribers are told, 1012).
+ * Otherwise the position is the new local channel's own epoch and seq 0,
+ * and every subscription is still join_pending: made here, its join not
+ * answered - queued, in flight, or not submitted yet (a worker between
+ * the local subscribe and the submission: it passes the pid check once
+ * this walk is over, and its join is not refused as stale when it read
+ * the new gen; review rh17 M1).  Such a join positions the channel
+ * (done_join), as every subscription made while this broker runs; taking
+ * that own position for it, the catch-up at the subscription found
+ * "another epoch" and reset the channel: its fresh subscribers closed
+ * with 1012 though nothing was lost (flake7, rh17 M1).  join_pending and
+ * cluster_pos are each one store, either value a valid state: a
+ * subscription confirmed (cleared by its worker after this broker's
+ * answer) was positioned first.  False: no memory for a record (the
+ * broker exits and is started again). */
 static int adopt_cb(sl_table_node_t *n, void *arg)
 {
     sl_chan_t *lc = (sl_chan_t *)n;
     if (uatomic_read(&lc->subscribers) == 0)
         return 0;
+    char ep[16];
+    bool cluster = false;
+    uint64_t last = sl_chan_position(lc, ep, &cluster);
+    if (!cluster)
+        sl_chan_members(lc, 0, confirmed_cb, &cluster);
+    if (!cluster)
+        return 0; /* every subscription waits for its join: positioned by it */
     bchan_t *ch = chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
         *(bool *)arg = false;
         return 1;
     }
-    char ep[16];
-    uint64_t last = sl_chan_position(lc, ep);
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
