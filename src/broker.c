@@ -49,6 +49,7 @@
 #include "sl_brscript.h"
 #include "sl_conf.h"
 #include "sl_conn.h"
+#include "sl_crash.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
@@ -349,6 +350,7 @@ static struct {
 
     char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
+    bool adopting; /* the start-up walk found no memory: links held down, walked again each heartbeat */
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
      * those seen so far in the pass under way (cur, which wins). */
@@ -2279,10 +2281,16 @@ static int confirmed_cb(const sl_sub_t *s, void *arg)
  * with 1012 though nothing was lost (flake7, rh17 M1).  join_pending and
  * cluster_pos are each one store, either value a valid state: a
  * subscription confirmed (cleared by its worker after this broker's
- * answer) was positioned first.  False: no memory for a record (the
- * broker exits and is started again). */
+ * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
+ * record, the walk stops; adopt_walk). */
+typedef struct {
+    bool ok;
+    uint64_t n; /* channels adopted */
+} adopt_t;
+
 static int adopt_cb(sl_table_node_t *n, void *arg)
 {
+    adopt_t *a = arg;
     sl_chan_t *lc = (sl_chan_t *)n;
     if (uatomic_read(&lc->subscribers) == 0)
         return 0;
@@ -2293,15 +2301,43 @@ static int adopt_cb(sl_table_node_t *n, void *arg)
         sl_chan_members(lc, 0, confirmed_cb, &cluster);
     if (!cluster)
         return 0; /* every subscription waits for its join: positioned by it */
-    bchan_t *ch = chan_get(lc->id, lc->node.klen);
+    bchan_t *ch = SL_FAULT("broker.adopt.alloc") ? NULL : chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
-        *(bool *)arg = false;
+        a->ok = false;
         return 1;
     }
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
+    a->n++;
     return 0;
+}
+
+/* The start-up walk, before the links connect (their subscriptions and
+ * catch-ups need the adopted positions).  No memory for a record (review
+ * rh17 L1): counted (start-no-memory), told once (broker-no-memory), the
+ * links' down-reason says so, and they stay down - the workers' requests
+ * are refused broker-unavailable meanwhile, as with Redis down - until a
+ * heartbeat's walk gets through (adopt_cb is idempotent: the registry
+ * position does not move while no link is up).  Exiting instead had the
+ * master respawn a broker that failed the same way, saying nothing. */
+static bool adopt_walk(void)
+{
+    adopt_t a = {.ok = true};
+    sl_table_foreach(REG->channels, adopt_cb, &a);
+    if (a.ok) {
+        B.adopting = false;
+        uatomic_add(&BSTATS->adopted_channels, a.n);
+        return true;
+    }
+    uatomic_add(&BSTATS->start_no_memory, 1);
+    if (!B.adopting)
+        SL_TEL(SL_EV_BROKER_NO_MEMORY, SL_ERROR_LEVEL, SL_TF_S("during", "start-up walk"),
+               SL_TF_I("adopted", (int64_t)a.n));
+    B.adopting = true;
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        set_reason(&B.link[i], "no memory to resume the channels (retried every heartbeat)");
+    return false;
 }
 
 /* Bring Redis in line with this node's registry: subscriptions for the
@@ -4251,6 +4287,12 @@ static void beat_link(link_t *l)
 
 static void beat_cb(evutil_socket_t fd, short what, void *arg)
 {
+    if (B.adopting) {
+        if (!adopt_walk())
+            return;
+        for (uint32_t i = 0; i < B.nlinks; i++)
+            link_connect(&B.link[i]);
+    }
     publish_snapshot(); /* if a heartbeat changed the nodes since */
     for (uint32_t i = 0; i < B.nlinks; i++)
         beat_link(&B.link[i]);
@@ -4354,14 +4396,12 @@ int sl_broker_main(int tel_fd)
     uatomic_set(&BSTATS->nshards, B.nlinks);
 
     sl_qsbr_register(&REG->qsbr, SL_REG_BROKER_SLOT);
-    bool adopted = true;
-    sl_table_foreach(REG->channels, adopt_cb, &adopted);
-    if (!adopted) {
-        sl_qsbr_offline(&REG->qsbr, SL_REG_BROKER_SLOT);
-        return 1;
-    }
+#ifdef SL_CRASHPOINTS
+    sl_crash_arm_env(SL_CRASH_BROKER); /* a test build: a fault point for the broker */
+#endif
+    bool adopted = adopt_walk();
     uatomic_set(&BSTATS->pid, (int32_t)getpid());
-    for (uint32_t i = 0; i < B.nlinks; i++)
+    for (uint32_t i = 0; adopted && i < B.nlinks; i++)
         link_connect(&B.link[i]);
     sl_tel_flush();
     while (!B.stopping) {

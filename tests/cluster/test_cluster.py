@@ -658,7 +658,8 @@ def test_broker_killed_respawned_and_catches_up(cluster):
         wait_for(lambda: broker_pid(b) not in (0, old), timeout=15, what="a new broker")
         got = await collect(sub, "bk", 17, timeout=30)
         assert [m["data"] for m in got] == list(range(3, 20))
-        assert b.stats()["cluster"]["broker"]["restarts"] >= 1
+        st = b.stats()["cluster"]["broker"]
+        assert st["restarts"] >= 1 and st["adopted-channels"] == 1, st
         # Publishing from B works again.
         await sub.send(type="publish", **{"channel-id": "bk"}, data="from-b")
         async def ok():
@@ -670,6 +671,42 @@ def test_broker_killed_respawned_and_catches_up(cluster):
                 await sub.send(type="publish", **{"channel-id": "bk"}, data="from-b")
             raise AssertionError("no publish from B")
         assert (await ok())["seq"] >= 21
+    run(go())
+
+
+def test_broker_start_without_memory_stays_up_and_retries(cluster):
+    """No memory for a channel record in a new broker's start-up walk
+    (fault point broker.adopt.alloc, once): the broker says so - counted
+    (start-no-memory), a broker-no-memory event, the link's down-reason -
+    keeps its links down and walks again at the next heartbeat, then
+    connects and catches the channel up.  It used to exit, and the master
+    respawned one that failed the same way, saying nothing (review rh17
+    L1)."""
+    from conftest import CRASH_BIN
+    (a,) = cluster(1, "--message-retention", "100")
+    (b,) = cluster(1, "--message-retention", "100", binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "99:broker.adopt.alloc:1:fail"})
+
+    async def go():
+        sub = await Client.open(b)
+        assert (await sub.subscribe("bk"))["success"]
+        pub = await Client.open(a)
+        await pub.send(type="publish", **{"channel-id": "bk"}, data=0)
+        assert (await pub.of_type("publish-result"))["success"]
+        await collect(sub, "bk", 1)
+        old = broker_pid(b)
+        os.kill(old, signal.SIGKILL)
+        for i in range(1, 6):
+            await pub.send(type="publish", **{"channel-id": "bk"}, data=i)
+            assert (await pub.of_type("publish-result"))["success"]
+        wait_for(lambda: broker_pid(b) not in (0, old), timeout=15, what="a new broker")
+        got = await collect(sub, "bk", 5, timeout=30)
+        assert [m["data"] for m in got] == list(range(1, 6))
+        st = b.stats()["cluster"]["broker"]
+        assert st["start-no-memory"] == 1 and st["adopted-channels"] == 1, st
+        assert st["pid"] != old and st["reset-channels"] == 0, st
+        wait_for(lambda: any('"broker-no-memory"' in ln or "/broker-no-memory]" in ln
+                             for ln in b.log_lines()), timeout=10, what="the event")
     run(go())
 
 
