@@ -862,6 +862,39 @@ static void done_publish(cmd_t *c, redisReply *r)
     json_decref(d);
 }
 
+/* ch is not subscribed in Redis and no subscriber here has been served
+ * from its position: messages after it are not ours, forget where we
+ * were (a fresh subscriber is positioned by its join, done_join).  The
+ * local ring can no longer be trusted to continue: emptied. */
+static void forget_position(bchan_t *ch)
+{
+    ch->known = false;
+    ch->last = 0;
+    ch->epoch[0] = '\0';
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    uint64_t woken;
+    if (lc)
+        sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+}
+
+static int confirmed_cb(const sl_sub_t *s, void *arg)
+{
+    if (uatomic_read(&s->join_pending))
+        return 0;
+    *(bool *)arg = true;
+    return 1;
+}
+
+/* Whether a subscription of lc here is confirmed (its join answered):
+ * served from the channel's position.  Lock-free (caller online). */
+static bool has_confirmed(sl_chan_t *lc)
+{
+    bool any = false;
+    if (lc)
+        sl_chan_members(lc, 0, confirmed_cb, &any);
+    return any;
+}
+
 /* Where delivery stands for ch, as Redis says (a join, a catch-up): known
  * from now on, and the local channel moves on with it when behind - its
  * ring could not continue, and a respawned broker resumes from it. */
@@ -2072,15 +2105,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         if (ch->sub == SUB_ON || ch->sub == SUB_OFF_PENDING)
             uatomic_add(&BSTATS->link[ch->shard].subscribed, -1);
         ch->sub = SUB_NONE;
-        /* Messages after this are not ours: forget where we were.  The
-         * local ring can no longer be trusted to continue: emptied. */
-        ch->known = false;
-        ch->last = 0;
-        ch->epoch[0] = '\0';
-        sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
-        uint64_t woken;
-        if (lc)
-            sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+        forget_position(ch);
         if (ch->want)
             subscribe_chan(ch);
         else
@@ -2249,14 +2274,6 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
-static int confirmed_cb(const sl_sub_t *s, void *arg)
-{
-    if (uatomic_read(&s->join_pending))
-        return 0;
-    *(bool *)arg = true;
-    return 1;
-}
-
 /* At this broker's start, before it takes a request from this walk on
  * (the workers submit none before its pid is published, after it): the
  * channels with subscribers here whose delivery a dead broker had started
@@ -2278,7 +2295,9 @@ static int confirmed_cb(const sl_sub_t *s, void *arg)
  * (done_join), as every subscription made while this broker runs; taking
  * that own position for it, the catch-up at the subscription found
  * "another epoch" and reset the channel: its fresh subscribers closed
- * with 1012 though nothing was lost (flake7, rh17 M1).  join_pending and
+ * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted with
+ * no confirmed subscription left, the position is forgotten again at the
+ * first reconcile, before the subscription: rh17 L3.)  join_pending and
  * cluster_pos are each one store, either value a valid state: a
  * subscription confirmed (cleared by its worker after this broker's
  * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
@@ -2297,9 +2316,7 @@ static int adopt_cb(sl_table_node_t *n, void *arg)
     char ep[16];
     bool cluster = false;
     uint64_t last = sl_chan_position(lc, ep, &cluster);
-    if (!cluster)
-        sl_chan_members(lc, 0, confirmed_cb, &cluster);
-    if (!cluster)
+    if (!cluster && !has_confirmed(lc))
         return 0; /* every subscription waits for its join: positioned by it */
     bchan_t *ch = SL_FAULT("broker.adopt.alloc") ? NULL : chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
@@ -2357,6 +2374,17 @@ static void reconcile(void)
                 c->want = true; /* a join waits for the subscription */
             if (count != c->synced)
                 sync_count(c, count);
+            /* A position kept from a subscription that ended (a lost link:
+             * link_fail keeps it for the subscribers here, who are caught
+             * up from it once subscribed again) with none of those left -
+             * only fresh subscribers, whose joins position the channel:
+             * forgotten before the subscription, as at an UNSUBSCRIBE's
+             * confirmation.  Caught up from it, they were reset (1012) when
+             * the history no longer had it or the epoch had changed
+             * (review rh17 L3).  link_up reconciles before any SUBSCRIBE. */
+            if (c->known && c->sub == SUB_NONE && !c->backlog && !c->reset_pending &&
+                !has_confirmed(lc))
+                forget_position(c);
             subscribe_chan(c);
             if (c->lapse_due && (!c->want || c->delete_pending))
                 c->lapse_due = false; /* nobody here to tell: nothing to make again */

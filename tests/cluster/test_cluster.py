@@ -225,6 +225,7 @@ def test_broker_respawned_during_a_join_does_not_reset_it(cluster):
         assert m["data"] == "after" and m["seq"] == 2, m
         st = b.stats()["cluster"]["broker"]
         assert st["restarts"] >= 1 and st["reset-channels"] == 0, st
+        assert st["adopted-channels"] == 0, st  # left to x's join
         await x.send(type="publish", **{"channel-id": "late-room"}, data="mine")
         assert (await x.of_type("publish-result"))["success"]
         m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
