@@ -846,6 +846,10 @@ def test_late_presence_set_after_a_delete_writes_nothing(cluster, redis):
         sets = [c for c in logged() if c[7] == x.conn_id]
         syncs = [c for c in logged() if c[7] == "room"]
         assert len(sets) == 1 and syncs, logged()
+        # The kill above ended A's link too: its DELETE is refused
+        # broker-unavailable until A has connected again.
+        wait_for(lambda: a.stats()["cluster"]["redis"][0]["connected"], timeout=20,
+                 what="A's link back")
         status, doc = api(a, "DELETE", "/api/channels/room")
         assert status == 200 and doc["deleted"], doc
         assert (await x.of_type("channel-deleted", timeout=20))["channel-id"] == "room"
