@@ -236,6 +236,8 @@ typedef struct {
     uint64_t hold_resets;  /* channels reset because what they held passed a bound */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint64_t deleted_channels; /* channels deleted on another node, removed here */
+    uint64_t adopted_channels; /* channels a broker resumed at its start from the registry's position */
+    uint64_t start_no_memory;  /* start-up walks that found no memory for a channel record (retried) */
     uint64_t presence_synced;  /* channel rewrites of presence entries completed (one per channel, not per slice) */
     uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
     uint64_t presence_sync_rewalks; /* a big channel's slice walked from the list head: its checkpoint had unsubscribed */

@@ -49,6 +49,7 @@
 #include "sl_brscript.h"
 #include "sl_conf.h"
 #include "sl_conn.h"
+#include "sl_crash.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
@@ -352,6 +353,7 @@ static struct {
 
     char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
+    bool adopting; /* the start-up walk found no memory: links held down, walked again each heartbeat */
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
      * those seen so far in the pass under way (cur, which wins). */
@@ -861,6 +863,39 @@ static void done_publish(cmd_t *c, redisReply *r)
                           rstr(el(r, 2)), "delivered-to", (json_int_t)rint_(el(r, 3)));
     cmd_answer(c, SL_BR_OK, d);
     json_decref(d);
+}
+
+/* ch is not subscribed in Redis and no subscriber here has been served
+ * from its position: messages after it are not ours, forget where we
+ * were (a fresh subscriber is positioned by its join, done_join).  The
+ * local ring can no longer be trusted to continue: emptied. */
+static void forget_position(bchan_t *ch)
+{
+    ch->known = false;
+    ch->last = 0;
+    ch->epoch[0] = '\0';
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    uint64_t woken;
+    if (lc)
+        sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+}
+
+static int confirmed_cb(const sl_sub_t *s, void *arg)
+{
+    if (uatomic_read(&s->join_pending))
+        return 0;
+    *(bool *)arg = true;
+    return 1;
+}
+
+/* Whether a subscription of lc here is confirmed (its join answered):
+ * served from the channel's position.  Lock-free (caller online). */
+static bool has_confirmed(sl_chan_t *lc)
+{
+    bool any = false;
+    if (lc)
+        sl_chan_members(lc, 0, confirmed_cb, &any);
+    return any;
 }
 
 /* Where delivery stands for ch, as Redis says (a join, a catch-up): known
@@ -2100,15 +2135,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         if (ch->sub == SUB_ON || ch->sub == SUB_OFF_PENDING)
             uatomic_add(&BSTATS->link[ch->shard].subscribed, -1);
         ch->sub = SUB_NONE;
-        /* Messages after this are not ours: forget where we were.  The
-         * local ring can no longer be trusted to continue: emptied. */
-        ch->known = false;
-        ch->last = 0;
-        ch->epoch[0] = '\0';
-        sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
-        uint64_t woken;
-        if (lc)
-            sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+        forget_position(ch);
         if (ch->want)
             subscribe_chan(ch);
         else
@@ -2277,38 +2304,87 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
-/* At this broker's start, before it takes a request (the workers submit
- * none before its pid is published, after this walk): the channels with
- * subscribers here were joined through a broker that died (or one whose
- * join has failed, or is queued: refused here, the link being down, and
- * the worker undoes it).  Where their delivery stopped is in the registry
- * (made exact by the channel lock's recovery), so what was published
- * meanwhile is fetched from the history once subscribed (catch-up), even
- * when that is seq 0.  Only then: a subscription made while this broker
- * runs is positioned by its own join (done_join), which may reach the
- * broker after a reconcile has seen the local subscriber - the worker
- * subscribes here first, then queues the join.  Taking the registry's
- * position for it then, a new local channel's own epoch and seq 0, the
- * catch-up at its subscription found "another epoch" and reset the
- * channel: its fresh subscribers closed with 1012 though nothing was lost
- * (CI, flake7).  False: no memory for a record (the broker exits and is
- * started again). */
+/* At this broker's start, before it takes a request from this walk on
+ * (the workers submit none before its pid is published, after it): the
+ * channels with subscribers here whose delivery a dead broker had started
+ * resume where it stopped, so what was published meanwhile is fetched
+ * from the history once subscribed (catch-up), even from seq 0.  Where
+ * it stopped is in the registry (made exact by the channel lock's
+ * recovery) - but only if the cluster ever positioned the channel
+ * (sl_chan_t.cluster_pos: a join's answer, a delivery or a reset took its
+ * epoch, under the lock, redone by the recovery), or one of its
+ * subscriptions was confirmed (its join answered: whatever the local
+ * position then, the catch-up tells the truth - a message the dead broker
+ * still held for it is lost, and its subscribers are told, 1012).
+ * Otherwise the position is the new local channel's own epoch and seq 0,
+ * and every subscription is still join_pending: made here, its join not
+ * answered - queued, in flight, or not submitted yet (a worker between
+ * the local subscribe and the submission: it passes the pid check once
+ * this walk is over, and its join is not refused as stale when it read
+ * the new gen; review rh17 M1).  Such a join positions the channel
+ * (done_join), as every subscription made while this broker runs; taking
+ * that own position for it, the catch-up at the subscription found
+ * "another epoch" and reset the channel: its fresh subscribers closed
+ * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted with
+ * no confirmed subscription left, the position is forgotten again at the
+ * first reconcile, before the subscription: rh17 L3.)  join_pending and
+ * cluster_pos are each one store, either value a valid state: a
+ * subscription confirmed (cleared by its worker after this broker's
+ * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
+ * record, the walk stops; adopt_walk). */
+typedef struct {
+    bool ok;
+    uint64_t n; /* channels adopted */
+} adopt_t;
+
 static int adopt_cb(sl_table_node_t *n, void *arg)
 {
+    adopt_t *a = arg;
     sl_chan_t *lc = (sl_chan_t *)n;
     if (uatomic_read(&lc->subscribers) == 0)
         return 0;
-    bchan_t *ch = chan_get(lc->id, lc->node.klen);
+    char ep[16];
+    bool cluster = false;
+    uint64_t last = sl_chan_position(lc, ep, &cluster);
+    if (!cluster && !has_confirmed(lc))
+        return 0; /* every subscription waits for its join: positioned by it */
+    bchan_t *ch = SL_FAULT("broker.adopt.alloc") ? NULL : chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
-        *(bool *)arg = false;
+        a->ok = false;
         return 1;
     }
-    char ep[16];
-    uint64_t last = sl_chan_position(lc, ep);
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
+    a->n++;
     return 0;
+}
+
+/* The start-up walk, before the links connect (their subscriptions and
+ * catch-ups need the adopted positions).  No memory for a record (review
+ * rh17 L1): counted (start-no-memory), told once (broker-no-memory), the
+ * links' down-reason says so, and they stay down - the workers' requests
+ * are refused broker-unavailable meanwhile, as with Redis down - until a
+ * heartbeat's walk gets through (adopt_cb is idempotent: the registry
+ * position does not move while no link is up).  Exiting instead had the
+ * master respawn a broker that failed the same way, saying nothing. */
+static bool adopt_walk(void)
+{
+    adopt_t a = {.ok = true};
+    sl_table_foreach(REG->channels, adopt_cb, &a);
+    if (a.ok) {
+        B.adopting = false;
+        uatomic_add(&BSTATS->adopted_channels, a.n);
+        return true;
+    }
+    uatomic_add(&BSTATS->start_no_memory, 1);
+    if (!B.adopting)
+        SL_TEL(SL_EV_BROKER_NO_MEMORY, SL_ERROR_LEVEL, SL_TF_S("during", "start-up walk"),
+               SL_TF_I("adopted", (int64_t)a.n));
+    B.adopting = true;
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        set_reason(&B.link[i], "no memory to resume the channels (retried every heartbeat)");
+    return false;
 }
 
 /* Bring Redis in line with this node's registry: subscriptions for the
@@ -2328,6 +2404,17 @@ static void reconcile(void)
                 c->want = true; /* a join waits for the subscription */
             if (count != c->synced)
                 sync_count(c, count);
+            /* A position kept from a subscription that ended (a lost link:
+             * link_fail keeps it for the subscribers here, who are caught
+             * up from it once subscribed again) with none of those left -
+             * only fresh subscribers, whose joins position the channel:
+             * forgotten before the subscription, as at an UNSUBSCRIBE's
+             * confirmation.  Caught up from it, they were reset (1012) when
+             * the history no longer had it or the epoch had changed
+             * (review rh17 L3).  link_up reconciles before any SUBSCRIBE. */
+            if (c->known && c->sub == SUB_NONE && !c->backlog && !c->reset_pending &&
+                !has_confirmed(lc))
+                forget_position(c);
             subscribe_chan(c);
             if (c->lapse_due && (!c->want || c->delete_pending))
                 c->lapse_due = false; /* nobody here to tell: nothing to make again */
@@ -4338,6 +4425,12 @@ static void beat_link(link_t *l)
 
 static void beat_cb(evutil_socket_t fd, short what, void *arg)
 {
+    if (B.adopting) {
+        if (!adopt_walk())
+            return;
+        for (uint32_t i = 0; i < B.nlinks; i++)
+            link_connect(&B.link[i]);
+    }
     publish_snapshot(); /* if a heartbeat changed the nodes since */
     for (uint32_t i = 0; i < B.nlinks; i++)
         beat_link(&B.link[i]);
@@ -4444,14 +4537,12 @@ int sl_broker_main(int tel_fd)
     uatomic_set(&BSTATS->nshards, B.nlinks);
 
     sl_qsbr_register(&REG->qsbr, SL_REG_BROKER_SLOT);
-    bool adopted = true;
-    sl_table_foreach(REG->channels, adopt_cb, &adopted);
-    if (!adopted) {
-        sl_qsbr_offline(&REG->qsbr, SL_REG_BROKER_SLOT);
-        return 1;
-    }
+#ifdef SL_CRASHPOINTS
+    sl_crash_arm_env(SL_CRASH_BROKER); /* a test build: a fault point for the broker */
+#endif
+    bool adopted = adopt_walk();
     uatomic_set(&BSTATS->pid, (int32_t)getpid());
-    for (uint32_t i = 0; i < B.nlinks; i++)
+    for (uint32_t i = 0; adopted && i < B.nlinks; i++)
         link_connect(&B.link[i]);
     sl_tel_flush();
     while (!B.stopping) {

@@ -440,6 +440,10 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->held_bytes)));
     json_object_set_new(broker, "hold-resets",
                         json_integer((json_int_t)uatomic_read(&b->hold_resets)));
+    json_object_set_new(broker, "adopted-channels",
+                        json_integer((json_int_t)uatomic_read(&b->adopted_channels)));
+    json_object_set_new(broker, "start-no-memory",
+                        json_integer((json_int_t)uatomic_read(&b->start_no_memory)));
     json_object_set_new(broker, "deleted-channels",
                         json_integer((json_int_t)uatomic_read(&b->deleted_channels)));
     json_object_set_new(broker, "stalled", json_boolean(uatomic_read(&b->stalled)));

@@ -188,6 +188,10 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Messages fetched from a channel's history after a lost link.");
     single(o, "broker_reset_channels_total", "counter", num(b, "reset-channels"),
            "Channels whose subscribers were closed (1012) to resubscribe.");
+    single(o, "broker_adopted_channels_total", "counter", num(b, "adopted-channels"),
+           "Channels a broker resumed at its start from where the last one stopped.");
+    single(o, "broker_start_no_memory_total", "counter", num(b, "start-no-memory"),
+           "Start-up walks of a broker that found no memory (links held down, retried).");
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
     single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),

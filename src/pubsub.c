@@ -918,13 +918,18 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
 /* Test build: SL_TEST_JOIN_DELAY="<ms>:<prefix>" - a subscription to a
  * channel named from <prefix> on sleeps <ms> between the local subscribe
  * and its join's submission to the broker (a worker preempted there: the
- * broker's heartbeat turn sees the subscriber before its join). */
+ * broker's heartbeat turn sees the subscriber before its join).  It says
+ * so on stderr before and after, so a test knows the window is open (and
+ * fails when the hook no longer fires: review rh17 L2). */
 static void join_delay(const char *id, size_t len)
 {
     const char *v = getenv("SL_TEST_JOIN_DELAY");
     const char *p = v ? strchr(v, ':') : NULL;
-    if (p && len >= strlen(p + 1) && memcmp(id, p + 1, strlen(p + 1)) == 0)
+    if (p && len >= strlen(p + 1) && memcmp(id, p + 1, strlen(p + 1)) == 0) {
+        fprintf(stderr, "sente-lite: test: join delay %d ms for %.*s\n", atoi(v), (int)len, id);
         usleep((useconds_t)atoi(v) * 1000);
+        fprintf(stderr, "sente-lite: test: join delay over for %.*s\n", (int)len, id);
+    }
 }
 #endif
 
