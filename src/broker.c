@@ -221,6 +221,7 @@ struct cmd {
     bool counted;       /* catch-ups: counted in link->ncatchup until freed */
     uint64_t hist_bytes; /* history: its share of link->history_bytes until freed */
     json_t *ctx;        /* what the reply needs besides (owned) */
+    uint64_t sub_no;    /* joins: the subscription (sl_sub_t.sub_no) its answer serves */
 };
 
 /* A message from Redis waiting: held during a catch-up, or for inbox room. */
@@ -281,6 +282,14 @@ struct bchan {
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
     char epoch[BR_EPOCH];     /* of the last message delivered */
     uint64_t last;      /* seq of the last message delivered */
+    /* The highest sub_no of a subscription here whose join this broker
+     * answered successfully (done_join), or, for a channel adopted at
+     * start, the channel's sub_seq at the walk (the dead broker may have
+     * answered any of those): such a subscription was served from the
+     * position - its subscription-result carries it - whether or not its
+     * worker has read the answer yet (join_pending; review rn17 M1).
+     * sub_no is unique and increasing for the registry's life. */
+    uint64_t served_upto;
     char reset_epoch[BR_EPOCH];
     uint64_t reset_last;
     cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
@@ -880,22 +889,35 @@ static void forget_position(bchan_t *ch)
         sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
 }
 
-static int confirmed_cb(const sl_sub_t *s, void *arg)
+typedef struct {
+    uint64_t upto; /* bchan_t.served_upto (0: none) */
+    bool any;
+} served_t;
+
+static int served_cb(const sl_sub_t *s, void *arg)
 {
-    if (uatomic_read(&s->join_pending))
+    served_t *v = arg;
+    if (uatomic_read(&s->join_pending) && (v->upto == 0 || s->sub_no > v->upto))
         return 0;
-    *(bool *)arg = true;
+    v->any = true;
     return 1;
 }
 
-/* Whether a subscription of lc here is confirmed (its join answered):
- * served from the channel's position.  Lock-free (caller online). */
-static bool has_confirmed(sl_chan_t *lc)
+/* Whether a subscription of lc here was served from the channel's
+ * position: its join answered - confirmed by its worker (join_pending
+ * cleared), or answered by this broker (sub_no <= upto, ch->served_upto)
+ * though its worker has not read the answer yet: a slow or stopped
+ * worker's subscriber is caught up all the same (review rn17 M1).
+ * served_upto is this broker's own (private, set before the answer is
+ * sent), so no ordering with the worker is needed; sub_no is stored
+ * before the subscription is linked and never changes.  Lock-free
+ * (caller online). */
+static bool has_served(sl_chan_t *lc, uint64_t upto)
 {
-    bool any = false;
+    served_t v = {.upto = upto, .any = false};
     if (lc)
-        sl_chan_members(lc, 0, confirmed_cb, &any);
-    return any;
+        sl_chan_members(lc, 0, served_cb, &v);
+    return v.any;
 }
 
 /* Where delivery stands for ch, as Redis says (a join, a catch-up): known
@@ -940,6 +962,9 @@ static void done_join(cmd_t *c, redisReply *r)
          * message after `last` reaches us (the script ran after it). */
         if (!c->ch->known && !c->ch->holding)
             chan_position(c->ch, rstr(el(r, 2)), (uint64_t)rint_(el(r, 3)));
+        /* Served from here on, before the answer goes (has_served). */
+        if (c->sub_no > c->ch->served_upto)
+            c->ch->served_upto = c->sub_no;
     }
     char *hist = raw_array(el(r, 12));
     json_t *h = hist ? json_loads(hist, 0, NULL) : json_array();
@@ -2325,9 +2350,10 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
  * (done_join), as every subscription made while this broker runs; taking
  * that own position for it, the catch-up at the subscription found
  * "another epoch" and reset the channel: its fresh subscribers closed
- * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted with
- * no confirmed subscription left, the position is forgotten again at the
- * first reconcile, before the subscription: rh17 L3.)  join_pending and
+ * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted, every
+ * subscription present at the walk counts as served (served_upto); with
+ * none of them left, the position is forgotten again at the first
+ * reconcile, before the subscription: rh17 L3, rn17 M1.)  join_pending and
  * cluster_pos are each one store, either value a valid state: a
  * subscription confirmed (cleared by its worker after this broker's
  * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
@@ -2346,7 +2372,7 @@ static int adopt_cb(sl_table_node_t *n, void *arg)
     char ep[16];
     bool cluster = false;
     uint64_t last = sl_chan_position(lc, ep, &cluster);
-    if (!cluster && !has_confirmed(lc))
+    if (!cluster && !has_served(lc, 0))
         return 0; /* every subscription waits for its join: positioned by it */
     bchan_t *ch = SL_FAULT("broker.adopt.alloc") ? NULL : chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
@@ -2356,6 +2382,13 @@ static int adopt_cb(sl_table_node_t *n, void *arg)
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
+    /* Any subscription here now may have been answered by the dead broker
+     * (its worker not yet confirming): served (has_served, review rn17
+     * M1).  sub_seq only grows; the dead broker's answers all came before
+     * this walk, for subscriptions made before it. */
+    uint64_t seq = CMM_LOAD_SHARED(lc->sub_seq);
+    if (seq > ch->served_upto)
+        ch->served_upto = seq;
     a->n++;
     return 0;
 }
@@ -2407,13 +2440,14 @@ static void reconcile(void)
             /* A position kept from a subscription that ended (a lost link:
              * link_fail keeps it for the subscribers here, who are caught
              * up from it once subscribed again) with none of those left -
-             * only fresh subscribers, whose joins position the channel:
+             * only fresh subscribers (none served: has_served, rn17 M1),
+             * whose joins position the channel:
              * forgotten before the subscription, as at an UNSUBSCRIBE's
              * confirmation.  Caught up from it, they were reset (1012) when
              * the history no longer had it or the epoch had changed
              * (review rh17 L3).  link_up reconciles before any SUBSCRIBE. */
             if (c->known && c->sub == SUB_NONE && !c->backlog && !c->reset_pending &&
-                !has_confirmed(lc))
+                !has_served(lc, c->served_upto))
                 forget_position(c);
             subscribe_chan(c);
             if (c->lapse_due && (!c->want || c->delete_pending))
@@ -2505,6 +2539,7 @@ static void req_join(const sl_inbox_entry_t *e, json_t *j)
     if (c == NULL)
         return answer(e->from, e->tag, SL_BR_OVERLOADED, NULL);
     cmd_chan(c, ch);
+    c->sub_no = (uint64_t)jint(j, "sub-no");
     ch->want = true;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
     int64_t count = lc ? (int64_t)uatomic_read(&lc->subscribers) : 1;

@@ -985,13 +985,15 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
     sl_conn_cl_t *cl = sl_conn_cl(c); /* made by the deferral above */
     j->next = cl->joins;
     cl->joins = j;
-    json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s}", "channel-id", id, len,
-                            "auto-create", ns->auto_create > 0, "max-subscribers",
+    /* sub-no: the broker notes the subscriptions its answers served
+     * (bchan_t.served_upto; review rn17 M1). */
+    json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "channel-id", id,
+                            len, "auto-create", ns->auto_create > 0, "max-subscribers",
                             (json_int_t)ns->max_subscribers, "message-retention",
                             (json_int_t)ns->message_retention, "rpc-timeout-ms",
                             (json_int_t)ns->rpc_timeout_ms, "from", (json_int_t)j->from,
                             "ring-oldest", (json_int_t)ring_oldest, "ring-epoch",
-                            j->ring ? ep : "");
+                            j->ring ? ep : "", "sub-no", (json_int_t)j->sub_no);
     if (since_j)
         json_object_set(req, "since-seq", since_j);
     if (cep)

@@ -1048,7 +1048,10 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
     needs_own_redis()
     from conftest import CRASH_BIN
     relay = Relay(redis.port)
-    delay = int(4000 * SLOW)
+    # Clearly above the link's longest back-off (BACKOFF_MAX_MS, 5 s): the
+    # link, refused since the drop, is back before y's join is submitted
+    # however long the refusal lasted under load (review rn17 L3).
+    delay = int(8000 * SLOW)
     try:
         (a,) = cluster(1, "--message-retention", "2")
         (b,) = cluster(1, "--message-retention", "2", "--worker-stall-ms", "30000",
@@ -1061,7 +1064,8 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
         async def go():
             pub = await Client.open(a)
             x = await Client.open(b)
-            assert (await x.subscribe("l3-room"))["success"]
+            await x.send(type="subscribe", **{"channel-id": "l3-room"})  # delayed too
+            assert (await x.of_type("subscription-result", timeout=30))["success"]
             await publish(pub, "l3-room", 1)
             assert (await collect(x, "l3-room", 1))[0]["seq"] == 1  # B is at seq 1
             resets = b.stats()["cluster"]["broker"]["reset-channels"]
@@ -1093,6 +1097,85 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
     finally:
         relay.close()
 
+
+
+# rn17 M1 (medium): "served from the kept position" was read from
+# sl_sub_t.join_pending, which only the subscriber's worker clears when it
+# reads the JOIN answer.  A stopped (or slow) worker across a short link
+# drop had its already-answered subscriber's position forgotten at the
+# reconcile (rh17 L3's rule): the outage's messages were lost silently (no
+# catch-up, no 1012, nothing counted).  Now the broker notes what it
+# answered (bchan_t.served_upto, the JOIN carries sub-no) and keeps the
+# position: x gets 2..5 from the catch-up, then 6.  SIGSTOP stands in for
+# a worker busy for a turn; the relay holds the JOIN's answer until the
+# worker is stopped, so the answer lands in the stopped worker's inbox.
+def test_stopped_worker_served_subscriber_keeps_position(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    wpid = None
+    try:
+        (a,) = cluster(1, "--message-retention", "100")
+        # --redis-timeout-ms: the stopped worker's own deadline for the
+        # JOIN (twice it) is not what this test is about
+        (b,) = cluster(1, "--message-retention", "100", "--worker-stall-ms", "30000",
+                       "--worker-stall-kill-ms", "60000", "--redis-timeout-ms", "15000",
+                       urls=[relay.url])
+
+        def connected():
+            return b.stats()["cluster"]["redis"][0]["connected"]
+
+        async def go():
+            nonlocal wpid
+            pub = await Client.open(a)
+            w = await Client.open(a)
+            assert (await w.subscribe("st-room"))["success"]
+            await publish(pub, "st-room", 1)
+            x = await Client.open(b)
+            wk = [k for k in b.stats()["workers"] if k["connections"] == 1]
+            assert len(wk) == 1, b.stats()["workers"]
+            resets = b.stats()["cluster"]["broker"]["reset-channels"]
+            relay.hold_answers(b"st-room")
+            await x.send(type="subscribe", **{"channel-id": "st-room"})
+            # its SUBSCRIBE reached Redis: the confirmation, and so the JOIN
+            # sent after it, wait for the release
+            wait_for(lambda: any(b"st-room" in bytes(t) for t in list(relay.sent)),
+                     timeout=10, what="the SUBSCRIBE sent")
+            wpid = wk[0]["pid"]
+            os.kill(wpid, signal.SIGSTOP)
+            relay.release()
+
+            def answered():  # subscribed, and the JOIN (sent then) answered
+                r = b.stats()["cluster"]["redis"][0]
+                return r["subscribed-channels"] >= 1 and r["in-flight"] == 0
+            wait_for(answered, timeout=10, what="the JOIN answered")
+            await asyncio.sleep(0.3)
+            wait_for(answered, timeout=10, what="the JOIN answered")
+            relay.refuse()
+            relay.drop()
+            wait_for(lambda: not connected(), timeout=10, what="B's link down")
+            for i in range(2, 6):
+                await publish(pub, "st-room", i)
+            relay.refuse(False)
+            wait_for(connected, timeout=10, what="B's link back")
+            # the reconcile of link_up ran (the channel subscribed again)
+            wait_for(lambda: b.stats()["cluster"]["redis"][0]["subscribed-channels"] >= 1,
+                     timeout=10, what="subscribed again")
+            os.kill(wpid, signal.SIGCONT)
+            wpid = None
+            r = await x.of_type("subscription-result", timeout=20)
+            assert r["success"] and r["last-seq"] == 1, r
+            await publish(pub, "st-room", 6)
+            got = []
+            while not got or got[-1] < 6:
+                m = await x.next(lambda m: m.get("type") == "channel-message", timeout=10)
+                got.append(m["seq"])
+            assert got == [2, 3, 4, 5, 6], got
+            assert b.stats()["cluster"]["broker"]["reset-channels"] == resets
+        run(go())
+    finally:
+        if wpid:
+            os.kill(wpid, signal.SIGCONT)
+        relay.close()
 
 # rg17 M1 (medium): live messages held while a channel catches up (or waits
 # for its turn) were bounded per channel by count only.  Now by bytes too,
