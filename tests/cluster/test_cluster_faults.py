@@ -1177,6 +1177,74 @@ def test_stopped_worker_served_subscriber_keeps_position(cluster, redis):
             os.kill(wpid, signal.SIGCONT)
         relay.close()
 
+
+# rn17 L1/M1, the window sl_chan_t.cluster_pos is for: a broker answered a
+# join (positioning the channel) and died before the subscriber's worker
+# read the answer.  The new broker's walk adopts the position (cluster_pos)
+# and counts every subscription present then as served (served_upto =
+# sub_seq): the first reconcile keeps it, and what was published while no
+# broker ran is caught up.  Before, that reconcile forgot it (no
+# subscription confirmed): lost silently.
+def test_broker_killed_after_answering_a_stopped_workers_join(cluster, redis):
+    needs_own_redis()
+    relay = Relay(redis.port)
+    wpid = None
+    try:
+        (a,) = cluster(1, "--message-retention", "100")
+        t0 = time.time()
+        (b,) = cluster(1, "--message-retention", "100", "--worker-stall-ms", "30000",
+                       "--worker-stall-kill-ms", "60000", "--redis-timeout-ms", "15000",
+                       urls=[relay.url])
+
+        async def go():
+            nonlocal wpid
+            pub = await Client.open(a)
+            w = await Client.open(a)
+            assert (await w.subscribe("sk-room"))["success"]
+            await publish(pub, "sk-room", 1)
+            await asyncio.sleep(max(0.0, 2.5 - (time.time() - t0)))  # lived past SL_STABLE_MS
+            x = await Client.open(b)
+            wk = [k for k in b.stats()["workers"] if k["connections"] == 1]
+            assert len(wk) == 1, b.stats()["workers"]
+            old = broker_pid(b)
+            relay.hold_answers(b"sk-room")
+            await x.send(type="subscribe", **{"channel-id": "sk-room"})
+            wait_for(lambda: any(b"sk-room" in bytes(t) for t in list(relay.sent)),
+                     timeout=10, what="the SUBSCRIBE sent")
+            wpid = wk[0]["pid"]
+            os.kill(wpid, signal.SIGSTOP)
+            relay.release()
+
+            def answered():
+                r = b.stats()["cluster"]["redis"][0]
+                return r["subscribed-channels"] >= 1 and r["in-flight"] == 0
+            wait_for(answered, timeout=10, what="the JOIN answered")
+            await asyncio.sleep(0.3)
+            wait_for(answered, timeout=10, what="the JOIN answered")
+            os.kill(old, signal.SIGKILL)
+            for i in range(2, 6):
+                await publish(pub, "sk-room", i)
+            wait_for(lambda: broker_pid(b) not in (0, old), timeout=15, what="a new broker")
+            wait_for(lambda: b.stats()["cluster"]["redis"][0]["subscribed-channels"] >= 1,
+                     timeout=15, what="subscribed again")
+            os.kill(wpid, signal.SIGCONT)
+            wpid = None
+            r = await x.of_type("subscription-result", timeout=20)
+            assert r["success"] and r["last-seq"] == 1, r
+            await publish(pub, "sk-room", 6)
+            got = []
+            while not got or got[-1] < 6:
+                m = await x.next(lambda m: m.get("type") == "channel-message", timeout=10)
+                got.append(m["seq"])
+            assert got == [2, 3, 4, 5, 6], got
+            st = b.stats()["cluster"]["broker"]
+            assert st["reset-channels"] == 0 and st["adopted-channels"] == 1, st
+        run(go())
+    finally:
+        if wpid:
+            os.kill(wpid, signal.SIGCONT)
+        relay.close()
+
 # rg17 M1 (medium): live messages held while a channel catches up (or waits
 # for its turn) were bounded per channel by count only.  Now by bytes too,
 # per channel (a quarter of --redis-max-held-bytes) and node-wide (all of
