@@ -189,7 +189,7 @@ static void cluster_metrics(out_t *o, json_t *cl)
     single(o, "broker_reset_channels_total", "counter", num(b, "reset-channels"),
            "Channels whose subscribers were closed (1012) to resubscribe.");
     single(o, "broker_adopted_channels_total", "counter", num(b, "adopted-channels"),
-           "Channels a broker resumed at its start from where the last one stopped.");
+           "Channel positions a new broker took at its start (start-up walk).");
     single(o, "broker_start_no_memory_total", "counter", num(b, "start-no-memory"),
            "Start-up walks of a broker that found no memory (links held down, retried).");
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
