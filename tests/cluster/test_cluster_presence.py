@@ -1505,17 +1505,21 @@ def test_foreign_drops_keep_the_rewrite_pacing(tmp_path, cluster, redis):
         r2.stop()
 
 
-def test_a_foreign_drop_answered_with_an_error_is_counted_and_retried(tmp_path, cluster, redis):
+@pytest.mark.parametrize("n", [3, 10])
+def test_a_foreign_drop_answered_with_an_error_is_counted_and_retried(tmp_path, cluster, redis, n):
     """Review rm17 L2: a drop Redis answered with an error (READONLY,
     BUSY, LOADING...) raised only the link's generic `errors`: no presence
     counter, and the stale entries stayed until the next pass (a connect
     or a lapse), the scan's cursor already past them.  Here instance 0's
     ACL denies the node the keys of channels named z* (NOPERM for their
-    drop scripts; everything else works); its nodepr set lists 10 such
+    drop scripts; everything else works); its nodepr set lists n such
     channels of shard 1 with stale entries.  Now each error counts in
     presence-sync-errors and the nodepr set is scanned again after a
-    backoff; once the ACL allows the keys, the retry drops all 10 - with
-    no reconnect."""
+    backoff; once the ACL allows the keys, the retry drops all n - with
+    no reconnect.  n = 3: one slice, all its drops sent at once (without
+    the retry they are never tried again); n = 10: more than the pacing
+    sends at once, whose rescan (keeping the cursor) resent the failing
+    drops at link speed - now paced by the backoff (few SSCANs)."""
     from conftest import Redis
     from test_cluster_faults import shard_of
     needs_own_redis()
@@ -1523,7 +1527,7 @@ def test_a_foreign_drop_answered_with_an_error_is_counted_and_retried(tmp_path, 
     try:
         (a,) = cluster(1, urls=[redis.url, r2.url])
         node = a.stats()["cluster"]["node-id"]
-        ids = [f"z{i}" for i in range(1000) if shard_of(f"z{i}", 2) == 1][:10]
+        ids = [f"z{i}" for i in range(1000) if shard_of(f"z{i}", 2) == 1][:n]
         ghost = '{"conn-id":"ghost","user":null,"info":null}'
         for ch in ids:
             redis.cli("HSET", f"sl:{{{ch}}}:p:{node}", "ghost", ghost)
@@ -1539,11 +1543,16 @@ def test_a_foreign_drop_answered_with_an_error_is_counted_and_retried(tmp_path, 
             link = a.stats()["cluster"]["redis"][0]
             return link["connected"] and link["reconnects"] > reconnects
         wait_for(back, 20, what="A reconnected to instance 0")
+        redis.cli("CONFIG", "RESETSTAT")
         # Refused, counted, and tried again (after 0.5 s, then 1 s): more
         # errors than one scan's answer holds ids.
         wait_for(lambda: a.stats()["cluster"]["broker"]["presence-sync-errors"]
                  - b0["presence-sync-errors"] > len(ids), 20, what="the drops' errors counted")
+        time.sleep(1)
         assert redis.cli("SCARD", f"sl:nodepr:{node}") == str(len(ids))
+        stats = redis.cli("INFO", "commandstats")
+        sscans = int(stats.split("cmdstat_sscan:calls=")[1].split(",")[0])
+        assert sscans <= 10, stats  # about 4 in these 2-3 s (0.5 s, 1 s, 2 s)
         assert redis.cli("ACL", "SETUSER", "default", "allkeys") == "OK"
         wait_for(lambda: redis.cli("SCARD", f"sl:nodepr:{node}") == "0", 60,
                  what="every foreign id dropped, retried without a new pass")
