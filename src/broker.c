@@ -159,7 +159,7 @@ static const char *purge_kill;
  * sent when one is answered (review ro17 M2), PRES_SYNC_TURN per loop turn
  * the ceiling. */
 #define PRES_SYNC_INFLIGHT 4
-#define PRES_FRESH_WAIT_MS 250 /* a drop waits for another link's answer: the scan asks again then (rm17 L1) */
+#define PRES_FRESH_WAIT_MS 250 /* a drop waits for the other link's answer: scan again then (rm17 L1) */
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define PRES_STATS_CACHE_MS 1000 /* a channel's presence-stats answer serves this long */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
