@@ -242,7 +242,7 @@ typedef struct {
     uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
     uint64_t presence_sync_rewalks; /* a big channel's slice walked from the list head: its checkpoint had unsubscribed */
     uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
-    uint64_t presence_sync_errors; /* rewrites abandoned for an error answer (retried after a backoff) */
+    uint64_t presence_sync_errors; /* rewrites abandoned, drops / nodepr slices answered, with an error (retried after a backoff) */
     uint64_t presence_sync_deferred; /* times a rewrite script was put off (once per turn or answer): its link had no room */
     uint64_t presence_dropped_foreign; /* another instance's channels removed from a link's nodepr set (PRES_SYNC "drop") */
     uint64_t same_instance_links; /* connects that found another --redis entry on the same instance and db */

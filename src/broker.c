@@ -159,6 +159,7 @@ static const char *purge_kill;
  * sent when one is answered (review ro17 M2), PRES_SYNC_TURN per loop turn
  * the ceiling. */
 #define PRES_SYNC_INFLIGHT 4
+#define PRES_FRESH_WAIT_MS 250 /* a drop waits for the other link's answer: scan again then (rm17 L1) */
 #define PRES_STATS_WAIT_MAX 1024 /* presence-stats waiting for the one in flight, per channel */
 #define PRES_STATS_CACHE_MS 1000 /* a channel's presence-stats answer serves this long */
 #define SNAPSHOT_SLICE 256 /* channels read for the cluster snapshot per heartbeat and instance */
@@ -211,6 +212,7 @@ struct cmd {
     uint64_t conn, tag;
     int64_t deadline;   /* the request's (mono ms; 0: none): not sent after it */
     int64_t sent_ms, sent_us;
+    uint64_t seq;       /* B.send_seq when sent: which link answered after which INFO (rm17 L1) */
     bool answered;      /* a result went to the worker already */
     int script;
     char *buf;          /* the formatted command */
@@ -320,6 +322,15 @@ struct link {
     uint32_t pres_inflight; /* the rewrite's commands in flight (at most PRES_SYNC_INFLIGHT) */
     uint32_t pres_sent;     /* ... sent this loop turn (at most PRES_SYNC_TURN) */
     char pres_cursor[32];
+    /* The nodepr scan waits till then (0: no wait): a drop's error answer's
+     * backoff (pres_drop_backoff_ms, review rm17 L2), or another link's
+     * fresh answer (rm17 L1). */
+    int64_t pres_scan_retry_ms;
+    uint32_t pres_drop_backoff_ms;
+    /* B.send_seq at this connect's INFO answer, and that of the last
+     * command of this link answered (rm17 L1: links_differ trusts another
+     * link's run_id only if that link answered since this one's INFO). */
+    uint64_t info_seq, answered_seq;
     int64_t pres_retry_ms;  /* a due channel waits for its backoff: the pass goes back then ... */
     uint32_t pres_retry_bucket; /* ... to this bucket (BUCKETS: none) */
     cmd_t *head, *tail;   /* in flight on cmd */
@@ -351,6 +362,7 @@ static struct {
     struct event *hist_ev; /* made active when a page's budget is given back */
     link_t link[SL_BROKER_SHARDS];
     uint32_t nlinks;
+    uint64_t send_seq;      /* raised at each command sent and each INFO answer (rm17 L1) */
     bchan_t *map[BUCKETS];
     bchan_t *backlog; /* channels with messages waiting for inbox room, or a reset or delete */
     uint64_t nbacklog, backlog_bytes;
@@ -620,6 +632,7 @@ static int cmd_send(cmd_t *c)
         return SL_ERROR;
     c->sent_us = sl_mono_us();
     c->sent_ms = c->sent_us / 1000;
+    c->seq = ++B.send_seq;
     c->prev = l->tail;
     c->next = NULL;
     if (l->tail)
@@ -1371,6 +1384,7 @@ static void done_setup(cmd_t *c, redisReply *r)
         /* run_id:<40 hex>: which Redis process this is. */
         const char *p = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
         l->run_id[0] = '\0';
+        l->info_seq = ++B.send_seq; /* after every command sent so far (rm17 L1) */
         if (p)
             snprintf(l->run_id, sizeof(l->run_id), "%.*s", (int)strcspn(p + 7, "\r\n"), p + 7);
         /* Two --redis entries that reach one instance and db share its
@@ -1441,6 +1455,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     link_t *l = c->link;
     cmd_unlink(c);
+    if (r && c->seq > l->answered_seq)
+        l->answered_seq = c->seq; /* alive then: the run_id of its connect holds (rm17 L1) */
     if (r && r->type == REDIS_REPLY_ERROR) {
         uatomic_add(&BSTATS->link[l->shard].errors, 1);
         if (is_err(r, "NOSCRIPT") && c->script >= 0) {
@@ -3145,6 +3161,34 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
 
 static void pres_pump(link_t *l);
 
+/* The nodepr scan of l waits ms from now (at least: a longer wait holds). */
+static void pres_scan_later(link_t *l, uint32_t ms)
+{
+    int64_t t = sl_mono_ms() + ms;
+    if (t > l->pres_scan_retry_ms)
+        l->pres_scan_retry_ms = t;
+}
+
+/* A drop, or a nodepr slice, answered with an error (READONLY, BUSY,
+ * LOADING, NOPERM...; review rm17 L2: a drop's was not counted, and its
+ * stale entries waited for the next pass): counted like a channel
+ * rewrite's, and the nodepr set is scanned again from "0" after the same
+ * backoff (0.5 s doubling to 30 s; one doubling for the errors of one
+ * wait; a new pass resets it).  A slice in flight is void (pres_restart):
+ * its cursor may be past the id. */
+static void pres_scan_error(link_t *l)
+{
+    uatomic_add(&BSTATS->presence_sync_errors, 1);
+    if (sl_mono_ms() >= l->pres_scan_retry_ms) {
+        l->pres_drop_backoff_ms =
+            l->pres_drop_backoff_ms ? SL_MIN(l->pres_drop_backoff_ms * 2, 30000u) : 500;
+        pres_scan_later(l, l->pres_drop_backoff_ms);
+    }
+    l->pres_scan = true;
+    l->pres_restart = l->pres_scan_sent;
+    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "0");
+}
+
 /* One of the rewrite's commands answered (or failed: r NULL): the link
  * may send the next (reply-paced, review ro17 M2). */
 static void pres_answered(link_t *l)
@@ -3204,6 +3248,8 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         pres_answered(l);
         return;
     }
+    if (c->pkind == PK_DROP && r && !ok)
+        pres_scan_error(l);
     if (ok) {
         int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
         if (changes > 0)
@@ -3247,14 +3293,26 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
  * Two --redis entries may reach one instance (a socket and a port, a
  * name and its IP, a DNS failover) and then share one nodepr set: what
  * one lists for the other's shard is the other's live entry (review rl17
- * M1), so anything not known is "the same". */
-static bool links_differ(const link_t *a, const link_t *b)
+ * M1), so anything not known is "the same" (LD_SAME).  A run_id is true
+ * of a connection only while it answers (review rm17 L1): b hung on a
+ * failed primary still looks up, with the old primary's run_id, while a
+ * reconnected to the promoted replica that b will reach too.  So b's is
+ * believed only if b answered a command sent after a's INFO answer, or
+ * b's own INFO came after a's; else LD_STALE: not yet known (b's
+ * heartbeat answers within HEARTBEAT_MS, or b times out and is down). */
+enum { LD_SAME, LD_DIFFER, LD_STALE };
+static int links_differ(const link_t *a, const link_t *b)
 {
     if (a == b || a->state != L_UP || b->state != L_UP || !a->run_id[0] || !b->run_id[0])
-        return false;
-    return strcmp(a->run_id, b->run_id) != 0 ||
-           sl_conf->redis[a->shard].db != sl_conf->redis[b->shard].db;
+        return LD_SAME;
+    if (strcmp(a->run_id, b->run_id) == 0 &&
+        sl_conf->redis[a->shard].db == sl_conf->redis[b->shard].db)
+        return LD_SAME;
+    if (b->answered_seq <= a->info_seq && b->info_seq <= a->info_seq)
+        return LD_STALE;
+    return LD_DIFFER;
 }
+
 
 /* A channel of another instance listed in link l's nodepr set (written
  * under an earlier --redis list): its entries on l are stale whatever its
@@ -3296,6 +3354,11 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
     l->pres_scan_sent = false;
+    if (r && r->type == REDIS_REPLY_ERROR && l->state == L_UP && !l->pres_restart) {
+        pres_scan_error(l); /* rm17 L2: scanned again after the backoff */
+        pres_answered(l);
+        return;
+    }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 2 || l->state != L_UP) {
         l->pres_scan = false; /* given up: the next connect starts again */
         pres_answered(l);
@@ -3314,8 +3377,16 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
             continue;
         uint32_t shard = sl_broker_shard(id->str, id->len, B.nlinks);
         if (shard != (uint32_t)l->shard) {
-            if (!links_differ(l, &B.link[shard]))
+            int ld = links_differ(l, &B.link[shard]);
+            if (ld == LD_SAME)
                 continue; /* the same instance, or not known: nothing to drop */
+            if (ld == LD_STALE) {
+                /* The other link has not answered since l's connect: the
+                 * slice is scanned again later (rm17 L1), not dropped. */
+                pres_scan_later(l, PRES_FRESH_WAIT_MS);
+                again = true;
+                break;
+            }
             if (l->pres_inflight > PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN) {
                 again = true; /* on a reply, or next turn */
                 break;
@@ -3396,7 +3467,15 @@ static void pres_pump(link_t *l)
             l->pres_bucket++; /* every due channel of this bucket sent */
     }
     if (l->pres_scan && !l->pres_scan_sent && l->pres_inflight < PRES_SYNC_INFLIGHT &&
-        l->pres_sent < PRES_SYNC_TURN) {
+        l->pres_sent < PRES_SYNC_TURN && sl_mono_ms() >= l->pres_scan_retry_ms) {
+        if (!pres_room(l)) {
+            /* No room for the drops a slice may ask for: the slice is not
+             * asked (review rm17 L3: it was, every turn, and deferred at
+             * its first drop); one deferral a turn, like a channel's. */
+            uatomic_add(&BSTATS->presence_sync_deferred, 1);
+            l->pres_sent = PRES_SYNC_TURN;
+            return;
+        }
         char npr[160];
         snprintf(npr, sizeof(npr), "%s:nodepr:%s", B.prefix, B.node);
         const char *argv[5] = {"SSCAN", npr, l->pres_cursor, "COUNT", "32"};
@@ -4206,6 +4285,8 @@ static void pres_pass_start(link_t *l)
             }
     l->pres_retry_ms = 0;
     l->pres_retry_bucket = BUCKETS;
+    l->pres_scan_retry_ms = 0; /* a new pass scans at once (as rc17 L4) */
+    l->pres_drop_backoff_ms = 0;
     l->pres_pass = l->pres_scan = true;
     l->pres_restart = l->pres_scan_sent;
     l->pres_bucket = 0;

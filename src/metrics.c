@@ -203,7 +203,7 @@ static void cluster_metrics(out_t *o, json_t *cl)
     single(o, "broker_presence_sync_skipped_total", "counter", num(b, "presence-sync-skipped"),
            "Channels not rewritten: more local subscribers than one script takes (1000).");
     single(o, "broker_presence_sync_errors_total", "counter", num(b, "presence-sync-errors"),
-           "Presence rewrites abandoned for an error answer from Redis (retried after a backoff).");
+           "Presence rewrites, foreign drops and nodepr scans answered with an error (retried after a backoff).");
     single(o, "broker_presence_sync_deferred_total", "counter", num(b, "presence-sync-deferred"),
            "Times a presence rewrite script was put off, not built (once per loop turn or answer "
            "while its link had no room; tried again).");

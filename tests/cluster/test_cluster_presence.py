@@ -1505,6 +1505,67 @@ def test_foreign_drops_keep_the_rewrite_pacing(tmp_path, cluster, redis):
         r2.stop()
 
 
+@pytest.mark.parametrize("n", [3, 10])
+def test_a_foreign_drop_answered_with_an_error_is_counted_and_retried(tmp_path, cluster, redis, n):
+    """Review rm17 L2: a drop Redis answered with an error (READONLY,
+    BUSY, LOADING...) raised only the link's generic `errors`: no presence
+    counter, and the stale entries stayed until the next pass (a connect
+    or a lapse), the scan's cursor already past them.  Here instance 0's
+    ACL denies the node the keys of channels named z* (NOPERM for their
+    drop scripts; everything else works); its nodepr set lists n such
+    channels of shard 1 with stale entries.  Now each error counts in
+    presence-sync-errors and the nodepr set is scanned again after a
+    backoff; once the ACL allows the keys, the retry drops all n - with
+    no reconnect.  n = 3: one slice, all its drops sent at once (without
+    the retry they are never tried again); n = 10: more than the pacing
+    sends at once, whose rescan (keeping the cursor) resent the failing
+    drops at link speed - now paced by the backoff (few SSCANs)."""
+    from conftest import Redis
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        (a,) = cluster(1, urls=[redis.url, r2.url])
+        node = a.stats()["cluster"]["node-id"]
+        ids = [f"z{i}" for i in range(1000) if shard_of(f"z{i}", 2) == 1][:n]
+        ghost = '{"conn-id":"ghost","user":null,"info":null}'
+        for ch in ids:
+            redis.cli("HSET", f"sl:{{{ch}}}:p:{node}", "ghost", ghost)
+        redis.cli("SADD", f"sl:nodepr:{node}", *ids)
+        b0 = a.stats()["cluster"]["broker"]
+        reconnects = a.stats()["cluster"]["redis"][0]["reconnects"]
+        assert redis.cli("ACL", "SETUSER", "default", "resetkeys", "~sl:[^{]*",
+                         "~sl:{[^z]*") == "OK"
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        redis.cli("CLIENT", "KILL", "TYPE", "normal")
+
+        def back():
+            link = a.stats()["cluster"]["redis"][0]
+            return link["connected"] and link["reconnects"] > reconnects
+        wait_for(back, 20, what="A reconnected to instance 0")
+        redis.cli("CONFIG", "RESETSTAT")
+        # Refused, counted, and tried again (after 0.5 s, then 1 s): more
+        # errors than one scan's answer holds ids.
+        wait_for(lambda: a.stats()["cluster"]["broker"]["presence-sync-errors"]
+                 - b0["presence-sync-errors"] > len(ids), 20, what="the drops' errors counted")
+        time.sleep(1)
+        assert redis.cli("SCARD", f"sl:nodepr:{node}") == str(len(ids))
+        stats = redis.cli("INFO", "commandstats")
+        sscans = int(stats.split("cmdstat_sscan:calls=")[1].split(",")[0])
+        assert sscans <= 10, stats  # about 4 in these 2-3 s (0.5 s, 1 s, 2 s)
+        assert redis.cli("ACL", "SETUSER", "default", "allkeys") == "OK"
+        wait_for(lambda: redis.cli("SCARD", f"sl:nodepr:{node}") == "0", 60,
+                 what="every foreign id dropped, retried without a new pass")
+        assert all(redis.cli("EXISTS", f"sl:{{{ch}}}:p:{node}") == "0" for ch in ids)
+        wait_for(lambda: a.stats()["cluster"]["broker"]["presence-dropped-foreign"]
+                 - b0["presence-dropped-foreign"] == len(ids), 10, what="the drops counted")
+        link = a.stats()["cluster"]["redis"][0]
+        assert link["reconnects"] == reconnects + 1, link
+    finally:
+        redis.cli("ACL", "SETUSER", "default", "allkeys")
+        r2.stop()
+
+
 def test_two_redis_entries_on_one_instance_keep_each_others_entries(tmp_path, cluster, redis):
     """Review rl17 M1: the nodepr scan dropped ("drop": UNLINK, SREM) every
     channel of the other shard as another instance's.  Two --redis entries
@@ -1569,6 +1630,68 @@ def test_two_redis_entries_on_one_instance_keep_each_others_entries(tmp_path, cl
         proc.terminate()
         proc.wait(timeout=10)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_failover_to_a_shared_survivor_keeps_a_hung_links_entries(tmp_path, cluster, redis):
+    """Review rm17 L1: links_differ trusted the other link's run_id from
+    that link's own connect while it looked up, even hung.  Both --redis
+    entries reach instance A through relays; B is A's replica.  Failover:
+    B promoted, both relays lead to B; link 1 hangs (its answers held, up
+    till its --redis-timeout-ms), link 0's connections are dropped and it
+    reconnects, to B, whose nodepr set (replicated) lists x of shard 1.
+    Link 1 still had A's run_id, so link 0 dropped x's live entry on B
+    (counted presence-dropped-foreign, no leave).  Now a drop needs link 1
+    to have answered since link 0's INFO: it never does, times out, is
+    down (not known: nothing dropped), and reconnects to B (the same
+    instance: nothing dropped).  (The failover's new epochs may reset x's
+    subscriber once link 1 is back: its entry then goes with a leave.)"""
+    from conftest import Redis
+    from test_cluster_faults import Relay, shard_of
+    needs_own_redis()
+    rb = Redis(tmp_path, "redisB")
+    r0, r1 = Relay(redis.port), Relay(redis.port)
+    try:
+        rb.cli("REPLICAOF", "127.0.0.1", str(redis.port))
+        (a,) = cluster(1, "--join-leave", "--redis-timeout-ms", "3000", urls=[r0.url, r1.url])
+        node = a.stats()["cluster"]["node-id"]
+        x = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 1][0]
+        y = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 0][0]
+
+        async def go():
+            c = await Client.open(a)
+            for ch in (x, y):
+                assert (await c.subscribe(ch))["success"]
+            for ch in (x, y):
+                await asyncio.to_thread(
+                    wait_for, lambda: rb.cli("HEXISTS", f"sl:{{{ch}}}:p:{node}", c.conn_id) == "1",
+                    10, what=f"{ch}'s entry replicated to B")
+            assert rb.cli("SISMEMBER", f"sl:nodepr:{node}", x) == "1"
+            d0 = a.stats()["cluster"]["broker"]["presence-dropped-foreign"]
+            rc = [r["reconnects"] for r in a.stats()["cluster"]["redis"]]
+            rb.cli("REPLICAOF", "NO", "ONE")
+            r0.target = r1.target = rb.port
+            r1.hold_answers(b"\r\n")  # link 1 hangs: still up, with A's run_id
+            r0.drop()                   # link 0 reconnects, now to B
+            deadline = time.monotonic() + 30
+            while True:
+                assert time.monotonic() < deadline, a.stats()["cluster"]["redis"]
+                st = a.stats()["cluster"]
+                if st["redis"][1]["reconnects"] == rc[1]:  # then x may be reset (a new epoch)
+                    assert rb.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1"
+                assert st["broker"]["presence-dropped-foreign"] == d0, st["broker"]
+                if not st["redis"][1]["connected"]:
+                    r1.release()  # link 1 timed out: its reconnect goes through
+                if all(r["connected"] and r["reconnects"] > n for r, n in zip(st["redis"], rc)):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.5)  # both passes' scans on B answered
+            assert a.stats()["cluster"]["broker"]["presence-dropped-foreign"] == d0
+        run(go())
+    finally:
+        r1.release()
+        r0.close()
+        r1.close()
+        rb.stop()
 
 
 def test_backlog_overflow_at_a_held_join_resets_at_the_newest_position(cluster, redis):
