@@ -122,6 +122,12 @@ typedef struct sl_chan {
     uint32_t subscribers; /* under lock; atomic for readers */
     uint64_t sub_seq;     /* under lock: the last sl_sub_t.sub_no given here */
     bool deleted;         /* under lock: deleted, only still reachable by stale readers */
+    /* --redis, under lock: epoch and next_seq are the cluster's - taken
+     * from a delivery or a reset with an epoch (take_position, which the
+     * lock's recovery redoes from the intent), never set back.  False: the
+     * channel's own epoch from its creation, which no subscription here
+     * has been positioned from yet (review rh17 M1). */
+    bool cluster_pos;
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
     struct sl_sub *subs;  /* every subscription of the channel, under lock; RCU for readers */
     /* Retention ring: positions [ring_lo, ring_hi) are retained (slot =
@@ -422,8 +428,9 @@ void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg);
 
 /* The last seq this node holds for c (what it last delivered or
  * published; 0 when none) and, when epoch is not NULL (16 bytes), its
- * epoch, both read under the channel lock. */
-uint64_t sl_chan_position(sl_chan_t *c, char *epoch);
+ * epoch, and, when cluster is not NULL, whether that position is the
+ * cluster's (sl_chan_t.cluster_pos), all read under the channel lock. */
+uint64_t sl_chan_position(sl_chan_t *c, char *epoch, bool *cluster);
 
 /* Drop a reference to a message (frees it with the last). */
 void sl_chan_msg_unref(sl_reg_t *r, sl_chan_msg_t *m);

@@ -77,6 +77,7 @@ size_t sl_crash_points(const sl_crashpoint_t ***out);
  * integration tests): SL_CRASH_ARM="<worker>:<name>:<nth>:<exit|stop|stops|fail>"
  * arms <name> in worker <worker> only. */
 void sl_crash_arm_env(int worker);
+#define SL_CRASH_BROKER 99 /* <worker> for the broker process */
 
 #else
 #include <urcu/compiler.h>

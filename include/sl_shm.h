@@ -236,11 +236,16 @@ typedef struct {
     uint64_t hold_resets;  /* channels reset because what they held passed a bound */
     uint64_t reset_channels; /* channels whose subscribers were told to resubscribe */
     uint64_t deleted_channels; /* channels deleted on another node, removed here */
+    uint64_t adopted_channels; /* channels a broker resumed at its start from the registry's position */
+    uint64_t start_no_memory;  /* start-up walks that found no memory for a channel record (retried) */
     uint64_t presence_synced;  /* channel rewrites of presence entries completed (one per channel, not per slice) */
     uint64_t presence_sync_changes; /* entries that rewrite added or removed (a join / leave each) */
     uint64_t presence_sync_rewalks; /* a big channel's slice walked from the list head: its checkpoint had unsubscribed */
     uint64_t presence_sync_skipped; /* channels not rewritten: more local subscribers than a script takes */
     uint64_t presence_sync_errors; /* rewrites abandoned for an error answer (retried after a backoff) */
+    uint64_t presence_sync_deferred; /* times a rewrite script was put off (once per turn or answer): its link had no room */
+    uint64_t presence_dropped_foreign; /* another instance's channels removed from a link's nodepr set (PRES_SYNC "drop") */
+    uint64_t same_instance_links; /* connects that found another --redis entry on the same instance and db */
     uint64_t presence_resyncs; /* presence-resync notices queued after a re-subscribe (per channel) */
     uint64_t presence_lost;    /* presence writes not sent (link down or full) and joins / leaves not delivered (no memory) */
     uint64_t presence_reasserts; /* presence rewrites because this node's heartbeat key had lapsed */

@@ -93,6 +93,7 @@ typedef enum {
     SL_EV_WORKER_CLEANUP_WAITING, /* a dead worker's cleanup waits past the kill bound */
     SL_EV_CHANNEL_JOIN,           /* join / leave events handed out (debug level) */
     SL_EV_CHANNEL_LEAVE,
+    SL_EV_BROKER_NO_MEMORY, /* --redis: the broker's start-up walk found no memory (links held down) */
     SL_EV__COUNT
 } sl_event_t;
 

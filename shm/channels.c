@@ -1788,6 +1788,9 @@ static void take_position(sl_chan_t *c, const sl_chan_intent_t *in)
     if (in->set_epoch) {
         memcpy(c->epoch, in->epoch, sizeof(c->epoch));
         SL_CRASHPOINT("chan.pos.epoch");
+        /* After the epoch (a kill between: the recovery redoes both); a
+         * delivery of the same epoch follows one that set it. */
+        c->cluster_pos = true;
     }
     uatomic_set(&c->next_seq, in->seq + 1);
     SL_CRASHPOINT("chan.pos.seq");
@@ -1966,12 +1969,14 @@ void sl_chan_set_config(sl_chan_t *c, const sl_chan_config_t *cfg)
     sl_lock_release(&c->lock);
 }
 
-uint64_t sl_chan_position(sl_chan_t *c, char *epoch)
+uint64_t sl_chan_position(sl_chan_t *c, char *epoch, bool *cluster)
 {
     sl_lock_acquire(&c->lock);
     uint64_t last = c->next_seq - 1;
     if (epoch)
         memcpy(epoch, c->epoch, sizeof(c->epoch));
+    if (cluster)
+        *cluster = c->cluster_pos;
     sl_lock_release(&c->lock);
     return last;
 }

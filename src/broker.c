@@ -49,6 +49,7 @@
 #include "sl_brscript.h"
 #include "sl_conf.h"
 #include "sl_conn.h"
+#include "sl_crash.h"
 #include "sl_proc.h"
 #include "sl_pubsub.h"
 #include "sl_rpc.h"
@@ -87,6 +88,9 @@
 #define BACKOFF_MAX_MS 5000
 #define BACKLOG_MAX_BYTES (64u << 20) /* messages from Redis waiting for inbox room, all channels */
 #define CHAN_BACKLOG_MAX 10000 /* ... one channel's (past it: the channel is reset) */
+/* CHAN_BACKLOG_MAX; the test build takes another from SL_TEST_BACKLOG_MAX,
+ * so a test brings a channel's backlog to its bound with a few messages. */
+static uint32_t chan_backlog_max = CHAN_BACKLOG_MAX;
 #define CHAN_PUSHBACK 1000 /* a channel's backlog past which this node's publishes to it are refused */
 /* Live messages held per channel while it catches up or waits for its
  * turn (past it: the channel is reset); their bytes are bounded too, node-
@@ -349,6 +353,7 @@ static struct {
 
     char instance[48]; /* this node's master (host hash, pid, start time), in the heartbeat: a node id used twice shows */
     bool stopping;
+    bool adopting; /* the start-up walk found no memory: links held down, walked again each heartbeat */
     json_t *snap_nodes;               /* from the last heartbeat of shard 0 */
     /* Each shard's channels: those of its last whole pass (done), and
      * those seen so far in the pass under way (cur, which wins). */
@@ -860,6 +865,39 @@ static void done_publish(cmd_t *c, redisReply *r)
     json_decref(d);
 }
 
+/* ch is not subscribed in Redis and no subscriber here has been served
+ * from its position: messages after it are not ours, forget where we
+ * were (a fresh subscriber is positioned by its join, done_join).  The
+ * local ring can no longer be trusted to continue: emptied. */
+static void forget_position(bchan_t *ch)
+{
+    ch->known = false;
+    ch->last = 0;
+    ch->epoch[0] = '\0';
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    uint64_t woken;
+    if (lc)
+        sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+}
+
+static int confirmed_cb(const sl_sub_t *s, void *arg)
+{
+    if (uatomic_read(&s->join_pending))
+        return 0;
+    *(bool *)arg = true;
+    return 1;
+}
+
+/* Whether a subscription of lc here is confirmed (its join answered):
+ * served from the channel's position.  Lock-free (caller online). */
+static bool has_confirmed(sl_chan_t *lc)
+{
+    bool any = false;
+    if (lc)
+        sl_chan_members(lc, 0, confirmed_cb, &any);
+    return any;
+}
+
 /* Where delivery stands for ch, as Redis says (a join, a catch-up): known
  * from now on, and the local channel moves on with it when behind - its
  * ring could not continue, and a respawned broker resumes from it. */
@@ -1310,6 +1348,21 @@ static void done_setup(cmd_t *c, redisReply *r)
         l->run_id[0] = '\0';
         if (p)
             snprintf(l->run_id, sizeof(l->run_id), "%.*s", (int)strcspn(p + 7, "\r\n"), p + 7);
+        /* Two --redis entries that reach one instance and db share its
+         * keys (review rl17 M1): said once at each connect that finds it. */
+        for (uint32_t i = 0; l->run_id[0] && i < B.nlinks; i++) {
+            const link_t *o = &B.link[i];
+            if (o != l && strcmp(o->run_id, l->run_id) == 0 &&
+                sl_conf->redis[i].db == sl_conf->redis[l->shard].db) {
+                uatomic_add(&BSTATS->same_instance_links, 1);
+                SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
+                       SL_TF_I("same-as-shard", (int64_t)i), SL_TF_S("run-id", l->run_id),
+                       SL_TF_S("reason", "two --redis entries reach the same Redis instance and "
+                                         "db: they are one shard's keys, not two (channels of "
+                                         "one are never dropped from the other's nodepr set)"));
+                break;
+            }
+        }
         link_epochs(l);
     } else if (c->what == C_EPOCHS) {
         int64_t st = rint_(el(r, 0));
@@ -1455,7 +1508,7 @@ static void backlog_overflow(bchan_t *ch, bmsg_t *m)
 static void backlog_add(bchan_t *ch, bmsg_t *m)
 {
     size_t bytes = sizeof(*m) + m->len;
-    if (ch->nbacklog >= CHAN_BACKLOG_MAX || B.backlog_bytes + bytes > BACKLOG_MAX_BYTES) {
+    if (ch->nbacklog >= chan_backlog_max || B.backlog_bytes + bytes > BACKLOG_MAX_BYTES) {
         backlog_overflow(ch, m);
         return;
     }
@@ -1731,6 +1784,18 @@ static void on_presence_message(bchan_t *ch, const char *p, size_t n)
     const char *end = p + n, *j;
     uint64_t exclude;
     if (!split_origin(p, n, &exclude, &j))
+        return;
+    /* A channel here without join-leave (this node's setting) never shows
+     * it (deliver_presence): not held, so never dropped at the hold's
+     * bound and counted presence-lost for nothing (review re17 L5).  Nor
+     * a channel with no record here (review rl17 L3: the link's
+     * subscription outlives it by the linger, or a catch-up for one
+     * reaped): nobody to show it to, and a subscriber that comes later is
+     * not owed it - its record is made before its JOIN is sent, so its
+     * JOIN runs in Redis after this frame was published, and its answer
+     * already counts this join / leave. */
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc == NULL || !lc->config.join_leave)
         return;
     size_t jl = (size_t)(end - j);
     bmsg_t *m = malloc(sizeof(*m) + jl + 1);
@@ -2070,15 +2135,7 @@ static void on_sub(redisAsyncContext *ac, void *reply, void *priv)
         if (ch->sub == SUB_ON || ch->sub == SUB_OFF_PENDING)
             uatomic_add(&BSTATS->link[ch->shard].subscribed, -1);
         ch->sub = SUB_NONE;
-        /* Messages after this are not ours: forget where we were.  The
-         * local ring can no longer be trusted to continue: emptied. */
-        ch->known = false;
-        ch->last = 0;
-        ch->epoch[0] = '\0';
-        sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
-        uint64_t woken;
-        if (lc)
-            sl_chan_reset(REG, lc, NULL, 0, SL_CHAN_RESET_QUIET, &woken);
+        forget_position(ch);
         if (ch->want)
             subscribe_chan(ch);
         else
@@ -2247,38 +2304,87 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
     return 0;
 }
 
-/* At this broker's start, before it takes a request (the workers submit
- * none before its pid is published, after this walk): the channels with
- * subscribers here were joined through a broker that died (or one whose
- * join has failed, or is queued: refused here, the link being down, and
- * the worker undoes it).  Where their delivery stopped is in the registry
- * (made exact by the channel lock's recovery), so what was published
- * meanwhile is fetched from the history once subscribed (catch-up), even
- * when that is seq 0.  Only then: a subscription made while this broker
- * runs is positioned by its own join (done_join), which may reach the
- * broker after a reconcile has seen the local subscriber - the worker
- * subscribes here first, then queues the join.  Taking the registry's
- * position for it then, a new local channel's own epoch and seq 0, the
- * catch-up at its subscription found "another epoch" and reset the
- * channel: its fresh subscribers closed with 1012 though nothing was lost
- * (CI, flake7).  False: no memory for a record (the broker exits and is
- * started again). */
+/* At this broker's start, before it takes a request from this walk on
+ * (the workers submit none before its pid is published, after it): the
+ * channels with subscribers here whose delivery a dead broker had started
+ * resume where it stopped, so what was published meanwhile is fetched
+ * from the history once subscribed (catch-up), even from seq 0.  Where
+ * it stopped is in the registry (made exact by the channel lock's
+ * recovery) - but only if the cluster ever positioned the channel
+ * (sl_chan_t.cluster_pos: a join's answer, a delivery or a reset took its
+ * epoch, under the lock, redone by the recovery), or one of its
+ * subscriptions was confirmed (its join answered: whatever the local
+ * position then, the catch-up tells the truth - a message the dead broker
+ * still held for it is lost, and its subscribers are told, 1012).
+ * Otherwise the position is the new local channel's own epoch and seq 0,
+ * and every subscription is still join_pending: made here, its join not
+ * answered - queued, in flight, or not submitted yet (a worker between
+ * the local subscribe and the submission: it passes the pid check once
+ * this walk is over, and its join is not refused as stale when it read
+ * the new gen; review rh17 M1).  Such a join positions the channel
+ * (done_join), as every subscription made while this broker runs; taking
+ * that own position for it, the catch-up at the subscription found
+ * "another epoch" and reset the channel: its fresh subscribers closed
+ * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted with
+ * no confirmed subscription left, the position is forgotten again at the
+ * first reconcile, before the subscription: rh17 L3.)  join_pending and
+ * cluster_pos are each one store, either value a valid state: a
+ * subscription confirmed (cleared by its worker after this broker's
+ * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
+ * record, the walk stops; adopt_walk). */
+typedef struct {
+    bool ok;
+    uint64_t n; /* channels adopted */
+} adopt_t;
+
 static int adopt_cb(sl_table_node_t *n, void *arg)
 {
+    adopt_t *a = arg;
     sl_chan_t *lc = (sl_chan_t *)n;
     if (uatomic_read(&lc->subscribers) == 0)
         return 0;
-    bchan_t *ch = chan_get(lc->id, lc->node.klen);
+    char ep[16];
+    bool cluster = false;
+    uint64_t last = sl_chan_position(lc, ep, &cluster);
+    if (!cluster && !has_confirmed(lc))
+        return 0; /* every subscription waits for its join: positioned by it */
+    bchan_t *ch = SL_FAULT("broker.adopt.alloc") ? NULL : chan_get(lc->id, lc->node.klen);
     if (ch == NULL) {
-        *(bool *)arg = false;
+        a->ok = false;
         return 1;
     }
-    char ep[16];
-    uint64_t last = sl_chan_position(lc, ep);
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
+    a->n++;
     return 0;
+}
+
+/* The start-up walk, before the links connect (their subscriptions and
+ * catch-ups need the adopted positions).  No memory for a record (review
+ * rh17 L1): counted (start-no-memory), told once (broker-no-memory), the
+ * links' down-reason says so, and they stay down - the workers' requests
+ * are refused broker-unavailable meanwhile, as with Redis down - until a
+ * heartbeat's walk gets through (adopt_cb is idempotent: the registry
+ * position does not move while no link is up).  Exiting instead had the
+ * master respawn a broker that failed the same way, saying nothing. */
+static bool adopt_walk(void)
+{
+    adopt_t a = {.ok = true};
+    sl_table_foreach(REG->channels, adopt_cb, &a);
+    if (a.ok) {
+        B.adopting = false;
+        uatomic_add(&BSTATS->adopted_channels, a.n);
+        return true;
+    }
+    uatomic_add(&BSTATS->start_no_memory, 1);
+    if (!B.adopting)
+        SL_TEL(SL_EV_BROKER_NO_MEMORY, SL_ERROR_LEVEL, SL_TF_S("during", "start-up walk"),
+               SL_TF_I("adopted", (int64_t)a.n));
+    B.adopting = true;
+    for (uint32_t i = 0; i < B.nlinks; i++)
+        set_reason(&B.link[i], "no memory to resume the channels (retried every heartbeat)");
+    return false;
 }
 
 /* Bring Redis in line with this node's registry: subscriptions for the
@@ -2298,6 +2404,17 @@ static void reconcile(void)
                 c->want = true; /* a join waits for the subscription */
             if (count != c->synced)
                 sync_count(c, count);
+            /* A position kept from a subscription that ended (a lost link:
+             * link_fail keeps it for the subscribers here, who are caught
+             * up from it once subscribed again) with none of those left -
+             * only fresh subscribers, whose joins position the channel:
+             * forgotten before the subscription, as at an UNSUBSCRIBE's
+             * confirmation.  Caught up from it, they were reset (1012) when
+             * the history no longer had it or the epoch had changed
+             * (review rh17 L3).  link_up reconciles before any SUBSCRIBE. */
+            if (c->known && c->sub == SUB_NONE && !c->backlog && !c->reset_pending &&
+                !has_confirmed(lc))
+                forget_position(c);
             subscribe_chan(c);
             if (c->lapse_due && (!c->want || c->delete_pending))
                 c->lapse_due = false; /* nobody here to tell: nothing to make again */
@@ -2860,7 +2977,7 @@ static int pres_entry_cb(const sl_sub_t *s, void *arg)
  * PS_MORE: a slice sent, more to send; PS_WAIT: nothing sent, the answer
  * to its sweep slice first. */
 enum { PS_FULL, PS_DONE, PS_MORE, PS_WAIT };
-enum { PK_ALL = 1, PK_SLICE, PK_SWEEP };
+enum { PK_ALL = 1, PK_SLICE, PK_SWEEP, PK_DROP };
 
 /* The arguments every PRES_SYNC call shares (KEYS p nodepr m ps). */
 static void pres_sync_args(args_t *a, const char *id, size_t len, bool join_leave,
@@ -2889,8 +3006,10 @@ static int pres_sweep(link_t *l, bchan_t *ch)
 {
     if (ch->pres_slice == 3 || ch->pres_wait)
         return PS_WAIT; /* its answer first; the slices' answers first (an error: no sweep) */
-    if (!pres_room(l))
+    if (!pres_room(l)) {
+        uatomic_add(&BSTATS->presence_sync_deferred, 1);
         return PS_FULL;
+    }
     cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
     if (c == NULL)
         return PS_FULL;
@@ -2919,8 +3038,12 @@ static int pres_sync(link_t *l, const char *id, size_t len, bchan_t *ch)
         return PS_WAIT; /* the answer to its "all" first */
     if (ch && ch->pres_slice >= 2)
         return pres_sweep(l, ch);
-    if (!pres_room(l))
-        return PS_FULL; /* next turn, or on an answer */
+    if (!pres_room(l)) {
+        /* Next turn, or on an answer: nothing walked or built meanwhile
+         * (rx17 L1), counted so a test sees it (rc17 L1). */
+        uatomic_add(&BSTATS->presence_sync_deferred, 1);
+        return PS_FULL;
+    }
     pres_text_t t = {0};
     uint64_t before = ch && ch->pres_slice == 1 ? ch->pres_before : 0;
     sl_chan_t *lc = sl_chan_find(REG, id, len);
@@ -3050,7 +3173,9 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
         int64_t changes = rint_(el(r, 0)) + rint_(el(r, 1));
         if (changes > 0)
             uatomic_add(&BSTATS->presence_sync_changes, (uint64_t)changes);
-        if (!ch)
+        if (c->pkind == PK_DROP)
+            uatomic_add(&BSTATS->presence_dropped_foreign, 1); /* not a rewrite (rl17 L2) */
+        else if (!ch)
             uatomic_add(&BSTATS->presence_synced, 1);
     }
     if (ch && c->gen == ch->pres_gen && c->pkind == PK_SWEEP && ch->pres_slice == 3) {
@@ -3082,8 +3207,56 @@ static void done_pres_sync(cmd_t *c, redisReply *r)
     pres_answered(l);
 }
 
+/* Whether links a and b are known to reach different Redis instances (or
+ * dbs of one): both up, with the run_id their INFO gave at this connect.
+ * Two --redis entries may reach one instance (a socket and a port, a
+ * name and its IP, a DNS failover) and then share one nodepr set: what
+ * one lists for the other's shard is the other's live entry (review rl17
+ * M1), so anything not known is "the same". */
+static bool links_differ(const link_t *a, const link_t *b)
+{
+    if (a == b || a->state != L_UP || b->state != L_UP || !a->run_id[0] || !b->run_id[0])
+        return false;
+    return strcmp(a->run_id, b->run_id) != 0 ||
+           sl_conf->redis[a->shard].db != sl_conf->redis[b->shard].db;
+}
+
+/* A channel of another instance listed in link l's nodepr set (written
+ * under an earlier --redis list): its entries on l are stale whatever its
+ * subscribers here (its own link holds theirs), and nodepr on l keeps
+ * listing it.  Removed on l itself (review rc17 L5: marked due, it was
+ * rewritten on its own link, and l kept it for ever, due every pass) in
+ * one O(1) script (PRES_SYNC "drop": UNLINK, SREM; no leave - nobody
+ * follows the channel on l), counted in presence-dropped-foreign when
+ * answered.  Paced like the rewrite's other scripts (review rl17 L1): the
+ * caller checks the room first; false: not sent (no memory, or the link
+ * refused it), the caller scans the slice again later. */
+static bool pres_drop(link_t *l, const char *id, size_t len)
+{
+    cmd_t *c = cmd_new(l, C_PRES_SYNC, NULL);
+    args_t a = {.n = 0};
+    pres_sync_args(&a, id, len, false, "", 0, "drop", "0");
+    if (c == NULL)
+        return false;
+    c->pkind = PK_DROP;
+    if (cmd_script(c, SL_BRS_PRES_SYNC, 4, &a) != SL_OK)
+        return false;
+    l->pres_inflight++;
+    l->pres_sent++;
+    return true;
+}
+
 /* A slice of the node's nodepr set: its channels without a subscriber
- * here lose their entries (PRES_SYNC with none). */
+ * here lose their entries (PRES_SYNC with none); another instance's
+ * channels lose theirs on this link (pres_drop) - only when that other
+ * link is known to be another instance (links_differ; else the entry is
+ * the other link's own, and its scan looks at it).  Drops keep the
+ * rewrite's pacing (review rl17 L1): at most PRES_SYNC_INFLIGHT in flight
+ * besides this scan, PRES_SYNC_TURN a turn, and only with room on the
+ * link; one that cannot go now stops the slice and keeps the cursor, so
+ * the same slice is scanned again (once this turn's budget or a reply
+ * allows; what was dropped is gone from it by then: the drops run before
+ * the next SSCAN on this connection). */
 static void done_pres_scan(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
@@ -3099,10 +3272,32 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         return;
     }
     redisReply *ids = el(r, 1);
+    bool again = false;
     for (size_t i = 0; ids && i < ids->elements; i++) {
         redisReply *id = ids->element[i];
         if (id->type != REDIS_REPLY_STRING || id->len > SL_CHAN_ID_MAX)
             continue;
+        uint32_t shard = sl_broker_shard(id->str, id->len, B.nlinks);
+        if (shard != (uint32_t)l->shard) {
+            if (!links_differ(l, &B.link[shard]))
+                continue; /* the same instance, or not known: nothing to drop */
+            if (l->pres_inflight > PRES_SYNC_INFLIGHT || l->pres_sent >= PRES_SYNC_TURN) {
+                again = true; /* on a reply, or next turn */
+                break;
+            }
+            if (!pres_room(l)) {
+                uatomic_add(&BSTATS->presence_sync_deferred, 1);
+                l->pres_sent = PRES_SYNC_TURN; /* the link is full: next turn */
+                again = true;
+                break;
+            }
+            if (!pres_drop(l, id->str, id->len)) {
+                l->pres_sent = PRES_SYNC_TURN;
+                again = true;
+                break;
+            }
+            continue;
+        }
         sl_chan_t *lc = sl_chan_find(REG, id->str, id->len);
         /* Marked due, sent by the pump (review rx17 M2: paced like the
          * rest, at most PRES_SYNC_INFLIGHT in flight; with a record, so a
@@ -3111,9 +3306,11 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
         if (lc == NULL || uatomic_read(&lc->subscribers) == 0)
             pres_mend(id->str, id->len);
     }
-    snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
-    if (strcmp(l->pres_cursor, "0") == 0)
-        l->pres_scan = false;
+    if (!again) {
+        snprintf(l->pres_cursor, sizeof(l->pres_cursor), "%s", rstr(el(r, 0)));
+        if (strcmp(l->pres_cursor, "0") == 0)
+            l->pres_scan = false;
+    }
     pres_answered(l);
 }
 
@@ -4228,6 +4425,12 @@ static void beat_link(link_t *l)
 
 static void beat_cb(evutil_socket_t fd, short what, void *arg)
 {
+    if (B.adopting) {
+        if (!adopt_walk())
+            return;
+        for (uint32_t i = 0; i < B.nlinks; i++)
+            link_connect(&B.link[i]);
+    }
     publish_snapshot(); /* if a heartbeat changed the nodes since */
     for (uint32_t i = 0; i < B.nlinks; i++)
         beat_link(&B.link[i]);
@@ -4267,6 +4470,9 @@ int sl_broker_main(int tel_fd)
         m = getenv("SL_TEST_INFLIGHT_MAX");
         if (m && atoi(m) > 0)
             inflight_max = (uint32_t)atoi(m);
+        m = getenv("SL_TEST_BACKLOG_MAX");
+        if (m && atoi(m) > 0)
+            chan_backlog_max = (uint32_t)atoi(m);
         m = getenv("SL_TEST_PURGE_SLICE");
         if (m && atoi(m) > 0)
             purge_slice = (uint32_t)atoi(m);
@@ -4331,14 +4537,12 @@ int sl_broker_main(int tel_fd)
     uatomic_set(&BSTATS->nshards, B.nlinks);
 
     sl_qsbr_register(&REG->qsbr, SL_REG_BROKER_SLOT);
-    bool adopted = true;
-    sl_table_foreach(REG->channels, adopt_cb, &adopted);
-    if (!adopted) {
-        sl_qsbr_offline(&REG->qsbr, SL_REG_BROKER_SLOT);
-        return 1;
-    }
+#ifdef SL_CRASHPOINTS
+    sl_crash_arm_env(SL_CRASH_BROKER); /* a test build: a fault point for the broker */
+#endif
+    bool adopted = adopt_walk();
     uatomic_set(&BSTATS->pid, (int32_t)getpid());
-    for (uint32_t i = 0; i < B.nlinks; i++)
+    for (uint32_t i = 0; adopted && i < B.nlinks; i++)
         link_connect(&B.link[i]);
     sl_tel_flush();
     while (!B.stopping) {

@@ -531,11 +531,14 @@ const char *const sl_brscript[SL_BRS__COUNT] = {
      * A channel gone or deleted (no c, or its tombstone x): this node's
      * entries of it go, nothing published (review ro17 L3); UNLINK: a
      * big hash is freed in Redis's background thread, not in the script
-     * (review rc17 L2: DEL of 10^6 entries took 375 ms).
+     * (review rc17 L2: DEL of 10^6 entries took 375 ms).  Mode "drop"
+     * does the same whatever c: the channel is another instance's now (the
+     * --redis list changed), nobody follows it on this one (review rc17 L5).
      * Returns {added, removed, next sweep cursor ("0": done), sweep}. */
     [SL_BRS_PRES_SYNC] = LUA_CONN_NO
     "local base = string.sub(KEYS[3], 1, -2)\n"
-    "if redis.call('EXISTS', base .. 'c') == 0 or redis.call('EXISTS', base .. 'x') == 1 then\n"
+    "if ARGV[5] == 'drop' or redis.call('EXISTS', base .. 'c') == 0 or\n"
+    "    redis.call('EXISTS', base .. 'x') == 1 then\n"
     "  redis.call('UNLINK', KEYS[1], KEYS[4]); redis.call('SREM', KEYS[2], ARGV[1])\n"
     "  return {0, 0, '0'} end\n"
     "local mode = ARGV[5]\n"

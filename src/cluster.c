@@ -424,6 +424,12 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_skipped)));
     json_object_set_new(broker, "presence-sync-errors",
                         json_integer((json_int_t)uatomic_read(&b->presence_sync_errors)));
+    json_object_set_new(broker, "presence-sync-deferred",
+                        json_integer((json_int_t)uatomic_read(&b->presence_sync_deferred)));
+    json_object_set_new(broker, "presence-dropped-foreign",
+                        json_integer((json_int_t)uatomic_read(&b->presence_dropped_foreign)));
+    json_object_set_new(broker, "same-instance-links",
+                        json_integer((json_int_t)uatomic_read(&b->same_instance_links)));
     json_object_set_new(broker, "presence-resyncs",
                         json_integer((json_int_t)uatomic_read(&b->presence_resyncs)));
     json_object_set_new(broker, "presence-lost",
@@ -434,6 +440,10 @@ json_t *sl_cluster_stats(void)
                         json_integer((json_int_t)uatomic_read(&b->held_bytes)));
     json_object_set_new(broker, "hold-resets",
                         json_integer((json_int_t)uatomic_read(&b->hold_resets)));
+    json_object_set_new(broker, "adopted-channels",
+                        json_integer((json_int_t)uatomic_read(&b->adopted_channels)));
+    json_object_set_new(broker, "start-no-memory",
+                        json_integer((json_int_t)uatomic_read(&b->start_no_memory)));
     json_object_set_new(broker, "deleted-channels",
                         json_integer((json_int_t)uatomic_read(&b->deleted_channels)));
     json_object_set_new(broker, "stalled", json_boolean(uatomic_read(&b->stalled)));

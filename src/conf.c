@@ -434,6 +434,20 @@ static int apply(sl_conf_t *c, const sl_option_t *o, const char *v, const char *
                 snprintf(err, errsz, "%s: %s", who, why);
                 return SL_ERROR;
             }
+            /* The same instance twice would be two shards sharing one
+             * nodepr set (review rl17 M1): the same address and db, as
+             * parsed, is refused.  Two addresses of one server (a socket
+             * and a port, a name and its IP) are found at connect. */
+            const sl_conf_redis_t *nu = &c->redis[c->nredis];
+            for (int i = 0; i < c->nredis; i++) {
+                const sl_conf_redis_t *ou = &c->redis[i];
+                if (strcmp(ou->host, nu->host) == 0 && ou->port == nu->port &&
+                    strcmp(ou->path, nu->path) == 0 && ou->db == nu->db) {
+                    snprintf(err, errsz, "%s: '%s' is given twice (each --redis must be "
+                             "another Redis instance, or another db)", who, nu->url);
+                    return SL_ERROR;
+                }
+            }
             c->nredis++;
         }
         return SL_OK;

@@ -188,6 +188,10 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Messages fetched from a channel's history after a lost link.");
     single(o, "broker_reset_channels_total", "counter", num(b, "reset-channels"),
            "Channels whose subscribers were closed (1012) to resubscribe.");
+    single(o, "broker_adopted_channels_total", "counter", num(b, "adopted-channels"),
+           "Channels a broker resumed at its start from where the last one stopped.");
+    single(o, "broker_start_no_memory_total", "counter", num(b, "start-no-memory"),
+           "Start-up walks of a broker that found no memory (links held down, retried).");
     single(o, "broker_deleted_channels_total", "counter", num(b, "deleted-channels"),
            "Channels deleted on another node and removed here.");
     single(o, "broker_presence_synced_total", "counter", num(b, "presence-synced"),
@@ -200,6 +204,14 @@ static void cluster_metrics(out_t *o, json_t *cl)
            "Channels not rewritten: more local subscribers than one script takes (1000).");
     single(o, "broker_presence_sync_errors_total", "counter", num(b, "presence-sync-errors"),
            "Presence rewrites abandoned for an error answer from Redis (retried after a backoff).");
+    single(o, "broker_presence_sync_deferred_total", "counter", num(b, "presence-sync-deferred"),
+           "Times a presence rewrite script was put off, not built (once per loop turn or answer "
+           "while its link had no room; tried again).");
+    single(o, "broker_presence_dropped_foreign_total", "counter",
+           num(b, "presence-dropped-foreign"),
+           "Channels of another Redis instance removed from a link's nodepr set (stale entries).");
+    single(o, "broker_same_instance_links_total", "counter", num(b, "same-instance-links"),
+           "Connects that found two --redis entries reaching the same Redis instance and db.");
     single(o, "broker_presence_lost_total", "counter", num(b, "presence-lost"),
            "Presence writes not sent (link down or full) or joins / leaves not delivered (no memory).");
     single(o, "broker_presence_reasserts_total", "counter", num(b, "presence-reasserts"),

@@ -463,7 +463,7 @@ static void forget_deleted(sl_conn_t *c, const char *id, size_t len, uint64_t ha
                            sl_buf_t *frame);
 static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
                          json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
-                         bool joined_here);
+                         bool joined_here, uint64_t sub_no);
 static void cluster_left(sl_conn_t *c, const char *id, size_t len);
 static void cluster_presence(sl_conn_t *c, const char *id, size_t len, bool set, bool tell);
 static void leave(sl_conn_t *c, uint32_t i);
@@ -642,7 +642,7 @@ void sl_pubsub_subscribe(sl_conn_t *c, json_t *msg)
         count = uatomic_read(&ch->subscribers);
     }
     if (sl_cluster) {
-        cluster_join(c, ch, id, len, since_j, epoch_j, ns, rc == SL_OK);
+        cluster_join(c, ch, id, len, since_j, epoch_j, ns, rc == SL_OK, sub_no);
         return;
     }
 
@@ -710,6 +710,7 @@ typedef struct sl_join {
     size_t len;
     sl_reply_t *reply;
     bool joined_here; /* this subscribe made the local subscription: undone if refused */
+    uint64_t sub_no;  /* that subscription's number (sl_sub_t): its answer is for it alone */
     bool has_since;
     uint64_t since;
     json_t *ring;     /* messages from the local ring (since+1 .. from-1) */
@@ -800,6 +801,17 @@ static void join_undo(sl_conn_t *c, sl_join_t *j, int i)
                SL_TF_S("reason", "subscribe refused by the cluster"));
 }
 
+/* The number of c's subscription to the channel in the local index (0:
+ * none, or unknown). */
+static uint64_t sub_no_of(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
+{
+    sl_cidx_entry_t *e = sl_cidx_find(hash, id, len);
+    for (uint32_t k = 0; e && k < e->n; k++)
+        if (e->conns[k] == c)
+            return e->marks[k].sub_no;
+    return 0;
+}
+
 /* The last seq subscriber c of the channel was sent (NULL when c is not
  * in the local index). */
 static uint64_t *last_of(sl_conn_t *c, uint64_t hash, const char *id, size_t len)
@@ -820,6 +832,14 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
     }
     sl_reply_t *reply = j->reply;
     int i = find_sub(c, j->id, j->len);
+    /* The subscription this join was for, not a newer one of the same
+     * channel (subscribe, unsubscribe, subscribe: this answer may be the
+     * first JOIN's): that one is gone - nothing is confirmed, announced,
+     * undone or delivered for it (review re17 L4).  Its PRES_SET was never
+     * sent, so Redis holds no entry of it; the count its script wrote is
+     * the unsubscribe's SYNC's business (done_join: synced -1). */
+    if (i >= 0 && sub_no_of(c, j->hash, j->id, j->len) != j->sub_no)
+        i = -1;
     if (status != SL_BR_OK) {
         SL_TEL(SL_EV_SUBSCRIPTION_REJECTED, SL_INFO, SL_TF_S("conn-id", c->conn_id),
                SL_TF_SN("channel-id", j->id, j->len), SL_TF_S("reason", sl_brq_reason(status)));
@@ -898,19 +918,24 @@ static void join_done(sl_conn_t *c, void *arg, uint32_t status, json_t *res)
 /* Test build: SL_TEST_JOIN_DELAY="<ms>:<prefix>" - a subscription to a
  * channel named from <prefix> on sleeps <ms> between the local subscribe
  * and its join's submission to the broker (a worker preempted there: the
- * broker's heartbeat turn sees the subscriber before its join). */
+ * broker's heartbeat turn sees the subscriber before its join).  It says
+ * so on stderr before and after, so a test knows the window is open (and
+ * fails when the hook no longer fires: review rh17 L2). */
 static void join_delay(const char *id, size_t len)
 {
     const char *v = getenv("SL_TEST_JOIN_DELAY");
     const char *p = v ? strchr(v, ':') : NULL;
-    if (p && len >= strlen(p + 1) && memcmp(id, p + 1, strlen(p + 1)) == 0)
+    if (p && len >= strlen(p + 1) && memcmp(id, p + 1, strlen(p + 1)) == 0) {
+        fprintf(stderr, "sente-lite: test: join delay %d ms for %.*s\n", atoi(v), (int)len, id);
         usleep((useconds_t)atoi(v) * 1000);
+        fprintf(stderr, "sente-lite: test: join delay over for %.*s\n", (int)len, id);
+    }
 }
 #endif
 
 static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len,
                          json_t *since_j, json_t *epoch_j, const sl_conf_namespace_t *ns,
-                         bool joined_here)
+                         bool joined_here, uint64_t sub_no)
 {
     /* One join per channel at a time is not needed: a second one is queued
      * behind the first (replies keep their order) and holds what comes
@@ -933,6 +958,8 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
     j->len = len;
     j->reply = reply;
     j->joined_here = joined_here;
+    /* Already subscribed: the subscription that is there. */
+    j->sub_no = joined_here ? sub_no : sub_no_of(c, ch->node.hash, id, len);
     j->has_since = since_j != NULL;
     j->since = since_j ? (uint64_t)json_integer_value(since_j) : 0;
     j->from = 1;

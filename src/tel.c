@@ -69,6 +69,7 @@ static const char *const event_names[SL_EV__COUNT] = {
     "open-access", "worker-recovered",
     "redis-connected", "redis-disconnected", "broker-exited", "tls-reloaded",
     "tls-reload-failed", "worker-cleanup-waiting", "channel-join", "channel-leave",
+    "broker-no-memory",
 };
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error"};

@@ -162,8 +162,13 @@ def test_subscriber_seen_before_its_join_is_not_reset(cluster):
         await w.send(type="publish", **{"channel-id": "late-room"}, data="before")
         assert (await w.of_type("publish-result"))["success"]
         x = await Client.open(b)
+        t0 = time.time()
         r = await x.subscribe("late-room")
         assert r["success"], r
+        # The window was open (review rh17 L2): the hook slept, longer than
+        # a heartbeat (a lower bound on time: load only makes it longer).
+        assert "join delay 2500 ms for late-room" in b.stderr(), b.stderr()
+        assert time.time() - t0 >= 2.4
         await w.send(type="publish", **{"channel-id": "late-room"}, data="after")
         assert (await w.of_type("publish-result"))["success"]
         m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
@@ -174,6 +179,58 @@ def test_subscriber_seen_before_its_join_is_not_reset(cluster):
         assert (await x.of_type("publish-result"))["success"]
         m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
         assert m["data"] == "mine" and m["seq"] == 3, m
+        assert not [k for k in x.inbox if k.get("type") == "presence-resync"], x.inbox
+    run(go())
+
+
+def test_broker_respawned_during_a_join_does_not_reset_it(cluster):
+    """A broker killed while a fresh subscription waits for its join (the
+    worker between the local subscribe and the submission): the new
+    broker's start-up walk must not take the new local channel's own
+    position (its epoch, seq 0) for one a dead broker left - the join,
+    submitted to the new broker, positions it.  Taken, the catch-up at the
+    channel's subscription found "another epoch" and reset it: the fresh
+    subscriber was closed with 1012 though nothing was lost (review rh17
+    M1).  SL_TEST_JOIN_DELAY holds the worker there; the broker has lived
+    past the master's 2 s, so it is respawned without a back-off, within
+    the delay (checked: the hook's "over" line comes after the new pid)."""
+    from conftest import CRASH_BIN
+    delay = int(4000 * SLOW)
+    (a,) = cluster(1)
+    t0 = time.time()
+    (b,) = cluster(1, "--worker-stall-ms", "30000", "--worker-stall-kill-ms", "60000",
+                   binary=CRASH_BIN, env={"SL_TEST_JOIN_DELAY": f"{delay}:late"})
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("late-room"))["success"]
+        await w.send(type="publish", **{"channel-id": "late-room"}, data="before")
+        assert (await w.of_type("publish-result"))["success"]
+        old = broker_pid(b)
+        await asyncio.sleep(max(0.0, 2.5 - (time.time() - t0)))  # lived past SL_STABLE_MS
+        x = await Client.open(b)
+        await x.send(type="subscribe", **{"channel-id": "late-room"})
+        wait_for(lambda: f"join delay {delay} ms for late-room" in b.stderr(), timeout=10,
+                 what="the join delay hook")
+        os.kill(old, signal.SIGKILL)
+        # /stats is served by the other worker (least loaded: x is on this one).
+        wait_for(lambda: broker_pid(b) not in (0, old), timeout=delay / 1000, what="a new broker")
+        assert "join delay over for late-room" not in b.stderr(), \
+            "the new broker came after the join's submission: the window was missed"
+        r = await x.of_type("subscription-result", timeout=20)
+        assert r["success"], r
+        await w.send(type="publish", **{"channel-id": "late-room"}, data="after")
+        assert (await w.of_type("publish-result"))["success"]
+        m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
+        assert m["data"] == "after" and m["seq"] == 2, m
+        st = b.stats()["cluster"]["broker"]
+        assert st["restarts"] >= 1 and st["reset-channels"] == 0, st
+        assert st["adopted-channels"] == 0, st  # left to x's join
+        await x.send(type="publish", **{"channel-id": "late-room"}, data="mine")
+        assert (await x.of_type("publish-result"))["success"]
+        m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
+        assert m["data"] == "mine" and m["seq"] == 3, m
+        assert b.stats()["cluster"]["broker"]["reset-channels"] == 0
         assert not [k for k in x.inbox if k.get("type") == "presence-resync"], x.inbox
     run(go())
 
@@ -602,7 +659,8 @@ def test_broker_killed_respawned_and_catches_up(cluster):
         wait_for(lambda: broker_pid(b) not in (0, old), timeout=15, what="a new broker")
         got = await collect(sub, "bk", 17, timeout=30)
         assert [m["data"] for m in got] == list(range(3, 20))
-        assert b.stats()["cluster"]["broker"]["restarts"] >= 1
+        st = b.stats()["cluster"]["broker"]
+        assert st["restarts"] >= 1 and st["adopted-channels"] == 1, st
         # Publishing from B works again.
         await sub.send(type="publish", **{"channel-id": "bk"}, data="from-b")
         async def ok():
@@ -614,6 +672,42 @@ def test_broker_killed_respawned_and_catches_up(cluster):
                 await sub.send(type="publish", **{"channel-id": "bk"}, data="from-b")
             raise AssertionError("no publish from B")
         assert (await ok())["seq"] >= 21
+    run(go())
+
+
+def test_broker_start_without_memory_stays_up_and_retries(cluster):
+    """No memory for a channel record in a new broker's start-up walk
+    (fault point broker.adopt.alloc, once): the broker says so - counted
+    (start-no-memory), a broker-no-memory event, the link's down-reason -
+    keeps its links down and walks again at the next heartbeat, then
+    connects and catches the channel up.  It used to exit, and the master
+    respawned one that failed the same way, saying nothing (review rh17
+    L1)."""
+    from conftest import CRASH_BIN
+    (a,) = cluster(1, "--message-retention", "100")
+    (b,) = cluster(1, "--message-retention", "100", binary=CRASH_BIN,
+                   env={"SL_CRASH_ARM": "99:broker.adopt.alloc:1:fail"})
+
+    async def go():
+        sub = await Client.open(b)
+        assert (await sub.subscribe("bk"))["success"]
+        pub = await Client.open(a)
+        await pub.send(type="publish", **{"channel-id": "bk"}, data=0)
+        assert (await pub.of_type("publish-result"))["success"]
+        await collect(sub, "bk", 1)
+        old = broker_pid(b)
+        os.kill(old, signal.SIGKILL)
+        for i in range(1, 6):
+            await pub.send(type="publish", **{"channel-id": "bk"}, data=i)
+            assert (await pub.of_type("publish-result"))["success"]
+        wait_for(lambda: broker_pid(b) not in (0, old), timeout=15, what="a new broker")
+        got = await collect(sub, "bk", 5, timeout=30)
+        assert [m["data"] for m in got] == list(range(1, 6))
+        st = b.stats()["cluster"]["broker"]
+        assert st["start-no-memory"] == 1 and st["adopted-channels"] == 1, st
+        assert st["pid"] != old and st["reset-channels"] == 0, st
+        wait_for(lambda: any('"broker-no-memory"' in ln or "/broker-no-memory]" in ln
+                             for ln in b.log_lines()), timeout=10, what="the event")
     run(go())
 
 

@@ -1247,3 +1247,453 @@ def test_rewrite_leaves_out_subscribes_waiting_for_their_join(cluster, redis):
         run(go())
     finally:
         relay.close()
+
+
+def test_old_join_answer_does_not_confirm_a_newer_subscription(cluster, redis):
+    """Review re17 L4: join_done found the subscription by channel id, so
+    after subscribe / unsubscribe / subscribe the first JOIN's answer
+    confirmed the second subscription (still waiting for its own JOIN) and
+    sent its PRES_SET: a join was announced for it, and when its own JOIN
+    was then refused, a leave too - for a subscription that never was.
+    Now the join record keeps its subscription's number, and an answer
+    for a subscription that is gone confirms, announces and undoes
+    nothing.  Node A (through a relay that holds Redis's answers from y's
+    first JOIN on) has y on "full" (max-subscribers 2; w on B is the
+    other): JOIN1 runs in Redis, y unsubscribes (its SYNC reaches Redis:
+    A's count 0), w2 on B takes the second place, y subscribes again:
+    JOIN2 is refused in Redis.  After the release B's watchers see no join
+    and no leave of y, and Redis holds no presence entry of y."""
+    needs_own_redis()
+    from test_cluster_faults import Relay
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=2",
+                       "--redis-timeout-ms", "15000", urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--channel", "full:max-subscribers=2")
+        node_a = a.stats()["cluster"]["node-id"]
+
+        def a_count():
+            return redis.cli("HGET", "sl:{full}:n", node_a)
+
+        async def go():
+            w = await Client.open(b)
+            assert (await w.subscribe("full"))["success"]
+            y = await Client.open(a)
+            relay.hold_answers(b"{full}:c")  # y's JOIN1: from it on, A hears nothing
+            await y.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.to_thread(wait_for, lambda: a_count() == "1", 20,
+                                    what="JOIN1 run in Redis")
+            await y.send(type="unsubscribe", **{"channel-id": "full"})
+            await asyncio.to_thread(wait_for, lambda: a_count() in ("", "0"), 20,
+                                    what="the unsubscribe's SYNC run in Redis")
+            w2 = await Client.open(b)
+            assert (await w2.subscribe("full"))["success"]
+            await y.send(type="subscribe", **{"channel-id": "full"})
+            await asyncio.sleep(1)  # the second subscription made, JOIN2 sent (answer held)
+            relay.release()
+            r1 = await y.of_type("subscription-result", timeout=20)
+            assert r1["success"], r1
+            await y.of_type("unsubscription-result", timeout=20)
+            r2 = await y.of_type("subscription-result", timeout=20)
+            assert not r2["success"] and r2["reason"] == "max-subscribers-reached", r2
+            await asyncio.sleep(1.5)  # a join / leave published would be here by now
+            for c in (w, w2):
+                try:
+                    await c.next(lambda m: False, timeout=0.3)
+                except (AssertionError, asyncio.TimeoutError):
+                    pass  # nothing more: what came is in the inbox
+            told = [(m["type"], m["info"]["conn-id"]) for c in (w, w2) for m in c.inbox
+                    if m.get("type") in ("join", "leave")]
+            assert not [t for t in told if t[1] == y.conn_id], told
+            entries = redis.cli("HKEYS", f"sl:{{full}}:p:{node_a}")
+            assert y.conn_id not in entries, entries
+            await asyncio.to_thread(wait_for, lambda: a_count() in ("", "0"), 20,
+                                    what="A's count back to 0")
+        run(go())
+    finally:
+        relay.close()
+
+
+def test_join_past_the_hold_bound_on_a_channel_without_join_leave_is_not_lost(cluster, redis):
+    """Review re17 L5: joins and leaves were held for every channel during
+    a catch-up, although only a join-leave channel's subscribers are ever
+    shown them (this node's setting): one past the hold's bound was counted
+    presence-lost (and a resync marked) for nothing.  Now a "J" frame for a
+    local channel without join-leave is not held at all.  As in the test
+    above, node A (no --join-leave here; through a relay) catches up with
+    its answer held and B fills A's hold to within 40 bytes of its bound;
+    then a client joins "room" on B (which has --join-leave, so its join
+    is published): A's presence-lost stays 0, nothing is reset or lost."""
+    needs_own_redis()
+    from test_cluster_faults import Relay, publish
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--message-retention", "100",
+                       "--redis-max-held-bytes", "64K", "--redis-timeout-ms", "60000",
+                       urls=[relay.url])
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100")
+
+        def broker():
+            return a.stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await Client.open(a)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            wa.inbox.clear()
+            stopped = broker_pid(a)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                relay.drop()  # the link is lost while the broker is stopped
+                for i in range(5):
+                    await publish(pub, "room", i)
+                relay.hold_answers(b"1048576")  # the catch-up's page bound
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+
+            def catching_up():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["catchups-in-flight"] == 1
+            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            n0 = broker()["held"]
+            await publish(pub, "room", "x" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 1, 10, what="held")
+            h1 = broker()["held-bytes"]
+            await publish(pub, "room", "y" * 1000)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 2, 10, what="held")
+            per = broker()["held-bytes"] - h1  # one such message: overhead + 1000
+            room = 16384 - broker()["held-bytes"]
+            big = "z" * (room - (per - 1000) - 40)
+            await publish(pub, "room", big)
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 3, 10, what="held")
+            left = 16384 - broker()["held-bytes"]
+            assert 0 <= left <= 60, left
+            watcher = await Client.open(b)
+            assert (await watcher.subscribe("room"))["success"]
+            mover = await Client.open(b)
+            assert (await mover.subscribe("room"))["success"]
+            # mover's join reached A (B's watcher sees it: it was published)
+            await watcher.next(lambda m: m.get("type") == "join", timeout=10)
+            await asyncio.sleep(1)  # and A's broker has had it
+            st = broker()
+            assert st["presence-lost"] == 0, st
+            assert st["hold-resets"] == 0 and st["held"] == n0 + 3, st
+            relay.release()
+            # As in the test above (review rl17 L4): "end" taken in before
+            # the released answer would be held past the bound - wait
+            # until what was held is delivered.
+            await asyncio.to_thread(wait_for, lambda: broker()["held"] == 0, 30,
+                                    what="the hold released")
+            await publish(pub, "room", "end")
+            await wa.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            seen = []
+            for m in wa.inbox:
+                if m.get("type") == "channel-message":
+                    seen.append(("m", m["data"] if len(str(m["data"])) < 100 else "big"))
+                elif m.get("type") in ("join", "leave", "presence-resync"):
+                    seen.append((m["type"],))
+            return seen, broker()
+
+        seen, st = run(go())
+        assert seen == [("m", i) for i in range(5)] + [("m", "big")] * 3, seen
+        assert st["presence-lost"] == 0 and st["hold-resets"] == 0, st
+    finally:
+        relay.close()
+
+
+def test_another_instances_channel_listed_in_nodepr_is_cleaned_on_that_instance(
+        tmp_path, cluster, redis):
+    """Review rc17 L5: the rewrite's nodepr scan marked the channels it
+    listed due on the channel's own link (its shard), not on the link whose
+    nodepr set listed them: entries this node left on another instance (an
+    earlier --redis list) were never removed there, and such a channel was
+    rewritten on its own link on every pass.  Now a channel of another
+    instance found in link i's nodepr set is removed on link i (PRES_SYNC
+    "drop").  A restart under a new list does not leave such entries (the
+    purge at connect removes a previous process's), so they are written
+    here by hand on instance 0 for two shard-1 channels - x (a subscriber
+    here, its real entry on instance 1; with a `c` on instance 0, as a
+    channel that lived there) and y (none here) - then A's connections to
+    instance 0 are closed: the pass after the reconnect removes both from
+    instance 0, and x's entry on instance 1 stays."""
+    from conftest import Redis
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        (a,) = cluster(1, "--join-leave", urls=[redis.url, r2.url])
+        node = a.stats()["cluster"]["node-id"]
+        x, y = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 1][:2]
+
+        async def go():
+            c = await Client.open(a)
+            assert (await c.subscribe(x))["success"]
+            await asyncio.to_thread(
+                wait_for, lambda: r2.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1",
+                10, what="x's entry on instance 1")
+            ghost = '{"conn-id":"ghost","user":null,"info":null}'
+            redis.cli("HSET", f"sl:{{{x}}}:p:{node}", "ghost", ghost)
+            redis.cli("HSET", f"sl:{{{x}}}:c", "epoch", "old", "seq", "0")
+            redis.cli("HSET", f"sl:{{{y}}}:p:{node}", "ghost2", ghost)
+            redis.cli("SADD", f"sl:nodepr:{node}", x, y)
+            reconnects = a.stats()["cluster"]["redis"][0]["reconnects"]
+            redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+            redis.cli("CLIENT", "KILL", "TYPE", "normal")
+
+            def back():
+                link = a.stats()["cluster"]["redis"][0]
+                return link["connected"] and link["reconnects"] > reconnects
+            await asyncio.to_thread(wait_for, back, 20, what="A reconnected to instance 0")
+
+            def cleaned():
+                return (redis.cli("EXISTS", f"sl:{{{x}}}:p:{node}") == "0" and
+                        redis.cli("EXISTS", f"sl:{{{y}}}:p:{node}") == "0" and
+                        redis.cli("SMEMBERS", f"sl:nodepr:{node}") == "")
+            await asyncio.to_thread(wait_for, cleaned, 15,
+                                    what="instance 0's stale entries and nodepr removed")
+            assert r2.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1"
+            assert r2.cli("SISMEMBER", f"sl:nodepr:{node}", x) == "1"
+            assert r2.cli("EXISTS", f"sl:{{{y}}}:p:{node}") == "0"
+        run(go())
+    finally:
+        r2.stop()
+
+
+def test_foreign_drops_keep_the_rewrite_pacing(tmp_path, cluster, redis):
+    """Review rl17 L1: the nodepr scan sent a "drop" for every foreign id
+    of its answer at once (a small set's SSCAN answers it whole: here 60
+    scripts), past the "4 in flight" of the rewrite's other scripts, and a
+    drop the link refused was lost until the next pass.  Now a drop waits
+    for room like the rest: the scan stops at the first that cannot go and
+    keeps its cursor, so the slice is scanned again (what was dropped is
+    gone from it) - 60 foreign ids take at least 60 / 5 SSCANs - and every
+    one is dropped and counted (presence-dropped-foreign)."""
+    from conftest import Redis
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    r2 = Redis(tmp_path, "redis2")
+    try:
+        (a,) = cluster(1, urls=[redis.url, r2.url])
+        node = a.stats()["cluster"]["node-id"]
+        ids = [f"ns{i}" for i in range(1000) if shard_of(f"ns{i}", 2) == 1][:60]
+        ghost = '{"conn-id":"ghost","user":null,"info":null}'
+        for ch in ids:
+            redis.cli("HSET", f"sl:{{{ch}}}:p:{node}", "ghost", ghost)
+        redis.cli("SADD", f"sl:nodepr:{node}", *ids)
+        d0 = a.stats()["cluster"]["broker"].get("presence-dropped-foreign", 0)
+        reconnects = a.stats()["cluster"]["redis"][0]["reconnects"]
+        redis.cli("CONFIG", "RESETSTAT")
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        redis.cli("CLIENT", "KILL", "TYPE", "normal")
+
+        def back():
+            link = a.stats()["cluster"]["redis"][0]
+            return link["connected"] and link["reconnects"] > reconnects
+        wait_for(back, 20, what="A reconnected to instance 0")
+        wait_for(lambda: redis.cli("SCARD", f"sl:nodepr:{node}") == "0", 20,
+                 what="every foreign id dropped")
+        assert all(redis.cli("EXISTS", f"sl:{{{ch}}}:p:{node}") == "0" for ch in ids)
+        stats = redis.cli("INFO", "commandstats")
+        sscans = int(stats.split("cmdstat_sscan:calls=")[1].split(",")[0])
+        assert sscans >= 60 // 5, stats
+        wait_for(lambda: a.stats()["cluster"]["broker"]["presence-dropped-foreign"] - d0 == 60,
+                 10, what="the drops counted")
+    finally:
+        r2.stop()
+
+
+def test_two_redis_entries_on_one_instance_keep_each_others_entries(tmp_path, cluster, redis):
+    """Review rl17 M1: the nodepr scan dropped ("drop": UNLINK, SREM) every
+    channel of the other shard as another instance's.  Two --redis entries
+    that reach one instance (here its Unix socket and its port) share one
+    nodepr set, so each link deleted the other's live entries at every
+    pass, silently.  Now a drop needs both links known (INFO run_id + db)
+    to be different instances; the connect says so (same-instance-links,
+    a warning), and nothing is dropped."""
+    import shutil
+    import tempfile
+    from conftest import REDIS_SERVER, free_port
+    from test_cluster_faults import shard_of
+    needs_own_redis()
+    d = tempfile.mkdtemp(prefix="slr-", dir="/tmp")  # a socket path under 108 bytes
+    sock, port = f"{d}/r.sock", free_port()
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+         "--save", "", "--appendonly", "no", "--dir", d, "--logfile", f"{d}/redis.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def cli(*args):
+        return subprocess.run(["redis-cli", "-s", sock, *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        wait_for(lambda: os.path.exists(sock) and cli("PING") == "PONG", 10, what="redis up")
+        (a,) = cluster(1, "--join-leave",
+                       urls=[f"unix://{sock}", f"redis://127.0.0.1:{port}"])
+        node = a.stats()["cluster"]["node-id"]
+        x = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 1][0]
+        y = [f"ns{i}" for i in range(100) if shard_of(f"ns{i}", 2) == 0][0]
+
+        async def go():
+            c = await Client.open(a)
+            for ch in (x, y):
+                assert (await c.subscribe(ch))["success"]
+            for ch in (x, y):
+                await asyncio.to_thread(
+                    wait_for, lambda: cli("HEXISTS", f"sl:{{{ch}}}:p:{node}", c.conn_id) == "1",
+                    10, what=f"{ch}'s entry")
+            # Both links' passes (their nodepr scans) run again.
+            reconnects = [r["reconnects"] for r in a.stats()["cluster"]["redis"]]
+            cli("CLIENT", "KILL", "TYPE", "pubsub")
+            cli("CLIENT", "KILL", "TYPE", "normal")
+
+            def back():
+                links = a.stats()["cluster"]["redis"]
+                return all(r["connected"] and r["reconnects"] > n
+                           for r, n in zip(links, reconnects))
+            await asyncio.to_thread(wait_for, back, 20, what="both links reconnected")
+            # The passes' scans answered: nothing in flight for a while.
+            await asyncio.sleep(2)
+            for ch in (x, y):
+                assert cli("HEXISTS", f"sl:{{{ch}}}:p:{node}", c.conn_id) == "1", ch
+            assert sorted(cli("SMEMBERS", f"sl:nodepr:{node}").split()) == sorted([x, y])
+            b = a.stats()["cluster"]["broker"]
+            assert b["presence-dropped-foreign"] == 0
+            assert b["presence-lost"] == 0
+            assert b["same-instance-links"] >= 1  # a connect saw one instance twice
+        run(go())
+        wait_for(lambda: "same-as-shard" in open(a.log).read(), 10, what="the warning logged")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_backlog_overflow_at_a_held_join_resets_at_the_newest_position(cluster, redis):
+    """Review re17 L3: backlog_overflow's presence branch (a join / leave
+    has no position of its own: the reset is at the channel's newest, not
+    at the position it carried - the channel's when it arrived, before a
+    catch-up it was held behind) had no test.  Node A (the test build:
+    SL_TEST_BACKLOG_MAX=1000; through a relay) has its subscriber's worker
+    1 stopped, its inbox (8,192) filled and the channel's backlog brought
+    to 994; then its link is lost while B publishes 5 messages, and the
+    catch-up's answer is held while a client joins on B.  On release the
+    catch-up's 5 messages take the backlog to 999, the resubscribe's
+    presence-resync note to 1000, and the held join overflows it: the
+    channel is reset once at its newest seq, so the next live message
+    continues it - no second catch-up (`recovered` unchanged; reset at the
+    join's own position, before the 5, it would be a gap fetched again)."""
+    needs_own_redis()
+    import http.client
+    import json as _json
+    from conftest import CRASH_BIN
+    from test_cluster_faults import Relay, publish
+    bound = 1000
+    relay = Relay(redis.port)
+    try:
+        (a,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--redis-timeout-ms", "60000", "--worker-stall-ms", "60000",
+                       "--worker-stall-kill-ms", "120000", urls=[relay.url], binary=CRASH_BIN,
+                       env={"SL_TEST_BACKLOG_MAX": str(bound)})
+        (b,) = cluster(1, "--join-leave", "--message-retention", "100",
+                       "--max-outbound-bytes", "64M")
+
+        def stats():
+            # A /stats that lands on the stopped worker waits: ask again.
+            for _ in range(200):
+                c = http.client.HTTPConnection("127.0.0.1", a.http_port, timeout=0.5)
+                try:
+                    c.request("GET", "/stats")
+                    return _json.loads(c.getresponse().read())
+                except (OSError, ValueError):
+                    pass
+                finally:
+                    c.close()
+            raise AssertionError("no /stats answer from A")
+
+        def broker():
+            return stats()["cluster"]["broker"]
+
+        async def go():
+            wa = await on_worker(a, 1)
+            wn = await on_worker(a, 0)
+            assert (await wa.subscribe("room"))["success"]
+            pub = await Client.open(b)
+            joiner = await Client.open(b)
+            await publish(pub, "room", "first")
+            await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
+            d0 = broker()["delivered"]
+            stopped_w = a.stats()["workers"][1]["pid"]
+            bpid = broker_pid(a)
+            sent = 0
+
+            async def pub_n(n):
+                nonlocal sent
+                done = 0
+                while done < n:
+                    k = min(200, n - done)
+                    for i in range(k):
+                        await pub.send(type="publish", **{"channel-id": "room"}, data=sent + i)
+                    for _ in range(k):
+                        r = await pub.of_type("publish-result", timeout=60)
+                        done += r["success"]
+                        sent += r["success"]
+
+            def settled():
+                s = broker()
+                return s["delivered"] - d0 + s["backlog"] == sent
+
+            os.kill(stopped_w, signal.SIGSTOP)
+            try:
+                while broker()["backlog"] == 0:  # worker 1's inbox full
+                    await pub_n(200)
+                    await asyncio.to_thread(wait_for, settled, 20, what="A has them all")
+                    assert sent < 20000
+                b0 = broker()["backlog"]
+                assert 0 < b0 < bound - 6, b0
+                await pub_n(bound - 6 - b0)
+                await asyncio.to_thread(wait_for, lambda: broker()["backlog"] == bound - 6, 20,
+                                        what="the backlog 6 below its bound")
+                os.kill(bpid, signal.SIGSTOP)
+                try:
+                    relay.drop()  # the link is lost while the broker is stopped
+                    for i in range(5):
+                        await publish(pub, "room", f"gap{i}")
+                    relay.hold_answers(b"1048576")  # the catch-up's page bound
+                finally:
+                    os.kill(bpid, signal.SIGCONT)
+
+                def catching_up():
+                    link = stats()["cluster"]["redis"][0]
+                    return link["connected"] and link["catchups-in-flight"] == 1
+                await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+                await asyncio.to_thread(wait_for, lambda: broker()["held"] == 1, 10,
+                                        what="the resubscribe's presence-resync note held")
+                assert (await joiner.subscribe("room"))["success"]
+                await asyncio.to_thread(wait_for, lambda: broker()["held"] == 2, 10,
+                                        what="the join held")
+                st = broker()
+                assert st["backlog"] == bound - 6 and st["reset-channels"] == 0, st
+                relay.release()
+                await asyncio.to_thread(wait_for, lambda: broker()["reset-channels"] == 1, 20,
+                                        what="the channel reset at the join")
+                st = broker()
+                assert st["hold-resets"] == 0 and st["backlog"] == 0 and st["held"] == 0, st
+            finally:
+                os.kill(stopped_w, signal.SIGCONT)
+            r0 = broker()["recovered"]
+            assert (await wn.subscribe("room"))["success"]
+            await publish(pub, "room", "end")
+            await wn.next(lambda m: m.get("type") == "channel-message" and m["data"] == "end",
+                          timeout=30)
+            await asyncio.sleep(1)
+            st = broker()
+            assert st["recovered"] == r0, (r0, st)  # no second catch-up
+            assert st["reset-channels"] == 1 and st["hold-resets"] == 0, st
+            link = stats()["cluster"]["redis"][0]
+            assert link["catchups-in-flight"] == 0 and link["catchups-waiting"] == 0, link
+        run(go())
+    finally:
+        relay.close()

@@ -74,6 +74,9 @@ BAD = [
     ["--channel", ""], ["--channel", "c:unknown-key=1"],
     ["--channel", "c:max-subscribers=abc"], ["--channel", "c:message-retention="],
     ["--port"],
+    # One instance and db twice (review rl17 M1: two shards sharing one nodepr set).
+    ["--redis", "redis://127.0.0.1:6390", "--redis", "redis://127.0.0.1:6390/0"],
+    ["--redis", "unix:///tmp/r.sock", "--redis", "unix:///tmp/r.sock"],
 ]
 
 
