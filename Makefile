@@ -522,7 +522,10 @@ AUTOBAHN_PMD_SLICE := 12.1.3,12.2.5,12.3.7,12.4.9,12.5.11,13.1.3,13.2.5,13.3.7,1
 # TLS transport by test_tls, test_compression, the web tests over https and
 # the fuzz_tls replay, the deflate codec by test_compression and the
 # fuzz_pmd replay - the same code as in the normal pass.
+# fast_utf8.py: the client's UTF-8 check (tests/autobahn/README.md), first
+# compared with autobahn's own on random input.
 check-autobahn: $(BIN)
+	/usr/bin/python3 tests/autobahn/testsuite/fast_utf8.py 20000
 	scripts/check-autobahn.sh $(abspath $(BIN)) --include-perf
 ifneq ($(SAN),1)
 	scripts/check-autobahn.sh $(abspath $(BIN)) --cases "$(AUTOBAHN_PMD_SLICE)"

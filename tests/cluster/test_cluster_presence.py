@@ -1677,7 +1677,12 @@ def test_failover_to_a_shared_survivor_keeps_a_hung_links_entries(tmp_path, clus
                 assert time.monotonic() < deadline, a.stats()["cluster"]["redis"]
                 st = a.stats()["cluster"]
                 if st["redis"][1]["reconnects"] == rc[1]:  # then x may be reset (a new epoch)
-                    assert rb.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id) == "1"
+                    h = rb.cli("HEXISTS", f"sl:{{{x}}}:p:{node}", c.conn_id)
+                    # Asserted only if link 1 had still not reconnected
+                    # after the read (review ro17 L4: it may come back
+                    # while redis-cli starts, and then reset x rightly).
+                    if a.stats()["cluster"]["redis"][1]["reconnects"] == rc[1]:
+                        assert h == "1"
                 assert st["broker"]["presence-dropped-foreign"] == d0, st["broker"]
                 if not st["redis"][1]["connected"]:
                     r1.release()  # link 1 timed out: its reconnect goes through
