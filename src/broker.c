@@ -3354,8 +3354,14 @@ static void done_pres_scan(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
     l->pres_scan_sent = false;
-    if (r && r->type == REDIS_REPLY_ERROR && l->state == L_UP && !l->pres_restart) {
-        pres_scan_error(l); /* rm17 L2: scanned again after the backoff */
+    if (r && r->type == REDIS_REPLY_ERROR && l->state == L_UP) {
+        /* rm17 L2: scanned again after the backoff - also a slice a drop's
+         * error had voided (pres_restart): BUSY and LOADING answer the drop
+         * and the SSCAN behind it alike, and the give-up below would wait
+         * for the next pass (review ro17 L1).  pres_scan_error sets
+         * pres_restart again only if another SSCAN is in flight. */
+        l->pres_restart = false;
+        pres_scan_error(l);
         pres_answered(l);
         return;
     }
