@@ -128,6 +128,16 @@ typedef struct sl_chan {
      * channel's own epoch from its creation, which no subscription here
      * has been positioned from yet (review rh17 M1). */
     bool cluster_pos;
+    /* --redis, written by the broker only: the highest sub_no of a
+     * subscription here whose JOIN a broker answered successfully, stored
+     * before the answer is sent (0: none).  A subscription with sub_no <=
+     * served_upto was served from the channel's position, whether or not
+     * its worker has read the answer yet (review rn17 M1); a respawned
+     * broker reads the exact value (review rp17 M1).  One store of a value
+     * that only grows (sub_no is unique and increasing for the registry's
+     * life; a record deleted and made again starts at 0): any value seen
+     * is a valid state, so it needs no intent and no recovery. */
+    uint64_t served_upto;
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
     struct sl_sub *subs;  /* every subscription of the channel, under lock; RCU for readers */
     /* Retention ring: positions [ring_lo, ring_hi) are retained (slot =

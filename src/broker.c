@@ -284,14 +284,6 @@ struct bchan {
     int64_t synced;     /* the count Redis has for this node; -1 unknown */
     char epoch[BR_EPOCH];     /* of the last message delivered */
     uint64_t last;      /* seq of the last message delivered */
-    /* The highest sub_no of a subscription here whose join this broker
-     * answered successfully (done_join), or, for a channel adopted at
-     * start, the channel's sub_seq at the walk (the dead broker may have
-     * answered any of those): such a subscription was served from the
-     * position - its subscription-result carries it - whether or not its
-     * worker has read the answer yet (join_pending; review rn17 M1).
-     * sub_no is unique and increasing for the registry's life. */
-    uint64_t served_upto;
     char reset_epoch[BR_EPOCH];
     uint64_t reset_last;
     cmd_t *joins;       /* joins waiting for the subscription (linked by next) */
@@ -903,7 +895,7 @@ static void forget_position(bchan_t *ch)
 }
 
 typedef struct {
-    uint64_t upto; /* bchan_t.served_upto (0: none) */
+    uint64_t upto; /* sl_chan_t.served_upto (0: none) */
     bool any;
 } served_t;
 
@@ -918,11 +910,11 @@ static int served_cb(const sl_sub_t *s, void *arg)
 
 /* Whether a subscription of lc here was served from the channel's
  * position: its join answered - confirmed by its worker (join_pending
- * cleared), or answered by this broker (sub_no <= upto, ch->served_upto)
- * though its worker has not read the answer yet: a slow or stopped
- * worker's subscriber is caught up all the same (review rn17 M1).
- * served_upto is this broker's own (private, set before the answer is
- * sent), so no ordering with the worker is needed; sub_no is stored
+ * cleared), or answered by a broker (sub_no <= upto, lc->served_upto:
+ * served_of) though its worker has not read the answer yet: a slow or
+ * stopped worker's subscriber is caught up all the same (review rn17
+ * M1).  served_upto is written by the broker only (set before the answer
+ * is sent), so no ordering with the worker is needed; sub_no is stored
  * before the subscription is linked and never changes.  Lock-free
  * (caller online). */
 static bool has_served(sl_chan_t *lc, uint64_t upto)
@@ -931,6 +923,31 @@ static bool has_served(sl_chan_t *lc, uint64_t upto)
     if (lc)
         sl_chan_members(lc, 0, served_cb, &v);
     return v.any;
+}
+
+/* lc's served_upto (0 without lc).  Kept in the shared record, not in
+ * this broker's bchan_t, so a respawned broker reads the exact mark the
+ * dead one left: taking the channel's sub_seq at the start-up walk
+ * instead counted a fresh subscriber whose join no broker had answered
+ * as served, kept a stale position for it and reset it (1012) at the
+ * catch-up (review rp17 M1). */
+static uint64_t served_of(sl_chan_t *lc)
+{
+    return lc ? CMM_LOAD_SHARED(lc->served_upto) : 0;
+}
+
+/* Note c's subscription as served, before its answer is sent (has_served):
+ * one store of a value that only grows, by this broker alone - either
+ * value is a valid state (a kill before the store: the answer was not
+ * sent either; after it, before the answer: counted as served, which only
+ * errs to catching it up), so no intent and no recovery.  The channel
+ * deleted and made again meanwhile: the new record gets an older sub_no,
+ * which serves none of its own (sub_no only grows). */
+static void mark_served(const bchan_t *ch, uint64_t sub_no)
+{
+    sl_chan_t *lc = sl_chan_find(REG, ch->id, ch->idlen);
+    if (lc && sub_no > CMM_LOAD_SHARED(lc->served_upto))
+        CMM_STORE_SHARED(lc->served_upto, sub_no);
 }
 
 /* Where delivery stands for ch, as Redis says (a join, a catch-up): known
@@ -976,8 +993,7 @@ static void done_join(cmd_t *c, redisReply *r)
         if (!c->ch->known && !c->ch->holding)
             chan_position(c->ch, rstr(el(r, 2)), (uint64_t)rint_(el(r, 3)));
         /* Served from here on, before the answer goes (has_served). */
-        if (c->sub_no > c->ch->served_upto)
-            c->ch->served_upto = c->sub_no;
+        mark_served(c->ch, c->sub_no);
     }
     char *hist = raw_array(el(r, 12));
     json_t *h = hist ? json_loads(hist, 0, NULL) : json_array();
@@ -2366,10 +2382,13 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
  * (done_join), as every subscription made while this broker runs; taking
  * that own position for it, the catch-up at the subscription found
  * "another epoch" and reset the channel: its fresh subscribers closed
- * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted, every
- * subscription present at the walk counts as served (served_upto); with
- * none of them left, the position is forgotten again at the first
- * reconcile, before the subscription: rh17 L3, rn17 M1.)  join_pending and
+ * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted, the
+ * subscriptions a broker answered count as served: sl_chan_t.served_upto,
+ * left by the dead broker as it was, exact - not every subscription
+ * present at the walk, which counted a fresh one as served and kept a
+ * stale position for it: review rp17 M1; with none served, the position
+ * is forgotten again at the first reconcile, before the subscription:
+ * rh17 L3, rn17 M1.)  join_pending and
  * cluster_pos are each one store, either value a valid state: a
  * subscription confirmed (cleared by its worker after this broker's
  * answer) was positioned first.  arg: adopt_t (ok false: no memory for a
@@ -2398,13 +2417,6 @@ static int adopt_cb(sl_table_node_t *n, void *arg)
     snprintf(ch->epoch, sizeof(ch->epoch), "%s", ep);
     ch->last = last;
     ch->known = true;
-    /* Any subscription here now may have been answered by the dead broker
-     * (its worker not yet confirming): served (has_served, review rn17
-     * M1).  sub_seq only grows; the dead broker's answers all came before
-     * this walk, for subscriptions made before it. */
-    uint64_t seq = CMM_LOAD_SHARED(lc->sub_seq);
-    if (seq > ch->served_upto)
-        ch->served_upto = seq;
     a->n++;
     return 0;
 }
@@ -2463,7 +2475,7 @@ static void reconcile(void)
              * the history no longer had it or the epoch had changed
              * (review rh17 L3).  link_up reconciles before any SUBSCRIBE. */
             if (c->known && c->sub == SUB_NONE && !c->backlog && !c->reset_pending &&
-                !has_served(lc, c->served_upto))
+                !has_served(lc, served_of(lc)))
                 forget_position(c);
             subscribe_chan(c);
             if (c->lapse_due && (!c->want || c->delete_pending))

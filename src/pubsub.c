@@ -986,7 +986,7 @@ static void cluster_join(sl_conn_t *c, sl_chan_t *ch, const char *id, size_t len
     j->next = cl->joins;
     cl->joins = j;
     /* sub-no: the broker notes the subscriptions its answers served
-     * (bchan_t.served_upto; review rn17 M1). */
+     * (sl_chan_t.served_upto; reviews rn17 M1, rp17 M1). */
     json_t *req = json_pack("{s:s%, s:b, s:I, s:I, s:I, s:I, s:I, s:s, s:I}", "channel-id", id,
                             len, "auto-create", ns->auto_create > 0, "max-subscribers",
                             (json_int_t)ns->max_subscribers, "message-retention",

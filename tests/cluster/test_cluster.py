@@ -793,3 +793,50 @@ def test_channels_sharded_over_two_redis(tmp_path, cluster, redis):
         run(go())
     finally:
         r2.stop()
+
+
+def test_rp17_stale_position_fresh_subscriber_at_respawn(cluster):
+    from conftest import CRASH_BIN
+    delay = int(4000 * SLOW)
+    (a,) = cluster(1, "--message-retention", "2")
+    t0 = time.time()
+    (b,) = cluster(1, "--message-retention", "2", "--worker-stall-ms", "30000",
+                   "--worker-stall-kill-ms", "60000",
+                   binary=CRASH_BIN, env={"SL_TEST_JOIN_DELAY": f"{delay}:late"})
+
+    async def go():
+        w = await Client.open(a)
+        assert (await w.subscribe("late-room"))["success"]
+        x0 = await Client.open(b)
+        await x0.send(type="subscribe", **{"channel-id": "late-room"})
+        assert (await x0.of_type("subscription-result", timeout=30))["success"]
+        await w.send(type="publish", **{"channel-id": "late-room"}, data="before")
+        assert (await w.of_type("publish-result"))["success"]
+        m = await x0.next(lambda m: m.get("type") == "channel-message", timeout=20)
+        await x0.send(type="unsubscribe", **{"channel-id": "late-room"})
+        assert (await x0.of_type("unsubscription-result"))["success"]
+        await x0.close()
+        for i in range(4):
+            await w.send(type="publish", **{"channel-id": "late-room"}, data=i)
+            assert (await w.of_type("publish-result"))["success"]
+        await asyncio.sleep(0.5)
+        print("B stats before", b.stats()["cluster"]["broker"])
+        old = broker_pid(b)
+        await asyncio.sleep(max(0.0, 2.5 - (time.time() - t0)))
+        x = await Client.open(b)
+        await x.send(type="subscribe", **{"channel-id": "late-room"})
+        wait_for(lambda: b.stderr().count(f"join delay {delay} ms for late-room") == 2, timeout=10,
+                 what="the join delay hook")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: broker_pid(b) not in (0, old), timeout=delay / 1000, what="a new broker")
+        assert b.stderr().count("join delay over for late-room") == 1, "window missed"
+        r = await x.of_type("subscription-result", timeout=20)
+        print("RESULT", r)
+        await w.send(type="publish", **{"channel-id": "late-room"}, data="after")
+        assert (await w.of_type("publish-result"))["success"]
+        m = await x.next(lambda m: m.get("type") == "channel-message", timeout=20)
+        print("MSG", m)
+        st = b.stats()["cluster"]["broker"]
+        print("STATS", st)
+        assert st["reset-channels"] == 0, st
+    run(go())

@@ -1052,11 +1052,14 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
     # link, refused since the drop, is back before y's join is submitted
     # however long the refusal lasted under load (review rn17 L3).
     delay = int(8000 * SLOW)
+    # The held worker sleeps `delay` twice (x's join, then y's): the stall
+    # limits scale with it (review rp17 L1).
+    stall = 30000 + delay
     try:
         (a,) = cluster(1, "--message-retention", "2")
-        (b,) = cluster(1, "--message-retention", "2", "--worker-stall-ms", "30000",
-                       "--worker-stall-kill-ms", "60000", urls=[relay.url], binary=CRASH_BIN,
-                       env={"SL_TEST_JOIN_DELAY": f"{delay}:l3"})
+        (b,) = cluster(1, "--message-retention", "2", "--worker-stall-ms", str(stall),
+                       "--worker-stall-kill-ms", str(2 * stall), urls=[relay.url],
+                       binary=CRASH_BIN, env={"SL_TEST_JOIN_DELAY": f"{delay}:l3"})
 
         def connected():
             return b.stats()["cluster"]["redis"][0]["connected"]
@@ -1064,8 +1067,11 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
         async def go():
             pub = await Client.open(a)
             x = await Client.open(b)
-            await x.send(type="subscribe", **{"channel-id": "l3-room"})  # delayed too
-            assert (await x.of_type("subscription-result", timeout=30))["success"]
+            # Delayed too: x's position must be B's (l3-room), so the hook
+            # matches it; the wait scales with the delay (review rp17 L1).
+            await x.send(type="subscribe", **{"channel-id": "l3-room"})
+            r = await x.of_type("subscription-result", timeout=delay / 1000 + 20)
+            assert r["success"], r
             await publish(pub, "l3-room", 1)
             assert (await collect(x, "l3-room", 1))[0]["seq"] == 1  # B is at seq 1
             resets = b.stats()["cluster"]["broker"]["reset-channels"]

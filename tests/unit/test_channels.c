@@ -1530,6 +1530,12 @@ static void test_sub_sizes_in_the_design_note(void)
      * added the overflow's first position). */
     SL_CHECK_INT(sizeof(sl_inbox_presence_t), 40);
     SL_CHECK_INT(sizeof(sl_inbox_t), 471936);
+    /* The channel record: 768 B + 8 B per retained slot (review rp17 M1
+     * added served_upto, 760 -> 768), so 1 KiB up to retention 32. */
+    SL_CHECK_INT(sizeof(sl_chan_t), 768);
+    SL_CHECK(sizeof(sl_chan_t) + 32 * sizeof(((sl_chan_t *)0)->ring[0]) <= 1024);
+    SL_CHECK(sizeof(sl_chan_t) + 160 * sizeof(((sl_chan_t *)0)->ring[0]) <= 2048);
+    SL_CHECK(sizeof(sl_chan_t) + 161 * sizeof(((sl_chan_t *)0)->ring[0]) > 2048);
 }
 
 /* rt15 T1: more than BUCKET_BATCH (64) of the dead worker's
