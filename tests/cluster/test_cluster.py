@@ -795,6 +795,16 @@ def test_channels_sharded_over_two_redis(tmp_path, cluster, redis):
         r2.stop()
 
 
+# rp17 M1 (medium; the reviewer's reproduction): an UNSUBSCRIBE's forget
+# keeps cluster_pos, so the channel record still holds B's old position
+# (seq 1) when a fresh subscriber x comes; x is held between its local
+# subscribe and its JOIN (SL_TEST_JOIN_DELAY) while B's broker is killed.
+# The new broker took the channel's sub_seq at its start-up walk as
+# "served", which counted x, kept the stale position and caught up from
+# it: the history (retention 2) no longer had 2..3 -> reset, x closed
+# 1012 though it lost nothing.  Now the served mark is the dead broker's
+# own (sl_chan_t.served_upto, shared): x is not served, the position is
+# forgotten at the first reconcile and x's join positions the channel.
 def test_rp17_stale_position_fresh_subscriber_at_respawn(cluster):
     from conftest import CRASH_BIN
     delay = int(4000 * SLOW)
