@@ -136,7 +136,12 @@ typedef struct sl_chan {
      * broker reads the exact value (review rp17 M1).  One store of a value
      * that only grows (sub_no is unique and increasing for the registry's
      * life; a record deleted and made again starts at 0): any value seen
-     * is a valid state, so it needs no intent and no recovery. */
+     * is a valid state, so it needs no intent and no recovery.  A
+     * high-water mark, not a set: a subscription still waiting for its
+     * answer whose sub_no is below an answered one counts as served too,
+     * so a kept position may be kept for it (the safe side: at worst a
+     * catch-up that closes it 1012, counted - never a silent loss;
+     * review rq17 L1). */
     uint64_t served_upto;
     uint32_t worker_subs[SL_CHAN_MAX_WORKERS]; /* under lock */
     struct sl_sub *subs;  /* every subscription of the channel, under lock; RCU for readers */

@@ -2384,7 +2384,9 @@ static int reconcile_cb(sl_table_node_t *n, void *arg)
  * "another epoch" and reset the channel: its fresh subscribers closed
  * with 1012 though nothing was lost (flake7, rh17 M1).  (Adopted, the
  * subscriptions a broker answered count as served: sl_chan_t.served_upto,
- * left by the dead broker as it was, exact - not every subscription
+ * left by the dead broker as it was - a high-water mark (a waiting
+ * subscription numbered below an answered one counts too: the safe
+ * side, review rq17 L1), but not every subscription
  * present at the walk, which counted a fresh one as served and kept a
  * stale position for it: review rp17 M1; with none served, the position
  * is forgotten again at the first reconcile, before the subscription:
