@@ -1385,6 +1385,14 @@ static void link_ping(link_t *l, int what);
 static void link_epochs(link_t *l);
 static void link_purge(link_t *l);
 
+/* Two links reach one Redis instance and db: the run_ids their connects'
+ * INFO gave (both known) and their dbs are equal (review rl17 M1). */
+static bool same_instance(const link_t *a, const link_t *b)
+{
+    return a->run_id[0] && strcmp(a->run_id, b->run_id) == 0 &&
+           sl_conf->redis[a->shard].db == sl_conf->redis[b->shard].db;
+}
+
 static void done_setup(cmd_t *c, redisReply *r)
 {
     link_t *l = c->link;
@@ -1407,8 +1415,7 @@ static void done_setup(cmd_t *c, redisReply *r)
          * keys (review rl17 M1): said once at each connect that finds it. */
         for (uint32_t i = 0; l->run_id[0] && i < B.nlinks; i++) {
             const link_t *o = &B.link[i];
-            if (o != l && strcmp(o->run_id, l->run_id) == 0 &&
-                sl_conf->redis[i].db == sl_conf->redis[l->shard].db) {
+            if (o != l && same_instance(l, o)) {
                 uatomic_add(&BSTATS->same_instance_links, 1);
                 SL_TEL(SL_EV_REDIS_CONNECTED, SL_WARN, SL_TF_I("shard", l->shard),
                        SL_TF_I("same-as-shard", (int64_t)i), SL_TF_S("run-id", l->run_id),
@@ -3319,8 +3326,7 @@ static int links_differ(const link_t *a, const link_t *b)
 {
     if (a == b || a->state != L_UP || b->state != L_UP || !a->run_id[0] || !b->run_id[0])
         return LD_SAME;
-    if (strcmp(a->run_id, b->run_id) == 0 &&
-        sl_conf->redis[a->shard].db == sl_conf->redis[b->shard].db)
+    if (same_instance(a, b))
         return LD_SAME;
     if (b->answered_seq <= a->info_seq && b->info_seq <= a->info_seq)
         return LD_STALE;
