@@ -109,6 +109,27 @@ async def until(pred, what, timeout=15):
         await asyncio.sleep(0.2)
 
 
+async def catch_up_held(node, relay, pub, msgs):
+    """node's broker is stopped while its Redis link (through relay) is lost
+    and pub publishes msgs on "room"; the catch-up the reconnect sends is
+    held at the relay (its page bound).  Returns once it is in flight."""
+    from test_cluster_faults import publish
+    stopped = broker_pid(node)
+    os.kill(stopped, signal.SIGSTOP)
+    try:
+        relay.drop()  # the link is lost while the broker is stopped
+        for m in msgs:
+            await publish(pub, "room", m)
+        relay.hold_answers(b"1048576")  # the catch-up's page bound
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+
+    def catching_up():
+        link = node.stats()["cluster"]["redis"][0]
+        return link["connected"] and link["catchups-in-flight"] == 1
+    await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+
+
 def test_presence_from_three_nodes(cluster, keys):
     nodes = cluster(3, *keys.flags("secret"), "--allow-anonymous")
     people = [("alice", 0, {"name": "Alice"}), ("bob", 1, {"name": "Bob", "tags": [1, 2]}),
@@ -1020,20 +1041,7 @@ def test_join_leave_keep_their_place_during_a_catch_up(cluster, redis):
             for w in (wa, wb):
                 await w.next(lambda m: m.get("type") == "channel-message", timeout=10)
                 w.inbox.clear()
-            stopped = broker_pid(a)
-            os.kill(stopped, signal.SIGSTOP)
-            try:
-                relay.drop()  # the link is lost while the broker is stopped
-                for i in range(10):
-                    await publish(pub, "room", i)
-                relay.hold_answers(b"1048576")  # the catch-up's page bound
-            finally:
-                os.kill(stopped, signal.SIGCONT)
-
-            def catching_up():
-                link = a.stats()["cluster"]["redis"][0]
-                return link["connected"] and link["catchups-in-flight"] == 1
-            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            await catch_up_held(a, relay, pub, range(10))
             for i in range(10, 15):
                 await publish(pub, "room", i)
             mover = await Client.open(b)
@@ -1099,20 +1107,7 @@ def test_join_past_the_hold_bound_is_a_resync_not_a_reset(cluster, redis):
             await publish(pub, "room", "first")
             await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
             wa.inbox.clear()
-            stopped = broker_pid(a)
-            os.kill(stopped, signal.SIGSTOP)
-            try:
-                relay.drop()  # the link is lost while the broker is stopped
-                for i in range(5):
-                    await publish(pub, "room", i)
-                relay.hold_answers(b"1048576")  # the catch-up's page bound
-            finally:
-                os.kill(stopped, signal.SIGCONT)
-
-            def catching_up():
-                link = a.stats()["cluster"]["redis"][0]
-                return link["connected"] and link["catchups-in-flight"] == 1
-            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            await catch_up_held(a, relay, pub, range(5))
             resyncs = broker()["presence-resyncs"]  # the resubscribe's own note
             await asyncio.to_thread(wait_for, lambda: broker()["held"] >= 1, 10, what="note")
             n0 = broker()["held"]  # that note, held
@@ -1343,20 +1338,7 @@ def test_join_past_the_hold_bound_on_a_channel_without_join_leave_is_not_lost(cl
             await publish(pub, "room", "first")
             await wa.next(lambda m: m.get("type") == "channel-message", timeout=10)
             wa.inbox.clear()
-            stopped = broker_pid(a)
-            os.kill(stopped, signal.SIGSTOP)
-            try:
-                relay.drop()  # the link is lost while the broker is stopped
-                for i in range(5):
-                    await publish(pub, "room", i)
-                relay.hold_answers(b"1048576")  # the catch-up's page bound
-            finally:
-                os.kill(stopped, signal.SIGCONT)
-
-            def catching_up():
-                link = a.stats()["cluster"]["redis"][0]
-                return link["connected"] and link["catchups-in-flight"] == 1
-            await asyncio.to_thread(wait_for, catching_up, 20, what="catch-up sent")
+            await catch_up_held(a, relay, pub, range(5))
             n0 = broker()["held"]
             await publish(pub, "room", "x" * 1000)
             await asyncio.to_thread(wait_for, lambda: broker()["held"] >= n0 + 1, 10, what="held")
