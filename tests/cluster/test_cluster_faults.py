@@ -1111,7 +1111,7 @@ def test_position_of_a_lost_link_is_not_a_fresh_subscribers(cluster, redis):
 # drop had its already-answered subscriber's position forgotten at the
 # reconcile (rh17 L3's rule): the outage's messages were lost silently (no
 # catch-up, no 1012, nothing counted).  Now the broker notes what it
-# answered (bchan_t.served_upto, the JOIN carries sub-no) and keeps the
+# answered (sl_chan_t.served_upto, the JOIN carries sub-no) and keeps the
 # position: x gets 2..5 from the catch-up, then 6.  SIGSTOP stands in for
 # a worker busy for a turn; the relay holds the JOIN's answer until the
 # worker is stopped, so the answer lands in the stopped worker's inbox.
@@ -1187,8 +1187,9 @@ def test_stopped_worker_served_subscriber_keeps_position(cluster, redis):
 # rn17 L1/M1, the window sl_chan_t.cluster_pos is for: a broker answered a
 # join (positioning the channel) and died before the subscriber's worker
 # read the answer.  The new broker's walk adopts the position (cluster_pos)
-# and counts every subscription present then as served (served_upto =
-# sub_seq): the first reconcile keeps it, and what was published while no
+# and counts the subscriptions the dead broker answered as served (the
+# shared sl_chan_t.served_upto it left, review rp17 M1): the first
+# reconcile keeps it, and what was published while no
 # broker ran is caught up.  Before, that reconcile forgot it (no
 # subscription confirmed): lost silently.
 def test_broker_killed_after_answering_a_stopped_workers_join(cluster, redis):
